@@ -1,0 +1,46 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// No third-party packages: everything below is the toolchain plus system libraries.
+
+
+let package = Package(
+    name: "Cohort",
+    products: [
+        .executable(name: "cohortd", targets: ["cohortd"]),
+        .executable(name: "cohort-agent", targets: ["cohort-agent"]),
+        .executable(name: "cohort-quickstart", targets: ["cohort-quickstart"]),
+        .executable(name: "txbench", targets: ["txbench"]),
+        .executable(name: "txctl", targets: ["txctl"]),
+    ],
+    targets: [
+        // SQLite from Debian's libsqlite3-dev.
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", providers: [.apt(["libsqlite3-dev"])]),
+        // The only module that imports Glibc: files, sockets, epoll, clocks, processes.
+        .target(name: "CohortPosix"),
+        // Pure logic: encodings, CRC, protocol messages and the protocol state machines.
+        .target(name: "CohortCore"),
+        // The durable, segmented, group-committed log and its storage seam (files / simulated).
+        .target(name: "CohortLog", dependencies: ["CohortCore", "CohortPosix"]),
+        // HTTP/1.1 parser (pure), server and client on the epoll event loop.
+        .target(name: "CohortHTTP", dependencies: ["CohortCore", "CohortPosix"]),
+        // The agent's resource: a transactional key-value store (SQLite) with per-key locks.
+        .target(name: "CohortKV", dependencies: ["CohortCore", "CSQLite"]),
+        // Runtimes: carry out the state machines' actions against disk, network and timers.
+        .target(name: "CohortCoordinator", dependencies: ["CohortCore", "CohortLog", "CohortHTTP", "CohortPosix"]),
+        .target(name: "CohortAgent", dependencies: ["CohortCore", "CohortLog", "CohortHTTP", "CohortKV", "CohortPosix"]),
+        // Blocking client helpers and process supervision for CLIs, benchmarks and tests.
+        .target(name: "CohortClient", dependencies: ["CohortCore", "CohortHTTP", "CohortPosix"]),
+        .executableTarget(name: "cohortd", dependencies: ["CohortCoordinator"]),
+        .executableTarget(name: "cohort-agent", dependencies: ["CohortAgent"]),
+        .executableTarget(name: "cohort-quickstart", dependencies: ["CohortClient"]),
+        .executableTarget(name: "txbench", dependencies: ["CohortClient"]),
+        .executableTarget(name: "txctl", dependencies: ["CohortClient", "CohortLog"]),
+        .testTarget(name: "CohortCoreTests", dependencies: ["CohortCore"]),
+        .testTarget(name: "CohortLogTests", dependencies: ["CohortLog"]),
+        .testTarget(name: "CohortHTTPTests", dependencies: ["CohortHTTP"]),
+        .testTarget(name: "CohortKVTests", dependencies: ["CohortKV"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["CohortClient", "CohortCore"]),
+    ],
+    swiftLanguageModes: [.v5]
+)
