@@ -1,0 +1,68 @@
+/// Every limit Cohort enforces, in one place. Past a limit the answer is a clear error
+/// (HTTP 413/429/503 with a reason, or a typed error), never unbounded growth.
+/// Units are the last word of each name.
+public enum Limits {
+    // MARK: durable log
+    /// Largest payload of one log record. A prepared record carries a write set, so this bounds it.
+    public static let recordBytesMax = 1 << 20
+    /// A segment is closed and a new one started once it grows past this.
+    public static let segmentBytesMax = 64 << 20
+    /// Appended-but-unsynced bytes allowed before `append` refuses (back-pressure on the writer).
+    public static let unsyncedBytesMax = 32 << 20
+    /// Unforced records are written and synced at the latest this long after they were appended.
+    public static let lazySyncDelayMs: Int64 = 50
+    /// Checkpoint once the live segments hold more than this many bytes.
+    public static let checkpointAfterBytes = 32 << 20
+
+    // MARK: HTTP
+    public static let httpHeaderBytesMax = 16 << 10
+    public static let httpHeaderCountMax = 64
+    public static let httpBodyBytesMax = 1 << 20
+    public static let httpConnectionsMax = 1024
+    /// A request must arrive completely within this time once its first byte did.
+    public static let httpRequestTimeoutMs: Int64 = 10_000
+    /// An idle keep-alive connection is closed after this.
+    public static let httpIdleTimeoutMs: Int64 = 60_000
+    public static let httpClientConnectTimeoutMs: Int64 = 2_000
+    public static let httpClientRequestTimeoutMs: Int64 = 5_000
+    /// Idle pooled connections kept per destination.
+    public static let httpClientPoolPerHostMax = 128
+    /// Requests queued at the client waiting for a connection, per destination.
+    public static let httpClientQueueMax = 4096
+    public static let httpResponseBytesMax = 4 << 20
+
+    // MARK: coordinator
+    /// Transactions begun but not yet finished; past this `POST /v1/transactions` answers 503.
+    public static let openTransactionsMax = 10_000
+    public static let branchesPerTransactionMax = 64
+    public static let transactionTimeoutMsDefault: Int64 = 10_000
+    public static let transactionTimeoutMsMax: Int64 = 600_000
+    /// Second-phase delivery backoff: exponential from min to max, with jitter.
+    public static let retryDelayMsMin: Int64 = 50
+    public static let retryDelayMsMax: Int64 = 5_000
+    /// Finished transactions remembered for `GET /v1/transactions/{txid}` and listing.
+    public static let finishedTransactionsKept = 10_000
+    /// Timeline events kept per transaction.
+    public static let eventsPerTransactionMax = 64
+    public static let participantNameBytesMax = 128
+    public static let participantURLBytesMax = 512
+
+    // MARK: participant
+    /// Branches (open or in doubt) one participant holds at once; past this work answers 503.
+    public static let branchesMax = 10_000
+    /// An unprepared branch with no prepare this long after its last work is aborted locally
+    /// (it never voted, so deciding alone is safe).
+    public static let branchIdleTimeoutMs: Int64 = 30_000
+    /// A prepared branch asks the coordinator for the outcome after this long without one,
+    /// then keeps asking with backoff up to `retryDelayMsMax`.
+    public static let inquiryDelayMs: Int64 = 1_000
+    /// Outcomes of finished branches remembered to answer duplicates and refuse late prepares.
+    public static let finishedBranchesKept = 100_000
+    public static let lockWaitTimeoutMs: Int64 = 2_000
+    /// Waiters queued on one key.
+    public static let lockWaitersPerKeyMax = 256
+    public static let opsPerWorkMax = 256
+    public static let keyBytesMax = 256
+    public static let stringValueBytesMax = 64 << 10
+    public static let scanItemsMax = 10_000
+}

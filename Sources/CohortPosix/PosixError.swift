@@ -1,0 +1,28 @@
+import Glibc
+
+/// A failed system call: which call, on what, and the errno it returned.
+/// Conditions the system must survive (a full disk, a refused connection) arrive as this error;
+/// callers decide whether they are fatal.
+public struct PosixError: Error, CustomStringConvertible, Equatable {
+    public let operation: String
+    public let errno: Int32
+    public let path: String?
+
+    public init(_ operation: String, errno: Int32, path: String? = nil) {
+        self.operation = operation
+        self.errno = errno
+        self.path = path
+    }
+
+    /// Builds the error from the calling thread's current errno.
+    public static func current(_ operation: String, path: String? = nil) -> PosixError {
+        PosixError(operation, errno: Glibc.errno, path: path)
+    }
+
+    public var message: String { String(cString: strerror(errno)) }
+
+    public var description: String {
+        if let path { return "\(operation) \(path): \(message) (errno \(errno))" }
+        return "\(operation): \(message) (errno \(errno))"
+    }
+}
