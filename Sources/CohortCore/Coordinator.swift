@@ -1,0 +1,698 @@
+/// The two-phase commit coordinator (presumed abort) as a pure state machine.
+///
+/// It never touches disk, sockets, clocks or randomness: the runtime feeds it events (requests,
+/// answers from participants, durable log records, timers) with the current wall-clock time, and
+/// carries out the actions it returns. The same value runs in `cohortd` and in the simulation.
+///
+/// Presumed abort, as in R* (Mohan, Lindsay, Obermarck 1986):
+/// - nothing is logged before the decision; a commit decision is forced before any participant
+///   hears it; an end record (unforced) follows once every update branch acknowledged;
+/// - an abort forces nothing and is not acknowledged; a transaction the coordinator has no
+///   record of is reported aborted to participants that ask;
+/// - read-only voters get no second-phase message.
+public struct Coordinator {
+    public struct Config: Sendable {
+        public var coordinatorID: String
+        /// Must be larger than every epoch this coordinator used before; the runtime derives it
+        /// from the wall clock at start and `recover` raises it past anything in the log.
+        public var epoch: UInt64
+        public var openTransactionsMax = Limits.openTransactionsMax
+        public var branchesPerTransactionMax = Limits.branchesPerTransactionMax
+        public var timeoutMsDefault = Limits.transactionTimeoutMsDefault
+        public var timeoutMsMax = Limits.transactionTimeoutMsMax
+        public var retryDelayMsMin = Limits.retryDelayMsMin
+        public var retryDelayMsMax = Limits.retryDelayMsMax
+        public var finishedTransactionsKept = Limits.finishedTransactionsKept
+        /// Commit a transaction with a single branch in one phase (no prepare round, no
+        /// coordinator log record): the participant's own commit record is the decision.
+        public var onePhaseCommit = true
+        public var seed: UInt64 = 1
+
+        public init(coordinatorID: String, epoch: UInt64) {
+            self.coordinatorID = coordinatorID
+            self.epoch = epoch
+        }
+    }
+
+    public enum Event {
+        case begin(RequestID, timeoutMs: Int64?)
+        case register(RequestID, txid: String, participant: ParticipantRef)
+        case commit(RequestID, txid: String)
+        case abort(RequestID, txid: String)
+        /// A participant answered a prepare.
+        case voted(TxID, participant: String, vote: Vote)
+        /// A prepare could not be delivered or answered (transport error or timeout).
+        case prepareFailed(TxID, participant: String, error: String)
+        /// A participant acknowledged a commit (or answered a one-phase commit).
+        case acknowledged(TxID, participant: String)
+        case onePhaseAnswered(TxID, participant: String, outcome: Outcome, reason: String?)
+        /// A second-phase message (or one-phase commit) failed to get an answer.
+        case deliveryFailed(TxID, participant: String, error: String)
+        /// The forced commit record of this transaction is durable.
+        case decisionDurable(TxID)
+        case timerFired(Timer)
+        /// A participant asks for the outcome of a transaction it voted yes on.
+        case inquiry(RequestID, txid: String)
+    }
+
+    public enum Timer: Hashable, Sendable {
+        case transactionTimeout(TxID)
+        case retry(TxID, participant: String)
+    }
+
+    public enum Reply: Equatable {
+        case begun(TxID, timeoutMs: Int64)
+        case registered(TxID, timeoutMs: Int64)
+        case outcome(TxID, Outcome, reason: String?)
+        case inquiry(String, InquiryAnswer)
+        case error(RequestError)
+    }
+
+    public enum Record: Equatable, Sendable {
+        /// Forced before phase two: which update branches must hear "commit".
+        case commitDecision(TxID, participants: [ParticipantRef], decidedAtMs: Int64)
+        /// Unforced: every update branch acknowledged; the transaction can be forgotten.
+        case end(TxID)
+    }
+
+    public enum Action: Equatable {
+        case reply(RequestID, Reply)
+        case send(TxID, to: ParticipantRef, ParticipantMessage)
+        case log(Record, force: Bool)
+        case setTimer(Timer, afterMs: Int64)
+        case cancelTimer(Timer)
+    }
+
+    public enum State: String, Codable, Sendable {
+        /// Accepting branches; no prepare sent yet.
+        case active
+        /// Prepares sent; collecting votes.
+        case preparing
+        /// Every branch voted yes; the commit record is being forced.
+        case deciding
+        /// Commit is decided and durable; delivering it to the branches.
+        case committing
+        case committed
+        case aborted
+
+        public var isFinished: Bool { self == .committed || self == .aborted }
+    }
+
+    public enum BranchState: String, Codable, Sendable {
+        case registered
+        case prepareSent = "prepare-sent"
+        case prepared
+        case votedNo = "voted-no"
+        case readOnly = "read-only"
+        case commitSent = "commit-sent"
+        case committed
+        case aborted
+    }
+
+    public struct Branch: Sendable {
+        public let participant: ParticipantRef
+        public var state: BranchState
+        public var vote: Vote?
+        /// Delivery attempts of the current phase and the last error, for operators.
+        public var attempts = 0
+        public var lastError: String?
+        public var nextRetryAtMs: Int64?
+    }
+
+    public struct TimelineEvent: Equatable, Sendable {
+        public let atMs: Int64
+        public let event: String
+        public let participant: String?
+        public let detail: String?
+    }
+
+    public struct Transaction: Sendable {
+        public let txid: TxID
+        public var state: State
+        public let createdAtMs: Int64
+        public let timeoutMs: Int64
+        public var branches: [Branch] = []
+        public var outcome: Outcome?
+        public var reason: String?
+        public var onePhase = false
+        public var decidedAtMs: Int64?
+        public var finishedAtMs: Int64?
+        public var events: [TimelineEvent] = []
+        /// Commit requests waiting for the decision.
+        var waiters: [RequestID] = []
+
+        func branchIndex(_ name: String) -> Int? { branches.firstIndex { $0.participant.name == name } }
+    }
+
+    public struct Stats: Sendable {
+        public var committed: UInt64 = 0
+        public var aborted: UInt64 = 0
+    }
+
+    public let config: Config
+    public private(set) var epoch: UInt64
+    private var nextSequence: UInt64 = 1
+    private var rng: SplitMix64
+    /// Unfinished transactions (including decided ones still delivering the commit).
+    public private(set) var open: [TxID: Transaction] = [:]
+    /// Recently finished transactions, oldest first, bounded by `finishedTransactionsKept`.
+    public private(set) var finished: [TxID: Transaction] = [:]
+    private var finishedOrder: [TxID] = []
+    private var finishedOrderHead = 0
+    public private(set) var stats = Stats()
+
+    public init(config: Config) {
+        self.config = config
+        self.epoch = config.epoch
+        self.rng = SplitMix64(seed: config.seed)
+    }
+
+    // MARK: - recovery
+
+    /// Rebuilds state from a checkpoint snapshot and the records after it, then returns the
+    /// actions that re-drive every decided-but-unacknowledged transaction. Undecided
+    /// transactions left no record: they are aborted by presumption.
+    public mutating func recover(snapshot: [UInt8]?, records: [(type: UInt8, payload: [UInt8])], nowMs: Int64) throws -> [Action] {
+        var maxEpoch: UInt64 = 0
+        if let snapshot {
+            var r = ByteReader(snapshot)
+            guard try r.u8() == 1 else { throw DecodeError("unknown coordinator snapshot version") }
+            maxEpoch = try r.u64()
+            let count = try r.u32()
+            for _ in 0..<count {
+                let record = try CoordinatorRecordCoding.decodeDecision(&r)
+                let acked = try CoordinatorRecordCoding.decodeNames(&r)
+                applyRecovered(record, nowMs: nowMs)
+                if case .commitDecision(let txid, _, _) = record {
+                    for name in acked { markAcked(txid, name) }
+                }
+            }
+        }
+        for (type, payload) in records {
+            let record = try CoordinatorRecordCoding.decode(type: type, payload: payload)
+            switch record {
+            case .commitDecision(let txid, _, _): maxEpoch = max(maxEpoch, txid.epoch)
+            case .end(let txid): maxEpoch = max(maxEpoch, txid.epoch)
+            }
+            applyRecovered(record, nowMs: nowMs)
+        }
+        for txid in open.keys { maxEpoch = max(maxEpoch, txid.epoch) }
+        if epoch <= maxEpoch { epoch = maxEpoch + 1 }
+
+        var actions: [Action] = []
+        for txid in open.keys.sorted() {
+            guard var tx = open[txid] else { continue }
+            tx.events.append(TimelineEvent(atMs: nowMs, event: "recovered", participant: nil, detail: "re-driving commit after restart"))
+            for i in tx.branches.indices where tx.branches[i].state == .commitSent {
+                actions.append(.send(txid, to: tx.branches[i].participant, .commit))
+            }
+            open[txid] = tx
+        }
+        return actions
+    }
+
+    private mutating func applyRecovered(_ record: Record, nowMs: Int64) {
+        switch record {
+        case .commitDecision(let txid, let participants, let decidedAtMs):
+            var tx = Transaction(txid: txid, state: .committing, createdAtMs: decidedAtMs, timeoutMs: 0)
+            tx.outcome = .committed
+            tx.decidedAtMs = decidedAtMs
+            tx.branches = participants.map { Branch(participant: $0, state: .commitSent, vote: .yes) }
+            tx.events.append(TimelineEvent(atMs: decidedAtMs, event: "decided", participant: nil, detail: "commit (from log)"))
+            open[txid] = tx
+        case .end(let txid):
+            if var tx = open.removeValue(forKey: txid) {
+                tx.state = .committed
+                for i in tx.branches.indices { tx.branches[i].state = .committed }
+                remember(tx)
+            }
+        }
+    }
+
+    private mutating func markAcked(_ txid: TxID, _ name: String) {
+        guard var tx = open[txid], let i = tx.branchIndex(name) else { return }
+        tx.branches[i].state = .committed
+        open[txid] = tx
+    }
+
+    /// Everything needed to rebuild after the log before this point is dropped: the highest
+    /// epoch, and every decided transaction that is not yet fully acknowledged.
+    public func snapshot() -> [UInt8] {
+        var w = ByteWriter()
+        w.u8(1)
+        w.u64(epoch)
+        let decided = open.values.filter { $0.state == .deciding || $0.state == .committing }.sorted { $0.txid < $1.txid }
+        w.u32(UInt32(decided.count))
+        for tx in decided {
+            let updates = tx.branches.filter { $0.vote == .yes }
+            CoordinatorRecordCoding.encodeDecision(&w, txid: tx.txid, participants: updates.map(\.participant), decidedAtMs: tx.decidedAtMs ?? tx.createdAtMs)
+            CoordinatorRecordCoding.encodeNames(&w, updates.filter { $0.state == .committed }.map(\.participant.name))
+        }
+        return w.bytes
+    }
+
+    // MARK: - queries
+
+    public func transaction(_ txid: TxID) -> Transaction? { open[txid] ?? finished[txid] }
+
+    /// Open and recently finished transactions, newest first.
+    public func allTransactions() -> [Transaction] {
+        (Array(open.values) + Array(finished.values)).sorted { $0.txid > $1.txid }
+    }
+
+    /// Transactions counted as in doubt for `cohort_in_doubt`: every unfinished one.
+    public var unfinishedCount: Int { open.count }
+
+    // MARK: - events
+
+    public mutating func on(_ event: Event, nowMs: Int64) -> [Action] {
+        switch event {
+        case .begin(let request, let timeoutMs):
+            return begin(request, timeoutMs: timeoutMs, nowMs: nowMs)
+        case .register(let request, let text, let participant):
+            return register(request, text, participant, nowMs: nowMs)
+        case .commit(let request, let text):
+            return commitRequested(request, text, nowMs: nowMs)
+        case .abort(let request, let text):
+            return abortRequested(request, text, nowMs: nowMs)
+        case .voted(let txid, let name, let vote):
+            return voted(txid, name, vote, nowMs: nowMs)
+        case .prepareFailed(let txid, let name, let error):
+            guard var tx = open[txid], tx.state == .preparing, let i = tx.branchIndex(name),
+                  tx.branches[i].state == .prepareSent else { return [] }
+            tx.branches[i].lastError = error
+            tx.branches[i].attempts += 1
+            open[txid] = tx
+            return decideAbort(txid, reason: "prepare to \(name) failed: \(error)", nowMs: nowMs)
+        case .acknowledged(let txid, let name):
+            return acknowledged(txid, name, nowMs: nowMs)
+        case .onePhaseAnswered(let txid, let name, let outcome, let reason):
+            return onePhaseAnswered(txid, name, outcome, reason, nowMs: nowMs)
+        case .deliveryFailed(let txid, let name, let error):
+            return deliveryFailed(txid, name, error, nowMs: nowMs)
+        case .decisionDurable(let txid):
+            return decisionDurable(txid, nowMs: nowMs)
+        case .timerFired(let timer):
+            return timerFired(timer, nowMs: nowMs)
+        case .inquiry(let request, let text):
+            return [.reply(request, .inquiry(text, inquire(text)))]
+        }
+    }
+
+    /// What a participant that voted yes is told when it asks.
+    public func inquire(_ text: String) -> InquiryAnswer {
+        guard let txid = TxID(text) else { return .unknownCoordinator }
+        guard txid.coordinatorID == config.coordinatorID else { return .unknownCoordinator }
+        if let tx = open[txid] ?? finished[txid] {
+            switch tx.state {
+            case .active, .preparing, .deciding: return .pending
+            case .committing, .committed: return .committed
+            case .aborted: return .aborted
+            }
+        }
+        // Presumed abort: no record means the transaction never reached a durable commit
+        // decision, and it never will (undecided transactions do not survive a restart, and
+        // this id is not open).
+        return .aborted
+    }
+
+    private mutating func begin(_ request: RequestID, timeoutMs: Int64?, nowMs: Int64) -> [Action] {
+        guard open.count < config.openTransactionsMax else {
+            return [.reply(request, .error(RequestError(503, "too many open transactions (limit \(config.openTransactionsMax)); retry later")))]
+        }
+        let timeout = timeoutMs ?? config.timeoutMsDefault
+        guard timeout > 0, timeout <= config.timeoutMsMax else {
+            return [.reply(request, .error(RequestError(400, "timeout_ms must be between 1 and \(config.timeoutMsMax)")))]
+        }
+        let txid = TxID(coordinatorID: config.coordinatorID, epoch: epoch, sequence: nextSequence)
+        nextSequence += 1
+        var tx = Transaction(txid: txid, state: .active, createdAtMs: nowMs, timeoutMs: timeout)
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "begun", participant: nil, detail: "timeout \(timeout)ms"))
+        open[txid] = tx
+        return [.setTimer(.transactionTimeout(txid), afterMs: timeout), .reply(request, .begun(txid, timeoutMs: timeout))]
+    }
+
+    private func lookup(_ text: String) -> Result<TxID, RequestError> {
+        guard let txid = TxID(text) else { return .failure(RequestError(400, "malformed txid \"\(text.prefix(80))\"")) }
+        guard open[txid] != nil || finished[txid] != nil else {
+            return .failure(RequestError(404, "unknown transaction \(text)"))
+        }
+        return .success(txid)
+    }
+
+    private mutating func register(_ request: RequestID, _ text: String, _ participant: ParticipantRef, nowMs: Int64) -> [Action] {
+        guard !participant.name.isEmpty, participant.name.utf8.count <= Limits.participantNameBytesMax,
+              !participant.url.isEmpty, participant.url.utf8.count <= Limits.participantURLBytesMax else {
+            return [.reply(request, .error(RequestError(400, "participant name and url must be 1-\(Limits.participantNameBytesMax) and 1-\(Limits.participantURLBytesMax) bytes")))]
+        }
+        let txid: TxID
+        switch lookup(text) {
+        case .failure(let e): return [.reply(request, .error(e))]
+        case .success(let t): txid = t
+        }
+        guard var tx = open[txid] else {
+            let state = finished[txid]?.state.rawValue ?? "finished"
+            return [.reply(request, .error(RequestError(409, "transaction \(txid) is \(state); it cannot take new branches")))]
+        }
+        if let i = tx.branchIndex(participant.name) {
+            // A duplicate registration is harmless; a second URL for the same name is not.
+            guard tx.branches[i].participant.url == participant.url else {
+                return [.reply(request, .error(RequestError(409, "participant \(participant.name) already joined with url \(tx.branches[i].participant.url)")))]
+            }
+            guard tx.state == .active || tx.state == .preparing else {
+                return [.reply(request, .error(RequestError(409, "transaction \(txid) is \(tx.state.rawValue)")))]
+            }
+            return [.reply(request, .registered(txid, timeoutMs: tx.timeoutMs))]
+        }
+        guard tx.state == .active else {
+            return [.reply(request, .error(RequestError(409, "transaction \(txid) is \(tx.state.rawValue); it cannot take new branches")))]
+        }
+        guard tx.branches.count < config.branchesPerTransactionMax else {
+            return [.reply(request, .error(RequestError(429, "transaction \(txid) has the maximum of \(config.branchesPerTransactionMax) branches")))]
+        }
+        tx.branches.append(Branch(participant: participant, state: .registered))
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "joined", participant: participant.name, detail: participant.url))
+        open[txid] = tx
+        return [.reply(request, .registered(txid, timeoutMs: tx.timeoutMs))]
+    }
+
+    private mutating func commitRequested(_ request: RequestID, _ text: String, nowMs: Int64) -> [Action] {
+        let txid: TxID
+        switch lookup(text) {
+        case .failure(let e): return [.reply(request, .error(e))]
+        case .success(let t): txid = t
+        }
+        guard var tx = open[txid] else {
+            let done = finished[txid]!
+            return [.reply(request, .outcome(txid, done.outcome ?? .aborted, reason: done.reason))]
+        }
+        switch tx.state {
+        case .committing:
+            return [.reply(request, .outcome(txid, .committed, reason: nil))]
+        case .preparing, .deciding:
+            tx.waiters.append(request)
+            open[txid] = tx
+            return []
+        case .committed, .aborted:
+            preconditionFailure("finished transaction \(txid) still open")
+        case .active:
+            break
+        }
+        tx.waiters.append(request)
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "commit-requested", participant: nil, detail: nil))
+        if tx.branches.isEmpty {
+            open[txid] = tx
+            return finishCommitted(txid, nowMs: nowMs, detail: "no branches")
+        }
+        tx.state = .preparing
+        let onePhase = config.onePhaseCommit && tx.branches.count == 1
+        tx.onePhase = onePhase
+        let everyone = tx.branches.map(\.participant)
+        var actions: [Action] = []
+        for i in tx.branches.indices {
+            tx.branches[i].state = .prepareSent
+            tx.branches[i].attempts = 1
+            actions.append(.send(txid, to: tx.branches[i].participant, .prepare(onePhase: onePhase, participants: everyone)))
+        }
+        tx.events.append(TimelineEvent(atMs: nowMs, event: onePhase ? "one-phase-commit-sent" : "prepare-sent", participant: nil, detail: "\(tx.branches.count) branch(es)"))
+        open[txid] = tx
+        return actions
+    }
+
+    private mutating func abortRequested(_ request: RequestID, _ text: String, nowMs: Int64) -> [Action] {
+        let txid: TxID
+        switch lookup(text) {
+        case .failure(let e): return [.reply(request, .error(e))]
+        case .success(let t): txid = t
+        }
+        guard let tx = open[txid] else {
+            let done = finished[txid]!
+            if done.outcome == .committed {
+                return [.reply(request, .error(RequestError(409, "transaction \(txid) already committed")))]
+            }
+            return [.reply(request, .outcome(txid, .aborted, reason: done.reason))]
+        }
+        switch tx.state {
+        case .active:
+            return decideAbort(txid, reason: "aborted by client", nowMs: nowMs) + [.reply(request, .outcome(txid, .aborted, reason: "aborted by client"))]
+        case .preparing where !tx.onePhase:
+            return decideAbort(txid, reason: "aborted by client", nowMs: nowMs) + [.reply(request, .outcome(txid, .aborted, reason: "aborted by client"))]
+        case .preparing, .deciding:
+            // A one-phase commit is in the participant's hands; a forced commit record is on
+            // its way to disk. Neither can be taken back.
+            return [.reply(request, .error(RequestError(409, "transaction \(txid) is \(tx.state.rawValue); it can no longer be aborted")))]
+        case .committing, .committed:
+            return [.reply(request, .error(RequestError(409, "transaction \(txid) already committed")))]
+        case .aborted:
+            preconditionFailure("finished transaction \(txid) still open")
+        }
+    }
+
+    private mutating func voted(_ txid: TxID, _ name: String, _ vote: Vote, nowMs: Int64) -> [Action] {
+        // Late and duplicate votes (after a decision) change nothing.
+        guard var tx = open[txid], tx.state == .preparing, !tx.onePhase, let i = tx.branchIndex(name),
+              tx.branches[i].state == .prepareSent else { return [] }
+        tx.branches[i].vote = vote
+        tx.branches[i].lastError = nil
+        switch vote {
+        case .yes: tx.branches[i].state = .prepared
+        case .readOnly: tx.branches[i].state = .readOnly
+        case .no: tx.branches[i].state = .votedNo
+        }
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "voted", participant: name, detail: vote.wireName))
+        open[txid] = tx
+        if case .no(let reason) = vote {
+            return decideAbort(txid, reason: "\(name) voted no: \(reason)", nowMs: nowMs)
+        }
+        guard tx.branches.allSatisfy({ $0.state == .prepared || $0.state == .readOnly }) else { return [] }
+        if !tx.branches.contains(where: { $0.state == .prepared }) {
+            return finishCommitted(txid, nowMs: nowMs, detail: "every branch read-only")
+        }
+        tx.state = .deciding
+        tx.decidedAtMs = nowMs
+        open[txid] = tx
+        let updates = tx.branches.filter { $0.state == .prepared }.map(\.participant)
+        return [.log(.commitDecision(txid, participants: updates, decidedAtMs: nowMs), force: true)]
+    }
+
+    private mutating func decisionDurable(_ txid: TxID, nowMs: Int64) -> [Action] {
+        guard var tx = open[txid], tx.state == .deciding else { return [] }
+        tx.state = .committing
+        tx.outcome = .committed
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "decided", participant: nil, detail: "commit (durable)"))
+        var actions: [Action] = [.cancelTimer(.transactionTimeout(txid))]
+        for request in tx.waiters { actions.append(.reply(request, .outcome(txid, .committed, reason: nil))) }
+        tx.waiters = []
+        for i in tx.branches.indices where tx.branches[i].state == .prepared {
+            tx.branches[i].state = .commitSent
+            tx.branches[i].attempts = 1
+            actions.append(.send(txid, to: tx.branches[i].participant, .commit))
+        }
+        stats.committed += 1
+        open[txid] = tx
+        return actions
+    }
+
+    private mutating func acknowledged(_ txid: TxID, _ name: String, nowMs: Int64) -> [Action] {
+        guard var tx = open[txid], tx.state == .committing, let i = tx.branchIndex(name),
+              tx.branches[i].state == .commitSent else { return [] }
+        tx.branches[i].state = .committed
+        tx.branches[i].lastError = nil
+        tx.branches[i].nextRetryAtMs = nil
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "acknowledged", participant: name, detail: nil))
+        open[txid] = tx
+        guard !tx.branches.contains(where: { $0.state == .commitSent }) else { return [.cancelTimer(.retry(txid, participant: name))] }
+        tx.state = .committed
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "ended", participant: nil, detail: "every update branch acknowledged"))
+        open.removeValue(forKey: txid)
+        remember(tx)
+        return [.cancelTimer(.retry(txid, participant: name)), .log(.end(txid), force: false)]
+    }
+
+    private mutating func onePhaseAnswered(_ txid: TxID, _ name: String, _ outcome: Outcome, _ reason: String?, nowMs: Int64) -> [Action] {
+        guard var tx = open[txid], tx.onePhase, tx.state == .preparing, let i = tx.branchIndex(name) else { return [] }
+        tx.branches[i].state = outcome == .committed ? .committed : .aborted
+        tx.branches[i].vote = outcome == .committed ? .yes : .no(reason: reason ?? "aborted")
+        tx.branches[i].lastError = nil
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "one-phase-answered", participant: name, detail: outcome.rawValue))
+        open[txid] = tx
+        if outcome == .committed {
+            return [.cancelTimer(.retry(txid, participant: name))] + finishCommitted(txid, nowMs: nowMs, detail: "committed in one phase by \(name)")
+        }
+        return [.cancelTimer(.retry(txid, participant: name))] + decideAbort(txid, reason: "\(name) aborted: \(reason ?? "no reason given")", nowMs: nowMs)
+    }
+
+    private mutating func deliveryFailed(_ txid: TxID, _ name: String, _ error: String, nowMs: Int64) -> [Action] {
+        guard var tx = open[txid], let i = tx.branchIndex(name) else { return [] }
+        let retrying = (tx.state == .committing && tx.branches[i].state == .commitSent)
+            || (tx.onePhase && tx.state == .preparing)
+        guard retrying else { return [] }
+        let delay = backoffDelayMs(attempt: tx.branches[i].attempts, minMs: config.retryDelayMsMin, maxMs: config.retryDelayMsMax, rng: &rng)
+        tx.branches[i].lastError = error
+        tx.branches[i].nextRetryAtMs = nowMs + delay
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "delivery-failed", participant: name, detail: "\(error); retry in \(delay)ms"))
+        trimEvents(&tx)
+        open[txid] = tx
+        return [.setTimer(.retry(txid, participant: name), afterMs: delay)]
+    }
+
+    private mutating func timerFired(_ timer: Timer, nowMs: Int64) -> [Action] {
+        switch timer {
+        case .transactionTimeout(let txid):
+            guard let tx = open[txid], tx.state == .active || (tx.state == .preparing && !tx.onePhase) else { return [] }
+            return decideAbort(txid, reason: "timed out after \(tx.timeoutMs)ms", nowMs: nowMs)
+        case .retry(let txid, let name):
+            guard var tx = open[txid], let i = tx.branchIndex(name) else { return [] }
+            tx.branches[i].attempts += 1
+            tx.branches[i].nextRetryAtMs = nil
+            open[txid] = tx
+            if tx.state == .committing && tx.branches[i].state == .commitSent {
+                return [.send(txid, to: tx.branches[i].participant, .commit)]
+            }
+            if tx.onePhase && tx.state == .preparing {
+                // Asking again is safe: the participant answers a repeated one-phase commit
+                // from its memory of the branch's outcome.
+                return [.send(txid, to: tx.branches[i].participant, .prepare(onePhase: true, participants: tx.branches.map(\.participant)))]
+            }
+            return []
+        }
+    }
+
+    // MARK: - decisions
+
+    /// Abort needs no log record (presumed abort). Every branch that has not already
+    /// said no or read-only hears "abort" once, without acknowledgement: a prepared branch
+    /// that misses it will ask and be told "aborted".
+    private mutating func decideAbort(_ txid: TxID, reason: String, nowMs: Int64) -> [Action] {
+        guard var tx = open.removeValue(forKey: txid) else { return [] }
+        precondition(tx.state == .active || tx.state == .preparing, "abort after commit decision for \(txid)")
+        tx.state = .aborted
+        tx.outcome = .aborted
+        tx.reason = reason
+        tx.finishedAtMs = nowMs
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "decided", participant: nil, detail: "abort: \(reason)"))
+        var actions: [Action] = [.cancelTimer(.transactionTimeout(txid))]
+        for request in tx.waiters { actions.append(.reply(request, .outcome(txid, .aborted, reason: reason))) }
+        tx.waiters = []
+        for i in tx.branches.indices {
+            switch tx.branches[i].state {
+            case .registered, .prepareSent, .prepared:
+                if !tx.onePhase { actions.append(.send(txid, to: tx.branches[i].participant, .abort)) }
+                tx.branches[i].state = .aborted
+            case .votedNo, .readOnly, .aborted:
+                break
+            case .commitSent, .committed:
+                preconditionFailure("branch of \(txid) committed in an aborted transaction")
+            }
+            actions.append(.cancelTimer(.retry(txid, participant: tx.branches[i].participant.name)))
+        }
+        stats.aborted += 1
+        remember(tx)
+        return actions
+    }
+
+    private mutating func finishCommitted(_ txid: TxID, nowMs: Int64, detail: String) -> [Action] {
+        guard var tx = open.removeValue(forKey: txid) else { return [] }
+        tx.state = .committed
+        tx.outcome = .committed
+        tx.finishedAtMs = nowMs
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "decided", participant: nil, detail: "commit: \(detail)"))
+        var actions: [Action] = [.cancelTimer(.transactionTimeout(txid))]
+        for request in tx.waiters { actions.append(.reply(request, .outcome(txid, .committed, reason: nil))) }
+        tx.waiters = []
+        stats.committed += 1
+        remember(tx)
+        return actions
+    }
+
+    private mutating func remember(_ tx: Transaction) {
+        precondition(tx.state.isFinished)
+        var tx = tx
+        if tx.finishedAtMs == nil { tx.finishedAtMs = tx.events.last?.atMs }
+        trimEvents(&tx)
+        if finished.updateValue(tx, forKey: tx.txid) == nil { finishedOrder.append(tx.txid) }
+        while finished.count > config.finishedTransactionsKept {
+            finished.removeValue(forKey: finishedOrder[finishedOrderHead])
+            finishedOrderHead += 1
+        }
+        if finishedOrderHead > 4096 && finishedOrderHead * 2 > finishedOrder.count {
+            finishedOrder.removeFirst(finishedOrderHead)
+            finishedOrderHead = 0
+        }
+    }
+
+    private func trimEvents(_ tx: inout Transaction) {
+        if tx.events.count > Limits.eventsPerTransactionMax {
+            // Keep the first events (how it started) and the most recent ones.
+            let keepHead = 8
+            let keepTail = Limits.eventsPerTransactionMax - keepHead
+            tx.events = Array(tx.events.prefix(keepHead)) + Array(tx.events.suffix(keepTail))
+        }
+    }
+}
+
+/// Binary encoding of the coordinator's log records.
+public enum CoordinatorRecordCoding {
+    public static let commitDecisionType: UInt8 = 1
+    public static let endType: UInt8 = 2
+
+    public static func encode(_ record: Coordinator.Record) -> (type: UInt8, payload: [UInt8]) {
+        var w = ByteWriter()
+        switch record {
+        case .commitDecision(let txid, let participants, let at):
+            encodeDecision(&w, txid: txid, participants: participants, decidedAtMs: at)
+            return (commitDecisionType, w.bytes)
+        case .end(let txid):
+            w.string(txid.description)
+            return (endType, w.bytes)
+        }
+    }
+
+    public static func decode(type: UInt8, payload: [UInt8]) throws -> Coordinator.Record {
+        var r = ByteReader(payload)
+        switch type {
+        case commitDecisionType: return try decodeDecision(&r)
+        case endType: return .end(try decodeTxID(&r))
+        default: throw DecodeError("unknown coordinator record type \(type)")
+        }
+    }
+
+    static func encodeDecision(_ w: inout ByteWriter, txid: TxID, participants: [ParticipantRef], decidedAtMs: Int64) {
+        w.string(txid.description)
+        w.i64(decidedAtMs)
+        w.u32(UInt32(participants.count))
+        for p in participants {
+            w.string(p.name)
+            w.string(p.url)
+        }
+    }
+
+    static func decodeDecision(_ r: inout ByteReader) throws -> Coordinator.Record {
+        let txid = try decodeTxID(&r)
+        let at = try r.i64()
+        let n = try r.u32()
+        guard n <= UInt32(Limits.branchesPerTransactionMax) else { throw DecodeError("\(n) participants in a decision") }
+        var participants: [ParticipantRef] = []
+        for _ in 0..<n {
+            participants.append(ParticipantRef(name: try r.string(maxCount: 4096), url: try r.string(maxCount: 4096)))
+        }
+        return .commitDecision(txid, participants: participants, decidedAtMs: at)
+    }
+
+    static func encodeNames(_ w: inout ByteWriter, _ names: [String]) {
+        w.u32(UInt32(names.count))
+        for n in names { w.string(n) }
+    }
+
+    static func decodeNames(_ r: inout ByteReader) throws -> [String] {
+        let n = try r.u32()
+        guard n <= UInt32(Limits.branchesPerTransactionMax) else { throw DecodeError("\(n) names") }
+        return try (0..<n).map { _ in try r.string(maxCount: 4096) }
+    }
+
+    static func decodeTxID(_ r: inout ByteReader) throws -> TxID {
+        let s = try r.string(maxCount: 128)
+        guard let txid = TxID(s) else { throw DecodeError("bad txid \(s)") }
+        return txid
+    }
+}

@@ -1,0 +1,482 @@
+/// A two-phase commit participant (presumed abort) as a pure state machine.
+///
+/// It decides what to log, answer and ask; the runtime owns the resource (locks, staged work,
+/// the store), the log and the network. Rules it keeps:
+/// - a yes vote is sent only after the prepared record (with the write set) is durable;
+/// - a commit is acknowledged only after the commit record is durable;
+/// - a no vote and a read-only vote force nothing; a read-only branch gets no second phase;
+/// - once it voted yes it never decides alone: it waits for the coordinator and asks it;
+/// - duplicate, late and reordered messages are harmless: a prepare after an abort is refused,
+///   a repeated commit is acknowledged again, work after the outcome is refused.
+public struct Participant {
+    public struct Config: Sendable {
+        public var name: String
+        public var inquiryDelayMs = Limits.inquiryDelayMs
+        public var retryDelayMsMax = Limits.retryDelayMsMax
+        public var branchIdleTimeoutMs = Limits.branchIdleTimeoutMs
+        public var branchesMax = Limits.branchesMax
+        public var finishedBranchesKept = Limits.finishedBranchesKept
+        public var seed: UInt64 = 1
+
+        public init(name: String) { self.name = name }
+    }
+
+    public enum Event {
+        /// The coordinator accepted this participant as a branch of `txid`.
+        case joined(String, coordinatorURL: String, timeoutMs: Int64)
+        /// The runtime asked the resource to vote; the prepare request and that vote arrive here.
+        case prepare(RequestID, txid: String, onePhase: Bool, vote: ResourceVote)
+        case commit(RequestID, txid: String)
+        case abort(RequestID, txid: String)
+        /// The forced record the state machine asked for is durable; `lsn` is its position.
+        case preparedDurable(String)
+        case commitDurable(String, lsn: UInt64)
+        case inquiryAnswered(String, InquiryAnswer)
+        case inquiryFailed(String, error: String)
+        case timerFired(Timer)
+    }
+
+    public enum Timer: Hashable, Sendable {
+        /// An unprepared branch that outlived its transaction's timeout is aborted locally.
+        case branchExpiry(String)
+        /// A prepared branch asks the coordinator for the outcome.
+        case inquire(String)
+    }
+
+    public enum Reply: Equatable {
+        case vote(Vote)
+        case acknowledged
+        case aborted
+        /// Answer to a one-phase commit.
+        case outcome(Outcome, reason: String?)
+        case error(RequestError)
+    }
+
+    public enum Record: Equatable, Sendable {
+        /// Forced before voting yes.
+        case prepared(String, coordinatorURL: String, writeSet: [UInt8])
+        /// Forced before acknowledging.
+        case committed(String)
+        /// A one-phase commit: the write set and the decision in one forced record.
+        case committedOnePhase(String, writeSet: [UInt8])
+        /// Unforced: a prepared branch was told to abort.
+        case aborted(String)
+    }
+
+    public enum Action: Equatable {
+        case reply(RequestID, Reply)
+        case log(Record, force: Bool)
+        /// Apply the write set to the store (its commit record at `lsn` is durable) and release
+        /// the branch's locks.
+        case apply(String, writeSet: [UInt8], lsn: UInt64)
+        /// Forget staged work and release the branch's locks.
+        case release(String)
+        /// Re-take the locks of an in-doubt branch found at recovery (before serving).
+        case restoreLocks(String, writeSet: [UInt8])
+        case inquire(String, coordinatorURL: String)
+        case setTimer(Timer, afterMs: Int64)
+        case cancelTimer(Timer)
+        /// For metrics and the finished-branch memory.
+        case finished(String, Outcome)
+    }
+
+    public enum BranchState: String, Codable, Sendable {
+        case active
+        /// Prepared record being forced.
+        case preparing
+        /// Voted yes; the outcome is up to the coordinator ("in doubt").
+        case prepared
+        /// Commit record being forced.
+        case committing
+        case committed
+        case aborted
+        case readOnly = "read-only"
+    }
+
+    public struct Branch: Sendable {
+        public let txid: String
+        public var state: BranchState
+        public var coordinatorURL: String
+        public var writeSet: [UInt8] = []
+        public var onePhase = false
+        /// Requests waiting for this branch's pending forced record.
+        var waiting: [RequestID] = []
+        /// An abort arrived while the prepared record was being forced.
+        var abortWhenDurable = false
+        public var inquiries = 0
+        public var lastInquiryError: String?
+        public var commitLSN: UInt64?
+    }
+
+    public let config: Config
+    public private(set) var branches: [String: Branch] = [:]
+    /// Outcomes of recently finished branches: duplicates get the same answer, late work and
+    /// late prepares are refused.
+    public private(set) var finishedOutcomes: [String: Outcome] = [:]
+    private var finishedOrder: [String] = []
+    private var finishedOrderHead = 0
+    private var rng: SplitMix64
+
+    public init(config: Config) {
+        self.config = config
+        self.rng = SplitMix64(seed: config.seed)
+    }
+
+    public var inDoubtCount: Int {
+        branches.values.reduce(0) { $0 + ($1.state == .prepared || $1.state == .committing ? 1 : 0) }
+    }
+
+    public func state(of txid: String) -> BranchState? {
+        if let b = branches[txid] { return b.state }
+        switch finishedOutcomes[txid] {
+        case .committed?: return .committed
+        case .aborted?: return .aborted
+        case nil: return nil
+        }
+    }
+
+    /// Whether new work for `txid` may be staged, and if not, why.
+    public func admitWork(_ txid: String) -> RequestError? {
+        if let b = branches[txid] {
+            return b.state == .active ? nil : RequestError(409, "branch \(txid) is \(b.state.rawValue); it takes no more work")
+        }
+        if let outcome = finishedOutcomes[txid] {
+            return RequestError(409, "branch \(txid) already \(outcome.rawValue)")
+        }
+        if branches.count >= config.branchesMax {
+            return RequestError(503, "too many open branches at this participant (limit \(config.branchesMax)); retry later")
+        }
+        return nil
+    }
+
+    // MARK: - recovery
+
+    /// Rebuilds branches from the snapshot and the records after it. Returns the actions to run
+    /// before serving: re-apply durable commits (the store skips those it already has), re-take
+    /// the locks of in-doubt branches, and start asking the coordinator about them.
+    public mutating func recover(snapshot: [UInt8]?, records: [(lsn: UInt64, type: UInt8, payload: [UInt8])]) throws -> [Action] {
+        var toApply: [(String, [UInt8], UInt64)] = []
+        if let snapshot {
+            var r = ByteReader(snapshot)
+            guard try r.u8() == 1 else { throw DecodeError("unknown participant snapshot version") }
+            let n = try r.u32()
+            for _ in 0..<n {
+                let txid = try r.string(maxCount: 128)
+                let url = try r.string(maxCount: 4096)
+                let writeSet = try r.blob()
+                let commitLSN = try r.u64()
+                if commitLSN > 0 {
+                    toApply.append((txid, writeSet, commitLSN))
+                } else {
+                    branches[txid] = Branch(txid: txid, state: .prepared, coordinatorURL: url, writeSet: writeSet)
+                }
+            }
+        }
+        for record in records {
+            switch try ParticipantRecordCoding.decode(type: record.type, payload: record.payload) {
+            case .prepared(let txid, let url, let writeSet):
+                branches[txid] = Branch(txid: txid, state: .prepared, coordinatorURL: url, writeSet: writeSet)
+            case .committed(let txid):
+                if let b = branches.removeValue(forKey: txid) {
+                    toApply.append((txid, b.writeSet, record.lsn))
+                }
+                rememberFinished(txid, .committed)
+            case .committedOnePhase(let txid, let writeSet):
+                toApply.append((txid, writeSet, record.lsn))
+                rememberFinished(txid, .committed)
+            case .aborted(let txid):
+                branches.removeValue(forKey: txid)
+                rememberFinished(txid, .aborted)
+            }
+        }
+        var actions: [Action] = toApply.map { .apply($0.0, writeSet: $0.1, lsn: $0.2) }
+        for txid in branches.keys.sorted() {
+            let b = branches[txid]!
+            actions.append(.restoreLocks(txid, writeSet: b.writeSet))
+            actions.append(.inquire(txid, coordinatorURL: b.coordinatorURL))
+        }
+        return actions
+    }
+
+    /// The in-doubt branches (and commits whose record precedes this point but which the
+    /// store may not have applied yet, with their LSNs) — enough to rebuild after the log
+    /// before this point is dropped. The runtime makes the store durable first.
+    public func snapshot() -> [UInt8] {
+        var w = ByteWriter()
+        w.u8(1)
+        let kept = branches.values.filter {
+            $0.state == .prepared || $0.state == .committing || ($0.state == .preparing)
+        }.sorted { $0.txid < $1.txid }
+        w.u32(UInt32(kept.count))
+        for b in kept {
+            w.string(b.txid)
+            w.string(b.coordinatorURL)
+            w.blob(b.writeSet)
+            // A committing branch's commit record precedes the snapshot; if the snapshot is
+            // durable so is the commit. Its LSN keeps re-application idempotent.
+            w.u64(b.state == .committing ? (b.commitLSN ?? 0) : 0)
+        }
+        return w.bytes
+    }
+
+    /// The runtime tells the state machine where a commit record landed as soon as it is
+    /// appended, so a snapshot taken before it is durable still knows its position.
+    public mutating func noteCommitAppended(_ txid: String, lsn: UInt64) {
+        branches[txid]?.commitLSN = lsn
+    }
+
+    // MARK: - events
+
+    public mutating func on(_ event: Event) -> [Action] {
+        switch event {
+        case .joined(let txid, let url, let timeoutMs):
+            guard branches[txid] == nil, finishedOutcomes[txid] == nil else { return [] }
+            branches[txid] = Branch(txid: txid, state: .active, coordinatorURL: url)
+            // Outlive the coordinator's own timeout, so normally the coordinator aborts first.
+            let expiry = max(timeoutMs, 0) + config.branchIdleTimeoutMs
+            return [.setTimer(.branchExpiry(txid), afterMs: expiry)]
+        case .prepare(let request, let txid, let onePhase, let vote):
+            return prepare(request, txid, onePhase: onePhase, vote: vote)
+        case .commit(let request, let txid):
+            return commit(request, txid)
+        case .abort(let request, let txid):
+            return abort(request, txid)
+        case .preparedDurable(let txid):
+            return preparedDurable(txid)
+        case .commitDurable(let txid, let lsn):
+            return commitDurable(txid, lsn: lsn)
+        case .inquiryAnswered(let txid, let answer):
+            return inquiryAnswered(txid, answer)
+        case .inquiryFailed(let txid, let error):
+            guard var b = branches[txid], b.state == .prepared else { return [] }
+            b.lastInquiryError = error
+            branches[txid] = b
+            return [.setTimer(.inquire(txid), afterMs: inquiryDelay(b.inquiries))]
+        case .timerFired(.branchExpiry(let txid)):
+            guard let b = branches[txid], b.state == .active else { return [] }
+            return finish(txid, .aborted) + [.release(txid)]
+        case .timerFired(.inquire(let txid)):
+            guard var b = branches[txid], b.state == .prepared else { return [] }
+            b.inquiries += 1
+            branches[txid] = b
+            return [.inquire(txid, coordinatorURL: b.coordinatorURL)]
+        }
+    }
+
+    private mutating func prepare(_ request: RequestID, _ txid: String, onePhase: Bool, vote: ResourceVote) -> [Action] {
+        guard var b = branches[txid] else {
+            // Unknown: either finished (answer as before) or never joined here.
+            switch finishedOutcomes[txid] {
+            case .committed?:
+                return [.reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.yes))]
+            case .aborted?:
+                let why = "branch already aborted"
+                return [.reply(request, onePhase ? .outcome(.aborted, reason: why) : .vote(.no(reason: why)))]
+            case nil:
+                let why = "no work for this transaction here"
+                return [.reply(request, onePhase ? .outcome(.aborted, reason: why) : .vote(.no(reason: why)))]
+            }
+        }
+        switch b.state {
+        case .active:
+            break
+        case .preparing, .committing:
+            b.waiting.append(request)
+            branches[txid] = b
+            return []
+        case .prepared:
+            return [.reply(request, .vote(.yes))]
+        case .committed:
+            return [.reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.yes))]
+        case .aborted:
+            return [.reply(request, onePhase ? .outcome(.aborted, reason: "branch aborted") : .vote(.no(reason: "branch aborted")))]
+        case .readOnly:
+            return [.reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.readOnly))]
+        }
+        switch vote {
+        case .readOnly:
+            // Nothing to make durable and nothing to hear later.
+            branches.removeValue(forKey: txid)
+            rememberFinished(txid, .committed)
+            return [.cancelTimer(.branchExpiry(txid)), .release(txid), .finished(txid, .committed),
+                    .reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.readOnly))]
+        case .no(let reason):
+            // A no-voter aborts on its own and forces nothing: the coordinator will abort too.
+            return finish(txid, .aborted) + [.release(txid),
+                    .reply(request, onePhase ? .outcome(.aborted, reason: reason) : .vote(.no(reason: reason)))]
+        case .yes(let writeSet):
+            b.writeSet = writeSet
+            b.waiting.append(request)
+            b.onePhase = onePhase
+            if onePhase {
+                b.state = .committing
+                branches[txid] = b
+                return [.cancelTimer(.branchExpiry(txid)), .log(.committedOnePhase(txid, writeSet: writeSet), force: true)]
+            }
+            b.state = .preparing
+            branches[txid] = b
+            return [.cancelTimer(.branchExpiry(txid)), .log(.prepared(txid, coordinatorURL: b.coordinatorURL, writeSet: writeSet), force: true)]
+        }
+    }
+
+    private mutating func preparedDurable(_ txid: String) -> [Action] {
+        guard var b = branches[txid], b.state == .preparing else { return [] }
+        let waiting = b.waiting
+        b.waiting = []
+        if b.abortWhenDurable {
+            // The coordinator already decided abort; the yes vote is moot.
+            branches[txid] = b
+            return [.log(.aborted(txid), force: false)] + finish(txid, .aborted) + [.release(txid)]
+                + waiting.map { .reply($0, .vote(.no(reason: "aborted while preparing"))) }
+        }
+        b.state = .prepared
+        branches[txid] = b
+        return waiting.map { .reply($0, .vote(.yes)) } + [.setTimer(.inquire(txid), afterMs: config.inquiryDelayMs)]
+    }
+
+    private mutating func commit(_ request: RequestID, _ txid: String) -> [Action] {
+        guard var b = branches[txid] else {
+            switch finishedOutcomes[txid] {
+            case .aborted?:
+                return [.reply(request, .error(RequestError(409, "branch \(txid) was aborted; it cannot commit")))]
+            case .committed?, nil:
+                // The coordinator sends commit only to branches whose prepared record was
+                // durable, and that record is dropped only after the outcome: an unknown
+                // branch has already committed.
+                return [.reply(request, .acknowledged)]
+            }
+        }
+        switch b.state {
+        case .prepared:
+            b.state = .committing
+            b.waiting.append(request)
+            branches[txid] = b
+            return [.cancelTimer(.inquire(txid)), .log(.committed(txid), force: true)]
+        case .committing:
+            b.waiting.append(request)
+            branches[txid] = b
+            return []
+        case .committed, .readOnly:
+            return [.reply(request, .acknowledged)]
+        case .active, .preparing:
+            return [.reply(request, .error(RequestError(409, "branch \(txid) has not voted yes; commit refused")))]
+        case .aborted:
+            return [.reply(request, .error(RequestError(409, "branch \(txid) was aborted; it cannot commit")))]
+        }
+    }
+
+    private mutating func commitDurable(_ txid: String, lsn: UInt64) -> [Action] {
+        guard let b = branches[txid], b.state == .committing else { return [] }
+        let replies: [Action] = b.waiting.map { .reply($0, b.onePhase ? .outcome(.committed, reason: nil) : .acknowledged) }
+        return [.apply(txid, writeSet: b.writeSet, lsn: lsn)] + finish(txid, .committed) + replies
+    }
+
+    private mutating func abort(_ request: RequestID, _ txid: String) -> [Action] {
+        guard var b = branches[txid] else {
+            if finishedOutcomes[txid] == .committed {
+                return [.reply(request, .error(RequestError(409, "branch \(txid) already committed")))]
+            }
+            // Remember the abort, so a prepare or work that arrives after it is refused.
+            rememberFinished(txid, .aborted)
+            return [.reply(request, .aborted)]
+        }
+        switch b.state {
+        case .active:
+            return finish(txid, .aborted) + [.release(txid), .reply(request, .aborted)]
+        case .prepared:
+            return [.log(.aborted(txid), force: false)] + finish(txid, .aborted) + [.release(txid), .reply(request, .aborted)]
+        case .preparing:
+            b.abortWhenDurable = true
+            branches[txid] = b
+            return [.reply(request, .aborted)]
+        case .committing, .committed:
+            return [.reply(request, .error(RequestError(409, "branch \(txid) already committed")))]
+        case .aborted, .readOnly:
+            return [.reply(request, .aborted)]
+        }
+    }
+
+    private mutating func inquiryAnswered(_ txid: String, _ answer: InquiryAnswer) -> [Action] {
+        guard var b = branches[txid], b.state == .prepared else { return [] }
+        switch answer {
+        case .committed:
+            b.state = .committing
+            branches[txid] = b
+            return [.log(.committed(txid), force: true)]
+        case .aborted:
+            return [.log(.aborted(txid), force: false)] + finish(txid, .aborted) + [.release(txid)]
+        case .pending:
+            b.lastInquiryError = nil
+            branches[txid] = b
+            return [.setTimer(.inquire(txid), afterMs: inquiryDelay(b.inquiries))]
+        case .unknownCoordinator:
+            // Never presume here: the coordinator that decided may be gone with its log.
+            b.lastInquiryError = "coordinator does not recognise this transaction's coordinator id"
+            branches[txid] = b
+            return [.setTimer(.inquire(txid), afterMs: config.retryDelayMsMax)]
+        }
+    }
+
+    private mutating func inquiryDelay(_ attempts: Int) -> Int64 {
+        backoffDelayMs(attempt: attempts, minMs: config.inquiryDelayMs, maxMs: max(config.retryDelayMsMax, config.inquiryDelayMs), rng: &rng)
+    }
+
+    private mutating func finish(_ txid: String, _ outcome: Outcome) -> [Action] {
+        branches.removeValue(forKey: txid)
+        rememberFinished(txid, outcome)
+        return [.cancelTimer(.branchExpiry(txid)), .cancelTimer(.inquire(txid)), .finished(txid, outcome)]
+    }
+
+    private mutating func rememberFinished(_ txid: String, _ outcome: Outcome) {
+        if finishedOutcomes.updateValue(outcome, forKey: txid) == nil { finishedOrder.append(txid) }
+        while finishedOutcomes.count > config.finishedBranchesKept {
+            finishedOutcomes.removeValue(forKey: finishedOrder[finishedOrderHead])
+            finishedOrderHead += 1
+        }
+        if finishedOrderHead > 4096 && finishedOrderHead * 2 > finishedOrder.count {
+            finishedOrder.removeFirst(finishedOrderHead)
+            finishedOrderHead = 0
+        }
+    }
+}
+
+/// Binary encoding of the participant's log records.
+public enum ParticipantRecordCoding {
+    public static let preparedType: UInt8 = 1
+    public static let committedType: UInt8 = 2
+    public static let committedOnePhaseType: UInt8 = 3
+    public static let abortedType: UInt8 = 4
+
+    public static func encode(_ record: Participant.Record) -> (type: UInt8, payload: [UInt8]) {
+        var w = ByteWriter()
+        switch record {
+        case .prepared(let txid, let url, let writeSet):
+            w.string(txid)
+            w.string(url)
+            w.blob(writeSet)
+            return (preparedType, w.bytes)
+        case .committed(let txid):
+            w.string(txid)
+            return (committedType, w.bytes)
+        case .committedOnePhase(let txid, let writeSet):
+            w.string(txid)
+            w.blob(writeSet)
+            return (committedOnePhaseType, w.bytes)
+        case .aborted(let txid):
+            w.string(txid)
+            return (abortedType, w.bytes)
+        }
+    }
+
+    public static func decode(type: UInt8, payload: [UInt8]) throws -> Participant.Record {
+        var r = ByteReader(payload)
+        let txid = try r.string(maxCount: 128)
+        switch type {
+        case preparedType: return .prepared(txid, coordinatorURL: try r.string(maxCount: 4096), writeSet: try r.blob())
+        case committedType: return .committed(txid)
+        case committedOnePhaseType: return .committedOnePhase(txid, writeSet: try r.blob())
+        case abortedType: return .aborted(txid)
+        default: throw DecodeError("unknown participant record type \(type)")
+        }
+    }
+}

@@ -1,0 +1,72 @@
+/// Types shared by the coordinator and participant state machines.
+
+/// An opaque handle for a request waiting for an answer; the runtime maps it to a connection.
+public typealias RequestID = UInt64
+
+public enum Outcome: String, Codable, Sendable {
+    case committed
+    case aborted
+}
+
+/// A participant as the coordinator knows it: its unique name and where to call it back.
+public struct ParticipantRef: Hashable, Codable, Sendable {
+    public let name: String
+    public let url: String
+    public init(name: String, url: String) {
+        self.name = name
+        self.url = url
+    }
+}
+
+public enum Vote: Equatable, Sendable {
+    case yes
+    case no(reason: String)
+    case readOnly
+
+    public var wireName: String {
+        switch self {
+        case .yes: return "yes"
+        case .no: return "no"
+        case .readOnly: return "read-only"
+        }
+    }
+}
+
+/// What a coordinator answers a participant that asks about a transaction's outcome.
+public enum InquiryAnswer: String, Codable, Sendable {
+    case committed
+    case aborted
+    /// Still collecting votes: ask again later.
+    case pending
+    /// The id was issued by another coordinator (or this coordinator's data was lost). The
+    /// participant must stay in doubt and tell an operator; presuming abort here could undo a
+    /// commit that the lost coordinator had decided.
+    case unknownCoordinator = "unknown-coordinator"
+}
+
+/// Messages a coordinator sends to a participant (second-phase messages included).
+public enum ParticipantMessage: Equatable, Sendable {
+    /// `participants` lists every branch, so a later protocol (3PC termination) can find peers.
+    case prepare(onePhase: Bool, participants: [ParticipantRef])
+    case commit
+    case abort
+
+    public var typeName: String {
+        switch self {
+        case .prepare(let onePhase, _): return onePhase ? "commit-one-phase" : "prepare"
+        case .commit: return "commit"
+        case .abort: return "abort"
+        }
+    }
+}
+
+/// An error answer for a request: HTTP status plus a sentence.
+public struct RequestError: Error, Equatable, Sendable, CustomStringConvertible {
+    public let status: Int
+    public let message: String
+    public init(_ status: Int, _ message: String) {
+        self.status = status
+        self.message = message
+    }
+    public var description: String { "\(status): \(message)" }
+}
