@@ -26,9 +26,11 @@ let package = Package(
         .target(name: "CohortHTTP", dependencies: ["CohortCore", "CohortPosix"]),
         // The agent's resource: a transactional key-value store (SQLite) with per-key locks.
         .target(name: "CohortKV", dependencies: ["CohortCore", "CSQLite"]),
+        // What both server runtimes share: request/timer tables, JSON bodies, data directories.
+        .target(name: "CohortRuntime", dependencies: ["CohortCore", "CohortLog", "CohortHTTP", "CohortPosix"]),
         // Runtimes: carry out the state machines' actions against disk, network and timers.
-        .target(name: "CohortCoordinator", dependencies: ["CohortCore", "CohortLog", "CohortHTTP", "CohortPosix"]),
-        .target(name: "CohortAgent", dependencies: ["CohortCore", "CohortLog", "CohortHTTP", "CohortKV", "CohortPosix"]),
+        .target(name: "CohortCoordinator", dependencies: ["CohortRuntime"]),
+        .target(name: "CohortAgent", dependencies: ["CohortRuntime", "CohortKV"]),
         // Blocking client helpers and process supervision for CLIs, benchmarks and tests.
         .target(name: "CohortClient", dependencies: ["CohortCore", "CohortHTTP", "CohortPosix"]),
         .executableTarget(name: "cohortd", dependencies: ["CohortCoordinator"]),

@@ -1,0 +1,495 @@
+import CohortCore
+import CohortHTTP
+import CohortKV
+import CohortLog
+import CohortPosix
+import CohortRuntime
+import Foundation
+
+/// `cohort-agent`: a participant holding an embedded transactional key-value store.
+///
+/// The participant state machine decides; this runtime carries out its actions against the
+/// prepare log (the truth), the SQLite store (materialized state, re-applied from the log after
+/// a crash), the lock table, the HTTP server and client, and timers, on one event loop thread.
+public final class AgentServer {
+    public struct Options {
+        public var name: String
+        public var dataDirectory: String
+        public var coordinatorURL: String
+        public var host = "127.0.0.1"
+        public var port = 0
+        public var advertiseURL: String?
+        public var token: String?
+        public var seed: UInt64?
+
+        public init(name: String, dataDirectory: String, coordinatorURL: String) {
+            self.name = name
+            self.dataDirectory = dataDirectory
+            self.coordinatorURL = coordinatorURL
+        }
+    }
+
+    public static let crashPoints = [
+        "agent.before-register-send",
+        "agent.after-register-send",
+        "agent.before-prepared-logged",
+        "agent.after-prepared-logged",
+        "agent.after-vote-sent",
+        "agent.before-commit-logged",
+        "agent.after-commit-logged",
+        "agent.after-commit-applied",
+        "agent.after-ack-sent",
+        "agent.before-abort-logged",
+        "agent.after-abort-logged",
+        "agent.before-inquiry-send",
+        "agent.after-inquiry-send",
+    ]
+
+    static let messageTypes = ["register", "vote", "ack", "inquiry"]
+
+    /// What a forced record, once durable, lets the state machine do.
+    private enum Pending {
+        case prepared(String)
+        case committed(String)
+    }
+
+    public let loop: EventLoop
+    private let options: Options
+    private var machine: Participant
+    private let log: DurableLog
+    private let store: SQLiteKVStore
+    private var resource: KVResource!
+    private var server: HTTPServer!
+    private let client: HTTPClient
+    private let requests = PendingRequests()
+    private var timers: TimerTable<Participant.Timer>!
+    private var pending = DurabilityQueue<Pending>()
+    private let metrics = MetricsRegistry()
+    private let onFatal: (String) -> Void
+    private var joining: [String: [(Result<Void, RequestError>) -> Void]] = [:]
+    private var stagingInFlight: [String: Int] = [:]
+    private var startupInquiries: [Participant.Action] = []
+    private var advertiseURL = ""
+    public private(set) var recoveryNote: String?
+    private var stopping = false
+
+    public var port: Int { server.port }
+
+    public init(options: Options, onFatal: @escaping (String) -> Void) throws {
+        self.options = options
+        self.onFatal = onFatal
+        let dir = options.dataDirectory
+        let name = try DataDirectory.identity(
+            dir: dir, file: "agent.name", logSubdirectory: "log", make: { options.name },
+            validate: { !$0.isEmpty })
+        guard name == options.name else {
+            throw StartupError("\(dir) belongs to agent \"\(name)\", not \"\(options.name)\"; refusing to mix their logs")
+        }
+        let storage = try FileLogStorage(directory: dir + "/log", faults: try storageFaultsFromEnvironment())
+        let (log, recovered) = try DurableLog.open(storage: storage)
+        self.log = log
+        if let tail = recovered.truncatedTail {
+            recoveryNote = "truncated a torn tail of \(tail.bytesDropped) bytes at \(tail.file) offset \(tail.offset)"
+        }
+        store = try SQLiteKVStore(path: dir + "/kv.sqlite")
+        var config = Participant.Config(name: options.name)
+        config.seed = options.seed ?? ProcessEnv.randomU64()
+        machine = Participant(config: config)
+        loop = try EventLoop()
+        var clientConfig = HTTPClientConfig()
+        clientConfig.bearerToken = options.token
+        client = HTTPClient(loop: loop, config: clientConfig)
+        timers = TimerTable(loop: loop)
+        let loop = self.loop
+        resource = KVResource(store: store, schedule: { afterMs, task in
+            let handle = loop.schedule(afterMs: afterMs, task)
+            return { loop.cancel(handle) }
+        })
+
+        // Recovery: re-apply durable commits the store may lack, re-take in-doubt locks. Both
+        // happen before the server accepts anything; inquiries start once the loop runs.
+        let recoveryActions = try machine.recover(snapshot: recovered.snapshot,
+                                                  records: recovered.records.map { ($0.lsn, $0.type, $0.payload) })
+        let applies = recoveryActions.compactMap { action -> (txid: String, writeSet: [UInt8], lsn: UInt64)? in
+            if case .apply(let t, let ws, let lsn) = action { return (t, ws, lsn) } else { return nil }
+        }
+        if !applies.isEmpty { try resource.commit(applies) }
+        for action in recoveryActions {
+            switch action {
+            case .restoreLocks(let txid, let writeSet): try resource.restoreInDoubt(txid: txid, writeSet: writeSet)
+            case .inquire: startupInquiries.append(action)
+            default: break
+            }
+        }
+
+        declareCommonMetrics(metrics, log: log, messageTypes: Self.messageTypes)
+        metrics.sample("cohort_in_doubt", help: "Branches that voted yes and have no outcome yet") { [unowned self] in Double(self.machine.inDoubtCount) }
+        metrics.sample("cohort_branches_open", help: "Branches staged, preparing or in doubt") { [unowned self] in Double(self.machine.branches.count) }
+        metrics.sample("cohort_lock_waits", help: "Lock requests waiting") { [unowned self] in Double(self.resource.lockWaitCount) }
+
+        var serverConfig = HTTPServerConfig()
+        serverConfig.bearerToken = options.token
+        server = try HTTPServer(loop: loop, host: options.host, port: options.port, config: serverConfig) { [unowned self] request, responder in
+            self.handle(request, responder)
+        }
+        advertiseURL = options.advertiseURL ?? "http://\(options.host):\(server.port)"
+        log.onDurable = { [weak self] lsn in
+            guard let self else { return }
+            self.loop.execute { self.durable(upTo: lsn) }
+        }
+        log.onFailure = { error in
+            onFatal("durable log failed, stopping without acknowledging anything more: \(error)")
+        }
+    }
+
+    public func run() throws {
+        loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { [unowned self] _ in self.shutdown() }
+        loop.execute { [unowned self] in
+            let actions = self.startupInquiries
+            self.startupInquiries = []
+            self.execute(actions)
+        }
+        try loop.run()
+    }
+
+    public func shutdown() {
+        guard !stopping else { return }
+        stopping = true
+        server.shutdown()
+        log.close()
+        try? store.makeDurable()
+        store.close()
+        loop.stop()
+    }
+
+    // MARK: - events in
+
+    private func feed(_ event: Participant.Event) {
+        execute(machine.on(event))
+    }
+
+    private func durable(upTo lsn: UInt64) {
+        var actions: [Participant.Action] = []
+        for (recordLSN, item) in pending.popDurable(upTo: lsn) {
+            switch item {
+            case .prepared(let txid):
+                CrashPoints.hit("agent.after-prepared-logged")
+                actions += machine.on(.preparedDurable(txid))
+            case .committed(let txid):
+                CrashPoints.hit("agent.after-commit-logged")
+                actions += machine.on(.commitDurable(txid, lsn: recordLSN))
+            }
+        }
+        // One store transaction for every commit this sync made durable.
+        execute(actions)
+        maybeCheckpoint()
+    }
+
+    private func maybeCheckpoint() {
+        guard log.bytesSinceCheckpoint > Limits.checkpointAfterBytes else { return }
+        do {
+            // Everything applied so far must survive power loss before the log forgets it.
+            try store.makeDurable()
+            _ = try log.checkpoint(snapshot: machine.snapshot())
+        } catch {
+            onFatal("checkpoint failed: \(error)")
+        }
+    }
+
+    // MARK: - actions out
+
+    private func execute(_ actions: [Participant.Action]) {
+        let applies = actions.compactMap { action -> (txid: String, writeSet: [UInt8], lsn: UInt64)? in
+            if case .apply(let t, let ws, let lsn) = action { return (t, ws, lsn) } else { return nil }
+        }
+        if !applies.isEmpty {
+            do {
+                try resource.commit(applies)
+            } catch {
+                onFatal("cannot apply committed branches to the store: \(error)")
+                return
+            }
+            CrashPoints.hit("agent.after-commit-applied")
+        }
+        for action in actions {
+            switch action {
+            case .apply:
+                break
+            case .reply(let id, let reply):
+                respond(id, reply)
+            case .log(let record, let force):
+                append(record, force: force)
+            case .release(let txid):
+                resource.abort(txid: txid)
+            case .restoreLocks(let txid, let writeSet):
+                do { try resource.restoreInDoubt(txid: txid, writeSet: writeSet) } catch { onFatal("cannot restore locks of \(txid): \(error)") }
+            case .inquire(let txid, let url):
+                inquire(txid, url)
+            case .setTimer(let timer, let afterMs):
+                timers.set(timer, afterMs: afterMs) { [unowned self] in self.feed(.timerFired($0)) }
+            case .cancelTimer(let timer):
+                timers.cancel(timer)
+            case .finished(_, let outcome):
+                metrics.add("cohort_transactions_total", labels: "outcome=\"\(outcome.rawValue)\"")
+            }
+        }
+    }
+
+    private func append(_ record: Participant.Record, force: Bool) {
+        let encoded = ParticipantRecordCoding.encode(record)
+        switch record {
+        case .prepared: CrashPoints.hit("agent.before-prepared-logged")
+        case .committed, .committedOnePhase: CrashPoints.hit("agent.before-commit-logged")
+        case .aborted: CrashPoints.hit("agent.before-abort-logged")
+        }
+        let lsn: UInt64
+        do {
+            lsn = try log.append(type: encoded.type, payload: encoded.payload, force: force)
+        } catch {
+            onFatal("cannot append to the durable log: \(error)")
+            return
+        }
+        switch record {
+        case .prepared(let txid, _, _):
+            pending.append(lsn: lsn, .prepared(txid))
+        case .committed(let txid), .committedOnePhase(let txid, _):
+            machine.noteCommitAppended(txid, lsn: lsn)
+            pending.append(lsn: lsn, .committed(txid))
+        case .aborted:
+            CrashPoints.hit("agent.after-abort-logged")
+        }
+    }
+
+    private func respond(_ id: RequestID, _ reply: Participant.Reply) {
+        guard let responder = requests.take(id) else { return }
+        switch reply {
+        case .vote(let vote):
+            var reason: String?
+            if case .no(let r) = vote { reason = r }
+            responder.send(.jsonBytes(200, JSONBody.encode(PrepareResponse(txid: "", vote: vote.wireName, outcome: nil, reason: reason).with(txid: pendingTxid(id)))))
+            metrics.add("cohort_messages_sent_total", labels: "type=\"vote\"")
+            if vote == .yes { CrashPoints.hit("agent.after-vote-sent") }
+        case .acknowledged:
+            responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: pendingTxid(id), status: "committed"))))
+            metrics.add("cohort_messages_sent_total", labels: "type=\"ack\"")
+            CrashPoints.hit("agent.after-ack-sent")
+        case .aborted:
+            responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: pendingTxid(id), status: "aborted"))))
+        case .outcome(let outcome, let reason):
+            responder.send(.jsonBytes(200, JSONBody.encode(PrepareResponse(txid: pendingTxid(id), vote: nil, outcome: outcome.rawValue, reason: reason))))
+            metrics.add("cohort_messages_sent_total", labels: "type=\"\(outcome == .committed ? "ack" : "vote")\"")
+        case .error(let e):
+            responder.send(.requestError(e))
+        }
+        requestTxids.removeValue(forKey: id)
+    }
+
+    /// The txid each protocol request was about, to echo it in the answer.
+    private var requestTxids: [RequestID: String] = [:]
+    private func pendingTxid(_ id: RequestID) -> String { requestTxids[id] ?? "" }
+    private func track(_ responder: HTTPResponder, _ txid: String) -> RequestID {
+        let id = requests.add(responder)
+        requestTxids[id] = txid
+        return id
+    }
+
+    private func inquire(_ txid: String, _ url: String) {
+        CrashPoints.hit("agent.before-inquiry-send")
+        metrics.add("cohort_messages_sent_total", labels: "type=\"inquiry\"")
+        let path = "/v1/transactions/\(txid)/outcome?participant=\(options.name)"
+        client.send(HTTPClientRequest(method: "GET", url: url + path)) { [unowned self] result in
+            switch result {
+            case .success(let r) where r.status == 200:
+                if let answer = try? JSONDecoder().decode(InquiryResponse.self, from: Data(r.body)),
+                   let outcome = InquiryAnswer(rawValue: answer.outcome) {
+                    self.feed(.inquiryAnswered(txid, outcome))
+                } else {
+                    self.feed(.inquiryFailed(txid, error: "unreadable answer from coordinator"))
+                }
+            case .success(let r):
+                self.feed(.inquiryFailed(txid, error: "coordinator answered HTTP \(r.status)"))
+            case .failure(let e):
+                self.feed(.inquiryFailed(txid, error: "\(e)"))
+            }
+        }
+        CrashPoints.hit("agent.after-inquiry-send")
+    }
+
+    // MARK: - work
+
+    private func work(_ request: HTTPRequest, _ responder: HTTPResponder) {
+        let body: WorkRequest
+        switch JSONBody.decode(WorkRequest.self, from: request.body) {
+        case .failure(let e): return responder.send(.requestError(e))
+        case .success(let w): body = w
+        }
+        guard TxID(body.txid) != nil else { return responder.send(.error(400, "malformed txid \"\(body.txid.prefix(80))\"")) }
+        let txid = body.txid
+        if let refusal = machine.admitWork(txid) {
+            if refusal.status == 503 { metrics.add("cohort_requests_rejected_total") }
+            return responder.send(.requestError(refusal))
+        }
+        if machine.state(of: txid) == .active {
+            return stage(txid, body.ops, responder)
+        }
+        let continueWork: (Result<Void, RequestError>) -> Void = { [unowned self] result in
+            switch result {
+            case .failure(let e):
+                responder.send(.requestError(e))
+            case .success:
+                if let refusal = self.machine.admitWork(txid) { return responder.send(.requestError(refusal)) }
+                self.stage(txid, body.ops, responder)
+            }
+        }
+        if joining[txid] != nil {
+            joining[txid]!.append(continueWork)
+            return
+        }
+        joining[txid] = [continueWork]
+        register(txid)
+    }
+
+    private func register(_ txid: String) {
+        CrashPoints.hit("agent.before-register-send")
+        metrics.add("cohort_messages_sent_total", labels: "type=\"register\"")
+        let coordinator = options.coordinatorURL
+        let body = JSONBody.encode(RegisterRequest(participant: options.name, url: advertiseURL))
+        client.send(HTTPClientRequest(method: "POST", url: "\(coordinator)/v1/transactions/\(txid)/branches", body: body)) { [unowned self] result in
+            let waiters = self.joining.removeValue(forKey: txid) ?? []
+            let outcome: Result<Void, RequestError>
+            switch result {
+            case .success(let r) where r.status == 200:
+                let timeoutMs = (try? JSONDecoder().decode(RegisterResponse.self, from: Data(r.body)).timeoutMs) ?? Limits.transactionTimeoutMsDefault
+                self.feed(.joined(txid, coordinatorURL: coordinator, timeoutMs: timeoutMs))
+                outcome = .success(())
+            case .success(let r):
+                let text = (try? JSONDecoder().decode(ErrorBody.self, from: Data(r.body)).error) ?? "HTTP \(r.status)"
+                outcome = .failure(RequestError(r.status == 503 ? 503 : (r.status == 404 ? 404 : 409), "coordinator refused the branch: \(text)"))
+            case .failure(let e):
+                outcome = .failure(RequestError(503, "coordinator \(coordinator) unreachable: \(e)"))
+            }
+            for waiter in waiters { waiter(outcome) }
+        }
+        CrashPoints.hit("agent.after-register-send")
+    }
+
+    private func stage(_ txid: String, _ ops: [KVOp], _ responder: HTTPResponder) {
+        stagingInFlight[txid, default: 0] += 1
+        resource.stage(txid: txid, ops: ops) { [unowned self] result in
+            if let n = self.stagingInFlight[txid], n > 1 { self.stagingInFlight[txid] = n - 1 } else { self.stagingInFlight.removeValue(forKey: txid) }
+            switch result {
+            case .success(let staged):
+                responder.send(.jsonBytes(200, JSONBody.encode(WorkResponse(txid: txid, staged: staged.staged, values: staged.values.isEmpty ? nil : staged.values))))
+            case .failure(let error):
+                responder.send(.error(Self.status(for: error), "\(error)"))
+            }
+        }
+    }
+
+    static func status(for error: KVError) -> Int {
+        switch error {
+        case .lockTimeout, .lockRefused, .branchFinished: return 409
+        case .invalid: return 400
+        case .storeFailed: return 500
+        }
+    }
+
+    // MARK: - HTTP routing
+
+    private func handle(_ request: HTTPRequest, _ responder: HTTPResponder) {
+        let parts = request.pathComponents
+        switch (request.method, parts.count) {
+        case ("GET", 1) where parts[0] == "healthz":
+            responder.send(.jsonBytes(200, JSONBody.encode(HealthResponse(status: "ok"))))
+        case ("GET", 1) where parts[0] == "metrics":
+            responder.send(.text(200, metrics.render(), contentType: "text/plain; version=0.0.4"))
+        case ("POST", 2) where parts == ["v1", "work"]:
+            work(request, responder)
+        case ("GET", 3) where parts[0] == "v1" && parts[1] == "kv":
+            do {
+                guard let value = try resource.get(parts[2]) else { return responder.send(.error(404, "no key \(parts[2].prefix(80))")) }
+                responder.send(.jsonBytes(200, JSONBody.encode(KVItem(key: parts[2], value: value))))
+            } catch {
+                responder.send(.error(500, "store read failed: \(error)"))
+            }
+        case ("GET", 2) where parts == ["v1", "kv"]:
+            let limit = Int(request.query["limit"] ?? "") ?? Limits.scanItemsMax
+            guard limit > 0, limit <= Limits.scanItemsMax else { return responder.send(.error(400, "limit must be 1-\(Limits.scanItemsMax)")) }
+            do {
+                let items = try resource.scan(prefix: request.query["prefix"] ?? "", limit: limit)
+                responder.send(.jsonBytes(200, JSONBody.encode(KVItemList(items: items.map { KVItem(key: $0.key, value: $0.value) }))))
+            } catch {
+                responder.send(.error(500, "store read failed: \(error)"))
+            }
+        case ("GET", 2) where parts == ["v1", "branches"]:
+            branches(request, responder)
+        case ("POST", 3) where parts[0] == "v1" && parts[1] == "2pc":
+            protocolMessage(parts[2], request, responder)
+        default:
+            responder.send(.error(404, "no route for \(request.method) \(request.path)"))
+        }
+    }
+
+    private func protocolMessage(_ kind: String, _ request: HTTPRequest, _ responder: HTTPResponder) {
+        switch kind {
+        case "prepare":
+            switch JSONBody.decode(PrepareRequest.self, from: request.body) {
+            case .failure(let e): responder.send(.requestError(e))
+            case .success(let p):
+                let vote: ResourceVote
+                if machine.state(of: p.txid) == .active {
+                    vote = (stagingInFlight[p.txid] ?? 0) > 0 ? .no(reason: "work still in progress on this branch") : resource.vote(txid: p.txid)
+                } else {
+                    vote = .readOnly // not consulted: the state machine answers from the branch's state
+                }
+                feed(.prepare(track(responder, p.txid), txid: p.txid, onePhase: p.onePhase ?? false, vote: vote))
+            }
+        case "commit", "abort":
+            switch JSONBody.decode(PhaseRequest.self, from: request.body) {
+            case .failure(let e): responder.send(.requestError(e))
+            case .success(let p):
+                let id = track(responder, p.txid)
+                feed(kind == "commit" ? .commit(id, txid: p.txid) : .abort(id, txid: p.txid))
+            }
+        default:
+            responder.send(.error(404, "no protocol message \(kind)"))
+        }
+    }
+
+    private func branches(_ request: HTTPRequest, _ responder: HTTPResponder) {
+        let filter = request.query["state"]
+        let states = ["active", "preparing", "prepared", "committing", "in-doubt"]
+        if let filter, !states.contains(filter) {
+            return responder.send(.error(400, "state must be one of \(states.joined(separator: ", "))"))
+        }
+        let selected = machine.branches.values.filter { b in
+            switch filter {
+            case nil: return true
+            case "in-doubt"?: return b.state == .prepared || b.state == .committing
+            case let s?: return b.state.rawValue == s
+            }
+        }.sorted { $0.txid < $1.txid }.map { BranchSummary(txid: $0.txid, state: $0.state.rawValue, coordinator: $0.coordinatorURL) }
+        responder.send(.jsonBytes(200, JSONBody.encode(BranchList(branches: selected))))
+    }
+}
+
+public struct WorkResponse: Codable {
+    public let txid: String
+    public let staged: Int
+    public let values: [String: KVValue]?
+}
+
+public struct KVItem: Codable {
+    public let key: String
+    public let value: KVValue
+}
+
+public struct KVItemList: Codable {
+    public let items: [KVItem]
+}
+
+extension PrepareResponse {
+    func with(txid: String) -> PrepareResponse {
+        PrepareResponse(txid: txid, vote: vote, outcome: outcome, reason: reason)
+    }
+}

@@ -1,0 +1,349 @@
+import CohortCore
+import CohortHTTP
+import CohortLog
+import CohortPosix
+import CohortRuntime
+import Foundation
+
+/// `cohortd`: runs the coordinator state machine against a durable log, an HTTP server, an HTTP
+/// client for participants, and timers, all on one event loop thread. The log syncs on its own
+/// thread and reports durability back to the loop.
+public final class CoordinatorServer {
+    public struct Options {
+        public var dataDirectory: String
+        public var host = "127.0.0.1"
+        public var port = 0
+        public var token: String?
+        public var onePhaseCommit = true
+        public var seed: UInt64?
+
+        public init(dataDirectory: String) { self.dataDirectory = dataDirectory }
+    }
+
+    /// Every crash point this program has (`COHORT_CRASHPOINT=list`).
+    public static let crashPoints = [
+        "coordinator.before-prepare-send",
+        "coordinator.after-prepare-send",
+        "coordinator.before-decision-logged",
+        "coordinator.after-decision-logged",
+        "coordinator.after-commit-replied",
+        "coordinator.before-commit-send",
+        "coordinator.after-commit-send",
+        "coordinator.before-abort-send",
+        "coordinator.after-abort-send",
+        "coordinator.before-end-logged",
+        "coordinator.after-end-logged",
+    ]
+
+    static let messageTypes = ["prepare", "commit-one-phase", "commit", "abort"]
+
+    public let loop: EventLoop
+    private var machine: Coordinator
+    private let log: DurableLog
+    private var server: HTTPServer!
+    private let client: HTTPClient
+    private let requests = PendingRequests()
+    private var timers: TimerTable<Coordinator.Timer>!
+    private var decisions = DurabilityQueue<TxID>()
+    private let metrics = MetricsRegistry()
+    private let onFatal: (String) -> Void
+    private var recoveryActions: [Coordinator.Action] = []
+    public let coordinatorID: String
+    public private(set) var recoveryNote: String?
+    private var stopping = false
+
+    public var port: Int { server.port }
+
+    /// Opens the data directory, recovers from the log, and binds the listening socket.
+    /// `onFatal` is called (from any thread) when the process must stop at once: a failed log
+    /// write or sync, after which nothing may be acknowledged.
+    public init(options: Options, onFatal: @escaping (String) -> Void) throws {
+        self.onFatal = onFatal
+        let dir = options.dataDirectory
+        coordinatorID = try DataDirectory.identity(
+            dir: dir, file: "coordinator.id", logSubdirectory: "log",
+            make: { String(format: "%08x", UInt32(truncatingIfNeeded: ProcessEnv.randomU64())) },
+            validate: TxID.isValidCoordinatorID)
+        let storage = try FileLogStorage(directory: dir + "/log", faults: try storageFaultsFromEnvironment())
+        let (log, recovered) = try DurableLog.open(storage: storage)
+        self.log = log
+        if let tail = recovered.truncatedTail {
+            recoveryNote = "truncated a torn tail of \(tail.bytesDropped) bytes at \(tail.file) offset \(tail.offset)"
+        }
+        var config = Coordinator.Config(coordinatorID: coordinatorID, epoch: UInt64(max(SystemClock.wallMs(), 1)))
+        config.onePhaseCommit = options.onePhaseCommit
+        config.seed = options.seed ?? ProcessEnv.randomU64()
+        machine = Coordinator(config: config)
+        recoveryActions = try machine.recover(snapshot: recovered.snapshot,
+                                              records: recovered.records.map { ($0.type, $0.payload) },
+                                              nowMs: SystemClock.wallMs())
+        loop = try EventLoop()
+        var clientConfig = HTTPClientConfig()
+        clientConfig.bearerToken = options.token
+        client = HTTPClient(loop: loop, config: clientConfig)
+        timers = TimerTable(loop: loop)
+        declareCommonMetrics(metrics, log: log, messageTypes: Self.messageTypes)
+        metrics.sample("cohort_in_doubt", help: "Unfinished transactions at this coordinator") { [unowned self] in Double(self.machine.unfinishedCount) }
+        metrics.sample("cohort_open_transactions", help: "Transactions begun and not finished") { [unowned self] in Double(self.machine.unfinishedCount) }
+        var serverConfig = HTTPServerConfig()
+        serverConfig.bearerToken = options.token
+        server = try HTTPServer(loop: loop, host: options.host, port: options.port, config: serverConfig) { [unowned self] request, responder in
+            self.handle(request, responder)
+        }
+        log.onDurable = { [weak self] lsn in
+            guard let self else { return }
+            self.loop.execute { self.durable(upTo: lsn) }
+        }
+        log.onFailure = { error in
+            onFatal("durable log failed, stopping without acknowledging anything more: \(error)")
+        }
+    }
+
+    /// Runs until SIGTERM/SIGINT. Decided-but-unacknowledged transactions are re-driven first.
+    public func run() throws {
+        loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { [unowned self] _ in self.shutdown() }
+        loop.execute { [unowned self] in
+            let actions = self.recoveryActions
+            self.recoveryActions = []
+            self.execute(actions)
+        }
+        try loop.run()
+    }
+
+    public func shutdown() {
+        guard !stopping else { return }
+        stopping = true
+        server.shutdown()
+        log.close()
+        loop.stop()
+    }
+
+    // MARK: - events in
+
+    private func feed(_ event: Coordinator.Event) {
+        execute(machine.on(event, nowMs: SystemClock.wallMs()))
+    }
+
+    private func durable(upTo lsn: UInt64) {
+        for (_, txid) in decisions.popDurable(upTo: lsn) {
+            CrashPoints.hit("coordinator.after-decision-logged")
+            feed(.decisionDurable(txid))
+        }
+        maybeCheckpoint()
+    }
+
+    private func maybeCheckpoint() {
+        guard log.bytesSinceCheckpoint > Limits.checkpointAfterBytes else { return }
+        do {
+            _ = try log.checkpoint(snapshot: machine.snapshot())
+        } catch {
+            onFatal("checkpoint failed: \(error)")
+        }
+    }
+
+    // MARK: - actions out
+
+    private func execute(_ actions: [Coordinator.Action]) {
+        for action in actions {
+            switch action {
+            case .reply(let id, let reply):
+                let wasCommit: Bool
+                if case .outcome(_, .committed, _) = reply { wasCommit = true } else { wasCommit = false }
+                requests.take(id)?.send(response(for: reply))
+                if wasCommit { CrashPoints.hit("coordinator.after-commit-replied") }
+            case .send(let txid, let to, let message):
+                send(txid, to, message)
+            case .log(let record, let force):
+                append(record, force: force)
+            case .setTimer(let timer, let afterMs):
+                timers.set(timer, afterMs: afterMs) { [unowned self] in self.feed(.timerFired($0)) }
+            case .cancelTimer(let timer):
+                timers.cancel(timer)
+            }
+        }
+    }
+
+    private func append(_ record: Coordinator.Record, force: Bool) {
+        let isDecision: Bool
+        if case .commitDecision = record { isDecision = true } else { isDecision = false }
+        CrashPoints.hit(isDecision ? "coordinator.before-decision-logged" : "coordinator.before-end-logged")
+        let encoded = CoordinatorRecordCoding.encode(record)
+        do {
+            let lsn = try log.append(type: encoded.type, payload: encoded.payload, force: force)
+            if case .commitDecision(let txid, _, _) = record {
+                decisions.append(lsn: lsn, txid)
+            } else {
+                CrashPoints.hit("coordinator.after-end-logged")
+            }
+        } catch {
+            // The decision cannot be made durable; deciding without it would break presumed
+            // abort. Stop: on restart the transaction is undecided and therefore aborted.
+            onFatal("cannot append to the durable log: \(error)")
+        }
+    }
+
+    private func send(_ txid: TxID, _ to: ParticipantRef, _ message: ParticipantMessage) {
+        let path: String
+        let body: [UInt8]
+        switch message {
+        case .prepare(let onePhase, let participants):
+            path = "/v1/2pc/prepare"
+            body = JSONBody.encode(PrepareRequest(txid: txid.description, onePhase: onePhase, participants: participants))
+            CrashPoints.hit("coordinator.before-prepare-send")
+        case .commit:
+            path = "/v1/2pc/commit"
+            body = JSONBody.encode(PhaseRequest(txid: txid.description))
+            CrashPoints.hit("coordinator.before-commit-send")
+        case .abort:
+            path = "/v1/2pc/abort"
+            body = JSONBody.encode(PhaseRequest(txid: txid.description))
+            CrashPoints.hit("coordinator.before-abort-send")
+        }
+        metrics.add("cohort_messages_sent_total", labels: "type=\"\(message.typeName)\"")
+        let name = to.name
+        let request = HTTPClientRequest(method: "POST", url: to.url + path, body: body)
+        client.send(request) { [unowned self] result in
+            self.answered(txid, name, message, result)
+        }
+        switch message {
+        case .prepare: CrashPoints.hit("coordinator.after-prepare-send")
+        case .commit: CrashPoints.hit("coordinator.after-commit-send")
+        case .abort: CrashPoints.hit("coordinator.after-abort-send")
+        }
+    }
+
+    private func answered(_ txid: TxID, _ name: String, _ message: ParticipantMessage, _ result: Result<HTTPClientResponse, HTTPClientError>) {
+        let failure: String?
+        var response: HTTPClientResponse?
+        switch result {
+        case .failure(let e): failure = "\(e)"
+        case .success(let r) where r.status == 200: failure = nil; response = r
+        case .success(let r):
+            let text = (try? JSONDecoder().decode(ErrorBody.self, from: Data(r.body)).error) ?? "HTTP \(r.status)"
+            failure = "HTTP \(r.status): \(text)"
+        }
+        switch message {
+        case .abort:
+            return // presumed abort: nobody waits for an abort's answer
+        case .commit:
+            if let failure { feed(.deliveryFailed(txid, participant: name, error: failure)) } else { feed(.acknowledged(txid, participant: name)) }
+        case .prepare(let onePhase, _):
+            guard let response, failure == nil,
+                  let answer = try? JSONDecoder().decode(PrepareResponse.self, from: Data(response.body)) else {
+                let error = failure ?? "unreadable answer to prepare"
+                feed(onePhase ? .deliveryFailed(txid, participant: name, error: error) : .prepareFailed(txid, participant: name, error: error))
+                return
+            }
+            if onePhase {
+                guard let text = answer.outcome, let outcome = Outcome(rawValue: text) else {
+                    feed(.deliveryFailed(txid, participant: name, error: "answer to one-phase commit has no outcome"))
+                    return
+                }
+                feed(.onePhaseAnswered(txid, participant: name, outcome: outcome, reason: answer.reason))
+                return
+            }
+            switch answer.vote {
+            case "yes": feed(.voted(txid, participant: name, vote: .yes))
+            case "read-only": feed(.voted(txid, participant: name, vote: .readOnly))
+            case "no": feed(.voted(txid, participant: name, vote: .no(reason: answer.reason ?? "no reason given")))
+            default: feed(.prepareFailed(txid, participant: name, error: "unknown vote \(answer.vote ?? "(none)")"))
+            }
+        }
+    }
+
+    private func response(for reply: Coordinator.Reply) -> HTTPResponse {
+        switch reply {
+        case .begun(let txid, let timeoutMs):
+            return .jsonBytes(201, JSONBody.encode(BeginResponse(txid: txid.description, timeoutMs: timeoutMs)))
+        case .registered(let txid, let timeoutMs):
+            return .jsonBytes(200, JSONBody.encode(RegisterResponse(txid: txid.description, timeoutMs: timeoutMs)))
+        case .outcome(let txid, let outcome, let reason):
+            return .jsonBytes(200, JSONBody.encode(OutcomeResponse(txid: txid.description, outcome: outcome.rawValue, reason: reason)))
+        case .inquiry(let txid, let answer):
+            return .jsonBytes(200, JSONBody.encode(InquiryResponse(txid: txid, outcome: answer.rawValue)))
+        case .error(let e):
+            if e.status == 503 || e.status == 429 { metrics.add("cohort_requests_rejected_total") }
+            return .requestError(e)
+        }
+    }
+
+    // MARK: - HTTP routing
+
+    private func handle(_ request: HTTPRequest, _ responder: HTTPResponder) {
+        let parts = request.pathComponents
+        let method = request.method
+        func reject(_ status: Int, _ message: String) { responder.send(.error(status, message)) }
+        switch (method, parts.count) {
+        case ("GET", 1) where parts[0] == "healthz":
+            responder.send(.jsonBytes(200, JSONBody.encode(HealthResponse(status: "ok"))))
+        case ("GET", 1) where parts[0] == "metrics":
+            responder.send(.text(200, metrics.render(), contentType: "text/plain; version=0.0.4"))
+        case ("POST", 2) where parts == ["v1", "transactions"]:
+            switch JSONBody.decode(BeginRequest.self, from: request.body, emptyAs: BeginRequest()) {
+            case .failure(let e): responder.send(.requestError(e))
+            case .success(let begin):
+                if let error = validate(begin) { return responder.send(.requestError(error)) }
+                feed(.begin(requests.add(responder), timeoutMs: begin.timeoutMs))
+            }
+        case ("GET", 2) where parts == ["v1", "transactions"]:
+            list(request, responder)
+        case ("GET", 3) where parts[0] == "v1" && parts[1] == "transactions":
+            guard let txid = TxID(parts[2]) else { return reject(400, "malformed txid \"\(parts[2].prefix(80))\"") }
+            guard let tx = machine.transaction(txid) else {
+                return reject(404, "unknown transaction \(txid) (finished transactions are kept for the last \(Limits.finishedTransactionsKept); an unknown id was never committed unless it finished long ago)")
+            }
+            responder.send(.jsonBytes(200, JSONBody.encode(tx.view())))
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "commit":
+            feed(.commit(requests.add(responder), txid: parts[2]))
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "abort":
+            feed(.abort(requests.add(responder), txid: parts[2]))
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "branches":
+            switch JSONBody.decode(RegisterRequest.self, from: request.body) {
+            case .failure(let e): responder.send(.requestError(e))
+            case .success(let r):
+                feed(.register(requests.add(responder), txid: parts[2], participant: ParticipantRef(name: r.participant, url: r.url)))
+            }
+        case ("GET", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "outcome":
+            responder.send(.jsonBytes(200, JSONBody.encode(InquiryResponse(txid: parts[2], outcome: machine.inquire(parts[2]).rawValue))))
+        default:
+            let known = ["healthz", "metrics", "v1"]
+            if let first = parts.first, known.contains(first) {
+                reject(parts.count <= 4 ? 405 : 404, "no route for \(method) \(request.path)")
+            } else {
+                reject(404, "no route for \(method) \(request.path)")
+            }
+        }
+    }
+
+    private func validate(_ begin: BeginRequest) -> RequestError? {
+        switch begin.protocol ?? "2pc" {
+        case "2pc":
+            if begin.termination != nil { return RequestError(400, "termination applies to protocol 3pc only") }
+        case "3pc", "tcc":
+            return RequestError(501, "protocol \(begin.protocol!) is not available in this version of cohortd; use 2pc")
+        default:
+            return RequestError(400, "protocol must be one of 2pc, 3pc, tcc; got \"\(begin.protocol!.prefix(40))\"")
+        }
+        return nil
+    }
+
+    private func list(_ request: HTTPRequest, _ responder: HTTPResponder) {
+        let filter = request.query["state"]
+        let limitText = request.query["limit"] ?? "1000"
+        guard let limit = Int(limitText), limit > 0, limit <= Limits.finishedTransactionsKept + Limits.openTransactionsMax else {
+            return responder.send(.error(400, "limit must be a positive integer"))
+        }
+        let states = Set(["active", "preparing", "deciding", "committing", "committed", "aborted"])
+        if let filter, !(states.contains(filter) || filter == "unfinished" || filter == "in-doubt") {
+            return responder.send(.error(400, "state must be one of \(states.sorted().joined(separator: ", ")), unfinished, in-doubt"))
+        }
+        let selected = machine.allTransactions().lazy.filter { tx in
+            switch filter {
+            case nil: return true
+            case "unfinished"?, "in-doubt"?: return !tx.state.isFinished
+            case let s?: return tx.state.rawValue == s
+            }
+        }.prefix(limit).map { $0.view() }
+        responder.send(.jsonBytes(200, JSONBody.encode(TransactionList(transactions: Array(selected)))))
+    }
+}

@@ -1,0 +1,90 @@
+/// A small command-line parser for Cohort's programs: `--name value`, `--name=value`, boolean
+/// `--flag`, and positional words. Errors are usage errors (exit status 2).
+public struct UsageError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+public struct Arguments {
+    public private(set) var values: [String: String] = [:]
+    public private(set) var flags: Set<String> = []
+    public private(set) var positional: [String] = []
+
+    /// `valued` names take a value; `booleans` do not. Anything else starting with `--` is an error.
+    public init(_ argv: [String], valued: Set<String>, booleans: Set<String> = ["help"]) throws {
+        var i = 0
+        while i < argv.count {
+            let arg = argv[i]
+            if arg == "--" {
+                positional.append(contentsOf: argv[(i + 1)...])
+                break
+            }
+            if arg.hasPrefix("--") {
+                var name = String(arg.dropFirst(2))
+                var inline: String?
+                if let eq = name.firstIndex(of: "=") {
+                    inline = String(name[name.index(after: eq)...])
+                    name = String(name[..<eq])
+                }
+                if booleans.contains(name) {
+                    guard inline == nil else { throw UsageError("--\(name) takes no value") }
+                    flags.insert(name)
+                } else if valued.contains(name) {
+                    if let inline {
+                        values[name] = inline
+                    } else {
+                        guard i + 1 < argv.count else { throw UsageError("--\(name) needs a value") }
+                        i += 1
+                        values[name] = argv[i]
+                    }
+                } else {
+                    throw UsageError("unknown option --\(name)")
+                }
+            } else if arg == "-h" {
+                flags.insert("help")
+            } else {
+                positional.append(arg)
+            }
+            i += 1
+        }
+    }
+
+    public func has(_ flag: String) -> Bool { flags.contains(flag) }
+
+    public func string(_ name: String) -> String? { values[name] }
+
+    public func required(_ name: String) throws -> String {
+        guard let v = values[name], !v.isEmpty else { throw UsageError("--\(name) is required") }
+        return v
+    }
+
+    public func int(_ name: String, default d: Int? = nil, range: ClosedRange<Int>? = nil) throws -> Int? {
+        guard let v = values[name] else { return d }
+        guard let n = Int(v) else { throw UsageError("--\(name) must be an integer, got \"\(v)\"") }
+        if let range, !range.contains(n) {
+            throw UsageError("--\(name) must be between \(range.lowerBound) and \(range.upperBound), got \(n)")
+        }
+        return n
+    }
+
+    /// Durations like `500ms`, `10s`, `3m`, `1h`, or a bare number of milliseconds.
+    public func durationMs(_ name: String, default d: Int64? = nil) throws -> Int64? {
+        guard let v = values[name] else { return d }
+        guard let ms = Arguments.parseDurationMs(v) else {
+            throw UsageError("--\(name) must be a duration such as 500ms, 10s or 3m, got \"\(v)\"")
+        }
+        return ms
+    }
+
+    public static func parseDurationMs(_ v: String) -> Int64? {
+        let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)]
+        for (suffix, scale) in units where v.hasSuffix(suffix) {
+            let number = v.dropLast(suffix.count)
+            if let n = Int64(number), n >= 0, n <= Int64.max / scale { return n * scale }
+            if suffix == "m" || suffix == "s" { continue } // "ms" ends in "s"; try the next unit
+            return nil
+        }
+        if let n = Int64(v), n >= 0 { return n }
+        return nil
+    }
+}

@@ -1,0 +1,242 @@
+/// JSON bodies exchanged over HTTP (see docs/protocol.md and docs/openapi.json). Field names
+/// are snake_case, as the contract requires.
+
+public struct ErrorBody: Codable, Sendable {
+    public let error: String
+    public init(error: String) { self.error = error }
+}
+
+public struct BeginRequest: Codable, Sendable {
+    public var `protocol`: String?
+    public var timeoutMs: Int64?
+    public var termination: String?
+    public init(protocol: String? = nil, timeoutMs: Int64? = nil, termination: String? = nil) {
+        self.protocol = `protocol`
+        self.timeoutMs = timeoutMs
+        self.termination = termination
+    }
+    enum CodingKeys: String, CodingKey {
+        case `protocol`, termination
+        case timeoutMs = "timeout_ms"
+    }
+}
+
+public struct BeginResponse: Codable, Sendable {
+    public let txid: String
+    public let timeoutMs: Int64?
+    public init(txid: String, timeoutMs: Int64?) {
+        self.txid = txid
+        self.timeoutMs = timeoutMs
+    }
+    enum CodingKeys: String, CodingKey {
+        case txid
+        case timeoutMs = "timeout_ms"
+    }
+}
+
+public struct OutcomeResponse: Codable, Sendable {
+    public let txid: String
+    public let outcome: String
+    public let reason: String?
+    public init(txid: String, outcome: String, reason: String?) {
+        self.txid = txid
+        self.outcome = outcome
+        self.reason = reason
+    }
+}
+
+public struct RegisterRequest: Codable, Sendable {
+    public let participant: String
+    public let url: String
+    public init(participant: String, url: String) {
+        self.participant = participant
+        self.url = url
+    }
+}
+
+public struct RegisterResponse: Codable, Sendable {
+    public let txid: String
+    public let timeoutMs: Int64
+    public init(txid: String, timeoutMs: Int64) {
+        self.txid = txid
+        self.timeoutMs = timeoutMs
+    }
+    enum CodingKeys: String, CodingKey {
+        case txid
+        case timeoutMs = "timeout_ms"
+    }
+}
+
+/// The coordinator's answer to a participant asking for an outcome.
+public struct InquiryResponse: Codable, Sendable {
+    public let txid: String
+    public let outcome: String
+    public init(txid: String, outcome: String) {
+        self.txid = txid
+        self.outcome = outcome
+    }
+}
+
+public struct PrepareRequest: Codable, Sendable {
+    public let txid: String
+    public let onePhase: Bool?
+    public let participants: [ParticipantRef]?
+    public init(txid: String, onePhase: Bool?, participants: [ParticipantRef]?) {
+        self.txid = txid
+        self.onePhase = onePhase
+        self.participants = participants
+    }
+    enum CodingKeys: String, CodingKey {
+        case txid, participants
+        case onePhase = "one_phase"
+    }
+}
+
+/// A participant's answer to a prepare: `vote` is yes, no or read-only. For a one-phase commit
+/// the answer carries `outcome` instead.
+public struct PrepareResponse: Codable, Sendable {
+    public let txid: String
+    public let vote: String?
+    public let outcome: String?
+    public let reason: String?
+    public init(txid: String, vote: String?, outcome: String?, reason: String?) {
+        self.txid = txid
+        self.vote = vote
+        self.outcome = outcome
+        self.reason = reason
+    }
+}
+
+/// Body of a second-phase message (commit, abort).
+public struct PhaseRequest: Codable, Sendable {
+    public let txid: String
+    public init(txid: String) { self.txid = txid }
+}
+
+public struct PhaseResponse: Codable, Sendable {
+    public let txid: String
+    public let status: String
+    public init(txid: String, status: String) {
+        self.txid = txid
+        self.status = status
+    }
+}
+
+public struct TransactionView: Codable, Sendable {
+    public struct BranchView: Codable, Sendable {
+        public let participant: String
+        public let url: String
+        public let state: String
+        public let vote: String?
+        public let attempts: Int
+        public let lastError: String?
+        public let nextRetryAt: String?
+        enum CodingKeys: String, CodingKey {
+            case participant, url, state, vote, attempts
+            case lastError = "last_error"
+            case nextRetryAt = "next_retry_at"
+        }
+        public init(participant: String, url: String, state: String, vote: String?, attempts: Int, lastError: String?, nextRetryAt: String?) {
+            self.participant = participant
+            self.url = url
+            self.state = state
+            self.vote = vote
+            self.attempts = attempts
+            self.lastError = lastError
+            self.nextRetryAt = nextRetryAt
+        }
+    }
+
+    public struct EventView: Codable, Sendable {
+        public let at: String
+        public let event: String
+        public let participant: String?
+        public let detail: String?
+        public init(at: String, event: String, participant: String?, detail: String?) {
+            self.at = at
+            self.event = event
+            self.participant = participant
+            self.detail = detail
+        }
+    }
+
+    public let txid: String
+    public let `protocol`: String
+    public let state: String
+    public let outcome: String?
+    public let reason: String?
+    public let createdAt: String
+    public let finishedAt: String?
+    public let timeoutMs: Int64
+    public let branches: [BranchView]
+    public let events: [EventView]
+
+    enum CodingKeys: String, CodingKey {
+        case txid, `protocol`, state, outcome, reason, branches, events
+        case createdAt = "created_at"
+        case finishedAt = "finished_at"
+        case timeoutMs = "timeout_ms"
+    }
+
+    public init(txid: String, protocol: String, state: String, outcome: String?, reason: String?, createdAt: String, finishedAt: String?, timeoutMs: Int64, branches: [BranchView], events: [EventView]) {
+        self.txid = txid
+        self.protocol = `protocol`
+        self.state = state
+        self.outcome = outcome
+        self.reason = reason
+        self.createdAt = createdAt
+        self.finishedAt = finishedAt
+        self.timeoutMs = timeoutMs
+        self.branches = branches
+        self.events = events
+    }
+}
+
+public struct TransactionList: Codable, Sendable {
+    public let transactions: [TransactionView]
+    public init(transactions: [TransactionView]) { self.transactions = transactions }
+}
+
+public struct BranchSummary: Codable, Sendable {
+    public let txid: String
+    public let state: String
+    public let coordinator: String?
+    public init(txid: String, state: String, coordinator: String?) {
+        self.txid = txid
+        self.state = state
+        self.coordinator = coordinator
+    }
+}
+
+public struct BranchList: Codable, Sendable {
+    public let branches: [BranchSummary]
+    public init(branches: [BranchSummary]) { self.branches = branches }
+}
+
+public struct HealthResponse: Codable, Sendable {
+    public let status: String
+    public init(status: String) { self.status = status }
+}
+
+extension Coordinator.Transaction {
+    /// The JSON view of `GET /v1/transactions/{txid}`.
+    public func view() -> TransactionView {
+        TransactionView(
+            txid: txid.description,
+            protocol: "2pc",
+            state: state.rawValue,
+            outcome: outcome?.rawValue,
+            reason: reason,
+            createdAt: TimeFormat.iso8601(ms: createdAtMs),
+            finishedAt: finishedAtMs.map { TimeFormat.iso8601(ms: $0) },
+            timeoutMs: timeoutMs,
+            branches: branches.map {
+                TransactionView.BranchView(participant: $0.participant.name, url: $0.participant.url, state: $0.state.rawValue,
+                                           vote: $0.vote?.wireName, attempts: $0.attempts, lastError: $0.lastError,
+                                           nextRetryAt: $0.nextRetryAtMs.map { TimeFormat.iso8601(ms: $0) })
+            },
+            events: events.map {
+                TransactionView.EventView(at: TimeFormat.iso8601(ms: $0.atMs), event: $0.event, participant: $0.participant, detail: $0.detail)
+            })
+    }
+}

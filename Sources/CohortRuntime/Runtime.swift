@@ -1,0 +1,177 @@
+import CohortCore
+import CohortHTTP
+import CohortLog
+import CohortPosix
+import Foundation
+
+/// Requests waiting for a state machine's answer, by the id the state machine knows them by.
+public final class PendingRequests {
+    private var nextID: RequestID = 1
+    private var table: [RequestID: HTTPResponder] = [:]
+
+    public init() {}
+
+    public func add(_ responder: HTTPResponder) -> RequestID {
+        let id = nextID
+        nextID += 1
+        table[id] = responder
+        return id
+    }
+
+    public func take(_ id: RequestID) -> HTTPResponder? { table.removeValue(forKey: id) }
+
+    public var count: Int { table.count }
+}
+
+/// Timers a state machine asked for, keyed by the state machine's own timer value, so setting
+/// a timer again replaces it and cancelling is by name.
+public final class TimerTable<Key: Hashable> {
+    private let loop: EventLoop
+    private var handles: [Key: TimerHandle] = [:]
+
+    public init(loop: EventLoop) { self.loop = loop }
+
+    public func set(_ key: Key, afterMs: Int64, fire: @escaping (Key) -> Void) {
+        if let old = handles.removeValue(forKey: key) { loop.cancel(old) }
+        handles[key] = loop.schedule(afterMs: max(afterMs, 0)) { [weak self] in
+            guard let self, self.handles.removeValue(forKey: key) != nil else { return }
+            fire(key)
+        }
+    }
+
+    public func cancel(_ key: Key) {
+        if let old = handles.removeValue(forKey: key) { loop.cancel(old) }
+    }
+
+    public var count: Int { handles.count }
+}
+
+/// Forced records waiting to become durable, in LSN order. The log reports the highest durable
+/// LSN; everything at or below it is released in append order.
+public struct DurabilityQueue<Item> {
+    private var items: [(lsn: UInt64, item: Item)] = []
+    private var head = 0
+
+    public init() {}
+
+    public mutating func append(lsn: UInt64, _ item: Item) {
+        precondition(items.last.map { $0.lsn < lsn } ?? true, "LSNs must grow")
+        items.append((lsn, item))
+    }
+
+    public mutating func popDurable(upTo lsn: UInt64) -> [(lsn: UInt64, item: Item)] {
+        var out: [(lsn: UInt64, item: Item)] = []
+        while head < items.count, items[head].lsn <= lsn {
+            out.append(items[head])
+            head += 1
+        }
+        if head > 1024 && head * 2 > items.count {
+            items.removeFirst(head)
+            head = 0
+        }
+        return out
+    }
+
+    public var count: Int { items.count - head }
+}
+
+/// JSON bodies in and out, with errors a person can act on.
+public enum JSONBody {
+    public static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8], emptyAs empty: T? = nil) -> Result<T, RequestError> {
+        if bytes.isEmpty || bytes.allSatisfy({ $0 == 32 || $0 == 10 || $0 == 13 || $0 == 9 }) {
+            if let empty { return .success(empty) }
+            return .failure(RequestError(400, "request body is empty; a JSON object is required"))
+        }
+        do {
+            return .success(try JSONDecoder().decode(T.self, from: Data(bytes)))
+        } catch let DecodingError.keyNotFound(key, _) {
+            return .failure(RequestError(400, "invalid JSON body: missing field \"\(key.stringValue)\""))
+        } catch let DecodingError.typeMismatch(_, context) {
+            let path = context.codingPath.map(\.stringValue).joined(separator: ".")
+            return .failure(RequestError(400, "invalid JSON body: field \"\(path)\" has the wrong type"))
+        } catch let DecodingError.valueNotFound(_, context) {
+            let path = context.codingPath.map(\.stringValue).joined(separator: ".")
+            return .failure(RequestError(400, "invalid JSON body: field \"\(path)\" is null"))
+        } catch {
+            return .failure(RequestError(400, "invalid JSON body: not a well-formed JSON object of the expected shape"))
+        }
+    }
+
+    public static func encode<T: Encodable>(_ value: T) -> [UInt8] {
+        (try? Array(JSONEncoder().encode(value))) ?? Array("{\"error\":\"encoding failed\"}".utf8)
+    }
+}
+
+extension HTTPResponse {
+    public static func requestError(_ e: RequestError) -> HTTPResponse { .error(e.status, e.message) }
+}
+
+/// A server's data directory and the identity files in it.
+public enum DataDirectory {
+    /// Reads the identity stored in `dir/name`, or creates one if the directory holds no log yet.
+    /// A log without its identity file means the directory was damaged or mixed up: refuse to
+    /// start rather than invent a new identity for old records.
+    public static func identity(dir: String, file name: String, logSubdirectory: String, make: () -> String, validate: (String) -> Bool) throws -> String {
+        try PosixFS.createDirectory(dir, intermediate: true)
+        let path = dir + "/" + name
+        if PosixFS.exists(path) {
+            let bytes = try PosixFS.readFile(path)
+            let text = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard validate(text) else {
+                throw StartupError("\(path) is damaged (it holds \"\(text.prefix(40))\"); refusing to start")
+            }
+            return text
+        }
+        let logDir = dir + "/" + logSubdirectory
+        if PosixFS.exists(logDir), !((try? PosixFS.listDirectory(logDir)) ?? []).isEmpty {
+            throw StartupError("\(dir) has log files but no \(name); refusing to start with a new identity over an old log")
+        }
+        let id = make()
+        try PosixFS.writeFileAtomically(path, Array((id + "\n").utf8))
+        return id
+    }
+}
+
+public struct StartupError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Reads the bearer token from `--token-file F` or the environment variable `COHORT_TOKEN`.
+public func loadToken(file: String?) throws -> String? {
+    if let file {
+        let bytes: [UInt8]
+        do { bytes = try PosixFS.readFile(file) } catch { throw StartupError("cannot read token file \(file): \(error)") }
+        let token = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !token.isEmpty else { throw StartupError("token file \(file) is empty") }
+        return token
+    }
+    if let env = ProcessInfo.processInfo.environment["COHORT_TOKEN"], !env.isEmpty { return env }
+    return nil
+}
+
+/// Registers the metrics every Cohort server has, reading log counters from the log itself.
+public func declareCommonMetrics(_ m: MetricsRegistry, log: DurableLog, messageTypes: [String]) {
+    m.sample("cohort_log_records_total", type: "counter", help: "Records appended to this process's durable log") { Double(log.recordsTotal) }
+    m.sample("cohort_log_forced_records_total", type: "counter", help: "Records whose durability the process waited for") { Double(log.forcedRecordsTotal) }
+    m.sample("cohort_log_syncs_total", type: "counter", help: "fdatasync calls on the log") { Double(log.syncsTotal) }
+    m.declare("cohort_messages_sent_total", help: "Protocol messages this process sent, by type", labels: messageTypes.map { "type=\"\($0)\"" })
+    m.declare("cohort_transactions_total", help: "Finished transactions (coordinator) or branches (participant), by outcome",
+              labels: ["outcome=\"committed\"", "outcome=\"aborted\""])
+    m.declare("cohort_requests_rejected_total", help: "Requests refused because a limit was reached", labels: [""])
+}
+
+/// Parses `COHORT_FAULT` for a server's log storage.
+public func storageFaultsFromEnvironment() throws -> StorageFaults {
+    try StorageFaults.fromEnvironment(ProcessInfo.processInfo.environment["COHORT_FAULT"])
+}
+
+/// A URL's text without a trailing slash, validated as `http://host:port`.
+public func normalizedBaseURL(_ text: String, flag: String) throws -> String {
+    var s = text
+    while s.hasSuffix("/") { s.removeLast() }
+    guard s.hasPrefix("http://"), s.count > 7, s.utf8.count <= Limits.participantURLBytesMax else {
+        throw UsageError("--\(flag) must be an http:// URL, got \"\(text)\"")
+    }
+    return s
+}
