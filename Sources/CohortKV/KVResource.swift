@@ -39,6 +39,8 @@ public struct StageResult: Equatable {
 ///
 /// Single-threaded: every method (and every task passed to `schedule`) runs on one event loop.
 public final class KVResource {
+    /// Runs `task` after `afterMs` on the resource's thread, never inside the call itself, and
+    /// returns a closure that cancels it.
     public typealias Schedule = (_ afterMs: Int64, _ task: @escaping () -> Void) -> (() -> Void)
 
     private final class Call {
@@ -129,6 +131,10 @@ public final class KVResource {
             completion(.failure(.invalid(String(describing: error))))
             return
         }
+        guard !txid.isEmpty else {
+            completion(.failure(.invalid("txid must not be empty")))
+            return
+        }
         let branch: Branch
         if let b = branches[txid] {
             branch = b
@@ -153,7 +159,11 @@ public final class KVResource {
                 continue
             }
             var failure: KVError?
-            while call.next < call.ops.count {
+            if branch.ops.count + call.ops.count > Limits.opsPerBranchMax {
+                failure = .invalid(
+                    "branch \(branch.txid) would stage \(branch.ops.count + call.ops.count) ops, over the limit of \(Limits.opsPerBranchMax)")
+            }
+            while failure == nil, call.next < call.ops.count {
                 let op = call.ops[call.next]
                 let mode: LockMode = op.isWrite ? .exclusive : .shared
                 switch locks.acquire(owner: branch.txid, key: op.key, mode: mode) {
@@ -303,11 +313,17 @@ public final class KVResource {
         if order.isEmpty { return .readOnly }
         let writes = order.map { (key: $0, value: values[$0]!!) }
         let ws = KVResource.encodeWriteSet(writes)
+        guard ws.count <= KVResource.writeSetBytesMax else {
+            return .no(reason: "write set of \(ws.count) bytes exceeds the limit of \(KVResource.writeSetBytesMax)")
+        }
         branch.writeSet = ws
         return .yes(writeSet: ws)
     }
 
     static let writeSetVersion: UInt8 = 1
+    /// The write set travels inside one prepared log record; the rest of the record (txid,
+    /// coordinator, framing) gets the remaining room.
+    public static let writeSetBytesMax = Limits.recordBytesMax - (64 << 10)
 
     public static func encodeWriteSet(_ writes: [(key: String, value: KVValue)]) -> [UInt8] {
         var w = ByteWriter(capacity: 8 + writes.count * 24)

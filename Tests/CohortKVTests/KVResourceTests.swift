@@ -284,6 +284,24 @@ final class KVResourceTests: XCTestCase {
         XCTAssertFalse(kv.hasBranch("t1"))
     }
 
+    func testBranchOpLimitAndWriteSetLimit() throws {
+        let r = Recorder()
+        let batch = Array(repeating: KVOp.get(key: "a"), count: Limits.opsPerWorkMax)
+        for _ in 0..<(Limits.opsPerBranchMax / Limits.opsPerWorkMax) {
+            kv.stage(txid: "t1", ops: batch, completion: r.callback())
+        }
+        XCTAssertNotNil(success(r.last))
+        kv.stage(txid: "t1", ops: [.get(key: "a")], completion: r.callback())
+        guard case .failure(.invalid)? = r.last else { return XCTFail("op limit per branch") }
+
+        let big = String(repeating: "x", count: Limits.stringValueBytesMax)
+        let n = KVResource.writeSetBytesMax / big.utf8.count + 1
+        kv.stage(txid: "t2", ops: (0..<n).map { .set(key: "k\($0)", value: .string(big)) }, completion: r.callback())
+        XCTAssertNotNil(success(r.last))
+        guard case .no(let reason) = kv.vote(txid: "t2") else { return XCTFail("oversized write set") }
+        XCTAssertTrue(reason.contains("write set"), reason)
+    }
+
     func testCompletionMayAbortReentrantly() {
         let r2 = Recorder()
         kv.stage(txid: "t1", ops: [.set(key: "k", value: .int(1))]) { _ in }
