@@ -62,6 +62,9 @@ public enum Limits {
     /// Waiters queued on one key.
     public static let lockWaitersPerKeyMax = 256
     public static let opsPerWorkMax = 256
+    /// Ops one branch may stage over all its work calls, so a long transaction cannot grow a
+    /// branch without bound.
+    public static let opsPerBranchMax = 4096
     public static let keyBytesMax = 256
     public static let stringValueBytesMax = 64 << 10
     public static let scanItemsMax = 10_000

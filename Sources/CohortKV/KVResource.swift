@@ -1,0 +1,441 @@
+import CohortCore
+
+public enum KVError: Error, Equatable, CustomStringConvertible {
+    /// A lock on `key` was not granted within the lock wait timeout.
+    case lockTimeout(key: String)
+    /// The lock table would not queue the request (waiter limit, upgrade deadlock).
+    case lockRefused(key: String, reason: String)
+    /// The branch was aborted or finished while this call waited.
+    case branchFinished
+    case storeFailed(String)
+    case invalid(String)
+
+    public var description: String {
+        switch self {
+        case .lockTimeout(let key): return "lock wait on key \"\(key)\" timed out"
+        case .lockRefused(let key, let reason): return "lock on key \"\(key)\" refused: \(reason)"
+        case .branchFinished: return "branch already finished"
+        case .storeFailed(let m): return "store failed: \(m)"
+        case .invalid(let m): return "invalid request: \(m)"
+        }
+    }
+}
+
+public struct StageResult: Equatable {
+    /// Ops staged by this call.
+    public let staged: Int
+    /// For each `get` in the call: the value this branch sees (committed plus its own staged
+    /// writes). Absent keys are omitted.
+    public let values: [String: KVValue]
+    public init(staged: Int, values: [String: KVValue]) {
+        self.staged = staged
+        self.values = values
+    }
+}
+
+/// The transactional key-value resource of one participant: committed state in a `KVStore`,
+/// per-key locks held by branches until their outcome (strict two-phase locking), and each
+/// branch's staged ops, invisible to others before commit.
+///
+/// Single-threaded: every method (and every task passed to `schedule`) runs on one event loop.
+public final class KVResource {
+    /// Runs `task` after `afterMs` on the resource's thread, never inside the call itself, and
+    /// returns a closure that cancels it.
+    public typealias Schedule = (_ afterMs: Int64, _ task: @escaping () -> Void) -> (() -> Void)
+
+    private final class Call {
+        let ops: [KVOp]
+        let completion: (Result<StageResult, KVError>) -> Void
+        var next = 0
+        /// This call's ops and get results; joined to the branch only when the whole call succeeds,
+        /// so a failed call stages nothing (locks it took stay held: releasing them early would
+        /// break two-phase locking).
+        var staged: [KVOp] = []
+        var overlay: [String: KVValue] = [:]
+        var values: [String: KVValue] = [:]
+        init(ops: [KVOp], completion: @escaping (Result<StageResult, KVError>) -> Void) {
+            self.ops = ops
+            self.completion = completion
+        }
+    }
+
+    private final class Branch {
+        let txid: String
+        var ops: [KVOp] = []
+        /// Latest staged value per written key: what this branch's gets see.
+        var view: [String: KVValue] = [:]
+        var calls: [Call] = []
+        var waitingKey: String?
+        var waitToken: UInt64 = 0
+        var cancelTimer: (() -> Void)?
+        var running = false
+        /// Set once it voted yes (or was restored in doubt): no more work, locks held until outcome.
+        var writeSet: [UInt8]?
+        init(txid: String) { self.txid = txid }
+    }
+
+    private let store: KVStore
+    private let schedule: Schedule
+    public let lockWaitTimeoutMs: Int64
+    private var locks: LockTable
+    private var branches: [String: Branch] = [:]
+    private var pendingGrants: [LockGrant] = []
+    private var draining = false
+    private var nextWaitToken: UInt64 = 0
+
+    public init(
+        store: KVStore,
+        schedule: @escaping Schedule,
+        lockWaitTimeoutMs: Int64 = Limits.lockWaitTimeoutMs,
+        lockWaitersPerKeyMax: Int = Limits.lockWaitersPerKeyMax
+    ) {
+        precondition(lockWaitTimeoutMs >= 0)
+        self.store = store
+        self.schedule = schedule
+        self.lockWaitTimeoutMs = lockWaitTimeoutMs
+        self.locks = LockTable(waitersPerKeyMax: lockWaitersPerKeyMax)
+    }
+
+    // MARK: metrics and inspection
+
+    public func hasBranch(_ txid: String) -> Bool { branches[txid] != nil }
+    public var branchCount: Int { branches.count }
+    /// Lock requests currently queued.
+    public var lockWaitCount: Int { locks.waiterCount }
+    /// Keys with a holder or a waiter.
+    public var lockedKeyCount: Int { locks.keyCount }
+    public func lockHolders(_ key: String) -> [LockHolder] { locks.holders(key) }
+    public func isPrepared(_ txid: String) -> Bool { branches[txid]?.writeSet != nil }
+
+    // MARK: reads outside transactions
+
+    /// The committed value: no locks, so it may be read while a branch holds the key.
+    public func get(_ key: String) throws -> KVValue? {
+        do { return try store.get(key) } catch { throw KVError.storeFailed(String(describing: error)) }
+    }
+
+    public func scan(prefix: String, limit: Int) throws -> [(key: String, value: KVValue)] {
+        do { return try store.scan(prefix: prefix, limit: limit) } catch {
+            throw KVError.storeFailed(String(describing: error))
+        }
+    }
+
+    // MARK: work
+
+    /// Stages `ops` for `txid`, taking each key's lock in order. `completion` runs once, maybe
+    /// later (when a waited lock is granted or times out). Calls for one txid run in call order.
+    public func stage(txid: String, ops: [KVOp], completion: @escaping (Result<StageResult, KVError>) -> Void) {
+        do {
+            try KVOp.validate(ops)
+        } catch {
+            completion(.failure(.invalid(String(describing: error))))
+            return
+        }
+        guard !txid.isEmpty else {
+            completion(.failure(.invalid("txid must not be empty")))
+            return
+        }
+        let branch: Branch
+        if let b = branches[txid] {
+            branch = b
+        } else {
+            branch = Branch(txid: txid)
+            branches[txid] = branch
+        }
+        branch.calls.append(Call(ops: ops, completion: completion))
+        run(branch)
+        drainGrants()
+    }
+
+    /// Works through the branch's queued calls until one waits for a lock or none are left.
+    private func run(_ branch: Branch) {
+        // A completion that stages again for this txid just queues; the outer loop picks it up.
+        guard !branch.running else { return }
+        branch.running = true
+        defer { branch.running = false }
+        while branches[branch.txid] === branch, branch.waitingKey == nil, let call = branch.calls.first {
+            if branch.writeSet != nil {
+                finishCall(branch, .failure(.invalid("branch \(branch.txid) is prepared; it accepts no more work")))
+                continue
+            }
+            var failure: KVError?
+            if branch.ops.count + call.ops.count > Limits.opsPerBranchMax {
+                failure = .invalid(
+                    "branch \(branch.txid) would stage \(branch.ops.count + call.ops.count) ops, over the limit of \(Limits.opsPerBranchMax)")
+            }
+            while failure == nil, call.next < call.ops.count {
+                let op = call.ops[call.next]
+                let mode: LockMode = op.isWrite ? .exclusive : .shared
+                switch locks.acquire(owner: branch.txid, key: op.key, mode: mode) {
+                case .granted:
+                    do {
+                        try stageOp(op, branch: branch, call: call)
+                    } catch {
+                        failure = .storeFailed(String(describing: error))
+                    }
+                    call.next += 1
+                case .waiting:
+                    startWait(branch, key: op.key)
+                    return
+                case .refused(let reason):
+                    failure = .lockRefused(key: op.key, reason: reason)
+                }
+                if failure != nil { break }
+            }
+            if let failure {
+                finishCall(branch, .failure(failure))
+            } else {
+                branch.ops += call.staged
+                for (k, v) in call.overlay { branch.view[k] = v }
+                finishCall(branch, .success(StageResult(staged: call.staged.count, values: call.values)))
+            }
+        }
+    }
+
+    /// Pops the front call and completes it.
+    private func finishCall(_ branch: Branch, _ result: Result<StageResult, KVError>) {
+        let call = branch.calls.removeFirst()
+        call.completion(result)
+    }
+
+    private func stageOp(_ op: KVOp, branch: Branch, call: Call) throws {
+        switch op {
+        case .get(let key):
+            if let v = try currentValue(key, branch: branch, call: call) { call.values[key] = v }
+        case .set(let key, let value):
+            call.overlay[key] = value
+        case .add(let key, let delta, _):
+            // Min and type checks wait for the vote; this is only what later gets see. A string
+            // stays a string (the vote will say no) and overflow wraps (the vote will say no).
+            switch try currentValue(key, branch: branch, call: call) {
+            case nil: call.overlay[key] = .int(delta)
+            case .int(let i)?: call.overlay[key] = .int(i &+ delta)
+            case .string?: break
+            }
+        }
+        call.staged.append(op)
+    }
+
+    private func currentValue(_ key: String, branch: Branch, call: Call) throws -> KVValue? {
+        if let v = call.overlay[key] { return v }
+        if let v = branch.view[key] { return v }
+        return try store.get(key)
+    }
+
+    private func startWait(_ branch: Branch, key: String) {
+        nextWaitToken += 1
+        let token = nextWaitToken
+        branch.waitingKey = key
+        branch.waitToken = token
+        branch.cancelTimer = schedule(lockWaitTimeoutMs) { [weak self, weak branch] in
+            guard let self, let branch else { return }
+            self.waitTimedOut(branch, key: key, token: token)
+        }
+    }
+
+    private func waitTimedOut(_ branch: Branch, key: String, token: UInt64) {
+        // A timer that fires after its wait ended (granted, aborted) must do nothing, even if the
+        // scheduler ignored the cancel.
+        guard branches[branch.txid] === branch, branch.waitingKey == key, branch.waitToken == token else { return }
+        branch.waitingKey = nil
+        branch.cancelTimer = nil
+        pendingGrants += locks.cancelWait(owner: branch.txid, key: key)
+        branch.running = true
+        finishCall(branch, .failure(.lockTimeout(key: key)))
+        branch.running = false
+        run(branch)
+        drainGrants()
+    }
+
+    /// Resumes owners whose waits were granted. Grants found while resuming (a completion that
+    /// aborts, say) join the queue instead of recursing.
+    private func drainGrants() {
+        guard !draining else { return }
+        draining = true
+        defer { draining = false }
+        var i = 0
+        while i < pendingGrants.count {
+            let g = pendingGrants[i]
+            i += 1
+            guard let branch = branches[g.owner], branch.waitingKey == g.key else { continue }
+            branch.waitingKey = nil
+            branch.cancelTimer?()
+            branch.cancelTimer = nil
+            // The grant is already recorded in the lock table, so run's acquire succeeds at once.
+            run(branch)
+        }
+        pendingGrants.removeAll()
+    }
+
+    // MARK: prepare
+
+    /// Decides the branch's vote from the committed values and its staged ops (its exclusive
+    /// locks keep those values from changing until the outcome).
+    public func vote(txid: String) -> ResourceVote {
+        guard let branch = branches[txid] else { return .readOnly }
+        if let ws = branch.writeSet { return .yes(writeSet: ws) }
+        if !branch.calls.isEmpty { return .no(reason: "work for \(txid) is still waiting for a lock") }
+        var order: [String] = []
+        var values: [String: KVValue?] = [:]
+        do {
+            for op in branch.ops {
+                switch op {
+                case .get:
+                    continue
+                case .set(let key, let value):
+                    if values[key] == nil { order.append(key) }
+                    values[key] = .some(value)
+                case .add(let key, let delta, let min):
+                    let current: KVValue?
+                    if let v = values[key] {
+                        current = v
+                    } else {
+                        order.append(key)
+                        current = try store.get(key)
+                    }
+                    let base: Int64
+                    switch current {
+                    case nil: base = 0
+                    case .int(let i)?: base = i
+                    case .string?: return .no(reason: "add on key \"\(key)\", which holds a string")
+                    }
+                    let (sum, overflow) = base.addingReportingOverflow(delta)
+                    if overflow { return .no(reason: "add \(delta) to key \"\(key)\" overflows (value \(base))") }
+                    if let min, sum < min {
+                        return .no(reason: "add \(delta) would take key \"\(key)\" to \(sum), below min \(min)")
+                    }
+                    values[key] = .some(.int(sum))
+                }
+            }
+        } catch {
+            return .no(reason: "store failed: \(error)")
+        }
+        if order.isEmpty { return .readOnly }
+        let writes = order.map { (key: $0, value: values[$0]!!) }
+        let ws = KVResource.encodeWriteSet(writes)
+        guard ws.count <= KVResource.writeSetBytesMax else {
+            return .no(reason: "write set of \(ws.count) bytes exceeds the limit of \(KVResource.writeSetBytesMax)")
+        }
+        branch.writeSet = ws
+        return .yes(writeSet: ws)
+    }
+
+    static let writeSetVersion: UInt8 = 1
+    /// The write set travels inside one prepared log record; the rest of the record (txid,
+    /// coordinator, framing) gets the remaining room.
+    public static let writeSetBytesMax = Limits.recordBytesMax - (64 << 10)
+
+    public static func encodeWriteSet(_ writes: [(key: String, value: KVValue)]) -> [UInt8] {
+        var w = ByteWriter(capacity: 8 + writes.count * 24)
+        w.u8(writeSetVersion)
+        w.u32(UInt32(writes.count))
+        for (key, value) in writes {
+            w.string(key)
+            switch value {
+            case .int(let i):
+                w.u8(0)
+                w.i64(i)
+            case .string(let s):
+                w.u8(1)
+                w.string(s)
+            }
+        }
+        return w.bytes
+    }
+
+    public static func decodeWriteSet(_ bytes: [UInt8]) throws -> [(key: String, value: KVValue)] {
+        var r = ByteReader(bytes)
+        let version = try r.u8()
+        guard version == writeSetVersion else { throw DecodeError("unknown write set version \(version)") }
+        let count = Int(try r.u32())
+        // Each entry takes at least 4 (key length) + 1 (tag) bytes; a bigger count is corrupt and
+        // must not drive a huge allocation.
+        guard count <= r.remaining / 5 else { throw DecodeError("write set count \(count) too large") }
+        var out: [(key: String, value: KVValue)] = []
+        out.reserveCapacity(count)
+        for _ in 0..<count {
+            let key = try r.string(maxCount: Limits.keyBytesMax)
+            switch try r.u8() {
+            case 0: out.append((key, .int(try r.i64())))
+            case 1: out.append((key, .string(try r.string(maxCount: Limits.stringValueBytesMax))))
+            case let t: throw DecodeError("bad value tag \(t) for key \(key)")
+            }
+        }
+        guard r.isAtEnd else { throw DecodeError("\(r.remaining) trailing bytes after write set") }
+        return out
+    }
+
+    // MARK: outcome
+
+    /// At recovery, before serving work: re-takes exclusive locks on an in-doubt branch's keys
+    /// so nobody reads or writes them until the outcome arrives.
+    public func restoreInDoubt(txid: String, writeSet: [UInt8]) throws {
+        let writes = try KVResource.decodeWriteSet(writeSet)
+        guard branches[txid] == nil else { throw KVError.invalid("branch \(txid) already exists") }
+        // In-doubt branches held exclusive locks together before the crash, so their keys are
+        // disjoint; a conflict means the log is inconsistent and must not be papered over.
+        for w in writes {
+            let holders = locks.holders(w.key)
+            if holders.contains(where: { $0.owner != txid }) {
+                throw KVError.invalid("in-doubt branch \(txid) conflicts with \(holders[0].owner) on key \(w.key)")
+            }
+        }
+        let branch = Branch(txid: txid)
+        branch.writeSet = writeSet
+        branches[txid] = branch
+        for w in writes {
+            let r = locks.acquire(owner: txid, key: w.key, mode: .exclusive)
+            precondition(r == .granted, "restore lock on \(w.key) not granted: \(r)")
+        }
+    }
+
+    /// Applies the batch's write sets in one store transaction, then releases each branch's locks.
+    /// Already-applied LSNs are skipped by the store. On a store error nothing is released.
+    public func commit(_ batch: [(txid: String, writeSet: [UInt8], lsn: UInt64)]) throws {
+        var commits: [KVCommit] = []
+        commits.reserveCapacity(batch.count)
+        for item in batch {
+            do {
+                commits.append(KVCommit(lsn: item.lsn, writes: try KVResource.decodeWriteSet(item.writeSet)))
+            } catch {
+                throw KVError.invalid("write set of \(item.txid): \(error)")
+            }
+        }
+        do {
+            try store.apply(commits)
+        } catch {
+            throw KVError.storeFailed(String(describing: error))
+        }
+        for item in batch { finish(item.txid) }
+        drainGrants()
+    }
+
+    /// Discards the branch's staged ops and releases its locks. Unknown txids are ignored.
+    public func abort(txid: String) {
+        finish(txid)
+        drainGrants()
+    }
+
+    /// Ends a branch that voted read-only: same as abort, since it wrote nothing.
+    public func finishReadOnly(txid: String) { abort(txid: txid) }
+
+    private func finish(_ txid: String) {
+        guard let branch = branches.removeValue(forKey: txid) else { return }
+        branch.cancelTimer?()
+        branch.cancelTimer = nil
+        branch.waitingKey = nil
+        pendingGrants += locks.releaseAll(owner: txid)
+        let calls = branch.calls
+        branch.calls.removeAll()
+        for call in calls { call.completion(.failure(.branchFinished)) }
+    }
+
+    /// Makes the store durable (for a checkpoint of the agent's log).
+    public func makeDurable() throws {
+        do { try store.makeDurable() } catch { throw KVError.storeFailed(String(describing: error)) }
+    }
+
+    public func appliedLSN() throws -> UInt64 {
+        do { return try store.appliedLSN() } catch { throw KVError.storeFailed(String(describing: error)) }
+    }
+}

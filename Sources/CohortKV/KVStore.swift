@@ -1,0 +1,97 @@
+import CohortCore
+
+/// One committed branch's writes, tagged with the log sequence number of its commit so that
+/// re-applying the log after a crash is idempotent.
+public struct KVCommit {
+    public let lsn: UInt64
+    public let writes: [(key: String, value: KVValue)]
+    public init(lsn: UInt64, writes: [(key: String, value: KVValue)]) {
+        self.lsn = lsn
+        self.writes = writes
+    }
+}
+
+/// The materialized committed state. The agent's log is the truth; a store only has to be
+/// consistent with some prefix of it, which `appliedLSN` names.
+public protocol KVStore: AnyObject {
+    func get(_ key: String) throws -> KVValue?
+    /// Keys starting with `prefix`, in byte order, at most `limit` (capped at `Limits.scanItemsMax`).
+    func scan(prefix: String, limit: Int) throws -> [(key: String, value: KVValue)]
+    /// Applies the commits in one local transaction and raises the applied LSN to their maximum.
+    /// Commits with `lsn <= appliedLSN()` are skipped, so replay is idempotent. Callers apply in
+    /// increasing LSN order across calls (within one call any order: branches' keys are disjoint).
+    func apply(_ commits: [KVCommit]) throws
+    func appliedLSN() throws -> UInt64
+    /// Everything applied so far survives power loss once this returns.
+    func makeDurable() throws
+    func close()
+}
+
+/// An in-memory store for tests and the deterministic simulation. It models the gap between
+/// applied and durable: `simulatePowerLoss()` forgets everything since the last `makeDurable()`,
+/// as SQLite with synchronous=NORMAL may.
+public final class MemoryKVStore: KVStore {
+    private var values: [String: KVValue] = [:]
+    private var lsn: UInt64 = 0
+    private var durableValues: [String: KVValue] = [:]
+    private var durableLSN: UInt64 = 0
+    private var closed = false
+    /// When set, the next `apply` throws it and changes nothing (fault injection).
+    public var failNextApply: Error?
+    public private(set) var applyCount = 0
+
+    public init() {}
+
+    public var count: Int { values.count }
+
+    public func get(_ key: String) throws -> KVValue? {
+        precondition(!closed, "store used after close")
+        return values[key]
+    }
+
+    public func scan(prefix: String, limit: Int) throws -> [(key: String, value: KVValue)] {
+        precondition(!closed, "store used after close")
+        precondition(limit >= 0, "negative scan limit")
+        let n = Swift.min(limit, Limits.scanItemsMax)
+        // Byte order, as SQLite's BINARY collation sorts UTF-8 text.
+        let keys = values.keys.filter { $0.hasPrefix(prefix) }.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+        return keys.prefix(n).map { ($0, values[$0]!) }
+    }
+
+    public func apply(_ commits: [KVCommit]) throws {
+        precondition(!closed, "store used after close")
+        if let e = failNextApply {
+            failNextApply = nil
+            throw e
+        }
+        let start = lsn
+        for c in commits where c.lsn > start {
+            for w in c.writes { values[w.key] = w.value }
+            lsn = max(lsn, c.lsn)
+        }
+        applyCount += 1
+    }
+
+    public func appliedLSN() throws -> UInt64 {
+        precondition(!closed, "store used after close")
+        return lsn
+    }
+
+    public func makeDurable() throws {
+        precondition(!closed, "store used after close")
+        durableValues = values
+        durableLSN = lsn
+    }
+
+    /// Loses whatever was applied since the last `makeDurable()`.
+    public func simulatePowerLoss() {
+        values = durableValues
+        lsn = durableLSN
+        closed = false
+    }
+
+    public func close() { closed = true }
+
+    /// Reopens after `close()` with the state intact (a clean shutdown).
+    public func reopen() { closed = false }
+}

@@ -1,0 +1,318 @@
+import CohortCore
+import XCTest
+@testable import CohortKV
+
+/// A manual clock: tasks run only when the test advances time.
+final class FakeScheduler {
+    struct Task {
+        let id: Int
+        let atMs: Int64
+        let run: () -> Void
+    }
+    var nowMs: Int64 = 0
+    var tasks: [Task] = []
+    var nextID = 0
+    var cancelled = 0
+
+    func schedule(_ afterMs: Int64, _ run: @escaping () -> Void) -> () -> Void {
+        nextID += 1
+        let id = nextID
+        tasks.append(Task(id: id, atMs: nowMs + afterMs, run: run))
+        return { [weak self] in
+            guard let self else { return }
+            if let i = self.tasks.firstIndex(where: { $0.id == id }) {
+                self.tasks.remove(at: i)
+                self.cancelled += 1
+            }
+        }
+    }
+
+    func advance(_ ms: Int64) {
+        nowMs += ms
+        while let i = tasks.indices.filter({ tasks[$0].atMs <= nowMs }).min(by: { tasks[$0].atMs < tasks[$1].atMs }) {
+            let t = tasks.remove(at: i)
+            t.run()
+        }
+    }
+}
+
+final class Recorder {
+    var results: [Result<StageResult, KVError>] = []
+    func callback() -> (Result<StageResult, KVError>) -> Void { { self.results.append($0) } }
+    var last: Result<StageResult, KVError>? { results.last }
+}
+
+final class KVResourceTests: XCTestCase {
+    var clock: FakeScheduler!
+    var store: MemoryKVStore!
+    var kv: KVResource!
+
+    override func setUp() {
+        clock = FakeScheduler()
+        store = MemoryKVStore()
+        let c = clock!
+        kv = KVResource(store: store, schedule: { c.schedule($0, $1) }, lockWaitTimeoutMs: 100)
+    }
+
+    func seed(_ writes: [(key: String, value: KVValue)], lsn: UInt64 = 1) throws {
+        try store.apply([KVCommit(lsn: lsn, writes: writes)])
+    }
+
+    func success(_ r: Result<StageResult, KVError>?, file: StaticString = #filePath, line: UInt = #line) -> StageResult? {
+        switch r {
+        case .success(let s)?: return s
+        case .failure(let e)?: XCTFail("expected success, got \(e)", file: file, line: line)
+        case nil: XCTFail("no completion yet", file: file, line: line)
+        }
+        return nil
+    }
+
+    func writeSet(_ vote: ResourceVote, file: StaticString = #filePath, line: UInt = #line) -> [UInt8] {
+        guard case .yes(let ws) = vote else {
+            XCTFail("expected yes, got \(vote)", file: file, line: line)
+            return []
+        }
+        return ws
+    }
+
+    func testGetSeesOwnStagedWritesOnly() throws {
+        try seed([("a", .int(10)), ("s", .string("x"))])
+        let r = Recorder()
+        kv.stage(txid: "t1", ops: [.add(key: "a", delta: 5, min: nil), .get(key: "a"), .get(key: "s"), .get(key: "missing"),
+                                   .set(key: "n", value: .string("new")), .get(key: "n")], completion: r.callback())
+        let s = success(r.last)
+        XCTAssertEqual(s?.staged, 6)
+        XCTAssertEqual(s?.values, ["a": .int(15), "s": .string("x"), "n": .string("new")])
+        // Later calls see earlier calls' staged writes.
+        kv.stage(txid: "t1", ops: [.add(key: "a", delta: 1, min: nil), .get(key: "a")], completion: r.callback())
+        XCTAssertEqual(success(r.last)?.values, ["a": .int(16)])
+        // Nothing is visible outside before commit.
+        XCTAssertEqual(try kv.get("a"), .int(10))
+        XCTAssertNil(try kv.get("n"))
+    }
+
+    func testTwoBranchesOnOneKeySerialize() throws {
+        try seed([("a", .int(10))])
+        let r1 = Recorder(), r2 = Recorder()
+        kv.stage(txid: "t1", ops: [.add(key: "a", delta: 5, min: nil)], completion: r1.callback())
+        XCTAssertNotNil(success(r1.last))
+        kv.stage(txid: "t2", ops: [.add(key: "a", delta: 1, min: nil), .get(key: "a")], completion: r2.callback())
+        XCTAssertTrue(r2.results.isEmpty, "t2 must wait for t1's exclusive lock")
+        XCTAssertEqual(kv.lockWaitCount, 1)
+
+        let ws = writeSet(kv.vote(txid: "t1"))
+        try kv.commit([(txid: "t1", writeSet: ws, lsn: 7)])
+        XCTAssertFalse(kv.hasBranch("t1"))
+        XCTAssertEqual(try kv.get("a"), .int(15))
+        // t2 resumed on the grant and saw t1's committed value; its timer was cancelled.
+        XCTAssertEqual(success(r2.last)?.values, ["a": .int(16)])
+        XCTAssertEqual(kv.lockWaitCount, 0)
+        XCTAssertTrue(clock.tasks.isEmpty)
+        clock.advance(1_000)
+        XCTAssertEqual(r2.results.count, 1)
+        XCTAssertEqual(try KVResource.decodeWriteSet(writeSet(kv.vote(txid: "t2"))).map(\.value), [.int(16)])
+    }
+
+    func testLockWaitTimeout() throws {
+        let r1 = Recorder(), r2 = Recorder()
+        kv.stage(txid: "t1", ops: [.set(key: "k", value: .int(1))], completion: r1.callback())
+        kv.stage(txid: "t2", ops: [.set(key: "other", value: .int(2)), .get(key: "k")], completion: r2.callback())
+        clock.advance(99)
+        XCTAssertTrue(r2.results.isEmpty)
+        clock.advance(1)
+        XCTAssertEqual(r2.results.count, 1)
+        guard case .failure(.lockTimeout(let key))? = r2.last else { return XCTFail("want lockTimeout, got \(String(describing: r2.last))") }
+        XCTAssertEqual(key, "k")
+        XCTAssertEqual(kv.lockWaitCount, 0)
+        // The failed call staged nothing (the set on "other" is rolled back) but the branch lives on.
+        XCTAssertTrue(kv.hasBranch("t2"))
+        XCTAssertEqual(kv.vote(txid: "t2"), .readOnly)
+        // Releasing t1 later must not resume the timed-out call.
+        kv.abort(txid: "t1")
+        XCTAssertEqual(r2.results.count, 1)
+    }
+
+    func testQueuedCallsForOneTxidRunInOrder() {
+        let r0 = Recorder(), r = Recorder()
+        kv.stage(txid: "t1", ops: [.set(key: "k", value: .int(1))], completion: r0.callback())
+        kv.stage(txid: "t2", ops: [.get(key: "k")], completion: r.callback())
+        kv.stage(txid: "t2", ops: [.set(key: "j", value: .int(5)), .get(key: "j")], completion: r.callback())
+        XCTAssertTrue(r.results.isEmpty, "second call waits behind the first")
+        kv.abort(txid: "t1")
+        XCTAssertEqual(r.results.count, 2)
+        XCTAssertEqual(success(r.results[0])?.values, [:])
+        XCTAssertEqual(success(r.results[1])?.values, ["j": .int(5)])
+    }
+
+    func testVoteNoWhenAddWouldGoBelowMin() throws {
+        try seed([("bal", .int(10))])
+        let r = Recorder()
+        kv.stage(txid: "t1", ops: [.add(key: "bal", delta: -4, min: 0), .add(key: "bal", delta: -7, min: 0)], completion: r.callback())
+        XCTAssertNotNil(success(r.last))
+        guard case .no(let reason) = kv.vote(txid: "t1") else { return XCTFail("want no") }
+        XCTAssertTrue(reason.contains("bal"), reason)
+        kv.abort(txid: "t1")
+        XCTAssertEqual(kv.lockedKeyCount, 0)
+
+        // Exactly reaching min is fine; a missing key counts as 0.
+        kv.stage(txid: "t2", ops: [.add(key: "bal", delta: -10, min: 0), .add(key: "new", delta: 3, min: 3)], completion: r.callback())
+        let writes = try KVResource.decodeWriteSet(writeSet(kv.vote(txid: "t2")))
+        XCTAssertEqual(writes.map(\.key), ["bal", "new"])
+        XCTAssertEqual(writes.map(\.value), [.int(0), .int(3)])
+
+        kv.stage(txid: "t3", ops: [.add(key: "missing", delta: -1, min: 0)], completion: r.callback())
+        guard case .no = kv.vote(txid: "t3") else { return XCTFail("missing key counts as 0") }
+    }
+
+    func testVoteNoOnAddToStringAndOnOverflow() throws {
+        try seed([("s", .string("text")), ("big", .int(Int64.max))])
+        let r = Recorder()
+        kv.stage(txid: "t1", ops: [.add(key: "s", delta: 1, min: nil)], completion: r.callback())
+        guard case .no(let reason) = kv.vote(txid: "t1") else { return XCTFail("want no") }
+        XCTAssertTrue(reason.contains("string"), reason)
+        kv.stage(txid: "t2", ops: [.add(key: "big", delta: 1, min: nil)], completion: r.callback())
+        guard case .no = kv.vote(txid: "t2") else { return XCTFail("want no on overflow") }
+    }
+
+    func testReadOnlyVote() throws {
+        try seed([("a", .int(1))])
+        let r = Recorder()
+        kv.stage(txid: "t1", ops: [.get(key: "a"), .get(key: "b")], completion: r.callback())
+        XCTAssertEqual(kv.vote(txid: "t1"), .readOnly)
+        XCTAssertEqual(kv.vote(txid: "never-seen"), .readOnly)
+        XCTAssertEqual(kv.lockHolders("a"), [LockHolder(owner: "t1", mode: .shared)])
+        kv.finishReadOnly(txid: "t1")
+        XCTAssertEqual(kv.lockedKeyCount, 0)
+        XCTAssertEqual(kv.branchCount, 0)
+    }
+
+    func testSetThenAddWriteSetHoldsAbsoluteValues() throws {
+        let r = Recorder()
+        kv.stage(txid: "t1", ops: [.set(key: "x", value: .int(5)), .add(key: "x", delta: 2, min: 7), .set(key: "y", value: .string("v")),
+                                   .set(key: "y", value: .string("w"))], completion: r.callback())
+        let ws = writeSet(kv.vote(txid: "t1"))
+        let writes = try KVResource.decodeWriteSet(ws)
+        XCTAssertEqual(writes.map(\.key), ["x", "y"])
+        XCTAssertEqual(writes.map(\.value), [.int(7), .string("w")])
+        // A repeated vote answers the same; further work is refused.
+        XCTAssertEqual(kv.vote(txid: "t1"), .yes(writeSet: ws))
+        kv.stage(txid: "t1", ops: [.get(key: "x")], completion: r.callback())
+        guard case .failure(.invalid)? = r.last else { return XCTFail("work after prepare must fail") }
+    }
+
+    func testCommitAppliesAndReleasesIdempotently() throws {
+        let r1 = Recorder(), r2 = Recorder()
+        kv.stage(txid: "t1", ops: [.set(key: "a", value: .int(1))], completion: r1.callback())
+        kv.stage(txid: "t2", ops: [.set(key: "b", value: .int(2))], completion: r2.callback())
+        let ws1 = writeSet(kv.vote(txid: "t1")), ws2 = writeSet(kv.vote(txid: "t2"))
+        XCTAssertEqual(kv.lockedKeyCount, 2)
+        try kv.commit([(txid: "t1", writeSet: ws1, lsn: 10), (txid: "t2", writeSet: ws2, lsn: 11)])
+        XCTAssertEqual(store.applyCount, 1, "one store transaction for the batch")
+        XCTAssertEqual(try kv.get("a"), .int(1))
+        XCTAssertEqual(try kv.get("b"), .int(2))
+        XCTAssertEqual(try kv.appliedLSN(), 11)
+        XCTAssertEqual(kv.lockedKeyCount, 0)
+        XCTAssertEqual(kv.branchCount, 0)
+        // Replaying an applied commit (after a crash) changes nothing.
+        try store.apply([KVCommit(lsn: 12, writes: [("a", .int(100))])])
+        try kv.commit([(txid: "t1", writeSet: ws1, lsn: 10)])
+        XCTAssertEqual(try kv.get("a"), .int(100))
+    }
+
+    func testCommitFailureKeepsLocks() throws {
+        let r = Recorder()
+        kv.stage(txid: "t1", ops: [.set(key: "a", value: .int(1))], completion: r.callback())
+        let ws = writeSet(kv.vote(txid: "t1"))
+        store.failNextApply = KVError.storeFailed("disk full")
+        XCTAssertThrowsError(try kv.commit([(txid: "t1", writeSet: ws, lsn: 1)]))
+        XCTAssertTrue(kv.hasBranch("t1"))
+        XCTAssertEqual(kv.lockHolders("a").map(\.owner), ["t1"])
+        XCTAssertThrowsError(try kv.commit([(txid: "t1", writeSet: [9, 9], lsn: 1)]))
+    }
+
+    func testAbortReleasesAndFailsQueuedCalls() throws {
+        try seed([("a", .int(1))])
+        let r1 = Recorder(), r2 = Recorder(), r3 = Recorder()
+        kv.stage(txid: "t1", ops: [.set(key: "a", value: .int(50))], completion: r1.callback())
+        kv.stage(txid: "t2", ops: [.get(key: "a")], completion: r2.callback())
+        kv.stage(txid: "t2", ops: [.get(key: "b")], completion: r2.callback())
+        kv.stage(txid: "t3", ops: [.get(key: "a")], completion: r3.callback())
+        XCTAssertEqual(kv.lockWaitCount, 2)
+        // t2 gives up: its waiting and queued calls fail, t3 stays queued behind t1.
+        kv.abort(txid: "t2")
+        XCTAssertEqual(r2.results.count, 2)
+        for res in r2.results { XCTAssertEqual(res, .failure(.branchFinished)) }
+        XCTAssertTrue(r3.results.isEmpty)
+        kv.abort(txid: "t1")
+        XCTAssertEqual(try kv.get("a"), .int(1), "aborted writes are discarded")
+        XCTAssertEqual(success(r3.last)?.values, ["a": .int(1)])
+        kv.abort(txid: "unknown")
+        XCTAssertEqual(kv.branchCount, 1)
+        clock.advance(10_000)
+        XCTAssertEqual(r2.results.count, 2)
+        XCTAssertEqual(r3.results.count, 1)
+    }
+
+    func testRestoreInDoubtBlocksOthers() throws {
+        let ws = KVResource.encodeWriteSet([("a", .int(7)), ("b", .string("x"))])
+        try kv.restoreInDoubt(txid: "doubt", writeSet: ws)
+        XCTAssertTrue(kv.isPrepared("doubt"))
+        XCTAssertEqual(kv.vote(txid: "doubt"), .yes(writeSet: ws))
+        XCTAssertThrowsError(try kv.restoreInDoubt(txid: "other", writeSet: KVResource.encodeWriteSet([("b", .int(1))])))
+        let r = Recorder()
+        kv.stage(txid: "t1", ops: [.get(key: "b")], completion: r.callback())
+        XCTAssertTrue(r.results.isEmpty)
+        try kv.commit([(txid: "doubt", writeSet: ws, lsn: 3)])
+        XCTAssertEqual(success(r.last)?.values, ["b": .string("x")])
+    }
+
+    func testLockRefusedWhenWaitersFull() {
+        let c = clock!
+        kv = KVResource(store: store, schedule: { c.schedule($0, $1) }, lockWaitTimeoutMs: 100, lockWaitersPerKeyMax: 1)
+        let r = Recorder()
+        kv.stage(txid: "t1", ops: [.set(key: "k", value: .int(1))], completion: r.callback())
+        kv.stage(txid: "t2", ops: [.get(key: "k")], completion: r.callback())
+        kv.stage(txid: "t3", ops: [.get(key: "k")], completion: r.callback())
+        guard case .failure(.lockRefused(let key, _))? = r.last else { return XCTFail("want lockRefused") }
+        XCTAssertEqual(key, "k")
+    }
+
+    func testInvalidOpsAreRejected() {
+        let r = Recorder()
+        kv.stage(txid: "t1", ops: [.get(key: "")], completion: r.callback())
+        guard case .failure(.invalid)? = r.last else { return XCTFail("want invalid") }
+        XCTAssertFalse(kv.hasBranch("t1"))
+    }
+
+    func testBranchOpLimitAndWriteSetLimit() throws {
+        let r = Recorder()
+        let batch = Array(repeating: KVOp.get(key: "a"), count: Limits.opsPerWorkMax)
+        for _ in 0..<(Limits.opsPerBranchMax / Limits.opsPerWorkMax) {
+            kv.stage(txid: "t1", ops: batch, completion: r.callback())
+        }
+        XCTAssertNotNil(success(r.last))
+        kv.stage(txid: "t1", ops: [.get(key: "a")], completion: r.callback())
+        guard case .failure(.invalid)? = r.last else { return XCTFail("op limit per branch") }
+
+        let big = String(repeating: "x", count: Limits.stringValueBytesMax)
+        let n = KVResource.writeSetBytesMax / big.utf8.count + 1
+        kv.stage(txid: "t2", ops: (0..<n).map { .set(key: "k\($0)", value: .string(big)) }, completion: r.callback())
+        XCTAssertNotNil(success(r.last))
+        guard case .no(let reason) = kv.vote(txid: "t2") else { return XCTFail("oversized write set") }
+        XCTAssertTrue(reason.contains("write set"), reason)
+    }
+
+    func testCompletionMayAbortReentrantly() {
+        let r2 = Recorder()
+        kv.stage(txid: "t1", ops: [.set(key: "k", value: .int(1))]) { _ in }
+        kv.stage(txid: "t2", ops: [.get(key: "k")]) { [unowned self] res in
+            r2.results.append(res)
+            self.kv.abort(txid: "t2")
+        }
+        kv.stage(txid: "t3", ops: [.set(key: "k", value: .int(3))], completion: r2.callback())
+        kv.abort(txid: "t1")
+        // t2 was granted, aborted itself from its completion, and t3 got the lock.
+        XCTAssertEqual(r2.results.count, 2)
+        XCTAssertEqual(kv.lockHolders("k"), [LockHolder(owner: "t3", mode: .exclusive)])
+    }
+}
