@@ -1,1 +1,69 @@
-print("not yet")
+import CohortAgent
+import CohortCore
+import CohortPosix
+import CohortRuntime
+import Foundation
+
+let usage = """
+usage: cohort-agent --name NAME --data DIR --port N --coordinator URL [--host H] [--advertise URL] [--token-file F]
+
+A Cohort participant agent holding an embedded transactional key-value store (SQLite).
+  --name NAME         participant name, unique among the coordinator's participants
+  --data DIR          data directory (prepare log and store); created if missing
+  --port N            TCP port to listen on; 0 picks a free port
+  --coordinator URL   the coordinator, e.g. http://127.0.0.1:7000
+  --host H            address to bind (default 127.0.0.1)
+  --advertise URL     address the coordinator calls back (default http://HOST:PORT)
+  --token-file F      bearer token for every call in and out (also env COHORT_TOKEN)
+Environment: COHORT_CRASHPOINT=NAME[:K] or =list, COHORT_FAULT=fsync-fail[:K]
+"""
+
+func fail(_ message: String, status: Int32) -> Never {
+    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    exit(status)
+}
+
+do {
+    let args = try Arguments(Array(CommandLine.arguments.dropFirst()),
+                             valued: ["name", "data", "port", "host", "coordinator", "advertise", "token-file"])
+    if args.has("help") {
+        print(usage)
+        exit(0)
+    }
+    if case .list = try CrashPoints.configure(known: AgentServer.crashPoints) {
+        AgentServer.crashPoints.forEach { print($0) }
+        exit(0)
+    }
+    guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
+    let name = try args.required("name")
+    guard name.utf8.count <= Limits.participantNameBytesMax,
+          name.unicodeScalars.allSatisfy({ $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "-_.".unicodeScalars.contains($0)) }) else {
+        throw UsageError("--name must be 1-\(Limits.participantNameBytesMax) characters of A-Z a-z 0-9 - _ .")
+    }
+    var options = AgentServer.Options(name: name, dataDirectory: try args.required("data"),
+                                      coordinatorURL: try normalizedBaseURL(try args.required("coordinator"), flag: "coordinator"))
+    options.port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
+    options.host = args.string("host") ?? "127.0.0.1"
+    if let advertise = args.string("advertise") { options.advertiseURL = try normalizedBaseURL(advertise, flag: "advertise") }
+    options.token = try loadToken(file: args.string("token-file"))
+    let server: AgentServer
+    do {
+        server = try AgentServer(options: options) { message in
+            FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+            ProcessEnv.exitNow(1)
+        }
+    } catch {
+        fail("cannot start: \(error)", status: 1)
+    }
+    if let note = server.recoveryNote { FileHandle.standardError.write(Data("recovery: \(note)\n".utf8)) }
+    print("listening on http://\(options.host):\(server.port)")
+    fflush(stdout)
+    try server.run()
+    exit(0)
+} catch let e as UsageError {
+    fail("\(e)\n\(usage)", status: 2)
+} catch let e as CrashPointError {
+    fail("\(e)", status: 2)
+} catch {
+    fail("\(error)", status: 1)
+}

@@ -1,1 +1,60 @@
-print("not yet")
+import CohortCoordinator
+import CohortCore
+import CohortPosix
+import CohortRuntime
+import Foundation
+
+let usage = """
+usage: cohortd --data DIR --port N [--host H] [--token-file F] [--no-one-phase]
+
+The Cohort coordinator: drives two-phase commit (presumed abort) over participants.
+  --data DIR        data directory (identity file and durable log); created if missing
+  --port N          TCP port to listen on; 0 picks a free port
+  --host H          address to bind (default 127.0.0.1)
+  --token-file F    require "Authorization: Bearer <token>" (also env COHORT_TOKEN)
+  --no-one-phase    always run both phases, even for a single branch
+Environment: COHORT_CRASHPOINT=NAME[:K] or =list, COHORT_FAULT=fsync-fail[:K]
+"""
+
+func fail(_ message: String, status: Int32) -> Never {
+    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    exit(status)
+}
+
+do {
+    let args = try Arguments(Array(CommandLine.arguments.dropFirst()), valued: ["data", "port", "host", "token-file"], booleans: ["help", "no-one-phase"])
+    if args.has("help") {
+        print(usage)
+        exit(0)
+    }
+    if case .list = try CrashPoints.configure(known: CoordinatorServer.crashPoints) {
+        CoordinatorServer.crashPoints.forEach { print($0) }
+        exit(0)
+    }
+    guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
+    var options = CoordinatorServer.Options(dataDirectory: try args.required("data"))
+    options.port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
+    options.host = args.string("host") ?? "127.0.0.1"
+    options.onePhaseCommit = !args.has("no-one-phase")
+    options.token = try loadToken(file: args.string("token-file"))
+    let server: CoordinatorServer
+    do {
+        server = try CoordinatorServer(options: options) { message in
+            FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+            ProcessEnv.exitNow(1)
+        }
+    } catch {
+        fail("cannot start: \(error)", status: 1)
+    }
+    if let note = server.recoveryNote { FileHandle.standardError.write(Data("recovery: \(note)\n".utf8)) }
+    print("listening on http://\(options.host):\(server.port)")
+    fflush(stdout)
+    try server.run()
+    exit(0)
+} catch let e as UsageError {
+    fail("\(e)\n\(usage)", status: 2)
+} catch let e as CrashPointError {
+    fail("\(e)", status: 2)
+} catch {
+    fail("\(error)", status: 1)
+}
