@@ -151,7 +151,7 @@ final class BasicsTests: XCTestCase {
 
     func testForcedAppendSyncsAtOnceUnforcedWaitsForLazyDelay() throws {
         let storage = SimLogStorage()
-        let (log, _) = try DurableLog.open(storage: storage, config: DurableLogConfig(lazySyncDelayMs: 400))
+        let (log, _) = try DurableLog.open(storage: storage, config: DurableLogConfig(lazySyncDelayMs: 1_000))
         defer { log.close() }
         let durable = Locked<[UInt64]>([])
         log.onDurable = { lsn in durable.update { $0.append(lsn) } }
@@ -166,7 +166,7 @@ final class BasicsTests: XCTestCase {
         let syncsBefore = log.syncsTotal
         for _ in 0..<20 { _ = try log.append(type: 1, payload: [2], force: false) }
         _ = try log.append(type: 1, payload: [3], force: true)
-        XCTAssertTrue(waitUntil(timeoutMs: 300) { log.durableLSN == 22 }, "forced append synced promptly")
+        XCTAssertTrue(waitUntil(timeoutMs: 700) { log.durableLSN == 22 }, "forced append synced promptly")
         XCTAssertEqual(log.syncsTotal - syncsBefore, 1)
         XCTAssertEqual(durable.get().last, 22)
     }

@@ -72,7 +72,7 @@ final class FaultTests: XCTestCase {
         XCTAssertTrue(waitUntil { !failures.get().isEmpty })
         PosixThread.sleep(milliseconds: 50)
         XCTAssertEqual(failures.get().count, 1, "onFailure is called once")
-        XCTAssertTrue(failures.get()[0].contains("fdatasync"), failures.get()[0])
+        XCTAssertTrue(failures.get().first?.contains("fdatasync") == true, "\(failures.get())")
         XCTAssertThrowsError(try log.append(type: 1, payload: [3], force: true)) { XCTAssertTrue($0 is LogFailedError, "\($0)") }
         XCTAssertEqual(log.durableLSN, 1, "the record whose sync failed is never durable")
         XCTAssertEqual(durable.get(), [1])
