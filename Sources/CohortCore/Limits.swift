@@ -13,6 +13,9 @@ public enum Limits {
     public static let lazySyncDelayMs: Int64 = 50
     /// Checkpoint once the live segments hold more than this many bytes.
     public static let checkpointAfterBytes = 32 << 20
+    /// Largest checkpoint snapshot (the log's type-0 record). A snapshot holds every open
+    /// transaction, so it may be far larger than one record; it is written rarely.
+    public static let snapshotBytesMax = 256 << 20
 
     // MARK: HTTP
     public static let httpHeaderBytesMax = 16 << 10

@@ -1,0 +1,378 @@
+import CohortCore
+import CohortPosix
+
+public struct DurableLogConfig {
+    public enum SyncMode: Equatable {
+        /// The log owns a thread that runs group-commit rounds.
+        case backgroundThread
+        /// No thread: the caller runs each round with `syncNow()` (deterministic simulation).
+        case manual
+    }
+
+    public var syncMode: SyncMode
+    /// A round that finds the current segment at least this big starts a new one.
+    public var segmentBytesMax: Int
+    /// Appended-but-unsynced record bytes allowed before `append` throws `LogFullError`.
+    public var unsyncedBytesMax: Int
+    /// Unforced records wait at most about this long for a sync.
+    public var lazySyncDelayMs: Int64
+
+    public init(syncMode: SyncMode = .backgroundThread,
+                segmentBytesMax: Int = Limits.segmentBytesMax,
+                unsyncedBytesMax: Int = Limits.unsyncedBytesMax,
+                lazySyncDelayMs: Int64 = Limits.lazySyncDelayMs) {
+        precondition(segmentBytesMax > 0 && unsyncedBytesMax > 0 && lazySyncDelayMs >= 0, "bad log config")
+        self.syncMode = syncMode
+        self.segmentBytesMax = segmentBytesMax
+        self.unsyncedBytesMax = unsyncedBytesMax
+        self.lazySyncDelayMs = lazySyncDelayMs
+    }
+}
+
+/// What recovery found: the newest checkpoint's snapshot and every record after it.
+public struct RecoveredLog {
+    /// The payload of the newest complete checkpoint, nil when the log has none.
+    public let snapshot: [UInt8]?
+    /// The checkpoint record's LSN, nil when the log has none.
+    public let snapshotLSN: UInt64?
+    /// Records after the snapshot (or all of them), in LSN order.
+    public let records: [LogRecord]
+    /// A write cut short at the end of the last segment, cut off by recovery.
+    public let truncatedTail: (file: String, offset: Int, bytesDropped: Int)?
+    /// The LSN the next append gets.
+    public let nextLSN: UInt64
+}
+
+/// `append` refuses: too many bytes are waiting for a sync. Back-pressure: retry later.
+public struct LogFullError: Error, CustomStringConvertible, Equatable {
+    public let unsyncedBytes: Int
+    public let limitBytes: Int
+    public var description: String { "log full: \(unsyncedBytes) unsynced bytes, limit \(limitBytes)" }
+}
+
+public struct LogRecordTooLargeError: Error, CustomStringConvertible, Equatable {
+    public let payloadBytes: Int
+    public let limitBytes: Int
+    public var description: String { "log record of \(payloadBytes) bytes exceeds the limit of \(limitBytes)" }
+}
+
+/// The log has failed (a write or sync failed) and accepts nothing more: the process must restart
+/// and recover, because nothing since the last successful sync can be trusted to be on disk.
+public struct LogFailedError: Error, CustomStringConvertible {
+    public let cause: Error
+    public var description: String { "log failed: \(cause)" }
+}
+
+public struct LogClosedError: Error, CustomStringConvertible, Equatable {
+    public var description: String { "log closed" }
+}
+
+/// A segmented, checksummed, group-committed write-ahead log.
+///
+/// `append` only buffers; a sync round (on the log's thread, or `syncNow` in manual mode) writes
+/// everything buffered with one write per segment and makes it durable with one sync.
+/// Durability is announced through `onDurable`. The log is fail-stop: after a failed write or
+/// sync it reports nothing durable again.
+public final class DurableLog {
+    struct PendingGroup {
+        /// The group's records go at the start of a new segment.
+        var startsSegment: Bool
+        /// The group begins with a checkpoint record.
+        let isCheckpoint: Bool
+        let firstLSN: UInt64
+        var lastLSN: UInt64
+        var bytes: [UInt8]
+    }
+
+    struct OpenSegment {
+        let number: UInt64
+        let file: LogFile
+        var size: Int
+    }
+
+    public let storage: LogStorage
+    public let config: DurableLogConfig
+
+    /// Guards everything below up to the writer state.
+    private let state = PosixConditionLock()
+    private var groups: [PendingGroup] = []
+    private var forcedPending = false
+    private var unsyncedBytes = 0
+    private var nextLSN: UInt64
+    private var durableLSNValue: UInt64
+    private var failure: Error?
+    private var closed = false
+    private var recordsTotalValue = 0
+    private var forcedRecordsTotalValue = 0
+    private var syncsTotalValue = 0
+    private var bytesSinceCheckpointValue: Int
+    private var onDurableHandler: ((UInt64) -> Void)?
+    private var onFailureHandler: ((Error) -> Void)?
+
+    /// Serializes rounds; guards the writer state below.
+    private let roundLock = PosixConditionLock()
+    private var segment: OpenSegment?
+    private var nextSegmentNumber: UInt64
+    /// Numbers of the segment files in storage, oldest first.
+    private var liveSegments: [UInt64]
+
+    private var thread: PosixThread?
+
+    private init(storage: LogStorage, config: DurableLogConfig, recovery: Recovery) {
+        self.storage = storage
+        self.config = config
+        nextLSN = recovery.nextLSN
+        durableLSNValue = recovery.nextLSN - 1
+        bytesSinceCheckpointValue = recovery.bytesSinceCheckpoint
+        segment = recovery.lastSegment.map { OpenSegment(number: $0.number, file: $0.file, size: $0.size) }
+        nextSegmentNumber = recovery.nextSegmentNumber
+        liveSegments = recovery.liveSegments
+        syncsTotalValue = recovery.syncs
+    }
+
+    /// Recovers the log in `storage` (cutting off a torn tail, deleting segments older than the
+    /// newest checkpoint) and opens it for appending. Throws `LogCorruptionError` for damage that
+    /// is not a torn tail.
+    public static func open(storage: LogStorage, config: DurableLogConfig = .init()) throws -> (DurableLog, RecoveredLog) {
+        let recovery = try Recovery.run(storage: storage)
+        let log = DurableLog(storage: storage, config: config, recovery: recovery)
+        if config.syncMode == .backgroundThread {
+            log.thread = try PosixThread(name: "cohort-log-sync") { [log] in log.syncLoop() }
+        }
+        return (log, recovery.recovered)
+    }
+
+    // MARK: appending
+
+    /// Buffers a record and returns its LSN at once; never waits for I/O. `force` asks for a
+    /// sync now; otherwise the record rides with the next sync, at the latest `lazySyncDelayMs`
+    /// later. Type 0 is the log's own; user types are 1...255.
+    public func append(type: UInt8, payload: [UInt8], force: Bool) throws -> UInt64 {
+        precondition(type != LogFormat.checkpointType, "record type 0 is reserved for checkpoints")
+        guard payload.count <= Limits.recordBytesMax else {
+            throw LogRecordTooLargeError(payloadBytes: payload.count, limitBytes: Limits.recordBytesMax)
+        }
+        return try enqueue(type: type, payload: payload, force: force)
+    }
+
+    /// Appends a checkpoint record (forced) at the start of a new segment. Once it is durable the
+    /// older segments are deleted. The caller guarantees `snapshot` reflects every record
+    /// appended before this call.
+    public func checkpoint(snapshot: [UInt8]) throws -> UInt64 {
+        guard snapshot.count <= Limits.snapshotBytesMax else {
+            throw LogRecordTooLargeError(payloadBytes: snapshot.count, limitBytes: Limits.snapshotBytesMax)
+        }
+        return try enqueue(type: LogFormat.checkpointType, payload: snapshot, force: true)
+    }
+
+    private func enqueue(type: UInt8, payload: [UInt8], force: Bool) throws -> UInt64 {
+        let isCheckpoint = type == LogFormat.checkpointType
+        let encodedBytes = LogFormat.encodedRecordBytes(payloadCount: payload.count)
+        state.lock()
+        defer { state.unlock() }
+        if let failure { throw LogFailedError(cause: failure) }
+        if closed { throw LogClosedError() }
+        // A checkpoint is exempt: it is bounded by its own limit, and refusing it would keep the
+        // log from ever shrinking.
+        if !isCheckpoint && unsyncedBytes + encodedBytes > config.unsyncedBytesMax {
+            throw LogFullError(unsyncedBytes: unsyncedBytes, limitBytes: config.unsyncedBytesMax)
+        }
+        let lsn = nextLSN
+        nextLSN += 1
+        let wasEmpty = groups.isEmpty
+        if isCheckpoint || wasEmpty {
+            groups.append(PendingGroup(startsSegment: isCheckpoint, isCheckpoint: isCheckpoint,
+                                       firstLSN: lsn, lastLSN: lsn, bytes: []))
+        }
+        let last = groups.count - 1
+        LogFormat.encodeRecord(lsn: lsn, type: type, payload: payload, into: &groups[last].bytes)
+        groups[last].lastLSN = lsn
+        unsyncedBytes += encodedBytes
+        recordsTotalValue += 1
+        bytesSinceCheckpointValue = isCheckpoint ? 0 : bytesSinceCheckpointValue + encodedBytes
+        if force {
+            forcedRecordsTotalValue += 1
+            forcedPending = true
+            state.signal()
+        } else if wasEmpty {
+            // Starts the sync thread's lazy timer.
+            state.signal()
+        }
+        return lsn
+    }
+
+    // MARK: callbacks and counters
+
+    /// Called on the syncing thread after each successful round with the highest durable LSN.
+    public var onDurable: ((UInt64) -> Void)? {
+        get { state.withLock { onDurableHandler } }
+        set { state.withLock { onDurableHandler = newValue } }
+    }
+
+    /// Called once, on the syncing thread, when a write or sync fails. The log is failed after.
+    public var onFailure: ((Error) -> Void)? {
+        get { state.withLock { onFailureHandler } }
+        set { state.withLock { onFailureHandler = newValue } }
+    }
+
+    public var recordsTotal: Int { state.withLock { recordsTotalValue } }
+    public var forcedRecordsTotal: Int { state.withLock { forcedRecordsTotalValue } }
+    /// File and directory syncs, recovery's included.
+    public var syncsTotal: Int { state.withLock { syncsTotalValue } }
+    public var durableLSN: UInt64 { state.withLock { durableLSNValue } }
+    /// The LSN of the newest appended record (0 when none ever was).
+    public var lastLSN: UInt64 { state.withLock { nextLSN - 1 } }
+    /// Record bytes appended since the newest checkpoint (or since the log began).
+    public var bytesSinceCheckpoint: Int { state.withLock { bytesSinceCheckpointValue } }
+    /// The failure that stopped the log, if any.
+    public var failureCause: Error? { state.withLock { failure } }
+
+    // MARK: syncing
+
+    /// Manual mode: runs one group-commit round now. Returns the new durable LSN, or nil when
+    /// nothing was pending. Throws `LogFailedError` once the log has failed.
+    @discardableResult
+    public func syncNow() throws -> UInt64? {
+        precondition(config.syncMode == .manual, "syncNow is for manual sync mode")
+        return try runRound()
+    }
+
+    /// Syncs what is buffered, stops the sync thread and closes the files. Appends throw after.
+    public func close() {
+        let wasClosed: Bool = state.withLock {
+            let was = closed
+            closed = true
+            state.broadcast()
+            return was
+        }
+        if wasClosed { return }
+        if let thread {
+            thread.join()
+            self.thread = nil
+        } else {
+            _ = try? runRound()
+        }
+        roundLock.withLock {
+            segment?.file.close()
+            segment = nil
+        }
+    }
+
+    private func syncLoop() {
+        state.lock()
+        while true {
+            if failure != nil || (closed && groups.isEmpty) { break }
+            if groups.isEmpty {
+                state.wait()
+                continue
+            }
+            if !forcedPending && !closed {
+                // Let unforced records gather; a forced append or close wakes us early. An early
+                // (spurious) wake only means an early sync, which is harmless.
+                state.wait(timeoutMs: config.lazySyncDelayMs)
+            }
+            state.unlock()
+            _ = try? runRound()
+            state.lock()
+        }
+        state.unlock()
+    }
+
+    private func countSync() {
+        state.withLock { syncsTotalValue += 1 }
+    }
+
+    private func fail(_ error: Error) {
+        let handler: ((Error) -> Void)? = state.withLock {
+            guard failure == nil else { return nil }
+            failure = error
+            state.broadcast()
+            return onFailureHandler
+        }
+        handler?(error)
+    }
+
+    /// One group-commit round: takes what is buffered (at most one new segment's worth), writes
+    /// each segment's part with one write, syncs, and reports the new durable LSN.
+    private func runRound() throws -> UInt64? {
+        roundLock.lock()
+        defer { roundLock.unlock() }
+
+        var taken: [PendingGroup] = []
+        var takenBytes = 0
+        do {
+            state.lock()
+            defer { state.unlock() }
+            if let failure { throw LogFailedError(cause: failure) }
+            guard !groups.isEmpty else { return nil }
+            if segment == nil || segment!.size >= config.segmentBytesMax {
+                groups[0].startsSegment = true
+            }
+            // At most one new segment per round, so segments become durable strictly in order.
+            var newSegments = 0
+            while let group = groups.first, !(group.startsSegment && newSegments == 1) {
+                if group.startsSegment { newSegments += 1 }
+                taken.append(groups.removeFirst())
+                takenBytes += taken.last!.bytes.count
+            }
+            forcedPending = false  // every forced record is taken or in a group right behind it
+            if !groups.isEmpty { forcedPending = true }
+        }
+
+        var checkpointSegment: UInt64?
+        do {
+            for group in taken {
+                if group.startsSegment {
+                    let number = nextSegmentNumber
+                    let name = LogFormat.segmentFileName(number)
+                    let file = try storage.open(name, create: true)
+                    if try file.size() != 0 { try file.truncate(to: 0) }
+                    let bytes = LogFormat.encodeSegmentHeader(number: number, firstLSN: group.firstLSN) + group.bytes
+                    try file.write(bytes, at: 0)
+                    try file.sync()
+                    countSync()
+                    // The new file's directory entry must be durable before anything in it counts.
+                    try storage.syncDirectory()
+                    countSync()
+                    segment?.file.close()
+                    segment = OpenSegment(number: number, file: file, size: bytes.count)
+                    nextSegmentNumber += 1
+                    liveSegments.append(number)
+                    if group.isCheckpoint { checkpointSegment = number }
+                } else {
+                    let current = segment!
+                    try current.file.write(group.bytes, at: current.size)
+                    try current.file.sync()
+                    countSync()
+                    segment!.size += group.bytes.count
+                }
+            }
+        } catch {
+            fail(error)
+            throw LogFailedError(cause: error)
+        }
+
+        let durable = taken.last!.lastLSN
+        let handler: ((UInt64) -> Void)? = state.withLock {
+            durableLSNValue = durable
+            unsyncedBytes -= takenBytes
+            return onDurableHandler
+        }
+        handler?(durable)
+
+        if let checkpointSegment {
+            do {
+                for number in liveSegments where number < checkpointSegment {
+                    try storage.remove(LogFormat.segmentFileName(number))
+                }
+                liveSegments.removeAll { $0 < checkpointSegment }
+                try storage.syncDirectory()
+                countSync()
+            } catch {
+                fail(error)
+                throw LogFailedError(cause: error)
+            }
+        }
+        return durable
+    }
+}

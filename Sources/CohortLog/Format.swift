@@ -1,0 +1,260 @@
+import CohortCore
+
+/// One record read back from the log.
+public struct LogRecord: Equatable {
+    public let lsn: UInt64
+    public let type: UInt8
+    public let payload: [UInt8]
+
+    public init(lsn: UInt64, type: UInt8, payload: [UInt8]) {
+        self.lsn = lsn
+        self.type = type
+        self.payload = payload
+    }
+}
+
+/// Damage in the log that is not a torn tail: data that was durable is unreadable or missing.
+/// Recovery refuses to go on rather than silently skip it.
+public struct LogCorruptionError: Error, CustomStringConvertible, Equatable {
+    public let file: String
+    public let offset: Int
+    public let reason: String
+
+    public init(file: String, offset: Int, reason: String) {
+        self.file = file
+        self.offset = offset
+        self.reason = reason
+    }
+
+    public var description: String { "log corrupt: \(file) at offset \(offset): \(reason)" }
+}
+
+/// The on-disk layout. Segment file: header, then records back to back.
+///
+/// Header (32 bytes): magic "COHORTLG", version u32, segment number u64, first LSN u64, CRC-32C
+/// of the preceding 28 bytes.
+/// Record: length u32 (payload bytes), CRC-32C u32, type u8, LSN u64, payload. The CRC covers
+/// length, type, LSN and payload, so a damaged length is caught too.
+/// All integers little-endian.
+enum LogFormat {
+    static let magic: [UInt8] = Array("COHORTLG".utf8)
+    static let version: UInt32 = 1
+    static let segmentHeaderBytes = 32
+    static let recordHeaderBytes = 17
+    /// The log's own checkpoint record; user types are 1...255.
+    static let checkpointType: UInt8 = 0
+
+    static func segmentFileName(_ number: UInt64) -> String {
+        let hex = String(number, radix: 16)
+        return String(repeating: "0", count: max(0, 16 - hex.count)) + hex + ".log"
+    }
+
+    /// The segment number of a segment file name, nil for any other file.
+    static func segmentNumber(fileName: String) -> UInt64? {
+        guard fileName.hasSuffix(".log") else { return nil }
+        let stem = fileName.dropLast(4)
+        guard stem.count == 16, stem.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else { return nil }
+        return UInt64(stem, radix: 16)
+    }
+
+    static func maxPayloadBytes(type: UInt8) -> Int {
+        type == checkpointType ? Limits.snapshotBytesMax : Limits.recordBytesMax
+    }
+
+    static func encodeSegmentHeader(number: UInt64, firstLSN: UInt64) -> [UInt8] {
+        var w = ByteWriter(capacity: segmentHeaderBytes)
+        w.raw(magic)
+        w.u32(version)
+        w.u64(number)
+        w.u64(firstLSN)
+        w.u32(CRC32C.checksum(w.bytes))
+        return w.bytes
+    }
+
+    static func encodeRecord(lsn: UInt64, type: UInt8, payload: [UInt8], into bytes: inout [UInt8]) {
+        let start = bytes.count
+        var w = ByteWriter(capacity: recordHeaderBytes)
+        w.u32(UInt32(payload.count))
+        w.u32(0)  // CRC, filled in below
+        w.u8(type)
+        w.u64(lsn)
+        bytes.append(contentsOf: w.bytes)
+        bytes.append(contentsOf: payload)
+        let crc = bytes.withUnsafeBytes { raw in recordCRC(raw, at: start, payloadCount: payload.count) }
+        withUnsafeBytes(of: crc.littleEndian) { c in
+            for i in 0..<4 { bytes[start + 4 + i] = c[i] }
+        }
+    }
+
+    static func encodedRecordBytes(payloadCount: Int) -> Int { recordHeaderBytes + payloadCount }
+
+    /// CRC of the record at `start`: its length field, then type, LSN and payload.
+    static func recordCRC(_ raw: UnsafeRawBufferPointer, at start: Int, payloadCount: Int) -> UInt32 {
+        let length = UnsafeRawBufferPointer(rebasing: raw[start..<(start + 4)])
+        let rest = UnsafeRawBufferPointer(rebasing: raw[(start + 8)..<(start + recordHeaderBytes + payloadCount)])
+        return CRC32C.update(CRC32C.update(0, length), rest)
+    }
+
+    static func u32(_ b: [UInt8], _ at: Int) -> UInt32 {
+        UInt32(b[at]) | UInt32(b[at + 1]) << 8 | UInt32(b[at + 2]) << 16 | UInt32(b[at + 3]) << 24
+    }
+
+    static func u64(_ b: [UInt8], _ at: Int) -> UInt64 {
+        UInt64(u32(b, at)) | UInt64(u32(b, at + 4)) << 32
+    }
+}
+
+/// A record found in a segment, with where it is.
+struct ScannedRecord {
+    let record: LogRecord
+    let offset: Int
+    let encodedBytes: Int
+}
+
+/// What a segment scan found after its last good record.
+enum SegmentEnd: Equatable {
+    case clean
+    /// Bad or incomplete bytes at the end with nothing valid after them: a write cut short.
+    /// Only legitimate in the last segment.
+    case torn(offset: Int, reason: String)
+    case corrupt(offset: Int, reason: String)
+}
+
+struct SegmentHeader: Equatable {
+    let number: UInt64
+    let firstLSN: UInt64
+}
+
+struct SegmentScan {
+    let file: String
+    let size: Int
+    /// Nil when the header is missing or bad; `end` then says why.
+    let header: SegmentHeader?
+    let records: [ScannedRecord]
+    let end: SegmentEnd
+
+    /// Offset just past the last good record (where a torn tail is cut).
+    var goodBytes: Int {
+        if let last = records.last { return last.offset + last.encodedBytes }
+        return header == nil ? 0 : LogFormat.segmentHeaderBytes
+    }
+
+    var nextLSN: UInt64? {
+        if let last = records.last { return last.record.lsn + 1 }
+        return header?.firstLSN
+    }
+
+    var startsWithCheckpoint: Bool { records.first?.record.type == LogFormat.checkpointType }
+}
+
+enum SegmentScanner {
+    /// Validates a whole segment. `expectedLSN` is the LSN its first record must have when known
+    /// (otherwise the header's is trusted). `isLast` decides whether bad bytes at the end may be
+    /// a torn write rather than corruption.
+    static func scan(file: String, bytes: [UInt8], number: UInt64, expectedLSN: UInt64?, isLast: Bool) -> SegmentScan {
+        let headerBytes = LogFormat.segmentHeaderBytes
+        func classify(_ offset: Int, _ reason: String, nextLSN: UInt64) -> SegmentEnd {
+            if isLast && !hasValidRecord(bytes, after: offset, minLSN: nextLSN) {
+                return .torn(offset: offset, reason: reason)
+            }
+            return .corrupt(offset: offset, reason: reason)
+        }
+
+        // Header.
+        let headerProblem: String?
+        var header: SegmentHeader?
+        if bytes.count < headerBytes {
+            headerProblem = "segment header incomplete (\(bytes.count) of \(headerBytes) bytes)"
+        } else if Array(bytes[0..<8]) != LogFormat.magic {
+            headerProblem = "bad segment magic"
+        } else if LogFormat.u32(bytes, 28) != CRC32C.checksum(Array(bytes[0..<28])) {
+            headerProblem = "segment header checksum mismatch"
+        } else if LogFormat.u32(bytes, 8) != LogFormat.version {
+            headerProblem = "unsupported segment version \(LogFormat.u32(bytes, 8))"
+        } else if LogFormat.u64(bytes, 12) != number {
+            headerProblem = "segment header says number \(LogFormat.u64(bytes, 12)), file name says \(number)"
+        } else if let expectedLSN, LogFormat.u64(bytes, 20) != expectedLSN {
+            headerProblem = "segment starts at LSN \(LogFormat.u64(bytes, 20)), expected \(expectedLSN)"
+        } else {
+            headerProblem = nil
+            header = SegmentHeader(number: number, firstLSN: LogFormat.u64(bytes, 20))
+        }
+        guard let header else {
+            // A valid header with a wrong number or LSN is never a torn write.
+            let headerWasIntact = bytes.count >= headerBytes && Array(bytes[0..<8]) == LogFormat.magic
+                && LogFormat.u32(bytes, 28) == CRC32C.checksum(Array(bytes[0..<28]))
+            let end: SegmentEnd = headerWasIntact
+                ? .corrupt(offset: 0, reason: headerProblem!)
+                : classify(0, headerProblem!, nextLSN: expectedLSN ?? 1)
+            return SegmentScan(file: file, size: bytes.count, header: nil, records: [], end: end)
+        }
+
+        var records: [ScannedRecord] = []
+        var offset = headerBytes
+        var lsn = header.firstLSN
+        var end = SegmentEnd.clean
+        while offset < bytes.count {
+            switch decodeRecord(bytes, at: offset) {
+            case .failure(let problem):
+                end = classify(offset, problem.reason, nextLSN: lsn)
+            case .success(let (record, encoded)):
+                if record.lsn != lsn {
+                    end = .corrupt(offset: offset, reason: "record has LSN \(record.lsn), expected \(lsn)")
+                } else if record.type == LogFormat.checkpointType && offset != headerBytes {
+                    end = .corrupt(offset: offset, reason: "checkpoint record (LSN \(lsn)) not at the start of its segment")
+                } else {
+                    records.append(ScannedRecord(record: record, offset: offset, encodedBytes: encoded))
+                    offset += encoded
+                    lsn += 1
+                    continue
+                }
+            }
+            break
+        }
+        return SegmentScan(file: file, size: bytes.count, header: header, records: records, end: end)
+    }
+
+    struct RecordProblem: Error { let reason: String }
+
+    static func decodeRecord(_ bytes: [UInt8], at offset: Int) -> Result<(LogRecord, Int), RecordProblem> {
+        let headerBytes = LogFormat.recordHeaderBytes
+        guard bytes.count - offset >= headerBytes else {
+            return .failure(RecordProblem(reason: "record header incomplete (\(bytes.count - offset) of \(headerBytes) bytes)"))
+        }
+        let length = Int(LogFormat.u32(bytes, offset))
+        let type = bytes[offset + 8]
+        guard length <= LogFormat.maxPayloadBytes(type: type) else {
+            return .failure(RecordProblem(reason: "record length \(length) exceeds the maximum"))
+        }
+        guard bytes.count - offset - headerBytes >= length else {
+            return .failure(RecordProblem(reason: "record incomplete (\(bytes.count - offset - headerBytes) of \(length) payload bytes)"))
+        }
+        let crc = bytes.withUnsafeBytes { LogFormat.recordCRC($0, at: offset, payloadCount: length) }
+        guard crc == LogFormat.u32(bytes, offset + 4) else {
+            return .failure(RecordProblem(reason: "record checksum mismatch"))
+        }
+        let lsn = LogFormat.u64(bytes, offset + 9)
+        let payload = Array(bytes[(offset + headerBytes)..<(offset + headerBytes + length)])
+        return .success((LogRecord(lsn: lsn, type: type, payload: payload), headerBytes + length))
+    }
+
+    /// Whether any checksum-valid record with an LSN at or past `minLSN` starts after `offset`.
+    /// Such a record means the bad bytes before it are damage, not a write cut short.
+    static func hasValidRecord(_ bytes: [UInt8], after offset: Int, minLSN: UInt64) -> Bool {
+        let headerBytes = LogFormat.recordHeaderBytes
+        var candidate = max(offset + 1, LogFormat.segmentHeaderBytes)
+        while candidate + headerBytes <= bytes.count {
+            let length = Int(LogFormat.u32(bytes, candidate))
+            let lsn = LogFormat.u64(bytes, candidate + 9)
+            // Cheap filters first: most garbage fails on length or LSN before any CRC is computed.
+            if lsn >= minLSN && lsn - minLSN <= UInt64(bytes.count)
+                && length <= LogFormat.maxPayloadBytes(type: bytes[candidate + 8])
+                && candidate + headerBytes + length <= bytes.count,
+               case .success = decodeRecord(bytes, at: candidate) {
+                return true
+            }
+            candidate += 1
+        }
+        return false
+    }
+}

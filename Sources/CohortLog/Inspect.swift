@@ -1,0 +1,115 @@
+/// A read-only report on a log's files, for operators (`txctl log inspect|verify`).
+public struct LogInspection {
+    public struct Record: Equatable {
+        public let lsn: UInt64
+        public let type: UInt8
+        /// Payload bytes.
+        public let payloadBytes: Int
+        /// Where the record starts in its segment file.
+        public let offset: Int
+    }
+
+    public struct Problem: Equatable, CustomStringConvertible {
+        public enum Kind: Equatable {
+            /// A write cut short at the end of the last segment; recovery would cut it off.
+            case tornTail
+            /// Damage recovery would refuse to open.
+            case corruption
+        }
+        public let kind: Kind
+        public let file: String
+        public let offset: Int
+        public let reason: String
+
+        public var description: String {
+            "\(kind == .tornTail ? "torn tail" : "corruption"): \(file) at offset \(offset): \(reason)"
+        }
+    }
+
+    public struct Segment {
+        public let file: String
+        public let number: UInt64
+        public let sizeBytes: Int
+        /// Nil when the header is unreadable.
+        public let firstLSN: UInt64?
+        /// Good records, up to the first problem.
+        public let records: [Record]
+        /// The first problem in this segment, if any.
+        public let problem: Problem?
+        public var startsWithCheckpoint: Bool { records.first?.type == LogFormat.checkpointType }
+    }
+
+    public let storageName: String
+    public let segments: [Segment]
+    /// A problem not tied to one segment's contents (unlistable storage, unreadable file).
+    public let storageProblem: String?
+
+    /// Every problem, in file order.
+    public var problems: [Problem] { segments.compactMap(\.problem) }
+    /// True when recovery would open this log without refusing (a torn tail is fine).
+    public var isRecoverable: Bool {
+        storageProblem == nil && !problems.contains { $0.kind == .corruption }
+    }
+}
+
+extension DurableLog {
+    /// Reads every segment and reports records and the first problem in each, never modifying
+    /// anything. Unlike recovery it also reads segments older than the newest checkpoint, so a
+    /// problem there is reported even though recovery would just delete them.
+    public static func inspect(storage: LogStorage) -> LogInspection {
+        let files: [(number: UInt64, name: String)]
+        do {
+            files = try Recovery.segmentFiles(storage)
+        } catch {
+            return LogInspection(storageName: storage.name, segments: [], storageProblem: "cannot list: \(error)")
+        }
+        var segments: [LogInspection.Segment] = []
+        var expectedLSN: UInt64?
+        var expectedNumber: UInt64?
+        for (index, entry) in files.enumerated() {
+            let bytes: [UInt8]
+            do {
+                let (file, read) = try Recovery.readAll(storage, entry.name)
+                file.close()
+                bytes = read
+            } catch {
+                return LogInspection(storageName: storage.name, segments: segments,
+                                     storageProblem: "cannot read \(entry.name): \(error)")
+            }
+            let isLast = index == files.count - 1
+            // The first segment sets the LSNs; after a missing segment, start over from its header.
+            let numberGap = expectedNumber.map { $0 != entry.number } ?? false
+            var scan = SegmentScanner.scan(file: entry.name, bytes: bytes, number: entry.number,
+                                           expectedLSN: numberGap ? nil : expectedLSN, isLast: isLast)
+            if scan.header == nil, case .corrupt = scan.end, expectedLSN != nil {
+                // Report an LSN mismatch, but keep reading the segment's records.
+                let unchecked = SegmentScanner.scan(file: entry.name, bytes: bytes, number: entry.number,
+                                                    expectedLSN: nil, isLast: isLast)
+                if unchecked.header != nil {
+                    scan = SegmentScan(file: entry.name, size: bytes.count, header: unchecked.header,
+                                       records: unchecked.records, end: scan.end)
+                }
+            }
+            var problem: LogInspection.Problem?
+            switch scan.end {
+            case .clean: break
+            case .torn(let offset, let reason):
+                problem = .init(kind: .tornTail, file: entry.name, offset: offset, reason: reason)
+            case .corrupt(let offset, let reason):
+                problem = .init(kind: .corruption, file: entry.name, offset: offset, reason: reason)
+            }
+            if numberGap, problem == nil, let expectedNumber {
+                problem = .init(kind: .corruption, file: entry.name, offset: 0,
+                                reason: "segment \(LogFormat.segmentFileName(expectedNumber)) is missing")
+            }
+            segments.append(LogInspection.Segment(
+                file: entry.name, number: entry.number, sizeBytes: bytes.count, firstLSN: scan.header?.firstLSN,
+                records: scan.records.map { .init(lsn: $0.record.lsn, type: $0.record.type,
+                                                  payloadBytes: $0.record.payload.count, offset: $0.offset) },
+                problem: problem))
+            expectedLSN = scan.nextLSN
+            expectedNumber = entry.number + 1
+        }
+        return LogInspection(storageName: storage.name, segments: segments, storageProblem: nil)
+    }
+}

@@ -1,0 +1,134 @@
+/// Reads a log's segments back, repairs a torn tail and prepares the writer's state.
+struct Recovery {
+    let recovered: RecoveredLog
+    let nextLSN: UInt64
+    let bytesSinceCheckpoint: Int
+    let lastSegment: (number: UInt64, file: LogFile, size: Int)?
+    let nextSegmentNumber: UInt64
+    let liveSegments: [UInt64]
+    let syncs: Int
+
+    /// Segment files in storage, oldest first.
+    static func segmentFiles(_ storage: LogStorage) throws -> [(number: UInt64, name: String)] {
+        try storage.list()
+            .compactMap { name in LogFormat.segmentNumber(fileName: name).map { (number: $0, name: name) } }
+            .sorted { $0.number < $1.number }
+    }
+
+    static func readAll(_ storage: LogStorage, _ name: String) throws -> (LogFile, [UInt8]) {
+        let file = try storage.open(name, create: false)
+        do {
+            return (file, try file.read(offset: 0, count: try file.size()))
+        } catch {
+            file.close()
+            throw error
+        }
+    }
+
+    /// Whether the segment's first record is a complete, valid checkpoint. Reads only that much.
+    static func startsWithCheckpoint(_ storage: LogStorage, number: UInt64, name: String) throws -> Bool {
+        let file = try storage.open(name, create: false)
+        defer { file.close() }
+        let prefixBytes = LogFormat.segmentHeaderBytes + LogFormat.recordHeaderBytes
+        let prefix = try file.read(offset: 0, count: prefixBytes)
+        guard prefix.count == prefixBytes, prefix[prefixBytes - 9] == LogFormat.checkpointType else { return false }
+        let length = Int(LogFormat.u32(prefix, LogFormat.segmentHeaderBytes))
+        guard length <= LogFormat.maxPayloadBytes(type: LogFormat.checkpointType) else { return false }
+        let bytes = try file.read(offset: 0, count: prefixBytes + length)
+        let scan = SegmentScanner.scan(file: name, bytes: bytes, number: number, expectedLSN: nil, isLast: false)
+        return scan.startsWithCheckpoint && scan.records.first?.record.lsn == scan.header?.firstLSN
+    }
+
+    static func run(storage: LogStorage) throws -> Recovery {
+        let segments = try segmentFiles(storage)
+        var syncs = 0
+
+        var start = 0
+        var checkpointFound = false
+        for i in segments.indices.reversed() {
+            if try startsWithCheckpoint(storage, number: segments[i].number, name: segments[i].name) {
+                start = i
+                checkpointFound = true
+                break
+            }
+        }
+
+        var expectedLSN: UInt64? = nil
+        var expectedNumber: UInt64? = nil
+        var snapshot: [UInt8]?
+        var snapshotLSN: UInt64?
+        var records: [LogRecord] = []
+        var bytesSinceCheckpoint = 0
+        var truncatedTail: (file: String, offset: Int, bytesDropped: Int)?
+        var live: [(number: UInt64, file: LogFile, size: Int)] = []
+        var nextLSN: UInt64 = 1
+        defer { for segment in live.dropLast() { segment.file.close() } }
+
+        for i in start..<segments.count {
+            let (number, name) = segments[i]
+            let isLast = i == segments.count - 1
+            if let expectedNumber, number != expectedNumber {
+                throw LogCorruptionError(file: name, offset: 0,
+                                         reason: "segment \(LogFormat.segmentFileName(expectedNumber)) is missing")
+            }
+            let (file, bytes) = try readAll(storage, name)
+            // A checkpoint segment's header sets the LSNs; without one the log must begin at 1.
+            let trustHeader = i == start && checkpointFound
+            let scan = SegmentScanner.scan(file: name, bytes: bytes, number: number,
+                                           expectedLSN: trustHeader ? nil : (expectedLSN ?? 1), isLast: isLast)
+            switch scan.end {
+            case .clean:
+                break
+            case .corrupt(let offset, let reason):
+                file.close()
+                throw LogCorruptionError(file: name, offset: offset, reason: reason)
+            case .torn(let offset, _):
+                precondition(isLast, "a torn tail outside the last segment")
+                if scan.header == nil {
+                    // Nothing of this segment was ever durable: its header never made it.
+                    file.close()
+                    try storage.remove(name)
+                    truncatedTail = (file: name, offset: 0, bytesDropped: bytes.count)
+                    continue
+                }
+                try file.truncate(to: offset)
+                truncatedTail = (file: name, offset: offset, bytesDropped: bytes.count - offset)
+            }
+            for (index, scanned) in scan.records.enumerated() {
+                if trustHeader && index == 0 && scanned.record.type == LogFormat.checkpointType {
+                    snapshot = scanned.record.payload
+                    snapshotLSN = scanned.record.lsn
+                    bytesSinceCheckpoint = 0
+                } else {
+                    records.append(scanned.record)
+                    bytesSinceCheckpoint += scanned.encodedBytes
+                }
+            }
+            live.append((number: number, file: file, size: scan.goodBytes))
+            expectedLSN = scan.nextLSN
+            expectedNumber = number + 1
+            nextLSN = scan.nextLSN!
+        }
+
+        // Segments older than the newest checkpoint hold nothing the snapshot does not.
+        for segment in segments[..<start] {
+            try storage.remove(segment.name)
+        }
+        if !segments.isEmpty {
+            // What we read may sit only in the page cache (the process died, not the machine);
+            // make it durable before anyone acts on it. The directory sync covers removals.
+            if let last = live.last {
+                try last.file.sync()
+                syncs += 1
+            }
+            try storage.syncDirectory()
+            syncs += 1
+        }
+
+        let recovered = RecoveredLog(snapshot: snapshot, snapshotLSN: snapshotLSN, records: records,
+                                     truncatedTail: truncatedTail, nextLSN: nextLSN)
+        return Recovery(recovered: recovered, nextLSN: nextLSN, bytesSinceCheckpoint: bytesSinceCheckpoint,
+                        lastSegment: live.last, nextSegmentNumber: (live.last?.number ?? 0) + 1,
+                        liveSegments: live.map(\.number), syncs: syncs)
+    }
+}

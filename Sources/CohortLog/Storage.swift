@@ -1,0 +1,122 @@
+import CohortPosix
+
+/// Where the log keeps its segment files: a real directory, or memory for simulation.
+/// File names are plain names inside the storage, never paths.
+public protocol LogStorage: AnyObject {
+    /// What the storage is, for error messages (for a directory: its path).
+    var name: String { get }
+    func list() throws -> [String]
+    func open(_ file: String, create: Bool) throws -> LogFile
+    func remove(_ file: String) throws
+    /// Makes creations and removals of files durable.
+    func syncDirectory() throws
+}
+
+public protocol LogFile: AnyObject {
+    func size() throws -> Int
+    /// Up to `count` bytes at `offset`; fewer only at end of file.
+    func read(offset: Int, count: Int) throws -> [UInt8]
+    func write(_ bytes: [UInt8], at offset: Int) throws
+    func truncate(to size: Int) throws
+    /// Makes everything written so far durable. After a failure nothing written since the last
+    /// successful sync may be assumed durable, ever.
+    func sync() throws
+    func close()
+}
+
+/// Injected storage faults, for testing that the system fails safely.
+public struct StorageFaults: Equatable {
+    /// The K-th sync (1-based, files and directory alike) and every later one throws an I/O error.
+    public var failSyncAtCount: Int?
+
+    public init(failSyncAtCount: Int? = nil) {
+        self.failSyncAtCount = failSyncAtCount
+    }
+
+    /// Parses `COHORT_FAULT`: absent or empty means no faults; `fsync-fail` fails every sync
+    /// from the first; `fsync-fail:K` (K ≥ 1) from the K-th.
+    public static func fromEnvironment(_ value: String?) throws -> StorageFaults {
+        guard let value, !value.isEmpty else { return StorageFaults() }
+        let parts = value.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+        guard parts[0] == "fsync-fail" else {
+            throw StorageFaultSyntaxError(value: value, reason: "unknown fault \"\(parts[0])\" (known: fsync-fail[:K])")
+        }
+        guard parts.count == 2 else { return StorageFaults(failSyncAtCount: 1) }
+        guard let count = Int(parts[1]), count >= 1 else {
+            throw StorageFaultSyntaxError(value: value, reason: "K must be an integer ≥ 1, got \"\(parts[1])\"")
+        }
+        return StorageFaults(failSyncAtCount: count)
+    }
+}
+
+public struct StorageFaultSyntaxError: Error, CustomStringConvertible, Equatable {
+    public let value: String
+    public let reason: String
+    public var description: String { "bad COHORT_FAULT value \"\(value)\": \(reason)" }
+}
+
+/// Log storage in a directory on disk. `LogFile.sync` is fdatasync: the log never needs the
+/// file's timestamps durable, only its data and size.
+public final class FileLogStorage: LogStorage {
+    public let directory: String
+    public var name: String { directory }
+    private let faults: StorageFaults
+    private let lock = PosixConditionLock()
+    private var syncCount = 0
+
+    /// Creates the directory (and its parents) when missing.
+    public init(directory: String, faults: StorageFaults = StorageFaults()) throws {
+        self.directory = directory
+        self.faults = faults
+        try PosixFS.createDirectory(directory, intermediate: true)
+    }
+
+    func path(_ file: String) -> String {
+        precondition(!file.isEmpty && !file.contains("/"), "log file name \"\(file)\" is not a plain name")
+        return directory + "/" + file
+    }
+
+    /// Counts a sync and throws if the injected fault says this one fails.
+    func countSync(_ operation: String, path: String) throws {
+        let count = lock.withLock { () -> Int in
+            syncCount += 1
+            return syncCount
+        }
+        if let failAt = faults.failSyncAtCount, count >= failAt {
+            throw PosixError.injectedIOError(operation, path: path)
+        }
+    }
+
+    public func list() throws -> [String] { try PosixFS.listDirectory(directory) }
+
+    public func open(_ file: String, create: Bool) throws -> LogFile {
+        FileLogFile(storage: self, file: try PosixFile(path: path(file), create: create))
+    }
+
+    public func remove(_ file: String) throws { try PosixFS.remove(path(file)) }
+
+    public func syncDirectory() throws {
+        try countSync("fsync", path: directory)
+        try PosixFS.fsyncDirectory(directory)
+    }
+}
+
+final class FileLogFile: LogFile {
+    let storage: FileLogStorage
+    let file: PosixFile
+
+    init(storage: FileLogStorage, file: PosixFile) {
+        self.storage = storage
+        self.file = file
+    }
+
+    func size() throws -> Int { try file.size() }
+    func read(offset: Int, count: Int) throws -> [UInt8] { try file.pread(count: count, offset: offset) }
+    func write(_ bytes: [UInt8], at offset: Int) throws { try file.pwrite(bytes, offset: offset) }
+    func truncate(to size: Int) throws { try file.truncate(to: size) }
+    func sync() throws {
+        try storage.countSync("fdatasync", path: file.path)
+        try file.fdatasync()
+    }
+    func close() { file.close() }
+}

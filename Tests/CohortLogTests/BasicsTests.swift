@@ -1,0 +1,203 @@
+import CohortCore
+import CohortPosix
+import XCTest
+@testable import CohortLog
+
+final class BasicsTests: XCTestCase {
+    func testCRC32CKnownVectorsAndIncrementalUpdate() {
+        XCTAssertEqual(CRC32C.checksum(Array("123456789".utf8)), 0xE306_9283)
+        XCTAssertEqual(CRC32C.checksum([]), 0)
+        XCTAssertEqual(CRC32C.checksum([UInt8](repeating: 0, count: 32)), 0x8A91_36AA)
+        XCTAssertEqual(CRC32C.checksum([UInt8](repeating: 0xFF, count: 32)), 0x62A8_AB43)
+        // Slicing-by-8 against the bit-at-a-time definition, across lengths and alignments.
+        var rng = SplitMix64(seed: 1)
+        let data = (0..<300).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        for length in [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 299] {
+            let bytes = Array(data[1..<(1 + length)])
+            var crc: UInt32 = 0xFFFF_FFFF
+            for b in bytes {
+                crc ^= UInt32(b)
+                for _ in 0..<8 { crc = (crc & 1) != 0 ? (crc >> 1) ^ 0x82F6_3B78 : crc >> 1 }
+            }
+            XCTAssertEqual(CRC32C.checksum(bytes), ~crc, "length \(length)")
+            for split in [0, length / 3, length] {
+                let first = CRC32C.checksum(Array(bytes[..<split]))
+                let whole = Array(bytes[split...]).withUnsafeBytes { CRC32C.update(first, $0) }
+                XCTAssertEqual(whole, ~crc, "length \(length) split \(split)")
+            }
+        }
+    }
+
+    func testFaultEnvironmentParsing() throws {
+        XCTAssertEqual(try StorageFaults.fromEnvironment(nil), StorageFaults())
+        XCTAssertEqual(try StorageFaults.fromEnvironment(""), StorageFaults())
+        XCTAssertEqual(try StorageFaults.fromEnvironment("fsync-fail"), StorageFaults(failSyncAtCount: 1))
+        XCTAssertEqual(try StorageFaults.fromEnvironment("fsync-fail:1"), StorageFaults(failSyncAtCount: 1))
+        XCTAssertEqual(try StorageFaults.fromEnvironment("fsync-fail:17"), StorageFaults(failSyncAtCount: 17))
+        for bad in ["fsync-fail:0", "fsync-fail:-2", "fsync-fail:", "fsync-fail:x", "fsync-fail:1:2", "disk-full", "FSYNC-FAIL"] {
+            XCTAssertThrowsError(try StorageFaults.fromEnvironment(bad), bad) { error in
+                guard let error = error as? StorageFaultSyntaxError else { return XCTFail("\(error)") }
+                XCTAssertTrue(error.description.contains(bad), error.description)
+            }
+        }
+    }
+
+    func testPosixFilesAndDirectories() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTree(dir) }
+        let file = try PosixFile(path: dir + "/a", create: true)
+        try file.pwrite([1, 2, 3, 4, 5], offset: 0)
+        try file.pwrite([9, 9], offset: 7)
+        XCTAssertEqual(try file.size(), 9)
+        XCTAssertEqual(try file.pread(count: 100, offset: 3), [4, 5, 0, 0, 9, 9])
+        try file.truncate(to: 2)
+        try file.fdatasync()
+        try file.fsync()
+        XCTAssertEqual(try file.pread(count: 10, offset: 0), [1, 2])
+        file.close()
+        file.close()
+        XCTAssertThrowsError(try PosixFile(path: dir + "/missing", create: false)) { error in
+            XCTAssertEqual((error as? PosixError)?.path, dir + "/missing")
+        }
+        try PosixFS.writeFileAtomically(dir + "/b", [7, 8])
+        try PosixFS.writeFileAtomically(dir + "/b", [7, 8, 9])
+        XCTAssertEqual(try PosixFS.readFile(dir + "/b"), [7, 8, 9])
+        try PosixFS.rename(dir + "/b", dir + "/c")
+        try PosixFS.createDirectory(dir + "/x/y", intermediate: true)
+        try PosixFS.fsyncDirectory(dir)
+        XCTAssertEqual(try PosixFS.listDirectory(dir).sorted(), ["a", "c", "x"])
+        XCTAssertTrue(PosixFS.exists(dir + "/c"))
+        try PosixFS.remove(dir + "/c")
+        XCTAssertFalse(PosixFS.exists(dir + "/c"))
+        XCTAssertThrowsError(try PosixFS.remove(dir + "/c"))
+    }
+
+    func testAppendRecoverRoundTripOnFiles() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTree(dir) }
+        let storage = try FileLogStorage(directory: dir)
+        let (log, recovered) = try DurableLog.open(storage: storage)
+        XCTAssertEqual(recovered.nextLSN, 1)
+        XCTAssertTrue(recovered.records.isEmpty)
+        XCTAssertNil(recovered.snapshot)
+        for lsn in UInt64(1)...50 {
+            XCTAssertEqual(try log.append(type: UInt8(lsn % 255 + 1), payload: payload(lsn, size: Int(lsn)), force: lsn % 10 == 0), lsn)
+        }
+        XCTAssertEqual(log.lastLSN, 50)
+        XCTAssertEqual(log.recordsTotal, 50)
+        XCTAssertEqual(log.forcedRecordsTotal, 5)
+        log.close()
+        XCTAssertEqual(log.durableLSN, 50, "close syncs what is buffered")
+        XCTAssertThrowsError(try log.append(type: 1, payload: [], force: false)) { XCTAssertTrue($0 is LogClosedError) }
+
+        let (reopened, again) = try DurableLog.open(storage: try FileLogStorage(directory: dir))
+        defer { reopened.close() }
+        XCTAssertNil(again.truncatedTail)
+        XCTAssertEqual(again.nextLSN, 51)
+        XCTAssertEqual(again.records.map(\.lsn), Array(1...50))
+        for record in again.records {
+            XCTAssertEqual(record.payload, payload(record.lsn, size: Int(record.lsn)))
+            XCTAssertEqual(record.type, UInt8(record.lsn % 255 + 1))
+        }
+        XCTAssertEqual(try reopened.append(type: 1, payload: [1], force: true), 51)
+        XCTAssertTrue(waitUntil { reopened.durableLSN == 51 })
+    }
+
+    func testAppendRecoverRoundTripInSimulation() throws {
+        let storage = SimLogStorage()
+        let (log, _) = try DurableLog.open(storage: storage, config: manualConfig())
+        for lsn in UInt64(1)...20 { _ = try log.append(type: 3, payload: payload(lsn), force: false) }
+        XCTAssertEqual(try log.syncNow(), 20)
+        XCTAssertNil(try log.syncNow(), "nothing pending")
+        let (_, recovered) = try DurableLog.open(storage: storage, config: manualConfig())
+        XCTAssertEqual(recovered.records, (UInt64(1)...20).map { LogRecord(lsn: $0, type: 3, payload: payload($0)) })
+    }
+
+    func testRecordLimitsAndBackPressure() throws {
+        let storage = SimLogStorage()
+        let (log, _) = try DurableLog.open(storage: storage, config: manualConfig(unsyncedBytesMax: 1000))
+        XCTAssertThrowsError(try log.append(type: 1, payload: [UInt8](repeating: 0, count: Limits.recordBytesMax + 1), force: false)) {
+            XCTAssertTrue($0 is LogRecordTooLargeError, "\($0)")
+        }
+        var appended = 0
+        while true {
+            do {
+                _ = try log.append(type: 1, payload: [UInt8](repeating: 1, count: 100), force: false)
+                appended += 1
+            } catch let error as LogFullError {
+                XCTAssertEqual(error.limitBytes, 1000)
+                break
+            }
+        }
+        XCTAssertEqual(appended, 1000 / 117)
+        XCTAssertEqual(log.lastLSN, UInt64(appended), "a refused append takes no LSN")
+        try log.syncNow()
+        XCTAssertNoThrow(try log.append(type: 1, payload: [UInt8](repeating: 1, count: 100), force: false))
+    }
+
+    func testForcedAndUnforcedRecordsShareOneSync() throws {
+        let storage = SimLogStorage()
+        let (log, _) = try DurableLog.open(storage: storage, config: manualConfig())
+        for _ in 0..<10 { _ = try log.append(type: 1, payload: [1], force: false) }
+        _ = try log.append(type: 1, payload: [2], force: true)
+        XCTAssertEqual(try log.syncNow(), 11)
+        XCTAssertEqual(log.syncsTotal, 2, "first round: one segment sync and one directory sync")
+        for _ in 0..<5 { _ = try log.append(type: 1, payload: [3], force: false) }
+        XCTAssertEqual(try log.syncNow(), 16)
+        XCTAssertEqual(log.syncsTotal, 3, "one sync for all five records")
+        XCTAssertEqual(log.forcedRecordsTotal, 1)
+        XCTAssertEqual(storage.syncsTotal, 3)
+    }
+
+    func testForcedAppendSyncsAtOnceUnforcedWaitsForLazyDelay() throws {
+        let storage = SimLogStorage()
+        let (log, _) = try DurableLog.open(storage: storage, config: DurableLogConfig(lazySyncDelayMs: 1_000))
+        defer { log.close() }
+        let durable = Locked<[UInt64]>([])
+        log.onDurable = { lsn in durable.update { $0.append(lsn) } }
+
+        _ = try log.append(type: 1, payload: [1], force: false)
+        PosixThread.sleep(milliseconds: 100)
+        XCTAssertEqual(log.durableLSN, 0, "an unforced record waits for the lazy sync")
+        XCTAssertTrue(waitUntil(timeoutMs: 5_000) { log.durableLSN == 1 }, "the lazy sync comes")
+        XCTAssertEqual(durable.get(), [1])
+
+        // Unforced records ride along with a forced one, which does not wait for the lazy delay.
+        let syncsBefore = log.syncsTotal
+        for _ in 0..<20 { _ = try log.append(type: 1, payload: [2], force: false) }
+        _ = try log.append(type: 1, payload: [3], force: true)
+        XCTAssertTrue(waitUntil(timeoutMs: 700) { log.durableLSN == 22 }, "forced append synced promptly")
+        XCTAssertEqual(log.syncsTotal - syncsBefore, 1)
+        XCTAssertEqual(durable.get().last, 22)
+    }
+
+    func testGroupCommitFromManyThreads() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTree(dir) }
+        let storage = try FileLogStorage(directory: dir)
+        let (log, _) = try DurableLog.open(storage: storage, config: DurableLogConfig(lazySyncDelayMs: 5))
+        let highest = Locked<UInt64>(0)
+        log.onDurable = { lsn in highest.update { XCTAssertGreaterThan(lsn, $0); $0 = lsn } }
+        let threadCount = 4, perThread = 500
+        let assigned = Locked<[UInt64]>([])
+        var threads: [PosixThread] = []
+        for t in 0..<threadCount {
+            threads.append(try PosixThread(name: "appender") {
+                var mine: [UInt64] = []
+                for i in 0..<perThread {
+                    mine.append(try! log.append(type: UInt8(t + 1), payload: payload(UInt64(i)), force: i % 2 == 0))
+                }
+                assigned.update { $0.append(contentsOf: mine) }
+            })
+        }
+        for thread in threads { thread.join() }
+        let total = UInt64(threadCount * perThread)
+        XCTAssertEqual(assigned.get().sorted(), Array(1...total), "every append got a distinct LSN")
+        XCTAssertTrue(waitUntil { highest.get() == total }, "every append reported durable")
+        XCTAssertEqual(log.durableLSN, total)
+        XCTAssertLessThan(log.syncsTotal * 4, Int(total), "group commit: \(log.syncsTotal) syncs for \(total) records")
+        log.close()
+        let (_, recovered) = try DurableLog.open(storage: try FileLogStorage(directory: dir), config: manualConfig())
+        XCTAssertEqual(recovered.records.count, Int(total))
+    }
+}

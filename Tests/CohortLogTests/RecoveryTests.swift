@@ -1,0 +1,245 @@
+import CohortCore
+import CohortPosix
+import XCTest
+@testable import CohortLog
+
+final class RecoveryTests: XCTestCase {
+    let firstSegment = "0000000000000001.log"
+
+    /// A simulated log holding records 1...count, all synced, in one segment.
+    func syncedLog(count: UInt64, segmentBytesMax: Int = Limits.segmentBytesMax) throws -> SimLogStorage {
+        let storage = SimLogStorage()
+        let (log, _) = try DurableLog.open(storage: storage, config: manualConfig(segmentBytesMax: segmentBytesMax))
+        for lsn in UInt64(1)...count {
+            _ = try log.append(type: 1, payload: payload(lsn, size: 10 + Int(lsn % 7)), force: true)
+            try log.syncNow()
+        }
+        return storage
+    }
+
+    func assertRecords(_ records: [LogRecord], _ lsns: ClosedRange<UInt64>, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(records.map(\.lsn), Array(lsns), file: file, line: line)
+        for record in records {
+            XCTAssertEqual(record.payload, payload(record.lsn, size: 10 + Int(record.lsn % 7)), file: file, line: line)
+        }
+    }
+
+    func testTornLastRecordAtEveryOffsetIsCutOffAndNothingDurableIsLost() throws {
+        let storage = try syncedLog(count: 4)
+        let full = storage.contents(of: firstSegment)!
+        let lastStart = recordOffsets(storage, file: firstSegment).last!
+        for cut in lastStart..<full.count {
+            for zeroFilled in [false, true] {
+                // Either the file ends mid-record, or it keeps its length with zeros (as a file
+                // system may show blocks whose data never reached the disk).
+                var damaged = Array(full[..<cut])
+                if zeroFilled { damaged += [UInt8](repeating: 0, count: full.count - cut) }
+                storage.setContents(of: firstSegment, damaged)
+                let (log, recovered) = try DurableLog.open(storage: storage, config: manualConfig())
+                assertRecords(recovered.records, 1...3)
+                XCTAssertEqual(recovered.nextLSN, 4)
+                if damaged.count == lastStart {
+                    XCTAssertNil(recovered.truncatedTail)
+                } else {
+                    let tail = try XCTUnwrap(recovered.truncatedTail, "cut \(cut)")
+                    XCTAssertEqual(tail.file, firstSegment)
+                    XCTAssertEqual(tail.offset, lastStart)
+                    XCTAssertEqual(tail.bytesDropped, damaged.count - lastStart)
+                }
+                XCTAssertEqual(storage.contents(of: firstSegment)!.count, lastStart, "file truncated")
+                // The log goes on from the cut.
+                XCTAssertEqual(try log.append(type: 1, payload: payload(4, size: 14), force: true), 4)
+                try log.syncNow()
+                let (_, again) = try DurableLog.open(storage: storage, config: manualConfig())
+                assertRecords(again.records, 1...4)
+                XCTAssertNil(again.truncatedTail)
+            }
+        }
+    }
+
+    func testTornTailOnRealFiles() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTree(dir) }
+        let (log, _) = try DurableLog.open(storage: try FileLogStorage(directory: dir))
+        for lsn in UInt64(1)...3 { _ = try log.append(type: 1, payload: payload(lsn, size: 10 + Int(lsn % 7)), force: true) }
+        log.close()
+        let path = dir + "/" + firstSegment
+        let file = try PosixFile(path: path, create: false)
+        let size = try file.size()
+        try file.truncate(to: size - 5)
+        file.close()
+        let (reopened, recovered) = try DurableLog.open(storage: try FileLogStorage(directory: dir))
+        reopened.close()
+        assertRecords(recovered.records, 1...2)
+        XCTAssertEqual(recovered.truncatedTail?.bytesDropped, 10 + 3 % 7 + 17 - 5)
+        XCTAssertEqual(try PosixFS.readFile(path).count, size - (10 + 3 % 7 + 17))
+    }
+
+    func testCorruptMiddleRecordIsReportedWithFileAndOffset() throws {
+        let storage = try syncedLog(count: 5)
+        let full = storage.contents(of: firstSegment)!
+        let offsets = recordOffsets(storage, file: firstSegment)
+        // A payload byte, the length field, the LSN: each caught by the CRC.
+        for damagedAt in [offsets[1] + 20, offsets[1], offsets[1] + 10] {
+            var damaged = full
+            damaged[damagedAt] ^= 0x40
+            storage.setContents(of: firstSegment, damaged)
+            XCTAssertThrowsError(try DurableLog.open(storage: storage, config: manualConfig())) { error in
+                guard let error = error as? LogCorruptionError else { return XCTFail("\(error)") }
+                XCTAssertEqual(error.file, firstSegment)
+                XCTAssertEqual(error.offset, offsets[1])
+                XCTAssertTrue(error.description.contains(firstSegment) && error.description.contains("\(offsets[1])"),
+                              error.description)
+            }
+            XCTAssertEqual(storage.contents(of: firstSegment), damaged, "recovery changed nothing")
+        }
+    }
+
+    func testCorruptMiddleSegmentAndMissingSegmentAreErrors() throws {
+        let storage = try syncedLog(count: 12, segmentBytesMax: 100)
+        let names = try segmentNames(storage)
+        XCTAssertGreaterThanOrEqual(names.count, 4)
+        let middle = names[1]
+        let original = storage.contents(of: middle)!
+        // Damage the last byte of the middle segment: at the end of a segment, but not the last
+        // segment, so it is corruption, not a torn tail.
+        var damaged = original
+        damaged[damaged.count - 1] ^= 1
+        storage.setContents(of: middle, damaged)
+        XCTAssertThrowsError(try DurableLog.open(storage: storage, config: manualConfig())) { error in
+            guard let error = error as? LogCorruptionError else { return XCTFail("\(error)") }
+            XCTAssertEqual(error.file, middle)
+        }
+        // A middle segment cut short is corruption too.
+        storage.setContents(of: middle, Array(original.dropLast(3)))
+        XCTAssertThrowsError(try DurableLog.open(storage: storage, config: manualConfig())) { error in
+            XCTAssertEqual((error as? LogCorruptionError)?.file, middle)
+        }
+        // A missing segment is a gap in the LSNs.
+        try storage.remove(middle)
+        XCTAssertThrowsError(try DurableLog.open(storage: storage, config: manualConfig())) { error in
+            guard let error = error as? LogCorruptionError else { return XCTFail("\(error)") }
+            XCTAssertEqual(error.file, names[2])
+            XCTAssertTrue(error.reason.contains(middle), error.reason)
+        }
+    }
+
+    func testSegmentRolloverSyncsTheDirectory() throws {
+        // A new segment whose directory entry was not synced may vanish in a crash; every
+        // record reported durable must survive anyway.
+        for seed in UInt64(0)..<20 {
+            var rng = SplitMix64(seed: seed)
+            let storage = SimLogStorage()
+            var (log, _) = try DurableLog.open(storage: storage, config: manualConfig(segmentBytesMax: 120))
+            var durable: UInt64 = 0
+            for lsn in UInt64(1)...30 {
+                _ = try log.append(type: 1, payload: payload(lsn, size: 10 + Int(lsn % 7)), force: true)
+                durable = try log.syncNow() ?? durable
+                if lsn % 5 == 0 {
+                    storage.crash(mode: .dropUnsynced, rng: &rng)
+                    let (reopened, recovered) = try DurableLog.open(storage: storage, config: manualConfig(segmentBytesMax: 120))
+                    assertRecords(recovered.records, 1...durable)
+                    log = reopened
+                }
+            }
+            XCTAssertGreaterThan(try segmentNames(storage).count, 5)
+        }
+    }
+
+    func testCheckpointDropsOldSegmentsAndRecoveryStartsFromSnapshot() throws {
+        let storage = try syncedLog(count: 10, segmentBytesMax: 100)
+        let before = try segmentNames(storage)
+        XCTAssertGreaterThan(before.count, 2)
+        let (log, recovered) = try DurableLog.open(storage: storage, config: manualConfig(segmentBytesMax: 100))
+        XCTAssertGreaterThan(log.bytesSinceCheckpoint, 0)
+        XCTAssertNil(recovered.snapshot)
+        let snapshot = Array("state up to 10".utf8)
+        XCTAssertEqual(try log.checkpoint(snapshot: snapshot), 11)
+        XCTAssertEqual(log.bytesSinceCheckpoint, 0)
+        _ = try log.append(type: 1, payload: payload(12, size: 10 + 12 % 7), force: false)
+        XCTAssertEqual(try log.syncNow(), 12)
+        let after = try segmentNames(storage)
+        XCTAssertEqual(after.count, 1, "older segments deleted: \(after)")
+        XCTAssertGreaterThan(after[0], before.last!)
+
+        let (reopened, again) = try DurableLog.open(storage: storage, config: manualConfig(segmentBytesMax: 100))
+        XCTAssertEqual(again.snapshot, snapshot)
+        XCTAssertEqual(again.snapshotLSN, 11)
+        assertRecords(again.records, 12...12)
+        XCTAssertEqual(again.nextLSN, 13)
+        XCTAssertEqual(reopened.bytesSinceCheckpoint, 17 + 10 + 12 % 7)
+
+        // Recovery itself deletes segments older than a durable checkpoint that a crash brought
+        // back (removal not yet synced).
+        storage.setContents(of: before[0], [1, 2, 3])
+        let (_, third) = try DurableLog.open(storage: storage, config: manualConfig())
+        XCTAssertEqual(third.snapshot, snapshot)
+        XCTAssertEqual(try segmentNames(storage), after)
+    }
+
+    func testTornCheckpointFallsBackToOlderSegments() throws {
+        let storage = try syncedLog(count: 6, segmentBytesMax: 100)
+        let oldSegments = try segmentNames(storage).map { ($0, storage.contents(of: $0)!) }
+        let (log, _) = try DurableLog.open(storage: storage, config: manualConfig(segmentBytesMax: 100))
+        _ = try log.checkpoint(snapshot: [UInt8](repeating: 7, count: 50))
+        try log.syncNow()
+        let checkpointSegment = try segmentNames(storage).last!
+        // Put the disk back as a crash mid-checkpoint would leave it: old segments still there,
+        // the checkpoint record cut short.
+        for (name, bytes) in oldSegments { storage.setContents(of: name, bytes) }
+        let full = storage.contents(of: checkpointSegment)!
+        storage.setContents(of: checkpointSegment, Array(full[..<(32 + 17 + 20)]))
+        let (reopened, recovered) = try DurableLog.open(storage: storage, config: manualConfig(segmentBytesMax: 100))
+        XCTAssertNil(recovered.snapshot)
+        assertRecords(recovered.records, 1...6)
+        XCTAssertEqual(recovered.truncatedTail?.file, checkpointSegment)
+        XCTAssertEqual(recovered.truncatedTail?.offset, 32)
+        XCTAssertEqual(recovered.nextLSN, 7)
+        // The log continues, in the checkpoint's (now empty) segment, and checkpoints again.
+        _ = try reopened.append(type: 1, payload: payload(7, size: 10 + 7 % 7), force: true)
+        try reopened.syncNow()
+        let (again, second) = try DurableLog.open(storage: storage, config: manualConfig(segmentBytesMax: 100))
+        assertRecords(second.records, 1...7)
+        XCTAssertEqual(try again.checkpoint(snapshot: [9]), 8)
+        try again.syncNow()
+        let (_, third) = try DurableLog.open(storage: storage, config: manualConfig())
+        XCTAssertEqual(third.snapshot, [9])
+        XCTAssertTrue(third.records.isEmpty)
+
+        // A torn segment header (the file was created but its first write never landed) drops
+        // the file.
+        let storage2 = try syncedLog(count: 3)
+        storage2.setContents(of: "0000000000000002.log", [0x43, 0x4F, 0x48])
+        let (_, fourth) = try DurableLog.open(storage: storage2, config: manualConfig())
+        assertRecords(fourth.records, 1...3)
+        XCTAssertEqual(fourth.truncatedTail?.file, "0000000000000002.log")
+        XCTAssertEqual(try segmentNames(storage2), [firstSegment])
+    }
+
+    func testInspectReportsRecordsAndProblemsWithoutChangingAnything() throws {
+        let storage = try syncedLog(count: 5)
+        let clean = DurableLog.inspect(storage: storage)
+        XCTAssertTrue(clean.isRecoverable)
+        XCTAssertEqual(clean.segments.count, 1)
+        XCTAssertEqual(clean.segments[0].records.map(\.lsn), Array(1...5))
+        XCTAssertEqual(clean.segments[0].records[0].offset, 32)
+        XCTAssertEqual(clean.segments[0].records[0].payloadBytes, 10 + 1 % 7)
+
+        let full = storage.contents(of: firstSegment)!
+        let offsets = clean.segments[0].records.map(\.offset)
+        storage.setContents(of: firstSegment, Array(full.dropLast(2)))
+        let torn = DurableLog.inspect(storage: storage)
+        XCTAssertEqual(torn.problems, [.init(kind: .tornTail, file: firstSegment, offset: offsets[4], reason: torn.problems.first?.reason ?? "")])
+        XCTAssertTrue(torn.isRecoverable)
+        XCTAssertEqual(storage.contents(of: firstSegment)!.count, full.count - 2, "inspect modifies nothing")
+
+        var damaged = full
+        damaged[offsets[2] + 18] ^= 0xFF
+        storage.setContents(of: firstSegment, damaged)
+        let corrupt = DurableLog.inspect(storage: storage)
+        XCTAssertEqual(corrupt.problems.map(\.kind), [.corruption])
+        XCTAssertEqual(corrupt.problems.first?.offset, offsets[2])
+        XCTAssertEqual(corrupt.segments[0].records.map(\.lsn), [1, 2])
+        XCTAssertFalse(corrupt.isRecoverable)
+    }
+}
