@@ -319,6 +319,8 @@ public final class HTTPServer {
 
     /// Number of open connections (including ones being refused).
     public var connectionCount: Int { connections.count }
+    /// Connections accepted since start (served or refused); loop thread.
+    public private(set) var connectionsAccepted = 0
 
     /// Stops listening and closes every connection. Call on the loop thread, or before the
     /// loop runs / after it stopped.
@@ -360,6 +362,7 @@ public final class HTTPServer {
                 return
             }
             guard let fd else { return }
+            connectionsAccepted += 1
             let reject = activeCount >= config.maxConnections
             if reject && rejectedCount >= Limits.httpRejectedConnectionsMax {
                 // Too many refusals still draining: drop without an answer rather than grow.
