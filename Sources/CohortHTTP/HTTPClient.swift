@@ -230,7 +230,9 @@ final class HostPool {
 
 final class ClientConnection {
     let fd: Int32
-    unowned let client: HTTPClient
+    /// Strong: requests in flight keep the client alive even if its owner dropped it, so
+    /// every completion still runs. `HTTPClient.shutdown()` closes idle connections.
+    let client: HTTPClient
     let pool: HostPool
     var connecting: Bool
     var connectTimer: TimerHandle?
@@ -448,10 +450,14 @@ public final class HTTPClient {
         dispatch(pending, pool)
     }
 
-    /// Closes idle pooled connections (e.g. before shutdown).
+    /// Closes idle pooled connections; call when done with the client (loop thread), since idle
+    /// connections otherwise keep it alive.
+    public func shutdown() { closeIdleConnections() }
+
+    /// Closes idle pooled connections (loop thread).
     public func closeIdleConnections() {
         for pool in pools.values {
-            for c in pool.idle { c.close() }
+            for c in Array(pool.idle) { c.close() }
         }
     }
 
@@ -505,7 +511,9 @@ public final class HTTPClient {
         }
         let c = ClientConnection(fd: fd, client: self, pool: pool, connecting: !connected)
         do {
-            try loop.register(fd: fd, interest: connected ? .readable : .writable) { [unowned c] events in
+            try loop.register(fd: fd, interest: connected ? .readable : .writable) { events in
+                // The registration owns the connection (nothing else does while it connects);
+                // close() unregisters and so releases it.
                 c.onEvents(events)
             }
         } catch {

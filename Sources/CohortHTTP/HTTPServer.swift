@@ -57,7 +57,9 @@ public final class HTTPResponder {
 
 final class ServerConnection {
     let fd: Int32
-    unowned let server: HTTPServer
+    /// Strong: an open connection keeps its server alive; `shutdown()` closes connections
+    /// and so breaks the cycle.
+    let server: HTTPServer
     var parser = HTTPRequestParser()
     var out: [UInt8] = []
     var outOffset = 0
@@ -371,7 +373,8 @@ public final class HTTPServer {
             }
             let c = ServerConnection(fd: fd, server: self, rejected: reject)
             do {
-                try loop.register(fd: fd, interest: .readable) { [unowned c] events in c.onEvents(events) }
+                // The registration owns the connection until close() unregisters it.
+                try loop.register(fd: fd, interest: .readable) { events in c.onEvents(events) }
             } catch {
                 TCP.close(fd)
                 continue
