@@ -152,7 +152,9 @@ final class ServerConnection {
             server.handler(request, responder)
         }
         if closed { return }
-        if !readingStopped && parser.hasPartialRequest {
+        // The request clock runs only while we are actually reading: requests held back by the
+        // pipelining bound wait on our handlers, not on the client.
+        if !readingStopped && inFlight < Limits.httpPipelinedRequestsMax && parser.hasPartialRequest {
             if requestStartMs == 0 { requestStartMs = SystemClock.monotonicMs() }
         } else {
             requestStartMs = 0
