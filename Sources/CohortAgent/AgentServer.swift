@@ -75,9 +75,10 @@ public final class AgentServer {
 
     public var port: Int { server.port }
 
-    public init(options: Options, onFatal: @escaping (String) -> Void) throws {
+    public init(options: Options, loop: EventLoop, onFatal: @escaping (String) -> Void) throws {
         self.options = options
         self.onFatal = onFatal
+        self.loop = loop
         let dir = options.dataDirectory
         let name = try DataDirectory.identity(
             dir: dir, file: "agent.name", logSubdirectory: "log", make: { options.name },
@@ -95,7 +96,6 @@ public final class AgentServer {
         var config = Participant.Config(name: options.name)
         config.seed = options.seed ?? ProcessEnv.randomU64()
         machine = Participant(config: config)
-        loop = try EventLoop()
         var clientConfig = HTTPClientConfig()
         clientConfig.bearerToken = options.token
         client = HTTPClient(loop: loop, config: clientConfig)
@@ -142,8 +142,10 @@ public final class AgentServer {
         }
     }
 
+    /// Runs the event loop on the calling thread until `shutdown()`. The caller routes
+    /// SIGTERM/SIGINT to `shutdown()` through `EventLoop.onSignals` before creating the server,
+    /// so every thread (the log's sync thread too) inherits the blocked signals.
     public func run() throws {
-        loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { [unowned self] _ in self.shutdown() }
         loop.execute { [unowned self] in
             let actions = self.startupInquiries
             self.startupInquiries = []

@@ -57,8 +57,9 @@ public final class CoordinatorServer {
     /// Opens the data directory, recovers from the log, and binds the listening socket.
     /// `onFatal` is called (from any thread) when the process must stop at once: a failed log
     /// write or sync, after which nothing may be acknowledged.
-    public init(options: Options, onFatal: @escaping (String) -> Void) throws {
+    public init(options: Options, loop: EventLoop, onFatal: @escaping (String) -> Void) throws {
         self.onFatal = onFatal
+        self.loop = loop
         let dir = options.dataDirectory
         coordinatorID = try DataDirectory.identity(
             dir: dir, file: "coordinator.id", logSubdirectory: "log",
@@ -77,7 +78,6 @@ public final class CoordinatorServer {
         recoveryActions = try machine.recover(snapshot: recovered.snapshot,
                                               records: recovered.records.map { ($0.type, $0.payload) },
                                               nowMs: SystemClock.wallMs())
-        loop = try EventLoop()
         var clientConfig = HTTPClientConfig()
         clientConfig.bearerToken = options.token
         client = HTTPClient(loop: loop, config: clientConfig)
@@ -100,8 +100,10 @@ public final class CoordinatorServer {
     }
 
     /// Runs until SIGTERM/SIGINT. Decided-but-unacknowledged transactions are re-driven first.
+    /// Runs the event loop on the calling thread until `shutdown()`. The caller routes
+    /// SIGTERM/SIGINT to `shutdown()` through `EventLoop.onSignals` before creating the server,
+    /// so every thread (the log's sync thread too) inherits the blocked signals.
     public func run() throws {
-        loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { [unowned self] _ in self.shutdown() }
         loop.execute { [unowned self] in
             let actions = self.recoveryActions
             self.recoveryActions = []

@@ -33,6 +33,11 @@ public enum Limits {
     /// Requests queued at the client waiting for a connection, per destination.
     public static let httpClientQueueMax = 4096
     public static let httpResponseBytesMax = 4 << 20
+    /// Requests read ahead on one connection whose responses are still owed; past this the
+    /// server stops reading that connection until responses drain (pipelining back-pressure).
+    public static let httpPipelinedRequestsMax = 64
+    /// Connections refused with 503 that are still draining before close, server-wide.
+    public static let httpRejectedConnectionsMax = 64
 
     // MARK: coordinator
     /// Transactions begun but not yet finished; past this `POST /v1/transactions` answers 503.

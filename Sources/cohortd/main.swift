@@ -37,9 +37,13 @@ do {
     options.host = args.string("host") ?? "127.0.0.1"
     options.onePhaseCommit = !args.has("no-one-phase")
     options.token = try loadToken(file: args.string("token-file"))
+    // Signals first: threads started later (the log's sync thread) inherit the blocked set.
+    let loop = try EventLoop()
+    var running: CoordinatorServer?
+    try loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in running?.shutdown() }
     let server: CoordinatorServer
     do {
-        server = try CoordinatorServer(options: options) { message in
+        server = try CoordinatorServer(options: options, loop: loop) { message in
             FileHandle.standardError.write(Data("error: \(message)\n".utf8))
             ProcessEnv.exitNow(1)
         }
@@ -49,6 +53,7 @@ do {
     if let note = server.recoveryNote { FileHandle.standardError.write(Data("recovery: \(note)\n".utf8)) }
     print("listening on http://\(options.host):\(server.port)")
     fflush(stdout)
+    running = server
     try server.run()
     exit(0)
 } catch let e as UsageError {

@@ -1,0 +1,711 @@
+import CohortCore
+import CohortPosix
+import Foundation
+
+public enum HTTPClientError: Error, CustomStringConvertible, Equatable {
+    case invalidURL(String)
+    case connectFailed(String)
+    case timeout
+    case connectionClosed
+    case protocolError(String)
+    case queueFull
+    case responseTooLarge
+
+    public var description: String {
+        switch self {
+        case .invalidURL(let u): return "invalid URL: \(u)"
+        case .connectFailed(let m): return "connect failed: \(m)"
+        case .timeout: return "request timed out"
+        case .connectionClosed: return "connection closed before a complete response"
+        case .protocolError(let m): return "HTTP protocol error: \(m)"
+        case .queueFull: return "too many requests queued for this destination"
+        case .responseTooLarge: return "response larger than \(Limits.httpResponseBytesMax) bytes"
+        }
+    }
+}
+
+public struct HTTPClientResponse {
+    public var status: Int
+    public var headers: HTTPHeaders
+    public var body: [UInt8]
+    /// Whether the connection may carry another request after this response.
+    var keepAlive: Bool
+
+    public init(status: Int, headers: HTTPHeaders = HTTPHeaders(), body: [UInt8] = []) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.keepAlive = true
+    }
+
+    init(status: Int, headers: HTTPHeaders, body: [UInt8], keepAlive: Bool) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.keepAlive = keepAlive
+    }
+
+    public func decode<T: Decodable>(_ type: T.Type) throws -> T {
+        try JSONDecoder().decode(type, from: Data(body))
+    }
+
+    public var bodyString: String { String(decoding: body, as: UTF8.self) }
+}
+
+public struct HTTPClientRequest {
+    public var method: String
+    /// "http://host:port/path?query"
+    public var url: String
+    public var headers: HTTPHeaders
+    public var body: [UInt8]
+    public var timeoutMs: Int64
+
+    public init(method: String = "GET", url: String, headers: HTTPHeaders = HTTPHeaders(), body: [UInt8] = [],
+                timeoutMs: Int64 = Limits.httpClientRequestTimeoutMs) {
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.timeoutMs = timeoutMs
+    }
+}
+
+public struct HTTPClientConfig {
+    public var connectTimeoutMs: Int64
+    /// Connections (open or opening) per host:port; further requests wait in a queue.
+    public var poolPerHostMax: Int
+    /// Requests waiting for a connection per host:port; past this `.queueFull`.
+    public var queueMax: Int
+    /// Sent as `Authorization: Bearer <token>` unless a request sets Authorization itself.
+    public var bearerToken: String?
+
+    public init(connectTimeoutMs: Int64 = Limits.httpClientConnectTimeoutMs,
+                poolPerHostMax: Int = Limits.httpClientPoolPerHostMax,
+                queueMax: Int = Limits.httpClientQueueMax,
+                bearerToken: String? = nil) {
+        self.connectTimeoutMs = connectTimeoutMs
+        self.poolPerHostMax = poolPerHostMax
+        self.queueMax = queueMax
+        self.bearerToken = bearerToken
+    }
+}
+
+struct ParsedURL {
+    var host: String
+    var port: Int
+    var target: String
+    var authority: String
+    var key: String { "\(host):\(port)" }
+
+    init(_ url: String) throws {
+        let bytes = Array(url.utf8)
+        let scheme = Array("http://".utf8)
+        guard bytes.count > scheme.count,
+              zip(bytes[0..<scheme.count], scheme).allSatisfy({ asciiLower($0.0) == $0.1 }) else {
+            throw HTTPClientError.invalidURL(url)
+        }
+        var i = scheme.count
+        while i < bytes.count && bytes[i] != UInt8(ascii: "/") && bytes[i] != UInt8(ascii: "?") { i += 1 }
+        let authorityBytes = bytes[scheme.count..<i]
+        authority = String(decoding: authorityBytes, as: UTF8.self)
+        var rest = String(decoding: bytes[i...], as: UTF8.self)
+        if rest.isEmpty { rest = "/" } else if rest.hasPrefix("?") { rest = "/" + rest }
+        for b in rest.utf8 where b <= 32 || b == 127 { throw HTTPClientError.invalidURL(url) }
+        target = rest
+        if let colon = authorityBytes.lastIndex(of: UInt8(ascii: ":")) {
+            host = String(decoding: authorityBytes[authorityBytes.startIndex..<colon], as: UTF8.self)
+            let portBytes = authorityBytes[(colon + 1)...]
+            guard !portBytes.isEmpty, portBytes.count <= 5, portBytes.allSatisfy({ $0 >= 48 && $0 <= 57 }),
+                  let p = Int(String(decoding: portBytes, as: UTF8.self)), p > 0, p <= 65535 else {
+                throw HTTPClientError.invalidURL(url)
+            }
+            port = p
+        } else {
+            host = authority
+            port = 80
+        }
+        guard !host.isEmpty, !host.contains("@"), !host.contains("["),
+              host.utf8.allSatisfy({ $0 > 32 && $0 != 127 }) else {
+            throw HTTPClientError.invalidURL(url)
+        }
+    }
+}
+
+func encodeRequest(method: String, url: ParsedURL, headers: HTTPHeaders, body: [UInt8], bearerToken: String?) -> [UInt8] {
+    var out: [UInt8] = []
+    out.reserveCapacity(128 + body.count)
+    appendString(method, to: &out)
+    out.append(SPACE)
+    appendString(url.target, to: &out)
+    appendString(" HTTP/1.1\r\n", to: &out)
+    var hasHost = false
+    var hasContentType = false
+    var hasAuthorization = false
+    for (name, value) in headers.fields {
+        if asciiCaseInsensitiveEqual(name, "Content-Length") || asciiCaseInsensitiveEqual(name, "Transfer-Encoding") {
+            continue  // we frame the body ourselves
+        }
+        if asciiCaseInsensitiveEqual(name, "Host") { hasHost = true }
+        if asciiCaseInsensitiveEqual(name, "Content-Type") { hasContentType = true }
+        if asciiCaseInsensitiveEqual(name, "Authorization") { hasAuthorization = true }
+        appendString(name, to: &out)
+        out.append(contentsOf: COLON_SP)
+        appendString(value, to: &out)
+        out.append(contentsOf: CRLF)
+    }
+    if !hasHost {
+        appendString("Host: ", to: &out)
+        appendString(url.authority, to: &out)
+        out.append(contentsOf: CRLF)
+    }
+    if let token = bearerToken, !hasAuthorization {
+        appendString("Authorization: Bearer ", to: &out)
+        appendString(token, to: &out)
+        out.append(contentsOf: CRLF)
+    }
+    if !body.isEmpty || method == "POST" || method == "PUT" || method == "PATCH" {
+        appendString("Content-Length: ", to: &out)
+        appendDecimal(body.count, to: &out)
+        out.append(contentsOf: CRLF)
+    }
+    if !body.isEmpty && !hasContentType {
+        appendString("Content-Type: application/json\r\n", to: &out)
+    }
+    out.append(contentsOf: CRLF)
+    out.append(contentsOf: body)
+    return out
+}
+
+// MARK: - async client
+
+final class PendingRequest {
+    let encoded: [UInt8]
+    let headOnly: Bool
+    let completion: (Result<HTTPClientResponse, HTTPClientError>) -> Void
+    var done = false
+    var retried = false
+    var timer: TimerHandle?
+    weak var connection: ClientConnection?
+
+    init(encoded: [UInt8], headOnly: Bool, completion: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
+        self.encoded = encoded
+        self.headOnly = headOnly
+        self.completion = completion
+    }
+}
+
+final class HostPool {
+    let host: String
+    let port: Int
+    var address: IPv4Address?
+    var idle: [ClientConnection] = []
+    /// Connections open or opening.
+    var total = 0
+    var queue: [PendingRequest] = []
+    var queueHead = 0
+
+    init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    var queuedCount: Int { queue.count - queueHead }
+
+    func popQueued() -> PendingRequest? {
+        while queueHead < queue.count {
+            let r = queue[queueHead]
+            queueHead += 1
+            if queueHead == queue.count {
+                queue.removeAll(keepingCapacity: true)
+                queueHead = 0
+            } else if queueHead >= 1024 && queueHead * 2 >= queue.count {
+                queue.removeFirst(queueHead)
+                queueHead = 0
+            }
+            if !r.done { return r }
+        }
+        return nil
+    }
+}
+
+final class ClientConnection {
+    let fd: Int32
+    /// Strong: requests in flight keep the client alive even if its owner dropped it, so
+    /// every completion still runs. `HTTPClient.shutdown()` closes idle connections.
+    let client: HTTPClient
+    let pool: HostPool
+    var connecting: Bool
+    var connectTimer: TimerHandle?
+    var current: PendingRequest?
+    var parser = HTTPResponseParser()
+    var out: [UInt8] = []
+    var outOffset = 0
+    var bytesReadForCurrent = 0
+    var requestsServed = 0
+    var closed = false
+
+    init(fd: Int32, client: HTTPClient, pool: HostPool, connecting: Bool) {
+        self.fd = fd
+        self.client = client
+        self.pool = pool
+        self.connecting = connecting
+    }
+
+    func onEvents(_ events: IOEvents) {
+        if connecting {
+            if events.contains(.writable) || events.contains(.hangup) { finishConnect() }
+            return
+        }
+        if events.contains(.writable) { flush() }
+        if closed { return }
+        if events.contains(.readable) || events.contains(.hangup) { onReadable() }
+    }
+
+    private func finishConnect() {
+        if let e = TCP.pendingError(fd) {
+            client.connectFailed(self, e.description)
+            return
+        }
+        connecting = false
+        if let t = connectTimer { client.loop.cancel(t) }
+        connectTimer = nil
+        client.connectionAvailable(self)
+    }
+
+    func start(_ request: PendingRequest) {
+        current = request
+        request.connection = self
+        bytesReadForCurrent = 0
+        parser.reset()
+        parser.expectNoBody = request.headOnly
+        out = request.encoded
+        outOffset = 0
+        flush()
+    }
+
+    func flush() {
+        while outOffset < out.count {
+            let outcome = out.withUnsafeBytes { buf in
+                TCP.write(fd, from: buf.baseAddress! + outOffset, count: buf.count - outOffset)
+            }
+            switch outcome {
+            case .done(let n):
+                outOffset += n
+            case .wouldBlock:
+                updateInterest()
+                return
+            case .failed:
+                lost()
+                return
+            }
+        }
+        out = []
+        outOffset = 0
+        updateInterest()
+    }
+
+    func updateInterest() {
+        if closed { return }
+        var interest: IOEvents = .readable
+        if outOffset < out.count { interest.insert(.writable) }
+        client.loop.setInterest(fd: fd, interest)
+    }
+
+    private func onReadable() {
+        let scratch = client.scratch
+        switch TCP.read(fd, into: scratch.baseAddress!, count: scratch.count) {
+        case .wouldBlock:
+            return
+        case .failed:
+            lost()
+        case .done(0):
+            lost()
+        case .done(let n):
+            guard current != nil else {
+                // Bytes nobody asked for on an idle connection: it is out of sync, drop it.
+                close()
+                return
+            }
+            bytesReadForCurrent += n
+            parser.feed(UnsafeRawBufferPointer(start: scratch.baseAddress, count: n))
+            do {
+                if let response = try parser.next() { completed(response) }
+            } catch let e as HTTPClientError {
+                fail(e)
+            } catch {
+                fail(.protocolError("\(error)"))
+            }
+        }
+    }
+
+    private func completed(_ response: HTTPClientResponse) {
+        guard let request = current else { return }
+        current = nil
+        requestsServed += 1
+        if response.keepAlive && !parser.hasPartialResponse {
+            client.connectionAvailable(self)
+        } else {
+            close()
+        }
+        client.finish(request, .success(response))
+    }
+
+    private func fail(_ error: HTTPClientError) {
+        let request = current
+        current = nil
+        close()
+        if let request { client.finish(request, .failure(error)) }
+    }
+
+    /// The peer closed or reset the connection.
+    private func lost() {
+        guard let request = current else {
+            close()  // an idle connection the server closed
+            return
+        }
+        if bytesReadForCurrent == 0 && requestsServed > 0 && !request.retried {
+            // A reused keep-alive connection the server closed just as we sent: retry once on
+            // a fresh connection. Caveat: the server may have received and processed the
+            // request before closing; our protocol messages are idempotent, so a duplicate
+            // is harmless.
+            request.retried = true
+            current = nil
+            close()
+            client.retry(request, pool: pool)
+            return
+        }
+        do {
+            if let response = try parser.finish() {
+                current = nil
+                requestsServed += 1
+                close()
+                client.finish(request, .success(response))
+                return
+            }
+            fail(.connectionClosed)
+        } catch let e as HTTPClientError {
+            fail(e == .protocolError("connection closed before the message was complete") ? .connectionClosed : e)
+        } catch {
+            fail(.connectionClosed)
+        }
+    }
+
+    func close() {
+        if closed { return }
+        closed = true
+        if let t = connectTimer { client.loop.cancel(t) }
+        connectTimer = nil
+        client.loop.unregister(fd: fd)
+        TCP.close(fd)
+        client.connectionClosed(self)
+    }
+}
+
+/// Asynchronous HTTP/1.1 client on an EventLoop with a keep-alive pool per host:port.
+/// Completions run exactly once, on the loop thread.
+public final class HTTPClient {
+    let loop: EventLoop
+    let config: HTTPClientConfig
+    private var pools: [String: HostPool] = [:]
+    let scratch: UnsafeMutableRawBufferPointer
+
+    public init(loop: EventLoop, config: HTTPClientConfig = .init()) {
+        self.loop = loop
+        self.config = config
+        scratch = .allocate(byteCount: 64 << 10, alignment: 16)
+    }
+
+    deinit { scratch.deallocate() }
+
+    /// Any thread; the completion runs on the loop thread.
+    public func send(_ request: HTTPClientRequest, completion: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
+        guard loop.isInLoopThread else {
+            loop.execute { self.send(request, completion: completion) }
+            return
+        }
+        let url: ParsedURL
+        do {
+            url = try ParsedURL(request.url)
+        } catch {
+            let e = error as? HTTPClientError ?? .invalidURL(request.url)
+            // Never call back inside `send`: callers may hold state they expect to finish first.
+            loop.execute { completion(.failure(e)) }
+            return
+        }
+        let encoded = encodeRequest(method: request.method, url: url, headers: request.headers, body: request.body,
+                                    bearerToken: config.bearerToken)
+        let pending = PendingRequest(encoded: encoded, headOnly: request.method == "HEAD", completion: completion)
+        pending.timer = loop.schedule(afterMs: request.timeoutMs) { [weak self, weak pending] in
+            guard let self, let pending else { return }
+            self.timedOut(pending)
+        }
+        let key = url.key
+        let pool: HostPool
+        if let p = pools[key] {
+            pool = p
+        } else {
+            pool = HostPool(host: url.host, port: url.port)
+            pools[key] = pool
+        }
+        dispatch(pending, pool)
+    }
+
+    /// Closes idle pooled connections; call when done with the client (loop thread), since idle
+    /// connections otherwise keep it alive.
+    public func shutdown() { closeIdleConnections() }
+
+    /// Closes idle pooled connections (loop thread).
+    public func closeIdleConnections() {
+        for pool in pools.values {
+            for c in Array(pool.idle) { c.close() }
+        }
+    }
+
+    private func dispatch(_ request: PendingRequest, _ pool: HostPool) {
+        while let c = pool.idle.popLast() {
+            if c.closed { continue }
+            c.start(request)
+            return
+        }
+        if pool.total < config.poolPerHostMax {
+            open(pool, for: request)
+            return
+        }
+        if pool.queuedCount >= config.queueMax {
+            finish(request, .failure(.queueFull))
+            return
+        }
+        pool.queue.append(request)
+    }
+
+    func retry(_ request: PendingRequest, pool: HostPool) {
+        if request.done { return }
+        // A fresh connection, not another idle one: the idle ones may be just as stale.
+        if pool.total < config.poolPerHostMax {
+            open(pool, for: request)
+        } else {
+            dispatch(request, pool)
+        }
+    }
+
+    private func open(_ pool: HostPool, for request: PendingRequest) {
+        let address: IPv4Address
+        if let a = pool.address {
+            address = a
+        } else {
+            do {
+                address = try TCP.resolve(pool.host)
+                pool.address = address
+            } catch {
+                finish(request, .failure(.connectFailed("\(error)")))
+                return
+            }
+        }
+        let fd: Int32
+        let connected: Bool
+        do {
+            (fd, connected) = try TCP.connect(to: address, port: pool.port)
+        } catch {
+            finish(request, .failure(.connectFailed("\(error)")))
+            return
+        }
+        let c = ClientConnection(fd: fd, client: self, pool: pool, connecting: !connected)
+        do {
+            try loop.register(fd: fd, interest: connected ? .readable : .writable) { events in
+                // The registration owns the connection (nothing else does while it connects);
+                // close() unregisters and so releases it.
+                c.onEvents(events)
+            }
+        } catch {
+            TCP.close(fd)
+            finish(request, .failure(.connectFailed("\(error)")))
+            return
+        }
+        pool.total += 1
+        c.current = request
+        request.connection = c
+        if connected {
+            c.current = nil
+            connectionAvailable(c, preferred: request)
+        } else {
+            c.connectTimer = loop.schedule(afterMs: config.connectTimeoutMs) { [weak c] in
+                guard let c, c.connecting, !c.closed else { return }
+                c.client.connectFailed(c, "connect timed out after \(c.client.config.connectTimeoutMs) ms")
+            }
+        }
+    }
+
+    func connectFailed(_ c: ClientConnection, _ message: String) {
+        let request = c.current
+        c.current = nil
+        c.close()
+        if let request { finish(request, .failure(.connectFailed(message))) }
+    }
+
+    /// `c` is connected and free: give it the request it was opened for, else the next queued
+    /// one, else park it idle.
+    func connectionAvailable(_ c: ClientConnection, preferred: PendingRequest? = nil) {
+        var next = preferred ?? c.current
+        c.current = nil
+        if let r = next, r.done { next = nil }
+        if next == nil { next = c.pool.popQueued() }
+        if let r = next {
+            c.start(r)
+        } else {
+            c.pool.idle.append(c)
+            c.updateInterest()  // watch for the server closing the idle connection
+        }
+    }
+
+    func connectionClosed(_ c: ClientConnection) {
+        let pool = c.pool
+        pool.total -= 1
+        if let i = pool.idle.firstIndex(where: { $0 === c }) { pool.idle.remove(at: i) }
+        // The freed slot may serve a queued request.
+        while pool.total < config.poolPerHostMax, let r = pool.popQueued() {
+            if let idle = pool.idle.popLast() {
+                idle.start(r)
+            } else {
+                open(pool, for: r)
+            }
+        }
+    }
+
+    private func timedOut(_ request: PendingRequest) {
+        if request.done { return }
+        request.timer = nil
+        if let c = request.connection, c.current === request {
+            // The response may still arrive; this connection cannot be reused safely.
+            c.current = nil
+            c.close()
+        }
+        finish(request, .failure(.timeout))
+    }
+
+    func finish(_ request: PendingRequest, _ result: Result<HTTPClientResponse, HTTPClientError>) {
+        if request.done { return }
+        request.done = true
+        request.connection = nil
+        if let t = request.timer { loop.cancel(t) }
+        request.timer = nil
+        request.completion(result)
+    }
+}
+
+// MARK: - blocking client
+
+/// A synchronous client for CLIs, tests and load generators: one kept-alive connection per
+/// host:port. Not thread-safe; use one per thread.
+public final class BlockingHTTPClient {
+    public let connectTimeoutMs: Int64
+    public let requestTimeoutMs: Int64
+    public let bearerToken: String?
+    private var sockets: [String: BlockingSocket] = [:]
+    private var readBuffer = [UInt8](repeating: 0, count: 64 << 10)
+
+    public init(connectTimeoutMs: Int64 = 2000, requestTimeoutMs: Int64 = 10000, bearerToken: String? = nil) {
+        self.connectTimeoutMs = connectTimeoutMs
+        self.requestTimeoutMs = requestTimeoutMs
+        self.bearerToken = bearerToken
+    }
+
+    /// Closes all kept-alive connections.
+    public func close() {
+        for s in sockets.values { s.close() }
+        sockets.removeAll()
+    }
+
+    public func request(_ method: String, _ url: String, body: [UInt8] = [],
+                        headers: [(String, String)] = []) throws -> HTTPClientResponse {
+        let parsed = try ParsedURL(url)
+        let encoded = encodeRequest(method: method, url: parsed, headers: HTTPHeaders(headers), body: body,
+                                    bearerToken: bearerToken)
+        let key = parsed.key
+        let reused = sockets[key] != nil
+        do {
+            return try attempt(parsed, key: key, encoded: encoded, headOnly: method == "HEAD")
+        } catch RetryableFailure.staleConnection where reused {
+            // See HTTPClient: the kept-alive connection was closed under us before any response
+            // byte; retry once on a fresh connection (protocol requests are idempotent).
+            do {
+                return try attempt(parsed, key: key, encoded: encoded, headOnly: method == "HEAD")
+            } catch RetryableFailure.staleConnection {
+                throw HTTPClientError.connectionClosed
+            }
+        } catch RetryableFailure.staleConnection {
+            throw HTTPClientError.connectionClosed
+        }
+    }
+
+    private enum RetryableFailure: Error { case staleConnection }
+
+    private func connection(_ url: ParsedURL, key: String) throws -> BlockingSocket {
+        if let s = sockets[key] { return s }
+        do {
+            let s = try BlockingSocket(host: url.host, port: url.port, connectTimeoutMs: connectTimeoutMs,
+                                       ioTimeoutMs: requestTimeoutMs)
+            sockets[key] = s
+            return s
+        } catch {
+            throw HTTPClientError.connectFailed("\(error)")
+        }
+    }
+
+    private func drop(_ key: String) {
+        sockets.removeValue(forKey: key)?.close()
+    }
+
+    private func attempt(_ url: ParsedURL, key: String, encoded: [UInt8], headOnly: Bool) throws -> HTTPClientResponse {
+        let socket = try connection(url, key: key)
+        let deadline = SystemClock.monotonicMs() + requestTimeoutMs
+        var parser = HTTPResponseParser()
+        parser.expectNoBody = headOnly
+        var bytesRead = 0
+        do {
+            try encoded.withUnsafeBytes { try socket.writeAll($0) }
+        } catch let e as PosixError {
+            if e.isTimeout {
+                drop(key)
+                throw HTTPClientError.timeout
+            }
+            // The server may have answered early (e.g. 413) and stopped reading: try to read
+            // that answer before declaring the connection stale.
+        }
+        while true {
+            let n: Int
+            do {
+                n = try readBuffer.withUnsafeMutableBytes { try socket.read(into: $0.baseAddress!, count: $0.count) }
+            } catch let e as PosixError {
+                drop(key)
+                if e.isTimeout { throw HTTPClientError.timeout }
+                if bytesRead == 0 { throw RetryableFailure.staleConnection }
+                throw HTTPClientError.connectionClosed
+            }
+            if n == 0 {
+                drop(key)
+                if bytesRead == 0 { throw RetryableFailure.staleConnection }
+                do {
+                    if let r = try parser.finish() { return r }
+                } catch HTTPClientError.protocolError {
+                    throw HTTPClientError.connectionClosed
+                }
+                throw HTTPClientError.connectionClosed
+            }
+            bytesRead += n
+            readBuffer.withUnsafeBytes { parser.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            do {
+                if let r = try parser.next() {
+                    if !r.keepAlive || parser.hasPartialResponse { drop(key) }
+                    return r
+                }
+            } catch {
+                drop(key)
+                throw error
+            }
+            if SystemClock.monotonicMs() > deadline {
+                drop(key)
+                throw HTTPClientError.timeout
+            }
+        }
+    }
+}

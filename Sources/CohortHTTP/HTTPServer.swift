@@ -1,0 +1,455 @@
+import CohortCore
+import CohortPosix
+
+public struct HTTPServerConfig {
+    public var maxConnections: Int
+    /// A request must be complete this long after its first byte arrived, else 408 and close.
+    public var requestTimeoutMs: Int64
+    /// A connection with nothing in flight is closed after this long without traffic.
+    public var idleTimeoutMs: Int64
+    /// When set, every request but `GET /healthz` and `GET /metrics` needs
+    /// `Authorization: Bearer <token>`.
+    public var bearerToken: String?
+
+    public init(maxConnections: Int = Limits.httpConnectionsMax,
+                requestTimeoutMs: Int64 = Limits.httpRequestTimeoutMs,
+                idleTimeoutMs: Int64 = Limits.httpIdleTimeoutMs,
+                bearerToken: String? = nil) {
+        self.maxConnections = maxConnections
+        self.requestTimeoutMs = requestTimeoutMs
+        self.idleTimeoutMs = idleTimeoutMs
+        self.bearerToken = bearerToken
+    }
+}
+
+/// Answers one request. Loop thread only; the first `send` wins and later ones are ignored,
+/// so racing paths (a timeout and a result) need no coordination.
+public final class HTTPResponder {
+    weak var connection: ServerConnection?
+    let seq: UInt64
+    let closeAfter: Bool
+    let headOnly: Bool
+    public private(set) var isSent = false
+
+    init(connection: ServerConnection, seq: UInt64, closeAfter: Bool, headOnly: Bool) {
+        self.connection = connection
+        self.seq = seq
+        self.closeAfter = closeAfter
+        self.headOnly = headOnly
+    }
+
+    public func send(_ response: HTTPResponse) {
+        guard !isSent else { return }
+        isSent = true
+        guard let c = connection else { return }
+        precondition(c.server.loop.isInLoopThread, "HTTPResponder.send off the loop thread")
+        c.deliver(seq: seq, response: response, close: closeAfter, headOnly: headOnly)
+    }
+
+    deinit {
+        // A handler that dropped its responder would stall every later response on this
+        // connection (they go out in order), so answer 500 for it.
+        if !isSent, let c = connection, c.server.loop.isInLoopThread {
+            c.deliver(seq: seq, response: .error(500, "request was not answered"), close: closeAfter, headOnly: headOnly)
+        }
+    }
+}
+
+final class ServerConnection {
+    let fd: Int32
+    /// Strong: an open connection keeps its server alive; `shutdown()` closes connections
+    /// and so breaks the cycle.
+    let server: HTTPServer
+    var parser = HTTPRequestParser()
+    var out: [UInt8] = []
+    var outOffset = 0
+    var nextSeq: UInt64 = 0
+    var nextToWrite: UInt64 = 0
+    /// Encoded responses that arrived before an earlier request's response.
+    var early: [UInt64: (bytes: [UInt8], close: Bool)] = [:]
+    /// No more requests are read (a Connection: close request, an error, or EOF).
+    var readingStopped = false
+    var peerClosed = false
+    /// The response that ends the connection has been queued.
+    var closeQueued = false
+    var lingering = false
+    var lingerStartMs: Int64 = 0
+    var closed = false
+    var requestStartMs: Int64 = 0
+    var lastActivityMs: Int64
+    let rejected: Bool
+
+    init(fd: Int32, server: HTTPServer, rejected: Bool) {
+        self.fd = fd
+        self.server = server
+        self.rejected = rejected
+        lastActivityMs = SystemClock.monotonicMs()
+    }
+
+    var inFlight: Int { Int(nextSeq - nextToWrite) }
+
+    func onEvents(_ events: IOEvents) {
+        if events.contains(.hangup) && !events.contains(.readable) {
+            close()
+            return
+        }
+        if events.contains(.writable) { flush() }
+        if closed { return }
+        if events.contains(.readable) { onReadable() }
+    }
+
+    private func onReadable() {
+        let scratch = server.scratch
+        let outcome = TCP.read(fd, into: scratch.baseAddress!, count: scratch.count)
+        switch outcome {
+        case .wouldBlock:
+            return
+        case .failed:
+            close()
+            return
+        case .done(0):
+            peerClosed = true
+            if lingering || inFlight == 0 {
+                // Nothing owed to the peer (a partial request can never complete now).
+                close()
+                return
+            }
+            readingStopped = true
+            updateInterest()
+            return
+        case .done(let n):
+            lastActivityMs = SystemClock.monotonicMs()
+            if lingering { return }  // draining after the final response: discard
+            if readingStopped { return }
+            parser.feed(UnsafeRawBufferPointer(start: scratch.baseAddress, count: n))
+            processRequests()
+        }
+    }
+
+    func processRequests() {
+        while !readingStopped && !closed && inFlight < Limits.httpPipelinedRequestsMax {
+            let request: HTTPRequest
+            do {
+                guard let r = try parser.next() else { break }
+                request = r
+            } catch let e as HTTPParseError {
+                fail(e.status, e.message)
+                return
+            } catch {
+                fail(400, "bad request")
+                return
+            }
+            requestStartMs = 0
+            let seq = nextSeq
+            nextSeq += 1
+            if !request.keepAlive { readingStopped = true }
+            let responder = HTTPResponder(connection: self, seq: seq, closeAfter: !request.keepAlive,
+                                          headOnly: request.method == "HEAD")
+            if let token = server.config.bearerToken, !HTTPServer.authorized(request, token: token) {
+                responder.send(.error(401, "missing or invalid bearer token"))
+                continue
+            }
+            server.handler(request, responder)
+        }
+        if closed { return }
+        // The request clock runs only while we are actually reading: requests held back by the
+        // pipelining bound wait on our handlers, not on the client.
+        if !readingStopped && inFlight < Limits.httpPipelinedRequestsMax && parser.hasPartialRequest {
+            if requestStartMs == 0 { requestStartMs = SystemClock.monotonicMs() }
+        } else {
+            requestStartMs = 0
+        }
+        updateInterest()
+    }
+
+    /// Answers `status` after the responses already owed, then closes: framing is lost.
+    func fail(_ status: Int, _ message: String) {
+        guard !readingStopped || !closeQueued else { return }
+        readingStopped = true
+        requestStartMs = 0
+        let seq = nextSeq
+        nextSeq += 1
+        deliver(seq: seq, response: .error(status, message), close: true, headOnly: false)
+    }
+
+    func deliver(seq: UInt64, response: HTTPResponse, close: Bool, headOnly: Bool) {
+        if closed { return }
+        if seq == nextToWrite {
+            HTTPServer.encode(response, close: close, headOnly: headOnly, into: &out)
+            nextToWrite += 1
+            if close { closeQueued = true }
+            while !closeQueued, let next = early.removeValue(forKey: nextToWrite) {
+                out.append(contentsOf: next.bytes)
+                nextToWrite += 1
+                if next.close { closeQueued = true }
+            }
+            flush()
+            if !closed && !readingStopped && inFlight < Limits.httpPipelinedRequestsMax && parser.hasPartialRequest {
+                // Requests held back by the pipelining bound may be waiting in the buffer.
+                processRequests()
+            }
+        } else {
+            var bytes: [UInt8] = []
+            HTTPServer.encode(response, close: close, headOnly: headOnly, into: &bytes)
+            early[seq] = (bytes, close)
+        }
+    }
+
+    func flush() {
+        while outOffset < out.count {
+            let outcome = out.withUnsafeBytes { buf in
+                TCP.write(fd, from: buf.baseAddress! + outOffset, count: buf.count - outOffset)
+            }
+            switch outcome {
+            case .done(let n):
+                outOffset += n
+                lastActivityMs = SystemClock.monotonicMs()
+            case .wouldBlock:
+                updateInterest()
+                return
+            case .failed:
+                close()
+                return
+            }
+        }
+        if out.capacity > 256 << 10 {
+            out = []  // do not pin a large buffer on an idle connection
+        } else {
+            out.removeAll(keepingCapacity: true)
+        }
+        outOffset = 0
+        if closeQueued {
+            startLingeringClose()
+            return
+        }
+        if peerClosed && inFlight == 0 {
+            close()
+            return
+        }
+        updateInterest()
+    }
+
+    /// Closing with unread input makes the kernel send RST, which can destroy the response
+    /// still in flight (the client then sees a reset instead of our 413). So: half-close,
+    /// read and discard for a short while, then close.
+    private func startLingeringClose() {
+        if peerClosed {
+            close()
+            return
+        }
+        lingering = true
+        lingerStartMs = SystemClock.monotonicMs()
+        TCP.shutdownWrite(fd)
+        updateInterest()
+    }
+
+    func updateInterest() {
+        if closed { return }
+        var interest: IOEvents = []
+        if outOffset < out.count { interest.insert(.writable) }
+        let wantRead = lingering || (!readingStopped && !peerClosed && inFlight < Limits.httpPipelinedRequestsMax)
+        if wantRead { interest.insert(.readable) }
+        server.loop.setInterest(fd: fd, interest)
+    }
+
+    func close() {
+        if closed { return }
+        closed = true
+        server.loop.unregister(fd: fd)
+        TCP.close(fd)
+        early.removeAll()
+        server.connectionClosed(self)
+    }
+
+    /// Called by the server's periodic sweep.
+    func checkTimeouts(nowMs: Int64) {
+        if lingering {
+            if nowMs - lingerStartMs > HTTPServer.lingerMs { close() }
+            return
+        }
+        if requestStartMs != 0 && nowMs - requestStartMs > server.config.requestTimeoutMs {
+            fail(408, "request not received in time")
+            return
+        }
+        let idle = inFlight == 0 && !parser.hasPartialRequest
+        let stalledWrite = outOffset < out.count
+        if (idle || stalledWrite) && nowMs - lastActivityMs > server.config.idleTimeoutMs {
+            close()
+        }
+    }
+}
+
+/// HTTP/1.1 server on an EventLoop: keep-alive, pipelining with in-order responses,
+/// bounded connections, request and idle timeouts, optional bearer-token auth.
+public final class HTTPServer {
+    public let port: Int
+    let loop: EventLoop
+    let config: HTTPServerConfig
+    let handler: (HTTPRequest, HTTPResponder) -> Void
+    private var listenFD: Int32
+    private var connections: [ObjectIdentifier: ServerConnection] = [:]
+    private var activeCount = 0
+    private var rejectedCount = 0
+    private var sweepTimer: TimerHandle?
+    private var acceptPaused = false
+    private var isShutdown = false
+    /// One read buffer shared by all connections: the loop is single-threaded.
+    let scratch: UnsafeMutableRawBufferPointer
+
+    static let lingerMs: Int64 = 1_000
+
+    public init(loop: EventLoop, host: String, port: Int, config: HTTPServerConfig = .init(),
+                handler: @escaping (HTTPRequest, HTTPResponder) -> Void) throws {
+        self.loop = loop
+        self.config = config
+        self.handler = handler
+        let (fd, bound) = try TCP.listen(host: host, port: port, backlog: 1024)
+        listenFD = fd
+        self.port = bound
+        scratch = .allocate(byteCount: 64 << 10, alignment: 16)
+        do {
+            try loop.register(fd: fd, interest: .readable) { [weak self] _ in self?.acceptConnections() }
+        } catch {
+            TCP.close(fd)
+            scratch.deallocate()
+            throw error
+        }
+        scheduleSweep()
+    }
+
+    deinit {
+        scratch.deallocate()
+    }
+
+    /// Number of open connections (including ones being refused).
+    public var connectionCount: Int { connections.count }
+    /// Connections accepted since start (served or refused); loop thread.
+    public private(set) var connectionsAccepted = 0
+
+    /// Stops listening and closes every connection. Call on the loop thread, or before the
+    /// loop runs / after it stopped.
+    public func shutdown() {
+        if isShutdown { return }
+        isShutdown = true
+        if listenFD >= 0 {
+            loop.unregister(fd: listenFD)
+            TCP.close(listenFD)
+            listenFD = -1
+        }
+        if let t = sweepTimer { loop.cancel(t) }
+        sweepTimer = nil
+        for c in Array(connections.values) { c.close() }
+    }
+
+    private func scheduleSweep() {
+        // A periodic sweep instead of per-request timers: no timer churn on the hot path, and
+        // timeouts only need to be roughly on time.
+        let interval = max(10, min(1_000, min(config.requestTimeoutMs, config.idleTimeoutMs) / 4))
+        sweepTimer = loop.schedule(afterMs: interval) { [weak self] in
+            guard let self, !self.isShutdown else { return }
+            let now = SystemClock.monotonicMs()
+            for c in Array(self.connections.values) { c.checkTimeouts(nowMs: now) }
+            self.scheduleSweep()
+        }
+    }
+
+    private func acceptConnections() {
+        // Bounded per wake-up so a connection storm cannot starve established connections.
+        for _ in 0..<64 {
+            let fd: Int32?
+            do {
+                fd = try TCP.accept(listenFD)
+            } catch let e as PosixError {
+                if e.isOutOfDescriptors { pauseAccepting() }
+                return
+            } catch {
+                return
+            }
+            guard let fd else { return }
+            connectionsAccepted += 1
+            let reject = activeCount >= config.maxConnections
+            if reject && rejectedCount >= Limits.httpRejectedConnectionsMax {
+                // Too many refusals still draining: drop without an answer rather than grow.
+                TCP.close(fd)
+                continue
+            }
+            let c = ServerConnection(fd: fd, server: self, rejected: reject)
+            do {
+                // The registration owns the connection until close() unregisters it.
+                try loop.register(fd: fd, interest: .readable) { events in c.onEvents(events) }
+            } catch {
+                TCP.close(fd)
+                continue
+            }
+            connections[ObjectIdentifier(c)] = c
+            if reject {
+                rejectedCount += 1
+                c.fail(503, "too many connections")
+            } else {
+                activeCount += 1
+            }
+        }
+    }
+
+    private func pauseAccepting() {
+        // Out of descriptors: the listener stays readable, so stop watching it briefly
+        // instead of spinning.
+        guard !acceptPaused else { return }
+        acceptPaused = true
+        loop.setInterest(fd: listenFD, [])
+        loop.schedule(afterMs: 100) { [weak self] in
+            guard let self, !self.isShutdown else { return }
+            self.acceptPaused = false
+            self.loop.setInterest(fd: self.listenFD, .readable)
+        }
+    }
+
+    func connectionClosed(_ c: ServerConnection) {
+        guard connections.removeValue(forKey: ObjectIdentifier(c)) != nil else { return }
+        if c.rejected { rejectedCount -= 1 } else { activeCount -= 1 }
+    }
+
+    static func authorized(_ request: HTTPRequest, token: String) -> Bool {
+        if request.method == "GET" && (request.path == "/healthz" || request.path == "/metrics") { return true }
+        guard let value = request.headers["Authorization"] else { return false }
+        let expected = Array("Bearer \(token)".utf8)
+        let given = Array(value.utf8)
+        guard expected.count == given.count else { return false }
+        // Constant-time comparison: response timing must not reveal a token prefix.
+        var diff: UInt8 = 0
+        for i in 0..<expected.count { diff |= expected[i] ^ given[i] }
+        return diff == 0
+    }
+
+    static func encode(_ response: HTTPResponse, close: Bool, headOnly: Bool, into out: inout [UInt8]) {
+        out.reserveCapacity(out.count + 128 + response.body.count)
+        appendString("HTTP/1.1 ", to: &out)
+        appendDecimal(response.status, to: &out)
+        out.append(SPACE)
+        appendString(HTTPResponse.reasonPhrase(response.status), to: &out)
+        out.append(contentsOf: CRLF)
+        for (name, value) in response.headers.fields {
+            // Framing headers are ours; a handler's copy could contradict the body we send.
+            if asciiCaseInsensitiveEqual(name, "Content-Length") || asciiCaseInsensitiveEqual(name, "Connection")
+                || asciiCaseInsensitiveEqual(name, "Transfer-Encoding") { continue }
+            appendString(name, to: &out)
+            out.append(contentsOf: COLON_SP)
+            appendString(value, to: &out)
+            out.append(contentsOf: CRLF)
+        }
+        if response.status != 204 && response.status != 304 {
+            appendString("Content-Length: ", to: &out)
+            appendDecimal(response.body.count, to: &out)
+            out.append(contentsOf: CRLF)
+        }
+        if close { appendString("Connection: close\r\n", to: &out) }
+        out.append(contentsOf: CRLF)
+        if !headOnly && response.status != 204 && response.status != 304 {
+            out.append(contentsOf: response.body)
+        }
+    }
+}
+
+let SPACE: UInt8 = 32
+let CRLF: [UInt8] = [13, 10]
+let COLON_SP: [UInt8] = [58, 32]

@@ -1,0 +1,55 @@
+import Glibc
+
+/// Process-level facilities, so modules other than CohortPosix never import Glibc.
+public enum ProcessEnv {
+    public static func get(_ name: String) -> String? {
+        guard let value = getenv(name) else { return nil }
+        return String(cString: value)
+    }
+
+    /// Ends the process at once: no atexit handlers and no stdio flush. Crash tests use this
+    /// to model a power cut, where nothing buffered in the process may reach the disk.
+    public static func exitNow(_ code: Int32) -> Never {
+        _exit(code)
+    }
+
+    /// 64 bits from the kernel's CSPRNG (getrandom), for ids and seeds that must not repeat
+    /// across restarts.
+    public static func randomU64() -> UInt64 {
+        var value: UInt64 = 0
+        var filled = 0
+        while filled < 8 {
+            let n = withUnsafeMutableBytes(of: &value) { raw in
+                LinuxAPI.getrandom(raw.baseAddress! + filled, 8 - filled, 0)
+            }
+            if n < 0 {
+                // EINTR is the only expected failure once the pool is initialised.
+                precondition(errno == EINTR, "getrandom failed: errno \(errno)")
+                continue
+            }
+            filled += n
+        }
+        return value
+    }
+
+    public static var pid: Int32 { getpid() }
+
+    /// Writes to a socket the peer closed must surface as EPIPE errors, not kill the process.
+    public static func ignoreSIGPIPE() {
+        _ = signal(SIGPIPE, SIG_IGN)
+    }
+}
+
+/// Signal numbers, so other modules can name signals without importing Glibc.
+public enum SignalNumber {
+    public static let terminate: Int32 = SIGTERM
+    public static let interrupt: Int32 = SIGINT
+    public static let kill: Int32 = SIGKILL
+    public static let stop: Int32 = SIGSTOP
+    public static let cont: Int32 = SIGCONT
+
+    /// Sends `signal` to process `pid` (supervisors and crash tests).
+    public static func send(_ signal: Int32, to pid: Int32) throws {
+        if Glibc.kill(pid, signal) != 0 { throw PosixError.current("kill") }
+    }
+}

@@ -1,0 +1,252 @@
+import XCTest
+@testable import CohortHTTP
+import CohortCore
+
+final class RequestParserTests: XCTestCase {
+    private func parseAll(_ text: String, _ parser: inout HTTPRequestParser) throws -> [HTTPRequest] {
+        parser.feed(Array(text.utf8))
+        var out: [HTTPRequest] = []
+        while let r = try parser.next() { out.append(r) }
+        return out
+    }
+
+    private func parseAll(_ bytes: [UInt8]) throws -> [HTTPRequest] {
+        var p = HTTPRequestParser()
+        p.feed(bytes)
+        var out: [HTTPRequest] = []
+        while let r = try p.next() { out.append(r) }
+        return out
+    }
+
+    /// The status of the parse error `text` produces (nil if it parses).
+    private func errorStatus(_ text: String, parser: HTTPRequestParser = HTTPRequestParser()) -> Int? {
+        var p = parser
+        p.feed(Array(text.utf8))
+        do {
+            while try p.next() != nil {}
+            return nil
+        } catch let e as HTTPParseError {
+            return e.status
+        } catch {
+            XCTFail("unexpected error \(error)")
+            return nil
+        }
+    }
+
+    func testSimpleGetWithQueryAndPercentDecoding() throws {
+        var p = HTTPRequestParser()
+        let reqs = try parseAll("GET /v1/keys/a%2Fb/c%20d?x=1&y=hello+world&z=%41 HTTP/1.1\r\nHost: h\r\nX-Thing:  v  \r\n\r\n", &p)
+        XCTAssertEqual(reqs.count, 1)
+        let r = reqs[0]
+        XCTAssertEqual(r.method, "GET")
+        XCTAssertEqual(r.target, "/v1/keys/a%2Fb/c%20d?x=1&y=hello+world&z=%41")
+        XCTAssertEqual(r.path, "/v1/keys/a/b/c d")
+        XCTAssertEqual(r.pathComponents, ["v1", "keys", "a/b", "c d"])
+        XCTAssertEqual(r.query, ["x": "1", "y": "hello world", "z": "A"])
+        XCTAssertEqual(r.headers["host"], "h")
+        XCTAssertEqual(r.headers["x-thing"], "v")
+        XCTAssertTrue(r.keepAlive)
+        XCTAssertEqual(r.body, [])
+        XCTAssertFalse(p.hasPartialRequest)
+    }
+
+    func testKeepAliveRules() throws {
+        XCTAssertFalse(try parseAll(Array("GET / HTTP/1.0\r\n\r\n".utf8))[0].keepAlive)
+        XCTAssertTrue(try parseAll(Array("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n".utf8))[0].keepAlive)
+        XCTAssertFalse(try parseAll(Array("GET / HTTP/1.1\r\nConnection: close\r\n\r\n".utf8))[0].keepAlive)
+        XCTAssertTrue(try parseAll(Array("GET / HTTP/1.1\r\n\r\n".utf8))[0].keepAlive)
+    }
+
+    func testBadRequestLines() {
+        for text in ["GET\r\n\r\n", "GET /\r\n\r\n", "GET  / HTTP/1.1\r\n\r\n", "G(T / HTTP/1.1\r\n\r\n",
+                     "GET / HTTP/1.1 extra\r\n\r\n", " GET / HTTP/1.1\r\n\r\n", "GET / HTTX/1.1\r\n\r\n",
+                     "GET nopath HTTP/1.1\r\n\r\n", "GET /a\rb HTTP/1.1\r\n\r\n", "GET /%zz HTTP/1.1\r\n\r\n",
+                     "\u{1}\u{2}\u{3}garbage\r\n\r\n"] {
+            XCTAssertEqual(errorStatus(text), 400, text.debugDescription)
+        }
+    }
+
+    func testUnsupportedVersionIs505() {
+        XCTAssertEqual(errorStatus("GET / HTTP/2.0\r\n\r\n"), 505)
+        XCTAssertEqual(errorStatus("GET / HTTP/3\r\n\r\n"), 505)
+        XCTAssertNil(errorStatus("GET / HTTP/1.0\r\n\r\n"))
+    }
+
+    func testBadHeaders() {
+        XCTAssertEqual(errorStatus("GET / HTTP/1.1\r\nNoColon\r\n\r\n"), 400)
+        XCTAssertEqual(errorStatus("GET / HTTP/1.1\r\nName : v\r\n\r\n"), 400)
+        XCTAssertEqual(errorStatus("GET / HTTP/1.1\r\n: v\r\n\r\n"), 400)
+        XCTAssertEqual(errorStatus("GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n"), 400)
+        XCTAssertEqual(errorStatus("GET / HTTP/1.1\r\nA: b\u{1}c\r\n\r\n"), 400)
+        XCTAssertEqual(errorStatus("GET / HTTP/1.1\r\nA: b\rc\r\n\r\n"), 400)
+    }
+
+    func testContentLengthValidation() {
+        XCTAssertEqual(errorStatus("POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n"), 400)
+        XCTAssertEqual(errorStatus("POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n"), 400)
+        XCTAssertEqual(errorStatus("POST / HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n"), 400)
+        XCTAssertEqual(errorStatus("POST / HTTP/1.1\r\nContent-Length:\r\n\r\n"), 400)
+        XCTAssertEqual(errorStatus("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"), 400)
+        XCTAssertEqual(errorStatus("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999999\r\n\r\n"), 413)
+        XCTAssertEqual(errorStatus("POST / HTTP/1.1\r\nContent-Length: \(Limits.httpBodyBytesMax + 1)\r\n\r\n"), 413)
+        XCTAssertNil(errorStatus("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"))
+    }
+
+    func testHeaderLimits() {
+        var many = "GET / HTTP/1.1\r\n"
+        for i in 0...Limits.httpHeaderCountMax { many += "H\(i): v\r\n" }
+        XCTAssertEqual(errorStatus(many + "\r\n"), 431)
+        let big = "GET / HTTP/1.1\r\nBig: " + String(repeating: "x", count: Limits.httpHeaderBytesMax) + "\r\n\r\n"
+        XCTAssertEqual(errorStatus(big), 431)
+        // An endless header section is refused before it completes, so memory stays bounded.
+        let endless = "GET / HTTP/1.1\r\nBig: " + String(repeating: "x", count: Limits.httpHeaderBytesMax + 10)
+        XCTAssertEqual(errorStatus(endless), 431)
+    }
+
+    func testBodyLimits() {
+        let small = HTTPRequestParser(bodyBytesMax: 10)
+        XCTAssertEqual(errorStatus("POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n", parser: small), 413)
+        XCTAssertEqual(errorStatus("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n6\r\nabcdef\r\n0\r\n\r\n",
+                                   parser: small), 413)
+        XCTAssertNil(errorStatus("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789", parser: small))
+    }
+
+    func testChunkedBodies() throws {
+        let text = "POST /c HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n5;ext=1\r\nhello\r\nA\r\n, world!!!\r\n0\r\nTrailer: x\r\n\r\n"
+        let reqs = try parseAll(Array(text.utf8))
+        XCTAssertEqual(reqs.count, 1)
+        XCTAssertEqual(String(decoding: reqs[0].body, as: UTF8.self), "hello, world!!!")
+    }
+
+    func testBadChunks() {
+        let head = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        XCTAssertEqual(errorStatus(head + "zz\r\nab\r\n0\r\n\r\n"), 400)
+        XCTAssertEqual(errorStatus(head + "\r\nab\r\n0\r\n\r\n"), 400)
+        XCTAssertEqual(errorStatus(head + "-1\r\nab\r\n0\r\n\r\n"), 400)
+        XCTAssertEqual(errorStatus(head + "2\r\nabc\r\n0\r\n\r\n"), 400)
+        XCTAssertEqual(errorStatus(head + "ffffffffff\r\n"), 413)
+        XCTAssertEqual(errorStatus(head + String(repeating: "1", count: 2000)), 400)  // unterminated size line
+        XCTAssertEqual(errorStatus(head + "1" + String(repeating: " ", count: 2000)), 400)
+    }
+
+    func testTransferEncodingRules() {
+        XCTAssertEqual(errorStatus("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), 501)
+        XCTAssertEqual(errorStatus("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), 501)
+        XCTAssertEqual(errorStatus("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"), 400)
+    }
+
+    /// Decision: bare LF line endings are accepted (RFC 9112 §2.2 allows it); bare CR is not.
+    func testBareLFTolerated() throws {
+        let reqs = try parseAll(Array("POST /x HTTP/1.1\nHost: a\nContent-Length: 2\n\nokGET /y HTTP/1.1\n\n".utf8))
+        XCTAssertEqual(reqs.map(\.path), ["/x", "/y"])
+        XCTAssertEqual(reqs[0].body, Array("ok".utf8))
+        XCTAssertEqual(reqs[0].headers["host"], "a")
+    }
+
+    func testErrorIsSticky() {
+        var p = HTTPRequestParser()
+        p.feed(Array("BAD\r\n\r\n".utf8))
+        XCTAssertThrowsError(try p.next())
+        p.feed(Array("GET / HTTP/1.1\r\n\r\n".utf8))
+        XCTAssertThrowsError(try p.next())
+    }
+
+    func testPipelinedSplitAtEveryByteBoundary() throws {
+        let text = "GET /a?q=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            + "POST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+            + "\r\n"  // stray CRLF between messages is tolerated
+            + "PUT /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+            + "DELETE /d HTTP/1.0\r\n\r\n"
+        let bytes = Array(text.utf8)
+        let whole = try parseAll(bytes)
+        XCTAssertEqual(whole.map(\.method), ["GET", "POST", "PUT", "DELETE"])
+        XCTAssertEqual(whole.map(\.path), ["/a", "/b", "/c", "/d"])
+        XCTAssertEqual(whole[1].body, Array("hello".utf8))
+        XCTAssertEqual(whole[2].body, Array("abcde".utf8))
+        XCTAssertFalse(whole[3].keepAlive)
+        for split in 0...bytes.count {
+            var p = HTTPRequestParser()
+            var got: [HTTPRequest] = []
+            p.feed(Array(bytes[0..<split]))
+            while let r = try p.next() { got.append(r) }
+            p.feed(Array(bytes[split...]))
+            while let r = try p.next() { got.append(r) }
+            XCTAssertEqual(got.map(\.method), whole.map(\.method), "split at \(split)")
+            XCTAssertEqual(got.map(\.body), whole.map(\.body), "split at \(split)")
+            XCTAssertEqual(got.map(\.query), whole.map(\.query), "split at \(split)")
+        }
+        // One byte at a time.
+        var p = HTTPRequestParser()
+        var got: [HTTPRequest] = []
+        for b in bytes {
+            p.feed([b])
+            while let r = try p.next() { got.append(r) }
+        }
+        XCTAssertEqual(got.map(\.path), whole.map(\.path))
+        XCTAssertEqual(got.map(\.body), whole.map(\.body))
+    }
+}
+
+final class ResponseParserTests: XCTestCase {
+    func testContentLengthAndChunkedPipelined() throws {
+        var p = HTTPResponseParser()
+        p.feed(Array("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".utf8))
+        let a = try XCTUnwrap(try p.next())
+        XCTAssertEqual(a.status, 200)
+        XCTAssertEqual(a.body, Array("hi".utf8))
+        XCTAssertTrue(a.keepAlive)
+        let b = try XCTUnwrap(try p.next())
+        XCTAssertEqual(b.status, 201)
+        XCTAssertEqual(b.body, Array("abc".utf8))
+        XCTAssertNil(try p.next())
+    }
+
+    func testReadUntilClose() throws {
+        var p = HTTPResponseParser()
+        p.feed(Array("HTTP/1.0 200 OK\r\n\r\nsome".utf8))
+        XCTAssertNil(try p.next())
+        p.feed(Array(" body".utf8))
+        XCTAssertNil(try p.next())
+        let r = try XCTUnwrap(try p.finish())
+        XCTAssertEqual(r.body, Array("some body".utf8))
+        XCTAssertFalse(r.keepAlive)
+    }
+
+    func testTruncatedResponseAndLimits() {
+        var p = HTTPResponseParser()
+        p.feed(Array("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc".utf8))
+        XCTAssertNoThrow(try p.next())
+        XCTAssertThrowsError(try p.finish())
+        var small = HTTPResponseParser(bodyBytesMax: 4)
+        small.feed(Array("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n".utf8))
+        XCTAssertThrowsError(try small.next()) { XCTAssertEqual($0 as? HTTPClientError, .responseTooLarge) }
+        var bad = HTTPResponseParser()
+        bad.feed(Array("HTTP/1.1 2x0 OK\r\n\r\n".utf8))
+        XCTAssertThrowsError(try bad.next()) {
+            guard case .protocolError = $0 as? HTTPClientError else { return XCTFail("\($0)") }
+        }
+    }
+
+    func testHeadResponseHasNoBody() throws {
+        var p = HTTPResponseParser()
+        p.expectNoBody = true
+        p.feed(Array("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n".utf8))
+        let r = try XCTUnwrap(try p.next())
+        XCTAssertEqual(r.body, [])
+    }
+
+    func testServerEncodingRoundTrip() throws {
+        var out: [UInt8] = []
+        var resp = HTTPResponse.error(404, "no \"such\" key\n")
+        resp.headers.add("Content-Length", "999")  // must be ignored: the server frames the body
+        HTTPServer.encode(resp, close: true, headOnly: false, into: &out)
+        var p = HTTPResponseParser()
+        p.feed(out)
+        let r = try XCTUnwrap(try p.next())
+        XCTAssertEqual(r.status, 404)
+        XCTAssertFalse(r.keepAlive)
+        XCTAssertEqual(r.headers["content-type"], "application/json")
+        struct E: Decodable { let error: String }
+        XCTAssertEqual(try r.decode(E.self).error, "no \"such\" key\n")
+    }
+}

@@ -1,2 +1,0 @@
-import XCTest
-final class CohortHTTPTestsPlaceholder: XCTestCase { func testNothing() {} }

@@ -1,0 +1,318 @@
+import XCTest
+import Foundation
+import CohortCore
+import CohortPosix
+@testable import CohortHTTP
+
+/// An event loop on its own thread plus helpers to run code on it synchronously.
+final class LoopHarness {
+    let loop: EventLoop
+
+    init() throws {
+        ProcessEnv.ignoreSIGPIPE()
+        loop = try EventLoop()
+        loop.startThread()
+    }
+
+    func sync<T>(_ body: @escaping () throws -> T) throws -> T {
+        let done = DispatchSemaphore(value: 0)
+        var result: Result<T, Error>!
+        loop.execute {
+            result = Result { try body() }
+            done.signal()
+        }
+        done.wait()
+        return try result.get()
+    }
+
+    func server(config: HTTPServerConfig = .init(),
+                handler: @escaping (HTTPRequest, HTTPResponder) -> Void) throws -> HTTPServer {
+        try sync { try HTTPServer(loop: self.loop, host: "127.0.0.1", port: 0, config: config, handler: handler) }
+    }
+
+    /// Sends through `client` and waits for the completion.
+    func send(_ client: HTTPClient, _ request: HTTPClientRequest) -> Result<HTTPClientResponse, HTTPClientError> {
+        let done = DispatchSemaphore(value: 0)
+        var result: Result<HTTPClientResponse, HTTPClientError>?
+        var calls = 0
+        client.send(request) { r in
+            calls += 1
+            result = r
+            done.signal()
+        }
+        XCTAssertEqual(done.wait(timeout: .now() + 20), .success)
+        // A second completion would show up here.
+        _ = try? sync { () }
+        XCTAssertEqual(calls, 1)
+        return result ?? .failure(.timeout)
+    }
+
+    func stop(_ server: HTTPServer?) {
+        if let server { _ = try? sync { server.shutdown() } }
+        loop.stopAndJoin()
+    }
+}
+
+/// Echo handler: answers with method, path, query and body as JSON.
+struct Echo: Codable, Equatable {
+    var method: String
+    var path: String
+    var query: [String: String]
+    var body: String
+}
+
+func echoHandler(_ req: HTTPRequest, _ responder: HTTPResponder) {
+    responder.send(.json(200, Echo(method: req.method, path: req.path, query: req.query,
+                                   body: String(decoding: req.body, as: UTF8.self))))
+}
+
+/// Reads from a raw socket until `count` bytes or EOF.
+func readAll(_ socket: BlockingSocket, atLeast count: Int = Int.max) -> [UInt8] {
+    var out: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while out.count < count {
+        let n = (try? buf.withUnsafeMutableBytes { try socket.read(into: $0.baseAddress!, count: $0.count) }) ?? 0
+        if n <= 0 { break }
+        out.append(contentsOf: buf[0..<n])
+    }
+    return out
+}
+
+func rawSocket(_ port: Int) throws -> BlockingSocket {
+    try BlockingSocket(host: "127.0.0.1", port: port, connectTimeoutMs: 2000, ioTimeoutMs: 5000)
+}
+
+func write(_ socket: BlockingSocket, _ text: String) throws {
+    try Array(text.utf8).withUnsafeBytes { try socket.writeAll($0) }
+}
+
+final class ServerTests: XCTestCase {
+    func testAsyncClientGetAndPostRoundTripWithKeepAlive() throws {
+        let h = try LoopHarness()
+        let server = try h.server(handler: echoHandler)
+        defer { h.stop(server) }
+        let client = HTTPClient(loop: h.loop)
+        let base = "http://127.0.0.1:\(server.port)"
+
+        let get = try h.send(client, HTTPClientRequest(url: base + "/a%20b?x=1&y=two")).get()
+        XCTAssertEqual(get.status, 200)
+        XCTAssertEqual(try get.decode(Echo.self), Echo(method: "GET", path: "/a b", query: ["x": "1", "y": "two"], body: ""))
+
+        let post = try h.send(client, HTTPClientRequest(method: "POST", url: base + "/p", body: Array("{\"k\":1}".utf8))).get()
+        XCTAssertEqual(try post.decode(Echo.self).body, "{\"k\":1}")
+        XCTAssertEqual(post.headers["Content-Type"], "application/json")
+
+        for _ in 0..<10 {
+            XCTAssertEqual(try h.send(client, HTTPClientRequest(url: base + "/again")).get().status, 200)
+        }
+        // All twelve sequential requests went over one kept-alive connection.
+        XCTAssertEqual(try h.sync { server.connectionsAccepted }, 1)
+    }
+
+    func testAsyncClientConcurrentRequestsAreBoundedByPool() throws {
+        let h = try LoopHarness()
+        let server = try h.server(handler: echoHandler)
+        defer { h.stop(server) }
+        let client = HTTPClient(loop: h.loop, config: HTTPClientConfig(poolPerHostMax: 4, queueMax: 100))
+        let done = DispatchSemaphore(value: 0)
+        var ok = 0
+        var queueFull = 0
+        try h.sync {
+            for i in 0..<110 {
+                client.send(HTTPClientRequest(url: "http://127.0.0.1:\(server.port)/r\(i)")) { r in
+                    switch r {
+                    case .success(let resp) where resp.status == 200: ok += 1
+                    case .failure(.queueFull): queueFull += 1
+                    default: XCTFail("\(r)")
+                    }
+                    if ok + queueFull == 110 { done.signal() }
+                }
+            }
+        }
+        XCTAssertEqual(done.wait(timeout: .now() + 20), .success)
+        // 4 connections plus 100 queued are accepted; the remaining 6 are refused at once.
+        XCTAssertEqual(ok, 104)
+        XCTAssertEqual(queueFull, 6)
+        XCTAssertLessThanOrEqual(try h.sync { server.connectionsAccepted }, 4)
+    }
+
+    func testBlockingClientRoundTripAndKeepAlive() throws {
+        let h = try LoopHarness()
+        let server = try h.server(handler: echoHandler)
+        defer { h.stop(server) }
+        let client = BlockingHTTPClient()
+        let url = "http://localhost:\(server.port)/k?v=1"
+        for i in 0..<5 {
+            let r = try client.request("PUT", url, body: Array("b\(i)".utf8), headers: [("X-A", "1")])
+            XCTAssertEqual(r.status, 200)
+            XCTAssertEqual(try r.decode(Echo.self), Echo(method: "PUT", path: "/k", query: ["v": "1"], body: "b\(i)"))
+        }
+        XCTAssertEqual(try h.sync { server.connectionsAccepted }, 1)
+    }
+
+    func testBlockingClientReconnectsWhenServerClosedKeptAliveConnection() throws {
+        let h = try LoopHarness()
+        let server = try h.server(config: HTTPServerConfig(idleTimeoutMs: 100), handler: echoHandler)
+        defer { h.stop(server) }
+        let client = BlockingHTTPClient()
+        let url = "http://127.0.0.1:\(server.port)/x"
+        XCTAssertEqual(try client.request("GET", url).status, 200)
+        usleep(600_000)  // the server's idle timeout closes the kept-alive connection
+        XCTAssertEqual(try client.request("GET", url).status, 200)
+        XCTAssertEqual(try h.sync { server.connectionsAccepted }, 2)
+    }
+
+    func testAsyncClientRetriesOnceWhenIdleConnectionWasClosed() throws {
+        let h = try LoopHarness()
+        let server = try h.server(config: HTTPServerConfig(idleTimeoutMs: 100), handler: echoHandler)
+        defer { h.stop(server) }
+        let client = HTTPClient(loop: h.loop)
+        let url = "http://127.0.0.1:\(server.port)/x"
+        XCTAssertEqual(try h.send(client, HTTPClientRequest(url: url)).get().status, 200)
+        usleep(600_000)
+        XCTAssertEqual(try h.send(client, HTTPClientRequest(url: url)).get().status, 200)
+        XCTAssertEqual(try h.sync { server.connectionsAccepted }, 2)
+    }
+
+    func testBodyTooLargeGets413AndServerKeepsServing() throws {
+        let h = try LoopHarness()
+        let server = try h.server(handler: echoHandler)
+        defer { h.stop(server) }
+        let client = BlockingHTTPClient()
+        let url = "http://127.0.0.1:\(server.port)/big"
+        let r = try client.request("POST", url, body: [UInt8](repeating: 65, count: Limits.httpBodyBytesMax + 1))
+        XCTAssertEqual(r.status, 413)
+        XCTAssertNotNil(r.bodyString.range(of: "\"error\""))
+        XCTAssertEqual(try client.request("POST", url, body: Array("{}".utf8)).status, 200)
+    }
+
+    func testGarbageGets400ThenNewConnectionIsServed() throws {
+        let h = try LoopHarness()
+        let server = try h.server(handler: echoHandler)
+        defer { h.stop(server) }
+        let s = try rawSocket(server.port)
+        try write(s, "\u{0}\u{1}garbage garbage\r\n\r\n")
+        let answer = String(decoding: readAll(s), as: UTF8.self)  // the server closes after answering
+        XCTAssertTrue(answer.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), answer)
+        XCTAssertTrue(answer.contains("Connection: close"))
+        XCTAssertTrue(answer.contains("{\"error\":"))
+        let r = try BlockingHTTPClient().request("GET", "http://127.0.0.1:\(server.port)/ok")
+        XCTAssertEqual(r.status, 200)
+    }
+
+    func testBearerToken() throws {
+        let h = try LoopHarness()
+        let server = try h.server(config: HTTPServerConfig(bearerToken: "s3cret"), handler: echoHandler)
+        defer { h.stop(server) }
+        let base = "http://127.0.0.1:\(server.port)"
+        let anonymous = BlockingHTTPClient()
+        let denied = try anonymous.request("POST", base + "/v1/x", body: Array("{}".utf8))
+        XCTAssertEqual(denied.status, 401)
+        XCTAssertNotNil(denied.bodyString.range(of: "\"error\""))
+        XCTAssertEqual(try anonymous.request("GET", base + "/v1/x", headers: [("Authorization", "Bearer wrong!")]).status, 401)
+        XCTAssertEqual(try anonymous.request("GET", base + "/healthz").status, 200)
+        XCTAssertEqual(try anonymous.request("GET", base + "/metrics").status, 200)
+        XCTAssertEqual(try anonymous.request("POST", base + "/healthz").status, 401)
+        XCTAssertEqual(try BlockingHTTPClient(bearerToken: "s3cret").request("GET", base + "/v1/x").status, 200)
+        let asyncClient = HTTPClient(loop: h.loop, config: HTTPClientConfig(bearerToken: "s3cret"))
+        XCTAssertEqual(try h.send(asyncClient, HTTPClientRequest(url: base + "/v1/y")).get().status, 200)
+    }
+
+    func testAsyncResponderAnswersLaterAndPipelinedResponsesStayInOrder() throws {
+        let h = try LoopHarness()
+        let server = try h.server { req, responder in
+            if req.path == "/slow" {
+                h.loop.schedule(afterMs: 100) { responder.send(.text(200, "slow")) }
+            } else {
+                responder.send(.text(200, "fast"))
+                responder.send(.text(500, "ignored: the first send wins"))
+            }
+        }
+        defer { h.stop(server) }
+        let s = try rawSocket(server.port)
+        try write(s, "GET /slow HTTP/1.1\r\n\r\nGET /fast HTTP/1.1\r\n\r\nGET /fast HTTP/1.1\r\nConnection: close\r\n\r\n")
+        let text = String(decoding: readAll(s), as: UTF8.self)
+        let bodies = text.components(separatedBy: "\r\n\r\n").dropFirst().map { String($0.prefix(4)) }
+        XCTAssertEqual(bodies, ["slow", "fast", "fast"], text)
+        XCTAssertFalse(text.contains("ignored"))
+    }
+
+    func testClientTimeoutAgainstServerThatNeverAnswers() throws {
+        let h = try LoopHarness()
+        var parked: [HTTPResponder] = []
+        let server = try h.server { _, responder in parked.append(responder) }
+        defer {
+            _ = try? h.sync { parked.removeAll() }
+            h.stop(server)
+        }
+        let url = "http://127.0.0.1:\(server.port)/never"
+        let client = HTTPClient(loop: h.loop)
+        let start = SystemClock.monotonicMs()
+        let result = h.send(client, HTTPClientRequest(url: url, timeoutMs: 200))
+        XCTAssertEqual(result.failureValue, .timeout)
+        XCTAssertLessThan(SystemClock.monotonicMs() - start, 2000)
+
+        let blocking = BlockingHTTPClient(requestTimeoutMs: 300)
+        XCTAssertThrowsError(try blocking.request("GET", url)) { XCTAssertEqual($0 as? HTTPClientError, .timeout) }
+    }
+
+    func testConnectFailureToClosedPort() throws {
+        let (fd, port) = try TCP.listen(host: "127.0.0.1", port: 0)
+        TCP.close(fd)  // nothing listens on `port` now
+        let h = try LoopHarness()
+        defer { h.stop(nil) }
+        let client = HTTPClient(loop: h.loop)
+        guard case .failure(.connectFailed) = h.send(client, HTTPClientRequest(url: "http://127.0.0.1:\(port)/")) else {
+            return XCTFail("expected connectFailed")
+        }
+        XCTAssertThrowsError(try BlockingHTTPClient().request("GET", "http://127.0.0.1:\(port)/")) {
+            guard case .connectFailed = $0 as? HTTPClientError else { return XCTFail("\($0)") }
+        }
+        XCTAssertEqual(h.send(client, HTTPClientRequest(url: "ftp://x/")).failureValue, .invalidURL("ftp://x/"))
+    }
+
+    func testTooManyConnectionsGets503() throws {
+        let h = try LoopHarness()
+        let server = try h.server(config: HTTPServerConfig(maxConnections: 1), handler: echoHandler)
+        defer { h.stop(server) }
+        let url = "http://127.0.0.1:\(server.port)/"
+        let first = BlockingHTTPClient()
+        XCTAssertEqual(try first.request("GET", url).status, 200)  // holds the only slot (keep-alive)
+        let second = try BlockingHTTPClient().request("GET", url)
+        XCTAssertEqual(second.status, 503)
+        XCTAssertTrue(second.bodyString.contains("too many connections"))
+        XCTAssertEqual(try first.request("GET", url).status, 200)
+    }
+
+    func testIncompleteRequestGets408() throws {
+        let h = try LoopHarness()
+        let server = try h.server(config: HTTPServerConfig(requestTimeoutMs: 150), handler: echoHandler)
+        defer { h.stop(server) }
+        let s = try rawSocket(server.port)
+        try write(s, "GET / HTTP/1.1\r\nHost: x\r\n")
+        let answer = String(decoding: readAll(s), as: UTF8.self)
+        XCTAssertTrue(answer.hasPrefix("HTTP/1.1 408 "), answer)
+    }
+
+    func testHeadAndHTTP10() throws {
+        let h = try LoopHarness()
+        let server = try h.server { _, r in r.send(.text(200, "hello")) }
+        defer { h.stop(server) }
+        let client = BlockingHTTPClient()
+        let head = try client.request("HEAD", "http://127.0.0.1:\(server.port)/")
+        XCTAssertEqual(head.body, [])
+        XCTAssertEqual(head.headers["Content-Length"], "5")
+        XCTAssertEqual(try client.request("GET", "http://127.0.0.1:\(server.port)/").bodyString, "hello")
+        let s = try rawSocket(server.port)
+        try write(s, "GET / HTTP/1.0\r\n\r\n")
+        let text = String(decoding: readAll(s), as: UTF8.self)  // returns at EOF: 1.0 closes
+        XCTAssertTrue(text.hasSuffix("\r\n\r\nhello"), text)
+    }
+}
+
+extension Result {
+    var failureValue: Failure? {
+        if case .failure(let e) = self { return e }
+        return nil
+    }
+}
