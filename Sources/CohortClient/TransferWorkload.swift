@@ -178,23 +178,28 @@ public final class TransferWorkload: @unchecked Sendable {
         let deadline = durationMs.map { start + $0 }
         let counter = Counter()
         let group = DispatchGroup()
-        let resultsLock = NSLock()
-        var total = Report()
+        let results = ReportBox()
         for c in 0..<clients {
             group.enter()
             let thread = Thread { [self] in
                 let r = self.clientLoop(seed: UInt64(c), deadline: deadline, count: count, counter: counter, stop: stop)
-                resultsLock.lock()
-                total.merge(r)
-                resultsLock.unlock()
+                results.merge(r)
                 group.leave()
             }
             thread.stackSize = 1 << 20
             thread.start()
         }
         group.wait()
+        var total = results.take()
         total.elapsedMs = nowMs() - start
         return total
+    }
+
+    private final class ReportBox: @unchecked Sendable {
+        private let lock = NSLock()
+        private var report = Report()
+        func merge(_ r: Report) { lock.lock(); report.merge(r); lock.unlock() }
+        func take() -> Report { lock.lock(); defer { lock.unlock() }; return report }
     }
 
     private final class Counter: @unchecked Sendable {
