@@ -14,6 +14,8 @@ unless --coordinator and --agents name running ones (their acct-* keys are overw
   --warmup D          unmeasured time before it (default 2s)
   --accounts N        accounts per agent (default 1000)
   --json              print the results as one JSON object
+  --row               print the results as one table row (benchmarks/run-2pc); --row-header
+                      prints the header line and exits
   --coordinator URL   use a running coordinator ...
   --agents URLS       ... and these running agents (comma-separated, at least two)
   --bin-dir DIR       where cohortd and cohort-agent are (default: next to this program)
@@ -37,18 +39,25 @@ var durationMs: Int64 = 10_000
 var warmupMs: Int64 = 2_000
 var accounts = 1000
 var json = false
+var row = false
+let rowHeader = "clients  committed/s  aborted/s    p50_ms    p95_ms    p99_ms    max_ms  syncs/commit  msgs/commit  conservation"
 var keep = false
 var external: (coordinator: String, agents: [String])?
 var binDir: String?
 do {
     let args = try Arguments(Array(CommandLine.arguments.dropFirst()),
                              valued: ["clients", "duration", "warmup", "accounts", "coordinator", "agents", "bin-dir"],
-                             booleans: ["help", "json", "keep"])
+                             booleans: ["help", "json", "keep", "row", "row-header"])
     if args.has("help") {
         print(usage)
         exit(0)
     }
+    if args.has("row-header") {
+        print(rowHeader)
+        exit(0)
+    }
     guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
+    row = args.has("row")
     clients = try args.int("clients", default: 16, range: 1...1024)!
     durationMs = try args.durationMs("duration", default: 10_000)!
     warmupMs = try args.durationMs("warmup", default: 2_000)!
@@ -105,7 +114,7 @@ config.accounts = accounts
 config.initialBalance = 1000
 config.maxAmount = 10
 let workload = TransferWorkload(config: config)
-if !json { note("setting up \(accounts) accounts on each of \(agentURLs.count) agents ...") }
+if !json && !row { note("setting up \(accounts) accounts on each of \(agentURLs.count) agents ...") }
 do {
     try workload.setup()
 } catch {
@@ -117,12 +126,12 @@ let servers = [coordinatorURL] + agentURLs
 func snapshot() throws -> [[String: Double]] { try servers.map { try api.metrics($0) } }
 
 if warmupMs > 0 {
-    if !json { note("warming up for \(Double(warmupMs) / 1000) s with \(clients) clients ...") }
+    if !json && !row { note("warming up for \(Double(warmupMs) / 1000) s with \(clients) clients ...") }
     _ = workload.run(clients: clients, durationMs: Double(warmupMs))
 }
 let before: [[String: Double]]
 do { before = try snapshot() } catch { finish(1, "cannot read /metrics: \(error)") }
-if !json { note("measuring for \(Double(durationMs) / 1000) s with \(clients) clients ...") }
+if !json && !row { note("measuring for \(Double(durationMs) / 1000) s with \(clients) clients ...") }
 let report = workload.run(clients: clients, durationMs: Double(durationMs))
 let after: [[String: Double]]
 do { after = try snapshot() } catch { finish(1, "cannot read /metrics: \(error)") }
@@ -174,6 +183,10 @@ if json {
     if !resolution.unresolved.isEmpty { object["unresolved"] = resolution.unresolved.count }
     let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
     print(String(decoding: data, as: UTF8.self))
+} else if row {
+    let line = String(format: "%-7d  %11.1f  %9.1f  %8.2f  %8.2f  %8.2f  %8.2f  %12.3f  %11.2f", clients, committed / seconds, abortedPerS,
+                      lat.p50, lat.p95, lat.p99, lat.max, per(syncs), per(messages))
+    print(line + "  " + (conservation.ok ? "ok" : "FAILED"))
 } else {
     print(String(format: "clients           %d", clients))
     print(String(format: "duration          %.1f s", seconds))
