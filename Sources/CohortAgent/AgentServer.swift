@@ -21,6 +21,9 @@ public final class AgentServer {
         public var advertiseURL: String?
         public var token: String?
         public var seed: UInt64?
+        /// Checkpoint (and drop older log segments) once this many bytes were logged since the
+        /// last checkpoint; small values exercise checkpointing in tests.
+        public var checkpointAfterBytes = Limits.checkpointAfterBytes
 
         public init(name: String, dataDirectory: String, coordinatorURL: String) {
             self.name = name
@@ -72,6 +75,7 @@ public final class AgentServer {
     private var advertiseURL = ""
     public private(set) var recoveryNote: String?
     private var stopping = false
+    private let checkpointAfterBytes: Int
 
     public var port: Int { server.port }
 
@@ -79,6 +83,7 @@ public final class AgentServer {
         self.options = options
         self.onFatal = onFatal
         self.loop = loop
+        self.checkpointAfterBytes = options.checkpointAfterBytes
         let dir = options.dataDirectory
         let name = try DataDirectory.identity(
             dir: dir, file: "agent.name", logSubdirectory: "log", make: { options.name },
@@ -123,6 +128,8 @@ public final class AgentServer {
         }
 
         declareCommonMetrics(metrics, log: log, messageTypes: Self.messageTypes)
+        metrics.declare("cohort_transactions_total", help: "Finished branches, by outcome (a read-only branch counts as committed)",
+                        labels: ["outcome=\"committed\"", "outcome=\"aborted\""])
         metrics.sample("cohort_in_doubt", help: "Branches that voted yes and have no outcome yet") { [unowned self] in Double(self.machine.inDoubtCount) }
         metrics.sample("cohort_branches_open", help: "Branches staged, preparing or in doubt") { [unowned self] in Double(self.machine.branches.count) }
         metrics.sample("cohort_lock_waits", help: "Lock requests waiting") { [unowned self] in Double(self.resource.lockWaitCount) }
@@ -188,7 +195,7 @@ public final class AgentServer {
     }
 
     private func maybeCheckpoint() {
-        guard log.bytesSinceCheckpoint > Limits.checkpointAfterBytes else { return }
+        guard log.bytesSinceCheckpoint > checkpointAfterBytes else { return }
         do {
             // Everything applied so far must survive power loss before the log forgets it.
             try store.makeDurable()

@@ -16,6 +16,9 @@ public final class CoordinatorServer {
         public var token: String?
         public var onePhaseCommit = true
         public var seed: UInt64?
+        /// Checkpoint (and drop older log segments) once this many bytes were logged since the
+        /// last checkpoint; small values exercise checkpointing in tests.
+        public var checkpointAfterBytes = Limits.checkpointAfterBytes
 
         public init(dataDirectory: String) { self.dataDirectory = dataDirectory }
     }
@@ -51,6 +54,7 @@ public final class CoordinatorServer {
     public let coordinatorID: String
     public private(set) var recoveryNote: String?
     private var stopping = false
+    private let checkpointAfterBytes: Int
 
     public var port: Int { server.port }
 
@@ -60,6 +64,7 @@ public final class CoordinatorServer {
     public init(options: Options, loop: EventLoop, onFatal: @escaping (String) -> Void) throws {
         self.onFatal = onFatal
         self.loop = loop
+        self.checkpointAfterBytes = options.checkpointAfterBytes
         let dir = options.dataDirectory
         coordinatorID = try DataDirectory.identity(
             dir: dir, file: "coordinator.id", logSubdirectory: "log",
@@ -83,6 +88,8 @@ public final class CoordinatorServer {
         client = HTTPClient(loop: loop, config: clientConfig)
         timers = TimerTable(loop: loop)
         declareCommonMetrics(metrics, log: log, messageTypes: Self.messageTypes)
+        metrics.sample("cohort_transactions_total", type: "counter", help: "Transactions decided, by outcome", labels: "outcome=\"committed\"") { [unowned self] in Double(self.machine.stats.committed) }
+        metrics.sample("cohort_transactions_total", type: "counter", help: "Transactions decided, by outcome", labels: "outcome=\"aborted\"") { [unowned self] in Double(self.machine.stats.aborted) }
         metrics.sample("cohort_in_doubt", help: "Unfinished transactions at this coordinator") { [unowned self] in Double(self.machine.unfinishedCount) }
         metrics.sample("cohort_open_transactions", help: "Transactions begun and not finished") { [unowned self] in Double(self.machine.unfinishedCount) }
         var serverConfig = HTTPServerConfig()
@@ -135,7 +142,7 @@ public final class CoordinatorServer {
     }
 
     private func maybeCheckpoint() {
-        guard log.bytesSinceCheckpoint > Limits.checkpointAfterBytes else { return }
+        guard log.bytesSinceCheckpoint > checkpointAfterBytes else { return }
         do {
             _ = try log.checkpoint(snapshot: machine.snapshot())
         } catch {
