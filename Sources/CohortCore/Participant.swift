@@ -13,7 +13,7 @@ public struct Participant {
         public var name: String
         public var inquiryDelayMs = Limits.inquiryDelayMs
         public var retryDelayMsMax = Limits.retryDelayMsMax
-        public var branchIdleTimeoutMs = Limits.branchIdleTimeoutMs
+        public var branchExpiryMarginMs = Limits.branchExpiryMarginMs
         public var branchesMax = Limits.branchesMax
         public var finishedBranchesKept = Limits.finishedBranchesKept
         public var seed: UInt64 = 1
@@ -233,7 +233,7 @@ public struct Participant {
             guard branches[txid] == nil, finishedOutcomes[txid] == nil else { return [] }
             branches[txid] = Branch(txid: txid, state: .active, coordinatorURL: url)
             // Outlive the coordinator's own timeout, so normally the coordinator aborts first.
-            let expiry = max(timeoutMs, 0) + config.branchIdleTimeoutMs
+            let expiry = max(timeoutMs, 0) + config.branchExpiryMarginMs
             return [.setTimer(.branchExpiry(txid), afterMs: expiry)]
         case .prepare(let request, let txid, let onePhase, let vote):
             return prepare(request, txid, onePhase: onePhase, vote: vote)

@@ -7,7 +7,7 @@ final class ParticipantTests: XCTestCase {
     func joined(_ txid: String = "t1") -> Participant {
         var p = Participant(config: Participant.Config(name: "p"))
         let a = p.on(.joined(txid, coordinatorURL: "http://c", timeoutMs: 1000))
-        XCTAssertEqual(a, [.setTimer(.branchExpiry(txid), afterMs: 1000 + Limits.branchIdleTimeoutMs)])
+        XCTAssertEqual(a, [.setTimer(.branchExpiry(txid), afterMs: 1000 + Limits.branchExpiryMarginMs)])
         return p
     }
 
