@@ -254,6 +254,16 @@ public final class AgentServer {
         let lsn: UInt64
         do {
             lsn = try log.append(type: encoded.type, payload: encoded.payload, force: force)
+        } catch let full as LogFullError {
+            switch record {
+            case .prepared(let txid, _, _), .committed(let txid), .committedOnePhase(let txid, _):
+                feed(.recordRefused(txid, reason: "\(full)"))
+            case .aborted:
+                // Without it the branch looks in doubt after a restart and asks; it is told
+                // "aborted" then. Safe to skip.
+                break
+            }
+            return
         } catch {
             onFatal("cannot append to the durable log: \(error)")
             return
@@ -328,9 +338,10 @@ public final class AgentServer {
 
     private func work(_ request: HTTPRequest, _ responder: HTTPResponder) {
         let body: WorkRequest
-        switch JSONBody.decode(WorkRequest.self, from: request.body) {
-        case .failure(let e): return responder.send(.requestError(e))
-        case .success(let w): body = w
+        do {
+            body = try WorkRequest.decode(fromJSON: request.body)
+        } catch {
+            return responder.send(.error(400, "invalid work request: \(error)"))
         }
         guard TxID(body.txid) != nil else { return responder.send(.error(400, "malformed txid \"\(body.txid.prefix(80))\"")) }
         let txid = body.txid

@@ -184,9 +184,15 @@ public final class CoordinatorServer {
             } else {
                 CrashPoints.hit("coordinator.after-end-logged")
             }
+        } catch let full as LogFullError {
+            // Back-pressure, nothing written: abort the undecided transaction; a missing end
+            // record only means the commit is re-sent (and acknowledged again) after a restart.
+            if case .commitDecision(let txid, _, _) = record {
+                feed(.decisionRefused(txid, reason: "\(full)"))
+            }
         } catch {
-            // The decision cannot be made durable; deciding without it would break presumed
-            // abort. Stop: on restart the transaction is undecided and therefore aborted.
+            // The log has failed: nothing may be acknowledged any more. On restart an
+            // undecided transaction is aborted by presumption.
             onFatal("cannot append to the durable log: \(error)")
         }
     }
@@ -313,6 +319,7 @@ public final class CoordinatorServer {
                 feed(.register(requests.add(responder), txid: parts[2], participant: ParticipantRef(name: r.participant, url: r.url)))
             }
         case ("GET", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "outcome":
+            guard TxID(parts[2]) != nil else { return reject(400, "malformed txid \"\(parts[2].prefix(80))\"") }
             responder.send(.jsonBytes(200, JSONBody.encode(InquiryResponse(txid: parts[2], outcome: machine.inquire(parts[2]).rawValue))))
         default:
             let known = ["healthz", "metrics", "v1"]

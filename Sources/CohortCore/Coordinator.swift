@@ -50,6 +50,9 @@ public struct Coordinator {
         case deliveryFailed(TxID, participant: String, error: String)
         /// The forced commit record of this transaction is durable.
         case decisionDurable(TxID)
+        /// The commit record could not even be appended (the log refused it: back-pressure).
+        /// Nothing was written, so the transaction is still undecided and can abort.
+        case decisionRefused(TxID, reason: String)
         case timerFired(Timer)
         /// A participant asks for the outcome of a transaction it voted yes on.
         case inquiry(RequestID, txid: String)
@@ -292,6 +295,9 @@ public struct Coordinator {
             return deliveryFailed(txid, name, error, nowMs: nowMs)
         case .decisionDurable(let txid):
             return decisionDurable(txid, nowMs: nowMs)
+        case .decisionRefused(let txid, let reason):
+            guard let tx = open[txid], tx.state == .deciding else { return [] }
+            return decideAbort(txid, reason: "commit record refused by the log: \(reason)", nowMs: nowMs)
         case .timerFired(let timer):
             return timerFired(timer, nowMs: nowMs)
         case .inquiry(let request, let text):
@@ -565,7 +571,8 @@ public struct Coordinator {
     /// that misses it will ask and be told "aborted".
     private mutating func decideAbort(_ txid: TxID, reason: String, nowMs: Int64) -> [Action] {
         guard var tx = open.removeValue(forKey: txid) else { return [] }
-        precondition(tx.state == .active || tx.state == .preparing, "abort after commit decision for \(txid)")
+        // `deciding` only when the commit record was refused before reaching the log.
+        precondition(tx.state == .active || tx.state == .preparing || tx.state == .deciding, "abort after commit decision for \(txid)")
         tx.state = .aborted
         tx.outcome = .aborted
         tx.reason = reason

@@ -31,6 +31,9 @@ public struct Participant {
         /// The forced record the state machine asked for is durable; `lsn` is its position.
         case preparedDurable(String)
         case commitDurable(String, lsn: UInt64)
+        /// The forced record asked for could not be appended (log back-pressure): nothing was
+        /// written. A prepare then votes no; a commit is answered 503 and will be retried.
+        case recordRefused(String, reason: String)
         case inquiryAnswered(String, InquiryAnswer)
         case inquiryFailed(String, error: String)
         case timerFired(Timer)
@@ -247,6 +250,8 @@ public struct Participant {
             return commitDurable(txid, lsn: lsn)
         case .inquiryAnswered(let txid, let answer):
             return inquiryAnswered(txid, answer)
+        case .recordRefused(let txid, let reason):
+            return recordRefused(txid, reason)
         case .inquiryFailed(let txid, let error):
             guard var b = branches[txid], b.state == .prepared else { return [] }
             b.lastInquiryError = error
@@ -393,6 +398,28 @@ public struct Participant {
             return [.reply(request, .error(RequestError(409, "branch \(txid) already committed")))]
         case .aborted, .readOnly:
             return [.reply(request, .aborted)]
+        }
+    }
+
+    private mutating func recordRefused(_ txid: String, _ reason: String) -> [Action] {
+        guard var b = branches[txid] else { return [] }
+        let waiting = b.waiting
+        b.waiting = []
+        switch b.state {
+        case .preparing, .committing where b.onePhase:
+            // No prepared (or one-phase commit) record exists: the branch never voted yes.
+            let why = "cannot log the prepared record: \(reason)"
+            return finish(txid, .aborted) + [.release(txid)]
+                + waiting.map { .reply($0, b.onePhase ? .outcome(.aborted, reason: why) : .vote(.no(reason: why))) }
+        case .committing:
+            // The outcome is still commit; the coordinator retries and we log it then.
+            b.state = .prepared
+            branches[txid] = b
+            return waiting.map { .reply($0, .error(RequestError(503, "cannot log the commit record now: \(reason); retry"))) }
+                + [.setTimer(.inquire(txid), afterMs: config.inquiryDelayMs)]
+        default:
+            branches[txid] = b
+            return []
         }
     }
 
