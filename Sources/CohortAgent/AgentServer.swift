@@ -73,6 +73,8 @@ public final class AgentServer {
     private var stagingInFlight: [String: Int] = [:]
     private var startupInquiries: [Participant.Action] = []
     private var advertiseURL = ""
+    /// Identifies this data directory; a coordinator message for another incarnation is refused.
+    public let incarnation: String
     public private(set) var recoveryNote: String?
     private var stopping = false
     private let checkpointAfterBytes: Int
@@ -91,6 +93,10 @@ public final class AgentServer {
         guard name == options.name else {
             throw StartupError("\(dir) belongs to agent \"\(name)\", not \"\(options.name)\"; refusing to mix their logs")
         }
+        incarnation = try DataDirectory.identity(
+            dir: dir, file: "agent.incarnation", logSubdirectory: "log",
+            make: { String(format: "%016llx", ProcessEnv.randomU64()) },
+            validate: { $0.utf8.count == 16 && UInt64($0, radix: 16) != nil })
         let storage = try FileLogStorage(directory: dir + "/log", faults: try storageFaultsFromEnvironment())
         let (log, recovered) = try DurableLog.open(storage: storage)
         self.log = log
@@ -373,7 +379,7 @@ public final class AgentServer {
         CrashPoints.hit("agent.before-register-send")
         metrics.add("cohort_messages_sent_total", labels: "type=\"register\"")
         let coordinator = options.coordinatorURL
-        let body = JSONBody.encode(RegisterRequest(participant: options.name, url: advertiseURL))
+        let body = JSONBody.encode(RegisterRequest(participant: options.name, url: advertiseURL, incarnation: incarnation))
         client.send(HTTPClientRequest(method: "POST", url: "\(coordinator)/v1/transactions/\(txid)/branches", body: body)) { [unowned self] result in
             let waiters = self.joining.removeValue(forKey: txid) ?? []
             let outcome: Result<Void, RequestError>
@@ -456,6 +462,7 @@ public final class AgentServer {
             switch JSONBody.decode(PrepareRequest.self, from: request.body) {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let p):
+                if let refusal = incarnationMismatch(p.incarnation) { return responder.send(.requestError(refusal)) }
                 let vote: ResourceVote
                 if machine.state(of: p.txid) == .active {
                     vote = (stagingInFlight[p.txid] ?? 0) > 0 ? .no(reason: "work still in progress on this branch") : resource.vote(txid: p.txid)
@@ -468,12 +475,20 @@ public final class AgentServer {
             switch JSONBody.decode(PhaseRequest.self, from: request.body) {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let p):
+                if let refusal = incarnationMismatch(p.incarnation) { return responder.send(.requestError(refusal)) }
                 let id = track(responder, p.txid)
                 feed(kind == "commit" ? .commit(id, txid: p.txid) : .abort(id, txid: p.txid))
             }
         default:
             responder.send(.error(404, "no protocol message \(kind)"))
         }
+    }
+
+    /// A message for another incarnation was meant for this participant's lost data directory:
+    /// acknowledging it would claim a commit this store does not hold.
+    private func incarnationMismatch(_ claimed: String?) -> RequestError? {
+        guard let claimed, claimed != incarnation else { return nil }
+        return RequestError(409, "participant \(options.name) has incarnation \(incarnation), not \(claimed): its data directory was replaced; the branch cannot be honoured here")
     }
 
     private func branches(_ request: HTTPRequest, _ responder: HTTPResponder) {

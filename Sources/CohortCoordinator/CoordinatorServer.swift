@@ -203,15 +203,15 @@ public final class CoordinatorServer {
         switch message {
         case .prepare(let onePhase, let participants):
             path = "/v1/2pc/prepare"
-            body = JSONBody.encode(PrepareRequest(txid: txid.description, onePhase: onePhase, participants: participants))
+            body = JSONBody.encode(PrepareRequest(txid: txid.description, onePhase: onePhase, participants: participants, incarnation: to.incarnation))
             CrashPoints.hit("coordinator.before-prepare-send")
         case .commit:
             path = "/v1/2pc/commit"
-            body = JSONBody.encode(PhaseRequest(txid: txid.description))
+            body = JSONBody.encode(PhaseRequest(txid: txid.description, incarnation: to.incarnation))
             CrashPoints.hit("coordinator.before-commit-send")
         case .abort:
             path = "/v1/2pc/abort"
-            body = JSONBody.encode(PhaseRequest(txid: txid.description))
+            body = JSONBody.encode(PhaseRequest(txid: txid.description, incarnation: to.incarnation))
             CrashPoints.hit("coordinator.before-abort-send")
         }
         metrics.add("cohort_messages_sent_total", labels: "type=\"\(message.typeName)\"")
@@ -316,7 +316,7 @@ public final class CoordinatorServer {
             switch JSONBody.decode(RegisterRequest.self, from: request.body) {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let r):
-                feed(.register(requests.add(responder), txid: parts[2], participant: ParticipantRef(name: r.participant, url: r.url)))
+                feed(.register(requests.add(responder), txid: parts[2], participant: ParticipantRef(name: r.participant, url: r.url, incarnation: r.incarnation)))
             }
         case ("GET", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "outcome":
             guard TxID(parts[2]) != nil else { return reject(400, "malformed txid \"\(parts[2].prefix(80))\"") }

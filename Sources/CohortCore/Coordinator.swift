@@ -362,8 +362,8 @@ public struct Coordinator {
         }
         if let i = tx.branchIndex(participant.name) {
             // A duplicate registration is harmless; a second URL for the same name is not.
-            guard tx.branches[i].participant.url == participant.url else {
-                return [.reply(request, .error(RequestError(409, "participant \(participant.name) already joined with url \(tx.branches[i].participant.url)")))]
+            guard tx.branches[i].participant == participant else {
+                return [.reply(request, .error(RequestError(409, "participant \(participant.name) already joined as \(tx.branches[i].participant.url) (incarnation \(tx.branches[i].participant.incarnation ?? "none"))")))]
             }
             guard tx.state == .active || tx.state == .preparing else {
                 return [.reply(request, .error(RequestError(409, "transaction \(txid) is \(tx.state.rawValue)")))]
@@ -671,6 +671,7 @@ public enum CoordinatorRecordCoding {
         for p in participants {
             w.string(p.name)
             w.string(p.url)
+            w.string(p.incarnation ?? "")
         }
     }
 
@@ -681,7 +682,10 @@ public enum CoordinatorRecordCoding {
         guard n <= UInt32(Limits.branchesPerTransactionMax) else { throw DecodeError("\(n) participants in a decision") }
         var participants: [ParticipantRef] = []
         for _ in 0..<n {
-            participants.append(ParticipantRef(name: try r.string(maxCount: 4096), url: try r.string(maxCount: 4096)))
+            let name = try r.string(maxCount: 4096)
+            let url = try r.string(maxCount: 4096)
+            let incarnation = try r.string(maxCount: 128)
+            participants.append(ParticipantRef(name: name, url: url, incarnation: incarnation.isEmpty ? nil : incarnation))
         }
         return .commitDecision(txid, participants: participants, decidedAtMs: at)
     }
