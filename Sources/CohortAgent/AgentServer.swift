@@ -21,6 +21,9 @@ public final class AgentServer {
         public var advertiseURL: String?
         public var token: String?
         public var seed: UInt64?
+        /// Checkpoint (and drop older log segments) once this many bytes were logged since the
+        /// last checkpoint; small values exercise checkpointing in tests.
+        public var checkpointAfterBytes = Limits.checkpointAfterBytes
 
         public init(name: String, dataDirectory: String, coordinatorURL: String) {
             self.name = name
@@ -70,8 +73,11 @@ public final class AgentServer {
     private var stagingInFlight: [String: Int] = [:]
     private var startupInquiries: [Participant.Action] = []
     private var advertiseURL = ""
+    /// Identifies this data directory; a coordinator message for another incarnation is refused.
+    public let incarnation: String
     public private(set) var recoveryNote: String?
     private var stopping = false
+    private let checkpointAfterBytes: Int
 
     public var port: Int { server.port }
 
@@ -79,6 +85,7 @@ public final class AgentServer {
         self.options = options
         self.onFatal = onFatal
         self.loop = loop
+        self.checkpointAfterBytes = options.checkpointAfterBytes
         let dir = options.dataDirectory
         let name = try DataDirectory.identity(
             dir: dir, file: "agent.name", logSubdirectory: "log", make: { options.name },
@@ -86,6 +93,10 @@ public final class AgentServer {
         guard name == options.name else {
             throw StartupError("\(dir) belongs to agent \"\(name)\", not \"\(options.name)\"; refusing to mix their logs")
         }
+        incarnation = try DataDirectory.identity(
+            dir: dir, file: "agent.incarnation", logSubdirectory: "log",
+            make: { String(format: "%016llx", ProcessEnv.randomU64()) },
+            validate: { $0.utf8.count == 16 && UInt64($0, radix: 16) != nil })
         let storage = try FileLogStorage(directory: dir + "/log", faults: try storageFaultsFromEnvironment())
         let (log, recovered) = try DurableLog.open(storage: storage)
         self.log = log
@@ -123,6 +134,8 @@ public final class AgentServer {
         }
 
         declareCommonMetrics(metrics, log: log, messageTypes: Self.messageTypes)
+        metrics.declare("cohort_transactions_total", help: "Finished branches, by outcome (a read-only branch counts as committed)",
+                        labels: ["outcome=\"committed\"", "outcome=\"aborted\""])
         metrics.sample("cohort_in_doubt", help: "Branches that voted yes and have no outcome yet") { [unowned self] in Double(self.machine.inDoubtCount) }
         metrics.sample("cohort_branches_open", help: "Branches staged, preparing or in doubt") { [unowned self] in Double(self.machine.branches.count) }
         metrics.sample("cohort_lock_waits", help: "Lock requests waiting") { [unowned self] in Double(self.resource.lockWaitCount) }
@@ -188,7 +201,7 @@ public final class AgentServer {
     }
 
     private func maybeCheckpoint() {
-        guard log.bytesSinceCheckpoint > Limits.checkpointAfterBytes else { return }
+        guard log.bytesSinceCheckpoint > checkpointAfterBytes else { return }
         do {
             // Everything applied so far must survive power loss before the log forgets it.
             try store.makeDurable()
@@ -247,6 +260,16 @@ public final class AgentServer {
         let lsn: UInt64
         do {
             lsn = try log.append(type: encoded.type, payload: encoded.payload, force: force)
+        } catch let full as LogFullError {
+            switch record {
+            case .prepared(let txid, _, _), .committed(let txid), .committedOnePhase(let txid, _):
+                feed(.recordRefused(txid, reason: "\(full)"))
+            case .aborted:
+                // Without it the branch looks in doubt after a restart and asks; it is told
+                // "aborted" then. Safe to skip.
+                break
+            }
+            return
         } catch {
             onFatal("cannot append to the durable log: \(error)")
             return
@@ -321,9 +344,10 @@ public final class AgentServer {
 
     private func work(_ request: HTTPRequest, _ responder: HTTPResponder) {
         let body: WorkRequest
-        switch JSONBody.decode(WorkRequest.self, from: request.body) {
-        case .failure(let e): return responder.send(.requestError(e))
-        case .success(let w): body = w
+        do {
+            body = try WorkRequest.decode(fromJSON: request.body)
+        } catch {
+            return responder.send(.error(400, "invalid work request: \(error)"))
         }
         guard TxID(body.txid) != nil else { return responder.send(.error(400, "malformed txid \"\(body.txid.prefix(80))\"")) }
         let txid = body.txid
@@ -355,7 +379,7 @@ public final class AgentServer {
         CrashPoints.hit("agent.before-register-send")
         metrics.add("cohort_messages_sent_total", labels: "type=\"register\"")
         let coordinator = options.coordinatorURL
-        let body = JSONBody.encode(RegisterRequest(participant: options.name, url: advertiseURL))
+        let body = JSONBody.encode(RegisterRequest(participant: options.name, url: advertiseURL, incarnation: incarnation))
         client.send(HTTPClientRequest(method: "POST", url: "\(coordinator)/v1/transactions/\(txid)/branches", body: body)) { [unowned self] result in
             let waiters = self.joining.removeValue(forKey: txid) ?? []
             let outcome: Result<Void, RequestError>
@@ -438,6 +462,7 @@ public final class AgentServer {
             switch JSONBody.decode(PrepareRequest.self, from: request.body) {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let p):
+                if let refusal = incarnationMismatch(p.incarnation) { return responder.send(.requestError(refusal)) }
                 let vote: ResourceVote
                 if machine.state(of: p.txid) == .active {
                     vote = (stagingInFlight[p.txid] ?? 0) > 0 ? .no(reason: "work still in progress on this branch") : resource.vote(txid: p.txid)
@@ -450,12 +475,20 @@ public final class AgentServer {
             switch JSONBody.decode(PhaseRequest.self, from: request.body) {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let p):
+                if let refusal = incarnationMismatch(p.incarnation) { return responder.send(.requestError(refusal)) }
                 let id = track(responder, p.txid)
                 feed(kind == "commit" ? .commit(id, txid: p.txid) : .abort(id, txid: p.txid))
             }
         default:
             responder.send(.error(404, "no protocol message \(kind)"))
         }
+    }
+
+    /// A message for another incarnation was meant for this participant's lost data directory:
+    /// acknowledging it would claim a commit this store does not hold.
+    private func incarnationMismatch(_ claimed: String?) -> RequestError? {
+        guard let claimed, claimed != incarnation else { return nil }
+        return RequestError(409, "participant \(options.name) has incarnation \(incarnation), not \(claimed): its data directory was replaced; the branch cannot be honoured here")
     }
 
     private func branches(_ request: HTTPRequest, _ responder: HTTPResponder) {

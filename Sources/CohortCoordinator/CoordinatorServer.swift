@@ -16,6 +16,9 @@ public final class CoordinatorServer {
         public var token: String?
         public var onePhaseCommit = true
         public var seed: UInt64?
+        /// Checkpoint (and drop older log segments) once this many bytes were logged since the
+        /// last checkpoint; small values exercise checkpointing in tests.
+        public var checkpointAfterBytes = Limits.checkpointAfterBytes
 
         public init(dataDirectory: String) { self.dataDirectory = dataDirectory }
     }
@@ -51,6 +54,7 @@ public final class CoordinatorServer {
     public let coordinatorID: String
     public private(set) var recoveryNote: String?
     private var stopping = false
+    private let checkpointAfterBytes: Int
 
     public var port: Int { server.port }
 
@@ -60,6 +64,7 @@ public final class CoordinatorServer {
     public init(options: Options, loop: EventLoop, onFatal: @escaping (String) -> Void) throws {
         self.onFatal = onFatal
         self.loop = loop
+        self.checkpointAfterBytes = options.checkpointAfterBytes
         let dir = options.dataDirectory
         coordinatorID = try DataDirectory.identity(
             dir: dir, file: "coordinator.id", logSubdirectory: "log",
@@ -83,6 +88,8 @@ public final class CoordinatorServer {
         client = HTTPClient(loop: loop, config: clientConfig)
         timers = TimerTable(loop: loop)
         declareCommonMetrics(metrics, log: log, messageTypes: Self.messageTypes)
+        metrics.sample("cohort_transactions_total", type: "counter", help: "Transactions decided, by outcome", labels: "outcome=\"committed\"") { [unowned self] in Double(self.machine.stats.committed) }
+        metrics.sample("cohort_transactions_total", type: "counter", help: "Transactions decided, by outcome", labels: "outcome=\"aborted\"") { [unowned self] in Double(self.machine.stats.aborted) }
         metrics.sample("cohort_in_doubt", help: "Unfinished transactions at this coordinator") { [unowned self] in Double(self.machine.unfinishedCount) }
         metrics.sample("cohort_open_transactions", help: "Transactions begun and not finished") { [unowned self] in Double(self.machine.unfinishedCount) }
         var serverConfig = HTTPServerConfig()
@@ -135,7 +142,7 @@ public final class CoordinatorServer {
     }
 
     private func maybeCheckpoint() {
-        guard log.bytesSinceCheckpoint > Limits.checkpointAfterBytes else { return }
+        guard log.bytesSinceCheckpoint > checkpointAfterBytes else { return }
         do {
             _ = try log.checkpoint(snapshot: machine.snapshot())
         } catch {
@@ -177,9 +184,15 @@ public final class CoordinatorServer {
             } else {
                 CrashPoints.hit("coordinator.after-end-logged")
             }
+        } catch let full as LogFullError {
+            // Back-pressure, nothing written: abort the undecided transaction; a missing end
+            // record only means the commit is re-sent (and acknowledged again) after a restart.
+            if case .commitDecision(let txid, _, _) = record {
+                feed(.decisionRefused(txid, reason: "\(full)"))
+            }
         } catch {
-            // The decision cannot be made durable; deciding without it would break presumed
-            // abort. Stop: on restart the transaction is undecided and therefore aborted.
+            // The log has failed: nothing may be acknowledged any more. On restart an
+            // undecided transaction is aborted by presumption.
             onFatal("cannot append to the durable log: \(error)")
         }
     }
@@ -190,15 +203,15 @@ public final class CoordinatorServer {
         switch message {
         case .prepare(let onePhase, let participants):
             path = "/v1/2pc/prepare"
-            body = JSONBody.encode(PrepareRequest(txid: txid.description, onePhase: onePhase, participants: participants))
+            body = JSONBody.encode(PrepareRequest(txid: txid.description, onePhase: onePhase, participants: participants, incarnation: to.incarnation))
             CrashPoints.hit("coordinator.before-prepare-send")
         case .commit:
             path = "/v1/2pc/commit"
-            body = JSONBody.encode(PhaseRequest(txid: txid.description))
+            body = JSONBody.encode(PhaseRequest(txid: txid.description, incarnation: to.incarnation))
             CrashPoints.hit("coordinator.before-commit-send")
         case .abort:
             path = "/v1/2pc/abort"
-            body = JSONBody.encode(PhaseRequest(txid: txid.description))
+            body = JSONBody.encode(PhaseRequest(txid: txid.description, incarnation: to.incarnation))
             CrashPoints.hit("coordinator.before-abort-send")
         }
         metrics.add("cohort_messages_sent_total", labels: "type=\"\(message.typeName)\"")
@@ -303,9 +316,10 @@ public final class CoordinatorServer {
             switch JSONBody.decode(RegisterRequest.self, from: request.body) {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let r):
-                feed(.register(requests.add(responder), txid: parts[2], participant: ParticipantRef(name: r.participant, url: r.url)))
+                feed(.register(requests.add(responder), txid: parts[2], participant: ParticipantRef(name: r.participant, url: r.url, incarnation: r.incarnation)))
             }
         case ("GET", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "outcome":
+            guard TxID(parts[2]) != nil else { return reject(400, "malformed txid \"\(parts[2].prefix(80))\"") }
             responder.send(.jsonBytes(200, JSONBody.encode(InquiryResponse(txid: parts[2], outcome: machine.inquire(parts[2]).rawValue))))
         default:
             let known = ["healthz", "metrics", "v1"]

@@ -50,6 +50,9 @@ public struct Coordinator {
         case deliveryFailed(TxID, participant: String, error: String)
         /// The forced commit record of this transaction is durable.
         case decisionDurable(TxID)
+        /// The commit record could not even be appended (the log refused it: back-pressure).
+        /// Nothing was written, so the transaction is still undecided and can abort.
+        case decisionRefused(TxID, reason: String)
         case timerFired(Timer)
         /// A participant asks for the outcome of a transaction it voted yes on.
         case inquiry(RequestID, txid: String)
@@ -292,6 +295,9 @@ public struct Coordinator {
             return deliveryFailed(txid, name, error, nowMs: nowMs)
         case .decisionDurable(let txid):
             return decisionDurable(txid, nowMs: nowMs)
+        case .decisionRefused(let txid, let reason):
+            guard let tx = open[txid], tx.state == .deciding else { return [] }
+            return decideAbort(txid, reason: "commit record refused by the log: \(reason)", nowMs: nowMs)
         case .timerFired(let timer):
             return timerFired(timer, nowMs: nowMs)
         case .inquiry(let request, let text):
@@ -356,8 +362,8 @@ public struct Coordinator {
         }
         if let i = tx.branchIndex(participant.name) {
             // A duplicate registration is harmless; a second URL for the same name is not.
-            guard tx.branches[i].participant.url == participant.url else {
-                return [.reply(request, .error(RequestError(409, "participant \(participant.name) already joined with url \(tx.branches[i].participant.url)")))]
+            guard tx.branches[i].participant == participant else {
+                return [.reply(request, .error(RequestError(409, "participant \(participant.name) already joined as \(tx.branches[i].participant.url) (incarnation \(tx.branches[i].participant.incarnation ?? "none"))")))]
             }
             guard tx.state == .active || tx.state == .preparing else {
                 return [.reply(request, .error(RequestError(409, "transaction \(txid) is \(tx.state.rawValue)")))]
@@ -565,7 +571,8 @@ public struct Coordinator {
     /// that misses it will ask and be told "aborted".
     private mutating func decideAbort(_ txid: TxID, reason: String, nowMs: Int64) -> [Action] {
         guard var tx = open.removeValue(forKey: txid) else { return [] }
-        precondition(tx.state == .active || tx.state == .preparing, "abort after commit decision for \(txid)")
+        // `deciding` only when the commit record was refused before reaching the log.
+        precondition(tx.state == .active || tx.state == .preparing || tx.state == .deciding, "abort after commit decision for \(txid)")
         tx.state = .aborted
         tx.outcome = .aborted
         tx.reason = reason
@@ -664,6 +671,7 @@ public enum CoordinatorRecordCoding {
         for p in participants {
             w.string(p.name)
             w.string(p.url)
+            w.string(p.incarnation ?? "")
         }
     }
 
@@ -674,7 +682,10 @@ public enum CoordinatorRecordCoding {
         guard n <= UInt32(Limits.branchesPerTransactionMax) else { throw DecodeError("\(n) participants in a decision") }
         var participants: [ParticipantRef] = []
         for _ in 0..<n {
-            participants.append(ParticipantRef(name: try r.string(maxCount: 4096), url: try r.string(maxCount: 4096)))
+            let name = try r.string(maxCount: 4096)
+            let url = try r.string(maxCount: 4096)
+            let incarnation = try r.string(maxCount: 128)
+            participants.append(ParticipantRef(name: name, url: url, incarnation: incarnation.isEmpty ? nil : incarnation))
         }
         return .commitDecision(txid, participants: participants, decidedAtMs: at)
     }

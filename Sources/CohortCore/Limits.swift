@@ -58,9 +58,9 @@ public enum Limits {
     // MARK: participant
     /// Branches (open or in doubt) one participant holds at once; past this work answers 503.
     public static let branchesMax = 10_000
-    /// An unprepared branch with no prepare this long after its last work is aborted locally
-    /// (it never voted, so deciding alone is safe).
-    public static let branchIdleTimeoutMs: Int64 = 30_000
+    /// An unprepared branch is aborted locally this long after its transaction's timeout (it
+    /// never voted, so deciding alone is safe; by then the coordinator has aborted it too).
+    public static let branchExpiryMarginMs: Int64 = 1_000
     /// A prepared branch asks the coordinator for the outcome after this long without one,
     /// then keeps asking with backoff up to `retryDelayMsMax`.
     public static let inquiryDelayMs: Int64 = 1_000

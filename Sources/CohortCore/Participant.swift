@@ -13,7 +13,7 @@ public struct Participant {
         public var name: String
         public var inquiryDelayMs = Limits.inquiryDelayMs
         public var retryDelayMsMax = Limits.retryDelayMsMax
-        public var branchIdleTimeoutMs = Limits.branchIdleTimeoutMs
+        public var branchExpiryMarginMs = Limits.branchExpiryMarginMs
         public var branchesMax = Limits.branchesMax
         public var finishedBranchesKept = Limits.finishedBranchesKept
         public var seed: UInt64 = 1
@@ -31,6 +31,9 @@ public struct Participant {
         /// The forced record the state machine asked for is durable; `lsn` is its position.
         case preparedDurable(String)
         case commitDurable(String, lsn: UInt64)
+        /// The forced record asked for could not be appended (log back-pressure): nothing was
+        /// written. A prepare then votes no; a commit is answered 503 and will be retried.
+        case recordRefused(String, reason: String)
         case inquiryAnswered(String, InquiryAnswer)
         case inquiryFailed(String, error: String)
         case timerFired(Timer)
@@ -233,7 +236,7 @@ public struct Participant {
             guard branches[txid] == nil, finishedOutcomes[txid] == nil else { return [] }
             branches[txid] = Branch(txid: txid, state: .active, coordinatorURL: url)
             // Outlive the coordinator's own timeout, so normally the coordinator aborts first.
-            let expiry = max(timeoutMs, 0) + config.branchIdleTimeoutMs
+            let expiry = max(timeoutMs, 0) + config.branchExpiryMarginMs
             return [.setTimer(.branchExpiry(txid), afterMs: expiry)]
         case .prepare(let request, let txid, let onePhase, let vote):
             return prepare(request, txid, onePhase: onePhase, vote: vote)
@@ -247,6 +250,8 @@ public struct Participant {
             return commitDurable(txid, lsn: lsn)
         case .inquiryAnswered(let txid, let answer):
             return inquiryAnswered(txid, answer)
+        case .recordRefused(let txid, let reason):
+            return recordRefused(txid, reason)
         case .inquiryFailed(let txid, let error):
             guard var b = branches[txid], b.state == .prepared else { return [] }
             b.lastInquiryError = error
@@ -393,6 +398,28 @@ public struct Participant {
             return [.reply(request, .error(RequestError(409, "branch \(txid) already committed")))]
         case .aborted, .readOnly:
             return [.reply(request, .aborted)]
+        }
+    }
+
+    private mutating func recordRefused(_ txid: String, _ reason: String) -> [Action] {
+        guard var b = branches[txid] else { return [] }
+        let waiting = b.waiting
+        b.waiting = []
+        switch b.state {
+        case .preparing, .committing where b.onePhase:
+            // No prepared (or one-phase commit) record exists: the branch never voted yes.
+            let why = "cannot log the prepared record: \(reason)"
+            return finish(txid, .aborted) + [.release(txid)]
+                + waiting.map { .reply($0, b.onePhase ? .outcome(.aborted, reason: why) : .vote(.no(reason: why))) }
+        case .committing:
+            // The outcome is still commit; the coordinator retries and we log it then.
+            b.state = .prepared
+            branches[txid] = b
+            return waiting.map { .reply($0, .error(RequestError(503, "cannot log the commit record now: \(reason); retry"))) }
+                + [.setTimer(.inquire(txid), afterMs: config.inquiryDelayMs)]
+        default:
+            branches[txid] = b
+            return []
         }
     }
 

@@ -12,9 +12,15 @@ public enum Outcome: String, Codable, Sendable {
 public struct ParticipantRef: Hashable, Codable, Sendable {
     public let name: String
     public let url: String
-    public init(name: String, url: String) {
+    /// Chosen when the participant's data directory was created. The coordinator sends it
+    /// with every message so a participant whose data was lost (a new incarnation) refuses a
+    /// commit it cannot honour instead of acknowledging it. Optional for participants that do
+    /// not implement it.
+    public let incarnation: String?
+    public init(name: String, url: String, incarnation: String? = nil) {
         self.name = name
         self.url = url
+        self.incarnation = incarnation
     }
 }
 

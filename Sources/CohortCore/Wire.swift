@@ -48,9 +48,11 @@ public struct OutcomeResponse: Codable, Sendable {
 public struct RegisterRequest: Codable, Sendable {
     public let participant: String
     public let url: String
-    public init(participant: String, url: String) {
+    public let incarnation: String?
+    public init(participant: String, url: String, incarnation: String? = nil) {
         self.participant = participant
         self.url = url
+        self.incarnation = incarnation
     }
 }
 
@@ -81,13 +83,16 @@ public struct PrepareRequest: Codable, Sendable {
     public let txid: String
     public let onePhase: Bool?
     public let participants: [ParticipantRef]?
-    public init(txid: String, onePhase: Bool?, participants: [ParticipantRef]?) {
+    /// The incarnation the coordinator knows this participant by (see `ParticipantRef`).
+    public let incarnation: String?
+    public init(txid: String, onePhase: Bool?, participants: [ParticipantRef]?, incarnation: String? = nil) {
         self.txid = txid
         self.onePhase = onePhase
         self.participants = participants
+        self.incarnation = incarnation
     }
     enum CodingKeys: String, CodingKey {
-        case txid, participants
+        case txid, participants, incarnation
         case onePhase = "one_phase"
     }
 }
@@ -110,7 +115,11 @@ public struct PrepareResponse: Codable, Sendable {
 /// Body of a second-phase message (commit, abort).
 public struct PhaseRequest: Codable, Sendable {
     public let txid: String
-    public init(txid: String) { self.txid = txid }
+    public let incarnation: String?
+    public init(txid: String, incarnation: String? = nil) {
+        self.txid = txid
+        self.incarnation = incarnation
+    }
 }
 
 public struct PhaseResponse: Codable, Sendable {

@@ -97,8 +97,14 @@ public enum JSONBody {
         }
     }
 
+    private static func encoder() -> JSONEncoder {
+        let e = JSONEncoder()
+        e.outputFormatting = [.withoutEscapingSlashes]
+        return e
+    }
+
     public static func encode<T: Encodable>(_ value: T) -> [UInt8] {
-        (try? Array(JSONEncoder().encode(value))) ?? Array("{\"error\":\"encoding failed\"}".utf8)
+        (try? Array(encoder().encode(value))) ?? Array("{\"error\":\"encoding failed\"}".utf8)
     }
 }
 
@@ -156,8 +162,6 @@ public func declareCommonMetrics(_ m: MetricsRegistry, log: DurableLog, messageT
     m.sample("cohort_log_forced_records_total", type: "counter", help: "Records whose durability the process waited for") { Double(log.forcedRecordsTotal) }
     m.sample("cohort_log_syncs_total", type: "counter", help: "fdatasync calls on the log") { Double(log.syncsTotal) }
     m.declare("cohort_messages_sent_total", help: "Protocol messages this process sent, by type", labels: messageTypes.map { "type=\"\($0)\"" })
-    m.declare("cohort_transactions_total", help: "Finished transactions (coordinator) or branches (participant), by outcome",
-              labels: ["outcome=\"committed\"", "outcome=\"aborted\""])
     m.declare("cohort_requests_rejected_total", help: "Requests refused because a limit was reached", labels: [""])
 }
 

@@ -15,6 +15,7 @@ A Cohort participant agent holding an embedded transactional key-value store (SQ
   --host H            address to bind (default 127.0.0.1)
   --advertise URL     address the coordinator calls back (default http://HOST:PORT)
   --token-file F      bearer token for every call in and out (also env COHORT_TOKEN)
+  --checkpoint-after-bytes N   checkpoint the log after N bytes (default 32 MiB)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list, COHORT_FAULT=fsync-fail[:K]
 """
 
@@ -25,7 +26,7 @@ func fail(_ message: String, status: Int32) -> Never {
 
 do {
     let args = try Arguments(Array(CommandLine.arguments.dropFirst()),
-                             valued: ["name", "data", "port", "host", "coordinator", "advertise", "token-file"])
+                             valued: ["name", "data", "port", "host", "coordinator", "advertise", "token-file", "checkpoint-after-bytes"])
     if args.has("help") {
         print(usage)
         exit(0)
@@ -45,6 +46,7 @@ do {
     options.port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
     options.host = args.string("host") ?? "127.0.0.1"
     if let advertise = args.string("advertise") { options.advertiseURL = try normalizedBaseURL(advertise, flag: "advertise") }
+    if let n = try args.int("checkpoint-after-bytes", range: 4096...(1 << 40)) { options.checkpointAfterBytes = n }
     options.token = try loadToken(file: args.string("token-file"))
     // Signals first: threads started later (the log's sync thread) inherit the blocked set.
     let loop = try EventLoop()

@@ -13,6 +13,7 @@ The Cohort coordinator: drives two-phase commit (presumed abort) over participan
   --host H          address to bind (default 127.0.0.1)
   --token-file F    require "Authorization: Bearer <token>" (also env COHORT_TOKEN)
   --no-one-phase    always run both phases, even for a single branch
+  --checkpoint-after-bytes N   checkpoint the log after N bytes (default 32 MiB)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list, COHORT_FAULT=fsync-fail[:K]
 """
 
@@ -22,7 +23,7 @@ func fail(_ message: String, status: Int32) -> Never {
 }
 
 do {
-    let args = try Arguments(Array(CommandLine.arguments.dropFirst()), valued: ["data", "port", "host", "token-file"], booleans: ["help", "no-one-phase"])
+    let args = try Arguments(Array(CommandLine.arguments.dropFirst()), valued: ["data", "port", "host", "token-file", "checkpoint-after-bytes"], booleans: ["help", "no-one-phase"])
     if args.has("help") {
         print(usage)
         exit(0)
@@ -36,6 +37,7 @@ do {
     options.port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
     options.host = args.string("host") ?? "127.0.0.1"
     options.onePhaseCommit = !args.has("no-one-phase")
+    if let n = try args.int("checkpoint-after-bytes", range: 4096...(1 << 40)) { options.checkpointAfterBytes = n }
     options.token = try loadToken(file: args.string("token-file"))
     // Signals first: threads started later (the log's sync thread) inherit the blocked set.
     let loop = try EventLoop()

@@ -242,4 +242,16 @@ final class CoordinatorTests: XCTestCase {
         XCTAssertEqual(TimeFormat.duration(ms: 192_000), "3m12s")
         XCTAssertEqual(TimeFormat.duration(ms: 450), "450ms")
     }
+
+    func testRefusedDecisionRecordAborts() {
+        var c = makeCoordinator()
+        let t = begin(&c, [a, b])
+        _ = c.on(.commit(2, txid: t.description), nowMs: 2)
+        _ = c.on(.voted(t, participant: "a", vote: .yes), nowMs: 3)
+        _ = c.on(.voted(t, participant: "b", vote: .yes), nowMs: 3)
+        let refused = c.on(.decisionRefused(t, reason: "log full"), nowMs: 4)
+        XCTAssertEqual(sends(refused, "abort").sorted(), ["a", "b"])
+        XCTAssertEqual(c.transaction(t)?.outcome, .aborted)
+        XCTAssertEqual(c.on(.decisionDurable(t), nowMs: 5), [], "no late commit after the refusal")
+    }
 }

@@ -7,7 +7,7 @@ final class ParticipantTests: XCTestCase {
     func joined(_ txid: String = "t1") -> Participant {
         var p = Participant(config: Participant.Config(name: "p"))
         let a = p.on(.joined(txid, coordinatorURL: "http://c", timeoutMs: 1000))
-        XCTAssertEqual(a, [.setTimer(.branchExpiry(txid), afterMs: 1000 + Limits.branchIdleTimeoutMs)])
+        XCTAssertEqual(a, [.setTimer(.branchExpiry(txid), afterMs: 1000 + Limits.branchExpiryMarginMs)])
         return p
     }
 
@@ -169,4 +169,22 @@ final class ParticipantTests: XCTestCase {
         var fresh = Participant(config: .init(name: "x"))
         XCTAssertThrowsError(try fresh.recover(snapshot: nil, records: [(1, 77, [0, 0, 0, 0])]))
     }
+
+    func testRefusedRecordsNeverVoteYesOrAcknowledge() {
+        var p = joined()
+        _ = p.on(.prepare(1, txid: "t1", onePhase: false, vote: .yes(writeSet: ws)))
+        let no = p.on(.recordRefused("t1", reason: "log full"))
+        XCTAssertTrue(no.contains(.reply(1, .vote(.no(reason: "cannot log the prepared record: log full")))))
+        XCTAssertTrue(no.contains(.release("t1")))
+        var q = joined("t2")
+        _ = q.on(.prepare(1, txid: "t2", onePhase: false, vote: .yes(writeSet: ws)))
+        _ = q.on(.preparedDurable("t2"))
+        _ = q.on(.commit(2, txid: "t2"))
+        let busy = q.on(.recordRefused("t2", reason: "log full"))
+        XCTAssertEqual(busy.first, .reply(2, .error(RequestError(503, "cannot log the commit record now: log full; retry"))))
+        XCTAssertEqual(q.state(of: "t2"), .prepared, "still in doubt, never acknowledged")
+        XCTAssertEqual(logsOf(q.on(.commit(3, txid: "t2"))), [.committed("t2")], "a retried commit logs again")
+    }
+
+    func logsOf(_ actions: [Participant.Action]) -> [Participant.Record] { logs(actions).map { $0.0 } }
 }
