@@ -47,7 +47,7 @@ public final class Cluster: @unchecked Sendable {
         if let d = options.dataDirectory {
             dataDirectory = d
         } else {
-            dataDirectory = NSTemporaryDirectory() + "/cohort-cluster-\(UUID().uuidString.prefix(8).lowercased())"
+            dataDirectory = tempPath("cohort-cluster-\(UUID().uuidString.prefix(8).lowercased())")
         }
         logDirectory = dataDirectory + "/logs"
         try FileManager.default.createDirectory(atPath: logDirectory, withIntermediateDirectories: true)

@@ -196,7 +196,7 @@ public final class ManagedProcess: @unchecked Sendable {
 /// Runs a program to completion (e.g. `cohortd --help`, `COHORT_CRASHPOINT=list`), capturing output.
 public func runToCompletion(_ executable: URL, _ arguments: [String], environment: [String: String] = [:],
                             timeoutMs: Int = 20_000) throws -> (status: Int32, stdout: String, stderr: String) {
-    let dir = NSTemporaryDirectory() + "/cohort-run-\(UUID().uuidString.prefix(8))"
+    let dir = tempPath("cohort-run-\(UUID().uuidString.prefix(8))")
     defer { try? FileManager.default.removeItem(atPath: dir) }
     let p = ManagedProcess(name: executable.lastPathComponent, executable: executable, arguments: arguments,
                            environment: environment, logDirectory: dir)
@@ -206,4 +206,9 @@ public func runToCompletion(_ executable: URL, _ arguments: [String], environmen
         throw ManagedProcessError("\(executable.lastPathComponent) did not exit within \(timeoutMs) ms")
     }
     return (status, p.stdoutText(), p.stderrText())
+}
+
+/// A path in the temporary directory.
+public func tempPath(_ name: String) -> String {
+    URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent(name).path
 }

@@ -70,7 +70,7 @@ final class BadInputTests: XCTestCase {
 
     func testBadCommandLinesExit2WithAnErrorLine() throws {
         let bin = try binDirectory()
-        let dir = NSTemporaryDirectory() + "/cohort-badcli-\(UUID().uuidString.prefix(8))"
+        let dir = tempPath("cohort-badcli-\(UUID().uuidString.prefix(8))")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let cases: [(String, [String])] = [
             ("cohortd", ["--bogus"]),
