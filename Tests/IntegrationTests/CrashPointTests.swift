@@ -41,7 +41,10 @@ final class CrashPointTests: XCTestCase {
         var reached: [String] = []
         var notReached: [String] = []
         for point in points {
-            if try crashAndRecover(point: point, target: target) { reached.append(point) } else { notReached.append(point) }
+            let t0 = Date()
+            let hit = try crashAndRecover(point: point, target: target)
+            if hit { reached.append(point) } else { notReached.append(point) }
+            print("  \(point): \(hit ? "reached" : "not reached"), recovered in a run of " + String(format: "%.1f s", Date().timeIntervalSince(t0)))
         }
         print("crash points reached on \(target): \(reached.count)/\(points.count): \(reached.joined(separator: " "))")
         if !notReached.isEmpty { print("crash points NOT reached on \(target): \(notReached.joined(separator: " "))") }
