@@ -37,6 +37,10 @@ final class BadInputTests: XCTestCase {
             assertError(api, "GET", c + "/v1/transactions?state=bogus", status: 400)
             assertError(api, "GET", c + "/nowhere", status: 404)
             assertError(api, "GET", c + "/v1/nowhere/at/all/really", status: 404)
+            assertError(api, "GET", c + "/v1/nowhere", status: 404)
+            assertError(api, "GET", c + "/healthz/x", status: 404)
+            assertError(api, "GET", c + "/v1/transactions/0000abcd-1-1/bogus", status: 404)
+            assertError(api, "DELETE", c + "/v1/transactions", status: 405)
 
             assertError(api, "POST", a + "/v1/work", body: Array("garbage".utf8), status: 400)
             assertError(api, "POST", a + "/v1/work", body: Array(#"{"txid": 5, "ops": "add"}"#.utf8), status: 400)
