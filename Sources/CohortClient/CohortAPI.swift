@@ -204,7 +204,7 @@ public final class CohortAPI {
 
     /// The last committed value of `key`; nil when absent.
     public func kv(_ agentURL: String, _ key: String) throws -> StoreValue? {
-        let r = try raw("GET", agentURL + "/v1/kv/\(key)")
+        let r = try raw("GET", agentURL + "/v1/kv/\(CohortAPI.percentEncoded(key))")
         if r.status == 404 { return nil }
         guard r.status == 200 else { throw CohortAPI.error(r) }
         do { return try JSONDecoder().decode(StoreItem.self, from: Data(r.body)).value } catch {
@@ -213,8 +213,7 @@ public final class CohortAPI {
     }
 
     public func kvScan(_ agentURL: String, prefix: String) throws -> [StoreItem] {
-        let p = prefix.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? prefix
-        return try call("GET", agentURL + "/v1/kv?prefix=\(p)", as: StoreItemList.self).items
+        try call("GET", agentURL + "/v1/kv?prefix=\(CohortAPI.percentEncoded(prefix))", as: StoreItemList.self).items
     }
 
     public func branches(_ agentURL: String, state: String? = nil) throws -> [BranchSummary] {
@@ -223,6 +222,13 @@ public final class CohortAPI {
     }
 
     public func inDoubtBranches(_ agentURL: String) throws -> [BranchSummary] { try branches(agentURL, state: "in-doubt") }
+
+    /// Percent-encodes everything but unreserved characters (for a path segment or query value).
+    public static func percentEncoded(_ text: String) -> String {
+        var allowed = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+        allowed.insert(charactersIn: "-._~")
+        return text.addingPercentEncoding(withAllowedCharacters: allowed) ?? text
+    }
 
     // MARK: - metrics
 

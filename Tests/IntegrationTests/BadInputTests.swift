@@ -63,11 +63,13 @@ final class BadInputTests: XCTestCase {
         XCTAssertTrue(fresh.healthy(c))
         XCTAssertTrue(fresh.healthy(a))
         let txid = try fresh.begin()
-        _ = try fresh.agentWork(a, txid, [.set("k", .string("v"))])
+        _ = try fresh.agentWork(a, txid, [.set("k", .string("v")), .set("odd key/with%chars", 3)])
         _ = try fresh.agentWork(cluster.url("b"), txid, [.add("n", 1)])
         XCTAssertEqual(try fresh.commit(txid).outcome, "committed")
         // The commit answer means the decision is durable; the agent applies it just after.
         XCTAssertTrue(try eventually { try fresh.kv(a, "k") == .string("v") }, "committed value never visible")
+        XCTAssertEqual(try fresh.kv(a, "odd key/with%chars"), .int(3))
+        XCTAssertEqual(try fresh.kvScan(a, prefix: "odd key/").map(\.key), ["odd key/with%chars"])
         XCTAssertTrue(cluster.coordinator.isRunning)
         XCTAssertTrue(cluster.process("a")!.isRunning)
     }
