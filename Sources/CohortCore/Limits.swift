@@ -61,6 +61,8 @@ public enum Limits {
     /// Outcomes an operator forced, remembered (durably) so participants asking later hear them.
     public static let operatorOutcomesKept = 100_000
     public static let reasonBytesMax = 1024
+    /// Tries a participant makes to tell the coordinator about a heuristic-mixed outcome.
+    public static let heuristicReportAttemptsMax = 5
     /// Finished transactions remembered for `GET /v1/transactions/{txid}` and listing.
     public static let finishedTransactionsKept = 10_000
     /// Timeline events kept per transaction.

@@ -349,3 +349,40 @@ public struct HeuristicResponse: Codable, Sendable {
         self.mixed = mixed
     }
 }
+
+/// `GET /v1/branches/{txid}` at a participant.
+public struct BranchDetail: Codable, Sendable {
+    public struct Decision: Codable, Sendable {
+        public let outcome: String
+        public let reason: String
+        public let `operator`: String
+        public let at: String
+        public init(outcome: String, reason: String, operator: String, at: String) {
+            self.outcome = outcome
+            self.reason = reason
+            self.operator = `operator`
+            self.at = at
+        }
+    }
+    public let txid: String
+    public let state: String
+    public let coordinator: String?
+    public let writeSetBytes: Int?
+    public let inquiries: Int?
+    public let lastInquiryError: String?
+    public let heuristic: Decision?
+    enum CodingKeys: String, CodingKey {
+        case txid, state, coordinator, inquiries, heuristic
+        case writeSetBytes = "write_set_bytes"
+        case lastInquiryError = "last_inquiry_error"
+    }
+    public init(txid: String, state: String, coordinator: String?, writeSetBytes: Int?, inquiries: Int?, lastInquiryError: String?, heuristic: Decision?) {
+        self.txid = txid
+        self.state = state
+        self.coordinator = coordinator
+        self.writeSetBytes = writeSetBytes
+        self.inquiries = inquiries
+        self.lastInquiryError = lastInquiryError
+        self.heuristic = heuristic
+    }
+}
