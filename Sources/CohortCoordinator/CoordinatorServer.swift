@@ -60,6 +60,12 @@ public final class CoordinatorServer {
     public let coordinatorID: String
     public private(set) var recoveryNote: String?
     private var stopping = false
+    private var commitStartedUs: [RequestID: Int64] = [:]
+    private var commitLatency = LatencyWindow()
+    private var committedRate = RateWindow()
+    private var abortedRate = RateWindow()
+    private var lastStats = Coordinator.Stats()
+    private let startedAtMs = SystemClock.monotonicMs()
     private let checkpointAfterBytes: Int
 
     public var port: Int { server.port }
@@ -137,7 +143,12 @@ public final class CoordinatorServer {
     // MARK: - events in
 
     private func feed(_ event: Coordinator.Event) {
-        execute(machine.on(event, nowMs: SystemClock.wallMs()))
+        let now = SystemClock.wallMs()
+        execute(machine.on(event, nowMs: now))
+        let stats = machine.stats
+        if stats.committed != lastStats.committed { committedRate.add(atMs: now, stats.committed - lastStats.committed) }
+        if stats.aborted != lastStats.aborted { abortedRate.add(atMs: now, stats.aborted - lastStats.aborted) }
+        lastStats = stats
     }
 
     private func durable(upTo lsn: UInt64) {
@@ -172,6 +183,9 @@ public final class CoordinatorServer {
             case .reply(let id, let reply):
                 let wasCommit: Bool
                 if case .outcome(_, .committed, _) = reply { wasCommit = true } else { wasCommit = false }
+                if let started = commitStartedUs.removeValue(forKey: id) {
+                    commitLatency.add(Double(SystemClock.monotonicNs() / 1000 - UInt64(started)) / 1000)
+                }
                 requests.take(id)?.send(response(for: reply))
                 if wasCommit { CrashPoints.hit("coordinator.after-commit-replied") }
             case .send(let txid, let to, let message):
@@ -341,7 +355,11 @@ public final class CoordinatorServer {
             }
             responder.send(.jsonBytes(200, JSONBody.encode(tx.view())))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "commit":
-            feed(.commit(requests.add(responder), txid: parts[2]))
+            let id = requests.add(responder)
+            commitStartedUs[id] = Int64(SystemClock.monotonicNs() / 1000)
+            feed(.commit(id, txid: parts[2]))
+        case ("GET", 2) where parts == ["v1", "stats"]:
+            responder.send(.jsonBytes(200, JSONBody.encode(stats())))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "abort":
             feed(.abort(requests.add(responder), txid: parts[2]))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "branches":
@@ -378,6 +396,23 @@ public final class CoordinatorServer {
                 reject(404, "no route for \(method) \(request.path)")
             }
         }
+    }
+
+    private func stats() -> StatsResponse {
+        var byState: [String: Int] = [:]
+        for tx in machine.allTransactions() {
+            byState[tx.state.rawValue, default: 0] += 1
+            if tx.parked && !tx.state.isFinished { byState["parked", default: 0] += 1 }
+        }
+        let p = commitLatency.percentiles()
+        let now = SystemClock.wallMs()
+        return StatsResponse(
+            byState: byState,
+            totals: ["committed": machine.stats.committed, "aborted": machine.stats.aborted],
+            ratesPerS: ["committed": committedRate.rate(nowMs: now), "aborted": abortedRate.rate(nowMs: now)],
+            open: machine.unfinishedCount, parked: machine.parkedCount,
+            commitLatency: StatsResponse.Latency(samples: commitLatency.count, p50Ms: p.p50, p95Ms: p.p95, p99Ms: p.p99, maxMs: p.max),
+            uptimeS: (SystemClock.monotonicMs() - startedAtMs) / 1000)
     }
 
     private func validate(_ begin: BeginRequest) -> RequestError? {

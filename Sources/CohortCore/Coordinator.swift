@@ -219,6 +219,7 @@ public struct Coordinator {
     public struct Stats: Sendable {
         public var committed: UInt64 = 0
         public var aborted: UInt64 = 0
+        public init() {}
     }
 
     public let config: Config

@@ -386,3 +386,55 @@ public struct BranchDetail: Codable, Sendable {
         self.heuristic = heuristic
     }
 }
+
+/// `GET /v1/stats` at the coordinator.
+public struct StatsResponse: Codable, Sendable {
+    public struct Latency: Codable, Sendable {
+        public let samples: Int
+        public let p50Ms: Double
+        public let p95Ms: Double
+        public let p99Ms: Double
+        public let maxMs: Double
+        enum CodingKeys: String, CodingKey {
+            case samples
+            case p50Ms = "p50_ms"
+            case p95Ms = "p95_ms"
+            case p99Ms = "p99_ms"
+            case maxMs = "max_ms"
+        }
+        public init(samples: Int, p50Ms: Double, p95Ms: Double, p99Ms: Double, maxMs: Double) {
+            self.samples = samples
+            self.p50Ms = p50Ms
+            self.p95Ms = p95Ms
+            self.p99Ms = p99Ms
+            self.maxMs = maxMs
+        }
+    }
+    /// Transactions held in memory (open, and recently finished), by state.
+    public let byState: [String: Int]
+    /// Decided since this coordinator started, by outcome.
+    public let totals: [String: UInt64]
+    /// Decisions per second over the last minute, by outcome.
+    public let ratesPerS: [String: Double]
+    public let open: Int
+    public let parked: Int
+    /// Commit requests: from the request to the answer.
+    public let commitLatency: Latency
+    public let uptimeS: Int64
+    enum CodingKeys: String, CodingKey {
+        case totals, open, parked
+        case byState = "by_state"
+        case ratesPerS = "rates_per_s"
+        case commitLatency = "commit_latency"
+        case uptimeS = "uptime_s"
+    }
+    public init(byState: [String: Int], totals: [String: UInt64], ratesPerS: [String: Double], open: Int, parked: Int, commitLatency: Latency, uptimeS: Int64) {
+        self.byState = byState
+        self.totals = totals
+        self.ratesPerS = ratesPerS
+        self.open = open
+        self.parked = parked
+        self.commitLatency = commitLatency
+        self.uptimeS = uptimeS
+    }
+}
