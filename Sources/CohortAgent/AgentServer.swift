@@ -48,12 +48,13 @@ public final class AgentServer {
         "agent.after-inquiry-send",
     ]
 
-    static let messageTypes = ["register", "vote", "ack", "inquiry"]
+    static let messageTypes = ["register", "vote", "ack", "inquiry", "heuristic"]
 
     /// What a forced record, once durable, lets the state machine do.
     private enum Pending {
         case prepared(String)
         case committed(String)
+        case heuristic(String)
     }
 
     public let loop: EventLoop
@@ -137,6 +138,7 @@ public final class AgentServer {
         metrics.declare("cohort_transactions_total", help: "Finished branches, by outcome (a read-only branch counts as committed)",
                         labels: ["outcome=\"committed\"", "outcome=\"aborted\""])
         metrics.sample("cohort_in_doubt", help: "Branches that voted yes and have no outcome yet") { [unowned self] in Double(self.machine.inDoubtCount) }
+        metrics.sample("cohort_heuristic_mixed", help: "Branches whose operator-forced outcome differs from the coordinator's decision") { [unowned self] in Double(self.machine.heuristicMixed.count) }
         metrics.sample("cohort_branches_open", help: "Branches staged, preparing or in doubt") { [unowned self] in Double(self.machine.branches.count) }
         metrics.sample("cohort_lock_waits", help: "Lock requests waiting") { [unowned self] in Double(self.resource.lockWaitCount) }
 
@@ -193,6 +195,8 @@ public final class AgentServer {
             case .committed(let txid):
                 CrashPoints.hit("agent.after-commit-logged")
                 actions += machine.on(.commitDurable(txid, lsn: recordLSN))
+            case .heuristic(let txid):
+                actions += machine.on(.heuristicDurable(txid, lsn: recordLSN))
             }
         }
         // One store transaction for every commit this sync made durable.
@@ -240,6 +244,8 @@ public final class AgentServer {
                 do { try resource.restoreInDoubt(txid: txid, writeSet: writeSet) } catch { onFatal("cannot restore locks of \(txid): \(error)") }
             case .inquire(let txid, let url):
                 inquire(txid, url)
+            case .reportHeuristic(let txid, let url, let outcome):
+                reportHeuristic(txid, url, outcome, attempt: 1)
             case .setTimer(let timer, let afterMs):
                 timers.set(timer, afterMs: afterMs) { [unowned self] in self.feed(.timerFired($0)) }
             case .cancelTimer(let timer):
@@ -256,6 +262,7 @@ public final class AgentServer {
         case .prepared: CrashPoints.hit("agent.before-prepared-logged")
         case .committed, .committedOnePhase: CrashPoints.hit("agent.before-commit-logged")
         case .aborted: CrashPoints.hit("agent.before-abort-logged")
+        case .heuristic, .heuristicResolved: break
         }
         let lsn: UInt64
         do {
@@ -264,9 +271,11 @@ public final class AgentServer {
             switch record {
             case .prepared(let txid, _, _), .committed(let txid), .committedOnePhase(let txid, _):
                 feed(.recordRefused(txid, reason: "\(full)"))
-            case .aborted:
-                // Without it the branch looks in doubt after a restart and asks; it is told
-                // "aborted" then. Safe to skip.
+            case .heuristic(let txid, _, _, _, _):
+                feed(.recordRefused(txid, reason: "\(full)"))
+            case .aborted, .heuristicResolved:
+                // Without it the branch is asked about again after a restart; the coordinator
+                // answers the same. Safe to skip.
                 break
             }
             return
@@ -280,8 +289,13 @@ public final class AgentServer {
         case .committed(let txid), .committedOnePhase(let txid, _):
             machine.noteCommitAppended(txid, lsn: lsn)
             pending.append(lsn: lsn, .committed(txid))
+        case .heuristic(let txid, _, _, _, _):
+            machine.noteCommitAppended(txid, lsn: lsn)
+            pending.append(lsn: lsn, .heuristic(txid))
         case .aborted:
             CrashPoints.hit("agent.after-abort-logged")
+        case .heuristicResolved:
+            break
         }
     }
 
@@ -303,6 +317,10 @@ public final class AgentServer {
         case .outcome(let outcome, let reason):
             responder.send(.jsonBytes(200, JSONBody.encode(PrepareResponse(txid: pendingTxid(id), vote: nil, outcome: outcome.rawValue, reason: reason))))
             metrics.add("cohort_messages_sent_total", labels: "type=\"\(outcome == .committed ? "ack" : "vote")\"")
+        case .heuristicAborted:
+            responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: pendingTxid(id), status: "heuristic-aborted"))))
+        case .forced(let outcome, let dryRun, let effects):
+            responder.send(.jsonBytes(200, JSONBody.encode(ForceResponse(txid: pendingTxid(id), outcome: outcome.rawValue, dryRun: dryRun, effects: effects))))
         case .error(let e):
             responder.send(.requestError(e))
         }
@@ -338,6 +356,19 @@ public final class AgentServer {
             }
         }
         CrashPoints.hit("agent.after-inquiry-send")
+    }
+
+    /// Tells the coordinator that an operator's outcome here differs from its decision, so it
+    /// reports the transaction heuristic-mixed too. A few tries; the branch's own record and
+    /// `GET /v1/branches?state=heuristic-mixed` keep the fact either way.
+    private func reportHeuristic(_ txid: String, _ url: String, _ outcome: Outcome, attempt: Int) {
+        metrics.add("cohort_messages_sent_total", labels: "type=\"heuristic\"")
+        let body = JSONBody.encode(HeuristicReport(participant: options.name, outcome: outcome.rawValue))
+        client.send(HTTPClientRequest(method: "POST", url: "\(url)/v1/transactions/\(txid)/heuristic", body: body)) { [unowned self] result in
+            if case .success(let r) = result, r.status == 200 || r.status == 400 { return }
+            guard attempt < Limits.heuristicReportAttemptsMax else { return }
+            self.loop.schedule(afterMs: Limits.retryDelayMsMax) { self.reportHeuristic(txid, url, outcome, attempt: attempt + 1) }
+        }
     }
 
     // MARK: - work
@@ -449,6 +480,16 @@ public final class AgentServer {
             }
         case ("GET", 2) where parts == ["v1", "branches"]:
             branches(request, responder)
+        case ("GET", 3) where parts[0] == "v1" && parts[1] == "branches":
+            branchDetail(parts[2], responder)
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "branches" && parts[3] == "force":
+            switch JSONBody.decode(ForceBody.self, from: request.body) {
+            case .failure(let e): responder.send(.requestError(e))
+            case .success(let f):
+                guard let outcome = Outcome(rawValue: f.outcome) else { return responder.send(.error(400, "outcome must be committed or aborted")) }
+                feed(.force(track(responder, parts[2]), txid: parts[2], outcome: outcome, reason: f.reason,
+                            operatorName: f.operator ?? "unknown", dryRun: f.dryRun ?? false, atMs: SystemClock.wallMs()))
+            }
         case ("POST", 3) where parts[0] == "v1" && parts[1] == "2pc":
             protocolMessage(parts[2], request, responder)
         default:
@@ -491,11 +532,35 @@ public final class AgentServer {
         return RequestError(409, "participant \(options.name) has incarnation \(incarnation), not \(claimed): its data directory was replaced; the branch cannot be honoured here")
     }
 
+    private func branchDetail(_ txid: String, _ responder: HTTPResponder) {
+        func decision(_ h: Participant.HeuristicDecision) -> BranchDetail.Decision {
+            BranchDetail.Decision(outcome: h.outcome.rawValue, reason: h.reason, operator: h.operatorName, at: TimeFormat.iso8601(ms: h.atMs))
+        }
+        if let b = machine.branches[txid] {
+            return responder.send(.jsonBytes(200, JSONBody.encode(BranchDetail(
+                txid: txid, state: b.state.rawValue, coordinator: b.coordinatorURL, writeSetBytes: b.writeSet.count,
+                inquiries: b.inquiries, lastInquiryError: b.lastInquiryError, heuristic: b.heuristic.map(decision)))))
+        }
+        if let h = machine.heuristicMixed[txid] {
+            return responder.send(.jsonBytes(200, JSONBody.encode(BranchDetail(
+                txid: txid, state: "heuristic-mixed", coordinator: nil, writeSetBytes: nil, inquiries: nil, lastInquiryError: nil, heuristic: decision(h)))))
+        }
+        if let state = machine.state(of: txid) {
+            return responder.send(.jsonBytes(200, JSONBody.encode(BranchDetail(
+                txid: txid, state: state.rawValue, coordinator: nil, writeSetBytes: nil, inquiries: nil, lastInquiryError: nil, heuristic: nil))))
+        }
+        responder.send(.error(404, "no branch \(txid.prefix(80)) at participant \(options.name)"))
+    }
+
     private func branches(_ request: HTTPRequest, _ responder: HTTPResponder) {
         let filter = request.query["state"]
-        let states = ["active", "preparing", "prepared", "committing", "in-doubt"]
+        let states = ["active", "preparing", "prepared", "committing", "forcing", "heuristic-committed", "heuristic-aborted", "heuristic-mixed", "in-doubt"]
         if let filter, !states.contains(filter) {
             return responder.send(.error(400, "state must be one of \(states.joined(separator: ", "))"))
+        }
+        if filter == "heuristic-mixed" {
+            let mixed = machine.heuristicMixed.keys.sorted().map { BranchSummary(txid: $0, state: "heuristic-mixed", coordinator: nil) }
+            return responder.send(.jsonBytes(200, JSONBody.encode(BranchList(branches: mixed))))
         }
         let selected = machine.branches.values.filter { b in
             switch filter {

@@ -47,13 +47,25 @@ public final class CoordinatorServer {
     private let client: HTTPClient
     private let requests = PendingRequests()
     private var timers: TimerTable<Coordinator.Timer>!
-    private var decisions = DurabilityQueue<TxID>()
+    /// What a forced record, once durable, lets the state machine do.
+    private enum Pending {
+        case decision(TxID)
+        case audit(TxID)
+        case heuristic(TxID, participant: String)
+    }
+    private var pending = DurabilityQueue<Pending>()
     private let metrics = MetricsRegistry()
     private let onFatal: (String) -> Void
     private var recoveryActions: [Coordinator.Action] = []
     public let coordinatorID: String
     public private(set) var recoveryNote: String?
     private var stopping = false
+    private var commitStartedUs: [RequestID: Int64] = [:]
+    private var commitLatency = LatencyWindow()
+    private var committedRate = RateWindow()
+    private var abortedRate = RateWindow()
+    private var lastStats = Coordinator.Stats()
+    private let startedAtMs = SystemClock.monotonicMs()
     private let checkpointAfterBytes: Int
 
     public var port: Int { server.port }
@@ -91,6 +103,7 @@ public final class CoordinatorServer {
         metrics.sample("cohort_transactions_total", type: "counter", help: "Transactions decided, by outcome", labels: "outcome=\"committed\"") { [unowned self] in Double(self.machine.stats.committed) }
         metrics.sample("cohort_transactions_total", type: "counter", help: "Transactions decided, by outcome", labels: "outcome=\"aborted\"") { [unowned self] in Double(self.machine.stats.aborted) }
         metrics.sample("cohort_in_doubt", help: "Unfinished transactions at this coordinator") { [unowned self] in Double(self.machine.unfinishedCount) }
+        metrics.sample("cohort_parked", help: "Transactions past their retry budget (still retried, slowly)") { [unowned self] in Double(self.machine.parkedCount) }
         metrics.sample("cohort_open_transactions", help: "Transactions begun and not finished") { [unowned self] in Double(self.machine.unfinishedCount) }
         var serverConfig = HTTPServerConfig()
         serverConfig.bearerToken = options.token
@@ -130,13 +143,25 @@ public final class CoordinatorServer {
     // MARK: - events in
 
     private func feed(_ event: Coordinator.Event) {
-        execute(machine.on(event, nowMs: SystemClock.wallMs()))
+        let now = SystemClock.wallMs()
+        execute(machine.on(event, nowMs: now))
+        let stats = machine.stats
+        if stats.committed != lastStats.committed { committedRate.add(atMs: now, stats.committed - lastStats.committed) }
+        if stats.aborted != lastStats.aborted { abortedRate.add(atMs: now, stats.aborted - lastStats.aborted) }
+        lastStats = stats
     }
 
     private func durable(upTo lsn: UInt64) {
-        for (_, txid) in decisions.popDurable(upTo: lsn) {
-            CrashPoints.hit("coordinator.after-decision-logged")
-            feed(.decisionDurable(txid))
+        for (_, item) in pending.popDurable(upTo: lsn) {
+            switch item {
+            case .decision(let txid):
+                CrashPoints.hit("coordinator.after-decision-logged")
+                feed(.decisionDurable(txid))
+            case .audit(let txid):
+                feed(.auditDurable(txid))
+            case .heuristic(let txid, let participant):
+                feed(.heuristicDurable(txid, participant: participant))
+            }
         }
         maybeCheckpoint()
     }
@@ -158,6 +183,9 @@ public final class CoordinatorServer {
             case .reply(let id, let reply):
                 let wasCommit: Bool
                 if case .outcome(_, .committed, _) = reply { wasCommit = true } else { wasCommit = false }
+                if let started = commitStartedUs.removeValue(forKey: id) {
+                    commitLatency.add(Double(SystemClock.monotonicNs() / 1000 - UInt64(started)) / 1000)
+                }
                 requests.take(id)?.send(response(for: reply))
                 if wasCommit { CrashPoints.hit("coordinator.after-commit-replied") }
             case .send(let txid, let to, let message):
@@ -173,22 +201,27 @@ public final class CoordinatorServer {
     }
 
     private func append(_ record: Coordinator.Record, force: Bool) {
-        let isDecision: Bool
-        if case .commitDecision = record { isDecision = true } else { isDecision = false }
-        CrashPoints.hit(isDecision ? "coordinator.before-decision-logged" : "coordinator.before-end-logged")
+        switch record {
+        case .commitDecision: CrashPoints.hit("coordinator.before-decision-logged")
+        case .end: CrashPoints.hit("coordinator.before-end-logged")
+        case .audit, .heuristic: break
+        }
         let encoded = CoordinatorRecordCoding.encode(record)
         do {
             let lsn = try log.append(type: encoded.type, payload: encoded.payload, force: force)
-            if case .commitDecision(let txid, _, _) = record {
-                decisions.append(lsn: lsn, txid)
-            } else {
-                CrashPoints.hit("coordinator.after-end-logged")
+            switch record {
+            case .commitDecision(let txid, _, _): pending.append(lsn: lsn, .decision(txid))
+            case .end: CrashPoints.hit("coordinator.after-end-logged")
+            case .audit(let txid, _): pending.append(lsn: lsn, .audit(txid))
+            case .heuristic(let txid, let participant, _): pending.append(lsn: lsn, .heuristic(txid, participant: participant))
             }
         } catch let full as LogFullError {
             // Back-pressure, nothing written: abort the undecided transaction; a missing end
             // record only means the commit is re-sent (and acknowledged again) after a restart.
-            if case .commitDecision(let txid, _, _) = record {
-                feed(.decisionRefused(txid, reason: "\(full)"))
+            switch record {
+            case .commitDecision(let txid, _, _): feed(.decisionRefused(txid, reason: "\(full)"))
+            case .end: break
+            case .audit, .heuristic: onFatal("cannot record an operator decision or heuristic report: \(full)")
             }
         } catch {
             // The log has failed: nothing may be acknowledged any more. On restart an
@@ -241,7 +274,14 @@ public final class CoordinatorServer {
         case .abort:
             return // presumed abort: nobody waits for an abort's answer
         case .commit:
-            if let failure { feed(.deliveryFailed(txid, participant: name, error: failure)) } else { feed(.acknowledged(txid, participant: name)) }
+            if let failure {
+                feed(.deliveryFailed(txid, participant: name, error: failure))
+            } else if let answer = try? JSONDecoder().decode(PhaseResponse.self, from: Data(response!.body)), answer.status == "heuristic-aborted" {
+                // An operator aborted this branch at the participant: it cannot commit.
+                feed(.heuristicReported(nil, txid: txid.description, participant: name, outcome: .aborted))
+            } else {
+                feed(.acknowledged(txid, participant: name))
+            }
         case .prepare(let onePhase, _):
             guard let response, failure == nil,
                   let answer = try? JSONDecoder().decode(PrepareResponse.self, from: Data(response.body)) else {
@@ -276,6 +316,12 @@ public final class CoordinatorServer {
             return .jsonBytes(200, JSONBody.encode(OutcomeResponse(txid: txid.description, outcome: outcome.rawValue, reason: reason)))
         case .inquiry(let txid, let answer):
             return .jsonBytes(200, JSONBody.encode(InquiryResponse(txid: txid, outcome: answer.rawValue)))
+        case .forced(let txid, let outcome, let dryRun, let effects):
+            return .jsonBytes(200, JSONBody.encode(ForceResponse(txid: txid.description, outcome: outcome.rawValue, dryRun: dryRun, effects: effects)))
+        case .retried(let txid, let participants):
+            return .jsonBytes(200, JSONBody.encode(RetryResponse(txid: txid.description, participants: participants)))
+        case .heuristicNoted(let txid, let mixed):
+            return .jsonBytes(200, JSONBody.encode(HeuristicResponse(txid: txid, mixed: mixed)))
         case .error(let e):
             if e.status == 503 || e.status == 429 { metrics.add("cohort_requests_rejected_total") }
             return .requestError(e)
@@ -309,7 +355,11 @@ public final class CoordinatorServer {
             }
             responder.send(.jsonBytes(200, JSONBody.encode(tx.view())))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "commit":
-            feed(.commit(requests.add(responder), txid: parts[2]))
+            let id = requests.add(responder)
+            commitStartedUs[id] = Int64(SystemClock.monotonicNs() / 1000)
+            feed(.commit(id, txid: parts[2]))
+        case ("GET", 2) where parts == ["v1", "stats"]:
+            responder.send(.jsonBytes(200, JSONBody.encode(stats())))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "abort":
             feed(.abort(requests.add(responder), txid: parts[2]))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "branches":
@@ -317,6 +367,23 @@ public final class CoordinatorServer {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let r):
                 feed(.register(requests.add(responder), txid: parts[2], participant: ParticipantRef(name: r.participant, url: r.url, incarnation: r.incarnation)))
+            }
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "force":
+            switch JSONBody.decode(ForceBody.self, from: request.body) {
+            case .failure(let e): responder.send(.requestError(e))
+            case .success(let f):
+                guard let outcome = Outcome(rawValue: f.outcome) else { return reject(400, "outcome must be committed or aborted") }
+                feed(.force(requests.add(responder), txid: parts[2],
+                            Coordinator.ForceRequest(outcome: outcome, reason: f.reason, operatorName: f.operator ?? "unknown", dryRun: f.dryRun ?? false)))
+            }
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "retry":
+            feed(.retryNow(requests.add(responder), txid: parts[2]))
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "heuristic":
+            switch JSONBody.decode(HeuristicReport.self, from: request.body) {
+            case .failure(let e): responder.send(.requestError(e))
+            case .success(let h):
+                guard let outcome = Outcome(rawValue: h.outcome) else { return reject(400, "outcome must be committed or aborted") }
+                feed(.heuristicReported(requests.add(responder), txid: parts[2], participant: h.participant, outcome: outcome))
             }
         case ("GET", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "outcome":
             guard TxID(parts[2]) != nil else { return reject(400, "malformed txid \"\(parts[2].prefix(80))\"") }
@@ -333,6 +400,23 @@ public final class CoordinatorServer {
             }
             reject(exists ? 405 : 404, "no route for \(method) \(request.path)")
         }
+    }
+
+    private func stats() -> StatsResponse {
+        var byState: [String: Int] = [:]
+        for tx in machine.allTransactions() {
+            byState[tx.state.rawValue, default: 0] += 1
+            if tx.parked && !tx.state.isFinished { byState["parked", default: 0] += 1 }
+        }
+        let p = commitLatency.percentiles()
+        let now = SystemClock.wallMs()
+        return StatsResponse(
+            byState: byState,
+            totals: ["committed": machine.stats.committed, "aborted": machine.stats.aborted],
+            ratesPerS: ["committed": committedRate.rate(nowMs: now), "aborted": abortedRate.rate(nowMs: now)],
+            open: machine.unfinishedCount, parked: machine.parkedCount,
+            commitLatency: StatsResponse.Latency(samples: commitLatency.count, p50Ms: p.p50, p95Ms: p.p95, p99Ms: p.p99, maxMs: p.max),
+            uptimeS: (SystemClock.monotonicMs() - startedAtMs) / 1000)
     }
 
     private func validate(_ begin: BeginRequest) -> RequestError? {
@@ -353,14 +437,15 @@ public final class CoordinatorServer {
         guard let limit = Int(limitText), limit > 0, limit <= Limits.finishedTransactionsKept + Limits.openTransactionsMax else {
             return responder.send(.error(400, "limit must be a positive integer"))
         }
-        let states = Set(["active", "preparing", "deciding", "committing", "committed", "aborted"])
-        if let filter, !(states.contains(filter) || filter == "unfinished" || filter == "in-doubt") {
-            return responder.send(.error(400, "state must be one of \(states.sorted().joined(separator: ", ")), unfinished, in-doubt"))
+        let states = Set(["active", "preparing", "deciding", "committing", "committed", "aborted", "heuristic-mixed"])
+        if let filter, !(states.contains(filter) || filter == "unfinished" || filter == "in-doubt" || filter == "parked") {
+            return responder.send(.error(400, "state must be one of \(states.sorted().joined(separator: ", ")), unfinished, in-doubt, parked"))
         }
         let selected = machine.allTransactions().lazy.filter { tx in
             switch filter {
             case nil: return true
             case "unfinished"?, "in-doubt"?: return !tx.state.isFinished
+            case "parked"?: return tx.parked && !tx.state.isFinished
             case let s?: return tx.state.rawValue == s
             }
         }.prefix(limit).map { $0.view() }

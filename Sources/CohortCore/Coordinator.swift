@@ -26,6 +26,9 @@ public struct Coordinator {
         /// Commit a transaction with a single branch in one phase (no prepare round, no
         /// coordinator log record): the participant's own commit record is the decision.
         public var onePhaseCommit = true
+        public var retryBudgetAttempts = Limits.retryBudgetAttempts
+        public var retryBudgetMs = Limits.retryBudgetMs
+        public var parkedRetryDelayMs = Limits.parkedRetryDelayMs
         public var seed: UInt64 = 1
 
         public init(coordinatorID: String, epoch: UInt64) {
@@ -56,6 +59,51 @@ public struct Coordinator {
         case timerFired(Timer)
         /// A participant asks for the outcome of a transaction it voted yes on.
         case inquiry(RequestID, txid: String)
+        /// An operator forces an outcome (`txctl commit|abort --force`).
+        case force(RequestID, txid: String, ForceRequest)
+        /// The audit record of a forced decision is durable: carry the decision out.
+        case auditDurable(TxID)
+        /// An operator asks to retry the pending phase now (`txctl retry`).
+        case retryNow(RequestID, txid: String)
+        /// A participant reports that an operator forced its branch's outcome (heuristic);
+        /// no request id when the report came inside another answer (a commit's).
+        case heuristicReported(RequestID?, txid: String, participant: String, outcome: Outcome)
+        /// The heuristic report's record is durable.
+        case heuristicDurable(TxID, participant: String)
+    }
+
+    public struct ForceRequest: Equatable, Sendable {
+        public let outcome: Outcome
+        public let reason: String
+        public let operatorName: String
+        public let dryRun: Bool
+        public init(outcome: Outcome, reason: String, operatorName: String, dryRun: Bool) {
+            self.outcome = outcome
+            self.reason = reason
+            self.operatorName = operatorName
+            self.dryRun = dryRun
+        }
+    }
+
+    /// An operator's decision, written durably before it takes effect.
+    public struct AuditEntry: Equatable, Sendable {
+        public let atMs: Int64
+        public let operatorName: String
+        public let action: String
+        public let reason: String
+        public let detail: String
+        public init(atMs: Int64, operatorName: String, action: String, reason: String, detail: String) {
+            self.atMs = atMs
+            self.operatorName = operatorName
+            self.action = action
+            self.reason = reason
+            self.detail = detail
+        }
+    }
+
+    public struct Attempt: Equatable, Sendable {
+        public let atMs: Int64
+        public let error: String
     }
 
     public enum Timer: Hashable, Sendable {
@@ -68,6 +116,10 @@ public struct Coordinator {
         case registered(TxID, timeoutMs: Int64)
         case outcome(TxID, Outcome, reason: String?)
         case inquiry(String, InquiryAnswer)
+        /// What a forced decision did (or, for a dry run, would do).
+        case forced(TxID, outcome: Outcome, dryRun: Bool, effects: [String])
+        case retried(TxID, participants: [String])
+        case heuristicNoted(String, mixed: Bool)
         case error(RequestError)
     }
 
@@ -76,6 +128,10 @@ public struct Coordinator {
         case commitDecision(TxID, participants: [ParticipantRef], decidedAtMs: Int64)
         /// Unforced: every update branch acknowledged; the transaction can be forgotten.
         case end(TxID)
+        /// Forced: an operator's decision, before it takes effect.
+        case audit(TxID, AuditEntry)
+        /// Forced: a participant reported a heuristic (operator-forced) outcome of its branch.
+        case heuristic(TxID, participant: String, outcome: Outcome)
     }
 
     public enum Action: Equatable {
@@ -97,8 +153,11 @@ public struct Coordinator {
         case committing
         case committed
         case aborted
+        /// Finished, but some branch's operator-forced outcome differs from the decision
+        /// (XA's HEURMIX): data is inconsistent and a person must repair it.
+        case heuristicMixed = "heuristic-mixed"
 
-        public var isFinished: Bool { self == .committed || self == .aborted }
+        public var isFinished: Bool { self == .committed || self == .aborted || self == .heuristicMixed }
     }
 
     public enum BranchState: String, Codable, Sendable {
@@ -110,6 +169,9 @@ public struct Coordinator {
         case commitSent = "commit-sent"
         case committed
         case aborted
+        /// An operator ended the wait for this branch (`txctl commit --force` on a committing
+        /// transaction); the participant still hears "committed" when it asks.
+        case resolvedByOperator = "resolved-by-operator"
     }
 
     public struct Branch: Sendable {
@@ -120,6 +182,10 @@ public struct Coordinator {
         public var attempts = 0
         public var lastError: String?
         public var nextRetryAtMs: Int64?
+        /// Recent failed attempts, oldest first, bounded by `Limits.attemptHistoryKept`.
+        public var history: [Attempt] = []
+        /// The outcome this participant's operator forced, if it reported one.
+        public var heuristic: Outcome?
     }
 
     public struct TimelineEvent: Equatable, Sendable {
@@ -141,6 +207,9 @@ public struct Coordinator {
         public var decidedAtMs: Int64?
         public var finishedAtMs: Int64?
         public var events: [TimelineEvent] = []
+        /// Past its retry budget: still retried, slowly, and listed for operators.
+        public var parked = false
+        public var audit: [AuditEntry] = []
         /// Commit requests waiting for the decision.
         var waiters: [RequestID] = []
 
@@ -150,6 +219,7 @@ public struct Coordinator {
     public struct Stats: Sendable {
         public var committed: UInt64 = 0
         public var aborted: UInt64 = 0
+        public init() {}
     }
 
     public let config: Config
@@ -163,6 +233,18 @@ public struct Coordinator {
     private var finishedOrder: [TxID] = []
     private var finishedOrderHead = 0
     public private(set) var stats = Stats()
+    /// Outcomes forced by operators, kept (and checkpointed) after the transaction is
+    /// forgotten, so a participant that asks later hears the forced outcome, not a presumption.
+    public private(set) var operatorOutcomes: [TxID: Outcome] = [:]
+    private var operatorOutcomeOrder: [TxID] = []
+    private var operatorOutcomeHead = 0
+    /// Forced decisions whose audit record is being written, by transaction.
+    private var pendingForces: [TxID: (request: RequestID, force: ForceRequest, entry: AuditEntry)] = [:]
+    /// Heuristic reports whose record is being written.
+    private var pendingHeuristics: [TxID: [(request: RequestID?, participant: String, outcome: Outcome)]] = [:]
+
+    /// Open transactions past their retry budget.
+    public var parkedCount: Int { open.values.reduce(0) { $0 + ($1.parked ? 1 : 0) } }
 
     public init(config: Config) {
         self.config = config
@@ -179,7 +261,7 @@ public struct Coordinator {
         var maxEpoch: UInt64 = 0
         if let snapshot {
             var r = ByteReader(snapshot)
-            guard try r.u8() == 1 else { throw DecodeError("unknown coordinator snapshot version") }
+            guard try r.u8() == 2 else { throw DecodeError("unknown coordinator snapshot version") }
             maxEpoch = try r.u64()
             let count = try r.u32()
             for _ in 0..<count {
@@ -190,13 +272,23 @@ public struct Coordinator {
                     for name in acked { markAcked(txid, name) }
                 }
             }
+            let forcedCount = try r.u32()
+            guard forcedCount <= UInt32(config.finishedTransactionsKept + Limits.operatorOutcomesKept) else { throw DecodeError("\(forcedCount) forced outcomes") }
+            for _ in 0..<forcedCount {
+                let txid = try CoordinatorRecordCoding.decodeTxID(&r)
+                rememberOperatorOutcome(txid, try r.bool() ? .committed : .aborted)
+            }
+            let heuristicCount = try r.u32()
+            for _ in 0..<heuristicCount {
+                let txid = try CoordinatorRecordCoding.decodeTxID(&r)
+                let name = try r.string(maxCount: 4096)
+                let outcome: Outcome = try r.bool() ? .committed : .aborted
+                _ = noteHeuristic(txid, participant: name, outcome: outcome, nowMs: nowMs)
+            }
         }
         for (type, payload) in records {
             let record = try CoordinatorRecordCoding.decode(type: type, payload: payload)
-            switch record {
-            case .commitDecision(let txid, _, _): maxEpoch = max(maxEpoch, txid.epoch)
-            case .end(let txid): maxEpoch = max(maxEpoch, txid.epoch)
-            }
+            maxEpoch = max(maxEpoch, record.txid.epoch)
             applyRecovered(record, nowMs: nowMs)
         }
         for txid in open.keys { maxEpoch = max(maxEpoch, txid.epoch) }
@@ -206,7 +298,7 @@ public struct Coordinator {
         for txid in open.keys.sorted() {
             guard var tx = open[txid] else { continue }
             tx.events.append(TimelineEvent(atMs: nowMs, event: "recovered", participant: nil, detail: "re-driving commit after restart"))
-            for i in tx.branches.indices where tx.branches[i].state == .commitSent {
+            for i in tx.branches.indices where tx.branches[i].state == .commitSent && tx.branches[i].heuristic == nil {
                 actions.append(.send(txid, to: tx.branches[i].participant, .commit))
             }
             open[txid] = tx
@@ -226,9 +318,42 @@ public struct Coordinator {
         case .end(let txid):
             if var tx = open.removeValue(forKey: txid) {
                 tx.state = .committed
-                for i in tx.branches.indices { tx.branches[i].state = .committed }
+                for i in tx.branches.indices where tx.branches[i].state == .commitSent { tx.branches[i].state = .committed }
                 remember(tx)
             }
+        case .audit(let txid, let entry):
+            let outcome: Outcome = entry.action == "force-commit" ? .committed : .aborted
+            rememberOperatorOutcome(txid, outcome)
+            if var tx = open[txid] {
+                tx.audit.append(entry)
+                open[txid] = tx
+                if outcome == .committed && tx.state == .committing { _ = resolveByOperator(txid, nowMs: entry.atMs) }
+            } else if var tx = finished[txid] {
+                tx.audit.append(entry)
+                finished[txid] = tx
+            } else {
+                // An aborted transaction leaves no other record: keep what the operator did.
+                var tx = Transaction(txid: txid, state: outcome == .committed ? .committed : .aborted, createdAtMs: entry.atMs, timeoutMs: 0)
+                tx.outcome = outcome
+                tx.reason = "forced by operator \(entry.operatorName): \(entry.reason)"
+                tx.audit = [entry]
+                tx.events.append(TimelineEvent(atMs: entry.atMs, event: "forced", participant: nil, detail: "\(entry.action) (from log)"))
+                remember(tx)
+            }
+        case .heuristic(let txid, let participant, let outcome):
+            _ = noteHeuristic(txid, participant: participant, outcome: outcome, nowMs: nowMs)
+        }
+    }
+
+    private mutating func rememberOperatorOutcome(_ txid: TxID, _ outcome: Outcome) {
+        if operatorOutcomes.updateValue(outcome, forKey: txid) == nil { operatorOutcomeOrder.append(txid) }
+        while operatorOutcomes.count > Limits.operatorOutcomesKept {
+            operatorOutcomes.removeValue(forKey: operatorOutcomeOrder[operatorOutcomeHead])
+            operatorOutcomeHead += 1
+        }
+        if operatorOutcomeHead > 4096 && operatorOutcomeHead * 2 > operatorOutcomeOrder.count {
+            operatorOutcomeOrder.removeFirst(operatorOutcomeHead)
+            operatorOutcomeHead = 0
         }
     }
 
@@ -242,7 +367,7 @@ public struct Coordinator {
     /// epoch, and every decided transaction that is not yet fully acknowledged.
     public func snapshot() -> [UInt8] {
         var w = ByteWriter()
-        w.u8(1)
+        w.u8(2)
         w.u64(epoch)
         let decided = open.values.filter { $0.state == .deciding || $0.state == .committing }.sorted { $0.txid < $1.txid }
         w.u32(UInt32(decided.count))
@@ -250,6 +375,23 @@ public struct Coordinator {
             let updates = tx.branches.filter { $0.vote == .yes }
             CoordinatorRecordCoding.encodeDecision(&w, txid: tx.txid, participants: updates.map(\.participant), decidedAtMs: tx.decidedAtMs ?? tx.createdAtMs)
             CoordinatorRecordCoding.encodeNames(&w, updates.filter { $0.state == .committed }.map(\.participant.name))
+        }
+        let forced = operatorOutcomeOrder[operatorOutcomeHead...].filter { operatorOutcomes[$0] != nil }
+        w.u32(UInt32(forced.count))
+        for txid in forced {
+            w.string(txid.description)
+            w.bool(operatorOutcomes[txid] == .committed)
+        }
+        var heuristics: [(TxID, String, Outcome)] = []
+        for tx in Array(open.values) + Array(finished.values) {
+            for b in tx.branches { if let h = b.heuristic { heuristics.append((tx.txid, b.participant.name, h)) } }
+        }
+        heuristics.sort { ($0.0, $0.1) < ($1.0, $1.1) }
+        w.u32(UInt32(heuristics.count))
+        for (txid, name, outcome) in heuristics {
+            w.string(txid.description)
+            w.string(name)
+            w.bool(outcome == .committed)
         }
         return w.bytes
     }
@@ -302,6 +444,31 @@ public struct Coordinator {
             return timerFired(timer, nowMs: nowMs)
         case .inquiry(let request, let text):
             return [.reply(request, .inquiry(text, inquire(text)))]
+        case .force(let request, let text, let force):
+            return forceRequested(request, text, force, nowMs: nowMs)
+        case .auditDurable(let txid):
+            return auditDurable(txid, nowMs: nowMs)
+        case .retryNow(let request, let text):
+            return retryNow(request, text, nowMs: nowMs)
+        case .heuristicReported(let request, let text, let participant, let outcome):
+            guard let txid = TxID(text), txid.coordinatorID == config.coordinatorID else {
+                return request.map { [.reply($0, .error(RequestError(400, "\(text.prefix(80)) is not a transaction of this coordinator")))] } ?? []
+            }
+            if pendingHeuristics[txid]?.contains(where: { $0.participant == participant && $0.outcome == outcome }) == true {
+                if let request { pendingHeuristics[txid]!.append((request, participant, outcome)) }
+                return []
+            }
+            pendingHeuristics[txid, default: []].append((request, participant, outcome))
+            return [.log(.heuristic(txid, participant: participant, outcome: outcome), force: true)]
+        case .heuristicDurable(let txid, let participant):
+            let waiting = pendingHeuristics[txid]?.filter { $0.participant == participant } ?? []
+            pendingHeuristics[txid]?.removeAll { $0.participant == participant }
+            if pendingHeuristics[txid]?.isEmpty == true { pendingHeuristics.removeValue(forKey: txid) }
+            guard let outcome = waiting.first?.outcome else { return [] }
+            var actions = noteHeuristic(txid, participant: participant, outcome: outcome, nowMs: nowMs)
+            let mixed = transaction(txid)?.state == .heuristicMixed
+            for w in waiting { if let r = w.request { actions.append(.reply(r, .heuristicNoted(txid.description, mixed: mixed))) } }
+            return actions
         }
     }
 
@@ -314,7 +481,11 @@ public struct Coordinator {
             case .active, .preparing, .deciding: return .pending
             case .committing, .committed: return .committed
             case .aborted: return .aborted
+            case .heuristicMixed: return tx.outcome == .committed ? .committed : .aborted
             }
+        }
+        if let forced = operatorOutcomes[txid] {
+            return forced == .committed ? .committed : .aborted
         }
         // Presumed abort: no record means the transaction never reached a durable commit
         // decision, and it never will (undecided transactions do not survive a restart, and
@@ -399,7 +570,7 @@ public struct Coordinator {
             tx.waiters.append(request)
             open[txid] = tx
             return []
-        case .committed, .aborted:
+        case .committed, .aborted, .heuristicMixed:
             preconditionFailure("finished transaction \(txid) still open")
         case .active:
             break
@@ -449,7 +620,7 @@ public struct Coordinator {
             return [.reply(request, .error(RequestError(409, "transaction \(txid) is \(tx.state.rawValue); it can no longer be aborted")))]
         case .committing, .committed:
             return [.reply(request, .error(RequestError(409, "transaction \(txid) already committed")))]
-        case .aborted:
+        case .aborted, .heuristicMixed:
             preconditionFailure("finished transaction \(txid) still open")
         }
     }
@@ -471,6 +642,8 @@ public struct Coordinator {
             return decideAbort(txid, reason: "\(name) voted no: \(reason)", nowMs: nowMs)
         }
         guard tx.branches.allSatisfy({ $0.state == .prepared || $0.state == .readOnly }) else { return [] }
+        // An operator's forced abort is being logged: deciding commit now would contradict it.
+        guard pendingForces[txid] == nil else { return [] }
         if !tx.branches.contains(where: { $0.state == .prepared }) {
             return finishCommitted(txid, nowMs: nowMs, detail: "every branch read-only")
         }
@@ -507,12 +680,19 @@ public struct Coordinator {
         tx.branches[i].nextRetryAtMs = nil
         tx.events.append(TimelineEvent(atMs: nowMs, event: "acknowledged", participant: name, detail: nil))
         open[txid] = tx
-        guard !tx.branches.contains(where: { $0.state == .commitSent }) else { return [.cancelTimer(.retry(txid, participant: name))] }
+        return [.cancelTimer(.retry(txid, participant: name))] + endIfDelivered(txid, nowMs: nowMs)
+    }
+
+    /// A committing transaction ends once no branch still waits for the commit (each
+    /// acknowledged, was resolved by an operator, or reported a heuristic outcome).
+    private mutating func endIfDelivered(_ txid: TxID, nowMs: Int64) -> [Action] {
+        guard var tx = open[txid], tx.state == .committing else { return [] }
+        guard !tx.branches.contains(where: { $0.state == .commitSent && $0.heuristic == nil }) else { return [] }
         tx.state = .committed
-        tx.events.append(TimelineEvent(atMs: nowMs, event: "ended", participant: nil, detail: "every update branch acknowledged"))
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "ended", participant: nil, detail: "no branch still waits for the commit"))
         open.removeValue(forKey: txid)
         remember(tx)
-        return [.cancelTimer(.retry(txid, participant: name)), .log(.end(txid), force: false)]
+        return tx.branches.map { .cancelTimer(.retry(txid, participant: $0.participant.name)) } + [.log(.end(txid), force: false)]
     }
 
     private mutating func onePhaseAnswered(_ txid: TxID, _ name: String, _ outcome: Outcome, _ reason: String?, nowMs: Int64) -> [Action] {
@@ -533,8 +713,18 @@ public struct Coordinator {
         let retrying = (tx.state == .committing && tx.branches[i].state == .commitSent)
             || (tx.onePhase && tx.state == .preparing)
         guard retrying else { return [] }
-        let delay = backoffDelayMs(attempt: tx.branches[i].attempts, minMs: config.retryDelayMsMin, maxMs: config.retryDelayMsMax, rng: &rng)
         tx.branches[i].lastError = error
+        tx.branches[i].history.append(Attempt(atMs: nowMs, error: error))
+        if tx.branches[i].history.count > Limits.attemptHistoryKept { tx.branches[i].history.removeFirst() }
+        let since = tx.decidedAtMs ?? tx.createdAtMs
+        if !tx.parked && (tx.branches[i].attempts >= config.retryBudgetAttempts || nowMs - since >= config.retryBudgetMs) {
+            tx.parked = true
+            tx.events.append(TimelineEvent(atMs: nowMs, event: "parked", participant: name,
+                                           detail: "retry budget spent (\(tx.branches[i].attempts) attempts, \(TimeFormat.duration(ms: nowMs - since)) since the decision); retrying every \(TimeFormat.duration(ms: config.parkedRetryDelayMs))"))
+        }
+        let delay = tx.parked
+            ? config.parkedRetryDelayMs
+            : backoffDelayMs(attempt: tx.branches[i].attempts, minMs: config.retryDelayMsMin, maxMs: config.retryDelayMsMax, rng: &rng)
         tx.branches[i].nextRetryAtMs = nowMs + delay
         tx.events.append(TimelineEvent(atMs: nowMs, event: "delivery-failed", participant: name, detail: "\(error); retry in \(delay)ms"))
         trimEvents(&tx)
@@ -588,7 +778,7 @@ public struct Coordinator {
                 tx.branches[i].state = .aborted
             case .votedNo, .readOnly, .aborted:
                 break
-            case .commitSent, .committed:
+            case .commitSent, .committed, .resolvedByOperator:
                 preconditionFailure("branch of \(txid) committed in an aborted transaction")
             }
             actions.append(.cancelTimer(.retry(txid, participant: tx.branches[i].participant.name)))
@@ -615,6 +805,7 @@ public struct Coordinator {
     private mutating func remember(_ tx: Transaction) {
         precondition(tx.state.isFinished)
         var tx = tx
+        if tx.branches.contains(where: { $0.heuristic != nil && $0.heuristic != tx.outcome }) { tx.state = .heuristicMixed }
         if tx.finishedAtMs == nil { tx.finishedAtMs = tx.events.last?.atMs }
         trimEvents(&tx)
         if finished.updateValue(tx, forKey: tx.txid) == nil { finishedOrder.append(tx.txid) }
@@ -638,10 +829,197 @@ public struct Coordinator {
     }
 }
 
+// MARK: - operators: forced decisions, retries, heuristic reports
+
+extension Coordinator {
+    /// What forcing `outcome` on `txid` would do, or why it is refused.
+    /// `effects` is empty when nothing needs doing (the outcome already holds).
+    func planForce(_ txid: TxID, _ outcome: Outcome) -> Result<[String], RequestError> {
+        if let tx = open[txid] {
+            let pending = tx.branches.filter { $0.state == .commitSent && $0.heuristic == nil }.map(\.participant.name)
+            switch (tx.state, outcome) {
+            case (.active, .aborted), (.preparing, .aborted) where !tx.onePhase:
+                let told = tx.branches.filter { [.registered, .prepareSent, .prepared].contains($0.state) }.map(\.participant.name)
+                return .success(["abort the undecided transaction", told.isEmpty ? "no branch needs to be told" : "send abort to \(told.joined(separator: ", "))"])
+            case (.active, .committed), (.preparing, .committed):
+                if tx.onePhase {
+                    return .failure(RequestError(409, "\(txid) is a one-phase commit: its only branch decides; resolve it at the participant (txctl agent URL ...)"))
+                }
+                let unvoted = tx.branches.filter { $0.state != .prepared && $0.state != .readOnly }.map(\.participant.name)
+                return .failure(RequestError(409, "\(txid) is undecided and \(unvoted.joined(separator: ", ")) did not vote yes: committing would commit work that was never prepared; only abort can be forced"))
+            case (.preparing, .aborted):
+                return .failure(RequestError(409, "\(txid) is a one-phase commit: its only branch decides; resolve it at the participant (txctl agent URL ...)"))
+            case (.deciding, _):
+                return .failure(RequestError(409, "\(txid) is writing its commit decision; wait a moment and look again"))
+            case (.committing, .aborted):
+                return .failure(RequestError(409, "refused: \(txid) has a durable commit decision (\(TimeFormat.iso8601(ms: tx.decidedAtMs ?? tx.createdAtMs))); aborting would contradict it"))
+            case (.committing, .committed):
+                return .success(["stop waiting for \(pending.joined(separator: ", ")) (recorded as resolved by operator)", "end the transaction as committed; those participants are still told \"committed\" when they ask"])
+            default:
+                preconditionFailure("open transaction \(txid) in state \(tx.state)")
+            }
+        }
+        if let tx = finished[txid] {
+            let decided = tx.outcome ?? .aborted
+            if decided == outcome { return .success([]) }
+            let when = TimeFormat.iso8601(ms: tx.finishedAtMs ?? tx.createdAtMs)
+            return .failure(RequestError(409, "refused: \(txid) was \(decided.rawValue) at \(when)\(tx.reason.map { " (\($0))" } ?? ""); forcing \(outcome.rawValue) would contradict it"))
+        }
+        if let forced = operatorOutcomes[txid] {
+            return forced == outcome ? .success([]) : .failure(RequestError(409, "refused: an operator already forced \(txid) to \(forced.rawValue)"))
+        }
+        return .failure(RequestError(404, "unknown transaction \(txid): this coordinator has no record of it, so participants that ask are told it aborted (presumed abort); to resolve a participant whose coordinator is gone, use txctl agent URL"))
+    }
+
+    mutating func forceRequested(_ request: RequestID, _ text: String, _ force: ForceRequest, nowMs: Int64) -> [Action] {
+        guard let txid = TxID(text) else { return [.reply(request, .error(RequestError(400, "malformed txid \"\(text.prefix(80))\"")))] }
+        let reason = String(force.reason.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
+        guard !reason.isEmpty, reason.utf8.count <= Limits.reasonBytesMax else {
+            return [.reply(request, .error(RequestError(400, "a forced decision needs a reason of 1-\(Limits.reasonBytesMax) bytes")))]
+        }
+        guard !force.operatorName.isEmpty, force.operatorName.utf8.count <= Limits.participantNameBytesMax else {
+            return [.reply(request, .error(RequestError(400, "a forced decision needs an operator name of 1-\(Limits.participantNameBytesMax) bytes")))]
+        }
+        guard pendingForces[txid] == nil else {
+            return [.reply(request, .error(RequestError(409, "another forced decision on \(txid) is being recorded")))]
+        }
+        switch planForce(txid, force.outcome) {
+        case .failure(let e):
+            return [.reply(request, .error(e))]
+        case .success(let effects) where effects.isEmpty:
+            return [.reply(request, .forced(txid, outcome: force.outcome, dryRun: force.dryRun, effects: ["nothing to do: \(txid) is already \(force.outcome.rawValue)"]))]
+        case .success(let effects):
+            if force.dryRun { return [.reply(request, .forced(txid, outcome: force.outcome, dryRun: true, effects: effects))] }
+            let entry = AuditEntry(atMs: nowMs, operatorName: force.operatorName, action: force.outcome == .committed ? "force-commit" : "force-abort",
+                                   reason: reason, detail: effects.joined(separator: "; "))
+            pendingForces[txid] = (request, force, entry)
+            return [.log(.audit(txid, entry), force: true)]
+        }
+    }
+
+    mutating func auditDurable(_ txid: TxID, nowMs: Int64) -> [Action] {
+        guard let pending = pendingForces.removeValue(forKey: txid) else { return [] }
+        let outcome = pending.force.outcome
+        rememberOperatorOutcome(txid, outcome)
+        let plan = planForce(txid, outcome)
+        // Attach the audit entry wherever the transaction now is.
+        if var tx = open[txid] {
+            tx.audit.append(pending.entry)
+            tx.events.append(TimelineEvent(atMs: nowMs, event: "forced", participant: nil, detail: "\(pending.entry.action) by \(pending.entry.operatorName): \(pending.entry.reason)"))
+            open[txid] = tx
+        } else if var tx = finished[txid] {
+            tx.audit.append(pending.entry)
+            finished[txid] = tx
+        }
+        switch plan {
+        case .failure(let e):
+            // The transaction moved on while the audit record was written (e.g. it timed out).
+            return [.reply(pending.request, .error(e))]
+        case .success(let effects) where effects.isEmpty:
+            return [.reply(pending.request, .forced(txid, outcome: outcome, dryRun: false, effects: ["nothing to do: \(txid) is already \(outcome.rawValue)"]))]
+        case .success(let effects):
+            var actions: [Action]
+            if outcome == .aborted {
+                actions = decideAbort(txid, reason: "forced by operator \(pending.entry.operatorName): \(pending.entry.reason)", nowMs: nowMs)
+            } else {
+                actions = resolveByOperator(txid, nowMs: nowMs)
+            }
+            actions.append(.reply(pending.request, .forced(txid, outcome: outcome, dryRun: false, effects: effects)))
+            return actions
+        }
+    }
+
+    /// Ends a committing transaction that an operator resolved: the branches still waiting
+    /// are marked, retries stop, and `operatorOutcomes` keeps answering "committed".
+    mutating func resolveByOperator(_ txid: TxID, nowMs: Int64) -> [Action] {
+        guard var tx = open[txid], tx.state == .committing else { return [] }
+        for i in tx.branches.indices where tx.branches[i].state == .commitSent && tx.branches[i].heuristic == nil {
+            tx.branches[i].state = .resolvedByOperator
+            tx.branches[i].nextRetryAtMs = nil
+        }
+        tx.parked = false
+        open[txid] = tx
+        return endIfDelivered(txid, nowMs: nowMs)
+    }
+
+    mutating func retryNow(_ request: RequestID, _ text: String, nowMs: Int64) -> [Action] {
+        guard let txid = TxID(text) else { return [.reply(request, .error(RequestError(400, "malformed txid \"\(text.prefix(80))\"")))] }
+        guard var tx = open[txid] else {
+            if finished[txid] != nil { return [.reply(request, .error(RequestError(409, "\(txid) is finished; nothing to retry")))] }
+            return [.reply(request, .error(RequestError(404, "unknown transaction \(txid)")))]
+        }
+        var actions: [Action] = []
+        var names: [String] = []
+        let everyone = tx.branches.map(\.participant)
+        for i in tx.branches.indices {
+            let name = tx.branches[i].participant.name
+            if tx.state == .committing && tx.branches[i].state == .commitSent && tx.branches[i].heuristic == nil {
+                actions.append(.send(txid, to: tx.branches[i].participant, .commit))
+            } else if tx.onePhase && tx.state == .preparing {
+                actions.append(.send(txid, to: tx.branches[i].participant, .prepare(onePhase: true, participants: everyone)))
+            } else {
+                continue
+            }
+            tx.branches[i].attempts += 1
+            tx.branches[i].nextRetryAtMs = nil
+            actions.insert(.cancelTimer(.retry(txid, participant: name)), at: 0)
+            names.append(name)
+        }
+        guard !names.isEmpty else {
+            return [.reply(request, .error(RequestError(409, "\(txid) is \(tx.state.rawValue): no delivery is pending, nothing to retry")))]
+        }
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "retry-requested", participant: nil, detail: names.joined(separator: ", ")))
+        open[txid] = tx
+        return actions + [.reply(request, .retried(txid, participants: names))]
+    }
+
+    /// Records a participant's heuristic outcome. Returns actions when it lets a committing
+    /// transaction end (that branch no longer waits for the commit).
+    mutating func noteHeuristic(_ txid: TxID, participant: String, outcome: Outcome, nowMs: Int64) -> [Action] {
+        let detail = "operator at \(participant) forced \(outcome.rawValue)"
+        if var tx = open[txid] {
+            if let i = tx.branchIndex(participant) { tx.branches[i].heuristic = outcome }
+            tx.events.append(TimelineEvent(atMs: nowMs, event: "heuristic-reported", participant: participant, detail: detail))
+            open[txid] = tx
+            return endIfDelivered(txid, nowMs: nowMs)
+        }
+        if var tx = finished[txid] {
+            if let i = tx.branchIndex(participant) {
+                tx.branches[i].heuristic = outcome
+            } else {
+                tx.branches.append(Branch(participant: ParticipantRef(name: participant, url: ""), state: .aborted, heuristic: outcome))
+            }
+            tx.events.append(TimelineEvent(atMs: nowMs, event: "heuristic-reported", participant: participant, detail: detail))
+            if tx.outcome != outcome { tx.state = .heuristicMixed }
+            finished[txid] = tx
+            return []
+        }
+        // Forgotten or never decided here: the outcome is the operator's or presumed abort.
+        let decided = operatorOutcomes[txid] ?? .aborted
+        var tx = Transaction(txid: txid, state: decided == .committed ? .committed : .aborted, createdAtMs: nowMs, timeoutMs: 0)
+        tx.outcome = decided
+        tx.reason = operatorOutcomes[txid] == nil ? "no record at the coordinator (presumed abort)" : "forced by an operator"
+        tx.branches = [Branch(participant: ParticipantRef(name: participant, url: ""), state: decided == .committed ? .committed : .aborted, heuristic: outcome)]
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "heuristic-reported", participant: participant, detail: detail))
+        remember(tx)
+        return []
+    }
+}
+
+extension Coordinator.Record {
+    public var txid: TxID {
+        switch self {
+        case .commitDecision(let t, _, _), .end(let t), .audit(let t, _), .heuristic(let t, _, _): return t
+        }
+    }
+}
+
 /// Binary encoding of the coordinator's log records.
 public enum CoordinatorRecordCoding {
     public static let commitDecisionType: UInt8 = 1
     public static let endType: UInt8 = 2
+    public static let auditType: UInt8 = 3
+    public static let heuristicType: UInt8 = 4
 
     public static func encode(_ record: Coordinator.Record) -> (type: UInt8, payload: [UInt8]) {
         var w = ByteWriter()
@@ -652,6 +1030,19 @@ public enum CoordinatorRecordCoding {
         case .end(let txid):
             w.string(txid.description)
             return (endType, w.bytes)
+        case .audit(let txid, let e):
+            w.string(txid.description)
+            w.i64(e.atMs)
+            w.string(e.operatorName)
+            w.string(e.action)
+            w.string(e.reason)
+            w.string(e.detail)
+            return (auditType, w.bytes)
+        case .heuristic(let txid, let participant, let outcome):
+            w.string(txid.description)
+            w.string(participant)
+            w.bool(outcome == .committed)
+            return (heuristicType, w.bytes)
         }
     }
 
@@ -660,6 +1051,13 @@ public enum CoordinatorRecordCoding {
         switch type {
         case commitDecisionType: return try decodeDecision(&r)
         case endType: return .end(try decodeTxID(&r))
+        case auditType:
+            let txid = try decodeTxID(&r)
+            let entry = Coordinator.AuditEntry(atMs: try r.i64(), operatorName: try r.string(maxCount: 4096), action: try r.string(maxCount: 64),
+                                               reason: try r.string(maxCount: 4096), detail: try r.string(maxCount: 65536))
+            return .audit(txid, entry)
+        case heuristicType:
+            return .heuristic(try decodeTxID(&r), participant: try r.string(maxCount: 4096), outcome: try r.bool() ? .committed : .aborted)
         default: throw DecodeError("unknown coordinator record type \(type)")
         }
     }

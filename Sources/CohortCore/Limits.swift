@@ -48,6 +48,21 @@ public enum Limits {
     /// Second-phase delivery backoff: exponential from min to max, with jitter.
     public static let retryDelayMsMin: Int64 = 50
     public static let retryDelayMsMax: Int64 = 5_000
+    /// Retry budget of a transaction's pending phase: past this many attempts on one branch, or
+    /// this long since the decision, the transaction is `parked` (still retried, slowly) and
+    /// shows up for an operator (`txctl list --state parked`, `cohort_parked`).
+    public static let retryBudgetAttempts = 10
+    public static let retryBudgetMs: Int64 = 60_000
+    public static let parkedRetryDelayMs: Int64 = 30_000
+    /// Attempts (time, error) remembered per branch for `txctl explain`.
+    public static let attemptHistoryKept = 10
+    /// Audit entries (operator decisions) kept per transaction.
+    public static let auditEntriesPerTransactionMax = 16
+    /// Outcomes an operator forced, remembered (durably) so participants asking later hear them.
+    public static let operatorOutcomesKept = 100_000
+    public static let reasonBytesMax = 1024
+    /// Tries a participant makes to tell the coordinator about a heuristic-mixed outcome.
+    public static let heuristicReportAttemptsMax = 5
     /// Finished transactions remembered for `GET /v1/transactions/{txid}` and listing.
     public static let finishedTransactionsKept = 10_000
     /// Timeline events kept per transaction.

@@ -78,3 +78,55 @@ public final class MetricsRegistry {
         return labels.isEmpty ? "\(name) \(value)\n" : "\(name){\(labels)} \(value)\n"
     }
 }
+
+/// The last N samples of a latency, for percentiles (bounded memory).
+public struct LatencyWindow {
+    private var samples: [Double] = []
+    private var next = 0
+    public let capacity: Int
+
+    public init(capacity: Int = 10_000) { self.capacity = capacity }
+
+    public mutating func add(_ ms: Double) {
+        if samples.count < capacity { samples.append(ms) } else { samples[next] = ms }
+        next = (next + 1) % capacity
+    }
+
+    public var count: Int { samples.count }
+
+    /// (p50, p95, p99, max); zeros when empty.
+    public func percentiles() -> (p50: Double, p95: Double, p99: Double, max: Double) {
+        guard !samples.isEmpty else { return (0, 0, 0, 0) }
+        let sorted = samples.sorted()
+        func at(_ q: Double) -> Double { sorted[min(sorted.count - 1, Int(q * Double(sorted.count)))] }
+        return (at(0.50), at(0.95), at(0.99), sorted.last!)
+    }
+}
+
+/// Events per second over a sliding window of whole seconds (bounded memory).
+public struct RateWindow {
+    private var buckets: [UInt64]
+    private var bucketSecond: [Int64]
+    public init(seconds: Int = 60) {
+        buckets = Array(repeating: 0, count: seconds)
+        bucketSecond = Array(repeating: -1, count: seconds)
+    }
+    public mutating func add(atMs: Int64, _ n: UInt64 = 1) {
+        let second = atMs / 1000
+        let i = Int(second % Int64(buckets.count))
+        if bucketSecond[i] != second {
+            bucketSecond[i] = second
+            buckets[i] = 0
+        }
+        buckets[i] += n
+    }
+    /// Average per second over the window ending at `nowMs` (the current second excluded).
+    public func rate(nowMs: Int64) -> Double {
+        let now = nowMs / 1000
+        var total: UInt64 = 0
+        for i in buckets.indices where bucketSecond[i] < now && bucketSecond[i] >= now - Int64(buckets.count) {
+            total += buckets[i]
+        }
+        return Double(total) / Double(buckets.count)
+    }
+}

@@ -37,6 +37,11 @@ public struct Participant {
         case inquiryAnswered(String, InquiryAnswer)
         case inquiryFailed(String, error: String)
         case timerFired(Timer)
+        /// An operator forces this branch's outcome (`txctl agent URL commit|abort --force`),
+        /// typically because its coordinator is gone for good.
+        case force(RequestID, txid: String, outcome: Outcome, reason: String, operatorName: String, dryRun: Bool, atMs: Int64)
+        /// The heuristic record is durable; `lsn` is its position (a commit applies at it).
+        case heuristicDurable(String, lsn: UInt64)
     }
 
     public enum Timer: Hashable, Sendable {
@@ -52,6 +57,9 @@ public struct Participant {
         case aborted
         /// Answer to a one-phase commit.
         case outcome(Outcome, reason: String?)
+        /// A commit arrived for a branch an operator aborted: it cannot be honoured.
+        case heuristicAborted
+        case forced(Outcome, dryRun: Bool, effects: [String])
         case error(RequestError)
     }
 
@@ -64,6 +72,11 @@ public struct Participant {
         case committedOnePhase(String, writeSet: [UInt8])
         /// Unforced: a prepared branch was told to abort.
         case aborted(String)
+        /// Forced: an operator decided this in-doubt branch (a heuristic decision).
+        case heuristic(String, outcome: Outcome, reason: String, operatorName: String, atMs: Int64)
+        /// The coordinator's outcome became known for a heuristically decided branch; `mixed`
+        /// when it differs from what the operator chose.
+        case heuristicResolved(String, coordinatorOutcome: Outcome, mixed: Bool)
     }
 
     public enum Action: Equatable {
@@ -77,6 +90,8 @@ public struct Participant {
         /// Re-take the locks of an in-doubt branch found at recovery (before serving).
         case restoreLocks(String, writeSet: [UInt8])
         case inquire(String, coordinatorURL: String)
+        /// Tell the coordinator that an operator's outcome differs from its decision.
+        case reportHeuristic(String, coordinatorURL: String, outcome: Outcome)
         case setTimer(Timer, afterMs: Int64)
         case cancelTimer(Timer)
         /// For metrics and the finished-branch memory.
@@ -94,6 +109,19 @@ public struct Participant {
         case committed
         case aborted
         case readOnly = "read-only"
+        /// An operator forced the outcome; the coordinator's outcome is not known yet.
+        case heuristicCommitted = "heuristic-committed"
+        case heuristicAborted = "heuristic-aborted"
+        /// The heuristic record is being written.
+        case forcing
+    }
+
+    /// What an operator did to a branch.
+    public struct HeuristicDecision: Equatable, Sendable {
+        public let outcome: Outcome
+        public let reason: String
+        public let operatorName: String
+        public let atMs: Int64
     }
 
     public struct Branch: Sendable {
@@ -109,6 +137,7 @@ public struct Participant {
         public var inquiries = 0
         public var lastInquiryError: String?
         public var commitLSN: UInt64?
+        public var heuristic: HeuristicDecision?
     }
 
     public let config: Config
@@ -119,6 +148,9 @@ public struct Participant {
     private var finishedOrder: [String] = []
     private var finishedOrderHead = 0
     private var rng: SplitMix64
+    /// Branches whose operator-forced outcome turned out to differ from the coordinator's
+    /// decision (heuristic-mixed), by txid: what the operator chose. Kept for operators.
+    public private(set) var heuristicMixed: [String: HeuristicDecision] = [:]
 
     public init(config: Config) {
         self.config = config
@@ -156,23 +188,45 @@ public struct Participant {
 
     /// Rebuilds branches from the snapshot and the records after it. Returns the actions to run
     /// before serving: re-apply durable commits (the store skips those it already has), re-take
-    /// the locks of in-doubt branches, and start asking the coordinator about them.
+    /// the locks of in-doubt branches, and start asking the coordinator about them (and about
+    /// heuristically decided branches whose coordinator outcome is not known yet).
     public mutating func recover(snapshot: [UInt8]?, records: [(lsn: UInt64, type: UInt8, payload: [UInt8])]) throws -> [Action] {
         var toApply: [(String, [UInt8], UInt64)] = []
         if let snapshot {
             var r = ByteReader(snapshot)
-            guard try r.u8() == 1 else { throw DecodeError("unknown participant snapshot version") }
+            guard try r.u8() == 2 else { throw DecodeError("unknown participant snapshot version") }
             let n = try r.u32()
+            guard n <= UInt32(config.branchesMax * 2) else { throw DecodeError("\(n) branches in a snapshot") }
             for _ in 0..<n {
                 let txid = try r.string(maxCount: 128)
                 let url = try r.string(maxCount: 4096)
                 let writeSet = try r.blob()
-                let commitLSN = try r.u64()
-                if commitLSN > 0 {
-                    toApply.append((txid, writeSet, commitLSN))
-                } else {
-                    branches[txid] = Branch(txid: txid, state: .prepared, coordinatorURL: url, writeSet: writeSet)
+                let kind = try r.u8()
+                let lsn = try r.u64()
+                let heuristic = try r.bool() ? try Self.decodeDecision(&r) : nil
+                var b = Branch(txid: txid, state: .prepared, coordinatorURL: url, writeSet: writeSet)
+                b.heuristic = heuristic
+                switch kind {
+                case 0: break
+                case 1: // committing: the commit record precedes the snapshot, so it is durable
+                    toApply.append((txid, writeSet, lsn))
+                    rememberFinished(txid, .committed)
+                    continue
+                case 2: // forcing: likewise, the heuristic record is durable
+                    guard let h = heuristic else { throw DecodeError("forced branch \(txid) without a decision") }
+                    if h.outcome == .committed { toApply.append((txid, writeSet, lsn)) }
+                    b.state = h.outcome == .committed ? .heuristicCommitted : .heuristicAborted
+                case 3: b.state = .heuristicCommitted
+                case 4: b.state = .heuristicAborted
+                default: throw DecodeError("unknown branch kind \(kind) in snapshot")
                 }
+                branches[txid] = b
+            }
+            let mixed = try r.u32()
+            guard mixed <= UInt32(config.finishedBranchesKept) else { throw DecodeError("\(mixed) heuristic-mixed branches") }
+            for _ in 0..<mixed {
+                let txid = try r.string(maxCount: 128)
+                heuristicMixed[txid] = try Self.decodeDecision(&r)
             }
         }
         for record in records {
@@ -190,36 +244,70 @@ public struct Participant {
             case .aborted(let txid):
                 branches.removeValue(forKey: txid)
                 rememberFinished(txid, .aborted)
+            case .heuristic(let txid, let outcome, let reason, let operatorName, let atMs):
+                guard var b = branches[txid] else { continue }
+                b.heuristic = HeuristicDecision(outcome: outcome, reason: reason, operatorName: operatorName, atMs: atMs)
+                b.state = outcome == .committed ? .heuristicCommitted : .heuristicAborted
+                if outcome == .committed { toApply.append((txid, b.writeSet, record.lsn)) }
+                branches[txid] = b
+            case .heuristicResolved(let txid, _, let mixed):
+                guard let b = branches.removeValue(forKey: txid), let h = b.heuristic else { continue }
+                if mixed { heuristicMixed[txid] = h }
+                rememberFinished(txid, h.outcome)
             }
         }
         var actions: [Action] = toApply.map { .apply($0.0, writeSet: $0.1, lsn: $0.2) }
         for txid in branches.keys.sorted() {
             let b = branches[txid]!
-            actions.append(.restoreLocks(txid, writeSet: b.writeSet))
+            if b.state == .prepared { actions.append(.restoreLocks(txid, writeSet: b.writeSet)) }
             actions.append(.inquire(txid, coordinatorURL: b.coordinatorURL))
         }
         return actions
     }
 
-    /// The in-doubt branches (and commits whose record precedes this point but which the
-    /// store may not have applied yet, with their LSNs) — enough to rebuild after the log
-    /// before this point is dropped. The runtime makes the store durable first.
+    /// The in-doubt and heuristically decided branches (and commits whose record precedes
+    /// this point but which the store may not have applied yet, with their LSNs) — enough to
+    /// rebuild after the log before this point is dropped. The runtime makes the store durable
+    /// first.
     public func snapshot() -> [UInt8] {
         var w = ByteWriter()
-        w.u8(1)
-        let kept = branches.values.filter {
-            $0.state == .prepared || $0.state == .committing || ($0.state == .preparing)
-        }.sorted { $0.txid < $1.txid }
+        w.u8(2)
+        let kept = branches.values.filter { $0.state != .active }.sorted { $0.txid < $1.txid }
         w.u32(UInt32(kept.count))
         for b in kept {
             w.string(b.txid)
             w.string(b.coordinatorURL)
             w.blob(b.writeSet)
-            // A committing branch's commit record precedes the snapshot; if the snapshot is
-            // durable so is the commit. Its LSN keeps re-application idempotent.
-            w.u64(b.state == .committing ? (b.commitLSN ?? 0) : 0)
+            // A committing (or forcing) branch's record precedes the snapshot; if the snapshot
+            // is durable so is that record. Its LSN keeps re-application idempotent.
+            switch b.state {
+            case .committing: w.u8(1); w.u64(b.commitLSN ?? 0)
+            case .forcing: w.u8(2); w.u64(b.commitLSN ?? 0)
+            case .heuristicCommitted: w.u8(3); w.u64(0)
+            case .heuristicAborted: w.u8(4); w.u64(0)
+            default: w.u8(0); w.u64(0) // preparing counts as prepared: its record precedes us
+            }
+            w.bool(b.heuristic != nil)
+            if let h = b.heuristic { Self.encodeDecision(&w, h) }
+        }
+        w.u32(UInt32(heuristicMixed.count))
+        for (txid, h) in heuristicMixed.sorted(by: { $0.key < $1.key }) {
+            w.string(txid)
+            Self.encodeDecision(&w, h)
         }
         return w.bytes
+    }
+
+    static func encodeDecision(_ w: inout ByteWriter, _ h: HeuristicDecision) {
+        w.bool(h.outcome == .committed)
+        w.string(h.reason)
+        w.string(h.operatorName)
+        w.i64(h.atMs)
+    }
+
+    static func decodeDecision(_ r: inout ByteReader) throws -> HeuristicDecision {
+        HeuristicDecision(outcome: try r.bool() ? .committed : .aborted, reason: try r.string(maxCount: 4096),
+                          operatorName: try r.string(maxCount: 4096), atMs: try r.i64())
     }
 
     /// The runtime tells the state machine where a commit record landed as soon as it is
@@ -253,15 +341,19 @@ public struct Participant {
         case .recordRefused(let txid, let reason):
             return recordRefused(txid, reason)
         case .inquiryFailed(let txid, let error):
-            guard var b = branches[txid], b.state == .prepared else { return [] }
+            guard var b = branches[txid], b.state.asksCoordinator else { return [] }
             b.lastInquiryError = error
             branches[txid] = b
             return [.setTimer(.inquire(txid), afterMs: inquiryDelay(b.inquiries))]
         case .timerFired(.branchExpiry(let txid)):
             guard let b = branches[txid], b.state == .active else { return [] }
             return finish(txid, .aborted) + [.release(txid)]
+        case .force(let request, let txid, let outcome, let reason, let operatorName, let dryRun, let atMs):
+            return force(request, txid, HeuristicDecision(outcome: outcome, reason: reason, operatorName: operatorName, atMs: atMs), dryRun: dryRun)
+        case .heuristicDurable(let txid, let lsn):
+            return heuristicDurable(txid, lsn: lsn)
         case .timerFired(.inquire(let txid)):
-            guard var b = branches[txid], b.state == .prepared else { return [] }
+            guard var b = branches[txid], b.state.asksCoordinator else { return [] }
             b.inquiries += 1
             branches[txid] = b
             return [.inquire(txid, coordinatorURL: b.coordinatorURL)]
@@ -289,7 +381,7 @@ public struct Participant {
             b.waiting.append(request)
             branches[txid] = b
             return []
-        case .prepared:
+        case .prepared, .forcing, .heuristicCommitted, .heuristicAborted:
             return [.reply(request, .vote(.yes))]
         case .committed:
             return [.reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.yes))]
@@ -363,6 +455,12 @@ public struct Participant {
             return []
         case .committed, .readOnly:
             return [.reply(request, .acknowledged)]
+        case .heuristicCommitted:
+            return resolveHeuristic(txid, coordinatorOutcome: .committed) + [.reply(request, .acknowledged)]
+        case .heuristicAborted:
+            return resolveHeuristic(txid, coordinatorOutcome: .committed) + [.reply(request, .heuristicAborted)]
+        case .forcing:
+            return [.reply(request, .error(RequestError(503, "an operator's decision on branch \(txid) is being recorded; retry")))]
         case .active, .preparing:
             return [.reply(request, .error(RequestError(409, "branch \(txid) has not voted yes; commit refused")))]
         case .aborted:
@@ -398,6 +496,10 @@ public struct Participant {
             return [.reply(request, .error(RequestError(409, "branch \(txid) already committed")))]
         case .aborted, .readOnly:
             return [.reply(request, .aborted)]
+        case .heuristicCommitted, .heuristicAborted:
+            return resolveHeuristic(txid, coordinatorOutcome: .aborted) + [.reply(request, .aborted)]
+        case .forcing:
+            return [.reply(request, .error(RequestError(503, "an operator's decision on branch \(txid) is being recorded; retry")))]
         }
     }
 
@@ -424,6 +526,13 @@ public struct Participant {
     }
 
     private mutating func inquiryAnswered(_ txid: String, _ answer: InquiryAnswer) -> [Action] {
+        if let b = branches[txid], b.state == .heuristicCommitted || b.state == .heuristicAborted {
+            switch answer {
+            case .committed: return resolveHeuristic(txid, coordinatorOutcome: .committed)
+            case .aborted: return resolveHeuristic(txid, coordinatorOutcome: .aborted)
+            case .pending, .unknownCoordinator: return [.setTimer(.inquire(txid), afterMs: config.retryDelayMsMax)]
+            }
+        }
         guard var b = branches[txid], b.state == .prepared else { return [] }
         switch answer {
         case .committed:
@@ -442,6 +551,86 @@ public struct Participant {
             branches[txid] = b
             return [.setTimer(.inquire(txid), afterMs: config.retryDelayMsMax)]
         }
+    }
+
+    // MARK: heuristic decisions
+
+    private mutating func force(_ request: RequestID, _ txid: String, _ decision: HeuristicDecision, dryRun: Bool) -> [Action] {
+        func refuse(_ status: Int, _ message: String) -> [Action] { [.reply(request, .error(RequestError(status, message)))] }
+        guard !decision.reason.allSatisfy({ $0 == " " }), decision.reason.utf8.count <= Limits.reasonBytesMax else {
+            return refuse(400, "a forced decision needs a reason of 1-\(Limits.reasonBytesMax) bytes")
+        }
+        guard var b = branches[txid] else {
+            if let done = finishedOutcomes[txid] {
+                if done == decision.outcome { return [.reply(request, .forced(done, dryRun: dryRun, effects: ["nothing to do: branch \(txid) is already \(done.rawValue)"]))] }
+                return refuse(409, "refused: branch \(txid) already \(done.rawValue); forcing \(decision.outcome.rawValue) would contradict it")
+            }
+            return refuse(404, "no branch \(txid) at participant \(config.name)")
+        }
+        switch b.state {
+        case .active:
+            guard decision.outcome == .aborted else {
+                return refuse(409, "branch \(txid) never prepared (it did not vote yes): there is no durable work to commit; only abort is possible")
+            }
+            let effects = ["abort the unprepared branch and release its locks (it never voted yes, so this is a local abort, not a heuristic decision)"]
+            if dryRun { return [.reply(request, .forced(.aborted, dryRun: true, effects: effects))] }
+            return finish(txid, .aborted) + [.release(txid), .reply(request, .forced(.aborted, dryRun: false, effects: effects))]
+        case .prepared:
+            let effects = decision.outcome == .committed
+                ? ["write a heuristic-commit record and apply the branch's write set (\(b.writeSet.count) bytes); its locks are released",
+                   "keep asking the coordinator at \(b.coordinatorURL); if it decided abort, report heuristic-mixed"]
+                : ["write a heuristic-abort record and discard the branch's work; its locks are released",
+                   "keep asking the coordinator at \(b.coordinatorURL); if it decided commit, report heuristic-mixed"]
+            if dryRun { return [.reply(request, .forced(decision.outcome, dryRun: true, effects: effects))] }
+            b.state = .forcing
+            b.heuristic = decision
+            b.waiting.append(request)
+            branches[txid] = b
+            return [.cancelTimer(.inquire(txid)),
+                    .log(.heuristic(txid, outcome: decision.outcome, reason: decision.reason, operatorName: decision.operatorName, atMs: decision.atMs), force: true)]
+        case .heuristicCommitted, .heuristicAborted:
+            let current: Outcome = b.state == .heuristicCommitted ? .committed : .aborted
+            if current == decision.outcome { return [.reply(request, .forced(current, dryRun: dryRun, effects: ["nothing to do: already forced \(current.rawValue)"]))] }
+            return refuse(409, "refused: an operator already forced branch \(txid) to \(current.rawValue)")
+        case .preparing, .committing, .forcing:
+            return refuse(409, "branch \(txid) is \(b.state.rawValue): a record is being written; look again in a moment")
+        case .committed, .aborted, .readOnly:
+            return refuse(409, "branch \(txid) is already \(b.state.rawValue)")
+        }
+    }
+
+    private mutating func heuristicDurable(_ txid: String, lsn: UInt64) -> [Action] {
+        guard var b = branches[txid], b.state == .forcing, let h = b.heuristic else { return [] }
+        let waiting = b.waiting
+        b.waiting = []
+        var actions: [Action]
+        if h.outcome == .committed {
+            b.state = .heuristicCommitted
+            actions = [.apply(txid, writeSet: b.writeSet, lsn: lsn)]
+        } else {
+            b.state = .heuristicAborted
+            actions = [.release(txid)]
+        }
+        branches[txid] = b
+        let effects = ["branch \(txid) \(h.outcome.rawValue) by operator \(h.operatorName) (heuristic); still asking the coordinator"]
+        actions += waiting.map { .reply($0, .forced(h.outcome, dryRun: false, effects: effects)) }
+        actions.append(.setTimer(.inquire(txid), afterMs: config.inquiryDelayMs))
+        return actions
+    }
+
+    /// The coordinator's outcome is known for a heuristically decided branch.
+    private mutating func resolveHeuristic(_ txid: String, coordinatorOutcome: Outcome) -> [Action] {
+        guard let b = branches[txid], let h = b.heuristic else { return [] }
+        let mixed = h.outcome != coordinatorOutcome
+        var actions: [Action] = [.log(.heuristicResolved(txid, coordinatorOutcome: coordinatorOutcome, mixed: mixed), force: false)]
+        if mixed {
+            heuristicMixed[txid] = h
+            if heuristicMixed.count > config.finishedBranchesKept, let oldest = heuristicMixed.min(by: { $0.value.atMs < $1.value.atMs })?.key {
+                heuristicMixed.removeValue(forKey: oldest)
+            }
+            actions.append(.reportHeuristic(txid, coordinatorURL: b.coordinatorURL, outcome: h.outcome))
+        }
+        return actions + finish(txid, h.outcome)
     }
 
     private mutating func inquiryDelay(_ attempts: Int) -> Int64 {
@@ -468,11 +657,18 @@ public struct Participant {
 }
 
 /// Binary encoding of the participant's log records.
+extension Participant.BranchState {
+    /// States that keep asking the coordinator for its outcome.
+    var asksCoordinator: Bool { self == .prepared || self == .heuristicCommitted || self == .heuristicAborted }
+}
+
 public enum ParticipantRecordCoding {
     public static let preparedType: UInt8 = 1
     public static let committedType: UInt8 = 2
     public static let committedOnePhaseType: UInt8 = 3
     public static let abortedType: UInt8 = 4
+    public static let heuristicType: UInt8 = 5
+    public static let heuristicResolvedType: UInt8 = 6
 
     public static func encode(_ record: Participant.Record) -> (type: UInt8, payload: [UInt8]) {
         var w = ByteWriter()
@@ -492,6 +688,18 @@ public enum ParticipantRecordCoding {
         case .aborted(let txid):
             w.string(txid)
             return (abortedType, w.bytes)
+        case .heuristic(let txid, let outcome, let reason, let operatorName, let atMs):
+            w.string(txid)
+            w.bool(outcome == .committed)
+            w.string(reason)
+            w.string(operatorName)
+            w.i64(atMs)
+            return (heuristicType, w.bytes)
+        case .heuristicResolved(let txid, let coordinatorOutcome, let mixed):
+            w.string(txid)
+            w.bool(coordinatorOutcome == .committed)
+            w.bool(mixed)
+            return (heuristicResolvedType, w.bytes)
         }
     }
 
@@ -503,6 +711,11 @@ public enum ParticipantRecordCoding {
         case committedType: return .committed(txid)
         case committedOnePhaseType: return .committedOnePhase(txid, writeSet: try r.blob())
         case abortedType: return .aborted(txid)
+        case heuristicType:
+            return .heuristic(txid, outcome: try r.bool() ? .committed : .aborted, reason: try r.string(maxCount: 4096),
+                              operatorName: try r.string(maxCount: 4096), atMs: try r.i64())
+        case heuristicResolvedType:
+            return .heuristicResolved(txid, coordinatorOutcome: try r.bool() ? .committed : .aborted, mixed: try r.bool())
         default: throw DecodeError("unknown participant record type \(type)")
         }
     }

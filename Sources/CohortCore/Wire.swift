@@ -140,12 +140,15 @@ public struct TransactionView: Codable, Sendable {
         public let attempts: Int
         public let lastError: String?
         public let nextRetryAt: String?
+        public let history: [AttemptView]?
+        public let heuristic: String?
         enum CodingKeys: String, CodingKey {
-            case participant, url, state, vote, attempts
+            case participant, url, state, vote, attempts, history, heuristic
             case lastError = "last_error"
             case nextRetryAt = "next_retry_at"
         }
-        public init(participant: String, url: String, state: String, vote: String?, attempts: Int, lastError: String?, nextRetryAt: String?) {
+        public init(participant: String, url: String, state: String, vote: String?, attempts: Int, lastError: String?, nextRetryAt: String?,
+                    history: [AttemptView]? = nil, heuristic: String? = nil) {
             self.participant = participant
             self.url = url
             self.state = state
@@ -153,6 +156,32 @@ public struct TransactionView: Codable, Sendable {
             self.attempts = attempts
             self.lastError = lastError
             self.nextRetryAt = nextRetryAt
+            self.history = history
+            self.heuristic = heuristic
+        }
+    }
+
+    public struct AttemptView: Codable, Sendable {
+        public let at: String
+        public let error: String
+        public init(at: String, error: String) {
+            self.at = at
+            self.error = error
+        }
+    }
+
+    public struct AuditView: Codable, Sendable {
+        public let at: String
+        public let `operator`: String
+        public let action: String
+        public let reason: String
+        public let detail: String
+        public init(at: String, operator: String, action: String, reason: String, detail: String) {
+            self.at = at
+            self.operator = `operator`
+            self.action = action
+            self.reason = reason
+            self.detail = detail
         }
     }
 
@@ -179,15 +208,19 @@ public struct TransactionView: Codable, Sendable {
     public let timeoutMs: Int64
     public let branches: [BranchView]
     public let events: [EventView]
+    public let parked: Bool?
+    public let audit: [AuditView]?
 
     enum CodingKeys: String, CodingKey {
-        case txid, `protocol`, state, outcome, reason, branches, events
+        case txid, `protocol`, state, outcome, reason, branches, events, parked, audit
         case createdAt = "created_at"
         case finishedAt = "finished_at"
         case timeoutMs = "timeout_ms"
     }
 
-    public init(txid: String, protocol: String, state: String, outcome: String?, reason: String?, createdAt: String, finishedAt: String?, timeoutMs: Int64, branches: [BranchView], events: [EventView]) {
+    public init(txid: String, protocol: String, state: String, outcome: String?, reason: String?, createdAt: String, finishedAt: String?, timeoutMs: Int64, branches: [BranchView], events: [EventView], parked: Bool? = nil, audit: [AuditView]? = nil) {
+        self.parked = parked
+        self.audit = audit
         self.txid = txid
         self.protocol = `protocol`
         self.state = state
@@ -242,10 +275,166 @@ extension Coordinator.Transaction {
             branches: branches.map {
                 TransactionView.BranchView(participant: $0.participant.name, url: $0.participant.url, state: $0.state.rawValue,
                                            vote: $0.vote?.wireName, attempts: $0.attempts, lastError: $0.lastError,
-                                           nextRetryAt: $0.nextRetryAtMs.map { TimeFormat.iso8601(ms: $0) })
+                                           nextRetryAt: $0.nextRetryAtMs.map { TimeFormat.iso8601(ms: $0) },
+                                           history: $0.history.map { TransactionView.AttemptView(at: TimeFormat.iso8601(ms: $0.atMs), error: $0.error) },
+                                           heuristic: $0.heuristic?.rawValue)
             },
             events: events.map {
                 TransactionView.EventView(at: TimeFormat.iso8601(ms: $0.atMs), event: $0.event, participant: $0.participant, detail: $0.detail)
-            })
+            },
+            parked: parked,
+            audit: audit.map { TransactionView.AuditView(at: TimeFormat.iso8601(ms: $0.atMs), operator: $0.operatorName, action: $0.action, reason: $0.reason, detail: $0.detail) })
+    }
+}
+
+/// `POST /v1/transactions/{txid}/force` and the agent's `POST /v1/branches/{txid}/force`.
+public struct ForceBody: Codable, Sendable {
+    public let outcome: String
+    public let reason: String
+    public let `operator`: String?
+    public let dryRun: Bool?
+    public init(outcome: String, reason: String, operator: String?, dryRun: Bool?) {
+        self.outcome = outcome
+        self.reason = reason
+        self.operator = `operator`
+        self.dryRun = dryRun
+    }
+    enum CodingKeys: String, CodingKey {
+        case outcome, reason, `operator`
+        case dryRun = "dry_run"
+    }
+}
+
+public struct ForceResponse: Codable, Sendable {
+    public let txid: String
+    public let outcome: String
+    public let dryRun: Bool
+    public let effects: [String]
+    public init(txid: String, outcome: String, dryRun: Bool, effects: [String]) {
+        self.txid = txid
+        self.outcome = outcome
+        self.dryRun = dryRun
+        self.effects = effects
+    }
+    enum CodingKeys: String, CodingKey {
+        case txid, outcome, effects
+        case dryRun = "dry_run"
+    }
+}
+
+public struct RetryResponse: Codable, Sendable {
+    public let txid: String
+    public let participants: [String]
+    public init(txid: String, participants: [String]) {
+        self.txid = txid
+        self.participants = participants
+    }
+}
+
+/// A participant tells the coordinator that an operator forced its branch's outcome.
+public struct HeuristicReport: Codable, Sendable {
+    public let participant: String
+    public let outcome: String
+    public init(participant: String, outcome: String) {
+        self.participant = participant
+        self.outcome = outcome
+    }
+}
+
+public struct HeuristicResponse: Codable, Sendable {
+    public let txid: String
+    public let mixed: Bool
+    public init(txid: String, mixed: Bool) {
+        self.txid = txid
+        self.mixed = mixed
+    }
+}
+
+/// `GET /v1/branches/{txid}` at a participant.
+public struct BranchDetail: Codable, Sendable {
+    public struct Decision: Codable, Sendable {
+        public let outcome: String
+        public let reason: String
+        public let `operator`: String
+        public let at: String
+        public init(outcome: String, reason: String, operator: String, at: String) {
+            self.outcome = outcome
+            self.reason = reason
+            self.operator = `operator`
+            self.at = at
+        }
+    }
+    public let txid: String
+    public let state: String
+    public let coordinator: String?
+    public let writeSetBytes: Int?
+    public let inquiries: Int?
+    public let lastInquiryError: String?
+    public let heuristic: Decision?
+    enum CodingKeys: String, CodingKey {
+        case txid, state, coordinator, inquiries, heuristic
+        case writeSetBytes = "write_set_bytes"
+        case lastInquiryError = "last_inquiry_error"
+    }
+    public init(txid: String, state: String, coordinator: String?, writeSetBytes: Int?, inquiries: Int?, lastInquiryError: String?, heuristic: Decision?) {
+        self.txid = txid
+        self.state = state
+        self.coordinator = coordinator
+        self.writeSetBytes = writeSetBytes
+        self.inquiries = inquiries
+        self.lastInquiryError = lastInquiryError
+        self.heuristic = heuristic
+    }
+}
+
+/// `GET /v1/stats` at the coordinator.
+public struct StatsResponse: Codable, Sendable {
+    public struct Latency: Codable, Sendable {
+        public let samples: Int
+        public let p50Ms: Double
+        public let p95Ms: Double
+        public let p99Ms: Double
+        public let maxMs: Double
+        enum CodingKeys: String, CodingKey {
+            case samples
+            case p50Ms = "p50_ms"
+            case p95Ms = "p95_ms"
+            case p99Ms = "p99_ms"
+            case maxMs = "max_ms"
+        }
+        public init(samples: Int, p50Ms: Double, p95Ms: Double, p99Ms: Double, maxMs: Double) {
+            self.samples = samples
+            self.p50Ms = p50Ms
+            self.p95Ms = p95Ms
+            self.p99Ms = p99Ms
+            self.maxMs = maxMs
+        }
+    }
+    /// Transactions held in memory (open, and recently finished), by state.
+    public let byState: [String: Int]
+    /// Decided since this coordinator started, by outcome.
+    public let totals: [String: UInt64]
+    /// Decisions per second over the last minute, by outcome.
+    public let ratesPerS: [String: Double]
+    public let open: Int
+    public let parked: Int
+    /// Commit requests: from the request to the answer.
+    public let commitLatency: Latency
+    public let uptimeS: Int64
+    enum CodingKeys: String, CodingKey {
+        case totals, open, parked
+        case byState = "by_state"
+        case ratesPerS = "rates_per_s"
+        case commitLatency = "commit_latency"
+        case uptimeS = "uptime_s"
+    }
+    public init(byState: [String: Int], totals: [String: UInt64], ratesPerS: [String: Double], open: Int, parked: Int, commitLatency: Latency, uptimeS: Int64) {
+        self.byState = byState
+        self.totals = totals
+        self.ratesPerS = ratesPerS
+        self.open = open
+        self.parked = parked
+        self.commitLatency = commitLatency
+        self.uptimeS = uptimeS
     }
 }

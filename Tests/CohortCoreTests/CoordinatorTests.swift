@@ -116,7 +116,7 @@ final class CoordinatorTests: XCTestCase {
         _ = c.on(.voted(t, participant: "b", vote: .yes), nowMs: 3)
         _ = c.on(.decisionDurable(t), nowMs: 4)
         var delays: [Int64] = []
-        for i in 0..<12 {
+        for i in 0..<8 {
             let f = c.on(.deliveryFailed(t, participant: "b", error: "down"), nowMs: 10 + Int64(i))
             guard case .setTimer(.retry(t, "b"), let d)? = f.first else { return XCTFail("\(f)") }
             delays.append(d)

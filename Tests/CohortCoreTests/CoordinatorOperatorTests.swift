@@ -1,0 +1,164 @@
+import XCTest
+@testable import CohortCore
+
+final class CoordinatorOperatorTests: XCTestCase {
+    let a = ParticipantRef(name: "a", url: "http://a")
+    let b = ParticipantRef(name: "b", url: "http://b")
+
+    func machine(budget: Int = 3) -> Coordinator {
+        var config = Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 100)
+        config.retryBudgetAttempts = budget
+        config.retryBudgetMs = 1_000_000
+        config.parkedRetryDelayMs = 30_000
+        return Coordinator(config: config)
+    }
+
+    func started(_ c: inout Coordinator) -> TxID {
+        guard case .reply(_, .begun(let t, _))? = c.on(.begin(1, timeoutMs: 5000), nowMs: 0).last else { fatalError() }
+        _ = c.on(.register(2, txid: t.description, participant: a), nowMs: 1)
+        _ = c.on(.register(3, txid: t.description, participant: b), nowMs: 1)
+        _ = c.on(.commit(4, txid: t.description), nowMs: 2)
+        return t
+    }
+
+    func committing(_ c: inout Coordinator) -> TxID {
+        let t = started(&c)
+        _ = c.on(.voted(t, participant: "a", vote: .yes), nowMs: 3)
+        _ = c.on(.voted(t, participant: "b", vote: .yes), nowMs: 3)
+        _ = c.on(.decisionDurable(t), nowMs: 4)
+        _ = c.on(.acknowledged(t, participant: "a"), nowMs: 5)
+        return t
+    }
+
+    func force(_ outcome: Outcome, dryRun: Bool = false) -> Coordinator.ForceRequest {
+        Coordinator.ForceRequest(outcome: outcome, reason: "participant b is gone for good", operatorName: "alice@host", dryRun: dryRun)
+    }
+
+    func errorStatus(_ actions: [Coordinator.Action]) -> Int? {
+        for a in actions { if case .reply(_, .error(let e)) = a { return e.status } }
+        return nil
+    }
+
+    func testRetryBudgetParksButKeepsRetrying() {
+        var c = machine(budget: 3)
+        let t = committing(&c)
+        var delays: [Int64] = []
+        for i in 1...5 {
+            let f = c.on(.deliveryFailed(t, participant: "b", error: "connection refused \(i)"), nowMs: 10 + Int64(i))
+            guard case .setTimer(_, let d)? = f.first else { return XCTFail() }
+            delays.append(d)
+            _ = c.on(.timerFired(.retry(t, participant: "b")), nowMs: 20)
+        }
+        let tx = c.transaction(t)!
+        XCTAssertTrue(tx.parked)
+        XCTAssertEqual(c.parkedCount, 1)
+        XCTAssertEqual(Array(delays.suffix(3)), [30_000, 30_000, 30_000], "parked transactions retry at the slow rate")
+        XCTAssertLessThan(delays[0], 30_000)
+        XCTAssertEqual(tx.branches[1].history.map(\.error).last, "connection refused 5")
+        XCTAssertTrue(tx.events.contains { $0.event == "parked" })
+        _ = c.on(.acknowledged(t, participant: "b"), nowMs: 100)
+        XCTAssertEqual(c.parkedCount, 0)
+        XCTAssertEqual(c.transaction(t)?.state, .committed)
+    }
+
+    func testRetryNowResendsThePendingPhase() {
+        var c = machine()
+        let t = committing(&c)
+        let r = c.on(.retryNow(9, txid: t.description), nowMs: 6)
+        XCTAssertTrue(r.contains(.send(t, to: b, .commit)))
+        XCTAssertFalse(r.contains(.send(t, to: a, .commit)), "acknowledged branch is not retried")
+        XCTAssertTrue(r.contains(.reply(9, .retried(t, participants: ["b"]))))
+        var d = machine()
+        let u = started(&d)
+        XCTAssertEqual(errorStatus(d.on(.retryNow(9, txid: u.description), nowMs: 6)), 409)
+        XCTAssertEqual(errorStatus(d.on(.retryNow(9, txid: "0a1b2c3d-1-999"), nowMs: 6)), 404)
+    }
+
+    func testForcedAbortIsAuditedBeforeItTakesEffectAndBlocksACommitDecision() {
+        var c = machine()
+        let t = started(&c)
+        let dry = c.on(.force(5, txid: t.description, force(.aborted, dryRun: true)), nowMs: 3)
+        guard case .reply(5, .forced(t, .aborted, true, let effects))? = dry.first else { return XCTFail("\(dry)") }
+        XCTAssertTrue(effects.contains("send abort to a, b"), "\(effects)")
+        XCTAssertEqual(c.transaction(t)?.state, .preparing, "a dry run changes nothing")
+        let real = c.on(.force(6, txid: t.description, force(.aborted)), nowMs: 3)
+        guard case .log(.audit(t, let entry), true)? = real.first else { return XCTFail("\(real)") }
+        XCTAssertEqual(entry.operatorName, "alice@host")
+        XCTAssertEqual(entry.action, "force-abort")
+        _ = c.on(.voted(t, participant: "a", vote: .yes), nowMs: 4)
+        XCTAssertEqual(c.on(.voted(t, participant: "b", vote: .yes), nowMs: 4), [], "no commit decision while the forced abort is logged")
+        let done = c.on(.auditDurable(t), nowMs: 5)
+        XCTAssertTrue(done.contains(.send(t, to: a, .abort)))
+        XCTAssertTrue(done.contains { if case .reply(6, .forced(t, .aborted, false, _)) = $0 { return true } else { return false } })
+        XCTAssertTrue(done.contains(.reply(4, .outcome(t, .aborted, reason: "forced by operator alice@host: participant b is gone for good"))))
+        XCTAssertEqual(c.transaction(t)?.audit.count, 1)
+        XCTAssertEqual(c.inquire(t.description), .aborted)
+        XCTAssertEqual(errorStatus(c.on(.force(7, txid: t.description, force(.committed)), nowMs: 6)), 409, "contradicts the abort")
+    }
+
+    func testForcedDecisionsThatContradictADurableDecisionAreRefused() {
+        var c = machine()
+        let t = committing(&c)
+        XCTAssertEqual(errorStatus(c.on(.force(5, txid: t.description, force(.aborted)), nowMs: 6)), 409)
+        var d = machine()
+        let u = started(&d)
+        XCTAssertEqual(errorStatus(d.on(.force(5, txid: u.description, force(.committed)), nowMs: 6)), 409, "cannot commit unprepared work")
+        XCTAssertEqual(errorStatus(d.on(.force(5, txid: u.description, Coordinator.ForceRequest(outcome: .aborted, reason: "  ", operatorName: "x", dryRun: false)), nowMs: 6)), 400, "a reason is required")
+        XCTAssertEqual(errorStatus(d.on(.force(5, txid: "0a1b2c3d-1-999", force(.aborted)), nowMs: 6)), 404)
+    }
+
+    func testForcedCommitResolvesAParkedBranchAndIsRemembered() throws {
+        var c = machine()
+        let t = committing(&c)
+        let r = c.on(.force(5, txid: t.description, force(.committed)), nowMs: 6)
+        XCTAssertEqual(r.count, 1)
+        let done = c.on(.auditDurable(t), nowMs: 7)
+        XCTAssertTrue(done.contains(.log(.end(t), force: false)))
+        XCTAssertTrue(done.contains(.cancelTimer(.retry(t, participant: "b"))))
+        let tx = c.transaction(t)!
+        XCTAssertEqual(tx.state, .committed)
+        XCTAssertEqual(tx.branches[1].state, .resolvedByOperator)
+        XCTAssertEqual(c.operatorOutcomes[t], .committed)
+        // Survives a restart through the snapshot even when the transaction itself is forgotten.
+        var restarted = Coordinator(config: Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 1))
+        _ = try restarted.recover(snapshot: c.snapshot(), records: [], nowMs: 10)
+        XCTAssertEqual(restarted.inquire(t.description), .committed)
+    }
+
+    func testHeuristicAbortDuringCommitIsReportedMixed() throws {
+        var c = machine()
+        let t = committing(&c)
+        let report = c.on(.heuristicReported(8, txid: t.description, participant: "b", outcome: .aborted), nowMs: 6)
+        XCTAssertEqual(report, [.log(.heuristic(t, participant: "b", outcome: .aborted), force: true)])
+        let done = c.on(.heuristicDurable(t, participant: "b"), nowMs: 7)
+        XCTAssertTrue(done.contains(.reply(8, .heuristicNoted(t.description, mixed: true))))
+        XCTAssertEqual(c.transaction(t)?.state, .heuristicMixed)
+        XCTAssertEqual(c.unfinishedCount, 0, "nothing more can be delivered")
+        // And from the log after a restart.
+        let recs = [CoordinatorRecordCoding.encode(.commitDecision(t, participants: [a, b], decidedAtMs: 4)),
+                    CoordinatorRecordCoding.encode(.heuristic(t, participant: "b", outcome: .aborted))]
+        var restarted = Coordinator(config: Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 1))
+        let redrive = try restarted.recover(snapshot: nil, records: recs, nowMs: 10)
+        XCTAssertEqual(redrive, [.send(t, to: a, .commit)], "b reported a heuristic; only a is re-driven")
+        _ = restarted.on(.acknowledged(t, participant: "a"), nowMs: 11)
+        XCTAssertEqual(restarted.transaction(t)?.state, .heuristicMixed)
+    }
+
+    func testHeuristicCommitOfAForgottenTransactionIsMixed() {
+        var c = machine()
+        let t = TxID(coordinatorID: "0a1b2c3d", epoch: 99, sequence: 5)
+        _ = c.on(.heuristicReported(nil, txid: t.description, participant: "a", outcome: .committed), nowMs: 1)
+        _ = c.on(.heuristicDurable(t, participant: "a"), nowMs: 2)
+        XCTAssertEqual(c.transaction(t)?.state, .heuristicMixed)
+        XCTAssertEqual(c.transaction(t)?.outcome, .aborted, "no record: presumed abort")
+    }
+
+    func testAuditAndHeuristicRecordsRoundTrip() throws {
+        let t = TxID(coordinatorID: "0a1b2c3d", epoch: 1, sequence: 2)
+        let entry = Coordinator.AuditEntry(atMs: 5, operatorName: "op", action: "force-abort", reason: "why", detail: "what")
+        for record in [Coordinator.Record.audit(t, entry), .heuristic(t, participant: "p", outcome: .committed)] {
+            let e = CoordinatorRecordCoding.encode(record)
+            XCTAssertEqual(try CoordinatorRecordCoding.decode(type: e.type, payload: e.payload), record)
+        }
+    }
+}

@@ -1,0 +1,99 @@
+import XCTest
+@testable import CohortCore
+
+final class ParticipantHeuristicTests: XCTestCase {
+    let ws: [UInt8] = [7, 7]
+
+    func inDoubt() -> Participant {
+        var p = Participant(config: Participant.Config(name: "p"))
+        _ = p.on(.joined("t1", coordinatorURL: "http://c", timeoutMs: 1000))
+        _ = p.on(.prepare(1, txid: "t1", onePhase: false, vote: .yes(writeSet: ws)))
+        _ = p.on(.preparedDurable("t1"))
+        return p
+    }
+
+    func force(_ outcome: Outcome, dryRun: Bool = false) -> Participant.Event {
+        .force(9, txid: "t1", outcome: outcome, reason: "coordinator lost", operatorName: "bob", dryRun: dryRun, atMs: 50)
+    }
+
+    func testForcedCommitIsLoggedThenAppliedAndStillAsksTheCoordinator() {
+        var p = inDoubt()
+        let dry = p.on(force(.committed, dryRun: true))
+        guard case .reply(9, .forced(.committed, true, _))? = dry.first else { return XCTFail("\(dry)") }
+        XCTAssertEqual(p.state(of: "t1"), .prepared, "dry run changes nothing")
+        let real = p.on(force(.committed))
+        XCTAssertTrue(real.contains(.log(.heuristic("t1", outcome: .committed, reason: "coordinator lost", operatorName: "bob", atMs: 50), force: true)))
+        XCTAssertFalse(real.contains { if case .apply = $0 { return true } else { return false } }, "nothing applied before the record is durable")
+        let done = p.on(.heuristicDurable("t1", lsn: 12))
+        XCTAssertEqual(done.first, .apply("t1", writeSet: ws, lsn: 12))
+        XCTAssertEqual(p.state(of: "t1"), .heuristicCommitted)
+        XCTAssertEqual(p.inDoubtCount, 0)
+        XCTAssertEqual(p.on(.timerFired(.inquire("t1"))), [.inquire("t1", coordinatorURL: "http://c")])
+        // The coordinator agrees: resolved quietly.
+        let agree = p.on(.inquiryAnswered("t1", .committed))
+        XCTAssertTrue(agree.contains(.log(.heuristicResolved("t1", coordinatorOutcome: .committed, mixed: false), force: false)))
+        XCTAssertFalse(agree.contains { if case .reportHeuristic = $0 { return true } else { return false } })
+        XCTAssertTrue(p.heuristicMixed.isEmpty)
+    }
+
+    func testForcedCommitThatTheCoordinatorAbortedIsReportedMixed() throws {
+        var p = inDoubt()
+        _ = p.on(force(.committed))
+        _ = p.on(.heuristicDurable("t1", lsn: 12))
+        let abort = p.on(.abort(3, txid: "t1"))
+        XCTAssertTrue(abort.contains(.reportHeuristic("t1", coordinatorURL: "http://c", outcome: .committed)))
+        XCTAssertTrue(abort.contains(.log(.heuristicResolved("t1", coordinatorOutcome: .aborted, mixed: true), force: false)))
+        XCTAssertEqual(p.heuristicMixed["t1"]?.operatorName, "bob")
+        // Survives a restart through the snapshot.
+        var q = Participant(config: Participant.Config(name: "p"))
+        _ = try q.recover(snapshot: p.snapshot(), records: [])
+        XCTAssertEqual(q.heuristicMixed["t1"]?.reason, "coordinator lost")
+    }
+
+    func testCommitForAHeuristicallyAbortedBranchSaysSo() {
+        var p = inDoubt()
+        _ = p.on(force(.aborted))
+        let d = p.on(.heuristicDurable("t1", lsn: 3))
+        XCTAssertEqual(d.first, .release("t1"))
+        let c = p.on(.commit(4, txid: "t1"))
+        XCTAssertTrue(c.contains(.reply(4, .heuristicAborted)))
+        XCTAssertNotNil(p.heuristicMixed["t1"])
+    }
+
+    func testForceRules() {
+        var p = inDoubt()
+        _ = p.on(force(.aborted))
+        guard case .reply(9, .error(let busy))? = p.on(force(.committed)).first else { return XCTFail() }
+        XCTAssertEqual(busy.status, 409, "record being written")
+        _ = p.on(.heuristicDurable("t1", lsn: 3))
+        guard case .reply(9, .error(let contra))? = p.on(force(.committed)).first else { return XCTFail() }
+        XCTAssertEqual(contra.status, 409)
+        var q = Participant(config: Participant.Config(name: "p"))
+        _ = q.on(.joined("t1", coordinatorURL: "http://c", timeoutMs: 1000))
+        guard case .reply(9, .error(let unprepared))? = q.on(force(.committed)).first else { return XCTFail() }
+        XCTAssertEqual(unprepared.status, 409, "nothing durable to commit")
+        let localAbort = q.on(force(.aborted))
+        XCTAssertTrue(localAbort.contains(.release("t1")))
+        guard case .reply(9, .error(let unknown))? = q.on(.force(9, txid: "zz", outcome: .aborted, reason: "x", operatorName: "o", dryRun: false, atMs: 1)).first else { return XCTFail() }
+        XCTAssertEqual(unknown.status, 404)
+    }
+
+    func testHeuristicRecordsRecover() throws {
+        func rec(_ lsn: UInt64, _ r: Participant.Record) -> (lsn: UInt64, type: UInt8, payload: [UInt8]) {
+            let e = ParticipantRecordCoding.encode(r)
+            return (lsn, e.type, e.payload)
+        }
+        var p = Participant(config: Participant.Config(name: "p"))
+        let actions = try p.recover(snapshot: nil, records: [
+            rec(1, .prepared("t1", coordinatorURL: "http://c", writeSet: ws)),
+            rec(2, .heuristic("t1", outcome: .committed, reason: "r", operatorName: "o", atMs: 5)),
+            rec(3, .prepared("t2", coordinatorURL: "http://c", writeSet: ws)),
+            rec(4, .heuristic("t2", outcome: .aborted, reason: "r", operatorName: "o", atMs: 5)),
+            rec(5, .heuristicResolved("t2", coordinatorOutcome: .committed, mixed: true)),
+        ])
+        XCTAssertEqual(actions, [.apply("t1", writeSet: ws, lsn: 2), .inquire("t1", coordinatorURL: "http://c")], "no locks for a decided branch")
+        XCTAssertEqual(p.state(of: "t1"), .heuristicCommitted)
+        XCTAssertNotNil(p.heuristicMixed["t2"])
+        XCTAssertEqual(p.state(of: "t2"), .aborted)
+    }
+}
