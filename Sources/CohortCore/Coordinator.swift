@@ -285,6 +285,17 @@ public struct Coordinator {
                 let outcome: Outcome = try r.bool() ? .committed : .aborted
                 _ = noteHeuristic(txid, participant: name, outcome: outcome, nowMs: nowMs)
             }
+            let committedCount = try r.u32()
+            guard committedCount <= UInt32(config.finishedTransactionsKept) else { throw DecodeError("\(committedCount) recent commits") }
+            for _ in 0..<committedCount {
+                let txid = try CoordinatorRecordCoding.decodeTxID(&r)
+                var tx = Transaction(txid: txid, state: .committed, createdAtMs: try r.i64(), timeoutMs: 0)
+                tx.finishedAtMs = try r.i64()
+                tx.outcome = .committed
+                tx.events.append(TimelineEvent(atMs: tx.finishedAtMs!, event: "committed", participant: nil, detail: "from a checkpoint (details not kept)"))
+                if finished[txid] == nil && open[txid] == nil { remember(tx) }
+                maxEpoch = max(maxEpoch, txid.epoch)
+            }
         }
         for (type, payload) in records {
             let record = try CoordinatorRecordCoding.decode(type: type, payload: payload)
@@ -392,6 +403,16 @@ public struct Coordinator {
             w.string(txid.description)
             w.string(name)
             w.bool(outcome == .committed)
+        }
+        // Recently committed transactions, so a client that lost the answer to its commit can
+        // still read "committed" after the log before this point is gone (aborts need no
+        // record: unknown means aborted).
+        let committed = finishedOrder[finishedOrderHead...].compactMap { finished[$0] }.filter { $0.state == .committed }
+        w.u32(UInt32(committed.count))
+        for tx in committed {
+            w.string(tx.txid.description)
+            w.i64(tx.createdAtMs)
+            w.i64(tx.finishedAtMs ?? tx.createdAtMs)
         }
         return w.bytes
     }

@@ -254,4 +254,19 @@ final class CoordinatorTests: XCTestCase {
         XCTAssertEqual(c.transaction(t)?.outcome, .aborted)
         XCTAssertEqual(c.on(.decisionDurable(t), nowMs: 5), [], "no late commit after the refusal")
     }
+
+    func testRecentCommitsSurviveACheckpoint() throws {
+        var c = makeCoordinator()
+        let t = begin(&c, [a, b])
+        _ = c.on(.commit(2, txid: t.description), nowMs: 2)
+        _ = c.on(.voted(t, participant: "a", vote: .yes), nowMs: 3)
+        _ = c.on(.voted(t, participant: "b", vote: .yes), nowMs: 3)
+        _ = c.on(.decisionDurable(t), nowMs: 4)
+        _ = c.on(.acknowledged(t, participant: "a"), nowMs: 5)
+        _ = c.on(.acknowledged(t, participant: "b"), nowMs: 5)
+        var restarted = Coordinator(config: Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 1))
+        _ = try restarted.recover(snapshot: c.snapshot(), records: [], nowMs: 10)
+        XCTAssertEqual(restarted.transaction(t)?.state, .committed)
+        XCTAssertGreaterThan(restarted.epoch, t.epoch)
+    }
 }
