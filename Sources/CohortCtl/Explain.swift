@@ -70,10 +70,10 @@ public enum Explain {
             finished = true
             let decided = tx.outcome ?? "aborted"
             let forced = tx.branches.filter { $0.heuristic != nil && $0.heuristic != decided }
-            let names = forced.map { "\($0.participant) (forced \($0.heuristic!))" }.joined(separator: ", ")
+            let names = forced.map { "\($0.participant) to \($0.heuristic!)" }.joined(separator: ", ")
             let others = tx.branches.filter { !($0.heuristic != nil && $0.heuristic != decided) }.map(\.participant)
             summary = "\(id) is HEURISTIC-MIXED: the coordinator decided \(decided), but an operator forced \(names.isEmpty ? "a branch" : names) at the participant. "
-                + "The participants' data now disagree: \(others.isEmpty ? "the others" : others.joined(separator: ", ")) \(decided), \(forced.map(\.participant).joined(separator: ", ")) \(forced.first?.heuristic ?? "the opposite")."
+                + "The participants' data now disagree: \(forced.map(\.participant).joined(separator: ", ")) \(forced.first?.heuristic ?? "the opposite"), \(others.isEmpty ? "every other participant" : others.joined(separator: ", ")) \(decided)."
             blocking = tx.branches.map { note($0, $0.heuristic != nil && $0.heuristic != decided ? "data repair by hand" : nil) }
             for b in forced {
                 actions.append("repair the data by hand at \(b.participant)\(b.url.isEmpty ? "" : " (\(b.url))"): its branch was \(b.heuristic!) but the transaction was \(decided); Cohort cannot undo a forced outcome")

@@ -110,8 +110,8 @@ public enum LogTools {
     }
 
     public static func describe(lsn: UInt64, offset: Int, type: UInt8, payload: [UInt8]) -> LogReport.Record {
-        func rec(_ txid: String?, _ summary: String, _ audit: LogReport.Audit? = nil) -> LogReport.Record {
-            .init(lsn: lsn, offset: offset, type: Int(type), typeName: typeName(type), payloadBytes: payload.count,
+        func rec(_ txid: String?, _ summary: String, _ audit: LogReport.Audit? = nil, known: Bool = true) -> LogReport.Record {
+            .init(lsn: lsn, offset: offset, type: Int(type), typeName: known ? typeName(type) : "type-\(type)", payloadBytes: payload.count,
                   txid: txid, summary: summary, audit: audit)
         }
         if type == 0 { return rec(nil, checkpointSummary(payload)) }
@@ -121,7 +121,7 @@ public enum LogTools {
                 let names = participants.map { "\($0.name) (\($0.url))" }.joined(separator: ", ")
                 return rec(txid.description, "commit decided at \(TimeFormat.iso8601(ms: at)); tell \(names.isEmpty ? "no one" : names)")
             case .end(let txid):
-                return rec(txid.description, "ended: every branch acknowledged")
+                return rec(txid.description, "ended: nothing more to deliver (every branch acknowledged or resolved)")
             case .audit(let txid, let e):
                 let a = LogReport.Audit(at: TimeFormat.iso8601(ms: e.atMs), operator: e.operatorName, action: e.action, reason: e.reason, detail: e.detail)
                 return rec(txid.description, "\(e.action) by \(e.operatorName) at \(a.at): \(e.reason)", a)
@@ -129,7 +129,7 @@ public enum LogTools {
                 return rec(txid.description, "participant \(participant) reported a heuristic outcome: operator forced \(outcome.rawValue)")
             }
         } catch {
-            return rec(nil, "undecodable (\(error)); is this a coordinator's log?")
+            return rec(nil, "not a coordinator record (\(error)); is this a coordinator's log?", known: false)
         }
     }
 

@@ -134,10 +134,10 @@ public enum Render {
 
     // MARK: forced decisions and retries
 
-    public static func force(_ r: ForceResponse, where place: String) -> String {
+    public static func force(_ r: ForceResponse, where place: String, recorded: String = "recorded in the audit trail") -> String {
         var s = r.dryRun
             ? "dry run: forcing \(r.txid) to \(r.outcome) \(place) would:\n"
-            : "forced \(r.txid) to \(r.outcome) \(place); recorded in the audit trail. It did:\n"
+            : "forced \(r.txid) to \(r.outcome) \(place); \(recorded). It did:\n"
         for e in r.effects { s += "  - \(e)\n" }
         if r.dryRun { s += "nothing was changed.\n" }
         return s

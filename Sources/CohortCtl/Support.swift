@@ -139,12 +139,64 @@ func clip(_ s: String, _ n: Int) -> String {
     return one.count <= n ? one : String(one.prefix(max(n - 3, 0))) + "..."
 }
 
-/// Stable JSON: sorted keys, two-space indentation as Foundation writes it, a final newline.
+/// Stable JSON: sorted keys, two-space indentation, `"key": value`, empty arrays as `[]`, a
+/// final newline.
 public enum JSONOut {
     public static func encode<T: Encodable>(_ value: T) -> String {
         let e = JSONEncoder()
-        e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         guard let data = try? e.encode(value) else { return "{}\n" }
-        return String(decoding: data, as: UTF8.self) + "\n"
+        return indent(Array(data)) + "\n"
+    }
+
+    /// Re-indents compact JSON text (as JSONEncoder writes it, without whitespace).
+    static func indent(_ b: [UInt8]) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity(b.count * 2)
+        var depth = 0
+        var inString = false
+        var escaped = false
+        func newline() {
+            out.append(10)
+            out.append(contentsOf: [UInt8](repeating: 32, count: depth * 2))
+        }
+        var i = 0
+        while i < b.count {
+            let c = b[i]
+            if inString {
+                out.append(c)
+                if escaped { escaped = false } else if c == 92 { escaped = true } else if c == 34 { inString = false }
+                i += 1
+                continue
+            }
+            switch c {
+            case 34:
+                inString = true
+                out.append(c)
+            case 123, 91: // { [
+                if i + 1 < b.count && (b[i + 1] == 125 || b[i + 1] == 93) {
+                    out.append(c)
+                    out.append(b[i + 1])
+                    i += 1
+                } else {
+                    out.append(c)
+                    depth += 1
+                    newline()
+                }
+            case 125, 93: // } ]
+                depth -= 1
+                newline()
+                out.append(c)
+            case 44: // ,
+                out.append(c)
+                newline()
+            case 58: // :
+                out.append(contentsOf: [58, 32])
+            default:
+                out.append(c)
+            }
+            i += 1
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 }

@@ -185,7 +185,7 @@ public enum Txctl {
         guard let reason = a.string("reason"), !reason.trimmingCharacters(in: .whitespaces).isEmpty else {
             throw CtlError.usage("\(verb) --force needs --reason \"...\": why, for the audit trail")
         }
-        let op = a.string("operator") ?? "\(ctx.environment["USER"] ?? "unknown")@\(ctx.hostName)"
+        let op = a.string("operator") ?? "\(ctx.environment["USER"] ?? ctx.environment["LOGNAME"] ?? "unknown")@\(ctx.hostName)"
         guard !op.isEmpty else { throw CtlError.usage("--operator must not be empty") }
         let body = ForceBody(outcome: outcome, reason: reason, operator: op, dryRun: a.has("dry-run"))
         return Array((try? JSONEncoder().encode(body)) ?? Data())
@@ -238,7 +238,7 @@ public enum Txctl {
             let p = try positional(a, count: 4, usage: "txctl agent URL \(sub) TXID --force --reason \"...\" [--dry-run]")
             let body = try forceBody(a, ctx, outcome: sub == "commit" ? "committed" : "aborted", verb: "agent \(sub)")
             let r = try remote(a).post("/v1/branches/\(escape(p[3]))/force", body: body, ForceResponse.self)
-            ctx.out(a.has("json") ? JSONOut.encode(r) : Render.force(r, where: "at participant \(url) (a heuristic decision)"))
+            ctx.out(a.has("json") ? JSONOut.encode(r) : Render.force(r, where: "at participant \(url)", recorded: "recorded durably at the participant as a heuristic decision"))
         default:
             throw CtlError.usage("unknown agent command \"\(sub)\": use list, show, commit or abort (see txctl agent --help)")
         }
