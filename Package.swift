@@ -45,7 +45,7 @@ let package = Package(
         .testTarget(name: "CohortHTTPTests", dependencies: ["CohortHTTP"]),
         .testTarget(name: "CohortKVTests", dependencies: ["CohortKV"]),
         .testTarget(name: "IntegrationTests", dependencies: ["CohortClient", "CohortCore"]),
-        .testTarget(name: "TxctlTests", dependencies: ["CohortCtl", "CohortClient"]),
+        .testTarget(name: "TxctlTests", dependencies: ["CohortCtl", "CohortClient", "CohortCore", "CohortLog", "CohortHTTP"], exclude: ["Golden"]),
     ],
     swiftLanguageModes: [.v5]
 )
