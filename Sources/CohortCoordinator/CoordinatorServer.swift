@@ -397,12 +397,16 @@ public final class CoordinatorServer {
             guard TxID(parts[2]) != nil else { return reject(400, "malformed txid \"\(parts[2].prefix(80))\"") }
             responder.send(.jsonBytes(200, JSONBody.encode(InquiryResponse(txid: parts[2], outcome: machine.inquire(parts[2]).rawValue))))
         default:
-            let known = ["healthz", "metrics", "v1"]
-            if let first = parts.first, known.contains(first) {
-                reject(parts.count <= 4 ? 405 : 404, "no route for \(method) \(request.path)")
-            } else {
-                reject(404, "no route for \(method) \(request.path)")
+            // 405 only for a path that exists with another method; anything else is 404.
+            let exists: Bool
+            switch parts.count {
+            case 1: exists = parts[0] == "healthz" || parts[0] == "metrics"
+            case 2: exists = parts == ["v1", "transactions"]
+            case 3: exists = parts[0] == "v1" && parts[1] == "transactions"
+            case 4: exists = parts[0] == "v1" && parts[1] == "transactions" && ["commit", "abort", "branches", "outcome"].contains(parts[3])
+            default: exists = false
             }
+            reject(exists ? 405 : 404, "no route for \(method) \(request.path)")
         }
     }
 

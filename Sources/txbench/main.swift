@@ -1,1 +1,206 @@
-print("not yet")
+import CohortClient
+import CohortCore
+import Foundation
+
+let usage = """
+usage: txbench [--clients N] [--duration D] [--warmup D] [--accounts N] [--json]
+               [--coordinator URL --agents URL,URL,...] [--bin-dir DIR] [--keep]
+
+Load generator for Cohort: concurrent bank transfers between two agents, each a distributed
+two-phase-commit transaction. Starts its own coordinator and two agents in a temporary directory
+unless --coordinator and --agents name running ones (their acct-* keys are overwritten).
+  --clients N         concurrent clients, each one transfer at a time (default 16)
+  --duration D        measured time, e.g. 10s (default 10s)
+  --warmup D          unmeasured time before it (default 2s)
+  --accounts N        accounts per agent (default 1000)
+  --json              print the results as one JSON object
+  --row               print the results as one table row (benchmarks/run-2pc); --row-header
+                      prints the header line and exits
+  --coordinator URL   use a running coordinator ...
+  --agents URLS       ... and these running agents (comma-separated, at least two)
+  --bin-dir DIR       where cohortd and cohort-agent are (default: next to this program)
+  --keep              keep the temporary directory of a cluster txbench started
+Reports committed/s, aborted/s, latency percentiles of committed transfers, and from the servers'
+/metrics: log syncs (fdatasync) and protocol messages per committed transaction, summed over the
+coordinator and the agents. Checks afterwards that the total balance is unchanged.
+"""
+
+func fail(_ message: String, status: Int32) -> Never {
+    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    exit(status)
+}
+
+func note(_ s: String) {
+    FileHandle.standardError.write(Data((s + "\n").utf8))
+}
+
+var clients = 16
+var durationMs: Int64 = 10_000
+var warmupMs: Int64 = 2_000
+var accounts = 1000
+var json = false
+var row = false
+let rowHeader = "clients  committed/s  aborted/s    p50_ms    p95_ms    p99_ms    max_ms  syncs/commit  msgs/commit  conservation"
+var keep = false
+var external: (coordinator: String, agents: [String])?
+var binDir: String?
+do {
+    let args = try Arguments(Array(CommandLine.arguments.dropFirst()),
+                             valued: ["clients", "duration", "warmup", "accounts", "coordinator", "agents", "bin-dir"],
+                             booleans: ["help", "json", "keep", "row", "row-header"])
+    if args.has("help") {
+        print(usage)
+        exit(0)
+    }
+    if args.has("row-header") {
+        print(rowHeader)
+        exit(0)
+    }
+    guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
+    row = args.has("row")
+    clients = try args.int("clients", default: 16, range: 1...1024)!
+    durationMs = try args.durationMs("duration", default: 10_000)!
+    warmupMs = try args.durationMs("warmup", default: 2_000)!
+    accounts = try args.int("accounts", default: 1000, range: 1...10_000)!
+    guard durationMs > 0 else { throw UsageError("--duration must be more than 0") }
+    json = args.has("json")
+    keep = args.has("keep")
+    binDir = args.string("bin-dir")
+    switch (args.string("coordinator"), args.string("agents")) {
+    case (nil, nil): break
+    case (let c?, let a?):
+        let agents = a.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard agents.count >= 2 else { throw UsageError("--agents needs at least two URLs") }
+        for u in [c] + agents where !u.hasPrefix("http://") { throw UsageError("\(u) is not an http:// URL") }
+        external = (c.hasSuffix("/") ? String(c.dropLast()) : c, agents.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 })
+    default:
+        throw UsageError("--coordinator and --agents go together")
+    }
+} catch {
+    fail("\(error)\n\(usage)", status: 2)
+}
+
+var cluster: Cluster?
+func finish(_ status: Int32, _ message: String? = nil) -> Never {
+    cluster?.stop()
+    if let message { FileHandle.standardError.write(Data("error: \(message)\n".utf8)) }
+    if keep, let c = cluster { note("kept \(c.dataDirectory)") }
+    exit(status)
+}
+
+let coordinatorURL: String
+let agentURLs: [String]
+if let external {
+    coordinatorURL = external.coordinator
+    agentURLs = external.agents
+} else {
+    var options = Cluster.Options()
+    options.agents = 2
+    options.keepData = keep
+    if let binDir { options.binDirectory = URL(fileURLWithPath: binDir) }
+    do {
+        let c = try Cluster(options: options)
+        cluster = c
+        try c.start()
+    } catch {
+        finish(1, "cannot start a cluster: \(error)")
+    }
+    coordinatorURL = cluster!.coordinatorURL
+    agentURLs = cluster!.agentURLs
+}
+
+var config = TransferWorkload.Config(coordinatorURL: coordinatorURL, agentURLs: agentURLs)
+config.accounts = accounts
+config.initialBalance = 1000
+config.maxAmount = 10
+let workload = TransferWorkload(config: config)
+if !json && !row { note("setting up \(accounts) accounts on each of \(agentURLs.count) agents ...") }
+do {
+    try workload.setup()
+} catch {
+    finish(1, "setup failed: \(error)")
+}
+
+let api = CohortAPI(coordinatorURL: coordinatorURL)
+let servers = [coordinatorURL] + agentURLs
+func snapshot() throws -> [[String: Double]] { try servers.map { try api.metrics($0) } }
+
+if warmupMs > 0 {
+    if !json && !row { note("warming up for \(Double(warmupMs) / 1000) s with \(clients) clients ...") }
+    _ = workload.run(clients: clients, durationMs: Double(warmupMs))
+}
+let before: [[String: Double]]
+do { before = try snapshot() } catch { finish(1, "cannot read /metrics: \(error)") }
+if !json && !row { note("measuring for \(Double(durationMs) / 1000) s with \(clients) clients ...") }
+let report = workload.run(clients: clients, durationMs: Double(durationMs))
+let after: [[String: Double]]
+do { after = try snapshot() } catch { finish(1, "cannot read /metrics: \(error)") }
+
+var syncs = 0.0
+var messages = 0.0
+var forced = 0.0
+var messagesByType: [String: Double] = [:]
+for (b, a) in zip(before, after) {
+    let d = metricsDelta(b, a)
+    syncs += d["cohort_log_syncs_total"] ?? 0
+    forced += d["cohort_log_forced_records_total"] ?? 0
+    for (k, v) in d where k.hasPrefix("cohort_messages_sent_total") {
+        messages += v
+        let type = k.split(separator: "\"").dropFirst().first.map(String.init) ?? "?"
+        messagesByType[type, default: 0] += v
+    }
+}
+
+let quiet = workload.waitQuiescent(timeoutMs: 30_000)
+let resolution = workload.resolveUnknown(timeoutMs: 10_000)
+let conservation: (ok: Bool, total: Int64, expected: Int64)
+do { conservation = try workload.checkConservation() } catch { finish(1, "cannot read balances: \(error)") }
+
+let seconds = report.elapsedMs / 1000
+let committed = Double(report.committed)
+let lat = report.latency
+func per(_ x: Double) -> Double { committed > 0 ? x / committed : 0 }
+let abortedPerS = Double(report.aborted) / seconds
+if json {
+    var object: [String: Any] = [
+        "clients": clients,
+        "duration_s": seconds,
+        "accounts": accounts,
+        "committed": report.committed,
+        "aborted": report.aborted,
+        "unknown": report.unknown,
+        "committed_per_s": committed / seconds,
+        "aborted_per_s": abortedPerS,
+        "latency_ms": ["p50": lat.p50, "p95": lat.p95, "p99": lat.p99, "max": lat.max, "mean": lat.mean],
+        "syncs_per_commit": per(syncs),
+        "forced_records_per_commit": per(forced),
+        "messages_per_commit": per(messages),
+        "messages_by_type_per_commit": messagesByType.mapValues { per($0) },
+        "abort_reasons": report.abortReasons,
+        "conservation": ["ok": conservation.ok, "total": conservation.total, "expected": conservation.expected],
+        "quiescent": quiet,
+    ]
+    if !resolution.unresolved.isEmpty { object["unresolved"] = resolution.unresolved.count }
+    let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+    print(String(decoding: data, as: UTF8.self))
+} else if row {
+    let line = String(format: "%-7d  %11.1f  %9.1f  %8.2f  %8.2f  %8.2f  %8.2f  %12.3f  %11.2f", clients, committed / seconds, abortedPerS,
+                      lat.p50, lat.p95, lat.p99, lat.max, per(syncs), per(messages))
+    print(line + "  " + (conservation.ok ? "ok" : "FAILED"))
+} else {
+    print(String(format: "clients           %d", clients))
+    print(String(format: "duration          %.1f s", seconds))
+    print(String(format: "committed/s       %.1f  (%d committed)", committed / seconds, report.committed))
+    let reasonText = report.abortReasons.isEmpty ? "" : ": " + report.abortReasons.sorted { $0.value > $1.value }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+    print(String(format: "aborted/s         %.1f", abortedPerS) + "  (\(report.aborted) aborted\(reasonText))")
+    print(String(format: "latency ms        p50 %.2f  p95 %.2f  p99 %.2f  max %.2f", lat.p50, lat.p95, lat.p99, lat.max))
+    print(String(format: "fdatasync/commit  %.3f", per(syncs)))
+    print(String(format: "forced rec/commit %.3f", per(forced)))
+    let byType = messagesByType.filter { $0.value > 0 }.sorted { $0.key < $1.key }.map { $0.key + " " + String(format: "%.2f", per($0.value)) }.joined(separator: ", ")
+    print(String(format: "messages/commit   %.2f", per(messages)) + "  (\(byType))")
+    print("conservation      \(conservation.ok ? "ok" : "FAILED") (total \(conservation.total), expected \(conservation.expected))")
+}
+fflush(stdout)
+if !conservation.ok { finish(1, "total balance \(conservation.total) differs from \(conservation.expected)") }
+if !quiet { finish(1, "not quiescent 30 s after the run: \(workload.unsettled())") }
+finish(0)

@@ -1,0 +1,277 @@
+import CohortCore
+import CohortHTTP
+import Foundation
+
+/// A failed call: the server answered with an error status, or the call did not complete.
+public enum CohortAPIError: Error, CustomStringConvertible {
+    /// The server answered `status` with `{"error": message}` (or some other body).
+    case http(status: Int, message: String)
+    /// No complete answer: connect failed, timed out, connection closed. The request may or may
+    /// not have been carried out.
+    case transport(String)
+    /// An answer that does not parse.
+    case badAnswer(String)
+
+    public var description: String {
+        switch self {
+        case .http(let status, let message): return "HTTP \(status): \(message)"
+        case .transport(let m): return "transport error: \(m)"
+        case .badAnswer(let m): return "unreadable answer: \(m)"
+        }
+    }
+
+    public var status: Int? {
+        if case .http(let s, _) = self { return s }
+        return nil
+    }
+
+    public var isTransport: Bool {
+        if case .transport = self { return true }
+        return false
+    }
+}
+
+/// A value in the agent's key-value store: an integer or a string.
+public enum StoreValue: Codable, Equatable, Sendable, CustomStringConvertible {
+    case int(Int64)
+    case string(String)
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if let i = try? c.decode(Int64.self) { self = .int(i) } else { self = .string(try c.decode(String.self)) }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case .int(let i): try c.encode(i)
+        case .string(let s): try c.encode(s)
+        }
+    }
+
+    public var intValue: Int64? { if case .int(let i) = self { return i } else { return nil } }
+
+    public var description: String {
+        switch self {
+        case .int(let i): return String(i)
+        case .string(let s): return "\"\(s)\""
+        }
+    }
+}
+
+/// One op of `POST /v1/work`.
+public struct WorkOp: Codable, Sendable {
+    public let op: String
+    public let key: String
+    public let delta: Int64?
+    public let min: Int64?
+    public let value: StoreValue?
+
+    public static func add(_ key: String, _ delta: Int64, min: Int64? = nil) -> WorkOp {
+        WorkOp(op: "add", key: key, delta: delta, min: min, value: nil)
+    }
+    public static func set(_ key: String, _ value: StoreValue) -> WorkOp {
+        WorkOp(op: "set", key: key, delta: nil, min: nil, value: value)
+    }
+    public static func set(_ key: String, _ value: Int64) -> WorkOp { set(key, .int(value)) }
+    public static func get(_ key: String) -> WorkOp {
+        WorkOp(op: "get", key: key, delta: nil, min: nil, value: nil)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(op, forKey: .op)
+        try c.encode(key, forKey: .key)
+        try c.encodeIfPresent(delta, forKey: .delta)
+        try c.encodeIfPresent(min, forKey: .min)
+        try c.encodeIfPresent(value, forKey: .value)
+    }
+}
+
+public struct WorkRequestBody: Codable, Sendable {
+    public let txid: String
+    public let ops: [WorkOp]
+}
+
+public struct WorkAnswer: Codable, Sendable {
+    public let txid: String
+    public let staged: Int
+    public let values: [String: StoreValue]?
+}
+
+public struct StoreItem: Codable, Sendable {
+    public let key: String
+    public let value: StoreValue
+}
+
+struct StoreItemList: Codable {
+    let items: [StoreItem]
+}
+
+/// Typed blocking calls to a coordinator and its agents. Not thread-safe: one per thread (it
+/// keeps connections alive).
+public final class CohortAPI {
+    public let coordinatorURL: String
+    public let http: BlockingHTTPClient
+
+    public init(coordinatorURL: String, connectTimeoutMs: Int64 = 2000, requestTimeoutMs: Int64 = 10000, token: String? = nil) {
+        self.coordinatorURL = coordinatorURL
+        http = BlockingHTTPClient(connectTimeoutMs: connectTimeoutMs, requestTimeoutMs: requestTimeoutMs, bearerToken: token)
+    }
+
+    deinit { http.close() }
+
+    // MARK: - raw
+
+    /// Any call; errors only for transport failures (the status is the caller's to judge).
+    public func raw(_ method: String, _ url: String, body: [UInt8] = [], headers: [(String, String)] = []) throws -> HTTPClientResponse {
+        do {
+            var h = headers
+            if !body.isEmpty, !h.contains(where: { $0.0.lowercased() == "content-type" }) {
+                h.append(("Content-Type", "application/json"))
+            }
+            return try http.request(method, url, body: body, headers: h)
+        } catch let e as HTTPClientError {
+            throw CohortAPIError.transport("\(method) \(url): \(e)")
+        } catch {
+            throw CohortAPIError.transport("\(method) \(url): \(error)")
+        }
+    }
+
+    /// A call expecting one of `ok` statuses and a JSON answer of type T.
+    public func call<T: Decodable>(_ method: String, _ url: String, body: [UInt8] = [], ok: Set<Int> = [200], as: T.Type) throws -> T {
+        let r = try raw(method, url, body: body)
+        guard ok.contains(r.status) else { throw CohortAPI.error(r) }
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(r.body))
+        } catch {
+            throw CohortAPIError.badAnswer("\(method) \(url): \(error)")
+        }
+    }
+
+    static func error(_ r: HTTPClientResponse) -> CohortAPIError {
+        let message = (try? JSONDecoder().decode(ErrorBody.self, from: Data(r.body)).error)
+            ?? String(decoding: r.body.prefix(200), as: UTF8.self)
+        return .http(status: r.status, message: message)
+    }
+
+    static func encode<T: Encodable>(_ value: T) -> [UInt8] {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return Array((try? e.encode(value)) ?? Data())
+    }
+
+    // MARK: - coordinator
+
+    /// `POST /v1/transactions`: the new txid.
+    public func begin(timeoutMs: Int64? = nil) throws -> String {
+        let body = CohortAPI.encode(BeginRequest(protocol: nil, timeoutMs: timeoutMs, termination: nil))
+        return try call("POST", coordinatorURL + "/v1/transactions", body: body, ok: [201], as: BeginResponse.self).txid
+    }
+
+    /// `POST /v1/transactions/{txid}/commit`: the outcome once durable.
+    public func commit(_ txid: String) throws -> OutcomeResponse {
+        try call("POST", coordinatorURL + "/v1/transactions/\(txid)/commit", as: OutcomeResponse.self)
+    }
+
+    public func abort(_ txid: String) throws -> OutcomeResponse {
+        try call("POST", coordinatorURL + "/v1/transactions/\(txid)/abort", as: OutcomeResponse.self)
+    }
+
+    /// `GET /v1/transactions/{txid}`; nil for 404 (unknown).
+    public func transaction(_ txid: String) throws -> TransactionView? {
+        let r = try raw("GET", coordinatorURL + "/v1/transactions/\(txid)")
+        if r.status == 404 { return nil }
+        guard r.status == 200 else { throw CohortAPI.error(r) }
+        do { return try JSONDecoder().decode(TransactionView.self, from: Data(r.body)) } catch {
+            throw CohortAPIError.badAnswer("transaction \(txid): \(error)")
+        }
+    }
+
+    public func transactions(state: String? = nil) throws -> [TransactionView] {
+        let q = state.map { "?state=\($0)" } ?? ""
+        return try call("GET", coordinatorURL + "/v1/transactions\(q)", as: TransactionList.self).transactions
+    }
+
+    /// Transactions not yet committed-and-acknowledged or aborted.
+    public func unfinished() throws -> [TransactionView] { try transactions(state: "unfinished") }
+
+    // MARK: - agents
+
+    public func agentWork(_ agentURL: String, _ txid: String, _ ops: [WorkOp]) throws -> WorkAnswer {
+        try call("POST", agentURL + "/v1/work", body: CohortAPI.encode(WorkRequestBody(txid: txid, ops: ops)), as: WorkAnswer.self)
+    }
+
+    /// The last committed value of `key`; nil when absent.
+    public func kv(_ agentURL: String, _ key: String) throws -> StoreValue? {
+        let r = try raw("GET", agentURL + "/v1/kv/\(CohortAPI.percentEncoded(key))")
+        if r.status == 404 { return nil }
+        guard r.status == 200 else { throw CohortAPI.error(r) }
+        do { return try JSONDecoder().decode(StoreItem.self, from: Data(r.body)).value } catch {
+            throw CohortAPIError.badAnswer("kv \(key): \(error)")
+        }
+    }
+
+    public func kvScan(_ agentURL: String, prefix: String) throws -> [StoreItem] {
+        try call("GET", agentURL + "/v1/kv?prefix=\(CohortAPI.percentEncoded(prefix))", as: StoreItemList.self).items
+    }
+
+    public func branches(_ agentURL: String, state: String? = nil) throws -> [BranchSummary] {
+        let q = state.map { "?state=\($0)" } ?? ""
+        return try call("GET", agentURL + "/v1/branches\(q)", as: BranchList.self).branches
+    }
+
+    public func inDoubtBranches(_ agentURL: String) throws -> [BranchSummary] { try branches(agentURL, state: "in-doubt") }
+
+    /// Percent-encodes everything but unreserved characters (for a path segment or query value).
+    public static func percentEncoded(_ text: String) -> String {
+        var allowed = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+        allowed.insert(charactersIn: "-._~")
+        return text.addingPercentEncoding(withAllowedCharacters: allowed) ?? text
+    }
+
+    // MARK: - metrics
+
+    /// `GET /metrics` parsed: `name` or `name{labels}` → value.
+    public func metrics(_ url: String) throws -> [String: Double] {
+        let r = try raw("GET", url + "/metrics")
+        guard r.status == 200 else { throw CohortAPI.error(r) }
+        return CohortAPI.parseMetrics(String(decoding: r.body, as: UTF8.self))
+    }
+
+    /// Parses the Prometheus text format (comments skipped; the key is everything before the
+    /// value, e.g. `cohort_messages_sent_total{type="prepare"}`).
+    public static func parseMetrics(_ text: String) -> [String: Double] {
+        var out: [String: Double] = [:]
+        for line in text.split(separator: "\n") {
+            let l = line.trimmingCharacters(in: .whitespaces)
+            if l.isEmpty || l.hasPrefix("#") { continue }
+            // The value follows the last space outside the braces (a timestamp is not used).
+            var key: Substring
+            var rest: Substring
+            if let close = l.lastIndex(of: "}") {
+                key = l[...close]
+                rest = l[l.index(after: close)...]
+            } else if let space = l.firstIndex(of: " ") {
+                key = l[..<space]
+                rest = l[space...]
+            } else { continue }
+            key = Substring(key.trimmingCharacters(in: .whitespaces))
+            rest = Substring(rest.trimmingCharacters(in: .whitespaces))
+            let valueText = rest.split(separator: " ").first.map(String.init) ?? ""
+            if let v = Double(valueText) { out[String(key)] = v }
+        }
+        return out
+    }
+
+    public func healthy(_ url: String) -> Bool {
+        (try? raw("GET", url + "/healthz"))?.status == 200
+    }
+}
+
+/// Differences between two metric snapshots (`after - before`; missing counts as 0).
+public func metricsDelta(_ before: [String: Double], _ after: [String: Double]) -> [String: Double] {
+    var out: [String: Double] = [:]
+    for k in Set(before.keys).union(after.keys) { out[k] = (after[k] ?? 0) - (before[k] ?? 0) }
+    return out
+}

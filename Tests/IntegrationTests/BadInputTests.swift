@@ -1,0 +1,112 @@
+import CohortClient
+import CohortCore
+import Foundation
+import XCTest
+
+/// Malformed requests get 4xx answers with an `{"error": ...}` body, and the servers keep serving;
+/// bad command lines exit 2 with an `error:` line.
+final class BadInputTests: XCTestCase {
+    func assertError(_ api: CohortAPI, _ method: String, _ url: String, body: [UInt8] = [], status: Int,
+                     file: StaticString = #filePath, line: UInt = #line) {
+        do {
+            let r = try api.raw(method, url, body: body)
+            XCTAssertEqual(r.status, status, "\(method) \(url): \(String(decoding: r.body.prefix(300), as: UTF8.self))", file: file, line: line)
+            let error = try? JSONDecoder().decode(ErrorBody.self, from: Data(r.body))
+            XCTAssertNotNil(error, "\(method) \(url): no {\"error\": ...} body: \(String(decoding: r.body.prefix(300), as: UTF8.self))", file: file, line: line)
+            XCTAssertFalse(error?.error.isEmpty ?? true, file: file, line: line)
+        } catch {
+            XCTFail("\(method) \(url): \(error)", file: file, line: line)
+        }
+    }
+
+    func testServersRejectBadRequestsAndKeepServing() throws {
+        let cluster = try startCluster(agents: 2)
+        let c = cluster.coordinatorURL
+        let a = cluster.url("a")
+        let api = CohortAPI(coordinatorURL: c)
+        let huge = [UInt8](repeating: UInt8(ascii: "x"), count: 2 << 20)
+
+        for _ in 0..<2 { // twice: the first round must not have broken anything
+            assertError(api, "POST", c + "/v1/transactions", body: Array("{not json".utf8), status: 400)
+            assertError(api, "POST", c + "/v1/transactions", body: Array(#"{"timeout_ms": "soon"}"#.utf8), status: 400)
+            assertError(api, "POST", c + "/v1/transactions", body: Array(#"{"protocol": "4pc"}"#.utf8), status: 400)
+            assertError(api, "POST", c + "/v1/transactions", body: Array("[1,2,3]".utf8), status: 400)
+            assertError(api, "GET", c + "/v1/transactions/not-a-txid", status: 400)
+            assertError(api, "GET", c + "/v1/transactions/0000abcd-1-1", status: 404)
+            assertError(api, "POST", c + "/v1/transactions/0000abcd-1-1/commit", status: 404)
+            assertError(api, "GET", c + "/v1/transactions?state=bogus", status: 400)
+            assertError(api, "GET", c + "/nowhere", status: 404)
+            assertError(api, "GET", c + "/v1/nowhere/at/all/really", status: 404)
+            assertError(api, "GET", c + "/v1/nowhere", status: 404)
+            assertError(api, "GET", c + "/healthz/x", status: 404)
+            assertError(api, "GET", c + "/v1/transactions/0000abcd-1-1/bogus", status: 404)
+            assertError(api, "DELETE", c + "/v1/transactions", status: 405)
+
+            assertError(api, "POST", a + "/v1/work", body: Array("garbage".utf8), status: 400)
+            assertError(api, "POST", a + "/v1/work", body: Array(#"{"txid": 5, "ops": "add"}"#.utf8), status: 400)
+            assertError(api, "POST", a + "/v1/work", body: Array(#"{"txid": "0000abcd-1-1", "ops": [{"op": "add", "key": "k", "delta": "one"}]}"#.utf8), status: 400)
+            assertError(api, "POST", a + "/v1/work", body: Array(#"{"txid": "0000abcd-1-1", "ops": [{"op": "explode", "key": "k"}]}"#.utf8), status: 400)
+            assertError(api, "POST", a + "/v1/work", body: Array(#"{"txid": "nope", "ops": [{"op": "get", "key": "k"}]}"#.utf8), status: 400)
+            assertError(api, "GET", a + "/v1/kv/missing-key", status: 404)
+            assertError(api, "GET", a + "/v1/branches?state=bogus", status: 400)
+            assertError(api, "GET", a + "/nowhere", status: 404)
+
+            // Huge bodies: 413 (a fresh client each time: the server may close the connection).
+            for url in [c + "/v1/transactions", a + "/v1/work"] {
+                let fresh = CohortAPI(coordinatorURL: c)
+                assertError(fresh, "POST", url, body: huge, status: 413)
+            }
+        }
+
+        // Still serving, and a real transfer still works.
+        let fresh = CohortAPI(coordinatorURL: c)
+        XCTAssertTrue(fresh.healthy(c))
+        XCTAssertTrue(fresh.healthy(a))
+        let txid = try fresh.begin()
+        _ = try fresh.agentWork(a, txid, [.set("k", .string("v")), .set("odd key/with%chars", 3)])
+        _ = try fresh.agentWork(cluster.url("b"), txid, [.add("n", 1)])
+        XCTAssertEqual(try fresh.commit(txid).outcome, "committed")
+        // The commit answer means the decision is durable; the agent applies it just after.
+        XCTAssertTrue(try eventually { try fresh.kv(a, "k") == .string("v") }, "committed value never visible")
+        XCTAssertEqual(try fresh.kv(a, "odd key/with%chars"), .int(3))
+        XCTAssertEqual(try fresh.kvScan(a, prefix: "odd key/").map(\.key), ["odd key/with%chars"])
+        XCTAssertTrue(cluster.coordinator.isRunning)
+        XCTAssertTrue(cluster.process("a")!.isRunning)
+    }
+
+    func testBadCommandLinesExit2WithAnErrorLine() throws {
+        let bin = try binDirectory()
+        let dir = tempPath("cohort-badcli-\(UUID().uuidString.prefix(8))")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let cases: [(String, [String])] = [
+            ("cohortd", ["--bogus"]),
+            ("cohortd", ["--data", dir + "/c", "--port", "seventy"]),
+            ("cohortd", ["--data", dir + "/c", "--port", "70000"]),
+            ("cohortd", ["--port", "0"]),
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "extra"]),
+            ("cohort-agent", ["--data", dir + "/a", "--port", "0", "--coordinator", "http://127.0.0.1:1"]),
+            ("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", "ftp://x"]),
+            ("cohort-agent", ["--name", "bad name!", "--data", dir + "/a", "--port", "0", "--coordinator", "http://127.0.0.1:1"]),
+            ("txbench", ["--clients", "zero"]),
+            ("txbench", ["--duration", "forever"]),
+            ("txbench", ["--coordinator", "http://127.0.0.1:1"]),
+            ("cohort-quickstart", ["--nope"]),
+        ]
+        for (program, args) in cases {
+            let r = try runToCompletion(bin.appendingPathComponent(program), args)
+            XCTAssertEqual(r.status, 2, "\(program) \(args): exit \(r.status), stderr: \(r.stderr)")
+            let first = r.stderr.split(separator: "\n").first.map(String.init) ?? ""
+            XCTAssertTrue(first.hasPrefix("error:"), "\(program) \(args): first stderr line \"\(first)\"")
+        }
+        for program in ["cohortd", "cohort-agent", "txbench", "cohort-quickstart"] {
+            let r = try runToCompletion(bin.appendingPathComponent(program), ["--help"])
+            XCTAssertEqual(r.status, 0, "\(program) --help")
+            XCTAssertTrue(r.stdout.contains("usage:"), "\(program) --help prints a usage")
+        }
+        // An unknown crash point is a usage error, and `list` lists.
+        let unknown = try runToCompletion(bin.appendingPathComponent("cohortd"), ["--data", dir + "/c", "--port", "0"],
+                                          environment: ["COHORT_CRASHPOINT": "coordinator.nowhere"])
+        XCTAssertEqual(unknown.status, 2)
+        XCTAssertTrue(unknown.stderr.hasPrefix("error:"))
+    }
+}
