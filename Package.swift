@@ -37,12 +37,15 @@ let package = Package(
         .executableTarget(name: "cohort-agent", dependencies: ["CohortAgent"]),
         .executableTarget(name: "cohort-quickstart", dependencies: ["CohortClient"]),
         .executableTarget(name: "txbench", dependencies: ["CohortClient"]),
-        .executableTarget(name: "txctl", dependencies: ["CohortClient", "CohortLog"]),
+        // txctl's commands, rendering and log tools (no printing: output goes to injected sinks).
+        .target(name: "CohortCtl", dependencies: ["CohortCore", "CohortHTTP", "CohortLog"]),
+        .executableTarget(name: "txctl", dependencies: ["CohortCtl", "CohortPosix"]),
         .testTarget(name: "CohortCoreTests", dependencies: ["CohortCore"]),
         .testTarget(name: "CohortLogTests", dependencies: ["CohortLog"]),
         .testTarget(name: "CohortHTTPTests", dependencies: ["CohortHTTP"]),
         .testTarget(name: "CohortKVTests", dependencies: ["CohortKV"]),
         .testTarget(name: "IntegrationTests", dependencies: ["CohortClient", "CohortCore"]),
+        .testTarget(name: "TxctlTests", dependencies: ["CohortCtl", "CohortClient", "CohortCore", "CohortLog", "CohortHTTP"], exclude: ["Golden"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -19,6 +19,11 @@ public final class CoordinatorServer {
         /// Checkpoint (and drop older log segments) once this many bytes were logged since the
         /// last checkpoint; small values exercise checkpointing in tests.
         public var checkpointAfterBytes = Limits.checkpointAfterBytes
+        /// Retry budget before a committing transaction is parked (attempts of one branch, or
+        /// time since the decision), and the slow retry delay once parked.
+        public var retryBudgetAttempts = Limits.retryBudgetAttempts
+        public var retryBudgetMs = Limits.retryBudgetMs
+        public var parkedRetryDelayMs = Limits.parkedRetryDelayMs
 
         public init(dataDirectory: String) { self.dataDirectory = dataDirectory }
     }
@@ -91,6 +96,9 @@ public final class CoordinatorServer {
         var config = Coordinator.Config(coordinatorID: coordinatorID, epoch: UInt64(max(SystemClock.wallMs(), 1)))
         config.onePhaseCommit = options.onePhaseCommit
         config.seed = options.seed ?? ProcessEnv.randomU64()
+        config.retryBudgetAttempts = options.retryBudgetAttempts
+        config.retryBudgetMs = options.retryBudgetMs
+        config.parkedRetryDelayMs = options.parkedRetryDelayMs
         machine = Coordinator(config: config)
         recoveryActions = try machine.recover(snapshot: recovered.snapshot,
                                               records: recovered.records.map { ($0.type, $0.payload) },

@@ -14,6 +14,9 @@ The Cohort coordinator: drives two-phase commit (presumed abort) over participan
   --token-file F    require "Authorization: Bearer <token>" (also env COHORT_TOKEN)
   --no-one-phase    always run both phases, even for a single branch
   --checkpoint-after-bytes N   checkpoint the log after N bytes (default 32 MiB)
+  --retry-budget-attempts N    park a committing transaction after N delivery attempts to a branch (default 10)
+  --retry-budget DURATION      ... or this long after its commit decision (default 60s)
+  --parked-retry-delay DURATION  how often a parked transaction is still retried (default 30s)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list, COHORT_FAULT=fsync-fail[:K]
 """
 
@@ -23,7 +26,7 @@ func fail(_ message: String, status: Int32) -> Never {
 }
 
 do {
-    let args = try Arguments(Array(CommandLine.arguments.dropFirst()), valued: ["data", "port", "host", "token-file", "checkpoint-after-bytes"], booleans: ["help", "no-one-phase"])
+    let args = try Arguments(Array(CommandLine.arguments.dropFirst()), valued: ["data", "port", "host", "token-file", "checkpoint-after-bytes", "retry-budget-attempts", "retry-budget", "parked-retry-delay"], booleans: ["help", "no-one-phase"])
     if args.has("help") {
         print(usage)
         exit(0)
@@ -38,6 +41,9 @@ do {
     options.host = args.string("host") ?? "127.0.0.1"
     options.onePhaseCommit = !args.has("no-one-phase")
     if let n = try args.int("checkpoint-after-bytes", range: 4096...(1 << 40)) { options.checkpointAfterBytes = n }
+    if let n = try args.int("retry-budget-attempts", range: 1...1_000_000) { options.retryBudgetAttempts = n }
+    if let ms = try args.durationMs("retry-budget") { options.retryBudgetMs = ms }
+    if let ms = try args.durationMs("parked-retry-delay") { options.parkedRetryDelayMs = max(ms, 1) }
     options.token = try loadToken(file: args.string("token-file"))
     // Signals first: threads started later (the log's sync thread) inherit the blocked set.
     let loop = try EventLoop()

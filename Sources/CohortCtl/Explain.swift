@@ -1,0 +1,151 @@
+import CohortCore
+
+/// `txctl explain`: why a transaction is not finished, and what an operator can do about it.
+public struct Explanation: Codable, Equatable, Sendable {
+    public struct BranchNote: Codable, Equatable, Sendable {
+        public let participant: String
+        public let url: String
+        public let state: String
+        /// What this branch is holding up, or nil when it is done.
+        public let waitingFor: String?
+        public let attempts: Int
+        public let lastError: String?
+        public let nextRetryAt: String?
+        public let heuristic: String?
+        enum CodingKeys: String, CodingKey {
+            case participant, url, state, attempts, heuristic
+            case waitingFor = "waiting_for"
+            case lastError = "last_error"
+            case nextRetryAt = "next_retry_at"
+        }
+    }
+    public let txid: String
+    public let state: String
+    public let finished: Bool
+    public let parked: Bool
+    /// One sentence: where the transaction is.
+    public let summary: String
+    /// Branches that hold it up (all branches for a heuristic-mixed transaction).
+    public let blocking: [BranchNote]
+    /// What the operator can do, best first; each is a sentence, commands in backquotes-free text.
+    public let actions: [String]
+    enum CodingKeys: String, CodingKey {
+        case txid, state, finished, parked, summary, blocking, actions
+    }
+}
+
+public enum Explain {
+    public static func explain(_ tx: TransactionView, nowMs: Int64) -> Explanation {
+        let id = tx.txid
+        func note(_ b: TransactionView.BranchView, _ waiting: String?) -> Explanation.BranchNote {
+            .init(participant: b.participant, url: b.url, state: b.state, waitingFor: waiting, attempts: b.attempts,
+                  lastError: b.lastError, nextRetryAt: b.nextRetryAt, heuristic: b.heuristic)
+        }
+        let forceCommit = "txctl commit \(id) --force --reason \"...\""
+        let forceAbort = "txctl abort \(id) --force --reason \"...\""
+        var blocking: [Explanation.BranchNote] = []
+        var actions: [String] = []
+        var summary: String
+        var finished = false
+        let timeoutAt = Clock.parseISO8601(tx.createdAt).map { $0 + tx.timeoutMs }
+        let timeoutText: String = {
+            guard let t = timeoutAt, tx.timeoutMs > 0 else { return "" }
+            return t > nowMs ? " It times out (and is aborted) in \(TimeFormat.duration(ms: t - nowMs))." : " Its timeout has passed; it is being aborted."
+        }()
+
+        switch tx.state {
+        case "committed", "aborted":
+            finished = true
+            let when = tx.finishedAt.map { " at \($0)" } ?? ""
+            summary = "\(id) is finished: \(tx.state)\(when)\(tx.reason.map { " (\($0))" } ?? "")."
+            if let a = tx.audit?.last {
+                summary += " An operator decided it: \(a.action) by \(a.operator) at \(a.at) (\(a.reason))."
+            }
+            let resolved = tx.branches.filter { $0.state == "resolved-by-operator" }.map(\.participant)
+            if !resolved.isEmpty {
+                summary += " \(resolved.joined(separator: ", ")) never acknowledged; \(resolved.count == 1 ? "it is" : "they are") told \"committed\" when \(resolved.count == 1 ? "it asks" : "they ask")."
+            }
+            actions = ["nothing to do"]
+        case "heuristic-mixed":
+            finished = true
+            let decided = tx.outcome ?? "aborted"
+            let forced = tx.branches.filter { $0.heuristic != nil && $0.heuristic != decided }
+            let names = forced.map { "\($0.participant) to \($0.heuristic!)" }.joined(separator: ", ")
+            let others = tx.branches.filter { !($0.heuristic != nil && $0.heuristic != decided) }.map(\.participant)
+            summary = "\(id) is HEURISTIC-MIXED: the coordinator decided \(decided), but an operator forced \(names.isEmpty ? "a branch" : names) at the participant. "
+                + "The participants' data now disagree: \(forced.map(\.participant).joined(separator: ", ")) \(forced.first?.heuristic ?? "the opposite"), \(others.isEmpty ? "every other participant" : others.joined(separator: ", ")) \(decided)."
+            blocking = tx.branches.map { note($0, $0.heuristic != nil && $0.heuristic != decided ? "data repair by hand" : nil) }
+            for b in forced {
+                actions.append("repair the data by hand at \(b.participant)\(b.url.isEmpty ? "" : " (\(b.url))"): its branch was \(b.heuristic!) but the transaction was \(decided); Cohort cannot undo a forced outcome")
+            }
+            actions.append("see who forced it and why: txctl agent URL show \(id) at each participant")
+            actions.append("this transaction stays reported as heuristic-mixed; it is never hidden")
+        case "active":
+            summary = "\(id) is active: branches may still join and the application has not asked to commit or abort yet.\(timeoutText)"
+            blocking = tx.branches.map { note($0, "the application's commit or abort") }
+            actions = ["wait: the application commits or aborts it, or the timeout aborts it",
+                       "\(forceAbort) aborts it now (allowed: nothing is decided yet)",
+                       "a forced commit is refused: no branch has prepared"]
+        case "preparing":
+            let unvoted = tx.branches.filter { $0.state != "prepared" && $0.state != "read-only" && $0.state != "voted-no" }
+            blocking = unvoted.map { note($0, "its vote") }
+            let list = unvoted.map { describe($0, nowMs: nowMs) }.joined(separator: "; ")
+            summary = "\(id) is preparing: waiting for votes from \(unvoted.isEmpty ? "no one (the decision is imminent)" : list).\(timeoutText)"
+            actions = ["wait: a missing vote counts as no when the timeout passes, and the transaction aborts",
+                       "\(forceAbort) aborts it now (allowed: nothing is decided yet; refused for a one-phase commit, which only its participant decides)",
+                       "a forced commit is refused: \(unvoted.map(\.participant).joined(separator: ", ")) did not vote yes"]
+            if tx.branches.count == 1 {
+                actions.append("if this is a one-phase commit, resolve it at the participant: txctl agent \(tx.branches[0].url) show \(id)")
+            }
+        case "deciding":
+            summary = "\(id) is deciding: every branch voted yes and the commit decision is being written to the log."
+            actions = ["wait a moment and look again: txctl show \(id)"]
+        case "committing":
+            let pending = tx.branches.filter { $0.state == "commit-sent" && $0.heuristic == nil }
+            blocking = pending.map { note($0, "its acknowledgement of commit") }
+            let list = pending.map { describe($0, nowMs: nowMs) }.joined(separator: "; ")
+            summary = "\(id) is committing: commit is decided and durable, and Cohort is waiting for acknowledgements from \(pending.isEmpty ? "no one (it ends shortly)" : list)."
+            if tx.parked == true {
+                summary += " It is PARKED: its retry budget is spent, and it is retried only slowly."
+            }
+            let names = pending.map(\.participant).joined(separator: ", ")
+            actions = ["wait: Cohort keeps retrying\(tx.parked == true ? " (slowly, it is parked)" : "") until \(names.isEmpty ? "every branch" : names) acknowledges",
+                       "bring \(names.isEmpty ? "the participant" : names) back (\(pending.map(\.url).joined(separator: ", "))), then retry now instead of waiting: txctl retry \(id)",
+                       "only if \(names.isEmpty ? "that participant" : names) is gone for good or repaired by hand: \(forceCommit) ends the transaction as committed (audited; the participant is still told \"committed\" if it asks)",
+                       "a forced abort is refused: the commit decision is durable"]
+        default:
+            summary = "\(id) is in state \(tx.state), which this txctl does not know."
+            actions = ["look at it: txctl show \(id)"]
+        }
+        return Explanation(txid: id, state: tx.state, finished: finished, parked: tx.parked == true,
+                           summary: summary, blocking: blocking, actions: actions)
+    }
+
+    /// `b (commit-sent, 4 attempts, last error "connect failed", next retry in 20s)`
+    static func describe(_ b: TransactionView.BranchView, nowMs: Int64) -> String {
+        var parts = [b.state, "\(b.attempts) attempt\(b.attempts == 1 ? "" : "s")"]
+        if let e = b.lastError { parts.append("last error: \(e)") }
+        if let n = b.nextRetryAt { parts.append("next retry \(Clock.until(n, nowMs: nowMs))") }
+        return "\(b.participant) (\(parts.joined(separator: ", ")))"
+    }
+
+    public static func render(_ e: Explanation, nowMs: Int64) -> String {
+        var s = e.summary + "\n"
+        if !e.blocking.isEmpty {
+            s += "\n" + (e.state == "heuristic-mixed" ? "Branches:" : "Holding it up:") + "\n"
+            for b in e.blocking {
+                s += "  \(b.participant) at \(b.url.isEmpty ? "(unknown url)" : b.url): \(b.state)"
+                if let h = b.heuristic { s += ", forced \(h) by an operator" }
+                if let w = b.waitingFor { s += ", waiting for \(w)" }
+                s += "\n"
+                s += "    attempts: \(b.attempts)"
+                if let n = b.nextRetryAt { s += ", next retry \(Clock.until(n, nowMs: nowMs)) (\(n))" }
+                s += "\n"
+                if let err = b.lastError { s += "    last error: \(err)\n" }
+            }
+        }
+        s += "\nWhat you can do:\n"
+        for a in e.actions { s += "  - \(a)\n" }
+        return s
+    }
+}

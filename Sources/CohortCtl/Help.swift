@@ -1,0 +1,131 @@
+/// Help texts, one per command. `txctl COMMAND --help` prints them and exits 0.
+public enum Help {
+    static let global = """
+    Global options (any position):
+      --coordinator URL   the coordinator, e.g. http://127.0.0.1:7000 (or env COHORT_COORDINATOR)
+      --token-file F      bearer token file (or env COHORT_TOKEN)
+    Exit status: 0 success, 1 the operation failed, 2 bad usage. Errors: one line "error: ..." on stderr.
+    """
+
+    public static let main = """
+    usage: txctl [--coordinator URL] [--token-file F] COMMAND ...
+
+    Inspect and resolve Cohort transactions.
+
+    Commands:
+      list [--state S] [--older-than DURATION] [--limit N] [--json]   transactions, newest first
+      show TXID [--json]                 one transaction: branches, timeline, audit trail
+      explain TXID [--json]              why it is not finished, and what you can do
+      retry TXID [--json]                retry the pending phase now instead of waiting
+      commit TXID --force --reason R [--dry-run] [--operator NAME] [--json]   force commit (audited)
+      abort TXID --force --reason R [--dry-run] [--operator NAME] [--json]    force abort (audited)
+      watch [--interval 1s] [--once]     live view of in-flight, in-doubt and parked transactions
+      stats [--json]                     counts by state, decision rates, commit latency
+      agent URL list|show|commit|abort ...   a participant's branches (coordinator gone for good)
+      log inspect DIR [--json]           decode a coordinator's log offline
+      log verify DIR [--json]            check every record's checksum offline
+
+    Run "txctl COMMAND --help" for a command's options. Documentation: docs/txctl.md
+
+    """ + global
+
+    public static let list = """
+    usage: txctl list [--state S] [--older-than DURATION] [--limit N] [--json]
+
+    Transactions the coordinator holds (open ones and recently finished ones), newest first.
+      --state S              active, preparing, deciding, committing, committed, aborted,
+                             heuristic-mixed, unfinished, in-doubt (= unfinished), parked
+      --older-than DURATION  only those created longer ago than this (500ms, 10s, 3m, 1h, 2d)
+      --limit N              at most N (default 1000)
+      --json                 {"transactions": [...]} (see docs/txctl.md)
+
+    """ + global
+
+    public static let show = """
+    usage: txctl show TXID [--json]
+
+    One transaction: state, outcome, branches (state, vote, attempts, last error, next retry,
+    heuristic outcome, recent failed attempts), its timeline of events, and the audit trail of
+    operator decisions.
+      --json   the transaction object (see docs/txctl.md)
+
+    """ + global
+
+    public static let explain = """
+    usage: txctl explain TXID [--json]
+
+    In plain words: why the transaction is not finished (which branches have not voted or not
+    acknowledged, their last errors, attempts, next retry), and what you can do about it.
+      --json   {"txid", "state", "finished", "parked", "summary", "blocking", "actions"}
+
+    """ + global
+
+    public static let retry = """
+    usage: txctl retry TXID [--json]
+
+    Sends the pending phase (commit, or a one-phase commit) to every branch still waiting, now,
+    instead of waiting for the backoff. Fails (exit 1) when nothing is pending.
+
+    """ + global
+
+    public static func force(_ verb: String) -> String {
+        """
+        usage: txctl \(verb) TXID --force --reason "..." [--dry-run] [--operator NAME] [--json]
+
+        An operator's decision to \(verb) the transaction at the coordinator, written durably to
+        its audit trail (who, when, why, what) before it takes effect. Refused (exit 1) when it
+        contradicts a durable decision, e.g. aborting a transaction whose commit is decided.
+          --force           required: you mean it
+          --reason "..."    required: why (kept in the audit trail)
+          --dry-run         print what would happen; change nothing
+          --operator NAME   who decides (default $USER@hostname)
+          --json            {"txid", "outcome", "dry_run", "effects"}
+
+        """ + global
+    }
+
+    public static let watch = """
+    usage: txctl watch [--interval DURATION] [--once]
+
+    A live view, like top: in-flight, in-doubt and parked transactions and commit/abort rates,
+    redrawn every interval (default 1s). Press q to quit.
+      --interval DURATION   refresh period (default 1s, at least 100ms)
+      --once                draw one frame without clearing the screen and exit
+
+    """ + global
+
+    public static let stats = """
+    usage: txctl stats [--json]
+
+    The coordinator's counts by state, decisions since start, decision rates over the last
+    minute, and commit latency percentiles.
+      --json   the coordinator's stats object (see docs/txctl.md)
+
+    """ + global
+
+    public static let agent = """
+    usage: txctl agent URL list [--state S] [--json]
+           txctl agent URL show TXID [--json]
+           txctl agent URL commit TXID --force --reason "..." [--dry-run] [--operator NAME] [--json]
+           txctl agent URL abort TXID --force --reason "..." [--dry-run] [--operator NAME] [--json]
+
+    A participant agent's branches, for when its coordinator is gone for good. A forced outcome
+    at an agent is heuristic: if the coordinator later decides otherwise, both report the
+    transaction heuristic-mixed.
+      --state S   active, preparing, prepared, committing, forcing, heuristic-committed,
+                  heuristic-aborted, heuristic-mixed, in-doubt (voted yes, no outcome yet)
+
+    """ + global
+
+    public static let log = """
+    usage: txctl log inspect DIR [--json]
+           txctl log verify DIR [--json]
+
+    Read a coordinator's log offline (the coordinator may be stopped). DIR is its data directory
+    or the log/ directory inside it. Nothing is modified.
+      inspect   every segment and record: LSN, offset, type, txid, summary, audit entries
+      verify    check every record's checksum: "ok: N segments, M records" and exit 0, or name
+                the torn tail or corrupt record (file and offset) and exit 1
+
+    """ + global
+}

@@ -1,0 +1,206 @@
+import CohortCore
+import CohortLog
+import Foundation
+
+/// `txctl log inspect|verify`: a coordinator's log read offline, never modified.
+public struct LogReport: Codable, Equatable, Sendable {
+    public struct Audit: Codable, Equatable, Sendable {
+        public let at: String
+        public let `operator`: String
+        public let action: String
+        public let reason: String
+        public let detail: String
+    }
+    public struct Record: Codable, Equatable, Sendable {
+        public let lsn: UInt64
+        public let offset: Int
+        public let type: Int
+        public let typeName: String
+        public let payloadBytes: Int
+        public let txid: String?
+        public let summary: String
+        public let audit: Audit?
+        enum CodingKeys: String, CodingKey {
+            case lsn, offset, type, txid, summary, audit
+            case typeName = "type_name"
+            case payloadBytes = "payload_bytes"
+        }
+    }
+    public struct Problem: Codable, Equatable, Sendable {
+        /// `torn-tail` or `corruption`.
+        public let kind: String
+        public let file: String
+        public let offset: Int
+        public let reason: String
+    }
+    public struct Segment: Codable, Equatable, Sendable {
+        public let file: String
+        public let number: UInt64
+        public let sizeBytes: Int
+        public let firstLSN: UInt64?
+        public let records: [Record]
+        public let problem: Problem?
+        enum CodingKeys: String, CodingKey {
+            case file, number, records, problem
+            case sizeBytes = "size_bytes"
+            case firstLSN = "first_lsn"
+        }
+    }
+    public let directory: String
+    public let segments: [Segment]
+    public let records: Int
+    public let problems: [Problem]
+    /// Whether the coordinator would start on this log (a torn tail is cut off at start).
+    public let recoverable: Bool
+}
+
+public enum LogTools {
+    /// The log directory: `DIR/log` for a data directory, or `DIR` itself.
+    public static func logDirectory(_ dir: String) throws -> String {
+        var isDir: ObjCBool = false
+        let fm = FileManager.default
+        guard fm.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+            throw CtlError.failed("\(dir) is not a directory; give a coordinator's data directory (or its log/ directory)")
+        }
+        let sub = dir.hasSuffix("/") ? dir + "log" : dir + "/log"
+        if fm.fileExists(atPath: sub, isDirectory: &isDir), isDir.boolValue { return sub }
+        let names = (try? fm.contentsOfDirectory(atPath: dir)) ?? []
+        if names.contains(where: { $0.hasSuffix(".log") && $0.count == 20 }) { return dir }
+        throw CtlError.failed("no coordinator log in \(dir): expected \(sub)/ or segment files (0000000000000001.log ...)")
+    }
+
+    public static func inspect(_ dir: String) throws -> LogReport {
+        let logDir = try logDirectory(dir)
+        let storage: FileLogStorage
+        do { storage = try FileLogStorage(directory: logDir) } catch {
+            throw CtlError.failed("cannot open \(logDir): \(error)")
+        }
+        let inspection = DurableLog.inspect(storage: storage)
+        if let p = inspection.storageProblem { throw CtlError.failed("cannot read the log in \(logDir): \(p)") }
+        var segments: [LogReport.Segment] = []
+        var total = 0
+        for seg in inspection.segments {
+            let bytes = (try? [UInt8](Data(contentsOf: URL(fileURLWithPath: logDir + "/" + seg.file)))) ?? []
+            let records = seg.records.map { r -> LogReport.Record in
+                let start = r.offset + 17
+                let payload = start + r.payloadBytes <= bytes.count ? Array(bytes[start..<(start + r.payloadBytes)]) : []
+                return describe(lsn: r.lsn, offset: r.offset, type: r.type, payload: payload)
+            }
+            total += records.count
+            segments.append(.init(file: seg.file, number: seg.number, sizeBytes: seg.sizeBytes, firstLSN: seg.firstLSN,
+                                  records: records, problem: seg.problem.map(problem)))
+        }
+        return LogReport(directory: logDir, segments: segments, records: total,
+                         problems: inspection.problems.map(problem), recoverable: inspection.isRecoverable)
+    }
+
+    static func problem(_ p: LogInspection.Problem) -> LogReport.Problem {
+        .init(kind: p.kind == .tornTail ? "torn-tail" : "corruption", file: p.file, offset: p.offset, reason: p.reason)
+    }
+
+    public static func typeName(_ type: UInt8) -> String {
+        switch type {
+        case 0: return "checkpoint"
+        case CoordinatorRecordCoding.commitDecisionType: return "commit-decision"
+        case CoordinatorRecordCoding.endType: return "end"
+        case CoordinatorRecordCoding.auditType: return "audit"
+        case CoordinatorRecordCoding.heuristicType: return "heuristic"
+        default: return "type-\(type)"
+        }
+    }
+
+    public static func describe(lsn: UInt64, offset: Int, type: UInt8, payload: [UInt8]) -> LogReport.Record {
+        func rec(_ txid: String?, _ summary: String, _ audit: LogReport.Audit? = nil, known: Bool = true) -> LogReport.Record {
+            .init(lsn: lsn, offset: offset, type: Int(type), typeName: known ? typeName(type) : "type-\(type)", payloadBytes: payload.count,
+                  txid: txid, summary: summary, audit: audit)
+        }
+        if type == 0 { return rec(nil, checkpointSummary(payload)) }
+        do {
+            switch try CoordinatorRecordCoding.decode(type: type, payload: payload) {
+            case .commitDecision(let txid, let participants, let at):
+                let names = participants.map { "\($0.name) (\($0.url))" }.joined(separator: ", ")
+                return rec(txid.description, "commit decided at \(TimeFormat.iso8601(ms: at)); tell \(names.isEmpty ? "no one" : names)")
+            case .end(let txid):
+                return rec(txid.description, "ended: nothing more to deliver (every branch acknowledged or resolved)")
+            case .audit(let txid, let e):
+                let a = LogReport.Audit(at: TimeFormat.iso8601(ms: e.atMs), operator: e.operatorName, action: e.action, reason: e.reason, detail: e.detail)
+                return rec(txid.description, "\(e.action) by \(e.operatorName) at \(a.at): \(e.reason)", a)
+            case .heuristic(let txid, let participant, let outcome):
+                return rec(txid.description, "participant \(participant) reported a heuristic outcome: operator forced \(outcome.rawValue)")
+            }
+        } catch {
+            return rec(nil, "not a coordinator record (\(error)); is this a coordinator's log?", known: false)
+        }
+    }
+
+    /// The coordinator snapshot: version, epoch, decided-but-unacknowledged transactions,
+    /// operator outcomes and heuristic reports.
+    static func checkpointSummary(_ payload: [UInt8]) -> String {
+        var r = ByteReader(payload)
+        do {
+            let version = try r.u8()
+            let epoch = try r.u64()
+            let n = try r.u32()
+            var txids: [String] = []
+            for _ in 0..<n {
+                txids.append(try r.string(maxCount: 128))
+                _ = try r.i64()
+                let parts = try r.u32()
+                for _ in 0..<parts { _ = try r.string(); _ = try r.string(); _ = try r.string() }
+                let acked = try r.u32()
+                for _ in 0..<acked { _ = try r.string() }
+            }
+            var s = "checkpoint (snapshot v\(version), epoch \(String(epoch, radix: 16))): \(n) decided, unacknowledged transaction\(n == 1 ? "" : "s")"
+            if !txids.isEmpty { s += " (" + txids.prefix(5).joined(separator: ", ") + (txids.count > 5 ? ", ..." : "") + ")" }
+            if version >= 2, let forced = try? r.u32() {
+                for _ in 0..<forced { _ = try r.string(); _ = try r.bool() }
+                s += ", \(forced) operator outcome\(forced == 1 ? "" : "s")"
+                if let h = try? r.u32() { s += ", \(h) heuristic report\(h == 1 ? "" : "s")" }
+            }
+            return s
+        } catch {
+            return "checkpoint (\(payload.count) bytes, not a coordinator snapshot: \(error))"
+        }
+    }
+
+    public static func renderInspect(_ r: LogReport) -> String {
+        var s = "log \(r.directory): \(r.segments.count) segment\(r.segments.count == 1 ? "" : "s"), \(r.records) record\(r.records == 1 ? "" : "s")\n"
+        for seg in r.segments {
+            s += "\nsegment \(seg.file): \(seg.sizeBytes) bytes, first LSN \(seg.firstLSN.map(String.init) ?? "?")\n"
+            var t = Table(["LSN", "OFFSET", "TYPE", "TXID", "SUMMARY"])
+            for rec in seg.records {
+                t.add([String(rec.lsn), String(rec.offset), rec.typeName, rec.txid ?? "-", rec.summary])
+            }
+            if !seg.records.isEmpty { s += t.render(indent: "  ") }
+            for rec in seg.records {
+                guard let a = rec.audit else { continue }
+                s += "  audit LSN \(rec.lsn): \(a.action) of \(rec.txid ?? "?") by \(a.operator) at \(a.at)\n"
+                s += "    reason: \(a.reason)\n    did:    \(a.detail)\n"
+            }
+            if let p = seg.problem {
+                s += "  \(p.kind == "torn-tail" ? "TORN TAIL" : "CORRUPT") at offset \(p.offset): \(p.reason)\n"
+            }
+        }
+        if r.problems.isEmpty {
+            s += "\nno problems\n"
+        } else {
+            s += "\n\(r.problems.count) problem\(r.problems.count == 1 ? "" : "s"); the coordinator \(r.recoverable ? "would start (cutting off the torn tail)" : "would refuse to start") on this log\n"
+        }
+        return s
+    }
+
+    /// `ok: N segments, M records`, or nil and the problems.
+    public static func verifyLine(_ r: LogReport) -> (ok: Bool, text: String) {
+        if r.problems.isEmpty {
+            return (true, "ok: \(r.segments.count) segment\(r.segments.count == 1 ? "" : "s"), \(r.records) record\(r.records == 1 ? "" : "s")\n")
+        }
+        var s = ""
+        for p in r.problems {
+            s += p.kind == "torn-tail"
+                ? "torn tail: \(p.file) at offset \(p.offset): \(p.reason) (a write cut short; the coordinator cuts it off at start)\n"
+                : "corrupt record: \(p.file) at offset \(p.offset): \(p.reason)\n"
+        }
+        s += "damaged: \(r.segments.count) segment\(r.segments.count == 1 ? "" : "s"), \(r.records) good record\(r.records == 1 ? "" : "s"), \(r.problems.count) problem\(r.problems.count == 1 ? "" : "s")\n"
+        return (false, s)
+    }
+}

@@ -1,0 +1,181 @@
+import CohortCore
+
+/// Pure renderers: fixed input, fixed text. Everything `txctl` prints for people comes from here.
+public enum Render {
+    // MARK: list
+
+    /// `a:prepared b:commit-sent`
+    public static func branchesCell(_ tx: TransactionView) -> String {
+        if tx.branches.isEmpty { return "-" }
+        return tx.branches.map { "\($0.participant):\($0.state)" }.joined(separator: " ")
+    }
+
+    /// Parked, heuristic outcomes and the last delivery error, briefly.
+    public static func noteCell(_ tx: TransactionView, width: Int = 60) -> String {
+        var notes: [String] = []
+        if tx.parked == true { notes.append("parked") }
+        for b in tx.branches {
+            if let h = b.heuristic { notes.append("\(b.participant) forced \(h) by operator") }
+        }
+        if !tx.state.isFinishedState {
+            for b in tx.branches {
+                if let e = b.lastError { notes.append("\(b.participant): \(e)") }
+            }
+        } else if tx.state == "aborted", let r = tx.reason {
+            notes.append(r)
+        }
+        if notes.isEmpty { return "" }
+        return clip(notes.joined(separator: "; "), width)
+    }
+
+    public static func listTable(_ txs: [TransactionView], nowMs: Int64) -> String {
+        if txs.isEmpty { return "no transactions\n" }
+        var t = Table(["TXID", "STATE", "AGE", "BRANCHES", "NOTE"])
+        for tx in txs {
+            t.add([tx.txid, tx.state, Clock.age(tx.createdAt, nowMs: nowMs), branchesCell(tx), noteCell(tx)])
+        }
+        return t.render()
+    }
+
+    // MARK: show
+
+    public static func show(_ tx: TransactionView, nowMs: Int64) -> String {
+        var s = "transaction \(tx.txid)\n"
+        var header: [(String, String)] = []
+        header.append(("state", tx.state + (tx.parked == true ? " (parked: retry budget spent, still retried slowly)" : "")))
+        header.append(("outcome", tx.outcome ?? "-"))
+        if let r = tx.reason { header.append(("reason", r)) }
+        header.append(("protocol", tx.protocol))
+        header.append(("created", "\(tx.createdAt) (\(Clock.age(tx.createdAt, nowMs: nowMs)) ago)"))
+        header.append(("finished", tx.finishedAt.map { "\($0) (\(Clock.age($0, nowMs: nowMs)) ago)" } ?? "-"))
+        header.append(("timeout", tx.timeoutMs > 0 ? TimeFormat.duration(ms: tx.timeoutMs) : "-"))
+        for (k, v) in header { s += "  " + (k + ":").padded(10) + v + "\n" }
+
+        s += "\nBRANCHES\n"
+        if tx.branches.isEmpty {
+            s += "  (none)\n"
+        } else {
+            var t = Table(["PARTICIPANT", "STATE", "VOTE", "ATTEMPTS", "NEXT RETRY", "HEURISTIC", "URL", "LAST ERROR"])
+            for b in tx.branches {
+                t.add([b.participant, b.state, b.vote ?? "-", String(b.attempts),
+                       b.nextRetryAt.map { Clock.until($0, nowMs: nowMs) } ?? "-",
+                       b.heuristic ?? "-", b.url.isEmpty ? "-" : b.url, b.lastError ?? "-"])
+            }
+            s += t.render(indent: "  ")
+            for b in tx.branches {
+                guard let h = b.history, !h.isEmpty else { continue }
+                s += "\n  failed attempts to \(b.participant) (newest last):\n"
+                for a in h { s += "    \(a.at)  \(a.error)\n" }
+            }
+        }
+
+        s += "\nTIMELINE\n"
+        if tx.events.isEmpty { s += "  (none)\n" }
+        let start = Clock.parseISO8601(tx.createdAt)
+        for e in tx.events {
+            var offset = ""
+            if let start, let at = Clock.parseISO8601(e.at) {
+                offset = at >= start ? "+" + TimeFormat.duration(ms: at - start) : "-" + TimeFormat.duration(ms: start - at)
+            }
+            var line = "  \(e.at)  \(offset.padded(8))\(e.event)"
+            if let p = e.participant { line += "  \(p)" }
+            if let d = e.detail, !d.isEmpty { line += "  \(d)" }
+            s += line + "\n"
+        }
+
+        s += "\nAUDIT\n"
+        let audit = tx.audit ?? []
+        if audit.isEmpty { s += "  (no operator decisions)\n" }
+        for a in audit {
+            s += "  \(a.at)  \(a.action) by \(a.operator)\n"
+            s += "    reason: \(a.reason)\n"
+            s += "    did:    \(a.detail)\n"
+        }
+        return s
+    }
+
+    // MARK: stats
+
+    public static func stats(_ st: StatsResponse) -> String {
+        func rate(_ k: String) -> String { formatNumber(st.ratesPerS[k] ?? 0) + "/s" }
+        func ms(_ v: Double) -> String { formatNumber(v) + "ms" }
+        var s = ""
+        let rows: [(String, String)] = [
+            ("uptime", TimeFormat.duration(ms: st.uptimeS * 1000)),
+            ("open", "\(st.open) (parked \(st.parked))"),
+            ("decided", "committed \(st.totals["committed"] ?? 0), aborted \(st.totals["aborted"] ?? 0) (since start)"),
+            ("rate", "committed \(rate("committed")), aborted \(rate("aborted")) (last minute)"),
+            ("commit", "p50 \(ms(st.commitLatency.p50Ms))  p95 \(ms(st.commitLatency.p95Ms))  p99 \(ms(st.commitLatency.p99Ms))  max \(ms(st.commitLatency.maxMs))  (\(st.commitLatency.samples) samples)"),
+        ]
+        for (k, v) in rows { s += (k).padded(9) + v + "\n" }
+        s += "\n"
+        var t = Table(["STATE", "COUNT"])
+        let order = ["active", "preparing", "deciding", "committing", "parked", "committed", "aborted", "heuristic-mixed"]
+        for k in order where st.byState[k] != nil { t.add([k, String(st.byState[k]!)]) }
+        for k in st.byState.keys.sorted() where !order.contains(k) { t.add([k, String(st.byState[k]!)]) }
+        if t.rows.isEmpty { t.add(["(none)", "0"]) }
+        s += t.render()
+        return s
+    }
+
+    /// `0.5`, `12.25`, `3`: at most two decimals, no trailing zeros.
+    public static func formatNumber(_ v: Double) -> String {
+        guard v.isFinite else { return "-" }
+        let scaled = (v * 100).rounded()
+        let whole = Int64(scaled / 100)
+        let frac = Int64(abs(scaled)) % 100
+        var s = (scaled < 0 && whole == 0 ? "-" : "") + String(whole)
+        if frac != 0 {
+            s += "." + (frac < 10 ? "0" : "") + String(frac)
+            while s.hasSuffix("0") { s.removeLast() }
+        }
+        return s
+    }
+
+    // MARK: forced decisions and retries
+
+    public static func force(_ r: ForceResponse, where place: String, recorded: String = "recorded in the audit trail") -> String {
+        var s = r.dryRun
+            ? "dry run: forcing \(r.txid) to \(r.outcome) \(place) would:\n"
+            : "forced \(r.txid) to \(r.outcome) \(place); \(recorded). It did:\n"
+        for e in r.effects { s += "  - \(e)\n" }
+        if r.dryRun { s += "nothing was changed.\n" }
+        return s
+    }
+
+    public static func retry(_ r: RetryResponse) -> String {
+        "retrying \(r.txid) now: sent the pending phase again to \(r.participants.joined(separator: ", "))\n"
+            + "look again with: txctl show \(r.txid)\n"
+    }
+
+    // MARK: agent
+
+    public static func branchList(_ l: BranchList) -> String {
+        if l.branches.isEmpty { return "no branches\n" }
+        var t = Table(["TXID", "STATE", "COORDINATOR"])
+        for b in l.branches { t.add([b.txid, b.state, b.coordinator ?? "-"]) }
+        return t.render()
+    }
+
+    public static func branchDetail(_ b: BranchDetail) -> String {
+        var rows: [(String, String)] = [("state", b.state), ("coordinator", b.coordinator ?? "-")]
+        if let w = b.writeSetBytes { rows.append(("write set", "\(w) bytes")) }
+        if let i = b.inquiries { rows.append(("inquiries", String(i))) }
+        if let e = b.lastInquiryError { rows.append(("last inquiry error", e)) }
+        if let h = b.heuristic {
+            rows.append(("heuristic", "forced \(h.outcome) by \(h.operator) at \(h.at)"))
+            rows.append(("reason", h.reason))
+        }
+        var s = "branch \(b.txid)\n"
+        for (k, v) in rows { s += "  " + (k + ":").padded(20) + v + "\n" }
+        if b.state == "heuristic-mixed" {
+            s += "  the coordinator decided differently from the forced outcome: data must be repaired by hand\n"
+        }
+        return s
+    }
+}
+
+extension String {
+    func padded(_ n: Int) -> String { count >= n ? self + " " : self + String(repeating: " ", count: n - count) }
+    var isFinishedState: Bool { self == "committed" || self == "aborted" || self == "heuristic-mixed" }
+}

@@ -1,0 +1,347 @@
+import CohortCore
+import CohortHTTP
+import Foundation
+
+/// The whole of `txctl`: `run` takes the arguments (without the program name) and returns the
+/// exit status; everything it prints goes through the context.
+public enum Txctl {
+    static let globalValued: Set<String> = ["coordinator", "token-file"]
+    public static let coordinatorStates = ["active", "preparing", "deciding", "committing", "committed", "aborted",
+                                           "heuristic-mixed", "unfinished", "in-doubt", "parked"]
+    public static let agentStates = ["active", "preparing", "prepared", "committing", "forcing", "heuristic-committed",
+                                     "heuristic-aborted", "heuristic-mixed", "in-doubt"]
+
+    public static func run(_ argv: [String], _ ctx: CtlContext) -> Int32 {
+        do {
+            try dispatch(argv, ctx)
+            return 0
+        } catch let e as CtlError {
+            ctx.err("error: \(e.message)\n")
+            return e.exitCode
+        } catch let e as UsageError {
+            ctx.err("error: \(e.description) (see txctl --help)\n")
+            return 2
+        } catch {
+            ctx.err("error: \(error)\n")
+            return 1
+        }
+    }
+
+    /// The words that are not options or option values, in order.
+    static func words(_ argv: [String]) -> [String] {
+        var out: [String] = []
+        var i = 0
+        let valued = globalValued.union(["state", "older-than", "limit", "reason", "operator", "interval"])
+        while i < argv.count {
+            let a = argv[i]
+            if a == "--" { out.append(contentsOf: argv[(i + 1)...]); break }
+            if a.hasPrefix("--") {
+                if !a.contains("="), valued.contains(String(a.dropFirst(2))) { i += 1 }
+            } else if a != "-h" {
+                out.append(a)
+            }
+            i += 1
+        }
+        return out
+    }
+
+    static func parse(_ argv: [String], valued: Set<String> = [], booleans: Set<String> = []) throws -> Arguments {
+        try Arguments(argv, valued: valued.union(globalValued), booleans: booleans.union(["help"]))
+    }
+
+    static func dispatch(_ argv: [String], _ ctx: CtlContext) throws {
+        let w = words(argv)
+        let wantsHelp = argv.contains("--help") || argv.contains("-h")
+        guard let command = w.first else {
+            if wantsHelp { ctx.out(Help.main + "\n"); return }
+            throw CtlError.usage("no command given (see txctl --help)")
+        }
+        if command == "help" { ctx.out(Help.main + "\n"); return }
+        let help: String
+        switch command {
+        case "list": help = Help.list
+        case "show": help = Help.show
+        case "explain": help = Help.explain
+        case "retry": help = Help.retry
+        case "commit", "abort": help = Help.force(command)
+        case "watch": help = Help.watch
+        case "stats": help = Help.stats
+        case "agent": help = Help.agent
+        case "log": help = Help.log
+        case "outbox":
+            // The outbox arrives with its own issue; it is not in the help yet.
+            throw CtlError.failed("txctl outbox is not available yet")
+        default:
+            throw CtlError.usage("unknown command \"\(command)\" (see txctl --help)")
+        }
+        if wantsHelp { ctx.out(help + "\n"); return }
+
+        switch command {
+        case "list": try list(argv, ctx)
+        case "show": try show(argv, ctx)
+        case "explain": try explain(argv, ctx)
+        case "retry": try retry(argv, ctx)
+        case "commit", "abort": try force(argv, ctx, outcome: command == "commit" ? "committed" : "aborted")
+        case "watch": try watch(argv, ctx)
+        case "stats": try stats(argv, ctx)
+        case "agent": try agent(argv, ctx)
+        case "log": try log(argv, ctx)
+        default: break
+        }
+    }
+
+    // MARK: - connection
+
+    static func coordinator(_ a: Arguments, _ ctx: CtlContext) throws -> Remote {
+        let url = a.string("coordinator") ?? ctx.environment["COHORT_COORDINATOR"]
+        guard let url, !url.isEmpty else {
+            throw CtlError.usage("no coordinator: pass --coordinator URL or set COHORT_COORDINATOR")
+        }
+        return try Remote(kind: .coordinator, url: url, token: token(a, ctx))
+    }
+
+    static func token(_ a: Arguments, _ ctx: CtlContext) throws -> String? {
+        if let file = a.string("token-file") {
+            guard let data = FileManager.default.contents(atPath: file) else {
+                throw CtlError.usage("cannot read token file \(file)")
+            }
+            let t = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !t.isEmpty else { throw CtlError.usage("token file \(file) is empty") }
+            return t
+        }
+        if let t = ctx.environment["COHORT_TOKEN"], !t.isEmpty { return t }
+        return nil
+    }
+
+    static func positional(_ a: Arguments, count: Int, usage: String) throws -> [String] {
+        guard a.positional.count == count else {
+            if a.positional.count > count { throw CtlError.usage("unexpected argument \"\(a.positional[count])\"; usage: \(usage)") }
+            throw CtlError.usage("missing argument; usage: \(usage)")
+        }
+        return a.positional
+    }
+
+    static func escape(_ s: String) -> String {
+        s.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/?#"))) ?? s
+    }
+
+    // MARK: - commands
+
+    static func list(_ argv: [String], _ ctx: CtlContext) throws {
+        let a = try parse(argv, valued: ["state", "older-than", "limit"], booleans: ["json"])
+        _ = try positional(a, count: 1, usage: "txctl list [--state S] [--older-than DURATION] [--limit N] [--json]")
+        var query: [String] = []
+        if let s = a.string("state") {
+            guard coordinatorStates.contains(s) else {
+                throw CtlError.usage("--state must be one of \(coordinatorStates.joined(separator: ", ")); got \"\(s)\"")
+            }
+            query.append("state=\(s)")
+        }
+        let limit = try a.int("limit", range: 1...20_000)
+        let olderThan = try a.durationMs("older-than")
+        // With --older-than the newest are dropped after fetching: fetch everything, then cut.
+        if let limit, olderThan == nil { query.append("limit=\(limit)") }
+        let remote = try coordinator(a, ctx)
+        let path = "/v1/transactions" + (query.isEmpty ? "" : "?" + query.joined(separator: "&"))
+        var txs = try remote.get(path, TransactionList.self).transactions
+        let now = ctx.now()
+        if let olderThan {
+            txs = txs.filter { tx in Clock.parseISO8601(tx.createdAt).map { now - $0 >= olderThan } ?? true }
+        }
+        if let limit { txs = Array(txs.prefix(limit)) }
+        ctx.out(a.has("json") ? JSONOut.encode(TransactionList(transactions: txs)) : Render.listTable(txs, nowMs: now))
+    }
+
+    static func fetch(_ a: Arguments, _ ctx: CtlContext, usage: String) throws -> TransactionView {
+        let p = try positional(a, count: 2, usage: usage)
+        let remote = try coordinator(a, ctx)
+        return try remote.get("/v1/transactions/\(escape(p[1]))", TransactionView.self)
+    }
+
+    static func show(_ argv: [String], _ ctx: CtlContext) throws {
+        let a = try parse(argv, booleans: ["json"])
+        let tx = try fetch(a, ctx, usage: "txctl show TXID [--json]")
+        ctx.out(a.has("json") ? JSONOut.encode(tx) : Render.show(tx, nowMs: ctx.now()))
+    }
+
+    static func explain(_ argv: [String], _ ctx: CtlContext) throws {
+        let a = try parse(argv, booleans: ["json"])
+        let tx = try fetch(a, ctx, usage: "txctl explain TXID [--json]")
+        let e = Explain.explain(tx, nowMs: ctx.now())
+        ctx.out(a.has("json") ? JSONOut.encode(e) : Explain.render(e, nowMs: ctx.now()))
+    }
+
+    static func retry(_ argv: [String], _ ctx: CtlContext) throws {
+        let a = try parse(argv, booleans: ["json"])
+        let p = try positional(a, count: 2, usage: "txctl retry TXID")
+        let r = try coordinator(a, ctx).post("/v1/transactions/\(escape(p[1]))/retry", body: [], RetryResponse.self)
+        ctx.out(a.has("json") ? JSONOut.encode(r) : Render.retry(r))
+    }
+
+    static func forceBody(_ a: Arguments, _ ctx: CtlContext, outcome: String, verb: String) throws -> [UInt8] {
+        guard a.has("force") else {
+            throw CtlError.usage("\(verb) needs --force: forcing an outcome is an operator's heuristic decision (add --dry-run to see what it would do)")
+        }
+        guard let reason = a.string("reason"), !reason.trimmingCharacters(in: .whitespaces).isEmpty else {
+            throw CtlError.usage("\(verb) --force needs --reason \"...\": why, for the audit trail")
+        }
+        let op = a.string("operator") ?? "\(ctx.environment["USER"] ?? ctx.environment["LOGNAME"] ?? "unknown")@\(ctx.hostName)"
+        guard !op.isEmpty else { throw CtlError.usage("--operator must not be empty") }
+        let body = ForceBody(outcome: outcome, reason: reason, operator: op, dryRun: a.has("dry-run"))
+        return Array((try? JSONEncoder().encode(body)) ?? Data())
+    }
+
+    static func force(_ argv: [String], _ ctx: CtlContext, outcome: String) throws {
+        let verb = outcome == "committed" ? "commit" : "abort"
+        let a = try parse(argv, valued: ["reason", "operator"], booleans: ["force", "dry-run", "json"])
+        let p = try positional(a, count: 2, usage: "txctl \(verb) TXID --force --reason \"...\" [--dry-run]")
+        let body = try forceBody(a, ctx, outcome: outcome, verb: verb)
+        let r = try coordinator(a, ctx).post("/v1/transactions/\(escape(p[1]))/force", body: body, ForceResponse.self)
+        ctx.out(a.has("json") ? JSONOut.encode(r) : Render.force(r, where: "at the coordinator"))
+    }
+
+    static func stats(_ argv: [String], _ ctx: CtlContext) throws {
+        let a = try parse(argv, booleans: ["json"])
+        _ = try positional(a, count: 1, usage: "txctl stats [--json]")
+        let st = try coordinator(a, ctx).get("/v1/stats", StatsResponse.self)
+        ctx.out(a.has("json") ? JSONOut.encode(st) : Render.stats(st))
+    }
+
+    static func agent(_ argv: [String], _ ctx: CtlContext) throws {
+        let w = words(argv)
+        guard w.count >= 3 else {
+            throw CtlError.usage("usage: txctl agent URL list|show|commit|abort ... (see txctl agent --help)")
+        }
+        let url = w[1]
+        let sub = w[2]
+        let remote = { (a: Arguments) in try Remote(kind: .agent, url: url, token: token(a, ctx)) }
+        switch sub {
+        case "list":
+            let a = try parse(argv, valued: ["state"], booleans: ["json"])
+            _ = try positional(a, count: 3, usage: "txctl agent URL list [--state S] [--json]")
+            var path = "/v1/branches"
+            if let s = a.string("state") {
+                guard agentStates.contains(s) else {
+                    throw CtlError.usage("--state must be one of \(agentStates.joined(separator: ", ")); got \"\(s)\"")
+                }
+                path += "?state=\(s)"
+            }
+            let l = try remote(a).get(path, BranchList.self)
+            ctx.out(a.has("json") ? JSONOut.encode(l) : Render.branchList(l))
+        case "show":
+            let a = try parse(argv, booleans: ["json"])
+            let p = try positional(a, count: 4, usage: "txctl agent URL show TXID [--json]")
+            let b = try remote(a).get("/v1/branches/\(escape(p[3]))", BranchDetail.self)
+            ctx.out(a.has("json") ? JSONOut.encode(b) : Render.branchDetail(b))
+        case "commit", "abort":
+            let a = try parse(argv, valued: ["reason", "operator"], booleans: ["force", "dry-run", "json"])
+            let p = try positional(a, count: 4, usage: "txctl agent URL \(sub) TXID --force --reason \"...\" [--dry-run]")
+            let body = try forceBody(a, ctx, outcome: sub == "commit" ? "committed" : "aborted", verb: "agent \(sub)")
+            let r = try remote(a).post("/v1/branches/\(escape(p[3]))/force", body: body, ForceResponse.self)
+            ctx.out(a.has("json") ? JSONOut.encode(r) : Render.force(r, where: "at participant \(url)", recorded: "recorded durably at the participant as a heuristic decision"))
+        default:
+            throw CtlError.usage("unknown agent command \"\(sub)\": use list, show, commit or abort (see txctl agent --help)")
+        }
+    }
+
+    static func log(_ argv: [String], _ ctx: CtlContext) throws {
+        let a = try parse(argv, booleans: ["json"])
+        guard a.positional.count >= 2 else { throw CtlError.usage("usage: txctl log inspect|verify DIR") }
+        let sub = a.positional[1]
+        guard sub == "inspect" || sub == "verify" else {
+            throw CtlError.usage("unknown log command \"\(sub)\": use inspect or verify")
+        }
+        let p = try positional(a, count: 3, usage: "txctl log \(sub) DIR [--json]")
+        let report = try LogTools.inspect(p[2])
+        if sub == "inspect" {
+            ctx.out(a.has("json") ? JSONOut.encode(report) : LogTools.renderInspect(report))
+            return
+        }
+        let (ok, text) = LogTools.verifyLine(report)
+        if a.has("json") {
+            ctx.out(JSONOut.encode(VerifyResult(ok: ok, directory: report.directory, segments: report.segments.count,
+                                                records: report.records, problems: report.problems)))
+        } else {
+            ctx.out(text)
+        }
+        if !ok {
+            let first = report.problems[0]
+            throw CtlError.failed("log damaged: \(first.kind == "torn-tail" ? "torn tail" : "corrupt record") in \(first.file) at offset \(first.offset): \(first.reason)")
+        }
+    }
+
+    public struct VerifyResult: Codable, Equatable {
+        public let ok: Bool
+        public let directory: String
+        public let segments: Int
+        public let records: Int
+        public let problems: [LogReport.Problem]
+    }
+}
+
+/// One coordinator or agent, over the blocking HTTP client, with errors turned into clear lines.
+final class Remote {
+    enum Kind { case coordinator, agent }
+    let kind: Kind
+    let base: String
+    let client: BlockingHTTPClient
+    let hasToken: Bool
+
+    init(kind: Kind, url: String, token: String?) throws {
+        self.kind = kind
+        var u = url
+        while u.hasSuffix("/") { u.removeLast() }
+        guard u.hasPrefix("http://") else {
+            throw CtlError.usage("\(kind == .coordinator ? "coordinator" : "agent") URL must look like http://HOST:PORT; got \"\(url)\"")
+        }
+        base = u
+        hasToken = token != nil
+        client = BlockingHTTPClient(connectTimeoutMs: 2000, requestTimeoutMs: 10_000, bearerToken: token)
+    }
+
+    var name: String { kind == .coordinator ? "coordinator" : "agent" }
+
+    func get<T: Decodable>(_ path: String, _ type: T.Type) throws -> T {
+        try decode(call("GET", path, body: []), type)
+    }
+
+    func post<T: Decodable>(_ path: String, body: [UInt8], _ type: T.Type) throws -> T {
+        try decode(call("POST", path, body: body), type)
+    }
+
+    func call(_ method: String, _ path: String, body: [UInt8]) throws -> HTTPClientResponse {
+        let response: HTTPClientResponse
+        do {
+            response = try client.request(method, base + path, body: body,
+                                          headers: body.isEmpty ? [] : [("Content-Type", "application/json")])
+        } catch let e as HTTPClientError {
+            if case .invalidURL = e { throw CtlError.usage("bad \(name) URL \(base): \(e)") }
+            switch kind {
+            case .coordinator:
+                throw CtlError.failed("cannot reach coordinator at \(base) (\(e)); is cohortd running? For a stopped coordinator, try: txctl log inspect DATA_DIR")
+            case .agent:
+                throw CtlError.failed("cannot reach agent at \(base) (\(e)); is cohort-agent running?")
+            }
+        }
+        if response.status == 200 || response.status == 201 { return response }
+        let message = (try? response.decode(ErrorBody.self).error) ?? clip(response.bodyString, 200)
+        switch response.status {
+        case 401:
+            throw CtlError.failed(hasToken
+                ? "the \(name) at \(base) rejected the bearer token (HTTP 401); check --token-file or COHORT_TOKEN"
+                : "the \(name) at \(base) requires a bearer token (HTTP 401); pass --token-file F or set COHORT_TOKEN")
+        case 400:
+            throw CtlError.usage("the \(name) refused the request: \(message)")
+        default:
+            throw CtlError.failed(message.isEmpty ? "the \(name) answered HTTP \(response.status)" : message)
+        }
+    }
+
+    func decode<T: Decodable>(_ r: HTTPClientResponse, _ type: T.Type) throws -> T {
+        do {
+            return try r.decode(type)
+        } catch {
+            throw CtlError.failed("unexpected answer from the \(name) at \(base): \(clip(r.bodyString, 120))")
+        }
+    }
+}

@@ -1,0 +1,237 @@
+import Foundation
+import XCTest
+
+/// Real processes: cohortd, cohort-agent and the txctl binary, with crash points.
+final class EndToEndTests: XCTestCase {
+    var servers: [Server] = []
+    var dir = ""
+
+    override func setUp() {
+        dir = tempDirectory("e2e")
+    }
+
+    override func tearDown() {
+        for s in servers { s.kill() }
+        servers = []
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    func start(_ name: String, _ args: [String], env: [String: String] = [:]) throws -> Server {
+        let s = try Server(name, args, env: env, dir: dir)
+        servers.append(s)
+        return s
+    }
+
+    func txctl(_ args: [String], coordinator: Server? = nil, env: [String: String] = [:]) throws -> CtlResult {
+        var e = env
+        if let coordinator { e["COHORT_COORDINATOR"] = coordinator.url }
+        e["USER"] = "oncall"
+        return try runProcess(try binary("txctl"), args, env: e)
+    }
+
+    /// Begins a transaction and moves 10 from a to b; returns the txid (commit not yet asked).
+    func transfer(_ c: Server, _ a: Server, _ b: Server) throws -> String {
+        let (status, begun) = try http("POST", c.url + "/v1/transactions", "{}")
+        XCTAssertEqual(status, 201)
+        let txid = try XCTUnwrap(begun["txid"] as? String)
+        XCTAssertEqual(try http("POST", a.url + "/v1/work", #"{"txid":"\#(txid)","ops":[{"op":"add","key":"acct","delta":-10}]}"#).0, 200)
+        XCTAssertEqual(try http("POST", b.url + "/v1/work", #"{"txid":"\#(txid)","ops":[{"op":"add","key":"acct","delta":10}]}"#).0, 200)
+        return txid
+    }
+
+    func testInDoubtAtCoordinatorIsFoundExplainedAndResolved() throws {
+        let c = try start("cohortd", ["--data", dir + "/c", "--port", "0", "--retry-budget-attempts", "3", "--parked-retry-delay", "10m"])
+        let a = try start("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", c.url])
+        let b = try start("cohort-agent", ["--name", "b", "--data", dir + "/b", "--port", "0", "--coordinator", c.url],
+                          env: ["COHORT_CRASHPOINT": "agent.before-commit-logged"])
+        let txid = try transfer(c, a, b)
+        let (status, answer) = try http("POST", c.url + "/v1/transactions/\(txid)/commit")
+        XCTAssertEqual(status, 200)
+        XCTAssertEqual(answer["outcome"] as? String, "committed")
+        XCTAssertTrue(b.waitForExit(timeout: 10), "b dies before logging its commit")
+
+        // Listed as in doubt, and parked once its small retry budget is spent.
+        var listed: [[String: Any]] = []
+        try waitUntil("the transaction to be parked") {
+            let r = try txctl(["list", "--state", "in-doubt", "--json"], coordinator: c)
+            XCTAssertEqual(r.status, 0, r.err)
+            listed = (jsonObject(r.out)["transactions"] as? [[String: Any]]) ?? []
+            return listed.first?["parked"] as? Bool == true
+        }
+        XCTAssertEqual(listed.map { $0["txid"] as? String }, [txid])
+        XCTAssertEqual(listed[0]["state"] as? String, "committing")
+        let parked = try txctl(["list", "--state", "parked"], coordinator: c)
+        XCTAssertTrue(parked.out.contains(txid) && parked.out.contains("b:commit-sent"), parked.out)
+
+        // explain names b, its last error, and the allowed action.
+        let e = try txctl(["explain", txid], coordinator: c)
+        XCTAssertEqual(e.status, 0, e.err)
+        XCTAssertTrue(e.out.contains("waiting for acknowledgements from b (commit-sent"), e.out)
+        XCTAssertTrue(e.out.contains("last error: connect failed"), e.out)
+        XCTAssertTrue(e.out.contains("txctl commit \(txid) --force --reason"), e.out)
+        XCTAssertTrue(e.out.contains("a forced abort is refused"), e.out)
+
+        // Retry now: b is still down, but the retry is sent.
+        let retry = try txctl(["retry", txid], coordinator: c)
+        XCTAssertEqual(retry.status, 0, retry.err)
+        XCTAssertTrue(retry.out.contains("to b"), retry.out)
+
+        // Abort contradicts the durable commit decision.
+        let abort = try txctl(["abort", txid, "--force", "--reason", "try abort"], coordinator: c)
+        XCTAssertEqual(abort.status, 1)
+        XCTAssertTrue(abort.err.hasPrefix("error: refused: \(txid) has a durable commit decision"), abort.err)
+
+        // A dry run changes nothing.
+        let dry = try txctl(["commit", txid, "--force", "--reason", "b's disk is gone", "--dry-run"], coordinator: c)
+        XCTAssertEqual(dry.status, 0, dry.err)
+        XCTAssertTrue(dry.out.contains("dry run") && dry.out.contains("stop waiting for b"), dry.out)
+        let still = try txctl(["list", "--state", "in-doubt", "--json"], coordinator: c)
+        XCTAssertTrue(still.out.contains(txid))
+        XCTAssertTrue(try txctl(["show", txid, "--json"], coordinator: c).out.contains("\"audit\": []"))
+
+        // The real forced commit resolves it, with an audit entry.
+        let forced = try txctl(["commit", txid, "--force", "--reason", "b's disk is gone"], coordinator: c)
+        XCTAssertEqual(forced.status, 0, forced.err)
+        XCTAssertTrue(forced.out.hasPrefix("forced \(txid) to committed"), forced.out)
+        let show = try txctl(["show", txid], coordinator: c)
+        XCTAssertTrue(show.out.contains("state:    committed"), show.out)
+        XCTAssertTrue(show.out.contains("force-commit by oncall@"), show.out)
+        XCTAssertTrue(show.out.contains("reason: b's disk is gone"), show.out)
+        XCTAssertTrue(show.out.contains("resolved-by-operator"), show.out)
+        let after = try txctl(["list", "--state", "in-doubt", "--json"], coordinator: c)
+        XCTAssertEqual(after.status, 0)
+        XCTAssertEqual((jsonObject(after.out)["transactions"] as? [Any])?.count, 0, after.out)
+        let explained = try txctl(["explain", txid], coordinator: c)
+        XCTAssertTrue(explained.out.contains("is finished: committed"), explained.out)
+
+        // Aborting it now is still refused; unknown ids are a clear failure.
+        XCTAssertEqual(try txctl(["abort", txid, "--force", "--reason", "x"], coordinator: c).status, 1)
+        let parts = txid.split(separator: "-")
+        let unknown = "\(parts[0])-\(parts[1])-ffff"
+        let u = try txctl(["show", unknown], coordinator: c)
+        XCTAssertEqual(u.status, 1)
+        XCTAssertTrue(u.err.hasPrefix("error: unknown transaction \(unknown)"), u.err)
+        XCTAssertEqual(try txctl(["retry", txid], coordinator: c).status, 1, "nothing to retry")
+
+        // The audit record is in the log, readable offline once the coordinator is stopped.
+        c.stop()
+        let inspect = try txctl(["log", "inspect", dir + "/c"])
+        XCTAssertEqual(inspect.status, 0, inspect.err)
+        XCTAssertTrue(inspect.out.contains("force-commit of \(txid) by oncall@"), inspect.out)
+        let verify = try txctl(["log", "verify", dir + "/c"])
+        XCTAssertEqual(verify.status, 0, verify.err)
+        XCTAssertTrue(verify.out.hasPrefix("ok: 1 segment, "), verify.out)
+        let down = try txctl(["list"], coordinator: c)
+        XCTAssertEqual(down.status, 1)
+        XCTAssertTrue(down.err.contains("cannot reach coordinator at \(c.url)") && down.err.contains("txctl log inspect"), down.err)
+    }
+
+    func testForcedAtAgentThenCoordinatorDisagreesIsHeuristicMixed() throws {
+        let c = try start("cohortd", ["--data", dir + "/c", "--port", "0"], env: ["COHORT_CRASHPOINT": "coordinator.before-decision-logged"])
+        let a = try start("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", c.url])
+        let b = try start("cohort-agent", ["--name", "b", "--data", dir + "/b", "--port", "0", "--coordinator", c.url])
+        let txid = try transfer(c, a, b)
+        _ = try? http("POST", c.url + "/v1/transactions/\(txid)/commit")
+        XCTAssertTrue(c.waitForExit(timeout: 10), "the coordinator dies before logging its decision")
+
+        // At the agent: in doubt (prepared, no outcome).
+        let l = try txctl(["agent", a.url, "list", "--state", "in-doubt", "--json"])
+        XCTAssertEqual(l.status, 0, l.err)
+        let branches = (jsonObject(l.out)["branches"] as? [[String: Any]]) ?? []
+        XCTAssertEqual(branches.map { $0["txid"] as? String }, [txid])
+        XCTAssertEqual(branches.first?["state"] as? String, "prepared")
+        let dry = try txctl(["agent", a.url, "commit", txid, "--force", "--reason", "coordinator lost", "--dry-run"])
+        XCTAssertEqual(dry.status, 0, dry.err)
+        XCTAssertTrue(dry.out.hasPrefix("dry run"), dry.out)
+        XCTAssertTrue(try txctl(["agent", a.url, "list", "--state", "in-doubt"]).out.contains(txid))
+        let forced = try txctl(["agent", a.url, "commit", txid, "--force", "--reason", "coordinator lost"])
+        XCTAssertEqual(forced.status, 0, forced.err)
+        let shown = try txctl(["agent", a.url, "show", txid])
+        XCTAssertTrue(shown.out.contains("heuristic-committed") && shown.out.contains("forced committed by oncall@"), shown.out)
+        XCTAssertFalse(try txctl(["agent", a.url, "list", "--state", "in-doubt"]).out.contains(txid))
+
+        // A coordinator on the same data directory presumes abort: both sides report heuristic-mixed.
+        let c2 = try start("cohortd", ["--data", dir + "/c", "--port", String(c.port)])
+        try waitUntil("the agent to report heuristic-mixed", timeout: 30) {
+            try txctl(["agent", a.url, "list", "--state", "heuristic-mixed"]).out.contains(txid)
+        }
+        try waitUntil("the coordinator to show heuristic-mixed", timeout: 30) {
+            try txctl(["show", txid], coordinator: c2).out.contains("state:    heuristic-mixed")
+        }
+        let j = try txctl(["show", txid, "--json"], coordinator: c2)
+        let tx = jsonObject(j.out)
+        XCTAssertEqual(tx["state"] as? String, "heuristic-mixed")
+        XCTAssertEqual(tx["outcome"] as? String, "aborted")
+        let e = try txctl(["explain", txid], coordinator: c2)
+        XCTAssertTrue(e.out.contains("HEURISTIC-MIXED") && e.out.contains("repair the data by hand at a"), e.out)
+        XCTAssertTrue(try txctl(["list", "--state", "heuristic-mixed"], coordinator: c2).out.contains(txid))
+    }
+
+    func testWatchInAPseudoTerminalDrawsAndQuits() throws {
+        let c = try start("cohortd", ["--data", dir + "/c", "--port", "0"])
+        let script = """
+        import os, pty, select, sys, time
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execv(sys.argv[1], sys.argv[1:])
+        buf = b''
+        deadline = time.time() + 20
+        while time.time() < deadline and b'(q quits)' not in buf:
+            r, _, _ = select.select([fd], [], [], 0.2)
+            if r:
+                try: buf += os.read(fd, 65536)
+                except OSError: break
+        seen = b'(q quits)' in buf
+        time.sleep(0.3)
+        os.write(fd, b'q')
+        status = None
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.1)
+            if r:
+                try:
+                    d = os.read(fd, 65536)
+                    if d: buf += d
+                except OSError: pass
+            wpid, st = os.waitpid(pid, os.WNOHANG)
+            if wpid:
+                status = os.waitstatus_to_exitcode(st)
+                break
+        if status is None:
+            os.kill(pid, 9)
+        sys.stdout.write('FRAME_SEEN=%s EXIT=%s\\n' % (seen, status))
+        sys.stdout.write(buf.decode('utf-8', 'replace'))
+        """
+        let scriptPath = dir + "/watch.py"
+        try script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
+        let r = try runProcess("/usr/bin/env", ["python3", scriptPath, try binary("txctl"), "--coordinator", c.url, "watch", "--interval", "200ms"])
+        XCTAssertTrue(r.out.hasPrefix("FRAME_SEEN=True EXIT=0\n"), r.out + r.err)
+        XCTAssertTrue(r.out.contains("txctl watch  \(c.url)"), r.out)
+        XCTAssertTrue(r.out.contains("in-flight 0  in-doubt 0  parked 0"), r.out)
+        XCTAssertTrue(r.out.contains("\u{1B}[H\u{1B}[2J"), "clears and redraws")
+
+        let once = try txctl(["watch", "--once"], coordinator: c)
+        XCTAssertEqual(once.status, 0, once.err)
+        XCTAssertTrue(once.out.hasPrefix("txctl watch  \(c.url)"), once.out)
+        XCTAssertTrue(once.out.contains("no unfinished transactions"), once.out)
+    }
+
+    func testTokenAndStats() throws {
+        let tokenFile = dir + "/token"
+        try "s3cret\n".write(toFile: tokenFile, atomically: true, encoding: .utf8)
+        let c = try start("cohortd", ["--data", dir + "/c", "--port", "0", "--token-file", tokenFile])
+        let none = try txctl(["stats"], coordinator: c)
+        XCTAssertEqual(none.status, 1)
+        XCTAssertTrue(none.err.hasPrefix("error: the coordinator at \(c.url) requires a bearer token (HTTP 401)"), none.err)
+        let wrong = try txctl(["stats"], coordinator: c, env: ["COHORT_TOKEN": "nope"])
+        XCTAssertEqual(wrong.status, 1)
+        XCTAssertTrue(wrong.err.contains("rejected the bearer token"), wrong.err)
+        let ok = try txctl(["--token-file", tokenFile, "stats", "--json"], coordinator: c)
+        XCTAssertEqual(ok.status, 0, ok.err)
+        XCTAssertEqual(jsonObject(ok.out)["open"] as? Int, 0)
+        let table = try txctl(["stats"], coordinator: c, env: ["COHORT_TOKEN": "s3cret"])
+        XCTAssertTrue(table.out.hasPrefix("uptime"), table.out)
+        let list = try txctl(["list", "--older-than", "1h"], coordinator: c, env: ["COHORT_TOKEN": "s3cret"])
+        XCTAssertEqual(list.out, "no transactions\n")
+    }
+}

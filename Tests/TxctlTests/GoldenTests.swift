@@ -1,0 +1,136 @@
+import CohortCore
+@testable import CohortCtl
+import Foundation
+import XCTest
+
+/// Rendering of fixed values compared with files in Golden/. `UPDATE_GOLDEN=1 swift test
+/// --filter TxctlTests.GoldenTests` rewrites them; review the diff before committing.
+final class GoldenTests: XCTestCase {
+    // 2026-11-23T13:05:00.000Z
+    static let now: Int64 = Clock.parseISO8601("2026-11-23T13:05:00.000Z")!
+
+    static let committing = TransactionView(
+        txid: "a58aaf0c-1a208a3ee86-1", protocol: "2pc", state: "committing", outcome: "committed", reason: nil,
+        createdAt: "2026-11-23T13:01:48.000Z", finishedAt: nil, timeoutMs: 10_000,
+        branches: [
+            .init(participant: "a", url: "http://127.0.0.1:7001", state: "committed", vote: "yes", attempts: 1, lastError: nil, nextRetryAt: nil, history: []),
+            .init(participant: "b", url: "http://127.0.0.1:7002", state: "commit-sent", vote: "yes", attempts: 3,
+                  lastError: "connect failed: Connection refused", nextRetryAt: "2026-11-23T13:05:28.000Z",
+                  history: [.init(at: "2026-11-23T13:01:49.000Z", error: "connection closed before a complete response"),
+                            .init(at: "2026-11-23T13:01:50.000Z", error: "connect failed: Connection refused")]),
+        ],
+        events: [
+            .init(at: "2026-11-23T13:01:48.000Z", event: "begun", participant: nil, detail: "timeout 10000ms"),
+            .init(at: "2026-11-23T13:01:48.500Z", event: "decided", participant: nil, detail: "commit (durable)"),
+            .init(at: "2026-11-23T13:01:50.000Z", event: "parked", participant: "b", detail: "retry budget spent"),
+        ],
+        parked: true, audit: [])
+
+    static let forced = TransactionView(
+        txid: "a58aaf0c-1a208a3ee86-2", protocol: "2pc", state: "committed", outcome: "committed", reason: nil,
+        createdAt: "2026-11-23T12:00:00.000Z", finishedAt: "2026-11-23T13:00:00.000Z", timeoutMs: 10_000,
+        branches: [
+            .init(participant: "a", url: "http://127.0.0.1:7001", state: "committed", vote: "yes", attempts: 1, lastError: nil, nextRetryAt: nil),
+            .init(participant: "b", url: "http://127.0.0.1:7002", state: "resolved-by-operator", vote: "yes", attempts: 12, lastError: "connect failed: Connection refused", nextRetryAt: nil),
+        ],
+        events: [.init(at: "2026-11-23T13:00:00.000Z", event: "forced", participant: nil, detail: "force-commit by ops@host: disk replaced")],
+        parked: false,
+        audit: [.init(at: "2026-11-23T13:00:00.000Z", operator: "ops@host", action: "force-commit", reason: "disk replaced",
+                      detail: "stop waiting for b (recorded as resolved by operator)")])
+
+    static let mixed = TransactionView(
+        txid: "2b6a4173-1a208a4656c-1", protocol: "2pc", state: "heuristic-mixed", outcome: "aborted",
+        reason: "no record at the coordinator (presumed abort)",
+        createdAt: "2026-11-23T13:04:00.000Z", finishedAt: "2026-11-23T13:04:00.000Z", timeoutMs: 0,
+        branches: [.init(participant: "a", url: "", state: "aborted", vote: nil, attempts: 0, lastError: nil, nextRetryAt: nil, heuristic: "committed")],
+        events: [.init(at: "2026-11-23T13:04:00.000Z", event: "heuristic-reported", participant: "a", detail: "operator at a forced committed")])
+
+    static let stats = StatsResponse(
+        byState: ["committing": 1, "parked": 1, "committed": 40, "aborted": 2],
+        totals: ["committed": 41, "aborted": 2], ratesPerS: ["committed": 0.5, "aborted": 0.0333],
+        open: 1, parked: 1,
+        commitLatency: .init(samples: 43, p50Ms: 3.25, p95Ms: 9.5, p99Ms: 12.125, maxMs: 20),
+        uptimeS: 192)
+
+    func check(_ name: String, _ actual: String, file: StaticString = #filePath, line: UInt = #line) {
+        let path = "\(packageRoot)/Tests/TxctlTests/Golden/\(name)"
+        if ProcessInfo.processInfo.environment["UPDATE_GOLDEN"] == "1" {
+            try? actual.write(toFile: path, atomically: true, encoding: .utf8)
+            return
+        }
+        guard let expected = try? String(contentsOfFile: path, encoding: .utf8) else {
+            return XCTFail("missing golden file \(path); run with UPDATE_GOLDEN=1", file: file, line: line)
+        }
+        XCTAssertEqual(actual, expected, "golden \(name) differs", file: file, line: line)
+    }
+
+    func testListTable() {
+        check("list.txt", Render.listTable([Self.mixed, Self.committing, Self.forced], nowMs: Self.now))
+        XCTAssertEqual(Render.listTable([], nowMs: Self.now), "no transactions\n")
+    }
+
+    func testListJSON() {
+        check("list.json", JSONOut.encode(TransactionList(transactions: [Self.committing])))
+    }
+
+    func testShow() {
+        check("show-committing.txt", Render.show(Self.committing, nowMs: Self.now))
+        check("show-forced.txt", Render.show(Self.forced, nowMs: Self.now))
+        check("show-forced.json", JSONOut.encode(Self.forced))
+    }
+
+    func testExplain() {
+        check("explain-committing.txt", Explain.render(Explain.explain(Self.committing, nowMs: Self.now), nowMs: Self.now))
+        check("explain-committing.json", JSONOut.encode(Explain.explain(Self.committing, nowMs: Self.now)))
+        check("explain-forced.txt", Explain.render(Explain.explain(Self.forced, nowMs: Self.now), nowMs: Self.now))
+        check("explain-mixed.txt", Explain.render(Explain.explain(Self.mixed, nowMs: Self.now), nowMs: Self.now))
+    }
+
+    func testExplainOffersOnlyAllowedForces() {
+        let e = Explain.explain(Self.committing, nowMs: Self.now)
+        XCTAssertFalse(e.finished)
+        XCTAssertEqual(e.blocking.map(\.participant), ["b"])
+        XCTAssertTrue(e.actions.contains { $0.contains("txctl commit a58aaf0c-1a208a3ee86-1 --force --reason") })
+        XCTAssertFalse(e.actions.contains { $0.contains("txctl abort") }, "abort contradicts the durable decision")
+        XCTAssertTrue(e.actions.contains { $0.contains("txctl retry a58aaf0c-1a208a3ee86-1") })
+        let m = Explain.explain(Self.mixed, nowMs: Self.now)
+        XCTAssertTrue(m.finished)
+        XCTAssertTrue(m.actions.contains { $0.contains("repair the data by hand at a") })
+        XCTAssertFalse(m.actions.contains { $0.contains("--force") })
+    }
+
+    func testStats() {
+        check("stats.txt", Render.stats(Self.stats))
+        check("stats.json", JSONOut.encode(Self.stats))
+    }
+
+    func testWatchFrame() {
+        check("watch.txt", Watch.frame(url: "http://127.0.0.1:7000", stats: Self.stats, unfinished: [Self.committing],
+                                       error: nil, nowMs: Self.now, intervalMs: 1000))
+    }
+
+    func testForceAndAgentRendering() {
+        let r = ForceResponse(txid: "a58aaf0c-1a208a3ee86-1", outcome: "committed", dryRun: true,
+                              effects: ["stop waiting for b (recorded as resolved by operator)", "end the transaction as committed"])
+        check("force-dry-run.txt", Render.force(r, where: "at the coordinator"))
+        check("force.json", JSONOut.encode(r))
+        let l = BranchList(branches: [.init(txid: "2b6a4173-1a208a4656c-1", state: "prepared", coordinator: "http://127.0.0.1:7000")])
+        check("agent-list.txt", Render.branchList(l))
+        let d = BranchDetail(txid: "2b6a4173-1a208a4656c-1", state: "heuristic-committed", coordinator: "http://127.0.0.1:7000",
+                             writeSetBytes: 22, inquiries: 4, lastInquiryError: "connect failed: Connection refused",
+                             heuristic: .init(outcome: "committed", reason: "coordinator lost", operator: "ops@host", at: "2026-11-23T13:04:00.000Z"))
+        check("agent-show.txt", Render.branchDetail(d))
+        check("agent-show.json", JSONOut.encode(d))
+    }
+
+    func testHelpers() {
+        XCTAssertEqual(Clock.parseISO8601("1970-01-01T00:00:01.500Z"), 1500)
+        XCTAssertEqual(Clock.parseISO8601(TimeFormat.iso8601(ms: 1_795_000_123_456)), 1_795_000_123_456)
+        XCTAssertNil(Clock.parseISO8601("yesterday"))
+        XCTAssertEqual(Render.formatNumber(0.5), "0.5")
+        XCTAssertEqual(Render.formatNumber(12.125), "12.13")
+        XCTAssertEqual(Render.formatNumber(3), "3")
+        XCTAssertEqual(JSONOut.encode(["a": [Int]()]), "{\n  \"a\": []\n}\n")
+        XCTAssertEqual(JSONOut.encode(["k": "a,b:{c}"]), "{\n  \"k\": \"a,b:{c}\"\n}\n")
+    }
+}

@@ -1,0 +1,110 @@
+import CohortCore
+@testable import CohortCtl
+import CohortLog
+import Foundation
+import XCTest
+
+/// `txctl log inspect|verify` on logs written by the real DurableLog.
+final class LogToolTests: XCTestCase {
+    let t = TxID(coordinatorID: "0a1b2c3d", epoch: 7, sequence: 1)
+
+    /// A coordinator-shaped data directory with five records in one segment; returns (dir, offsets).
+    func makeLog() throws -> (String, [Int]) {
+        let dir = tempDirectory("log")
+        let storage = try FileLogStorage(directory: dir + "/log")
+        let (log, _) = try DurableLog.open(storage: storage, config: DurableLogConfig(syncMode: .manual))
+        let a = ParticipantRef(name: "a", url: "http://127.0.0.1:7001")
+        let b = ParticipantRef(name: "b", url: "http://127.0.0.1:7002")
+        let records: [Coordinator.Record] = [
+            .commitDecision(t, participants: [a, b], decidedAtMs: 1_000),
+            .audit(t, Coordinator.AuditEntry(atMs: 2_000, operatorName: "ops@host", action: "force-commit", reason: "b is gone", detail: "stop waiting for b")),
+            .end(t),
+            .heuristic(TxID(coordinatorID: "0a1b2c3d", epoch: 7, sequence: 2), participant: "a", outcome: .committed),
+            .end(TxID(coordinatorID: "0a1b2c3d", epoch: 7, sequence: 3)),
+        ]
+        for r in records {
+            let e = CoordinatorRecordCoding.encode(r)
+            _ = try log.append(type: e.type, payload: e.payload, force: true)
+        }
+        try log.syncNow()
+        log.close()
+        let report = try LogTools.inspect(dir)
+        return (dir, report.segments[0].records.map(\.offset))
+    }
+
+    func segmentPath(_ dir: String) -> String { dir + "/log/0000000000000001.log" }
+
+    func testInspectDecodesEveryRecordAndAudit() throws {
+        let (dir, _) = try makeLog()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let r = ctl(["log", "inspect", dir])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.out.contains("1 segment, 5 records"), r.out)
+        XCTAssertTrue(r.out.contains("commit-decision  0a1b2c3d-7-1"), r.out)
+        XCTAssertTrue(r.out.contains("audit LSN 2: force-commit of 0a1b2c3d-7-1 by ops@host"), r.out)
+        XCTAssertTrue(r.out.contains("reason: b is gone"), r.out)
+        XCTAssertTrue(r.out.contains("participant a reported a heuristic outcome"), r.out)
+        // The log directory itself works too, and JSON carries the audit entry.
+        let j = ctl(["log", "inspect", dir + "/log", "--json"])
+        XCTAssertEqual(j.status, 0)
+        let obj = jsonObject(j.out)
+        XCTAssertEqual(obj["records"] as? Int, 5)
+        let recs = ((obj["segments"] as? [[String: Any]])?.first?["records"] as? [[String: Any]]) ?? []
+        XCTAssertEqual(recs.map { $0["type_name"] as? String }, ["commit-decision", "audit", "end", "heuristic", "end"])
+        XCTAssertEqual((recs[1]["audit"] as? [String: Any])?["reason"] as? String, "b is gone")
+    }
+
+    func testVerifyCleanLog() throws {
+        let (dir, _) = try makeLog()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let r = ctl(["log", "verify", dir])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertEqual(r.out, "ok: 1 segment, 5 records\n")
+        XCTAssertEqual(r.err, "")
+    }
+
+    func testVerifyFindsAFlippedByte() throws {
+        let (dir, offsets) = try makeLog()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // Flip one byte in the middle of the second record's payload.
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: segmentPath(dir))))
+        let middle = (offsets[1] + offsets[2]) / 2
+        bytes[middle] ^= 0x40
+        try Data(bytes).write(to: URL(fileURLWithPath: segmentPath(dir)))
+        let r = ctl(["log", "verify", dir])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.out.contains("corrupt record: 0000000000000001.log at offset \(offsets[1]): record checksum mismatch"), r.out)
+        XCTAssertEqual(r.err, "error: log damaged: corrupt record in 0000000000000001.log at offset \(offsets[1]): record checksum mismatch\n")
+        let j = ctl(["log", "verify", dir, "--json"])
+        XCTAssertEqual(j.status, 1)
+        XCTAssertEqual(jsonObject(j.out)["ok"] as? Bool, false)
+    }
+
+    func testVerifyReportsATornTail() throws {
+        let (dir, offsets) = try makeLog()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: segmentPath(dir)))
+        try handle.truncate(atOffset: UInt64(offsets[4] + 10))
+        try handle.close()
+        let r = ctl(["log", "verify", dir])
+        XCTAssertEqual(r.status, 1, "a torn tail is damage: exit 1")
+        XCTAssertTrue(r.out.contains("torn tail: 0000000000000001.log at offset \(offsets[4])"), r.out)
+        XCTAssertTrue(r.err.hasPrefix("error: log damaged: torn tail in 0000000000000001.log at offset \(offsets[4])"), r.err)
+        // inspect still shows the good records and says the coordinator would start.
+        let i = ctl(["log", "inspect", dir])
+        XCTAssertEqual(i.status, 0)
+        XCTAssertTrue(i.out.contains("TORN TAIL at offset \(offsets[4])"), i.out)
+        XCTAssertTrue(i.out.contains("would start"), i.out)
+    }
+
+    func testMissingDirectory() {
+        let r = ctl(["log", "verify", "/nonexistent/txctl"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.err.hasPrefix("error: /nonexistent/txctl is not a directory"), r.err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "/nonexistent/txctl"), "nothing is created")
+        let empty = tempDirectory("empty")
+        let e = ctl(["log", "inspect", empty])
+        XCTAssertEqual(e.status, 1)
+        XCTAssertTrue(e.err.contains("no coordinator log in"), e.err)
+    }
+}

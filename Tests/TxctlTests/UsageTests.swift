@@ -1,0 +1,76 @@
+@testable import CohortCtl
+import XCTest
+
+/// Argument errors, help and exit codes, in-process (no server).
+final class UsageTests: XCTestCase {
+    let env = ["COHORT_COORDINATOR": "http://127.0.0.1:1"]
+
+    func testEveryCommandAnswersHelp() {
+        let commands: [[String]] = [[], ["help"], ["list"], ["show"], ["explain"], ["retry"], ["commit"], ["abort"], ["watch"],
+                                    ["stats"], ["agent"], ["agent", "http://x:1", "list"], ["agent", "http://x:1", "show"],
+                                    ["agent", "http://x:1", "commit"], ["agent", "http://x:1", "abort"],
+                                    ["log"], ["log", "inspect"], ["log", "verify"]]
+        for c in commands {
+            let r = ctl(c + (c == ["help"] ? [] : ["--help"]), env: env)
+            XCTAssertEqual(r.status, 0, "\(c) --help: \(r.err)")
+            XCTAssertTrue(r.out.hasPrefix("usage: txctl"), "\(c) --help printed \(r.out.prefix(80))")
+            XCTAssertEqual(r.err, "")
+        }
+        XCTAssertEqual(ctl(["list", "-h"]).status, 0)
+    }
+
+    func assertUsage(_ args: [String], _ fragment: String, file: StaticString = #filePath, line: UInt = #line) {
+        let r = ctl(args, env: env)
+        XCTAssertEqual(r.status, 2, "\(args): \(r.err)", file: file, line: line)
+        XCTAssertTrue(r.err.hasPrefix("error: "), "\(args): \(r.err)", file: file, line: line)
+        XCTAssertTrue(r.err.contains(fragment), "\(args): \(r.err)", file: file, line: line)
+        XCTAssertEqual(r.err.filter { $0 == "\n" }.count, 1, "one line", file: file, line: line)
+        XCTAssertEqual(r.out, "", file: file, line: line)
+    }
+
+    func testBadUsageExitsTwo() {
+        assertUsage([], "no command")
+        assertUsage(["frobnicate"], "unknown command")
+        assertUsage(["list", "--bogus"], "unknown option --bogus")
+        assertUsage(["list", "--state"], "--state needs a value")
+        assertUsage(["list", "--state", "sleepy"], "--state must be one of")
+        assertUsage(["list", "--older-than", "soon"], "--older-than must be a duration")
+        assertUsage(["list", "--limit", "many"], "--limit must be an integer")
+        assertUsage(["show"], "missing argument")
+        assertUsage(["show", "a", "b"], "unexpected argument")
+        assertUsage(["commit", "a58aaf0c-1-1", "--reason", "x"], "needs --force")
+        assertUsage(["commit", "a58aaf0c-1-1", "--force"], "needs --reason")
+        assertUsage(["abort", "a58aaf0c-1-1", "--force", "--reason", "  "], "needs --reason")
+        assertUsage(["agent", "http://127.0.0.1:1", "commit", "t", "--force"], "needs --reason")
+        assertUsage(["agent", "http://127.0.0.1:1", "list", "--state", "sleepy"], "--state must be one of")
+        assertUsage(["agent", "http://127.0.0.1:1", "dance"], "unknown agent command")
+        assertUsage(["agent"], "usage: txctl agent URL")
+        assertUsage(["log", "fix", "/tmp"], "unknown log command")
+        assertUsage(["watch", "--interval", "fast"], "--interval must be a duration")
+        assertUsage(["watch"], "needs a terminal")
+        assertUsage(["--coordinator", "ftp://x", "list"], "must look like http://HOST:PORT")
+        let r = ctl(["list"])
+        XCTAssertEqual(r.status, 2)
+        XCTAssertEqual(r.err, "error: no coordinator: pass --coordinator URL or set COHORT_COORDINATOR\n")
+    }
+
+    func testUnreachableCoordinatorIsOneClearLine() {
+        for args in [["list"], ["show", "a58aaf0c-1-1"], ["stats"], ["watch", "--once"], ["--coordinator", "http://127.0.0.1:1", "explain", "a58aaf0c-1-1"]] {
+            let r = ctl(args, env: env)
+            XCTAssertEqual(r.status, 1, "\(args)")
+            XCTAssertTrue(r.err.hasPrefix("error: cannot reach coordinator at http://127.0.0.1:1 ("), r.err)
+            XCTAssertTrue(r.err.hasSuffix("); is cohortd running? For a stopped coordinator, try: txctl log inspect DATA_DIR\n"), r.err)
+            XCTAssertEqual(r.err.filter { $0 == "\n" }.count, 1)
+        }
+        let a = ctl(["agent", "http://127.0.0.1:1", "list"])
+        XCTAssertEqual(a.status, 1)
+        XCTAssertTrue(a.err.hasPrefix("error: cannot reach agent at http://127.0.0.1:1"), a.err)
+    }
+
+    func testOutboxIsNotAvailableYet() {
+        let r = ctl(["outbox", "http://x:1", "list"], env: env)
+        XCTAssertEqual(r.status, 1)
+        XCTAssertEqual(r.err, "error: txctl outbox is not available yet\n")
+        XCTAssertFalse(ctl(["--help"]).out.contains("outbox"))
+    }
+}
