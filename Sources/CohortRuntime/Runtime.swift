@@ -7,18 +7,18 @@ import Foundation
 /// Requests waiting for a state machine's answer, by the id the state machine knows them by.
 public final class PendingRequests {
     private var nextID: RequestID = 1
-    private var table: [RequestID: HTTPResponder] = [:]
+    private var table: [RequestID: ResponseSink] = [:]
 
     public init() {}
 
-    public func add(_ responder: HTTPResponder) -> RequestID {
+    public func add(_ responder: ResponseSink) -> RequestID {
         let id = nextID
         nextID += 1
         table[id] = responder
         return id
     }
 
-    public func take(_ id: RequestID) -> HTTPResponder? { table.removeValue(forKey: id) }
+    public func take(_ id: RequestID) -> ResponseSink? { table.removeValue(forKey: id) }
 
     public var count: Int { table.count }
 }
@@ -26,21 +26,27 @@ public final class PendingRequests {
 /// Timers a state machine asked for, keyed by the state machine's own timer value, so setting
 /// a timer again replaces it and cancelling is by name.
 public final class TimerTable<Key: Hashable> {
-    private let loop: EventLoop
-    private var handles: [Key: TimerHandle] = [:]
+    private let environment: NodeEnvironment
+    private var handles: [Key: NodeTimer] = [:]
 
-    public init(loop: EventLoop) { self.loop = loop }
+    public init(environment: NodeEnvironment) { self.environment = environment }
 
     public func set(_ key: Key, afterMs: Int64, fire: @escaping (Key) -> Void) {
-        if let old = handles.removeValue(forKey: key) { loop.cancel(old) }
-        handles[key] = loop.schedule(afterMs: max(afterMs, 0)) { [weak self] in
+        handles.removeValue(forKey: key)?.cancel()
+        let timer = environment.schedule(afterMs: max(afterMs, 0)) { [weak self] in
             guard let self, self.handles.removeValue(forKey: key) != nil else { return }
             fire(key)
         }
+        handles[key] = timer
     }
 
     public func cancel(_ key: Key) {
-        if let old = handles.removeValue(forKey: key) { loop.cancel(old) }
+        handles.removeValue(forKey: key)?.cancel()
+    }
+
+    public func cancelAll() {
+        for timer in handles.values { timer.cancel() }
+        handles = [:]
     }
 
     public var count: Int { handles.count }

@@ -1,0 +1,553 @@
+import CohortCore
+import CohortHTTP
+import CohortKV
+import CohortLog
+import CohortPosix
+import CohortRuntime
+import Foundation
+
+/// The participant runtime of `cohort-agent`: the participant state machine decides; this node
+/// carries out its actions against the prepare log (the truth), the key-value store
+/// (materialized state, re-applied from the log after a crash), the lock table, outgoing
+/// requests and timers. It knows the world only through a `NodeEnvironment`, so the agent
+/// process and the simulation run this same code.
+public final class AgentNode {
+    public static let crashPoints = [
+        "agent.before-register-send",
+        "agent.after-register-send",
+        "agent.before-prepared-logged",
+        "agent.after-prepared-logged",
+        "agent.after-vote-sent",
+        "agent.before-commit-logged",
+        "agent.after-commit-logged",
+        "agent.after-commit-applied",
+        "agent.after-ack-sent",
+        "agent.before-abort-logged",
+        "agent.after-abort-logged",
+        "agent.before-inquiry-send",
+        "agent.after-inquiry-send",
+    ]
+
+    static let messageTypes = ["register", "vote", "ack", "inquiry", "heuristic"]
+
+    /// What a forced record, once durable, lets the state machine do.
+    private enum Pending {
+        case prepared(String)
+        case committed(String)
+        case heuristic(String)
+    }
+
+    private let environment: NodeEnvironment
+    public let name: String
+    public let coordinatorURL: String
+    public private(set) var machine: Participant
+    public let log: DurableLog
+    public let store: KVStore
+    public private(set) var resource: KVResource!
+    private let requests = PendingRequests()
+    private var timers: TimerTable<Participant.Timer>!
+    private var pending = DurabilityQueue<Pending>()
+    private let metrics = MetricsRegistry()
+    private let onFatal: (String) -> Void
+    private var joining: [String: [(Result<Void, RequestError>) -> Void]] = [:]
+    private var stagingInFlight: [String: Int] = [:]
+    private var startupInquiries: [Participant.Action] = []
+    /// The address the coordinator calls back; set before the node serves requests.
+    public var advertiseURL = ""
+    /// Identifies this data directory; a coordinator message for another incarnation is refused.
+    public let incarnation: String
+    private let checkpointAfterBytes: Int
+    /// Where each branch's forced records landed, for the white-box durability check.
+    private var preparedLSN: [String: UInt64] = [:]
+
+    /// Recovers from what the log held — re-applies durable commits the store may lack and
+    /// re-takes the locks of in-doubt branches — before the node serves anything; inquiries
+    /// about in-doubt branches start with `start()`.
+    public init(name: String, incarnation: String, coordinatorURL: String, log: DurableLog, recovered: RecoveredLog,
+                store: KVStore, config: Participant.Config, checkpointAfterBytes: Int,
+                environment: NodeEnvironment, onFatal: @escaping (String) -> Void) throws {
+        self.name = name
+        self.incarnation = incarnation
+        self.coordinatorURL = coordinatorURL
+        self.log = log
+        self.store = store
+        self.environment = environment
+        self.onFatal = onFatal
+        self.checkpointAfterBytes = checkpointAfterBytes
+        machine = Participant(config: config)
+        timers = TimerTable(environment: environment)
+        resource = KVResource(store: store, schedule: { afterMs, task in
+            let timer = environment.schedule(afterMs: afterMs, task)
+            return { timer.cancel() }
+        })
+
+        let recoveryActions = try machine.recover(snapshot: recovered.snapshot,
+                                                  records: recovered.records.map { ($0.lsn, $0.type, $0.payload) })
+        let applies = recoveryActions.compactMap { action -> (txid: String, writeSet: [UInt8], lsn: UInt64)? in
+            if case .apply(let t, let ws, let lsn) = action { return (t, ws, lsn) } else { return nil }
+        }
+        if !applies.isEmpty { try resource.commit(applies) }
+        for action in recoveryActions {
+            switch action {
+            case .restoreLocks(let txid, let writeSet): try resource.restoreInDoubt(txid: txid, writeSet: writeSet)
+            case .inquire: startupInquiries.append(action)
+            default: break
+            }
+        }
+
+        declareCommonMetrics(metrics, log: log, messageTypes: Self.messageTypes)
+        metrics.declare("cohort_transactions_total", help: "Finished branches, by outcome (a read-only branch counts as committed)",
+                        labels: ["outcome=\"committed\"", "outcome=\"aborted\""])
+        metrics.sample("cohort_in_doubt", help: "Branches that voted yes and have no outcome yet") { [unowned self] in Double(self.machine.inDoubtCount) }
+        metrics.sample("cohort_heuristic_mixed", help: "Branches whose operator-forced outcome differs from the coordinator's decision") { [unowned self] in Double(self.machine.heuristicMixed.count) }
+        metrics.sample("cohort_branches_open", help: "Branches staged, preparing or in doubt") { [unowned self] in Double(self.machine.branches.count) }
+        metrics.sample("cohort_lock_waits", help: "Lock requests waiting") { [unowned self] in Double(self.resource.lockWaitCount) }
+        log.onDurable = { [weak self] lsn in
+            guard let self else { return }
+            self.environment.execute { self.durable(upTo: lsn) }
+        }
+        log.onFailure = { error in
+            onFatal("durable log failed, stopping without acknowledging anything more: \(error)")
+        }
+    }
+
+    /// Starts asking the coordinator about in-doubt branches; call once on the node's thread.
+    public func start() {
+        let actions = startupInquiries
+        startupInquiries = []
+        execute(actions)
+    }
+
+    /// Stops timers; the node does nothing more on its own.
+    public func stop() {
+        timers.cancelAll()
+    }
+
+    // MARK: - events in
+
+    private func feed(_ event: Participant.Event) {
+        execute(machine.on(event))
+    }
+
+    private func durable(upTo lsn: UInt64) {
+        var actions: [Participant.Action] = []
+        for (recordLSN, item) in pending.popDurable(upTo: lsn) {
+            switch item {
+            case .prepared(let txid):
+                CrashPoints.hit("agent.after-prepared-logged")
+                actions += machine.on(.preparedDurable(txid))
+            case .committed(let txid):
+                CrashPoints.hit("agent.after-commit-logged")
+                actions += machine.on(.commitDurable(txid, lsn: recordLSN))
+            case .heuristic(let txid):
+                actions += machine.on(.heuristicDurable(txid, lsn: recordLSN))
+            }
+        }
+        // One store transaction for every commit this sync made durable.
+        execute(actions)
+        maybeCheckpoint()
+    }
+
+    private func maybeCheckpoint() {
+        guard log.bytesSinceCheckpoint > checkpointAfterBytes else { return }
+        do {
+            // Everything applied so far must survive power loss before the log forgets it.
+            try store.makeDurable()
+            _ = try log.checkpoint(snapshot: machine.snapshot())
+        } catch {
+            onFatal("checkpoint failed: \(error)")
+        }
+    }
+
+    // MARK: - actions out
+
+    private func execute(_ actions: [Participant.Action]) {
+        let applies = actions.compactMap { action -> (txid: String, writeSet: [UInt8], lsn: UInt64)? in
+            if case .apply(let t, let ws, let lsn) = action { return (t, ws, lsn) } else { return nil }
+        }
+        if !applies.isEmpty {
+            do {
+                try resource.commit(applies)
+            } catch {
+                onFatal("cannot apply committed branches to the store: \(error)")
+                return
+            }
+            CrashPoints.hit("agent.after-commit-applied")
+        }
+        var finishedInBatch: [String] = []
+        defer { for txid in finishedInBatch { preparedLSN.removeValue(forKey: txid) } }
+        for action in actions {
+            switch action {
+            case .apply:
+                break
+            case .reply(let id, let reply):
+                respond(id, reply)
+            case .log(let record, let force):
+                append(record, force: force)
+            case .release(let txid):
+                resource.abort(txid: txid)
+            case .restoreLocks(let txid, let writeSet):
+                do { try resource.restoreInDoubt(txid: txid, writeSet: writeSet) } catch { onFatal("cannot restore locks of \(txid): \(error)") }
+            case .inquire(let txid, let url):
+                inquire(txid, url)
+            case .reportHeuristic(let txid, let url, let outcome):
+                reportHeuristic(txid, url, outcome, attempt: 1)
+            case .setTimer(let timer, let afterMs):
+                timers.set(timer, afterMs: afterMs) { [unowned self] in self.feed(.timerFired($0)) }
+            case .cancelTimer(let timer):
+                timers.cancel(timer)
+            case .finished(let txid, let outcome):
+                metrics.add("cohort_transactions_total", labels: "outcome=\"\(outcome.rawValue)\"")
+                finishedInBatch.append(txid)
+            }
+        }
+    }
+
+    private func append(_ record: Participant.Record, force: Bool) {
+        let encoded = ParticipantRecordCoding.encode(record)
+        switch record {
+        case .prepared: CrashPoints.hit("agent.before-prepared-logged")
+        case .committed, .committedOnePhase: CrashPoints.hit("agent.before-commit-logged")
+        case .aborted: CrashPoints.hit("agent.before-abort-logged")
+        case .heuristic, .heuristicResolved: break
+        }
+        let lsn: UInt64
+        do {
+            lsn = try log.append(type: encoded.type, payload: encoded.payload, force: force)
+        } catch let full as LogFullError {
+            switch record {
+            case .prepared(let txid, _, _), .committed(let txid), .committedOnePhase(let txid, _):
+                feed(.recordRefused(txid, reason: "\(full)"))
+            case .heuristic(let txid, _, _, _, _):
+                feed(.recordRefused(txid, reason: "\(full)"))
+            case .aborted, .heuristicResolved:
+                // Without it the branch is asked about again after a restart; the coordinator
+                // answers the same. Safe to skip.
+                break
+            }
+            return
+        } catch {
+            onFatal("cannot append to the durable log: \(error)")
+            return
+        }
+        switch record {
+        case .prepared(let txid, _, _):
+            preparedLSN[txid] = lsn
+            pending.append(lsn: lsn, .prepared(txid))
+        case .committed(let txid), .committedOnePhase(let txid, _):
+            preparedLSN[txid] = lsn
+            machine.noteCommitAppended(txid, lsn: lsn)
+            pending.append(lsn: lsn, .committed(txid))
+        case .heuristic(let txid, _, _, _, _):
+            machine.noteCommitAppended(txid, lsn: lsn)
+            pending.append(lsn: lsn, .heuristic(txid))
+        case .aborted:
+            CrashPoints.hit("agent.after-abort-logged")
+        case .heuristicResolved:
+            break
+        }
+    }
+
+    private func respond(_ id: RequestID, _ reply: Participant.Reply) {
+        guard let responder = requests.take(id) else { return }
+        let txid = pendingTxid(id)
+        switch reply {
+        case .vote(.yes), .acknowledged, .outcome(.committed, _):
+            // A yes vote or an acknowledgement must be backed by a durable record.
+            environment.checkBacked(reply == .acknowledged ? "ack" : "vote", txid: txid,
+                                    lsn: preparedLSN[txid] ?? UInt64.max, durableLSN: log.durableLSN)
+        default:
+            break
+        }
+        switch reply {
+        case .vote(let vote):
+            var reason: String?
+            if case .no(let r) = vote { reason = r }
+            responder.send(.jsonBytes(200, JSONBody.encode(PrepareResponse(txid: "", vote: vote.wireName, outcome: nil, reason: reason).with(txid: pendingTxid(id)))))
+            metrics.add("cohort_messages_sent_total", labels: "type=\"vote\"")
+            if vote == .yes { CrashPoints.hit("agent.after-vote-sent") }
+        case .acknowledged:
+            responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: pendingTxid(id), status: "committed"))))
+            metrics.add("cohort_messages_sent_total", labels: "type=\"ack\"")
+            CrashPoints.hit("agent.after-ack-sent")
+        case .aborted:
+            responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: pendingTxid(id), status: "aborted"))))
+        case .outcome(let outcome, let reason):
+            responder.send(.jsonBytes(200, JSONBody.encode(PrepareResponse(txid: pendingTxid(id), vote: nil, outcome: outcome.rawValue, reason: reason))))
+            metrics.add("cohort_messages_sent_total", labels: "type=\"\(outcome == .committed ? "ack" : "vote")\"")
+        case .heuristicAborted:
+            responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: pendingTxid(id), status: "heuristic-aborted"))))
+        case .forced(let outcome, let dryRun, let effects):
+            responder.send(.jsonBytes(200, JSONBody.encode(ForceResponse(txid: pendingTxid(id), outcome: outcome.rawValue, dryRun: dryRun, effects: effects))))
+        case .error(let e):
+            responder.send(.requestError(e))
+        }
+        requestTxids.removeValue(forKey: id)
+    }
+
+    /// The txid each protocol request was about, to echo it in the answer.
+    private var requestTxids: [RequestID: String] = [:]
+    private func pendingTxid(_ id: RequestID) -> String { requestTxids[id] ?? "" }
+    private func track(_ responder: ResponseSink, _ txid: String) -> RequestID {
+        let id = requests.add(responder)
+        requestTxids[id] = txid
+        return id
+    }
+
+    private func inquire(_ txid: String, _ url: String) {
+        CrashPoints.hit("agent.before-inquiry-send")
+        metrics.add("cohort_messages_sent_total", labels: "type=\"inquiry\"")
+        let path = "/v1/transactions/\(txid)/outcome?participant=\(name)"
+        environment.send(HTTPClientRequest(method: "GET", url: url + path)) { [unowned self] result in
+            switch result {
+            case .success(let r) where r.status == 200:
+                if let answer = try? JSONDecoder().decode(InquiryResponse.self, from: Data(r.body)),
+                   let outcome = InquiryAnswer(rawValue: answer.outcome) {
+                    self.feed(.inquiryAnswered(txid, outcome))
+                } else {
+                    self.feed(.inquiryFailed(txid, error: "unreadable answer from coordinator"))
+                }
+            case .success(let r):
+                self.feed(.inquiryFailed(txid, error: "coordinator answered HTTP \(r.status)"))
+            case .failure(let e):
+                self.feed(.inquiryFailed(txid, error: "\(e)"))
+            }
+        }
+        CrashPoints.hit("agent.after-inquiry-send")
+    }
+
+    /// Tells the coordinator that an operator's outcome here differs from its decision, so it
+    /// reports the transaction heuristic-mixed too. A few tries; the branch's own record and
+    /// `GET /v1/branches?state=heuristic-mixed` keep the fact either way.
+    private func reportHeuristic(_ txid: String, _ url: String, _ outcome: Outcome, attempt: Int) {
+        metrics.add("cohort_messages_sent_total", labels: "type=\"heuristic\"")
+        let body = JSONBody.encode(HeuristicReport(participant: name, outcome: outcome.rawValue))
+        environment.send(HTTPClientRequest(method: "POST", url: "\(url)/v1/transactions/\(txid)/heuristic", body: body)) { [unowned self] result in
+            if case .success(let r) = result, r.status == 200 || r.status == 400 { return }
+            guard attempt < Limits.heuristicReportAttemptsMax else { return }
+            _ = self.environment.schedule(afterMs: Limits.retryDelayMsMax) { self.reportHeuristic(txid, url, outcome, attempt: attempt + 1) }
+        }
+    }
+
+    // MARK: - work
+
+    private func work(_ request: HTTPRequest, _ responder: ResponseSink) {
+        let body: WorkRequest
+        do {
+            body = try WorkRequest.decode(fromJSON: request.body)
+        } catch {
+            return responder.send(.error(400, "invalid work request: \(error)"))
+        }
+        guard TxID(body.txid) != nil else { return responder.send(.error(400, "malformed txid \"\(body.txid.prefix(80))\"")) }
+        let txid = body.txid
+        if let refusal = machine.admitWork(txid) {
+            if refusal.status == 503 { metrics.add("cohort_requests_rejected_total") }
+            return responder.send(.requestError(refusal))
+        }
+        if machine.state(of: txid) == .active {
+            return stage(txid, body.ops, responder)
+        }
+        let continueWork: (Result<Void, RequestError>) -> Void = { [unowned self] result in
+            switch result {
+            case .failure(let e):
+                responder.send(.requestError(e))
+            case .success:
+                if let refusal = self.machine.admitWork(txid) { return responder.send(.requestError(refusal)) }
+                self.stage(txid, body.ops, responder)
+            }
+        }
+        if joining[txid] != nil {
+            joining[txid]!.append(continueWork)
+            return
+        }
+        joining[txid] = [continueWork]
+        register(txid)
+    }
+
+    private func register(_ txid: String) {
+        CrashPoints.hit("agent.before-register-send")
+        metrics.add("cohort_messages_sent_total", labels: "type=\"register\"")
+        let coordinator = coordinatorURL
+        let body = JSONBody.encode(RegisterRequest(participant: name, url: advertiseURL, incarnation: incarnation))
+        environment.send(HTTPClientRequest(method: "POST", url: "\(coordinator)/v1/transactions/\(txid)/branches", body: body)) { [unowned self] result in
+            let waiters = self.joining.removeValue(forKey: txid) ?? []
+            let outcome: Result<Void, RequestError>
+            switch result {
+            case .success(let r) where r.status == 200:
+                let timeoutMs = (try? JSONDecoder().decode(RegisterResponse.self, from: Data(r.body)).timeoutMs) ?? Limits.transactionTimeoutMsDefault
+                self.feed(.joined(txid, coordinatorURL: coordinator, timeoutMs: timeoutMs))
+                outcome = .success(())
+            case .success(let r):
+                let text = (try? JSONDecoder().decode(ErrorBody.self, from: Data(r.body)).error) ?? "HTTP \(r.status)"
+                outcome = .failure(RequestError(r.status == 503 ? 503 : (r.status == 404 ? 404 : 409), "coordinator refused the branch: \(text)"))
+            case .failure(let e):
+                outcome = .failure(RequestError(503, "coordinator \(coordinator) unreachable: \(e)"))
+            }
+            for waiter in waiters { waiter(outcome) }
+        }
+        CrashPoints.hit("agent.after-register-send")
+    }
+
+    private func stage(_ txid: String, _ ops: [KVOp], _ responder: ResponseSink) {
+        stagingInFlight[txid, default: 0] += 1
+        resource.stage(txid: txid, ops: ops) { [unowned self] result in
+            if let n = self.stagingInFlight[txid], n > 1 { self.stagingInFlight[txid] = n - 1 } else { self.stagingInFlight.removeValue(forKey: txid) }
+            switch result {
+            case .success(let staged):
+                responder.send(.jsonBytes(200, JSONBody.encode(WorkResponse(txid: txid, staged: staged.staged, values: staged.values.isEmpty ? nil : staged.values))))
+            case .failure(let error):
+                responder.send(.error(Self.status(for: error), "\(error)"))
+            }
+        }
+    }
+
+    static func status(for error: KVError) -> Int {
+        switch error {
+        case .lockTimeout, .lockRefused, .branchFinished: return 409
+        case .invalid: return 400
+        case .storeFailed: return 500
+        }
+    }
+
+    // MARK: - HTTP routing
+
+    public func handle(_ request: HTTPRequest, _ responder: ResponseSink) {
+        let parts = request.pathComponents
+        switch (request.method, parts.count) {
+        case ("GET", 1) where parts[0] == "healthz":
+            responder.send(.jsonBytes(200, JSONBody.encode(HealthResponse(status: "ok"))))
+        case ("GET", 1) where parts[0] == "metrics":
+            responder.send(.text(200, metrics.render(), contentType: "text/plain; version=0.0.4"))
+        case ("POST", 2) where parts == ["v1", "work"]:
+            work(request, responder)
+        case ("GET", 3) where parts[0] == "v1" && parts[1] == "kv":
+            do {
+                guard let value = try resource.get(parts[2]) else { return responder.send(.error(404, "no key \(parts[2].prefix(80))")) }
+                responder.send(.jsonBytes(200, JSONBody.encode(KVItem(key: parts[2], value: value))))
+            } catch {
+                responder.send(.error(500, "store read failed: \(error)"))
+            }
+        case ("GET", 2) where parts == ["v1", "kv"]:
+            let limit = Int(request.query["limit"] ?? "") ?? Limits.scanItemsMax
+            guard limit > 0, limit <= Limits.scanItemsMax else { return responder.send(.error(400, "limit must be 1-\(Limits.scanItemsMax)")) }
+            do {
+                let items = try resource.scan(prefix: request.query["prefix"] ?? "", limit: limit)
+                responder.send(.jsonBytes(200, JSONBody.encode(KVItemList(items: items.map { KVItem(key: $0.key, value: $0.value) }))))
+            } catch {
+                responder.send(.error(500, "store read failed: \(error)"))
+            }
+        case ("GET", 2) where parts == ["v1", "branches"]:
+            branches(request, responder)
+        case ("GET", 3) where parts[0] == "v1" && parts[1] == "branches":
+            branchDetail(parts[2], responder)
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "branches" && parts[3] == "force":
+            switch JSONBody.decode(ForceBody.self, from: request.body) {
+            case .failure(let e): responder.send(.requestError(e))
+            case .success(let f):
+                guard let outcome = Outcome(rawValue: f.outcome) else { return responder.send(.error(400, "outcome must be committed or aborted")) }
+                feed(.force(track(responder, parts[2]), txid: parts[2], outcome: outcome, reason: f.reason,
+                            operatorName: f.operator ?? "unknown", dryRun: f.dryRun ?? false, atMs: environment.wallMs))
+            }
+        case ("POST", 3) where parts[0] == "v1" && parts[1] == "2pc":
+            protocolMessage(parts[2], request, responder)
+        default:
+            responder.send(.error(404, "no route for \(request.method) \(request.path)"))
+        }
+    }
+
+    private func protocolMessage(_ kind: String, _ request: HTTPRequest, _ responder: ResponseSink) {
+        switch kind {
+        case "prepare":
+            switch JSONBody.decode(PrepareRequest.self, from: request.body) {
+            case .failure(let e): responder.send(.requestError(e))
+            case .success(let p):
+                if let refusal = incarnationMismatch(p.incarnation) { return responder.send(.requestError(refusal)) }
+                let vote: ResourceVote
+                if machine.state(of: p.txid) == .active {
+                    vote = (stagingInFlight[p.txid] ?? 0) > 0 ? .no(reason: "work still in progress on this branch") : resource.vote(txid: p.txid)
+                } else {
+                    vote = .readOnly // not consulted: the state machine answers from the branch's state
+                }
+                feed(.prepare(track(responder, p.txid), txid: p.txid, onePhase: p.onePhase ?? false, vote: vote))
+            }
+        case "commit", "abort":
+            switch JSONBody.decode(PhaseRequest.self, from: request.body) {
+            case .failure(let e): responder.send(.requestError(e))
+            case .success(let p):
+                if let refusal = incarnationMismatch(p.incarnation) { return responder.send(.requestError(refusal)) }
+                let id = track(responder, p.txid)
+                feed(kind == "commit" ? .commit(id, txid: p.txid) : .abort(id, txid: p.txid))
+            }
+        default:
+            responder.send(.error(404, "no protocol message \(kind)"))
+        }
+    }
+
+    /// A message for another incarnation was meant for this participant's lost data directory:
+    /// acknowledging it would claim a commit this store does not hold.
+    private func incarnationMismatch(_ claimed: String?) -> RequestError? {
+        guard let claimed, claimed != incarnation else { return nil }
+        return RequestError(409, "participant \(name) has incarnation \(incarnation), not \(claimed): its data directory was replaced; the branch cannot be honoured here")
+    }
+
+    private func branchDetail(_ txid: String, _ responder: ResponseSink) {
+        func decision(_ h: Participant.HeuristicDecision) -> BranchDetail.Decision {
+            BranchDetail.Decision(outcome: h.outcome.rawValue, reason: h.reason, operator: h.operatorName, at: TimeFormat.iso8601(ms: h.atMs))
+        }
+        if let b = machine.branches[txid] {
+            return responder.send(.jsonBytes(200, JSONBody.encode(BranchDetail(
+                txid: txid, state: b.state.rawValue, coordinator: b.coordinatorURL, writeSetBytes: b.writeSet.count,
+                inquiries: b.inquiries, lastInquiryError: b.lastInquiryError, heuristic: b.heuristic.map(decision)))))
+        }
+        if let h = machine.heuristicMixed[txid] {
+            return responder.send(.jsonBytes(200, JSONBody.encode(BranchDetail(
+                txid: txid, state: "heuristic-mixed", coordinator: nil, writeSetBytes: nil, inquiries: nil, lastInquiryError: nil, heuristic: decision(h)))))
+        }
+        if let state = machine.state(of: txid) {
+            return responder.send(.jsonBytes(200, JSONBody.encode(BranchDetail(
+                txid: txid, state: state.rawValue, coordinator: nil, writeSetBytes: nil, inquiries: nil, lastInquiryError: nil, heuristic: nil))))
+        }
+        responder.send(.error(404, "no branch \(txid.prefix(80)) at participant \(name)"))
+    }
+
+    private func branches(_ request: HTTPRequest, _ responder: ResponseSink) {
+        let filter = request.query["state"]
+        let states = ["active", "preparing", "prepared", "committing", "forcing", "heuristic-committed", "heuristic-aborted", "heuristic-mixed", "in-doubt"]
+        if let filter, !states.contains(filter) {
+            return responder.send(.error(400, "state must be one of \(states.joined(separator: ", "))"))
+        }
+        if filter == "heuristic-mixed" {
+            let mixed = machine.heuristicMixed.keys.sorted().map { BranchSummary(txid: $0, state: "heuristic-mixed", coordinator: nil) }
+            return responder.send(.jsonBytes(200, JSONBody.encode(BranchList(branches: mixed))))
+        }
+        let selected = machine.branches.values.filter { b in
+            switch filter {
+            case nil: return true
+            case "in-doubt"?: return b.state == .prepared || b.state == .committing
+            case let s?: return b.state.rawValue == s
+            }
+        }.sorted { $0.txid < $1.txid }.map { BranchSummary(txid: $0.txid, state: $0.state.rawValue, coordinator: $0.coordinatorURL) }
+        responder.send(.jsonBytes(200, JSONBody.encode(BranchList(branches: selected))))
+    }
+}
+
+public struct WorkResponse: Codable {
+    public let txid: String
+    public let staged: Int
+    public let values: [String: KVValue]?
+}
+
+public struct KVItem: Codable {
+    public let key: String
+    public let value: KVValue
+}
+
+public struct KVItemList: Codable {
+    public let items: [KVItem]
+}
+
+extension PrepareResponse {
+    func with(txid: String) -> PrepareResponse {
+        PrepareResponse(txid: txid, vote: vote, outcome: outcome, reason: reason)
+    }
+}

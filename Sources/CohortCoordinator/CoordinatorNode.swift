@@ -1,0 +1,408 @@
+import CohortCore
+import CohortHTTP
+import CohortLog
+import CohortPosix
+import CohortRuntime
+import Foundation
+
+/// The coordinator runtime: carries out the coordinator state machine's actions against a
+/// durable log, outgoing requests and timers, and turns incoming requests into events. It knows
+/// the world only through a `NodeEnvironment`, so `cohortd` (epoll, TCP, files) and the
+/// simulation (virtual network, disk and clock) run this same code.
+public final class CoordinatorNode {
+    /// Every crash point this program has (`COHORT_CRASHPOINT=list`).
+    public static let crashPoints = [
+        "coordinator.before-prepare-send",
+        "coordinator.after-prepare-send",
+        "coordinator.before-decision-logged",
+        "coordinator.after-decision-logged",
+        "coordinator.after-commit-replied",
+        "coordinator.before-commit-send",
+        "coordinator.after-commit-send",
+        "coordinator.before-abort-send",
+        "coordinator.after-abort-send",
+        "coordinator.before-end-logged",
+        "coordinator.after-end-logged",
+    ]
+
+    static let messageTypes = ["prepare", "commit-one-phase", "commit", "abort"]
+
+    private let environment: NodeEnvironment
+    public private(set) var machine: Coordinator
+    public let log: DurableLog
+    private let requests = PendingRequests()
+    private var timers: TimerTable<Coordinator.Timer>!
+    /// What a forced record, once durable, lets the state machine do.
+    private enum Pending {
+        case decision(TxID)
+        case audit(TxID)
+        case heuristic(TxID, participant: String)
+    }
+    private var pending = DurabilityQueue<Pending>()
+    private let metrics = MetricsRegistry()
+    private let onFatal: (String) -> Void
+    private var recoveryActions: [Coordinator.Action] = []
+    public let coordinatorID: String
+    private var commitStartedUs: [RequestID: Int64] = [:]
+    private var commitLatency = LatencyWindow()
+    private var committedRate = RateWindow()
+    private var abortedRate = RateWindow()
+    private var lastStats = Coordinator.Stats()
+    private let startedAtUs: UInt64
+    private let checkpointAfterBytes: Int
+
+    /// Recovers the state machine from what the log held and wires the log's durability
+    /// reports to this node's thread. `onFatal` is called (from any thread) when the node must
+    /// stop at once: a failed log write or sync, after which nothing may be acknowledged.
+    public init(coordinatorID: String, log: DurableLog, recovered: RecoveredLog, config: Coordinator.Config,
+                checkpointAfterBytes: Int, environment: NodeEnvironment, onFatal: @escaping (String) -> Void) throws {
+        self.coordinatorID = coordinatorID
+        self.log = log
+        self.environment = environment
+        self.onFatal = onFatal
+        self.checkpointAfterBytes = checkpointAfterBytes
+        startedAtUs = environment.monotonicUs
+        machine = Coordinator(config: config)
+        recoveryActions = try machine.recover(snapshot: recovered.snapshot,
+                                              records: recovered.records.map { ($0.type, $0.payload) },
+                                              nowMs: environment.wallMs)
+        timers = TimerTable(environment: environment)
+        declareCommonMetrics(metrics, log: log, messageTypes: Self.messageTypes)
+        metrics.sample("cohort_transactions_total", type: "counter", help: "Transactions decided, by outcome", labels: "outcome=\"committed\"") { [unowned self] in Double(self.machine.stats.committed) }
+        metrics.sample("cohort_transactions_total", type: "counter", help: "Transactions decided, by outcome", labels: "outcome=\"aborted\"") { [unowned self] in Double(self.machine.stats.aborted) }
+        metrics.sample("cohort_in_doubt", help: "Unfinished transactions at this coordinator") { [unowned self] in Double(self.machine.unfinishedCount) }
+        metrics.sample("cohort_parked", help: "Transactions past their retry budget (still retried, slowly)") { [unowned self] in Double(self.machine.parkedCount) }
+        metrics.sample("cohort_open_transactions", help: "Transactions begun and not finished") { [unowned self] in Double(self.machine.unfinishedCount) }
+        log.onDurable = { [weak self] lsn in
+            guard let self else { return }
+            self.environment.execute { self.durable(upTo: lsn) }
+        }
+        log.onFailure = { error in
+            onFatal("durable log failed, stopping without acknowledging anything more: \(error)")
+        }
+    }
+
+    /// Re-drives decided-but-unacknowledged transactions; call once on the node's thread.
+    public func start() {
+        let actions = recoveryActions
+        recoveryActions = []
+        execute(actions)
+    }
+
+    /// Stops timers; the node does nothing more on its own.
+    public func stop() {
+        timers.cancelAll()
+    }
+
+    // MARK: - events in
+
+    private func feed(_ event: Coordinator.Event) {
+        let now = environment.wallMs
+        execute(machine.on(event, nowMs: now))
+        let stats = machine.stats
+        if stats.committed != lastStats.committed { committedRate.add(atMs: now, stats.committed - lastStats.committed) }
+        if stats.aborted != lastStats.aborted { abortedRate.add(atMs: now, stats.aborted - lastStats.aborted) }
+        lastStats = stats
+    }
+
+    private func durable(upTo lsn: UInt64) {
+        for (_, item) in pending.popDurable(upTo: lsn) {
+            switch item {
+            case .decision(let txid):
+                CrashPoints.hit("coordinator.after-decision-logged")
+                feed(.decisionDurable(txid))
+            case .audit(let txid):
+                feed(.auditDurable(txid))
+            case .heuristic(let txid, let participant):
+                feed(.heuristicDurable(txid, participant: participant))
+            }
+        }
+        maybeCheckpoint()
+    }
+
+    private func maybeCheckpoint() {
+        guard log.bytesSinceCheckpoint > checkpointAfterBytes else { return }
+        do {
+            _ = try log.checkpoint(snapshot: machine.snapshot())
+        } catch {
+            onFatal("checkpoint failed: \(error)")
+        }
+    }
+
+    // MARK: - actions out
+
+    private func execute(_ actions: [Coordinator.Action]) {
+        for action in actions {
+            switch action {
+            case .reply(let id, let reply):
+                let wasCommit: Bool
+                if case .outcome(_, .committed, _) = reply { wasCommit = true } else { wasCommit = false }
+                if let started = commitStartedUs.removeValue(forKey: id) {
+                    commitLatency.add(Double(environment.monotonicUs &- UInt64(started)) / 1000)
+                }
+                requests.take(id)?.send(response(for: reply))
+                if wasCommit { CrashPoints.hit("coordinator.after-commit-replied") }
+            case .send(let txid, let to, let message):
+                send(txid, to, message)
+            case .log(let record, let force):
+                append(record, force: force)
+            case .setTimer(let timer, let afterMs):
+                timers.set(timer, afterMs: afterMs) { [unowned self] in self.feed(.timerFired($0)) }
+            case .cancelTimer(let timer):
+                timers.cancel(timer)
+            }
+        }
+    }
+
+    private func append(_ record: Coordinator.Record, force: Bool) {
+        switch record {
+        case .commitDecision: CrashPoints.hit("coordinator.before-decision-logged")
+        case .end: CrashPoints.hit("coordinator.before-end-logged")
+        case .audit, .heuristic: break
+        }
+        let encoded = CoordinatorRecordCoding.encode(record)
+        do {
+            let lsn = try log.append(type: encoded.type, payload: encoded.payload, force: force)
+            switch record {
+            case .commitDecision(let txid, _, _): pending.append(lsn: lsn, .decision(txid))
+            case .end: CrashPoints.hit("coordinator.after-end-logged")
+            case .audit(let txid, _): pending.append(lsn: lsn, .audit(txid))
+            case .heuristic(let txid, let participant, _): pending.append(lsn: lsn, .heuristic(txid, participant: participant))
+            }
+        } catch let full as LogFullError {
+            // Back-pressure, nothing written: abort the undecided transaction; a missing end
+            // record only means the commit is re-sent (and acknowledged again) after a restart.
+            switch record {
+            case .commitDecision(let txid, _, _): feed(.decisionRefused(txid, reason: "\(full)"))
+            case .end: break
+            case .audit, .heuristic: onFatal("cannot record an operator decision or heuristic report: \(full)")
+            }
+        } catch {
+            // The log has failed: nothing may be acknowledged any more. On restart an
+            // undecided transaction is aborted by presumption.
+            onFatal("cannot append to the durable log: \(error)")
+        }
+    }
+
+    private func send(_ txid: TxID, _ to: ParticipantRef, _ message: ParticipantMessage) {
+        let path: String
+        let body: [UInt8]
+        switch message {
+        case .prepare(let onePhase, let participants):
+            path = "/v1/2pc/prepare"
+            body = JSONBody.encode(PrepareRequest(txid: txid.description, onePhase: onePhase, participants: participants, incarnation: to.incarnation))
+            CrashPoints.hit("coordinator.before-prepare-send")
+        case .commit:
+            path = "/v1/2pc/commit"
+            body = JSONBody.encode(PhaseRequest(txid: txid.description, incarnation: to.incarnation))
+            CrashPoints.hit("coordinator.before-commit-send")
+        case .abort:
+            path = "/v1/2pc/abort"
+            body = JSONBody.encode(PhaseRequest(txid: txid.description, incarnation: to.incarnation))
+            CrashPoints.hit("coordinator.before-abort-send")
+        }
+        metrics.add("cohort_messages_sent_total", labels: "type=\"\(message.typeName)\"")
+        let name = to.name
+        let request = HTTPClientRequest(method: "POST", url: to.url + path, body: body)
+        environment.send(request) { [weak self] result in
+            self?.answered(txid, name, message, result)
+        }
+        switch message {
+        case .prepare: CrashPoints.hit("coordinator.after-prepare-send")
+        case .commit: CrashPoints.hit("coordinator.after-commit-send")
+        case .abort: CrashPoints.hit("coordinator.after-abort-send")
+        }
+    }
+
+    private func answered(_ txid: TxID, _ name: String, _ message: ParticipantMessage, _ result: Result<HTTPClientResponse, HTTPClientError>) {
+        let failure: String?
+        var response: HTTPClientResponse?
+        switch result {
+        case .failure(let e): failure = "\(e)"
+        case .success(let r) where r.status == 200: failure = nil; response = r
+        case .success(let r):
+            let text = (try? JSONDecoder().decode(ErrorBody.self, from: Data(r.body)).error) ?? "HTTP \(r.status)"
+            failure = "HTTP \(r.status): \(text)"
+        }
+        switch message {
+        case .abort:
+            return // presumed abort: nobody waits for an abort's answer
+        case .commit:
+            if let failure {
+                feed(.deliveryFailed(txid, participant: name, error: failure))
+            } else if let answer = try? JSONDecoder().decode(PhaseResponse.self, from: Data(response!.body)), answer.status == "heuristic-aborted" {
+                // An operator aborted this branch at the participant: it cannot commit.
+                feed(.heuristicReported(nil, txid: txid.description, participant: name, outcome: .aborted))
+            } else {
+                feed(.acknowledged(txid, participant: name))
+            }
+        case .prepare(let onePhase, _):
+            guard let response, failure == nil,
+                  let answer = try? JSONDecoder().decode(PrepareResponse.self, from: Data(response.body)) else {
+                let error = failure ?? "unreadable answer to prepare"
+                feed(onePhase ? .deliveryFailed(txid, participant: name, error: error) : .prepareFailed(txid, participant: name, error: error))
+                return
+            }
+            if onePhase {
+                guard let text = answer.outcome, let outcome = Outcome(rawValue: text) else {
+                    feed(.deliveryFailed(txid, participant: name, error: "answer to one-phase commit has no outcome"))
+                    return
+                }
+                feed(.onePhaseAnswered(txid, participant: name, outcome: outcome, reason: answer.reason))
+                return
+            }
+            switch answer.vote {
+            case "yes": feed(.voted(txid, participant: name, vote: .yes))
+            case "read-only": feed(.voted(txid, participant: name, vote: .readOnly))
+            case "no": feed(.voted(txid, participant: name, vote: .no(reason: answer.reason ?? "no reason given")))
+            default: feed(.prepareFailed(txid, participant: name, error: "unknown vote \(answer.vote ?? "(none)")"))
+            }
+        }
+    }
+
+    private func response(for reply: Coordinator.Reply) -> HTTPResponse {
+        switch reply {
+        case .begun(let txid, let timeoutMs):
+            return .jsonBytes(201, JSONBody.encode(BeginResponse(txid: txid.description, timeoutMs: timeoutMs)))
+        case .registered(let txid, let timeoutMs):
+            return .jsonBytes(200, JSONBody.encode(RegisterResponse(txid: txid.description, timeoutMs: timeoutMs)))
+        case .outcome(let txid, let outcome, let reason):
+            return .jsonBytes(200, JSONBody.encode(OutcomeResponse(txid: txid.description, outcome: outcome.rawValue, reason: reason)))
+        case .inquiry(let txid, let answer):
+            return .jsonBytes(200, JSONBody.encode(InquiryResponse(txid: txid, outcome: answer.rawValue)))
+        case .forced(let txid, let outcome, let dryRun, let effects):
+            return .jsonBytes(200, JSONBody.encode(ForceResponse(txid: txid.description, outcome: outcome.rawValue, dryRun: dryRun, effects: effects)))
+        case .retried(let txid, let participants):
+            return .jsonBytes(200, JSONBody.encode(RetryResponse(txid: txid.description, participants: participants)))
+        case .heuristicNoted(let txid, let mixed):
+            return .jsonBytes(200, JSONBody.encode(HeuristicResponse(txid: txid, mixed: mixed)))
+        case .error(let e):
+            if e.status == 503 || e.status == 429 { metrics.add("cohort_requests_rejected_total") }
+            return .requestError(e)
+        }
+    }
+
+    // MARK: - HTTP routing
+
+    public func handle(_ request: HTTPRequest, _ responder: ResponseSink) {
+        let parts = request.pathComponents
+        let method = request.method
+        func reject(_ status: Int, _ message: String) { responder.send(.error(status, message)) }
+        switch (method, parts.count) {
+        case ("GET", 1) where parts[0] == "healthz":
+            responder.send(.jsonBytes(200, JSONBody.encode(HealthResponse(status: "ok"))))
+        case ("GET", 1) where parts[0] == "metrics":
+            responder.send(.text(200, metrics.render(), contentType: "text/plain; version=0.0.4"))
+        case ("POST", 2) where parts == ["v1", "transactions"]:
+            switch JSONBody.decode(BeginRequest.self, from: request.body, emptyAs: BeginRequest()) {
+            case .failure(let e): responder.send(.requestError(e))
+            case .success(let begin):
+                if let error = validate(begin) { return responder.send(.requestError(error)) }
+                feed(.begin(requests.add(responder), timeoutMs: begin.timeoutMs))
+            }
+        case ("GET", 2) where parts == ["v1", "transactions"]:
+            list(request, responder)
+        case ("GET", 3) where parts[0] == "v1" && parts[1] == "transactions":
+            guard let txid = TxID(parts[2]) else { return reject(400, "malformed txid \"\(parts[2].prefix(80))\"") }
+            guard let tx = machine.transaction(txid) else {
+                return reject(404, "unknown transaction \(txid) (finished transactions are kept for the last \(Limits.finishedTransactionsKept); an unknown id was never committed unless it finished long ago)")
+            }
+            responder.send(.jsonBytes(200, JSONBody.encode(tx.view())))
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "commit":
+            let id = requests.add(responder)
+            commitStartedUs[id] = Int64(environment.monotonicUs)
+            feed(.commit(id, txid: parts[2]))
+        case ("GET", 2) where parts == ["v1", "stats"]:
+            responder.send(.jsonBytes(200, JSONBody.encode(stats())))
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "abort":
+            feed(.abort(requests.add(responder), txid: parts[2]))
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "branches":
+            switch JSONBody.decode(RegisterRequest.self, from: request.body) {
+            case .failure(let e): responder.send(.requestError(e))
+            case .success(let r):
+                feed(.register(requests.add(responder), txid: parts[2], participant: ParticipantRef(name: r.participant, url: r.url, incarnation: r.incarnation)))
+            }
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "force":
+            switch JSONBody.decode(ForceBody.self, from: request.body) {
+            case .failure(let e): responder.send(.requestError(e))
+            case .success(let f):
+                guard let outcome = Outcome(rawValue: f.outcome) else { return reject(400, "outcome must be committed or aborted") }
+                feed(.force(requests.add(responder), txid: parts[2],
+                            Coordinator.ForceRequest(outcome: outcome, reason: f.reason, operatorName: f.operator ?? "unknown", dryRun: f.dryRun ?? false)))
+            }
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "retry":
+            feed(.retryNow(requests.add(responder), txid: parts[2]))
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "heuristic":
+            switch JSONBody.decode(HeuristicReport.self, from: request.body) {
+            case .failure(let e): responder.send(.requestError(e))
+            case .success(let h):
+                guard let outcome = Outcome(rawValue: h.outcome) else { return reject(400, "outcome must be committed or aborted") }
+                feed(.heuristicReported(requests.add(responder), txid: parts[2], participant: h.participant, outcome: outcome))
+            }
+        case ("GET", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "outcome":
+            guard TxID(parts[2]) != nil else { return reject(400, "malformed txid \"\(parts[2].prefix(80))\"") }
+            responder.send(.jsonBytes(200, JSONBody.encode(InquiryResponse(txid: parts[2], outcome: machine.inquire(parts[2]).rawValue))))
+        default:
+            // 405 only for a path that exists with another method; anything else is 404.
+            let exists: Bool
+            switch parts.count {
+            case 1: exists = parts[0] == "healthz" || parts[0] == "metrics"
+            case 2: exists = parts == ["v1", "transactions"]
+            case 3: exists = parts[0] == "v1" && parts[1] == "transactions"
+            case 4: exists = parts[0] == "v1" && parts[1] == "transactions" && ["commit", "abort", "branches", "outcome"].contains(parts[3])
+            default: exists = false
+            }
+            reject(exists ? 405 : 404, "no route for \(method) \(request.path)")
+        }
+    }
+
+    private func stats() -> StatsResponse {
+        var byState: [String: Int] = [:]
+        for tx in machine.allTransactions() {
+            byState[tx.state.rawValue, default: 0] += 1
+            if tx.parked && !tx.state.isFinished { byState["parked", default: 0] += 1 }
+        }
+        let p = commitLatency.percentiles()
+        let now = environment.wallMs
+        return StatsResponse(
+            byState: byState,
+            totals: ["committed": machine.stats.committed, "aborted": machine.stats.aborted],
+            ratesPerS: ["committed": committedRate.rate(nowMs: now), "aborted": abortedRate.rate(nowMs: now)],
+            open: machine.unfinishedCount, parked: machine.parkedCount,
+            commitLatency: StatsResponse.Latency(samples: commitLatency.count, p50Ms: p.p50, p95Ms: p.p95, p99Ms: p.p99, maxMs: p.max),
+            uptimeS: Int64((environment.monotonicUs &- startedAtUs) / 1_000_000))
+    }
+
+    private func validate(_ begin: BeginRequest) -> RequestError? {
+        switch begin.protocol ?? "2pc" {
+        case "2pc":
+            if begin.termination != nil { return RequestError(400, "termination applies to protocol 3pc only") }
+        case "3pc", "tcc":
+            return RequestError(501, "protocol \(begin.protocol!) is not available in this version of cohortd; use 2pc")
+        default:
+            return RequestError(400, "protocol must be one of 2pc, 3pc, tcc; got \"\(begin.protocol!.prefix(40))\"")
+        }
+        return nil
+    }
+
+    private func list(_ request: HTTPRequest, _ responder: ResponseSink) {
+        let filter = request.query["state"]
+        let limitText = request.query["limit"] ?? "1000"
+        guard let limit = Int(limitText), limit > 0, limit <= Limits.finishedTransactionsKept + Limits.openTransactionsMax else {
+            return responder.send(.error(400, "limit must be a positive integer"))
+        }
+        let states = Set(["active", "preparing", "deciding", "committing", "committed", "aborted", "heuristic-mixed"])
+        if let filter, !(states.contains(filter) || filter == "unfinished" || filter == "in-doubt" || filter == "parked") {
+            return responder.send(.error(400, "state must be one of \(states.sorted().joined(separator: ", ")), unfinished, in-doubt, parked"))
+        }
+        let selected = machine.allTransactions().lazy.filter { tx in
+            switch filter {
+            case nil: return true
+            case "unfinished"?, "in-doubt"?: return !tx.state.isFinished
+            case "parked"?: return tx.parked && !tx.state.isFinished
+            case let s?: return tx.state.rawValue == s
+            }
+        }.prefix(limit).map { $0.view() }
+        responder.send(.jsonBytes(200, JSONBody.encode(TransactionList(transactions: Array(selected)))))
+    }
+}

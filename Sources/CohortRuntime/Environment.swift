@@ -1,0 +1,71 @@
+import CohortCore
+import CohortHTTP
+import CohortPosix
+
+/// Everything a node (coordinator or participant runtime) needs from the world outside its
+/// state machine and log: clocks, timers, a way onto its own thread, and outgoing requests.
+/// `LoopEnvironment` is the real one (epoll loop, system clock, TCP); the simulation provides
+/// a virtual one, so the same node code runs in both.
+public protocol NodeEnvironment: AnyObject {
+    /// Wall-clock milliseconds since the Unix epoch (timestamps, transaction id epochs).
+    var wallMs: Int64 { get }
+    /// Monotonic microseconds (latency measurements).
+    var monotonicUs: UInt64 { get }
+    /// Runs `task` on the node's thread after `afterMs`.
+    func schedule(afterMs: Int64, _ task: @escaping () -> Void) -> NodeTimer
+    /// Runs `task` on the node's thread soon; callable from any thread.
+    func execute(_ task: @escaping () -> Void)
+    /// Sends a request; `completion` runs on the node's thread, exactly once.
+    func send(_ request: HTTPClientRequest, _ completion: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void)
+    func randomU64() -> UInt64
+    /// White-box hook for the simulation: a node is about to let `message` about `txid` leave,
+    /// and the record backing it has LSN `lsn` while the log is durable up to `durableLSN`.
+    /// The real environment does nothing; the simulation fails the run if `lsn > durableLSN`.
+    func checkBacked(_ message: String, txid: String, lsn: UInt64, durableLSN: UInt64)
+}
+
+extension NodeEnvironment {
+    public func checkBacked(_ message: String, txid: String, lsn: UInt64, durableLSN: UInt64) {}
+}
+
+/// A timer a node can cancel.
+public final class NodeTimer {
+    private let cancelAction: () -> Void
+    public init(cancel: @escaping () -> Void) { cancelAction = cancel }
+    public func cancel() { cancelAction() }
+}
+
+/// Where a node sends the answer to a request: an HTTP connection, or the simulated network.
+public protocol ResponseSink: AnyObject {
+    func send(_ response: HTTPResponse)
+}
+
+extension HTTPResponder: ResponseSink {}
+
+/// The real environment: an epoll event loop, the system clocks, an HTTP client.
+public final class LoopEnvironment: NodeEnvironment {
+    public let loop: EventLoop
+    public let client: HTTPClient
+
+    public init(loop: EventLoop, client: HTTPClient) {
+        self.loop = loop
+        self.client = client
+    }
+
+    public var wallMs: Int64 { SystemClock.wallMs() }
+    public var monotonicUs: UInt64 { SystemClock.monotonicNs() / 1000 }
+
+    public func schedule(afterMs: Int64, _ task: @escaping () -> Void) -> NodeTimer {
+        let handle = loop.schedule(afterMs: afterMs, task)
+        let loop = self.loop
+        return NodeTimer { loop.cancel(handle) }
+    }
+
+    public func execute(_ task: @escaping () -> Void) { loop.execute(task) }
+
+    public func send(_ request: HTTPClientRequest, _ completion: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
+        client.send(request, completion: completion)
+    }
+
+    public func randomU64() -> UInt64 { ProcessEnv.randomU64() }
+}
