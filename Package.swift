@@ -31,6 +31,8 @@ let package = Package(
         // Runtimes: carry out the state machines' actions against disk, network and timers.
         .target(name: "CohortCoordinator", dependencies: ["CohortRuntime"]),
         .target(name: "CohortAgent", dependencies: ["CohortRuntime", "CohortKV"]),
+        // The deterministic simulation: real nodes over a simulated network, disk and clock.
+        .target(name: "CohortSim", dependencies: ["CohortCoordinator", "CohortAgent", "CohortKV", "CohortLog", "CohortRuntime"]),
         // Blocking client helpers and process supervision for CLIs, benchmarks and tests.
         .target(name: "CohortClient", dependencies: ["CohortCore", "CohortHTTP", "CohortPosix"]),
         .executableTarget(name: "cohortd", dependencies: ["CohortCoordinator"]),
@@ -41,6 +43,7 @@ let package = Package(
         .target(name: "CohortCtl", dependencies: ["CohortCore", "CohortHTTP", "CohortLog"]),
         .executableTarget(name: "txctl", dependencies: ["CohortCtl", "CohortPosix"]),
         .testTarget(name: "CohortCoreTests", dependencies: ["CohortCore"]),
+        .testTarget(name: "SimulationTests", dependencies: ["CohortSim"]),
         .testTarget(name: "CohortLogTests", dependencies: ["CohortLog"]),
         .testTarget(name: "CohortHTTPTests", dependencies: ["CohortHTTP"]),
         .testTarget(name: "CohortKVTests", dependencies: ["CohortKV"]),

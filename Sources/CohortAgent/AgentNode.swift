@@ -165,7 +165,10 @@ public final class AgentNode {
         let applies = actions.compactMap { action -> (txid: String, writeSet: [UInt8], lsn: UInt64)? in
             if case .apply(let t, let ws, let lsn) = action { return (t, ws, lsn) } else { return nil }
         }
-        if !applies.isEmpty {
+        if !applies.isEmpty && environment.testOnlyBreak == .skipBranchCommit {
+            // TEST ONLY (debug builds): acknowledge without applying; only unlock.
+            for apply in applies { resource.abort(txid: apply.txid) }
+        } else if !applies.isEmpty {
             do {
                 try resource.commit(applies)
             } catch {
@@ -175,7 +178,12 @@ public final class AgentNode {
             CrashPoints.hit("agent.after-commit-applied")
         }
         var finishedInBatch: [String] = []
-        defer { for txid in finishedInBatch { preparedLSN.removeValue(forKey: txid) } }
+        defer {
+            for txid in finishedInBatch {
+                preparedLSN.removeValue(forKey: txid)
+                workReplies.removeValue(forKey: txid)
+            }
+        }
         for action in actions {
             switch action {
             case .apply:
@@ -234,6 +242,10 @@ public final class AgentNode {
         case .prepared(let txid, _, _):
             preparedLSN[txid] = lsn
             pending.append(lsn: lsn, .prepared(txid))
+            if environment.testOnlyBreak == .voteBeforeDurable {
+                // TEST ONLY (debug builds): vote without waiting for the record to be durable.
+                environment.execute { [weak self] in self?.feed(.preparedDurable(txid)) }
+            }
         case .committed(let txid), .committedOnePhase(let txid, _):
             preparedLSN[txid] = lsn
             machine.noteCommitAppended(txid, lsn: lsn)
@@ -253,9 +265,11 @@ public final class AgentNode {
         let txid = pendingTxid(id)
         switch reply {
         case .vote(.yes), .acknowledged, .outcome(.committed, _):
-            // A yes vote or an acknowledgement must be backed by a durable record.
-            environment.checkBacked(reply == .acknowledged ? "ack" : "vote", txid: txid,
-                                    lsn: preparedLSN[txid] ?? UInt64.max, durableLSN: log.durableLSN)
+            // A yes vote or an acknowledgement must be backed by a durable record. (Repeated
+            // answers for branches finished earlier are backed by records made durable then.)
+            if let lsn = preparedLSN[txid] {
+                environment.checkBacked(reply == .acknowledged ? "ack" : "vote", txid: txid, lsn: lsn, durableLSN: log.durableLSN)
+            }
         default:
             break
         }
@@ -340,6 +354,27 @@ public final class AgentNode {
         }
         guard TxID(body.txid) != nil else { return responder.send(.error(400, "malformed txid \"\(body.txid.prefix(80))\"")) }
         let txid = body.txid
+        // Idempotency: a work request repeated with the same request_id (a client's retry, a
+        // duplicating proxy) is staged once and answered with the first answer.
+        var responder = responder
+        if let requestID = (try? JSONDecoder().decode(WorkRequestID.self, from: Data(request.body)))?.requestID {
+            guard !requestID.isEmpty, requestID.utf8.count <= Limits.requestIDBytesMax else {
+                return responder.send(.error(400, "request_id must be 1-\(Limits.requestIDBytesMax) bytes"))
+            }
+            switch workReplies[txid]?[requestID] {
+            case .done(let response)?:
+                return responder.send(response)
+            case .pending(let waiting)?:
+                workReplies[txid]![requestID] = .pending(waiting + [responder])
+                return
+            case nil:
+                guard (workReplies[txid]?.count ?? 0) < Limits.requestIDsPerBranchMax else {
+                    return responder.send(.error(429, "too many distinct request_id values for branch \(txid) (limit \(Limits.requestIDsPerBranchMax))"))
+                }
+                workReplies[txid, default: [:]][requestID] = .pending([])
+                responder = RecordingSink(inner: responder) { [unowned self] response in self.workAnswered(txid, requestID, response) }
+            }
+        }
         if let refusal = machine.admitWork(txid) {
             if refusal.status == 503 { metrics.add("cohort_requests_rejected_total") }
             return responder.send(.requestError(refusal))
@@ -362,6 +397,26 @@ public final class AgentNode {
         }
         joining[txid] = [continueWork]
         register(txid)
+    }
+
+    private enum WorkReply {
+        case pending([ResponseSink])
+        case done(HTTPResponse)
+    }
+
+    /// Answers to work requests that carried a request_id, per branch, until it finishes.
+    private var workReplies: [String: [String: WorkReply]] = [:]
+
+    private func workAnswered(_ txid: String, _ requestID: String, _ response: HTTPResponse) {
+        guard case .pending(let waiting)? = workReplies[txid]?[requestID] else { return }
+        if response.status == 200 {
+            workReplies[txid]![requestID] = .done(response)
+        } else {
+            // Not staged: a retry may try again.
+            workReplies[txid]!.removeValue(forKey: requestID)
+            if workReplies[txid]!.isEmpty { workReplies.removeValue(forKey: txid) }
+        }
+        for sink in waiting { sink.send(response) }
     }
 
     private func register(_ txid: String) {
@@ -549,5 +604,25 @@ public struct KVItemList: Codable {
 extension PrepareResponse {
     func with(txid: String) -> PrepareResponse {
         PrepareResponse(txid: txid, vote: vote, outcome: outcome, reason: reason)
+    }
+}
+
+/// The optional idempotency key of a work request.
+struct WorkRequestID: Decodable {
+    let requestID: String?
+    enum CodingKeys: String, CodingKey { case requestID = "request_id" }
+}
+
+/// Passes a response on and tells the node what it was.
+final class RecordingSink: ResponseSink {
+    private let inner: ResponseSink
+    private let record: (HTTPResponse) -> Void
+    init(inner: ResponseSink, record: @escaping (HTTPResponse) -> Void) {
+        self.inner = inner
+        self.record = record
+    }
+    func send(_ response: HTTPResponse) {
+        record(response)
+        inner.send(response)
     }
 }

@@ -85,6 +85,9 @@ public enum Limits {
     /// Waiters queued on one key.
     public static let lockWaitersPerKeyMax = 256
     public static let opsPerWorkMax = 256
+    /// Idempotency keys (`request_id`) of work requests remembered per branch.
+    public static let requestIDsPerBranchMax = 256
+    public static let requestIDBytesMax = 128
     /// Ops one branch may stage over all its work calls, so a long transaction cannot grow a
     /// branch without bound.
     public static let opsPerBranchMax = 4096

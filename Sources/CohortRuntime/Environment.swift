@@ -22,6 +22,8 @@ public protocol NodeEnvironment: AnyObject {
     /// and the record backing it has LSN `lsn` while the log is durable up to `durableLSN`.
     /// The real environment does nothing; the simulation fails the run if `lsn > durableLSN`.
     func checkBacked(_ message: String, txid: String, lsn: UInt64, durableLSN: UInt64)
+    /// TEST ONLY: a deliberate bug to switch on (see `TestOnlyBreak`).
+    var testOnlyBreak: TestOnlyBreak { get }
 }
 
 extension NodeEnvironment {
@@ -46,6 +48,7 @@ extension HTTPResponder: ResponseSink {}
 public final class LoopEnvironment: NodeEnvironment {
     public let loop: EventLoop
     public let client: HTTPClient
+    public let testOnlyBreak = TestOnlyBreak.fromEnvironment()
 
     public init(loop: EventLoop, client: HTTPClient) {
         self.loop = loop

@@ -1,0 +1,26 @@
+import Foundation
+
+/// TEST ONLY. Deliberate bugs that prove the checks of the scenario runner and the simulation
+/// catch real ones. They exist only in debug builds (`#if DEBUG`): a release build — what
+/// `swift build -c release` produces and what anyone runs in production — cannot enable them,
+/// whatever its environment says. In a debug build a server enables one with the environment
+/// variable `COHORT_TEST_ONLY_BREAK`; the simulation enables one with `--break`.
+public enum TestOnlyBreak: String, CaseIterable, Sendable {
+    case none
+    /// A participant answers "yes" to a prepare before its prepared record is durable.
+    case voteBeforeDurable = "vote-before-durable"
+    /// A participant acknowledges a commit without applying the branch (it only unlocks).
+    case skipBranchCommit = "skip-branch-commit"
+
+    public static let environmentVariable = "COHORT_TEST_ONLY_BREAK"
+
+    /// The break named in the environment; always `.none` in a release build.
+    public static func fromEnvironment() -> TestOnlyBreak {
+        #if DEBUG
+        guard let value = ProcessInfo.processInfo.environment[environmentVariable] else { return .none }
+        return TestOnlyBreak(rawValue: value) ?? .none
+        #else
+        return .none
+        #endif
+    }
+}

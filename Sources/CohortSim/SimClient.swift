@@ -1,0 +1,130 @@
+import CohortCore
+import CohortHTTP
+import CohortRuntime
+import Foundation
+
+/// A client running bank transfers against the simulated cluster, one at a time, through the
+/// same HTTP API real clients use. Each transfer also sets a marker key `tx/<txid>` on both
+/// agents, so the final check can see, per transaction, whether each branch was applied.
+final class SimClient {
+    struct Transfer {
+        let txid: String
+        let fromAgent: String
+        let fromKey: String
+        let toAgent: String
+        let toKey: String
+        let amount: Int64
+        var reported: Outcome?
+    }
+
+    let index: Int
+    unowned let simulation: Simulation
+    private(set) var transfers: [Transfer] = []
+    var committed = 0
+    var aborted = 0
+    var stopping = false
+    private(set) var idle = false
+    private var name: String { "client-\(index)" }
+
+    init(index: Int, simulation: Simulation) {
+        self.index = index
+        self.simulation = simulation
+    }
+
+    private func call(_ method: String, _ url: String, _ body: [UInt8], _ done: @escaping (Int, [UInt8]) -> Void) {
+        let request = HTTPClientRequest(method: method, url: url, body: body, timeoutMs: 500)
+        simulation.deliver(from: name, generation: 0, request) { result in
+            switch result {
+            case .success(let r): done(r.status, r.body)
+            case .failure: done(0, [])
+            }
+        }
+    }
+
+    /// Commits the initial balances on every agent in one transaction; retries until it does.
+    func setUp(_ done: @escaping () -> Void) {
+        let body = JSONBody.encode(BeginRequest(protocol: "2pc", timeoutMs: 5_000))
+        call("POST", "http://coordinator:1/v1/transactions", body) { [unowned self] status, body in
+            guard status == 201, let begun = try? JSONDecoder().decode(BeginResponse.self, from: Data(body)) else {
+                return self.simulation.schedule(afterUs: 10_000, "setup retries") { self.setUp(done) }
+            }
+            let ops = (0..<self.simulation.config.accounts).map {
+                "{\"op\":\"set\",\"key\":\"\(self.simulation.accountKey($0))\",\"value\":\(self.simulation.config.initialBalance)}"
+            }.joined(separator: ",")
+            let work = Array("{\"txid\":\"\(begun.txid)\",\"request_id\":\"setup\",\"ops\":[\(ops)]}".utf8)
+            var remaining = self.simulation.agentNames
+            func step() {
+                guard let agent = remaining.first else {
+                    return self.call("POST", "http://coordinator:1/v1/transactions/\(begun.txid)/commit", []) { status, body in
+                        let outcome = (try? JSONDecoder().decode(OutcomeResponse.self, from: Data(body)))?.outcome
+                        if status == 200 && outcome == "committed" { return done() }
+                        self.simulation.schedule(afterUs: 10_000, "setup retries") { self.setUp(done) }
+                    }
+                }
+                remaining.removeFirst()
+                self.call("POST", "http://\(agent):1/v1/work", work) { status, _ in
+                    guard status == 200 else { return self.simulation.schedule(afterUs: 10_000, "setup retries") { self.setUp(done) } }
+                    step()
+                }
+            }
+            step()
+        }
+    }
+
+    /// Starts the next transfer, or goes idle once faults have stopped.
+    func next() {
+        guard !stopping else {
+            idle = true
+            return
+        }
+        let body = JSONBody.encode(BeginRequest(protocol: "2pc", timeoutMs: simulation.config.transactionTimeoutMs))
+        call("POST", "http://coordinator:1/v1/transactions", body) { [unowned self] status, body in
+            guard status == 201, let begun = try? JSONDecoder().decode(BeginResponse.self, from: Data(body)) else {
+                return self.later()
+            }
+            self.transfer(begun.txid)
+        }
+    }
+
+    private func later() {
+        simulation.schedule(afterUs: 5_000 + simulation.random(20_000), "\(name) retries") { [unowned self] in self.next() }
+    }
+
+    private func transfer(_ txid: String) {
+        let agents = simulation.agentNames
+        let from = agents[0], to = agents[agents.count > 1 ? 1 : 0]
+        let accounts = Int64(simulation.config.accounts)
+        let fromKey = simulation.accountKey(Int(simulation.random(accounts)))
+        let toKey = simulation.accountKey(Int(simulation.random(accounts)))
+        let amount = 1 + simulation.random(30)
+        transfers.append(Transfer(txid: txid, fromAgent: from, fromKey: fromKey, toAgent: to, toKey: toKey, amount: amount))
+        let i = transfers.count - 1
+        let marker = "tx/\(txid)"
+        let workA = "{\"txid\":\"\(txid)\",\"request_id\":\"a\",\"ops\":[{\"op\":\"add\",\"key\":\"\(fromKey)\",\"delta\":\(-amount),\"min\":0},{\"op\":\"set\",\"key\":\"\(marker)\",\"value\":1}]}"
+        let workB = "{\"txid\":\"\(txid)\",\"request_id\":\"b\",\"ops\":[{\"op\":\"add\",\"key\":\"\(toKey)\",\"delta\":\(amount)},{\"op\":\"set\",\"key\":\"\(marker)\",\"value\":1}]}"
+        call("POST", "http://\(from):1/v1/work", Array(workA.utf8)) { [unowned self] status, _ in
+            guard status == 200 else { return self.abort(txid, i) }
+            self.call("POST", "http://\(to):1/v1/work", Array(workB.utf8)) { status, _ in
+                guard status == 200 else { return self.abort(txid, i) }
+                self.call("POST", "http://coordinator:1/v1/transactions/\(txid)/commit", []) { status, body in
+                    if status == 200, let answer = try? JSONDecoder().decode(OutcomeResponse.self, from: Data(body)),
+                       let outcome = Outcome(rawValue: answer.outcome) {
+                        self.transfers[i].reported = outcome
+                        if outcome == .committed { self.committed += 1 } else { self.aborted += 1 }
+                    }
+                    // No answer: the outcome is unknown to this client; the final check reads
+                    // the participants instead.
+                    self.next()
+                }
+            }
+        }
+    }
+
+    /// Work failed: give up on this transfer. Nothing was committed, so it is reported aborted
+    /// (the coordinator aborts it on request or at its timeout).
+    private func abort(_ txid: String, _ i: Int) {
+        transfers[i].reported = .aborted
+        aborted += 1
+        call("POST", "http://coordinator:1/v1/transactions/\(txid)/abort", []) { [unowned self] _, _ in self.next() }
+    }
+}

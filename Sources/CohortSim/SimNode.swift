@@ -1,0 +1,195 @@
+import CohortAgent
+import CohortCoordinator
+import CohortCore
+import CohortHTTP
+import CohortKV
+import CohortLog
+import CohortRuntime
+import Foundation
+
+/// One simulated machine: its disk (log storage and key-value store) survives crashes; its
+/// process (the node, its environment, timers and in-flight requests) does not.
+final class SimNode {
+    let name: String
+    unowned let simulation: Simulation
+    let storage: SimLogStorage
+    let store = MemoryKVStore()
+    private(set) var environment: SimEnvironment?
+    private(set) var coordinator: CoordinatorNode?
+    private(set) var agent: AgentNode?
+    private(set) var log: DurableLog?
+    var syncScheduled = false
+    /// Bumped at every crash, so events of a dead process do nothing.
+    private(set) var generation = 0
+    let incarnation: String
+
+    var isUp: Bool { environment != nil }
+    var url: String { "http://\(name):1" }
+
+    init(name: String, simulation: Simulation) {
+        self.name = name
+        self.simulation = simulation
+        storage = SimLogStorage(name: name)
+        incarnation = String(format: "%016llx", simulation.rng.next())
+    }
+
+    /// Starts the process: recover from the disk, then serve.
+    func boot() {
+        guard !isUp else { return }
+        generation += 1
+        syncScheduled = false
+        let env = SimEnvironment(node: self, generation: generation)
+        let opened: (DurableLog, RecoveredLog)
+        do {
+            opened = try DurableLog.open(storage: storage, config: DurableLogConfig(syncMode: .manual))
+        } catch {
+            simulation.fail("\(name) cannot recover its log after a crash: \(error)")
+            return
+        }
+        let (log, recovered) = opened
+        let onFatal: (String) -> Void = { [unowned self] message in
+            // Fail-stop, as the real process exits: crash at once, restart later.
+            let generation = self.generation
+            self.simulation.schedule(afterUs: 0, "\(self.name) fail-stop: \(message)") {
+                if self.generation == generation { self.simulation.crash(self.name, reason: "fail-stop") }
+            }
+        }
+        do {
+            if name == "coordinator" {
+                var config = Coordinator.Config(coordinatorID: simulation.coordinatorID, epoch: UInt64(env.wallMs))
+                config.seed = simulation.rng.next()
+                config.retryDelayMsMax = 500
+                coordinator = try CoordinatorNode(coordinatorID: simulation.coordinatorID, log: log, recovered: recovered, config: config,
+                                                  checkpointAfterBytes: 4096, environment: env, onFatal: onFatal)
+            } else {
+                store.simulatePowerLossIfClosed()
+                var config = Participant.Config(name: name)
+                config.seed = simulation.rng.next()
+                config.inquiryDelayMs = 100
+                config.retryDelayMsMax = 500
+                let node = try AgentNode(name: name, incarnation: incarnation, coordinatorURL: "http://coordinator:1",
+                                         log: log, recovered: recovered, store: store, config: config,
+                                         checkpointAfterBytes: 4096, environment: env, onFatal: onFatal)
+                node.advertiseURL = url
+                agent = node
+            }
+        } catch {
+            simulation.fail("\(name) cannot start after recovery: \(error)")
+            return
+        }
+        self.log = log
+        environment = env
+        simulation.schedule(afterUs: 0, "\(name) starts") { [weak self] in
+            guard let self, self.environment === env else { return }
+            self.coordinator?.start()
+            self.agent?.start()
+        }
+    }
+
+    /// A power cut: the process and everything in memory is gone; unsynced log writes are
+    /// lost or torn; the store loses what was not made durable.
+    func crash(torn: Bool) {
+        guard isUp else { return }
+        environment?.alive = false
+        environment = nil
+        coordinator?.stop()
+        agent?.stop()
+        coordinator = nil
+        agent = nil
+        log = nil
+        syncScheduled = false
+        storage.crash(mode: torn ? .tearUnsynced : .dropUnsynced, rng: &simulation.rng)
+        store.simulatePowerLoss()
+    }
+
+    func failNextSync() {
+        storage.failNextSync = true
+        simulation.trace("FAULT \(name): next fsync fails")
+    }
+
+    func sync(generation: Int) {
+        guard generation == self.generation, isUp, let log else { return }
+        syncScheduled = false
+        do {
+            try log.syncNow()
+        } catch {
+            // The log reports the failure through onFailure → onFatal (fail-stop).
+        }
+    }
+
+    /// A copy of this disk with one bit flipped in an old record must refuse to recover
+    /// (never silently skip or truncate good data). The copy is thrown away afterwards.
+    func checkBitFlipIsDetected() {
+        let copy = SimLogStorage(name: name + "-bitflip")
+        guard let files = try? storage.list().sorted(), let first = files.first,
+              let bytes = storage.contents(of: first), bytes.count > 400 else { return }
+        for file in files { copy.setContents(of: file, storage.contents(of: file) ?? []) }
+        var damaged = bytes
+        // Past the 32-byte segment header, well before the end, so records follow it.
+        let offset = 40 + Int(simulation.rng.next() % UInt64(bytes.count / 2 - 40))
+        damaged[offset] ^= 0x10
+        copy.setContents(of: first, damaged)
+        do {
+            _ = try DurableLog.open(storage: copy, config: DurableLogConfig(syncMode: .manual))
+            simulation.fail("\(name): a flipped bit at \(first) offset \(offset) was not detected by recovery")
+        } catch is LogCorruptionError {
+            simulation.trace("bit flip in \(name) \(first)@\(offset) detected")
+        } catch {
+            simulation.fail("\(name): a flipped bit gave an unexpected error: \(error)")
+        }
+    }
+}
+
+extension MemoryKVStore {
+    /// The store object outlives crashes in the simulation; reopen it if a crash closed it.
+    func simulatePowerLossIfClosed() { reopen() }
+}
+
+/// A node's view of the simulated world.
+final class SimEnvironment: NodeEnvironment {
+    unowned let node: SimNode
+    let generation: Int
+    var alive = true
+    private var simulation: Simulation { node.simulation }
+
+    init(node: SimNode, generation: Int) {
+        self.node = node
+        self.generation = generation
+    }
+
+    var wallMs: Int64 { simulation.wallBaseMs + simulation.nowUs / 1000 }
+    var monotonicUs: UInt64 { UInt64(simulation.nowUs) }
+
+    func schedule(afterMs: Int64, _ task: @escaping () -> Void) -> NodeTimer {
+        final class Flag { var cancelled = false }
+        let flag = Flag()
+        simulation.schedule(afterUs: afterMs * 1000, "timer \(node.name)", skip: { [weak self] in flag.cancelled || !(self?.alive ?? false) }) {
+            task()
+        }
+        return NodeTimer { flag.cancelled = true }
+    }
+
+    func execute(_ task: @escaping () -> Void) {
+        simulation.schedule(afterUs: 0, "run \(node.name)") { [weak self] in
+            guard let self, self.alive else { return }
+            task()
+        }
+    }
+
+    func send(_ request: HTTPClientRequest, _ completion: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
+        simulation.deliver(from: node.name, generation: generation, request) { [weak self] result in
+            guard let self, self.alive else { return }
+            completion(result)
+        }
+    }
+
+    func randomU64() -> UInt64 { simulation.rng.next() }
+
+    var testOnlyBreak: TestOnlyBreak { simulation.config.breakMode }
+
+    func checkBacked(_ message: String, txid: String, lsn: UInt64, durableLSN: UInt64) {
+        if lsn > durableLSN {
+            simulation.fail("durability: \(node.name) sent \(message) for \(txid) before its record (lsn \(lsn == UInt64.max ? "none" : String(lsn))) was durable (durable up to \(durableLSN))")
+        }
+    }
+}

@@ -1,0 +1,423 @@
+import CohortAgent
+import CohortCoordinator
+import CohortCore
+import CohortHTTP
+import CohortKV
+import CohortLog
+import CohortRuntime
+import Foundation
+
+/// A whole Cohort cluster — a coordinator, participant agents and clients — in one process,
+/// driven by a seeded event queue over virtual time. The nodes are the real `CoordinatorNode`
+/// and `AgentNode` (state machines and runtime code); only the world around them is simulated:
+/// the network (loss, duplicates, reordering through random delays, partitions), the disks
+/// (`SimLogStorage`: unsynced writes lost or torn on a crash, failing fsyncs; `MemoryKVStore`:
+/// power loss), crashes and restarts, and the clock. The same seed always gives the same run.
+public final class Simulation {
+    /// Fault parameters, drawn from the seed (swarm testing: each run explores a different mix).
+    public struct Faults: CustomStringConvertible {
+        public var lossPercent = 0
+        public var duplicatePercent = 0
+        public var delayUsMax: Int64 = 2_000
+        /// Mean virtual time between crashes of some node; 0 disables crashes.
+        public var crashEveryUs: Int64 = 0
+        public var restartAfterUsMax: Int64 = 500_000
+        public var tornCrashes = false
+        /// Chance (percent) that a crash also makes one fsync fail first (fail-stop path).
+        public var fsyncFailurePercent = 0
+        public var partitions = false
+        /// Check at some crashes that a flipped bit in an old record stops recovery.
+        public var bitFlipChecks = false
+
+        public var description: String {
+            "loss \(lossPercent)% dup \(duplicatePercent)% delay≤\(delayUsMax)µs crashes " +
+                (crashEveryUs == 0 ? "off" : "every~\(crashEveryUs / 1000)ms\(tornCrashes ? " torn" : "")") +
+                " fsync-fail \(fsyncFailurePercent)% partitions \(partitions ? "on" : "off")"
+        }
+
+        public static func draw(_ rng: inout SplitMix64) -> Faults {
+            var f = Faults()
+            f.lossPercent = Int(rng.next() % 31)
+            f.duplicatePercent = Int(rng.next() % 21)
+            f.delayUsMax = 200 + Int64(rng.next() % 5_000)
+            f.crashEveryUs = rng.next() % 4 == 0 ? 0 : 200_000 + Int64(rng.next() % 1_500_000)
+            f.restartAfterUsMax = 50_000 + Int64(rng.next() % 1_000_000)
+            f.tornCrashes = rng.next() % 2 == 0
+            f.fsyncFailurePercent = Int(rng.next() % 30)
+            f.partitions = rng.next() % 2 == 0
+            f.bitFlipChecks = rng.next() % 3 == 0
+            return f
+        }
+    }
+
+    public struct Config {
+        public var seed: UInt64
+        public var agents = 2
+        public var clients = 3
+        public var accounts = 4
+        public var initialBalance: Int64 = 100
+        /// Faults happen during this phase; then the network heals, every node is restarted and
+        /// the run must finish every transaction within `livenessBudgetUs`.
+        public var faultPhaseUs: Int64 = 3_000_000
+        public var livenessBudgetUs: Int64 = 120_000_000
+        public var transactionTimeoutMs: Int64 = 1_000
+        public var faults: Faults
+        /// Test-only: make the agents lie, to prove the checks catch it.
+        public var breakMode: TestOnlyBreak = .none
+
+        public init(seed: UInt64) {
+            self.seed = seed
+            var rng = SplitMix64(seed: seed ^ 0xFA17_5EED)
+            faults = Faults.draw(&rng)
+        }
+    }
+
+    public struct Failure: Error, CustomStringConvertible {
+        public let seed: UInt64
+        public let message: String
+        public let trace: [String]
+        public var description: String { "seed \(seed): \(message)" }
+    }
+
+    public struct Result {
+        public let seed: UInt64
+        public let traceHash: UInt64
+        public let committed: Int
+        public let aborted: Int
+        public let crashes: Int
+        public let events: Int
+        public let virtualMs: Int64
+        public let failure: Failure?
+    }
+
+    // MARK: state
+
+    let config: Config
+    var rng: SplitMix64
+    var nowUs: Int64 = 0
+    let wallBaseMs: Int64 = 1_790_000_000_000
+    private var queue = EventQueue()
+    private var traceHash: UInt64 = 0xCBF2_9CE4_8422_2325
+    private var recentTrace: [String] = []
+    private var failure: Failure?
+    private(set) var eventCount = 0
+    private var crashes = 0
+    var healed = false
+    private var faultPhaseStartUs: Int64 = -1
+
+    var nodes: [String: SimNode] = [:]
+    var nodeNames: [String] = []
+    var agentNames: [String] = []
+    /// Directed links cut by a partition: "from>to".
+    var cut: Set<String> = []
+    private var clients: [SimClient] = []
+    private var setupClient: SimClient?
+    let coordinatorID = "5e1f0000"
+
+    public init(config: Config) {
+        self.config = config
+        rng = SplitMix64(seed: config.seed)
+    }
+
+    // MARK: running
+
+    /// Runs the fault phase and then the liveness phase; never throws — a broken invariant is
+    /// reported in `Result.failure` with the seed and the last events.
+    public func run() -> Result {
+        setUp()
+        let setupBudgetUs: Int64 = 10_000_000
+        while failure == nil, let event = queue.pop() {
+            let deadline = faultPhaseStartUs < 0 ? setupBudgetUs : faultPhaseStartUs + config.faultPhaseUs + config.livenessBudgetUs
+            if event.atUs > deadline { break }
+            if let skip = event.skip, skip() { continue }
+            nowUs = max(nowUs, event.atUs)
+            eventCount += 1
+            trace(event.label)
+            event.action()
+            if failure != nil { break }
+            scheduleSyncs()
+            if healed && faultPhaseStartUs >= 0 && eventCount % 64 == 0 && quiescent() { break }
+        }
+        if failure == nil && faultPhaseStartUs < 0 {
+            fail("setup: the initial balances could not be committed")
+        }
+        if failure == nil {
+            if !quiescent() {
+                fail("liveness: not finished \(config.livenessBudgetUs / 1_000_000) virtual seconds after faults stopped: \(unsettled())")
+            } else {
+                finalChecks()
+            }
+        }
+        let committed = clients.reduce(0) { $0 + $1.committed }
+        let aborted = clients.reduce(0) { $0 + $1.aborted }
+        return Result(seed: config.seed, traceHash: traceHash, committed: committed, aborted: aborted, crashes: crashes,
+                      events: eventCount, virtualMs: nowUs / 1000, failure: failure)
+    }
+
+    private func setUp() {
+        agentNames = (0..<config.agents).map { String(UnicodeScalar(UInt8(97 + $0))) }
+        nodeNames = ["coordinator"] + agentNames
+        for name in nodeNames {
+            let node = SimNode(name: name, simulation: self)
+            nodes[name] = node
+            node.boot()
+        }
+        // Initial balances in one ordinary transaction, before any fault is switched on.
+        healed = true
+        let setup = SimClient(index: -1, simulation: self)
+        setupClient = setup
+        schedule(afterUs: 1_000, "setup") { [unowned self] in
+            setup.setUp { self.startFaultPhase() }
+        }
+    }
+
+    private func startFaultPhase() {
+        healed = false
+        faultPhaseStartUs = nowUs
+        trace("fault phase starts: \(config.faults)")
+        for i in 0..<config.clients {
+            let client = SimClient(index: i, simulation: self)
+            clients.append(client)
+            schedule(afterUs: Int64(i) * 1_000, "client \(i) starts") { client.next() }
+        }
+        if config.faults.crashEveryUs > 0 { scheduleCrash() }
+        if config.faults.partitions { schedulePartition() }
+        schedule(afterUs: config.faultPhaseUs, "faults stop; heal and restart everything") { [unowned self] in self.heal() }
+    }
+
+    func accountKey(_ i: Int) -> String { "acct-\(i)" }
+
+    // MARK: events
+
+    /// `skip`: checked when the event comes due; a skipped event leaves no trace (cancelled
+    /// timers, timeouts of requests already answered).
+    func schedule(afterUs: Int64, _ label: @autoclosure () -> String, skip: (() -> Bool)? = nil, _ action: @escaping () -> Void) {
+        queue.push(atUs: nowUs + max(afterUs, 0), label: label(), skip: skip, action)
+    }
+
+    func random(_ n: Int64) -> Int64 { n <= 0 ? 0 : Int64(rng.next() % UInt64(n)) }
+    func chance(_ percent: Int) -> Bool { percent > 0 && Int(rng.next() % 100) < percent }
+
+    func trace(_ label: String) {
+        let line = "\(nowUs) \(label)"
+        for b in line.utf8 {
+            traceHash ^= UInt64(b)
+            traceHash = traceHash &* 0x100_0000_01B3
+        }
+        recentTrace.append(line)
+        if recentTrace.count > 400 { recentTrace.removeFirst(recentTrace.count - 300) }
+    }
+
+    func fail(_ message: String) {
+        guard failure == nil else { return }
+        failure = Failure(seed: config.seed, message: message, trace: recentTrace)
+    }
+
+    /// Each node with unsynced log records gets one sync round shortly (disk latency).
+    private func scheduleSyncs() {
+        for name in nodeNames {
+            let node = nodes[name]!
+            guard node.isUp, !node.syncScheduled, let log = node.log, log.lastLSN > log.durableLSN else { continue }
+            node.syncScheduled = true
+            let generation = node.generation
+            schedule(afterUs: 50 + random(400), "fdatasync \(name)") { node.sync(generation: generation) }
+        }
+    }
+
+    // MARK: faults
+
+    private func scheduleCrash() {
+        let gap = config.faults.crashEveryUs / 2 + random(config.faults.crashEveryUs)
+        schedule(afterUs: gap, "crash timer") { [unowned self] in
+            guard !self.healed else { return }
+            let victim = self.nodeNames[Int(self.rng.next() % UInt64(self.nodeNames.count))]
+            if self.nodes[victim]!.isUp {
+                if self.chance(self.config.faults.fsyncFailurePercent) {
+                    self.nodes[victim]!.failNextSync()
+                } else {
+                    self.crash(victim, reason: "kill")
+                }
+            }
+            self.scheduleCrash()
+        }
+    }
+
+    func crash(_ name: String, reason: String) {
+        let node = nodes[name]!
+        guard node.isUp else { return }
+        crashes += 1
+        trace("CRASH \(name) (\(reason))")
+        node.crash(torn: config.faults.tornCrashes)
+        if config.faults.bitFlipChecks && crashes % 3 == 1 { node.checkBitFlipIsDetected() }
+        guard !healed else {
+            schedule(afterUs: 1_000, "restart \(name)") { node.boot() }
+            return
+        }
+        schedule(afterUs: 1_000 + random(config.faults.restartAfterUsMax), "restart \(name)") { node.boot() }
+    }
+
+    private func schedulePartition() {
+        schedule(afterUs: 100_000 + random(800_000), "partition timer") { [unowned self] in
+            guard !self.healed else { return }
+            // Cut one participant off from the coordinator (both directions), or, swizzle
+            // style, add another cut; heal a random cut now and then.
+            if !self.cut.isEmpty && self.rng.next() % 2 == 0 {
+                let links = self.cut.sorted()
+                let healedLink = links[Int(self.rng.next() % UInt64(links.count))]
+                self.cut.remove(healedLink)
+                self.trace("HEAL \(healedLink)")
+            } else {
+                let agent = self.agentNames[Int(self.rng.next() % UInt64(self.agentNames.count))]
+                self.cut.insert("coordinator>\(agent)")
+                self.cut.insert("\(agent)>coordinator")
+                self.trace("PARTITION coordinator|\(agent)")
+            }
+            self.schedulePartition()
+        }
+    }
+
+    private func heal() {
+        healed = true
+        cut = []
+        for name in nodeNames where !nodes[name]!.isUp {
+            let node = nodes[name]!
+            schedule(afterUs: 1_000, "restart \(name) (healing)") { if !node.isUp { node.boot() } }
+        }
+        for client in clients { client.stopping = true }
+    }
+
+    // MARK: checks
+
+    func quiescent() -> Bool {
+        guard clients.allSatisfy({ $0.idle }) else { return false }
+        for name in nodeNames {
+            let node = nodes[name]!
+            guard node.isUp else { return false }
+            if let c = node.coordinator, c.machine.unfinishedCount > 0 { return false }
+            if let a = node.agent {
+                if !a.machine.branches.isEmpty { return false }
+                if a.resource.lockedKeyCount > 0 { return false }
+            }
+        }
+        return true
+    }
+
+    private func unsettled() -> String {
+        var parts: [String] = []
+        let busy = clients.filter { !$0.idle }.count
+        if busy > 0 { parts.append("\(busy) client(s) busy") }
+        for name in nodeNames {
+            let node = nodes[name]!
+            if !node.isUp { parts.append("\(name) down"); continue }
+            if let c = node.coordinator, c.machine.unfinishedCount > 0 {
+                let open = c.machine.allTransactions().filter { !$0.state.isFinished }.prefix(3)
+                parts.append("coordinator: \(c.machine.unfinishedCount) unfinished (\(open.map { "\($0.txid) \($0.state.rawValue)" }.joined(separator: ", ")))")
+            }
+            if let a = node.agent, !a.machine.branches.isEmpty {
+                let some = a.machine.branches.values.sorted { $0.txid < $1.txid }.prefix(3)
+                parts.append("\(name): \(a.machine.branches.count) open branches (\(some.map { "\($0.txid) \($0.state.rawValue)" }.joined(separator: ", ")))")
+            }
+        }
+        return parts.joined(separator: "; ")
+    }
+
+    /// Checked whenever a participant learns an outcome: no two participants may disagree.
+    func checkAgreement(txid: String) {
+        var seen: [(String, Outcome)] = []
+        for agent in agentNames {
+            guard let a = nodes[agent]!.agent else { continue }
+            if let o = a.machine.finishedOutcomes[txid] { seen.append((agent, o)) }
+        }
+        if Set(seen.map { $0.1 }).count > 1 {
+            fail("atomicity: participants disagree on \(txid): \(seen.map { "\($0.0)=\($0.1.rawValue)" }.joined(separator: " "))")
+        }
+    }
+
+    private func finalChecks() {
+        var balances: [String: Int64] = [:]
+        var markers: [String: [String: Bool]] = [:]
+        for agent in agentNames {
+            let store = nodes[agent]!.store
+            for i in 0..<config.accounts {
+                if case .int(let v)? = try? store.get(accountKey(i)) { balances["\(agent)/\(accountKey(i))"] = v }
+            }
+            for client in clients {
+                for t in client.transfers {
+                    markers[t.txid, default: [:]][agent] = (try? store.get("tx/\(t.txid)")) != nil
+                }
+            }
+        }
+        var expected: [String: Int64] = [:]
+        for agent in agentNames { for i in 0..<config.accounts { expected["\(agent)/\(accountKey(i))"] = config.initialBalance } }
+        for client in clients {
+            for t in client.transfers {
+                let m = markers[t.txid] ?? [:]
+                let a = m[t.fromAgent] ?? false, b = m[t.toAgent] ?? false
+                if a != b {
+                    return fail("atomicity: \(t.txid) applied at \(a ? t.fromAgent : t.toAgent) only")
+                }
+                if t.reported == .committed && !a {
+                    return fail("durability: \(t.txid) was reported committed to the client but is not applied")
+                }
+                if t.reported == .aborted && a {
+                    return fail("atomicity: \(t.txid) was reported aborted to the client but is applied")
+                }
+                if a {
+                    expected["\(t.fromAgent)/\(t.fromKey)", default: 0] -= t.amount
+                    expected["\(t.toAgent)/\(t.toKey)", default: 0] += t.amount
+                }
+            }
+        }
+        let total = balances.values.reduce(0, +)
+        let want = Int64(config.agents * config.accounts) * config.initialBalance
+        if total != want { return fail("conservation: total \(total), expected \(want)") }
+        for (key, value) in expected.sorted(by: { $0.key < $1.key }) where balances[key] != value {
+            return fail("balance of \(key) is \(balances[key].map(String.init) ?? "missing"), committed transfers imply \(value)")
+        }
+    }
+}
+
+/// The event queue: earliest first; ties in insertion order, so runs are deterministic.
+struct EventQueue {
+    struct Event {
+        let atUs: Int64
+        let seq: UInt64
+        let label: String
+        let skip: (() -> Bool)?
+        let action: () -> Void
+    }
+
+    private var heap: [Event] = []
+    private var seq: UInt64 = 0
+
+    mutating func push(atUs: Int64, label: String, skip: (() -> Bool)?, _ action: @escaping () -> Void) {
+        seq += 1
+        heap.append(Event(atUs: atUs, seq: seq, label: label, skip: skip, action: action))
+        var i = heap.count - 1
+        while i > 0 {
+            let parent = (i - 1) / 2
+            guard less(heap[i], heap[parent]) else { break }
+            heap.swapAt(i, parent)
+            i = parent
+        }
+    }
+
+    mutating func pop() -> Event? {
+        guard !heap.isEmpty else { return nil }
+        heap.swapAt(0, heap.count - 1)
+        let top = heap.removeLast()
+        var i = 0
+        while true {
+            let l = 2 * i + 1, r = l + 1
+            var m = i
+            if l < heap.count && less(heap[l], heap[m]) { m = l }
+            if r < heap.count && less(heap[r], heap[m]) { m = r }
+            if m == i { break }
+            heap.swapAt(i, m)
+            i = m
+        }
+        return top
+    }
+
+    private func less(_ a: Event, _ b: Event) -> Bool { (a.atUs, a.seq) < (b.atUs, b.seq) }
+}

@@ -1,0 +1,67 @@
+import XCTest
+@testable import CohortSim
+
+final class SimulationTests: XCTestCase {
+    func testFixedSeedsPass() {
+        var out: [String] = []
+        let status = CohortSimCommand.run(arguments: ["--seed", "1", "--runs", "20"]) { out.append($0) }
+        XCTAssertEqual(status, 0, out.joined(separator: "\n"))
+        XCTAssertTrue(out.last?.hasPrefix("trace-hash: ") ?? false)
+    }
+
+    func testSameSeedSameTrace() {
+        var first: [String] = [], second: [String] = []
+        _ = CohortSimCommand.run(arguments: ["--seed", "7", "--runs", "5"]) { first.append($0) }
+        _ = CohortSimCommand.run(arguments: ["--seed", "7", "--runs", "5"]) { second.append($0) }
+        XCTAssertEqual(first.last, second.last)
+        var other: [String] = []
+        _ = CohortSimCommand.run(arguments: ["--seed", "8", "--runs", "5"]) { other.append($0) }
+        XCTAssertNotEqual(first.last, other.last, "different seeds explore different runs")
+    }
+
+    /// The checks bite: a participant that votes before its record is durable, or that
+    /// acknowledges a commit it did not apply, makes runs fail.
+    func testBrokenDurabilityIsCaught() {
+        var out: [String] = []
+        let status = CohortSimCommand.run(arguments: ["--seed", "1", "--runs", "20", "--break", "vote-before-durable"]) { out.append($0) }
+        XCTAssertEqual(status, 1, out.joined(separator: "\n"))
+        XCTAssertTrue(out.contains { $0.contains("durability:") }, out.joined(separator: "\n"))
+    }
+
+    func testBrokenAtomicityIsCaught() {
+        var out: [String] = []
+        let status = CohortSimCommand.run(arguments: ["--seed", "1", "--runs", "20", "--break", "skip-branch-commit"]) { out.append($0) }
+        XCTAssertEqual(status, 1, out.joined(separator: "\n"))
+        XCTAssertTrue(out.contains { $0.contains("atomicity:") || $0.contains("durability:") || $0.contains("conservation:") }, out.joined(separator: "\n"))
+    }
+
+    func testBadArguments() {
+        var out: [String] = []
+        XCTAssertEqual(CohortSimCommand.run(arguments: ["--runs", "zero"]) { out.append($0) }, 2)
+        XCTAssertEqual(CohortSimCommand.run(arguments: ["--break", "everything"]) { out.append($0) }, 2)
+        XCTAssertEqual(CohortSimCommand.run(arguments: ["extra"]) { out.append($0) }, 2)
+        XCTAssertTrue(out.allSatisfy { $0.hasPrefix("error:") })
+    }
+}
+
+final class SimulationDebug: XCTestCase {
+    func testOneSeed() throws {
+        guard let seed = ProcessInfo.processInfo.environment["SIM_SEED"].flatMap(UInt64.init) else { throw XCTSkip("set SIM_SEED") }
+        let result = Simulation(config: Simulation.Config(seed: seed)).run()
+        if let f = result.failure {
+            print(f.message)
+            for line in f.trace { print(line) }
+        }
+    }
+}
+
+final class SimulationMany: XCTestCase {
+    func testManySeeds() throws {
+        guard let runs = ProcessInfo.processInfo.environment["SIM_RUNS"] else { throw XCTSkip("set SIM_RUNS") }
+        let first = ProcessInfo.processInfo.environment["SIM_FIRST"] ?? "1"
+        var out: [String] = []
+        let status = CohortSimCommand.run(arguments: ["--seed", first, "--runs", runs]) { out.append($0) }
+        print(out.suffix(60).joined(separator: "\n"))
+        XCTAssertEqual(status, 0)
+    }
+}
