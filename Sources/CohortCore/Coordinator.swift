@@ -278,13 +278,6 @@ public struct Coordinator {
                 let txid = try CoordinatorRecordCoding.decodeTxID(&r)
                 rememberOperatorOutcome(txid, try r.bool() ? .committed : .aborted)
             }
-            let heuristicCount = try r.u32()
-            for _ in 0..<heuristicCount {
-                let txid = try CoordinatorRecordCoding.decodeTxID(&r)
-                let name = try r.string(maxCount: 4096)
-                let outcome: Outcome = try r.bool() ? .committed : .aborted
-                _ = noteHeuristic(txid, participant: name, outcome: outcome, nowMs: nowMs)
-            }
             let committedCount = try r.u32()
             guard committedCount <= UInt32(config.finishedTransactionsKept) else { throw DecodeError("\(committedCount) recent commits") }
             for _ in 0..<committedCount {
@@ -295,6 +288,13 @@ public struct Coordinator {
                 tx.events.append(TimelineEvent(atMs: tx.finishedAtMs!, event: "committed", participant: nil, detail: "from a checkpoint (details not kept)"))
                 if finished[txid] == nil && open[txid] == nil { remember(tx) }
                 maxEpoch = max(maxEpoch, txid.epoch)
+            }
+            let heuristicCount = try r.u32()
+            for _ in 0..<heuristicCount {
+                let txid = try CoordinatorRecordCoding.decodeTxID(&r)
+                let name = try r.string(maxCount: 4096)
+                let outcome: Outcome = try r.bool() ? .committed : .aborted
+                _ = noteHeuristic(txid, participant: name, outcome: outcome, nowMs: nowMs)
             }
         }
         for (type, payload) in records {
@@ -393,6 +393,16 @@ public struct Coordinator {
             w.string(txid.description)
             w.bool(operatorOutcomes[txid] == .committed)
         }
+        // Recently committed transactions, so a client that lost the answer to its commit can
+        // still read "committed" after the log before this point is gone (aborts need no
+        // record: unknown means aborted).
+        let committed = finishedOrder[finishedOrderHead...].compactMap { finished[$0] }.filter { $0.outcome == .committed && $0.state.isFinished }
+        w.u32(UInt32(committed.count))
+        for tx in committed {
+            w.string(tx.txid.description)
+            w.i64(tx.createdAtMs)
+            w.i64(tx.finishedAtMs ?? tx.createdAtMs)
+        }
         var heuristics: [(TxID, String, Outcome)] = []
         for tx in Array(open.values) + Array(finished.values) {
             for b in tx.branches { if let h = b.heuristic { heuristics.append((tx.txid, b.participant.name, h)) } }
@@ -403,16 +413,6 @@ public struct Coordinator {
             w.string(txid.description)
             w.string(name)
             w.bool(outcome == .committed)
-        }
-        // Recently committed transactions, so a client that lost the answer to its commit can
-        // still read "committed" after the log before this point is gone (aborts need no
-        // record: unknown means aborted).
-        let committed = finishedOrder[finishedOrderHead...].compactMap { finished[$0] }.filter { $0.state == .committed }
-        w.u32(UInt32(committed.count))
-        for tx in committed {
-            w.string(tx.txid.description)
-            w.i64(tx.createdAtMs)
-            w.i64(tx.finishedAtMs ?? tx.createdAtMs)
         }
         return w.bytes
     }
@@ -540,7 +540,8 @@ public struct Coordinator {
 
     private mutating func register(_ request: RequestID, _ text: String, _ participant: ParticipantRef, nowMs: Int64) -> [Action] {
         guard !participant.name.isEmpty, participant.name.utf8.count <= Limits.participantNameBytesMax,
-              !participant.url.isEmpty, participant.url.utf8.count <= Limits.participantURLBytesMax else {
+              !participant.url.isEmpty, participant.url.utf8.count <= Limits.participantURLBytesMax,
+              (participant.incarnation?.utf8.count ?? 0) <= Limits.incarnationBytesMax else {
             return [.reply(request, .error(RequestError(400, "participant name and url must be 1-\(Limits.participantNameBytesMax) and 1-\(Limits.participantURLBytesMax) bytes")))]
         }
         let txid: TxID
@@ -583,6 +584,11 @@ public struct Coordinator {
         guard var tx = open[txid] else {
             let done = finished[txid]!
             return [.reply(request, .outcome(txid, done.outcome ?? .aborted, reason: done.reason))]
+        }
+        if tx.state == .active, pendingForces[txid] != nil {
+            // An operator's forced abort is being recorded; starting a (one-phase) commit now
+            // could contradict it.
+            return [.reply(request, .error(RequestError(409, "an operator is forcing \(txid) to abort")))]
         }
         switch tx.state {
         case .committing:
@@ -921,11 +927,12 @@ extension Coordinator {
     mutating func auditDurable(_ txid: TxID, nowMs: Int64) -> [Action] {
         guard let pending = pendingForces.removeValue(forKey: txid) else { return [] }
         let outcome = pending.force.outcome
-        rememberOperatorOutcome(txid, outcome)
         let plan = planForce(txid, outcome)
+        if case .success(let effects) = plan, !effects.isEmpty { rememberOperatorOutcome(txid, outcome) }
         // Attach the audit entry wherever the transaction now is.
         if var tx = open[txid] {
             tx.audit.append(pending.entry)
+            if tx.audit.count > Limits.auditEntriesPerTransactionMax { tx.audit.removeFirst(tx.audit.count - Limits.auditEntriesPerTransactionMax) }
             tx.events.append(TimelineEvent(atMs: nowMs, event: "forced", participant: nil, detail: "\(pending.entry.action) by \(pending.entry.operatorName): \(pending.entry.reason)"))
             open[txid] = tx
         } else if var tx = finished[txid] {

@@ -69,6 +69,7 @@ public enum Limits {
     public static let eventsPerTransactionMax = 64
     public static let participantNameBytesMax = 128
     public static let participantURLBytesMax = 512
+    public static let incarnationBytesMax = 128
 
     // MARK: participant
     /// Branches (open or in doubt) one participant holds at once; past this work answers 503.

@@ -513,6 +513,13 @@ public struct Participant {
             let why = "cannot log the prepared record: \(reason)"
             return finish(txid, .aborted) + [.release(txid)]
                 + waiting.map { .reply($0, b.onePhase ? .outcome(.aborted, reason: why) : .vote(.no(reason: why))) }
+        case .forcing:
+            // The operator's decision was not recorded: the branch is in doubt as before.
+            b.state = .prepared
+            b.heuristic = nil
+            branches[txid] = b
+            return waiting.map { .reply($0, .error(RequestError(503, "cannot record the forced decision now: \(reason); retry"))) }
+                + [.setTimer(.inquire(txid), afterMs: config.inquiryDelayMs)]
         case .committing:
             // The outcome is still commit; the coordinator retries and we log it then.
             b.state = .prepared

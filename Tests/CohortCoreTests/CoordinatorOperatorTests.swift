@@ -161,4 +161,28 @@ final class CoordinatorOperatorTests: XCTestCase {
             XCTAssertEqual(try CoordinatorRecordCoding.decode(type: e.type, payload: e.payload), record)
         }
     }
+
+    func testHeuristicMixedCommitSurvivesACheckpointAsCommitted() throws {
+        var c = machine()
+        let t = committing(&c)
+        _ = c.on(.heuristicReported(8, txid: t.description, participant: "b", outcome: .aborted), nowMs: 6)
+        _ = c.on(.heuristicDurable(t, participant: "b"), nowMs: 7)
+        XCTAssertEqual(c.transaction(t)?.state, .heuristicMixed)
+        var restarted = Coordinator(config: Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 1))
+        _ = try restarted.recover(snapshot: c.snapshot(), records: [], nowMs: 10)
+        XCTAssertEqual(restarted.transaction(t)?.outcome, .committed)
+        XCTAssertEqual(restarted.transaction(t)?.state, .heuristicMixed)
+        XCTAssertEqual(restarted.inquire(t.description), .committed)
+    }
+
+    func testCommitIsRefusedWhileAForcedAbortIsRecorded() {
+        var c = machine()
+        guard case .reply(_, .begun(let t, _))? = c.on(.begin(1, timeoutMs: 5000), nowMs: 0).last else { return XCTFail() }
+        _ = c.on(.register(2, txid: t.description, participant: a), nowMs: 1)
+        _ = c.on(.force(5, txid: t.description, force(.aborted)), nowMs: 2)
+        XCTAssertEqual(errorStatus(c.on(.commit(6, txid: t.description), nowMs: 3)), 409)
+        _ = c.on(.auditDurable(t), nowMs: 4)
+        XCTAssertEqual(c.transaction(t)?.outcome, .aborted)
+        XCTAssertEqual(c.operatorOutcomes[t], .aborted)
+    }
 }

@@ -96,4 +96,14 @@ final class ParticipantHeuristicTests: XCTestCase {
         XCTAssertNotNil(p.heuristicMixed["t2"])
         XCTAssertEqual(p.state(of: "t2"), .aborted)
     }
+
+    func testRefusedHeuristicRecordLeavesTheBranchInDoubt() {
+        var p = inDoubt()
+        _ = p.on(force(.committed))
+        let refused = p.on(.recordRefused("t1", reason: "log full"))
+        guard case .reply(9, .error(let e))? = refused.first else { return XCTFail("\(refused)") }
+        XCTAssertEqual(e.status, 503)
+        XCTAssertEqual(p.state(of: "t1"), .prepared)
+        XCTAssertEqual(p.on(.timerFired(.inquire("t1"))), [.inquire("t1", coordinatorURL: "http://c")], "keeps asking")
+    }
 }
