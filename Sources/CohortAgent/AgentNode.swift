@@ -57,6 +57,8 @@ public final class AgentNode {
     /// Identifies this data directory; a coordinator message for another incarnation is refused.
     public let incarnation: String
     private let checkpointAfterBytes: Int
+    /// Registrations to the coordinator, batched when many are in flight.
+    private lazy var registrations = BatchingSender(environment: environment)
     /// Where each branch's forced records landed, for the white-box durability check.
     private var preparedLSN: [String: UInt64] = [:]
 
@@ -423,8 +425,8 @@ public final class AgentNode {
         CrashPoints.hit("agent.before-register-send")
         metrics.add("cohort_messages_sent_total", labels: "type=\"register\"")
         let coordinator = coordinatorURL
-        let body = JSONBody.encode(RegisterRequest(participant: name, url: advertiseURL, incarnation: incarnation))
-        environment.send(HTTPClientRequest(method: "POST", url: "\(coordinator)/v1/transactions/\(txid)/branches", body: body)) { [unowned self] result in
+        let body = JSONBody.encode(RegisterRequest(participant: name, url: advertiseURL, incarnation: incarnation, batch: true))
+        registrations.send(baseURL: coordinator, path: "/v1/transactions/\(txid)/branches", body: body, batchable: true) { [unowned self] result in
             let waiters = self.joining.removeValue(forKey: txid) ?? []
             let outcome: Result<Void, RequestError>
             switch result {
@@ -505,6 +507,8 @@ public final class AgentNode {
             }
         case ("POST", 3) where parts[0] == "v1" && parts[1] == "2pc":
             protocolMessage(parts[2], request, responder)
+        case ("POST", 2) where parts == ["v1", "batch"]:
+            serveBatch(request, responder, allowedPrefixes: ["/v1/2pc/"]) { self.handle($0, $1) }
         default:
             responder.send(.error(404, "no route for \(request.method) \(request.path)"))
         }

@@ -49,6 +49,9 @@ public final class CoordinatorNode {
     private var abortedRate = RateWindow()
     private var lastStats = Coordinator.Stats()
     private let startedAtUs: UInt64
+    private let sender: BatchingSender
+    /// Participants (by URL) that said at registration that they serve `/v1/batch`.
+    private var batchCapable: Set<String> = []
     private let checkpointAfterBytes: Int
 
     /// Recovers the state machine from what the log held and wires the log's durability
@@ -62,6 +65,7 @@ public final class CoordinatorNode {
         self.onFatal = onFatal
         self.checkpointAfterBytes = checkpointAfterBytes
         startedAtUs = environment.monotonicUs
+        sender = BatchingSender(environment: environment)
         machine = Coordinator(config: config)
         recoveryActions = try machine.recover(snapshot: recovered.snapshot,
                                               records: recovered.records.map { ($0.type, $0.payload) },
@@ -203,8 +207,7 @@ public final class CoordinatorNode {
         }
         metrics.add("cohort_messages_sent_total", labels: "type=\"\(message.typeName)\"")
         let name = to.name
-        let request = HTTPClientRequest(method: "POST", url: to.url + path, body: body)
-        environment.send(request) { [weak self] result in
+        sender.send(baseURL: to.url, path: path, body: body, batchable: batchCapable.contains(to.url)) { [weak self] result in
             self?.answered(txid, name, message, result)
         }
         switch message {
@@ -316,10 +319,20 @@ public final class CoordinatorNode {
             responder.send(.jsonBytes(200, JSONBody.encode(stats())))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "abort":
             feed(.abort(requests.add(responder), txid: parts[2]))
+        case ("POST", 2) where parts == ["v1", "batch"]:
+            // Participants' registrations, several in one exchange (see BatchingSender).
+            serveBatch(request, responder, allowedPrefixes: ["/v1/transactions/"]) { item, sink in
+                let p = item.pathComponents
+                guard p.count == 4, p[3] == "branches" else {
+                    return sink.send(.error(400, "a batch may hold only branch registrations"))
+                }
+                self.handle(item, sink)
+            }
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "branches":
             switch JSONBody.decode(RegisterRequest.self, from: request.body) {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let r):
+                if r.batch == true, batchCapable.count < Limits.batchCapablePeersMax { batchCapable.insert(r.url) }
                 feed(.register(requests.add(responder), txid: parts[2], participant: ParticipantRef(name: r.participant, url: r.url, incarnation: r.incarnation)))
             }
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "force":

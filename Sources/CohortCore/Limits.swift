@@ -33,6 +33,11 @@ public enum Limits {
     /// Requests queued at the client waiting for a connection, per destination.
     public static let httpClientQueueMax = 4096
     public static let httpResponseBytesMax = 4 << 20
+    /// Protocol messages in one `POST /v1/batch`, and batch exchanges open per peer at once.
+    public static let batchMessagesMax = 256
+    public static let batchExchangesInFlightPerPeer = 2
+    /// Participant URLs remembered as serving `/v1/batch`.
+    public static let batchCapablePeersMax = 4096
     /// Requests read ahead on one connection whose responses are still owed; past this the
     /// server stops reading that connection until responses drain (pipelining back-pressure).
     public static let httpPipelinedRequestsMax = 64

@@ -49,10 +49,13 @@ public struct RegisterRequest: Codable, Sendable {
     public let participant: String
     public let url: String
     public let incarnation: String?
-    public init(participant: String, url: String, incarnation: String? = nil) {
+    /// The participant serves `POST /v1/batch` (several protocol messages in one exchange).
+    public let batch: Bool?
+    public init(participant: String, url: String, incarnation: String? = nil, batch: Bool? = nil) {
         self.participant = participant
         self.url = url
         self.incarnation = incarnation
+        self.batch = batch
     }
 }
 

@@ -1,0 +1,172 @@
+import CohortCore
+import CohortHTTP
+import Foundation
+
+/// Several protocol messages to one peer in one HTTP exchange: `POST /v1/batch`.
+///
+/// Under load many prepares and commits to the same participant are in flight at once; sending
+/// them one HTTP request each costs a system call, a wake-up and a parse apiece on both sides.
+/// A `BatchingSender` keeps at most `maxInFlight` exchanges open per peer and sends whatever
+/// queued up meanwhile as one batch — the network analogue of group commit. At low load nothing
+/// waits: a lone message goes out at once, as a plain request.
+public struct BatchItem: Codable, Sendable {
+    /// The path the message would have been posted to on its own, e.g. `/v1/2pc/prepare`.
+    public let path: String
+    /// Its JSON body, as text.
+    public let body: String
+    public init(path: String, body: String) {
+        self.path = path
+        self.body = body
+    }
+}
+
+public struct BatchRequest: Codable, Sendable {
+    public let messages: [BatchItem]
+    public init(messages: [BatchItem]) { self.messages = messages }
+}
+
+public struct BatchAnswer: Codable, Sendable {
+    public let status: Int
+    public let body: String
+    public init(status: Int, body: String) {
+        self.status = status
+        self.body = body
+    }
+}
+
+public struct BatchResponse: Codable, Sendable {
+    public let answers: [BatchAnswer]
+    public init(answers: [BatchAnswer]) { self.answers = answers }
+}
+
+public final class BatchingSender {
+    public typealias Completion = (Result<HTTPClientResponse, HTTPClientError>) -> Void
+
+    private struct Queued {
+        let path: String
+        let body: [UInt8]
+        let completion: Completion
+    }
+
+    private struct Peer {
+        var inFlight = 0
+        var queue: [Queued] = []
+    }
+
+    private let environment: NodeEnvironment
+    private let maxInFlight: Int
+    private var peers: [String: Peer] = [:]
+    public private(set) var exchangesSent = 0
+
+    public init(environment: NodeEnvironment, maxInFlight: Int = Limits.batchExchangesInFlightPerPeer) {
+        self.environment = environment
+        self.maxInFlight = maxInFlight
+    }
+
+    /// Sends `body` to `baseURL + path`, alone or in a batch with others to the same peer.
+    /// `batchable` is false for peers not known to serve `/v1/batch`.
+    public func send(baseURL: String, path: String, body: [UInt8], batchable: Bool, completion: @escaping Completion) {
+        guard batchable else {
+            exchangesSent += 1
+            environment.send(HTTPClientRequest(method: "POST", url: baseURL + path, body: body), completion)
+            return
+        }
+        var peer = peers[baseURL] ?? Peer()
+        guard peer.queue.count < Limits.httpClientQueueMax else {
+            environment.execute { completion(.failure(.queueFull)) }
+            return
+        }
+        peer.queue.append(Queued(path: path, body: body, completion: completion))
+        peers[baseURL] = peer
+        flush(baseURL)
+    }
+
+    private func flush(_ baseURL: String) {
+        guard var peer = peers[baseURL], peer.inFlight < maxInFlight, !peer.queue.isEmpty else { return }
+        let take = min(peer.queue.count, Limits.batchMessagesMax)
+        let items = Array(peer.queue.prefix(take))
+        peer.queue.removeFirst(take)
+        peer.inFlight += 1
+        peers[baseURL] = peer
+        exchangesSent += 1
+        let done: () -> Void = { [weak self] in
+            guard let self else { return }
+            self.peers[baseURL]?.inFlight -= 1
+            if let p = self.peers[baseURL], p.inFlight == 0, p.queue.isEmpty { self.peers.removeValue(forKey: baseURL) }
+            self.flush(baseURL)
+        }
+        if items.count == 1 {
+            let item = items[0]
+            environment.send(HTTPClientRequest(method: "POST", url: baseURL + item.path, body: item.body)) { result in
+                item.completion(result)
+                done()
+            }
+            return
+        }
+        let batch = BatchRequest(messages: items.map { BatchItem(path: $0.path, body: String(decoding: $0.body, as: UTF8.self)) })
+        environment.send(HTTPClientRequest(method: "POST", url: baseURL + "/v1/batch", body: JSONBody.encode(batch))) { result in
+            switch result {
+            case .failure(let error):
+                for item in items { item.completion(.failure(error)) }
+            case .success(let response):
+                if response.status == 200, let answers = try? JSONDecoder().decode(BatchResponse.self, from: Data(response.body)),
+                   answers.answers.count == items.count {
+                    for (item, answer) in zip(items, answers.answers) {
+                        item.completion(.success(HTTPClientResponse(status: answer.status, body: Array(answer.body.utf8))))
+                    }
+                } else {
+                    // The peer refused the batch as a whole: every message gets that answer.
+                    for item in items { item.completion(.success(response)) }
+                }
+            }
+            done()
+        }
+    }
+}
+
+/// Serves `POST /v1/batch`: runs each message through `handle` as if it had come alone, and
+/// answers once every message has its answer, in order.
+public func serveBatch(_ request: HTTPRequest, _ responder: ResponseSink, allowedPrefixes: [String],
+                       handle: (HTTPRequest, ResponseSink) -> Void) {
+    let batch: BatchRequest
+    switch JSONBody.decode(BatchRequest.self, from: request.body) {
+    case .failure(let e): return responder.send(.requestError(e))
+    case .success(let b): batch = b
+    }
+    guard !batch.messages.isEmpty, batch.messages.count <= Limits.batchMessagesMax else {
+        return responder.send(.error(400, "a batch holds 1-\(Limits.batchMessagesMax) messages"))
+    }
+    for item in batch.messages where !allowedPrefixes.contains(where: { item.path.hasPrefix($0) }) {
+        return responder.send(.error(400, "a batch may hold only \(allowedPrefixes.joined(separator: ", ")) messages, not \(item.path.prefix(80))"))
+    }
+    final class Collector: @unchecked Sendable {
+        var answers: [BatchAnswer?]
+        var remaining: Int
+        let responder: ResponseSink
+        init(count: Int, responder: ResponseSink) {
+            answers = Array(repeating: nil, count: count)
+            remaining = count
+            self.responder = responder
+        }
+    }
+    let collector = Collector(count: batch.messages.count, responder: responder)
+    for (i, item) in batch.messages.enumerated() {
+        let sink = ClosureSink { response in
+            guard collector.answers[i] == nil else { return }
+            collector.answers[i] = BatchAnswer(status: response.status, body: String(decoding: response.body, as: UTF8.self))
+            collector.remaining -= 1
+            if collector.remaining == 0 {
+                collector.responder.send(.jsonBytes(200, JSONBody.encode(BatchResponse(answers: collector.answers.map { $0! }))))
+            }
+        }
+        let path = item.path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? item.path
+        handle(HTTPRequest(method: "POST", target: item.path, path: path, headers: request.headers, body: Array(item.body.utf8)), sink)
+    }
+}
+
+/// A response sink that calls a closure.
+public final class ClosureSink: ResponseSink {
+    private let action: (HTTPResponse) -> Void
+    public init(_ action: @escaping (HTTPResponse) -> Void) { self.action = action }
+    public func send(_ response: HTTPResponse) { action(response) }
+}
