@@ -26,15 +26,19 @@ public final class AgentNode {
         "agent.after-abort-logged",
         "agent.before-inquiry-send",
         "agent.after-inquiry-send",
+        "agent.before-precommit-logged",
+        "agent.after-precommit-logged",
+        "agent.after-precommit-ack-sent",
     ]
 
-    static let messageTypes = ["register", "vote", "ack", "inquiry", "heuristic"]
+    static let messageTypes = ["register", "vote", "ack", "inquiry", "heuristic", "pre-commit-ack", "state-query", "pre-commit", "pre-abort", "commit", "abort"]
 
     /// What a forced record, once durable, lets the state machine do.
     private enum Pending {
         case prepared(String)
         case committed(String)
         case heuristic(String)
+        case preRecord(String)
     }
 
     private let environment: NodeEnvironment
@@ -92,7 +96,7 @@ public final class AgentNode {
         for action in recoveryActions {
             switch action {
             case .restoreLocks(let txid, let writeSet): try resource.restoreInDoubt(txid: txid, writeSet: writeSet)
-            case .inquire: startupInquiries.append(action)
+            case .inquire, .setTimer: startupInquiries.append(action)
             default: break
             }
         }
@@ -143,6 +147,9 @@ public final class AgentNode {
                 actions += machine.on(.commitDurable(txid, lsn: recordLSN))
             case .heuristic(let txid):
                 actions += machine.on(.heuristicDurable(txid, lsn: recordLSN))
+            case .preRecord(let txid):
+                CrashPoints.hit("agent.after-precommit-logged")
+                actions += machine.on(.preRecordDurable(txid))
             }
         }
         // One store transaction for every commit this sync made durable.
@@ -202,6 +209,10 @@ public final class AgentNode {
                 inquire(txid, url)
             case .reportHeuristic(let txid, let url, let outcome):
                 reportHeuristic(txid, url, outcome, attempt: 1)
+            case .queryPeer(let txid, let peer, let round):
+                queryPeer(txid, peer, round)
+            case .sendToPeer(let txid, let peer, let message):
+                sendToPeer(txid, peer, message)
             case .setTimer(let timer, let afterMs):
                 timers.set(timer, afterMs: afterMs) { [unowned self] in self.feed(.timerFired($0)) }
             case .cancelTimer(let timer):
@@ -219,14 +230,16 @@ public final class AgentNode {
         case .prepared: CrashPoints.hit("agent.before-prepared-logged")
         case .committed, .committedOnePhase: CrashPoints.hit("agent.before-commit-logged")
         case .aborted: CrashPoints.hit("agent.before-abort-logged")
-        case .heuristic, .heuristicResolved: break
+        case .preCommitted: CrashPoints.hit("agent.before-precommit-logged")
+        case .heuristic, .heuristicResolved, .preAborted: break
         }
         let lsn: UInt64
         do {
             lsn = try log.append(type: encoded.type, payload: encoded.payload, force: force)
         } catch let full as LogFullError {
             switch record {
-            case .prepared(let txid, _, _), .committed(let txid), .committedOnePhase(let txid, _):
+            case .prepared(let txid, _, _, _), .committed(let txid), .committedOnePhase(let txid, _),
+                 .preCommitted(let txid), .preAborted(let txid):
                 feed(.recordRefused(txid, reason: "\(full)"))
             case .heuristic(let txid, _, _, _, _):
                 feed(.recordRefused(txid, reason: "\(full)"))
@@ -241,7 +254,10 @@ public final class AgentNode {
             return
         }
         switch record {
-        case .prepared(let txid, _, _):
+        case .preCommitted(let txid), .preAborted(let txid):
+            preparedLSN[txid] = lsn
+            pending.append(lsn: lsn, .preRecord(txid))
+        case .prepared(let txid, _, _, _):
             preparedLSN[txid] = lsn
             pending.append(lsn: lsn, .prepared(txid))
             if environment.testOnlyBreak == .voteBeforeDurable {
@@ -266,11 +282,11 @@ public final class AgentNode {
         guard let responder = requests.take(id) else { return }
         let txid = pendingTxid(id)
         switch reply {
-        case .vote(.yes), .acknowledged, .outcome(.committed, _):
+        case .vote(.yes), .acknowledged, .outcome(.committed, _), .preCommitted, .preAborted:
             // A yes vote or an acknowledgement must be backed by a durable record. (Repeated
             // answers for branches finished earlier are backed by records made durable then.)
             if let lsn = preparedLSN[txid] {
-                environment.checkBacked(reply == .acknowledged ? "ack" : "vote", txid: txid, lsn: lsn, durableLSN: log.durableLSN)
+                environment.checkBacked(reply == .acknowledged ? "ack" : (reply == .preCommitted ? "pre-commit ack" : "vote"), txid: txid, lsn: lsn, durableLSN: log.durableLSN)
             }
         default:
             break
@@ -295,6 +311,14 @@ public final class AgentNode {
             responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: pendingTxid(id), status: "heuristic-aborted"))))
         case .forced(let outcome, let dryRun, let effects):
             responder.send(.jsonBytes(200, JSONBody.encode(ForceResponse(txid: pendingTxid(id), outcome: outcome.rawValue, dryRun: dryRun, effects: effects))))
+        case .preCommitted:
+            responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: txid, status: "pre-committed"))))
+            metrics.add("cohort_messages_sent_total", labels: "type=\"pre-commit-ack\"")
+            CrashPoints.hit("agent.after-precommit-ack-sent")
+        case .preAborted:
+            responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: txid, status: "pre-aborted"))))
+        case .state(let state):
+            responder.send(.jsonBytes(200, JSONBody.encode(ThreePhaseStateResponse(txid: txid, state: state.rawValue))))
         case .error(let e):
             responder.send(.requestError(e))
         }
@@ -330,6 +354,36 @@ public final class AgentNode {
             }
         }
         CrashPoints.hit("agent.after-inquiry-send")
+    }
+
+    /// 3PC termination: ask a peer for its state; no answer counts as unreachable.
+    private func queryPeer(_ txid: String, _ peer: ParticipantRef, _ round: Int) {
+        metrics.add("cohort_messages_sent_total", labels: "type=\"state-query\"")
+        let body = JSONBody.encode(PhaseRequest(txid: txid))
+        environment.send(HTTPClientRequest(method: "POST", url: peer.url + "/v1/3pc/state", body: body, timeoutMs: Limits.terminationRoundMs)) { [weak self] result in
+            var state: ThreePhaseState?
+            if case .success(let r) = result, r.status == 200,
+               let answer = try? JSONDecoder().decode(ThreePhaseStateResponse.self, from: Data(r.body)) {
+                state = ThreePhaseState(rawValue: answer.state)
+            }
+            self?.feed(.peerState(txid, round: round, peer: peer.name, state: state))
+        }
+    }
+
+    /// 3PC termination, as backup coordinator: best effort; a peer that misses it runs its own
+    /// termination round later and finds the outcome.
+    private func sendToPeer(_ txid: String, _ peer: ParticipantRef, _ message: Participant.PeerMessage) {
+        let path: String
+        let type: String
+        switch message {
+        case .preCommit: path = "/v1/3pc/precommit"; type = "pre-commit"
+        case .preAbort: path = "/v1/3pc/preabort"; type = "pre-abort"
+        case .commit: path = "/v1/2pc/commit"; type = "commit"
+        case .abort: path = "/v1/2pc/abort"; type = "abort"
+        }
+        metrics.add("cohort_messages_sent_total", labels: "type=\"\(type)\"")
+        let body = JSONBody.encode(PhaseRequest(txid: txid, backup: true))
+        environment.send(HTTPClientRequest(method: "POST", url: peer.url + path, body: body)) { _ in }
     }
 
     /// Tells the coordinator that an operator's outcome here differs from its decision, so it
@@ -507,8 +561,21 @@ public final class AgentNode {
             }
         case ("POST", 3) where parts[0] == "v1" && parts[1] == "2pc":
             protocolMessage(parts[2], request, responder)
+        case ("POST", 3) where parts[0] == "v1" && parts[1] == "3pc":
+            switch JSONBody.decode(PhaseRequest.self, from: request.body) {
+            case .failure(let e): responder.send(.requestError(e))
+            case .success(let p):
+                if let refusal = incarnationMismatch(p.incarnation) { return responder.send(.requestError(refusal)) }
+                let id = track(responder, p.txid)
+                switch parts[2] {
+                case "precommit": feed(.preCommit(id, txid: p.txid, fromBackup: p.backup == true))
+                case "preabort": feed(.preAbort(id, txid: p.txid))
+                case "state": feed(.stateQuery(id, txid: p.txid))
+                default: requests.take(id)?.send(.error(404, "no 3pc message \(parts[2].prefix(40))"))
+                }
+            }
         case ("POST", 2) where parts == ["v1", "batch"]:
-            serveBatch(request, responder, allowedPrefixes: ["/v1/2pc/"]) { self.handle($0, $1) }
+            serveBatch(request, responder, allowedPrefixes: ["/v1/2pc/", "/v1/3pc/"]) { self.handle($0, $1) }
         default:
             responder.send(.error(404, "no route for \(request.method) \(request.path)"))
         }
@@ -527,7 +594,12 @@ public final class AgentNode {
                 } else {
                     vote = .readOnly // not consulted: the state machine answers from the branch's state
                 }
-                feed(.prepare(track(responder, p.txid), txid: p.txid, onePhase: p.onePhase ?? false, vote: vote))
+                var threePhase: Participant.ThreePhaseInfo?
+                if p.protocol == "3pc" {
+                    guard let peers = p.participants, !peers.isEmpty else { return responder.send(.error(400, "a 3pc prepare must list the participants")) }
+                    threePhase = Participant.ThreePhaseInfo(termination: Termination(rawValue: p.termination ?? "classic") ?? .classic, peers: peers)
+                }
+                feed(.prepare(track(responder, p.txid), txid: p.txid, onePhase: p.onePhase ?? false, vote: vote, threePhase: threePhase))
             }
         case "commit", "abort":
             switch JSONBody.decode(PhaseRequest.self, from: request.body) {
@@ -535,7 +607,11 @@ public final class AgentNode {
             case .success(let p):
                 if let refusal = incarnationMismatch(p.incarnation) { return responder.send(.requestError(refusal)) }
                 let id = track(responder, p.txid)
-                feed(kind == "commit" ? .commit(id, txid: p.txid) : .abort(id, txid: p.txid))
+                if p.backup == true {
+                    feed(.backupDecision(id, txid: p.txid, outcome: kind == "commit" ? .committed : .aborted))
+                } else {
+                    feed(kind == "commit" ? .commit(id, txid: p.txid) : .abort(id, txid: p.txid))
+                }
             }
         default:
             responder.send(.error(404, "no protocol message \(kind)"))
