@@ -77,7 +77,10 @@ final class SimClient {
             idle = true
             return
         }
-        let body = JSONBody.encode(BeginRequest(protocol: "2pc", timeoutMs: simulation.config.transactionTimeoutMs))
+        var termination: String?
+        if case .threePhase(let t) = simulation.config.faults.commitProtocol { termination = t.rawValue }
+        let body = JSONBody.encode(BeginRequest(protocol: simulation.config.faults.commitProtocol.name,
+                                                timeoutMs: simulation.config.transactionTimeoutMs, termination: termination))
         call("POST", "http://coordinator:1/v1/transactions", body) { [unowned self] status, body in
             guard status == 201, let begun = try? JSONDecoder().decode(BeginResponse.self, from: Data(body)) else {
                 return self.later()
