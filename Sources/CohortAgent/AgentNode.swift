@@ -64,7 +64,9 @@ public final class AgentNode {
     /// Registrations to the coordinator, batched when many are in flight.
     private lazy var registrations = BatchingSender(environment: environment)
     /// Where each branch's forced records landed, for the white-box durability check.
-    private var preparedLSN: [String: UInt64] = [:]
+    /// Per branch, by kind ("prepared", "pre", "commit"): the LSN of the record that backs
+    /// the answers of that kind.
+    private var backingLSN: [String: [String: UInt64]] = [:]
 
     /// Recovers from what the log held — re-applies durable commits the store may lack and
     /// re-takes the locks of in-doubt branches — before the node serves anything; inquiries
@@ -189,7 +191,7 @@ public final class AgentNode {
         var finishedInBatch: [String] = []
         defer {
             for txid in finishedInBatch {
-                preparedLSN.removeValue(forKey: txid)
+                backingLSN.removeValue(forKey: txid)
                 workReplies.removeValue(forKey: txid)
             }
         }
@@ -255,17 +257,17 @@ public final class AgentNode {
         }
         switch record {
         case .preCommitted(let txid), .preAborted(let txid):
-            preparedLSN[txid] = lsn
+            backingLSN[txid, default: [:]]["pre"] = lsn
             pending.append(lsn: lsn, .preRecord(txid))
         case .prepared(let txid, _, _, _):
-            preparedLSN[txid] = lsn
+            backingLSN[txid, default: [:]]["prepared"] = lsn
             pending.append(lsn: lsn, .prepared(txid))
             if environment.testOnlyBreak == .voteBeforeDurable {
                 // TEST ONLY (debug builds): vote without waiting for the record to be durable.
                 environment.execute { [weak self] in self?.feed(.preparedDurable(txid)) }
             }
         case .committed(let txid), .committedOnePhase(let txid, _):
-            preparedLSN[txid] = lsn
+            backingLSN[txid, default: [:]]["commit"] = lsn
             machine.noteCommitAppended(txid, lsn: lsn)
             pending.append(lsn: lsn, .committed(txid))
         case .heuristic(let txid, _, _, _, _):
@@ -281,15 +283,18 @@ public final class AgentNode {
     private func respond(_ id: RequestID, _ reply: Participant.Reply) {
         guard let responder = requests.take(id) else { return }
         let txid = pendingTxid(id)
+        // A yes vote, a pre-record acknowledgement or a commit acknowledgement must be backed by
+        // a durable record of its kind. (Repeated answers for branches finished earlier are
+        // backed by records made durable then.)
+        let backing: (message: String, kind: String)?
         switch reply {
-        case .vote(.yes), .acknowledged, .outcome(.committed, _), .preCommitted, .preAborted:
-            // A yes vote or an acknowledgement must be backed by a durable record. (Repeated
-            // answers for branches finished earlier are backed by records made durable then.)
-            if let lsn = preparedLSN[txid] {
-                environment.checkBacked(reply == .acknowledged ? "ack" : (reply == .preCommitted ? "pre-commit ack" : "vote"), txid: txid, lsn: lsn, durableLSN: log.durableLSN)
-            }
-        default:
-            break
+        case .vote(.yes): backing = ("vote", "prepared")
+        case .preCommitted, .preAborted: backing = ("pre-record ack", "pre")
+        case .acknowledged, .outcome(.committed, _): backing = ("ack", "commit")
+        default: backing = nil
+        }
+        if let backing, let lsn = backingLSN[txid]?[backing.kind] {
+            environment.checkBacked(backing.message, txid: txid, lsn: lsn, durableLSN: log.durableLSN)
         }
         switch reply {
         case .vote(let vote):
@@ -480,7 +485,8 @@ public final class AgentNode {
         metrics.add("cohort_messages_sent_total", labels: "type=\"register\"")
         let coordinator = coordinatorURL
         let body = JSONBody.encode(RegisterRequest(participant: name, url: advertiseURL, incarnation: incarnation, batch: true))
-        registrations.send(baseURL: coordinator, path: "/v1/transactions/\(txid)/branches", body: body, batchable: true) { [unowned self] result in
+        registrations.send(baseURL: coordinator, path: "/v1/transactions/\(txid)/branches", body: body, batchable: true,
+                           timeoutMs: Limits.registrationTimeoutMs) { [unowned self] result in
             let waiters = self.joining.removeValue(forKey: txid) ?? []
             let outcome: Result<Void, RequestError>
             switch result {

@@ -35,7 +35,10 @@ public enum Limits {
     public static let httpResponseBytesMax = 4 << 20
     /// Protocol messages in one `POST /v1/batch`, and batch exchanges open per peer at once.
     public static let batchMessagesMax = 256
-    public static let batchExchangesInFlightPerPeer = 2
+    public static let batchExchangesInFlightPerPeer = 4
+    /// A branch registration waits this long for the coordinator (a client's work request
+    /// waits on it).
+    public static let registrationTimeoutMs: Int64 = 1_000
     /// Participant URLs remembered as serving `/v1/batch`.
     public static let batchCapablePeersMax = 4096
     /// Requests read ahead on one connection whose responses are still owed; past this the

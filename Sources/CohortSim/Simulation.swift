@@ -77,7 +77,7 @@ public final class Simulation {
         public var initialBalance: Int64 = 100
         /// Faults happen during this phase; then the network heals, every node is restarted and
         /// the run must finish every transaction within `livenessBudgetUs`.
-        public var faultPhaseUs: Int64 = 3_000_000
+        public var faultPhaseUs: Int64 = 5_000_000
         public var livenessBudgetUs: Int64 = 120_000_000
         public var transactionTimeoutMs: Int64 = 1_000
         public var faults: Faults
@@ -205,6 +205,11 @@ public final class Simulation {
     }
 
     func accountKey(_ i: Int) -> String { "acct-\(i)" }
+
+    /// Why clients' transfers aborted, for tuning and for `--trace`.
+    public func abortReasons() -> [String: Int] {
+        clients.reduce(into: [:]) { acc, c in for (k, v) in c.abortReasons { acc[k, default: 0] += v } }
+    }
 
     // MARK: events
 
