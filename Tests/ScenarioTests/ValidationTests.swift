@@ -1,0 +1,3 @@
+import CohortScenario
+import Foundation
+import XCTest
