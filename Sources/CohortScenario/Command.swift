@@ -157,7 +157,7 @@ public enum Report {
     static let columns = [("scenario", 46), ("faults", 32), ("commit/abort", 13), ("in doubt", 9), ("recovery", 9), ("result", 6)]
 
     static func pad(_ s: String, _ n: Int) -> String {
-        s.count >= n ? String(s.prefix(n - 1)) + "…" : s.padding(toLength: n, withPad: " ", startingAt: 0)
+        s.count > n ? String(s.prefix(n - 1)) + "…" : s.padding(toLength: n, withPad: " ", startingAt: 0)
     }
 
     public static func header() -> String {

@@ -78,7 +78,7 @@ final class ScenarioRun: @unchecked Sendable {
     /// Processes the runner expects to be running (others are down on purpose).
     private var shouldRun: Set<String> = []
     /// Environment the next start of a process gets on top of its own (an armed fault).
-    private var armed: [String: (env: [String: String], fault: Int)] = [:]
+    private var armed: [String: (env: [String: String], fault: Int, times: Int)] = [:]
     private var firedFaults: Set<Int> = []
     private var pendingDiskFaults: [String: [Int]] = [:]
     private var exitStatuses: [String: [Int32]] = [:]
@@ -359,11 +359,11 @@ final class ScenarioRun: @unchecked Sendable {
     /// Crash points and fsync faults need the process started with them in its environment.
     private func armIfNeeded(_ index: Int, _ f: Scenario.Fault) {
         switch f.kind {
-        case .crashPoint(let p, let point, let k, _):
-            lock.lock(); armed[p] = (["COHORT_CRASHPOINT": "\(point):\(k)"], index); lock.unlock()
+        case .crashPoint(let p, let point, let k, _, let times):
+            lock.lock(); armed[p] = (["COHORT_CRASHPOINT": "\(point):\(k)"], index, times); lock.unlock()
             gracefulRestart(p, extraEnv: ["COHORT_CRASHPOINT": "\(point):\(k)"])
         case .fsyncFail(let p, let k, _):
-            lock.lock(); armed[p] = (["COHORT_FAULT": "fsync-fail:\(k)"], index); lock.unlock()
+            lock.lock(); armed[p] = (["COHORT_FAULT": "fsync-fail:\(k)"], index, 1); lock.unlock()
             gracefulRestart(p, extraEnv: ["COHORT_FAULT": "fsync-fail:\(k)"])
         default:
             break
@@ -427,11 +427,11 @@ final class ScenarioRun: @unchecked Sendable {
         lock.lock(); firedFaults.insert(index); lock.unlock()
     }
 
-    private func restartLater(_ p: String, afterMs: Int64) {
+    private func restartLater(_ p: String, afterMs: Int64, env: [String: String] = [:]) {
         schedule(at: Date().addingTimeInterval(Double(afterMs) / 1000), "restart \(p)") { [self] in
             lock.lock(); let refused = startFailures[p] != nil; lock.unlock()
             if refused { return }
-            startProcess(p)
+            startProcess(p, extraEnv: env)
         }
     }
 
@@ -453,7 +453,7 @@ final class ScenarioRun: @unchecked Sendable {
                 let f = scenario.faults[arm.fault]
                 markFired(arm.fault)
                 switch f.kind {
-                case .crashPoint(_, _, _, let r), .fsyncFail(_, _, let r): restartAfter = r
+                case .crashPoint(_, _, _, let r, _), .fsyncFail(_, _, let r): restartAfter = r
                 default: break
                 }
                 event("\(name) exited with status \(status) (\(f.kind.name) \(arm.env.values.joined()))" + (tail.isEmpty ? "" : ": \(tail)"))
@@ -470,7 +470,13 @@ final class ScenarioRun: @unchecked Sendable {
                 if case .corruptRecord(_, _, let r) = scenario.faults[d].kind { restartAfter = max(restartAfter, r) }
                 if case .wipeData(_, _, let r) = scenario.faults[d].kind { restartAfter = max(restartAfter, r) }
             }
-            restartLater(name, afterMs: restartAfter)
+            if let arm, arm.times > 1 {
+                // Armed again for its next start (crash_point "times").
+                lock.lock(); armed[name] = (arm.env, arm.fault, arm.times - 1); lock.unlock()
+                restartLater(name, afterMs: restartAfter, env: arm.env)
+            } else {
+                restartLater(name, afterMs: restartAfter)
+            }
         }
     }
 
@@ -563,6 +569,7 @@ final class ScenarioRun: @unchecked Sendable {
         lock.unlock()
         var counts: [Int: Int] = [:]
         for p in proxies.values { for (k, v) in p.actedCounts() { counts[k, default: 0] += v } }
+        for (link, p) in proxies.sorted(by: { $0.key < $1.key }) { event("proxy \(link) forwarded \(p.forwardedCount) requests untouched") }
         var notFired: [String] = []
         for (i, f) in scenario.faults.enumerated() {
             switch f.kind {

@@ -59,7 +59,7 @@ public struct Scenario: Sendable {
     }
 
     public enum FaultKind: Sendable {
-        case crashPoint(process: String, point: String, k: Int, restartAfterMs: Int64)
+        case crashPoint(process: String, point: String, k: Int, restartAfterMs: Int64, times: Int)
         case kill(process: String, restartAfterMs: Int64)
         case randomKills(processes: [String], count: Int, minGapMs: Int64, restartAfterMs: Int64)
         case pause(process: String, durationMs: Int64)
@@ -312,7 +312,7 @@ struct Parser {
         }
         switch kindName {
         case "crash_point":
-            let k = try object(o[kindName], path, allowed: ["process", "point", "k", "restart_after"])
+            let k = try object(o[kindName], path, allowed: ["process", "point", "k", "restart_after", "times"])
             let process = try self.process(k, "process", path, t)
             let point = try string(k, "point", path, required: true)!
             let prefix = process == "coordinator" ? "coordinator." : "agent."
@@ -320,7 +320,8 @@ struct Parser {
                 throw fail("\(path).point", "a crash point of \(process) starts with \"\(prefix)\" (see COHORT_CRASHPOINT=list), got \"\(point)\"")
             }
             kind = .crashPoint(process: process, point: point, k: try int(k, "k", path, range: 1...1_000_000) ?? 1,
-                               restartAfterMs: try duration(k, "restart_after", path) ?? restartDefault)
+                               restartAfterMs: try duration(k, "restart_after", path) ?? restartDefault,
+                               times: try int(k, "times", path, range: 1...100) ?? 1)
         case "kill":
             let k = try object(o[kindName], path, allowed: ["process", "restart_after"])
             kind = .kill(process: try process(k, "process", path, t), restartAfterMs: try duration(k, "restart_after", path) ?? restartDefault)
