@@ -13,8 +13,8 @@ import Foundation
 /// - `delay`: held for the rule's delay, then forwarded.
 /// - `duplicate`: forwarded twice on the upstream connection; the first response is returned.
 /// - `blackhole`: a partition. The request is held and never forwarded; once the window closes
-///   the client connection is closed. A response arriving while a blackhole window is open is
-///   swallowed the same way.
+///   the client connection is closed. A response arriving while a blackhole window is open (for
+///   a request the window's `match` covers) is swallowed the same way.
 ///
 /// Each accepted connection gets a thread and its own upstream connection. Chunked bodies are not
 /// supported (Cohort's servers and clients always send Content-Length).
@@ -132,9 +132,13 @@ public final class FaultProxy: @unchecked Sendable {
         return nil
     }
 
-    private func blackholeActive(now: Date = Date()) -> Rule? {
+    /// A blackhole window open now that covers this request (its match, probability 1): the
+    /// response to it is swallowed too.
+    private func blackholeActive(text: String, now: Date = Date()) -> Rule? {
         lock.lock(); defer { lock.unlock() }
-        return rules.first { $0.action == .blackhole && $0.start <= now && now < $0.end }
+        return rules.first {
+            $0.action == .blackhole && $0.probability >= 1 && $0.start <= now && now < $0.end && ($0.match.map { text.contains($0) } ?? true)
+        }
     }
 
     private func holdUntil(_ end: Date) {
@@ -178,7 +182,7 @@ public final class FaultProxy: @unchecked Sendable {
                       upstreamReader.next(from: upstream!, isResponse: true, timeoutMs: 30_000) != nil else { return }
             }
             if rule?.action == .dropResponse { return }
-            if let hole = blackholeActive() {
+            if let hole = blackholeActive(text: text) {
                 holdUntil(hole.end)
                 return
             }
