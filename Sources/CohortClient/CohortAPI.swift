@@ -90,7 +90,13 @@ public struct WorkOp: Codable, Sendable {
 
 public struct WorkRequestBody: Codable, Sendable {
     public let txid: String
+    /// Idempotency key: a retried request with the same id is staged once.
+    public let requestID: String?
     public let ops: [WorkOp]
+    enum CodingKeys: String, CodingKey {
+        case txid, ops
+        case requestID = "request_id"
+    }
 }
 
 public struct WorkAnswer: Codable, Sendable {
@@ -198,8 +204,10 @@ public final class CohortAPI {
 
     // MARK: - agents
 
-    public func agentWork(_ agentURL: String, _ txid: String, _ ops: [WorkOp]) throws -> WorkAnswer {
-        try call("POST", agentURL + "/v1/work", body: CohortAPI.encode(WorkRequestBody(txid: txid, ops: ops)), as: WorkAnswer.self)
+    /// Stages `ops` at an agent. `requestID` makes the call safe to repeat (the HTTP client
+    /// reconnects and resends once when a kept-alive connection turns out closed).
+    public func agentWork(_ agentURL: String, _ txid: String, _ ops: [WorkOp], requestID: String? = nil) throws -> WorkAnswer {
+        try call("POST", agentURL + "/v1/work", body: CohortAPI.encode(WorkRequestBody(txid: txid, requestID: requestID ?? UUID().uuidString, ops: ops)), as: WorkAnswer.self)
     }
 
     /// The last committed value of `key`; nil when absent.

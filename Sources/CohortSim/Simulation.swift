@@ -28,11 +28,21 @@ public final class Simulation {
         public var partitions = false
         /// Check at some crashes that a flipped bit in an old record stops recovery.
         public var bitFlipChecks = false
+        /// The commit protocol the clients ask for. Classic 3PC is drawn only for runs without
+        /// message loss or partitions: it is safe only where a silent site has really failed.
+        public var commitProtocol: CommitProtocol = .twoPhase
 
         public var description: String {
-            "loss \(lossPercent)% dup \(duplicatePercent)% delay≤\(delayUsMax)µs crashes " +
+            "\(protocolName) loss \(lossPercent)% dup \(duplicatePercent)% delay≤\(delayUsMax)µs crashes " +
                 (crashEveryUs == 0 ? "off" : "every~\(crashEveryUs / 1000)ms\(tornCrashes ? " torn" : "")") +
                 " fsync-fail \(fsyncFailurePercent)% partitions \(partitions ? "on" : "off")"
+        }
+
+        public var protocolName: String {
+            switch commitProtocol {
+            case .twoPhase: return "2pc"
+            case .threePhase(let t): return "3pc-\(t.rawValue)"
+            }
         }
 
         public static func draw(_ rng: inout SplitMix64) -> Faults {
@@ -46,6 +56,15 @@ public final class Simulation {
             f.fsyncFailurePercent = Int(rng.next() % 30)
             f.partitions = rng.next() % 2 == 0
             f.bitFlipChecks = rng.next() % 3 == 0
+            switch rng.next() % 10 {
+            case 0..<5: f.commitProtocol = .twoPhase
+            case 5..<8: f.commitProtocol = .threePhase(.quorum)
+            default:
+                f.commitProtocol = .threePhase(.classic)
+                f.lossPercent = 0
+                f.duplicatePercent = 0
+                f.partitions = false
+            }
             return f
         }
     }
@@ -58,7 +77,7 @@ public final class Simulation {
         public var initialBalance: Int64 = 100
         /// Faults happen during this phase; then the network heals, every node is restarted and
         /// the run must finish every transaction within `livenessBudgetUs`.
-        public var faultPhaseUs: Int64 = 3_000_000
+        public var faultPhaseUs: Int64 = 5_000_000
         public var livenessBudgetUs: Int64 = 120_000_000
         public var transactionTimeoutMs: Int64 = 1_000
         public var faults: Faults
@@ -186,6 +205,11 @@ public final class Simulation {
     }
 
     func accountKey(_ i: Int) -> String { "acct-\(i)" }
+
+    /// Why clients' transfers aborted, for tuning and for `--trace`.
+    public func abortReasons() -> [String: Int] {
+        clients.reduce(into: [:]) { acc, c in for (k, v) in c.abortReasons { acc[k, default: 0] += v } }
+    }
 
     // MARK: events
 
