@@ -136,9 +136,11 @@ public final class FaultProxy: @unchecked Sendable {
     /// response to it is swallowed too.
     private func blackholeActive(text: String, now: Date = Date()) -> Rule? {
         lock.lock(); defer { lock.unlock() }
-        return rules.first {
+        let hole = rules.first {
             $0.action == .blackhole && $0.probability >= 1 && $0.start <= now && now < $0.end && ($0.match.map { text.contains($0) } ?? true)
         }
+        if let hole { counts[hole.faultIndex, default: 0] += 1 }
+        return hole
     }
 
     private func holdUntil(_ end: Date) {

@@ -233,7 +233,7 @@ struct Parser {
             checks = try list.enumerated().map { try check($1, "checks[\($0)]", topology) }
         }
         return Scenario(file: file, name: name, description: description, topology: topology, workload: workload,
-                        faults: faults.sorted { $0.atMs < $1.atMs }, checks: checks)
+                        faults: faults, checks: checks)
     }
 
     func topology(_ v: JSONValue?) throws -> Scenario.Topology {
