@@ -72,6 +72,31 @@ final class SimClient {
         }
     }
 
+    /// One transaction across every agent (a marker key on each), for scripted schedules.
+    func threeWayTransfer(termination: Termination, done: @escaping (String, String) -> Void) {
+        let body = JSONBody.encode(BeginRequest(protocol: "3pc", timeoutMs: 5_000, termination: termination.rawValue))
+        call("POST", "http://coordinator:1/v1/transactions", body) { [unowned self] status, body in
+            guard status == 201, let begun = try? JSONDecoder().decode(BeginResponse.self, from: Data(body)) else { return done("", "begin failed") }
+            var remaining = self.simulation.agentNames
+            func step() {
+                guard let agent = remaining.first else {
+                    return self.call("POST", "http://coordinator:1/v1/transactions/\(begun.txid)/commit", []) { status, body in
+                        let outcome = (try? JSONDecoder().decode(OutcomeResponse.self, from: Data(body)))?.outcome
+                        done(begun.txid, status == 200 ? (outcome ?? "?") : "no answer")
+                    }
+                }
+                remaining.removeFirst()
+                let work = "{\"txid\":\"\(begun.txid)\",\"request_id\":\"w\",\"ops\":[{\"op\":\"set\",\"key\":\"tx/\(begun.txid)\",\"value\":1}]}"
+                self.call("POST", "http://\(agent):1/v1/work", Array(work.utf8)) { status, _ in
+                    guard status == 200 else { return done(begun.txid, "work failed \(status)") }
+                    step()
+                }
+            }
+            done(begun.txid, "pending")
+            step()
+        }
+    }
+
     /// Starts the next transfer, or goes idle once faults have stopped.
     func next() {
         guard !stopping else {

@@ -129,8 +129,13 @@ public final class Simulation {
     var agentNames: [String] = []
     /// Directed links cut by a partition: "from>to".
     var cut: Set<String> = []
+    /// Scripted schedules: drop chosen messages, act when one is delivered.
+    var dropRule: ((_ from: String, _ to: String, _ path: String) -> Bool)?
+    var onDeliver: ((_ from: String, _ to: String, _ path: String) -> Void)?
+    /// Scripted runs drive their own client instead of the random workload.
+    var scriptedClient: ((Simulation) -> Void)?
     private var clients: [SimClient] = []
-    private var setupClient: SimClient?
+    var setupClient: SimClient?
     let coordinatorID = "5e1f0000"
 
     public init(config: Config) {
@@ -194,6 +199,11 @@ public final class Simulation {
         healed = false
         faultPhaseStartUs = nowUs
         trace("fault phase starts: \(config.faults)")
+        if let script = scriptedClient {
+            script(self)
+            schedule(afterUs: config.faultPhaseUs, "faults stop; heal and restart everything") { [unowned self] in self.heal() }
+            return
+        }
         for i in 0..<config.clients {
             let client = SimClient(index: i, simulation: self)
             clients.append(client)
@@ -444,4 +454,59 @@ struct EventQueue {
     }
 
     private func less(_ a: Event, _ b: Event) -> Bool { (a.atUs, a.seq) < (b.atUs, b.seq) }
+}
+
+// MARK: - the pre-commit partition schedule (issue: 3PC partition safety)
+
+extension Simulation {
+    public struct PartitionResult: CustomStringConvertible {
+        public let txid: String
+        /// Each participant's outcome for the transaction (nil: still undecided).
+        public let outcomes: [String: Outcome]
+        public let coordinatorState: String
+        public let clientAnswer: String
+        public var split: Bool { Set(outcomes.values).count > 1 }
+        public var description: String {
+            "\(txid): " + outcomes.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.rawValue)" }.joined(separator: " ")
+                + "; coordinator \(coordinatorState); client was told \(clientAnswer)"
+        }
+    }
+
+    /// One coordinator, three participants, all vote yes; the pre-commit reaches only the first
+    /// (a), then the network splits into {coordinator, a} and {b, c}; it heals after the fault
+    /// phase. Classic 3PC splits the outcome (coordinator and a commit, b and c abort); quorum
+    /// 3PC must not.
+    public static func precommitPartition(termination: Termination, seed: UInt64 = 1) -> PartitionResult {
+        var config = Config(seed: seed)
+        config.agents = 3
+        config.faults = Faults()
+        config.faults.commitProtocol = .threePhase(termination)
+        config.faultPhaseUs = 20_000_000
+        let sim = Simulation(config: config)
+        var txid = ""
+        var answer = "nothing"
+        sim.dropRule = { from, to, path in
+            from == "coordinator" && (to == "b" || to == "c") && path == "/v1/3pc/precommit"
+        }
+        sim.onDeliver = { [unowned sim] from, to, path in
+            guard from == "coordinator", to == "a", path == "/v1/3pc/precommit", sim.cut.isEmpty else { return }
+            for x in ["coordinator", "a"] { for y in ["b", "c"] { sim.cut.insert("\(x)>\(y)"); sim.cut.insert("\(y)>\(x)") } }
+            sim.trace("PARTITION {coordinator, a} | {b, c}")
+        }
+        sim.scriptedClient = { sim in
+            let client = SimClient(index: 0, simulation: sim)
+            sim.setupClient = client
+            client.threeWayTransfer(termination: termination) { id, told in
+                txid = id
+                answer = told
+            }
+        }
+        _ = sim.run()
+        var outcomes: [String: Outcome] = [:]
+        for agent in sim.agentNames {
+            if let o = sim.nodes[agent]?.agent?.machine.finishedOutcomes[txid] { outcomes[agent] = o }
+        }
+        let coordinatorState = TxID(txid).flatMap { sim.nodes["coordinator"]?.coordinator?.machine.transaction($0)?.state.rawValue } ?? "unknown"
+        return PartitionResult(txid: txid, outcomes: outcomes, coordinatorState: coordinatorState, clientAnswer: answer)
+    }
 }

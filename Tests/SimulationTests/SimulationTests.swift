@@ -74,3 +74,24 @@ final class SimulationMany: XCTestCase {
         XCTAssertEqual(status, 0)
     }
 }
+
+/// The partition schedule of Skeen's 3PC: the pre-commit reaches only participant a, then
+/// {coordinator, a} | {b, c}. Classic termination splits the outcome — the anomaly this test
+/// declares as expected; quorum termination must not split.
+final class ThreePhasePartitionTests: XCTestCase {
+    func testClassicTerminationSplitsUnderThePartition() {
+        let result = Simulation.precommitPartition(termination: .classic)
+        print("classic:", result)
+        XCTAssertEqual(result.outcomes["a"], .committed, "\(result)")
+        XCTAssertEqual(result.outcomes["b"], .aborted, "\(result)")
+        XCTAssertEqual(result.outcomes["c"], .aborted, "\(result)")
+        XCTAssertTrue(result.split)
+    }
+
+    func testQuorumTerminationDoesNotSplit() {
+        let result = Simulation.precommitPartition(termination: .quorum)
+        print("quorum:", result)
+        XCTAssertEqual(result.outcomes.count, 3, "every participant decided once healed: \(result)")
+        XCTAssertFalse(result.split, "\(result)")
+    }
+}
