@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "cohort-quickstart", targets: ["cohort-quickstart"]),
         .executable(name: "txbench", targets: ["txbench"]),
         .executable(name: "txctl", targets: ["txctl"]),
+        .executable(name: "txscenario", targets: ["txscenario"]),
     ],
     targets: [
         // SQLite from Debian's libsqlite3-dev.
@@ -42,12 +43,16 @@ let package = Package(
         // txctl's commands, rendering and log tools (no printing: output goes to injected sinks).
         .target(name: "CohortCtl", dependencies: ["CohortCore", "CohortHTTP", "CohortLog"]),
         .executableTarget(name: "txctl", dependencies: ["CohortCtl", "CohortPosix"]),
+        // The scenario runner: real processes, a fault-injecting proxy, crash points and disk faults.
+        .target(name: "CohortScenario", dependencies: ["CohortClient", "CohortCore", "CohortHTTP", "CohortLog", "CohortPosix"]),
+        .executableTarget(name: "txscenario", dependencies: ["CohortScenario", "CohortSim", "CohortPosix"]),
         .testTarget(name: "CohortCoreTests", dependencies: ["CohortCore"]),
         .testTarget(name: "SimulationTests", dependencies: ["CohortSim"]),
         .testTarget(name: "CohortLogTests", dependencies: ["CohortLog"]),
         .testTarget(name: "CohortHTTPTests", dependencies: ["CohortHTTP"]),
         .testTarget(name: "CohortKVTests", dependencies: ["CohortKV"]),
         .testTarget(name: "IntegrationTests", dependencies: ["CohortClient", "CohortCore"]),
+        .testTarget(name: "ScenarioTests", dependencies: ["CohortScenario", "CohortClient", "CohortPosix"]),
         .testTarget(name: "TxctlTests", dependencies: ["CohortCtl", "CohortClient", "CohortCore", "CohortLog", "CohortHTTP"], exclude: ["Golden"]),
     ],
     swiftLanguageModes: [.v5]
