@@ -12,6 +12,9 @@ let package = Package(
         .executable(name: "cohort-quickstart", targets: ["cohort-quickstart"]),
         .executable(name: "txbench", targets: ["txbench"]),
         .executable(name: "txctl", targets: ["txctl"]),
+        .executable(name: "cohort-relay", targets: ["cohort-relay"]),
+        .executable(name: "outbox-demo-producer", targets: ["outbox-demo-producer"]),
+        .executable(name: "outbox-demo-consumer", targets: ["outbox-demo-consumer"]),
     ],
     targets: [
         // SQLite from Debian's libsqlite3-dev.
@@ -42,6 +45,13 @@ let package = Package(
         // txctl's commands, rendering and log tools (no printing: output goes to injected sinks).
         .target(name: "CohortCtl", dependencies: ["CohortCore", "CohortHTTP", "CohortLog"]),
         .executableTarget(name: "txctl", dependencies: ["CohortCtl", "CohortPosix"]),
+        // The local-message-table outbox: producer API, relay (state machine + runtime), sinks
+        // (HTTP, Redis Streams over our own RESP client), inbox, admin API.
+        .target(name: "CohortOutbox", dependencies: ["CohortCore", "CohortPosix", "CohortHTTP", "CSQLite"]),
+        .executableTarget(name: "cohort-relay", dependencies: ["CohortOutbox"]),
+        .executableTarget(name: "outbox-demo-producer", dependencies: ["CohortOutbox"]),
+        .executableTarget(name: "outbox-demo-consumer", dependencies: ["CohortOutbox"]),
+        .testTarget(name: "OutboxTests", dependencies: ["CohortOutbox", "CohortClient", "CohortCore", "CohortHTTP"]),
         .testTarget(name: "CohortCoreTests", dependencies: ["CohortCore"]),
         .testTarget(name: "SimulationTests", dependencies: ["CohortSim"]),
         .testTarget(name: "CohortLogTests", dependencies: ["CohortLog"]),
