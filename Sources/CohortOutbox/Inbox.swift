@@ -22,6 +22,9 @@ public final class Inbox {
     public let consumer: String
     /// The database's outbox name when opened `withOutbox`.
     public let outboxSource: String?
+    /// Since this Inbox was opened: messages applied, and redeliveries skipped as duplicates.
+    public private(set) var appliedCount = 0
+    public private(set) var duplicateCount = 0
 
     public init(path: String, consumer: String, sync: SyncMode = .full, withOutbox: Bool = false) throws {
         guard !consumer.isEmpty, consumer.utf8.count <= Limits.outboxKeyBytesMax else {
@@ -78,6 +81,9 @@ public final class Inbox {
                 }
             }
             return out
+        }
+        for r in results {
+            if r.status == "applied" { appliedCount += 1 } else if r.status == "duplicate" { duplicateCount += 1 }
         }
         CrashPoints.hit("inbox.after-commit")
         return results

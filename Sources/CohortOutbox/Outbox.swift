@@ -122,6 +122,9 @@ public final class OutboxTransaction {
         return try connection.query(sql, params)
     }
 
+    /// The rowid of the last row this connection inserted (e.g. an AUTOINCREMENT business id).
+    public var lastInsertRowID: Int64 { connection.lastInsertRowID }
+
     /// Adds a message; it becomes visible to the relay when (and only if) the transaction commits.
     /// Returns its id.
     @discardableResult

@@ -19,6 +19,8 @@ public final class RedisStreamReader {
     public var blockMs: Int64 = Limits.redisBlockMs
     /// Problems worth logging (connection lost, failed effects); the library never prints.
     public var onProblem: ((String) -> Void)?
+    /// Called (on the reader's thread) with each batch's results after its local commit.
+    public var onBatch: (([InboxResult]) -> Void)?
     private let lock = PosixConditionLock()
     private var stopped = false
     private let effect: (OutboxTransaction, WireMessage) throws -> Void
@@ -131,6 +133,7 @@ public final class RedisStreamReader {
         guard !entries.isEmpty else { return }
         let messages = entries.compactMap { $0.1 }
         let results = try inbox.apply(messages, effect)
+        onBatch?(results)
         var ack: [String] = []
         var j = 0
         for (sid, m) in entries {
