@@ -51,7 +51,7 @@ let package = Package(
         .executableTarget(name: "cohort-relay", dependencies: ["CohortOutbox"]),
         .executableTarget(name: "outbox-demo-producer", dependencies: ["CohortOutbox"]),
         .executableTarget(name: "outbox-demo-consumer", dependencies: ["CohortOutbox"]),
-        .testTarget(name: "OutboxTests", dependencies: ["CohortOutbox", "CohortClient", "CohortCore", "CohortHTTP"]),
+        .testTarget(name: "OutboxTests", dependencies: ["CohortOutbox", "CohortClient", "CohortCore", "CohortHTTP", "CohortPosix", "CohortCtl"]),
         .testTarget(name: "CohortCoreTests", dependencies: ["CohortCore"]),
         .testTarget(name: "SimulationTests", dependencies: ["CohortSim"]),
         .testTarget(name: "CohortLogTests", dependencies: ["CohortLog"]),
