@@ -101,6 +101,9 @@ public enum Limits {
     public static let stringValueBytesMax = 64 << 10
     public static let scanItemsMax = 10_000
     // MARK: outbox
+    /// How long an outbox, relay or inbox connection waits for SQLite's write lock before
+    /// `OutboxDatabaseError.isBusy`.
+    public static let outboxBusyTimeoutMs: Int32 = 10_000
     /// Messages one relay batch (one sink call: one HTTP POST, one Redis pipeline) carries.
     public static let outboxBatchMessagesMax = 1_000
     /// Sink batches in flight at once per relay.

@@ -1,4 +1,5 @@
 import CSQLite
+import CohortCore
 
 /// Why an outbox, inbox or relay database call failed.
 public struct OutboxDatabaseError: Error, CustomStringConvertible, Equatable {
@@ -47,7 +48,7 @@ public final class SQLiteConnection {
     private var cache: [String: OpaquePointer] = [:]
     private(set) var inTransaction = false
 
-    public init(path: String, sync: SyncMode = .full, busyTimeoutMs: Int32 = 5_000) throws {
+    public init(path: String, sync: SyncMode = .full, busyTimeoutMs: Int32 = Limits.outboxBusyTimeoutMs) throws {
         self.path = path
         var handle: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX

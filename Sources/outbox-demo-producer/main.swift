@@ -117,21 +117,29 @@ do {
                     let key = "k\(n % keys)"
                     let rollback = rollbackEvery.map { n % $0 == 0 } ?? false
                     let poison = poisonEvery.map { n % $0 == 0 } ?? false
-                    do {
-                        try outbox.transaction { tx in
-                            let seq = (try tx.query("SELECT seq FROM key_seq WHERE key = ?1", [.text(key)]).first?.first?.int ?? 0) + 1
-                            let now = SystemClock.wallMs()
-                            try tx.execute("INSERT INTO key_seq(key, seq) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET seq = excluded.seq",
-                                           [.text(key), .int(seq)])
-                            try tx.execute("INSERT INTO orders(key, seq, created_ms) VALUES(?1, ?2, ?3)", [.text(key), .int(seq), .int(now)])
-                            let order = tx.lastInsertRowID
-                            let payload = #"{"order":\#(order),"key":"\#(key)","seq":\#(seq),"rollback":\#(rollback),"poison":\#(poison),"pad":"\#(padding)"}"#
-                            try tx.enqueue(topic: "orders", key: key, payload: payload, nowMs: now)
-                            if rollback { throw Rollback() }
+                    while true {
+                        do {
+                            try outbox.transaction { tx in
+                                let seq = (try tx.query("SELECT seq FROM key_seq WHERE key = ?1", [.text(key)]).first?.first?.int ?? 0) + 1
+                                let now = SystemClock.wallMs()
+                                try tx.execute("INSERT INTO key_seq(key, seq) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET seq = excluded.seq",
+                                               [.text(key), .int(seq)])
+                                try tx.execute("INSERT INTO orders(key, seq, created_ms) VALUES(?1, ?2, ?3)", [.text(key), .int(seq), .int(now)])
+                                let order = tx.lastInsertRowID
+                                let payload = #"{"order":\#(order),"key":"\#(key)","seq":\#(seq),"rollback":\#(rollback),"poison":\#(poison),"pad":"\#(padding)"}"#
+                                try tx.enqueue(topic: "orders", key: key, payload: payload, nowMs: now)
+                                if rollback { throw Rollback() }
+                            }
+                            counter.lock.withLock { counter.committed += 1 }
+                            break
+                        } catch is Rollback {
+                            counter.lock.withLock { counter.rolledBack += 1 }
+                            break
+                        } catch let e as OutboxDatabaseError where e.isBusy {
+                            // Lost the race for the write lock for too long: nothing was written; try again.
+                            FileHandle.standardError.write(Data("producer: \(e); retrying\n".utf8))
+                            continue
                         }
-                        counter.lock.withLock { counter.committed += 1 }
-                    } catch is Rollback {
-                        counter.lock.withLock { counter.rolledBack += 1 }
                     }
                 }
                 outbox.close()
