@@ -182,13 +182,17 @@ public final class OutboxStore {
 
     /// Extends the lease if `token` still holds it.
     public func renewLease(holder: String, token: Int64, nowMs: Int64, ttlMs: Int64) throws -> Bool {
-        try connection.run("UPDATE outbox_lease SET expires_ms = ?1 WHERE id = 1 AND holder = ?2 AND token = ?3",
-                           [.int(nowMs + ttlMs), .text(holder), .int(token)]) == 1
+        try connection.transaction {
+            try connection.run("UPDATE outbox_lease SET expires_ms = ?1 WHERE id = 1 AND holder = ?2 AND token = ?3",
+                               [.int(nowMs + ttlMs), .text(holder), .int(token)]) == 1
+        }
     }
 
     public func releaseLease(holder: String, token: Int64) throws {
-        try connection.run("UPDATE outbox_lease SET expires_ms = 0, holder = '' WHERE id = 1 AND holder = ?1 AND token = ?2",
-                           [.text(holder), .int(token)])
+        try connection.transaction {
+            _ = try connection.run("UPDATE outbox_lease SET expires_ms = 0, holder = '' WHERE id = 1 AND holder = ?1 AND token = ?2",
+                                   [.text(holder), .int(token)])
+        }
     }
 
     // MARK: reading
@@ -243,9 +247,11 @@ public final class OutboxStore {
 
     /// Deletes up to `limit` rows delivered before `beforeMs`; how many it deleted.
     public func cleanup(deliveredBeforeMs: Int64, limit: Int) throws -> Int {
-        try connection.run(
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = 1 AND delivered_ms < ?1 LIMIT ?2)",
-            [.int(deliveredBeforeMs), .int(Int64(limit))])
+        try connection.transaction {
+            try connection.run(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = 1 AND delivered_ms < ?1 LIMIT ?2)",
+                [.int(deliveredBeforeMs), .int(Int64(limit))])
+        }
     }
 
     // MARK: admin

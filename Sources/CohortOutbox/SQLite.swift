@@ -1,5 +1,6 @@
 import CSQLite
 import CohortCore
+import CohortPosix
 
 /// Why an outbox, inbox or relay database call failed.
 public struct OutboxDatabaseError: Error, CustomStringConvertible, Equatable {
@@ -47,9 +48,19 @@ public final class SQLiteConnection {
     private(set) var db: OpaquePointer?
     private var cache: [String: OpaquePointer] = [:]
     private(set) var inTransaction = false
+    /// Taken around every `transaction` (file `PATH-writelock`): SQLite's own busy handler polls
+    /// with growing sleeps, so under a steady stream of producer commits a relay could wait
+    /// seconds for the write lock; waiters on this lock are woken by the kernel on release.
+    private let writeLock: FileLock?
 
-    public init(path: String, sync: SyncMode = .full, busyTimeoutMs: Int32 = Limits.outboxBusyTimeoutMs) throws {
+    public init(path: String, sync: SyncMode = .full, busyTimeoutMs: Int32 = Limits.outboxBusyTimeoutMs,
+                fairWriteLock: Bool = true) throws {
         self.path = path
+        do {
+            writeLock = fairWriteLock ? try FileLock(path: path + "-writelock") : nil
+        } catch {
+            throw OutboxDatabaseError(code: SQLITE_CANTOPEN, message: "\(error)", context: "opening the write lock of \(path)")
+        }
         var handle: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
         let rc = sqlite3_open_v2(path, &handle, flags, nil)
@@ -203,6 +214,12 @@ public final class SQLiteConnection {
     /// write lock at the start, so two writers never deadlock upgrading from a read.
     public func transaction<T>(_ body: () throws -> T) throws -> T {
         precondition(!inTransaction, "nested SQLiteConnection.transaction")
+        if let writeLock {
+            do { try writeLock.lock() } catch {
+                throw OutboxDatabaseError(code: SQLITE_IOERR, message: "\(error)", context: "taking the write lock of \(path)")
+            }
+        }
+        defer { writeLock?.unlock() }
         try run("BEGIN IMMEDIATE")
         inTransaction = true
         defer { inTransaction = false }
