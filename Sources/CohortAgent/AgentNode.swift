@@ -26,15 +26,19 @@ public final class AgentNode {
         "agent.after-abort-logged",
         "agent.before-inquiry-send",
         "agent.after-inquiry-send",
+        "agent.before-precommit-logged",
+        "agent.after-precommit-logged",
+        "agent.after-precommit-ack-sent",
     ]
 
-    static let messageTypes = ["register", "vote", "ack", "inquiry", "heuristic"]
+    static let messageTypes = ["register", "vote", "ack", "inquiry", "heuristic", "pre-commit-ack", "state-query", "pre-commit", "pre-abort", "commit", "abort"]
 
     /// What a forced record, once durable, lets the state machine do.
     private enum Pending {
         case prepared(String)
         case committed(String)
         case heuristic(String)
+        case preRecord(String)
     }
 
     private let environment: NodeEnvironment
@@ -60,7 +64,9 @@ public final class AgentNode {
     /// Registrations to the coordinator, batched when many are in flight.
     private lazy var registrations = BatchingSender(environment: environment)
     /// Where each branch's forced records landed, for the white-box durability check.
-    private var preparedLSN: [String: UInt64] = [:]
+    /// Per branch, by kind ("prepared", "pre", "commit"): the LSN of the record that backs
+    /// the answers of that kind.
+    private var backingLSN: [String: [String: UInt64]] = [:]
 
     /// Recovers from what the log held — re-applies durable commits the store may lack and
     /// re-takes the locks of in-doubt branches — before the node serves anything; inquiries
@@ -92,7 +98,7 @@ public final class AgentNode {
         for action in recoveryActions {
             switch action {
             case .restoreLocks(let txid, let writeSet): try resource.restoreInDoubt(txid: txid, writeSet: writeSet)
-            case .inquire: startupInquiries.append(action)
+            case .inquire, .setTimer: startupInquiries.append(action)
             default: break
             }
         }
@@ -143,6 +149,9 @@ public final class AgentNode {
                 actions += machine.on(.commitDurable(txid, lsn: recordLSN))
             case .heuristic(let txid):
                 actions += machine.on(.heuristicDurable(txid, lsn: recordLSN))
+            case .preRecord(let txid):
+                CrashPoints.hit("agent.after-precommit-logged")
+                actions += machine.on(.preRecordDurable(txid))
             }
         }
         // One store transaction for every commit this sync made durable.
@@ -182,7 +191,7 @@ public final class AgentNode {
         var finishedInBatch: [String] = []
         defer {
             for txid in finishedInBatch {
-                preparedLSN.removeValue(forKey: txid)
+                backingLSN.removeValue(forKey: txid)
                 workReplies.removeValue(forKey: txid)
             }
         }
@@ -202,6 +211,10 @@ public final class AgentNode {
                 inquire(txid, url)
             case .reportHeuristic(let txid, let url, let outcome):
                 reportHeuristic(txid, url, outcome, attempt: 1)
+            case .queryPeer(let txid, let peer, let round):
+                queryPeer(txid, peer, round)
+            case .sendToPeer(let txid, let peer, let message):
+                sendToPeer(txid, peer, message)
             case .setTimer(let timer, let afterMs):
                 timers.set(timer, afterMs: afterMs) { [unowned self] in self.feed(.timerFired($0)) }
             case .cancelTimer(let timer):
@@ -219,14 +232,16 @@ public final class AgentNode {
         case .prepared: CrashPoints.hit("agent.before-prepared-logged")
         case .committed, .committedOnePhase: CrashPoints.hit("agent.before-commit-logged")
         case .aborted: CrashPoints.hit("agent.before-abort-logged")
-        case .heuristic, .heuristicResolved: break
+        case .preCommitted: CrashPoints.hit("agent.before-precommit-logged")
+        case .heuristic, .heuristicResolved, .preAborted: break
         }
         let lsn: UInt64
         do {
             lsn = try log.append(type: encoded.type, payload: encoded.payload, force: force)
         } catch let full as LogFullError {
             switch record {
-            case .prepared(let txid, _, _), .committed(let txid), .committedOnePhase(let txid, _):
+            case .prepared(let txid, _, _, _), .committed(let txid), .committedOnePhase(let txid, _),
+                 .preCommitted(let txid), .preAborted(let txid):
                 feed(.recordRefused(txid, reason: "\(full)"))
             case .heuristic(let txid, _, _, _, _):
                 feed(.recordRefused(txid, reason: "\(full)"))
@@ -241,15 +256,18 @@ public final class AgentNode {
             return
         }
         switch record {
-        case .prepared(let txid, _, _):
-            preparedLSN[txid] = lsn
+        case .preCommitted(let txid), .preAborted(let txid):
+            backingLSN[txid, default: [:]]["pre"] = lsn
+            pending.append(lsn: lsn, .preRecord(txid))
+        case .prepared(let txid, _, _, _):
+            backingLSN[txid, default: [:]]["prepared"] = lsn
             pending.append(lsn: lsn, .prepared(txid))
             if environment.testOnlyBreak == .voteBeforeDurable {
                 // TEST ONLY (debug builds): vote without waiting for the record to be durable.
                 environment.execute { [weak self] in self?.feed(.preparedDurable(txid)) }
             }
         case .committed(let txid), .committedOnePhase(let txid, _):
-            preparedLSN[txid] = lsn
+            backingLSN[txid, default: [:]]["commit"] = lsn
             machine.noteCommitAppended(txid, lsn: lsn)
             pending.append(lsn: lsn, .committed(txid))
         case .heuristic(let txid, _, _, _, _):
@@ -265,15 +283,18 @@ public final class AgentNode {
     private func respond(_ id: RequestID, _ reply: Participant.Reply) {
         guard let responder = requests.take(id) else { return }
         let txid = pendingTxid(id)
+        // A yes vote, a pre-record acknowledgement or a commit acknowledgement must be backed by
+        // a durable record of its kind. (Repeated answers for branches finished earlier are
+        // backed by records made durable then.)
+        let backing: (message: String, kind: String)?
         switch reply {
-        case .vote(.yes), .acknowledged, .outcome(.committed, _):
-            // A yes vote or an acknowledgement must be backed by a durable record. (Repeated
-            // answers for branches finished earlier are backed by records made durable then.)
-            if let lsn = preparedLSN[txid] {
-                environment.checkBacked(reply == .acknowledged ? "ack" : "vote", txid: txid, lsn: lsn, durableLSN: log.durableLSN)
-            }
-        default:
-            break
+        case .vote(.yes): backing = ("vote", "prepared")
+        case .preCommitted, .preAborted: backing = ("pre-record ack", "pre")
+        case .acknowledged, .outcome(.committed, _): backing = ("ack", "commit")
+        default: backing = nil
+        }
+        if let backing, let lsn = backingLSN[txid]?[backing.kind] {
+            environment.checkBacked(backing.message, txid: txid, lsn: lsn, durableLSN: log.durableLSN)
         }
         switch reply {
         case .vote(let vote):
@@ -295,6 +316,14 @@ public final class AgentNode {
             responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: pendingTxid(id), status: "heuristic-aborted"))))
         case .forced(let outcome, let dryRun, let effects):
             responder.send(.jsonBytes(200, JSONBody.encode(ForceResponse(txid: pendingTxid(id), outcome: outcome.rawValue, dryRun: dryRun, effects: effects))))
+        case .preCommitted:
+            responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: txid, status: "pre-committed"))))
+            metrics.add("cohort_messages_sent_total", labels: "type=\"pre-commit-ack\"")
+            CrashPoints.hit("agent.after-precommit-ack-sent")
+        case .preAborted:
+            responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: txid, status: "pre-aborted"))))
+        case .state(let state):
+            responder.send(.jsonBytes(200, JSONBody.encode(ThreePhaseStateResponse(txid: txid, state: state.rawValue))))
         case .error(let e):
             responder.send(.requestError(e))
         }
@@ -330,6 +359,36 @@ public final class AgentNode {
             }
         }
         CrashPoints.hit("agent.after-inquiry-send")
+    }
+
+    /// 3PC termination: ask a peer for its state; no answer counts as unreachable.
+    private func queryPeer(_ txid: String, _ peer: ParticipantRef, _ round: Int) {
+        metrics.add("cohort_messages_sent_total", labels: "type=\"state-query\"")
+        let body = JSONBody.encode(PhaseRequest(txid: txid))
+        environment.send(HTTPClientRequest(method: "POST", url: peer.url + "/v1/3pc/state", body: body, timeoutMs: Limits.terminationRoundMs)) { [weak self] result in
+            var state: ThreePhaseState?
+            if case .success(let r) = result, r.status == 200,
+               let answer = try? JSONDecoder().decode(ThreePhaseStateResponse.self, from: Data(r.body)) {
+                state = ThreePhaseState(rawValue: answer.state)
+            }
+            self?.feed(.peerState(txid, round: round, peer: peer.name, state: state))
+        }
+    }
+
+    /// 3PC termination, as backup coordinator: best effort; a peer that misses it runs its own
+    /// termination round later and finds the outcome.
+    private func sendToPeer(_ txid: String, _ peer: ParticipantRef, _ message: Participant.PeerMessage) {
+        let path: String
+        let type: String
+        switch message {
+        case .preCommit: path = "/v1/3pc/precommit"; type = "pre-commit"
+        case .preAbort: path = "/v1/3pc/preabort"; type = "pre-abort"
+        case .commit: path = "/v1/2pc/commit"; type = "commit"
+        case .abort: path = "/v1/2pc/abort"; type = "abort"
+        }
+        metrics.add("cohort_messages_sent_total", labels: "type=\"\(type)\"")
+        let body = JSONBody.encode(PhaseRequest(txid: txid, backup: true))
+        environment.send(HTTPClientRequest(method: "POST", url: peer.url + path, body: body)) { _ in }
     }
 
     /// Tells the coordinator that an operator's outcome here differs from its decision, so it
@@ -426,7 +485,8 @@ public final class AgentNode {
         metrics.add("cohort_messages_sent_total", labels: "type=\"register\"")
         let coordinator = coordinatorURL
         let body = JSONBody.encode(RegisterRequest(participant: name, url: advertiseURL, incarnation: incarnation, batch: true))
-        registrations.send(baseURL: coordinator, path: "/v1/transactions/\(txid)/branches", body: body, batchable: true) { [unowned self] result in
+        registrations.send(baseURL: coordinator, path: "/v1/transactions/\(txid)/branches", body: body, batchable: true,
+                           timeoutMs: Limits.registrationTimeoutMs) { [unowned self] result in
             let waiters = self.joining.removeValue(forKey: txid) ?? []
             let outcome: Result<Void, RequestError>
             switch result {
@@ -507,8 +567,21 @@ public final class AgentNode {
             }
         case ("POST", 3) where parts[0] == "v1" && parts[1] == "2pc":
             protocolMessage(parts[2], request, responder)
+        case ("POST", 3) where parts[0] == "v1" && parts[1] == "3pc":
+            switch JSONBody.decode(PhaseRequest.self, from: request.body) {
+            case .failure(let e): responder.send(.requestError(e))
+            case .success(let p):
+                if let refusal = incarnationMismatch(p.incarnation) { return responder.send(.requestError(refusal)) }
+                let id = track(responder, p.txid)
+                switch parts[2] {
+                case "precommit": feed(.preCommit(id, txid: p.txid, fromBackup: p.backup == true))
+                case "preabort": feed(.preAbort(id, txid: p.txid))
+                case "state": feed(.stateQuery(id, txid: p.txid))
+                default: requests.take(id)?.send(.error(404, "no 3pc message \(parts[2].prefix(40))"))
+                }
+            }
         case ("POST", 2) where parts == ["v1", "batch"]:
-            serveBatch(request, responder, allowedPrefixes: ["/v1/2pc/"]) { self.handle($0, $1) }
+            serveBatch(request, responder, allowedPrefixes: ["/v1/2pc/", "/v1/3pc/"]) { self.handle($0, $1) }
         default:
             responder.send(.error(404, "no route for \(request.method) \(request.path)"))
         }
@@ -527,7 +600,12 @@ public final class AgentNode {
                 } else {
                     vote = .readOnly // not consulted: the state machine answers from the branch's state
                 }
-                feed(.prepare(track(responder, p.txid), txid: p.txid, onePhase: p.onePhase ?? false, vote: vote))
+                var threePhase: Participant.ThreePhaseInfo?
+                if p.protocol == "3pc" {
+                    guard let peers = p.participants, !peers.isEmpty else { return responder.send(.error(400, "a 3pc prepare must list the participants")) }
+                    threePhase = Participant.ThreePhaseInfo(termination: Termination(rawValue: p.termination ?? "classic") ?? .classic, peers: peers)
+                }
+                feed(.prepare(track(responder, p.txid), txid: p.txid, onePhase: p.onePhase ?? false, vote: vote, threePhase: threePhase))
             }
         case "commit", "abort":
             switch JSONBody.decode(PhaseRequest.self, from: request.body) {
@@ -535,7 +613,11 @@ public final class AgentNode {
             case .success(let p):
                 if let refusal = incarnationMismatch(p.incarnation) { return responder.send(.requestError(refusal)) }
                 let id = track(responder, p.txid)
-                feed(kind == "commit" ? .commit(id, txid: p.txid) : .abort(id, txid: p.txid))
+                if p.backup == true {
+                    feed(.backupDecision(id, txid: p.txid, outcome: kind == "commit" ? .committed : .aborted))
+                } else {
+                    feed(kind == "commit" ? .commit(id, txid: p.txid) : .abort(id, txid: p.txid))
+                }
             }
         default:
             responder.send(.error(404, "no protocol message \(kind)"))

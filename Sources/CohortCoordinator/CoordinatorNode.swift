@@ -23,9 +23,13 @@ public final class CoordinatorNode {
         "coordinator.after-abort-send",
         "coordinator.before-end-logged",
         "coordinator.after-end-logged",
+        "coordinator.before-precommit-logged",
+        "coordinator.after-precommit-logged",
+        "coordinator.before-precommit-send",
+        "coordinator.after-precommit-send",
     ]
 
-    static let messageTypes = ["prepare", "commit-one-phase", "commit", "abort"]
+    static let messageTypes = ["prepare", "commit-one-phase", "pre-commit", "state-query", "commit", "abort"]
 
     private let environment: NodeEnvironment
     public private(set) var machine: Coordinator
@@ -35,6 +39,7 @@ public final class CoordinatorNode {
     /// What a forced record, once durable, lets the state machine do.
     private enum Pending {
         case decision(TxID)
+        case preCommit(TxID)
         case audit(TxID)
         case heuristic(TxID, participant: String)
     }
@@ -115,6 +120,9 @@ public final class CoordinatorNode {
             case .decision(let txid):
                 CrashPoints.hit("coordinator.after-decision-logged")
                 feed(.decisionDurable(txid))
+            case .preCommit(let txid):
+                CrashPoints.hit("coordinator.after-precommit-logged")
+                feed(.preCommitDurable(txid))
             case .audit(let txid):
                 feed(.auditDurable(txid))
             case .heuristic(let txid, let participant):
@@ -161,6 +169,7 @@ public final class CoordinatorNode {
     private func append(_ record: Coordinator.Record, force: Bool) {
         switch record {
         case .commitDecision: CrashPoints.hit("coordinator.before-decision-logged")
+        case .preCommit: CrashPoints.hit("coordinator.before-precommit-logged")
         case .end: CrashPoints.hit("coordinator.before-end-logged")
         case .audit, .heuristic: break
         }
@@ -169,6 +178,7 @@ public final class CoordinatorNode {
             let lsn = try log.append(type: encoded.type, payload: encoded.payload, force: force)
             switch record {
             case .commitDecision(let txid, _, _): pending.append(lsn: lsn, .decision(txid))
+            case .preCommit(let txid, _, _, _): pending.append(lsn: lsn, .preCommit(txid))
             case .end: CrashPoints.hit("coordinator.after-end-logged")
             case .audit(let txid, _): pending.append(lsn: lsn, .audit(txid))
             case .heuristic(let txid, let participant, _): pending.append(lsn: lsn, .heuristic(txid, participant: participant))
@@ -177,7 +187,7 @@ public final class CoordinatorNode {
             // Back-pressure, nothing written: abort the undecided transaction; a missing end
             // record only means the commit is re-sent (and acknowledged again) after a restart.
             switch record {
-            case .commitDecision(let txid, _, _): feed(.decisionRefused(txid, reason: "\(full)"))
+            case .commitDecision(let txid, _, _), .preCommit(let txid, _, _, _): feed(.decisionRefused(txid, reason: "\(full)"))
             case .end: break
             case .audit, .heuristic: onFatal("cannot record an operator decision or heuristic report: \(full)")
             }
@@ -192,10 +202,18 @@ public final class CoordinatorNode {
         let path: String
         let body: [UInt8]
         switch message {
-        case .prepare(let onePhase, let participants):
+        case .prepare(let onePhase, let participants, let threePhase):
             path = "/v1/2pc/prepare"
-            body = JSONBody.encode(PrepareRequest(txid: txid.description, onePhase: onePhase, participants: participants, incarnation: to.incarnation))
+            body = JSONBody.encode(PrepareRequest(txid: txid.description, onePhase: onePhase, participants: participants, incarnation: to.incarnation,
+                                                  protocol: threePhase == nil ? nil : "3pc", termination: threePhase?.rawValue))
             CrashPoints.hit("coordinator.before-prepare-send")
+        case .preCommit:
+            path = "/v1/3pc/precommit"
+            body = JSONBody.encode(PhaseRequest(txid: txid.description, incarnation: to.incarnation))
+            CrashPoints.hit("coordinator.before-precommit-send")
+        case .stateQuery:
+            path = "/v1/3pc/state"
+            body = JSONBody.encode(PhaseRequest(txid: txid.description, incarnation: to.incarnation))
         case .commit:
             path = "/v1/2pc/commit"
             body = JSONBody.encode(PhaseRequest(txid: txid.description, incarnation: to.incarnation))
@@ -212,6 +230,8 @@ public final class CoordinatorNode {
         }
         switch message {
         case .prepare: CrashPoints.hit("coordinator.after-prepare-send")
+        case .preCommit: CrashPoints.hit("coordinator.after-precommit-send")
+        case .stateQuery: break
         case .commit: CrashPoints.hit("coordinator.after-commit-send")
         case .abort: CrashPoints.hit("coordinator.after-abort-send")
         }
@@ -230,6 +250,17 @@ public final class CoordinatorNode {
         switch message {
         case .abort:
             return // presumed abort: nobody waits for an abort's answer
+        case .preCommit:
+            if failure == nil {
+                feed(.preCommitAcknowledged(txid, participant: name))
+            } else if case .success(let r)? = Optional(result), r.status == 409 {
+                feed(.preCommitRefused(txid, participant: name, reason: failure!))
+            }
+            // No answer: the pre-commit timeout decides.
+        case .stateQuery:
+            let state = response.flatMap { try? JSONDecoder().decode(ThreePhaseStateResponse.self, from: Data($0.body)) }
+                .flatMap { ThreePhaseState(rawValue: $0.state) }
+            feed(.stateAnswered(txid, participant: name, state: state))
         case .commit:
             if let failure {
                 feed(.deliveryFailed(txid, participant: name, error: failure))
@@ -239,7 +270,7 @@ public final class CoordinatorNode {
             } else {
                 feed(.acknowledged(txid, participant: name))
             }
-        case .prepare(let onePhase, _):
+        case .prepare(let onePhase, _, _):
             guard let response, failure == nil,
                   let answer = try? JSONDecoder().decode(PrepareResponse.self, from: Data(response.body)) else {
                 let error = failure ?? "unreadable answer to prepare"
@@ -301,7 +332,9 @@ public final class CoordinatorNode {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let begin):
                 if let error = validate(begin) { return responder.send(.requestError(error)) }
-                feed(.begin(requests.add(responder), timeoutMs: begin.timeoutMs))
+                let commitProtocol: CommitProtocol = begin.protocol == "3pc"
+                    ? .threePhase(Termination(rawValue: begin.termination ?? "classic") ?? .classic) : .twoPhase
+                feed(.begin(requests.add(responder), timeoutMs: begin.timeoutMs, protocol: commitProtocol))
             }
         case ("GET", 2) where parts == ["v1", "transactions"]:
             list(request, responder)
@@ -390,8 +423,12 @@ public final class CoordinatorNode {
         switch begin.protocol ?? "2pc" {
         case "2pc":
             if begin.termination != nil { return RequestError(400, "termination applies to protocol 3pc only") }
-        case "3pc", "tcc":
-            return RequestError(501, "protocol \(begin.protocol!) is not available in this version of cohortd; use 2pc")
+        case "3pc":
+            if let t = begin.termination, Termination(rawValue: t) == nil {
+                return RequestError(400, "termination must be classic or quorum; got \"\(t.prefix(40))\"")
+            }
+        case "tcc":
+            return RequestError(501, "protocol tcc is not available in this version of cohortd; use 2pc or 3pc")
         default:
             return RequestError(400, "protocol must be one of 2pc, 3pc, tcc; got \"\(begin.protocol!.prefix(40))\"")
         }

@@ -29,6 +29,11 @@ public struct Coordinator {
         public var retryBudgetAttempts = Limits.retryBudgetAttempts
         public var retryBudgetMs = Limits.retryBudgetMs
         public var parkedRetryDelayMs = Limits.parkedRetryDelayMs
+        /// 3PC: how long to wait for pre-commit acknowledgements before acting on the
+        /// termination rule (classic: commit; quorum: commit only with a quorum of them).
+        public var preCommitTimeoutMs = Limits.preCommitTimeoutMs
+        /// 3PC: how often a coordinator that lost authority asks participants for the outcome.
+        public var learnIntervalMs = Limits.learnIntervalMs
         public var seed: UInt64 = 1
 
         public init(coordinatorID: String, epoch: UInt64) {
@@ -38,7 +43,7 @@ public struct Coordinator {
     }
 
     public enum Event {
-        case begin(RequestID, timeoutMs: Int64?)
+        case begin(RequestID, timeoutMs: Int64?, protocol: CommitProtocol = .twoPhase)
         case register(RequestID, txid: String, participant: ParticipantRef)
         case commit(RequestID, txid: String)
         case abort(RequestID, txid: String)
@@ -70,6 +75,15 @@ public struct Coordinator {
         case heuristicReported(RequestID?, txid: String, participant: String, outcome: Outcome)
         /// The heuristic report's record is durable.
         case heuristicDurable(TxID, participant: String)
+        /// 3PC: the forced pre-commit record is durable.
+        case preCommitDurable(TxID)
+        /// 3PC: a participant acknowledged the pre-commit (its record is durable).
+        case preCommitAcknowledged(TxID, participant: String)
+        /// 3PC: a participant refused the pre-commit: it joined its peers' termination protocol
+        /// (or already has an outcome). The coordinator no longer decides; it learns.
+        case preCommitRefused(TxID, participant: String, reason: String)
+        /// 3PC: a participant's state, asked while learning the outcome (nil: no answer).
+        case stateAnswered(TxID, participant: String, state: ThreePhaseState?)
     }
 
     public struct ForceRequest: Equatable, Sendable {
@@ -109,6 +123,10 @@ public struct Coordinator {
     public enum Timer: Hashable, Sendable {
         case transactionTimeout(TxID)
         case retry(TxID, participant: String)
+        /// 3PC: stop waiting for pre-commit acknowledgements.
+        case preCommitTimeout(TxID)
+        /// 3PC: ask the participants again for the outcome.
+        case learn(TxID)
     }
 
     public enum Reply: Equatable {
@@ -132,6 +150,10 @@ public struct Coordinator {
         case audit(TxID, AuditEntry)
         /// Forced: a participant reported a heuristic (operator-forced) outcome of its branch.
         case heuristic(TxID, participant: String, outcome: Outcome)
+        /// Forced, 3PC: every branch voted yes; pre-commits may go out. Without a later commit
+        /// decision, a recovering coordinator does not decide: it learns the outcome from the
+        /// participants (they may have terminated without it).
+        case preCommit(TxID, participants: [ParticipantRef], termination: Termination, atMs: Int64)
     }
 
     public enum Action: Equatable {
@@ -147,6 +169,13 @@ public struct Coordinator {
         case active
         /// Prepares sent; collecting votes.
         case preparing
+        /// 3PC: every branch voted yes; the pre-commit record is forced and pre-commits sent;
+        /// collecting acknowledgements.
+        case preCommitting = "pre-committing"
+        /// 3PC: the coordinator no longer decides (a participant joined the termination
+        /// protocol, quorum not reached, or it restarted after pre-commit); it asks the
+        /// participants until one has an outcome, and adopts it.
+        case terminating
         /// Every branch voted yes; the commit record is being forced.
         case deciding
         /// Commit is decided and durable; delivering it to the branches.
@@ -166,6 +195,8 @@ public struct Coordinator {
         case prepared
         case votedNo = "voted-no"
         case readOnly = "read-only"
+        case preCommitSent = "pre-commit-sent"
+        case preCommitted = "pre-committed"
         case commitSent = "commit-sent"
         case committed
         case aborted
@@ -204,6 +235,7 @@ public struct Coordinator {
         public var outcome: Outcome?
         public var reason: String?
         public var onePhase = false
+        public var commitProtocol: CommitProtocol = .twoPhase
         public var decidedAtMs: Int64?
         public var finishedAtMs: Int64?
         public var events: [TimelineEvent] = []
@@ -296,6 +328,13 @@ public struct Coordinator {
                 let outcome: Outcome = try r.bool() ? .committed : .aborted
                 _ = noteHeuristic(txid, participant: name, outcome: outcome, nowMs: nowMs)
             }
+            let preCommittedCount = try r.u32()
+            guard preCommittedCount <= UInt32(config.openTransactionsMax * 2) else { throw DecodeError("\(preCommittedCount) pre-committed") }
+            for _ in 0..<preCommittedCount {
+                let txid = try CoordinatorRecordCoding.decodeTxID(&r)
+                applyRecovered(try CoordinatorRecordCoding.decodePreCommit(&r, txid: txid), nowMs: nowMs)
+                maxEpoch = max(maxEpoch, txid.epoch)
+            }
         }
         for (type, payload) in records {
             let record = try CoordinatorRecordCoding.decode(type: type, payload: payload)
@@ -312,6 +351,12 @@ public struct Coordinator {
             for i in tx.branches.indices where tx.branches[i].state == .commitSent && tx.branches[i].heuristic == nil {
                 actions.append(.send(txid, to: tx.branches[i].participant, .commit))
             }
+            if tx.state == .terminating {
+                // Pre-committed before the crash, not decided: the participants may have
+                // terminated on their own. Learn; never decide.
+                actions += tx.branches.map { .send(txid, to: $0.participant, .stateQuery) }
+                actions.append(.setTimer(.learn(txid), afterMs: config.learnIntervalMs))
+            }
             open[txid] = tx
         }
         return actions
@@ -319,8 +364,15 @@ public struct Coordinator {
 
     private mutating func applyRecovered(_ record: Record, nowMs: Int64) {
         switch record {
+        case .preCommit(let txid, let participants, let termination, let atMs):
+            var tx = Transaction(txid: txid, state: .terminating, createdAtMs: atMs, timeoutMs: 0)
+            tx.commitProtocol = .threePhase(termination)
+            tx.branches = participants.map { Branch(participant: $0, state: .preCommitSent, vote: .yes) }
+            tx.events.append(TimelineEvent(atMs: atMs, event: "pre-committed", participant: nil, detail: "from log; learning the outcome from the participants"))
+            open[txid] = tx
         case .commitDecision(let txid, let participants, let decidedAtMs):
             var tx = Transaction(txid: txid, state: .committing, createdAtMs: decidedAtMs, timeoutMs: 0)
+            if let earlier = open[txid] { tx.commitProtocol = earlier.commitProtocol }
             tx.outcome = .committed
             tx.decidedAtMs = decidedAtMs
             tx.branches = participants.map { Branch(participant: $0, state: .commitSent, vote: .yes) }
@@ -414,6 +466,15 @@ public struct Coordinator {
             w.string(name)
             w.bool(outcome == .committed)
         }
+        // 3PC transactions past their pre-commit record but undecided.
+        let preCommitted = open.values.filter { $0.state == .preCommitting || $0.state == .terminating }.sorted { $0.txid < $1.txid }
+        w.u32(UInt32(preCommitted.count))
+        for tx in preCommitted {
+            w.string(tx.txid.description)
+            guard case .threePhase(let termination) = tx.commitProtocol else { preconditionFailure("pre-committed 2PC transaction") }
+            CoordinatorRecordCoding.encodePreCommitBody(&w, participants: tx.branches.filter { $0.vote == .yes }.map(\.participant),
+                                                        termination: termination, atMs: tx.decidedAtMs ?? tx.createdAtMs)
+        }
         return w.bytes
     }
 
@@ -433,8 +494,16 @@ public struct Coordinator {
 
     public mutating func on(_ event: Event, nowMs: Int64) -> [Action] {
         switch event {
-        case .begin(let request, let timeoutMs):
-            return begin(request, timeoutMs: timeoutMs, nowMs: nowMs)
+        case .begin(let request, let timeoutMs, let commitProtocol):
+            return begin(request, timeoutMs: timeoutMs, commitProtocol: commitProtocol, nowMs: nowMs)
+        case .preCommitDurable(let txid):
+            return preCommitDurable(txid, nowMs: nowMs)
+        case .preCommitAcknowledged(let txid, let name):
+            return preCommitAcknowledged(txid, name, nowMs: nowMs)
+        case .preCommitRefused(let txid, let name, let reason):
+            return startLearning(txid, because: "\(name) refused the pre-commit: \(reason)", nowMs: nowMs)
+        case .stateAnswered(let txid, let name, let state):
+            return stateAnswered(txid, name, state, nowMs: nowMs)
         case .register(let request, let text, let participant):
             return register(request, text, participant, nowMs: nowMs)
         case .commit(let request, let text):
@@ -459,8 +528,16 @@ public struct Coordinator {
         case .decisionDurable(let txid):
             return decisionDurable(txid, nowMs: nowMs)
         case .decisionRefused(let txid, let reason):
-            guard let tx = open[txid], tx.state == .deciding else { return [] }
-            return decideAbort(txid, reason: "commit record refused by the log: \(reason)", nowMs: nowMs)
+            guard var tx = open[txid] else { return [] }
+            if tx.state == .deciding, case .threePhase = tx.commitProtocol {
+                // Past the pre-commit, participants may terminate with commit: never abort
+                // here; learn the outcome instead.
+                tx.state = .preCommitting
+                open[txid] = tx
+                return startLearning(txid, because: "commit record refused by the log: \(reason)", nowMs: nowMs)
+            }
+            guard tx.state == .deciding || tx.state == .preCommitting else { return [] }
+            return decideAbort(txid, reason: "\(tx.state == .deciding ? "commit" : "pre-commit") record refused by the log: \(reason)", nowMs: nowMs)
         case .timerFired(let timer):
             return timerFired(timer, nowMs: nowMs)
         case .inquiry(let request, let text):
@@ -499,7 +576,7 @@ public struct Coordinator {
         guard txid.coordinatorID == config.coordinatorID else { return .unknownCoordinator }
         if let tx = open[txid] ?? finished[txid] {
             switch tx.state {
-            case .active, .preparing, .deciding: return .pending
+            case .active, .preparing, .preCommitting, .terminating, .deciding: return .pending
             case .committing, .committed: return .committed
             case .aborted: return .aborted
             case .heuristicMixed: return tx.outcome == .committed ? .committed : .aborted
@@ -514,7 +591,7 @@ public struct Coordinator {
         return .aborted
     }
 
-    private mutating func begin(_ request: RequestID, timeoutMs: Int64?, nowMs: Int64) -> [Action] {
+    private mutating func begin(_ request: RequestID, timeoutMs: Int64?, commitProtocol: CommitProtocol, nowMs: Int64) -> [Action] {
         guard open.count < config.openTransactionsMax else {
             return [.reply(request, .error(RequestError(503, "too many open transactions (limit \(config.openTransactionsMax)); retry later")))]
         }
@@ -525,7 +602,10 @@ public struct Coordinator {
         let txid = TxID(coordinatorID: config.coordinatorID, epoch: epoch, sequence: nextSequence)
         nextSequence += 1
         var tx = Transaction(txid: txid, state: .active, createdAtMs: nowMs, timeoutMs: timeout)
-        tx.events.append(TimelineEvent(atMs: nowMs, event: "begun", participant: nil, detail: "timeout \(timeout)ms"))
+        tx.commitProtocol = commitProtocol
+        var detail = "\(commitProtocol.name), timeout \(timeout)ms"
+        if case .threePhase(let t) = commitProtocol { detail += ", \(t.rawValue) termination" }
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "begun", participant: nil, detail: detail))
         open[txid] = tx
         return [.setTimer(.transactionTimeout(txid), afterMs: timeout), .reply(request, .begun(txid, timeoutMs: timeout))]
     }
@@ -593,7 +673,7 @@ public struct Coordinator {
         switch tx.state {
         case .committing:
             return [.reply(request, .outcome(txid, .committed, reason: nil))]
-        case .preparing, .deciding:
+        case .preparing, .preCommitting, .terminating, .deciding:
             tx.waiters.append(request)
             open[txid] = tx
             return []
@@ -609,14 +689,18 @@ public struct Coordinator {
             return finishCommitted(txid, nowMs: nowMs, detail: "no branches")
         }
         tx.state = .preparing
-        let onePhase = config.onePhaseCommit && tx.branches.count == 1
+        var threePhase: Termination?
+        if case .threePhase(let t) = tx.commitProtocol { threePhase = t }
+        // A single branch commits in one phase under 2PC; 3PC keeps its phases (the point of
+        // 3PC is what happens when the coordinator fails between them).
+        let onePhase = config.onePhaseCommit && tx.branches.count == 1 && threePhase == nil
         tx.onePhase = onePhase
         let everyone = tx.branches.map(\.participant)
         var actions: [Action] = []
         for i in tx.branches.indices {
             tx.branches[i].state = .prepareSent
             tx.branches[i].attempts = 1
-            actions.append(.send(txid, to: tx.branches[i].participant, .prepare(onePhase: onePhase, participants: everyone)))
+            actions.append(.send(txid, to: tx.branches[i].participant, .prepare(onePhase: onePhase, participants: everyone, threePhase: threePhase)))
         }
         tx.events.append(TimelineEvent(atMs: nowMs, event: onePhase ? "one-phase-commit-sent" : "prepare-sent", participant: nil, detail: "\(tx.branches.count) branch(es)"))
         open[txid] = tx
@@ -641,9 +725,10 @@ public struct Coordinator {
             return decideAbort(txid, reason: "aborted by client", nowMs: nowMs) + [.reply(request, .outcome(txid, .aborted, reason: "aborted by client"))]
         case .preparing where !tx.onePhase:
             return decideAbort(txid, reason: "aborted by client", nowMs: nowMs) + [.reply(request, .outcome(txid, .aborted, reason: "aborted by client"))]
-        case .preparing, .deciding:
+        case .preparing, .deciding, .preCommitting, .terminating:
             // A one-phase commit is in the participant's hands; a forced commit record is on
-            // its way to disk. Neither can be taken back.
+            // its way to disk; a 3PC pre-commit may already have reached participants, whose
+            // termination protocol could commit. None can be taken back by the client.
             return [.reply(request, .error(RequestError(409, "transaction \(txid) is \(tx.state.rawValue); it can no longer be aborted")))]
         case .committing, .committed:
             return [.reply(request, .error(RequestError(409, "transaction \(txid) already committed")))]
@@ -674,10 +759,17 @@ public struct Coordinator {
         if !tx.branches.contains(where: { $0.state == .prepared }) {
             return finishCommitted(txid, nowMs: nowMs, detail: "every branch read-only")
         }
-        tx.state = .deciding
-        tx.decidedAtMs = nowMs
-        open[txid] = tx
         let updates = tx.branches.filter { $0.state == .prepared }.map(\.participant)
+        tx.decidedAtMs = nowMs
+        if case .threePhase(let termination) = tx.commitProtocol {
+            // 3PC: pre-commit first (forced), so a crash from here on leaves participants able
+            // to finish without us.
+            tx.state = .preCommitting
+            open[txid] = tx
+            return [.log(.preCommit(txid, participants: updates, termination: termination, atMs: nowMs), force: true)]
+        }
+        tx.state = .deciding
+        open[txid] = tx
         return [.log(.commitDecision(txid, participants: updates, decidedAtMs: nowMs), force: true)]
     }
 
@@ -689,7 +781,7 @@ public struct Coordinator {
         var actions: [Action] = [.cancelTimer(.transactionTimeout(txid))]
         for request in tx.waiters { actions.append(.reply(request, .outcome(txid, .committed, reason: nil))) }
         tx.waiters = []
-        for i in tx.branches.indices where tx.branches[i].state == .prepared {
+        for i in tx.branches.indices where [.prepared, .preCommitSent, .preCommitted].contains(tx.branches[i].state) {
             tx.branches[i].state = .commitSent
             tx.branches[i].attempts = 1
             actions.append(.send(txid, to: tx.branches[i].participant, .commit))
@@ -761,6 +853,12 @@ public struct Coordinator {
 
     private mutating func timerFired(_ timer: Timer, nowMs: Int64) -> [Action] {
         switch timer {
+        case .preCommitTimeout(let txid):
+            return preCommitTimedOut(txid, nowMs: nowMs)
+        case .learn(let txid):
+            guard let tx = open[txid], tx.state == .terminating else { return [] }
+            return tx.branches.filter { $0.vote == .yes }.map { .send(txid, to: $0.participant, .stateQuery) }
+                + [.setTimer(.learn(txid), afterMs: config.learnIntervalMs)]
         case .transactionTimeout(let txid):
             guard let tx = open[txid], tx.state == .active || (tx.state == .preparing && !tx.onePhase) else { return [] }
             return decideAbort(txid, reason: "timed out after \(tx.timeoutMs)ms", nowMs: nowMs)
@@ -775,7 +873,7 @@ public struct Coordinator {
             if tx.onePhase && tx.state == .preparing {
                 // Asking again is safe: the participant answers a repeated one-phase commit
                 // from its memory of the branch's outcome.
-                return [.send(txid, to: tx.branches[i].participant, .prepare(onePhase: true, participants: tx.branches.map(\.participant)))]
+                return [.send(txid, to: tx.branches[i].participant, .prepare(onePhase: true, participants: tx.branches.map(\.participant), threePhase: nil))]
             }
             return []
         }
@@ -788,8 +886,9 @@ public struct Coordinator {
     /// that misses it will ask and be told "aborted".
     private mutating func decideAbort(_ txid: TxID, reason: String, nowMs: Int64) -> [Action] {
         guard var tx = open.removeValue(forKey: txid) else { return [] }
-        // `deciding` only when the commit record was refused before reaching the log.
-        precondition(tx.state == .active || tx.state == .preparing || tx.state == .deciding, "abort after commit decision for \(txid)")
+        // `deciding` only when the commit record was refused before reaching the log;
+        // `terminating` when the participants' termination protocol aborted.
+        precondition([.active, .preparing, .deciding, .terminating, .preCommitting].contains(tx.state), "abort after commit decision for \(txid)")
         tx.state = .aborted
         tx.outcome = .aborted
         tx.reason = reason
@@ -800,7 +899,7 @@ public struct Coordinator {
         tx.waiters = []
         for i in tx.branches.indices {
             switch tx.branches[i].state {
-            case .registered, .prepareSent, .prepared:
+            case .registered, .prepareSent, .prepared, .preCommitSent, .preCommitted:
                 if !tx.onePhase { actions.append(.send(txid, to: tx.branches[i].participant, .abort)) }
                 tx.branches[i].state = .aborted
             case .votedNo, .readOnly, .aborted:
@@ -878,6 +977,8 @@ extension Coordinator {
                 return .failure(RequestError(409, "\(txid) is a one-phase commit: its only branch decides; resolve it at the participant (txctl agent URL ...)"))
             case (.deciding, _):
                 return .failure(RequestError(409, "\(txid) is writing its commit decision; wait a moment and look again"))
+            case (.preCommitting, _), (.terminating, _):
+                return .failure(RequestError(409, "\(txid) is a three-phase commit past its pre-commit: its participants may already have terminated it without the coordinator; resolve it at the participants (txctl agent URL ...)"))
             case (.committing, .aborted):
                 return .failure(RequestError(409, "refused: \(txid) has a durable commit decision (\(TimeFormat.iso8601(ms: tx.decidedAtMs ?? tx.createdAtMs))); aborting would contradict it"))
             case (.committing, .committed):
@@ -984,7 +1085,7 @@ extension Coordinator {
             if tx.state == .committing && tx.branches[i].state == .commitSent && tx.branches[i].heuristic == nil {
                 actions.append(.send(txid, to: tx.branches[i].participant, .commit))
             } else if tx.onePhase && tx.state == .preparing {
-                actions.append(.send(txid, to: tx.branches[i].participant, .prepare(onePhase: true, participants: everyone)))
+                actions.append(.send(txid, to: tx.branches[i].participant, .prepare(onePhase: true, participants: everyone, threePhase: nil)))
             } else {
                 continue
             }
@@ -1034,10 +1135,98 @@ extension Coordinator {
     }
 }
 
+// MARK: - three-phase commit
+
+extension Coordinator {
+    /// Quorum for commit and for abort: a majority of the update participants, so the two
+    /// cannot both form (Vc + Va > N).
+    static func quorum(_ participants: Int) -> Int { participants / 2 + 1 }
+
+    mutating func preCommitDurable(_ txid: TxID, nowMs: Int64) -> [Action] {
+        guard var tx = open[txid], tx.state == .preCommitting else { return [] }
+        var actions: [Action] = []
+        for i in tx.branches.indices where tx.branches[i].state == .prepared {
+            tx.branches[i].state = .preCommitSent
+            actions.append(.send(txid, to: tx.branches[i].participant, .preCommit))
+        }
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "pre-commit-sent", participant: nil, detail: "\(actions.count) branch(es)"))
+        open[txid] = tx
+        return actions + [.setTimer(.preCommitTimeout(txid), afterMs: config.preCommitTimeoutMs)]
+    }
+
+    mutating func preCommitAcknowledged(_ txid: TxID, _ name: String, nowMs: Int64) -> [Action] {
+        guard var tx = open[txid], tx.state == .preCommitting, let i = tx.branchIndex(name),
+              tx.branches[i].state == .preCommitSent else { return [] }
+        tx.branches[i].state = .preCommitted
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "pre-commit-acknowledged", participant: name, detail: nil))
+        open[txid] = tx
+        guard !tx.branches.contains(where: { $0.state == .preCommitSent }) else { return [] }
+        return [.cancelTimer(.preCommitTimeout(txid))] + decideCommitAfterPreCommit(txid, detail: "every branch pre-committed", nowMs: nowMs)
+    }
+
+    /// Classic 3PC treats a silent participant as failed and commits without its
+    /// acknowledgement (it will learn the outcome when it recovers) — which is exactly what
+    /// splits the outcome under a partition. Quorum 3PC commits only with a quorum of
+    /// acknowledgements, and otherwise stops deciding.
+    mutating func preCommitTimedOut(_ txid: TxID, nowMs: Int64) -> [Action] {
+        guard let tx = open[txid], tx.state == .preCommitting, case .threePhase(let termination) = tx.commitProtocol else { return [] }
+        let updates = tx.branches.filter { $0.vote == .yes }
+        let acked = updates.filter { $0.state == .preCommitted }.count
+        switch termination {
+        case .classic:
+            return decideCommitAfterPreCommit(txid, detail: "pre-commit timeout: \(acked) of \(updates.count) acknowledged; the silent ones are presumed failed (classic 3PC)", nowMs: nowMs)
+        case .quorum:
+            if acked >= Coordinator.quorum(updates.count) {
+                return decideCommitAfterPreCommit(txid, detail: "pre-commit timeout with a commit quorum (\(acked) of \(updates.count))", nowMs: nowMs)
+            }
+            return startLearning(txid, because: "pre-commit acknowledged by \(acked) of \(updates.count), below the quorum of \(Coordinator.quorum(updates.count))", nowMs: nowMs)
+        }
+    }
+
+    mutating func decideCommitAfterPreCommit(_ txid: TxID, detail: String, nowMs: Int64) -> [Action] {
+        guard var tx = open[txid], tx.state == .preCommitting else { return [] }
+        tx.state = .deciding
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "deciding", participant: nil, detail: detail))
+        open[txid] = tx
+        let updates = tx.branches.filter { $0.vote == .yes }.map(\.participant)
+        return [.log(.commitDecision(txid, participants: updates, decidedAtMs: nowMs), force: true)]
+    }
+
+    /// The coordinator gives up deciding and asks the participants until one has an outcome.
+    mutating func startLearning(_ txid: TxID, because reason: String, nowMs: Int64) -> [Action] {
+        guard var tx = open[txid], tx.state == .preCommitting else { return [] }
+        tx.state = .terminating
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "terminating", participant: nil, detail: reason))
+        open[txid] = tx
+        return [.cancelTimer(.preCommitTimeout(txid))]
+            + tx.branches.filter { $0.vote == .yes }.map { .send(txid, to: $0.participant, .stateQuery) }
+            + [.setTimer(.learn(txid), afterMs: config.learnIntervalMs)]
+    }
+
+    /// While learning: adopt the first outcome a participant reports; never contradict it.
+    mutating func stateAnswered(_ txid: TxID, _ name: String, _ state: ThreePhaseState?, nowMs: Int64) -> [Action] {
+        guard var tx = open[txid], tx.state == .terminating, let state else { return [] }
+        switch state {
+        case .committed:
+            tx.state = .deciding
+            tx.events.append(TimelineEvent(atMs: nowMs, event: "learned", participant: name, detail: "committed by the participants' termination protocol"))
+            open[txid] = tx
+            let updates = tx.branches.filter { $0.vote == .yes }.map(\.participant)
+            return [.cancelTimer(.learn(txid)), .log(.commitDecision(txid, participants: updates, decidedAtMs: nowMs), force: true)]
+        case .aborted:
+            tx.events.append(TimelineEvent(atMs: nowMs, event: "learned", participant: name, detail: "aborted by the participants' termination protocol"))
+            open[txid] = tx
+            return [.cancelTimer(.learn(txid))] + decideAbort(txid, reason: "aborted by the participants' termination protocol (learned from \(name))", nowMs: nowMs)
+        case .unknown, .uncertain, .preAborted, .preCommitted:
+            return []
+        }
+    }
+}
+
 extension Coordinator.Record {
     public var txid: TxID {
         switch self {
-        case .commitDecision(let t, _, _), .end(let t), .audit(let t, _), .heuristic(let t, _, _): return t
+        case .commitDecision(let t, _, _), .end(let t), .audit(let t, _), .heuristic(let t, _, _), .preCommit(let t, _, _, _): return t
         }
     }
 }
@@ -1048,6 +1237,7 @@ public enum CoordinatorRecordCoding {
     public static let endType: UInt8 = 2
     public static let auditType: UInt8 = 3
     public static let heuristicType: UInt8 = 4
+    public static let preCommitType: UInt8 = 5
 
     public static func encode(_ record: Coordinator.Record) -> (type: UInt8, payload: [UInt8]) {
         var w = ByteWriter()
@@ -1071,6 +1261,10 @@ public enum CoordinatorRecordCoding {
             w.string(participant)
             w.bool(outcome == .committed)
             return (heuristicType, w.bytes)
+        case .preCommit(let txid, let participants, let termination, let atMs):
+            w.string(txid.description)
+            encodePreCommitBody(&w, participants: participants, termination: termination, atMs: atMs)
+            return (preCommitType, w.bytes)
         }
     }
 
@@ -1086,6 +1280,9 @@ public enum CoordinatorRecordCoding {
             return .audit(txid, entry)
         case heuristicType:
             return .heuristic(try decodeTxID(&r), participant: try r.string(maxCount: 4096), outcome: try r.bool() ? .committed : .aborted)
+        case preCommitType:
+            let txid = try decodeTxID(&r)
+            return try decodePreCommit(&r, txid: txid)
         default: throw DecodeError("unknown coordinator record type \(type)")
         }
     }
@@ -1114,6 +1311,32 @@ public enum CoordinatorRecordCoding {
             participants.append(ParticipantRef(name: name, url: url, incarnation: incarnation.isEmpty ? nil : incarnation))
         }
         return .commitDecision(txid, participants: participants, decidedAtMs: at)
+    }
+
+    static func encodePreCommitBody(_ w: inout ByteWriter, participants: [ParticipantRef], termination: Termination, atMs: Int64) {
+        w.u8(termination == .quorum ? 1 : 0)
+        w.i64(atMs)
+        w.u32(UInt32(participants.count))
+        for p in participants {
+            w.string(p.name)
+            w.string(p.url)
+            w.string(p.incarnation ?? "")
+        }
+    }
+
+    static func decodePreCommit(_ r: inout ByteReader, txid: TxID) throws -> Coordinator.Record {
+        let termination: Termination = try r.u8() == 1 ? .quorum : .classic
+        let at = try r.i64()
+        let n = try r.u32()
+        guard n <= UInt32(Limits.branchesPerTransactionMax) else { throw DecodeError("\(n) participants in a pre-commit") }
+        var participants: [ParticipantRef] = []
+        for _ in 0..<n {
+            let name = try r.string(maxCount: 4096)
+            let url = try r.string(maxCount: 4096)
+            let incarnation = try r.string(maxCount: 128)
+            participants.append(ParticipantRef(name: name, url: url, incarnation: incarnation.isEmpty ? nil : incarnation))
+        }
+        return .preCommit(txid, participants: participants, termination: termination, atMs: at)
     }
 
     static func encodeNames(_ w: inout ByteWriter, _ names: [String]) {

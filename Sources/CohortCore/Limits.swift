@@ -35,7 +35,10 @@ public enum Limits {
     public static let httpResponseBytesMax = 4 << 20
     /// Protocol messages in one `POST /v1/batch`, and batch exchanges open per peer at once.
     public static let batchMessagesMax = 256
-    public static let batchExchangesInFlightPerPeer = 2
+    public static let batchExchangesInFlightPerPeer = 4
+    /// A branch registration waits this long for the coordinator (a client's work request
+    /// waits on it).
+    public static let registrationTimeoutMs: Int64 = 1_000
     /// Participant URLs remembered as serving `/v1/batch`.
     public static let batchCapablePeersMax = 4096
     /// Requests read ahead on one connection whose responses are still owed; past this the
@@ -59,6 +62,15 @@ public enum Limits {
     public static let retryBudgetAttempts = 10
     public static let retryBudgetMs: Int64 = 60_000
     public static let parkedRetryDelayMs: Int64 = 30_000
+    /// 3PC: the coordinator's wait for pre-commit acknowledgements.
+    public static let preCommitTimeoutMs: Int64 = 2_000
+    /// 3PC: a coordinator without authority asks participants for the outcome this often.
+    public static let learnIntervalMs: Int64 = 1_000
+    /// 3PC: a participant with no word from its coordinator for this long starts the
+    /// termination protocol, and repeats a round this often while undecided.
+    public static let terminationTimeoutMs: Int64 = 2_000
+    /// 3PC: how long a termination round waits for peers' states.
+    public static let terminationRoundMs: Int64 = 500
     /// Attempts (time, error) remembered per branch for `txctl explain`.
     public static let attemptHistoryKept = 10
     /// Audit entries (operator decisions) kept per transaction.

@@ -16,6 +16,8 @@ public struct Participant {
         public var branchExpiryMarginMs = Limits.branchExpiryMarginMs
         public var branchesMax = Limits.branchesMax
         public var finishedBranchesKept = Limits.finishedBranchesKept
+        public var terminationTimeoutMs = Limits.terminationTimeoutMs
+        public var terminationRoundMs = Limits.terminationRoundMs
         public var seed: UInt64 = 1
 
         public init(name: String) { self.name = name }
@@ -25,7 +27,19 @@ public struct Participant {
         /// The coordinator accepted this participant as a branch of `txid`.
         case joined(String, coordinatorURL: String, timeoutMs: Int64)
         /// The runtime asked the resource to vote; the prepare request and that vote arrive here.
-        case prepare(RequestID, txid: String, onePhase: Bool, vote: ResourceVote)
+        case prepare(RequestID, txid: String, onePhase: Bool, vote: ResourceVote, threePhase: ThreePhaseInfo? = nil)
+        /// 3PC: move to pre-committed / pre-aborted (from the coordinator, or from a peer acting
+        /// as backup coordinator in the termination protocol).
+        case preCommit(RequestID, txid: String, fromBackup: Bool)
+        case preAbort(RequestID, txid: String)
+        /// 3PC: the pre-committed or pre-aborted record is durable.
+        case preRecordDurable(String)
+        /// 3PC: a peer (or the coordinator) asks for this branch's state.
+        case stateQuery(RequestID, txid: String)
+        /// 3PC: a peer's answer in a termination round (nil: it did not answer).
+        case peerState(String, round: Int, peer: String, state: ThreePhaseState?)
+        /// A commit or abort sent by a peer acting as backup coordinator.
+        case backupDecision(RequestID, txid: String, outcome: Outcome)
         case commit(RequestID, txid: String)
         case abort(RequestID, txid: String)
         /// The forced record the state machine asked for is durable; `lsn` is its position.
@@ -49,6 +63,21 @@ public struct Participant {
         case branchExpiry(String)
         /// A prepared branch asks the coordinator for the outcome.
         case inquire(String)
+        /// 3PC: no word from the coordinator for too long: run a termination round.
+        case termination(String)
+        /// 3PC: stop waiting for peers' answers in this round.
+        case terminationRound(String)
+    }
+
+    /// What a 3PC branch knows to terminate without its coordinator.
+    public struct ThreePhaseInfo: Equatable, Sendable {
+        public let termination: Termination
+        /// Every participant of the transaction (this one included).
+        public let peers: [ParticipantRef]
+        public init(termination: Termination, peers: [ParticipantRef]) {
+            self.termination = termination
+            self.peers = peers
+        }
     }
 
     public enum Reply: Equatable {
@@ -60,12 +89,19 @@ public struct Participant {
         /// A commit arrived for a branch an operator aborted: it cannot be honoured.
         case heuristicAborted
         case forced(Outcome, dryRun: Bool, effects: [String])
+        /// 3PC: acknowledgement of a pre-commit / pre-abort.
+        case preCommitted
+        case preAborted
+        case state(ThreePhaseState)
         case error(RequestError)
     }
 
     public enum Record: Equatable, Sendable {
         /// Forced before voting yes.
-        case prepared(String, coordinatorURL: String, writeSet: [UInt8])
+        case prepared(String, coordinatorURL: String, writeSet: [UInt8], threePhase: ThreePhaseInfo? = nil)
+        /// Forced, 3PC: pre-committed (Skeen's p) / pre-aborted (quorum 3PC's pa).
+        case preCommitted(String)
+        case preAborted(String)
         /// Forced before acknowledging.
         case committed(String)
         /// A one-phase commit: the write set and the decision in one forced record.
@@ -92,6 +128,10 @@ public struct Participant {
         case inquire(String, coordinatorURL: String)
         /// Tell the coordinator that an operator's outcome differs from its decision.
         case reportHeuristic(String, coordinatorURL: String, outcome: Outcome)
+        /// 3PC termination: ask a peer for its state in round `round`.
+        case queryPeer(String, peer: ParticipantRef, round: Int)
+        /// 3PC termination, as backup coordinator: tell a peer what to do.
+        case sendToPeer(String, peer: ParticipantRef, message: PeerMessage)
         case setTimer(Timer, afterMs: Int64)
         case cancelTimer(Timer)
         /// For metrics and the finished-branch memory.
@@ -114,6 +154,19 @@ public struct Participant {
         case heuristicAborted = "heuristic-aborted"
         /// The heuristic record is being written.
         case forcing
+        /// 3PC: the pre-committed / pre-aborted record is being written, and is durable.
+        case preCommitting = "pre-committing"
+        case preCommitted = "pre-committed"
+        case preAborting = "pre-aborting"
+        case preAborted = "pre-aborted"
+    }
+
+    /// What a backup coordinator tells a peer.
+    public enum PeerMessage: Equatable, Sendable {
+        case preCommit
+        case preAbort
+        case commit
+        case abort
     }
 
     /// What an operator did to a branch.
@@ -138,6 +191,14 @@ public struct Participant {
         public var lastInquiryError: String?
         public var commitLSN: UInt64?
         public var heuristic: HeuristicDecision?
+        /// 3PC only.
+        public var threePhase: ThreePhaseInfo?
+        /// 3PC: this branch joined a termination protocol (answered a peer, or started one);
+        /// it no longer takes pre-commits from the coordinator, so the state it reported holds.
+        public var terminating = false
+        var round = 0
+        var roundStates: [String: ThreePhaseState] = [:]
+        var roundPending: Set<String> = []
     }
 
     public let config: Config
@@ -194,7 +255,7 @@ public struct Participant {
         var toApply: [(String, [UInt8], UInt64)] = []
         if let snapshot {
             var r = ByteReader(snapshot)
-            guard try r.u8() == 2 else { throw DecodeError("unknown participant snapshot version") }
+            guard try r.u8() == 3 else { throw DecodeError("unknown participant snapshot version") }
             let n = try r.u32()
             guard n <= UInt32(config.branchesMax * 2) else { throw DecodeError("\(n) branches in a snapshot") }
             for _ in 0..<n {
@@ -206,6 +267,7 @@ public struct Participant {
                 let heuristic = try r.bool() ? try Self.decodeDecision(&r) : nil
                 var b = Branch(txid: txid, state: .prepared, coordinatorURL: url, writeSet: writeSet)
                 b.heuristic = heuristic
+                b.threePhase = try r.bool() ? try Self.decodeThreePhase(&r) : nil
                 switch kind {
                 case 0: break
                 case 1: // committing: the commit record precedes the snapshot, so it is durable
@@ -218,6 +280,8 @@ public struct Participant {
                     b.state = h.outcome == .committed ? .heuristicCommitted : .heuristicAborted
                 case 3: b.state = .heuristicCommitted
                 case 4: b.state = .heuristicAborted
+                case 5: b.state = .preCommitted
+                case 6: b.state = .preAborted
                 default: throw DecodeError("unknown branch kind \(kind) in snapshot")
                 }
                 branches[txid] = b
@@ -231,8 +295,14 @@ public struct Participant {
         }
         for record in records {
             switch try ParticipantRecordCoding.decode(type: record.type, payload: record.payload) {
-            case .prepared(let txid, let url, let writeSet):
-                branches[txid] = Branch(txid: txid, state: .prepared, coordinatorURL: url, writeSet: writeSet)
+            case .prepared(let txid, let url, let writeSet, let threePhase):
+                var b = Branch(txid: txid, state: .prepared, coordinatorURL: url, writeSet: writeSet)
+                b.threePhase = threePhase
+                branches[txid] = b
+            case .preCommitted(let txid):
+                branches[txid]?.state = .preCommitted
+            case .preAborted(let txid):
+                branches[txid]?.state = .preAborted
             case .committed(let txid):
                 if let b = branches.removeValue(forKey: txid) {
                     toApply.append((txid, b.writeSet, record.lsn))
@@ -259,8 +329,9 @@ public struct Participant {
         var actions: [Action] = toApply.map { .apply($0.0, writeSet: $0.1, lsn: $0.2) }
         for txid in branches.keys.sorted() {
             let b = branches[txid]!
-            if b.state == .prepared { actions.append(.restoreLocks(txid, writeSet: b.writeSet)) }
+            if [.prepared, .preCommitted, .preAborted].contains(b.state) { actions.append(.restoreLocks(txid, writeSet: b.writeSet)) }
             actions.append(.inquire(txid, coordinatorURL: b.coordinatorURL))
+            if b.threePhase != nil { actions.append(.setTimer(.termination(txid), afterMs: config.terminationTimeoutMs)) }
         }
         return actions
     }
@@ -271,7 +342,7 @@ public struct Participant {
     /// first.
     public func snapshot() -> [UInt8] {
         var w = ByteWriter()
-        w.u8(2)
+        w.u8(3)
         let kept = branches.values.filter { $0.state != .active }.sorted { $0.txid < $1.txid }
         w.u32(UInt32(kept.count))
         for b in kept {
@@ -285,10 +356,15 @@ public struct Participant {
             case .forcing: w.u8(2); w.u64(b.commitLSN ?? 0)
             case .heuristicCommitted: w.u8(3); w.u64(0)
             case .heuristicAborted: w.u8(4); w.u64(0)
+            // A pre-record being written precedes the snapshot: durable if the snapshot is.
+            case .preCommitted, .preCommitting: w.u8(5); w.u64(0)
+            case .preAborted, .preAborting: w.u8(6); w.u64(0)
             default: w.u8(0); w.u64(0) // preparing counts as prepared: its record precedes us
             }
             w.bool(b.heuristic != nil)
             if let h = b.heuristic { Self.encodeDecision(&w, h) }
+            w.bool(b.threePhase != nil)
+            if let info = b.threePhase { Self.encodeThreePhase(&w, info) }
         }
         w.u32(UInt32(heuristicMixed.count))
         for (txid, h) in heuristicMixed.sorted(by: { $0.key < $1.key }) {
@@ -296,6 +372,24 @@ public struct Participant {
             Self.encodeDecision(&w, h)
         }
         return w.bytes
+    }
+
+    static func encodeThreePhase(_ w: inout ByteWriter, _ info: ThreePhaseInfo) {
+        w.u8(info.termination == .quorum ? 1 : 0)
+        w.u32(UInt32(info.peers.count))
+        for p in info.peers {
+            w.string(p.name)
+            w.string(p.url)
+        }
+    }
+
+    static func decodeThreePhase(_ r: inout ByteReader) throws -> ThreePhaseInfo {
+        let termination: Termination = try r.u8() == 1 ? .quorum : .classic
+        let n = try r.u32()
+        guard n <= UInt32(Limits.branchesPerTransactionMax) else { throw DecodeError("\(n) peers") }
+        var peers: [ParticipantRef] = []
+        for _ in 0..<n { peers.append(ParticipantRef(name: try r.string(maxCount: 4096), url: try r.string(maxCount: 4096))) }
+        return ThreePhaseInfo(termination: termination, peers: peers)
     }
 
     static func encodeDecision(_ w: inout ByteWriter, _ h: HeuristicDecision) {
@@ -326,8 +420,24 @@ public struct Participant {
             // Outlive the coordinator's own timeout, so normally the coordinator aborts first.
             let expiry = max(timeoutMs, 0) + config.branchExpiryMarginMs
             return [.setTimer(.branchExpiry(txid), afterMs: expiry)]
-        case .prepare(let request, let txid, let onePhase, let vote):
-            return prepare(request, txid, onePhase: onePhase, vote: vote)
+        case .prepare(let request, let txid, let onePhase, let vote, let threePhase):
+            return prepare(request, txid, onePhase: onePhase, vote: vote, threePhase: threePhase)
+        case .preCommit(let request, let txid, let fromBackup):
+            return preRecord(request, txid, commit: true, fromBackup: fromBackup)
+        case .preAbort(let request, let txid):
+            return preRecord(request, txid, commit: false, fromBackup: true)
+        case .preRecordDurable(let txid):
+            return preRecordDurable(txid)
+        case .stateQuery(let request, let txid):
+            return stateQuery(request, txid)
+        case .peerState(let txid, let round, let peer, let state):
+            return peerState(txid, round: round, peer: peer, state: state)
+        case .backupDecision(let request, let txid, let outcome):
+            return outcome == .committed ? commit(request, txid) : abort(request, txid)
+        case .timerFired(.termination(let txid)):
+            return startTerminationRound(txid)
+        case .timerFired(.terminationRound(let txid)):
+            return decideTermination(txid)
         case .commit(let request, let txid):
             return commit(request, txid)
         case .abort(let request, let txid):
@@ -341,9 +451,11 @@ public struct Participant {
         case .recordRefused(let txid, let reason):
             return recordRefused(txid, reason)
         case .inquiryFailed(let txid, let error):
-            guard var b = branches[txid], b.state.asksCoordinator else { return [] }
+            guard var b = branches[txid], b.state.asksCoordinator || b.threePhase != nil else { return [] }
             b.lastInquiryError = error
             branches[txid] = b
+            // A 3PC branch does not wait on its coordinator: its termination timer runs.
+            if b.threePhase != nil && b.heuristic == nil { return [] }
             return [.setTimer(.inquire(txid), afterMs: inquiryDelay(b.inquiries))]
         case .timerFired(.branchExpiry(let txid)):
             guard let b = branches[txid], b.state == .active else { return [] }
@@ -360,7 +472,7 @@ public struct Participant {
         }
     }
 
-    private mutating func prepare(_ request: RequestID, _ txid: String, onePhase: Bool, vote: ResourceVote) -> [Action] {
+    private mutating func prepare(_ request: RequestID, _ txid: String, onePhase: Bool, vote: ResourceVote, threePhase: ThreePhaseInfo?) -> [Action] {
         guard var b = branches[txid] else {
             // Unknown: either finished (answer as before) or never joined here.
             switch finishedOutcomes[txid] {
@@ -381,7 +493,7 @@ public struct Participant {
             b.waiting.append(request)
             branches[txid] = b
             return []
-        case .prepared, .forcing, .heuristicCommitted, .heuristicAborted:
+        case .prepared, .forcing, .heuristicCommitted, .heuristicAborted, .preCommitting, .preCommitted, .preAborting, .preAborted:
             return [.reply(request, .vote(.yes))]
         case .committed:
             return [.reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.yes))]
@@ -411,8 +523,9 @@ public struct Participant {
                 return [.cancelTimer(.branchExpiry(txid)), .log(.committedOnePhase(txid, writeSet: writeSet), force: true)]
             }
             b.state = .preparing
+            b.threePhase = threePhase
             branches[txid] = b
-            return [.cancelTimer(.branchExpiry(txid)), .log(.prepared(txid, coordinatorURL: b.coordinatorURL, writeSet: writeSet), force: true)]
+            return [.cancelTimer(.branchExpiry(txid)), .log(.prepared(txid, coordinatorURL: b.coordinatorURL, writeSet: writeSet, threePhase: threePhase), force: true)]
         }
     }
 
@@ -428,6 +541,10 @@ public struct Participant {
         }
         b.state = .prepared
         branches[txid] = b
+        if b.threePhase != nil {
+            // 3PC: never block on the coordinator — past a timeout the participants terminate.
+            return waiting.map { .reply($0, .vote(.yes)) } + [.setTimer(.termination(txid), afterMs: config.terminationTimeoutMs)]
+        }
         return waiting.map { .reply($0, .vote(.yes)) } + [.setTimer(.inquire(txid), afterMs: config.inquiryDelayMs)]
     }
 
@@ -444,11 +561,11 @@ public struct Participant {
             }
         }
         switch b.state {
-        case .prepared:
+        case .prepared, .preCommitted, .preAborted, .preCommitting, .preAborting:
             b.state = .committing
             b.waiting.append(request)
             branches[txid] = b
-            return [.cancelTimer(.inquire(txid)), .log(.committed(txid), force: true)]
+            return [.cancelTimer(.inquire(txid)), .cancelTimer(.termination(txid)), .cancelTimer(.terminationRound(txid)), .log(.committed(txid), force: true)]
         case .committing:
             b.waiting.append(request)
             branches[txid] = b
@@ -486,8 +603,10 @@ public struct Participant {
         switch b.state {
         case .active:
             return finish(txid, .aborted) + [.release(txid), .reply(request, .aborted)]
-        case .prepared:
+        case .prepared, .preCommitted, .preAborted, .preCommitting, .preAborting:
+            let waiting = b.waiting
             return [.log(.aborted(txid), force: false)] + finish(txid, .aborted) + [.release(txid), .reply(request, .aborted)]
+                + waiting.map { .reply($0, .aborted) }
         case .preparing:
             b.abortWhenDurable = true
             branches[txid] = b
@@ -513,6 +632,11 @@ public struct Participant {
             let why = "cannot log the prepared record: \(reason)"
             return finish(txid, .aborted) + [.release(txid)]
                 + waiting.map { .reply($0, b.onePhase ? .outcome(.aborted, reason: why) : .vote(.no(reason: why))) }
+        case .preCommitting, .preAborting:
+            // The pre-record was not written: still uncertain.
+            b.state = .prepared
+            branches[txid] = b
+            return waiting.map { .reply($0, .error(RequestError(503, "cannot log the pre-record now: \(reason); retry"))) }
         case .forcing:
             // The operator's decision was not recorded: the branch is in doubt as before.
             b.state = .prepared
@@ -540,7 +664,19 @@ public struct Participant {
             case .pending, .unknownCoordinator: return [.setTimer(.inquire(txid), afterMs: config.retryDelayMsMax)]
             }
         }
+        if let b = branches[txid], b.threePhase != nil, [.preCommitted, .preAborted].contains(b.state) {
+            switch answer {
+            case .committed: return commitSelf(txid)
+            case .aborted: return abortSelf(txid)
+            case .pending, .unknownCoordinator: return []
+            }
+        }
         guard var b = branches[txid], b.state == .prepared else { return [] }
+        if b.threePhase != nil && (answer == .pending || answer == .unknownCoordinator) {
+            b.lastInquiryError = answer == .pending ? nil : "coordinator does not recognise this transaction's coordinator id"
+            branches[txid] = b
+            return [] // the termination timer runs
+        }
         switch answer {
         case .committed:
             b.state = .committing
@@ -599,8 +735,16 @@ public struct Participant {
             let current: Outcome = b.state == .heuristicCommitted ? .committed : .aborted
             if current == decision.outcome { return [.reply(request, .forced(current, dryRun: dryRun, effects: ["nothing to do: already forced \(current.rawValue)"]))] }
             return refuse(409, "refused: an operator already forced branch \(txid) to \(current.rawValue)")
-        case .preparing, .committing, .forcing:
+        case .preparing, .committing, .forcing, .preCommitting, .preAborting:
             return refuse(409, "branch \(txid) is \(b.state.rawValue): a record is being written; look again in a moment")
+        case .preCommitted, .preAborted:
+            // A 3PC branch between phases is as much in doubt as a prepared one.
+            var asPrepared = b
+            asPrepared.state = .prepared
+            branches[txid] = asPrepared
+            let actions = force(request, txid, decision, dryRun: dryRun)
+            if dryRun || branches[txid]?.state != .forcing { branches[txid]?.state = b.state }
+            return actions
         case .committed, .aborted, .readOnly:
             return refuse(409, "branch \(txid) is already \(b.state.rawValue)")
         }
@@ -647,7 +791,8 @@ public struct Participant {
     private mutating func finish(_ txid: String, _ outcome: Outcome) -> [Action] {
         branches.removeValue(forKey: txid)
         rememberFinished(txid, outcome)
-        return [.cancelTimer(.branchExpiry(txid)), .cancelTimer(.inquire(txid)), .finished(txid, outcome)]
+        return [.cancelTimer(.branchExpiry(txid)), .cancelTimer(.inquire(txid)), .cancelTimer(.termination(txid)),
+                .cancelTimer(.terminationRound(txid)), .finished(txid, outcome)]
     }
 
     private mutating func rememberFinished(_ txid: String, _ outcome: Outcome) {
@@ -664,6 +809,187 @@ public struct Participant {
 }
 
 /// Binary encoding of the participant's log records.
+// MARK: - three-phase commit: pre-commit and the termination protocol
+
+extension Participant {
+    /// The 3PC state of a branch, as reported to a peer. A record still being written does not
+    /// count yet (it may not survive a crash).
+    func threePhaseState(_ txid: String) -> ThreePhaseState {
+        if let b = branches[txid] {
+            switch b.state {
+            case .prepared, .preCommitting, .preAborting, .forcing: return .uncertain
+            case .preCommitted: return .preCommitted
+            case .preAborted: return .preAborted
+            // A commit is being logged: the decision is commit, whoever made it.
+            case .committing, .committed, .heuristicCommitted: return .committed
+            case .aborted, .heuristicAborted: return .aborted
+            case .active, .preparing, .readOnly: return .unknown
+            }
+        }
+        switch finishedOutcomes[txid] {
+        case .committed?: return .committed
+        case .aborted?: return .aborted
+        case nil: return .unknown
+        }
+    }
+
+    /// A pre-commit (or, in quorum termination, a pre-abort): force the record, then answer.
+    /// Once this branch has joined a termination round it takes these only from a backup
+    /// coordinator, so the state it reported to its peers stays true.
+    mutating func preRecord(_ request: RequestID, _ txid: String, commit: Bool, fromBackup: Bool) -> [Action] {
+        guard var b = branches[txid], b.threePhase != nil else {
+            switch finishedOutcomes[txid] {
+            case .committed? where commit: return [.reply(request, .preCommitted)]
+            case .committed?: return [.reply(request, .error(RequestError(409, "branch \(txid) already committed")))]
+            case .aborted? where !commit: return [.reply(request, .preAborted)]
+            case .aborted?: return [.reply(request, .error(RequestError(409, "branch \(txid) was aborted")))]
+            case nil: return [.reply(request, .error(RequestError(409, "no three-phase branch \(txid) here")))]
+            }
+        }
+        switch (b.state, commit) {
+        case (.preCommitted, true): return [.reply(request, .preCommitted)]
+        case (.preAborted, false): return [.reply(request, .preAborted)]
+        case (.preCommitting, true), (.preAborting, false):
+            b.waiting.append(request)
+            branches[txid] = b
+            return []
+        case (.committing, true): return [.reply(request, .preCommitted)]
+        case (.prepared, _), (.preAborted, true), (.preCommitted, false):
+            if b.terminating && !fromBackup {
+                return [.reply(request, .error(RequestError(409, "branch \(txid) joined its peers' termination protocol; it takes no pre-commit from the coordinator now")))]
+            }
+            b.state = commit ? .preCommitting : .preAborting
+            b.waiting.append(request)
+            branches[txid] = b
+            return [.log(commit ? .preCommitted(txid) : .preAborted(txid), force: true)]
+        default:
+            return [.reply(request, .error(RequestError(409, "branch \(txid) is \(b.state.rawValue)")))]
+        }
+    }
+
+    mutating func preRecordDurable(_ txid: String) -> [Action] {
+        guard var b = branches[txid], b.state == .preCommitting || b.state == .preAborting else { return [] }
+        let commit = b.state == .preCommitting
+        b.state = commit ? .preCommitted : .preAborted
+        let waiting = b.waiting
+        b.waiting = []
+        branches[txid] = b
+        return waiting.map { .reply($0, commit ? .preCommitted : .preAborted) }
+            + [.setTimer(.termination(txid), afterMs: config.terminationTimeoutMs)]
+    }
+
+    /// A peer (or the coordinator) asks where this branch stands. A branch that answers joins
+    /// the termination: from now on it takes pre-records only from a backup coordinator.
+    mutating func stateQuery(_ request: RequestID, _ txid: String) -> [Action] {
+        if var b = branches[txid], b.threePhase != nil, [.prepared, .preCommitted, .preAborted].contains(b.state) {
+            b.terminating = true
+            branches[txid] = b
+        }
+        return [.reply(request, .state(threePhaseState(txid)))]
+    }
+
+    /// No word from the coordinator: ask every peer for its state (and the coordinator, in
+    /// case it is back with an outcome).
+    mutating func startTerminationRound(_ txid: String) -> [Action] {
+        guard var b = branches[txid], let info = b.threePhase,
+              [.prepared, .preCommitted, .preAborted].contains(b.state) else { return [] }
+        b.terminating = true
+        b.round += 1
+        b.roundStates = [config.name: threePhaseState(txid)]
+        let others = info.peers.filter { $0.name != config.name }
+        b.roundPending = Set(others.map(\.name))
+        branches[txid] = b
+        return others.map { .queryPeer(txid, peer: $0, round: b.round) }
+            + [.inquire(txid, coordinatorURL: b.coordinatorURL),
+               .setTimer(.terminationRound(txid), afterMs: config.terminationRoundMs)]
+    }
+
+    mutating func peerState(_ txid: String, round: Int, peer: String, state: ThreePhaseState?) -> [Action] {
+        guard var b = branches[txid], b.round == round, b.roundPending.contains(peer) else { return [] }
+        b.roundPending.remove(peer)
+        if let state { b.roundStates[peer] = state }
+        branches[txid] = b
+        guard b.roundPending.isEmpty else { return [] }
+        return [.cancelTimer(.terminationRound(txid))] + decideTermination(txid)
+    }
+
+    /// The termination rules, applied by the backup coordinator: the live participant with
+    /// the lowest name among those that answered this round. Others wait for it (and run their
+    /// own round again later, so a backup that dies is replaced).
+    ///
+    /// Classic (Skeen 1981): any committed → commit; any aborted → abort; nobody pre-committed
+    /// → abort; otherwise pre-commit the uncertain ones, then commit.
+    /// Quorum (Skeen 1982), with a majority Q of the participants for both: any committed →
+    /// commit; any aborted → abort; some pre-committed and pre-committed + uncertain ≥ Q →
+    /// pre-commit the uncertain, commit once Q are pre-committed; else pre-aborted + uncertain
+    /// ≥ Q → pre-abort the uncertain, abort once Q are pre-aborted; else block.
+    mutating func decideTermination(_ txid: String) -> [Action] {
+        guard var b = branches[txid], let info = b.threePhase,
+              [.prepared, .preCommitted, .preAborted].contains(b.state) else { return [] }
+        b.roundStates[config.name] = threePhaseState(txid)
+        b.roundPending = []
+        branches[txid] = b
+        let states = b.roundStates
+        let again: Action = .setTimer(.termination(txid), afterMs: config.terminationTimeoutMs)
+        guard states.keys.min() == config.name else { return [again] } // not the backup
+        let peersByName = Dictionary(uniqueKeysWithValues: info.peers.map { ($0.name, $0) })
+        let reachable = states.keys.sorted().filter { $0 != config.name }.compactMap { peersByName[$0] }
+        func tell(_ message: PeerMessage, where want: (ThreePhaseState) -> Bool) -> [Action] {
+            reachable.filter { want(states[$0.name]!) }.map { .sendToPeer(txid, peer: $0, message: message) }
+        }
+        let count = { (s: ThreePhaseState) in states.values.filter { $0 == s }.count }
+        let uncertain = count(.uncertain) + count(.unknown)
+        let preCommitted = count(.preCommitted)
+        let preAborted = count(.preAborted)
+        let commitAll = tell(.commit, where: { $0 != .committed })
+        let abortAll = tell(.abort, where: { $0 != .aborted })
+        if count(.committed) > 0 { return commitAll + commitSelf(txid) }
+        if count(.aborted) > 0 { return abortAll + abortSelf(txid) }
+        let mine = states[config.name]!
+        switch info.termination {
+        case .classic:
+            if preCommitted == 0 { return abortAll + abortSelf(txid) }
+            if uncertain == 0 && preAborted == 0 { return commitAll + commitSelf(txid) }
+            var actions = tell(.preCommit, where: { $0 == .uncertain || $0 == .preAborted })
+            if mine != .preCommitted { actions += preRecordSelf(txid, commit: true) }
+            return actions + [.setTimer(.termination(txid), afterMs: config.terminationRoundMs)]
+        case .quorum:
+            let q = info.peers.count / 2 + 1
+            if preCommitted >= 1 && preCommitted + uncertain >= q {
+                if preCommitted >= q { return commitAll + commitSelf(txid) }
+                var actions = tell(.preCommit, where: { $0 == .uncertain || $0 == .unknown })
+                if mine == .uncertain { actions += preRecordSelf(txid, commit: true) }
+                return actions + [.setTimer(.termination(txid), afterMs: config.terminationRoundMs)]
+            }
+            if preAborted + uncertain >= q {
+                if preAborted >= q { return abortAll + abortSelf(txid) }
+                var actions = tell(.preAbort, where: { $0 == .uncertain || $0 == .unknown })
+                if mine == .uncertain { actions += preRecordSelf(txid, commit: false) }
+                return actions + [.setTimer(.termination(txid), afterMs: config.terminationRoundMs)]
+            }
+            return [again] // no quorum on this side: block, try again later
+        }
+    }
+
+    private mutating func preRecordSelf(_ txid: String, commit: Bool) -> [Action] {
+        guard var b = branches[txid] else { return [] }
+        b.state = commit ? .preCommitting : .preAborting
+        branches[txid] = b
+        return [.log(commit ? .preCommitted(txid) : .preAborted(txid), force: true)]
+    }
+
+    mutating func commitSelf(_ txid: String) -> [Action] {
+        guard var b = branches[txid] else { return [] }
+        b.state = .committing
+        branches[txid] = b
+        return [.cancelTimer(.termination(txid)), .cancelTimer(.inquire(txid)), .log(.committed(txid), force: true)]
+    }
+
+    mutating func abortSelf(_ txid: String) -> [Action] {
+        [.log(.aborted(txid), force: false)] + finish(txid, .aborted) + [.release(txid)]
+    }
+}
+
 extension Participant.BranchState {
     /// States that keep asking the coordinator for its outcome.
     var asksCoordinator: Bool { self == .prepared || self == .heuristicCommitted || self == .heuristicAborted }
@@ -676,15 +1002,24 @@ public enum ParticipantRecordCoding {
     public static let abortedType: UInt8 = 4
     public static let heuristicType: UInt8 = 5
     public static let heuristicResolvedType: UInt8 = 6
+    public static let preCommittedType: UInt8 = 7
+    public static let preAbortedType: UInt8 = 8
 
     public static func encode(_ record: Participant.Record) -> (type: UInt8, payload: [UInt8]) {
         var w = ByteWriter()
         switch record {
-        case .prepared(let txid, let url, let writeSet):
+        case .prepared(let txid, let url, let writeSet, let threePhase):
             w.string(txid)
             w.string(url)
             w.blob(writeSet)
+            if let info = threePhase { Participant.encodeThreePhase(&w, info) }
             return (preparedType, w.bytes)
+        case .preCommitted(let txid):
+            w.string(txid)
+            return (preCommittedType, w.bytes)
+        case .preAborted(let txid):
+            w.string(txid)
+            return (preAbortedType, w.bytes)
         case .committed(let txid):
             w.string(txid)
             return (committedType, w.bytes)
@@ -714,7 +1049,12 @@ public enum ParticipantRecordCoding {
         var r = ByteReader(payload)
         let txid = try r.string(maxCount: 128)
         switch type {
-        case preparedType: return .prepared(txid, coordinatorURL: try r.string(maxCount: 4096), writeSet: try r.blob())
+        case preparedType:
+            let url = try r.string(maxCount: 4096)
+            let writeSet = try r.blob()
+            return .prepared(txid, coordinatorURL: url, writeSet: writeSet, threePhase: r.isAtEnd ? nil : try Participant.decodeThreePhase(&r))
+        case preCommittedType: return .preCommitted(txid)
+        case preAbortedType: return .preAborted(txid)
         case committedType: return .committed(txid)
         case committedOnePhaseType: return .committedOnePhase(txid, writeSet: try r.blob())
         case abortedType: return .aborted(txid)

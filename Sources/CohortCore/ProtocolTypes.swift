@@ -50,16 +50,58 @@ public enum InquiryAnswer: String, Codable, Sendable {
     case unknownCoordinator = "unknown-coordinator"
 }
 
+/// How a three-phase commit decides when its coordinator is silent (Skeen 1981, 1982).
+public enum Termination: String, Codable, Sendable {
+    /// Skeen's termination protocol: non-blocking with crashes, unsafe under partitions.
+    case classic
+    /// Quorum-based: a side of a partition decides only with a quorum (a majority of the
+    /// participants for commit and for abort), so the outcome cannot split; a minority blocks.
+    case quorum
+}
+
+/// Which commit protocol a transaction runs.
+public enum CommitProtocol: Equatable, Sendable {
+    case twoPhase
+    case threePhase(Termination)
+
+    public var name: String {
+        switch self {
+        case .twoPhase: return "2pc"
+        case .threePhase: return "3pc"
+        }
+    }
+}
+
+/// Where a participant stands in a three-phase commit, as told to a peer running the
+/// termination protocol (or to a coordinator learning the outcome).
+public enum ThreePhaseState: String, Codable, Sendable {
+    /// Never heard of it, or it never voted yes.
+    case unknown
+    /// Voted yes, no pre-commit yet (Skeen's w).
+    case uncertain
+    case preAborted = "pre-aborted"
+    case preCommitted = "pre-committed"
+    case committed
+    case aborted
+}
+
 /// Messages a coordinator sends to a participant (second-phase messages included).
 public enum ParticipantMessage: Equatable, Sendable {
-    /// `participants` lists every branch, so a later protocol (3PC termination) can find peers.
-    case prepare(onePhase: Bool, participants: [ParticipantRef])
+    /// `participants` lists every branch, so the participants of a three-phase commit can find
+    /// each other for the termination protocol. `threePhase` is set for 3PC (CanCommit).
+    case prepare(onePhase: Bool, participants: [ParticipantRef], threePhase: Termination?)
+    /// 3PC: everyone voted yes; move to pre-committed (forced) and acknowledge.
+    case preCommit
+    /// 3PC: what is your state? (a coordinator learning an outcome it no longer decides)
+    case stateQuery
     case commit
     case abort
 
     public var typeName: String {
         switch self {
-        case .prepare(let onePhase, _): return onePhase ? "commit-one-phase" : "prepare"
+        case .prepare(let onePhase, _, _): return onePhase ? "commit-one-phase" : "prepare"
+        case .preCommit: return "pre-commit"
+        case .stateQuery: return "state-query"
         case .commit: return "commit"
         case .abort: return "abort"
         }

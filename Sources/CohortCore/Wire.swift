@@ -88,14 +88,21 @@ public struct PrepareRequest: Codable, Sendable {
     public let participants: [ParticipantRef]?
     /// The incarnation the coordinator knows this participant by (see `ParticipantRef`).
     public let incarnation: String?
-    public init(txid: String, onePhase: Bool?, participants: [ParticipantRef]?, incarnation: String? = nil) {
+    /// "3pc" for a three-phase commit's CanCommit (absent: 2pc).
+    public let `protocol`: String?
+    /// 3PC: "classic" or "quorum" termination.
+    public let termination: String?
+    public init(txid: String, onePhase: Bool?, participants: [ParticipantRef]?, incarnation: String? = nil,
+                protocol: String? = nil, termination: String? = nil) {
         self.txid = txid
         self.onePhase = onePhase
         self.participants = participants
         self.incarnation = incarnation
+        self.protocol = `protocol`
+        self.termination = termination
     }
     enum CodingKeys: String, CodingKey {
-        case txid, participants, incarnation
+        case txid, participants, incarnation, `protocol`, termination
         case onePhase = "one_phase"
     }
 }
@@ -119,9 +126,22 @@ public struct PrepareResponse: Codable, Sendable {
 public struct PhaseRequest: Codable, Sendable {
     public let txid: String
     public let incarnation: String?
-    public init(txid: String, incarnation: String? = nil) {
+    /// 3PC: sent by a peer acting as backup coordinator in the termination protocol.
+    public let backup: Bool?
+    public init(txid: String, incarnation: String? = nil, backup: Bool? = nil) {
         self.txid = txid
         self.incarnation = incarnation
+        self.backup = backup
+    }
+}
+
+/// 3PC: `POST /v1/3pc/state` answer.
+public struct ThreePhaseStateResponse: Codable, Sendable {
+    public let txid: String
+    public let state: String
+    public init(txid: String, state: String) {
+        self.txid = txid
+        self.state = state
     }
 }
 
@@ -268,7 +288,7 @@ extension Coordinator.Transaction {
     public func view() -> TransactionView {
         TransactionView(
             txid: txid.description,
-            protocol: "2pc",
+            protocol: commitProtocol.name,
             state: state.rawValue,
             outcome: outcome?.rawValue,
             reason: reason,

@@ -105,6 +105,7 @@ public enum LogTools {
         case CoordinatorRecordCoding.endType: return "end"
         case CoordinatorRecordCoding.auditType: return "audit"
         case CoordinatorRecordCoding.heuristicType: return "heuristic"
+        case CoordinatorRecordCoding.preCommitType: return "pre-commit"
         default: return "type-\(type)"
         }
     }
@@ -127,6 +128,9 @@ public enum LogTools {
                 return rec(txid.description, "\(e.action) by \(e.operatorName) at \(a.at): \(e.reason)", a)
             case .heuristic(let txid, let participant, let outcome):
                 return rec(txid.description, "participant \(participant) reported a heuristic outcome: operator forced \(outcome.rawValue)")
+            case .preCommit(let txid, let participants, let termination, let at):
+                let names = participants.map(\.name).joined(separator: ", ")
+                return rec(txid.description, "3PC pre-commit (\(termination.rawValue) termination) at \(TimeFormat.iso8601(ms: at)); participants \(names)")
             }
         } catch {
             return rec(nil, "not a coordinator record (\(error)); is this a coordinator's log?", known: false)

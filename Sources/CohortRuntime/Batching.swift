@@ -45,6 +45,7 @@ public final class BatchingSender {
     private struct Queued {
         let path: String
         let body: [UInt8]
+        let timeoutMs: Int64
         let completion: Completion
     }
 
@@ -65,10 +66,11 @@ public final class BatchingSender {
 
     /// Sends `body` to `baseURL + path`, alone or in a batch with others to the same peer.
     /// `batchable` is false for peers not known to serve `/v1/batch`.
-    public func send(baseURL: String, path: String, body: [UInt8], batchable: Bool, completion: @escaping Completion) {
+    public func send(baseURL: String, path: String, body: [UInt8], batchable: Bool,
+                     timeoutMs: Int64 = Limits.httpClientRequestTimeoutMs, completion: @escaping Completion) {
         guard batchable else {
             exchangesSent += 1
-            environment.send(HTTPClientRequest(method: "POST", url: baseURL + path, body: body), completion)
+            environment.send(HTTPClientRequest(method: "POST", url: baseURL + path, body: body, timeoutMs: timeoutMs), completion)
             return
         }
         var peer = peers[baseURL] ?? Peer()
@@ -76,7 +78,7 @@ public final class BatchingSender {
             environment.execute { completion(.failure(.queueFull)) }
             return
         }
-        peer.queue.append(Queued(path: path, body: body, completion: completion))
+        peer.queue.append(Queued(path: path, body: body, timeoutMs: timeoutMs, completion: completion))
         peers[baseURL] = peer
         flush(baseURL)
     }
@@ -97,14 +99,16 @@ public final class BatchingSender {
         }
         if items.count == 1 {
             let item = items[0]
-            environment.send(HTTPClientRequest(method: "POST", url: baseURL + item.path, body: item.body)) { result in
+            environment.send(HTTPClientRequest(method: "POST", url: baseURL + item.path, body: item.body, timeoutMs: item.timeoutMs)) { result in
                 item.completion(result)
                 done()
             }
             return
         }
         let batch = BatchRequest(messages: items.map { BatchItem(path: $0.path, body: String(decoding: $0.body, as: UTF8.self)) })
-        environment.send(HTTPClientRequest(method: "POST", url: baseURL + "/v1/batch", body: JSONBody.encode(batch))) { result in
+        // A batch waits as long as its most patient message would have.
+        let timeoutMs = items.map(\.timeoutMs).max() ?? Limits.httpClientRequestTimeoutMs
+        environment.send(HTTPClientRequest(method: "POST", url: baseURL + "/v1/batch", body: JSONBody.encode(batch), timeoutMs: timeoutMs)) { result in
             switch result {
             case .failure(let error):
                 for item in items { item.completion(.failure(error)) }

@@ -22,6 +22,7 @@ final class SimClient {
     private(set) var transfers: [Transfer] = []
     var committed = 0
     var aborted = 0
+    var abortReasons: [String: Int] = [:]
     var stopping = false
     private(set) var idle = false
     private var name: String { "client-\(index)" }
@@ -32,7 +33,7 @@ final class SimClient {
     }
 
     private func call(_ method: String, _ url: String, _ body: [UInt8], _ done: @escaping (Int, [UInt8]) -> Void) {
-        let request = HTTPClientRequest(method: method, url: url, body: body, timeoutMs: 500)
+        let request = HTTPClientRequest(method: method, url: url, body: body, timeoutMs: 2_000)
         simulation.deliver(from: name, generation: 0, request) { result in
             switch result {
             case .success(let r): done(r.status, r.body)
@@ -71,13 +72,41 @@ final class SimClient {
         }
     }
 
+    /// One transaction across every agent (a marker key on each), for scripted schedules.
+    func threeWayTransfer(termination: Termination, done: @escaping (String, String) -> Void) {
+        let body = JSONBody.encode(BeginRequest(protocol: "3pc", timeoutMs: 5_000, termination: termination.rawValue))
+        call("POST", "http://coordinator:1/v1/transactions", body) { [unowned self] status, body in
+            guard status == 201, let begun = try? JSONDecoder().decode(BeginResponse.self, from: Data(body)) else { return done("", "begin failed") }
+            var remaining = self.simulation.agentNames
+            func step() {
+                guard let agent = remaining.first else {
+                    return self.call("POST", "http://coordinator:1/v1/transactions/\(begun.txid)/commit", []) { status, body in
+                        let outcome = (try? JSONDecoder().decode(OutcomeResponse.self, from: Data(body)))?.outcome
+                        done(begun.txid, status == 200 ? (outcome ?? "?") : "no answer")
+                    }
+                }
+                remaining.removeFirst()
+                let work = "{\"txid\":\"\(begun.txid)\",\"request_id\":\"w\",\"ops\":[{\"op\":\"set\",\"key\":\"tx/\(begun.txid)\",\"value\":1}]}"
+                self.call("POST", "http://\(agent):1/v1/work", Array(work.utf8)) { status, _ in
+                    guard status == 200 else { return done(begun.txid, "work failed \(status)") }
+                    step()
+                }
+            }
+            done(begun.txid, "pending")
+            step()
+        }
+    }
+
     /// Starts the next transfer, or goes idle once faults have stopped.
     func next() {
         guard !stopping else {
             idle = true
             return
         }
-        let body = JSONBody.encode(BeginRequest(protocol: "2pc", timeoutMs: simulation.config.transactionTimeoutMs))
+        var termination: String?
+        if case .threePhase(let t) = simulation.config.faults.commitProtocol { termination = t.rawValue }
+        let body = JSONBody.encode(BeginRequest(protocol: simulation.config.faults.commitProtocol.name,
+                                                timeoutMs: simulation.config.transactionTimeoutMs, termination: termination))
         call("POST", "http://coordinator:1/v1/transactions", body) { [unowned self] status, body in
             guard status == 201, let begun = try? JSONDecoder().decode(BeginResponse.self, from: Data(body)) else {
                 return self.later()
@@ -92,25 +121,32 @@ final class SimClient {
 
     private func transfer(_ txid: String) {
         let agents = simulation.agentNames
-        let from = agents[0], to = agents[agents.count > 1 ? 1 : 0]
+        // Agents are always touched in the same order (first, then second) so transfers never
+        // wait on each other's locks in a cycle; the money goes either way.
+        let first = agents[0], second = agents[agents.count > 1 ? 1 : 0]
         let accounts = Int64(simulation.config.accounts)
-        let fromKey = simulation.accountKey(Int(simulation.random(accounts)))
-        let toKey = simulation.accountKey(Int(simulation.random(accounts)))
+        let firstKey = simulation.accountKey(Int(simulation.random(accounts)))
+        let secondKey = simulation.accountKey(Int(simulation.random(accounts)))
         let amount = 1 + simulation.random(30)
+        let outOfFirst = simulation.random(2) == 0
+        let (from, fromKey, to, toKey) = outOfFirst ? (first, firstKey, second, secondKey) : (second, secondKey, first, firstKey)
         transfers.append(Transfer(txid: txid, fromAgent: from, fromKey: fromKey, toAgent: to, toKey: toKey, amount: amount))
         let i = transfers.count - 1
         let marker = "tx/\(txid)"
-        let workA = "{\"txid\":\"\(txid)\",\"request_id\":\"a\",\"ops\":[{\"op\":\"add\",\"key\":\"\(fromKey)\",\"delta\":\(-amount),\"min\":0},{\"op\":\"set\",\"key\":\"\(marker)\",\"value\":1}]}"
-        let workB = "{\"txid\":\"\(txid)\",\"request_id\":\"b\",\"ops\":[{\"op\":\"add\",\"key\":\"\(toKey)\",\"delta\":\(amount)},{\"op\":\"set\",\"key\":\"\(marker)\",\"value\":1}]}"
-        call("POST", "http://\(from):1/v1/work", Array(workA.utf8)) { [unowned self] status, _ in
-            guard status == 200 else { return self.abort(txid, i) }
-            self.call("POST", "http://\(to):1/v1/work", Array(workB.utf8)) { status, _ in
-                guard status == 200 else { return self.abort(txid, i) }
+        func op(_ key: String, _ delta: Int64) -> String {
+            "{\"op\":\"add\",\"key\":\"\(key)\",\"delta\":\(delta)\(delta < 0 ? ",\"min\":0" : "")}"
+        }
+        let workA = "{\"txid\":\"\(txid)\",\"request_id\":\"a\",\"ops\":[\(op(firstKey, outOfFirst ? -amount : amount)),{\"op\":\"set\",\"key\":\"\(marker)\",\"value\":1}]}"
+        let workB = "{\"txid\":\"\(txid)\",\"request_id\":\"b\",\"ops\":[\(op(secondKey, outOfFirst ? amount : -amount)),{\"op\":\"set\",\"key\":\"\(marker)\",\"value\":1}]}"
+        call("POST", "http://\(first):1/v1/work", Array(workA.utf8)) { [unowned self] status, _ in
+            guard status == 200 else { return self.abort(txid, i, why: "work-a \(status)") }
+            self.call("POST", "http://\(second):1/v1/work", Array(workB.utf8)) { status, _ in
+                guard status == 200 else { return self.abort(txid, i, why: "work-b \(status)") }
                 self.call("POST", "http://coordinator:1/v1/transactions/\(txid)/commit", []) { status, body in
                     if status == 200, let answer = try? JSONDecoder().decode(OutcomeResponse.self, from: Data(body)),
                        let outcome = Outcome(rawValue: answer.outcome) {
                         self.transfers[i].reported = outcome
-                        if outcome == .committed { self.committed += 1 } else { self.aborted += 1 }
+                        if outcome == .committed { self.committed += 1 } else { self.aborted += 1; self.abortReasons["commit: \(answer.reason ?? "?")".prefix(40).description, default: 0] += 1 }
                     }
                     // No answer: the outcome is unknown to this client; the final check reads
                     // the participants instead.
@@ -122,9 +158,10 @@ final class SimClient {
 
     /// Work failed: give up on this transfer. Nothing was committed, so it is reported aborted
     /// (the coordinator aborts it on request or at its timeout).
-    private func abort(_ txid: String, _ i: Int) {
+    private func abort(_ txid: String, _ i: Int, why: String) {
         transfers[i].reported = .aborted
         aborted += 1
+        abortReasons[why, default: 0] += 1
         call("POST", "http://coordinator:1/v1/transactions/\(txid)/abort", []) { [unowned self] _, _ in self.next() }
     }
 }

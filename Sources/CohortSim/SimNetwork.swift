@@ -30,6 +30,10 @@ extension Simulation {
         }
         let copies = chance(config.faults.duplicatePercent) && !healed ? 2 : 1
         for copy in 0..<copies {
+            if let drop = dropRule, drop(sender, parsed.host, parsed.path) {
+                trace("DROPPED by script \(label)")
+                continue
+            }
             if isCut(sender, parsed.host) || (!healed && chance(config.faults.lossPercent)) {
                 trace("LOST \(label)")
                 continue
@@ -37,6 +41,7 @@ extension Simulation {
             let delay = 20 + random(config.faults.delayUsMax)
             schedule(afterUs: delay, "deliver \(label)\(copy == 1 ? " (duplicate)" : "")") { [unowned self] in
                 guard node.isUp else { return }
+                self.onDeliver?(sender, parsed.host, parsed.path)
                 let httpRequest = HTTPRequest(method: request.method, target: parsed.target, path: parsed.path,
                                               query: parsed.query, headers: request.headers, body: request.body)
                 let sink = SimResponseSink { [unowned self] response in

@@ -28,11 +28,21 @@ public final class Simulation {
         public var partitions = false
         /// Check at some crashes that a flipped bit in an old record stops recovery.
         public var bitFlipChecks = false
+        /// The commit protocol the clients ask for. Classic 3PC is drawn only for runs without
+        /// message loss or partitions: it is safe only where a silent site has really failed.
+        public var commitProtocol: CommitProtocol = .twoPhase
 
         public var description: String {
-            "loss \(lossPercent)% dup \(duplicatePercent)% delay≤\(delayUsMax)µs crashes " +
+            "\(protocolName) loss \(lossPercent)% dup \(duplicatePercent)% delay≤\(delayUsMax)µs crashes " +
                 (crashEveryUs == 0 ? "off" : "every~\(crashEveryUs / 1000)ms\(tornCrashes ? " torn" : "")") +
                 " fsync-fail \(fsyncFailurePercent)% partitions \(partitions ? "on" : "off")"
+        }
+
+        public var protocolName: String {
+            switch commitProtocol {
+            case .twoPhase: return "2pc"
+            case .threePhase(let t): return "3pc-\(t.rawValue)"
+            }
         }
 
         public static func draw(_ rng: inout SplitMix64) -> Faults {
@@ -46,6 +56,15 @@ public final class Simulation {
             f.fsyncFailurePercent = Int(rng.next() % 30)
             f.partitions = rng.next() % 2 == 0
             f.bitFlipChecks = rng.next() % 3 == 0
+            switch rng.next() % 10 {
+            case 0..<5: f.commitProtocol = .twoPhase
+            case 5..<8: f.commitProtocol = .threePhase(.quorum)
+            default:
+                f.commitProtocol = .threePhase(.classic)
+                f.lossPercent = 0
+                f.duplicatePercent = 0
+                f.partitions = false
+            }
             return f
         }
     }
@@ -58,7 +77,7 @@ public final class Simulation {
         public var initialBalance: Int64 = 100
         /// Faults happen during this phase; then the network heals, every node is restarted and
         /// the run must finish every transaction within `livenessBudgetUs`.
-        public var faultPhaseUs: Int64 = 3_000_000
+        public var faultPhaseUs: Int64 = 5_000_000
         public var livenessBudgetUs: Int64 = 120_000_000
         public var transactionTimeoutMs: Int64 = 1_000
         public var faults: Faults
@@ -110,8 +129,13 @@ public final class Simulation {
     var agentNames: [String] = []
     /// Directed links cut by a partition: "from>to".
     var cut: Set<String> = []
+    /// Scripted schedules: drop chosen messages, act when one is delivered.
+    var dropRule: ((_ from: String, _ to: String, _ path: String) -> Bool)?
+    var onDeliver: ((_ from: String, _ to: String, _ path: String) -> Void)?
+    /// Scripted runs drive their own client instead of the random workload.
+    var scriptedClient: ((Simulation) -> Void)?
     private var clients: [SimClient] = []
-    private var setupClient: SimClient?
+    var setupClient: SimClient?
     let coordinatorID = "5e1f0000"
 
     public init(config: Config) {
@@ -175,6 +199,11 @@ public final class Simulation {
         healed = false
         faultPhaseStartUs = nowUs
         trace("fault phase starts: \(config.faults)")
+        if let script = scriptedClient {
+            script(self)
+            schedule(afterUs: config.faultPhaseUs, "faults stop; heal and restart everything") { [unowned self] in self.heal() }
+            return
+        }
         for i in 0..<config.clients {
             let client = SimClient(index: i, simulation: self)
             clients.append(client)
@@ -186,6 +215,11 @@ public final class Simulation {
     }
 
     func accountKey(_ i: Int) -> String { "acct-\(i)" }
+
+    /// Why clients' transfers aborted, for tuning and for `--trace`.
+    public func abortReasons() -> [String: Int] {
+        clients.reduce(into: [:]) { acc, c in for (k, v) in c.abortReasons { acc[k, default: 0] += v } }
+    }
 
     // MARK: events
 
@@ -420,4 +454,59 @@ struct EventQueue {
     }
 
     private func less(_ a: Event, _ b: Event) -> Bool { (a.atUs, a.seq) < (b.atUs, b.seq) }
+}
+
+// MARK: - the pre-commit partition schedule (issue: 3PC partition safety)
+
+extension Simulation {
+    public struct PartitionResult: CustomStringConvertible {
+        public let txid: String
+        /// Each participant's outcome for the transaction (nil: still undecided).
+        public let outcomes: [String: Outcome]
+        public let coordinatorState: String
+        public let clientAnswer: String
+        public var split: Bool { Set(outcomes.values).count > 1 }
+        public var description: String {
+            "\(txid): " + outcomes.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.rawValue)" }.joined(separator: " ")
+                + "; coordinator \(coordinatorState); client was told \(clientAnswer)"
+        }
+    }
+
+    /// One coordinator, three participants, all vote yes; the pre-commit reaches only the first
+    /// (a), then the network splits into {coordinator, a} and {b, c}; it heals after the fault
+    /// phase. Classic 3PC splits the outcome (coordinator and a commit, b and c abort); quorum
+    /// 3PC must not.
+    public static func precommitPartition(termination: Termination, seed: UInt64 = 1) -> PartitionResult {
+        var config = Config(seed: seed)
+        config.agents = 3
+        config.faults = Faults()
+        config.faults.commitProtocol = .threePhase(termination)
+        config.faultPhaseUs = 20_000_000
+        let sim = Simulation(config: config)
+        var txid = ""
+        var answer = "nothing"
+        sim.dropRule = { from, to, path in
+            from == "coordinator" && (to == "b" || to == "c") && path == "/v1/3pc/precommit"
+        }
+        sim.onDeliver = { [unowned sim] from, to, path in
+            guard from == "coordinator", to == "a", path == "/v1/3pc/precommit", sim.cut.isEmpty else { return }
+            for x in ["coordinator", "a"] { for y in ["b", "c"] { sim.cut.insert("\(x)>\(y)"); sim.cut.insert("\(y)>\(x)") } }
+            sim.trace("PARTITION {coordinator, a} | {b, c}")
+        }
+        sim.scriptedClient = { sim in
+            let client = SimClient(index: 0, simulation: sim)
+            sim.setupClient = client
+            client.threeWayTransfer(termination: termination) { id, told in
+                txid = id
+                answer = told
+            }
+        }
+        _ = sim.run()
+        var outcomes: [String: Outcome] = [:]
+        for agent in sim.agentNames {
+            if let o = sim.nodes[agent]?.agent?.machine.finishedOutcomes[txid] { outcomes[agent] = o }
+        }
+        let coordinatorState = TxID(txid).flatMap { sim.nodes["coordinator"]?.coordinator?.machine.transaction($0)?.state.rawValue } ?? "unknown"
+        return PartitionResult(txid: txid, outcomes: outcomes, coordinatorState: coordinatorState, clientAnswer: answer)
+    }
 }

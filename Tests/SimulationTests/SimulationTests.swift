@@ -47,7 +47,9 @@ final class SimulationTests: XCTestCase {
 final class SimulationDebug: XCTestCase {
     func testOneSeed() throws {
         guard let seed = ProcessInfo.processInfo.environment["SIM_SEED"].flatMap(UInt64.init) else { throw XCTSkip("set SIM_SEED") }
-        let result = Simulation(config: Simulation.Config(seed: seed)).run()
+        let sim = Simulation(config: Simulation.Config(seed: seed))
+        let result = sim.run()
+        print(sim.config.faults, "committed", result.committed, "aborted", result.aborted, sim.abortReasons())
         if let f = result.failure {
             print(f.message)
             for line in f.trace { print(line) }
@@ -62,6 +64,34 @@ final class SimulationMany: XCTestCase {
         var out: [String] = []
         let status = CohortSimCommand.run(arguments: ["--seed", first, "--runs", runs]) { out.append($0) }
         print(out.suffix(60).joined(separator: "\n"))
+        if ProcessInfo.processInfo.environment["SIM_TRACE"] != nil {
+            var t: [String] = []
+            _ = CohortSimCommand.run(arguments: ["--seed", first, "--runs", runs, "--trace"]) { t.append($0) }
+            print(t.filter { $0.hasPrefix("seed ") }.sorted { a, b in
+                func ab(_ x: String) -> Int { Int(x.components(separatedBy: "aborted ")[1].split(separator: ",")[0]) ?? 0 }
+                return ab(a) > ab(b) }.prefix(5).joined(separator: "\n"))
+        }
         XCTAssertEqual(status, 0)
+    }
+}
+
+/// The partition schedule of Skeen's 3PC: the pre-commit reaches only participant a, then
+/// {coordinator, a} | {b, c}. Classic termination splits the outcome — the anomaly this test
+/// declares as expected; quorum termination must not split.
+final class ThreePhasePartitionTests: XCTestCase {
+    func testClassicTerminationSplitsUnderThePartition() {
+        let result = Simulation.precommitPartition(termination: .classic)
+        print("classic:", result)
+        XCTAssertEqual(result.outcomes["a"], .committed, "\(result)")
+        XCTAssertEqual(result.outcomes["b"], .aborted, "\(result)")
+        XCTAssertEqual(result.outcomes["c"], .aborted, "\(result)")
+        XCTAssertTrue(result.split)
+    }
+
+    func testQuorumTerminationDoesNotSplit() {
+        let result = Simulation.precommitPartition(termination: .quorum)
+        print("quorum:", result)
+        XCTAssertEqual(result.outcomes.count, 3, "every participant decided once healed: \(result)")
+        XCTAssertFalse(result.split, "\(result)")
     }
 }
