@@ -84,9 +84,11 @@ do {
             fflush(stdout)
         }
         try l.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in
+            // The lease is released, so a standby relay takes over at once; then leave (the
+            // producer threads may still be running).
             r.stop()
             host?.shutdown()
-            l.stop()
+            exit(0)
         }
         l.startThread()
         r.start()
