@@ -13,6 +13,9 @@ let package = Package(
         .executable(name: "txbench", targets: ["txbench"]),
         .executable(name: "txctl", targets: ["txctl"]),
         .executable(name: "txscenario", targets: ["txscenario"]),
+        .executable(name: "cohort-relay", targets: ["cohort-relay"]),
+        .executable(name: "outbox-demo-producer", targets: ["outbox-demo-producer"]),
+        .executable(name: "outbox-demo-consumer", targets: ["outbox-demo-consumer"]),
     ],
     targets: [
         // SQLite from Debian's libsqlite3-dev.
@@ -46,6 +49,13 @@ let package = Package(
         // The scenario runner: real processes, a fault-injecting proxy, crash points and disk faults.
         .target(name: "CohortScenario", dependencies: ["CohortClient", "CohortCore", "CohortHTTP", "CohortLog", "CohortPosix"]),
         .executableTarget(name: "txscenario", dependencies: ["CohortScenario", "CohortSim", "CohortPosix"]),
+        // The local-message-table outbox: producer API, relay (state machine + runtime), sinks
+        // (HTTP, Redis Streams over our own RESP client), inbox, admin API.
+        .target(name: "CohortOutbox", dependencies: ["CohortCore", "CohortPosix", "CohortHTTP", "CSQLite"]),
+        .executableTarget(name: "cohort-relay", dependencies: ["CohortOutbox"]),
+        .executableTarget(name: "outbox-demo-producer", dependencies: ["CohortOutbox"]),
+        .executableTarget(name: "outbox-demo-consumer", dependencies: ["CohortOutbox"]),
+        .testTarget(name: "OutboxTests", dependencies: ["CohortOutbox", "CohortClient", "CohortCore", "CohortHTTP", "CohortPosix", "CohortCtl"]),
         .testTarget(name: "CohortCoreTests", dependencies: ["CohortCore"]),
         .testTarget(name: "SimulationTests", dependencies: ["CohortSim"]),
         .testTarget(name: "CohortLogTests", dependencies: ["CohortLog"]),

@@ -112,4 +112,61 @@ public enum Limits {
     public static let keyBytesMax = 256
     public static let stringValueBytesMax = 64 << 10
     public static let scanItemsMax = 10_000
+    // MARK: outbox
+    /// How long an outbox, relay or inbox connection waits for SQLite's write lock before
+    /// `OutboxDatabaseError.isBusy`.
+    public static let outboxBusyTimeoutMs: Int32 = 10_000
+    /// Messages one relay batch (one sink call: one HTTP POST, one Redis pipeline) carries.
+    public static let outboxBatchMessagesMax = 1_000
+    /// Sink batches in flight at once per relay.
+    public static let outboxBatchesInFlightMax = 4
+    /// Pending messages a relay holds in memory (loaded from the table); it loads more as
+    /// these drain, so a backlog of any size costs bounded memory.
+    public static let outboxLoadedMessagesMax = 50_000
+    /// Rows read from the outbox table per query.
+    public static let outboxLoadRowsMax = 5_000
+    /// Delivery attempts (sink answered and refused the message) before a message becomes a
+    /// dead letter. A sink that is down does not count: that is retried without limit.
+    public static let outboxAttemptsMax = 10
+    /// Per-message retry backoff: capped exponential with jitter.
+    public static let outboxRetryDelayMsMin: Int64 = 100
+    public static let outboxRetryDelayMsMax: Int64 = 10_000
+    /// Whole-sink backoff when the sink is unreachable (broker down).
+    public static let outboxSinkDownDelayMsMin: Int64 = 50
+    public static let outboxSinkDownDelayMsMax: Int64 = 2_000
+    /// The relay lease: held this long without renewal, renewed every third of it.
+    public static let outboxLeaseTTLMs: Int64 = 5_000
+    /// A relay without the lease tries to take it this often.
+    public static let outboxLeaseRetryMs: Int64 = 1_000
+    /// New rows are looked for this often (an in-process relay is also woken on commit).
+    public static let outboxPollIntervalMs: Int64 = 20
+    /// Every pending row is re-read from the start this often (belt and braces: see docs/outbox.md).
+    public static let outboxRescanIntervalMs: Int64 = 10_000
+    /// Delivered rows are deleted this long after delivery, in batches of `outboxCleanupRowsMax`.
+    public static let outboxRetentionMsDefault: Int64 = 3_600_000
+    public static let outboxCleanupRowsMax = 500
+    public static let outboxCleanupIntervalMs: Int64 = 1_000
+    /// Inbox rows (consumer, message id) are kept this long: a redelivery later than this would
+    /// be applied again, so it must exceed how long a message can stay pending or dead.
+    public static let inboxRetentionMsDefault: Int64 = 7 * 86_400_000
+    public static let outboxTopicBytesMax = 256
+    public static let outboxKeyBytesMax = 256
+    public static let outboxPayloadBytesMax = 256 << 10
+    public static let outboxHeadersMax = 32
+    public static let outboxHeaderBytesMax = 4096
+    /// Last error text kept per message.
+    public static let outboxErrorBytesMax = 512
+    /// Messages `GET /v1/outbox` lists at most.
+    public static let outboxListMax = 1_000
+    /// Sink call timeout (an HTTP batch POST, a Redis pipeline).
+    public static let outboxSinkTimeoutMs: Int64 = 10_000
+    /// Redis replies: largest bulk string and deepest array nesting accepted.
+    public static let redisBulkBytesMax = 16 << 20
+    public static let redisArrayCountMax = 1 << 20
+    public static let redisNestingMax = 8
+    /// Entries read per XREADGROUP / XAUTOCLAIM call, and how long XREADGROUP blocks.
+    public static let redisReadCountMax = 1_000
+    public static let redisBlockMs: Int64 = 1_000
+    /// A pending stream entry idle this long is claimed from a consumer that crashed.
+    public static let redisClaimIdleMs: Int64 = 5_000
 }

@@ -22,6 +22,8 @@ public enum Help {
       watch [--interval 1s] [--once]     live view of in-flight, in-doubt and parked transactions
       stats [--json]                     counts by state, decision rates, commit latency
       agent URL list|show|commit|abort ...   a participant's branches (coordinator gone for good)
+      outbox URL list [--dead] [--json]  a service's outbox: pending or dead-lettered messages
+      outbox URL replay ID               send a dead letter again
       log inspect DIR [--json]           decode a coordinator's log offline
       log verify DIR [--json]            check every record's checksum offline
 
@@ -114,6 +116,22 @@ public enum Help {
     transaction heuristic-mixed.
       --state S   active, preparing, prepared, committing, forcing, heuristic-committed,
                   heuristic-aborted, heuristic-mixed, in-doubt (voted yes, no outcome yet)
+
+    """ + global
+
+    public static let outbox = """
+    usage: txctl outbox URL list [--dead] [--limit N] [--json]
+           txctl outbox URL replay ID
+
+    A service's outbox, through the admin API of the process running its relay (cohort-relay
+    --port N, or a service with an in-process relay). URL is that process, e.g. http://127.0.0.1:7400.
+      list           pending messages, oldest first, with counts of pending and dead letters
+      list --dead    dead letters: messages refused --attempts times; while one exists, its key's
+                     later messages wait behind it (per-key order)
+      replay ID      make dead letter ID pending again (attempts reset, same id, so consumers
+                     that did apply it dedupe it); it is delivered before its key's later messages
+      --limit N      at most N messages (default 1000)
+      --json         {"source", "pending", "dead", "lease_held", "oldest_pending_age_ms"?, "messages": [...]}
 
     """ + global
 

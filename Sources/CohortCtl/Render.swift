@@ -150,6 +150,23 @@ public enum Render {
 
     // MARK: agent
 
+    public static func outboxList(_ l: Txctl.OutboxList, dead: Bool, nowMs: Int64) -> String {
+        var out = "outbox \(l.source): \(l.pending) pending, \(l.dead) dead"
+        if let age = l.oldestPendingAgeMs, l.pending > 0 { out += ", oldest pending \(TimeFormat.duration(ms: age))" }
+        out += l.leaseHeld ? " (relay holds the lease)\n" : " (this relay does not hold the lease)\n"
+        if l.messages.isEmpty {
+            return out + (dead ? "no dead letters\n" : "nothing pending\n")
+        }
+        var t = Table(["ID", "KEY", "TOPIC", "ATTEMPTS", "AGE", dead ? "LAST ERROR" : "LAST ERROR"])
+        for m in l.messages {
+            t.add([String(m.id), clip(m.key, 32), clip(m.topic, 24), String(m.attempts),
+                   TimeFormat.duration(ms: max(0, nowMs - m.createdMs)), clip(m.lastError ?? "-", 60)])
+        }
+        out += t.render()
+        if dead { out += "replay one with: txctl outbox URL replay ID\n" }
+        return out
+    }
+
     public static func branchList(_ l: BranchList) -> String {
         if l.branches.isEmpty { return "no branches\n" }
         var t = Table(["TXID", "STATE", "COORDINATOR"])

@@ -68,9 +68,7 @@ public enum Txctl {
         case "stats": help = Help.stats
         case "agent": help = Help.agent
         case "log": help = Help.log
-        case "outbox":
-            // The outbox arrives with its own issue; it is not in the help yet.
-            throw CtlError.failed("txctl outbox is not available yet")
+        case "outbox": help = Help.outbox
         default:
             throw CtlError.usage("unknown command \"\(command)\" (see txctl --help)")
         }
@@ -86,6 +84,7 @@ public enum Txctl {
         case "stats": try stats(argv, ctx)
         case "agent": try agent(argv, ctx)
         case "log": try log(argv, ctx)
+        case "outbox": try outbox(argv, ctx)
         default: break
         }
     }
@@ -244,6 +243,74 @@ public enum Txctl {
         }
     }
 
+    static func outbox(_ argv: [String], _ ctx: CtlContext) throws {
+        let w = words(argv)
+        guard w.count >= 3 else {
+            throw CtlError.usage("usage: txctl outbox URL list [--dead] [--json] | txctl outbox URL replay ID")
+        }
+        let url = w[1]
+        let sub = w[2]
+        let remote = { (a: Arguments) in try Remote(kind: .outbox, url: url, token: token(a, ctx)) }
+        switch sub {
+        case "list":
+            let a = try parse(argv, valued: ["limit"], booleans: ["json", "dead"])
+            _ = try positional(a, count: 3, usage: "txctl outbox URL list [--dead] [--limit N] [--json]")
+            var path = "/v1/outbox?dead=\(a.has("dead"))"
+            if let n = try a.int("limit", range: 1...1000) { path += "&limit=\(n)" }
+            let l = try remote(a).get(path, OutboxList.self)
+            ctx.out(a.has("json") ? JSONOut.encode(l) : Render.outboxList(l, dead: a.has("dead"), nowMs: ctx.now()))
+        case "replay":
+            let a = try parse(argv, booleans: ["json"])
+            let p = try positional(a, count: 4, usage: "txctl outbox URL replay ID")
+            guard let id = Int64(p[3]), id > 0 else {
+                throw CtlError.usage("message ID must be a positive integer (the id column of txctl outbox URL list --dead); got \"\(p[3])\"")
+            }
+            let r = try remote(a).post("/v1/outbox/\(id)/replay", body: [], OutboxReplay.self)
+            ctx.out(a.has("json") ? JSONOut.encode(r) : "message \(r.id) is pending again: the relay delivers it next, before its key's later messages\n")
+        default:
+            throw CtlError.usage("unknown outbox command \"\(sub)\": use list or replay (see txctl outbox --help)")
+        }
+    }
+
+    public struct OutboxList: Codable, Equatable {
+        public struct Message: Codable, Equatable {
+            public var id: Int64
+            public var messageID: String
+            public var topic: String
+            public var key: String
+            public var state: String
+            public var attempts: Int
+            public var createdMs: Int64
+            public var lastError: String?
+            public var deadMs: Int64?
+            public var payloadBytes: Int
+            enum CodingKeys: String, CodingKey {
+                case id, topic, key, state, attempts
+                case messageID = "message_id"
+                case createdMs = "created_ms"
+                case lastError = "last_error"
+                case deadMs = "dead_ms"
+                case payloadBytes = "payload_bytes"
+            }
+        }
+        public var source: String
+        public var pending: Int
+        public var dead: Int
+        public var leaseHeld: Bool
+        public var oldestPendingAgeMs: Int64?
+        public var messages: [Message]
+        enum CodingKeys: String, CodingKey {
+            case source, pending, dead, messages
+            case leaseHeld = "lease_held"
+            case oldestPendingAgeMs = "oldest_pending_age_ms"
+        }
+    }
+
+    public struct OutboxReplay: Codable, Equatable {
+        public var id: Int64
+        public var state: String
+    }
+
     static func log(_ argv: [String], _ ctx: CtlContext) throws {
         let a = try parse(argv, booleans: ["json"])
         guard a.positional.count >= 2 else { throw CtlError.usage("usage: txctl log inspect|verify DIR") }
@@ -281,7 +348,7 @@ public enum Txctl {
 
 /// One coordinator or agent, over the blocking HTTP client, with errors turned into clear lines.
 final class Remote {
-    enum Kind { case coordinator, agent }
+    enum Kind { case coordinator, agent, outbox }
     let kind: Kind
     let base: String
     let client: BlockingHTTPClient
@@ -292,14 +359,20 @@ final class Remote {
         var u = url
         while u.hasSuffix("/") { u.removeLast() }
         guard u.hasPrefix("http://") else {
-            throw CtlError.usage("\(kind == .coordinator ? "coordinator" : "agent") URL must look like http://HOST:PORT; got \"\(url)\"")
+            throw CtlError.usage("\(kind == .coordinator ? "coordinator" : kind == .agent ? "agent" : "service") URL must look like http://HOST:PORT; got \"\(url)\"")
         }
         base = u
         hasToken = token != nil
         client = BlockingHTTPClient(connectTimeoutMs: 2000, requestTimeoutMs: 10_000, bearerToken: token)
     }
 
-    var name: String { kind == .coordinator ? "coordinator" : "agent" }
+    var name: String {
+        switch kind {
+        case .coordinator: return "coordinator"
+        case .agent: return "agent"
+        case .outbox: return "service"
+        }
+    }
 
     func get<T: Decodable>(_ path: String, _ type: T.Type) throws -> T {
         try decode(call("GET", path, body: []), type)
@@ -321,6 +394,8 @@ final class Remote {
                 throw CtlError.failed("cannot reach coordinator at \(base) (\(e)); is cohortd running? For a stopped coordinator, try: txctl log inspect DATA_DIR")
             case .agent:
                 throw CtlError.failed("cannot reach agent at \(base) (\(e)); is cohort-agent running?")
+            case .outbox:
+                throw CtlError.failed("cannot reach the service at \(base) (\(e)); is its relay (cohort-relay --port N, or the service) running?")
             }
         }
         if response.status == 200 || response.status == 201 { return response }
@@ -332,6 +407,8 @@ final class Remote {
                 : "the \(name) at \(base) requires a bearer token (HTTP 401); pass --token-file F or set COHORT_TOKEN")
         case 400:
             throw CtlError.usage("the \(name) refused the request: \(message)")
+        case 404 where kind == .outbox && message.hasPrefix("no such"):
+            throw CtlError.failed("\(base) has no outbox admin API (\(message)); point txctl at the process that runs the relay")
         default:
             throw CtlError.failed(message.isEmpty ? "the \(name) answered HTTP \(response.status)" : message)
         }

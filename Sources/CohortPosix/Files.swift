@@ -207,3 +207,32 @@ extension PosixError {
         PosixError(operation, errno: EIO, path: path)
     }
 }
+
+/// An exclusive advisory lock on a file (flock), held per open file description: two opens of
+/// the same path conflict even within one process. A blocked `lock()` sleeps in the kernel and
+/// is woken when the holder releases, so waiters do not poll.
+public final class FileLock {
+    public let path: String
+    private var fd: Int32
+
+    public init(path: String) throws {
+        self.path = path
+        var opened: Int32
+        repeat { opened = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, mode_t(0o644)) } while opened < 0 && errno == EINTR
+        guard opened >= 0 else { throw PosixError.current("open", path: path) }
+        fd = opened
+    }
+
+    deinit { if fd >= 0 { Glibc.close(fd) } }
+
+    public func lock() throws {
+        while flock(fd, LOCK_EX) != 0 {
+            if errno == EINTR { continue }
+            throw PosixError.current("flock", path: path)
+        }
+    }
+
+    public func unlock() {
+        _ = flock(fd, LOCK_UN)
+    }
+}

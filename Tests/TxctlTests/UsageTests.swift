@@ -67,10 +67,16 @@ final class UsageTests: XCTestCase {
         XCTAssertTrue(a.err.hasPrefix("error: cannot reach agent at http://127.0.0.1:1"), a.err)
     }
 
-    func testOutboxIsNotAvailableYet() {
-        let r = ctl(["outbox", "http://x:1", "list"], env: env)
+    func testOutboxUsageAndUnreachableService() {
+        let r = ctl(["outbox", "http://127.0.0.1:1", "list"], env: env)
         XCTAssertEqual(r.status, 1)
-        XCTAssertEqual(r.err, "error: txctl outbox is not available yet\n")
-        XCTAssertFalse(ctl(["--help"]).out.contains("outbox"))
+        XCTAssertTrue(r.err.hasPrefix("error: cannot reach the service at http://127.0.0.1:1"), r.err)
+        XCTAssertTrue(ctl(["--help"]).out.contains("outbox URL list [--dead] [--json]"))
+        let bad = ctl(["outbox", "http://127.0.0.1:1", "replay", "abc"], env: env)
+        XCTAssertEqual(bad.status, 2)
+        XCTAssertTrue(bad.err.contains("message ID must be a positive integer"), bad.err)
+        XCTAssertEqual(ctl(["outbox", "http://127.0.0.1:1", "purge"], env: env).status, 2)
+        XCTAssertEqual(ctl(["outbox", "http://127.0.0.1:1"], env: env).status, 2)
+        XCTAssertTrue(ctl(["outbox", "--help"]).out.hasPrefix("usage: txctl outbox URL list"))
     }
 }

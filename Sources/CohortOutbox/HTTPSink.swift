@@ -1,0 +1,68 @@
+import CohortCore
+import CohortHTTP
+import CohortPosix
+import Foundation
+
+/// Direct HTTP delivery: each batch is one `POST URL` with `{"messages": [...]}`; the consumer's
+/// inbox endpoint answers 200 `{"results": [{"id", "status": "applied"|"duplicate"|"failed", "error"?}]}`.
+/// `applied` and `duplicate` acknowledge a message; `failed` refuses it (an attempt). A 4xx answer
+/// refuses every message of the batch; no answer, a timeout, 5xx, 408 or 429 mean the consumer is
+/// unavailable (nothing counted, the relay backs off).
+public final class HTTPOutboxSink: OutboxSink {
+    public let url: String
+    public var name: String { url }
+    let client: HTTPClient
+    let timeoutMs: Int64
+
+    public init(url: String, loop: EventLoop, bearerToken: String? = nil, timeoutMs: Int64 = Limits.outboxSinkTimeoutMs) {
+        self.url = url
+        self.timeoutMs = timeoutMs
+        var cfg = HTTPClientConfig()
+        cfg.bearerToken = bearerToken
+        client = HTTPClient(loop: loop, config: cfg)
+    }
+
+    public func deliver(_ messages: [OutboxMessage], completion: @escaping (SinkResult) -> Void) {
+        var body = "{\"messages\":["
+        body.reserveCapacity(messages.count * 200)
+        for (i, m) in messages.enumerated() {
+            if i > 0 { body.append(",") }
+            JSONText.message(m, into: &body)
+        }
+        body.append("]}")
+        let request = HTTPClientRequest(method: "POST", url: url, headers: ["Content-Type": "application/json"],
+                                        body: Array(body.utf8), timeoutMs: timeoutMs)
+        client.send(request) { result in
+            switch result {
+            case .failure(let e):
+                completion(.unavailable("POST \(self.url): \(e)"))
+            case .success(let r):
+                completion(HTTPOutboxSink.interpret(r, messages: messages, url: self.url))
+            }
+        }
+    }
+
+    static func interpret(_ r: HTTPClientResponse, messages: [OutboxMessage], url: String) -> SinkResult {
+        if r.status == 200 {
+            guard let decoded = try? JSONDecoder().decode(InboxBatchResponse.self, from: Data(r.body)) else {
+                return .unavailable("POST \(url): 200 with an unreadable body")
+            }
+            var byID: [String: InboxResult] = [:]
+            for x in decoded.results { byID[x.id] = x }
+            return .outcomes(messages.map { m in
+                guard let x = byID[m.messageID] else { return .rejected("consumer gave no result for \(m.messageID)") }
+                switch x.status {
+                case "applied", "duplicate": return .acknowledged
+                default: return .rejected(x.error ?? "consumer answered \(x.status)")
+                }
+            })
+        }
+        if r.status >= 500 || r.status == 408 || r.status == 429 {
+            return .unavailable("POST \(url): HTTP \(r.status)")
+        }
+        let text = String(decoding: r.body.prefix(200), as: UTF8.self)
+        return .outcomes(Array(repeating: .rejected("HTTP \(r.status): \(text)"), count: messages.count))
+    }
+
+    public func shutdown() { client.shutdown() }
+}

@@ -1,0 +1,125 @@
+import CohortCore
+import CohortHTTP
+import CohortPosix
+import Foundation
+
+/// The consumer side: records (consumer, message id) in the same local SQLite transaction as the
+/// message's effect, so a redelivered message is applied once.
+///
+/// ```swift
+/// let inbox = try Inbox(path: "inventory.db", consumer: "inventory")
+/// let results = try inbox.apply(batch) { tx, m in
+///     try tx.execute("UPDATE stock SET reserved = reserved + ?1 WHERE sku = ?2", [.int(qty), .text(m.key)])
+/// }
+/// ```
+///
+/// The effect gets an `OutboxTransaction`: with `withOutbox: true` it can also enqueue replies,
+/// which commit with the effect (consume, act and publish, atomically). Not thread-safe.
+public final class Inbox {
+    public static let crashPoints = ["inbox.after-commit"]
+
+    public let connection: SQLiteConnection
+    public let consumer: String
+    /// The database's outbox name when opened `withOutbox`.
+    public let outboxSource: String?
+    /// Since this Inbox was opened: messages applied, and redeliveries skipped as duplicates.
+    public private(set) var appliedCount = 0
+    public private(set) var duplicateCount = 0
+
+    public init(path: String, consumer: String, sync: SyncMode = .full, withOutbox: Bool = false) throws {
+        guard !consumer.isEmpty, consumer.utf8.count <= Limits.outboxKeyBytesMax else {
+            throw OutboxInputError("consumer name must be 1-\(Limits.outboxKeyBytesMax) bytes")
+        }
+        connection = try SQLiteConnection(path: path, sync: sync)
+        self.consumer = consumer
+        try connection.exec("""
+            CREATE TABLE IF NOT EXISTS inbox(
+              consumer TEXT NOT NULL, message_id TEXT NOT NULL, applied_ms INTEGER NOT NULL,
+              PRIMARY KEY(consumer, message_id)) WITHOUT ROWID;
+            CREATE INDEX IF NOT EXISTS inbox_applied ON inbox(applied_ms);
+            """)
+        outboxSource = withOutbox ? try OutboxSchema.prepare(connection, name: nil) : nil
+    }
+
+    public func close() { connection.close() }
+
+    /// Whether this consumer already applied `messageID`.
+    public func hasApplied(_ messageID: String) throws -> Bool {
+        try !connection.query("SELECT 1 FROM inbox WHERE consumer = ?1 AND message_id = ?2",
+                               [.text(consumer), .text(messageID)]).isEmpty
+    }
+
+    /// Applies a batch in one local transaction, each message under its own savepoint: a message
+    /// seen before is skipped (`duplicate`), one whose effect throws is rolled back alone
+    /// (`failed`, with the error), the rest commit together (`applied`). Results in batch order.
+    /// Throws only when the transaction itself fails (then nothing was applied).
+    public func apply(_ messages: [WireMessage], nowMs: Int64 = SystemClock.wallMs(),
+                      _ effect: (OutboxTransaction, WireMessage) throws -> Void) throws -> [InboxResult] {
+        let tx = OutboxTransaction(connection: connection)
+        defer { tx.open = false }
+        let results: [InboxResult] = try connection.transaction {
+            var out: [InboxResult] = []
+            out.reserveCapacity(messages.count)
+            for m in messages {
+                let fresh = try connection.run("INSERT OR IGNORE INTO inbox(consumer, message_id, applied_ms) VALUES(?1, ?2, ?3)",
+                                               [.text(consumer), .text(m.id), .int(nowMs)])
+                if fresh == 0 {
+                    out.append(InboxResult(id: m.id, status: "duplicate"))
+                    continue
+                }
+                try connection.run("SAVEPOINT msg")
+                do {
+                    try effect(tx, m)
+                    try connection.run("RELEASE msg")
+                    out.append(InboxResult(id: m.id, status: "applied"))
+                } catch {
+                    try connection.run("ROLLBACK TO msg")
+                    try connection.run("RELEASE msg")
+                    // The inbox row was inserted before the savepoint: take it back out.
+                    try connection.run("DELETE FROM inbox WHERE consumer = ?1 AND message_id = ?2", [.text(consumer), .text(m.id)])
+                    out.append(InboxResult(id: m.id, status: "failed", error: "\(error)"))
+                }
+            }
+            return out
+        }
+        for r in results {
+            if r.status == "applied" { appliedCount += 1 } else if r.status == "duplicate" { duplicateCount += 1 }
+        }
+        CrashPoints.hit("inbox.after-commit")
+        return results
+    }
+
+    /// Deletes up to `limit` inbox rows older than `beforeMs`; how many. Keep them longer than
+    /// any message can stay pending or dead at a producer (see docs/outbox.md).
+    public func cleanup(appliedBeforeMs: Int64, limit: Int = Limits.outboxCleanupRowsMax) throws -> Int {
+        try connection.run(
+            "DELETE FROM inbox WHERE (consumer, message_id) IN (SELECT consumer, message_id FROM inbox WHERE applied_ms < ?1 LIMIT ?2)",
+            [.int(appliedBeforeMs), .int(Int64(limit))])
+    }
+}
+
+/// An HTTP inbox endpoint for the HTTP sink: `POST PATH` with `{"messages": [...]}`.
+public enum InboxEndpoint {
+    /// Answers `POST path` (default `/v1/inbox`); nil for any other request.
+    public static func handle(_ req: HTTPRequest, path: String = "/v1/inbox", inbox: Inbox,
+                              _ effect: (OutboxTransaction, WireMessage) throws -> Void) -> HTTPResponse? {
+        guard req.path == path else { return nil }
+        guard req.method == "POST" else { return .error(405, "use POST \(path)") }
+        let batch: InboxBatch
+        do {
+            batch = try JSONDecoder().decode(InboxBatch.self, from: Data(req.body))
+        } catch {
+            return .error(400, "body must be {\"messages\": [{\"id\", \"source\", \"seq\", \"topic\", \"key\", \"payload\", \"headers\", \"created_ms\"}]}: \(error)")
+        }
+        guard batch.messages.count <= Limits.outboxBatchMessagesMax else {
+            return .error(413, "\(batch.messages.count) messages in one batch exceed \(Limits.outboxBatchMessagesMax)")
+        }
+        do {
+            return .json(200, InboxBatchResponse(results: try inbox.apply(batch.messages, effect)))
+        } catch let e as OutboxDatabaseError where e.isBusy {
+            return .error(503, "database busy: \(e)")
+        } catch {
+            return .error(500, "applying messages: \(error)")
+        }
+    }
+}

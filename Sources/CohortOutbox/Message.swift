@@ -1,0 +1,193 @@
+import CohortCore
+import Foundation
+
+/// One outbox message as the relay reads it and a sink carries it.
+public struct OutboxMessage: Equatable, Sendable {
+    /// Position in this outbox: assigned at insert, strictly increasing, never reused.
+    public let id: Int64
+    /// The outbox's name (its `source`): with `id` it makes the message id consumers dedupe on.
+    public let source: String
+    public var topic: String
+    public var key: String
+    public var payload: String
+    public var headers: [String: String]
+    /// Wall-clock milliseconds of the enqueue.
+    public let createdMs: Int64
+    /// Delivery attempts the sink refused so far.
+    public var attempts: Int
+
+    public init(id: Int64, source: String, topic: String, key: String, payload: String,
+                headers: [String: String] = [:], createdMs: Int64, attempts: Int = 0) {
+        self.id = id
+        self.source = source
+        self.topic = topic
+        self.key = key
+        self.payload = payload
+        self.headers = headers
+        self.createdMs = createdMs
+        self.attempts = attempts
+    }
+
+    /// What a consumer dedupes on: `SOURCE:ID`, unique across outboxes.
+    public var messageID: String { "\(source):\(id)" }
+}
+
+/// Bad input to the outbox API: a typed error with a readable reason.
+public struct OutboxInputError: Error, CustomStringConvertible, Equatable {
+    public let reason: String
+    public init(_ reason: String) { self.reason = reason }
+    public var description: String { "invalid outbox message: \(reason)" }
+}
+
+enum OutboxValidation {
+    static func check(topic: String, key: String, payload: String, headers: [String: String]) throws {
+        guard !topic.isEmpty, topic.utf8.count <= Limits.outboxTopicBytesMax else {
+            throw OutboxInputError("topic must be 1-\(Limits.outboxTopicBytesMax) bytes, got \(topic.utf8.count)")
+        }
+        guard !key.isEmpty, key.utf8.count <= Limits.outboxKeyBytesMax else {
+            throw OutboxInputError("key must be 1-\(Limits.outboxKeyBytesMax) bytes, got \(key.utf8.count)")
+        }
+        guard payload.utf8.count <= Limits.outboxPayloadBytesMax else {
+            throw OutboxInputError("payload of \(payload.utf8.count) bytes exceeds \(Limits.outboxPayloadBytesMax)")
+        }
+        guard headers.count <= Limits.outboxHeadersMax else {
+            throw OutboxInputError("\(headers.count) headers exceed \(Limits.outboxHeadersMax)")
+        }
+        var bytes = 0
+        for (k, v) in headers {
+            guard !k.isEmpty else { throw OutboxInputError("empty header name") }
+            bytes += k.utf8.count + v.utf8.count
+        }
+        guard bytes <= Limits.outboxHeaderBytesMax else {
+            throw OutboxInputError("headers of \(bytes) bytes exceed \(Limits.outboxHeaderBytesMax)")
+        }
+    }
+}
+
+/// Small, fast JSON writing for the hot path (Foundation's encoder costs several µs a message).
+enum JSONText {
+    static func quote(_ s: String, into out: inout String) {
+        out.append("\"")
+        var plain = true
+        for u in s.utf8 where u < 0x20 || u == 0x22 || u == 0x5C { plain = false; break }
+        if plain {
+            out.append(s)
+        } else {
+            for scalar in s.unicodeScalars {
+                switch scalar {
+                case "\"": out.append("\\\"")
+                case "\\": out.append("\\\\")
+                case "\n": out.append("\\n")
+                case "\r": out.append("\\r")
+                case "\t": out.append("\\t")
+                default:
+                    if scalar.value < 0x20 {
+                        let hex = String(scalar.value, radix: 16)
+                        out.append("\\u" + String(repeating: "0", count: 4 - hex.count) + hex)
+                    } else {
+                        out.unicodeScalars.append(scalar)
+                    }
+                }
+            }
+        }
+        out.append("\"")
+    }
+
+    static func headers(_ h: [String: String]) -> String {
+        if h.isEmpty { return "{}" }
+        var out = "{"
+        for (i, k) in h.keys.sorted().enumerated() {
+            if i > 0 { out.append(",") }
+            quote(k, into: &out)
+            out.append(":")
+            quote(h[k]!, into: &out)
+        }
+        out.append("}")
+        return out
+    }
+
+    static func parseHeaders(_ s: String) -> [String: String] {
+        if s == "{}" || s.isEmpty { return [:] }
+        return (try? JSONDecoder().decode([String: String].self, from: Data(s.utf8))) ?? [:]
+    }
+
+    /// `{"id":"SOURCE:ID","source":..,"seq":ID,"topic":..,"key":..,"payload":..,"headers":{..},"created_ms":..}`
+    static func message(_ m: OutboxMessage, into out: inout String) {
+        out.append("{\"id\":")
+        quote(m.messageID, into: &out)
+        out.append(",\"source\":")
+        quote(m.source, into: &out)
+        out.append(",\"seq\":\(m.id),\"topic\":")
+        quote(m.topic, into: &out)
+        out.append(",\"key\":")
+        quote(m.key, into: &out)
+        out.append(",\"payload\":")
+        quote(m.payload, into: &out)
+        out.append(",\"headers\":")
+        out.append(headers(m.headers))
+        out.append(",\"created_ms\":\(m.createdMs)}")
+    }
+}
+
+/// A message as it travels over HTTP (the inbox endpoint's request body holds a batch of them).
+public struct WireMessage: Codable, Equatable, Sendable {
+    public var id: String
+    public var source: String
+    public var seq: Int64
+    public var topic: String
+    public var key: String
+    public var payload: String
+    public var headers: [String: String]
+    public var createdMs: Int64
+
+    enum CodingKeys: String, CodingKey {
+        case id, source, seq, topic, key, payload, headers
+        case createdMs = "created_ms"
+    }
+
+    public init(_ m: OutboxMessage) {
+        id = m.messageID
+        source = m.source
+        seq = m.id
+        topic = m.topic
+        key = m.key
+        payload = m.payload
+        headers = m.headers
+        createdMs = m.createdMs
+    }
+
+    public init(id: String, source: String, seq: Int64, topic: String, key: String, payload: String,
+                headers: [String: String], createdMs: Int64) {
+        self.id = id
+        self.source = source
+        self.seq = seq
+        self.topic = topic
+        self.key = key
+        self.payload = payload
+        self.headers = headers
+        self.createdMs = createdMs
+    }
+}
+
+/// `POST` body of an inbox endpoint and its answer: one result per message, in order.
+public struct InboxBatch: Codable, Sendable {
+    public var messages: [WireMessage]
+    public init(messages: [WireMessage]) { self.messages = messages }
+}
+
+public struct InboxResult: Codable, Equatable, Sendable {
+    public var id: String
+    /// `applied`, `duplicate` (applied before: acknowledged again) or `failed` (not applied).
+    public var status: String
+    public var error: String?
+    public init(id: String, status: String, error: String? = nil) {
+        self.id = id
+        self.status = status
+        self.error = error
+    }
+}
+
+public struct InboxBatchResponse: Codable, Sendable {
+    public var results: [InboxResult]
+    public init(results: [InboxResult]) { self.results = results }
+}

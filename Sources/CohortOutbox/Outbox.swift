@@ -1,0 +1,356 @@
+import CohortCore
+import CohortPosix
+
+/// The outbox tables, created in the service's own SQLite database next to its business tables.
+///
+/// `outbox.id` is `INTEGER PRIMARY KEY AUTOINCREMENT`: assigned inside the writer's transaction,
+/// strictly increasing and never reused, even after rows are deleted. SQLite lets one write
+/// transaction run at a time per database file (across connections and processes), so a
+/// transaction that took id N has committed or rolled back before any other can take N+1: ids
+/// become visible in order. The relay still never trusts a cursor alone (see docs/outbox.md).
+enum OutboxSchema {
+    static let sql = """
+        CREATE TABLE IF NOT EXISTS outbox(
+          id INTEGER PRIMARY KEY AUTOINCREMENT,
+          topic TEXT NOT NULL,
+          key TEXT NOT NULL,
+          payload TEXT NOT NULL,
+          headers TEXT NOT NULL DEFAULT '{}',
+          created_ms INTEGER NOT NULL,
+          state INTEGER NOT NULL DEFAULT 0,
+          attempts INTEGER NOT NULL DEFAULT 0,
+          last_error TEXT,
+          delivered_ms INTEGER,
+          dead_ms INTEGER);
+        CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(id) WHERE state = 0;
+        CREATE INDEX IF NOT EXISTS outbox_dead ON outbox(id) WHERE state = 2;
+        CREATE INDEX IF NOT EXISTS outbox_delivered ON outbox(delivered_ms) WHERE state = 1;
+        CREATE TABLE IF NOT EXISTS outbox_lease(
+          id INTEGER PRIMARY KEY CHECK (id = 1),
+          holder TEXT NOT NULL,
+          token INTEGER NOT NULL,
+          expires_ms INTEGER NOT NULL);
+        INSERT OR IGNORE INTO outbox_lease(id, holder, token, expires_ms) VALUES(1, '', 0, 0);
+        CREATE TABLE IF NOT EXISTS outbox_meta(name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
+        """
+
+    static let statePending: Int64 = 0
+    static let stateDelivered: Int64 = 1
+    static let stateDead: Int64 = 2
+
+    /// Creates the tables if missing and returns the outbox's source name (set once, kept).
+    static func prepare(_ c: SQLiteConnection, name: String?) throws -> String {
+        try c.transaction {
+            try c.exec(sql)
+            if let stored = try c.query("SELECT value FROM outbox_meta WHERE name = 'source'").first?.first?.text {
+                return stored
+            }
+            let source = name ?? "outbox-" + String(ProcessEnv.randomU64() & 0xffff_ffff_ffff, radix: 16)
+            try c.run("INSERT INTO outbox_meta(name, value) VALUES('source', ?1)", [.text(source)])
+            return source
+        }
+    }
+}
+
+/// The producer side: a service's database with an outbox table. Business writes and messages
+/// commit in one local transaction:
+///
+/// ```swift
+/// let outbox = try Outbox(path: "orders.db")
+/// try outbox.transaction { tx in
+///     try tx.execute("INSERT INTO orders(id, sku, qty) VALUES(?1, ?2, ?3)", [.text(id), .text(sku), .int(qty)])
+///     try tx.enqueue(topic: "orders", key: sku, payload: #"{"order":"\#(id)"}"#)
+/// }
+/// ```
+///
+/// Not thread-safe: one Outbox (one connection) per thread.
+public final class Outbox {
+    public let connection: SQLiteConnection
+    /// This outbox's name; message ids are `SOURCE:ID`.
+    public let source: String
+    /// Called after every commit that enqueued messages (e.g. to wake an in-process relay).
+    public var onCommit: (() -> Void)?
+
+    /// Opens (creating if needed) the database at `path`. `name` names the outbox the first time
+    /// only; afterwards the stored name is used.
+    public init(path: String, sync: SyncMode = .full, name: String? = nil) throws {
+        connection = try SQLiteConnection(path: path, sync: sync)
+        source = try OutboxSchema.prepare(connection, name: name)
+    }
+
+    /// Runs `body` in one local transaction (BEGIN IMMEDIATE ... COMMIT). If it throws, the
+    /// transaction rolls back: no business row and no message remain.
+    public func transaction<T>(_ body: (OutboxTransaction) throws -> T) throws -> T {
+        let tx = OutboxTransaction(connection: connection)
+        defer { tx.open = false }
+        let result = try connection.transaction { try body(tx) }
+        if tx.enqueued > 0 { onCommit?() }
+        return result
+    }
+
+    /// Runs SQL outside a transaction (schema setup for business tables, reads).
+    public func execute(_ sql: String) throws { try connection.exec(sql) }
+
+    public func query(_ sql: String, _ params: [SQLValue] = []) throws -> [[SQLValue]] {
+        try connection.query(sql, params)
+    }
+
+    public func close() { connection.close() }
+}
+
+/// The handle passed to `Outbox.transaction`: business SQL and messages in the same transaction.
+public final class OutboxTransaction {
+    let connection: SQLiteConnection
+    var open = true
+    var enqueued = 0
+
+    init(connection: SQLiteConnection) { self.connection = connection }
+
+    private func live() throws {
+        guard open else { throw OutboxInputError("transaction used after it ended") }
+    }
+
+    /// Runs a business statement; the number of rows it changed.
+    @discardableResult
+    public func execute(_ sql: String, _ params: [SQLValue] = []) throws -> Int {
+        try live()
+        return try connection.run(sql, params)
+    }
+
+    public func query(_ sql: String, _ params: [SQLValue] = []) throws -> [[SQLValue]] {
+        try live()
+        return try connection.query(sql, params)
+    }
+
+    /// The rowid of the last row this connection inserted (e.g. an AUTOINCREMENT business id).
+    public var lastInsertRowID: Int64 { connection.lastInsertRowID }
+
+    /// Adds a message; it becomes visible to the relay when (and only if) the transaction commits.
+    /// Returns its id.
+    @discardableResult
+    public func enqueue(topic: String, key: String, payload: String, headers: [String: String] = [:],
+                        nowMs: Int64 = SystemClock.wallMs()) throws -> Int64 {
+        try live()
+        try OutboxValidation.check(topic: topic, key: key, payload: payload, headers: headers)
+        try connection.run(
+            "INSERT INTO outbox(topic, key, payload, headers, created_ms) VALUES(?1, ?2, ?3, ?4, ?5)",
+            [.text(topic), .text(key), .text(payload), .text(JSONText.headers(headers)), .int(nowMs)])
+        enqueued += 1
+        return connection.lastInsertRowID
+    }
+}
+
+/// What a relay (and the admin API) does to the outbox tables, on the relay's own connection.
+/// Every write that changes a message's state first checks the fencing token in the same
+/// transaction, so a relay that lost its lease cannot mark anything.
+public final class OutboxStore {
+    public let connection: SQLiteConnection
+    public let source: String
+
+    public init(path: String, sync: SyncMode = .normal) throws {
+        connection = try SQLiteConnection(path: path, sync: sync)
+        source = try OutboxSchema.prepare(connection, name: nil)
+    }
+
+    public func close() { connection.close() }
+
+    // MARK: lease
+
+    public struct Lease: Equatable, Sendable {
+        public let holder: String
+        public let token: Int64
+        public let expiresMs: Int64
+    }
+
+    public func lease() throws -> Lease {
+        let r = try connection.query("SELECT holder, token, expires_ms FROM outbox_lease WHERE id = 1")
+        guard let row = r.first else { return Lease(holder: "", token: 0, expiresMs: 0) }
+        return Lease(holder: row[0].text ?? "", token: row[1].int ?? 0, expiresMs: row[2].int ?? 0)
+    }
+
+    /// Takes the lease when free, expired or already ours; every take issues a new, larger token.
+    public func acquireLease(holder: String, nowMs: Int64, ttlMs: Int64) throws -> Int64? {
+        try connection.transaction {
+            let l = try lease()
+            guard l.holder.isEmpty || l.holder == holder || l.expiresMs <= nowMs else { return nil }
+            let token = l.token + 1
+            try connection.run("UPDATE outbox_lease SET holder = ?1, token = ?2, expires_ms = ?3 WHERE id = 1",
+                               [.text(holder), .int(token), .int(nowMs + ttlMs)])
+            return token
+        }
+    }
+
+    /// Extends the lease if `token` still holds it.
+    public func renewLease(holder: String, token: Int64, nowMs: Int64, ttlMs: Int64) throws -> Bool {
+        try connection.transaction {
+            try connection.run("UPDATE outbox_lease SET expires_ms = ?1 WHERE id = 1 AND holder = ?2 AND token = ?3",
+                               [.int(nowMs + ttlMs), .text(holder), .int(token)]) == 1
+        }
+    }
+
+    public func releaseLease(holder: String, token: Int64) throws {
+        try connection.transaction {
+            _ = try connection.run("UPDATE outbox_lease SET expires_ms = 0, holder = '' WHERE id = 1 AND holder = ?1 AND token = ?2",
+                                   [.text(holder), .int(token)])
+        }
+    }
+
+    // MARK: reading
+
+    /// Pending rows with id > `afterID`, in id order.
+    public func pending(afterID: Int64, limit: Int) throws -> [OutboxMessage] {
+        var out: [OutboxMessage] = []
+        out.reserveCapacity(min(limit, 1024))
+        try connection.forEachRow(
+            "SELECT id, topic, key, payload, headers, created_ms, attempts FROM outbox WHERE state = 0 AND id > ?1 ORDER BY id LIMIT ?2",
+            [.int(afterID), .int(Int64(limit))]) { r in
+            out.append(OutboxMessage(id: r[0].int ?? 0, source: source, topic: r[1].text ?? "", key: r[2].text ?? "",
+                                     payload: r[3].text ?? "", headers: JSONText.parseHeaders(r[4].text ?? "{}"),
+                                     createdMs: r[5].int ?? 0, attempts: Int(r[6].int ?? 0)))
+        }
+        return out
+    }
+
+    /// For every key with a dead letter, its smallest dead id.
+    public func deadKeys() throws -> [String: Int64] {
+        var out: [String: Int64] = [:]
+        try connection.forEachRow("SELECT key, MIN(id) FROM outbox WHERE state = 2 GROUP BY key") { r in
+            out[r[0].text ?? ""] = r[1].int ?? 0
+        }
+        return out
+    }
+
+    // MARK: fenced writes
+
+    /// Applies one batch's results if `token` still holds the lease; false (nothing written)
+    /// when another relay took it.
+    public func record(_ w: RelayWrite, holder: String, token: Int64, nowMs: Int64) throws -> Bool {
+        try connection.transaction {
+            let l = try lease()
+            guard l.token == token, l.holder == holder else { return false }
+            for id in w.delivered {
+                try connection.run("UPDATE outbox SET state = 1, delivered_ms = ?1 WHERE id = ?2 AND state = 0",
+                                   [.int(nowMs), .int(id)])
+            }
+            for f in w.failed {
+                try connection.run("UPDATE outbox SET attempts = ?1, last_error = ?2 WHERE id = ?3 AND state = 0",
+                                   [.int(Int64(f.attempts)), .text(String(f.error.prefix(Limits.outboxErrorBytesMax))), .int(f.id)])
+            }
+            for f in w.dead {
+                try connection.run(
+                    "UPDATE outbox SET state = 2, attempts = ?1, last_error = ?2, dead_ms = ?3 WHERE id = ?4 AND state = 0",
+                    [.int(Int64(f.attempts)), .text(String(f.error.prefix(Limits.outboxErrorBytesMax))), .int(nowMs), .int(f.id)])
+            }
+            return true
+        }
+    }
+
+    /// Deletes up to `limit` rows delivered before `beforeMs`; how many it deleted.
+    public func cleanup(deliveredBeforeMs: Int64, limit: Int) throws -> Int {
+        try connection.transaction {
+            try connection.run(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = 1 AND delivered_ms < ?1 LIMIT ?2)",
+                [.int(deliveredBeforeMs), .int(Int64(limit))])
+        }
+    }
+
+    // MARK: admin
+
+    public struct Counts: Equatable, Sendable {
+        public var pending: Int
+        public var dead: Int
+        public var delivered: Int
+        /// Wall-clock ms of the oldest pending message's enqueue, nil when none is pending.
+        public var oldestPendingCreatedMs: Int64?
+    }
+
+    public func counts() throws -> Counts {
+        let p = try connection.query("SELECT COUNT(*) FROM outbox WHERE state = 0").first?.first?.int ?? 0
+        let d = try connection.query("SELECT COUNT(*) FROM outbox WHERE state = 2").first?.first?.int ?? 0
+        let del = try connection.query("SELECT COUNT(*) FROM outbox WHERE state = 1").first?.first?.int ?? 0
+        let oldest = try connection.query("SELECT created_ms FROM outbox WHERE state = 0 ORDER BY id LIMIT 1").first?.first?.int
+        return Counts(pending: Int(p), dead: Int(d), delivered: Int(del), oldestPendingCreatedMs: oldest)
+    }
+
+    public struct Row: Codable, Equatable, Sendable {
+        public var id: Int64
+        public var messageID: String
+        public var topic: String
+        public var key: String
+        public var state: String
+        public var attempts: Int
+        public var createdMs: Int64
+        public var lastError: String?
+        public var deadMs: Int64?
+        public var payloadBytes: Int
+
+        enum CodingKeys: String, CodingKey {
+            case id, topic, key, state, attempts
+            case messageID = "message_id"
+            case createdMs = "created_ms"
+            case lastError = "last_error"
+            case deadMs = "dead_ms"
+            case payloadBytes = "payload_bytes"
+        }
+    }
+
+    /// Pending (or, with `dead`, dead-lettered) messages, oldest first.
+    public func list(dead: Bool, limit: Int) throws -> [Row] {
+        var out: [Row] = []
+        try connection.forEachRow(
+            "SELECT id, topic, key, attempts, created_ms, last_error, dead_ms, length(payload) FROM outbox WHERE state = ?1 ORDER BY id LIMIT ?2",
+            [.int(dead ? OutboxSchema.stateDead : OutboxSchema.statePending), .int(Int64(min(limit, Limits.outboxListMax)))]) { r in
+            let id = r[0].int ?? 0
+            out.append(Row(id: id, messageID: "\(source):\(id)", topic: r[1].text ?? "", key: r[2].text ?? "",
+                           state: dead ? "dead" : "pending", attempts: Int(r[3].int ?? 0), createdMs: r[4].int ?? 0,
+                           lastError: r[5].text, deadMs: r[6].int, payloadBytes: Int(r[7].int ?? 0)))
+        }
+        return out
+    }
+
+    public enum ReplayResult: Equatable, Sendable {
+        case replayed
+        case notFound
+        case notDead(state: String)
+    }
+
+    /// Makes a dead letter pending again with its attempts reset; it keeps its id, so a consumer
+    /// that did apply it once still dedupes it.
+    public func replay(id: Int64) throws -> ReplayResult {
+        try connection.transaction {
+            guard let row = try connection.query("SELECT state FROM outbox WHERE id = ?1", [.int(id)]).first else {
+                return .notFound
+            }
+            switch row[0].int ?? -1 {
+            case OutboxSchema.stateDead:
+                try connection.run("UPDATE outbox SET state = 0, attempts = 0, last_error = NULL, dead_ms = NULL WHERE id = ?1",
+                                   [.int(id)])
+                return .replayed
+            case OutboxSchema.statePending: return .notDead(state: "pending")
+            default: return .notDead(state: "delivered")
+            }
+        }
+    }
+}
+
+/// One batch's results, written in one fenced transaction.
+public struct RelayWrite: Equatable, Sendable {
+    public struct Failure: Equatable, Sendable {
+        public var id: Int64
+        public var attempts: Int
+        public var error: String
+        public init(id: Int64, attempts: Int, error: String) {
+            self.id = id
+            self.attempts = attempts
+            self.error = error
+        }
+    }
+    public var delivered: [Int64] = []
+    public var failed: [Failure] = []
+    public var dead: [Failure] = []
+    public init(delivered: [Int64] = [], failed: [Failure] = [], dead: [Failure] = []) {
+        self.delivered = delivered
+        self.failed = failed
+        self.dead = dead
+    }
+}

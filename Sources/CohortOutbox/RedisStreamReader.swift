@@ -1,0 +1,151 @@
+import CohortCore
+import CohortPosix
+
+/// A Redis Streams consumer-group reader that applies each entry through an `Inbox` and
+/// acknowledges (XACK) only after the local transaction committed. After a crash, entries it
+/// read but never acknowledged are still pending in the group: on start it re-reads its own
+/// (XREADGROUP ... 0), and entries idle longer than `claimIdleMs` at any consumer of the group
+/// are taken over with XAUTOCLAIM. The inbox makes the redelivery harmless.
+///
+/// Blocking: `run` loops on the calling thread until `stop()` (from any thread).
+public final class RedisStreamReader {
+    public let url: String
+    public let stream: String
+    public let group: String
+    public let consumerName: String
+    public let inbox: Inbox
+    public var claimIdleMs: Int64 = Limits.redisClaimIdleMs
+    public var count: Int = Limits.redisReadCountMax
+    public var blockMs: Int64 = Limits.redisBlockMs
+    /// Problems worth logging (connection lost, failed effects); the library never prints.
+    public var onProblem: ((String) -> Void)?
+    /// Called (on the reader's thread) with each batch's results after its local commit.
+    public var onBatch: (([InboxResult]) -> Void)?
+    private let lock = PosixConditionLock()
+    private var stopped = false
+    private let effect: (OutboxTransaction, WireMessage) throws -> Void
+    /// Entries applied (fresh) and acknowledged, since start.
+    public private(set) var appliedCount = 0
+    public private(set) var duplicateCount = 0
+
+    public init(url: String, stream: String, group: String, consumer: String, inbox: Inbox,
+                effect: @escaping (OutboxTransaction, WireMessage) throws -> Void) throws {
+        _ = try parseRedisURL(url)
+        self.url = url
+        self.stream = stream
+        self.group = group
+        consumerName = consumer
+        self.inbox = inbox
+        self.effect = effect
+    }
+
+    public func stop() { lock.withLock { stopped = true } }
+    var isStopped: Bool { lock.withLock { stopped } }
+
+    public func run() {
+        var backoff = 0
+        var rng = SplitMix64(seed: ProcessEnv.randomU64())
+        while !isStopped {
+            do {
+                let c = try RedisConnection(url: url, ioTimeoutMs: blockMs + Limits.outboxSinkTimeoutMs)
+                defer { c.close() }
+                try ensureGroup(c)
+                backoff = 0
+                // Our own pending entries first (read before a crash, never acknowledged).
+                while !isStopped {
+                    let n = try readAndApply(c, ["XREADGROUP", "GROUP", group, consumerName, "COUNT", String(count), "STREAMS", stream, "0"])
+                    if n == 0 { break }
+                }
+                var nextClaim: Int64 = 0
+                while !isStopped {
+                    let now = SystemClock.monotonicMs()
+                    if now >= nextClaim {
+                        nextClaim = now + max(claimIdleMs / 2, 100)
+                        try claim(c)
+                    }
+                    _ = try readAndApply(c, ["XREADGROUP", "GROUP", group, consumerName, "COUNT", String(count),
+                                             "BLOCK", String(blockMs), "STREAMS", stream, ">"])
+                }
+            } catch {
+                onProblem?("stream reader: \(error)")
+                backoff += 1
+                PosixThread.sleep(milliseconds: backoffDelayMs(attempt: backoff, minMs: 50, maxMs: 2_000, rng: &rng))
+            }
+        }
+    }
+
+    func ensureGroup(_ c: RedisConnection) throws {
+        do {
+            try c.command(["XGROUP", "CREATE", stream, group, "0", "MKSTREAM"])
+        } catch RedisError.server(let e) where e.hasPrefix("BUSYGROUP") {
+            // Exists already.
+        }
+    }
+
+    func claim(_ c: RedisConnection) throws {
+        var cursor = "0-0"
+        repeat {
+            let r = try c.command(["XAUTOCLAIM", stream, group, consumerName, String(claimIdleMs), cursor, "COUNT", String(count)])
+            guard case .array(let parts?) = r, parts.count >= 2, let next = parts[0].string else {
+                throw RedisError.protocolError("unexpected XAUTOCLAIM reply")
+            }
+            cursor = next
+            try apply(c, entries(parts[1]))
+        } while cursor != "0-0" && !isStopped
+    }
+
+    /// Reads with XREADGROUP and applies what came; the number of entries.
+    func readAndApply(_ c: RedisConnection, _ cmd: [String]) throws -> Int {
+        let r = try c.command(cmd)
+        guard case .array(let streams?) = r else { return 0 } // null: BLOCK timed out
+        var n = 0
+        for s in streams {
+            guard case .array(let pair?) = s, pair.count == 2 else { continue }
+            let e = try entries(pair[1])
+            n += e.count
+            try apply(c, e)
+        }
+        return n
+    }
+
+    /// Parses `[[id, [field, value, ...]], ...]`; entries deleted from the stream come as null.
+    func entries(_ v: RESPValue) throws -> [(String, WireMessage?)] {
+        guard case .array(let items?) = v else { return [] }
+        var out: [(String, WireMessage?)] = []
+        for item in items {
+            guard case .array(let pair?) = item, pair.count == 2, let id = pair[0].string else { continue }
+            guard case .array(let fv?) = pair[1] else { out.append((id, nil)); continue }
+            var f: [String: String] = [:]
+            var i = 0
+            while i + 1 < fv.count {
+                if let k = fv[i].string { f[k] = fv[i + 1].string ?? "" }
+                i += 2
+            }
+            guard let mid = f["id"], let key = f["key"] else { out.append((id, nil)); continue }
+            out.append((id, WireMessage(id: mid, source: f["source"] ?? "", seq: Int64(f["seq"] ?? "") ?? 0, topic: f["topic"] ?? "",
+                                        key: key, payload: f["payload"] ?? "", headers: JSONText.parseHeaders(f["headers"] ?? "{}"),
+                                        createdMs: Int64(f["created_ms"] ?? "") ?? 0)))
+        }
+        return out
+    }
+
+    func apply(_ c: RedisConnection, _ entries: [(String, WireMessage?)]) throws {
+        guard !entries.isEmpty else { return }
+        let messages = entries.compactMap { $0.1 }
+        let results = try inbox.apply(messages, effect)
+        onBatch?(results)
+        var ack: [String] = []
+        var j = 0
+        for (sid, m) in entries {
+            guard m != nil else { ack.append(sid); continue } // not a message of ours: nothing to apply
+            let r = results[j]
+            j += 1
+            switch r.status {
+            case "applied": appliedCount += 1; ack.append(sid)
+            case "duplicate": duplicateCount += 1; ack.append(sid)
+            default: onProblem?("message \(r.id) (entry \(sid)) failed: \(r.error ?? "?"); left pending")
+            }
+        }
+        if !ack.isEmpty { try c.command(["XACK", stream, group] + ack) }
+    }
+}

@@ -1,0 +1,228 @@
+import CohortCore
+import CohortHTTP
+import CohortPosix
+
+/// The result of one sink call.
+public enum SinkResult: Sendable {
+    /// One outcome per message, in order.
+    case outcomes([DeliveryOutcome])
+    /// The sink could not be reached (connection refused, timeout, 5xx): nothing is counted
+    /// against the messages; the relay backs off and sends them again.
+    case unavailable(String)
+}
+
+/// Where a relay delivers. `deliver` is called on the relay's loop thread and must call
+/// `completion` exactly once, on the loop thread.
+public protocol OutboxSink: AnyObject {
+    var name: String { get }
+    func deliver(_ messages: [OutboxMessage], completion: @escaping (SinkResult) -> Void)
+    func shutdown()
+}
+
+/// The relay's runtime: carries out `RelayMachine`'s actions against the outbox tables (on the
+/// loop thread, synchronously: each is a short SQLite transaction) and the sink (asynchronously).
+public final class OutboxRelay {
+    /// Crash points a relay process reaches (`COHORT_CRASHPOINT`).
+    public static let crashPoints = ["relay.after-sink-ack", "relay.after-record"]
+
+    public let store: OutboxStore
+    public let sink: OutboxSink
+    public let loop: EventLoop
+    public let holder: String
+    public private(set) var machine: RelayMachine
+    /// Problems worth a line in a log (database errors, lost lease); the library never prints.
+    public var onProblem: ((String) -> Void)?
+    private let clock: () -> Int64
+    private var tickTimer: TimerHandle?
+    private var running = false
+    private let tickMs: Int64
+
+    public init(store: OutboxStore, sink: OutboxSink, loop: EventLoop, config: RelayConfig = RelayConfig(),
+                holder: String? = nil, seed: UInt64 = ProcessEnv.randomU64(),
+                clock: @escaping () -> Int64 = { SystemClock.wallMs() }) {
+        self.store = store
+        self.sink = sink
+        self.loop = loop
+        self.holder = holder ?? "relay-\(ProcessEnv.pid)-\(String(ProcessEnv.randomU64() & 0xffffff, radix: 16))"
+        machine = RelayMachine(config: config, seed: seed)
+        self.clock = clock
+        tickMs = max(1, min(config.pollIntervalMs, 5))
+    }
+
+    /// Starts relaying (any thread; the work happens on the loop thread).
+    public func start() {
+        inLoop {
+            guard !self.running else { return }
+            self.running = true
+            self.feed(.start(nowMs: self.clock()))
+            self.scheduleTick()
+        }
+    }
+
+    /// New rows were committed: look now (any thread).
+    public func wake() {
+        loop.execute { [weak self] in
+            guard let self, self.running else { return }
+            self.feed(.wake(nowMs: self.clock()))
+        }
+    }
+
+    /// An operator replayed a dead letter (loop thread).
+    public func replayed() {
+        inLoop { if self.running { self.feed(.replayed(nowMs: self.clock())) } }
+    }
+
+    /// Releases the lease and stops (loop thread).
+    public func stop() {
+        guard running else { return }
+        running = false
+        if let t = tickTimer { loop.cancel(t) }
+        tickTimer = nil
+        feed(.stop(nowMs: clock()))
+        sink.shutdown()
+    }
+
+    public var holdsLease: Bool { if case .held = machine.lease { return true }; return false }
+
+    private func inLoop(_ body: @escaping () -> Void) {
+        if loop.isInLoopThread { body() } else { loop.execute(body) }
+    }
+
+    private func scheduleTick() {
+        tickTimer = loop.schedule(afterMs: tickMs) { [weak self] in
+            guard let self, self.running else { return }
+            self.feed(.tick(nowMs: self.clock()))
+            self.scheduleTick()
+        }
+    }
+
+    /// Feeds an event and carries out the resulting actions, feeding their synchronous answers.
+    func feed(_ event: RelayEvent) {
+        var queue = machine.on(event)
+        var i = 0
+        while i < queue.count {
+            let action = queue[i]
+            i += 1
+            if let next = perform(action) {
+                queue.append(contentsOf: machine.on(next))
+            }
+        }
+    }
+
+    private func problem(_ s: String) { onProblem?(s) }
+
+    /// Carries out one action; returns the answer when it is immediate.
+    private func perform(_ action: RelayAction) -> RelayEvent? {
+        let now = clock()
+        switch action {
+        case .acquireLease:
+            do {
+                if let token = try store.acquireLease(holder: holder, nowMs: now, ttlMs: machine.config.leaseTTLMs) {
+                    return .leaseAcquired(token: token, nowMs: now)
+                }
+                return .leaseUnavailable(nowMs: now)
+            } catch {
+                problem("taking the relay lease: \(error)")
+                return .leaseUnavailable(nowMs: now)
+            }
+        case .renewLease(let token):
+            do {
+                if try store.renewLease(holder: holder, token: token, nowMs: now, ttlMs: machine.config.leaseTTLMs) {
+                    return .leaseRenewed(nowMs: now)
+                }
+                problem("lost the relay lease (token \(token)): another relay holds it")
+                return .leaseLost(nowMs: now)
+            } catch {
+                // Could not renew: keep going; the lease either renews next time or expires, and
+                // then a fenced write or the next renewal finds out.
+                problem("renewing the relay lease: \(error)")
+                return nil
+            }
+        case .releaseLease(let token):
+            do { try store.releaseLease(holder: holder, token: token) } catch { problem("releasing the relay lease: \(error)") }
+            return nil
+        case .load(let afterID, let limit):
+            do {
+                let rows = try store.pending(afterID: afterID, limit: limit)
+                let dead = afterID == 0 ? try store.deadKeys() : nil
+                return .loaded(afterID: afterID, rows: rows, deadKeys: dead, nowMs: now)
+            } catch {
+                problem("reading pending messages: \(error)")
+                return .loaded(afterID: afterID, rows: [], deadKeys: nil, nowMs: now)
+            }
+        case .deliver(let batch, let messages):
+            sink.deliver(messages) { [weak self] result in
+                guard let self, self.running else { return }
+                let t = self.clock()
+                switch result {
+                case .outcomes(let o): self.feed(.delivered(batch: batch, outcomes: o, nowMs: t))
+                case .unavailable(let reason): self.feed(.sinkUnavailable(batch: batch, reason: reason, nowMs: t))
+                }
+            }
+            return nil
+        case .record(let batch, let write, let token):
+            if !write.delivered.isEmpty { CrashPoints.hit("relay.after-sink-ack") }
+            do {
+                let applied = try store.record(write, holder: holder, token: token, nowMs: now)
+                if !applied { problem("fenced: another relay took the lease; results of \(write.delivered.count + write.failed.count + write.dead.count) messages not recorded") }
+                CrashPoints.hit("relay.after-record")
+                return .recorded(batch: batch, applied: applied, nowMs: now)
+            } catch {
+                // Rolled back: treat it like a lost lease (start over from the table); the
+                // messages are delivered again and consumers dedupe them.
+                problem("recording delivery results: \(error)")
+                return .recorded(batch: batch, applied: false, nowMs: now)
+            }
+        case .cleanup(let before, let limit):
+            do {
+                return .cleaned(deleted: try store.cleanup(deliveredBeforeMs: before, limit: limit), nowMs: now)
+            } catch {
+                problem("deleting delivered rows: \(error)")
+                return .cleaned(deleted: 0, nowMs: now)
+            }
+        }
+    }
+
+    // MARK: metrics
+
+    /// Declares the outbox metrics in `registry` (read at render time, on the loop thread).
+    public func registerMetrics(_ registry: MetricsRegistry) {
+        var cached: (at: Int64, counts: OutboxStore.Counts)?
+        let counts: () -> OutboxStore.Counts = { [weak self] in
+            guard let self else { return OutboxStore.Counts(pending: 0, dead: 0, delivered: 0) }
+            let now = self.clock()
+            if let c = cached, now - c.at < 100 { return c.counts }
+            let c = (try? self.store.counts()) ?? OutboxStore.Counts(pending: 0, dead: 0, delivered: 0)
+            cached = (now, c)
+            return c
+        }
+        registry.sample("cohort_outbox_pending", help: "Messages committed and not yet delivered (dead letters excluded)") {
+            Double(counts().pending)
+        }
+        registry.sample("cohort_outbox_oldest_pending_age_seconds", help: "Age of the oldest pending message") { [weak self] in
+            guard let self, let t = counts().oldestPendingCreatedMs else { return 0 }
+            return Double(max(0, self.clock() - t)) / 1000
+        }
+        registry.sample("cohort_outbox_dead_letters", help: "Messages moved to dead letters and not replayed") {
+            Double(counts().dead)
+        }
+        registry.sample("cohort_outbox_delivered_total", type: "counter", help: "Messages the sink acknowledged, recorded as delivered") { [weak self] in
+            Double(self?.machine.deliveredTotal ?? 0)
+        }
+        registry.sample("cohort_outbox_failed_total", type: "counter", help: "Delivery attempts the sink refused") { [weak self] in
+            Double(self?.machine.failedTotal ?? 0)
+        }
+        registry.sample("cohort_outbox_dead_lettered_total", type: "counter", help: "Messages moved to dead letters by this relay") { [weak self] in
+            Double(self?.machine.deadTotal ?? 0)
+        }
+        registry.sample("cohort_outbox_sink_unavailable_total", type: "counter", help: "Sink calls that could not reach the sink") { [weak self] in
+            Double(self?.machine.sinkDownTotal ?? 0)
+        }
+        registry.sample("cohort_outbox_fenced_total", type: "counter", help: "Writes refused because another relay held the lease") { [weak self] in
+            Double(self?.machine.fencedTotal ?? 0)
+        }
+        registry.sample("cohort_outbox_lease_held", help: "1 while this relay holds the outbox lease") { [weak self] in
+            (self?.holdsLease ?? false) ? 1 : 0
+        }
+    }
+}

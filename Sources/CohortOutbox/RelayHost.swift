@@ -1,0 +1,54 @@
+import CohortCore
+import CohortHTTP
+import CohortPosix
+
+/// A sink from a URL: `http://...` (the consumer's inbox endpoint) or `redis://HOST:PORT`
+/// (a stream, `stream` named).
+public func makeOutboxSink(url: String, stream: String = "cohort-outbox", loop: EventLoop,
+                           bearerToken: String? = nil, streamMaxLength: Int? = nil) throws -> OutboxSink {
+    if url.hasPrefix("http://") {
+        return HTTPOutboxSink(url: url, loop: loop, bearerToken: bearerToken)
+    }
+    if url.hasPrefix("redis://") {
+        return try RedisStreamSink(url: url, stream: stream, loop: loop, maxLength: streamMaxLength)
+    }
+    throw OutboxInputError("sink must be http://HOST:PORT/PATH (an inbox endpoint) or redis://HOST:PORT; got \"\(url)\"")
+}
+
+/// Serves a relay's `GET /healthz`, `GET /metrics` and outbox admin API, plus whatever
+/// `handler` answers (return true when it took the request). Loop thread.
+public final class RelayHost {
+    public let relay: OutboxRelay
+    public let metrics: MetricsRegistry
+    public private(set) var server: HTTPServer?
+    public var port: Int { server?.port ?? 0 }
+
+    public init(relay: OutboxRelay, host: String, port: Int, bearerToken: String? = nil,
+                metrics: MetricsRegistry = MetricsRegistry(),
+                handler: ((HTTPRequest, HTTPResponder) -> Bool)? = nil) throws {
+        self.relay = relay
+        self.metrics = metrics
+        relay.registerMetrics(metrics)
+        var cfg = HTTPServerConfig()
+        cfg.bearerToken = bearerToken
+        server = try HTTPServer(loop: relay.loop, host: host, port: port, config: cfg) { [weak relay, metrics] req, responder in
+            guard let relay else { return responder.send(.error(503, "stopping")) }
+            if req.path == "/healthz" {
+                return responder.send(.jsonBytes(200, Array(#"{"status":"ok"}"#.utf8)))
+            }
+            if req.path == "/metrics" {
+                return responder.send(.text(200, metrics.render(), contentType: "text/plain; version=0.0.4"))
+            }
+            if let r = OutboxAdminAPI.handle(req, relay: relay, nowMs: SystemClock.wallMs()) {
+                return responder.send(r)
+            }
+            if let handler, handler(req, responder) { return }
+            responder.send(.error(404, "no such endpoint \(req.method) \(req.path)"))
+        }
+    }
+
+    public func shutdown() {
+        server?.shutdown()
+        server = nil
+    }
+}

@@ -1,0 +1,473 @@
+import CohortCore
+
+/// How a relay behaves; defaults come from `Limits`.
+public struct RelayConfig: Sendable, Equatable {
+    public var batchMessagesMax = Limits.outboxBatchMessagesMax
+    public var batchesInFlightMax = Limits.outboxBatchesInFlightMax
+    public var loadedMessagesMax = Limits.outboxLoadedMessagesMax
+    public var loadRowsMax = Limits.outboxLoadRowsMax
+    public var attemptsMax = Limits.outboxAttemptsMax
+    public var retryDelayMsMin = Limits.outboxRetryDelayMsMin
+    public var retryDelayMsMax = Limits.outboxRetryDelayMsMax
+    public var sinkDownDelayMsMin = Limits.outboxSinkDownDelayMsMin
+    public var sinkDownDelayMsMax = Limits.outboxSinkDownDelayMsMax
+    public var leaseTTLMs = Limits.outboxLeaseTTLMs
+    public var leaseRetryMs = Limits.outboxLeaseRetryMs
+    public var pollIntervalMs = Limits.outboxPollIntervalMs
+    public var rescanIntervalMs = Limits.outboxRescanIntervalMs
+    public var retentionMs = Limits.outboxRetentionMsDefault
+    public var cleanupRowsMax = Limits.outboxCleanupRowsMax
+    public var cleanupIntervalMs = Limits.outboxCleanupIntervalMs
+    /// A dead letter blocks the later messages of its key until it is replayed (the default:
+    /// per-key order is the guarantee). When false, the key's next message goes on.
+    public var deadLetterBlocksKey = true
+
+    public init() {}
+}
+
+/// What the relay's runtime tells the state machine. Every event carries the wall-clock time.
+public enum RelayEvent: Equatable, Sendable {
+    case start(nowMs: Int64)
+    /// Periodic: lease renewal, polling, backoff expiry, cleanup.
+    case tick(nowMs: Int64)
+    /// New rows were committed (an in-process producer): look now instead of at the next poll.
+    case wake(nowMs: Int64)
+    case leaseAcquired(token: Int64, nowMs: Int64)
+    case leaseUnavailable(nowMs: Int64)
+    case leaseRenewed(nowMs: Int64)
+    /// Renewal failed or a fenced write found another token: another relay holds the lease.
+    case leaseLost(nowMs: Int64)
+    /// Answer to `.load`: the rows, and (for a load from id 0) every key's smallest dead id.
+    case loaded(afterID: Int64, rows: [OutboxMessage], deadKeys: [String: Int64]?, nowMs: Int64)
+    /// Answer to `.deliver`: one outcome per message, in order.
+    case delivered(batch: Int, outcomes: [DeliveryOutcome], nowMs: Int64)
+    /// Answer to `.deliver` when the sink could not be reached at all (nothing counted against messages).
+    case sinkUnavailable(batch: Int, reason: String, nowMs: Int64)
+    /// Answer to `.record`: `applied` false when the fencing token no longer held the lease.
+    case recorded(batch: Int, applied: Bool, nowMs: Int64)
+    case cleaned(deleted: Int, nowMs: Int64)
+    /// An operator replayed a dead letter: re-read dead keys and pending rows.
+    case replayed(nowMs: Int64)
+    case stop(nowMs: Int64)
+}
+
+public enum DeliveryOutcome: Equatable, Sendable {
+    /// The sink acknowledged (durably stored, or applied by the consumer).
+    case acknowledged
+    /// The sink answered and refused this message; counts as an attempt.
+    case rejected(String)
+}
+
+/// What the state machine asks its runtime to do.
+public enum RelayAction: Equatable, Sendable {
+    case acquireLease
+    case renewLease(token: Int64)
+    case releaseLease(token: Int64)
+    /// Read pending rows with id > `afterID` (id order, at most `limit`); with `afterID == 0`
+    /// also the dead keys. Answer with `.loaded`.
+    case load(afterID: Int64, limit: Int)
+    /// Send these messages to the sink (at most one per key). Answer with `.delivered` or `.sinkUnavailable`.
+    case deliver(batch: Int, messages: [OutboxMessage])
+    /// Write the batch's results, fenced by `token`. Answer with `.recorded`.
+    case record(batch: Int, write: RelayWrite, token: Int64)
+    /// Delete up to `limit` rows delivered before the given time. Answer with `.cleaned`.
+    case cleanup(deliveredBeforeMs: Int64, limit: Int)
+}
+
+/// The relay's decisions, with no I/O, clock or randomness of its own: a value that takes events
+/// and returns actions. Per-key order: a key has at most one message in flight, and its next one
+/// is sent only after the previous one's result is durably recorded. Across keys, batches.
+public struct RelayMachine: Sendable {
+    public enum LeaseState: Equatable, Sendable {
+        case idle
+        case acquiring
+        case held(token: Int64)
+        case stopped
+    }
+
+    struct KeyQueue: Sendable {
+        /// Sorted by id; `head` is the next to deliver.
+        var messages: [OutboxMessage] = []
+        var head = 0
+        /// In a batch, or its result not yet recorded.
+        var busy = false
+        /// Not before this time (backoff after a refusal).
+        var retryAtMs: Int64 = 0
+        var count: Int { messages.count - head }
+        var first: OutboxMessage? { head < messages.count ? messages[head] : nil }
+
+        mutating func popFirst() {
+            head += 1
+            if head > 64 && head * 2 > messages.count {
+                messages.removeFirst(head)
+                head = 0
+            }
+        }
+
+        mutating func insert(_ m: OutboxMessage) {
+            if let last = messages.last, last.id > m.id {
+                var i = messages.count
+                while i > head && messages[i - 1].id > m.id { i -= 1 }
+                messages.insert(m, at: i)
+            } else {
+                messages.append(m)
+            }
+        }
+    }
+
+    struct Batch: Sendable {
+        var messages: [OutboxMessage]
+        var write: RelayWrite?
+    }
+
+    public let config: RelayConfig
+    public private(set) var lease: LeaseState = .idle
+    var rng: SplitMix64
+    var queues: [String: KeyQueue] = [:]
+    var ready: [String] = []
+    var readyHead = 0
+    var inReady: Set<String> = []
+    /// Keys backing off, and the earliest time one of them is due.
+    var delayed: Set<String> = []
+    var delayedDueMs: Int64 = .max
+    var known: Set<Int64> = []
+    public private(set) var loadedCount = 0
+    /// Highest id read by the tail scan.
+    public private(set) var cursor: Int64 = 0
+    var tailMore = true
+    enum Loading: Equatable, Sendable { case tail(limit: Int), rescan }
+    var loading: Loading?
+    /// A rescan in progress reads ids in (rescanAfter, rescanEnd].
+    var rescanAfter: Int64?
+    var rescanEnd: Int64 = 0
+    var deadKeys: [String: Int64] = [:]
+    var batches: [Int: Batch] = [:]
+    var nextBatch = 1
+    var sinkDownAttempts = 0
+    var sinkDownUntilMs: Int64 = 0
+    public private(set) var lastSinkError: String?
+    var nextLeaseTryMs: Int64 = 0
+    var nextRenewMs: Int64 = 0
+    var nextPollMs: Int64 = 0
+    var nextRescanMs: Int64 = 0
+    var nextCleanupMs: Int64 = 0
+    var cleaning = false
+
+    /// Counters since start (for metrics).
+    public private(set) var deliveredTotal: UInt64 = 0
+    public private(set) var failedTotal: UInt64 = 0
+    public private(set) var deadTotal: UInt64 = 0
+    public private(set) var sinkDownTotal: UInt64 = 0
+    public private(set) var fencedTotal: UInt64 = 0
+
+    public init(config: RelayConfig = RelayConfig(), seed: UInt64) {
+        self.config = config
+        rng = SplitMix64(seed: seed)
+    }
+
+    public var inFlightBatches: Int { batches.count }
+    public var blockedKeys: Int {
+        queues.reduce(0) { n, kv in n + (isBlocked(kv.key, kv.value) ? 1 : 0) }
+    }
+
+    public mutating func on(_ event: RelayEvent) -> [RelayAction] {
+        var out: [RelayAction] = []
+        switch event {
+        case .start(let now):
+            guard lease == .idle else { return [] }
+            lease = .acquiring
+            nextLeaseTryMs = now
+            out.append(.acquireLease)
+
+        case .tick(let now):
+            tick(now, &out)
+
+        case .wake(let now):
+            if case .held = lease {
+                tailMore = true
+                loadIfNeeded(now, &out)
+            }
+
+        case .leaseAcquired(let token, let now):
+            guard lease == .acquiring else { return [] }
+            lease = .held(token: token)
+            resetMemory()
+            nextRenewMs = now + config.leaseTTLMs / 3
+            nextRescanMs = now + config.rescanIntervalMs
+            nextCleanupMs = now
+            tailMore = true
+            loadIfNeeded(now, &out)
+
+        case .leaseUnavailable(let now):
+            guard lease == .acquiring else { return [] }
+            nextLeaseTryMs = now + config.leaseRetryMs
+
+        case .leaseRenewed(let now):
+            if case .held = lease { nextRenewMs = now + config.leaseTTLMs / 3 }
+
+        case .leaseLost(let now):
+            loseLease(now)
+
+        case .loaded(let afterID, let rows, let dead, let now):
+            guard case .held = lease, let kind = loading else { return [] }
+            loading = nil
+            loaded(kind, afterID: afterID, rows: rows, dead: dead, now)
+            dispatch(now, &out)
+            loadIfNeeded(now, &out)
+
+        case .delivered(let id, let outcomes, let now):
+            guard case .held(let token) = lease, var b = batches[id], b.write == nil else { return [] }
+            sinkDownAttempts = 0
+            var w = RelayWrite()
+            for (i, m) in b.messages.enumerated() {
+                let outcome = i < outcomes.count ? outcomes[i] : .rejected("sink gave no result for this message")
+                switch outcome {
+                case .acknowledged:
+                    w.delivered.append(m.id)
+                case .rejected(let reason):
+                    let attempts = m.attempts + 1
+                    if attempts >= config.attemptsMax {
+                        w.dead.append(.init(id: m.id, attempts: attempts, error: reason))
+                    } else {
+                        w.failed.append(.init(id: m.id, attempts: attempts, error: reason))
+                    }
+                }
+            }
+            b.write = w
+            batches[id] = b
+            out.append(.record(batch: id, write: w, token: token))
+
+        case .sinkUnavailable(let id, let reason, let now):
+            guard case .held = lease, let b = batches.removeValue(forKey: id) else { return [] }
+            sinkDownTotal += 1
+            lastSinkError = reason
+            sinkDownAttempts += 1
+            sinkDownUntilMs = now + backoffDelayMs(attempt: sinkDownAttempts, minMs: config.sinkDownDelayMsMin,
+                                                   maxMs: config.sinkDownDelayMsMax, rng: &rng)
+            for m in b.messages {
+                queues[m.key]?.busy = false
+                markMaybeReady(m.key, now)
+            }
+
+        case .recorded(let id, let applied, let now):
+            guard case .held = lease, let b = batches[id], let w = b.write else { return [] }
+            batches[id] = nil
+            guard applied else {
+                fencedTotal += 1
+                loseLease(now)
+                return []
+            }
+            let delivered = Set(w.delivered)
+            let dead = Dictionary(w.dead.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+            let failed = Dictionary(w.failed.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+            for m in b.messages {
+                guard var q = queues[m.key] else { continue }
+                q.busy = false
+                if delivered.contains(m.id) || dead[m.id] != nil {
+                    if q.first?.id == m.id { q.popFirst() }
+                    known.remove(m.id)
+                    loadedCount -= 1
+                    if delivered.contains(m.id) {
+                        deliveredTotal += 1
+                    } else {
+                        deadTotal += 1
+                        if config.deadLetterBlocksKey { deadKeys[m.key] = min(deadKeys[m.key] ?? .max, m.id) }
+                    }
+                } else if let f = failed[m.id] {
+                    failedTotal += 1
+                    if q.first?.id == m.id { q.messages[q.head].attempts = f.attempts }
+                    q.retryAtMs = now + backoffDelayMs(attempt: f.attempts, minMs: config.retryDelayMsMin,
+                                                        maxMs: config.retryDelayMsMax, rng: &rng)
+                }
+                if q.count == 0 {
+                    queues[m.key] = nil
+                } else {
+                    queues[m.key] = q
+                    markMaybeReady(m.key, now)
+                }
+            }
+            dispatch(now, &out)
+            loadIfNeeded(now, &out)
+
+        case .cleaned(let deleted, let now):
+            cleaning = false
+            nextCleanupMs = deleted >= config.cleanupRowsMax ? now : now + config.cleanupIntervalMs
+
+        case .replayed(let now):
+            if case .held = lease { startRescan(now, &out) }
+
+        case .stop:
+            if case .held(let token) = lease { out.append(.releaseLease(token: token)) }
+            lease = .stopped
+            resetMemory()
+        }
+        return out
+    }
+
+    // MARK: internals
+
+    mutating func resetMemory() {
+        queues = [:]
+        ready = []
+        readyHead = 0
+        inReady = []
+        delayed = []
+        delayedDueMs = .max
+        known = []
+        loadedCount = 0
+        cursor = 0
+        tailMore = true
+        loading = nil
+        rescanAfter = nil
+        deadKeys = [:]
+        batches = [:]
+        cleaning = false
+    }
+
+    mutating func loseLease(_ now: Int64) {
+        guard case .held = lease else { return }
+        lease = .acquiring
+        resetMemory()
+        nextLeaseTryMs = now + config.leaseRetryMs
+    }
+
+    func isBlocked(_ key: String, _ q: KeyQueue) -> Bool {
+        guard config.deadLetterBlocksKey, let dead = deadKeys[key], let first = q.first else { return false }
+        return dead < first.id
+    }
+
+    mutating func markMaybeReady(_ key: String, _ now: Int64) {
+        guard let q = queues[key], !q.busy, q.count > 0, !isBlocked(key, q) else { return }
+        if q.retryAtMs > now {
+            delayed.insert(key)
+            delayedDueMs = min(delayedDueMs, q.retryAtMs)
+            return
+        }
+        if inReady.insert(key).inserted { ready.append(key) }
+    }
+
+    mutating func tick(_ now: Int64, _ out: inout [RelayAction]) {
+        switch lease {
+        case .acquiring:
+            if now >= nextLeaseTryMs {
+                nextLeaseTryMs = now + config.leaseRetryMs
+                out.append(.acquireLease)
+            }
+            return
+        case .held(let token):
+            if now >= nextRenewMs {
+                nextRenewMs = now + config.leaseTTLMs / 3
+                out.append(.renewLease(token: token))
+            }
+        case .idle, .stopped:
+            return
+        }
+        if now >= delayedDueMs {
+            let keys = delayed
+            delayed = []
+            delayedDueMs = .max
+            for k in keys { markMaybeReady(k, now) }
+        }
+        if now >= nextRescanMs && rescanAfter == nil {
+            startRescan(now, &out)
+        } else if now >= nextPollMs {
+            tailMore = true
+        }
+        loadIfNeeded(now, &out)
+        dispatch(now, &out)
+        if !cleaning && now >= nextCleanupMs {
+            cleaning = true
+            out.append(.cleanup(deliveredBeforeMs: now - config.retentionMs, limit: config.cleanupRowsMax))
+        }
+    }
+
+    mutating func startRescan(_ now: Int64, _ out: inout [RelayAction]) {
+        nextRescanMs = now + config.rescanIntervalMs
+        rescanAfter = 0
+        rescanEnd = cursor
+        loadIfNeeded(now, &out)
+    }
+
+    mutating func loadIfNeeded(_ now: Int64, _ out: inout [RelayAction]) {
+        guard case .held = lease, loading == nil else { return }
+        if let after = rescanAfter {
+            loading = .rescan
+            out.append(.load(afterID: after, limit: config.loadRowsMax))
+            return
+        }
+        let room = config.loadedMessagesMax - loadedCount
+        guard tailMore, room > 0 else { return }
+        let limit = min(config.loadRowsMax, room)
+        loading = .tail(limit: limit)
+        out.append(.load(afterID: cursor, limit: limit))
+    }
+
+    mutating func loaded(_ kind: Loading, afterID: Int64, rows: [OutboxMessage], dead: [String: Int64]?, _ now: Int64) {
+        if let dead {
+            deadKeys = config.deadLetterBlocksKey ? dead : [:]
+            for k in queues.keys { markMaybeReady(k, now) }
+        }
+        if kind == .rescan, let after = rescanAfter, after == afterID {
+            // A rescan page: rows we do not hold yet (a replayed dead letter; a row a cursor would
+            // have missed) are taken in, whatever the memory bound says: there are few of them.
+            var last = after
+            for m in rows {
+                last = m.id
+                if m.id > rescanEnd { break }
+                take(m, now)
+            }
+            if rows.count < config.loadRowsMax || last >= rescanEnd {
+                rescanAfter = nil
+            } else {
+                rescanAfter = last
+            }
+            return
+        }
+        guard case .tail(let asked) = kind, afterID == cursor else { return }
+        for m in rows where m.id > cursor {
+            cursor = m.id
+            take(m, now)
+        }
+        if rows.count < asked {
+            tailMore = false
+            nextPollMs = now + config.pollIntervalMs
+        }
+    }
+
+    mutating func take(_ m: OutboxMessage, _ now: Int64) {
+        guard known.insert(m.id).inserted else { return }
+        loadedCount += 1
+        queues[m.key, default: KeyQueue()].insert(m)
+        markMaybeReady(m.key, now)
+    }
+
+    mutating func dispatch(_ now: Int64, _ out: inout [RelayAction]) {
+        guard case .held = lease, now >= sinkDownUntilMs else { return }
+        while batches.count < config.batchesInFlightMax && readyHead < ready.count {
+            var msgs: [OutboxMessage] = []
+            while msgs.count < config.batchMessagesMax && readyHead < ready.count {
+                let key = ready[readyHead]
+                readyHead += 1
+                inReady.remove(key)
+                guard var q = queues[key], !q.busy, let m = q.first, !isBlocked(key, q) else { continue }
+                if q.retryAtMs > now {
+                    delayed.insert(key)
+                    delayedDueMs = min(delayedDueMs, q.retryAtMs)
+                    continue
+                }
+                q.busy = true
+                queues[key] = q
+                msgs.append(m)
+            }
+            if readyHead > 1024 && readyHead * 2 > ready.count {
+                ready.removeFirst(readyHead)
+                readyHead = 0
+            }
+            if msgs.isEmpty { break }
+            let id = nextBatch
+            nextBatch += 1
+            batches[id] = Batch(messages: msgs, write: nil)
+            out.append(.deliver(batch: id, messages: msgs))
+        }
+    }
+}

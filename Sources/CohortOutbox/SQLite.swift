@@ -1,0 +1,241 @@
+import CSQLite
+import CohortCore
+import CohortPosix
+
+/// Why an outbox, inbox or relay database call failed.
+public struct OutboxDatabaseError: Error, CustomStringConvertible, Equatable {
+    /// SQLite's (extended) result code.
+    public let code: Int32
+    public let message: String
+    /// What was being done.
+    public let context: String
+    public init(code: Int32, message: String, context: String) {
+        self.code = code
+        self.message = message
+        self.context = context
+    }
+    public var description: String { "sqlite error \(code) while \(context): \(message)" }
+    /// Another connection held the write lock for longer than the busy timeout.
+    public var isBusy: Bool { code & 0xff == SQLITE_BUSY || code & 0xff == SQLITE_LOCKED }
+}
+
+/// A value bound to, or read from, a SQL statement.
+public enum SQLValue: Equatable, Sendable {
+    case null
+    case int(Int64)
+    case double(Double)
+    case text(String)
+    case blob([UInt8])
+
+    public var int: Int64? { if case .int(let v) = self { return v }; return nil }
+    public var text: String? { if case .text(let v) = self { return v }; return nil }
+}
+
+private let sqliteTransient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+
+/// How hard a commit waits for the disk. `full` syncs the WAL on every commit (a committed
+/// message survives power loss); `normal` syncs only at checkpoints (survives a process crash,
+/// not power loss).
+public enum SyncMode: String, Sendable {
+    case full = "FULL"
+    case normal = "NORMAL"
+}
+
+/// One SQLite connection in WAL mode with cached prepared statements. Not thread-safe: one
+/// thread uses it at a time.
+public final class SQLiteConnection {
+    public let path: String
+    private(set) var db: OpaquePointer?
+    private var cache: [String: OpaquePointer] = [:]
+    private(set) var inTransaction = false
+    /// Taken around every `transaction` (file `PATH-writelock`): SQLite's own busy handler polls
+    /// with growing sleeps, so under a steady stream of producer commits a relay could wait
+    /// seconds for the write lock; waiters on this lock are woken by the kernel on release.
+    private let writeLock: FileLock?
+
+    public init(path: String, sync: SyncMode = .full, busyTimeoutMs: Int32 = Limits.outboxBusyTimeoutMs,
+                fairWriteLock: Bool = true) throws {
+        self.path = path
+        do {
+            writeLock = fairWriteLock ? try FileLock(path: path + "-writelock") : nil
+        } catch {
+            throw OutboxDatabaseError(code: SQLITE_CANTOPEN, message: "\(error)", context: "opening the write lock of \(path)")
+        }
+        var handle: OpaquePointer?
+        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
+        let rc = sqlite3_open_v2(path, &handle, flags, nil)
+        guard rc == SQLITE_OK, let handle else {
+            let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
+            sqlite3_close_v2(handle)
+            throw OutboxDatabaseError(code: rc, message: message, context: "opening \(path)")
+        }
+        db = handle
+        do {
+            sqlite3_extended_result_codes(handle, 1)
+            sqlite3_busy_timeout(handle, busyTimeoutMs)
+            let mode = try query("PRAGMA journal_mode=WAL").first?.first?.text
+            guard mode?.lowercased() == "wal" else {
+                throw OutboxDatabaseError(code: SQLITE_ERROR, message: "journal_mode is \(mode ?? "nil")", context: "enabling WAL on \(path)")
+            }
+            try exec("PRAGMA synchronous=\(sync.rawValue)")
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    deinit { close() }
+
+    public func close() {
+        guard let handle = db else { return }
+        for s in cache.values { sqlite3_finalize(s) }
+        cache.removeAll()
+        sqlite3_close_v2(handle)
+        db = nil
+    }
+
+    private func live() throws -> OpaquePointer {
+        guard let db else { throw OutboxDatabaseError(code: SQLITE_MISUSE, message: "connection closed", context: path) }
+        return db
+    }
+
+    func error(_ rc: Int32, _ context: String) -> OutboxDatabaseError {
+        let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? String(cString: sqlite3_errstr(rc))
+        return OutboxDatabaseError(code: rc, message: message, context: context)
+    }
+
+    /// Runs one or more statements without parameters or results.
+    public func exec(_ sql: String) throws {
+        var message: UnsafeMutablePointer<CChar>?
+        let rc = sqlite3_exec(try live(), sql, nil, nil, &message)
+        if rc != SQLITE_OK {
+            let text = message.map { String(cString: $0) } ?? String(cString: sqlite3_errstr(rc))
+            sqlite3_free(message)
+            throw OutboxDatabaseError(code: rc, message: text, context: "executing \(sql.prefix(80))")
+        }
+    }
+
+    private func statement(_ sql: String) throws -> OpaquePointer {
+        if let s = cache[sql] { return s }
+        var stmt: OpaquePointer?
+        let rc = sqlite3_prepare_v3(try live(), sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &stmt, nil)
+        guard rc == SQLITE_OK, let stmt else { throw error(rc, "preparing \(sql.prefix(120))") }
+        if cache.count >= 256 {
+            for s in cache.values { sqlite3_finalize(s) }
+            cache.removeAll()
+        }
+        cache[sql] = stmt
+        return stmt
+    }
+
+    private func bind(_ stmt: OpaquePointer, _ params: [SQLValue], _ sql: String) throws {
+        for (i, p) in params.enumerated() {
+            let idx = Int32(i + 1)
+            let rc: Int32
+            switch p {
+            case .null: rc = sqlite3_bind_null(stmt, idx)
+            case .int(let v): rc = sqlite3_bind_int64(stmt, idx, v)
+            case .double(let v): rc = sqlite3_bind_double(stmt, idx, v)
+            case .text(let s):
+                var s = s
+                rc = s.withUTF8 { buf -> Int32 in
+                    guard let base = buf.baseAddress, buf.count > 0 else {
+                        return sqlite3_bind_text(stmt, idx, "", 0, sqliteTransient)
+                    }
+                    return sqlite3_bind_text(stmt, idx, UnsafeRawPointer(base).assumingMemoryBound(to: CChar.self),
+                                             Int32(buf.count), sqliteTransient)
+                }
+            case .blob(let b):
+                rc = b.withUnsafeBytes { buf in
+                    sqlite3_bind_blob(stmt, idx, buf.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32(buf.count), sqliteTransient)
+                }
+            }
+            guard rc == SQLITE_OK else { throw error(rc, "binding parameter \(idx) of \(sql.prefix(80))") }
+        }
+    }
+
+    private func column(_ stmt: OpaquePointer, _ i: Int32) -> SQLValue {
+        switch sqlite3_column_type(stmt, i) {
+        case SQLITE_NULL: return .null
+        case SQLITE_INTEGER: return .int(sqlite3_column_int64(stmt, i))
+        case SQLITE_FLOAT: return .double(sqlite3_column_double(stmt, i))
+        case SQLITE_BLOB:
+            let n = Int(sqlite3_column_bytes(stmt, i))
+            guard n > 0, let p = sqlite3_column_blob(stmt, i) else { return .blob([]) }
+            return .blob(Array(UnsafeRawBufferPointer(start: p, count: n)))
+        default:
+            guard let p = sqlite3_column_text(stmt, i) else { return .text("") }
+            let n = Int(sqlite3_column_bytes(stmt, i))
+            return .text(String(decoding: UnsafeBufferPointer(start: p, count: n), as: UTF8.self))
+        }
+    }
+
+    /// Runs a statement; the number of rows it changed.
+    @discardableResult
+    public func run(_ sql: String, _ params: [SQLValue] = []) throws -> Int {
+        let stmt = try statement(sql)
+        defer { sqlite3_reset(stmt); sqlite3_clear_bindings(stmt) }
+        try bind(stmt, params, sql)
+        while true {
+            let rc = sqlite3_step(stmt)
+            if rc == SQLITE_DONE { break }
+            if rc == SQLITE_ROW { continue }
+            throw error(rc, "running \(sql.prefix(120))")
+        }
+        return Int(sqlite3_changes(try live()))
+    }
+
+    /// Runs a query; every row as an array of column values.
+    public func query(_ sql: String, _ params: [SQLValue] = []) throws -> [[SQLValue]] {
+        var rows: [[SQLValue]] = []
+        try forEachRow(sql, params) { rows.append($0) }
+        return rows
+    }
+
+    public func forEachRow(_ sql: String, _ params: [SQLValue] = [], _ body: ([SQLValue]) throws -> Void) throws {
+        let stmt = try statement(sql)
+        defer { sqlite3_reset(stmt); sqlite3_clear_bindings(stmt) }
+        try bind(stmt, params, sql)
+        let n = sqlite3_column_count(stmt)
+        while true {
+            let rc = sqlite3_step(stmt)
+            if rc == SQLITE_DONE { break }
+            guard rc == SQLITE_ROW else { throw error(rc, "querying \(sql.prefix(120))") }
+            var row: [SQLValue] = []
+            row.reserveCapacity(Int(n))
+            for i in 0..<n { row.append(column(stmt, i)) }
+            try body(row)
+        }
+    }
+
+    public var lastInsertRowID: Int64 { db.map { sqlite3_last_insert_rowid($0) } ?? 0 }
+
+    /// BEGIN IMMEDIATE ... COMMIT around `body`; ROLLBACK when it throws. IMMEDIATE takes the
+    /// write lock at the start, so two writers never deadlock upgrading from a read.
+    public func transaction<T>(_ body: () throws -> T) throws -> T {
+        precondition(!inTransaction, "nested SQLiteConnection.transaction")
+        if let writeLock {
+            do { try writeLock.lock() } catch {
+                throw OutboxDatabaseError(code: SQLITE_IOERR, message: "\(error)", context: "taking the write lock of \(path)")
+            }
+        }
+        defer { writeLock?.unlock() }
+        try run("BEGIN IMMEDIATE")
+        inTransaction = true
+        defer { inTransaction = false }
+        let result: T
+        do {
+            result = try body()
+        } catch {
+            _ = try? run("ROLLBACK")
+            throw error
+        }
+        do {
+            try run("COMMIT")
+        } catch {
+            _ = try? run("ROLLBACK")
+            throw error
+        }
+        return result
+    }
+}

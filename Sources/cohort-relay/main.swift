@@ -1,0 +1,109 @@
+import CohortCore
+import CohortOutbox
+import CohortPosix
+import Foundation
+
+let usage = """
+usage: cohort-relay --db PATH --sink URL [--stream NAME] [--port N] [--host H] [options]
+
+Delivers the messages of a service's outbox table (SQLite) to a sink: at least once, in order
+per key, in parallel across keys. Only one relay delivers from an outbox at a time (a lease
+with a fencing token in the database); start a second one as a standby.
+  --db PATH             the service's SQLite database holding the outbox table
+  --sink URL            http://HOST:PORT/PATH (a consumer's inbox endpoint) or redis://HOST:PORT
+  --stream NAME         Redis stream to append to (default cohort-outbox)
+  --stream-maxlen N     trim the stream to about N entries (default: no trimming)
+  --port N              serve GET /healthz, GET /metrics and the outbox admin API
+                        (GET /v1/outbox, POST /v1/outbox/{id}/replay); 0 picks a free port
+  --host H              address to bind (default 127.0.0.1)
+  --token-file F        bearer token for the admin API and the HTTP sink (also env COHORT_TOKEN)
+  --batch N             messages per sink call (default \(Limits.outboxBatchMessagesMax))
+  --attempts N          refusals before a message becomes a dead letter (default \(Limits.outboxAttemptsMax))
+  --retention DURATION  delete delivered rows this long after delivery (default 1h)
+  --lease-ttl DURATION  lease time to live (default \(Limits.outboxLeaseTTLMs)ms)
+  --dead-letters-block-key true|false   a dead letter holds back its key's later messages (default true)
+Environment: COHORT_CRASHPOINT=NAME[:K] or =list
+"""
+
+func fail(_ message: String, status: Int32) -> Never {
+    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    exit(status)
+}
+
+do {
+    let args = try Arguments(Array(CommandLine.arguments.dropFirst()),
+                             valued: ["db", "sink", "stream", "stream-maxlen", "port", "host", "token-file", "batch",
+                                      "attempts", "retention", "lease-ttl", "dead-letters-block-key"])
+    if args.has("help") {
+        print(usage)
+        exit(0)
+    }
+    if case .list = try CrashPoints.configure(known: OutboxRelay.crashPoints) {
+        OutboxRelay.crashPoints.forEach { print($0) }
+        exit(0)
+    }
+    guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
+    let db = try args.required("db")
+    guard FileManager.default.fileExists(atPath: db) else { throw UsageError("--db \(db): no such file (the service creates it)") }
+    let sinkURL = try args.required("sink")
+    guard sinkURL.hasPrefix("http://") || sinkURL.hasPrefix("redis://") else {
+        throw UsageError("--sink must be http://HOST:PORT/PATH or redis://HOST:PORT, got \"\(sinkURL)\"")
+    }
+    if sinkURL.hasPrefix("redis://") {
+        do { _ = try parseRedisURL(sinkURL) } catch { throw UsageError("--sink: \(error)") }
+    }
+    var config = RelayConfig()
+    if let n = try args.int("batch", range: 1...Limits.outboxBatchMessagesMax) { config.batchMessagesMax = n }
+    if let n = try args.int("attempts", range: 1...1000) { config.attemptsMax = n }
+    if let r = try args.durationMs("retention") { config.retentionMs = r }
+    if let t = try args.durationMs("lease-ttl") {
+        guard t >= 300 else { throw UsageError("--lease-ttl must be at least 300ms") }
+        config.leaseTTLMs = t
+    }
+    if let b = args.string("dead-letters-block-key") {
+        guard b == "true" || b == "false" else { throw UsageError("--dead-letters-block-key must be true or false") }
+        config.deadLetterBlocksKey = b == "true"
+    }
+    let port = try args.int("port", range: 0...65535)
+    let host = args.string("host") ?? "127.0.0.1"
+    let maxLen = try args.int("stream-maxlen", range: 1...Int(Int32.max))
+    var token: String?
+    if let f = args.string("token-file") {
+        guard let d = FileManager.default.contents(atPath: f) else { throw UsageError("cannot read --token-file \(f)") }
+        token = String(decoding: d, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    } else if let t = ProcessInfo.processInfo.environment["COHORT_TOKEN"], !t.isEmpty {
+        token = t
+    }
+    ProcessEnv.ignoreSIGPIPE()
+    let loop = try EventLoop()
+    let store: OutboxStore
+    do { store = try OutboxStore(path: db) } catch { fail("cannot open \(db): \(error)", status: 1) }
+    let sink = try makeOutboxSink(url: sinkURL, stream: args.string("stream") ?? "cohort-outbox", loop: loop,
+                                  bearerToken: token, streamMaxLength: maxLen)
+    let relay = OutboxRelay(store: store, sink: sink, loop: loop, config: config)
+    relay.onProblem = { FileHandle.standardError.write(Data("relay: \($0)\n".utf8)) }
+    var hostServer: RelayHost?
+    try loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in
+        relay.stop()
+        hostServer?.shutdown()
+        loop.stop()
+    }
+    if let port {
+        do {
+            hostServer = try RelayHost(relay: relay, host: host, port: port, bearerToken: token)
+        } catch {
+            fail("cannot listen on \(host):\(port): \(error)", status: 1)
+        }
+        print("listening on http://\(host):\(hostServer!.port)")
+        fflush(stdout)
+    }
+    relay.start()
+    try loop.run()
+    exit(0)
+} catch let e as UsageError {
+    fail("\(e)\n\(usage)", status: 2)
+} catch let e as CrashPointError {
+    fail("\(e)", status: 2)
+} catch {
+    fail("\(error)", status: 1)
+}

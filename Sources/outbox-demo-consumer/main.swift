@@ -1,0 +1,161 @@
+import CohortCore
+import CohortHTTP
+import CohortOutbox
+import CohortPosix
+import Foundation
+
+let usage = """
+usage: outbox-demo-consumer --db PATH --port N [--redis URL --stream S --group G --name C] [options]
+
+A demo consumer for tests and benchmarks. Applies outbox-demo-producer's messages through an
+inbox (exactly once) and records every application in the table effects(message_id, key, seq,
+lag_ms), checking per-key order (seq must be the key's last + 1; else a row in order_violations).
+Without --redis it serves the HTTP inbox endpoint POST /v1/inbox; with --redis it reads the
+stream as consumer C of group G. GET /v1/state reports counts and lag percentiles.
+  --db PATH          the consumer's SQLite database (created if missing)
+  --port N           HTTP port (0 picks one); prints "listening on http://HOST:PORT"
+  --redis URL        redis://HOST:PORT: read a stream instead of serving /v1/inbox
+  --stream S         stream name (default cohort-outbox)
+  --group G          consumer group (default demo)
+  --name C           consumer name within the group (default consumer-PID)
+  --accept-poison    apply poison messages too (default: refuse them)
+  --sync full|normal SQLite synchronous mode (default full)
+Environment: COHORT_CRASHPOINT=inbox.after-commit[:K] (crash after the local commit, before the acknowledgement)
+"""
+
+func fail(_ message: String, status: Int32) -> Never {
+    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    exit(status)
+}
+
+struct PoisonRefused: Error, CustomStringConvertible { var description: String { "poison message refused" } }
+
+struct Payload: Decodable {
+    var seq: Int64
+    var rollback: Bool?
+    var poison: Bool?
+}
+
+struct StateBody: Encodable {
+    var applied: Int
+    var distinctMessages: Int
+    var orderViolations: Int
+    var rollbackMessages: Int
+    var lagP50Ms: Int64
+    var lagP99Ms: Int64
+    var lagMaxMs: Int64
+    var duplicatesSinceStart: Int
+    enum CodingKeys: String, CodingKey {
+        case applied
+        case distinctMessages = "distinct_messages"
+        case orderViolations = "order_violations"
+        case rollbackMessages = "rollback_messages"
+        case lagP50Ms = "lag_p50_ms"
+        case lagP99Ms = "lag_p99_ms"
+        case lagMaxMs = "lag_max_ms"
+        case duplicatesSinceStart = "duplicates_since_start"
+    }
+}
+
+do {
+    let args = try Arguments(Array(CommandLine.arguments.dropFirst()),
+                             valued: ["db", "port", "redis", "stream", "group", "name", "sync"],
+                             booleans: ["help", "accept-poison"])
+    if args.has("help") { print(usage); exit(0) }
+    if case .list = try CrashPoints.configure(known: Inbox.crashPoints) {
+        Inbox.crashPoints.forEach { print($0) }
+        exit(0)
+    }
+    guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
+    let db = try args.required("db")
+    guard let port = try args.int("port", range: 0...65535) else { throw UsageError("--port is required") }
+    let syncArg = args.string("sync") ?? "full"
+    guard let sync = ["full": SyncMode.full, "normal": .normal][syncArg] else { throw UsageError("--sync must be full or normal") }
+    let acceptPoison = args.has("accept-poison")
+    ProcessEnv.ignoreSIGPIPE()
+
+    let inbox = try Inbox(path: db, consumer: "demo-consumer", sync: sync)
+    try inbox.connection.exec("""
+        CREATE TABLE IF NOT EXISTS effects(n INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL, key TEXT NOT NULL,
+          seq INTEGER NOT NULL, lag_ms INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS key_state(key TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS order_violations(message_id TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, expected INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS rollback_messages(message_id TEXT NOT NULL);
+        """)
+    let decoder = JSONDecoder()
+    let effect: (OutboxTransaction, WireMessage) throws -> Void = { tx, m in
+        let p = try decoder.decode(Payload.self, from: Data(m.payload.utf8))
+        if p.poison == true && !acceptPoison { throw PoisonRefused() }
+        if p.rollback == true { try tx.execute("INSERT INTO rollback_messages(message_id) VALUES(?1)", [.text(m.id)]) }
+        let last = try tx.query("SELECT last_seq FROM key_state WHERE key = ?1", [.text(m.key)]).first?.first?.int ?? 0
+        if p.seq != last + 1 {
+            try tx.execute("INSERT INTO order_violations(message_id, key, seq, expected) VALUES(?1, ?2, ?3, ?4)",
+                           [.text(m.id), .text(m.key), .int(p.seq), .int(last + 1)])
+        }
+        try tx.execute("INSERT INTO key_state(key, last_seq) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET last_seq = excluded.last_seq",
+                       [.text(m.key), .int(max(p.seq, last))])
+        try tx.execute("INSERT INTO effects(message_id, key, seq, lag_ms) VALUES(?1, ?2, ?3, ?4)",
+                       [.text(m.id), .text(m.key), .int(p.seq), .int(SystemClock.wallMs() - m.createdMs)])
+    }
+
+    let loop = try EventLoop()
+    let reads = try SQLiteConnection(path: db, sync: sync)
+    func state() throws -> StateBody {
+        func one(_ sql: String) throws -> Int64 { try reads.query(sql).first?.first?.int ?? 0 }
+        let n = try one("SELECT COUNT(*) FROM effects")
+        func pct(_ q: Double) throws -> Int64 {
+            guard n > 0 else { return 0 }
+            return try reads.query("SELECT lag_ms FROM effects ORDER BY lag_ms LIMIT 1 OFFSET ?1",
+                                   [.int(min(n - 1, Int64(Double(n) * q)))]).first?.first?.int ?? 0
+        }
+        return StateBody(applied: Int(n), distinctMessages: Int(try one("SELECT COUNT(DISTINCT message_id) FROM effects")),
+                         orderViolations: Int(try one("SELECT COUNT(*) FROM order_violations")),
+                         rollbackMessages: Int(try one("SELECT COUNT(*) FROM rollback_messages")),
+                         lagP50Ms: try pct(0.5), lagP99Ms: try pct(0.99), lagMaxMs: try one("SELECT MAX(lag_ms) FROM effects"),
+                         duplicatesSinceStart: dupes())
+    }
+    let redisURL = args.string("redis")
+    let dupLock = NSLock()
+    var dupCount = 0
+    func dupes() -> Int { dupLock.withLock { dupCount } }
+    let server = try HTTPServer(loop: loop, host: "127.0.0.1", port: port) { req, responder in
+        if req.path == "/healthz" { return responder.send(.jsonBytes(200, Array(#"{"status":"ok"}"#.utf8))) }
+        if req.path == "/v1/state" {
+            do { return responder.send(.json(200, try state())) } catch { return responder.send(.error(500, "\(error)")) }
+        }
+        if redisURL == nil, let r = InboxEndpoint.handle(req, inbox: inbox, effect) {
+            dupLock.withLock { dupCount = inbox.duplicateCount }
+            return responder.send(r)
+        }
+        responder.send(.error(404, "no such endpoint \(req.path)"))
+    }
+    var reader: RedisStreamReader?
+    var readerThread: PosixThread?
+    if let redisURL {
+        let r = try RedisStreamReader(url: redisURL, stream: args.string("stream") ?? "cohort-outbox", group: args.string("group") ?? "demo",
+                                      consumer: args.string("name") ?? "consumer-\(ProcessEnv.pid)", inbox: inbox, effect: effect)
+        r.onProblem = { FileHandle.standardError.write(Data("consumer: \($0)\n".utf8)) }
+        r.onBatch = { results in
+            let d = results.filter { $0.status == "duplicate" }.count
+            dupLock.withLock { dupCount += d }
+        }
+        reader = r
+        readerThread = try PosixThread(name: "stream-reader") { r.run() }
+    }
+    try loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in
+        reader?.stop()
+        server.shutdown()
+        loop.stop()
+    }
+    print("listening on http://127.0.0.1:\(server.port)")
+    fflush(stdout)
+    try loop.run()
+    readerThread?.join()
+    exit(0)
+} catch let e as UsageError {
+    fail("\(e)\n\(usage)", status: 2)
+} catch let e as CrashPointError {
+    fail("\(e)", status: 2)
+} catch {
+    fail("\(error)", status: 1)
+}

@@ -1,0 +1,170 @@
+import CohortCore
+import CohortOutbox
+import CohortPosix
+import Foundation
+
+let usage = """
+usage: outbox-demo-producer --db PATH [--count N] [--rate N] [--keys K] [options]
+
+A demo service for tests and benchmarks: each local transaction inserts an order row and
+enqueues one message (topic "orders", key kI, payload {"order", "key", "seq", ...} where seq
+counts per key from 1). Prints "produced N committed M rolled-back" when done.
+  --db PATH            the service's SQLite database (created if missing)
+  --count N            transactions to run (default 1000; 0 = until SIGTERM)
+  --rate N             transactions per second (default: as fast as possible)
+  --keys K             distinct message keys (default 100)
+  --threads T          producer threads, each with its own connection (default 1)
+  --rollback-every N   every Nth transaction writes its row and message, then rolls back
+  --poison-every N     every Nth message is marked poison (the demo consumer refuses it)
+  --payload-bytes B    pad payloads to about B bytes (default small)
+  --sync full|normal   SQLite synchronous mode (default full)
+  --name NAME          the outbox's name (message ids are NAME:ID)
+  --sink URL           also run a relay in this process (http://... or redis://...)
+  --stream NAME        Redis stream for --sink redis://... (default cohort-outbox)
+  --port N             with --sink: serve /healthz, /metrics and the outbox admin API
+  --hold               with --sink: keep relaying after producing, until SIGTERM
+"""
+
+func fail(_ message: String, status: Int32) -> Never {
+    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    exit(status)
+}
+
+final class Counter: @unchecked Sendable {
+    let lock = NSLock()
+    var committed = 0
+    var rolledBack = 0
+    var next = 0
+}
+
+struct Rollback: Error {}
+
+do {
+    let args = try Arguments(Array(CommandLine.arguments.dropFirst()),
+                             valued: ["db", "count", "rate", "keys", "threads", "rollback-every", "poison-every", "payload-bytes",
+                                      "sync", "name", "sink", "stream", "port"],
+                             booleans: ["help", "hold"])
+    if args.has("help") { print(usage); exit(0) }
+    guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
+    let db = try args.required("db")
+    let count = try args.int("count", default: 1000, range: 0...1_000_000_000)!
+    let rate = try args.int("rate", range: 1...10_000_000)
+    let keys = try args.int("keys", default: 100, range: 1...10_000_000)!
+    let threads = try args.int("threads", default: 1, range: 1...64)!
+    let rollbackEvery = try args.int("rollback-every", range: 1...1_000_000_000)
+    let poisonEvery = try args.int("poison-every", range: 1...1_000_000_000)
+    let pad = try args.int("payload-bytes", default: 0, range: 0...Limits.outboxPayloadBytesMax - 200)!
+    let syncArg = args.string("sync") ?? "full"
+    guard let sync = ["full": SyncMode.full, "normal": .normal][syncArg] else { throw UsageError("--sync must be full or normal") }
+    let padding = String(repeating: "x", count: pad)
+
+    // Schema once, then one connection per thread.
+    let setup = try Outbox(path: db, sync: sync, name: args.string("name"))
+    try setup.execute("""
+        CREATE TABLE IF NOT EXISTS orders(id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, seq INTEGER NOT NULL, created_ms INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS key_seq(key TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+        """)
+    setup.close()
+
+    var relay: OutboxRelay?
+    var host: RelayHost?
+    var loop: EventLoop?
+    if let sinkURL = args.string("sink") {
+        ProcessEnv.ignoreSIGPIPE()
+        let l = try EventLoop()
+        loop = l
+        _ = try CrashPoints.configure(known: OutboxRelay.crashPoints)
+        let sink = try makeOutboxSink(url: sinkURL, stream: args.string("stream") ?? "cohort-outbox", loop: l)
+        let r = OutboxRelay(store: try OutboxStore(path: db), sink: sink, loop: l)
+        r.onProblem = { FileHandle.standardError.write(Data("relay: \($0)\n".utf8)) }
+        relay = r
+        if let port = try args.int("port", range: 0...65535) {
+            host = try RelayHost(relay: r, host: "127.0.0.1", port: port)
+            print("listening on http://127.0.0.1:\(host!.port)")
+            fflush(stdout)
+        }
+        try l.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in
+            // The lease is released, so a standby relay takes over at once; then leave (the
+            // producer threads may still be running).
+            r.stop()
+            host?.shutdown()
+            exit(0)
+        }
+        l.startThread()
+        r.start()
+    }
+
+    let counter = Counter()
+    let started = SystemClock.monotonicMs()
+    let perThreadInterval = rate.map { 1000.0 * Double(threads) / Double($0) }
+    var workers: [PosixThread] = []
+    for t in 0..<threads {
+        workers.append(try PosixThread(name: "producer-\(t)") {
+            do {
+                let outbox = try Outbox(path: db, sync: sync)
+                if let relay { outbox.onCommit = { relay.wake() } }
+                var i = 0
+                while true {
+                    let n: Int = counter.lock.withLock {
+                        counter.next += 1
+                        return counter.next
+                    }
+                    if count > 0 && n > count { break }
+                    if let perThreadInterval {
+                        let due = started + Int64(Double(i) * perThreadInterval)
+                        let now = SystemClock.monotonicMs()
+                        if due > now { PosixThread.sleep(milliseconds: due - now) }
+                    }
+                    i += 1
+                    let key = "k\(n % keys)"
+                    let rollback = rollbackEvery.map { n % $0 == 0 } ?? false
+                    let poison = poisonEvery.map { n % $0 == 0 } ?? false
+                    while true {
+                        do {
+                            try outbox.transaction { tx in
+                                let seq = (try tx.query("SELECT seq FROM key_seq WHERE key = ?1", [.text(key)]).first?.first?.int ?? 0) + 1
+                                let now = SystemClock.wallMs()
+                                try tx.execute("INSERT INTO key_seq(key, seq) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET seq = excluded.seq",
+                                               [.text(key), .int(seq)])
+                                try tx.execute("INSERT INTO orders(key, seq, created_ms) VALUES(?1, ?2, ?3)", [.text(key), .int(seq), .int(now)])
+                                let order = tx.lastInsertRowID
+                                let payload = #"{"order":\#(order),"key":"\#(key)","seq":\#(seq),"rollback":\#(rollback),"poison":\#(poison),"pad":"\#(padding)"}"#
+                                try tx.enqueue(topic: "orders", key: key, payload: payload, nowMs: now)
+                                if rollback { throw Rollback() }
+                            }
+                            counter.lock.withLock { counter.committed += 1 }
+                            break
+                        } catch is Rollback {
+                            counter.lock.withLock { counter.rolledBack += 1 }
+                            break
+                        } catch let e as OutboxDatabaseError where e.isBusy {
+                            // Lost the race for the write lock for too long: nothing was written; try again.
+                            FileHandle.standardError.write(Data("producer: \(e); retrying\n".utf8))
+                            continue
+                        }
+                    }
+                }
+                outbox.close()
+            } catch {
+                FileHandle.standardError.write(Data("error: producer: \(error)\n".utf8))
+                exit(1)
+            }
+        })
+    }
+    for w in workers { w.join() }
+    let ms = max(1, SystemClock.monotonicMs() - started)
+    print("produced \(counter.committed) committed \(counter.rolledBack) rolled-back in \(ms) ms (\(Int(Double(counter.committed) * 1000 / Double(ms)))/s)")
+    fflush(stdout)
+    if relay != nil && args.has("hold") {
+        while true { PosixThread.sleep(milliseconds: 1000) }
+    }
+    if let relay, let loop {
+        loop.execute { relay.stop(); host?.shutdown(); loop.stop() }
+        loop.stopAndJoin()
+    }
+    exit(0)
+} catch let e as UsageError {
+    fail("\(e)\n\(usage)", status: 2)
+} catch {
+    fail("\(error)", status: 1)
+}

@@ -1,0 +1,201 @@
+import CohortCore
+@testable import CohortOutbox
+import XCTest
+
+/// The relay's decisions, driven by hand: no database, no sink, no clock.
+final class RelayMachineTests: XCTestCase {
+    func msg(_ id: Int64, _ key: String, attempts: Int = 0) -> OutboxMessage {
+        OutboxMessage(id: id, source: "s", topic: "t", key: key, payload: "p\(id)", createdMs: 0, attempts: attempts)
+    }
+
+    /// A machine holding the lease (token 7) that has loaded `rows`; returns it and the actions of the load.
+    func started(_ rows: [OutboxMessage], config: RelayConfig = RelayConfig(), dead: [String: Int64] = [:], seed: UInt64 = 1)
+        -> (RelayMachine, [RelayAction]) {
+        var m = RelayMachine(config: config, seed: seed)
+        XCTAssertEqual(m.on(.start(nowMs: 0)), [.acquireLease])
+        let a = m.on(.leaseAcquired(token: 7, nowMs: 0))
+        XCTAssertEqual(a, [.load(afterID: 0, limit: config.loadRowsMax)])
+        let out = m.on(.loaded(afterID: 0, rows: rows, deadKeys: dead, nowMs: 0))
+        return (m, out)
+    }
+
+    func delivers(_ actions: [RelayAction]) -> [(Int, [Int64])] {
+        actions.compactMap { if case .deliver(let b, let ms) = $0 { return (b, ms.map(\.id)) }; return nil }
+    }
+
+    func testOneMessagePerKeyInFlightAndNextOnlyAfterRecorded() {
+        var (m, out) = started([msg(1, "a"), msg(2, "a"), msg(3, "b")])
+        let d = delivers(out)
+        XCTAssertEqual(d.count, 1)
+        XCTAssertEqual(d[0].1, [1, 3], "one batch, the head of each key")
+        // The sink acknowledges: the result is recorded first, and only then does a's next go.
+        out = m.on(.delivered(batch: d[0].0, outcomes: [.acknowledged, .acknowledged], nowMs: 1))
+        XCTAssertEqual(out, [.record(batch: d[0].0, write: RelayWrite(delivered: [1, 3]), token: 7)])
+        XCTAssertTrue(delivers(out).isEmpty, "nothing more before the record is durable")
+        out = m.on(.recorded(batch: d[0].0, applied: true, nowMs: 2))
+        XCTAssertEqual(delivers(out).map(\.1), [[2]])
+        XCTAssertEqual(m.deliveredTotal, 2)
+    }
+
+    func testBatchesAreCappedAndRunInParallel() {
+        var config = RelayConfig()
+        config.batchMessagesMax = 3
+        config.batchesInFlightMax = 2
+        let rows = (1...10).map { msg(Int64($0), "k\($0)") }
+        let (m, out) = started(rows, config: config)
+        XCTAssertEqual(delivers(out).map(\.1), [[1, 2, 3], [4, 5, 6]])
+        XCTAssertEqual(m.inFlightBatches, 2)
+    }
+
+    func testSinkDownCountsNoAttemptAndBacksOff() {
+        var (m, out) = started([msg(1, "a")])
+        let b = delivers(out)[0].0
+        out = m.on(.sinkUnavailable(batch: b, reason: "connection refused", nowMs: 10))
+        XCTAssertTrue(out.isEmpty)
+        XCTAssertTrue(delivers(m.on(.tick(nowMs: 10))).isEmpty, "backs off")
+        let later = delivers(m.on(.tick(nowMs: 10 + Limits.outboxSinkDownDelayMsMax)))
+        XCTAssertEqual(later.count, 1)
+        XCTAssertEqual(later[0].1, [1])
+        // Still zero attempts: a broker outage never turns messages into dead letters.
+        out = m.on(.delivered(batch: later[0].0, outcomes: [.rejected("bad")], nowMs: 3000))
+        XCTAssertEqual(out, [.record(batch: later[0].0, write: RelayWrite(failed: [.init(id: 1, attempts: 1, error: "bad")]), token: 7)])
+    }
+
+    func testRefusalsBackOffWithSeededJitterThenDeadLetterBlocksTheKeyOnly() {
+        var config = RelayConfig()
+        config.attemptsMax = 3
+        var (m, out) = started([msg(1, "a"), msg(2, "a"), msg(3, "b"), msg(4, "b")], config: config, seed: 42)
+        var now: Int64 = 0
+        var retryTimes: [Int64] = []
+        var batch = delivers(out)[0]
+        XCTAssertEqual(batch.1, [1, 3])
+        // b is acknowledged; a is refused until it is a dead letter.
+        _ = m.on(.delivered(batch: batch.0, outcomes: [.rejected("poison"), .acknowledged], nowMs: now))
+        out = m.on(.recorded(batch: batch.0, applied: true, nowMs: now))
+        XCTAssertEqual(delivers(out).map(\.1), [[4]], "b goes on while a backs off")
+        _ = m.on(.delivered(batch: delivers(out)[0].0, outcomes: [.acknowledged], nowMs: now))
+        _ = m.on(.recorded(batch: delivers(out)[0].0, applied: true, nowMs: now))
+        for attempt in 2...3 {
+            var next: [(Int, [Int64])] = []
+            let start = now
+            while next.isEmpty {
+                now += 1
+                next = delivers(m.on(.tick(nowMs: now)))
+                XCTAssertLessThan(now, 100_000)
+            }
+            retryTimes.append(now - start)
+            batch = next[0]
+            XCTAssertEqual(batch.1, [1], "attempt \(attempt) is for the same message")
+            out = m.on(.delivered(batch: batch.0, outcomes: [.rejected("poison")], nowMs: now))
+            if attempt == 3 {
+                XCTAssertEqual(out, [.record(batch: batch.0, write: RelayWrite(dead: [.init(id: 1, attempts: 3, error: "poison")]), token: 7)])
+            }
+            out = m.on(.recorded(batch: batch.0, applied: true, nowMs: now))
+        }
+        // Backoff: first retry within [min/2, min], second within [min, 2*min].
+        XCTAssertTrue((Limits.outboxRetryDelayMsMin / 2...Limits.outboxRetryDelayMsMin + 1).contains(retryTimes[0]), "\(retryTimes)")
+        XCTAssertTrue((Limits.outboxRetryDelayMsMin...2 * Limits.outboxRetryDelayMsMin + 1).contains(retryTimes[1]), "\(retryTimes)")
+        XCTAssertEqual(m.deadTotal, 1)
+        // Message 2 (key a) is held back behind the dead letter.
+        for t in 1...50 { XCTAssertTrue(delivers(m.on(.tick(nowMs: now + Int64(t) * 100))).isEmpty) }
+        XCTAssertEqual(m.blockedKeys, 1)
+        // Same seed, same jitter; another seed, another (for this pair of seeds).
+        func firstRetry(seed: UInt64) -> Int64 {
+            var (m, out) = started([msg(1, "a")], config: config, seed: seed)
+            let b = delivers(out)[0].0
+            _ = m.on(.delivered(batch: b, outcomes: [.rejected("x")], nowMs: 0))
+            _ = m.on(.recorded(batch: b, applied: true, nowMs: 0))
+            var t: Int64 = 0
+            while delivers(m.on(.tick(nowMs: t))).isEmpty { t += 1 }
+            return t
+        }
+        XCTAssertEqual(firstRetry(seed: 42), firstRetry(seed: 42))
+        XCTAssertNotEqual(Set((1...8).map { firstRetry(seed: $0) }).count, 1, "jitter spreads retries")
+    }
+
+    func testDeadLetterDoesNotBlockWhenConfigured() {
+        var config = RelayConfig()
+        config.attemptsMax = 1
+        config.deadLetterBlocksKey = false
+        var (m, out) = started([msg(1, "a"), msg(2, "a")], config: config)
+        let b = delivers(out)[0].0
+        _ = m.on(.delivered(batch: b, outcomes: [.rejected("poison")], nowMs: 0))
+        out = m.on(.recorded(batch: b, applied: true, nowMs: 0))
+        XCTAssertEqual(delivers(out).map(\.1), [[2]])
+    }
+
+    func testKeysWithDeadLettersStayBlockedAfterRestartUntilReplayed() {
+        var (m, out) = started([msg(5, "a"), msg(6, "b")], dead: ["a": 3])
+        XCTAssertEqual(delivers(out).map(\.1), [[6]], "a is behind its dead letter 3")
+        // Replay: the rescan returns message 3 as pending again, and no dead keys.
+        out = m.on(.replayed(nowMs: 1))
+        XCTAssertEqual(out, [.load(afterID: 0, limit: Limits.outboxLoadRowsMax)])
+        out = m.on(.loaded(afterID: 0, rows: [msg(3, "a"), msg(5, "a")], deadKeys: [:], nowMs: 1))
+        XCTAssertEqual(delivers(out).map(\.1), [[3]], "the replayed message goes first, before 5")
+    }
+
+    func testFencedWriteDropsEverythingAndRetakesTheLease() {
+        var (m, out) = started([msg(1, "a"), msg(2, "a")])
+        let b = delivers(out)[0].0
+        _ = m.on(.delivered(batch: b, outcomes: [.acknowledged], nowMs: 0))
+        out = m.on(.recorded(batch: b, applied: false, nowMs: 0))
+        XCTAssertTrue(out.isEmpty, "a stale relay sends nothing more")
+        XCTAssertEqual(m.lease, .acquiring)
+        XCTAssertEqual(m.loadedCount, 0)
+        XCTAssertEqual(m.fencedTotal, 1)
+        XCTAssertEqual(m.on(.tick(nowMs: Limits.outboxLeaseRetryMs)), [.acquireLease])
+        // Another relay holds it.
+        XCTAssertEqual(m.on(.leaseUnavailable(nowMs: Limits.outboxLeaseRetryMs)), [])
+        XCTAssertEqual(m.deliveredTotal, 0)
+    }
+
+    func testStaleResultsAfterLosingTheLeaseAreIgnored() {
+        var (m, out) = started([msg(1, "a")])
+        let b = delivers(out)[0].0
+        _ = m.on(.leaseLost(nowMs: 0))
+        XCTAssertEqual(m.on(.delivered(batch: b, outcomes: [.acknowledged], nowMs: 0)), [])
+    }
+
+    func testRenewsTheLeaseAndCleansUpWithRetention() {
+        var config = RelayConfig()
+        config.retentionMs = 1000
+        var (m, _) = started([], config: config)
+        let out = m.on(.tick(nowMs: config.leaseTTLMs / 3))
+        XCTAssertTrue(out.contains(.renewLease(token: 7)))
+        XCTAssertTrue(out.contains(.cleanup(deliveredBeforeMs: config.leaseTTLMs / 3 - 1000, limit: config.cleanupRowsMax)))
+        // A full cleanup batch asks for another at once; a partial one waits.
+        XCTAssertEqual(m.on(.cleaned(deleted: config.cleanupRowsMax, nowMs: 2000)), [])
+        XCTAssertTrue(m.on(.tick(nowMs: 2000)).contains { if case .cleanup = $0 { return true }; return false })
+        _ = m.on(.cleaned(deleted: 3, nowMs: 2000))
+        XCTAssertFalse(m.on(.tick(nowMs: 2001)).contains { if case .cleanup = $0 { return true }; return false })
+    }
+
+    func testMemoryBoundAndTailPaging() {
+        var config = RelayConfig()
+        config.loadedMessagesMax = 4
+        config.loadRowsMax = 10
+        var m = RelayMachine(config: config, seed: 1)
+        _ = m.on(.start(nowMs: 0))
+        XCTAssertEqual(m.on(.leaseAcquired(token: 1, nowMs: 0)), [.load(afterID: 0, limit: 4)])
+        let out = m.on(.loaded(afterID: 0, rows: (1...4).map { msg(Int64($0), "k\($0)") }, deadKeys: [:], nowMs: 0))
+        XCTAssertFalse(out.contains { if case .load = $0 { return true }; return false }, "full: no more loading")
+        let b = delivers(out)[0]
+        _ = m.on(.delivered(batch: b.0, outcomes: Array(repeating: .acknowledged, count: 4), nowMs: 0))
+        let after = m.on(.recorded(batch: b.0, applied: true, nowMs: 0))
+        XCTAssertTrue(after.contains(.load(afterID: 4, limit: 4)), "room again: the tail goes on from the cursor")
+    }
+
+    func testRescanPicksUpARowBelowTheCursor() {
+        var config = RelayConfig()
+        config.rescanIntervalMs = 100
+        var (m, out) = started([msg(1, "a"), msg(5, "b")], config: config)
+        let b = delivers(out)[0]
+        _ = m.on(.delivered(batch: b.0, outcomes: [.acknowledged, .acknowledged], nowMs: 0))
+        _ = m.on(.recorded(batch: b.0, applied: true, nowMs: 0))
+        XCTAssertEqual(m.cursor, 5)
+        out = m.on(.tick(nowMs: 100))
+        XCTAssertTrue(out.contains(.load(afterID: 0, limit: config.loadRowsMax)), "periodic rescan from the start")
+        out = m.on(.loaded(afterID: 0, rows: [msg(3, "c")], deadKeys: [:], nowMs: 100))
+        XCTAssertEqual(delivers(out).map(\.1), [[3]], "a row the cursor had passed is still delivered")
+    }
+}

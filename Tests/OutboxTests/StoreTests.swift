@@ -1,0 +1,162 @@
+import CohortCore
+@testable import CohortOutbox
+import Foundation
+import XCTest
+
+func tempDB(_ name: String) -> String {
+    let dir = NSTemporaryDirectory() + "outbox-test-\(UUID().uuidString.prefix(8))"
+    try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    return dir + "/\(name).db"
+}
+
+struct Boom: Error {}
+
+final class StoreTests: XCTestCase {
+    func testBusinessRowsAndMessagesCommitTogetherOrNotAtAll() throws {
+        let path = tempDB("p")
+        let outbox = try Outbox(path: path, name: "orders")
+        try outbox.execute("CREATE TABLE orders(id TEXT PRIMARY KEY)")
+        var commits = 0
+        outbox.onCommit = { commits += 1 }
+        let id = try outbox.transaction { tx -> Int64 in
+            try tx.execute("INSERT INTO orders(id) VALUES(?1)", [.text("o1")])
+            return try tx.enqueue(topic: "orders", key: "o1", payload: "{}", headers: ["h": "v"])
+        }
+        XCTAssertThrowsError(try outbox.transaction { tx in
+            try tx.execute("INSERT INTO orders(id) VALUES(?1)", [.text("o2")])
+            try tx.enqueue(topic: "orders", key: "o2", payload: "{}")
+            throw Boom()
+        })
+        XCTAssertEqual(commits, 1, "only the committed transaction wakes the relay")
+        XCTAssertEqual(try outbox.query("SELECT id FROM orders").map { $0[0] }, [.text("o1")])
+        let store = try OutboxStore(path: path)
+        let pending = try store.pending(afterID: 0, limit: 10)
+        XCTAssertEqual(pending.map(\.id), [id], "the rolled-back message does not exist")
+        XCTAssertEqual(pending[0].messageID, "orders:\(id)")
+        XCTAssertEqual(pending[0].headers, ["h": "v"])
+        // Bad input gets a typed error and writes nothing.
+        XCTAssertThrowsError(try outbox.transaction { tx in try tx.enqueue(topic: "", key: "k", payload: "") }) { e in
+            XCTAssertTrue(e is OutboxInputError, "\(e)")
+        }
+        XCTAssertThrowsError(try outbox.transaction { tx in
+            try tx.enqueue(topic: "t", key: String(repeating: "k", count: Limits.outboxKeyBytesMax + 1), payload: "")
+        })
+        XCTAssertEqual(try store.counts().pending, 1)
+    }
+
+    func testIdsNeverGoBackwardsEvenAfterDeletes() throws {
+        let path = tempDB("p")
+        let outbox = try Outbox(path: path)
+        let a = try outbox.transaction { try $0.enqueue(topic: "t", key: "k", payload: "1") }
+        let store = try OutboxStore(path: path)
+        let token = try XCTUnwrap(store.acquireLease(holder: "r", nowMs: 0, ttlMs: 1000))
+        XCTAssertTrue(try store.record(RelayWrite(delivered: [a]), holder: "r", token: token, nowMs: 0))
+        XCTAssertEqual(try store.cleanup(deliveredBeforeMs: 1, limit: 10), 1)
+        let b = try outbox.transaction { try $0.enqueue(topic: "t", key: "k", payload: "2") }
+        XCTAssertGreaterThan(b, a, "AUTOINCREMENT: a deleted id is never handed out again")
+    }
+
+    func testLeaseFencesAStaleRelay() throws {
+        let path = tempDB("p")
+        let outbox = try Outbox(path: path)
+        let id = try outbox.transaction { try $0.enqueue(topic: "t", key: "k", payload: "1") }
+        let a = try OutboxStore(path: path)
+        let b = try OutboxStore(path: path)
+        let ta = try XCTUnwrap(a.acquireLease(holder: "A", nowMs: 1000, ttlMs: 500))
+        XCTAssertNil(try b.acquireLease(holder: "B", nowMs: 1200, ttlMs: 500), "held and not expired")
+        XCTAssertTrue(try a.renewLease(holder: "A", token: ta, nowMs: 1400, ttlMs: 500))
+        XCTAssertNil(try b.acquireLease(holder: "B", nowMs: 1800, ttlMs: 500), "renewed until 1900")
+        let tb = try XCTUnwrap(b.acquireLease(holder: "B", nowMs: 1900, ttlMs: 500))
+        XCTAssertGreaterThan(tb, ta)
+        // A comes back from a pause: every write it tries is refused, and nothing changes.
+        XCTAssertFalse(try a.record(RelayWrite(delivered: [id]), holder: "A", token: ta, nowMs: 2000))
+        XCTAssertFalse(try a.renewLease(holder: "A", token: ta, nowMs: 2000, ttlMs: 500))
+        XCTAssertEqual(try a.counts().pending, 1)
+        XCTAssertTrue(try b.record(RelayWrite(delivered: [id]), holder: "B", token: tb, nowMs: 2000))
+        XCTAssertEqual(try a.counts(), OutboxStore.Counts(pending: 0, dead: 0, delivered: 1, oldestPendingCreatedMs: nil))
+    }
+
+    func testDeadLettersListAndReplay() throws {
+        let path = tempDB("p")
+        let outbox = try Outbox(path: path)
+        let id = try outbox.transaction { try $0.enqueue(topic: "t", key: "k", payload: "1") }
+        let other = try outbox.transaction { try $0.enqueue(topic: "t", key: "k", payload: "2") }
+        let store = try OutboxStore(path: path)
+        let t = try XCTUnwrap(store.acquireLease(holder: "r", nowMs: 0, ttlMs: 1000))
+        XCTAssertTrue(try store.record(RelayWrite(dead: [.init(id: id, attempts: 10, error: "HTTP 422")]), holder: "r", token: t, nowMs: 5))
+        let dead = try store.list(dead: true, limit: 10)
+        XCTAssertEqual(dead.map(\.id), [id])
+        XCTAssertEqual(dead[0].lastError, "HTTP 422")
+        XCTAssertEqual(dead[0].attempts, 10)
+        XCTAssertEqual(try store.list(dead: false, limit: 10).map(\.id), [other])
+        XCTAssertEqual(try store.deadKeys(), ["k": id])
+        XCTAssertEqual(try store.replay(id: other), .notDead(state: "pending"))
+        XCTAssertEqual(try store.replay(id: 999), .notFound)
+        XCTAssertEqual(try store.replay(id: id), .replayed)
+        let again = try store.pending(afterID: 0, limit: 10)
+        XCTAssertEqual(again.map(\.id), [id, other], "replayed with its id: before the key's later message")
+        XCTAssertEqual(again[0].attempts, 0)
+    }
+
+    func testCleanupDeletesOnlyOldDeliveredRowsInSmallBatches() throws {
+        let path = tempDB("p")
+        let outbox = try Outbox(path: path)
+        var ids: [Int64] = []
+        for i in 0..<10 { ids.append(try outbox.transaction { try $0.enqueue(topic: "t", key: "k\(i)", payload: "") }) }
+        let store = try OutboxStore(path: path)
+        let t = try XCTUnwrap(store.acquireLease(holder: "r", nowMs: 0, ttlMs: 1000))
+        XCTAssertTrue(try store.record(RelayWrite(delivered: Array(ids[0..<6])), holder: "r", token: t, nowMs: 100))
+        XCTAssertTrue(try store.record(RelayWrite(delivered: [ids[6]]), holder: "r", token: t, nowMs: 900))
+        XCTAssertEqual(try store.cleanup(deliveredBeforeMs: 500, limit: 4), 4)
+        XCTAssertEqual(try store.cleanup(deliveredBeforeMs: 500, limit: 4), 2)
+        XCTAssertEqual(try store.cleanup(deliveredBeforeMs: 500, limit: 4), 0)
+        let c = try store.counts()
+        XCTAssertEqual(c.delivered, 1, "delivered within the retention period stays")
+        XCTAssertEqual(c.pending, 3)
+    }
+
+    func testInboxAppliesEachMessageOnceAndRollsBackAFailedEffectAlone() throws {
+        let path = tempDB("c")
+        let inbox = try Inbox(path: path, consumer: "inv")
+        try inbox.connection.exec("CREATE TABLE stock(sku TEXT PRIMARY KEY, n INTEGER)")
+        try inbox.connection.run("INSERT INTO stock VALUES('a', 0)")
+        func wire(_ id: String, _ payload: String) -> WireMessage {
+            WireMessage(id: id, source: "s", seq: 1, topic: "t", key: "a", payload: payload, headers: [:], createdMs: 0)
+        }
+        let effect: (OutboxTransaction, WireMessage) throws -> Void = { tx, m in
+            try tx.execute("UPDATE stock SET n = n + 1 WHERE sku = 'a'")
+            if m.payload == "bad" { throw Boom() }
+        }
+        var r = try inbox.apply([wire("s:1", "ok"), wire("s:2", "bad"), wire("s:1", "ok")], effect)
+        XCTAssertEqual(r.map(\.status), ["applied", "failed", "duplicate"])
+        r = try inbox.apply([wire("s:1", "ok"), wire("s:2", "ok")], effect)
+        XCTAssertEqual(r.map(\.status), ["duplicate", "applied"])
+        XCTAssertEqual(try inbox.connection.query("SELECT n FROM stock").first?.first, .int(2), "each effect exactly once")
+        XCTAssertTrue(try inbox.hasApplied("s:2"))
+        XCTAssertEqual(inbox.duplicateCount, 2)
+    }
+
+    func testRESPParserHandlesPartialAndBadInput() throws {
+        var p = RESPParser()
+        let bytes = Array("+OK\r\n$5\r\nhello\r\n*2\r\n:12\r\n$-1\r\n-ERR no\r\n*-1\r\n".utf8)
+        // Fed one byte at a time, values come out exactly when complete.
+        var values: [RESPValue] = []
+        for b in bytes {
+            p.feed([b])
+            while let v = try p.next() { values.append(v) }
+        }
+        XCTAssertEqual(values, [.simple("OK"), .bulk(Array("hello".utf8)), .array([.integer(12), .bulk(nil)]), .error("ERR no"), .array(nil)])
+        var bad = RESPParser()
+        bad.feed(Array("?what\r\n".utf8))
+        XCTAssertThrowsError(try bad.next())
+        var huge = RESPParser()
+        huge.feed(Array("$99999999999\r\n".utf8))
+        XCTAssertThrowsError(try huge.next())
+        var deep = RESPParser()
+        deep.feed(Array(String(repeating: "*1\r\n", count: 20).utf8))
+        XCTAssertThrowsError(try deep.next())
+        XCTAssertEqual(RESPEncoder.encode(["XADD", "s", "*"]), Array("*3\r\n$4\r\nXADD\r\n$1\r\ns\r\n$1\r\n*\r\n".utf8))
+        XCTAssertThrowsError(try parseRedisURL("http://x"))
+        XCTAssertEqual(try parseRedisURL("redis://127.0.0.1:6380").port, 6380)
+    }
+}
