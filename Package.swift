@@ -13,6 +13,7 @@ let package = Package(
         .executable(name: "txbench", targets: ["txbench"]),
         .executable(name: "txctl", targets: ["txctl"]),
         .executable(name: "tcc-inventory", targets: ["tcc-inventory"]),
+        .executable(name: "txscenario", targets: ["txscenario"]),
     ],
     targets: [
         // SQLite from Debian's libsqlite3-dev.
@@ -46,6 +47,9 @@ let package = Package(
         // txctl's commands, rendering and log tools (no printing: output goes to injected sinks).
         .target(name: "CohortCtl", dependencies: ["CohortCore", "CohortHTTP", "CohortLog"]),
         .executableTarget(name: "txctl", dependencies: ["CohortCtl", "CohortPosix"]),
+        // The scenario runner: real processes, a fault-injecting proxy, crash points and disk faults.
+        .target(name: "CohortScenario", dependencies: ["CohortClient", "CohortCore", "CohortHTTP", "CohortLog", "CohortPosix"]),
+        .executableTarget(name: "txscenario", dependencies: ["CohortScenario", "CohortSim", "CohortPosix"]),
         .testTarget(name: "CohortCoreTests", dependencies: ["CohortCore"]),
         .testTarget(name: "SimulationTests", dependencies: ["CohortSim"]),
         .testTarget(name: "CohortLogTests", dependencies: ["CohortLog"]),
@@ -53,6 +57,7 @@ let package = Package(
         .testTarget(name: "CohortKVTests", dependencies: ["CohortKV"]),
         .testTarget(name: "CohortTCCTests", dependencies: ["CohortTCC"]),
         .testTarget(name: "IntegrationTests", dependencies: ["CohortClient", "CohortCore"]),
+        .testTarget(name: "ScenarioTests", dependencies: ["CohortScenario", "CohortClient", "CohortPosix"]),
         .testTarget(name: "TxctlTests", dependencies: ["CohortCtl", "CohortClient", "CohortCore", "CohortLog", "CohortHTTP"], exclude: ["Golden"]),
     ],
     swiftLanguageModes: [.v5]

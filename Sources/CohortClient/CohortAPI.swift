@@ -170,8 +170,9 @@ public final class CohortAPI {
     // MARK: - coordinator
 
     /// `POST /v1/transactions`: the new txid.
-    public func begin(timeoutMs: Int64? = nil) throws -> String {
-        let body = CohortAPI.encode(BeginRequest(protocol: nil, timeoutMs: timeoutMs, termination: nil))
+    /// `protocol`: "2pc" (default), "3pc"; `termination`: "classic" or "quorum" for 3pc.
+    public func begin(timeoutMs: Int64? = nil, protocol: String? = nil, termination: String? = nil) throws -> String {
+        let body = CohortAPI.encode(BeginRequest(protocol: `protocol`, timeoutMs: timeoutMs, termination: termination))
         return try call("POST", coordinatorURL + "/v1/transactions", body: body, ok: [201], as: BeginResponse.self).txid
     }
 

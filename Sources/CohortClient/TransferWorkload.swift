@@ -46,6 +46,9 @@ public final class TransferWorkload: @unchecked Sendable {
         public var maxAmount: Int64 = 10
         /// The transaction timeout asked of the coordinator at begin.
         public var transactionTimeoutMs: Int64 = 5_000
+        /// "2pc" or "3pc" (with `termination` "classic" or "quorum").
+        public var commitProtocol = "2pc"
+        public var termination: String?
         public var connectTimeoutMs: Int64 = 1_000
         public var requestTimeoutMs: Int64 = 10_000
         /// Pause after a failure that suggests a process is down (begin failed, agent unreachable).
@@ -229,7 +232,7 @@ public final class TransferWorkload: @unchecked Sendable {
             let t0 = nowMs()
             let txid: String
             do {
-                txid = try api.begin(timeoutMs: config.transactionTimeoutMs)
+                txid = try api.begin(timeoutMs: config.transactionTimeoutMs, protocol: config.commitProtocol, termination: config.termination)
             } catch {
                 report.beginFailures += 1
                 pause()

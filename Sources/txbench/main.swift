@@ -3,7 +3,8 @@ import CohortCore
 import Foundation
 
 let usage = """
-usage: txbench [--clients N] [--duration D] [--warmup D] [--accounts N] [--json]
+usage: txbench [--clients N] [--duration D] [--warmup D] [--accounts N] [--protocol 2pc|3pc]
+               [--termination classic|quorum] [--json]
                [--coordinator URL --agents URL,URL,...] [--bin-dir DIR] [--keep]
 
 Load generator for Cohort: concurrent bank transfers between two agents, each a distributed
@@ -13,6 +14,8 @@ unless --coordinator and --agents name running ones (their acct-* keys are overw
   --duration D        measured time, e.g. 10s (default 10s)
   --warmup D          unmeasured time before it (default 2s)
   --accounts N        accounts per agent (default 1000)
+  --protocol P        2pc (default) or 3pc
+  --termination T     3pc termination: classic (default) or quorum
   --json              print the results as one JSON object
   --row               print the results as one table row (benchmarks/run-2pc); --row-header
                       prints the header line and exits
@@ -38,6 +41,8 @@ var clients = 16
 var durationMs: Int64 = 10_000
 var warmupMs: Int64 = 2_000
 var accounts = 1000
+var commitProtocol = "2pc"
+var termination: String?
 var json = false
 var row = false
 let rowHeader = "clients  committed/s  aborted/s    p50_ms    p95_ms    p99_ms    max_ms  syncs/commit  msgs/commit  conservation"
@@ -46,7 +51,7 @@ var external: (coordinator: String, agents: [String])?
 var binDir: String?
 do {
     let args = try Arguments(Array(CommandLine.arguments.dropFirst()),
-                             valued: ["clients", "duration", "warmup", "accounts", "coordinator", "agents", "bin-dir"],
+                             valued: ["clients", "duration", "warmup", "accounts", "coordinator", "agents", "bin-dir", "protocol", "termination"],
                              booleans: ["help", "json", "keep", "row", "row-header"])
     if args.has("help") {
         print(usage)
@@ -63,6 +68,12 @@ do {
     warmupMs = try args.durationMs("warmup", default: 2_000)!
     accounts = try args.int("accounts", default: 1000, range: 1...10_000)!
     guard durationMs > 0 else { throw UsageError("--duration must be more than 0") }
+    commitProtocol = args.string("protocol") ?? "2pc"
+    guard commitProtocol == "2pc" || commitProtocol == "3pc" else { throw UsageError("--protocol must be 2pc or 3pc") }
+    termination = args.string("termination")
+    if let t = termination {
+        guard commitProtocol == "3pc", t == "classic" || t == "quorum" else { throw UsageError("--termination must be classic or quorum, with --protocol 3pc") }
+    }
     json = args.has("json")
     keep = args.has("keep")
     binDir = args.string("bin-dir")
@@ -113,6 +124,8 @@ var config = TransferWorkload.Config(coordinatorURL: coordinatorURL, agentURLs: 
 config.accounts = accounts
 config.initialBalance = 1000
 config.maxAmount = 10
+config.commitProtocol = commitProtocol
+config.termination = termination
 let workload = TransferWorkload(config: config)
 if !json && !row { note("setting up \(accounts) accounts on each of \(agentURLs.count) agents ...") }
 do {
@@ -166,6 +179,7 @@ if json {
         "clients": clients,
         "duration_s": seconds,
         "accounts": accounts,
+        "protocol": commitProtocol,
         "committed": report.committed,
         "aborted": report.aborted,
         "unknown": report.unknown,

@@ -1,0 +1,458 @@
+import CohortCore
+import Foundation
+
+/// A scenario file that does not follow the format; `description` names the file and the field,
+/// e.g. `Scenarios/x.json: faults[2].after: expected a duration like "500ms"`.
+public struct ScenarioError: Error, CustomStringConvertible {
+    public let file: String
+    public let field: String
+    public let message: String
+    public init(file: String, field: String, _ message: String) {
+        self.file = file
+        self.field = field
+        self.message = message
+    }
+    public var description: String { field.isEmpty ? "\(file): \(message)" : "\(file): \(field): \(message)" }
+}
+
+/// One scenario: topology, workload, faults and checks (docs/scenarios.md documents every field).
+public struct Scenario: Sendable {
+    public struct ProcessConfig: Sendable {
+        public var flags: [String] = []
+        public var env: [String: String] = [:]
+    }
+
+    public struct Topology: Sendable {
+        public var agents = 2
+        public var protocolName = "2pc"
+        /// Per process (`coordinator`, `a`, `b`, ...): extra flags and environment.
+        public var processes: [String: ProcessConfig] = [:]
+        public var agentNames: [String] { (0..<agents).map { String(UnicodeScalar(UInt8(97 + $0))) } }
+        public var allNames: [String] { ["coordinator"] + agentNames }
+    }
+
+    public struct Workload: Sendable {
+        public var clients = 4
+        public var count: Int?
+        public var durationMs: Int64?
+        public var accounts = 10
+        public var initialBalance: Int64 = 1000
+        public var maxAmount: Int64 = 10
+        public var timeoutMs: Int64 = 3000
+    }
+
+    public enum TearMode: String, Sendable { case append, cut }
+    public enum DiskWhen: String, Sendable { case kill, nextExit = "next_exit" }
+
+    public enum NetworkAction: String, Sendable, CaseIterable {
+        case drop, dropResponse = "drop_response", delay, duplicate, blackhole
+    }
+
+    public struct NetworkRule: Sendable {
+        public var link: String
+        public var action: NetworkAction
+        public var probability: Double = 1
+        public var delayMs: Int64 = 0
+        public var durationMs: Int64
+        /// Only requests whose request line or body contains this text.
+        public var match: String?
+    }
+
+    public enum FaultKind: Sendable {
+        case crashPoint(process: String, point: String, k: Int, restartAfterMs: Int64, times: Int)
+        case kill(process: String, restartAfterMs: Int64)
+        case randomKills(processes: [String], count: Int, minGapMs: Int64, restartAfterMs: Int64)
+        case pause(process: String, durationMs: Int64)
+        case network(NetworkRule)
+        case swizzle(processes: [String], stepMs: Int64, holdMs: Int64, seed: UInt64)
+        case fsyncFail(process: String, k: Int, restartAfterMs: Int64)
+        case tornWrite(process: String, mode: TearMode, bytes: Int?, when: DiskWhen, restartAfterMs: Int64)
+        case corruptRecord(process: String, when: DiskWhen, restartAfterMs: Int64)
+        case wipeData(process: String, when: DiskWhen, restartAfterMs: Int64)
+
+        public var name: String {
+            switch self {
+            case .crashPoint: return "crash_point"
+            case .kill: return "kill"
+            case .randomKills: return "random_kills"
+            case .pause: return "pause"
+            case .network(let r): return "network:\(r.action.rawValue)"
+            case .swizzle: return "swizzle"
+            case .fsyncFail: return "fsync_fail"
+            case .tornWrite: return "torn_write"
+            case .corruptRecord: return "corrupt_record"
+            case .wipeData: return "wipe_data"
+            }
+        }
+    }
+
+    public struct Fault: Sendable {
+        public var atMs: Int64
+        public var kind: FaultKind
+    }
+
+    public struct Expect: Sendable {
+        public var inDoubtRemains: Bool?
+        public var startRefused: String?
+        public var errorContains: String?
+        public var exitStatus: (process: String, status: Int32)?
+    }
+
+    public enum Check: Sendable {
+        case atomicity, conservation, committedMeansCommitted, noLocksHeld
+        case noInDoubtWithin(Int64)
+        case expect(Expect)
+
+        public var name: String {
+            switch self {
+            case .atomicity: return "atomicity"
+            case .conservation: return "conservation"
+            case .committedMeansCommitted: return "committed_means_committed"
+            case .noLocksHeld: return "no_locks_held"
+            case .noInDoubtWithin: return "no_in_doubt_within"
+            case .expect: return "expect"
+            }
+        }
+    }
+
+    public var file: String
+    public var name: String
+    public var description: String
+    public var topology: Topology
+    public var workload: Workload
+    public var faults: [Fault]
+    public var checks: [Check]
+
+    public static let defaultChecks: [Check] = [.atomicity, .conservation, .committedMeansCommitted,
+                                                .noInDoubtWithin(30_000), .noLocksHeld]
+}
+
+// MARK: - parsing
+
+extension Scenario {
+    /// Reads and validates a scenario file.
+    public static func load(path: String) throws -> Scenario {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ScenarioError(file: path, field: "", "cannot read the file")
+        }
+        return try parse(data, file: path)
+    }
+
+    public static func parse(_ data: Data, file: String) throws -> Scenario {
+        let json: JSONValue
+        do {
+            json = try JSONDecoder().decode(JSONValue.self, from: data)
+        } catch {
+            throw ScenarioError(file: file, field: "", "not valid JSON: \(JSONValue.describe(error))")
+        }
+        var p = Parser(file: file)
+        return try p.scenario(json)
+    }
+}
+
+/// Walks the JSON with the path of the current field, so every error names it.
+struct Parser {
+    let file: String
+
+    func fail(_ field: String, _ message: String) -> ScenarioError { ScenarioError(file: file, field: field, message) }
+
+    func object(_ v: JSONValue?, _ field: String, allowed: Set<String>) throws -> [String: JSONValue] {
+        guard case .object(let o)? = v else { throw fail(field, "expected an object") }
+        for k in o.keys.sorted() where !allowed.contains(k) {
+            throw fail(field.isEmpty ? k : "\(field).\(k)", "unknown field (known: \(allowed.sorted().joined(separator: ", ")))")
+        }
+        return o
+    }
+
+    func join(_ a: String, _ b: String) -> String { a.isEmpty ? b : "\(a).\(b)" }
+
+    func string(_ o: [String: JSONValue], _ key: String, _ at: String, required: Bool = false) throws -> String? {
+        guard let v = o[key] else {
+            if required { throw fail(join(at, key), "required field is missing") }
+            return nil
+        }
+        guard case .string(let s) = v, !s.isEmpty else { throw fail(join(at, key), "expected a non-empty string") }
+        return s
+    }
+
+    func int(_ o: [String: JSONValue], _ key: String, _ at: String, range: ClosedRange<Int>, required: Bool = false) throws -> Int? {
+        guard let v = o[key] else {
+            if required { throw fail(join(at, key), "required field is missing") }
+            return nil
+        }
+        guard case .number(let d) = v, d == d.rounded(), let i = Int(exactly: d) else {
+            throw fail(join(at, key), "expected an integer")
+        }
+        guard range.contains(i) else { throw fail(join(at, key), "must be between \(range.lowerBound) and \(range.upperBound), got \(i)") }
+        return i
+    }
+
+    func bool(_ o: [String: JSONValue], _ key: String, _ at: String) throws -> Bool? {
+        guard let v = o[key] else { return nil }
+        guard case .bool(let b) = v else { throw fail(join(at, key), "expected true or false") }
+        return b
+    }
+
+    func duration(_ o: [String: JSONValue], _ key: String, _ at: String, required: Bool = false) throws -> Int64? {
+        guard let v = o[key] else {
+            if required { throw fail(join(at, key), "required field is missing") }
+            return nil
+        }
+        guard case .string(let s) = v, let ms = Arguments.parseDurationMs(s), s.last?.isLetter == true else {
+            throw fail(join(at, key), "expected a duration like \"500ms\", \"2s\" or \"1m\"")
+        }
+        return ms
+    }
+
+    func stringList(_ o: [String: JSONValue], _ key: String, _ at: String) throws -> [String]? {
+        guard let v = o[key] else { return nil }
+        guard case .array(let list) = v else { throw fail(join(at, key), "expected a list of strings") }
+        return try list.enumerated().map { i, e in
+            guard case .string(let s) = e else { throw fail("\(join(at, key))[\(i)]", "expected a string") }
+            return s
+        }
+    }
+
+    mutating func scenario(_ json: JSONValue) throws -> Scenario {
+        let root = try object(json, "", allowed: ["name", "description", "topology", "workload", "faults", "checks"])
+        let name = try string(root, "name", "", required: true)!
+        guard name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
+            throw fail("name", "use letters, digits, '-', '_' and '.' only")
+        }
+        let description = try string(root, "description", "") ?? ""
+        let topology = try self.topology(root["topology"])
+        let workload = try self.workload(root["workload"])
+        var faults: [Scenario.Fault] = []
+        if let f = root["faults"] {
+            guard case .array(let list) = f else { throw fail("faults", "expected a list") }
+            for (i, item) in list.enumerated() { faults.append(try fault(item, "faults[\(i)]", topology)) }
+        }
+        var checks = Scenario.defaultChecks
+        if let c = root["checks"] {
+            guard case .array(let list) = c else { throw fail("checks", "expected a list") }
+            checks = try list.enumerated().map { try check($1, "checks[\($0)]", topology) }
+        }
+        return Scenario(file: file, name: name, description: description, topology: topology, workload: workload,
+                        faults: faults, checks: checks)
+    }
+
+    func topology(_ v: JSONValue?) throws -> Scenario.Topology {
+        var t = Scenario.Topology()
+        guard let v else { return t }
+        let o = try object(v, "topology", allowed: ["agents", "protocol", "processes"])
+        t.agents = try int(o, "agents", "topology", range: 2...8) ?? 2
+        t.protocolName = try string(o, "protocol", "topology") ?? "2pc"
+        guard t.protocolName == "2pc" else { throw fail("topology.protocol", "only \"2pc\" is supported so far, got \"\(t.protocolName)\"") }
+        if let p = o["processes"] {
+            let procs = try object(p, "topology.processes", allowed: Set(t.allNames))
+            for (name, cfg) in procs {
+                let at = "topology.processes.\(name)"
+                let c = try object(cfg as JSONValue?, at, allowed: ["flags", "env"])
+                var pc = Scenario.ProcessConfig()
+                pc.flags = try stringList(c, "flags", at) ?? []
+                if let e = c["env"] {
+                    guard case .object(let env) = e else { throw fail("\(at).env", "expected an object of strings") }
+                    for (k, v) in env {
+                        guard case .string(let s) = v else { throw fail("\(at).env.\(k)", "expected a string") }
+                        pc.env[k] = s
+                    }
+                }
+                t.processes[name] = pc
+            }
+        }
+        return t
+    }
+
+    func workload(_ v: JSONValue?) throws -> Scenario.Workload {
+        var w = Scenario.Workload()
+        guard let v else {
+            w.durationMs = 3000
+            return w
+        }
+        let o = try object(v, "workload", allowed: ["transfers"])
+        guard let tv = o["transfers"] else { throw fail("workload.transfers", "required field is missing") }
+        let at = "workload.transfers"
+        let t = try object(tv, at, allowed: ["clients", "count", "duration", "accounts", "initial_balance", "max_amount", "timeout_ms"])
+        w.clients = try int(t, "clients", at, range: 1...64) ?? 4
+        w.count = try int(t, "count", at, range: 1...1_000_000)
+        w.durationMs = try duration(t, "duration", at)
+        if w.count == nil && w.durationMs == nil { throw fail(at, "give \"count\" or \"duration\"") }
+        w.accounts = try int(t, "accounts", at, range: 1...10_000) ?? 10
+        w.initialBalance = Int64(try int(t, "initial_balance", at, range: 1...1_000_000_000) ?? 1000)
+        w.maxAmount = Int64(try int(t, "max_amount", at, range: 1...1_000_000) ?? 10)
+        w.timeoutMs = Int64(try int(t, "timeout_ms", at, range: 100...600_000) ?? 3000)
+        return w
+    }
+
+    func process(_ o: [String: JSONValue], _ key: String, _ at: String, _ t: Scenario.Topology, agentOnly: Bool = false) throws -> String {
+        let p = try string(o, key, at, required: true)!
+        let known = agentOnly ? t.agentNames : t.allNames
+        guard known.contains(p) else {
+            throw fail(join(at, key), "unknown process \"\(p)\" (known: \(known.joined(separator: ", ")))")
+        }
+        return p
+    }
+
+    static let kinds = ["crash_point", "kill", "random_kills", "pause", "network", "swizzle", "fsync_fail", "torn_write", "corrupt_record", "wipe_data"]
+
+    func fault(_ v: JSONValue, _ at: String, _ t: Scenario.Topology) throws -> Scenario.Fault {
+        let o = try object(v, at, allowed: Set(["at"] + Parser.kinds))
+        let atMs = try duration(o, "at", at, required: true)!
+        let present = Parser.kinds.filter { o[$0] != nil }
+        guard present.count == 1, let kindName = present.first else {
+            throw fail(at, "give exactly one fault kind (\(Parser.kinds.joined(separator: ", "))), found \(present.isEmpty ? "none" : present.joined(separator: ", "))")
+        }
+        let path = "\(at).\(kindName)"
+        let restartDefault: Int64 = 500
+        let kind: Scenario.FaultKind
+        func when(_ k: [String: JSONValue]) throws -> Scenario.DiskWhen {
+            guard let s = try string(k, "when", path) else { return .kill }
+            guard let w = Scenario.DiskWhen(rawValue: s) else { throw fail("\(path).when", "expected \"kill\" or \"next_exit\", got \"\(s)\"") }
+            return w
+        }
+        switch kindName {
+        case "crash_point":
+            let k = try object(o[kindName], path, allowed: ["process", "point", "k", "restart_after", "times"])
+            let process = try self.process(k, "process", path, t)
+            let point = try string(k, "point", path, required: true)!
+            let prefix = process == "coordinator" ? "coordinator." : "agent."
+            guard point.hasPrefix(prefix), point.count > prefix.count else {
+                throw fail("\(path).point", "a crash point of \(process) starts with \"\(prefix)\" (see COHORT_CRASHPOINT=list), got \"\(point)\"")
+            }
+            kind = .crashPoint(process: process, point: point, k: try int(k, "k", path, range: 1...1_000_000) ?? 1,
+                               restartAfterMs: try duration(k, "restart_after", path) ?? restartDefault,
+                               times: try int(k, "times", path, range: 1...100) ?? 1)
+        case "kill":
+            let k = try object(o[kindName], path, allowed: ["process", "restart_after"])
+            kind = .kill(process: try process(k, "process", path, t), restartAfterMs: try duration(k, "restart_after", path) ?? restartDefault)
+        case "random_kills":
+            let k = try object(o[kindName], path, allowed: ["processes", "count", "min_gap", "restart_after"])
+            guard let ps = try stringList(k, "processes", path), !ps.isEmpty else { throw fail("\(path).processes", "expected a non-empty list of process names") }
+            for (i, p) in ps.enumerated() where !t.allNames.contains(p) {
+                throw fail("\(path).processes[\(i)]", "unknown process \"\(p)\" (known: \(t.allNames.joined(separator: ", ")))")
+            }
+            kind = .randomKills(processes: ps, count: try int(k, "count", path, range: 1...100, required: true)!,
+                                minGapMs: try duration(k, "min_gap", path) ?? 1000,
+                                restartAfterMs: try duration(k, "restart_after", path) ?? restartDefault)
+        case "pause":
+            let k = try object(o[kindName], path, allowed: ["process", "duration"])
+            kind = .pause(process: try process(k, "process", path, t), durationMs: try duration(k, "duration", path, required: true)!)
+        case "network":
+            let k = try object(o[kindName], path, allowed: ["link", "action", "probability", "delay", "duration", "match"])
+            let link = try string(k, "link", path, required: true)!
+            let parts = link.components(separatedBy: "->")
+            guard parts.count == 2, (parts[0] == "coordinator" && t.agentNames.contains(parts[1]))
+                    || (parts[1] == "coordinator" && t.agentNames.contains(parts[0])) else {
+                throw fail("\(path).link", "expected \"coordinator->AGENT\" or \"AGENT->coordinator\" with AGENT one of \(t.agentNames.joined(separator: ", ")), got \"\(link)\"")
+            }
+            let a = try string(k, "action", path, required: true)!
+            guard let action = Scenario.NetworkAction(rawValue: a) else {
+                throw fail("\(path).action", "expected one of \(Scenario.NetworkAction.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(a)\"")
+            }
+            var rule = Scenario.NetworkRule(link: link, action: action, durationMs: try duration(k, "duration", path, required: true)!)
+            if let pv = k["probability"] {
+                guard case .number(let n) = pv, n > 0, n <= 1 else {
+                    throw fail("\(path).probability", "expected a number in (0, 1]")
+                }
+                rule.probability = n
+            }
+            if action == .delay {
+                rule.delayMs = try duration(k, "delay", path, required: true)!
+            } else if k["delay"] != nil {
+                throw fail("\(path).delay", "only for action \"delay\"")
+            }
+            rule.match = try string(k, "match", path)
+            kind = .network(rule)
+        case "swizzle":
+            let k = try object(o[kindName], path, allowed: ["processes", "step", "hold", "seed"])
+            guard let ps = try stringList(k, "processes", path), !ps.isEmpty else { throw fail("\(path).processes", "expected a non-empty list of agent names") }
+            for (i, p) in ps.enumerated() where !t.agentNames.contains(p) {
+                throw fail("\(path).processes[\(i)]", "unknown agent \"\(p)\" (known: \(t.agentNames.joined(separator: ", ")))")
+            }
+            kind = .swizzle(processes: ps, stepMs: try duration(k, "step", path, required: true)!,
+                            holdMs: try duration(k, "hold", path) ?? 0,
+                            seed: UInt64(try int(k, "seed", path, range: 0...Int(Int32.max)) ?? 1))
+        case "fsync_fail":
+            let k = try object(o[kindName], path, allowed: ["process", "k", "restart_after"])
+            kind = .fsyncFail(process: try process(k, "process", path, t), k: try int(k, "k", path, range: 1...1_000_000) ?? 1,
+                              restartAfterMs: try duration(k, "restart_after", path) ?? restartDefault)
+        case "torn_write":
+            let k = try object(o[kindName], path, allowed: ["process", "file", "mode", "bytes", "when", "restart_after"])
+            let process = try self.process(k, "process", path, t)
+            if let f = try string(k, "file", path), f != "log" { throw fail("\(path).file", "only \"log\" is supported, got \"\(f)\"") }
+            let m = try string(k, "mode", path) ?? "append"
+            guard let mode = Scenario.TearMode(rawValue: m) else { throw fail("\(path).mode", "expected \"append\" or \"cut\", got \"\(m)\"") }
+            kind = .tornWrite(process: process, mode: mode, bytes: try int(k, "bytes", path, range: 1...1_000_000),
+                              when: try when(k), restartAfterMs: try duration(k, "restart_after", path) ?? restartDefault)
+        case "corrupt_record":
+            let k = try object(o[kindName], path, allowed: ["process", "when", "restart_after"])
+            kind = .corruptRecord(process: try process(k, "process", path, t), when: try when(k),
+                                  restartAfterMs: try duration(k, "restart_after", path) ?? restartDefault)
+        case "wipe_data":
+            let k = try object(o[kindName], path, allowed: ["process", "when", "restart_after"])
+            kind = .wipeData(process: try process(k, "process", path, t), when: try when(k),
+                             restartAfterMs: try duration(k, "restart_after", path) ?? restartDefault)
+        default:
+            throw fail(path, "unknown fault kind")
+        }
+        return Scenario.Fault(atMs: atMs, kind: kind)
+    }
+
+    static let checkNames = ["atomicity", "conservation", "committed_means_committed", "no_locks_held", "no_in_doubt_within", "expect"]
+
+    func check(_ v: JSONValue, _ at: String, _ t: Scenario.Topology) throws -> Scenario.Check {
+        if case .string(let s) = v {
+            switch s {
+            case "atomicity": return .atomicity
+            case "conservation": return .conservation
+            case "committed_means_committed": return .committedMeansCommitted
+            case "no_locks_held": return .noLocksHeld
+            case "no_in_doubt_within": throw fail(at, "no_in_doubt_within needs a duration: {\"no_in_doubt_within\": \"20s\"}")
+            default: throw fail(at, "unknown check \"\(s)\" (known: \(Parser.checkNames.joined(separator: ", ")))")
+            }
+        }
+        let o = try object(v, at, allowed: ["no_in_doubt_within", "expect"])
+        guard o.count == 1 else { throw fail(at, "give one check per entry") }
+        if o["no_in_doubt_within"] != nil {
+            return .noInDoubtWithin(try duration(o, "no_in_doubt_within", at)!)
+        }
+        let path = "\(at).expect"
+        let e = try object(o["expect"], path, allowed: ["in_doubt_remains", "start_refused", "error_contains", "exit_status"])
+        var expect = Scenario.Expect()
+        expect.inDoubtRemains = try bool(e, "in_doubt_remains", path)
+        if e["start_refused"] != nil { expect.startRefused = try process(e, "start_refused", path, t) }
+        expect.errorContains = try string(e, "error_contains", path)
+        if let es = e["exit_status"] {
+            let sp = "\(path).exit_status"
+            let s = try object(es, sp, allowed: ["process", "status"])
+            expect.exitStatus = (try process(s, "process", sp, t), Int32(try int(s, "status", sp, range: 0...255, required: true)!))
+        }
+        if expect.inDoubtRemains == nil && expect.startRefused == nil && expect.exitStatus == nil {
+            throw fail(path, "expect needs in_doubt_remains, start_refused or exit_status")
+        }
+        return .expect(expect)
+    }
+}
+
+/// Any JSON value, decoded strictly (a boolean is never a number).
+enum JSONValue: Decodable {
+    case null, bool(Bool), number(Double), string(String), array([JSONValue]), object([String: JSONValue])
+
+    init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if c.decodeNil() { self = .null }
+        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
+        else if let d = try? c.decode(Double.self) { self = .number(d) }
+        else if let s = try? c.decode(String.self) { self = .string(s) }
+        else if let a = try? c.decode([JSONValue].self) { self = .array(a) }
+        else { self = .object(try c.decode([String: JSONValue].self)) }
+    }
+
+    static func describe(_ error: Error) -> String {
+        if case DecodingError.dataCorrupted(let ctx) = error {
+            if let u = ctx.underlyingError as NSError?, let d = u.userInfo[NSDebugDescriptionErrorKey] { return "\(d)" }
+            return ctx.debugDescription
+        }
+        return "\(error)"
+    }
+}

@@ -1,0 +1,202 @@
+import CohortClient
+import Foundation
+
+/// The scenario's bank-transfer workload: every transfer is remembered (txid, accounts, amount,
+/// outcome) so the checks can name the transactions behind a failure. Accounts are
+/// `acct-0000`… on every agent; a transfer moves money between two distinct agents in one
+/// distributed (two-phase) transaction.
+final class ScenarioWorkload: @unchecked Sendable {
+    enum Outcome: String { case committed, aborted, unknown }
+
+    struct Transfer {
+        let txid: String
+        let from: (agent: Int, key: String)
+        let to: (agent: Int, key: String)
+        let amount: Int64
+        var outcome: Outcome
+        var reason: String?
+    }
+
+    let coordinatorURL: String
+    let agentURLs: [String]
+    let config: Scenario.Workload
+    private let lock = NSLock()
+    private(set) var transfers: [Transfer] = []
+    private(set) var beginFailures = 0
+
+    init(coordinatorURL: String, agentURLs: [String], config: Scenario.Workload) {
+        self.coordinatorURL = coordinatorURL
+        self.agentURLs = agentURLs
+        self.config = config
+    }
+
+    func api() -> CohortAPI { CohortAPI(coordinatorURL: coordinatorURL, connectTimeoutMs: 1000, requestTimeoutMs: 10_000) }
+
+    func key(_ i: Int) -> String {
+        let n = String(i)
+        return "acct-" + String(repeating: "0", count: max(0, 4 - n.count)) + n
+    }
+
+    var expectedTotal: Int64 { Int64(config.accounts) * config.initialBalance * Int64(agentURLs.count) }
+
+    /// Every account on every agent set to the initial balance (one transaction per agent).
+    func setup() throws {
+        let api = api()
+        for agent in agentURLs {
+            var attempt = 0
+            while true {
+                attempt += 1
+                do {
+                    let txid = try api.begin(timeoutMs: 30_000)
+                    _ = try api.agentWork(agent, txid, (0..<config.accounts).map { WorkOp.set(key($0), config.initialBalance) })
+                    let outcome = try api.commit(txid)
+                    guard outcome.outcome == "committed" else {
+                        throw CohortAPIError.http(status: 200, message: "setup transaction aborted: \(outcome.reason ?? "no reason")")
+                    }
+                    break
+                } catch {
+                    if attempt >= 5 { throw error }
+                    Thread.sleep(forTimeInterval: 0.2)
+                }
+            }
+        }
+    }
+
+    /// Runs the clients until the count is reached or the deadline passes.
+    func run(deadline: Date) {
+        let group = DispatchGroup()
+        for _ in 0..<config.clients {
+            group.enter()
+            let t = Thread { [self] in
+                self.clientLoop(deadline: deadline)
+                group.leave()
+            }
+            t.stackSize = 1 << 20
+            t.start()
+        }
+        group.wait()
+    }
+
+    private func take() -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        if let count = config.count, transfers.count >= count { return false }
+        return true
+    }
+
+    private func record(_ t: Transfer) {
+        lock.lock(); transfers.append(t); lock.unlock()
+    }
+
+    private func clientLoop(deadline: Date) {
+        let api = api()
+        let agents = agentURLs.count
+        while Date() < deadline && take() {
+            let txid: String
+            do {
+                txid = try api.begin(timeoutMs: config.timeoutMs)
+            } catch {
+                lock.lock(); beginFailures += 1; lock.unlock()
+                Thread.sleep(forTimeInterval: 0.05)
+                continue
+            }
+            let i = Int.random(in: 0..<(agents - 1))
+            let j = Int.random(in: (i + 1)..<agents)
+            let debitFirst = Bool.random()
+            let amount = Int64.random(in: 1...config.maxAmount)
+            let k1 = key(Int.random(in: 0..<config.accounts))
+            let k2 = key(Int.random(in: 0..<config.accounts))
+            var t = Transfer(txid: txid, from: debitFirst ? (i, k1) : (j, k2), to: debitFirst ? (j, k2) : (i, k1),
+                             amount: amount, outcome: .unknown, reason: nil)
+            do {
+                _ = try api.agentWork(agentURLs[i], txid, [debitFirst ? .add(k1, -amount, min: 0) : .add(k1, amount)])
+                _ = try api.agentWork(agentURLs[j], txid, [debitFirst ? .add(k2, amount) : .add(k2, -amount, min: 0)])
+            } catch {
+                // Never asked to commit, so it cannot commit; abort so the locks go now.
+                _ = try? api.abort(txid)
+                t.outcome = .aborted
+                t.reason = "work failed: \(error)"
+                record(t)
+                Thread.sleep(forTimeInterval: 0.02)
+                continue
+            }
+            do {
+                let answer = try api.commit(txid)
+                t.outcome = answer.outcome == "committed" ? .committed : .aborted
+                t.reason = answer.reason
+            } catch {
+                t.outcome = .unknown
+                t.reason = "\(error)"
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+            record(t)
+        }
+    }
+
+    /// Asks the coordinator about every transfer whose outcome the client did not learn:
+    /// committed (or committing) counts as committed, aborted or unknown (404, presumed abort)
+    /// as aborted. Returns the txids still unresolved at the deadline.
+    func resolveUnknown(timeoutMs: Int) -> [String] {
+        let api = api()
+        let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
+        while true {
+            lock.lock()
+            let pending = transfers.indices.filter { transfers[$0].outcome == .unknown }
+            lock.unlock()
+            if pending.isEmpty { return [] }
+            for index in pending {
+                lock.lock(); let txid = transfers[index].txid; lock.unlock()
+                var verdict: Outcome?
+                if let tx = try? api.transaction(txid) {
+                    if tx.state == "committed" || tx.state == "committing" || tx.outcome == "committed" { verdict = .committed }
+                    else if tx.state == "aborted" || tx.outcome == "aborted" { verdict = .aborted }
+                } else if (try? api.raw("GET", coordinatorURL + "/v1/transactions/\(txid)"))?.status == 404 {
+                    verdict = .aborted
+                }
+                if let verdict {
+                    lock.lock()
+                    transfers[index].outcome = verdict
+                    transfers[index].reason = (transfers[index].reason ?? "") + " (resolved: \(verdict.rawValue))"
+                    lock.unlock()
+                }
+            }
+            if Date() > deadline {
+                lock.lock(); defer { lock.unlock() }
+                return transfers.filter { $0.outcome == .unknown }.map(\.txid)
+            }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+    }
+
+    func snapshot() -> [Transfer] { lock.lock(); defer { lock.unlock() }; return transfers }
+
+    /// Every account's committed balance, per agent.
+    func balances() throws -> [[String: Int64]] {
+        let api = api()
+        return try agentURLs.map { url in
+            var out: [String: Int64] = [:]
+            for item in try api.kvScan(url, prefix: "acct-") {
+                guard let v = item.value.intValue else { throw CohortAPIError.badAnswer("\(url) \(item.key) holds \(item.value)") }
+                out[item.key] = v
+            }
+            return out
+        }
+    }
+
+    /// Accounts that differ from what the committed transfers imply: (agent, key, expected, found).
+    func mismatches(_ balances: [[String: Int64]]) -> [(agent: Int, key: String, expected: Int64, found: Int64?)] {
+        var ledger: [Int: [String: Int64]] = [:]
+        for t in snapshot() where t.outcome == .committed {
+            ledger[t.from.agent, default: [:]][t.from.key, default: 0] -= t.amount
+            ledger[t.to.agent, default: [:]][t.to.key, default: 0] += t.amount
+        }
+        var out: [(Int, String, Int64, Int64?)] = []
+        for (a, accounts) in balances.enumerated() {
+            for i in 0..<config.accounts {
+                let k = key(i)
+                let expected = config.initialBalance + (ledger[a]?[k] ?? 0)
+                if accounts[k] != expected { out.append((a, k, expected, accounts[k])) }
+            }
+        }
+        return out
+    }
+}

@@ -1,0 +1,91 @@
+import CohortClient
+import CohortScenario
+import Foundation
+import XCTest
+
+/// Real processes: catalogue scenarios pass, and a build broken on purpose (the test-only
+/// switch `COHORT_TEST_ONLY_BREAK`, debug builds only) makes a scenario fail.
+final class RunnerTests: XCTestCase {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    func runner() throws -> ScenarioRunner {
+        ScenarioRunner(options: ScenarioRunner.Options(binDirectory: try Cluster.findBinDirectory()))
+    }
+
+    func catalogue(_ file: String) throws -> Scenario {
+        try Scenario.load(path: RunnerTests.root.appendingPathComponent("Scenarios/\(file)").path)
+    }
+
+    func describe(_ r: ScenarioResult) -> String {
+        (r.checks.map { "\($0.ok ? "ok" : "FAILED") \($0.name): \($0.detail)" } + r.events.suffix(15)).joined(separator: "\n")
+    }
+
+    func testCatalogueScenariosPass() throws {
+        let files = try FileManager.default.contentsOfDirectory(atPath: RunnerTests.root.appendingPathComponent("Scenarios").path)
+        for name in ["coordinator-crash-after-decision", "partition-during-commit", "agent-crash-before-commit-applied"] {
+            let file = try XCTUnwrap(files.first { $0.hasSuffix("-\(name).json") }, name)
+            let r = try runner().run(try catalogue(file))
+            XCTAssertTrue(r.passed, "\(name):\n\(describe(r))")
+            XCTAssertGreaterThan(r.committed, 0, name)
+            XCTAssertTrue(r.checks.contains { $0.name == "faults_fired" && $0.ok }, name)
+        }
+    }
+
+    /// The expectation itself is checked: a scenario that expects a refusal fails when the
+    /// process starts normally (nothing was corrupted).
+    func testUnmetExpectationFails() throws {
+        let s = try Scenario.parse(Data(#"""
+        {"name": "expects-refusal", "workload": {"transfers": {"duration": "500ms"}},
+         "faults": [{"at": "200ms", "kill": {"process": "a", "restart_after": "100ms"}}],
+         "checks": [{"expect": {"start_refused": "a", "error_contains": "offset"}}]}
+        """#.utf8), file: "inline.json")
+        let r = try runner().run(s)
+        XCTAssertFalse(r.passed, describe(r))
+        XCTAssertTrue(r.checks.contains { $0.name == "expect" && !$0.ok && $0.detail.contains("expected to refuse") }, describe(r))
+    }
+
+    func brokenScenario(_ name: String, env: [String: String], faults: String) throws -> Scenario {
+        try Scenario.parse(Data(#"""
+        {"name": "\#(name)", "topology": {"agents": 2, "processes": {"a": {"env": {\#(env.map { "\"\($0)\": \"\($1)\"" }.joined(separator: ","))}}}},
+         "workload": {"transfers": {"clients": 6, "duration": "3s", "accounts": 10, "timeout_ms": 3000}},
+         "faults": [\#(faults)],
+         "checks": ["atomicity", "conservation", "committed_means_committed", {"no_in_doubt_within": "15s"}]}
+        """#.utf8), file: "inline-\(name).json")
+    }
+
+    /// Atomicity broken: agent a acknowledges commits without applying them. Conservation and
+    /// atomicity must fail.
+    func testSkipBranchCommitIsCaught() throws {
+        #if DEBUG
+        let r = try runner().run(try brokenScenario("broken-skip-branch-commit", env: ["COHORT_TEST_ONLY_BREAK": "skip-branch-commit"], faults: ""))
+        XCTAssertFalse(r.passed, "the break went unnoticed:\n\(describe(r))")
+        let failed = Set(r.checks.filter { !$0.ok }.map(\.name))
+        XCTAssertTrue(failed.contains("conservation") && failed.contains("atomicity"), "failed: \(failed)\n\(describe(r))")
+        let atomicity = try XCTUnwrap(r.checks.first { $0.name == "atomicity" })
+        XCTAssertFalse(atomicity.txids.isEmpty, "the failed check names the suspect transactions")
+        XCTAssertFalse(r.timelines.isEmpty, "their coordinator timelines are in the report")
+        #else
+        throw XCTSkip("the test-only break exists in debug builds only")
+        #endif
+    }
+
+    /// Durability broken: agent a votes yes before its prepared record is durable, and dies right
+    /// after the vote (repeatedly). A lost prepared record means a committed transaction whose
+    /// branch at a vanished: conservation or atomicity must fail.
+    func testVoteBeforeDurableIsCaught() throws {
+        #if DEBUG
+        var caught = false
+        var last = ""
+        for attempt in 1...3 where !caught {
+            let faults = #"{"at": "0s", "crash_point": {"process": "a", "point": "agent.after-vote-sent", "k": 3, "restart_after": "100ms", "times": 6}}"#
+            let r = try runner().run(try brokenScenario("broken-vote-before-durable-\(attempt)", env: ["COHORT_TEST_ONLY_BREAK": "vote-before-durable"], faults: faults))
+            let failed = Set(r.checks.filter { !$0.ok }.map(\.name))
+            caught = !r.passed && !failed.isDisjoint(with: ["conservation", "atomicity", "committed_means_committed"])
+            last = describe(r)
+        }
+        XCTAssertTrue(caught, "the break went unnoticed:\n\(last)")
+        #else
+        throw XCTSkip("the test-only break exists in debug builds only")
+        #endif
+    }
+}

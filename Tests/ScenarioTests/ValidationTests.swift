@@ -1,0 +1,92 @@
+import CohortScenario
+import Foundation
+import XCTest
+
+/// Bad scenario files are refused with an error naming the file and the field.
+final class ValidationTests: XCTestCase {
+    func parse(_ text: String) throws -> Scenario {
+        try Scenario.parse(Data(text.utf8), file: "Scenarios/x.json")
+    }
+
+    func assertError(_ text: String, _ expected: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertThrowsError(try parse(text), file: file, line: line) { error in
+            XCTAssertTrue("\(error)".hasPrefix("Scenarios/x.json: "), "\(error)", file: file, line: line)
+            XCTAssertTrue("\(error)".contains(expected), "expected \"\(expected)\" in: \(error)", file: file, line: line)
+        }
+    }
+
+    let workload = #""workload": {"transfers": {"duration": "1s"}}"#
+
+    func testValidFileParses() throws {
+        let s = try parse(#"""
+        {"name": "ok", "description": "d", "topology": {"agents": 3, "processes": {"a": {"flags": ["--checkpoint-after-bytes", "65536"], "env": {"X": "1"}}}},
+         "workload": {"transfers": {"clients": 2, "count": 50, "accounts": 5, "initial_balance": 100, "timeout_ms": 2000}},
+         "faults": [{"at": "2s", "kill": {"process": "b"}}, {"at": "500ms", "network": {"link": "coordinator->c", "action": "delay", "delay": "100ms", "duration": "1s"}}],
+         "checks": ["atomicity", {"no_in_doubt_within": "5s"}, {"expect": {"exit_status": {"process": "a", "status": 1}}}]}
+        """#)
+        XCTAssertEqual(s.topology.agents, 3)
+        XCTAssertEqual(s.topology.processes["a"]?.flags, ["--checkpoint-after-bytes", "65536"])
+        XCTAssertEqual(s.workload.count, 50)
+        XCTAssertEqual(s.faults.map(\.atMs), [2000, 500], "faults keep their order (errors and the report index them as in the file)")
+        XCTAssertEqual(s.checks.count, 3)
+    }
+
+    func testMissingName() {
+        assertError("{\(workload)}", "name: required field is missing")
+    }
+
+    func testBadDuration() {
+        assertError(#"{"name": "x", \#(workload), "faults": [{"at": "0s", "kill": {"process": "a"}}, {"at": "1s", "pause": {"process": "a", "duration": "soon"}}, {"at": "fast", "kill": {"process": "a"}}]}"#,
+                    "faults[1].pause.duration: expected a duration like \"500ms\"")
+        assertError(#"{"name": "x", \#(workload), "faults": [{"at": "5", "kill": {"process": "a"}}]}"#,
+                    "faults[0].at: expected a duration like \"500ms\"")
+    }
+
+    func testUnknownProcess() {
+        assertError(#"{"name": "x", \#(workload), "faults": [{"at": "0s", "kill": {"process": "z"}}]}"#,
+                    "faults[0].kill.process: unknown process \"z\"")
+    }
+
+    func testBadLinkAndAction() {
+        assertError(#"{"name": "x", \#(workload), "faults": [{"at": "0s", "network": {"link": "a->b", "action": "drop", "duration": "1s"}}]}"#,
+                    "faults[0].network.link: expected \"coordinator->AGENT\"")
+        assertError(#"{"name": "x", \#(workload), "faults": [{"at": "0s", "network": {"link": "a->coordinator", "action": "eat", "duration": "1s"}}]}"#,
+                    "faults[0].network.action: expected one of drop")
+        assertError(#"{"name": "x", \#(workload), "faults": [{"at": "0s", "network": {"link": "a->coordinator", "action": "drop", "probability": 2, "duration": "1s"}}]}"#,
+                    "faults[0].network.probability: expected a number in (0, 1]")
+    }
+
+    func testTwoKindsInOneFault() {
+        assertError(#"{"name": "x", \#(workload), "faults": [{"at": "0s", "kill": {"process": "a"}, "pause": {"process": "a", "duration": "1s"}}]}"#,
+                    "faults[0]: give exactly one fault kind")
+    }
+
+    func testUnknownFieldAndCheck() {
+        assertError(#"{"name": "x", \#(workload), "topology": {"agents": 2, "agentz": 3}}"#, "topology.agentz: unknown field")
+        assertError(#"{"name": "x", \#(workload), "checks": ["atomicity", "speed"]}"#, "checks[1]: unknown check \"speed\"")
+        assertError(#"{"name": "x", \#(workload), "checks": [{"expect": {"exit_status": {"process": "a", "status": "one"}}}]}"#,
+                    "checks[0].expect.exit_status.status: expected an integer")
+    }
+
+    func testCrashPointMustBelongToTheProcess() {
+        assertError(#"{"name": "x", \#(workload), "faults": [{"at": "0s", "crash_point": {"process": "a", "point": "coordinator.after-decision-logged"}}]}"#,
+                    "faults[0].crash_point.point: a crash point of a starts with \"agent.\"")
+    }
+
+    func testWorkloadNeedsCountOrDuration() {
+        assertError(#"{"name": "x", "workload": {"transfers": {"clients": 2}}}"#, "workload.transfers: give \"count\" or \"duration\"")
+        assertError(#"{"name": "x", "workload": {"transfers": {"duration": "1s", "clients": true}}}"#, "workload.transfers.clients: expected an integer")
+    }
+
+    func testNotJSON() {
+        assertError("{\"name\": ", "not valid JSON")
+    }
+
+    /// The shipped catalogue is valid and covers at least 25 scenarios.
+    func testCatalogueIsValid() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let files = try TxScenarioCommand.scenarioFiles([root.appendingPathComponent("Scenarios").path])
+        XCTAssertGreaterThanOrEqual(files.count, 25)
+        for f in files { XCTAssertNoThrow(try Scenario.load(path: f), f) }
+    }
+}
