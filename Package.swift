@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "cohort-quickstart", targets: ["cohort-quickstart"]),
         .executable(name: "txbench", targets: ["txbench"]),
         .executable(name: "txctl", targets: ["txctl"]),
+        .executable(name: "tcc-inventory", targets: ["tcc-inventory"]),
         .executable(name: "txscenario", targets: ["txscenario"]),
         .executable(name: "cohort-relay", targets: ["cohort-relay"]),
         .executable(name: "outbox-demo-producer", targets: ["outbox-demo-producer"]),
@@ -39,6 +40,9 @@ let package = Package(
         .target(name: "CohortSim", dependencies: ["CohortCoordinator", "CohortAgent", "CohortKV", "CohortLog", "CohortRuntime"]),
         // Blocking client helpers and process supervision for CLIs, benchmarks and tests.
         .target(name: "CohortClient", dependencies: ["CohortCore", "CohortHTTP", "CohortPosix"]),
+        // TCC for services: the barrier in the service's own SQLite database, phase endpoints.
+        .target(name: "CohortTCC", dependencies: ["CSQLite", "CohortCore", "CohortHTTP"]),
+        .executableTarget(name: "tcc-inventory", dependencies: ["CohortTCC", "CohortPosix"]),
         .executableTarget(name: "cohortd", dependencies: ["CohortCoordinator"]),
         .executableTarget(name: "cohort-agent", dependencies: ["CohortAgent"]),
         .executableTarget(name: "cohort-quickstart", dependencies: ["CohortClient"]),
@@ -61,6 +65,7 @@ let package = Package(
         .testTarget(name: "CohortLogTests", dependencies: ["CohortLog"]),
         .testTarget(name: "CohortHTTPTests", dependencies: ["CohortHTTP"]),
         .testTarget(name: "CohortKVTests", dependencies: ["CohortKV"]),
+        .testTarget(name: "CohortTCCTests", dependencies: ["CohortTCC"]),
         .testTarget(name: "IntegrationTests", dependencies: ["CohortClient", "CohortCore"]),
         .testTarget(name: "ScenarioTests", dependencies: ["CohortScenario", "CohortClient", "CohortPosix"]),
         .testTarget(name: "TxctlTests", dependencies: ["CohortCtl", "CohortClient", "CohortCore", "CohortLog", "CohortHTTP"], exclude: ["Golden"]),

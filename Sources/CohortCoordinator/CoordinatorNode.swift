@@ -27,9 +27,13 @@ public final class CoordinatorNode {
         "coordinator.after-precommit-logged",
         "coordinator.before-precommit-send",
         "coordinator.after-precommit-send",
+        "coordinator.tcc-after-branch-logged",
+        "coordinator.tcc-after-decision-logged",
+        "coordinator.tcc-after-confirm-send",
+        "coordinator.tcc-after-cancel-send",
     ]
 
-    static let messageTypes = ["prepare", "commit-one-phase", "pre-commit", "state-query", "commit", "abort"]
+    static let messageTypes = ["prepare", "commit-one-phase", "pre-commit", "state-query", "commit", "abort", "tcc-try", "tcc-confirm", "tcc-cancel"]
 
     private let environment: NodeEnvironment
     public private(set) var machine: Coordinator
@@ -58,6 +62,12 @@ public final class CoordinatorNode {
     /// Participants (by URL) that said at registration that they serve `/v1/batch`.
     private var batchCapable: Set<String> = []
     private let checkpointAfterBytes: Int
+    // TCC (see the `// MARK: - TCC` section)
+    public private(set) var tcc: TCCCoordinator
+    private var tccTimers: TimerTable<TCCCoordinator.Timer>!
+    private enum TCCPending { case branch(TxID, String), decision(TxID) }
+    private var tccPending = DurabilityQueue<TCCPending>()
+    private var tccRecoveryActions: [TCCCoordinator.Action] = []
 
     /// Recovers the state machine from what the log held and wires the log's durability
     /// reports to this node's thread. `onFatal` is called (from any thread) when the node must
@@ -72,15 +82,30 @@ public final class CoordinatorNode {
         startedAtUs = environment.monotonicUs
         sender = BatchingSender(environment: environment)
         machine = Coordinator(config: config)
-        recoveryActions = try machine.recover(snapshot: recovered.snapshot,
-                                              records: recovered.records.map { ($0.type, $0.payload) },
+        // Records by type range: 1–15 the 2PC/3PC coordinator's, 16–31 the TCC coordinator's.
+        let snapshots = try recovered.snapshot.map { try CoordinatorSnapshotContainer.unpack($0) }
+        recoveryActions = try machine.recover(snapshot: snapshots?.coordinator,
+                                              records: recovered.records.filter { !TCCRecordCoding.typeRange.contains($0.type) }.map { ($0.type, $0.payload) },
                                               nowMs: environment.wallMs)
+        var tccConfig = TCCCoordinator.Config()
+        tccConfig.retryDelayMsMin = config.retryDelayMsMin
+        tccConfig.retryDelayMsMax = config.retryDelayMsMax
+        tccConfig.retryBudgetAttempts = config.retryBudgetAttempts
+        tccConfig.retryBudgetMs = config.retryBudgetMs
+        tccConfig.parkedRetryDelayMs = config.parkedRetryDelayMs
+        tccConfig.seed = config.seed
+        tcc = TCCCoordinator(config: tccConfig)
+        tccRecoveryActions = try tcc.recover(snapshot: snapshots?.tcc ?? nil,
+                                             records: recovered.records.filter { TCCRecordCoding.typeRange.contains($0.type) }.map { ($0.type, $0.payload) },
+                                             nowMs: environment.wallMs)
+        machine.raiseEpoch(past: tcc.maxEpochSeen)
         timers = TimerTable(environment: environment)
+        tccTimers = TimerTable(environment: environment)
         declareCommonMetrics(metrics, log: log, messageTypes: Self.messageTypes)
-        metrics.sample("cohort_transactions_total", type: "counter", help: "Transactions decided, by outcome", labels: "outcome=\"committed\"") { [unowned self] in Double(self.machine.stats.committed) }
-        metrics.sample("cohort_transactions_total", type: "counter", help: "Transactions decided, by outcome", labels: "outcome=\"aborted\"") { [unowned self] in Double(self.machine.stats.aborted) }
-        metrics.sample("cohort_in_doubt", help: "Unfinished transactions at this coordinator") { [unowned self] in Double(self.machine.unfinishedCount) }
-        metrics.sample("cohort_parked", help: "Transactions past their retry budget (still retried, slowly)") { [unowned self] in Double(self.machine.parkedCount) }
+        metrics.sample("cohort_transactions_total", type: "counter", help: "Transactions decided, by outcome", labels: "outcome=\"committed\"") { [unowned self] in Double(self.machine.stats.committed + self.tcc.stats.committed) }
+        metrics.sample("cohort_transactions_total", type: "counter", help: "Transactions decided, by outcome", labels: "outcome=\"aborted\"") { [unowned self] in Double(self.machine.stats.aborted + self.tcc.stats.aborted) }
+        metrics.sample("cohort_in_doubt", help: "Unfinished transactions at this coordinator") { [unowned self] in Double(self.machine.unfinishedCount + self.tcc.unfinishedCount) }
+        metrics.sample("cohort_parked", help: "Transactions past their retry budget (still retried, slowly)") { [unowned self] in Double(self.machine.parkedCount + self.tcc.parkedCount) }
         metrics.sample("cohort_open_transactions", help: "Transactions begun and not finished") { [unowned self] in Double(self.machine.unfinishedCount) }
         log.onDurable = { [weak self] lsn in
             guard let self else { return }
@@ -96,11 +121,15 @@ public final class CoordinatorNode {
         let actions = recoveryActions
         recoveryActions = []
         execute(actions)
+        let tccActions = tccRecoveryActions
+        tccRecoveryActions = []
+        executeTCC(tccActions)
     }
 
     /// Stops timers; the node does nothing more on its own.
     public func stop() {
         timers.cancelAll()
+        tccTimers.cancelAll()
     }
 
     // MARK: - events in
@@ -129,13 +158,14 @@ public final class CoordinatorNode {
                 feed(.heuristicDurable(txid, participant: participant))
             }
         }
+        tccDurable(upTo: lsn)
         maybeCheckpoint()
     }
 
     private func maybeCheckpoint() {
         guard log.bytesSinceCheckpoint > checkpointAfterBytes else { return }
         do {
-            _ = try log.checkpoint(snapshot: machine.snapshot())
+            _ = try log.checkpoint(snapshot: CoordinatorSnapshotContainer.pack(coordinator: machine.snapshot(), tcc: tcc.snapshot()))
         } catch {
             onFatal("checkpoint failed: \(error)")
         }
@@ -332,6 +362,7 @@ public final class CoordinatorNode {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let begin):
                 if let error = validate(begin) { return responder.send(.requestError(error)) }
+                if begin.protocol == "tcc" { return tccBegin(begin, responder) }
                 let commitProtocol: CommitProtocol = begin.protocol == "3pc"
                     ? .threePhase(Termination(rawValue: begin.termination ?? "classic") ?? .classic) : .twoPhase
                 feed(.begin(requests.add(responder), timeoutMs: begin.timeoutMs, protocol: commitProtocol))
@@ -340,10 +371,15 @@ public final class CoordinatorNode {
             list(request, responder)
         case ("GET", 3) where parts[0] == "v1" && parts[1] == "transactions":
             guard let txid = TxID(parts[2]) else { return reject(400, "malformed txid \"\(parts[2].prefix(80))\"") }
+            if machine.transaction(txid) == nil, let t = tcc.transaction(txid) { return responder.send(.jsonBytes(200, JSONBody.encode(t.view()))) }
             guard let tx = machine.transaction(txid) else {
                 return reject(404, "unknown transaction \(txid) (finished transactions are kept for the last \(Limits.finishedTransactionsKept); an unknown id was never committed unless it finished long ago)")
             }
             responder.send(.jsonBytes(200, JSONBody.encode(tx.view())))
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "tcc-branches":
+            tccRegister(parts[2], request, responder)
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && (parts[3] == "commit" || parts[3] == "abort") && tcc.owns(parts[2]):
+            feedTCC(parts[3] == "commit" ? .commit(requests.add(responder), txid: parts[2]) : .abort(requests.add(responder), txid: parts[2]))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "commit":
             let id = requests.add(responder)
             commitStartedUs[id] = Int64(environment.monotonicUs)
@@ -395,7 +431,7 @@ public final class CoordinatorNode {
             case 1: exists = parts[0] == "healthz" || parts[0] == "metrics"
             case 2: exists = parts == ["v1", "transactions"]
             case 3: exists = parts[0] == "v1" && parts[1] == "transactions"
-            case 4: exists = parts[0] == "v1" && parts[1] == "transactions" && ["commit", "abort", "branches", "outcome"].contains(parts[3])
+            case 4: exists = parts[0] == "v1" && parts[1] == "transactions" && ["commit", "abort", "branches", "outcome", "tcc-branches"].contains(parts[3])
             default: exists = false
             }
             reject(exists ? 405 : 404, "no route for \(method) \(request.path)")
@@ -408,13 +444,17 @@ public final class CoordinatorNode {
             byState[tx.state.rawValue, default: 0] += 1
             if tx.parked && !tx.state.isFinished { byState["parked", default: 0] += 1 }
         }
+        for tx in tcc.allTransactions() {
+            byState[tx.state.rawValue, default: 0] += 1
+            if tx.parked && !tx.state.isFinished { byState["parked", default: 0] += 1 }
+        }
         let p = commitLatency.percentiles()
         let now = environment.wallMs
         return StatsResponse(
             byState: byState,
-            totals: ["committed": machine.stats.committed, "aborted": machine.stats.aborted],
+            totals: ["committed": machine.stats.committed + tcc.stats.committed, "aborted": machine.stats.aborted + tcc.stats.aborted],
             ratesPerS: ["committed": committedRate.rate(nowMs: now), "aborted": abortedRate.rate(nowMs: now)],
-            open: machine.unfinishedCount, parked: machine.parkedCount,
+            open: machine.unfinishedCount + tcc.unfinishedCount, parked: machine.parkedCount + tcc.parkedCount,
             commitLatency: StatsResponse.Latency(samples: commitLatency.count, p50Ms: p.p50, p95Ms: p.p95, p99Ms: p.p99, maxMs: p.max),
             uptimeS: Int64((environment.monotonicUs &- startedAtUs) / 1_000_000))
     }
@@ -428,7 +468,7 @@ public final class CoordinatorNode {
                 return RequestError(400, "termination must be classic or quorum; got \"\(t.prefix(40))\"")
             }
         case "tcc":
-            return RequestError(501, "protocol tcc is not available in this version of cohortd; use 2pc or 3pc")
+            if begin.termination != nil { return RequestError(400, "termination applies to protocol 3pc only") }
         default:
             return RequestError(400, "protocol must be one of 2pc, 3pc, tcc; got \"\(begin.protocol!.prefix(40))\"")
         }
@@ -441,18 +481,144 @@ public final class CoordinatorNode {
         guard let limit = Int(limitText), limit > 0, limit <= Limits.finishedTransactionsKept + Limits.openTransactionsMax else {
             return responder.send(.error(400, "limit must be a positive integer"))
         }
-        let states = Set(["active", "preparing", "deciding", "committing", "committed", "aborted", "heuristic-mixed"])
+        let states = Set(["active", "preparing", "deciding", "committing", "committed", "aborted", "heuristic-mixed"]).union(TCCCoordinator.State.allCases.map(\.rawValue))
         if let filter, !(states.contains(filter) || filter == "unfinished" || filter == "in-doubt" || filter == "parked") {
             return responder.send(.error(400, "state must be one of \(states.sorted().joined(separator: ", ")), unfinished, in-doubt, parked"))
         }
-        let selected = machine.allTransactions().lazy.filter { tx in
+        func keep(_ state: String, _ finished: Bool, _ parked: Bool) -> Bool {
             switch filter {
             case nil: return true
-            case "unfinished"?, "in-doubt"?: return !tx.state.isFinished
-            case "parked"?: return tx.parked && !tx.state.isFinished
-            case let s?: return tx.state.rawValue == s
+            case "unfinished"?, "in-doubt"?: return !finished
+            case "parked"?: return parked && !finished
+            case let s?: return state == s
             }
-        }.prefix(limit).map { $0.view() }
+        }
+        // Both state machines' transactions, newest first (ids share one epoch/sequence).
+        let classic = machine.allTransactions().filter { keep($0.state.rawValue, $0.state.isFinished, $0.parked) }.prefix(limit).map { ($0.txid, $0.view()) }
+        let tccs = tcc.allTransactions().filter { keep($0.state.rawValue, $0.state.isFinished, $0.parked) }.prefix(limit).map { ($0.txid, $0.view()) }
+        let selected = (classic + tccs).sorted { $0.0 > $1.0 }.prefix(limit).map(\.1)
         responder.send(.jsonBytes(200, JSONBody.encode(TransactionList(transactions: Array(selected)))))
+    }
+
+    // MARK: - TCC
+
+    private func tccBegin(_ begin: BeginRequest, _ responder: ResponseSink) {
+        feedTCC(.begin(requests.add(responder), txid: machine.allocateTxID(), timeoutMs: begin.timeoutMs))
+    }
+
+    private func tccRegister(_ txid: String, _ request: HTTPRequest, _ responder: ResponseSink) {
+        guard request.body.count <= Limits.tccPayloadBytesMax + 4096 else {
+            return responder.send(.error(413, "a TCC branch registration is at most \(Limits.tccPayloadBytesMax) bytes of payload"))
+        }
+        switch JSONBody.decode(TCCBranchRequest.self, from: request.body) {
+        case .failure(let e): responder.send(.requestError(e))
+        case .success(let b):
+            feedTCC(.register(requests.add(responder), txid: txid,
+                              TCCCoordinator.BranchSpec(branchID: b.branchID, tryURL: b.tryURL, confirmURL: b.confirmURL, cancelURL: b.cancelURL, payload: b.payload)))
+        }
+    }
+
+    private func feedTCC(_ event: TCCCoordinator.Event) {
+        executeTCC(tcc.on(event, nowMs: environment.wallMs))
+    }
+
+    private func tccDurable(upTo lsn: UInt64) {
+        for (_, item) in tccPending.popDurable(upTo: lsn) {
+            switch item {
+            case .branch(let txid, let id):
+                CrashPoints.hit("coordinator.tcc-after-branch-logged")
+                feedTCC(.branchDurable(txid, branchID: id))
+            case .decision(let txid):
+                CrashPoints.hit("coordinator.tcc-after-decision-logged")
+                feedTCC(.decisionDurable(txid))
+            }
+        }
+    }
+
+    private func executeTCC(_ actions: [TCCCoordinator.Action]) {
+        for action in actions {
+            switch action {
+            case .reply(let id, let reply):
+                requests.take(id)?.send(tccResponse(reply))
+            case .call(let txid, let branchID, let phase, let url, let body):
+                tccCall(txid, branchID, phase, url, body)
+            case .log(let record, let force):
+                let encoded = TCCRecordCoding.encode(record)
+                do {
+                    let lsn = try log.append(type: encoded.type, payload: encoded.payload, force: force)
+                    switch record {
+                    case .branch(let txid, let spec, _, _): tccPending.append(lsn: lsn, .branch(txid, spec.branchID))
+                    case .confirmDecision(let txid, _, _): tccPending.append(lsn: lsn, .decision(txid))
+                    case .end: break
+                    }
+                } catch let full as LogFullError {
+                    switch record {
+                    case .branch(let txid, let spec, _, _): feedTCC(.branchRefused(txid, branchID: spec.branchID, reason: "\(full)"))
+                    case .confirmDecision(let txid, _, _): feedTCC(.decisionRefused(txid, reason: "\(full)"))
+                    case .end: break // re-driven (and acknowledged again) after a restart
+                    }
+                } catch {
+                    onFatal("cannot append to the durable log: \(error)")
+                }
+            case .setTimer(let timer, let afterMs):
+                tccTimers.set(timer, afterMs: afterMs) { [unowned self] in self.feedTCC(.timerFired($0)) }
+            case .cancelTimer(let timer):
+                tccTimers.cancel(timer)
+            }
+        }
+    }
+
+    private func tccCall(_ txid: TxID, _ branchID: String, _ phase: TCCCoordinator.Call, _ url: String, _ body: TCCPhaseRequest) {
+        metrics.add("cohort_messages_sent_total", labels: "type=\"tcc-\(phase.rawValue)\"")
+        let request = HTTPClientRequest(method: "POST", url: url, body: JSONBody.encode(body), timeoutMs: Limits.tccCallTimeoutMs)
+        environment.send(request) { [weak self] result in
+            guard let self else { return }
+            let status: Int?
+            var bodyBytes: [UInt8] = []
+            var failure: String?
+            switch result {
+            case .failure(let e): status = nil; failure = "\(e)"
+            case .success(let r):
+                status = r.status
+                bodyBytes = r.body
+                if !(200..<300).contains(r.status) {
+                    let text = (try? JSONDecoder().decode(ErrorBody.self, from: Data(r.body)).error) ?? String(decoding: r.body.prefix(200), as: UTF8.self)
+                    failure = "HTTP \(r.status): \(text)"
+                }
+            }
+            switch phase {
+            case .try:
+                if let failure {
+                    if let status, (400..<500).contains(status) {
+                        self.feedTCC(.tryAnswered(txid, branchID: branchID, .refused(status: status, error: failure)))
+                    } else {
+                        self.feedTCC(.tryAnswered(txid, branchID: branchID, .failed(failure)))
+                    }
+                } else {
+                    let answer = try? JSONDecoder().decode(TCCPhaseResponse.self, from: Data(bodyBytes))
+                    self.feedTCC(.tryAnswered(txid, branchID: branchID, .succeeded(answer?.result)))
+                }
+            case .confirm, .cancel:
+                self.feedTCC(.settled(txid, branchID: branchID, phase, error: failure))
+            }
+        }
+        switch phase {
+        case .try: break
+        case .confirm: CrashPoints.hit("coordinator.tcc-after-confirm-send")
+        case .cancel: CrashPoints.hit("coordinator.tcc-after-cancel-send")
+        }
+    }
+
+    private func tccResponse(_ reply: TCCCoordinator.Reply) -> HTTPResponse {
+        switch reply {
+        case .begun(let txid, let timeoutMs):
+            return .jsonBytes(201, JSONBody.encode(BeginResponse(txid: txid.description, timeoutMs: timeoutMs)))
+        case .tried(let txid, let branchID, let result):
+            return .jsonBytes(200, JSONBody.encode(TCCBranchResponse(txid: txid.description, branchID: branchID, result: result)))
+        case .outcome(let txid, let outcome, let reason):
+            return .jsonBytes(200, JSONBody.encode(OutcomeResponse(txid: txid.description, outcome: outcome.rawValue, reason: reason)))
+        case .error(let e):
+            return .requestError(e)
+        }
     }
 }

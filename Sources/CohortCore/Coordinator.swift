@@ -492,6 +492,23 @@ public struct Coordinator {
 
     // MARK: - events
 
+    /// A fresh transaction id for another protocol's state machine (TCC) sharing this
+    /// coordinator's epoch and sequence.
+    public mutating func allocateTxID() -> TxID {
+        let txid = TxID(coordinatorID: config.coordinatorID, epoch: epoch, sequence: nextSequence)
+        nextSequence += 1
+        return txid
+    }
+
+    /// After recovery: ids are never reused, so the epoch goes past `epochSeen` (the largest
+    /// epoch another state machine sharing these ids found in its records).
+    public mutating func raiseEpoch(past epochSeen: UInt64) {
+        if epoch <= epochSeen {
+            epoch = epochSeen + 1
+            nextSequence = 1
+        }
+    }
+
     public mutating func on(_ event: Event, nowMs: Int64) -> [Action] {
         switch event {
         case .begin(let request, let timeoutMs, let commitProtocol):

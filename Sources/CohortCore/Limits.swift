@@ -169,4 +169,27 @@ public enum Limits {
     public static let redisBlockMs: Int64 = 1_000
     /// A pending stream entry idle this long is claimed from a consumer that crashed.
     public static let redisClaimIdleMs: Int64 = 5_000
+
+    // MARK: TCC
+    /// Branches one TCC transaction may register.
+    public static let tccBranchesPerTransactionMax = 64
+    /// A TCC branch id (and, at a service, a txid) is at most this long.
+    public static let tccBranchIDBytesMax = 128
+    /// A branch's payload (and a try's result) as JSON, at most this long.
+    public static let tccPayloadBytesMax = 64 << 10
+    /// The coordinator's wait for one try, confirm or cancel call.
+    public static let tccCallTimeoutMs: Int64 = 5_000
+    /// A service refuses a try that arrives this long after its deadline (allowed clock skew
+    /// between the coordinator and the service).
+    public static let tccClockSkewMarginMs: Int64 = 60_000
+    /// Barrier rows of a finished branch are kept this long after its confirm or cancel.
+    public static let tccBarrierRetentionMsDefault: Int64 = 24 * 3_600_000
+    /// The smallest retention a service may choose: longer than any try can still arrive
+    /// (the longest transaction timeout plus the clock-skew margin), so a purged fence can no
+    /// longer matter (a later try is refused by its deadline).
+    public static let tccBarrierRetentionMsMin: Int64 = transactionTimeoutMsMax + tccClockSkewMarginMs + 60_000
+    /// Branches whose barrier rows one purge call removes.
+    public static let tccPurgeBatchMax = 1_000
+    /// Idle SQLite connections a TCC resource keeps.
+    public static let tccConnectionsPooledMax = 8
 }

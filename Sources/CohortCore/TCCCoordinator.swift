@@ -1,0 +1,767 @@
+/// The TCC (try / confirm / cancel) coordinator as a pure state machine, next to `Coordinator`
+/// in `cohortd`. No I/O, clock or randomness: the runtime feeds events with the time and carries
+/// out the actions (log appends, HTTP calls to branch URLs, timers, replies).
+///
+/// Presumed cancel: a branch record is forced before its try is called, so every branch that
+/// may have reserved something is known after a crash; a confirm decision is forced before
+/// anyone hears "committed". On restart a decided transaction re-drives its confirms, every other
+/// one with branch records is cancelled. Confirm and cancel are retried with capped backoff and
+/// jitter until a 2xx; past the retry budget the transaction is `parked` (still retried, slowly).
+public struct TCCCoordinator {
+    public struct Config: Sendable {
+        public var openTransactionsMax = Limits.openTransactionsMax
+        public var branchesPerTransactionMax = Limits.tccBranchesPerTransactionMax
+        public var timeoutMsDefault = Limits.transactionTimeoutMsDefault
+        public var timeoutMsMax = Limits.transactionTimeoutMsMax
+        public var retryDelayMsMin = Limits.retryDelayMsMin
+        public var retryDelayMsMax = Limits.retryDelayMsMax
+        public var retryBudgetAttempts = Limits.retryBudgetAttempts
+        public var retryBudgetMs = Limits.retryBudgetMs
+        public var parkedRetryDelayMs = Limits.parkedRetryDelayMs
+        public var finishedTransactionsKept = Limits.finishedTransactionsKept
+        public var seed: UInt64 = 1
+        public init() {}
+    }
+
+    public enum State: String, Sendable, CaseIterable {
+        case active
+        /// Confirm decision appended, not yet durable.
+        case deciding
+        case confirming
+        case cancelling
+        case committed
+        case aborted
+        public var isFinished: Bool { self == .committed || self == .aborted }
+    }
+
+    public enum BranchState: String, Sendable, CaseIterable {
+        /// Branch record appended, not yet durable: its try is not called yet.
+        case registering
+        case trying
+        case tried
+        case tryFailed = "try-failed"
+        case confirming
+        case confirmed
+        case cancelling
+        case cancelled
+    }
+
+    public enum Call: String, Sendable { case `try`, confirm, cancel }
+
+    public struct BranchSpec: Equatable, Sendable {
+        public let branchID: String
+        public let tryURL: String
+        public let confirmURL: String
+        public let cancelURL: String
+        public let payload: JSONValue?
+        public init(branchID: String, tryURL: String, confirmURL: String, cancelURL: String, payload: JSONValue?) {
+            self.branchID = branchID
+            self.tryURL = tryURL
+            self.confirmURL = confirmURL
+            self.cancelURL = cancelURL
+            self.payload = payload
+        }
+    }
+
+    public struct Branch: Sendable {
+        public let spec: BranchSpec
+        public var state: BranchState
+        public var tryResult: JSONValue?
+        public var attempts = 0
+        public var lastError: String?
+        public var nextRetryAtMs: Int64?
+        public var history: [Coordinator.Attempt] = []
+        var waiter: RequestID?
+    }
+
+    public struct Transaction: Sendable {
+        public let txid: TxID
+        public var state: State
+        public let createdAtMs: Int64
+        public let timeoutMs: Int64
+        public var branches: [Branch] = []
+        public var outcome: Outcome?
+        public var reason: String?
+        /// When the confirm decision was durable, or when cancelling started (retry budget clock).
+        public var settleStartedAtMs: Int64?
+        public var finishedAtMs: Int64?
+        public var parked = false
+        public var events: [Coordinator.TimelineEvent] = []
+        var commitWaiters: [RequestID] = []
+        func index(_ id: String) -> Int? { branches.firstIndex { $0.spec.branchID == id } }
+        public var deadlineMs: Int64 { createdAtMs + timeoutMs }
+    }
+
+    public enum TryResult: Equatable, Sendable {
+        case succeeded(JSONValue?)
+        /// The service answered with an error status (e.g. 409: not enough stock).
+        case refused(status: Int, error: String)
+        /// No answer (connection failed, timed out) or an unreadable one: it may have run.
+        case failed(String)
+    }
+
+    public enum Event {
+        case begin(RequestID, txid: TxID, timeoutMs: Int64?)
+        case register(RequestID, txid: String, BranchSpec)
+        case branchDurable(TxID, branchID: String)
+        /// The branch record could not be appended (log full): nothing was called.
+        case branchRefused(TxID, branchID: String, reason: String)
+        case tryAnswered(TxID, branchID: String, TryResult)
+        case commit(RequestID, txid: String)
+        case abort(RequestID, txid: String)
+        case decisionDurable(TxID)
+        case decisionRefused(TxID, reason: String)
+        /// A confirm or cancel call's answer: nil error for a 2xx.
+        case settled(TxID, branchID: String, Call, error: String?)
+        case timerFired(Timer)
+    }
+
+    public enum Timer: Hashable, Sendable {
+        case timeout(TxID)
+        case retry(TxID, branchID: String)
+    }
+
+    public enum Reply: Equatable, Sendable {
+        case begun(TxID, timeoutMs: Int64)
+        case tried(TxID, branchID: String, result: JSONValue?)
+        case outcome(TxID, Outcome, reason: String?)
+        case error(RequestError)
+    }
+
+    public enum Record: Equatable, Sendable {
+        /// Forced before the branch's try is called.
+        case branch(TxID, BranchSpec, createdAtMs: Int64, timeoutMs: Int64)
+        /// Forced before "committed" is answered or any confirm is sent.
+        case confirmDecision(TxID, branchIDs: [String], atMs: Int64)
+        /// Unforced, once every branch confirmed or cancelled.
+        case end(TxID, Outcome)
+
+        public var txid: TxID {
+            switch self {
+            case .branch(let t, _, _, _), .confirmDecision(let t, _, _), .end(let t, _): return t
+            }
+        }
+    }
+
+    public enum Action: Equatable {
+        case reply(RequestID, Reply)
+        case call(TxID, branchID: String, Call, url: String, TCCPhaseRequest)
+        case log(Record, force: Bool)
+        case setTimer(Timer, afterMs: Int64)
+        case cancelTimer(Timer)
+    }
+
+    public struct Stats: Sendable {
+        public var committed: UInt64 = 0
+        public var aborted: UInt64 = 0
+    }
+
+    public let config: Config
+    private var rng: SplitMix64
+    public private(set) var open: [TxID: Transaction] = [:]
+    public private(set) var finished: [TxID: Transaction] = [:]
+    private var finishedOrder: [TxID] = []
+    private var finishedOrderHead = 0
+    public private(set) var stats = Stats()
+    /// The largest epoch of any txid recovered (the runtime raises `Coordinator`'s epoch past it).
+    public private(set) var maxEpochSeen: UInt64 = 0
+
+    public init(config: Config = Config()) {
+        self.config = config
+        rng = SplitMix64(seed: config.seed ^ 0x7CC7_CC7C)
+    }
+
+    public var unfinishedCount: Int { open.count }
+    public var parkedCount: Int { open.values.reduce(0) { $0 + ($1.parked ? 1 : 0) } }
+    public func transaction(_ txid: TxID) -> Transaction? { open[txid] ?? finished[txid] }
+    /// Every transaction, newest first.
+    public func allTransactions() -> [Transaction] {
+        (Array(open.values) + Array(finished.values)).sorted { $0.txid > $1.txid }
+    }
+
+    // MARK: - events
+
+    public mutating func on(_ event: Event, nowMs: Int64) -> [Action] {
+        switch event {
+        case .begin(let request, let txid, let timeoutMs):
+            guard open.count < config.openTransactionsMax else {
+                return [.reply(request, .error(RequestError(503, "too many open TCC transactions (limit \(config.openTransactionsMax)); retry later")))]
+            }
+            let timeout = timeoutMs ?? config.timeoutMsDefault
+            guard timeout > 0, timeout <= config.timeoutMsMax else {
+                return [.reply(request, .error(RequestError(400, "timeout_ms must be between 1 and \(config.timeoutMsMax)")))]
+            }
+            var tx = Transaction(txid: txid, state: .active, createdAtMs: nowMs, timeoutMs: timeout)
+            note(&tx, nowMs, "begun", detail: "tcc, timeout \(timeout)ms")
+            open[txid] = tx
+            return [.setTimer(.timeout(txid), afterMs: timeout), .reply(request, .begun(txid, timeoutMs: timeout))]
+        case .register(let request, let text, let spec):
+            return register(request, text, spec, nowMs: nowMs)
+        case .branchDurable(let txid, let id):
+            guard var tx = open[txid], let i = tx.index(id), tx.branches[i].state == .registering else { return [] }
+            tx.branches[i].state = .trying
+            note(&tx, nowMs, "try-sent", branch: id)
+            open[txid] = tx
+            return [call(tx, i, .try)]
+        case .branchRefused(let txid, let id, let reason):
+            guard var tx = open[txid], let i = tx.index(id), tx.branches[i].state == .registering else { return [] }
+            let waiter = tx.branches[i].waiter
+            tx.branches.remove(at: i)
+            open[txid] = tx
+            return waiter.map { [.reply($0, .error(RequestError(503, "cannot record the branch: \(reason)")))] } ?? []
+        case .tryAnswered(let txid, let id, let result):
+            return tryAnswered(txid, id, result, nowMs: nowMs)
+        case .commit(let request, let text):
+            return commit(request, text, nowMs: nowMs)
+        case .abort(let request, let text):
+            switch lookup(text) {
+            case .failure(let e): return [.reply(request, .error(e))]
+            case .success(let txid):
+                let tx = transaction(txid)!
+                switch tx.state {
+                case .active:
+                    var actions = startCancel(txid, reason: "aborted by the initiator", nowMs: nowMs)
+                    actions.append(.reply(request, .outcome(txid, .aborted, reason: "aborted by the initiator")))
+                    return actions
+                case .cancelling, .aborted:
+                    return [.reply(request, .outcome(txid, .aborted, reason: tx.reason))]
+                case .deciding, .confirming, .committed:
+                    return [.reply(request, .error(RequestError(409, "transaction \(txid) is already committed; it cannot be aborted")))]
+                }
+            }
+        case .decisionDurable(let txid):
+            guard var tx = open[txid], tx.state == .deciding else { return [] }
+            tx.state = .confirming
+            tx.outcome = .committed
+            tx.settleStartedAtMs = nowMs
+            note(&tx, nowMs, "decided", detail: "confirm")
+            var actions: [Action] = tx.commitWaiters.map { .reply($0, .outcome(txid, .committed, reason: nil)) }
+            tx.commitWaiters = []
+            for i in tx.branches.indices {
+                tx.branches[i].state = .confirming
+                actions.append(call(tx, i, .confirm))
+            }
+            open[txid] = tx
+            return actions
+        case .decisionRefused(let txid, let reason):
+            guard let tx = open[txid], tx.state == .deciding else { return [] }
+            return startCancel(txid, reason: "the confirm decision could not be recorded: \(reason)", nowMs: nowMs)
+        case .settled(let txid, let id, let phase, let error):
+            return settled(txid, id, phase, error: error, nowMs: nowMs)
+        case .timerFired(let timer):
+            switch timer {
+            case .timeout(let txid):
+                guard let tx = open[txid], tx.state == .active else { return [] }
+                return startCancel(txid, reason: "timed out after \(tx.timeoutMs)ms", nowMs: nowMs)
+            case .retry(let txid, let id):
+                guard var tx = open[txid], let i = tx.index(id) else { return [] }
+                let phase: Call
+                switch tx.branches[i].state {
+                case .confirming: phase = .confirm
+                case .cancelling: phase = .cancel
+                default: return []
+                }
+                tx.branches[i].nextRetryAtMs = nil
+                open[txid] = tx
+                return [call(tx, i, phase)]
+            }
+        }
+    }
+
+    private func lookup(_ text: String) -> Result<TxID, RequestError> {
+        guard let txid = TxID(text) else { return .failure(RequestError(400, "malformed txid \"\(text.prefix(80))\"")) }
+        guard transaction(txid) != nil else { return .failure(RequestError(404, "unknown TCC transaction \(text)")) }
+        return .success(txid)
+    }
+
+    /// Whether `text` names a TCC transaction this machine knows.
+    public func owns(_ text: String) -> Bool { TxID(text).map { transaction($0) != nil } ?? false }
+
+    private mutating func register(_ request: RequestID, _ text: String, _ spec: BranchSpec, nowMs: Int64) -> [Action] {
+        let txid: TxID
+        switch lookup(text) {
+        case .failure(let e): return [.reply(request, .error(e))]
+        case .success(let t): txid = t
+        }
+        var tx = transaction(txid)!
+        guard tx.state == .active else {
+            return [.reply(request, .error(RequestError(409, "transaction \(txid) is \(tx.state.rawValue); branches can be added only while it is active")))]
+        }
+        guard !spec.branchID.isEmpty, spec.branchID.utf8.count <= Limits.tccBranchIDBytesMax else {
+            return [.reply(request, .error(RequestError(400, "branch_id must be 1-\(Limits.tccBranchIDBytesMax) bytes")))]
+        }
+        for url in [spec.tryURL, spec.confirmURL, spec.cancelURL] {
+            guard url.hasPrefix("http://"), url.utf8.count > 7, url.utf8.count <= Limits.participantURLBytesMax else {
+                return [.reply(request, .error(RequestError(400, "try_url, confirm_url and cancel_url must be http:// URLs of at most \(Limits.participantURLBytesMax) bytes")))]
+            }
+        }
+        guard tx.index(spec.branchID) == nil else {
+            return [.reply(request, .error(RequestError(409, "branch \(spec.branchID) is already registered in \(txid)")))]
+        }
+        guard tx.branches.count < config.branchesPerTransactionMax else {
+            return [.reply(request, .error(RequestError(409, "transaction \(txid) has \(config.branchesPerTransactionMax) branches, the limit")))]
+        }
+        var branch = Branch(spec: spec, state: .registering)
+        branch.waiter = request
+        tx.branches.append(branch)
+        note(&tx, nowMs, "branch-registered", branch: spec.branchID)
+        open[txid] = tx
+        return [.log(.branch(txid, spec, createdAtMs: tx.createdAtMs, timeoutMs: tx.timeoutMs), force: true)]
+    }
+
+    private mutating func tryAnswered(_ txid: TxID, _ id: String, _ result: TryResult, nowMs: Int64) -> [Action] {
+        guard var tx = open[txid], let i = tx.index(id), tx.branches[i].state == .trying else { return [] }
+        let waiter = tx.branches[i].waiter
+        tx.branches[i].waiter = nil
+        switch result {
+        case .succeeded(let value):
+            tx.branches[i].state = .tried
+            tx.branches[i].tryResult = value
+            note(&tx, nowMs, "tried", branch: id)
+            open[txid] = tx
+            return waiter.map { [.reply($0, .tried(txid, branchID: id, result: value))] } ?? []
+        case .refused(_, let error), .failed(let error):
+            tx.branches[i].state = .tryFailed
+            tx.branches[i].lastError = error
+            note(&tx, nowMs, "try-failed", branch: id, detail: error)
+            open[txid] = tx
+            var actions: [Action] = []
+            if let waiter {
+                let status: Int
+                if case .refused(let s, _) = result, s == 409 { status = 409 } else { status = 502 }
+                actions.append(.reply(waiter, .error(RequestError(status, "try of branch \(id) failed: \(error); the transaction is cancelled"))))
+            }
+            return actions + startCancel(txid, reason: "try of branch \(id) failed: \(error)", nowMs: nowMs)
+        }
+    }
+
+    private mutating func commit(_ request: RequestID, _ text: String, nowMs: Int64) -> [Action] {
+        let txid: TxID
+        switch lookup(text) {
+        case .failure(let e): return [.reply(request, .error(e))]
+        case .success(let t): txid = t
+        }
+        var tx = transaction(txid)!
+        switch tx.state {
+        case .active:
+            if let pending = tx.branches.first(where: { $0.state == .registering || $0.state == .trying }) {
+                return [.reply(request, .error(RequestError(409, "the try of branch \(pending.spec.branchID) has not answered yet; commit once every try answered")))]
+            }
+            if tx.branches.isEmpty {
+                tx.outcome = .committed
+                open[txid] = tx
+                return [.cancelTimer(.timeout(txid))] + finish(txid, nowMs: nowMs) + [.reply(request, .outcome(txid, .committed, reason: nil))]
+            }
+            tx.state = .deciding
+            tx.commitWaiters.append(request)
+            note(&tx, nowMs, "deciding", detail: "confirm")
+            open[txid] = tx
+            return [.cancelTimer(.timeout(txid)),
+                    .log(.confirmDecision(txid, branchIDs: tx.branches.map(\.spec.branchID), atMs: nowMs), force: true)]
+        case .deciding:
+            tx.commitWaiters.append(request)
+            open[txid] = tx
+            return []
+        case .confirming, .committed:
+            return [.reply(request, .outcome(txid, .committed, reason: nil))]
+        case .cancelling, .aborted:
+            return [.reply(request, .outcome(txid, .aborted, reason: tx.reason))]
+        }
+    }
+
+    /// Cancels every registered branch (tried, failed, or with its try unanswered).
+    private mutating func startCancel(_ txid: TxID, reason: String, nowMs: Int64) -> [Action] {
+        guard var tx = open[txid] else { return [] }
+        tx.state = .cancelling
+        tx.outcome = .aborted
+        tx.reason = tx.reason ?? reason
+        tx.settleStartedAtMs = nowMs
+        note(&tx, nowMs, "cancelling", detail: reason)
+        var actions: [Action] = [.cancelTimer(.timeout(txid))]
+        actions += tx.commitWaiters.map { .reply($0, .outcome(txid, .aborted, reason: tx.reason)) }
+        tx.commitWaiters = []
+        for i in tx.branches.indices where tx.branches[i].state != .cancelled {
+            if let w = tx.branches[i].waiter {
+                actions.append(.reply(w, .error(RequestError(409, "transaction \(txid) was cancelled (\(reason)) before the try of branch \(tx.branches[i].spec.branchID) answered"))))
+                tx.branches[i].waiter = nil
+            }
+            tx.branches[i].state = .cancelling
+            tx.branches[i].attempts = 0
+            actions.append(call(tx, i, .cancel))
+        }
+        open[txid] = tx
+        if tx.branches.isEmpty { actions += finish(txid, nowMs: nowMs) }
+        return actions
+    }
+
+    private mutating func settled(_ txid: TxID, _ id: String, _ phase: Call, error: String?, nowMs: Int64) -> [Action] {
+        guard var tx = open[txid], let i = tx.index(id) else { return [] }
+        let expected: BranchState = phase == .confirm ? .confirming : .cancelling
+        guard tx.branches[i].state == expected else { return [] }
+        var actions: [Action] = []
+        if let error {
+            tx.branches[i].attempts += 1
+            tx.branches[i].lastError = error
+            tx.branches[i].history.append(Coordinator.Attempt(atMs: nowMs, error: error))
+            if tx.branches[i].history.count > Limits.attemptHistoryKept { tx.branches[i].history.removeFirst() }
+            if !tx.parked, tx.branches[i].attempts >= config.retryBudgetAttempts || nowMs - (tx.settleStartedAtMs ?? nowMs) >= config.retryBudgetMs {
+                tx.parked = true
+                note(&tx, nowMs, "parked", branch: id, detail: "retry budget spent; still retried every \(config.parkedRetryDelayMs)ms: \(error)")
+            }
+            let delay = tx.parked ? config.parkedRetryDelayMs
+                : backoffDelayMs(attempt: tx.branches[i].attempts, minMs: config.retryDelayMsMin, maxMs: config.retryDelayMsMax, rng: &rng)
+            tx.branches[i].nextRetryAtMs = nowMs + delay
+            open[txid] = tx
+            return [.setTimer(.retry(txid, branchID: id), afterMs: delay)]
+        }
+        tx.branches[i].state = phase == .confirm ? .confirmed : .cancelled
+        tx.branches[i].nextRetryAtMs = nil
+        note(&tx, nowMs, phase == .confirm ? "confirmed" : "cancelled", branch: id)
+        actions.append(.cancelTimer(.retry(txid, branchID: id)))
+        open[txid] = tx
+        let done = tx.branches.allSatisfy { $0.state == .confirmed || $0.state == .cancelled }
+        if done { actions += finish(txid, nowMs: nowMs) }
+        return actions
+    }
+
+    private mutating func finish(_ txid: TxID, nowMs: Int64) -> [Action] {
+        guard var tx = open.removeValue(forKey: txid) else { return [] }
+        let outcome = tx.outcome ?? .aborted
+        tx.state = outcome == .committed ? .committed : .aborted
+        tx.finishedAtMs = nowMs
+        tx.parked = false
+        note(&tx, nowMs, tx.state.rawValue)
+        if outcome == .committed { stats.committed += 1 } else { stats.aborted += 1 }
+        remember(tx)
+        // Only a transaction with branch records needs an end record.
+        return tx.branches.isEmpty ? [] : [.log(.end(txid, outcome), force: false)]
+    }
+
+    private mutating func remember(_ tx: Transaction) {
+        if finished.updateValue(tx, forKey: tx.txid) == nil { finishedOrder.append(tx.txid) }
+        while finishedOrder.count - finishedOrderHead > config.finishedTransactionsKept {
+            finished.removeValue(forKey: finishedOrder[finishedOrderHead])
+            finishedOrderHead += 1
+        }
+        if finishedOrderHead > 1024 && finishedOrderHead * 2 > finishedOrder.count {
+            finishedOrder.removeFirst(finishedOrderHead)
+            finishedOrderHead = 0
+        }
+    }
+
+    private func call(_ tx: Transaction, _ i: Int, _ phase: Call) -> Action {
+        let b = tx.branches[i]
+        let url: String
+        switch phase {
+        case .try: url = b.spec.tryURL
+        case .confirm: url = b.spec.confirmURL
+        case .cancel: url = b.spec.cancelURL
+        }
+        return .call(tx.txid, branchID: b.spec.branchID, phase, url: url,
+                     TCCPhaseRequest(txid: tx.txid.description, branchID: b.spec.branchID, payload: b.spec.payload,
+                                     deadlineMs: phase == .try ? tx.deadlineMs : nil))
+    }
+
+    private func note(_ tx: inout Transaction, _ atMs: Int64, _ event: String, branch: String? = nil, detail: String? = nil) {
+        tx.events.append(Coordinator.TimelineEvent(atMs: atMs, event: event, participant: branch, detail: detail))
+        if tx.events.count > Limits.eventsPerTransactionMax { tx.events.removeFirst(tx.events.count - Limits.eventsPerTransactionMax) }
+    }
+
+    // MARK: - recovery
+
+    /// Rebuilds state from a snapshot (`snapshot()`) and the TCC records after it, and returns
+    /// the actions that finish every open transaction: confirms for decided ones, cancels for
+    /// every branch of the others (presumed cancel).
+    public mutating func recover(snapshot: [UInt8]?, records: [(type: UInt8, payload: [UInt8])], nowMs: Int64) throws -> [Action] {
+        if let snapshot, !snapshot.isEmpty {
+            var r = ByteReader(snapshot)
+            guard try r.u8() == 1 else { throw DecodeError("unknown TCC snapshot version") }
+            for isOpen in [true, false] {
+                let count = try r.u32()
+                guard count <= UInt32(config.openTransactionsMax * 2 + config.finishedTransactionsKept) else { throw DecodeError("\(count) TCC transactions in a snapshot") }
+                for _ in 0..<count {
+                    let tx = try TCCRecordCoding.decodeTransaction(&r)
+                    maxEpochSeen = max(maxEpochSeen, tx.txid.epoch)
+                    if isOpen { open[tx.txid] = tx } else { remember(tx) }
+                }
+            }
+        }
+        for (type, payload) in records {
+            let record = try TCCRecordCoding.decode(type: type, payload: payload)
+            maxEpochSeen = max(maxEpochSeen, record.txid.epoch)
+            switch record {
+            case .branch(let txid, let spec, let createdAtMs, let timeoutMs):
+                guard finished[txid] == nil else { continue }
+                var tx = open[txid] ?? Transaction(txid: txid, state: .active, createdAtMs: createdAtMs, timeoutMs: timeoutMs)
+                if tx.index(spec.branchID) == nil { tx.branches.append(Branch(spec: spec, state: .trying)) }
+                open[txid] = tx
+            case .confirmDecision(let txid, let ids, let atMs):
+                guard var tx = open[txid] else { continue }
+                tx.state = .confirming
+                tx.outcome = .committed
+                tx.settleStartedAtMs = atMs
+                tx.branches = tx.branches.filter { ids.contains($0.spec.branchID) }
+                open[txid] = tx
+            case .end(let txid, let outcome):
+                guard var tx = open.removeValue(forKey: txid) else { continue }
+                tx.outcome = outcome
+                tx.state = outcome == .committed ? .committed : .aborted
+                tx.finishedAtMs = tx.finishedAtMs ?? nowMs
+                for i in tx.branches.indices { tx.branches[i].state = outcome == .committed ? .confirmed : .cancelled }
+                remember(tx)
+            }
+        }
+        var actions: [Action] = []
+        for txid in open.keys.sorted() {
+            guard var tx = open[txid] else { continue }
+            if tx.state == .deciding || tx.state == .confirming || tx.outcome == .committed {
+                tx.state = .confirming
+                tx.outcome = .committed
+                tx.settleStartedAtMs = tx.settleStartedAtMs ?? nowMs
+                note(&tx, nowMs, "recovered", detail: "re-driving confirms after restart")
+                for i in tx.branches.indices where tx.branches[i].state != .confirmed {
+                    tx.branches[i].state = .confirming
+                    actions.append(call(tx, i, .confirm))
+                }
+                open[txid] = tx
+                if tx.branches.allSatisfy({ $0.state == .confirmed }) { actions += finish(txid, nowMs: nowMs) }
+            } else {
+                note(&tx, nowMs, "recovered", detail: "no confirm decision: cancelling every branch (presumed cancel)")
+                tx.reason = tx.reason ?? "coordinator restarted before a decision (presumed cancel)"
+                open[txid] = tx
+                actions += startCancel(txid, reason: tx.reason!, nowMs: nowMs)
+            }
+        }
+        return actions
+    }
+
+    /// Every open transaction and the finished ones remembered; `recover` reads it back.
+    public func snapshot() -> [UInt8] {
+        var w = ByteWriter()
+        w.u8(1)
+        for group in [open.values.sorted { $0.txid < $1.txid },
+                      finishedOrder[finishedOrderHead...].compactMap { finished[$0] }] {
+            w.u32(UInt32(group.count))
+            for tx in group { TCCRecordCoding.encodeTransaction(tx, &w) }
+        }
+        return w.bytes
+    }
+}
+
+/// Log record encodings of the TCC coordinator: types 16–31 (the 2PC/3PC coordinator has 1–15).
+public enum TCCRecordCoding {
+    public static let branchType: UInt8 = 16
+    public static let confirmDecisionType: UInt8 = 17
+    public static let endType: UInt8 = 18
+    public static let typeRange: ClosedRange<UInt8> = 16...31
+
+    public static func encode(_ record: TCCCoordinator.Record) -> (type: UInt8, payload: [UInt8]) {
+        var w = ByteWriter()
+        switch record {
+        case .branch(let txid, let spec, let createdAtMs, let timeoutMs):
+            w.string(txid.description)
+            encodeSpec(spec, &w)
+            w.i64(createdAtMs)
+            w.i64(timeoutMs)
+            return (branchType, w.bytes)
+        case .confirmDecision(let txid, let ids, let atMs):
+            w.string(txid.description)
+            w.u32(UInt32(ids.count))
+            for id in ids { w.string(id) }
+            w.i64(atMs)
+            return (confirmDecisionType, w.bytes)
+        case .end(let txid, let outcome):
+            w.string(txid.description)
+            w.bool(outcome == .committed)
+            return (endType, w.bytes)
+        }
+    }
+
+    public static func decode(type: UInt8, payload: [UInt8]) throws -> TCCCoordinator.Record {
+        var r = ByteReader(payload)
+        let txid = try decodeTxID(&r)
+        switch type {
+        case branchType:
+            return .branch(txid, try decodeSpec(&r), createdAtMs: try r.i64(), timeoutMs: try r.i64())
+        case confirmDecisionType:
+            let n = try r.u32()
+            guard n <= UInt32(Limits.tccBranchesPerTransactionMax * 4) else { throw DecodeError("\(n) branches in a confirm decision") }
+            var ids: [String] = []
+            for _ in 0..<n { ids.append(try r.string(maxCount: Limits.tccBranchIDBytesMax)) }
+            return .confirmDecision(txid, branchIDs: ids, atMs: try r.i64())
+        case endType:
+            return .end(txid, try r.bool() ? .committed : .aborted)
+        default:
+            throw DecodeError("unknown TCC record type \(type)")
+        }
+    }
+
+    static func decodeTxID(_ r: inout ByteReader) throws -> TxID {
+        let text = try r.string(maxCount: 64)
+        guard let txid = TxID(text) else { throw DecodeError("bad txid \(text)") }
+        return txid
+    }
+
+    static func encodeSpec(_ s: TCCCoordinator.BranchSpec, _ w: inout ByteWriter) {
+        w.string(s.branchID)
+        w.string(s.tryURL)
+        w.string(s.confirmURL)
+        w.string(s.cancelURL)
+        w.blob(s.payload.map { encodeJSON($0) } ?? [])
+    }
+
+    static func decodeSpec(_ r: inout ByteReader) throws -> TCCCoordinator.BranchSpec {
+        let id = try r.string(maxCount: Limits.tccBranchIDBytesMax)
+        let t = try r.string(maxCount: Limits.participantURLBytesMax)
+        let c = try r.string(maxCount: Limits.participantURLBytesMax)
+        let x = try r.string(maxCount: Limits.participantURLBytesMax)
+        let p = try r.blob(maxCount: Limits.tccPayloadBytesMax)
+        return TCCCoordinator.BranchSpec(branchID: id, tryURL: t, confirmURL: c, cancelURL: x, payload: p.isEmpty ? nil : try decodeJSON(p))
+    }
+
+    static func encodeTransaction(_ tx: TCCCoordinator.Transaction, _ w: inout ByteWriter) {
+        w.string(tx.txid.description)
+        w.string(tx.state.rawValue)
+        w.i64(tx.createdAtMs)
+        w.i64(tx.timeoutMs)
+        w.u8(tx.outcome == nil ? 0 : tx.outcome == .committed ? 1 : 2)
+        w.string(tx.reason ?? "")
+        w.i64(tx.settleStartedAtMs ?? -1)
+        w.i64(tx.finishedAtMs ?? -1)
+        w.u32(UInt32(tx.branches.count))
+        for b in tx.branches {
+            encodeSpec(b.spec, &w)
+            w.string(b.state.rawValue)
+            w.u32(UInt32(b.attempts))
+        }
+    }
+
+    static func decodeTransaction(_ r: inout ByteReader) throws -> TCCCoordinator.Transaction {
+        let txid = try decodeTxID(&r)
+        let stateText = try r.string(maxCount: 64)
+        guard var state = TCCCoordinator.State(rawValue: stateText) else { throw DecodeError("bad TCC state \(stateText)") }
+        if state == .deciding { state = .confirming } // the decision precedes the snapshot in the log
+        var tx = TCCCoordinator.Transaction(txid: txid, state: state, createdAtMs: try r.i64(), timeoutMs: try r.i64())
+        switch try r.u8() {
+        case 0: tx.outcome = nil
+        case 1: tx.outcome = .committed
+        default: tx.outcome = .aborted
+        }
+        let reason = try r.string(maxCount: 4096)
+        tx.reason = reason.isEmpty ? nil : reason
+        let settle = try r.i64()
+        tx.settleStartedAtMs = settle < 0 ? nil : settle
+        let fin = try r.i64()
+        tx.finishedAtMs = fin < 0 ? nil : fin
+        let n = try r.u32()
+        guard n <= UInt32(Limits.tccBranchesPerTransactionMax * 4) else { throw DecodeError("\(n) TCC branches") }
+        for _ in 0..<n {
+            let spec = try decodeSpec(&r)
+            let text = try r.string(maxCount: 64)
+            guard var bs = TCCCoordinator.BranchState(rawValue: text) else { throw DecodeError("bad TCC branch state \(text)") }
+            if bs == .registering { bs = .trying } // its try may have been called
+            var b = TCCCoordinator.Branch(spec: spec, state: bs)
+            b.attempts = Int(try r.u32())
+            tx.branches.append(b)
+        }
+        tx.events.append(Coordinator.TimelineEvent(atMs: tx.finishedAtMs ?? tx.createdAtMs, event: tx.state.rawValue, participant: nil, detail: "from a checkpoint (details not kept)"))
+        return tx
+    }
+
+    /// A compact binary form of a JSON value (tag byte, then the value).
+    static func encodeJSON(_ v: JSONValue) -> [UInt8] {
+        var w = ByteWriter()
+        writeJSON(v, &w)
+        return w.bytes
+    }
+
+    private static func writeJSON(_ v: JSONValue, _ w: inout ByteWriter) {
+        switch v {
+        case .null: w.u8(0)
+        case .bool(let b): w.u8(1); w.bool(b)
+        case .int(let i): w.u8(2); w.i64(i)
+        case .double(let d): w.u8(3); w.u64(d.bitPattern)
+        case .string(let s): w.u8(4); w.string(s)
+        case .array(let a): w.u8(5); w.u32(UInt32(a.count)); for x in a { writeJSON(x, &w) }
+        case .object(let o):
+            w.u8(6)
+            w.u32(UInt32(o.count))
+            for k in o.keys.sorted() { w.string(k); writeJSON(o[k]!, &w) }
+        }
+    }
+
+    static func decodeJSON(_ b: [UInt8]) throws -> JSONValue {
+        var r = ByteReader(b)
+        return try readJSON(&r, depth: 0)
+    }
+
+    private static func readJSON(_ r: inout ByteReader, depth: Int) throws -> JSONValue {
+        guard depth < 64 else { throw DecodeError("JSON nested too deeply") }
+        switch try r.u8() {
+        case 0: return .null
+        case 1: return .bool(try r.bool())
+        case 2: return .int(try r.i64())
+        case 3: return .double(Double(bitPattern: try r.u64()))
+        case 4: return .string(try r.string(maxCount: Limits.tccPayloadBytesMax))
+        case 5:
+            let n = try r.u32()
+            guard n <= UInt32(Limits.tccPayloadBytesMax) else { throw DecodeError("JSON array of \(n)") }
+            var a: [JSONValue] = []
+            for _ in 0..<n { a.append(try readJSON(&r, depth: depth + 1)) }
+            return .array(a)
+        case 6:
+            let n = try r.u32()
+            guard n <= UInt32(Limits.tccPayloadBytesMax) else { throw DecodeError("JSON object of \(n)") }
+            var o: [String: JSONValue] = [:]
+            for _ in 0..<n { let k = try r.string(maxCount: Limits.tccPayloadBytesMax); o[k] = try readJSON(&r, depth: depth + 1) }
+            return .object(o)
+        default: throw DecodeError("bad JSON tag")
+        }
+    }
+}
+
+extension TCCCoordinator.Transaction {
+    /// The same shape as a 2PC/3PC transaction's: protocol "tcc"; a branch's `participant` is
+    /// its branch id and `url` its try URL.
+    public func view() -> TransactionView {
+        TransactionView(
+            txid: txid.description,
+            protocol: "tcc",
+            state: state.rawValue,
+            outcome: state.isFinished || state == .confirming || state == .cancelling ? outcome?.rawValue : nil,
+            reason: reason,
+            createdAt: TimeFormat.iso8601(ms: createdAtMs),
+            finishedAt: finishedAtMs.map { TimeFormat.iso8601(ms: $0) },
+            timeoutMs: timeoutMs,
+            branches: branches.map {
+                TransactionView.BranchView(participant: $0.spec.branchID, url: $0.spec.tryURL, state: $0.state.rawValue, vote: nil,
+                                           attempts: $0.attempts, lastError: $0.lastError,
+                                           nextRetryAt: $0.nextRetryAtMs.map { TimeFormat.iso8601(ms: $0) },
+                                           history: $0.history.map { TransactionView.AttemptView(at: TimeFormat.iso8601(ms: $0.atMs), error: $0.error) })
+            },
+            events: events.map { TransactionView.EventView(at: TimeFormat.iso8601(ms: $0.atMs), event: $0.event, participant: $0.participant, detail: $0.detail) },
+            parked: parked)
+    }
+}
+
+/// The coordinator's checkpoint snapshot holds both state machines: a container byte, then
+/// the 2PC/3PC coordinator's snapshot and the TCC coordinator's, each as a blob. A snapshot
+/// without the container byte is an older coordinator-only snapshot.
+public enum CoordinatorSnapshotContainer {
+    public static let version: UInt8 = 0xC7
+
+    public static func pack(coordinator: [UInt8], tcc: [UInt8]) -> [UInt8] {
+        var w = ByteWriter()
+        w.u8(version)
+        w.blob(coordinator)
+        w.blob(tcc)
+        return w.bytes
+    }
+
+    public static func unpack(_ snapshot: [UInt8]) throws -> (coordinator: [UInt8], tcc: [UInt8]?) {
+        guard snapshot.first == version else { return (snapshot, nil) }
+        var r = ByteReader(snapshot)
+        _ = try r.u8()
+        return (try r.blob(maxCount: Limits.snapshotBytesMax), try r.blob(maxCount: Limits.snapshotBytesMax))
+    }
+}

@@ -1,0 +1,123 @@
+import CohortCore
+import Foundation
+
+/// The three phases of a TCC branch.
+public enum TCCPhase: String, Sendable, CaseIterable {
+    case `try`
+    case confirm
+    case cancel
+}
+
+/// What a phase did, as decided by the barrier.
+public enum TCCPhaseOutcome: Equatable, Sendable {
+    /// The business code ran and its change committed with the barrier row. `result` is the
+    /// try's result (nil for confirm and cancel).
+    case done(result: JSONValue?)
+    /// This phase already ran for the branch: nothing ran now. A repeated try answers the first
+    /// try's result.
+    case duplicate(result: JSONValue?)
+    /// A cancel with no try before it: the fact is recorded (it fences a late try), nothing ran.
+    case emptyCancel
+    /// A try that arrived after its branch's cancel (or after its deadline): refused, nothing ran.
+    case hanging(String)
+
+    public var wireStatus: String {
+        switch self {
+        case .done: return "done"
+        case .duplicate: return "duplicate"
+        case .emptyCancel: return "empty-cancel"
+        case .hanging: return "hanging"
+        }
+    }
+}
+
+/// The sub-transaction barrier: one table in the service's own database, written in the same
+/// local transaction as the business change.
+///
+/// `tcc_barrier(resource, txid, branch_id, op, note, result, at_ms)`, primary key
+/// `(resource, txid, branch_id, op)`:
+/// - try inserts its `try` row (note `tried`); if the row is already there with note `fence`,
+///   the branch was cancelled first and the try is refused (hanging); with note `tried` it is a
+///   duplicate and answers the first result.
+/// - cancel inserts the *origin* `try` row with note `fence` if none exists (then this is an
+///   empty cancel: nothing to undo, and the fence refuses a late try), then its own `cancel`
+///   row; if that row already exists the cancel is a duplicate.
+/// - confirm requires a `tried` try row, inserts its `confirm` row (duplicate if present).
+/// Every phase runs under `BEGIN IMMEDIATE`: SQLite's write lock serializes a try and a cancel
+/// of the same branch, and the unique key decides which came first.
+public enum TCCBarrier {
+    public static let schema = """
+        CREATE TABLE IF NOT EXISTS tcc_barrier(
+          resource TEXT NOT NULL, txid TEXT NOT NULL, branch_id TEXT NOT NULL, op TEXT NOT NULL,
+          note TEXT NOT NULL, result TEXT, at_ms INTEGER NOT NULL,
+          PRIMARY KEY(resource, txid, branch_id, op)) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS tcc_barrier_finished ON tcc_barrier(op, at_ms);
+        """
+
+    /// Runs `phase` of a branch through the barrier inside the caller's open transaction;
+    /// `business` is called only when the business code must run. Throws to roll back.
+    static func run(_ db: SQLiteConnection, resource: String, phase: TCCPhase, txid: String, branchID: String, nowMs: Int64,
+                    deadlineMs: Int64?, skewMarginMs: Int64, business: () throws -> JSONValue?) throws -> TCCPhaseOutcome {
+        let key: [SQLValue] = [.text(resource), .text(txid), .text(branchID)]
+        func insert(_ op: String, _ note: String) throws -> Bool {
+            try db.execute("INSERT INTO tcc_barrier(resource, txid, branch_id, op, note, at_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                           key + [.text(op), .text(note), .int(nowMs)]) == 1
+        }
+        func row(_ op: String) throws -> (note: String, result: JSONValue?)? {
+            guard let r = try db.query("SELECT note, result FROM tcc_barrier WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = ?4",
+                                       key + [.text(op)]).first else { return nil }
+            let result = r[1].textValue.flatMap { try? JSONDecoder().decode(JSONValue.self, from: Data($0.utf8)) }
+            return (r[0].textValue ?? "", result)
+        }
+        switch phase {
+        case .try:
+            if try insert("try", "tried") {
+                if let deadlineMs, nowMs > deadlineMs + skewMarginMs {
+                    // Too late to matter to the coordinator, and possibly older than the barrier's
+                    // retention: fence it like a cancelled branch.
+                    try db.execute("UPDATE tcc_barrier SET note = 'fence' WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = 'try'", key)
+                    return .hanging("try arrived after its deadline")
+                }
+                let result = try business()
+                if let result {
+                    let text = String(decoding: try JSONEncoder().encode(result), as: UTF8.self)
+                    try db.execute("UPDATE tcc_barrier SET result = ?4 WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = 'try'", key + [.text(text)])
+                }
+                return .done(result: result)
+            }
+            let existing = try row("try")
+            if existing?.note == "fence" { return .hanging("the branch was cancelled before its try arrived") }
+            return .duplicate(result: existing?.result)
+        case .confirm:
+            guard let tried = try row("try") else { throw TCCError.conflict("confirm of a branch that was never tried") }
+            guard tried.note == "tried" else { throw TCCError.conflict("confirm of a branch that was cancelled") }
+            guard try insert("confirm", "confirmed") else { return .duplicate(result: nil) }
+            if try row("cancel") != nil { throw TCCError.conflict("confirm of a branch that was cancelled") }
+            _ = try business()
+            return .done(result: nil)
+        case .cancel:
+            // No try row: insert the fence. A fence already there (a try refused past its
+            // deadline): the try never ran either. Both are empty cancels.
+            let empty = try insert("try", "fence") || (try row("try"))?.note == "fence"
+            guard try insert("cancel", empty ? "empty-cancel" : "cancelled") else { return .duplicate(result: nil) }
+            if empty { return .emptyCancel }
+            if try row("confirm") != nil { throw TCCError.conflict("cancel of a branch that was confirmed") }
+            _ = try business()
+            return .done(result: nil)
+        }
+    }
+
+    /// Deletes the barrier rows of branches finished (confirmed or cancelled) more than
+    /// `retentionMs` ago, at most `limit` branches; returns how many branches it removed.
+    /// A branch with only a try row is never removed: its confirm or cancel is still coming.
+    static func purge(_ db: SQLiteConnection, nowMs: Int64, retentionMs: Int64, limit: Int) throws -> Int {
+        try db.immediateTransaction { db in
+            let rows = try db.query("SELECT resource, txid, branch_id FROM tcc_barrier WHERE op IN ('confirm', 'cancel') AND at_ms < ?1 LIMIT ?2",
+                                    [.int(nowMs - retentionMs), .int(Int64(limit))])
+            for r in rows {
+                try db.execute("DELETE FROM tcc_barrier WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3", r)
+            }
+            return rows.count
+        }
+    }
+}

@@ -1,0 +1,82 @@
+import CohortCore
+import CohortHTTP
+import CohortPosix
+import CohortTCC
+import Foundation
+
+let usage = """
+usage: tcc-inventory --data DIR --port N [--host H]
+
+A TCC inventory service (the worked example of the CohortTCC library): stock per sku in
+DIR/inventory.sqlite; try reserves, confirm sells, cancel releases, all through the barrier.
+  POST /v1/stock {"sku","available"}     set a sku's stock (setup only)
+  GET  /v1/stock/{sku}                   {"sku","available","reserved","sold"}
+  POST /v1/tcc/inventory/try|confirm|cancel   the TCC phases ({"txid","branch_id","payload":{"sku","qty"}})
+Environment: COHORT_CRASHPOINT=NAME[:K] or =list
+"""
+
+let crashPoints = ["tcc-inventory.after-try-committed", "tcc-inventory.after-confirm-committed", "tcc-inventory.after-cancel-committed"]
+
+struct StockRequest: Codable { let sku: String; let available: Int64 }
+
+func fail(_ message: String, status: Int32) -> Never {
+    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    exit(status)
+}
+
+do {
+    let args = try Arguments(Array(CommandLine.arguments.dropFirst()), valued: ["data", "port", "host"], booleans: ["help"])
+    if args.has("help") { print(usage); exit(0) }
+    if case .list = try CrashPoints.configure(known: crashPoints) {
+        crashPoints.forEach { print($0) }
+        exit(0)
+    }
+    guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
+    let dir = try args.required("data")
+    let port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
+    let host = args.string("host") ?? "127.0.0.1"
+    try PosixFS.createDirectory(dir, intermediate: true)
+    let store = try InventoryStore(databasePath: dir + "/inventory.sqlite")
+    store.resource.afterCommit = { phase, outcome in
+        if case .done = outcome { CrashPoints.hit("tcc-inventory.after-\(phase.rawValue)-committed") }
+    }
+    let loop = try EventLoop()
+    var server: HTTPServer?
+    try loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in
+        server?.shutdown()
+        loop.stop()
+    }
+    server = try HTTPServer(loop: loop, host: host, port: port) { request, responder in
+        if let r = store.resource.handle(request) { return responder.send(r) }
+        let parts = request.pathComponents
+        do {
+            switch (request.method, parts.count) {
+            case ("GET", 1) where parts[0] == "healthz":
+                responder.send(.json(200, ["status": "ok"]))
+            case ("POST", 2) where parts == ["v1", "stock"]:
+                let body = try JSONDecoder().decode(StockRequest.self, from: Data(request.body))
+                try store.setStock(sku: body.sku, available: body.available)
+                responder.send(.json(200, try store.stock(sku: body.sku)))
+            case ("GET", 3) where parts[0] == "v1" && parts[1] == "stock":
+                guard let s = try store.stock(sku: parts[2]) else { return responder.send(.error(404, "unknown sku \(parts[2].prefix(80))")) }
+                responder.send(.json(200, s))
+            default:
+                responder.send(.error(404, "no route for \(request.method) \(request.path)"))
+            }
+        } catch let e as DecodingError {
+            responder.send(.error(400, "invalid JSON body: \(e)"))
+        } catch {
+            responder.send(.error(400, "\(error)"))
+        }
+    }
+    print("listening on http://\(host):\(server!.port)")
+    fflush(stdout)
+    try loop.run()
+    exit(0)
+} catch let e as UsageError {
+    fail("\(e)\n\(usage)", status: 2)
+} catch let e as CrashPointError {
+    fail("\(e)", status: 2)
+} catch {
+    fail("\(error)", status: 1)
+}

@@ -1,0 +1,240 @@
+@testable import CohortCore
+import XCTest
+
+final class TCCCoordinatorTests: XCTestCase {
+    private var now: Int64 = 1_000_000
+    private var seq: UInt64 = 1
+    private var req: RequestID = 100
+
+    private func nextTxID() -> TxID { defer { seq += 1 }; return TxID(coordinatorID: "0123abcd", epoch: 7, sequence: seq) }
+    private func nextReq() -> RequestID { req += 1; return req }
+    private func spec(_ id: String) -> TCCCoordinator.BranchSpec {
+        .init(branchID: id, tryURL: "http://s/\(id)/try", confirmURL: "http://s/\(id)/confirm", cancelURL: "http://s/\(id)/cancel", payload: .object(["qty": .int(1)]))
+    }
+
+    private func calls(_ actions: [TCCCoordinator.Action], _ phase: TCCCoordinator.Call) -> [String] {
+        actions.compactMap { if case .call(_, let id, phase, _, _) = $0 { return id }; return nil }.sorted()
+    }
+    private func records(_ actions: [TCCCoordinator.Action]) -> [(TCCCoordinator.Record, Bool)] {
+        actions.compactMap { if case .log(let r, let f) = $0 { return (r, f) }; return nil }
+    }
+    private func replies(_ actions: [TCCCoordinator.Action]) -> [RequestID: TCCCoordinator.Reply] {
+        var out: [RequestID: TCCCoordinator.Reply] = [:]
+        for a in actions { if case .reply(let id, let r) = a { out[id] = r } }
+        return out
+    }
+
+    /// Begins a transaction and registers + tries `ids` successfully; returns the txid and
+    /// every log record written (the test's "log").
+    private func started(_ m: inout TCCCoordinator, _ ids: [String], log: inout [TCCCoordinator.Record]) -> TxID {
+        let txid = nextTxID()
+        _ = m.on(.begin(nextReq(), txid: txid, timeoutMs: 5_000), nowMs: now)
+        for id in ids {
+            let r = nextReq()
+            let a = m.on(.register(r, txid: txid.description, spec(id)), nowMs: now)
+            XCTAssertEqual(records(a).map(\.1), [true], "branch record must be forced")
+            XCTAssertEqual(calls(a, .try), [], "try must wait for the branch record")
+            log += records(a).map(\.0)
+            let d = m.on(.branchDurable(txid, branchID: id), nowMs: now)
+            XCTAssertEqual(calls(d, .try), [id])
+            let t = m.on(.tryAnswered(txid, branchID: id, .succeeded(.string("ok"))), nowMs: now)
+            XCTAssertEqual(replies(t)[r], .tried(txid, branchID: id, result: .string("ok")))
+        }
+        return txid
+    }
+
+    func testHappyPathConfirmsEveryBranchAfterForcedDecision() {
+        var m = TCCCoordinator()
+        var log: [TCCCoordinator.Record] = []
+        let txid = started(&m, ["a", "b"], log: &log)
+        let c = nextReq()
+        let a = m.on(.commit(c, txid: txid.description), nowMs: now)
+        XCTAssertEqual(records(a).map(\.1), [true])
+        XCTAssertNil(replies(a)[c], "no answer before the decision is durable")
+        XCTAssertEqual(calls(a, .confirm), [])
+        let d = m.on(.decisionDurable(txid), nowMs: now)
+        XCTAssertEqual(replies(d)[c], .outcome(txid, .committed, reason: nil))
+        XCTAssertEqual(calls(d, .confirm), ["a", "b"])
+        _ = m.on(.settled(txid, branchID: "a", .confirm, error: nil), nowMs: now)
+        let e = m.on(.settled(txid, branchID: "b", .confirm, error: nil), nowMs: now)
+        XCTAssertEqual(records(e).map(\.0), [.end(txid, .committed)])
+        XCTAssertEqual(m.transaction(txid)?.state, .committed)
+        XCTAssertEqual(m.stats.committed, 1)
+        XCTAssertEqual(m.unfinishedCount, 0)
+    }
+
+    func testFailedTryCancelsEveryBranchIncludingUnanswered() {
+        var m = TCCCoordinator()
+        var log: [TCCCoordinator.Record] = []
+        let txid = started(&m, ["a"], log: &log)
+        // b's try is in flight; c's try fails.
+        let rb = nextReq(), rc = nextReq()
+        _ = m.on(.register(rb, txid: txid.description, spec("b")), nowMs: now)
+        _ = m.on(.branchDurable(txid, branchID: "b"), nowMs: now)
+        _ = m.on(.register(rc, txid: txid.description, spec("c")), nowMs: now)
+        _ = m.on(.branchDurable(txid, branchID: "c"), nowMs: now)
+        let f = m.on(.tryAnswered(txid, branchID: "c", .refused(status: 409, error: "no stock")), nowMs: now)
+        XCTAssertEqual(calls(f, .cancel), ["a", "b", "c"])
+        if case .error(let e)? = replies(f)[rc] { XCTAssertEqual(e.status, 409) } else { XCTFail("failed try not answered") }
+        if case .error(let e)? = replies(f)[rb] { XCTAssertEqual(e.status, 409) } else { XCTFail("pending try not answered") }
+        XCTAssertEqual(m.transaction(txid)?.state, .cancelling)
+        // A late success of b's try changes nothing: it is being cancelled.
+        XCTAssertEqual(m.on(.tryAnswered(txid, branchID: "b", .succeeded(nil)), nowMs: now), [])
+        let commit = nextReq()
+        XCTAssertEqual(replies(m.on(.commit(commit, txid: txid.description), nowMs: now))[commit]?.isAborted, true)
+        for id in ["a", "b"] { _ = m.on(.settled(txid, branchID: id, .cancel, error: nil), nowMs: now) }
+        let e = m.on(.settled(txid, branchID: "c", .cancel, error: nil), nowMs: now)
+        XCTAssertEqual(records(e).map(\.0), [.end(txid, .aborted)])
+        XCTAssertEqual(m.transaction(txid)?.state, .aborted)
+    }
+
+    func testUnansweredTryAndTimeoutAndAbortCancel() {
+        var m = TCCCoordinator()
+        var log: [TCCCoordinator.Record] = []
+        let t1 = started(&m, ["a"], log: &log)
+        _ = m.on(.register(nextReq(), txid: t1.description, spec("b")), nowMs: now)
+        _ = m.on(.branchDurable(t1, branchID: "b"), nowMs: now)
+        XCTAssertEqual(calls(m.on(.tryAnswered(t1, branchID: "b", .failed("timed out")), nowMs: now), .cancel), ["a", "b"])
+
+        let t2 = started(&m, ["a"], log: &log)
+        XCTAssertEqual(calls(m.on(.timerFired(.timeout(t2)), nowMs: now + 5_000), .cancel), ["a"])
+        XCTAssertEqual(m.transaction(t2)?.reason, "timed out after 5000ms")
+
+        let t3 = started(&m, ["a"], log: &log)
+        let r = nextReq()
+        let a = m.on(.abort(r, txid: t3.description), nowMs: now)
+        XCTAssertEqual(calls(a, .cancel), ["a"])
+        XCTAssertEqual(replies(a)[r], .outcome(t3, .aborted, reason: "aborted by the initiator"))
+        // Register after abort is refused.
+        let r2 = nextReq()
+        if case .error(let e)? = replies(m.on(.register(r2, txid: t3.description, spec("z")), nowMs: now))[r2] { XCTAssertEqual(e.status, 409) } else { XCTFail() }
+    }
+
+    func testCommitRefusedWhileATryIsPendingAndAbortRefusedAfterDecision() {
+        var m = TCCCoordinator()
+        var log: [TCCCoordinator.Record] = []
+        let txid = started(&m, ["a"], log: &log)
+        _ = m.on(.register(nextReq(), txid: txid.description, spec("b")), nowMs: now)
+        let c = nextReq()
+        if case .error(let e)? = replies(m.on(.commit(c, txid: txid.description), nowMs: now))[c] { XCTAssertEqual(e.status, 409) } else { XCTFail() }
+        _ = m.on(.branchDurable(txid, branchID: "b"), nowMs: now)
+        _ = m.on(.tryAnswered(txid, branchID: "b", .succeeded(nil)), nowMs: now)
+        _ = m.on(.commit(nextReq(), txid: txid.description), nowMs: now)
+        _ = m.on(.decisionDurable(txid), nowMs: now)
+        let ab = nextReq()
+        if case .error(let e)? = replies(m.on(.abort(ab, txid: txid.description), nowMs: now))[ab] { XCTAssertEqual(e.status, 409) } else { XCTFail() }
+        XCTAssertEqual(m.on(.timerFired(.timeout(txid)), nowMs: now + 10_000), [], "a decided transaction ignores its timeout")
+    }
+
+    func testRetriesWithBackoffThenParks() {
+        var config = TCCCoordinator.Config()
+        config.retryBudgetAttempts = 3
+        var m = TCCCoordinator(config: config)
+        var log: [TCCCoordinator.Record] = []
+        let txid = started(&m, ["a"], log: &log)
+        _ = m.on(.commit(nextReq(), txid: txid.description), nowMs: now)
+        _ = m.on(.decisionDurable(txid), nowMs: now)
+        var delays: [Int64] = []
+        for i in 1...4 {
+            let a = m.on(.settled(txid, branchID: "a", .confirm, error: "connection refused"), nowMs: now)
+            guard case .setTimer(.retry(txid, "a"), let d)? = a.first else { return XCTFail("no retry timer") }
+            delays.append(d)
+            XCTAssertEqual(m.transaction(txid)?.parked, i >= 3)
+            XCTAssertEqual(calls(m.on(.timerFired(.retry(txid, branchID: "a")), nowMs: now), .confirm), ["a"])
+        }
+        XCTAssertTrue(delays[0] <= config.retryDelayMsMin && delays[1] <= 2 * config.retryDelayMsMin)
+        XCTAssertEqual(delays[3], config.parkedRetryDelayMs)
+        XCTAssertEqual(m.parkedCount, 1)
+        XCTAssertEqual(m.transaction(txid)?.branches[0].attempts, 4)
+        _ = m.on(.settled(txid, branchID: "a", .confirm, error: nil), nowMs: now)
+        XCTAssertEqual(m.transaction(txid)?.state, .committed)
+        XCTAssertEqual(m.parkedCount, 0)
+    }
+
+    func testRecoveryFromRecords() throws {
+        var m = TCCCoordinator()
+        var log: [TCCCoordinator.Record] = []
+        let undecided = started(&m, ["a", "b"], log: &log)
+        let decided = started(&m, ["c", "d"], log: &log)
+        let ended = started(&m, ["e"], log: &log)
+        for t in [decided, ended] {
+            let a = m.on(.commit(nextReq(), txid: t.description), nowMs: now)
+            log += records(a).map(\.0)
+            _ = m.on(.decisionDurable(t), nowMs: now)
+        }
+        _ = m.on(.settled(decided, branchID: "c", .confirm, error: nil), nowMs: now)
+        log += records(m.on(.settled(ended, branchID: "e", .confirm, error: nil), nowMs: now)).map(\.0)
+        // A branch registered whose record is appended: its try may or may not have run.
+        _ = m.on(.register(nextReq(), txid: undecided.description, spec("x")), nowMs: now)
+        log.append(.branch(undecided, spec("x"), createdAtMs: now, timeoutMs: 5_000))
+
+        var r = TCCCoordinator()
+        let actions = try r.recover(snapshot: nil, records: log.map { TCCRecordCoding.encode($0) }.map { ($0.type, $0.payload) }, nowMs: now)
+        XCTAssertEqual(calls(actions, .cancel), ["a", "b", "x"], "undecided: every registered branch cancelled (presumed cancel)")
+        XCTAssertEqual(calls(actions, .confirm), ["c", "d"], "decided: confirms re-driven (the end record was not written)")
+        XCTAssertEqual(calls(actions, .try), [])
+        XCTAssertEqual(r.transaction(ended)?.state, .committed)
+        XCTAssertEqual(r.transaction(undecided)?.state, .cancelling)
+        XCTAssertEqual(r.transaction(decided)?.state, .confirming)
+        XCTAssertEqual(r.maxEpochSeen, 7)
+    }
+
+    func testRecoveryFromSnapshotAndRecordsAfterIt() throws {
+        var m = TCCCoordinator()
+        var log: [TCCCoordinator.Record] = []
+        let a = started(&m, ["a"], log: &log)
+        let b = started(&m, ["b1", "b2"], log: &log)
+        _ = m.on(.commit(nextReq(), txid: b.description), nowMs: now)
+        _ = m.on(.decisionDurable(b), nowMs: now)
+        _ = m.on(.settled(b, branchID: "b1", .confirm, error: nil), nowMs: now)
+        let done = started(&m, ["z"], log: &log)
+        _ = m.on(.abort(nextReq(), txid: done.description), nowMs: now)
+        _ = m.on(.settled(done, branchID: "z", .cancel, error: nil), nowMs: now)
+        let snap = m.snapshot()
+        // After the checkpoint: a new transaction's branch.
+        let c = started(&m, ["c"], log: &log)
+        let after = [TCCRecordCoding.encode(.branch(c, spec("c"), createdAtMs: now, timeoutMs: 5_000))].map { ($0.type, $0.payload) }
+
+        var r = TCCCoordinator()
+        let actions = try r.recover(snapshot: snap, records: after, nowMs: now)
+        XCTAssertEqual(calls(actions, .confirm), ["b2"], "only the unconfirmed branch is re-driven")
+        XCTAssertEqual(calls(actions, .cancel), ["a", "c"])
+        XCTAssertEqual(r.transaction(done)?.state, .aborted)
+        XCTAssertEqual(r.snapshot().count > 0, true)
+        // And a snapshot of the recovered machine round-trips.
+        var again = TCCCoordinator()
+        _ = try again.recover(snapshot: r.snapshot(), records: [], nowMs: now)
+        XCTAssertEqual(again.unfinishedCount, r.unfinishedCount)
+    }
+
+    func testRecordCodingRoundTripsAndContainer() throws {
+        let t = TxID(coordinatorID: "0123abcd", epoch: 1, sequence: 2)
+        let p: JSONValue = .object(["a": .array([.int(1), .double(1.5), .string("x"), .null, .bool(true)])])
+        let recs: [TCCCoordinator.Record] = [
+            .branch(t, .init(branchID: "b", tryURL: "http://x/t", confirmURL: "http://x/c", cancelURL: "http://x/x", payload: p), createdAtMs: 5, timeoutMs: 6),
+            .confirmDecision(t, branchIDs: ["b", "c"], atMs: 9), .end(t, .aborted)]
+        for rec in recs {
+            let e = TCCRecordCoding.encode(rec)
+            XCTAssertTrue(TCCRecordCoding.typeRange.contains(e.type))
+            XCTAssertEqual(try TCCRecordCoding.decode(type: e.type, payload: e.payload), rec)
+        }
+        let packed = CoordinatorSnapshotContainer.pack(coordinator: [2, 3], tcc: [1])
+        let u = try CoordinatorSnapshotContainer.unpack(packed)
+        XCTAssertEqual(u.coordinator, [2, 3])
+        XCTAssertEqual(u.tcc, [1])
+        XCTAssertNil(try CoordinatorSnapshotContainer.unpack([2, 0, 0]).tcc, "an old coordinator-only snapshot")
+    }
+
+    func testAllocateTxIDSharesSequenceAndRaiseEpoch() {
+        var c = Coordinator(config: .init(coordinatorID: "0123abcd", epoch: 3))
+        let a = c.allocateTxID(), b = c.allocateTxID()
+        XCTAssertEqual(a.epoch, 3)
+        XCTAssertEqual(b.sequence, a.sequence + 1)
+        c.raiseEpoch(past: 9)
+        XCTAssertEqual(c.allocateTxID().epoch, 10)
+    }
+}
+
+private extension TCCCoordinator.Reply {
+    var isAborted: Bool { if case .outcome(_, .aborted, _) = self { return true }; return false }
+}

@@ -1,0 +1,202 @@
+import CohortCore
+import CohortHTTP
+@testable import CohortTCC
+import Foundation
+import XCTest
+
+final class BarrierTests: XCTestCase {
+    private var dir = ""
+
+    override func setUpWithError() throws {
+        dir = NSTemporaryDirectory() + "tcc-barrier-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    private final class Counter: @unchecked Sendable {
+        let lock = NSLock()
+        var counts: [TCCPhase: Int] = [:]
+        func bump(_ p: TCCPhase) { lock.lock(); counts[p, default: 0] += 1; lock.unlock() }
+        func get(_ p: TCCPhase) -> Int { lock.lock(); defer { lock.unlock() }; return counts[p] ?? 0 }
+    }
+
+    private final class Clock: @unchecked Sendable {
+        let lock = NSLock()
+        var ms: Int64 = 1_700_000_000_000
+        func now() -> Int64 { lock.lock(); defer { lock.unlock() }; return ms }
+        func advance(_ d: Int64) { lock.lock(); ms += d; lock.unlock() }
+    }
+
+    /// A resource whose business code counts its runs and writes one row per run.
+    private func counting(_ counter: Counter, clock: Clock = Clock(), refuseTry: Bool = false) throws -> TCCResource {
+        try TCCResource(name: "r", databasePath: dir + "/db.sqlite", schema: "CREATE TABLE IF NOT EXISTS effects(op TEXT NOT NULL);",
+                        clock: { clock.now() },
+                        try: { ctx in
+                            counter.bump(.try)
+                            try ctx.db.execute("INSERT INTO effects(op) VALUES('try')")
+                            if refuseTry { throw TCCError.refused("no") }
+                            return .string("ok-\(ctx.branchID)")
+                        },
+                        confirm: { ctx in counter.bump(.confirm); try ctx.db.execute("INSERT INTO effects(op) VALUES('confirm')") },
+                        cancel: { ctx in counter.bump(.cancel); try ctx.db.execute("INSERT INTO effects(op) VALUES('cancel')") })
+    }
+
+    private func effects(_ r: TCCResource) throws -> [String] {
+        try r.withConnection { try $0.query("SELECT op FROM effects ORDER BY rowid").map { $0[0].textValue ?? "" } }
+    }
+
+    func testHappyPathThenDuplicateConfirmRunsNothing() throws {
+        let c = Counter()
+        let r = try counting(c)
+        XCTAssertEqual(try r.run(.try, txid: "t1", branchID: "b", payload: nil), .done(result: .string("ok-b")))
+        XCTAssertEqual(try r.run(.try, txid: "t1", branchID: "b", payload: nil), .duplicate(result: .string("ok-b")))
+        XCTAssertEqual(try r.run(.confirm, txid: "t1", branchID: "b", payload: nil), .done(result: nil))
+        XCTAssertEqual(try r.run(.confirm, txid: "t1", branchID: "b", payload: nil), .duplicate(result: nil))
+        XCTAssertEqual(try r.run(.confirm, txid: "t1", branchID: "b", payload: nil), .duplicate(result: nil))
+        XCTAssertEqual(c.get(.try), 1)
+        XCTAssertEqual(c.get(.confirm), 1)
+        XCTAssertEqual(try effects(r), ["try", "confirm"])
+        // A cancel after the confirm is a contradiction, refused, nothing runs.
+        XCTAssertThrowsError(try r.run(.cancel, txid: "t1", branchID: "b", payload: nil)) { XCTAssertEqual($0 as? TCCError, .conflict("cancel of a branch that was confirmed")) }
+        XCTAssertEqual(c.get(.cancel), 0)
+    }
+
+    func testTryCancelCancelRunsCancelOnce() throws {
+        let c = Counter()
+        let r = try counting(c)
+        _ = try r.run(.try, txid: "t", branchID: "b", payload: nil)
+        XCTAssertEqual(try r.run(.cancel, txid: "t", branchID: "b", payload: nil), .done(result: nil))
+        XCTAssertEqual(try r.run(.cancel, txid: "t", branchID: "b", payload: nil), .duplicate(result: nil))
+        XCTAssertEqual(c.get(.cancel), 1)
+        XCTAssertEqual(try effects(r), ["try", "cancel"])
+        // Confirm of a cancelled branch is refused.
+        XCTAssertThrowsError(try r.run(.confirm, txid: "t", branchID: "b", payload: nil))
+        XCTAssertEqual(c.get(.confirm), 0)
+    }
+
+    func testEmptyCancelThenLateTryIsRefused() throws {
+        let c = Counter()
+        let r = try counting(c)
+        XCTAssertEqual(try r.run(.cancel, txid: "t", branchID: "b", payload: nil), .emptyCancel)
+        XCTAssertEqual(c.get(.cancel), 0, "an empty cancel must not run the business cancel")
+        XCTAssertEqual(try r.barrier(txid: "t", branchID: "b"), ["try": "fence", "cancel": "empty-cancel"])
+        guard case .hanging = try r.run(.try, txid: "t", branchID: "b", payload: nil) else { return XCTFail("late try not refused") }
+        XCTAssertEqual(c.get(.try), 0, "a hanging try must not run")
+        XCTAssertEqual(try r.run(.cancel, txid: "t", branchID: "b", payload: nil), .duplicate(result: nil))
+        XCTAssertEqual(try effects(r), [])
+        // Other branches of the same transaction are unaffected.
+        XCTAssertEqual(try r.run(.try, txid: "t", branchID: "other", payload: nil), .done(result: .string("ok-other")))
+    }
+
+    func testRefusedTryKeepsNothingAndLaterCancelIsEmpty() throws {
+        let c = Counter()
+        let r = try counting(c, refuseTry: true)
+        XCTAssertThrowsError(try r.run(.try, txid: "t", branchID: "b", payload: nil)) { XCTAssertEqual($0 as? TCCError, .refused("no")) }
+        XCTAssertEqual(try effects(r), [], "a refused try's change must roll back with its barrier row")
+        XCTAssertEqual(try r.run(.cancel, txid: "t", branchID: "b", payload: nil), .emptyCancel)
+        XCTAssertEqual(c.get(.cancel), 0)
+    }
+
+    func testConfirmWithoutTryIsRefused() throws {
+        let c = Counter()
+        let r = try counting(c)
+        XCTAssertThrowsError(try r.run(.confirm, txid: "t", branchID: "b", payload: nil))
+        XCTAssertEqual(try r.barrier(txid: "t", branchID: "b"), [:])
+    }
+
+    func testTryAfterDeadlineIsRefusedAndFenced() throws {
+        let c = Counter()
+        let clock = Clock()
+        let r = try counting(c, clock: clock)
+        let deadline = clock.now() - Limits.tccClockSkewMarginMs - 1
+        guard case .hanging = try r.run(.try, txid: "t", branchID: "b", payload: nil, deadlineMs: deadline) else { return XCTFail("stale try ran") }
+        XCTAssertEqual(c.get(.try), 0)
+        XCTAssertEqual(try r.run(.cancel, txid: "t", branchID: "b", payload: nil), .emptyCancel)
+        XCTAssertEqual(try r.run(.cancel, txid: "t", branchID: "b", payload: nil), .duplicate(result: nil))
+        XCTAssertEqual(c.get(.cancel), 0, "cancel of a refused try must not run the business cancel")
+    }
+
+    /// Try and cancel of one branch from two threads, many rounds: exactly one of the two
+    /// orders happens each time, and the effects always match it.
+    func testConcurrentTryAndCancelAreSerialized() throws {
+        let c = Counter()
+        let r = try counting(c)
+        let rounds = 60
+        var tryOutcomes: [TCCPhaseOutcome?] = Array(repeating: nil, count: rounds)
+        var cancelOutcomes: [TCCPhaseOutcome?] = Array(repeating: nil, count: rounds)
+        let lock = NSLock()
+        for i in 0..<rounds {
+            let group = DispatchGroup()
+            for phase in [TCCPhase.try, .cancel] {
+                group.enter()
+                Thread.detachNewThread {
+                    defer { group.leave() }
+                    let o = try? r.run(phase, txid: "tx\(i)", branchID: "b", payload: nil)
+                    lock.lock()
+                    if phase == .try { tryOutcomes[i] = o } else { cancelOutcomes[i] = o }
+                    lock.unlock()
+                }
+            }
+            group.wait()
+        }
+        var tryFirst = 0, cancelFirst = 0
+        for i in 0..<rounds {
+            switch (tryOutcomes[i], cancelOutcomes[i]) {
+            case (.done?, .done?): tryFirst += 1
+            case (.hanging?, .emptyCancel?): cancelFirst += 1
+            default: XCTFail("round \(i): try \(String(describing: tryOutcomes[i])), cancel \(String(describing: cancelOutcomes[i]))")
+            }
+        }
+        XCTAssertEqual(tryFirst + cancelFirst, rounds)
+        XCTAssertEqual(c.get(.try), tryFirst)
+        XCTAssertEqual(c.get(.cancel), tryFirst, "every cancel after a try undoes it; no empty cancel runs business code")
+        let e = try effects(r)
+        XCTAssertEqual(e.filter { $0 == "try" }.count, e.filter { $0 == "cancel" }.count, "every reservation was released")
+    }
+
+    func testPurgeRemovesOnlyFinishedBranchesPastRetention() throws {
+        let c = Counter()
+        let clock = Clock()
+        let r = try counting(c, clock: clock)
+        _ = try r.run(.try, txid: "open", branchID: "b", payload: nil)
+        _ = try r.run(.try, txid: "done", branchID: "b", payload: nil)
+        _ = try r.run(.confirm, txid: "done", branchID: "b", payload: nil)
+        _ = try r.run(.cancel, txid: "empty", branchID: "b", payload: nil)
+        XCTAssertEqual(try r.purgeFinished(), 0, "nothing is past retention yet")
+        clock.advance(r.options.retentionMs + 1)
+        XCTAssertEqual(try r.purgeFinished(), 2)
+        XCTAssertEqual(try r.barrier(txid: "open", branchID: "b"), ["try": "tried"], "a tried branch awaiting its outcome is never purged")
+        XCTAssertEqual(try r.barrier(txid: "done", branchID: "b"), [:])
+        XCTAssertEqual(try r.barrier(txid: "empty", branchID: "b"), [:])
+        // A try for the purged empty cancel arriving now carries a deadline long past: refused.
+        guard case .hanging = try r.run(.try, txid: "empty", branchID: "b", payload: nil, deadlineMs: clock.now() - r.options.retentionMs) else {
+            return XCTFail("a try older than the retention ran after its fence was purged")
+        }
+        XCTAssertThrowsError(try TCCResource(name: "x", databasePath: dir + "/db2.sqlite", options: { var o = TCCResource.Options(); o.retentionMs = 1000; return o }(),
+                                             try: { _ in nil }, confirm: { _ in }, cancel: { _ in }))
+    }
+
+    func testInventoryConservesStockAndServesHTTP() throws {
+        let inv = try InventoryStore(databasePath: dir + "/inv.sqlite")
+        try inv.setStock(sku: "apple", available: 10)
+        func call(_ phase: String, _ txid: String, _ branch: String, qty: Int64 = 3) -> HTTPResponse {
+            let body = try! JSONEncoder().encode(TCCPhaseRequest(txid: txid, branchID: branch, payload: .object(["sku": .string("apple"), "qty": .int(qty)])))
+            return inv.resource.handle(HTTPRequest(method: "POST", target: "/v1/tcc/inventory/\(phase)", path: "/v1/tcc/inventory/\(phase)", body: Array(body)))!
+        }
+        XCTAssertEqual(call("try", "t1", "b").status, 200)
+        XCTAssertEqual(try inv.stock(sku: "apple"), .init(sku: "apple", available: 7, reserved: 3, sold: 0))
+        XCTAssertEqual(call("confirm", "t1", "b").status, 200)
+        XCTAssertEqual(call("confirm", "t1", "b").status, 200)
+        XCTAssertEqual(try inv.stock(sku: "apple"), .init(sku: "apple", available: 7, reserved: 0, sold: 3))
+        XCTAssertEqual(call("try", "t2", "b", qty: 100).status, 409, "not enough stock")
+        XCTAssertEqual(call("cancel", "t2", "b").status, 200)
+        XCTAssertEqual(call("cancel", "t3", "b").status, 200, "empty cancel succeeds")
+        XCTAssertEqual(call("try", "t3", "b").status, 409, "hanging try refused")
+        XCTAssertEqual(call("try", "t4", "b").status, 200)
+        XCTAssertEqual(call("cancel", "t4", "b").status, 200)
+        XCTAssertEqual(call("cancel", "t4", "b").status, 200)
+        XCTAssertEqual(try inv.stock(sku: "apple"), .init(sku: "apple", available: 7, reserved: 0, sold: 3))
+        XCTAssertNil(inv.resource.handle(HTTPRequest(method: "GET", target: "/v1/stock/apple", path: "/v1/stock/apple")))
+    }
+}

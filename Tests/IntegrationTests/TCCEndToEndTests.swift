@@ -1,0 +1,169 @@
+import CohortClient
+import Foundation
+import XCTest
+
+/// TCC with real processes: `cohortd` and `tcc-inventory` instances, the coordinator killed at
+/// its TCC crash points and restarted; at rest every branch is confirmed or cancelled and the
+/// stock is conserved.
+final class TCCEndToEndTests: XCTestCase {
+    private let stock: Int64 = 100
+
+    private final class Rig {
+        let dir: String
+        let bin: URL
+        var coordinator: ManagedProcess
+        var coordinatorURL: String
+        var inventories: [ManagedProcess] = []
+        var attempt = 1
+        let api: CohortAPI
+
+        init(test: XCTestCase, inventories n: Int, crashPoint: String?) throws {
+            dir = tempPath("tcc-e2e-\(UUID().uuidString)")
+            bin = try Cluster.findBinDirectory()
+            coordinator = ManagedProcess(name: "cohortd", executable: bin.appendingPathComponent("cohortd"),
+                                         arguments: ["--data", dir + "/coordinator", "--port", "0"],
+                                         environment: crashPoint.map { ["COHORT_CRASHPOINT": $0] } ?? [:], logDirectory: dir + "/logs")
+            coordinatorURL = try coordinator.start()!
+            api = CohortAPI(coordinatorURL: coordinatorURL, requestTimeoutMs: 15_000)
+            for i in 0..<n {
+                let p = ManagedProcess(name: "inv\(i)", executable: bin.appendingPathComponent("tcc-inventory"),
+                                       arguments: ["--data", dir + "/inv\(i)", "--port", "0"], logDirectory: dir + "/logs")
+                try p.start()
+                inventories.append(p)
+            }
+            test.addTeardownBlock { [self] in
+                coordinator.kill9()
+                inventories.forEach { $0.kill9() }
+                if ProcessInfo.processInfo.environment["COHORT_KEEP_TEST_DATA"] == nil { try? FileManager.default.removeItem(atPath: dir) }
+            }
+        }
+
+        func restartCoordinator() throws {
+            coordinator.kill9()
+            _ = coordinator.waitForExit(timeoutMs: 5_000)
+            attempt += 1
+            coordinator = ManagedProcess(name: "cohortd", executable: bin.appendingPathComponent("cohortd"),
+                                         arguments: ["--data", dir + "/coordinator", "--port", "0"], logDirectory: dir + "/logs", attempt: attempt)
+            coordinatorURL = try coordinator.start()!
+        }
+
+        func json(_ method: String, _ url: String, _ body: Any? = nil) throws -> (Int, [String: Any]) {
+            let bytes = try body.map { Array(try JSONSerialization.data(withJSONObject: $0)) } ?? []
+            let r = try api.raw(method, url, body: bytes)
+            return (r.status, (try? JSONSerialization.jsonObject(with: Data(r.body))) as? [String: Any] ?? [:])
+        }
+
+        func setStock(_ i: Int, _ available: Int64) throws {
+            XCTAssertEqual(try json("POST", inventories[i].url! + "/v1/stock", ["sku": "sku", "available": available]).0, 200)
+        }
+
+        func stock(_ i: Int) throws -> (available: Int64, reserved: Int64, sold: Int64) {
+            let (_, b) = try json("GET", inventories[i].url! + "/v1/stock/sku")
+            return ((b["available"] as? NSNumber)?.int64Value ?? -1, (b["reserved"] as? NSNumber)?.int64Value ?? -1, (b["sold"] as? NSNumber)?.int64Value ?? -1)
+        }
+
+        func begin() throws -> String {
+            let (status, b) = try json("POST", coordinatorURL + "/v1/transactions", ["protocol": "tcc", "timeout_ms": 20_000])
+            XCTAssertEqual(status, 201)
+            return b["txid"] as? String ?? "?"
+        }
+
+        func branch(_ txid: String, _ i: Int, qty: Int64, id: String? = nil) throws -> Int {
+            let base = inventories[i].url! + "/v1/tcc/inventory/"
+            return try json("POST", coordinatorURL + "/v1/transactions/\(txid)/tcc-branches",
+                            ["branch_id": id ?? "inv\(i)", "try_url": base + "try", "confirm_url": base + "confirm", "cancel_url": base + "cancel",
+                             "payload": ["sku": "sku", "qty": qty]]).0
+        }
+
+        func phase(_ i: Int, _ phase: String, txid: String, branch: String, qty: Int64) throws -> Int {
+            try json("POST", inventories[i].url! + "/v1/tcc/inventory/\(phase)", ["txid": txid, "branch_id": branch, "payload": ["sku": "sku", "qty": qty]]).0
+        }
+
+        func unfinished() -> Int? {
+            guard let (s, b) = try? json("GET", coordinatorURL + "/v1/transactions?state=unfinished"), s == 200 else { return nil }
+            return (b["transactions"] as? [Any])?.count
+        }
+    }
+
+    private func assertAtRest(_ rig: Rig, sold expected: [Int64], _ context: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        XCTAssertTrue(eventually(timeoutMs: 20_000) { rig.unfinished() == 0 }, "\(context): unfinished TCC transactions remain", file: file, line: line)
+        for i in rig.inventories.indices {
+            var s = try rig.stock(i)
+            _ = eventually(timeoutMs: 5_000) { s = (try? rig.stock(i)) ?? s; return s.reserved == 0 }
+            XCTAssertEqual(s.available + s.reserved + s.sold, stock, "\(context): inv\(i) stock not conserved: \(s)", file: file, line: line)
+            XCTAssertEqual(s.reserved, 0, "\(context): inv\(i) still reserved", file: file, line: line)
+            XCTAssertEqual(s.sold, expected[i], "\(context): inv\(i) sold", file: file, line: line)
+        }
+    }
+
+    func testHappyPathFailingTryAndHandMadeAnomalies() throws {
+        let rig = try Rig(test: self, inventories: 2, crashPoint: nil)
+        try rig.setStock(0, stock)
+        try rig.setStock(1, stock)
+        let t1 = try rig.begin()
+        XCTAssertEqual(try rig.branch(t1, 0, qty: 5), 200)
+        XCTAssertEqual(try rig.branch(t1, 1, qty: 7), 200)
+        XCTAssertEqual(try rig.stock(0).reserved, 5, "try reserves")
+        let (cs, cb) = try rig.json("POST", rig.coordinatorURL + "/v1/transactions/\(t1)/commit")
+        XCTAssertEqual(cs, 200)
+        XCTAssertEqual(cb["outcome"] as? String, "committed")
+        try assertAtRest(rig, sold: [5, 7], "happy path")
+        let (_, view) = try rig.json("GET", rig.coordinatorURL + "/v1/transactions/\(t1)")
+        XCTAssertEqual(view["protocol"] as? String, "tcc")
+        XCTAssertEqual((view["branches"] as? [[String: Any]])?.compactMap { $0["state"] as? String }, ["confirmed", "confirmed"])
+
+        // Repeated confirms by hand change nothing.
+        for _ in 0..<3 { XCTAssertEqual(try rig.phase(0, "confirm", txid: t1, branch: "inv0", qty: 5), 200) }
+        try assertAtRest(rig, sold: [5, 7], "duplicate confirms")
+
+        // A failing try cancels every branch.
+        let t2 = try rig.begin()
+        XCTAssertEqual(try rig.branch(t2, 0, qty: 4), 200)
+        XCTAssertEqual(try rig.branch(t2, 1, qty: 1_000), 409, "not enough stock")
+        let (ss, sb) = try rig.json("POST", rig.coordinatorURL + "/v1/transactions/\(t2)/commit")
+        XCTAssertEqual(ss, 200)
+        XCTAssertEqual(sb["outcome"] as? String, "aborted")
+        try assertAtRest(rig, sold: [5, 7], "failed try")
+
+        // A hand-made empty cancel followed by its try leaves no reservation.
+        XCTAssertEqual(try rig.phase(0, "cancel", txid: "hand-1", branch: "b", qty: 3), 200)
+        XCTAssertEqual(try rig.phase(0, "try", txid: "hand-1", branch: "b", qty: 3), 409)
+        XCTAssertEqual(try rig.stock(0).reserved, 0)
+
+        // Aborted by the initiator after a try.
+        let t3 = try rig.begin()
+        XCTAssertEqual(try rig.branch(t3, 0, qty: 2), 200)
+        XCTAssertEqual(try rig.json("POST", rig.coordinatorURL + "/v1/transactions/\(t3)/abort").0, 200)
+        try assertAtRest(rig, sold: [5, 7], "abort")
+        let (_, list) = try rig.json("GET", rig.coordinatorURL + "/v1/transactions")
+        XCTAssertEqual((list["transactions"] as? [[String: Any]])?.filter { $0["protocol"] as? String == "tcc" }.count, 3)
+    }
+
+    /// Kills the coordinator at a TCC crash point, restarts it, checks everything settles.
+    private func crashAndRecover(_ crashPoint: String, expectSold: Int64) throws {
+        let rig = try Rig(test: self, inventories: 2, crashPoint: crashPoint)
+        try rig.setStock(0, stock)
+        try rig.setStock(1, stock)
+        let txid = try rig.begin()
+        _ = try? rig.branch(txid, 0, qty: 3)
+        _ = try? rig.branch(txid, 1, qty: 4)
+        _ = try? rig.json("POST", rig.coordinatorURL + "/v1/transactions/\(txid)/commit")
+        XCTAssertNotNil(rig.coordinator.waitForExit(timeoutMs: 10_000), "\(crashPoint): the coordinator did not crash")
+        try rig.restartCoordinator()
+        try assertAtRest(rig, sold: expectSold == 0 ? [0, 0] : [3, 4], crashPoint)
+        let (_, view) = try rig.json("GET", rig.coordinatorURL + "/v1/transactions/\(txid)")
+        XCTAssertEqual(view["state"] as? String, expectSold == 0 ? "aborted" : "committed", crashPoint)
+    }
+
+    func testCoordinatorKilledBetweenTries() throws {
+        try crashAndRecover("coordinator.tcc-after-branch-logged:2", expectSold: 0)
+    }
+
+    func testCoordinatorKilledAfterDecision() throws {
+        try crashAndRecover("coordinator.tcc-after-decision-logged", expectSold: 1)
+    }
+
+    func testCoordinatorKilledMidConfirms() throws {
+        try crashAndRecover("coordinator.tcc-after-confirm-send:1", expectSold: 1)
+    }
+}
