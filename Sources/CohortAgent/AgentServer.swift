@@ -64,6 +64,9 @@ public final class AgentServer {
         store = try SQLiteKVStore(path: dir + "/kv.sqlite")
         var config = Participant.Config(name: options.name)
         config.seed = options.seed ?? ProcessEnv.randomU64()
+        // Inquiries are cheap; keep asking at least every second so a restarted coordinator's
+        // answer releases in-doubt locks quickly.
+        config.retryDelayMsMax = Limits.inquiryDelayMsMax
         var clientConfig = HTTPClientConfig()
         clientConfig.bearerToken = options.token
         client = HTTPClient(loop: loop, config: clientConfig)

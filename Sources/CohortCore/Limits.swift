@@ -97,6 +97,8 @@ public enum Limits {
     /// A prepared branch asks the coordinator for the outcome after this long without one,
     /// then keeps asking with backoff up to `retryDelayMsMax`.
     public static let inquiryDelayMs: Int64 = 1_000
+    /// The longest wait between two inquiries of an in-doubt branch.
+    public static let inquiryDelayMsMax: Int64 = 1_000
     /// Outcomes of finished branches remembered to answer duplicates and refuse late prepares.
     public static let finishedBranchesKept = 100_000
     public static let lockWaitTimeoutMs: Int64 = 2_000

@@ -287,7 +287,8 @@ final class ScenarioRun: @unchecked Sendable {
                 guard startProcess(a) else { throw ManagedProcessError("agent \(a) did not start: \(startFailures[a] ?? "")") }
             }
             let workload = ScenarioWorkload(coordinatorURL: url("coordinator"),
-                                            agentURLs: scenario.topology.agentNames.map { url($0) }, config: scenario.workload)
+                                            agentURLs: scenario.topology.agentNames.map { url($0) }, config: scenario.workload,
+                                            protocolName: scenario.topology.protocolName, termination: scenario.topology.termination)
             try workload.setup()
             event("set up \(scenario.workload.accounts) accounts on each of \(scenario.topology.agents) agents")
             // Faults armed from the start: restart those processes with the fault in their environment.

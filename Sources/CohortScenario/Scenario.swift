@@ -25,6 +25,8 @@ public struct Scenario: Sendable {
     public struct Topology: Sendable {
         public var agents = 2
         public var protocolName = "2pc"
+        /// 3PC only: "classic" (default) or "quorum".
+        public var termination: String?
         /// Per process (`coordinator`, `a`, `b`, ...): extra flags and environment.
         public var processes: [String: ProcessConfig] = [:]
         public var agentNames: [String] { (0..<agents).map { String(UnicodeScalar(UInt8(97 + $0))) } }
@@ -239,10 +241,17 @@ struct Parser {
     func topology(_ v: JSONValue?) throws -> Scenario.Topology {
         var t = Scenario.Topology()
         guard let v else { return t }
-        let o = try object(v, "topology", allowed: ["agents", "protocol", "processes"])
+        let o = try object(v, "topology", allowed: ["agents", "protocol", "termination", "processes"])
         t.agents = try int(o, "agents", "topology", range: 2...8) ?? 2
         t.protocolName = try string(o, "protocol", "topology") ?? "2pc"
-        guard t.protocolName == "2pc" else { throw fail("topology.protocol", "only \"2pc\" is supported so far, got \"\(t.protocolName)\"") }
+        guard t.protocolName == "2pc" || t.protocolName == "3pc" else {
+            throw fail("topology.protocol", "expected \"2pc\" or \"3pc\", got \"\(t.protocolName)\"")
+        }
+        t.termination = try string(o, "termination", "topology")
+        if let term = t.termination {
+            guard t.protocolName == "3pc" else { throw fail("topology.termination", "applies to protocol \"3pc\" only") }
+            guard term == "classic" || term == "quorum" else { throw fail("topology.termination", "expected \"classic\" or \"quorum\", got \"\(term)\"") }
+        }
         if let p = o["processes"] {
             let procs = try object(p, "topology.processes", allowed: Set(t.allNames))
             for (name, cfg) in procs {

@@ -24,10 +24,15 @@ final class ScenarioWorkload: @unchecked Sendable {
     private(set) var transfers: [Transfer] = []
     private(set) var beginFailures = 0
 
-    init(coordinatorURL: String, agentURLs: [String], config: Scenario.Workload) {
+    let protocolName: String
+    let termination: String?
+
+    init(coordinatorURL: String, agentURLs: [String], config: Scenario.Workload, protocolName: String = "2pc", termination: String? = nil) {
         self.coordinatorURL = coordinatorURL
         self.agentURLs = agentURLs
         self.config = config
+        self.protocolName = protocolName
+        self.termination = termination
     }
 
     func api() -> CohortAPI { CohortAPI(coordinatorURL: coordinatorURL, connectTimeoutMs: 1000, requestTimeoutMs: 10_000) }
@@ -93,7 +98,7 @@ final class ScenarioWorkload: @unchecked Sendable {
         while Date() < deadline && take() {
             let txid: String
             do {
-                txid = try api.begin(timeoutMs: config.timeoutMs)
+                txid = try api.begin(timeoutMs: config.timeoutMs, protocol: protocolName, termination: termination)
             } catch {
                 lock.lock(); beginFailures += 1; lock.unlock()
                 Thread.sleep(forTimeInterval: 0.05)
