@@ -9,7 +9,7 @@ import Foundation
 /// `cohort-agent`: an `AgentNode` on the real world — its data directory (identity files, the
 /// prepare log fdatasync'd by the log's own thread, the SQLite store), an epoll event loop, an
 /// HTTP server and an HTTP client.
-public final class AgentServer {
+public final class AgentServer: RunnableServer {
     public struct Options {
         public var name: String
         public var dataDirectory: String

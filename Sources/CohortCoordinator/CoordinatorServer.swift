@@ -8,7 +8,7 @@ import Foundation
 /// `cohortd`: a `CoordinatorNode` on the real world — its data directory on disk (identity file
 /// and durable log, fdatasync'd by the log's own thread), an epoll event loop, an HTTP server
 /// for clients and participants, and an HTTP client for participants.
-public final class CoordinatorServer {
+public final class CoordinatorServer: RunnableServer {
     public struct Options {
         public var dataDirectory: String
         public var host = "127.0.0.1"

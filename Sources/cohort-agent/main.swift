@@ -48,24 +48,10 @@ do {
     if let advertise = args.string("advertise") { options.advertiseURL = try normalizedBaseURL(advertise, flag: "advertise") }
     if let n = try args.int("checkpoint-after-bytes", range: 4096...(1 << 40)) { options.checkpointAfterBytes = n }
     options.token = try loadToken(file: args.string("token-file"))
-    // Signals first: threads started later (the log's sync thread) inherit the blocked set.
-    let loop = try EventLoop()
-    var running: AgentServer?
-    try loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in running?.shutdown() }
-    let server: AgentServer
-    do {
-        server = try AgentServer(options: options, loop: loop) { message in
-            FileHandle.standardError.write(Data("error: \(message)\n".utf8))
-            ProcessEnv.exitNow(1)
-        }
-    } catch {
-        fail("cannot start: \(error)", status: 1)
+    try ServerMain.serve(host: options.host, say: { print($0); fflush(stdout) },
+                         warn: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) { loop, onFatal in
+        try AgentServer(options: options, loop: loop, onFatal: onFatal)
     }
-    if let note = server.recoveryNote { FileHandle.standardError.write(Data("recovery: \(note)\n".utf8)) }
-    print("listening on http://\(options.host):\(server.port)")
-    fflush(stdout)
-    running = server
-    try server.run()
     exit(0)
 } catch let e as UsageError {
     fail("\(e)\n\(usage)", status: 2)

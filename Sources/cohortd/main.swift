@@ -45,24 +45,10 @@ do {
     if let ms = try args.durationMs("retry-budget") { options.retryBudgetMs = ms }
     if let ms = try args.durationMs("parked-retry-delay") { options.parkedRetryDelayMs = max(ms, 1) }
     options.token = try loadToken(file: args.string("token-file"))
-    // Signals first: threads started later (the log's sync thread) inherit the blocked set.
-    let loop = try EventLoop()
-    var running: CoordinatorServer?
-    try loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in running?.shutdown() }
-    let server: CoordinatorServer
-    do {
-        server = try CoordinatorServer(options: options, loop: loop) { message in
-            FileHandle.standardError.write(Data("error: \(message)\n".utf8))
-            ProcessEnv.exitNow(1)
-        }
-    } catch {
-        fail("cannot start: \(error)", status: 1)
+    try ServerMain.serve(host: options.host, say: { print($0); fflush(stdout) },
+                         warn: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) { loop, onFatal in
+        try CoordinatorServer(options: options, loop: loop, onFatal: onFatal)
     }
-    if let note = server.recoveryNote { FileHandle.standardError.write(Data("recovery: \(note)\n".utf8)) }
-    print("listening on http://\(options.host):\(server.port)")
-    fflush(stdout)
-    running = server
-    try server.run()
     exit(0)
 } catch let e as UsageError {
     fail("\(e)\n\(usage)", status: 2)
