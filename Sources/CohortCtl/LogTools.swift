@@ -106,6 +106,9 @@ public enum LogTools {
         case CoordinatorRecordCoding.auditType: return "audit"
         case CoordinatorRecordCoding.heuristicType: return "heuristic"
         case CoordinatorRecordCoding.preCommitType: return "pre-commit"
+        case TCCRecordCoding.branchType: return "tcc-branch"
+        case TCCRecordCoding.confirmDecisionType: return "tcc-confirm-decision"
+        case TCCRecordCoding.endType: return "tcc-end"
         default: return "type-\(type)"
         }
     }
@@ -116,6 +119,20 @@ public enum LogTools {
                   txid: txid, summary: summary, audit: audit)
         }
         if type == 0 { return rec(nil, checkpointSummary(payload)) }
+        if (TCCRecordCoding.branchType...TCCRecordCoding.endType).contains(type) {
+            do {
+                switch try TCCRecordCoding.decode(type: type, payload: payload) {
+                case .branch(let txid, let spec, _, _):
+                    return rec(txid.description, "TCC branch \(spec.branchID) registered (try \(spec.tryURL))")
+                case .confirmDecision(let txid, let branches, let at):
+                    return rec(txid.description, "TCC confirm decided at \(TimeFormat.iso8601(ms: at)) for \(branches.joined(separator: ", "))")
+                case .end(let txid, let outcome):
+                    return rec(txid.description, "TCC ended: \(outcome == .committed ? "confirmed" : "cancelled") everywhere")
+                }
+            } catch {
+                return rec(nil, "not a TCC record (\(error))", known: false)
+            }
+        }
         do {
             switch try CoordinatorRecordCoding.decode(type: type, payload: payload) {
             case .commitDecision(let txid, let participants, let at):
@@ -139,27 +156,23 @@ public enum LogTools {
 
     /// The coordinator snapshot: version, epoch, decided-but-unacknowledged transactions,
     /// operator outcomes and heuristic reports.
+    /// Summarizes a checkpoint by recovering from it with the coordinators' own code, so this
+    /// tool cannot drift from the format the servers write.
     static func checkpointSummary(_ payload: [UInt8]) -> String {
-        var r = ByteReader(payload)
         do {
-            let version = try r.u8()
-            let epoch = try r.u64()
-            let n = try r.u32()
-            var txids: [String] = []
-            for _ in 0..<n {
-                txids.append(try r.string(maxCount: 128))
-                _ = try r.i64()
-                let parts = try r.u32()
-                for _ in 0..<parts { _ = try r.string(); _ = try r.string(); _ = try r.string() }
-                let acked = try r.u32()
-                for _ in 0..<acked { _ = try r.string() }
+            let parts = try CoordinatorSnapshotContainer.unpack(payload)
+            var coordinator = Coordinator(config: Coordinator.Config(coordinatorID: "00000000", epoch: 0))
+            _ = try coordinator.recover(snapshot: parts.coordinator, records: [], nowMs: 0)
+            let unfinished = coordinator.allTransactions().filter { !$0.state.isFinished }
+            var s = "checkpoint (epoch \(String(coordinator.epoch - 1, radix: 16))): \(unfinished.count) unfinished 2PC/3PC transaction\(unfinished.count == 1 ? "" : "s")"
+            if !unfinished.isEmpty {
+                s += " (" + unfinished.prefix(5).map { "\($0.txid) \($0.state.rawValue)" }.joined(separator: ", ") + (unfinished.count > 5 ? ", ..." : "") + ")"
             }
-            var s = "checkpoint (snapshot v\(version), epoch \(String(epoch, radix: 16))): \(n) decided, unacknowledged transaction\(n == 1 ? "" : "s")"
-            if !txids.isEmpty { s += " (" + txids.prefix(5).joined(separator: ", ") + (txids.count > 5 ? ", ..." : "") + ")" }
-            if version >= 2, let forced = try? r.u32() {
-                for _ in 0..<forced { _ = try r.string(); _ = try r.bool() }
-                s += ", \(forced) operator outcome\(forced == 1 ? "" : "s")"
-                if let h = try? r.u32() { s += ", \(h) heuristic report\(h == 1 ? "" : "s")" }
+            s += ", \(coordinator.finished.count) recent finished, \(coordinator.operatorOutcomes.count) operator outcome\(coordinator.operatorOutcomes.count == 1 ? "" : "s")"
+            if let tccBytes = parts.tcc {
+                var tcc = TCCCoordinator()
+                _ = try tcc.recover(snapshot: tccBytes, records: [], nowMs: 0)
+                s += "; TCC: \(tcc.open.count) open, \(tcc.finished.count) recent finished"
             }
             return s
         } catch {
