@@ -461,3 +461,41 @@ public struct StatsResponse: Codable, Sendable {
         self.uptimeS = uptimeS
     }
 }
+
+/// One outbox message as the outbox admin API shows it (`GET /v1/outbox`), shared by the relay
+/// that serves it and `txctl outbox` that reads it.
+public struct OutboxMessageView: Codable, Equatable, Sendable {
+    public var id: Int64
+    public var messageID: String
+    public var topic: String
+    public var key: String
+    public var state: String
+    public var attempts: Int
+    public var createdMs: Int64
+    public var lastError: String?
+    public var deadMs: Int64?
+    public var payloadBytes: Int
+
+    enum CodingKeys: String, CodingKey {
+        case id, topic, key, state, attempts
+        case messageID = "message_id"
+        case createdMs = "created_ms"
+        case lastError = "last_error"
+        case deadMs = "dead_ms"
+        case payloadBytes = "payload_bytes"
+    }
+
+    public init(id: Int64, messageID: String, topic: String, key: String, state: String, attempts: Int,
+                createdMs: Int64, lastError: String?, deadMs: Int64?, payloadBytes: Int) {
+        self.id = id
+        self.messageID = messageID
+        self.topic = topic
+        self.key = key
+        self.state = state
+        self.attempts = attempts
+        self.createdMs = createdMs
+        self.lastError = lastError
+        self.deadMs = deadMs
+        self.payloadBytes = payloadBytes
+    }
+}

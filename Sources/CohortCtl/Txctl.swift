@@ -273,26 +273,7 @@ public enum Txctl {
     }
 
     public struct OutboxList: Codable, Equatable {
-        public struct Message: Codable, Equatable {
-            public var id: Int64
-            public var messageID: String
-            public var topic: String
-            public var key: String
-            public var state: String
-            public var attempts: Int
-            public var createdMs: Int64
-            public var lastError: String?
-            public var deadMs: Int64?
-            public var payloadBytes: Int
-            enum CodingKeys: String, CodingKey {
-                case id, topic, key, state, attempts
-                case messageID = "message_id"
-                case createdMs = "created_ms"
-                case lastError = "last_error"
-                case deadMs = "dead_ms"
-                case payloadBytes = "payload_bytes"
-            }
-        }
+        public typealias Message = OutboxMessageView
         public var source: String
         public var pending: Int
         public var dead: Int

@@ -272,27 +272,7 @@ public final class OutboxStore {
         return Counts(pending: Int(p), dead: Int(d), delivered: Int(del), oldestPendingCreatedMs: oldest)
     }
 
-    public struct Row: Codable, Equatable, Sendable {
-        public var id: Int64
-        public var messageID: String
-        public var topic: String
-        public var key: String
-        public var state: String
-        public var attempts: Int
-        public var createdMs: Int64
-        public var lastError: String?
-        public var deadMs: Int64?
-        public var payloadBytes: Int
-
-        enum CodingKeys: String, CodingKey {
-            case id, topic, key, state, attempts
-            case messageID = "message_id"
-            case createdMs = "created_ms"
-            case lastError = "last_error"
-            case deadMs = "dead_ms"
-            case payloadBytes = "payload_bytes"
-        }
-    }
+    public typealias Row = OutboxMessageView
 
     /// Pending (or, with `dead`, dead-lettered) messages, oldest first.
     public func list(dead: Bool, limit: Int) throws -> [Row] {
