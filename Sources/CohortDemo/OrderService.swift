@@ -157,7 +157,10 @@ public final class OrderService {
             }
             var o = order
             o.txid = txid
-            return settle(o, waitMs: Limits.demoSettleWaitMs) ?? "pending"
+            if let status = settle(o, waitMs: Limits.demoSettleWaitMs) { return status }
+            // Still unsure: answer pending and keep settling in the background.
+            workers.run { [self] in self.settleAfterRestart(o) }
+            return "pending"
         }
     }
 

@@ -213,7 +213,16 @@ final class DemoTests: XCTestCase {
             Thread.sleep(forTimeInterval: 1.0)
             stop.lock(); running = false; stop.unlock()
             group.wait()
-            XCTAssertEqual(rig.waitAtRest(), [], "after kill -9 of \(victim)")
+            let violations = rig.waitAtRest()
+            XCTAssertEqual(violations, [], "after kill -9 of \(victim)")
+            if !violations.isEmpty {
+                for o in (try? rig.orders("pending")) ?? [] {
+                    let id = o["order_id"] as? String ?? ""
+                    print("pending", o, (try? rig.json("GET", rig.url("orders") + "/v1/branches")) as Any,
+                          (try? rig.json("GET", rig.url("inventory") + "/v1/branches")) as Any, id)
+                }
+                print("data:", rig.cluster.dataDirectory)
+            }
             XCTAssertGreaterThan(try rig.orders("confirmed").count, 0)
         }
     }
