@@ -4,6 +4,7 @@ import CohortCore
 import CohortHTTP
 import CohortKV
 import CohortPosix
+import CohortTCC
 import Foundation
 
 /// The inventory of the demo: stock per sku in the embedded participant's SQLite store, as keys
@@ -29,6 +30,7 @@ public final class InventoryService {
     private let api: APIPool
     private let workers = Workers()
     private var selfURL = ""
+    public private(set) var tcc: TCCResource!
 
     public var port: Int { agent.port }
     public var recoveryNote: String? { agent.recoveryNote }
@@ -42,6 +44,10 @@ public final class InventoryService {
         agentOptions.routes = { request, responder in weakSelf?.route(request, responder) ?? false }
         agent = try AgentServer(options: agentOptions, loop: loop, onFatal: onFatal)
         selfURL = "http://\(options.host):\(agent.port)"
+        let agent = self.agent
+        tcc = try InventoryTCC.make(databasePath: options.dataDirectory + "/kv.sqlite") { key in
+            !agent.node.resource.lockHolders(key).isEmpty
+        }
         weakSelf = self
     }
 
@@ -52,6 +58,10 @@ public final class InventoryService {
     struct Stock: Codable { let sku: String; let available: Int64; let reserved: Int64; let sold: Int64 }
 
     private func route(_ request: HTTPRequest, _ responder: HTTPResponder) -> Bool {
+        if let response = tcc.handle(request) {
+            responder.send(response)
+            return true
+        }
         let parts = request.pathComponents
         switch (request.method, parts.count) {
         case ("POST", 2) where parts == ["v1", "stock"]:

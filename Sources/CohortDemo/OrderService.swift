@@ -113,7 +113,7 @@ public final class OrderService {
         guard Self.modes.contains(body.mode) else {
             return responder.send(.error(400, "mode must be one of \(Self.modes.joined(separator: ", "))"))
         }
-        guard body.mode == "2pc" || body.mode == "3pc" else {
+        guard body.mode != "outbox" else {
             return responder.send(.error(501, "mode \(body.mode) is not available in this build"))
         }
         let order = OrderStore.Order(orderID: UUID().uuidString.lowercased(), sku: body.sku, qty: body.qty, mode: body.mode,
@@ -121,7 +121,7 @@ public final class OrderService {
         do { try store.insert(order) } catch { return responder.send(.error(500, "order store write failed: \(error)")) }
         let loop = agent.loop
         workers.run { [self] in
-            let status = self.runAtomic(order)
+            let status = order.mode == "tcc" ? self.runTCC(order) : self.runAtomic(order)
             loop.execute { responder.send(.json(201, Created(order_id: order.orderID, status: status))) }
         }
     }
@@ -175,7 +175,16 @@ public final class OrderService {
                     _ = try? store.settle(order.orderID, "rejected")
                     return "rejected"
                 }
-                if let r = try? api.raw("GET", selfURL + "/v1/branches/\(txid)"), r.status == 404 {
+                if order.mode == "tcc" {
+                    if let status = settleTCC(order, txid, api) {
+                        _ = try? store.settle(order.orderID, status)
+                        return status
+                    }
+                    if Date() > deadline { return nil }
+                    Thread.sleep(forTimeInterval: 0.2)
+                    continue
+                }
+                if let r = try? api.raw("GET", selfURL + "/v1/branches/\(txid)"), r.status == 404 || Self.finished(r.body) {
                     if let present = try? (api.kv(selfURL, "order/\(order.orderID)") != nil) {
                         let status = present ? "confirmed" : "rejected"
                         _ = try? store.settle(order.orderID, status)
@@ -186,6 +195,74 @@ public final class OrderService {
                 Thread.sleep(forTimeInterval: 0.2)
             }
         }
+    }
+
+    struct TCCBranchBody: Encodable {
+        let branch_id: String
+        let try_url: String
+        let confirm_url: String
+        let cancel_url: String
+        let payload: [String: JSONValue]
+    }
+
+    /// TCC: the coordinator drives the inventory's reserve (try), then confirm or cancel; the
+    /// order goes pending → confirmed, or → rejected when the reservation was refused/cancelled.
+    private func runTCC(_ order: OrderStore.Order) -> String {
+        var txid: String?
+        do {
+            return try api.with { api -> String in
+                let id = try api.begin(protocol: "tcc")
+                txid = id
+                try store.setTxid(order.orderID, id)
+                let base = options.inventoryURL + "/v1/tcc/inventory"
+                let branch = TCCBranchBody(branch_id: "stock", try_url: base + "/try", confirm_url: base + "/confirm",
+                                           cancel_url: base + "/cancel",
+                                           payload: ["sku": .string(order.sku), "qty": .int(order.qty)])
+                let e = JSONEncoder()
+                let r = try api.raw("POST", options.coordinatorURL + "/v1/transactions/\(id)/tcc-branches", body: Array(try e.encode(branch)))
+                if r.status != 200 {
+                    // Refused or failed try: the coordinator cancels the transaction.
+                    _ = try? api.abort(id)
+                    try store.settle(order.orderID, "rejected")
+                    return "rejected"
+                }
+                let outcome = try api.commit(id)
+                let status = outcome.outcome == "committed" ? "confirmed" : "rejected"
+                try store.settle(order.orderID, status)
+                return status
+            }
+        } catch {
+            guard txid != nil else {
+                _ = try? store.settle(order.orderID, "rejected")
+                return "rejected"
+            }
+            var o = order
+            o.txid = txid
+            if let status = settle(o, waitMs: Limits.demoSettleWaitMs) { return status }
+            workers.run { [self] in self.settleAfterRestart(o) }
+            return "pending"
+        }
+    }
+
+    /// A TCC order's outcome from the coordinator: committed (confirming) → confirmed; aborted,
+    /// cancelling or unknown (no branch record: presumed cancel) → rejected; else not yet.
+    private func settleTCC(_ order: OrderStore.Order, _ txid: String, _ api: CohortAPI) -> String? {
+        guard let r = try? api.raw("GET", options.coordinatorURL + "/v1/transactions/\(txid)") else { return nil }
+        if r.status == 404 { return "rejected" }
+        guard r.status == 200, let tx = try? JSONDecoder().decode(TransactionView.self, from: Data(r.body)) else { return nil }
+        switch tx.state {
+        case "committed", "confirming": return "confirmed"
+        case "aborted", "cancelling": return "rejected"
+        default: return nil
+        }
+    }
+
+    struct BranchState: Decodable { let state: String }
+
+    /// A branch this participant no longer holds open: it remembers the outcome, or forgot it.
+    static func finished(_ body: [UInt8]) -> Bool {
+        guard let state = try? JSONDecoder().decode(BranchState.self, from: Data(body)).state else { return false }
+        return state == "committed" || state == "aborted"
     }
 
     private func settleAfterRestart(_ order: OrderStore.Order) {

@@ -124,7 +124,7 @@ final class DemoTests: XCTestCase {
         let rig = try rig()
         try rig.setStock("apple", 10)
         try rig.setStock("pear", 3)
-        let modes = ["2pc", "3pc"]
+        let modes = ["2pc", "3pc", "tcc"]
         var confirmed: [String: Int64] = [:]
         for (i, mode) in modes.enumerated() {
             // Enough stock: confirmed.
@@ -179,8 +179,8 @@ final class DemoTests: XCTestCase {
         XCTAssertEqual(try rig.json("GET", rig.url("orders") + "/v1/orders/nope").0, 404)
     }
 
-    /// kill -9 of the inventory service, then of the coordinator, while 2PC orders run.
-    func testKillsDuringTwoPhaseOrdersKeepTheAtRestRules() throws {
+    /// kill -9 of the inventory service, the coordinator and the order service while 2PC, 3PC and TCC orders run.
+    func testKillsDuringOrdersKeepTheAtRestRules() throws {
         let rig = try rig()
         try rig.setStock("plum", 1_000)
         for victim in ["inventory", "coordinator", "orders"] {
@@ -194,7 +194,7 @@ final class DemoTests: XCTestCase {
                     while true {
                         stop.lock(); let go = running; stop.unlock()
                         if !go { break }
-                        _ = rig.order("plum", Int64(1 + (n + w) % 3), n % 2 == 0 ? "2pc" : "3pc")
+                        _ = rig.order("plum", Int64(1 + (n + w) % 3), ["2pc", "3pc", "tcc"][n % 3])
                         n += 1
                     }
                     group.leave()
