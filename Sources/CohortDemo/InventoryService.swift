@@ -31,6 +31,7 @@ public final class InventoryService {
     private let workers = Workers()
     private var selfURL = ""
     public private(set) var tcc: TCCResource!
+    private var outbox: InventoryOutbox!
 
     public var port: Int { agent.port }
     public var recoveryNote: String? { agent.recoveryNote }
@@ -48,11 +49,19 @@ public final class InventoryService {
         tcc = try InventoryTCC.make(databasePath: options.dataDirectory + "/kv.sqlite") { key in
             !agent.node.resource.lockHolders(key).isEmpty
         }
+        outbox = try InventoryOutbox(path: options.dataDirectory + "/kv.sqlite", loop: loop)
         weakSelf = self
     }
 
-    public func run() throws { try agent.run() }
-    public func shutdown() { agent.shutdown() }
+    public func run() throws {
+        outbox.relay.start()
+        try agent.run()
+    }
+
+    public func shutdown() {
+        outbox.relay.stop()
+        agent.shutdown()
+    }
 
     struct StockBody: Decodable { let sku: String; let available: Int64 }
     struct Stock: Codable { let sku: String; let available: Int64; let reserved: Int64; let sold: Int64 }
@@ -64,6 +73,11 @@ public final class InventoryService {
         }
         let parts = request.pathComponents
         switch (request.method, parts.count) {
+        case ("POST", 2) where parts == ["v1", "inbox"]:
+            let resource = agent.node.resource!
+            responder.send(outbox.handleInbox(request) { sku in
+                !resource.lockHolders("available/\(sku)").isEmpty || !resource.lockHolders("sold/\(sku)").isEmpty
+            })
         case ("POST", 2) where parts == ["v1", "stock"]:
             setStock(request, responder)
         case ("GET", 3) where parts[0] == "v1" && parts[1] == "stock":

@@ -34,6 +34,7 @@ public final class OrderService {
     private let api: APIPool
     private let workers = Workers()
     private var selfURL = ""
+    private var outbox: OrderOutbox!
     /// Called (on a worker thread) when the startup pass could not settle an order yet.
     public var onNote: ((String) -> Void)?
 
@@ -53,23 +54,32 @@ public final class OrderService {
         agentOptions.routes = { request, responder in weakSelf?.route(request, responder) ?? false }
         agent = try AgentServer(options: agentOptions, loop: loop, onFatal: onFatal)
         selfURL = "http://\(options.host):\(agent.port)"
+        outbox = try OrderOutbox(path: options.dataDirectory + "/orders.sqlite", inventoryInbox: options.inventoryURL + "/v1/inbox", loop: loop)
         weakSelf = self
     }
 
     /// Serves; first settles, in the background, every order a crash left pending.
     public func run() throws {
         let pending = (try? store.list(status: "pending")) ?? []
-        for order in pending { workers.run { [self] in self.settleAfterRestart(order) } }
+        for order in pending where order.mode != "outbox" { workers.run { [self] in self.settleAfterRestart(order) } }
+        outbox.relay.start()
         try agent.run()
     }
 
-    public func shutdown() { agent.shutdown() }
+    public func shutdown() {
+        outbox.relay.stop()
+        agent.shutdown()
+    }
 
     struct OrderBody: Decodable { let sku: String; let qty: Int64; let mode: String }
     struct Created: Encodable { let order_id: String; let status: String }
     struct OrderList: Encodable { let orders: [OrderStore.Order] }
 
     private func route(_ request: HTTPRequest, _ responder: HTTPResponder) -> Bool {
+        if let response = outbox.handleInbox(request) {
+            responder.send(response)
+            return true
+        }
         let parts = request.pathComponents
         guard parts.count >= 2, parts[0] == "v1", parts[1] == "orders" else { return false }
         switch (request.method, parts.count) {
@@ -113,8 +123,15 @@ public final class OrderService {
         guard Self.modes.contains(body.mode) else {
             return responder.send(.error(400, "mode must be one of \(Self.modes.joined(separator: ", "))"))
         }
-        guard body.mode != "outbox" else {
-            return responder.send(.error(501, "mode \(body.mode) is not available in this build"))
+        if body.mode == "outbox" {
+            // The order and its OrderPlaced commit together; the inventory's answer settles it.
+            let id = UUID().uuidString.lowercased()
+            do {
+                try outbox.place(orderID: id, sku: body.sku, qty: body.qty, replyTo: selfURL + "/v1/inbox")
+            } catch {
+                return responder.send(.error(500, "order store write failed: \(error)"))
+            }
+            return responder.send(.json(201, Created(order_id: id, status: "pending")))
         }
         let order = OrderStore.Order(orderID: UUID().uuidString.lowercased(), sku: body.sku, qty: body.qty, mode: body.mode,
                                      status: "pending", txid: nil)
