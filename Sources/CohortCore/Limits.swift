@@ -205,4 +205,6 @@ extension Limits {
     /// How long an order waits for an unsure outcome (lost commit answer) before answering
     /// with the status it has (pending); the recovery pass settles it later.
     public static let demoSettleWaitMs: Int64 = 30_000
+    /// How often the demo services purge finished TCC barrier rows and old inbox rows.
+    public static let demoMaintenanceIntervalMs: Int64 = 60_000
 }

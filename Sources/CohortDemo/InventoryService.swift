@@ -53,7 +53,16 @@ public final class InventoryService {
         weakSelf = self
     }
 
+    /// Every `Limits.demoMaintenanceIntervalMs` on the loop: finished TCC barrier rows past their
+    /// retention, inbox rows past `Limits.inboxRetentionMsDefault`. Failures wait for the next round.
+    private func maintain() {
+        _ = try? tcc.purgeFinished()
+        _ = try? outbox.inbox.cleanup(appliedBeforeMs: SystemClock.wallMs() - Limits.inboxRetentionMsDefault)
+        _ = agent.loop.schedule(afterMs: Limits.demoMaintenanceIntervalMs) { [weak self] in self?.maintain() }
+    }
+
     public func run() throws {
+        _ = agent.loop.schedule(afterMs: Limits.demoMaintenanceIntervalMs) { [weak self] in self?.maintain() }
         outbox.relay.start()
         try agent.run()
     }

@@ -62,8 +62,15 @@ public final class OrderService {
     public func run() throws {
         let pending = (try? store.list(status: "pending")) ?? []
         for order in pending where order.mode != "outbox" { workers.run { [self] in self.settleAfterRestart(order) } }
+        _ = agent.loop.schedule(afterMs: Limits.demoMaintenanceIntervalMs) { [weak self] in self?.maintain() }
         outbox.relay.start()
         try agent.run()
+    }
+
+    /// Inbox rows past `Limits.inboxRetentionMsDefault`, every `Limits.demoMaintenanceIntervalMs`.
+    private func maintain() {
+        _ = try? outbox.inbox.cleanup(appliedBeforeMs: SystemClock.wallMs() - Limits.inboxRetentionMsDefault)
+        _ = agent.loop.schedule(afterMs: Limits.demoMaintenanceIntervalMs) { [weak self] in self?.maintain() }
     }
 
     public func shutdown() {
