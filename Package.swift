@@ -17,6 +17,8 @@ let package = Package(
         .executable(name: "cohort-relay", targets: ["cohort-relay"]),
         .executable(name: "outbox-demo-producer", targets: ["outbox-demo-producer"]),
         .executable(name: "outbox-demo-consumer", targets: ["outbox-demo-consumer"]),
+        .executable(name: "order-service", targets: ["order-service"]),
+        .executable(name: "inventory-service", targets: ["inventory-service"]),
     ],
     targets: [
         // SQLite from Debian's libsqlite3-dev.
@@ -59,6 +61,11 @@ let package = Package(
         .executableTarget(name: "cohort-relay", dependencies: ["CohortOutbox"]),
         .executableTarget(name: "outbox-demo-producer", dependencies: ["CohortOutbox"]),
         .executableTarget(name: "outbox-demo-consumer", dependencies: ["CohortOutbox"]),
+        // The order/inventory demo: two services embedding the participant runtime, TCC and the outbox.
+        .target(name: "CohortDemo", dependencies: ["CohortAgent", "CohortClient", "CohortTCC", "CohortOutbox"]),
+        .executableTarget(name: "order-service", dependencies: ["CohortDemo", "CohortPosix", "CohortRuntime"]),
+        .executableTarget(name: "inventory-service", dependencies: ["CohortDemo", "CohortPosix", "CohortRuntime"]),
+        .testTarget(name: "DemoTests", dependencies: ["CohortClient", "CohortCore", "CohortPosix"]),
         .testTarget(name: "OutboxTests", dependencies: ["CohortOutbox", "CohortClient", "CohortCore", "CohortHTTP", "CohortPosix", "CohortCtl"]),
         .testTarget(name: "CohortCoreTests", dependencies: ["CohortCore"]),
         .testTarget(name: "SimulationTests", dependencies: ["CohortSim"]),

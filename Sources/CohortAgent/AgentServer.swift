@@ -22,6 +22,9 @@ public final class AgentServer: RunnableServer {
         /// Checkpoint (and drop older log segments) once this many bytes were logged since the
         /// last checkpoint; small values exercise checkpointing in tests.
         public var checkpointAfterBytes = Limits.checkpointAfterBytes
+        /// A service embedding the participant serves its own routes first: return true when the
+        /// request was handled (answered now or later), false to let the participant route it.
+        public var routes: ((HTTPRequest, HTTPResponder) -> Bool)?
 
         public init(name: String, dataDirectory: String, coordinatorURL: String) {
             self.name = name
@@ -77,7 +80,9 @@ public final class AgentServer: RunnableServer {
         var serverConfig = HTTPServerConfig()
         serverConfig.bearerToken = options.token
         let node = self.node!
+        let routes = options.routes
         server = try HTTPServer(loop: loop, host: options.host, port: options.port, config: serverConfig) { request, responder in
+            if let routes, routes(request, responder) { return }
             node.handle(request, responder)
         }
         node.advertiseURL = options.advertiseURL ?? "http://\(options.host):\(server.port)"

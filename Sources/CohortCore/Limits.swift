@@ -195,3 +195,16 @@ public enum Limits {
     /// Idle SQLite connections a TCC resource keeps.
     public static let tccConnectionsPooledMax = 8
 }
+
+// MARK: - demo services (order-service, inventory-service)
+extension Limits {
+    /// Largest quantity one order may ask for.
+    public static let demoOrderQtyMax: Int64 = 1_000_000
+    /// Orders the order service works on at once; more wait for a free worker.
+    public static let demoOrderWorkersMax = 64
+    /// How long an order waits for an unsure outcome (lost commit answer) before answering
+    /// with the status it has (pending); the recovery pass settles it later.
+    public static let demoSettleWaitMs: Int64 = 30_000
+    /// How often the demo services purge finished TCC barrier rows and old inbox rows.
+    public static let demoMaintenanceIntervalMs: Int64 = 60_000
+}

@@ -6,6 +6,7 @@ let usage = """
 usage: txbench [--clients N] [--duration D] [--warmup D] [--accounts N] [--protocol 2pc|3pc]
                [--termination classic|quorum] [--json]
                [--coordinator URL --agents URL,URL,...] [--bin-dir DIR] [--keep]
+       txbench --orders --mode 2pc|3pc|tcc|outbox [--clients N] [--duration D] [--warmup D] [--skus N] [--row]
 
 Load generator for Cohort: concurrent bank transfers between two agents, each a distributed
 two-phase-commit transaction. Starts its own coordinator and two agents in a temporary directory
@@ -27,6 +28,8 @@ Reports committed/s, aborted/s, latency percentiles of committed transfers, and 
 /metrics: log syncs (fdatasync) and protocol messages per committed transaction, summed over the
 coordinator and the agents. Checks afterwards that the total balance is unchanged.
 """
+
+if CommandLine.arguments.contains("--orders") { ordersMain(Array(CommandLine.arguments.dropFirst())) }
 
 func fail(_ message: String, status: Int32) -> Never {
     FileHandle.standardError.write(Data("error: \(message)\n".utf8))

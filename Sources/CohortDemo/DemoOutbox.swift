@@ -1,0 +1,143 @@
+import CohortCore
+import CohortHTTP
+import CohortOutbox
+import CohortPosix
+import Foundation
+
+/// Delivers each message to the inbox named by its `reply_to` header (the inventory answers
+/// every `OrderPlaced` to the order service that sent it). Loop thread, like every sink.
+final class ReplySink: OutboxSink {
+    let name = "reply-to"
+    private let loop: EventLoop
+    private var sinks: [String: HTTPOutboxSink] = [:]
+
+    init(loop: EventLoop) { self.loop = loop }
+
+    func deliver(_ messages: [OutboxMessage], completion: @escaping (SinkResult) -> Void) {
+        var groups: [String: [Int]] = [:]
+        var outcomes = [DeliveryOutcome?](repeating: nil, count: messages.count)
+        for (i, m) in messages.enumerated() {
+            if let url = m.headers["reply_to"], url.hasPrefix("http://"), url.utf8.count <= 512 {
+                groups[url, default: []].append(i)
+            } else {
+                outcomes[i] = .rejected("message has no http:// reply_to header")
+            }
+        }
+        var left = groups.count
+        var unavailable: String?
+        if left == 0 { return completion(.outcomes(outcomes.map { $0! })) }
+        for (url, indexes) in groups {
+            let sink = sinks[url] ?? HTTPOutboxSink(url: url, loop: loop)
+            sinks[url] = sink
+            sink.deliver(indexes.map { messages[$0] }) { result in
+                switch result {
+                case .unavailable(let why): unavailable = why
+                case .outcomes(let got): for (k, i) in indexes.enumerated() where k < got.count { outcomes[i] = got[k] }
+                }
+                left -= 1
+                if left == 0 {
+                    if let unavailable { return completion(.unavailable(unavailable)) }
+                    completion(.outcomes(outcomes.map { $0 ?? .rejected("no answer for this message") }))
+                }
+            }
+        }
+    }
+
+    func shutdown() {
+        for s in sinks.values { s.shutdown() }
+        sinks = [:]
+    }
+}
+
+struct OrderPlaced: Codable { let order_id: String; let sku: String; let qty: Int64 }
+struct StockAnswer: Codable { let order_id: String; let reason: String? }
+
+/// The order service's side: orders written with their `OrderPlaced` in one local transaction,
+/// a relay to the inventory's inbox, and an inbox for the answers.
+final class OrderOutbox {
+    let outbox: Outbox
+    let relay: OutboxRelay
+    let inbox: Inbox
+    private let lock = NSLock()
+
+    init(path: String, inventoryInbox: String, loop: EventLoop) throws {
+        outbox = try Outbox(path: path, name: "orders")
+        relay = OutboxRelay(store: try OutboxStore(path: path), sink: HTTPOutboxSink(url: inventoryInbox, loop: loop), loop: loop)
+        inbox = try Inbox(path: path, consumer: "orders")
+        let relay = self.relay
+        outbox.onCommit = { relay.wake() }
+    }
+
+    /// Any thread.
+    func place(orderID: String, sku: String, qty: Int64, replyTo: String) throws {
+        let payload = String(decoding: try JSONEncoder().encode(OrderPlaced(order_id: orderID, sku: sku, qty: qty)), as: UTF8.self)
+        lock.lock()
+        defer { lock.unlock() }
+        try outbox.transaction { tx in
+            _ = try tx.execute("INSERT INTO orders(order_id, sku, qty, mode, status, txid, created_ms) VALUES(?1, ?2, ?3, 'outbox', 'pending', NULL, ?4)",
+                               [.text(orderID), .text(sku), .int(qty), .int(SystemClock.wallMs())])
+            try tx.enqueue(topic: "OrderPlaced", key: sku, payload: payload, headers: ["reply_to": replyTo])
+        }
+    }
+
+    /// `POST /v1/inbox` (loop thread): StockReserved confirms, StockRejected rejects.
+    func handleInbox(_ request: HTTPRequest) -> HTTPResponse? {
+        InboxEndpoint.handle(request, inbox: inbox) { tx, m in
+            let answer = try JSONDecoder().decode(StockAnswer.self, from: Data(m.payload.utf8))
+            let status: String
+            switch m.topic {
+            case "StockReserved": status = "confirmed"
+            case "StockRejected": status = "rejected"
+            default: throw OutboxInputError("unknown topic \(m.topic.prefix(40))")
+            }
+            _ = try tx.execute("UPDATE orders SET status = ?2 WHERE order_id = ?1 AND status = 'pending'", [.text(answer.order_id), .text(status)])
+        }
+    }
+}
+
+/// The inventory's side: an inbox for `OrderPlaced` whose effect (take the stock, or not) and
+/// answer (`StockReserved` / `StockRejected`, to the order's `reply_to`) commit together in the
+/// participant store's SQLite file, and a relay for the answers.
+final class InventoryOutbox {
+    let inbox: Inbox
+    let relay: OutboxRelay
+
+    init(path: String, loop: EventLoop) throws {
+        inbox = try Inbox(path: path, consumer: "inventory", withOutbox: true)
+        relay = OutboxRelay(store: try OutboxStore(path: path), sink: ReplySink(loop: loop), loop: loop)
+    }
+
+    /// `POST /v1/inbox` (loop thread). A batch touching a sku that a 2PC/3PC branch holds locked
+    /// is answered 503 (the relay retries it later, counting no attempt).
+    func handleInbox(_ request: HTTPRequest, busy: (String) -> Bool) -> HTTPResponse {
+        guard let batch = try? JSONDecoder().decode(InboxBatch.self, from: Data(request.body)) else {
+            return .error(400, "body must be {\"messages\": [...]}")
+        }
+        for m in batch.messages {
+            if let p = try? JSONDecoder().decode(OrderPlaced.self, from: Data(m.payload.utf8)), busy(p.sku) {
+                return .error(503, "sku \(p.sku) is locked by a 2PC/3PC branch; retry")
+            }
+        }
+        do {
+            let results = try inbox.apply(batch.messages) { tx, m in
+                guard m.topic == "OrderPlaced" else { throw OutboxInputError("unknown topic \(m.topic.prefix(40))") }
+                let p = try JSONDecoder().decode(OrderPlaced.self, from: Data(m.payload.utf8))
+                guard validSku(p.sku), p.qty > 0 else { throw OutboxInputError("bad OrderPlaced payload") }
+                let taken = try tx.execute("UPDATE kv SET ival = ival - ?2 WHERE key = ?1 AND ival >= ?2",
+                                           [.text("available/\(p.sku)"), .int(p.qty)]) == 1
+                if taken {
+                    _ = try tx.execute("INSERT INTO kv(key, ival, sval) VALUES(?1, ?2, NULL) ON CONFLICT(key) DO UPDATE SET ival = COALESCE(ival, 0) + ?2",
+                                       [.text("sold/\(p.sku)"), .int(p.qty)])
+                }
+                let answer = StockAnswer(order_id: p.order_id, reason: taken ? nil : "not enough stock of \(p.sku) for \(p.qty)")
+                try tx.enqueue(topic: taken ? "StockReserved" : "StockRejected", key: p.order_id,
+                               payload: String(decoding: try JSONEncoder().encode(answer), as: UTF8.self),
+                               headers: ["reply_to": m.headers["reply_to"] ?? ""])
+            }
+            relay.wake()
+            return .json(200, InboxBatchResponse(results: results))
+        } catch {
+            return .error(503, "inbox transaction failed: \(error)")
+        }
+    }
+}

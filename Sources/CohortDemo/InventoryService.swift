@@ -1,0 +1,146 @@
+import CohortAgent
+import CohortClient
+import CohortCore
+import CohortHTTP
+import CohortKV
+import CohortPosix
+import CohortTCC
+import Foundation
+
+/// The inventory of the demo: stock per sku in the embedded participant's SQLite store, as keys
+/// `available/{sku}`, `reserved/{sku}` and `sold/{sku}`. It is a Cohort participant (2PC and 3PC)
+/// through `AgentServer`: an order's branch here is `add available/{sku} -qty (min 0)` and
+/// `add sold/{sku} +qty`, so too little stock makes the branch vote no.
+public final class InventoryService {
+    public struct Options {
+        public var dataDirectory: String
+        public var coordinatorURL: String
+        public var host = "127.0.0.1"
+        public var port = 0
+        public var name = "inventory"
+        public init(dataDirectory: String, coordinatorURL: String) {
+            self.dataDirectory = dataDirectory
+            self.coordinatorURL = coordinatorURL
+        }
+    }
+
+    public static let crashPoints = AgentServer.crashPoints
+
+    public let agent: AgentServer
+    private let api: APIPool
+    private let workers = Workers()
+    private var selfURL = ""
+    public private(set) var tcc: TCCResource!
+    private var outbox: InventoryOutbox!
+
+    public var port: Int { agent.port }
+    public var recoveryNote: String? { agent.recoveryNote }
+
+    public init(options: Options, loop: EventLoop, onFatal: @escaping (String) -> Void) throws {
+        api = APIPool(coordinatorURL: options.coordinatorURL)
+        var agentOptions = AgentServer.Options(name: options.name, dataDirectory: options.dataDirectory, coordinatorURL: options.coordinatorURL)
+        agentOptions.host = options.host
+        agentOptions.port = options.port
+        weak var weakSelf: InventoryService?
+        agentOptions.routes = { request, responder in weakSelf?.route(request, responder) ?? false }
+        agent = try AgentServer(options: agentOptions, loop: loop, onFatal: onFatal)
+        selfURL = "http://\(options.host):\(agent.port)"
+        let agent = self.agent
+        tcc = try InventoryTCC.make(databasePath: options.dataDirectory + "/kv.sqlite") { key in
+            !agent.node.resource.lockHolders(key).isEmpty
+        }
+        outbox = try InventoryOutbox(path: options.dataDirectory + "/kv.sqlite", loop: loop)
+        weakSelf = self
+    }
+
+    /// Every `Limits.demoMaintenanceIntervalMs` on the loop: finished TCC barrier rows past their
+    /// retention, inbox rows past `Limits.inboxRetentionMsDefault`. Failures wait for the next round.
+    private func maintain() {
+        _ = try? tcc.purgeFinished()
+        _ = try? outbox.inbox.cleanup(appliedBeforeMs: SystemClock.wallMs() - Limits.inboxRetentionMsDefault)
+        _ = agent.loop.schedule(afterMs: Limits.demoMaintenanceIntervalMs) { [weak self] in self?.maintain() }
+    }
+
+    public func run() throws {
+        _ = agent.loop.schedule(afterMs: Limits.demoMaintenanceIntervalMs) { [weak self] in self?.maintain() }
+        outbox.relay.start()
+        try agent.run()
+    }
+
+    public func shutdown() {
+        outbox.relay.stop()
+        agent.shutdown()
+    }
+
+    struct StockBody: Decodable { let sku: String; let available: Int64 }
+    struct Stock: Codable { let sku: String; let available: Int64; let reserved: Int64; let sold: Int64 }
+
+    private func route(_ request: HTTPRequest, _ responder: HTTPResponder) -> Bool {
+        if let response = tcc.handle(request) {
+            responder.send(response)
+            return true
+        }
+        let parts = request.pathComponents
+        switch (request.method, parts.count) {
+        case ("POST", 2) where parts == ["v1", "inbox"]:
+            let resource = agent.node.resource!
+            responder.send(outbox.handleInbox(request) { sku in
+                !resource.lockHolders("available/\(sku)").isEmpty || !resource.lockHolders("sold/\(sku)").isEmpty
+            })
+        case ("POST", 2) where parts == ["v1", "stock"]:
+            setStock(request, responder)
+        case ("GET", 3) where parts[0] == "v1" && parts[1] == "stock":
+            let sku = parts[2]
+            guard validSku(sku) else { responder.send(.error(400, skuRule)); return true }
+            do {
+                func value(_ key: String) throws -> Int64? {
+                    if case .int(let i)? = try agent.node.resource.get(key) { return i }
+                    return nil
+                }
+                guard let available = try value("available/\(sku)") else {
+                    responder.send(.error(404, "no stock set for sku \(sku)"))
+                    return true
+                }
+                responder.send(.json(200, Stock(sku: sku, available: available, reserved: try value("reserved/\(sku)") ?? 0,
+                                                sold: try value("sold/\(sku)") ?? 0)))
+            } catch {
+                responder.send(.error(500, "store read failed: \(error)"))
+            }
+        default:
+            return false
+        }
+        return true
+    }
+
+    /// Setup only: a one-branch Cohort transaction at this participant sets the sku's keys.
+    private func setStock(_ request: HTTPRequest, _ responder: HTTPResponder) {
+        let body: StockBody
+        switch decodeBody(StockBody.self, request) {
+        case .failure(let e): return responder.send(.error(400, e.description))
+        case .success(let b): body = b
+        }
+        guard validSku(body.sku) else { return responder.send(.error(400, skuRule)) }
+        guard body.available >= 0, body.available <= Int64(Int32.max) else {
+            return responder.send(.error(400, "available must be 0-\(Int32.max)"))
+        }
+        let loop = agent.loop
+        let selfURL = self.selfURL
+        workers.run { [api] in
+            let response: HTTPResponse
+            do {
+                let outcome = try api.with { api -> String in
+                    let txid = try api.begin()
+                    _ = try api.agentWork(selfURL, txid, [.set("available/\(body.sku)", body.available),
+                                                          .set("reserved/\(body.sku)", 0), .set("sold/\(body.sku)", 0)])
+                    return try api.commit(txid).outcome
+                }
+                response = outcome == "committed"
+                    ? .json(200, Stock(sku: body.sku, available: body.available, reserved: 0, sold: 0))
+                    : .error(409, "setting stock of \(body.sku) aborted (busy sku?); try again")
+            } catch {
+                response = .error(503, "setting stock failed: \(error)")
+            }
+            loop.execute { responder.send(response) }
+        }
+    }
+}

@@ -1,0 +1,297 @@
+import CohortAgent
+import CohortClient
+import CohortCore
+import CohortHTTP
+import CohortKV
+import CohortPosix
+import Foundation
+
+/// The order service of the demo. Orders live in its own SQLite file (`orders.sqlite`); for
+/// 2PC and 3PC it is itself a Cohort participant (an embedded `AgentServer`) whose branch is the
+/// order's key `order/{order_id}` in its participant store: that key exists exactly when the
+/// global transaction committed, so the order row is settled from it (also after a crash).
+public final class OrderService {
+    public struct Options {
+        public var dataDirectory: String
+        public var coordinatorURL: String
+        public var inventoryURL: String
+        public var host = "127.0.0.1"
+        public var port = 0
+        public var name = "orders"
+        public init(dataDirectory: String, coordinatorURL: String, inventoryURL: String) {
+            self.dataDirectory = dataDirectory
+            self.coordinatorURL = coordinatorURL
+            self.inventoryURL = inventoryURL
+        }
+    }
+
+    public static let modes = ["2pc", "3pc", "tcc", "outbox"]
+    public static let crashPoints = AgentServer.crashPoints
+
+    public let agent: AgentServer
+    public let store: OrderStore
+    private let options: Options
+    private let api: APIPool
+    private let workers = Workers()
+    private var selfURL = ""
+    private var outbox: OrderOutbox!
+    /// Called (on a worker thread) when the startup pass could not settle an order yet.
+    public var onNote: ((String) -> Void)?
+
+    public var port: Int { agent.port }
+    public var recoveryNote: String? { agent.recoveryNote }
+
+    public init(options: Options, loop: EventLoop, onFatal: @escaping (String) -> Void) throws {
+        self.options = options
+        api = APIPool(coordinatorURL: options.coordinatorURL)
+        try FileManager.default.createDirectory(atPath: options.dataDirectory, withIntermediateDirectories: true)
+        store = try OrderStore(path: options.dataDirectory + "/orders.sqlite")
+        var agentOptions = AgentServer.Options(name: options.name, dataDirectory: options.dataDirectory + "/participant",
+                                               coordinatorURL: options.coordinatorURL)
+        agentOptions.host = options.host
+        agentOptions.port = options.port
+        weak var weakSelf: OrderService?
+        agentOptions.routes = { request, responder in weakSelf?.route(request, responder) ?? false }
+        agent = try AgentServer(options: agentOptions, loop: loop, onFatal: onFatal)
+        selfURL = "http://\(options.host):\(agent.port)"
+        outbox = try OrderOutbox(path: options.dataDirectory + "/orders.sqlite", inventoryInbox: options.inventoryURL + "/v1/inbox", loop: loop)
+        weakSelf = self
+    }
+
+    /// Serves; first settles, in the background, every order a crash left pending.
+    public func run() throws {
+        let pending = (try? store.list(status: "pending")) ?? []
+        for order in pending where order.mode != "outbox" { workers.run { [self] in self.settleAfterRestart(order) } }
+        _ = agent.loop.schedule(afterMs: Limits.demoMaintenanceIntervalMs) { [weak self] in self?.maintain() }
+        outbox.relay.start()
+        try agent.run()
+    }
+
+    /// Inbox rows past `Limits.inboxRetentionMsDefault`, every `Limits.demoMaintenanceIntervalMs`.
+    private func maintain() {
+        _ = try? outbox.inbox.cleanup(appliedBeforeMs: SystemClock.wallMs() - Limits.inboxRetentionMsDefault)
+        _ = agent.loop.schedule(afterMs: Limits.demoMaintenanceIntervalMs) { [weak self] in self?.maintain() }
+    }
+
+    public func shutdown() {
+        outbox.relay.stop()
+        agent.shutdown()
+    }
+
+    struct OrderBody: Decodable { let sku: String; let qty: Int64; let mode: String }
+    struct Created: Encodable { let order_id: String; let status: String }
+    struct OrderList: Encodable { let orders: [OrderStore.Order] }
+
+    private func route(_ request: HTTPRequest, _ responder: HTTPResponder) -> Bool {
+        if let response = outbox.handleInbox(request) {
+            responder.send(response)
+            return true
+        }
+        let parts = request.pathComponents
+        guard parts.count >= 2, parts[0] == "v1", parts[1] == "orders" else { return false }
+        switch (request.method, parts.count) {
+        case ("POST", 2):
+            place(request, responder)
+        case ("GET", 2):
+            let status = request.query["status"]
+            if let status, !["pending", "confirmed", "rejected"].contains(status) {
+                responder.send(.error(400, "status must be pending, confirmed or rejected"))
+                return true
+            }
+            do { responder.send(.json(200, OrderList(orders: try store.list(status: status)))) } catch {
+                responder.send(.error(500, "order store read failed: \(error)"))
+            }
+        case ("GET", 3):
+            do {
+                guard let order = try store.get(parts[2]) else {
+                    responder.send(.error(404, "no order \(parts[2].prefix(80))"))
+                    return true
+                }
+                responder.send(.json(200, order))
+            } catch {
+                responder.send(.error(500, "order store read failed: \(error)"))
+            }
+        default:
+            responder.send(.error(405, "no route for \(request.method) \(request.path)"))
+        }
+        return true
+    }
+
+    private func place(_ request: HTTPRequest, _ responder: HTTPResponder) {
+        let body: OrderBody
+        switch decodeBody(OrderBody.self, request) {
+        case .failure(let e): return responder.send(.error(400, e.description))
+        case .success(let b): body = b
+        }
+        guard validSku(body.sku) else { return responder.send(.error(400, skuRule)) }
+        guard body.qty > 0, body.qty <= Limits.demoOrderQtyMax else {
+            return responder.send(.error(400, "qty must be 1-\(Limits.demoOrderQtyMax)"))
+        }
+        guard Self.modes.contains(body.mode) else {
+            return responder.send(.error(400, "mode must be one of \(Self.modes.joined(separator: ", "))"))
+        }
+        if body.mode == "outbox" {
+            // The order and its OrderPlaced commit together; the inventory's answer settles it.
+            let id = UUID().uuidString.lowercased()
+            do {
+                try outbox.place(orderID: id, sku: body.sku, qty: body.qty, replyTo: selfURL + "/v1/inbox")
+            } catch {
+                return responder.send(.error(500, "order store write failed: \(error)"))
+            }
+            return responder.send(.json(201, Created(order_id: id, status: "pending")))
+        }
+        let order = OrderStore.Order(orderID: UUID().uuidString.lowercased(), sku: body.sku, qty: body.qty, mode: body.mode,
+                                     status: "pending", txid: nil)
+        do { try store.insert(order) } catch { return responder.send(.error(500, "order store write failed: \(error)")) }
+        let loop = agent.loop
+        workers.run { [self] in
+            let status = order.mode == "tcc" ? self.runTCC(order) : self.runAtomic(order)
+            loop.execute { responder.send(.json(201, Created(order_id: order.orderID, status: status))) }
+        }
+    }
+
+    /// 2PC / 3PC: the order's branch here and the stock's branch at the inventory commit or
+    /// abort together. Returns the order's status.
+    private func runAtomic(_ order: OrderStore.Order) -> String {
+        var txid: String?
+        do {
+            return try api.with { api -> String in
+                let id = try api.begin(protocol: order.mode == "3pc" ? "3pc" : nil)
+                txid = id
+                try store.setTxid(order.orderID, id)
+                do {
+                    _ = try api.agentWork(selfURL, id, [.set("order/\(order.orderID)", order.qty)])
+                    _ = try api.agentWork(options.inventoryURL, id, [.add("available/\(order.sku)", -order.qty, min: 0),
+                                                                     .add("sold/\(order.sku)", order.qty)])
+                } catch {
+                    _ = try? api.abort(id)
+                    try store.settle(order.orderID, "rejected")
+                    return "rejected"
+                }
+                let outcome = try api.commit(id)
+                let status = outcome.outcome == "committed" ? "confirmed" : "rejected"
+                try store.settle(order.orderID, status)
+                return status
+            }
+        } catch {
+            // The answer was lost (coordinator or network down): our own branch knows.
+            guard txid != nil else {
+                _ = try? store.settle(order.orderID, "rejected")
+                return "rejected"
+            }
+            var o = order
+            o.txid = txid
+            if let status = settle(o, waitMs: Limits.demoSettleWaitMs) { return status }
+            // Still unsure: answer pending and keep settling in the background.
+            workers.run { [self] in self.settleAfterRestart(o) }
+            return "pending"
+        }
+    }
+
+    /// The outcome of a 2PC/3PC order from this participant's own branch: once the branch is
+    /// no longer open here, the order key exists exactly when the transaction committed.
+    private func settle(_ order: OrderStore.Order, waitMs: Int64) -> String? {
+        let deadline = Date().addingTimeInterval(Double(waitMs) / 1000)
+        return api.with { api -> String? in
+            while true {
+                if let status = try? store.get(order.orderID)?.status, status != "pending" { return status }
+                guard let txid = order.txid else {
+                    _ = try? store.settle(order.orderID, "rejected")
+                    return "rejected"
+                }
+                if order.mode == "tcc" {
+                    if let status = settleTCC(order, txid, api) {
+                        _ = try? store.settle(order.orderID, status)
+                        return status
+                    }
+                    if Date() > deadline { return nil }
+                    Thread.sleep(forTimeInterval: 0.2)
+                    continue
+                }
+                if let r = try? api.raw("GET", selfURL + "/v1/branches/\(txid)"), r.status == 404 || Self.finished(r.body) {
+                    if let present = try? (api.kv(selfURL, "order/\(order.orderID)") != nil) {
+                        let status = present ? "confirmed" : "rejected"
+                        _ = try? store.settle(order.orderID, status)
+                        return status
+                    }
+                }
+                if Date() > deadline { return nil }
+                Thread.sleep(forTimeInterval: 0.2)
+            }
+        }
+    }
+
+    struct TCCBranchBody: Encodable {
+        let branch_id: String
+        let try_url: String
+        let confirm_url: String
+        let cancel_url: String
+        let payload: [String: JSONValue]
+    }
+
+    /// TCC: the coordinator drives the inventory's reserve (try), then confirm or cancel; the
+    /// order goes pending → confirmed, or → rejected when the reservation was refused/cancelled.
+    private func runTCC(_ order: OrderStore.Order) -> String {
+        var txid: String?
+        do {
+            return try api.with { api -> String in
+                let id = try api.begin(protocol: "tcc")
+                txid = id
+                try store.setTxid(order.orderID, id)
+                let base = options.inventoryURL + "/v1/tcc/inventory"
+                let branch = TCCBranchBody(branch_id: "stock", try_url: base + "/try", confirm_url: base + "/confirm",
+                                           cancel_url: base + "/cancel",
+                                           payload: ["sku": .string(order.sku), "qty": .int(order.qty)])
+                let e = JSONEncoder()
+                let r = try api.raw("POST", options.coordinatorURL + "/v1/transactions/\(id)/tcc-branches", body: Array(try e.encode(branch)))
+                if r.status != 200 {
+                    // Refused or failed try: the coordinator cancels the transaction.
+                    _ = try? api.abort(id)
+                    try store.settle(order.orderID, "rejected")
+                    return "rejected"
+                }
+                let outcome = try api.commit(id)
+                let status = outcome.outcome == "committed" ? "confirmed" : "rejected"
+                try store.settle(order.orderID, status)
+                return status
+            }
+        } catch {
+            guard txid != nil else {
+                _ = try? store.settle(order.orderID, "rejected")
+                return "rejected"
+            }
+            var o = order
+            o.txid = txid
+            if let status = settle(o, waitMs: Limits.demoSettleWaitMs) { return status }
+            workers.run { [self] in self.settleAfterRestart(o) }
+            return "pending"
+        }
+    }
+
+    /// A TCC order's outcome from the coordinator: committed (confirming) → confirmed; aborted,
+    /// cancelling or unknown (no branch record: presumed cancel) → rejected; else not yet.
+    private func settleTCC(_ order: OrderStore.Order, _ txid: String, _ api: CohortAPI) -> String? {
+        guard let r = try? api.raw("GET", options.coordinatorURL + "/v1/transactions/\(txid)") else { return nil }
+        if r.status == 404 { return "rejected" }
+        guard r.status == 200, let tx = try? JSONDecoder().decode(TransactionView.self, from: Data(r.body)) else { return nil }
+        switch tx.state {
+        case "committed", "confirming": return "confirmed"
+        case "aborted", "cancelling": return "rejected"
+        default: return nil
+        }
+    }
+
+    struct BranchState: Decodable { let state: String }
+
+    /// A branch this participant no longer holds open: it remembers the outcome, or forgot it.
+    static func finished(_ body: [UInt8]) -> Bool {
+        guard let state = try? JSONDecoder().decode(BranchState.self, from: Data(body)).state else { return false }
+        return state == "committed" || state == "aborted"
+    }
+
+    private func settleAfterRestart(_ order: OrderStore.Order) {
+        while settle(order, waitMs: Limits.demoSettleWaitMs) == nil {
+            onNote?("order \(order.orderID) (txid \(order.txid ?? "none")) still in doubt; waiting for the coordinator")
+        }
+    }
+}

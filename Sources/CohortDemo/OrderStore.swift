@@ -1,0 +1,73 @@
+import CohortTCC
+import Foundation
+
+/// The order service's own table of orders (SQLite, synchronous=FULL). Thread-safe.
+public final class OrderStore: @unchecked Sendable {
+    public struct Order: Codable, Equatable, Sendable {
+        public let orderID: String
+        public let sku: String
+        public let qty: Int64
+        public let mode: String
+        public var status: String
+        public var txid: String?
+        enum CodingKeys: String, CodingKey { case orderID = "order_id", sku, qty, mode, status }
+    }
+
+    private let db: SQLiteConnection
+    private let lock = NSLock()
+
+    public init(path: String) throws {
+        db = try SQLiteConnection(path: path)
+        try db.script("""
+            CREATE TABLE IF NOT EXISTS orders(order_id TEXT PRIMARY KEY NOT NULL, sku TEXT NOT NULL, qty INTEGER NOT NULL,
+              mode TEXT NOT NULL, status TEXT NOT NULL, txid TEXT, created_ms INTEGER NOT NULL);
+            CREATE INDEX IF NOT EXISTS orders_status ON orders(status);
+            """)
+    }
+
+    private func locked<T>(_ body: () throws -> T) rethrows -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body()
+    }
+
+    public func insert(_ o: Order) throws {
+        try locked {
+            _ = try db.execute("INSERT INTO orders(order_id, sku, qty, mode, status, txid, created_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                               [.text(o.orderID), .text(o.sku), .int(o.qty), .text(o.mode), .text(o.status),
+                                o.txid.map { .text($0) } ?? .null, .int(Int64(Date().timeIntervalSince1970 * 1000))])
+        }
+    }
+
+    public func setTxid(_ orderID: String, _ txid: String) throws {
+        try locked { _ = try db.execute("UPDATE orders SET txid = ?2 WHERE order_id = ?1", [.text(orderID), .text(txid)]) }
+    }
+
+    /// Moves a pending order to `status`; false when it was no longer pending.
+    @discardableResult
+    public func settle(_ orderID: String, _ status: String) throws -> Bool {
+        try locked {
+            try db.execute("UPDATE orders SET status = ?2 WHERE order_id = ?1 AND status = 'pending'", [.text(orderID), .text(status)]) == 1
+        }
+    }
+
+    private static func order(_ r: [SQLValue]) -> Order {
+        Order(orderID: r[0].textValue ?? "", sku: r[1].textValue ?? "", qty: r[2].intValue ?? 0, mode: r[3].textValue ?? "",
+              status: r[4].textValue ?? "", txid: r[5].textValue)
+    }
+
+    public func get(_ orderID: String) throws -> Order? {
+        try locked {
+            try db.query("SELECT order_id, sku, qty, mode, status, txid FROM orders WHERE order_id = ?1", [.text(orderID)]).first.map(Self.order)
+        }
+    }
+
+    public func list(status: String?) throws -> [Order] {
+        try locked {
+            if let status {
+                return try db.query("SELECT order_id, sku, qty, mode, status, txid FROM orders WHERE status = ?1 ORDER BY created_ms, order_id", [.text(status)]).map(Self.order)
+            }
+            return try db.query("SELECT order_id, sku, qty, mode, status, txid FROM orders ORDER BY created_ms, order_id").map(Self.order)
+        }
+    }
+}

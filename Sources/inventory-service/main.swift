@@ -1,0 +1,58 @@
+import CohortCore
+import CohortDemo
+import CohortPosix
+import CohortRuntime
+import Foundation
+
+let usage = """
+usage: inventory-service --data DIR --port N --coordinator URL [--host H] [--broker redis://HOST:PORT]
+
+The demo's inventory: stock per sku in its own SQLite store; a Cohort participant (2PC, 3PC).
+  --data DIR          data directory; created if missing
+  --port N            TCP port; 0 picks a free port
+  --coordinator URL   the coordinator, e.g. http://127.0.0.1:7000
+  --host H            address to bind (default 127.0.0.1)
+  --broker URL        carry outbox messages through Redis Streams (not available in this build)
+"""
+
+func fail(_ message: String, status: Int32) -> Never {
+    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    exit(status)
+}
+
+do {
+    let args = try Arguments(Array(CommandLine.arguments.dropFirst()), valued: ["data", "port", "host", "coordinator", "broker"])
+    if args.has("help") { print(usage); exit(0) }
+    if case .list = try CrashPoints.configure(known: InventoryService.crashPoints) {
+        InventoryService.crashPoints.forEach { print($0) }
+        exit(0)
+    }
+    guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
+    if args.string("broker") != nil { throw UsageError("--broker is not available in this build (outbox mode is not implemented yet)") }
+    var options = InventoryService.Options(dataDirectory: try args.required("data"),
+                                           coordinatorURL: try normalizedBaseURL(try args.required("coordinator"), flag: "coordinator"))
+    options.port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
+    options.host = args.string("host") ?? "127.0.0.1"
+    let loop = try EventLoop()
+    var running: InventoryService?
+    try loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in running?.shutdown() }
+    let service: InventoryService
+    do {
+        service = try InventoryService(options: options, loop: loop) { message in
+            FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+            ProcessEnv.exitNow(1)
+        }
+    } catch {
+        fail("cannot start: \(error)", status: 1)
+    }
+    if let note = service.recoveryNote { FileHandle.standardError.write(Data("recovery: \(note)\n".utf8)) }
+    print("listening on http://\(options.host):\(service.port)")
+    fflush(stdout)
+    running = service
+    try service.run()
+    exit(0)
+} catch let e as UsageError {
+    fail("\(e)\n\(usage)", status: 2)
+} catch {
+    fail("\(error)", status: 1)
+}

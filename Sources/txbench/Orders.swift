@@ -1,0 +1,179 @@
+import CohortClient
+import CohortCore
+import Foundation
+
+/// `txbench --orders --mode 2pc|3pc|tcc|outbox`: demo orders (order-service + inventory-service
+/// + cohortd, started here) at a concurrency for a duration after a warm-up. An order counts as
+/// committed when confirmed, aborted when rejected; an outbox order's latency runs until its
+/// status leaves pending. Ends with the demo's at-rest check.
+func ordersMain(_ argv: [String]) -> Never {
+    let ordersUsage = """
+    usage: txbench --orders --mode 2pc|3pc|tcc|outbox [--clients N] [--duration D] [--warmup D] [--skus N] [--row] [--bin-dir DIR]
+    """
+    var mode = "2pc"
+    var clients = 8
+    var durationMs: Int64 = 10_000
+    var warmupMs: Int64 = 2_000
+    var skus = 100
+    var row = false
+    var binDir: String?
+    do {
+        let args = try Arguments(argv, valued: ["mode", "clients", "duration", "warmup", "skus", "bin-dir"],
+                                 booleans: ["orders", "row", "help"])
+        if args.has("help") { print(ordersUsage); exit(0) }
+        guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
+        mode = args.string("mode") ?? "2pc"
+        guard ["2pc", "3pc", "tcc", "outbox"].contains(mode) else { throw UsageError("--mode must be 2pc, 3pc, tcc or outbox") }
+        clients = try args.int("clients", default: 8, range: 1...1024)!
+        durationMs = try args.durationMs("duration", default: 10_000)!
+        warmupMs = try args.durationMs("warmup", default: 2_000)!
+        skus = try args.int("skus", default: 100, range: 1...10_000)!
+        guard durationMs > 0 else { throw UsageError("--duration must be more than 0") }
+        row = args.has("row")
+        binDir = args.string("bin-dir")
+    } catch {
+        FileHandle.standardError.write(Data("error: \(error)\n\(ordersUsage)\n".utf8))
+        exit(2)
+    }
+    var options = Cluster.Options()
+    options.agents = 0
+    if let binDir { options.binDirectory = URL(fileURLWithPath: binDir) }
+    var procs: [ManagedProcess] = []
+    var cluster: Cluster?
+    func done(_ status: Int32, _ message: String? = nil) -> Never {
+        for p in procs { p.terminate() }
+        cluster?.stop()
+        if let message { FileHandle.standardError.write(Data("error: \(message)\n".utf8)) }
+        exit(status)
+    }
+    let inventoryURL: String
+    let ordersURL: String
+    do {
+        let c = try Cluster(options: options)
+        cluster = c
+        try c.start()
+        let inv = ManagedProcess(name: "inventory", executable: c.executable("inventory-service"),
+                                 arguments: ["--data", c.dataDirectory + "/inventory", "--port", "0", "--coordinator", c.coordinatorURL],
+                                 logDirectory: c.logDirectory)
+        try inv.start()
+        procs.append(inv)
+        inventoryURL = inv.url!
+        let ord = ManagedProcess(name: "orders", executable: c.executable("order-service"),
+                                 arguments: ["--data", c.dataDirectory + "/orders", "--port", "0", "--coordinator", c.coordinatorURL,
+                                             "--inventory", inventoryURL], logDirectory: c.logDirectory)
+        try ord.start()
+        procs.append(ord)
+        ordersURL = ord.url!
+    } catch {
+        done(1, "cannot start the demo services: \(error)")
+    }
+    func call(_ api: CohortAPI, _ method: String, _ url: String, _ body: [String: Any]? = nil) throws -> [String: Any] {
+        let bytes = body.map { Array(try! JSONSerialization.data(withJSONObject: $0)) } ?? []
+        let r = try api.raw(method, url, body: bytes)
+        guard r.status == 200 || r.status == 201 else { throw UsageError("\(method) \(url): HTTP \(r.status) \(String(decoding: r.body.prefix(200), as: UTF8.self))") }
+        return (try? JSONSerialization.jsonObject(with: Data(r.body))) as? [String: Any] ?? [:]
+    }
+    let setupAPI = CohortAPI(coordinatorURL: "", requestTimeoutMs: 60_000)
+    let initial: Int64 = 1_000_000
+    do {
+        for i in 0..<skus { _ = try call(setupAPI, "POST", inventoryURL + "/v1/stock", ["sku": "sku-\(i)", "available": initial]) }
+    } catch {
+        done(1, "setup failed: \(error)")
+    }
+
+    final class Tally: @unchecked Sendable {
+        let lock = NSLock()
+        var confirmed = 0
+        var rejected = 0
+        var failed = 0
+        var latencies: [Double] = []
+    }
+    func runFor(_ ms: Int64) -> (Tally, Double) {
+        let tally = Tally()
+        let start = Date()
+        let end = start.addingTimeInterval(Double(ms) / 1000)
+        let group = DispatchGroup()
+        for w in 0..<clients {
+            group.enter()
+            Thread.detachNewThread {
+                let api = CohortAPI(coordinatorURL: "", requestTimeoutMs: 60_000)
+                var rng = SystemRandomNumberGenerator()
+                var n = w
+                while Date() < end {
+                    n += 1
+                    let t0 = Date()
+                    var status: String?
+                    do {
+                        let placed = try call(api, "POST", ordersURL + "/v1/orders", ["sku": "sku-\(Int.random(in: 0..<skus, using: &rng))", "qty": 1, "mode": mode])
+                        status = placed["status"] as? String
+                        if status == "pending", let id = placed["order_id"] as? String {
+                            while status == "pending" {
+                                usleep(500)
+                                status = try call(api, "GET", ordersURL + "/v1/orders/\(id)")["status"] as? String
+                            }
+                        }
+                    } catch {
+                        status = nil
+                    }
+                    let ms = Date().timeIntervalSince(t0) * 1000
+                    tally.lock.lock()
+                    switch status {
+                    case "confirmed": tally.confirmed += 1; tally.latencies.append(ms)
+                    case "rejected": tally.rejected += 1
+                    default: tally.failed += 1
+                    }
+                    tally.lock.unlock()
+                }
+                group.leave()
+            }
+        }
+        group.wait()
+        return (tally, Date().timeIntervalSince(start))
+    }
+    if warmupMs > 0 { _ = runFor(warmupMs) }
+    let (tally, seconds) = runFor(durationMs)
+
+    // At rest: no order pending, every sku adds up, sold = confirmed qty (qty is 1 per order).
+    var ok = true
+    let api = CohortAPI(coordinatorURL: "", requestTimeoutMs: 60_000)
+    let deadline = Date().addingTimeInterval(30)
+    while true {
+        ok = true
+        do {
+            let all = try call(api, "GET", ordersURL + "/v1/orders")["orders"] as? [[String: Any]] ?? []
+            var confirmedBySku: [String: Int64] = [:]
+            for o in all {
+                let st = o["status"] as? String
+                if st == "pending" { ok = false }
+                if st == "confirmed", let s = o["sku"] as? String { confirmedBySku[s, default: 0] += (o["qty"] as? NSNumber)?.int64Value ?? 0 }
+            }
+            for i in 0..<skus where ok {
+                let s = try call(api, "GET", inventoryURL + "/v1/stock/sku-\(i)")
+                let a = (s["available"] as? NSNumber)?.int64Value ?? -1, r = (s["reserved"] as? NSNumber)?.int64Value ?? -1
+                let sold = (s["sold"] as? NSNumber)?.int64Value ?? -1
+                if a + r + sold != initial || r != 0 || sold != confirmedBySku["sku-\(i)", default: 0] { ok = false }
+            }
+        } catch {
+            ok = false
+        }
+        if ok || Date() > deadline { break }
+        Thread.sleep(forTimeInterval: 0.2)
+    }
+    let sorted = tally.latencies.sorted()
+    func pct(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] }
+    let committedPerS = Double(tally.confirmed) / seconds
+    if row {
+        print(String(format: "%-7d  %11.1f  %9.1f  %8.2f  %8.2f  %8.2f  %8.2f  %12@  %11@", clients, committedPerS, Double(tally.rejected) / seconds,
+                     pct(0.5), pct(0.95), pct(0.99), sorted.last ?? 0, "-", "-") + "  " + (ok ? "ok" : "FAILED"))
+    } else {
+        print("mode              \(mode)")
+        print(String(format: "clients           %d", clients))
+        print(String(format: "duration          %.1f s", seconds))
+        print(String(format: "confirmed/s       %.1f  (%d confirmed)", committedPerS, tally.confirmed))
+        print(String(format: "rejected/s        %.1f  (%d rejected, %d failed calls)", Double(tally.rejected) / seconds, tally.rejected, tally.failed))
+        print(String(format: "latency ms        p50 %.2f  p95 %.2f  p99 %.2f  max %.2f", pct(0.5), pct(0.95), pct(0.99), sorted.last ?? 0))
+        print("at rest           \(ok ? "ok" : "FAILED")")
+    }
+    fflush(stdout)
+    done(ok ? 0 : 1)
+}

@@ -1,0 +1,242 @@
+import CohortClient
+import CohortCore
+import Foundation
+import XCTest
+
+/// A coordinator (from `Cluster`) plus the two demo services as real processes.
+final class DemoRig: @unchecked Sendable {
+    let cluster: Cluster
+    var processes: [String: ManagedProcess] = [:]
+    var ports: [String: Int] = [:]
+    var starts: [String: Int] = [:]
+    var initial: [String: Int64] = [:]
+
+    init() throws {
+        var options = Cluster.Options()
+        options.agents = 0
+        options.keepData = ProcessInfo.processInfo.environment["COHORT_KEEP_TEST_DATA"] != nil
+        cluster = try Cluster(options: options)
+        try cluster.start()
+        try start("inventory")
+        try start("orders")
+    }
+
+    var coordinatorURL: String { cluster.coordinatorURL }
+    func url(_ name: String) -> String { "http://127.0.0.1:\(ports[name]!)" }
+
+    func start(_ name: String) throws {
+        let port = ports[name] ?? 0
+        let attempt = (starts[name] ?? 0) + 1
+        starts[name] = attempt
+        var args = ["--data", cluster.dataDirectory + "/" + name, "--port", String(port), "--coordinator", coordinatorURL]
+        if name == "orders" { args += ["--inventory", url("inventory")] }
+        let program = name == "orders" ? "order-service" : "inventory-service"
+        var lastError: Error?
+        for retry in 0..<(port == 0 ? 1 : 25) {
+            let p = ManagedProcess(name: name, executable: cluster.executable(program), arguments: args,
+                                   logDirectory: cluster.logDirectory, attempt: attempt * 100 + retry)
+            do {
+                try p.start()
+                processes[name] = p
+                ports[name] = p.port
+                return
+            } catch {
+                lastError = error
+                Thread.sleep(forTimeInterval: 0.2)
+            }
+        }
+        throw lastError!
+    }
+
+    func kill9(_ name: String) { processes[name]?.kill9() }
+    func stop() {
+        for p in processes.values { p.terminate() }
+        cluster.stop()
+    }
+
+    func json(_ method: String, _ url: String, _ body: [String: Any]? = nil) throws -> (Int, [String: Any]) {
+        let bytes = body.map { Array(try! JSONSerialization.data(withJSONObject: $0)) } ?? []
+        let r = try CohortAPI(coordinatorURL: "", requestTimeoutMs: 60_000).raw(method, url, body: bytes)
+        let object = (try? JSONSerialization.jsonObject(with: Data(r.body))) as? [String: Any] ?? [:]
+        return (r.status, object)
+    }
+
+    func setStock(_ sku: String, _ available: Int64) throws {
+        let (status, body) = try json("POST", url("inventory") + "/v1/stock", ["sku": sku, "available": available])
+        guard status == 200 else { throw ManagedProcessError("set stock: \(status) \(body)") }
+        initial[sku] = available
+    }
+
+    func stock(_ sku: String) throws -> (available: Int64, reserved: Int64, sold: Int64) {
+        let (status, b) = try json("GET", url("inventory") + "/v1/stock/\(sku)")
+        guard status == 200 else { throw ManagedProcessError("stock \(sku): \(status) \(b)") }
+        return ((b["available"] as? NSNumber)?.int64Value ?? -1, (b["reserved"] as? NSNumber)?.int64Value ?? -1,
+                (b["sold"] as? NSNumber)?.int64Value ?? -1)
+    }
+
+    /// Places an order; its status, or nil when the call failed (a killed process).
+    func order(_ sku: String, _ qty: Int64, _ mode: String) -> (status: Int, body: [String: Any])? {
+        try? json("POST", url("orders") + "/v1/orders", ["sku": sku, "qty": qty, "mode": mode])
+    }
+
+    /// The order's status once it is no longer pending (outbox orders answer pending first).
+    func finalStatus(_ placed: (status: Int, body: [String: Any])) -> String? {
+        guard let id = placed.body["order_id"] as? String else { return nil }
+        var status = placed.body["status"] as? String
+        let deadline = Date().addingTimeInterval(20)
+        while status == "pending", Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.05)
+            status = (try? json("GET", url("orders") + "/v1/orders/\(id)"))?.1["status"] as? String
+        }
+        return status
+    }
+
+    func orders(_ status: String? = nil) throws -> [[String: Any]] {
+        let (code, b) = try json("GET", url("orders") + "/v1/orders" + (status.map { "?status=\($0)" } ?? ""))
+        guard code == 200 else { throw ManagedProcessError("orders: \(code) \(b)") }
+        return b["orders"] as? [[String: Any]] ?? []
+    }
+
+    /// The contract's at-rest rules; the violations found (empty when they hold).
+    func atRestViolations() throws -> [String] {
+        var problems: [String] = []
+        let all = try orders()
+        for o in all where (o["status"] as? String) == "pending" { problems.append("order \(o["order_id"] ?? "?") still pending") }
+        for (sku, set) in initial {
+            let s = try stock(sku)
+            if s.available + s.reserved + s.sold != set { problems.append("\(sku): \(s) does not add up to \(set)") }
+            if s.reserved != 0 { problems.append("\(sku): reserved \(s.reserved)") }
+            let confirmed = all.filter { ($0["sku"] as? String) == sku && ($0["status"] as? String) == "confirmed" }
+                .reduce(Int64(0)) { $0 + ((($1["qty"] as? NSNumber)?.int64Value) ?? 0) }
+            if s.sold != confirmed { problems.append("\(sku): sold \(s.sold) but confirmed orders total \(confirmed)") }
+        }
+        return problems
+    }
+
+    func waitAtRest(timeoutMs: Int = 60_000) -> [String] {
+        let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
+        var last: [String] = ["not checked"]
+        while Date() < deadline {
+            last = (try? atRestViolations()) ?? ["services unreachable"]
+            if last.isEmpty { return [] }
+            Thread.sleep(forTimeInterval: 0.25)
+        }
+        return last
+    }
+}
+
+final class DemoTests: XCTestCase {
+    func rig() throws -> DemoRig {
+        let rig = try DemoRig()
+        addTeardownBlock { rig.stop() }
+        return rig
+    }
+
+    func testOrdersInEveryModeKeepTheAtRestRules() throws {
+        let rig = try rig()
+        try rig.setStock("apple", 20)
+        try rig.setStock("pear", 3)
+        let modes = ["2pc", "3pc", "tcc", "outbox"]
+        var confirmed: [String: Int64] = [:]
+        for (i, mode) in modes.enumerated() {
+            // Enough stock: confirmed.
+            let ok = try XCTUnwrap(rig.order("apple", Int64(2 + i), mode))
+            XCTAssertEqual(ok.status, 201, "\(mode): \(ok.body)")
+            XCTAssertEqual(ok.body["status"] as? String, mode == "outbox" ? "pending" : "confirmed", "\(mode)")
+            XCTAssertEqual(rig.finalStatus(ok), "confirmed", "\(mode)")
+            confirmed["apple", default: 0] += Int64(2 + i)
+            // Too little stock: rejected, stock untouched.
+            let before = try rig.stock("pear")
+            let no = try XCTUnwrap(rig.order("pear", 50, mode))
+            XCTAssertEqual(no.status, 201)
+            XCTAssertEqual(rig.finalStatus(no), "rejected", "\(mode): \(no.body)")
+            let after = try rig.stock("pear")
+            XCTAssertEqual(before.available, after.available)
+            XCTAssertEqual(before.sold, after.sold)
+            let id = try XCTUnwrap(no.body["order_id"] as? String)
+            let (code, got) = try rig.json("GET", rig.url("orders") + "/v1/orders/\(id)")
+            XCTAssertEqual(code, 200)
+            XCTAssertEqual(got["mode"] as? String, mode)
+            XCTAssertEqual(got["status"] as? String, "rejected")
+            XCTAssertEqual((got["qty"] as? NSNumber)?.int64Value, 50)
+        }
+        let apple = try rig.stock("apple")
+        XCTAssertEqual(apple.sold, confirmed["apple"])
+        XCTAssertEqual(apple.available, 20 - confirmed["apple"]!)
+        // Concurrent orders racing for the last units of a sku: never oversold.
+        let group = DispatchGroup()
+        for i in 0..<8 {
+            group.enter()
+            DispatchQueue.global().async {
+                _ = rig.order("pear", 1, modes[i % modes.count])
+                group.leave()
+            }
+        }
+        group.wait()
+        XCTAssertEqual(try rig.stock("pear").available >= 0, true)
+        XCTAssertEqual(rig.waitAtRest(), [])
+        XCTAssertEqual(try rig.orders("confirmed").count + (try rig.orders("rejected")).count, try rig.orders().count)
+    }
+
+    func testBadInputIsRefusedWithAnError() throws {
+        let rig = try rig()
+        for body: [String: Any] in [["sku": "a", "qty": 0, "mode": "2pc"], ["sku": "a", "qty": 1, "mode": "xa"],
+                                    ["sku": "a b", "qty": 1, "mode": "2pc"], ["qty": 1, "mode": "2pc"]] {
+            let (code, b) = try rig.json("POST", rig.url("orders") + "/v1/orders", body)
+            XCTAssertEqual(code, 400, "\(body)")
+            XCTAssertNotNil(b["error"] as? String)
+        }
+        let (code, b) = try rig.json("POST", rig.url("inventory") + "/v1/stock", ["sku": "x", "available": -1])
+        XCTAssertEqual(code, 400)
+        XCTAssertNotNil(b["error"])
+        XCTAssertEqual(try rig.json("GET", rig.url("orders") + "/v1/orders/nope").0, 404)
+    }
+
+    /// kill -9 of the inventory service, the coordinator and the order service while orders run in all four modes.
+    func testKillsDuringOrdersKeepTheAtRestRules() throws {
+        let rig = try rig()
+        try rig.setStock("plum", 1_000)
+        for victim in ["inventory", "coordinator", "orders"] {
+            let stop = NSLock()
+            var running = true
+            let group = DispatchGroup()
+            for w in 0..<4 {
+                group.enter()
+                DispatchQueue.global().async {
+                    var n = 0
+                    while true {
+                        stop.lock(); let go = running; stop.unlock()
+                        if !go { break }
+                        _ = rig.order("plum", Int64(1 + (n + w) % 3), ["2pc", "3pc", "tcc", "outbox"][n % 4])
+                        n += 1
+                    }
+                    group.leave()
+                }
+            }
+            Thread.sleep(forTimeInterval: 1.0)
+            if victim == "coordinator" {
+                rig.cluster.kill9(Cluster.coordinatorName)
+                Thread.sleep(forTimeInterval: 0.3)
+                try rig.cluster.startProcess(Cluster.coordinatorName)
+            } else {
+                rig.kill9(victim)
+                Thread.sleep(forTimeInterval: 0.3)
+                try rig.start(victim)
+            }
+            Thread.sleep(forTimeInterval: 1.0)
+            stop.lock(); running = false; stop.unlock()
+            group.wait()
+            let violations = rig.waitAtRest()
+            XCTAssertEqual(violations, [], "after kill -9 of \(victim)")
+            if !violations.isEmpty {
+                for o in (try? rig.orders("pending")) ?? [] {
+                    let id = o["order_id"] as? String ?? ""
+                    print("pending", o, (try? rig.json("GET", rig.url("orders") + "/v1/branches")) as Any,
+                          (try? rig.json("GET", rig.url("inventory") + "/v1/branches")) as Any, id)
+                }
+                print("data:", rig.cluster.dataDirectory)
+            }
+            XCTAssertGreaterThan(try rig.orders("confirmed").count, 0)
+        }
+    }
+}
