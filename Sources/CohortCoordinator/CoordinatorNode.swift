@@ -481,7 +481,7 @@ public final class CoordinatorNode {
         guard let limit = Int(limitText), limit > 0, limit <= Limits.finishedTransactionsKept + Limits.openTransactionsMax else {
             return responder.send(.error(400, "limit must be a positive integer"))
         }
-        let states = Set(["active", "preparing", "deciding", "committing", "committed", "aborted", "heuristic-mixed"]).union(TCCCoordinator.State.allCases.map(\.rawValue))
+        let states = Set(["active", "preparing", "pre-committing", "terminating", "deciding", "committing", "committed", "aborted", "heuristic-mixed"]).union(TCCCoordinator.State.allCases.map(\.rawValue))
         if let filter, !(states.contains(filter) || filter == "unfinished" || filter == "in-doubt" || filter == "parked") {
             return responder.send(.error(400, "state must be one of \(states.sorted().joined(separator: ", ")), unfinished, in-doubt, parked"))
         }
