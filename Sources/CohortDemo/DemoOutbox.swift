@@ -49,6 +49,25 @@ final class ReplySink: OutboxSink {
     }
 }
 
+/// Stream names when messages go through Redis Streams (`--broker`).
+enum DemoStreams {
+    static let ordersPlaced = "cohort-demo.orders-placed"
+    static let stockAnswers = "cohort-demo.stock-answers"
+}
+
+/// Runs a stream reader on a thread of its own until `stop()`.
+final class StreamConsumer {
+    let reader: RedisStreamReader
+    private var thread: PosixThread?
+
+    init(reader: RedisStreamReader) throws {
+        self.reader = reader
+        thread = try PosixThread(name: "stream-reader") { reader.run() }
+    }
+
+    func stop() { reader.stop() }
+}
+
 struct OrderPlaced: Codable { let order_id: String; let sku: String; let qty: Int64 }
 struct StockAnswer: Codable { let order_id: String; let reason: String? }
 
@@ -60,12 +79,35 @@ final class OrderOutbox {
     let inbox: Inbox
     private let lock = NSLock()
 
-    init(path: String, inventoryInbox: String, loop: EventLoop) throws {
+    private(set) var consumer: StreamConsumer?
+
+    /// With `broker` (redis://HOST:PORT) OrderPlaced goes to a stream and the answers are read
+    /// from another; without it, both go by HTTP to the services' `/v1/inbox`.
+    init(path: String, inventoryInbox: String, broker: String?, loop: EventLoop, onProblem: @escaping (String) -> Void) throws {
         outbox = try Outbox(path: path, name: "orders")
-        relay = OutboxRelay(store: try OutboxStore(path: path), sink: HTTPOutboxSink(url: inventoryInbox, loop: loop), loop: loop)
+        let sink: OutboxSink = try broker.map { try makeOutboxSink(url: $0, stream: DemoStreams.ordersPlaced, loop: loop) }
+            ?? HTTPOutboxSink(url: inventoryInbox, loop: loop)
+        relay = OutboxRelay(store: try OutboxStore(path: path), sink: sink, loop: loop)
         inbox = try Inbox(path: path, consumer: "orders")
         let relay = self.relay
         outbox.onCommit = { relay.wake() }
+        if let broker {
+            let reader = try RedisStreamReader(url: broker, stream: DemoStreams.stockAnswers, group: "orders", consumer: "orders",
+                                               inbox: try Inbox(path: path, consumer: "orders"), effect: Self.applyAnswer)
+            reader.onProblem = onProblem
+            consumer = try StreamConsumer(reader: reader)
+        }
+    }
+
+    static func applyAnswer(_ tx: OutboxTransaction, _ m: WireMessage) throws {
+        let answer = try JSONDecoder().decode(StockAnswer.self, from: Data(m.payload.utf8))
+        let status: String
+        switch m.topic {
+        case "StockReserved": status = "confirmed"
+        case "StockRejected": status = "rejected"
+        default: throw OutboxInputError("unknown topic \(m.topic.prefix(40))")
+        }
+        _ = try tx.execute("UPDATE orders SET status = ?2 WHERE order_id = ?1 AND status = 'pending'", [.text(answer.order_id), .text(status)])
     }
 
     /// Any thread.
@@ -82,16 +124,7 @@ final class OrderOutbox {
 
     /// `POST /v1/inbox` (loop thread): StockReserved confirms, StockRejected rejects.
     func handleInbox(_ request: HTTPRequest) -> HTTPResponse? {
-        InboxEndpoint.handle(request, inbox: inbox) { tx, m in
-            let answer = try JSONDecoder().decode(StockAnswer.self, from: Data(m.payload.utf8))
-            let status: String
-            switch m.topic {
-            case "StockReserved": status = "confirmed"
-            case "StockRejected": status = "rejected"
-            default: throw OutboxInputError("unknown topic \(m.topic.prefix(40))")
-            }
-            _ = try tx.execute("UPDATE orders SET status = ?2 WHERE order_id = ?1 AND status = 'pending'", [.text(answer.order_id), .text(status)])
-        }
+        InboxEndpoint.handle(request, inbox: inbox, Self.applyAnswer)
     }
 }
 
@@ -102,9 +135,54 @@ final class InventoryOutbox {
     let inbox: Inbox
     let relay: OutboxRelay
 
-    init(path: String, loop: EventLoop) throws {
+    private(set) var consumer: StreamConsumer?
+
+    /// With `broker`, OrderPlaced is read from a stream (each batch applied on the loop thread,
+    /// like the HTTP inbox) and the answers go to another stream; else both go by HTTP.
+    init(path: String, broker: String?, loop: EventLoop, busy: @escaping (String) -> Bool, onProblem: @escaping (String) -> Void) throws {
         inbox = try Inbox(path: path, consumer: "inventory", withOutbox: true)
-        relay = OutboxRelay(store: try OutboxStore(path: path), sink: ReplySink(loop: loop), loop: loop)
+        let sink: OutboxSink = try broker.map { try makeOutboxSink(url: $0, stream: DemoStreams.stockAnswers, loop: loop) } ?? ReplySink(loop: loop)
+        relay = OutboxRelay(store: try OutboxStore(path: path), sink: sink, loop: loop)
+        if let broker {
+            let relay = self.relay
+            let reader = try RedisStreamReader(url: broker, stream: DemoStreams.ordersPlaced, group: "inventory", consumer: "inventory",
+                                               inbox: inbox) { tx, m in
+                // On the loop thread (runApply below): a locked sku leaves the entry pending; it is claimed again later.
+                if let p = try? JSONDecoder().decode(OrderPlaced.self, from: Data(m.payload.utf8)), busy(p.sku) {
+                    throw OutboxInputError("sku \(p.sku) is locked by a 2PC/3PC branch; retry")
+                }
+                try Self.applyOrderPlaced(tx, m)
+            }
+            reader.runApply = { body in
+                var result: Result<[InboxResult], Error>?
+                let done = DispatchSemaphore(value: 0)
+                loop.execute {
+                    result = Result { try body() }
+                    relay.wake()
+                    done.signal()
+                }
+                done.wait()
+                return try result!.get()
+            }
+            reader.onProblem = onProblem
+            consumer = try StreamConsumer(reader: reader)
+        }
+    }
+
+    static func applyOrderPlaced(_ tx: OutboxTransaction, _ m: WireMessage) throws {
+        guard m.topic == "OrderPlaced" else { throw OutboxInputError("unknown topic \(m.topic.prefix(40))") }
+        let p = try JSONDecoder().decode(OrderPlaced.self, from: Data(m.payload.utf8))
+        guard validSku(p.sku), p.qty > 0 else { throw OutboxInputError("bad OrderPlaced payload") }
+        let taken = try tx.execute("UPDATE kv SET ival = ival - ?2 WHERE key = ?1 AND ival >= ?2",
+                                   [.text("available/\(p.sku)"), .int(p.qty)]) == 1
+        if taken {
+            _ = try tx.execute("INSERT INTO kv(key, ival, sval) VALUES(?1, ?2, NULL) ON CONFLICT(key) DO UPDATE SET ival = COALESCE(ival, 0) + ?2",
+                               [.text("sold/\(p.sku)"), .int(p.qty)])
+        }
+        let answer = StockAnswer(order_id: p.order_id, reason: taken ? nil : "not enough stock of \(p.sku) for \(p.qty)")
+        try tx.enqueue(topic: taken ? "StockReserved" : "StockRejected", key: p.order_id,
+                       payload: String(decoding: try JSONEncoder().encode(answer), as: UTF8.self),
+                       headers: ["reply_to": m.headers["reply_to"] ?? ""])
     }
 
     /// `POST /v1/inbox` (loop thread). A batch touching a sku that a 2PC/3PC branch holds locked
@@ -119,21 +197,7 @@ final class InventoryOutbox {
             }
         }
         do {
-            let results = try inbox.apply(batch.messages) { tx, m in
-                guard m.topic == "OrderPlaced" else { throw OutboxInputError("unknown topic \(m.topic.prefix(40))") }
-                let p = try JSONDecoder().decode(OrderPlaced.self, from: Data(m.payload.utf8))
-                guard validSku(p.sku), p.qty > 0 else { throw OutboxInputError("bad OrderPlaced payload") }
-                let taken = try tx.execute("UPDATE kv SET ival = ival - ?2 WHERE key = ?1 AND ival >= ?2",
-                                           [.text("available/\(p.sku)"), .int(p.qty)]) == 1
-                if taken {
-                    _ = try tx.execute("INSERT INTO kv(key, ival, sval) VALUES(?1, ?2, NULL) ON CONFLICT(key) DO UPDATE SET ival = COALESCE(ival, 0) + ?2",
-                                       [.text("sold/\(p.sku)"), .int(p.qty)])
-                }
-                let answer = StockAnswer(order_id: p.order_id, reason: taken ? nil : "not enough stock of \(p.sku) for \(p.qty)")
-                try tx.enqueue(topic: taken ? "StockReserved" : "StockRejected", key: p.order_id,
-                               payload: String(decoding: try JSONEncoder().encode(answer), as: UTF8.self),
-                               headers: ["reply_to": m.headers["reply_to"] ?? ""])
-            }
+            let results = try inbox.apply(batch.messages, Self.applyOrderPlaced)
             relay.wake()
             return .json(200, InboxBatchResponse(results: results))
         } catch {

@@ -18,6 +18,10 @@ public final class InventoryService {
         public var host = "127.0.0.1"
         public var port = 0
         public var name = "inventory"
+        /// redis://HOST:PORT: outbox messages through Redis Streams instead of HTTP.
+        public var broker: String?
+        /// Problems worth logging (a lost broker connection); the library never prints.
+        public var onProblem: (String) -> Void = { _ in }
         public init(dataDirectory: String, coordinatorURL: String) {
             self.dataDirectory = dataDirectory
             self.coordinatorURL = coordinatorURL
@@ -49,7 +53,9 @@ public final class InventoryService {
         tcc = try InventoryTCC.make(databasePath: options.dataDirectory + "/kv.sqlite") { key in
             !agent.node.resource.lockHolders(key).isEmpty
         }
-        outbox = try InventoryOutbox(path: options.dataDirectory + "/kv.sqlite", loop: loop)
+        outbox = try InventoryOutbox(path: options.dataDirectory + "/kv.sqlite", broker: options.broker, loop: loop, busy: { sku in
+            !agent.node.resource.lockHolders("available/\(sku)").isEmpty || !agent.node.resource.lockHolders("sold/\(sku)").isEmpty
+        }, onProblem: options.onProblem)
         weakSelf = self
     }
 
@@ -68,6 +74,7 @@ public final class InventoryService {
     }
 
     public func shutdown() {
+        outbox.consumer?.stop()
         outbox.relay.stop()
         agent.shutdown()
     }

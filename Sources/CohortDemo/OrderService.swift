@@ -18,6 +18,10 @@ public final class OrderService {
         public var host = "127.0.0.1"
         public var port = 0
         public var name = "orders"
+        /// redis://HOST:PORT: outbox messages through Redis Streams instead of HTTP.
+        public var broker: String?
+        /// Problems worth logging (a lost broker connection); the library never prints.
+        public var onProblem: (String) -> Void = { _ in }
         public init(dataDirectory: String, coordinatorURL: String, inventoryURL: String) {
             self.dataDirectory = dataDirectory
             self.coordinatorURL = coordinatorURL
@@ -54,7 +58,8 @@ public final class OrderService {
         agentOptions.routes = { request, responder in weakSelf?.route(request, responder) ?? false }
         agent = try AgentServer(options: agentOptions, loop: loop, onFatal: onFatal)
         selfURL = "http://\(options.host):\(agent.port)"
-        outbox = try OrderOutbox(path: options.dataDirectory + "/orders.sqlite", inventoryInbox: options.inventoryURL + "/v1/inbox", loop: loop)
+        outbox = try OrderOutbox(path: options.dataDirectory + "/orders.sqlite", inventoryInbox: options.inventoryURL + "/v1/inbox",
+                                 broker: options.broker, loop: loop, onProblem: options.onProblem)
         weakSelf = self
     }
 
@@ -74,6 +79,7 @@ public final class OrderService {
     }
 
     public func shutdown() {
+        outbox.consumer?.stop()
         outbox.relay.stop()
         agent.shutdown()
     }

@@ -21,6 +21,10 @@ public final class RedisStreamReader {
     public var onProblem: ((String) -> Void)?
     /// Called (on the reader's thread) with each batch's results after its local commit.
     public var onBatch: (([InboxResult]) -> Void)?
+    /// Runs each batch's local transaction, by default right here on the reader's thread. A
+    /// service whose effect must run on its event loop passes a function that runs the closure
+    /// there and waits for it.
+    public var runApply: (@escaping () throws -> [InboxResult]) throws -> [InboxResult] = { try $0() }
     private let lock = PosixConditionLock()
     private var stopped = false
     private let effect: (OutboxTransaction, WireMessage) throws -> Void
@@ -132,7 +136,7 @@ public final class RedisStreamReader {
     func apply(_ c: RedisConnection, _ entries: [(String, WireMessage?)]) throws {
         guard !entries.isEmpty else { return }
         let messages = entries.compactMap { $0.1 }
-        let results = try inbox.apply(messages, effect)
+        let results = try runApply { try self.inbox.apply(messages, self.effect) }
         onBatch?(results)
         var ack: [String] = []
         var j = 0

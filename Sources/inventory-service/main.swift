@@ -12,7 +12,7 @@ The demo's inventory: stock per sku in its own SQLite store; a Cohort participan
   --port N            TCP port; 0 picks a free port
   --coordinator URL   the coordinator, e.g. http://127.0.0.1:7000
   --host H            address to bind (default 127.0.0.1)
-  --broker URL        carry outbox messages through Redis Streams (not available in this build)
+  --broker URL        redis://HOST:PORT: outbox messages through Redis Streams instead of HTTP
 """
 
 func fail(_ message: String, status: Int32) -> Never {
@@ -28,11 +28,15 @@ do {
         exit(0)
     }
     guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
-    if args.string("broker") != nil { throw UsageError("--broker is not available in this build (outbox mode is not implemented yet)") }
     var options = InventoryService.Options(dataDirectory: try args.required("data"),
                                            coordinatorURL: try normalizedBaseURL(try args.required("coordinator"), flag: "coordinator"))
     options.port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
     options.host = args.string("host") ?? "127.0.0.1"
+    if let broker = args.string("broker") {
+        guard broker.hasPrefix("redis://") else { throw UsageError("--broker must be redis://HOST:PORT") }
+        options.broker = broker
+    }
+    options.onProblem = { FileHandle.standardError.write(Data("broker: \($0)\n".utf8)) }
     let loop = try EventLoop()
     var running: InventoryService?
     try loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in running?.shutdown() }

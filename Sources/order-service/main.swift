@@ -7,13 +7,13 @@ import Foundation
 let usage = """
 usage: order-service --data DIR --port N --coordinator URL --inventory URL [--host H] [--broker redis://HOST:PORT]
 
-The demo's orders, placed in mode 2pc or 3pc (tcc and outbox are not in this build).
+The demo's orders, placed in mode 2pc, 3pc, tcc or outbox.
   --inventory URL     the inventory service
   --data DIR          data directory; created if missing
   --port N            TCP port; 0 picks a free port
   --coordinator URL   the coordinator, e.g. http://127.0.0.1:7000
   --host H            address to bind (default 127.0.0.1)
-  --broker URL        carry outbox messages through Redis Streams (not available in this build)
+  --broker URL        redis://HOST:PORT: outbox messages through Redis Streams instead of HTTP
 """
 
 func fail(_ message: String, status: Int32) -> Never {
@@ -29,12 +29,16 @@ do {
         exit(0)
     }
     guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
-    if args.string("broker") != nil { throw UsageError("--broker is not available in this build (outbox mode is not implemented yet)") }
     var options = OrderService.Options(dataDirectory: try args.required("data"),
                                            coordinatorURL: try normalizedBaseURL(try args.required("coordinator"), flag: "coordinator"),
                                        inventoryURL: try normalizedBaseURL(try args.required("inventory"), flag: "inventory"))
     options.port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
     options.host = args.string("host") ?? "127.0.0.1"
+    if let broker = args.string("broker") {
+        guard broker.hasPrefix("redis://") else { throw UsageError("--broker must be redis://HOST:PORT") }
+        options.broker = broker
+    }
+    options.onProblem = { FileHandle.standardError.write(Data("broker: \($0)\n".utf8)) }
     let loop = try EventLoop()
     var running: OrderService?
     try loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in running?.shutdown() }

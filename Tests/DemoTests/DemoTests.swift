@@ -11,7 +11,10 @@ final class DemoRig: @unchecked Sendable {
     var starts: [String: Int] = [:]
     var initial: [String: Int64] = [:]
 
-    init() throws {
+    let broker: String?
+
+    init(broker: String? = nil) throws {
+        self.broker = broker
         var options = Cluster.Options()
         options.agents = 0
         options.keepData = ProcessInfo.processInfo.environment["COHORT_KEEP_TEST_DATA"] != nil
@@ -30,6 +33,7 @@ final class DemoRig: @unchecked Sendable {
         starts[name] = attempt
         var args = ["--data", cluster.dataDirectory + "/" + name, "--port", String(port), "--coordinator", coordinatorURL]
         if name == "orders" { args += ["--inventory", url("inventory")] }
+        if let broker { args += ["--broker", broker] }
         let program = name == "orders" ? "order-service" : "inventory-service"
         var lastError: Error?
         for retry in 0..<(port == 0 ? 1 : 25) {
@@ -126,8 +130,8 @@ final class DemoRig: @unchecked Sendable {
 }
 
 final class DemoTests: XCTestCase {
-    func rig() throws -> DemoRig {
-        let rig = try DemoRig()
+    func rig(broker: String? = nil) throws -> DemoRig {
+        let rig = try DemoRig(broker: broker)
         addTeardownBlock { rig.stop() }
         return rig
     }
@@ -238,5 +242,43 @@ final class DemoTests: XCTestCase {
             }
             XCTAssertGreaterThan(try rig.orders("confirmed").count, 0)
         }
+    }
+
+    /// Outbox orders through Redis Streams (`--broker`), with kill -9 of the inventory service
+    /// and of the order service while they flow; skipped when redis-server is not installed.
+    func testOutboxThroughRedisStreamsKeepsTheAtRestRules() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/redis-server") else { throw XCTSkip("redis-server not installed") }
+        let port = 20_000 + Int.random(in: 0..<20_000)
+        let dir = NSTemporaryDirectory() + "cohort-redis-\(port)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let redis = ManagedProcess(name: "redis", executable: URL(fileURLWithPath: "/usr/bin/redis-server"),
+                                   arguments: ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir],
+                                   logDirectory: dir)
+        try redis.start(waitForListening: false)
+        addTeardownBlock {
+            redis.terminate()
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        Thread.sleep(forTimeInterval: 0.5)
+        let rig = try rig(broker: "redis://127.0.0.1:\(port)")
+        try rig.setStock("fig", 30)
+        let first = try XCTUnwrap(rig.order("fig", 4, "outbox"))
+        XCTAssertEqual(first.body["status"] as? String, "pending")
+        XCTAssertEqual(rig.finalStatus(first), "confirmed")
+        let tooMany = try XCTUnwrap(rig.order("fig", 100, "outbox"))
+        XCTAssertEqual(rig.finalStatus(tooMany), "rejected")
+        XCTAssertEqual(try rig.stock("fig").sold, 4)
+        for victim in ["inventory", "orders"] {
+            for i in 0..<20 {
+                _ = rig.order("fig", 1 + Int64(i % 2), i % 5 == 0 ? "2pc" : "outbox")
+                if i == 10 {
+                    rig.kill9(victim)
+                    Thread.sleep(forTimeInterval: 0.2)
+                    try rig.start(victim)
+                }
+            }
+            XCTAssertEqual(rig.waitAtRest(), [], "after kill -9 of \(victim)")
+        }
+        XCTAssertGreaterThan(try rig.orders("rejected").count, 0, "stock ran out: some orders must have been rejected")
     }
 }
