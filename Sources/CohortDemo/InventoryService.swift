@@ -4,6 +4,7 @@ import CohortCore
 import CohortHTTP
 import CohortKV
 import CohortPosix
+import CohortRuntime
 import CohortTCC
 import Foundation
 
@@ -11,7 +12,7 @@ import Foundation
 /// `available/{sku}`, `reserved/{sku}` and `sold/{sku}`. It is a Cohort participant (2PC and 3PC)
 /// through `AgentServer`: an order's branch here is `add available/{sku} -qty (min 0)` and
 /// `add sold/{sku} +qty`, so too little stock makes the branch vote no.
-public final class InventoryService {
+public final class InventoryService: RunnableServer {
     public struct Options {
         public var dataDirectory: String
         public var coordinatorURL: String

@@ -4,13 +4,14 @@ import CohortCore
 import CohortHTTP
 import CohortKV
 import CohortPosix
+import CohortRuntime
 import Foundation
 
 /// The order service of the demo. Orders live in its own SQLite file (`orders.sqlite`); for
 /// 2PC and 3PC it is itself a Cohort participant (an embedded `AgentServer`) whose branch is the
 /// order's key `order/{order_id}` in its participant store: that key exists exactly when the
 /// global transaction committed, so the order row is settled from it (also after a crash).
-public final class OrderService {
+public final class OrderService: RunnableServer {
     public struct Options {
         public var dataDirectory: String
         public var coordinatorURL: String
@@ -181,17 +182,23 @@ public final class OrderService {
             }
         } catch {
             // The answer was lost (coordinator or network down): our own branch knows.
-            guard txid != nil else {
-                _ = try? store.settle(order.orderID, "rejected")
-                return "rejected"
-            }
-            var o = order
-            o.txid = txid
-            if let status = settle(o, waitMs: Limits.demoSettleWaitMs) { return status }
-            // Still unsure: answer pending and keep settling in the background.
-            workers.run { [self] in self.settleAfterRestart(o) }
-            return "pending"
+            return settleAfterLostAnswer(order, txid: txid)
         }
+    }
+
+    /// A call failed mid-order: with no transaction yet the order is rejected; otherwise its
+    /// outcome is looked up for a while, then, still unsure, answered pending and settled in
+    /// the background.
+    private func settleAfterLostAnswer(_ order: OrderStore.Order, txid: String?) -> String {
+        guard txid != nil else {
+            _ = try? store.settle(order.orderID, "rejected")
+            return "rejected"
+        }
+        var o = order
+        o.txid = txid
+        if let status = settle(o, waitMs: Limits.demoSettleWaitMs) { return status }
+        workers.run { [self] in self.settleAfterRestart(o) }
+        return "pending"
     }
 
     /// The outcome of a 2PC/3PC order from this participant's own branch: once the branch is
@@ -262,15 +269,7 @@ public final class OrderService {
                 return status
             }
         } catch {
-            guard txid != nil else {
-                _ = try? store.settle(order.orderID, "rejected")
-                return "rejected"
-            }
-            var o = order
-            o.txid = txid
-            if let status = settle(o, waitMs: Limits.demoSettleWaitMs) { return status }
-            workers.run { [self] in self.settleAfterRestart(o) }
-            return "pending"
+            return settleAfterLostAnswer(order, txid: txid)
         }
     }
 

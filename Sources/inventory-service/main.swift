@@ -37,23 +37,10 @@ do {
         options.broker = broker
     }
     options.onProblem = { FileHandle.standardError.write(Data("broker: \($0)\n".utf8)) }
-    let loop = try EventLoop()
-    var running: InventoryService?
-    try loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in running?.shutdown() }
-    let service: InventoryService
-    do {
-        service = try InventoryService(options: options, loop: loop) { message in
-            FileHandle.standardError.write(Data("error: \(message)\n".utf8))
-            ProcessEnv.exitNow(1)
-        }
-    } catch {
-        fail("cannot start: \(error)", status: 1)
+    try ServerMain.serve(host: options.host, say: { print($0); fflush(stdout) },
+                         warn: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) { loop, onFatal in
+        try InventoryService(options: options, loop: loop, onFatal: onFatal)
     }
-    if let note = service.recoveryNote { FileHandle.standardError.write(Data("recovery: \(note)\n".utf8)) }
-    print("listening on http://\(options.host):\(service.port)")
-    fflush(stdout)
-    running = service
-    try service.run()
     exit(0)
 } catch let e as UsageError {
     fail("\(e)\n\(usage)", status: 2)
