@@ -51,6 +51,63 @@ struct OutboxSnapshot {
         let applied = Set(effects.map(\.messageID))
         return rows.filter { $0.state == 1 && !applied.contains("producer:\($0.id)") }
     }
+
+    /// What is wrong with this state at rest (empty: nothing). Per key, the business rows' seqs
+    /// are 1, 2, ...; the messages are exactly the business rows (none from a rolled-back
+    /// transaction, none missing); the consumer applied each once, in commit order, all of them
+    /// up to the key's first dead letter (all but the dead ones when dead letters do not block).
+    func problems(deadLettersBlockKeys blocking: Bool, deadLettersExpected: Bool) -> [String] {
+        var problems: [String] = []
+        // Exactly once.
+        var seen: [String: Int] = [:]
+        for e in effects { seen[e.messageID, default: 0] += 1 }
+        let twice = seen.filter { $0.value > 1 }.map(\.key).sorted()
+        if !twice.isEmpty { problems.append("\(twice.count) messages applied more than once (\(twice.prefix(5).joined(separator: ", ")))") }
+        // Nothing from a rolled-back transaction.
+        let rolledBack = rows.filter(\.rollback)
+        if !rolledBack.isEmpty { problems.append("\(rolledBack.count) outbox rows from rolled-back transactions (first id \(rolledBack[0].id))") }
+        if rollbackMessages > 0 { problems.append("the consumer applied \(rollbackMessages) messages of rolled-back transactions") }
+        if orderViolations > 0 { problems.append("the consumer saw \(orderViolations) per-key order violations") }
+        // Each applied message is the row it names.
+        let byID = Dictionary(rows.map { ("producer:\($0.id)", $0) }, uniquingKeysWith: { a, _ in a })
+        let strangers = effects.filter { e in byID[e.messageID].map { $0.key != e.key || $0.seq != e.seq } ?? true }
+        if !strangers.isEmpty { problems.append("\(strangers.count) applied messages match no outbox row (\(strangers.prefix(3).map(\.messageID).joined(separator: ", ")))") }
+        // Per key: a message for every business row and none without; applied in commit order,
+        // all of them except behind a dead letter.
+        var rowsByKey: [String: [Row]] = [:]
+        for row in rows { rowsByKey[row.key, default: []].append(row) }
+        var appliedByKey: [String: [Int64]] = [:]
+        for e in effects { appliedByKey[e.key, default: []].append(e.seq) }
+        var badKeys: [String] = []
+        for key in Set(rowsByKey.keys).union(orders.keys).union(appliedByKey.keys).sorted() {
+            let keyRows = rowsByKey[key] ?? []
+            let keyOrders = orders[key] ?? []
+            if keyOrders != (0..<keyOrders.count).map({ Int64($0 + 1) }) {
+                badKeys.append("\(key): business rows have seqs \(keyOrders.prefix(8)) (expected 1, 2, ...)")
+            }
+            if keyRows.map(\.seq) != keyOrders {
+                badKeys.append("\(key): messages \(keyRows.map(\.seq).prefix(8)) differ from business rows \(keyOrders.prefix(8))")
+                continue
+            }
+            var expected: [Int64] = []
+            for row in keyRows {
+                if row.state == 2 {
+                    if blocking { break } else { continue }
+                }
+                expected.append(row.seq)
+            }
+            let applied = appliedByKey[key] ?? []
+            if applied != expected {
+                badKeys.append("\(key): applied \(applied.count) messages \(applied.prefix(8)), expected \(expected.count) \(expected.prefix(8))")
+            }
+        }
+        if !badKeys.isEmpty { problems.append(badKeys.prefix(4).joined(separator: "; ") + (badKeys.count > 4 ? " (\(badKeys.count) keys)" : "")) }
+        let dead = rows.filter { $0.state == 2 }
+        if !dead.isEmpty && !deadLettersExpected {
+            problems.append("\(dead.count) dead letters, and the scenario expects none (keys \(Set(dead.map(\.key)).sorted().prefix(5).joined(separator: ", ")))")
+        }
+        return problems
+    }
 }
 
 extension ScenarioRun {
@@ -238,52 +295,9 @@ extension ScenarioRun {
         guard rest.ok else { return fail("not at rest \(within)ms after the faults stopped: \(rest.why)") }
         let s: OutboxSnapshot
         do { s = try outboxSnapshot() } catch { return fail("cannot read the databases: \(error)") }
-        var problems: [String] = []
-        // Exactly once.
-        var seen: [String: Int] = [:]
-        for e in s.effects { seen[e.messageID, default: 0] += 1 }
-        let twice = seen.filter { $0.value > 1 }.map(\.key).sorted()
-        if !twice.isEmpty { problems.append("\(twice.count) messages applied more than once (\(twice.prefix(5).joined(separator: ", ")))") }
-        // Nothing from a rolled-back transaction.
-        let rolledBackRows = s.rows.filter(\.rollback)
-        if !rolledBackRows.isEmpty { problems.append("\(rolledBackRows.count) outbox rows from rolled-back transactions (first id \(rolledBackRows[0].id))") }
-        if s.rollbackMessages > 0 { problems.append("the consumer applied \(s.rollbackMessages) messages of rolled-back transactions") }
-        if s.orderViolations > 0 { problems.append("the consumer saw \(s.orderViolations) per-key order violations") }
-        // Each applied message is the row it names.
-        let byID = Dictionary(uniqueKeysWithValues: s.rows.map { ("producer:\($0.id)", $0) })
-        let strangers = s.effects.filter { e in byID[e.messageID].map { $0.key != e.key || $0.seq != e.seq } ?? true }
-        if !strangers.isEmpty { problems.append("\(strangers.count) applied messages match no outbox row (\(strangers.prefix(3).map(\.messageID).joined(separator: ", ")))") }
-        // Per key: a message for every business row and none without; applied in commit order, all
-        // of them except behind a dead letter.
         let blocking = !(scenario.topology.processes.values.contains { $0.flags.joined(separator: " ").contains("--dead-letters-block-key false") })
-        var rowsByKey: [String: [OutboxSnapshot.Row]] = [:]
-        for row in s.rows { rowsByKey[row.key, default: []].append(row) }
-        var appliedByKey: [String: [Int64]] = [:]
-        for e in s.effects { appliedByKey[e.key, default: []].append(e.seq) }
-        var badKeys: [String] = []
-        for key in Set(rowsByKey.keys).union(s.orders.keys).union(appliedByKey.keys).sorted() {
-            let rows = rowsByKey[key] ?? []
-            let orders = s.orders[key] ?? []
-            if orders != (0..<orders.count).map({ Int64($0 + 1) }) {
-                badKeys.append("\(key): business rows have seqs \(orders.prefix(8)) (expected 1, 2, ...)")
-            }
-            if rows.map(\.seq) != orders {
-                badKeys.append("\(key): messages \(rows.map(\.seq).prefix(8)) differ from business rows \(orders.prefix(8))")
-                continue
-            }
-            var expected: [Int64] = []
-            for row in rows {
-                if row.state == 2 {
-                    if blocking { break } else { continue }
-                }
-                expected.append(row.seq)
-            }
-            let applied = appliedByKey[key] ?? []
-            if applied != expected {
-                badKeys.append("\(key): applied \(applied.count) messages \(applied.prefix(8)), expected \(expected.count) \(expected.prefix(8))")
-            }
-        }
-        if !badKeys.isEmpty { problems.append(badKeys.prefix(4).joined(separator: "; ") + (badKeys.count > 4 ? " (\(badKeys.count) keys)" : "")) }
+        let expectsDead = scenario.checks.contains { if case .deadLetters = $0 { return true }; return false }
+        var problems = s.problems(deadLettersBlockKeys: blocking, deadLettersExpected: expectsDead)
         let producer = producerState(api)
         let rolledBack = producer?["rolled_back"] as? Int ?? 0
         if scenario.workload.outbox?.rollbackEvery != nil && rolledBack == 0 {
@@ -297,7 +311,7 @@ extension ScenarioRun {
         guard problems.isEmpty else { return fail(problems.joined(separator: "; ")) }
         let dead = s.rows.filter { $0.state == 2 }.count
         return CheckResult(name: "outbox_at_rest", ok: true,
-                           detail: "\(s.effects.count) of \(s.rows.count) messages over \(rowsByKey.count) keys applied exactly once in per-key commit order"
+                           detail: "\(s.effects.count) of \(s.rows.count) messages over \(Set(s.rows.map(\.key)).count) keys applied exactly once in per-key commit order"
                                + "; \(rolledBack) rolled back, none sent; \(duplicates) redeliveries deduped"
                                + (dead > 0 ? "; \(dead) dead letters, \(s.rows.filter { $0.state == 0 }.count) messages waiting behind them" : ""),
                            txids: [])
