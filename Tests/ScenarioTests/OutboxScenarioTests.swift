@@ -174,6 +174,17 @@ final class OutboxScenarioTests: XCTestCase {
         XCTAssertTrue(atRest.detail.contains("400 of 400 messages"), atRest.detail)
     }
 
+    /// Through Redis: the runner's redis-server, the consumer's crash point between its commit
+    /// and XACK, and the redelivery deduped.
+    func testConsumerCrashThroughRedisScenarioPasses() throws {
+        guard RedisServer.executable() != nil else { throw XCTSkip("redis-server is not installed (apt-get install -y redis-server)") }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let r = try runner().run(try Scenario.load(path: root.appendingPathComponent("Scenarios/84-outbox-consumer-crash-after-commit.json").path))
+        XCTAssertTrue(r.passed, describe(r))
+        XCTAssertTrue(r.events.contains { $0.contains("started redis") }, describe(r))
+        XCTAssertTrue(r.events.contains { $0.contains("consumer exited with status 137") }, describe(r))
+    }
+
     /// Without their fault, the checks that demand its effect fail: no redelivery to dedupe, no
     /// fencing rejection; and poison nobody expected leaves dead letters outbox_at_rest refuses.
     func testChecksFailWhenWhatTheyCheckDidNotHappen() throws {
