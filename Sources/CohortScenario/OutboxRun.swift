@@ -115,6 +115,11 @@ struct OutboxSnapshot {
 extension ScenarioRun {
     private var outbox: OutboxRunState { outboxRun! }
 
+    /// The relays' `--dead-letters-block-key` (default true).
+    private var deadLettersBlockKeys: Bool {
+        !scenario.topology.processes.values.contains { $0.flags.joined(separator: " ").contains("--dead-letters-block-key false") }
+    }
+
     // MARK: - processes
 
     func outboxArguments(_ name: String, port: Int) -> (String, [String]) {
@@ -297,7 +302,7 @@ extension ScenarioRun {
         guard rest.ok else { return fail("not at rest \(within)ms after the faults stopped: \(rest.why)") }
         let s: OutboxSnapshot
         do { s = try outboxSnapshot() } catch { return fail("cannot read the databases: \(error)") }
-        let blocking = !(scenario.topology.processes.values.contains { $0.flags.joined(separator: " ").contains("--dead-letters-block-key false") })
+        let blocking = deadLettersBlockKeys
         let expectsDead = scenario.checks.contains { if case .deadLetters = $0 { return true }; return false }
         var problems = s.problems(deadLettersBlockKeys: blocking, deadLettersExpected: expectsDead)
         let producer = producerState(api)
@@ -353,7 +358,7 @@ extension ScenarioRun {
         if !s.flowingPending.isEmpty { problems.append("\(s.flowingPending.count) messages of keys without a dead letter still pending") }
         // Blocked keys: with dead letters blocking (the default), nothing after a key's dead
         // letter was applied.
-        let blocking = !(scenario.topology.processes.values.contains { $0.flags.joined(separator: " ").contains("--dead-letters-block-key false") })
+        let blocking = deadLettersBlockKeys
         if blocking {
             let firstDead = Dictionary(s.rows.filter { $0.state == 2 }.map { ($0.key, $0.seq) }, uniquingKeysWith: min)
             let overtaking = s.effects.filter { e in firstDead[e.key].map { e.seq > $0 } ?? false }
