@@ -19,7 +19,8 @@ public enum TxScenarioCommand {
       --keep-data      keep every scenario's data directory and process logs (kept anyway on failure)
       --work-dir DIR   where data directories go (default: the temporary directory)
       --verbose        print what the runner does, as it does it (stderr)
-    cohortd and cohort-agent are looked for next to txscenario (or in COHORT_BIN_DIR).
+    cohortd and cohort-agent are looked for next to txscenario (or in COHORT_BIN_DIR); so are
+    outbox-demo-producer, outbox-demo-consumer, cohort-relay and txctl ("kind": "outbox").
     """
 
     public struct Sinks {

@@ -67,24 +67,27 @@ final class ScenarioRun: @unchecked Sendable {
     let dataDir: String
     let logDir: String
 
-    private let lock = NSLock()
-    private var result: ScenarioResult
+    let lock = NSLock()
+    var result: ScenarioResult
     private var t0 = Date()
 
     // processes
-    private var procs: [String: ManagedProcess] = [:]
-    private var ports: [String: Int] = [:]
-    private var starts: [String: Int] = [:]
+    var procs: [String: ManagedProcess] = [:]
+    var ports: [String: Int] = [:]
+    var starts: [String: Int] = [:]
     /// Processes the runner expects to be running (others are down on purpose).
-    private var shouldRun: Set<String> = []
+    var shouldRun: Set<String> = []
     /// Environment the next start of a process gets on top of its own (an armed fault).
     private var armed: [String: (env: [String: String], fault: Int, times: Int)] = [:]
     private var firedFaults: Set<Int> = []
     private var pendingDiskFaults: [String: [Int]] = [:]
-    private var exitStatuses: [String: [Int32]] = [:]
-    private var startFailures: [String: String] = [:]
+    var exitStatuses: [String: [Int32]] = [:]
+    var startFailures: [String: String] = [:]
     private var unexpectedExits: [String] = []
     private var paused: Set<String> = []
+
+    /// The outbox topology's state (OutboxRun.swift); nil for cohortd + agents.
+    var outboxRun: OutboxRunState?
 
     // proxies: "coordinator->a", "a->coordinator"
     private var proxies: [String: FaultProxy] = [:]
@@ -128,6 +131,7 @@ final class ScenarioRun: @unchecked Sendable {
     }
 
     private func arguments(_ name: String, port: Int) -> (String, [String]) {
+        if scenario.topology.outbox != nil { return outboxArguments(name, port: port) }
         let flags = scenario.topology.processes[name]?.flags ?? []
         if name == "coordinator" {
             return ("cohortd", ["--data", "\(dataDir)/coordinator", "--port", String(port)] + flags)
@@ -142,6 +146,7 @@ final class ScenarioRun: @unchecked Sendable {
     /// refused start (exited before listening) and returns false.
     @discardableResult
     func startProcess(_ name: String, extraEnv: [String: String] = [:]) -> Bool {
+        if name == "redis", let redis = outboxRun?.redis { return startRedis(redis) }
         var env = baseEnv(name)
         for (k, v) in extraEnv { env[k] = v }
         lock.lock()
@@ -282,15 +287,21 @@ final class ScenarioRun: @unchecked Sendable {
             try FileManager.default.createDirectory(atPath: logDir, withIntermediateDirectories: true)
             let rules = networkRules()
             for r in rules { _ = try proxy(r.link) }
-            guard startProcess("coordinator") else { throw ManagedProcessError("the coordinator did not start: \(startFailures["coordinator"] ?? "")") }
-            for a in scenario.topology.agentNames {
-                guard startProcess(a) else { throw ManagedProcessError("agent \(a) did not start: \(startFailures[a] ?? "")") }
+            var transfers: ScenarioWorkload?
+            if scenario.topology.outbox != nil {
+                try startOutbox()
+            } else {
+                guard startProcess("coordinator") else { throw ManagedProcessError("the coordinator did not start: \(startFailures["coordinator"] ?? "")") }
+                for a in scenario.topology.agentNames {
+                    guard startProcess(a) else { throw ManagedProcessError("agent \(a) did not start: \(startFailures[a] ?? "")") }
+                }
+                let w = ScenarioWorkload(coordinatorURL: url("coordinator"),
+                                         agentURLs: scenario.topology.agentNames.map { url($0) }, config: scenario.workload,
+                                         protocolName: scenario.topology.protocolName, termination: scenario.topology.termination)
+                try w.setup()
+                event("set up \(scenario.workload.accounts) accounts on each of \(scenario.topology.agents) agents")
+                transfers = w
             }
-            let workload = ScenarioWorkload(coordinatorURL: url("coordinator"),
-                                            agentURLs: scenario.topology.agentNames.map { url($0) }, config: scenario.workload,
-                                            protocolName: scenario.topology.protocolName, termination: scenario.topology.termination)
-            try workload.setup()
-            event("set up \(scenario.workload.accounts) accounts on each of \(scenario.topology.agents) agents")
             // Faults armed from the start: restart those processes with the fault in their environment.
             t0 = Date()
             for (i, f) in scenario.faults.enumerated() where f.atMs == 0 { armIfNeeded(i, f) }
@@ -305,20 +316,25 @@ final class ScenarioRun: @unchecked Sendable {
             let maxMs = scenario.workload.durationMs ?? 60_000
             let deadline = at(maxMs)
             let workloadDone = DispatchSemaphore(value: 0)
-            let wt = Thread {
-                workload.run(deadline: deadline)
+            let transferWorkload = transfers
+            let wt = Thread { [self] in
+                if let transfers = transferWorkload { transfers.run(deadline: deadline) } else { runOutboxWorkload(deadline: deadline) }
                 workloadDone.signal()
             }
             wt.stackSize = 1 << 20
             wt.start()
-            event("workload started: \(scenario.workload.clients) clients, " + (scenario.workload.count.map { "\($0) transfers" } ?? "\(maxMs)ms"))
+            if let o = scenario.workload.outbox {
+                event("workload started: the producer runs \(o.count) transactions at \(o.rate)/s over \(o.keys) keys")
+            } else {
+                event("workload started: \(scenario.workload.clients) clients, " + (scenario.workload.count.map { "\($0) transfers" } ?? "\(maxMs)ms"))
+            }
             var workloadFinished = false
             var disarmed = false
             let lastWindowEnd = rules.map(\.end).max().map { at($0) } ?? t0
             while true {
                 if !workloadFinished, workloadDone.wait(timeout: .now()) == .success {
                     workloadFinished = true
-                    event("workload finished: \(workload.snapshot().count) transfers")
+                    event("workload finished: " + (transfers.map { "\($0.snapshot().count) transfers" } ?? outboxWorkloadSummary()))
                 }
                 while let a = takeDueAction() { a.body() }
                 watchProcesses()
@@ -337,7 +353,7 @@ final class ScenarioRun: @unchecked Sendable {
             }
             event("faults over")
             let faultsEnd = Date()
-            check(workload: workload, faultsEnd: faultsEnd)
+            if let transfers { check(workload: transfers, faultsEnd: faultsEnd) } else { checkOutbox(faultsEnd: faultsEnd) }
         } catch {
             lock.lock()
             result.checks.append(CheckResult(name: "run", ok: false, detail: "\(error)", txids: []))
@@ -557,15 +573,13 @@ final class ScenarioRun: @unchecked Sendable {
 
     // MARK: - checks
 
-    private func check(workload: ScenarioWorkload, faultsEnd: Date) {
+    /// The checks every topology gets: faults_fired, no_unexpected_exit, processes_start.
+    func processChecks() -> [CheckResult] {
         var checks: [CheckResult] = []
-        let api = workload.api()
-        let agentURLs = workload.agentURLs
         // Faults that never fired: the scenario did not test what it claims.
         lock.lock()
         let fired = firedFaults
         let unexpected = unexpectedExits
-        let statuses = exitStatuses
         let refused = startFailures
         lock.unlock()
         var counts: [Int: Int] = [:]
@@ -584,12 +598,10 @@ final class ScenarioRun: @unchecked Sendable {
         checks.append(CheckResult(name: "faults_fired", ok: notFired.isEmpty, detail: notFired.isEmpty ? "every fault fired" : notFired.joined(separator: "; "), txids: []))
         var expectedExit: (String, Int32)?
         var expectedRefusal: String?
-        var expectInDoubt = false
         for c in scenario.checks {
             if case .expect(let e) = c {
                 if let x = e.exitStatus { expectedExit = x }
                 if let r = e.startRefused { expectedRefusal = r }
-                if e.inDoubtRemains == true { expectInDoubt = true }
             }
         }
         let unexplained = unexpected.filter { line in
@@ -601,6 +613,21 @@ final class ScenarioRun: @unchecked Sendable {
         let unexpectedRefusals = refused.filter { $0.key != expectedRefusal }
         if !unexpectedRefusals.isEmpty {
             checks.append(CheckResult(name: "processes_start", ok: false, detail: unexpectedRefusals.map { "\($0.key): \($0.value)" }.joined(separator: "; "), txids: []))
+        }
+        return checks
+    }
+
+    private func check(workload: ScenarioWorkload, faultsEnd: Date) {
+        var checks = processChecks()
+        let api = workload.api()
+        let agentURLs = workload.agentURLs
+        lock.lock()
+        let statuses = exitStatuses
+        let refused = startFailures
+        lock.unlock()
+        var expectInDoubt = false
+        for c in scenario.checks {
+            if case .expect(let e) = c, e.inDoubtRemains == true { expectInDoubt = true }
         }
 
         // Settle: wait for quiescence (the longest no_in_doubt_within, else 30 s; 3 s when in-doubt
@@ -688,6 +715,8 @@ final class ScenarioRun: @unchecked Sendable {
                 checks.append(noLocksHeld(workload))
             case .expect(let e):
                 checks.append(expectation(e, workload: workload, statuses: statuses, refused: refused, unsettled: unsettled))
+            case .outboxAtRest, .deadLetters, .fencing:
+                break  // the outbox topology's (OutboxRun.swift)
             }
         }
         // Timelines of the transactions behind failed checks.
@@ -733,7 +762,7 @@ final class ScenarioRun: @unchecked Sendable {
         return CheckResult(name: "no_locks_held", ok: false, detail: last, txids: [])
     }
 
-    private func expectation(_ e: Scenario.Expect, workload: ScenarioWorkload, statuses: [String: [Int32]],
+    func expectation(_ e: Scenario.Expect, workload: ScenarioWorkload?, statuses: [String: [Int32]],
                              refused: [String: String], unsettled: [String]) -> CheckResult {
         var problems: [String] = []
         var satisfied: [String] = []
@@ -755,7 +784,7 @@ final class ScenarioRun: @unchecked Sendable {
                 problems.append("\(p) was expected to exit with status \(s); its exits: \(statuses[p]?.map(String.init).joined(separator: ", ") ?? "none")")
             }
         }
-        if let remains = e.inDoubtRemains {
+        if let remains = e.inDoubtRemains, let workload {
             let api = workload.api()
             var inDoubt: [(String, String)] = []
             for url in workload.agentURLs {

@@ -29,8 +29,10 @@ public struct Scenario: Sendable {
         public var termination: String?
         /// Per process (`coordinator`, `a`, `b`, ...): extra flags and environment.
         public var processes: [String: ProcessConfig] = [:]
-        public var agentNames: [String] { (0..<agents).map { String(UnicodeScalar(UInt8(97 + $0))) } }
-        public var allNames: [String] { ["coordinator"] + agentNames }
+        /// `"kind": "outbox"`: producer, relays, consumer (and Redis) instead of cohortd and agents.
+        public var outbox: OutboxTopology?
+        public var agentNames: [String] { outbox != nil ? [] : (0..<agents).map { String(UnicodeScalar(UInt8(97 + $0))) } }
+        public var allNames: [String] { outbox?.processNames ?? (["coordinator"] + agentNames) }
     }
 
     public struct Workload: Sendable {
@@ -41,6 +43,8 @@ public struct Scenario: Sendable {
         public var initialBalance: Int64 = 1000
         public var maxAmount: Int64 = 10
         public var timeoutMs: Int64 = 3000
+        /// The outbox topology's producer (instead of transfers).
+        public var outbox: OutboxWorkloadConfig?
     }
 
     public enum TearMode: String, Sendable { case append, cut }
@@ -104,6 +108,9 @@ public struct Scenario: Sendable {
         case atomicity, conservation, committedMeansCommitted, noLocksHeld
         case noInDoubtWithin(Int64)
         case expect(Expect)
+        case outboxAtRest(OutboxAtRestCheck)
+        case deadLetters(DeadLettersCheck)
+        case fencing(FencingCheck)
 
         public var name: String {
             switch self {
@@ -113,6 +120,9 @@ public struct Scenario: Sendable {
             case .noLocksHeld: return "no_locks_held"
             case .noInDoubtWithin: return "no_in_doubt_within"
             case .expect: return "expect"
+            case .outboxAtRest: return "outbox_at_rest"
+            case .deadLetters: return "dead_letters"
+            case .fencing: return "fencing"
             }
         }
     }
@@ -223,16 +233,18 @@ struct Parser {
         }
         let description = try string(root, "description", "") ?? ""
         let topology = try self.topology(root["topology"])
-        let workload = try self.workload(root["workload"])
+        let workload = try self.workload(root["workload"], topology)
         var faults: [Scenario.Fault] = []
         if let f = root["faults"] {
             guard case .array(let list) = f else { throw fail("faults", "expected a list") }
             for (i, item) in list.enumerated() { faults.append(try fault(item, "faults[\(i)]", topology)) }
         }
-        var checks = Scenario.defaultChecks
+        var checks = topology.outbox != nil ? [.outboxAtRest(OutboxAtRestCheck())] : Scenario.defaultChecks
         if let c = root["checks"] {
             guard case .array(let list) = c else { throw fail("checks", "expected a list") }
-            checks = try list.enumerated().map { try check($1, "checks[\($0)]", topology) }
+            checks = try list.enumerated().map {
+                topology.outbox != nil ? try outboxCheck($1, "checks[\($0)]", topology) : try check($1, "checks[\($0)]", topology)
+            }
         }
         return Scenario(file: file, name: name, description: description, topology: topology, workload: workload,
                         faults: faults, checks: checks)
@@ -241,16 +253,27 @@ struct Parser {
     func topology(_ v: JSONValue?) throws -> Scenario.Topology {
         var t = Scenario.Topology()
         guard let v else { return t }
-        let o = try object(v, "topology", allowed: ["agents", "protocol", "termination", "processes"])
-        t.agents = try int(o, "agents", "topology", range: 2...8) ?? 2
-        t.protocolName = try string(o, "protocol", "topology") ?? "2pc"
-        guard t.protocolName == "2pc" || t.protocolName == "3pc" else {
-            throw fail("topology.protocol", "expected \"2pc\" or \"3pc\", got \"\(t.protocolName)\"")
+        let o = try object(v, "topology", allowed: ["kind", "agents", "protocol", "termination", "processes", "sink", "relays"])
+        let kind = try string(o, "kind", "topology") ?? "cohort"
+        switch kind {
+        case "cohort":
+            for k in ["sink", "relays"] where o[k] != nil { throw fail("topology.\(k)", "only for topology kind \"outbox\"") }
+        case "outbox":
+            t.outbox = try outboxTopology(o)
+        default:
+            throw fail("topology.kind", "expected \"cohort\" or \"outbox\", got \"\(kind)\"")
         }
-        t.termination = try string(o, "termination", "topology")
-        if let term = t.termination {
-            guard t.protocolName == "3pc" else { throw fail("topology.termination", "applies to protocol \"3pc\" only") }
-            guard term == "classic" || term == "quorum" else { throw fail("topology.termination", "expected \"classic\" or \"quorum\", got \"\(term)\"") }
+        if t.outbox == nil {
+            t.agents = try int(o, "agents", "topology", range: 2...8) ?? 2
+            t.protocolName = try string(o, "protocol", "topology") ?? "2pc"
+            guard t.protocolName == "2pc" || t.protocolName == "3pc" else {
+                throw fail("topology.protocol", "expected \"2pc\" or \"3pc\", got \"\(t.protocolName)\"")
+            }
+            t.termination = try string(o, "termination", "topology")
+            if let term = t.termination {
+                guard t.protocolName == "3pc" else { throw fail("topology.termination", "applies to protocol \"3pc\" only") }
+                guard term == "classic" || term == "quorum" else { throw fail("topology.termination", "expected \"classic\" or \"quorum\", got \"\(term)\"") }
+            }
         }
         if let p = o["processes"] {
             let procs = try object(p, "topology.processes", allowed: Set(t.allNames))
@@ -272,8 +295,18 @@ struct Parser {
         return t
     }
 
-    func workload(_ v: JSONValue?) throws -> Scenario.Workload {
+    func workload(_ v: JSONValue?, _ topology: Scenario.Topology) throws -> Scenario.Workload {
         var w = Scenario.Workload()
+        if topology.outbox != nil {
+            guard let v else {
+                w.outbox = OutboxWorkloadConfig()
+                return w
+            }
+            let o = try object(v, "workload", allowed: ["outbox"])
+            guard o["outbox"] != nil else { throw fail("workload.outbox", "required field is missing") }
+            w.outbox = try outboxWorkload(o["outbox"], "workload.outbox")
+            return w
+        }
         guard let v else {
             w.durationMs = 3000
             return w
@@ -312,6 +345,7 @@ struct Parser {
             throw fail(at, "give exactly one fault kind (\(Parser.kinds.joined(separator: ", "))), found \(present.isEmpty ? "none" : present.joined(separator: ", "))")
         }
         let path = "\(at).\(kindName)"
+        if t.outbox != nil { try checkOutboxFault(kindName, at) }
         let restartDefault: Int64 = 500
         let kind: Scenario.FaultKind
         func when(_ k: [String: JSONValue]) throws -> Scenario.DiskWhen {
@@ -324,7 +358,13 @@ struct Parser {
             let k = try object(o[kindName], path, allowed: ["process", "point", "k", "restart_after", "times"])
             let process = try self.process(k, "process", path, t)
             let point = try string(k, "point", path, required: true)!
-            let prefix = process == "coordinator" ? "coordinator." : "agent."
+            let prefix: String
+            if let outbox = t.outbox {
+                guard let p = outbox.crashPointPrefix(process) else { throw fail("\(path).process", "\(process) has no crash points (relays and the consumer have)") }
+                prefix = p
+            } else {
+                prefix = process == "coordinator" ? "coordinator." : "agent."
+            }
             guard point.hasPrefix(prefix), point.count > prefix.count else {
                 throw fail("\(path).point", "a crash point of \(process) starts with \"\(prefix)\" (see COHORT_CRASHPOINT=list), got \"\(point)\"")
             }

@@ -1,4 +1,5 @@
 import CohortCore
+import CohortHTTP
 import CohortOutbox
 import CohortPosix
 import Foundation
@@ -21,8 +22,9 @@ counts per key from 1). Prints "produced N committed M rolled-back" when done.
   --name NAME          the outbox's name (message ids are NAME:ID)
   --sink URL           also run a relay in this process (http://... or redis://...)
   --stream NAME        Redis stream for --sink redis://... (default cohort-outbox)
-  --port N             with --sink: serve /healthz, /metrics and the outbox admin API
-  --hold               with --sink: keep relaying after producing, until SIGTERM
+  --port N             serve GET /healthz and GET /v1/state ({"committed", "rolled_back", "done"});
+                       with --sink also /metrics and the outbox admin API. Prints "listening on URL"
+  --hold               keep running after producing (and relaying, with --sink), until SIGTERM
 """
 
 func fail(_ message: String, status: Int32) -> Never {
@@ -35,6 +37,17 @@ final class Counter: @unchecked Sendable {
     var committed = 0
     var rolledBack = 0
     var next = 0
+    var done = false
+}
+
+struct ProducerState: Encodable {
+    var committed: Int
+    var rolledBack: Int
+    var done: Bool
+    enum CodingKeys: String, CodingKey {
+        case committed, done
+        case rolledBack = "rolled_back"
+    }
 }
 
 struct Rollback: Error {}
@@ -66,9 +79,19 @@ do {
         """)
     setup.close()
 
+    let counter = Counter()
     var relay: OutboxRelay?
     var host: RelayHost?
     var loop: EventLoop?
+    var stateServer: HTTPServer?
+    let port = try args.int("port", range: 0...65535)
+    // GET /v1/state: how far this process got (the scenario runner waits for "done").
+    let stateHandler: (HTTPRequest, HTTPResponder) -> Bool = { req, responder in
+        guard req.path == "/v1/state" else { return false }
+        let s = counter.lock.withLock { ProducerState(committed: counter.committed, rolledBack: counter.rolledBack, done: counter.done) }
+        responder.send(.json(200, s))
+        return true
+    }
     if let sinkURL = args.string("sink") {
         ProcessEnv.ignoreSIGPIPE()
         let l = try EventLoop()
@@ -78,8 +101,8 @@ do {
         let r = OutboxRelay(store: try OutboxStore(path: db), sink: sink, loop: l)
         r.onProblem = { FileHandle.standardError.write(Data("relay: \($0)\n".utf8)) }
         relay = r
-        if let port = try args.int("port", range: 0...65535) {
-            host = try RelayHost(relay: r, host: "127.0.0.1", port: port)
+        if let port {
+            host = try RelayHost(relay: r, host: "127.0.0.1", port: port, handler: stateHandler)
             print("listening on http://127.0.0.1:\(host!.port)")
             fflush(stdout)
         }
@@ -92,9 +115,24 @@ do {
         }
         l.startThread()
         r.start()
+    } else if let port {
+        let l = try EventLoop()
+        loop = l
+        let server = try HTTPServer(loop: l, host: "127.0.0.1", port: port) { req, responder in
+            if req.path == "/healthz" { return responder.send(.jsonBytes(200, Array(#"{"status":"ok"}"#.utf8))) }
+            if stateHandler(req, responder) { return }
+            responder.send(.error(404, "no such endpoint \(req.method) \(req.path)"))
+        }
+        stateServer = server
+        try l.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in
+            server.shutdown()
+            exit(0)
+        }
+        print("listening on http://127.0.0.1:\(server.port)")
+        fflush(stdout)
+        l.startThread()
     }
 
-    let counter = Counter()
     let started = SystemClock.monotonicMs()
     let perThreadInterval = rate.map { 1000.0 * Double(threads) / Double($0) }
     var workers: [PosixThread] = []
@@ -152,11 +190,16 @@ do {
         })
     }
     for w in workers { w.join() }
+    counter.lock.withLock { counter.done = true }
     let ms = max(1, SystemClock.monotonicMs() - started)
     print("produced \(counter.committed) committed \(counter.rolledBack) rolled-back in \(ms) ms (\(Int(Double(counter.committed) * 1000 / Double(ms)))/s)")
     fflush(stdout)
-    if relay != nil && args.has("hold") {
+    if args.has("hold") && (relay != nil || stateServer != nil) {
         while true { PosixThread.sleep(milliseconds: 1000) }
+    }
+    if let stateServer, let loop {
+        loop.execute { stateServer.shutdown(); loop.stop() }
+        loop.stopAndJoin()
     }
     if let relay, let loop {
         loop.execute { relay.stop(); host?.shutdown(); loop.stop() }
