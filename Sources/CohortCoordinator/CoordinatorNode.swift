@@ -28,6 +28,7 @@ public final class CoordinatorNode {
         "coordinator.before-precommit-send",
         "coordinator.after-precommit-send",
         "coordinator.tcc-after-branch-logged",
+        "coordinator.tcc-after-try-answered",
         "coordinator.tcc-after-decision-logged",
         "coordinator.tcc-after-confirm-send",
         "coordinator.tcc-after-cancel-send",
@@ -588,6 +589,9 @@ public final class CoordinatorNode {
             }
             switch phase {
             case .try:
+                // The service answered (it reserved, or refused) and the coordinator has not
+                // taken the answer in: a crash here leaves a try that ran but is unknown.
+                CrashPoints.hit("coordinator.tcc-after-try-answered")
                 if let failure {
                     if let status, (400..<500).contains(status) {
                         self.feedTCC(.tryAnswered(txid, branchID: branchID, .refused(status: status, error: failure)))

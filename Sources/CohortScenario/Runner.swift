@@ -132,6 +132,9 @@ final class ScenarioRun: @unchecked Sendable {
         if name == "coordinator" {
             return ("cohortd", ["--data", "\(dataDir)/coordinator", "--port", String(port)] + flags)
         }
+        if scenario.topology.isTCC {
+            return ("tcc-inventory", ["--data", "\(dataDir)/\(name)", "--port", String(port)] + flags)
+        }
         let coordinator = proxies["\(name)->coordinator"]?.url ?? url("coordinator")
         var args = ["--name", name, "--data", "\(dataDir)/\(name)", "--port", String(port), "--coordinator", coordinator]
         if let p = proxies["coordinator->\(name)"] { args += ["--advertise", p.url] }
@@ -258,7 +261,8 @@ final class ScenarioRun: @unchecked Sendable {
                 for (n, p) in ps.enumerated() {
                     let cut = f.atMs + Int64(n) * step
                     let heal = allCut + hold + Int64(healOrder.firstIndex(of: p)! + 1) * step
-                    for link in ["coordinator->\(p)", "\(p)->coordinator"] {
+                    // A tcc-inventory service never calls the coordinator: only its inbound link.
+                    for link in scenario.topology.isTCC ? ["coordinator->\(p)"] : ["coordinator->\(p)", "\(p)->coordinator"] {
                         out.append((link, cut, heal, Scenario.NetworkRule(link: link, action: .blackhole, durationMs: heal - cut), i))
                     }
                 }
@@ -286,11 +290,17 @@ final class ScenarioRun: @unchecked Sendable {
             for a in scenario.topology.agentNames {
                 guard startProcess(a) else { throw ManagedProcessError("agent \(a) did not start: \(startFailures[a] ?? "")") }
             }
-            let workload = ScenarioWorkload(coordinatorURL: url("coordinator"),
+            let workload: ScenarioLoad
+            if scenario.topology.isTCC {
+                let names = scenario.topology.agentNames
+                workload = TCCScenarioWorkload(coordinatorURL: url("coordinator"), serviceNames: names, serviceURLs: names.map { url($0) },
+                                               branchURLs: names.map { proxies["coordinator->\($0)"]?.url ?? url($0) }, config: scenario.tccWorkload)
+            } else {
+                workload = ScenarioWorkload(coordinatorURL: url("coordinator"),
                                             agentURLs: scenario.topology.agentNames.map { url($0) }, config: scenario.workload,
                                             protocolName: scenario.topology.protocolName, termination: scenario.topology.termination)
-            try workload.setup()
-            event("set up \(scenario.workload.accounts) accounts on each of \(scenario.topology.agents) agents")
+            }
+            event(try workload.setup())
             // Faults armed from the start: restart those processes with the fault in their environment.
             t0 = Date()
             for (i, f) in scenario.faults.enumerated() where f.atMs == 0 { armIfNeeded(i, f) }
@@ -302,7 +312,7 @@ final class ScenarioRun: @unchecked Sendable {
                 schedule(at: at(r.start), "network") { [self] in event("network \(r.link): \(r.rule.action.rawValue)\(r.rule.match.map { " matching \"\($0)\"" } ?? "") for \(r.end - r.start)ms") }
             }
             for (i, f) in scenario.faults.enumerated() { scheduleFault(i, f) }
-            let maxMs = scenario.workload.durationMs ?? 60_000
+            let maxMs = (scenario.topology.isTCC ? scenario.tccWorkload.durationMs : scenario.workload.durationMs) ?? 60_000
             let deadline = at(maxMs)
             let workloadDone = DispatchSemaphore(value: 0)
             let wt = Thread {
@@ -311,14 +321,15 @@ final class ScenarioRun: @unchecked Sendable {
             }
             wt.stackSize = 1 << 20
             wt.start()
-            event("workload started: \(scenario.workload.clients) clients, " + (scenario.workload.count.map { "\($0) transfers" } ?? "\(maxMs)ms"))
+            let (clients, count) = scenario.topology.isTCC ? (scenario.tccWorkload.clients, scenario.tccWorkload.count) : (scenario.workload.clients, scenario.workload.count)
+            event("workload started: \(clients) clients, " + (count.map { "\($0) transactions" } ?? "\(maxMs)ms"))
             var workloadFinished = false
             var disarmed = false
             let lastWindowEnd = rules.map(\.end).max().map { at($0) } ?? t0
             while true {
                 if !workloadFinished, workloadDone.wait(timeout: .now()) == .success {
                     workloadFinished = true
-                    event("workload finished: \(workload.snapshot().count) transfers")
+                    event("workload finished: \(workload.finishedCount) transactions")
                 }
                 while let a = takeDueAction() { a.body() }
                 watchProcesses()
@@ -557,10 +568,9 @@ final class ScenarioRun: @unchecked Sendable {
 
     // MARK: - checks
 
-    private func check(workload: ScenarioWorkload, faultsEnd: Date) {
+    private func check(workload: ScenarioLoad, faultsEnd: Date) {
         var checks: [CheckResult] = []
         let api = workload.api()
-        let agentURLs = workload.agentURLs
         // Faults that never fired: the scenario did not test what it claims.
         lock.lock()
         let fired = firedFaults
@@ -615,9 +625,7 @@ final class ScenarioRun: @unchecked Sendable {
             while true {
                 unsettled = []
                 if let u = try? api.unfinished() { unsettled += u.map(\.txid) } else { unsettled.append("(coordinator unreachable)") }
-                for url in agentURLs {
-                    if let b = try? api.inDoubtBranches(url) { unsettled += b.map(\.txid) } else { unsettled.append("(\(url) unreachable)") }
-                }
+                unsettled += workload.participantsUnsettled(api)
                 if unsettled.isEmpty { quiet = true; break }
                 if Date() > deadline { break }
                 Thread.sleep(forTimeInterval: 0.05)
@@ -629,12 +637,14 @@ final class ScenarioRun: @unchecked Sendable {
             let unresolved = workload.resolveUnknown(timeoutMs: quiet ? 5000 : 1000)
             if !unresolved.isEmpty { event("\(unresolved.count) outcomes still unknown") }
         }
-        let transfers = workload.snapshot()
+        let outcomes = workload.outcomes()
         lock.lock()
-        result.committed = transfers.filter { $0.outcome == .committed }.count
-        result.aborted = transfers.filter { $0.outcome == .aborted }.count
-        result.unknown = transfers.filter { $0.outcome == .unknown }.count
+        result.committed = outcomes.filter { $0.outcome == .committed }.count
+        result.aborted = outcomes.filter { $0.outcome == .aborted }.count
+        result.unknown = outcomes.filter { $0.outcome == .unknown }.count
         lock.unlock()
+        // The transfer checks below need the transfer workload (the parser allows them only then).
+        let transfers = (workload as? ScenarioWorkload)?.snapshot() ?? []
 
         for c in scenario.checks {
             switch c {
@@ -643,6 +653,7 @@ final class ScenarioRun: @unchecked Sendable {
                                           detail: quiet ? "settled \(result.recoveryMs ?? 0)ms after the faults stopped" : "still unsettled \(d)ms after the faults stopped: \(Set(unsettled).sorted().prefix(10).joined(separator: ", "))",
                                           txids: quiet ? [] : Array(Set(unsettled).filter { !$0.hasPrefix("(") }.sorted().prefix(10))))
             case .conservation:
+                guard let workload = workload as? ScenarioWorkload else { preconditionFailure("conservation needs the transfer workload") }
                 do {
                     let total = try workload.balances().reduce(0) { $0 + $1.values.reduce(0, +) }
                     checks.append(CheckResult(name: "conservation", ok: total == workload.expectedTotal,
@@ -651,6 +662,7 @@ final class ScenarioRun: @unchecked Sendable {
                     checks.append(CheckResult(name: "conservation", ok: false, detail: "cannot read balances: \(error)", txids: []))
                 }
             case .atomicity:
+                guard let workload = workload as? ScenarioWorkload else { preconditionFailure("atomicity needs the transfer workload") }
                 do {
                     let m = workload.mismatches(try workload.balances())
                     let unknown = transfers.filter { $0.outcome == .unknown }.map(\.txid)
@@ -672,7 +684,7 @@ final class ScenarioRun: @unchecked Sendable {
             case .committedMeansCommitted:
                 var bad: [String] = []
                 var badTx: [String] = []
-                for t in transfers where t.outcome == .committed && !(t.reason ?? "").contains("resolved") {
+                for t in outcomes where t.outcome == .committed && !t.resolved {
                     let state: String
                     do { state = try api.transaction(t.txid)?.state ?? "unknown (404)" } catch { state = "unreadable: \(error)" }
                     if state != "committed" {
@@ -680,12 +692,16 @@ final class ScenarioRun: @unchecked Sendable {
                         badTx.append(t.txid)
                     }
                 }
-                let n = transfers.filter { $0.outcome == .committed }.count
+                let n = outcomes.filter { $0.outcome == .committed }.count
                 checks.append(CheckResult(name: "committed_means_committed", ok: bad.isEmpty,
-                                          detail: bad.isEmpty ? "\(n) committed transfers are committed at the coordinator" : bad.prefix(5).joined(separator: "; "),
+                                          detail: bad.isEmpty ? "\(n) committed transactions are committed at the coordinator" : bad.prefix(5).joined(separator: "; "),
                                           txids: Array(badTx.prefix(10))))
             case .noLocksHeld:
+                guard let workload = workload as? ScenarioWorkload else { preconditionFailure("no_locks_held needs the transfer workload") }
                 checks.append(noLocksHeld(workload))
+            case .tccAtRest:
+                guard let workload = workload as? TCCScenarioWorkload else { preconditionFailure("tcc_at_rest needs the tcc workload") }
+                checks.append(workload.atRestCheck())
             case .expect(let e):
                 checks.append(expectation(e, workload: workload, statuses: statuses, refused: refused, unsettled: unsettled))
             }
@@ -733,7 +749,7 @@ final class ScenarioRun: @unchecked Sendable {
         return CheckResult(name: "no_locks_held", ok: false, detail: last, txids: [])
     }
 
-    private func expectation(_ e: Scenario.Expect, workload: ScenarioWorkload, statuses: [String: [Int32]],
+    private func expectation(_ e: Scenario.Expect, workload: ScenarioLoad, statuses: [String: [Int32]],
                              refused: [String: String], unsettled: [String]) -> CheckResult {
         var problems: [String] = []
         var satisfied: [String] = []
@@ -755,7 +771,10 @@ final class ScenarioRun: @unchecked Sendable {
                 problems.append("\(p) was expected to exit with status \(s); its exits: \(statuses[p]?.map(String.init).joined(separator: ", ") ?? "none")")
             }
         }
-        if let remains = e.inDoubtRemains {
+        if let parked = e.parked {
+            problems += parkedExpectation(parked, workload.api(), &satisfied)
+        }
+        if let remains = e.inDoubtRemains, let workload = workload as? ScenarioWorkload {
             let api = workload.api()
             var inDoubt: [(String, String)] = []
             for url in workload.agentURLs {
