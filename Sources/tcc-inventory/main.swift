@@ -9,6 +9,7 @@ usage: tcc-inventory --data DIR --port N [--host H]
 
 A TCC inventory service (the worked example of the CohortTCC library): stock per sku in
 DIR/inventory.sqlite; try reserves, confirm sells, cancel releases, all through the barrier.
+Finished branches' barrier rows are purged every minute once older than 24 h.
   POST /v1/stock {"sku","available"}     set a sku's stock (setup only)
   GET  /v1/stock/{sku}                   {"sku","available","reserved","sold"}
   POST /v1/tcc/inventory/try|confirm|cancel   the TCC phases ({"txid","branch_id","payload":{"sku","qty"}})
@@ -41,6 +42,9 @@ do {
         if case .done = outcome { CrashPoints.hit("tcc-inventory.after-\(phase.rawValue)-committed") }
     }
     let loop = try EventLoop()
+    // Finished branches' barrier rows go after the retention (docs/tcc.md, "Cleanup").
+    let purger = TCCBarrierPurger(resource: store.resource) { ms, body in _ = loop.schedule(afterMs: ms, body) }
+    purger.start()
     var server: HTTPServer?
     try loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in
         server?.shutdown()
