@@ -70,6 +70,11 @@ final class TCCTests: XCTestCase {
         XCTAssertTrue(show.out.contains("protocol: tcc") && show.out.contains("state:    confirming (parked"), show.out)
         XCTAssertTrue(show.out.contains("confirming") && show.out.contains("confirmed"), "a confirmed, b confirming: \(show.out)")
 
+        let explained = try txctl(["explain", tx1], c)
+        XCTAssertEqual(explained.status, 0, explained.err)
+        XCTAssertTrue(explained.out.contains("is confirming (TCC)") && explained.out.contains("PARKED"), explained.out)
+        XCTAssertTrue(explained.out.contains("txctl retry \(tx1)") && explained.out.contains("a forced abort is refused"), explained.out)
+
         // A forced abort contradicts the durable confirm decision.
         let abort = try txctl(["abort", tx1, "--force", "--reason", "try abort"], c)
         XCTAssertEqual(abort.status, 1)
