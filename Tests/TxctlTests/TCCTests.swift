@@ -95,6 +95,10 @@ final class TCCTests: XCTestCase {
         XCTAssertEqual(try branch(c, tx2, "b", b.url, qty: 2), 200)
         b.kill()
         XCTAssertEqual(try http("POST", c.url + "/v1/transactions/\(tx2)/commit").0, 200)
+        try waitUntil("a's confirm of tx2") {
+            let branches = (try http("GET", c.url + "/v1/transactions/\(tx2)").1["branches"] as? [[String: Any]]) ?? []
+            return branches.first { $0["participant"] as? String == "a" }?["state"] as? String == "confirmed"
+        }
         let dry = try txctl(["commit", tx2, "--force", "--reason", "b's disk is gone", "--dry-run"], c)
         XCTAssertEqual(dry.status, 0, dry.err)
         XCTAssertTrue(dry.out.contains("dry run") && dry.out.contains("stop confirming b"), dry.out)
