@@ -65,6 +65,9 @@ final class TCCTests: XCTestCase {
             let r = try txctl(["list", "--state", "parked", "--json"], c)
             return ((jsonObject(r.out)["transactions"] as? [[String: Any]]) ?? []).contains { $0["txid"] as? String == tx1 }
         }
+        let confirming = try txctl(["list", "--state", "confirming"], c)
+        XCTAssertEqual(confirming.status, 0, confirming.err)
+        XCTAssertTrue(confirming.out.contains(tx1) && confirming.out.contains("b:confirming"), confirming.out)
         let show = try txctl(["show", tx1], c)
         XCTAssertEqual(show.status, 0, show.err)
         XCTAssertTrue(show.out.contains("protocol: tcc") && show.out.contains("state:    confirming (parked"), show.out)
