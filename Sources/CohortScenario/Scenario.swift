@@ -20,6 +20,10 @@ public struct Scenario: Sendable {
     public struct ProcessConfig: Sendable {
         public var flags: [String] = []
         public var env: [String: String] = [:]
+        public init(flags: [String] = [], env: [String: String] = [:]) {
+            self.flags = flags
+            self.env = env
+        }
     }
 
     public struct Topology: Sendable {

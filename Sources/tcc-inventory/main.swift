@@ -1,6 +1,7 @@
 import CohortCore
 import CohortHTTP
 import CohortPosix
+import CohortRuntime
 import CohortTCC
 import Foundation
 
@@ -38,6 +39,9 @@ do {
     let host = args.string("host") ?? "127.0.0.1"
     try PosixFS.createDirectory(dir, intermediate: true)
     let store = try InventoryStore(databasePath: dir + "/inventory.sqlite")
+    #if DEBUG
+    if TestOnlyBreak.fromEnvironment() == .tccRunFencedTry { store.resource.testOnlyRunFencedTry = true }
+    #endif
     store.resource.afterCommit = { phase, outcome in
         if case .done = outcome { CrashPoints.hit("tcc-inventory.after-\(phase.rawValue)-committed") }
     }
