@@ -608,11 +608,36 @@ public struct TCCCoordinator {
     }
 
     /// Every open transaction and the finished ones remembered; `recover` reads it back.
+    ///
+    /// A forced decision whose audit record is appended but not yet acted on is snapshotted as
+    /// already taken: the checkpoint follows the audit record in the log, so when the checkpoint
+    /// is durable the audit record is too — and the segment holding it may be deleted.
     public func snapshot() -> [UInt8] {
         var w = ByteWriter()
         w.u8(1)
-        for group in [open.values.sorted { $0.txid < $1.txid },
-                      finishedOrder[finishedOrderHead...].compactMap { finished[$0] }] {
+        var openGroup: [Transaction] = []
+        var endedByForce: [Transaction] = []
+        for var tx in open.values.sorted(by: { $0.txid < $1.txid }) {
+            if let p = pendingForces[tx.txid] {
+                let outcome = p.force.outcome
+                if p.resolvesPending {
+                    tx.state = outcome == .committed ? .committed : .aborted
+                    tx.outcome = outcome
+                    tx.finishedAtMs = p.entry.atMs
+                    for i in tx.branches.indices where tx.branches[i].state == .confirming || tx.branches[i].state == .cancelling {
+                        tx.branches[i].state = .resolvedByOperator
+                    }
+                    endedByForce.append(tx)
+                    continue
+                } else if outcome == .committed && tx.state == .active {
+                    tx.state = .deciding // read back as confirming: the audit record is the decision
+                    tx.outcome = .committed
+                    tx.settleStartedAtMs = p.entry.atMs
+                }
+            }
+            openGroup.append(tx)
+        }
+        for group in [openGroup, finishedOrder[finishedOrderHead...].compactMap { finished[$0] } + endedByForce] {
             w.u32(UInt32(group.count))
             for tx in group { TCCRecordCoding.encodeTransaction(tx, &w) }
         }

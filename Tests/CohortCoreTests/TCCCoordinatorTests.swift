@@ -283,6 +283,20 @@ final class TCCCoordinatorTests: XCTestCase {
         XCTAssertEqual(r.transaction(t3)?.state, .confirming, "the forced commit's audit record is t3's confirm decision")
         XCTAssertEqual(calls(actions, .confirm), ["a"])
         XCTAssertEqual(calls(actions, .cancel), [], "nothing is cancelled: every open transaction was decided by an operator")
+
+        // A checkpoint taken while t3's forced commit (and a forced end of t4) is being recorded:
+        // the snapshot alone (the segment with the audit records deleted) keeps both decisions.
+        let t4 = started(&m, ["a", "b"], log: &log)
+        _ = m.on(.commit(nextReq(), txid: t4.description), nowMs: now)
+        _ = m.on(.decisionDurable(t4), nowMs: now)
+        _ = m.on(.settled(t4, branchID: "a", .confirm, error: nil), nowMs: now)
+        _ = m.on(.force(nextReq(), txid: t4.description, force(.committed)), nowMs: now)
+        var fromSnapshot = TCCCoordinator()
+        let again = try fromSnapshot.recover(snapshot: m.snapshot(), records: [], nowMs: now)
+        XCTAssertEqual(fromSnapshot.transaction(t3)?.state, .confirming, "the pending forced commit is in the snapshot as t3's decision")
+        XCTAssertEqual(calls(again, .confirm), ["a"])
+        XCTAssertEqual(fromSnapshot.transaction(t4)?.state, .committed, "the pending forced end is in the snapshot")
+        XCTAssertEqual(fromSnapshot.transaction(t4)?.branches.map(\.state), [.confirmed, .resolvedByOperator])
     }
 
     func testRecordCodingRoundTripsAndContainer() throws {
