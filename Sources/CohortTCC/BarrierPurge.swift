@@ -15,9 +15,11 @@ public final class TCCBarrierPurger: @unchecked Sendable {
     private let schedule: (Int64, @escaping () -> Void) -> Void
     private let lock = NSLock()
     private var stopped = false
+    private var removed = 0
+    private var error: String?
     /// Branches removed since start, and the last round's error (for a service's logs or metrics).
-    public private(set) var removedTotal = 0
-    public private(set) var lastError: String?
+    public var removedTotal: Int { lock.lock(); defer { lock.unlock() }; return removed }
+    public var lastError: String? { lock.lock(); defer { lock.unlock() }; return error }
 
     public init(resource: TCCResource, intervalMs: Int64 = Limits.tccPurgeIntervalMs,
                 schedule: @escaping (Int64, @escaping () -> Void) -> Void) {
@@ -47,18 +49,21 @@ public final class TCCBarrierPurger: @unchecked Sendable {
     /// One round now; returns the branches removed.
     @discardableResult
     public func runRound() -> Int {
-        var removed = 0
+        var count = 0
+        var failure: String?
         do {
             for _ in 0..<Limits.tccPurgeBatchesPerRoundMax {
                 let n = try resource.purgeFinished(limit: Limits.tccPurgeBatchMax)
-                removed += n
+                count += n
                 if n < Limits.tccPurgeBatchMax { break }
             }
-            lock.lock(); lastError = nil; lock.unlock()
         } catch {
-            lock.lock(); lastError = "\(error)"; lock.unlock()
+            failure = "\(error)"
         }
-        lock.lock(); removedTotal += removed; lock.unlock()
-        return removed
+        lock.lock()
+        removed += count
+        error = failure
+        lock.unlock()
+        return count
     }
 }
