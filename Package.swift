@@ -44,7 +44,7 @@ let package = Package(
         .target(name: "CohortClient", dependencies: ["CohortCore", "CohortHTTP", "CohortPosix"]),
         // TCC for services: the barrier in the service's own SQLite database, phase endpoints.
         .target(name: "CohortTCC", dependencies: ["CSQLite", "CohortCore", "CohortHTTP"]),
-        .executableTarget(name: "tcc-inventory", dependencies: ["CohortTCC", "CohortPosix"]),
+        .executableTarget(name: "tcc-inventory", dependencies: ["CohortTCC", "CohortPosix", "CohortRuntime"]),
         .executableTarget(name: "cohortd", dependencies: ["CohortCoordinator"]),
         .executableTarget(name: "cohort-agent", dependencies: ["CohortAgent"]),
         .executableTarget(name: "cohort-quickstart", dependencies: ["CohortClient"]),

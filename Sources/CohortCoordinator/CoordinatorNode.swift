@@ -28,6 +28,7 @@ public final class CoordinatorNode {
         "coordinator.before-precommit-send",
         "coordinator.after-precommit-send",
         "coordinator.tcc-after-branch-logged",
+        "coordinator.tcc-after-try-answered",
         "coordinator.tcc-after-decision-logged",
         "coordinator.tcc-after-confirm-send",
         "coordinator.tcc-after-cancel-send",
@@ -65,7 +66,7 @@ public final class CoordinatorNode {
     // TCC (see the `// MARK: - TCC` section)
     public private(set) var tcc: TCCCoordinator
     private var tccTimers: TimerTable<TCCCoordinator.Timer>!
-    private enum TCCPending { case branch(TxID, String), decision(TxID) }
+    private enum TCCPending { case branch(TxID, String), decision(TxID), audit(TxID) }
     private var tccPending = DurabilityQueue<TCCPending>()
     private var tccRecoveryActions: [TCCCoordinator.Action] = []
 
@@ -409,9 +410,12 @@ public final class CoordinatorNode {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let f):
                 guard let outcome = Outcome(rawValue: f.outcome) else { return reject(400, "outcome must be committed or aborted") }
-                feed(.force(requests.add(responder), txid: parts[2],
-                            Coordinator.ForceRequest(outcome: outcome, reason: f.reason, operatorName: f.operator ?? "unknown", dryRun: f.dryRun ?? false)))
+                let force = Coordinator.ForceRequest(outcome: outcome, reason: f.reason, operatorName: f.operator ?? "unknown", dryRun: f.dryRun ?? false)
+                if tcc.owns(parts[2]) { return feedTCC(.force(requests.add(responder), txid: parts[2], force)) }
+                feed(.force(requests.add(responder), txid: parts[2], force))
             }
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "retry" && tcc.owns(parts[2]):
+            feedTCC(.retryNow(requests.add(responder), txid: parts[2]))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "retry":
             feed(.retryNow(requests.add(responder), txid: parts[2]))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "heuristic":
@@ -531,6 +535,8 @@ public final class CoordinatorNode {
             case .decision(let txid):
                 CrashPoints.hit("coordinator.tcc-after-decision-logged")
                 feedTCC(.decisionDurable(txid))
+            case .audit(let txid):
+                feedTCC(.auditDurable(txid))
             }
         }
     }
@@ -549,12 +555,14 @@ public final class CoordinatorNode {
                     switch record {
                     case .branch(let txid, let spec, _, _): tccPending.append(lsn: lsn, .branch(txid, spec.branchID))
                     case .confirmDecision(let txid, _, _): tccPending.append(lsn: lsn, .decision(txid))
+                    case .audit(let txid, _, _, _): tccPending.append(lsn: lsn, .audit(txid))
                     case .end: break
                     }
                 } catch let full as LogFullError {
                     switch record {
                     case .branch(let txid, let spec, _, _): feedTCC(.branchRefused(txid, branchID: spec.branchID, reason: "\(full)"))
                     case .confirmDecision(let txid, _, _): feedTCC(.decisionRefused(txid, reason: "\(full)"))
+                    case .audit(let txid, _, _, _): feedTCC(.auditRefused(txid, reason: "\(full)"))
                     case .end: break // re-driven (and acknowledged again) after a restart
                     }
                 } catch {
@@ -588,6 +596,9 @@ public final class CoordinatorNode {
             }
             switch phase {
             case .try:
+                // The service answered (it reserved, or refused) and the coordinator has not
+                // taken the answer in: a crash here leaves a try that ran but is unknown.
+                CrashPoints.hit("coordinator.tcc-after-try-answered")
                 if let failure {
                     if let status, (400..<500).contains(status) {
                         self.feedTCC(.tryAnswered(txid, branchID: branchID, .refused(status: status, error: failure)))
@@ -617,6 +628,10 @@ public final class CoordinatorNode {
             return .jsonBytes(200, JSONBody.encode(TCCBranchResponse(txid: txid.description, branchID: branchID, result: result)))
         case .outcome(let txid, let outcome, let reason):
             return .jsonBytes(200, JSONBody.encode(OutcomeResponse(txid: txid.description, outcome: outcome.rawValue, reason: reason)))
+        case .forced(let txid, let outcome, let dryRun, let effects):
+            return .jsonBytes(200, JSONBody.encode(ForceResponse(txid: txid.description, outcome: outcome.rawValue, dryRun: dryRun, effects: effects)))
+        case .retried(let txid, let branches):
+            return .jsonBytes(200, JSONBody.encode(RetryResponse(txid: txid.description, participants: branches)))
         case .error(let e):
             return .requestError(e)
         }

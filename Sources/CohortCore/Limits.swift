@@ -186,12 +186,19 @@ public enum Limits {
     public static let tccClockSkewMarginMs: Int64 = 60_000
     /// Barrier rows of a finished branch are kept this long after its confirm or cancel.
     public static let tccBarrierRetentionMsDefault: Int64 = 24 * 3_600_000
-    /// The smallest retention a service may choose: longer than any try can still arrive
-    /// (the longest transaction timeout plus the clock-skew margin), so a purged fence can no
-    /// longer matter (a later try is refused by its deadline).
-    public static let tccBarrierRetentionMsMin: Int64 = transactionTimeoutMsMax + tccClockSkewMarginMs + 60_000
+    /// The smallest retention a service may choose: the coordinator's longest transaction
+    /// lifetime (the longest timeout, plus the clock-skew margin) and its retry window (the
+    /// retry budget, then one parked retry delay). Past it a purged fence can no longer matter
+    /// (a later try is refused by its deadline), and a confirm or cancel answered before is
+    /// not re-sent by a coordinator that stayed up (docs/tcc.md, "Cleanup").
+    public static let tccBarrierRetentionMsMin: Int64 = transactionTimeoutMsMax + tccClockSkewMarginMs + retryBudgetMs + parkedRetryDelayMs
     /// Branches whose barrier rows one purge call removes.
     public static let tccPurgeBatchMax = 1_000
+    /// How often a TCC service (`tcc-inventory`, the demo inventory) purges finished barrier rows.
+    public static let tccPurgeIntervalMs: Int64 = 60_000
+    /// Purge calls one round makes at most (each one short transaction of at most
+    /// `tccPurgeBatchMax` branches); what is left waits for the next round.
+    public static let tccPurgeBatchesPerRoundMax = 20
     /// Idle SQLite connections a TCC resource keeps.
     public static let tccConnectionsPooledMax = 8
 }

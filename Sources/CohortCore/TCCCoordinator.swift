@@ -44,6 +44,9 @@ public struct TCCCoordinator {
         case confirmed
         case cancelling
         case cancelled
+        /// An operator ended the wait for this branch's confirm or cancel (`txctl commit|abort
+        /// --force` on a confirming or cancelling transaction): it is no longer called.
+        case resolvedByOperator = "resolved-by-operator"
     }
 
     public enum Call: String, Sendable { case `try`, confirm, cancel }
@@ -87,6 +90,8 @@ public struct TCCCoordinator {
         public var finishedAtMs: Int64?
         public var parked = false
         public var events: [Coordinator.TimelineEvent] = []
+        /// Operators' forced decisions on this transaction (each one durable before it acted).
+        public var audit: [Coordinator.AuditEntry] = []
         var commitWaiters: [RequestID] = []
         func index(_ id: String) -> Int? { branches.firstIndex { $0.spec.branchID == id } }
         public var deadlineMs: Int64 { createdAtMs + timeoutMs }
@@ -114,6 +119,14 @@ public struct TCCCoordinator {
         /// A confirm or cancel call's answer: nil error for a 2xx.
         case settled(TxID, branchID: String, Call, error: String?)
         case timerFired(Timer)
+        /// An operator forces an outcome (`txctl commit|abort TXID --force`).
+        case force(RequestID, txid: String, Coordinator.ForceRequest)
+        /// The audit record of a forced decision is durable: carry the decision out.
+        case auditDurable(TxID)
+        /// The audit record could not be appended (log full): nothing was forced.
+        case auditRefused(TxID, reason: String)
+        /// An operator asks to re-send the pending confirms or cancels now (`txctl retry`).
+        case retryNow(RequestID, txid: String)
     }
 
     public enum Timer: Hashable, Sendable {
@@ -125,6 +138,10 @@ public struct TCCCoordinator {
         case begun(TxID, timeoutMs: Int64)
         case tried(TxID, branchID: String, result: JSONValue?)
         case outcome(TxID, Outcome, reason: String?)
+        /// What a forced decision did (or, for a dry run, would do).
+        case forced(TxID, outcome: Outcome, dryRun: Bool, effects: [String])
+        /// The branches whose confirm or cancel was sent again.
+        case retried(TxID, branches: [String])
         case error(RequestError)
     }
 
@@ -135,10 +152,14 @@ public struct TCCCoordinator {
         case confirmDecision(TxID, branchIDs: [String], atMs: Int64)
         /// Unforced, once every branch confirmed or cancelled.
         case end(TxID, Outcome)
+        /// Forced before an operator's decision takes effect. `resolvesPending`: it ends a
+        /// confirming or cancelling transaction without waiting for the branches still pending;
+        /// otherwise a forced commit is the confirm decision and a forced abort a cancel.
+        case audit(TxID, Coordinator.AuditEntry, outcome: Outcome, resolvesPending: Bool)
 
         public var txid: TxID {
             switch self {
-            case .branch(let t, _, _, _), .confirmDecision(let t, _, _), .end(let t, _): return t
+            case .branch(let t, _, _, _), .confirmDecision(let t, _, _), .end(let t, _), .audit(let t, _, _, _): return t
             }
         }
     }
@@ -165,6 +186,8 @@ public struct TCCCoordinator {
     public private(set) var stats = Stats()
     /// The largest epoch of any txid recovered (the runtime raises `Coordinator`'s epoch past it).
     public private(set) var maxEpochSeen: UInt64 = 0
+    /// Forced decisions whose audit record is being written, by transaction.
+    private var pendingForces: [TxID: (request: RequestID, force: Coordinator.ForceRequest, entry: Coordinator.AuditEntry, resolvesPending: Bool)] = [:]
 
     public init(config: Config = Config()) {
         self.config = config
@@ -218,6 +241,9 @@ public struct TCCCoordinator {
             case .failure(let e): return [.reply(request, .error(e))]
             case .success(let txid):
                 let tx = transaction(txid)!
+                if pendingForces[txid] != nil, tx.state == .active {
+                    return [.reply(request, .error(RequestError(409, "an operator's forced decision on \(txid) is being recorded; look again in a moment")))]
+                }
                 switch tx.state {
                 case .active:
                     var actions = startCancel(txid, reason: "aborted by the initiator", nowMs: nowMs)
@@ -248,10 +274,22 @@ public struct TCCCoordinator {
             return startCancel(txid, reason: "the confirm decision could not be recorded: \(reason)", nowMs: nowMs)
         case .settled(let txid, let id, let phase, let error):
             return settled(txid, id, phase, error: error, nowMs: nowMs)
+        case .force(let request, let text, let force):
+            return forceRequested(request, text, force, nowMs: nowMs)
+        case .auditDurable(let txid):
+            return auditDurable(txid, nowMs: nowMs)
+        case .auditRefused(let txid, let reason):
+            guard let pending = pendingForces.removeValue(forKey: txid) else { return [] }
+            return [.reply(pending.request, .error(RequestError(503, "cannot record the forced decision: \(reason)")))]
+        case .retryNow(let request, let text):
+            return retryNow(request, text, nowMs: nowMs)
         case .timerFired(let timer):
             switch timer {
             case .timeout(let txid):
                 guard let tx = open[txid], tx.state == .active else { return [] }
+                // An operator's decision is being recorded: it decides (a cancel now could
+                // contradict a forced commit whose audit record becomes durable).
+                if pendingForces[txid] != nil { return [.setTimer(.timeout(txid), afterMs: Limits.retryDelayMsMin)] }
                 return startCancel(txid, reason: "timed out after \(tx.timeoutMs)ms", nowMs: nowMs)
             case .retry(let txid, let id):
                 guard var tx = open[txid], let i = tx.index(id) else { return [] }
@@ -286,6 +324,9 @@ public struct TCCCoordinator {
         var tx = transaction(txid)!
         guard tx.state == .active else {
             return [.reply(request, .error(RequestError(409, "transaction \(txid) is \(tx.state.rawValue); branches can be added only while it is active")))]
+        }
+        guard pendingForces[txid] == nil else {
+            return [.reply(request, .error(RequestError(409, "an operator's forced decision on \(txid) is being recorded; no branch can be added")))]
         }
         guard !spec.branchID.isEmpty, spec.branchID.utf8.count <= Limits.tccBranchIDBytesMax else {
             return [.reply(request, .error(RequestError(400, "branch_id must be 1-\(Limits.tccBranchIDBytesMax) bytes")))]
@@ -342,6 +383,9 @@ public struct TCCCoordinator {
         case .success(let t): txid = t
         }
         var tx = transaction(txid)!
+        if pendingForces[txid] != nil, tx.state == .active {
+            return [.reply(request, .error(RequestError(409, "an operator's forced decision on \(txid) is being recorded; look again in a moment")))]
+        }
         switch tx.state {
         case .active:
             if let pending = tx.branches.first(where: { $0.state == .registering || $0.state == .trying }) {
@@ -502,6 +546,34 @@ public struct TCCCoordinator {
                 tx.settleStartedAtMs = atMs
                 tx.branches = tx.branches.filter { ids.contains($0.spec.branchID) }
                 open[txid] = tx
+            case .audit(let txid, let entry, let outcome, let resolvesPending):
+                if var tx = finished[txid] {
+                    tx.audit.append(entry)
+                    finished[txid] = tx
+                    continue
+                }
+                guard var tx = open[txid] else { continue }
+                tx.audit.append(entry)
+                tx.reason = tx.reason ?? "forced by operator \(entry.operatorName): \(entry.reason)"
+                if resolvesPending {
+                    // The operator ended the wait; the end record after it may be lost.
+                    open.removeValue(forKey: txid)
+                    tx.outcome = outcome
+                    tx.state = outcome == .committed ? .committed : .aborted
+                    tx.finishedAtMs = tx.finishedAtMs ?? entry.atMs
+                    for i in tx.branches.indices where tx.branches[i].state != .confirmed && tx.branches[i].state != .cancelled {
+                        tx.branches[i].state = .resolvedByOperator
+                    }
+                    remember(tx)
+                } else if outcome == .committed {
+                    // A forced commit of an active transaction is its confirm decision.
+                    tx.state = .confirming
+                    tx.outcome = .committed
+                    tx.settleStartedAtMs = entry.atMs
+                    open[txid] = tx
+                } else {
+                    open[txid] = tx // cancelled below like every undecided transaction
+                }
             case .end(let txid, let outcome):
                 guard var tx = open.removeValue(forKey: txid) else { continue }
                 tx.outcome = outcome
@@ -536,15 +608,208 @@ public struct TCCCoordinator {
     }
 
     /// Every open transaction and the finished ones remembered; `recover` reads it back.
+    ///
+    /// A forced decision whose audit record is appended but not yet acted on is snapshotted as
+    /// already taken: the checkpoint follows the audit record in the log, so when the checkpoint
+    /// is durable the audit record is too — and the segment holding it may be deleted.
     public func snapshot() -> [UInt8] {
         var w = ByteWriter()
         w.u8(1)
-        for group in [open.values.sorted { $0.txid < $1.txid },
-                      finishedOrder[finishedOrderHead...].compactMap { finished[$0] }] {
+        var openGroup: [Transaction] = []
+        var endedByForce: [Transaction] = []
+        for var tx in open.values.sorted(by: { $0.txid < $1.txid }) {
+            if let p = pendingForces[tx.txid] {
+                let outcome = p.force.outcome
+                if p.resolvesPending {
+                    tx.state = outcome == .committed ? .committed : .aborted
+                    tx.outcome = outcome
+                    tx.finishedAtMs = p.entry.atMs
+                    for i in tx.branches.indices where tx.branches[i].state == .confirming || tx.branches[i].state == .cancelling {
+                        tx.branches[i].state = .resolvedByOperator
+                    }
+                    endedByForce.append(tx)
+                    continue
+                } else if outcome == .committed && tx.state == .active {
+                    tx.state = .deciding // read back as confirming: the audit record is the decision
+                    tx.outcome = .committed
+                    tx.settleStartedAtMs = p.entry.atMs
+                }
+            }
+            openGroup.append(tx)
+        }
+        for group in [openGroup, finishedOrder[finishedOrderHead...].compactMap { finished[$0] } + endedByForce] {
             w.u32(UInt32(group.count))
             for tx in group { TCCRecordCoding.encodeTransaction(tx, &w) }
         }
         return w.bytes
+    }
+}
+
+// MARK: - operators: forced decisions and retries
+
+extension TCCCoordinator {
+    /// What forcing `outcome` on `txid` would do, or why it is refused; `effects` is empty when
+    /// the outcome already holds. `resolvesPending`: the decision ends the wait for branches
+    /// whose confirm or cancel is still pending (they are no longer called).
+    func planForce(_ txid: TxID, _ outcome: Outcome) -> Result<(effects: [String], resolvesPending: Bool), RequestError> {
+        if let tx = open[txid] {
+            func names(_ states: Set<BranchState>) -> [String] { tx.branches.filter { states.contains($0.state) }.map(\.spec.branchID) }
+            switch (tx.state, outcome) {
+            case (.active, .aborted):
+                let told = tx.branches.map(\.spec.branchID)
+                return .success((["cancel the undecided transaction", told.isEmpty ? "no branch needs a cancel" : "send cancel to \(told.joined(separator: ", ")) (retried until answered)"], false))
+            case (.active, .committed):
+                let notTried = tx.branches.filter { $0.state != .tried }
+                if !notTried.isEmpty {
+                    let list = notTried.map { "\($0.spec.branchID) (\($0.state.rawValue))" }.joined(separator: ", ")
+                    return .failure(RequestError(409, "\(txid) is undecided and the try of \(list) has not succeeded: confirming would confirm a reservation that was never made; only abort can be forced"))
+                }
+                let all = tx.branches.map(\.spec.branchID)
+                return .success((["decide confirm (every try succeeded)", all.isEmpty ? "no branch needs a confirm" : "send confirm to \(all.joined(separator: ", ")) (retried until answered)"], false))
+            case (.deciding, _):
+                return .failure(RequestError(409, "\(txid) is writing its confirm decision; wait a moment and look again"))
+            case (.confirming, .aborted):
+                return .failure(RequestError(409, "refused: \(txid) has a durable confirm decision (\(TimeFormat.iso8601(ms: tx.settleStartedAtMs ?? tx.createdAtMs))); cancelling would contradict it"))
+            case (.confirming, .committed):
+                let pending = names([.confirming])
+                return .success((["stop confirming \(pending.joined(separator: ", ")) (recorded as resolved by operator)",
+                                  "end the transaction as committed; confirm those branches by hand if their confirm never ran"], true))
+            case (.cancelling, .committed):
+                return .failure(RequestError(409, "refused: \(txid) is being cancelled\(tx.reason.map { " (\($0))" } ?? ""); its branches may already have released their reservations, so confirming would contradict it"))
+            case (.cancelling, .aborted):
+                let pending = names([.cancelling])
+                return .success((["stop cancelling \(pending.joined(separator: ", ")) (recorded as resolved by operator)",
+                                  "end the transaction as aborted; release those reservations by hand if their cancel never ran"], true))
+            case (.committed, _), (.aborted, _):
+                preconditionFailure("open TCC transaction \(txid) in state \(tx.state)")
+            }
+        }
+        if let tx = finished[txid] {
+            let decided = tx.outcome ?? .aborted
+            if decided == outcome { return .success(([], false)) }
+            let when = TimeFormat.iso8601(ms: tx.finishedAtMs ?? tx.createdAtMs)
+            return .failure(RequestError(409, "refused: \(txid) was \(decided.rawValue) at \(when)\(tx.reason.map { " (\($0))" } ?? ""); forcing \(outcome.rawValue) would contradict it"))
+        }
+        return .failure(RequestError(404, "unknown TCC transaction \(txid)"))
+    }
+
+    mutating func forceRequested(_ request: RequestID, _ text: String, _ force: Coordinator.ForceRequest, nowMs: Int64) -> [Action] {
+        let txid: TxID
+        switch lookup(text) {
+        case .failure(let e): return [.reply(request, .error(e))]
+        case .success(let t): txid = t
+        }
+        let reason = String(force.reason.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
+        guard !reason.isEmpty, reason.utf8.count <= Limits.reasonBytesMax else {
+            return [.reply(request, .error(RequestError(400, "a forced decision needs a reason of 1-\(Limits.reasonBytesMax) bytes")))]
+        }
+        guard !force.operatorName.isEmpty, force.operatorName.utf8.count <= Limits.participantNameBytesMax else {
+            return [.reply(request, .error(RequestError(400, "a forced decision needs an operator name of 1-\(Limits.participantNameBytesMax) bytes")))]
+        }
+        guard pendingForces[txid] == nil else {
+            return [.reply(request, .error(RequestError(409, "another forced decision on \(txid) is being recorded")))]
+        }
+        switch planForce(txid, force.outcome) {
+        case .failure(let e):
+            return [.reply(request, .error(e))]
+        case .success(let plan) where plan.effects.isEmpty:
+            return [.reply(request, .forced(txid, outcome: force.outcome, dryRun: force.dryRun, effects: ["nothing to do: \(txid) is already \(force.outcome.rawValue)"]))]
+        case .success(let plan):
+            if force.dryRun { return [.reply(request, .forced(txid, outcome: force.outcome, dryRun: true, effects: plan.effects))] }
+            let entry = Coordinator.AuditEntry(atMs: nowMs, operatorName: force.operatorName, action: force.outcome == .committed ? "force-commit" : "force-abort",
+                                               reason: reason, detail: plan.effects.joined(separator: "; "))
+            pendingForces[txid] = (request, force, entry, plan.resolvesPending)
+            return [.log(.audit(txid, entry, outcome: force.outcome, resolvesPending: plan.resolvesPending), force: true)]
+        }
+    }
+
+    mutating func auditDurable(_ txid: TxID, nowMs: Int64) -> [Action] {
+        guard let pending = pendingForces.removeValue(forKey: txid) else { return [] }
+        let outcome = pending.force.outcome
+        let detail = "\(pending.entry.action) by \(pending.entry.operatorName): \(pending.entry.reason)"
+        if var tx = open[txid] {
+            tx.audit.append(pending.entry)
+            if tx.audit.count > Limits.auditEntriesPerTransactionMax { tx.audit.removeFirst(tx.audit.count - Limits.auditEntriesPerTransactionMax) }
+            note(&tx, nowMs, "forced", detail: detail)
+            open[txid] = tx
+        } else if var tx = finished[txid] {
+            tx.audit.append(pending.entry)
+            finished[txid] = tx
+        }
+        // The transaction may have moved on while the record was written (e.g. it timed out).
+        // The audit record says what was asked; recovery reads it the same way only when the
+        // plan still matches, so re-plan and refuse what no longer fits.
+        let plan = planForce(txid, outcome)
+        switch plan {
+        case .failure(let e):
+            return [.reply(pending.request, .error(e))]
+        case .success(let p) where p.effects.isEmpty:
+            return [.reply(pending.request, .forced(txid, outcome: outcome, dryRun: false, effects: ["nothing to do: \(txid) is already \(outcome.rawValue)"]))]
+        case .success(let p) where p.resolvesPending != pending.resolvesPending:
+            return [.reply(pending.request, .error(RequestError(409, "\(txid) changed state while the forced decision was recorded; look again and repeat it")))]
+        case .success(let p):
+            let reason = "forced by operator \(pending.entry.operatorName): \(pending.entry.reason)"
+            var actions: [Action] = []
+            var tx = open[txid]!
+            if p.resolvesPending {
+                for i in tx.branches.indices where tx.branches[i].state == .confirming || tx.branches[i].state == .cancelling {
+                    tx.branches[i].state = .resolvedByOperator
+                    tx.branches[i].nextRetryAtMs = nil
+                    actions.append(.cancelTimer(.retry(txid, branchID: tx.branches[i].spec.branchID)))
+                }
+                open[txid] = tx
+                actions += finish(txid, nowMs: nowMs)
+            } else if outcome == .aborted {
+                actions += startCancel(txid, reason: reason, nowMs: nowMs)
+            } else {
+                // The durable audit record is this transaction's confirm decision (recovery
+                // reads it so): confirm every branch now.
+                tx.state = .confirming
+                tx.outcome = .committed
+                tx.settleStartedAtMs = nowMs
+                note(&tx, nowMs, "decided", detail: "confirm (forced by operator)")
+                actions.append(.cancelTimer(.timeout(txid)))
+                for i in tx.branches.indices {
+                    tx.branches[i].state = .confirming
+                    actions.append(call(tx, i, .confirm))
+                }
+                open[txid] = tx
+                if tx.branches.isEmpty { actions += finish(txid, nowMs: nowMs) }
+            }
+            actions.append(.reply(pending.request, .forced(txid, outcome: outcome, dryRun: false, effects: p.effects)))
+            return actions
+        }
+    }
+
+    /// Re-sends the pending confirms or cancels now, whatever their backoff or parking.
+    mutating func retryNow(_ request: RequestID, _ text: String, nowMs: Int64) -> [Action] {
+        let txid: TxID
+        switch lookup(text) {
+        case .failure(let e): return [.reply(request, .error(e))]
+        case .success(let t): txid = t
+        }
+        guard var tx = open[txid] else { return [.reply(request, .error(RequestError(409, "\(txid) is finished; nothing to retry")))] }
+        var actions: [Action] = []
+        var names: [String] = []
+        for i in tx.branches.indices {
+            let phase: Call
+            switch tx.branches[i].state {
+            case .confirming: phase = .confirm
+            case .cancelling: phase = .cancel
+            default: continue
+            }
+            let id = tx.branches[i].spec.branchID
+            tx.branches[i].nextRetryAtMs = nil
+            actions.append(.cancelTimer(.retry(txid, branchID: id)))
+            actions.append(call(tx, i, phase))
+            names.append(id)
+        }
+        guard !names.isEmpty else {
+            return [.reply(request, .error(RequestError(409, "\(txid) is \(tx.state.rawValue): no confirm or cancel is pending, nothing to retry")))]
+        }
+        note(&tx, nowMs, "retry-requested", detail: names.joined(separator: ", "))
+        open[txid] = tx
+        return actions + [.reply(request, .retried(txid, branches: names))]
     }
 }
 
@@ -553,6 +818,7 @@ public enum TCCRecordCoding {
     public static let branchType: UInt8 = 16
     public static let confirmDecisionType: UInt8 = 17
     public static let endType: UInt8 = 18
+    public static let auditType: UInt8 = 19
     public static let typeRange: ClosedRange<UInt8> = 16...31
 
     public static func encode(_ record: TCCCoordinator.Record) -> (type: UInt8, payload: [UInt8]) {
@@ -574,6 +840,16 @@ public enum TCCRecordCoding {
             w.string(txid.description)
             w.bool(outcome == .committed)
             return (endType, w.bytes)
+        case .audit(let txid, let e, let outcome, let resolvesPending):
+            w.string(txid.description)
+            w.i64(e.atMs)
+            w.string(e.operatorName)
+            w.string(e.action)
+            w.string(e.reason)
+            w.string(e.detail)
+            w.bool(outcome == .committed)
+            w.bool(resolvesPending)
+            return (auditType, w.bytes)
         }
     }
 
@@ -591,6 +867,11 @@ public enum TCCRecordCoding {
             return .confirmDecision(txid, branchIDs: ids, atMs: try r.i64())
         case endType:
             return .end(txid, try r.bool() ? .committed : .aborted)
+        case auditType:
+            let entry = Coordinator.AuditEntry(atMs: try r.i64(), operatorName: try r.string(maxCount: Limits.participantNameBytesMax),
+                                               action: try r.string(maxCount: 64), reason: try r.string(maxCount: Limits.reasonBytesMax),
+                                               detail: try r.string(maxCount: 16_384))
+            return .audit(txid, entry, outcome: try r.bool() ? .committed : .aborted, resolvesPending: try r.bool())
         default:
             throw DecodeError("unknown TCC record type \(type)")
         }
@@ -740,7 +1021,8 @@ extension TCCCoordinator.Transaction {
                                            history: $0.history.map { TransactionView.AttemptView(at: TimeFormat.iso8601(ms: $0.atMs), error: $0.error) })
             },
             events: events.map { TransactionView.EventView(at: TimeFormat.iso8601(ms: $0.atMs), event: $0.event, participant: $0.participant, detail: $0.detail) },
-            parked: parked)
+            parked: parked,
+            audit: audit.map { TransactionView.AuditView(at: TimeFormat.iso8601(ms: $0.atMs), operator: $0.operatorName, action: $0.action, reason: $0.reason, detail: $0.detail) })
     }
 }
 

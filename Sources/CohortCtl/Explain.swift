@@ -36,6 +36,7 @@ public struct Explanation: Codable, Equatable, Sendable {
 
 public enum Explain {
     public static func explain(_ tx: TransactionView, nowMs: Int64) -> Explanation {
+        if tx.protocol == "tcc" { return explainTCC(tx, nowMs: nowMs) }
         let id = tx.txid
         func note(_ b: TransactionView.BranchView, _ waiting: String?) -> Explanation.BranchNote {
             .init(participant: b.participant, url: b.url, state: b.state, waitingFor: waiting, attempts: b.attempts,

@@ -109,6 +109,7 @@ public enum LogTools {
         case TCCRecordCoding.branchType: return "tcc-branch"
         case TCCRecordCoding.confirmDecisionType: return "tcc-confirm-decision"
         case TCCRecordCoding.endType: return "tcc-end"
+        case TCCRecordCoding.auditType: return "tcc-audit"
         default: return "type-\(type)"
         }
     }
@@ -119,7 +120,7 @@ public enum LogTools {
                   txid: txid, summary: summary, audit: audit)
         }
         if type == 0 { return rec(nil, checkpointSummary(payload)) }
-        if (TCCRecordCoding.branchType...TCCRecordCoding.endType).contains(type) {
+        if (TCCRecordCoding.branchType...TCCRecordCoding.auditType).contains(type) {
             do {
                 switch try TCCRecordCoding.decode(type: type, payload: payload) {
                 case .branch(let txid, let spec, _, _):
@@ -128,6 +129,9 @@ public enum LogTools {
                     return rec(txid.description, "TCC confirm decided at \(TimeFormat.iso8601(ms: at)) for \(branches.joined(separator: ", "))")
                 case .end(let txid, let outcome):
                     return rec(txid.description, "TCC ended: \(outcome == .committed ? "confirmed" : "cancelled") everywhere")
+                case .audit(let txid, let e, _, let resolvesPending):
+                    let a = LogReport.Audit(at: TimeFormat.iso8601(ms: e.atMs), operator: e.operatorName, action: e.action, reason: e.reason, detail: e.detail)
+                    return rec(txid.description, "TCC \(e.action) by \(e.operatorName) at \(a.at)\(resolvesPending ? " (ends the wait for pending branches)" : ""): \(e.reason)", a)
                 }
             } catch {
                 return rec(nil, "not a TCC record (\(error))", known: false)

@@ -7,7 +7,7 @@ import Foundation
 public enum Txctl {
     static let globalValued: Set<String> = ["coordinator", "token-file"]
     public static let coordinatorStates = ["active", "preparing", "deciding", "committing", "committed", "aborted",
-                                           "heuristic-mixed", "unfinished", "in-doubt", "parked"]
+                                           "heuristic-mixed", "unfinished", "in-doubt", "parked", "confirming", "cancelling"]
     public static let agentStates = ["active", "preparing", "prepared", "committing", "forcing", "heuristic-committed",
                                      "heuristic-aborted", "heuristic-mixed", "in-doubt"]
 

@@ -36,6 +36,8 @@ public final class InventoryService: RunnableServer {
     private let workers = Workers()
     private var selfURL = ""
     public private(set) var tcc: TCCResource!
+    /// Purges finished TCC barrier rows past their retention, every `Limits.tccPurgeIntervalMs`.
+    private var tccPurger: TCCBarrierPurger?
     private var outbox: InventoryOutbox!
 
     public var port: Int { agent.port }
@@ -60,21 +62,25 @@ public final class InventoryService: RunnableServer {
         weakSelf = self
     }
 
-    /// Every `Limits.demoMaintenanceIntervalMs` on the loop: finished TCC barrier rows past their
-    /// retention, inbox rows past `Limits.inboxRetentionMsDefault`. Failures wait for the next round.
+    /// Every `Limits.demoMaintenanceIntervalMs` on the loop: inbox rows past
+    /// `Limits.inboxRetentionMsDefault`. Failures wait for the next round. (Finished TCC barrier
+    /// rows have their own timer: `TCCBarrierPurger`, started in `run()`.)
     private func maintain() {
-        _ = try? tcc.purgeFinished()
         _ = try? outbox.inbox.cleanup(appliedBeforeMs: SystemClock.wallMs() - Limits.inboxRetentionMsDefault)
         _ = agent.loop.schedule(afterMs: Limits.demoMaintenanceIntervalMs) { [weak self] in self?.maintain() }
     }
 
     public func run() throws {
         _ = agent.loop.schedule(afterMs: Limits.demoMaintenanceIntervalMs) { [weak self] in self?.maintain() }
+        let loop = agent.loop
+        tccPurger = TCCBarrierPurger(resource: tcc) { ms, body in _ = loop.schedule(afterMs: ms, body) }
+        tccPurger?.start()
         outbox.relay.start()
         try agent.run()
     }
 
     public func shutdown() {
+        tccPurger?.stop()
         outbox.consumer?.stop()
         outbox.relay.stop()
         agent.shutdown()

@@ -11,6 +11,9 @@ public enum TestOnlyBreak: String, CaseIterable, Sendable {
     case voteBeforeDurable = "vote-before-durable"
     /// A participant acknowledges a commit without applying the branch (it only unlocks).
     case skipBranchCommit = "skip-branch-commit"
+    /// A `tcc-inventory` service runs a try that arrives after its branch was cancelled (it
+    /// ignores the barrier's fence), so the late try's reservation is never released.
+    case tccRunFencedTry = "tcc-run-fenced-try"
 
     public static let environmentVariable = "COHORT_TEST_ONLY_BREAK"
 

@@ -136,6 +136,9 @@ final class ScenarioRun: @unchecked Sendable {
         if name == "coordinator" {
             return ("cohortd", ["--data", "\(dataDir)/coordinator", "--port", String(port)] + flags)
         }
+        if scenario.topology.isTCC {
+            return ("tcc-inventory", ["--data", "\(dataDir)/\(name)", "--port", String(port)] + flags)
+        }
         let coordinator = proxies["\(name)->coordinator"]?.url ?? url("coordinator")
         var args = ["--name", name, "--data", "\(dataDir)/\(name)", "--port", String(port), "--coordinator", coordinator]
         if let p = proxies["coordinator->\(name)"] { args += ["--advertise", p.url] }
@@ -263,7 +266,8 @@ final class ScenarioRun: @unchecked Sendable {
                 for (n, p) in ps.enumerated() {
                     let cut = f.atMs + Int64(n) * step
                     let heal = allCut + hold + Int64(healOrder.firstIndex(of: p)! + 1) * step
-                    for link in ["coordinator->\(p)", "\(p)->coordinator"] {
+                    // A tcc-inventory service never calls the coordinator: only its inbound link.
+                    for link in scenario.topology.isTCC ? ["coordinator->\(p)"] : ["coordinator->\(p)", "\(p)->coordinator"] {
                         out.append((link, cut, heal, Scenario.NetworkRule(link: link, action: .blackhole, durationMs: heal - cut), i))
                     }
                 }
@@ -278,29 +282,30 @@ final class ScenarioRun: @unchecked Sendable {
 
     func execute() -> ScenarioResult {
         let started = Date()
-        defer {
-            lock.lock()
-            result.durationMs = Int64(Date().timeIntervalSince(started) * 1000)
-            lock.unlock()
-        }
         do {
             try FileManager.default.createDirectory(atPath: logDir, withIntermediateDirectories: true)
             let rules = networkRules()
             for r in rules { _ = try proxy(r.link) }
-            var transfers: ScenarioWorkload?
+            var load: ScenarioLoad?
             if scenario.topology.outbox != nil {
                 try startOutbox()
             } else {
-                guard startProcess("coordinator") else { throw ManagedProcessError("the coordinator did not start: \(startFailures["coordinator"] ?? "")") }
-                for a in scenario.topology.agentNames {
-                    guard startProcess(a) else { throw ManagedProcessError("agent \(a) did not start: \(startFailures[a] ?? "")") }
-                }
-                let w = ScenarioWorkload(coordinatorURL: url("coordinator"),
-                                         agentURLs: scenario.topology.agentNames.map { url($0) }, config: scenario.workload,
-                                         protocolName: scenario.topology.protocolName, termination: scenario.topology.termination)
-                try w.setup()
-                event("set up \(scenario.workload.accounts) accounts on each of \(scenario.topology.agents) agents")
-                transfers = w
+            guard startProcess("coordinator") else { throw ManagedProcessError("the coordinator did not start: \(startFailures["coordinator"] ?? "")") }
+            for a in scenario.topology.agentNames {
+                guard startProcess(a) else { throw ManagedProcessError("agent \(a) did not start: \(startFailures[a] ?? "")") }
+            }
+            let workload: ScenarioLoad
+            if scenario.topology.isTCC {
+                let names = scenario.topology.agentNames
+                workload = TCCScenarioWorkload(coordinatorURL: url("coordinator"), serviceNames: names, serviceURLs: names.map { url($0) },
+                                               branchURLs: names.map { proxies["coordinator->\($0)"]?.url ?? url($0) }, config: scenario.tccWorkload)
+            } else {
+                workload = ScenarioWorkload(coordinatorURL: url("coordinator"),
+                                            agentURLs: scenario.topology.agentNames.map { url($0) }, config: scenario.workload,
+                                            protocolName: scenario.topology.protocolName, termination: scenario.topology.termination)
+            }
+            event(try workload.setup())
+            load = workload
             }
             // Faults armed from the start: restart those processes with the fault in their environment.
             t0 = Date()
@@ -313,20 +318,21 @@ final class ScenarioRun: @unchecked Sendable {
                 schedule(at: at(r.start), "network") { [self] in event("network \(r.link): \(r.rule.action.rawValue)\(r.rule.match.map { " matching \"\($0)\"" } ?? "") for \(r.end - r.start)ms") }
             }
             for (i, f) in scenario.faults.enumerated() { scheduleFault(i, f) }
-            let maxMs = scenario.workload.durationMs ?? 60_000
+            let maxMs = (scenario.topology.isTCC ? scenario.tccWorkload.durationMs : scenario.workload.durationMs) ?? 60_000
             let deadline = at(maxMs)
             let workloadDone = DispatchSemaphore(value: 0)
-            let transferWorkload = transfers
+            let runningLoad = load
             let wt = Thread { [self] in
-                if let transfers = transferWorkload { transfers.run(deadline: deadline) } else { runOutboxWorkload(deadline: deadline) }
+                if let runningLoad { runningLoad.run(deadline: deadline) } else { runOutboxWorkload(deadline: deadline) }
                 workloadDone.signal()
             }
             wt.stackSize = 1 << 20
             wt.start()
+            let (clients, count) = scenario.topology.isTCC ? (scenario.tccWorkload.clients, scenario.tccWorkload.count) : (scenario.workload.clients, scenario.workload.count)
             if let o = scenario.workload.outbox {
                 event("workload started: the producer runs \(o.count) transactions at \(o.rate)/s over \(o.keys) keys")
             } else {
-                event("workload started: \(scenario.workload.clients) clients, " + (scenario.workload.count.map { "\($0) transfers" } ?? "\(maxMs)ms"))
+                event("workload started: \(clients) clients, " + (count.map { "\($0) transactions" } ?? "\(maxMs)ms"))
             }
             var workloadFinished = false
             var disarmed = false
@@ -334,7 +340,7 @@ final class ScenarioRun: @unchecked Sendable {
             while true {
                 if !workloadFinished, workloadDone.wait(timeout: .now()) == .success {
                     workloadFinished = true
-                    event("workload finished: " + (transfers.map { "\($0.snapshot().count) transfers" } ?? outboxWorkloadSummary()))
+                    event("workload finished: " + (load.map { "\($0.finishedCount) transactions" } ?? outboxWorkloadSummary()))
                 }
                 while let a = takeDueAction() { a.body() }
                 watchProcesses()
@@ -353,7 +359,7 @@ final class ScenarioRun: @unchecked Sendable {
             }
             event("faults over")
             let faultsEnd = Date()
-            if let transfers { check(workload: transfers, faultsEnd: faultsEnd) } else { checkOutbox(faultsEnd: faultsEnd) }
+            if let load { check(workload: load, faultsEnd: faultsEnd) } else { checkOutbox(faultsEnd: faultsEnd) }
         } catch {
             lock.lock()
             result.checks.append(CheckResult(name: "run", ok: false, detail: "\(error)", txids: []))
@@ -367,6 +373,8 @@ final class ScenarioRun: @unchecked Sendable {
         for p in all where p.isRunning { p.resume(); p.signalTerminate() }
         for p in all { p.terminate(timeoutMs: 3000) }
         lock.lock()
+        // Set before the copy below (a `defer` ran after it, so every report said 0).
+        result.durationMs = Int64(Date().timeIntervalSince(started) * 1000)
         let r = result
         lock.unlock()
         if r.passed && !options.keepData { try? FileManager.default.removeItem(atPath: dataDir) }
@@ -617,10 +625,9 @@ final class ScenarioRun: @unchecked Sendable {
         return checks
     }
 
-    private func check(workload: ScenarioWorkload, faultsEnd: Date) {
+    private func check(workload: ScenarioLoad, faultsEnd: Date) {
         var checks = processChecks()
         let api = workload.api()
-        let agentURLs = workload.agentURLs
         lock.lock()
         let statuses = exitStatuses
         let refused = startFailures
@@ -642,9 +649,7 @@ final class ScenarioRun: @unchecked Sendable {
             while true {
                 unsettled = []
                 if let u = try? api.unfinished() { unsettled += u.map(\.txid) } else { unsettled.append("(coordinator unreachable)") }
-                for url in agentURLs {
-                    if let b = try? api.inDoubtBranches(url) { unsettled += b.map(\.txid) } else { unsettled.append("(\(url) unreachable)") }
-                }
+                unsettled += workload.participantsUnsettled(api)
                 if unsettled.isEmpty { quiet = true; break }
                 if Date() > deadline { break }
                 Thread.sleep(forTimeInterval: 0.05)
@@ -656,12 +661,14 @@ final class ScenarioRun: @unchecked Sendable {
             let unresolved = workload.resolveUnknown(timeoutMs: quiet ? 5000 : 1000)
             if !unresolved.isEmpty { event("\(unresolved.count) outcomes still unknown") }
         }
-        let transfers = workload.snapshot()
+        let outcomes = workload.outcomes()
         lock.lock()
-        result.committed = transfers.filter { $0.outcome == .committed }.count
-        result.aborted = transfers.filter { $0.outcome == .aborted }.count
-        result.unknown = transfers.filter { $0.outcome == .unknown }.count
+        result.committed = outcomes.filter { $0.outcome == .committed }.count
+        result.aborted = outcomes.filter { $0.outcome == .aborted }.count
+        result.unknown = outcomes.filter { $0.outcome == .unknown }.count
         lock.unlock()
+        // The transfer checks below need the transfer workload (the parser allows them only then).
+        let transfers = (workload as? ScenarioWorkload)?.snapshot() ?? []
 
         for c in scenario.checks {
             switch c {
@@ -670,6 +677,7 @@ final class ScenarioRun: @unchecked Sendable {
                                           detail: quiet ? "settled \(result.recoveryMs ?? 0)ms after the faults stopped" : "still unsettled \(d)ms after the faults stopped: \(Set(unsettled).sorted().prefix(10).joined(separator: ", "))",
                                           txids: quiet ? [] : Array(Set(unsettled).filter { !$0.hasPrefix("(") }.sorted().prefix(10))))
             case .conservation:
+                guard let workload = workload as? ScenarioWorkload else { preconditionFailure("conservation needs the transfer workload") }
                 do {
                     let total = try workload.balances().reduce(0) { $0 + $1.values.reduce(0, +) }
                     checks.append(CheckResult(name: "conservation", ok: total == workload.expectedTotal,
@@ -678,6 +686,7 @@ final class ScenarioRun: @unchecked Sendable {
                     checks.append(CheckResult(name: "conservation", ok: false, detail: "cannot read balances: \(error)", txids: []))
                 }
             case .atomicity:
+                guard let workload = workload as? ScenarioWorkload else { preconditionFailure("atomicity needs the transfer workload") }
                 do {
                     let m = workload.mismatches(try workload.balances())
                     let unknown = transfers.filter { $0.outcome == .unknown }.map(\.txid)
@@ -699,7 +708,7 @@ final class ScenarioRun: @unchecked Sendable {
             case .committedMeansCommitted:
                 var bad: [String] = []
                 var badTx: [String] = []
-                for t in transfers where t.outcome == .committed && !(t.reason ?? "").contains("resolved") {
+                for t in outcomes where t.outcome == .committed && !t.resolved {
                     let state: String
                     do { state = try api.transaction(t.txid)?.state ?? "unknown (404)" } catch { state = "unreadable: \(error)" }
                     if state != "committed" {
@@ -707,12 +716,16 @@ final class ScenarioRun: @unchecked Sendable {
                         badTx.append(t.txid)
                     }
                 }
-                let n = transfers.filter { $0.outcome == .committed }.count
+                let n = outcomes.filter { $0.outcome == .committed }.count
                 checks.append(CheckResult(name: "committed_means_committed", ok: bad.isEmpty,
-                                          detail: bad.isEmpty ? "\(n) committed transfers are committed at the coordinator" : bad.prefix(5).joined(separator: "; "),
+                                          detail: bad.isEmpty ? "\(n) committed transactions are committed at the coordinator" : bad.prefix(5).joined(separator: "; "),
                                           txids: Array(badTx.prefix(10))))
             case .noLocksHeld:
+                guard let workload = workload as? ScenarioWorkload else { preconditionFailure("no_locks_held needs the transfer workload") }
                 checks.append(noLocksHeld(workload))
+            case .tccAtRest:
+                guard let workload = workload as? TCCScenarioWorkload else { preconditionFailure("tcc_at_rest needs the tcc workload") }
+                checks.append(workload.atRestCheck())
             case .expect(let e):
                 checks.append(expectation(e, workload: workload, statuses: statuses, refused: refused, unsettled: unsettled))
             case .outboxAtRest, .deadLetters, .fencing:
@@ -762,7 +775,7 @@ final class ScenarioRun: @unchecked Sendable {
         return CheckResult(name: "no_locks_held", ok: false, detail: last, txids: [])
     }
 
-    func expectation(_ e: Scenario.Expect, workload: ScenarioWorkload?, statuses: [String: [Int32]],
+    func expectation(_ e: Scenario.Expect, workload: ScenarioLoad?, statuses: [String: [Int32]],
                              refused: [String: String], unsettled: [String]) -> CheckResult {
         var problems: [String] = []
         var satisfied: [String] = []
@@ -784,7 +797,10 @@ final class ScenarioRun: @unchecked Sendable {
                 problems.append("\(p) was expected to exit with status \(s); its exits: \(statuses[p]?.map(String.init).joined(separator: ", ") ?? "none")")
             }
         }
-        if let remains = e.inDoubtRemains, let workload {
+        if let parked = e.parked, let workload {
+            problems += parkedExpectation(parked, workload.api(), &satisfied)
+        }
+        if let remains = e.inDoubtRemains, let workload = workload as? ScenarioWorkload {
             let api = workload.api()
             var inDoubt: [(String, String)] = []
             for url in workload.agentURLs {

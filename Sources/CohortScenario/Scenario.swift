@@ -20,6 +20,10 @@ public struct Scenario: Sendable {
     public struct ProcessConfig: Sendable {
         public var flags: [String] = []
         public var env: [String: String] = [:]
+        public init(flags: [String] = [], env: [String: String] = [:]) {
+            self.flags = flags
+            self.env = env
+        }
     }
 
     public struct Topology: Sendable {
@@ -32,6 +36,8 @@ public struct Scenario: Sendable {
         /// `"kind": "outbox"`: producer, relays, consumer (and Redis) instead of cohortd and agents.
         public var outbox: OutboxTopology?
         public var agentNames: [String] { outbox != nil ? [] : (0..<agents).map { String(UnicodeScalar(UInt8(97 + $0))) } }
+        /// `tcc`: the processes named a, b, ... are `tcc-inventory` branch services (TCCScenario.swift).
+        public var isTCC: Bool { protocolName == "tcc" }
         public var allNames: [String] { outbox?.processNames ?? (["coordinator"] + agentNames) }
     }
 
@@ -99,6 +105,8 @@ public struct Scenario: Sendable {
 
     public struct Expect: Sendable {
         public var inDoubtRemains: Bool?
+        /// Some transaction was parked (a `parked` event in its coordinator timeline).
+        public var parked: Bool?
         public var startRefused: String?
         public var errorContains: String?
         public var exitStatus: (process: String, status: Int32)?
@@ -106,6 +114,8 @@ public struct Scenario: Sendable {
 
     public enum Check: Sendable {
         case atomicity, conservation, committedMeansCommitted, noLocksHeld
+        /// TCC topology: the stock of every sku on every service matches the committed transactions.
+        case tccAtRest
         case noInDoubtWithin(Int64)
         case expect(Expect)
         case outboxAtRest(OutboxAtRestCheck)
@@ -118,6 +128,7 @@ public struct Scenario: Sendable {
             case .conservation: return "conservation"
             case .committedMeansCommitted: return "committed_means_committed"
             case .noLocksHeld: return "no_locks_held"
+            case .tccAtRest: return "tcc_at_rest"
             case .noInDoubtWithin: return "no_in_doubt_within"
             case .expect: return "expect"
             case .outboxAtRest: return "outbox_at_rest"
@@ -134,6 +145,8 @@ public struct Scenario: Sendable {
     public var workload: Workload
     public var faults: [Fault]
     public var checks: [Check]
+    /// The workload of a `tcc` topology (`workload.tcc`); `workload` is unused then.
+    public var tccWorkload = TCCWorkloadConfig()
 
     public static let defaultChecks: [Check] = [.atomicity, .conservation, .committedMeansCommitted,
                                                 .noInDoubtWithin(30_000), .noLocksHeld]
@@ -233,13 +246,15 @@ struct Parser {
         }
         let description = try string(root, "description", "") ?? ""
         let topology = try self.topology(root["topology"])
-        let workload = try self.workload(root["workload"], topology)
+        var tccWorkload = TCCWorkloadConfig()
+        var workload = Scenario.Workload()
+        if topology.isTCC { tccWorkload = try self.tccWorkload(root["workload"]) } else { workload = try self.workload(root["workload"], topology) }
         var faults: [Scenario.Fault] = []
         if let f = root["faults"] {
             guard case .array(let list) = f else { throw fail("faults", "expected a list") }
             for (i, item) in list.enumerated() { faults.append(try fault(item, "faults[\(i)]", topology)) }
         }
-        var checks = topology.outbox != nil ? [.outboxAtRest(OutboxAtRestCheck())] : Scenario.defaultChecks
+        var checks = topology.outbox != nil ? [.outboxAtRest(OutboxAtRestCheck())] : topology.isTCC ? Scenario.defaultTCCChecks : Scenario.defaultChecks
         if let c = root["checks"] {
             guard case .array(let list) = c else { throw fail("checks", "expected a list") }
             checks = try list.enumerated().map {
@@ -247,7 +262,7 @@ struct Parser {
             }
         }
         return Scenario(file: file, name: name, description: description, topology: topology, workload: workload,
-                        faults: faults, checks: checks)
+                        faults: faults, checks: checks, tccWorkload: tccWorkload)
     }
 
     func topology(_ v: JSONValue?) throws -> Scenario.Topology {
@@ -266,8 +281,8 @@ struct Parser {
         if t.outbox == nil {
             t.agents = try int(o, "agents", "topology", range: 2...8) ?? 2
             t.protocolName = try string(o, "protocol", "topology") ?? "2pc"
-            guard t.protocolName == "2pc" || t.protocolName == "3pc" else {
-                throw fail("topology.protocol", "expected \"2pc\" or \"3pc\", got \"\(t.protocolName)\"")
+            guard ["2pc", "3pc", "tcc"].contains(t.protocolName) else {
+                throw fail("topology.protocol", "expected \"2pc\", \"3pc\" or \"tcc\", got \"\(t.protocolName)\"")
             }
             t.termination = try string(o, "termination", "topology")
             if let term = t.termination {
@@ -311,7 +326,8 @@ struct Parser {
             w.durationMs = 3000
             return w
         }
-        let o = try object(v, "workload", allowed: ["transfers"])
+        let o = try object(v, "workload", allowed: ["transfers", "tcc"])
+        if o["tcc"] != nil { throw fail("workload.tcc", "applies to topology protocol \"tcc\" only") }
         guard let tv = o["transfers"] else { throw fail("workload.transfers", "required field is missing") }
         let at = "workload.transfers"
         let t = try object(tv, at, allowed: ["clients", "count", "duration", "accounts", "initial_balance", "max_amount", "timeout_ms"])
@@ -363,7 +379,7 @@ struct Parser {
                 guard let p = outbox.crashPointPrefix(process) else { throw fail("\(path).process", "\(process) has no crash points (relays and the consumer have)") }
                 prefix = p
             } else {
-                prefix = process == "coordinator" ? "coordinator." : "agent."
+                prefix = process == "coordinator" ? "coordinator." : t.isTCC ? "tcc-inventory." : "agent."
             }
             guard point.hasPrefix(prefix), point.count > prefix.count else {
                 throw fail("\(path).point", "a crash point of \(process) starts with \"\(prefix)\" (see COHORT_CRASHPOINT=list), got \"\(point)\"")
@@ -411,6 +427,9 @@ struct Parser {
                 throw fail("\(path).delay", "only for action \"delay\"")
             }
             rule.match = try string(k, "match", path)
+            if t.isTCC, parts[1] == "coordinator" {
+                throw fail("\(path).link", "a tcc-inventory service never calls the coordinator: only \"coordinator->SERVICE\" links carry traffic in a tcc topology")
+            }
             kind = .network(rule)
         case "swizzle":
             let k = try object(o[kindName], path, allowed: ["processes", "step", "hold", "seed"])
@@ -444,18 +463,26 @@ struct Parser {
         default:
             throw fail(path, "unknown fault kind")
         }
+        try checkTCCFault(kind, path, t)
         return Scenario.Fault(atMs: atMs, kind: kind)
     }
 
-    static let checkNames = ["atomicity", "conservation", "committed_means_committed", "no_locks_held", "no_in_doubt_within", "expect"]
+    static let checkNames = ["atomicity", "conservation", "committed_means_committed", "no_locks_held", "tcc_at_rest", "no_in_doubt_within", "expect"]
 
     func check(_ v: JSONValue, _ at: String, _ t: Scenario.Topology) throws -> Scenario.Check {
+        let c = try checkAnyTopology(v, at, t)
+        try checkTCCCheck(c, at, t)
+        return c
+    }
+
+    func checkAnyTopology(_ v: JSONValue, _ at: String, _ t: Scenario.Topology) throws -> Scenario.Check {
         if case .string(let s) = v {
             switch s {
             case "atomicity": return .atomicity
             case "conservation": return .conservation
             case "committed_means_committed": return .committedMeansCommitted
             case "no_locks_held": return .noLocksHeld
+            case "tcc_at_rest": return .tccAtRest
             case "no_in_doubt_within": throw fail(at, "no_in_doubt_within needs a duration: {\"no_in_doubt_within\": \"20s\"}")
             default: throw fail(at, "unknown check \"\(s)\" (known: \(Parser.checkNames.joined(separator: ", ")))")
             }
@@ -466,9 +493,10 @@ struct Parser {
             return .noInDoubtWithin(try duration(o, "no_in_doubt_within", at)!)
         }
         let path = "\(at).expect"
-        let e = try object(o["expect"], path, allowed: ["in_doubt_remains", "start_refused", "error_contains", "exit_status"])
+        let e = try object(o["expect"], path, allowed: ["in_doubt_remains", "start_refused", "error_contains", "exit_status", "parked"])
         var expect = Scenario.Expect()
         expect.inDoubtRemains = try bool(e, "in_doubt_remains", path)
+        expect.parked = try bool(e, "parked", path)
         if e["start_refused"] != nil { expect.startRefused = try process(e, "start_refused", path, t) }
         expect.errorContains = try string(e, "error_contains", path)
         if let es = e["exit_status"] {
@@ -476,8 +504,8 @@ struct Parser {
             let s = try object(es, sp, allowed: ["process", "status"])
             expect.exitStatus = (try process(s, "process", sp, t), Int32(try int(s, "status", sp, range: 0...255, required: true)!))
         }
-        if expect.inDoubtRemains == nil && expect.startRefused == nil && expect.exitStatus == nil {
-            throw fail(path, "expect needs in_doubt_remains, start_refused or exit_status")
+        if expect.inDoubtRemains == nil && expect.startRefused == nil && expect.exitStatus == nil && expect.parked == nil {
+            throw fail(path, "expect needs in_doubt_remains, start_refused, exit_status or parked")
         }
         return .expect(expect)
     }

@@ -45,7 +45,7 @@ final class ScenarioWorkload: @unchecked Sendable {
     var expectedTotal: Int64 { Int64(config.accounts) * config.initialBalance * Int64(agentURLs.count) }
 
     /// Every account on every agent set to the initial balance (one transaction per agent).
-    func setup() throws {
+    func setupAccounts() throws {
         let api = api()
         for agent in agentURLs {
             var attempt = 0

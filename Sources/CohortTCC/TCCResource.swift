@@ -41,6 +41,11 @@ public final class TCCResource: @unchecked Sendable {
     /// Called after a phase's local transaction committed, before the answer is sent (a test
     /// or a crash-injection hook: `tcc-inventory` uses it for "the try's response is lost").
     public var afterCommit: ((TCCPhase, TCCPhaseOutcome) -> Void)?
+    #if DEBUG
+    /// TEST ONLY (debug builds): run a try that arrives after its branch's cancel, as a service
+    /// without a fence would (`COHORT_TEST_ONLY_BREAK=tcc-run-fenced-try` in `tcc-inventory`).
+    public var testOnlyRunFencedTry = false
+    #endif
 
     /// Opens (creating if needed) the database at `path` and the barrier table in it; `schema`
     /// is the service's own DDL, run once at open.
@@ -90,8 +95,12 @@ public final class TCCResource: @unchecked Sendable {
         let outcome = try withConnection { db in
             try db.immediateTransaction { db -> TCCPhaseOutcome in
                 let context = TCCContext(resource: name, txid: txid, branchID: branchID, payload: payload, db: db)
+                var runFencedTry = false
+                #if DEBUG
+                runFencedTry = testOnlyRunFencedTry
+                #endif
                 return try TCCBarrier.run(db, resource: name, phase: phase, txid: txid, branchID: branchID, nowMs: clock(),
-                                          deadlineMs: deadlineMs, skewMarginMs: options.clockSkewMarginMs) {
+                                          deadlineMs: deadlineMs, skewMarginMs: options.clockSkewMarginMs, testOnlyRunFencedTry: runFencedTry) {
                     switch phase {
                     case .try: return try tryBody(context)
                     case .confirm: try confirmBody(context); return nil

@@ -1,6 +1,7 @@
 import CohortCore
 import CohortHTTP
 import CohortPosix
+import CohortRuntime
 import CohortTCC
 import Foundation
 
@@ -9,6 +10,7 @@ usage: tcc-inventory --data DIR --port N [--host H]
 
 A TCC inventory service (the worked example of the CohortTCC library): stock per sku in
 DIR/inventory.sqlite; try reserves, confirm sells, cancel releases, all through the barrier.
+Finished branches' barrier rows are purged every minute once older than 24 h.
   POST /v1/stock {"sku","available"}     set a sku's stock (setup only)
   GET  /v1/stock/{sku}                   {"sku","available","reserved","sold"}
   POST /v1/tcc/inventory/try|confirm|cancel   the TCC phases ({"txid","branch_id","payload":{"sku","qty"}})
@@ -37,10 +39,16 @@ do {
     let host = args.string("host") ?? "127.0.0.1"
     try PosixFS.createDirectory(dir, intermediate: true)
     let store = try InventoryStore(databasePath: dir + "/inventory.sqlite")
+    #if DEBUG
+    if TestOnlyBreak.fromEnvironment() == .tccRunFencedTry { store.resource.testOnlyRunFencedTry = true }
+    #endif
     store.resource.afterCommit = { phase, outcome in
         if case .done = outcome { CrashPoints.hit("tcc-inventory.after-\(phase.rawValue)-committed") }
     }
     let loop = try EventLoop()
+    // Finished branches' barrier rows go after the retention (docs/tcc.md, "Cleanup").
+    let purger = TCCBarrierPurger(resource: store.resource) { ms, body in _ = loop.schedule(afterMs: ms, body) }
+    purger.start()
     var server: HTTPServer?
     try loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in
         server?.shutdown()

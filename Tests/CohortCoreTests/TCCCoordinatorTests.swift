@@ -207,6 +207,98 @@ final class TCCCoordinatorTests: XCTestCase {
         XCTAssertEqual(again.unfinishedCount, r.unfinishedCount)
     }
 
+    private func force(_ outcome: Outcome, dryRun: Bool = false) -> Coordinator.ForceRequest {
+        Coordinator.ForceRequest(outcome: outcome, reason: "ops", operatorName: "oncall", dryRun: dryRun)
+    }
+
+    /// Forced decisions: allowed ones are forced to the log (audit) before they act, refused
+    /// ones contradict the coordinator; and after a crash the audit records are read the same
+    /// way (a forced commit of an active transaction is its confirm decision; a forced end of a
+    /// confirming one stays ended, even when its end record was lost).
+    func testForcedDecisionsAndTheirRecovery() throws {
+        var m = TCCCoordinator()
+        var log: [TCCCoordinator.Record] = []
+        // t1: active, every try succeeded: forced commit decides confirm once the audit is durable.
+        let t1 = started(&m, ["a", "b"], log: &log)
+        let f1 = nextReq()
+        let a1 = m.on(.force(f1, txid: t1.description, force(.committed)), nowMs: now)
+        XCTAssertEqual(records(a1).map(\.1), [true], "the audit record is forced")
+        XCTAssertEqual(calls(a1, .confirm), [], "nothing acts before the audit is durable")
+        log += records(a1).map(\.0)
+        XCTAssertEqual(replies(m.on(.abort(nextReq(), txid: t1.description), nowMs: now)).values.first.map { if case .error(let e) = $0 { return e.status } else { return 0 } }, 409,
+                       "the initiator cannot abort while a forced decision is recorded")
+        let d1 = m.on(.auditDurable(t1), nowMs: now)
+        XCTAssertEqual(calls(d1, .confirm), ["a", "b"])
+        if case .forced(_, .committed, false, let effects)? = replies(d1)[f1] { XCTAssertTrue(effects[0].contains("decide confirm"), "\(effects)") } else { XCTFail("\(replies(d1))") }
+        XCTAssertEqual(m.transaction(t1)?.state, .confirming)
+        // ... and a forced abort now contradicts it.
+        if case .error(let e)? = replies(m.on(.force(nextReq(), txid: t1.description, force(.aborted)), nowMs: now)).values.first {
+            XCTAssertEqual(e.status, 409)
+            XCTAssertTrue(e.message.contains("durable confirm decision"), e.message)
+        } else { XCTFail("forced abort of a confirming transaction was not refused") }
+        _ = m.on(.settled(t1, branchID: "a", .confirm, error: nil), nowMs: now)
+        _ = m.on(.settled(t1, branchID: "b", .confirm, error: "down"), nowMs: now)
+        // t1 is confirming, b pending: a forced commit ends the wait.
+        let f2 = nextReq()
+        let a2 = m.on(.force(f2, txid: t1.description, force(.committed)), nowMs: now)
+        log += records(a2).map(\.0)
+        let d2 = m.on(.auditDurable(t1), nowMs: now)
+        XCTAssertEqual(records(d2).map(\.0), [.end(t1, .committed)])
+        XCTAssertEqual(m.transaction(t1)?.state, .committed)
+        XCTAssertEqual(m.transaction(t1)?.branches.map(\.state), [.confirmed, .resolvedByOperator])
+        XCTAssertEqual(m.transaction(t1)?.audit.map(\.action), ["force-commit", "force-commit"])
+        XCTAssertTrue(calls(m.on(.timerFired(.retry(t1, branchID: "b")), nowMs: now + 60_000), .confirm).isEmpty, "b is no longer called")
+        // (the end record is lost in the crash below)
+
+        // t2: a try failed: forced commit refused; forced abort of the cancelling transaction ends it.
+        let t2 = started(&m, ["a"], log: &log)
+        _ = m.on(.register(nextReq(), txid: t2.description, spec("b")), nowMs: now)
+        _ = m.on(.branchDurable(t2, branchID: "b"), nowMs: now)
+        log += [.branch(t2, spec("b"), createdAtMs: now, timeoutMs: 5_000)]
+        if case .error(let e)? = replies(m.on(.force(nextReq(), txid: t2.description, force(.committed)), nowMs: now)).values.first {
+            XCTAssertTrue(e.message.contains("the try of b (trying) has not succeeded"), e.message)
+        } else { XCTFail("forced commit with a try in flight was not refused") }
+        _ = m.on(.tryAnswered(t2, branchID: "b", .failed("timeout")), nowMs: now)
+        XCTAssertEqual(m.transaction(t2)?.state, .cancelling)
+        _ = m.on(.settled(t2, branchID: "a", .cancel, error: nil), nowMs: now)
+        let r3 = m.on(.retryNow(nextReq(), txid: t2.description), nowMs: now)
+        XCTAssertEqual(calls(r3, .cancel), ["b"], "retry re-sends only the pending cancel")
+        let f3 = nextReq()
+        log += records(m.on(.force(f3, txid: t2.description, force(.aborted)), nowMs: now)).map(\.0)
+        let d3 = m.on(.auditDurable(t2), nowMs: now)
+        XCTAssertEqual(m.transaction(t2)?.state, .aborted)
+        log += records(d3).map(\.0)
+        if case .error(let e)? = replies(m.on(.retryNow(nextReq(), txid: t2.description), nowMs: now)).values.first { XCTAssertEqual(e.status, 409) } else { XCTFail("retry of a finished transaction") }
+
+        // t3: active; the forced commit's audit is durable, the crash comes before anything else.
+        let t3 = started(&m, ["a"], log: &log)
+        log += records(m.on(.force(nextReq(), txid: t3.description, force(.committed)), nowMs: now)).map(\.0)
+
+        // Crash: recover from the log (no end record of t1).
+        var r = TCCCoordinator()
+        let actions = try r.recover(snapshot: nil, records: log.map { TCCRecordCoding.encode($0) }.map { ($0.type, $0.payload) }, nowMs: now)
+        XCTAssertEqual(r.transaction(t1)?.state, .committed, "the forced end of t1 stays ended")
+        XCTAssertEqual(r.transaction(t1)?.audit.count, 2)
+        XCTAssertEqual(r.transaction(t2)?.state, .aborted)
+        XCTAssertEqual(r.transaction(t3)?.state, .confirming, "the forced commit's audit record is t3's confirm decision")
+        XCTAssertEqual(calls(actions, .confirm), ["a"])
+        XCTAssertEqual(calls(actions, .cancel), [], "nothing is cancelled: every open transaction was decided by an operator")
+
+        // A checkpoint taken while t3's forced commit (and a forced end of t4) is being recorded:
+        // the snapshot alone (the segment with the audit records deleted) keeps both decisions.
+        let t4 = started(&m, ["a", "b"], log: &log)
+        _ = m.on(.commit(nextReq(), txid: t4.description), nowMs: now)
+        _ = m.on(.decisionDurable(t4), nowMs: now)
+        _ = m.on(.settled(t4, branchID: "a", .confirm, error: nil), nowMs: now)
+        _ = m.on(.force(nextReq(), txid: t4.description, force(.committed)), nowMs: now)
+        var fromSnapshot = TCCCoordinator()
+        let again = try fromSnapshot.recover(snapshot: m.snapshot(), records: [], nowMs: now)
+        XCTAssertEqual(fromSnapshot.transaction(t3)?.state, .confirming, "the pending forced commit is in the snapshot as t3's decision")
+        XCTAssertEqual(calls(again, .confirm), ["a"])
+        XCTAssertEqual(fromSnapshot.transaction(t4)?.state, .committed, "the pending forced end is in the snapshot")
+        XCTAssertEqual(fromSnapshot.transaction(t4)?.branches.map(\.state), [.confirmed, .resolvedByOperator])
+    }
+
     func testRecordCodingRoundTripsAndContainer() throws {
         let t = TxID(coordinatorID: "0123abcd", epoch: 1, sequence: 2)
         let p: JSONValue = .object(["a": .array([.int(1), .double(1.5), .string("x"), .null, .bool(true)])])

@@ -155,6 +155,64 @@ final class BarrierTests: XCTestCase {
         XCTAssertEqual(e.filter { $0 == "try" }.count, e.filter { $0 == "cancel" }.count, "every reservation was released")
     }
 
+    /// The purge timer: each round removes the finished branches older than the retention
+    /// (more than one batch if needed) and keeps recent ones and open ones; it schedules the
+    /// next round itself, and stops when told.
+    func testPurgerTimerRemovesOldRowsAndKeepsRecentOnes() throws {
+        let c = Counter()
+        let clock = Clock()
+        let r = try counting(c, clock: clock)
+        // Old: finished (confirmed, cancelled, empty-cancelled), then the retention passes.
+        let oldCount = Limits.tccPurgeBatchMax + 5 // more than one batch: one round takes them all
+        try r.withConnection { db in
+            try db.immediateTransaction { db in
+                for i in 0..<oldCount {
+                    try db.execute("INSERT INTO tcc_barrier(resource, txid, branch_id, op, note, at_ms) VALUES('r', ?1, 'b', 'cancel', 'empty-cancel', ?2)",
+                                   [.text("bulk-\(i)"), .int(clock.now())])
+                    try db.execute("INSERT INTO tcc_barrier(resource, txid, branch_id, op, note, at_ms) VALUES('r', ?1, 'b', 'try', 'fence', ?2)",
+                                   [.text("bulk-\(i)"), .int(clock.now())])
+                }
+            }
+        }
+        _ = try r.run(.try, txid: "old-confirmed", branchID: "b", payload: nil)
+        _ = try r.run(.confirm, txid: "old-confirmed", branchID: "b", payload: nil)
+        _ = try r.run(.try, txid: "old-cancelled", branchID: "b", payload: nil)
+        _ = try r.run(.cancel, txid: "old-cancelled", branchID: "b", payload: nil)
+        _ = try r.run(.try, txid: "open-long", branchID: "b", payload: nil)
+        clock.advance(r.options.retentionMs - 1000)
+        // Recent: finished one second before the round; the old ones are past the retention then.
+        _ = try r.run(.try, txid: "recent", branchID: "b", payload: nil)
+        _ = try r.run(.confirm, txid: "recent", branchID: "b", payload: nil)
+        _ = try r.run(.cancel, txid: "recent-empty", branchID: "b", payload: nil)
+        clock.advance(1001)
+
+        var scheduled: [(Int64, () -> Void)] = []
+        let purger = TCCBarrierPurger(resource: r, intervalMs: 60_000) { ms, body in scheduled.append((ms, body)) }
+        purger.start()
+        XCTAssertEqual(scheduled.map(\.0), [60_000], "the first round waits one interval")
+        XCTAssertEqual(try r.barrier(txid: "old-confirmed", branchID: "b").count, 2, "nothing purged before the timer fires")
+        scheduled.removeFirst().1()
+        XCTAssertEqual(purger.removedTotal, oldCount + 2)
+        XCTAssertNil(purger.lastError)
+        XCTAssertEqual(try r.barrier(txid: "old-confirmed", branchID: "b"), [:])
+        XCTAssertEqual(try r.barrier(txid: "old-cancelled", branchID: "b"), [:])
+        XCTAssertEqual(try r.barrier(txid: "bulk-\(oldCount - 1)", branchID: "b"), [:])
+        XCTAssertEqual(try r.barrier(txid: "open-long", branchID: "b"), ["try": "tried"], "a branch still waiting for its outcome stays, however old")
+        XCTAssertEqual(try r.barrier(txid: "recent", branchID: "b"), ["try": "tried", "confirm": "confirmed"], "finished within the retention: stays")
+        XCTAssertEqual(try r.barrier(txid: "recent-empty", branchID: "b"), ["try": "fence", "cancel": "empty-cancel"], "a recent fence stays: a late try is still refused")
+        guard case .hanging = try r.run(.try, txid: "recent-empty", branchID: "b", payload: nil) else { return XCTFail("the kept fence refuses a late try") }
+        XCTAssertEqual(scheduled.map(\.0), [60_000], "each round schedules the next")
+
+        // Once the recent ones are old too, the next round takes them; after stop, no more rounds.
+        clock.advance(r.options.retentionMs)
+        scheduled.removeFirst().1()
+        XCTAssertEqual(try r.barrier(txid: "recent", branchID: "b"), [:])
+        XCTAssertEqual(try r.barrier(txid: "open-long", branchID: "b"), ["try": "tried"])
+        purger.stop()
+        scheduled.removeFirst().1()
+        XCTAssertTrue(scheduled.isEmpty, "a stopped purger schedules nothing more")
+    }
+
     func testPurgeRemovesOnlyFinishedBranchesPastRetention() throws {
         let c = Counter()
         let clock = Clock()

@@ -31,6 +31,38 @@ final class RunnerTests: XCTestCase {
         }
     }
 
+    /// TCC scenarios run against cohortd and tcc-inventory processes: a late try after its
+    /// cancel, and a coordinator crash after the confirm decision, both at rest.
+    func testTCCCatalogueScenariosPass() throws {
+        let files = try FileManager.default.contentsOfDirectory(atPath: RunnerTests.root.appendingPathComponent("Scenarios").path)
+        for name in ["tcc-cancel-before-late-try", "tcc-coordinator-crash-after-decision"] {
+            let file = try XCTUnwrap(files.first { $0.hasSuffix("-\(name).json") }, name)
+            let r = try runner().run(try catalogue(file))
+            XCTAssertTrue(r.passed, "\(name):\n\(describe(r))")
+            XCTAssertGreaterThan(r.committed, 0, name)
+            XCTAssertTrue(r.checks.contains { $0.name == "tcc_at_rest" && $0.ok }, name)
+        }
+    }
+
+    /// tcc_at_rest bites: with a service that runs a try arriving after its branch's cancel
+    /// (the test-only break), the late tries of the cancel-before-late-try scenario leave stock
+    /// reserved on a, and the check names a's skus.
+    func testTCCLateTryRunIsCaught() throws {
+        #if DEBUG
+        var s = try catalogue(try XCTUnwrap(FileManager.default.contentsOfDirectory(atPath: RunnerTests.root.appendingPathComponent("Scenarios").path)
+            .first { $0.hasSuffix("-tcc-cancel-before-late-try.json") }))
+        s.topology.processes["a"] = Scenario.ProcessConfig(flags: [], env: ["COHORT_TEST_ONLY_BREAK": "tcc-run-fenced-try"])
+        let r = try runner().run(s)
+        XCTAssertFalse(r.passed, describe(r))
+        let check = try XCTUnwrap(r.checks.first { $0.name == "tcc_at_rest" }, describe(r))
+        XCTAssertFalse(check.ok, describe(r))
+        XCTAssertTrue(check.detail.contains("service a") && check.detail.contains("reserved"), check.detail)
+        XCTAssertFalse(check.txids.isEmpty, "the transactions behind it are named")
+        #else
+        throw XCTSkip("COHORT_TEST_ONLY_BREAK exists only in debug builds")
+        #endif
+    }
+
     /// The expectation itself is checked: a scenario that expects a refusal fails when the
     /// process starts normally (nothing was corrupted).
     func testUnmetExpectationFails() throws {

@@ -82,6 +82,47 @@ final class ValidationTests: XCTestCase {
         assertError("{\"name\": ", "not valid JSON")
     }
 
+    let tcc = #""topology": {"protocol": "tcc", "agents": 2}, "workload": {"tcc": {"duration": "1s"}}"#
+
+    func testTCCTopologyParses() throws {
+        let s = try parse(#"""
+        {"name": "t", "topology": {"protocol": "tcc", "agents": 3, "processes": {"coordinator": {"flags": ["--retry-budget-attempts", "3"]}}},
+         "workload": {"tcc": {"clients": 2, "count": 40, "skus": 4, "initial_stock": 50, "max_qty": 3, "timeout_ms": 1000, "abort_fraction": 0.25}},
+         "faults": [{"at": "1s", "crash_point": {"process": "a", "point": "tcc-inventory.after-try-committed"}},
+                    {"at": "0s", "network": {"link": "coordinator->b", "action": "drop_response", "duration": "1s", "match": "inventory/try"}}],
+         "checks": ["tcc_at_rest", {"expect": {"parked": true}}]}
+        """#)
+        XCTAssertTrue(s.topology.isTCC)
+        XCTAssertEqual(s.tccWorkload.count, 40)
+        XCTAssertEqual(s.tccWorkload.skus, 4)
+        XCTAssertEqual(s.tccWorkload.abortFraction, 0.25)
+        XCTAssertEqual(s.checks.map(\.name), ["tcc_at_rest", "expect"])
+        let d = try parse("{\"name\": \"d\", \(tcc)}")
+        XCTAssertEqual(d.checks.map(\.name), ["tcc_at_rest", "committed_means_committed", "no_in_doubt_within"], "default checks of a tcc topology")
+    }
+
+    func testTCCFieldsAreValidated() {
+        assertError(#"{"name": "x", "topology": {"protocol": "saga"}, \#(workload)}"#, "topology.protocol: expected \"2pc\", \"3pc\" or \"tcc\"")
+        assertError(#"{"name": "x", "topology": {"protocol": "tcc"}, \#(workload)}"#, "workload.transfers: a tcc topology runs TCC transactions")
+        assertError(#"{"name": "x", "workload": {"tcc": {"duration": "1s"}}}"#, "workload.tcc: applies to topology protocol \"tcc\" only")
+        assertError(#"{"name": "x", "topology": {"protocol": "tcc"}, "workload": {"tcc": {"clients": 2}}}"#, "workload.tcc: give \"count\" or \"duration\"")
+        assertError(#"{"name": "x", "topology": {"protocol": "tcc"}, "workload": {"tcc": {"duration": "1s", "abort_fraction": 2}}}"#,
+                    "workload.tcc.abort_fraction: expected a number in [0, 1]")
+        assertError(#"{"name": "x", "topology": {"protocol": "tcc"}, "workload": {"tcc": {"duration": "1s", "max_qty": 0}}}"#,
+                    "workload.tcc.max_qty: must be between 1 and")
+        assertError(#"{"name": "x", "topology": {"protocol": "tcc"}, "workload": {"tcc": {"duration": "1s", "sku": 3}}}"#, "workload.tcc.sku: unknown field")
+        assertError(#"{"name": "x", \#(tcc), "faults": [{"at": "0s", "network": {"link": "a->coordinator", "action": "drop", "duration": "1s"}}]}"#,
+                    "faults[0].network.link: a tcc-inventory service never calls the coordinator")
+        assertError(#"{"name": "x", \#(tcc), "faults": [{"at": "0s", "crash_point": {"process": "a", "point": "agent.after-vote-sent"}}]}"#,
+                    "faults[0].crash_point.point: a crash point of a starts with \"tcc-inventory.\"")
+        assertError(#"{"name": "x", \#(tcc), "faults": [{"at": "0s", "torn_write": {"process": "a"}}]}"#,
+                    "faults[0].torn_write.process: torn_write needs the coordinator's durable log")
+        assertError(#"{"name": "x", \#(tcc), "checks": ["atomicity"]}"#, "checks[0]: atomicity checks the transfer workload")
+        assertError(#"{"name": "x", \#(tcc), "checks": [{"expect": {"in_doubt_remains": true}}]}"#, "checks[0].expect.in_doubt_remains: tcc-inventory services have no in-doubt branches")
+        assertError(#"{"name": "x", \#(workload), "checks": ["tcc_at_rest"]}"#, "checks[0]: tcc_at_rest applies to topology protocol \"tcc\" only")
+        assertError(#"{"name": "x", \#(tcc), "checks": [{"expect": {"parked": "yes"}}]}"#, "checks[0].expect.parked: expected true or false")
+    }
+
     /// The shipped catalogue is valid and covers at least 25 scenarios.
     func testCatalogueIsValid() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
