@@ -11,6 +11,12 @@ public enum TestOnlyBreak: String, CaseIterable, Sendable {
     case voteBeforeDurable = "vote-before-durable"
     /// A participant acknowledges a commit without applying the branch (it only unlocks).
     case skipBranchCommit = "skip-branch-commit"
+    /// The TCC coordinator records a branch's cancel as done without calling the service, so
+    /// the branch's reservation is never released.
+    case tccSkipCancel = "tcc-skip-cancel"
+    /// A TCC service's barrier lets a try that arrives after its branch's cancel reserve
+    /// (`TCCResource.Options.testOnlyIgnoreFence`; the simulation sets it on its services).
+    case tccIgnoreFence = "tcc-ignore-fence"
 
     public static let environmentVariable = "COHORT_TEST_ONLY_BREAK"
 

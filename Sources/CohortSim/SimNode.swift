@@ -18,6 +18,11 @@ final class SimNode {
     private(set) var coordinator: CoordinatorNode?
     private(set) var agent: AgentNode?
     private(set) var log: DurableLog?
+    /// TCC runs: an inventory service's process, and its disk (outlives crashes).
+    private(set) var service: SimTCCService?
+    private var inventoryDisk: SimInventoryDisk?
+    /// Set at a crash point: the process is about to die, so nothing more it sends leaves.
+    var dying = false
     var syncScheduled = false
     /// Bumped at every crash, so events of a dead process do nothing.
     private(set) var generation = 0
@@ -39,6 +44,7 @@ final class SimNode {
         generation += 1
         syncScheduled = false
         let env = SimEnvironment(node: self, generation: generation)
+        if simulation.serviceNames.contains(name) { return bootService(env) }
         let opened: (DurableLog, RecoveredLog)
         do {
             opened = try DurableLog.open(storage: storage, config: DurableLogConfig(syncMode: .manual))
@@ -86,6 +92,19 @@ final class SimNode {
         }
     }
 
+    /// A TCC inventory service: the real CohortTCC `InventoryStore` over this node's database.
+    private func bootService(_ env: SimEnvironment) {
+        do {
+            let disk = try inventoryDisk ?? SimInventoryDisk(service: name)
+            inventoryDisk = disk
+            service = try SimTCCService(name: name, node: self, disk: disk)
+        } catch {
+            simulation.fail("\(name) cannot start: \(error)")
+            return
+        }
+        environment = env
+    }
+
     /// A power cut: the process and everything in memory is gone; unsynced log writes are
     /// lost or torn; the store loses what was not made durable.
     func crash(torn: Bool) {
@@ -96,6 +115,8 @@ final class SimNode {
         agent?.stop()
         coordinator = nil
         agent = nil
+        service = nil
+        dying = false
         log = nil
         syncScheduled = false
         storage.crash(mode: torn ? .tearUnsynced : .dropUnsynced, rng: &simulation.rng)

@@ -57,7 +57,8 @@ public enum TCCBarrier {
     /// Runs `phase` of a branch through the barrier inside the caller's open transaction;
     /// `business` is called only when the business code must run. Throws to roll back.
     static func run(_ db: SQLiteConnection, resource: String, phase: TCCPhase, txid: String, branchID: String, nowMs: Int64,
-                    deadlineMs: Int64?, skewMarginMs: Int64, business: () throws -> JSONValue?) throws -> TCCPhaseOutcome {
+                    deadlineMs: Int64?, skewMarginMs: Int64, testOnlyIgnoreFence: Bool = false,
+                    business: () throws -> JSONValue?) throws -> TCCPhaseOutcome {
         let key: [SQLValue] = [.text(resource), .text(txid), .text(branchID)]
         func insert(_ op: String, _ note: String) throws -> Bool {
             try db.execute("INSERT INTO tcc_barrier(resource, txid, branch_id, op, note, at_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
@@ -86,7 +87,16 @@ public enum TCCBarrier {
                 return .done(result: result)
             }
             let existing = try row("try")
-            if existing?.note == "fence" { return .hanging("the branch was cancelled before its try arrived") }
+            if existing?.note == "fence" {
+                #if DEBUG
+                if testOnlyIgnoreFence {
+                    // The deliberate bug: reserve although the branch was cancelled first.
+                    try db.execute("UPDATE tcc_barrier SET note = 'tried' WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = 'try'", key)
+                    return .done(result: try business())
+                }
+                #endif
+                return .hanging("the branch was cancelled before its try arrived")
+            }
             return .duplicate(result: existing?.result)
         case .confirm:
             guard let tried = try row("try") else { throw TCCError.conflict("confirm of a branch that was never tried") }

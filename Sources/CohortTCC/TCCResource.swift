@@ -26,6 +26,10 @@ public final class TCCResource: @unchecked Sendable {
         /// A try is refused when it arrives this long after its deadline (coordinator clock).
         public var clockSkewMarginMs = Limits.tccClockSkewMarginMs
         public var busyTimeoutMs: Int32 = 10_000
+        /// TEST ONLY (the simulation's `--break tcc-ignore-fence`): a try that arrives after its
+        /// branch's cancel runs anyway, the bug the barrier's fence exists to prevent. Honoured
+        /// only in debug builds (see CohortRuntime's `TestOnlyBreak`); a release build ignores it.
+        public var testOnlyIgnoreFence = false
         public init() {}
     }
 
@@ -91,7 +95,8 @@ public final class TCCResource: @unchecked Sendable {
             try db.immediateTransaction { db -> TCCPhaseOutcome in
                 let context = TCCContext(resource: name, txid: txid, branchID: branchID, payload: payload, db: db)
                 return try TCCBarrier.run(db, resource: name, phase: phase, txid: txid, branchID: branchID, nowMs: clock(),
-                                          deadlineMs: deadlineMs, skewMarginMs: options.clockSkewMarginMs) {
+                                          deadlineMs: deadlineMs, skewMarginMs: options.clockSkewMarginMs,
+                                          testOnlyIgnoreFence: options.testOnlyIgnoreFence) {
                     switch phase {
                     case .try: return try tryBody(context)
                     case .confirm: try confirmBody(context); return nil
