@@ -65,8 +65,10 @@ final class SimNode {
                 var config = Coordinator.Config(coordinatorID: simulation.coordinatorID, epoch: UInt64(env.wallMs))
                 config.seed = simulation.rng.next()
                 config.retryDelayMsMax = 500
+                // TCC runs checkpoint less often: a TCC snapshot carries every remembered finished
+                // transaction in full, so checkpointing every 4 KiB would cost O(n²) per run.
                 coordinator = try CoordinatorNode(coordinatorID: simulation.coordinatorID, log: log, recovered: recovered, config: config,
-                                                  checkpointAfterBytes: 4096, environment: env, onFatal: onFatal)
+                                                  checkpointAfterBytes: simulation.tccMode ? 64 << 10 : 4096, environment: env, onFatal: onFatal)
             } else {
                 store.simulatePowerLossIfClosed()
                 var config = Participant.Config(name: name)

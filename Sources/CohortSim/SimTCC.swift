@@ -149,8 +149,9 @@ final class SimTCCService {
     }
 }
 
-/// A client running TCC orders: begin, one branch per service (reserve `qty` of a random sku),
-/// then commit (or, now and then, abort on purpose). One at a time, over the simulated network.
+/// A client running TCC orders: begin, one branch per service (reserve `qty` of a random sku;
+/// one branch in sixteen asks for more than the stock, so its try is refused), then commit (or,
+/// now and then, abort on purpose). One at a time, over the simulated network.
 final class SimTCCClient {
     struct Branch {
         let service: String
@@ -177,7 +178,7 @@ final class SimTCCClient {
     }
 
     private func call(_ path: String, _ body: [UInt8], _ done: @escaping (Int, [UInt8]) -> Void) {
-        let request = HTTPClientRequest(method: "POST", url: "http://coordinator:1\(path)", body: body, timeoutMs: 2_000)
+        let request = HTTPClientRequest(method: "POST", url: "http://coordinator:1\(path)", body: body, timeoutMs: 1_000)
         simulation.deliver(from: name, generation: 0, request) { result in
             switch result {
             case .success(let r): done(r.status, r.body)
@@ -191,14 +192,14 @@ final class SimTCCClient {
             idle = true
             return
         }
-        let body = JSONBody.encode(BeginRequest(protocol: "tcc", timeoutMs: simulation.config.transactionTimeoutMs))
+        let body = JSONBody.encode(BeginRequest(protocol: "tcc", timeoutMs: simulation.config.tccTransactionTimeoutMs))
         call("/v1/transactions", body) { [unowned self] status, body in
             guard status == 201, let begun = try? JSONDecoder().decode(BeginResponse.self, from: Data(body)) else {
                 return self.simulation.schedule(afterUs: 5_000 + self.simulation.random(20_000), "\(self.name) retries") { self.next() }
             }
             let branches = self.simulation.serviceNames.map {
                 Branch(service: $0, sku: self.simulation.skuName(Int(self.simulation.random(Int64(self.simulation.config.skusPerService)))),
-                       qty: 1 + self.simulation.random(5))
+                       qty: self.simulation.random(16) == 0 ? self.simulation.config.initialStock + 1 : 1 + self.simulation.random(5))
             }
             self.orders.append(Order(txid: begun.txid, branches: branches))
             self.register(self.orders.count - 1, 0)
@@ -274,13 +275,13 @@ extension Simulation {
     }
 
     func startTCCFaultPhase() {
-        for i in 0..<config.clients {
+        for i in 0..<config.tccClients {
             let client = SimTCCClient(index: i, simulation: self)
             tccClients.append(client)
             schedule(afterUs: Int64(i) * 1_000, "tcc client \(i) starts") { client.next() }
         }
         if config.faults.crashEveryUs > 0 { scheduleTCCCrash() }
-        if config.faults.partitions { schedulePartition() }
+        if config.faults.partitions { scheduleTCCPartition() }
         schedule(afterUs: config.faultPhaseUs, "faults stop; heal and restart everything") { [unowned self] in self.heal() }
     }
 
@@ -302,6 +303,23 @@ extension Simulation {
                 }
             }
             self.scheduleTCCCrash()
+        }
+    }
+
+    /// Cuts one service off from the coordinator (both directions) for 50-600 ms at a time:
+    /// every transaction has a branch on every service, so a lasting cut would stop them all.
+    private func scheduleTCCPartition() {
+        schedule(afterUs: 300_000 + random(1_200_000), "partition timer") { [unowned self] in
+            guard !self.healed else { return }
+            let service = self.serviceNames[Int(self.rng.next() % UInt64(self.serviceNames.count))]
+            let links = ["coordinator>\(service)", "\(service)>coordinator"]
+            links.forEach { self.cut.insert($0) }
+            self.trace("PARTITION coordinator|\(service)")
+            self.schedule(afterUs: 50_000 + self.random(550_000), "partition heals") {
+                links.forEach { self.cut.remove($0) }
+                self.trace("HEAL coordinator|\(service)")
+            }
+            self.scheduleTCCPartition()
         }
     }
 

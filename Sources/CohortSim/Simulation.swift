@@ -80,7 +80,9 @@ public final class Simulation {
         /// A TCC run's mix: the shared faults (no 3PC) plus `TCCFaults`.
         public static func drawTCC(_ rng: inout SplitMix64) -> Faults {
             var f = Faults()
-            f.lossPercent = Int(rng.next() % 21)
+            // Lighter loss than 2PC runs: a TCC try is never re-sent (a lost one costs the
+            // transaction), so heavy loss would leave almost nothing to confirm.
+            f.lossPercent = rng.next() % 4 == 0 ? 0 : Int(rng.next() % 11)
             f.duplicatePercent = Int(rng.next() % 21)
             f.delayUsMax = 200 + Int64(rng.next() % 5_000)
             f.crashEveryUs = rng.next() % 4 == 0 ? 0 : 200_000 + Int64(rng.next() % 1_500_000)
@@ -118,7 +120,11 @@ public final class Simulation {
         public var breakMode: TestOnlyBreak = .none
         /// TCC runs: skus per service and each sku's initial stock.
         public var skusPerService = 3
-        public var initialStock: Int64 = 400
+        public var initialStock: Int64 = 5_000
+        /// TCC runs: the clients' transaction timeout (a try unanswered by then is cancelled).
+        public var tccTransactionTimeoutMs: Int64 = 300
+        /// TCC runs: clients running orders at once.
+        public var tccClients = 5
 
         public init(seed: UInt64) {
             self.seed = seed
