@@ -357,23 +357,24 @@ extension Simulation {
     /// A service committed a phase of a branch: check it against everything committed before.
     func tccObserved(service: String, _ request: TCCPhaseRequest, _ phase: TCCPhase, _ outcome: TCCPhaseOutcome) {
         let key = "\(service) \(request.txid) \(request.branchID)"
+        let what = "branch \(request.branchID) of \(request.txid) at \(service)"
         var facts = tccFacts[key] ?? TCCBranchFacts()
         switch (phase, outcome) {
         case (.try, .done):
-            if facts.cancelSeen { fail("try-after-cancel: the try of \(key) reserved stock after its branch was cancelled") }
+            if facts.cancelSeen { fail("try-after-cancel: the try of \(what) reserved stock after the branch was cancelled") }
             facts.tried = true
         case (.try, .hanging):
             tccStats.hangingTries += 1
         case (.confirm, .done):
             facts.confirms += 1
             tccStats.confirms += 1
-            if facts.confirms > 1 { fail("double confirm: \(key) was confirmed \(facts.confirms) times") }
-            if facts.cancelRan { fail("confirm and cancel: \(key) was confirmed after it was cancelled") }
+            if facts.confirms > 1 { fail("double confirm: \(what) was confirmed \(facts.confirms) times") }
+            if facts.cancelRan { fail("confirm and cancel: \(what) was confirmed after it was cancelled") }
         case (.cancel, .done), (.cancel, .emptyCancel):
             if case .emptyCancel = outcome { tccStats.emptyCancels += 1 } else { tccStats.cancels += 1 }
             facts.cancelSeen = true
             facts.cancelRan = true
-            if facts.confirms > 0 { fail("confirm and cancel: \(key) was cancelled after it was confirmed") }
+            if facts.confirms > 0 { fail("confirm and cancel: \(what) was cancelled after it was confirmed") }
         case (_, .duplicate):
             tccStats.duplicates += 1
             if phase == .cancel { facts.cancelSeen = true }
@@ -384,7 +385,7 @@ extension Simulation {
         // Conservation of the sku the phase touched, after every phase.
         if let sku = request.payload?["sku"]?.stringValue, let store = nodes[service]?.service?.store,
            let stock = try? store.stock(sku: sku), stock.available + stock.reserved + stock.sold != config.initialStock {
-            fail("conservation: \(service)/\(sku) available \(stock.available) + reserved \(stock.reserved) + sold \(stock.sold) != \(config.initialStock) after \(phase.rawValue) of \(key)")
+            fail("conservation: \(service)/\(sku) available \(stock.available) + reserved \(stock.reserved) + sold \(stock.sold) != \(config.initialStock) after the \(phase.rawValue) of \(what)")
         }
         if let c = nodes["coordinator"]?.coordinator { tccStats.parkedMax = max(tccStats.parkedMax, c.tcc.parkedCount) }
     }

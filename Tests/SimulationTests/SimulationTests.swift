@@ -95,3 +95,61 @@ final class ThreePhasePartitionTests: XCTestCase {
         XCTAssertFalse(result.split, "\(result)")
     }
 }
+
+/// `--protocol tcc`: TCC orders against inventory services running the real CohortTCC barrier.
+final class TCCSimulationTests: XCTestCase {
+    func testTCCSeedsPassAndExerciseTheHardCases() {
+        var totals = TCCRunStats()
+        var failures: [String] = []
+        for seed in UInt64(1)...8 {
+            let result = Simulation(config: Simulation.Config(seed: seed, workload: .tcc)).run()
+            if let f = result.failure { failures.append("\(f.message)\n" + f.trace.suffix(30).joined(separator: "\n")) }
+            if let stats = result.tcc { totals.add(stats) }
+        }
+        XCTAssertEqual(failures, [])
+        // The seeds must really reach what the checks are about, or passing proves little.
+        XCTAssertGreaterThan(totals.committed, 50, totals.summary)
+        XCTAssertGreaterThan(totals.aborted, 50, totals.summary)
+        XCTAssertGreaterThan(totals.confirms, 100, totals.summary)
+        XCTAssertGreaterThan(totals.cancels, 0, totals.summary)
+        XCTAssertGreaterThan(totals.hangingTries, 0, "a try arrived after its cancel and was refused: \(totals.summary)")
+        XCTAssertGreaterThan(totals.emptyCancels, 0, totals.summary)
+        XCTAssertGreaterThan(totals.duplicates, 0, totals.summary)
+        XCTAssertGreaterThan(totals.pointCrashes, 0, totals.summary)
+        XCTAssertGreaterThan(totals.longOutages, 0, totals.summary)
+        XCTAssertGreaterThan(totals.parkedMax, 0, "a service was down past the retry budget: \(totals.summary)")
+    }
+
+    func testTCCSameSeedSameTrace() {
+        var first: [String] = [], second: [String] = [], other: [String] = []
+        XCTAssertEqual(CohortSimCommand.run(arguments: ["--protocol", "tcc", "--seed", "3", "--runs", "3"]) { first.append($0) }, 0, first.joined(separator: "\n"))
+        _ = CohortSimCommand.run(arguments: ["--protocol", "tcc", "--seed", "3", "--runs", "3"]) { second.append($0) }
+        _ = CohortSimCommand.run(arguments: ["--protocol", "tcc", "--seed", "4", "--runs", "3"]) { other.append($0) }
+        XCTAssertTrue(first.last?.hasPrefix("trace-hash: ") ?? false)
+        XCTAssertEqual(first.last, second.last)
+        XCTAssertNotEqual(first.last, other.last, "different seeds explore different runs")
+    }
+
+    /// The coordinator "cancels" without telling the service: reservations stay behind.
+    func testSkippedCancelIsCaught() {
+        var out: [String] = []
+        let status = CohortSimCommand.run(arguments: ["--protocol", "tcc", "--seed", "1", "--runs", "4", "--break", "tcc-skip-cancel"]) { out.append($0) }
+        XCTAssertEqual(status, 1, out.joined(separator: "\n"))
+        XCTAssertTrue(out.contains { $0.contains("cancel:") || $0.contains("at rest:") }, out.joined(separator: "\n"))
+        XCTAssertTrue(out.contains { $0.contains("reproduce: txscenario simulate --protocol tcc --seed ") }, out.joined(separator: "\n"))
+    }
+
+    /// The barrier lets a try that arrives after its cancel reserve.
+    func testIgnoredFenceIsCaught() {
+        var out: [String] = []
+        let status = CohortSimCommand.run(arguments: ["--protocol", "tcc", "--seed", "1", "--runs", "10", "--break", "tcc-ignore-fence"]) { out.append($0) }
+        XCTAssertEqual(status, 1, out.joined(separator: "\n"))
+        XCTAssertTrue(out.contains { $0.contains("try-after-cancel:") }, out.joined(separator: "\n"))
+    }
+
+    func testBadProtocol() {
+        var out: [String] = []
+        XCTAssertEqual(CohortSimCommand.run(arguments: ["--protocol", "xa"]) { out.append($0) }, 2)
+        XCTAssertTrue(out.allSatisfy { $0.hasPrefix("error:") })
+    }
+}
