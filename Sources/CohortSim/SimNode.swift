@@ -65,6 +65,9 @@ final class SimNode {
                 var config = Coordinator.Config(coordinatorID: simulation.coordinatorID, epoch: UInt64(env.wallMs))
                 config.seed = simulation.rng.next()
                 config.retryDelayMsMax = 500
+                // TCC runs: a budget of 6 attempts (about 1.3 s of backoff), so a service outage
+                // (4-8 s) outlasts it even when coordinator crashes restart the count.
+                if simulation.tccMode { config.retryBudgetAttempts = 6 }
                 // TCC runs checkpoint less often: a TCC snapshot carries every remembered finished
                 // transaction in full, so checkpointing every 4 KiB would cost O(n²) per run.
                 coordinator = try CoordinatorNode(coordinatorID: simulation.coordinatorID, log: log, recovered: recovered, config: config,

@@ -333,6 +333,7 @@ extension Simulation {
     /// right after sending a try (between the tries of a transaction), a confirm (after the
     /// decision; the confirms after it in the same fan-out never leave) or a cancel.
     func tccOnSend(from sender: String, path: String) {
+        if sender == "coordinator", let c = nodes[sender]?.coordinator { tccStats.parkedMax = max(tccStats.parkedMax, c.tcc.parkedCount) }
         guard sender == "coordinator", let node = nodes[sender], !node.dying,
               path.hasSuffix("/try") || path.hasSuffix("/confirm") || path.hasSuffix("/cancel"), tccPointCrash() else { return }
         node.dying = true
