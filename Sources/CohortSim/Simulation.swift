@@ -359,7 +359,7 @@ public final class Simulation {
         schedule(afterUs: 1_000 + random(config.faults.restartAfterUsMax), "restart \(name)") { node.boot() }
     }
 
-    func schedulePartition() {
+    private func schedulePartition() {
         schedule(afterUs: 100_000 + random(800_000), "partition timer") { [unowned self] in
             guard !self.healed else { return }
             // Cut one participant off from the coordinator (both directions), or, swizzle
@@ -370,8 +370,7 @@ public final class Simulation {
                 self.cut.remove(healedLink)
                 self.trace("HEAL \(healedLink)")
             } else {
-                let pool = self.tccMode ? self.serviceNames : self.agentNames
-                let agent = pool[Int(self.rng.next() % UInt64(pool.count))]
+                let agent = self.agentNames[Int(self.rng.next() % UInt64(self.agentNames.count))]
                 self.cut.insert("coordinator>\(agent)")
                 self.cut.insert("\(agent)>coordinator")
                 self.trace("PARTITION coordinator|\(agent)")
