@@ -47,7 +47,8 @@ final class SimulationTests: XCTestCase {
 final class SimulationDebug: XCTestCase {
     func testOneSeed() throws {
         guard let seed = ProcessInfo.processInfo.environment["SIM_SEED"].flatMap(UInt64.init) else { throw XCTSkip("set SIM_SEED") }
-        let sim = Simulation(config: Simulation.Config(seed: seed))
+        let workload = Simulation.Workload(rawValue: ProcessInfo.processInfo.environment["SIM_PROTOCOL"] ?? "2pc") ?? .atomicCommit
+        let sim = Simulation(config: Simulation.Config(seed: seed, workload: workload))
         let result = sim.run()
         print(sim.config.faults, "committed", result.committed, "aborted", result.aborted, sim.abortReasons())
         if let f = result.failure {
@@ -61,8 +62,9 @@ final class SimulationMany: XCTestCase {
     func testManySeeds() throws {
         guard let runs = ProcessInfo.processInfo.environment["SIM_RUNS"] else { throw XCTSkip("set SIM_RUNS") }
         let first = ProcessInfo.processInfo.environment["SIM_FIRST"] ?? "1"
+        let proto = ProcessInfo.processInfo.environment["SIM_PROTOCOL"] ?? "2pc"
         var out: [String] = []
-        let status = CohortSimCommand.run(arguments: ["--seed", first, "--runs", runs]) { out.append($0) }
+        let status = CohortSimCommand.run(arguments: ["--protocol", proto, "--seed", first, "--runs", runs]) { out.append($0) }
         print(out.suffix(60).joined(separator: "\n"))
         if ProcessInfo.processInfo.environment["SIM_TRACE"] != nil {
             var t: [String] = []
