@@ -39,7 +39,7 @@ let package = Package(
         .target(name: "CohortCoordinator", dependencies: ["CohortRuntime"]),
         .target(name: "CohortAgent", dependencies: ["CohortRuntime", "CohortKV"]),
         // The deterministic simulation: real nodes over a simulated network, disk and clock.
-        .target(name: "CohortSim", dependencies: ["CohortCoordinator", "CohortAgent", "CohortKV", "CohortLog", "CohortRuntime"]),
+        .target(name: "CohortSim", dependencies: ["CohortCoordinator", "CohortAgent", "CohortKV", "CohortLog", "CohortRuntime", "CohortTCC"]),
         // Blocking client helpers and process supervision for CLIs, benchmarks and tests.
         .target(name: "CohortClient", dependencies: ["CohortCore", "CohortHTTP", "CohortPosix"]),
         // TCC for services: the barrier in the service's own SQLite database, phase endpoints.

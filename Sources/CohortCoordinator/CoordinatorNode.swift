@@ -577,6 +577,12 @@ public final class CoordinatorNode {
     }
 
     private func tccCall(_ txid: TxID, _ branchID: String, _ phase: TCCCoordinator.Call, _ url: String, _ body: TCCPhaseRequest) {
+        #if DEBUG
+        if phase == .cancel && environment.testOnlyBreak == .tccSkipCancel {
+            // The deliberate bug (debug builds only): the cancel counts as done, never sent.
+            return environment.execute { [weak self] in self?.feedTCC(.settled(txid, branchID: branchID, .cancel, error: nil)) }
+        }
+        #endif
         metrics.add("cohort_messages_sent_total", labels: "type=\"tcc-\(phase.rawValue)\"")
         let request = HTTPClientRequest(method: "POST", url: url, body: JSONBody.encode(body), timeoutMs: Limits.tccCallTimeoutMs)
         environment.send(request) { [weak self] result in

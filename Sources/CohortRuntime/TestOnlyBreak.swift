@@ -11,9 +11,13 @@ public enum TestOnlyBreak: String, CaseIterable, Sendable {
     case voteBeforeDurable = "vote-before-durable"
     /// A participant acknowledges a commit without applying the branch (it only unlocks).
     case skipBranchCommit = "skip-branch-commit"
-    /// A `tcc-inventory` service runs a try that arrives after its branch was cancelled (it
-    /// ignores the barrier's fence), so the late try's reservation is never released.
-    case tccRunFencedTry = "tcc-run-fenced-try"
+    /// The TCC coordinator records a branch's cancel as done without calling the service, so
+    /// the branch's reservation is never released.
+    case tccSkipCancel = "tcc-skip-cancel"
+    /// A TCC service's barrier lets a try that arrives after its branch's cancel reserve
+    /// (`TCCResource.Options.testOnlyIgnoreFence`; the simulation sets it on its services, and
+    /// `tcc-inventory` honours it from `COHORT_TEST_ONLY_BREAK`).
+    case tccIgnoreFence = "tcc-ignore-fence"
 
     public static let environmentVariable = "COHORT_TEST_ONLY_BREAK"
 

@@ -24,6 +24,13 @@ extension Simulation {
         // The sender's own timeout.
         schedule(afterUs: request.timeoutMs * 1000, "timeout \(label)", skip: { once.done }) { finish(.failure(.timeout)) }
         guard let node = target as? SimNode else { return }
+        if tccMode {
+            if nodes[sender]?.dying == true {
+                trace("DROPPED (sender is crashing) \(label)")
+                return
+            }
+            tccOnSend(from: sender, path: parsed.path)
+        }
         if !node.isUp {
             schedule(afterUs: 50, "refused \(label)") { finish(.failure(.connectFailed("connection refused"))) }
             return
@@ -38,8 +45,11 @@ extension Simulation {
                 trace("LOST \(label)")
                 continue
             }
-            let delay = 20 + random(config.faults.delayUsMax)
-            schedule(afterUs: delay, "deliver \(label)\(copy == 1 ? " (duplicate)" : "")") { [unowned self] in
+            let delay = tccMode ? tccDelayUs() : 20 + random(config.faults.delayUsMax)
+            let late = tccMode && delay >= (config.faults.tcc?.lateDelayUsMin ?? .max)
+            if late { tccLateInFlight += 1 }
+            schedule(afterUs: delay, "deliver \(label)\(copy == 1 ? " (duplicate)" : "")\(late ? " (late)" : "")") { [unowned self] in
+                if late { self.tccLateInFlight -= 1 }
                 guard node.isUp else { return }
                 self.onDeliver?(sender, parsed.host, parsed.path)
                 let httpRequest = HTTPRequest(method: request.method, target: parsed.target, path: parsed.path,
@@ -55,7 +65,7 @@ extension Simulation {
                         finish(.success(HTTPClientResponse(status: response.status, headers: response.headers, body: response.body)))
                     }
                 }
-                if let c = node.coordinator { c.handle(httpRequest, sink) } else { node.agent?.handle(httpRequest, sink) }
+                if let c = node.coordinator { c.handle(httpRequest, sink) } else if let s = node.service { s.handle(httpRequest, sink) } else { node.agent?.handle(httpRequest, sink) }
                 // Participants learn outcomes while handling messages: check agreement often.
                 if parsed.path.hasPrefix("/v1/2pc/"), let txid = txidOf(request.body) { self.checkAgreement(txid: txid) }
             }

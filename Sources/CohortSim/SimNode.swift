@@ -18,6 +18,11 @@ final class SimNode {
     private(set) var coordinator: CoordinatorNode?
     private(set) var agent: AgentNode?
     private(set) var log: DurableLog?
+    /// TCC runs: an inventory service's process, and its disk (outlives crashes).
+    private(set) var service: SimTCCService?
+    private var inventoryDisk: SimInventoryDisk?
+    /// Set at a crash point: the process is about to die, so nothing more it sends leaves.
+    var dying = false
     var syncScheduled = false
     /// Bumped at every crash, so events of a dead process do nothing.
     private(set) var generation = 0
@@ -39,6 +44,7 @@ final class SimNode {
         generation += 1
         syncScheduled = false
         let env = SimEnvironment(node: self, generation: generation)
+        if simulation.serviceNames.contains(name) { return bootService(env) }
         let opened: (DurableLog, RecoveredLog)
         do {
             opened = try DurableLog.open(storage: storage, config: DurableLogConfig(syncMode: .manual))
@@ -59,8 +65,13 @@ final class SimNode {
                 var config = Coordinator.Config(coordinatorID: simulation.coordinatorID, epoch: UInt64(env.wallMs))
                 config.seed = simulation.rng.next()
                 config.retryDelayMsMax = 500
+                // TCC runs: a budget of 6 attempts (about 1.3 s of backoff), so a service outage
+                // (4-8 s) outlasts it even when coordinator crashes restart the count.
+                if simulation.tccMode { config.retryBudgetAttempts = 6 }
+                // TCC runs checkpoint less often: a TCC snapshot carries every remembered finished
+                // transaction in full, so checkpointing every 4 KiB would cost O(n²) per run.
                 coordinator = try CoordinatorNode(coordinatorID: simulation.coordinatorID, log: log, recovered: recovered, config: config,
-                                                  checkpointAfterBytes: 4096, environment: env, onFatal: onFatal)
+                                                  checkpointAfterBytes: simulation.tccMode ? 64 << 10 : 4096, environment: env, onFatal: onFatal)
             } else {
                 store.simulatePowerLossIfClosed()
                 var config = Participant.Config(name: name)
@@ -86,6 +97,19 @@ final class SimNode {
         }
     }
 
+    /// A TCC inventory service: the real CohortTCC `InventoryStore` over this node's database.
+    private func bootService(_ env: SimEnvironment) {
+        do {
+            let disk = try inventoryDisk ?? SimInventoryDisk(service: name)
+            inventoryDisk = disk
+            service = try SimTCCService(name: name, node: self, disk: disk)
+        } catch {
+            simulation.fail("\(name) cannot start: \(error)")
+            return
+        }
+        environment = env
+    }
+
     /// A power cut: the process and everything in memory is gone; unsynced log writes are
     /// lost or torn; the store loses what was not made durable.
     func crash(torn: Bool) {
@@ -96,6 +120,8 @@ final class SimNode {
         agent?.stop()
         coordinator = nil
         agent = nil
+        service = nil
+        dying = false
         log = nil
         syncScheduled = false
         storage.crash(mode: torn ? .tearUnsynced : .dropUnsynced, rng: &simulation.rng)

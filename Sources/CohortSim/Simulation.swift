@@ -31,14 +31,23 @@ public final class Simulation {
         /// The commit protocol the clients ask for. Classic 3PC is drawn only for runs without
         /// message loss or partitions: it is safe only where a silent site has really failed.
         public var commitProtocol: CommitProtocol = .twoPhase
+        /// Set for a TCC run (`--protocol tcc`): its own faults; the clients run TCC orders
+        /// against inventory services instead of 2PC/3PC transfers against agents.
+        public var tcc: TCCFaults?
 
         public var description: String {
-            "\(protocolName) loss \(lossPercent)% dup \(duplicatePercent)% delay≤\(delayUsMax)µs crashes " +
+            if let tcc {
+                return "tcc loss \(lossPercent)% dup \(duplicatePercent)% delay≤\(delayUsMax)µs crashes " +
+                    (crashEveryUs == 0 ? "off" : "every~\(crashEveryUs / 1000)ms\(tornCrashes ? " torn" : "")") +
+                    " fsync-fail \(fsyncFailurePercent)% partitions \(partitions ? "on" : "off") \(tcc)"
+            }
+            return "\(protocolName) loss \(lossPercent)% dup \(duplicatePercent)% delay≤\(delayUsMax)µs crashes " +
                 (crashEveryUs == 0 ? "off" : "every~\(crashEveryUs / 1000)ms\(tornCrashes ? " torn" : "")") +
                 " fsync-fail \(fsyncFailurePercent)% partitions \(partitions ? "on" : "off")"
         }
 
         public var protocolName: String {
+            if tcc != nil { return "tcc" }
             switch commitProtocol {
             case .twoPhase: return "2pc"
             case .threePhase(let t): return "3pc-\(t.rawValue)"
@@ -67,6 +76,32 @@ public final class Simulation {
             }
             return f
         }
+
+        /// A TCC run's mix: the shared faults (no 3PC) plus `TCCFaults`.
+        public static func drawTCC(_ rng: inout SplitMix64) -> Faults {
+            var f = Faults()
+            // Lighter loss than 2PC runs: a TCC try is never re-sent (a lost one costs the
+            // transaction), so heavy loss would leave almost nothing to confirm.
+            f.lossPercent = rng.next() % 4 == 0 ? 0 : Int(rng.next() % 11)
+            f.duplicatePercent = Int(rng.next() % 21)
+            f.delayUsMax = 200 + Int64(rng.next() % 5_000)
+            f.crashEveryUs = rng.next() % 4 == 0 ? 0 : 200_000 + Int64(rng.next() % 1_500_000)
+            f.restartAfterUsMax = 50_000 + Int64(rng.next() % 1_000_000)
+            f.tornCrashes = rng.next() % 2 == 0
+            f.fsyncFailurePercent = Int(rng.next() % 30)
+            f.partitions = rng.next() % 2 == 0
+            f.bitFlipChecks = rng.next() % 3 == 0
+            f.tcc = TCCFaults.draw(&rng)
+            return f
+        }
+    }
+
+    /// What the simulated clients run.
+    public enum Workload: String, Sendable {
+        /// 2PC or 3PC transfers between agents (each seed draws which).
+        case atomicCommit = "2pc"
+        /// TCC orders against inventory services.
+        case tcc
     }
 
     public struct Config {
@@ -83,11 +118,26 @@ public final class Simulation {
         public var faults: Faults
         /// Test-only: make the agents lie, to prove the checks catch it.
         public var breakMode: TestOnlyBreak = .none
+        /// TCC runs: skus per service and each sku's initial stock.
+        public var skusPerService = 3
+        public var initialStock: Int64 = 5_000
+        /// TCC runs: the clients' transaction timeout (a try unanswered by then is cancelled).
+        public var tccTransactionTimeoutMs: Int64 = 300
+        /// TCC runs: clients running orders at once.
+        public var tccClients = 5
 
         public init(seed: UInt64) {
             self.seed = seed
             var rng = SplitMix64(seed: seed ^ 0xFA17_5EED)
             faults = Faults.draw(&rng)
+        }
+
+        public init(seed: UInt64, workload: Workload) {
+            self.init(seed: seed)
+            if workload == .tcc {
+                var rng = SplitMix64(seed: seed ^ 0x7CC5_EED5)
+                faults = Faults.drawTCC(&rng)
+            }
         }
     }
 
@@ -107,6 +157,8 @@ public final class Simulation {
         public let events: Int
         public let virtualMs: Int64
         public let failure: Failure?
+        /// TCC runs: what happened (nil for 2PC/3PC runs).
+        public var tcc: TCCRunStats?
     }
 
     // MARK: state
@@ -120,13 +172,21 @@ public final class Simulation {
     private var recentTrace: [String] = []
     private var failure: Failure?
     private(set) var eventCount = 0
-    private var crashes = 0
+    var crashes = 0
     var healed = false
     private var faultPhaseStartUs: Int64 = -1
 
     var nodes: [String: SimNode] = [:]
     var nodeNames: [String] = []
     var agentNames: [String] = []
+    /// TCC runs: the inventory services, the clients, what the services committed per branch
+    /// (`"service txid branch"`), and counters.
+    var serviceNames: [String] = []
+    var tccClients: [SimTCCClient] = []
+    var tccFacts: [String: TCCBranchFacts] = [:]
+    var tccStats = TCCRunStats()
+    /// Long-delayed requests still travelling (a run is not at rest before they arrived).
+    var tccLateInFlight = 0
     /// Directed links cut by a partition: "from>to".
     var cut: Set<String> = []
     /// Scripted schedules: drop chosen messages, act when one is delivered.
@@ -168,9 +228,15 @@ public final class Simulation {
         if failure == nil {
             if !quiescent() {
                 fail("liveness: not finished \(config.livenessBudgetUs / 1_000_000) virtual seconds after faults stopped: \(unsettled())")
+            } else if tccMode {
+                tccFinalChecks()
             } else {
                 finalChecks()
             }
+        }
+        if tccMode {
+            return Result(seed: config.seed, traceHash: traceHash, committed: tccStats.committed, aborted: tccStats.aborted, crashes: crashes,
+                          events: eventCount, virtualMs: nowUs / 1000, failure: failure, tcc: tccStats)
         }
         let committed = clients.reduce(0) { $0 + $1.committed }
         let aborted = clients.reduce(0) { $0 + $1.aborted }
@@ -179,6 +245,7 @@ public final class Simulation {
     }
 
     private func setUp() {
+        if let tcc = config.faults.tcc { return tccSetUp(tcc) }
         agentNames = (0..<config.agents).map { String(UnicodeScalar(UInt8(97 + $0))) }
         nodeNames = ["coordinator"] + agentNames
         for name in nodeNames {
@@ -195,10 +262,11 @@ public final class Simulation {
         }
     }
 
-    private func startFaultPhase() {
+    func startFaultPhase() {
         healed = false
         faultPhaseStartUs = nowUs
         trace("fault phase starts: \(config.faults)")
+        if tccMode { return startTCCFaultPhase() }
         if let script = scriptedClient {
             script(self)
             schedule(afterUs: config.faultPhaseUs, "faults stop; heal and restart everything") { [unowned self] in self.heal() }
@@ -276,7 +344,7 @@ public final class Simulation {
         }
     }
 
-    func crash(_ name: String, reason: String) {
+    func crash(_ name: String, reason: String, restartAfterUs: Int64? = nil) {
         let node = nodes[name]!
         guard node.isUp else { return }
         crashes += 1
@@ -287,6 +355,7 @@ public final class Simulation {
             schedule(afterUs: 1_000, "restart \(name)") { node.boot() }
             return
         }
+        if let restartAfterUs { return schedule(afterUs: restartAfterUs, "restart \(name) after a long outage") { node.boot() } }
         schedule(afterUs: 1_000 + random(config.faults.restartAfterUsMax), "restart \(name)") { node.boot() }
     }
 
@@ -310,7 +379,7 @@ public final class Simulation {
         }
     }
 
-    private func heal() {
+    func heal() {
         healed = true
         cut = []
         for name in nodeNames where !nodes[name]!.isUp {
@@ -318,16 +387,18 @@ public final class Simulation {
             schedule(afterUs: 1_000, "restart \(name) (healing)") { if !node.isUp { node.boot() } }
         }
         for client in clients { client.stopping = true }
+        for client in tccClients { client.stopping = true }
     }
 
     // MARK: checks
 
     func quiescent() -> Bool {
         guard clients.allSatisfy({ $0.idle }) else { return false }
+        guard tccClients.allSatisfy({ $0.idle }), tccLateInFlight == 0 else { return false }
         for name in nodeNames {
             let node = nodes[name]!
             guard node.isUp else { return false }
-            if let c = node.coordinator, c.machine.unfinishedCount > 0 { return false }
+            if let c = node.coordinator, c.machine.unfinishedCount > 0 || c.tcc.unfinishedCount > 0 { return false }
             if let a = node.agent {
                 if !a.machine.branches.isEmpty { return false }
                 if a.resource.lockedKeyCount > 0 { return false }
@@ -338,7 +409,8 @@ public final class Simulation {
 
     private func unsettled() -> String {
         var parts: [String] = []
-        let busy = clients.filter { !$0.idle }.count
+        let busy = clients.filter { !$0.idle }.count + tccClients.filter { !$0.idle }.count
+        if tccLateInFlight > 0 { parts.append("\(tccLateInFlight) long-delayed message(s) in flight") }
         if busy > 0 { parts.append("\(busy) client(s) busy") }
         for name in nodeNames {
             let node = nodes[name]!
@@ -346,6 +418,12 @@ public final class Simulation {
             if let c = node.coordinator, c.machine.unfinishedCount > 0 {
                 let open = c.machine.allTransactions().filter { !$0.state.isFinished }.prefix(3)
                 parts.append("coordinator: \(c.machine.unfinishedCount) unfinished (\(open.map { "\($0.txid) \($0.state.rawValue)" }.joined(separator: ", ")))")
+            }
+            if let c = node.coordinator, c.tcc.unfinishedCount > 0 {
+                let open = c.tcc.open.values.sorted { $0.txid < $1.txid }.prefix(3).map { tx in
+                    "\(tx.txid) \(tx.state.rawValue)\(tx.parked ? " parked" : "") [" + tx.branches.map { "\($0.spec.branchID) \($0.state.rawValue)\($0.lastError.map { ": \($0.prefix(60))" } ?? "")" }.joined(separator: ", ") + "]"
+                }
+                parts.append("coordinator: \(c.tcc.unfinishedCount) unfinished TCC (\(open.joined(separator: "; ")))")
             }
             if let a = node.agent, !a.machine.branches.isEmpty {
                 let some = a.machine.branches.values.sorted { $0.txid < $1.txid }.prefix(3)

@@ -2,21 +2,27 @@ import CohortCore
 import CohortRuntime
 import Foundation
 
-/// `txscenario simulate --seed N --runs M`: runs M seeded simulations starting at seed N and
+/// `txscenario simulate [--protocol 2pc|tcc] --seed N --runs M`: runs M seeded simulations starting at seed N and
 /// reports failures with the seed that reproduces them. Returns the process exit status.
 public enum CohortSimCommand {
     public static let usage = """
-    usage: txscenario simulate [--seed N] [--runs M] [--trace] [--break MODE]
+    usage: txscenario simulate [--protocol 2pc|tcc] [--seed N] [--runs M] [--trace] [--break MODE]
 
     Runs the whole cluster (a coordinator, two agents, three clients) in one process over a
     simulated network, disk and clock, M times with seeds N, N+1, ...; each seed draws its own
     fault mix (message loss up to 30%, duplicates, delays that reorder, partitions, crashes with
     lost or torn unsynced writes, failing fsyncs, a flipped bit in an old record). Safety is
     checked throughout; after the faults stop every transaction must finish.
+      --protocol P   2pc (default): 2PC/3PC transfers between two agents (each seed draws
+                     2PC, quorum 3PC or classic 3PC); tcc: TCC orders, one branch on each of
+                     2-3 inventory services (the real CohortTCC barrier), with long delays
+                     (a try after its cancel), crash points around tries, the decision and
+                     confirms, and service outages longer than the retry budget
       --seed N       first seed (default 1)
       --runs M       number of runs (default 100)
       --trace        print each run's seed, fault mix and outcome
-      --break MODE   test only: vote-before-durable or skip-branch-commit; the runs must fail
+      --break MODE   test only (debug builds): vote-before-durable, skip-branch-commit,
+                     tcc-skip-cancel or tcc-ignore-fence; the runs must fail
     Prints, for a failure, the seed that reproduces it and the last events; at the end
     `trace-hash: HEX`, the same for the same seed and runs on the same build. Exit 1 if any run
     failed.
@@ -26,7 +32,7 @@ public enum CohortSimCommand {
     public static func run(arguments: [String], output: (String) -> Void) -> Int32 {
         let args: Arguments
         do {
-            args = try Arguments(arguments, valued: ["seed", "runs", "break"], booleans: ["help", "trace"])
+            args = try Arguments(arguments, valued: ["seed", "runs", "break", "protocol"], booleans: ["help", "trace"])
             if args.has("help") {
                 output(usage)
                 return 0
@@ -35,7 +41,10 @@ public enum CohortSimCommand {
             _ = try args.int("seed", range: 0...Int.max)
             _ = try args.int("runs", range: 1...10_000_000)
             if let mode = args.string("break"), TestOnlyBreak(rawValue: mode) == nil || mode == "none" {
-                throw UsageError("--break must be vote-before-durable or skip-branch-commit")
+                throw UsageError("--break must be one of \(TestOnlyBreak.allCases.filter { $0 != .none }.map(\.rawValue).joined(separator: ", "))")
+            }
+            if let p = args.string("protocol"), Simulation.Workload(rawValue: p) == nil {
+                throw UsageError("--protocol must be 2pc or tcc, not \"\(p.prefix(40))\"")
             }
         } catch {
             output("error: \(error)\n\(usage)")
@@ -44,13 +53,15 @@ public enum CohortSimCommand {
         let first = UInt64(try! args.int("seed", default: 1)!)
         let runs = try! args.int("runs", default: 100)!
         let breakMode = TestOnlyBreak(rawValue: args.string("break") ?? "none") ?? .none
+        let workload = Simulation.Workload(rawValue: args.string("protocol") ?? "2pc") ?? .atomicCommit
+        var tccTotals = TCCRunStats()
         var combined: UInt64 = 0xCBF2_9CE4_8422_2325
         var failures = 0
         var committed = 0, aborted = 0, crashes = 0
         let started = Date()
         for i in 0..<runs {
             let seed = first &+ UInt64(i)
-            var config = Simulation.Config(seed: seed)
+            var config = workload == .tcc ? Simulation.Config(seed: seed, workload: .tcc) : Simulation.Config(seed: seed)
             config.breakMode = breakMode
             let result = Simulation(config: config).run()
             for b in withUnsafeBytes(of: result.traceHash.littleEndian, Array.init) {
@@ -60,19 +71,26 @@ public enum CohortSimCommand {
             committed += result.committed
             aborted += result.aborted
             crashes += result.crashes
+            if let stats = result.tcc { tccTotals.add(stats) }
             if args.has("trace") {
-                output("seed \(seed): \(config.faults) → committed \(result.committed), aborted \(result.aborted), crashes \(result.crashes), \(result.events) events, \(result.virtualMs) virtual ms\(result.failure == nil ? "" : ", FAILED")")
+                output("seed \(seed): \(config.faults) → committed \(result.committed), aborted \(result.aborted), crashes \(result.crashes), \(result.events) events, \(result.virtualMs) virtual ms\(result.tcc.map { "; \($0.summary)" } ?? "")\(result.failure == nil ? "" : ", FAILED")")
             }
             if let failure = result.failure {
                 failures += 1
                 output("FAILED seed \(seed): \(failure.message)")
                 output("  faults: \(config.faults)")
-                output("  reproduce: txscenario simulate --seed \(seed) --runs 1\(breakMode == .none ? "" : " --break \(breakMode.rawValue)")")
+                output("  reproduce: txscenario simulate\(workload == .tcc ? " --protocol tcc" : "") --seed \(seed) --runs 1\(breakMode == .none ? "" : " --break \(breakMode.rawValue)")")
                 output("  last events:")
                 for line in failure.trace.suffix(40) { output("    \(line)") }
             }
         }
         let seconds = Date().timeIntervalSince(started)
+        if workload == .tcc {
+            output("\(runs) tcc runs (seeds \(first)...\(first &+ UInt64(runs - 1))): \(runs - failures) passed, \(failures) failed; " +
+                   "\(committed) transactions committed, \(aborted) aborted, \(crashes) crashes; \(tccTotals.summary); \(String(format: "%.1f", seconds)) s")
+            output("trace-hash: \(String(combined, radix: 16))")
+            return failures == 0 ? 0 : 1
+        }
         output("\(runs) runs (seeds \(first)...\(first &+ UInt64(runs - 1))): \(runs - failures) passed, \(failures) failed; " +
                "\(committed) transfers committed, \(aborted) aborted, \(crashes) crashes; \(String(format: "%.1f", seconds)) s")
         output("trace-hash: \(String(combined, radix: 16))")

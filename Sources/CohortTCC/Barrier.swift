@@ -57,7 +57,7 @@ public enum TCCBarrier {
     /// Runs `phase` of a branch through the barrier inside the caller's open transaction;
     /// `business` is called only when the business code must run. Throws to roll back.
     static func run(_ db: SQLiteConnection, resource: String, phase: TCCPhase, txid: String, branchID: String, nowMs: Int64,
-                    deadlineMs: Int64?, skewMarginMs: Int64, testOnlyRunFencedTry: Bool = false,
+                    deadlineMs: Int64?, skewMarginMs: Int64, testOnlyIgnoreFence: Bool = false,
                     business: () throws -> JSONValue?) throws -> TCCPhaseOutcome {
         let key: [SQLValue] = [.text(resource), .text(txid), .text(branchID)]
         func insert(_ op: String, _ note: String) throws -> Bool {
@@ -88,8 +88,13 @@ public enum TCCBarrier {
             }
             let existing = try row("try")
             if existing?.note == "fence" {
-                // A deliberate bug for tests only (TCCResource.testOnlyRunFencedTry).
-                if testOnlyRunFencedTry { return .done(result: try business()) }
+                #if DEBUG
+                if testOnlyIgnoreFence {
+                    // The deliberate bug: reserve although the branch was cancelled first.
+                    try db.execute("UPDATE tcc_barrier SET note = 'tried' WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = 'try'", key)
+                    return .done(result: try business())
+                }
+                #endif
                 return .hanging("the branch was cancelled before its try arrived")
             }
             return .duplicate(result: existing?.result)

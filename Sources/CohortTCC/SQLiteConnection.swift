@@ -43,10 +43,19 @@ public final class SQLiteConnection {
     private var db: OpaquePointer?
     private var statements: [String: OpaquePointer] = [:]
 
+    /// Whether `path` names an in-memory database shared by this process's connections
+    /// (`file:NAME?mode=memory&cache=shared`): the deterministic simulation's service "disks",
+    /// which live as long as one connection to them is open and never touch a file.
+    public static func isSharedMemoryURI(_ path: String) -> Bool {
+        path.hasPrefix("file:") && path.contains("mode=memory") && path.contains("cache=shared")
+    }
+
     public init(path: String, busyTimeoutMs: Int32 = 10_000) throws {
         self.path = path
         var handle: OpaquePointer?
-        let rc = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nil)
+        let inMemory = Self.isSharedMemoryURI(path)
+        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | (inMemory ? SQLITE_OPEN_URI : 0)
+        let rc = sqlite3_open_v2(path, &handle, flags, nil)
         guard rc == SQLITE_OK, let handle else {
             let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
             sqlite3_close_v2(handle)
@@ -55,6 +64,9 @@ public final class SQLiteConnection {
         db = handle
         sqlite3_extended_result_codes(handle, 1)
         sqlite3_busy_timeout(handle, busyTimeoutMs)
+        // An in-memory database has no journal file to put in WAL mode and nothing to sync: a
+        // committed transaction is simply there for the next connection.
+        if inMemory { return }
         do {
             let mode = try query("PRAGMA journal_mode=WAL").first?.first?.textValue
             guard mode?.lowercased() == "wal" else {

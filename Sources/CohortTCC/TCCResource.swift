@@ -26,6 +26,10 @@ public final class TCCResource: @unchecked Sendable {
         /// A try is refused when it arrives this long after its deadline (coordinator clock).
         public var clockSkewMarginMs = Limits.tccClockSkewMarginMs
         public var busyTimeoutMs: Int32 = 10_000
+        /// TEST ONLY (the simulation's `--break tcc-ignore-fence`): a try that arrives after its
+        /// branch's cancel runs anyway, the bug the barrier's fence exists to prevent. Honoured
+        /// only in debug builds (see CohortRuntime's `TestOnlyBreak`); a release build ignores it.
+        public var testOnlyIgnoreFence = false
         public init() {}
     }
 
@@ -43,7 +47,7 @@ public final class TCCResource: @unchecked Sendable {
     public var afterCommit: ((TCCPhase, TCCPhaseOutcome) -> Void)?
     #if DEBUG
     /// TEST ONLY (debug builds): run a try that arrives after its branch's cancel, as a service
-    /// without a fence would (`COHORT_TEST_ONLY_BREAK=tcc-run-fenced-try` in `tcc-inventory`).
+    /// without a fence would (`COHORT_TEST_ONLY_BREAK=tcc-ignore-fence` in `tcc-inventory`).
     public var testOnlyRunFencedTry = false
     #endif
 
@@ -100,7 +104,8 @@ public final class TCCResource: @unchecked Sendable {
                 runFencedTry = testOnlyRunFencedTry
                 #endif
                 return try TCCBarrier.run(db, resource: name, phase: phase, txid: txid, branchID: branchID, nowMs: clock(),
-                                          deadlineMs: deadlineMs, skewMarginMs: options.clockSkewMarginMs, testOnlyRunFencedTry: runFencedTry) {
+                                          deadlineMs: deadlineMs, skewMarginMs: options.clockSkewMarginMs,
+                                          testOnlyIgnoreFence: options.testOnlyIgnoreFence || runFencedTry) {
                     switch phase {
                     case .try: return try tryBody(context)
                     case .confirm: try confirmBody(context); return nil

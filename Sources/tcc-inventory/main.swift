@@ -40,7 +40,7 @@ do {
     try PosixFS.createDirectory(dir, intermediate: true)
     let store = try InventoryStore(databasePath: dir + "/inventory.sqlite")
     #if DEBUG
-    if TestOnlyBreak.fromEnvironment() == .tccRunFencedTry { store.resource.testOnlyRunFencedTry = true }
+    if TestOnlyBreak.fromEnvironment() == .tccIgnoreFence { store.resource.testOnlyRunFencedTry = true }
     #endif
     store.resource.afterCommit = { phase, outcome in
         if case .done = outcome { CrashPoints.hit("tcc-inventory.after-\(phase.rawValue)-committed") }

@@ -51,7 +51,7 @@ final class RunnerTests: XCTestCase {
         #if DEBUG
         var s = try catalogue(try XCTUnwrap(FileManager.default.contentsOfDirectory(atPath: RunnerTests.root.appendingPathComponent("Scenarios").path)
             .first { $0.hasSuffix("-tcc-cancel-before-late-try.json") }))
-        s.topology.processes["a"] = Scenario.ProcessConfig(flags: [], env: ["COHORT_TEST_ONLY_BREAK": "tcc-run-fenced-try"])
+        s.topology.processes["a"] = Scenario.ProcessConfig(flags: [], env: ["COHORT_TEST_ONLY_BREAK": "tcc-ignore-fence"])
         let r = try runner().run(s)
         XCTAssertFalse(r.passed, describe(r))
         let check = try XCTUnwrap(r.checks.first { $0.name == "tcc_at_rest" }, describe(r))

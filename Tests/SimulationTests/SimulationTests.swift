@@ -47,7 +47,8 @@ final class SimulationTests: XCTestCase {
 final class SimulationDebug: XCTestCase {
     func testOneSeed() throws {
         guard let seed = ProcessInfo.processInfo.environment["SIM_SEED"].flatMap(UInt64.init) else { throw XCTSkip("set SIM_SEED") }
-        let sim = Simulation(config: Simulation.Config(seed: seed))
+        let workload = Simulation.Workload(rawValue: ProcessInfo.processInfo.environment["SIM_PROTOCOL"] ?? "2pc") ?? .atomicCommit
+        let sim = Simulation(config: Simulation.Config(seed: seed, workload: workload))
         let result = sim.run()
         print(sim.config.faults, "committed", result.committed, "aborted", result.aborted, sim.abortReasons())
         if let f = result.failure {
@@ -61,8 +62,9 @@ final class SimulationMany: XCTestCase {
     func testManySeeds() throws {
         guard let runs = ProcessInfo.processInfo.environment["SIM_RUNS"] else { throw XCTSkip("set SIM_RUNS") }
         let first = ProcessInfo.processInfo.environment["SIM_FIRST"] ?? "1"
+        let proto = ProcessInfo.processInfo.environment["SIM_PROTOCOL"] ?? "2pc"
         var out: [String] = []
-        let status = CohortSimCommand.run(arguments: ["--seed", first, "--runs", runs]) { out.append($0) }
+        let status = CohortSimCommand.run(arguments: ["--protocol", proto, "--seed", first, "--runs", runs]) { out.append($0) }
         print(out.suffix(60).joined(separator: "\n"))
         if ProcessInfo.processInfo.environment["SIM_TRACE"] != nil {
             var t: [String] = []
@@ -93,5 +95,63 @@ final class ThreePhasePartitionTests: XCTestCase {
         print("quorum:", result)
         XCTAssertEqual(result.outcomes.count, 3, "every participant decided once healed: \(result)")
         XCTAssertFalse(result.split, "\(result)")
+    }
+}
+
+/// `--protocol tcc`: TCC orders against inventory services running the real CohortTCC barrier.
+final class TCCSimulationTests: XCTestCase {
+    func testTCCSeedsPassAndExerciseTheHardCases() {
+        var totals = TCCRunStats()
+        var failures: [String] = []
+        for seed in UInt64(1)...8 {
+            let result = Simulation(config: Simulation.Config(seed: seed, workload: .tcc)).run()
+            if let f = result.failure { failures.append("\(f.message)\n" + f.trace.suffix(30).joined(separator: "\n")) }
+            if let stats = result.tcc { totals.add(stats) }
+        }
+        XCTAssertEqual(failures, [])
+        // The seeds must really reach what the checks are about, or passing proves little.
+        XCTAssertGreaterThan(totals.committed, 50, totals.summary)
+        XCTAssertGreaterThan(totals.aborted, 50, totals.summary)
+        XCTAssertGreaterThan(totals.confirms, 100, totals.summary)
+        XCTAssertGreaterThan(totals.cancels, 0, totals.summary)
+        XCTAssertGreaterThan(totals.hangingTries, 0, "a try arrived after its cancel and was refused: \(totals.summary)")
+        XCTAssertGreaterThan(totals.emptyCancels, 0, totals.summary)
+        XCTAssertGreaterThan(totals.duplicates, 0, totals.summary)
+        XCTAssertGreaterThan(totals.pointCrashes, 0, totals.summary)
+        XCTAssertGreaterThan(totals.longOutages, 0, totals.summary)
+        XCTAssertGreaterThan(totals.parkedMax, 0, "a service was down past the retry budget: \(totals.summary)")
+    }
+
+    func testTCCSameSeedSameTrace() {
+        var first: [String] = [], second: [String] = [], other: [String] = []
+        XCTAssertEqual(CohortSimCommand.run(arguments: ["--protocol", "tcc", "--seed", "3", "--runs", "3"]) { first.append($0) }, 0, first.joined(separator: "\n"))
+        _ = CohortSimCommand.run(arguments: ["--protocol", "tcc", "--seed", "3", "--runs", "3"]) { second.append($0) }
+        _ = CohortSimCommand.run(arguments: ["--protocol", "tcc", "--seed", "4", "--runs", "3"]) { other.append($0) }
+        XCTAssertTrue(first.last?.hasPrefix("trace-hash: ") ?? false)
+        XCTAssertEqual(first.last, second.last)
+        XCTAssertNotEqual(first.last, other.last, "different seeds explore different runs")
+    }
+
+    /// The coordinator "cancels" without telling the service: reservations stay behind.
+    func testSkippedCancelIsCaught() {
+        var out: [String] = []
+        let status = CohortSimCommand.run(arguments: ["--protocol", "tcc", "--seed", "1", "--runs", "4", "--break", "tcc-skip-cancel"]) { out.append($0) }
+        XCTAssertEqual(status, 1, out.joined(separator: "\n"))
+        XCTAssertTrue(out.contains { $0.contains("cancel:") || $0.contains("at rest:") }, out.joined(separator: "\n"))
+        XCTAssertTrue(out.contains { $0.contains("reproduce: txscenario simulate --protocol tcc --seed ") }, out.joined(separator: "\n"))
+    }
+
+    /// The barrier lets a try that arrives after its cancel reserve.
+    func testIgnoredFenceIsCaught() {
+        var out: [String] = []
+        let status = CohortSimCommand.run(arguments: ["--protocol", "tcc", "--seed", "1", "--runs", "10", "--break", "tcc-ignore-fence"]) { out.append($0) }
+        XCTAssertEqual(status, 1, out.joined(separator: "\n"))
+        XCTAssertTrue(out.contains { $0.contains("try-after-cancel:") }, out.joined(separator: "\n"))
+    }
+
+    func testBadProtocol() {
+        var out: [String] = []
+        XCTAssertEqual(CohortSimCommand.run(arguments: ["--protocol", "xa"]) { out.append($0) }, 2)
+        XCTAssertTrue(out.allSatisfy { $0.hasPrefix("error:") })
     }
 }
