@@ -40,6 +40,10 @@ public enum CohortSimCommand {
             guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
             _ = try args.int("seed", range: 0...Int.max)
             _ = try args.int("runs", range: 1...10_000_000)
+            #if !DEBUG
+            // Deliberate bugs exist only in debug builds (TestOnlyBreak); a release build refuses.
+            if args.string("break") != nil { throw UsageError("--break is test only: it needs a debug build (swift build)") }
+            #endif
             if let mode = args.string("break"), TestOnlyBreak(rawValue: mode) == nil || mode == "none" {
                 throw UsageError("--break must be one of \(TestOnlyBreak.allCases.filter { $0 != .none }.map(\.rawValue).joined(separator: ", "))")
             }
