@@ -35,6 +35,9 @@ public enum Limits {
     public static let httpResponseBytesMax = 4 << 20
     /// Protocol messages in one `POST /v1/batch`, and batch exchanges open per peer at once.
     public static let batchMessagesMax = 256
+    /// Arrays and objects nested deeper than this in a wire body are refused (the hand-written
+    /// JSON reader recurses once per level).
+    public static let jsonNestingDepthMax = 64
     public static let batchExchangesInFlightPerPeer = 4
     /// A branch registration waits this long for the coordinator (a client's work request
     /// waits on it).

@@ -88,6 +88,20 @@ public enum JSONBody {
             if let empty { return .success(empty) }
             return .failure(RequestError(400, "request body is empty; a JSON object is required"))
         }
+        if let wire = T.self as? WireDecodable.Type {
+            do {
+                return .success(try wire.init(wireJSON: bytes) as! T)
+            } catch WireJSONError.missingField(let path) {
+                let key = path.split(separator: ".").last.map(String.init) ?? path
+                return .failure(RequestError(400, "invalid JSON body: missing field \"\(key)\""))
+            } catch WireJSONError.wrongType(let path) {
+                return .failure(RequestError(400, "invalid JSON body: field \"\(path)\" has the wrong type"))
+            } catch WireJSONError.nullField(let path) {
+                return .failure(RequestError(400, "invalid JSON body: field \"\(path)\" is null"))
+            } catch {
+                return .failure(RequestError(400, "invalid JSON body: not a well-formed JSON object of the expected shape"))
+            }
+        }
         do {
             return .success(try JSONDecoder().decode(T.self, from: Data(bytes)))
         } catch let DecodingError.keyNotFound(key, _) {
@@ -110,7 +124,14 @@ public enum JSONBody {
     }
 
     public static func encode<T: Encodable>(_ value: T) -> [UInt8] {
-        (try? Array(encoder().encode(value))) ?? Array("{\"error\":\"encoding failed\"}".utf8)
+        if let wire = value as? WireEncodable { return wire.wireJSON }
+        return (try? Array(encoder().encode(value))) ?? Array("{\"error\":\"encoding failed\"}".utf8)
+    }
+
+    /// An answer's body as `T` (hand-written reader for wire types, Codable otherwise).
+    public static func value<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
+        if let wire = T.self as? WireDecodable.Type { return try wire.init(wireJSON: bytes) as! T }
+        return try JSONDecoder().decode(T.self, from: Data(bytes))
     }
 }
 
