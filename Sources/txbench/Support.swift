@@ -74,8 +74,9 @@ struct CostSummary {
         out.append(String(format: "messages/commit   %.2f", per(messages)) + (byType.isEmpty ? "" : "  (\(byType))"))
         out.append("per process       syncs/commit  forced/commit  records/commit  msgs/commit")
         for p in processes {
-            out.append(String(format: "  %-15@ %12.3f  %13.3f  %14.3f  %11.2f", p.name as NSString, per(p.syncs), per(p.forcedRecords),
-                              per(p.records), per(p.messages)))
+            let name = p.name.count < 15 ? p.name + String(repeating: " ", count: 15 - p.name.count) : p.name
+            out.append("  " + name + String(format: " %12.3f  %13.3f  %14.3f  %11.2f", per(p.syncs), per(p.forcedRecords),
+                                                   per(p.records), per(p.messages)))
         }
         return out
     }
