@@ -93,6 +93,7 @@ func snapshotMetrics(_ api: CohortAPI, _ servers: [(name: String, url: String)])
 final class ProgressLine: @unchecked Sendable {
     private let lock = NSLock()
     private var running = false
+    private var stopRequested = DispatchSemaphore(value: 0)
     private let finished = DispatchSemaphore(value: 0)
     private let enabled: Bool
 
@@ -100,41 +101,48 @@ final class ProgressLine: @unchecked Sendable {
 
     static func wanted(forced: Bool) -> Bool { forced || Terminal.isTTY(2) }
 
-    /// Starts printing `label` and the counts `counts()` gives (committed, aborted) with rates.
+    /// Starts printing `label` and the counts `counts()` gives (committed, aborted) with rates,
+    /// every half second and once more, with the final counts, when stopped.
     func start(_ label: String, counts: @escaping @Sendable () -> (committed: Int, aborted: Int)) {
         guard enabled else { return }
-        lock.lock(); running = true; lock.unlock()
+        lock.lock()
+        running = true
+        stopRequested = DispatchSemaphore(value: 0)
+        let stop = stopRequested
+        lock.unlock()
         let t0 = Date()
         let base = counts()
         let t = Thread { [self] in
             var last = (t: t0, committed: base.committed)
             while true {
-                Thread.sleep(forTimeInterval: 0.5)
-                lock.lock(); let go = running; lock.unlock()
-                if !go { finished.signal(); break }
+                let stopping = stop.wait(timeout: .now() + 0.5) == .success
                 let now = Date()
                 let c = counts()
-                let committed = c.committed - base.committed
-                let aborted = c.aborted - base.aborted
-                let rate = Double(c.committed - last.committed) / max(now.timeIntervalSince(last.t), 0.001)
+                let rate = stopping ? Double(c.committed - base.committed) / max(now.timeIntervalSince(t0), 0.001)
+                    : Double(c.committed - last.committed) / max(now.timeIntervalSince(last.t), 0.001)
                 last = (now, c.committed)
-                let text = String(format: "\r%@ %5.1f s  committed %d (%.0f/s now)  aborted %d   ", label as NSString,
-                                  now.timeIntervalSince(t0), committed, rate, aborted)
+                let text = String(format: "\r%@ %5.1f s  committed %d (%.0f/s %@)  aborted %d   ", label as NSString,
+                                  now.timeIntervalSince(t0), c.committed - base.committed, rate, (stopping ? "overall" : "now") as NSString,
+                                  c.aborted - base.aborted)
                 FileHandle.standardError.write(Data(text.utf8))
+                if stopping { break }
             }
+            finished.signal()
         }
         t.start()
     }
 
-    /// Stops and ends the line.
+    /// Stops, prints the final counts and ends the line.
     func stop() {
         guard enabled else { return }
         lock.lock()
         let was = running
         running = false
+        let stop = stopRequested
         lock.unlock()
         if was {
-            finished.wait()  // the printer has seen the flag: nothing writes after the newline
+            stop.signal()
+            finished.wait()  // the printer is done: nothing writes after the newline
             FileHandle.standardError.write(Data("\n".utf8))
         }
     }
