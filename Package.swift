@@ -48,7 +48,7 @@ let package = Package(
         .executableTarget(name: "cohortd", dependencies: ["CohortCoordinator"]),
         .executableTarget(name: "cohort-agent", dependencies: ["CohortAgent"]),
         .executableTarget(name: "cohort-quickstart", dependencies: ["CohortClient"]),
-        .executableTarget(name: "txbench", dependencies: ["CohortClient"]),
+        .executableTarget(name: "txbench", dependencies: ["CohortClient", "CohortPosix"]),
         // txctl's commands, rendering and log tools (no printing: output goes to injected sinks).
         .target(name: "CohortCtl", dependencies: ["CohortCore", "CohortHTTP", "CohortLog"]),
         .executableTarget(name: "txctl", dependencies: ["CohortCtl", "CohortPosix"]),

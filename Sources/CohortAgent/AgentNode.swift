@@ -346,7 +346,7 @@ public final class AgentNode {
         environment.send(HTTPClientRequest(method: "GET", url: url + path)) { [unowned self] result in
             switch result {
             case .success(let r) where r.status == 200:
-                if let answer = try? JSONDecoder().decode(InquiryResponse.self, from: Data(r.body)),
+                if let answer = try? JSONBody.value(InquiryResponse.self, from: r.body),
                    let outcome = InquiryAnswer(rawValue: answer.outcome) {
                     self.feed(.inquiryAnswered(txid, outcome))
                 } else {
@@ -368,7 +368,7 @@ public final class AgentNode {
         environment.send(HTTPClientRequest(method: "POST", url: peer.url + "/v1/3pc/state", body: body, timeoutMs: Limits.terminationRoundMs)) { [weak self] result in
             var state: ThreePhaseState?
             if case .success(let r) = result, r.status == 200,
-               let answer = try? JSONDecoder().decode(ThreePhaseStateResponse.self, from: Data(r.body)) {
+               let answer = try? JSONBody.value(ThreePhaseStateResponse.self, from: r.body) {
                 state = ThreePhaseState(rawValue: answer.state)
             }
             self?.feed(.peerState(txid, round: round, peer: peer.name, state: state))
@@ -408,8 +408,9 @@ public final class AgentNode {
 
     private func work(_ request: HTTPRequest, _ responder: ResponseSink) {
         let body: WorkRequest
+        let bodyRequestID: String?
         do {
-            body = try WorkRequest.decode(fromJSON: request.body)
+            (body, bodyRequestID) = try WorkRequest.decodeWithRequestID(fromJSON: request.body)
         } catch {
             return responder.send(.error(400, "invalid work request: \(error)"))
         }
@@ -418,7 +419,7 @@ public final class AgentNode {
         // Idempotency: a work request repeated with the same request_id (a client's retry, a
         // duplicating proxy) is staged once and answered with the first answer.
         var responder = responder
-        if let requestID = (try? JSONDecoder().decode(WorkRequestID.self, from: Data(request.body)))?.requestID {
+        if let requestID = bodyRequestID {
             guard !requestID.isEmpty, requestID.utf8.count <= Limits.requestIDBytesMax else {
                 return responder.send(.error(400, "request_id must be 1-\(Limits.requestIDBytesMax) bytes"))
             }
@@ -491,11 +492,11 @@ public final class AgentNode {
             let outcome: Result<Void, RequestError>
             switch result {
             case .success(let r) where r.status == 200:
-                let timeoutMs = (try? JSONDecoder().decode(RegisterResponse.self, from: Data(r.body)).timeoutMs) ?? Limits.transactionTimeoutMsDefault
+                let timeoutMs = (try? JSONBody.value(RegisterResponse.self, from: r.body).timeoutMs) ?? Limits.transactionTimeoutMsDefault
                 self.feed(.joined(txid, coordinatorURL: coordinator, timeoutMs: timeoutMs))
                 outcome = .success(())
             case .success(let r):
-                let text = (try? JSONDecoder().decode(ErrorBody.self, from: Data(r.body)).error) ?? "HTTP \(r.status)"
+                let text = (try? JSONBody.value(ErrorBody.self, from: r.body).error) ?? "HTTP \(r.status)"
                 outcome = .failure(RequestError(r.status == 503 ? 503 : (r.status == 404 ? 404 : 409), "coordinator refused the branch: \(text)"))
             case .failure(let e):
                 outcome = .failure(RequestError(503, "coordinator \(coordinator) unreachable: \(e)"))
@@ -672,10 +673,29 @@ public final class AgentNode {
     }
 }
 
-public struct WorkResponse: Codable {
+public struct WorkResponse: Codable, WireEncodable {
     public let txid: String
     public let staged: Int
     public let values: [String: KVValue]?
+
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject()
+        w.field("txid", txid)
+        w.field("staged", staged)
+        if let values {
+            w.key("values")
+            w.beginObject()
+            for (k, v) in values.sorted(by: { $0.key < $1.key }) {
+                w.key(k)
+                switch v {
+                case .int(let n): w.value(n)
+                case .string(let s): w.value(s)
+                }
+            }
+            w.endObject()
+        }
+        w.endObject()
+    }
 }
 
 public struct KVItem: Codable {
@@ -691,12 +711,6 @@ extension PrepareResponse {
     func with(txid: String) -> PrepareResponse {
         PrepareResponse(txid: txid, vote: vote, outcome: outcome, reason: reason)
     }
-}
-
-/// The optional idempotency key of a work request.
-struct WorkRequestID: Decodable {
-    let requestID: String?
-    enum CodingKeys: String, CodingKey { case requestID = "request_id" }
 }
 
 /// Passes a response on and tells the node what it was.

@@ -149,6 +149,7 @@ public final class CohortAPI {
         let r = try raw(method, url, body: body)
         guard ok.contains(r.status) else { throw CohortAPI.error(r) }
         do {
+            if let wire = T.self as? WireDecodable.Type { return try wire.init(wireJSON: r.body) as! T }
             return try JSONDecoder().decode(T.self, from: Data(r.body))
         } catch {
             throw CohortAPIError.badAnswer("\(method) \(url): \(error)")
@@ -156,12 +157,13 @@ public final class CohortAPI {
     }
 
     static func error(_ r: HTTPClientResponse) -> CohortAPIError {
-        let message = (try? JSONDecoder().decode(ErrorBody.self, from: Data(r.body)).error)
+        let message = (try? ErrorBody(wireJSON: r.body).error)
             ?? String(decoding: r.body.prefix(200), as: UTF8.self)
         return .http(status: r.status, message: message)
     }
 
     static func encode<T: Encodable>(_ value: T) -> [UInt8] {
+        if let wire = value as? WireEncodable { return wire.wireJSON }
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return Array((try? e.encode(value)) ?? Data())
@@ -283,4 +285,53 @@ public func metricsDelta(_ before: [String: Double], _ after: [String: Double]) 
     var out: [String: Double] = [:]
     for k in Set(before.keys).union(after.keys) { out[k] = (after[k] ?? 0) - (before[k] ?? 0) }
     return out
+}
+
+// Hand-written JSON for the calls a transfer makes (see WireJSON.swift): the load generator
+// shares the machine with the servers, so its coding costs count too.
+extension WorkRequestBody: WireEncodable {
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject()
+        w.field("txid", txid)
+        w.field("request_id", requestID)
+        w.key("ops")
+        w.beginArray()
+        for op in ops {
+            w.beginObject()
+            w.field("op", op.op)
+            w.field("key", op.key)
+            w.field("delta", op.delta)
+            w.field("min", op.min)
+            switch op.value {
+            case .int(let n)?: w.key("value"); w.value(n)
+            case .string(let s)?: w.key("value"); w.value(s)
+            case nil: break
+            }
+            w.endObject()
+        }
+        w.endArray()
+        w.endObject()
+    }
+}
+
+extension WorkAnswer: WireDecodable {
+    public init(wire o: WireObject) throws {
+        txid = try o.string("txid")
+        staged = try o.int("staged")
+        switch o["values"] {
+        case nil, .null?: values = nil
+        case .object(let members)?:
+            var out: [String: StoreValue] = [:]
+            for (k, v) in members {
+                switch v {
+                case .string(let s): out[k] = .string(s)
+                default:
+                    guard let n = v.exactInt64 else { throw WireJSONError.wrongType(o.name("values") + "." + k) }
+                    out[k] = .int(n)
+                }
+            }
+            values = out
+        default: throw WireJSONError.wrongType(o.name("values"))
+        }
+    }
 }

@@ -112,8 +112,23 @@ public final class TransferWorkload: @unchecked Sendable {
         public var unresolved: [String] = []
     }
 
+    /// Running totals while `run` goes on (for a progress line); every run adds to them.
+    public final class LiveCounts: @unchecked Sendable {
+        private let lock = NSLock()
+        private var committedValue = 0
+        private var abortedValue = 0
+        func add(committed: Int = 0, aborted: Int = 0) {
+            lock.lock(); committedValue += committed; abortedValue += aborted; lock.unlock()
+        }
+        public var snapshot: (committed: Int, aborted: Int) {
+            lock.lock(); defer { lock.unlock() }
+            return (committedValue, abortedValue)
+        }
+    }
+
     public let config: Config
     public let keyWidth: Int
+    public let live = LiveCounts()
     private let lock = NSLock()
     /// Committed deltas per agent and key, from transfers known to have committed.
     private var ledger: [Int: [String: Int64]] = [:]
@@ -269,6 +284,7 @@ public final class TransferWorkload: @unchecked Sendable {
                 default: reason = "work-error"
                 }
                 report.aborted += 1
+                live.add(aborted: 1)
                 report.abortReasons[reason, default: 0] += 1
                 if reason != "lock-timeout" { pause() }
                 continue
@@ -278,11 +294,13 @@ public final class TransferWorkload: @unchecked Sendable {
                 if answer.outcome == "committed" {
                     transfer.outcome = .committed
                     report.committed += 1
+                    live.add(committed: 1)
                     report.latenciesMs.append(nowMs() - t0)
                     report.committedTxids.append(txid)
                     record(committed: transfer)
                 } else {
                     report.aborted += 1
+                    live.add(aborted: 1)
                     report.abortReasons[Self.shortReason(answer.reason ?? "aborted"), default: 0] += 1
                 }
             } catch {

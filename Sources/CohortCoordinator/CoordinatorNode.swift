@@ -275,7 +275,7 @@ public final class CoordinatorNode {
         case .failure(let e): failure = "\(e)"
         case .success(let r) where r.status == 200: failure = nil; response = r
         case .success(let r):
-            let text = (try? JSONDecoder().decode(ErrorBody.self, from: Data(r.body)).error) ?? "HTTP \(r.status)"
+            let text = (try? JSONBody.value(ErrorBody.self, from: r.body).error) ?? "HTTP \(r.status)"
             failure = "HTTP \(r.status): \(text)"
         }
         switch message {
@@ -289,13 +289,13 @@ public final class CoordinatorNode {
             }
             // No answer: the pre-commit timeout decides.
         case .stateQuery:
-            let state = response.flatMap { try? JSONDecoder().decode(ThreePhaseStateResponse.self, from: Data($0.body)) }
+            let state = response.flatMap { try? JSONBody.value(ThreePhaseStateResponse.self, from: $0.body) }
                 .flatMap { ThreePhaseState(rawValue: $0.state) }
             feed(.stateAnswered(txid, participant: name, state: state))
         case .commit:
             if let failure {
                 feed(.deliveryFailed(txid, participant: name, error: failure))
-            } else if let answer = try? JSONDecoder().decode(PhaseResponse.self, from: Data(response!.body)), answer.status == "heuristic-aborted" {
+            } else if let answer = try? JSONBody.value(PhaseResponse.self, from: response!.body), answer.status == "heuristic-aborted" {
                 // An operator aborted this branch at the participant: it cannot commit.
                 feed(.heuristicReported(nil, txid: txid.description, participant: name, outcome: .aborted))
             } else {
@@ -303,7 +303,7 @@ public final class CoordinatorNode {
             }
         case .prepare(let onePhase, _, _):
             guard let response, failure == nil,
-                  let answer = try? JSONDecoder().decode(PrepareResponse.self, from: Data(response.body)) else {
+                  let answer = try? JSONBody.value(PrepareResponse.self, from: response.body) else {
                 let error = failure ?? "unreadable answer to prepare"
                 feed(onePhase ? .deliveryFailed(txid, participant: name, error: error) : .prepareFailed(txid, participant: name, error: error))
                 return
@@ -596,7 +596,7 @@ public final class CoordinatorNode {
                 status = r.status
                 bodyBytes = r.body
                 if !(200..<300).contains(r.status) {
-                    let text = (try? JSONDecoder().decode(ErrorBody.self, from: Data(r.body)).error) ?? String(decoding: r.body.prefix(200), as: UTF8.self)
+                    let text = (try? JSONBody.value(ErrorBody.self, from: r.body).error) ?? String(decoding: r.body.prefix(200), as: UTF8.self)
                     failure = "HTTP \(r.status): \(text)"
                 }
             }
@@ -612,7 +612,7 @@ public final class CoordinatorNode {
                         self.feedTCC(.tryAnswered(txid, branchID: branchID, .failed(failure)))
                     }
                 } else {
-                    let answer = try? JSONDecoder().decode(TCCPhaseResponse.self, from: Data(bodyBytes))
+                    let answer = try? JSONBody.value(TCCPhaseResponse.self, from: bodyBytes)
                     self.feedTCC(.tryAnswered(txid, branchID: branchID, .succeeded(answer?.result)))
                 }
             case .confirm, .cancel:

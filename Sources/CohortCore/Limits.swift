@@ -11,6 +11,14 @@ public enum Limits {
     public static let unsyncedBytesMax = 32 << 20
     /// Unforced records are written and synced at the latest this long after they were appended.
     public static let lazySyncDelayMs: Int64 = 50
+    /// Group commit under load: when the previous sync round covered at least
+    /// `groupCommitSiblingsMin` forced records, a forced record waits up to this long for others
+    /// to share its sync (PostgreSQL's commit_delay with commit_siblings). A lone writer never
+    /// waits.
+    public static let groupCommitWaitUsMax: Int64 = 2_000
+    public static let groupCommitSiblingsMin = 4
+    /// ... and the wait ends as soon as this many forced records are pending.
+    public static let groupCommitRecordsTarget = 16
     /// Checkpoint once the live segments hold more than this many bytes.
     public static let checkpointAfterBytes = 32 << 20
     /// Largest checkpoint snapshot (the log's type-0 record). A snapshot holds every open
@@ -35,6 +43,9 @@ public enum Limits {
     public static let httpResponseBytesMax = 4 << 20
     /// Protocol messages in one `POST /v1/batch`, and batch exchanges open per peer at once.
     public static let batchMessagesMax = 256
+    /// Arrays and objects nested deeper than this in a wire body are refused (the hand-written
+    /// JSON reader recurses once per level).
+    public static let jsonNestingDepthMax = 64
     public static let batchExchangesInFlightPerPeer = 4
     /// A branch registration waits this long for the coordinator (a client's work request
     /// waits on it).

@@ -499,3 +499,112 @@ public struct OutboxMessageView: Codable, Equatable, Sendable {
         self.payloadBytes = payloadBytes
     }
 }
+
+// MARK: - hand-written JSON for the types on the transaction path (see WireJSON.swift)
+
+extension ErrorBody: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws { self.init(error: try o.string("error")) }
+    public func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("error", error); w.endObject() }
+}
+
+extension BeginRequest: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws {
+        self.init(protocol: try o.optString("protocol"), timeoutMs: try o.optInt64("timeout_ms"), termination: try o.optString("termination"))
+    }
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject(); w.field("protocol", self.protocol); w.field("timeout_ms", timeoutMs); w.field("termination", termination); w.endObject()
+    }
+}
+
+extension BeginResponse: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws { self.init(txid: try o.string("txid"), timeoutMs: try o.optInt64("timeout_ms")) }
+    public func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("txid", txid); w.field("timeout_ms", timeoutMs); w.endObject() }
+}
+
+extension OutcomeResponse: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws {
+        self.init(txid: try o.string("txid"), outcome: try o.string("outcome"), reason: try o.optString("reason"))
+    }
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject(); w.field("txid", txid); w.field("outcome", outcome); w.field("reason", reason); w.endObject()
+    }
+}
+
+extension RegisterRequest: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws {
+        self.init(participant: try o.string("participant"), url: try o.string("url"), incarnation: try o.optString("incarnation"),
+                  batch: try o.optBool("batch"))
+    }
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject(); w.field("participant", participant); w.field("url", url); w.field("incarnation", incarnation); w.field("batch", batch)
+        w.endObject()
+    }
+}
+
+extension RegisterResponse: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws { self.init(txid: try o.string("txid"), timeoutMs: try o.int64("timeout_ms")) }
+    public func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("txid", txid); w.field("timeout_ms", timeoutMs); w.endObject() }
+}
+
+extension InquiryResponse: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws { self.init(txid: try o.string("txid"), outcome: try o.string("outcome")) }
+    public func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("txid", txid); w.field("outcome", outcome); w.endObject() }
+}
+
+extension ParticipantRef {
+    init(wire o: WireObject) throws { self.init(name: try o.string("name"), url: try o.string("url"), incarnation: try o.optString("incarnation")) }
+    func writeWire(_ w: inout JSONWriter) {
+        w.beginObject(); w.field("name", name); w.field("url", url); w.field("incarnation", incarnation); w.endObject()
+    }
+}
+
+extension PrepareRequest: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws {
+        self.init(txid: try o.string("txid"), onePhase: try o.optBool("one_phase"),
+                  participants: try o.optObjects("participants") { try ParticipantRef(wire: $0) },
+                  incarnation: try o.optString("incarnation"), protocol: try o.optString("protocol"), termination: try o.optString("termination"))
+    }
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject()
+        w.field("txid", txid)
+        w.field("one_phase", onePhase)
+        if let participants {
+            w.key("participants")
+            w.beginArray()
+            for p in participants { p.writeWire(&w) }
+            w.endArray()
+        }
+        w.field("incarnation", incarnation)
+        w.field("protocol", self.protocol)
+        w.field("termination", termination)
+        w.endObject()
+    }
+}
+
+extension PrepareResponse: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws {
+        self.init(txid: try o.string("txid"), vote: try o.optString("vote"), outcome: try o.optString("outcome"), reason: try o.optString("reason"))
+    }
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject(); w.field("txid", txid); w.field("vote", vote); w.field("outcome", outcome); w.field("reason", reason); w.endObject()
+    }
+}
+
+extension PhaseRequest: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws {
+        self.init(txid: try o.string("txid"), incarnation: try o.optString("incarnation"), backup: try o.optBool("backup"))
+    }
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject(); w.field("txid", txid); w.field("incarnation", incarnation); w.field("backup", backup); w.endObject()
+    }
+}
+
+extension PhaseResponse: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws { self.init(txid: try o.string("txid"), status: try o.string("status")) }
+    public func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("txid", txid); w.field("status", status); w.endObject() }
+}
+
+extension HealthResponse: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws { self.init(status: try o.string("status")) }
+    public func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("status", status); w.endObject() }
+}

@@ -95,39 +95,60 @@ struct ParsedURL {
     var port: Int
     var target: String
     var authority: String
-    var key: String { "\(host):\(port)" }
+    /// `host:port`, the connection pool's key.
+    var key: String
 
+    /// Scans the URL's bytes in place (no copies but the parts kept): every message a server
+    /// sends parses one, and the generic version showed as 7% of the coordinator's instructions.
     init(_ url: String) throws {
-        let bytes = Array(url.utf8)
-        let scheme = Array("http://".utf8)
-        guard bytes.count > scheme.count,
-              zip(bytes[0..<scheme.count], scheme).allSatisfy({ asciiLower($0.0) == $0.1 }) else {
-            throw HTTPClientError.invalidURL(url)
-        }
-        var i = scheme.count
-        while i < bytes.count && bytes[i] != UInt8(ascii: "/") && bytes[i] != UInt8(ascii: "?") { i += 1 }
-        let authorityBytes = bytes[scheme.count..<i]
-        authority = String(decoding: authorityBytes, as: UTF8.self)
-        var rest = String(decoding: bytes[i...], as: UTF8.self)
-        if rest.isEmpty { rest = "/" } else if rest.hasPrefix("?") { rest = "/" + rest }
-        for b in rest.utf8 where b <= 32 || b == 127 { throw HTTPClientError.invalidURL(url) }
-        target = rest
-        if let colon = authorityBytes.lastIndex(of: UInt8(ascii: ":")) {
-            host = String(decoding: authorityBytes[authorityBytes.startIndex..<colon], as: UTF8.self)
-            let portBytes = authorityBytes[(colon + 1)...]
-            guard !portBytes.isEmpty, portBytes.count <= 5, portBytes.allSatisfy({ $0 >= 48 && $0 <= 57 }),
-                  let p = Int(String(decoding: portBytes, as: UTF8.self)), p > 0, p <= 65535 else {
-                throw HTTPClientError.invalidURL(url)
+        var text = url
+        let parts: (authority: String, target: String, host: String, port: Int)? = text.withUTF8 { bytes in
+            let scheme: StaticString = "http://"
+            let n = scheme.utf8CodeUnitCount
+            guard bytes.count > n else { return nil }
+            for k in 0..<n where asciiLower(bytes[k]) != scheme.utf8Start[k] { return nil }
+            var i = n
+            while i < bytes.count && bytes[i] != UInt8(ascii: "/") && bytes[i] != UInt8(ascii: "?") { i += 1 }
+            let authorityBytes = UnsafeBufferPointer(rebasing: bytes[n..<i])
+            for k in i..<bytes.count where bytes[k] <= 32 || bytes[k] == 127 { return nil }
+            let restBytes = UnsafeBufferPointer(rebasing: bytes[i...])
+            var target: String
+            if restBytes.isEmpty {
+                target = "/"
+            } else if restBytes[0] == UInt8(ascii: "?") {
+                target = "/" + String(decoding: restBytes, as: UTF8.self)
+            } else {
+                target = String(decoding: restBytes, as: UTF8.self)
             }
-            port = p
-        } else {
-            host = authority
-            port = 80
+            var hostEnd = authorityBytes.count
+            var port = 80
+            if let colon = authorityBytes.lastIndex(of: UInt8(ascii: ":")) {
+                let digits = authorityBytes.count - colon - 1
+                guard digits > 0, digits <= 5 else { return nil }
+                var p = 0
+                for k in (colon + 1)..<authorityBytes.count {
+                    let b = authorityBytes[k]
+                    guard b >= 48 && b <= 57 else { return nil }
+                    p = p * 10 + Int(b - 48)
+                }
+                guard p > 0, p <= 65535 else { return nil }
+                port = p
+                hostEnd = colon
+            }
+            guard hostEnd > 0 else { return nil }
+            for k in 0..<hostEnd {
+                let b = authorityBytes[k]
+                guard b > 32, b != 127, b != UInt8(ascii: "@"), b != UInt8(ascii: "[") else { return nil }
+            }
+            return (String(decoding: authorityBytes, as: UTF8.self), target,
+                    String(decoding: UnsafeBufferPointer(rebasing: authorityBytes[0..<hostEnd]), as: UTF8.self), port)
         }
-        guard !host.isEmpty, !host.contains("@"), !host.contains("["),
-              host.utf8.allSatisfy({ $0 > 32 && $0 != 127 }) else {
-            throw HTTPClientError.invalidURL(url)
-        }
+        guard let parts else { throw HTTPClientError.invalidURL(url) }
+        authority = parts.authority
+        target = parts.target
+        host = parts.host
+        port = parts.port
+        key = host + ":" + String(port)
     }
 }
 

@@ -16,16 +16,28 @@ public struct DurableLogConfig {
     public var unsyncedBytesMax: Int
     /// Unforced records wait at most about this long for a sync.
     public var lazySyncDelayMs: Int64
+    /// Group commit under load (background thread only; see `Limits.groupCommitWaitUsMax`):
+    /// 0 turns the wait off.
+    public var groupCommitWaitUs: Int64
+    public var groupCommitSiblingsMin: Int
+    public var groupCommitRecordsTarget: Int
 
     public init(syncMode: SyncMode = .backgroundThread,
                 segmentBytesMax: Int = Limits.segmentBytesMax,
                 unsyncedBytesMax: Int = Limits.unsyncedBytesMax,
-                lazySyncDelayMs: Int64 = Limits.lazySyncDelayMs) {
+                lazySyncDelayMs: Int64 = Limits.lazySyncDelayMs,
+                groupCommitWaitUs: Int64 = Limits.groupCommitWaitUsMax,
+                groupCommitSiblingsMin: Int = Limits.groupCommitSiblingsMin,
+                groupCommitRecordsTarget: Int = Limits.groupCommitRecordsTarget) {
         precondition(segmentBytesMax > 0 && unsyncedBytesMax > 0 && lazySyncDelayMs >= 0, "bad log config")
+        precondition(groupCommitWaitUs >= 0 && groupCommitSiblingsMin >= 1 && groupCommitRecordsTarget >= 1, "bad group commit config")
         self.syncMode = syncMode
         self.segmentBytesMax = segmentBytesMax
         self.unsyncedBytesMax = unsyncedBytesMax
         self.lazySyncDelayMs = lazySyncDelayMs
+        self.groupCommitWaitUs = groupCommitWaitUs
+        self.groupCommitSiblingsMin = groupCommitSiblingsMin
+        self.groupCommitRecordsTarget = groupCommitRecordsTarget
     }
 }
 
@@ -82,6 +94,7 @@ public final class DurableLog {
         let firstLSN: UInt64
         var lastLSN: UInt64
         var bytes: [UInt8]
+        var forcedRecords = 0
     }
 
     struct OpenSegment {
@@ -97,6 +110,10 @@ public final class DurableLog {
     private let state = PosixConditionLock()
     private var groups: [PendingGroup] = []
     private var forcedPending = false
+    /// Forced records appended and not yet taken by a round.
+    private var forcedRecordsPending = 0
+    /// Forced records the last round took: whether there are siblings worth waiting for.
+    private var forcedRecordsLastRound = 0
     private var unsyncedBytes = 0
     private var nextLSN: UInt64
     private var durableLSNValue: UInt64
@@ -191,9 +208,13 @@ public final class DurableLog {
         recordsTotalValue += 1
         bytesSinceCheckpointValue = isCheckpoint ? 0 : bytesSinceCheckpointValue + encodedBytes
         if force {
+            groups[last].forcedRecords += 1
             forcedRecordsTotalValue += 1
+            forcedRecordsPending += 1
             forcedPending = true
-            state.signal()
+            // Wake the sync thread for the first forced record; while it gathers, only when
+            // the group is big enough (a wake-up per record would cost what gathering saves).
+            if forcedRecordsPending == 1 || forcedRecordsPending >= config.groupCommitRecordsTarget { state.signal() }
         } else if wasEmpty {
             // Starts the sync thread's lazy timer.
             state.signal()
@@ -271,6 +292,17 @@ public final class DurableLog {
                 // (spurious) wake only means an early sync, which is harmless.
                 state.wait(timeoutMs: config.lazySyncDelayMs)
             }
+            if forcedPending && config.groupCommitWaitUs > 0 && forcedRecordsLastRound >= config.groupCommitSiblingsMin {
+                // Under load, let other forced records join this sync: one fdatasync then
+                // covers several transactions. Nothing is acknowledged before its sync, so this
+                // only moves when the acknowledgement comes.
+                let deadline = Int64(SystemClock.monotonicNs() / 1_000) + config.groupCommitWaitUs
+                while forcedRecordsPending < config.groupCommitRecordsTarget && !closed && failure == nil {
+                    let left = deadline - Int64(SystemClock.monotonicNs() / 1_000)
+                    if left <= 0 { break }
+                    state.wait(timeoutUs: left)
+                }
+            }
             state.unlock()
             _ = try? runRound()
             state.lock()
@@ -310,11 +342,15 @@ public final class DurableLog {
             }
             // At most one new segment per round, so segments become durable strictly in order.
             var newSegments = 0
+            var takenForced = 0
             while let group = groups.first, !(group.startsSegment && newSegments == 1) {
                 if group.startsSegment { newSegments += 1 }
                 taken.append(groups.removeFirst())
                 takenBytes += taken.last!.bytes.count
+                takenForced += group.forcedRecords
             }
+            forcedRecordsPending -= takenForced
+            forcedRecordsLastRound = takenForced
             forcedPending = false  // every forced record is taken or in a group right behind it
             if !groups.isEmpty { forcedPending = true }
         }

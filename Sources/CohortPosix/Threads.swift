@@ -48,6 +48,18 @@ public final class PosixConditionLock {
         return rc == 0
     }
 
+    /// Waits (lock held) at most `timeoutUs` microseconds. Returns false on timeout. May wake spuriously.
+    @discardableResult
+    public func wait(timeoutUs: Int64) -> Bool {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let deadlineNs = Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec) + max(0, timeoutUs) * 1_000
+        var deadline = timespec(tv_sec: Int(deadlineNs / 1_000_000_000), tv_nsec: Int(deadlineNs % 1_000_000_000))
+        let rc = pthread_cond_timedwait(condition, mutex, &deadline)
+        precondition(rc == 0 || rc == ETIMEDOUT, "pthread_cond_timedwait \(rc)")
+        return rc == 0
+    }
+
     public func signal() { pthread_cond_signal(condition) }
     public func broadcast() { pthread_cond_broadcast(condition) }
 }

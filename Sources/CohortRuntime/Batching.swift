@@ -113,7 +113,7 @@ public final class BatchingSender {
             case .failure(let error):
                 for item in items { item.completion(.failure(error)) }
             case .success(let response):
-                if response.status == 200, let answers = try? JSONDecoder().decode(BatchResponse.self, from: Data(response.body)),
+                if response.status == 200, let answers = try? JSONBody.value(BatchResponse.self, from: response.body),
                    answers.answers.count == items.count {
                     for (item, answer) in zip(items, answers.answers) {
                         item.completion(.success(HTTPClientResponse(status: answer.status, body: Array(answer.body.utf8))))
@@ -173,4 +173,32 @@ public final class ClosureSink: ResponseSink {
     private let action: (HTTPResponse) -> Void
     public init(_ action: @escaping (HTTPResponse) -> Void) { self.action = action }
     public func send(_ response: HTTPResponse) { action(response) }
+}
+
+extension BatchRequest: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws {
+        self.init(messages: try o.objects("messages") { BatchItem(path: try $0.string("path"), body: try $0.string("body")) })
+    }
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject()
+        w.key("messages")
+        w.beginArray()
+        for m in messages { w.beginObject(); w.field("path", m.path); w.field("body", m.body); w.endObject() }
+        w.endArray()
+        w.endObject()
+    }
+}
+
+extension BatchResponse: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws {
+        self.init(answers: try o.objects("answers") { BatchAnswer(status: try $0.int("status"), body: try $0.string("body")) })
+    }
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject()
+        w.key("answers")
+        w.beginArray()
+        for a in answers { w.beginObject(); w.field("status", a.status); w.field("body", a.body); w.endObject() }
+        w.endArray()
+        w.endObject()
+    }
 }

@@ -8,7 +8,13 @@ import Foundation
 /// status leaves pending. Ends with the demo's at-rest check.
 func ordersMain(_ argv: [String]) -> Never {
     let ordersUsage = """
-    usage: txbench --orders --mode 2pc|3pc|tcc|outbox [--clients N] [--duration D] [--warmup D] [--skus N] [--row] [--bin-dir DIR]
+    usage: txbench --orders --mode 2pc|3pc|tcc|outbox [--clients N] [--duration D] [--warmup D] [--skus N]
+                   [--json | --row] [--progress] [--bin-dir DIR]
+
+    Demo orders of one unit against order-service + inventory-service + cohortd (started here).
+    Reports confirmed/s, rejected/s, latency of confirmed orders, syncs and messages per
+    confirmed order from the servers' /metrics (in total and per process), and the demo's
+    at-rest check.
     """
     var mode = "2pc"
     var clients = 8
@@ -16,10 +22,12 @@ func ordersMain(_ argv: [String]) -> Never {
     var warmupMs: Int64 = 2_000
     var skus = 100
     var row = false
+    var json = false
+    var progressForced = false
     var binDir: String?
     do {
         let args = try Arguments(argv, valued: ["mode", "clients", "duration", "warmup", "skus", "bin-dir"],
-                                 booleans: ["orders", "row", "help"])
+                                 booleans: ["orders", "row", "help", "json", "progress"])
         if args.has("help") { print(ordersUsage); exit(0) }
         guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
         mode = args.string("mode") ?? "2pc"
@@ -30,6 +38,9 @@ func ordersMain(_ argv: [String]) -> Never {
         skus = try args.int("skus", default: 100, range: 1...10_000)!
         guard durationMs > 0 else { throw UsageError("--duration must be more than 0") }
         row = args.has("row")
+        json = args.has("json")
+        guard !(json && row) else { throw UsageError("--json and --row do not go together") }
+        progressForced = args.has("progress")
         binDir = args.string("bin-dir")
     } catch {
         FileHandle.standardError.write(Data("error: \(error)\n\(ordersUsage)\n".utf8))
@@ -81,6 +92,13 @@ func ordersMain(_ argv: [String]) -> Never {
         done(1, "setup failed: \(error)")
     }
 
+    final class Live: @unchecked Sendable {
+        let lock = NSLock()
+        var confirmed = 0
+        var rejected = 0
+        var snapshot: (committed: Int, aborted: Int) { lock.lock(); defer { lock.unlock() }; return (confirmed, rejected) }
+    }
+    let live = Live()
     final class Tally: @unchecked Sendable {
         let lock = NSLock()
         var confirmed = 0
@@ -123,6 +141,9 @@ func ordersMain(_ argv: [String]) -> Never {
                     default: tally.failed += 1
                     }
                     tally.lock.unlock()
+                    live.lock.lock()
+                    if status == "confirmed" { live.confirmed += 1 } else if status == "rejected" { live.rejected += 1 }
+                    live.lock.unlock()
                 }
                 group.leave()
             }
@@ -130,8 +151,22 @@ func ordersMain(_ argv: [String]) -> Never {
         group.wait()
         return (tally, Date().timeIntervalSince(start))
     }
-    if warmupMs > 0 { _ = runFor(warmupMs) }
+    let servers: [(name: String, url: String)] = [("coordinator", cluster!.coordinatorURL), ("inventory", inventoryURL), ("orders", ordersURL)]
+    let progress = ProgressLine(enabled: ProgressLine.wanted(forced: progressForced))
+    if warmupMs > 0 {
+        progress.start("warm-up  ") { live.snapshot }
+        _ = runFor(warmupMs)
+        progress.stop()
+    }
+    let before: [[String: Double]]
+    do { before = try snapshotMetrics(setupAPI, servers) } catch { done(1, "cannot read /metrics: \(error)") }
+    progress.start("measuring") { live.snapshot }
     let (tally, seconds) = runFor(durationMs)
+    progress.stop()
+    let after: [[String: Double]]
+    do { after = try snapshotMetrics(setupAPI, servers) } catch { done(1, "cannot read /metrics: \(error)") }
+    let costs = CostSummary(processes: zip(servers, zip(before, after)).map { ProcessCost(name: $0.0.name, url: $0.0.url, before: $0.1.0, after: $0.1.1) },
+                            committed: Double(tally.confirmed))
 
     // At rest: no order pending, every sku adds up, sold = confirmed qty (qty is 1 per order).
     var ok = true
@@ -162,9 +197,27 @@ func ordersMain(_ argv: [String]) -> Never {
     let sorted = tally.latencies.sorted()
     func pct(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] }
     let committedPerS = Double(tally.confirmed) / seconds
-    if row {
-        print(String(format: "%-7d  %11.1f  %9.1f  %8.2f  %8.2f  %8.2f  %8.2f  %12@  %11@", clients, committedPerS, Double(tally.rejected) / seconds,
-                     pct(0.5), pct(0.95), pct(0.99), sorted.last ?? 0, "-", "-") + "  " + (ok ? "ok" : "FAILED"))
+    if json {
+        var object: [String: Any] = [
+            "mode": mode,
+            "clients": clients,
+            "skus": skus,
+            "duration_s": seconds,
+            "committed": tally.confirmed,
+            "aborted": tally.rejected,
+            "failed_calls": tally.failed,
+            "committed_per_s": committedPerS,
+            "aborted_per_s": Double(tally.rejected) / seconds,
+            "latency_ms": ["p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99), "max": sorted.last ?? 0],
+            "at_rest": ["ok": ok],
+        ]
+        object.merge(costs.jsonFields()) { a, _ in a }
+        let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        print(String(decoding: data, as: UTF8.self))
+    } else if row {
+        print(String(format: "%-7d  %11.1f  %9.1f  %8.2f  %8.2f  %8.2f  %8.2f  %12.3f  %11.2f  %21.3f", clients, committedPerS, Double(tally.rejected) / seconds,
+                     pct(0.5), pct(0.95), pct(0.99), sorted.last ?? 0, costs.per(costs.syncs), costs.per(costs.messages), costs.maxSyncsPerCommit)
+              + "  " + (ok ? "ok" : "FAILED"))
     } else {
         print("mode              \(mode)")
         print(String(format: "clients           %d", clients))
@@ -172,6 +225,7 @@ func ordersMain(_ argv: [String]) -> Never {
         print(String(format: "confirmed/s       %.1f  (%d confirmed)", committedPerS, tally.confirmed))
         print(String(format: "rejected/s        %.1f  (%d rejected, %d failed calls)", Double(tally.rejected) / seconds, tally.rejected, tally.failed))
         print(String(format: "latency ms        p50 %.2f  p95 %.2f  p99 %.2f  max %.2f", pct(0.5), pct(0.95), pct(0.99), sorted.last ?? 0))
+        for line in costs.lines() { print(line) }
         print("at rest           \(ok ? "ok" : "FAILED")")
     }
     fflush(stdout)

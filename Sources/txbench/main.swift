@@ -3,16 +3,18 @@ import CohortCore
 import Foundation
 
 let usage = """
-usage: txbench [--clients N] [--duration D] [--warmup D] [--accounts N] [--protocol 2pc|3pc]
-               [--termination classic|quorum] [--json]
-               [--coordinator URL --agents URL,URL,...] [--bin-dir DIR] [--keep]
-       txbench --orders --mode 2pc|3pc|tcc|outbox [--clients N] [--duration D] [--warmup D] [--skus N] [--row]
+usage: txbench [--clients N] [--duration D | --transfers N] [--warmup D] [--accounts N] [--protocol 2pc|3pc]
+               [--termination classic|quorum] [--json | --row] [--progress]
+               [--coordinator URL --agents URL,URL,... [--no-setup]] [--bin-dir DIR] [--keep]
+       txbench --orders --mode 2pc|3pc|tcc|outbox [--clients N] [--duration D] [--warmup D] [--skus N]
+               [--json | --row] [--progress]
 
 Load generator for Cohort: concurrent bank transfers between two agents, each a distributed
 two-phase-commit transaction. Starts its own coordinator and two agents in a temporary directory
 unless --coordinator and --agents name running ones (their acct-* keys are overwritten).
   --clients N         concurrent clients, each one transfer at a time (default 16)
   --duration D        measured time, e.g. 10s (default 10s)
+  --transfers N       measure N transfers instead of a time (e.g. for benchmarks/profile)
   --warmup D          unmeasured time before it (default 2s)
   --accounts N        accounts per agent (default 1000)
   --protocol P        2pc (default) or 3pc
@@ -22,11 +24,15 @@ unless --coordinator and --agents name running ones (their acct-* keys are overw
                       prints the header line and exits
   --coordinator URL   use a running coordinator ...
   --agents URLS       ... and these running agents (comma-separated, at least two)
+  --no-setup          with running servers: keep the balances they hold (set up by an
+                      earlier txbench with the same --accounts) instead of resetting them
   --bin-dir DIR       where cohortd and cohort-agent are (default: next to this program)
   --keep              keep the temporary directory of a cluster txbench started
+  --progress          show the progress line on stderr even when it is not a terminal
 Reports committed/s, aborted/s, latency percentiles of committed transfers, and from the servers'
 /metrics: log syncs (fdatasync) and protocol messages per committed transaction, summed over the
-coordinator and the agents. Checks afterwards that the total balance is unchanged.
+coordinator and the agents and for each process. Checks afterwards that the total balance is
+unchanged. While it runs, a progress line on stderr (when stderr is a terminal) shows the counts.
 """
 
 if CommandLine.arguments.contains("--orders") { ordersMain(Array(CommandLine.arguments.dropFirst())) }
@@ -42,20 +48,23 @@ func note(_ s: String) {
 
 var clients = 16
 var durationMs: Int64 = 10_000
+var transfers: Int?
+var noSetup = false
+var progressForced = false
 var warmupMs: Int64 = 2_000
 var accounts = 1000
 var commitProtocol = "2pc"
 var termination: String?
 var json = false
 var row = false
-let rowHeader = "clients  committed/s  aborted/s    p50_ms    p95_ms    p99_ms    max_ms  syncs/commit  msgs/commit  conservation"
+let rowHeader = "clients  committed/s  aborted/s    p50_ms    p95_ms    p99_ms    max_ms  syncs/commit  msgs/commit  max_syncs/commit/proc  conservation"
 var keep = false
 var external: (coordinator: String, agents: [String])?
 var binDir: String?
 do {
     let args = try Arguments(Array(CommandLine.arguments.dropFirst()),
-                             valued: ["clients", "duration", "warmup", "accounts", "coordinator", "agents", "bin-dir", "protocol", "termination"],
-                             booleans: ["help", "json", "keep", "row", "row-header"])
+                             valued: ["clients", "duration", "warmup", "accounts", "coordinator", "agents", "bin-dir", "protocol", "termination", "transfers"],
+                             booleans: ["help", "json", "keep", "row", "row-header", "no-setup", "progress"])
     if args.has("help") {
         print(usage)
         exit(0)
@@ -71,6 +80,10 @@ do {
     warmupMs = try args.durationMs("warmup", default: 2_000)!
     accounts = try args.int("accounts", default: 1000, range: 1...10_000)!
     guard durationMs > 0 else { throw UsageError("--duration must be more than 0") }
+    transfers = try args.int("transfers", range: 1...100_000_000)
+    if transfers != nil, args.string("duration") != nil { throw UsageError("--duration and --transfers do not go together") }
+    noSetup = args.has("no-setup")
+    progressForced = args.has("progress")
     commitProtocol = args.string("protocol") ?? "2pc"
     guard commitProtocol == "2pc" || commitProtocol == "3pc" else { throw UsageError("--protocol must be 2pc or 3pc") }
     termination = args.string("termination")
@@ -78,6 +91,7 @@ do {
         guard commitProtocol == "3pc", t == "classic" || t == "quorum" else { throw UsageError("--termination must be classic or quorum, with --protocol 3pc") }
     }
     json = args.has("json")
+    guard !(json && row) else { throw UsageError("--json and --row do not go together") }
     keep = args.has("keep")
     binDir = args.string("bin-dir")
     switch (args.string("coordinator"), args.string("agents")) {
@@ -90,6 +104,7 @@ do {
     default:
         throw UsageError("--coordinator and --agents go together")
     }
+    if noSetup && external == nil { throw UsageError("--no-setup is for running servers (--coordinator and --agents)") }
 } catch {
     fail("\(error)\n\(usage)", status: 2)
 }
@@ -130,42 +145,40 @@ config.maxAmount = 10
 config.commitProtocol = commitProtocol
 config.termination = termination
 let workload = TransferWorkload(config: config)
-if !json && !row { note("setting up \(accounts) accounts on each of \(agentURLs.count) agents ...") }
-do {
-    try workload.setup()
-} catch {
-    finish(1, "setup failed: \(error)")
+if !noSetup {
+    if !json && !row { note("setting up \(accounts) accounts on each of \(agentURLs.count) agents ...") }
+    do {
+        try workload.setup()
+    } catch {
+        finish(1, "setup failed: \(error)")
+    }
 }
 
 let api = CohortAPI(coordinatorURL: coordinatorURL)
-let servers = [coordinatorURL] + agentURLs
-func snapshot() throws -> [[String: Double]] { try servers.map { try api.metrics($0) } }
+let agentNames = agentURLs.indices.map { i in cluster.map { "agent " + $0.agentNames[i] } ?? "agent \(i + 1)" }
+let servers: [(name: String, url: String)] = [("coordinator", coordinatorURL)] + zip(agentNames, agentURLs).map { ($0, $1) }
+let progress = ProgressLine(enabled: ProgressLine.wanted(forced: progressForced))
 
 if warmupMs > 0 {
     if !json && !row { note("warming up for \(Double(warmupMs) / 1000) s with \(clients) clients ...") }
+    progress.start("warm-up  ") { workload.live.snapshot }
     _ = workload.run(clients: clients, durationMs: Double(warmupMs))
+    progress.stop()
 }
 let before: [[String: Double]]
-do { before = try snapshot() } catch { finish(1, "cannot read /metrics: \(error)") }
-if !json && !row { note("measuring for \(Double(durationMs) / 1000) s with \(clients) clients ...") }
-let report = workload.run(clients: clients, durationMs: Double(durationMs))
-let after: [[String: Double]]
-do { after = try snapshot() } catch { finish(1, "cannot read /metrics: \(error)") }
-
-var syncs = 0.0
-var messages = 0.0
-var forced = 0.0
-var messagesByType: [String: Double] = [:]
-for (b, a) in zip(before, after) {
-    let d = metricsDelta(b, a)
-    syncs += d["cohort_log_syncs_total"] ?? 0
-    forced += d["cohort_log_forced_records_total"] ?? 0
-    for (k, v) in d where k.hasPrefix("cohort_messages_sent_total") {
-        messages += v
-        let type = k.split(separator: "\"").dropFirst().first.map(String.init) ?? "?"
-        messagesByType[type, default: 0] += v
-    }
+do { before = try snapshotMetrics(api, servers) } catch { finish(1, "cannot read /metrics: \(error)") }
+if !json && !row {
+    note(transfers.map { "measuring \($0) transfers with \(clients) clients ..." } ?? "measuring for \(Double(durationMs) / 1000) s with \(clients) clients ...")
 }
+progress.start("measuring") { workload.live.snapshot }
+let report = transfers.map { workload.run(clients: clients, count: $0) } ?? workload.run(clients: clients, durationMs: Double(durationMs))
+progress.stop()
+let after: [[String: Double]]
+do { after = try snapshotMetrics(api, servers) } catch { finish(1, "cannot read /metrics: \(error)") }
+let costs = CostSummary(processes: zip(servers, zip(before, after)).map { ProcessCost(name: $0.0.name, url: $0.0.url, before: $0.1.0, after: $0.1.1) },
+                        committed: Double(report.committed))
+let syncs = costs.syncs
+let messages = costs.messages
 
 let quiet = workload.waitQuiescent(timeoutMs: 30_000)
 let resolution = workload.resolveUnknown(timeoutMs: 10_000)
@@ -189,20 +202,18 @@ if json {
         "committed_per_s": committed / seconds,
         "aborted_per_s": abortedPerS,
         "latency_ms": ["p50": lat.p50, "p95": lat.p95, "p99": lat.p99, "max": lat.max, "mean": lat.mean],
-        "syncs_per_commit": per(syncs),
-        "forced_records_per_commit": per(forced),
-        "messages_per_commit": per(messages),
-        "messages_by_type_per_commit": messagesByType.mapValues { per($0) },
         "abort_reasons": report.abortReasons,
         "conservation": ["ok": conservation.ok, "total": conservation.total, "expected": conservation.expected],
         "quiescent": quiet,
     ]
+    object.merge(costs.jsonFields()) { a, _ in a }
+    if let transfers { object["transfers"] = transfers }
     if !resolution.unresolved.isEmpty { object["unresolved"] = resolution.unresolved.count }
     let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
     print(String(decoding: data, as: UTF8.self))
 } else if row {
-    let line = String(format: "%-7d  %11.1f  %9.1f  %8.2f  %8.2f  %8.2f  %8.2f  %12.3f  %11.2f", clients, committed / seconds, abortedPerS,
-                      lat.p50, lat.p95, lat.p99, lat.max, per(syncs), per(messages))
+    let line = String(format: "%-7d  %11.1f  %9.1f  %8.2f  %8.2f  %8.2f  %8.2f  %12.3f  %11.2f  %21.3f", clients, committed / seconds, abortedPerS,
+                      lat.p50, lat.p95, lat.p99, lat.max, per(syncs), per(messages), costs.maxSyncsPerCommit)
     print(line + "  " + (conservation.ok ? "ok" : "FAILED"))
 } else {
     print(String(format: "clients           %d", clients))
@@ -211,10 +222,7 @@ if json {
     let reasonText = report.abortReasons.isEmpty ? "" : ": " + report.abortReasons.sorted { $0.value > $1.value }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
     print(String(format: "aborted/s         %.1f", abortedPerS) + "  (\(report.aborted) aborted\(reasonText))")
     print(String(format: "latency ms        p50 %.2f  p95 %.2f  p99 %.2f  max %.2f", lat.p50, lat.p95, lat.p99, lat.max))
-    print(String(format: "fdatasync/commit  %.3f", per(syncs)))
-    print(String(format: "forced rec/commit %.3f", per(forced)))
-    let byType = messagesByType.filter { $0.value > 0 }.sorted { $0.key < $1.key }.map { $0.key + " " + String(format: "%.2f", per($0.value)) }.joined(separator: ", ")
-    print(String(format: "messages/commit   %.2f", per(messages)) + "  (\(byType))")
+    for line in costs.lines() { print(line) }
     print("conservation      \(conservation.ok ? "ok" : "FAILED") (total \(conservation.total), expected \(conservation.expected))")
 }
 fflush(stdout)

@@ -171,6 +171,33 @@ final class BasicsTests: XCTestCase {
         XCTAssertEqual(durable.get().last, 22)
     }
 
+    /// Under load (the last round had siblings) a forced record waits for others to share its
+    /// sync, and nothing is reported durable before that sync; a lone writer never waits.
+    func testGroupCommitWaitGathersForcedRecords() throws {
+        let storage = SimLogStorage()
+        let config = DurableLogConfig(lazySyncDelayMs: 1_000, groupCommitWaitUs: 5_000_000, groupCommitSiblingsMin: 1,
+                                      groupCommitRecordsTarget: 3)
+        let (log, _) = try DurableLog.open(storage: storage, config: config)
+        // First round: no siblings seen yet, so no wait (the wait would be 5 s).
+        _ = try log.append(type: 1, payload: [1], force: true)
+        XCTAssertTrue(waitUntil(timeoutMs: 2_000) { log.durableLSN == 1 }, "a lone forced record is synced at once")
+
+        // Now the last round had a forced record: the next one waits for two more.
+        let syncsBefore = log.syncsTotal
+        _ = try log.append(type: 1, payload: [2], force: true)
+        PosixThread.sleep(milliseconds: 150)
+        XCTAssertEqual(log.durableLSN, 1, "waiting for siblings, not yet durable")
+        _ = try log.append(type: 1, payload: [3], force: true)
+        _ = try log.append(type: 1, payload: [4], force: true)
+        XCTAssertTrue(waitUntil(timeoutMs: 2_000) { log.durableLSN == 4 }, "the target ends the wait early")
+        XCTAssertEqual(log.syncsTotal - syncsBefore, 1, "three forced records, one sync")
+
+        // Closing does not wait out the delay, and syncs what is pending.
+        _ = try log.append(type: 1, payload: [5], force: true)
+        log.close()
+        XCTAssertEqual(log.durableLSN, 5)
+    }
+
     func testGroupCommitFromManyThreads() throws {
         let dir = try makeTemporaryDirectory()
         defer { removeTree(dir) }

@@ -31,8 +31,75 @@ final class ProgramsTests: XCTestCase {
         }
         XCTAssertGreaterThan(object["syncs_per_commit"] as? Double ?? 0, 0)
         let latency = try XCTUnwrap(object["latency_ms"] as? [String: Double])
-        XCTAssertLessThanOrEqual(latency["p50"]!, latency["p99"]!)
+        XCTAssertLessThanOrEqual(latency["p50"]!, latency["p95"]!)
+        XCTAssertLessThanOrEqual(latency["p95"]!, latency["p99"]!)
         XCTAssertLessThanOrEqual(latency["p99"]!, latency["max"]!)
+        XCTAssertNotNil(object["aborted_per_s"] as? Double)
+        // Per process: the coordinator and both agents, adding up to the totals.
+        let processes = try XCTUnwrap(object["per_process"] as? [[String: Any]], r.stdout)
+        XCTAssertEqual(processes.compactMap { $0["name"] as? String }, ["coordinator", "agent a", "agent b"])
+        for p in processes {
+            XCTAssertGreaterThan(p["syncs_per_commit"] as? Double ?? 0, 0, "\(p)")
+            XCTAssertGreaterThan(p["messages_per_commit"] as? Double ?? 0, 0, "\(p)")
+            XCTAssertTrue((p["url"] as? String ?? "").hasPrefix("http://"), "\(p)")
+        }
+        let sum = processes.reduce(0.0) { $0 + ($1["syncs_per_commit"] as? Double ?? 0) }
+        XCTAssertEqual(sum, object["syncs_per_commit"] as? Double ?? -1, accuracy: 1e-9)
+        let max = processes.map { $0["syncs_per_commit"] as? Double ?? 0 }.max() ?? -1
+        XCTAssertEqual(object["syncs_per_commit_max_process"] as? Double ?? -2, max, accuracy: 1e-9)
+        if object["aborted"] as? Int == 0 {
+            XCTAssertEqual(processes[0]["messages_per_commit"] as? Double ?? 0, 4, accuracy: 0.01, "prepare and commit to two agents")
+            XCTAssertEqual(processes[1]["forced_records_per_commit"] as? Double ?? 0, 2, accuracy: 0.01, "prepared and committed records")
+        }
+        XCTAssertFalse(r.stderr.contains("\r"), "no progress line when stderr is not a terminal: \(r.stderr)")
+    }
+
+    /// Human-readable output, the progress line on stderr (forced: stderr is a file here), and a
+    /// fixed number of transfers.
+    func testTxbenchTextOutputProgressAndTransferCount() throws {
+        let r = try runToCompletion(try binDirectory().appendingPathComponent("txbench"),
+                                    ["--clients", "2", "--transfers", "40", "--warmup", "1s", "--accounts", "20", "--progress"], timeoutMs: 120_000)
+        XCTAssertEqual(r.status, 0, "stderr: \(r.stderr)")
+        for line in ["committed/s", "aborted/s", "latency ms        p50", "syncs/commit", "messages/commit", "per process",
+                     "  coordinator", "  agent a", "  agent b", "conservation      ok"] {
+            XCTAssertTrue(r.stdout.contains(line), "no \"\(line)\" in:\n\(r.stdout)")
+        }
+        XCTAssertFalse(r.stdout.contains("\r"), "the progress line stays on stderr")
+        XCTAssertTrue(r.stderr.contains("\rmeasuring") && r.stderr.contains("committed "), "progress line: \(r.stderr.debugDescription)")
+        XCTAssertTrue(r.stderr.contains("\rwarm-up"), r.stderr.debugDescription)
+        let committed = r.stdout.split(separator: "\n").first { $0.hasPrefix("committed/s") }
+            .flatMap { $0.split(separator: "(").last?.split(separator: " ").first }.flatMap { Int($0) }
+        let aborted = r.stdout.split(separator: "\n").first { $0.hasPrefix("aborted/s") }
+            .flatMap { $0.split(separator: "(").last?.split(separator: " ").first }.flatMap { Int($0) }
+        XCTAssertEqual((committed ?? 0) + (aborted ?? 0), 40, r.stdout)
+
+        let bad = try runToCompletion(try binDirectory().appendingPathComponent("txbench"), ["--transfers", "5", "--duration", "1s"])
+        XCTAssertEqual(bad.status, 2)
+        XCTAssertTrue(bad.stderr.hasPrefix("error:"), bad.stderr)
+        let noSetup = try runToCompletion(try binDirectory().appendingPathComponent("txbench"), ["--no-setup"])
+        XCTAssertEqual(noSetup.status, 2, "--no-setup needs running servers")
+    }
+
+    /// `--orders --json`: the same measures for the demo services, and the at-rest check.
+    func testTxbenchOrdersJSON() throws {
+        let r = try runToCompletion(try binDirectory().appendingPathComponent("txbench"),
+                                    ["--orders", "--mode", "2pc", "--clients", "2", "--duration", "2s", "--warmup", "0s", "--skus", "5", "--json"],
+                                    timeoutMs: 120_000)
+        XCTAssertEqual(r.status, 0, "stdout: \(r.stdout)\nstderr: \(r.stderr)")
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
+        XCTAssertEqual(object["mode"] as? String, "2pc")
+        XCTAssertGreaterThan(object["committed"] as? Int ?? 0, 0, r.stdout)
+        XCTAssertGreaterThan(object["committed_per_s"] as? Double ?? 0, 0)
+        XCTAssertNotNil(object["aborted_per_s"] as? Double)
+        let latency = try XCTUnwrap(object["latency_ms"] as? [String: Double])
+        XCTAssertLessThanOrEqual(latency["p50"]!, latency["p95"]!)
+        XCTAssertLessThanOrEqual(latency["p99"]!, latency["max"]!)
+        XCTAssertGreaterThan(object["syncs_per_commit"] as? Double ?? 0, 0)
+        XCTAssertGreaterThan(object["messages_per_commit"] as? Double ?? 0, 0)
+        let processes = try XCTUnwrap(object["per_process"] as? [[String: Any]])
+        XCTAssertEqual(processes.compactMap { $0["name"] as? String }, ["coordinator", "inventory", "orders"])
+        XCTAssertGreaterThan(processes[0]["syncs_per_commit"] as? Double ?? 0, 0, "the coordinator logs each 2pc decision")
+        XCTAssertEqual((object["at_rest"] as? [String: Any])?["ok"] as? Bool, true)
     }
 
     func testMetricsParsing() {

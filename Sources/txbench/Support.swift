@@ -1,0 +1,149 @@
+import CohortClient
+import CohortPosix
+import Foundation
+
+/// One server's `/metrics` over the measured window, and what it comes to per committed
+/// transaction. Syncs are the log's fdatasync/fsync calls, messages are protocol messages sent.
+struct ProcessCost {
+    let name: String
+    let url: String
+    let syncs: Double
+    let forcedRecords: Double
+    let records: Double
+    let messages: Double
+    let messagesByType: [String: Double]
+
+    init(name: String, url: String, before: [String: Double], after: [String: Double]) {
+        self.name = name
+        self.url = url
+        let d = metricsDelta(before, after)
+        syncs = d["cohort_log_syncs_total"] ?? 0
+        forcedRecords = d["cohort_log_forced_records_total"] ?? 0
+        records = d["cohort_log_records_total"] ?? 0
+        var messages = 0.0
+        var byType: [String: Double] = [:]
+        for (k, v) in d where k.hasPrefix("cohort_messages_sent_total") {
+            messages += v
+            let type = k.split(separator: "\"").dropFirst().first.map(String.init) ?? "?"
+            byType[type, default: 0] += v
+        }
+        self.messages = messages
+        messagesByType = byType
+    }
+
+    func json(committed: Double) -> [String: Any] {
+        func per(_ x: Double) -> Double { committed > 0 ? x / committed : 0 }
+        return ["name": name, "url": url, "syncs_per_commit": per(syncs), "forced_records_per_commit": per(forcedRecords),
+                "records_per_commit": per(records), "messages_per_commit": per(messages)]
+    }
+}
+
+/// The servers' costs summed, and the most any one process paid.
+struct CostSummary {
+    let processes: [ProcessCost]
+    let committed: Double
+
+    var syncs: Double { processes.reduce(0) { $0 + $1.syncs } }
+    var forcedRecords: Double { processes.reduce(0) { $0 + $1.forcedRecords } }
+    var messages: Double { processes.reduce(0) { $0 + $1.messages } }
+    var messagesByType: [String: Double] {
+        processes.reduce(into: [:]) { acc, p in for (k, v) in p.messagesByType { acc[k, default: 0] += v } }
+    }
+    func per(_ x: Double) -> Double { committed > 0 ? x / committed : 0 }
+    var maxSyncsPerCommit: Double { processes.map { per($0.syncs) }.max() ?? 0 }
+
+    /// The JSON fields both modes share.
+    func jsonFields() -> [String: Any] {
+        [
+            "syncs_per_commit": per(syncs),
+            "syncs_per_commit_max_process": maxSyncsPerCommit,
+            "forced_records_per_commit": per(forcedRecords),
+            "messages_per_commit": per(messages),
+            "messages_by_type_per_commit": messagesByType.mapValues { per($0) },
+            "per_process": processes.map { $0.json(committed: committed) },
+        ]
+    }
+
+    /// Human-readable lines: totals, then one line per process.
+    func lines() -> [String] {
+        var out: [String] = []
+        out.append(String(format: "syncs/commit      %.3f total, at most %.3f in one process", per(syncs), maxSyncsPerCommit))
+        out.append(String(format: "forced rec/commit %.3f", per(forcedRecords)))
+        let byType = messagesByType.filter { $0.value > 0 }.sorted { $0.key < $1.key }
+            .map { $0.key + " " + String(format: "%.2f", per($0.value)) }.joined(separator: ", ")
+        out.append(String(format: "messages/commit   %.2f", per(messages)) + (byType.isEmpty ? "" : "  (\(byType))"))
+        out.append("per process       syncs/commit  forced/commit  records/commit  msgs/commit")
+        for p in processes {
+            let name = p.name.count < 15 ? p.name + String(repeating: " ", count: 15 - p.name.count) : p.name
+            out.append("  " + name + String(format: " %12.3f  %13.3f  %14.3f  %11.2f", per(p.syncs), per(p.forcedRecords),
+                                                   per(p.records), per(p.messages)))
+        }
+        return out
+    }
+}
+
+/// Reads every server's `/metrics`.
+func snapshotMetrics(_ api: CohortAPI, _ servers: [(name: String, url: String)]) throws -> [[String: Double]] {
+    try servers.map { try api.metrics($0.url) }
+}
+
+/// A progress line on stderr, rewritten in place with `\r` every half second while a run goes
+/// on. On when stderr is a terminal or `--progress` is given; stdout (`--json`, `--row`) is never
+/// touched.
+final class ProgressLine: @unchecked Sendable {
+    private let lock = NSLock()
+    private var running = false
+    private var stopRequested = DispatchSemaphore(value: 0)
+    private let finished = DispatchSemaphore(value: 0)
+    private let enabled: Bool
+
+    init(enabled: Bool) { self.enabled = enabled }
+
+    static func wanted(forced: Bool) -> Bool { forced || Terminal.isTTY(2) }
+
+    /// Starts printing `label` and the counts `counts()` gives (committed, aborted) with rates,
+    /// every half second and once more, with the final counts, when stopped.
+    func start(_ label: String, counts: @escaping @Sendable () -> (committed: Int, aborted: Int)) {
+        guard enabled else { return }
+        lock.lock()
+        running = true
+        stopRequested = DispatchSemaphore(value: 0)
+        let stop = stopRequested
+        lock.unlock()
+        let t0 = Date()
+        let base = counts()
+        let t = Thread { [self] in
+            var last = (t: t0, committed: base.committed)
+            while true {
+                let stopping = stop.wait(timeout: .now() + 0.5) == .success
+                let now = Date()
+                let c = counts()
+                let rate = stopping ? Double(c.committed - base.committed) / max(now.timeIntervalSince(t0), 0.001)
+                    : Double(c.committed - last.committed) / max(now.timeIntervalSince(last.t), 0.001)
+                last = (now, c.committed)
+                let text = String(format: "\r%@ %5.1f s  committed %d (%.0f/s %@)  aborted %d   ", label as NSString,
+                                  now.timeIntervalSince(t0), c.committed - base.committed, rate, (stopping ? "overall" : "now") as NSString,
+                                  c.aborted - base.aborted)
+                FileHandle.standardError.write(Data(text.utf8))
+                if stopping { break }
+            }
+            finished.signal()
+        }
+        t.start()
+    }
+
+    /// Stops, prints the final counts and ends the line.
+    func stop() {
+        guard enabled else { return }
+        lock.lock()
+        let was = running
+        running = false
+        let stop = stopRequested
+        lock.unlock()
+        if was {
+            stop.signal()
+            finished.wait()  // the printer is done: nothing writes after the newline
+            FileHandle.standardError.write(Data("\n".utf8))
+        }
+    }
+}

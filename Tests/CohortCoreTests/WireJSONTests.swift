@@ -1,0 +1,123 @@
+import CohortCore
+import Foundation
+import XCTest
+
+/// The hand-written JSON reader and writer of the wire types: they must read what any JSON
+/// writer produces, write what any JSON reader accepts, and refuse bad input with a clear error.
+final class WireJSONTests: XCTestCase {
+    func parse(_ s: String) throws -> JSONNode { try JSONParser.parse(Array(s.utf8)) }
+
+    func testParsesValuesEscapesAndUnicode() throws {
+        XCTAssertEqual(try parse(#" {"a": [1, -2, 0, 1.5, -0.25e2, 1E3, true, false, null], "b": {}} "#),
+                       .object([("a", .array([.int(1), .int(-2), .int(0), .double(1.5), .double(-25), .double(1000),
+                                              .bool(true), .bool(false), .null])), ("b", .object([]))]))
+        XCTAssertEqual(try parse(#""q\" b\\ s\/ \b\f\n\r\t""#), .string("q\" b\\ s/ \u{8}\u{c}\n\r\t"))
+        XCTAssertEqual(try parse(#""\u00e9\u4e2d\ud83d\ude00 é中😀""#), .string("é中😀 é中😀"))
+        XCTAssertEqual(try parse(#""\u0000""#), .string("\u{0}"))
+        // Past Int64: a double, as Foundation reads it.
+        XCTAssertEqual(try parse("9223372036854775808"), .double(9223372036854775808))
+        XCTAssertEqual(try parse("-9223372036854775808"), .int(Int64.min))
+        XCTAssertEqual(JSONNode.double(5.0).exactInt64, 5)
+        XCTAssertNil(JSONNode.double(5.5).exactInt64)
+        XCTAssertNil(JSONNode.double(1e30).exactInt64)
+    }
+
+    func testRefusesMalformedInput() {
+        let bad = ["", " ", "{", "{\"a\":1,}", "[1,]", "{\"a\" 1}", "{a:1}", "01", "1.", "-", "1e", ".5", "+1", "tru", "nul",
+                   "\"abc", "\"\\x\"", "\"\\u12\"", "\"\\ud83d\"", "\"\\ude00\"", "\"\\ud83d\\u0041\"", "\"a\nb\"",
+                   "{} x", "[1] [2]", "NaN", "1e400", "'a'"]
+        for text in bad {
+            XCTAssertThrowsError(try parse(text), "accepted \(text.debugDescription)") { e in
+                guard case WireJSONError.malformed = e else { return XCTFail("\(text.debugDescription): \(e)") }
+            }
+        }
+        // Invalid UTF-8 inside a string, and in a lone byte.
+        XCTAssertThrowsError(try JSONParser.parse([0x22, 0xC3, 0x28, 0x22]))
+        XCTAssertThrowsError(try JSONParser.parse([0x22, 0xFF, 0x22]))
+        // Nesting is bounded.
+        let deep = String(repeating: "[", count: Limits.jsonNestingDepthMax + 1) + String(repeating: "]", count: Limits.jsonNestingDepthMax + 1)
+        XCTAssertThrowsError(try parse(deep))
+        let ok = String(repeating: "[", count: Limits.jsonNestingDepthMax) + String(repeating: "]", count: Limits.jsonNestingDepthMax)
+        XCTAssertNoThrow(try parse(ok))
+    }
+
+    func testFieldErrorsNameTheField() throws {
+        func read(_ s: String) throws -> PrepareRequest { try PrepareRequest(wireJSON: Array(s.utf8)) }
+        XCTAssertThrowsError(try read(#"{"one_phase": true}"#)) { XCTAssertEqual($0 as? WireJSONError, .missingField("txid")) }
+        XCTAssertThrowsError(try read(#"{"txid": null}"#)) { XCTAssertEqual($0 as? WireJSONError, .nullField("txid")) }
+        XCTAssertThrowsError(try read(#"{"txid": 5}"#)) { XCTAssertEqual($0 as? WireJSONError, .wrongType("txid")) }
+        XCTAssertThrowsError(try read(#"{"txid": "t", "one_phase": "yes"}"#)) { XCTAssertEqual($0 as? WireJSONError, .wrongType("one_phase")) }
+        XCTAssertThrowsError(try read(#"{"txid": "t", "participants": [{"name": "a"}]}"#)) {
+            XCTAssertEqual($0 as? WireJSONError, .missingField("participants.0.url"))
+        }
+        XCTAssertThrowsError(try read(#"["txid"]"#)) { guard case WireJSONError.malformed = $0 else { return XCTFail("\($0)") } }
+        // Optional fields: absent and null are nil; unknown fields are ignored; the last of a repeated name counts.
+        let r = try read(#"{"txid": "a", "txid": "b", "incarnation": null, "extra": [1, {"x": 2}]}"#)
+        XCTAssertEqual(r.txid, "b")
+        XCTAssertNil(r.incarnation)
+        XCTAssertNil(r.onePhase)
+        XCTAssertThrowsError(try RegisterResponse(wireJSON: Array(#"{"txid": "t", "timeout_ms": 1.5}"#.utf8)))
+        XCTAssertEqual(try RegisterResponse(wireJSON: Array(#"{"txid": "t", "timeout_ms": 2e3}"#.utf8)).timeoutMs, 2000)
+    }
+
+    func testWriterEscapesLikeFoundation() throws {
+        let tricky = "q\"b\\s/n\nr\rt\t\u{1}\u{1f}é中😀\u{8}\u{c}"
+        var w = JSONWriter()
+        w.beginObject()
+        w.field("s", tricky)
+        w.field("n", Int64(-42))
+        w.field("b", true)
+        w.field("absent", nil as String?)
+        w.key("list")
+        w.beginArray()
+        w.value("x")
+        w.value(Int64(1))
+        w.beginObject()
+        w.endObject()
+        w.endArray()
+        w.endObject()
+        let text = String(decoding: w.bytes, as: UTF8.self)
+        XCTAssertEqual(text, #"{"s":"q\"b\\s/n\nr\rt\t\u0001\u001fé中😀\b\f","n":-42,"b":true,"list":["x",1,{}]}"#)
+        let back = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(w.bytes)) as? [String: Any])
+        XCTAssertEqual(back["s"] as? String, tricky)
+        XCTAssertEqual(back["n"] as? Int, -42)
+        XCTAssertEqual(try JSONParser.parse(w.bytes), .object([("s", .string(tricky)), ("n", .int(-42)), ("b", .bool(true)),
+                                                              ("list", .array([.string("x"), .int(1), .object([])]))]))
+    }
+
+    /// Each wire type: what we write, Foundation reads to the same value; what Foundation
+    /// writes, we read to the same value.
+    func testWireTypesAgreeWithCodable() throws {
+        func both<T: Codable & WireEncodable & WireDecodable>(_ value: T, file: StaticString = #filePath, line: UInt = #line) throws {
+            let ours = value.wireJSON
+            let theirs = try JSONEncoder().encode(value)
+            let a = try JSONSerialization.jsonObject(with: Data(ours)) as? NSDictionary
+            let b = try JSONSerialization.jsonObject(with: theirs) as? NSDictionary
+            XCTAssertEqual(a, b, "\(String(decoding: ours, as: UTF8.self)) vs \(String(decoding: theirs, as: UTF8.self))", file: file, line: line)
+            let viaUs = try T(wireJSON: Array(theirs))
+            XCTAssertEqual(viaUs.wireJSON, ours, file: file, line: line)
+            let viaFoundation = try JSONDecoder().decode(T.self, from: Data(ours))
+            XCTAssertEqual(viaFoundation.wireJSON, ours, file: file, line: line)
+        }
+        let odd = "tx \"quoted\" \\ é/😀\n"
+        try both(BeginRequest(protocol: "3pc", timeoutMs: 5000, termination: "quorum"))
+        try both(BeginRequest())
+        try both(BeginResponse(txid: odd, timeoutMs: 7))
+        try both(BeginResponse(txid: "t", timeoutMs: nil))
+        try both(OutcomeResponse(txid: "t", outcome: "aborted", reason: odd))
+        try both(OutcomeResponse(txid: "t", outcome: "committed", reason: nil))
+        try both(RegisterRequest(participant: "a", url: "http://h:1/x", incarnation: "i-1", batch: true))
+        try both(RegisterRequest(participant: "a", url: "http://h:1"))
+        try both(RegisterResponse(txid: "t", timeoutMs: Int64.max))
+        try both(InquiryResponse(txid: "t", outcome: "committed"))
+        try both(PrepareRequest(txid: "t", onePhase: false, participants: [ParticipantRef(name: "a", url: "http://a", incarnation: "x"),
+                                                                           ParticipantRef(name: "b", url: "http://b")],
+                                incarnation: "inc", protocol: "3pc", termination: "classic"))
+        try both(PrepareRequest(txid: "t", onePhase: nil, participants: nil))
+        try both(PrepareResponse(txid: "t", vote: "no", outcome: nil, reason: odd))
+        try both(PhaseRequest(txid: "t", incarnation: "i", backup: false))
+        try both(PhaseResponse(txid: "t", status: "committed"))
+        try both(ErrorBody(error: odd))
+        try both(HealthResponse(status: "ok"))
+    }
+}
