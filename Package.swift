@@ -53,7 +53,7 @@ let package = Package(
         .target(name: "CohortCtl", dependencies: ["CohortCore", "CohortHTTP", "CohortLog"]),
         .executableTarget(name: "txctl", dependencies: ["CohortCtl", "CohortPosix"]),
         // The scenario runner: real processes, a fault-injecting proxy, crash points and disk faults.
-        .target(name: "CohortScenario", dependencies: ["CohortClient", "CohortCore", "CohortHTTP", "CohortLog", "CohortPosix"]),
+        .target(name: "CohortScenario", dependencies: ["CohortClient", "CohortCore", "CohortHTTP", "CohortLog", "CohortPosix", "CohortTCC"]),
         .executableTarget(name: "txscenario", dependencies: ["CohortScenario", "CohortSim", "CohortPosix"]),
         // The local-message-table outbox: producer API, relay (state machine + runtime), sinks
         // (HTTP, Redis Streams over our own RESP client), inbox, admin API.

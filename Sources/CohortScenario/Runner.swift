@@ -67,13 +67,13 @@ final class ScenarioRun: @unchecked Sendable {
     let dataDir: String
     let logDir: String
 
-    private let lock = NSLock()
+    let lock = NSLock()
     private var result: ScenarioResult
     private var t0 = Date()
 
     // processes
     private var procs: [String: ManagedProcess] = [:]
-    private var ports: [String: Int] = [:]
+    var ports: [String: Int] = [:]
     private var starts: [String: Int] = [:]
     /// Processes the runner expects to be running (others are down on purpose).
     private var shouldRun: Set<String> = []
@@ -86,8 +86,10 @@ final class ScenarioRun: @unchecked Sendable {
     private var unexpectedExits: [String] = []
     private var paused: Set<String> = []
 
-    // proxies: "coordinator->a", "a->coordinator"
-    private var proxies: [String: FaultProxy] = [:]
+    // proxies: "coordinator->a", "a->coordinator" (demo: also "orders->inventory")
+    var proxies: [String: FaultProxy] = [:]
+    /// The demo topology's broker, when it has one (DemoRunner.swift).
+    var redis: RedisServer?
 
     // the fault timeline
     private struct Action {
@@ -129,6 +131,7 @@ final class ScenarioRun: @unchecked Sendable {
 
     private func arguments(_ name: String, port: Int) -> (String, [String]) {
         let flags = scenario.topology.processes[name]?.flags ?? []
+        if scenario.topology.demo != nil, name != "coordinator" { return demoArguments(name, port: port, flags: flags) }
         if name == "coordinator" {
             return ("cohortd", ["--data", "\(dataDir)/coordinator", "--port", String(port)] + flags)
         }
@@ -154,25 +157,28 @@ final class ScenarioRun: @unchecked Sendable {
             let attempt = (starts[name] ?? 0) + 1
             starts[name] = attempt
             lock.unlock()
-            let p = ManagedProcess(name: name, executable: options.binDirectory.appendingPathComponent(program),
+            let executable = program.hasPrefix("/") ? URL(fileURLWithPath: program) : options.binDirectory.appendingPathComponent(program)
+            let p = ManagedProcess(name: name, executable: executable,
                                    arguments: args, environment: env, logDirectory: logDir, attempt: attempt)
             do {
-                try p.start(timeoutMs: 20_000)
+                if let redis, name == "redis" {
+                    try p.start(waitForListening: false)
+                    try redis.waitReady(p)
+                } else {
+                    try p.start(timeoutMs: 20_000)
+                }
                 lock.lock()
                 procs[name] = p
-                ports[name] = p.port
+                ports[name] = p.port ?? port
                 shouldRun.insert(name)
                 lock.unlock()
-                proxies["coordinator->\(name)"]?.setTarget(port: p.port ?? 0)
-                if name == "coordinator" {
-                    for (link, proxy) in proxies where link.hasSuffix("->coordinator") { proxy.setTarget(port: p.port ?? 0) }
-                }
+                for (link, proxy) in proxies where link.hasSuffix("->\(name)") { proxy.setTarget(port: p.port ?? port) }
                 let note = p.stderrText().split(separator: "\n").filter { $0.hasPrefix("recovery:") }.joined(separator: "; ")
                 event("started \(name) (pid \(p.pid))" + (extraEnv.isEmpty ? "" : " with \(extraEnv.map { "\($0)=\($1)" }.sorted().joined(separator: " "))") + (note.isEmpty ? "" : "; \(note)"))
                 return true
             } catch {
                 lastError = "\(error)"
-                let stderr = p.stderrText()
+                let stderr = p.stderrText() + (name == "redis" ? p.stdoutText() : "")
                 if !stderr.contains("in use") {
                     lock.lock()
                     procs[name] = p
@@ -282,6 +288,7 @@ final class ScenarioRun: @unchecked Sendable {
             try FileManager.default.createDirectory(atPath: logDir, withIntermediateDirectories: true)
             let rules = networkRules()
             for r in rules { _ = try proxy(r.link) }
+            if try startRedisIfNeeded() == false { throw ManagedProcessError("redis did not start: \(startFailures["redis"] ?? "")") }
             guard startProcess("coordinator") else { throw ManagedProcessError("the coordinator did not start: \(startFailures["coordinator"] ?? "")") }
             for a in scenario.topology.agentNames {
                 guard startProcess(a) else { throw ManagedProcessError("agent \(a) did not start: \(startFailures[a] ?? "")") }
@@ -289,8 +296,14 @@ final class ScenarioRun: @unchecked Sendable {
             let workload = ScenarioWorkload(coordinatorURL: url("coordinator"),
                                             agentURLs: scenario.topology.agentNames.map { url($0) }, config: scenario.workload,
                                             protocolName: scenario.topology.protocolName, termination: scenario.topology.termination)
-            try workload.setup()
-            event("set up \(scenario.workload.accounts) accounts on each of \(scenario.topology.agents) agents")
+            let demo = scenario.workload.orders.map { DemoWorkload(config: $0, inventoryURL: url("inventory"), ordersURL: url("orders")) }
+            if let demo {
+                try demo.setup()
+                event("set up \(demo.config.skus) skus with \(demo.config.stock) units each")
+            } else {
+                try workload.setup()
+                event("set up \(scenario.workload.accounts) accounts on each of \(scenario.topology.agents) agents")
+            }
             // Faults armed from the start: restart those processes with the fault in their environment.
             t0 = Date()
             for (i, f) in scenario.faults.enumerated() where f.atMs == 0 { armIfNeeded(i, f) }
@@ -306,19 +319,19 @@ final class ScenarioRun: @unchecked Sendable {
             let deadline = at(maxMs)
             let workloadDone = DispatchSemaphore(value: 0)
             let wt = Thread {
-                workload.run(deadline: deadline)
+                if let demo { demo.run(deadline: deadline) } else { workload.run(deadline: deadline) }
                 workloadDone.signal()
             }
             wt.stackSize = 1 << 20
             wt.start()
-            event("workload started: \(scenario.workload.clients) clients, " + (scenario.workload.count.map { "\($0) transfers" } ?? "\(maxMs)ms"))
+            event("workload started: \(scenario.workload.clients) clients, " + (scenario.workload.count.map { "\($0) \(demo != nil ? "orders" : "transfers")" } ?? "\(maxMs)ms"))
             var workloadFinished = false
             var disarmed = false
             let lastWindowEnd = rules.map(\.end).max().map { at($0) } ?? t0
             while true {
                 if !workloadFinished, workloadDone.wait(timeout: .now()) == .success {
                     workloadFinished = true
-                    event("workload finished: \(workload.snapshot().count) transfers")
+                    event("workload finished: " + (demo?.summary() ?? "\(workload.snapshot().count) transfers"))
                 }
                 while let a = takeDueAction() { a.body() }
                 watchProcesses()
@@ -337,7 +350,7 @@ final class ScenarioRun: @unchecked Sendable {
             }
             event("faults over")
             let faultsEnd = Date()
-            check(workload: workload, faultsEnd: faultsEnd)
+            check(workload: workload, demo: demo, faultsEnd: faultsEnd)
         } catch {
             lock.lock()
             result.checks.append(CheckResult(name: "run", ok: false, detail: "\(error)", txids: []))
@@ -557,7 +570,7 @@ final class ScenarioRun: @unchecked Sendable {
 
     // MARK: - checks
 
-    private func check(workload: ScenarioWorkload, faultsEnd: Date) {
+    private func check(workload: ScenarioWorkload, demo: DemoWorkload?, faultsEnd: Date) {
         var checks: [CheckResult] = []
         let api = workload.api()
         let agentURLs = workload.agentURLs
@@ -635,6 +648,7 @@ final class ScenarioRun: @unchecked Sendable {
         result.aborted = transfers.filter { $0.outcome == .aborted }.count
         result.unknown = transfers.filter { $0.outcome == .unknown }.count
         lock.unlock()
+        let demoChecker = demo.map { DemoChecker(workload: $0, dataDir: dataDir, run: self) }
 
         for c in scenario.checks {
             switch c {
@@ -688,7 +702,14 @@ final class ScenarioRun: @unchecked Sendable {
                 checks.append(noLocksHeld(workload))
             case .expect(let e):
                 checks.append(expectation(e, workload: workload, statuses: statuses, refused: refused, unsettled: unsettled))
+            case .demoAtRest, .demoAnswersHold, .outboxExactlyOnce:
+                if let demoChecker { checks.append(demoChecker.check(c)) }
             }
+        }
+        if let demoChecker {
+            lock.lock()
+            (result.committed, result.aborted, result.unknown) = demoChecker.counts()
+            lock.unlock()
         }
         // Timelines of the transactions behind failed checks.
         var timelines: [String: Any] = [:]

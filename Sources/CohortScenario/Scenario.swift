@@ -29,8 +29,14 @@ public struct Scenario: Sendable {
         public var termination: String?
         /// Per process (`coordinator`, `a`, `b`, ...): extra flags and environment.
         public var processes: [String: ProcessConfig] = [:]
-        public var agentNames: [String] { (0..<agents).map { String(UnicodeScalar(UInt8(97 + $0))) } }
-        public var allNames: [String] { ["coordinator"] + agentNames }
+        /// `"kind": "demo"`: the demo services instead of agents (DemoScenario.swift).
+        public var demo: DemoTopology?
+        /// The participants: agents `a`, `b`, ... or the demo's `inventory` and `orders`.
+        public var agentNames: [String] {
+            if demo != nil { return DemoTopology.participants }
+            return (0..<agents).map { String(UnicodeScalar(UInt8(97 + $0))) }
+        }
+        public var allNames: [String] { demo?.processNames ?? (["coordinator"] + agentNames) }
     }
 
     public struct Workload: Sendable {
@@ -41,6 +47,8 @@ public struct Scenario: Sendable {
         public var initialBalance: Int64 = 1000
         public var maxAmount: Int64 = 10
         public var timeoutMs: Int64 = 3000
+        /// `{"orders": {...}}` (demo topology) instead of transfers.
+        public var orders: DemoOrderWorkload?
     }
 
     public enum TearMode: String, Sendable { case append, cut }
@@ -104,6 +112,10 @@ public struct Scenario: Sendable {
         case atomicity, conservation, committedMeansCommitted, noLocksHeld
         case noInDoubtWithin(Int64)
         case expect(Expect)
+        // The demo topology's (DemoChecks.swift).
+        case demoAtRest(withinMs: Int64)
+        case demoAnswersHold
+        case outboxExactlyOnce
 
         public var name: String {
             switch self {
@@ -113,6 +125,9 @@ public struct Scenario: Sendable {
             case .noLocksHeld: return "no_locks_held"
             case .noInDoubtWithin: return "no_in_doubt_within"
             case .expect: return "expect"
+            case .demoAtRest: return "demo_at_rest"
+            case .demoAnswersHold: return "demo_answers_hold"
+            case .outboxExactlyOnce: return "outbox_exactly_once"
             }
         }
     }
@@ -223,13 +238,13 @@ struct Parser {
         }
         let description = try string(root, "description", "") ?? ""
         let topology = try self.topology(root["topology"])
-        let workload = try self.workload(root["workload"])
+        let workload = try self.workload(root["workload"], topology)
         var faults: [Scenario.Fault] = []
         if let f = root["faults"] {
             guard case .array(let list) = f else { throw fail("faults", "expected a list") }
             for (i, item) in list.enumerated() { faults.append(try fault(item, "faults[\(i)]", topology)) }
         }
-        var checks = Scenario.defaultChecks
+        var checks = workload.orders.map { Scenario.defaultDemoChecks($0) } ?? Scenario.defaultChecks
         if let c = root["checks"] {
             guard case .array(let list) = c else { throw fail("checks", "expected a list") }
             checks = try list.enumerated().map { try check($1, "checks[\($0)]", topology) }
@@ -241,7 +256,16 @@ struct Parser {
     func topology(_ v: JSONValue?) throws -> Scenario.Topology {
         var t = Scenario.Topology()
         guard let v else { return t }
-        let o = try object(v, "topology", allowed: ["agents", "protocol", "termination", "processes"])
+        let o = try object(v, "topology", allowed: ["kind", "agents", "protocol", "termination", "processes", "broker"])
+        switch try string(o, "kind", "topology") ?? "agents" {
+        case "agents":
+            if o["broker"] != nil { throw fail("topology.broker", "applies to \"kind\": \"demo\" only") }
+        case "demo":
+            t.demo = try demoTopology(o)
+            return try processes(o, &t)
+        case let k:
+            throw fail("topology.kind", "expected \"agents\" or \"demo\", got \"\(k)\"")
+        }
         t.agents = try int(o, "agents", "topology", range: 2...8) ?? 2
         t.protocolName = try string(o, "protocol", "topology") ?? "2pc"
         guard t.protocolName == "2pc" || t.protocolName == "3pc" else {
@@ -252,6 +276,10 @@ struct Parser {
             guard t.protocolName == "3pc" else { throw fail("topology.termination", "applies to protocol \"3pc\" only") }
             guard term == "classic" || term == "quorum" else { throw fail("topology.termination", "expected \"classic\" or \"quorum\", got \"\(term)\"") }
         }
+        return try processes(o, &t)
+    }
+
+    func processes(_ o: [String: JSONValue], _ t: inout Scenario.Topology) throws -> Scenario.Topology {
         if let p = o["processes"] {
             let procs = try object(p, "topology.processes", allowed: Set(t.allNames))
             for (name, cfg) in procs {
@@ -272,13 +300,29 @@ struct Parser {
         return t
     }
 
-    func workload(_ v: JSONValue?) throws -> Scenario.Workload {
+    func workload(_ v: JSONValue?, _ topology: Scenario.Topology) throws -> Scenario.Workload {
         var w = Scenario.Workload()
         guard let v else {
+            if topology.demo != nil {
+                var orders = DemoOrderWorkload()
+                orders.durationMs = 3000
+                w.orders = orders
+            }
             w.durationMs = 3000
             return w
         }
-        let o = try object(v, "workload", allowed: ["transfers"])
+        let o = try object(v, "workload", allowed: ["transfers", "orders"])
+        if topology.demo != nil {
+            guard o["transfers"] == nil else { throw fail("workload.transfers", "the demo topology runs \"orders\", not transfers") }
+            guard let ov = o["orders"] else { throw fail("workload.orders", "required field is missing") }
+            let orders = try orderWorkload(ov)
+            w.orders = orders
+            w.clients = orders.clients
+            w.count = orders.count
+            w.durationMs = orders.durationMs
+            return w
+        }
+        if o["orders"] != nil { throw fail("workload.orders", "applies to \"topology\": {\"kind\": \"demo\"} only") }
         guard let tv = o["transfers"] else { throw fail("workload.transfers", "required field is missing") }
         let at = "workload.transfers"
         let t = try object(tv, at, allowed: ["clients", "count", "duration", "accounts", "initial_balance", "max_amount", "timeout_ms"])
@@ -324,9 +368,10 @@ struct Parser {
             let k = try object(o[kindName], path, allowed: ["process", "point", "k", "restart_after", "times"])
             let process = try self.process(k, "process", path, t)
             let point = try string(k, "point", path, required: true)!
-            let prefix = process == "coordinator" ? "coordinator." : "agent."
-            guard point.hasPrefix(prefix), point.count > prefix.count else {
-                throw fail("\(path).point", "a crash point of \(process) starts with \"\(prefix)\" (see COHORT_CRASHPOINT=list), got \"\(point)\"")
+            let prefixes = t.crashPointPrefixes(process)
+            guard !prefixes.isEmpty else { throw fail("\(path).process", "\(process) has no crash points") }
+            guard prefixes.contains(where: { point.hasPrefix($0) && point.count > $0.count }) else {
+                throw fail("\(path).point", "a crash point of \(process) starts with \(prefixes.map { "\"\($0)\"" }.joined(separator: " or ")) (see COHORT_CRASHPOINT=list), got \"\(point)\"")
             }
             kind = .crashPoint(process: process, point: point, k: try int(k, "k", path, range: 1...1_000_000) ?? 1,
                                restartAfterMs: try duration(k, "restart_after", path) ?? restartDefault,
@@ -350,9 +395,9 @@ struct Parser {
             let k = try object(o[kindName], path, allowed: ["link", "action", "probability", "delay", "duration", "match"])
             let link = try string(k, "link", path, required: true)!
             let parts = link.components(separatedBy: "->")
-            guard parts.count == 2, (parts[0] == "coordinator" && t.agentNames.contains(parts[1]))
-                    || (parts[1] == "coordinator" && t.agentNames.contains(parts[0])) else {
-                throw fail("\(path).link", "expected \"coordinator->AGENT\" or \"AGENT->coordinator\" with AGENT one of \(t.agentNames.joined(separator: ", ")), got \"\(link)\"")
+            guard parts.count == 2, t.links.contains(link) else {
+                throw fail("\(path).link", "expected \"coordinator->AGENT\" or \"AGENT->coordinator\" with AGENT one of \(t.agentNames.joined(separator: ", "))"
+                           + (t.demo != nil ? " (or \(DemoTopology.serviceLinks.joined(separator: ", ")))" : "") + ", got \"\(link)\"")
             }
             let a = try string(k, "action", path, required: true)!
             guard let action = Scenario.NetworkAction(rawValue: a) else {
@@ -383,8 +428,12 @@ struct Parser {
                             seed: UInt64(try int(k, "seed", path, range: 0...Int(Int32.max)) ?? 1))
         case "fsync_fail":
             let k = try object(o[kindName], path, allowed: ["process", "k", "restart_after"])
-            kind = .fsyncFail(process: try process(k, "process", path, t), k: try int(k, "k", path, range: 1...1_000_000) ?? 1,
+            let p = try process(k, "process", path, t)
+            if p == "redis" { throw fail("\(path).process", "fsync_fail needs a Cohort process; redis is not one") }
+            kind = .fsyncFail(process: p, k: try int(k, "k", path, range: 1...1_000_000) ?? 1,
                               restartAfterMs: try duration(k, "restart_after", path) ?? restartDefault)
+        case _ where t.demo != nil && ["torn_write", "corrupt_record", "wipe_data"].contains(kindName):
+            throw fail(path, "disk faults are not supported in the demo topology")
         case "torn_write":
             let k = try object(o[kindName], path, allowed: ["process", "file", "mode", "bytes", "when", "restart_after"])
             let process = try self.process(k, "process", path, t)
@@ -410,6 +459,10 @@ struct Parser {
     static let checkNames = ["atomicity", "conservation", "committed_means_committed", "no_locks_held", "no_in_doubt_within", "expect"]
 
     func check(_ v: JSONValue, _ at: String, _ t: Scenario.Topology) throws -> Scenario.Check {
+        if let c = try demoCheck(v, at, t) { return c }
+        if t.demo != nil, case .string(let s) = v, Parser.transferCheckNames.contains(s) {
+            throw fail(at, "\(s) checks the transfers workload; the demo topology has \(Parser.demoCheckNames.joined(separator: ", "))")
+        }
         if case .string(let s) = v {
             switch s {
             case "atomicity": return .atomicity
@@ -417,7 +470,7 @@ struct Parser {
             case "committed_means_committed": return .committedMeansCommitted
             case "no_locks_held": return .noLocksHeld
             case "no_in_doubt_within": throw fail(at, "no_in_doubt_within needs a duration: {\"no_in_doubt_within\": \"20s\"}")
-            default: throw fail(at, "unknown check \"\(s)\" (known: \(Parser.checkNames.joined(separator: ", ")))")
+            default: throw fail(at, "unknown check \"\(s)\" (known: \((Parser.checkNames + Parser.demoCheckNames).joined(separator: ", ")))")
             }
         }
         let o = try object(v, at, allowed: ["no_in_doubt_within", "expect"])
