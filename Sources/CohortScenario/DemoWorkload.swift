@@ -35,13 +35,16 @@ final class DemoWorkload: @unchecked Sendable {
 
     var skus: [String] { (0..<config.skus).map { "sku-\($0)" } }
 
-    /// A client of its own per call: a fresh connection, so Cohort's HTTP client never re-sends
-    /// an order on a new connection after a reused one closed (which could place it twice).
     func client(timeoutMs: Int64) -> CohortAPI { CohortAPI(coordinatorURL: "", connectTimeoutMs: 1000, requestTimeoutMs: timeoutMs) }
 
-    func json(_ method: String, _ url: String, _ body: [String: Any]? = nil, timeoutMs: Int64 = 10_000) throws -> (Int, [String: Any]) {
+    /// One request. Each client thread keeps its connection (`api`); a fresh connection per
+    /// order would churn ephemeral ports, and one of them can be the port a killed service
+    /// must listen on again. (Cohort's client re-sends a request once when a reused connection
+    /// closes under it; an order placed twice that way would show in demo_answers_hold.)
+    func json(_ method: String, _ url: String, _ body: [String: Any]? = nil, timeoutMs: Int64 = 10_000,
+              api: CohortAPI? = nil) throws -> (Int, [String: Any]) {
         let bytes = try body.map { Array(try JSONSerialization.data(withJSONObject: $0)) } ?? []
-        let r = try client(timeoutMs: timeoutMs).raw(method, url, body: bytes)
+        let r = try (api ?? client(timeoutMs: timeoutMs)).raw(method, url, body: bytes)
         let object = (try? JSONSerialization.jsonObject(with: Data(r.body))) as? [String: Any] ?? [:]
         return (r.status, object)
     }
@@ -85,13 +88,14 @@ final class DemoWorkload: @unchecked Sendable {
     }
 
     private func clientLoop(deadline: Date) {
+        var api = client(timeoutMs: Int64(config.requestTimeoutMs))
         while Date() < deadline && take() {
             let oversize = Int.random(in: 0..<100) < config.oversizePercent
             var p = Placed(sku: skus.randomElement()!, qty: oversize ? config.stock + Int64.random(in: 1...10) : Int64.random(in: 1...config.maxQty),
                            mode: config.modes.randomElement()!, oversize: oversize)
             do {
                 let (status, body) = try json("POST", ordersURL + "/v1/orders", ["sku": p.sku, "qty": p.qty, "mode": p.mode],
-                                              timeoutMs: Int64(config.requestTimeoutMs))
+                                              timeoutMs: Int64(config.requestTimeoutMs), api: api)
                 p.httpStatus = status
                 if status == 201 {
                     p.orderID = body["order_id"] as? String
@@ -101,6 +105,7 @@ final class DemoWorkload: @unchecked Sendable {
                 }
             } catch {
                 p.error = "\(error)"
+                api = client(timeoutMs: Int64(config.requestTimeoutMs))
             }
             lock.lock(); placed.append(p); lock.unlock()
             if p.httpStatus == nil || p.httpStatus! >= 500 { Thread.sleep(forTimeInterval: 0.05) }
