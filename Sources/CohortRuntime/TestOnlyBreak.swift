@@ -11,6 +11,9 @@ public enum TestOnlyBreak: String, CaseIterable, Sendable {
     case voteBeforeDurable = "vote-before-durable"
     /// A participant acknowledges a commit without applying the branch (it only unlocks).
     case skipBranchCommit = "skip-branch-commit"
+    /// The demo inventory's HTTP inbox forgets which `OrderPlaced` messages it applied: a
+    /// redelivered one (after a crash between the inbox commit and the answer) is applied again.
+    case inboxForgetsDuplicates = "inbox-forgets-duplicates"
 
     public static let environmentVariable = "COHORT_TEST_ONLY_BREAK"
 
