@@ -279,11 +279,6 @@ final class ScenarioRun: @unchecked Sendable {
 
     func execute() -> ScenarioResult {
         let started = Date()
-        defer {
-            lock.lock()
-            result.durationMs = Int64(Date().timeIntervalSince(started) * 1000)
-            lock.unlock()
-        }
         do {
             try FileManager.default.createDirectory(atPath: logDir, withIntermediateDirectories: true)
             let rules = networkRules()
@@ -364,6 +359,8 @@ final class ScenarioRun: @unchecked Sendable {
         for p in all where p.isRunning { p.resume(); p.signalTerminate() }
         for p in all { p.terminate(timeoutMs: 3000) }
         lock.lock()
+        // Set before the copy (a `defer` ran after it: every report said 0).
+        result.durationMs = Int64(Date().timeIntervalSince(started) * 1000)
         let r = result
         lock.unlock()
         if r.passed && !options.keepData { try? FileManager.default.removeItem(atPath: dataDir) }
