@@ -193,7 +193,11 @@ public final class OrderService: RunnableServer {
                 }
                 CrashPoints.hit("order-service.after-order-row-committed-before-commit-call")
                 let outcome = try api.commit(id)
-                let status = outcome.outcome == "committed" ? "confirmed" : "rejected"
+                var status = outcome.outcome == "committed" ? "confirmed" : "rejected"
+                if TestOnlyBreak.fromEnvironment() == .orderStatusInverted {
+                    // TEST ONLY (debug builds): the wrong status for the transaction's outcome.
+                    status = status == "confirmed" ? "rejected" : "confirmed"
+                }
                 CrashPoints.hit("order-service.after-commit-answer-before-settle")
                 try store.settle(order.orderID, status)
                 return status

@@ -14,6 +14,8 @@ public enum TestOnlyBreak: String, CaseIterable, Sendable {
     /// The demo inventory's HTTP inbox forgets which `OrderPlaced` messages it applied: a
     /// redelivered one (after a crash between the inbox commit and the answer) is applied again.
     case inboxForgetsDuplicates = "inbox-forgets-duplicates"
+    /// The demo order service records a 2PC/3PC order's status opposite to its transaction's outcome.
+    case orderStatusInverted = "order-status-inverted"
 
     public static let environmentVariable = "COHORT_TEST_ONLY_BREAK"
 

@@ -6,6 +6,8 @@ import Foundation
 /// - `demo_at_rest`: the contract's at-rest rules for every sku, waiting up to a bound for
 ///   pending orders to settle;
 /// - `demo_answers_hold`: what the clients were told still holds, and nothing was lost or made up;
+/// - `orders_match_transactions`: a 2PC/3PC/TCC order's status agrees with its transaction's
+///   outcome at the coordinator;
 /// - `outbox_exactly_once`: every committed outbox order's `OrderPlaced` applied exactly once at
 ///   the inventory, in order per sku, nothing pending or dead, no message for an order that does
 ///   not exist — read from both services' SQLite files.
@@ -33,6 +35,7 @@ final class DemoChecker {
         switch c {
         case .demoAtRest(let within): return atRest(withinMs: within)
         case .demoAnswersHold: return answersHold()
+        case .ordersMatchTransactions: return ordersMatchTransactions()
         case .outboxExactlyOnce: return outboxExactlyOnce()
         default: preconditionFailure("not a demo check: \(c.name)")
         }
@@ -185,6 +188,55 @@ final class DemoChecker {
                 + "\(unanswered.count) requests without an answer, \(unheard) orders the clients never heard of"
             : problems.prefix(6).joined(separator: "; ") + (problems.count > 6 ? " (\(problems.count) problems)" : "")
         return CheckResult(name: "demo_answers_hold", ok: problems.isEmpty, detail: detail, txids: [])
+    }
+
+    // MARK: - orders_match_transactions
+
+    /// Every 2PC/3PC/TCC order with a transaction (its txid is in `orders.sqlite`): `confirmed`
+    /// needs the transaction committed at the coordinator, `rejected` needs it not committed.
+    /// A transaction the coordinator does not know (404: never decided, or forgotten after its
+    /// end) contradicts nothing.
+    private func ordersMatchTransactions() -> CheckResult {
+        let rows: [[SQLValue]]
+        do {
+            let db = try SQLiteConnection(path: "\(dataDir)/orders/orders.sqlite")
+            defer { db.close() }
+            rows = try db.query("SELECT order_id, mode, status, txid FROM orders WHERE mode <> 'outbox' AND txid IS NOT NULL ORDER BY created_ms")
+        } catch {
+            return CheckResult(name: "orders_match_transactions", ok: false, detail: "cannot read orders.sqlite: \(error)", txids: [])
+        }
+        let coordinator = run.url("coordinator")
+        var problems: [String] = []
+        var txids: [String] = []
+        var compared = 0
+        var unknown = 0
+        for r in rows {
+            guard let id = r[0].textValue, let mode = r[1].textValue, let status = r[2].textValue, let txid = r[3].textValue else { continue }
+            let state: String
+            do {
+                let (code, body) = try workload.json("GET", coordinator + "/v1/transactions/\(txid)")
+                if code == 404 { unknown += 1; continue }
+                guard code == 200, let s = body["state"] as? String else {
+                    problems.append("GET /v1/transactions/\(txid): HTTP \(code)")
+                    continue
+                }
+                state = s
+            } catch {
+                problems.append("coordinator unreachable: \(error)")
+                break
+            }
+            compared += 1
+            let committed = state == "committed" || state == "committing" || state == "confirming"
+            let aborted = state == "aborted" || state == "cancelling"
+            if (status == "confirmed" && !committed) || (status == "rejected" && !aborted) || status == "pending" {
+                problems.append("order \(id) (\(mode)) is \(status) but transaction \(txid) is \(state)")
+                txids.append(txid)
+            }
+        }
+        let detail = problems.isEmpty
+            ? "\(compared) orders agree with their transaction's outcome (\(unknown) transactions unknown to the coordinator)"
+            : problems.prefix(5).joined(separator: "; ") + (problems.count > 5 ? " (\(problems.count) problems)" : "")
+        return CheckResult(name: "orders_match_transactions", ok: problems.isEmpty, detail: detail, txids: Array(txids.prefix(10)))
     }
 
     // MARK: - outbox_exactly_once

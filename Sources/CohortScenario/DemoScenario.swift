@@ -121,6 +121,7 @@ extension Parser {
         switch name {
         case "demo_at_rest": check = .demoAtRest(withinMs: within ?? 20_000)
         case "demo_answers_hold": check = .demoAnswersHold
+        case "orders_match_transactions": check = .ordersMatchTransactions
         case "outbox_exactly_once": check = .outboxExactlyOnce
         default: return nil
         }
@@ -128,15 +129,17 @@ extension Parser {
         return check
     }
 
-    static let demoCheckNames = ["demo_at_rest", "demo_answers_hold", "outbox_exactly_once"]
+    static let demoCheckNames = ["demo_at_rest", "demo_answers_hold", "orders_match_transactions", "outbox_exactly_once"]
     static let transferCheckNames: Set<String> = ["atomicity", "conservation", "committed_means_committed", "no_locks_held"]
 }
 
 extension Scenario {
     /// The demo's default checks: the at-rest rules, the answers the clients got, no transaction
-    /// left unfinished, and for outbox orders exactly-once delivery.
+    /// left unfinished, each order's status against its transaction, and for outbox orders
+    /// exactly-once delivery.
     static func defaultDemoChecks(_ w: DemoOrderWorkload) -> [Check] {
         [.demoAtRest(withinMs: 20_000), .demoAnswersHold, .noInDoubtWithin(30_000)]
+            + (w.modes.contains(where: { $0 != "outbox" }) ? [.ordersMatchTransactions] : [])
             + (w.modes.contains("outbox") ? [.outboxExactlyOnce] : [])
     }
 }

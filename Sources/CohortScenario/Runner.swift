@@ -699,7 +699,7 @@ final class ScenarioRun: @unchecked Sendable {
                 checks.append(noLocksHeld(workload))
             case .expect(let e):
                 checks.append(expectation(e, workload: workload, statuses: statuses, refused: refused, unsettled: unsettled))
-            case .demoAtRest, .demoAnswersHold, .outboxExactlyOnce:
+            case .demoAtRest, .demoAnswersHold, .ordersMatchTransactions, .outboxExactlyOnce:
                 if let demoChecker { checks.append(demoChecker.check(c)) }
             }
         }

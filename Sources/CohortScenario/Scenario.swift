@@ -115,6 +115,7 @@ public struct Scenario: Sendable {
         // The demo topology's (DemoChecks.swift).
         case demoAtRest(withinMs: Int64)
         case demoAnswersHold
+        case ordersMatchTransactions
         case outboxExactlyOnce
 
         public var name: String {
@@ -127,6 +128,7 @@ public struct Scenario: Sendable {
             case .expect: return "expect"
             case .demoAtRest: return "demo_at_rest"
             case .demoAnswersHold: return "demo_answers_hold"
+            case .ordersMatchTransactions: return "orders_match_transactions"
             case .outboxExactlyOnce: return "outbox_exactly_once"
             }
         }

@@ -30,7 +30,7 @@ final class DemoScenarioTests: XCTestCase {
                     {"at": "3s", "random_kills": {"processes": ["coordinator", "inventory", "orders", "redis"], "count": 2}},
                     {"at": "3s", "network": {"link": "orders->inventory", "action": "drop", "duration": "1s"}},
                     {"at": "3s", "pause": {"process": "redis", "duration": "200ms"}}],
-         "checks": [{"demo_at_rest": "10s"}, "demo_answers_hold", "outbox_exactly_once", {"no_in_doubt_within": "5s"}]}
+         "checks": [{"demo_at_rest": "10s"}, "demo_answers_hold", "orders_match_transactions", "outbox_exactly_once", {"no_in_doubt_within": "5s"}]}
         """#)
         XCTAssertEqual(s.topology.demo?.broker, .redis)
         XCTAssertEqual(s.topology.allNames, ["coordinator", "inventory", "orders", "redis"])
@@ -39,16 +39,18 @@ final class DemoScenarioTests: XCTestCase {
         XCTAssertEqual(s.workload.orders?.count, 40)
         XCTAssertEqual(s.workload.orders?.oversizePercent, 20)
         XCTAssertEqual(s.faults.count, 6)
-        XCTAssertEqual(s.checks.map(\.name), ["demo_at_rest", "demo_answers_hold", "outbox_exactly_once", "no_in_doubt_within"])
+        XCTAssertEqual(s.checks.map(\.name), ["demo_at_rest", "demo_answers_hold", "orders_match_transactions", "outbox_exactly_once", "no_in_doubt_within"])
     }
 
     func testDemoDefaults() throws {
         let s = try parse(#"{"name": "d", \#(demo)}"#)
         XCTAssertEqual(s.topology.demo?.broker, .http)
         XCTAssertEqual(s.topology.allNames, ["coordinator", "inventory", "orders"], "no redis without the redis broker")
-        XCTAssertEqual(s.checks.map(\.name), ["demo_at_rest", "demo_answers_hold", "no_in_doubt_within", "outbox_exactly_once"])
+        XCTAssertEqual(s.checks.map(\.name), ["demo_at_rest", "demo_answers_hold", "no_in_doubt_within", "orders_match_transactions", "outbox_exactly_once"])
         let noOutbox = try parse(#"{"name": "d", "topology": {"kind": "demo"}, "workload": {"orders": {"duration": "1s", "modes": ["2pc"]}}}"#)
         XCTAssertFalse(noOutbox.checks.contains { $0.name == "outbox_exactly_once" })
+        let onlyOutbox = try parse(#"{"name": "d", "topology": {"kind": "demo"}, "workload": {"orders": {"duration": "1s", "modes": ["outbox"]}}}"#)
+        XCTAssertFalse(onlyOutbox.checks.contains { $0.name == "orders_match_transactions" }, "outbox orders have no transaction")
         let noWorkload = try parse(#"{"name": "d", "topology": {"kind": "demo"}}"#)
         XCTAssertEqual(noWorkload.workload.orders?.durationMs, 3000)
     }
@@ -101,6 +103,7 @@ final class DemoScenarioTests: XCTestCase {
         assertError(#"{"name": "d", \#(demo), "checks": ["no_locks_held"]}"#, "checks[0]: no_locks_held checks the transfers workload")
         assertError(#"{"name": "d", "checks": ["demo_at_rest"]}"#, "checks[0]: demo_at_rest applies to the demo topology only")
         assertError(#"{"name": "d", "checks": ["outbox_exactly_once"]}"#, "checks[0]: outbox_exactly_once applies to the demo topology only")
+        assertError(#"{"name": "d", "checks": ["orders_match_transactions"]}"#, "checks[0]: orders_match_transactions applies to the demo topology only")
         assertError(#"{"name": "d", \#(demo), "checks": [{"demo_at_rest": "soon"}]}"#, "checks[0].demo_at_rest: expected a duration")
         assertError(#"{"name": "d", \#(demo), "checks": ["demo_everything"]}"#, "unknown check \"demo_everything\"")
     }
@@ -125,7 +128,9 @@ final class DemoScenarioTests: XCTestCase {
         """#))
         XCTAssertTrue(r.passed, describe(r))
         XCTAssertEqual(Set(r.checks.map(\.name)), ["faults_fired", "no_unexpected_exit", "demo_at_rest", "demo_answers_hold",
-                                                   "no_in_doubt_within", "outbox_exactly_once"])
+                                                   "no_in_doubt_within", "orders_match_transactions", "outbox_exactly_once"])
+        let matched = try XCTUnwrap(r.checks.first { $0.name == "orders_match_transactions" })
+        XCTAssertFalse(matched.detail.hasPrefix("0 orders"), "some orders were compared: \(matched.detail)")
         XCTAssertGreaterThan(r.committed, 0, "confirmed orders")
         XCTAssertGreaterThan(r.aborted, 0, "oversize orders are rejected")
     }
@@ -148,6 +153,25 @@ final class DemoScenarioTests: XCTestCase {
         let atRest = try XCTUnwrap(r.checks.first { $0.name == "demo_at_rest" })
         XCTAssertFalse(atRest.ok, describe(r))
         XCTAssertTrue(atRest.detail.contains("confirmed orders total"), atRest.detail)
+        #else
+        throw XCTSkip("COHORT_TEST_ONLY_BREAK exists in debug builds only")
+        #endif
+    }
+
+    /// The order service records the opposite of each 2PC order's outcome (test-only break):
+    /// orders_match_transactions names the orders and their transactions.
+    func testOrderStatusAgainstTheCoordinatorIsChecked() throws {
+        #if DEBUG
+        let r = try runner().run(try parse(#"""
+        {"name": "demo-broken-status", "topology": {"kind": "demo", "processes": {"orders": {"env": {"COHORT_TEST_ONLY_BREAK": "order-status-inverted"}}}},
+         "workload": {"orders": {"clients": 2, "count": 20, "modes": ["2pc"], "skus": 2, "stock": 1000, "oversize_percent": 0}},
+         "checks": ["orders_match_transactions"]}
+        """#))
+        XCTAssertFalse(r.passed, describe(r))
+        let matched = try XCTUnwrap(r.checks.first { $0.name == "orders_match_transactions" })
+        XCTAssertFalse(matched.ok, describe(r))
+        XCTAssertTrue(matched.detail.contains("(2pc) is rejected but transaction"), matched.detail)
+        XCTAssertFalse(matched.txids.isEmpty, "the transactions behind the failure go in the report")
         #else
         throw XCTSkip("COHORT_TEST_ONLY_BREAK exists in debug builds only")
         #endif
