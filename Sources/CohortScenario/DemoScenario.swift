@@ -99,7 +99,7 @@ extension Parser {
             w.modes = modes
         }
         w.skus = try int(o, "skus", at, range: 1...100) ?? 3
-        w.stock = Int64(try int(o, "stock", at, range: 0...1_000_000) ?? 1000)
+        w.stock = Int64(try int(o, "stock", at, range: 0...100_000) ?? 1000)  // oversize orders (stock + 10) stay under Limits.demoOrderQtyMax
         w.maxQty = Int64(try int(o, "max_qty", at, range: 1...1000) ?? 5)
         w.oversizePercent = try int(o, "oversize_percent", at, range: 0...100) ?? 10
         w.requestTimeoutMs = try int(o, "request_timeout_ms", at, range: 100...120_000) ?? 10_000
