@@ -53,7 +53,7 @@ let package = Package(
         .target(name: "CohortCtl", dependencies: ["CohortCore", "CohortHTTP", "CohortLog"]),
         .executableTarget(name: "txctl", dependencies: ["CohortCtl", "CohortPosix"]),
         // The scenario runner: real processes, a fault-injecting proxy, crash points and disk faults.
-        .target(name: "CohortScenario", dependencies: ["CohortClient", "CohortCore", "CohortHTTP", "CohortLog", "CohortOutbox", "CohortPosix"]),
+        .target(name: "CohortScenario", dependencies: ["CohortClient", "CohortCore", "CohortHTTP", "CohortLog", "CohortOutbox", "CohortPosix", "CohortTCC"]),
         .executableTarget(name: "txscenario", dependencies: ["CohortScenario", "CohortSim", "CohortPosix"]),
         // The local-message-table outbox: producer API, relay (state machine + runtime), sinks
         // (HTTP, Redis Streams over our own RESP client), inbox, admin API.
@@ -65,7 +65,7 @@ let package = Package(
         .target(name: "CohortDemo", dependencies: ["CohortAgent", "CohortClient", "CohortTCC", "CohortOutbox"]),
         .executableTarget(name: "order-service", dependencies: ["CohortDemo", "CohortPosix", "CohortRuntime"]),
         .executableTarget(name: "inventory-service", dependencies: ["CohortDemo", "CohortPosix", "CohortRuntime"]),
-        .testTarget(name: "DemoTests", dependencies: ["CohortClient", "CohortCore", "CohortPosix"]),
+        .testTarget(name: "DemoTests", dependencies: ["CohortClient", "CohortCore", "CohortPosix", "CohortDemo"]),
         .testTarget(name: "OutboxTests", dependencies: ["CohortOutbox", "CohortClient", "CohortCore", "CohortHTTP", "CohortPosix", "CohortCtl"]),
         .testTarget(name: "CohortCoreTests", dependencies: ["CohortCore"]),
         .testTarget(name: "SimulationTests", dependencies: ["CohortSim"]),

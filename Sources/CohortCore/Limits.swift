@@ -182,6 +182,9 @@ public enum Limits {
     public static let redisBlockMs: Int64 = 1_000
     /// A pending stream entry idle this long is claimed from a consumer that crashed.
     public static let redisClaimIdleMs: Int64 = 5_000
+    /// A stream reader with an entry left pending (its effect failed) retries its own pending
+    /// entries this often; later entries of that key wait for it (per-key order).
+    public static let redisPendingRetryMs: Int64 = 100
 
     // MARK: TCC
     /// Branches one TCC transaction may register.

@@ -24,15 +24,57 @@ final class APIPool: @unchecked Sendable {
     }
 }
 
-/// Runs blocking work off the event loop, at most `Limits.demoOrderWorkersMax` at once.
+/// Runs blocking work off the event loop on threads of its own, at most
+/// `Limits.demoOrderWorkersMax` at once (more wait their turn, in order).
+///
+/// Not a Dispatch queue: the work blocks (HTTP calls, a restarted order service's settling
+/// loops polling the coordinator for seconds), and on Linux Dispatch adds threads for blocked
+/// work only slowly (a handful at first), so a few settling loops held every thread and new
+/// orders hung (found by `Scenarios/65-demo-crash-points-tcc.json`).
 final class Workers: @unchecked Sendable {
-    private let queue = DispatchQueue(label: "cohort.demo.workers", attributes: .concurrent)
-    private let slots = DispatchSemaphore(value: Limits.demoOrderWorkersMax)
+    private let condition = NSCondition()
+    private var queue: [() -> Void] = []
+    private var head = 0
+    private var threads = 0
+    private var idle = 0
+    let maxThreads: Int
+
+    init(maxThreads: Int = Limits.demoOrderWorkersMax) {
+        precondition(maxThreads >= 1)
+        self.maxThreads = maxThreads
+    }
 
     func run(_ work: @escaping () -> Void) {
-        queue.async { [slots] in
-            slots.wait()
-            defer { slots.signal() }
+        condition.lock()
+        defer { condition.unlock() }
+        queue.append(work)
+        let waiting = queue.count - head
+        if idle >= waiting {
+            condition.signal()
+        } else if threads < maxThreads {
+            threads += 1
+            let t = Thread { [self] in loop() }
+            t.name = "demo-worker-\(threads)"
+            t.stackSize = 1 << 20
+            t.start()
+        }
+    }
+
+    private func loop() {
+        while true {
+            condition.lock()
+            while head == queue.count {
+                idle += 1
+                condition.wait()
+                idle -= 1
+            }
+            let work = queue[head]
+            head += 1
+            if head == queue.count {
+                queue.removeAll(keepingCapacity: true)
+                head = 0
+            }
+            condition.unlock()
             work()
         }
     }

@@ -2,6 +2,7 @@ import CohortCore
 import CohortHTTP
 import CohortOutbox
 import CohortPosix
+import CohortRuntime
 import Foundation
 
 /// Delivers each message to the inbox named by its `reply_to` header (the inventory answers
@@ -194,6 +195,12 @@ final class InventoryOutbox {
         for m in batch.messages {
             if let p = try? JSONDecoder().decode(OrderPlaced.self, from: Data(m.payload.utf8)), busy(p.sku) {
                 return .error(503, "sku \(p.sku) is locked by a 2PC/3PC branch; retry")
+            }
+        }
+        if TestOnlyBreak.fromEnvironment() == .inboxForgetsDuplicates {
+            // TEST ONLY (debug builds): no memory of applied messages, so redeliveries apply again.
+            for m in batch.messages {
+                _ = try? inbox.connection.run("DELETE FROM inbox WHERE consumer = ?1 AND message_id = ?2", [.text(inbox.consumer), .text(m.id)])
             }
         }
         do {

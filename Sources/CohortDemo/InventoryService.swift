@@ -3,6 +3,7 @@ import CohortClient
 import CohortCore
 import CohortHTTP
 import CohortKV
+import CohortOutbox
 import CohortPosix
 import CohortRuntime
 import CohortTCC
@@ -21,6 +22,8 @@ public final class InventoryService: RunnableServer {
         public var name = "inventory"
         /// redis://HOST:PORT: outbox messages through Redis Streams instead of HTTP.
         public var broker: String?
+        /// The address the coordinator calls the participant back on (default http://HOST:PORT).
+        public var advertiseURL: String?
         /// Problems worth logging (a lost broker connection); the library never prints.
         public var onProblem: (String) -> Void = { _ in }
         public init(dataDirectory: String, coordinatorURL: String) {
@@ -29,7 +32,10 @@ public final class InventoryService: RunnableServer {
         }
     }
 
-    public static let crashPoints = AgentServer.crashPoints
+    /// The inventory's own steps (a TCC phase's local transaction committed, before its answer),
+    /// then its participant's, relay's and inbox's (docs/demo.md, "Crash points").
+    public static let ownCrashPoints = TCCPhase.allCases.map { "inventory-service.after-tcc-\($0.rawValue)-committed" }
+    public static let crashPoints = ownCrashPoints + AgentServer.crashPoints + OutboxRelay.crashPoints + Inbox.crashPoints
 
     public let agent: AgentServer
     private let api: APIPool
@@ -48,6 +54,7 @@ public final class InventoryService: RunnableServer {
         var agentOptions = AgentServer.Options(name: options.name, dataDirectory: options.dataDirectory, coordinatorURL: options.coordinatorURL)
         agentOptions.host = options.host
         agentOptions.port = options.port
+        agentOptions.advertiseURL = options.advertiseURL
         weak var weakSelf: InventoryService?
         agentOptions.routes = { request, responder in weakSelf?.route(request, responder) ?? false }
         agent = try AgentServer(options: agentOptions, loop: loop, onFatal: onFatal)
@@ -55,6 +62,9 @@ public final class InventoryService: RunnableServer {
         let agent = self.agent
         tcc = try InventoryTCC.make(databasePath: options.dataDirectory + "/kv.sqlite") { key in
             !agent.node.resource.lockHolders(key).isEmpty
+        }
+        tcc.afterCommit = { phase, outcome in
+            if case .done = outcome { CrashPoints.hit("inventory-service.after-tcc-\(phase.rawValue)-committed") }
         }
         outbox = try InventoryOutbox(path: options.dataDirectory + "/kv.sqlite", broker: options.broker, loop: loop, busy: { sku in
             !agent.node.resource.lockHolders("available/\(sku)").isEmpty || !agent.node.resource.lockHolders("sold/\(sku)").isEmpty

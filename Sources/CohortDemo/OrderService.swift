@@ -3,6 +3,7 @@ import CohortClient
 import CohortCore
 import CohortHTTP
 import CohortKV
+import CohortOutbox
 import CohortPosix
 import CohortRuntime
 import Foundation
@@ -21,6 +22,8 @@ public final class OrderService: RunnableServer {
         public var name = "orders"
         /// redis://HOST:PORT: outbox messages through Redis Streams instead of HTTP.
         public var broker: String?
+        /// The address the coordinator calls the participant back on (default http://HOST:PORT).
+        public var advertiseURL: String?
         /// Problems worth logging (a lost broker connection); the library never prints.
         public var onProblem: (String) -> Void = { _ in }
         public init(dataDirectory: String, coordinatorURL: String, inventoryURL: String) {
@@ -31,7 +34,17 @@ public final class OrderService: RunnableServer {
     }
 
     public static let modes = ["2pc", "3pc", "tcc", "outbox"]
-    public static let crashPoints = AgentServer.crashPoints
+    /// The order service's own steps, then its participant's, relay's and inbox's
+    /// (docs/demo.md, "Crash points").
+    public static let ownCrashPoints = [
+        "order-service.after-order-row-inserted",
+        "order-service.after-order-row-committed-before-commit-call",
+        "order-service.after-commit-answer-before-settle",
+        "order-service.after-tcc-try-before-commit-call",
+        "order-service.after-tcc-decision-before-settle",
+        "order-service.after-outbox-commit",
+    ]
+    public static let crashPoints = ownCrashPoints + AgentServer.crashPoints + OutboxRelay.crashPoints + Inbox.crashPoints
 
     public let agent: AgentServer
     public let store: OrderStore
@@ -55,6 +68,7 @@ public final class OrderService: RunnableServer {
                                                coordinatorURL: options.coordinatorURL)
         agentOptions.host = options.host
         agentOptions.port = options.port
+        agentOptions.advertiseURL = options.advertiseURL
         weak var weakSelf: OrderService?
         agentOptions.routes = { request, responder in weakSelf?.route(request, responder) ?? false }
         agent = try AgentServer(options: agentOptions, loop: loop, onFatal: onFatal)
@@ -145,11 +159,13 @@ public final class OrderService: RunnableServer {
             } catch {
                 return responder.send(.error(500, "order store write failed: \(error)"))
             }
+            CrashPoints.hit("order-service.after-outbox-commit")
             return responder.send(.json(201, Created(order_id: id, status: "pending")))
         }
         let order = OrderStore.Order(orderID: UUID().uuidString.lowercased(), sku: body.sku, qty: body.qty, mode: body.mode,
                                      status: "pending", txid: nil)
         do { try store.insert(order) } catch { return responder.send(.error(500, "order store write failed: \(error)")) }
+        CrashPoints.hit("order-service.after-order-row-inserted")
         let loop = agent.loop
         workers.run { [self] in
             let status = order.mode == "tcc" ? self.runTCC(order) : self.runAtomic(order)
@@ -175,8 +191,14 @@ public final class OrderService: RunnableServer {
                     try store.settle(order.orderID, "rejected")
                     return "rejected"
                 }
+                CrashPoints.hit("order-service.after-order-row-committed-before-commit-call")
                 let outcome = try api.commit(id)
-                let status = outcome.outcome == "committed" ? "confirmed" : "rejected"
+                var status = outcome.outcome == "committed" ? "confirmed" : "rejected"
+                if TestOnlyBreak.fromEnvironment() == .orderStatusInverted {
+                    // TEST ONLY (debug builds): the wrong status for the transaction's outcome.
+                    status = status == "confirmed" ? "rejected" : "confirmed"
+                }
+                CrashPoints.hit("order-service.after-commit-answer-before-settle")
                 try store.settle(order.orderID, status)
                 return status
             }
@@ -263,8 +285,10 @@ public final class OrderService: RunnableServer {
                     try store.settle(order.orderID, "rejected")
                     return "rejected"
                 }
+                CrashPoints.hit("order-service.after-tcc-try-before-commit-call")
                 let outcome = try api.commit(id)
                 let status = outcome.outcome == "committed" ? "confirmed" : "rejected"
+                CrashPoints.hit("order-service.after-tcc-decision-before-settle")
                 try store.settle(order.orderID, status)
                 return status
             }

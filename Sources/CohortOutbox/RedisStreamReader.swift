@@ -7,6 +7,10 @@ import CohortPosix
 /// (XREADGROUP ... 0), and entries idle longer than `claimIdleMs` at any consumer of the group
 /// are taken over with XAUTOCLAIM. The inbox makes the redelivery harmless.
 ///
+/// Per-key order: an entry whose effect fails stays pending, and every later entry of its key
+/// waits behind it (is not applied, so stays pending too) until it is applied; the reader
+/// retries its own pending entries, oldest first, every `Limits.redisPendingRetryMs`.
+///
 /// Blocking: `run` loops on the calling thread until `stop()` (from any thread).
 public final class RedisStreamReader {
     public let url: String
@@ -31,6 +35,9 @@ public final class RedisStreamReader {
     /// Entries applied (fresh) and acknowledged, since start.
     public private(set) var appliedCount = 0
     public private(set) var duplicateCount = 0
+    /// Keys with an entry left pending after its effect failed: their later entries wait
+    /// (reader thread only; recomputed by each pass over the pending entries).
+    private var blockedKeys: Set<String> = []
 
     public init(url: String, stream: String, group: String, consumer: String, inbox: Inbox,
                 effect: @escaping (OutboxTransaction, WireMessage) throws -> Void) throws {
@@ -56,19 +63,22 @@ public final class RedisStreamReader {
                 try ensureGroup(c)
                 backoff = 0
                 // Our own pending entries first (read before a crash, never acknowledged).
-                while !isStopped {
-                    let n = try readAndApply(c, ["XREADGROUP", "GROUP", group, consumerName, "COUNT", String(count), "STREAMS", stream, "0"])
-                    if n == 0 { break }
-                }
+                try retryOwnPending(c)
                 var nextClaim: Int64 = 0
+                var nextRetry: Int64 = 0
                 while !isStopped {
                     let now = SystemClock.monotonicMs()
                     if now >= nextClaim {
                         nextClaim = now + max(claimIdleMs / 2, 100)
                         try claim(c)
                     }
+                    if !blockedKeys.isEmpty && now >= nextRetry {
+                        nextRetry = now + Limits.redisPendingRetryMs
+                        try retryOwnPending(c)
+                    }
+                    let block = blockedKeys.isEmpty ? blockMs : min(blockMs, Limits.redisPendingRetryMs)
                     _ = try readAndApply(c, ["XREADGROUP", "GROUP", group, consumerName, "COUNT", String(count),
-                                             "BLOCK", String(blockMs), "STREAMS", stream, ">"])
+                                             "BLOCK", String(block), "STREAMS", stream, ">"])
                 }
             } catch {
                 onProblem?("stream reader: \(error)")
@@ -98,18 +108,34 @@ public final class RedisStreamReader {
         } while cursor != "0-0" && !isStopped
     }
 
-    /// Reads with XREADGROUP and applies what came; the number of entries.
-    func readAndApply(_ c: RedisConnection, _ cmd: [String]) throws -> Int {
+    /// One pass over this consumer's pending entries, oldest first, a page at a time: the ones
+    /// that apply now are acknowledged; the keys whose oldest pending entry still fails stay
+    /// blocked.
+    func retryOwnPending(_ c: RedisConnection) throws {
+        blockedKeys = []
+        var cursor = "0"
+        while !isStopped {
+            let (n, last) = try readAndApply(c, ["XREADGROUP", "GROUP", group, consumerName, "COUNT", String(count), "STREAMS", stream, cursor])
+            guard n > 0, let last else { break }
+            cursor = last
+        }
+    }
+
+    /// Reads with XREADGROUP and applies what came; the number of entries and the last id.
+    @discardableResult
+    func readAndApply(_ c: RedisConnection, _ cmd: [String]) throws -> (Int, String?) {
         let r = try c.command(cmd)
-        guard case .array(let streams?) = r else { return 0 } // null: BLOCK timed out
+        guard case .array(let streams?) = r else { return (0, nil) } // null: BLOCK timed out
         var n = 0
+        var last: String?
         for s in streams {
             guard case .array(let pair?) = s, pair.count == 2 else { continue }
             let e = try entries(pair[1])
             n += e.count
+            last = e.last?.0 ?? last
             try apply(c, e)
         }
-        return n
+        return (n, last)
     }
 
     /// Parses `[[id, [field, value, ...]], ...]`; entries deleted from the stream come as null.
@@ -136,7 +162,19 @@ public final class RedisStreamReader {
     func apply(_ c: RedisConnection, _ entries: [(String, WireMessage?)]) throws {
         guard !entries.isEmpty else { return }
         let messages = entries.compactMap { $0.1 }
-        let results = try runApply { try self.inbox.apply(messages, self.effect) }
+        // Per-key order: an entry of a key with an earlier entry left pending is not applied.
+        let blocked = KeySet(blockedKeys)
+        let effect = self.effect
+        let results = try runApply {
+            try self.inbox.apply(messages) { tx, m in
+                if blocked.contains(m.key) { throw OutboxInputError("waits behind an earlier pending entry of its key") }
+                do { try effect(tx, m) } catch {
+                    blocked.insert(m.key)
+                    throw error
+                }
+            }
+        }
+        blockedKeys = blocked.keys
         onBatch?(results)
         var ack: [String] = []
         var j = 0
@@ -152,4 +190,15 @@ public final class RedisStreamReader {
         }
         if !ack.isEmpty { try c.command(["XACK", stream, group] + ack) }
     }
+}
+
+/// The blocked keys of one batch, shared with the closure that runs it (maybe on another thread,
+/// which the caller waits for).
+private final class KeySet: @unchecked Sendable {
+    private let lock = PosixConditionLock()
+    private var set: Set<String>
+    init(_ set: Set<String>) { self.set = set }
+    func contains(_ k: String) -> Bool { lock.withLock { set.contains(k) } }
+    func insert(_ k: String) { lock.withLock { _ = set.insert(k) } }
+    var keys: Set<String> { lock.withLock { set } }
 }

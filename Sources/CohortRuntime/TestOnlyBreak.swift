@@ -18,6 +18,11 @@ public enum TestOnlyBreak: String, CaseIterable, Sendable {
     /// (`TCCResource.Options.testOnlyIgnoreFence`; the simulation sets it on its services, and
     /// `tcc-inventory` honours it from `COHORT_TEST_ONLY_BREAK`).
     case tccIgnoreFence = "tcc-ignore-fence"
+    /// The demo inventory's HTTP inbox forgets which `OrderPlaced` messages it applied: a
+    /// redelivered one (after a crash between the inbox commit and the answer) is applied again.
+    case inboxForgetsDuplicates = "inbox-forgets-duplicates"
+    /// The demo order service records a 2PC/3PC order's status opposite to its transaction's outcome.
+    case orderStatusInverted = "order-status-inverted"
 
     public static let environmentVariable = "COHORT_TEST_ONLY_BREAK"
 

@@ -10,7 +10,8 @@ public enum TxScenarioCommand {
            txscenario validate PATH...
            txscenario simulate [--seed N] [--runs M] ...   (see txscenario simulate --help)
 
-    Crash-injection scenarios on real cohortd and cohort-agent processes (docs/scenarios.md).
+    Crash-injection scenarios on real cohortd and cohort-agent processes, or (topology kind
+    "demo") order-service, inventory-service and redis-server (docs/scenarios.md).
     A PATH is a scenario file or a folder (every *.json in it, sorted by name).
       run        run the scenarios: one row each, then "N passed, N failed"; exit 1 if any failed
       list       print each scenario's name and description
@@ -19,8 +20,8 @@ public enum TxScenarioCommand {
       --keep-data      keep every scenario's data directory and process logs (kept anyway on failure)
       --work-dir DIR   where data directories go (default: the temporary directory)
       --verbose        print what the runner does, as it does it (stderr)
-    cohortd and cohort-agent are looked for next to txscenario (or in COHORT_BIN_DIR); so are
-    outbox-demo-producer, outbox-demo-consumer, cohort-relay and txctl ("kind": "outbox").
+    The programs are looked for next to txscenario (or in COHORT_BIN_DIR); redis-server in
+    COHORT_REDIS_SERVER, then on PATH.
     """
 
     public struct Sinks {

@@ -153,7 +153,7 @@ extension ScenarioRun {
         for d in ["producer", "consumer"] {
             try FileManager.default.createDirectory(atPath: "\(dataDir)/\(d)", withIntermediateDirectories: true)
         }
-        let redis = t.sink == .redis ? try RedisServer(directory: dataDir + "/redis", logDirectory: logDir) : nil
+        let redis = t.sink == .redis ? try RedisServer(directory: dataDir + "/redis") : nil
         outboxRun = OutboxRunState(producerDB: dataDir + "/producer/producer.db", consumerDB: dataDir + "/consumer/consumer.db", redis: redis)
         for name in t.processNames {
             guard startProcess(name) else { throw ManagedProcessError("\(name) did not start: \(startFailures[name] ?? "")") }
@@ -168,7 +168,7 @@ extension ScenarioRun {
         starts["redis"] = attempt
         lock.unlock()
         do {
-            let p = try redis.start(attempt: attempt)
+            let p = try redis.start(attempt: attempt, logDirectory: logDir)
             lock.lock()
             procs["redis"] = p
             ports["redis"] = redis.port

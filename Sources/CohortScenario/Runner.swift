@@ -89,8 +89,10 @@ final class ScenarioRun: @unchecked Sendable {
     /// The outbox topology's state (OutboxRun.swift); nil for cohortd + agents.
     var outboxRun: OutboxRunState?
 
-    // proxies: "coordinator->a", "a->coordinator"
-    private var proxies: [String: FaultProxy] = [:]
+    // proxies: "coordinator->a", "a->coordinator" (demo: also "orders->inventory")
+    var proxies: [String: FaultProxy] = [:]
+    /// The demo topology's broker, when it has one (DemoRunner.swift).
+    var redis: RedisServer?
 
     // the fault timeline
     private struct Action {
@@ -133,6 +135,7 @@ final class ScenarioRun: @unchecked Sendable {
     private func arguments(_ name: String, port: Int) -> (String, [String]) {
         if scenario.topology.outbox != nil { return outboxArguments(name, port: port) }
         let flags = scenario.topology.processes[name]?.flags ?? []
+        if scenario.topology.demo != nil, name != "coordinator" { return demoArguments(name, port: port, flags: flags) }
         if name == "coordinator" {
             return ("cohortd", ["--data", "\(dataDir)/coordinator", "--port", String(port)] + flags)
         }
@@ -162,25 +165,28 @@ final class ScenarioRun: @unchecked Sendable {
             let attempt = (starts[name] ?? 0) + 1
             starts[name] = attempt
             lock.unlock()
-            let p = ManagedProcess(name: name, executable: options.binDirectory.appendingPathComponent(program),
+            let executable = program.hasPrefix("/") ? URL(fileURLWithPath: program) : options.binDirectory.appendingPathComponent(program)
+            let p = ManagedProcess(name: name, executable: executable,
                                    arguments: args, environment: env, logDirectory: logDir, attempt: attempt)
             do {
-                try p.start(timeoutMs: 20_000)
+                if let redis, name == "redis" {
+                    try p.start(waitForListening: false)
+                    try redis.waitReady(p)
+                } else {
+                    try p.start(timeoutMs: 20_000)
+                }
                 lock.lock()
                 procs[name] = p
-                ports[name] = p.port
+                ports[name] = p.port ?? port
                 shouldRun.insert(name)
                 lock.unlock()
-                proxies["coordinator->\(name)"]?.setTarget(port: p.port ?? 0)
-                if name == "coordinator" {
-                    for (link, proxy) in proxies where link.hasSuffix("->coordinator") { proxy.setTarget(port: p.port ?? 0) }
-                }
+                for (link, proxy) in proxies where link.hasSuffix("->\(name)") { proxy.setTarget(port: p.port ?? port) }
                 let note = p.stderrText().split(separator: "\n").filter { $0.hasPrefix("recovery:") }.joined(separator: "; ")
                 event("started \(name) (pid \(p.pid))" + (extraEnv.isEmpty ? "" : " with \(extraEnv.map { "\($0)=\($1)" }.sorted().joined(separator: " "))") + (note.isEmpty ? "" : "; \(note)"))
                 return true
             } catch {
                 lastError = "\(error)"
-                let stderr = p.stderrText()
+                let stderr = p.stderrText() + (name == "redis" ? p.stdoutText() : "")
                 if !stderr.contains("in use") {
                     lock.lock()
                     procs[name] = p
@@ -287,9 +293,11 @@ final class ScenarioRun: @unchecked Sendable {
             let rules = networkRules()
             for r in rules { _ = try proxy(r.link) }
             var load: ScenarioLoad?
+            var demo: DemoWorkload?
             if scenario.topology.outbox != nil {
                 try startOutbox()
             } else {
+            if try startRedisIfNeeded() == false { throw ManagedProcessError("redis did not start: \(startFailures["redis"] ?? "")") }
             guard startProcess("coordinator") else { throw ManagedProcessError("the coordinator did not start: \(startFailures["coordinator"] ?? "")") }
             for a in scenario.topology.agentNames {
                 guard startProcess(a) else { throw ManagedProcessError("agent \(a) did not start: \(startFailures[a] ?? "")") }
@@ -304,7 +312,15 @@ final class ScenarioRun: @unchecked Sendable {
                                             agentURLs: scenario.topology.agentNames.map { url($0) }, config: scenario.workload,
                                             protocolName: scenario.topology.protocolName, termination: scenario.topology.termination)
             }
-            event(try workload.setup())
+            demo = scenario.workload.orders.map { DemoWorkload(config: $0, inventoryURL: url("inventory"), ordersURL: url("orders")) }
+            if let demo {
+                // The transfer workload stays unused but for its coordinator client and the
+                // participants' in-doubt lists (inventory and orders are participants).
+                try demo.setup()
+                event("set up \(demo.config.skus) skus with \(demo.config.stock) units each")
+            } else {
+                event(try workload.setup())
+            }
             load = workload
             }
             // Faults armed from the start: restart those processes with the fault in their environment.
@@ -322,8 +338,10 @@ final class ScenarioRun: @unchecked Sendable {
             let deadline = at(maxMs)
             let workloadDone = DispatchSemaphore(value: 0)
             let runningLoad = load
+            let runningDemo = demo
             let wt = Thread { [self] in
-                if let runningLoad { runningLoad.run(deadline: deadline) } else { runOutboxWorkload(deadline: deadline) }
+                if let runningDemo { runningDemo.run(deadline: deadline) }
+                else if let runningLoad { runningLoad.run(deadline: deadline) } else { runOutboxWorkload(deadline: deadline) }
                 workloadDone.signal()
             }
             wt.stackSize = 1 << 20
@@ -332,7 +350,7 @@ final class ScenarioRun: @unchecked Sendable {
             if let o = scenario.workload.outbox {
                 event("workload started: the producer runs \(o.count) transactions at \(o.rate)/s over \(o.keys) keys")
             } else {
-                event("workload started: \(clients) clients, " + (count.map { "\($0) transactions" } ?? "\(maxMs)ms"))
+                event("workload started: \(clients) clients, " + (count.map { "\($0) \(demo != nil ? "orders" : "transactions")" } ?? "\(maxMs)ms"))
             }
             var workloadFinished = false
             var disarmed = false
@@ -340,7 +358,7 @@ final class ScenarioRun: @unchecked Sendable {
             while true {
                 if !workloadFinished, workloadDone.wait(timeout: .now()) == .success {
                     workloadFinished = true
-                    event("workload finished: " + (load.map { "\($0.finishedCount) transactions" } ?? outboxWorkloadSummary()))
+                    event("workload finished: " + (demo?.summary() ?? load.map { "\($0.finishedCount) transactions" } ?? outboxWorkloadSummary()))
                 }
                 while let a = takeDueAction() { a.body() }
                 watchProcesses()
@@ -359,7 +377,7 @@ final class ScenarioRun: @unchecked Sendable {
             }
             event("faults over")
             let faultsEnd = Date()
-            if let load { check(workload: load, faultsEnd: faultsEnd) } else { checkOutbox(faultsEnd: faultsEnd) }
+            if let load { check(workload: load, demo: demo, faultsEnd: faultsEnd) } else { checkOutbox(faultsEnd: faultsEnd) }
         } catch {
             lock.lock()
             result.checks.append(CheckResult(name: "run", ok: false, detail: "\(error)", txids: []))
@@ -625,7 +643,7 @@ final class ScenarioRun: @unchecked Sendable {
         return checks
     }
 
-    private func check(workload: ScenarioLoad, faultsEnd: Date) {
+    private func check(workload: ScenarioLoad, demo: DemoWorkload?, faultsEnd: Date) {
         var checks = processChecks()
         let api = workload.api()
         lock.lock()
@@ -667,6 +685,7 @@ final class ScenarioRun: @unchecked Sendable {
         result.aborted = outcomes.filter { $0.outcome == .aborted }.count
         result.unknown = outcomes.filter { $0.outcome == .unknown }.count
         lock.unlock()
+        let demoChecker = demo.map { DemoChecker(workload: $0, dataDir: dataDir, run: self) }
         // The transfer checks below need the transfer workload (the parser allows them only then).
         let transfers = (workload as? ScenarioWorkload)?.snapshot() ?? []
 
@@ -730,7 +749,14 @@ final class ScenarioRun: @unchecked Sendable {
                 checks.append(expectation(e, workload: workload, statuses: statuses, refused: refused, unsettled: unsettled))
             case .outboxAtRest, .deadLetters, .fencing:
                 break  // the outbox topology's (OutboxRun.swift)
+            case .demoAtRest, .demoAnswersHold, .ordersMatchTransactions, .outboxExactlyOnce:
+                if let demoChecker { checks.append(demoChecker.check(c)) }
             }
+        }
+        if let demoChecker {
+            lock.lock()
+            (result.committed, result.aborted, result.unknown) = demoChecker.counts()
+            lock.unlock()
         }
         // Timelines of the transactions behind failed checks.
         var timelines: [String: Any] = [:]

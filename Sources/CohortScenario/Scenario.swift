@@ -35,10 +35,18 @@ public struct Scenario: Sendable {
         public var processes: [String: ProcessConfig] = [:]
         /// `"kind": "outbox"`: producer, relays, consumer (and Redis) instead of cohortd and agents.
         public var outbox: OutboxTopology?
-        public var agentNames: [String] { outbox != nil ? [] : (0..<agents).map { String(UnicodeScalar(UInt8(97 + $0))) } }
+        /// `"kind": "demo"`: the demo services instead of agents (DemoScenario.swift).
+        public var demo: DemoTopology?
+        /// The participants: agents `a`, `b`, ... (TCC services with `tcc`), the demo's `inventory`
+        /// and `orders`, or none for the outbox topology.
+        public var agentNames: [String] {
+            if outbox != nil { return [] }
+            if demo != nil { return DemoTopology.participants }
+            return (0..<agents).map { String(UnicodeScalar(UInt8(97 + $0))) }
+        }
         /// `tcc`: the processes named a, b, ... are `tcc-inventory` branch services (TCCScenario.swift).
         public var isTCC: Bool { protocolName == "tcc" }
-        public var allNames: [String] { outbox?.processNames ?? (["coordinator"] + agentNames) }
+        public var allNames: [String] { outbox?.processNames ?? demo?.processNames ?? (["coordinator"] + agentNames) }
     }
 
     public struct Workload: Sendable {
@@ -51,6 +59,8 @@ public struct Scenario: Sendable {
         public var timeoutMs: Int64 = 3000
         /// The outbox topology's producer (instead of transfers).
         public var outbox: OutboxWorkloadConfig?
+        /// `{"orders": {...}}` (demo topology) instead of transfers.
+        public var orders: DemoOrderWorkload?
     }
 
     public enum TearMode: String, Sendable { case append, cut }
@@ -121,6 +131,11 @@ public struct Scenario: Sendable {
         case outboxAtRest(OutboxAtRestCheck)
         case deadLetters(DeadLettersCheck)
         case fencing(FencingCheck)
+        // The demo topology's (DemoChecks.swift).
+        case demoAtRest(withinMs: Int64)
+        case demoAnswersHold
+        case ordersMatchTransactions
+        case outboxExactlyOnce
 
         public var name: String {
             switch self {
@@ -134,6 +149,10 @@ public struct Scenario: Sendable {
             case .outboxAtRest: return "outbox_at_rest"
             case .deadLetters: return "dead_letters"
             case .fencing: return "fencing"
+            case .demoAtRest: return "demo_at_rest"
+            case .demoAnswersHold: return "demo_answers_hold"
+            case .ordersMatchTransactions: return "orders_match_transactions"
+            case .outboxExactlyOnce: return "outbox_exactly_once"
             }
         }
     }
@@ -254,7 +273,9 @@ struct Parser {
             guard case .array(let list) = f else { throw fail("faults", "expected a list") }
             for (i, item) in list.enumerated() { faults.append(try fault(item, "faults[\(i)]", topology)) }
         }
-        var checks = topology.outbox != nil ? [.outboxAtRest(OutboxAtRestCheck())] : topology.isTCC ? Scenario.defaultTCCChecks : Scenario.defaultChecks
+        var checks = topology.outbox != nil ? [.outboxAtRest(OutboxAtRestCheck())]
+            : topology.isTCC ? Scenario.defaultTCCChecks
+            : workload.orders.map { Scenario.defaultDemoChecks($0) } ?? Scenario.defaultChecks
         if let c = root["checks"] {
             guard case .array(let list) = c else { throw fail("checks", "expected a list") }
             checks = try list.enumerated().map {
@@ -268,15 +289,21 @@ struct Parser {
     func topology(_ v: JSONValue?) throws -> Scenario.Topology {
         var t = Scenario.Topology()
         guard let v else { return t }
-        let o = try object(v, "topology", allowed: ["kind", "agents", "protocol", "termination", "processes", "sink", "relays"])
+        let o = try object(v, "topology", allowed: ["kind", "agents", "protocol", "termination", "processes", "sink", "relays", "broker"])
         let kind = try string(o, "kind", "topology") ?? "cohort"
         switch kind {
         case "cohort":
             for k in ["sink", "relays"] where o[k] != nil { throw fail("topology.\(k)", "only for topology kind \"outbox\"") }
+            if o["broker"] != nil { throw fail("topology.broker", "applies to \"kind\": \"demo\" only") }
         case "outbox":
+            if o["broker"] != nil { throw fail("topology.broker", "applies to \"kind\": \"demo\" only") }
             t.outbox = try outboxTopology(o)
+        case "demo":
+            for k in ["sink", "relays"] where o[k] != nil { throw fail("topology.\(k)", "only for topology kind \"outbox\"") }
+            t.demo = try demoTopology(o)
+            return try processes(o, &t)
         default:
-            throw fail("topology.kind", "expected \"cohort\" or \"outbox\", got \"\(kind)\"")
+            throw fail("topology.kind", "expected \"cohort\", \"demo\" or \"outbox\", got \"\(kind)\"")
         }
         if t.outbox == nil {
             t.agents = try int(o, "agents", "topology", range: 2...8) ?? 2
@@ -290,6 +317,10 @@ struct Parser {
                 guard term == "classic" || term == "quorum" else { throw fail("topology.termination", "expected \"classic\" or \"quorum\", got \"\(term)\"") }
             }
         }
+        return try processes(o, &t)
+    }
+
+    func processes(_ o: [String: JSONValue], _ t: inout Scenario.Topology) throws -> Scenario.Topology {
         if let p = o["processes"] {
             let procs = try object(p, "topology.processes", allowed: Set(t.allNames))
             for (name, cfg) in procs {
@@ -323,10 +354,26 @@ struct Parser {
             return w
         }
         guard let v else {
+            if topology.demo != nil {
+                var orders = DemoOrderWorkload()
+                orders.durationMs = 3000
+                w.orders = orders
+            }
             w.durationMs = 3000
             return w
         }
-        let o = try object(v, "workload", allowed: ["transfers", "tcc"])
+        let o = try object(v, "workload", allowed: ["transfers", "tcc", "orders"])
+        if topology.demo != nil {
+            guard o["transfers"] == nil else { throw fail("workload.transfers", "the demo topology runs \"orders\", not transfers") }
+            guard let ov = o["orders"] else { throw fail("workload.orders", "required field is missing") }
+            let orders = try orderWorkload(ov)
+            w.orders = orders
+            w.clients = orders.clients
+            w.count = orders.count
+            w.durationMs = orders.durationMs
+            return w
+        }
+        if o["orders"] != nil { throw fail("workload.orders", "applies to \"topology\": {\"kind\": \"demo\"} only") }
         if o["tcc"] != nil { throw fail("workload.tcc", "applies to topology protocol \"tcc\" only") }
         guard let tv = o["transfers"] else { throw fail("workload.transfers", "required field is missing") }
         let at = "workload.transfers"
@@ -374,15 +421,12 @@ struct Parser {
             let k = try object(o[kindName], path, allowed: ["process", "point", "k", "restart_after", "times"])
             let process = try self.process(k, "process", path, t)
             let point = try string(k, "point", path, required: true)!
-            let prefix: String
-            if let outbox = t.outbox {
-                guard let p = outbox.crashPointPrefix(process) else { throw fail("\(path).process", "\(process) has no crash points (relays and the consumer have)") }
-                prefix = p
-            } else {
-                prefix = process == "coordinator" ? "coordinator." : t.isTCC ? "tcc-inventory." : "agent."
+            let prefixes = t.crashPointPrefixes(process)
+            guard !prefixes.isEmpty else {
+                throw fail("\(path).process", "\(process) has no crash points" + (t.outbox != nil ? " (relays and the consumer have)" : ""))
             }
-            guard point.hasPrefix(prefix), point.count > prefix.count else {
-                throw fail("\(path).point", "a crash point of \(process) starts with \"\(prefix)\" (see COHORT_CRASHPOINT=list), got \"\(point)\"")
+            guard prefixes.contains(where: { point.hasPrefix($0) && point.count > $0.count }) else {
+                throw fail("\(path).point", "a crash point of \(process) starts with \(prefixes.map { "\"\($0)\"" }.joined(separator: " or ")) (see COHORT_CRASHPOINT=list), got \"\(point)\"")
             }
             kind = .crashPoint(process: process, point: point, k: try int(k, "k", path, range: 1...1_000_000) ?? 1,
                                restartAfterMs: try duration(k, "restart_after", path) ?? restartDefault,
@@ -406,9 +450,9 @@ struct Parser {
             let k = try object(o[kindName], path, allowed: ["link", "action", "probability", "delay", "duration", "match"])
             let link = try string(k, "link", path, required: true)!
             let parts = link.components(separatedBy: "->")
-            guard parts.count == 2, (parts[0] == "coordinator" && t.agentNames.contains(parts[1]))
-                    || (parts[1] == "coordinator" && t.agentNames.contains(parts[0])) else {
-                throw fail("\(path).link", "expected \"coordinator->AGENT\" or \"AGENT->coordinator\" with AGENT one of \(t.agentNames.joined(separator: ", ")), got \"\(link)\"")
+            guard parts.count == 2, t.links.contains(link) else {
+                throw fail("\(path).link", "expected \"coordinator->AGENT\" or \"AGENT->coordinator\" with AGENT one of \(t.agentNames.joined(separator: ", "))"
+                           + (t.demo != nil ? " (or \(DemoTopology.serviceLinks.joined(separator: ", ")))" : "") + ", got \"\(link)\"")
             }
             let a = try string(k, "action", path, required: true)!
             guard let action = Scenario.NetworkAction(rawValue: a) else {
@@ -442,8 +486,12 @@ struct Parser {
                             seed: UInt64(try int(k, "seed", path, range: 0...Int(Int32.max)) ?? 1))
         case "fsync_fail":
             let k = try object(o[kindName], path, allowed: ["process", "k", "restart_after"])
-            kind = .fsyncFail(process: try process(k, "process", path, t), k: try int(k, "k", path, range: 1...1_000_000) ?? 1,
+            let p = try process(k, "process", path, t)
+            if p == "redis" { throw fail("\(path).process", "fsync_fail needs a Cohort process; redis is not one") }
+            kind = .fsyncFail(process: p, k: try int(k, "k", path, range: 1...1_000_000) ?? 1,
                               restartAfterMs: try duration(k, "restart_after", path) ?? restartDefault)
+        case _ where t.demo != nil && ["torn_write", "corrupt_record", "wipe_data"].contains(kindName):
+            throw fail(path, "disk faults are not supported in the demo topology")
         case "torn_write":
             let k = try object(o[kindName], path, allowed: ["process", "file", "mode", "bytes", "when", "restart_after"])
             let process = try self.process(k, "process", path, t)
@@ -476,6 +524,10 @@ struct Parser {
     }
 
     func checkAnyTopology(_ v: JSONValue, _ at: String, _ t: Scenario.Topology) throws -> Scenario.Check {
+        if let c = try demoCheck(v, at, t) { return c }
+        if t.demo != nil, case .string(let s) = v, Parser.transferCheckNames.contains(s) {
+            throw fail(at, "\(s) checks the transfers workload; the demo topology has \(Parser.demoCheckNames.joined(separator: ", "))")
+        }
         if case .string(let s) = v {
             switch s {
             case "atomicity": return .atomicity
@@ -484,7 +536,7 @@ struct Parser {
             case "no_locks_held": return .noLocksHeld
             case "tcc_at_rest": return .tccAtRest
             case "no_in_doubt_within": throw fail(at, "no_in_doubt_within needs a duration: {\"no_in_doubt_within\": \"20s\"}")
-            default: throw fail(at, "unknown check \"\(s)\" (known: \(Parser.checkNames.joined(separator: ", ")))")
+            default: throw fail(at, "unknown check \"\(s)\" (known: \((Parser.checkNames + Parser.demoCheckNames).joined(separator: ", ")))")
             }
         }
         let o = try object(v, at, allowed: ["no_in_doubt_within", "expect"])

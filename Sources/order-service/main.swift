@@ -5,7 +5,7 @@ import CohortRuntime
 import Foundation
 
 let usage = """
-usage: order-service --data DIR --port N --coordinator URL --inventory URL [--host H] [--broker redis://HOST:PORT]
+usage: order-service --data DIR --port N --coordinator URL --inventory URL [--host H] [--broker redis://HOST:PORT] [--advertise URL]
 
 The demo's orders, placed in mode 2pc, 3pc, tcc or outbox.
   --inventory URL     the inventory service
@@ -14,6 +14,8 @@ The demo's orders, placed in mode 2pc, 3pc, tcc or outbox.
   --coordinator URL   the coordinator, e.g. http://127.0.0.1:7000
   --host H            address to bind (default 127.0.0.1)
   --broker URL        redis://HOST:PORT: outbox messages through Redis Streams instead of HTTP
+  --advertise URL     the address the coordinator calls this participant back on (default http://HOST:PORT)
+Environment: COHORT_CRASHPOINT=NAME[:K] or =list (the crash points)
 """
 
 func fail(_ message: String, status: Int32) -> Never {
@@ -22,7 +24,7 @@ func fail(_ message: String, status: Int32) -> Never {
 }
 
 do {
-    let args = try Arguments(Array(CommandLine.arguments.dropFirst()), valued: ["data", "port", "host", "coordinator", "inventory", "broker"])
+    let args = try Arguments(Array(CommandLine.arguments.dropFirst()), valued: ["data", "port", "host", "coordinator", "inventory", "broker", "advertise"])
     if args.has("help") { print(usage); exit(0) }
     if case .list = try CrashPoints.configure(known: OrderService.crashPoints) {
         OrderService.crashPoints.forEach { print($0) }
@@ -37,6 +39,9 @@ do {
     if let broker = args.string("broker") {
         guard broker.hasPrefix("redis://") else { throw UsageError("--broker must be redis://HOST:PORT") }
         options.broker = broker
+    }
+    if let advertise = args.string("advertise") {
+        options.advertiseURL = try normalizedBaseURL(advertise, flag: "advertise")
     }
     options.onProblem = { FileHandle.standardError.write(Data("broker: \($0)\n".utf8)) }
     try ServerMain.serve(host: options.host, say: { print($0); fflush(stdout) },

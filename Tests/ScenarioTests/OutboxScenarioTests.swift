@@ -56,7 +56,7 @@ final class OutboxScenarioTests: XCTestCase {
     }
 
     func testBadTopologyFields() {
-        assertError(#"{"name": "x", "topology": {"kind": "kafka"}}"#, "topology.kind: expected \"cohort\" or \"outbox\"")
+        assertError(#"{"name": "x", "topology": {"kind": "kafka"}}"#, "topology.kind: expected \"cohort\", \"demo\" or \"outbox\"")
         assertError(#"{"name": "x", "topology": {"kind": "outbox", "sink": "kafka"}}"#, "topology.sink: expected \"http\" or \"redis\"")
         assertError(#"{"name": "x", "topology": {"kind": "outbox", "relays": 3}}"#, "topology.relays: must be between 1 and 2")
         assertError(#"{"name": "x", "topology": {"kind": "outbox", "agents": 3}}"#, "topology.agents: not for topology kind \"outbox\"")
@@ -177,7 +177,7 @@ final class OutboxScenarioTests: XCTestCase {
     /// Through Redis: the runner's redis-server, the consumer's crash point between its commit
     /// and XACK, and the redelivery deduped.
     func testConsumerCrashThroughRedisScenarioPasses() throws {
-        guard RedisServer.executable() != nil else { throw XCTSkip("redis-server is not installed (apt-get install -y redis-server)") }
+        guard (try? RedisServer.findExecutable()) != nil else { throw XCTSkip("redis-server is not installed (apt-get install -y redis-server)") }
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let r = try runner().run(try Scenario.load(path: root.appendingPathComponent("Scenarios/84-outbox-consumer-crash-after-commit.json").path))
         XCTAssertTrue(r.passed, describe(r))
