@@ -174,14 +174,7 @@ final class TCCScenarioWorkload: ScenarioLoad, @unchecked Sendable {
             if pending.isEmpty { return [] }
             for index in pending {
                 lock.lock(); let txid = transactions[index].txid; lock.unlock()
-                var verdict: ScenarioWorkload.Outcome?
-                if let tx = try? api.transaction(txid) {
-                    if tx.state == "committed" || tx.state == "confirming" { verdict = .committed }
-                    else if tx.state == "aborted" || tx.state == "cancelling" { verdict = .aborted }
-                } else if (try? api.raw("GET", coordinatorURL + "/v1/transactions/\(txid)"))?.status == 404 {
-                    verdict = .aborted
-                }
-                if let verdict {
+                if let verdict = ScenarioWorkload.coordinatorVerdict(api, coordinatorURL: coordinatorURL, txid: txid) {
                     lock.lock()
                     transactions[index].outcome = verdict
                     transactions[index].resolved = true

@@ -150,14 +150,7 @@ final class ScenarioWorkload: @unchecked Sendable {
             if pending.isEmpty { return [] }
             for index in pending {
                 lock.lock(); let txid = transfers[index].txid; lock.unlock()
-                var verdict: Outcome?
-                if let tx = try? api.transaction(txid) {
-                    if tx.state == "committed" || tx.state == "committing" || tx.outcome == "committed" { verdict = .committed }
-                    else if tx.state == "aborted" || tx.outcome == "aborted" { verdict = .aborted }
-                } else if (try? api.raw("GET", coordinatorURL + "/v1/transactions/\(txid)"))?.status == 404 {
-                    verdict = .aborted
-                }
-                if let verdict {
+                if let verdict = ScenarioWorkload.coordinatorVerdict(api, coordinatorURL: coordinatorURL, txid: txid) {
                     lock.lock()
                     transfers[index].outcome = verdict
                     transfers[index].reason = (transfers[index].reason ?? "") + " (resolved: \(verdict.rawValue))"
@@ -170,6 +163,19 @@ final class ScenarioWorkload: @unchecked Sendable {
             }
             Thread.sleep(forTimeInterval: 0.1)
         }
+    }
+
+    /// What the coordinator says of a transaction whose client heard no outcome: committed once
+    /// the decision is commit/confirm (2PC/3PC `committing`, TCC `confirming` included), aborted
+    /// for abort/cancel or an id it never heard of (presumed abort), nil while it is undecided.
+    static func coordinatorVerdict(_ api: CohortAPI, coordinatorURL: String, txid: String) -> Outcome? {
+        if let tx = try? api.transaction(txid) {
+            if ["committed", "committing", "confirming"].contains(tx.state) || tx.outcome == "committed" { return .committed }
+            if ["aborted", "cancelling"].contains(tx.state) || tx.outcome == "aborted" { return .aborted }
+            return nil
+        }
+        if (try? api.raw("GET", coordinatorURL + "/v1/transactions/\(txid)"))?.status == 404 { return .aborted }
+        return nil
     }
 
     func snapshot() -> [Transfer] { lock.lock(); defer { lock.unlock() }; return transfers }
