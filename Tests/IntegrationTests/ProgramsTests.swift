@@ -23,11 +23,13 @@ final class ProgramsTests: XCTestCase {
         let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
         XCTAssertGreaterThan(object["committed"] as? Int ?? 0, 0)
         XCTAssertEqual((object["conservation"] as? [String: Any])?["ok"] as? Bool, true)
+        // The counters are read at the window's edges while up to two transfers (one per client)
+        // are in flight, so a ratio may be off by a few messages over a few hundred commits: 0.1.
         if object["aborted"] as? Int == 0 { // aborted transfers would add messages without a commit
             // Two update branches per transfer: register, prepare, vote, commit and ack once each.
-            XCTAssertEqual(object["messages_per_commit"] as? Double ?? 0, 10, accuracy: 0.01, r.stdout)
+            XCTAssertEqual(object["messages_per_commit"] as? Double ?? 0, 10, accuracy: 0.1, r.stdout)
             // The coordinator forces its decision, each agent its prepared and committed records.
-            XCTAssertEqual(object["forced_records_per_commit"] as? Double ?? 0, 5, accuracy: 0.01, r.stdout)
+            XCTAssertEqual(object["forced_records_per_commit"] as? Double ?? 0, 5, accuracy: 0.1, r.stdout)
         }
         XCTAssertGreaterThan(object["syncs_per_commit"] as? Double ?? 0, 0)
         let latency = try XCTUnwrap(object["latency_ms"] as? [String: Double])
@@ -48,8 +50,8 @@ final class ProgramsTests: XCTestCase {
         let max = processes.map { $0["syncs_per_commit"] as? Double ?? 0 }.max() ?? -1
         XCTAssertEqual(object["syncs_per_commit_max_process"] as? Double ?? -2, max, accuracy: 1e-9)
         if object["aborted"] as? Int == 0 {
-            XCTAssertEqual(processes[0]["messages_per_commit"] as? Double ?? 0, 4, accuracy: 0.01, "prepare and commit to two agents")
-            XCTAssertEqual(processes[1]["forced_records_per_commit"] as? Double ?? 0, 2, accuracy: 0.01, "prepared and committed records")
+            XCTAssertEqual(processes[0]["messages_per_commit"] as? Double ?? 0, 4, accuracy: 0.1, "prepare and commit to two agents")
+            XCTAssertEqual(processes[1]["forced_records_per_commit"] as? Double ?? 0, 2, accuracy: 0.1, "prepared and committed records")
         }
         XCTAssertFalse(r.stderr.contains("\r"), "no progress line when stderr is not a terminal: \(r.stderr)")
     }
