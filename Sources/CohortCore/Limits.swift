@@ -226,6 +226,9 @@ extension Limits {
     /// How long an order waits for an unsure outcome (lost commit answer) before answering
     /// with the status it has (pending); the recovery pass settles it later.
     public static let demoSettleWaitMs: Int64 = 30_000
+    /// Demo order service: pause between rounds of asking again about orders still in doubt
+    /// (one background thread for all of them, so they never hold the order workers).
+    public static let demoSettleRoundMs: Int64 = 200
     /// How often the demo services purge finished TCC barrier rows and old inbox rows.
     public static let demoMaintenanceIntervalMs: Int64 = 60_000
 }

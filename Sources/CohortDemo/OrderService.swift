@@ -51,6 +51,10 @@ public final class OrderService: RunnableServer {
     private let options: Options
     private let api: APIPool
     private let workers = Workers()
+    /// Orders in doubt, settled by one background thread (`settleInBackground`).
+    private let inDoubtLock = NSLock()
+    private var inDoubt: [String: OrderStore.Order] = [:]
+    private var settlerRunning = false
     private var selfURL = ""
     private var outbox: OrderOutbox!
     /// Called (on a worker thread) when the startup pass could not settle an order yet.
@@ -81,7 +85,7 @@ public final class OrderService: RunnableServer {
     /// Serves; first settles, in the background, every order a crash left pending.
     public func run() throws {
         let pending = (try? store.list(status: "pending")) ?? []
-        for order in pending where order.mode != "outbox" { workers.run { [self] in self.settleAfterRestart(order) } }
+        for order in pending where order.mode != "outbox" { settleInBackground(order) }
         _ = agent.loop.schedule(afterMs: Limits.demoMaintenanceIntervalMs) { [weak self] in self?.maintain() }
         outbox.relay.start()
         try agent.run()
@@ -219,7 +223,7 @@ public final class OrderService: RunnableServer {
         var o = order
         o.txid = txid
         if let status = settle(o, waitMs: Limits.demoSettleWaitMs) { return status }
-        workers.run { [self] in self.settleAfterRestart(o) }
+        settleInBackground(o)
         return "pending"
     }
 
@@ -318,9 +322,40 @@ public final class OrderService: RunnableServer {
         return state == "committed" || state == "aborted"
     }
 
-    private func settleAfterRestart(_ order: OrderStore.Order) {
-        while settle(order, waitMs: Limits.demoSettleWaitMs) == nil {
-            onNote?("order \(order.orderID) (txid \(order.txid ?? "none")) still in doubt; waiting for the coordinator")
+    /// Orders whose outcome is not known yet (found pending at start, or an answer lost for
+    /// longer than `demoSettleWaitMs`): one background thread asks again about each of them,
+    /// round after round, until every one is settled. One thread for all of them, not one each:
+    /// a coordinator down for long must not take every order worker.
+    private func settleInBackground(_ order: OrderStore.Order) {
+        inDoubtLock.lock()
+        inDoubt[order.orderID] = order
+        let start = !settlerRunning
+        settlerRunning = true
+        inDoubtLock.unlock()
+        onNote?("order \(order.orderID) (txid \(order.txid ?? "none")) still in doubt; asking again every \(Limits.demoSettleRoundMs) ms")
+        guard start else { return }
+        let thread = Thread { [weak self] in self?.settleRounds() }
+        thread.name = "order-settler"
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+
+    private func settleRounds() {
+        while true {
+            inDoubtLock.lock()
+            let round = Array(inDoubt.values)
+            if round.isEmpty {
+                settlerRunning = false
+                inDoubtLock.unlock()
+                return
+            }
+            inDoubtLock.unlock()
+            for order in round where settle(order, waitMs: 0) != nil {
+                inDoubtLock.lock()
+                inDoubt[order.orderID] = nil
+                inDoubtLock.unlock()
+            }
+            Thread.sleep(forTimeInterval: Double(Limits.demoSettleRoundMs) / 1000)
         }
     }
 }
