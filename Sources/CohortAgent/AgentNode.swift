@@ -52,6 +52,9 @@ public final class AgentNode {
     private var timers: TimerTable<Participant.Timer>!
     private var pending = DurabilityQueue<Pending>()
     private let metrics = MetricsRegistry()
+
+    /// Adds the serving HTTP server's request and connection counters to `/metrics`.
+    public func exposeHTTPServerMetrics(_ server: HTTPServer) { declareHTTPServerMetrics(metrics, server: server) }
     private let onFatal: (String) -> Void
     private var joining: [String: [(Result<Void, RequestError>) -> Void]] = [:]
     private var stagingInFlight: [String: Int] = [:]

@@ -86,6 +86,7 @@ public final class AgentServer: RunnableServer {
             node.handle(request, responder)
         }
         node.advertiseURL = options.advertiseURL ?? "http://\(options.host):\(server.port)"
+        node.exposeHTTPServerMetrics(server)
     }
 
     /// Runs the event loop on the calling thread until `shutdown()`. The caller routes

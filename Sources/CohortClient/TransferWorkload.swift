@@ -88,6 +88,9 @@ public final class TransferWorkload: @unchecked Sendable {
         public var abortReasons: [String: Int] = [:]
         public var latenciesMs: [Double] = []
         public var elapsedMs: Double = 0
+        /// With a target rate: transfers that started more than 1 ms after their scheduled start
+        /// (the client was still busy with earlier ones: the system is not keeping up).
+        public var startedLate = 0
         public var committedTxids: [String] = []
         public var unknownTransfers: [Transfer] = []
         public var latency: LatencySummary { LatencySummary(latenciesMs) }
@@ -98,6 +101,7 @@ public final class TransferWorkload: @unchecked Sendable {
             aborted += o.aborted
             unknown += o.unknown
             beginFailures += o.beginFailures
+            startedLate += o.startedLate
             for (k, v) in o.abortReasons { abortReasons[k, default: 0] += v }
             latenciesMs += o.latenciesMs
             committedTxids += o.committedTxids
@@ -190,8 +194,19 @@ public final class TransferWorkload: @unchecked Sendable {
 
     /// Runs `clients` threads doing transfers until `durationMs` has passed, `count` transfers
     /// were attempted, or `stop` returns true (whichever comes first; at least one must be given).
-    public func run(clients: Int, durationMs: Double? = nil, count: Int? = nil, stop: (@Sendable () -> Bool)? = nil) -> Report {
+    ///
+    /// Without `ratePerS` each client starts its next transfer as soon as the last one ended
+    /// (closed loop) and latency runs from the begin call. With it the run is open-loop: the
+    /// transfers are scheduled `1000 / ratePerS` ms apart over all clients, client `c` taking
+    /// slots `c`, `c + clients`, `c + 2 * clients`, …; a client waits for its next slot, and when
+    /// it is late (still busy with the last transfer) it starts the overdue one at once but never
+    /// one ahead of its schedule, so it does not burst to catch up beyond it. Latency then runs
+    /// from the scheduled start, so time spent waiting behind a slow transfer counts (no
+    /// coordinated omission). `clients` bounds the transfers in flight.
+    public func run(clients: Int, durationMs: Double? = nil, count: Int? = nil, ratePerS: Double? = nil,
+                    stop: (@Sendable () -> Bool)? = nil) -> Report {
         precondition(durationMs != nil || count != nil || stop != nil)
+        precondition(ratePerS.map { $0 > 0 } ?? true, "a target rate is positive")
         let start = nowMs()
         let deadline = durationMs.map { start + $0 }
         let counter = Counter()
@@ -199,8 +214,11 @@ public final class TransferWorkload: @unchecked Sendable {
         let results = ReportBox()
         for c in 0..<clients {
             group.enter()
+            let schedule = ratePerS.map { rate in
+                Schedule(firstMs: start + Double(c) * 1000 / rate, intervalMs: Double(clients) * 1000 / rate)
+            }
             let thread = Thread { [self] in
-                let r = self.clientLoop(seed: UInt64(c), deadline: deadline, count: count, counter: counter, stop: stop)
+                let r = self.clientLoop(seed: UInt64(c), deadline: deadline, count: count, schedule: schedule, counter: counter, stop: stop)
                 results.merge(r)
                 group.leave()
             }
@@ -211,6 +229,16 @@ public final class TransferWorkload: @unchecked Sendable {
         var total = results.take()
         total.elapsedMs = nowMs() - start
         return total
+    }
+
+    /// One client's start times in an open-loop run: `firstMs`, then every `intervalMs`.
+    struct Schedule {
+        var nextMs: Double
+        let intervalMs: Double
+        init(firstMs: Double, intervalMs: Double) {
+            nextMs = firstMs
+            self.intervalMs = intervalMs
+        }
     }
 
     private final class ReportBox: @unchecked Sendable {
@@ -232,7 +260,9 @@ public final class TransferWorkload: @unchecked Sendable {
         }
     }
 
-    private func clientLoop(seed: UInt64, deadline: Double?, count: Int?, counter: Counter, stop: (@Sendable () -> Bool)?) -> Report {
+    private func clientLoop(seed: UInt64, deadline: Double?, count: Int?, schedule: Schedule?, counter: Counter,
+                            stop: (@Sendable () -> Bool)?) -> Report {
+        var schedule = schedule
         let api = api()
         var report = Report()
         var rng = SystemRandomNumberGenerator()
@@ -244,7 +274,18 @@ public final class TransferWorkload: @unchecked Sendable {
         }
         func pause() { Thread.sleep(forTimeInterval: Double(config.retryDelayMs) / 1000) }
         while !finished() {
-            let t0 = nowMs()
+            var t0 = nowMs()
+            if let slot = schedule?.nextMs {
+                // Open loop: the transfer belongs to its slot, however late it starts.
+                if let deadline, slot >= deadline { break }
+                if slot > t0 {
+                    Thread.sleep(forTimeInterval: (slot - t0) / 1000)
+                } else if t0 - slot > 1 {
+                    report.startedLate += 1
+                }
+                schedule!.nextMs += schedule!.intervalMs
+                t0 = slot
+            }
             let txid: String
             do {
                 txid = try api.begin(timeoutMs: config.transactionTimeoutMs, protocol: config.commitProtocol, termination: config.termination)

@@ -50,6 +50,9 @@ public final class CoordinatorNode {
     }
     private var pending = DurabilityQueue<Pending>()
     private let metrics = MetricsRegistry()
+
+    /// Adds the serving HTTP server's request and connection counters to `/metrics`.
+    public func exposeHTTPServerMetrics(_ server: HTTPServer) { declareHTTPServerMetrics(metrics, server: server) }
     private let onFatal: (String) -> Void
     private var recoveryActions: [Coordinator.Action] = []
     public let coordinatorID: String

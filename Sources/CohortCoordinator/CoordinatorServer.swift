@@ -73,6 +73,7 @@ public final class CoordinatorServer: RunnableServer {
         server = try HTTPServer(loop: loop, host: options.host, port: options.port, config: serverConfig) { request, responder in
             node.handle(request, responder)
         }
+        node.exposeHTTPServerMetrics(server)
     }
 
     /// Runs the event loop on the calling thread until `shutdown()`; decided-but-unacknowledged

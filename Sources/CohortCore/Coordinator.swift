@@ -699,6 +699,9 @@ public struct Coordinator {
         case .active:
             break
         }
+        // Out of the table while it changes: `tx` is then the only reference to its arrays, so
+        // the edits below do not copy them (copy-on-write); every path puts it back.
+        open.removeValue(forKey: txid)
         tx.waiters.append(request)
         tx.events.append(TimelineEvent(atMs: nowMs, event: "commit-requested", participant: nil, detail: nil))
         if tx.branches.isEmpty {
@@ -758,6 +761,9 @@ public struct Coordinator {
         // Late and duplicate votes (after a decision) change nothing.
         guard var tx = open[txid], tx.state == .preparing, !tx.onePhase, let i = tx.branchIndex(name),
               tx.branches[i].state == .prepareSent else { return [] }
+        // Out of the table while it changes: `tx` is then the only reference to its arrays, so
+        // the edits below do not copy them (copy-on-write); every path puts it back.
+        open.removeValue(forKey: txid)
         tx.branches[i].vote = vote
         tx.branches[i].lastError = nil
         switch vote {
@@ -792,6 +798,9 @@ public struct Coordinator {
 
     private mutating func decisionDurable(_ txid: TxID, nowMs: Int64) -> [Action] {
         guard var tx = open[txid], tx.state == .deciding else { return [] }
+        // Out of the table while it changes: `tx` is then the only reference to its arrays, so
+        // the edits below do not copy them (copy-on-write); every path puts it back.
+        open.removeValue(forKey: txid)
         tx.state = .committing
         tx.outcome = .committed
         tx.events.append(TimelineEvent(atMs: nowMs, event: "decided", participant: nil, detail: "commit (durable)"))
@@ -811,6 +820,9 @@ public struct Coordinator {
     private mutating func acknowledged(_ txid: TxID, _ name: String, nowMs: Int64) -> [Action] {
         guard var tx = open[txid], tx.state == .committing, let i = tx.branchIndex(name),
               tx.branches[i].state == .commitSent else { return [] }
+        // Out of the table while it changes: `tx` is then the only reference to its arrays, so
+        // the edits below do not copy them (copy-on-write); every path puts it back.
+        open.removeValue(forKey: txid)
         tx.branches[i].state = .committed
         tx.branches[i].lastError = nil
         tx.branches[i].nextRetryAtMs = nil

@@ -17,23 +17,35 @@ public struct TxID: Hashable, Comparable, CustomStringConvertible, Sendable {
         self.sequence = sequence
     }
 
+    /// Hashes the numbers only: every txid one coordinator keeps has the same coordinator id,
+    /// so hashing that string on every table lookup bought nothing (equality still compares
+    /// all three parts).
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(epoch)
+        hasher.combine(sequence)
+    }
+
     /// Built in one buffer: the coordinator renders txids into every message it sends, and
     /// `String(_:radix:)` twice per txid showed as 2% of its instructions.
     public var description: String {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(42)
         bytes.append(contentsOf: coordinatorID.utf8)
-        for v in [epoch, sequence] {
-            bytes.append(UInt8(ascii: "-"))
-            var shift = 60
-            while shift > 0 && (v >> UInt64(shift)) & 0xF == 0 { shift -= 4 }
-            while shift >= 0 {
-                let d = UInt8((v >> UInt64(shift)) & 0xF)
-                bytes.append(d < 10 ? 48 + d : 87 + d)
-                shift -= 4
-            }
-        }
+        // Not a loop over [epoch, sequence]: that array was an allocation per txid printed.
+        TxID.appendHex(epoch, to: &bytes)
+        TxID.appendHex(sequence, to: &bytes)
         return String(decoding: bytes, as: UTF8.self)
+    }
+
+    private static func appendHex(_ v: UInt64, to bytes: inout [UInt8]) {
+        bytes.append(UInt8(ascii: "-"))
+        var shift = 60
+        while shift > 0 && (v >> UInt64(shift)) & 0xF == 0 { shift -= 4 }
+        while shift >= 0 {
+            let d = UInt8((v >> UInt64(shift)) & 0xF)
+            bytes.append(d < 10 ? 48 + d : 87 + d)
+            shift -= 4
+        }
     }
 
     /// Parses the text form; nil for anything else (ids arrive from outside).

@@ -220,7 +220,9 @@ public struct JSONParser {
             if b == UInt8(ascii: "\\") || b < 0x20 || b >= 0x80 { break }
             i += 1
         }
-        var out: [UInt8] = Array(bytes[start..<i])
+        var out: [UInt8] = []
+        out.reserveCapacity(i - start + 64)
+        out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[start..<i]))
         while true {
             guard i < bytes.count else { throw fail("unterminated string") }
             let b = bytes[i]
@@ -263,8 +265,16 @@ public struct JSONParser {
                 }
             default:
                 guard b >= 0x20 else { throw fail("control character in a string") }
-                out.append(b)
+                // The plain bytes up to the next quote, escape or control character in one
+                // copy: a batch carries each message's JSON as an escaped string, mostly plain.
+                let run = i
                 i += 1
+                while i < bytes.count {
+                    let c = bytes[i]
+                    if c == UInt8(ascii: "\"") || c == UInt8(ascii: "\\") || c < 0x20 { break }
+                    i += 1
+                }
+                out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run..<i]))
             }
         }
     }
@@ -397,17 +407,24 @@ public struct JSONWriter {
             for (j, b) in u.enumerated() where b == 0x22 || b == 0x5C || b < 0x20 {
                 out.append(contentsOf: UnsafeBufferPointer(rebasing: u[runStart..<j]))
                 runStart = j + 1
+                // Byte by byte: an array literal here would be an allocation per escape, and a
+                // batch body (JSON inside a JSON string) has one at every quote.
+                out.append(0x5C)
                 switch b {
-                case 0x22: out.append(contentsOf: [0x5C, 0x22])
-                case 0x5C: out.append(contentsOf: [0x5C, 0x5C])
-                case 0x0A: out.append(contentsOf: [0x5C, UInt8(ascii: "n")])
-                case 0x0D: out.append(contentsOf: [0x5C, UInt8(ascii: "r")])
-                case 0x09: out.append(contentsOf: [0x5C, UInt8(ascii: "t")])
-                case 0x08: out.append(contentsOf: [0x5C, UInt8(ascii: "b")])
-                case 0x0C: out.append(contentsOf: [0x5C, UInt8(ascii: "f")])
+                case 0x22: out.append(0x22)
+                case 0x5C: out.append(0x5C)
+                case 0x0A: out.append(UInt8(ascii: "n"))
+                case 0x0D: out.append(UInt8(ascii: "r"))
+                case 0x09: out.append(UInt8(ascii: "t"))
+                case 0x08: out.append(UInt8(ascii: "b"))
+                case 0x0C: out.append(UInt8(ascii: "f"))
                 default:
                     let hex: StaticString = "0123456789abcdef"
-                    out.append(contentsOf: [0x5C, UInt8(ascii: "u"), 0x30, 0x30, hex.utf8Start[Int(b >> 4)], hex.utf8Start[Int(b & 15)]])
+                    out.append(UInt8(ascii: "u"))
+                    out.append(0x30)
+                    out.append(0x30)
+                    out.append(hex.utf8Start[Int(b >> 4)])
+                    out.append(hex.utf8Start[Int(b & 15)])
                 }
             }
             out.append(contentsOf: UnsafeBufferPointer(rebasing: u[runStart..<u.count]))

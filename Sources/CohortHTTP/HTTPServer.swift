@@ -149,6 +149,7 @@ final class ServerConnection {
                 responder.send(.error(401, "missing or invalid bearer token"))
                 continue
             }
+            server.requestsServed += 1
             server.handler(request, responder)
         }
         if closed { return }
@@ -325,6 +326,8 @@ public final class HTTPServer {
     public var connectionCount: Int { connections.count }
     /// Connections accepted since start (served or refused); loop thread.
     public private(set) var connectionsAccepted = 0
+    /// Requests handed to the handler since start (a `/v1/batch` counts once); loop thread.
+    public internal(set) var requestsServed = 0
 
     /// Stops listening and closes every connection. Call on the loop thread, or before the
     /// loop runs / after it stopped.

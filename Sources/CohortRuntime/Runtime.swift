@@ -214,6 +214,18 @@ public func declareCommonMetrics(_ m: MetricsRegistry, log: DurableLog, messageT
     m.declare("cohort_requests_rejected_total", help: "Requests refused because a limit was reached", labels: [""])
 }
 
+/// The HTTP server's own counters: requests served are the exchanges a transaction costs (what
+/// `txbench` divides by committed transactions); connections accepted show whether clients keep
+/// their connections alive. Read on the loop thread, like every metric.
+public func declareHTTPServerMetrics(_ m: MetricsRegistry, server: HTTPServer) {
+    m.sample("cohort_http_requests_total", type: "counter", help: "HTTP requests served (a batch counts once)") { [weak server] in
+        Double(server?.requestsServed ?? 0)
+    }
+    m.sample("cohort_http_connections_accepted_total", type: "counter", help: "TCP connections accepted") { [weak server] in
+        Double(server?.connectionsAccepted ?? 0)
+    }
+}
+
 /// Parses `COHORT_FAULT` for a server's log storage.
 public func storageFaultsFromEnvironment() throws -> StorageFaults {
     try StorageFaults.fromEnvironment(ProcessInfo.processInfo.environment["COHORT_FAULT"])

@@ -12,6 +12,10 @@ struct ProcessCost {
     let records: Double
     let messages: Double
     let messagesByType: [String: Double]
+    /// HTTP requests this process served (a batch counts once), not counting the `/metrics`
+    /// read that ends the window; nil when the server does not report them.
+    let exchanges: Double?
+    let connectionsAccepted: Double?
 
     init(name: String, url: String, before: [String: Double], after: [String: Double]) {
         self.name = name
@@ -20,6 +24,8 @@ struct ProcessCost {
         syncs = d["cohort_log_syncs_total"] ?? 0
         forcedRecords = d["cohort_log_forced_records_total"] ?? 0
         records = d["cohort_log_records_total"] ?? 0
+        exchanges = d["cohort_http_requests_total"].map { max(0, $0 - 1) }
+        connectionsAccepted = d["cohort_http_connections_accepted_total"]
         var messages = 0.0
         var byType: [String: Double] = [:]
         for (k, v) in d where k.hasPrefix("cohort_messages_sent_total") {
@@ -33,8 +39,11 @@ struct ProcessCost {
 
     func json(committed: Double) -> [String: Any] {
         func per(_ x: Double) -> Double { committed > 0 ? x / committed : 0 }
-        return ["name": name, "url": url, "syncs_per_commit": per(syncs), "forced_records_per_commit": per(forcedRecords),
-                "records_per_commit": per(records), "messages_per_commit": per(messages)]
+        var object: [String: Any] = ["name": name, "url": url, "syncs_per_commit": per(syncs), "forced_records_per_commit": per(forcedRecords),
+                                     "records_per_commit": per(records), "messages_per_commit": per(messages)]
+        if let exchanges { object["exchanges_per_commit"] = per(exchanges) }
+        if let connectionsAccepted { object["connections_per_commit"] = per(connectionsAccepted) }
+        return object
     }
 }
 
@@ -46,6 +55,13 @@ struct CostSummary {
     var syncs: Double { processes.reduce(0) { $0 + $1.syncs } }
     var forcedRecords: Double { processes.reduce(0) { $0 + $1.forcedRecords } }
     var messages: Double { processes.reduce(0) { $0 + $1.messages } }
+    /// HTTP exchanges served by these processes; nil unless every one reports them.
+    var exchanges: Double? {
+        processes.allSatisfy { $0.exchanges != nil } ? processes.reduce(0) { $0 + $1.exchanges! } : nil
+    }
+    var connectionsAccepted: Double? {
+        processes.allSatisfy { $0.connectionsAccepted != nil } ? processes.reduce(0) { $0 + $1.connectionsAccepted! } : nil
+    }
     var messagesByType: [String: Double] {
         processes.reduce(into: [:]) { acc, p in for (k, v) in p.messagesByType { acc[k, default: 0] += v } }
     }
@@ -54,7 +70,7 @@ struct CostSummary {
 
     /// The JSON fields both modes share.
     func jsonFields() -> [String: Any] {
-        [
+        var fields: [String: Any] = [
             "syncs_per_commit": per(syncs),
             "syncs_per_commit_max_process": maxSyncsPerCommit,
             "forced_records_per_commit": per(forcedRecords),
@@ -62,6 +78,9 @@ struct CostSummary {
             "messages_by_type_per_commit": messagesByType.mapValues { per($0) },
             "per_process": processes.map { $0.json(committed: committed) },
         ]
+        if let exchanges { fields["exchanges_per_commit"] = per(exchanges) }
+        if let connectionsAccepted { fields["connections_per_commit"] = per(connectionsAccepted) }
+        return fields
     }
 
     /// Human-readable lines: totals, then one line per process.
@@ -72,6 +91,10 @@ struct CostSummary {
         let byType = messagesByType.filter { $0.value > 0 }.sorted { $0.key < $1.key }
             .map { $0.key + " " + String(format: "%.2f", per($0.value)) }.joined(separator: ", ")
         out.append(String(format: "messages/commit   %.2f", per(messages)) + (byType.isEmpty ? "" : "  (\(byType))"))
+        if let exchanges {
+            out.append(String(format: "exchanges/commit  %.2f  (HTTP requests served; new connections/commit %.3f)", per(exchanges),
+                              per(connectionsAccepted ?? 0)))
+        }
         out.append("per process       syncs/commit  forced/commit  records/commit  msgs/commit")
         for p in processes {
             let name = p.name.count < 15 ? p.name + String(repeating: " ", count: 15 - p.name.count) : p.name

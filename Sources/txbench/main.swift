@@ -3,7 +3,7 @@ import CohortCore
 import Foundation
 
 let usage = """
-usage: txbench [--clients N] [--duration D | --transfers N] [--warmup D] [--accounts N] [--protocol 2pc|3pc]
+usage: txbench [--clients N] [--rate N] [--duration D | --transfers N] [--warmup D] [--accounts N] [--protocol 2pc|3pc]
                [--termination classic|quorum] [--json | --row] [--progress]
                [--coordinator URL --agents URL,URL,... [--no-setup]] [--bin-dir DIR] [--keep]
        txbench --orders --mode 2pc|3pc|tcc|outbox [--clients N] [--duration D] [--warmup D] [--skus N]
@@ -13,6 +13,11 @@ Load generator for Cohort: concurrent bank transfers between two agents, each a 
 two-phase-commit transaction. Starts its own coordinator and two agents in a temporary directory
 unless --coordinator and --agents name running ones (their acct-* keys are overwritten).
   --clients N         concurrent clients, each one transfer at a time (default 16)
+  --rate N            open loop: start N transfers per second in all, spread evenly over the
+                      clients (each client at most one in flight; a late client starts its
+                      overdue transfer at once but never runs ahead of its schedule); latency
+                      counts from the scheduled start, so queueing shows. Default: closed loop,
+                      each client starts the next transfer when the last one ended
   --duration D        measured time, e.g. 10s (default 10s)
   --transfers N       measure N transfers instead of a time (e.g. for benchmarks/profile)
   --warmup D          unmeasured time before it (default 2s)
@@ -47,6 +52,7 @@ func note(_ s: String) {
 }
 
 var clients = 16
+var targetRate: Int?
 var durationMs: Int64 = 10_000
 var transfers: Int?
 var noSetup = false
@@ -63,7 +69,7 @@ var external: (coordinator: String, agents: [String])?
 var binDir: String?
 do {
     let args = try Arguments(Array(CommandLine.arguments.dropFirst()),
-                             valued: ["clients", "duration", "warmup", "accounts", "coordinator", "agents", "bin-dir", "protocol", "termination", "transfers"],
+                             valued: ["clients", "duration", "warmup", "accounts", "coordinator", "agents", "bin-dir", "protocol", "termination", "transfers", "rate"],
                              booleans: ["help", "json", "keep", "row", "row-header", "no-setup", "progress"])
     if args.has("help") {
         print(usage)
@@ -78,6 +84,7 @@ do {
     clients = try args.int("clients", default: 16, range: 1...1024)!
     durationMs = try args.durationMs("duration", default: 10_000)!
     warmupMs = try args.durationMs("warmup", default: 2_000)!
+    targetRate = try args.int("rate", range: 1...1_000_000)
     accounts = try args.int("accounts", default: 1000, range: 1...10_000)!
     guard durationMs > 0 else { throw UsageError("--duration must be more than 0") }
     transfers = try args.int("transfers", range: 1...100_000_000)
@@ -162,16 +169,18 @@ let progress = ProgressLine(enabled: ProgressLine.wanted(forced: progressForced)
 if warmupMs > 0 {
     if !json && !row { note("warming up for \(Double(warmupMs) / 1000) s with \(clients) clients ...") }
     progress.start("warm-up  ") { workload.live.snapshot }
-    _ = workload.run(clients: clients, durationMs: Double(warmupMs))
+    _ = workload.run(clients: clients, durationMs: Double(warmupMs), ratePerS: targetRate.map(Double.init))
     progress.stop()
 }
 let before: [[String: Double]]
 do { before = try snapshotMetrics(api, servers) } catch { finish(1, "cannot read /metrics: \(error)") }
 if !json && !row {
-    note(transfers.map { "measuring \($0) transfers with \(clients) clients ..." } ?? "measuring for \(Double(durationMs) / 1000) s with \(clients) clients ...")
+    let pace = targetRate.map { ", \($0) transfers/s scheduled" } ?? ""
+    note(transfers.map { "measuring \($0) transfers with \(clients) clients\(pace) ..." } ?? "measuring for \(Double(durationMs) / 1000) s with \(clients) clients\(pace) ...")
 }
 progress.start("measuring") { workload.live.snapshot }
-let report = transfers.map { workload.run(clients: clients, count: $0) } ?? workload.run(clients: clients, durationMs: Double(durationMs))
+let report = transfers.map { workload.run(clients: clients, count: $0, ratePerS: targetRate.map(Double.init)) }
+    ?? workload.run(clients: clients, durationMs: Double(durationMs), ratePerS: targetRate.map(Double.init))
 progress.stop()
 let after: [[String: Double]]
 do { after = try snapshotMetrics(api, servers) } catch { finish(1, "cannot read /metrics: \(error)") }
@@ -208,6 +217,10 @@ if json {
     ]
     object.merge(costs.jsonFields()) { a, _ in a }
     if let transfers { object["transfers"] = transfers }
+    if let targetRate {
+        object["target_rate"] = targetRate
+        object["started_late"] = report.startedLate
+    }
     if !resolution.unresolved.isEmpty { object["unresolved"] = resolution.unresolved.count }
     let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
     print(String(decoding: data, as: UTF8.self))
@@ -218,6 +231,9 @@ if json {
 } else {
     print(String(format: "clients           %d", clients))
     print(String(format: "duration          %.1f s", seconds))
+    if let targetRate {
+        print("target rate       \(targetRate)/s  (\(report.startedLate) transfers started more than 1 ms after their slot)")
+    }
     print(String(format: "committed/s       %.1f  (%d committed)", committed / seconds, report.committed))
     let reasonText = report.abortReasons.isEmpty ? "" : ": " + report.abortReasons.sorted { $0.value > $1.value }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
     print(String(format: "aborted/s         %.1f", abortedPerS) + "  (\(report.aborted) aborted\(reasonText))")

@@ -82,6 +82,43 @@ final class ProgramsTests: XCTestCase {
         XCTAssertEqual(noSetup.status, 2, "--no-setup needs running servers")
     }
 
+    /// `--rate`: bad values are usage errors; a run reports the rate it was given, and an
+    /// open-loop run does not start more transfers than its schedule has slots.
+    func testTxbenchRate() throws {
+        let txbench = try binDirectory().appendingPathComponent("txbench")
+        for bad in [["--rate", "0"], ["--rate", "fast"], ["--rate", "-5"], ["--rate"]] {
+            let r = try runToCompletion(txbench, bad)
+            XCTAssertEqual(r.status, 2, "\(bad): \(r.stderr)")
+            XCTAssertTrue(r.stderr.hasPrefix("error:") && r.stderr.contains("rate"), "\(bad): \(r.stderr)")
+        }
+        // 20 transfers/s for 2 s: 40 slots, whatever the clients could do unpaced.
+        let r = try runToCompletion(txbench, ["--clients", "4", "--rate", "20", "--duration", "2s", "--warmup", "0s",
+                                              "--accounts", "20", "--json"], timeoutMs: 120_000)
+        XCTAssertEqual(r.status, 0, "stderr: \(r.stderr)")
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
+        XCTAssertEqual(object["target_rate"] as? Int, 20, r.stdout)
+        XCTAssertNotNil(object["started_late"] as? Int, r.stdout)
+        let attempted = (object["committed"] as? Int ?? 0) + (object["aborted"] as? Int ?? 0) + (object["unknown"] as? Int ?? 0)
+        XCTAssertGreaterThan(object["committed"] as? Int ?? 0, 0, r.stdout)
+        XCTAssertLessThanOrEqual(attempted, 40, "no more transfers than slots: \(r.stdout)")
+        XCTAssertEqual((object["conservation"] as? [String: Any])?["ok"] as? Bool, true)
+        if object["aborted"] as? Int == 0 {
+            // 50 ms apart, transfers do not overlap, so nothing is batched: begin, work at a and
+            // at b, commit from the client; a registration from each agent; a prepare and a
+            // commit to each agent.
+            XCTAssertEqual(object["exchanges_per_commit"] as? Double ?? 0, 10, accuracy: 0.01, r.stdout)
+        }
+        // Connections are kept alive: at most one per client and server (4 x 3) and one each way
+        // between the coordinator and each agent in the window, not one per exchange (10 a transfer).
+        XCTAssertLessThanOrEqual(object["connections_per_commit"] as? Double ?? 99, 16.0 / Double(max(attempted, 1)), r.stdout)
+
+        let closed = try runToCompletion(txbench, ["--clients", "1", "--transfers", "3", "--warmup", "0s", "--accounts", "20", "--json"],
+                                         timeoutMs: 120_000)
+        XCTAssertEqual(closed.status, 0, "stderr: \(closed.stderr)")
+        let closedObject = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(closed.stdout.utf8)) as? [String: Any], closed.stdout)
+        XCTAssertNil(closedObject["target_rate"], "no target rate in a closed-loop run")
+    }
+
     /// `--orders --json`: the same measures for the demo services, and the at-rest check.
     func testTxbenchOrdersJSON() throws {
         let r = try runToCompletion(try binDirectory().appendingPathComponent("txbench"),
