@@ -105,8 +105,9 @@ final class ProgramsTests: XCTestCase {
         if object["aborted"] as? Int == 0 {
             // 50 ms apart, transfers do not overlap, so nothing is batched: begin, work at a and
             // at b, commit from the client; a registration from each agent; a prepare and a
-            // commit to each agent.
-            XCTAssertEqual(object["exchanges_per_commit"] as? Double ?? 0, 10, accuracy: 0.01, r.stdout)
+            // commit to each agent. Slack: a transfer in flight at the window's edge (or two
+            // that overlap on a slow machine and share a batch) moves the ratio a little.
+            XCTAssertEqual(object["exchanges_per_commit"] as? Double ?? 0, 10, accuracy: 0.5, r.stdout)
         }
         // Connections are kept alive: at most one per client and server (4 x 3) and one each way
         // between the coordinator and each agent in the window, not one per exchange (10 a transfer).
