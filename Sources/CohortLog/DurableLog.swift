@@ -21,6 +21,8 @@ public struct DurableLogConfig {
     public var groupCommitWaitUs: Int64
     public var groupCommitSiblingsMin: Int
     public var groupCommitRecordsTarget: Int
+    /// The wait also ends after this long without a new forced record.
+    public var groupCommitQuietUs: Int64
 
     public init(syncMode: SyncMode = .backgroundThread,
                 segmentBytesMax: Int = Limits.segmentBytesMax,
@@ -28,9 +30,11 @@ public struct DurableLogConfig {
                 lazySyncDelayMs: Int64 = Limits.lazySyncDelayMs,
                 groupCommitWaitUs: Int64 = Limits.groupCommitWaitUsMax,
                 groupCommitSiblingsMin: Int = Limits.groupCommitSiblingsMin,
-                groupCommitRecordsTarget: Int = Limits.groupCommitRecordsTarget) {
+                groupCommitRecordsTarget: Int = Limits.groupCommitRecordsTarget,
+                groupCommitQuietUs: Int64 = Limits.groupCommitQuietUs) {
         precondition(segmentBytesMax > 0 && unsyncedBytesMax > 0 && lazySyncDelayMs >= 0, "bad log config")
-        precondition(groupCommitWaitUs >= 0 && groupCommitSiblingsMin >= 1 && groupCommitRecordsTarget >= 1, "bad group commit config")
+        precondition(groupCommitWaitUs >= 0 && groupCommitSiblingsMin >= 1 && groupCommitRecordsTarget >= 1 && groupCommitQuietUs >= 1,
+                     "bad group commit config")
         self.syncMode = syncMode
         self.segmentBytesMax = segmentBytesMax
         self.unsyncedBytesMax = unsyncedBytesMax
@@ -38,6 +42,7 @@ public struct DurableLogConfig {
         self.groupCommitWaitUs = groupCommitWaitUs
         self.groupCommitSiblingsMin = groupCommitSiblingsMin
         self.groupCommitRecordsTarget = groupCommitRecordsTarget
+        self.groupCommitQuietUs = groupCommitQuietUs
     }
 }
 
@@ -296,11 +301,20 @@ public final class DurableLog {
                 // Under load, let other forced records join this sync: one fdatasync then
                 // covers several transactions. Nothing is acknowledged before its sync, so this
                 // only moves when the acknowledgement comes.
+                // The wait also ends after a quiet spell with no new forced record: with few
+                // writers every one that could join is already waiting on this sync, and a fixed
+                // wait for `groupCommitRecordsTarget` records they can never supply only added
+                // latency (docs/benchmarks.md, "Where the 8-client time goes").
                 let deadline = Int64(SystemClock.monotonicNs() / 1_000) + config.groupCommitWaitUs
+                var seen = forcedRecordsPending
                 while forcedRecordsPending < config.groupCommitRecordsTarget && !closed && failure == nil {
                     let left = deadline - Int64(SystemClock.monotonicNs() / 1_000)
                     if left <= 0 { break }
-                    state.wait(timeoutUs: left)
+                    state.wait(timeoutUs: min(left, config.groupCommitQuietUs))
+                    // Under heavy load (the last round reached the target) keep gathering: the
+                    // fewer syncs per commit are worth the wait there.
+                    if forcedRecordsPending == seen && forcedRecordsLastRound < config.groupCommitRecordsTarget { break }
+                    seen = forcedRecordsPending
                 }
             }
             state.unlock()
