@@ -175,8 +175,9 @@ final class BasicsTests: XCTestCase {
     /// sync, and nothing is reported durable before that sync; a lone writer never waits.
     func testGroupCommitWaitGathersForcedRecords() throws {
         let storage = SimLogStorage()
+        // A quiet spell as long as the wait itself: only the target or close end it here.
         let config = DurableLogConfig(lazySyncDelayMs: 1_000, groupCommitWaitUs: 5_000_000, groupCommitSiblingsMin: 1,
-                                      groupCommitRecordsTarget: 3)
+                                      groupCommitRecordsTarget: 3, groupCommitQuietUs: 5_000_000)
         let (log, _) = try DurableLog.open(storage: storage, config: config)
         // First round: no siblings seen yet, so no wait (the wait would be 5 s).
         _ = try log.append(type: 1, payload: [1], force: true)
@@ -196,6 +197,46 @@ final class BasicsTests: XCTestCase {
         _ = try log.append(type: 1, payload: [5], force: true)
         log.close()
         XCTAssertEqual(log.durableLSN, 5)
+    }
+
+    /// With few writers the wait for siblings ends after a quiet spell (nobody else is coming:
+    /// they all wait on this sync), but not when the previous round reached the target (heavy
+    /// load, where gathering pays). The wait here is 5 s and the quiet spell 50 ms, so the
+    /// margins are wide on a loaded machine.
+    func testGroupCommitWaitEndsAfterAQuietSpellUnlessTheLastRoundWasFull() throws {
+        let storage = SimLogStorage()
+        let config = DurableLogConfig(lazySyncDelayMs: 1_000, groupCommitWaitUs: 5_000_000, groupCommitSiblingsMin: 1,
+                                      groupCommitRecordsTarget: 3, groupCommitQuietUs: 50_000)
+        let (log, _) = try DurableLog.open(storage: storage, config: config)
+        _ = try log.append(type: 1, payload: [1], force: true)
+        XCTAssertTrue(waitUntil(timeoutMs: 2_000) { log.durableLSN == 1 })
+        // The last round had 1 forced record (siblings min 1, below the target 3): a lone record
+        // waits only for the quiet spell, not the 5 s.
+        _ = try log.append(type: 1, payload: [2], force: true)
+        XCTAssertTrue(waitUntil(timeoutMs: 3_000) { log.durableLSN == 2 }, "the quiet spell ends the wait")
+
+        // A full round (3 records, the target) ...
+        _ = try log.append(type: 1, payload: [3], force: true)
+        _ = try log.append(type: 1, payload: [4], force: true)
+        _ = try log.append(type: 1, payload: [5], force: true)
+        XCTAssertTrue(waitUntil(timeoutMs: 3_000) { log.durableLSN == 5 })
+        // ... may have been split by the quiet spell; make one that surely is full.
+        log.close()
+        let (log2, _) = try DurableLog.open(storage: storage, config: config)
+        _ = try log2.append(type: 1, payload: [6], force: true)
+        XCTAssertTrue(waitUntil(timeoutMs: 2_000) { log2.durableLSN == 6 })
+        // Three forced records appended before the sync thread can take them (the last round
+        // had 1, so it gathers; the third reaches the target and wakes it): a full round.
+        _ = try log2.append(type: 1, payload: [7], force: true)
+        _ = try log2.append(type: 1, payload: [8], force: true)
+        _ = try log2.append(type: 1, payload: [9], force: true)
+        XCTAssertTrue(waitUntil(timeoutMs: 3_000) { log2.durableLSN == 9 })
+        // Now the last round was full: a lone record keeps waiting past the quiet spell.
+        _ = try log2.append(type: 1, payload: [10], force: true)
+        PosixThread.sleep(milliseconds: 400)
+        XCTAssertEqual(log2.durableLSN, 9, "after a full round the wait is not cut short by a quiet spell")
+        log2.close()
+        XCTAssertEqual(log2.durableLSN, 10, "close syncs what is pending")
     }
 
     func testGroupCommitFromManyThreads() throws {
