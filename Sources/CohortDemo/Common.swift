@@ -1,6 +1,7 @@
 import CohortClient
 import CohortCore
 import CohortHTTP
+import CohortRuntime
 import Foundation
 
 /// Blocking Cohort clients for the services' worker threads: one per thread at a time.
@@ -100,3 +101,33 @@ func decodeBody<T: Decodable>(_ type: T.Type, _ request: HTTPRequest) -> Result<
         return .failure(BodyError(description: "body must be a JSON object: \(error)"))
     }
 }
+
+/// What both demo services' options have in common, so their mains parse the shared flags in
+/// one place (`applySharedFlags`).
+public protocol DemoServiceOptions {
+    var host: String { get set }
+    var port: Int { get set }
+    var broker: String? { get set }
+    var advertiseURL: String? { get set }
+    var onProblem: (String) -> Void { get set }
+}
+
+extension DemoServiceOptions {
+    /// `--port` (required), `--host`, `--broker redis://HOST:PORT`, `--advertise URL`; broker
+    /// problems go to `warn`.
+    public mutating func applySharedFlags(_ args: Arguments, warn: @escaping (String) -> Void) throws {
+        port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
+        host = args.string("host") ?? "127.0.0.1"
+        if let b = args.string("broker") {
+            guard b.hasPrefix("redis://") else { throw UsageError("--broker must be redis://HOST:PORT") }
+            broker = b
+        }
+        if let advertise = args.string("advertise") {
+            advertiseURL = try normalizedBaseURL(advertise, flag: "advertise")
+        }
+        onProblem = { warn("broker: \($0)") }
+    }
+}
+
+extension InventoryService.Options: DemoServiceOptions {}
+extension OrderService.Options: DemoServiceOptions {}

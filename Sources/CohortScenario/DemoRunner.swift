@@ -9,9 +9,6 @@ extension ScenarioRun {
     /// network fault is a proxy: `--coordinator`, `--advertise` and the order service's
     /// `--inventory` point at it.
     func demoArguments(_ name: String, port: Int, flags: [String]) -> (String, [String]) {
-        if name == "redis", let redis {
-            return (redis.executable.path, redis.arguments + flags)
-        }
         let coordinator = proxies["\(name)->coordinator"]?.url ?? url("coordinator")
         var args = ["--data", "\(dataDir)/\(name)", "--port", String(port), "--coordinator", coordinator]
         if let p = proxies["coordinator->\(name)"] { args += ["--advertise", p.url] }

@@ -6,15 +6,13 @@ import Foundation
 final class OutboxRunState: @unchecked Sendable {
     let producerDB: String
     let consumerDB: String
-    let redis: RedisServer?
     /// Set by `dead_letters` with `replay` ("the fix is deployed"): later consumer starts get
     /// `--accept-poison`. Read and written under the run's lock.
     var consumerAcceptsPoison = false
 
-    init(producerDB: String, consumerDB: String, redis: RedisServer?) {
+    init(producerDB: String, consumerDB: String) {
         self.producerDB = producerDB
         self.consumerDB = consumerDB
-        self.redis = redis
     }
 }
 
@@ -128,7 +126,7 @@ extension ScenarioRun {
         switch name {
         case "consumer":
             var args = ["--db", state.consumerDB, "--port", String(port)]
-            if let r = state.redis { args += ["--redis", r.url, "--stream", "cohort-outbox", "--group", "demo", "--name", "consumer"] }
+            if let r = redis { args += ["--redis", r.url, "--stream", "cohort-outbox", "--group", "demo", "--name", "consumer"] }
             lock.lock()
             if state.consumerAcceptsPoison { args.append("--accept-poison") }
             lock.unlock()
@@ -141,7 +139,7 @@ extension ScenarioRun {
             if let n = w.poisonEvery { args += ["--poison-every", String(n)] }
             return ("outbox-demo-producer", args + flags)
         default:
-            let sink = state.redis?.url ?? (url("consumer") + "/v1/inbox")
+            let sink = redis?.url ?? (url("consumer") + "/v1/inbox")
             return ("cohort-relay", ["--db", state.producerDB, "--sink", sink, "--port", String(port)] + flags)
         }
     }
@@ -153,34 +151,16 @@ extension ScenarioRun {
         for d in ["producer", "consumer"] {
             try FileManager.default.createDirectory(atPath: "\(dataDir)/\(d)", withIntermediateDirectories: true)
         }
-        let redis = t.sink == .redis ? try RedisServer(directory: dataDir + "/redis") : nil
-        outboxRun = OutboxRunState(producerDB: dataDir + "/producer/producer.db", consumerDB: dataDir + "/consumer/consumer.db", redis: redis)
+        if t.sink == .redis {
+            let server = try RedisServer(directory: dataDir + "/redis")
+            redis = server
+            lock.lock(); ports["redis"] = server.port; lock.unlock()
+        }
+        outboxRun = OutboxRunState(producerDB: dataDir + "/producer/producer.db", consumerDB: dataDir + "/consumer/consumer.db")
         for name in t.processNames {
             guard startProcess(name) else { throw ManagedProcessError("\(name) did not start: \(startFailures[name] ?? "")") }
         }
         event("outbox topology up: sink \(redis?.url ?? url("consumer") + "/v1/inbox"), relays \(t.relayNames.joined(separator: ", "))")
-    }
-
-    /// Redis is not a Cohort server (no `listening on` line): RedisServer waits for PONG.
-    func startRedis(_ redis: RedisServer) -> Bool {
-        lock.lock()
-        let attempt = (starts["redis"] ?? 0) + 1
-        starts["redis"] = attempt
-        lock.unlock()
-        do {
-            let p = try redis.start(attempt: attempt, logDirectory: logDir)
-            lock.lock()
-            procs["redis"] = p
-            ports["redis"] = redis.port
-            shouldRun.insert("redis")
-            lock.unlock()
-            event("started redis (pid \(p.pid)) on \(redis.url)")
-            return true
-        } catch {
-            lock.lock(); startFailures["redis"] = "\(error)"; lock.unlock()
-            event("start of redis refused: \(error)")
-            return false
-        }
     }
 
     // MARK: - the workload

@@ -15,7 +15,6 @@ final class RedisServer: @unchecked Sendable {
     let directory: String
     let port: Int
     let executable: URL
-    private(set) var process: ManagedProcess?
 
     /// `redis-server` from `COHORT_REDIS_SERVER`, else the first one on PATH, else the usual places.
     static func findExecutable() throws -> URL {
@@ -44,19 +43,6 @@ final class RedisServer: @unchecked Sendable {
         ["--port", String(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "",
          "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no", "--protected-mode", "no"]
     }
-
-    /// Starts it (start number `attempt` names its log files) and waits for PONG.
-    @discardableResult
-    func start(attempt: Int, logDirectory: String) throws -> ManagedProcess {
-        let p = ManagedProcess(name: "redis", executable: executable, arguments: arguments,
-                               logDirectory: logDirectory, attempt: attempt)
-        try p.start(waitForListening: false)
-        process = p
-        try waitReady(p)
-        return p
-    }
-
-    func kill() { process?.kill9() }
 
     /// Waits until the server answers `PING` with `+PONG` (after loading its AOF). Throws when
     /// the process exits first (e.g. the port is still in use after a kill) or the time is up.

@@ -133,8 +133,10 @@ final class ScenarioRun: @unchecked Sendable {
     }
 
     private func arguments(_ name: String, port: Int) -> (String, [String]) {
-        if scenario.topology.outbox != nil { return outboxArguments(name, port: port) }
         let flags = scenario.topology.processes[name]?.flags ?? []
+        // The demo's broker or the outbox's sink; started like the others, ready once it PONGs.
+        if name == "redis", let redis { return (redis.executable.path, redis.arguments + flags) }
+        if scenario.topology.outbox != nil { return outboxArguments(name, port: port) }
         if scenario.topology.demo != nil, name != "coordinator" { return demoArguments(name, port: port, flags: flags) }
         if name == "coordinator" {
             return ("cohortd", ["--data", "\(dataDir)/coordinator", "--port", String(port)] + flags)
@@ -152,7 +154,6 @@ final class ScenarioRun: @unchecked Sendable {
     /// refused start (exited before listening) and returns false.
     @discardableResult
     func startProcess(_ name: String, extraEnv: [String: String] = [:]) -> Bool {
-        if name == "redis", let redis = outboxRun?.redis { return startRedis(redis) }
         var env = baseEnv(name)
         for (k, v) in extraEnv { env[k] = v }
         lock.lock()

@@ -32,16 +32,7 @@ do {
     guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
     var options = InventoryService.Options(dataDirectory: try args.required("data"),
                                            coordinatorURL: try normalizedBaseURL(try args.required("coordinator"), flag: "coordinator"))
-    options.port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
-    options.host = args.string("host") ?? "127.0.0.1"
-    if let broker = args.string("broker") {
-        guard broker.hasPrefix("redis://") else { throw UsageError("--broker must be redis://HOST:PORT") }
-        options.broker = broker
-    }
-    if let advertise = args.string("advertise") {
-        options.advertiseURL = try normalizedBaseURL(advertise, flag: "advertise")
-    }
-    options.onProblem = { FileHandle.standardError.write(Data("broker: \($0)\n".utf8)) }
+    try options.applySharedFlags(args) { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
     try ServerMain.serve(host: options.host, say: { print($0); fflush(stdout) },
                          warn: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) { loop, onFatal in
         try InventoryService(options: options, loop: loop, onFatal: onFatal)
