@@ -165,29 +165,13 @@ final class TCCScenarioWorkload: ScenarioLoad, @unchecked Sendable {
     /// unknown (404: no branch record survived, nothing was tried) as aborted. A transaction
     /// still `active` or `deciding` stays unknown until the deadline.
     func resolveUnknown(timeoutMs: Int) -> [String] {
-        let api = api()
-        let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
-        while true {
-            lock.lock()
-            let pending = transactions.indices.filter { transactions[$0].outcome == .unknown }
-            lock.unlock()
-            if pending.isEmpty { return [] }
-            for index in pending {
-                lock.lock(); let txid = transactions[index].txid; lock.unlock()
-                if let verdict = ScenarioWorkload.coordinatorVerdict(api, coordinatorURL: coordinatorURL, txid: txid) {
-                    lock.lock()
-                    transactions[index].outcome = verdict
-                    transactions[index].resolved = true
-                    transactions[index].reason = (transactions[index].reason ?? "") + " (resolved: \(verdict.rawValue))"
-                    lock.unlock()
-                }
-            }
-            if Date() > deadline {
-                lock.lock(); defer { lock.unlock() }
-                return transactions.filter { $0.outcome == .unknown }.map(\.txid)
-            }
-            Thread.sleep(forTimeInterval: 0.1)
-        }
+        ScenarioWorkload.resolveUnknown(api(), coordinatorURL: coordinatorURL, timeoutMs: timeoutMs, lock: lock,
+                                        unknown: { transactions.indices.filter { transactions[$0].outcome == .unknown }.map { ($0, transactions[$0].txid) } },
+                                        settle: { index, verdict in
+                                            transactions[index].outcome = verdict
+                                            transactions[index].resolved = true
+                                            transactions[index].reason = (transactions[index].reason ?? "") + " (resolved: \(verdict.rawValue))"
+                                        })
     }
 
     func snapshot() -> [Transaction] { lock.lock(); defer { lock.unlock() }; return transactions }

@@ -141,26 +141,29 @@ final class ScenarioWorkload: @unchecked Sendable {
     /// committed (or committing) counts as committed, aborted or unknown (404, presumed abort)
     /// as aborted. Returns the txids still unresolved at the deadline.
     func resolveUnknown(timeoutMs: Int) -> [String] {
-        let api = api()
+        ScenarioWorkload.resolveUnknown(api(), coordinatorURL: coordinatorURL, timeoutMs: timeoutMs, lock: lock,
+                                        unknown: { transfers.indices.filter { transfers[$0].outcome == .unknown }.map { ($0, transfers[$0].txid) } },
+                                        settle: { index, verdict in
+                                            transfers[index].outcome = verdict
+                                            transfers[index].reason = (transfers[index].reason ?? "") + " (resolved: \(verdict.rawValue))"
+                                        })
+    }
+
+    /// The loop both workloads use: until the deadline, asks the coordinator about each entry
+    /// `unknown` lists (index, txid) and hands a verdict to `settle`; both run under `lock`.
+    /// Returns the txids still unknown at the deadline.
+    static func resolveUnknown(_ api: CohortAPI, coordinatorURL: String, timeoutMs: Int, lock: NSLock,
+                               unknown: () -> [(index: Int, txid: String)], settle: (Int, Outcome) -> Void) -> [String] {
         let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
         while true {
-            lock.lock()
-            let pending = transfers.indices.filter { transfers[$0].outcome == .unknown }
-            lock.unlock()
+            let pending = lock.withLock { unknown() }
             if pending.isEmpty { return [] }
-            for index in pending {
-                lock.lock(); let txid = transfers[index].txid; lock.unlock()
-                if let verdict = ScenarioWorkload.coordinatorVerdict(api, coordinatorURL: coordinatorURL, txid: txid) {
-                    lock.lock()
-                    transfers[index].outcome = verdict
-                    transfers[index].reason = (transfers[index].reason ?? "") + " (resolved: \(verdict.rawValue))"
-                    lock.unlock()
+            for (index, txid) in pending {
+                if let verdict = coordinatorVerdict(api, coordinatorURL: coordinatorURL, txid: txid) {
+                    lock.withLock { settle(index, verdict) }
                 }
             }
-            if Date() > deadline {
-                lock.lock(); defer { lock.unlock() }
-                return transfers.filter { $0.outcome == .unknown }.map(\.txid)
-            }
+            if Date() > deadline { return lock.withLock { unknown().map(\.txid) } }
             Thread.sleep(forTimeInterval: 0.1)
         }
     }
