@@ -52,33 +52,15 @@ final class DemoWorkload: @unchecked Sendable {
     /// Sets every sku's stock (a few tries each: setup runs before any fault).
     func setup() throws {
         for sku in skus {
-            var attempt = 0
-            while true {
-                attempt += 1
-                do {
-                    let (status, body) = try json("POST", inventoryURL + "/v1/stock", ["sku": sku, "available": config.stock])
-                    guard status == 200 else { throw ManagedProcessError("setting the stock of \(sku): HTTP \(status) \(body)") }
-                    break
-                } catch {
-                    if attempt >= 5 { throw error }
-                    Thread.sleep(forTimeInterval: 0.2)
-                }
+            try setupRetrying {
+                let (status, body) = try json("POST", inventoryURL + "/v1/stock", ["sku": sku, "available": config.stock])
+                guard status == 200 else { throw ManagedProcessError("setting the stock of \(sku): HTTP \(status) \(body)") }
             }
         }
     }
 
     func run(deadline: Date) {
-        let group = DispatchGroup()
-        for _ in 0..<config.clients {
-            group.enter()
-            let t = Thread { [self] in
-                clientLoop(deadline: deadline)
-                group.leave()
-            }
-            t.stackSize = 1 << 20
-            t.start()
-        }
-        group.wait()
+        runClients(config.clients) { [self] in clientLoop(deadline: deadline) }
     }
 
     private func take() -> Bool {

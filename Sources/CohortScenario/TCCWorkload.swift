@@ -52,17 +52,9 @@ final class TCCScenarioWorkload: ScenarioLoad, @unchecked Sendable {
         let api = api()
         for url in serviceURLs {
             for i in 0..<config.skus {
-                var attempt = 0
-                while true {
-                    attempt += 1
-                    do {
-                        let r = try api.raw("POST", url + "/v1/stock", body: Self.json(["sku": sku(i), "available": config.initialStock]))
-                        guard r.status == 200 else { throw CohortAPIError.http(status: r.status, message: String(decoding: r.body.prefix(200), as: UTF8.self)) }
-                        break
-                    } catch {
-                        if attempt >= 5 { throw error }
-                        Thread.sleep(forTimeInterval: 0.2)
-                    }
+                try setupRetrying {
+                    let r = try api.raw("POST", url + "/v1/stock", body: Self.json(["sku": sku(i), "available": config.initialStock]))
+                    guard r.status == 200 else { throw CohortAPIError.http(status: r.status, message: String(decoding: r.body.prefix(200), as: UTF8.self)) }
                 }
             }
         }
@@ -70,17 +62,7 @@ final class TCCScenarioWorkload: ScenarioLoad, @unchecked Sendable {
     }
 
     func run(deadline: Date) {
-        let group = DispatchGroup()
-        for _ in 0..<config.clients {
-            group.enter()
-            let t = Thread { [self] in
-                self.clientLoop(deadline: deadline)
-                group.leave()
-            }
-            t.stackSize = 1 << 20
-            t.start()
-        }
-        group.wait()
+        runClients(config.clients) { [self] in clientLoop(deadline: deadline) }
     }
 
     var finishedCount: Int { lock.lock(); defer { lock.unlock() }; return transactions.count }

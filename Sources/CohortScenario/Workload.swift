@@ -48,20 +48,12 @@ final class ScenarioWorkload: @unchecked Sendable {
     func setupAccounts() throws {
         let api = api()
         for agent in agentURLs {
-            var attempt = 0
-            while true {
-                attempt += 1
-                do {
-                    let txid = try api.begin(timeoutMs: 30_000)
-                    _ = try api.agentWork(agent, txid, (0..<config.accounts).map { WorkOp.set(key($0), config.initialBalance) })
-                    let outcome = try api.commit(txid)
-                    guard outcome.outcome == "committed" else {
-                        throw CohortAPIError.http(status: 200, message: "setup transaction aborted: \(outcome.reason ?? "no reason")")
-                    }
-                    break
-                } catch {
-                    if attempt >= 5 { throw error }
-                    Thread.sleep(forTimeInterval: 0.2)
+            try setupRetrying {
+                let txid = try api.begin(timeoutMs: 30_000)
+                _ = try api.agentWork(agent, txid, (0..<config.accounts).map { WorkOp.set(key($0), config.initialBalance) })
+                let outcome = try api.commit(txid)
+                guard outcome.outcome == "committed" else {
+                    throw CohortAPIError.http(status: 200, message: "setup transaction aborted: \(outcome.reason ?? "no reason")")
                 }
             }
         }
@@ -69,17 +61,7 @@ final class ScenarioWorkload: @unchecked Sendable {
 
     /// Runs the clients until the count is reached or the deadline passes.
     func run(deadline: Date) {
-        let group = DispatchGroup()
-        for _ in 0..<config.clients {
-            group.enter()
-            let t = Thread { [self] in
-                self.clientLoop(deadline: deadline)
-                group.leave()
-            }
-            t.stackSize = 1 << 20
-            t.start()
-        }
-        group.wait()
+        runClients(config.clients) { [self] in clientLoop(deadline: deadline) }
     }
 
     private func take() -> Bool {
@@ -213,4 +195,35 @@ final class ScenarioWorkload: @unchecked Sendable {
         }
         return out
     }
+}
+
+/// A setup step retried a few times (setup runs before any fault, but a process may still be
+/// settling in): up to 5 attempts, 200 ms apart; the last error is thrown.
+func setupRetrying(_ step: () throws -> Void) throws {
+    var attempt = 0
+    while true {
+        attempt += 1
+        do {
+            try step()
+            return
+        } catch {
+            if attempt >= 5 { throw error }
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+    }
+}
+
+/// Runs `count` client threads of `body` and waits for all of them.
+func runClients(_ count: Int, _ body: @escaping () -> Void) {
+    let group = DispatchGroup()
+    for _ in 0..<count {
+        group.enter()
+        let t = Thread {
+            body()
+            group.leave()
+        }
+        t.stackSize = 1 << 20
+        t.start()
+    }
+    group.wait()
 }
