@@ -58,6 +58,8 @@ public final class AgentNode {
     private let onFatal: (String) -> Void
     private var joining: [String: [(Result<Void, RequestError>) -> Void]] = [:]
     private var stagingInFlight: [String: Int] = [:]
+    /// Submitted branches whose ops are being staged, with the repeated prepares that wait for it.
+    private var submittedStaging: [String: [ResponseSink]] = [:]
     private var startupInquiries: [Participant.Action] = []
     /// The address the coordinator calls back; set before the node serves requests.
     public var advertiseURL = ""
@@ -536,7 +538,7 @@ public final class AgentNode {
         let parts = request.pathComponents
         switch (request.method, parts.count) {
         case ("GET", 1) where parts[0] == "healthz":
-            responder.send(.jsonBytes(200, JSONBody.encode(HealthResponse(status: "ok"))))
+            responder.send(.jsonBytes(200, JSONBody.encode(HealthResponse(status: "ok", participant: name))))
         case ("GET", 1) where parts[0] == "metrics":
             responder.send(.text(200, metrics.render(), contentType: "text/plain; version=0.0.4"))
         case ("POST", 2) where parts == ["v1", "work"]:
@@ -598,18 +600,9 @@ public final class AgentNode {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let p):
                 if let refusal = incarnationMismatch(p.incarnation) { return responder.send(.requestError(refusal)) }
-                let vote: ResourceVote
-                if machine.state(of: p.txid) == .active {
-                    vote = (stagingInFlight[p.txid] ?? 0) > 0 ? .no(reason: "work still in progress on this branch") : resource.vote(txid: p.txid)
-                } else {
-                    vote = .readOnly // not consulted: the state machine answers from the branch's state
-                }
-                var threePhase: Participant.ThreePhaseInfo?
-                if p.protocol == "3pc" {
-                    guard let peers = p.participants, !peers.isEmpty else { return responder.send(.error(400, "a 3pc prepare must list the participants")) }
-                    threePhase = Participant.ThreePhaseInfo(termination: Termination(rawValue: p.termination ?? "classic") ?? .classic, peers: peers)
-                }
-                feed(.prepare(track(responder, p.txid), txid: p.txid, onePhase: p.onePhase ?? false, vote: vote, threePhase: threePhase))
+                if p.protocol == "3pc", (p.participants ?? []).isEmpty { return responder.send(.error(400, "a 3pc prepare must list the participants")) }
+                if let ops = p.ops { return prepareSubmitted(p, ops, responder) }
+                prepare(p, responder)
             }
         case "commit", "abort":
             switch JSONBody.decode(PhaseRequest.self, from: request.body) {
@@ -626,6 +619,69 @@ public final class AgentNode {
         default:
             responder.send(.error(404, "no protocol message \(kind)"))
         }
+    }
+
+    /// Feeds a prepare to the state machine, with the resource's vote if the branch is active.
+    private func prepare(_ p: PrepareRequest, _ responder: ResponseSink, failedWork: String? = nil) {
+        let vote: ResourceVote
+        if machine.state(of: p.txid) == .active {
+            if let failedWork {
+                vote = .no(reason: failedWork)
+            } else {
+                vote = (stagingInFlight[p.txid] ?? 0) > 0 ? .no(reason: "work still in progress on this branch") : resource.vote(txid: p.txid)
+            }
+        } else {
+            vote = .readOnly // not consulted: the state machine answers from the branch's state
+        }
+        var threePhase: Participant.ThreePhaseInfo?
+        if p.protocol == "3pc", let peers = p.participants {
+            threePhase = Participant.ThreePhaseInfo(termination: Termination(rawValue: p.termination ?? "classic") ?? .classic, peers: peers)
+        }
+        feed(.prepare(track(responder, p.txid), txid: p.txid, onePhase: p.onePhase ?? false, vote: vote, threePhase: threePhase))
+    }
+
+    /// Prepares before the arrival of any work registered this branch (POST
+    /// /v1/transactions/submit): the coordinator has the branch already, so the agent joins
+    /// without registering, stages the ops, and votes. A repeated prepare (a retry, a
+    /// duplicating network) waits for the first one's staging and is answered from the
+    /// branch's state; a prepare for a branch this agent finished is answered as before and
+    /// its ops are not staged again.
+    private func prepareSubmitted(_ p: PrepareRequest, _ opsNode: JSONNode, _ responder: ResponseSink) {
+        let txid = p.txid
+        if submittedStaging[txid] != nil {
+            submittedStaging[txid]!.append(responder)
+            return
+        }
+        guard machine.state(of: txid) == nil, machine.finishedOutcomes[txid] == nil else { return prepare(p, responder) }
+        guard TxID(txid) != nil else { return responder.send(.error(400, "malformed txid \"\(txid.prefix(80))\"")) }
+        let ops: [KVOp]
+        do {
+            ops = try KVOp.decodeOps(fromNode: opsNode)
+        } catch {
+            return voteNo(txid, responder, reason: "invalid ops: \(error)")
+        }
+        if let refusal = machine.admitWork(txid) {
+            if refusal.status == 503 { metrics.add("cohort_requests_rejected_total") }
+            return voteNo(txid, responder, reason: refusal.message)
+        }
+        feed(.joined(txid, coordinatorURL: coordinatorURL, timeoutMs: p.timeoutMs ?? Limits.transactionTimeoutMsDefault))
+        submittedStaging[txid] = []
+        stagingInFlight[txid, default: 0] += 1
+        resource.stage(txid: txid, ops: ops, lockWaitMs: Limits.submittedLockWaitMs) { [unowned self] result in
+            if let n = self.stagingInFlight[txid], n > 1 { self.stagingInFlight[txid] = n - 1 } else { self.stagingInFlight.removeValue(forKey: txid) }
+            let repeats = self.submittedStaging.removeValue(forKey: txid) ?? []
+            switch result {
+            case .success: self.prepare(p, responder)
+            case .failure(let error): self.prepare(p, responder, failedWork: "\(error)")
+            }
+            for sink in repeats { self.prepare(p, sink) }
+        }
+    }
+
+    /// A no vote for a branch that never opened here (its work could not be taken).
+    private func voteNo(_ txid: String, _ responder: ResponseSink, reason: String) {
+        responder.send(.jsonBytes(200, JSONBody.encode(PrepareResponse(txid: txid, vote: "no", outcome: nil, reason: reason))))
+        metrics.add("cohort_messages_sent_total", labels: "type=\"vote\"")
     }
 
     /// A message for another incarnation was meant for this participant's lost data directory:

@@ -275,6 +275,23 @@ public final class CohortAPI {
         return out
     }
 
+    /// The name a participant gives in its `/healthz` answer (what `submit` calls it).
+    public func participantName(_ url: String) throws -> String {
+        guard let name = try call("GET", url + "/healthz", as: HealthResponse.self).participant else {
+            throw CohortAPIError.badAnswer("\(url)/healthz names no participant")
+        }
+        return name
+    }
+
+    /// A whole transaction in one request (`POST /v1/transactions/submit`): each branch's ops
+    /// go to its participant with the prepare. Answers once the outcome is durable.
+    public func submit(_ branches: [(participant: String, url: String, ops: [WorkOp])], timeoutMs: Int64? = nil,
+                       protocol: String? = nil, termination: String? = nil) throws -> OutcomeResponse {
+        let request = SubmitRequest(protocol: `protocol`, timeoutMs: timeoutMs, termination: termination,
+                                    branches: branches.map { SubmitRequest.Branch(participant: $0.participant, url: $0.url, ops: WorkOp.node($0.ops)) })
+        return try call("POST", coordinatorURL + "/v1/transactions/submit", body: request.wireJSON, as: OutcomeResponse.self)
+    }
+
     public func healthy(_ url: String) -> Bool {
         (try? raw("GET", url + "/healthz"))?.status == 200
     }
@@ -311,6 +328,23 @@ extension WorkRequestBody: WireEncodable {
         }
         w.endArray()
         w.endObject()
+    }
+}
+
+extension WorkOp {
+    /// Ops as the parsed JSON a submitted branch carries.
+    public static func node(_ ops: [WorkOp]) -> JSONNode {
+        .array(ops.map { op in
+            var members: [(String, JSONNode)] = [("op", .string(op.op)), ("key", .string(op.key))]
+            if let d = op.delta { members.append(("delta", .int(d))) }
+            if let m = op.min { members.append(("min", .int(m))) }
+            switch op.value {
+            case .int(let n)?: members.append(("value", .int(n)))
+            case .string(let v)?: members.append(("value", .string(v)))
+            case nil: break
+            }
+            return .object(members)
+        })
     }
 }
 

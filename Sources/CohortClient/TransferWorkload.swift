@@ -53,6 +53,9 @@ public final class TransferWorkload: @unchecked Sendable {
         public var requestTimeoutMs: Int64 = 10_000
         /// Pause after a failure that suggests a process is down (begin failed, agent unreachable).
         public var retryDelayMs = 50
+        /// Each transfer is one `POST /v1/transactions/submit` (the ops travel with the
+        /// prepares) instead of begin, work at each agent, and commit.
+        public var submit = false
         public var token: String?
 
         public init(coordinatorURL: String, agentURLs: [String]) {
@@ -139,6 +142,7 @@ public final class TransferWorkload: @unchecked Sendable {
     /// Transfers whose outcome is not yet known.
     private var pendingUnknown: [String: Transfer] = [:]
     private var allCommitted: [String] = []
+    private var namesCache: [String]?
 
     public init(config: Config) {
         precondition(config.agentURLs.count >= 2, "a transfer needs two agents")
@@ -286,6 +290,37 @@ public final class TransferWorkload: @unchecked Sendable {
                 schedule!.nextMs += schedule!.intervalMs
                 t0 = slot
             }
+            // Two distinct agents, always worked on in index order (no distributed deadlock);
+            // the money flows either way.
+            let i = Int.random(in: 0..<(agents - 1), using: &rng)
+            let j = Int.random(in: (i + 1)..<agents, using: &rng)
+            let debitFirst = Bool.random(using: &rng)
+            let amount = Int64.random(in: 1...max(1, config.maxAmount), using: &rng)
+            let k1 = key(Int.random(in: 0..<config.accounts, using: &rng))
+            let k2 = key(Int.random(in: 0..<config.accounts, using: &rng))
+            func transfer(_ txid: String) -> Transfer {
+                Transfer(txid: txid, fromAgent: debitFirst ? i : j, fromKey: debitFirst ? k1 : k2,
+                         toAgent: debitFirst ? j : i, toKey: debitFirst ? k2 : k1, amount: amount, outcome: .unknown, reason: nil)
+            }
+            let opsI: [WorkOp] = [debitFirst ? .add(k1, -amount, min: 0) : .add(k1, amount)]
+            let opsJ: [WorkOp] = [debitFirst ? .add(k2, amount) : .add(k2, -amount, min: 0)]
+            if config.submit {
+                guard counter.take(limit: count) else { break }
+                let names = participantNames(api)
+                do {
+                    let answer = try api.submit([(names[i], config.agentURLs[i], opsI), (names[j], config.agentURLs[j], opsJ)],
+                                                timeoutMs: config.transactionTimeoutMs, protocol: config.commitProtocol, termination: config.termination)
+                    tally(answer, transfer(answer.txid), startedMs: t0, &report)
+                } catch {
+                    // No txid to ask about: the transfer stays unknown (conservation still holds).
+                    var t = transfer("")
+                    t.reason = "\(error)"
+                    report.unknown += 1
+                    report.unknownTransfers.append(t)
+                    pause()
+                }
+                continue
+            }
             let txid: String
             do {
                 txid = try api.begin(timeoutMs: config.transactionTimeoutMs, protocol: config.commitProtocol, termination: config.termination)
@@ -298,19 +333,7 @@ public final class TransferWorkload: @unchecked Sendable {
                 _ = try? api.abort(txid)
                 break
             }
-            // Two distinct agents, always worked on in index order (no distributed deadlock);
-            // the money flows either way.
-            let i = Int.random(in: 0..<(agents - 1), using: &rng)
-            let j = Int.random(in: (i + 1)..<agents, using: &rng)
-            let debitFirst = Bool.random(using: &rng)
-            let amount = Int64.random(in: 1...max(1, config.maxAmount), using: &rng)
-            let k1 = key(Int.random(in: 0..<config.accounts, using: &rng))
-            let k2 = key(Int.random(in: 0..<config.accounts, using: &rng))
-            var transfer = Transfer(txid: txid, fromAgent: debitFirst ? i : j, fromKey: debitFirst ? k1 : k2,
-                                    toAgent: debitFirst ? j : i, toKey: debitFirst ? k2 : k1, amount: amount,
-                                    outcome: .unknown, reason: nil)
-            let opsI: [WorkOp] = [debitFirst ? .add(k1, -amount, min: 0) : .add(k1, amount)]
-            let opsJ: [WorkOp] = [debitFirst ? .add(k2, amount) : .add(k2, -amount, min: 0)]
+            var transfer = transfer(txid)
             do {
                 _ = try api.agentWork(config.agentURLs[i], txid, opsI)
                 _ = try api.agentWork(config.agentURLs[j], txid, opsJ)
@@ -331,19 +354,7 @@ public final class TransferWorkload: @unchecked Sendable {
                 continue
             }
             do {
-                let answer = try api.commit(txid)
-                if answer.outcome == "committed" {
-                    transfer.outcome = .committed
-                    report.committed += 1
-                    live.add(committed: 1)
-                    report.latenciesMs.append(nowMs() - t0)
-                    report.committedTxids.append(txid)
-                    record(committed: transfer)
-                } else {
-                    report.aborted += 1
-                    live.add(aborted: 1)
-                    report.abortReasons[Self.shortReason(answer.reason ?? "aborted"), default: 0] += 1
-                }
+                tally(try api.commit(txid), transfer, startedMs: t0, &report)
             } catch {
                 // Connection lost or an error during commit: the outcome is the coordinator's
                 // to tell, later.
@@ -356,6 +367,33 @@ public final class TransferWorkload: @unchecked Sendable {
             }
         }
         return report
+    }
+
+    /// Counts a transfer whose outcome the coordinator answered.
+    private func tally(_ answer: OutcomeResponse, _ transfer: Transfer, startedMs: Double, _ report: inout Report) {
+        var transfer = transfer
+        if answer.outcome == "committed" {
+            transfer.outcome = .committed
+            report.committed += 1
+            live.add(committed: 1)
+            report.latenciesMs.append(nowMs() - startedMs)
+            report.committedTxids.append(transfer.txid)
+            record(committed: transfer)
+        } else {
+            report.aborted += 1
+            live.add(aborted: 1)
+            report.abortReasons[Self.shortReason(answer.reason ?? "aborted"), default: 0] += 1
+        }
+    }
+
+    /// The agents' participant names, asked once (submit names each branch's participant).
+    private func participantNames(_ api: CohortAPI) -> [String] {
+        lock.lock()
+        if let names = namesCache { lock.unlock(); return names }
+        lock.unlock()
+        let names = config.agentURLs.map { (try? api.participantName($0)) ?? $0 }
+        lock.lock(); namesCache = names; lock.unlock()
+        return names
     }
 
     static func shortReason(_ reason: String) -> String {

@@ -236,10 +236,11 @@ public final class CoordinatorNode {
         let path: String
         let body: [UInt8]
         switch message {
-        case .prepare(let onePhase, let participants, let threePhase):
+        case .prepare(let onePhase, let participants, let threePhase, let work):
             path = "/v1/2pc/prepare"
             body = JSONBody.encode(PrepareRequest(txid: txid.description, onePhase: onePhase, participants: participants, incarnation: to.incarnation,
-                                                  protocol: threePhase == nil ? nil : "3pc", termination: threePhase?.rawValue))
+                                                  protocol: threePhase == nil ? nil : "3pc", termination: threePhase?.rawValue,
+                                                  ops: work, timeoutMs: work == nil ? nil : machine.transaction(txid)?.timeoutMs))
             CrashPoints.hit("coordinator.before-prepare-send")
         case .preCommit:
             path = "/v1/3pc/precommit"
@@ -304,7 +305,7 @@ public final class CoordinatorNode {
             } else {
                 feed(.acknowledged(txid, participant: name))
             }
-        case .prepare(let onePhase, _, _):
+        case .prepare(let onePhase, _, _, _):
             guard let response, failure == nil,
                   let answer = try? JSONBody.value(PrepareResponse.self, from: response.body) else {
                 let error = failure ?? "unreadable answer to prepare"
@@ -371,6 +372,8 @@ public final class CoordinatorNode {
                     ? .threePhase(Termination(rawValue: begin.termination ?? "classic") ?? .classic) : .twoPhase
                 feed(.begin(requests.add(responder), timeoutMs: begin.timeoutMs, protocol: commitProtocol))
             }
+        case ("POST", 3) where parts[0] == "v1" && parts[1] == "transactions" && parts[2] == "submit":
+            submit(request, responder)
         case ("GET", 2) where parts == ["v1", "transactions"]:
             list(request, responder)
         case ("GET", 3) where parts[0] == "v1" && parts[1] == "transactions":
@@ -464,6 +467,27 @@ public final class CoordinatorNode {
             open: machine.unfinishedCount + tcc.unfinishedCount, parked: machine.parkedCount + tcc.parkedCount,
             commitLatency: StatsResponse.Latency(samples: commitLatency.count, p50Ms: p.p50, p95Ms: p.p95, p99Ms: p.p99, maxMs: p.max),
             uptimeS: Int64((environment.monotonicUs &- startedAtUs) / 1_000_000))
+    }
+
+    private func submit(_ request: HTTPRequest, _ responder: ResponseSink) {
+        switch JSONBody.decode(SubmitRequest.self, from: request.body) {
+        case .failure(let e): responder.send(.requestError(e))
+        case .success(let submit):
+            if let error = validate(BeginRequest(protocol: submit.protocol, timeoutMs: submit.timeoutMs, termination: submit.termination)) {
+                return responder.send(.requestError(error))
+            }
+            if submit.protocol == "tcc" {
+                return responder.send(.error(400, "submit runs 2pc and 3pc transactions; a TCC transaction registers its branches (POST /v1/transactions/{txid}/tcc-branches)"))
+            }
+            let commitProtocol: CommitProtocol = submit.protocol == "3pc"
+                ? .threePhase(Termination(rawValue: submit.termination ?? "classic") ?? .classic) : .twoPhase
+            let branches = submit.branches.map {
+                Coordinator.SubmittedBranch(participant: ParticipantRef(name: $0.participant, url: $0.url, incarnation: $0.incarnation), work: $0.ops)
+            }
+            let id = requests.add(responder)
+            commitStartedUs[id] = Int64(environment.monotonicUs)
+            feed(.submit(id, timeoutMs: submit.timeoutMs, protocol: commitProtocol, branches: branches))
+        }
     }
 
     private func validate(_ begin: BeginRequest) -> RequestError? {

@@ -44,6 +44,9 @@ public struct Coordinator {
 
     public enum Event {
         case begin(RequestID, timeoutMs: Int64?, protocol: CommitProtocol = .twoPhase)
+        /// A whole transaction in one request: begin, every branch's work, and commit. Each
+        /// branch's work travels with its prepare, so no participant registers.
+        case submit(RequestID, timeoutMs: Int64?, protocol: CommitProtocol, branches: [SubmittedBranch])
         case register(RequestID, txid: String, participant: ParticipantRef)
         case commit(RequestID, txid: String)
         case abort(RequestID, txid: String)
@@ -84,6 +87,16 @@ public struct Coordinator {
         case preCommitRefused(TxID, participant: String, reason: String)
         /// 3PC: a participant's state, asked while learning the outcome (nil: no answer).
         case stateAnswered(TxID, participant: String, state: ThreePhaseState?)
+    }
+
+    public struct SubmittedBranch: Equatable, Sendable {
+        public let participant: ParticipantRef
+        /// The participant's operations (for the agent, its `/v1/work` ops array).
+        public let work: JSONNode
+        public init(participant: ParticipantRef, work: JSONNode) {
+            self.participant = participant
+            self.work = work
+        }
     }
 
     public struct ForceRequest: Equatable, Sendable {
@@ -217,6 +230,8 @@ public struct Coordinator {
         public var history: [Attempt] = []
         /// The outcome this participant's operator forced, if it reported one.
         public var heuristic: Outcome?
+        /// A submitted transaction's work for this branch, until the branch has voted.
+        public var work: JSONNode?
     }
 
     public struct TimelineEvent: Equatable, Sendable {
@@ -513,6 +528,8 @@ public struct Coordinator {
         switch event {
         case .begin(let request, let timeoutMs, let commitProtocol):
             return begin(request, timeoutMs: timeoutMs, commitProtocol: commitProtocol, nowMs: nowMs)
+        case .submit(let request, let timeoutMs, let commitProtocol, let branches):
+            return submit(request, timeoutMs: timeoutMs, commitProtocol: commitProtocol, branches: branches, nowMs: nowMs)
         case .preCommitDurable(let txid):
             return preCommitDurable(txid, nowMs: nowMs)
         case .preCommitAcknowledged(let txid, let name):
@@ -609,12 +626,23 @@ public struct Coordinator {
     }
 
     private mutating func begin(_ request: RequestID, timeoutMs: Int64?, commitProtocol: CommitProtocol, nowMs: Int64) -> [Action] {
+        switch openTransaction(timeoutMs: timeoutMs, commitProtocol: commitProtocol, nowMs: nowMs) {
+        case .failure(let e): return [.reply(request, .error(e))]
+        case .success(let txid):
+            let timeout = open[txid]!.timeoutMs
+            return [.setTimer(.transactionTimeout(txid), afterMs: timeout), .reply(request, .begun(txid, timeoutMs: timeout))]
+        }
+    }
+
+    /// A new active transaction with no branches, within the open-transaction and timeout limits.
+    private mutating func openTransaction(timeoutMs: Int64?, commitProtocol: CommitProtocol, nowMs: Int64,
+                                          event: String = "begun") -> Result<TxID, RequestError> {
         guard open.count < config.openTransactionsMax else {
-            return [.reply(request, .error(RequestError(503, "too many open transactions (limit \(config.openTransactionsMax)); retry later")))]
+            return .failure(RequestError(503, "too many open transactions (limit \(config.openTransactionsMax)); retry later"))
         }
         let timeout = timeoutMs ?? config.timeoutMsDefault
         guard timeout > 0, timeout <= config.timeoutMsMax else {
-            return [.reply(request, .error(RequestError(400, "timeout_ms must be between 1 and \(config.timeoutMsMax)")))]
+            return .failure(RequestError(400, "timeout_ms must be between 1 and \(config.timeoutMsMax)"))
         }
         let txid = TxID(coordinatorID: config.coordinatorID, epoch: epoch, sequence: nextSequence)
         nextSequence += 1
@@ -622,9 +650,50 @@ public struct Coordinator {
         tx.commitProtocol = commitProtocol
         var detail = "\(commitProtocol.name), timeout \(timeout)ms"
         if case .threePhase(let t) = commitProtocol { detail += ", \(t.rawValue) termination" }
-        tx.events.append(TimelineEvent(atMs: nowMs, event: "begun", participant: nil, detail: detail))
+        tx.events.append(TimelineEvent(atMs: nowMs, event: event, participant: nil, detail: detail))
         open[txid] = tx
-        return [.setTimer(.transactionTimeout(txid), afterMs: timeout), .reply(request, .begun(txid, timeoutMs: timeout))]
+        return .success(txid)
+    }
+
+    /// Why a participant reference cannot be a branch, if it cannot.
+    private func invalidParticipant(_ participant: ParticipantRef) -> RequestError? {
+        guard !participant.name.isEmpty, participant.name.utf8.count <= Limits.participantNameBytesMax,
+              !participant.url.isEmpty, participant.url.utf8.count <= Limits.participantURLBytesMax,
+              (participant.incarnation?.utf8.count ?? 0) <= Limits.incarnationBytesMax else {
+            return RequestError(400, "participant name and url must be 1-\(Limits.participantNameBytesMax) and 1-\(Limits.participantURLBytesMax) bytes")
+        }
+        return nil
+    }
+
+    /// Begin, join every branch and commit, as one request. The branches go straight to
+    /// prepare with their work; the answer is the outcome, as for `commit`. Never one-phase:
+    /// a repeated one-phase commit carrying work could apply it twice at a participant that
+    /// lost its memory of the first in a restart, while a repeated prepare is answered by vote.
+    private mutating func submit(_ request: RequestID, timeoutMs: Int64?, commitProtocol: CommitProtocol,
+                                 branches: [SubmittedBranch], nowMs: Int64) -> [Action] {
+        guard !branches.isEmpty, branches.count <= config.branchesPerTransactionMax else {
+            return [.reply(request, .error(RequestError(400, "a submitted transaction needs 1-\(config.branchesPerTransactionMax) branches")))]
+        }
+        var names = Set<String>()
+        for b in branches {
+            if let e = invalidParticipant(b.participant) { return [.reply(request, .error(e))] }
+            guard names.insert(b.participant.name).inserted else {
+                return [.reply(request, .error(RequestError(400, "participant \(b.participant.name) appears twice; give each participant one branch")))]
+            }
+        }
+        let txid: TxID
+        switch openTransaction(timeoutMs: timeoutMs, commitProtocol: commitProtocol, nowMs: nowMs, event: "submitted") {
+        case .failure(let e): return [.reply(request, .error(e))]
+        case .success(let t): txid = t
+        }
+        var tx = open.removeValue(forKey: txid)!
+        for b in branches {
+            var branch = Branch(participant: b.participant, state: .registered)
+            branch.work = b.work
+            tx.branches.append(branch)
+        }
+        tx.waiters.append(request)
+        return [.setTimer(.transactionTimeout(txid), afterMs: tx.timeoutMs)] + startPrepare(txid, &tx, onePhaseAllowed: false, nowMs: nowMs)
     }
 
     private func lookup(_ text: String) -> Result<TxID, RequestError> {
@@ -636,11 +705,7 @@ public struct Coordinator {
     }
 
     private mutating func register(_ request: RequestID, _ text: String, _ participant: ParticipantRef, nowMs: Int64) -> [Action] {
-        guard !participant.name.isEmpty, participant.name.utf8.count <= Limits.participantNameBytesMax,
-              !participant.url.isEmpty, participant.url.utf8.count <= Limits.participantURLBytesMax,
-              (participant.incarnation?.utf8.count ?? 0) <= Limits.incarnationBytesMax else {
-            return [.reply(request, .error(RequestError(400, "participant name and url must be 1-\(Limits.participantNameBytesMax) and 1-\(Limits.participantURLBytesMax) bytes")))]
-        }
+        if let e = invalidParticipant(participant) { return [.reply(request, .error(e))] }
         let txid: TxID
         switch lookup(text) {
         case .failure(let e): return [.reply(request, .error(e))]
@@ -708,19 +773,26 @@ public struct Coordinator {
             open[txid] = tx
             return finishCommitted(txid, nowMs: nowMs, detail: "no branches")
         }
+        return startPrepare(txid, &tx, onePhaseAllowed: true, nowMs: nowMs)
+    }
+
+    /// Sends every branch its prepare (or its one-phase commit) and puts `tx`, taken out of
+    /// `open` by the caller, back.
+    private mutating func startPrepare(_ txid: TxID, _ tx: inout Transaction, onePhaseAllowed: Bool, nowMs: Int64) -> [Action] {
         tx.state = .preparing
         var threePhase: Termination?
         if case .threePhase(let t) = tx.commitProtocol { threePhase = t }
         // A single branch commits in one phase under 2PC; 3PC keeps its phases (the point of
         // 3PC is what happens when the coordinator fails between them).
-        let onePhase = config.onePhaseCommit && tx.branches.count == 1 && threePhase == nil
+        let onePhase = onePhaseAllowed && config.onePhaseCommit && tx.branches.count == 1 && threePhase == nil
         tx.onePhase = onePhase
         let everyone = tx.branches.map(\.participant)
         var actions: [Action] = []
         for i in tx.branches.indices {
             tx.branches[i].state = .prepareSent
             tx.branches[i].attempts = 1
-            actions.append(.send(txid, to: tx.branches[i].participant, .prepare(onePhase: onePhase, participants: everyone, threePhase: threePhase)))
+            actions.append(.send(txid, to: tx.branches[i].participant,
+                                 .prepare(onePhase: onePhase, participants: everyone, threePhase: threePhase, work: tx.branches[i].work)))
         }
         tx.events.append(TimelineEvent(atMs: nowMs, event: onePhase ? "one-phase-commit-sent" : "prepare-sent", participant: nil, detail: "\(tx.branches.count) branch(es)"))
         open[txid] = tx
@@ -765,6 +837,7 @@ public struct Coordinator {
         // the edits below do not copy them (copy-on-write); every path puts it back.
         open.removeValue(forKey: txid)
         tx.branches[i].vote = vote
+        tx.branches[i].work = nil
         tx.branches[i].lastError = nil
         switch vote {
         case .yes: tx.branches[i].state = .prepared
@@ -960,6 +1033,8 @@ public struct Coordinator {
     private mutating func remember(_ tx: Transaction) {
         precondition(tx.state.isFinished)
         var tx = tx
+        // A finished transaction's work is never sent again; the memory is for new ones.
+        for i in tx.branches.indices { tx.branches[i].work = nil }
         if tx.branches.contains(where: { $0.heuristic != nil && $0.heuristic != tx.outcome }) { tx.state = .heuristicMixed }
         if tx.finishedAtMs == nil { tx.finishedAtMs = tx.events.last?.atMs }
         trimEvents(&tx)

@@ -21,9 +21,10 @@ public enum Limits {
     public static let groupCommitRecordsTarget = 16
     /// ... or, unless the previous round reached that target, once this long passed with no new
     /// forced record: with a few writers every one that could join is already waiting on this
-    /// very sync, and waiting longer only adds latency. A few fdatasyncs on the development
-    /// machine (0.2-0.3 ms each).
-    public static let groupCommitQuietUs: Int64 = 700
+    /// very sync, and waiting longer only adds latency. About one fdatasync on the development
+    /// machine (0.2-0.3 ms): 700 µs gave 2,241 submitted transfers/s at 8 clients, 200 µs
+    /// 2,665/s (docs/benchmarks.md, round 3).
+    public static let groupCommitQuietUs: Int64 = 200
     /// Checkpoint once the live segments hold more than this many bytes.
     public static let checkpointAfterBytes = 32 << 20
     /// Largest checkpoint snapshot (the log's type-0 record). A snapshot holds every open
@@ -46,12 +47,17 @@ public enum Limits {
     /// Requests queued at the client waiting for a connection, per destination.
     public static let httpClientQueueMax = 4096
     public static let httpResponseBytesMax = 4 << 20
-    /// Protocol messages in one `POST /v1/batch`, and batch exchanges open per peer at once.
+    /// Protocol messages in one `POST /v1/batch`.
     public static let batchMessagesMax = 256
     /// Arrays and objects nested deeper than this in a wire body are refused (the hand-written
     /// JSON reader recurses once per level).
     public static let jsonNestingDepthMax = 64
-    public static let batchExchangesInFlightPerPeer = 4
+    /// Batch exchanges open per peer at once; more messages wait and go as one batch. Each
+    /// exchange lasts a whole sync at the peer (a prepare's answer waits for its record), so
+    /// a low cap queues messages behind other transactions' syncs: at 4, 8 clients made
+    /// 1,208 transfers/s (p50 6.3 ms); at 64, 1,603/s (p50 4.8 ms), and submitted transfers
+    /// 2,665/s instead of 903/s (docs/benchmarks.md, round 3).
+    public static let batchExchangesInFlightPerPeer = 64
     /// A branch registration waits this long for the coordinator (a client's work request
     /// waits on it).
     public static let registrationTimeoutMs: Int64 = 1_000
@@ -118,6 +124,11 @@ public enum Limits {
     /// Outcomes of finished branches remembered to answer duplicates and refuse late prepares.
     public static let finishedBranchesKept = 100_000
     public static let lockWaitTimeoutMs: Int64 = 2_000
+    /// Lock wait for a submitted transaction's work, staged as its prepare arrives. Its
+    /// branches are staged at every participant at once, not one after another as a client
+    /// does, so two transfers can each hold a lock the other waits for at another
+    /// participant; a short wait turns that deadlock into a quick no vote.
+    public static let submittedLockWaitMs: Int64 = 50
     /// Waiters queued on one key.
     public static let lockWaitersPerKeyMax = 256
     public static let opsPerWorkMax = 256

@@ -89,7 +89,10 @@ public enum ThreePhaseState: String, Codable, Sendable {
 public enum ParticipantMessage: Equatable, Sendable {
     /// `participants` lists every branch, so the participants of a three-phase commit can find
     /// each other for the termination protocol. `threePhase` is set for 3PC (CanCommit).
-    case prepare(onePhase: Bool, participants: [ParticipantRef], threePhase: Termination?)
+    /// `work` is set for a submitted transaction (`POST /v1/transactions/submit`): the
+    /// branch's operations, which the participant stages before it votes; the coordinator
+    /// passes them on without reading them.
+    case prepare(onePhase: Bool, participants: [ParticipantRef], threePhase: Termination?, work: JSONNode? = nil)
     /// 3PC: everyone voted yes; move to pre-committed (forced) and acknowledge.
     case preCommit
     /// 3PC: what is your state? (a coordinator learning an outcome it no longer decides)
@@ -99,7 +102,7 @@ public enum ParticipantMessage: Equatable, Sendable {
 
     public var typeName: String {
         switch self {
-        case .prepare(let onePhase, _, _): return onePhase ? "commit-one-phase" : "prepare"
+        case .prepare(let onePhase, _, _, _): return onePhase ? "commit-one-phase" : "prepare"
         case .preCommit: return "pre-commit"
         case .stateQuery: return "state-query"
         case .commit: return "commit"

@@ -92,8 +92,16 @@ public struct PrepareRequest: Codable, Sendable {
     public let `protocol`: String?
     /// 3PC: "classic" or "quorum" termination.
     public let termination: String?
+    /// A submitted transaction's work for this participant (for the agent, a `/v1/work` ops
+    /// array): stage it, then vote. Not part of the Codable form; the wire reader carries it.
+    public var ops: JSONNode? = nil
+    /// With `ops`: the transaction's timeout, which a participant that did not see the
+    /// transaction begin uses for its branch's expiry.
+    public var timeoutMs: Int64? = nil
     public init(txid: String, onePhase: Bool?, participants: [ParticipantRef]?, incarnation: String? = nil,
-                protocol: String? = nil, termination: String? = nil) {
+                protocol: String? = nil, termination: String? = nil, ops: JSONNode? = nil, timeoutMs: Int64? = nil) {
+        self.ops = ops
+        self.timeoutMs = timeoutMs
         self.txid = txid
         self.onePhase = onePhase
         self.participants = participants
@@ -280,7 +288,12 @@ public struct BranchList: Codable, Sendable {
 
 public struct HealthResponse: Codable, Sendable {
     public let status: String
-    public init(status: String) { self.status = status }
+    /// A participant's name, for clients that name it in `POST /v1/transactions/submit`.
+    public let participant: String?
+    public init(status: String, participant: String? = nil) {
+        self.status = status
+        self.participant = participant
+    }
 }
 
 extension Coordinator.Transaction {
@@ -560,9 +573,15 @@ extension ParticipantRef {
 
 extension PrepareRequest: WireDecodable, WireEncodable {
     public init(wire o: WireObject) throws {
+        var ops: JSONNode?
+        if let node = o["ops"] {
+            guard case .array = node else { throw WireJSONError.wrongType("ops") }
+            ops = node
+        }
         self.init(txid: try o.string("txid"), onePhase: try o.optBool("one_phase"),
                   participants: try o.optObjects("participants") { try ParticipantRef(wire: $0) },
-                  incarnation: try o.optString("incarnation"), protocol: try o.optString("protocol"), termination: try o.optString("termination"))
+                  incarnation: try o.optString("incarnation"), protocol: try o.optString("protocol"), termination: try o.optString("termination"),
+                  ops: ops, timeoutMs: try o.optInt64("timeout_ms"))
     }
     public func writeWire(_ w: inout JSONWriter) {
         w.beginObject()
@@ -577,6 +596,8 @@ extension PrepareRequest: WireDecodable, WireEncodable {
         w.field("incarnation", incarnation)
         w.field("protocol", self.protocol)
         w.field("termination", termination)
+        w.field("timeout_ms", timeoutMs)
+        if let ops { w.key("ops"); w.value(ops) }
         w.endObject()
     }
 }
@@ -605,6 +626,64 @@ extension PhaseResponse: WireDecodable, WireEncodable {
 }
 
 extension HealthResponse: WireDecodable, WireEncodable {
-    public init(wire o: WireObject) throws { self.init(status: try o.string("status")) }
-    public func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("status", status); w.endObject() }
+    public init(wire o: WireObject) throws { self.init(status: try o.string("status"), participant: try o.optString("participant")) }
+    public func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("status", status); w.field("participant", participant); w.endObject() }
+}
+
+/// `POST /v1/transactions/submit`: a whole 2PC or 3PC transaction in one request. Each branch
+/// names its participant and carries the operations the participant stages when the prepare
+/// reaches it; the answer is an `OutcomeResponse`, as for commit.
+public struct SubmitRequest: WireDecodable, WireEncodable, Sendable {
+    public struct Branch: Sendable {
+        public let participant: String
+        public let url: String
+        public let incarnation: String?
+        public let ops: JSONNode
+        public init(participant: String, url: String, incarnation: String? = nil, ops: JSONNode) {
+            self.participant = participant
+            self.url = url
+            self.incarnation = incarnation
+            self.ops = ops
+        }
+    }
+    public var `protocol`: String?
+    public var timeoutMs: Int64?
+    public var termination: String?
+    public var branches: [Branch]
+    public init(protocol: String? = nil, timeoutMs: Int64? = nil, termination: String? = nil, branches: [Branch]) {
+        self.protocol = `protocol`
+        self.timeoutMs = timeoutMs
+        self.termination = termination
+        self.branches = branches
+    }
+
+    public init(wire o: WireObject) throws {
+        let branches = try o.objects("branches") { b -> Branch in
+            guard let ops = b["ops"] else { throw WireJSONError.missingField(b.name("ops")) }
+            guard case .array = ops else { throw WireJSONError.wrongType(b.name("ops")) }
+            return Branch(participant: try b.string("participant"), url: try b.string("url"), incarnation: try b.optString("incarnation"), ops: ops)
+        }
+        self.init(protocol: try o.optString("protocol"), timeoutMs: try o.optInt64("timeout_ms"), termination: try o.optString("termination"),
+                  branches: branches)
+    }
+
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject()
+        w.field("protocol", self.protocol)
+        w.field("timeout_ms", timeoutMs)
+        w.field("termination", termination)
+        w.key("branches")
+        w.beginArray()
+        for b in branches {
+            w.beginObject()
+            w.field("participant", b.participant)
+            w.field("url", b.url)
+            w.field("incarnation", b.incarnation)
+            w.key("ops")
+            w.value(b.ops)
+            w.endObject()
+        }
+        w.endArray()
+        w.endObject()
+    }
 }

@@ -393,6 +393,29 @@ public struct JSONWriter {
     public mutating func value(_ n: Int64) { separate(); bytes.append(contentsOf: String(n).utf8); needComma = true }
     public mutating func value(_ b: Bool) { separate(); bytes.append(contentsOf: (b ? "true" : "false").utf8); needComma = true }
 
+    /// A parsed value written back, e.g. a participant's operations passed on untouched.
+    public mutating func value(_ node: JSONNode) {
+        switch node {
+        case .null: separate(); bytes.append(contentsOf: "null".utf8); needComma = true
+        case .bool(let b): value(b)
+        case .int(let n): value(n)
+        case .double(let d):
+            separate()
+            // JSON has no NaN or infinity; the parser never produces them.
+            bytes.append(contentsOf: (d.isFinite ? "\(d)" : "null").utf8)
+            needComma = true
+        case .string(let s): value(s)
+        case .array(let items):
+            beginArray()
+            for item in items { value(item) }
+            endArray()
+        case .object(let members):
+            beginObject()
+            for (k, v) in members { key(k); value(v) }
+            endObject()
+        }
+    }
+
     /// Writes `"k": v`, or nothing when `v` is nil (as Codable's `encodeIfPresent`).
     public mutating func field(_ k: String, _ v: String?) { if let v { key(k); value(v) } }
     public mutating func field(_ k: String, _ v: Int64?) { if let v { key(k); value(v) } }

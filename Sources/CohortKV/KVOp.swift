@@ -171,6 +171,19 @@ extension KVOp: Codable {
 }
 
 extension KVOp {
+    /// The ops array of a submitted transaction's prepare (`ops` in `PrepareRequest`), with the
+    /// same checks and messages as a `/v1/work` body's.
+    public static func decodeOps(fromNode node: JSONNode) throws -> [KVOp] {
+        guard case .array(let items) = node else { throw KVRequestError(field: "ops", reason: "must be an array") }
+        if items.count > Limits.opsPerWorkMax {
+            throw KVRequestError(field: "ops", reason: "\(items.count) ops exceed the limit of \(Limits.opsPerWorkMax)")
+        }
+        var ops: [KVOp] = []
+        ops.reserveCapacity(items.count)
+        for (i, item) in items.enumerated() { ops.append(try KVOp(wireNode: item, path: "ops[\(i)]")) }
+        return ops
+    }
+
     /// One op from a parsed body, with the same checks and messages as `init(from:)`.
     init(wireNode node: JSONNode, path: String) throws {
         guard case .object(let members) = node, let c = try? WireObject(node) else {
@@ -276,13 +289,7 @@ public struct WorkRequest: Decodable, Equatable {
         }
         guard !txid.isEmpty else { throw KVRequestError(field: "txid", reason: "must not be empty") }
         guard let opsNode = o["ops"] else { throw KVRequestError(field: "ops", reason: "is required") }
-        guard case .array(let items) = opsNode else { throw KVRequestError(field: "ops", reason: "must be an array") }
-        if items.count > Limits.opsPerWorkMax {
-            throw KVRequestError(field: "ops", reason: "\(items.count) ops exceed the limit of \(Limits.opsPerWorkMax)")
-        }
-        var ops: [KVOp] = []
-        ops.reserveCapacity(items.count)
-        for (i, item) in items.enumerated() { ops.append(try KVOp(wireNode: item, path: "ops[\(i)]")) }
+        let ops = try KVOp.decodeOps(fromNode: opsNode)
         var requestID: String?
         if case .string(let r)? = o["request_id"] { requestID = r }
         return (WorkRequest(txid: txid, ops: ops), requestID)

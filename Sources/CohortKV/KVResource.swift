@@ -45,6 +45,7 @@ public final class KVResource {
 
     private final class Call {
         let ops: [KVOp]
+        let lockWaitMs: Int64
         let completion: (Result<StageResult, KVError>) -> Void
         var next = 0
         /// This call's ops and get results; joined to the branch only when the whole call succeeds,
@@ -53,7 +54,8 @@ public final class KVResource {
         var staged: [KVOp] = []
         var overlay: [String: KVValue] = [:]
         var values: [String: KVValue] = [:]
-        init(ops: [KVOp], completion: @escaping (Result<StageResult, KVError>) -> Void) {
+        init(ops: [KVOp], lockWaitMs: Int64, completion: @escaping (Result<StageResult, KVError>) -> Void) {
+            self.lockWaitMs = lockWaitMs
             self.ops = ops
             self.completion = completion
         }
@@ -124,7 +126,8 @@ public final class KVResource {
 
     /// Stages `ops` for `txid`, taking each key's lock in order. `completion` runs once, maybe
     /// later (when a waited lock is granted or times out). Calls for one txid run in call order.
-    public func stage(txid: String, ops: [KVOp], completion: @escaping (Result<StageResult, KVError>) -> Void) {
+    /// `lockWaitMs` replaces the resource's lock wait for this call's ops.
+    public func stage(txid: String, ops: [KVOp], lockWaitMs: Int64? = nil, completion: @escaping (Result<StageResult, KVError>) -> Void) {
         do {
             try KVOp.validate(ops)
         } catch {
@@ -142,7 +145,7 @@ public final class KVResource {
             branch = Branch(txid: txid)
             branches[txid] = branch
         }
-        branch.calls.append(Call(ops: ops, completion: completion))
+        branch.calls.append(Call(ops: ops, lockWaitMs: lockWaitMs ?? lockWaitTimeoutMs, completion: completion))
         run(branch)
         drainGrants()
     }
@@ -175,7 +178,7 @@ public final class KVResource {
                     }
                     call.next += 1
                 case .waiting:
-                    startWait(branch, key: op.key)
+                    startWait(branch, key: op.key, waitMs: call.lockWaitMs)
                     return
                 case .refused(let reason):
                     failure = .lockRefused(key: op.key, reason: reason)
@@ -222,12 +225,12 @@ public final class KVResource {
         return try store.get(key)
     }
 
-    private func startWait(_ branch: Branch, key: String) {
+    private func startWait(_ branch: Branch, key: String, waitMs: Int64) {
         nextWaitToken += 1
         let token = nextWaitToken
         branch.waitingKey = key
         branch.waitToken = token
-        branch.cancelTimer = schedule(lockWaitTimeoutMs) { [weak self, weak branch] in
+        branch.cancelTimer = schedule(waitMs) { [weak self, weak branch] in
             guard let self, let branch else { return }
             self.waitTimedOut(branch, key: key, token: token)
         }

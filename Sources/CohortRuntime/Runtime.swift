@@ -115,6 +115,14 @@ public enum JSONBody {
         return wireResult { try T(wireJSON: bytes) }
     }
 
+    /// `decode` for wire-only types (no Codable form).
+    public static func decode<T: WireDecodable>(_ type: T.Type, from bytes: [UInt8]) -> Result<T, RequestError> {
+        if bytes.isEmpty || bytes.allSatisfy({ $0 == 32 || $0 == 10 || $0 == 13 || $0 == 9 }) {
+            return .failure(RequestError(400, "request body is empty; a JSON object is required"))
+        }
+        return wireResult { try T(wireJSON: bytes) }
+    }
+
     /// The hand-written reader's errors in the words the Codable path uses.
     private static func wireResult<T>(_ read: () throws -> T) -> Result<T, RequestError> {
         do {
