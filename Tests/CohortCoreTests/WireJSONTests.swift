@@ -120,4 +120,23 @@ final class WireJSONTests: XCTestCase {
         try both(ErrorBody(error: odd))
         try both(HealthResponse(status: "ok"))
     }
+
+    func testSubmittedWorkSurvivesTheTripThroughTheCoordinator() throws {
+        // The coordinator passes a branch's ops on without reading them: what it writes must
+        // parse back to the same value, odd strings and numbers included.
+        let body = #"{"protocol":"2pc","timeout_ms":900,"branches":[{"participant":"a","url":"http://a:1","ops":[{"op":"set","key":"k \"q\" é","value":"v\n"},{"op":"add","key":"n","delta":-9223372036854775808,"min":0},{"op":"get","key":"z"}]},{"participant":"b","url":"http://b:1","incarnation":"i","ops":[]}]}"#
+        let submit = try SubmitRequest(wireJSON: Array(body.utf8))
+        XCTAssertEqual(submit.branches.map(\.participant), ["a", "b"])
+        XCTAssertEqual(submit.branches[1].incarnation, "i")
+        let again = try SubmitRequest(wireJSON: submit.wireJSON)
+        XCTAssertEqual(again.branches[0].ops, submit.branches[0].ops)
+        let prepare = PrepareRequest(txid: "t", onePhase: false, participants: nil, ops: submit.branches[0].ops, timeoutMs: 900)
+        let read = try PrepareRequest(wireJSON: prepare.wireJSON)
+        XCTAssertEqual(read.ops, submit.branches[0].ops)
+        XCTAssertEqual(read.timeoutMs, 900)
+        XCTAssertNil(try PrepareRequest(wireJSON: Array(#"{"txid":"t"}"#.utf8)).ops, "a plain prepare carries no work")
+        XCTAssertThrowsError(try PrepareRequest(wireJSON: Array(#"{"txid":"t","ops":{}}"#.utf8)))
+        XCTAssertThrowsError(try SubmitRequest(wireJSON: Array(#"{"branches":[{"participant":"a","url":"u"}]}"#.utf8)), "ops are required")
+        XCTAssertThrowsError(try SubmitRequest(wireJSON: Array(#"{"branches":[{"participant":"a","url":"u","ops":"x"}]}"#.utf8)))
+    }
 }

@@ -1,0 +1,93 @@
+import CohortClient
+import CohortCore
+import Foundation
+import XCTest
+
+/// `POST /v1/transactions/submit` against real processes: the ops travel with the prepares.
+final class SubmitTests: XCTestCase {
+    func testSubmittedTransferCommitsAndARefusedOneChangesNothing() throws {
+        let cluster = try startCluster(agents: 2)
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        let (a, b) = (cluster.url("a"), cluster.url("b"))
+        XCTAssertEqual(try api.participantName(a), "a")
+        let setup = try api.submit([("a", a, [.set("x", 100)]), ("b", b, [.set("y", 0)])])
+        XCTAssertEqual(setup.outcome, "committed")
+        XCTAssertTrue(try eventually { try api.transaction(setup.txid)?.state == "committed" })
+        let move = try api.submit([("a", a, [.add("x", -30, min: 0)]), ("b", b, [.add("y", 30)])])
+        XCTAssertEqual(move.outcome, "committed")
+        // The answer comes once the decision is durable; the second phase may still be on its way.
+        XCTAssertTrue(try eventually { try api.transaction(move.txid)?.state == "committed" })
+        XCTAssertEqual(try api.kv(a, "x"), .int(70))
+        XCTAssertEqual(try api.kv(b, "y"), .int(30))
+        let tooMuch = try api.submit([("a", a, [.add("x", -300, min: 0)]), ("b", b, [.add("y", 300)])])
+        XCTAssertEqual(tooMuch.outcome, "aborted")
+        XCTAssertTrue(tooMuch.reason?.contains("a voted no") == true, tooMuch.reason ?? "")
+        XCTAssertEqual(try api.kv(a, "x"), .int(70), "a refused transfer changes nothing")
+        XCTAssertEqual(try api.kv(b, "y"), .int(30))
+        let view = try XCTUnwrap(try api.transaction(move.txid))
+        XCTAssertEqual(view.events.first?.event, "submitted")
+        // 3PC too.
+        let three = try api.submit([("a", a, [.add("x", -1)]), ("b", b, [.add("y", 1)])], protocol: "3pc")
+        XCTAssertEqual(three.outcome, "committed")
+        XCTAssertTrue(try eventually { try api.transaction(three.txid)?.state == "committed" })
+        XCTAssertEqual(try api.kv(b, "y"), .int(31))
+        // A participant that is down: the prepare fails, the transaction aborts, nothing changes.
+        cluster.kill9("b")
+        let down = try api.submit([("a", a, [.add("x", -1)]), ("b", b, [.add("y", 1)])])
+        XCTAssertEqual(down.outcome, "aborted")
+        XCTAssertTrue(try eventually { try api.inDoubtBranches(a).isEmpty })
+        XCTAssertEqual(try api.kv(a, "x"), .int(69))
+    }
+
+    func testRepeatedAndStrayPreparesWithWorkAreNotStagedAgain() throws {
+        let cluster = try startCluster(agents: 2)
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        let (a, b) = (cluster.url("a"), cluster.url("b"))
+        let done = try api.submit([("a", a, [.set("x", 10)]), ("b", b, [.set("y", 10)])])
+        XCTAssertEqual(done.outcome, "committed")
+        XCTAssertTrue(try eventually { try api.transaction(done.txid)?.state == "committed" })
+        func prepare(_ txid: String, _ ops: String) throws -> PrepareResponse {
+            let body = #"{"txid":"\#(txid)","one_phase":false,"timeout_ms":2000,"ops":\#(ops)}"#
+            let r = try api.raw("POST", a + "/v1/2pc/prepare", body: Array(body.utf8))
+            XCTAssertEqual(r.status, 200, String(decoding: r.body, as: UTF8.self))
+            return try PrepareResponse(wireJSON: r.body)
+        }
+        // A late duplicate of a finished branch's prepare: answered from memory, ops not staged.
+        XCTAssertEqual(try prepare(done.txid, #"[{"op":"add","key":"x","delta":1000}]"#).vote, "yes")
+        XCTAssertEqual(try api.kv(a, "x"), .int(10))
+        XCTAssertTrue(try api.inDoubtBranches(a).isEmpty)
+        // A prepare with work for a transaction the coordinator never had (a zombie): the branch
+        // stages and votes, then asks the coordinator, is told aborted, and changes nothing.
+        let coordinatorID = String(done.txid.split(separator: "-")[0])
+        let stray = "\(coordinatorID)-1-99999"
+        XCTAssertEqual(try prepare(stray, #"[{"op":"add","key":"x","delta":1000}]"#).vote, "yes")
+        XCTAssertEqual(try api.inDoubtBranches(a).map(\.txid), [stray])
+        XCTAssertTrue(try eventually(timeoutMs: 15_000) { try api.inDoubtBranches(a).isEmpty }, "the stray branch never resolved")
+        XCTAssertEqual(try api.kv(a, "x"), .int(10))
+        // Work that cannot be staged is a no vote, not an error.
+        let bad = try prepare("\(coordinatorID)-1-99998", #"[{"op":"bogus","key":"x"}]"#)
+        XCTAssertEqual(bad.vote, "no")
+        XCTAssertTrue(bad.reason?.contains("invalid ops") == true, bad.reason ?? "")
+    }
+
+    func testBadSubmitBodiesAreRefused() throws {
+        let cluster = try startCluster(agents: 2)
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        let a = cluster.url("a")
+        func status(_ body: String) throws -> (Int, String) {
+            let r = try api.raw("POST", cluster.coordinatorURL + "/v1/transactions/submit", body: Array(body.utf8))
+            return (r.status, String(decoding: r.body, as: UTF8.self))
+        }
+        for body in ["", "[", "{}", #"{"branches":[]}"#, #"{"branches":[{"participant":"a","url":"\#(a)"}]}"#,
+                     #"{"branches":[{"participant":"a","url":"\#(a)","ops":{}}]}"#,
+                     #"{"protocol":"tcc","branches":[{"participant":"a","url":"\#(a)","ops":[]}]}"#,
+                     #"{"protocol":"4pc","branches":[{"participant":"a","url":"\#(a)","ops":[]}]}"#,
+                     #"{"timeout_ms":-1,"branches":[{"participant":"a","url":"\#(a)","ops":[]}]}"#,
+                     #"{"branches":[{"participant":"a","url":"\#(a)","ops":[]},{"participant":"a","url":"\#(a)","ops":[]}]}"#] {
+            let (s, text) = try status(body)
+            XCTAssertEqual(s, 400, "\(body) -> \(text)")
+            XCTAssertTrue(text.contains("\"error\""), text)
+        }
+        XCTAssertEqual(try api.unfinished().count, 0, "no refused body opened a transaction")
+    }
+}
