@@ -286,9 +286,10 @@ public final class CohortAPI {
     /// A whole transaction in one request (`POST /v1/transactions/submit`): each branch's ops
     /// go to its participant with the prepare. Answers once the outcome is durable.
     public func submit(_ branches: [(participant: String, url: String, ops: [WorkOp])], timeoutMs: Int64? = nil,
-                       protocol: String? = nil, termination: String? = nil) throws -> OutcomeResponse {
+                       protocol: String? = nil, termination: String? = nil, requestID: String? = nil) throws -> OutcomeResponse {
         let request = SubmitRequest(protocol: `protocol`, timeoutMs: timeoutMs, termination: termination,
-                                    branches: branches.map { SubmitRequest.Branch(participant: $0.participant, url: $0.url, ops: WorkOp.node($0.ops)) })
+                                    branches: branches.map { SubmitRequest.Branch(participant: $0.participant, url: $0.url, ops: WorkOp.node($0.ops)) },
+                                    requestID: requestID)
         return try call("POST", coordinatorURL + "/v1/transactions/submit", body: request.wireJSON, as: OutcomeResponse.self)
     }
 

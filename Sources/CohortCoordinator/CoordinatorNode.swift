@@ -205,7 +205,7 @@ public final class CoordinatorNode {
         case .commitDecision: CrashPoints.hit("coordinator.before-decision-logged")
         case .preCommit: CrashPoints.hit("coordinator.before-precommit-logged")
         case .end: CrashPoints.hit("coordinator.before-end-logged")
-        case .audit, .heuristic: break
+        case .audit, .heuristic, .submission: break
         }
         let encoded = CoordinatorRecordCoding.encode(record)
         do {
@@ -216,13 +216,14 @@ public final class CoordinatorNode {
             case .end: CrashPoints.hit("coordinator.after-end-logged")
             case .audit(let txid, _): pending.append(lsn: lsn, .audit(txid))
             case .heuristic(let txid, let participant, _): pending.append(lsn: lsn, .heuristic(txid, participant: participant))
+            case .submission: break // made durable by the decision appended right after it
             }
         } catch let full as LogFullError {
             // Back-pressure, nothing written: abort the undecided transaction; a missing end
             // record only means the commit is re-sent (and acknowledged again) after a restart.
             switch record {
             case .commitDecision(let txid, _, _), .preCommit(let txid, _, _, _): feed(.decisionRefused(txid, reason: "\(full)"))
-            case .end: break
+            case .end, .submission: break
             case .audit, .heuristic: onFatal("cannot record an operator decision or heuristic report: \(full)")
             }
         } catch {
@@ -486,7 +487,7 @@ public final class CoordinatorNode {
             }
             let id = requests.add(responder)
             commitStartedUs[id] = Int64(environment.monotonicUs)
-            feed(.submit(id, timeoutMs: submit.timeoutMs, protocol: commitProtocol, branches: branches))
+            feed(.submit(id, timeoutMs: submit.timeoutMs, protocol: commitProtocol, branches: branches, requestID: submit.requestID))
         }
     }
 

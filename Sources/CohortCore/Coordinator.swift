@@ -46,7 +46,9 @@ public struct Coordinator {
         case begin(RequestID, timeoutMs: Int64?, protocol: CommitProtocol = .twoPhase)
         /// A whole transaction in one request: begin, every branch's work, and commit. Each
         /// branch's work travels with its prepare, so no participant registers.
-        case submit(RequestID, timeoutMs: Int64?, protocol: CommitProtocol, branches: [SubmittedBranch])
+        /// `requestID` (the client's idempotency key): a repeated submission with it gets the first
+        /// one's outcome instead of running the work again.
+        case submit(RequestID, timeoutMs: Int64?, protocol: CommitProtocol, branches: [SubmittedBranch], requestID: String? = nil)
         case register(RequestID, txid: String, participant: ParticipantRef)
         case commit(RequestID, txid: String)
         case abort(RequestID, txid: String)
@@ -167,6 +169,10 @@ public struct Coordinator {
         /// decision, a recovering coordinator does not decide: it learns the outcome from the
         /// participants (they may have terminated without it).
         case preCommit(TxID, participants: [ParticipantRef], termination: Termination, atMs: Int64)
+        /// A submitted transaction's request_id, appended (unforced) just before its commit
+        /// decision or pre-commit record, whose sync then covers it: after a restart a repeated
+        /// submission still finds the decided transaction.
+        case submission(TxID, requestID: String)
     }
 
     public enum Action: Equatable {
@@ -259,6 +265,8 @@ public struct Coordinator {
         public var audit: [AuditEntry] = []
         /// Commit requests waiting for the decision.
         var waiters: [RequestID] = []
+        /// A submitted transaction's idempotency key.
+        public var requestID: String?
 
         func branchIndex(_ name: String) -> Int? { branches.firstIndex { $0.participant.name == name } }
     }
@@ -289,6 +297,11 @@ public struct Coordinator {
     private var pendingForces: [TxID: (request: RequestID, force: ForceRequest, entry: AuditEntry)] = [:]
     /// Heuristic reports whose record is being written.
     private var pendingHeuristics: [TxID: [(request: RequestID?, participant: String, outcome: Outcome)]] = [:]
+
+    /// Submitted transactions by request_id, while the transaction is remembered.
+    private var submissions: [String: TxID] = [:]
+    /// request_ids read from the log whose transaction's decision has not been read yet.
+    private var recoveredSubmissions: [TxID: String] = [:]
 
     /// Open transactions past their retry budget.
     public var parkedCount: Int { open.values.reduce(0) { $0 + ($1.parked ? 1 : 0) } }
@@ -350,12 +363,25 @@ public struct Coordinator {
                 applyRecovered(try CoordinatorRecordCoding.decodePreCommit(&r, txid: txid), nowMs: nowMs)
                 maxEpoch = max(maxEpoch, txid.epoch)
             }
+            // Submissions' request_ids (absent in snapshots written before submit existed).
+            if !r.isAtEnd {
+                let submissionCount = try r.u32()
+                guard submissionCount <= UInt32(config.finishedTransactionsKept + config.openTransactionsMax) else {
+                    throw DecodeError("\(submissionCount) submissions")
+                }
+                for _ in 0..<submissionCount {
+                    let txid = try CoordinatorRecordCoding.decodeTxID(&r)
+                    rememberSubmission(try r.string(maxCount: Limits.requestIDBytesMax), txid)
+                }
+            }
         }
         for (type, payload) in records {
             let record = try CoordinatorRecordCoding.decode(type: type, payload: payload)
             maxEpoch = max(maxEpoch, record.txid.epoch)
             applyRecovered(record, nowMs: nowMs)
         }
+        // Submissions never decided were aborted by presumption: a repeat runs afresh.
+        recoveredSubmissions = [:]
         for txid in open.keys { maxEpoch = max(maxEpoch, txid.epoch) }
         if epoch <= maxEpoch { epoch = maxEpoch + 1 }
 
@@ -378,6 +404,14 @@ public struct Coordinator {
     }
 
     private mutating func applyRecovered(_ record: Record, nowMs: Int64) {
+        defer {
+            // A request_id read before its transaction's decision or pre-commit: attach it now.
+            switch record {
+            case .commitDecision(let txid, _, _), .preCommit(let txid, _, _, _):
+                if let requestID = recoveredSubmissions.removeValue(forKey: txid) { rememberSubmission(requestID, txid) }
+            default: break
+            }
+        }
         switch record {
         case .preCommit(let txid, let participants, let termination, let atMs):
             var tx = Transaction(txid: txid, state: .terminating, createdAtMs: atMs, timeoutMs: 0)
@@ -385,6 +419,9 @@ public struct Coordinator {
             tx.branches = participants.map { Branch(participant: $0, state: .preCommitSent, vote: .yes) }
             tx.events.append(TimelineEvent(atMs: atMs, event: "pre-committed", participant: nil, detail: "from log; learning the outcome from the participants"))
             open[txid] = tx
+        case .submission(let txid, let requestID):
+            // Bounded by the transactions that reach a decision (and the log's size).
+            recoveredSubmissions[txid] = requestID
         case .commitDecision(let txid, let participants, let decidedAtMs):
             var tx = Transaction(txid: txid, state: .committing, createdAtMs: decidedAtMs, timeoutMs: 0)
             if let earlier = open[txid] { tx.commitProtocol = earlier.commitProtocol }
@@ -433,6 +470,20 @@ public struct Coordinator {
             operatorOutcomeOrder.removeFirst(operatorOutcomeHead)
             operatorOutcomeHead = 0
         }
+    }
+
+    /// Ties a recovered transaction to its request_id, if the transaction is still remembered.
+    private mutating func rememberSubmission(_ requestID: String, _ txid: TxID) {
+        if var tx = open[txid] {
+            tx.requestID = requestID
+            open[txid] = tx
+        } else if var tx = finished[txid] {
+            tx.requestID = requestID
+            finished[txid] = tx
+        } else {
+            return
+        }
+        submissions[requestID] = txid
     }
 
     private mutating func markAcked(_ txid: TxID, _ name: String) {
@@ -490,6 +541,16 @@ public struct Coordinator {
             CoordinatorRecordCoding.encodePreCommitBody(&w, participants: tx.branches.filter { $0.vote == .yes }.map(\.participant),
                                                         termination: termination, atMs: tx.decidedAtMs ?? tx.createdAtMs)
         }
+        // request_ids of the decided transactions kept above (undecided ones die with a restart).
+        let submitted = submissions.filter { _, txid in
+            if let tx = open[txid] { return tx.outcome == .committed || tx.state == .preCommitting || tx.state == .terminating }
+            return finished[txid]?.outcome == .committed
+        }.sorted { $0.value < $1.value }
+        w.u32(UInt32(submitted.count))
+        for (requestID, txid) in submitted {
+            w.string(txid.description)
+            w.string(requestID)
+        }
         return w.bytes
     }
 
@@ -528,8 +589,8 @@ public struct Coordinator {
         switch event {
         case .begin(let request, let timeoutMs, let commitProtocol):
             return begin(request, timeoutMs: timeoutMs, commitProtocol: commitProtocol, nowMs: nowMs)
-        case .submit(let request, let timeoutMs, let commitProtocol, let branches):
-            return submit(request, timeoutMs: timeoutMs, commitProtocol: commitProtocol, branches: branches, nowMs: nowMs)
+        case .submit(let request, let timeoutMs, let commitProtocol, let branches, let requestID):
+            return submit(request, timeoutMs: timeoutMs, commitProtocol: commitProtocol, branches: branches, requestID: requestID, nowMs: nowMs)
         case .preCommitDurable(let txid):
             return preCommitDurable(txid, nowMs: nowMs)
         case .preCommitAcknowledged(let txid, let name):
@@ -670,15 +731,38 @@ public struct Coordinator {
     /// a repeated one-phase commit carrying work could apply it twice at a participant that
     /// lost its memory of the first in a restart, while a repeated prepare is answered by vote.
     private mutating func submit(_ request: RequestID, timeoutMs: Int64?, commitProtocol: CommitProtocol,
-                                 branches: [SubmittedBranch], nowMs: Int64) -> [Action] {
+                                 branches: [SubmittedBranch], requestID: String?, nowMs: Int64) -> [Action] {
+        if let requestID {
+            guard !requestID.isEmpty, requestID.utf8.count <= Limits.requestIDBytesMax else {
+                return [.reply(request, .error(RequestError(400, "request_id must be 1-\(Limits.requestIDBytesMax) bytes")))]
+            }
+            if let earlier = submissions[requestID] {
+                // The same submission again (a client's retry, a duplicating network): the first
+                // one's outcome, never a second run of the work.
+                if var tx = open[earlier] {
+                    switch tx.state {
+                    case .committing: return [.reply(request, .outcome(earlier, .committed, reason: nil))]
+                    default:
+                        tx.waiters.append(request)
+                        open[earlier] = tx
+                        return []
+                    }
+                }
+                if let done = finished[earlier] {
+                    return [.reply(request, .outcome(earlier, done.outcome ?? .aborted, reason: done.reason))]
+                }
+            }
+        }
         guard !branches.isEmpty, branches.count <= config.branchesPerTransactionMax else {
             return [.reply(request, .error(RequestError(400, "a submitted transaction needs 1-\(config.branchesPerTransactionMax) branches")))]
         }
-        var names = Set<String>()
+        var names = Set<String>(), urls = Set<String>()
         for b in branches {
             if let e = invalidParticipant(b.participant) { return [.reply(request, .error(e))] }
-            guard names.insert(b.participant.name).inserted else {
-                return [.reply(request, .error(RequestError(400, "participant \(b.participant.name) appears twice; give each participant one branch")))]
+            // A participant stages the first prepare with work for a transaction and answers the
+            // rest from that branch: a second branch to the same place would lose its work.
+            guard names.insert(b.participant.name).inserted, urls.insert(b.participant.url).inserted else {
+                return [.reply(request, .error(RequestError(400, "participant \(b.participant.name) (\(b.participant.url)) appears twice; give each participant one branch")))]
             }
         }
         let txid: TxID
@@ -687,6 +771,10 @@ public struct Coordinator {
         case .success(let t): txid = t
         }
         var tx = open.removeValue(forKey: txid)!
+        if let requestID {
+            tx.requestID = requestID
+            submissions[requestID] = txid
+        }
         for b in branches {
             var branch = Branch(participant: b.participant, state: .registered)
             branch.work = b.work
@@ -862,11 +950,17 @@ public struct Coordinator {
             // to finish without us.
             tx.state = .preCommitting
             open[txid] = tx
-            return [.log(.preCommit(txid, participants: updates, termination: termination, atMs: nowMs), force: true)]
+            return submissionRecord(tx) + [.log(.preCommit(txid, participants: updates, termination: termination, atMs: nowMs), force: true)]
         }
         tx.state = .deciding
         open[txid] = tx
-        return [.log(.commitDecision(txid, participants: updates, decidedAtMs: nowMs), force: true)]
+        return submissionRecord(tx) + [.log(.commitDecision(txid, participants: updates, decidedAtMs: nowMs), force: true)]
+    }
+
+    /// The request_id record that must reach the log with a submitted transaction's decision.
+    private func submissionRecord(_ tx: Transaction) -> [Action] {
+        guard let requestID = tx.requestID else { return [] }
+        return [.log(.submission(tx.txid, requestID: requestID), force: false)]
     }
 
     private mutating func decisionDurable(_ txid: TxID, nowMs: Int64) -> [Action] {
@@ -1040,7 +1134,10 @@ public struct Coordinator {
         trimEvents(&tx)
         if finished.updateValue(tx, forKey: tx.txid) == nil { finishedOrder.append(tx.txid) }
         while finished.count > config.finishedTransactionsKept {
-            finished.removeValue(forKey: finishedOrder[finishedOrderHead])
+            if let gone = finished.removeValue(forKey: finishedOrder[finishedOrderHead]),
+               let requestID = gone.requestID, submissions[requestID] == gone.txid {
+                submissions.removeValue(forKey: requestID)
+            }
             finishedOrderHead += 1
         }
         if finishedOrderHead > 4096 && finishedOrderHead * 2 > finishedOrder.count {
@@ -1330,7 +1427,8 @@ extension Coordinator {
 extension Coordinator.Record {
     public var txid: TxID {
         switch self {
-        case .commitDecision(let t, _, _), .end(let t), .audit(let t, _), .heuristic(let t, _, _), .preCommit(let t, _, _, _): return t
+        case .commitDecision(let t, _, _), .end(let t), .audit(let t, _), .heuristic(let t, _, _), .preCommit(let t, _, _, _),
+             .submission(let t, _): return t
         }
     }
 }
@@ -1342,6 +1440,7 @@ public enum CoordinatorRecordCoding {
     public static let auditType: UInt8 = 3
     public static let heuristicType: UInt8 = 4
     public static let preCommitType: UInt8 = 5
+    public static let submissionType: UInt8 = 6
 
     public static func encode(_ record: Coordinator.Record) -> (type: UInt8, payload: [UInt8]) {
         var w = ByteWriter()
@@ -1369,6 +1468,10 @@ public enum CoordinatorRecordCoding {
             w.string(txid.description)
             encodePreCommitBody(&w, participants: participants, termination: termination, atMs: atMs)
             return (preCommitType, w.bytes)
+        case .submission(let txid, let requestID):
+            w.string(txid.description)
+            w.string(requestID)
+            return (submissionType, w.bytes)
         }
     }
 
@@ -1387,6 +1490,8 @@ public enum CoordinatorRecordCoding {
         case preCommitType:
             let txid = try decodeTxID(&r)
             return try decodePreCommit(&r, txid: txid)
+        case submissionType:
+            return .submission(try decodeTxID(&r), requestID: try r.string(maxCount: Limits.requestIDBytesMax))
         default: throw DecodeError("unknown coordinator record type \(type)")
         }
     }

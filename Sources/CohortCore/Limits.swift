@@ -123,6 +123,8 @@ public enum Limits {
     public static let inquiryDelayMsMax: Int64 = 1_000
     /// Outcomes of finished branches remembered to answer duplicates and refuse late prepares.
     public static let finishedBranchesKept = 100_000
+    /// Of those, the most recent kept across a participant's checkpoint (a few hundred KB).
+    public static let finishedOutcomesInSnapshotMax = 10_000
     public static let lockWaitTimeoutMs: Int64 = 2_000
     /// Lock wait for a submitted transaction's work, staged as its prepare arrives. Its
     /// branches are staged at every participant at once, not one after another as a client

@@ -650,7 +650,10 @@ public struct SubmitRequest: WireDecodable, WireEncodable, Sendable {
     public var timeoutMs: Int64?
     public var termination: String?
     public var branches: [Branch]
-    public init(protocol: String? = nil, timeoutMs: Int64? = nil, termination: String? = nil, branches: [Branch]) {
+    /// Idempotency key: a repeated submission with it gets the first one's outcome.
+    public var requestID: String?
+    public init(protocol: String? = nil, timeoutMs: Int64? = nil, termination: String? = nil, branches: [Branch], requestID: String? = nil) {
+        self.requestID = requestID
         self.protocol = `protocol`
         self.timeoutMs = timeoutMs
         self.termination = termination
@@ -664,7 +667,7 @@ public struct SubmitRequest: WireDecodable, WireEncodable, Sendable {
             return Branch(participant: try b.string("participant"), url: try b.string("url"), incarnation: try b.optString("incarnation"), ops: ops)
         }
         self.init(protocol: try o.optString("protocol"), timeoutMs: try o.optInt64("timeout_ms"), termination: try o.optString("termination"),
-                  branches: branches)
+                  branches: branches, requestID: try o.optString("request_id"))
     }
 
     public func writeWire(_ w: inout JSONWriter) {
@@ -672,6 +675,7 @@ public struct SubmitRequest: WireDecodable, WireEncodable, Sendable {
         w.field("protocol", self.protocol)
         w.field("timeout_ms", timeoutMs)
         w.field("termination", termination)
+        w.field("request_id", requestID)
         w.key("branches")
         w.beginArray()
         for b in branches {

@@ -152,6 +152,8 @@ public enum LogTools {
             case .preCommit(let txid, let participants, let termination, let at):
                 let names = participants.map(\.name).joined(separator: ", ")
                 return rec(txid.description, "3PC pre-commit (\(termination.rawValue) termination) at \(TimeFormat.iso8601(ms: at)); participants \(names)")
+            case .submission(let txid, let requestID):
+                return rec(txid.description, "submitted with request_id \"\(requestID)\" (a repeat gets this transaction's outcome)")
             }
         } catch {
             return rec(nil, "not a coordinator record (\(error)); is this a coordinator's log?", known: false)

@@ -8,7 +8,10 @@ import Foundation
 /// agents, so the final check can see, per transaction, whether each branch was applied.
 final class SimClient {
     struct Transfer {
-        let txid: String
+        /// Empty for a submitted transfer whose answer never came (its id was never learned).
+        var txid: String
+        /// The key each branch also sets, so the final check sees whether it was applied.
+        let marker: String
         let fromAgent: String
         let fromKey: String
         let toAgent: String
@@ -103,6 +106,7 @@ final class SimClient {
             idle = true
             return
         }
+        if simulation.random(100) < Int64(simulation.config.faults.submitPercent) { return submitTransfer() }
         var termination: String?
         if case .threePhase(let t) = simulation.config.faults.commitProtocol { termination = t.rawValue }
         let body = JSONBody.encode(BeginRequest(protocol: simulation.config.faults.commitProtocol.name,
@@ -130,9 +134,9 @@ final class SimClient {
         let amount = 1 + simulation.random(30)
         let outOfFirst = simulation.random(2) == 0
         let (from, fromKey, to, toKey) = outOfFirst ? (first, firstKey, second, secondKey) : (second, secondKey, first, firstKey)
-        transfers.append(Transfer(txid: txid, fromAgent: from, fromKey: fromKey, toAgent: to, toKey: toKey, amount: amount))
-        let i = transfers.count - 1
         let marker = "tx/\(txid)"
+        transfers.append(Transfer(txid: txid, marker: marker, fromAgent: from, fromKey: fromKey, toAgent: to, toKey: toKey, amount: amount))
+        let i = transfers.count - 1
         func op(_ key: String, _ delta: Int64) -> String {
             "{\"op\":\"add\",\"key\":\"\(key)\",\"delta\":\(delta)\(delta < 0 ? ",\"min\":0" : "")}"
         }
@@ -153,6 +157,44 @@ final class SimClient {
                     self.next()
                 }
             }
+        }
+    }
+
+    /// A transfer as one submit: the coordinator carries each agent's ops with its prepare.
+    /// The branches go out at once (no fixed agent order), so transfers can deadlock across
+    /// agents; the short lock wait of submitted work turns that into a no vote.
+    private func submitTransfer() {
+        let agents = simulation.agentNames
+        let first = agents[0], second = agents[agents.count > 1 ? 1 : 0]
+        let accounts = Int64(simulation.config.accounts)
+        let firstKey = simulation.accountKey(Int(simulation.random(accounts)))
+        let secondKey = simulation.accountKey(Int(simulation.random(accounts)))
+        let amount = 1 + simulation.random(30)
+        let outOfFirst = simulation.random(2) == 0
+        let (from, fromKey, to, toKey) = outOfFirst ? (first, firstKey, second, secondKey) : (second, secondKey, first, firstKey)
+        let marker = "tx/\(name)-\(transfers.count)"
+        transfers.append(Transfer(txid: "", marker: marker, fromAgent: from, fromKey: fromKey, toAgent: to, toKey: toKey, amount: amount))
+        let i = transfers.count - 1
+        func ops(_ key: String, _ delta: Int64) -> JSONNode {
+            var add: [(String, JSONNode)] = [("op", .string("add")), ("key", .string(key)), ("delta", .int(delta))]
+            if delta < 0 { add.append(("min", .int(0))) }
+            return .array([.object(add), .object([("op", .string("set")), ("key", .string(marker)), ("value", .int(1))])])
+        }
+        var termination: String?
+        if case .threePhase(let t) = simulation.config.faults.commitProtocol { termination = t.rawValue }
+        let request = SubmitRequest(protocol: simulation.config.faults.commitProtocol.name, timeoutMs: simulation.config.transactionTimeoutMs,
+                                    termination: termination, branches: [
+                                        .init(participant: first, url: "http://\(first):1", ops: ops(firstKey, outOfFirst ? -amount : amount)),
+                                        .init(participant: second, url: "http://\(second):1", ops: ops(secondKey, outOfFirst ? amount : -amount)),
+                                    ], requestID: marker)
+        call("POST", "http://coordinator:1/v1/transactions/submit", request.wireJSON) { [unowned self] status, body in
+            if status == 200, let answer = try? OutcomeResponse(wireJSON: body), let outcome = Outcome(rawValue: answer.outcome) {
+                self.transfers[i].txid = answer.txid
+                self.transfers[i].reported = outcome
+                if outcome == .committed { self.committed += 1 } else { self.aborted += 1; self.abortReasons["submit: \(answer.reason ?? "?")".prefix(40).description, default: 0] += 1 }
+            }
+            // No answer: unknown to this client; the final check reads the markers.
+            self.next()
         }
     }
 

@@ -31,6 +31,8 @@ public final class Simulation {
         /// The commit protocol the clients ask for. Classic 3PC is drawn only for runs without
         /// message loss or partitions: it is safe only where a silent site has really failed.
         public var commitProtocol: CommitProtocol = .twoPhase
+        /// Share of transfers sent as one `POST /v1/transactions/submit` (ops with the prepares).
+        public var submitPercent = 0
         /// Set for a TCC run (`--protocol tcc`): its own faults; the clients run TCC orders
         /// against inventory services instead of 2PC/3PC transfers against agents.
         public var tcc: TCCFaults?
@@ -43,7 +45,7 @@ public final class Simulation {
             }
             return "\(protocolName) loss \(lossPercent)% dup \(duplicatePercent)% delay≤\(delayUsMax)µs crashes " +
                 (crashEveryUs == 0 ? "off" : "every~\(crashEveryUs / 1000)ms\(tornCrashes ? " torn" : "")") +
-                " fsync-fail \(fsyncFailurePercent)% partitions \(partitions ? "on" : "off")"
+                " fsync-fail \(fsyncFailurePercent)% partitions \(partitions ? "on" : "off") submit \(submitPercent)%"
         }
 
         public var protocolName: String {
@@ -74,6 +76,7 @@ public final class Simulation {
                 f.duplicatePercent = 0
                 f.partitions = false
             }
+            f.submitPercent = [0, 50, 100][Int(rng.next() % 3)]
             return f
         }
 
@@ -417,7 +420,13 @@ public final class Simulation {
             if !node.isUp { parts.append("\(name) down"); continue }
             if let c = node.coordinator, c.machine.unfinishedCount > 0 {
                 let open = c.machine.allTransactions().filter { !$0.state.isFinished }.prefix(3)
-                parts.append("coordinator: \(c.machine.unfinishedCount) unfinished (\(open.map { "\($0.txid) \($0.state.rawValue)" }.joined(separator: ", ")))")
+                parts.append("coordinator: \(c.machine.unfinishedCount) unfinished (\(open.map { tx in "\(tx.txid) \(tx.state.rawValue) [" + tx.branches.map { "\($0.participant.name) \($0.state.rawValue)" }.joined(separator: ", ") + "]" }.joined(separator: ", ")))")
+                // What each agent remembers of them, open or finished.
+                for agentName in agentNames {
+                    guard let a = nodes[agentName]?.agent else { continue }
+                    let views = open.map { tx in "\(tx.txid): " + (a.machine.branches[tx.txid.description].map { $0.state.rawValue } ?? a.machine.finishedOutcomes[tx.txid.description]?.rawValue ?? "unknown") }
+                    parts.append("\(agentName) sees \(views.joined(separator: ", "))")
+                }
             }
             if let c = node.coordinator, c.tcc.unfinishedCount > 0 {
                 let open = c.tcc.open.values.sorted { $0.txid < $1.txid }.prefix(3).map { tx in
@@ -455,7 +464,7 @@ public final class Simulation {
             }
             for client in clients {
                 for t in client.transfers {
-                    markers[t.txid, default: [:]][agent] = (try? store.get("tx/\(t.txid)")) != nil
+                    markers[t.marker, default: [:]][agent] = (try? store.get(t.marker)) != nil
                 }
             }
         }
@@ -463,7 +472,7 @@ public final class Simulation {
         for agent in agentNames { for i in 0..<config.accounts { expected["\(agent)/\(accountKey(i))"] = config.initialBalance } }
         for client in clients {
             for t in client.transfers {
-                let m = markers[t.txid] ?? [:]
+                let m = markers[t.marker] ?? [:]
                 let a = m[t.fromAgent] ?? false, b = m[t.toAgent] ?? false
                 if a != b {
                     return fail("atomicity: \(t.txid) applied at \(a ? t.fromAgent : t.toAgent) only")

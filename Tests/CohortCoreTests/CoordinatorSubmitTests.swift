@@ -114,4 +114,79 @@ final class CoordinatorSubmitTests: XCTestCase {
         XCTAssertTrue(fired.contains { if case .reply(1, .outcome(t, .aborted, _)) = $0 { return true } else { return false } })
         XCTAssertEqual(c.inquire(t.description), .aborted)
     }
+
+    // MARK: request_id
+
+    func commitSubmitted(_ c: inout Coordinator, requestID: String, request: RequestID = 1) throws -> (TxID, [Coordinator.Action]) {
+        let actions = c.on(.submit(request, timeoutMs: 3000, protocol: .twoPhase,
+                                   branches: [.init(participant: a, work: opsA), .init(participant: b, work: opsB)], requestID: requestID), nowMs: 10)
+        var txid: TxID?
+        for case .setTimer(.transactionTimeout(let t), 3000) in actions { txid = t }
+        let t = try XCTUnwrap(txid)
+        _ = c.on(.voted(t, participant: "a", vote: .yes), nowMs: 11)
+        let decide = c.on(.voted(t, participant: "b", vote: .yes), nowMs: 12)
+        return (t, decide)
+    }
+
+    func testARepeatedSubmissionGetsTheFirstOnesOutcomeAndRunsNothing() throws {
+        var c = makeCoordinator()
+        let (t, decide) = try commitSubmitted(&c, requestID: "order-17")
+        XCTAssertEqual(decide.count, 2)
+        XCTAssertEqual(decide.first, .log(.submission(t, requestID: "order-17"), force: false), "the request_id goes to the log ahead of the decision")
+        // Repeated while the decision is being written: waits for it.
+        XCTAssertEqual(c.on(.submit(2, timeoutMs: 3000, protocol: .twoPhase, branches: [.init(participant: a, work: opsA)], requestID: "order-17"), nowMs: 12), [])
+        let durable = c.on(.decisionDurable(t), nowMs: 13)
+        XCTAssertTrue(durable.contains(.reply(1, .outcome(t, .committed, reason: nil))))
+        XCTAssertTrue(durable.contains(.reply(2, .outcome(t, .committed, reason: nil))))
+        // Repeated after: answered at once, no new transaction.
+        XCTAssertEqual(c.on(.submit(3, timeoutMs: 3000, protocol: .twoPhase, branches: [.init(participant: a, work: opsA)], requestID: "order-17"), nowMs: 14),
+                       [.reply(3, .outcome(t, .committed, reason: nil))])
+        XCTAssertEqual(c.unfinishedCount, 1, "only the first transaction exists (still delivering its commits)")
+        // An aborted one is answered the same way.
+        let first = c.on(.submit(4, timeoutMs: 3000, protocol: .twoPhase, branches: [.init(participant: a, work: opsA), .init(participant: b, work: opsB)], requestID: "r2"), nowMs: 20)
+        var t2: TxID?
+        for case .setTimer(.transactionTimeout(let x), _) in first { t2 = x }
+        _ = c.on(.voted(try XCTUnwrap(t2), participant: "a", vote: .no(reason: "min")), nowMs: 21)
+        let again = c.on(.submit(5, timeoutMs: 3000, protocol: .twoPhase, branches: [.init(participant: a, work: opsA)], requestID: "r2"), nowMs: 22)
+        XCTAssertEqual(again, [.reply(5, .outcome(t2!, .aborted, reason: "a voted no: min"))])
+        // Bad request ids are refused.
+        let long = String(repeating: "x", count: Limits.requestIDBytesMax + 1)
+        for bad in ["", long] {
+            let r = c.on(.submit(6, timeoutMs: nil, protocol: .twoPhase, branches: [.init(participant: a, work: opsA)], requestID: bad), nowMs: 23)
+            guard case .reply(6, .error(let e))? = r.first else { return XCTFail("\(r)") }
+            XCTAssertEqual(e.status, 400)
+        }
+    }
+
+    func testADecidedSubmissionIsRecognisedAfterARestartFromTheLogAndFromACheckpoint() throws {
+        var c = makeCoordinator()
+        let (t, _) = try commitSubmitted(&c, requestID: "pay-9")
+        _ = c.on(.decisionDurable(t), nowMs: 13)
+        let records = [CoordinatorRecordCoding.encode(.submission(t, requestID: "pay-9")),
+                       CoordinatorRecordCoding.encode(.commitDecision(t, participants: [a, b], decidedAtMs: 12))]
+        XCTAssertEqual(try CoordinatorRecordCoding.decode(type: records[0].type, payload: records[0].payload), .submission(t, requestID: "pay-9"))
+        var fromLog = Coordinator(config: { var x = Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 200); x.openTransactionsMax = 2; return x }())
+        _ = try fromLog.recover(snapshot: nil, records: records.map { ($0.type, $0.payload) }, nowMs: 100)
+        XCTAssertEqual(fromLog.on(.submit(9, timeoutMs: nil, protocol: .twoPhase, branches: [.init(participant: a, work: opsA)], requestID: "pay-9"), nowMs: 101),
+                       [.reply(9, .outcome(t, .committed, reason: nil))], "a repeat after a restart must not run the work again")
+        // The same through a checkpoint, once the transaction has ended.
+        _ = c.on(.acknowledged(t, participant: "a"), nowMs: 14)
+        _ = c.on(.acknowledged(t, participant: "b"), nowMs: 15)
+        var fromSnapshot = Coordinator(config: Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 300))
+        _ = try fromSnapshot.recover(snapshot: c.snapshot(), records: [], nowMs: 200)
+        XCTAssertEqual(fromSnapshot.on(.submit(9, timeoutMs: nil, protocol: .twoPhase, branches: [.init(participant: a, work: opsA)], requestID: "pay-9"), nowMs: 201),
+                       [.reply(9, .outcome(t, .committed, reason: nil))])
+    }
+
+    func testAnUndecidedSubmissionRunsAfreshAfterARestart() throws {
+        // Its request_id reached the log but no decision did: presumed aborted, so running the
+        // work again cannot apply it twice.
+        var c = Coordinator(config: Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 300))
+        let old = TxID(coordinatorID: "0a1b2c3d", epoch: 100, sequence: 1)
+        let rec = CoordinatorRecordCoding.encode(.submission(old, requestID: "pay-10"))
+        _ = try c.recover(snapshot: nil, records: [(rec.type, rec.payload)], nowMs: 10)
+        let again = c.on(.submit(9, timeoutMs: nil, protocol: .twoPhase, branches: [.init(participant: a, work: opsA), .init(participant: b, work: opsB)], requestID: "pay-10"), nowMs: 11)
+        XCTAssertEqual(prepares(again).count, 2)
+        XCTAssertEqual(c.inquire(old.description), .aborted)
+    }
 }
