@@ -47,6 +47,24 @@ final class ParticipantTests: XCTestCase {
         XCTAssertEqual(p.inDoubtCount, 0)
     }
 
+    func testACheckpointKeepsRecentOutcomes() throws {
+        // A 3PC peer may ask about a branch finished before this participant's last checkpoint;
+        // "unknown" there could leave the peer waiting for ever.
+        var p = joined()
+        _ = p.on(.prepare(1, txid: "t1", onePhase: false, vote: .yes(writeSet: ws)))
+        _ = p.on(.preparedDurable("t1"))
+        _ = p.on(.commit(2, txid: "t1"))
+        _ = p.on(.commitDurable("t1", lsn: 9))
+        _ = p.on(.joined("t2", coordinatorURL: "http://c", timeoutMs: 1000))
+        _ = p.on(.prepare(3, txid: "t2", onePhase: false, vote: .no(reason: "min")))
+        var q = Participant(config: Participant.Config(name: "p"))
+        _ = try q.recover(snapshot: p.snapshot(), records: [])
+        XCTAssertEqual(q.finishedOutcomes["t1"], .committed)
+        XCTAssertEqual(q.finishedOutcomes["t2"], .aborted)
+        XCTAssertEqual(q.threePhaseState("t1"), .committed)
+        XCTAssertNotNil(q.admitWork("t1"), "late work for a finished branch is still refused after the restart")
+    }
+
     func testNoVoterAndReadOnlyForceNothing() {
         var p = joined()
         let no = p.on(.prepare(1, txid: "t1", onePhase: false, vote: .no(reason: "below min")))
