@@ -538,7 +538,7 @@ public final class AgentNode {
         let parts = request.pathComponents
         switch (request.method, parts.count) {
         case ("GET", 1) where parts[0] == "healthz":
-            responder.send(.jsonBytes(200, JSONBody.encode(HealthResponse(status: "ok", participant: name))))
+            responder.send(.jsonBytes(200, JSONBody.encode(HealthResponse(status: "ok", participant: name, url: advertiseURL))))
         case ("GET", 1) where parts[0] == "metrics":
             responder.send(.text(200, metrics.render(), contentType: "text/plain; version=0.0.4"))
         case ("POST", 2) where parts == ["v1", "work"]:

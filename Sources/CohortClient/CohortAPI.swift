@@ -275,13 +275,17 @@ public final class CohortAPI {
         return out
     }
 
-    /// The name a participant gives in its `/healthz` answer (what `submit` calls it).
-    public func participantName(_ url: String) throws -> String {
-        guard let name = try call("GET", url + "/healthz", as: HealthResponse.self).participant else {
+    /// The name a participant gives in its `/healthz` answer (what `submit` calls it), and the
+    /// address it asks the coordinator to call it at (its `--advertise` URL).
+    public func participantIdentity(_ url: String) throws -> (name: String, url: String) {
+        let health = try call("GET", url + "/healthz", as: HealthResponse.self)
+        guard let name = health.participant else {
             throw CohortAPIError.badAnswer("\(url)/healthz names no participant")
         }
-        return name
+        return (name, health.url ?? url)
     }
+
+    public func participantName(_ url: String) throws -> String { try participantIdentity(url).name }
 
     /// A whole transaction in one request (`POST /v1/transactions/submit`): each branch's ops
     /// go to its participant with the prepare. Answers once the outcome is durable.

@@ -142,7 +142,7 @@ public final class TransferWorkload: @unchecked Sendable {
     /// Transfers whose outcome is not yet known.
     private var pendingUnknown: [String: Transfer] = [:]
     private var allCommitted: [String] = []
-    private var namesCache: [String]?
+    private var identities: [(name: String, url: String)]?
 
     public init(config: Config) {
         precondition(config.agentURLs.count >= 2, "a transfer needs two agents")
@@ -306,9 +306,9 @@ public final class TransferWorkload: @unchecked Sendable {
             let opsJ: [WorkOp] = [debitFirst ? .add(k2, amount) : .add(k2, -amount, min: 0)]
             if config.submit {
                 guard counter.take(limit: count) else { break }
-                let names = participantNames(api)
+                let ids = participantIdentities(api)
                 do {
-                    let answer = try api.submit([(names[i], config.agentURLs[i], opsI), (names[j], config.agentURLs[j], opsJ)],
+                    let answer = try api.submit([(ids[i].name, ids[i].url, opsI), (ids[j].name, ids[j].url, opsJ)],
                                                 timeoutMs: config.transactionTimeoutMs, protocol: config.commitProtocol, termination: config.termination)
                     tally(answer, transfer(answer.txid), startedMs: t0, &report)
                 } catch {
@@ -386,14 +386,15 @@ public final class TransferWorkload: @unchecked Sendable {
         }
     }
 
-    /// The agents' participant names, asked once (submit names each branch's participant).
-    private func participantNames(_ api: CohortAPI) -> [String] {
+    /// The agents' participant names and callback addresses, asked once (submit names each
+    /// branch's participant).
+    private func participantIdentities(_ api: CohortAPI) -> [(name: String, url: String)] {
         lock.lock()
-        if let names = namesCache { lock.unlock(); return names }
+        if let ids = identities { lock.unlock(); return ids }
         lock.unlock()
-        let names = config.agentURLs.map { (try? api.participantName($0)) ?? $0 }
-        lock.lock(); namesCache = names; lock.unlock()
-        return names
+        let ids = config.agentURLs.map { (try? api.participantIdentity($0)) ?? ($0, $0) }
+        lock.lock(); identities = ids; lock.unlock()
+        return ids
     }
 
     static func shortReason(_ reason: String) -> String {

@@ -288,11 +288,14 @@ public struct BranchList: Codable, Sendable {
 
 public struct HealthResponse: Codable, Sendable {
     public let status: String
-    /// A participant's name, for clients that name it in `POST /v1/transactions/submit`.
+    /// A participant's name and the address it gives the coordinator (`--advertise`), for
+    /// clients that name it in `POST /v1/transactions/submit`.
     public let participant: String?
-    public init(status: String, participant: String? = nil) {
+    public let url: String?
+    public init(status: String, participant: String? = nil, url: String? = nil) {
         self.status = status
         self.participant = participant
+        self.url = url
     }
 }
 
@@ -626,8 +629,12 @@ extension PhaseResponse: WireDecodable, WireEncodable {
 }
 
 extension HealthResponse: WireDecodable, WireEncodable {
-    public init(wire o: WireObject) throws { self.init(status: try o.string("status"), participant: try o.optString("participant")) }
-    public func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("status", status); w.field("participant", participant); w.endObject() }
+    public init(wire o: WireObject) throws {
+        self.init(status: try o.string("status"), participant: try o.optString("participant"), url: try o.optString("url"))
+    }
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject(); w.field("status", status); w.field("participant", participant); w.field("url", url); w.endObject()
+    }
 }
 
 /// `POST /v1/transactions/submit`: a whole 2PC or 3PC transaction in one request. Each branch

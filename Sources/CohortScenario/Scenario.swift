@@ -57,6 +57,9 @@ public struct Scenario: Sendable {
         public var initialBalance: Int64 = 1000
         public var maxAmount: Int64 = 10
         public var timeoutMs: Int64 = 3000
+        /// Each transfer as one `POST /v1/transactions/submit` with a request_id, resent with the
+        /// same request_id when the answer is lost.
+        public var submit = false
         /// The outbox topology's producer (instead of transfers).
         public var outbox: OutboxWorkloadConfig?
         /// `{"orders": {...}}` (demo topology) instead of transfers.
@@ -377,7 +380,7 @@ struct Parser {
         if o["tcc"] != nil { throw fail("workload.tcc", "applies to topology protocol \"tcc\" only") }
         guard let tv = o["transfers"] else { throw fail("workload.transfers", "required field is missing") }
         let at = "workload.transfers"
-        let t = try object(tv, at, allowed: ["clients", "count", "duration", "accounts", "initial_balance", "max_amount", "timeout_ms"])
+        let t = try object(tv, at, allowed: ["clients", "count", "duration", "accounts", "initial_balance", "max_amount", "timeout_ms", "submit"])
         w.clients = try int(t, "clients", at, range: 1...64) ?? 4
         w.count = try int(t, "count", at, range: 1...1_000_000)
         w.durationMs = try duration(t, "duration", at)
@@ -386,6 +389,7 @@ struct Parser {
         w.initialBalance = Int64(try int(t, "initial_balance", at, range: 1...1_000_000_000) ?? 1000)
         w.maxAmount = Int64(try int(t, "max_amount", at, range: 1...1_000_000) ?? 10)
         w.timeoutMs = Int64(try int(t, "timeout_ms", at, range: 100...600_000) ?? 3000)
+        w.submit = try bool(t, "submit", at) ?? false
         return w
     }
 

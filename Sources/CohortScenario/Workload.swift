@@ -9,7 +9,10 @@ final class ScenarioWorkload: @unchecked Sendable {
     enum Outcome: String { case committed, aborted, unknown }
 
     struct Transfer {
-        let txid: String
+        /// Empty for a submitted transfer until an answer names its transaction.
+        var txid: String
+        /// A submitted transfer's idempotency key (resent with it until an answer comes).
+        var requestID: String? = nil
         let from: (agent: Int, key: String)
         let to: (agent: Int, key: String)
         let amount: Int64
@@ -75,6 +78,7 @@ final class ScenarioWorkload: @unchecked Sendable {
     }
 
     private func clientLoop(deadline: Date) {
+        if config.submit { return submitLoop(deadline: deadline) }
         let api = api()
         let agents = agentURLs.count
         while Date() < deadline && take() {
@@ -119,11 +123,92 @@ final class ScenarioWorkload: @unchecked Sendable {
         }
     }
 
+    /// The agents' names and callback addresses (through a fault proxy when the topology has
+    /// one), asked once; submit names them for the coordinator.
+    private var identities: [(name: String, url: String)]?
+
+    private func participantIdentities(_ api: CohortAPI, deadline: Date) -> [(name: String, url: String)]? {
+        if let ids = lock.withLock({ identities }) { return ids }
+        while Date() < deadline {
+            if let ids = try? agentURLs.map({ try api.participantIdentity($0) }) {
+                lock.withLock { identities = ids }
+                return ids
+            }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        return nil
+    }
+
+    /// Submitted transfers: one request each, with a request_id; a lost answer (a killed
+    /// coordinator, a dropped connection) is asked again with the same request_id, which gets
+    /// the first attempt's outcome or, if that attempt never reached a decision, runs it once.
+    private func submitLoop(deadline: Date) {
+        let api = api()
+        let agents = agentURLs.count
+        while Date() < deadline && take() {
+            guard let ids = participantIdentities(api, deadline: deadline) else { return }
+            let i = Int.random(in: 0..<(agents - 1))
+            let j = Int.random(in: (i + 1)..<agents)
+            let debitFirst = Bool.random()
+            let amount = Int64.random(in: 1...config.maxAmount)
+            let k1 = key(Int.random(in: 0..<config.accounts))
+            let k2 = key(Int.random(in: 0..<config.accounts))
+            var t = Transfer(txid: "", requestID: UUID().uuidString, from: debitFirst ? (i, k1) : (j, k2), to: debitFirst ? (j, k2) : (i, k1),
+                             amount: amount, outcome: .unknown, reason: nil)
+            let branches: [(participant: String, url: String, ops: [WorkOp])] = [
+                (ids[i].name, ids[i].url, [debitFirst ? .add(k1, -amount, min: 0) : .add(k1, amount)]),
+                (ids[j].name, ids[j].url, [debitFirst ? .add(k2, amount) : .add(k2, -amount, min: 0)]),
+            ]
+            for attempt in 1...3 {
+                do {
+                    let answer = try api.submit(branches, timeoutMs: config.timeoutMs, protocol: protocolName, termination: termination, requestID: t.requestID)
+                    t.txid = answer.txid
+                    t.outcome = answer.outcome == "committed" ? .committed : .aborted
+                    t.reason = answer.reason
+                    break
+                } catch {
+                    t.reason = "\(error) (attempt \(attempt))"
+                    Thread.sleep(forTimeInterval: 0.2 * Double(attempt))
+                }
+            }
+            record(t)
+        }
+    }
+
+    /// A submitted transfer the client never heard about: resent with its request_id.
+    private func resubmit(_ api: CohortAPI, _ t: Transfer) -> (txid: String, outcome: Outcome, reason: String?)? {
+        guard let ids = lock.withLock({ identities }) else { return nil }
+        let branches: [(participant: String, url: String, ops: [WorkOp])] = [
+            (ids[t.from.agent].name, ids[t.from.agent].url, [.add(t.from.key, -t.amount, min: 0)]),
+            (ids[t.to.agent].name, ids[t.to.agent].url, [.add(t.to.key, t.amount)]),
+        ].sorted { $0.participant < $1.participant }
+        guard let answer = try? api.submit(branches, timeoutMs: config.timeoutMs, protocol: protocolName, termination: termination, requestID: t.requestID) else { return nil }
+        return (answer.txid, answer.outcome == "committed" ? .committed : .aborted, answer.reason)
+    }
+
     /// Asks the coordinator about every transfer whose outcome the client did not learn:
     /// committed (or committing) counts as committed, aborted or unknown (404, presumed abort)
     /// as aborted. Returns the txids still unresolved at the deadline.
     func resolveUnknown(timeoutMs: Int) -> [String] {
-        ScenarioWorkload.resolveUnknown(api(), coordinatorURL: coordinatorURL, timeoutMs: timeoutMs, lock: lock,
+        if config.submit {
+            let api = api()
+            let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
+            while true {
+                let pending = lock.withLock { transfers.indices.filter { transfers[$0].outcome == .unknown }.map { ($0, transfers[$0]) } }
+                if pending.isEmpty { return [] }
+                for (index, t) in pending {
+                    guard let answer = resubmit(api, t) else { continue }
+                    lock.withLock {
+                        transfers[index].txid = answer.txid
+                        transfers[index].outcome = answer.outcome
+                        transfers[index].reason = (transfers[index].reason ?? "") + " (resubmitted: \(answer.outcome.rawValue))"
+                    }
+                }
+                if Date() > deadline { return lock.withLock { transfers.filter { $0.outcome == .unknown }.map { $0.requestID ?? $0.txid } } }
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+        }
+        return ScenarioWorkload.resolveUnknown(api(), coordinatorURL: coordinatorURL, timeoutMs: timeoutMs, lock: lock,
                                         unknown: { transfers.indices.filter { transfers[$0].outcome == .unknown }.map { ($0, transfers[$0].txid) } },
                                         settle: { index, verdict in
                                             transfers[index].outcome = verdict

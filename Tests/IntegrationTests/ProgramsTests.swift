@@ -56,6 +56,22 @@ final class ProgramsTests: XCTestCase {
         XCTAssertFalse(r.stderr.contains("\r"), "no progress line when stderr is not a terminal: \(r.stderr)")
     }
 
+    /// `--submit`: each transfer one request; the ops ride with the prepares, nobody registers.
+    func testTxbenchSubmit() throws {
+        let r = try runToCompletion(try binDirectory().appendingPathComponent("txbench"),
+                                    ["--clients", "2", "--duration", "1s", "--warmup", "0s", "--accounts", "50", "--submit", "--json"], timeoutMs: 120_000)
+        XCTAssertEqual(r.status, 0, "stderr: \(r.stderr)")
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
+        XCTAssertEqual(object["flow"] as? String, "submit")
+        XCTAssertGreaterThan(object["committed"] as? Int ?? 0, 0)
+        XCTAssertEqual((object["conservation"] as? [String: Any])?["ok"] as? Bool, true)
+        if object["aborted"] as? Int == 0 {
+            // Prepare, vote, commit and ack per branch; no registrations.
+            XCTAssertEqual(object["messages_per_commit"] as? Double ?? 0, 8, accuracy: 0.1, r.stdout)
+            XCTAssertEqual(object["forced_records_per_commit"] as? Double ?? 0, 5, accuracy: 0.1, r.stdout)
+        }
+    }
+
     /// Human-readable output, the progress line on stderr (forced: stderr is a file here), and a
     /// fixed number of transfers.
     func testTxbenchTextOutputProgressAndTransferCount() throws {
