@@ -667,7 +667,7 @@ public final class AgentNode {
         feed(.joined(txid, coordinatorURL: coordinatorURL, timeoutMs: p.timeoutMs ?? Limits.transactionTimeoutMsDefault))
         submittedStaging[txid] = []
         stagingInFlight[txid, default: 0] += 1
-        resource.stage(txid: txid, ops: ops, lockWaitMs: Limits.submittedLockWaitMs) { [unowned self] result in
+        resource.stage(txid: txid, ops: ops, lockWaitMs: Limits.submittedLockWaitMs, waitDie: true) { [unowned self] result in
             if let n = self.stagingInFlight[txid], n > 1 { self.stagingInFlight[txid] = n - 1 } else { self.stagingInFlight.removeValue(forKey: txid) }
             let repeats = self.submittedStaging.removeValue(forKey: txid) ?? []
             switch result {

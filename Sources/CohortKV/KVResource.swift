@@ -46,6 +46,7 @@ public final class KVResource {
     private final class Call {
         let ops: [KVOp]
         let lockWaitMs: Int64
+        let waitDie: Bool
         let completion: (Result<StageResult, KVError>) -> Void
         var next = 0
         /// This call's ops and get results; joined to the branch only when the whole call succeeds,
@@ -54,8 +55,9 @@ public final class KVResource {
         var staged: [KVOp] = []
         var overlay: [String: KVValue] = [:]
         var values: [String: KVValue] = [:]
-        init(ops: [KVOp], lockWaitMs: Int64, completion: @escaping (Result<StageResult, KVError>) -> Void) {
+        init(ops: [KVOp], lockWaitMs: Int64, waitDie: Bool, completion: @escaping (Result<StageResult, KVError>) -> Void) {
             self.lockWaitMs = lockWaitMs
+            self.waitDie = waitDie
             self.ops = ops
             self.completion = completion
         }
@@ -126,8 +128,13 @@ public final class KVResource {
 
     /// Stages `ops` for `txid`, taking each key's lock in order. `completion` runs once, maybe
     /// later (when a waited lock is granted or times out). Calls for one txid run in call order.
-    /// `lockWaitMs` replaces the resource's lock wait for this call's ops.
-    public func stage(txid: String, ops: [KVOp], lockWaitMs: Int64? = nil, completion: @escaping (Result<StageResult, KVError>) -> Void) {
+    /// `lockWaitMs` replaces the resource's lock wait for this call's ops. `waitDie`: wait only
+    /// for younger holders (a higher transaction id); finding an older one, fail at once. Work
+    /// staged at every participant at the same time (a submitted transaction) can otherwise
+    /// wait in a cycle across participants; under wait-die no cycle forms, because in one every
+    /// transaction would have to wait for an older one.
+    public func stage(txid: String, ops: [KVOp], lockWaitMs: Int64? = nil, waitDie: Bool = false,
+                      completion: @escaping (Result<StageResult, KVError>) -> Void) {
         do {
             try KVOp.validate(ops)
         } catch {
@@ -145,7 +152,7 @@ public final class KVResource {
             branch = Branch(txid: txid)
             branches[txid] = branch
         }
-        branch.calls.append(Call(ops: ops, lockWaitMs: lockWaitMs ?? lockWaitTimeoutMs, completion: completion))
+        branch.calls.append(Call(ops: ops, lockWaitMs: lockWaitMs ?? lockWaitTimeoutMs, waitDie: waitDie, completion: completion))
         run(branch)
         drainGrants()
     }
@@ -178,6 +185,14 @@ public final class KVResource {
                     }
                     call.next += 1
                 case .waiting:
+                    // Granted in arrival order: the waiters ahead count like holders.
+                    if call.waitDie, let mine = TxID(branch.txid),
+                       let older = (locks.holders(op.key).map(\.owner) + locks.waiters(op.key).prefix { $0 != branch.txid })
+                           .first(where: { TxID($0).map { $0 < mine } ?? true }) {
+                        pendingGrants += locks.cancelWait(owner: branch.txid, key: op.key)
+                        failure = .lockRefused(key: op.key, reason: "held by the older transaction \(older) (wait-die)")
+                        break
+                    }
                     startWait(branch, key: op.key, waitMs: call.lockWaitMs)
                     return
                 case .refused(let reason):

@@ -75,6 +75,31 @@ final class KVResourceTests: XCTestCase {
         return ws
     }
 
+    func testWaitDieWaitsOnlyForYoungerHolders() throws {
+        let older = "0a1b2c3d-64-1", middle = "0a1b2c3d-64-2", younger = "0a1b2c3d-64-3"
+        let holder = Recorder(), old = Recorder(), young = Recorder()
+        kv.stage(txid: middle, ops: [.add(key: "k", delta: 1, min: nil)], completion: holder.callback())
+        XCTAssertNotNil(success(holder.last))
+        // Younger than the holder: refused at once, no wait, nothing queued.
+        kv.stage(txid: younger, ops: [.add(key: "k", delta: 1, min: nil)], waitDie: true, completion: young.callback())
+        guard case .failure(.lockRefused(let key, let reason))? = young.last else { return XCTFail("\(String(describing: young.last))") }
+        XCTAssertEqual(key, "k")
+        XCTAssertTrue(reason.contains("wait-die"), reason)
+        XCTAssertEqual(kv.lockWaitCount, 0)
+        // Older than the holder: waits, and gets the lock when the holder goes.
+        kv.stage(txid: older, ops: [.add(key: "k", delta: 1, min: nil)], waitDie: true, completion: old.callback())
+        XCTAssertNil(old.last)
+        XCTAssertEqual(kv.lockWaitCount, 1)
+        kv.abort(txid: middle)
+        XCTAssertNotNil(success(old.last))
+        // Without wait-die the younger one would have waited.
+        let plain = Recorder()
+        kv.stage(txid: younger, ops: [.add(key: "k", delta: 1, min: nil)], completion: plain.callback())
+        XCTAssertNil(plain.last)
+        clock.advance(100)
+        guard case .failure(.lockTimeout)? = plain.last else { return XCTFail("\(String(describing: plain.last))") }
+    }
+
     func testGetSeesOwnStagedWritesOnly() throws {
         try seed([("a", .int(10)), ("s", .string("x"))])
         let r = Recorder()
