@@ -21,10 +21,9 @@ public enum Limits {
     public static let groupCommitRecordsTarget = 16
     /// ... or, unless the previous round reached that target, once this long passed with no new
     /// forced record: with a few writers every one that could join is already waiting on this
-    /// very sync, and waiting longer only adds latency. About one fdatasync on the development
-    /// machine (0.2-0.3 ms): 700 µs gave 2,241 submitted transfers/s at 8 clients, 200 µs
-    /// 2,665/s (docs/benchmarks.md, round 3).
-    public static let groupCommitQuietUs: Int64 = 200
+    /// very sync, and waiting longer only adds latency. A few fdatasyncs on the development
+    /// machine (0.2-0.3 ms each). 200 µs measured the same as 700 µs in session 3 (round 3).
+    public static let groupCommitQuietUs: Int64 = 700
     /// Checkpoint once the live segments hold more than this many bytes.
     public static let checkpointAfterBytes = 32 << 20
     /// Largest checkpoint snapshot (the log's type-0 record). A snapshot holds every open
@@ -53,11 +52,11 @@ public enum Limits {
     /// JSON reader recurses once per level).
     public static let jsonNestingDepthMax = 64
     /// Batch exchanges open per peer at once; more messages wait and go as one batch. Each
-    /// exchange lasts a whole sync at the peer (a prepare's answer waits for its record), so
-    /// a low cap queues messages behind other transactions' syncs: at 4, 8 clients made
-    /// 1,208 transfers/s (p50 6.3 ms); at 64, 1,603/s (p50 4.8 ms), and submitted transfers
-    /// 2,665/s instead of 903/s (docs/benchmarks.md, round 3).
-    public static let batchExchangesInFlightPerPeer = 16
+    /// exchange lasts a whole sync at the peer (a prepare's answer waits for its record). 16
+    /// and 64 were tried in session 3: no faster at 8 clients once submitted work stopped
+    /// deadlocking (wait-die), and 16 let 64 clients reach 0.27 syncs per commit per process,
+    /// over the 0.2 aim (docs/benchmarks.md, round 3).
+    public static let batchExchangesInFlightPerPeer = 4
     /// A branch registration waits this long for the coordinator (a client's work request
     /// waits on it).
     public static let registrationTimeoutMs: Int64 = 1_000
