@@ -667,7 +667,10 @@ public final class AgentNode {
         feed(.joined(txid, coordinatorURL: coordinatorURL, timeoutMs: p.timeoutMs ?? Limits.transactionTimeoutMsDefault))
         submittedStaging[txid] = []
         stagingInFlight[txid, default: 0] += 1
-        resource.stage(txid: txid, ops: ops, lockWaitMs: Limits.submittedLockWaitMs, waitDie: true) { [unowned self] result in
+        // A holder whose commit is being logged waits for nothing: wait for it, whatever its
+        // age (a client's next transaction often reaches a key before the last one's commit).
+        resource.stage(txid: txid, ops: ops, lockWaitMs: Limits.submittedLockWaitMs, waitDie: true,
+                       waitsForNothing: { [unowned self] holder in self.machine.state(of: holder) == .committing }) { [unowned self] result in
             if let n = self.stagingInFlight[txid], n > 1 { self.stagingInFlight[txid] = n - 1 } else { self.stagingInFlight.removeValue(forKey: txid) }
             let repeats = self.submittedStaging.removeValue(forKey: txid) ?? []
             switch result {

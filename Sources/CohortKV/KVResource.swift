@@ -46,7 +46,8 @@ public final class KVResource {
     private final class Call {
         let ops: [KVOp]
         let lockWaitMs: Int64
-        let waitDie: Bool
+        /// Set for wait-die: which holders may be waited for regardless of age.
+        let waitDie: ((String) -> Bool)?
         let completion: (Result<StageResult, KVError>) -> Void
         var next = 0
         /// This call's ops and get results; joined to the branch only when the whole call succeeds,
@@ -55,7 +56,7 @@ public final class KVResource {
         var staged: [KVOp] = []
         var overlay: [String: KVValue] = [:]
         var values: [String: KVValue] = [:]
-        init(ops: [KVOp], lockWaitMs: Int64, waitDie: Bool, completion: @escaping (Result<StageResult, KVError>) -> Void) {
+        init(ops: [KVOp], lockWaitMs: Int64, waitDie: ((String) -> Bool)?, completion: @escaping (Result<StageResult, KVError>) -> Void) {
             self.lockWaitMs = lockWaitMs
             self.waitDie = waitDie
             self.ops = ops
@@ -132,8 +133,11 @@ public final class KVResource {
     /// for younger holders (a higher transaction id); finding an older one, fail at once. Work
     /// staged at every participant at the same time (a submitted transaction) can otherwise
     /// wait in a cycle across participants; under wait-die no cycle forms, because in one every
-    /// transaction would have to wait for an older one.
+    /// transaction would have to wait for an older one. `waitsForNothing` names holders that
+    /// may be waited for whatever their age: ones that wait for nothing themselves (a branch
+    /// whose commit is being logged), so no cycle can pass through them.
     public func stage(txid: String, ops: [KVOp], lockWaitMs: Int64? = nil, waitDie: Bool = false,
+                      waitsForNothing: @escaping (String) -> Bool = { _ in false },
                       completion: @escaping (Result<StageResult, KVError>) -> Void) {
         do {
             try KVOp.validate(ops)
@@ -152,7 +156,8 @@ public final class KVResource {
             branch = Branch(txid: txid)
             branches[txid] = branch
         }
-        branch.calls.append(Call(ops: ops, lockWaitMs: lockWaitMs ?? lockWaitTimeoutMs, waitDie: waitDie, completion: completion))
+        branch.calls.append(Call(ops: ops, lockWaitMs: lockWaitMs ?? lockWaitTimeoutMs, waitDie: waitDie ? waitsForNothing : nil,
+                                 completion: completion))
         run(branch)
         drainGrants()
     }
@@ -186,9 +191,9 @@ public final class KVResource {
                     call.next += 1
                 case .waiting:
                     // Granted in arrival order: the waiters ahead count like holders.
-                    if call.waitDie, let mine = TxID(branch.txid),
+                    if let waitsForNothing = call.waitDie, let mine = TxID(branch.txid),
                        let older = (locks.holders(op.key).map(\.owner) + locks.waiters(op.key).prefix { $0 != branch.txid })
-                           .first(where: { TxID($0).map { $0 < mine } ?? true }) {
+                           .first(where: { !waitsForNothing($0) && (TxID($0).map { $0 < mine } ?? true) }) {
                         pendingGrants += locks.cancelWait(owner: branch.txid, key: op.key)
                         failure = .lockRefused(key: op.key, reason: "held by the older transaction \(older) (wait-die)")
                         break

@@ -92,6 +92,12 @@ final class KVResourceTests: XCTestCase {
         XCTAssertEqual(kv.lockWaitCount, 1)
         kv.abort(txid: middle)
         XCTAssertNotNil(success(old.last))
+        // A holder that waits for nothing (its commit being logged) is waited for, whatever its age.
+        let committing = Recorder()
+        kv.stage(txid: younger, ops: [.add(key: "k", delta: 1, min: nil)], waitDie: true, waitsForNothing: { $0 == older },
+                 completion: committing.callback())
+        XCTAssertNil(committing.last, "waits behind a committing holder")
+        kv.abort(txid: younger)
         // Without wait-die the younger one would have waited.
         let plain = Recorder()
         kv.stage(txid: younger, ops: [.add(key: "k", delta: 1, min: nil)], completion: plain.callback())
