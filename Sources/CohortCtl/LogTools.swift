@@ -37,12 +37,15 @@ public struct LogReport: Codable, Equatable, Sendable {
         public let file: String
         public let number: UInt64
         public let sizeBytes: Int
+        /// Where the records end; the rest up to `sizeBytes` is zeros written ahead (or damage).
+        public let recordsEndBytes: Int
         public let firstLSN: UInt64?
         public let records: [Record]
         public let problem: Problem?
         enum CodingKeys: String, CodingKey {
             case file, number, records, problem
             case sizeBytes = "size_bytes"
+            case recordsEndBytes = "records_end_bytes"
             case firstLSN = "first_lsn"
         }
     }
@@ -87,7 +90,7 @@ public enum LogTools {
                 return describe(lsn: r.lsn, offset: r.offset, type: r.type, payload: payload)
             }
             total += records.count
-            segments.append(.init(file: seg.file, number: seg.number, sizeBytes: seg.sizeBytes, firstLSN: seg.firstLSN,
+            segments.append(.init(file: seg.file, number: seg.number, sizeBytes: seg.sizeBytes, recordsEndBytes: seg.recordsEndBytes, firstLSN: seg.firstLSN,
                                   records: records, problem: seg.problem.map(problem)))
         }
         return LogReport(directory: logDir, segments: segments, records: total,
@@ -189,7 +192,9 @@ public enum LogTools {
     public static func renderInspect(_ r: LogReport) -> String {
         var s = "log \(r.directory): \(r.segments.count) segment\(r.segments.count == 1 ? "" : "s"), \(r.records) record\(r.records == 1 ? "" : "s")\n"
         for seg in r.segments {
-            s += "\nsegment \(seg.file): \(seg.sizeBytes) bytes, first LSN \(seg.firstLSN.map(String.init) ?? "?")\n"
+            let ahead = seg.problem == nil && seg.sizeBytes > seg.recordsEndBytes
+                ? " (records end at \(seg.recordsEndBytes), zeros written ahead after)" : ""
+            s += "\nsegment \(seg.file): \(seg.sizeBytes) bytes\(ahead), first LSN \(seg.firstLSN.map(String.init) ?? "?")\n"
             var t = Table(["LSN", "OFFSET", "TYPE", "TXID", "SUMMARY"])
             for rec in seg.records {
                 t.add([String(rec.lsn), String(rec.offset), rec.typeName, rec.txid ?? "-", rec.summary])

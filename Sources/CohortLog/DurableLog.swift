@@ -21,8 +21,12 @@ public struct DurableLogConfig {
     public var groupCommitWaitUs: Int64
     public var groupCommitSiblingsMin: Int
     public var groupCommitRecordsTarget: Int
-    /// The wait also ends after this long without a new forced record.
-    public var groupCommitQuietUs: Int64
+    /// The wait also ends after a quiet spell without a new forced record: as long as the
+    /// recent syncs took, kept within these bounds.
+    public var groupCommitQuietUsMin: Int64
+    public var groupCommitQuietUsMax: Int64
+    /// Zeros written ahead of the last record (`Limits.logPreallocateBytes`); 0 turns it off.
+    public var preallocateBytes: Int
 
     public init(syncMode: SyncMode = .backgroundThread,
                 segmentBytesMax: Int = Limits.segmentBytesMax,
@@ -31,9 +35,12 @@ public struct DurableLogConfig {
                 groupCommitWaitUs: Int64 = Limits.groupCommitWaitUsMax,
                 groupCommitSiblingsMin: Int = Limits.groupCommitSiblingsMin,
                 groupCommitRecordsTarget: Int = Limits.groupCommitRecordsTarget,
-                groupCommitQuietUs: Int64 = Limits.groupCommitQuietUs) {
-        precondition(segmentBytesMax > 0 && unsyncedBytesMax > 0 && lazySyncDelayMs >= 0, "bad log config")
-        precondition(groupCommitWaitUs >= 0 && groupCommitSiblingsMin >= 1 && groupCommitRecordsTarget >= 1 && groupCommitQuietUs >= 1,
+                groupCommitQuietUsMin: Int64 = Limits.groupCommitQuietUsMin,
+                groupCommitQuietUsMax: Int64 = Limits.groupCommitQuietUsMax,
+                preallocateBytes: Int = Limits.logPreallocateBytes) {
+        precondition(segmentBytesMax > 0 && unsyncedBytesMax > 0 && lazySyncDelayMs >= 0 && preallocateBytes >= 0, "bad log config")
+        precondition(groupCommitWaitUs >= 0 && groupCommitSiblingsMin >= 1 && groupCommitRecordsTarget >= 1
+                     && groupCommitQuietUsMin >= 1 && groupCommitQuietUsMax >= groupCommitQuietUsMin,
                      "bad group commit config")
         self.syncMode = syncMode
         self.segmentBytesMax = segmentBytesMax
@@ -42,7 +49,9 @@ public struct DurableLogConfig {
         self.groupCommitWaitUs = groupCommitWaitUs
         self.groupCommitSiblingsMin = groupCommitSiblingsMin
         self.groupCommitRecordsTarget = groupCommitRecordsTarget
-        self.groupCommitQuietUs = groupCommitQuietUs
+        self.groupCommitQuietUsMin = groupCommitQuietUsMin
+        self.groupCommitQuietUsMax = groupCommitQuietUsMax
+        self.preallocateBytes = preallocateBytes
     }
 }
 
@@ -105,7 +114,10 @@ public final class DurableLog {
     struct OpenSegment {
         let number: UInt64
         let file: LogFile
+        /// Where the next record goes: just past the last one.
         var size: Int
+        /// The file's length: `size` plus the zeros written ahead (preallocation).
+        var allocated: Int
     }
 
     public let storage: LogStorage
@@ -119,6 +131,8 @@ public final class DurableLog {
     private var forcedRecordsPending = 0
     /// Forced records the last round took: whether there are siblings worth waiting for.
     private var forcedRecordsLastRound = 0
+    /// How long a sync of the current segment has lately taken (µs, moving average).
+    private var syncUsAverage: Int64 = 0
     private var unsyncedBytes = 0
     private var nextLSN: UInt64
     private var durableLSNValue: UInt64
@@ -146,7 +160,7 @@ public final class DurableLog {
         nextLSN = recovery.nextLSN
         durableLSNValue = recovery.nextLSN - 1
         bytesSinceCheckpointValue = recovery.bytesSinceCheckpoint
-        segment = recovery.lastSegment.map { OpenSegment(number: $0.number, file: $0.file, size: $0.size) }
+        segment = recovery.lastSegment.map { OpenSegment(number: $0.number, file: $0.file, size: $0.size, allocated: $0.allocated) }
         nextSegmentNumber = recovery.nextSegmentNumber
         liveSegments = recovery.liveSegments
         syncsTotalValue = recovery.syncs
@@ -305,12 +319,18 @@ public final class DurableLog {
                 // writers every one that could join is already waiting on this sync, and a fixed
                 // wait for `groupCommitRecordsTarget` records they can never supply only added
                 // latency (docs/benchmarks.md, "Where the 8-client time goes").
+                // The quiet spell is as long as a sync has lately taken: while forced records
+                // arrive closer together than that, waiting for the next one costs less than
+                // the sync it saves; once they come further apart, syncing now is cheaper.
+                // (A fixed 700 µs kept 8 clients waiting the full 2 ms at every sync on a
+                // machine whose fdatasync takes 0.15 ms: docs/benchmarks.md, round 4.)
+                let quietUs = min(config.groupCommitQuietUsMax, max(config.groupCommitQuietUsMin, syncUsAverage))
                 let deadline = Int64(SystemClock.monotonicNs() / 1_000) + config.groupCommitWaitUs
                 var seen = forcedRecordsPending
                 while forcedRecordsPending < config.groupCommitRecordsTarget && !closed && failure == nil {
                     let left = deadline - Int64(SystemClock.monotonicNs() / 1_000)
                     if left <= 0 { break }
-                    state.wait(timeoutUs: min(left, config.groupCommitQuietUs))
+                    state.wait(timeoutUs: min(left, quietUs))
                     // Under heavy load (the last round reached the target) keep gathering: the
                     // fewer syncs per commit are worth the wait there.
                     if forcedRecordsPending == seen && forcedRecordsLastRound < config.groupCommitRecordsTarget { break }
@@ -328,6 +348,18 @@ public final class DurableLog {
         state.withLock { syncsTotalValue += 1 }
     }
 
+    /// A data sync of the current segment, timed for the quiet spell of group commit.
+    private func timedSync(_ file: LogFile) throws {
+        let startNs = SystemClock.monotonicNs()
+        try file.sync()
+        let tookUs = Int64((SystemClock.monotonicNs() - startNs) / 1_000)
+        state.withLock {
+            syncsTotalValue += 1
+            // Moving average over about the last 8 syncs.
+            syncUsAverage += (tookUs - syncUsAverage) / 8
+        }
+    }
+
     private func fail(_ error: Error) {
         let handler: ((Error) -> Void)? = state.withLock {
             guard failure == nil else { return nil }
@@ -336,6 +368,22 @@ public final class DurableLog {
             return onFailureHandler
         }
         handler?(error)
+    }
+
+    /// Writes `bytes` at `offset`; when they reach past the zeros already written ahead, the same
+    /// write carries `preallocateBytes` more zeros after them, so only that round's sync pays
+    /// for a change of the file's size. Recovery reads zeros after the last record as the end.
+    /// Returns the file's new length.
+    private func writeExtending(_ file: LogFile, _ bytes: [UInt8], at offset: Int, allocated: Int) throws -> Int {
+        let end = offset + bytes.count
+        guard end > allocated, config.preallocateBytes > 0 else {
+            try file.write(bytes, at: offset)
+            return max(allocated, end)
+        }
+        var extended = bytes
+        extended.append(contentsOf: repeatElement(0, count: config.preallocateBytes))
+        try file.write(extended, at: offset)
+        return end + config.preallocateBytes
     }
 
     /// One group-commit round: takes what is buffered (at most one new segment's worth), writes
@@ -378,22 +426,21 @@ public final class DurableLog {
                     let file = try storage.open(name, create: true)
                     if try file.size() != 0 { try file.truncate(to: 0) }
                     let bytes = LogFormat.encodeSegmentHeader(number: number, firstLSN: group.firstLSN) + group.bytes
-                    try file.write(bytes, at: 0)
+                    let allocated = try writeExtending(file, bytes, at: 0, allocated: 0)
                     try file.sync()
                     countSync()
                     // The new file's directory entry must be durable before anything in it counts.
                     try storage.syncDirectory()
                     countSync()
                     segment?.file.close()
-                    segment = OpenSegment(number: number, file: file, size: bytes.count)
+                    segment = OpenSegment(number: number, file: file, size: bytes.count, allocated: allocated)
                     nextSegmentNumber += 1
                     liveSegments.append(number)
                     if group.isCheckpoint { checkpointSegment = number }
                 } else {
                     let current = segment!
-                    try current.file.write(group.bytes, at: current.size)
-                    try current.file.sync()
-                    countSync()
+                    segment!.allocated = try writeExtending(current.file, group.bytes, at: current.size, allocated: current.allocated)
+                    try timedSync(current.file)
                     segment!.size += group.bytes.count
                 }
             }

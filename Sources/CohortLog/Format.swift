@@ -35,7 +35,8 @@ public struct LogCorruptionError: Error, CustomStringConvertible, Equatable {
 /// of the preceding 28 bytes.
 /// Record: length u32 (payload bytes), CRC-32C u32, type u8, LSN u64, payload. The CRC covers
 /// length, type, LSN and payload, so a damaged length is caught too.
-/// All integers little-endian.
+/// All integers little-endian. After the last record a segment may hold zeros up to its end:
+/// space written ahead of time (`Limits.logPreallocateBytes`), read as the end of the records.
 enum LogFormat {
     static let magic: [UInt8] = Array("COHORTLG".utf8)
     static let version: UInt32 = 1
@@ -194,6 +195,10 @@ enum SegmentScanner {
         var lsn = header.firstLSN
         var end = SegmentEnd.clean
         while offset < bytes.count {
+            // Zeros from here to the end are space the writer filled ahead of time
+            // (`Limits.logPreallocateBytes`), not a record: no record starts with 17 zero bytes
+            // (LSNs start at 1). Zeros followed by anything else are read as before.
+            if isZero(bytes, from: offset) { break }
             switch decodeRecord(bytes, at: offset) {
             case .failure(let problem):
                 end = classify(offset, problem.reason, nextLSN: lsn)
@@ -215,6 +220,22 @@ enum SegmentScanner {
     }
 
     struct RecordProblem: Error { let reason: String }
+
+    static func isZero(_ bytes: [UInt8], from offset: Int) -> Bool {
+        bytes.withUnsafeBufferPointer { b in
+            var i = offset
+            // A word at a time: a preallocated tail is up to `Limits.logPreallocateBytes` long.
+            while i + 8 <= b.count {
+                if UnsafeRawPointer(b.baseAddress! + i).loadUnaligned(as: UInt64.self) != 0 { return false }
+                i += 8
+            }
+            while i < b.count {
+                if b[i] != 0 { return false }
+                i += 1
+            }
+            return true
+        }
+    }
 
     static func decodeRecord(_ bytes: [UInt8], at offset: Int) -> Result<(LogRecord, Int), RecordProblem> {
         let headerBytes = LogFormat.recordHeaderBytes

@@ -30,6 +30,8 @@ public struct LogInspection {
         public let file: String
         public let number: UInt64
         public let sizeBytes: Int
+        /// Where the good records end; zeros after it up to `sizeBytes` are space written ahead.
+        public let recordsEndBytes: Int
         /// Nil when the header is unreadable.
         public let firstLSN: UInt64?
         /// Good records, up to the first problem.
@@ -103,7 +105,8 @@ extension DurableLog {
                                 reason: "segment \(LogFormat.segmentFileName(expectedNumber)) is missing")
             }
             segments.append(LogInspection.Segment(
-                file: entry.name, number: entry.number, sizeBytes: bytes.count, firstLSN: scan.header?.firstLSN,
+                file: entry.name, number: entry.number, sizeBytes: bytes.count, recordsEndBytes: scan.goodBytes,
+                firstLSN: scan.header?.firstLSN,
                 records: scan.records.map { .init(lsn: $0.record.lsn, type: $0.record.type,
                                                   payloadBytes: $0.record.payload.count, offset: $0.offset) },
                 problem: problem))

@@ -3,7 +3,8 @@ struct Recovery {
     let recovered: RecoveredLog
     let nextLSN: UInt64
     let bytesSinceCheckpoint: Int
-    let lastSegment: (number: UInt64, file: LogFile, size: Int)?
+    /// `size` is where the next record goes, `allocated` the file's length (zeros written ahead).
+    let lastSegment: (number: UInt64, file: LogFile, size: Int, allocated: Int)?
     let nextSegmentNumber: UInt64
     let liveSegments: [UInt64]
     let syncs: Int
@@ -60,7 +61,7 @@ struct Recovery {
         var records: [LogRecord] = []
         var bytesSinceCheckpoint = 0
         var truncatedTail: (file: String, offset: Int, bytesDropped: Int)?
-        var live: [(number: UInt64, file: LogFile, size: Int)] = []
+        var live: [(number: UInt64, file: LogFile, size: Int, allocated: Int)] = []
         var nextLSN: UInt64 = 1
         defer { for segment in live.dropLast() { segment.file.close() } }
 
@@ -76,6 +77,7 @@ struct Recovery {
             let trustHeader = i == start && checkpointFound
             let scan = SegmentScanner.scan(file: name, bytes: bytes, number: number,
                                            expectedLSN: trustHeader ? nil : (expectedLSN ?? 1), isLast: isLast)
+            var allocated = bytes.count
             switch scan.end {
             case .clean:
                 break
@@ -92,6 +94,7 @@ struct Recovery {
                     continue
                 }
                 try file.truncate(to: offset)
+                allocated = offset
                 truncatedTail = (file: name, offset: offset, bytesDropped: bytes.count - offset)
             }
             for (index, scanned) in scan.records.enumerated() {
@@ -104,7 +107,7 @@ struct Recovery {
                     bytesSinceCheckpoint += scanned.encodedBytes
                 }
             }
-            live.append((number: number, file: file, size: scan.goodBytes))
+            live.append((number: number, file: file, size: scan.goodBytes, allocated: allocated))
             expectedLSN = scan.nextLSN
             expectedNumber = number + 1
             nextLSN = scan.nextLSN!

@@ -128,18 +128,22 @@ public final class SimLogStorage: LogStorage {
         case .dropUnsynced:
             return durable
         case .tearUnsynced:
-            let appendedOnly = current.count >= durable.count && current.starts(with: durable)
-            guard appendedOnly else {
-                // Unsynced truncation or overwrite: either state may be what the disk holds.
+            guard current.count >= durable.count else {
+                // Unsynced truncation: either state may be what the disk holds.
                 return rng.next() % 2 == 0 ? durable : current
             }
-            let unsynced = current.count - durable.count
+            // Appended bytes, or bytes written over old ones (the log writes its records over
+            // the zeros it wrote ahead): a prefix of the change survives, the old bytes after it.
+            var same = 0
+            while same < durable.count && current[same] == durable[same] { same += 1 }
+            let unsynced = current.count - same
             if unsynced == 0 { return durable }
             let kept = Int(rng.next() % UInt64(unsynced + 1))
-            var result = Array(current[0..<(durable.count + kept)])
+            var result = Array(current[0..<(same + kept)])
+            if same + kept < durable.count { result += durable[(same + kept)...] }
             if kept > 0 && rng.next() % 2 == 0 {
                 let garbled = 1 + Int(rng.next() % UInt64(min(kept, 4)))
-                for i in (result.count - garbled)..<result.count { result[i] = UInt8(truncatingIfNeeded: rng.next()) }
+                for i in (same + kept - garbled)..<(same + kept) { result[i] = UInt8(truncatingIfNeeded: rng.next()) }
             }
             return result
         }

@@ -556,16 +556,19 @@ final class ScenarioRun: @unchecked Sendable {
                 guard let last = records.last else { throw ManagedProcessError("\(path) has no record to tear") }
                 let file = try PosixFile.open(path, create: false)
                 defer { file.close() }
+                // The records end before the zeros the log writes ahead (Limits.logPreallocateBytes).
+                let end = last.offset + 17 + last.payloadBytes
                 switch mode {
                 case .append:
-                    // The torn tail of the next append: a copy of the last record cut short.
-                    let record = Array(data[last.offset...])
+                    // The torn tail of the next append: a copy of the last record cut short,
+                    // where the next record would have gone.
+                    let record = Array(data[last.offset..<end])
                     let keep = min(bytes ?? (record.count - 1), record.count - 1)
-                    try file.pwrite(Array(record[0..<max(1, keep)]), offset: data.count)
+                    try file.pwrite(Array(record[0..<max(1, keep)]), offset: end)
                     event("torn write on \(p): appended \(max(1, keep)) of a \(record.count)-byte record to \(path)")
                 case .cut:
-                    let cut = bytes ?? (data.count - last.offset)
-                    try file.truncate(to: max(0, data.count - cut))
+                    let cut = bytes ?? (end - last.offset)
+                    try file.truncate(to: max(0, end - cut))
                     event("torn write on \(p): cut the last \(cut) bytes of \(path)")
                 }
             case .corruptRecord(let p, _, _):

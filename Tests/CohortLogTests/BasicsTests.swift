@@ -177,7 +177,7 @@ final class BasicsTests: XCTestCase {
         let storage = SimLogStorage()
         // A quiet spell as long as the wait itself: only the target or close end it here.
         let config = DurableLogConfig(lazySyncDelayMs: 1_000, groupCommitWaitUs: 5_000_000, groupCommitSiblingsMin: 1,
-                                      groupCommitRecordsTarget: 3, groupCommitQuietUs: 5_000_000)
+                                      groupCommitRecordsTarget: 3, groupCommitQuietUsMin: 5_000_000, groupCommitQuietUsMax: 5_000_000)
         let (log, _) = try DurableLog.open(storage: storage, config: config)
         // First round: no siblings seen yet, so no wait (the wait would be 5 s).
         _ = try log.append(type: 1, payload: [1], force: true)
@@ -206,7 +206,7 @@ final class BasicsTests: XCTestCase {
     func testGroupCommitWaitEndsAfterAQuietSpellUnlessTheLastRoundWasFull() throws {
         let storage = SimLogStorage()
         let config = DurableLogConfig(lazySyncDelayMs: 1_000, groupCommitWaitUs: 5_000_000, groupCommitSiblingsMin: 1,
-                                      groupCommitRecordsTarget: 3, groupCommitQuietUs: 50_000)
+                                      groupCommitRecordsTarget: 3, groupCommitQuietUsMin: 50_000, groupCommitQuietUsMax: 50_000)
         let (log, _) = try DurableLog.open(storage: storage, config: config)
         _ = try log.append(type: 1, payload: [1], force: true)
         XCTAssertTrue(waitUntil(timeoutMs: 2_000) { log.durableLSN == 1 })

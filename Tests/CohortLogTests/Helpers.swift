@@ -34,9 +34,14 @@ func payload(_ lsn: UInt64, size: Int = 24) -> [UInt8] {
     return (0..<size).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
 }
 
+/// Without preallocation unless asked: the byte-level damage tests place their damage at the
+/// end of the file, which preallocation would put after the zeros (RecoveryTests has its own
+/// preallocation tests).
 func manualConfig(segmentBytesMax: Int = Limits.segmentBytesMax,
-                  unsyncedBytesMax: Int = Limits.unsyncedBytesMax) -> DurableLogConfig {
-    DurableLogConfig(syncMode: .manual, segmentBytesMax: segmentBytesMax, unsyncedBytesMax: unsyncedBytesMax)
+                  unsyncedBytesMax: Int = Limits.unsyncedBytesMax,
+                  preallocateBytes: Int = 0) -> DurableLogConfig {
+    DurableLogConfig(syncMode: .manual, segmentBytesMax: segmentBytesMax, unsyncedBytesMax: unsyncedBytesMax,
+                     preallocateBytes: preallocateBytes)
 }
 
 func segmentNames(_ storage: LogStorage) throws -> [String] {

@@ -38,7 +38,10 @@ final class RecoveryTests: XCTestCase {
                 let (log, recovered) = try DurableLog.open(storage: storage, config: manualConfig())
                 assertRecords(recovered.records, 1...3)
                 XCTAssertEqual(recovered.nextLSN, 4)
-                if damaged.count == lastStart {
+                // A record none of whose bytes arrived reads as zeros: the end of the records,
+                // like the zeros the writer fills ahead (preallocation), and is left in place.
+                let allZeros = zeroFilled && cut == lastStart
+                if damaged.count == lastStart || allZeros {
                     XCTAssertNil(recovered.truncatedTail)
                 } else {
                     let tail = try XCTUnwrap(recovered.truncatedTail, "cut \(cut)")
@@ -46,7 +49,7 @@ final class RecoveryTests: XCTestCase {
                     XCTAssertEqual(tail.offset, lastStart)
                     XCTAssertEqual(tail.bytesDropped, damaged.count - lastStart)
                 }
-                XCTAssertEqual(storage.contents(of: firstSegment)!.count, lastStart, "file truncated")
+                XCTAssertEqual(storage.contents(of: firstSegment)!.count, allZeros ? full.count : lastStart, "file truncated")
                 // The log goes on from the cut.
                 XCTAssertEqual(try log.append(type: 1, payload: payload(4, size: 14), force: true), 4)
                 try log.syncNow()
@@ -60,7 +63,8 @@ final class RecoveryTests: XCTestCase {
     func testTornTailOnRealFiles() throws {
         let dir = try makeTemporaryDirectory()
         defer { removeTree(dir) }
-        let (log, _) = try DurableLog.open(storage: try FileLogStorage(directory: dir))
+        let config = DurableLogConfig(preallocateBytes: 0)
+        let (log, _) = try DurableLog.open(storage: try FileLogStorage(directory: dir), config: config)
         for lsn in UInt64(1)...3 { _ = try log.append(type: 1, payload: payload(lsn, size: 10 + Int(lsn % 7)), force: true) }
         log.close()
         let path = dir + "/" + firstSegment
@@ -68,11 +72,75 @@ final class RecoveryTests: XCTestCase {
         let size = try file.size()
         try file.truncate(to: size - 5)
         file.close()
-        let (reopened, recovered) = try DurableLog.open(storage: try FileLogStorage(directory: dir))
+        let (reopened, recovered) = try DurableLog.open(storage: try FileLogStorage(directory: dir), config: config)
         reopened.close()
         assertRecords(recovered.records, 1...2)
         XCTAssertEqual(recovered.truncatedTail?.bytesDropped, 10 + 3 % 7 + 17 - 5)
         XCTAssertEqual(try PosixFS.readFile(path).count, size - (10 + 3 % 7 + 17))
+    }
+
+    /// Preallocation: each segment file runs `preallocateBytes` of zeros past its last record,
+    /// recovery reads them as the end (in the last segment and in older ones), the log goes on
+    /// writing where the records end, and a torn record in the zeros is still cut off.
+    func testPreallocatedZerosAreTheEndAndTornRecordsInThemAreCutOff() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTree(dir) }
+        let ahead = 4096
+        let config = DurableLogConfig(segmentBytesMax: 300, preallocateBytes: ahead)
+        let (log, _) = try DurableLog.open(storage: try FileLogStorage(directory: dir), config: config)
+        for lsn in UInt64(1)...12 {
+            _ = try log.append(type: 1, payload: payload(lsn, size: 10 + Int(lsn % 7)), force: true)
+            XCTAssertTrue(waitUntil(timeoutMs: 5_000) { log.durableLSN == lsn })
+        }
+        log.close()
+        let storage = try FileLogStorage(directory: dir)
+        let segments = try segmentNames(storage)
+        XCTAssertGreaterThanOrEqual(segments.count, 2, "small segments: several files")
+        let inspection = DurableLog.inspect(storage: storage)
+        XCTAssertEqual(inspection.problems, [])
+        for seg in inspection.segments {
+            XCTAssertTrue(seg.sizeBytes > seg.recordsEndBytes && seg.sizeBytes <= seg.recordsEndBytes + ahead,
+                          "\(seg.file): \(seg.sizeBytes) bytes, records end at \(seg.recordsEndBytes): zeros written ahead")
+        }
+        let last = inspection.segments.last!
+        let (reopened, recovered) = try DurableLog.open(storage: storage, config: config)
+        assertRecords(recovered.records, 1...12)
+        XCTAssertNil(recovered.truncatedTail, "zeros are not a torn tail")
+        // The next record goes where the records end, not after the zeros.
+        _ = try reopened.append(type: 1, payload: payload(13, size: 10 + 13 % 7), force: true)
+        XCTAssertTrue(waitUntil(timeoutMs: 5_000) { reopened.durableLSN == 13 })
+        reopened.close()
+        let after = DurableLog.inspect(storage: try FileLogStorage(directory: dir))
+        XCTAssertEqual(after.segments.last!.records.last!.lsn, 13)
+        XCTAssertEqual(after.segments.last!.records.last!.offset, last.recordsEndBytes)
+
+        // A record torn inside the zeros (its first bytes written, the rest never reached the
+        // disk) is cut off, and so are the zeros after it.
+        let path = dir + "/" + after.segments.last!.file
+        let end = after.segments.last!.recordsEndBytes
+        let file = try PosixFile(path: path, create: false)
+        try file.pwrite([0x2A, 0, 0, 0, 0x11, 0x22, 0x33], offset: end)
+        file.close()
+        let (third, torn) = try DurableLog.open(storage: try FileLogStorage(directory: dir), config: config)
+        third.close()
+        assertRecords(torn.records, 1...13)
+        XCTAssertEqual(torn.truncatedTail?.offset, end)
+        XCTAssertEqual(try PosixFS.readFile(path).count, end, "cut at the torn record")
+
+        // Zeros followed by a good record are not the end: a record that was durable is missing.
+        let (fourth, _) = try DurableLog.open(storage: try FileLogStorage(directory: dir), config: config)
+        _ = try fourth.append(type: 1, payload: payload(14, size: 10 + 14 % 7), force: true)
+        _ = try fourth.append(type: 1, payload: payload(15, size: 10 + 15 % 7), force: true)
+        XCTAssertTrue(waitUntil(timeoutMs: 5_000) { fourth.durableLSN == 15 })
+        fourth.close()
+        let bytes = try PosixFS.readFile(path)
+        let zeroed = try PosixFile(path: path, create: false)
+        try zeroed.pwrite([UInt8](repeating: 0, count: 17 + 10 + 14 % 7), offset: end)
+        zeroed.close()
+        XCTAssertThrowsError(try DurableLog.open(storage: try FileLogStorage(directory: dir), config: config)) { error in
+            XCTAssertEqual((error as? LogCorruptionError)?.offset, end, "\(error)")
+        }
+        XCTAssertEqual(try PosixFS.readFile(path).count, bytes.count, "nothing cut on corruption")
     }
 
     func testCorruptMiddleRecordIsReportedWithFileAndOffset() throws {
