@@ -77,10 +77,31 @@ final class ScenarioWorkload: @unchecked Sendable {
         lock.lock(); transfers.append(t); lock.unlock()
     }
 
+    /// One transfer: two agents i < j, a key at each, an amount and which way it goes.
+    private struct Draw {
+        let i: Int, j: Int
+        let from: (Int, String), to: (Int, String)
+        let amount: Int64
+        /// The ops at agent i and at agent j (the debit keeps its account at or above 0).
+        let opAtI: WorkOp, opAtJ: WorkOp
+    }
+
+    private func drawTransfer() -> Draw {
+        let agents = agentURLs.count
+        let i = Int.random(in: 0..<(agents - 1))
+        let j = Int.random(in: (i + 1)..<agents)
+        let debitFirst = Bool.random()
+        let amount = Int64.random(in: 1...config.maxAmount)
+        let k1 = key(Int.random(in: 0..<config.accounts))
+        let k2 = key(Int.random(in: 0..<config.accounts))
+        return Draw(i: i, j: j, from: debitFirst ? (i, k1) : (j, k2), to: debitFirst ? (j, k2) : (i, k1), amount: amount,
+                    opAtI: debitFirst ? .add(k1, -amount, min: 0) : .add(k1, amount),
+                    opAtJ: debitFirst ? .add(k2, amount) : .add(k2, -amount, min: 0))
+    }
+
     private func clientLoop(deadline: Date) {
         if config.submit { return submitLoop(deadline: deadline) }
         let api = api()
-        let agents = agentURLs.count
         while Date() < deadline && take() {
             let txid: String
             do {
@@ -90,17 +111,11 @@ final class ScenarioWorkload: @unchecked Sendable {
                 Thread.sleep(forTimeInterval: 0.05)
                 continue
             }
-            let i = Int.random(in: 0..<(agents - 1))
-            let j = Int.random(in: (i + 1)..<agents)
-            let debitFirst = Bool.random()
-            let amount = Int64.random(in: 1...config.maxAmount)
-            let k1 = key(Int.random(in: 0..<config.accounts))
-            let k2 = key(Int.random(in: 0..<config.accounts))
-            var t = Transfer(txid: txid, from: debitFirst ? (i, k1) : (j, k2), to: debitFirst ? (j, k2) : (i, k1),
-                             amount: amount, outcome: .unknown, reason: nil)
+            let d = drawTransfer()
+            var t = Transfer(txid: txid, from: d.from, to: d.to, amount: d.amount, outcome: .unknown, reason: nil)
             do {
-                _ = try api.agentWork(agentURLs[i], txid, [debitFirst ? .add(k1, -amount, min: 0) : .add(k1, amount)])
-                _ = try api.agentWork(agentURLs[j], txid, [debitFirst ? .add(k2, amount) : .add(k2, -amount, min: 0)])
+                _ = try api.agentWork(agentURLs[d.i], txid, [d.opAtI])
+                _ = try api.agentWork(agentURLs[d.j], txid, [d.opAtJ])
             } catch {
                 // Never asked to commit, so it cannot commit; abort so the locks go now.
                 _ = try? api.abort(txid)
@@ -144,20 +159,13 @@ final class ScenarioWorkload: @unchecked Sendable {
     /// the first attempt's outcome or, if that attempt never reached a decision, runs it once.
     private func submitLoop(deadline: Date) {
         let api = api()
-        let agents = agentURLs.count
         while Date() < deadline && take() {
             guard let ids = participantIdentities(api, deadline: deadline) else { return }
-            let i = Int.random(in: 0..<(agents - 1))
-            let j = Int.random(in: (i + 1)..<agents)
-            let debitFirst = Bool.random()
-            let amount = Int64.random(in: 1...config.maxAmount)
-            let k1 = key(Int.random(in: 0..<config.accounts))
-            let k2 = key(Int.random(in: 0..<config.accounts))
-            var t = Transfer(txid: "", requestID: UUID().uuidString, from: debitFirst ? (i, k1) : (j, k2), to: debitFirst ? (j, k2) : (i, k1),
-                             amount: amount, outcome: .unknown, reason: nil)
+            let d = drawTransfer()
+            var t = Transfer(txid: "", requestID: UUID().uuidString, from: d.from, to: d.to, amount: d.amount, outcome: .unknown, reason: nil)
             let branches: [(participant: String, url: String, ops: [WorkOp])] = [
-                (ids[i].name, ids[i].url, [debitFirst ? .add(k1, -amount, min: 0) : .add(k1, amount)]),
-                (ids[j].name, ids[j].url, [debitFirst ? .add(k2, amount) : .add(k2, -amount, min: 0)]),
+                (ids[d.i].name, ids[d.i].url, [d.opAtI]),
+                (ids[d.j].name, ids[d.j].url, [d.opAtJ]),
             ]
             for attempt in 1...3 {
                 do {

@@ -123,10 +123,18 @@ final class SimClient {
         simulation.schedule(afterUs: 5_000 + simulation.random(20_000), "\(name) retries") { [unowned self] in self.next() }
     }
 
-    private func transfer(_ txid: String) {
+    /// One transfer's draw: a key at each of the first two agents, an amount, and which way
+    /// the money goes; recorded in `transfers` (at index `index`) for the final checks.
+    private struct Draw {
+        let index: Int
+        let first: String, second: String
+        let firstKey: String, secondKey: String
+        /// The deltas to apply at the first and the second agent.
+        let firstDelta: Int64, secondDelta: Int64
+    }
+
+    private func draw(txid: String, marker: String) -> Draw {
         let agents = simulation.agentNames
-        // Agents are always touched in the same order (first, then second) so transfers never
-        // wait on each other's locks in a cycle; the money goes either way.
         let first = agents[0], second = agents[agents.count > 1 ? 1 : 0]
         let accounts = Int64(simulation.config.accounts)
         let firstKey = simulation.accountKey(Int(simulation.random(accounts)))
@@ -134,14 +142,22 @@ final class SimClient {
         let amount = 1 + simulation.random(30)
         let outOfFirst = simulation.random(2) == 0
         let (from, fromKey, to, toKey) = outOfFirst ? (first, firstKey, second, secondKey) : (second, secondKey, first, firstKey)
-        let marker = "tx/\(txid)"
         transfers.append(Transfer(txid: txid, marker: marker, fromAgent: from, fromKey: fromKey, toAgent: to, toKey: toKey, amount: amount))
-        let i = transfers.count - 1
+        return Draw(index: transfers.count - 1, first: first, second: second, firstKey: firstKey, secondKey: secondKey,
+                    firstDelta: outOfFirst ? -amount : amount, secondDelta: outOfFirst ? amount : -amount)
+    }
+
+    private func transfer(_ txid: String) {
+        // Agents are always touched in the same order (first, then second) so transfers never
+        // wait on each other's locks in a cycle; the money goes either way.
+        let marker = "tx/\(txid)"
+        let d = draw(txid: txid, marker: marker)
+        let (first, second, firstKey, secondKey, i) = (d.first, d.second, d.firstKey, d.secondKey, d.index)
         func op(_ key: String, _ delta: Int64) -> String {
             "{\"op\":\"add\",\"key\":\"\(key)\",\"delta\":\(delta)\(delta < 0 ? ",\"min\":0" : "")}"
         }
-        let workA = "{\"txid\":\"\(txid)\",\"request_id\":\"a\",\"ops\":[\(op(firstKey, outOfFirst ? -amount : amount)),{\"op\":\"set\",\"key\":\"\(marker)\",\"value\":1}]}"
-        let workB = "{\"txid\":\"\(txid)\",\"request_id\":\"b\",\"ops\":[\(op(secondKey, outOfFirst ? amount : -amount)),{\"op\":\"set\",\"key\":\"\(marker)\",\"value\":1}]}"
+        let workA = "{\"txid\":\"\(txid)\",\"request_id\":\"a\",\"ops\":[\(op(firstKey, d.firstDelta)),{\"op\":\"set\",\"key\":\"\(marker)\",\"value\":1}]}"
+        let workB = "{\"txid\":\"\(txid)\",\"request_id\":\"b\",\"ops\":[\(op(secondKey, d.secondDelta)),{\"op\":\"set\",\"key\":\"\(marker)\",\"value\":1}]}"
         call("POST", "http://\(first):1/v1/work", Array(workA.utf8)) { [unowned self] status, _ in
             guard status == 200 else { return self.abort(txid, i, why: "work-a \(status)") }
             self.call("POST", "http://\(second):1/v1/work", Array(workB.utf8)) { status, _ in
@@ -164,17 +180,9 @@ final class SimClient {
     /// The branches go out at once (no fixed agent order), so transfers can deadlock across
     /// agents; the short lock wait of submitted work turns that into a no vote.
     private func submitTransfer() {
-        let agents = simulation.agentNames
-        let first = agents[0], second = agents[agents.count > 1 ? 1 : 0]
-        let accounts = Int64(simulation.config.accounts)
-        let firstKey = simulation.accountKey(Int(simulation.random(accounts)))
-        let secondKey = simulation.accountKey(Int(simulation.random(accounts)))
-        let amount = 1 + simulation.random(30)
-        let outOfFirst = simulation.random(2) == 0
-        let (from, fromKey, to, toKey) = outOfFirst ? (first, firstKey, second, secondKey) : (second, secondKey, first, firstKey)
         let marker = "tx/\(name)-\(transfers.count)"
-        transfers.append(Transfer(txid: "", marker: marker, fromAgent: from, fromKey: fromKey, toAgent: to, toKey: toKey, amount: amount))
-        let i = transfers.count - 1
+        let d = draw(txid: "", marker: marker)
+        let i = d.index
         func ops(_ key: String, _ delta: Int64) -> JSONNode {
             var add: [(String, JSONNode)] = [("op", .string("add")), ("key", .string(key)), ("delta", .int(delta))]
             if delta < 0 { add.append(("min", .int(0))) }
@@ -184,8 +192,8 @@ final class SimClient {
         if case .threePhase(let t) = simulation.config.faults.commitProtocol { termination = t.rawValue }
         let request = SubmitRequest(protocol: simulation.config.faults.commitProtocol.name, timeoutMs: simulation.config.transactionTimeoutMs,
                                     termination: termination, branches: [
-                                        .init(participant: first, url: "http://\(first):1", ops: ops(firstKey, outOfFirst ? -amount : amount)),
-                                        .init(participant: second, url: "http://\(second):1", ops: ops(secondKey, outOfFirst ? amount : -amount)),
+                                        .init(participant: d.first, url: "http://\(d.first):1", ops: ops(d.firstKey, d.firstDelta)),
+                                        .init(participant: d.second, url: "http://\(d.second):1", ops: ops(d.secondKey, d.secondDelta)),
                                     ], requestID: marker)
         call("POST", "http://coordinator:1/v1/transactions/submit", request.wireJSON) { [unowned self] status, body in
             if status == 200, let answer = try? OutcomeResponse(wireJSON: body), let outcome = Outcome(rawValue: answer.outcome) {
