@@ -199,6 +199,39 @@ final class BasicsTests: XCTestCase {
         XCTAssertEqual(log.durableLSN, 5)
     }
 
+    /// The quiet spell follows how long the log's syncs take: with instant syncs it shrinks to
+    /// its lower bound, with 100 ms syncs it grows toward 100 ms. Measured as the time from a
+    /// lone forced append to the start of its sync (the wait), not to durability.
+    func testGroupCommitQuietSpellFollowsTheSyncTime() throws {
+        func waitBeforeSyncMs(syncDelayMs: Int) throws -> Int64 {
+            let storage = SlowSyncStorage(syncDelayMs: syncDelayMs)
+            // Quiet spell 1 ms..5 s, wait up to 5 s, every round with a forced record counts as
+            // having siblings: only the quiet spell can end the wait early.
+            let config = DurableLogConfig(lazySyncDelayMs: 1_000, groupCommitWaitUs: 5_000_000, groupCommitSiblingsMin: 1,
+                                          groupCommitRecordsTarget: 1_000, groupCommitQuietUsMin: 1_000,
+                                          groupCommitQuietUsMax: 5_000_000, preallocateBytes: 0)
+            let (log, _) = try DurableLog.open(storage: storage, config: config)
+            defer { log.close() }
+            // Warm the moving average up with lone records, one round each.
+            for lsn in UInt64(1)...16 {
+                _ = try log.append(type: 1, payload: [UInt8(lsn)], force: true)
+                XCTAssertTrue(waitUntil(timeoutMs: 20_000) { log.durableLSN == lsn })
+            }
+            let syncsBefore = storage.syncStarts.count
+            let appendedMs = SystemClock.monotonicMs()
+            _ = try log.append(type: 1, payload: [17], force: true)
+            XCTAssertTrue(waitUntil(timeoutMs: 20_000) { log.durableLSN == 17 })
+            let starts = storage.syncStarts
+            XCTAssertEqual(starts.count, syncsBefore + 1, "one sync for the lone record")
+            return starts.last! - appendedMs
+        }
+        let fast = try waitBeforeSyncMs(syncDelayMs: 0)
+        XCTAssertLessThan(fast, 1_000, "instant syncs: the quiet spell is at its 1 ms floor, not the 5 s ceiling")
+        let slow = try waitBeforeSyncMs(syncDelayMs: 100)
+        XCTAssertGreaterThanOrEqual(slow, 60, "100 ms syncs: the quiet spell grew toward 100 ms (moving average)")
+        XCTAssertLessThan(slow, 4_000, "and stays far below the 5 s wait")
+    }
+
     /// With few writers the wait for siblings ends after a quiet spell (nobody else is coming:
     /// they all wait on this sync), but not when the previous round reached the target (heavy
     /// load, where gathering pays). The wait here is 5 s and the quiet spell 50 ms, so the
@@ -268,4 +301,44 @@ final class BasicsTests: XCTestCase {
         let (_, recovered) = try DurableLog.open(storage: try FileLogStorage(directory: dir), config: manualConfig())
         XCTAssertEqual(recovered.records.count, Int(total))
     }
+}
+
+/// Log storage whose file syncs take `syncDelayMs` and record when each began.
+final class SlowSyncStorage: LogStorage {
+    let inner = SimLogStorage()
+    let syncDelayMs: Int
+    private let lock = PosixConditionLock()
+    private var starts: [Int64] = []
+
+    init(syncDelayMs: Int) { self.syncDelayMs = syncDelayMs }
+
+    var syncStarts: [Int64] { lock.withLock { starts } }
+    var name: String { inner.name }
+    func list() throws -> [String] { try inner.list() }
+    func open(_ file: String, create: Bool) throws -> LogFile { SlowSyncFile(storage: self, file: try inner.open(file, create: create)) }
+    func remove(_ file: String) throws { try inner.remove(file) }
+    func syncDirectory() throws { try inner.syncDirectory() }
+
+    func noteSync() {
+        lock.withLock { starts.append(SystemClock.monotonicMs()) }
+        if syncDelayMs > 0 { PosixThread.sleep(milliseconds: Int64(syncDelayMs)) }
+    }
+}
+
+final class SlowSyncFile: LogFile {
+    let storage: SlowSyncStorage
+    let file: LogFile
+    init(storage: SlowSyncStorage, file: LogFile) {
+        self.storage = storage
+        self.file = file
+    }
+    func size() throws -> Int { try file.size() }
+    func read(offset: Int, count: Int) throws -> [UInt8] { try file.read(offset: offset, count: count) }
+    func write(_ bytes: [UInt8], at offset: Int) throws { try file.write(bytes, at: offset) }
+    func truncate(to size: Int) throws { try file.truncate(to: size) }
+    func sync() throws {
+        storage.noteSync()
+        try file.sync()
+    }
+    func close() { file.close() }
 }
