@@ -552,12 +552,10 @@ final class ScenarioRun: @unchecked Sendable {
                 try FileManager.default.removeItem(atPath: "\(dataDir)/\(p)")
                 event("wiped the data directory of \(p)")
             case .tornWrite(let p, let mode, let bytes, _, _):
-                let (path, data, records) = try newestSegment(p)
+                let (path, data, records, end) = try newestSegment(p)
                 guard let last = records.last else { throw ManagedProcessError("\(path) has no record to tear") }
                 let file = try PosixFile.open(path, create: false)
                 defer { file.close() }
-                // The records end before the zeros the log writes ahead (Limits.logPreallocateBytes).
-                let end = last.offset + 17 + last.payloadBytes
                 switch mode {
                 case .append:
                     // The torn tail of the next append: a copy of the last record cut short,
@@ -572,7 +570,7 @@ final class ScenarioRun: @unchecked Sendable {
                     event("torn write on \(p): cut the last \(cut) bytes of \(path)")
                 }
             case .corruptRecord(let p, _, _):
-                let (path, data, records) = try newestSegment(p, minRecords: 3)
+                let (path, data, records, _) = try newestSegment(p, minRecords: 3)
                 let victim = records[records.count / 2]
                 let offset = victim.offset + 17 + max(0, victim.payloadBytes / 2)
                 guard offset < data.count else { throw ManagedProcessError("record out of range") }
@@ -590,15 +588,16 @@ final class ScenarioRun: @unchecked Sendable {
     }
 
     /// The newest log segment of a process with at least `minRecords` records (the newest one
-    /// with enough, for corruption in the middle of a log).
-    private func newestSegment(_ p: String, minRecords: Int = 1) throws -> (String, [UInt8], [LogInspection.Record]) {
+    /// with enough, for corruption in the middle of a log), and where its records end (before
+    /// the zeros the log writes ahead, Limits.logPreallocateBytes).
+    private func newestSegment(_ p: String, minRecords: Int = 1) throws -> (String, [UInt8], [LogInspection.Record], recordsEnd: Int) {
         let dir = "\(dataDir)/\(p)/log"
         let inspection = DurableLog.inspect(storage: try FileLogStorage(directory: dir))
         guard let seg = inspection.segments.last(where: { $0.records.count >= minRecords }) else {
             throw ManagedProcessError("\(dir) has no segment with \(minRecords) records")
         }
         let path = "\(dir)/\(seg.file)"
-        return (path, try PosixFS.readFile(path), seg.records)
+        return (path, try PosixFS.readFile(path), seg.records, seg.recordsEndBytes)
     }
 
     // MARK: - checks
