@@ -231,6 +231,19 @@ public final class AgentNode {
         }
     }
 
+    /// How soon a record the state machine asked for must reach the disk. A two-phase commit
+    /// record is forced (nothing is acknowledged or applied before it is durable), but its sync
+    /// need not start at once: the client already has its answer, and only the coordinator's
+    /// acknowledgement and this branch's locks wait on it. It rides with the next prepare's
+    /// sync, or syncs alone after `Limits.soonSyncDelayUs`, which takes one sync per transfer
+    /// off each agent under load. A one-phase commit answers the coordinator's decision itself
+    /// and 3PC's records are on the client's path: those sync now.
+    static func urgency(of record: Participant.Record, force: Bool) -> LogUrgency {
+        guard force else { return .lazy }
+        if case .committed = record { return .soon }
+        return .forced
+    }
+
     private func append(_ record: Participant.Record, force: Bool) {
         let encoded = ParticipantRecordCoding.encode(record)
         switch record {
@@ -242,7 +255,7 @@ public final class AgentNode {
         }
         let lsn: UInt64
         do {
-            lsn = try log.append(type: encoded.type, payload: encoded.payload, force: force)
+            lsn = try log.append(type: encoded.type, payload: encoded.payload, urgency: Self.urgency(of: record, force: force))
         } catch let full as LogFullError {
             switch record {
             case .prepared(let txid, _, _, _), .committed(let txid), .committedOnePhase(let txid, _),

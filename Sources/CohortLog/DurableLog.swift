@@ -16,6 +16,8 @@ public struct DurableLogConfig {
     public var unsyncedBytesMax: Int
     /// Unforced records wait at most about this long for a sync.
     public var lazySyncDelayMs: Int64
+    /// `.soon` records wait at most about this long for a forced record's sync.
+    public var soonSyncDelayUs: Int64
     /// Group commit under load (background thread only; see `Limits.groupCommitWaitUsMax`):
     /// 0 turns the wait off.
     public var groupCommitWaitUs: Int64
@@ -32,13 +34,14 @@ public struct DurableLogConfig {
                 segmentBytesMax: Int = Limits.segmentBytesMax,
                 unsyncedBytesMax: Int = Limits.unsyncedBytesMax,
                 lazySyncDelayMs: Int64 = Limits.lazySyncDelayMs,
+                soonSyncDelayUs: Int64 = Limits.soonSyncDelayUs,
                 groupCommitWaitUs: Int64 = Limits.groupCommitWaitUsMax,
                 groupCommitSiblingsMin: Int = Limits.groupCommitSiblingsMin,
                 groupCommitRecordsTarget: Int = Limits.groupCommitRecordsTarget,
                 groupCommitQuietUsMin: Int64 = Limits.groupCommitQuietUsMin,
                 groupCommitQuietUsMax: Int64 = Limits.groupCommitQuietUsMax,
                 preallocateBytes: Int = Limits.logPreallocateBytes) {
-        precondition(segmentBytesMax > 0 && unsyncedBytesMax > 0 && lazySyncDelayMs >= 0 && preallocateBytes >= 0, "bad log config")
+        precondition(segmentBytesMax > 0 && unsyncedBytesMax > 0 && lazySyncDelayMs >= 0 && soonSyncDelayUs >= 0 && preallocateBytes >= 0, "bad log config")
         precondition(groupCommitWaitUs >= 0 && groupCommitSiblingsMin >= 1 && groupCommitRecordsTarget >= 1
                      && groupCommitQuietUsMin >= 1 && groupCommitQuietUsMax >= groupCommitQuietUsMin,
                      "bad group commit config")
@@ -46,6 +49,7 @@ public struct DurableLogConfig {
         self.segmentBytesMax = segmentBytesMax
         self.unsyncedBytesMax = unsyncedBytesMax
         self.lazySyncDelayMs = lazySyncDelayMs
+        self.soonSyncDelayUs = soonSyncDelayUs
         self.groupCommitWaitUs = groupCommitWaitUs
         self.groupCommitSiblingsMin = groupCommitSiblingsMin
         self.groupCommitRecordsTarget = groupCommitRecordsTarget
@@ -93,6 +97,16 @@ public struct LogClosedError: Error, CustomStringConvertible, Equatable {
     public var description: String { "log closed" }
 }
 
+/// How soon an appended record must be durable.
+public enum LogUrgency: Sendable {
+    /// A sync starts for it now (or after the group-commit wait under load).
+    case forced
+    /// It rides with the next forced record's sync, or syncs alone after `soonSyncDelayUs`.
+    case soon
+    /// It rides with the next sync, at the latest `lazySyncDelayMs` later.
+    case lazy
+}
+
 /// A segmented, checksummed, group-committed write-ahead log.
 ///
 /// `append` only buffers; a sync round (on the log's thread, or `syncNow` in manual mode) writes
@@ -108,7 +122,8 @@ public final class DurableLog {
         let firstLSN: UInt64
         var lastLSN: UInt64
         var bytes: [UInt8]
-        var forcedRecords = 0
+        /// Forced and soon records: someone waits on each.
+        var waitedRecords = 0
     }
 
     struct OpenSegment {
@@ -127,10 +142,14 @@ public final class DurableLog {
     private let state = PosixConditionLock()
     private var groups: [PendingGroup] = []
     private var forcedPending = false
-    /// Forced records appended and not yet taken by a round.
-    private var forcedRecordsPending = 0
-    /// Forced records the last round took: whether there are siblings worth waiting for.
-    private var forcedRecordsLastRound = 0
+    /// When the oldest `.soon` record not yet taken by a round was appended (µs, monotonic).
+    private var soonPendingSinceUs: Int64?
+    /// Forced and soon records (someone waits on each) appended and not yet taken by a round.
+    private var waitedRecordsPending = 0
+    /// Forced and soon records the last round took: whether there are siblings worth waiting
+    /// for. Soon records count: under load they are half of what a participant's syncs carry,
+    /// and leaving them out made 64 clients' agents sync more often, not less.
+    private var waitedRecordsLastRound = 0
     /// How long a sync of the current segment has lately taken (µs, moving average).
     private var syncUsAverage: Int64 = 0
     private var unsyncedBytes = 0
@@ -184,11 +203,16 @@ public final class DurableLog {
     /// sync now; otherwise the record rides with the next sync, at the latest `lazySyncDelayMs`
     /// later. Type 0 is the log's own; user types are 1...255.
     public func append(type: UInt8, payload: [UInt8], force: Bool) throws -> UInt64 {
+        try append(type: type, payload: payload, urgency: force ? .forced : .lazy)
+    }
+
+    /// Buffers a record and returns its LSN at once; `urgency` says how soon it is synced.
+    public func append(type: UInt8, payload: [UInt8], urgency: LogUrgency) throws -> UInt64 {
         precondition(type != LogFormat.checkpointType, "record type 0 is reserved for checkpoints")
         guard payload.count <= Limits.recordBytesMax else {
             throw LogRecordTooLargeError(payloadBytes: payload.count, limitBytes: Limits.recordBytesMax)
         }
-        return try enqueue(type: type, payload: payload, force: force)
+        return try enqueue(type: type, payload: payload, urgency: urgency)
     }
 
     /// Appends a checkpoint record (forced) at the start of a new segment. Once it is durable the
@@ -198,10 +222,10 @@ public final class DurableLog {
         guard snapshot.count <= Limits.snapshotBytesMax else {
             throw LogRecordTooLargeError(payloadBytes: snapshot.count, limitBytes: Limits.snapshotBytesMax)
         }
-        return try enqueue(type: LogFormat.checkpointType, payload: snapshot, force: true)
+        return try enqueue(type: LogFormat.checkpointType, payload: snapshot, urgency: .forced)
     }
 
-    private func enqueue(type: UInt8, payload: [UInt8], force: Bool) throws -> UInt64 {
+    private func enqueue(type: UInt8, payload: [UInt8], urgency: LogUrgency) throws -> UInt64 {
         let isCheckpoint = type == LogFormat.checkpointType
         let encodedBytes = LogFormat.encodedRecordBytes(payloadCount: payload.count)
         state.lock()
@@ -226,17 +250,30 @@ public final class DurableLog {
         unsyncedBytes += encodedBytes
         recordsTotalValue += 1
         bytesSinceCheckpointValue = isCheckpoint ? 0 : bytesSinceCheckpointValue + encodedBytes
-        if force {
-            groups[last].forcedRecords += 1
+        switch urgency {
+        case .forced:
+            groups[last].waitedRecords += 1
             forcedRecordsTotalValue += 1
-            forcedRecordsPending += 1
+            waitedRecordsPending += 1
+            let first = !forcedPending
             forcedPending = true
             // Wake the sync thread for the first forced record; while it gathers, only when
             // the group is big enough (a wake-up per record would cost what gathering saves).
-            if forcedRecordsPending == 1 || forcedRecordsPending >= config.groupCommitRecordsTarget { state.signal() }
-        } else if wasEmpty {
+            if first || waitedRecordsPending >= config.groupCommitRecordsTarget { state.signal() }
+        case .soon:
+            // Starts the sync thread's soon timer. Not while a forced record is pending: that
+            // sync takes this record too, and a wake-up would cut its group-commit wait short.
+            groups[last].waitedRecords += 1
+            waitedRecordsPending += 1
+            if soonPendingSinceUs == nil {
+                soonPendingSinceUs = Int64(SystemClock.monotonicNs() / 1_000)
+                if !forcedPending { state.signal() }
+            } else if forcedPending && waitedRecordsPending >= config.groupCommitRecordsTarget {
+                state.signal()
+            }
+        case .lazy:
             // Starts the sync thread's lazy timer.
-            state.signal()
+            if wasEmpty { state.signal() }
         }
         return lsn
     }
@@ -307,11 +344,17 @@ public final class DurableLog {
                 continue
             }
             if !forcedPending && !closed {
-                // Let unforced records gather; a forced append or close wakes us early. An early
-                // (spurious) wake only means an early sync, which is harmless.
-                state.wait(timeoutMs: config.lazySyncDelayMs)
+                // Let unforced records gather; a forced or soon append or close wakes us early.
+                // An early (spurious) wake only means an early sync, which is harmless.
+                if soonPendingSinceUs == nil { state.wait(timeoutMs: config.lazySyncDelayMs) }
+                // A soon record waits out its delay for a forced record to ride with.
+                while !forcedPending && !closed && failure == nil, let since = soonPendingSinceUs {
+                    let left = since + config.soonSyncDelayUs - Int64(SystemClock.monotonicNs() / 1_000)
+                    if left <= 0 { break }
+                    state.wait(timeoutUs: left)
+                }
             }
-            if forcedPending && config.groupCommitWaitUs > 0 && forcedRecordsLastRound >= config.groupCommitSiblingsMin {
+            if forcedPending && config.groupCommitWaitUs > 0 && waitedRecordsLastRound >= config.groupCommitSiblingsMin {
                 // Under load, let other forced records join this sync: one fdatasync then
                 // covers several transactions. Nothing is acknowledged before its sync, so this
                 // only moves when the acknowledgement comes.
@@ -326,15 +369,15 @@ public final class DurableLog {
                 // machine whose fdatasync takes 0.15 ms: docs/benchmarks.md, round 4.)
                 let quietUs = min(config.groupCommitQuietUsMax, max(config.groupCommitQuietUsMin, syncUsAverage))
                 let deadline = Int64(SystemClock.monotonicNs() / 1_000) + config.groupCommitWaitUs
-                var seen = forcedRecordsPending
-                while forcedRecordsPending < config.groupCommitRecordsTarget && !closed && failure == nil {
+                var seen = waitedRecordsPending
+                while waitedRecordsPending < config.groupCommitRecordsTarget && !closed && failure == nil {
                     let left = deadline - Int64(SystemClock.monotonicNs() / 1_000)
                     if left <= 0 { break }
                     state.wait(timeoutUs: min(left, quietUs))
                     // Under heavy load (the last round reached the target) keep gathering: the
                     // fewer syncs per commit are worth the wait there.
-                    if forcedRecordsPending == seen && forcedRecordsLastRound < config.groupCommitRecordsTarget { break }
-                    seen = forcedRecordsPending
+                    if waitedRecordsPending == seen && waitedRecordsLastRound < config.groupCommitRecordsTarget { break }
+                    seen = waitedRecordsPending
                 }
             }
             state.unlock()
@@ -404,16 +447,17 @@ public final class DurableLog {
             }
             // At most one new segment per round, so segments become durable strictly in order.
             var newSegments = 0
-            var takenForced = 0
+            var takenWaited = 0
             while let group = groups.first, !(group.startsSegment && newSegments == 1) {
                 if group.startsSegment { newSegments += 1 }
                 taken.append(groups.removeFirst())
                 takenBytes += taken.last!.bytes.count
-                takenForced += group.forcedRecords
+                takenWaited += group.waitedRecords
             }
-            forcedRecordsPending -= takenForced
-            forcedRecordsLastRound = takenForced
+            waitedRecordsPending -= takenWaited
+            waitedRecordsLastRound = takenWaited
             forcedPending = false  // every forced record is taken or in a group right behind it
+            soonPendingSinceUs = nil  // likewise every soon record
             if !groups.isEmpty { forcedPending = true }
         }
 

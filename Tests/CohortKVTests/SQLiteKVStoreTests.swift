@@ -57,7 +57,7 @@ final class SQLiteKVStoreTests: XCTestCase {
         try s.apply([KVCommit(lsn: 1, writes: [("a", .int(1))])])
         // A trigger (added behind the store's back) fails the second write of the batch: the
         // first write and the LSN must roll back with it.
-        try rawExec(path, "CREATE TRIGGER boom BEFORE INSERT ON kv WHEN NEW.key = 'boom' BEGIN SELECT RAISE(ABORT, 'boom'); END;")
+        try s.executeForTesting("CREATE TRIGGER boom BEFORE INSERT ON kv WHEN NEW.key = 'boom' BEGIN SELECT RAISE(ABORT, 'boom'); END;")
         XCTAssertThrowsError(try s.apply([KVCommit(lsn: 2, writes: [("a", .int(2)), ("b", .int(2))]),
                                           KVCommit(lsn: 3, writes: [("boom", .int(1))])])) { e in
             XCTAssertTrue(e is SQLiteError, "\(e)")
@@ -66,7 +66,7 @@ final class SQLiteKVStoreTests: XCTestCase {
         XCTAssertNil(try s.get("b"))
         XCTAssertEqual(try s.appliedLSN(), 1)
         // The store still works afterwards.
-        try rawExec(path, "DROP TRIGGER boom;")
+        try s.executeForTesting("DROP TRIGGER boom;")
         try s.apply([KVCommit(lsn: 2, writes: [("a", .int(2)), ("b", .int(2))])])
         XCTAssertEqual(try s.get("b"), .int(2))
     }
@@ -138,6 +138,22 @@ final class SQLiteKVStoreTests: XCTestCase {
         XCTAssertEqual(try m.appliedLSN(), 1)
     }
 
+    /// The store holds its file's lock for as long as it is open (no POSIX lock per
+    /// transaction): another process's connection can neither write nor read it meanwhile.
+    func testAnotherConnectionIsRefusedWhileTheStoreIsOpen() throws {
+        let s = try SQLiteKVStore(path: path)
+        try s.apply([KVCommit(lsn: 1, writes: [("a", .int(1))])])
+        XCTAssertThrowsError(try rawExec(path, "SELECT * FROM kv;")) { e in
+            XCTAssertEqual((e as? SQLiteError)?.code, SQLITE_BUSY, "\(e)")
+        }
+        XCTAssertThrowsError(try SQLiteKVStore(path: path, busyTimeoutMs: 10), "a second store on the same file")
+        s.close()
+        // Closed, the file is anyone's again, with what was applied.
+        let again = try SQLiteKVStore(path: path, busyTimeoutMs: 10)
+        defer { again.close() }
+        XCTAssertEqual(try again.get("a"), .int(1))
+    }
+
     func testOpenFailsWithTypedError() {
         XCTAssertThrowsError(try SQLiteKVStore(path: dir + "/no/such/dir/kv.sqlite")) { e in
             guard let e = e as? SQLiteError else { return XCTFail("\(e)") }
@@ -146,7 +162,7 @@ final class SQLiteKVStoreTests: XCTestCase {
     }
 }
 
-/// Runs SQL on a separate connection, as another process would.
+/// Runs SQL on a separate connection, as another process would (busy at once, no waiting).
 func rawExec(_ path: String, _ sql: String) throws {
     var db: OpaquePointer?
     guard sqlite3_open(path, &db) == SQLITE_OK else { throw SQLiteError(code: 1, message: "open", context: path) }

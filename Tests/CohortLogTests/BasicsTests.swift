@@ -172,6 +172,40 @@ final class BasicsTests: XCTestCase {
     }
 
     /// Under load (the last round had siblings) a forced record waits for others to share its
+
+    /// A `.soon` record (a participant's commit record) does not start a sync of its own: it
+    /// rides with the next forced record's sync, and without one it syncs after
+    /// `soonSyncDelayUs`, well before the lazy delay.
+    func testSoonRecordRidesWithTheNextForcedSyncOrSyncsAfterItsDelay() throws {
+        let storage = SimLogStorage()
+        let (log, _) = try DurableLog.open(storage: storage, config: DurableLogConfig(lazySyncDelayMs: 60_000, soonSyncDelayUs: 30_000_000))
+        defer { log.close() }
+        // The first round also syncs the new segment's directory entry; start after it.
+        _ = try log.append(type: 1, payload: [0], force: true)
+        XCTAssertTrue(waitUntil(timeoutMs: 5_000) { log.durableLSN == 1 })
+        let syncsBefore = log.syncsTotal
+
+        let soon = try log.append(type: 1, payload: [1], urgency: .soon)
+        PosixThread.sleep(milliseconds: 150)
+        XCTAssertEqual(log.durableLSN, 1, "a soon record waits for a forced record to ride with")
+        XCTAssertEqual(log.syncsTotal, syncsBefore)
+        let forced = try log.append(type: 1, payload: [2], urgency: .forced)
+        XCTAssertTrue(waitUntil(timeoutMs: 5_000) { log.durableLSN == forced }, "the forced record syncs promptly")
+        XCTAssertGreaterThan(forced, soon)
+        XCTAssertEqual(log.syncsTotal - syncsBefore, 1, "one sync covered the soon record and the forced one")
+        XCTAssertEqual(log.forcedRecordsTotal, 2, "a soon record does not count as forced")
+    }
+
+    func testSoonRecordAloneSyncsAfterItsDelayNotTheLazyOne() throws {
+        let storage = SimLogStorage()
+        let (log, _) = try DurableLog.open(storage: storage, config: DurableLogConfig(lazySyncDelayMs: 60_000, soonSyncDelayUs: 20_000))
+        defer { log.close() }
+        let lazy = try log.append(type: 1, payload: [1], urgency: .lazy)
+        let soon = try log.append(type: 1, payload: [2], urgency: .soon)
+        XCTAssertTrue(waitUntil(timeoutMs: 10_000) { log.durableLSN == soon },
+                      "the soon record syncs (with the lazy one before it) long before the 60 s lazy delay")
+        XCTAssertGreaterThan(soon, lazy)
+    }
     /// sync, and nothing is reported durable before that sync; a lone writer never waits.
     func testGroupCommitWaitGathersForcedRecords() throws {
         let storage = SimLogStorage()
