@@ -60,6 +60,9 @@ public final class AgentNode {
     private var stagingInFlight: [String: Int] = [:]
     /// Submitted branches whose ops are being staged, with the repeated prepares that wait for it.
     private var submittedStaging: [String: [ResponseSink]] = [:]
+    /// Open branches that joined through a submitted prepare (their commit records sync at
+    /// once; see `urgency`).
+    private var submittedBranches: Set<String> = []
     private var startupInquiries: [Participant.Action] = []
     /// The address the coordinator calls back; set before the node serves requests.
     public var advertiseURL = ""
@@ -143,24 +146,30 @@ public final class AgentNode {
     }
 
     private func durable(upTo lsn: UInt64) {
-        var actions: [Participant.Action] = []
+        // Votes and pre-commit answers first: they are on a client's path, while the commits
+        // this sync made durable (commit records ride with prepares' syncs) are not, and
+        // applying them is a SQLite transaction. A branch that voted cannot depend on a commit
+        // not yet applied: it would still be waiting for that branch's locks.
+        var votes: [Participant.Action] = []
+        var commits: [Participant.Action] = []
         for (recordLSN, item) in pending.popDurable(upTo: lsn) {
             switch item {
             case .prepared(let txid):
                 CrashPoints.hit("agent.after-prepared-logged")
-                actions += machine.on(.preparedDurable(txid))
+                votes += machine.on(.preparedDurable(txid))
             case .committed(let txid):
                 CrashPoints.hit("agent.after-commit-logged")
-                actions += machine.on(.commitDurable(txid, lsn: recordLSN))
+                commits += machine.on(.commitDurable(txid, lsn: recordLSN))
             case .heuristic(let txid):
-                actions += machine.on(.heuristicDurable(txid, lsn: recordLSN))
+                commits += machine.on(.heuristicDurable(txid, lsn: recordLSN))
             case .preRecord(let txid):
                 CrashPoints.hit("agent.after-precommit-logged")
-                actions += machine.on(.preRecordDurable(txid))
+                votes += machine.on(.preRecordDurable(txid))
             }
         }
+        execute(votes)
         // One store transaction for every commit this sync made durable.
-        execute(actions)
+        execute(commits)
         maybeCheckpoint()
     }
 
@@ -197,6 +206,7 @@ public final class AgentNode {
         defer {
             for txid in finishedInBatch {
                 backingLSN.removeValue(forKey: txid)
+                submittedBranches.remove(txid)
                 workReplies.removeValue(forKey: txid)
             }
         }
@@ -238,9 +248,13 @@ public final class AgentNode {
     /// sync, or syncs alone after `Limits.soonSyncDelayUs`, which takes one sync per transfer
     /// off each agent under load. A one-phase commit answers the coordinator's decision itself
     /// and 3PC's records are on the client's path: those sync now.
-    static func urgency(of record: Participant.Record, force: Bool) -> LogUrgency {
+    ///
+    /// Measured, not derived: branches of submitted transactions sync their commit records at
+    /// once, because riding made 8 submitting clients about 20% slower (8 interactive clients
+    /// about 15% faster) and the cause was not found (docs/benchmarks.md, round 5).
+    static func urgency(of record: Participant.Record, force: Bool, submitted: (String) -> Bool) -> LogUrgency {
         guard force else { return .lazy }
-        if case .committed = record { return .soon }
+        if case .committed(let txid) = record, !submitted(txid) { return .soon }
         return .forced
     }
 
@@ -255,7 +269,7 @@ public final class AgentNode {
         }
         let lsn: UInt64
         do {
-            lsn = try log.append(type: encoded.type, payload: encoded.payload, urgency: Self.urgency(of: record, force: force))
+            lsn = try log.append(type: encoded.type, payload: encoded.payload, urgency: Self.urgency(of: record, force: force, submitted: submittedBranches.contains))
         } catch let full as LogFullError {
             switch record {
             case .prepared(let txid, _, _, _), .committed(let txid), .committedOnePhase(let txid, _),
@@ -679,6 +693,7 @@ public final class AgentNode {
         }
         feed(.joined(txid, coordinatorURL: coordinatorURL, timeoutMs: p.timeoutMs ?? Limits.transactionTimeoutMsDefault))
         submittedStaging[txid] = []
+        submittedBranches.insert(txid)
         stagingInFlight[txid, default: 0] += 1
         // A holder whose commit is being logged waits for nothing: wait for it, whatever its
         // age (a client's next transaction often reaches a key before the last one's commit).

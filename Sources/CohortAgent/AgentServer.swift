@@ -25,6 +25,10 @@ public final class AgentServer: RunnableServer {
         /// A service embedding the participant serves its own routes first: return true when the
         /// request was handled (answered now or later), false to let the participant route it.
         public var routes: ((HTTPRequest, HTTPResponder) -> Bool)?
+        /// The store's SQLite file is this process's alone (`SQLiteKVStore` exclusive locking).
+        /// A service that opens the same file through other connections (the inventory demo's
+        /// TCC and outbox tables) sets this false.
+        public var storeIsExclusive = true
 
         public init(name: String, dataDirectory: String, coordinatorURL: String) {
             self.name = name
@@ -64,7 +68,7 @@ public final class AgentServer: RunnableServer {
         if let tail = recovered.truncatedTail {
             recoveryNote = "truncated a torn tail of \(tail.bytesDropped) bytes at \(tail.file) offset \(tail.offset)"
         }
-        store = try SQLiteKVStore(path: dir + "/kv.sqlite")
+        store = try SQLiteKVStore(path: dir + "/kv.sqlite", exclusive: options.storeIsExclusive)
         var config = Participant.Config(name: options.name)
         config.seed = options.seed ?? ProcessEnv.randomU64()
         // Inquiries are cheap; keep asking at least every second so a restarted coordinator's

@@ -57,6 +57,8 @@ public final class InventoryService: RunnableServer {
         agentOptions.advertiseURL = options.advertiseURL
         weak var weakSelf: InventoryService?
         agentOptions.routes = { request, responder in weakSelf?.route(request, responder) ?? false }
+        // The TCC and outbox tables below live in the same SQLite file, on connections of their own.
+        agentOptions.storeIsExclusive = false
         agent = try AgentServer(options: agentOptions, loop: loop, onFatal: onFatal)
         selfURL = "http://\(options.host):\(agent.port)"
         let agent = self.agent

@@ -39,7 +39,9 @@ public final class SQLiteKVStore: KVStore {
     /// Cached: this connection is the only writer.
     private var lsn: UInt64 = 0
 
-    public init(path: String, busyTimeoutMs: Int32 = 5_000) throws {
+    /// `exclusive`: hold the file's lock for as long as the store is open (see below); false
+    /// when other connections share the file.
+    public init(path: String, busyTimeoutMs: Int32 = 5_000, exclusive: Bool = true) throws {
         self.path = path
         var handle: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
@@ -53,12 +55,12 @@ public final class SQLiteKVStore: KVStore {
         do {
             sqlite3_extended_result_codes(handle, 1)
             sqlite3_busy_timeout(handle, busyTimeoutMs)
-            // Only this agent's process uses its store (others read it over HTTP), so it holds
-            // the file's lock for good: SQLite then takes no POSIX locks per transaction (7
-            // fcntl calls per transfer at an agent, strace, round 5) and keeps the WAL index in
-            // memory instead of a shared-memory file. It also refuses a second process opened
-            // on the same data directory. Set before WAL is entered, or the index stays shared.
-            try exec("PRAGMA locking_mode=EXCLUSIVE")
+            // Only an agent's own process uses its store (others read it over HTTP), so it
+            // holds the file's lock for good: SQLite then takes no POSIX locks per transaction
+            // (7 fcntl calls per transfer at an agent, strace, round 5) and keeps the WAL index
+            // in memory instead of a shared-memory file. It also refuses a second process opened
+            // on the same file. Set before WAL is entered, or the index stays shared.
+            if exclusive { try exec("PRAGMA locking_mode=EXCLUSIVE") }
             let mode = try queryText("PRAGMA journal_mode=WAL")
             guard mode?.lowercased() == "wal" else {
                 throw SQLiteError(code: SQLITE_ERROR, message: "journal_mode is \(mode ?? "nil")", context: "enabling WAL")

@@ -122,6 +122,7 @@ public final class DurableLog {
         let firstLSN: UInt64
         var lastLSN: UInt64
         var bytes: [UInt8]
+        var forcedRecords = 0
         /// Forced and soon records: someone waits on each.
         var waitedRecords = 0
     }
@@ -144,11 +145,16 @@ public final class DurableLog {
     private var forcedPending = false
     /// When the oldest `.soon` record not yet taken by a round was appended (µs, monotonic).
     private var soonPendingSinceUs: Int64?
-    /// Forced and soon records (someone waits on each) appended and not yet taken by a round.
-    private var waitedRecordsPending = 0
-    /// Forced and soon records the last round took: whether there are siblings worth waiting
-    /// for. Soon records count: under load they are half of what a participant's syncs carry,
-    /// and leaving them out made 64 clients' agents sync more often, not less.
+    /// Forced records appended and not yet taken by a round.
+    private var forcedRecordsPending = 0
+    /// Forced records the last round took: whether the load is heavy (the round reached
+    /// `groupCommitRecordsTarget`).
+    private var forcedRecordsLastRound = 0
+    /// Forced and soon records (someone waits on each) the last round took: whether there are
+    /// siblings worth waiting for. Soon records count here: under load they are half of what a
+    /// participant's syncs carry. They do not count toward the target: 8 submitting clients
+    /// then made rounds of 16 (8 prepares, 8 commits), which read as heavy load and kept each
+    /// prepare waiting the full 2 ms for more (docs/benchmarks.md, round 5).
     private var waitedRecordsLastRound = 0
     /// How long a sync of the current segment has lately taken (µs, moving average).
     private var syncUsAverage: Int64 = 0
@@ -252,24 +258,24 @@ public final class DurableLog {
         bytesSinceCheckpointValue = isCheckpoint ? 0 : bytesSinceCheckpointValue + encodedBytes
         switch urgency {
         case .forced:
+            groups[last].forcedRecords += 1
             groups[last].waitedRecords += 1
             forcedRecordsTotalValue += 1
-            waitedRecordsPending += 1
-            let first = !forcedPending
+            forcedRecordsPending += 1
             forcedPending = true
             // Wake the sync thread for the first forced record; while it gathers, only when
             // the group is big enough (a wake-up per record would cost what gathering saves).
-            if first || waitedRecordsPending >= config.groupCommitRecordsTarget { state.signal() }
+            if forcedRecordsPending == 1 || forcedRecordsPending >= config.groupCommitRecordsTarget { state.signal() }
         case .soon:
             // Starts the sync thread's soon timer. Not while a forced record is pending: that
             // sync takes this record too, and a wake-up would cut its group-commit wait short.
             groups[last].waitedRecords += 1
-            waitedRecordsPending += 1
+            // A forced record in the protocol's sense (nothing it backs happens before its
+            // sync); only when the sync starts differs.
+            forcedRecordsTotalValue += 1
             if soonPendingSinceUs == nil {
                 soonPendingSinceUs = Int64(SystemClock.monotonicNs() / 1_000)
                 if !forcedPending { state.signal() }
-            } else if forcedPending && waitedRecordsPending >= config.groupCommitRecordsTarget {
-                state.signal()
             }
         case .lazy:
             // Starts the sync thread's lazy timer.
@@ -369,15 +375,15 @@ public final class DurableLog {
                 // machine whose fdatasync takes 0.15 ms: docs/benchmarks.md, round 4.)
                 let quietUs = min(config.groupCommitQuietUsMax, max(config.groupCommitQuietUsMin, syncUsAverage))
                 let deadline = Int64(SystemClock.monotonicNs() / 1_000) + config.groupCommitWaitUs
-                var seen = waitedRecordsPending
-                while waitedRecordsPending < config.groupCommitRecordsTarget && !closed && failure == nil {
+                var seen = forcedRecordsPending
+                while forcedRecordsPending < config.groupCommitRecordsTarget && !closed && failure == nil {
                     let left = deadline - Int64(SystemClock.monotonicNs() / 1_000)
                     if left <= 0 { break }
                     state.wait(timeoutUs: min(left, quietUs))
                     // Under heavy load (the last round reached the target) keep gathering: the
                     // fewer syncs per commit are worth the wait there.
-                    if waitedRecordsPending == seen && waitedRecordsLastRound < config.groupCommitRecordsTarget { break }
-                    seen = waitedRecordsPending
+                    if forcedRecordsPending == seen && forcedRecordsLastRound < config.groupCommitRecordsTarget { break }
+                    seen = forcedRecordsPending
                 }
             }
             state.unlock()
@@ -447,14 +453,17 @@ public final class DurableLog {
             }
             // At most one new segment per round, so segments become durable strictly in order.
             var newSegments = 0
+            var takenForced = 0
             var takenWaited = 0
             while let group = groups.first, !(group.startsSegment && newSegments == 1) {
                 if group.startsSegment { newSegments += 1 }
                 taken.append(groups.removeFirst())
                 takenBytes += taken.last!.bytes.count
+                takenForced += group.forcedRecords
                 takenWaited += group.waitedRecords
             }
-            waitedRecordsPending -= takenWaited
+            forcedRecordsPending -= takenForced
+            forcedRecordsLastRound = takenForced
             waitedRecordsLastRound = takenWaited
             forcedPending = false  // every forced record is taken or in a group right behind it
             soonPendingSinceUs = nil  // likewise every soon record
