@@ -17,11 +17,12 @@ public enum Limits {
     public static let unsyncedBytesMax = 32 << 20
     /// Unforced records are written and synced at the latest this long after they were appended.
     public static let lazySyncDelayMs: Int64 = 50
-    /// A record someone waits on, but not a client (a participant's commit record: the
+    /// A record someone waits on, but not a client (an interactive branch's commit record: the
     /// coordinator's acknowledgement and the branch's locks wait on it, the client's answer does
     /// not), waits at most this long for a forced record's sync to ride with before it syncs
     /// alone. Under load prepares arrive well within it, so commit records stop costing syncs
-    /// of their own (docs/benchmarks.md, round 5).
+    /// of their own. 200 and 500 µs kept most of them syncing alone at 8 clients
+    /// (docs/benchmarks.md, round 5).
     public static let soonSyncDelayUs: Int64 = 1_000
     /// Group commit under load: when the previous sync round covered at least
     /// `groupCommitSiblingsMin` forced records, a forced record waits up to this long for others
