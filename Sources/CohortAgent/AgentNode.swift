@@ -249,9 +249,12 @@ public final class AgentNode {
     /// off each agent under load. A one-phase commit answers the coordinator's decision itself
     /// and 3PC's records are on the client's path: those sync now.
     ///
-    /// Measured, not derived: branches of submitted transactions sync their commit records at
-    /// once, because riding made 8 submitting clients about 20% slower (8 interactive clients
-    /// about 15% faster) and the cause was not found (docs/benchmarks.md, round 5).
+    /// Branches of submitted transactions sync their commit records at once: riding made 8
+    /// submitting clients about 20% slower (8 interactive clients about 15% faster). The
+    /// coordinator's commit exchanges then last until this agent's next sync and fill the
+    /// in-flight exchange slots that the prepares bringing that sync queue behind. Giving
+    /// commits slots of their own fixed submit but lost the interactive gain in the runs made
+    /// (docs/benchmarks.md, round 5).
     static func urgency(of record: Participant.Record, force: Bool, submitted: (String) -> Bool) -> LogUrgency {
         guard force else { return .lazy }
         if case .committed(let txid) = record, !submitted(txid) { return .soon }
