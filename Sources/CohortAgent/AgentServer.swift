@@ -44,6 +44,8 @@ public final class AgentServer: RunnableServer {
     private var server: HTTPServer!
     private let client: HTTPClient
     private let store: SQLiteKVStore
+    /// Held while the server lives: one process per data directory.
+    private let dataDirectoryLock: FileLock
     public private(set) var recoveryNote: String?
     private var stopping = false
 
@@ -53,6 +55,7 @@ public final class AgentServer: RunnableServer {
     public init(options: Options, loop: EventLoop, onFatal: @escaping (String) -> Void) throws {
         self.loop = loop
         let dir = options.dataDirectory
+        dataDirectoryLock = try DataDirectory.lock(dir: dir)
         let name = try DataDirectory.identity(
             dir: dir, file: "agent.name", logSubdirectory: "log", make: { options.name },
             validate: { !$0.isEmpty })

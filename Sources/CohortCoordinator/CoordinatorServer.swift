@@ -36,6 +36,8 @@ public final class CoordinatorServer: RunnableServer {
     private let client: HTTPClient
     public private(set) var recoveryNote: String?
     private var stopping = false
+    /// Held while the server lives: one process per data directory.
+    private let dataDirectoryLock: FileLock
 
     public var port: Int { server.port }
     public var coordinatorID: String { node.coordinatorID }
@@ -46,6 +48,7 @@ public final class CoordinatorServer: RunnableServer {
     public init(options: Options, loop: EventLoop, onFatal: @escaping (String) -> Void) throws {
         self.loop = loop
         let dir = options.dataDirectory
+        dataDirectoryLock = try DataDirectory.lock(dir: dir)
         let coordinatorID = try DataDirectory.identity(
             dir: dir, file: "coordinator.id", logSubdirectory: "log",
             make: { String(format: "%08x", UInt32(truncatingIfNeeded: ProcessEnv.randomU64())) },

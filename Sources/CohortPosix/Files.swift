@@ -232,6 +232,16 @@ public final class FileLock {
         }
     }
 
+    /// Takes the lock if nobody holds it; false at once if somebody does.
+    public func tryLock() throws -> Bool {
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            if errno == EINTR { continue }
+            if errno == EWOULDBLOCK { return false }
+            throw PosixError.current("flock", path: path)
+        }
+        return true
+    }
+
     public func unlock() {
         _ = flock(fd, LOCK_UN)
     }

@@ -171,6 +171,19 @@ extension HTTPResponse {
 
 /// A server's data directory and the identity files in it.
 public enum DataDirectory {
+    /// Takes `dir/lock` (flock) for as long as the returned lock lives — the process's life for a
+    /// server. A second process started on the same data directory is refused before it reads
+    /// the log: two writers of one log, or a recovery cutting a record the other is writing,
+    /// would lose data.
+    public static func lock(dir: String) throws -> FileLock {
+        try PosixFS.createDirectory(dir, intermediate: true)
+        let lock = try FileLock(path: dir + "/lock")
+        guard try lock.tryLock() else {
+            throw StartupError("\(dir) is in use by another process (it holds \(dir)/lock); refusing to start a second one on the same data directory")
+        }
+        return lock
+    }
+
     /// Reads the identity stored in `dir/name`, or creates one if the directory holds no log yet.
     /// A log without its identity file means the directory was damaged or mixed up: refuse to
     /// start rather than invent a new identity for old records.

@@ -82,6 +82,35 @@ final class BadInputTests: XCTestCase {
         XCTAssertTrue(cluster.process("a")!.isRunning)
     }
 
+    /// A second process on a running server's data directory is refused before it reads the
+    /// log (two writers of one log, or a recovery cutting a record the other is writing, would
+    /// lose data); the running servers go on serving and their data stays whole.
+    func testSecondProcessOnADataDirectoryInUseIsRefused() throws {
+        let cluster = try startCluster(agents: 2)
+        var config = TransferWorkload.Config(coordinatorURL: cluster.coordinatorURL, agentURLs: cluster.agentURLs)
+        config.accounts = 10
+        let workload = TransferWorkload(config: config)
+        try workload.setup()
+        XCTAssertGreaterThan(workload.run(clients: 2, count: 20).committed, 0)
+        let coordinatorDir = cluster.dataDirectory(of: Cluster.coordinatorName)
+        let agentDir = cluster.dataDirectory(of: cluster.agentNames[0])
+        let second: [(String, [String], String)] = [
+            ("cohortd", ["--data", coordinatorDir, "--port", "0"], coordinatorDir),
+            ("cohort-agent", ["--name", cluster.agentNames[0], "--data", agentDir, "--port", "0",
+                              "--coordinator", cluster.coordinatorURL], agentDir),
+        ]
+        for (program, args, dir) in second {
+            let started = Date()
+            let r = try runToCompletion(cluster.executable(program), args)
+            XCTAssertNotEqual(r.status, 0, "\(program) on \(dir) while in use")
+            XCTAssertTrue(r.stderr.contains("is in use by another process"), "\(program): \(r.stderr)")
+            XCTAssertLessThan(Date().timeIntervalSince(started), 5, "refused at once, not after a wait")
+        }
+        XCTAssertTrue(cluster.isRunning(Cluster.coordinatorName) && cluster.isRunning(cluster.agentNames[0]))
+        XCTAssertGreaterThan(workload.run(clients: 2, count: 20).committed, 0, "still serving")
+        try assertRecovered(workload, cluster, context: "after refused second processes")
+    }
+
     func testBadCommandLinesExit2WithAnErrorLine() throws {
         let bin = try binDirectory()
         let dir = tempPath("cohort-badcli-\(UUID().uuidString.prefix(8))")
