@@ -267,14 +267,14 @@ public final class DurableLog {
             // the group is big enough (a wake-up per record would cost what gathering saves).
             if forcedRecordsPending == 1 || forcedRecordsPending >= config.groupCommitRecordsTarget { state.signal() }
         case .soon:
-            // Starts the sync thread's soon timer. Not while a forced record is pending: that
-            // sync takes this record too, and a wake-up would cut its group-commit wait short.
             groups[last].waitedRecords += 1
             // A forced record in the protocol's sense (nothing it backs happens before its
             // sync); only when the sync starts differs.
             forcedRecordsTotalValue += 1
+            // Starts the sync thread's soon timer. Not while a forced record is pending: that
+            // sync takes this record too, and a wake-up would cut its group-commit wait short.
             if soonPendingSinceUs == nil {
-                soonPendingSinceUs = Int64(SystemClock.monotonicNs() / 1_000)
+                soonPendingSinceUs = DurableLog.nowUs()
                 if !forcedPending { state.signal() }
             }
         case .lazy:
@@ -355,7 +355,7 @@ public final class DurableLog {
                 if soonPendingSinceUs == nil { state.wait(timeoutMs: config.lazySyncDelayMs) }
                 // A soon record waits out its delay for a forced record to ride with.
                 while !forcedPending && !closed && failure == nil, let since = soonPendingSinceUs {
-                    let left = since + config.soonSyncDelayUs - Int64(SystemClock.monotonicNs() / 1_000)
+                    let left = since + config.soonSyncDelayUs - DurableLog.nowUs()
                     if left <= 0 { break }
                     state.wait(timeoutUs: left)
                 }
@@ -374,10 +374,10 @@ public final class DurableLog {
                 // (A fixed 700 µs kept 8 clients waiting the full 2 ms at every sync on a
                 // machine whose fdatasync takes 0.15 ms: docs/benchmarks.md, round 4.)
                 let quietUs = min(config.groupCommitQuietUsMax, max(config.groupCommitQuietUsMin, syncUsAverage))
-                let deadline = Int64(SystemClock.monotonicNs() / 1_000) + config.groupCommitWaitUs
+                let deadline = DurableLog.nowUs() + config.groupCommitWaitUs
                 var seen = forcedRecordsPending
                 while forcedRecordsPending < config.groupCommitRecordsTarget && !closed && failure == nil {
-                    let left = deadline - Int64(SystemClock.monotonicNs() / 1_000)
+                    let left = deadline - DurableLog.nowUs()
                     if left <= 0 { break }
                     state.wait(timeoutUs: min(left, quietUs))
                     // Under heavy load (the last round reached the target) keep gathering: the
@@ -392,6 +392,9 @@ public final class DurableLog {
         }
         state.unlock()
     }
+
+    /// Monotonic microseconds, the unit of the group-commit and soon waits.
+    private static func nowUs() -> Int64 { Int64(SystemClock.monotonicNs() / 1_000) }
 
     private func countSync() {
         state.withLock { syncsTotalValue += 1 }
