@@ -117,6 +117,8 @@ public final class AgentNode {
         metrics.sample("cohort_in_doubt", help: "Branches that voted yes and have no outcome yet") { [unowned self] in Double(self.machine.inDoubtCount) }
         metrics.sample("cohort_heuristic_mixed", help: "Branches whose operator-forced outcome differs from the coordinator's decision") { [unowned self] in Double(self.machine.heuristicMixed.count) }
         metrics.sample("cohort_branches_open", help: "Branches staged, preparing or in doubt") { [unowned self] in Double(self.machine.branches.count) }
+        metrics.declare("cohort_store_apply_seconds_total", help: "Time spent applying committed branches to the store, on the event loop")
+        metrics.declare("cohort_store_apply_slow_total", help: "Applies to the store that took over \(Limits.storeApplySlowUs) microseconds (the event loop waited meanwhile)")
         metrics.sample("cohort_lock_waits", help: "Lock requests waiting") { [unowned self] in Double(self.resource.lockWaitCount) }
         log.onDurable = { [weak self] lsn in
             guard let self else { return }
@@ -195,7 +197,13 @@ public final class AgentNode {
             for apply in applies { resource.abort(txid: apply.txid) }
         } else if !applies.isEmpty {
             do {
+                // Timed because it runs on the event loop: SQLite's automatic checkpoints
+                // (a sync of its WAL and of the database file) happen inside some of these.
+                let startedUs = environment.monotonicUs
                 try resource.commit(applies)
+                let tookUs = environment.monotonicUs &- startedUs
+                metrics.add("cohort_store_apply_seconds_total", Double(tookUs) / 1_000_000)
+                if tookUs > Limits.storeApplySlowUs { metrics.add("cohort_store_apply_slow_total") }
             } catch {
                 onFatal("cannot apply committed branches to the store: \(error)")
                 return

@@ -163,6 +163,16 @@ public enum Limits {
     public static let keyBytesMax = 256
     public static let stringValueBytesMax = 64 << 10
     public static let scanItemsMax = 10_000
+    /// Page size of a newly created agent store (SQLite ignores it for an existing file). Every
+    /// page a commit changes is written to SQLite's WAL whole, and the WAL is synced and copied
+    /// into the database at each automatic checkpoint (every 1,000 pages), on the agent's event
+    /// loop. A transfer changes a few small rows, so at SQLite's default of 4 KiB most of each
+    /// page written was unchanged bytes: checkpoints blocked the loop for up to 5-11 ms, every
+    /// second or so at 8 clients. At 1 KiB they take about 2 ms (docs/benchmarks.md, round 6).
+    public static let kvStorePageBytes = 1_024
+    /// An apply of committed branches to the agent's store that takes longer than this counts
+    /// in `cohort_store_apply_slow_total`: it held up everything else on the event loop.
+    public static let storeApplySlowUs: UInt64 = 1_000
     // MARK: outbox
     /// How long an outbox, relay or inbox connection waits for SQLite's write lock before
     /// `OutboxDatabaseError.isBusy`.

@@ -60,6 +60,8 @@ public final class SQLiteKVStore: KVStore {
             // (7 fcntl calls per transfer at an agent, strace, round 5) and keeps the WAL index
             // in memory instead of a shared-memory file. It also refuses a second process opened
             // on the same file. Set before WAL is entered, or the index stays shared.
+            // Before anything creates the file's first page; a no-op for an existing file.
+            try exec("PRAGMA page_size=\(Limits.kvStorePageBytes)")
             if exclusive { try exec("PRAGMA locking_mode=EXCLUSIVE") }
             let mode = try queryText("PRAGMA journal_mode=WAL")
             guard mode?.lowercased() == "wal" else {
@@ -240,6 +242,7 @@ public final class SQLiteKVStore: KVStore {
 
     /// Tests only: runs SQL on the store's own connection (nothing else may open the file).
     func executeForTesting(_ sql: String) throws { try exec(sql) }
+    func pageBytesForTesting() throws -> Int64? { try queryInt("PRAGMA page_size") }
 
     private func exec(_ sql: String) throws {
         var message: UnsafeMutablePointer<CChar>?

@@ -86,6 +86,27 @@ final class SQLiteKVStoreTests: XCTestCase {
         XCTAssertEqual(try s.get("s"), .string("v"))
     }
 
+    /// A new store uses the small page size (less WAL per commit, shorter checkpoints on the
+    /// event loop); a file created with another page size keeps it and its data.
+    func testNewStoreUsesTheConfiguredPageSizeAndAnOldOneKeepsItsOwn() throws {
+        do {
+            let s = try SQLiteKVStore(path: path)
+            defer { s.close() }
+            XCTAssertEqual(try s.pageBytesForTesting(), Int64(Limits.kvStorePageBytes))
+        }
+        let older = dir + "/older.sqlite"
+        var db: OpaquePointer?
+        XCTAssertEqual(sqlite3_open(older, &db), SQLITE_OK)
+        XCTAssertEqual(sqlite3_exec(db, "PRAGMA page_size=4096; PRAGMA journal_mode=WAL; CREATE TABLE kv(key TEXT PRIMARY KEY NOT NULL, ival INTEGER, sval TEXT, CHECK ((ival IS NULL) <> (sval IS NULL))) WITHOUT ROWID; INSERT INTO kv VALUES('k', 5, NULL);", nil, nil, nil), SQLITE_OK)
+        sqlite3_close(db)
+        let s = try SQLiteKVStore(path: older)
+        defer { s.close() }
+        XCTAssertEqual(try s.pageBytesForTesting(), 4096)
+        XCTAssertEqual(try s.get("k"), .int(5))
+        try s.apply([KVCommit(lsn: 1, writes: [("k", .int(6))])])
+        XCTAssertEqual(try s.get("k"), .int(6))
+    }
+
     func testScanByPrefixWithLimit() throws {
         let s = try SQLiteKVStore(path: path)
         defer { s.close() }

@@ -49,6 +49,11 @@ final class PresumedAbortMetricsTests: XCTestCase {
         XCTAssertEqual(delta(before, after, "coordinator", prepare), 3)
         XCTAssertEqual(delta(before, after, "coordinator", commit), 2, "no commit to the read-only branch")
         XCTAssertEqual(delta(before, after, "coordinator", abort), 0)
+        // The apply to each update branch's store is timed; the read-only branch applies nothing.
+        XCTAssertGreaterThan(delta(before, after, "a", "cohort_store_apply_seconds_total"), 0)
+        XCTAssertGreaterThan(delta(before, after, "b", "cohort_store_apply_seconds_total"), 0)
+        XCTAssertEqual(delta(before, after, "c", "cohort_store_apply_seconds_total"), 0)
+        XCTAssertNotNil(after["a"]?["cohort_store_apply_slow_total"], "the slow-apply counter is exported")
     }
 
     func testAbortAfterANoVote() throws {
