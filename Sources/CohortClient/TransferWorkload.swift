@@ -96,6 +96,10 @@ public final class TransferWorkload: @unchecked Sendable {
         public var startedLate = 0
         public var committedTxids: [String] = []
         public var unknownTransfers: [Transfer] = []
+        /// Interactive flow: time spent in each call of the committed transfers, summed
+        /// (begin, work at the first agent, work at the second, commit), to show where a
+        /// transfer's latency goes.
+        public var stepMsTotals = StepTimes()
         public var latency: LatencySummary { LatencySummary(latenciesMs) }
         public var attempted: Int { committed + aborted + unknown }
 
@@ -107,8 +111,33 @@ public final class TransferWorkload: @unchecked Sendable {
             startedLate += o.startedLate
             for (k, v) in o.abortReasons { abortReasons[k, default: 0] += v }
             latenciesMs += o.latenciesMs
+            stepMsTotals.add(o.stepMsTotals)
             committedTxids += o.committedTxids
             unknownTransfers += o.unknownTransfers
+        }
+    }
+
+    /// Milliseconds in each call of the interactive flow, summed over `count` transfers.
+    public struct StepTimes: Sendable {
+        public var beginMs = 0.0
+        public var firstWorkMs = 0.0
+        public var secondWorkMs = 0.0
+        public var commitMs = 0.0
+        public var count = 0
+
+        mutating func add(_ o: StepTimes) {
+            beginMs += o.beginMs
+            firstWorkMs += o.firstWorkMs
+            secondWorkMs += o.secondWorkMs
+            commitMs += o.commitMs
+            count += o.count
+        }
+
+        /// Mean milliseconds per call, by step; nil before any transfer was timed.
+        public var means: [(step: String, ms: Double)]? {
+            guard count > 0 else { return nil }
+            let n = Double(count)
+            return [("begin", beginMs / n), ("work_first", firstWorkMs / n), ("work_second", secondWorkMs / n), ("commit", commitMs / n)]
         }
     }
 
@@ -322,6 +351,8 @@ public final class TransferWorkload: @unchecked Sendable {
                 continue
             }
             let txid: String
+            var steps = StepTimes()
+            let beganMs = nowMs()
             do {
                 txid = try api.begin(timeoutMs: config.transactionTimeoutMs, protocol: config.commitProtocol, termination: config.termination)
             } catch {
@@ -335,8 +366,13 @@ public final class TransferWorkload: @unchecked Sendable {
             }
             var transfer = transfer(txid)
             do {
+                let firstMs = nowMs()
+                steps.beginMs = firstMs - beganMs
                 _ = try api.agentWork(config.agentURLs[i], txid, opsI)
+                let secondMs = nowMs()
+                steps.firstWorkMs = secondMs - firstMs
                 _ = try api.agentWork(config.agentURLs[j], txid, opsJ)
+                steps.secondWorkMs = nowMs() - secondMs
             } catch {
                 // Never asked to commit: it cannot commit. Abort so locks go now, not at timeout.
                 _ = try? api.abort(txid)
@@ -354,7 +390,14 @@ public final class TransferWorkload: @unchecked Sendable {
                 continue
             }
             do {
-                tally(try api.commit(txid), transfer, startedMs: t0, &report)
+                let commitMs = nowMs()
+                let answer = try api.commit(txid)
+                steps.commitMs = nowMs() - commitMs
+                if answer.outcome == "committed" {
+                    steps.count = 1
+                    report.stepMsTotals.add(steps)
+                }
+                tally(answer, transfer, startedMs: t0, &report)
             } catch {
                 // Connection lost or an error during commit: the outcome is the coordinator's
                 // to tell, later.

@@ -37,7 +37,8 @@ unless --coordinator and --agents name running ones (their acct-* keys are overw
   --bin-dir DIR       where cohortd and cohort-agent are (default: next to this program)
   --keep              keep the temporary directory of a cluster txbench started
   --progress          show the progress line on stderr even when it is not a terminal
-Reports committed/s, aborted/s, latency percentiles of committed transfers, and from the servers'
+Reports committed/s, aborted/s, latency percentiles of committed transfers, the mean time of each
+call of the interactive flow (begin, work at the first and second agent, commit), and from the servers'
 /metrics: log syncs (fdatasync) and protocol messages per committed transaction, summed over the
 coordinator and the agents and for each process. Checks afterwards that the total balance is
 unchanged. While it runs, a progress line on stderr (when stderr is a terminal) shows the counts.
@@ -229,6 +230,9 @@ if json {
         object["started_late"] = report.startedLate
     }
     if !resolution.unresolved.isEmpty { object["unresolved"] = resolution.unresolved.count }
+    if let means = report.stepMsTotals.means {
+        object["step_ms"] = Dictionary(uniqueKeysWithValues: means.map { ($0.step, $0.ms) })
+    }
     let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
     print(String(decoding: data, as: UTF8.self))
 } else if row {
@@ -245,6 +249,9 @@ if json {
     let reasonText = report.abortReasons.isEmpty ? "" : ": " + report.abortReasons.sorted { $0.value > $1.value }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
     print(String(format: "aborted/s         %.1f", abortedPerS) + "  (\(report.aborted) aborted\(reasonText))")
     print(String(format: "latency ms        p50 %.2f  p95 %.2f  p99 %.2f  max %.2f", lat.p50, lat.p95, lat.p99, lat.max))
+    if let means = report.stepMsTotals.means {
+        print("steps ms (mean)   " + means.map { "\($0.step) " + String(format: "%.2f", $0.ms) }.joined(separator: "  "))
+    }
     for line in costs.lines() { print(line) }
     print("conservation      \(conservation.ok ? "ok" : "FAILED") (total \(conservation.total), expected \(conservation.expected))")
 }
