@@ -173,6 +173,9 @@ public enum Limits {
     /// An apply of committed branches to the agent's store that takes longer than this counts
     /// in `cohort_store_apply_slow_total`: it held up everything else on the event loop.
     public static let storeApplySlowUs: UInt64 = 1_000
+    /// A pass of a server's event loop busy for longer than this counts in
+    /// `cohort_event_loop_stalls_total`: every request of the process waited meanwhile.
+    public static let eventLoopStallUs = 5_000
     // MARK: outbox
     /// How long an outbox, relay or inbox connection waits for SQLite's write lock before
     /// `OutboxDatabaseError.isBusy`.

@@ -285,6 +285,8 @@ final class ServerConnection {
 public final class HTTPServer {
     public let port: Int
     let loop: EventLoop
+    /// The loop the server runs on (for its busy-time and stall counters).
+    public var eventLoop: EventLoop { loop }
     let config: HTTPServerConfig
     let handler: (HTTPRequest, HTTPResponder) -> Void
     private var listenFD: Int32

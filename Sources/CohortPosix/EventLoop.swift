@@ -141,6 +141,19 @@ public final class EventLoop {
 
     public func nowMs() -> Int64 { SystemClock.monotonicMs() }
 
+    // MARK: how busy the loop is (read on the loop thread)
+
+    /// Nanoseconds the loop spent handling events, timers and tasks, i.e. not waiting in
+    /// `epoll_wait`.
+    public private(set) var busyNsTotal: UInt64 = 0
+    /// One pass over what `epoll_wait` returned (events, then due timers, then tasks) that took
+    /// longer than this is a stall: every connection of the process waited that long.
+    public var stallNs: UInt64 = 5_000_000
+    /// Passes that took longer than `stallNs`.
+    public private(set) var stallsTotal: UInt64 = 0
+    /// The longest pass since the loop started.
+    public private(set) var longestBusyNs: UInt64 = 0
+
     // MARK: running
 
     /// Runs on the calling thread until `stop()`. A `stop()` that raced ahead of `run` makes it
@@ -171,6 +184,7 @@ public final class EventLoop {
                 if errno == EINTR { continue }
                 throw PosixError.current("epoll_wait")
             }
+            let busySinceNs = SystemClock.monotonicNs()
             for i in 0..<Int(n) {
                 let base = i * LinuxAPI.epollEventBytes
                 let bits = events.loadUnaligned(fromByteOffset: base, as: UInt32.self)
@@ -179,6 +193,10 @@ public final class EventLoop {
             }
             runExpiredTimers()
             runTasks()
+            let busyNs = SystemClock.monotonicNs() &- busySinceNs
+            busyNsTotal &+= busyNs
+            if busyNs > stallNs { stallsTotal += 1 }
+            if busyNs > longestBusyNs { longestBusyNs = busyNs }
         }
     }
 

@@ -245,6 +245,19 @@ public func declareHTTPServerMetrics(_ m: MetricsRegistry, server: HTTPServer) {
     m.sample("cohort_http_connections_accepted_total", type: "counter", help: "TCP connections accepted") { [weak server] in
         Double(server?.connectionsAccepted ?? 0)
     }
+    // The loop is the process's one thread for requests: time it spends busy, and stalls in
+    // which everything else waited (a slow disk call on it shows here first).
+    let loop = server.eventLoop
+    loop.stallNs = UInt64(Limits.eventLoopStallUs) * 1_000
+    m.sample("cohort_event_loop_busy_seconds_total", type: "counter", help: "Time the event loop spent handling events, timers and tasks (not waiting)") { [weak loop] in
+        Double(loop?.busyNsTotal ?? 0) / 1e9
+    }
+    m.sample("cohort_event_loop_stalls_total", type: "counter", help: "Passes of the event loop that kept it busy over \(Limits.eventLoopStallUs) microseconds") { [weak loop] in
+        Double(loop?.stallsTotal ?? 0)
+    }
+    m.sample("cohort_event_loop_longest_busy_seconds", help: "The longest pass of the event loop since start") { [weak loop] in
+        Double(loop?.longestBusyNs ?? 0) / 1e9
+    }
 }
 
 /// Parses `COHORT_FAULT` for a server's log storage.

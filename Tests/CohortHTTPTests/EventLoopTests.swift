@@ -42,6 +42,32 @@ final class EventLoopTests: XCTestCase {
         XCTAssertTrue(allOnLoop)
     }
 
+    /// A task that blocks the loop for 30 ms counts as busy time and as a stall (over the 5 ms
+    /// threshold set here); the counters are what /metrics exports.
+    func testBusyTimeAndStallsAreCounted() throws {
+        let loop = try EventLoop()
+        loop.stallNs = 5_000_000
+        loop.startThread()
+        defer { loop.stopAndJoin() }
+        let done = DispatchSemaphore(value: 0)
+        loop.execute { usleep(30_000) }
+        loop.execute { done.signal() }
+        XCTAssertEqual(done.wait(timeout: .now() + 5), .success)
+        let read = DispatchSemaphore(value: 0)
+        var busyNs: UInt64 = 0, stalls: UInt64 = 0, longestNs: UInt64 = 0
+        // Read on the loop thread, after the pass that ran the tasks has finished.
+        loop.execute {
+            loop.schedule(afterMs: 1) {
+                (busyNs, stalls, longestNs) = (loop.busyNsTotal, loop.stallsTotal, loop.longestBusyNs)
+                read.signal()
+            }
+        }
+        XCTAssertEqual(read.wait(timeout: .now() + 5), .success)
+        XCTAssertGreaterThanOrEqual(stalls, 1)
+        XCTAssertGreaterThanOrEqual(longestNs, 30_000_000)
+        XCTAssertGreaterThanOrEqual(busyNs, longestNs)
+    }
+
     func testClocks() {
         let a = SystemClock.monotonicMs()
         usleep(20_000)

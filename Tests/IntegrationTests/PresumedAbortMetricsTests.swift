@@ -54,6 +54,11 @@ final class PresumedAbortMetricsTests: XCTestCase {
         XCTAssertGreaterThan(delta(before, after, "b", "cohort_store_apply_seconds_total"), 0)
         XCTAssertEqual(delta(before, after, "c", "cohort_store_apply_seconds_total"), 0)
         XCTAssertNotNil(after["a"]?["cohort_store_apply_slow_total"], "the slow-apply counter is exported")
+        for name in cluster.allNames {
+            XCTAssertGreaterThan(delta(before, after, name, "cohort_event_loop_busy_seconds_total"), 0, name)
+            XCTAssertNotNil(after[name]?["cohort_event_loop_stalls_total"], name)
+            XCTAssertNotNil(after[name]?["cohort_event_loop_longest_busy_seconds"], name)
+        }
     }
 
     func testAbortAfterANoVote() throws {
