@@ -112,6 +112,7 @@ public final class AgentNode {
         }
 
         declareCommonMetrics(metrics, log: log, messageTypes: Self.messageTypes)
+        declareBatchingMetrics(metrics, sender: registrations)
         metrics.declare("cohort_transactions_total", help: "Finished branches, by outcome (a read-only branch counts as committed)",
                         labels: ["outcome=\"committed\"", "outcome=\"aborted\""])
         metrics.sample("cohort_in_doubt", help: "Branches that voted yes and have no outcome yet") { [unowned self] in Double(self.machine.inDoubtCount) }

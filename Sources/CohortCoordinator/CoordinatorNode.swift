@@ -106,6 +106,7 @@ public final class CoordinatorNode {
         timers = TimerTable(environment: environment)
         tccTimers = TimerTable(environment: environment)
         declareCommonMetrics(metrics, log: log, messageTypes: Self.messageTypes)
+        declareBatchingMetrics(metrics, sender: sender)
         metrics.sample("cohort_transactions_total", type: "counter", help: "Transactions decided, by outcome", labels: "outcome=\"committed\"") { [unowned self] in Double(self.machine.stats.committed + self.tcc.stats.committed) }
         metrics.sample("cohort_transactions_total", type: "counter", help: "Transactions decided, by outcome", labels: "outcome=\"aborted\"") { [unowned self] in Double(self.machine.stats.aborted + self.tcc.stats.aborted) }
         metrics.sample("cohort_in_doubt", help: "Unfinished transactions at this coordinator") { [unowned self] in Double(self.machine.unfinishedCount + self.tcc.unfinishedCount) }

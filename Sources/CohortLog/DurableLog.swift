@@ -166,6 +166,10 @@ public final class DurableLog {
     private var recordsTotalValue = 0
     private var forcedRecordsTotalValue = 0
     private var syncsTotalValue = 0
+    /// Microseconds spent in timed fdatasyncs, and waiting for siblings before a sync (group
+    /// commit): together with the syncs count they say what a forced record's wait is made of.
+    private var syncUsTotalValue: Int64 = 0
+    private var groupCommitWaitUsTotalValue: Int64 = 0
     private var bytesSinceCheckpointValue: Int
     private var onDurableHandler: ((UInt64) -> Void)?
     private var onFailureHandler: ((Error) -> Void)?
@@ -302,6 +306,8 @@ public final class DurableLog {
     public var forcedRecordsTotal: Int { state.withLock { forcedRecordsTotalValue } }
     /// File and directory syncs, recovery's included.
     public var syncsTotal: Int { state.withLock { syncsTotalValue } }
+    public var syncSecondsTotal: Double { state.withLock { Double(syncUsTotalValue) / 1e6 } }
+    public var groupCommitWaitSecondsTotal: Double { state.withLock { Double(groupCommitWaitUsTotalValue) / 1e6 } }
     public var durableLSN: UInt64 { state.withLock { durableLSNValue } }
     /// The LSN of the newest appended record (0 when none ever was).
     public var lastLSN: UInt64 { state.withLock { nextLSN - 1 } }
@@ -374,7 +380,9 @@ public final class DurableLog {
                 // (A fixed 700 µs kept 8 clients waiting the full 2 ms at every sync on a
                 // machine whose fdatasync takes 0.15 ms: docs/benchmarks.md, round 4.)
                 let quietUs = min(config.groupCommitQuietUsMax, max(config.groupCommitQuietUsMin, syncUsAverage))
-                let deadline = DurableLog.nowUs() + config.groupCommitWaitUs
+                let waitStartedUs = DurableLog.nowUs()
+                defer { groupCommitWaitUsTotalValue += DurableLog.nowUs() - waitStartedUs }
+                let deadline = waitStartedUs + config.groupCommitWaitUs
                 var seen = forcedRecordsPending
                 while forcedRecordsPending < config.groupCommitRecordsTarget && !closed && failure == nil {
                     let left = deadline - DurableLog.nowUs()
@@ -400,15 +408,17 @@ public final class DurableLog {
         state.withLock { syncsTotalValue += 1 }
     }
 
-    /// A data sync of the current segment, timed for the quiet spell of group commit.
-    private func timedSync(_ file: LogFile) throws {
+    /// A data sync of a segment, timed for `cohort_log_sync_seconds_total` and (steady appends)
+    /// for the quiet spell of group commit.
+    private func timedSync(_ file: LogFile, updatesAverage: Bool = true) throws {
         let startNs = SystemClock.monotonicNs()
         try file.sync()
         let tookUs = Int64((SystemClock.monotonicNs() - startNs) / 1_000)
         state.withLock {
             syncsTotalValue += 1
+            syncUsTotalValue += tookUs
             // Moving average over about the last 8 syncs.
-            syncUsAverage += (tookUs - syncUsAverage) / 8
+            if updatesAverage { syncUsAverage += (tookUs - syncUsAverage) / 8 }
         }
     }
 
@@ -483,8 +493,9 @@ public final class DurableLog {
                     if try file.size() != 0 { try file.truncate(to: 0) }
                     let bytes = LogFormat.encodeSegmentHeader(number: number, firstLSN: group.firstLSN) + group.bytes
                     let allocated = try writeExtending(file, bytes, at: 0, allocated: 0)
-                    try file.sync()
-                    countSync()
+                    // Not in the average the quiet spell follows: a new file's first sync also
+                    // writes its allocation, which the steady appends after it do not.
+                    try timedSync(file, updatesAverage: false)
                     // The new file's directory entry must be durable before anything in it counts.
                     try storage.syncDirectory()
                     countSync()

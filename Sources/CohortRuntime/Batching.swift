@@ -47,6 +47,7 @@ public final class BatchingSender {
         let body: [UInt8]
         let timeoutMs: Int64
         let completion: Completion
+        let queuedAtUs: UInt64
     }
 
     private struct Peer {
@@ -58,6 +59,10 @@ public final class BatchingSender {
     private let maxInFlight: Int
     private var peers: [String: Peer] = [:]
     public private(set) var exchangesSent = 0
+    /// Batchable messages sent, and the microseconds they waited in total for a free exchange
+    /// (all `maxInFlight` exchanges to their peer were busy).
+    public private(set) var batchableMessagesSent = 0
+    public private(set) var queueWaitUsTotal: UInt64 = 0
 
     public init(environment: NodeEnvironment, maxInFlight: Int = Limits.batchExchangesInFlightPerPeer) {
         self.environment = environment
@@ -78,7 +83,7 @@ public final class BatchingSender {
             environment.execute { completion(.failure(.queueFull)) }
             return
         }
-        peer.queue.append(Queued(path: path, body: body, timeoutMs: timeoutMs, completion: completion))
+        peer.queue.append(Queued(path: path, body: body, timeoutMs: timeoutMs, completion: completion, queuedAtUs: environment.monotonicUs))
         peers[baseURL] = peer
         flush(baseURL)
     }
@@ -91,6 +96,9 @@ public final class BatchingSender {
         peer.inFlight += 1
         peers[baseURL] = peer
         exchangesSent += 1
+        let nowUs = environment.monotonicUs
+        batchableMessagesSent += items.count
+        for item in items { queueWaitUsTotal &+= nowUs &- item.queuedAtUs }
         let done: () -> Void = { [weak self] in
             guard let self else { return }
             self.peers[baseURL]?.inFlight -= 1

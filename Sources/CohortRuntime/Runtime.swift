@@ -231,6 +231,8 @@ public func declareCommonMetrics(_ m: MetricsRegistry, log: DurableLog, messageT
     m.sample("cohort_log_records_total", type: "counter", help: "Records appended to this process's durable log") { Double(log.recordsTotal) }
     m.sample("cohort_log_forced_records_total", type: "counter", help: "Records whose durability the process waited for") { Double(log.forcedRecordsTotal) }
     m.sample("cohort_log_syncs_total", type: "counter", help: "fdatasync calls on the log") { Double(log.syncsTotal) }
+    m.sample("cohort_log_sync_seconds_total", type: "counter", help: "Time spent in the log's fdatasync calls") { log.syncSecondsTotal }
+    m.sample("cohort_log_group_commit_wait_seconds_total", type: "counter", help: "Time the log waited for more forced records to share a sync (group commit)") { log.groupCommitWaitSecondsTotal }
     m.declare("cohort_messages_sent_total", help: "Protocol messages this process sent, by type", labels: messageTypes.map { "type=\"\($0)\"" })
     m.declare("cohort_requests_rejected_total", help: "Requests refused because a limit was reached", labels: [""])
 }
@@ -257,6 +259,17 @@ public func declareHTTPServerMetrics(_ m: MetricsRegistry, server: HTTPServer) {
     }
     m.sample("cohort_event_loop_longest_busy_seconds", help: "The longest pass of the event loop since start") { [weak loop] in
         Double(loop?.longestBusyNs ?? 0) / 1e9
+    }
+}
+
+/// Registers the counters of a node's `BatchingSender`: how long protocol messages waited for a
+/// free exchange to their peer.
+public func declareBatchingMetrics(_ m: MetricsRegistry, sender: BatchingSender) {
+    m.sample("cohort_batch_messages_sent_total", type: "counter", help: "Protocol messages sent through the batching sender") { [weak sender] in
+        Double(sender?.batchableMessagesSent ?? 0)
+    }
+    m.sample("cohort_batch_queue_wait_seconds_total", type: "counter", help: "Time those messages waited for a free exchange to their peer") { [weak sender] in
+        Double(sender?.queueWaitUsTotal ?? 0) / 1e6
     }
 }
 

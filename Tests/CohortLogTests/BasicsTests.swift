@@ -171,8 +171,6 @@ final class BasicsTests: XCTestCase {
         XCTAssertEqual(durable.get().last, 22)
     }
 
-    /// Under load (the last round had siblings) a forced record waits for others to share its
-
     /// A `.soon` record (a participant's commit record) does not start a sync of its own: it
     /// rides with the next forced record's sync, and without one it syncs after
     /// `soonSyncDelayUs`, well before the lazy delay.
@@ -206,6 +204,8 @@ final class BasicsTests: XCTestCase {
                       "the soon record syncs (with the lazy one before it) long before the 60 s lazy delay")
         XCTAssertGreaterThan(soon, lazy)
     }
+
+    /// Under load (the last round had siblings) a forced record waits for others to share its
     /// sync, and nothing is reported durable before that sync; a lone writer never waits.
     func testGroupCommitWaitGathersForcedRecords() throws {
         let storage = SimLogStorage()
@@ -226,6 +226,7 @@ final class BasicsTests: XCTestCase {
         _ = try log.append(type: 1, payload: [4], force: true)
         XCTAssertTrue(waitUntil(timeoutMs: 2_000) { log.durableLSN == 4 }, "the target ends the wait early")
         XCTAssertEqual(log.syncsTotal - syncsBefore, 1, "three forced records, one sync")
+        XCTAssertGreaterThanOrEqual(log.groupCommitWaitSecondsTotal, 0.15, "the 150 ms spent gathering is counted")
 
         // Closing does not wait out the delay, and syncs what is pending.
         _ = try log.append(type: 1, payload: [5], force: true)
@@ -257,6 +258,9 @@ final class BasicsTests: XCTestCase {
             XCTAssertTrue(waitUntil(timeoutMs: 20_000) { log.durableLSN == 17 })
             let starts = storage.syncStarts
             XCTAssertEqual(starts.count, syncsBefore + 1, "one sync for the lone record")
+            // The segment syncs after the first round (16 at least) take `syncDelayMs` each, and
+            // are counted as time in fdatasync.
+            XCTAssertGreaterThanOrEqual(log.syncSecondsTotal, Double(16 * syncDelayMs) / 1_000 * 0.95)
             return starts.last! - appendedMs
         }
         let fast = try waitBeforeSyncMs(syncDelayMs: 0)

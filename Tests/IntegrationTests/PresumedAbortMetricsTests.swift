@@ -58,7 +58,14 @@ final class PresumedAbortMetricsTests: XCTestCase {
             XCTAssertGreaterThan(delta(before, after, name, "cohort_event_loop_busy_seconds_total"), 0, name)
             XCTAssertNotNil(after[name]?["cohort_event_loop_stalls_total"], name)
             XCTAssertNotNil(after[name]?["cohort_event_loop_longest_busy_seconds"], name)
+            XCTAssertNotNil(after[name]?["cohort_log_group_commit_wait_seconds_total"], name)
+            XCTAssertNotNil(after[name]?["cohort_batch_queue_wait_seconds_total"], name)
         }
+        // The coordinator's forced decision and the agents' prepared records were real fdatasyncs.
+        for name in ["coordinator", "a", "b"] {
+            XCTAssertGreaterThan(delta(before, after, name, "cohort_log_sync_seconds_total"), 0, name)
+        }
+        XCTAssertGreaterThanOrEqual(delta(before, after, "coordinator", "cohort_batch_messages_sent_total"), 4, "3 prepares and 2 commits went through the batching sender")
     }
 
     func testAbortAfterANoVote() throws {
