@@ -263,7 +263,7 @@ public final class AgentNode {
     /// coordinator's commit exchanges then last until this agent's next sync and fill the
     /// in-flight exchange slots that the prepares bringing that sync queue behind. Giving
     /// commits slots of their own fixed submit but lost the interactive gain in the runs made
-    /// (docs/benchmarks.md, round 5).
+    /// (docs/benchmarks.md, rounds 5 and 6: the waiting commits were batching the prepares).
     static func urgency(of record: Participant.Record, force: Bool, submitted: (String) -> Bool) -> LogUrgency {
         guard force else { return .lazy }
         if case .committed(let txid) = record, !submitted(txid) { return .soon }
