@@ -55,13 +55,14 @@ public final class SQLiteKVStore: KVStore {
         do {
             sqlite3_extended_result_codes(handle, 1)
             sqlite3_busy_timeout(handle, busyTimeoutMs)
+            // Before anything creates the file's first page (see the limit); a no-op for an
+            // existing file.
+            try exec("PRAGMA page_size=\(Limits.kvStorePageBytes)")
             // Only an agent's own process uses its store (others read it over HTTP), so it
             // holds the file's lock for good: SQLite then takes no POSIX locks per transaction
             // (7 fcntl calls per transfer at an agent, strace, round 5) and keeps the WAL index
             // in memory instead of a shared-memory file. It also refuses a second process opened
             // on the same file. Set before WAL is entered, or the index stays shared.
-            // Before anything creates the file's first page; a no-op for an existing file.
-            try exec("PRAGMA page_size=\(Limits.kvStorePageBytes)")
             if exclusive { try exec("PRAGMA locking_mode=EXCLUSIVE") }
             let mode = try queryText("PRAGMA journal_mode=WAL")
             guard mode?.lowercased() == "wal" else {
