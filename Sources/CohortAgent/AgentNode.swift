@@ -63,6 +63,10 @@ public final class AgentNode {
     /// Open branches that joined through a submitted prepare (their commit records sync at
     /// once; see `urgency`).
     private var submittedBranches: Set<String> = []
+    /// Time applying committed branches to the store, and the applies over
+    /// `Limits.storeApplySlowUs` (read by /metrics).
+    private var storeApplyUsTotal: UInt64 = 0
+    private var storeAppliesSlow = 0
     private var startupInquiries: [Participant.Action] = []
     /// The address the coordinator calls back; set before the node serves requests.
     public var advertiseURL = ""
@@ -118,8 +122,12 @@ public final class AgentNode {
         metrics.sample("cohort_in_doubt", help: "Branches that voted yes and have no outcome yet") { [unowned self] in Double(self.machine.inDoubtCount) }
         metrics.sample("cohort_heuristic_mixed", help: "Branches whose operator-forced outcome differs from the coordinator's decision") { [unowned self] in Double(self.machine.heuristicMixed.count) }
         metrics.sample("cohort_branches_open", help: "Branches staged, preparing or in doubt") { [unowned self] in Double(self.machine.branches.count) }
-        metrics.declare("cohort_store_apply_seconds_total", help: "Time spent applying committed branches to the store, on the event loop")
-        metrics.declare("cohort_store_apply_slow_total", help: "Applies to the store that took over \(Limits.storeApplySlowUs) microseconds (the event loop waited meanwhile)")
+        metrics.sample("cohort_store_apply_seconds_total", type: "counter", help: "Time spent applying committed branches to the store, on the event loop") { [unowned self] in
+            Double(self.storeApplyUsTotal) / 1e6
+        }
+        metrics.sample("cohort_store_apply_slow_total", type: "counter", help: "Applies to the store that took over \(Limits.storeApplySlowUs) microseconds (the event loop waited meanwhile)") { [unowned self] in
+            Double(self.storeAppliesSlow)
+        }
         metrics.sample("cohort_lock_waits", help: "Lock requests waiting") { [unowned self] in Double(self.resource.lockWaitCount) }
         log.onDurable = { [weak self] lsn in
             guard let self else { return }
@@ -203,8 +211,8 @@ public final class AgentNode {
                 let startedUs = environment.monotonicUs
                 try resource.commit(applies)
                 let tookUs = environment.monotonicUs &- startedUs
-                metrics.add("cohort_store_apply_seconds_total", Double(tookUs) / 1_000_000)
-                if tookUs > Limits.storeApplySlowUs { metrics.add("cohort_store_apply_slow_total") }
+                storeApplyUsTotal &+= tookUs
+                if tookUs > Limits.storeApplySlowUs { storeAppliesSlow += 1 }
             } catch {
                 onFatal("cannot apply committed branches to the store: \(error)")
                 return

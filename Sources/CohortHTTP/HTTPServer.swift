@@ -284,9 +284,8 @@ final class ServerConnection {
 /// bounded connections, request and idle timeouts, optional bearer-token auth.
 public final class HTTPServer {
     public let port: Int
-    let loop: EventLoop
-    /// The loop the server runs on (for its busy-time and stall counters).
-    public var eventLoop: EventLoop { loop }
+    /// The loop the server runs on.
+    public let loop: EventLoop
     let config: HTTPServerConfig
     let handler: (HTTPRequest, HTTPResponder) -> Void
     private var listenFD: Int32

@@ -147,8 +147,8 @@ public final class EventLoop {
     /// `epoll_wait`.
     public private(set) var busyNsTotal: UInt64 = 0
     /// One pass over what `epoll_wait` returned (events, then due timers, then tasks) that took
-    /// longer than this is a stall: every connection of the process waited that long. Servers
-    /// set it from `Limits.eventLoopStallUs` (this module sees no `Limits`).
+    /// longer than this is a stall: every connection of the process waited that long.
+    /// `ServerMain` sets it from `Limits.eventLoopStallUs` (this module sees no `Limits`).
     public var stallNs: UInt64 = 5_000_000
     /// Passes that took longer than `stallNs`.
     public private(set) var stallsTotal: UInt64 = 0

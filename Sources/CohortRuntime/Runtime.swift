@@ -186,9 +186,9 @@ public enum DataDirectory {
 
     /// Reads the identity stored in `dir/name`, or creates one if the directory holds no log yet.
     /// A log without its identity file means the directory was damaged or mixed up: refuse to
-    /// start rather than invent a new identity for old records.
+    /// start rather than invent a new identity for old records. Call it after `lock`, which
+    /// creates the directory.
     public static func identity(dir: String, file name: String, logSubdirectory: String, make: () -> String, validate: (String) -> Bool) throws -> String {
-        try PosixFS.createDirectory(dir, intermediate: true)
         let path = dir + "/" + name
         if PosixFS.exists(path) {
             let bytes = try PosixFS.readFile(path)
@@ -249,8 +249,7 @@ public func declareHTTPServerMetrics(_ m: MetricsRegistry, server: HTTPServer) {
     }
     // The loop is the process's one thread for requests: time it spends busy, and stalls in
     // which everything else waited (a slow disk call on it shows here first).
-    let loop = server.eventLoop
-    loop.stallNs = UInt64(Limits.eventLoopStallUs) * 1_000
+    let loop = server.loop
     m.sample("cohort_event_loop_busy_seconds_total", type: "counter", help: "Time the event loop spent handling events, timers and tasks (not waiting)") { [weak loop] in
         Double(loop?.busyNsTotal ?? 0) / 1e9
     }

@@ -1,3 +1,4 @@
+import CohortCore
 import CohortPosix
 
 /// What `cohortd` and `cohort-agent` have in common to run: a server on an event loop.
@@ -18,6 +19,7 @@ public enum ServerMain {
         make: (EventLoop, _ onFatal: @escaping (String) -> Void) throws -> Server
     ) throws {
         let loop = try EventLoop()
+        loop.stallNs = UInt64(Limits.eventLoopStallUs) * 1_000
         var running: Server?
         try loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in running?.shutdown() }
         let server: Server
