@@ -493,8 +493,18 @@ public final class AgentNode {
             if refusal.status == 503 { metrics.add("cohort_requests_rejected_total") }
             return responder.send(.requestError(refusal))
         }
+        // A client that names its branches at commit (`"register": false`) gets this branch's
+        // name, URL and incarnation back to name it with.
+        let naming = body.register ? nil : RegisterRequest(participant: name, url: advertiseURL, incarnation: incarnation, batch: true)
         if machine.state(of: txid) == .active {
-            return stage(txid, body.ops, responder)
+            return stage(txid, body.ops, responder, naming: naming)
+        }
+        if !body.register && joining[txid] == nil {
+            // No registration: the coordinator learns of the branch from the client's commit.
+            // Until then only the branch's own expiry (the transaction's timeout plus a margin)
+            // ends it if the client never commits or aborts.
+            feed(.joined(txid, coordinatorURL: coordinatorURL, timeoutMs: body.timeoutMs ?? Limits.transactionTimeoutMsDefault))
+            return stage(txid, body.ops, responder, naming: naming)
         }
         let continueWork: (Result<Void, RequestError>) -> Void = { [unowned self] result in
             switch result {
@@ -502,7 +512,7 @@ public final class AgentNode {
                 responder.send(.requestError(e))
             case .success:
                 if let refusal = self.machine.admitWork(txid) { return responder.send(.requestError(refusal)) }
-                self.stage(txid, body.ops, responder)
+                self.stage(txid, body.ops, responder, naming: naming)
             }
         }
         if joining[txid] != nil {
@@ -558,13 +568,14 @@ public final class AgentNode {
         CrashPoints.hit("agent.after-register-send")
     }
 
-    private func stage(_ txid: String, _ ops: [KVOp], _ responder: ResponseSink) {
+    private func stage(_ txid: String, _ ops: [KVOp], _ responder: ResponseSink, naming: RegisterRequest?) {
         stagingInFlight[txid, default: 0] += 1
         resource.stage(txid: txid, ops: ops) { [unowned self] result in
             if let n = self.stagingInFlight[txid], n > 1 { self.stagingInFlight[txid] = n - 1 } else { self.stagingInFlight.removeValue(forKey: txid) }
             switch result {
             case .success(let staged):
-                responder.send(.jsonBytes(200, JSONBody.encode(WorkResponse(txid: txid, staged: staged.staged, values: staged.values.isEmpty ? nil : staged.values))))
+                responder.send(.jsonBytes(200, JSONBody.encode(WorkResponse(txid: txid, staged: staged.staged, values: staged.values.isEmpty ? nil : staged.values,
+                                                                            branch: naming))))
             case .failure(let error):
                 responder.send(.error(Self.status(for: error), "\(error)"))
             }
@@ -787,6 +798,8 @@ public struct WorkResponse: Codable, WireEncodable {
     public let txid: String
     public let staged: Int
     public let values: [String: KVValue]?
+    /// For work sent with `"register": false`: the branch as the client names it at commit.
+    public let branch: RegisterRequest?
 
     public func writeWire(_ w: inout JSONWriter) {
         w.beginObject()
@@ -803,6 +816,10 @@ public struct WorkResponse: Codable, WireEncodable {
                 }
             }
             w.endObject()
+        }
+        if let branch {
+            w.key("branch")
+            branch.writeWire(&w)
         }
         w.endObject()
     }

@@ -93,9 +93,14 @@ public struct WorkRequestBody: Codable, Sendable {
     /// Idempotency key: a retried request with the same id is staged once.
     public let requestID: String?
     public let ops: [WorkOp]
+    /// false: the client names the branch at commit instead of the agent registering it.
+    public var register: Bool? = nil
+    /// The transaction's timeout, for an unregistered branch's expiry.
+    public var timeoutMs: Int64? = nil
     enum CodingKeys: String, CodingKey {
-        case txid, ops
+        case txid, ops, register
         case requestID = "request_id"
+        case timeoutMs = "timeout_ms"
     }
 }
 
@@ -103,6 +108,8 @@ public struct WorkAnswer: Codable, Sendable {
     public let txid: String
     public let staged: Int
     public let values: [String: StoreValue]?
+    /// With `"register": false`: the branch, to name at commit.
+    public let branch: RegisterRequest?
 }
 
 public struct StoreItem: Codable, Sendable {
@@ -178,13 +185,21 @@ public final class CohortAPI {
         return try call("POST", coordinatorURL + "/v1/transactions", body: body, ok: [201], as: BeginResponse.self).txid
     }
 
-    /// `POST /v1/transactions/{txid}/commit`: the outcome once durable.
-    public func commit(_ txid: String) throws -> OutcomeResponse {
-        try call("POST", coordinatorURL + "/v1/transactions/\(txid)/commit", as: OutcomeResponse.self)
+    /// `POST /v1/transactions/{txid}/commit`: the outcome once durable. `naming`: the branches
+    /// whose work went with `"register": false` (`agentWork(..., namedAtCommit: true)`), as
+    /// their answers gave them; every one of them must be here, or it is left out.
+    public func commit(_ txid: String, naming: [RegisterRequest] = []) throws -> OutcomeResponse {
+        try call("POST", coordinatorURL + "/v1/transactions/\(txid)/commit", body: CohortAPI.named(naming), as: OutcomeResponse.self)
     }
 
-    public func abort(_ txid: String) throws -> OutcomeResponse {
-        try call("POST", coordinatorURL + "/v1/transactions/\(txid)/abort", as: OutcomeResponse.self)
+    /// `POST /v1/transactions/{txid}/abort`; `naming` as for `commit`, so that those branches
+    /// hear the abort at once instead of expiring.
+    public func abort(_ txid: String, naming: [RegisterRequest] = []) throws -> OutcomeResponse {
+        try call("POST", coordinatorURL + "/v1/transactions/\(txid)/abort", body: CohortAPI.named(naming), as: OutcomeResponse.self)
+    }
+
+    private static func named(_ branches: [RegisterRequest]) -> [UInt8] {
+        branches.isEmpty ? [] : NamedBranches(branches: branches).wireJSON
     }
 
     /// `GET /v1/transactions/{txid}`; nil for 404 (unknown).
@@ -209,8 +224,18 @@ public final class CohortAPI {
 
     /// Stages `ops` at an agent. `requestID` makes the call safe to repeat (the HTTP client
     /// reconnects and resends once when a kept-alive connection turns out closed).
-    public func agentWork(_ agentURL: String, _ txid: String, _ ops: [WorkOp], requestID: String? = nil) throws -> WorkAnswer {
-        try call("POST", agentURL + "/v1/work", body: CohortAPI.encode(WorkRequestBody(txid: txid, requestID: requestID ?? UUID().uuidString, ops: ops)), as: WorkAnswer.self)
+    /// `namedAtCommit`: the agent does not register the branch; the answer's `branch` is then
+    /// what to pass to `commit` and `abort` (`timeoutMs`, the transaction's, bounds the branch).
+    public func agentWork(_ agentURL: String, _ txid: String, _ ops: [WorkOp], requestID: String? = nil,
+                          namedAtCommit: Bool = false, timeoutMs: Int64? = nil) throws -> WorkAnswer {
+        var body = WorkRequestBody(txid: txid, requestID: requestID ?? UUID().uuidString, ops: ops)
+        if namedAtCommit {
+            body.register = false
+            body.timeoutMs = timeoutMs
+        }
+        let answer = try call("POST", agentURL + "/v1/work", body: CohortAPI.encode(body), as: WorkAnswer.self)
+        if namedAtCommit && answer.branch == nil { throw CohortAPIError.badAnswer("work at \(agentURL): no branch in the answer (an agent that cannot join unregistered)") }
+        return answer
     }
 
     /// The last committed value of `key`; nil when absent.
@@ -316,6 +341,8 @@ extension WorkRequestBody: WireEncodable {
         w.beginObject()
         w.field("txid", txid)
         w.field("request_id", requestID)
+        w.field("register", register)
+        w.field("timeout_ms", timeoutMs)
         w.key("ops")
         w.beginArray()
         for op in ops {
@@ -371,6 +398,10 @@ extension WorkAnswer: WireDecodable {
             }
             values = out
         default: throw WireJSONError.wrongType(o.name("values"))
+        }
+        switch o["branch"] {
+        case nil, .null?: branch = nil
+        case let node?: branch = try RegisterRequest(wire: WireObject(node, path: o.name("branch")))
         }
     }
 }

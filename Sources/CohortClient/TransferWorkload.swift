@@ -56,6 +56,9 @@ public final class TransferWorkload: @unchecked Sendable {
         /// Each transfer is one `POST /v1/transactions/submit` (the ops travel with the
         /// prepares) instead of begin, work at each agent, and commit.
         public var submit = false
+        /// Interactive flow: the client names the branches at commit (`"register": false`)
+        /// instead of each agent registering its branch with the coordinator.
+        public var namedAtCommit = false
         public var token: String?
 
         public init(coordinatorURL: String, agentURLs: [String]) {
@@ -365,17 +368,22 @@ public final class TransferWorkload: @unchecked Sendable {
                 break
             }
             var transfer = transfer(txid)
+            var named: [RegisterRequest] = []
             do {
                 let firstMs = nowMs()
                 steps.beginMs = firstMs - beganMs
-                _ = try api.agentWork(config.agentURLs[i], txid, opsI)
+                let first = try api.agentWork(config.agentURLs[i], txid, opsI, namedAtCommit: config.namedAtCommit, timeoutMs: config.transactionTimeoutMs)
+                if let b = first.branch { named.append(b) }
                 let secondMs = nowMs()
                 steps.firstWorkMs = secondMs - firstMs
-                _ = try api.agentWork(config.agentURLs[j], txid, opsJ)
+                let second = try api.agentWork(config.agentURLs[j], txid, opsJ, namedAtCommit: config.namedAtCommit, timeoutMs: config.transactionTimeoutMs)
+                if let b = second.branch { named.append(b) }
                 steps.secondWorkMs = nowMs() - secondMs
             } catch {
                 // Never asked to commit: it cannot commit. Abort so locks go now, not at timeout.
-                _ = try? api.abort(txid)
+                // With named branches the abort names those whose work answered; one whose
+                // answer was lost expires on its own.
+                _ = try? api.abort(txid, naming: named)
                 let reason: String
                 switch error {
                 case CohortAPIError.http(409, _): reason = "lock-timeout"
@@ -391,7 +399,7 @@ public final class TransferWorkload: @unchecked Sendable {
             }
             do {
                 let commitMs = nowMs()
-                let answer = try api.commit(txid)
+                let answer = try api.commit(txid, naming: named)
                 steps.commitMs = nowMs() - commitMs
                 if answer.outcome == "committed" {
                     steps.count = 1

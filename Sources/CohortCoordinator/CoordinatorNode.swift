@@ -390,13 +390,15 @@ public final class CoordinatorNode {
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && (parts[3] == "commit" || parts[3] == "abort") && tcc.owns(parts[2]):
             feedTCC(parts[3] == "commit" ? .commit(requests.add(responder), txid: parts[2]) : .abort(requests.add(responder), txid: parts[2]))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "commit":
+            guard let named = namedBranches(request, responder) else { return }
             let id = requests.add(responder)
             commitStartedUs[id] = Int64(environment.monotonicUs)
-            feed(.commit(id, txid: parts[2]))
+            feed(.commit(id, txid: parts[2], named: named))
         case ("GET", 2) where parts == ["v1", "stats"]:
             responder.send(.jsonBytes(200, JSONBody.encode(stats())))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "abort":
-            feed(.abort(requests.add(responder), txid: parts[2]))
+            guard let named = namedBranches(request, responder) else { return }
+            feed(.abort(requests.add(responder), txid: parts[2], named: named))
         case ("POST", 2) where parts == ["v1", "batch"]:
             // Participants' registrations, several in one exchange (see BatchingSender).
             serveBatch(request, responder, allowedPrefixes: ["/v1/transactions/"]) { item, sink in
@@ -447,6 +449,19 @@ public final class CoordinatorNode {
             default: exists = false
             }
             reject(exists ? 405 : 404, "no route for \(method) \(request.path)")
+        }
+    }
+
+    /// The branches a commit or abort names (an empty body names none), or nil after answering
+    /// 400. A named branch that serves batches is noted as a registration's would be.
+    private func namedBranches(_ request: HTTPRequest, _ responder: ResponseSink) -> [ParticipantRef]? {
+        switch JSONBody.decode(NamedBranches.self, from: request.body, emptyAs: NamedBranches(branches: [])) {
+        case .failure(let e):
+            responder.send(.requestError(e))
+            return nil
+        case .success(let n):
+            for b in n.branches where b.batch == true && batchCapable.count < Limits.batchCapablePeersMax { batchCapable.insert(b.url) }
+            return n.branches.map { ParticipantRef(name: $0.participant, url: $0.url, incarnation: $0.incarnation) }
         }
     }
 

@@ -50,8 +50,10 @@ public struct Coordinator {
         /// one's outcome instead of running the work again.
         case submit(RequestID, timeoutMs: Int64?, protocol: CommitProtocol, branches: [SubmittedBranch], requestID: String? = nil)
         case register(RequestID, txid: String, participant: ParticipantRef)
-        case commit(RequestID, txid: String)
-        case abort(RequestID, txid: String)
+        /// `named`: branches the client names itself (work sent with `"register": false`);
+        /// they join as a registration would, before the commit or abort starts.
+        case commit(RequestID, txid: String, named: [ParticipantRef] = [])
+        case abort(RequestID, txid: String, named: [ParticipantRef] = [])
         /// A participant answered a prepare.
         case voted(TxID, participant: String, vote: Vote)
         /// A prepare could not be delivered or answered (transport error or timeout).
@@ -601,10 +603,10 @@ public struct Coordinator {
             return stateAnswered(txid, name, state, nowMs: nowMs)
         case .register(let request, let text, let participant):
             return register(request, text, participant, nowMs: nowMs)
-        case .commit(let request, let text):
-            return commitRequested(request, text, nowMs: nowMs)
-        case .abort(let request, let text):
-            return abortRequested(request, text, nowMs: nowMs)
+        case .commit(let request, let text, let named):
+            return commitRequested(request, text, named: named, nowMs: nowMs)
+        case .abort(let request, let text, let named):
+            return abortRequested(request, text, named: named, nowMs: nowMs)
         case .voted(let txid, let name, let vote):
             return voted(txid, name, vote, nowMs: nowMs)
         case .prepareFailed(let txid, let name, let error):
@@ -793,7 +795,6 @@ public struct Coordinator {
     }
 
     private mutating func register(_ request: RequestID, _ text: String, _ participant: ParticipantRef, nowMs: Int64) -> [Action] {
-        if let e = invalidParticipant(participant) { return [.reply(request, .error(e))] }
         let txid: TxID
         switch lookup(text) {
         case .failure(let e): return [.reply(request, .error(e))]
@@ -803,29 +804,56 @@ public struct Coordinator {
             let state = finished[txid]?.state.rawValue ?? "finished"
             return [.reply(request, .error(RequestError(409, "transaction \(txid) is \(state); it cannot take new branches")))]
         }
-        if let i = tx.branchIndex(participant.name) {
-            // A duplicate registration is harmless; a second URL for the same name is not.
-            guard tx.branches[i].participant == participant else {
-                return [.reply(request, .error(RequestError(409, "participant \(participant.name) already joined as \(tx.branches[i].participant.url) (incarnation \(tx.branches[i].participant.incarnation ?? "none"))")))]
-            }
-            guard tx.state == .active || tx.state == .preparing else {
-                return [.reply(request, .error(RequestError(409, "transaction \(txid) is \(tx.state.rawValue)")))]
-            }
-            return [.reply(request, .registered(txid, timeoutMs: tx.timeoutMs))]
-        }
-        guard tx.state == .active else {
-            return [.reply(request, .error(RequestError(409, "transaction \(txid) is \(tx.state.rawValue); it cannot take new branches")))]
-        }
-        guard tx.branches.count < config.branchesPerTransactionMax else {
-            return [.reply(request, .error(RequestError(429, "transaction \(txid) has the maximum of \(config.branchesPerTransactionMax) branches")))]
-        }
-        tx.branches.append(Branch(participant: participant, state: .registered))
-        tx.events.append(TimelineEvent(atMs: nowMs, event: "joined", participant: participant.name, detail: participant.url))
+        if let e = join(&tx, participant, nowMs: nowMs, detail: participant.url) { return [.reply(request, .error(e))] }
         open[txid] = tx
         return [.reply(request, .registered(txid, timeoutMs: tx.timeoutMs))]
     }
 
-    private mutating func commitRequested(_ request: RequestID, _ text: String, nowMs: Int64) -> [Action] {
+    /// Adds `participant` to `tx` as a registered branch, or finds it there already (a repeated
+    /// registration or naming is harmless; a second URL or incarnation for the same name is
+    /// not). Branches join only while the transaction is active; an existing one may be named
+    /// again while it prepares (a retried registration or commit).
+    private func join(_ tx: inout Transaction, _ participant: ParticipantRef, nowMs: Int64, detail: String) -> RequestError? {
+        if let e = invalidParticipant(participant) { return e }
+        if let i = tx.branchIndex(participant.name) {
+            guard tx.branches[i].participant == participant else {
+                return RequestError(409, "participant \(participant.name) already joined as \(tx.branches[i].participant.url) (incarnation \(tx.branches[i].participant.incarnation ?? "none"))")
+            }
+            guard tx.state == .active || tx.state == .preparing else {
+                return RequestError(409, "transaction \(tx.txid) is \(tx.state.rawValue)")
+            }
+            return nil
+        }
+        guard tx.state == .active else {
+            return RequestError(409, "transaction \(tx.txid) is \(tx.state.rawValue); it cannot take new branches")
+        }
+        guard tx.branches.count < config.branchesPerTransactionMax else {
+            return RequestError(429, "transaction \(tx.txid) has the maximum of \(config.branchesPerTransactionMax) branches")
+        }
+        tx.branches.append(Branch(participant: participant, state: .registered))
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "joined", participant: participant.name, detail: detail))
+        return nil
+    }
+
+    /// Joins the branches a client named with its commit or abort; on a refusal nothing is
+    /// joined and the transaction is as it was. Past `active` (a retried commit) it only checks
+    /// that every named branch is in: one that is not would be left out of the outcome.
+    private func joinNamed(_ tx: inout Transaction, _ named: [ParticipantRef], nowMs: Int64) -> RequestError? {
+        guard tx.state == .active else {
+            for p in named where tx.branchIndex(p.name).map({ tx.branches[$0].participant != p }) ?? true {
+                return RequestError(409, "transaction \(tx.txid) is \(tx.state.rawValue) without the named branch \(p.name) at \(p.url)")
+            }
+            return nil
+        }
+        var joined = tx
+        for participant in named {
+            if let e = join(&joined, participant, nowMs: nowMs, detail: "\(participant.url), named by the client") { return e }
+        }
+        tx = joined
+        return nil
+    }
+
+    private mutating func commitRequested(_ request: RequestID, _ text: String, named: [ParticipantRef], nowMs: Int64) -> [Action] {
         let txid: TxID
         switch lookup(text) {
         case .failure(let e): return [.reply(request, .error(e))]
@@ -839,6 +867,9 @@ public struct Coordinator {
             // An operator's forced abort is being recorded; starting a (one-phase) commit now
             // could contradict it.
             return [.reply(request, .error(RequestError(409, "an operator is forcing \(txid) to abort")))]
+        }
+        if !named.isEmpty {
+            if let e = joinNamed(&tx, named, nowMs: nowMs) { return [.reply(request, .error(e))] }
         }
         switch tx.state {
         case .committing:
@@ -887,18 +918,24 @@ public struct Coordinator {
         return actions
     }
 
-    private mutating func abortRequested(_ request: RequestID, _ text: String, nowMs: Int64) -> [Action] {
+    private mutating func abortRequested(_ request: RequestID, _ text: String, named: [ParticipantRef], nowMs: Int64) -> [Action] {
         let txid: TxID
         switch lookup(text) {
         case .failure(let e): return [.reply(request, .error(e))]
         case .success(let t): txid = t
         }
-        guard let tx = open[txid] else {
+        guard var tx = open[txid] else {
             let done = finished[txid]!
             if done.outcome == .committed {
                 return [.reply(request, .error(RequestError(409, "transaction \(txid) already committed")))]
             }
             return [.reply(request, .outcome(txid, .aborted, reason: done.reason))]
+        }
+        if tx.state == .active, !named.isEmpty {
+            // Join the named branches so that they hear the abort now rather than hold their
+            // locks until they expire.
+            if let e = joinNamed(&tx, named, nowMs: nowMs) { return [.reply(request, .error(e))] }
+            open[txid] = tx
         }
         switch tx.state {
         case .active:

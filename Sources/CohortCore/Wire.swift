@@ -59,6 +59,13 @@ public struct RegisterRequest: Codable, Sendable {
     }
 }
 
+/// The optional body of `POST /v1/transactions/{txid}/commit` and `/abort`: branches the client
+/// names itself (its work went with `"register": false`), each as the agent's work answer gave it.
+public struct NamedBranches: Codable, Sendable {
+    public let branches: [RegisterRequest]
+    public init(branches: [RegisterRequest]) { self.branches = branches }
+}
+
 public struct RegisterResponse: Codable, Sendable {
     public let txid: String
     public let timeoutMs: Int64
@@ -554,6 +561,15 @@ extension RegisterRequest: WireDecodable, WireEncodable {
     public func writeWire(_ w: inout JSONWriter) {
         w.beginObject(); w.field("participant", participant); w.field("url", url); w.field("incarnation", incarnation); w.field("batch", batch)
         w.endObject()
+    }
+}
+
+extension NamedBranches: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws { self.init(branches: try o.optObjects("branches", RegisterRequest.init(wire:)) ?? []) }
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject(); w.key("branches"); w.beginArray()
+        for b in branches { b.writeWire(&w) }
+        w.endArray(); w.endObject()
     }
 }
 

@@ -248,10 +248,18 @@ extension KVOp {
 public struct WorkRequest: Decodable, Equatable {
     public let txid: String
     public let ops: [KVOp]
+    /// `"register": false`: the client names this branch when it commits (or aborts), so the
+    /// agent joins without registering with the coordinator first. Absent means true.
+    public let register: Bool
+    /// `timeout_ms`: the transaction's timeout, which an unregistered branch cannot learn from
+    /// the coordinator; it expires the branch (1-`Limits.transactionTimeoutMsMax`).
+    public let timeoutMs: Int64?
 
-    public init(txid: String, ops: [KVOp]) {
+    public init(txid: String, ops: [KVOp], register: Bool = true, timeoutMs: Int64? = nil) {
         self.txid = txid
         self.ops = ops
+        self.register = register
+        self.timeoutMs = timeoutMs
     }
 
     public init(from decoder: Decoder) throws {
@@ -267,6 +275,16 @@ public struct WorkRequest: Decodable, Equatable {
         guard c.contains(AnyKey("ops")) else { throw KVRequestError(field: "ops", reason: "is required") }
         self.txid = txid
         self.ops = try OpList.decodeOps(try c.superDecoder(forKey: AnyKey("ops")))
+        self.register = try decodeField(c, "register", Bool.self, path: "", expected: "true or false") ?? true
+        let timeoutMs: Int64? = try decodeField(c, "timeout_ms", Int64.self, path: "", expected: "an integer")
+        try Self.checkTimeout(timeoutMs)
+        self.timeoutMs = timeoutMs
+    }
+
+    private static func checkTimeout(_ timeoutMs: Int64?) throws {
+        if let t = timeoutMs, t < 1 || t > Limits.transactionTimeoutMsMax {
+            throw KVRequestError(field: "timeout_ms", reason: "must be 1-\(Limits.transactionTimeoutMsMax)")
+        }
     }
 
     /// Decodes and validates a work body; every error is a `KVRequestError` naming the field.
@@ -292,7 +310,20 @@ public struct WorkRequest: Decodable, Equatable {
         let ops = try KVOp.decodeOps(fromNode: opsNode)
         var requestID: String?
         if case .string(let r)? = o["request_id"] { requestID = r }
-        return (WorkRequest(txid: txid, ops: ops), requestID)
+        var register = true
+        switch o["register"] {
+        case nil, .null?: break
+        case .bool(let b)?: register = b
+        default: throw KVRequestError(field: "register", reason: "must be true or false")
+        }
+        var timeoutMs: Int64?
+        switch o["timeout_ms"] {
+        case nil, .null?: break
+        case .int(let t)?: timeoutMs = t
+        default: throw KVRequestError(field: "timeout_ms", reason: "must be an integer")
+        }
+        try checkTimeout(timeoutMs)
+        return (WorkRequest(txid: txid, ops: ops, register: register, timeoutMs: timeoutMs), requestID)
     }
 }
 

@@ -4,7 +4,7 @@ import Foundation
 
 let usage = """
 usage: txbench [--clients N] [--rate N] [--duration D | --transfers N] [--warmup D] [--accounts N] [--protocol 2pc|3pc]
-               [--termination classic|quorum] [--submit] [--json | --row] [--progress]
+               [--termination classic|quorum] [--submit | --named-branches] [--json | --row] [--progress]
                [--coordinator URL --agents URL,URL,... [--no-setup]] [--bin-dir DIR] [--keep]
        txbench --orders --mode 2pc|3pc|tcc|outbox [--clients N] [--duration D] [--warmup D] [--skus N]
                [--json | --row] [--progress]
@@ -27,6 +27,9 @@ unless --coordinator and --agents name running ones (their acct-* keys are overw
   --submit            each transfer is one POST /v1/transactions/submit (the coordinator carries
                       the ops to the agents with the prepares) instead of begin, work at each
                       agent and commit: 5 HTTP exchanges a transfer instead of 10
+  --named-branches    interactive flow where the client names both branches in its commit
+                      (work with "register": false) instead of each agent registering its
+                      branch with the coordinator: 8 HTTP exchanges a transfer instead of 10
   --json              print the results as one JSON object
   --row               print the results as one table row (benchmarks/run-2pc); --row-header
                       prints the header line and exits
@@ -66,6 +69,7 @@ var accounts = 1000
 var commitProtocol = "2pc"
 var termination: String?
 var submit = false
+var namedBranches = false
 var json = false
 var row = false
 let rowHeader = "clients  committed/s  aborted/s    p50_ms    p95_ms    p99_ms    max_ms  syncs/commit  msgs/commit  max_syncs/commit/proc  conservation"
@@ -75,7 +79,7 @@ var binDir: String?
 do {
     let args = try Arguments(Array(CommandLine.arguments.dropFirst()),
                              valued: ["clients", "duration", "warmup", "accounts", "coordinator", "agents", "bin-dir", "protocol", "termination", "transfers", "rate"],
-                             booleans: ["help", "json", "keep", "row", "row-header", "no-setup", "progress", "submit"])
+                             booleans: ["help", "json", "keep", "row", "row-header", "no-setup", "progress", "submit", "named-branches"])
     if args.has("help") {
         print(usage)
         exit(0)
@@ -103,6 +107,8 @@ do {
         guard commitProtocol == "3pc", t == "classic" || t == "quorum" else { throw UsageError("--termination must be classic or quorum, with --protocol 3pc") }
     }
     submit = args.has("submit")
+    namedBranches = args.has("named-branches")
+    guard !(submit && namedBranches) else { throw UsageError("--submit and --named-branches do not go together (a submitted transaction has no work calls)") }
     json = args.has("json")
     guard !(json && row) else { throw UsageError("--json and --row do not go together") }
     keep = args.has("keep")
@@ -158,6 +164,7 @@ config.maxAmount = 10
 config.commitProtocol = commitProtocol
 config.termination = termination
 config.submit = submit
+config.namedAtCommit = namedBranches
 let workload = TransferWorkload(config: config)
 if !noSetup {
     if !json && !row { note("setting up \(accounts) accounts on each of \(agentURLs.count) agents ...") }
@@ -212,7 +219,7 @@ if json {
         "duration_s": seconds,
         "accounts": accounts,
         "protocol": commitProtocol,
-        "flow": submit ? "submit" : "interactive",
+        "flow": submit ? "submit" : (namedBranches ? "interactive-named" : "interactive"),
         "committed": report.committed,
         "aborted": report.aborted,
         "unknown": report.unknown,

@@ -36,6 +36,22 @@ final class KVOpDecodingTests: XCTestCase {
         XCTAssertEqual(try KVOp.decodeOps(fromJSON: Array(try JSONEncoder().encode(ops))), ops)
     }
 
+    func testRegisterAndTimeoutFields() throws {
+        let plain = try decode(#"{"txid":"t","ops":[]}"#)
+        XCTAssertTrue(plain.register, "absent means the agent registers")
+        XCTAssertNil(plain.timeoutMs)
+        let named = try decode(#"{"txid":"t","ops":[],"register":false,"timeout_ms":2500}"#)
+        XCTAssertFalse(named.register)
+        XCTAssertEqual(named.timeoutMs, 2500)
+        // The Codable path (kept for other callers) reads them the same way.
+        let viaCodable = try JSONDecoder().decode(WorkRequest.self, from: Data(#"{"txid":"t","ops":[],"register":false,"timeout_ms":2500}"#.utf8))
+        XCTAssertEqual(viaCodable, named)
+        assertError(#"{"txid":"t","ops":[],"register":"no"}"#, field: "register", contains: "true or false")
+        assertError(#"{"txid":"t","ops":[],"timeout_ms":"5s"}"#, field: "timeout_ms", contains: "integer")
+        assertError(#"{"txid":"t","ops":[],"timeout_ms":0}"#, field: "timeout_ms", contains: "1-")
+        assertError(#"{"txid":"t","ops":[],"timeout_ms":600001}"#, field: "timeout_ms", contains: "1-")
+    }
+
     func testUnknownOp() { assertError(#"{"txid":"t","ops":[{"op":"del","key":"a"}]}"#, field: "ops[0].op", contains: "unknown op") }
     func testMissingOp() { assertError(#"{"txid":"t","ops":[{"key":"a"}]}"#, field: "ops[0].op", contains: "required") }
     func testMissingKey() { assertError(#"{"txid":"t","ops":[{"op":"get"}]}"#, field: "ops[0].key", contains: "required") }
