@@ -156,13 +156,26 @@ final class SimClient {
         func op(_ key: String, _ delta: Int64) -> String {
             "{\"op\":\"add\",\"key\":\"\(key)\",\"delta\":\(delta)\(delta < 0 ? ",\"min\":0" : "")}"
         }
-        let workA = "{\"txid\":\"\(txid)\",\"request_id\":\"a\",\"ops\":[\(op(firstKey, d.firstDelta)),{\"op\":\"set\",\"key\":\"\(marker)\",\"value\":1}]}"
-        let workB = "{\"txid\":\"\(txid)\",\"request_id\":\"b\",\"ops\":[\(op(secondKey, d.secondDelta)),{\"op\":\"set\",\"key\":\"\(marker)\",\"value\":1}]}"
-        call("POST", "http://\(first):1/v1/work", Array(workA.utf8)) { [unowned self] status, _ in
-            guard status == 200 else { return self.abort(txid, i, why: "work-a \(status)") }
-            self.call("POST", "http://\(second):1/v1/work", Array(workB.utf8)) { status, _ in
-                guard status == 200 else { return self.abort(txid, i, why: "work-b \(status)") }
-                self.call("POST", "http://coordinator:1/v1/transactions/\(txid)/commit", []) { status, body in
+        // Some clients name the branches at commit instead of the agents registering them.
+        let namePercent = simulation.config.faults.namedPercent
+        let naming = namePercent > 0 && simulation.random(100) < Int64(namePercent)
+        let unregistered = naming ? ",\"register\":false,\"timeout_ms\":\(simulation.config.transactionTimeoutMs)" : ""
+        let workA = "{\"txid\":\"\(txid)\",\"request_id\":\"a\"\(unregistered),\"ops\":[\(op(firstKey, d.firstDelta)),{\"op\":\"set\",\"key\":\"\(marker)\",\"value\":1}]}"
+        let workB = "{\"txid\":\"\(txid)\",\"request_id\":\"b\"\(unregistered),\"ops\":[\(op(secondKey, d.secondDelta)),{\"op\":\"set\",\"key\":\"\(marker)\",\"value\":1}]}"
+        var named: [RegisterRequest] = []
+        func note(_ body: [UInt8]) {
+            guard naming, let o = try? WireObject(bytes: body), let node = o["branch"],
+                  let branch = try? RegisterRequest(wire: WireObject(node)) else { return }
+            named.append(branch)
+        }
+        call("POST", "http://\(first):1/v1/work", Array(workA.utf8)) { [unowned self] status, body in
+            guard status == 200 else { return self.abort(txid, i, why: "work-a \(status)", naming: named) }
+            note(body)
+            self.call("POST", "http://\(second):1/v1/work", Array(workB.utf8)) { status, body in
+                guard status == 200 else { return self.abort(txid, i, why: "work-b \(status)", naming: named) }
+                note(body)
+                let commitBody = named.isEmpty ? [] : NamedBranches(branches: named).wireJSON
+                self.call("POST", "http://coordinator:1/v1/transactions/\(txid)/commit", commitBody) { status, body in
                     if status == 200, let answer = try? JSONDecoder().decode(OutcomeResponse.self, from: Data(body)),
                        let outcome = Outcome(rawValue: answer.outcome) {
                         self.transfers[i].reported = outcome
@@ -208,10 +221,11 @@ final class SimClient {
 
     /// Work failed: give up on this transfer. Nothing was committed, so it is reported aborted
     /// (the coordinator aborts it on request or at its timeout).
-    private func abort(_ txid: String, _ i: Int, why: String) {
+    private func abort(_ txid: String, _ i: Int, why: String, naming named: [RegisterRequest] = []) {
         transfers[i].reported = .aborted
         aborted += 1
         abortReasons[why, default: 0] += 1
-        call("POST", "http://coordinator:1/v1/transactions/\(txid)/abort", []) { [unowned self] _, _ in self.next() }
+        let body = named.isEmpty ? [] : NamedBranches(branches: named).wireJSON
+        call("POST", "http://coordinator:1/v1/transactions/\(txid)/abort", body) { [unowned self] _, _ in self.next() }
     }
 }

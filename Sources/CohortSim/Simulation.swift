@@ -33,6 +33,9 @@ public final class Simulation {
         public var commitProtocol: CommitProtocol = .twoPhase
         /// Share of transfers sent as one `POST /v1/transactions/submit` (ops with the prepares).
         public var submitPercent = 0
+        /// Share of the other transfers whose client names both branches at commit (work with
+        /// `"register": false`) instead of the agents registering them.
+        public var namedPercent = 0
         /// Set for a TCC run (`--protocol tcc`): its own faults; the clients run TCC orders
         /// against inventory services instead of 2PC/3PC transfers against agents.
         public var tcc: TCCFaults?
@@ -45,7 +48,7 @@ public final class Simulation {
             }
             return "\(protocolName) loss \(lossPercent)% dup \(duplicatePercent)% delay≤\(delayUsMax)µs crashes " +
                 (crashEveryUs == 0 ? "off" : "every~\(crashEveryUs / 1000)ms\(tornCrashes ? " torn" : "")") +
-                " fsync-fail \(fsyncFailurePercent)% partitions \(partitions ? "on" : "off") submit \(submitPercent)%"
+                " fsync-fail \(fsyncFailurePercent)% partitions \(partitions ? "on" : "off") submit \(submitPercent)% named \(namedPercent)%"
         }
 
         public var protocolName: String {
@@ -77,6 +80,7 @@ public final class Simulation {
                 f.partitions = false
             }
             f.submitPercent = [0, 50, 100][Int(rng.next() % 3)]
+            f.namedPercent = [0, 50, 100][Int(rng.next() % 3)]
             return f
         }
 
