@@ -26,11 +26,14 @@ public final class PendingRequests {
 /// Timers a state machine asked for, keyed by the state machine's own timer value, so setting
 /// a timer again replaces it and cancelling is by name.
 public final class TimerTable<Key: Hashable> {
-    private let environment: NodeEnvironment
-    private var handles: [Key: NodeTimer] = [:]
+    // Inlinable, so that each node's table is specialized for its key type: unspecialized, the
+    // dictionary's generic hashing and lookups were 3-5% of a server's instructions.
+    @usableFromInline let environment: NodeEnvironment
+    @usableFromInline var handles: [Key: NodeTimer] = [:]
 
     public init(environment: NodeEnvironment) { self.environment = environment }
 
+    @inlinable
     public func set(_ key: Key, afterMs: Int64, fire: @escaping (Key) -> Void) {
         handles.removeValue(forKey: key)?.cancel()
         let timer = environment.schedule(afterMs: max(afterMs, 0)) { [weak self] in
@@ -40,6 +43,7 @@ public final class TimerTable<Key: Hashable> {
         handles[key] = timer
     }
 
+    @inlinable
     public func cancel(_ key: Key) {
         handles.removeValue(forKey: key)?.cancel()
     }
