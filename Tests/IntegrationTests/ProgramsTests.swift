@@ -73,6 +73,25 @@ final class ProgramsTests: XCTestCase {
         }
     }
 
+    /// `--named-branches`: the client names both branches at commit; no agent registers.
+    func testTxbenchNamedBranches() throws {
+        let txbench = try binDirectory().appendingPathComponent("txbench")
+        let r = try runToCompletion(txbench, ["--clients", "2", "--duration", "1s", "--warmup", "0s", "--accounts", "50", "--named-branches", "--json"],
+                                    timeoutMs: 120_000)
+        XCTAssertEqual(r.status, 0, "stderr: \(r.stderr)")
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
+        XCTAssertEqual(object["flow"] as? String, "interactive-named")
+        XCTAssertGreaterThan(object["committed"] as? Int ?? 0, 0)
+        XCTAssertEqual((object["conservation"] as? [String: Any])?["ok"] as? Bool, true)
+        if object["aborted"] as? Int == 0 {
+            // Prepare, vote, commit and ack per branch; the registrations (2 a transfer) are gone.
+            XCTAssertEqual(object["messages_per_commit"] as? Double ?? 0, 8, accuracy: 0.1, r.stdout)
+        }
+        let both = try runToCompletion(txbench, ["--submit", "--named-branches"])
+        XCTAssertEqual(both.status, 2)
+        XCTAssertTrue(both.stderr.contains("do not go together"), both.stderr)
+    }
+
     /// Human-readable output, the progress line on stderr (forced: stderr is a file here), and a
     /// fixed number of transfers.
     func testTxbenchTextOutputProgressAndTransferCount() throws {
