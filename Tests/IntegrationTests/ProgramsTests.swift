@@ -57,37 +57,35 @@ final class ProgramsTests: XCTestCase {
         XCTAssertFalse(r.stderr.contains("\r"), "no progress line when stderr is not a terminal: \(r.stderr)")
     }
 
+    /// A short 2-client `txbench --json` run with `flag`: its flow, transfers committed and
+    /// conserved; the JSON for further checks (nil after a recorded failure).
+    private func shortTxbenchRun(_ flag: String, flow: String, file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any]? {
+        let r = try runToCompletion(try binDirectory().appendingPathComponent("txbench"),
+                                    ["--clients", "2", "--duration", "1s", "--warmup", "0s", "--accounts", "50", flag, "--json"], timeoutMs: 120_000)
+        XCTAssertEqual(r.status, 0, "stderr: \(r.stderr)", file: file, line: line)
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout, file: file, line: line)
+        XCTAssertEqual(object["flow"] as? String, flow, file: file, line: line)
+        XCTAssertGreaterThan(object["committed"] as? Int ?? 0, 0, file: file, line: line)
+        XCTAssertEqual((object["conservation"] as? [String: Any])?["ok"] as? Bool, true, file: file, line: line)
+        return object["aborted"] as? Int == 0 ? object : nil
+    }
+
     /// `--submit`: each transfer one request; the ops ride with the prepares, nobody registers.
     func testTxbenchSubmit() throws {
-        let r = try runToCompletion(try binDirectory().appendingPathComponent("txbench"),
-                                    ["--clients", "2", "--duration", "1s", "--warmup", "0s", "--accounts", "50", "--submit", "--json"], timeoutMs: 120_000)
-        XCTAssertEqual(r.status, 0, "stderr: \(r.stderr)")
-        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
-        XCTAssertEqual(object["flow"] as? String, "submit")
-        XCTAssertGreaterThan(object["committed"] as? Int ?? 0, 0)
-        XCTAssertEqual((object["conservation"] as? [String: Any])?["ok"] as? Bool, true)
-        if object["aborted"] as? Int == 0 {
+        if let object = try shortTxbenchRun("--submit", flow: "submit") {
             // Prepare, vote, commit and ack per branch; no registrations.
-            XCTAssertEqual(object["messages_per_commit"] as? Double ?? 0, 8, accuracy: 0.1, r.stdout)
-            XCTAssertEqual(object["forced_records_per_commit"] as? Double ?? 0, 5, accuracy: 0.1, r.stdout)
+            XCTAssertEqual(object["messages_per_commit"] as? Double ?? 0, 8, accuracy: 0.1, "\(object)")
+            XCTAssertEqual(object["forced_records_per_commit"] as? Double ?? 0, 5, accuracy: 0.1, "\(object)")
         }
     }
 
     /// `--named-branches`: the client names both branches at commit; no agent registers.
     func testTxbenchNamedBranches() throws {
-        let txbench = try binDirectory().appendingPathComponent("txbench")
-        let r = try runToCompletion(txbench, ["--clients", "2", "--duration", "1s", "--warmup", "0s", "--accounts", "50", "--named-branches", "--json"],
-                                    timeoutMs: 120_000)
-        XCTAssertEqual(r.status, 0, "stderr: \(r.stderr)")
-        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
-        XCTAssertEqual(object["flow"] as? String, "interactive-named")
-        XCTAssertGreaterThan(object["committed"] as? Int ?? 0, 0)
-        XCTAssertEqual((object["conservation"] as? [String: Any])?["ok"] as? Bool, true)
-        if object["aborted"] as? Int == 0 {
+        if let object = try shortTxbenchRun("--named-branches", flow: "interactive-named") {
             // Prepare, vote, commit and ack per branch; the registrations (2 a transfer) are gone.
-            XCTAssertEqual(object["messages_per_commit"] as? Double ?? 0, 8, accuracy: 0.1, r.stdout)
+            XCTAssertEqual(object["messages_per_commit"] as? Double ?? 0, 8, accuracy: 0.1, "\(object)")
         }
-        let both = try runToCompletion(txbench, ["--submit", "--named-branches"])
+        let both = try runToCompletion(try binDirectory().appendingPathComponent("txbench"), ["--submit", "--named-branches"])
         XCTAssertEqual(both.status, 2)
         XCTAssertTrue(both.stderr.contains("do not go together"), both.stderr)
     }
