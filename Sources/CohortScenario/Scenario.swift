@@ -60,6 +60,8 @@ public struct Scenario: Sendable {
         /// Each transfer as one `POST /v1/transactions/submit` with a request_id, resent with the
         /// same request_id when the answer is lost.
         public var submit = false
+        /// Work with `"register": false` and both branches named in the commit (or abort).
+        public var namedBranches = false
         /// The outbox topology's producer (instead of transfers).
         public var outbox: OutboxWorkloadConfig?
         /// `{"orders": {...}}` (demo topology) instead of transfers.
@@ -380,7 +382,7 @@ struct Parser {
         if o["tcc"] != nil { throw fail("workload.tcc", "applies to topology protocol \"tcc\" only") }
         guard let tv = o["transfers"] else { throw fail("workload.transfers", "required field is missing") }
         let at = "workload.transfers"
-        let t = try object(tv, at, allowed: ["clients", "count", "duration", "accounts", "initial_balance", "max_amount", "timeout_ms", "submit"])
+        let t = try object(tv, at, allowed: ["clients", "count", "duration", "accounts", "initial_balance", "max_amount", "timeout_ms", "submit", "named_branches"])
         w.clients = try int(t, "clients", at, range: 1...64) ?? 4
         w.count = try int(t, "count", at, range: 1...1_000_000)
         w.durationMs = try duration(t, "duration", at)
@@ -390,6 +392,8 @@ struct Parser {
         w.maxAmount = Int64(try int(t, "max_amount", at, range: 1...1_000_000) ?? 10)
         w.timeoutMs = Int64(try int(t, "timeout_ms", at, range: 100...600_000) ?? 3000)
         w.submit = try bool(t, "submit", at) ?? false
+        w.namedBranches = try bool(t, "named_branches", at) ?? false
+        if w.submit && w.namedBranches { throw fail(join(at, "named_branches"), "a submitted transfer has no work calls to name branches from; drop \"submit\" or this") }
         return w
     }
 

@@ -1,4 +1,5 @@
 import CohortClient
+import CohortCore
 import Foundation
 
 /// The scenario's bank-transfer workload: every transfer is remembered (txid, accounts, amount,
@@ -113,12 +114,15 @@ final class ScenarioWorkload: @unchecked Sendable {
             }
             let d = drawTransfer()
             var t = Transfer(txid: txid, from: d.from, to: d.to, amount: d.amount, outcome: .unknown, reason: nil)
+            var named: [RegisterRequest] = []
             do {
-                _ = try api.agentWork(agentURLs[d.i], txid, [d.opAtI])
-                _ = try api.agentWork(agentURLs[d.j], txid, [d.opAtJ])
+                for (agent, op) in [(d.i, d.opAtI), (d.j, d.opAtJ)] {
+                    let answer = try api.agentWork(agentURLs[agent], txid, [op], namedAtCommit: config.namedBranches, timeoutMs: config.timeoutMs)
+                    if let b = answer.branch { named.append(b) }
+                }
             } catch {
                 // Never asked to commit, so it cannot commit; abort so the locks go now.
-                _ = try? api.abort(txid)
+                _ = try? api.abort(txid, naming: named)
                 t.outcome = .aborted
                 t.reason = "work failed: \(error)"
                 record(t)
@@ -126,7 +130,7 @@ final class ScenarioWorkload: @unchecked Sendable {
                 continue
             }
             do {
-                let answer = try api.commit(txid)
+                let answer = try api.commit(txid, naming: named)
                 t.outcome = answer.outcome == "committed" ? .committed : .aborted
                 t.reason = answer.reason
             } catch {

@@ -78,6 +78,14 @@ final class ValidationTests: XCTestCase {
         assertError(#"{"name": "x", "workload": {"transfers": {"duration": "1s", "clients": true}}}"#, "workload.transfers.clients: expected an integer")
     }
 
+    func testNamedBranchesIsABooleanAndNotWithSubmit() throws {
+        let named = try parse(#"{"name": "x", "workload": {"transfers": {"duration": "1s", "named_branches": true}}}"#)
+        XCTAssertTrue(named.workload.namedBranches)
+        assertError(#"{"name": "x", "workload": {"transfers": {"duration": "1s", "named_branches": "yes"}}}"#, "workload.transfers.named_branches")
+        assertError(#"{"name": "x", "workload": {"transfers": {"duration": "1s", "named_branches": true, "submit": true}}}"#,
+                    "workload.transfers.named_branches: a submitted transfer has no work calls")
+    }
+
     func testNotJSON() {
         assertError("{\"name\": ", "not valid JSON")
     }
