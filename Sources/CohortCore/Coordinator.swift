@@ -853,6 +853,14 @@ public struct Coordinator {
         return nil
     }
 
+    /// Named branches that a transaction aborted before it heard of them (its timeout, say) are
+    /// told at once, so that they free their locks now instead of when they expire. Safe: the
+    /// abort is decided, and a branch that never heard of the transaction ignores it.
+    private func abortNamed(_ txid: TxID, _ done: Transaction, _ named: [ParticipantRef]) -> [Action] {
+        guard done.outcome == .aborted else { return [] }
+        return named.filter { p in invalidParticipant(p) == nil && done.branchIndex(p.name) == nil }.map { .send(txid, to: $0, .abort) }
+    }
+
     private mutating func commitRequested(_ request: RequestID, _ text: String, named: [ParticipantRef], nowMs: Int64) -> [Action] {
         let txid: TxID
         switch lookup(text) {
@@ -861,7 +869,7 @@ public struct Coordinator {
         }
         guard var tx = open[txid] else {
             let done = finished[txid]!
-            return [.reply(request, .outcome(txid, done.outcome ?? .aborted, reason: done.reason))]
+            return [.reply(request, .outcome(txid, done.outcome ?? .aborted, reason: done.reason))] + abortNamed(txid, done, named)
         }
         if tx.state == .active, pendingForces[txid] != nil {
             // An operator's forced abort is being recorded; starting a (one-phase) commit now
@@ -929,7 +937,7 @@ public struct Coordinator {
             if done.outcome == .committed {
                 return [.reply(request, .error(RequestError(409, "transaction \(txid) already committed")))]
             }
-            return [.reply(request, .outcome(txid, .aborted, reason: done.reason))]
+            return [.reply(request, .outcome(txid, .aborted, reason: done.reason))] + abortNamed(txid, done, named)
         }
         if tx.state == .active, !named.isEmpty {
             // Join the named branches so that they hear the abort now rather than hold their

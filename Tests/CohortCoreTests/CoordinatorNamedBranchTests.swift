@@ -83,6 +83,19 @@ final class CoordinatorNamedBranchTests: XCTestCase {
         XCTAssertTrue(durable.contains(.reply(3, .outcome(t, .committed, reason: nil))))
     }
 
+    func testACommitAfterTheTimeoutAbortTellsTheNamedBranches() {
+        var c = makeCoordinator()
+        let t = begin(&c)
+        _ = c.on(.register(5, txid: t.description, participant: b), nowMs: 1)
+        let timeout = c.on(.timerFired(.transactionTimeout(t)), nowMs: 5000)
+        XCTAssertEqual(sends(timeout, "abort").map(\.name), ["b"], "only the branch it knew")
+        let late = c.on(.commit(2, txid: t.description, named: [a, b]), nowMs: 5001)
+        XCTAssertTrue(late.contains { if case .reply(2, .outcome(t, .aborted, _)) = $0 { return true } else { return false } })
+        XCTAssertEqual(sends(late, "abort").map(\.name), ["a"], "a hears it now instead of expiring; b already did")
+        XCTAssertEqual(sends(c.on(.abort(3, txid: t.description, named: [a]), nowMs: 5002), "abort").map(\.name), ["a"])
+        XCTAssertEqual(sends(c.on(.commit(4, txid: t.description, named: [ParticipantRef(name: "", url: "x")]), nowMs: 5003), "abort"), [], "a bad name is not sent to")
+    }
+
     func testAbortTellsTheNamedBranches() {
         var c = makeCoordinator()
         let t = begin(&c)

@@ -71,6 +71,20 @@ final class NamedBranchTests: XCTestCase {
         XCTAssertEqual(try api.kv(a, "k"), .int(3))
     }
 
+    func testACommitAfterTheCoordinatorsTimeoutFreesTheNamedBranchesAtOnce() throws {
+        let cluster = try startCluster(agents: 2)
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        let a = cluster.url("a")
+        // The coordinator gives up after 500 ms; the branch itself would live a minute.
+        let txid = try api.begin(timeoutMs: 500)
+        let work = try api.agentWork(a, txid, [.set("k", 1)], namedAtCommit: true, timeoutMs: 60_000)
+        XCTAssertTrue(try eventually { try api.transaction(txid)?.state == "aborted" })
+        XCTAssertEqual(try api.branches(a).map(\.txid), [txid], "the coordinator could not tell a branch it never heard of")
+        let answer = try api.commit(txid, naming: [work.branch!])
+        XCTAssertEqual(answer.outcome, "aborted")
+        XCTAssertTrue(try eventually(timeoutMs: 3_000) { try api.branches(a).isEmpty }, "the late commit's names got the abort")
+    }
+
     func testBadNamesAreRefusedAndChangeNothing() throws {
         let cluster = try startCluster(agents: 2)
         let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
