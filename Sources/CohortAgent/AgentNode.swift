@@ -504,7 +504,7 @@ public final class AgentNode {
             // Until then only the branch's own expiry (the transaction's timeout plus a margin)
             // ends it if the client never commits or aborts.
             feed(.joined(txid, coordinatorURL: coordinatorURL, timeoutMs: body.timeoutMs ?? Limits.transactionTimeoutMsDefault))
-            return stage(txid, body.ops, responder, naming: naming)
+            return stage(txid, body.ops, responder, naming: naming, abandonOnFailure: true)
         }
         let continueWork: (Result<Void, RequestError>) -> Void = { [unowned self] result in
             switch result {
@@ -568,7 +568,9 @@ public final class AgentNode {
         CrashPoints.hit("agent.after-register-send")
     }
 
-    private func stage(_ txid: String, _ ops: [KVOp], _ responder: ResponseSink, naming: RegisterRequest?) {
+    /// `abandonOnFailure`: this call made the (unregistered) branch, so if it fails nobody
+    /// holds the branch to name, and it ends at once instead of keeping its locks until expiry.
+    private func stage(_ txid: String, _ ops: [KVOp], _ responder: ResponseSink, naming: RegisterRequest?, abandonOnFailure: Bool = false) {
         stagingInFlight[txid, default: 0] += 1
         resource.stage(txid: txid, ops: ops) { [unowned self] result in
             if let n = self.stagingInFlight[txid], n > 1 { self.stagingInFlight[txid] = n - 1 } else { self.stagingInFlight.removeValue(forKey: txid) }
@@ -578,6 +580,7 @@ public final class AgentNode {
                                                                             branch: naming))))
             case .failure(let error):
                 responder.send(.error(Self.status(for: error), "\(error)"))
+                if abandonOnFailure { self.feed(.abandoned(txid)) }
             }
         }
     }

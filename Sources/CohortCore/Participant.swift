@@ -24,8 +24,13 @@ public struct Participant {
     }
 
     public enum Event {
-        /// The coordinator accepted this participant as a branch of `txid`.
+        /// The coordinator accepted this participant as a branch of `txid` (or, for work sent
+        /// with `"register": false`, the branch joined on its own).
         case joined(String, coordinatorURL: String, timeoutMs: Int64)
+        /// An unregistered branch whose first work failed: its client never got the branch to
+        /// name, and the coordinator never heard of it, so nobody else can end it before it
+        /// expires. It ends now, as at its expiry, and frees whatever locks the work took.
+        case abandoned(String)
         /// The runtime asked the resource to vote; the prepare request and that vote arrive here.
         case prepare(RequestID, txid: String, onePhase: Bool, vote: ResourceVote, threePhase: ThreePhaseInfo? = nil)
         /// 3PC: move to pre-committed / pre-aborted (from the coordinator, or from a peer acting
@@ -476,7 +481,7 @@ public struct Participant {
             // A 3PC branch does not wait on its coordinator: its termination timer runs.
             if b.threePhase != nil && b.heuristic == nil { return [] }
             return [.setTimer(.inquire(txid), afterMs: inquiryDelay(b.inquiries))]
-        case .timerFired(.branchExpiry(let txid)):
+        case .timerFired(.branchExpiry(let txid)), .abandoned(let txid):
             guard let b = branches[txid], b.state == .active else { return [] }
             return finish(txid, .aborted) + [.release(txid)]
         case .force(let request, let txid, let outcome, let reason, let operatorName, let dryRun, let atMs):

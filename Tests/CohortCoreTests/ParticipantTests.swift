@@ -133,6 +133,18 @@ final class ParticipantTests: XCTestCase {
         XCTAssertEqual(p.state(of: "t1"), .aborted)
     }
 
+    func testAnAbandonedActiveBranchEndsAsAtExpiryAndAPreparedOneDoesNot() {
+        var p = joined()
+        let e = p.on(.abandoned("t1"))
+        XCTAssertTrue(e.contains(.release("t1")))
+        XCTAssertTrue(e.contains(.finished("t1", .aborted)))
+        XCTAssertNotNil(p.admitWork("t1"), "later work for it is refused")
+        var q = joined("t2")
+        _ = q.on(.prepare(1, txid: "t2", onePhase: false, vote: .yes(writeSet: ws)))
+        _ = q.on(.preparedDurable("t2"))
+        XCTAssertEqual(q.on(.abandoned("t2")), [], "a prepared branch is the coordinator's to decide")
+    }
+
     func testCommitOfUnvotedBranchIsRefused() {
         var p = joined()
         XCTAssertEqual(p.on(.commit(1, txid: "t1")).first, .reply(1, .error(RequestError(409, "branch t1 has not voted yes; commit refused"))))

@@ -85,6 +85,26 @@ final class NamedBranchTests: XCTestCase {
         XCTAssertTrue(try eventually(timeoutMs: 3_000) { try api.branches(a).isEmpty }, "the late commit's names got the abort")
     }
 
+    func testAnUnregisteredBranchWhoseFirstWorkFailsEndsAtOnce() throws {
+        let cluster = try startCluster(agents: 2)
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        let a = cluster.url("a")
+        let holder = try api.begin()
+        _ = try api.agentWork(a, holder, [.set("k2", 1)])
+        // k1 is granted, k2 is not (its holder keeps it past the 2 s lock wait): 409, and the
+        // client got no branch to name. The branch must not keep k1 for its minute of life.
+        let failed = try api.begin(timeoutMs: 60_000)
+        XCTAssertThrowsError(try api.agentWork(a, failed, [.set("k1", 1), .set("k2", 2)], namedAtCommit: true, timeoutMs: 60_000)) { error in
+            guard case CohortAPIError.http(409, _) = error else { return XCTFail("\(error)") }
+        }
+        XCTAssertFalse(try api.branches(a).contains { $0.txid == failed }, "the abandoned branch ended")
+        let next = try api.begin()
+        _ = try api.agentWork(a, next, [.set("k1", 3)])  // 409 after a 2 s wait if k1 were still held
+        XCTAssertEqual(try api.commit(next).outcome, "committed")
+        XCTAssertEqual(try api.commit(holder).outcome, "committed")
+        XCTAssertEqual(try api.kv(a, "k1"), .int(3))
+    }
+
     func testBadNamesAreRefusedAndChangeNothing() throws {
         let cluster = try startCluster(agents: 2)
         let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
