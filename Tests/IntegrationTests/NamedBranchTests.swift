@@ -6,6 +6,15 @@ import XCTest
 /// Work sent with `"register": false` and the branches named in the client's commit or abort,
 /// against real processes.
 final class NamedBranchTests: XCTestCase {
+    /// A registered transaction sets `key` at `agent` and commits: the key's lock was free.
+    private func assertSetCommits(_ api: CohortAPI, _ agent: String, _ key: String, _ value: Int64,
+                                  file: StaticString = #filePath, line: UInt = #line) throws {
+        let txid = try api.begin()
+        _ = try api.agentWork(agent, txid, [.set(key, value)])
+        XCTAssertEqual(try api.commit(txid).outcome, "committed", file: file, line: line)
+        XCTAssertEqual(try api.kv(agent, key), .int(value), file: file, line: line)
+    }
+
     func testNamedBranchesCommitWithoutAnyRegistration() throws {
         let cluster = try startCluster(agents: 2)
         let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
@@ -65,10 +74,7 @@ final class NamedBranchTests: XCTestCase {
         _ = try api.agentWork(a, forgotten, [.set("k", 2)], namedAtCommit: true, timeoutMs: 1_000)
         XCTAssertEqual(try api.transaction(forgotten)?.branches.count, 0)
         XCTAssertTrue(try eventually(timeoutMs: 10_000) { try api.branches(a).isEmpty }, "the unnamed branch never expired")
-        let next = try api.begin()
-        _ = try api.agentWork(a, next, [.set("k", 3)])
-        XCTAssertEqual(try api.commit(next).outcome, "committed")
-        XCTAssertEqual(try api.kv(a, "k"), .int(3))
+        try assertSetCommits(api, a, "k", 3)
     }
 
     func testACommitAfterTheCoordinatorsTimeoutFreesTheNamedBranchesAtOnce() throws {
@@ -98,11 +104,8 @@ final class NamedBranchTests: XCTestCase {
             guard case CohortAPIError.http(409, _) = error else { return XCTFail("\(error)") }
         }
         XCTAssertFalse(try api.branches(a).contains { $0.txid == failed }, "the abandoned branch ended")
-        let next = try api.begin()
-        _ = try api.agentWork(a, next, [.set("k1", 3)])  // 409 after a 2 s wait if k1 were still held
-        XCTAssertEqual(try api.commit(next).outcome, "committed")
+        try assertSetCommits(api, a, "k1", 3)  // 409 after a 2 s lock wait if k1 were still held
         XCTAssertEqual(try api.commit(holder).outcome, "committed")
-        XCTAssertEqual(try api.kv(a, "k1"), .int(3))
     }
 
     func testBadNamesAreRefusedAndChangeNothing() throws {
