@@ -501,13 +501,20 @@ public struct HTTPRequestParser {
     }
 
     static func makeRequest(_ head: ParsedHead, _ body: [UInt8]) throws -> HTTPRequest {
-        var target = head.part2
+        try request(method: head.part1, target: head.part2, headers: head.headers, body: body, keepAlive: keepAlive(head))
+    }
+
+    /// A request from its method and request target (origin form `/path?query`, absolute form,
+    /// or `*` for OPTIONS): the path percent-decoded, its segments, the query.
+    static func request(method: String, target originalTarget: String, headers: HTTPHeaders, body: [UInt8],
+                        keepAlive: Bool) throws -> HTTPRequest {
+        var target = originalTarget
         var utf8 = Array(target.utf8)
         var pathStart = 0
         if utf8.first != UInt8(ascii: "/") {
-            if head.part1 == "OPTIONS" && target == "*" {
-                return HTTPRequest(method: head.part1, target: target, path: "*", headers: head.headers, body: body,
-                                   keepAlive: keepAlive(head), pathComponents: [])
+            if method == "OPTIONS" && target == "*" {
+                return HTTPRequest(method: method, target: target, path: "*", headers: headers, body: body,
+                                   keepAlive: keepAlive, pathComponents: [])
             }
             // Absolute form ("http://host/path"): use the path part.
             let scheme: [UInt8] = Array("http://".utf8)
@@ -553,8 +560,8 @@ public struct HTTPRequestParser {
                 query[k] = v
             }
         }
-        return HTTPRequest(method: head.part1, target: target, path: path, query: query, headers: head.headers,
-                           body: body, keepAlive: keepAlive(head), pathComponents: components)
+        return HTTPRequest(method: method, target: target, path: path, query: query, headers: headers,
+                           body: body, keepAlive: keepAlive, pathComponents: components)
     }
 
     static func keepAlive(_ head: ParsedHead) -> Bool {

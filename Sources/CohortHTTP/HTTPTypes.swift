@@ -89,7 +89,32 @@ public struct HTTPRequest {
         self.headers = headers
         self.body = body
         self.keepAlive = keepAlive
-        self.pathComponents = pathComponents ?? path.split(separator: "/").map(String.init)
+        self.pathComponents = pathComponents ?? HTTPRequest.segments(of: path)
+    }
+
+    /// A request as a server would have read it with `target` on its request line (see
+    /// `HTTPRequestParser`): for messages that arrive inside another body, e.g. a batch.
+    /// Throws `HTTPParseError` for a malformed target.
+    public static func parsingTarget(method: String, target: String, headers: HTTPHeaders, body: [UInt8]) throws -> HTTPRequest {
+        try HTTPRequestParser.request(method: method, target: target, headers: headers, body: body, keepAlive: true)
+    }
+
+    /// The non-empty segments between slashes, over the UTF-8 bytes: the generic
+    /// `split(separator:)` walks Characters and cost a batch item 8,000 instructions.
+    static func segments(of path: String) -> [String] {
+        var segments: [String] = []
+        let utf8 = path.utf8
+        var start = utf8.startIndex
+        var i = start
+        while i != utf8.endIndex {
+            if utf8[i] == UInt8(ascii: "/") {
+                if i != start { segments.append(String(path[start..<i])) }
+                start = utf8.index(after: i)
+            }
+            i = utf8.index(after: i)
+        }
+        if i != start { segments.append(String(path[start..<i])) }
+        return segments
     }
 
     public func decode<T: Decodable>(_ type: T.Type) throws -> T {

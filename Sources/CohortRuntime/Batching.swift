@@ -161,8 +161,17 @@ public func serveBatch(_ request: HTTPRequest, _ responder: ResponseSink, allowe
             self.responder = responder
         }
     }
+    var requests: [HTTPRequest] = []
+    requests.reserveCapacity(batch.messages.count)
+    for item in batch.messages {
+        do {
+            requests.append(try HTTPRequest.parsingTarget(method: "POST", target: item.path, headers: request.headers, body: Array(item.body.utf8)))
+        } catch {
+            return responder.send(.error(400, "a batch message has a malformed path: \(item.path.prefix(80))"))
+        }
+    }
     let collector = Collector(count: batch.messages.count, responder: responder)
-    for (i, item) in batch.messages.enumerated() {
+    for (i, item) in requests.enumerated() {
         let sink = ClosureSink { response in
             guard collector.answers[i] == nil else { return }
             collector.answers[i] = BatchAnswer(status: response.status, body: String(decoding: response.body, as: UTF8.self))
@@ -171,8 +180,7 @@ public func serveBatch(_ request: HTTPRequest, _ responder: ResponseSink, allowe
                 collector.responder.send(.jsonBytes(200, JSONBody.encode(BatchResponse(answers: collector.answers.map { $0! }))))
             }
         }
-        let path = item.path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? item.path
-        handle(HTTPRequest(method: "POST", target: item.path, path: path, headers: request.headers, body: Array(item.body.utf8)), sink)
+        handle(item, sink)
     }
 }
 

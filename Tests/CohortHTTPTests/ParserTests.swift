@@ -50,6 +50,26 @@ final class RequestParserTests: XCTestCase {
         XCTAssertFalse(p.hasPartialRequest)
     }
 
+    /// A batch builds each message's request from its path with the parser's own rules.
+    func testParsingTargetReadsTheTargetAsTheParserDoes() throws {
+        let target = "/v1/keys/a%2Fb//c%20d?x=1&y=hello+world"
+        let parsed = try parseAll(Array("POST \(target) HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".utf8))[0]
+        let built = try HTTPRequest.parsingTarget(method: "POST", target: target, headers: HTTPHeaders(), body: Array("{}".utf8))
+        XCTAssertEqual(built.path, parsed.path)
+        XCTAssertEqual(built.pathComponents, ["v1", "keys", "a/b", "c d"])
+        XCTAssertEqual(built.pathComponents, parsed.pathComponents)
+        XCTAssertEqual(built.query, parsed.query)
+        XCTAssertEqual(built.body, Array("{}".utf8))
+        XCTAssertThrowsError(try HTTPRequest.parsingTarget(method: "POST", target: "/v1/%zz", headers: HTTPHeaders(), body: []))
+        XCTAssertThrowsError(try HTTPRequest.parsingTarget(method: "POST", target: "v1/2pc/commit", headers: HTTPHeaders(), body: []))
+    }
+
+    func testPathSegmentsSkipEmptyOnesAndKeepNonASCII() {
+        XCTAssertEqual(HTTPRequest(method: "GET", target: "/", path: "/v1//tx/é/").pathComponents, ["v1", "tx", "é"])
+        XCTAssertEqual(HTTPRequest(method: "GET", target: "/", path: "/").pathComponents, [])
+        XCTAssertEqual(HTTPRequest(method: "GET", target: "/", path: "a/b").pathComponents, ["a", "b"])
+    }
+
     func testKeepAliveRules() throws {
         XCTAssertFalse(try parseAll(Array("GET / HTTP/1.0\r\n\r\n".utf8))[0].keepAlive)
         XCTAssertTrue(try parseAll(Array("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n".utf8))[0].keepAlive)

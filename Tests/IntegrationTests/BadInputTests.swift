@@ -53,6 +53,8 @@ final class BadInputTests: XCTestCase {
             assertError(api, "POST", a + "/v1/2pc/commit", body: Array(#"{"txid": "\ud800"}"#.utf8), status: 400)
             assertError(api, "POST", a + "/v1/2pc/commit", body: Array(#"{"txid": "0000abcd-1-1",}"#.utf8), status: 400)
             assertError(api, "POST", a + "/v1/batch", body: Array(#"{"messages": [{"path": "/v1/2pc/commit"}]}"#.utf8), status: 400)
+            // A message path with a bad percent escape refuses the batch, before any message runs.
+            assertError(api, "POST", a + "/v1/batch", body: Array(#"{"messages": [{"path": "/v1/2pc/commit%zz", "body": "{}"}]}"#.utf8), status: 400)
             assertError(api, "POST", a + "/v1/batch", body: Array(String(repeating: "[", count: 10_000).utf8), status: 400)
             assertError(api, "POST", c + "/v1/transactions/0000abcd-1-1/branches", body: Array(#"{"participant": "a"}"#.utf8), status: 400)
             assertError(api, "GET", a + "/v1/kv/missing-key", status: 404)
