@@ -180,12 +180,19 @@ extension KVOp {
         }
         var ops: [KVOp] = []
         ops.reserveCapacity(items.count)
-        for (i, item) in items.enumerated() { ops.append(try KVOp(wireNode: item, path: "ops[\(i)]")) }
+        for (i, item) in items.enumerated() { ops.append(try KVOp(wireNode: item, index: i)) }
         return ops
     }
 
-    /// One op from a parsed body, with the same checks and messages as `init(from:)`.
-    init(wireNode node: JSONNode, path: String) throws {
+    private static let fieldsOfAdd = ["op", "key", "delta", "min"]
+    private static let fieldsOfSet = ["op", "key", "value"]
+    private static let fieldsOfGet = ["op", "key"]
+
+    /// One op from a parsed body (`ops[index]`), with the same checks and messages as
+    /// `init(from:)`. The field path is built only for an error, and the allowed fields are
+    /// short arrays: a path string and a `Set` per op were most of a work call's decoding.
+    init(wireNode node: JSONNode, index: Int) throws {
+        var path: String { "ops[\(index)]" }
         guard case .object(let members) = node, let c = try? WireObject(node) else {
             throw KVRequestError(field: path, reason: "must be an object")
         }
@@ -205,17 +212,19 @@ extension KVOp {
             return n
         }
         guard let name = try string("op") else { throw KVRequestError(field: path + ".op", reason: "is required") }
-        let allowed: Set<String>
+        let allowed: [String]
         switch name {
-        case "add": allowed = ["op", "key", "delta", "min"]
-        case "set": allowed = ["op", "key", "value"]
-        case "get": allowed = ["op", "key"]
+        case "add": allowed = KVOp.fieldsOfAdd
+        case "set": allowed = KVOp.fieldsOfSet
+        case "get": allowed = KVOp.fieldsOfGet
         default:
             throw KVRequestError(field: path + ".op", reason: "unknown op \"\(name)\" (expected add, set or get)")
         }
-        // Unknown fields are refused: a misspelt "min" silently ignored would let a balance go negative.
-        for k in Set(members.map(\.0)).sorted() where !allowed.contains(k) {
-            throw KVRequestError(field: path + "." + k, reason: "unknown field for op \"\(name)\"")
+        // Unknown fields are refused: a misspelt "min" silently ignored would let a balance go
+        // negative. The first unknown one in name order is reported, whatever the body's order.
+        if !members.allSatisfy({ allowed.contains($0.0) }),
+           let unknown = members.map(\.0).filter({ !allowed.contains($0) }).min() {
+            throw KVRequestError(field: path + "." + unknown, reason: "unknown field for op \"\(name)\"")
         }
         guard let key = try string("key") else { throw KVRequestError(field: path + ".key", reason: "is required") }
         try KVOp.validateKey(key, field: path + ".key")

@@ -75,6 +75,8 @@ final class KVOpDecodingTests: XCTestCase {
     func testUnknownFieldInOp() {
         assertError(#"{"txid":"t","ops":[{"op":"add","key":"a","delta":-1,"mn":0}]}"#, field: "ops[0].mn", contains: "unknown field")
         assertError(#"{"txid":"t","ops":[{"op":"get","key":"a","value":1}]}"#, field: "ops[0].value", contains: "unknown field")
+        // Two unknown fields: the first by name is reported, at the op's own index.
+        assertError(#"{"txid":"t","ops":[{"op":"get","key":"a"},{"zz":1,"op":"get","key":"b","aa":2}]}"#, field: "ops[1].aa", contains: "unknown field")
     }
 
     func testSetValue() {
