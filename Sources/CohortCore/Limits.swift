@@ -181,7 +181,7 @@ public enum Limits {
     public static let eventLoopStallUs = 5_000
     // MARK: outbox
     /// How long an outbox, relay or inbox connection waits for SQLite's write lock before
-    /// `OutboxDatabaseError.isBusy`.
+    /// `SQLiteError.isBusy`.
     public static let outboxBusyTimeoutMs: Int32 = 10_000
     /// Messages one relay batch (one sink call: one HTTP POST, one Redis pipeline) carries.
     public static let outboxBatchMessagesMax = 1_000

@@ -3,6 +3,7 @@ import CohortHTTP
 import CohortOutbox
 import CohortPosix
 import CohortRuntime
+import CohortSQLite
 import Foundation
 
 /// Delivers each message to the inbox named by its `reply_to` header (the inventory answers

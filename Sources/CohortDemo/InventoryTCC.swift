@@ -1,5 +1,6 @@
 import CohortCore
 import CohortKV
+import CohortSQLite
 import CohortTCC
 import Foundation
 
@@ -21,15 +22,15 @@ enum InventoryTCC {
             locked("available/\(sku)") || locked("reserved/\(sku)") || locked("sold/\(sku)")
         }
         func add(_ db: SQLiteConnection, _ key: String, _ delta: Int64) throws {
-            try db.execute("INSERT INTO kv(key, ival, sval) VALUES(?1, ?2, NULL) ON CONFLICT(key) DO UPDATE SET ival = COALESCE(ival, 0) + ?2",
-                           [.text(key), .int(delta)])
+            try db.run("INSERT INTO kv(key, ival, sval) VALUES(?1, ?2, NULL) ON CONFLICT(key) DO UPDATE SET ival = COALESCE(ival, 0) + ?2",
+                       [.text(key), .int(delta)])
         }
         func reservation(_ ctx: TCCContext) throws -> (String, Int64)? {
             let key: [SQLValue] = [.text(ctx.txid), .text(ctx.branchID)]
             guard let row = try ctx.db.query("SELECT sku, qty FROM tcc_reservation WHERE txid = ?1 AND branch_id = ?2", key).first,
-                  let sku = row[0].textValue, let qty = row[1].intValue else { return nil }
-            if busy(sku) { throw TCCError.sqlite(code: 5, message: "sku \(sku) is locked by a 2PC/3PC branch; retry", context: "settling") }
-            try ctx.db.execute("DELETE FROM tcc_reservation WHERE txid = ?1 AND branch_id = ?2", key)
+                  let sku = row[0].text, let qty = row[1].int else { return nil }
+            if busy(sku) { throw SQLiteError(code: 5, message: "sku \(sku) is locked by a 2PC/3PC branch; retry", context: "settling") }
+            try ctx.db.run("DELETE FROM tcc_reservation WHERE txid = ?1 AND branch_id = ?2", key)
             return (sku, qty)
         }
         return try TCCResource(
@@ -39,12 +40,12 @@ enum InventoryTCC {
                     throw TCCError.badRequest("payload must be {\"sku\": STRING, \"qty\": POSITIVE INT}")
                 }
                 if busy(sku) { throw TCCError.refused("sku \(sku) is busy in another transaction") }
-                let changed = try ctx.db.execute("UPDATE kv SET ival = ival - ?2 WHERE key = ?1 AND ival >= ?2",
-                                                 [.text("available/\(sku)"), .int(qty)])
+                let changed = try ctx.db.run("UPDATE kv SET ival = ival - ?2 WHERE key = ?1 AND ival >= ?2",
+                                             [.text("available/\(sku)"), .int(qty)])
                 guard changed == 1 else { throw TCCError.refused("not enough stock of \(sku) for \(qty)") }
                 try add(ctx.db, "reserved/\(sku)", qty)
-                try ctx.db.execute("INSERT INTO tcc_reservation(txid, branch_id, sku, qty) VALUES(?1, ?2, ?3, ?4)",
-                                   [.text(ctx.txid), .text(ctx.branchID), .text(sku), .int(qty)])
+                try ctx.db.run("INSERT INTO tcc_reservation(txid, branch_id, sku, qty) VALUES(?1, ?2, ?3, ?4)",
+                               [.text(ctx.txid), .text(ctx.branchID), .text(sku), .int(qty)])
                 return .object(["sku": .string(sku), "reserved": .int(qty)])
             },
             confirm: { ctx in

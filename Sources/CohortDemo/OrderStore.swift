@@ -1,3 +1,4 @@
+import CohortSQLite
 import CohortTCC
 import Foundation
 
@@ -17,8 +18,8 @@ public final class OrderStore: @unchecked Sendable {
     private let lock = NSLock()
 
     public init(path: String) throws {
-        db = try SQLiteConnection(path: path)
-        try db.script("""
+        db = try SQLiteConnection(path: path, fairWriteLock: false)
+        try db.exec("""
             CREATE TABLE IF NOT EXISTS orders(order_id TEXT PRIMARY KEY NOT NULL, sku TEXT NOT NULL, qty INTEGER NOT NULL,
               mode TEXT NOT NULL, status TEXT NOT NULL, txid TEXT, created_ms INTEGER NOT NULL);
             CREATE INDEX IF NOT EXISTS orders_status ON orders(status);
@@ -33,27 +34,27 @@ public final class OrderStore: @unchecked Sendable {
 
     public func insert(_ o: Order) throws {
         try locked {
-            _ = try db.execute("INSERT INTO orders(order_id, sku, qty, mode, status, txid, created_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                               [.text(o.orderID), .text(o.sku), .int(o.qty), .text(o.mode), .text(o.status),
+            _ = try db.run("INSERT INTO orders(order_id, sku, qty, mode, status, txid, created_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                           [.text(o.orderID), .text(o.sku), .int(o.qty), .text(o.mode), .text(o.status),
                                 o.txid.map { .text($0) } ?? .null, .int(Int64(Date().timeIntervalSince1970 * 1000))])
         }
     }
 
     public func setTxid(_ orderID: String, _ txid: String) throws {
-        try locked { _ = try db.execute("UPDATE orders SET txid = ?2 WHERE order_id = ?1", [.text(orderID), .text(txid)]) }
+        try locked { _ = try db.run("UPDATE orders SET txid = ?2 WHERE order_id = ?1", [.text(orderID), .text(txid)]) }
     }
 
     /// Moves a pending order to `status`; false when it was no longer pending.
     @discardableResult
     public func settle(_ orderID: String, _ status: String) throws -> Bool {
         try locked {
-            try db.execute("UPDATE orders SET status = ?2 WHERE order_id = ?1 AND status = 'pending'", [.text(orderID), .text(status)]) == 1
+            try db.run("UPDATE orders SET status = ?2 WHERE order_id = ?1 AND status = 'pending'", [.text(orderID), .text(status)]) == 1
         }
     }
 
     private static func order(_ r: [SQLValue]) -> Order {
-        Order(orderID: r[0].textValue ?? "", sku: r[1].textValue ?? "", qty: r[2].intValue ?? 0, mode: r[3].textValue ?? "",
-              status: r[4].textValue ?? "", txid: r[5].textValue)
+        Order(orderID: r[0].text ?? "", sku: r[1].text ?? "", qty: r[2].int ?? 0, mode: r[3].text ?? "",
+              status: r[4].text ?? "", txid: r[5].text)
     }
 
     public func get(_ orderID: String) throws -> Order? {

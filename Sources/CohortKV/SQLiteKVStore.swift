@@ -1,24 +1,6 @@
 import CSQLite
 import CohortCore
-
-public struct SQLiteError: Error, CustomStringConvertible, Equatable {
-    /// SQLite's result code (extended where SQLite gives one).
-    public let code: Int32
-    public let message: String
-    /// What the store was doing.
-    public let context: String
-
-    public init(code: Int32, message: String, context: String) {
-        self.code = code
-        self.message = message
-        self.context = context
-    }
-
-    public var description: String { "sqlite error \(code) while \(context): \(message)" }
-}
-
-/// SQLite's "copy the bytes now" destructor; the C macro is not imported into Swift.
-private let sqliteTransient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+import CohortSQLite
 
 /// The committed state in SQLite. WAL with synchronous=NORMAL: a commit is not synced, because
 /// the agent's log already is; after power loss SQLite holds a prefix of the applied commits and
@@ -43,18 +25,8 @@ public final class SQLiteKVStore: KVStore {
     /// when other connections share the file.
     public init(path: String, busyTimeoutMs: Int32 = 5_000, exclusive: Bool = true) throws {
         self.path = path
-        var handle: OpaquePointer?
-        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
-        let rc = sqlite3_open_v2(path, &handle, flags, nil)
-        guard rc == SQLITE_OK, let handle else {
-            let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
-            sqlite3_close_v2(handle)
-            throw SQLiteError(code: rc, message: message, context: "opening \(path)")
-        }
-        db = handle
+        db = try SQLiteConnection.openHandle(path: path, busyTimeoutMs: busyTimeoutMs)
         do {
-            sqlite3_extended_result_codes(handle, 1)
-            sqlite3_busy_timeout(handle, busyTimeoutMs)
             // Before anything creates the file's first page (see the limit); a no-op for an
             // existing file.
             try exec("PRAGMA page_size=\(Limits.kvStorePageBytes)")

@@ -1,6 +1,7 @@
 import CohortCore
 import CohortHTTP
 import CohortPosix
+import CohortSQLite
 import Foundation
 
 /// The consumer side: records (consumer, message id) in the same local SQLite transaction as the
@@ -116,7 +117,7 @@ public enum InboxEndpoint {
         }
         do {
             return .json(200, InboxBatchResponse(results: try inbox.apply(batch.messages, effect)))
-        } catch let e as OutboxDatabaseError where e.isBusy {
+        } catch let e as SQLiteError where e.isBusy {
             return .error(503, "database busy: \(e)")
         } catch {
             return .error(500, "applying messages: \(error)")

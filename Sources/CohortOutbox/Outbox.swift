@@ -1,5 +1,6 @@
 import CohortCore
 import CohortPosix
+import CohortSQLite
 
 /// The outbox tables, created in the service's own SQLite database next to its business tables.
 ///

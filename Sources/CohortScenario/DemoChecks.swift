@@ -1,4 +1,5 @@
 import CohortClient
+import CohortSQLite
 import CohortTCC
 import Foundation
 
@@ -211,7 +212,7 @@ final class DemoChecker {
         var compared = 0
         var unknown = 0
         for r in rows {
-            guard let id = r[0].textValue, let mode = r[1].textValue, let status = r[2].textValue, let txid = r[3].textValue else { continue }
+            guard let id = r[0].text, let mode = r[1].text, let status = r[2].text, let txid = r[3].text else { continue }
             let state: String
             do {
                 let (code, body) = try workload.json("GET", coordinator + "/v1/transactions/\(txid)")
@@ -249,21 +250,21 @@ final class DemoChecker {
         var problems: [String] = []
         var orderRows: [String: (sku: String, status: String)] = [:]
         for r in try ordersDB.query("SELECT order_id, sku, status FROM orders WHERE mode = 'outbox'") {
-            orderRows[r[0].textValue ?? ""] = (r[1].textValue ?? "", r[2].textValue ?? "")
+            orderRows[r[0].text ?? ""] = (r[1].text ?? "", r[2].text ?? "")
         }
         struct Placed: Decodable { let order_id: String; let sku: String }
         var placedSeq: [String: Int64] = [:]   // order_id → OrderPlaced's outbox id
         var notDelivered: [String] = []
         for r in try ordersDB.query("SELECT id, payload, state FROM outbox WHERE topic = 'OrderPlaced' ORDER BY id") {
-            let id = r[0].intValue ?? 0
-            guard let p = try? JSONDecoder().decode(Placed.self, from: Data((r[1].textValue ?? "").utf8)) else {
+            let id = r[0].int ?? 0
+            guard let p = try? JSONDecoder().decode(Placed.self, from: Data((r[1].text ?? "").utf8)) else {
                 problems.append("OrderPlaced #\(id) has an unreadable payload")
                 continue
             }
             if placedSeq[p.order_id] != nil { problems.append("order \(p.order_id) has more than one OrderPlaced") }
             placedSeq[p.order_id] = id
             if orderRows[p.order_id] == nil { problems.append("OrderPlaced #\(id) for order \(p.order_id), which does not exist (a rolled-back order's message)") }
-            if r[2].intValue != 1 { notDelivered.append("#\(id) (\(r[2].intValue == 2 ? "dead" : "pending"))") }
+            if r[2].int != 1 { notDelivered.append("#\(id) (\(r[2].int == 2 ? "dead" : "pending"))") }
         }
         if !notDelivered.isEmpty { problems.append("OrderPlaced not delivered at the order service: \(notDelivered.prefix(5).joined(separator: ", "))") }
         for id in orderRows.keys.sorted() where placedSeq[id] == nil { problems.append("outbox order \(id) has no OrderPlaced") }
@@ -271,9 +272,9 @@ final class DemoChecker {
         var answers: [String: [(seq: Int64, topic: String)]] = [:]
         var answersNotDelivered: [String] = []
         for r in try inventoryDB.query("SELECT id, topic, key, state FROM outbox WHERE topic IN ('StockReserved', 'StockRejected') ORDER BY id") {
-            let seq = r[0].intValue ?? 0
-            answers[r[2].textValue ?? "", default: []].append((seq, r[1].textValue ?? ""))
-            if r[3].intValue != 1 { answersNotDelivered.append("#\(seq) (\(r[3].intValue == 2 ? "dead" : "pending"))") }
+            let seq = r[0].int ?? 0
+            answers[r[2].text ?? "", default: []].append((seq, r[1].text ?? ""))
+            if r[3].int != 1 { answersNotDelivered.append("#\(seq) (\(r[3].int == 2 ? "dead" : "pending"))") }
         }
         if !answersNotDelivered.isEmpty { problems.append("answers not delivered at the inventory: \(answersNotDelivered.prefix(5).joined(separator: ", "))") }
         for (orderID, list) in answers.sorted(by: { $0.key < $1.key }) {
@@ -301,12 +302,12 @@ final class DemoChecker {
                 if reordered <= 3 { problems.append("\(sku): OrderPlaced #\(seq[i]) applied after #\(seq[i - 1])") }
             }
         }
-        let inventoryInbox = try inventoryDB.query("SELECT COUNT(*) FROM inbox WHERE consumer = 'inventory'").first?.first?.intValue ?? -1
+        let inventoryInbox = try inventoryDB.query("SELECT COUNT(*) FROM inbox WHERE consumer = 'inventory'").first?.first?.int ?? -1
         if inventoryInbox != Int64(placedSeq.count) {
             problems.append("the inventory's inbox recorded \(inventoryInbox) messages for \(placedSeq.count) OrderPlaced")
         }
         let answerCount = answers.values.reduce(0) { $0 + $1.count }
-        let ordersInbox = try ordersDB.query("SELECT COUNT(*) FROM inbox WHERE consumer = 'orders'").first?.first?.intValue ?? -1
+        let ordersInbox = try ordersDB.query("SELECT COUNT(*) FROM inbox WHERE consumer = 'orders'").first?.first?.int ?? -1
         if ordersInbox != Int64(answerCount) {
             problems.append("the order service's inbox recorded \(ordersInbox) answers for \(answerCount) sent")
         }

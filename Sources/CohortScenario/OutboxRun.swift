@@ -1,5 +1,6 @@
 import CohortClient
 import CohortOutbox
+import CohortSQLite
 import Foundation
 
 /// What a run of the `outbox` topology keeps besides the processes.

@@ -1,6 +1,7 @@
 import CohortCore
 import CohortHTTP
 import CohortRuntime
+import CohortSQLite
 import CohortTCC
 import Foundation
 

@@ -1,4 +1,5 @@
 import CohortCore
+import CohortSQLite
 import Foundation
 
 /// The three phases of a TCC branch.
@@ -61,14 +62,14 @@ public enum TCCBarrier {
                     business: () throws -> JSONValue?) throws -> TCCPhaseOutcome {
         let key: [SQLValue] = [.text(resource), .text(txid), .text(branchID)]
         func insert(_ op: String, _ note: String) throws -> Bool {
-            try db.execute("INSERT INTO tcc_barrier(resource, txid, branch_id, op, note, at_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
-                           key + [.text(op), .text(note), .int(nowMs)]) == 1
+            try db.run("INSERT INTO tcc_barrier(resource, txid, branch_id, op, note, at_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                       key + [.text(op), .text(note), .int(nowMs)]) == 1
         }
         func row(_ op: String) throws -> (note: String, result: JSONValue?)? {
             guard let r = try db.query("SELECT note, result FROM tcc_barrier WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = ?4",
                                        key + [.text(op)]).first else { return nil }
-            let result = r[1].textValue.flatMap { try? JSONDecoder().decode(JSONValue.self, from: Data($0.utf8)) }
-            return (r[0].textValue ?? "", result)
+            let result = r[1].text.flatMap { try? JSONDecoder().decode(JSONValue.self, from: Data($0.utf8)) }
+            return (r[0].text ?? "", result)
         }
         switch phase {
         case .try:
@@ -76,13 +77,13 @@ public enum TCCBarrier {
                 if let deadlineMs, nowMs > deadlineMs + skewMarginMs {
                     // Too late to matter to the coordinator, and possibly older than the barrier's
                     // retention: fence it like a cancelled branch.
-                    try db.execute("UPDATE tcc_barrier SET note = 'fence' WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = 'try'", key)
+                    try db.run("UPDATE tcc_barrier SET note = 'fence' WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = 'try'", key)
                     return .hanging("try arrived after its deadline")
                 }
                 let result = try business()
                 if let result {
                     let text = String(decoding: try JSONEncoder().encode(result), as: UTF8.self)
-                    try db.execute("UPDATE tcc_barrier SET result = ?4 WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = 'try'", key + [.text(text)])
+                    try db.run("UPDATE tcc_barrier SET result = ?4 WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = 'try'", key + [.text(text)])
                 }
                 return .done(result: result)
             }
@@ -91,7 +92,7 @@ public enum TCCBarrier {
                 #if DEBUG
                 if testOnlyIgnoreFence {
                     // The deliberate bug: reserve although the branch was cancelled first.
-                    try db.execute("UPDATE tcc_barrier SET note = 'tried' WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = 'try'", key)
+                    try db.run("UPDATE tcc_barrier SET note = 'tried' WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = 'try'", key)
                     return .done(result: try business())
                 }
                 #endif
@@ -121,11 +122,11 @@ public enum TCCBarrier {
     /// `retentionMs` ago, at most `limit` branches; returns how many branches it removed.
     /// A branch with only a try row is never removed: its confirm or cancel is still coming.
     static func purge(_ db: SQLiteConnection, nowMs: Int64, retentionMs: Int64, limit: Int) throws -> Int {
-        try db.immediateTransaction { db in
+        try db.transaction {
             let rows = try db.query("SELECT resource, txid, branch_id FROM tcc_barrier WHERE op IN ('confirm', 'cancel') AND at_ms < ?1 LIMIT ?2",
                                     [.int(nowMs - retentionMs), .int(Int64(limit))])
             for r in rows {
-                try db.execute("DELETE FROM tcc_barrier WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3", r)
+                try db.run("DELETE FROM tcc_barrier WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3", r)
             }
             return rows.count
         }

@@ -1,4 +1,5 @@
 import CohortCore
+import CohortSQLite
 import Foundation
 
 /// The worked example: stock per sku, reserved by try, sold by confirm, released by cancel.
@@ -36,21 +37,21 @@ public final class InventoryStore: @unchecked Sendable {
                 guard let sku = ctx.payload?["sku"]?.stringValue, let qty = ctx.payload?["qty"]?.intValue, qty > 0 else {
                     throw TCCError.badRequest("payload must be {\"sku\": STRING, \"qty\": POSITIVE INT}")
                 }
-                let changed = try ctx.db.execute(
+                let changed = try ctx.db.run(
                     "UPDATE stock SET available = available - ?2, reserved = reserved + ?2 WHERE sku = ?1 AND available >= ?2",
                     [.text(sku), .int(qty)])
                 guard changed == 1 else { throw TCCError.refused("not enough stock of \(sku) for \(qty)") }
-                try ctx.db.execute("INSERT INTO tcc_reservation(txid, branch_id, sku, qty) VALUES(?1, ?2, ?3, ?4)",
-                                   [.text(ctx.txid), .text(ctx.branchID), .text(sku), .int(qty)])
+                try ctx.db.run("INSERT INTO tcc_reservation(txid, branch_id, sku, qty) VALUES(?1, ?2, ?3, ?4)",
+                               [.text(ctx.txid), .text(ctx.branchID), .text(sku), .int(qty)])
                 return .object(["sku": .string(sku), "reserved": .int(qty)])
             },
             confirm: { ctx in
                 guard let (sku, qty) = try Self.reservation(ctx) else { return }
-                try ctx.db.execute("UPDATE stock SET reserved = reserved - ?2, sold = sold + ?2 WHERE sku = ?1", [.text(sku), .int(qty)])
+                try ctx.db.run("UPDATE stock SET reserved = reserved - ?2, sold = sold + ?2 WHERE sku = ?1", [.text(sku), .int(qty)])
             },
             cancel: { ctx in
                 guard let (sku, qty) = try Self.reservation(ctx) else { return }
-                try ctx.db.execute("UPDATE stock SET reserved = reserved - ?2, available = available + ?2 WHERE sku = ?1", [.text(sku), .int(qty)])
+                try ctx.db.run("UPDATE stock SET reserved = reserved - ?2, available = available + ?2 WHERE sku = ?1", [.text(sku), .int(qty)])
             })
     }
 
@@ -58,8 +59,8 @@ public final class InventoryStore: @unchecked Sendable {
     private static func reservation(_ ctx: TCCContext) throws -> (String, Int64)? {
         let key: [SQLValue] = [.text(ctx.txid), .text(ctx.branchID)]
         guard let row = try ctx.db.query("SELECT sku, qty FROM tcc_reservation WHERE txid = ?1 AND branch_id = ?2", key).first,
-              let sku = row[0].textValue, let qty = row[1].intValue else { return nil }
-        try ctx.db.execute("DELETE FROM tcc_reservation WHERE txid = ?1 AND branch_id = ?2", key)
+              let sku = row[0].text, let qty = row[1].int else { return nil }
+        try ctx.db.run("DELETE FROM tcc_reservation WHERE txid = ?1 AND branch_id = ?2", key)
         return (sku, qty)
     }
 
@@ -67,9 +68,9 @@ public final class InventoryStore: @unchecked Sendable {
     public func setStock(sku: String, available: Int64) throws {
         guard available >= 0, !sku.isEmpty, sku.utf8.count <= Limits.keyBytesMax else { throw TCCError.badRequest("sku must be 1-\(Limits.keyBytesMax) bytes and available >= 0") }
         try resource.withConnection { db in
-            try db.immediateTransaction { db in
-                try db.execute("INSERT INTO stock(sku, available, reserved, sold) VALUES(?1, ?2, 0, 0) ON CONFLICT(sku) DO UPDATE SET available = ?2, reserved = 0, sold = 0",
-                               [.text(sku), .int(available)])
+            try db.transaction {
+                try db.run("INSERT INTO stock(sku, available, reserved, sold) VALUES(?1, ?2, 0, 0) ON CONFLICT(sku) DO UPDATE SET available = ?2, reserved = 0, sold = 0",
+                           [.text(sku), .int(available)])
             }
         }
     }
@@ -77,7 +78,7 @@ public final class InventoryStore: @unchecked Sendable {
     public func stock(sku: String) throws -> Stock? {
         try resource.withConnection { db in
             guard let r = try db.query("SELECT available, reserved, sold FROM stock WHERE sku = ?1", [.text(sku)]).first else { return nil }
-            return Stock(sku: sku, available: r[0].intValue ?? 0, reserved: r[1].intValue ?? 0, sold: r[2].intValue ?? 0)
+            return Stock(sku: sku, available: r[0].int ?? 0, reserved: r[1].int ?? 0, sold: r[2].int ?? 0)
         }
     }
 }

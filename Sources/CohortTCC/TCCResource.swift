@@ -1,5 +1,6 @@
 import CohortCore
 import CohortHTTP
+import CohortSQLite
 import Foundation
 
 /// What a phase's business code gets: the branch, its payload, and the service's database
@@ -69,8 +70,8 @@ public final class TCCResource: @unchecked Sendable {
         self.tryBody = tryBody
         self.confirmBody = confirm
         self.cancelBody = cancel
-        let db = try SQLiteConnection(path: path, busyTimeoutMs: options.busyTimeoutMs)
-        try db.script(TCCBarrier.schema + schema)
+        let db = try SQLiteConnection(path: path, busyTimeoutMs: options.busyTimeoutMs, fairWriteLock: false)
+        try db.exec(TCCBarrier.schema + schema)
         idle.append(db)
     }
 
@@ -79,7 +80,7 @@ public final class TCCResource: @unchecked Sendable {
         lock.lock()
         let pooled = idle.popLast()
         lock.unlock()
-        let db = try pooled ?? SQLiteConnection(path: path, busyTimeoutMs: options.busyTimeoutMs)
+        let db = try pooled ?? SQLiteConnection(path: path, busyTimeoutMs: options.busyTimeoutMs, fairWriteLock: false)
         defer {
             lock.lock()
             if idle.count < Limits.tccConnectionsPooledMax { idle.append(db) }
@@ -90,14 +91,14 @@ public final class TCCResource: @unchecked Sendable {
 
     /// Runs a phase through the barrier and, when the barrier lets it, the business code, in
     /// one local transaction. Throws `TCCError.refused` (business said no; nothing kept),
-    /// `.conflict` (the call contradicts the barrier), `.sqlite`.
+    /// `.conflict` (the call contradicts the barrier), or `SQLiteError`.
     public func run(_ phase: TCCPhase, txid: String, branchID: String, payload: JSONValue?, deadlineMs: Int64? = nil) throws -> TCCPhaseOutcome {
         guard !txid.isEmpty, txid.utf8.count <= Limits.tccBranchIDBytesMax,
               !branchID.isEmpty, branchID.utf8.count <= Limits.tccBranchIDBytesMax else {
             throw TCCError.badRequest("txid and branch_id must be 1-\(Limits.tccBranchIDBytesMax) bytes")
         }
         let outcome = try withConnection { db in
-            try db.immediateTransaction { db -> TCCPhaseOutcome in
+            try db.transaction { () -> TCCPhaseOutcome in
                 let context = TCCContext(resource: name, txid: txid, branchID: branchID, payload: payload, db: db)
                 var runFencedTry = false
                 #if DEBUG
@@ -131,7 +132,7 @@ public final class TCCResource: @unchecked Sendable {
             var out: [String: String] = [:]
             for r in try db.query("SELECT op, note FROM tcc_barrier WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3",
                                   [.text(name), .text(txid), .text(branchID)]) {
-                out[r[0].textValue ?? ""] = r[1].textValue ?? ""
+                out[r[0].text ?? ""] = r[1].text ?? ""
             }
             return out
         }
@@ -171,8 +172,10 @@ public final class TCCResource: @unchecked Sendable {
             case .refused(let m): return .error(409, m)
             case .conflict(let m): return .error(409, m)
             case .badRequest(let m): return .error(400, m)
-            case .sqlite: return .error(503, "\(e)")
             }
+        } catch let e as SQLiteError {
+            // The database is busy or failing: the coordinator retries the phase.
+            return .error(503, "\(e)")
         } catch {
             return .error(500, "\(error)")
         }

@@ -2,6 +2,7 @@ import CohortCore
 import CohortHTTP
 import CohortOutbox
 import CohortPosix
+import CohortSQLite
 import Foundation
 
 let usage = """

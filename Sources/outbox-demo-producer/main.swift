@@ -2,6 +2,7 @@ import CohortCore
 import CohortHTTP
 import CohortOutbox
 import CohortPosix
+import CohortSQLite
 import Foundation
 
 let usage = """
@@ -175,7 +176,7 @@ do {
                         } catch is Rollback {
                             counter.lock.withLock { counter.rolledBack += 1 }
                             break
-                        } catch let e as OutboxDatabaseError where e.isBusy {
+                        } catch let e as SQLiteError where e.isBusy {
                             // Lost the race for the write lock for too long: nothing was written; try again.
                             FileHandle.standardError.write(Data("producer: \(e); retrying\n".utf8))
                             continue

@@ -2,6 +2,7 @@ import CohortCore
 import Foundation
 import XCTest
 import CSQLite
+import CohortSQLite
 @testable import CohortKV
 
 final class SQLiteKVStoreTests: XCTestCase {

@@ -1,8 +1,9 @@
 import CohortCore
 import CohortHTTP
-@testable import CohortTCC
+import CohortSQLite
 import Foundation
 import XCTest
+@testable import CohortTCC
 
 final class BarrierTests: XCTestCase {
     private var dir = ""
@@ -34,16 +35,16 @@ final class BarrierTests: XCTestCase {
                         clock: { clock.now() },
                         try: { ctx in
                             counter.bump(.try)
-                            try ctx.db.execute("INSERT INTO effects(op) VALUES('try')")
+                            try ctx.db.run("INSERT INTO effects(op) VALUES('try')")
                             if refuseTry { throw TCCError.refused("no") }
                             return .string("ok-\(ctx.branchID)")
                         },
-                        confirm: { ctx in counter.bump(.confirm); try ctx.db.execute("INSERT INTO effects(op) VALUES('confirm')") },
-                        cancel: { ctx in counter.bump(.cancel); try ctx.db.execute("INSERT INTO effects(op) VALUES('cancel')") })
+                        confirm: { ctx in counter.bump(.confirm); try ctx.db.run("INSERT INTO effects(op) VALUES('confirm')") },
+                        cancel: { ctx in counter.bump(.cancel); try ctx.db.run("INSERT INTO effects(op) VALUES('cancel')") })
     }
 
     private func effects(_ r: TCCResource) throws -> [String] {
-        try r.withConnection { try $0.query("SELECT op FROM effects ORDER BY rowid").map { $0[0].textValue ?? "" } }
+        try r.withConnection { try $0.query("SELECT op FROM effects ORDER BY rowid").map { $0[0].text ?? "" } }
     }
 
     func testHappyPathThenDuplicateConfirmRunsNothing() throws {
@@ -165,12 +166,12 @@ final class BarrierTests: XCTestCase {
         // Old: finished (confirmed, cancelled, empty-cancelled), then the retention passes.
         let oldCount = Limits.tccPurgeBatchMax + 5 // more than one batch: one round takes them all
         try r.withConnection { db in
-            try db.immediateTransaction { db in
+            try db.transaction {
                 for i in 0..<oldCount {
-                    try db.execute("INSERT INTO tcc_barrier(resource, txid, branch_id, op, note, at_ms) VALUES('r', ?1, 'b', 'cancel', 'empty-cancel', ?2)",
-                                   [.text("bulk-\(i)"), .int(clock.now())])
-                    try db.execute("INSERT INTO tcc_barrier(resource, txid, branch_id, op, note, at_ms) VALUES('r', ?1, 'b', 'try', 'fence', ?2)",
-                                   [.text("bulk-\(i)"), .int(clock.now())])
+                    try db.run("INSERT INTO tcc_barrier(resource, txid, branch_id, op, note, at_ms) VALUES('r', ?1, 'b', 'cancel', 'empty-cancel', ?2)",
+                               [.text("bulk-\(i)"), .int(clock.now())])
+                    try db.run("INSERT INTO tcc_barrier(resource, txid, branch_id, op, note, at_ms) VALUES('r', ?1, 'b', 'try', 'fence', ?2)",
+                               [.text("bulk-\(i)"), .int(clock.now())])
                 }
             }
         }

@@ -2,8 +2,12 @@ import CSQLite
 import CohortCore
 import CohortPosix
 
-/// Why an outbox, inbox or relay database call failed.
-public struct OutboxDatabaseError: Error, CustomStringConvertible, Equatable {
+/// One SQLite connection and its errors, shared by everything that keeps state in SQLite: the
+/// agent's key-value store (its error type), the outbox, inbox and relay, the TCC barrier and
+/// the demo services' own tables.
+
+/// Why a SQLite call failed.
+public struct SQLiteError: Error, CustomStringConvertible, Equatable {
     /// SQLite's (extended) result code.
     public let code: Int32
     public let message: String
@@ -31,7 +35,8 @@ public enum SQLValue: Equatable, Sendable {
     public var text: String? { if case .text(let v) = self { return v }; return nil }
 }
 
-private let sqliteTransient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+/// SQLite's "copy the bytes now" destructor; the C macro is not imported into Swift.
+public let sqliteTransient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 
 /// How hard a commit waits for the disk. `full` syncs the WAL on every commit (a committed
 /// message survives power loss); `normal` syncs only at checkpoints (survives a process crash,
@@ -44,6 +49,13 @@ public enum SyncMode: String, Sendable {
 /// One SQLite connection in WAL mode with cached prepared statements. Not thread-safe: one
 /// thread uses it at a time.
 public final class SQLiteConnection {
+    /// Whether `path` names an in-memory database shared by this process's connections
+    /// (`file:NAME?mode=memory&cache=shared`): the deterministic simulation's service "disks",
+    /// which live as long as one connection to them is open and never touch a file.
+    public static func isSharedMemoryURI(_ path: String) -> Bool {
+        path.hasPrefix("file:") && path.contains("mode=memory") && path.contains("cache=shared")
+    }
+
     public let path: String
     private(set) var db: OpaquePointer?
     private var cache: [String: OpaquePointer] = [:]
@@ -56,32 +68,44 @@ public final class SQLiteConnection {
     public init(path: String, sync: SyncMode = .full, busyTimeoutMs: Int32 = Limits.outboxBusyTimeoutMs,
                 fairWriteLock: Bool = true) throws {
         self.path = path
+        let inMemory = Self.isSharedMemoryURI(path)
         do {
-            writeLock = fairWriteLock ? try FileLock(path: path + "-writelock") : nil
+            // An in-memory database has no file to put a lock beside: its connections share
+            // one process, where SQLite's own locking orders them.
+            writeLock = fairWriteLock && !inMemory ? try FileLock(path: path + "-writelock") : nil
         } catch {
-            throw OutboxDatabaseError(code: SQLITE_CANTOPEN, message: "\(error)", context: "opening the write lock of \(path)")
+            throw SQLiteError(code: SQLITE_CANTOPEN, message: "\(error)", context: "opening the write lock of \(path)")
         }
-        var handle: OpaquePointer?
-        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
-        let rc = sqlite3_open_v2(path, &handle, flags, nil)
-        guard rc == SQLITE_OK, let handle else {
-            let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
-            sqlite3_close_v2(handle)
-            throw OutboxDatabaseError(code: rc, message: message, context: "opening \(path)")
-        }
-        db = handle
+        db = try Self.openHandle(path: path, busyTimeoutMs: busyTimeoutMs, uri: inMemory)
         do {
-            sqlite3_extended_result_codes(handle, 1)
-            sqlite3_busy_timeout(handle, busyTimeoutMs)
+            // An in-memory database has no journal file to put in WAL mode and nothing to sync:
+            // a committed transaction is simply there for the next connection.
+            if inMemory { return }
             let mode = try query("PRAGMA journal_mode=WAL").first?.first?.text
             guard mode?.lowercased() == "wal" else {
-                throw OutboxDatabaseError(code: SQLITE_ERROR, message: "journal_mode is \(mode ?? "nil")", context: "enabling WAL on \(path)")
+                throw SQLiteError(code: SQLITE_ERROR, message: "journal_mode is \(mode ?? "nil")", context: "enabling WAL on \(path)")
             }
             try exec("PRAGMA synchronous=\(sync.rawValue)")
         } catch {
             close()
             throw error
         }
+    }
+
+    /// Opens `path` read-write (created if missing) for use by one thread at a time, with
+    /// extended result codes and `busyTimeoutMs`; `uri` reads `path` as a `file:` URI.
+    public static func openHandle(path: String, busyTimeoutMs: Int32, uri: Bool = false) throws -> OpaquePointer {
+        var handle: OpaquePointer?
+        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | (uri ? SQLITE_OPEN_URI : 0)
+        let rc = sqlite3_open_v2(path, &handle, flags, nil)
+        guard rc == SQLITE_OK, let handle else {
+            let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
+            sqlite3_close_v2(handle)
+            throw SQLiteError(code: rc, message: message, context: "opening \(path)")
+        }
+        sqlite3_extended_result_codes(handle, 1)
+        sqlite3_busy_timeout(handle, busyTimeoutMs)
+        return handle
     }
 
     deinit { close() }
@@ -95,13 +119,13 @@ public final class SQLiteConnection {
     }
 
     private func live() throws -> OpaquePointer {
-        guard let db else { throw OutboxDatabaseError(code: SQLITE_MISUSE, message: "connection closed", context: path) }
+        guard let db else { throw SQLiteError(code: SQLITE_MISUSE, message: "connection closed", context: path) }
         return db
     }
 
-    func error(_ rc: Int32, _ context: String) -> OutboxDatabaseError {
+    func error(_ rc: Int32, _ context: String) -> SQLiteError {
         let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? String(cString: sqlite3_errstr(rc))
-        return OutboxDatabaseError(code: rc, message: message, context: context)
+        return SQLiteError(code: rc, message: message, context: context)
     }
 
     /// Runs one or more statements without parameters or results.
@@ -111,7 +135,7 @@ public final class SQLiteConnection {
         if rc != SQLITE_OK {
             let text = message.map { String(cString: $0) } ?? String(cString: sqlite3_errstr(rc))
             sqlite3_free(message)
-            throw OutboxDatabaseError(code: rc, message: text, context: "executing \(sql.prefix(80))")
+            throw SQLiteError(code: rc, message: text, context: "executing \(sql.prefix(80))")
         }
     }
 
@@ -216,7 +240,7 @@ public final class SQLiteConnection {
         precondition(!inTransaction, "nested SQLiteConnection.transaction")
         if let writeLock {
             do { try writeLock.lock() } catch {
-                throw OutboxDatabaseError(code: SQLITE_IOERR, message: "\(error)", context: "taking the write lock of \(path)")
+                throw SQLiteError(code: SQLITE_IOERR, message: "\(error)", context: "taking the write lock of \(path)")
             }
         }
         defer { writeLock?.unlock() }

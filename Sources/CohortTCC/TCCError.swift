@@ -1,0 +1,20 @@
+import CohortCore
+
+/// What went wrong in the TCC library. Business code throws `.refused` to turn a try down
+/// (the local transaction rolls back, the service answers 409).
+public enum TCCError: Error, Equatable, CustomStringConvertible {
+    /// The business refused the phase (e.g. not enough stock); nothing was kept.
+    case refused(String)
+    /// The call contradicts what the barrier holds (confirm with no try, cancel after confirm).
+    case conflict(String)
+    /// The request is malformed.
+    case badRequest(String)
+
+    public var description: String {
+        switch self {
+        case .refused(let m): return "refused: \(m)"
+        case .conflict(let m): return "conflict: \(m)"
+        case .badRequest(let m): return "bad request: \(m)"
+        }
+    }
+}

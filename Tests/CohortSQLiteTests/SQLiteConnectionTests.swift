@@ -1,0 +1,49 @@
+import CohortSQLite
+import Foundation
+import XCTest
+
+final class SQLiteConnectionTests: XCTestCase {
+    /// The simulation's service "disks": two connections to one shared in-memory database see
+    /// each other's commits, and nothing is written beside the working directory (no lock file,
+    /// no WAL), which a file-backed connection would create.
+    func testSharedMemoryDatabaseIsSharedAndLeavesNoFiles() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sqlite-mem-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let previous = FileManager.default.currentDirectoryPath
+        FileManager.default.changeCurrentDirectoryPath(dir.path)
+        defer { FileManager.default.changeCurrentDirectoryPath(previous) }
+
+        let uri = "file:sqlite-test-\(UInt32.random(in: 0...UInt32.max))?mode=memory&cache=shared"
+        XCTAssertTrue(SQLiteConnection.isSharedMemoryURI(uri))
+        let a = try SQLiteConnection(path: uri)
+        try a.exec("CREATE TABLE t(k TEXT PRIMARY KEY, v INTEGER)")
+        try a.transaction { try a.run("INSERT INTO t(k, v) VALUES(?1, ?2)", [.text("x"), .int(7)]) }
+        let b = try SQLiteConnection(path: uri)
+        XCTAssertEqual(try b.query("SELECT v FROM t WHERE k = ?1", [.text("x")]).first?.first?.int, 7)
+        b.close()
+        a.close()
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), [])
+    }
+
+    /// A file-backed connection is in WAL mode, rolls a failed transaction back, and reports
+    /// errors with the statement that failed.
+    func testFileDatabaseRollsBackAFailedTransaction() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sqlite-file-\(UInt32.random(in: 0...UInt32.max)).db").path
+        defer { for suffix in ["", "-wal", "-shm", "-writelock"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
+        let db = try SQLiteConnection(path: path)
+        XCTAssertEqual(try db.query("PRAGMA journal_mode").first?.first?.text, "wal")
+        try db.exec("CREATE TABLE t(k TEXT PRIMARY KEY)")
+        struct Boom: Error {}
+        XCTAssertThrowsError(try db.transaction { () throws -> Void in
+            try db.run("INSERT INTO t(k) VALUES('a')")
+            throw Boom()
+        })
+        XCTAssertEqual(try db.query("SELECT COUNT(*) FROM t").first?.first?.int, 0)
+        XCTAssertThrowsError(try db.run("INSERT INTO nowhere(k) VALUES(1)")) { error in
+            guard let e = error as? SQLiteError else { return XCTFail("\(error)") }
+            XCTAssertTrue(e.context.contains("nowhere"), e.description)
+            XCTAssertFalse(e.isBusy)
+        }
+    }
+}
