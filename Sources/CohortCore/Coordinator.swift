@@ -114,6 +114,26 @@ public struct Coordinator {
             self.operatorName = operatorName
             self.dryRun = dryRun
         }
+
+        /// The reason without surrounding spaces, or why the request is refused (400): a
+        /// forced decision needs a reason and an operator name, each within its limit. Both
+        /// coordinators (2PC/3PC and TCC) check it the same way.
+        public func checkedReason() -> Result<String, RequestError> {
+            let trimmed = String(reason.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
+            guard !trimmed.isEmpty, trimmed.utf8.count <= Limits.reasonBytesMax else {
+                return .failure(RequestError(400, "a forced decision needs a reason of 1-\(Limits.reasonBytesMax) bytes"))
+            }
+            guard !operatorName.isEmpty, operatorName.utf8.count <= Limits.participantNameBytesMax else {
+                return .failure(RequestError(400, "a forced decision needs an operator name of 1-\(Limits.participantNameBytesMax) bytes"))
+            }
+            return .success(trimmed)
+        }
+
+        /// The audit entry that records this decision with `effects`.
+        func auditEntry(atMs: Int64, reason: String, effects: [String]) -> AuditEntry {
+            AuditEntry(atMs: atMs, operatorName: operatorName, action: outcome == .committed ? "force-commit" : "force-abort",
+                       reason: reason, detail: effects.joined(separator: "; "))
+        }
     }
 
     /// An operator's decision, written durably before it takes effect.
@@ -1247,12 +1267,10 @@ extension Coordinator {
 
     mutating func forceRequested(_ request: RequestID, _ text: String, _ force: ForceRequest, nowMs: Int64) -> [Action] {
         guard let txid = TxID(text) else { return [.reply(request, .error(RequestError(400, "malformed txid \"\(text.prefix(80))\"")))] }
-        let reason = String(force.reason.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
-        guard !reason.isEmpty, reason.utf8.count <= Limits.reasonBytesMax else {
-            return [.reply(request, .error(RequestError(400, "a forced decision needs a reason of 1-\(Limits.reasonBytesMax) bytes")))]
-        }
-        guard !force.operatorName.isEmpty, force.operatorName.utf8.count <= Limits.participantNameBytesMax else {
-            return [.reply(request, .error(RequestError(400, "a forced decision needs an operator name of 1-\(Limits.participantNameBytesMax) bytes")))]
+        let reason: String
+        switch force.checkedReason() {
+        case .failure(let e): return [.reply(request, .error(e))]
+        case .success(let r): reason = r
         }
         guard pendingForces[txid] == nil else {
             return [.reply(request, .error(RequestError(409, "another forced decision on \(txid) is being recorded")))]
@@ -1264,8 +1282,7 @@ extension Coordinator {
             return [.reply(request, .forced(txid, outcome: force.outcome, dryRun: force.dryRun, effects: ["nothing to do: \(txid) is already \(force.outcome.rawValue)"]))]
         case .success(let effects):
             if force.dryRun { return [.reply(request, .forced(txid, outcome: force.outcome, dryRun: true, effects: effects))] }
-            let entry = AuditEntry(atMs: nowMs, operatorName: force.operatorName, action: force.outcome == .committed ? "force-commit" : "force-abort",
-                                   reason: reason, detail: effects.joined(separator: "; "))
+            let entry = force.auditEntry(atMs: nowMs, reason: reason, effects: effects)
             pendingForces[txid] = (request, force, entry)
             return [.log(.audit(txid, entry), force: true)]
         }

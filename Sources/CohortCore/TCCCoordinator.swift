@@ -699,12 +699,10 @@ extension TCCCoordinator {
         case .failure(let e): return [.reply(request, .error(e))]
         case .success(let t): txid = t
         }
-        let reason = String(force.reason.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
-        guard !reason.isEmpty, reason.utf8.count <= Limits.reasonBytesMax else {
-            return [.reply(request, .error(RequestError(400, "a forced decision needs a reason of 1-\(Limits.reasonBytesMax) bytes")))]
-        }
-        guard !force.operatorName.isEmpty, force.operatorName.utf8.count <= Limits.participantNameBytesMax else {
-            return [.reply(request, .error(RequestError(400, "a forced decision needs an operator name of 1-\(Limits.participantNameBytesMax) bytes")))]
+        let reason: String
+        switch force.checkedReason() {
+        case .failure(let e): return [.reply(request, .error(e))]
+        case .success(let r): reason = r
         }
         guard pendingForces[txid] == nil else {
             return [.reply(request, .error(RequestError(409, "another forced decision on \(txid) is being recorded")))]
@@ -716,8 +714,7 @@ extension TCCCoordinator {
             return [.reply(request, .forced(txid, outcome: force.outcome, dryRun: force.dryRun, effects: ["nothing to do: \(txid) is already \(force.outcome.rawValue)"]))]
         case .success(let plan):
             if force.dryRun { return [.reply(request, .forced(txid, outcome: force.outcome, dryRun: true, effects: plan.effects))] }
-            let entry = Coordinator.AuditEntry(atMs: nowMs, operatorName: force.operatorName, action: force.outcome == .committed ? "force-commit" : "force-abort",
-                                               reason: reason, detail: plan.effects.joined(separator: "; "))
+            let entry = force.auditEntry(atMs: nowMs, reason: reason, effects: plan.effects)
             pendingForces[txid] = (request, force, entry, plan.resolvesPending)
             return [.log(.audit(txid, entry, outcome: force.outcome, resolvesPending: plan.resolvesPending), force: true)]
         }

@@ -107,6 +107,23 @@ final class CoordinatorOperatorTests: XCTestCase {
         XCTAssertEqual(errorStatus(d.on(.force(5, txid: "0a1b2c3d-1-999", force(.aborted)), nowMs: 6)), 404)
     }
 
+    /// The checks both coordinators (2PC/3PC and TCC) apply to a forced decision.
+    func testAForcedDecisionNeedsAReasonAndAnOperatorWithinTheirLimits() {
+        func check(_ reason: String, _ operatorName: String) -> Result<String, RequestError> {
+            Coordinator.ForceRequest(outcome: .aborted, reason: reason, operatorName: operatorName, dryRun: false).checkedReason()
+        }
+        XCTAssertEqual(try check("  disk replaced  ", "oncall").get(), "disk replaced", "surrounding spaces are dropped")
+        XCTAssertEqual(try check(String(repeating: "r", count: Limits.reasonBytesMax), "oncall").get().utf8.count, Limits.reasonBytesMax)
+        for (reason, name) in [("   ", "oncall"), (String(repeating: "r", count: Limits.reasonBytesMax + 1), "oncall"),
+                               ("why", ""), ("why", String(repeating: "o", count: Limits.participantNameBytesMax + 1))] {
+            guard case .failure(let e) = check(reason, name) else { return XCTFail("accepted \(reason.prefix(10)) / \(name.prefix(10))") }
+            XCTAssertEqual(e.status, 400)
+        }
+        var d = machine()
+        let u = started(&d)
+        XCTAssertEqual(errorStatus(d.on(.force(5, txid: u.description, Coordinator.ForceRequest(outcome: .aborted, reason: "why", operatorName: "", dryRun: false)), nowMs: 6)), 400, "an operator is required")
+    }
+
     func testForcedCommitResolvesAParkedBranchAndIsRemembered() throws {
         var c = machine()
         let t = committing(&c)

@@ -220,6 +220,13 @@ final class TCCCoordinatorTests: XCTestCase {
         var log: [TCCCoordinator.Record] = []
         // t1: active, every try succeeded: forced commit decides confirm once the audit is durable.
         let t1 = started(&m, ["a", "b"], log: &log)
+        // Without a reason or an operator name the request is refused and nothing is logged.
+        for bad in [Coordinator.ForceRequest(outcome: .committed, reason: " ", operatorName: "oncall", dryRun: false),
+                    Coordinator.ForceRequest(outcome: .committed, reason: "ops", operatorName: "", dryRun: false)] {
+            let refused = m.on(.force(nextReq(), txid: t1.description, bad), nowMs: now)
+            XCTAssertEqual(records(refused).count, 0)
+            if case .error(let e)? = replies(refused).values.first { XCTAssertEqual(e.status, 400) } else { XCTFail("\(refused)") }
+        }
         let f1 = nextReq()
         let a1 = m.on(.force(f1, txid: t1.description, force(.committed)), nowMs: now)
         XCTAssertEqual(records(a1).map(\.1), [true], "the audit record is forced")
