@@ -78,7 +78,10 @@ func ordersMain(_ argv: [String]) -> Never {
     } catch {
         done(1, "cannot start the demo services: \(error)")
     }
-    func call(_ api: CohortAPI, _ method: String, _ url: String, _ body: [String: Any]? = nil) throws -> [String: Any] {
+    // Read-only from here on: the client threads capture these.
+    let orderMode = mode
+    let skuCount = skus
+    @Sendable func call(_ api: CohortAPI, _ method: String, _ url: String, _ body: [String: Any]? = nil) throws -> [String: Any] {
         let bytes = body.map { Array(try! JSONSerialization.data(withJSONObject: $0)) } ?? []
         let r = try api.raw(method, url, body: bytes)
         guard r.status == 200 || r.status == 201 else { throw UsageError("\(method) \(url): HTTP \(r.status) \(String(decoding: r.body.prefix(200), as: UTF8.self))") }
@@ -122,7 +125,7 @@ func ordersMain(_ argv: [String]) -> Never {
                     let t0 = Date()
                     var status: String?
                     do {
-                        let placed = try call(api, "POST", ordersURL + "/v1/orders", ["sku": "sku-\(Int.random(in: 0..<skus, using: &rng))", "qty": 1, "mode": mode])
+                        let placed = try call(api, "POST", ordersURL + "/v1/orders", ["sku": "sku-\(Int.random(in: 0..<skuCount, using: &rng))", "qty": 1, "mode": orderMode])
                         status = placed["status"] as? String
                         if status == "pending", let id = placed["order_id"] as? String {
                             while status == "pending" {
