@@ -36,4 +36,40 @@ public enum ServerMain {
         running = server
         try server.run()
     }
+
+    /// A server executable's whole life, so each `main` only reads its own flags: `--help`
+    /// says `usage`; `COHORT_CRASHPOINT=list` says the `crashPoints`; otherwise `configure`
+    /// turns the flags into the address to announce and the server to build, and `serve` runs
+    /// it. Returns the exit status: 0 (help, list, or stopped by a signal), 2 for bad flags or
+    /// crash-point settings (warned with `usage`), 1 when the server cannot start or fails.
+    public static func main<Server: RunnableServer>(
+        arguments: [String], usage: String, valued: Set<String>, booleans: Set<String> = ["help"], crashPoints: [String],
+        say: @escaping (String) -> Void, warn: @escaping (String) -> Void,
+        configure: (Arguments) throws -> (host: String, make: (EventLoop, _ onFatal: @escaping (String) -> Void) throws -> Server)
+    ) -> Int32 {
+        do {
+            let args = try Arguments(arguments, valued: valued, booleans: booleans)
+            if args.has("help") {
+                say(usage)
+                return 0
+            }
+            if case .list = try CrashPoints.configure(known: crashPoints) {
+                crashPoints.forEach(say)
+                return 0
+            }
+            guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
+            let (host, make) = try configure(args)
+            try serve(host: host, say: say, warn: warn, make: make)
+            return 0
+        } catch let e as UsageError {
+            warn("error: \(e)\n\(usage)")
+            return 2
+        } catch let e as CrashPointError {
+            warn("error: \(e)")
+            return 2
+        } catch {
+            warn("error: \(error)")
+            return 1
+        }
+    }
 }

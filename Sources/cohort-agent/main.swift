@@ -19,23 +19,10 @@ A Cohort participant agent holding an embedded transactional key-value store (SQ
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list, COHORT_FAULT=fsync-fail[:K]
 """
 
-func fail(_ message: String, status: Int32) -> Never {
-    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
-    exit(status)
-}
-
-do {
-    let args = try Arguments(Array(CommandLine.arguments.dropFirst()),
-                             valued: ["name", "data", "port", "host", "coordinator", "advertise", "token-file", "checkpoint-after-bytes"])
-    if args.has("help") {
-        print(usage)
-        exit(0)
-    }
-    if case .list = try CrashPoints.configure(known: AgentServer.crashPoints) {
-        AgentServer.crashPoints.forEach { print($0) }
-        exit(0)
-    }
-    guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
+exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage: usage,
+                     valued: ["name", "data", "port", "host", "coordinator", "advertise", "token-file", "checkpoint-after-bytes"],
+                     crashPoints: AgentServer.crashPoints,
+                     say: { print($0); fflush(stdout) }, warn: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) { args in
     let name = try args.required("name")
     guard name.utf8.count <= Limits.participantNameBytesMax,
           name.unicodeScalars.allSatisfy({ $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "-_.".unicodeScalars.contains($0)) }) else {
@@ -48,15 +35,5 @@ do {
     if let advertise = args.string("advertise") { options.advertiseURL = try normalizedBaseURL(advertise, flag: "advertise") }
     if let n = try args.int("checkpoint-after-bytes", range: 4096...(1 << 40)) { options.checkpointAfterBytes = n }
     options.token = try loadToken(file: args.string("token-file"))
-    try ServerMain.serve(host: options.host, say: { print($0); fflush(stdout) },
-                         warn: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) { loop, onFatal in
-        try AgentServer(options: options, loop: loop, onFatal: onFatal)
-    }
-    exit(0)
-} catch let e as UsageError {
-    fail("\(e)\n\(usage)", status: 2)
-} catch let e as CrashPointError {
-    fail("\(e)", status: 2)
-} catch {
-    fail("\(error)", status: 1)
-}
+    return (options.host, { loop, onFatal in try AgentServer(options: options, loop: loop, onFatal: onFatal) })
+})

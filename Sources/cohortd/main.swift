@@ -20,22 +20,10 @@ The Cohort coordinator: drives two-phase commit (presumed abort) over participan
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list, COHORT_FAULT=fsync-fail[:K]
 """
 
-func fail(_ message: String, status: Int32) -> Never {
-    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
-    exit(status)
-}
-
-do {
-    let args = try Arguments(Array(CommandLine.arguments.dropFirst()), valued: ["data", "port", "host", "token-file", "checkpoint-after-bytes", "retry-budget-attempts", "retry-budget", "parked-retry-delay"], booleans: ["help", "no-one-phase"])
-    if args.has("help") {
-        print(usage)
-        exit(0)
-    }
-    if case .list = try CrashPoints.configure(known: CoordinatorServer.crashPoints) {
-        CoordinatorServer.crashPoints.forEach { print($0) }
-        exit(0)
-    }
-    guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
+exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage: usage,
+                     valued: ["data", "port", "host", "token-file", "checkpoint-after-bytes", "retry-budget-attempts", "retry-budget", "parked-retry-delay"],
+                     booleans: ["help", "no-one-phase"], crashPoints: CoordinatorServer.crashPoints,
+                     say: { print($0); fflush(stdout) }, warn: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) { args in
     var options = CoordinatorServer.Options(dataDirectory: try args.required("data"))
     options.port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
     options.host = args.string("host") ?? "127.0.0.1"
@@ -45,15 +33,5 @@ do {
     if let ms = try args.durationMs("retry-budget") { options.retryBudgetMs = ms }
     if let ms = try args.durationMs("parked-retry-delay") { options.parkedRetryDelayMs = max(ms, 1) }
     options.token = try loadToken(file: args.string("token-file"))
-    try ServerMain.serve(host: options.host, say: { print($0); fflush(stdout) },
-                         warn: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) { loop, onFatal in
-        try CoordinatorServer(options: options, loop: loop, onFatal: onFatal)
-    }
-    exit(0)
-} catch let e as UsageError {
-    fail("\(e)\n\(usage)", status: 2)
-} catch let e as CrashPointError {
-    fail("\(e)", status: 2)
-} catch {
-    fail("\(error)", status: 1)
-}
+    return (options.host, { loop, onFatal in try CoordinatorServer(options: options, loop: loop, onFatal: onFatal) })
+})

@@ -17,29 +17,11 @@ The demo's inventory: stock per sku in its own SQLite store; a Cohort participan
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list (the crash points)
 """
 
-func fail(_ message: String, status: Int32) -> Never {
-    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
-    exit(status)
-}
-
-do {
-    let args = try Arguments(Array(CommandLine.arguments.dropFirst()), valued: ["data", "port", "host", "coordinator", "broker", "advertise"])
-    if args.has("help") { print(usage); exit(0) }
-    if case .list = try CrashPoints.configure(known: InventoryService.crashPoints) {
-        InventoryService.crashPoints.forEach { print($0) }
-        exit(0)
-    }
-    guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
+exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage: usage,
+                     valued: ["data", "port", "host", "coordinator", "broker", "advertise"], crashPoints: InventoryService.crashPoints,
+                     say: { print($0); fflush(stdout) }, warn: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) { args in
     var options = InventoryService.Options(dataDirectory: try args.required("data"),
                                            coordinatorURL: try normalizedBaseURL(try args.required("coordinator"), flag: "coordinator"))
     try options.applySharedFlags(args) { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
-    try ServerMain.serve(host: options.host, say: { print($0); fflush(stdout) },
-                         warn: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) { loop, onFatal in
-        try InventoryService(options: options, loop: loop, onFatal: onFatal)
-    }
-    exit(0)
-} catch let e as UsageError {
-    fail("\(e)\n\(usage)", status: 2)
-} catch {
-    fail("\(error)", status: 1)
-}
+    return (options.host, { loop, onFatal in try InventoryService(options: options, loop: loop, onFatal: onFatal) })
+})

@@ -142,10 +142,18 @@ final class BadInputTests: XCTestCase {
             XCTAssertEqual(r.status, 0, "\(program) --help")
             XCTAssertTrue(r.stdout.contains("usage:"), "\(program) --help prints a usage")
         }
-        // An unknown crash point is a usage error, and `list` lists.
-        let unknown = try runToCompletion(bin.appendingPathComponent("cohortd"), ["--data", dir + "/c", "--port", "0"],
-                                          environment: ["COHORT_CRASHPOINT": "coordinator.nowhere"])
-        XCTAssertEqual(unknown.status, 2)
-        XCTAssertTrue(unknown.stderr.hasPrefix("error:"))
+        // An unknown crash point is a usage error in every server, and `list` lists.
+        for (program, args) in [("cohortd", ["--data", dir + "/c", "--port", "0"]),
+                                ("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", "http://127.0.0.1:1"]),
+                                ("inventory-service", ["--data", dir + "/i", "--port", "0", "--coordinator", "http://127.0.0.1:1"]),
+                                ("order-service", ["--data", dir + "/o", "--port", "0", "--coordinator", "http://127.0.0.1:1", "--inventory", "http://127.0.0.1:1"])] {
+            let unknown = try runToCompletion(bin.appendingPathComponent(program), args, environment: ["COHORT_CRASHPOINT": "nowhere"])
+            XCTAssertEqual(unknown.status, 2, "\(program): \(unknown.stderr)")
+            XCTAssertTrue(unknown.stderr.hasPrefix("error:"), "\(program): \(unknown.stderr)")
+            let listed = try runToCompletion(bin.appendingPathComponent(program), [], environment: ["COHORT_CRASHPOINT": "list"])
+            XCTAssertEqual(listed.status, 0, program)
+            XCTAssertTrue(listed.stdout.contains("."), "\(program) lists its crash points: \(listed.stdout)")
+            XCTAssertEqual(try runToCompletion(bin.appendingPathComponent(program), ["--help"]).status, 0, "\(program) --help")
+        }
     }
 }
