@@ -22,6 +22,9 @@ public final class AgentServer: RunnableServer {
         /// Checkpoint (and drop older log segments) once this many bytes were logged since the
         /// last checkpoint; small values exercise checkpointing in tests.
         public var checkpointAfterBytes = Limits.checkpointAfterBytes
+        /// How long an interactive branch's commit record waits for a prepare's sync to ride
+        /// with before it syncs alone (`Limits.soonSyncDelayUs`; 0: at once).
+        public var commitRideUs = Limits.soonSyncDelayUs
         /// A service embedding the participant serves its own routes first: return true when the
         /// request was handled (answered now or later), false to let the participant route it.
         public var routes: ((HTTPRequest, HTTPResponder) -> Bool)?
@@ -67,7 +70,8 @@ public final class AgentServer: RunnableServer {
             make: { String(format: "%016llx", ProcessEnv.randomU64()) },
             validate: { $0.utf8.count == 16 && UInt64($0, radix: 16) != nil })
         let storage = try FileLogStorage(directory: dir + "/log", faults: try storageFaultsFromEnvironment())
-        let (log, recovered) = try DurableLog.open(storage: storage)
+        precondition(options.commitRideUs >= 0 && options.commitRideUs <= Limits.soonSyncDelayUsMax, "commitRideUs out of range")
+        let (log, recovered) = try DurableLog.open(storage: storage, config: DurableLogConfig(soonSyncDelayUs: options.commitRideUs))
         if let tail = recovered.truncatedTail {
             recoveryNote = "truncated a torn tail of \(tail.bytesDropped) bytes at \(tail.file) offset \(tail.offset)"
         }

@@ -22,8 +22,12 @@ public enum Limits {
     /// not), waits at most this long for a forced record's sync to ride with before it syncs
     /// alone. Under load prepares arrive well within it, so commit records stop costing syncs
     /// of their own. 200 and 500 µs kept most of them syncing alone at 8 clients
-    /// (docs/benchmarks.md, round 5).
+    /// (docs/benchmarks.md, round 5). An agent's `--commit-ride-us` sets it per process: with
+    /// 3-7 transactions in flight per agent, 700-800 µs gave 8-20% more than 1 ms and 8 clients
+    /// 2-6% less (round 8).
     public static let soonSyncDelayUs: Int64 = 1_000
+    /// The most `--commit-ride-us` accepts: beyond it a commit's locks are held for nothing.
+    public static let soonSyncDelayUsMax: Int64 = 10_000
     /// Group commit under load: when the previous sync round covered at least
     /// `groupCommitSiblingsMin` forced records, a forced record waits up to this long for others
     /// to share its sync (PostgreSQL's commit_delay with commit_siblings). A lone writer never

@@ -16,11 +16,14 @@ A Cohort participant agent holding an embedded transactional key-value store (SQ
   --advertise URL     address the coordinator calls back (default http://HOST:PORT)
   --token-file F      bearer token for every call in and out (also env COHORT_TOKEN)
   --checkpoint-after-bytes N   checkpoint the log after N bytes (default 32 MiB)
+  --commit-ride-us N  how long a commit record waits for a prepare's sync to ride with before it
+                      syncs alone, 0-10000 (default 1000; 0: at once). Lower suits a few
+                      transactions in flight, higher saves syncs under load (docs/benchmarks.md)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list, COHORT_FAULT=fsync-fail[:K]
 """
 
 exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage: usage,
-                     valued: ["name", "data", "port", "host", "coordinator", "advertise", "token-file", "checkpoint-after-bytes"],
+                     valued: ["name", "data", "port", "host", "coordinator", "advertise", "token-file", "checkpoint-after-bytes", "commit-ride-us"],
                      crashPoints: AgentServer.crashPoints,
                      say: { print($0); fflush(stdout) }, warn: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) { args in
     let name = try args.required("name")
@@ -34,6 +37,7 @@ exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage:
     options.host = args.string("host") ?? "127.0.0.1"
     if let advertise = args.string("advertise") { options.advertiseURL = try normalizedBaseURL(advertise, flag: "advertise") }
     if let n = try args.int("checkpoint-after-bytes", range: 4096...(1 << 40)) { options.checkpointAfterBytes = n }
+    if let us = try args.int("commit-ride-us", range: 0...Int(Limits.soonSyncDelayUsMax)) { options.commitRideUs = Int64(us) }
     options.token = try loadToken(file: args.string("token-file"))
     return (options.host, { loop, onFatal in try AgentServer(options: options, loop: loop, onFatal: onFatal) })
 })
