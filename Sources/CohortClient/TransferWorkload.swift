@@ -301,7 +301,9 @@ public final class TransferWorkload: @unchecked Sendable {
         var schedule = schedule
         let api = api()
         var report = Report()
-        var rng = SystemRandomNumberGenerator()
+        // One random seed per client, then a PRNG: `SystemRandomNumberGenerator` is a getrandom
+        // system call per draw, six per transfer.
+        var rng = SplitMix64(seed: UInt64.random(in: .min ... .max) &+ seed)
         let agents = config.agentURLs.count
         func finished() -> Bool {
             if let deadline, nowMs() >= deadline { return true }
