@@ -8,7 +8,9 @@
 
 /// A parsed JSON value. Objects keep their members in order as (key, value) pairs: wire objects
 /// have a handful of fields, so a linear search beats building a dictionary.
-public indirect enum JSONNode: Equatable, Sendable {
+/// Not `indirect`: arrays already hold their elements out of line, and an indirect enum boxed
+/// every scalar and string in a heap allocation of its own (a tenth of an agent's deallocations).
+public enum JSONNode: Equatable, Sendable {
     case null
     case bool(Bool)
     /// A number written without fraction or exponent that fits in 64 bits.
@@ -285,15 +287,24 @@ public struct JSONParser {
 /// ignored, and when a name repeats the last one counts.
 public struct WireObject {
     public let members: [(String, JSONNode)]
-    /// Where this object sits, for error messages ("" at the top level).
-    public let path: String
+    /// Where this object sits, for error messages ("" at the top level). Built only when asked:
+    /// an array's items are named by their index, and a string per item showed in profiles.
+    public var path: String { itemIndex < 0 ? pathPrefix : pathPrefix + "." + String(itemIndex) }
+    private let pathPrefix: String
+    private let itemIndex: Int
 
     public init(_ node: JSONNode, path: String = "") throws {
+        try self.init(node, pathPrefix: path, itemIndex: -1)
+    }
+
+    private init(_ node: JSONNode, pathPrefix: String, itemIndex: Int) throws {
+        self.pathPrefix = pathPrefix
+        self.itemIndex = itemIndex
         guard case .object(let m) = node else {
-            throw path.isEmpty ? WireJSONError.malformed("the body is not a JSON object") : WireJSONError.wrongType(path)
+            members = []
+            throw pathPrefix.isEmpty && itemIndex < 0 ? WireJSONError.malformed("the body is not a JSON object") : WireJSONError.wrongType(path)
         }
         members = m
-        self.path = path
     }
 
     public init(bytes: [UInt8]) throws { try self.init(JSONParser.parse(bytes)) }
@@ -355,7 +366,8 @@ public struct WireObject {
     public func optObjects<T>(_ key: String, _ read: (WireObject) throws -> T) throws -> [T]? {
         guard let v = present(key) else { return nil }
         guard case .array(let items) = v else { throw WireJSONError.wrongType(name(key)) }
-        return try items.enumerated().map { try read(WireObject($0.element, path: name(key) + ".\($0.offset)")) }
+        let prefix = name(key)
+        return try items.enumerated().map { try read(WireObject($0.element, pathPrefix: prefix, itemIndex: $0.offset)) }
     }
 
     public func objects<T>(_ key: String, _ read: (WireObject) throws -> T) throws -> [T] {

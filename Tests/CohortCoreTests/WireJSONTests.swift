@@ -50,6 +50,13 @@ final class WireJSONTests: XCTestCase {
         XCTAssertThrowsError(try read(#"{"txid": "t", "participants": [{"name": "a"}]}"#)) {
             XCTAssertEqual($0 as? WireJSONError, .missingField("participants.0.url"))
         }
+        // Items are named by their index, also past the first and when an item is no object.
+        XCTAssertThrowsError(try read(#"{"txid": "t", "participants": [{"name": "a", "url": "u"}, {"name": "b", "url": "v"}, {"name": 3, "url": "w"}]}"#)) {
+            XCTAssertEqual($0 as? WireJSONError, .wrongType("participants.2.name"))
+        }
+        XCTAssertThrowsError(try read(#"{"txid": "t", "participants": [{"name": "a", "url": "u"}, 7]}"#)) {
+            XCTAssertEqual($0 as? WireJSONError, .wrongType("participants.1"))
+        }
         XCTAssertThrowsError(try read(#"["txid"]"#)) { guard case WireJSONError.malformed = $0 else { return XCTFail("\($0)") } }
         // Optional fields: absent and null are nil; unknown fields are ignored; the last of a repeated name counts.
         let r = try read(#"{"txid": "a", "txid": "b", "incarnation": null, "extra": [1, {"x": 2}]}"#)
