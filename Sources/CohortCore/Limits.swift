@@ -183,6 +183,9 @@ public enum Limits {
     /// A pass of a server's event loop busy for longer than this counts in
     /// `cohort_event_loop_stalls_total`: every request of the process waited meanwhile.
     public static let eventLoopStallUs = 5_000
+    /// The most a server's event loop may poll for events before it sleeps (`--poll-us`):
+    /// beyond a millisecond the polls only burn CPU that timers and the other processes need.
+    public static let eventLoopPollUsMax = 1_000
     // MARK: outbox
     /// How long an outbox, relay or inbox connection waits for SQLite's write lock before
     /// `SQLiteError.isBusy`.

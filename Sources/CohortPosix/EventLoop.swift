@@ -150,6 +150,14 @@ public final class EventLoop {
     /// longer than this is a stall: every connection of the process waited that long.
     /// `ServerMain` sets it from `Limits.eventLoopStallUs` (this module sees no `Limits`).
     public var stallNs: UInt64 = 5_000_000
+    /// Microseconds the loop polls for events (yielding the core between polls) before it
+    /// blocks in `epoll_wait`; 0 (the default) blocks at once. On a virtual machine a blocked
+    /// thread's core goes idle, and waking an idle core costs tens of microseconds of CPU and
+    /// latency per message; polling briefly keeps the core awake for the answer that is about
+    /// to come, at the price of the CPU the polls use. `ServerMain` sets it from `--poll-us`.
+    public var pollUs: Int64 = 0
+    /// Passes whose events the poll found, i.e. without blocking.
+    public private(set) var polledPassesTotal: UInt64 = 0
     /// Passes that took longer than `stallNs`.
     public private(set) var stallsTotal: UInt64 = 0
     /// The longest pass since the loop started.
@@ -180,7 +188,7 @@ public final class EventLoop {
                 let delta = first.deadlineMs - SystemClock.monotonicMs()
                 timeout = delta <= 0 ? 0 : Int32(min(delta, Int64(Int32.max)))
             }
-            let n = LinuxAPI.epollWait(epfd, events, eventsMax, timeout)
+            let n = waitForEvents(timeoutMs: timeout)
             if n < 0 {
                 if errno == EINTR { continue }
                 throw PosixError.current("epoll_wait")
@@ -199,6 +207,28 @@ public final class EventLoop {
             if busyNs > stallNs { stallsTotal += 1 }
             if busyNs > longestBusyNs { longestBusyNs = busyNs }
         }
+    }
+
+    /// `epoll_wait`, after polling for up to `pollUs` when the wait would block.
+    private func waitForEvents(timeoutMs: Int32) -> Int32 {
+        guard pollUs > 0 && timeoutMs != 0 else { return LinuxAPI.epollWait(epfd, events, eventsMax, timeoutMs) }
+        let startNs = SystemClock.monotonicNs()
+        // Poll no longer than the first timer is due.
+        let pollNs = UInt64(timeoutMs < 0 ? pollUs * 1_000 : min(pollUs * 1_000, Int64(timeoutMs) * 1_000_000))
+        while true {
+            let n = LinuxAPI.epollWait(epfd, events, eventsMax, 0)
+            if n != 0 {
+                if n > 0 { polledPassesTotal &+= 1 }
+                return n
+            }
+            if SystemClock.monotonicNs() &- startNs >= pollNs { break }
+            // Let any other thread that is ready run on this core; the poll only takes what
+            // would otherwise be idle time.
+            sched_yield()
+        }
+        guard timeoutMs > 0 else { return LinuxAPI.epollWait(epfd, events, eventsMax, timeoutMs) }
+        let spentMs = Int64((SystemClock.monotonicNs() &- startNs) / 1_000_000)
+        return LinuxAPI.epollWait(epfd, events, eventsMax, Int32(max(0, Int64(timeoutMs) - spentMs)))
     }
 
     /// Starts `run` on a new thread (tests and tools). Pair with `stopAndJoin`.

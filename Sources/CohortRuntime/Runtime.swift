@@ -263,6 +263,9 @@ public func declareHTTPServerMetrics(_ m: MetricsRegistry, server: HTTPServer) {
     m.sample("cohort_event_loop_longest_busy_seconds", help: "The longest pass of the event loop since start") { [weak loop] in
         Double(loop?.longestBusyNs ?? 0) / 1e9
     }
+    m.sample("cohort_event_loop_polled_passes_total", type: "counter", help: "Passes of the event loop whose events its poll found before it would have slept (--poll-us)") { [weak loop] in
+        Double(loop?.polledPassesTotal ?? 0)
+    }
 }
 
 /// Registers the counters of a node's `BatchingSender`: how long protocol messages waited for a

@@ -10,16 +10,24 @@ public protocol RunnableServer: AnyObject {
 }
 
 public enum ServerMain {
+    /// The usage line of `--poll-us`, which every server takes.
+    public static let pollUsUsage = """
+      --poll-us N         after handling events, poll this many microseconds for more before
+                          sleeping, 0-\(Limits.eventLoopPollUsMax) (default 0). Cuts latency on virtual machines,
+                          where waking a sleeping core is slow, at the cost of CPU (docs/txctl.md)
+    """
+
     /// Blocks SIGTERM/SIGINT first (so threads started later, like the log's sync thread,
     /// inherit the blocked set and the loop alone receives them), builds the server with
     /// `make`, announces it, and runs until a signal stops it. Lines for people go through
     /// `say` (stdout) and `warn` (stderr): the executable prints, not this library.
     public static func serve<Server: RunnableServer>(
-        host: String, say: @escaping (String) -> Void, warn: @escaping (String) -> Void,
+        host: String, pollUs: Int64 = 0, say: @escaping (String) -> Void, warn: @escaping (String) -> Void,
         make: (EventLoop, _ onFatal: @escaping (String) -> Void) throws -> Server
     ) throws {
         let loop = try EventLoop()
         loop.stallNs = UInt64(Limits.eventLoopStallUs) * 1_000
+        loop.pollUs = pollUs
         var running: Server?
         try loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in running?.shutdown() }
         let server: Server
@@ -40,7 +48,8 @@ public enum ServerMain {
     /// A server executable's whole life, so each `main` only reads its own flags: `--help`
     /// says `usage`; `COHORT_CRASHPOINT=list` says the `crashPoints`; otherwise `configure`
     /// turns the flags into the address to announce and the server to build, and `serve` runs
-    /// it. Returns the exit status: 0 (help, list, or stopped by a signal), 2 for bad flags or
+    /// it. `--poll-us N` (the event loop's `pollUs`) is read here for every server, and each
+    /// usage text lists it as `pollUsUsage`. Returns the exit status: 0 (help, list, or stopped by a signal), 2 for bad flags or
     /// crash-point settings (warned with `usage`), 1 when the server cannot start or fails.
     public static func main<Server: RunnableServer>(
         arguments: [String], usage: String, valued: Set<String>, booleans: Set<String> = ["help"], crashPoints: [String],
@@ -48,7 +57,7 @@ public enum ServerMain {
         configure: (Arguments) throws -> (host: String, make: (EventLoop, _ onFatal: @escaping (String) -> Void) throws -> Server)
     ) -> Int32 {
         do {
-            let args = try Arguments(arguments, valued: valued, booleans: booleans)
+            let args = try Arguments(arguments, valued: valued.union(["poll-us"]), booleans: booleans)
             if args.has("help") {
                 say(usage)
                 return 0
@@ -58,8 +67,9 @@ public enum ServerMain {
                 return 0
             }
             guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
+            let pollUs = try args.int("poll-us", range: 0...Limits.eventLoopPollUsMax) ?? 0
             let (host, make) = try configure(args)
-            try serve(host: host, say: say, warn: warn, make: make)
+            try serve(host: host, pollUs: Int64(pollUs), say: say, warn: warn, make: make)
             return 0
         } catch let e as UsageError {
             warn("error: \(e)\n\(usage)")

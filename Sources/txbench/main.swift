@@ -5,7 +5,7 @@ import Foundation
 let usage = """
 usage: txbench [--clients N] [--rate N] [--duration D | --transfers N] [--warmup D] [--accounts N] [--protocol 2pc|3pc]
                [--termination classic|quorum] [--submit | --named-branches] [--json | --row] [--progress]
-               [--coordinator URL --agents URL,URL,... [--no-setup]] [--bin-dir DIR] [--keep]
+               [--coordinator URL --agents URL,URL,... [--no-setup]] [--bin-dir DIR] [--poll-us N] [--keep]
        txbench --orders --mode 2pc|3pc|tcc|outbox [--clients N] [--duration D] [--warmup D] [--skus N]
                [--json | --row] [--progress]
 
@@ -38,6 +38,8 @@ unless --coordinator and --agents name running ones (their acct-* keys are overw
   --no-setup          with running servers: keep the balances they hold (set up by an
                       earlier txbench with the same --accounts) instead of resetting them
   --bin-dir DIR       where cohortd and cohort-agent are (default: next to this program)
+  --poll-us N         start the coordinator and agents with --poll-us N (their event loops poll
+                      N microseconds before sleeping; see cohortd --help)
   --keep              keep the temporary directory of a cluster txbench started
   --progress          show the progress line on stderr even when it is not a terminal
 Reports committed/s, aborted/s, latency percentiles of committed transfers, the mean time of each
@@ -76,9 +78,10 @@ let rowHeader = "clients  committed/s  aborted/s    p50_ms    p95_ms    p99_ms  
 var keep = false
 var external: (coordinator: String, agents: [String])?
 var binDir: String?
+var pollUs: Int?
 do {
     let args = try Arguments(Array(CommandLine.arguments.dropFirst()),
-                             valued: ["clients", "duration", "warmup", "accounts", "coordinator", "agents", "bin-dir", "protocol", "termination", "transfers", "rate"],
+                             valued: ["clients", "duration", "warmup", "accounts", "coordinator", "agents", "bin-dir", "protocol", "termination", "transfers", "rate", "poll-us"],
                              booleans: ["help", "json", "keep", "row", "row-header", "no-setup", "progress", "submit", "named-branches"])
     if args.has("help") {
         print(usage)
@@ -113,6 +116,7 @@ do {
     guard !(json && row) else { throw UsageError("--json and --row do not go together") }
     keep = args.has("keep")
     binDir = args.string("bin-dir")
+    pollUs = try args.int("poll-us", range: 0...Limits.eventLoopPollUsMax)
     switch (args.string("coordinator"), args.string("agents")) {
     case (nil, nil): break
     case (let c?, let a?):
@@ -124,6 +128,7 @@ do {
         throw UsageError("--coordinator and --agents go together")
     }
     if noSetup && external == nil { throw UsageError("--no-setup is for running servers (--coordinator and --agents)") }
+    if pollUs != nil && external != nil { throw UsageError("--poll-us is for the cluster txbench starts; give it to running servers yourself") }
 } catch {
     fail("\(error)\n\(usage)", status: 2)
 }
@@ -145,6 +150,10 @@ if let external {
     var options = Cluster.Options()
     options.agents = 2
     options.keepData = keep
+    if let pollUs {
+        options.coordinatorArguments = ["--poll-us", String(pollUs)]
+        options.agentArguments = ["--poll-us", String(pollUs)]
+    }
     if let binDir { options.binDirectory = URL(fileURLWithPath: binDir) }
     do {
         let c = try Cluster(options: options)

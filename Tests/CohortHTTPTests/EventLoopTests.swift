@@ -68,6 +68,45 @@ final class EventLoopTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(busyNs, longestNs)
     }
 
+    /// With `pollUs` set, a task submitted just after the loop finished the last one is found
+    /// by the poll (the loop did not sleep); without it the loop always sleeps in between. Timers
+    /// still fire while the loop polls.
+    func testPollingFindsEventsBeforeSleeping() throws {
+        func polledPasses(pollUs: Int64) throws -> UInt64 {
+            let loop = try EventLoop()
+            loop.pollUs = pollUs
+            loop.startThread()
+            defer { loop.stopAndJoin() }
+            let answered = DispatchSemaphore(value: 0)
+            for _ in 0..<200 {
+                loop.execute { answered.signal() }
+                XCTAssertEqual(answered.wait(timeout: .now() + 5), .success)
+                // Let the loop finish its pass and start waiting: a task that comes while the
+                // pass still runs is taken without any wait, polled or not.
+                usleep(200)
+            }
+            let fired = DispatchSemaphore(value: 0)
+            var polled: UInt64 = 0
+            let startMs = SystemClock.monotonicMs()
+            var firedAfterMs: Int64 = 0
+            loop.execute {
+                loop.schedule(afterMs: 20) {
+                    firedAfterMs = SystemClock.monotonicMs() - startMs
+                    polled = loop.polledPassesTotal
+                    fired.signal()
+                }
+            }
+            XCTAssertEqual(fired.wait(timeout: .now() + 5), .success)
+            XCTAssertGreaterThanOrEqual(firedAfterMs, 19)
+            XCTAssertLessThan(firedAfterMs, 1_000)
+            return polled
+        }
+        XCTAssertEqual(try polledPasses(pollUs: 0), 0)
+        // The test thread submits the next task 0.2 ms after the last one's answer: most of the
+        // 200 must be found by a 1 ms poll (all of them on a quiet machine).
+        XCTAssertGreaterThanOrEqual(try polledPasses(pollUs: 1_000), 100)
+    }
+
     func testClocks() {
         let a = SystemClock.monotonicMs()
         usleep(20_000)
