@@ -34,6 +34,14 @@ public enum ProcessEnv {
 
     public static var pid: Int32 { getpid() }
 
+    /// CPU time the whole process (every thread) has used, user and system, in seconds.
+    public static func cpuSecondsUsed() -> Double {
+        var usage = rusage()
+        guard getrusage(RUSAGE_SELF.rawValue, &usage) == 0 else { return 0 }
+        func seconds(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
+        return seconds(usage.ru_utime) + seconds(usage.ru_stime)
+    }
+
     /// Writes to a socket the peer closed must surface as EPIPE errors, not kill the process.
     public static func ignoreSIGPIPE() {
         _ = signal(SIGPIPE, SIG_IGN)

@@ -1,6 +1,7 @@
 import CohortClient
 import CohortCore
 import Foundation
+import CohortPosix
 
 /// `txbench --orders --mode 2pc|3pc|tcc|outbox`: demo orders (order-service + inventory-service
 /// + cohortd, started here) at a concurrency for a duration after a warm-up. An order counts as
@@ -163,13 +164,15 @@ func ordersMain(_ argv: [String]) -> Never {
     }
     let before: [[String: Double]]
     do { before = try snapshotMetrics(setupAPI, servers) } catch { done(1, "cannot read /metrics: \(error)") }
+    let loadGeneratorCPUBefore = ProcessEnv.cpuSecondsUsed()
     progress.start("measuring") { live.snapshot }
     let (tally, seconds) = runFor(durationMs)
     progress.stop()
     let after: [[String: Double]]
+    let loadGeneratorCPUSeconds = ProcessEnv.cpuSecondsUsed() - loadGeneratorCPUBefore
     do { after = try snapshotMetrics(setupAPI, servers) } catch { done(1, "cannot read /metrics: \(error)") }
     let costs = CostSummary(processes: zip(servers, zip(before, after)).map { ProcessCost(name: $0.0.name, url: $0.0.url, before: $0.1.0, after: $0.1.1) },
-                            committed: Double(tally.confirmed))
+                            committed: Double(tally.confirmed), loadGeneratorCPUSeconds: loadGeneratorCPUSeconds)
 
     // At rest: no order pending, every sku adds up, sold = confirmed qty (qty is 1 per order).
     var ok = true

@@ -16,6 +16,8 @@ struct ProcessCost {
     /// read that ends the window; nil when the server does not report them.
     let exchanges: Double?
     let connectionsAccepted: Double?
+    /// CPU seconds the process used (`process_cpu_seconds_total`); nil when not reported.
+    let cpuSeconds: Double?
 
     init(name: String, url: String, before: [String: Double], after: [String: Double]) {
         self.name = name
@@ -26,6 +28,7 @@ struct ProcessCost {
         records = d["cohort_log_records_total"] ?? 0
         exchanges = d["cohort_http_requests_total"].map { max(0, $0 - 1) }
         connectionsAccepted = d["cohort_http_connections_accepted_total"]
+        cpuSeconds = d["process_cpu_seconds_total"]
         var messages = 0.0
         var byType: [String: Double] = [:]
         for (k, v) in d where k.hasPrefix("cohort_messages_sent_total") {
@@ -43,6 +46,7 @@ struct ProcessCost {
                                      "records_per_commit": per(records), "messages_per_commit": per(messages)]
         if let exchanges { object["exchanges_per_commit"] = per(exchanges) }
         if let connectionsAccepted { object["connections_per_commit"] = per(connectionsAccepted) }
+        if let cpuSeconds { object["cpu_us_per_commit"] = per(cpuSeconds * 1e6) }
         return object
     }
 }
@@ -51,6 +55,13 @@ struct ProcessCost {
 struct CostSummary {
     let processes: [ProcessCost]
     let committed: Double
+    /// CPU seconds txbench itself used over the window: the load generator shares the machine.
+    var loadGeneratorCPUSeconds: Double? = nil
+
+    /// CPU seconds of the servers; nil unless every one reports it.
+    var cpuSeconds: Double? {
+        processes.allSatisfy { $0.cpuSeconds != nil } ? processes.reduce(0) { $0 + $1.cpuSeconds! } : nil
+    }
 
     var syncs: Double { processes.reduce(0) { $0 + $1.syncs } }
     var forcedRecords: Double { processes.reduce(0) { $0 + $1.forcedRecords } }
@@ -80,6 +91,8 @@ struct CostSummary {
         ]
         if let exchanges { fields["exchanges_per_commit"] = per(exchanges) }
         if let connectionsAccepted { fields["connections_per_commit"] = per(connectionsAccepted) }
+        if let cpuSeconds { fields["cpu_us_per_commit"] = per(cpuSeconds * 1e6) }
+        if let loadGeneratorCPUSeconds { fields["load_generator_cpu_us_per_commit"] = per(loadGeneratorCPUSeconds * 1e6) }
         return fields
     }
 
@@ -95,11 +108,16 @@ struct CostSummary {
             out.append(String(format: "exchanges/commit  %.2f  (HTTP requests served; new connections/commit %.3f)", per(exchanges),
                               per(connectionsAccepted ?? 0)))
         }
-        out.append("per process       syncs/commit  forced/commit  records/commit  msgs/commit")
+        if let cpuSeconds {
+            out.append(String(format: "cpu us/commit     %.1f in the servers", per(cpuSeconds * 1e6))
+                       + (loadGeneratorCPUSeconds.map { String(format: ", %.1f in txbench itself", per($0 * 1e6)) } ?? ""))
+        }
+        out.append("per process       syncs/commit  forced/commit  records/commit  msgs/commit  cpu_us/commit")
         for p in processes {
             let name = p.name.count < 15 ? p.name + String(repeating: " ", count: 15 - p.name.count) : p.name
-            out.append("  " + name + String(format: " %12.3f  %13.3f  %14.3f  %11.2f", per(p.syncs), per(p.forcedRecords),
-                                                   per(p.records), per(p.messages)))
+            let cpu = p.cpuSeconds.map { String(format: "%13.1f", per($0 * 1e6)) } ?? String(repeating: " ", count: 12) + "-"
+            out.append("  " + name + String(format: " %12.3f  %13.3f  %14.3f  %11.2f  ", per(p.syncs), per(p.forcedRecords),
+                                                   per(p.records), per(p.messages)) + cpu)
         }
         return out
     }

@@ -1,6 +1,7 @@
 import CohortClient
 import CohortCore
 import Foundation
+import CohortPosix
 
 let usage = """
 usage: txbench [--clients N] [--rate N] [--duration D | --transfers N] [--warmup D] [--accounts N] [--protocol 2pc|3pc]
@@ -44,8 +45,9 @@ unless --coordinator and --agents name running ones (their acct-* keys are overw
   --progress          show the progress line on stderr even when it is not a terminal
 Reports committed/s, aborted/s, latency percentiles of committed transfers, the mean time of each
 call of the interactive flow (begin, work at the first and second agent, commit), and from the servers'
-/metrics: log syncs (fdatasync) and protocol messages per committed transaction, summed over the
-coordinator and the agents and for each process. Checks afterwards that the total balance is
+/metrics: log syncs (fdatasync), protocol messages and CPU time (process_cpu_seconds_total) per
+committed transaction, summed over the coordinator and the agents and for each process, and the
+CPU txbench itself used. Checks afterwards that the total balance is
 unchanged. While it runs, a progress line on stderr (when stderr is a terminal) shows the counts.
 """
 
@@ -197,6 +199,7 @@ if warmupMs > 0 {
 }
 let before: [[String: Double]]
 do { before = try snapshotMetrics(api, servers) } catch { finish(1, "cannot read /metrics: \(error)") }
+let loadGeneratorCPUBefore = ProcessEnv.cpuSecondsUsed()
 if !json && !row {
     let pace = targetRate.map { ", \($0) transfers/s scheduled" } ?? ""
     note(transfers.map { "measuring \($0) transfers with \(clients) clients\(pace) ..." } ?? "measuring for \(Double(durationMs) / 1000) s with \(clients) clients\(pace) ...")
@@ -206,9 +209,10 @@ let report = transfers.map { workload.run(clients: clients, count: $0, ratePerS:
     ?? workload.run(clients: clients, durationMs: Double(durationMs), ratePerS: targetRate.map(Double.init))
 progress.stop()
 let after: [[String: Double]]
+let loadGeneratorCPUSeconds = ProcessEnv.cpuSecondsUsed() - loadGeneratorCPUBefore
 do { after = try snapshotMetrics(api, servers) } catch { finish(1, "cannot read /metrics: \(error)") }
 let costs = CostSummary(processes: zip(servers, zip(before, after)).map { ProcessCost(name: $0.0.name, url: $0.0.url, before: $0.1.0, after: $0.1.1) },
-                        committed: Double(report.committed))
+                        committed: Double(report.committed), loadGeneratorCPUSeconds: loadGeneratorCPUSeconds)
 let syncs = costs.syncs
 let messages = costs.messages
 

@@ -96,7 +96,7 @@ final class ProgramsTests: XCTestCase {
         let r = try runToCompletion(try binDirectory().appendingPathComponent("txbench"),
                                     ["--clients", "2", "--transfers", "40", "--warmup", "1s", "--accounts", "20", "--progress"], timeoutMs: 120_000)
         XCTAssertEqual(r.status, 0, "stderr: \(r.stderr)")
-        for line in ["committed/s", "aborted/s", "latency ms        p50", "syncs/commit", "messages/commit", "per process",
+        for line in ["committed/s", "aborted/s", "latency ms        p50", "syncs/commit", "messages/commit", "cpu us/commit     ", "per process",
                      "  coordinator", "  agent a", "  agent b", "conservation      ok"] {
             XCTAssertTrue(r.stdout.contains(line), "no \"\(line)\" in:\n\(r.stdout)")
         }

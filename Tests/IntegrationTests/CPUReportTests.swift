@@ -1,0 +1,43 @@
+import CohortClient
+import Foundation
+import XCTest
+
+/// Every server exports `process_cpu_seconds_total`, and txbench turns it into CPU per committed
+/// transaction for each process, for the servers together, and for itself.
+final class CPUReportTests: XCTestCase {
+    func testTxbenchReportsCPUPerCommit() throws {
+        let cluster = try Cluster(options: Cluster.Options())
+        defer { cluster.stop() }
+        try cluster.start()
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        var before: [String: Double] = [:]
+        for url in [cluster.coordinatorURL] + cluster.agentURLs {
+            let cpu = try XCTUnwrap(try api.metrics(url)["process_cpu_seconds_total"], "\(url) exports no process_cpu_seconds_total")
+            XCTAssertGreaterThan(cpu, 0, url)
+            before[url] = cpu
+        }
+        let r = try runToCompletion(try binDirectory().appendingPathComponent("txbench"),
+                                    ["--coordinator", cluster.coordinatorURL, "--agents", cluster.agentURLs.joined(separator: ","),
+                                     "--clients", "2", "--transfers", "200", "--warmup", "0s", "--accounts", "20", "--json"],
+                                    timeoutMs: 120_000)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        for url in [cluster.coordinatorURL] + cluster.agentURLs {
+            XCTAssertGreaterThan(try XCTUnwrap(try api.metrics(url)["process_cpu_seconds_total"]), before[url]!, "\(url): CPU did not grow")
+        }
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
+        let processes = try XCTUnwrap(object["per_process"] as? [[String: Any]], r.stdout)
+        XCTAssertEqual(processes.count, 3, r.stdout)
+        var sum = 0.0
+        for p in processes {
+            let cpu = try XCTUnwrap(p["cpu_us_per_commit"] as? Double, "\(p)")
+            // A transfer costs tens to hundreds of microseconds per process, never nothing and
+            // never a second.
+            XCTAssertGreaterThan(cpu, 1, "\(p)")
+            XCTAssertLessThan(cpu, 1_000_000, "\(p)")
+            sum += cpu
+        }
+        let total = try XCTUnwrap(object["cpu_us_per_commit"] as? Double, r.stdout)
+        XCTAssertEqual(total, sum, accuracy: sum * 0.001)
+        XCTAssertGreaterThan(try XCTUnwrap(object["load_generator_cpu_us_per_commit"] as? Double, r.stdout), 1)
+    }
+}
