@@ -16,17 +16,12 @@ final class CPUReportTests: XCTestCase {
             XCTAssertGreaterThan(cpu, 0, url)
             before[url] = cpu
         }
-        let r = try runToCompletion(try binDirectory().appendingPathComponent("txbench"),
-                                    ["--coordinator", cluster.coordinatorURL, "--agents", cluster.agentURLs.joined(separator: ","),
-                                     "--clients", "2", "--transfers", "200", "--warmup", "0s", "--accounts", "20", "--json"],
-                                    timeoutMs: 120_000)
-        XCTAssertEqual(r.status, 0, r.stderr)
+        let object = try runTxbenchJSON(cluster, clients: 2, transfers: 200)
         for url in [cluster.coordinatorURL] + cluster.agentURLs {
             XCTAssertGreaterThan(try XCTUnwrap(try api.metrics(url)["process_cpu_seconds_total"]), before[url]!, "\(url): CPU did not grow")
         }
-        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
-        let processes = try XCTUnwrap(object["per_process"] as? [[String: Any]], r.stdout)
-        XCTAssertEqual(processes.count, 3, r.stdout)
+        let processes = try XCTUnwrap(object["per_process"] as? [[String: Any]], "\(object)")
+        XCTAssertEqual(processes.count, 3, "\(object)")
         var sum = 0.0
         for p in processes {
             let cpu = try XCTUnwrap(p["cpu_us_per_commit"] as? Double, "\(p)")
@@ -36,8 +31,8 @@ final class CPUReportTests: XCTestCase {
             XCTAssertLessThan(cpu, 1_000_000, "\(p)")
             sum += cpu
         }
-        let total = try XCTUnwrap(object["cpu_us_per_commit"] as? Double, r.stdout)
+        let total = try XCTUnwrap(object["cpu_us_per_commit"] as? Double, "\(object)")
         XCTAssertEqual(total, sum, accuracy: sum * 0.001)
-        XCTAssertGreaterThan(try XCTUnwrap(object["load_generator_cpu_us_per_commit"] as? Double, r.stdout), 1)
+        XCTAssertGreaterThan(try XCTUnwrap(object["load_generator_cpu_us_per_commit"] as? Double, "\(object)"), 1)
     }
 }

@@ -15,15 +15,10 @@ final class CommitRideTests: XCTestCase {
             let cluster = try Cluster(options: options)
             defer { cluster.stop() }
             try cluster.start()
-            let r = try runToCompletion(try binDirectory().appendingPathComponent("txbench"),
-                                        ["--coordinator", cluster.coordinatorURL, "--agents", cluster.agentURLs.joined(separator: ","),
-                                         "--clients", "1", "--transfers", "60", "--warmup", "0s", "--accounts", "20", "--json"],
-                                        timeoutMs: 120_000)
-            XCTAssertEqual(r.status, 0, r.stderr)
-            let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
-            let processes = try XCTUnwrap(object["per_process"] as? [[String: Any]], r.stdout)
+            let object = try runTxbenchJSON(cluster, clients: 1, transfers: 60)
+            let processes = try XCTUnwrap(object["per_process"] as? [[String: Any]], "\(object)")
             let agents = processes.filter { ($0["name"] as? String ?? "").hasPrefix("agent") }
-            XCTAssertEqual(agents.count, 2, r.stdout)
+            XCTAssertEqual(agents.count, 2, "\(object)")
             return agents.map { $0["syncs_per_commit"] as? Double ?? 0 }
         }
         for s in try agentSyncsPerCommit(rideUs: 0) { XCTAssertGreaterThan(s, 1.6, "commit records sync alone") }

@@ -13,11 +13,7 @@ final class PollTests: XCTestCase {
         let cluster = try Cluster(options: options)
         defer { cluster.stop() }
         try cluster.start()
-        let r = try runToCompletion(try binDirectory().appendingPathComponent("txbench"),
-                                    ["--coordinator", cluster.coordinatorURL, "--agents", cluster.agentURLs.joined(separator: ","),
-                                     "--clients", "1", "--transfers", "50", "--warmup", "0s", "--accounts", "20", "--json"],
-                                    timeoutMs: 120_000)
-        XCTAssertEqual(r.status, 0, r.stderr)
+        _ = try runTxbenchJSON(cluster, clients: 1, transfers: 50)
         for url in [cluster.coordinatorURL] + cluster.agentURLs {
             let metrics = try CohortAPI(coordinatorURL: cluster.coordinatorURL).metrics(url)
             let value = try XCTUnwrap(metrics["cohort_event_loop_polled_passes_total"], "\(url): no polled-passes counter")

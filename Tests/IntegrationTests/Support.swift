@@ -32,6 +32,18 @@ extension XCTestCase {
 
 func binDirectory() throws -> URL { try Cluster.findBinDirectory() }
 
+/// `txbench --json` against a running cluster: `transfers` transfers by `clients` clients over 20
+/// accounts per agent, no warm-up; the parsed report (the test fails unless txbench exits 0).
+func runTxbenchJSON(_ cluster: Cluster, clients: Int, transfers: Int,
+                    file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
+    let r = try runToCompletion(try binDirectory().appendingPathComponent("txbench"),
+                                ["--coordinator", cluster.coordinatorURL, "--agents", cluster.agentURLs.joined(separator: ","),
+                                 "--clients", String(clients), "--transfers", String(transfers), "--warmup", "0s", "--accounts", "20", "--json"],
+                                timeoutMs: 120_000)
+    XCTAssertEqual(r.status, 0, r.stderr, file: file, line: line)
+    return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout, file: file, line: line)
+}
+
 /// The post-crash checks every recovery test makes: nothing unfinished or in doubt, every unknown
 /// outcome resolved, the total unchanged, each account exactly as the committed transfers imply,
 /// and every committed transfer shown as committed by the coordinator.
