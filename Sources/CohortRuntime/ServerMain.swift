@@ -49,8 +49,9 @@ public enum ServerMain {
     /// says `usage`; `COHORT_CRASHPOINT=list` says the `crashPoints`; otherwise `configure`
     /// turns the flags into the address to announce and the server to build, and `serve` runs
     /// it. `--poll-us N` (the event loop's `pollUs`) is read here for every server, and each
-    /// usage text lists it as `pollUsUsage`. Returns the exit status: 0 (help, list, or stopped by a signal), 2 for bad flags or
-    /// crash-point settings (warned with `usage`), 1 when the server cannot start or fails.
+    /// usage text lists it as `pollUsUsage`. Returns the exit status: 0 (help, list, or stopped
+    /// by a signal), 2 for bad flags or crash-point settings (warned with `usage`), 1 when the
+    /// server cannot start or fails.
     public static func main<Server: RunnableServer>(
         arguments: [String], usage: String, valued: Set<String>, booleans: Set<String> = ["help"], crashPoints: [String],
         say: @escaping (String) -> Void, warn: @escaping (String) -> Void,
