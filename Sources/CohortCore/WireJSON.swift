@@ -301,7 +301,7 @@ public struct WireObject {
         self.pathPrefix = pathPrefix
         self.itemIndex = itemIndex
         guard case .object(let m) = node else {
-            members = []
+            members = []  // `path` below reads self, so every stored property must be set
             throw pathPrefix.isEmpty && itemIndex < 0 ? WireJSONError.malformed("the body is not a JSON object") : WireJSONError.wrongType(path)
         }
         members = m

@@ -1,7 +1,7 @@
 import CohortClient
 import CohortCore
-import Foundation
 import CohortPosix
+import Foundation
 
 /// `txbench --orders --mode 2pc|3pc|tcc|outbox`: demo orders (order-service + inventory-service
 /// + cohortd, started here) at a concurrency for a duration after a warm-up. An order counts as

@@ -58,21 +58,24 @@ struct CostSummary {
     /// CPU seconds txbench itself used over the window: the load generator shares the machine.
     var loadGeneratorCPUSeconds: Double? = nil
 
-    /// CPU seconds of the servers; nil unless every one reports it.
-    var cpuSeconds: Double? {
-        processes.allSatisfy { $0.cpuSeconds != nil } ? processes.reduce(0) { $0 + $1.cpuSeconds! } : nil
+    /// The sum over the servers of a figure not every server reports; nil unless all do.
+    private func sumIfAllReport(_ figure: KeyPath<ProcessCost, Double?>) -> Double? {
+        var sum = 0.0
+        for p in processes {
+            guard let v = p[keyPath: figure] else { return nil }
+            sum += v
+        }
+        return sum
     }
+    /// CPU seconds of the servers; nil unless every one reports it.
+    var cpuSeconds: Double? { sumIfAllReport(\.cpuSeconds) }
 
     var syncs: Double { processes.reduce(0) { $0 + $1.syncs } }
     var forcedRecords: Double { processes.reduce(0) { $0 + $1.forcedRecords } }
     var messages: Double { processes.reduce(0) { $0 + $1.messages } }
     /// HTTP exchanges served by these processes; nil unless every one reports them.
-    var exchanges: Double? {
-        processes.allSatisfy { $0.exchanges != nil } ? processes.reduce(0) { $0 + $1.exchanges! } : nil
-    }
-    var connectionsAccepted: Double? {
-        processes.allSatisfy { $0.connectionsAccepted != nil } ? processes.reduce(0) { $0 + $1.connectionsAccepted! } : nil
-    }
+    var exchanges: Double? { sumIfAllReport(\.exchanges) }
+    var connectionsAccepted: Double? { sumIfAllReport(\.connectionsAccepted) }
     var messagesByType: [String: Double] {
         processes.reduce(into: [:]) { acc, p in for (k, v) in p.messagesByType { acc[k, default: 0] += v } }
     }

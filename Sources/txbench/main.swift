@@ -1,7 +1,7 @@
 import CohortClient
 import CohortCore
-import Foundation
 import CohortPosix
+import Foundation
 
 let usage = """
 usage: txbench [--clients N] [--rate N] [--duration D | --transfers N] [--warmup D] [--accounts N] [--protocol 2pc|3pc]
@@ -47,8 +47,8 @@ Reports committed/s, aborted/s, latency percentiles of committed transfers, the 
 call of the interactive flow (begin, work at the first and second agent, commit), and from the servers'
 /metrics: log syncs (fdatasync), protocol messages and CPU time (process_cpu_seconds_total) per
 committed transaction, summed over the coordinator and the agents and for each process, and the
-CPU txbench itself used. Checks afterwards that the total balance is
-unchanged. While it runs, a progress line on stderr (when stderr is a terminal) shows the counts.
+CPU txbench itself used. Checks afterwards that the total balance is unchanged. While it runs, a
+progress line on stderr (when stderr is a terminal) shows the counts.
 """
 
 if CommandLine.arguments.contains("--orders") { ordersMain(Array(CommandLine.arguments.dropFirst())) }

@@ -6,9 +6,7 @@ import XCTest
 /// transaction for each process, for the servers together, and for itself.
 final class CPUReportTests: XCTestCase {
     func testTxbenchReportsCPUPerCommit() throws {
-        let cluster = try Cluster(options: Cluster.Options())
-        defer { cluster.stop() }
-        try cluster.start()
+        let cluster = try startCluster()
         let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
         var before: [String: Double] = [:]
         for url in [cluster.coordinatorURL] + cluster.agentURLs {

@@ -7,15 +7,11 @@ final class PollTests: XCTestCase {
     /// The flag reaches the coordinator's and the agents' loops: with it, transfers one after
     /// another find most of their messages by polling (`cohort_event_loop_polled_passes_total`).
     func testPollUsReachesTheEventLoops() throws {
-        var options = Cluster.Options()
-        options.coordinatorArguments = ["--poll-us", "1000"]
-        options.agentArguments = ["--poll-us", "1000"]
-        let cluster = try Cluster(options: options)
-        defer { cluster.stop() }
-        try cluster.start()
+        let cluster = try startCluster(coordinatorArguments: ["--poll-us", "1000"], agentArguments: ["--poll-us", "1000"])
         _ = try runTxbenchJSON(cluster, clients: 1, transfers: 50)
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
         for url in [cluster.coordinatorURL] + cluster.agentURLs {
-            let metrics = try CohortAPI(coordinatorURL: cluster.coordinatorURL).metrics(url)
+            let metrics = try api.metrics(url)
             let value = try XCTUnwrap(metrics["cohort_event_loop_polled_passes_total"], "\(url): no polled-passes counter")
             XCTAssertGreaterThan(value, 25, "\(url) found few events by polling")
         }

@@ -6,11 +6,13 @@ import XCTest
 extension XCTestCase {
     /// A started cluster (coordinator + `agents`), stopped and removed when the test ends.
     func startCluster(agents: Int = 2, environment: [String: [String: String]] = [:],
-                      coordinatorArguments: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> Cluster {
+                      coordinatorArguments: [String] = [], agentArguments: [String] = [],
+                      file: StaticString = #filePath, line: UInt = #line) throws -> Cluster {
         var options = Cluster.Options()
         options.agents = agents
         options.environment = environment
         options.coordinatorArguments = coordinatorArguments
+        options.agentArguments = agentArguments
         options.keepData = ProcessInfo.processInfo.environment["COHORT_KEEP_TEST_DATA"] != nil
         let cluster = try Cluster(options: options)
         addTeardownBlock { cluster.stop() }
