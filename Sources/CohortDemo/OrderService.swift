@@ -168,24 +168,50 @@ public final class OrderService: RunnableServer {
         }
         let order = OrderStore.Order(orderID: UUID().uuidString.lowercased(), sku: body.sku, qty: body.qty, mode: body.mode,
                                      status: "pending", txid: nil)
-        do { try store.insert(order) } catch { return responder.send(.error(500, "order store write failed: \(error)")) }
-        CrashPoints.hit("order-service.after-order-row-inserted")
         let loop = agent.loop
         workers.run { [self] in
-            let status = order.mode == "tcc" ? self.runTCC(order) : self.runAtomic(order)
-            loop.execute { responder.send(.json(201, Created(order_id: order.orderID, status: status))) }
+            let answer: HTTPResponse
+            do {
+                let status = order.mode == "tcc" ? try self.runTCC(order) : try self.runAtomic(order)
+                answer = .json(201, Created(order_id: order.orderID, status: status))
+            } catch {
+                answer = .error(500, "order store write failed: \(error)")
+            }
+            loop.execute { responder.send(answer) }
         }
     }
 
+    /// Begins the order's transaction, then writes the order row carrying its txid: one synced
+    /// SQLite write per order where a row and then its txid took two, and none of it on the
+    /// event loop, which also serves this participant's branches. The txid of the pending row,
+    /// or nil when no transaction could begin: the row is then written `rejected`. A crash
+    /// between the begin and the row leaves a transaction without work, which the coordinator
+    /// aborts when it expires, and no order.
+    private func beginOrder(_ order: OrderStore.Order, protocol: String) throws -> String? {
+        var row = order
+        guard let txid = try? api.with({ try $0.begin(protocol: `protocol`) }) else {
+            row.status = "rejected"
+            try store.insert(row)
+            return nil
+        }
+        row.txid = txid
+        do {
+            try store.insert(row)
+        } catch {
+            _ = try? api.with { try $0.abort(txid) }
+            throw error
+        }
+        CrashPoints.hit("order-service.after-order-row-inserted")
+        return txid
+    }
+
     /// 2PC / 3PC: the order's branch here and the stock's branch at the inventory commit or
-    /// abort together. Returns the order's status.
-    private func runAtomic(_ order: OrderStore.Order) -> String {
-        var txid: String?
+    /// abort together. Returns the order's status; throws only when the order row cannot be
+    /// written.
+    private func runAtomic(_ order: OrderStore.Order) throws -> String {
+        guard let id = try beginOrder(order, protocol: order.mode == "3pc" ? "3pc" : "2pc") else { return "rejected" }
         do {
             return try api.with { api -> String in
-                let id = try api.begin(protocol: order.mode == "3pc" ? "3pc" : nil)
-                txid = id
-                try store.setTxid(order.orderID, id)
                 do {
                     _ = try api.agentWork(selfURL, id, [.set("order/\(order.orderID)", order.qty)])
                     _ = try api.agentWork(options.inventoryURL, id, [.add("available/\(order.sku)", -order.qty, min: 0),
@@ -208,18 +234,13 @@ public final class OrderService: RunnableServer {
             }
         } catch {
             // The answer was lost (coordinator or network down): our own branch knows.
-            return settleAfterLostAnswer(order, txid: txid)
+            return settleAfterLostAnswer(order, txid: id)
         }
     }
 
-    /// A call failed mid-order: with no transaction yet the order is rejected; otherwise its
-    /// outcome is looked up for a while, then, still unsure, answered pending and settled in
-    /// the background.
-    private func settleAfterLostAnswer(_ order: OrderStore.Order, txid: String?) -> String {
-        guard txid != nil else {
-            _ = try? store.settle(order.orderID, "rejected")
-            return "rejected"
-        }
+    /// A call failed mid-order (the order row and its transaction exist): its outcome is looked
+    /// up for a while, then, still unsure, answered pending and settled in the background.
+    private func settleAfterLostAnswer(_ order: OrderStore.Order, txid: String) -> String {
         var o = order
         o.txid = txid
         if let status = settle(o, waitMs: Limits.demoSettleWaitMs) { return status }
@@ -250,6 +271,10 @@ public final class OrderService: RunnableServer {
                 if let r = try? api.raw("GET", selfURL + "/v1/branches/\(txid)"), r.status == 404 || Self.finished(r.body) {
                     if let present = try? (api.kv(selfURL, "order/\(order.orderID)") != nil) {
                         let status = present ? "confirmed" : "rejected"
+                        // Without our branch the transaction cannot commit: abort it now so the
+                        // coordinator agrees at once instead of when the transaction expires
+                        // (a crash between the begin and the work leaves it open).
+                        if !present { _ = try? api.abort(txid) }
                         _ = try? store.settle(order.orderID, status)
                         return status
                     }
@@ -270,13 +295,10 @@ public final class OrderService: RunnableServer {
 
     /// TCC: the coordinator drives the inventory's reserve (try), then confirm or cancel; the
     /// order goes pending → confirmed, or → rejected when the reservation was refused/cancelled.
-    private func runTCC(_ order: OrderStore.Order) -> String {
-        var txid: String?
+    private func runTCC(_ order: OrderStore.Order) throws -> String {
+        guard let id = try beginOrder(order, protocol: "tcc") else { return "rejected" }
         do {
             return try api.with { api -> String in
-                let id = try api.begin(protocol: "tcc")
-                txid = id
-                try store.setTxid(order.orderID, id)
                 let base = options.inventoryURL + "/v1/tcc/inventory"
                 let branch = TCCBranchBody(branch_id: "stock", try_url: base + "/try", confirm_url: base + "/confirm",
                                            cancel_url: base + "/cancel",
@@ -297,7 +319,7 @@ public final class OrderService: RunnableServer {
                 return status
             }
         } catch {
-            return settleAfterLostAnswer(order, txid: txid)
+            return settleAfterLostAnswer(order, txid: id)
         }
     }
 

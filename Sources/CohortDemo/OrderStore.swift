@@ -40,10 +40,6 @@ public final class OrderStore: @unchecked Sendable {
         }
     }
 
-    public func setTxid(_ orderID: String, _ txid: String) throws {
-        try locked { _ = try db.run("UPDATE orders SET txid = ?2 WHERE order_id = ?1", [.text(orderID), .text(txid)]) }
-    }
-
     /// Moves a pending order to `status`; false when it was no longer pending.
     @discardableResult
     public func settle(_ orderID: String, _ status: String) throws -> Bool {
