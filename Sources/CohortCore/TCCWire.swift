@@ -78,3 +78,95 @@ public struct TCCPhaseResponse: Codable, Sendable {
         self.result = result
     }
 }
+
+// MARK: - hand-written JSON (see WireJSON.swift)
+//
+// Every TCC call used Foundation's JSONDecoder/JSONEncoder: at 8 clients of demo TCC orders they
+// were a sixth of the coordinator's CPU (docs/benchmarks.md, round 10).
+
+extension JSONValue {
+    /// A parsed value as a `JSONValue`. A key given twice keeps its last value.
+    public init(node: JSONNode) {
+        switch node {
+        case .null: self = .null
+        case .bool(let b): self = .bool(b)
+        case .int(let n): self = .int(n)
+        case .double(let d): self = .double(d)
+        case .string(let s): self = .string(s)
+        case .array(let items): self = .array(items.map(JSONValue.init(node:)))
+        case .object(let members):
+            var object = [String: JSONValue](minimumCapacity: members.count)
+            for (k, v) in members { object[k] = JSONValue(node: v) }
+            self = .object(object)
+        }
+    }
+
+    /// The value for `JSONWriter`; object keys sorted, so the same value is always the same bytes.
+    public var node: JSONNode {
+        switch self {
+        case .null: return .null
+        case .bool(let b): return .bool(b)
+        case .int(let n): return .int(n)
+        case .double(let d): return .double(d)
+        case .string(let s): return .string(s)
+        case .array(let items): return .array(items.map(\.node))
+        case .object(let object): return .object(object.sorted { $0.key < $1.key }.map { ($0.key, $0.value.node) })
+        }
+    }
+}
+
+extension WireObject {
+    /// A field of any JSON shape; nil when absent or null (as Codable's `decodeIfPresent`).
+    func optValue(_ key: String) -> JSONValue? {
+        guard let node = self[key] else { return nil }
+        if case .null = node { return nil }
+        return JSONValue(node: node)
+    }
+}
+
+extension JSONWriter {
+    mutating func field(_ k: String, _ v: JSONValue?) { if let v { key(k); value(v.node) } }
+}
+
+extension TCCBranchRequest: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws {
+        self.init(branchID: try o.string("branch_id"), tryURL: try o.string("try_url"), confirmURL: try o.string("confirm_url"),
+                  cancelURL: try o.string("cancel_url"), payload: o.optValue("payload"))
+    }
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject()
+        w.field("branch_id", branchID); w.field("try_url", tryURL); w.field("confirm_url", confirmURL); w.field("cancel_url", cancelURL)
+        w.field("payload", payload)
+        w.endObject()
+    }
+}
+
+extension TCCBranchResponse: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws {
+        self.init(txid: try o.string("txid"), branchID: try o.string("branch_id"), result: o.optValue("result"))
+    }
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject(); w.field("txid", txid); w.field("branch_id", branchID); w.field("result", result); w.endObject()
+    }
+}
+
+extension TCCPhaseRequest: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws {
+        self.init(txid: try o.string("txid"), branchID: try o.string("branch_id"), payload: o.optValue("payload"),
+                  deadlineMs: try o.optInt64("deadline_ms"))
+    }
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject()
+        w.field("txid", txid); w.field("branch_id", branchID); w.field("payload", payload); w.field("deadline_ms", deadlineMs)
+        w.endObject()
+    }
+}
+
+extension TCCPhaseResponse: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws {
+        self.init(txid: try o.string("txid"), branchID: try o.string("branch_id"), status: try o.string("status"), result: o.optValue("result"))
+    }
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject(); w.field("txid", txid); w.field("branch_id", branchID); w.field("status", status); w.field("result", result); w.endObject()
+    }
+}

@@ -285,14 +285,6 @@ public final class OrderService: RunnableServer {
         }
     }
 
-    struct TCCBranchBody: Encodable {
-        let branch_id: String
-        let try_url: String
-        let confirm_url: String
-        let cancel_url: String
-        let payload: [String: JSONValue]
-    }
-
     /// TCC: the coordinator drives the inventory's reserve (try), then confirm or cancel; the
     /// order goes pending → confirmed, or → rejected when the reservation was refused/cancelled.
     private func runTCC(_ order: OrderStore.Order) throws -> String {
@@ -300,11 +292,10 @@ public final class OrderService: RunnableServer {
         do {
             return try api.with { api -> String in
                 let base = options.inventoryURL + "/v1/tcc/inventory"
-                let branch = TCCBranchBody(branch_id: "stock", try_url: base + "/try", confirm_url: base + "/confirm",
-                                           cancel_url: base + "/cancel",
-                                           payload: ["sku": .string(order.sku), "qty": .int(order.qty)])
-                let e = JSONEncoder()
-                let r = try api.raw("POST", options.coordinatorURL + "/v1/transactions/\(id)/tcc-branches", body: Array(try e.encode(branch)))
+                let branch = TCCBranchRequest(branchID: "stock", tryURL: base + "/try", confirmURL: base + "/confirm",
+                                              cancelURL: base + "/cancel",
+                                              payload: .object(["sku": .string(order.sku), "qty": .int(order.qty)]))
+                let r = try api.raw("POST", options.coordinatorURL + "/v1/transactions/\(id)/tcc-branches", body: branch.wireJSON)
                 if r.status != 200 {
                     // Refused or failed try: the coordinator cancels the transaction.
                     _ = try? api.abort(id)

@@ -68,7 +68,7 @@ public enum TCCBarrier {
         func row(_ op: String) throws -> (note: String, result: JSONValue?)? {
             guard let r = try db.query("SELECT note, result FROM tcc_barrier WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = ?4",
                                        key + [.text(op)]).first else { return nil }
-            let result = r[1].text.flatMap { try? JSONDecoder().decode(JSONValue.self, from: Data($0.utf8)) }
+            let result = r[1].text.flatMap { try? JSONValue(node: JSONParser.parse(Array($0.utf8))) }
             return (r[0].text ?? "", result)
         }
         switch phase {
@@ -82,7 +82,9 @@ public enum TCCBarrier {
                 }
                 let result = try business()
                 if let result {
-                    let text = String(decoding: try JSONEncoder().encode(result), as: UTF8.self)
+                    var w = JSONWriter()
+                    w.value(result.node)
+                    let text = String(decoding: w.bytes, as: UTF8.self)
                     try db.run("UPDATE tcc_barrier SET result = ?4 WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = 'try'", key + [.text(text)])
                 }
                 return .done(result: result)

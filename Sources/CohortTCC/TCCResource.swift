@@ -152,7 +152,7 @@ public final class TCCResource: @unchecked Sendable {
         guard request.method == "POST" else { return .error(405, "TCC phases are POST") }
         let body: TCCPhaseRequest
         do {
-            body = try JSONDecoder().decode(TCCPhaseRequest.self, from: Data(request.body))
+            body = try TCCPhaseRequest(wireJSON: request.body)
         } catch {
             return .error(400, "body must be {\"txid\", \"branch_id\", \"payload\"}")
         }
@@ -163,9 +163,9 @@ public final class TCCResource: @unchecked Sendable {
             case .hanging(let why):
                 return .error(409, "try refused: \(why)")
             case .done(let result), .duplicate(let result):
-                return .json(200, TCCPhaseResponse(txid: body.txid, branchID: body.branchID, status: outcome.wireStatus, result: result))
+                return .jsonBytes(200, TCCPhaseResponse(txid: body.txid, branchID: body.branchID, status: outcome.wireStatus, result: result).wireJSON)
             case .emptyCancel:
-                return .json(200, TCCPhaseResponse(txid: body.txid, branchID: body.branchID, status: outcome.wireStatus, result: nil))
+                return .jsonBytes(200, TCCPhaseResponse(txid: body.txid, branchID: body.branchID, status: outcome.wireStatus, result: nil).wireJSON)
             }
         } catch let e as TCCError {
             switch e {

@@ -126,6 +126,38 @@ final class WireJSONTests: XCTestCase {
         try both(PhaseResponse(txid: "t", status: "committed"))
         try both(ErrorBody(error: odd))
         try both(HealthResponse(status: "ok"))
+        let payload: JSONValue = .object(["sku": .string(odd), "qty": .int(-3), "ratio": .double(0.25), "ok": .bool(true),
+                                          "tags": .array([.null, .string("x"), .object([:])]), "nested": .object(["z": .int(Int64.max), "a": .array([])])])
+        try both(TCCBranchRequest(branchID: "stock", tryURL: "http://h:1/try", confirmURL: "http://h:1/confirm",
+                                  cancelURL: "http://h:1/cancel", payload: payload))
+        try both(TCCBranchRequest(branchID: "b", tryURL: "t", confirmURL: "c", cancelURL: "x", payload: nil))
+        try both(TCCBranchResponse(txid: "t", branchID: "stock", result: payload))
+        try both(TCCBranchResponse(txid: "t", branchID: "stock", result: .string(odd)))
+        try both(TCCPhaseRequest(txid: "t", branchID: "stock", payload: payload, deadlineMs: 1_700_000_000_000))
+        try both(TCCPhaseRequest(txid: "t", branchID: "stock", payload: .array([.int(1)])))
+        try both(TCCPhaseResponse(txid: "t", branchID: "stock", status: "empty-cancel", result: nil))
+        try both(TCCPhaseResponse(txid: "t", branchID: "stock", status: "done", result: payload))
+    }
+
+    /// A TCC payload or result is any JSON: it reads back as the same value, keys in any order
+    /// and numbers as written; a value's bytes do not depend on its dictionary's order.
+    func testTCCPayloadsKeepTheirValue() throws {
+        let text = #"{"txid":"t","branch_id":"s","payload":{"b":[1,2.5,"x",null,{"q":false}],"a":-7},"deadline_ms":12}"#
+        let request = try TCCPhaseRequest(wireJSON: Array(text.utf8))
+        XCTAssertEqual(request.payload, .object(["a": .int(-7), "b": .array([.int(1), .double(2.5), .string("x"), .null, .object(["q": .bool(false)])])]))
+        XCTAssertEqual(request.deadlineMs, 12)
+        XCTAssertEqual(String(decoding: request.wireJSON, as: UTF8.self),
+                       #"{"txid":"t","branch_id":"s","payload":{"a":-7,"b":[1,2.5,"x",null,{"q":false}]},"deadline_ms":12}"#)
+        XCTAssertNil(try TCCPhaseResponse(wireJSON: Array(#"{"txid":"t","branch_id":"s","status":"done","result":null}"#.utf8)).result)
+        XCTAssertThrowsError(try TCCBranchRequest(wireJSON: Array(#"{"branch_id":3,"try_url":"t","confirm_url":"c","cancel_url":"x"}"#.utf8))) {
+            XCTAssertEqual($0 as? WireJSONError, .wrongType("branch_id"))
+        }
+        XCTAssertThrowsError(try TCCBranchRequest(wireJSON: Array(#"{"branch_id":"b","try_url":"t","confirm_url":"c"}"#.utf8))) {
+            XCTAssertEqual($0 as? WireJSONError, .missingField("cancel_url"))
+        }
+        XCTAssertThrowsError(try TCCPhaseRequest(wireJSON: Array(#"{"txid":"t","branch_id":"s","deadline_ms":"soon"}"#.utf8))) {
+            XCTAssertEqual($0 as? WireJSONError, .wrongType("deadline_ms"))
+        }
     }
 
     func testSubmittedWorkSurvivesTheTripThroughTheCoordinator() throws {
