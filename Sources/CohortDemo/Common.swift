@@ -90,6 +90,19 @@ let skuRule = "sku must be 1-64 characters of A-Z a-z 0-9 - _ ."
 
 struct BodyError: Error, CustomStringConvertible { let description: String }
 
+/// `decodeBody` for the types read with the hand-written JSON (the order body: every order).
+func decodeBody<T: WireDecodable>(_ type: T.Type, _ request: HTTPRequest) -> Result<T, BodyError> {
+    do {
+        return .success(try T(wireJSON: request.body))
+    } catch WireJSONError.missingField(let path) {
+        return .failure(BodyError(description: "missing field \"\(path)\""))
+    } catch WireJSONError.wrongType(let path), WireJSONError.nullField(let path) {
+        return .failure(BodyError(description: "wrong type for \"\(path)\""))
+    } catch {
+        return .failure(BodyError(description: "body must be a JSON object: \(error)"))
+    }
+}
+
 func decodeBody<T: Decodable>(_ type: T.Type, _ request: HTTPRequest) -> Result<T, BodyError> {
     do {
         return .success(try JSONDecoder().decode(T.self, from: Data(request.body)))

@@ -70,8 +70,31 @@ final class StreamConsumer {
     func stop() { reader.stop() }
 }
 
-struct OrderPlaced: Codable { let order_id: String; let sku: String; let qty: Int64 }
-struct StockAnswer: Codable { let order_id: String; let reason: String? }
+struct OrderPlaced: WireDecodable, WireEncodable {
+    let order_id: String
+    let sku: String
+    let qty: Int64
+    init(order_id: String, sku: String, qty: Int64) {
+        self.order_id = order_id
+        self.sku = sku
+        self.qty = qty
+    }
+    init(wire o: WireObject) throws { self.init(order_id: try o.string("order_id"), sku: try o.string("sku"), qty: try o.int64("qty")) }
+    func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("order_id", order_id); w.field("sku", sku); w.field("qty", qty); w.endObject() }
+    /// A message's payload read; nil when it is not an OrderPlaced.
+    static func from(_ m: WireMessage) -> OrderPlaced? { try? OrderPlaced(wireJSON: Array(m.payload.utf8)) }
+}
+
+struct StockAnswer: WireDecodable, WireEncodable {
+    let order_id: String
+    let reason: String?
+    init(order_id: String, reason: String?) {
+        self.order_id = order_id
+        self.reason = reason
+    }
+    init(wire o: WireObject) throws { self.init(order_id: try o.string("order_id"), reason: try o.optString("reason")) }
+    func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("order_id", order_id); w.field("reason", reason); w.endObject() }
+}
 
 /// The order service's side: orders written with their `OrderPlaced` in one local transaction,
 /// a relay to the inventory's inbox, and an inbox for the answers.
@@ -102,7 +125,7 @@ final class OrderOutbox {
     }
 
     static func applyAnswer(_ tx: OutboxTransaction, _ m: WireMessage) throws {
-        let answer = try JSONDecoder().decode(StockAnswer.self, from: Data(m.payload.utf8))
+        let answer = try StockAnswer(wireJSON: Array(m.payload.utf8))
         let status: String
         switch m.topic {
         case "StockReserved": status = "confirmed"
@@ -114,7 +137,7 @@ final class OrderOutbox {
 
     /// Any thread.
     func place(orderID: String, sku: String, qty: Int64, replyTo: String) throws {
-        let payload = String(decoding: try JSONEncoder().encode(OrderPlaced(order_id: orderID, sku: sku, qty: qty)), as: UTF8.self)
+        let payload = String(decoding: OrderPlaced(order_id: orderID, sku: sku, qty: qty).wireJSON, as: UTF8.self)
         lock.lock()
         defer { lock.unlock() }
         try outbox.transaction { tx in
@@ -150,7 +173,7 @@ final class InventoryOutbox {
             let reader = try RedisStreamReader(url: broker, stream: DemoStreams.ordersPlaced, group: "inventory", consumer: "inventory",
                                                inbox: inbox) { tx, m in
                 // On the loop thread (runApply below): a locked sku leaves the entry pending; it is claimed again later.
-                if let p = try? JSONDecoder().decode(OrderPlaced.self, from: Data(m.payload.utf8)), busy(p.sku) {
+                if let p = OrderPlaced.from(m), busy(p.sku) {
                     throw OutboxInputError("sku \(p.sku) is locked by a 2PC/3PC branch; retry")
                 }
                 try Self.applyOrderPlaced(tx, m)
@@ -173,7 +196,7 @@ final class InventoryOutbox {
 
     static func applyOrderPlaced(_ tx: OutboxTransaction, _ m: WireMessage) throws {
         guard m.topic == "OrderPlaced" else { throw OutboxInputError("unknown topic \(m.topic.prefix(40))") }
-        let p = try JSONDecoder().decode(OrderPlaced.self, from: Data(m.payload.utf8))
+        let p = try OrderPlaced(wireJSON: Array(m.payload.utf8))
         guard validSku(p.sku), p.qty > 0 else { throw OutboxInputError("bad OrderPlaced payload") }
         let taken = try tx.execute("UPDATE kv SET ival = ival - ?2 WHERE key = ?1 AND ival >= ?2",
                                    [.text("available/\(p.sku)"), .int(p.qty)]) == 1
@@ -183,18 +206,18 @@ final class InventoryOutbox {
         }
         let answer = StockAnswer(order_id: p.order_id, reason: taken ? nil : "not enough stock of \(p.sku) for \(p.qty)")
         try tx.enqueue(topic: taken ? "StockReserved" : "StockRejected", key: p.order_id,
-                       payload: String(decoding: try JSONEncoder().encode(answer), as: UTF8.self),
+                       payload: String(decoding: answer.wireJSON, as: UTF8.self),
                        headers: ["reply_to": m.headers["reply_to"] ?? ""])
     }
 
     /// `POST /v1/inbox` (loop thread). A batch touching a sku that a 2PC/3PC branch holds locked
     /// is answered 503 (the relay retries it later, counting no attempt).
     func handleInbox(_ request: HTTPRequest, busy: (String) -> Bool) -> HTTPResponse {
-        guard let batch = try? JSONDecoder().decode(InboxBatch.self, from: Data(request.body)) else {
+        guard let batch = try? InboxBatch(wireJSON: request.body) else {
             return .error(400, "body must be {\"messages\": [...]}")
         }
         for m in batch.messages {
-            if let p = try? JSONDecoder().decode(OrderPlaced.self, from: Data(m.payload.utf8)), busy(p.sku) {
+            if let p = OrderPlaced.from(m), busy(p.sku) {
                 return .error(503, "sku \(p.sku) is locked by a 2PC/3PC branch; retry")
             }
         }
@@ -207,7 +230,7 @@ final class InventoryOutbox {
         do {
             let results = try inbox.apply(batch.messages, Self.applyOrderPlaced)
             relay.wake()
-            return .json(200, InboxBatchResponse(results: results))
+            return .jsonBytes(200, InboxBatchResponse(results: results).wireJSON)
         } catch {
             return .error(503, "inbox transaction failed: \(error)")
         }

@@ -103,8 +103,21 @@ public final class OrderService: RunnableServer {
         agent.shutdown()
     }
 
-    struct OrderBody: Decodable { let sku: String; let qty: Int64; let mode: String }
-    struct Created: Encodable { let order_id: String; let status: String }
+    struct OrderBody: WireDecodable {
+        let sku: String
+        let qty: Int64
+        let mode: String
+        init(wire o: WireObject) throws {
+            sku = try o.string("sku")
+            qty = try o.int64("qty")
+            mode = try o.string("mode")
+        }
+    }
+    struct Created: WireEncodable {
+        let order_id: String
+        let status: String
+        func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("order_id", order_id); w.field("status", status); w.endObject() }
+    }
     struct OrderList: Encodable { let orders: [OrderStore.Order] }
 
     private func route(_ request: HTTPRequest, _ responder: HTTPResponder) -> Bool {
@@ -164,7 +177,7 @@ public final class OrderService: RunnableServer {
                 return responder.send(.error(500, "order store write failed: \(error)"))
             }
             CrashPoints.hit("order-service.after-outbox-commit")
-            return responder.send(.json(201, Created(order_id: id, status: "pending")))
+            return responder.send(.jsonBytes(201, Created(order_id: id, status: "pending").wireJSON))
         }
         let order = OrderStore.Order(orderID: UUID().uuidString.lowercased(), sku: body.sku, qty: body.qty, mode: body.mode,
                                      status: "pending", txid: nil)
@@ -173,7 +186,7 @@ public final class OrderService: RunnableServer {
             let answer: HTTPResponse
             do {
                 let status = order.mode == "tcc" ? try self.runTCC(order) : try self.runAtomic(order)
-                answer = .json(201, Created(order_id: order.orderID, status: status))
+                answer = .jsonBytes(201, Created(order_id: order.orderID, status: status).wireJSON)
             } catch {
                 answer = .error(500, "order store write failed: \(error)")
             }

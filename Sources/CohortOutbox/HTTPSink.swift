@@ -44,7 +44,7 @@ public final class HTTPOutboxSink: OutboxSink {
 
     static func interpret(_ r: HTTPClientResponse, messages: [OutboxMessage], url: String) -> SinkResult {
         if r.status == 200 {
-            guard let decoded = try? JSONDecoder().decode(InboxBatchResponse.self, from: Data(r.body)) else {
+            guard let decoded = try? InboxBatchResponse(wireJSON: r.body) else {
                 return .unavailable("POST \(url): 200 with an unreadable body")
             }
             var byID: [String: InboxResult] = [:]

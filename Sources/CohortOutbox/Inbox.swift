@@ -108,7 +108,7 @@ public enum InboxEndpoint {
         guard req.method == "POST" else { return .error(405, "use POST \(path)") }
         let batch: InboxBatch
         do {
-            batch = try JSONDecoder().decode(InboxBatch.self, from: Data(req.body))
+            batch = try InboxBatch(wireJSON: req.body)
         } catch {
             return .error(400, "body must be {\"messages\": [{\"id\", \"source\", \"seq\", \"topic\", \"key\", \"payload\", \"headers\", \"created_ms\"}]}: \(error)")
         }
@@ -116,7 +116,7 @@ public enum InboxEndpoint {
             return .error(413, "\(batch.messages.count) messages in one batch exceed \(Limits.outboxBatchMessagesMax)")
         }
         do {
-            return .json(200, InboxBatchResponse(results: try inbox.apply(batch.messages, effect)))
+            return .jsonBytes(200, InboxBatchResponse(results: try inbox.apply(batch.messages, effect)).wireJSON)
         } catch let e as SQLiteError where e.isBusy {
             return .error(503, "database busy: \(e)")
         } catch {

@@ -108,7 +108,13 @@ enum JSONText {
 
     static func parseHeaders(_ s: String) -> [String: String] {
         if s == "{}" || s.isEmpty { return [:] }
-        return (try? JSONDecoder().decode([String: String].self, from: Data(s.utf8))) ?? [:]
+        guard case .object(let members)? = try? JSONParser.parse(Array(s.utf8)) else { return [:] }
+        var headers: [String: String] = [:]
+        for (k, v) in members {
+            guard case .string(let value) = v else { return [:] }
+            headers[k] = value
+        }
+        return headers
     }
 
     /// `{"id":"SOURCE:ID","source":..,"seq":ID,"topic":..,"key":..,"payload":..,"headers":{..},"created_ms":..}`
@@ -190,4 +196,53 @@ public struct InboxResult: Codable, Equatable, Sendable {
 public struct InboxBatchResponse: Codable, Sendable {
     public var results: [InboxResult]
     public init(results: [InboxResult]) { self.results = results }
+}
+
+// MARK: - hand-written JSON (CohortCore's WireJSON): Foundation's JSONDecoder cost more than the
+// rest of an inbox call (docs/benchmarks.md, round 10).
+
+extension WireMessage: WireDecodable {
+    public init(wire o: WireObject) throws {
+        // Fields in the order they are written, so an error names the first bad one.
+        let id = try o.string("id"), source = try o.string("source"), seq = try o.int64("seq"), topic = try o.string("topic")
+        let key = try o.string("key"), payload = try o.string("payload")
+        var headers: [String: String] = [:]
+        if let node = o["headers"] {
+            switch node {
+            case .null: break
+            case .object(let members):
+                for (k, v) in members {
+                    guard case .string(let s) = v else { throw WireJSONError.wrongType(o.name("headers." + k)) }
+                    headers[k] = s
+                }
+            default: throw WireJSONError.wrongType(o.name("headers"))
+            }
+        } else {
+            throw WireJSONError.missingField(o.name("headers"))
+        }
+        self.init(id: id, source: source, seq: seq, topic: topic, key: key, payload: payload, headers: headers,
+                  createdMs: try o.int64("created_ms"))
+    }
+}
+
+extension InboxBatch: WireDecodable {
+    public init(wire o: WireObject) throws { self.init(messages: try o.objects("messages", WireMessage.init(wire:))) }
+}
+
+extension InboxResult: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws {
+        self.init(id: try o.string("id"), status: try o.string("status"), error: try o.optString("error"))
+    }
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject(); w.field("id", id); w.field("status", status); w.field("error", error); w.endObject()
+    }
+}
+
+extension InboxBatchResponse: WireDecodable, WireEncodable {
+    public init(wire o: WireObject) throws { self.init(results: try o.objects("results", InboxResult.init(wire:))) }
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject(); w.key("results"); w.beginArray()
+        for r in results { r.writeWire(&w) }
+        w.endArray(); w.endObject()
+    }
 }
