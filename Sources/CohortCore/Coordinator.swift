@@ -1230,7 +1230,7 @@ extension Coordinator {
         if let tx = open[txid] {
             let pending = tx.branches.filter { $0.state == .commitSent && $0.heuristic == nil }.map(\.participant.name)
             switch (tx.state, outcome) {
-            case (.active, .aborted), (.preparing, .aborted) where !tx.onePhase:
+            case (.preparing, .aborted) where !tx.onePhase, (.active, .aborted):
                 let told = tx.branches.filter { [.registered, .prepareSent, .prepared].contains($0.state) }.map(\.participant.name)
                 return .success(["abort the undecided transaction", told.isEmpty ? "no branch needs to be told" : "send abort to \(told.joined(separator: ", "))"])
             case (.active, .committed), (.preparing, .committed):

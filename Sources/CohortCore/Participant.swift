@@ -652,7 +652,7 @@ public struct Participant {
         let waiting = b.waiting
         b.waiting = []
         switch b.state {
-        case .preparing, .committing where b.onePhase:
+        case .committing where b.onePhase, .preparing:
             // No prepared (or one-phase commit) record exists: the branch never voted yes.
             let why = "cannot log the prepared record: \(reason)"
             return finish(txid, .aborted) + [.release(txid)]
