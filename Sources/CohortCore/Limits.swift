@@ -276,6 +276,8 @@ public enum Limits {
     public static let tccPurgeBatchesPerRoundMax = 20
     /// Idle SQLite connections a TCC resource keeps.
     public static let tccConnectionsPooledMax = 8
+    /// TCC phases a service runs in one local transaction at most (`TCCResource.runBatch`).
+    public static let tccPhasesPerCommitMax = 64
 }
 
 // MARK: - demo services (order-service, inventory-service)

@@ -98,12 +98,37 @@ public final class InventoryService: RunnableServer {
         agent.shutdown()
     }
 
+    /// The TCC phases that arrived in one pass of the event loop, in local transactions of up to
+    /// `Limits.tccPhasesPerCommitMax` phases: one SQLite sync for all of them instead of one
+    /// each. A phase holds the loop through its sync (it runs between the participant's store
+    /// operations, see InventoryTCC), so syncing one at a time kept the loop busy all the time
+    /// at 8 clients of TCC orders (docs/benchmarks.md, round 10).
+    private func runQueuedTCC() {
+        while !tccQueued.isEmpty {
+            let batch = Array(tccQueued.prefix(Limits.tccPhasesPerCommitMax))
+            tccQueued.removeFirst(batch.count)
+            for (entry, result) in zip(batch, tcc.runBatch(batch.map(\.call))) {
+                entry.responder.send(tcc.response(entry.call, result))
+            }
+        }
+    }
+
     struct StockBody: Decodable { let sku: String; let available: Int64 }
     struct Stock: Codable { let sku: String; let available: Int64; let reserved: Int64; let sold: Int64 }
 
+    /// TCC phases read in this pass of the event loop, run together at its end.
+    private var tccQueued: [(call: TCCResource.PhaseCall, responder: HTTPResponder)] = []
+
     private func route(_ request: HTTPRequest, _ responder: HTTPResponder) -> Bool {
-        if let response = tcc.handle(request) {
+        switch tcc.parse(request) {
+        case nil:
+            break
+        case .refused(let response)?:
             responder.send(response)
+            return true
+        case .call(let call)?:
+            tccQueued.append((call, responder))
+            if tccQueued.count == 1 { agent.loop.execute { [weak self] in self?.runQueuedTCC() } }
             return true
         }
         let parts = request.pathComponents

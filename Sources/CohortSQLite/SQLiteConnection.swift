@@ -234,6 +234,10 @@ public final class SQLiteConnection {
 
     public var lastInsertRowID: Int64 { db.map { sqlite3_last_insert_rowid($0) } ?? 0 }
 
+    /// Whether SQLite itself has a transaction open: some errors (a full disk, an I/O error)
+    /// roll back the whole transaction, not just the failing statement.
+    public var sqliteTransactionOpen: Bool { db.map { sqlite3_get_autocommit($0) == 0 } ?? false }
+
     /// BEGIN IMMEDIATE ... COMMIT around `body`; ROLLBACK when it throws. IMMEDIATE takes the
     /// write lock at the start, so two writers never deadlock upgrading from a read.
     public func transaction<T>(_ body: () throws -> T) throws -> T {

@@ -89,34 +89,99 @@ public final class TCCResource: @unchecked Sendable {
         return try body(db)
     }
 
+    /// One phase to run: what a request to a phase URL carries.
+    public struct PhaseCall: Sendable {
+        public let phase: TCCPhase
+        public let txid: String
+        public let branchID: String
+        public let payload: JSONValue?
+        /// Try only (ignored for confirm and cancel).
+        public let deadlineMs: Int64?
+        public init(phase: TCCPhase, txid: String, branchID: String, payload: JSONValue?, deadlineMs: Int64? = nil) {
+            self.phase = phase
+            self.txid = txid
+            self.branchID = branchID
+            self.payload = payload
+            self.deadlineMs = phase == .try ? deadlineMs : nil
+        }
+    }
+
     /// Runs a phase through the barrier and, when the barrier lets it, the business code, in
     /// one local transaction. Throws `TCCError.refused` (business said no; nothing kept),
     /// `.conflict` (the call contradicts the barrier), or `SQLiteError`.
     public func run(_ phase: TCCPhase, txid: String, branchID: String, payload: JSONValue?, deadlineMs: Int64? = nil) throws -> TCCPhaseOutcome {
-        guard !txid.isEmpty, txid.utf8.count <= Limits.tccBranchIDBytesMax,
-              !branchID.isEmpty, branchID.utf8.count <= Limits.tccBranchIDBytesMax else {
-            throw TCCError.badRequest("txid and branch_id must be 1-\(Limits.tccBranchIDBytesMax) bytes")
-        }
-        let outcome = try withConnection { db in
-            try db.transaction { () -> TCCPhaseOutcome in
-                let context = TCCContext(resource: name, txid: txid, branchID: branchID, payload: payload, db: db)
-                var runFencedTry = false
-                #if DEBUG
-                runFencedTry = testOnlyRunFencedTry
-                #endif
-                return try TCCBarrier.run(db, resource: name, phase: phase, txid: txid, branchID: branchID, nowMs: clock(),
-                                          deadlineMs: deadlineMs, skewMarginMs: options.clockSkewMarginMs,
-                                          testOnlyIgnoreFence: options.testOnlyIgnoreFence || runFencedTry) {
-                    switch phase {
-                    case .try: return try tryBody(context)
-                    case .confirm: try confirmBody(context); return nil
-                    case .cancel: try cancelBody(context); return nil
+        let call = PhaseCall(phase: phase, txid: txid, branchID: branchID, payload: payload, deadlineMs: deadlineMs)
+        try Self.check(call)
+        let outcome = try withConnection { db in try db.transaction { try runInTransaction(call, db) } }
+        afterCommit?(phase, outcome)
+        return outcome
+    }
+
+    /// Several phases in one local transaction, each in a savepoint of its own, so one sync
+    /// covers them all: a service that runs its phases on one thread (the inventory demo, on
+    /// its event loop) takes the phases that arrived together in one commit. A phase that fails
+    /// (refused, a conflict, a bad request, a database error that leaves the transaction open)
+    /// undoes only itself. When the transaction itself is lost (BEGIN or COMMIT fails, or an
+    /// error rolled it back) every phase fails with that error and nothing of the batch is
+    /// kept; the coordinator retries each, and the barrier makes the retries safe.
+    /// Results in the order of `calls`; at most `Limits.tccPhasesPerCommitMax` calls.
+    public func runBatch(_ calls: [PhaseCall]) -> [Result<TCCPhaseOutcome, Error>] {
+        precondition(calls.count <= Limits.tccPhasesPerCommitMax, "more TCC phases than one commit takes")
+        struct TransactionLost: Error { let error: Error }
+        let results: [Result<TCCPhaseOutcome, Error>]
+        do {
+            results = try withConnection { db in
+                try db.transaction {
+                    try calls.map { call -> Result<TCCPhaseOutcome, Error> in
+                        do { try Self.check(call) } catch { return .failure(error) }
+                        try db.exec("SAVEPOINT tcc_phase")
+                        do {
+                            let outcome = try runInTransaction(call, db)
+                            try db.exec("RELEASE tcc_phase")
+                            return .success(outcome)
+                        } catch {
+                            guard db.sqliteTransactionOpen else { throw TransactionLost(error: error) }
+                            try db.exec("ROLLBACK TO tcc_phase")
+                            try db.exec("RELEASE tcc_phase")
+                            return .failure(error)
+                        }
                     }
                 }
             }
+        } catch let lost as TransactionLost {
+            return calls.map { _ in .failure(lost.error) }
+        } catch {
+            return calls.map { _ in .failure(error) }
         }
-        afterCommit?(phase, outcome)
-        return outcome
+        for (call, result) in zip(calls, results) {
+            if case .success(let outcome) = result { afterCommit?(call.phase, outcome) }
+        }
+        return results
+    }
+
+    private static func check(_ call: PhaseCall) throws {
+        guard !call.txid.isEmpty, call.txid.utf8.count <= Limits.tccBranchIDBytesMax,
+              !call.branchID.isEmpty, call.branchID.utf8.count <= Limits.tccBranchIDBytesMax else {
+            throw TCCError.badRequest("txid and branch_id must be 1-\(Limits.tccBranchIDBytesMax) bytes")
+        }
+    }
+
+    /// The barrier and the business code, inside the caller's open transaction.
+    private func runInTransaction(_ call: PhaseCall, _ db: SQLiteConnection) throws -> TCCPhaseOutcome {
+        let context = TCCContext(resource: name, txid: call.txid, branchID: call.branchID, payload: call.payload, db: db)
+        var runFencedTry = false
+        #if DEBUG
+        runFencedTry = testOnlyRunFencedTry
+        #endif
+        return try TCCBarrier.run(db, resource: name, phase: call.phase, txid: call.txid, branchID: call.branchID, nowMs: clock(),
+                                  deadlineMs: call.deadlineMs, skewMarginMs: options.clockSkewMarginMs,
+                                  testOnlyIgnoreFence: options.testOnlyIgnoreFence || runFencedTry) {
+            switch call.phase {
+            case .try: return try tryBody(context)
+            case .confirm: try confirmBody(context); return nil
+            case .cancel: try cancelBody(context); return nil
+            }
+        }
     }
 
     /// Removes barrier rows of branches finished longer than the retention ago (at most
@@ -143,41 +208,60 @@ public final class TCCResource: @unchecked Sendable {
     /// The path prefix this resource serves: `POST {prefix}/try`, `/confirm`, `/cancel`.
     public var pathPrefix: String { "/v1/tcc/\(name)" }
 
-    /// Answers `POST /v1/tcc/{name}/{try|confirm|cancel}`; nil for any other request (so a
-    /// service can chain handlers). Runs the phase synchronously on the calling thread.
-    public func handle(_ request: HTTPRequest) -> HTTPResponse? {
+    /// A request to one of this resource's phase URLs: the call it carries, or the answer that
+    /// refuses it (wrong method, unknown phase, bad body).
+    public enum ParsedRequest {
+        case call(PhaseCall)
+        case refused(HTTPResponse)
+    }
+
+    /// `POST /v1/tcc/{name}/{try|confirm|cancel}` read; nil for any other request (so a service
+    /// can chain handlers).
+    public func parse(_ request: HTTPRequest) -> ParsedRequest? {
         let parts = request.pathComponents
         guard parts.count == 4, parts[0] == "v1", parts[1] == "tcc", parts[2] == name else { return nil }
-        guard let phase = TCCPhase(rawValue: parts[3]) else { return .error(404, "no TCC phase \(parts[3].prefix(20)); use try, confirm or cancel") }
-        guard request.method == "POST" else { return .error(405, "TCC phases are POST") }
-        let body: TCCPhaseRequest
-        do {
-            body = try TCCPhaseRequest(wireJSON: request.body)
-        } catch {
-            return .error(400, "body must be {\"txid\", \"branch_id\", \"payload\"}")
+        guard let phase = TCCPhase(rawValue: parts[3]) else { return .refused(.error(404, "no TCC phase \(parts[3].prefix(20)); use try, confirm or cancel")) }
+        guard request.method == "POST" else { return .refused(.error(405, "TCC phases are POST")) }
+        guard let body = try? TCCPhaseRequest(wireJSON: request.body) else {
+            return .refused(.error(400, "body must be {\"txid\", \"branch_id\", \"payload\"}"))
         }
-        do {
-            let outcome = try run(phase, txid: body.txid, branchID: body.branchID, payload: body.payload,
-                                  deadlineMs: phase == .try ? body.deadlineMs : nil)
+        return .call(PhaseCall(phase: phase, txid: body.txid, branchID: body.branchID, payload: body.payload, deadlineMs: body.deadlineMs))
+    }
+
+    /// The answer to a phase call that ran (or failed).
+    public func response(_ call: PhaseCall, _ result: Result<TCCPhaseOutcome, Error>) -> HTTPResponse {
+        switch result {
+        case .success(let outcome):
             switch outcome {
             case .hanging(let why):
                 return .error(409, "try refused: \(why)")
             case .done(let result), .duplicate(let result):
-                return .jsonBytes(200, TCCPhaseResponse(txid: body.txid, branchID: body.branchID, status: outcome.wireStatus, result: result).wireJSON)
+                return .jsonBytes(200, TCCPhaseResponse(txid: call.txid, branchID: call.branchID, status: outcome.wireStatus, result: result).wireJSON)
             case .emptyCancel:
-                return .jsonBytes(200, TCCPhaseResponse(txid: body.txid, branchID: body.branchID, status: outcome.wireStatus, result: nil).wireJSON)
+                return .jsonBytes(200, TCCPhaseResponse(txid: call.txid, branchID: call.branchID, status: outcome.wireStatus, result: nil).wireJSON)
             }
-        } catch let e as TCCError {
+        case .failure(let e as TCCError):
             switch e {
             case .refused(let m): return .error(409, m)
             case .conflict(let m): return .error(409, m)
             case .badRequest(let m): return .error(400, m)
             }
-        } catch let e as SQLiteError {
+        case .failure(let e as SQLiteError):
             // The database is busy or failing: the coordinator retries the phase.
             return .error(503, "\(e)")
-        } catch {
-            return .error(500, "\(error)")
+        case .failure(let e):
+            return .error(500, "\(e)")
+        }
+    }
+
+    /// Answers `POST /v1/tcc/{name}/{try|confirm|cancel}`; nil for any other request (so a
+    /// service can chain handlers). Runs the phase synchronously on the calling thread.
+    public func handle(_ request: HTTPRequest) -> HTTPResponse? {
+        switch parse(request) {
+        case nil: return nil
+        case .refused(let response)?: return response
+        case .call(let call)?:
+            return response(call, Result { try run(call.phase, txid: call.txid, branchID: call.branchID, payload: call.payload, deadlineMs: call.deadlineMs) })
         }
     }
 }

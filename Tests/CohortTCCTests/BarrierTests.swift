@@ -99,6 +99,52 @@ final class BarrierTests: XCTestCase {
         XCTAssertEqual(c.get(.cancel), 0)
     }
 
+    /// Phases run together in one transaction (`runBatch`) keep each one's outcome: a refused
+    /// or contradicting phase undoes only itself, duplicates within the batch see the first, and
+    /// `afterCommit` hears only the phases that committed.
+    func testABatchOfPhasesKeepsEachPhasesOutcome() throws {
+        let c = Counter()
+        let r = try TCCResource(name: "r", databasePath: dir + "/db.sqlite", schema: "CREATE TABLE IF NOT EXISTS effects(op TEXT NOT NULL);",
+                                try: { ctx in
+                                    c.bump(.try)
+                                    try ctx.db.run("INSERT INTO effects(op) VALUES(?1)", [.text("try-\(ctx.branchID)")])
+                                    if ctx.branchID == "refuse" { throw TCCError.refused("no") }
+                                    return .string("ok-\(ctx.branchID)")
+                                },
+                                confirm: { ctx in try ctx.db.run("INSERT INTO effects(op) VALUES(?1)", [.text("confirm-\(ctx.branchID)")]) },
+                                cancel: { ctx in try ctx.db.run("INSERT INTO effects(op) VALUES(?1)", [.text("cancel-\(ctx.branchID)")]) })
+        var committed: [String] = []
+        r.afterCommit = { phase, outcome in committed.append("\(phase.rawValue):\(outcome.wireStatus)") }
+        _ = try r.run(.try, txid: "t0", branchID: "done", payload: nil)
+        committed = []
+        let calls = [
+            TCCResource.PhaseCall(phase: .try, txid: "t1", branchID: "a", payload: nil),
+            TCCResource.PhaseCall(phase: .try, txid: "t1", branchID: "refuse", payload: nil),
+            TCCResource.PhaseCall(phase: .try, txid: "t1", branchID: "a", payload: nil),
+            TCCResource.PhaseCall(phase: .cancel, txid: "t2", branchID: "b", payload: nil),
+            TCCResource.PhaseCall(phase: .confirm, txid: "t3", branchID: "never-tried", payload: nil),
+            TCCResource.PhaseCall(phase: .confirm, txid: "t0", branchID: "done", payload: nil),
+            TCCResource.PhaseCall(phase: .try, txid: "", branchID: "x", payload: nil),
+        ]
+        let results = r.runBatch(calls)
+        XCTAssertEqual(try results[0].get(), .done(result: .string("ok-a")))
+        XCTAssertThrowsError(try results[1].get()) { XCTAssertEqual($0 as? TCCError, .refused("no")) }
+        XCTAssertEqual(try results[2].get(), .duplicate(result: .string("ok-a")))
+        XCTAssertEqual(try results[3].get(), .emptyCancel)
+        XCTAssertThrowsError(try results[4].get())
+        XCTAssertEqual(try results[5].get(), .done(result: nil))
+        XCTAssertThrowsError(try results[6].get()) { guard case .badRequest? = $0 as? TCCError else { return XCTFail("\($0)") } }
+        XCTAssertEqual(try effects(r), ["try-done", "try-a", "confirm-done"], "the refused try's change must roll back alone")
+        XCTAssertEqual(try r.barrier(txid: "t1", branchID: "refuse"), [:])
+        XCTAssertEqual(try r.barrier(txid: "t3", branchID: "never-tried"), [:])
+        XCTAssertEqual(committed, ["try:done", "try:duplicate", "cancel:empty-cancel", "confirm:done"])
+        XCTAssertEqual(c.get(.try), 3)
+        // The HTTP answers for them are those of phases run one at a time.
+        XCTAssertEqual(r.response(calls[1], results[1]).status, 409)
+        XCTAssertEqual(r.response(calls[0], results[0]).status, 200)
+        XCTAssertEqual(r.response(calls[6], results[6]).status, 400)
+    }
+
     func testConfirmWithoutTryIsRefused() throws {
         let c = Counter()
         let r = try counting(c)
