@@ -292,6 +292,15 @@ extension Limits {
     /// Demo order service: pause between rounds of asking again about orders still in doubt
     /// (one background thread for all of them, so they never hold the order workers).
     public static let demoSettleRoundMs: Int64 = 200
+    /// `GET /v1/orders/{id}?wait_ms=N`: the longest a client may wait there for a pending order
+    /// to settle.
+    public static let demoOrderWaitMsMax: Int64 = 30_000
+    /// Clients waiting that way at once; past it the answer is 503.
+    public static let demoOrderWaitersMax = 1_024
+    /// While clients wait, how often their orders are read again. An answer through the HTTP
+    /// inbox wakes them at once; one through Redis Streams commits on the reader's thread with
+    /// no hook after it, so this bounds how late its waiter hears.
+    public static let demoOrderWaitRecheckMs: Int64 = 20
     /// How often the demo services purge finished TCC barrier rows and old inbox rows.
     public static let demoMaintenanceIntervalMs: Int64 = 60_000
 }

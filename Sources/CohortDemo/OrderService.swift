@@ -123,6 +123,8 @@ public final class OrderService: RunnableServer {
     private func route(_ request: HTTPRequest, _ responder: HTTPResponder) -> Bool {
         if let response = outbox.handleInbox(request) {
             responder.send(response)
+            // Answers may have settled orders that clients wait for.
+            if waiterCount > 0 { recheckWaiters() }
             return true
         }
         let parts = request.pathComponents
@@ -140,12 +142,28 @@ public final class OrderService: RunnableServer {
                 responder.send(.error(500, "order store read failed: \(error)"))
             }
         case ("GET", 3):
+            var waitMs: Int64 = 0
+            if let text = request.query["wait_ms"] {
+                guard let ms = Int64(text), ms >= 0, ms <= Limits.demoOrderWaitMsMax else {
+                    responder.send(.error(400, "wait_ms must be an integer 0-\(Limits.demoOrderWaitMsMax)"))
+                    return true
+                }
+                waitMs = ms
+            }
             do {
                 guard let order = try store.get(parts[2]) else {
                     responder.send(.error(404, "no order \(parts[2].prefix(80))"))
                     return true
                 }
-                responder.send(.json(200, order))
+                guard order.status == "pending", waitMs > 0 else {
+                    responder.send(.json(200, order))
+                    return true
+                }
+                guard waiterCount < Limits.demoOrderWaitersMax else {
+                    responder.send(.error(503, "\(Limits.demoOrderWaitersMax) clients already wait for orders; retry, or ask without wait_ms"))
+                    return true
+                }
+                wait(for: order.orderID, responder, waitMs: waitMs)
             } catch {
                 responder.send(.error(500, "order store read failed: \(error)"))
             }
@@ -153,6 +171,72 @@ public final class OrderService: RunnableServer {
             responder.send(.error(405, "no route for \(request.method) \(request.path)"))
         }
         return true
+    }
+
+    // MARK: - waiting for an order to settle (`GET /v1/orders/{id}?wait_ms=N`)
+
+    private final class OrderWaiter {
+        let responder: HTTPResponder
+        var timer: TimerHandle?
+        init(_ responder: HTTPResponder) { self.responder = responder }
+    }
+
+    /// Clients waiting for a pending order, by order id; loop thread only.
+    private var waiters: [String: [OrderWaiter]] = [:]
+    private var waiterCount = 0
+    private var recheckScheduled = false
+
+    /// Holds the request until the order settles (an answer in the inbox, or the settling of a
+    /// 2PC/3PC/TCC order) or `waitMs` passes, then answers with the order as it is then. A
+    /// client of an outbox order learns its outcome in one request instead of polling.
+    private func wait(for orderID: String, _ responder: HTTPResponder, waitMs: Int64) {
+        let waiter = OrderWaiter(responder)
+        waiter.timer = agent.loop.schedule(afterMs: waitMs) { [weak self, weak waiter] in
+            guard let self, let waiter else { return }
+            self.answerWaiters(orderID, only: waiter)
+        }
+        waiters[orderID, default: []].append(waiter)
+        waiterCount += 1
+        scheduleRecheck()
+    }
+
+    /// Answers the clients waiting on `orderID` (all of them, or only `only`, whose wait ran out)
+    /// with the order as it is now.
+    private func answerWaiters(_ orderID: String, only: OrderWaiter? = nil) {
+        guard let list = waiters[orderID] else { return }
+        let answering = only.map { w in list.filter { $0 === w } } ?? list
+        let staying = list.filter { w in !answering.contains { $0 === w } }
+        waiters[orderID] = staying.isEmpty ? nil : staying
+        waiterCount -= answering.count
+        let response: HTTPResponse
+        do {
+            response = try store.get(orderID).map { .json(200, $0) } ?? .error(404, "no order \(orderID.prefix(80))")
+        } catch {
+            response = .error(500, "order store read failed: \(error)")
+        }
+        for w in answering {
+            if let t = w.timer { agent.loop.cancel(t) }
+            w.responder.send(response)
+        }
+    }
+
+    /// Answers the waiters whose order is no longer pending.
+    private func recheckWaiters() {
+        for orderID in Array(waiters.keys) {
+            if let status = try? store.get(orderID)?.status, status != "pending" { answerWaiters(orderID) }
+        }
+    }
+
+    /// While anyone waits, reads their orders again every `Limits.demoOrderWaitRecheckMs`.
+    private func scheduleRecheck() {
+        guard !recheckScheduled, waiterCount > 0 else { return }
+        recheckScheduled = true
+        _ = agent.loop.schedule(afterMs: Limits.demoOrderWaitRecheckMs) { [weak self] in
+            guard let self else { return }
+            self.recheckScheduled = false
+            self.recheckWaiters()
+            self.scheduleRecheck()
+        }
     }
 
     private func place(_ request: HTTPRequest, _ responder: HTTPResponder) {

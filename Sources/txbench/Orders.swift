@@ -6,7 +6,8 @@ import Foundation
 /// `txbench --orders --mode 2pc|3pc|tcc|outbox`: demo orders (order-service + inventory-service
 /// + cohortd, started here) at a concurrency for a duration after a warm-up. An order counts as
 /// committed when confirmed, aborted when rejected; an outbox order's latency runs until its
-/// status leaves pending. Ends with the demo's at-rest check.
+/// status leaves pending (asked with `wait_ms`: the order service answers when it settles).
+/// Ends with the demo's at-rest check.
 func ordersMain(_ argv: [String]) -> Never {
     let ordersUsage = """
     usage: txbench --orders --mode 2pc|3pc|tcc|outbox [--clients N] [--duration D] [--warmup D] [--skus N]
@@ -129,9 +130,9 @@ func ordersMain(_ argv: [String]) -> Never {
                         let placed = try call(api, "POST", ordersURL + "/v1/orders", ["sku": "sku-\(Int.random(in: 0..<skuCount, using: &rng))", "qty": 1, "mode": orderMode])
                         status = placed["status"] as? String
                         if status == "pending", let id = placed["order_id"] as? String {
+                            // The order service holds the request until the order settles.
                             while status == "pending" {
-                                usleep(500)
-                                status = try call(api, "GET", ordersURL + "/v1/orders/\(id)")["status"] as? String
+                                status = try call(api, "GET", ordersURL + "/v1/orders/\(id)?wait_ms=\(Limits.demoOrderWaitMsMax)")["status"] as? String
                             }
                         }
                     } catch {

@@ -182,6 +182,42 @@ final class DemoTests: XCTestCase {
         XCTAssertEqual(try rig.orders("confirmed").count + (try rig.orders("rejected")).count, try rig.orders().count)
     }
 
+    /// `GET /v1/orders/{id}?wait_ms=N` holds a pending order's request until it settles, or
+    /// answers it pending when the wait runs out; a settled order is answered at once.
+    func testWaitingForAnOutboxOrderAnswersWhenItSettles() throws {
+        let rig = try rig()
+        try rig.setStock("kiwi", 5)
+        let placed = try XCTUnwrap(rig.order("kiwi", 2, "outbox"))
+        XCTAssertEqual(placed.body["status"] as? String, "pending")
+        let id = try XCTUnwrap(placed.body["order_id"] as? String)
+        let started = Date()
+        let (code, settled) = try rig.json("GET", rig.url("orders") + "/v1/orders/\(id)?wait_ms=20000")
+        XCTAssertEqual(code, 200)
+        XCTAssertEqual(settled["status"] as? String, "confirmed", "one request learns the outcome")
+        XCTAssertLessThan(Date().timeIntervalSince(started), 10, "answered when the order settled, not when the wait ran out")
+        XCTAssertEqual(try rig.json("GET", rig.url("orders") + "/v1/orders/\(id)?wait_ms=20000").1["status"] as? String, "confirmed")
+
+        for bad in ["abc", "-1", "30001", ""] {
+            let (c, b) = try rig.json("GET", rig.url("orders") + "/v1/orders/\(id)?wait_ms=\(bad)")
+            XCTAssertEqual(c, 400, "wait_ms=\(bad)")
+            XCTAssertNotNil(b["error"] as? String)
+        }
+        XCTAssertEqual(try rig.json("GET", rig.url("orders") + "/v1/orders/nope?wait_ms=100").0, 404)
+
+        // With the inventory down the order stays pending: the wait runs out and says so.
+        rig.kill9("inventory")
+        let stuck = try XCTUnwrap(rig.order("kiwi", 1, "outbox"))
+        let stuckID = try XCTUnwrap(stuck.body["order_id"] as? String)
+        let waitStarted = Date()
+        let (stuckCode, stuckBody) = try rig.json("GET", rig.url("orders") + "/v1/orders/\(stuckID)?wait_ms=300")
+        XCTAssertEqual(stuckCode, 200)
+        XCTAssertEqual(stuckBody["status"] as? String, "pending")
+        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(waitStarted), 0.29)
+        try rig.start("inventory")
+        XCTAssertEqual(try rig.json("GET", rig.url("orders") + "/v1/orders/\(stuckID)?wait_ms=30000").1["status"] as? String, "confirmed")
+        XCTAssertEqual(rig.waitAtRest(), [])
+    }
+
     func testBadInputIsRefusedWithAnError() throws {
         let rig = try rig()
         for body: [String: Any] in [["sku": "a", "qty": 0, "mode": "2pc"], ["sku": "a", "qty": 1, "mode": "xa"],
