@@ -117,11 +117,7 @@ extension JSONValue {
 
 extension WireObject {
     /// A field of any JSON shape; nil when absent or null (as Codable's `decodeIfPresent`).
-    func optValue(_ key: String) -> JSONValue? {
-        guard let node = self[key] else { return nil }
-        if case .null = node { return nil }
-        return JSONValue(node: node)
-    }
+    func optValue(_ key: String) -> JSONValue? { present(key).map(JSONValue.init(node:)) }
 }
 
 extension JSONWriter {

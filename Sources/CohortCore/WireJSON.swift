@@ -317,7 +317,8 @@ public struct WireObject {
         return found
     }
 
-    private func present(_ key: String) -> JSONNode? {
+    /// The field's value; nil when absent or null (as Codable's `decodeIfPresent`).
+    func present(_ key: String) -> JSONNode? {
         guard let v = self[key] else { return nil }
         if case .null = v { return nil }
         return v

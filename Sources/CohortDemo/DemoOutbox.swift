@@ -70,28 +70,26 @@ final class StreamConsumer {
     func stop() { reader.stop() }
 }
 
-struct OrderPlaced: WireDecodable, WireEncodable {
+struct OrderPlaced {
     let order_id: String
     let sku: String
     let qty: Int64
-    init(order_id: String, sku: String, qty: Int64) {
-        self.order_id = order_id
-        self.sku = sku
-        self.qty = qty
-    }
-    init(wire o: WireObject) throws { self.init(order_id: try o.string("order_id"), sku: try o.string("sku"), qty: try o.int64("qty")) }
-    func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("order_id", order_id); w.field("sku", sku); w.field("qty", qty); w.endObject() }
     /// A message's payload read; nil when it is not an OrderPlaced.
     static func from(_ m: WireMessage) -> OrderPlaced? { try? OrderPlaced(wireJSON: Array(m.payload.utf8)) }
 }
 
-struct StockAnswer: WireDecodable, WireEncodable {
+struct StockAnswer {
     let order_id: String
     let reason: String?
-    init(order_id: String, reason: String?) {
-        self.order_id = order_id
-        self.reason = reason
-    }
+}
+
+// In extensions, so the structs keep their memberwise initializers.
+extension OrderPlaced: WireDecodable, WireEncodable {
+    init(wire o: WireObject) throws { self.init(order_id: try o.string("order_id"), sku: try o.string("sku"), qty: try o.int64("qty")) }
+    func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("order_id", order_id); w.field("sku", sku); w.field("qty", qty); w.endObject() }
+}
+
+extension StockAnswer: WireDecodable, WireEncodable {
     init(wire o: WireObject) throws { self.init(order_id: try o.string("order_id"), reason: try o.optString("reason")) }
     func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("order_id", order_id); w.field("reason", reason); w.endObject() }
 }

@@ -109,12 +109,18 @@ enum JSONText {
     static func parseHeaders(_ s: String) -> [String: String] {
         if s == "{}" || s.isEmpty { return [:] }
         guard case .object(let members)? = try? JSONParser.parse(Array(s.utf8)) else { return [:] }
-        var headers: [String: String] = [:]
+        return (try? stringValues(members)) ?? [:]
+    }
+
+    /// An object's members as a dictionary of strings (headers); throws `wrongType` naming the
+    /// first key whose value is not a string.
+    static func stringValues(_ members: [(String, JSONNode)]) throws -> [String: String] {
+        var values: [String: String] = [:]
         for (k, v) in members {
-            guard case .string(let value) = v else { return [:] }
-            headers[k] = value
+            guard case .string(let value) = v else { throw WireJSONError.wrongType(k) }
+            values[k] = value
         }
-        return headers
+        return values
     }
 
     /// `{"id":"SOURCE:ID","source":..,"seq":ID,"topic":..,"key":..,"payload":..,"headers":{..},"created_ms":..}`
@@ -211,9 +217,10 @@ extension WireMessage: WireDecodable {
             switch node {
             case .null: break
             case .object(let members):
-                for (k, v) in members {
-                    guard case .string(let s) = v else { throw WireJSONError.wrongType(o.name("headers." + k)) }
-                    headers[k] = s
+                do {
+                    headers = try JSONText.stringValues(members)
+                } catch WireJSONError.wrongType(let key) {
+                    throw WireJSONError.wrongType(o.name("headers." + key))
                 }
             default: throw WireJSONError.wrongType(o.name("headers"))
             }
