@@ -50,7 +50,7 @@ let package = Package(
         .executableTarget(name: "tcc-inventory", dependencies: ["CohortTCC", "CohortPosix", "CohortRuntime"]),
         .executableTarget(name: "cohortd", dependencies: ["CohortCoordinator"]),
         .executableTarget(name: "cohort-agent", dependencies: ["CohortAgent"]),
-        .executableTarget(name: "cohort-quickstart", dependencies: ["CohortClient"]),
+        .executableTarget(name: "cohort-quickstart", dependencies: ["CohortClient", "CohortPosix"]),
         .executableTarget(name: "txbench", dependencies: ["CohortClient", "CohortPosix"]),
         // txctl's commands, rendering and log tools (no printing: output goes to injected sinks).
         .target(name: "CohortCtl", dependencies: ["CohortCore", "CohortHTTP", "CohortLog"]),

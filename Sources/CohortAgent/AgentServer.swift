@@ -73,7 +73,7 @@ public final class AgentServer: RunnableServer {
         precondition(options.commitRideUs >= 0 && options.commitRideUs <= Limits.soonSyncDelayUsMax, "commitRideUs out of range")
         let (log, recovered) = try DurableLog.open(storage: storage, config: DurableLogConfig(soonSyncDelayUs: options.commitRideUs))
         if let tail = recovered.truncatedTail {
-            recoveryNote = "truncated a torn tail of \(tail.bytesDropped) bytes at \(tail.file) offset \(tail.offset)"
+            recoveryNote = tail.description
         }
         store = try SQLiteKVStore(path: dir + "/kv.sqlite", exclusive: options.storeIsExclusive)
         var config = Participant.Config(name: options.name)

@@ -56,7 +56,7 @@ public final class CoordinatorServer: RunnableServer {
         let storage = try FileLogStorage(directory: dir + "/log", faults: try storageFaultsFromEnvironment())
         let (log, recovered) = try DurableLog.open(storage: storage)
         if let tail = recovered.truncatedTail {
-            recoveryNote = "truncated a torn tail of \(tail.bytesDropped) bytes at \(tail.file) offset \(tail.offset)"
+            recoveryNote = tail.description
         }
         var config = Coordinator.Config(coordinatorID: coordinatorID, epoch: UInt64(max(SystemClock.wallMs(), 1)))
         config.onePhaseCommit = options.onePhaseCommit

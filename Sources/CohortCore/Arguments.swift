@@ -71,12 +71,18 @@ public struct Arguments {
     public func durationMs(_ name: String, default d: Int64? = nil) throws -> Int64? {
         guard let v = values[name] else { return d }
         guard let ms = Arguments.parseDurationMs(v) else {
-            throw UsageError("--\(name) must be a duration such as 500ms, 10s or 3m, got \"\(v)\"")
+            throw UsageError("--\(name) must be a duration such as 500ms, 10s or 3m, at most \(Limits.durationMsMax / 86_400_000)d, got \"\(v)\"")
         }
         return ms
     }
 
+    /// nil for anything that is not a duration or is longer than `Limits.durationMsMax`.
     public static func parseDurationMs(_ v: String) -> Int64? {
+        guard let ms = parseUnboundedDurationMs(v), ms <= Limits.durationMsMax else { return nil }
+        return ms
+    }
+
+    private static func parseUnboundedDurationMs(_ v: String) -> Int64? {
         let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)]
         for (suffix, scale) in units where v.hasSuffix(suffix) {
             let number = v.dropLast(suffix.count)

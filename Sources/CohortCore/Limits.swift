@@ -13,6 +13,9 @@ public enum Limits {
     /// 0.105 ms per sync measured there), as PostgreSQL zero-fills its WAL segments. One sync in
     /// this many bytes pays for the extension.
     public static let logPreallocateBytes = 256 << 10
+    /// Copies of torn tails recovery keeps in the log folder (`NAME.torn-OFFSET`); past this a
+    /// cut tail is reported but not copied, so crash after crash cannot fill the disk.
+    public static let tornTailCopiesMax = 16
     /// Appended-but-unsynced bytes allowed before `append` refuses (back-pressure on the writer).
     public static let unsyncedBytesMax = 32 << 20
     /// Unforced records are written and synced at the latest this long after they were appended.
@@ -55,6 +58,15 @@ public enum Limits {
     /// Largest checkpoint snapshot (the log's type-0 record). A snapshot holds every open
     /// transaction, so it may be far larger than one record; it is written rarely.
     public static let snapshotBytesMax = 256 << 20
+
+    // MARK: command lines
+    /// The longest duration any flag or scenario field accepts (about ten years). Durations are
+    /// added to clock readings (`nowMs + retryDelayMs`); past this a sum could overflow and stop
+    /// the process, and no timeout, retention or retry delay needs more.
+    public static let durationMsMax: Int64 = 3_650 * 86_400_000
+    /// The longest duration a scenario file may give a step, a wait or a run: scenarios run in
+    /// one sitting, so a day is already a typo (`"99999h"` must not validate and then hang).
+    public static let scenarioDurationMsMax: Int64 = 86_400_000
 
     // MARK: HTTP
     public static let httpHeaderBytesMax = 16 << 10

@@ -68,9 +68,27 @@ public struct RecoveredLog {
     /// Records after the snapshot (or all of them), in LSN order.
     public let records: [LogRecord]
     /// A write cut short at the end of the last segment, cut off by recovery.
-    public let truncatedTail: (file: String, offset: Int, bytesDropped: Int)?
+    public let truncatedTail: TornTail?
     /// The LSN the next append gets.
     public let nextLSN: UInt64
+}
+
+/// What recovery cut off the end of the log. A crash mid-write leaves such a tail, and so does
+/// damage to the last records, which recovery cannot tell apart; so the bytes are copied aside
+/// before they are cut, for an operator to look at (`txctl log inspect` names the file).
+public struct TornTail: Equatable, CustomStringConvertible {
+    public let file: String
+    public let offset: Int
+    /// Bytes cut, not counting the zeros written ahead of the last record (`preallocateBytes`).
+    public let bytesDropped: Int
+    /// The file in the log folder that holds the cut bytes, nil when they were all zeros or
+    /// could not be kept (`Limits.tornTailCopiesMax` reached, or the copy failed).
+    public let keptIn: String?
+
+    public var description: String {
+        let kept = keptIn.map { "; the cut bytes are kept in \($0)" } ?? ""
+        return "truncated a torn tail of \(bytesDropped) bytes at \(file) offset \(offset)\(offset == 0 ? " (the segment was removed: its header never became durable)" : "")\(kept)"
+    }
 }
 
 /// `append` refuses: too many bytes are waiting for a sync. Back-pressure: retry later.

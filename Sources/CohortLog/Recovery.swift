@@ -1,3 +1,4 @@
+import CohortCore
 /// Reads a log's segments back, repairs a torn tail and prepares the writer's state.
 struct Recovery {
     let recovered: RecoveredLog
@@ -40,6 +41,32 @@ struct Recovery {
         return scan.startsWithCheckpoint && scan.records.first?.record.lsn == scan.header?.firstLSN
     }
 
+    /// Copies the bytes recovery is about to cut (up to the last nonzero byte) to
+    /// `NAME.torn-OFFSET`, synced, so that cutting loses nothing an operator may need. Best
+    /// effort: the copy is evidence, and failing to make it must not keep the log from opening.
+    static func keepAside(_ storage: LogStorage, _ name: String, _ bytes: [UInt8], from offset: Int) -> TornTail {
+        var end = bytes.count
+        while end > offset && bytes[end - 1] == 0 { end -= 1 }
+        let dropped = end - offset
+        guard dropped > 0 else { return TornTail(file: name, offset: offset, bytesDropped: 0, keptIn: nil) }
+        let copy = "\(name).torn-\(offset)"
+        let copies = ((try? storage.list()) ?? []).filter { $0.contains(".torn-") }
+        guard copies.contains(copy) || copies.count < Limits.tornTailCopiesMax else {
+            return TornTail(file: name, offset: offset, bytesDropped: dropped, keptIn: nil)
+        }
+        do {
+            let file = try storage.open(copy, create: true)
+            defer { file.close() }
+            try file.truncate(to: 0)
+            try file.write(Array(bytes[offset..<end]), at: 0)
+            try file.sync()
+            try storage.syncDirectory()
+            return TornTail(file: name, offset: offset, bytesDropped: dropped, keptIn: copy)
+        } catch {
+            return TornTail(file: name, offset: offset, bytesDropped: dropped, keptIn: nil)
+        }
+    }
+
     static func run(storage: LogStorage) throws -> Recovery {
         let segments = try segmentFiles(storage)
         var syncs = 0
@@ -60,7 +87,7 @@ struct Recovery {
         var snapshotLSN: UInt64?
         var records: [LogRecord] = []
         var bytesSinceCheckpoint = 0
-        var truncatedTail: (file: String, offset: Int, bytesDropped: Int)?
+        var truncatedTail: TornTail?
         var live: [(number: UInt64, file: LogFile, size: Int, allocated: Int)] = []
         var nextLSN: UInt64 = 1
         defer { for segment in live.dropLast() { segment.file.close() } }
@@ -86,16 +113,16 @@ struct Recovery {
                 throw LogCorruptionError(file: name, offset: offset, reason: reason)
             case .torn(let offset, _):
                 precondition(isLast, "a torn tail outside the last segment")
+                let cut = scan.header == nil ? 0 : offset
+                truncatedTail = keepAside(storage, name, bytes, from: cut)
                 if scan.header == nil {
                     // Nothing of this segment was ever durable: its header never made it.
                     file.close()
                     try storage.remove(name)
-                    truncatedTail = (file: name, offset: 0, bytesDropped: bytes.count)
                     continue
                 }
                 try file.truncate(to: offset)
                 allocated = offset
-                truncatedTail = (file: name, offset: offset, bytesDropped: bytes.count - offset)
             }
             for (index, scanned) in scan.records.enumerated() {
                 if trustHeader && index == 0 && scanned.record.type == LogFormat.checkpointType {

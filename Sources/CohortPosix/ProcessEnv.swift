@@ -48,6 +48,38 @@ public enum ProcessEnv {
     }
 }
 
+/// Standard output and error for the executables' thin mains. Foundation's
+/// `FileHandle.write(_: Data)` stops the process with a trap when the write fails, as it does
+/// when a reader closes the pipe early (`txctl log inspect DIR | head`).
+public enum StandardStream {
+    /// Writes all of `text` to standard output; when the reader has gone (EPIPE) the process
+    /// ends quietly with status 141, as if SIGPIPE had ended it, since nobody reads the rest.
+    public static func out(_ text: String) {
+        if !write(1, text) { exit(141) }
+    }
+
+    /// Writes to standard error; a failure is ignored, as there is nowhere left to report it.
+    public static func err(_ text: String) {
+        _ = write(2, text)
+    }
+
+    private static func write(_ fd: Int32, _ text: String) -> Bool {
+        var bytes = Array(text.utf8)
+        return bytes.withUnsafeMutableBytes { raw -> Bool in
+            var done = 0
+            while done < raw.count {
+                let n = Glibc.write(fd, raw.baseAddress! + done, raw.count - done)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return false
+                }
+                done += n
+            }
+            return true
+        }
+    }
+}
+
 /// Signal numbers, so other modules can name signals without importing Glibc.
 public enum SignalNumber {
     public static let terminate: Int32 = SIGTERM

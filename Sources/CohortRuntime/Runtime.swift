@@ -190,22 +190,29 @@ public enum DataDirectory {
 
     /// Reads the identity stored in `dir/name`, or creates one if the directory holds no log yet.
     /// A log without its identity file means the directory was damaged or mixed up: refuse to
-    /// start rather than invent a new identity for old records. Call it after `lock`, which
-    /// creates the directory.
+    /// start rather than invent a new identity for old records. The other way round too: an
+    /// identity whose log folder is gone has lost the outcomes it answered for, and starting
+    /// would presume abort for transactions it committed. So a new identity is written only
+    /// after the log folder exists durably. Call it after `lock`, which creates the directory.
     public static func identity(dir: String, file name: String, logSubdirectory: String, make: () -> String, validate: (String) -> Bool) throws -> String {
         let path = dir + "/" + name
+        let logDir = dir + "/" + logSubdirectory
         if PosixFS.exists(path) {
             let bytes = try PosixFS.readFile(path)
             let text = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
             guard validate(text) else {
                 throw StartupError("\(path) is damaged (it holds \"\(text.prefix(40))\"); refusing to start")
             }
+            guard PosixFS.isDirectory(logDir) else {
+                throw StartupError("\(path) exists but its log folder \(logDir) is missing: the outcomes it held would be presumed aborted; refusing to start (restore the log, or remove \(name) only if this directory never ran a transaction)")
+            }
             return text
         }
-        let logDir = dir + "/" + logSubdirectory
         if PosixFS.exists(logDir), !((try? PosixFS.listDirectory(logDir)) ?? []).isEmpty {
             throw StartupError("\(dir) has log files but no \(name); refusing to start with a new identity over an old log")
         }
+        try PosixFS.createDirectory(logDir, intermediate: true)
+        try PosixFS.fsyncDirectory(dir)
         let id = make()
         try PosixFS.writeFileAtomically(path, Array((id + "\n").utf8))
         return id

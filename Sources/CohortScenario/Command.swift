@@ -90,11 +90,11 @@ public enum TxScenarioCommand {
         switch command {
         case "validate":
             if invalid == 0 { io.out("\(scenarios.count) scenario files are valid\n") }
-            return invalid == 0 ? 0 : 1
+            return invalid == 0 ? 0 : 2
         case "list":
             let width = scenarios.map(\.name.count).max() ?? 0
             for s in scenarios { io.out(s.name.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + s.description + "\n") }
-            return invalid == 0 ? 0 : 1
+            return invalid == 0 ? 0 : 2
         default:
             break
         }
@@ -110,6 +110,12 @@ public enum TxScenarioCommand {
         options.keepData = args.has("keep-data")
         if let w = args.string("work-dir") { options.workDirectory = w }
         let reportPath = args.string("report") ?? "txscenario-report.json"
+        // Refuse before starting anything: a run of many minutes must not end unable to report.
+        if let problem = Self.notAFolder(options.workDirectory, flag: "--work-dir")
+            ?? Self.notAFolder((reportPath as NSString).deletingLastPathComponent, flag: "--report") {
+            io.err("error: \(problem)\n")
+            return 2
+        }
         let runner = ScenarioRunner(options: options)
         if args.has("verbose") { runner.progress = { io.err($0 + "\n") } }
         let started = Date()
@@ -129,10 +135,20 @@ public enum TxScenarioCommand {
         do {
             try Report.write(results, to: reportPath, elapsedSeconds: elapsed)
         } catch {
-            io.err("error: cannot write the report \(reportPath): \(error)\n")
+            io.err("error: cannot write the report \(reportPath): \((error as NSError).localizedDescription)\n")
+            io.out("\(passed) passed, \(results.count - passed) failed (\(String(format: "%.0f", elapsed)) s; no report)\n")
+            return 1
         }
         io.out("\(passed) passed, \(results.count - passed) failed (\(String(format: "%.0f", elapsed)) s; report: \(reportPath))\n")
         return passed == results.count ? 0 : 1
+    }
+
+    /// Why `path` (when not empty) cannot hold files, or nil when it is a folder.
+    static func notAFolder(_ path: String, flag: String) -> String? {
+        guard !path.isEmpty else { return nil }
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return "\(flag): \(path) does not exist" }
+        return isDir.boolValue ? nil : "\(flag): \(path) is not a folder"
     }
 
     /// Files named on the command line, and every `*.json` in the folders named, sorted.

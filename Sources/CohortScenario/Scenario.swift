@@ -250,6 +250,9 @@ struct Parser {
         guard case .string(let s) = v, let ms = Arguments.parseDurationMs(s), s.last?.isLetter == true else {
             throw fail(join(at, key), "expected a duration like \"500ms\", \"2s\" or \"1m\"")
         }
+        guard ms <= Limits.scenarioDurationMsMax else {
+            throw fail(join(at, key), "\(s) is longer than a scenario may run (at most 24h)")
+        }
         return ms
     }
 

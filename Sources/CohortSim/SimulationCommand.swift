@@ -28,8 +28,8 @@ public enum CohortSimCommand {
     failed.
     """
 
-    /// `output` receives the text to print (stdout).
-    public static func run(arguments: [String], output: (String) -> Void) -> Int32 {
+    /// `output` receives the text to print (stdout), `errorOutput` a usage error (stderr).
+    public static func run(arguments: [String], errorOutput: (String) -> Void = { _ in }, output: (String) -> Void) -> Int32 {
         let args: Arguments
         do {
             args = try Arguments(arguments, valued: ["seed", "runs", "break", "protocol"], booleans: ["help", "trace"])
@@ -39,7 +39,11 @@ public enum CohortSimCommand {
             }
             guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
             _ = try args.int("seed", range: 0...Int.max)
-            _ = try args.int("runs", range: 1...10_000_000)
+            let runs = try args.int("runs", default: 100, range: 1...10_000_000)!
+            // Every seed run must be one `--seed` accepts, or a failure could not be replayed.
+            if try args.int("seed", default: 1)! > Int.max - (runs - 1) {
+                throw UsageError("--seed plus --runs passes the largest seed, \(Int.max)")
+            }
             #if !DEBUG
             // Deliberate bugs exist only in debug builds (TestOnlyBreak); a release build refuses.
             if args.string("break") != nil { throw UsageError("--break is test only: it needs a debug build (swift build)") }
@@ -51,7 +55,7 @@ public enum CohortSimCommand {
                 throw UsageError("--protocol must be 2pc or tcc, not \"\(p.prefix(40))\"")
             }
         } catch {
-            output("error: \(error)\n\(usage)")
+            errorOutput("error: \(error)\n\(usage)")
             return 2
         }
         let first = UInt64(try! args.int("seed", default: 1)!)

@@ -26,7 +26,7 @@ Environment: COHORT_CRASHPOINT=NAME[:K] or =list, COHORT_FAULT=fsync-fail[:K]
 exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage: usage,
                      valued: ["name", "data", "port", "host", "coordinator", "advertise", "token-file", "checkpoint-after-bytes", "commit-ride-us"],
                      crashPoints: AgentServer.crashPoints,
-                     say: { print($0); fflush(stdout) }, warn: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) { args in
+                     say: { print($0); fflush(stdout) }, warn: { StandardStream.err(($0 + "\n")) }) { args in
     let name = try args.required("name")
     guard name.utf8.count <= Limits.participantNameBytesMax,
           name.unicodeScalars.allSatisfy({ $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "-_.".unicodeScalars.contains($0)) }) else {

@@ -1,5 +1,6 @@
 import CohortClient
 import CohortCore
+import CohortPosix
 import Foundation
 
 let usage = """
@@ -16,7 +17,7 @@ checks that the total balance did not change.
 """
 
 func fail(_ message: String, status: Int32) -> Never {
-    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    StandardStream.err("error: \(message)\n")
     exit(status)
 }
 
@@ -63,7 +64,7 @@ do {
 /// Stops every process and removes the directory (unless --keep) before exiting.
 func finish(_ status: Int32, _ message: String? = nil) -> Never {
     cluster.stop()
-    if let message { FileHandle.standardError.write(Data("error: \(message)\n".utf8)) }
+    if let message { StandardStream.err("error: \(message)\n") }
     if keep { say("kept \(cluster.dataDirectory) (data directories and process logs in logs/)") }
     exit(status)
 }

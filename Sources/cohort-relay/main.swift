@@ -26,7 +26,7 @@ Environment: COHORT_CRASHPOINT=NAME[:K] or =list
 """
 
 func fail(_ message: String, status: Int32) -> Never {
-    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    StandardStream.err("error: \(message)\n")
     exit(status)
 }
 
@@ -81,7 +81,7 @@ do {
     let sink = try makeOutboxSink(url: sinkURL, stream: args.string("stream") ?? "cohort-outbox", loop: loop,
                                   bearerToken: token, streamMaxLength: maxLen)
     let relay = OutboxRelay(store: store, sink: sink, loop: loop, config: config)
-    relay.onProblem = { FileHandle.standardError.write(Data("relay: \($0)\n".utf8)) }
+    relay.onProblem = { StandardStream.err("relay: \($0)\n") }
     var hostServer: RelayHost?
     try loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in
         relay.stop()

@@ -24,7 +24,7 @@ Environment: COHORT_CRASHPOINT=NAME[:K] or =list, COHORT_FAULT=fsync-fail[:K]
 exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage: usage,
                      valued: ["data", "port", "host", "token-file", "checkpoint-after-bytes", "retry-budget-attempts", "retry-budget", "parked-retry-delay"],
                      booleans: ["help", "no-one-phase"], crashPoints: CoordinatorServer.crashPoints,
-                     say: { print($0); fflush(stdout) }, warn: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) { args in
+                     say: { print($0); fflush(stdout) }, warn: { StandardStream.err(($0 + "\n")) }) { args in
     var options = CoordinatorServer.Options(dataDirectory: try args.required("data"))
     options.port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
     options.host = args.string("host") ?? "127.0.0.1"

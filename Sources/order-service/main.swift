@@ -21,10 +21,10 @@ Environment: COHORT_CRASHPOINT=NAME[:K] or =list (the crash points)
 
 exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage: usage,
                      valued: ["data", "port", "host", "coordinator", "inventory", "broker", "advertise"], crashPoints: OrderService.crashPoints,
-                     say: { print($0); fflush(stdout) }, warn: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) { args in
+                     say: { print($0); fflush(stdout) }, warn: { StandardStream.err(($0 + "\n")) }) { args in
     var options = OrderService.Options(dataDirectory: try args.required("data"),
                                        coordinatorURL: try normalizedBaseURL(try args.required("coordinator"), flag: "coordinator"),
                                        inventoryURL: try normalizedBaseURL(try args.required("inventory"), flag: "inventory"))
-    try options.applySharedFlags(args) { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
+    try options.applySharedFlags(args) { StandardStream.err(($0 + "\n")) }
     return (options.host, { loop, onFatal in try OrderService(options: options, loop: loop, onFatal: onFatal) })
 })

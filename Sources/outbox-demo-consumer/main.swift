@@ -25,7 +25,7 @@ Environment: COHORT_CRASHPOINT=inbox.after-commit[:K] (crash after the local com
 """
 
 func fail(_ message: String, status: Int32) -> Never {
-    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    StandardStream.err("error: \(message)\n")
     exit(status)
 }
 
@@ -135,7 +135,7 @@ do {
     if let redisURL {
         let r = try RedisStreamReader(url: redisURL, stream: args.string("stream") ?? "cohort-outbox", group: args.string("group") ?? "demo",
                                       consumer: args.string("name") ?? "consumer-\(ProcessEnv.pid)", inbox: inbox, effect: effect)
-        r.onProblem = { FileHandle.standardError.write(Data("consumer: \($0)\n".utf8)) }
+        r.onProblem = { StandardStream.err("consumer: \($0)\n") }
         r.onBatch = { results in
             let d = results.filter { $0.status == "duplicate" }.count
             dupLock.withLock { dupCount += d }

@@ -29,7 +29,7 @@ counts per key from 1). Prints "produced N committed M rolled-back" when done.
 """
 
 func fail(_ message: String, status: Int32) -> Never {
-    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    StandardStream.err("error: \(message)\n")
     exit(status)
 }
 
@@ -100,7 +100,7 @@ do {
         _ = try CrashPoints.configure(known: OutboxRelay.crashPoints)
         let sink = try makeOutboxSink(url: sinkURL, stream: args.string("stream") ?? "cohort-outbox", loop: l)
         let r = OutboxRelay(store: try OutboxStore(path: db), sink: sink, loop: l)
-        r.onProblem = { FileHandle.standardError.write(Data("relay: \($0)\n".utf8)) }
+        r.onProblem = { StandardStream.err("relay: \($0)\n") }
         relay = r
         if let port {
             host = try RelayHost(relay: r, host: "127.0.0.1", port: port, handler: stateHandler)
@@ -178,14 +178,14 @@ do {
                             break
                         } catch let e as SQLiteError where e.isBusy {
                             // Lost the race for the write lock for too long: nothing was written; try again.
-                            FileHandle.standardError.write(Data("producer: \(e); retrying\n".utf8))
+                            StandardStream.err("producer: \(e); retrying\n")
                             continue
                         }
                     }
                 }
                 outbox.close()
             } catch {
-                FileHandle.standardError.write(Data("error: producer: \(error)\n".utf8))
+                StandardStream.err("error: producer: \(error)\n")
                 exit(1)
             }
         })

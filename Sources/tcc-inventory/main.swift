@@ -22,7 +22,7 @@ let crashPoints = ["tcc-inventory.after-try-committed", "tcc-inventory.after-con
 struct StockRequest: Codable { let sku: String; let available: Int64 }
 
 func fail(_ message: String, status: Int32) -> Never {
-    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    StandardStream.err("error: \(message)\n")
     exit(status)
 }
 

@@ -45,7 +45,7 @@ func ordersMain(_ argv: [String]) -> Never {
         progressForced = args.has("progress")
         binDir = args.string("bin-dir")
     } catch {
-        FileHandle.standardError.write(Data("error: \(error)\n\(ordersUsage)\n".utf8))
+        StandardStream.err("error: \(error)\n\(ordersUsage)\n")
         exit(2)
     }
     var options = Cluster.Options()
@@ -56,7 +56,7 @@ func ordersMain(_ argv: [String]) -> Never {
     func done(_ status: Int32, _ message: String? = nil) -> Never {
         for p in procs { p.terminate() }
         cluster?.stop()
-        if let message { FileHandle.standardError.write(Data("error: \(message)\n".utf8)) }
+        if let message { StandardStream.err("error: \(message)\n") }
         exit(status)
     }
     let inventoryURL: String

@@ -168,7 +168,7 @@ final class ProgressLine: @unchecked Sendable {
                 let text = String(format: "\r%@ %5.1f s  committed %d (%.0f/s %@)  aborted %d   ", label as NSString,
                                   now.timeIntervalSince(t0), c.committed - base.committed, rate, (stopping ? "overall" : "now") as NSString,
                                   c.aborted - base.aborted)
-                FileHandle.standardError.write(Data(text.utf8))
+                StandardStream.err(text)
                 if stopping { break }
             }
             finished.signal()
@@ -187,7 +187,7 @@ final class ProgressLine: @unchecked Sendable {
         if was {
             stop.signal()
             finished.wait()  // the printer is done: nothing writes after the newline
-            FileHandle.standardError.write(Data("\n".utf8))
+            StandardStream.err("\n")
         }
     }
 }

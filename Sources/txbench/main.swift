@@ -54,12 +54,12 @@ progress line on stderr (when stderr is a terminal) shows the counts.
 if CommandLine.arguments.contains("--orders") { ordersMain(Array(CommandLine.arguments.dropFirst())) }
 
 func fail(_ message: String, status: Int32) -> Never {
-    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    StandardStream.err("error: \(message)\n")
     exit(status)
 }
 
 func note(_ s: String) {
-    FileHandle.standardError.write(Data((s + "\n").utf8))
+    StandardStream.err((s + "\n"))
 }
 
 var clients = 16
@@ -138,7 +138,7 @@ do {
 var cluster: Cluster?
 func finish(_ status: Int32, _ message: String? = nil) -> Never {
     cluster?.stop()
-    if let message { FileHandle.standardError.write(Data("error: \(message)\n".utf8)) }
+    if let message { StandardStream.err("error: \(message)\n") }
     if keep, let c = cluster { note("kept \(c.dataDirectory)") }
     exit(status)
 }

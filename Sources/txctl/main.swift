@@ -20,8 +20,8 @@ final class PosixWatchTerminal: WatchTerminal {
 ProcessEnv.ignoreSIGPIPE()
 let ctx = CtlContext(
     out: { s in
-        FileHandle.standardOutput.write(Data(s.utf8))
+        StandardStream.out(s)
     },
-    err: { s in FileHandle.standardError.write(Data(s.utf8)) },
+    err: { s in StandardStream.err(s) },
     terminal: Terminal.isTTY(0) ? PosixWatchTerminal() : nil)
 exit(Txctl.run(Array(CommandLine.arguments.dropFirst()), ctx))

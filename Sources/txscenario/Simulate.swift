@@ -1,3 +1,4 @@
+import CohortPosix
 import CohortSim
 import Foundation
 
@@ -6,7 +7,9 @@ import Foundation
 // owner). This is the only place txscenario touches it; keep it this one small function.
 // ---------------------------------------------------------------------------------------------
 func runSimulate(_ arguments: [String]) -> Int32 {
-    CohortSimCommand.run(arguments: arguments, output: { text in
-        FileHandle.standardOutput.write(Data((text.hasSuffix("\n") ? text : text + "\n").utf8))
+    CohortSimCommand.run(arguments: arguments, errorOutput: { text in
+        StandardStream.err(text.hasSuffix("\n") ? text : text + "\n")
+    }, output: { text in
+        StandardStream.out(text.hasSuffix("\n") ? text : text + "\n")
     })
 }

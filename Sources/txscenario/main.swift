@@ -5,8 +5,8 @@ import Foundation
 ProcessEnv.ignoreSIGPIPE()
 let sinks = TxScenarioCommand.Sinks(
     out: { s in
-        FileHandle.standardOutput.write(Data(s.utf8))
+        StandardStream.out(s)
     },
-    err: { s in FileHandle.standardError.write(Data(s.utf8)) },
+    err: { s in StandardStream.err(s) },
     simulate: runSimulate)
 exit(TxScenarioCommand.run(Array(CommandLine.arguments.dropFirst()), sinks))

@@ -47,7 +47,11 @@ final class RecoveryTests: XCTestCase {
                     let tail = try XCTUnwrap(recovered.truncatedTail, "cut \(cut)")
                     XCTAssertEqual(tail.file, firstSegment)
                     XCTAssertEqual(tail.offset, lastStart)
-                    XCTAssertEqual(tail.bytesDropped, damaged.count - lastStart)
+                    // Counted up to the last nonzero byte: zeros after it may be the writer's own.
+                    let lastNonzero = damaged.lastIndex { $0 != 0 }!
+                    XCTAssertEqual(tail.bytesDropped, lastNonzero + 1 - lastStart)
+                    XCTAssertEqual(tail.keptIn, "\(firstSegment).torn-\(lastStart)")
+                    XCTAssertEqual(storage.contents(of: tail.keptIn!), Array(damaged[lastStart...lastNonzero]), "the cut bytes are kept")
                 }
                 XCTAssertEqual(storage.contents(of: firstSegment)!.count, allZeros ? full.count : lastStart, "file truncated")
                 // The log goes on from the cut.
@@ -58,6 +62,43 @@ final class RecoveryTests: XCTestCase {
                 XCTAssertNil(again.truncatedTail)
             }
         }
+    }
+
+    /// Recovery cannot tell a torn write from damage to the last records, so what it cuts is
+    /// copied aside first (zeros written ahead of the records are not counted or copied), at
+    /// most `Limits.tornTailCopiesMax` copies.
+    func testATornTailIsKeptAsideBeforeItIsCut() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTree(dir) }
+        let config = DurableLogConfig(preallocateBytes: 4096)
+        var garbage: [UInt8] = []
+        for round in 0...Limits.tornTailCopiesMax {
+            let (log, _) = try DurableLog.open(storage: try FileLogStorage(directory: dir), config: config)
+            _ = try log.append(type: 1, payload: payload(UInt64(round + 1), size: 20), force: true)
+            log.close()
+            let path = dir + "/" + firstSegment
+            let good = try PosixFS.readFile(path).count - 4096
+            garbage = (0..<(50 + round)).map { UInt8(truncatingIfNeeded: $0 * 7 + 1) }
+            let file = try PosixFile(path: path, create: false)
+            try file.pwrite(garbage, offset: good)
+            file.close()
+            let (reopened, recovered) = try DurableLog.open(storage: try FileLogStorage(directory: dir), config: config)
+            reopened.close()
+            XCTAssertEqual(recovered.records.count, round + 1, "every synced record survives")
+            let tail = try XCTUnwrap(recovered.truncatedTail)
+            XCTAssertEqual(tail.offset, good)
+            XCTAssertEqual(tail.bytesDropped, garbage.count, "the zeros after it are not counted")
+            if round < Limits.tornTailCopiesMax {
+                XCTAssertEqual(tail.keptIn, "\(firstSegment).torn-\(good)")
+                XCTAssertEqual(try PosixFS.readFile(dir + "/" + tail.keptIn!), garbage)
+                XCTAssertTrue(tail.description.contains("kept in \(firstSegment).torn-\(good)"), tail.description)
+            } else {
+                XCTAssertNil(tail.keptIn, "no more than \(Limits.tornTailCopiesMax) copies")
+            }
+        }
+        let (again, recovered) = try DurableLog.open(storage: try FileLogStorage(directory: dir), config: config)
+        again.close()
+        XCTAssertNil(recovered.truncatedTail, "the copies are not segments")
     }
 
     func testTornTailOnRealFiles() throws {

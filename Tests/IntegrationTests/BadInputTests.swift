@@ -113,6 +113,38 @@ final class BadInputTests: XCTestCase {
         try assertRecovered(workload, cluster, context: "after refused second processes")
     }
 
+    /// A data directory whose identity file is there but whose log folder is gone has lost the
+    /// outcomes it answered for: starting would presume abort for a committed transaction that a
+    /// participant still holds in doubt. Both servers refuse, naming the folder, and change
+    /// nothing; with the log back they start.
+    func testAnIdentityWithoutItsLogIsRefused() throws {
+        let cluster = try startCluster(agents: 2)
+        var config = TransferWorkload.Config(coordinatorURL: cluster.coordinatorURL, agentURLs: cluster.agentURLs)
+        config.accounts = 10
+        let workload = TransferWorkload(config: config)
+        try workload.setup()
+        XCTAssertGreaterThan(workload.run(clients: 2, count: 20).committed, 0)
+        let names = [Cluster.coordinatorName] + cluster.agentNames
+        for name in names { cluster.kill9(name) }
+        let coordinatorDir = cluster.dataDirectory(of: Cluster.coordinatorName)
+        let agentDir = cluster.dataDirectory(of: cluster.agentNames[0])
+        let starts: [(String, [String], String)] = [
+            ("cohortd", ["--data", coordinatorDir, "--port", "0"], coordinatorDir),
+            ("cohort-agent", ["--name", cluster.agentNames[0], "--data", agentDir, "--port", "0",
+                              "--coordinator", "http://127.0.0.1:1"], agentDir),
+        ]
+        for (program, args, dir) in starts {
+            try FileManager.default.moveItem(atPath: dir + "/log", toPath: dir + "/log.away")
+            let r = try runToCompletion(cluster.executable(program), args)
+            XCTAssertEqual(r.status, 1, "\(program): \(r.stderr)")
+            XCTAssertTrue(r.stderr.hasPrefix("error:") && r.stderr.contains("log folder \(dir)/log is missing"), "\(program): \(r.stderr)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/log"), "\(program) made no new log")
+            try FileManager.default.moveItem(atPath: dir + "/log.away", toPath: dir + "/log")
+        }
+        for name in names { try cluster.restart(name) }
+        try assertRecovered(workload, cluster, context: "with the logs back")
+    }
+
     func testBadCommandLinesExit2WithAnErrorLine() throws {
         let bin = try binDirectory()
         let dir = tempPath("cohort-badcli-\(UUID().uuidString.prefix(8))")
@@ -130,6 +162,11 @@ final class BadInputTests: XCTestCase {
             ("txbench", ["--duration", "forever"]),
             ("txbench", ["--coordinator", "http://127.0.0.1:1"]),
             ("cohort-quickstart", ["--nope"]),
+            // Durations end where adding one to a clock reading could overflow (the coordinator
+            // stopped with an arithmetic overflow the first time it parked a branch).
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--parked-retry-delay", "106751991167d"]),
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--retry-budget", "9223372036854775807ms"]),
+            ("cohort-relay", ["--db", dir + "/r.sqlite", "--sink", "http://127.0.0.1:1/in", "--lease-ttl", "106751991167d"]),
         ]
         for (program, args) in cases {
             let r = try runToCompletion(bin.appendingPathComponent(program), args)

@@ -37,10 +37,15 @@ final class SimulationTests: XCTestCase {
 
     func testBadArguments() {
         var out: [String] = []
-        XCTAssertEqual(CohortSimCommand.run(arguments: ["--runs", "zero"]) { out.append($0) }, 2)
-        XCTAssertEqual(CohortSimCommand.run(arguments: ["--break", "everything"]) { out.append($0) }, 2)
-        XCTAssertEqual(CohortSimCommand.run(arguments: ["extra"]) { out.append($0) }, 2)
-        XCTAssertTrue(out.allSatisfy { $0.hasPrefix("error:") })
+        var errors: [String] = []
+        for bad in [["--runs", "zero"], ["--break", "everything"], ["extra"],
+                    ["--seed", String(Int.max), "--runs", "2"]] {
+            XCTAssertEqual(CohortSimCommand.run(arguments: bad, errorOutput: { errors.append($0) }) { out.append($0) }, 2, "\(bad)")
+        }
+        XCTAssertEqual(out, [], "usage errors go to standard error")
+        XCTAssertEqual(errors.count, 4)
+        XCTAssertTrue(errors.allSatisfy { $0.hasPrefix("error:") })
+        XCTAssertTrue(errors[3].contains("passes the largest seed"), errors[3])
     }
 }
 
