@@ -669,6 +669,9 @@ public struct Coordinator {
             guard let txid = TxID(text), txid.coordinatorID == config.coordinatorID else {
                 return request.map { [.reply($0, .error(RequestError(400, "\(text.prefix(80)) is not a transaction of this coordinator")))] } ?? []
             }
+            if let refusal = heuristicReportRefusal(txid, participant: participant) {
+                return request.map { [.reply($0, .error(refusal))] } ?? []
+            }
             if pendingHeuristics[txid]?.contains(where: { $0.participant == participant && $0.outcome == outcome }) == true {
                 if let request { pendingHeuristics[txid]!.append((request, participant, outcome)) }
                 return []
@@ -1367,11 +1370,33 @@ extension Coordinator {
 
     /// Records a participant's heuristic outcome. Returns actions when it lets a committing
     /// transaction end (that branch no longer waits for the commit).
+    /// Why a heuristic report cannot be recorded, nil when it can. A report is logged and kept,
+    /// so each one must name a transaction this coordinator issued and, when the transaction is
+    /// still known, one of its branches: otherwise anyone could grow a transaction's branches and
+    /// events without bound, or mark a committed transaction mixed in someone else's name.
+    func heuristicReportRefusal(_ txid: TxID, participant: String) -> RequestError? {
+        guard !participant.isEmpty, participant.utf8.count <= Limits.participantNameBytesMax else {
+            return RequestError(400, "participant must be a name of 1-\(Limits.participantNameBytesMax) bytes")
+        }
+        guard txid.epoch < epoch || (txid.epoch == epoch && txid.sequence < nextSequence) else {
+            return RequestError(404, "\(txid) was never begun at this coordinator")
+        }
+        guard let tx = open[txid] ?? finished[txid] else { return nil }
+        if tx.branchIndex(participant) != nil { return nil }
+        // A transaction known only from earlier reports (forgotten here, presumed aborted)
+        // learns its branches from them, up to the branch limit.
+        if tx.branches.allSatisfy({ $0.participant.url.isEmpty }) && tx.branches.count < Limits.branchesPerTransactionMax {
+            return nil
+        }
+        return RequestError(409, "\(participant.prefix(80)) is not a branch of \(txid)")
+    }
+
     mutating func noteHeuristic(_ txid: TxID, participant: String, outcome: Outcome, nowMs: Int64) -> [Action] {
         let detail = "operator at \(participant) forced \(outcome.rawValue)"
         if var tx = open[txid] {
             if let i = tx.branchIndex(participant) { tx.branches[i].heuristic = outcome }
             tx.events.append(TimelineEvent(atMs: nowMs, event: "heuristic-reported", participant: participant, detail: detail))
+            trimEvents(&tx)
             open[txid] = tx
             return endIfDelivered(txid, nowMs: nowMs)
         }
@@ -1382,6 +1407,7 @@ extension Coordinator {
                 tx.branches.append(Branch(participant: ParticipantRef(name: participant, url: ""), state: .aborted, heuristic: outcome))
             }
             tx.events.append(TimelineEvent(atMs: nowMs, event: "heuristic-reported", participant: participant, detail: detail))
+            trimEvents(&tx)
             if tx.outcome != outcome { tx.state = .heuristicMixed }
             finished[txid] = tx
             return []

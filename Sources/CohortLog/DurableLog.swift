@@ -75,7 +75,8 @@ public struct RecoveredLog {
 
 /// What recovery cut off the end of the log. A crash mid-write leaves such a tail, and so does
 /// damage to the last records, which recovery cannot tell apart; so the bytes are copied aside
-/// before they are cut, for an operator to look at (`txctl log inspect` names the file).
+/// before they are cut, for an operator to look at (the server's `recovery:` line at start
+/// names the file).
 public struct TornTail: Equatable, CustomStringConvertible {
     public let file: String
     public let offset: Int

@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 
 /// Process-level facilities, so modules other than CohortPosix never import Glibc.
@@ -45,6 +46,25 @@ public enum ProcessEnv {
     /// Writes to a socket the peer closed must surface as EPIPE errors, not kill the process.
     public static func ignoreSIGPIPE() {
         _ = signal(SIGPIPE, SIG_IGN)
+    }
+
+    private static let terminationLock = PosixConditionLock()
+    nonisolated(unsafe) private static var terminationSources: [DispatchSourceSignal] = []
+
+    /// Runs `handler` once, on a queue of its own, when SIGTERM, SIGINT or SIGHUP arrives,
+    /// instead of ending the process at once: a program that started servers must stop them
+    /// and remove their temporary folders, or `timeout`, a supervisor or a closed terminal
+    /// leaves them running. The handler is expected to end the process.
+    public static func onTerminationSignal(_ handler: @escaping @Sendable (Int32) -> Void) {
+        terminationLock.withLock {
+            for number in [SIGTERM, SIGINT, SIGHUP] {
+                _ = signal(number, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: number, queue: DispatchQueue(label: "cohort-signal-\(number)"))
+                source.setEventHandler { handler(number) }
+                source.resume()
+                terminationSources.append(source)
+            }
+        }
     }
 }
 

@@ -95,6 +95,7 @@ public final class SQLiteConnection {
     /// Opens `path` read-write (created if missing) for use by one thread at a time, with
     /// extended result codes and `busyTimeoutMs`; `uri` reads `path` as a `file:` URI.
     public static func openHandle(path: String, busyTimeoutMs: Int32, uri: Bool = false) throws -> OpaquePointer {
+        if !uri { try refuseIfNotADatabase(path) }
         var handle: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | (uri ? SQLITE_OPEN_URI : 0)
         let rc = sqlite3_open_v2(path, &handle, flags, nil)
@@ -106,6 +107,26 @@ public final class SQLiteConnection {
         sqlite3_extended_result_codes(handle, 1)
         sqlite3_busy_timeout(handle, busyTimeoutMs)
         return handle
+    }
+
+    /// A file that exists but does not start with SQLite's header is refused before SQLite
+    /// opens it: opening it read-write and closing it again lets SQLite act on a `-wal` file
+    /// beside it (checkpoint it into the damaged file, or delete it), which would destroy the
+    /// committed pages the WAL may still hold.
+    static func refuseIfNotADatabase(_ path: String) throws {
+        guard PosixFS.exists(path) else { return }
+        let header: [UInt8]
+        do {
+            let file = try PosixFile(path: path, create: false)
+            defer { file.close() }
+            header = try file.pread(count: 16, offset: 0)
+        } catch {
+            throw SQLiteError(code: SQLITE_CANTOPEN, message: "\(error)", context: "opening \(path)")
+        }
+        guard !header.isEmpty, header != Array("SQLite format 3\0".utf8) else { return }
+        throw SQLiteError(code: SQLITE_NOTADB,
+                          message: "\(path) is not a SQLite database (it does not start with SQLite's header); refusing to open it, as opening could change it and the WAL beside it",
+                          context: "opening \(path)")
     }
 
     deinit { close() }

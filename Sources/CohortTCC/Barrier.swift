@@ -74,7 +74,9 @@ public enum TCCBarrier {
         switch phase {
         case .try:
             if try insert("try", "tried") {
-                if let deadlineMs, nowMs > deadlineMs + skewMarginMs {
+                // Subtracted from the clock, not added to the deadline: the deadline comes from
+                // a request body, and near Int64.max the sum would overflow and stop the process.
+                if let deadlineMs, nowMs - skewMarginMs > deadlineMs {
                     // Too late to matter to the coordinator, and possibly older than the barrier's
                     // retention: fence it like a cancelled branch.
                     try db.run("UPDATE tcc_barrier SET note = 'fence' WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = 'try'", key)

@@ -69,6 +69,12 @@ func finish(_ status: Int32, _ message: String? = nil) -> Never {
     exit(status)
 }
 
+// A stop signal (timeout, a supervisor, a closed terminal) must not leave the servers behind.
+ProcessEnv.onTerminationSignal { [cluster] number in
+    cluster.stop()
+    exit(128 + number)
+}
+
 do {
     try cluster.start()
 } catch {

@@ -51,10 +51,10 @@ func ordersMain(_ argv: [String]) -> Never {
     var options = Cluster.Options()
     options.agents = 0
     if let binDir { options.binDirectory = URL(fileURLWithPath: binDir) }
-    var procs: [ManagedProcess] = []
+    let procs = StartedProcesses()
     var cluster: Cluster?
     func done(_ status: Int32, _ message: String? = nil) -> Never {
-        for p in procs { p.terminate() }
+        procs.terminateAll()
         cluster?.stop()
         if let message { StandardStream.err("error: \(message)\n") }
         exit(status)
@@ -64,18 +64,23 @@ func ordersMain(_ argv: [String]) -> Never {
     do {
         let c = try Cluster(options: options)
         cluster = c
+        ProcessEnv.onTerminationSignal { number in
+            procs.terminateAll()
+            c.stop()
+            exit(128 + number)
+        }
         try c.start()
         let inv = ManagedProcess(name: "inventory", executable: c.executable("inventory-service"),
                                  arguments: ["--data", c.dataDirectory + "/inventory", "--port", "0", "--coordinator", c.coordinatorURL],
                                  logDirectory: c.logDirectory)
         try inv.start()
-        procs.append(inv)
+        procs.add(inv)
         inventoryURL = inv.url!
         let ord = ManagedProcess(name: "orders", executable: c.executable("order-service"),
                                  arguments: ["--data", c.dataDirectory + "/orders", "--port", "0", "--coordinator", c.coordinatorURL,
                                              "--inventory", inventoryURL], logDirectory: c.logDirectory)
         try ord.start()
-        procs.append(ord)
+        procs.add(ord)
         ordersURL = ord.url!
     } catch {
         done(1, "cannot start the demo services: \(error)")
@@ -237,4 +242,12 @@ func ordersMain(_ argv: [String]) -> Never {
     }
     fflush(stdout)
     done(ok ? 0 : 1)
+}
+
+/// The demo services txbench started, for the normal end and for a stop signal's handler.
+final class StartedProcesses: @unchecked Sendable {
+    private let lock = NSLock()
+    private var all: [ManagedProcess] = []
+    func add(_ p: ManagedProcess) { lock.withLock { all.append(p) } }
+    func terminateAll() { for p in lock.withLock({ all }) { p.terminate() } }
 }

@@ -160,6 +160,11 @@ if let external {
     do {
         let c = try Cluster(options: options)
         cluster = c
+        // A stop signal (timeout, a supervisor) must not leave the servers behind.
+        ProcessEnv.onTerminationSignal { number in
+            c.stop()
+            exit(128 + number)
+        }
         try c.start()
     } catch {
         finish(1, "cannot start a cluster: \(error)")

@@ -170,6 +170,40 @@ final class CoordinatorOperatorTests: XCTestCase {
         XCTAssertEqual(c.transaction(t)?.outcome, .aborted, "no record: presumed abort")
     }
 
+    /// Reports are logged and kept: each must name a transaction this coordinator began and,
+    /// while it is known, one of its branches; repeated reports do not grow its timeline.
+    func testHeuristicReportsAreBoundedToRealBranches() {
+        var c = machine()
+        let t = committing(&c)
+        let never = TxID(coordinatorID: "0a1b2c3d", epoch: 100, sequence: 1_000)
+        let later = TxID(coordinatorID: "0a1b2c3d", epoch: 101, sequence: 1)
+        XCTAssertEqual(errorStatus(c.on(.heuristicReported(1, txid: never.description, participant: "a", outcome: .aborted), nowMs: 1)), 404)
+        XCTAssertEqual(errorStatus(c.on(.heuristicReported(2, txid: later.description, participant: "a", outcome: .aborted), nowMs: 1)), 404)
+        XCTAssertEqual(errorStatus(c.on(.heuristicReported(3, txid: t.description, participant: "", outcome: .aborted), nowMs: 1)), 400)
+        XCTAssertEqual(errorStatus(c.on(.heuristicReported(4, txid: t.description, participant: "mallory", outcome: .aborted), nowMs: 1)), 409)
+        XCTAssertEqual(c.transaction(t)?.branches.count, 2)
+        for i in 0..<500 {
+            let report = c.on(.heuristicReported(nil, txid: t.description, participant: "b", outcome: .aborted), nowMs: 10 + Int64(i))
+            XCTAssertEqual(report, [.log(.heuristic(t, participant: "b", outcome: .aborted), force: true)])
+            _ = c.on(.heuristicDurable(t, participant: "b"), nowMs: 10 + Int64(i))
+        }
+        XCTAssertLessThanOrEqual(c.transaction(t)?.events.count ?? 0, Limits.eventsPerTransactionMax)
+        XCTAssertEqual(c.transaction(t)?.branches.count, 2)
+        // A forgotten transaction learns its branches from the reports, up to the branch limit.
+        let forgotten = TxID(coordinatorID: "0a1b2c3d", epoch: 99, sequence: 5)
+        for i in 0..<(Limits.branchesPerTransactionMax + 3) {
+            let name = "p\(i)"
+            let report = c.on(.heuristicReported(5, txid: forgotten.description, participant: name, outcome: .committed), nowMs: 20)
+            if i < Limits.branchesPerTransactionMax {
+                XCTAssertEqual(report, [.log(.heuristic(forgotten, participant: name, outcome: .committed), force: true)], name)
+                _ = c.on(.heuristicDurable(forgotten, participant: name), nowMs: 21)
+            } else {
+                XCTAssertEqual(errorStatus(report), 409, name)
+            }
+        }
+        XCTAssertEqual(c.transaction(forgotten)?.branches.count, Limits.branchesPerTransactionMax)
+    }
+
     func testAuditAndHeuristicRecordsRoundTrip() throws {
         let t = TxID(coordinatorID: "0a1b2c3d", epoch: 1, sequence: 2)
         let entry = Coordinator.AuditEntry(atMs: 5, operatorName: "op", action: "force-abort", reason: "why", detail: "what")

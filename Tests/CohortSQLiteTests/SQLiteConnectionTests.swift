@@ -46,4 +46,25 @@ final class SQLiteConnectionTests: XCTestCase {
             XCTAssertFalse(e.isBusy)
         }
     }
+
+    /// A damaged database file is refused before SQLite opens it, and nothing beside it changes:
+    /// opening it would let SQLite checkpoint or delete the WAL that holds the committed pages.
+    func testADamagedDatabaseIsRefusedAndLeftAsItIs() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sqlite-bad-\(UInt32.random(in: 0...UInt32.max)).db").path
+        defer { for suffix in ["", "-wal", "-shm", "-writelock"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
+        let garbage = Data((0..<8192).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) })
+        let wal = Data(repeating: 0x5a, count: 4096)
+        FileManager.default.createFile(atPath: path, contents: garbage)
+        FileManager.default.createFile(atPath: path + "-wal", contents: wal)
+        XCTAssertThrowsError(try SQLiteConnection(path: path)) { error in
+            let text = "\(error)"
+            XCTAssertTrue(text.contains(path) && text.contains("not a SQLite database"), text)
+        }
+        XCTAssertEqual(FileManager.default.contents(atPath: path), garbage)
+        XCTAssertEqual(FileManager.default.contents(atPath: path + "-wal"), wal)
+        // An empty file is a new database, as SQLite itself treats it.
+        FileManager.default.createFile(atPath: path, contents: Data())
+        try? FileManager.default.removeItem(atPath: path + "-wal")
+        XCTAssertNoThrow(try SQLiteConnection(path: path).close())
+    }
 }

@@ -164,6 +164,15 @@ final class BarrierTests: XCTestCase {
         XCTAssertEqual(c.get(.cancel), 0, "cancel of a refused try must not run the business cancel")
     }
 
+    /// A deadline comes from the request body: the extremes are answered, not trapped on.
+    func testExtremeDeadlinesAreAnswered() throws {
+        let c = Counter()
+        let r = try counting(c, clock: Clock())
+        guard case .done = try r.run(.try, txid: "far", branchID: "b", payload: nil, deadlineMs: Int64.max) else { return XCTFail("far deadline") }
+        guard case .hanging = try r.run(.try, txid: "past", branchID: "b", payload: nil, deadlineMs: Int64.min) else { return XCTFail("past deadline") }
+        XCTAssertEqual(c.get(.try), 1)
+    }
+
     /// Try and cancel of one branch from two threads, many rounds: exactly one of the two
     /// orders happens each time, and the effects always match it.
     func testConcurrentTryAndCancelAreSerialized() throws {
