@@ -612,7 +612,7 @@ public final class AgentNode {
                 responder.send(.error(500, "store read failed: \(error)"))
             }
         case ("GET", 2) where parts == ["v1", "kv"]:
-            let limit = Int(request.query["limit"] ?? "") ?? Limits.scanItemsMax
+            let limit = request.query["limit"].map { Int($0) ?? 0 } ?? Limits.scanItemsMax
             guard limit > 0, limit <= Limits.scanItemsMax else { return responder.send(.error(400, "limit must be 1-\(Limits.scanItemsMax)")) }
             do {
                 let items = try resource.scan(prefix: request.query["prefix"] ?? "", limit: limit)

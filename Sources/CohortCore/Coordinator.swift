@@ -748,6 +748,10 @@ public struct Coordinator {
               (participant.incarnation?.utf8.count ?? 0) <= Limits.incarnationBytesMax else {
             return RequestError(400, "participant name and url must be 1-\(Limits.participantNameBytesMax) and 1-\(Limits.participantURLBytesMax) bytes")
         }
+        // Refused here rather than found out at prepare, where it could only abort.
+        guard participant.url.hasPrefix("http://"), participant.url.utf8.count > 7 else {
+            return RequestError(400, "participant url must be an http:// URL, got \"\(participant.url.prefix(80))\"")
+        }
         return nil
     }
 

@@ -59,6 +59,11 @@ final class BadInputTests: XCTestCase {
             assertError(api, "POST", c + "/v1/transactions/0000abcd-1-1/branches", body: Array(#"{"participant": "a"}"#.utf8), status: 400)
             assertError(api, "GET", a + "/v1/kv/missing-key", status: 404)
             assertError(api, "GET", a + "/v1/branches?state=bogus", status: 400)
+            assertError(api, "GET", a + "/v1/kv?limit=abc", status: 400)
+            assertError(api, "GET", a + "/v1/kv?limit=1.5", status: 400)
+            // A branch that could never be prepared is refused when it is named, not aborted later.
+            assertError(api, "POST", c + "/v1/transactions/submit",
+                        body: Array(#"{"protocol": "2pc", "branches": [{"participant": "p", "url": "0", "ops": []}]}"#.utf8), status: 400)
             assertError(api, "GET", a + "/nowhere", status: 404)
 
             // Huge bodies: 413 (a fresh client each time: the server may close the connection).
@@ -73,6 +78,7 @@ final class BadInputTests: XCTestCase {
         XCTAssertTrue(fresh.healthy(c))
         XCTAssertTrue(fresh.healthy(a))
         let txid = try fresh.begin()
+        assertError(fresh, "POST", c + "/v1/transactions/\(txid)/branches", body: Array(#"{"participant": "p", "url": "e"}"#.utf8), status: 400)
         _ = try fresh.agentWork(a, txid, [.set("k", .string("v")), .set("odd key/with%chars", 3)])
         _ = try fresh.agentWork(cluster.url("b"), txid, [.add("n", 1)])
         XCTAssertEqual(try fresh.commit(txid).outcome, "committed")
