@@ -113,8 +113,13 @@ public final class SQLiteConnection {
     /// opens it: opening it read-write and closing it again lets SQLite act on a `-wal` file
     /// beside it (checkpoint it into the damaged file, or delete it), which would destroy the
     /// committed pages the WAL may still hold.
+    ///
+    /// Only the first open of a path in a process looks: closing any descriptor of a file drops
+    /// every POSIX lock this process holds on it, SQLite's included, so looking again while a
+    /// connection is open would undo that connection's locks.
     static func refuseIfNotADatabase(_ path: String) throws {
-        guard PosixFS.exists(path) else { return }
+        let first = headerCheckedLock.withLock { headerCheckedPaths.insert(path).inserted }
+        guard first, PosixFS.exists(path) else { return }
         let header: [UInt8]
         do {
             let file = try PosixFile(path: path, create: false)
@@ -124,10 +129,14 @@ public final class SQLiteConnection {
             throw SQLiteError(code: SQLITE_CANTOPEN, message: "\(error)", context: "opening \(path)")
         }
         guard !header.isEmpty, header != Array("SQLite format 3\0".utf8) else { return }
+        headerCheckedLock.withLock { _ = headerCheckedPaths.remove(path) }  // refused: look again next time
         throw SQLiteError(code: SQLITE_NOTADB,
                           message: "\(path) is not a SQLite database (it does not start with SQLite's header); refusing to open it, as opening could change it and the WAL beside it",
                           context: "opening \(path)")
     }
+
+    private static let headerCheckedLock = PosixConditionLock()
+    nonisolated(unsafe) private static var headerCheckedPaths: Set<String> = []
 
     deinit { close() }
 

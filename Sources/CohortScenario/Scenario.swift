@@ -188,12 +188,15 @@ extension Scenario {
     }
 
     public static func parse(_ data: Data, file: String) throws -> Scenario {
-        let json: JSONValue
+        let node: JSONNode
         do {
-            json = try JSONDecoder().decode(JSONValue.self, from: data)
+            var bytes = [UInt8](data)
+            if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.removeFirst(3) }  // an editor's UTF-8 byte order mark
+            node = try JSONParser.parse(bytes)
         } catch {
-            throw ScenarioError(file: file, field: "", "not valid JSON: \(JSONValue.describe(error))")
+            throw ScenarioError(file: file, field: "", "not valid JSON: \(error)")
         }
+        let json = try JSONValue(node, file: file, path: "")
         var p = Parser(file: file)
         return try p.scenario(json)
     }
@@ -574,25 +577,30 @@ struct Parser {
     }
 }
 
-/// Any JSON value, decoded strictly (a boolean is never a number).
-enum JSONValue: Decodable {
+/// Any JSON value, read strictly by the hand-written parser (no trailing commas, no invalid
+/// UTF-8, numbers that fit a Double) with every object key unique: a repeated key would
+/// otherwise let the last (or first) copy win, and `"faults": []` before the real list turned
+/// a scenario's faults off without a word.
+enum JSONValue {
     case null, bool(Bool), number(Double), string(String), array([JSONValue]), object([String: JSONValue])
 
-    init(from decoder: Decoder) throws {
-        let c = try decoder.singleValueContainer()
-        if c.decodeNil() { self = .null }
-        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
-        else if let d = try? c.decode(Double.self) { self = .number(d) }
-        else if let s = try? c.decode(String.self) { self = .string(s) }
-        else if let a = try? c.decode([JSONValue].self) { self = .array(a) }
-        else { self = .object(try c.decode([String: JSONValue].self)) }
-    }
-
-    static func describe(_ error: Error) -> String {
-        if case DecodingError.dataCorrupted(let ctx) = error {
-            if let u = ctx.underlyingError as NSError?, let d = u.userInfo[NSDebugDescriptionErrorKey] { return "\(d)" }
-            return ctx.debugDescription
+    init(_ node: JSONNode, file: String, path: String) throws {
+        switch node {
+        case .null: self = .null
+        case .bool(let b): self = .bool(b)
+        case .int(let n): self = .number(Double(n))
+        case .double(let d): self = .number(d)
+        case .string(let s): self = .string(s)
+        case .array(let items):
+            self = .array(try items.enumerated().map { try JSONValue($1, file: file, path: "\(path)[\($0)]") })
+        case .object(let members):
+            var object: [String: JSONValue] = [:]
+            for (key, value) in members {
+                let at = path.isEmpty ? key : path + "." + key
+                guard object[key] == nil else { throw ScenarioError(file: file, field: at, "appears twice in one object") }
+                object[key] = try JSONValue(value, file: file, path: at)
+            }
+            self = .object(object)
         }
-        return "\(error)"
     }
 }

@@ -42,6 +42,22 @@ final class ValidationTests: XCTestCase {
                     "faults[0].at: expected a duration like \"500ms\"")
     }
 
+    /// A repeated key must not silently win (`"faults": []` first turned the faults off), and the
+    /// JSON is read strictly.
+    func testRepeatedKeysAndLaxJSONAreRefused() throws {
+        assertError(#"{"name": "x", \#(workload), "faults": [], "faults": [{"at": "1s", "kill": {"process": "a"}}]}"#,
+                    "faults: appears twice in one object")
+        assertError(#"{"name": "x", "name": "y", \#(workload)}"#, "name: appears twice in one object")
+        assertError(#"{"name": "x", "workload": {"transfers": {"duration": "1s", "duration": "2s"}}}"#,
+                    "workload.transfers.duration: appears twice")
+        assertError(#"{"name": "x", \#(workload),}"#, "not valid JSON")
+        assertError(#"{"name": "x", \#(workload), "topology": {"agents": 1e400}}"#, "number out of range")
+        assertError(#"{"name": "x", \#(workload), "faults": [{"at": "25h", "kill": {"process": "a"}}]}"#,
+                    "faults[0].at: 25h is longer than a scenario may run")
+        // An editor's byte order mark is not an error.
+        XCTAssertEqual(try Scenario.parse(Data([0xEF, 0xBB, 0xBF] + Array(#"{"name": "bom", \#(workload)}"#.utf8)), file: "x").name, "bom")
+    }
+
     func testUnknownProcess() {
         assertError(#"{"name": "x", \#(workload), "faults": [{"at": "0s", "kill": {"process": "z"}}]}"#,
                     "faults[0].kill.process: unknown process \"z\"")
