@@ -7,11 +7,15 @@ public struct PosixError: Error, CustomStringConvertible, Equatable {
     public let operation: String
     public let errno: Int32
     public let path: String?
+    /// Said instead of strerror's text when errno alone would mislead (a name that does not
+    /// resolve is reported as EHOSTUNREACH, so callers treat it as unreachable).
+    public let detail: String?
 
-    public init(_ operation: String, errno: Int32, path: String? = nil) {
+    public init(_ operation: String, errno: Int32, path: String? = nil, detail: String? = nil) {
         self.operation = operation
         self.errno = errno
         self.path = path
+        self.detail = detail
     }
 
     /// Builds the error from the calling thread's current errno.
@@ -19,7 +23,7 @@ public struct PosixError: Error, CustomStringConvertible, Equatable {
         PosixError(operation, errno: Glibc.errno, path: path)
     }
 
-    public var message: String { String(cString: strerror(errno)) }
+    public var message: String { detail ?? String(cString: strerror(errno)) }
 
     public var description: String {
         if let path { return "\(operation) \(path): \(message) (errno \(errno))" }

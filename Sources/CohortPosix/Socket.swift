@@ -50,7 +50,9 @@ public enum TCP {
         var result: UnsafeMutablePointer<addrinfo>?
         let rc = getaddrinfo(host, nil, &hints, &result)
         guard rc == 0, let first = result else {
-            throw PosixError("getaddrinfo", errno: rc == EAI_SYSTEM ? Glibc.errno : EHOSTUNREACH, path: host)
+            if rc == EAI_SYSTEM { throw PosixError("getaddrinfo", errno: Glibc.errno, path: host) }
+            throw PosixError("resolve", errno: EHOSTUNREACH, path: "\"\(host)\"",
+                             detail: "not an IPv4 address or a name with one (\(String(cString: gai_strerror(rc))); IPv6 is not supported)")
         }
         defer { freeaddrinfo(result) }
         var cursor: UnsafeMutablePointer<addrinfo>? = first
@@ -61,7 +63,7 @@ public enum TCP {
             }
             cursor = info.pointee.ai_next
         }
-        throw PosixError("getaddrinfo", errno: EHOSTUNREACH, path: host)
+        throw PosixError("resolve", errno: EHOSTUNREACH, path: "\"\(host)\"", detail: "the name has no IPv4 address (IPv6 is not supported)")
     }
 
     static func sockaddr(_ address: IPv4Address, _ port: Int) -> sockaddr_in {

@@ -303,5 +303,14 @@ public func normalizedBaseURL(_ text: String, flag: String) throws -> String {
     guard s.hasPrefix("http://"), s.count > 7, s.utf8.count <= Limits.participantURLBytesMax else {
         throw UsageError("--\(flag) must be an http:// URL, got \"\(text)\"")
     }
+    // Checked now rather than at the first request, where it could only fail.
+    let authority = s.dropFirst(7).prefix { $0 != "/" }
+    let parts = authority.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+    guard !parts[0].isEmpty else { throw UsageError("--\(flag) has no host, got \"\(text)\"") }
+    if parts.count == 2 {
+        guard let port = Int(parts[1]), (1...65535).contains(port) else {
+            throw UsageError("--\(flag) has a bad port (1-65535), got \"\(text)\"")
+        }
+    }
     return s
 }

@@ -173,6 +173,9 @@ final class BadInputTests: XCTestCase {
             ("cohortd", ["--data", dir + "/c", "--port", "0", "--parked-retry-delay", "106751991167d"]),
             ("cohortd", ["--data", dir + "/c", "--port", "0", "--retry-budget", "9223372036854775807ms"]),
             ("cohort-relay", ["--db", dir + "/r.sqlite", "--sink", "http://127.0.0.1:1/in", "--lease-ttl", "106751991167d"]),
+            // A URL's port is checked at start, not at the first request.
+            ("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", "http://127.0.0.1:70000"]),
+            ("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", "http://:7000"]),
         ]
         for (program, args) in cases {
             let r = try runToCompletion(bin.appendingPathComponent(program), args)
@@ -180,6 +183,10 @@ final class BadInputTests: XCTestCase {
             let first = r.stderr.split(separator: "\n").first.map(String.init) ?? ""
             XCTAssertTrue(first.hasPrefix("error:"), "\(program) \(args): first stderr line \"\(first)\"")
         }
+        // Only IPv4 is served: an IPv6 host says so instead of "No route to host".
+        let v6 = try runToCompletion(bin.appendingPathComponent("cohortd"), ["--data", dir + "/c6", "--port", "0", "--host", "::1"])
+        XCTAssertNotEqual(v6.status, 0)
+        XCTAssertTrue(v6.stderr.contains("resolve \"::1\"") && v6.stderr.contains("IPv6 is not supported"), v6.stderr)
         for program in ["cohortd", "cohort-agent", "txbench", "cohort-quickstart"] {
             let r = try runToCompletion(bin.appendingPathComponent(program), ["--help"])
             XCTAssertEqual(r.status, 0, "\(program) --help")
