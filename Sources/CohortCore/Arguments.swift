@@ -30,6 +30,9 @@ public struct Arguments {
                     guard inline == nil else { throw UsageError("--\(name) takes no value") }
                     flags.insert(name)
                 } else if valued.contains(name) {
+                    // Refused rather than last-one-wins: `--data A ... --data B` from a script
+                    // that built its command line in two places must not pick a directory silently.
+                    guard values[name] == nil else { throw UsageError("--\(name) is given twice") }
                     if let inline {
                         values[name] = inline
                     } else {

@@ -73,7 +73,7 @@ public enum ServerMain {
             try serve(host: host, pollUs: Int64(pollUs), say: say, warn: warn, make: make)
             return 0
         } catch let e as UsageError {
-            warn("error: \(e)\n\(usage)")
+            warn("error: \(e) (see --help)")
             return 2
         } catch let e as CrashPointError {
             warn("error: \(e)")

@@ -38,7 +38,7 @@ public enum TxScenarioCommand {
 
     public static func run(_ argv: [String], _ io: Sinks) -> Int32 {
         guard let command = argv.first else {
-            io.err("error: missing command\n\(usage)\n")
+            io.err("error: missing command (see txscenario --help)\n")
             return 2
         }
         if command == "--help" || command == "-h" || command == "help" {
@@ -47,7 +47,7 @@ public enum TxScenarioCommand {
         }
         if command == "simulate" { return io.simulate(Array(argv.dropFirst())) }
         guard ["run", "list", "validate"].contains(command) else {
-            io.err("error: unknown command \"\(command)\"\n\(usage)\n")
+            io.err("error: unknown command \"\(command)\" (see txscenario --help)\n")
             return 2
         }
         let args: Arguments
@@ -59,7 +59,7 @@ public enum TxScenarioCommand {
             }
             guard !args.positional.isEmpty else { throw UsageError("give at least one scenario file or folder") }
         } catch {
-            io.err("error: \(error)\n\(usage)\n")
+            io.err("error: \(error) (see txscenario --help)\n")
             return 2
         }
         let files: [String]

@@ -55,7 +55,7 @@ public enum CohortSimCommand {
                 throw UsageError("--protocol must be 2pc or tcc, not \"\(p.prefix(40))\"")
             }
         } catch {
-            errorOutput("error: \(error)\n\(usage)")
+            errorOutput("error: \(error) (see txscenario simulate --help)")
             return 2
         }
         let first = UInt64(try! args.int("seed", default: 1)!)

@@ -35,7 +35,7 @@ do {
     }
     guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
 } catch {
-    fail("\(error)\n\(usage)", status: 2)
+    fail("\(error) (see cohort-quickstart --help)", status: 2)
 }
 
 let clients: Int

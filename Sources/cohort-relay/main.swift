@@ -101,7 +101,7 @@ do {
     try loop.run()
     exit(0)
 } catch let e as UsageError {
-    fail("\(e)\n\(usage)", status: 2)
+    fail("\(e) (see cohort-relay --help)", status: 2)
 } catch let e as CrashPointError {
     fail("\(e)", status: 2)
 } catch {

@@ -154,7 +154,7 @@ do {
     readerThread?.join()
     exit(0)
 } catch let e as UsageError {
-    fail("\(e)\n\(usage)", status: 2)
+    fail("\(e) (see outbox-demo-consumer --help)", status: 2)
 } catch let e as CrashPointError {
     fail("\(e)", status: 2)
 } catch {

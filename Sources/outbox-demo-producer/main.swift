@@ -208,7 +208,7 @@ do {
     }
     exit(0)
 } catch let e as UsageError {
-    fail("\(e)\n\(usage)", status: 2)
+    fail("\(e) (see outbox-demo-producer --help)", status: 2)
 } catch {
     fail("\(error)", status: 1)
 }

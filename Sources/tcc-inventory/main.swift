@@ -82,7 +82,7 @@ do {
     try loop.run()
     exit(0)
 } catch let e as UsageError {
-    fail("\(e)\n\(usage)", status: 2)
+    fail("\(e) (see tcc-inventory --help)", status: 2)
 } catch let e as CrashPointError {
     fail("\(e)", status: 2)
 } catch {

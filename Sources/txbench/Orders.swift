@@ -45,7 +45,7 @@ func ordersMain(_ argv: [String]) -> Never {
         progressForced = args.has("progress")
         binDir = args.string("bin-dir")
     } catch {
-        StandardStream.err("error: \(error)\n\(ordersUsage)\n")
+        StandardStream.err("error: \(error) (see txbench --orders --help)\n")
         exit(2)
     }
     var options = Cluster.Options()

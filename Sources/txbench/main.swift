@@ -132,7 +132,7 @@ do {
     if noSetup && external == nil { throw UsageError("--no-setup is for running servers (--coordinator and --agents)") }
     if pollUs != nil && external != nil { throw UsageError("--poll-us is for the cluster txbench starts; give it to running servers yourself") }
 } catch {
-    fail("\(error)\n\(usage)", status: 2)
+    fail("\(error) (see txbench --help)", status: 2)
 }
 
 var cluster: Cluster?

@@ -176,12 +176,14 @@ final class BadInputTests: XCTestCase {
             // A URL's port is checked at start, not at the first request.
             ("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", "http://127.0.0.1:70000"]),
             ("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", "http://:7000"]),
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--data", dir + "/c2"]),
         ]
         for (program, args) in cases {
             let r = try runToCompletion(bin.appendingPathComponent(program), args)
             XCTAssertEqual(r.status, 2, "\(program) \(args): exit \(r.status), stderr: \(r.stderr)")
             let first = r.stderr.split(separator: "\n").first.map(String.init) ?? ""
             XCTAssertTrue(first.hasPrefix("error:"), "\(program) \(args): first stderr line \"\(first)\"")
+            XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "\(program) \(args): the error is one line (the contract): \(r.stderr)")
         }
         // Only IPv4 is served: an IPv6 host says so instead of "No route to host".
         let v6 = try runToCompletion(bin.appendingPathComponent("cohortd"), ["--data", dir + "/c6", "--port", "0", "--host", "::1"])
