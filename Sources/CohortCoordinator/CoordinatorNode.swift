@@ -98,6 +98,7 @@ public final class CoordinatorNode {
         tccConfig.retryBudgetMs = config.retryBudgetMs
         tccConfig.parkedRetryDelayMs = config.parkedRetryDelayMs
         tccConfig.seed = config.seed
+        tccConfig.finishedTransactionsKept = config.finishedTransactionsKept
         tcc = TCCCoordinator(config: tccConfig)
         tccRecoveryActions = try tcc.recover(snapshot: snapshots?.tcc ?? nil,
                                              records: recovered.records.filter { TCCRecordCoding.typeRange.contains($0.type) }.map { ($0.type, $0.payload) },

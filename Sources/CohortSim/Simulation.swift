@@ -132,6 +132,9 @@ public final class Simulation {
         public var tccTransactionTimeoutMs: Int64 = 300
         /// TCC runs: clients running orders at once.
         public var tccClients = 5
+        /// Finished transactions the coordinator remembers; tests lower it so that a short run
+        /// outlives the oldest, as a long one does with the default.
+        public var finishedTransactionsKept = Limits.finishedTransactionsKept
 
         public init(seed: UInt64) {
             self.seed = seed

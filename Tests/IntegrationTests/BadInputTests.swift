@@ -90,16 +90,22 @@ final class BadInputTests: XCTestCase {
         XCTAssertTrue(cluster.process("a")!.isRunning)
     }
 
-    /// A second process on a running server's data directory is refused before it reads the
-    /// log (two writers of one log, or a recovery cutting a record the other is writing, would
-    /// lose data); the running servers go on serving and their data stays whole.
-    func testSecondProcessOnADataDirectoryInUseIsRefused() throws {
+    /// A cluster of a coordinator and two agents that has committed some transfers.
+    func clusterWithTransfers() throws -> (Cluster, TransferWorkload) {
         let cluster = try startCluster(agents: 2)
         var config = TransferWorkload.Config(coordinatorURL: cluster.coordinatorURL, agentURLs: cluster.agentURLs)
         config.accounts = 10
         let workload = TransferWorkload(config: config)
         try workload.setup()
         XCTAssertGreaterThan(workload.run(clients: 2, count: 20).committed, 0)
+        return (cluster, workload)
+    }
+
+    /// A second process on a running server's data directory is refused before it reads the
+    /// log (two writers of one log, or a recovery cutting a record the other is writing, would
+    /// lose data); the running servers go on serving and their data stays whole.
+    func testSecondProcessOnADataDirectoryInUseIsRefused() throws {
+        let (cluster, workload) = try clusterWithTransfers()
         let coordinatorDir = cluster.dataDirectory(of: Cluster.coordinatorName)
         let agentDir = cluster.dataDirectory(of: cluster.agentNames[0])
         let second: [(String, [String], String)] = [
@@ -124,12 +130,7 @@ final class BadInputTests: XCTestCase {
     /// participant still holds in doubt. Both servers refuse, naming the folder, and change
     /// nothing; with the log back they start.
     func testAnIdentityWithoutItsLogIsRefused() throws {
-        let cluster = try startCluster(agents: 2)
-        var config = TransferWorkload.Config(coordinatorURL: cluster.coordinatorURL, agentURLs: cluster.agentURLs)
-        config.accounts = 10
-        let workload = TransferWorkload(config: config)
-        try workload.setup()
-        XCTAssertGreaterThan(workload.run(clients: 2, count: 20).committed, 0)
+        let (cluster, workload) = try clusterWithTransfers()
         let names = [Cluster.coordinatorName] + cluster.agentNames
         for name in names { cluster.kill9(name) }
         let coordinatorDir = cluster.dataDirectory(of: Cluster.coordinatorName)

@@ -127,6 +127,22 @@ final class TCCSimulationTests: XCTestCase {
         XCTAssertGreaterThan(totals.parkedMax, 0, "a service was down past the retry budget: \(totals.summary)")
     }
 
+    /// A run longer than the coordinator's memory of finished transactions (seeds 705858 and
+    /// 707495 made over 10,000 at the default) must be judged by what the services saw for the
+    /// ones it forgot, not failed as "committed but unknown". Here the memory is 20.
+    func testTCCRunsOutlivingTheCoordinatorsMemoryPass() {
+        var failures: [String] = []
+        for seed in UInt64(1)...3 {
+            var config = Simulation.Config(seed: seed, workload: .tcc)
+            config.finishedTransactionsKept = 20
+            let result = Simulation(config: config).run()
+            if let f = result.failure { failures.append("seed \(seed): \(f.message)") }
+            XCTAssertGreaterThan(result.tcc?.transactions ?? 0, config.finishedTransactionsKept,
+                                 "seed \(seed): more transactions than the coordinator remembers")
+        }
+        XCTAssertEqual(failures, [])
+    }
+
     func testTCCSameSeedSameTrace() {
         var first: [String] = [], second: [String] = [], other: [String] = []
         XCTAssertEqual(CohortSimCommand.run(arguments: ["--protocol", "tcc", "--seed", "3", "--runs", "3"]) { first.append($0) }, 0, first.joined(separator: "\n"))
