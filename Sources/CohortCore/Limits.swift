@@ -69,6 +69,8 @@ public enum Limits {
     public static let scenarioDurationMsMax: Int64 = 86_400_000
 
     // MARK: HTTP
+    /// Longest chunk-size line of a chunked body (size, extensions): past it the request is 400.
+    public static let httpChunkSizeLineBytesMax = 1024
     public static let httpHeaderBytesMax = 16 << 10
     public static let httpHeaderCountMax = 64
     public static let httpBodyBytesMax = 1 << 20

@@ -188,9 +188,12 @@ struct MessageCore {
                 return complete()
             case .chunkSize:
                 guard let lf = findLF(from: start) else {
-                    if buffer.count - start > 1024 { throw HTTPParseError.malformed("chunk size line too long") }
+                    if buffer.count - start > Limits.httpChunkSizeLineBytesMax { throw HTTPParseError.malformed("chunk size line too long") }
                     return nil
                 }
+                // The same limit when the whole line is already here, so that the answer does not
+                // depend on where the network cut the bytes (found by Tests/Fuzz: 413 whole, 400 split).
+                if lf - start > Limits.httpChunkSizeLineBytesMax { throw HTTPParseError.malformed("chunk size line too long") }
                 let size = try parseChunkSize(start, lf)
                 if size > bodyBytesMax - body.count { throw HTTPParseError.bodyTooLarge("body larger than \(bodyBytesMax) bytes") }
                 start = lf + 1

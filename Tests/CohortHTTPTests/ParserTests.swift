@@ -149,6 +149,33 @@ final class RequestParserTests: XCTestCase {
         XCTAssertEqual(errorStatus(head + "1" + String(repeating: " ", count: 2000)), 400)
     }
 
+    /// The answer must not depend on where the network cut the bytes. Found by `Tests/Fuzz/run
+    /// http`: a long chunk-size line of hex digits was 413 ("chunk size too large") when it
+    /// arrived whole and 400 ("line too long") when it arrived in pieces.
+    func testALongChunkSizeLineGetsOneAnswerHoweverItArrives() {
+        let text = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + String(repeating: "D", count: Limits.httpChunkSizeLineBytesMax + 10) + "\r\nab\r\n0\r\n\r\n"
+        var answers: [String] = []
+        for step in [text.utf8.count, 5, 1] {
+            var parser = HTTPRequestParser()
+            let bytes = Array(text.utf8)
+            var answer = "no answer"
+            var at = 0
+            feeding: while at < bytes.count {
+                parser.feed(Array(bytes[at..<min(bytes.count, at + step)]))
+                at += step
+                do {
+                    while try parser.next() != nil { answer = "a request" }
+                } catch {
+                    answer = "\(error)"
+                    break feeding
+                }
+            }
+            answers.append(answer)
+        }
+        XCTAssertEqual(answers, Array(repeating: "HTTP 400: chunk size line too long", count: 3))
+    }
+
     func testTransferEncodingRules() {
         XCTAssertEqual(errorStatus("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), 501)
         XCTAssertEqual(errorStatus("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), 501)
