@@ -1372,8 +1372,6 @@ extension Coordinator {
         return actions + [.reply(request, .retried(txid, participants: names))]
     }
 
-    /// Records a participant's heuristic outcome. Returns actions when it lets a committing
-    /// transaction end (that branch no longer waits for the commit).
     /// Why a heuristic report cannot be recorded, nil when it can. A report is logged and kept,
     /// so each one must name a transaction this coordinator issued and, when the transaction is
     /// still known, one of its branches: otherwise anyone could grow a transaction's branches and
@@ -1395,6 +1393,8 @@ extension Coordinator {
         return RequestError(409, "\(participant.prefix(80)) is not a branch of \(txid)")
     }
 
+    /// Records a participant's heuristic outcome. Returns actions when it lets a committing
+    /// transaction end (that branch no longer waits for the commit).
     mutating func noteHeuristic(_ txid: TxID, participant: String, outcome: Outcome, nowMs: Int64) -> [Action] {
         let detail = "operator at \(participant) forced \(outcome.rawValue)"
         if var tx = open[txid] {

@@ -51,7 +51,7 @@ public enum ProcessEnv {
     private static let terminationLock = PosixConditionLock()
     nonisolated(unsafe) private static var terminationSources: [DispatchSourceSignal] = []
 
-    /// Runs `handler` once, on a queue of its own, when SIGTERM, SIGINT or SIGHUP arrives,
+    /// Runs `handler`, on a queue of its own, when SIGTERM, SIGINT or SIGHUP arrives,
     /// instead of ending the process at once: a program that started servers must stop them
     /// and remove their temporary folders, or `timeout`, a supervisor or a closed terminal
     /// leaves them running. The handler is expected to end the process.
