@@ -10,11 +10,11 @@ import Foundation
 /// Ends with the demo's at-rest check.
 func ordersMain(_ argv: [String]) -> Never {
     let ordersUsage = """
-    usage: txbench --orders --mode 2pc|3pc|tcc|outbox [--clients N] [--duration D] [--warmup D] [--skus N]
+    usage: txbench --orders [--mode 2pc|3pc|tcc|outbox] [--clients N] [--duration D] [--warmup D] [--skus N]
                    [--json | --row] [--progress] [--bin-dir DIR]
 
-    Demo orders of one unit against order-service + inventory-service + cohortd (started here).
-    Reports confirmed/s, rejected/s, latency of confirmed orders, syncs and messages per
+    Demo orders of one unit against order-service + inventory-service + cohortd (started here),
+    placed in --mode (default 2pc). Reports confirmed/s, rejected/s, latency of confirmed orders, syncs and messages per
     confirmed order from the servers' /metrics (in total and per process), and the demo's
     at-rest check.
     """

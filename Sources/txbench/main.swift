@@ -59,7 +59,7 @@ func fail(_ message: String, status: Int32) -> Never {
 }
 
 func note(_ s: String) {
-    StandardStream.err((s + "\n"))
+    StandardStream.err(s + "\n")
 }
 
 var clients = 16
