@@ -425,6 +425,10 @@ final class ClientConnection {
 /// Asynchronous HTTP/1.1 client on an EventLoop with a keep-alive pool per host:port.
 /// Completions run exactly once, on the loop thread.
 public final class HTTPClient {
+    /// Whether `url` is one this client can send to (`http://HOST[:PORT][/path]`, port 1-65535),
+    /// so a flag can be checked at start rather than failing at its first request.
+    public static func canSend(to url: String) -> Bool { (try? ParsedURL(url)) != nil }
+
     let loop: EventLoop
     let config: HTTPClientConfig
     private var pools: [String: HostPool] = [:]

@@ -303,14 +303,9 @@ public func normalizedBaseURL(_ text: String, flag: String) throws -> String {
     guard s.hasPrefix("http://"), s.count > 7, s.utf8.count <= Limits.participantURLBytesMax else {
         throw UsageError("--\(flag) must be an http:// URL, got \"\(text)\"")
     }
-    // Checked now rather than at the first request, where it could only fail.
-    let authority = s.dropFirst(7).prefix { $0 != "/" }
-    let parts = authority.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
-    guard !parts[0].isEmpty else { throw UsageError("--\(flag) has no host, got \"\(text)\"") }
-    if parts.count == 2 {
-        guard let port = Int(parts[1]), (1...65535).contains(port) else {
-            throw UsageError("--\(flag) has a bad port (1-65535), got \"\(text)\"")
-        }
+    // Checked now, by the client that will use it, rather than at the first request.
+    guard HTTPClient.canSend(to: s) else {
+        throw UsageError("--\(flag) needs a host and, if given, a port of 1-65535, got \"\(text)\"")
     }
     return s
 }

@@ -409,11 +409,14 @@ extension Simulation {
                 tccStats.transactions += 1
                 let txid = TxID(order.txid)
                 let tx = txid.flatMap { coordinator.tcc.transaction($0) }
-                let forgotten = tx == nil && txid != nil && mayHaveForgotten
-                let confirmedEverywhere = !order.branches.isEmpty && order.branches.allSatisfy {
-                    (tccFacts["\($0.service) \(order.txid) \($0.service)"] ?? TCCBranchFacts()).confirms > 0
+                let committed: Bool
+                if tx == nil && txid != nil && mayHaveForgotten {
+                    committed = order.reported.map { $0 == .committed } ?? (!order.branches.isEmpty && order.branches.allSatisfy {
+                        (tccFacts["\($0.service) \(order.txid) \($0.service)"] ?? TCCBranchFacts()).confirms > 0
+                    })
+                } else {
+                    committed = tx?.state == .committed
                 }
-                let committed = forgotten ? (order.reported.map { $0 == .committed } ?? confirmedEverywhere) : tx?.state == .committed
                 if committed { tccStats.committed += 1 } else { tccStats.aborted += 1 }
                 if order.reported == .committed && !committed {
                     return fail("durability: \(order.txid) was reported committed to the client but the coordinator has it \(tx?.state.rawValue ?? "unknown")")
