@@ -466,7 +466,7 @@ public final class AgentNode {
         } catch {
             return responder.send(.error(400, "invalid work request: \(error)"))
         }
-        guard TxID(body.txid) != nil else { return responder.send(.error(400, "malformed txid \"\(body.txid.prefix(80))\"")) }
+        if refusedMalformed(body.txid, responder) { return }
         let txid = body.txid
         // Idempotency: a work request repeated with the same request_id (a client's retry, a
         // duplicating proxy) is staged once and answered with the first answer.
@@ -623,8 +623,10 @@ public final class AgentNode {
         case ("GET", 2) where parts == ["v1", "branches"]:
             branches(request, responder)
         case ("GET", 3) where parts[0] == "v1" && parts[1] == "branches":
+            if refusedMalformed(parts[2], responder) { return }
             branchDetail(parts[2], responder)
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "branches" && parts[3] == "force":
+            if refusedMalformed(parts[2], responder) { return }
             switch JSONBody.decode(ForceBody.self, from: request.body) {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let f):
@@ -638,6 +640,7 @@ public final class AgentNode {
             switch JSONBody.decode(PhaseRequest.self, from: request.body) {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let p):
+                if refusedMalformed(p.txid, responder) { return }
                 if let refusal = incarnationMismatch(p.incarnation) { return responder.send(.requestError(refusal)) }
                 let id = track(responder, p.txid)
                 switch parts[2] {
@@ -660,6 +663,7 @@ public final class AgentNode {
             switch JSONBody.decode(PrepareRequest.self, from: request.body) {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let p):
+                if refusedMalformed(p.txid, responder) { return }
                 if let refusal = incarnationMismatch(p.incarnation) { return responder.send(.requestError(refusal)) }
                 if p.protocol == "3pc", (p.participants ?? []).isEmpty { return responder.send(.error(400, "a 3pc prepare must list the participants")) }
                 if let ops = p.ops { return prepareSubmitted(p, ops, responder) }
@@ -669,6 +673,7 @@ public final class AgentNode {
             switch JSONBody.decode(PhaseRequest.self, from: request.body) {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let p):
+                if refusedMalformed(p.txid, responder) { return }
                 if let refusal = incarnationMismatch(p.incarnation) { return responder.send(.requestError(refusal)) }
                 let id = track(responder, p.txid)
                 if p.backup == true {
@@ -714,7 +719,6 @@ public final class AgentNode {
             return
         }
         guard machine.state(of: txid) == nil, machine.finishedOutcomes[txid] == nil else { return prepare(p, responder) }
-        guard TxID(txid) != nil else { return responder.send(.error(400, "malformed txid \"\(txid.prefix(80))\"")) }
         let ops: [KVOp]
         do {
             ops = try KVOp.decodeOps(fromNode: opsNode)
@@ -741,6 +745,16 @@ public final class AgentNode {
             }
             for sink in repeats { self.prepare(p, sink) }
         }
+    }
+
+    /// Every txid a participant keeps came from a coordinator, which makes them all in one
+    /// form (`TxID`): anything else is a caller's mistake, answered 400 rather than remembered
+    /// (a commit or abort for an unknown branch is otherwise acknowledged and kept among the
+    /// finished branches, so junk ids would crowd out real ones there).
+    private func refusedMalformed(_ txid: String, _ responder: ResponseSink) -> Bool {
+        guard TxID(txid) == nil else { return false }
+        responder.send(.error(400, "malformed txid \"\(txid.prefix(80))\""))
+        return true
     }
 
     /// A no vote for a branch that never opened here (its work could not be taken).

@@ -38,7 +38,7 @@ public final class SQLiteKVStore: KVStore {
             if exclusive { try exec("PRAGMA locking_mode=EXCLUSIVE") }
             let mode = try queryText("PRAGMA journal_mode=WAL")
             guard mode?.lowercased() == "wal" else {
-                throw SQLiteError(code: SQLITE_ERROR, message: "journal_mode is \(mode ?? "nil")", context: "enabling WAL")
+                throw SQLiteError(code: SQLITE_ERROR, message: "journal_mode is \(mode ?? "nil")", context: "enabling WAL", file: path)
             }
             try exec("PRAGMA synchronous=NORMAL")
             try exec(
@@ -193,7 +193,7 @@ public final class SQLiteKVStore: KVStore {
 
     private func error(_ rc: Int32, _ context: String) -> SQLiteError {
         let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? String(cString: sqlite3_errstr(rc))
-        return SQLiteError(code: rc, message: message, context: context)
+        return SQLiteError(code: rc, message: message, context: context, file: path)
     }
 
     private func check(_ rc: Int32, _ context: String) throws {
@@ -223,7 +223,7 @@ public final class SQLiteKVStore: KVStore {
         if rc != SQLITE_OK {
             let text = message.map { String(cString: $0) } ?? ""
             sqlite3_free(message)
-            throw SQLiteError(code: rc, message: text, context: "executing \(sql)")
+            throw SQLiteError(code: rc, message: text, context: "executing \(sql)", file: path)
         }
     }
 
@@ -278,6 +278,6 @@ public final class SQLiteKVStore: KVStore {
             return .int(sqlite3_column_int64(stmt, col))
         }
         if let s = columnText(stmt, col + 1) { return .string(s) }
-        throw SQLiteError(code: SQLITE_CORRUPT, message: "row has neither ival nor sval", context: "reading \(key)")
+        throw SQLiteError(code: SQLITE_CORRUPT, message: "row has neither ival nor sval", context: "reading \(key)", file: path)
     }
 }

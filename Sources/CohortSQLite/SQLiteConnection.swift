@@ -13,12 +13,16 @@ public struct SQLiteError: Error, CustomStringConvertible, Equatable {
     public let message: String
     /// What was being done.
     public let context: String
-    public init(code: Int32, message: String, context: String) {
+    /// The database file, so that an operator reading the error knows which one to look at
+    /// (a process may have several: a store, an outbox, a barrier table).
+    public let file: String?
+    public init(code: Int32, message: String, context: String, file: String? = nil) {
         self.code = code
         self.message = message
         self.context = context
+        self.file = file
     }
-    public var description: String { "sqlite error \(code) while \(context): \(message)" }
+    public var description: String { "sqlite error \(code)\(file.map { " in \($0)" } ?? "") while \(context): \(message)" }
     /// Another connection held the write lock for longer than the busy timeout.
     public var isBusy: Bool { code & 0xff == SQLITE_BUSY || code & 0xff == SQLITE_LOCKED }
 }
@@ -149,13 +153,13 @@ public final class SQLiteConnection {
     }
 
     private func live() throws -> OpaquePointer {
-        guard let db else { throw SQLiteError(code: SQLITE_MISUSE, message: "connection closed", context: path) }
+        guard let db else { throw SQLiteError(code: SQLITE_MISUSE, message: "connection closed", context: "using the connection", file: path) }
         return db
     }
 
     func error(_ rc: Int32, _ context: String) -> SQLiteError {
         let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? String(cString: sqlite3_errstr(rc))
-        return SQLiteError(code: rc, message: message, context: context)
+        return SQLiteError(code: rc, message: message, context: context, file: path)
     }
 
     /// Runs one or more statements without parameters or results.
@@ -165,7 +169,7 @@ public final class SQLiteConnection {
         if rc != SQLITE_OK {
             let text = message.map { String(cString: $0) } ?? String(cString: sqlite3_errstr(rc))
             sqlite3_free(message)
-            throw SQLiteError(code: rc, message: text, context: "executing \(sql.prefix(80))")
+            throw SQLiteError(code: rc, message: text, context: "executing \(sql.prefix(80))", file: path)
         }
     }
 

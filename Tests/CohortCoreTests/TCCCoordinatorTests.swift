@@ -182,7 +182,7 @@ final class TCCCoordinatorTests: XCTestCase {
     func testRecoveryFromSnapshotAndRecordsAfterIt() throws {
         var m = TCCCoordinator()
         var log: [TCCCoordinator.Record] = []
-        let a = started(&m, ["a"], log: &log)
+        _ = started(&m, ["a"], log: &log)
         let b = started(&m, ["b1", "b2"], log: &log)
         _ = m.on(.commit(nextReq(), txid: b.description), nowMs: now)
         _ = m.on(.decisionDurable(b), nowMs: now)

@@ -176,6 +176,32 @@ final class SQLiteKVStoreTests: XCTestCase {
         XCTAssertEqual(try again.get("a"), .int(1))
     }
 
+    /// A page damaged in the middle of the file (the header intact, so the file is opened) is
+    /// reported with the file's name: an agent's log line then says which database to restore.
+    func testADamagedPageIsReportedWithItsFile() throws {
+        do {
+            let s = try SQLiteKVStore(path: path)
+            try s.apply([KVCommit(lsn: 1, writes: (0..<400).map { ("key-\($0)", .string(String(repeating: "v", count: 40))) })])
+            s.close()
+        }
+        let handle = try XCTUnwrap(FileHandle(forUpdatingAtPath: path))
+        let size = try handle.seekToEnd()
+        XCTAssertGreaterThan(size, UInt64(8 * Limits.kvStorePageBytes), "the table spans pages")
+        try handle.seek(toOffset: UInt64(3 * Limits.kvStorePageBytes))
+        try handle.write(contentsOf: Data(repeating: 0xa5, count: Int(size) - 3 * Limits.kvStorePageBytes))
+        try handle.close()
+        do {
+            let s = try SQLiteKVStore(path: path)
+            defer { s.close() }
+            _ = try s.scan(prefix: "", limit: 1_000)
+            XCTFail("a damaged table read without an error")
+        } catch let e as SQLiteError {
+            XCTAssertEqual(e.code & 0xff, SQLITE_CORRUPT, e.description)
+            XCTAssertEqual(e.file, path)
+            XCTAssertTrue(e.description.contains(path), e.description)
+        }
+    }
+
     func testOpenFailsWithTypedError() {
         XCTAssertThrowsError(try SQLiteKVStore(path: dir + "/no/such/dir/kv.sqlite")) { e in
             guard let e = e as? SQLiteError else { return XCTFail("\(e)") }

@@ -11,14 +11,14 @@ final class SQLiteConnectionTests: XCTestCase {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let previous = FileManager.default.currentDirectoryPath
-        FileManager.default.changeCurrentDirectoryPath(dir.path)
-        defer { FileManager.default.changeCurrentDirectoryPath(previous) }
+        _ = FileManager.default.changeCurrentDirectoryPath(dir.path)
+        defer { _ = FileManager.default.changeCurrentDirectoryPath(previous) }
 
         let uri = "file:sqlite-test-\(UInt32.random(in: 0...UInt32.max))?mode=memory&cache=shared"
         XCTAssertTrue(SQLiteConnection.isSharedMemoryURI(uri))
         let a = try SQLiteConnection(path: uri)
         try a.exec("CREATE TABLE t(k TEXT PRIMARY KEY, v INTEGER)")
-        try a.transaction { try a.run("INSERT INTO t(k, v) VALUES(?1, ?2)", [.text("x"), .int(7)]) }
+        _ = try a.transaction { try a.run("INSERT INTO t(k, v) VALUES(?1, ?2)", [.text("x"), .int(7)]) }
         let b = try SQLiteConnection(path: uri)
         XCTAssertEqual(try b.query("SELECT v FROM t WHERE k = ?1", [.text("x")]).first?.first?.int, 7)
         b.close()
@@ -43,6 +43,8 @@ final class SQLiteConnectionTests: XCTestCase {
         XCTAssertThrowsError(try db.run("INSERT INTO nowhere(k) VALUES(1)")) { error in
             guard let e = error as? SQLiteError else { return XCTFail("\(error)") }
             XCTAssertTrue(e.context.contains("nowhere"), e.description)
+            XCTAssertEqual(e.file, path)
+            XCTAssertTrue(e.description.contains(path), e.description)
             XCTAssertFalse(e.isBusy)
         }
     }
@@ -54,8 +56,8 @@ final class SQLiteConnectionTests: XCTestCase {
         defer { for suffix in ["", "-wal", "-shm", "-writelock"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
         let garbage = Data((0..<8192).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) })
         let wal = Data(repeating: 0x5a, count: 4096)
-        FileManager.default.createFile(atPath: path, contents: garbage)
-        FileManager.default.createFile(atPath: path + "-wal", contents: wal)
+        _ = FileManager.default.createFile(atPath: path, contents: garbage)
+        _ = FileManager.default.createFile(atPath: path + "-wal", contents: wal)
         XCTAssertThrowsError(try SQLiteConnection(path: path)) { error in
             let text = "\(error)"
             XCTAssertTrue(text.contains(path) && text.contains("not a SQLite database"), text)
@@ -63,7 +65,7 @@ final class SQLiteConnectionTests: XCTestCase {
         XCTAssertEqual(FileManager.default.contents(atPath: path), garbage)
         XCTAssertEqual(FileManager.default.contents(atPath: path + "-wal"), wal)
         // An empty file is a new database, as SQLite itself treats it.
-        FileManager.default.createFile(atPath: path, contents: Data())
+        _ = FileManager.default.createFile(atPath: path, contents: Data())
         try? FileManager.default.removeItem(atPath: path + "-wal")
         XCTAssertNoThrow(try SQLiteConnection(path: path).close())
     }

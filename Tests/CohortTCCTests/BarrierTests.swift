@@ -179,9 +179,14 @@ final class BarrierTests: XCTestCase {
         let c = Counter()
         let r = try counting(c)
         let rounds = 60
-        var tryOutcomes: [TCCPhaseOutcome?] = Array(repeating: nil, count: rounds)
-        var cancelOutcomes: [TCCPhaseOutcome?] = Array(repeating: nil, count: rounds)
-        let lock = NSLock()
+        // Written by the racing threads under `lock`; read after every round has joined.
+        final class Outcomes: @unchecked Sendable {
+            let lock = NSLock()
+            var tries: [TCCPhaseOutcome?]
+            var cancels: [TCCPhaseOutcome?]
+            init(_ n: Int) { tries = Array(repeating: nil, count: n); cancels = Array(repeating: nil, count: n) }
+        }
+        let outcomes = Outcomes(rounds)
         for i in 0..<rounds {
             let group = DispatchGroup()
             for phase in [TCCPhase.try, .cancel] {
@@ -189,13 +194,14 @@ final class BarrierTests: XCTestCase {
                 Thread.detachNewThread {
                     defer { group.leave() }
                     let o = try? r.run(phase, txid: "tx\(i)", branchID: "b", payload: nil)
-                    lock.lock()
-                    if phase == .try { tryOutcomes[i] = o } else { cancelOutcomes[i] = o }
-                    lock.unlock()
+                    outcomes.lock.lock()
+                    if phase == .try { outcomes.tries[i] = o } else { outcomes.cancels[i] = o }
+                    outcomes.lock.unlock()
                 }
             }
             group.wait()
         }
+        let tryOutcomes = outcomes.tries, cancelOutcomes = outcomes.cancels
         var tryFirst = 0, cancelFirst = 0
         for i in 0..<rounds {
             switch (tryOutcomes[i], cancelOutcomes[i]) {

@@ -237,16 +237,20 @@ final class DemoTests: XCTestCase {
         let rig = try rig()
         try rig.setStock("plum", 1_000)
         for victim in ["inventory", "coordinator", "orders"] {
-            let stop = NSLock()
-            var running = true
+            final class Running: @unchecked Sendable {
+                private let lock = NSLock()
+                private var value = true
+                var isOn: Bool { lock.lock(); defer { lock.unlock() }; return value }
+                func stop() { lock.lock(); value = false; lock.unlock() }
+            }
+            let running = Running()
             let group = DispatchGroup()
             for w in 0..<4 {
                 group.enter()
                 DispatchQueue.global().async {
                     var n = 0
                     while true {
-                        stop.lock(); let go = running; stop.unlock()
-                        if !go { break }
+                        if !running.isOn { break }
                         _ = rig.order("plum", Int64(1 + (n + w) % 3), ["2pc", "3pc", "tcc", "outbox"][n % 4])
                         n += 1
                     }
@@ -264,7 +268,7 @@ final class DemoTests: XCTestCase {
                 try rig.start(victim)
             }
             Thread.sleep(forTimeInterval: 1.0)
-            stop.lock(); running = false; stop.unlock()
+            running.stop()
             group.wait()
             let violations = rig.waitAtRest()
             XCTAssertEqual(violations, [], "after kill -9 of \(victim)")

@@ -52,6 +52,17 @@ final class BadInputTests: XCTestCase {
             assertError(api, "POST", a + "/v1/2pc/prepare", body: Array(#"{"txid": "0000abcd-1-1", "participants": [{"name": 1}]}"#.utf8), status: 400)
             assertError(api, "POST", a + "/v1/2pc/commit", body: Array(#"{"txid": "\ud800"}"#.utf8), status: 400)
             assertError(api, "POST", a + "/v1/2pc/commit", body: Array(#"{"txid": "0000abcd-1-1",}"#.utf8), status: 400)
+            // A txid no coordinator makes is refused, not acknowledged as a presumed abort and kept.
+            for kind in ["2pc/prepare", "2pc/commit", "2pc/abort", "3pc/precommit", "3pc/preabort", "3pc/state"] {
+                assertError(api, "POST", a + "/v1/" + kind, body: Array(#"{"txid": "junk"}"#.utf8), status: 400)
+            }
+            let batch = try api.raw("POST", a + "/v1/batch", body: Array(#"{"messages": [{"path": "/v1/2pc/abort", "body": "{\"txid\": \"0000abcd-1-\"}"}]}"#.utf8))
+            XCTAssertEqual(batch.status, 200)
+            XCTAssertTrue(String(decoding: batch.body, as: UTF8.self).contains(#""status":400"#), String(decoding: batch.body, as: UTF8.self))
+            assertError(api, "GET", a + "/v1/branches/junk", status: 400)
+            assertError(api, "POST", a + "/v1/branches/junk/force", body: Array(#"{"outcome": "aborted", "reason": "r"}"#.utf8), status: 400)
+            let listed = try api.raw("GET", a + "/v1/branches")
+            XCTAssertFalse(String(decoding: listed.body, as: UTF8.self).contains("junk"), "a refused txid is not remembered")
             assertError(api, "POST", a + "/v1/batch", body: Array(#"{"messages": [{"path": "/v1/2pc/commit"}]}"#.utf8), status: 400)
             // A message path with a bad percent escape refuses the batch, before any message runs.
             assertError(api, "POST", a + "/v1/batch", body: Array(#"{"messages": [{"path": "/v1/2pc/commit%zz", "body": "{}"}]}"#.utf8), status: 400)

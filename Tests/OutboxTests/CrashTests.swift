@@ -93,17 +93,17 @@ final class CrashTests: XCTestCase {
         let args = ["--db", rig.producerDB, "--sink", consumer.url! + "/v1/inbox", "--port", "0", "--lease-ttl", "900ms", "--batch", "10"]
         let a = try rig.start("cohort-relay", args, name: "relay-a")
         let b = try rig.start("cohort-relay", args, name: "relay-b")
-        try waitFor("one lease holder") { (rig.metric(a, "cohort_outbox_lease_held") ?? 0) + (rig.metric(b, "cohort_outbox_lease_held") ?? 0) == 1 }
+        waitFor("one lease holder") { (rig.metric(a, "cohort_outbox_lease_held") ?? 0) + (rig.metric(b, "cohort_outbox_lease_held") ?? 0) == 1 }
         let (holder, standby) = rig.metric(a, "cohort_outbox_lease_held") == 1 ? (a, b) : (b, a)
         let producer = Thread { _ = try? rig.produce(["--count", "3000", "--keys", "30", "--rate", "1500"]) }
         producer.start()
         Thread.sleep(forTimeInterval: 0.5)
         // The holder freezes (as in a long GC pause or a stopped VM) past its lease.
         holder.pause()
-        try waitFor("the standby to take over") { rig.metric(standby, "cohort_outbox_lease_held") == 1 }
+        waitFor("the standby to take over") { rig.metric(standby, "cohort_outbox_lease_held") == 1 }
         Thread.sleep(forTimeInterval: 0.5)
         holder.resume()
-        try waitFor("the stale relay to step down") { rig.metric(holder, "cohort_outbox_lease_held") == 0 }
+        waitFor("the stale relay to step down") { rig.metric(holder, "cohort_outbox_lease_held") == 0 }
         while producer.isExecuting || !producer.isFinished { Thread.sleep(forTimeInterval: 0.05) }
         try waitFor("the backlog to drain") { try rig.outboxCounts().pending == 0 }
         XCTAssertEqual(rig.metric(holder, "cohort_outbox_lease_held"), 0)
