@@ -24,7 +24,7 @@ public enum Help {
       agent URL list|show|commit|abort ...   a participant's branches (coordinator gone for good)
       outbox URL list [--dead] [--json]  a service's outbox: pending or dead-lettered messages
       outbox URL replay ID               send a dead letter again
-      log inspect DIR [--json]           decode a coordinator's log offline
+      log inspect DIR [--json]           decode a coordinator's or an agent's log offline
       log verify DIR [--json]            check every record's checksum offline
 
     Run "txctl COMMAND --help" for a command's options. Documentation: docs/txctl.md
@@ -140,11 +140,12 @@ public enum Help {
     usage: txctl log inspect DIR [--json]
            txctl log verify DIR [--json]
 
-    Read a coordinator's log offline (the coordinator may be stopped). DIR is its data directory
-    or the log/ directory inside it. Nothing is modified.
-      inspect   every segment and record: LSN, offset, type, txid, summary, audit entries
-      verify    check every record's checksum: "ok: N segments, M records" and exit 0, or name
-                the torn tail or corrupt record (file and offset) and exit 1
+    Read a coordinator's or an agent's log offline (the server may be stopped). DIR is its data
+    directory or the log/ directory inside it. Nothing is modified.
+      inspect   every segment and record: LSN, offset, type, txid, summary, audit entries; for
+                an agent, the branches left open (in doubt) once the log is replayed
+      verify    check every record's checksum and kind: "ok: N segments, M records (KIND log)"
+                and exit 0, or name the torn tail or corrupt record (file and offset) and exit 1
 
     """ + global
 }

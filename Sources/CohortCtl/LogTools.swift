@@ -2,8 +2,20 @@ import CohortCore
 import CohortLog
 import Foundation
 
-/// `txctl log inspect|verify`: a coordinator's log read offline, never modified.
+/// `txctl log inspect|verify`: a coordinator's or an agent's log read offline, never modified.
 public struct LogReport: Codable, Equatable, Sendable {
+    /// An agent's branch that is open once the log is replayed: what the agent would hold
+    /// locks for, and ask its coordinator about, when it starts.
+    public struct OpenBranch: Codable, Equatable, Sendable {
+        public let txid: String
+        public let state: String
+        public let coordinator: String
+        public let writeSetBytes: Int
+        enum CodingKeys: String, CodingKey {
+            case txid, state, coordinator
+            case writeSetBytes = "write_set_bytes"
+        }
+    }
     public struct Audit: Codable, Equatable, Sendable {
         public let at: String
         public let `operator`: String
@@ -50,11 +62,22 @@ public struct LogReport: Codable, Equatable, Sendable {
         }
     }
     public let directory: String
+    /// `coordinator` or `agent` (from the data directory's identity file; a bare log directory
+    /// is read as the kind its records decode as).
+    public let kind: String
     public let segments: [Segment]
     public let records: Int
     public let problems: [Problem]
-    /// Whether the coordinator would start on this log (a torn tail is cut off at start).
+    /// Whether the server would start on this log (a torn tail is cut off at start).
     public let recoverable: Bool
+    /// Agents only: the branches the log leaves open (in doubt, or decided by an operator and
+    /// not yet reconciled), replayed by the agent's own recovery code. Nil for a coordinator,
+    /// or when the log cannot be replayed (its problem is reported instead).
+    public let openBranches: [OpenBranch]?
+    enum CodingKeys: String, CodingKey {
+        case directory, kind, segments, records, problems, recoverable
+        case openBranches = "open_branches"
+    }
 }
 
 public enum LogTools {
@@ -69,7 +92,31 @@ public enum LogTools {
         if fm.fileExists(atPath: sub, isDirectory: &isDir), isDir.boolValue { return sub }
         let names = (try? fm.contentsOfDirectory(atPath: dir)) ?? []
         if names.contains(where: { $0.hasSuffix(".log") && $0.count == 20 }) { return dir }
-        throw CtlError.failed("no coordinator log in \(dir): expected \(sub)/ or segment files (0000000000000001.log ...)")
+        throw CtlError.failed("no log in \(dir): expected \(sub)/ or segment files (0000000000000001.log ...)")
+    }
+
+    public enum Kind: String, Sendable {
+        case coordinator, agent
+    }
+
+    /// The kind of server whose log this is: its data directory (the log directory's parent,
+    /// or the directory itself) names it with its identity file. Without one, the records
+    /// decide: an agent's decode as participant records and not as a coordinator's.
+    static func kind(logDirectory logDir: String, records: [(type: UInt8, payload: [UInt8])]) -> Kind {
+        let fm = FileManager.default
+        let parent = URL(fileURLWithPath: logDir).deletingLastPathComponent().path
+        for dir in [logDir, parent] {
+            if fm.fileExists(atPath: dir + "/agent.name") { return .agent }
+            if fm.fileExists(atPath: dir + "/coordinator.id") { return .coordinator }
+        }
+        let body = records.filter { $0.type != 0 }
+        guard !body.isEmpty else { return .coordinator }
+        let asCoordinator = body.filter { r in
+            if (TCCRecordCoding.branchType...TCCRecordCoding.auditType).contains(r.type) { return (try? TCCRecordCoding.decode(type: r.type, payload: r.payload)) != nil }
+            return (try? CoordinatorRecordCoding.decode(type: r.type, payload: r.payload)) != nil
+        }.count
+        let asAgent = body.filter { (try? ParticipantRecordCoding.decode(type: $0.type, payload: $0.payload)) != nil }.count
+        return asAgent > asCoordinator ? .agent : .coordinator
     }
 
     public static func inspect(_ dir: String) throws -> LogReport {
@@ -80,21 +127,98 @@ public enum LogTools {
         }
         let inspection = DurableLog.inspect(storage: storage)
         if let p = inspection.storageProblem { throw CtlError.failed("cannot read the log in \(logDir): \(p)") }
-        var segments: [LogReport.Segment] = []
-        var total = 0
+        var raw: [[(lsn: UInt64, offset: Int, type: UInt8, payload: [UInt8])]] = []
         for seg in inspection.segments {
             let bytes = (try? [UInt8](Data(contentsOf: URL(fileURLWithPath: logDir + "/" + seg.file)))) ?? []
-            let records = seg.records.map { r -> LogReport.Record in
+            raw.append(seg.records.map { r in
                 let start = r.offset + 17
                 let payload = start + r.payloadBytes <= bytes.count ? Array(bytes[start..<(start + r.payloadBytes)]) : []
-                return describe(lsn: r.lsn, offset: r.offset, type: r.type, payload: payload)
-            }
-            total += records.count
-            segments.append(.init(file: seg.file, number: seg.number, sizeBytes: seg.sizeBytes, recordsEndBytes: seg.recordsEndBytes, firstLSN: seg.firstLSN,
-                                  records: records, problem: seg.problem.map(problem)))
+                return (r.lsn, r.offset, r.type, payload)
+            })
         }
-        return LogReport(directory: logDir, segments: segments, records: total,
-                         problems: inspection.problems.map(problem), recoverable: inspection.isRecoverable)
+        let all = raw.joined()
+        let kind = kind(logDirectory: logDir, records: all.map { ($0.type, $0.payload) })
+        var segments: [LogReport.Segment] = []
+        for (seg, records) in zip(inspection.segments, raw) {
+            let described = records.map { r in
+                kind == .agent ? describeAgent(lsn: r.lsn, offset: r.offset, type: r.type, payload: r.payload)
+                               : describe(lsn: r.lsn, offset: r.offset, type: r.type, payload: r.payload)
+            }
+            segments.append(.init(file: seg.file, number: seg.number, sizeBytes: seg.sizeBytes, recordsEndBytes: seg.recordsEndBytes, firstLSN: seg.firstLSN,
+                                  records: described, problem: seg.problem.map(problem)))
+        }
+        var open: [LogReport.OpenBranch]?
+        if kind == .agent, inspection.isRecoverable {
+            open = try? openBranches(all.map { ($0.lsn, $0.type, $0.payload) })
+        }
+        return LogReport(directory: logDir, kind: kind.rawValue, segments: segments, records: all.count,
+                         problems: inspection.problems.map(problem), recoverable: inspection.isRecoverable, openBranches: open)
+    }
+
+    /// Replays an agent's log as the agent does at start: from its last checkpoint, with the
+    /// records after it.
+    static func openBranches(_ records: [(lsn: UInt64, type: UInt8, payload: [UInt8])]) throws -> [LogReport.OpenBranch] {
+        let last = records.lastIndex { $0.type == 0 }
+        let snapshot = last.map { records[$0].payload }
+        let after = last.map { Array(records[(records.index(after: $0))...]) } ?? records
+        var machine = Participant(config: Participant.Config(name: "offline"))
+        _ = try machine.recover(snapshot: snapshot, records: after)
+        return machine.branches.values.sorted { $0.txid < $1.txid }.map {
+            LogReport.OpenBranch(txid: $0.txid, state: $0.state.rawValue, coordinator: $0.coordinatorURL, writeSetBytes: $0.writeSet.count)
+        }
+    }
+
+    public static func agentTypeName(_ type: UInt8) -> String {
+        switch type {
+        case 0: return "checkpoint"
+        case ParticipantRecordCoding.preparedType: return "prepared"
+        case ParticipantRecordCoding.committedType: return "committed"
+        case ParticipantRecordCoding.committedOnePhaseType: return "committed-one-phase"
+        case ParticipantRecordCoding.abortedType: return "aborted"
+        case ParticipantRecordCoding.heuristicType: return "heuristic"
+        case ParticipantRecordCoding.heuristicResolvedType: return "heuristic-resolved"
+        case ParticipantRecordCoding.preCommittedType: return "pre-committed"
+        case ParticipantRecordCoding.preAbortedType: return "pre-aborted"
+        default: return "type-\(type)"
+        }
+    }
+
+    /// One record of an agent's (participant's) log.
+    public static func describeAgent(lsn: UInt64, offset: Int, type: UInt8, payload: [UInt8]) -> LogReport.Record {
+        func rec(_ txid: String?, _ summary: String, _ audit: LogReport.Audit? = nil, known: Bool = true) -> LogReport.Record {
+            .init(lsn: lsn, offset: offset, type: Int(type), typeName: known ? agentTypeName(type) : "type-\(type)", payloadBytes: payload.count,
+                  txid: txid, summary: summary, audit: audit)
+        }
+        if type == 0 {
+            do {
+                var machine = Participant(config: Participant.Config(name: "offline"))
+                _ = try machine.recover(snapshot: payload, records: [])
+                let n = machine.branches.count
+                return rec(nil, "checkpoint: \(n) open branch\(n == 1 ? "" : "es"), \(machine.finishedOutcomes.count) recent finished")
+            } catch {
+                return rec(nil, "checkpoint (\(payload.count) bytes, not an agent snapshot: \(error))")
+            }
+        }
+        do {
+            switch try ParticipantRecordCoding.decode(type: type, payload: payload) {
+            case .prepared(let txid, let url, let writeSet, let threePhase):
+                let peers = threePhase.map { "; 3PC, \($0.termination.rawValue) termination, peers \($0.peers.map(\.name).joined(separator: ", "))" } ?? ""
+                return rec(txid, "voted yes: \(writeSet.count)-byte write set, coordinator \(url)\(peers)")
+            case .preCommitted(let txid): return rec(txid, "3PC pre-committed")
+            case .preAborted(let txid): return rec(txid, "3PC pre-aborted")
+            case .committed(let txid): return rec(txid, "committed")
+            case .committedOnePhase(let txid, let writeSet): return rec(txid, "committed in one phase (\(writeSet.count)-byte write set)")
+            case .aborted(let txid): return rec(txid, "aborted")
+            case .heuristic(let txid, let outcome, let reason, let operatorName, let atMs):
+                let a = LogReport.Audit(at: TimeFormat.iso8601(ms: atMs), operator: operatorName, action: "force-\(outcome == .committed ? "commit" : "abort")",
+                                        reason: reason, detail: "branch \(outcome.rawValue) by the operator before the coordinator's outcome was known")
+                return rec(txid, "operator \(operatorName) forced \(outcome.rawValue) at \(a.at): \(reason)", a)
+            case .heuristicResolved(let txid, let coordinatorOutcome, let mixed):
+                return rec(txid, "coordinator's outcome learned: \(coordinatorOutcome.rawValue)\(mixed ? " (heuristic-mixed: the operator chose otherwise)" : " (the operator's choice agreed)")")
+            }
+        } catch {
+            return rec(nil, "not an agent record (\(error)); is this an agent's log?", known: false)
+        }
     }
 
     static func problem(_ p: LogInspection.Problem) -> LogReport.Problem {
@@ -190,7 +314,7 @@ public enum LogTools {
     }
 
     public static func renderInspect(_ r: LogReport) -> String {
-        var s = "log \(r.directory): \(r.segments.count) segment\(r.segments.count == 1 ? "" : "s"), \(r.records) record\(r.records == 1 ? "" : "s")\n"
+        var s = "log \(r.directory) (\(r.kind)): \(r.segments.count) segment\(r.segments.count == 1 ? "" : "s"), \(r.records) record\(r.records == 1 ? "" : "s")\n"
         for seg in r.segments {
             let ahead = seg.problem == nil && seg.sizeBytes > seg.recordsEndBytes
                 ? " (records end at \(seg.recordsEndBytes), zeros written ahead after)" : ""
@@ -209,10 +333,20 @@ public enum LogTools {
                 s += "  \(p.kind == "torn-tail" ? "TORN TAIL" : "CORRUPT") at offset \(p.offset): \(p.reason)\n"
             }
         }
+        if let open = r.openBranches {
+            if open.isEmpty {
+                s += "\nno open branches: nothing in doubt after replay\n"
+            } else {
+                s += "\n\(open.count) open branch\(open.count == 1 ? "" : "es") after replay (at start the agent takes their locks again and asks the coordinator for each outcome):\n"
+                var t = Table(["TXID", "STATE", "WRITE SET", "COORDINATOR"])
+                for b in open { t.add([b.txid, b.state, "\(b.writeSetBytes) bytes", b.coordinator]) }
+                s += t.render(indent: "  ")
+            }
+        }
         if r.problems.isEmpty {
             s += "\nno problems\n"
         } else {
-            s += "\n\(r.problems.count) problem\(r.problems.count == 1 ? "" : "s"); the coordinator \(r.recoverable ? "would start (cutting off the torn tail)" : "would refuse to start") on this log\n"
+            s += "\n\(r.problems.count) problem\(r.problems.count == 1 ? "" : "s"); the \(r.kind) \(r.recoverable ? "would start (cutting off the torn tail)" : "would refuse to start") on this log\n"
         }
         return s
     }
@@ -220,12 +354,16 @@ public enum LogTools {
     /// `ok: N segments, M records`, or nil and the problems.
     public static func verifyLine(_ r: LogReport) -> (ok: Bool, text: String) {
         if r.problems.isEmpty {
-            return (true, "ok: \(r.segments.count) segment\(r.segments.count == 1 ? "" : "s"), \(r.records) record\(r.records == 1 ? "" : "s")\n")
+            let unknown = r.segments.reduce(0) { $0 + $1.records.filter { $0.typeName.hasPrefix("type-") }.count }
+            guard unknown == 0 else {
+                return (false, "not a \(r.kind) log: \(unknown) of \(r.records) records have checksums that match but decode as no \(r.kind) record (txctl log inspect shows them)\n")
+            }
+            return (true, "ok: \(r.segments.count) segment\(r.segments.count == 1 ? "" : "s"), \(r.records) record\(r.records == 1 ? "" : "s") (\(r.kind) log)\n")
         }
         var s = ""
         for p in r.problems {
             s += p.kind == "torn-tail"
-                ? "torn tail: \(p.file) at offset \(p.offset): \(p.reason) (a write cut short; the coordinator cuts it off at start)\n"
+                ? "torn tail: \(p.file) at offset \(p.offset): \(p.reason) (a write cut short; the \(r.kind) cuts it off at start)\n"
                 : "corrupt record: \(p.file) at offset \(p.offset): \(p.reason)\n"
         }
         s += "damaged: \(r.segments.count) segment\(r.segments.count == 1 ? "" : "s"), \(r.records) good record\(r.records == 1 ? "" : "s"), \(r.problems.count) problem\(r.problems.count == 1 ? "" : "s")\n"

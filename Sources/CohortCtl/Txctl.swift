@@ -307,13 +307,15 @@ public enum Txctl {
         }
         let (ok, text) = LogTools.verifyLine(report)
         if a.has("json") {
-            ctx.out(JSONOut.encode(VerifyResult(ok: ok, directory: report.directory, segments: report.segments.count,
+            ctx.out(JSONOut.encode(VerifyResult(ok: ok, directory: report.directory, kind: report.kind, segments: report.segments.count,
                                                 records: report.records, problems: report.problems)))
         } else {
             ctx.out(text)
         }
         if !ok {
-            let first = report.problems[0]
+            guard let first = report.problems.first else {
+                throw CtlError.failed("log verify failed: \(text.trimmingCharacters(in: .newlines))")
+            }
             throw CtlError.failed("log damaged: \(first.kind == "torn-tail" ? "torn tail" : "corrupt record") in \(first.file) at offset \(first.offset): \(first.reason)")
         }
     }
@@ -321,6 +323,7 @@ public enum Txctl {
     public struct VerifyResult: Codable, Equatable {
         public let ok: Bool
         public let directory: String
+        public let kind: String
         public let segments: Int
         public let records: Int
         public let problems: [LogReport.Problem]

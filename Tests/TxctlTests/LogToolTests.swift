@@ -59,7 +59,7 @@ final class LogToolTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let r = ctl(["log", "verify", dir])
         XCTAssertEqual(r.status, 0, r.err)
-        XCTAssertEqual(r.out, "ok: 1 segment, 5 records\n")
+        XCTAssertEqual(r.out, "ok: 1 segment, 5 records (coordinator log)\n")
         XCTAssertEqual(r.err, "")
     }
 
@@ -97,6 +97,72 @@ final class LogToolTests: XCTestCase {
         XCTAssertTrue(i.out.contains("would start"), i.out)
     }
 
+    /// An agent-shaped data directory (`agent.name` beside `log/`): a checkpoint, then branches
+    /// that committed, aborted, stayed in doubt, and one an operator forced.
+    func makeAgentLog() throws -> String {
+        let dir = tempDirectory("agentlog")
+        try "a".write(toFile: dir + "/agent.name", atomically: true, encoding: .utf8)
+        let storage = try FileLogStorage(directory: dir + "/log")
+        let (log, _) = try DurableLog.open(storage: storage, config: DurableLogConfig(syncMode: .manual))
+        let id = { (n: UInt64) in TxID(coordinatorID: "0a1b2c3d", epoch: 7, sequence: n).description }
+        let url = "http://127.0.0.1:7000"
+        let records: [Participant.Record] = [
+            .prepared(id(1), coordinatorURL: url, writeSet: [1, 2, 3], threePhase: nil),
+            .committed(id(1)),
+            .prepared(id(2), coordinatorURL: url, writeSet: [4, 5], threePhase: nil),
+            .aborted(id(2)),
+            .prepared(id(3), coordinatorURL: url, writeSet: [6, 7, 8, 9], threePhase: nil),
+            .prepared(id(4), coordinatorURL: url, writeSet: [1], threePhase: nil),
+            .heuristic(id(4), outcome: .aborted, reason: "coordinator lost", operatorName: "ops@host", atMs: 3_000),
+        ]
+        let snapshot = Participant(config: Participant.Config(name: "a")).snapshot()
+        _ = try log.checkpoint(snapshot: snapshot)
+        for r in records {
+            let e = ParticipantRecordCoding.encode(r)
+            _ = try log.append(type: e.type, payload: e.payload, force: true)
+        }
+        try log.syncNow()
+        log.close()
+        return dir
+    }
+
+    /// An agent's log is read as one: its records named and summarized, and the branches the
+    /// agent would hold after replay listed (its own recovery code replays them).
+    func testAnAgentsLogIsReadAsAnAgentsLog() throws {
+        let dir = try makeAgentLog()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let v = ctl(["log", "verify", dir])
+        XCTAssertEqual(v.status, 0, v.err)
+        XCTAssertEqual(v.out, "ok: 1 segment, 8 records (agent log)\n")
+        let i = ctl(["log", "inspect", dir])
+        XCTAssertEqual(i.status, 0, i.err)
+        XCTAssertTrue(i.out.contains("(agent): 1 segment, 8 records"), i.out)
+        XCTAssertTrue(i.out.contains("prepared    0a1b2c3d-7-3"), i.out)
+        XCTAssertTrue(i.out.contains("voted yes: 4-byte write set, coordinator http://127.0.0.1:7000"), i.out)
+        XCTAssertTrue(i.out.contains("operator ops@host forced aborted"), i.out)
+        XCTAssertTrue(i.out.contains("2 open branches after replay"), i.out)
+        XCTAssertFalse(i.out.contains("not an agent record"), i.out)
+        let j = jsonObject(ctl(["log", "inspect", dir + "/log", "--json"]).out)
+        XCTAssertEqual(j["kind"] as? String, "agent")
+        let open = (j["open_branches"] as? [[String: Any]]) ?? []
+        XCTAssertEqual(open.map { $0["txid"] as? String }, ["0a1b2c3d-7-3", "0a1b2c3d-7-4"])
+        XCTAssertEqual(open.map { $0["state"] as? String }, ["prepared", "heuristic-aborted"])
+        XCTAssertEqual(open.first?["write_set_bytes"] as? Int, 4)
+        let recs = ((j["segments"] as? [[String: Any]])?.first?["records"] as? [[String: Any]]) ?? []
+        XCTAssertEqual(recs.map { $0["type_name"] as? String },
+                       ["checkpoint", "prepared", "committed", "prepared", "aborted", "prepared", "prepared", "heuristic"])
+        // The same log beside a coordinator's identity file is not a coordinator's log.
+        try FileManager.default.removeItem(atPath: dir + "/agent.name")
+        try "0a1b2c3d".write(toFile: dir + "/coordinator.id", atomically: true, encoding: .utf8)
+        let wrong = ctl(["log", "verify", dir])
+        XCTAssertEqual(wrong.status, 1)
+        XCTAssertTrue(wrong.out.hasPrefix("not a coordinator log: "), wrong.out)
+        XCTAssertTrue(wrong.err.hasPrefix("error: log verify failed: not a coordinator log"), wrong.err)
+        // Without any identity file, the records decide.
+        try FileManager.default.removeItem(atPath: dir + "/coordinator.id")
+        XCTAssertEqual(ctl(["log", "verify", dir + "/log"]).out, "ok: 1 segment, 8 records (agent log)\n")
+    }
+
     func testMissingDirectory() {
         let r = ctl(["log", "verify", "/nonexistent/txctl"])
         XCTAssertEqual(r.status, 1)
@@ -105,6 +171,6 @@ final class LogToolTests: XCTestCase {
         let empty = tempDirectory("empty")
         let e = ctl(["log", "inspect", empty])
         XCTAssertEqual(e.status, 1)
-        XCTAssertTrue(e.err.contains("no coordinator log in"), e.err)
+        XCTAssertTrue(e.err.contains("no log in"), e.err)
     }
 }
