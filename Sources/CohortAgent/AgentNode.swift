@@ -55,6 +55,9 @@ public final class AgentNode {
 
     /// Adds the serving HTTP server's request and connection counters to `/metrics`.
     public func exposeHTTPServerMetrics(_ server: HTTPServer) { declareHTTPServerMetrics(metrics, server: server) }
+    /// Lets a service that embeds the agent add its own metrics to the agent's `/metrics`
+    /// (the inventory demo's TCC resource). Call on the loop thread, before serving.
+    public func declareMetrics(_ body: (MetricsRegistry) -> Void) { body(metrics) }
     private let onFatal: (String) -> Void
     private var joining: [String: [(Result<Void, RequestError>) -> Void]] = [:]
     private var stagingInFlight: [String: Int] = [:]

@@ -85,8 +85,10 @@ public final class InventoryService: RunnableServer {
     public func run() throws {
         _ = agent.loop.schedule(afterMs: Limits.demoMaintenanceIntervalMs) { [weak self] in self?.maintain() }
         let loop = agent.loop
-        tccPurger = TCCBarrierPurger(resource: tcc) { ms, body in _ = loop.schedule(afterMs: ms, body) }
-        tccPurger?.start()
+        let purger = TCCBarrierPurger(resource: tcc) { ms, body in _ = loop.schedule(afterMs: ms, body) }
+        tccPurger = purger
+        agent.node.declareMetrics { tcc.declareMetrics($0, purger: purger) }
+        purger.start()
         outbox.relay.start()
         try agent.run()
     }

@@ -43,6 +43,8 @@ public final class TCCResource: @unchecked Sendable {
     private let clock: @Sendable () -> Int64
     private let lock = NSLock()
     private var idle: [SQLiteConnection] = []
+    /// Phases answered since start, by phase and `PhaseResult` (for /metrics), under `lock`.
+    private var phaseResults: [TCCPhase: [PhaseResult: Int]] = [:]
     /// Called after a phase's local transaction committed, before the answer is sent (a test
     /// or a crash-injection hook: `tcc-inventory` uses it for "the try's response is lost").
     public var afterCommit: ((TCCPhase, TCCPhaseOutcome) -> Void)?
@@ -111,10 +113,75 @@ public final class TCCResource: @unchecked Sendable {
     /// `.conflict` (the call contradicts the barrier), or `SQLiteError`.
     public func run(_ phase: TCCPhase, txid: String, branchID: String, payload: JSONValue?, deadlineMs: Int64? = nil) throws -> TCCPhaseOutcome {
         let call = PhaseCall(phase: phase, txid: txid, branchID: branchID, payload: payload, deadlineMs: deadlineMs)
-        try Self.check(call)
-        let outcome = try withConnection { db in try db.transaction { try runInTransaction(call, db) } }
+        let outcome: TCCPhaseOutcome
+        do {
+            try Self.check(call)
+            outcome = try withConnection { db in try db.transaction { try runInTransaction(call, db) } }
+        } catch {
+            count([(phase, PhaseResult(error))])
+            throw error
+        }
+        count([(phase, PhaseResult(outcome))])
         afterCommit?(phase, outcome)
         return outcome
+    }
+
+    /// How a phase call ended, as /metrics counts it.
+    public enum PhaseResult: String, CaseIterable, Sendable {
+        /// `TCCPhaseOutcome`'s four.
+        case done, duplicate, emptyCancel = "empty-cancel", hanging
+        /// `TCCError`'s three, and any other error (a database's).
+        case refused, conflict, badRequest = "bad-request", error
+
+        init(_ outcome: TCCPhaseOutcome) {
+            switch outcome {
+            case .done: self = .done
+            case .duplicate: self = .duplicate
+            case .emptyCancel: self = .emptyCancel
+            case .hanging: self = .hanging
+            }
+        }
+
+        init(_ error: Error) {
+            switch error as? TCCError {
+            case .refused?: self = .refused
+            case .conflict?: self = .conflict
+            case .badRequest?: self = .badRequest
+            case nil: self = .error
+            }
+        }
+    }
+
+    private func count(_ results: [(TCCPhase, PhaseResult)]) {
+        lock.lock()
+        for (phase, result) in results { phaseResults[phase, default: [:]][result, default: 0] += 1 }
+        lock.unlock()
+    }
+
+    /// Phase calls answered with `result` since start.
+    public func phaseCount(_ phase: TCCPhase, _ result: PhaseResult) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return phaseResults[phase]?[result] ?? 0
+    }
+
+    /// Adds this resource's counters to a server's /metrics: `cohort_tcc_phases_total` by
+    /// resource, phase and result (a rising `hanging` count is tries that came after their
+    /// cancel; `empty-cancel`, cancels with no try), and with a purger, the barrier rows it
+    /// removed.
+    public func declareMetrics(_ m: MetricsRegistry, purger: TCCBarrierPurger? = nil) {
+        for phase in [TCCPhase.try, .confirm, .cancel] {
+            for result in PhaseResult.allCases {
+                m.sample("cohort_tcc_phases_total", type: "counter", help: "TCC phase calls answered, by resource, phase and result",
+                         labels: "resource=\"\(name)\",phase=\"\(phase.rawValue)\",result=\"\(result.rawValue)\"") { [weak self] in
+                    Double(self?.phaseCount(phase, result) ?? 0)
+                }
+            }
+        }
+        if let purger {
+            m.sample("cohort_tcc_barrier_rows_purged_total", type: "counter", help: "Barrier rows of finished branches removed after their retention",
+                     labels: "resource=\"\(name)\"") { [weak purger] in Double(purger?.removedTotal ?? 0) }
+        }
     }
 
     /// Several phases in one local transaction, each in a savepoint of its own, so one sync
@@ -149,10 +216,16 @@ public final class TCCResource: @unchecked Sendable {
                 }
             }
         } catch let lost as TransactionLost {
-            return calls.map { _ in .failure(lost.error) }
+            results = calls.map { _ in .failure(lost.error) }
         } catch {
-            return calls.map { _ in .failure(error) }
+            results = calls.map { _ in .failure(error) }
         }
+        count(zip(calls, results).map { call, result in
+            switch result {
+            case .success(let outcome): return (call.phase, PhaseResult(outcome))
+            case .failure(let error): return (call.phase, PhaseResult(error))
+            }
+        })
         for (call, result) in zip(calls, results) {
             if case .success(let outcome) = result { afterCommit?(call.phase, outcome) }
         }

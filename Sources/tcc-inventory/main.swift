@@ -13,6 +13,7 @@ DIR/inventory.sqlite; try reserves, confirm sells, cancel releases, all through 
 Finished branches' barrier rows are purged every minute once older than 24 h.
   POST /v1/stock {"sku","available"}     set a sku's stock (setup only)
   GET  /v1/stock/{sku}                   {"sku","available","reserved","sold"}
+  GET  /metrics                          phase calls by result, barrier rows purged, HTTP and CPU counters
   POST /v1/tcc/inventory/try|confirm|cancel   the TCC phases ({"txid","branch_id","payload":{"sku","qty"}})
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list
 """
@@ -49,6 +50,8 @@ do {
     // Finished branches' barrier rows go after the retention (docs/tcc.md, "Cleanup").
     let purger = TCCBarrierPurger(resource: store.resource) { ms, body in _ = loop.schedule(afterMs: ms, body) }
     purger.start()
+    let metrics = MetricsRegistry()
+    store.resource.declareMetrics(metrics, purger: purger)
     var server: HTTPServer?
     try loop.onSignals([SignalNumber.terminate, SignalNumber.interrupt]) { _ in
         server?.shutdown()
@@ -61,6 +64,8 @@ do {
             switch (request.method, parts.count) {
             case ("GET", 1) where parts[0] == "healthz":
                 responder.send(.json(200, ["status": "ok"]))
+            case ("GET", 1) where parts[0] == "metrics":
+                responder.send(.text(200, metrics.render(), contentType: "text/plain; version=0.0.4"))
             case ("POST", 2) where parts == ["v1", "stock"]:
                 let body = try JSONDecoder().decode(StockRequest.self, from: Data(request.body))
                 try store.setStock(sku: body.sku, available: body.available)
@@ -77,6 +82,7 @@ do {
             responder.send(.error(400, "\(error)"))
         }
     }
+    declareHTTPServerMetrics(metrics, server: server!)
     print("listening on http://\(host):\(server!.port)")
     fflush(stdout)
     try loop.run()

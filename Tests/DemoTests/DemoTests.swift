@@ -180,6 +180,17 @@ final class DemoTests: XCTestCase {
         XCTAssertEqual(try rig.stock("pear").available >= 0, true)
         XCTAssertEqual(rig.waitAtRest(), [])
         XCTAssertEqual(try rig.orders("confirmed").count + (try rig.orders("rejected")).count, try rig.orders().count)
+        // The inventory's /metrics (its embedded agent's) counts its TCC phases too: the tcc
+        // orders' tries, at least one confirmed (apple) and one refused (pear), with no errors.
+        let metrics = String(decoding: try CohortAPI(coordinatorURL: "").raw("GET", rig.url("inventory") + "/metrics").body, as: UTF8.self)
+        func count(_ phase: String, _ result: String) -> Int {
+            let prefix = #"cohort_tcc_phases_total{resource="inventory",phase="\#(phase)",result="\#(result)"} "#
+            return metrics.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap { Int($0.dropFirst(prefix.count)) } ?? -1
+        }
+        XCTAssertGreaterThanOrEqual(count("try", "done"), 1, metrics)
+        XCTAssertGreaterThanOrEqual(count("confirm", "done"), 1, metrics)
+        XCTAssertGreaterThanOrEqual(count("try", "refused"), 1, metrics)
+        XCTAssertEqual(count("try", "error"), 0, metrics)
     }
 
     /// `GET /v1/orders/{id}?wait_ms=N` holds a pending order's request until it settles, or

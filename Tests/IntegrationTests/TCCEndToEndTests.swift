@@ -137,6 +137,22 @@ final class TCCEndToEndTests: XCTestCase {
         try assertAtRest(rig, sold: [5, 7], "abort")
         let (_, list) = try rig.json("GET", rig.coordinatorURL + "/v1/transactions")
         XCTAssertEqual((list["transactions"] as? [[String: Any]])?.filter { $0["protocol"] as? String == "tcc" }.count, 3)
+
+        // /metrics counts every phase call by its result: the business ran once per phase of
+        // each branch, and the barrier's answers (duplicate, empty cancel, hanging try) show.
+        func phases(_ i: Int, _ phase: String, _ result: String) throws -> Int? {
+            let text = String(decoding: try rig.api.raw("GET", rig.inventories[i].url! + "/metrics").body, as: UTF8.self)
+            let prefix = #"cohort_tcc_phases_total{resource="inventory",phase="\#(phase)",result="\#(result)"} "#
+            return text.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap { Int($0.dropFirst(prefix.count)) }
+        }
+        XCTAssertEqual(try phases(0, "try", "done"), 3, "t1, t2, t3")
+        XCTAssertEqual(try phases(0, "confirm", "done"), 1)
+        XCTAssertGreaterThanOrEqual(try phases(0, "confirm", "duplicate") ?? 0, 3, "the confirms by hand")
+        XCTAssertEqual(try phases(0, "cancel", "done"), 2, "t2, t3")
+        XCTAssertEqual(try phases(0, "cancel", "empty-cancel"), 1, "hand-1")
+        XCTAssertEqual(try phases(0, "try", "hanging"), 1, "hand-1's try after its cancel")
+        XCTAssertEqual(try phases(1, "try", "refused"), 1, "not enough stock")
+        XCTAssertEqual(try phases(1, "try", "error"), 0)
     }
 
     /// Kills the coordinator at a TCC crash point, restarts it, checks everything settles.
