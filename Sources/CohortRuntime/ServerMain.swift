@@ -73,7 +73,9 @@ public enum ServerMain {
             try serve(host: host, pollUs: Int64(pollUs), say: say, warn: warn, make: make)
             return 0
         } catch let e as UsageError {
-            warn("error: \(e) (see --help)")
+            // The program's name from its usage line, as the other programs' errors give it.
+            let program = usage.hasPrefix("usage: ") ? String(usage.dropFirst(7).prefix { $0 != " " && $0 != "\n" }) + " " : ""
+            warn("error: \(e) (see \(program)--help)")
             return 2
         } catch let e as CrashPointError {
             warn("error: \(e)")

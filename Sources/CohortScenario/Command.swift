@@ -89,6 +89,17 @@ public enum TxScenarioCommand {
         }
         switch command {
         case "validate":
+            // The programs' own flag parsers and crash point lists, for files that parsed.
+            if let bin = try? Cluster.findBinDirectory() {
+                let runner = ScenarioRunner(options: ScenarioRunner.Options(binDirectory: bin))
+                for s in scenarios {
+                    let errors = runner.probe(s)
+                    for e in errors { io.err("error: \(e)\n") }
+                    if !errors.isEmpty { invalid += 1 }
+                }
+            } else {
+                io.err("note: cohortd and the other programs were not found (next to txscenario, or COHORT_BIN_DIR): process flags and crash point names are checked when a scenario runs\n")
+            }
             if invalid == 0 { io.out("\(scenarios.count) scenario files are valid\n") }
             return invalid == 0 ? 0 : 2
         case "list":

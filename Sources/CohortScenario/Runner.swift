@@ -132,7 +132,7 @@ final class ScenarioRun: @unchecked Sendable {
         return env
     }
 
-    private func arguments(_ name: String, port: Int) -> (String, [String]) {
+    func arguments(_ name: String, port: Int) -> (String, [String]) {
         let flags = scenario.topology.processes[name]?.flags ?? []
         // The demo's broker or the outbox's sink; started like the others, ready once it PONGs.
         if name == "redis", let redis { return (redis.executable.path, redis.arguments + flags) }

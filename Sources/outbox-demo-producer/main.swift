@@ -59,6 +59,12 @@ do {
                                       "sync", "name", "sink", "stream", "port"],
                              booleans: ["help", "hold"])
     if args.has("help") { print(usage); exit(0) }
+    // Before anything opens the database: `COHORT_CRASHPOINT=list` only lists (the crash
+    // points are the in-process relay's, reached with --sink).
+    if case .list = try CrashPoints.configure(known: OutboxRelay.crashPoints) {
+        OutboxRelay.crashPoints.forEach { print($0) }
+        exit(0)
+    }
     guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
     let db = try args.required("db")
     let count = try args.int("count", default: 1000, range: 0...1_000_000_000)!
@@ -97,7 +103,6 @@ do {
         ProcessEnv.ignoreSIGPIPE()
         let l = try EventLoop()
         loop = l
-        _ = try CrashPoints.configure(known: OutboxRelay.crashPoints)
         let sink = try makeOutboxSink(url: sinkURL, stream: args.string("stream") ?? "cohort-outbox", loop: l)
         let r = OutboxRelay(store: try OutboxStore(path: db), sink: sink, loop: l)
         r.onProblem = { StandardStream.err("relay: \($0)\n") }
@@ -209,6 +214,8 @@ do {
     exit(0)
 } catch let e as UsageError {
     fail("\(e) (see outbox-demo-producer --help)", status: 2)
+} catch let e as CrashPointError {
+    fail("\(e)", status: 2)
 } catch {
     fail("\(error)", status: 1)
 }

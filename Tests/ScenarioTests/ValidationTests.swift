@@ -1,3 +1,4 @@
+import CohortClient
 import CohortScenario
 import Foundation
 import XCTest
@@ -153,5 +154,43 @@ final class ValidationTests: XCTestCase {
         let files = try TxScenarioCommand.scenarioFiles([root.appendingPathComponent("Scenarios").path])
         XCTAssertGreaterThanOrEqual(files.count, 25)
         for f in files { XCTAssertNoThrow(try Scenario.load(path: f), f) }
+        // And the programs agree: every process's flags and every crash point name (a renamed
+        // crash point fails here, not minutes into a run).
+        let runner = ScenarioRunner(options: ScenarioRunner.Options(binDirectory: try Cluster.findBinDirectory()))
+        for f in files {
+            let s = try Scenario.load(path: f)
+            XCTAssertEqual(runner.probe(s).map(\.description), [], f)
+        }
+    }
+
+    /// `txscenario validate` asks the programs: an unknown flag, a flag the runner already
+    /// gives, and a crash point the process does not have are refused (exit 2) with the field.
+    func testValidateAsksTheProgramsThemselves() throws {
+        let dir = tempPath("validate-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let base = #""description": "d", "topology": {"agents": 2%@}, "workload": {"transfers": {"duration": "1s"}}"#
+        func write(_ name: String, processes: String, point: String) throws {
+            let text = #"{"name": "\#(name)", "# + base.replacingOccurrences(of: "%@", with: processes)
+                + #", "faults": [{"at": "0s", "crash_point": {"process": "coordinator", "point": "\#(point)"}}]}"#
+            try text.write(toFile: "\(dir)/\(name).json", atomically: true, encoding: .utf8)
+        }
+        try write("good", processes: #", "processes": {"a": {"flags": ["--commit-ride-us", "500"]}}"#, point: "coordinator.before-decision-logged")
+        let bin = try Cluster.findBinDirectory()
+        let ok = try runToCompletion(bin.appendingPathComponent("txscenario"), ["validate", dir])
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertEqual(ok.stdout, "1 scenario files are valid\n")
+
+        try write("point", processes: "", point: "coordinator.no-such-point")
+        try write("flags", processes: #", "processes": {"coordinator": {"flags": ["--no-such-flag"]}, "b": {"flags": ["--port", "9"]}}"#,
+                  point: "coordinator.before-decision-logged")
+        let bad = try runToCompletion(bin.appendingPathComponent("txscenario"), ["validate", dir])
+        XCTAssertEqual(bad.status, 2)
+        XCTAssertEqual(bad.stdout, "")
+        let lines = bad.stderr.split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.count, 3, bad.stderr)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("error: \(dir)/flags.json: topology.processes.coordinator.flags: cohortd refuses its command line: unknown option --no-such-flag") }, bad.stderr)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("error: \(dir)/flags.json: topology.processes.b.flags: cohort-agent refuses its command line: --port is given twice") }, bad.stderr)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("error: \(dir)/point.json: faults[0].crash_point.point: coordinator has no crash point \"coordinator.no-such-point\"; its crash points: coordinator.after-abort-send,") }, bad.stderr)
     }
 }
