@@ -141,6 +141,11 @@ public final class OutboxTransaction {
     }
 }
 
+public struct OutboxStoreError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
 /// What a relay (and the admin API) does to the outbox tables, on the relay's own connection.
 /// Every write that changes a message's state first checks the fencing token in the same
 /// transaction, so a relay that lost its lease cannot mark anything.
@@ -148,8 +153,15 @@ public final class OutboxStore {
     public let connection: SQLiteConnection
     public let source: String
 
-    public init(path: String, sync: SyncMode = .normal) throws {
+    /// `requireOutboxTable`: refuse a database without an outbox table instead of creating
+    /// one (a separate relay process): a mistyped or mixed-up `--db` (the consumer's database,
+    /// another service's) would otherwise get the tables and a relay that delivers nothing.
+    public init(path: String, sync: SyncMode = .normal, requireOutboxTable: Bool = false) throws {
         connection = try SQLiteConnection(path: path, sync: sync)
+        if requireOutboxTable, try connection.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'").isEmpty {
+            connection.close()
+            throw OutboxStoreError("\(path) has no outbox table; is it the service's database? The service creates the table when it opens its outbox, so start the service first")
+        }
         source = try OutboxSchema.prepare(connection, name: nil)
     }
 

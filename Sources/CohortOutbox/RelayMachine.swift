@@ -215,7 +215,7 @@ public struct RelayMachine: Sendable {
             dispatch(now, &out)
             loadIfNeeded(now, &out)
 
-        case .delivered(let id, let outcomes, let now):
+        case .delivered(let id, let outcomes, _):
             guard case .held(let token) = lease, var b = batches[id], b.write == nil else { return [] }
             sinkDownAttempts = 0
             var w = RelayWrite()

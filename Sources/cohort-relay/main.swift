@@ -9,7 +9,8 @@ usage: cohort-relay --db PATH --sink URL [--stream NAME] [--port N] [--host H] [
 Delivers the messages of a service's outbox table (SQLite) to a sink: at least once, in order
 per key, in parallel across keys. Only one relay delivers from an outbox at a time (a lease
 with a fencing token in the database); start a second one as a standby.
-  --db PATH             the service's SQLite database holding the outbox table
+  --db PATH             the service's SQLite database holding the outbox table (refused
+                        when it has none: the service creates it)
   --sink URL            http://HOST:PORT/PATH (a consumer's inbox endpoint) or redis://HOST:PORT
   --stream NAME         Redis stream to append to (default cohort-outbox)
   --stream-maxlen N     trim the stream to about N entries (default: no trimming)
@@ -77,7 +78,7 @@ do {
     ProcessEnv.ignoreSIGPIPE()
     let loop = try EventLoop()
     let store: OutboxStore
-    do { store = try OutboxStore(path: db) } catch { fail("cannot open \(db): \(error)", status: 1) }
+    do { store = try OutboxStore(path: db, requireOutboxTable: true) } catch let e as OutboxStoreError { fail("\(e)", status: 1) } catch { fail("cannot open \(db): \(error)", status: 1) }
     let sink = try makeOutboxSink(url: sinkURL, stream: args.string("stream") ?? "cohort-outbox", loop: loop,
                                   bearerToken: token, streamMaxLength: maxLen)
     let relay = OutboxRelay(store: store, sink: sink, loop: loop, config: config)

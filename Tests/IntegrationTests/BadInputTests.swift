@@ -167,6 +167,9 @@ final class BadInputTests: XCTestCase {
         let bin = try binDirectory()
         let dir = tempPath("cohort-badcli-\(UUID().uuidString.prefix(8))")
         defer { try? FileManager.default.removeItem(atPath: dir) }
+        // An existing --db, so that the relay's case below is refused for its --lease-ttl.
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: dir + "/r.sqlite", contents: Data())
         let cases: [(String, [String])] = [
             ("cohortd", ["--bogus"]),
             ("cohortd", ["--data", dir + "/c", "--port", "seventy"]),
