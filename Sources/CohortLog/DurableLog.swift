@@ -88,7 +88,7 @@ public struct TornTail: Equatable, CustomStringConvertible {
 
     public var description: String {
         let kept = keptIn.map { "; the cut bytes are kept in \($0)" } ?? ""
-        return "truncated a torn tail of \(bytesDropped) bytes at \(file) offset \(offset)\(offset == 0 ? " (the segment was removed: its header never became durable)" : "")\(kept)"
+        return "truncated a torn tail of \(bytesDropped) bytes at \(file) offset \(offset)\(kept)"
     }
 }
 
@@ -508,16 +508,30 @@ public final class DurableLog {
                 if group.startsSegment {
                     let number = nextSegmentNumber
                     let name = LogFormat.segmentFileName(number)
-                    let file = try storage.open(name, create: true)
-                    if try file.size() != 0 { try file.truncate(to: 0) }
+                    // A segment is made whole under a temporary name, synced, then renamed: a
+                    // file under a segment's name always starts with a durable header and its
+                    // first records, so recovery can call a bad start damage, never a crash
+                    // (a crash before the rename leaves only the temporary file, removed at start).
+                    let temporary = LogFormat.temporarySegmentFileName(number)
+                    let staging = try storage.open(temporary, create: true)
+                    if try staging.size() != 0 { try staging.truncate(to: 0) }
                     let bytes = LogFormat.encodeSegmentHeader(number: number, firstLSN: group.firstLSN) + group.bytes
-                    let allocated = try writeExtending(file, bytes, at: 0, allocated: 0)
-                    // Not in the average the quiet spell follows: a new file's first sync also
-                    // writes its allocation, which the steady appends after it do not.
-                    try timedSync(file, updatesAverage: false)
-                    // The new file's directory entry must be durable before anything in it counts.
+                    let allocated: Int
+                    do {
+                        allocated = try writeExtending(staging, bytes, at: 0, allocated: 0)
+                        // Not in the average the quiet spell follows: a new file's first sync also
+                        // writes its allocation, which the steady appends after it do not.
+                        try timedSync(staging, updatesAverage: false)
+                    } catch {
+                        staging.close()
+                        throw error
+                    }
+                    staging.close()
+                    try storage.rename(temporary, to: name)
+                    // The new name must be durable before anything in the file counts.
                     try storage.syncDirectory()
                     countSync()
+                    let file = try storage.open(name, create: false)
                     segment?.file.close()
                     segment = OpenSegment(number: number, file: file, size: bytes.count, allocated: allocated)
                     nextSegmentNumber += 1

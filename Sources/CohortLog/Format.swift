@@ -50,6 +50,13 @@ enum LogFormat {
         return String(repeating: "0", count: max(0, 16 - hex.count)) + hex + ".log"
     }
 
+    /// Where a new segment is written before it is renamed to its own name (DurableLog).
+    static func temporarySegmentFileName(_ number: UInt64) -> String { segmentFileName(number) + ".new" }
+
+    static func isTemporarySegmentFileName(_ name: String) -> Bool {
+        name.hasSuffix(".log.new") && segmentNumber(fileName: String(name.dropLast(4))) != nil
+    }
+
     /// The segment number of a segment file name, nil for any other file.
     static func segmentNumber(fileName: String) -> UInt64? {
         guard fileName.hasSuffix(".log") else { return nil }
@@ -154,7 +161,14 @@ enum SegmentScanner {
     /// a torn write rather than corruption.
     static func scan(file: String, bytes: [UInt8], number: UInt64, expectedLSN: UInt64?, isLast: Bool) -> SegmentScan {
         let headerBytes = LogFormat.segmentHeaderBytes
-        func classify(_ offset: Int, _ reason: String, nextLSN: UInt64) -> SegmentEnd {
+        // A segment is created whole (DurableLog: a temporary name, synced, renamed), so its
+        // header and first record were durable before its name existed: bad bytes there are
+        // damage, never a write a crash cut short. Only after a complete record can the last
+        // segment end torn.
+        func classify(_ offset: Int, _ reason: String, nextLSN: UInt64, afterARecord: Bool) -> SegmentEnd {
+            guard afterARecord else {
+                return .corrupt(offset: offset, reason: reason + " (a segment's start is written whole before it gets its name: this is damage, not a crash)")
+            }
             if isLast && !hasValidRecord(bytes, after: offset, minLSN: nextLSN) {
                 return .torn(offset: offset, reason: reason)
             }
@@ -186,7 +200,7 @@ enum SegmentScanner {
                 && LogFormat.u32(bytes, 28) == CRC32C.checksum(Array(bytes[0..<28]))
             let end: SegmentEnd = headerWasIntact
                 ? .corrupt(offset: 0, reason: headerProblem!)
-                : classify(0, headerProblem!, nextLSN: expectedLSN ?? 1)
+                : classify(0, headerProblem!, nextLSN: expectedLSN ?? 1, afterARecord: false)
             return SegmentScan(file: file, size: bytes.count, header: nil, records: [], end: end)
         }
 
@@ -201,7 +215,7 @@ enum SegmentScanner {
             if isZero(bytes, from: offset) { break }
             switch decodeRecord(bytes, at: offset) {
             case .failure(let problem):
-                end = classify(offset, problem.reason, nextLSN: lsn)
+                end = classify(offset, problem.reason, nextLSN: lsn, afterARecord: !records.isEmpty)
             case .success(let (record, encoded)):
                 if record.lsn != lsn {
                     end = .corrupt(offset: offset, reason: "record has LSN \(record.lsn), expected \(lsn)")
@@ -215,6 +229,9 @@ enum SegmentScanner {
                 }
             }
             break
+        }
+        if records.isEmpty, case .clean = end {
+            end = classify(offset, "segment has a header and no record", nextLSN: lsn, afterARecord: false)
         }
         return SegmentScan(file: file, size: bytes.count, header: header, records: records, end: end)
     }

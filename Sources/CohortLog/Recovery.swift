@@ -70,6 +70,9 @@ struct Recovery {
     static func run(storage: LogStorage) throws -> Recovery {
         let segments = try segmentFiles(storage)
         var syncs = 0
+        // A segment a crash caught before its rename: never acknowledged, never named.
+        let unfinished = try storage.list().filter(LogFormat.isTemporarySegmentFileName)
+        for name in unfinished { try storage.remove(name) }
 
         var start = 0
         var checkpointFound = false
@@ -112,15 +115,8 @@ struct Recovery {
                 file.close()
                 throw LogCorruptionError(file: name, offset: offset, reason: reason)
             case .torn(let offset, _):
-                precondition(isLast, "a torn tail outside the last segment")
-                let cut = scan.header == nil ? 0 : offset
-                truncatedTail = keepAside(storage, name, bytes, from: cut)
-                if scan.header == nil {
-                    // Nothing of this segment was ever durable: its header never made it.
-                    file.close()
-                    try storage.remove(name)
-                    continue
-                }
+                precondition(isLast && !scan.records.isEmpty, "a torn tail outside the last segment, or before its first record")
+                truncatedTail = keepAside(storage, name, bytes, from: offset)
                 try file.truncate(to: offset)
                 allocated = offset
             }
@@ -144,7 +140,7 @@ struct Recovery {
         for segment in segments[..<start] {
             try storage.remove(segment.name)
         }
-        if !segments.isEmpty {
+        if !segments.isEmpty || !unfinished.isEmpty {
             // What we read may sit only in the page cache (the process died, not the machine);
             // make it durable before anyone acts on it. The directory sync covers removals.
             if let last = live.last {

@@ -35,6 +35,9 @@ public final class SimLogStorage: LogStorage {
     private var durableNames: Set<String> = []
     /// Files removed since the last directory sync: a crash may bring them back.
     private var removedUnsynced: [String: Content] = [:]
+    /// Renames since the last directory sync, new name → old name: a crash keeps each whole
+    /// or undoes it whole (the file under exactly one of its names).
+    private var renamedUnsynced: [String: String] = [:]
     /// Bumped by each crash: handles opened before it are dead, as a crashed process's are.
     private var generation = 0
 
@@ -43,6 +46,13 @@ public final class SimLogStorage: LogStorage {
         get { lock.withLock { failNextSyncFlag } }
         set { lock.withLock { failNextSyncFlag = newValue } }
     }
+    /// The sync with this number (counting from 1, files and directory alike, as `syncsTotal`
+    /// does) throws, once: a failure at an exact step of a multi-step write.
+    public var failSyncAtCount: Int? {
+        get { lock.withLock { failSyncAt } }
+        set { lock.withLock { failSyncAt = newValue } }
+    }
+    private var failSyncAt: Int?
     /// The next write throws, once.
     public var failNextWrite: Bool {
         get { lock.withLock { failNextWriteFlag } }
@@ -83,15 +93,28 @@ public final class SimLogStorage: LogStorage {
         }
     }
 
+    public func rename(_ from: String, to: String) throws {
+        try lock.withLock {
+            guard files[to] == nil else { throw SimStorageError(operation: "rename", file: to, reason: "target exists") }
+            guard let content = files.removeValue(forKey: from) else {
+                throw SimStorageError(operation: "rename", file: from, reason: "no such file")
+            }
+            files[to] = content
+            // A chain of renames undoes to the first name.
+            renamedUnsynced[to] = renamedUnsynced.removeValue(forKey: from) ?? from
+        }
+    }
+
     public func syncDirectory() throws {
         try lock.withLock {
             syncCount += 1
-            if failNextSyncFlag {
+            if failNextSyncFlag || failSyncAt == syncCount {
                 failNextSyncFlag = false
                 throw SimStorageError(operation: "sync", file: "directory", reason: "injected failure")
             }
             durableNames = Set(files.keys)
             removedUnsynced = [:]
+            renamedUnsynced = [:]
         }
     }
 
@@ -104,6 +127,16 @@ public final class SimLogStorage: LogStorage {
         var survivors: [String: Content] = [:]
         for name in files.keys.sorted() {
             let content = files[name]!
+            if let old = renamedUnsynced[name] {
+                // Undone: the file is back under its old name if that name was durable, and
+                // gone if it was a new file's.
+                if rng.next() % 2 == 0 {
+                    if durableNames.contains(old) { survivors[old] = content }
+                    continue
+                }
+                survivors[name] = content
+                continue
+            }
             if !durableNames.contains(name) && rng.next() % 2 == 0 { continue }
             survivors[name] = content
         }
@@ -118,6 +151,7 @@ public final class SimLogStorage: LogStorage {
         files = survivors
         durableNames = Set(files.keys)
         removedUnsynced = [:]
+        renamedUnsynced = [:]
         failNextSyncFlag = false
         failNextWriteFlag = false
     }
@@ -180,7 +214,7 @@ public final class SimLogStorage: LogStorage {
             }
             if operation == "sync" {
                 syncCount += 1
-                if failNextSyncFlag {
+                if failNextSyncFlag || failSyncAt == syncCount {
                     failNextSyncFlag = false
                     throw SimStorageError(operation: operation, file: file, reason: "injected failure")
                 }

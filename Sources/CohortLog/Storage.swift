@@ -8,7 +8,11 @@ public protocol LogStorage: AnyObject {
     func list() throws -> [String]
     func open(_ file: String, create: Bool) throws -> LogFile
     func remove(_ file: String) throws
-    /// Makes creations and removals of files durable.
+    /// Gives `from` the name `to` (which must not exist) in one step: after a crash the file is
+    /// under one name or the other, never both, never neither once the rename is durable.
+    /// Handles opened under `from` must not be used after it.
+    func rename(_ from: String, to: String) throws
+    /// Makes creations, removals and renames of files durable.
     func syncDirectory() throws
 }
 
@@ -94,6 +98,8 @@ public final class FileLogStorage: LogStorage {
     }
 
     public func remove(_ file: String) throws { try PosixFS.remove(path(file)) }
+
+    public func rename(_ from: String, to: String) throws { try PosixFS.rename(path(from), path(to)) }
 
     public func syncDirectory() throws {
         try countSync("fsync", path: directory)

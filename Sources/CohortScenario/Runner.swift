@@ -566,6 +566,12 @@ final class ScenarioRun: @unchecked Sendable {
                     event("torn write on \(p): appended \(max(1, keep)) of a \(record.count)-byte record to \(path)")
                 case .cut:
                     let cut = bytes ?? (end - last.offset)
+                    // A segment is named only once its header and first records are durable
+                    // (DurableLog), so no crash cuts into its first record.
+                    let firstEnd = records[0].offset + 17 + records[0].payloadBytes
+                    guard end - cut >= firstEnd else {
+                        throw ManagedProcessError("cutting \(cut) bytes would reach into the first record of \(path), which no crash can tear (a segment is written whole before it is named)")
+                    }
                     try file.truncate(to: max(0, end - cut))
                     event("torn write on \(p): cut the last \(cut) bytes of \(path)")
                 }

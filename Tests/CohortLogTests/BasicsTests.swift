@@ -355,6 +355,7 @@ final class SlowSyncStorage: LogStorage {
     func list() throws -> [String] { try inner.list() }
     func open(_ file: String, create: Bool) throws -> LogFile { SlowSyncFile(storage: self, file: try inner.open(file, create: create)) }
     func remove(_ file: String) throws { try inner.remove(file) }
+    func rename(_ from: String, to: String) throws { try inner.rename(from, to: to) }
     func syncDirectory() throws { try inner.syncDirectory() }
 
     func noteSync() {

@@ -286,43 +286,85 @@ final class RecoveryTests: XCTestCase {
         XCTAssertEqual(try segmentNames(storage), after)
     }
 
-    func testTornCheckpointFallsBackToOlderSegments() throws {
+    /// A segment is created whole (a temporary name, synced, renamed), so a damaged start of a
+    /// segment is damage, not a crash: recovery refuses with the file and offset instead of
+    /// cutting it off (which would forget everything the segment held, a checkpoint included).
+    func testADamagedSegmentStartIsCorruptionNotATornTail() throws {
+        func assertCorrupt(_ storage: SimLogStorage, _ file: String, offset: Int, _ reason: String, line: UInt = #line) {
+            XCTAssertThrowsError(try DurableLog.open(storage: storage, config: manualConfig(segmentBytesMax: 100)), line: line) { error in
+                guard let e = error as? LogCorruptionError else { return XCTFail("\(error)", line: line) }
+                XCTAssertEqual(e.file, file, line: line)
+                XCTAssertEqual(e.offset, offset, line: line)
+                XCTAssertTrue(e.reason.contains(reason) && e.reason.contains("damage, not a crash"), e.reason, line: line)
+            }
+        }
+        // A checkpoint record cut short at the start of the newest segment, the older segments
+        // still there (a crash before their removal was durable): not read as a crash that
+        // cut the checkpoint, after which the older segments would be the log.
         let storage = try syncedLog(count: 6, segmentBytesMax: 100)
         let oldSegments = try segmentNames(storage).map { ($0, storage.contents(of: $0)!) }
         let (log, _) = try DurableLog.open(storage: storage, config: manualConfig(segmentBytesMax: 100))
         _ = try log.checkpoint(snapshot: [UInt8](repeating: 7, count: 50))
         try log.syncNow()
-        let checkpointSegment = try segmentNames(storage).last!
-        // Put the disk back as a crash mid-checkpoint would leave it: old segments still there,
-        // the checkpoint record cut short.
         for (name, bytes) in oldSegments { storage.setContents(of: name, bytes) }
+        let checkpointSegment = try segmentNames(storage).last!
         let full = storage.contents(of: checkpointSegment)!
         storage.setContents(of: checkpointSegment, Array(full[..<(32 + 17 + 20)]))
-        let (reopened, recovered) = try DurableLog.open(storage: storage, config: manualConfig(segmentBytesMax: 100))
-        XCTAssertNil(recovered.snapshot)
-        assertRecords(recovered.records, 1...6)
-        XCTAssertEqual(recovered.truncatedTail?.file, checkpointSegment)
-        XCTAssertEqual(recovered.truncatedTail?.offset, 32)
-        XCTAssertEqual(recovered.nextLSN, 7)
-        // The log continues, in the checkpoint's (now empty) segment, and checkpoints again.
-        _ = try reopened.append(type: 1, payload: payload(7, size: 10 + 7 % 7), force: true)
-        try reopened.syncNow()
-        let (again, second) = try DurableLog.open(storage: storage, config: manualConfig(segmentBytesMax: 100))
-        assertRecords(second.records, 1...7)
-        XCTAssertEqual(try again.checkpoint(snapshot: [9]), 8)
-        try again.syncNow()
-        let (_, third) = try DurableLog.open(storage: storage, config: manualConfig())
-        XCTAssertEqual(third.snapshot, [9])
-        XCTAssertTrue(third.records.isEmpty)
+        assertCorrupt(storage, checkpointSegment, offset: 32, "record incomplete")
+        XCTAssertEqual(storage.contents(of: checkpointSegment), Array(full[..<(32 + 17 + 20)]), "left as it was")
 
-        // A torn segment header (the file was created but its first write never landed) drops
-        // the file.
+        // A segment whose header is garbage, and one with a header and zeros after it.
         let storage2 = try syncedLog(count: 3)
         storage2.setContents(of: "0000000000000002.log", [0x43, 0x4F, 0x48])
-        let (_, fourth) = try DurableLog.open(storage: storage2, config: manualConfig())
-        assertRecords(fourth.records, 1...3)
-        XCTAssertEqual(fourth.truncatedTail?.file, "0000000000000002.log")
-        XCTAssertEqual(try segmentNames(storage2), [firstSegment])
+        assertCorrupt(storage2, "0000000000000002.log", offset: 0, "segment header incomplete")
+        storage2.setContents(of: "0000000000000002.log", LogFormat.encodeSegmentHeader(number: 2, firstLSN: 4) + [UInt8](repeating: 0, count: 64))
+        assertCorrupt(storage2, "0000000000000002.log", offset: 32, "segment has a header and no record")
+
+        // The only segment emptied (a file truncated to 0 bytes): nothing is presumed.
+        let storage3 = try syncedLog(count: 3)
+        storage3.setContents(of: firstSegment, [])
+        assertCorrupt(storage3, firstSegment, offset: 0, "segment header incomplete")
+    }
+
+    /// A crash at any step of making a new segment (its temporary file written but not synced,
+    /// synced but not renamed, renamed but the rename not synced) leaves a log that recovers
+    /// with every record reported durable, removes a leftover temporary file, and never reads
+    /// as damaged.
+    func testACrashAtAnyStepOfASegmentsCreationRecovers() throws {
+        var segmentStartsFailed = 0
+        for seed in UInt64(0)..<60 {
+            var rng = SplitMix64(seed: seed)
+            let mode: SimCrashMode = seed % 2 == 0 ? .dropUnsynced : .tearUnsynced
+            let storage = SimLogStorage()
+            var (log, _) = try DurableLog.open(storage: storage, config: manualConfig(segmentBytesMax: 120))
+            var durable: UInt64 = 0
+            var lsn: UInt64 = 1
+            while lsn <= 40 {
+                _ = try log.append(type: 1, payload: payload(lsn, size: 10 + Int(lsn % 7)), force: true)
+                let segmentsBefore = try segmentNames(storage).count
+                if rng.next() % 2 == 0 { storage.failSyncAtCount = storage.syncsTotal + 1 + Int(rng.next() % 2) }
+                do {
+                    durable = try log.syncNow() ?? durable
+                    lsn += 1
+                    storage.failSyncAtCount = nil
+                    continue
+                } catch {
+                    storage.failSyncAtCount = nil
+                    if try storage.list().contains(where: { $0.hasSuffix(".new") }) || segmentNames(storage).count > segmentsBefore {
+                        segmentStartsFailed += 1
+                    }
+                }
+                storage.crash(mode: mode, rng: &rng)
+                let (reopened, recovered) = try DurableLog.open(storage: storage, config: manualConfig(segmentBytesMax: 120))
+                XCTAssertGreaterThanOrEqual(recovered.nextLSN, durable + 1, "seed \(seed): durable LSN \(durable) lost")
+                if recovered.nextLSN > 1 { assertRecords(recovered.records, 1...(recovered.nextLSN - 1)) } else { XCTAssertEqual(recovered.records.count, 0) }
+                XCTAssertFalse(try storage.list().contains { $0.hasSuffix(".new") }, "seed \(seed): a temporary segment left behind")
+                log = reopened
+                durable = recovered.nextLSN - 1
+                lsn = recovered.nextLSN
+            }
+        }
+        XCTAssertGreaterThan(segmentStartsFailed, 20, "the failures hit segment creation")
     }
 
     func testInspectReportsRecordsAndProblemsWithoutChangingAnything() throws {
