@@ -183,11 +183,17 @@ public enum LogTools {
         }
     }
 
+    /// A report row; `typeName` nil when the record does not decode as its log's kind.
+    private static func record(_ lsn: UInt64, _ offset: Int, _ type: UInt8, _ payload: [UInt8], typeName: String?,
+                               _ txid: String?, _ summary: String, _ audit: LogReport.Audit?) -> LogReport.Record {
+        .init(lsn: lsn, offset: offset, type: Int(type), typeName: typeName ?? "type-\(type)", payloadBytes: payload.count,
+              txid: txid, summary: summary, audit: audit)
+    }
+
     /// One record of an agent's (participant's) log.
     public static func describeAgent(lsn: UInt64, offset: Int, type: UInt8, payload: [UInt8]) -> LogReport.Record {
         func rec(_ txid: String?, _ summary: String, _ audit: LogReport.Audit? = nil, known: Bool = true) -> LogReport.Record {
-            .init(lsn: lsn, offset: offset, type: Int(type), typeName: known ? agentTypeName(type) : "type-\(type)", payloadBytes: payload.count,
-                  txid: txid, summary: summary, audit: audit)
+            record(lsn, offset, type, payload, typeName: known ? agentTypeName(type) : nil, txid, summary, audit)
         }
         if type == 0 {
             do {
@@ -243,8 +249,7 @@ public enum LogTools {
 
     public static func describe(lsn: UInt64, offset: Int, type: UInt8, payload: [UInt8]) -> LogReport.Record {
         func rec(_ txid: String?, _ summary: String, _ audit: LogReport.Audit? = nil, known: Bool = true) -> LogReport.Record {
-            .init(lsn: lsn, offset: offset, type: Int(type), typeName: known ? typeName(type) : "type-\(type)", payloadBytes: payload.count,
-                  txid: txid, summary: summary, audit: audit)
+            record(lsn, offset, type, payload, typeName: known ? typeName(type) : nil, txid, summary, audit)
         }
         if type == 0 { return rec(nil, checkpointSummary(payload)) }
         if (TCCRecordCoding.branchType...TCCRecordCoding.auditType).contains(type) {

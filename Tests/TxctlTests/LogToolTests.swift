@@ -22,12 +22,7 @@ final class LogToolTests: XCTestCase {
             .heuristic(TxID(coordinatorID: "0a1b2c3d", epoch: 7, sequence: 2), participant: "a", outcome: .committed),
             .end(TxID(coordinatorID: "0a1b2c3d", epoch: 7, sequence: 3)),
         ]
-        for r in records {
-            let e = CoordinatorRecordCoding.encode(r)
-            _ = try log.append(type: e.type, payload: e.payload, force: true)
-        }
-        try log.syncNow()
-        log.close()
+        try write(log, records.map(CoordinatorRecordCoding.encode))
         let report = try LogTools.inspect(dir)
         return (dir, report.segments[0].records.map(\.offset))
     }
@@ -117,13 +112,15 @@ final class LogToolTests: XCTestCase {
         ]
         let snapshot = Participant(config: Participant.Config(name: "a")).snapshot()
         _ = try log.checkpoint(snapshot: snapshot)
-        for r in records {
-            let e = ParticipantRecordCoding.encode(r)
-            _ = try log.append(type: e.type, payload: e.payload, force: true)
-        }
+        try write(log, records.map(ParticipantRecordCoding.encode))
+        return dir
+    }
+
+    /// Appends encoded records, syncs them, and closes the log.
+    func write(_ log: DurableLog, _ encoded: [(type: UInt8, payload: [UInt8])]) throws {
+        for e in encoded { _ = try log.append(type: e.type, payload: e.payload, force: true) }
         try log.syncNow()
         log.close()
-        return dir
     }
 
     /// An agent's log is read as one: its records named and summarized, and the branches the
