@@ -527,6 +527,11 @@ public final class DurableLog {
                         throw error
                     }
                     staging.close()
+                    // Recovery made every segment file live (or refused to start), and numbers
+                    // only grow: a file under the new name would be one the log lost track of,
+                    // and rename(2) would silently replace it.
+                    let existing = try storage.list()
+                    precondition(!existing.contains(name), "segment \(name) exists before it is created")
                     try storage.rename(temporary, to: name)
                     // The new name must be durable before anything in the file counts.
                     try storage.syncDirectory()

@@ -9,8 +9,9 @@ public protocol LogStorage: AnyObject {
     func open(_ file: String, create: Bool) throws -> LogFile
     func remove(_ file: String) throws
     /// Gives `from` the name `to` (which must not exist) in one step: after a crash the file is
-    /// under one name or the other, never both, never neither once the rename is durable.
-    /// Handles opened under `from` must not be used after it.
+    /// under one name or the other, never both (or gone, if it was created since the last
+    /// directory sync and the rename was not yet durable). Handles opened under `from` must not
+    /// be used after it.
     func rename(_ from: String, to: String) throws
     /// Makes creations, removals and renames of files durable.
     func syncDirectory() throws

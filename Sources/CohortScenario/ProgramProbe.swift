@@ -69,7 +69,7 @@ extension ScenarioRun {
             }
             if let known = crashPointLists[process], !known.contains(point) {
                 let near = known.filter { $0.hasPrefix(point.split(separator: ".").first.map { $0 + "." } ?? point) }.sorted()
-                fail("faults[\(i)].crash_point.point", "\(process) has no crash point \"\(point)\"; its crash points: \(near.joined(separator: ", "))")
+                fail("faults[\(i)].crash_point.point", "\(process) has no crash point \"\(point)\"; its crash points: \((near.isEmpty ? known.sorted() : near).joined(separator: ", "))")
             }
         }
         return errors
