@@ -72,9 +72,7 @@ public final class AgentServer: RunnableServer {
         let storage = try FileLogStorage(directory: dir + "/log", faults: try storageFaultsFromEnvironment())
         precondition(options.commitRideUs >= 0 && options.commitRideUs <= Limits.soonSyncDelayUsMax, "commitRideUs out of range")
         let (log, recovered) = try DurableLog.open(storage: storage, config: DurableLogConfig(soonSyncDelayUs: options.commitRideUs))
-        if let tail = recovered.truncatedTail {
-            recoveryNote = tail.description
-        }
+        recoveryNote = recovered.repairNote
         store = try SQLiteKVStore(path: dir + "/kv.sqlite", exclusive: options.storeIsExclusive)
         var config = Participant.Config(name: options.name)
         config.seed = options.seed ?? ProcessEnv.randomU64()

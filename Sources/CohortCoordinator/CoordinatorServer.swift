@@ -55,9 +55,7 @@ public final class CoordinatorServer: RunnableServer {
             validate: TxID.isValidCoordinatorID)
         let storage = try FileLogStorage(directory: dir + "/log", faults: try storageFaultsFromEnvironment())
         let (log, recovered) = try DurableLog.open(storage: storage)
-        if let tail = recovered.truncatedTail {
-            recoveryNote = tail.description
-        }
+        recoveryNote = recovered.repairNote
         var config = Coordinator.Config(coordinatorID: coordinatorID, epoch: UInt64(max(SystemClock.wallMs(), 1)))
         config.onePhaseCommit = options.onePhaseCommit
         config.seed = options.seed ?? ProcessEnv.randomU64()

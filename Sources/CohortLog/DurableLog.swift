@@ -71,6 +71,19 @@ public struct RecoveredLog {
     public let truncatedTail: TornTail?
     /// The LSN the next append gets.
     public let nextLSN: UInt64
+    /// New segments a crash caught before they were named (`SEGMENT.log.new`), removed:
+    /// nothing in them was ever acknowledged.
+    public var removedUnfinishedSegments: [String] = []
+
+    /// What recovery repaired, for a server's `recovery:` line at start; nil when nothing.
+    public var repairNote: String? {
+        var parts: [String] = []
+        if let tail = truncatedTail { parts.append(tail.description) }
+        if !removedUnfinishedSegments.isEmpty {
+            parts.append("removed \(removedUnfinishedSegments.joined(separator: ", ")), a new segment a crash caught before it was named (nothing in it was acknowledged)")
+        }
+        return parts.isEmpty ? nil : parts.joined(separator: "; ")
+    }
 }
 
 /// What recovery cut off the end of the log. A crash mid-write leaves such a tail, and so does

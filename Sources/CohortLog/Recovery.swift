@@ -151,8 +151,9 @@ struct Recovery {
             syncs += 1
         }
 
-        let recovered = RecoveredLog(snapshot: snapshot, snapshotLSN: snapshotLSN, records: records,
+        var recovered = RecoveredLog(snapshot: snapshot, snapshotLSN: snapshotLSN, records: records,
                                      truncatedTail: truncatedTail, nextLSN: nextLSN)
+        recovered.removedUnfinishedSegments = unfinished.sorted()
         return Recovery(recovered: recovered, nextLSN: nextLSN, bytesSinceCheckpoint: bytesSinceCheckpoint,
                         lastSegment: live.last, nextSegmentNumber: (live.last?.number ?? 0) + 1,
                         liveSegments: live.map(\.number), syncs: syncs)

@@ -332,6 +332,7 @@ final class RecoveryTests: XCTestCase {
     /// as damaged.
     func testACrashAtAnyStepOfASegmentsCreationRecovers() throws {
         var segmentStartsFailed = 0
+        var leftoversRemoved = 0
         for seed in UInt64(0)..<60 {
             var rng = SplitMix64(seed: seed)
             let mode: SimCrashMode = seed % 2 == 0 ? .dropUnsynced : .tearUnsynced
@@ -355,7 +356,14 @@ final class RecoveryTests: XCTestCase {
                     }
                 }
                 storage.crash(mode: mode, rng: &rng)
+                let leftover = try storage.list().filter { $0.hasSuffix(".new") }.sorted()
                 let (reopened, recovered) = try DurableLog.open(storage: storage, config: manualConfig(segmentBytesMax: 120))
+                XCTAssertEqual(recovered.removedUnfinishedSegments, leftover, "seed \(seed)")
+                if let name = leftover.first {
+                    leftoversRemoved += 1
+                    XCTAssertTrue(recovered.repairNote?.contains("removed \(name), a new segment a crash caught before it was named") ?? false,
+                                  recovered.repairNote ?? "no note")
+                }
                 XCTAssertGreaterThanOrEqual(recovered.nextLSN, durable + 1, "seed \(seed): durable LSN \(durable) lost")
                 if recovered.nextLSN > 1 { assertRecords(recovered.records, 1...(recovered.nextLSN - 1)) } else { XCTAssertEqual(recovered.records.count, 0) }
                 XCTAssertFalse(try storage.list().contains { $0.hasSuffix(".new") }, "seed \(seed): a temporary segment left behind")
@@ -365,6 +373,7 @@ final class RecoveryTests: XCTestCase {
             }
         }
         XCTAssertGreaterThan(segmentStartsFailed, 20, "the failures hit segment creation")
+        XCTAssertGreaterThan(leftoversRemoved, 0, "some crash left a temporary segment")
     }
 
     func testInspectReportsRecordsAndProblemsWithoutChangingAnything() throws {
