@@ -200,6 +200,9 @@ final class BadInputTests: XCTestCase {
             XCTAssertTrue(first.hasPrefix("error:"), "\(program) \(args): first stderr line \"\(first)\"")
             XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "\(program) \(args): the error is one line (the contract): \(r.stderr)")
         }
+        // A server's usage error names the program, as every other program's does.
+        let bogus = try runToCompletion(bin.appendingPathComponent("cohortd"), ["--bogus"])
+        XCTAssertEqual(bogus.stderr, "error: unknown option --bogus (see cohortd --help)\n")
         // Only IPv4 is served: an IPv6 host says so instead of "No route to host".
         let v6 = try runToCompletion(bin.appendingPathComponent("cohortd"), ["--data", dir + "/c6", "--port", "0", "--host", "::1"])
         XCTAssertNotEqual(v6.status, 0)

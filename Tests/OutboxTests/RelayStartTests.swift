@@ -23,4 +23,16 @@ final class RelayStartTests: XCTestCase {
         let relay = try rig.start("cohort-relay", ["--db", rig.producerDB, "--sink", "http://127.0.0.1:1/v1/inbox", "--port", "0"])
         XCTAssertNotNil(relay.url)
     }
+
+    /// `COHORT_CRASHPOINT=list` lists the producer's crash points (its in-process relay's)
+    /// before anything opens or creates its database, as `txscenario validate` needs.
+    func testTheProducerListsItsCrashPointsWithoutOpeningItsDatabase() throws {
+        let rig = try rig()
+        let db = rig.dir + "/not-yet/producer.db"
+        let r = try runToCompletion(rig.bin.appendingPathComponent("outbox-demo-producer"), ["--db", db],
+                                    environment: ["COHORT_CRASHPOINT": "list"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout.split(separator: "\n").map(String.init), OutboxRelay.crashPoints)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: rig.dir + "/not-yet"), "nothing created")
+    }
 }
