@@ -105,6 +105,13 @@ public enum Limits {
     /// Requests read ahead on one connection whose responses are still owed; past this the
     /// server stops reading that connection until responses drain (pipelining back-pressure).
     public static let httpPipelinedRequestsMax = 64
+    /// Encoded responses a connection may hold unsent (its peer is not reading); past this the
+    /// server stops reading that connection until they drain, and the idle timeout closes it if
+    /// they never do.
+    public static let httpUnsentResponseBytesMax = 4 << 20
+    /// Empty lines tolerated before a message (RFC 9112 §2.2 asks for at least one CRLF);
+    /// more is an error, so a trickle of CRLFs cannot keep a connection open forever.
+    public static let httpBlankBytesBeforeMessageMax = 8
     /// Connections refused with 503 that are still draining before close, server-wide.
     public static let httpRejectedConnectionsMax = 64
 

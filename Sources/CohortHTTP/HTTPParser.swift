@@ -79,6 +79,9 @@ struct MessageCore {
     var head: ParsedHead?
     var body: [UInt8] = []
     var failure: HTTPParseError?
+    /// Empty-line bytes skipped since the last message: bounded, so a peer cannot hold a
+    /// connection open with a trickle of CRLFs that never starts a message.
+    var blankBytesSkipped = 0
     /// Response parsing: the request was HEAD, so no body follows whatever the headers say.
     var responseHasNoBody = false
 
@@ -137,6 +140,7 @@ struct MessageCore {
         body = []
         phase = .head
         scanFrom = start
+        blankBytesSkipped = 0
         return (h, b)
     }
 
@@ -146,7 +150,13 @@ struct MessageCore {
             case .head:
                 // Tolerate empty lines before a message (RFC 9112 §2.2), e.g. a stray CRLF
                 // some clients send after a body.
-                while start < buffer.count && (buffer[start] == CR || buffer[start] == LF) { start += 1 }
+                while start < buffer.count && (buffer[start] == CR || buffer[start] == LF) {
+                    start += 1
+                    blankBytesSkipped += 1
+                }
+                if blankBytesSkipped > Limits.httpBlankBytesBeforeMessageMax {
+                    throw HTTPParseError.malformed("more than \(Limits.httpBlankBytesBeforeMessageMax) bytes of empty lines before a message")
+                }
                 guard let end = findHeadEnd() else {
                     if buffer.count - start > headerBytesMax { throw HTTPParseError.headersTooLarge("header section too large") }
                     return nil

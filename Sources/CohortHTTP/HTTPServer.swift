@@ -77,6 +77,11 @@ final class ServerConnection {
     var closed = false
     var requestStartMs: Int64 = 0
     var lastActivityMs: Int64
+    /// `processRequests` is on the stack. A handler that answers at once calls `deliver`, which
+    /// must not start reading the next request itself: with many pipelined requests in one
+    /// read, that recursion would be as deep as the pipeline and overflow the stack. The
+    /// running loop picks the next request up instead.
+    var processing = false
     let rejected: Bool
 
     init(fd: Int32, server: HTTPServer, rejected: Bool) {
@@ -87,6 +92,11 @@ final class ServerConnection {
     }
 
     var inFlight: Int { Int(nextSeq - nextToWrite) }
+    var unsentBytes: Int { out.count - outOffset }
+    /// More requests may be read: responses owed and bytes unsent are both within bounds.
+    var mayReadMore: Bool {
+        !readingStopped && !closed && inFlight < Limits.httpPipelinedRequestsMax && unsentBytes < Limits.httpUnsentResponseBytesMax
+    }
 
     func onEvents(_ events: IOEvents) {
         if events.contains(.hangup) && !events.contains(.readable) {
@@ -127,7 +137,10 @@ final class ServerConnection {
     }
 
     func processRequests() {
-        while !readingStopped && !closed && inFlight < Limits.httpPipelinedRequestsMax {
+        precondition(!processing, "processRequests re-entered")
+        processing = true
+        defer { processing = false }
+        while mayReadMore {
             let request: HTTPRequest
             do {
                 guard let r = try parser.next() else { break }
@@ -155,7 +168,7 @@ final class ServerConnection {
         if closed { return }
         // The request clock runs only while we are actually reading: requests held back by the
         // pipelining bound wait on our handlers, not on the client.
-        if !readingStopped && inFlight < Limits.httpPipelinedRequestsMax && parser.hasPartialRequest {
+        if mayReadMore && parser.hasPartialRequest {
             if requestStartMs == 0 { requestStartMs = SystemClock.monotonicMs() }
         } else {
             requestStartMs = 0
@@ -185,15 +198,19 @@ final class ServerConnection {
                 if next.close { closeQueued = true }
             }
             flush()
-            if !closed && !readingStopped && inFlight < Limits.httpPipelinedRequestsMax && parser.hasPartialRequest {
-                // Requests held back by the pipelining bound may be waiting in the buffer.
-                processRequests()
-            }
+            resumeReading()
         } else {
             var bytes: [UInt8] = []
             HTTPServer.encode(response, close: close, headOnly: headOnly, into: &bytes)
             early[seq] = (bytes, close)
         }
+    }
+
+    /// Requests held back by the pipelining or unsent-bytes bound may be waiting in the
+    /// buffer; read them now that a response went out, unless `processRequests` is running
+    /// (it goes on by itself).
+    func resumeReading() {
+        if !processing && mayReadMore && parser.hasPartialRequest { processRequests() }
     }
 
     func flush() {
@@ -228,6 +245,7 @@ final class ServerConnection {
             return
         }
         updateInterest()
+        resumeReading()
     }
 
     /// Closing with unread input makes the kernel send RST, which can destroy the response
@@ -248,7 +266,7 @@ final class ServerConnection {
         if closed { return }
         var interest: IOEvents = []
         if outOffset < out.count { interest.insert(.writable) }
-        let wantRead = lingering || (!readingStopped && !peerClosed && inFlight < Limits.httpPipelinedRequestsMax)
+        let wantRead = lingering || (!peerClosed && mayReadMore)
         if wantRead { interest.insert(.readable) }
         server.loop.setInterest(fd: fd, interest)
     }
@@ -289,7 +307,7 @@ public final class HTTPServer {
     let config: HTTPServerConfig
     let handler: (HTTPRequest, HTTPResponder) -> Void
     private var listenFD: Int32
-    private var connections: [ObjectIdentifier: ServerConnection] = [:]
+    private(set) var connections: [ObjectIdentifier: ServerConnection] = [:]
     private var activeCount = 0
     private var rejectedCount = 0
     private var sweepTimer: TimerHandle?
@@ -426,7 +444,10 @@ public final class HTTPServer {
     }
 
     static func encode(_ response: HTTPResponse, close: Bool, headOnly: Bool, into out: inout [UInt8]) {
-        out.reserveCapacity(out.count + 128 + response.body.count)
+        // Grow geometrically: reserving the exact size for every response appended behind
+        // unsent ones would copy the whole buffer each time.
+        let needed = out.count + 128 + response.body.count
+        if out.capacity < needed { out.reserveCapacity(max(needed, out.capacity * 2)) }
         appendString("HTTP/1.1 ", to: &out)
         appendDecimal(response.status, to: &out)
         out.append(SPACE)

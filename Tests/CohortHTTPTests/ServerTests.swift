@@ -308,6 +308,70 @@ final class ServerTests: XCTestCase {
         let text = String(decoding: readAll(s), as: UTF8.self)  // returns at EOF: 1.0 closes
         XCTAssertTrue(text.hasSuffix("\r\n\r\nhello"), text)
     }
+
+    /// Answers given at once must not make the server read the next pipelined request from
+    /// inside the previous one's answer: 3,000 requests in one write overflowed the stack.
+    func testThousandsOfPipelinedRequestsInOneWriteAreAllAnswered() throws {
+        let h = try LoopHarness()
+        let server = try h.server { _, r in r.send(.text(200, "ok")) }
+        defer { h.stop(server) }
+        let count = 6_000
+        let s = try rawSocket(server.port)
+        try write(s, String(repeating: "GET /x HTTP/1.1\r\n\r\n", count: count - 1) + "GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+        let text = String(decoding: readAll(s), as: UTF8.self)
+        XCTAssertEqual(text.components(separatedBy: "HTTP/1.1 200 ").count - 1, count)
+        XCTAssertEqual(try BlockingHTTPClient().request("GET", "http://127.0.0.1:\(server.port)/").status, 200)
+    }
+
+    /// A client that sends requests and never reads the answers: the server stops reading it
+    /// once `httpUnsentResponseBytesMax` of answers wait, instead of buffering every answer,
+    /// and goes on once the client reads.
+    func testAClientThatDoesNotReadIsNotReadEither() throws {
+        let h = try LoopHarness()
+        let body = String(repeating: "x", count: 64 << 10)
+        let server = try h.server { _, r in r.send(.text(200, body)) }
+        defer { h.stop(server) }
+        let count = 600  // 600 answers of 64 KiB: far more than the bound plus the kernel's buffers
+        let s = try rawSocket(server.port)
+        let written = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            try? write(s, String(repeating: "GET /x HTTP/1.1\r\n\r\n", count: count - 1) + "GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+            written.signal()
+        }
+        var served = 0
+        var unsent = 0
+        for _ in 0..<50 {  // until the server has stopped serving the connection
+            Thread.sleep(forTimeInterval: 0.1)
+            let (now, bytes) = try h.sync { (server.requestsServed, server.connections.values.map(\.unsentBytes).max() ?? 0) }
+            if now == served && now > 0 { break }
+            served = now
+            unsent = bytes
+        }
+        (served, unsent) = try h.sync { (server.requestsServed, server.connections.values.map(\.unsentBytes).max() ?? 0) }
+        XCTAssertLessThan(served, count, "the server answered every request although none was read")
+        XCTAssertLessThanOrEqual(unsent, Limits.httpUnsentResponseBytesMax + (65 << 10))
+        XCTAssertGreaterThan(unsent, 0)
+        // Reading now lets the server go on to the last answer.
+        let all = readAll(s)
+        XCTAssertEqual(written.wait(timeout: .now() + 10), .success)
+        XCTAssertEqual(String(decoding: all, as: UTF8.self).components(separatedBy: "HTTP/1.1 200 ").count - 1, count)
+    }
+
+    /// Empty lines before a request are tolerated a few at a time, not as a way to hold a
+    /// connection open without ever sending a request.
+    func testATrickleOfEmptyLinesIsRefused() throws {
+        let h = try LoopHarness()
+        let server = try h.server(handler: echoHandler)
+        defer { h.stop(server) }
+        let ok = try rawSocket(server.port)
+        try write(ok, "\r\n\r\nGET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        XCTAssertTrue(String(decoding: readAll(ok), as: UTF8.self).hasPrefix("HTTP/1.1 200 "))
+        let s = try rawSocket(server.port)
+        for _ in 0..<(Limits.httpBlankBytesBeforeMessageMax / 2 + 1) { try write(s, "\r\n") }
+        let answer = String(decoding: readAll(s), as: UTF8.self)
+        XCTAssertTrue(answer.hasPrefix("HTTP/1.1 400 "), answer)
+        XCTAssertTrue(answer.contains("empty lines"), answer)
+    }
 }
 
 extension Result {
