@@ -668,7 +668,7 @@ public final class AgentNode {
             case .success(let p):
                 if refusedMalformed(p.txid, responder) { return }
                 if let refusal = incarnationMismatch(p.incarnation) { return responder.send(.requestError(refusal)) }
-                if p.protocol == "3pc", (p.participants ?? []).isEmpty { return responder.send(.error(400, "a 3pc prepare must list the participants")) }
+                if p.protocol == "3pc", let refusal = Participant.ThreePhaseInfo.refusal(peers: p.participants ?? []) { return responder.send(.error(400, refusal)) }
                 if let ops = p.ops { return prepareSubmitted(p, ops, responder) }
                 prepare(p, responder)
             }

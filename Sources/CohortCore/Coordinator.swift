@@ -564,8 +564,12 @@ public struct Coordinator {
                                                         termination: termination, atMs: tx.decidedAtMs ?? tx.createdAtMs)
         }
         // request_ids of the decided transactions kept above (undecided ones die with a restart).
+        // `.deciding` counts: its decision is in this snapshot although not yet durable on its
+        // own, so a resubmission after a restart must find it rather than run the work again.
         let submitted = submissions.filter { _, txid in
-            if let tx = open[txid] { return tx.outcome == .committed || tx.state == .preCommitting || tx.state == .terminating }
+            if let tx = open[txid] {
+                return tx.outcome == .committed || [.deciding, .preCommitting, .terminating].contains(tx.state)
+            }
             return finished[txid]?.outcome == .committed
         }.sorted { $0.value < $1.value }
         w.u32(UInt32(submitted.count))

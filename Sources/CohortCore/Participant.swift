@@ -83,6 +83,25 @@ public struct Participant {
             self.termination = termination
             self.peers = peers
         }
+
+        /// Why a prepare's participant list cannot be taken, if it cannot. The list goes into
+        /// the forced prepared record and drives termination, so it is checked before: a
+        /// duplicate name would break termination's lookup by name, and a list or name past
+        /// the limits would make the record unreadable at the next start.
+        public static func refusal(peers: [ParticipantRef]) -> String? {
+            guard !peers.isEmpty, peers.count <= Limits.branchesPerTransactionMax else {
+                return "a 3pc prepare must list 1-\(Limits.branchesPerTransactionMax) participants"
+            }
+            var names = Set<String>()
+            for p in peers {
+                guard !p.name.isEmpty, p.name.utf8.count <= Limits.participantNameBytesMax,
+                      !p.url.isEmpty, p.url.utf8.count <= Limits.participantURLBytesMax else {
+                    return "participant name and url must be 1-\(Limits.participantNameBytesMax) and 1-\(Limits.participantURLBytesMax) bytes"
+                }
+                guard names.insert(p.name).inserted else { return "participant \"\(p.name)\" is listed twice" }
+            }
+            return nil
+        }
     }
 
     public enum Reply: Equatable {
@@ -727,6 +746,10 @@ public struct Participant {
         func refuse(_ status: Int, _ message: String) -> [Action] { [.reply(request, .error(RequestError(status, message)))] }
         guard !decision.reason.allSatisfy({ $0 == " " }), decision.reason.utf8.count <= Limits.reasonBytesMax else {
             return refuse(400, "a forced decision needs a reason of 1-\(Limits.reasonBytesMax) bytes")
+        }
+        // The name goes into the forced record; past the limit it would not be read back.
+        guard !decision.operatorName.isEmpty, decision.operatorName.utf8.count <= Limits.participantNameBytesMax else {
+            return refuse(400, "a forced decision needs an operator name of 1-\(Limits.participantNameBytesMax) bytes")
         }
         guard var b = branches[txid] else {
             if let done = finishedOutcomes[txid] {

@@ -178,6 +178,20 @@ final class CoordinatorSubmitTests: XCTestCase {
                        [.reply(9, .outcome(t, .committed, reason: nil))])
     }
 
+    /// A checkpoint can be taken while a submitted transaction's decision is being written:
+    /// the snapshot keeps the decision, so it must keep the request_id with it, or a
+    /// resubmission after a restart would run the work a second time.
+    func testACheckpointTakenWhileTheDecisionIsWrittenKeepsTheRequestID() throws {
+        var c = makeCoordinator()
+        let (t, _) = try commitSubmitted(&c, requestID: "pay-11")
+        XCTAssertEqual(c.transaction(t)?.state, .deciding)
+        var restarted = Coordinator(config: Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 300))
+        _ = try restarted.recover(snapshot: c.snapshot(), records: [], nowMs: 200)
+        XCTAssertEqual(restarted.inquire(t.description), .committed)
+        XCTAssertEqual(restarted.on(.submit(9, timeoutMs: nil, protocol: .twoPhase, branches: [.init(participant: a, work: opsA)], requestID: "pay-11"), nowMs: 201),
+                       [.reply(9, .outcome(t, .committed, reason: nil))], "the resubmission ran the work again")
+    }
+
     func testAnUndecidedSubmissionRunsAfreshAfterARestart() throws {
         // Its request_id reached the log but no decision did: presumed aborted, so running the
         // work again cannot apply it twice.

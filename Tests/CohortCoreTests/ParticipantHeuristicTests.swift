@@ -76,6 +76,13 @@ final class ParticipantHeuristicTests: XCTestCase {
         XCTAssertTrue(localAbort.contains(.release("t1")))
         guard case .reply(9, .error(let unknown))? = q.on(.force(9, txid: "zz", outcome: .aborted, reason: "x", operatorName: "o", dryRun: false, atMs: 1)).first else { return XCTFail() }
         XCTAssertEqual(unknown.status, 404)
+        // The operator's name goes into the forced record: past its limit the record could not
+        // be read back at the next start.
+        let long = String(repeating: "o", count: Limits.participantNameBytesMax + 1)
+        for name in ["", long] {
+            guard case .reply(9, .error(let e))? = q.on(.force(9, txid: "t1", outcome: .aborted, reason: "x", operatorName: name, dryRun: false, atMs: 1)).first else { return XCTFail() }
+            XCTAssertEqual(e.status, 400)
+        }
     }
 
     func testHeuristicRecordsRecover() throws {

@@ -56,6 +56,17 @@ final class BadInputTests: XCTestCase {
             for kind in ["2pc/prepare", "2pc/commit", "2pc/abort", "3pc/precommit", "3pc/preabort", "3pc/state"] {
                 assertError(api, "POST", a + "/v1/" + kind, body: Array(#"{"txid": "junk"}"#.utf8), status: 400)
             }
+            // A 3PC participant list that termination could not use, or that the prepared
+            // record could not hold, is refused before anything is staged or logged.
+            let longName = String(repeating: "n", count: Limits.participantNameBytesMax + 1)
+            let manyPeers = (0...Limits.branchesPerTransactionMax).map { #"{"name": "p\#($0)", "url": "http://127.0.0.1:1"}"# }.joined(separator: ",")
+            for peers in [#"{"name": "x", "url": "http://127.0.0.1:1"}, {"name": "x", "url": "http://127.0.0.1:2"}"#,
+                          #"{"name": "\#(longName)", "url": "http://127.0.0.1:1"}"#, manyPeers, ""] {
+                let body = #"{"txid": "0000abcd-1-9", "protocol": "3pc", "ops": [{"op": "add", "key": "k", "delta": 1}], "participants": [\#(peers)]}"#
+                assertError(api, "POST", a + "/v1/2pc/prepare", body: Array(body.utf8), status: 400)
+            }
+            assertError(api, "POST", a + "/v1/branches/0000abcd-1-9/force",
+                        body: Array(#"{"outcome": "aborted", "reason": "r", "operator": "\#(String(repeating: "o", count: 129))"}"#.utf8), status: 400)
             let batch = try api.raw("POST", a + "/v1/batch", body: Array(#"{"messages": [{"path": "/v1/2pc/abort", "body": "{\"txid\": \"0000abcd-1-\"}"}]}"#.utf8))
             XCTAssertEqual(batch.status, 200)
             XCTAssertTrue(String(decoding: batch.body, as: UTF8.self).contains(#""status":400"#), String(decoding: batch.body, as: UTF8.self))
@@ -63,6 +74,7 @@ final class BadInputTests: XCTestCase {
             assertError(api, "POST", a + "/v1/branches/junk/force", body: Array(#"{"outcome": "aborted", "reason": "r"}"#.utf8), status: 400)
             let listed = try api.raw("GET", a + "/v1/branches")
             XCTAssertFalse(String(decoding: listed.body, as: UTF8.self).contains("junk"), "a refused txid is not remembered")
+            XCTAssertFalse(String(decoding: listed.body, as: UTF8.self).contains("0000abcd-1-9"), "a refused 3pc prepare staged a branch")
             assertError(api, "POST", a + "/v1/batch", body: Array(#"{"messages": [{"path": "/v1/2pc/commit"}]}"#.utf8), status: 400)
             // A message path with a bad percent escape refuses the batch, before any message runs.
             assertError(api, "POST", a + "/v1/batch", body: Array(#"{"messages": [{"path": "/v1/2pc/commit%zz", "body": "{}"}]}"#.utf8), status: 400)
