@@ -618,8 +618,12 @@ public final class AgentNode {
             let limit = request.query["limit"].map { Int($0) ?? 0 } ?? Limits.scanItemsMax
             guard limit > 0, limit <= Limits.scanItemsMax else { return responder.send(.error(400, "limit must be 1-\(Limits.scanItemsMax)")) }
             do {
-                let items = try resource.scan(prefix: request.query["prefix"] ?? "", limit: limit)
-                responder.send(.jsonBytes(200, JSONBody.encode(KVItemList(items: items.map { KVItem(key: $0.key, value: $0.value) }))))
+                // Bounded in bytes too, so the answer fits a client's response limit
+                // (`Limits.httpResponseBytesMax`); `next_after` continues a cut-off scan.
+                let page = try resource.scanPage(prefix: request.query["prefix"] ?? "", after: request.query["after"],
+                                                 limit: limit, bytesMax: Limits.scanBytesMax)
+                let items = page.items.map { KVItem(key: $0.key, value: $0.value) }
+                responder.send(.jsonBytes(200, JSONBody.encode(KVItemList(items: items, next_after: page.more ? items.last?.key : nil))))
             } catch {
                 responder.send(.error(500, "store read failed: \(error)"))
             }
@@ -852,6 +856,8 @@ public struct KVItem: Codable {
 
 public struct KVItemList: Codable {
     public let items: [KVItem]
+    /// Set when the scan stopped on its limit with keys left: pass it as `after` for the rest.
+    public var next_after: String? = nil
 }
 
 extension PrepareResponse {

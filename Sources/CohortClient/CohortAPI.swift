@@ -119,6 +119,7 @@ public struct StoreItem: Codable, Sendable {
 
 struct StoreItemList: Codable {
     let items: [StoreItem]
+    let next_after: String?
 }
 
 /// Typed blocking calls to a coordinator and its agents. Not thread-safe: one per thread (it
@@ -259,8 +260,19 @@ public final class CohortAPI {
         }
     }
 
-    public func kvScan(_ agentURL: String, prefix: String) throws -> [StoreItem] {
-        try call("GET", agentURL + "/v1/kv?prefix=\(CohortAPI.percentEncoded(prefix))", as: StoreItemList.self).items
+    /// Every key under `prefix`, following `next_after` through the answers an agent cuts at
+    /// its size limit (at most `pagesMax` of them).
+    public func kvScan(_ agentURL: String, prefix: String, pagesMax: Int = 1_000) throws -> [StoreItem] {
+        var items: [StoreItem] = []
+        var after: String?
+        for _ in 0..<pagesMax {
+            let query = "?prefix=\(CohortAPI.percentEncoded(prefix))" + (after.map { "&after=\(CohortAPI.percentEncoded($0))" } ?? "")
+            let page = try call("GET", agentURL + "/v1/kv" + query, as: StoreItemList.self)
+            items += page.items
+            guard let next = page.next_after else { return items }
+            after = next
+        }
+        throw CohortAPIError.badAnswer("kv scan of \(prefix) at \(agentURL): more than \(pagesMax) pages")
     }
 
     public func branches(_ agentURL: String, state: String? = nil) throws -> [BranchSummary] {

@@ -191,6 +191,9 @@ public enum Limits {
     public static let keyBytesMax = 256
     public static let stringValueBytesMax = 64 << 10
     public static let scanItemsMax = 10_000
+    /// Keys and values one `GET /v1/kv` answer carries (past its first item): escaped as JSON
+    /// they stay under `httpResponseBytesMax`, the most a client reads.
+    public static let scanBytesMax = 512 << 10
     /// Page size of a newly created agent store (SQLite ignores it for an existing file). Every
     /// page a commit changes is written to SQLite's WAL whole, and the WAL is synced and copied
     /// into the database at each automatic checkpoint (every 1,000 pages), on the agent's event
@@ -307,6 +310,8 @@ extension Limits {
     public static let demoOrderQtyMax: Int64 = 1_000_000
     /// Orders the order service works on at once; more wait for a free worker.
     public static let demoOrderWorkersMax = 64
+    /// Orders waiting for a free worker; past this a new one is answered 503.
+    public static let demoOrdersWaitingMax = 1_024
     /// How long an order waits for an unsure outcome (lost commit answer) before answering
     /// with the status it has (pending); the recovery pass settles it later.
     public static let demoSettleWaitMs: Int64 = 30_000

@@ -38,16 +38,25 @@ final class Workers: @unchecked Sendable {
     private var head = 0
     private var threads = 0
     private var idle = 0
+    /// Threads running an item (the others are idle or starting).
+    private var busy = 0
     let maxThreads: Int
+    let waitingMax: Int
 
-    init(maxThreads: Int = Limits.demoOrderWorkersMax) {
-        precondition(maxThreads >= 1)
+    init(maxThreads: Int = Limits.demoOrderWorkersMax, waitingMax: Int = Limits.demoOrdersWaitingMax) {
+        precondition(maxThreads >= 1 && waitingMax >= 0)
         self.maxThreads = maxThreads
+        self.waitingMax = waitingMax
     }
 
-    func run(_ work: @escaping () -> Void) {
+    /// Runs `work` on a worker, or returns false (and runs nothing) when every worker is busy
+    /// and `waitingMax` items already wait: the caller answers 503 rather than queueing
+    /// without bound.
+    func run(_ work: @escaping () -> Void) -> Bool {
         condition.lock()
         defer { condition.unlock() }
+        // Items no thread will take at once: those queued beyond the threads not running one.
+        if threads == maxThreads && (queue.count - head) - (threads - busy) >= waitingMax { return false }
         queue.append(work)
         let waiting = queue.count - head
         if idle >= waiting {
@@ -59,6 +68,7 @@ final class Workers: @unchecked Sendable {
             t.stackSize = 1 << 20
             t.start()
         }
+        return true
     }
 
     private func loop() {
@@ -75,8 +85,12 @@ final class Workers: @unchecked Sendable {
                 queue.removeAll(keepingCapacity: true)
                 head = 0
             }
+            busy += 1
             condition.unlock()
             work()
+            condition.lock()
+            busy -= 1
+            condition.unlock()
         }
     }
 }

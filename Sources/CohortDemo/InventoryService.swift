@@ -178,7 +178,7 @@ public final class InventoryService: RunnableServer {
         }
         let loop = agent.loop
         let selfURL = self.selfURL
-        workers.run { [api] in
+        let accepted = workers.run { [api] in
             let response: HTTPResponse
             do {
                 let outcome = try api.with { api -> String in
@@ -195,5 +195,6 @@ public final class InventoryService: RunnableServer {
             }
             loop.execute { responder.send(response) }
         }
+        if !accepted { responder.send(.error(503, "too many requests waiting for a worker (\(Limits.demoOrdersWaitingMax)); try again")) }
     }
 }

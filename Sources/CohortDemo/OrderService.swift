@@ -266,7 +266,7 @@ public final class OrderService: RunnableServer {
         let order = OrderStore.Order(orderID: UUID().uuidString.lowercased(), sku: body.sku, qty: body.qty, mode: body.mode,
                                      status: "pending", txid: nil)
         let loop = agent.loop
-        workers.run { [self] in
+        let accepted = workers.run { [self] in
             let answer: HTTPResponse
             do {
                 let status = order.mode == "tcc" ? try self.runTCC(order) : try self.runAtomic(order)
@@ -276,6 +276,7 @@ public final class OrderService: RunnableServer {
             }
             loop.execute { responder.send(answer) }
         }
+        if !accepted { responder.send(.error(503, "too many orders waiting for a worker (\(Limits.demoOrdersWaitingMax)); try again")) }
     }
 
     /// Begins the order's transaction, then writes the order row carrying its txid: one synced

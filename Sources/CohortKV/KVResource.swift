@@ -120,7 +120,11 @@ public final class KVResource {
     }
 
     public func scan(prefix: String, limit: Int) throws -> [(key: String, value: KVValue)] {
-        do { return try store.scan(prefix: prefix, limit: limit) } catch {
+        try scanPage(prefix: prefix, after: nil, limit: limit, bytesMax: .max).items
+    }
+
+    public func scanPage(prefix: String, after: String?, limit: Int, bytesMax: Int) throws -> KVScanPage {
+        do { return try store.scanPage(prefix: prefix, after: after, limit: limit, bytesMax: bytesMax) } catch {
             throw KVError.storeFailed(String(describing: error))
         }
     }

@@ -15,8 +15,10 @@ public struct KVCommit {
 /// consistent with some prefix of it, which `appliedLSN` names.
 public protocol KVStore: AnyObject {
     func get(_ key: String) throws -> KVValue?
-    /// Keys starting with `prefix`, in byte order, at most `limit` (capped at `Limits.scanItemsMax`).
-    func scan(prefix: String, limit: Int) throws -> [(key: String, value: KVValue)]
+    /// Keys starting with `prefix` and after `after` (if given), in byte order: at most `limit`
+    /// (capped at `Limits.scanItemsMax`) and, past the first, no more than `bytesMax` of keys
+    /// and values together. `more` says the scan stopped on `limit` or `bytesMax` with keys left.
+    func scanPage(prefix: String, after: String?, limit: Int, bytesMax: Int) throws -> KVScanPage
     /// Applies the commits in one local transaction and raises the applied LSN to their maximum.
     /// Commits with `lsn <= appliedLSN()` are skipped, so replay is idempotent. Callers apply in
     /// increasing LSN order across calls (within one call any order: branches' keys are disjoint).
@@ -25,6 +27,41 @@ public protocol KVStore: AnyObject {
     /// Everything applied so far survives power loss once this returns.
     func makeDurable() throws
     func close()
+}
+
+public struct KVScanPage {
+    public var items: [(key: String, value: KVValue)] = []
+    public var more = false
+    var bytes = 0
+
+    /// Adds an item unless `limit` or `bytesMax` is reached (then notes that more remain).
+    mutating func take(_ key: String, _ value: KVValue, limit: Int, bytesMax: Int) -> Bool {
+        let size = key.utf8.count + value.storedBytes
+        if items.count >= limit || (!items.isEmpty && bytes + size > bytesMax) {
+            more = true
+            return false
+        }
+        items.append((key, value))
+        bytes += size
+        return true
+    }
+}
+
+extension KVValue {
+    /// The value's size as a scan counts it.
+    var storedBytes: Int {
+        switch self {
+        case .int: return 8
+        case .string(let s): return s.utf8.count
+        }
+    }
+}
+
+extension KVStore {
+    /// Keys starting with `prefix`, in byte order, at most `limit` (capped at `Limits.scanItemsMax`).
+    public func scan(prefix: String, limit: Int) throws -> [(key: String, value: KVValue)] {
+        try scanPage(prefix: prefix, after: nil, limit: limit, bytesMax: .max).items
+    }
 }
 
 /// An in-memory store for tests and the deterministic simulation. It models the gap between
@@ -49,13 +86,17 @@ public final class MemoryKVStore: KVStore {
         return values[key]
     }
 
-    public func scan(prefix: String, limit: Int) throws -> [(key: String, value: KVValue)] {
+    public func scanPage(prefix: String, after: String?, limit: Int, bytesMax: Int) throws -> KVScanPage {
         precondition(!closed, "store used after close")
         precondition(limit >= 0, "negative scan limit")
         let n = Swift.min(limit, Limits.scanItemsMax)
         // Byte order, as SQLite's BINARY collation sorts UTF-8 text.
-        let keys = values.keys.filter { $0.hasPrefix(prefix) }.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
-        return keys.prefix(n).map { ($0, values[$0]!) }
+        let keys = values.keys.filter { key in
+            key.utf8.starts(with: prefix.utf8) && after.map { $0.utf8.lexicographicallyPrecedes(key.utf8) } ?? true
+        }.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+        var page = KVScanPage()
+        for key in keys where !page.take(key, values[key]!, limit: n, bytesMax: bytesMax) { break }
+        return page
     }
 
     public func apply(_ commits: [KVCommit]) throws {

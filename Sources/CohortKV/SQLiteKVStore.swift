@@ -79,22 +79,30 @@ public final class SQLiteKVStore: KVStore {
         return try value(stmt, 0, key: key)
     }
 
-    public func scan(prefix: String, limit: Int) throws -> [(key: String, value: KVValue)] {
+    public func scanPage(prefix: String, after: String?, limit: Int, bytesMax: Int) throws -> KVScanPage {
         precondition(limit >= 0, "negative scan limit")
-        let n = Int64(min(limit, Limits.scanItemsMax))
+        let n = min(limit, Limits.scanItemsMax)
+        // One row past the limit, to tell a full page from the end.
+        let rows = Int64(n + 1)
+        // The first key after `after` is `after` followed by a NUL byte, in byte order.
+        let afterLower = after.map { Array($0.utf8) + [0] }
+        let prefixBytes = Array(prefix.utf8)
+        let lower = afterLower.map { $0.lexicographicallyPrecedes(prefixBytes) ? prefixBytes : $0 } ?? prefixBytes
+        let upper = SQLiteKVStore.prefixUpperBound(prefixBytes)
         let stmt: OpaquePointer
-        if let upper = SQLiteKVStore.prefixUpperBound(Array(prefix.utf8)) {
-            stmt = live(scanRangeStmt)
-            try bindText(stmt, 1, prefix, "scan")
-            try bindBytes(stmt, 2, upper, "scan")
-            try check(sqlite3_bind_int64(stmt, 3, n), "scan")
-        } else {
-            // Empty prefix (or all 0xFF bytes, which UTF-8 never has): no upper bound.
+        if lower.isEmpty && upper == nil {
+            // Empty prefix and no `after` (a prefix of all 0xFF bytes UTF-8 never has): no bounds.
             stmt = live(scanAllStmt)
-            try check(sqlite3_bind_int64(stmt, 1, n), "scan")
+            try check(sqlite3_bind_int64(stmt, 1, rows), "scan")
+        } else {
+            stmt = live(scanRangeStmt)
+            try bindBytes(stmt, 1, lower, "scan")
+            // UTF-8 text never holds a 0xFF byte, so [0xFF] is above every key.
+            try bindBytes(stmt, 2, upper ?? [0xFF], "scan")
+            try check(sqlite3_bind_int64(stmt, 3, rows), "scan")
         }
         defer { sqlite3_reset(stmt) }
-        var out: [(key: String, value: KVValue)] = []
+        var page = KVScanPage()
         while true {
             let rc = sqlite3_step(stmt)
             if rc == SQLITE_DONE { break }
@@ -102,9 +110,9 @@ public final class SQLiteKVStore: KVStore {
             let key = columnText(stmt, 0) ?? ""
             // A prefix match on bytes, so a range bound that is not valid UTF-8 cannot let extra keys in.
             if !prefix.isEmpty && !key.utf8.starts(with: prefix.utf8) { continue }
-            out.append((key, try value(stmt, 1, key: key)))
+            if !page.take(key, try value(stmt, 1, key: key), limit: n, bytesMax: bytesMax) { break }
         }
-        return out
+        return page
     }
 
     /// The smallest byte string greater than every string starting with `prefix`.

@@ -129,6 +129,43 @@ final class SQLiteKVStoreTests: XCTestCase {
         XCTAssertEqual(try m.scan(prefix: "user:", limit: 1).map(\.key), ["user:1"])
     }
 
+    /// Pages: `after` continues a scan, `bytesMax` cuts it (never before its first item), and
+    /// `more` says keys are left; SQLite and the memory store agree.
+    func testScanPagesByCountAndBytes() throws {
+        let s = try SQLiteKVStore(path: path)
+        defer { s.close() }
+        let m = MemoryKVStore()
+        let big = String(repeating: "v", count: 1_000)
+        let writes: [(String, KVValue)] = (1...9).map { ("k\($0)", .string(big)) } + [("j", .int(1)), ("l", .int(2))]
+        for store in [s, m] as [KVStore] {
+            try store.apply([KVCommit(lsn: 1, writes: writes)])
+            var keys: [String] = []
+            var after: String?
+            var pages = 0
+            repeat {
+                let page = try store.scanPage(prefix: "k", after: after, limit: 100, bytesMax: 2_500)
+                XCTAssertLessThanOrEqual(page.items.count, 2, "two items of 1,002 bytes fit 2,500")
+                keys += page.items.map(\.key)
+                after = page.more ? page.items.last?.key : nil
+                pages += 1
+            } while after != nil && pages < 20
+            XCTAssertEqual(keys, (1...9).map { "k\($0)" })
+            XCTAssertEqual(pages, 5)
+            let first = try store.scanPage(prefix: "k", after: nil, limit: 100, bytesMax: 10)
+            XCTAssertEqual(first.items.map(\.key), ["k1"], "the first item comes whatever its size")
+            XCTAssertTrue(first.more)
+            let byCount = try store.scanPage(prefix: "", after: "j", limit: 3, bytesMax: .max)
+            XCTAssertEqual(byCount.items.map(\.key), ["k1", "k2", "k3"])
+            XCTAssertTrue(byCount.more)
+            let end = try store.scanPage(prefix: "", after: "k9", limit: 3, bytesMax: .max)
+            XCTAssertEqual(end.items.map(\.key), ["l"])
+            XCTAssertFalse(end.more)
+            let exact = try store.scanPage(prefix: "k", after: "k7", limit: 2, bytesMax: .max)
+            XCTAssertEqual(exact.items.map(\.key), ["k8", "k9"])
+            XCTAssertFalse(exact.more, "a page that ends with the last key says so")
+        }
+    }
+
     func testApplyThroughput() throws {
         let s = try SQLiteKVStore(path: path)
         defer { s.close() }

@@ -16,7 +16,7 @@ final class WorkersTests: XCTestCase {
         let done = DispatchGroup()
         for _ in 0..<n {
             done.enter()
-            workers.run {
+            _ = workers.run {
                 started.signal()
                 release.wait()
                 done.leave()
@@ -41,16 +41,35 @@ final class WorkersTests: XCTestCase {
         let done = DispatchGroup()
         for i in 0..<2 {
             done.enter()
-            workers.run { gate.wait(); lock.lock(); order.append(i); lock.unlock(); done.leave() }
+            _ = workers.run { gate.wait(); lock.lock(); order.append(i); lock.unlock(); done.leave() }
         }
         for i in 2..<6 {
             done.enter()
-            workers.run { lock.lock(); order.append(i); lock.unlock(); done.leave() }
+            _ = workers.run { lock.lock(); order.append(i); lock.unlock(); done.leave() }
         }
         Thread.sleep(forTimeInterval: 0.2)
         lock.lock(); XCTAssertEqual(order, [], "both threads are blocked: nothing else runs"); lock.unlock()
         gate.signal(); gate.signal()
         XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
         lock.lock(); XCTAssertEqual(order.sorted(), Array(0..<6)); lock.unlock()
+    }
+
+    /// With every thread busy, only `waitingMax` items wait; the next is refused (the services
+    /// answer 503), and once threads free up items are taken again.
+    func testPastTheWaitingLimitItemsAreRefused() {
+        let workers = Workers(maxThreads: 2, waitingMax: 3)
+        let gate = DispatchSemaphore(value: 0)
+        let done = DispatchGroup()
+        var accepted: [Bool] = []
+        for _ in 0..<6 {
+            done.enter()
+            let ok = workers.run { gate.wait(); done.leave() }
+            if !ok { done.leave() }
+            accepted.append(ok)
+        }
+        XCTAssertEqual(accepted, [true, true, true, true, true, false], "2 running, 3 waiting, the 6th refused")
+        for _ in 0..<5 { gate.signal() }
+        XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
+        XCTAssertTrue(workers.run {}, "taken again once the queue drained")
     }
 }

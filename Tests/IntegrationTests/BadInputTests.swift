@@ -113,6 +113,30 @@ final class BadInputTests: XCTestCase {
         XCTAssertTrue(cluster.process("a")!.isRunning)
     }
 
+    /// An agent's scan answer stays under the size a client reads (`Limits.scanBytesMax` of
+    /// keys and values); `next_after` leads to the rest, and `kvScan` follows it.
+    func testALargeScanComesInPages() throws {
+        let cluster = try startCluster(agents: 1)
+        let a = cluster.url("a")
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        let value = String(repeating: "v", count: 60 << 10)
+        let count = 2 * Limits.scanBytesMax / value.utf8.count + 3
+        for chunk in stride(from: 0, to: count, by: 10) {
+            let txid = try api.begin()
+            _ = try api.agentWork(a, txid, (chunk..<min(count, chunk + 10)).map { .set(String(format: "big/%04d", $0), .string(value)) })
+            XCTAssertEqual(try api.commit(txid).outcome, "committed")
+        }
+        XCTAssertTrue(try eventually { try api.kv(a, String(format: "big/%04d", count - 1)) != nil })
+        let first = try api.raw("GET", a + "/v1/kv?prefix=big/")
+        XCTAssertEqual(first.status, 200)
+        XCTAssertLessThanOrEqual(first.body.count, Limits.scanBytesMax + (64 << 10))
+        let text = String(decoding: first.body, as: UTF8.self)
+        XCTAssertTrue(text.contains(#""next_after":"big\/"#) || text.contains(#""next_after":"big/"#), String(text.suffix(200)))
+        let all = try api.kvScan(a, prefix: "big/")
+        XCTAssertEqual(all.map(\.key), (0..<count).map { String(format: "big/%04d", $0) })
+        assertError(api, "GET", a + "/v1/kv?prefix=big/&limit=0", status: 400)
+    }
+
     /// A cluster of a coordinator and two agents that has committed some transfers.
     func clusterWithTransfers() throws -> (Cluster, TransferWorkload) {
         let cluster = try startCluster(agents: 2)
