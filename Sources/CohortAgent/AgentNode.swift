@@ -39,6 +39,8 @@ public final class AgentNode {
         case committed(String)
         case heuristic(String)
         case preRecord(String)
+        /// A forced abort: the termination protocol's (the coordinator's aborts are lazy).
+        case aborted(String)
     }
 
     private let environment: NodeEnvironment
@@ -179,6 +181,8 @@ public final class AgentNode {
             case .preRecord(let txid):
                 CrashPoints.hit("agent.after-precommit-logged")
                 votes += machine.on(.preRecordDurable(txid))
+            case .aborted(let txid):
+                votes += machine.on(.abortDurable(txid))
             }
         }
         execute(votes)
@@ -300,6 +304,8 @@ public final class AgentNode {
                 feed(.recordRefused(txid, reason: "\(full)"))
             case .heuristic(let txid, _, _, _, _):
                 feed(.recordRefused(txid, reason: "\(full)"))
+            case .aborted(let txid) where force:
+                feed(.recordRefused(txid, reason: "\(full)"))
             case .aborted, .heuristicResolved:
                 // Without it the branch is asked about again after a restart; the coordinator
                 // answers the same. Safe to skip.
@@ -328,7 +334,8 @@ public final class AgentNode {
         case .heuristic(let txid, _, _, _, _):
             machine.noteCommitAppended(txid, lsn: lsn)
             pending.append(lsn: lsn, .heuristic(txid))
-        case .aborted:
+        case .aborted(let txid):
+            if force { pending.append(lsn: lsn, .aborted(txid)) }
             CrashPoints.hit("agent.after-abort-logged")
         case .heuristicResolved:
             break
@@ -377,8 +384,8 @@ public final class AgentNode {
             CrashPoints.hit("agent.after-precommit-ack-sent")
         case .preAborted:
             responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: txid, status: "pre-aborted"))))
-        case .state(let state):
-            responder.send(.jsonBytes(200, JSONBody.encode(ThreePhaseStateResponse(txid: txid, state: state.rawValue))))
+        case .state(let state, let recovered):
+            responder.send(.jsonBytes(200, JSONBody.encode(ThreePhaseStateResponse(txid: txid, state: state.rawValue, recovered: recovered ? true : nil))))
         case .error(let e):
             responder.send(.requestError(e))
         }
@@ -422,11 +429,13 @@ public final class AgentNode {
         let body = JSONBody.encode(PhaseRequest(txid: txid))
         environment.send(HTTPClientRequest(method: "POST", url: peer.url + "/v1/3pc/state", body: body, timeoutMs: Limits.terminationRoundMs)) { [weak self] result in
             var state: ThreePhaseState?
+            var recovered = false
             if case .success(let r) = result, r.status == 200,
                let answer = try? JSONBody.value(ThreePhaseStateResponse.self, from: r.body) {
                 state = ThreePhaseState(rawValue: answer.state)
+                recovered = answer.recovered ?? false
             }
-            self?.feed(.peerState(txid, round: round, peer: peer.name, state: state))
+            self?.feed(.peerState(txid, round: round, peer: peer.name, state: state, recovered: recovered))
         }
     }
 

@@ -41,8 +41,9 @@ public struct Participant {
         case preRecordDurable(String)
         /// 3PC: a peer (or the coordinator) asks for this branch's state.
         case stateQuery(RequestID, txid: String)
-        /// 3PC: a peer's answer in a termination round (nil: it did not answer).
-        case peerState(String, round: Int, peer: String, state: ThreePhaseState?)
+        /// 3PC: a peer's answer in a termination round (nil: it did not answer). `recovered`:
+        /// the peer's branch was rebuilt by a restart and has no outcome yet.
+        case peerState(String, round: Int, peer: String, state: ThreePhaseState?, recovered: Bool)
         /// A commit or abort sent by a peer acting as backup coordinator.
         case backupDecision(RequestID, txid: String, outcome: Outcome)
         case commit(RequestID, txid: String)
@@ -61,6 +62,8 @@ public struct Participant {
         case force(RequestID, txid: String, outcome: Outcome, reason: String, operatorName: String, dryRun: Bool, atMs: Int64)
         /// The heuristic record is durable; `lsn` is its position (a commit applies at it).
         case heuristicDurable(String, lsn: UInt64)
+        /// 3PC: the abort record of an abort the termination protocol decided here is durable.
+        case abortDurable(String)
     }
 
     public enum Timer: Hashable, Sendable {
@@ -116,7 +119,7 @@ public struct Participant {
         /// 3PC: acknowledgement of a pre-commit / pre-abort.
         case preCommitted
         case preAborted
-        case state(ThreePhaseState)
+        case state(ThreePhaseState, recovered: Bool)
         case error(RequestError)
     }
 
@@ -183,6 +186,10 @@ public struct Participant {
         case preCommitted = "pre-committed"
         case preAborting = "pre-aborting"
         case preAborted = "pre-aborted"
+        /// 3PC: the termination protocol decided abort here; its record is being forced. Nothing
+        /// acts on the abort (locks, peers, answers) before it is durable: a backup's abort that
+        /// a crash lost would let the branch, back as prepared, be committed by others.
+        case aborting
     }
 
     /// What a backup coordinator tells a peer.
@@ -220,9 +227,19 @@ public struct Participant {
         /// 3PC: this branch joined a termination protocol (answered a peer, or started one);
         /// it no longer takes pre-commits from the coordinator, so the state it reported holds.
         public var terminating = false
+        /// 3PC, classic termination: rebuilt by a restart and not finished since. Such a branch
+        /// may have missed a decision its peers made while it was down, so (as in Skeen's
+        /// protocol, where a recovered site asks rather than decides) it decides only in a round
+        /// every peer answered, and other backups do not count its pre-state.
+        public var recovered = false
         var round = 0
         var roundStates: [String: ThreePhaseState] = [:]
         var roundPending: Set<String> = []
+        /// Peers that answered this round as recovered.
+        var roundRecovered: Set<String> = []
+        /// While `aborting`: the state before, and the messages to peers sent once durable.
+        var abortingFrom: BranchState?
+        var abortPeers: [ParticipantRef] = []
     }
 
     public let config: Config
@@ -361,6 +378,12 @@ public struct Participant {
         }
         var actions: [Action] = toApply.map { .apply($0.0, writeSet: $0.1, lsn: $0.2) }
         for txid in branches.keys.sorted() {
+            if let info = branches[txid]!.threePhase {
+                // Whether it answered a peer's state query before the crash is not logged: take
+                // no pre-commit from the coordinator, so a state it may have reported holds.
+                branches[txid]!.terminating = true
+                branches[txid]!.recovered = info.termination == .classic
+            }
             let b = branches[txid]!
             if [.prepared, .preCommitted, .preAborted].contains(b.state) { actions.append(.restoreLocks(txid, writeSet: b.writeSet)) }
             actions.append(.inquire(txid, coordinatorURL: b.coordinatorURL))
@@ -376,7 +399,9 @@ public struct Participant {
     public func snapshot() -> [UInt8] {
         var w = ByteWriter()
         w.u8(3)
-        let kept = branches.values.filter { $0.state != .active }.sorted { $0.txid < $1.txid }
+        // An aborting branch's record precedes the snapshot, so it is durable if the snapshot
+        // is: it is written as aborted, below.
+        let kept = branches.values.filter { $0.state != .active && $0.state != .aborting }.sorted { $0.txid < $1.txid }
         w.u32(UInt32(kept.count))
         for b in kept {
             w.string(b.txid)
@@ -408,11 +433,16 @@ public struct Participant {
         // outcome during termination; a participant that forgot it at a checkpoint answers
         // "unknown", and a peer waiting on it as the backup could wait forever (found by the
         // simulation, seed 1838 with 1500 runs from 1001).
-        let recent = finishedOrder[finishedOrderHead...].suffix(Limits.finishedOutcomesInSnapshotMax).filter { finishedOutcomes[$0] != nil }
-        w.u32(UInt32(recent.count))
+        let aborting = branches.values.filter { $0.state == .aborting }.map(\.txid).sorted()
+        let recent = finishedOrder[finishedOrderHead...].suffix(Limits.finishedOutcomesInSnapshotMax - aborting.count).filter { finishedOutcomes[$0] != nil }
+        w.u32(UInt32(recent.count + aborting.count))
         for txid in recent {
             w.string(txid)
             w.bool(finishedOutcomes[txid] == .committed)
+        }
+        for txid in aborting {
+            w.string(txid)
+            w.bool(false)
         }
         return w.bytes
     }
@@ -473,8 +503,10 @@ public struct Participant {
             return preRecordDurable(txid)
         case .stateQuery(let request, let txid):
             return stateQuery(request, txid)
-        case .peerState(let txid, let round, let peer, let state):
-            return peerState(txid, round: round, peer: peer, state: state)
+        case .peerState(let txid, let round, let peer, let state, let recovered):
+            return peerState(txid, round: round, peer: peer, state: state, recovered: recovered)
+        case .abortDurable(let txid):
+            return terminationAbortDurable(txid)
         case .backupDecision(let request, let txid, let outcome):
             return outcome == .committed ? commit(request, txid) : abort(request, txid)
         case .timerFired(.termination(let txid)):
@@ -542,6 +574,9 @@ public struct Participant {
             return [.reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.yes))]
         case .aborted:
             return [.reply(request, onePhase ? .outcome(.aborted, reason: "branch aborted") : .vote(.no(reason: "branch aborted")))]
+        case .aborting:
+            let why = "branch aborted by its peers' termination protocol"
+            return [.reply(request, onePhase ? .outcome(.aborted, reason: why) : .vote(.no(reason: why)))]
         case .readOnly:
             return [.reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.readOnly))]
         }
@@ -614,6 +649,8 @@ public struct Participant {
             b.waiting.append(request)
             branches[txid] = b
             return []
+        case .aborting:
+            return [.reply(request, .error(RequestError(409, "branch \(txid) is being aborted by its peers' termination protocol; it cannot commit")))]
         case .committed, .readOnly:
             return [.reply(request, .acknowledged)]
         case .heuristicCommitted:
@@ -655,6 +692,11 @@ public struct Participant {
             b.abortWhenDurable = true
             branches[txid] = b
             return [.reply(request, .aborted)]
+        case .aborting:
+            // Answered once the abort record is durable.
+            b.waiting.append(request)
+            branches[txid] = b
+            return []
         case .committing, .committed:
             return [.reply(request, .error(RequestError(409, "branch \(txid) already committed")))]
         case .aborted, .readOnly:
@@ -676,6 +718,14 @@ public struct Participant {
             let why = "cannot log the prepared record: \(reason)"
             return finish(txid, .aborted) + [.release(txid)]
                 + waiting.map { .reply($0, b.onePhase ? .outcome(.aborted, reason: why) : .vote(.no(reason: why))) }
+        case .aborting:
+            // The abort was not written: the branch is where it was, and terminates again later.
+            b.state = b.abortingFrom ?? .prepared
+            b.abortingFrom = nil
+            b.abortPeers = []
+            branches[txid] = b
+            return waiting.map { .reply($0, .error(RequestError(503, "cannot log the abort record now: \(reason); retry"))) }
+                + [.setTimer(.termination(txid), afterMs: config.terminationTimeoutMs)]
         case .preCommitting, .preAborting:
             // The pre-record was not written: still uncertain.
             b.state = .prepared
@@ -783,7 +833,7 @@ public struct Participant {
             let current: Outcome = b.state == .heuristicCommitted ? .committed : .aborted
             if current == decision.outcome { return [.reply(request, .forced(current, dryRun: dryRun, effects: ["nothing to do: already forced \(current.rawValue)"]))] }
             return refuse(409, "refused: an operator already forced branch \(txid) to \(current.rawValue)")
-        case .preparing, .committing, .forcing, .preCommitting, .preAborting:
+        case .preparing, .committing, .forcing, .preCommitting, .preAborting, .aborting:
             return refuse(409, "branch \(txid) is \(b.state.rawValue): a record is being written; look again in a moment")
         case .preCommitted, .preAborted:
             // A 3PC branch between phases is as much in doubt as a prepared one.
@@ -877,6 +927,8 @@ extension Participant {
             case .prepared, .preCommitting, .preAborting, .forcing: return .uncertain
             case .preCommitted: return .preCommitted
             case .preAborted: return .preAborted
+            // Its abort record may not survive a crash yet: report the state before it.
+            case .aborting: return b.abortingFrom == .preCommitted ? .preCommitted : b.abortingFrom == .preAborted ? .preAborted : .uncertain
             // A commit is being logged: the decision is commit, whoever made it.
             case .committing, .committed, .heuristicCommitted: return .committed
             case .aborted, .heuristicAborted: return .aborted
@@ -911,6 +963,12 @@ extension Participant {
             branches[txid] = b
             return []
         case (.committing, true): return [.reply(request, .preCommitted)]
+        case (.preAborted, true) where b.threePhase?.termination == .quorum, (.preCommitted, false) where b.threePhase?.termination == .quorum:
+            // Quorum termination counts on pre-states that never change: a commit needs a
+            // quorum pre-committed and an abort a quorum pre-aborted, and two quorums share a
+            // participant only if no participant can be in both. A late pre-commit from one
+            // backup could otherwise flip a branch another backup already counted.
+            return [.reply(request, .error(RequestError(409, "branch \(txid) is \(b.state.rawValue); under quorum termination a pre-state does not change")))]
         case (.prepared, _), (.preAborted, true), (.preCommitted, false):
             if b.terminating && !fromBackup {
                 return [.reply(request, .error(RequestError(409, "branch \(txid) joined its peers' termination protocol; it takes no pre-commit from the coordinator now")))]
@@ -942,7 +1000,7 @@ extension Participant {
             b.terminating = true
             branches[txid] = b
         }
-        return [.reply(request, .state(threePhaseState(txid)))]
+        return [.reply(request, .state(threePhaseState(txid), recovered: branches[txid]?.recovered ?? false))]
     }
 
     /// No word from the coordinator: ask every peer for its state (and the coordinator, in
@@ -953,6 +1011,7 @@ extension Participant {
         b.terminating = true
         b.round += 1
         b.roundStates = [config.name: threePhaseState(txid)]
+        b.roundRecovered = []
         let others = info.peers.filter { $0.name != config.name }
         b.roundPending = Set(others.map(\.name))
         branches[txid] = b
@@ -961,10 +1020,11 @@ extension Participant {
                .setTimer(.terminationRound(txid), afterMs: config.terminationRoundMs)]
     }
 
-    mutating func peerState(_ txid: String, round: Int, peer: String, state: ThreePhaseState?) -> [Action] {
+    mutating func peerState(_ txid: String, round: Int, peer: String, state: ThreePhaseState?, recovered: Bool) -> [Action] {
         guard var b = branches[txid], b.round == round, b.roundPending.contains(peer) else { return [] }
         b.roundPending.remove(peer)
         if let state { b.roundStates[peer] = state }
+        if state != nil && recovered { b.roundRecovered.insert(peer) }
         branches[txid] = b
         guard b.roundPending.isEmpty else { return [] }
         return [.cancelTimer(.terminationRound(txid))] + decideTermination(txid)
@@ -986,8 +1046,20 @@ extension Participant {
         b.roundStates[config.name] = threePhaseState(txid)
         b.roundPending = []
         branches[txid] = b
-        let states = b.roundStates
+        var states = b.roundStates
         let again: Action = .setTimer(.termination(txid), afterMs: config.terminationTimeoutMs)
+        if info.termination == .classic {
+            if b.recovered {
+                // Back from a crash: decide only with every peer's word (a peer that decided
+                // while this one was down may be down now), else wait to learn the outcome.
+                let missing = Set(info.peers.map(\.name)).subtracting(states.keys)
+                if !missing.isEmpty { return [again] }
+            } else {
+                // A recovered peer's pre-state may predate a decision it missed: only its
+                // outcome (committed, aborted) counts here.
+                states = states.filter { !b.roundRecovered.contains($0.key) || $0.value == .committed || $0.value == .aborted }
+            }
+        }
         guard states.keys.min() == config.name else { return [again] } // not the backup
         let peersByName = Dictionary(uniqueKeysWithValues: info.peers.map { ($0.name, $0) })
         let reachable = states.keys.sorted().filter { $0 != config.name }.compactMap { peersByName[$0] }
@@ -999,13 +1071,13 @@ extension Participant {
         let preCommitted = count(.preCommitted)
         let preAborted = count(.preAborted)
         let commitAll = tell(.commit, where: { $0 != .committed })
-        let abortAll = tell(.abort, where: { $0 != .aborted })
+        let abortAll = reachable.filter { states[$0.name]! != .aborted }
         if count(.committed) > 0 { return commitAll + commitSelf(txid) }
-        if count(.aborted) > 0 { return abortAll + abortSelf(txid) }
+        if count(.aborted) > 0 { return terminationAbort(txid, telling: abortAll) }
         let mine = states[config.name]!
         switch info.termination {
         case .classic:
-            if preCommitted == 0 { return abortAll + abortSelf(txid) }
+            if preCommitted == 0 { return terminationAbort(txid, telling: abortAll) }
             if uncertain == 0 && preAborted == 0 { return commitAll + commitSelf(txid) }
             var actions = tell(.preCommit, where: { $0 == .uncertain || $0 == .preAborted })
             if mine != .preCommitted { actions += preRecordSelf(txid, commit: true) }
@@ -1019,7 +1091,7 @@ extension Participant {
                 return actions + [.setTimer(.termination(txid), afterMs: config.terminationRoundMs)]
             }
             if preAborted + uncertain >= q {
-                if preAborted >= q { return abortAll + abortSelf(txid) }
+                if preAborted >= q { return terminationAbort(txid, telling: abortAll) }
                 var actions = tell(.preAbort, where: { $0 == .uncertain || $0 == .unknown })
                 if mine == .uncertain { actions += preRecordSelf(txid, commit: false) }
                 return actions + [.setTimer(.termination(txid), afterMs: config.terminationRoundMs)]
@@ -1042,8 +1114,26 @@ extension Participant {
         return [.cancelTimer(.termination(txid)), .cancelTimer(.inquire(txid)), .log(.committed(txid), force: true)]
     }
 
+    /// An abort the coordinator decided (or presumed): its word is the outcome, so the record
+    /// need not be forced.
     mutating func abortSelf(_ txid: String) -> [Action] {
         [.log(.aborted(txid), force: false)] + finish(txid, .aborted) + [.release(txid)]
+    }
+
+    /// An abort this branch decided as backup: forced first, and only once durable are the
+    /// locks released and the peers told (`terminationAbortDurable`).
+    mutating func terminationAbort(_ txid: String, telling peers: [ParticipantRef]) -> [Action] {
+        guard var b = branches[txid] else { return [] }
+        b.abortingFrom = b.state
+        b.abortPeers = peers
+        b.state = .aborting
+        branches[txid] = b
+        return [.cancelTimer(.termination(txid)), .cancelTimer(.terminationRound(txid)), .log(.aborted(txid), force: true)]
+    }
+
+    mutating func terminationAbortDurable(_ txid: String) -> [Action] {
+        guard let b = branches[txid], b.state == .aborting else { return [] }
+        return b.abortPeers.map { .sendToPeer(txid, peer: $0, message: .abort) } + finish(txid, .aborted) + [.release(txid)] + b.waiting.map { .reply($0, .aborted) }
     }
 }
 

@@ -154,9 +154,13 @@ public struct PhaseRequest: Codable, Sendable {
 public struct ThreePhaseStateResponse: Codable, Sendable {
     public let txid: String
     public let state: String
-    public init(txid: String, state: String) {
+    /// Present (true) when the branch was rebuilt by a restart and has no outcome yet: under
+    /// classic termination its pre-state may predate a decision it missed (docs/protocol.md).
+    public let recovered: Bool?
+    public init(txid: String, state: String, recovered: Bool? = nil) {
         self.txid = txid
         self.state = state
+        self.recovered = recovered
     }
 }
 

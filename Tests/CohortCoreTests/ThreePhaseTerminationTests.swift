@@ -1,0 +1,154 @@
+import XCTest
+@testable import CohortCore
+
+/// The 3PC participants' termination protocol, driven by hand through schedules that split the
+/// outcome before: a late backup pre-commit flipping a counted pre-abort (quorum), a backup's
+/// abort lost in a crash, and a branch back from a crash deciding alone (classic).
+final class ThreePhaseTerminationTests: XCTestCase {
+    let ws: [UInt8] = [7]
+    let names = ["p1", "p2", "p3"]
+    var peers: [ParticipantRef] { names.map { ParticipantRef(name: $0, url: "http://\($0)") } }
+
+    /// A participant named `name` whose branch t1 voted yes (durably) under `termination`.
+    func prepared(_ name: String, _ termination: Termination) -> Participant {
+        var p = Participant(config: Participant.Config(name: name))
+        _ = p.on(.joined("t1", coordinatorURL: "http://c", timeoutMs: 1000))
+        _ = p.on(.prepare(1, txid: "t1", onePhase: false, vote: .yes(writeSet: ws),
+                          threePhase: Participant.ThreePhaseInfo(termination: termination, peers: peers)))
+        _ = p.on(.preparedDurable("t1"))
+        XCTAssertEqual(p.state(of: "t1"), .prepared)
+        return p
+    }
+
+    /// Takes a pre-record and makes it durable.
+    func preRecord(_ p: inout Participant, commit: Bool, fromBackup: Bool) {
+        let a = p.on(commit ? .preCommit(5, txid: "t1", fromBackup: fromBackup) : .preAbort(5, txid: "t1"))
+        XCTAssertEqual(logs(a), [commit ? .preCommitted("t1") : .preAborted("t1")])
+        _ = p.on(.preRecordDurable("t1"))
+    }
+
+    /// Runs one termination round at `p` with the given answers (nil: no answer).
+    func round(_ p: inout Participant, _ answers: [String: ThreePhaseState?], recovered: Set<String> = []) -> [Participant.Action] {
+        let start = p.on(.timerFired(.termination("t1")))
+        var round = 0
+        for case .queryPeer(_, _, let r) in start { round = r }
+        XCTAssertGreaterThan(round, 0, "no round started: \(start)")
+        var actions: [Participant.Action] = []
+        for name in names where name != p.config.name {
+            actions += p.on(.peerState("t1", round: round, peer: name, state: answers[name] ?? nil, recovered: recovered.contains(name)))
+        }
+        return actions
+    }
+
+    func logs(_ actions: [Participant.Action]) -> [Participant.Record] {
+        actions.compactMap { if case .log(let r, _) = $0 { return r } else { return nil } }
+    }
+
+    func sends(_ actions: [Participant.Action]) -> [String] {
+        actions.compactMap { if case .sendToPeer(_, let peer, let m) = $0 { return "\(m) \(peer.name)" } else { return nil } }
+    }
+
+    /// Quorum (N=3, Q=2): p1 alone got the coordinator's pre-commit; p1 and p2 cannot hear each
+    /// other. p1's pre-commit to p3 is late; meanwhile p2 pre-aborts p3 and itself and aborts.
+    /// The late pre-commit used to flip p3 to pre-committed, and p1 then counted a commit quorum.
+    func testALatePreCommitCannotFlipAPreAbortedBranchUnderQuorumTermination() {
+        var p1 = prepared("p1", .quorum), p2 = prepared("p2", .quorum), p3 = prepared("p3", .quorum)
+        preRecord(&p1, commit: true, fromBackup: false)
+        // p1's round: p3 uncertain, p2 silent: pre-commit p3 (the message is delayed).
+        XCTAssertEqual(sends(round(&p1, ["p3": .uncertain])), ["preCommit p3"])
+        // p2's round: p3 uncertain, p1 silent: p2 is the backup and pre-aborts both.
+        let r2 = round(&p2, ["p3": .uncertain])
+        XCTAssertEqual(sends(r2), ["preAbort p3"])
+        XCTAssertEqual(logs(r2), [.preAborted("t1")])
+        _ = p2.on(.preRecordDurable("t1"))
+        preRecord(&p3, commit: false, fromBackup: true)
+        // p2's next round sees a quorum pre-aborted: it aborts (its abort to p3 is lost).
+        let abort = round(&p2, ["p3": .preAborted])
+        XCTAssertEqual(logs(abort), [.aborted("t1")])
+        _ = p2.on(.abortDurable("t1"))
+        XCTAssertEqual(p2.state(of: "t1"), .aborted)
+        // The late pre-commit reaches p3: refused, p3 stays pre-aborted.
+        let late = p3.on(.preCommit(9, txid: "t1", fromBackup: true))
+        guard case .reply(9, .error(let e))? = late.first else { return XCTFail("\(late)") }
+        XCTAssertEqual(e.status, 409)
+        XCTAssertEqual(p3.state(of: "t1"), .preAborted)
+        // p1's round: p3 pre-aborted, p2 silent: no quorum either way, so p1 blocks.
+        let blocked = round(&p1, ["p3": .preAborted])
+        XCTAssertEqual(logs(blocked), [], "p1 must not commit: p2 aborted")
+        XCTAssertEqual(p1.state(of: "t1"), .preCommitted)
+        // Once p2 answers, p1 learns the abort.
+        XCTAssertEqual(logs(round(&p1, ["p2": .aborted, "p3": .preAborted])), [.aborted("t1")])
+        // And the flip the other way is refused too.
+        var p4 = prepared("p1", .quorum)
+        preRecord(&p4, commit: true, fromBackup: false)
+        guard case .reply(5, .error(let back))? = p4.on(.preAbort(5, txid: "t1")).first else { return XCTFail() }
+        XCTAssertEqual(back.status, 409)
+    }
+
+    /// A backup's abort is forced before anything acts on it: no lock released, no peer told,
+    /// no answer given while its record may still be lost; a crash in between leaves the branch
+    /// as it was, back in doubt.
+    func testATerminationAbortActsOnlyOnceItsRecordIsDurable() throws {
+        var p1 = prepared("p1", .classic)
+        let decided = round(&p1, ["p2": .uncertain, "p3": .uncertain])
+        XCTAssertEqual(logs(decided), [.aborted("t1")])
+        XCTAssertTrue(decided.contains(.log(.aborted("t1"), force: true)), "forced")
+        XCTAssertEqual(sends(decided), [], "peers are told only once the abort is durable")
+        XCTAssertFalse(decided.contains(.release("t1")))
+        XCTAssertEqual(p1.state(of: "t1"), .aborting)
+        XCTAssertEqual(p1.threePhaseState("t1"), .uncertain, "a record still being written does not count")
+        XCTAssertEqual(p1.on(.abort(8, txid: "t1")), [], "the coordinator's abort waits for the record")
+        guard case .reply(3, .error(let e))? = p1.on(.commit(3, txid: "t1")).first else { return XCTFail() }
+        XCTAssertEqual(e.status, 409)
+        // A checkpoint now records the branch as aborted: the snapshot follows the record.
+        var fromSnapshot = Participant(config: Participant.Config(name: "p1"))
+        _ = try fromSnapshot.recover(snapshot: p1.snapshot(), records: [])
+        XCTAssertEqual(fromSnapshot.state(of: "t1"), .aborted)
+        let durable = p1.on(.abortDurable("t1"))
+        XCTAssertEqual(sends(durable), ["abort p2", "abort p3"])
+        XCTAssertTrue(durable.contains(.release("t1")))
+        XCTAssertTrue(durable.contains(.reply(8, .aborted)))
+        XCTAssertEqual(p1.state(of: "t1"), .aborted)
+
+        // The log refuses the record: the branch is in doubt again and terminates later.
+        var q = prepared("p1", .classic)
+        _ = round(&q, ["p2": .uncertain, "p3": .uncertain])
+        let refused = q.on(.recordRefused("t1", reason: "log full"))
+        XCTAssertEqual(q.state(of: "t1"), .prepared)
+        XCTAssertTrue(refused.contains(.setTimer(.termination("t1"), afterMs: Limits.terminationTimeoutMs)))
+        XCTAssertEqual(q.on(.abortDurable("t1")), [], "a refused record is never acted on")
+    }
+
+    /// Classic termination, crashes only: a branch back from a crash does not decide unless
+    /// every peer answers (a peer that aborted while it was down may be down now), it takes no
+    /// pre-commit from the coordinator, and other backups do not count its pre-state.
+    func testABranchBackFromACrashDoesNotDecideAloneUnderClassicTermination() throws {
+        let prepare = ParticipantRecordCoding.encode(.prepared("t1", coordinatorURL: "http://c", writeSet: ws,
+                                                               threePhase: Participant.ThreePhaseInfo(termination: .classic, peers: peers)))
+        let pre = ParticipantRecordCoding.encode(.preCommitted("t1"))
+        // p1 (the lowest name, so the backup of any round it is in) is back from a crash.
+        var back = Participant(config: Participant.Config(name: "p1"))
+        _ = try back.recover(snapshot: nil, records: [(1, prepare.type, prepare.payload), (2, pre.type, pre.payload)])
+        XCTAssertEqual(back.state(of: "t1"), .preCommitted)
+        // Alone, it used to commit: nobody uncertain, nobody pre-aborted.
+        XCTAssertEqual(logs(round(&back, [:])), [], "decided alone after a restart")
+        XCTAssertEqual(logs(round(&back, ["p3": .uncertain])), [], "decided without p2's word")
+        var p2 = Participant(config: Participant.Config(name: "p2"))
+        _ = try p2.recover(snapshot: nil, records: [(1, prepare.type, prepare.payload)])
+        guard case .reply(4, .error(let e))? = p2.on(.preCommit(4, txid: "t1", fromBackup: false)).first else { return XCTFail() }
+        XCTAssertEqual(e.status, 409, "the coordinator's pre-commit is refused after a restart")
+        // It says so when asked.
+        XCTAssertEqual(back.on(.stateQuery(6, txid: "t1")), [.reply(6, .state(.preCommitted, recovered: true))])
+        // With every peer's word it decides (here: p2 aborted while p1 was down).
+        XCTAssertEqual(logs(round(&back, ["p2": .aborted, "p3": .uncertain])), [.aborted("t1")])
+
+        // A backup that never crashed ignores a recovered peer's pre-commit: p1 and p2
+        // uncertain, so nobody live is pre-committed, and it aborts rather than pre-commit.
+        var p1 = prepared("p1", .classic)
+        let r = round(&p1, ["p2": .uncertain, "p3": .preCommitted], recovered: ["p3"])
+        XCTAssertEqual(logs(r), [.aborted("t1")])
+        // Without the recovered mark the same answers pre-commit.
+        var p1b = prepared("p1", .classic)
+        XCTAssertEqual(logs(round(&p1b, ["p2": .uncertain, "p3": .preCommitted])), [.preCommitted("t1")])
+    }
+}
