@@ -312,6 +312,10 @@ extension Limits {
     public static let demoOrderWorkersMax = 64
     /// Orders waiting for a free worker; past this a new one is answered 503.
     public static let demoOrdersWaitingMax = 1_024
+    /// The inventory keeps an HTTP client for this many `reply_to` addresses; others get a
+    /// client for one delivery (a message names its own address, so they are not trusted to be
+    /// few).
+    public static let demoReplyTargetsCachedMax = 64
     /// How long an order waits for an unsure outcome (lost commit answer) before answering
     /// with the status it has (pending); the recovery pass settles it later.
     public static let demoSettleWaitMs: Int64 = 30_000

@@ -8,10 +8,17 @@ import Foundation
 
 /// Delivers each message to the inbox named by its `reply_to` header (the inventory answers
 /// every `OrderPlaced` to the order service that sent it). Loop thread, like every sink.
+///
+/// `reply_to` comes from the message, so one bad address must not hold up the others: when
+/// some addresses answer and others cannot be reached, the unreachable ones' messages count an
+/// attempt each (and end in the dead letters after `outboxAttemptsMax`) instead of making the
+/// whole batch unavailable, which is retried without end. Only when no address answers is the
+/// batch unavailable (the order service is down: wait without spending attempts). At most
+/// `Limits.demoReplyTargetsCachedMax` addresses keep a client; others get one per delivery.
 final class ReplySink: OutboxSink {
     let name = "reply-to"
     private let loop: EventLoop
-    private var sinks: [String: HTTPOutboxSink] = [:]
+    private(set) var sinks: [String: HTTPOutboxSink] = [:]
 
     init(loop: EventLoop) { self.loop = loop }
 
@@ -19,28 +26,32 @@ final class ReplySink: OutboxSink {
         var groups: [String: [Int]] = [:]
         var outcomes = [DeliveryOutcome?](repeating: nil, count: messages.count)
         for (i, m) in messages.enumerated() {
-            if let url = m.headers["reply_to"], url.hasPrefix("http://"), url.utf8.count <= 512 {
+            if let url = m.headers["reply_to"], url.hasPrefix("http://"), url.utf8.count <= Limits.participantURLBytesMax {
                 groups[url, default: []].append(i)
             } else {
                 outcomes[i] = .rejected("message has no http:// reply_to header")
             }
         }
         var left = groups.count
-        var unavailable: String?
+        var unavailable: [(indexes: [Int], why: String)] = []
         if left == 0 { return completion(.outcomes(outcomes.map { $0! })) }
+        let groupCount = groups.count
         for (url, indexes) in groups {
-            let sink = sinks[url] ?? HTTPOutboxSink(url: url, loop: loop)
-            sinks[url] = sink
-            sink.deliver(indexes.map { messages[$0] }) { result in
+            let cached = sinks[url]
+            let sink = cached ?? HTTPOutboxSink(url: url, loop: loop)
+            let keep = cached == nil && sinks.count < Limits.demoReplyTargetsCachedMax
+            if keep { sinks[url] = sink }
+            sink.deliver(indexes.map { messages[$0] }) { [loop] result in
+                if cached == nil && !keep { loop.execute { sink.shutdown() } }
                 switch result {
-                case .unavailable(let why): unavailable = why
+                case .unavailable(let why): unavailable.append((indexes, why))
                 case .outcomes(let got): for (k, i) in indexes.enumerated() where k < got.count { outcomes[i] = got[k] }
                 }
                 left -= 1
-                if left == 0 {
-                    if let unavailable { return completion(.unavailable(unavailable)) }
-                    completion(.outcomes(outcomes.map { $0 ?? .rejected("no answer for this message") }))
-                }
+                guard left == 0 else { return }
+                if unavailable.count == groupCount { return completion(.unavailable(unavailable[0].why)) }
+                for (indexes, why) in unavailable { for i in indexes { outcomes[i] = .rejected("reply_to unreachable: \(why)") } }
+                completion(.outcomes(outcomes.map { $0 ?? .rejected("no answer for this message") }))
             }
         }
     }
@@ -213,6 +224,9 @@ final class InventoryOutbox {
     func handleInbox(_ request: HTTPRequest, busy: (String) -> Bool) -> HTTPResponse {
         guard let batch = try? InboxBatch(wireJSON: request.body) else {
             return .error(400, "body must be {\"messages\": [...]}")
+        }
+        guard batch.messages.count <= Limits.outboxBatchMessagesMax else {
+            return .error(413, "\(batch.messages.count) messages in one batch exceed \(Limits.outboxBatchMessagesMax)")
         }
         for m in batch.messages {
             if let p = OrderPlaced.from(m), busy(p.sku) {

@@ -1,0 +1,71 @@
+@testable import CohortDemo
+import CohortCore
+import CohortHTTP
+import CohortOutbox
+import CohortPosix
+import Foundation
+import XCTest
+
+/// The inventory's answers go to each message's own `reply_to`: an address that cannot be
+/// reached must not hold up the answers to the others.
+final class ReplySinkTests: XCTestCase {
+    func message(_ id: Int64, replyTo: String) -> OutboxMessage {
+        OutboxMessage(id: id, source: "inventory", topic: "StockReserved", key: "o\(id)", payload: "{}",
+                      headers: ["reply_to": replyTo], createdMs: 0)
+    }
+
+    func testAnUnreachableReplyToCountsAnAttemptInsteadOfStallingTheBatch() throws {
+        ProcessEnv.ignoreSIGPIPE()
+        let loop = try EventLoop()
+        loop.startThread()
+        defer { loop.stopAndJoin() }
+        let ready = DispatchSemaphore(value: 0)
+        var server: HTTPServer?
+        var sink: ReplySink?
+        loop.execute {
+            server = try? HTTPServer(loop: loop, host: "127.0.0.1", port: 0) { request, responder in
+                let batch = try? InboxBatch(wireJSON: request.body)
+                let results = (batch?.messages ?? []).map { InboxResult(id: $0.id, status: "applied") }
+                responder.send(.jsonBytes(200, InboxBatchResponse(results: results).wireJSON))
+            }
+            sink = ReplySink(loop: loop)
+            ready.signal()
+        }
+        ready.wait()
+        defer {
+            let done = DispatchSemaphore(value: 0)
+            loop.execute { sink?.shutdown(); server?.shutdown(); done.signal() }
+            done.wait()
+        }
+        let live = "http://127.0.0.1:\(try XCTUnwrap(server).port)/v1/inbox"
+        let (fd, deadPort) = try TCP.listen(host: "127.0.0.1", port: 0)
+        TCP.close(fd)  // nothing listens there now
+        let dead = "http://127.0.0.1:\(deadPort)/v1/inbox"
+
+        func deliver(_ messages: [OutboxMessage]) -> SinkResult? {
+            let done = DispatchSemaphore(value: 0)
+            var got: SinkResult?
+            loop.execute { sink!.deliver(messages) { got = $0; done.signal() } }
+            XCTAssertEqual(done.wait(timeout: .now() + 20), .success)
+            return got
+        }
+        guard case .outcomes(let mixed)? = deliver([message(1, replyTo: live), message(2, replyTo: dead), message(3, replyTo: live)]) else {
+            return XCTFail("a batch with one unreachable address was held back whole")
+        }
+        XCTAssertEqual(mixed[0], .acknowledged)
+        XCTAssertEqual(mixed[2], .acknowledged)
+        guard case .rejected(let why) = mixed[1] else { return XCTFail("\(mixed[1])") }
+        XCTAssertTrue(why.contains("reply_to unreachable"), why)
+        // Nobody reachable: the batch is unavailable, and no attempt is spent.
+        guard case .unavailable? = deliver([message(4, replyTo: dead)]) else { return XCTFail("expected unavailable") }
+        // Many distinct addresses: answered all the same, with at most the cached number of clients kept.
+        let many = (0..<(Limits.demoReplyTargetsCachedMax + 10)).map { message(Int64(10 + $0), replyTo: live + "?n=\($0)") }
+        guard case .outcomes(let all)? = deliver(many) else { return XCTFail() }
+        XCTAssertEqual(all, Array(repeating: .acknowledged, count: many.count))
+        let counted = DispatchSemaphore(value: 0)
+        var cached = 0
+        loop.execute { cached = sink!.sinks.count; counted.signal() }
+        counted.wait()
+        XCTAssertEqual(cached, Limits.demoReplyTargetsCachedMax, "clients kept for every address a message named")
+    }
+}
