@@ -17,6 +17,9 @@ final class SimClient {
         let toAgent: String
         let toKey: String
         let amount: Int64
+        /// Every agent the transfer has a branch at (the two above, and in 3PC runs a third
+        /// that sets only the marker).
+        let agents: [String]
         var reported: Outcome?
     }
 
@@ -131,6 +134,8 @@ final class SimClient {
         let firstKey: String, secondKey: String
         /// The deltas to apply at the first and the second agent.
         let firstDelta: Int64, secondDelta: Int64
+        /// Agents past the first two (3PC runs): a branch that sets only the marker.
+        let others: [String]
     }
 
     private func draw(txid: String, marker: String) -> Draw {
@@ -142,9 +147,12 @@ final class SimClient {
         let amount = 1 + simulation.random(30)
         let outOfFirst = simulation.random(2) == 0
         let (from, fromKey, to, toKey) = outOfFirst ? (first, firstKey, second, secondKey) : (second, secondKey, first, firstKey)
-        transfers.append(Transfer(txid: txid, marker: marker, fromAgent: from, fromKey: fromKey, toAgent: to, toKey: toKey, amount: amount))
+        // Three-agent runs (3PC) put a branch at every agent; two-agent runs use the first two.
+        let others = agents.count > 2 ? Array(agents[2...]) : []
+        transfers.append(Transfer(txid: txid, marker: marker, fromAgent: from, fromKey: fromKey, toAgent: to, toKey: toKey, amount: amount,
+                                  agents: (agents.count > 1 ? [first, second] : [first]) + others))
         return Draw(index: transfers.count - 1, first: first, second: second, firstKey: firstKey, secondKey: secondKey,
-                    firstDelta: outOfFirst ? -amount : amount, secondDelta: outOfFirst ? amount : -amount)
+                    firstDelta: outOfFirst ? -amount : amount, secondDelta: outOfFirst ? amount : -amount, others: others)
     }
 
     private func transfer(_ txid: String) {
@@ -160,20 +168,30 @@ final class SimClient {
         let namePercent = simulation.config.faults.namedPercent
         let naming = namePercent > 0 && simulation.random(100) < Int64(namePercent)
         let unregistered = naming ? ",\"register\":false,\"timeout_ms\":\(simulation.config.transactionTimeoutMs)" : ""
-        let workA = "{\"txid\":\"\(txid)\",\"request_id\":\"a\"\(unregistered),\"ops\":[\(op(firstKey, d.firstDelta)),{\"op\":\"set\",\"key\":\"\(marker)\",\"value\":1}]}"
-        let workB = "{\"txid\":\"\(txid)\",\"request_id\":\"b\"\(unregistered),\"ops\":[\(op(secondKey, d.secondDelta)),{\"op\":\"set\",\"key\":\"\(marker)\",\"value\":1}]}"
+        let setMarker = "{\"op\":\"set\",\"key\":\"\(marker)\",\"value\":1}"
+        func work(_ requestID: String, _ ops: String) -> [UInt8] {
+            Array("{\"txid\":\"\(txid)\",\"request_id\":\"\(requestID)\"\(unregistered),\"ops\":[\(ops)]}".utf8)
+        }
+        // In agent order, so transfers never wait on each other's locks in a cycle.
+        let works = [(first, "a", work("a", op(firstKey, d.firstDelta) + "," + setMarker)),
+                     (second, "b", work("b", op(secondKey, d.secondDelta) + "," + setMarker))]
+            + d.others.map { ($0, $0, work($0, setMarker)) }
         var named: [RegisterRequest] = []
         func note(_ body: [UInt8]) {
             guard naming, let o = try? WireObject(bytes: body), let node = o["branch"],
                   let branch = try? RegisterRequest(wire: WireObject(node)) else { return }
             named.append(branch)
         }
-        call("POST", "http://\(first):1/v1/work", Array(workA.utf8)) { [unowned self] status, body in
-            guard status == 200 else { return self.abort(txid, i, why: "work-a \(status)", naming: named) }
-            note(body)
-            self.call("POST", "http://\(second):1/v1/work", Array(workB.utf8)) { status, body in
-                guard status == 200 else { return self.abort(txid, i, why: "work-b \(status)", naming: named) }
-                note(body)
+        func step(_ k: Int) {
+            guard k < works.count else { return commit() }
+            let (agent, label, body) = works[k]
+            call("POST", "http://\(agent):1/v1/work", body) { [unowned self] status, answer in
+                guard status == 200 else { return self.abort(txid, i, why: "work-\(label) \(status)", naming: named) }
+                note(answer)
+                step(k + 1)
+            }
+        }
+        func commit() {
                 let commitBody = named.isEmpty ? [] : NamedBranches(branches: named).wireJSON
                 self.call("POST", "http://coordinator:1/v1/transactions/\(txid)/commit", commitBody) { status, body in
                     if status == 200, let answer = try? JSONDecoder().decode(OutcomeResponse.self, from: Data(body)),
@@ -185,8 +203,8 @@ final class SimClient {
                     // the participants instead.
                     self.next()
                 }
-            }
         }
+        step(0)
     }
 
     /// A transfer as one submit: the coordinator carries each agent's ops with its prepare.
@@ -207,7 +225,10 @@ final class SimClient {
                                     termination: termination, branches: [
                                         .init(participant: d.first, url: "http://\(d.first):1", ops: ops(d.firstKey, d.firstDelta)),
                                         .init(participant: d.second, url: "http://\(d.second):1", ops: ops(d.secondKey, d.secondDelta)),
-                                    ], requestID: marker)
+                                    ] + d.others.map {
+                                        .init(participant: $0, url: "http://\($0):1",
+                                              ops: .array([.object([("op", .string("set")), ("key", .string(marker)), ("value", .int(1))])]))
+                                    }, requestID: marker)
         call("POST", "http://coordinator:1/v1/transactions/submit", request.wireJSON) { [unowned self] status, body in
             if status == 200, let answer = try? OutcomeResponse(wireJSON: body), let outcome = Outcome(rawValue: answer.outcome) {
                 self.transfers[i].txid = answer.txid

@@ -45,7 +45,7 @@ extension Simulation {
                 trace("LOST \(label)")
                 continue
             }
-            let delay = tccMode ? tccDelayUs() : 20 + random(config.faults.delayUsMax)
+            let delay = tccMode ? tccDelayUs() : atomicDelayUs(from: sender, to: parsed.host, path: parsed.path)
             let late = tccMode && delay >= (config.faults.tcc?.lateDelayUsMin ?? .max)
             if late { tccLateInFlight += 1 }
             schedule(afterUs: delay, "deliver \(label)\(copy == 1 ? " (duplicate)" : "")\(late ? " (late)" : "")") { [unowned self] in
@@ -67,12 +67,23 @@ extension Simulation {
                 }
                 if let c = node.coordinator { c.handle(httpRequest, sink) } else if let s = node.service { s.handle(httpRequest, sink) } else { node.agent?.handle(httpRequest, sink) }
                 // Participants learn outcomes while handling messages: check agreement often.
-                if parsed.path.hasPrefix("/v1/2pc/"), let txid = txidOf(request.body) { self.checkAgreement(txid: txid) }
+                if parsed.path.hasPrefix("/v1/2pc/") || parsed.path.hasPrefix("/v1/3pc/"), let txid = txidOf(request.body) { self.checkAgreement(txid: txid) }
             }
         }
     }
 
     private func clientTarget(_ host: String) -> AnyObject? { nil }
+
+    /// A 2PC/3PC run's message delay; in 3PC runs (`lateThreePhasePercent`) a message between
+    /// agents or a 3PC message from the coordinator is now and then held for seconds.
+    private func atomicDelayUs(from: String, to: String, path: String) -> Int64 {
+        let peers = agentNames.contains(from) && agentNames.contains(to)
+        if !healed, peers || path.hasPrefix("/v1/3pc/"), chance(config.faults.lateThreePhasePercent) {
+            trace("LATE \(from)->\(to) \(path)")
+            return 200_000 + random(2_800_000)
+        }
+        return 20 + random(config.faults.delayUsMax)
+    }
 
     func isCut(_ from: String, _ to: String) -> Bool { cut.contains("\(from)>\(to)") }
 

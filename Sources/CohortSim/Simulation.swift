@@ -26,6 +26,13 @@ public final class Simulation {
         /// Chance (percent) that a crash also makes one fsync fail first (fail-stop path).
         public var fsyncFailurePercent = 0
         public var partitions = false
+        /// Partitions may also cut links between agents (3PC runs: the termination protocol's
+        /// peers), not only agent–coordinator links.
+        public var agentLinks = false
+        /// 3PC runs: chance (percent) that a message between agents, or a 3PC message from the
+        /// coordinator, is held 0.2-3 s: longer than a termination round, so a backup's message
+        /// can arrive after another backup acted.
+        public var lateThreePhasePercent = 0
         /// Check at some crashes that a flipped bit in an old record stops recovery.
         public var bitFlipChecks = false
         /// The commit protocol the clients ask for. Classic 3PC is drawn only for runs without
@@ -47,8 +54,9 @@ public final class Simulation {
                     " fsync-fail \(fsyncFailurePercent)% partitions \(partitions ? "on" : "off") \(tcc)"
             }
             return "\(protocolName) loss \(lossPercent)% dup \(duplicatePercent)% delay≤\(delayUsMax)µs crashes " +
-                (crashEveryUs == 0 ? "off" : "every~\(crashEveryUs / 1000)ms\(tornCrashes ? " torn" : "")") +
-                " fsync-fail \(fsyncFailurePercent)% partitions \(partitions ? "on" : "off") submit \(submitPercent)% named \(namedPercent)%"
+                (crashEveryUs == 0 ? "off" : "every~\(crashEveryUs / 1000)ms\(tornCrashes ? " torn" : "") outages≤\(restartAfterUsMax / 1000)ms") +
+                " fsync-fail \(fsyncFailurePercent)% partitions \(partitions ? (agentLinks ? "on (agent links too)" : "on") : "off")" +
+                (lateThreePhasePercent > 0 ? " late-3pc \(lateThreePhasePercent)%" : "") + " submit \(submitPercent)% named \(namedPercent)%"
         }
 
         public var protocolName: String {
@@ -84,6 +92,33 @@ public final class Simulation {
             return f
         }
 
+        /// A 3PC run's mix (`--protocol 3pc`): every transfer spans three agents, so quorum
+        /// termination has overlapping quorums to get wrong. Quorum runs get every fault the
+        /// protocol claims to survive (loss, partitions between any nodes, messages late by
+        /// seconds); classic runs only crashes (its model: a silent site has failed), with
+        /// outages longer than the termination timeout.
+        public static func drawThreePhase(_ rng: inout SplitMix64) -> Faults {
+            var f = Faults()
+            let quorum = rng.next() % 3 != 0
+            f.commitProtocol = .threePhase(quorum ? .quorum : .classic)
+            f.delayUsMax = 200 + Int64(rng.next() % 5_000)
+            f.duplicatePercent = Int(rng.next() % 21)
+            f.crashEveryUs = rng.next() % 5 == 0 ? 0 : 300_000 + Int64(rng.next() % 1_500_000)
+            f.restartAfterUsMax = 100_000 + Int64(rng.next() % 4_000_000)
+            f.tornCrashes = rng.next() % 2 == 0
+            f.fsyncFailurePercent = Int(rng.next() % 20)
+            f.bitFlipChecks = rng.next() % 3 == 0
+            f.submitPercent = [0, 50, 100][Int(rng.next() % 3)]
+            f.namedPercent = [0, 50, 100][Int(rng.next() % 3)]
+            if quorum {
+                f.lossPercent = Int(rng.next() % 21)
+                f.partitions = rng.next() % 3 != 0
+                f.agentLinks = true
+                f.lateThreePhasePercent = [0, 5, 20][Int(rng.next() % 3)]
+            }
+            return f
+        }
+
         /// A TCC run's mix: the shared faults (no 3PC) plus `TCCFaults`.
         public static func drawTCC(_ rng: inout SplitMix64) -> Faults {
             var f = Faults()
@@ -109,6 +144,9 @@ public final class Simulation {
         case atomicCommit = "2pc"
         /// TCC orders against inventory services.
         case tcc
+        /// 3PC transfers across three agents (quorum or classic termination), with the faults
+        /// of `Faults.drawThreePhase`.
+        case threePhase = "3pc"
     }
 
     public struct Config {
@@ -147,6 +185,13 @@ public final class Simulation {
             if workload == .tcc {
                 var rng = SplitMix64(seed: seed ^ 0x7CC5_EED5)
                 faults = Faults.drawTCC(&rng)
+            }
+            if workload == .threePhase {
+                var rng = SplitMix64(seed: seed ^ 0x3FC5_EED5)
+                faults = Faults.drawThreePhase(&rng)
+                agents = 3
+                // Room for several termination rounds (2 s timeout) inside the fault phase.
+                faultPhaseUs = 10_000_000
             }
         }
     }
@@ -379,6 +424,14 @@ public final class Simulation {
                 let healedLink = links[Int(self.rng.next() % UInt64(links.count))]
                 self.cut.remove(healedLink)
                 self.trace("HEAL \(healedLink)")
+            } else if self.config.faults.agentLinks && self.rng.next() % 2 == 0 {
+                // Two agents cannot hear each other (the termination protocol's peers).
+                let i = Int(self.rng.next() % UInt64(self.agentNames.count))
+                let j = (i + 1 + Int(self.rng.next() % UInt64(self.agentNames.count - 1))) % self.agentNames.count
+                let (x, y) = (self.agentNames[i], self.agentNames[j])
+                self.cut.insert("\(x)>\(y)")
+                self.cut.insert("\(y)>\(x)")
+                self.trace("PARTITION \(x)|\(y)")
             } else {
                 let agent = self.agentNames[Int(self.rng.next() % UInt64(self.agentNames.count))]
                 self.cut.insert("coordinator>\(agent)")
@@ -470,7 +523,7 @@ public final class Simulation {
                 if case .int(let v)? = try? store.get(accountKey(i)) { balances["\(agent)/\(accountKey(i))"] = v }
             }
             for client in clients {
-                for t in client.transfers {
+                for t in client.transfers where t.agents.contains(agent) {
                     markers[t.marker, default: [:]][agent] = (try? store.get(t.marker)) != nil
                 }
             }
@@ -480,9 +533,10 @@ public final class Simulation {
         for client in clients {
             for t in client.transfers {
                 let m = markers[t.marker] ?? [:]
-                let a = m[t.fromAgent] ?? false, b = m[t.toAgent] ?? false
-                if a != b {
-                    return fail("atomicity: \(t.txid) applied at \(a ? t.fromAgent : t.toAgent) only")
+                let a = m[t.fromAgent] ?? false
+                let applied = t.agents.filter { m[$0] ?? false }
+                if !applied.isEmpty && applied.count != t.agents.count {
+                    return fail("atomicity: \(t.txid) applied at \(applied.joined(separator: ", ")) only, of \(t.agents.joined(separator: ", "))")
                 }
                 if t.reported == .committed && !a {
                     return fail("durability: \(t.txid) was reported committed to the client but is not applied")

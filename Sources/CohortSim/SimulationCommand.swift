@@ -2,11 +2,11 @@ import CohortCore
 import CohortRuntime
 import Foundation
 
-/// `txscenario simulate [--protocol 2pc|tcc] --seed N --runs M`: runs M seeded simulations starting at seed N and
+/// `txscenario simulate [--protocol 2pc|3pc|tcc] --seed N --runs M`: runs M seeded simulations starting at seed N and
 /// reports failures with the seed that reproduces them. Returns the process exit status.
 public enum CohortSimCommand {
     public static let usage = """
-    usage: txscenario simulate [--protocol 2pc|tcc] [--seed N] [--runs M] [--trace] [--break MODE]
+    usage: txscenario simulate [--protocol 2pc|3pc|tcc] [--seed N] [--runs M] [--trace] [--break MODE]
 
     Runs the whole cluster (a coordinator, two agents, three clients) in one process over a
     simulated network, disk and clock, M times with seeds N, N+1, ...; each seed draws its own
@@ -14,7 +14,10 @@ public enum CohortSimCommand {
     lost or torn unsynced writes, failing fsyncs, a flipped bit in an old record). Safety is
     checked throughout; after the faults stop every transaction must finish.
       --protocol P   2pc (default): 2PC/3PC transfers between two agents (each seed draws
-                     2PC, quorum 3PC or classic 3PC); tcc: TCC orders, one branch on each of
+                     2PC, quorum 3PC or classic 3PC); 3pc: 3PC transfers with a branch on
+                     each of three agents, quorum (loss, partitions between any nodes,
+                     messages late by seconds) or classic (crashes, long outages); tcc: TCC
+                     orders, one branch on each of
                      2-3 inventory services (the real CohortTCC barrier), with long delays
                      (a try after its cancel), crash points around tries, the decision and
                      confirms, and service outages longer than the retry budget
@@ -52,7 +55,7 @@ public enum CohortSimCommand {
                 throw UsageError("--break must be one of \(TestOnlyBreak.allCases.filter { $0 != .none }.map(\.rawValue).joined(separator: ", "))")
             }
             if let p = args.string("protocol"), Simulation.Workload(rawValue: p) == nil {
-                throw UsageError("--protocol must be 2pc or tcc, not \"\(p.prefix(40))\"")
+                throw UsageError("--protocol must be 2pc, 3pc or tcc, not \"\(p.prefix(40))\"")
             }
         } catch {
             errorOutput("error: \(error) (see txscenario simulate --help)")
@@ -69,7 +72,7 @@ public enum CohortSimCommand {
         let started = Date()
         for i in 0..<runs {
             let seed = first &+ UInt64(i)
-            var config = workload == .tcc ? Simulation.Config(seed: seed, workload: .tcc) : Simulation.Config(seed: seed)
+            var config = Simulation.Config(seed: seed, workload: workload)
             config.breakMode = breakMode
             let result = Simulation(config: config).run()
             for b in withUnsafeBytes(of: result.traceHash.littleEndian, Array.init) {
@@ -87,7 +90,7 @@ public enum CohortSimCommand {
                 failures += 1
                 output("FAILED seed \(seed): \(failure.message)")
                 output("  faults: \(config.faults)")
-                output("  reproduce: txscenario simulate\(workload == .tcc ? " --protocol tcc" : "") --seed \(seed) --runs 1\(breakMode == .none ? "" : " --break \(breakMode.rawValue)")")
+                output("  reproduce: txscenario simulate\(workload == .atomicCommit ? "" : " --protocol \(workload.rawValue)") --seed \(seed) --runs 1\(breakMode == .none ? "" : " --break \(breakMode.rawValue)")")
                 output("  last events:")
                 for line in failure.trace.suffix(40) { output("    \(line)") }
             }
