@@ -24,13 +24,11 @@ extension Simulation {
         // The sender's own timeout.
         schedule(afterUs: request.timeoutMs * 1000, "timeout \(label)", skip: { once.done }) { finish(.failure(.timeout)) }
         guard let node = target as? SimNode else { return }
-        if tccMode {
-            if nodes[sender]?.dying == true {
-                trace("DROPPED (sender is crashing) \(label)")
-                return
-            }
-            tccOnSend(from: sender, path: parsed.path)
+        if nodes[sender]?.dying == true {
+            trace("DROPPED (sender is crashing) \(label)")
+            return
         }
+        if tccMode { tccOnSend(from: sender, path: parsed.path) } else { threePhaseOnSend(from: sender, request, path: parsed.path) }
         if !node.isUp {
             schedule(afterUs: 50, "refused \(label)") { finish(.failure(.connectFailed("connection refused"))) }
             return
@@ -45,7 +43,7 @@ extension Simulation {
                 trace("LOST \(label)")
                 continue
             }
-            let delay = tccMode ? tccDelayUs() : atomicDelayUs(from: sender, to: parsed.host, path: parsed.path)
+            let delay = tccMode ? tccDelayUs() : atomicDelayUs(from: sender, to: parsed.host, path: parsed.path, body: request.body)
             let late = tccMode && delay >= (config.faults.tcc?.lateDelayUsMin ?? .max)
             if late { tccLateInFlight += 1 }
             schedule(afterUs: delay, "deliver \(label)\(copy == 1 ? " (duplicate)" : "")\(late ? " (late)" : "")") { [unowned self] in
@@ -74,11 +72,32 @@ extension Simulation {
 
     private func clientTarget(_ host: String) -> AnyObject? { nil }
 
+    /// Whether a message is or carries (in a `/v1/batch`) a 3PC message.
+    private func carriesThreePhase(_ path: String, _ body: [UInt8]) -> Bool {
+        if path.hasPrefix("/v1/3pc/") { return true }
+        guard path == "/v1/batch" else { return false }
+        let needle = Array("/v1/3pc/".utf8)
+        return body.count >= needle.count && (0...(body.count - needle.count)).contains { i in body[i..<(i + needle.count)].elementsEqual(needle) }
+    }
+
+    /// 3PC runs (`preCommitCrashPercent`): the coordinator may crash right after its first
+    /// pre-commit of a fan-out leaves, so the rest never do.
+    private func threePhaseOnSend(from sender: String, _ request: HTTPClientRequest, path: String) {
+        guard config.faults.preCommitCrashPercent > 0, !healed, sender == "coordinator", let node = nodes[sender], !node.dying,
+              path == "/v1/3pc/precommit" || (path == "/v1/batch" && String(decoding: request.body, as: UTF8.self).contains("/v1/3pc/precommit")),
+              chance(config.faults.preCommitCrashPercent) else { return }
+        node.dying = true
+        schedule(afterUs: 0, "CRASH POINT coordinator after sending a pre-commit") { [unowned self] in
+            self.crash("coordinator", reason: "crash point after a pre-commit send")
+        }
+    }
+
     /// A 2PC/3PC run's message delay; in 3PC runs (`lateThreePhasePercent`) a message between
     /// agents or a 3PC message from the coordinator is now and then held for seconds.
-    private func atomicDelayUs(from: String, to: String, path: String) -> Int64 {
+    private func atomicDelayUs(from: String, to: String, path: String, body: [UInt8]) -> Int64 {
+        guard config.faults.lateThreePhasePercent > 0 else { return 20 + random(config.faults.delayUsMax) }
         let peers = agentNames.contains(from) && agentNames.contains(to)
-        if !healed, peers || path.hasPrefix("/v1/3pc/"), chance(config.faults.lateThreePhasePercent) {
+        if !healed, peers || carriesThreePhase(path, body), chance(config.faults.lateThreePhasePercent) {
             trace("LATE \(from)->\(to) \(path)")
             return 200_000 + random(2_800_000)
         }

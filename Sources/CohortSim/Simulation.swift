@@ -33,6 +33,10 @@ public final class Simulation {
         /// coordinator, is held 0.2-3 s: longer than a termination round, so a backup's message
         /// can arrive after another backup acted.
         public var lateThreePhasePercent = 0
+        /// 3PC runs: chance (percent) that the coordinator crashes right after sending its first
+        /// pre-commit of a fan-out (the others never leave): pre-committed and uncertain
+        /// participants left to terminate without it.
+        public var preCommitCrashPercent = 0
         /// Check at some crashes that a flipped bit in an old record stops recovery.
         public var bitFlipChecks = false
         /// The commit protocol the clients ask for. Classic 3PC is drawn only for runs without
@@ -56,7 +60,8 @@ public final class Simulation {
             return "\(protocolName) loss \(lossPercent)% dup \(duplicatePercent)% delay≤\(delayUsMax)µs crashes " +
                 (crashEveryUs == 0 ? "off" : "every~\(crashEveryUs / 1000)ms\(tornCrashes ? " torn" : "") outages≤\(restartAfterUsMax / 1000)ms") +
                 " fsync-fail \(fsyncFailurePercent)% partitions \(partitions ? (agentLinks ? "on (agent links too)" : "on") : "off")" +
-                (lateThreePhasePercent > 0 ? " late-3pc \(lateThreePhasePercent)%" : "") + " submit \(submitPercent)% named \(namedPercent)%"
+                (lateThreePhasePercent > 0 ? " late-3pc \(lateThreePhasePercent)%" : "") +
+                (preCommitCrashPercent > 0 ? " precommit-crash \(preCommitCrashPercent)%" : "") + " submit \(submitPercent)% named \(namedPercent)%"
         }
 
         public var protocolName: String {
@@ -110,6 +115,7 @@ public final class Simulation {
             f.bitFlipChecks = rng.next() % 3 == 0
             f.submitPercent = [0, 50, 100][Int(rng.next() % 3)]
             f.namedPercent = [0, 50, 100][Int(rng.next() % 3)]
+            f.preCommitCrashPercent = [0, 10, 30][Int(rng.next() % 3)]
             if quorum {
                 f.lossPercent = Int(rng.next() % 21)
                 f.partitions = rng.next() % 3 != 0
