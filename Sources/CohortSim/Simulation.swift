@@ -664,3 +664,56 @@ extension Simulation {
         return PartitionResult(txid: txid, outcomes: outcomes, coordinatorState: coordinatorState, clientAnswer: answer)
     }
 }
+
+// MARK: - a classic 3PC participant back from a crash (session 13)
+
+extension Simulation {
+    /// Classic termination, crashes only. The coordinator's pre-commit reaches only a; the
+    /// coordinator and a crash. b and c terminate without a: nobody pre-committed, so they abort.
+    /// Then b and c crash, and a comes back, pre-committed, to silent peers. Before session 13
+    /// a decided alone from its own state and committed: a split. It must wait until its peers
+    /// answer (after the heal) and learn their abort.
+    public static func classicRecoveredAlone(seed: UInt64 = 1) -> PartitionResult {
+        var config = Config(seed: seed)
+        config.agents = 3
+        config.faults = Faults()
+        config.faults.commitProtocol = .threePhase(.classic)
+        config.faultPhaseUs = 20_000_000
+        let sim = Simulation(config: config)
+        var txid = ""
+        var answer = "nothing"
+        var struck = false
+        sim.dropRule = { from, to, path in
+            from == "coordinator" && (to == "b" || to == "c") && path == "/v1/3pc/precommit"
+        }
+        sim.onDeliver = { [unowned sim] from, to, path in
+            guard from == "coordinator", to == "a", path == "/v1/3pc/precommit", !struck else { return }
+            struck = true
+            sim.schedule(afterUs: 0, "the coordinator crashes after its pre-commit to a") {
+                sim.crash("coordinator", reason: "scripted", restartAfterUs: 60_000_000)
+            }
+            // a pre-commits (a forced record, synced within a millisecond), then crashes, and
+            // comes back once b and c have aborted and crashed in turn.
+            sim.schedule(afterUs: 20_000, "a crashes, pre-committed") { sim.crash("a", reason: "scripted", restartAfterUs: 8_000_000) }
+            sim.schedule(afterUs: 6_000_000, "b and c crash, aborted") {
+                sim.crash("b", reason: "scripted", restartAfterUs: 60_000_000)
+                sim.crash("c", reason: "scripted", restartAfterUs: 60_000_000)
+            }
+        }
+        sim.scriptedClient = { sim in
+            let client = SimClient(index: 0, simulation: sim)
+            sim.setupClient = client
+            client.threeWayTransfer(termination: .classic) { id, told in
+                txid = id
+                answer = told
+            }
+        }
+        _ = sim.run()
+        var outcomes: [String: Outcome] = [:]
+        for agent in sim.agentNames {
+            if let o = sim.nodes[agent]?.agent?.machine.finishedOutcomes[txid] { outcomes[agent] = o }
+        }
+        let coordinatorState = TxID(txid).flatMap { sim.nodes["coordinator"]?.coordinator?.machine.transaction($0)?.state.rawValue } ?? "unknown"
+        return PartitionResult(txid: txid, outcomes: outcomes, coordinatorState: coordinatorState, clientAnswer: answer)
+    }
+}

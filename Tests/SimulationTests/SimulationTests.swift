@@ -95,6 +95,17 @@ final class ThreePhasePartitionTests: XCTestCase {
         XCTAssertTrue(result.split)
     }
 
+    /// Crashes only: a pre-committed participant back from a crash finds its peers (which
+    /// aborted while it was down) down in turn. It must not decide alone.
+    func testAClassicParticipantBackFromACrashDoesNotCommitAlone() {
+        let result = Simulation.classicRecoveredAlone()
+        print("classic, recovered alone:", result)
+        XCTAssertEqual(result.outcomes["b"], .aborted, "\(result)")
+        XCTAssertEqual(result.outcomes["c"], .aborted, "\(result)")
+        XCTAssertEqual(result.outcomes["a"], .aborted, "\(result)")
+        XCTAssertFalse(result.split, "\(result)")
+    }
+
     func testQuorumTerminationDoesNotSplit() {
         let result = Simulation.precommitPartition(termination: .quorum)
         print("quorum:", result)
