@@ -310,6 +310,8 @@ extension Limits {
     public static let demoOrderQtyMax: Int64 = 1_000_000
     /// Orders the order service works on at once; more wait for a free worker.
     public static let demoOrderWorkersMax = 64
+    /// Orders in one `GET /v1/orders` answer (about 150 bytes each): `next_after` goes on.
+    public static let demoOrdersListedMax = 10_000
     /// Orders waiting for a free worker; past this a new one is answered 503.
     public static let demoOrdersWaitingMax = 1_024
     /// The inventory keeps an HTTP client for this many `reply_to` addresses; others get a

@@ -118,7 +118,11 @@ public final class OrderService: RunnableServer {
         let status: String
         func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("order_id", order_id); w.field("status", status); w.endObject() }
     }
-    struct OrderList: Encodable { let orders: [OrderStore.Order] }
+    struct OrderList: Encodable {
+        let orders: [OrderStore.Order]
+        /// Set when orders are left past this answer: pass it as `after` for the next.
+        var next_after: String? = nil
+    }
 
     private func route(_ request: HTTPRequest, _ responder: HTTPResponder) -> Bool {
         if let response = outbox.handleInbox(request) {
@@ -138,7 +142,17 @@ public final class OrderService: RunnableServer {
                 responder.send(.error(400, "status must be pending, confirmed or rejected"))
                 return true
             }
-            do { responder.send(.json(200, OrderList(orders: try store.list(status: status)))) } catch {
+            let limit = request.query["limit"].map { Int($0) ?? 0 } ?? Limits.demoOrdersListedMax
+            guard limit >= 1, limit <= Limits.demoOrdersListedMax else {
+                responder.send(.error(400, "limit must be 1-\(Limits.demoOrdersListedMax)"))
+                return true
+            }
+            do {
+                let page = try store.list(status: status, after: request.query["after"], limit: limit)
+                responder.send(.json(200, OrderList(orders: page.orders, next_after: page.more ? page.orders.last?.orderID : nil)))
+            } catch let e as OrderStoreError {
+                responder.send(.error(400, e.description))
+            } catch {
                 responder.send(.error(500, "order store read failed: \(error)"))
             }
         case ("GET", 3):

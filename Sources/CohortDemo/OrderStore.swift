@@ -1,3 +1,4 @@
+import CohortCore
 import CohortSQLite
 import CohortTCC
 import Foundation
@@ -60,11 +61,41 @@ public final class OrderStore: @unchecked Sendable {
     }
 
     public func list(status: String?) throws -> [Order] {
-        try locked {
-            if let status {
-                return try db.query("SELECT order_id, sku, qty, mode, status, txid FROM orders WHERE status = ?1 ORDER BY created_ms, order_id", [.text(status)]).map(Self.order)
-            }
-            return try db.query("SELECT order_id, sku, qty, mode, status, txid FROM orders ORDER BY created_ms, order_id").map(Self.order)
+        var all: [Order] = []
+        var after: String?
+        while true {
+            let page = try list(status: status, after: after, limit: Limits.demoOrdersListedMax)
+            all += page.orders
+            guard page.more, let last = page.orders.last else { return all }
+            after = last.orderID
         }
     }
+
+    /// Orders in creation order, at most `limit`, after the order `after` (nil: from the
+    /// first); `more` says some are left. An unknown `after` throws `OrderStoreError`.
+    public func list(status: String?, after: String?, limit: Int) throws -> (orders: [Order], more: Bool) {
+        precondition(limit >= 1, "list limit below 1")
+        return try locked {
+            var conditions: [String] = []
+            var args: [SQLValue] = [.int(Int64(limit + 1))]
+            if let status {
+                args.append(.text(status))
+                conditions.append("status = ?\(args.count)")
+            }
+            if let after {
+                guard try !db.query("SELECT 1 FROM orders WHERE order_id = ?1", [.text(after)]).isEmpty else {
+                    throw OrderStoreError(description: "no order \(after.prefix(80)) to list after")
+                }
+                args.append(.text(after))
+                conditions.append("(created_ms, order_id) > (SELECT created_ms, order_id FROM orders WHERE order_id = ?\(args.count))")
+            }
+            let filter = conditions.isEmpty ? "" : " WHERE " + conditions.joined(separator: " AND ")
+            let rows = try db.query("SELECT order_id, sku, qty, mode, status, txid FROM orders\(filter) ORDER BY created_ms, order_id LIMIT ?1", args)
+            return (rows.prefix(limit).map(Self.order), rows.count > limit)
+        }
+    }
+}
+
+public struct OrderStoreError: Error, CustomStringConvertible {
+    public let description: String
 }

@@ -43,7 +43,8 @@ extension Simulation {
                 trace("LOST \(label)")
                 continue
             }
-            let delay = tccMode ? tccDelayUs() : atomicDelayUs(from: sender, to: parsed.host, path: parsed.path, body: request.body)
+            let delay = delayRule?(sender, parsed.host, parsed.path)
+                ?? (tccMode ? tccDelayUs() : atomicDelayUs(from: sender, to: parsed.host, path: parsed.path, body: request.body))
             let late = tccMode && delay >= (config.faults.tcc?.lateDelayUsMin ?? .max)
             if late { tccLateInFlight += 1 }
             schedule(afterUs: delay, "deliver \(label)\(copy == 1 ? " (duplicate)" : "")\(late ? " (late)" : "")") { [unowned self] in

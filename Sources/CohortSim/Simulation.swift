@@ -252,6 +252,8 @@ public final class Simulation {
     var cut: Set<String> = []
     /// Scripted schedules: drop chosen messages, act when one is delivered.
     var dropRule: ((_ from: String, _ to: String, _ path: String) -> Bool)?
+    /// Scripted schedules: hold chosen messages this long (µs) instead of the usual delay.
+    var delayRule: ((_ from: String, _ to: String, _ path: String) -> Int64?)?
     var onDeliver: ((_ from: String, _ to: String, _ path: String) -> Void)?
     /// Scripted runs drive their own client instead of the random workload.
     var scriptedClient: ((Simulation) -> Void)?
@@ -704,6 +706,59 @@ extension Simulation {
             let client = SimClient(index: 0, simulation: sim)
             sim.setupClient = client
             client.threeWayTransfer(termination: .classic) { id, told in
+                txid = id
+                answer = told
+            }
+        }
+        _ = sim.run()
+        var outcomes: [String: Outcome] = [:]
+        for agent in sim.agentNames {
+            if let o = sim.nodes[agent]?.agent?.machine.finishedOutcomes[txid] { outcomes[agent] = o }
+        }
+        let coordinatorState = TxID(txid).flatMap { sim.nodes["coordinator"]?.coordinator?.machine.transaction($0)?.state.rawValue } ?? "unknown"
+        return PartitionResult(txid: txid, outcomes: outcomes, coordinatorState: coordinatorState, clientAnswer: answer)
+    }
+}
+
+// MARK: - quorum 3PC: a late backup pre-commit (session 13)
+
+extension Simulation {
+    /// Quorum termination, N = 3, Q = 2. The coordinator's pre-commit reaches only a, and the
+    /// coordinator crashes; a and b cannot hear each other. a, as backup, pre-commits c, but
+    /// that message is held 4 s. b, as backup of {b, c}, pre-aborts c and itself and aborts
+    /// (its abort to c is lost). Then a's pre-commit reaches c. Before session 13 c took it,
+    /// flipping from pre-aborted to pre-committed, and a counted a commit quorum {a, c}: a
+    /// split. c must refuse it, and a must block until it hears that b aborted.
+    public static func quorumLatePreCommit(seed: UInt64 = 1) -> PartitionResult {
+        var config = Config(seed: seed)
+        config.agents = 3
+        config.faults = Faults()
+        config.faults.commitProtocol = .threePhase(.quorum)
+        config.faultPhaseUs = 20_000_000
+        let sim = Simulation(config: config)
+        var txid = ""
+        var answer = "nothing"
+        var struck = false
+        sim.dropRule = { from, to, path in
+            (from == "coordinator" && (to == "b" || to == "c") && path == "/v1/3pc/precommit")
+                || (from == "b" && to == "c" && path == "/v1/2pc/abort")
+        }
+        sim.delayRule = { from, to, path in
+            from == "a" && to == "c" && path == "/v1/3pc/precommit" ? 4_000_000 : nil
+        }
+        sim.onDeliver = { [unowned sim] from, to, path in
+            guard from == "coordinator", to == "a", path == "/v1/3pc/precommit", !struck else { return }
+            struck = true
+            for (x, y) in [("a", "b"), ("b", "a")] { sim.cut.insert("\(x)>\(y)") }
+            sim.trace("PARTITION a|b")
+            sim.schedule(afterUs: 0, "the coordinator crashes after its pre-commit to a") {
+                sim.crash("coordinator", reason: "scripted", restartAfterUs: 60_000_000)
+            }
+        }
+        sim.scriptedClient = { sim in
+            let client = SimClient(index: 0, simulation: sim)
+            sim.setupClient = client
+            client.threeWayTransfer(termination: .quorum) { id, told in
                 txid = id
                 answer = told
             }

@@ -187,7 +187,13 @@ func ordersMain(_ argv: [String]) -> Never {
     while true {
         ok = true
         do {
-            let all = try call(api, "GET", ordersURL + "/v1/orders")["orders"] as? [[String: Any]] ?? []
+            var all: [[String: Any]] = []
+            var after: String?
+            repeat {
+                let page = try call(api, "GET", ordersURL + "/v1/orders" + (after.map { "?after=\($0)" } ?? ""))
+                all += page["orders"] as? [[String: Any]] ?? []
+                after = page["next_after"] as? String
+            } while after != nil
             var confirmedBySku: [String: Int64] = [:]
             for o in all {
                 let st = o["status"] as? String

@@ -180,6 +180,22 @@ final class DemoTests: XCTestCase {
         XCTAssertEqual(try rig.stock("pear").available >= 0, true)
         XCTAssertEqual(rig.waitAtRest(), [])
         XCTAssertEqual(try rig.orders("confirmed").count + (try rig.orders("rejected")).count, try rig.orders().count)
+        // The list comes in pages: `limit`, then `after` the answer's `next_after`.
+        var paged: [String] = []
+        var after: String?
+        repeat {
+            let (code, page) = try rig.json("GET", rig.url("orders") + "/v1/orders?limit=2" + (after.map { "&after=\($0)" } ?? ""))
+            XCTAssertEqual(code, 200)
+            let orders = page["orders"] as? [[String: Any]] ?? []
+            XCTAssertLessThanOrEqual(orders.count, 2)
+            paged += orders.compactMap { $0["order_id"] as? String }
+            after = page["next_after"] as? String
+        } while after != nil && paged.count < 10_000
+        XCTAssertEqual(paged, try rig.orders().compactMap { $0["order_id"] as? String })
+        XCTAssertGreaterThan(paged.count, 2)
+        for bad in ["?limit=0", "?limit=10001", "?limit=x", "?after=nope"] {
+            XCTAssertEqual(try rig.json("GET", rig.url("orders") + "/v1/orders" + bad).0, 400, bad)
+        }
         // The inventory's /metrics (its embedded agent's) counts its TCC phases too: the tcc
         // orders' tries, at least one confirmed (apple) and one refused (pear), with no errors.
         let metrics = String(decoding: try CohortAPI(coordinatorURL: "").raw("GET", rig.url("inventory") + "/metrics").body, as: UTF8.self)

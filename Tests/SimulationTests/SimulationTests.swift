@@ -106,6 +106,16 @@ final class ThreePhasePartitionTests: XCTestCase {
         XCTAssertFalse(result.split, "\(result)")
     }
 
+    /// Quorum termination: a backup's pre-commit that arrives after another backup pre-aborted
+    /// the branch (and aborted) must not flip it into a commit quorum.
+    func testALatePreCommitDoesNotMakeAQuorumSplit() {
+        let result = Simulation.quorumLatePreCommit()
+        print("quorum, late pre-commit:", result)
+        XCTAssertEqual(result.outcomes["b"], .aborted, "\(result)")
+        XCTAssertEqual(result.outcomes.count, 3, "every participant decided once healed: \(result)")
+        XCTAssertFalse(result.split, "\(result)")
+    }
+
     func testQuorumTerminationDoesNotSplit() {
         let result = Simulation.precommitPartition(termination: .quorum)
         print("quorum:", result)
