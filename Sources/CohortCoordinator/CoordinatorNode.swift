@@ -526,7 +526,7 @@ public final class CoordinatorNode {
 
     private func list(_ request: HTTPRequest, _ responder: ResponseSink) {
         let filter = request.query["state"]
-        let limitText = request.query["limit"] ?? "1000"
+        let limitText = request.query["limit"] ?? String(Limits.transactionsListedDefault)
         guard let limit = Int(limitText), limit > 0, limit <= Limits.finishedTransactionsKept + Limits.openTransactionsMax else {
             return responder.send(.error(400, "limit must be a positive integer"))
         }
@@ -556,7 +556,7 @@ public final class CoordinatorNode {
     }
 
     private func tccRegister(_ txid: String, _ request: HTTPRequest, _ responder: ResponseSink) {
-        guard request.body.count <= Limits.tccPayloadBytesMax + 4096 else {
+        guard request.body.count <= Limits.tccPayloadBytesMax + Limits.tccRegistrationFieldsBytesMax else {
             return responder.send(.error(413, "a TCC branch registration is at most \(Limits.tccPayloadBytesMax) bytes of payload"))
         }
         switch JSONBody.decode(TCCBranchRequest.self, from: request.body) {

@@ -75,12 +75,26 @@ public enum Limits {
     public static let httpHeaderCountMax = 64
     public static let httpBodyBytesMax = 1 << 20
     public static let httpConnectionsMax = 1024
+    /// Connections the kernel queues for `accept` (listen(2)'s backlog).
+    public static let httpListenBacklog: Int32 = 1024
+    /// Connections accepted per wake-up, so a storm of them cannot starve established ones.
+    public static let httpAcceptsPerWakeMax = 64
+    /// Out of file descriptors: stop accepting this long instead of spinning.
+    public static let httpAcceptPauseMs: Int64 = 100
+    /// After the response that ends a connection: read and discard this long before closing,
+    /// so unread input does not make the kernel reset the response away.
+    public static let httpLingerMs: Int64 = 1_000
+    /// Significant hex digits of a chunk size (leading zeros aside): 8 is 4 GiB, past any body.
+    public static let httpChunkSizeHexDigitsMax = 8
     /// A request must arrive completely within this time once its first byte did.
     public static let httpRequestTimeoutMs: Int64 = 10_000
     /// An idle keep-alive connection is closed after this.
     public static let httpIdleTimeoutMs: Int64 = 60_000
     public static let httpClientConnectTimeoutMs: Int64 = 2_000
     public static let httpClientRequestTimeoutMs: Int64 = 5_000
+    /// The blocking client's (txctl, tests, txbench) default request timeout: operator calls
+    /// may wait on a server's own retries.
+    public static let blockingClientRequestTimeoutMs: Int64 = 10_000
     /// Idle pooled connections kept per destination.
     public static let httpClientPoolPerHostMax = 128
     /// Requests queued at the client waiting for a connection, per destination.
@@ -118,6 +132,10 @@ public enum Limits {
     // MARK: coordinator
     /// Transactions begun but not yet finished; past this `POST /v1/transactions` answers 503.
     public static let openTransactionsMax = 10_000
+    /// `GET /v1/transactions` answers this many when no `limit` is given.
+    public static let transactionsListedDefault = 1_000
+    /// A TCC branch registration's body: its payload plus this much for the other fields.
+    public static let tccRegistrationFieldsBytesMax = 4096
     public static let branchesPerTransactionMax = 64
     public static let transactionTimeoutMsDefault: Int64 = 10_000
     public static let transactionTimeoutMsMax: Int64 = 600_000
@@ -308,6 +326,8 @@ public enum Limits {
 extension Limits {
     /// Largest quantity one order may ask for.
     public static let demoOrderQtyMax: Int64 = 1_000_000
+    /// A demo sku's name: 1-64 characters of A-Z a-z 0-9 - _ .
+    public static let demoSkuBytesMax = 64
     /// Orders the order service works on at once; more wait for a free worker.
     public static let demoOrderWorkersMax = 64
     /// Orders in one `GET /v1/orders` answer (about 150 bytes each): `next_after` goes on.

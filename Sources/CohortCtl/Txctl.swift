@@ -347,7 +347,7 @@ final class Remote {
         }
         base = u
         hasToken = token != nil
-        client = BlockingHTTPClient(connectTimeoutMs: 2000, requestTimeoutMs: 10_000, bearerToken: token)
+        client = BlockingHTTPClient(bearerToken: token)
     }
 
     var name: String {

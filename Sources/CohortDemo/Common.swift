@@ -96,11 +96,11 @@ final class Workers: @unchecked Sendable {
 }
 
 func validSku(_ sku: String) -> Bool {
-    !sku.isEmpty && sku.utf8.count <= 64
+    !sku.isEmpty && sku.utf8.count <= Limits.demoSkuBytesMax
         && sku.unicodeScalars.allSatisfy { $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "-_.".unicodeScalars.contains($0)) }
 }
 
-let skuRule = "sku must be 1-64 characters of A-Z a-z 0-9 - _ ."
+let skuRule = "sku must be 1-\(Limits.demoSkuBytesMax) characters of A-Z a-z 0-9 - _ ."
 
 struct BodyError: Error, CustomStringConvertible { let description: String }
 

@@ -628,7 +628,8 @@ public final class BlockingHTTPClient {
     private var sockets: [String: BlockingSocket] = [:]
     private var readBuffer = [UInt8](repeating: 0, count: 64 << 10)
 
-    public init(connectTimeoutMs: Int64 = 2000, requestTimeoutMs: Int64 = 10000, bearerToken: String? = nil) {
+    public init(connectTimeoutMs: Int64 = Limits.httpClientConnectTimeoutMs, requestTimeoutMs: Int64 = Limits.blockingClientRequestTimeoutMs,
+                bearerToken: String? = nil) {
         self.connectTimeoutMs = connectTimeoutMs
         self.requestTimeoutMs = requestTimeoutMs
         self.bearerToken = bearerToken

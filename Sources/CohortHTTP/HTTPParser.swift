@@ -298,6 +298,7 @@ struct MessageCore {
             var i = from
             var size = 0
             var digits = 0
+            var seen = 0
             while i < end {
                 let c = p[i]
                 let v: Int
@@ -308,12 +309,13 @@ struct MessageCore {
                 default: v = -1
                 }
                 if v < 0 { break }
-                digits += 1
-                if digits > 8 { throw HTTPParseError.bodyTooLarge("chunk size too large") }
+                seen += 1
+                if v != 0 || digits > 0 { digits += 1 }  // leading zeros are not size
+                if digits > Limits.httpChunkSizeHexDigitsMax { throw HTTPParseError.bodyTooLarge("chunk size too large") }
                 size = size * 16 + v
                 i += 1
             }
-            if digits == 0 { throw HTTPParseError.malformed("bad chunk size") }
+            if seen == 0 { throw HTTPParseError.malformed("bad chunk size") }
             // Only whitespace and chunk extensions (";name=value", ignored) may follow.
             while i < end && (p[i] == SP || p[i] == HT) { i += 1 }
             if i < end && p[i] != UInt8(ascii: ";") { throw HTTPParseError.malformed("bad chunk size") }

@@ -283,7 +283,7 @@ final class ServerConnection {
     /// Called by the server's periodic sweep.
     func checkTimeouts(nowMs: Int64) {
         if lingering {
-            if nowMs - lingerStartMs > HTTPServer.lingerMs { close() }
+            if nowMs - lingerStartMs > Limits.httpLingerMs { close() }
             return
         }
         if requestStartMs != 0 && nowMs - requestStartMs > server.config.requestTimeoutMs {
@@ -316,14 +316,13 @@ public final class HTTPServer {
     /// One read buffer shared by all connections: the loop is single-threaded.
     let scratch: UnsafeMutableRawBufferPointer
 
-    static let lingerMs: Int64 = 1_000
 
     public init(loop: EventLoop, host: String, port: Int, config: HTTPServerConfig = .init(),
                 handler: @escaping (HTTPRequest, HTTPResponder) -> Void) throws {
         self.loop = loop
         self.config = config
         self.handler = handler
-        let (fd, bound) = try TCP.listen(host: host, port: port, backlog: 1024)
+        let (fd, bound) = try TCP.listen(host: host, port: port, backlog: Limits.httpListenBacklog)
         listenFD = fd
         self.port = bound
         scratch = .allocate(byteCount: 64 << 10, alignment: 16)
@@ -377,7 +376,7 @@ public final class HTTPServer {
 
     private func acceptConnections() {
         // Bounded per wake-up so a connection storm cannot starve established connections.
-        for _ in 0..<64 {
+        for _ in 0..<Limits.httpAcceptsPerWakeMax {
             let fd: Int32?
             do {
                 fd = try TCP.accept(listenFD)
@@ -419,7 +418,7 @@ public final class HTTPServer {
         guard !acceptPaused else { return }
         acceptPaused = true
         loop.setInterest(fd: listenFD, [])
-        loop.schedule(afterMs: 100) { [weak self] in
+        loop.schedule(afterMs: Limits.httpAcceptPauseMs) { [weak self] in
             guard let self, !self.isShutdown else { return }
             self.acceptPaused = false
             self.loop.setInterest(fd: self.listenFD, .readable)

@@ -136,6 +136,9 @@ final class RequestParserTests: XCTestCase {
         let reqs = try parseAll(Array(text.utf8))
         XCTAssertEqual(reqs.count, 1)
         XCTAssertEqual(String(decoding: reqs[0].body, as: UTF8.self), "hello, world!!!")
+        // Leading zeros are not size: "000000005" is 5, not a size past 8 hex digits.
+        let padded = "POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n000000005\r\nhello\r\n00000000000\r\n\r\n"
+        XCTAssertEqual(try parseAll(Array(padded.utf8)).map { String(decoding: $0.body, as: UTF8.self) }, ["hello"])
     }
 
     func testBadChunks() {
