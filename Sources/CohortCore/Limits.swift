@@ -99,6 +99,11 @@ public enum Limits {
     public static let httpClientPoolPerHostMax = 128
     /// Requests queued at the client waiting for a connection, per destination.
     public static let httpClientQueueMax = 4096
+    /// A host name's address is looked up again this long after the last lookup (the old one
+    /// serves meanwhile), and at once after a connection to it fails.
+    public static let httpClientAddressTTLMs: Int64 = 30_000
+    /// A failed lookup answers requests to that name at once for this long.
+    public static let httpClientLookupFailureTTLMs: Int64 = 1_000
     public static let httpResponseBytesMax = 4 << 20
     /// Protocol messages in one `POST /v1/batch`.
     public static let batchMessagesMax = 256

@@ -78,6 +78,9 @@ public struct HTTPClientConfig {
     public var queueMax: Int
     /// Sent as `Authorization: Bearer <token>` unless a request sets Authorization itself.
     public var bearerToken: String?
+    /// Looks a host name up (getaddrinfo); runs off the loop thread. Tests replace it.
+    public var resolve: @Sendable (String) throws -> IPv4Address = TCP.resolve
+    public var addressTTLMs: Int64 = Limits.httpClientAddressTTLMs
 
     public init(connectTimeoutMs: Int64 = Limits.httpClientConnectTimeoutMs,
                 poolPerHostMax: Int = Limits.httpClientPoolPerHostMax,
@@ -218,7 +221,13 @@ final class PendingRequest {
 final class HostPool {
     let host: String
     let port: Int
+    /// The host's address: a literal one at once, a name's after a lookup.
     var address: IPv4Address?
+    var resolvedAtMs: Int64 = 0
+    var resolving = false
+    var lookupFailure: (message: String, atMs: Int64)?
+    /// Requests waiting for the first lookup of the name (bounded with `queue` by `queueMax`).
+    var awaitingAddress: [PendingRequest] = []
     var idle: [ClientConnection] = []
     /// Connections open or opening.
     var total = 0
@@ -228,7 +237,10 @@ final class HostPool {
     init(host: String, port: Int) {
         self.host = host
         self.port = port
+        address = TCP.literalAddress(host)
     }
+
+    var isName: Bool { TCP.literalAddress(host) == nil }
 
     var queuedCount: Int { queue.count - queueHead }
 
@@ -513,24 +525,71 @@ public final class HTTPClient {
         }
     }
 
-    private func open(_ pool: HostPool, for request: PendingRequest) {
-        let address: IPv4Address
+    /// One lookup at a time for all clients: getaddrinfo blocks, and never on a loop thread
+    /// (a name whose DNS is slow would stall every request the loop serves).
+    private static let lookups = DispatchQueue(label: "cohort.http-client.lookup")
+
+    /// The address to connect to, or nil when `request` now waits for a lookup (or failed).
+    private func address(_ pool: HostPool, for request: PendingRequest) -> IPv4Address? {
+        let nowMs = SystemClock.monotonicMs()
         if let a = pool.address {
-            address = a
-        } else {
-            do {
-                address = try TCP.resolve(pool.host)
-                pool.address = address
-            } catch {
-                finish(request, .failure(.connectFailed("\(error)")))
-                return
+            // A name's old address serves while a fresh lookup runs.
+            if pool.isName && nowMs - pool.resolvedAtMs > config.addressTTLMs && !pool.resolving { lookUp(pool) }
+            return a
+        }
+        if let failure = pool.lookupFailure, nowMs - failure.atMs < Limits.httpClientLookupFailureTTLMs {
+            finish(request, .failure(.connectFailed(failure.message)))
+            return nil
+        }
+        if pool.queuedCount + pool.awaitingAddress.count >= config.queueMax {
+            finish(request, .failure(.queueFull))
+            return nil
+        }
+        pool.awaitingAddress.append(request)
+        if !pool.resolving { lookUp(pool) }
+        return nil
+    }
+
+    private func lookUp(_ pool: HostPool) {
+        pool.resolving = true
+        let host = pool.host
+        let resolve = config.resolve
+        Self.lookups.async {
+            let result = Result { try resolve(host) }
+            self.loop.execute { self.lookedUp(pool, result) }
+        }
+    }
+
+    private func lookedUp(_ pool: HostPool, _ result: Result<IPv4Address, Error>) {
+        pool.resolving = false
+        switch result {
+        case .success(let a):
+            pool.address = a
+            pool.resolvedAtMs = SystemClock.monotonicMs()
+            pool.lookupFailure = nil
+        case .failure(let e):
+            // An old address, if any, stays: a DNS outage should not cut off a known peer.
+            pool.lookupFailure = ("\(e)", SystemClock.monotonicMs())
+        }
+        let waiting = pool.awaitingAddress
+        pool.awaitingAddress = []
+        for r in waiting where !r.done {
+            if pool.address != nil {
+                dispatch(r, pool)
+            } else {
+                finish(r, .failure(.connectFailed(pool.lookupFailure?.message ?? "lookup of \(pool.host) failed")))
             }
         }
+    }
+
+    private func open(_ pool: HostPool, for request: PendingRequest) {
+        guard let address = address(pool, for: request) else { return }
         let fd: Int32
         let connected: Bool
         do {
             (fd, connected) = try TCP.connect(to: address, port: pool.port)
         } catch {
+            if pool.isName { pool.address = nil }  // look the name up again next time
             finish(request, .failure(.connectFailed("\(error)")))
             return
         }
@@ -563,6 +622,8 @@ public final class HTTPClient {
     func connectFailed(_ c: ClientConnection, _ message: String) {
         let request = c.current
         c.current = nil
+        // The name may have moved: look it up again before the next connection.
+        if c.pool.isName { c.pool.address = nil }
         c.close()
         if let request { finish(request, .failure(.connectFailed(message))) }
     }

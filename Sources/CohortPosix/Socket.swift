@@ -2,7 +2,7 @@ import Glibc
 
 /// An IPv4 address in network byte order. Resolved once and reused so the hot path never
 /// calls getaddrinfo.
-public struct IPv4Address: Hashable, CustomStringConvertible {
+public struct IPv4Address: Hashable, CustomStringConvertible, Sendable {
     public let networkOrder: UInt32
 
     public var description: String {
@@ -34,9 +34,8 @@ extension PosixError {
 /// Non-blocking TCP over IPv4 for the event loop. All sockets get TCP_NODELAY because our
 /// messages are small request/response pairs where Nagle's delay would dominate latency.
 public enum TCP {
-    /// Resolves `host` (dotted quad fast path, else getaddrinfo restricted to IPv4).
-    /// getaddrinfo may block; callers resolve once per destination, not per request.
-    public static func resolve(_ host: String) throws -> IPv4Address {
+    /// `host` as an address without a lookup: a dotted quad, or `localhost`; nil for a name.
+    public static func literalAddress(_ host: String) -> IPv4Address? {
         var addr = in_addr()
         if inet_pton(AF_INET, host, &addr) == 1 {
             return IPv4Address(networkOrder: addr.s_addr)
@@ -44,6 +43,14 @@ public enum TCP {
         if host == "localhost" {
             return IPv4Address(networkOrder: UInt32(0x7f00_0001).bigEndian)
         }
+        return nil
+    }
+
+    /// Resolves `host` (dotted quad fast path, else getaddrinfo restricted to IPv4).
+    /// getaddrinfo may block for seconds: an event loop looks names up off its thread
+    /// (`HTTPClient`), never through this directly.
+    @Sendable public static func resolve(_ host: String) throws -> IPv4Address {
+        if let literal = literalAddress(host) { return literal }
         var hints = addrinfo()
         hints.ai_family = AF_INET
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)

@@ -380,3 +380,99 @@ extension Result {
         return nil
     }
 }
+
+/// Host names in URLs (participants registered as `http://inventory:7001`) are looked up off
+/// the loop thread, and looked up again when their address may have changed.
+final class ClientLookupTests: XCTestCase {
+    final class Answers: @unchecked Sendable {
+        let lock = NSLock()
+        var address = "127.0.0.1"
+        var lookups = 0
+        var delaySeconds = 0.0
+    }
+
+    func client(_ h: LoopHarness, _ answers: Answers, ttlMs: Int64 = Limits.httpClientAddressTTLMs) -> HTTPClient {
+        var config = HTTPClientConfig()
+        config.addressTTLMs = ttlMs
+        config.resolve = { host in
+            answers.lock.lock()
+            answers.lookups += 1
+            let (address, delay) = (answers.address, answers.delaySeconds)
+            answers.lock.unlock()
+            if delay > 0 { Thread.sleep(forTimeInterval: delay) }
+            guard host == "svc.test", let a = TCP.literalAddress(address) else {
+                throw PosixError("resolve", errno: 0, path: host, detail: "no such name")
+            }
+            return a
+        }
+        return HTTPClient(loop: h.loop, config: config)
+    }
+
+    func testASlowLookupDoesNotStallTheLoop() throws {
+        let h = try LoopHarness()
+        let server = try h.server { _, r in r.send(.text(200, "ok")) }
+        defer { h.stop(server) }
+        let answers = Answers()
+        answers.delaySeconds = 1.0
+        let c = client(h, answers)
+        let done = DispatchSemaphore(value: 0)
+        var status = 0
+        c.send(HTTPClientRequest(url: "http://svc.test:\(server.port)/")) { r in
+            status = (try? r.get().status) ?? -1
+            done.signal()
+        }
+        // While the lookup sleeps, the loop still runs other work at once.
+        Thread.sleep(forTimeInterval: 0.1)
+        let start = Date()
+        _ = try h.sync { () }
+        XCTAssertLessThan(Date().timeIntervalSince(start), 0.5, "the loop waited for the lookup")
+        XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
+        XCTAssertEqual(status, 200)
+        // An unknown name fails the request, at once the second time (the failure is kept briefly).
+        guard case .failure(.connectFailed(let why)) = h.send(c, HTTPClientRequest(url: "http://nope.test:1/")) else { return XCTFail() }
+        XCTAssertTrue(why.contains("no such name"), why)
+    }
+
+    func testANameIsLookedUpAgainAfterAFailedConnect() throws {
+        let h = try LoopHarness()
+        let a = try h.server { _, r in r.send(.text(200, "a")) }
+        // The same port on another loopback address: the name "moves" there.
+        let b = try h.sync { try HTTPServer(loop: h.loop, host: "127.0.0.2", port: a.port) { _, r in r.send(.text(200, "b")) } }
+        defer { _ = try? h.sync { b.shutdown() }; h.stop(a) }
+        let answers = Answers()
+        let c = client(h, answers)
+        let url = "http://svc.test:\(a.port)/"
+        XCTAssertEqual(try h.send(c, HTTPClientRequest(url: url)).get().bodyString, "a")
+        XCTAssertEqual(try h.send(c, HTTPClientRequest(url: url)).get().bodyString, "a", "kept alive, no new lookup")
+        XCTAssertEqual(answers.lookups, 1)
+        answers.lock.lock(); answers.address = "127.0.0.2"; answers.lock.unlock()
+        _ = try h.sync { a.shutdown() }
+        _ = try h.sync { c.shutdown() }
+        // The old address refuses: that request fails, and the name is looked up again.
+        if case .success(let r) = h.send(c, HTTPClientRequest(url: url)) { XCTFail("reached a closed server: \(r.bodyString)") }
+        XCTAssertEqual(try h.send(c, HTTPClientRequest(url: url)).get().bodyString, "b")
+        XCTAssertEqual(answers.lookups, 2)
+    }
+
+    func testANameIsLookedUpAgainAfterItsTTL() throws {
+        let h = try LoopHarness()
+        let server = try h.server { _, r in r.send(.text(200, "ok")) }
+        defer { h.stop(server) }
+        let answers = Answers()
+        let c = client(h, answers, ttlMs: 50)
+        let url = "http://svc.test:\(server.port)/"
+        XCTAssertEqual(try h.send(c, HTTPClientRequest(url: url)).get().status, 200)
+        _ = try h.sync { c.shutdown() }  // no idle connection: the next request opens one
+        Thread.sleep(forTimeInterval: 0.1)
+        XCTAssertEqual(try h.send(c, HTTPClientRequest(url: url)).get().status, 200, "the old address serves while the lookup runs")
+        XCTAssertTrue(try eventuallyTrue { answers.lock.lock(); defer { answers.lock.unlock() }; return answers.lookups == 2 })
+    }
+
+    func eventuallyTrue(_ body: () throws -> Bool) rethrows -> Bool {
+        for _ in 0..<100 {
+            if try body() { return true }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        return false
+    }
+}
