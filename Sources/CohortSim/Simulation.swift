@@ -628,11 +628,10 @@ extension Simulation {
         }
     }
 
-    /// One coordinator, three participants, all vote yes; the pre-commit reaches only the first
-    /// (a), then the network splits into {coordinator, a} and {b, c}; it heals after the fault
-    /// phase. Classic 3PC splits the outcome (coordinator and a commit, b and c abort); quorum
-    /// 3PC must not.
-    public static func precommitPartition(termination: Termination, seed: UInt64 = 1) -> PartitionResult {
+    /// A scripted three-agent 3PC run: `script` sets the drop, delay and delivery hooks on the
+    /// simulation, then one client runs one transaction across a, b and c; the result says
+    /// what each participant, the coordinator and the client ended with.
+    static func scriptedThreeWay(termination: Termination, seed: UInt64, _ script: (Simulation) -> Void) -> PartitionResult {
         var config = Config(seed: seed)
         config.agents = 3
         config.faults = Faults()
@@ -641,14 +640,7 @@ extension Simulation {
         let sim = Simulation(config: config)
         var txid = ""
         var answer = "nothing"
-        sim.dropRule = { from, to, path in
-            from == "coordinator" && (to == "b" || to == "c") && path == "/v1/3pc/precommit"
-        }
-        sim.onDeliver = { [unowned sim] from, to, path in
-            guard from == "coordinator", to == "a", path == "/v1/3pc/precommit", sim.cut.isEmpty else { return }
-            for x in ["coordinator", "a"] { for y in ["b", "c"] { sim.cut.insert("\(x)>\(y)"); sim.cut.insert("\(y)>\(x)") } }
-            sim.trace("PARTITION {coordinator, a} | {b, c}")
-        }
+        script(sim)
         sim.scriptedClient = { sim in
             let client = SimClient(index: 0, simulation: sim)
             sim.setupClient = client
@@ -665,6 +657,23 @@ extension Simulation {
         let coordinatorState = TxID(txid).flatMap { sim.nodes["coordinator"]?.coordinator?.machine.transaction($0)?.state.rawValue } ?? "unknown"
         return PartitionResult(txid: txid, outcomes: outcomes, coordinatorState: coordinatorState, clientAnswer: answer)
     }
+
+    /// One coordinator, three participants, all vote yes; the pre-commit reaches only the first
+    /// (a), then the network splits into {coordinator, a} and {b, c}; it heals after the fault
+    /// phase. Classic 3PC splits the outcome (coordinator and a commit, b and c abort); quorum
+    /// 3PC must not.
+    public static func precommitPartition(termination: Termination, seed: UInt64 = 1) -> PartitionResult {
+        scriptedThreeWay(termination: termination, seed: seed) { sim in
+            sim.dropRule = { from, to, path in
+                from == "coordinator" && (to == "b" || to == "c") && path == "/v1/3pc/precommit"
+            }
+            sim.onDeliver = { [unowned sim] from, to, path in
+                guard from == "coordinator", to == "a", path == "/v1/3pc/precommit", sim.cut.isEmpty else { return }
+                for x in ["coordinator", "a"] { for y in ["b", "c"] { sim.cut.insert("\(x)>\(y)"); sim.cut.insert("\(y)>\(x)") } }
+                sim.trace("PARTITION {coordinator, a} | {b, c}")
+            }
+        }
+    }
 }
 
 // MARK: - a classic 3PC participant back from a crash (session 13)
@@ -676,47 +685,26 @@ extension Simulation {
     /// a decided alone from its own state and committed: a split. It must wait until its peers
     /// answer (after the heal) and learn their abort.
     public static func classicRecoveredAlone(seed: UInt64 = 1) -> PartitionResult {
-        var config = Config(seed: seed)
-        config.agents = 3
-        config.faults = Faults()
-        config.faults.commitProtocol = .threePhase(.classic)
-        config.faultPhaseUs = 20_000_000
-        let sim = Simulation(config: config)
-        var txid = ""
-        var answer = "nothing"
-        var struck = false
-        sim.dropRule = { from, to, path in
-            from == "coordinator" && (to == "b" || to == "c") && path == "/v1/3pc/precommit"
-        }
-        sim.onDeliver = { [unowned sim] from, to, path in
-            guard from == "coordinator", to == "a", path == "/v1/3pc/precommit", !struck else { return }
-            struck = true
-            sim.schedule(afterUs: 0, "the coordinator crashes after its pre-commit to a") {
-                sim.crash("coordinator", reason: "scripted", restartAfterUs: 60_000_000)
+        scriptedThreeWay(termination: .classic, seed: seed) { sim in
+            var struck = false
+            sim.dropRule = { from, to, path in
+                from == "coordinator" && (to == "b" || to == "c") && path == "/v1/3pc/precommit"
             }
-            // a pre-commits (a forced record, synced within a millisecond), then crashes, and
-            // comes back once b and c have aborted and crashed in turn.
-            sim.schedule(afterUs: 20_000, "a crashes, pre-committed") { sim.crash("a", reason: "scripted", restartAfterUs: 8_000_000) }
-            sim.schedule(afterUs: 6_000_000, "b and c crash, aborted") {
-                sim.crash("b", reason: "scripted", restartAfterUs: 60_000_000)
-                sim.crash("c", reason: "scripted", restartAfterUs: 60_000_000)
+            sim.onDeliver = { [unowned sim] from, to, path in
+                guard from == "coordinator", to == "a", path == "/v1/3pc/precommit", !struck else { return }
+                struck = true
+                sim.schedule(afterUs: 0, "the coordinator crashes after its pre-commit to a") {
+                    sim.crash("coordinator", reason: "scripted", restartAfterUs: 60_000_000)
+                }
+                // a pre-commits (a forced record, synced within a millisecond), then crashes, and
+                // comes back once b and c have aborted and crashed in turn.
+                sim.schedule(afterUs: 20_000, "a crashes, pre-committed") { sim.crash("a", reason: "scripted", restartAfterUs: 8_000_000) }
+                sim.schedule(afterUs: 6_000_000, "b and c crash, aborted") {
+                    sim.crash("b", reason: "scripted", restartAfterUs: 60_000_000)
+                    sim.crash("c", reason: "scripted", restartAfterUs: 60_000_000)
+                }
             }
         }
-        sim.scriptedClient = { sim in
-            let client = SimClient(index: 0, simulation: sim)
-            sim.setupClient = client
-            client.threeWayTransfer(termination: .classic) { id, told in
-                txid = id
-                answer = told
-            }
-        }
-        _ = sim.run()
-        var outcomes: [String: Outcome] = [:]
-        for agent in sim.agentNames {
-            if let o = sim.nodes[agent]?.agent?.machine.finishedOutcomes[txid] { outcomes[agent] = o }
-        }
-        let coordinatorState = TxID(txid).flatMap { sim.nodes["coordinator"]?.coordinator?.machine.transaction($0)?.state.rawValue } ?? "unknown"
-        return PartitionResult(txid: txid, outcomes: outcomes, coordinatorState: coordinatorState, clientAnswer: answer)
     }
 }
 
@@ -730,45 +718,24 @@ extension Simulation {
     /// flipping from pre-aborted to pre-committed, and a counted a commit quorum {a, c}: a
     /// split. c must refuse it, and a must block until it hears that b aborted.
     public static func quorumLatePreCommit(seed: UInt64 = 1) -> PartitionResult {
-        var config = Config(seed: seed)
-        config.agents = 3
-        config.faults = Faults()
-        config.faults.commitProtocol = .threePhase(.quorum)
-        config.faultPhaseUs = 20_000_000
-        let sim = Simulation(config: config)
-        var txid = ""
-        var answer = "nothing"
-        var struck = false
-        sim.dropRule = { from, to, path in
-            (from == "coordinator" && (to == "b" || to == "c") && path == "/v1/3pc/precommit")
-                || (from == "b" && to == "c" && path == "/v1/2pc/abort")
-        }
-        sim.delayRule = { from, to, path in
-            from == "a" && to == "c" && path == "/v1/3pc/precommit" ? 4_000_000 : nil
-        }
-        sim.onDeliver = { [unowned sim] from, to, path in
-            guard from == "coordinator", to == "a", path == "/v1/3pc/precommit", !struck else { return }
-            struck = true
-            for (x, y) in [("a", "b"), ("b", "a")] { sim.cut.insert("\(x)>\(y)") }
-            sim.trace("PARTITION a|b")
-            sim.schedule(afterUs: 0, "the coordinator crashes after its pre-commit to a") {
-                sim.crash("coordinator", reason: "scripted", restartAfterUs: 60_000_000)
+        scriptedThreeWay(termination: .quorum, seed: seed) { sim in
+            var struck = false
+            sim.dropRule = { from, to, path in
+                (from == "coordinator" && (to == "b" || to == "c") && path == "/v1/3pc/precommit")
+                    || (from == "b" && to == "c" && path == "/v1/2pc/abort")
+            }
+            sim.delayRule = { from, to, path in
+                from == "a" && to == "c" && path == "/v1/3pc/precommit" ? 4_000_000 : nil
+            }
+            sim.onDeliver = { [unowned sim] from, to, path in
+                guard from == "coordinator", to == "a", path == "/v1/3pc/precommit", !struck else { return }
+                struck = true
+                for (x, y) in [("a", "b"), ("b", "a")] { sim.cut.insert("\(x)>\(y)") }
+                sim.trace("PARTITION a|b")
+                sim.schedule(afterUs: 0, "the coordinator crashes after its pre-commit to a") {
+                    sim.crash("coordinator", reason: "scripted", restartAfterUs: 60_000_000)
+                }
             }
         }
-        sim.scriptedClient = { sim in
-            let client = SimClient(index: 0, simulation: sim)
-            sim.setupClient = client
-            client.threeWayTransfer(termination: .quorum) { id, told in
-                txid = id
-                answer = told
-            }
-        }
-        _ = sim.run()
-        var outcomes: [String: Outcome] = [:]
-        for agent in sim.agentNames {
-            if let o = sim.nodes[agent]?.agent?.machine.finishedOutcomes[txid] { outcomes[agent] = o }
-        }
-        let coordinatorState = TxID(txid).flatMap { sim.nodes["coordinator"]?.coordinator?.machine.transaction($0)?.state.rawValue } ?? "unknown"
-        return PartitionResult(txid: txid, outcomes: outcomes, coordinatorState: coordinatorState, clientAnswer: answer)
     }
 }
