@@ -316,7 +316,6 @@ public final class HTTPServer {
     /// One read buffer shared by all connections: the loop is single-threaded.
     let scratch: UnsafeMutableRawBufferPointer
 
-
     public init(loop: EventLoop, host: String, port: Int, config: HTTPServerConfig = .init(),
                 handler: @escaping (HTTPRequest, HTTPResponder) -> Void) throws {
         self.loop = loop
