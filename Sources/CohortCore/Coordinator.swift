@@ -123,9 +123,7 @@ public struct Coordinator {
             guard !trimmed.isEmpty, trimmed.utf8.count <= Limits.reasonBytesMax else {
                 return .failure(RequestError(400, "a forced decision needs a reason of 1-\(Limits.reasonBytesMax) bytes"))
             }
-            guard !operatorName.isEmpty, operatorName.utf8.count <= Limits.participantNameBytesMax else {
-                return .failure(RequestError(400, "a forced decision needs an operator name of 1-\(Limits.participantNameBytesMax) bytes"))
-            }
+            if let refusal = operatorNameRefusal(operatorName) { return .failure(refusal) }
             return .success(trimmed)
         }
 
@@ -747,9 +745,7 @@ public struct Coordinator {
 
     /// Why a participant reference cannot be a branch, if it cannot.
     private func invalidParticipant(_ participant: ParticipantRef) -> RequestError? {
-        guard !participant.name.isEmpty, participant.name.utf8.count <= Limits.participantNameBytesMax,
-              !participant.url.isEmpty, participant.url.utf8.count <= Limits.participantURLBytesMax,
-              (participant.incarnation?.utf8.count ?? 0) <= Limits.incarnationBytesMax else {
+        guard participant.sizeRefusal == nil, (participant.incarnation?.utf8.count ?? 0) <= Limits.incarnationBytesMax else {
             return RequestError(400, "participant name and url must be 1-\(Limits.participantNameBytesMax) and 1-\(Limits.participantURLBytesMax) bytes")
         }
         // Refused here rather than found out at prepare, where it could only abort.

@@ -97,10 +97,7 @@ public struct Participant {
             }
             var names = Set<String>()
             for p in peers {
-                guard !p.name.isEmpty, p.name.utf8.count <= Limits.participantNameBytesMax,
-                      !p.url.isEmpty, p.url.utf8.count <= Limits.participantURLBytesMax else {
-                    return "participant name and url must be 1-\(Limits.participantNameBytesMax) and 1-\(Limits.participantURLBytesMax) bytes"
-                }
+                if let refusal = p.sizeRefusal { return refusal }
                 guard names.insert(p.name).inserted else { return "participant \"\(p.name)\" is listed twice" }
             }
             return nil
@@ -798,9 +795,7 @@ public struct Participant {
             return refuse(400, "a forced decision needs a reason of 1-\(Limits.reasonBytesMax) bytes")
         }
         // The name goes into the forced record; past the limit it would not be read back.
-        guard !decision.operatorName.isEmpty, decision.operatorName.utf8.count <= Limits.participantNameBytesMax else {
-            return refuse(400, "a forced decision needs an operator name of 1-\(Limits.participantNameBytesMax) bytes")
-        }
+        if let refusal = operatorNameRefusal(decision.operatorName) { return [.reply(request, .error(refusal))] }
         guard var b = branches[txid] else {
             if let done = finishedOutcomes[txid] {
                 if done == decision.outcome { return [.reply(request, .forced(done, dryRun: dryRun, effects: ["nothing to do: branch \(txid) is already \(done.rawValue)"]))] }

@@ -22,6 +22,25 @@ public struct ParticipantRef: Hashable, Codable, Sendable {
         self.url = url
         self.incarnation = incarnation
     }
+
+    /// Why the name or URL is the wrong length to keep (a coordinator's branch, a 3PC peer
+    /// list in a prepared record), if it is.
+    public var sizeRefusal: String? {
+        guard !name.isEmpty, name.utf8.count <= Limits.participantNameBytesMax,
+              !url.isEmpty, url.utf8.count <= Limits.participantURLBytesMax else {
+            return "participant name and url must be 1-\(Limits.participantNameBytesMax) and 1-\(Limits.participantURLBytesMax) bytes"
+        }
+        return nil
+    }
+}
+
+/// Why an operator name cannot go into a forced-decision record, if it cannot (both
+/// coordinators and the participants check it the same way).
+public func operatorNameRefusal(_ name: String) -> RequestError? {
+    guard !name.isEmpty, name.utf8.count <= Limits.participantNameBytesMax else {
+        return RequestError(400, "a forced decision needs an operator name of 1-\(Limits.participantNameBytesMax) bytes")
+    }
+    return nil
 }
 
 public enum Vote: Equatable, Sendable {

@@ -223,6 +223,8 @@ final class HostPool {
     let port: Int
     /// The host's address: a literal one at once, a name's after a lookup.
     var address: IPv4Address?
+    /// The host is a name to look up, not a literal address.
+    let isName: Bool
     var resolvedAtMs: Int64 = 0
     var resolving = false
     var lookupFailure: (message: String, atMs: Int64)?
@@ -238,9 +240,8 @@ final class HostPool {
         self.host = host
         self.port = port
         address = TCP.literalAddress(host)
+        isName = address == nil
     }
-
-    var isName: Bool { TCP.literalAddress(host) == nil }
 
     var queuedCount: Int { queue.count - queueHead }
 

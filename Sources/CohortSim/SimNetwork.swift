@@ -73,11 +73,11 @@ extension Simulation {
 
     private func clientTarget(_ host: String) -> AnyObject? { nil }
 
-    /// Whether a message is or carries (in a `/v1/batch`) a 3PC message.
-    private func carriesThreePhase(_ path: String, _ body: [UInt8]) -> Bool {
-        if path.hasPrefix("/v1/3pc/") { return true }
+    /// Whether a message is, or carries in a `/v1/batch`, a message to a path starting `prefix`.
+    private func carries(_ prefix: String, _ path: String, _ body: [UInt8]) -> Bool {
+        if path.hasPrefix(prefix) { return true }
         guard path == "/v1/batch" else { return false }
-        let needle = Array("/v1/3pc/".utf8)
+        let needle = Array(prefix.utf8)
         return body.count >= needle.count && (0...(body.count - needle.count)).contains { i in body[i..<(i + needle.count)].elementsEqual(needle) }
     }
 
@@ -85,7 +85,7 @@ extension Simulation {
     /// pre-commit of a fan-out leaves, so the rest never do.
     private func threePhaseOnSend(from sender: String, _ request: HTTPClientRequest, path: String) {
         guard config.faults.preCommitCrashPercent > 0, !healed, sender == "coordinator", let node = nodes[sender], !node.dying,
-              path == "/v1/3pc/precommit" || (path == "/v1/batch" && String(decoding: request.body, as: UTF8.self).contains("/v1/3pc/precommit")),
+              carries("/v1/3pc/precommit", path, request.body),
               chance(config.faults.preCommitCrashPercent) else { return }
         node.dying = true
         schedule(afterUs: 0, "CRASH POINT coordinator after sending a pre-commit") { [unowned self] in
@@ -98,7 +98,7 @@ extension Simulation {
     private func atomicDelayUs(from: String, to: String, path: String, body: [UInt8]) -> Int64 {
         guard config.faults.lateThreePhasePercent > 0 else { return 20 + random(config.faults.delayUsMax) }
         let peers = agentNames.contains(from) && agentNames.contains(to)
-        if !healed, peers || carriesThreePhase(path, body), chance(config.faults.lateThreePhasePercent) {
+        if !healed, peers || carries("/v1/3pc/", path, body), chance(config.faults.lateThreePhasePercent) {
             trace("LATE \(from)->\(to) \(path)")
             return 200_000 + random(2_800_000)
         }
