@@ -122,6 +122,20 @@ struct StoreItemList: Codable {
     let next_after: String?
 }
 
+/// One order as the demo's order service lists it (`GET /v1/orders`).
+public struct DemoOrderSummary: Codable, Sendable {
+    public let order_id: String
+    public let sku: String
+    public let qty: Int64
+    public let mode: String
+    public let status: String
+}
+
+struct DemoOrderList: Codable {
+    let orders: [DemoOrderSummary]
+    let next_after: String?
+}
+
 /// Typed blocking calls to a coordinator and its agents. Not thread-safe: one per thread (it
 /// keeps connections alive).
 public final class CohortAPI {
@@ -273,6 +287,21 @@ public final class CohortAPI {
             after = next
         }
         throw CohortAPIError.badAnswer("kv scan of \(prefix) at \(agentURL): more than \(pagesMax) pages")
+    }
+
+    /// Every order at the demo's order service, following `next_after` through the answers it
+    /// cuts at `Limits.demoOrdersListedMax` (at most `pagesMax` of them).
+    public func demoOrders(_ ordersURL: String, pagesMax: Int = 10_000) throws -> [DemoOrderSummary] {
+        var orders: [DemoOrderSummary] = []
+        var after: String?
+        for _ in 0..<pagesMax {
+            let query = after.map { "?after=\(CohortAPI.percentEncoded($0))" } ?? ""
+            let page = try call("GET", ordersURL + "/v1/orders" + query, as: DemoOrderList.self)
+            orders += page.orders
+            guard let next = page.next_after else { return orders }
+            after = next
+        }
+        throw CohortAPIError.badAnswer("orders at \(ordersURL): more than \(pagesMax) pages")
     }
 
     public func branches(_ agentURL: String, state: String? = nil) throws -> [BranchSummary] {

@@ -50,21 +50,13 @@ final class DemoChecker {
     }
 
     func fetchOrders() throws -> [Order] {
-        // Every order, following the answers' `next_after`.
-        var list: [[String: Any]] = []
-        var after: String?
-        repeat {
-            let query = after.map { "?after=\($0)" } ?? ""
-            let (status, body) = try workload.json("GET", workload.ordersURL + "/v1/orders" + query)
-            guard status == 200, let page = body["orders"] as? [[String: Any]] else {
-                throw ManagedProcessError("GET /v1/orders\(query): HTTP \(status) \(body)")
+        let orders: [Order]
+        do {
+            orders = try workload.client(timeoutMs: 10_000).demoOrders(workload.ordersURL).map {
+                Order(id: $0.order_id, sku: $0.sku, qty: $0.qty, mode: $0.mode, status: $0.status)
             }
-            list += page
-            after = body["next_after"] as? String
-        } while after != nil
-        let orders = list.map { o in
-            Order(id: o["order_id"] as? String ?? "", sku: o["sku"] as? String ?? "", qty: (o["qty"] as? NSNumber)?.int64Value ?? 0,
-                  mode: o["mode"] as? String ?? "", status: o["status"] as? String ?? "")
+        } catch {
+            throw ManagedProcessError("GET /v1/orders: \(error)")
         }
         lastOrders = orders
         return orders

@@ -187,18 +187,10 @@ func ordersMain(_ argv: [String]) -> Never {
     while true {
         ok = true
         do {
-            var all: [[String: Any]] = []
-            var after: String?
-            repeat {
-                let page = try call(api, "GET", ordersURL + "/v1/orders" + (after.map { "?after=\($0)" } ?? ""))
-                all += page["orders"] as? [[String: Any]] ?? []
-                after = page["next_after"] as? String
-            } while after != nil
             var confirmedBySku: [String: Int64] = [:]
-            for o in all {
-                let st = o["status"] as? String
-                if st == "pending" { ok = false }
-                if st == "confirmed", let s = o["sku"] as? String { confirmedBySku[s, default: 0] += (o["qty"] as? NSNumber)?.int64Value ?? 0 }
+            for o in try api.demoOrders(ordersURL) {
+                if o.status == "pending" { ok = false }
+                if o.status == "confirmed" { confirmedBySku[o.sku, default: 0] += o.qty }
             }
             for i in 0..<skus where ok {
                 let s = try call(api, "GET", inventoryURL + "/v1/stock/sku-\(i)")
