@@ -6,6 +6,14 @@ public struct UsageError: Error, CustomStringConvertible {
 }
 
 public struct Arguments {
+    /// `--check-flags`, which the programs `txscenario validate` starts take: check the whole
+    /// command line, values included, and exit 0 without creating, opening or binding anything.
+    public static let checkFlags = "check-flags"
+    public static let checkFlagsUsage = """
+      --check-flags       check the command line, values included, and exit (0: it would start);
+                          nothing is created, opened or bound
+    """
+
     public private(set) var values: [String: String] = [:]
     public private(set) var flags: Set<String> = []
     public private(set) var positional: [String] = []

@@ -6,13 +6,29 @@ import CohortPosix
 /// (a stream, `stream` named).
 public func makeOutboxSink(url: String, stream: String = "cohort-outbox", loop: EventLoop,
                            bearerToken: String? = nil, streamMaxLength: Int? = nil) throws -> OutboxSink {
+    try checkOutboxSinkURL(url)
     if url.hasPrefix("http://") {
         return HTTPOutboxSink(url: url, loop: loop, bearerToken: bearerToken)
     }
     if url.hasPrefix("redis://") {
         return try RedisStreamSink(url: url, stream: stream, loop: loop, maxLength: streamMaxLength)
     }
-    throw OutboxInputError("sink must be http://HOST:PORT/PATH (an inbox endpoint) or redis://HOST:PORT; got \"\(url)\"")
+    preconditionFailure("checkOutboxSinkURL let through \(url)")
+}
+
+/// Refuses a sink address `makeOutboxSink` cannot use, without connecting to it (the programs'
+/// flags are checked before anything starts).
+public func checkOutboxSinkURL(_ url: String) throws {
+    if url.hasPrefix("http://") { return }
+    if url.hasPrefix("redis://") {
+        _ = try parseRedisURL(url)
+        return
+    }
+    throw OutboxSinkURLError(description: "sink must be http://HOST:PORT/PATH (an inbox endpoint) or redis://HOST:PORT; got \"\(url)\"")
+}
+
+public struct OutboxSinkURLError: Error, CustomStringConvertible {
+    public let description: String
 }
 
 /// Serves a relay's `GET /healthz`, `GET /metrics` and outbox admin API, plus whatever

@@ -10,11 +10,12 @@ public protocol RunnableServer: AnyObject {
 }
 
 public enum ServerMain {
-    /// The usage line of `--poll-us`, which every server takes.
-    public static let pollUsUsage = """
+    /// The usage lines of `--poll-us` and `--check-flags`, which every server takes.
+    public static let sharedFlagsUsage = """
       --poll-us N         after handling events, poll this many microseconds for more before
                           sleeping, 0-\(Limits.eventLoopPollUsMax) (default 0). Cuts latency on virtual machines,
                           where waking a sleeping core is slow, at the cost of CPU (docs/txctl.md)
+    \(Arguments.checkFlagsUsage)
     """
 
     /// Blocks SIGTERM/SIGINT first (so threads started later, like the log's sync thread,
@@ -48,17 +49,18 @@ public enum ServerMain {
     /// A server executable's whole life, so each `main` only reads its own flags: `--help`
     /// says `usage`; `COHORT_CRASHPOINT=list` says the `crashPoints`; otherwise `configure`
     /// turns the flags into the address to announce and the server to build, and `serve` runs
-    /// it. `--poll-us N` (the event loop's `pollUs`) is read here for every server, and each
-    /// usage text lists it as `pollUsUsage`. Returns the exit status: 0 (help, list, or stopped
-    /// by a signal), 2 for bad flags or crash-point settings (warned with `usage`), 1 when the
-    /// server cannot start or fails.
+    /// it. `--poll-us N` (the event loop's `pollUs`) is read here for every server, and
+    /// `--check-flags` stops after `configure` (which must not create or open anything); each
+    /// usage text lists both as `sharedFlagsUsage`. Returns the exit status: 0 (help, list, flags
+    /// checked, or stopped by a signal), 2 for bad flags or crash-point settings (warned with
+    /// `usage`), 1 when the server cannot start or fails.
     public static func main<Server: RunnableServer>(
         arguments: [String], usage: String, valued: Set<String>, booleans: Set<String> = ["help"], crashPoints: [String],
         say: @escaping (String) -> Void, warn: @escaping (String) -> Void,
         configure: (Arguments) throws -> (host: String, make: (EventLoop, _ onFatal: @escaping (String) -> Void) throws -> Server)
     ) -> Int32 {
         do {
-            let args = try Arguments(arguments, valued: valued.union(["poll-us"]), booleans: booleans)
+            let args = try Arguments(arguments, valued: valued.union(["poll-us"]), booleans: booleans.union([Arguments.checkFlags]))
             if args.has("help") {
                 say(usage)
                 return 0
@@ -70,6 +72,7 @@ public enum ServerMain {
             guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
             let pollUs = try args.int("poll-us", range: 0...Limits.eventLoopPollUsMax) ?? 0
             let (host, make) = try configure(args)
+            if args.has(Arguments.checkFlags) { return 0 }
             try serve(host: host, pollUs: Int64(pollUs), say: say, warn: warn, make: make)
             return 0
         } catch let e as UsageError {

@@ -19,7 +19,7 @@ A Cohort participant agent holding an embedded transactional key-value store (SQ
   --commit-ride-us N  how long a commit record waits for a prepare's sync to ride with before it
                       syncs alone, 0-10000 (default 1000; 0: at once). Lower suits a few
                       transactions in flight, higher saves syncs under load (docs/benchmarks.md)
-\(ServerMain.pollUsUsage)
+\(ServerMain.sharedFlagsUsage)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list, COHORT_FAULT=fsync-fail[:K]
 """
 

@@ -23,6 +23,7 @@ with a fencing token in the database); start a second one as a standby.
   --retention DURATION  delete delivered rows this long after delivery (default 1h)
   --lease-ttl DURATION  lease time to live (default \(Limits.outboxLeaseTTLMs)ms)
   --dead-letters-block-key true|false   a dead letter holds back its key's later messages (default true)
+\(Arguments.checkFlagsUsage)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list
 """
 
@@ -34,7 +35,8 @@ func fail(_ message: String, status: Int32) -> Never {
 do {
     let args = try Arguments(Array(CommandLine.arguments.dropFirst()),
                              valued: ["db", "sink", "stream", "stream-maxlen", "port", "host", "token-file", "batch",
-                                      "attempts", "retention", "lease-ttl", "dead-letters-block-key"])
+                                      "attempts", "retention", "lease-ttl", "dead-letters-block-key"],
+                             booleans: ["help", Arguments.checkFlags])
     if args.has("help") {
         print(usage)
         exit(0)
@@ -45,14 +47,8 @@ do {
     }
     guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
     let db = try args.required("db")
-    guard FileManager.default.fileExists(atPath: db) else { throw UsageError("--db \(db): no such file (the service creates it)") }
     let sinkURL = try args.required("sink")
-    guard sinkURL.hasPrefix("http://") || sinkURL.hasPrefix("redis://") else {
-        throw UsageError("--sink must be http://HOST:PORT/PATH or redis://HOST:PORT, got \"\(sinkURL)\"")
-    }
-    if sinkURL.hasPrefix("redis://") {
-        do { _ = try parseRedisURL(sinkURL) } catch { throw UsageError("--sink: \(error)") }
-    }
+    do { try checkOutboxSinkURL(sinkURL) } catch { throw UsageError("--sink: \(error)") }
     var config = RelayConfig()
     if let n = try args.int("batch", range: 1...Limits.outboxBatchMessagesMax) { config.batchMessagesMax = n }
     if let n = try args.int("attempts", range: 1...1000) { config.attemptsMax = n }
@@ -75,6 +71,9 @@ do {
     } else if let t = ProcessInfo.processInfo.environment["COHORT_TOKEN"], !t.isEmpty {
         token = t
     }
+    // The database is the service's, made when it starts: a scenario checks the flags before.
+    if args.has(Arguments.checkFlags) { exit(0) }
+    guard FileManager.default.fileExists(atPath: db) else { throw UsageError("--db \(db): no such file (the service creates it)") }
     ProcessEnv.ignoreSIGPIPE()
     let loop = try EventLoop()
     let store: OutboxStore

@@ -17,7 +17,7 @@ The Cohort coordinator: drives two-phase commit (presumed abort) over participan
   --retry-budget-attempts N    park a committing transaction after N delivery attempts to a branch (default 10)
   --retry-budget DURATION      ... or this long after its commit decision (default 60s)
   --parked-retry-delay DURATION  how often a parked transaction is still retried (default 30s)
-\(ServerMain.pollUsUsage)
+\(ServerMain.sharedFlagsUsage)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list, COHORT_FAULT=fsync-fail[:K]
 """
 

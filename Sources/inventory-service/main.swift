@@ -14,7 +14,7 @@ The demo's inventory: stock per sku in its own SQLite store; a Cohort participan
   --host H            address to bind (default 127.0.0.1)
   --broker URL        redis://HOST:PORT: outbox messages through Redis Streams instead of HTTP
   --advertise URL     the address the coordinator calls this participant back on (default http://HOST:PORT)
-\(ServerMain.pollUsUsage)
+\(ServerMain.sharedFlagsUsage)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list (the crash points)
 """
 

@@ -21,6 +21,7 @@ stream as consumer C of group G. GET /v1/state reports counts and lag percentile
   --name C           consumer name within the group (default consumer-PID)
   --accept-poison    apply poison messages too (default: refuse them)
   --sync full|normal SQLite synchronous mode (default full)
+\(Arguments.checkFlagsUsage)
 Environment: COHORT_CRASHPOINT=inbox.after-commit[:K] (crash after the local commit, before the acknowledgement)
 """
 
@@ -61,7 +62,7 @@ struct StateBody: Encodable {
 do {
     let args = try Arguments(Array(CommandLine.arguments.dropFirst()),
                              valued: ["db", "port", "redis", "stream", "group", "name", "sync"],
-                             booleans: ["help", "accept-poison"])
+                             booleans: ["help", "accept-poison", Arguments.checkFlags])
     if args.has("help") { print(usage); exit(0) }
     if case .list = try CrashPoints.configure(known: Inbox.crashPoints) {
         Inbox.crashPoints.forEach { print($0) }
@@ -73,6 +74,7 @@ do {
     let syncArg = args.string("sync") ?? "full"
     guard let sync = ["full": SyncMode.full, "normal": .normal][syncArg] else { throw UsageError("--sync must be full or normal") }
     let acceptPoison = args.has("accept-poison")
+    if args.has(Arguments.checkFlags) { exit(0) }
     ProcessEnv.ignoreSIGPIPE()
 
     let inbox = try Inbox(path: db, consumer: "demo-consumer", sync: sync)

@@ -26,6 +26,7 @@ counts per key from 1). Prints "produced N committed M rolled-back" when done.
   --port N             serve GET /healthz and GET /v1/state ({"committed", "rolled_back", "done"});
                        with --sink also /metrics and the outbox admin API. Prints "listening on URL"
   --hold               keep running after producing (and relaying, with --sink), until SIGTERM
+\(Arguments.checkFlagsUsage)
 """
 
 func fail(_ message: String, status: Int32) -> Never {
@@ -57,7 +58,7 @@ do {
     let args = try Arguments(Array(CommandLine.arguments.dropFirst()),
                              valued: ["db", "count", "rate", "keys", "threads", "rollback-every", "poison-every", "payload-bytes",
                                       "sync", "name", "sink", "stream", "port"],
-                             booleans: ["help", "hold"])
+                             booleans: ["help", "hold", Arguments.checkFlags])
     if args.has("help") { print(usage); exit(0) }
     // Before anything opens the database: `COHORT_CRASHPOINT=list` only lists (the crash
     // points are the in-process relay's, reached with --sink).
@@ -77,6 +78,11 @@ do {
     let syncArg = args.string("sync") ?? "full"
     guard let sync = ["full": SyncMode.full, "normal": .normal][syncArg] else { throw UsageError("--sync must be full or normal") }
     let padding = String(repeating: "x", count: pad)
+    let port = try args.int("port", range: 0...65535)
+    if let sinkURL = args.string("sink") {
+        do { try checkOutboxSinkURL(sinkURL) } catch { throw UsageError("--sink: \(error)") }
+    }
+    if args.has(Arguments.checkFlags) { exit(0) }
 
     // Schema once, then one connection per thread.
     let setup = try Outbox(path: db, sync: sync, name: args.string("name"))
@@ -91,7 +97,6 @@ do {
     var host: RelayHost?
     var loop: EventLoop?
     var stateServer: HTTPServer?
-    let port = try args.int("port", range: 0...65535)
     // GET /v1/state: how far this process got (the scenario runner waits for "done").
     let stateHandler: (HTTPRequest, HTTPResponder) -> Bool = { req, responder in
         guard req.path == "/v1/state" else { return false }

@@ -15,6 +15,7 @@ Finished branches' barrier rows are purged every minute once older than 24 h.
   GET  /v1/stock/{sku}                   {"sku","available","reserved","sold"}
   GET  /metrics                          phase calls by result, barrier rows purged, HTTP and CPU counters
   POST /v1/tcc/inventory/try|confirm|cancel   the TCC phases ({"txid","branch_id","payload":{"sku","qty"}})
+\(Arguments.checkFlagsUsage)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list
 """
 
@@ -28,7 +29,7 @@ func fail(_ message: String, status: Int32) -> Never {
 }
 
 do {
-    let args = try Arguments(Array(CommandLine.arguments.dropFirst()), valued: ["data", "port", "host"], booleans: ["help"])
+    let args = try Arguments(Array(CommandLine.arguments.dropFirst()), valued: ["data", "port", "host"], booleans: ["help", Arguments.checkFlags])
     if args.has("help") { print(usage); exit(0) }
     if case .list = try CrashPoints.configure(known: crashPoints) {
         crashPoints.forEach { print($0) }
@@ -38,6 +39,7 @@ do {
     let dir = try args.required("data")
     let port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
     let host = args.string("host") ?? "127.0.0.1"
+    if args.has(Arguments.checkFlags) { exit(0) }
     try PosixFS.createDirectory(dir, intermediate: true)
     let store = try InventoryStore(databasePath: dir + "/inventory.sqlite")
     #if DEBUG

@@ -262,4 +262,42 @@ final class BadInputTests: XCTestCase {
             XCTAssertEqual(try runToCompletion(bin.appendingPathComponent(program), ["--help"]).status, 0, "\(program) --help")
         }
     }
+
+    /// `--check-flags` (what `txscenario validate` runs) checks values too, and a command line
+    /// that passes creates, opens and binds nothing: not the data directory, not the database.
+    func testCheckFlagsChecksValuesAndCreatesNothing() throws {
+        let bin = try binDirectory()
+        let dir = tempPath("cohort-checkflags-\(UUID().uuidString.prefix(8))")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let coordinator = ["--coordinator", "http://127.0.0.1:1"]
+        // (program, a good command line, a flag and bad value to add to it)
+        let cases: [(String, [String], [String])] = [
+            ("cohortd", ["--data", dir + "/c", "--port", "0"], ["--retry-budget", "soon"]),
+            ("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0"] + coordinator, ["--commit-ride-us", "abc"]),
+            ("inventory-service", ["--data", dir + "/i", "--port", "0"] + coordinator, ["--poll-us", "-1"]),
+            ("order-service", ["--data", dir + "/o", "--port", "0", "--inventory", "http://127.0.0.1:1"] + coordinator, ["--poll-us", "x"]),
+            ("cohort-relay", ["--db", dir + "/p.db", "--sink", "http://127.0.0.1:1/in"], ["--lease-ttl", "10ms"]),
+            ("outbox-demo-producer", ["--db", dir + "/p.db", "--sink", "redis://127.0.0.1:1", "--port", "0"], ["--threads", "0"]),
+            ("outbox-demo-consumer", ["--db", dir + "/q.db", "--port", "0"], ["--sync", "sometimes"]),
+            ("tcc-inventory", ["--data", dir + "/t", "--port", "0"], ["--port", "99999"]),
+        ]
+        for (program, good, bad) in cases {
+            let ok = try runToCompletion(bin.appendingPathComponent(program), good + ["--check-flags"])
+            XCTAssertEqual(ok.status, 0, "\(program) \(good): \(ok.stderr)")
+            XCTAssertEqual(ok.stdout, "", program)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir), "\(program) --check-flags created \(dir)")
+            // The bad value replaces a good one or adds a flag; either way it is refused.
+            var badLine = good
+            if let i = badLine.firstIndex(of: bad[0]) { badLine.removeSubrange(i...(i + 1)) }
+            let refused = try runToCompletion(bin.appendingPathComponent(program), badLine + bad + ["--check-flags"])
+            XCTAssertEqual(refused.status, 2, "\(program) \(bad): \(refused.stderr)")
+            XCTAssertTrue(refused.stderr.hasPrefix("error: --\(bad[0].dropFirst(2))"), "\(program): \(refused.stderr)")
+        }
+        // The sink's form is a flag value too, for the relay and the producer alike.
+        for program in ["cohort-relay", "outbox-demo-producer"] {
+            let r = try runToCompletion(bin.appendingPathComponent(program), ["--db", dir + "/p.db", "--sink", "ftp://x", "--check-flags"])
+            XCTAssertEqual(r.status, 2, "\(program): \(r.stderr)")
+            XCTAssertTrue(r.stderr.hasPrefix("error: --sink: sink must be http://"), "\(program): \(r.stderr)")
+        }
+    }
 }

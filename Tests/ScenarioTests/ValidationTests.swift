@@ -182,15 +182,17 @@ final class ValidationTests: XCTestCase {
         XCTAssertEqual(ok.stdout, "1 scenario files are valid\n")
 
         try write("point", processes: "", point: "coordinator.no-such-point")
-        try write("flags", processes: #", "processes": {"coordinator": {"flags": ["--no-such-flag"]}, "b": {"flags": ["--port", "9"]}}"#,
+        try write("flags", processes: #", "processes": {"coordinator": {"flags": ["--no-such-flag"]}, "b": {"flags": ["--port", "9"]}, "a": {"flags": ["--commit-ride-us", "abc"]}}"#,
                   point: "coordinator.before-decision-logged")
         let bad = try runToCompletion(bin.appendingPathComponent("txscenario"), ["validate", dir])
         XCTAssertEqual(bad.status, 2)
         XCTAssertEqual(bad.stdout, "")
         let lines = bad.stderr.split(separator: "\n").map(String.init)
-        XCTAssertEqual(lines.count, 3, bad.stderr)
+        XCTAssertEqual(lines.count, 4, bad.stderr)
         XCTAssertTrue(lines.contains { $0.hasPrefix("error: \(dir)/flags.json: topology.processes.coordinator.flags: cohortd refuses its command line: unknown option --no-such-flag") }, bad.stderr)
         XCTAssertTrue(lines.contains { $0.hasPrefix("error: \(dir)/flags.json: topology.processes.b.flags: cohort-agent refuses its command line: --port is given twice") }, bad.stderr)
+        // Values too, not only names (`--check-flags`).
+        XCTAssertTrue(lines.contains { $0.hasPrefix("error: \(dir)/flags.json: topology.processes.a.flags: cohort-agent refuses its command line: --commit-ride-us must be an integer") }, bad.stderr)
         XCTAssertTrue(lines.contains { $0.hasPrefix("error: \(dir)/point.json: faults[0].crash_point.point: coordinator has no crash point \"coordinator.no-such-point\"; its crash points: coordinator.after-abort-send,") }, bad.stderr)
     }
 }
