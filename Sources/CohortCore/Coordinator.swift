@@ -316,7 +316,7 @@ public struct Coordinator {
     /// Forced decisions whose audit record is being written, by transaction.
     private var pendingForces: [TxID: (request: RequestID, force: ForceRequest, entry: AuditEntry)] = [:]
     /// Heuristic reports whose record is being written.
-    private var pendingHeuristics: [TxID: [(request: RequestID?, participant: String, outcome: Outcome)]] = [:]
+    private var pendingHeuristics: [TxID: [(request: RequestID?, participant: String, outcome: Outcome, atMs: Int64)]] = [:]
 
     /// Submitted transactions by request_id, while the transaction is remembered.
     private var submissions: [String: TxID] = [:]
@@ -515,6 +515,20 @@ public struct Coordinator {
     /// Everything needed to rebuild after the log before this point is dropped: the highest
     /// epoch, and every decided transaction that is not yet fully acknowledged.
     public func snapshot() -> [UInt8] {
+        // A checkpoint goes into the log after every record this machine asked for, and the
+        // log before it is dropped once it is durable; so it must carry the effect of a forced
+        // decision's or a heuristic report's record that is still being synced (the operator is
+        // answered, and the participant forgets its branch, once that record is durable). Those
+        // effects are applied to a copy.
+        if !pendingForces.isEmpty || !pendingHeuristics.isEmpty {
+            var applied = self
+            for (txid, pending) in pendingForces.sorted(by: { $0.key < $1.key }) { _ = applied.auditDurable(txid, nowMs: pending.entry.atMs) }
+            for (txid, reports) in pendingHeuristics.sorted(by: { $0.key < $1.key }) {
+                for report in reports { _ = applied.on(.heuristicDurable(txid, participant: report.participant), nowMs: report.atMs) }
+            }
+            precondition(applied.pendingForces.isEmpty && applied.pendingHeuristics.isEmpty, "records left unapplied in a snapshot")
+            return applied.snapshot()
+        }
         var w = ByteWriter()
         w.u8(2)
         w.u64(epoch)
@@ -675,10 +689,10 @@ public struct Coordinator {
                 return request.map { [.reply($0, .error(refusal))] } ?? []
             }
             if pendingHeuristics[txid]?.contains(where: { $0.participant == participant && $0.outcome == outcome }) == true {
-                if let request { pendingHeuristics[txid]!.append((request, participant, outcome)) }
+                if let request { pendingHeuristics[txid]!.append((request, participant, outcome, nowMs)) }
                 return []
             }
-            pendingHeuristics[txid, default: []].append((request, participant, outcome))
+            pendingHeuristics[txid, default: []].append((request, participant, outcome, nowMs))
             return [.log(.heuristic(txid, participant: participant, outcome: outcome), force: true)]
         case .heuristicDurable(let txid, let participant):
             let waiting = pendingHeuristics[txid]?.filter { $0.participant == participant } ?? []

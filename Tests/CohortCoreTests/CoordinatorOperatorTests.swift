@@ -142,6 +142,45 @@ final class CoordinatorOperatorTests: XCTestCase {
         XCTAssertEqual(restarted.inquire(t.description), .committed)
     }
 
+    /// A checkpoint can be taken while a forced decision's audit record is being synced (it
+    /// follows the record in the log, and the log before it goes once it is durable): it must
+    /// carry the forced outcome, or a restart forgets what the operator was told was done.
+    func testACheckpointTakenWhileAForceIsWrittenKeepsTheForcedOutcome() throws {
+        var c = machine()
+        let t = committing(&c)
+        XCTAssertEqual(c.on(.force(5, txid: t.description, force(.committed)), nowMs: 6).count, 1)
+        let snapshot = c.snapshot() // before .auditDurable
+        var config = Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 101)
+        config.finishedTransactionsKept = 1
+        var restarted = Coordinator(config: config)
+        let redrive = try restarted.recover(snapshot: snapshot, records: [], nowMs: 10)
+        XCTAssertFalse(redrive.contains(.send(t, to: b, .commit)), "b was resolved by the operator; it is not re-driven: \(redrive)")
+        XCTAssertEqual(restarted.inquire(t.description), .committed)
+        // Forgotten after newer transactions finish, the forced outcome still answers.
+        for n: RequestID in 0..<3 {
+            guard case .reply(_, .begun(let u, _))? = restarted.on(.begin(20 + n, timeoutMs: 5000), nowMs: 20).last else { return XCTFail() }
+            _ = restarted.on(.commit(30 + n, txid: u.description), nowMs: 21)
+        }
+        XCTAssertNil(restarted.transaction(t), "forgotten")
+        XCTAssertEqual(restarted.inquire(t.description), .committed)
+        // The machine itself still answers the operator once the record is durable.
+        let done = c.on(.auditDurable(t), nowMs: 7)
+        XCTAssertTrue(done.contains { if case .reply(5, .forced(_, .committed, false, _)) = $0 { return true }; return false }, "\(done)")
+    }
+
+    /// The same for a heuristic report: the participant forgets its branch once the report is
+    /// durable, so a checkpoint taken meanwhile must keep the heuristic outcome.
+    func testACheckpointTakenWhileAHeuristicReportIsWrittenKeepsIt() throws {
+        var c = machine()
+        let t = committing(&c)
+        XCTAssertEqual(c.on(.heuristicReported(8, txid: t.description, participant: "b", outcome: .aborted), nowMs: 6),
+                       [.log(.heuristic(t, participant: "b", outcome: .aborted), force: true)])
+        var restarted = Coordinator(config: Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 101))
+        let redrive = try restarted.recover(snapshot: c.snapshot(), records: [], nowMs: 10)
+        XCTAssertFalse(redrive.contains(.send(t, to: b, .commit)), "\(redrive)")
+        XCTAssertEqual(restarted.transaction(t)?.state, .heuristicMixed)
+    }
+
     func testHeuristicAbortDuringCommitIsReportedMixed() throws {
         var c = machine()
         let t = committing(&c)
