@@ -562,6 +562,11 @@ public final class CoordinatorNode {
         switch JSONBody.decode(TCCBranchRequest.self, from: request.body) {
         case .failure(let e): responder.send(.requestError(e))
         case .success(let b):
+            // Checked here, not at the first call: a cancel URL the client cannot call would
+            // keep the transaction open, retried, for good.
+            for (field, url) in [("try_url", b.tryURL), ("confirm_url", b.confirmURL), ("cancel_url", b.cancelURL)] where !isCallableHTTPURL(url) {
+                return responder.send(.error(400, "\(field) \"\(url.prefix(200))\" is not an http://HOST[:PORT]/PATH URL"))
+            }
             feedTCC(.register(requests.add(responder), txid: txid,
                               TCCCoordinator.BranchSpec(branchID: b.branchID, tryURL: b.tryURL, confirmURL: b.confirmURL, cancelURL: b.cancelURL, payload: b.payload)))
         }

@@ -84,3 +84,21 @@ public struct ByteReader {
     }
     public mutating func raw(_ n: Int) throws -> [UInt8] { Array(try take(n)) }
 }
+
+extension String {
+    /// At most `bytesMax` bytes of UTF-8, cut at a character boundary and ending in "..." when
+    /// cut: for text from outside (an error a service answered) kept in memory and in logs.
+    public func clippedUTF8(toBytes bytesMax: Int) -> String {
+        precondition(bytesMax >= 3, "room for the ellipsis")
+        guard utf8.count > bytesMax else { return self }
+        var kept = 0
+        var end = startIndex
+        for c in self {
+            let n = c.utf8.count
+            if kept + n > bytesMax - 3 { break }
+            kept += n
+            end = index(after: end)
+        }
+        return String(self[..<end]) + "..."
+    }
+}

@@ -299,8 +299,19 @@ public enum Limits {
     public static let tccBranchesPerTransactionMax = 64
     /// A TCC branch id (and, at a service, a txid) is at most this long.
     public static let tccBranchIDBytesMax = 128
-    /// A branch's payload (and a try's result) as JSON, at most this long.
+    /// A branch's payload (and a try's result) as JSON, at most this long; the payload also in
+    /// the coordinator log's binary form, which can be longer than the JSON (a small integer
+    /// takes 9 bytes there), since the log reads back no more than this.
     public static let tccPayloadBytesMax = 64 << 10
+    /// What the TCC coordinator holds for its open transactions' branches (ids, URLs and
+    /// payloads, as logged): past it a new branch is refused with 503. Without it 10,000 open
+    /// transactions of 64 branches with 64 KiB payloads would be 40 GiB, and a checkpoint, which
+    /// writes them all, could not be taken (`snapshotBytesMax`).
+    public static let tccOpenBranchBytesMax = 64 << 20
+    /// What the TCC coordinator keeps of its finished transactions' branches (payloads are
+    /// dropped at the end): the oldest are forgotten past it even below `finishedTransactionsKept`,
+    /// so that the checkpoint stays well inside `snapshotBytesMax`.
+    public static let tccFinishedBranchBytesMax = 32 << 20
     /// The coordinator's wait for one try, confirm or cancel call.
     public static let tccCallTimeoutMs: Int64 = 5_000
     /// A service refuses a try that arrives this long after its deadline (allowed clock skew

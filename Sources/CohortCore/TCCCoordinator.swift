@@ -19,6 +19,8 @@ public struct TCCCoordinator {
         public var retryBudgetMs = Limits.retryBudgetMs
         public var parkedRetryDelayMs = Limits.parkedRetryDelayMs
         public var finishedTransactionsKept = Limits.finishedTransactionsKept
+        public var openBranchBytesMax = Limits.tccOpenBranchBytesMax
+        public var finishedBranchBytesMax = Limits.tccFinishedBranchBytesMax
         public var seed: UInt64 = 1
         public init() {}
     }
@@ -57,17 +59,29 @@ public struct TCCCoordinator {
         public let confirmURL: String
         public let cancelURL: String
         public let payload: JSONValue?
+        /// The payload's size in the log's binary form (`TCCRecordCoding.encodeJSON`).
+        public let payloadLogBytes: Int
         public init(branchID: String, tryURL: String, confirmURL: String, cancelURL: String, payload: JSONValue?) {
             self.branchID = branchID
             self.tryURL = tryURL
             self.confirmURL = confirmURL
             self.cancelURL = cancelURL
             self.payload = payload
+            payloadLogBytes = payload.map { TCCRecordCoding.encodeJSON($0).count } ?? 0
+        }
+
+        /// What the coordinator holds for this branch, about as logged (counted against
+        /// `openBranchBytesMax` and `finishedBranchBytesMax`).
+        var heldBytes: Int { 64 + branchID.utf8.count + tryURL.utf8.count + confirmURL.utf8.count + cancelURL.utf8.count + payloadLogBytes }
+
+        /// The same branch without its payload, which nothing needs once the transaction ended.
+        var withoutPayload: BranchSpec {
+            payload == nil ? self : BranchSpec(branchID: branchID, tryURL: tryURL, confirmURL: confirmURL, cancelURL: cancelURL, payload: nil)
         }
     }
 
     public struct Branch: Sendable {
-        public let spec: BranchSpec
+        public internal(set) var spec: BranchSpec
         public var state: BranchState
         public var tryResult: JSONValue?
         public var attempts = 0
@@ -95,6 +109,7 @@ public struct TCCCoordinator {
         var commitWaiters: [RequestID] = []
         func index(_ id: String) -> Int? { branches.firstIndex { $0.spec.branchID == id } }
         public var deadlineMs: Int64 { createdAtMs + timeoutMs }
+        var heldBytes: Int { branches.reduce(0) { $0 + $1.spec.heldBytes } }
     }
 
     public enum TryResult: Equatable, Sendable {
@@ -183,6 +198,9 @@ public struct TCCCoordinator {
     public private(set) var finished: [TxID: Transaction] = [:]
     private var finishedOrder: [TxID] = []
     private var finishedOrderHead = 0
+    /// `heldBytes` of every open transaction, and of every finished one kept.
+    public private(set) var openBranchBytes = 0
+    public private(set) var finishedBranchBytes = 0
     public private(set) var stats = Stats()
     /// The largest epoch of any txid recovered (the runtime raises `Coordinator`'s epoch past it).
     public private(set) var maxEpochSeen: UInt64 = 0
@@ -229,11 +247,20 @@ public struct TCCCoordinator {
         case .branchRefused(let txid, let id, let reason):
             guard var tx = open[txid], let i = tx.index(id), tx.branches[i].state == .registering else { return [] }
             let waiter = tx.branches[i].waiter
+            openBranchBytes -= tx.branches[i].spec.heldBytes
             tx.branches.remove(at: i)
             open[txid] = tx
             return waiter.map { [.reply($0, .error(RequestError(503, "cannot record the branch: \(reason)")))] } ?? []
         case .tryAnswered(let txid, let id, let result):
-            return tryAnswered(txid, id, result, nowMs: nowMs)
+            // A service's error text is kept (timeline, reason, checkpoint): bounded here.
+            switch result {
+            case .refused(let status, let error):
+                return tryAnswered(txid, id, .refused(status: status, error: error.clippedUTF8(toBytes: Limits.reasonBytesMax)), nowMs: nowMs)
+            case .failed(let error):
+                return tryAnswered(txid, id, .failed(error.clippedUTF8(toBytes: Limits.reasonBytesMax)), nowMs: nowMs)
+            case .succeeded:
+                return tryAnswered(txid, id, result, nowMs: nowMs)
+            }
         case .commit(let request, let text):
             return commit(request, text, nowMs: nowMs)
         case .abort(let request, let text):
@@ -251,7 +278,10 @@ public struct TCCCoordinator {
                     return actions
                 case .cancelling, .aborted:
                     return [.reply(request, .outcome(txid, .aborted, reason: tx.reason))]
-                case .deciding, .confirming, .committed:
+                case .deciding:
+                    // The confirm decision is being written: committed unless it cannot be.
+                    return [.reply(request, .error(RequestError(409, "transaction \(txid) is being committed; it cannot be aborted (look again for its outcome)")))]
+                case .confirming, .committed:
                     return [.reply(request, .error(RequestError(409, "transaction \(txid) is already committed; it cannot be aborted")))]
                 }
             }
@@ -336,15 +366,24 @@ public struct TCCCoordinator {
                 return [.reply(request, .error(RequestError(400, "try_url, confirm_url and cancel_url must be http:// URLs of at most \(Limits.participantURLBytesMax) bytes")))]
             }
         }
+        // The log reads a payload back only up to this size, in its own form: a longer one
+        // logged would leave a log the coordinator cannot start from.
+        guard spec.payloadLogBytes <= Limits.tccPayloadBytesMax else {
+            return [.reply(request, .error(RequestError(413, "the payload takes \(spec.payloadLogBytes) bytes in the log, more than \(Limits.tccPayloadBytesMax) (many small numbers or strings take more there than as JSON)")))]
+        }
         guard tx.index(spec.branchID) == nil else {
             return [.reply(request, .error(RequestError(409, "branch \(spec.branchID) is already registered in \(txid)")))]
         }
         guard tx.branches.count < config.branchesPerTransactionMax else {
             return [.reply(request, .error(RequestError(409, "transaction \(txid) has \(config.branchesPerTransactionMax) branches, the limit")))]
         }
+        guard openBranchBytes + spec.heldBytes <= config.openBranchBytesMax else {
+            return [.reply(request, .error(RequestError(503, "the coordinator holds \(openBranchBytes) bytes of open TCC branches, near its limit of \(config.openBranchBytesMax); try again once some transactions end")))]
+        }
         var branch = Branch(spec: spec, state: .registering)
         branch.waiter = request
         tx.branches.append(branch)
+        openBranchBytes += spec.heldBytes
         note(&tx, nowMs, "branch-registered", branch: spec.branchID)
         open[txid] = tx
         return [.log(.branch(txid, spec, createdAtMs: tx.createdAtMs, timeoutMs: tx.timeoutMs), force: true)]
@@ -440,6 +479,7 @@ public struct TCCCoordinator {
 
     private mutating func settled(_ txid: TxID, _ id: String, _ phase: Call, error: String?, nowMs: Int64) -> [Action] {
         guard var tx = open[txid], let i = tx.index(id) else { return [] }
+        let error = error?.clippedUTF8(toBytes: Limits.reasonBytesMax)
         let expected: BranchState = phase == .confirm ? .confirming : .cancelling
         guard tx.branches[i].state == expected else { return [] }
         var actions: [Action] = []
@@ -470,6 +510,7 @@ public struct TCCCoordinator {
 
     private mutating func finish(_ txid: TxID, nowMs: Int64) -> [Action] {
         guard var tx = open.removeValue(forKey: txid) else { return [] }
+        openBranchBytes -= tx.heldBytes
         let outcome = tx.outcome ?? .aborted
         tx.state = outcome == .committed ? .committed : .aborted
         tx.finishedAtMs = nowMs
@@ -481,10 +522,23 @@ public struct TCCCoordinator {
         return tx.branches.isEmpty ? [] : [.log(.end(txid, outcome), force: false)]
     }
 
-    private mutating func remember(_ tx: Transaction) {
-        if finished.updateValue(tx, forKey: tx.txid) == nil { finishedOrder.append(tx.txid) }
-        while finishedOrder.count - finishedOrderHead > config.finishedTransactionsKept {
-            finished.removeValue(forKey: finishedOrder[finishedOrderHead])
+    /// Keeps a finished transaction, without its payloads and try results (nothing calls its
+    /// branches again), within `finishedTransactionsKept` and `finishedBranchBytesMax`.
+    private mutating func remember(_ ended: Transaction) {
+        var tx = ended
+        for i in tx.branches.indices {
+            tx.branches[i].spec = tx.branches[i].spec.withoutPayload
+            tx.branches[i].tryResult = nil
+        }
+        if let replaced = finished.updateValue(tx, forKey: tx.txid) {
+            finishedBranchBytes -= replaced.heldBytes
+        } else {
+            finishedOrder.append(tx.txid)
+        }
+        finishedBranchBytes += tx.heldBytes
+        while finishedOrder.count - finishedOrderHead > config.finishedTransactionsKept
+                || (finishedBranchBytes > config.finishedBranchBytesMax && finishedOrder.count - finishedOrderHead > 1) {
+            if let gone = finished.removeValue(forKey: finishedOrder[finishedOrderHead]) { finishedBranchBytes -= gone.heldBytes }
             finishedOrderHead += 1
         }
         if finishedOrderHead > 1024 && finishedOrderHead * 2 > finishedOrder.count {
@@ -583,6 +637,9 @@ public struct TCCCoordinator {
                 remember(tx)
             }
         }
+        // Counted once the records are read (they add and drop branches); `finish` below
+        // takes its transactions' share off again.
+        openBranchBytes = open.values.reduce(0) { $0 + $1.heldBytes }
         var actions: [Action] = []
         for txid in open.keys.sorted() {
             guard var tx = open[txid] else { continue }
@@ -893,7 +950,9 @@ public enum TCCRecordCoding {
         let t = try r.string(maxCount: Limits.participantURLBytesMax)
         let c = try r.string(maxCount: Limits.participantURLBytesMax)
         let x = try r.string(maxCount: Limits.participantURLBytesMax)
-        let p = try r.blob(maxCount: Limits.tccPayloadBytesMax)
+        // Up to a record's size, not `tccPayloadBytesMax`: builds before that limit was checked
+        // in its log form wrote longer ones, and a coordinator must start from its own log.
+        let p = try r.blob(maxCount: Limits.recordBytesMax)
         return TCCCoordinator.BranchSpec(branchID: id, tryURL: t, confirmURL: c, cancelURL: x, payload: p.isEmpty ? nil : try decodeJSON(p))
     }
 
@@ -925,7 +984,9 @@ public enum TCCRecordCoding {
         case 1: tx.outcome = .committed
         default: tx.outcome = .aborted
         }
-        let reason = try r.string(maxCount: 4096)
+        // Clipped since `Limits.reasonBytesMax` bounds what a service answers; read up to a
+        // record's size for checkpoints written before.
+        let reason = try r.string(maxCount: Limits.recordBytesMax)
         tx.reason = reason.isEmpty ? nil : reason
         let settle = try r.i64()
         tx.settleStartedAtMs = settle < 0 ? nil : settle
@@ -980,18 +1041,18 @@ public enum TCCRecordCoding {
         case 1: return .bool(try r.bool())
         case 2: return .int(try r.i64())
         case 3: return .double(Double(bitPattern: try r.u64()))
-        case 4: return .string(try r.string(maxCount: Limits.tccPayloadBytesMax))
+        case 4: return .string(try r.string(maxCount: Limits.recordBytesMax))
         case 5:
             let n = try r.u32()
-            guard n <= UInt32(Limits.tccPayloadBytesMax) else { throw DecodeError("JSON array of \(n)") }
+            guard n <= UInt32(Limits.recordBytesMax) else { throw DecodeError("JSON array of \(n)") }
             var a: [JSONValue] = []
             for _ in 0..<n { a.append(try readJSON(&r, depth: depth + 1)) }
             return .array(a)
         case 6:
             let n = try r.u32()
-            guard n <= UInt32(Limits.tccPayloadBytesMax) else { throw DecodeError("JSON object of \(n)") }
+            guard n <= UInt32(Limits.recordBytesMax) else { throw DecodeError("JSON object of \(n)") }
             var o: [String: JSONValue] = [:]
-            for _ in 0..<n { let k = try r.string(maxCount: Limits.tccPayloadBytesMax); o[k] = try readJSON(&r, depth: depth + 1) }
+            for _ in 0..<n { let k = try r.string(maxCount: Limits.recordBytesMax); o[k] = try readJSON(&r, depth: depth + 1) }
             return .object(o)
         default: throw DecodeError("bad JSON tag")
         }

@@ -155,6 +155,10 @@ struct ParsedURL {
     }
 }
 
+/// Whether the HTTP client can call `url` (an `http://` URL with a host and, if given, a port
+/// of 1-65535): for URLs taken now and called later, refused when taken.
+public func isCallableHTTPURL(_ url: String) -> Bool { (try? ParsedURL(url)) != nil }
+
 func encodeRequest(method: String, url: ParsedURL, headers: HTTPHeaders, body: [UInt8], bearerToken: String?) -> [UInt8] {
     var out: [UInt8] = []
     out.reserveCapacity(128 + body.count)

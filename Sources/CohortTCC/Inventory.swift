@@ -67,7 +67,7 @@ public final class InventoryStore: @unchecked Sendable {
     /// Sets a sku's stock (setup only): available as given, reserved and sold 0.
     public func setStock(sku: String, available: Int64) throws {
         guard available >= 0, !sku.isEmpty, sku.utf8.count <= Limits.keyBytesMax else { throw TCCError.badRequest("sku must be 1-\(Limits.keyBytesMax) bytes and available >= 0") }
-        try resource.withConnection { db in
+        _ = try resource.withConnection { db in
             try db.transaction {
                 try db.run("INSERT INTO stock(sku, available, reserved, sold) VALUES(?1, ?2, 0, 0) ON CONFLICT(sku) DO UPDATE SET available = ?2, reserved = 0, sold = 0",
                            [.text(sku), .int(available)])

@@ -207,6 +207,113 @@ final class TCCCoordinatorTests: XCTestCase {
         XCTAssertEqual(again.unfinishedCount, r.unfinishedCount)
     }
 
+    private func error(_ actions: [TCCCoordinator.Action], _ r: RequestID) -> Int? {
+        if case .error(let e)? = replies(actions)[r] { return e.status }
+        return nil
+    }
+
+    /// A payload whose log form is longer than the log reads back is refused before anything is
+    /// logged: it was accepted (it is under the limit as JSON) and left a log the coordinator
+    /// could not start from. A record written by such a build still reads back.
+    func testAPayloadLongerInTheLogThanTheLimitIsRefusedAndOldOnesStillRead() throws {
+        var m = TCCCoordinator()
+        let txid = nextTxID()
+        _ = m.on(.begin(nextReq(), txid: txid, timeoutMs: 5_000), nowMs: now)
+        // 10,000 zeros: 20 KB as JSON, 90 KB in the log.
+        let zeros = JSONValue.array(Array(repeating: .int(0), count: 10_000))
+        let big = TCCCoordinator.BranchSpec(branchID: "a", tryURL: "http://s/try", confirmURL: "http://s/c", cancelURL: "http://s/x", payload: zeros)
+        let r = nextReq()
+        let a = m.on(.register(r, txid: txid.description, big), nowMs: now)
+        XCTAssertEqual(error(a, r), 413)
+        XCTAssertTrue(records(a).isEmpty, "nothing logged")
+        // What an older build logged is read back (it must start from its own log).
+        let old = TCCRecordCoding.encode(.branch(txid, big, createdAtMs: now, timeoutMs: 5_000))
+        var restarted = TCCCoordinator()
+        let redrive = try restarted.recover(snapshot: nil, records: [(old.type, old.payload)], nowMs: now)
+        XCTAssertEqual(calls(redrive, .cancel), ["a"])
+        // A long string too.
+        let s = TCCCoordinator.BranchSpec(branchID: "b", tryURL: "http://s/try", confirmURL: "http://s/c", cancelURL: "http://s/x",
+                                          payload: .string(String(repeating: "a", count: 66_000)))
+        let r2 = nextReq()
+        XCTAssertEqual(error(m.on(.register(r2, txid: txid.description, s), nowMs: now), r2), 413)
+    }
+
+    /// A service's long error text is clipped before it is kept: the cancel reason it became
+    /// made every checkpoint unreadable (read back up to 4,096 bytes).
+    func testALongErrorFromATryIsClippedAndTheCheckpointReadsBack() throws {
+        var m = TCCCoordinator()
+        let txid = nextTxID()
+        _ = m.on(.begin(nextReq(), txid: txid, timeoutMs: 5_000), nowMs: now)
+        _ = m.on(.register(nextReq(), txid: txid.description, spec("a")), nowMs: now)
+        _ = m.on(.branchDurable(txid, branchID: "a"), nowMs: now)
+        let long = "sku " + String(repeating: "é", count: 5_000) + " is unknown"
+        let a = m.on(.tryAnswered(txid, branchID: "a", .refused(status: 409, error: long)), nowMs: now)
+        XCTAssertEqual(calls(a, .cancel), ["a"])
+        let tx = try XCTUnwrap(m.transaction(txid))
+        XCTAssertLessThanOrEqual(tx.reason?.utf8.count ?? 0, Limits.reasonBytesMax + 100)
+        XCTAssertLessThanOrEqual(tx.branches[0].lastError?.utf8.count ?? 0, Limits.reasonBytesMax)
+        XCTAssertTrue(tx.branches[0].lastError?.hasPrefix("sku éé") == true)
+        _ = m.on(.settled(txid, branchID: "a", .cancel, error: String(repeating: "x", count: 100_000)), nowMs: now)
+        XCTAssertLessThanOrEqual(m.transaction(txid)?.branches[0].lastError?.utf8.count ?? 0, Limits.reasonBytesMax)
+        var restarted = TCCCoordinator()
+        _ = try restarted.recover(snapshot: m.snapshot(), records: [], nowMs: now)
+        XCTAssertEqual(restarted.transaction(txid)?.reason, tx.reason)
+    }
+
+    /// Open branches are bounded in bytes (503 past it, given back when transactions end), and
+    /// finished ones keep no payload and are forgotten past their own byte bound: the
+    /// checkpoint, which writes them all, stays bounded however large the payloads.
+    func testBranchBytesAreBoundedOpenAndFinished() throws {
+        var config = TCCCoordinator.Config()
+        config.openBranchBytesMax = 200_000
+        config.finishedBranchBytesMax = 50_000
+        var m = TCCCoordinator(config: config)
+        let payload = JSONValue.string(String(repeating: "p", count: 60_000))
+        func register(_ txid: TxID, _ id: String) -> [TCCCoordinator.Action] {
+            _ = m.on(.begin(nextReq(), txid: txid, timeoutMs: 5_000), nowMs: now)
+            return m.on(.register(nextReq(), txid: txid.description, .init(branchID: id, tryURL: "http://s/t", confirmURL: "http://s/c", cancelURL: "http://s/x", payload: payload)), nowMs: now)
+        }
+        var txids: [TxID] = []
+        for i in 0..<3 {
+            let t = nextTxID()
+            XCTAssertEqual(records(register(t, "b\(i)")).count, 1)
+            txids.append(t)
+        }
+        let refusedTx = nextTxID()
+        let refused = register(refusedTx, "b3")
+        XCTAssertTrue(records(refused).isEmpty)
+        XCTAssertTrue(replies(refused).values.contains { if case .error(let e) = $0 { return e.status == 503 }; return false }, "\(refused)")
+        // Ending one gives its bytes back.
+        let first = txids[0]
+        _ = m.on(.branchDurable(first, branchID: "b0"), nowMs: now)
+        _ = m.on(.tryAnswered(first, branchID: "b0", .succeeded(nil)), nowMs: now)
+        _ = m.on(.commit(nextReq(), txid: first.description), nowMs: now)
+        _ = m.on(.decisionDurable(first), nowMs: now)
+        _ = m.on(.settled(first, branchID: "b0", .confirm, error: nil), nowMs: now)
+        XCTAssertEqual(m.transaction(first)?.state, .committed)
+        XCTAssertNil(m.transaction(first)?.branches[0].spec.payload, "a finished transaction keeps no payload")
+        XCTAssertEqual(records(m.on(.register(nextReq(), txid: refusedTx.description, .init(branchID: "b3", tryURL: "http://s/t", confirmURL: "http://s/c", cancelURL: "http://s/x", payload: payload)), nowMs: now)).count, 1)
+        // Many finished transactions: the oldest go past the byte bound.
+        for i in 0..<2_000 {
+            let t = nextTxID()
+            _ = m.on(.begin(nextReq(), txid: t, timeoutMs: 5_000), nowMs: now)
+            let long = String(repeating: "u", count: 400)
+            _ = m.on(.register(nextReq(), txid: t.description, .init(branchID: "f\(i)", tryURL: "http://s/\(long)", confirmURL: "http://s/c", cancelURL: "http://s/x", payload: nil)), nowMs: now)
+            _ = m.on(.branchDurable(t, branchID: "f\(i)"), nowMs: now)
+            _ = m.on(.abort(nextReq(), txid: t.description), nowMs: now)
+            _ = m.on(.settled(t, branchID: "f\(i)", .cancel, error: nil), nowMs: now)
+        }
+        XCTAssertLessThanOrEqual(m.finishedBranchBytes, 50_000)
+        XCTAssertNil(m.transaction(first), "forgotten past the byte bound")
+        XCTAssertLessThan(m.finished.count, 2_000)
+        XCTAssertLessThan(m.snapshot().count, 200_000 + 50_000 + 100_000)
+        // Recovery counts the open bytes again: still refuses past the limit.
+        var restarted = TCCCoordinator(config: config)
+        _ = try restarted.recover(snapshot: m.snapshot(), records: [], nowMs: now)
+        XCTAssertEqual(restarted.openBranchBytes, m.openBranchBytes)
+        XCTAssertGreaterThan(restarted.openBranchBytes, 0)
+    }
+
     private func force(_ outcome: Outcome, dryRun: Bool = false) -> Coordinator.ForceRequest {
         Coordinator.ForceRequest(outcome: outcome, reason: "ops", operatorName: "oncall", dryRun: dryRun)
     }
