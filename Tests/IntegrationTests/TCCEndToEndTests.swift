@@ -17,11 +17,14 @@ final class TCCEndToEndTests: XCTestCase {
         var attempt = 1
         let api: CohortAPI
 
-        init(test: XCTestCase, inventories n: Int, crashPoint: String?) throws {
+        let coordinatorFlags: [String]
+
+        init(test: XCTestCase, inventories n: Int, crashPoint: String?, coordinatorFlags: [String] = []) throws {
+            self.coordinatorFlags = coordinatorFlags
             dir = tempPath("tcc-e2e-\(UUID().uuidString)")
             bin = try Cluster.findBinDirectory()
             coordinator = ManagedProcess(name: "cohortd", executable: bin.appendingPathComponent("cohortd"),
-                                         arguments: ["--data", dir + "/coordinator", "--port", "0"],
+                                         arguments: ["--data", dir + "/coordinator", "--port", "0"] + coordinatorFlags,
                                          environment: crashPoint.map { ["COHORT_CRASHPOINT": $0] } ?? [:], logDirectory: dir + "/logs")
             coordinatorURL = try coordinator.start()!
             api = CohortAPI(coordinatorURL: coordinatorURL, requestTimeoutMs: 15_000)
@@ -43,7 +46,7 @@ final class TCCEndToEndTests: XCTestCase {
             _ = coordinator.waitForExit(timeoutMs: 5_000)
             attempt += 1
             coordinator = ManagedProcess(name: "cohortd", executable: bin.appendingPathComponent("cohortd"),
-                                         arguments: ["--data", dir + "/coordinator", "--port", "0"], logDirectory: dir + "/logs", attempt: attempt)
+                                         arguments: ["--data", dir + "/coordinator", "--port", "0"] + coordinatorFlags, logDirectory: dir + "/logs", attempt: attempt)
             coordinatorURL = try coordinator.start()!
         }
 
@@ -153,6 +156,41 @@ final class TCCEndToEndTests: XCTestCase {
         XCTAssertEqual(try phases(0, "try", "hanging"), 1, "hand-1's try after its cancel")
         XCTAssertEqual(try phases(1, "try", "refused"), 1, "not enough stock")
         XCTAssertEqual(try phases(1, "try", "error"), 0)
+    }
+
+    /// Registrations the coordinator could log but not read back, or not call, are refused; a
+    /// service's long refusal (the inventory repeats the sku it does not know) is kept clipped,
+    /// so checkpoints holding it read back: before, cohortd could not start again.
+    func testUnreadableOrUncallableBranchesAreRefusedAndALongTryErrorSurvivesACheckpoint() throws {
+        let rig = try Rig(test: self, inventories: 1, crashPoint: nil, coordinatorFlags: ["--checkpoint-after-bytes", "4096"])
+        try rig.setStock(0, stock)
+        let base = rig.inventories[0].url! + "/v1/tcc/inventory/"
+        func register(_ txid: String, _ fields: [String: Any]) throws -> (Int, [String: Any]) {
+            var body: [String: Any] = ["branch_id": "b", "try_url": base + "try", "confirm_url": base + "confirm", "cancel_url": base + "cancel"]
+            for (k, v) in fields { body[k] = v }
+            return try rig.json("POST", rig.coordinatorURL + "/v1/transactions/\(txid)/tcc-branches", body)
+        }
+        let t0 = try rig.begin()
+        let (badURL, badURLBody) = try register(t0, ["cancel_url": "http://host:99999/cancel"])
+        XCTAssertEqual(badURL, 400, "\(badURLBody)")
+        XCTAssertTrue((badURLBody["error"] as? String)?.contains("cancel_url") == true, "\(badURLBody)")
+        let (big, bigBody) = try register(t0, ["payload": Array(repeating: 0, count: 10_000)])
+        XCTAssertEqual(big, 413, "\(bigBody)")
+        // A sku of 5,000 bytes: the inventory's 409 names it.
+        var refused: [String] = []
+        for _ in 0..<20 {
+            let t = try rig.begin()
+            XCTAssertEqual(try register(t, ["payload": ["sku": String(repeating: "s", count: 5_000), "qty": 1]]).0, 409)
+            refused.append(t)
+        }
+        XCTAssertEqual(try rig.json("POST", rig.coordinatorURL + "/v1/transactions/\(t0)/abort").0, 200)
+        XCTAssertTrue(eventually(timeoutMs: 20_000) { rig.unfinished() == 0 })
+        try rig.restartCoordinator()
+        let (status, view) = try rig.json("GET", rig.coordinatorURL + "/v1/transactions/\(refused.last!)")
+        XCTAssertEqual(status, 200, "the coordinator restarted from its checkpoint: \(view)")
+        XCTAssertEqual(view["state"] as? String, "aborted")
+        let (_, first) = try rig.json("GET", rig.coordinatorURL + "/v1/transactions/\(refused[0])")
+        XCTAssertEqual(first["state"] as? String, "aborted", "\(first)")
     }
 
     /// Kills the coordinator at a TCC crash point, restarts it, checks everything settles.
