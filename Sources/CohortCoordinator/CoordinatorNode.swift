@@ -66,9 +66,11 @@ public final class CoordinatorNode {
     /// Participants (by URL) that said at registration that they serve `/v1/batch`.
     private var batchCapable: Set<String> = []
     private let checkpointAfterBytes: Int
+    private let checkpointIntervalMs: Int64
     // TCC (see the `// MARK: - TCC` section)
     public private(set) var tcc: TCCCoordinator
     private var tccTimers: TimerTable<TCCCoordinator.Timer>!
+    private var checkpointTimer: NodeTimer?
     private enum TCCPending { case branch(TxID, String), decision(TxID), audit(TxID) }
     private var tccPending = DurabilityQueue<TCCPending>()
     private var tccRecoveryActions: [TCCCoordinator.Action] = []
@@ -77,7 +79,10 @@ public final class CoordinatorNode {
     /// reports to this node's thread. `onFatal` is called (from any thread) when the node must
     /// stop at once: a failed log write or sync, after which nothing may be acknowledged.
     public init(coordinatorID: String, log: DurableLog, recovered: RecoveredLog, config: Coordinator.Config,
-                checkpointAfterBytes: Int, environment: NodeEnvironment, onFatal: @escaping (String) -> Void) throws {
+                checkpointAfterBytes: Int, checkpointIntervalMs: Int64 = Limits.checkpointIntervalMs,
+                environment: NodeEnvironment, onFatal: @escaping (String) -> Void) throws {
+        precondition(checkpointIntervalMs > 0, "a checkpoint interval must be positive")
+        self.checkpointIntervalMs = checkpointIntervalMs
         self.coordinatorID = coordinatorID
         self.log = log
         self.environment = environment
@@ -130,12 +135,23 @@ public final class CoordinatorNode {
         let tccActions = tccRecoveryActions
         tccRecoveryActions = []
         executeTCC(tccActions)
+        scheduleTimedCheckpoint()
+    }
+
+    private func scheduleTimedCheckpoint() {
+        checkpointTimer = environment.schedule(afterMs: checkpointIntervalMs) { [weak self] in
+            guard let self else { return }
+            self.checkpoint(ifBytesOver: 0)
+            self.scheduleTimedCheckpoint()
+        }
     }
 
     /// Stops timers; the node does nothing more on its own.
     public func stop() {
         timers.cancelAll()
         tccTimers.cancelAll()
+        checkpointTimer?.cancel()
+        checkpointTimer = nil
     }
 
     // MARK: - events in
@@ -165,11 +181,11 @@ public final class CoordinatorNode {
             }
         }
         tccDurable(upTo: lsn)
-        maybeCheckpoint()
+        checkpoint(ifBytesOver: checkpointAfterBytes)
     }
 
-    private func maybeCheckpoint() {
-        guard log.bytesSinceCheckpoint > checkpointAfterBytes else { return }
+    private func checkpoint(ifBytesOver bytes: Int) {
+        guard log.bytesSinceCheckpoint > bytes else { return }
         do {
             _ = try log.checkpoint(snapshot: CoordinatorSnapshotContainer.pack(coordinator: machine.snapshot(), tcc: tcc.snapshot()))
         } catch {

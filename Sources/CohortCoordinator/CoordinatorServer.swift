@@ -19,6 +19,7 @@ public final class CoordinatorServer: RunnableServer {
         /// Checkpoint (and drop older log segments) once this many bytes were logged since the
         /// last checkpoint; small values exercise checkpointing in tests.
         public var checkpointAfterBytes = Limits.checkpointAfterBytes
+        public var checkpointIntervalMs = Limits.checkpointIntervalMs
         /// Retry budget before a committing transaction is parked (attempts of one branch, or
         /// time since the decision), and the slow retry delay once parked.
         public var retryBudgetAttempts = Limits.retryBudgetAttempts
@@ -66,7 +67,7 @@ public final class CoordinatorServer: RunnableServer {
         clientConfig.bearerToken = options.token
         client = HTTPClient(loop: loop, config: clientConfig)
         node = try CoordinatorNode(coordinatorID: coordinatorID, log: log, recovered: recovered, config: config,
-                                   checkpointAfterBytes: options.checkpointAfterBytes,
+                                   checkpointAfterBytes: options.checkpointAfterBytes, checkpointIntervalMs: options.checkpointIntervalMs,
                                    environment: LoopEnvironment(loop: loop, client: client), onFatal: onFatal)
         var serverConfig = HTTPServerConfig()
         serverConfig.bearerToken = options.token

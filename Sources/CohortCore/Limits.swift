@@ -55,6 +55,12 @@ public enum Limits {
     public static let groupCommitQuietUsMax: Int64 = 700
     /// Checkpoint once the live segments hold more than this many bytes.
     public static let checkpointAfterBytes = 32 << 20
+    /// The coordinator also checkpoints this often when anything was logged since: a quiet
+    /// coordinator otherwise keeps, for days, a log whose records say less than its state (a
+    /// TCC branch confirmed long ago is confirmed again after a restart, and a service that
+    /// purged its barrier rows since answers 409 for good). Well inside
+    /// `tccBarrierRetentionMsMin` (`cohortd --checkpoint-interval`, 1 s to this bound).
+    public static let checkpointIntervalMs: Int64 = 10 * 60_000
     /// Largest checkpoint snapshot (the log's type-0 record). A snapshot holds every open
     /// transaction, so it may be far larger than one record; it is written rarely.
     public static let snapshotBytesMax = 256 << 20
@@ -332,6 +338,9 @@ public enum Limits {
     /// Purge calls one round makes at most (each one short transaction of at most
     /// `tccPurgeBatchMax` branches); what is left waits for the next round.
     public static let tccPurgeBatchesPerRoundMax = 20
+    /// The wait before the next purge round when a round stopped at its cap (more rows wait):
+    /// a round of 20,000 branches a minute falls behind a service finishing 2,000 a second.
+    public static let tccPurgeBacklogDelayMs: Int64 = 100
     /// Idle SQLite connections a TCC resource keeps.
     public static let tccConnectionsPooledMax = 8
     /// TCC phases a service runs in one local transaction at most (`TCCResource.runBatch`).

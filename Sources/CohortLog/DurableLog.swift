@@ -196,6 +196,7 @@ public final class DurableLog {
     private var failure: Error?
     private var closed = false
     private var recordsTotalValue = 0
+    private var checkpointsTotalValue = 0
     private var forcedRecordsTotalValue = 0
     private var syncsTotalValue = 0
     /// Microseconds spent in timed fdatasyncs, and waiting for siblings before a sync (group
@@ -291,6 +292,7 @@ public final class DurableLog {
         groups[last].lastLSN = lsn
         unsyncedBytes += encodedBytes
         recordsTotalValue += 1
+        if isCheckpoint { checkpointsTotalValue += 1 }
         bytesSinceCheckpointValue = isCheckpoint ? 0 : bytesSinceCheckpointValue + encodedBytes
         switch urgency {
         case .forced:
@@ -335,6 +337,8 @@ public final class DurableLog {
     }
 
     public var recordsTotal: Int { state.withLock { recordsTotalValue } }
+    /// Checkpoints appended since this process opened the log.
+    public var checkpointsTotal: Int { state.withLock { checkpointsTotalValue } }
     public var forcedRecordsTotal: Int { state.withLock { forcedRecordsTotalValue } }
     /// File and directory syncs, recovery's included.
     public var syncsTotal: Int { state.withLock { syncsTotalValue } }

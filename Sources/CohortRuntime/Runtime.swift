@@ -240,6 +240,7 @@ public func loadToken(file: String?) throws -> String? {
 /// Registers the metrics every Cohort server has, reading log counters from the log itself.
 public func declareCommonMetrics(_ m: MetricsRegistry, log: DurableLog, messageTypes: [String]) {
     m.sample("cohort_log_records_total", type: "counter", help: "Records appended to this process's durable log") { Double(log.recordsTotal) }
+    m.sample("cohort_log_checkpoints_total", type: "counter", help: "Checkpoints appended to this process's durable log") { Double(log.checkpointsTotal) }
     m.sample("cohort_log_forced_records_total", type: "counter", help: "Records whose durability the process waited for") { Double(log.forcedRecordsTotal) }
     m.sample("cohort_log_syncs_total", type: "counter", help: "fdatasync calls on the log") { Double(log.syncsTotal) }
     m.sample("cohort_log_sync_seconds_total", type: "counter", help: "Time spent in the log's fdatasync calls") { log.syncSecondsTotal }

@@ -122,13 +122,16 @@ public enum TCCBarrier {
         }
     }
 
-    /// Deletes the barrier rows of branches finished (confirmed or cancelled) more than
-    /// `retentionMs` ago, at most `limit` branches; returns how many branches it removed.
+    /// Deletes `resource`'s barrier rows of branches finished (confirmed or cancelled) more
+    /// than `retentionMs` ago, at most `limit` branches; returns how many branches it removed.
     /// A branch with only a try row is never removed: its confirm or cancel is still coming.
-    static func purge(_ db: SQLiteConnection, nowMs: Int64, retentionMs: Int64, limit: Int) throws -> Int {
+    /// Only the resource's own rows: resources sharing a database keep their own retention.
+    static func purge(_ db: SQLiteConnection, resource: String, nowMs: Int64, retentionMs: Int64, limit: Int) throws -> Int {
         try db.transaction {
-            let rows = try db.query("SELECT resource, txid, branch_id FROM tcc_barrier WHERE op IN ('confirm', 'cancel') AND at_ms < ?1 LIMIT ?2",
-                                    [.int(nowMs - retentionMs), .int(Int64(limit))])
+            let rows = try db.query("""
+                SELECT resource, txid, branch_id FROM tcc_barrier
+                WHERE resource = ?3 AND op IN ('confirm', 'cancel') AND at_ms < ?1 LIMIT ?2
+                """, [.int(nowMs - retentionMs), .int(Int64(limit)), .text(resource)])
             for r in rows {
                 try db.run("DELETE FROM tcc_barrier WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3", r)
             }

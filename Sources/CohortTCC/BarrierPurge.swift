@@ -3,7 +3,8 @@ import Foundation
 
 /// Purges a resource's finished barrier rows on a timer: every `intervalMs`, up to
 /// `Limits.tccPurgeBatchesPerRoundMax` calls of `purgeFinished()` (each a short transaction),
-/// stopping early once a call finds less than a full batch. Only rows of branches whose confirm
+/// stopping early once a call finds less than a full batch. A round that stopped at its cap
+/// is followed by the next after `Limits.tccPurgeBacklogDelayMs`, until the backlog is gone. Only rows of branches whose confirm
 /// or cancel is older than the resource's retention go (`TCCResource.Options.retentionMs`, at
 /// least `Limits.tccBarrierRetentionMsMin`); a branch with only its try row is never removed.
 ///
@@ -42,8 +43,8 @@ public final class TCCBarrierPurger: @unchecked Sendable {
     private func tick() {
         lock.lock(); let done = stopped; lock.unlock()
         if done { return }
-        runRound()
-        schedule(intervalMs) { [weak self] in self?.tick() }
+        let backlog = runRound() >= Limits.tccPurgeBatchesPerRoundMax * Limits.tccPurgeBatchMax
+        schedule(backlog ? min(Limits.tccPurgeBacklogDelayMs, intervalMs) : intervalMs) { [weak self] in self?.tick() }
     }
 
     /// One round now; returns the branches removed.

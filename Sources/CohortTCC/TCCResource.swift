@@ -261,7 +261,7 @@ public final class TCCResource: @unchecked Sendable {
     /// `limit` branches per call); returns how many branches were removed.
     @discardableResult
     public func purgeFinished(limit: Int = Limits.tccPurgeBatchMax) throws -> Int {
-        try withConnection { try TCCBarrier.purge($0, nowMs: clock(), retentionMs: options.retentionMs, limit: limit) }
+        try withConnection { try TCCBarrier.purge($0, resource: name, nowMs: clock(), retentionMs: options.retentionMs, limit: limit) }
     }
 
     /// The barrier rows of a branch (op → note), for tests and inspection.

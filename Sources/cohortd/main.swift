@@ -14,6 +14,8 @@ The Cohort coordinator: drives two-phase commit (presumed abort) over participan
   --token-file F    require "Authorization: Bearer <token>" (also env COHORT_TOKEN)
   --no-one-phase    always run both phases, even for a single branch
   --checkpoint-after-bytes N   checkpoint the log after N bytes (default 32 MiB)
+  --checkpoint-interval D      also checkpoint this often when anything was logged since,
+                               1s-10m (default 10m)
   --retry-budget-attempts N    park a committing transaction after N delivery attempts to a branch (default 10)
   --retry-budget DURATION      ... or this long after its commit decision (default 60s)
   --parked-retry-delay DURATION  how often a parked transaction is still retried (default 30s)
@@ -22,7 +24,7 @@ Environment: COHORT_CRASHPOINT=NAME[:K] or =list, COHORT_FAULT=fsync-fail[:K]
 """
 
 exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage: usage,
-                     valued: ["data", "port", "host", "token-file", "checkpoint-after-bytes", "retry-budget-attempts", "retry-budget", "parked-retry-delay"],
+                     valued: ["data", "port", "host", "token-file", "checkpoint-after-bytes", "checkpoint-interval", "retry-budget-attempts", "retry-budget", "parked-retry-delay"],
                      booleans: ["help", "no-one-phase"], crashPoints: CoordinatorServer.crashPoints,
                      say: { print($0); fflush(stdout) }, warn: { StandardStream.err(($0 + "\n")) }) { args in
     var options = CoordinatorServer.Options(dataDirectory: try args.required("data"))
@@ -30,6 +32,10 @@ exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage:
     options.host = args.string("host") ?? "127.0.0.1"
     options.onePhaseCommit = !args.has("no-one-phase")
     if let n = try args.int("checkpoint-after-bytes", range: 4096...(1 << 40)) { options.checkpointAfterBytes = n }
+    if let ms = try args.durationMs("checkpoint-interval") {
+        guard (1_000...Limits.checkpointIntervalMs).contains(ms) else { throw UsageError("--checkpoint-interval must be between 1s and 10m") }
+        options.checkpointIntervalMs = ms
+    }
     if let n = try args.int("retry-budget-attempts", range: 1...1_000_000) { options.retryBudgetAttempts = n }
     if let ms = try args.durationMs("retry-budget") { options.retryBudgetMs = ms }
     if let ms = try args.durationMs("parked-retry-delay") { options.parkedRetryDelayMs = max(ms, 1) }

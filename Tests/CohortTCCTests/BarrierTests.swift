@@ -275,6 +275,53 @@ final class BarrierTests: XCTestCase {
         XCTAssertTrue(scheduled.isEmpty, "a stopped purger schedules nothing more")
     }
 
+    /// A round that stops at its cap is followed by the next soon, not a minute later: at one
+    /// round a minute the purge fell behind a service finishing more than 333 branches a second.
+    func testAPurgeRoundThatStoppedAtItsCapIsFollowedSoon() throws {
+        let clock = Clock()
+        let r = try counting(Counter(), clock: clock)
+        let capped = Limits.tccPurgeBatchesPerRoundMax * Limits.tccPurgeBatchMax
+        try r.withConnection { db in
+            try db.transaction {
+                for i in 0..<(capped + 5) {
+                    try db.run("INSERT INTO tcc_barrier(resource, txid, branch_id, op, note, at_ms) VALUES('r', ?1, 'b', 'cancel', 'empty-cancel', ?2)",
+                               [.text("bulk-\(i)"), .int(clock.now())])
+                }
+            }
+        }
+        clock.advance(r.options.retentionMs + 1)
+        var scheduled: [(Int64, () -> Void)] = []
+        let purger = TCCBarrierPurger(resource: r, intervalMs: 60_000) { ms, body in scheduled.append((ms, body)) }
+        purger.start()
+        scheduled.removeFirst().1()
+        XCTAssertEqual(purger.removedTotal, capped)
+        XCTAssertEqual(scheduled.map(\.0), [Limits.tccPurgeBacklogDelayMs], "rows are left: the next round comes soon")
+        scheduled.removeFirst().1()
+        XCTAssertEqual(purger.removedTotal, capped + 5)
+        XCTAssertEqual(scheduled.map(\.0), [60_000], "the backlog is gone: back to the interval")
+    }
+
+    /// Resources sharing one database purge only their own rows, each with its own retention.
+    func testPurgeTakesOnlyTheResourcesOwnRows() throws {
+        let clock = Clock()
+        func resource(_ name: String, retentionMs: Int64) throws -> TCCResource {
+            var o = TCCResource.Options()
+            o.retentionMs = retentionMs
+            return try TCCResource(name: name, databasePath: dir + "/shared.sqlite", options: o, clock: { clock.now() },
+                                   try: { _ in nil }, confirm: { _ in }, cancel: { _ in })
+        }
+        let short = try resource("short", retentionMs: Limits.tccBarrierRetentionMsMin)
+        let long = try resource("long", retentionMs: Limits.tccBarrierRetentionMsMin * 10)
+        _ = try short.run(.cancel, txid: "t1", branchID: "b", payload: nil)
+        _ = try long.run(.cancel, txid: "t2", branchID: "b", payload: nil)
+        clock.advance(Limits.tccBarrierRetentionMsMin + 1)
+        XCTAssertEqual(try short.purgeFinished(), 1)
+        XCTAssertEqual(try long.barrier(txid: "t2", branchID: "b"), ["try": "fence", "cancel": "empty-cancel"], "the longer retention holds")
+        XCTAssertEqual(try long.purgeFinished(), 0)
+        clock.advance(Limits.tccBarrierRetentionMsMin * 10)
+        XCTAssertEqual(try long.purgeFinished(), 1)
+    }
+
     func testPurgeRemovesOnlyFinishedBranchesPastRetention() throws {
         let c = Counter()
         let clock = Clock()

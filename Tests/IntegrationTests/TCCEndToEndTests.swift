@@ -82,6 +82,13 @@ final class TCCEndToEndTests: XCTestCase {
             try json("POST", inventories[i].url! + "/v1/tcc/inventory/\(phase)", ["txid": txid, "branch_id": branch, "payload": ["sku": "sku", "qty": qty]]).0
         }
 
+        /// The value of the `/metrics` line starting with `prefix` (name and labels).
+        func metric(_ url: String, _ prefix: String) -> Double? {
+            guard let r = try? api.raw("GET", url + "/metrics"), r.status == 200 else { return nil }
+            return String(decoding: r.body, as: UTF8.self).split(separator: "\n").first { $0.hasPrefix(prefix + " ") }
+                .flatMap { Double($0.dropFirst(prefix.count + 1)) }
+        }
+
         func unfinished() -> Int? {
             guard let (s, b) = try? json("GET", coordinatorURL + "/v1/transactions?state=unfinished"), s == 200 else { return nil }
             return (b["transactions"] as? [Any])?.count
@@ -191,6 +198,41 @@ final class TCCEndToEndTests: XCTestCase {
         XCTAssertEqual(view["state"] as? String, "aborted")
         let (_, first) = try rig.json("GET", rig.coordinatorURL + "/v1/transactions/\(refused[0])")
         XCTAssertEqual(first["state"] as? String, "aborted", "\(first)")
+    }
+
+    /// A quiet coordinator checkpoints on a timer, so a branch confirmed long ago is not
+    /// confirmed again after a restart (by then the service may have purged the barrier rows
+    /// that make a repeat harmless, and would answer 409 for good). Here: a is confirmed, b's
+    /// service is down; after the timed checkpoint and a restart, a is not called again.
+    func testATimedCheckpointKeepsConfirmedBranchesFromBeingConfirmedAgain() throws {
+        let rig = try Rig(test: self, inventories: 2, crashPoint: nil, coordinatorFlags: ["--checkpoint-interval", "1s"])
+        try rig.setStock(0, stock)
+        try rig.setStock(1, stock)
+        let t = try rig.begin()
+        XCTAssertEqual(try rig.branch(t, 0, qty: 2), 200)
+        XCTAssertEqual(try rig.branch(t, 1, qty: 3), 200)
+        rig.inventories[1].kill9()
+        XCTAssertEqual(try rig.json("POST", rig.coordinatorURL + "/v1/transactions/\(t)/commit").1["outcome"] as? String, "committed")
+        let inv0 = rig.inventories[0].url!
+        let confirmed = #"cohort_tcc_phases_total{resource="inventory",phase="confirm",result="done"}"#
+        let duplicate = #"cohort_tcc_phases_total{resource="inventory",phase="confirm",result="duplicate"}"#
+        XCTAssertTrue(eventually(timeoutMs: 10_000) { rig.metric(inv0, confirmed) == 1 })
+        let checkpoints = "cohort_log_checkpoints_total"
+        let before = try XCTUnwrap(rig.metric(rig.coordinatorURL, checkpoints))
+        XCTAssertTrue(eventually(timeoutMs: 5_000) { (rig.metric(rig.coordinatorURL, checkpoints) ?? 0) > before }, "no timed checkpoint")
+        // A checkpoint starts a segment, written whole under a temporary name and then named:
+        // durable once the named file is there and the temporary one is gone.
+        let logDir = rig.dir + "/coordinator/log"
+        XCTAssertTrue(eventually(timeoutMs: 10_000) {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: logDir)) ?? []
+            return names.contains("0000000000000002.log") && !names.contains { $0.hasSuffix(".new") }
+        }, "the checkpoint's segment never became durable")
+        Thread.sleep(forTimeInterval: 0.2)
+        try rig.restartCoordinator()
+        Thread.sleep(forTimeInterval: 1.5)
+        XCTAssertEqual(rig.metric(inv0, duplicate) ?? 0, 0, "a was confirmed again after the restart")
+        let (_, view) = try rig.json("GET", rig.coordinatorURL + "/v1/transactions/\(t)")
+        XCTAssertEqual(view["state"] as? String, "confirming", "b is still owed its confirm: \(view)")
     }
 
     /// Kills the coordinator at a TCC crash point, restarts it, checks everything settles.
