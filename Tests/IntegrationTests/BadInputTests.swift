@@ -228,6 +228,8 @@ final class BadInputTests: XCTestCase {
             ("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", "http://127.0.0.1:70000"]),
             ("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", "http://:7000"]),
             ("cohortd", ["--data", dir + "/c", "--port", "0", "--data", dir + "/c2"]),
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--checkpoint-interval", "500ms"]),
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--checkpoint-interval", "11m"]),
         ]
         for (program, args) in cases {
             let r = try runToCompletion(bin.appendingPathComponent(program), args)
