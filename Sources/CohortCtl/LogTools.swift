@@ -228,7 +228,7 @@ public enum LogTools {
     }
 
     static func problem(_ p: LogInspection.Problem) -> LogReport.Problem {
-        .init(kind: p.kind == .tornTail ? "torn-tail" : "corruption", file: p.file, offset: p.offset, reason: p.reason)
+        .init(kind: p.kind == .tornTail ? "torn-tail" : p.kind == .corruption ? "corruption" : "superseded", file: p.file, offset: p.offset, reason: p.reason)
     }
 
     public static func typeName(_ type: UInt8) -> String {

@@ -15,6 +15,9 @@ public struct LogInspection {
             case tornTail
             /// Damage recovery would refuse to open.
             case corruption
+            /// Damage, or a missing segment, before the newest checkpoint: recovery deletes
+            /// those segments (a crash while it deleted them leaves gaps), so it starts anyway.
+            case superseded
         }
         public let kind: Kind
         public let file: String
@@ -22,7 +25,7 @@ public struct LogInspection {
         public let reason: String
 
         public var description: String {
-            "\(kind == .tornTail ? "torn tail" : "corruption"): \(file) at offset \(offset): \(reason)"
+            "\(kind == .tornTail ? "torn tail" : kind == .corruption ? "corruption" : "superseded"): \(file) at offset \(offset): \(reason)"
         }
     }
 
@@ -56,8 +59,9 @@ public struct LogInspection {
 
 extension DurableLog {
     /// Reads every segment and reports records and the first problem in each, never modifying
-    /// anything. Unlike recovery it also reads segments older than the newest checkpoint, so a
-    /// problem there is reported even though recovery would just delete them.
+    /// anything. It reads as recovery does from the newest checkpoint on (a log without one must
+    /// begin at LSN 1); unlike recovery it also reads the segments before it, and reports their
+    /// problems as `superseded`, since recovery would just delete them.
     public static func inspect(storage: LogStorage) -> LogInspection {
         let files: [(number: UInt64, name: String)]
         do {
@@ -65,13 +69,26 @@ extension DurableLog {
         } catch {
             return LogInspection(storageName: storage.name, segments: [], storageProblem: "cannot list: \(error)")
         }
+        // Where recovery starts: the newest segment beginning with a valid checkpoint.
+        var start = 0
+        var checkpointFound = false
+        for i in files.indices.reversed() where (try? Recovery.startsWithCheckpoint(storage, number: files[i].number, name: files[i].name, fromDisk: false)) == true {
+            start = i
+            checkpointFound = true
+            break
+        }
         var segments: [LogInspection.Segment] = []
-        var expectedLSN: UInt64?
+        var expectedLSN: UInt64? = checkpointFound ? nil : 1
         var expectedNumber: UInt64?
         for (index, entry) in files.enumerated() {
+            if index == start {
+                // Recovery reads from here: what came before does not bind this segment.
+                expectedLSN = checkpointFound ? nil : 1
+                expectedNumber = nil
+            }
             let bytes: [UInt8]
             do {
-                let (file, read) = try Recovery.readAll(storage, entry.name)
+                let (file, read) = try Recovery.readAll(storage, entry.name, fromDisk: false)
                 file.close()
                 bytes = read
             } catch {
@@ -103,6 +120,10 @@ extension DurableLog {
             if numberGap, problem == nil, let expectedNumber {
                 problem = .init(kind: .corruption, file: entry.name, offset: 0,
                                 reason: "segment \(LogFormat.segmentFileName(expectedNumber)) is missing")
+            }
+            if index < start, let found = problem {
+                problem = .init(kind: .superseded, file: found.file, offset: found.offset,
+                                reason: found.reason + " (before the newest checkpoint, in \(files[start].name): recovery deletes this segment)")
             }
             segments.append(LogInspection.Segment(
                 file: entry.name, number: entry.number, sizeBytes: bytes.count, recordsEndBytes: scan.goodBytes,

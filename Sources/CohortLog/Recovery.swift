@@ -17,9 +17,11 @@ struct Recovery {
             .sorted { $0.number < $1.number }
     }
 
-    static func readAll(_ storage: LogStorage, _ name: String) throws -> (LogFile, [UInt8]) {
+    /// `fromDisk`: recovery's reads (a report's need not sync anything).
+    static func readAll(_ storage: LogStorage, _ name: String, fromDisk: Bool = true) throws -> (LogFile, [UInt8]) {
         let file = try storage.open(name, create: false)
         do {
+            if fromDisk { try file.readFromDiskFromNowOn() }
             return (file, try file.read(offset: 0, count: try file.size()))
         } catch {
             file.close()
@@ -28,9 +30,10 @@ struct Recovery {
     }
 
     /// Whether the segment's first record is a complete, valid checkpoint. Reads only that much.
-    static func startsWithCheckpoint(_ storage: LogStorage, number: UInt64, name: String) throws -> Bool {
+    static func startsWithCheckpoint(_ storage: LogStorage, number: UInt64, name: String, fromDisk: Bool = true) throws -> Bool {
         let file = try storage.open(name, create: false)
         defer { file.close() }
+        if fromDisk { try file.readFromDiskFromNowOn() }
         let prefixBytes = LogFormat.segmentHeaderBytes + LogFormat.recordHeaderBytes
         let prefix = try file.read(offset: 0, count: prefixBytes)
         guard prefix.count == prefixBytes, prefix[prefixBytes - 9] == LogFormat.checkpointType else { return false }

@@ -26,7 +26,17 @@ public protocol LogFile: AnyObject {
     /// Makes everything written so far durable. After a failure nothing written since the last
     /// successful sync may be assumed durable, ever.
     func sync() throws
+    /// Makes the next reads return what the disk holds, not what a cache remembers: recovery
+    /// reads a log another process wrote. After a failed writeback Linux can keep pages that
+    /// never reached the disk, marked clean; a restart without a reboot would read them, and
+    /// its own sync would succeed, so it would act on records that may vanish later.
+    func readFromDiskFromNowOn() throws
     func close()
+}
+
+extension LogFile {
+    /// Storage without a cache of its own (the simulated disk) has nothing to drop.
+    public func readFromDiskFromNowOn() throws {}
 }
 
 /// Injected storage faults, for testing that the system fails safely.
@@ -124,6 +134,12 @@ final class FileLogFile: LogFile {
     func sync() throws {
         try storage.countSync("fdatasync", path: file.path)
         try file.fdatasync()
+    }
+    /// Dirty pages (a killed process's unsynced writes) are written and synced first, then the
+    /// clean ones dropped; a sync error here stops recovery as any other would.
+    func readFromDiskFromNowOn() throws {
+        try sync()
+        try file.dropCachedPages()
     }
     func close() { file.close() }
 }

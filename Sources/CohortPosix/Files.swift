@@ -88,6 +88,14 @@ public final class PosixFile {
         guard Glibc.fdatasync(fd) == 0 else { throw PosixError.current("fdatasync", path: path) }
     }
 
+    /// Asks the kernel to drop the file's cached pages, so that the next reads come from the
+    /// disk (dirty pages are written first, then dropped once clean).
+    public func dropCachedPages() throws {
+        precondition(fd >= 0, "advice on closed file \(path)")
+        let result = posix_fadvise(fd, 0, 0, Int32(POSIX_FADV_DONTNEED))
+        guard result == 0 else { throw PosixError("posix_fadvise", errno: result, path: path) }
+    }
+
     public func fsync() throws {
         precondition(fd >= 0, "sync of closed file \(path)")
         guard Glibc.fsync(fd) == 0 else { throw PosixError.current("fsync", path: path) }
@@ -152,6 +160,15 @@ public enum PosixFS {
     }
 
     /// Makes the directory's entries (creations, removals, renames) durable.
+    /// The directory holding `path` ("." for a plain name, "/" for a name at the root; a
+    /// trailing slash does not count).
+    public static func parentDirectory(of path: String) -> String {
+        var trimmed = Substring(path)
+        while trimmed.count > 1 && trimmed.hasSuffix("/") { trimmed = trimmed.dropLast() }
+        guard let slash = trimmed.lastIndex(of: "/") else { return "." }
+        return slash == trimmed.startIndex ? "/" : String(trimmed[..<slash])
+    }
+
     public static func fsyncDirectory(_ path: String) throws {
         let fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw PosixError.current("open", path: path) }
@@ -194,11 +211,6 @@ public enum PosixFS {
         return try file.pread(count: try file.size(), offset: 0)
     }
 
-    static func parentDirectory(of path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return "." }
-        if slash == path.startIndex { return "/" }
-        return String(path[..<slash])
-    }
 }
 
 extension PosixError {

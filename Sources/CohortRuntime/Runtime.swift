@@ -213,6 +213,10 @@ public enum DataDirectory {
         }
         try PosixFS.createDirectory(logDir, intermediate: true)
         try PosixFS.fsyncDirectory(dir)
+        // The data directory's own entry too (`lock` may just have made it): without it a power
+        // cut can take the whole directory on file systems that do not journal it for us, and
+        // the server would come back with a new identity.
+        try PosixFS.fsyncDirectory(PosixFS.parentDirectory(of: dir))
         let id = make()
         try PosixFS.writeFileAtomically(path, Array((id + "\n").utf8))
         return id

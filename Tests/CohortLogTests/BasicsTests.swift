@@ -70,6 +70,9 @@ final class BasicsTests: XCTestCase {
         try PosixFS.remove(dir + "/c")
         XCTAssertFalse(PosixFS.exists(dir + "/c"))
         XCTAssertThrowsError(try PosixFS.remove(dir + "/c"))
+        for (path, parent) in [("a", "."), ("/a", "/"), ("/a/b", "/a"), ("/a/b/", "/a"), ("a/b", "a"), ("/", "/")] {
+            XCTAssertEqual(PosixFS.parentDirectory(of: path), parent, path)
+        }
     }
 
     func testAppendRecoverRoundTripOnFiles() throws {
@@ -101,6 +104,26 @@ final class BasicsTests: XCTestCase {
         }
         XCTAssertEqual(try reopened.append(type: 1, payload: [1], force: true), 51)
         XCTAssertTrue(waitUntil { reopened.durableLSN == 51 })
+    }
+
+    /// Recovery reads every segment from the disk, not from a cache that may hold pages a
+    /// failed writeback never wrote: each file it reads was told so before its first read.
+    func testRecoveryReadsEverySegmentFromTheDisk() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { removeTree(dir) }
+        let (log, _) = try DurableLog.open(storage: try FileLogStorage(directory: dir))
+        for lsn in UInt64(1)...5 { _ = try log.append(type: 3, payload: payload(lsn), force: true) }
+        _ = try log.checkpoint(snapshot: [1, 2, 3])
+        for lsn in UInt64(7)...9 { _ = try log.append(type: 3, payload: payload(lsn), force: true) }
+        XCTAssertTrue(waitUntil { log.durableLSN == 9 })
+        log.close()
+        let watched = ReadWatchingStorage(inner: try FileLogStorage(directory: dir))
+        let (reopened, recovered) = try DurableLog.open(storage: watched)
+        defer { reopened.close() }
+        XCTAssertEqual(recovered.snapshot, [1, 2, 3])
+        XCTAssertEqual(recovered.records.map(\.lsn), [7, 8, 9])
+        XCTAssertFalse(watched.readFiles.isEmpty)
+        XCTAssertEqual(watched.readBeforeDropping, [], "read from the cache: \(watched.readBeforeDropping)")
     }
 
     func testAppendRecoverRoundTripInSimulation() throws {
@@ -378,6 +401,50 @@ final class SlowSyncFile: LogFile {
     func sync() throws {
         storage.noteSync()
         try file.sync()
+    }
+    func close() { file.close() }
+}
+
+/// Storage that notes, per opened file, whether it was read before `readFromDiskFromNowOn`.
+final class ReadWatchingStorage: LogStorage {
+    let inner: LogStorage
+    private let lock = PosixConditionLock()
+    private var read: Set<String> = []
+    private var early: Set<String> = []
+    init(inner: LogStorage) { self.inner = inner }
+    var readFiles: Set<String> { lock.withLock { read } }
+    var readBeforeDropping: [String] { lock.withLock { early.sorted() } }
+    func noteRead(_ file: String, dropped: Bool) { lock.withLock { read.insert(file); if !dropped { early.insert(file) } } }
+
+    var name: String { inner.name }
+    func list() throws -> [String] { try inner.list() }
+    func open(_ file: String, create: Bool) throws -> LogFile { ReadWatchingFile(storage: self, name: file, file: try inner.open(file, create: create)) }
+    func remove(_ file: String) throws { try inner.remove(file) }
+    func rename(_ from: String, to: String) throws { try inner.rename(from, to: to) }
+    func syncDirectory() throws { try inner.syncDirectory() }
+}
+
+final class ReadWatchingFile: LogFile {
+    let storage: ReadWatchingStorage
+    let name: String
+    let file: LogFile
+    private var dropped = false
+    init(storage: ReadWatchingStorage, name: String, file: LogFile) {
+        self.storage = storage
+        self.name = name
+        self.file = file
+    }
+    func size() throws -> Int { try file.size() }
+    func read(offset: Int, count: Int) throws -> [UInt8] {
+        storage.noteRead(name, dropped: dropped)
+        return try file.read(offset: offset, count: count)
+    }
+    func write(_ bytes: [UInt8], at offset: Int) throws { try file.write(bytes, at: offset) }
+    func truncate(to size: Int) throws { try file.truncate(to: size) }
+    func sync() throws { try file.sync() }
+    func readFromDiskFromNowOn() throws {
+        try file.readFromDiskFromNowOn()
+        dropped = true
     }
     func close() { file.close() }
 }

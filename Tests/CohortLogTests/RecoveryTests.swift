@@ -289,6 +289,37 @@ final class RecoveryTests: XCTestCase {
     /// A segment is created whole (a temporary name, synced, renamed), so a damaged start of a
     /// segment is damage, not a crash: recovery refuses with the file and offset instead of
     /// cutting it off (which would forget everything the segment held, a checkpoint included).
+    /// `txctl log verify` says what recovery would do: a gap or damage before the newest
+    /// checkpoint (a crash while recovery or a checkpoint deleted the old segments) does not
+    /// stop a start, and a log without a checkpoint that does not begin at LSN 1 does.
+    func testInspectAgreesWithRecoveryAboutOldSegmentsAndTheFirstLSN() throws {
+        let storage = try syncedLog(count: 12, segmentBytesMax: 100)
+        let (log, _) = try DurableLog.open(storage: storage, config: manualConfig(segmentBytesMax: 100))
+        _ = try log.checkpoint(snapshot: [9])
+        try log.syncNow()
+        log.close()
+        // Put back the old segments but one (as a crash in the middle of their removal can).
+        let names = try segmentNames(storage)
+        let checkpointSegment = names.last!
+        XCTAssertEqual(names.count, 1, "the checkpoint removed the older segments")
+        let fresh = try syncedLog(count: 12, segmentBytesMax: 100)
+        let old = try segmentNames(fresh)
+        XCTAssertGreaterThanOrEqual(old.count, 4)
+        for name in old where name != old[1] && name < checkpointSegment { storage.setContents(of: name, fresh.contents(of: name)!) }
+        let gapped = DurableLog.inspect(storage: storage)
+        XCTAssertTrue(gapped.isRecoverable, "\(gapped.problems)")
+        XCTAssertEqual(gapped.problems.map(\.kind), [.superseded], "\(gapped.problems)")
+        XCTAssertNoThrow(try DurableLog.open(storage: storage, config: manualConfig(segmentBytesMax: 100)).0.close())
+
+        // No checkpoint, and the first segment gone: recovery refuses, and so does verify.
+        let headless = try syncedLog(count: 12, segmentBytesMax: 100)
+        try headless.remove(try segmentNames(headless)[0])
+        XCTAssertThrowsError(try DurableLog.open(storage: headless, config: manualConfig(segmentBytesMax: 100)))
+        let report = DurableLog.inspect(storage: headless)
+        XCTAssertFalse(report.isRecoverable)
+        XCTAssertEqual(report.problems.map(\.kind), [.corruption])
+    }
+
     func testADamagedSegmentStartIsCorruptionNotATornTail() throws {
         func assertCorrupt(_ storage: SimLogStorage, _ file: String, offset: Int, _ reason: String, line: UInt = #line) {
             XCTAssertThrowsError(try DurableLog.open(storage: storage, config: manualConfig(segmentBytesMax: 100)), line: line) { error in
