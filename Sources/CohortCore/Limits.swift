@@ -244,6 +244,11 @@ public enum Limits {
     /// Pending messages a relay holds in memory (loaded from the table); it loads more as
     /// these drain, so a backlog of any size costs bounded memory.
     public static let outboxLoadedMessagesMax = 50_000
+    /// Pending messages of one key a relay holds in memory (one while a dead letter blocks the
+    /// key). A key sends one message per sink round trip, so more would only wait; without a cap
+    /// one busy or blocked key fills `outboxLoadedMessagesMax` and no other key's newer messages
+    /// are loaded. The rest of the key is read again (by key) when it is down to half of this.
+    public static let outboxLoadedPerKeyMax = 1_000
     /// Rows read from the outbox table per query.
     public static let outboxLoadRowsMax = 5_000
     /// Delivery attempts (sink answered and refused the message) before a message becomes a

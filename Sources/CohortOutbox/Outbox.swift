@@ -217,11 +217,28 @@ public final class OutboxStore {
         try connection.forEachRow(
             "SELECT id, topic, key, payload, headers, created_ms, attempts FROM outbox WHERE state = 0 AND id > ?1 ORDER BY id LIMIT ?2",
             [.int(afterID), .int(Int64(limit))]) { r in
-            out.append(OutboxMessage(id: r[0].int ?? 0, source: source, topic: r[1].text ?? "", key: r[2].text ?? "",
-                                     payload: r[3].text ?? "", headers: JSONText.parseHeaders(r[4].text ?? "{}"),
-                                     createdMs: r[5].int ?? 0, attempts: Int(r[6].int ?? 0)))
+            out.append(row(r))
         }
         return out
+    }
+
+    /// Pending rows of one key with id > `afterID`, in id order. The relay reads these for a
+    /// key whose rows it left out of memory; the pending index is walked from `afterID`.
+    public func pending(key: String, afterID: Int64, limit: Int) throws -> [OutboxMessage] {
+        var out: [OutboxMessage] = []
+        out.reserveCapacity(min(limit, 1024))
+        try connection.forEachRow(
+            "SELECT id, topic, key, payload, headers, created_ms, attempts FROM outbox WHERE state = 0 AND id > ?1 AND key = ?3 ORDER BY id LIMIT ?2",
+            [.int(afterID), .int(Int64(limit)), .text(key)]) { r in
+            out.append(row(r))
+        }
+        return out
+    }
+
+    private func row(_ r: [SQLValue]) -> OutboxMessage {
+        OutboxMessage(id: r[0].int ?? 0, source: source, topic: r[1].text ?? "", key: r[2].text ?? "",
+                      payload: r[3].text ?? "", headers: JSONText.parseHeaders(r[4].text ?? "{}"),
+                      createdMs: r[5].int ?? 0, attempts: Int(r[6].int ?? 0))
     }
 
     /// For every key with a dead letter, its smallest dead id.

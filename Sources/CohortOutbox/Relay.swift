@@ -148,7 +148,14 @@ public final class OutboxRelay {
                 return .loaded(afterID: afterID, rows: rows, deadKeys: dead, nowMs: now)
             } catch {
                 problem("reading pending messages: \(error)")
-                return .loaded(afterID: afterID, rows: [], deadKeys: nil, nowMs: now)
+                return .loadFailed(nowMs: now)
+            }
+        case .loadKey(let key, let afterID, let limit):
+            do {
+                return .loaded(afterID: afterID, rows: try store.pending(key: key, afterID: afterID, limit: limit), deadKeys: nil, nowMs: now)
+            } catch {
+                problem("reading pending messages of a key: \(error)")
+                return .loadFailed(nowMs: now)
             }
         case .deliver(let batch, let messages):
             sink.deliver(messages) { [weak self] result in

@@ -5,6 +5,7 @@ public struct RelayConfig: Sendable, Equatable {
     public var batchMessagesMax = Limits.outboxBatchMessagesMax
     public var batchesInFlightMax = Limits.outboxBatchesInFlightMax
     public var loadedMessagesMax = Limits.outboxLoadedMessagesMax
+    public var loadedPerKeyMax = Limits.outboxLoadedPerKeyMax
     public var loadRowsMax = Limits.outboxLoadRowsMax
     public var attemptsMax = Limits.outboxAttemptsMax
     public var retryDelayMsMin = Limits.outboxRetryDelayMsMin
@@ -39,6 +40,9 @@ public enum RelayEvent: Equatable, Sendable {
     case leaseLost(nowMs: Int64)
     /// Answer to `.load`: the rows, and (for a load from id 0) every key's smallest dead id.
     case loaded(afterID: Int64, rows: [OutboxMessage], deadKeys: [String: Int64]?, nowMs: Int64)
+    /// Answer to `.load` or `.loadKey` when the read failed: tried again later (the next poll,
+    /// tick or rescan), never taken as "no rows".
+    case loadFailed(nowMs: Int64)
     /// Answer to `.deliver`: one outcome per message, in order.
     case delivered(batch: Int, outcomes: [DeliveryOutcome], nowMs: Int64)
     /// Answer to `.deliver` when the sink could not be reached at all (nothing counted against messages).
@@ -66,6 +70,9 @@ public enum RelayAction: Equatable, Sendable {
     /// Read pending rows with id > `afterID` (id order, at most `limit`); with `afterID == 0`
     /// also the dead keys. Answer with `.loaded`.
     case load(afterID: Int64, limit: Int)
+    /// Read pending rows of one key with id > `afterID` (id order, at most `limit`): the rows of
+    /// a key that were left out of memory (`loadedPerKeyMax`). Answer with `.loaded` (no dead keys).
+    case loadKey(key: String, afterID: Int64, limit: Int)
     /// Send these messages to the sink (at most one per key). Answer with `.delivered` or `.sinkUnavailable`.
     case deliver(batch: Int, messages: [OutboxMessage])
     /// Write the batch's results, fenced by `token`. Answer with `.recorded`.
@@ -131,11 +138,22 @@ public struct RelayMachine: Sendable {
     var delayed: Set<String> = []
     var delayedDueMs: Int64 = .max
     var known: Set<Int64> = []
+    /// Messages held in memory (all keys).
     public private(set) var loadedCount = 0
+    /// Keys whose pending rows from this id on are not all in memory: a key holds at most
+    /// `loadedPerKeyMax` messages (one while blocked by a dead letter), so one busy or blocked
+    /// key cannot fill the window and stop every other key. Invariant: every pending row of the
+    /// key below this id is held (or in a batch); none from it on is. Rows of the key from this
+    /// id on are left out by the tail and the rescan (taking a later one would let it overtake
+    /// the left-out ones) and come back, in id order, by `.loadKey` once the key runs low.
+    var missing: [String: Int64] = [:]
+    /// Keys that may need a `.loadKey` (checked again when their turn comes).
+    var refills: [String] = []
+    var inRefills: Set<String> = []
     /// Highest id read by the tail scan.
     public private(set) var cursor: Int64 = 0
     var tailMore = true
-    enum Loading: Equatable, Sendable { case tail(limit: Int), rescan }
+    enum Loading: Equatable, Sendable { case tail(limit: Int), rescan, key(String, afterID: Int64, limit: Int) }
     var loading: Loading?
     /// A rescan in progress reads ids in (rescanAfter, rescanEnd].
     var rescanAfter: Int64?
@@ -215,6 +233,20 @@ public struct RelayMachine: Sendable {
             dispatch(now, &out)
             loadIfNeeded(now, &out)
 
+        case .loadFailed(let now):
+            guard case .held = lease, let kind = loading else { return [] }
+            loading = nil
+            switch kind {
+            case .tail:
+                tailMore = false
+                nextPollMs = now + config.pollIntervalMs
+            case .rescan:
+                rescanAfter = nil
+            case .key(let key, _, _):
+                // Not now (that would read again at once, in a loop): at the next tick.
+                if inRefills.insert(key).inserted { refills.append(key) }
+            }
+
         case .delivered(let id, let outcomes, _):
             guard case .held(let token) = lease, var b = batches[id], b.write == nil else { return [] }
             sinkDownAttempts = 0
@@ -283,8 +315,11 @@ public struct RelayMachine: Sendable {
                     queues[m.key] = nil
                 } else {
                     queues[m.key] = q
+                    // A key that just got blocked keeps only its head in memory.
+                    trim(m.key)
                     markMaybeReady(m.key, now)
                 }
+                noteRefill(m.key)
             }
             dispatch(now, &out)
             loadIfNeeded(now, &out)
@@ -315,6 +350,9 @@ public struct RelayMachine: Sendable {
         delayedDueMs = .max
         known = []
         loadedCount = 0
+        missing = [:]
+        refills = []
+        inRefills = []
         cursor = 0
         tailMore = true
         loading = nil
@@ -332,8 +370,47 @@ public struct RelayMachine: Sendable {
     }
 
     func isBlocked(_ key: String, _ q: KeyQueue) -> Bool {
-        guard config.deadLetterBlocksKey, let dead = deadKeys[key], let first = q.first else { return false }
-        return dead < first.id
+        guard let first = q.first else { return false }
+        return isBlocked(key, id: first.id)
+    }
+
+    /// Message `id` of `key` waits behind a dead letter of its key.
+    func isBlocked(_ key: String, id: Int64) -> Bool {
+        guard config.deadLetterBlocksKey, let dead = deadKeys[key] else { return false }
+        return dead < id
+    }
+
+    /// How many messages `key` may hold in memory: a blocked key only its head (the rest would
+    /// sit there until a replay, taking the room of keys that can go).
+    func keyCap(_ key: String, id: Int64) -> Int {
+        isBlocked(key, id: id) ? 1 : max(1, config.loadedPerKeyMax)
+    }
+
+    /// Leaves the messages of `key` past its cap out of memory (they come back by `.loadKey`).
+    mutating func trim(_ key: String) {
+        guard var q = queues[key], let first = q.first else { return }
+        let cap = keyCap(key, id: first.id)
+        guard q.count > cap else { return }
+        let keep = q.head + cap
+        let dropped = q.messages[keep...]
+        for m in dropped { known.remove(m.id) }
+        loadedCount -= dropped.count
+        missing[key] = min(missing[key] ?? .max, dropped.first!.id)
+        q.messages.removeSubrange(keep...)
+        queues[key] = q
+    }
+
+    /// Queues `key` for a `.loadKey` if it has rows out of memory and is running low.
+    mutating func noteRefill(_ key: String) {
+        guard needsRefill(key), inRefills.insert(key).inserted else { return }
+        refills.append(key)
+    }
+
+    func needsRefill(_ key: String) -> Bool {
+        guard let from = missing[key] else { return false }
+        // Blocked: the rows would only wait; the replay's rescan brings the key back.
+        if isBlocked(key, id: from) { return false }
+        return (queues[key]?.count ?? 0) <= config.loadedPerKeyMax / 2
     }
 
     mutating func markMaybeReady(_ key: String, _ now: Int64) {
@@ -395,6 +472,15 @@ public struct RelayMachine: Sendable {
             out.append(.load(afterID: after, limit: config.loadRowsMax))
             return
         }
+        while let key = refills.first {
+            refills.removeFirst()
+            inRefills.remove(key)
+            guard needsRefill(key), let from = missing[key] else { continue }
+            let limit = max(1, config.loadedPerKeyMax - (queues[key]?.count ?? 0))
+            loading = .key(key, afterID: from - 1, limit: limit)
+            out.append(.loadKey(key: key, afterID: from - 1, limit: limit))
+            return
+        }
         let room = config.loadedMessagesMax - loadedCount
         guard tailMore, room > 0 else { return }
         let limit = min(config.loadRowsMax, room)
@@ -406,6 +492,23 @@ public struct RelayMachine: Sendable {
         if let dead {
             deadKeys = config.deadLetterBlocksKey ? dead : [:]
             for k in queues.keys { markMaybeReady(k, now) }
+            // A replayed dead letter unblocks its key: its left-out rows may be loaded again.
+            for k in missing.keys { noteRefill(k) }
+        }
+        if case .key(let key, let after, let asked) = kind {
+            guard after == afterID, let from = missing[key], from - 1 == after else { return }
+            // Every row of the key below `from` is held, so these go after them, in order.
+            missing[key] = nil
+            // take() leaves a row out (and sets `missing` again) only past the key's cap.
+            for m in rows where m.key == key && m.id > after {
+                if !take(m, now) { break }
+            }
+            if rows.count >= asked, missing[key] == nil, let last = rows.last {
+                // A full page: more of the key may follow.
+                missing[key] = last.id + 1
+            }
+            noteRefill(key)
+            return
         }
         if kind == .rescan, let after = rescanAfter, after == afterID {
             // A rescan page: rows we do not hold yet (a replayed dead letter; a row a cursor would
@@ -434,11 +537,34 @@ public struct RelayMachine: Sendable {
         }
     }
 
-    mutating func take(_ m: OutboxMessage, _ now: Int64) {
-        guard known.insert(m.id).inserted else { return }
+    /// Holds `m` in memory unless its key is at its cap or has earlier rows out of memory;
+    /// false when `m` was left out (it stays pending in the table).
+    @discardableResult
+    mutating func take(_ m: OutboxMessage, _ now: Int64) -> Bool {
+        guard !known.contains(m.id) else { return true }
+        if let from = missing[m.key], m.id >= from { return false }
+        var q = queues[m.key] ?? KeyQueue()
+        if q.count >= keyCap(m.key, id: q.first.map { min($0.id, m.id) } ?? m.id) {
+            guard let last = q.messages.last, last.id > m.id else {
+                missing[m.key] = m.id
+                return false
+            }
+            // `m` goes before the key's last held message (a replayed row, found by a rescan):
+            // hold `m` and leave that one out instead, so the held rows stay a prefix of the
+            // key's pending rows. A lone head in a batch cannot be left out: one over the cap.
+            if !(q.count == 1 && q.busy) {
+                q.messages.removeLast()
+                known.remove(last.id)
+                loadedCount -= 1
+                missing[m.key] = last.id
+            }
+        }
+        known.insert(m.id)
         loadedCount += 1
-        queues[m.key, default: KeyQueue()].insert(m)
+        q.insert(m)
+        queues[m.key] = q
         markMaybeReady(m.key, now)
+        return true
     }
 
     mutating func dispatch(_ now: Int64, _ out: inout [RelayAction]) {

@@ -198,4 +198,170 @@ final class RelayMachineTests: XCTestCase {
         out = m.on(.loaded(afterID: 0, rows: [msg(3, "c")], deadKeys: [:], nowMs: 100))
         XCTAssertEqual(delivers(out).map(\.1), [[3]], "a row the cursor had passed is still delivered")
     }
+
+    // MARK: memory per key
+
+    /// A dead-lettered key whose producer keeps adding messages must not fill the window: a
+    /// later message of another key is still loaded and delivered, and after the replay the
+    /// dead key finishes in order (its left-out rows come back by `.loadKey`).
+    func testABlockedKeyDoesNotFillTheWindowForOtherKeys() {
+        var config = RelayConfig()
+        config.loadedMessagesMax = 10
+        config.loadRowsMax = 5
+        config.attemptsMax = 1
+        let w = TableDriver(config: config)
+        w.refuse = { $0.key == "d" && $0.id == 1 }
+        w.add("d", count: 30)
+        w.start()
+        w.ticks(20)
+        XCTAssertEqual(w.deadIDs, [1])
+        XCTAssertEqual(w.delivered["d"] ?? [], [], "d waits behind its dead letter")
+        XCTAssertLessThanOrEqual(w.machine.loadedCount, 1, "a blocked key keeps only its head in memory")
+        // The producer goes on with d, and another key comes after all of it.
+        w.add("d", count: 30)
+        let a = w.add("a", count: 1)
+        w.add("d", count: 5)
+        w.ticks(20)
+        XCTAssertEqual(w.delivered["a"], a, "a later key is loaded and delivered")
+        XCTAssertEqual(w.machine.blockedKeys, 1)
+        // Replay: d is delivered, all of it, in id order.
+        w.refuse = { _ in false }
+        w.replay(1)
+        w.ticks(50)
+        XCTAssertEqual(w.delivered["d"], w.ids(of: "d"))
+        XCTAssertEqual(w.pendingCount, 0)
+        XCTAssertEqual(w.machine.loadedCount, 0)
+    }
+
+    /// One very busy key holds at most `loadedPerKeyMax` messages: other keys' messages behind
+    /// its backlog are loaded at once instead of after it drains; the busy key still goes in order.
+    func testABusyKeyHoldsAtMostItsCapAndOthersGoAhead() {
+        var config = RelayConfig()
+        config.loadedMessagesMax = 10
+        config.loadRowsMax = 5
+        config.loadedPerKeyMax = 3
+        let w = TableDriver(config: config)
+        w.add("a", count: 40)
+        let b = w.add("b", count: 1)[0]
+        w.add("a", count: 5)
+        w.start()
+        w.ticks(20)
+        XCTAssertEqual(w.delivered["a"], w.ids(of: "a"), "every message of a, in order")
+        XCTAssertEqual(w.delivered["b"], [b])
+        let bAt = w.sent.firstIndex(of: b)!
+        XCTAssertLessThan(bAt, w.sent.firstIndex(of: 10)!, "b went early in a's backlog of 45, not after it")
+        XCTAssertGreaterThan(w.keyLoads, 0, "a came back by key")
+        XCTAssertLessThanOrEqual(w.maxHeld, config.loadedMessagesMax)
+    }
+
+    /// A rescan that finds a row below a key's held messages (a replay) while the key is at its
+    /// cap holds it and leaves the key's last held message out: order is kept.
+    func testARowFoundBelowAFullKeyIsHeldAndTheLastLeftOut() {
+        var config = RelayConfig()
+        config.loadedPerKeyMax = 2
+        var (m, out) = started([msg(5, "a"), msg(6, "a"), msg(7, "a")], config: config, dead: ["a": 3])
+        XCTAssertTrue(delivers(out).isEmpty)
+        XCTAssertEqual(m.loadedCount, 1, "blocked: the head only")
+        out = m.on(.replayed(nowMs: 1))
+        out = m.on(.loaded(afterID: 0, rows: [msg(3, "a"), msg(5, "a"), msg(6, "a"), msg(7, "a")], deadKeys: [:], nowMs: 1))
+        XCTAssertEqual(delivers(out).map(\.1), [[3]])
+        XCTAssertEqual(m.loadedCount, 2, "3 and 5 held; 6 and 7 left out")
+        XCTAssertEqual(m.missing["a"], 6)
+    }
+}
+
+/// The machine with an outbox table and a sink in memory that answer its actions at once, in
+/// the order the runtime carries them out.
+final class TableDriver {
+    var machine: RelayMachine
+    var rows: [OutboxMessage] = []
+    var state: [Int64: Int] = [:]
+    var refuse: (OutboxMessage) -> Bool = { _ in false }
+    var delivered: [String: [Int64]] = [:]
+    var deadIDs: [Int64] = []
+    var sent: [Int64] = []
+    var keyLoads = 0
+    var maxHeld = 0
+    var now: Int64 = 0
+    var nextID: Int64 = 1
+
+    init(config: RelayConfig) { machine = RelayMachine(config: config, seed: 1) }
+
+    @discardableResult
+    func add(_ key: String, count: Int) -> [Int64] {
+        (0..<count).map { _ in
+            let id = nextID
+            nextID += 1
+            rows.append(OutboxMessage(id: id, source: "s", topic: "t", key: key, payload: "p\(id)", createdMs: 0))
+            state[id] = 0
+            return id
+        }
+    }
+
+    func ids(of key: String) -> [Int64] { rows.filter { $0.key == key }.map(\.id) }
+    var pendingCount: Int { state.values.filter { $0 == 0 }.count }
+
+    func start() {
+        run(.start(nowMs: now))
+    }
+
+    func ticks(_ n: Int) {
+        for _ in 0..<n {
+            now += 50
+            run(.tick(nowMs: now))
+        }
+    }
+
+    func replay(_ id: Int64) {
+        state[id] = 0
+        if let i = rows.firstIndex(where: { $0.id == id }) { rows[i].attempts = 0 }
+        run(.replayed(nowMs: now))
+    }
+
+    func run(_ event: RelayEvent) {
+        var queue = machine.on(event)
+        while !queue.isEmpty {
+            let a = queue.removeFirst()
+            maxHeld = max(maxHeld, machine.loadedCount)
+            if let e = answer(a) { queue += machine.on(e) }
+        }
+        maxHeld = max(maxHeld, machine.loadedCount)
+    }
+
+    func pending(after: Int64) -> [OutboxMessage] { rows.filter { $0.id > after && state[$0.id] == 0 } }
+
+    func answer(_ a: RelayAction) -> RelayEvent? {
+        switch a {
+        case .acquireLease: return .leaseAcquired(token: 1, nowMs: now)
+        case .renewLease: return .leaseRenewed(nowMs: now)
+        case .releaseLease: return nil
+        case .load(let after, let limit):
+            var dead: [String: Int64]?
+            if after == 0 {
+                dead = [:]
+                for r in rows where state[r.id] == 2 { dead![r.key] = min(dead![r.key] ?? .max, r.id) }
+            }
+            return .loaded(afterID: after, rows: Array(pending(after: after).prefix(limit)), deadKeys: dead, nowMs: now)
+        case .loadKey(let key, let after, let limit):
+            keyLoads += 1
+            return .loaded(afterID: after, rows: Array(pending(after: after).filter { $0.key == key }.prefix(limit)), deadKeys: nil, nowMs: now)
+        case .deliver(let b, let ms):
+            sent += ms.map(\.id)
+            return .delivered(batch: b, outcomes: ms.map { refuse($0) ? .rejected("poison") : .acknowledged }, nowMs: now)
+        case .record(let b, let w, _):
+            for id in w.delivered where state[id] == 0 {
+                state[id] = 1
+                delivered[rows.first { $0.id == id }!.key, default: []].append(id)
+            }
+            for f in w.failed {
+                if let i = rows.firstIndex(where: { $0.id == f.id }) { rows[i].attempts = f.attempts }
+            }
+            for f in w.dead where state[f.id] == 0 {
+                state[f.id] = 2
+                deadIDs.append(f.id)
+            }
+            return .recorded(batch: b, applied: true, nowMs: now)
+        case .cleanup: return .cleaned(deleted: 0, nowMs: now)
+        }
+    }
 }
