@@ -60,6 +60,10 @@ public enum DeliveryOutcome: Equatable, Sendable {
     case acknowledged
     /// The sink answered and refused this message; counts as an attempt.
     case rejected(String)
+    /// The sink did not take this message for a reason that is not the message's (a Redis
+    /// error reply: out of memory, loading, read-only replica...): no attempt is counted, the
+    /// message is sent again after the same backoff as an unreachable sink.
+    case notTaken(String)
 }
 
 /// What the state machine asks its runtime to do.
@@ -247,15 +251,20 @@ public struct RelayMachine: Sendable {
                 if inRefills.insert(key).inserted { refills.append(key) }
             }
 
-        case .delivered(let id, let outcomes, _):
+        case .delivered(let id, let outcomes, let now):
             guard case .held(let token) = lease, var b = batches[id], b.write == nil else { return [] }
-            sinkDownAttempts = 0
             var w = RelayWrite()
+            var notTaken: String?
             for (i, m) in b.messages.enumerated() {
                 let outcome = i < outcomes.count ? outcomes[i] : .rejected("sink gave no result for this message")
                 switch outcome {
                 case .acknowledged:
                     w.delivered.append(m.id)
+                case .notTaken(let reason):
+                    // Written nowhere: the key is freed when the batch is recorded and its
+                    // message goes again after the sink-down backoff.
+                    notTaken = notTaken ?? reason
+
                 case .rejected(let reason):
                     let attempts = m.attempts + 1
                     if attempts >= config.attemptsMax {
@@ -265,17 +274,18 @@ public struct RelayMachine: Sendable {
                     }
                 }
             }
+            if let reason = notTaken {
+                sinkDown(reason, now)
+            } else {
+                sinkDownAttempts = 0
+            }
             b.write = w
             batches[id] = b
             out.append(.record(batch: id, write: w, token: token))
 
         case .sinkUnavailable(let id, let reason, let now):
             guard case .held = lease, let b = batches.removeValue(forKey: id) else { return [] }
-            sinkDownTotal += 1
-            lastSinkError = reason
-            sinkDownAttempts += 1
-            sinkDownUntilMs = now + backoffDelayMs(attempt: sinkDownAttempts, minMs: config.sinkDownDelayMsMin,
-                                                   maxMs: config.sinkDownDelayMsMax, rng: &rng)
+            sinkDown(reason, now)
             for m in b.messages {
                 queues[m.key]?.busy = false
                 markMaybeReady(m.key, now)
@@ -360,6 +370,15 @@ public struct RelayMachine: Sendable {
         deadKeys = [:]
         batches = [:]
         cleaning = false
+    }
+
+    /// The sink could not take (some of) a batch: the whole relay backs off.
+    mutating func sinkDown(_ reason: String, _ now: Int64) {
+        sinkDownTotal += 1
+        lastSinkError = reason
+        sinkDownAttempts += 1
+        sinkDownUntilMs = now + backoffDelayMs(attempt: sinkDownAttempts, minMs: config.sinkDownDelayMsMin,
+                                               maxMs: config.sinkDownDelayMsMax, rng: &rng)
     }
 
     mutating func loseLease(_ now: Int64) {

@@ -61,6 +61,53 @@ final class RelayMachineTests: XCTestCase {
         XCTAssertEqual(out, [.record(batch: later[0].0, write: RelayWrite(failed: [.init(id: 1, attempts: 1, error: "bad")]), token: 7)])
     }
 
+    /// A message the sink did not take for the server's reasons (a Redis error reply) counts no
+    /// attempt, however often: the acknowledged ones of its batch are recorded, the relay backs
+    /// off as for an unreachable sink, and the message is never a dead letter.
+    func testNotTakenCountsNoAttemptAndBacksOff() {
+        var config = RelayConfig()
+        config.attemptsMax = 2
+        var (m, out) = started([msg(1, "a"), msg(2, "b")], config: config)
+        var now: Int64 = 0
+        var b = delivers(out)[0]
+        XCTAssertEqual(b.1, [1, 2])
+        out = m.on(.delivered(batch: b.0, outcomes: [.acknowledged, .notTaken("XADD: OOM command not allowed")], nowMs: now))
+        XCTAssertEqual(out, [.record(batch: b.0, write: RelayWrite(delivered: [1]), token: 7)])
+        XCTAssertTrue(delivers(m.on(.recorded(batch: b.0, applied: true, nowMs: now))).isEmpty, "backs off")
+        XCTAssertEqual(m.lastSinkError, "XADD: OOM command not allowed")
+        for _ in 1...5 {
+            var next: [(Int, [Int64])] = []
+            while next.isEmpty {
+                now += 1
+                next = delivers(m.on(.tick(nowMs: now)))
+            }
+            b = next[0]
+            XCTAssertEqual(b.1, [2])
+            out = m.on(.delivered(batch: b.0, outcomes: [.notTaken("XADD: LOADING")], nowMs: now))
+            XCTAssertEqual(out, [.record(batch: b.0, write: RelayWrite(), token: 7)], "no attempt, no dead letter")
+            _ = m.on(.recorded(batch: b.0, applied: true, nowMs: now))
+        }
+        XCTAssertEqual(m.failedTotal, 0)
+        XCTAssertEqual(m.deadTotal, 0)
+        XCTAssertEqual(m.sinkDownTotal, 6)
+    }
+
+    /// Every Redis error reply to XADD describes the server (the id is `*`), so none refuses a
+    /// message; an all-error pipeline makes the batch unavailable.
+    func testRedisErrorRepliesAreNotRefusals() {
+        let ok = RESPValue.bulk(Array("1-0".utf8))
+        guard case .outcomes(let o) = RedisStreamSink.interpret([ok, .error("OOM command not allowed when used memory > 'maxmemory'."), .error("READONLY You can't write against a read only replica.")], count: 3) else {
+            return XCTFail("mixed replies are per message")
+        }
+        XCTAssertEqual(o, [.acknowledged, .notTaken("XADD: OOM command not allowed when used memory > 'maxmemory'."),
+                           .notTaken("XADD: READONLY You can't write against a read only replica.")])
+        guard case .unavailable(let why) = RedisStreamSink.interpret([.error("LOADING Redis is loading the dataset in memory")], count: 1) else {
+            return XCTFail("nothing taken: unavailable")
+        }
+        XCTAssertEqual(why, "XADD: LOADING Redis is loading the dataset in memory")
+        guard case .unavailable = RedisStreamSink.interpret([.integer(3)], count: 1) else { return XCTFail("an unexpected reply takes nothing") }
+    }
+
     func testRefusalsBackOffWithSeededJitterThenDeadLetterBlocksTheKeyOnly() {
         var config = RelayConfig()
         config.attemptsMax = 3
