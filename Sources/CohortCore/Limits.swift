@@ -278,6 +278,13 @@ public enum Limits {
     public static let outboxTopicBytesMax = 256
     public static let outboxKeyBytesMax = 256
     public static let outboxPayloadBytesMax = 256 << 10
+    /// One sink call's encoded messages (`{"messages":[...]}`, also the bound of a Redis
+    /// pipeline's batch) at most this: below `httpBodyBytesMax`, the body a consumer's inbox
+    /// endpoint accepts (past it the consumer answers 413 and nothing of the batch is applied).
+    /// The margin leaves room for a consumer's own envelope checks. A message whose JSON could
+    /// not fit in a call alone is refused at enqueue (JSON escapes a control character into six
+    /// bytes, so a payload within `outboxPayloadBytesMax` can still be too large).
+    public static let outboxBatchBytesMax = httpBodyBytesMax - (16 << 10)
     public static let outboxHeadersMax = 32
     public static let outboxHeaderBytesMax = 4096
     /// Last error text kept per message.

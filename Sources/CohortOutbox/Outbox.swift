@@ -82,7 +82,7 @@ public final class Outbox {
     /// Runs `body` in one local transaction (BEGIN IMMEDIATE ... COMMIT). If it throws, the
     /// transaction rolls back: no business row and no message remain.
     public func transaction<T>(_ body: (OutboxTransaction) throws -> T) throws -> T {
-        let tx = OutboxTransaction(connection: connection)
+        let tx = OutboxTransaction(connection: connection, source: source)
         defer { tx.open = false }
         let result = try connection.transaction { try body(tx) }
         if tx.enqueued > 0 { onCommit?() }
@@ -102,10 +102,15 @@ public final class Outbox {
 /// The handle passed to `Outbox.transaction`: business SQL and messages in the same transaction.
 public final class OutboxTransaction {
     let connection: SQLiteConnection
+    /// The outbox's name (part of every message's JSON, so of its size).
+    let source: String
     var open = true
     var enqueued = 0
 
-    init(connection: SQLiteConnection) { self.connection = connection }
+    init(connection: SQLiteConnection, source: String) {
+        self.connection = connection
+        self.source = source
+    }
 
     private func live() throws {
         guard open else { throw OutboxInputError("transaction used after it ended") }
@@ -132,7 +137,7 @@ public final class OutboxTransaction {
     public func enqueue(topic: String, key: String, payload: String, headers: [String: String] = [:],
                         nowMs: Int64 = SystemClock.wallMs()) throws -> Int64 {
         try live()
-        try OutboxValidation.check(topic: topic, key: key, payload: payload, headers: headers)
+        try OutboxValidation.check(topic: topic, key: key, payload: payload, headers: headers, source: source, nowMs: nowMs)
         try connection.run(
             "INSERT INTO outbox(topic, key, payload, headers, created_ms) VALUES(?1, ?2, ?3, ?4, ?5)",
             [.text(topic), .text(key), .text(payload), .text(JSONText.headers(headers)), .int(nowMs)])

@@ -9,6 +9,9 @@ public enum SinkResult: Sendable {
     /// The sink could not be reached (connection refused, timeout, 5xx): nothing is counted
     /// against the messages; the relay backs off and sends them again.
     case unavailable(String)
+    /// The sink refused the call as too large (HTTP 413) for a batch of several messages:
+    /// nothing is counted; the relay sends them again in smaller batches.
+    case tooLarge(String)
 }
 
 /// Where a relay delivers. `deliver` is called on the relay's loop thread and must call
@@ -164,6 +167,7 @@ public final class OutboxRelay {
                 switch result {
                 case .outcomes(let o): self.feed(.delivered(batch: batch, outcomes: o, nowMs: t))
                 case .unavailable(let reason): self.feed(.sinkUnavailable(batch: batch, reason: reason, nowMs: t))
+                case .tooLarge(let reason): self.feed(.sinkTooLarge(batch: batch, reason: reason, nowMs: t))
                 }
             }
             return nil

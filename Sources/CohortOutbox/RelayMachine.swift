@@ -3,6 +3,8 @@ import CohortCore
 /// How a relay behaves; defaults come from `Limits`.
 public struct RelayConfig: Sendable, Equatable {
     public var batchMessagesMax = Limits.outboxBatchMessagesMax
+    /// A batch's encoded size (`OutboxBatchBytes`) at most this; a message larger alone goes alone.
+    public var batchBytesMax = Limits.outboxBatchBytesMax
     public var batchesInFlightMax = Limits.outboxBatchesInFlightMax
     public var loadedMessagesMax = Limits.outboxLoadedMessagesMax
     public var loadedPerKeyMax = Limits.outboxLoadedPerKeyMax
@@ -47,6 +49,10 @@ public enum RelayEvent: Equatable, Sendable {
     case delivered(batch: Int, outcomes: [DeliveryOutcome], nowMs: Int64)
     /// Answer to `.deliver` when the sink could not be reached at all (nothing counted against messages).
     case sinkUnavailable(batch: Int, reason: String, nowMs: Int64)
+    /// Answer to `.deliver` when the sink refused the call as too large (HTTP 413): nothing
+    /// counted; batches are made at most half this one's size from now on, so the messages go
+    /// again in smaller ones (a message alone that is too large is refused as a message).
+    case sinkTooLarge(batch: Int, reason: String, nowMs: Int64)
     /// Answer to `.record`: `applied` false when the fencing token no longer held the lease.
     case recorded(batch: Int, applied: Bool, nowMs: Int64)
     case cleaned(deleted: Int, nowMs: Int64)
@@ -166,6 +172,9 @@ public struct RelayMachine: Sendable {
     var batches: [Int: Batch] = [:]
     var nextBatch = 1
     var sinkDownAttempts = 0
+    /// The byte bound batches are made with: `config.batchBytesMax`, lowered by `.sinkTooLarge`
+    /// (a consumer that takes less; kept across leases, it is the consumer's).
+    public private(set) var batchBytesLimit: Int
     var sinkDownUntilMs: Int64 = 0
     public private(set) var lastSinkError: String?
     var nextLeaseTryMs: Int64 = 0
@@ -184,6 +193,7 @@ public struct RelayMachine: Sendable {
 
     public init(config: RelayConfig = RelayConfig(), seed: UInt64) {
         self.config = config
+        batchBytesLimit = config.batchBytesMax
         rng = SplitMix64(seed: seed)
     }
 
@@ -290,6 +300,18 @@ public struct RelayMachine: Sendable {
                 queues[m.key]?.busy = false
                 markMaybeReady(m.key, now)
             }
+
+        case .sinkTooLarge(let id, let reason, let now):
+            guard case .held = lease, let b = batches.removeValue(forKey: id) else { return [] }
+            lastSinkError = reason
+            let bytes = b.messages.reduce(OutboxBatchBytes.envelope) { $0 + OutboxBatchBytes.cost($1) }
+            // Half the messages' bytes: a batch of two messages of equal size splits in two.
+            batchBytesLimit = max(1, min(batchBytesLimit, OutboxBatchBytes.envelope + (bytes - OutboxBatchBytes.envelope) / 2))
+            for m in b.messages {
+                queues[m.key]?.busy = false
+                markMaybeReady(m.key, now)
+            }
+            dispatch(now, &out)
 
         case .recorded(let id, let applied, let now):
             guard case .held = lease, let b = batches[id], let w = b.write else { return [] }
@@ -590,16 +612,28 @@ public struct RelayMachine: Sendable {
         guard case .held = lease, now >= sinkDownUntilMs else { return }
         while batches.count < config.batchesInFlightMax && readyHead < ready.count {
             var msgs: [OutboxMessage] = []
+            var bytes = OutboxBatchBytes.envelope
             while msgs.count < config.batchMessagesMax && readyHead < ready.count {
                 let key = ready[readyHead]
-                readyHead += 1
-                inReady.remove(key)
-                guard var q = queues[key], !q.busy, let m = q.first, !isBlocked(key, q) else { continue }
+                guard var q = queues[key], !q.busy, let m = q.first, !isBlocked(key, q) else {
+                    readyHead += 1
+                    inReady.remove(key)
+                    continue
+                }
                 if q.retryAtMs > now {
+                    readyHead += 1
+                    inReady.remove(key)
                     delayed.insert(key)
                     delayedDueMs = min(delayedDueMs, q.retryAtMs)
                     continue
                 }
+                // Full by size: the key stays first in line for the next batch. A message too
+                // large for any batch still goes, alone (the sink then refuses it as a message).
+                let cost = OutboxBatchBytes.cost(m)
+                if !msgs.isEmpty && bytes + cost > batchBytesLimit { break }
+                readyHead += 1
+                inReady.remove(key)
+                bytes += cost
                 q.busy = true
                 queues[key] = q
                 msgs.append(m)

@@ -47,6 +47,42 @@ final class RelayMachineTests: XCTestCase {
         XCTAssertEqual(m.inFlightBatches, 2)
     }
 
+    /// Batches are capped by encoded bytes too (the consumer refuses bodies over 1 MiB); a
+    /// message larger than the bound alone still goes, alone.
+    func testBatchesAreCappedByBytes() {
+        var config = RelayConfig()
+        config.batchBytesMax = 1000
+        func sized(_ id: Int64, _ key: String, _ n: Int) -> OutboxMessage {
+            OutboxMessage(id: id, source: "s", topic: "t", key: key, payload: String(repeating: "x", count: n), createdMs: 0)
+        }
+        // Each 300-byte payload is about 390 bytes of JSON: two fit in 1000, three do not.
+        let rows = [sized(1, "a", 300), sized(2, "b", 300), sized(3, "c", 300), sized(4, "d", 2000), sized(5, "e", 10)]
+        let (_, out) = started(rows, config: config)
+        let batches = out.compactMap { if case .deliver(_, let ms) = $0 { return ms }; return nil }
+        XCTAssertEqual(batches.map { $0.map(\.id) }, [[1, 2], [3], [4], [5]])
+        for b in batches where b.count > 1 {
+            XCTAssertLessThanOrEqual(b.reduce(OutboxBatchBytes.envelope) { $0 + OutboxBatchBytes.cost($1) }, 1000)
+        }
+    }
+
+    /// HTTP 413 for a batch is not the messages' fault: nothing counted, sent again in batches
+    /// half the size.
+    func testTooLargeSplitsTheBatchAndCountsNothing() {
+        var config = RelayConfig()
+        config.batchesInFlightMax = 1
+        let rows = (1...4).map { OutboxMessage(id: Int64($0), source: "s", topic: "t", key: "k\($0)", payload: String(repeating: "x", count: 300), createdMs: 0) }
+        var (m, out) = started(rows, config: config)
+        let b = delivers(out)[0]
+        XCTAssertEqual(b.1, [1, 2, 3, 4])
+        out = m.on(.sinkTooLarge(batch: b.0, reason: "HTTP 413", nowMs: 1))
+        XCTAssertEqual(delivers(out).map(\.1), [[1, 2]], "half the size, at once")
+        XCTAssertEqual(m.failedTotal, 0)
+        XCTAssertEqual(m.sinkDownTotal, 0)
+        let b2 = delivers(out)[0].0
+        _ = m.on(.delivered(batch: b2, outcomes: [.acknowledged, .acknowledged], nowMs: 1))
+        XCTAssertEqual(delivers(m.on(.recorded(batch: b2, applied: true, nowMs: 1))).map(\.1), [[3, 4]])
+    }
+
     func testSinkDownCountsNoAttemptAndBacksOff() {
         var (m, out) = started([msg(1, "a")])
         let b = delivers(out)[0].0
