@@ -35,20 +35,27 @@ public final class OutboxRelay {
     public private(set) var machine: RelayMachine
     /// Problems worth a line in a log (database errors, lost lease); the library never prints.
     public var onProblem: ((String) -> Void)?
+    /// Monotonic milliseconds: every time the machine sees (its timers: polling, backoff,
+    /// lease renewal, rescans), so a wall-clock step back cannot stall them for its size.
     private let clock: () -> Int64
+    /// Wall-clock milliseconds: only for what is stored or compared with stored values (the
+    /// lease's expiry, which other relays read; delivered_ms and the retention cutoff; ages).
+    private let wallClock: () -> Int64
     private var tickTimer: TimerHandle?
     private var running = false
     private let tickMs: Int64
 
     public init(store: OutboxStore, sink: OutboxSink, loop: EventLoop, config: RelayConfig = RelayConfig(),
                 holder: String? = nil, seed: UInt64 = ProcessEnv.randomU64(),
-                clock: @escaping () -> Int64 = { SystemClock.wallMs() }) {
+                clock: @escaping () -> Int64 = { SystemClock.monotonicMs() },
+                wallClock: @escaping () -> Int64 = { SystemClock.wallMs() }) {
         self.store = store
         self.sink = sink
         self.loop = loop
         self.holder = holder ?? "relay-\(ProcessEnv.pid)-\(String(ProcessEnv.randomU64() & 0xffffff, radix: 16))"
         machine = RelayMachine(config: config, seed: seed)
         self.clock = clock
+        self.wallClock = wallClock
         tickMs = max(1, min(config.pollIntervalMs, 5))
     }
 
@@ -120,7 +127,7 @@ public final class OutboxRelay {
         switch action {
         case .acquireLease:
             do {
-                if let token = try store.acquireLease(holder: holder, nowMs: now, ttlMs: machine.config.leaseTTLMs) {
+                if let token = try store.acquireLease(holder: holder, nowMs: wallClock(), ttlMs: machine.config.leaseTTLMs) {
                     return .leaseAcquired(token: token, nowMs: now)
                 }
                 return .leaseUnavailable(nowMs: now)
@@ -130,7 +137,7 @@ public final class OutboxRelay {
             }
         case .renewLease(let token):
             do {
-                if try store.renewLease(holder: holder, token: token, nowMs: now, ttlMs: machine.config.leaseTTLMs) {
+                if try store.renewLease(holder: holder, token: token, nowMs: wallClock(), ttlMs: machine.config.leaseTTLMs) {
                     return .leaseRenewed(nowMs: now)
                 }
                 problem("lost the relay lease (token \(token)): another relay holds it")
@@ -174,7 +181,7 @@ public final class OutboxRelay {
         case .record(let batch, let write, let token):
             if !write.delivered.isEmpty { CrashPoints.hit("relay.after-sink-ack") }
             do {
-                let applied = try store.record(write, holder: holder, token: token, nowMs: now)
+                let applied = try store.record(write, holder: holder, token: token, nowMs: wallClock())
                 if !applied { problem("fenced: another relay took the lease; results of \(write.delivered.count + write.failed.count + write.dead.count) messages not recorded") }
                 CrashPoints.hit("relay.after-record")
                 return .recorded(batch: batch, applied: applied, nowMs: now)
@@ -184,9 +191,9 @@ public final class OutboxRelay {
                 problem("recording delivery results: \(error)")
                 return .recorded(batch: batch, applied: false, nowMs: now)
             }
-        case .cleanup(let before, let limit):
+        case .cleanup(let retentionMs, let limit):
             do {
-                return .cleaned(deleted: try store.cleanup(deliveredBeforeMs: before, limit: limit), nowMs: now)
+                return .cleaned(deleted: try store.cleanup(deliveredBeforeMs: wallClock() - retentionMs, limit: limit), nowMs: now)
             } catch {
                 problem("deleting delivered rows: \(error)")
                 return .cleaned(deleted: 0, nowMs: now)
@@ -212,7 +219,7 @@ public final class OutboxRelay {
         }
         registry.sample("cohort_outbox_oldest_pending_age_seconds", help: "Age of the oldest pending message") { [weak self] in
             guard let self, let t = counts().oldestPendingCreatedMs else { return 0 }
-            return Double(max(0, self.clock() - t)) / 1000
+            return Double(max(0, self.wallClock() - t)) / 1000
         }
         registry.sample("cohort_outbox_dead_letters", help: "Messages moved to dead letters and not replayed") {
             Double(counts().dead)

@@ -28,7 +28,9 @@ public struct RelayConfig: Sendable, Equatable {
     public init() {}
 }
 
-/// What the relay's runtime tells the state machine. Every event carries the wall-clock time.
+/// What the relay's runtime tells the state machine. Every event carries the time, from a
+/// monotonic clock: the machine's times are only compared with each other (timers), never
+/// stored, so a wall-clock step cannot stall or hurry them.
 public enum RelayEvent: Equatable, Sendable {
     case start(nowMs: Int64)
     /// Periodic: lease renewal, polling, backoff expiry, cleanup.
@@ -87,8 +89,9 @@ public enum RelayAction: Equatable, Sendable {
     case deliver(batch: Int, messages: [OutboxMessage])
     /// Write the batch's results, fenced by `token`. Answer with `.recorded`.
     case record(batch: Int, write: RelayWrite, token: Int64)
-    /// Delete up to `limit` rows delivered before the given time. Answer with `.cleaned`.
-    case cleanup(deliveredBeforeMs: Int64, limit: Int)
+    /// Delete up to `limit` rows delivered more than `retentionMs` ago (by the wall clock, as
+    /// `delivered_ms` is stored). Answer with `.cleaned`.
+    case cleanup(retentionMs: Int64, limit: Int)
 }
 
 /// The relay's decisions, with no I/O, clock or randomness of its own: a value that takes events
@@ -495,7 +498,7 @@ public struct RelayMachine: Sendable {
         dispatch(now, &out)
         if !cleaning && now >= nextCleanupMs {
             cleaning = true
-            out.append(.cleanup(deliveredBeforeMs: now - config.retentionMs, limit: config.cleanupRowsMax))
+            out.append(.cleanup(retentionMs: config.retentionMs, limit: config.cleanupRowsMax))
         }
     }
 

@@ -245,7 +245,7 @@ final class RelayMachineTests: XCTestCase {
         var (m, _) = started([], config: config)
         let out = m.on(.tick(nowMs: config.leaseTTLMs / 3))
         XCTAssertTrue(out.contains(.renewLease(token: 7)))
-        XCTAssertTrue(out.contains(.cleanup(deliveredBeforeMs: config.leaseTTLMs / 3 - 1000, limit: config.cleanupRowsMax)))
+        XCTAssertTrue(out.contains(.cleanup(retentionMs: 1000, limit: config.cleanupRowsMax)))
         // A full cleanup batch asks for another at once; a partial one waits.
         XCTAssertEqual(m.on(.cleaned(deleted: config.cleanupRowsMax, nowMs: 2000)), [])
         XCTAssertTrue(m.on(.tick(nowMs: 2000)).contains { if case .cleanup = $0 { return true }; return false })
