@@ -246,6 +246,21 @@ public final class OutboxStore {
                       createdMs: r[5].int ?? 0, attempts: Int(r[6].int ?? 0))
     }
 
+    /// A rescan's first page: every key's smallest dead id and the pending rows, from one
+    /// snapshot. Read as two separate statements, a replay committed between them (by another
+    /// process: a standby relay's admin API) would show its key unblocked without the replayed
+    /// row, and the key's next message would overtake it. Within the snapshot the dead keys are
+    /// read first all the same: were they ever older than the rows, a stale dead key only blocks
+    /// for longer (a replayed row equal to it still goes first). `betweenReads` is for tests.
+    func pendingAndDeadKeys(afterID: Int64, limit: Int, betweenReads: () throws -> Void = {}) throws
+        -> (rows: [OutboxMessage], deadKeys: [String: Int64]) {
+        try connection.readTransaction {
+            let dead = try deadKeys()
+            try betweenReads()
+            return (try pending(afterID: afterID, limit: limit), dead)
+        }
+    }
+
     /// For every key with a dead letter, its smallest dead id.
     public func deadKeys() throws -> [String: Int64] {
         var out: [String: Int64] = [:]

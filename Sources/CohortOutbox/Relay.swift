@@ -153,9 +153,11 @@ public final class OutboxRelay {
             return nil
         case .load(let afterID, let limit):
             do {
-                let rows = try store.pending(afterID: afterID, limit: limit)
-                let dead = afterID == 0 ? try store.deadKeys() : nil
-                return .loaded(afterID: afterID, rows: rows, deadKeys: dead, nowMs: now)
+                if afterID == 0 {
+                    let (rows, dead) = try store.pendingAndDeadKeys(afterID: 0, limit: limit)
+                    return .loaded(afterID: afterID, rows: rows, deadKeys: dead, nowMs: now)
+                }
+                return .loaded(afterID: afterID, rows: try store.pending(afterID: afterID, limit: limit), deadKeys: nil, nowMs: now)
             } catch {
                 problem("reading pending messages: \(error)")
                 return .loadFailed(nowMs: now)
