@@ -107,14 +107,18 @@ public final class OutboxRelay {
     }
 
     /// Feeds an event and carries out the resulting actions, feeding their synchronous answers.
+    /// Each action keeps the lease it was decided under: once an earlier action of the same feed
+    /// finds the lease lost (a renewal, a fenced write), the rest are stale and skipped (a
+    /// `deliver` would only send duplicates, the database work is refused or ignored anyway).
     func feed(_ event: RelayEvent) {
-        var queue = machine.on(event)
+        var queue = machine.on(event).map { ($0, machine.lease) }
         var i = 0
         while i < queue.count {
-            let action = queue[i]
+            let (action, lease) = queue[i]
             i += 1
+            if case .held = lease, lease != machine.lease { continue }
             if let next = perform(action) {
-                queue.append(contentsOf: machine.on(next))
+                queue.append(contentsOf: machine.on(next).map { ($0, machine.lease) })
             }
         }
     }

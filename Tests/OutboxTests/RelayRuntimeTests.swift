@@ -68,4 +68,28 @@ final class RelayRuntimeTests: XCTestCase {
         XCTAssertEqual(try counts.counts().delivered, 2)
         onLoop(loop) { XCTAssertTrue(relay.holdsLease) }
     }
+
+    /// A tick renews the lease and, in the same feed, sends a batch. When the renewal finds
+    /// another relay holding the lease, the batch decided under the lost lease is not sent.
+    func testNothingQueuedRunsAfterTheLeaseIsLost() throws {
+        let path = tempDB("p")
+        let outbox = try Outbox(path: path)
+        _ = try outbox.transaction { try $0.enqueue(topic: "t", key: "a", payload: "1") }
+        let loop = try EventLoop()  // not run: the test feeds the relay itself
+        let sink = MemorySink(loop: loop)
+        sink.hold = true
+        let store = try OutboxStore(path: path)
+        let relay = OutboxRelay(store: store, sink: sink, loop: loop, clock: { 0 })
+        relay.feed(.start(nowMs: 0))
+        XCTAssertEqual(sink.calls, [[1]])
+        // The sink was down; the batch goes again after the backoff, at the tick that also renews.
+        relay.feed(.sinkUnavailable(batch: 1, reason: "down", nowMs: 0))
+        XCTAssertTrue(relay.holdsLease)
+        // Meanwhile another relay took the lease (this one was paused past it).
+        _ = try store.connection.run("UPDATE outbox_lease SET holder = 'other', token = token + 1, expires_ms = ?1 WHERE id = 1",
+                                     [.int(SystemClock.wallMs() + 60_000)])
+        relay.feed(.tick(nowMs: relay.machine.config.leaseTTLMs / 3 + Limits.outboxSinkDownDelayMsMax))
+        XCTAssertFalse(relay.holdsLease)
+        XCTAssertEqual(sink.calls, [[1]], "the batch queued behind the failed renewal was not sent")
+    }
 }
