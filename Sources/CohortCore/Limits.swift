@@ -250,6 +250,11 @@ public enum Limits {
     /// Pending messages a relay holds in memory (loaded from the table); it loads more as
     /// these drain, so a backlog of any size costs bounded memory.
     public static let outboxLoadedMessagesMax = 50_000
+    /// Pending messages of one key a relay holds in memory (one while a dead letter blocks the
+    /// key). A key sends one message per sink round trip, so more would only wait; without a cap
+    /// one busy or blocked key fills `outboxLoadedMessagesMax` and no other key's newer messages
+    /// are loaded. The rest of the key is read again (by key) when it is down to half of this.
+    public static let outboxLoadedPerKeyMax = 1_000
     /// Rows read from the outbox table per query.
     public static let outboxLoadRowsMax = 5_000
     /// Delivery attempts (sink answered and refused the message) before a message becomes a
@@ -279,6 +284,13 @@ public enum Limits {
     public static let outboxTopicBytesMax = 256
     public static let outboxKeyBytesMax = 256
     public static let outboxPayloadBytesMax = 256 << 10
+    /// One sink call's encoded messages (`{"messages":[...]}`, also the bound of a Redis
+    /// pipeline's batch) at most this: below `httpBodyBytesMax`, the body a consumer's inbox
+    /// endpoint accepts (past it the consumer answers 413 and nothing of the batch is applied).
+    /// The margin leaves room for a consumer's own envelope checks. A message whose JSON could
+    /// not fit in a call alone is refused at enqueue (JSON escapes a control character into six
+    /// bytes, so a payload within `outboxPayloadBytesMax` can still be too large).
+    public static let outboxBatchBytesMax = httpBodyBytesMax - (16 << 10)
     public static let outboxHeadersMax = 32
     public static let outboxHeaderBytesMax = 4096
     /// Last error text kept per message.

@@ -34,6 +34,7 @@ final class ReplySink: OutboxSink {
         }
         var left = groups.count
         var unavailable: [(indexes: [Int], why: String)] = []
+        var tooLarge: String?
         if left == 0 { return completion(.outcomes(outcomes.map { $0! })) }
         let groupCount = groups.count
         for (url, indexes) in groups {
@@ -45,10 +46,14 @@ final class ReplySink: OutboxSink {
                 if cached == nil && !keep { loop.execute { sink.shutdown() } }
                 switch result {
                 case .unavailable(let why): unavailable.append((indexes, why))
+                case .tooLarge(let why): tooLarge = why
                 case .outcomes(let got): for (k, i) in indexes.enumerated() where k < got.count { outcomes[i] = got[k] }
                 }
                 left -= 1
                 guard left == 0 else { return }
+                // One address took less than the batch: all of it again, in smaller batches
+                // (what the other addresses applied comes back as duplicates).
+                if let why = tooLarge { return completion(.tooLarge(why)) }
                 if unavailable.count == groupCount { return completion(.unavailable(unavailable[0].why)) }
                 for (indexes, why) in unavailable { for i in indexes { outcomes[i] = .rejected("reply_to unreachable: \(why)") } }
                 completion(.outcomes(outcomes.map { $0 ?? .rejected("no answer for this message") }))

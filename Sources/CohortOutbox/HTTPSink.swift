@@ -7,7 +7,9 @@ import Foundation
 /// inbox endpoint answers 200 `{"results": [{"id", "status": "applied"|"duplicate"|"failed", "error"?}]}`.
 /// `applied` and `duplicate` acknowledge a message; `failed` refuses it (an attempt). A 4xx answer
 /// refuses every message of the batch; no answer, a timeout, 5xx, 408 or 429 mean the consumer is
-/// unavailable (nothing counted, the relay backs off).
+/// unavailable (nothing counted, the relay backs off). 413 (body too large) says nothing about
+/// the messages of a batch of several: `tooLarge`, the relay sends them in smaller batches; for a
+/// message alone it is that message's refusal (it can never be delivered to this consumer).
 public final class HTTPOutboxSink: OutboxSink {
     public let url: String
     public var name: String { url }
@@ -59,6 +61,9 @@ public final class HTTPOutboxSink: OutboxSink {
         }
         if r.status >= 500 || r.status == 408 || r.status == 429 {
             return .unavailable("POST \(url): HTTP \(r.status)")
+        }
+        if r.status == 413 && messages.count > 1 {
+            return .tooLarge("POST \(url): HTTP 413 for \(messages.count) messages")
         }
         let text = String(decoding: r.body.prefix(200), as: UTF8.self)
         return .outcomes(Array(repeating: .rejected("HTTP \(r.status): \(text)"), count: messages.count))

@@ -56,7 +56,7 @@ public final class Inbox {
     /// Throws only when the transaction itself fails (then nothing was applied).
     public func apply(_ messages: [WireMessage], nowMs: Int64 = SystemClock.wallMs(),
                       _ effect: (OutboxTransaction, WireMessage) throws -> Void) throws -> [InboxResult] {
-        let tx = OutboxTransaction(connection: connection)
+        let tx = OutboxTransaction(connection: connection, source: outboxSource ?? "")
         defer { tx.open = false }
         let results: [InboxResult] = try connection.transaction {
             var out: [InboxResult] = []

@@ -30,6 +30,18 @@ public struct OutboxMessage: Equatable, Sendable {
 
     /// What a consumer dedupes on: `SOURCE:ID`, unique across outboxes.
     public var messageID: String { "\(source):\(id)" }
+
+    /// Bytes of this message's JSON on the wire (exactly what `JSONText.message` writes).
+    public var wireBytes: Int {
+        JSONText.messageBytes(source: source, id: id, topic: topic, key: key, payload: payload, headers: headers, createdMs: createdMs)
+    }
+}
+
+/// The size of one sink call's body, `{"messages":[M1,M2,...]}`: the envelope plus, for every
+/// message, its JSON and a separator.
+public enum OutboxBatchBytes {
+    public static let envelope = 16
+    public static func cost(_ m: OutboxMessage) -> Int { m.wireBytes + 1 }
 }
 
 /// Bad input to the outbox API: a typed error with a readable reason.
@@ -40,6 +52,18 @@ public struct OutboxInputError: Error, CustomStringConvertible, Equatable {
 }
 
 enum OutboxValidation {
+    /// `source` and `nowMs` are the message's (its JSON's size depends on them).
+    static func check(topic: String, key: String, payload: String, headers: [String: String],
+                      source: String, nowMs: Int64) throws {
+        try check(topic: topic, key: key, payload: payload, headers: headers)
+        // The largest id the message could get: its JSON must fit in one sink call alone.
+        let bytes = JSONText.messageBytes(source: source, id: .max, topic: topic, key: key, payload: payload,
+                                          headers: headers, createdMs: nowMs)
+        guard OutboxBatchBytes.envelope + bytes + 1 <= Limits.outboxBatchBytesMax else {
+            throw OutboxInputError("message of \(bytes) bytes as JSON (control characters in the payload are escaped to 6 bytes each) does not fit in one sink call of \(Limits.outboxBatchBytesMax)")
+        }
+    }
+
     static func check(topic: String, key: String, payload: String, headers: [String: String]) throws {
         guard !topic.isEmpty, topic.utf8.count <= Limits.outboxTopicBytesMax else {
             throw OutboxInputError("topic must be 1-\(Limits.outboxTopicBytesMax) bytes, got \(topic.utf8.count)")
@@ -91,6 +115,38 @@ enum JSONText {
             }
         }
         out.append("\"")
+    }
+
+    /// Bytes `quote(s)` writes.
+    static func quotedBytes(_ s: String) -> Int {
+        var n = 2
+        for u in s.utf8 {
+            switch u {
+            case 0x22, 0x5C, 0x0A, 0x0D, 0x09: n += 2
+            case 0..<0x20: n += 6
+            default: n += 1
+            }
+        }
+        return n
+    }
+
+    /// Bytes `headers(h)` writes.
+    static func headersBytes(_ h: [String: String]) -> Int {
+        if h.isEmpty { return 2 }
+        var n = 1 + h.count
+        for (k, v) in h { n += quotedBytes(k) + 1 + quotedBytes(v) }
+        return n
+    }
+
+    /// Bytes `message` writes for these fields, without writing them.
+    static func messageBytes(source: String, id: Int64, topic: String, key: String, payload: String,
+                             headers h: [String: String], createdMs: Int64) -> Int {
+        let idText = String(id)
+        // {"id": ,"source": ,"seq": ,"topic": ,"key": ,"payload": ,"headers": ,"created_ms": }
+        let names = 6 + 10 + 7 + 9 + 7 + 11 + 11 + 14 + 1
+        let messageID = quotedBytes(source) + 1 + idText.utf8.count
+        return names + messageID + quotedBytes(source) + idText.utf8.count + quotedBytes(topic) + quotedBytes(key)
+            + quotedBytes(payload) + headersBytes(h) + String(createdMs).utf8.count
     }
 
     static func headers(_ h: [String: String]) -> String {

@@ -82,7 +82,7 @@ public final class Outbox {
     /// Runs `body` in one local transaction (BEGIN IMMEDIATE ... COMMIT). If it throws, the
     /// transaction rolls back: no business row and no message remain.
     public func transaction<T>(_ body: (OutboxTransaction) throws -> T) throws -> T {
-        let tx = OutboxTransaction(connection: connection)
+        let tx = OutboxTransaction(connection: connection, source: source)
         defer { tx.open = false }
         let result = try connection.transaction { try body(tx) }
         if tx.enqueued > 0 { onCommit?() }
@@ -102,10 +102,15 @@ public final class Outbox {
 /// The handle passed to `Outbox.transaction`: business SQL and messages in the same transaction.
 public final class OutboxTransaction {
     let connection: SQLiteConnection
+    /// The outbox's name (part of every message's JSON, so of its size).
+    let source: String
     var open = true
     var enqueued = 0
 
-    init(connection: SQLiteConnection) { self.connection = connection }
+    init(connection: SQLiteConnection, source: String) {
+        self.connection = connection
+        self.source = source
+    }
 
     private func live() throws {
         guard open else { throw OutboxInputError("transaction used after it ended") }
@@ -132,7 +137,7 @@ public final class OutboxTransaction {
     public func enqueue(topic: String, key: String, payload: String, headers: [String: String] = [:],
                         nowMs: Int64 = SystemClock.wallMs()) throws -> Int64 {
         try live()
-        try OutboxValidation.check(topic: topic, key: key, payload: payload, headers: headers)
+        try OutboxValidation.check(topic: topic, key: key, payload: payload, headers: headers, source: source, nowMs: nowMs)
         try connection.run(
             "INSERT INTO outbox(topic, key, payload, headers, created_ms) VALUES(?1, ?2, ?3, ?4, ?5)",
             [.text(topic), .text(key), .text(payload), .text(JSONText.headers(headers)), .int(nowMs)])
@@ -217,11 +222,43 @@ public final class OutboxStore {
         try connection.forEachRow(
             "SELECT id, topic, key, payload, headers, created_ms, attempts FROM outbox WHERE state = 0 AND id > ?1 ORDER BY id LIMIT ?2",
             [.int(afterID), .int(Int64(limit))]) { r in
-            out.append(OutboxMessage(id: r[0].int ?? 0, source: source, topic: r[1].text ?? "", key: r[2].text ?? "",
-                                     payload: r[3].text ?? "", headers: JSONText.parseHeaders(r[4].text ?? "{}"),
-                                     createdMs: r[5].int ?? 0, attempts: Int(r[6].int ?? 0)))
+            out.append(row(r))
         }
         return out
+    }
+
+    /// Pending rows of one key with id > `afterID`, in id order. The relay reads these for a
+    /// key whose rows it left out of memory; the pending index is walked from `afterID`.
+    public func pending(key: String, afterID: Int64, limit: Int) throws -> [OutboxMessage] {
+        var out: [OutboxMessage] = []
+        out.reserveCapacity(min(limit, 1024))
+        try connection.forEachRow(
+            "SELECT id, topic, key, payload, headers, created_ms, attempts FROM outbox WHERE state = 0 AND id > ?1 AND key = ?3 ORDER BY id LIMIT ?2",
+            [.int(afterID), .int(Int64(limit)), .text(key)]) { r in
+            out.append(row(r))
+        }
+        return out
+    }
+
+    private func row(_ r: [SQLValue]) -> OutboxMessage {
+        OutboxMessage(id: r[0].int ?? 0, source: source, topic: r[1].text ?? "", key: r[2].text ?? "",
+                      payload: r[3].text ?? "", headers: JSONText.parseHeaders(r[4].text ?? "{}"),
+                      createdMs: r[5].int ?? 0, attempts: Int(r[6].int ?? 0))
+    }
+
+    /// A rescan's first page: every key's smallest dead id and the pending rows, from one
+    /// snapshot. Read as two separate statements, a replay committed between them (by another
+    /// process: a standby relay's admin API) would show its key unblocked without the replayed
+    /// row, and the key's next message would overtake it. Within the snapshot the dead keys are
+    /// read first all the same: were they ever older than the rows, a stale dead key only blocks
+    /// for longer (a replayed row equal to it still goes first). `betweenReads` is for tests.
+    func pendingAndDeadKeys(afterID: Int64, limit: Int, betweenReads: () throws -> Void = {}) throws
+        -> (rows: [OutboxMessage], deadKeys: [String: Int64]) {
+        try connection.readTransaction {
+            let dead = try deadKeys()
+            try betweenReads()
+            return (try pending(afterID: afterID, limit: limit), dead)
+        }
     }
 
     /// For every key with a dead letter, its smallest dead id.

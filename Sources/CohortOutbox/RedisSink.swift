@@ -3,8 +3,13 @@ import CohortPosix
 
 /// Delivery into a Redis stream: each batch is one pipeline of `XADD STREAM * id ID source S
 /// seq N topic T key K payload P headers H created_ms MS`. A reply with an entry id acknowledges
-/// the message (Redis has appended it; make Redis durable with `appendonly yes`); an error reply
-/// refuses it; a broken or refused connection makes the whole batch unavailable.
+/// the message (Redis has appended it; make Redis durable with `appendonly yes`); a broken or
+/// refused connection makes the whole batch unavailable. An error reply is never the message's
+/// fault, so it never counts an attempt: the entry id is `*` (no ID errors), the arguments are
+/// fixed and the sizes far below Redis's limits, so what is left describes the server or its
+/// setup (-OOM, -LOADING, -MISCONF, -READONLY, -NOAUTH, -NOPERM, -BUSY, -MASTERDOWN, -WRONGTYPE
+/// for a stream name holding another type). Such messages are `notTaken` (the relay backs off and
+/// sends them again, without limit), the whole batch `unavailable` when none was taken.
 ///
 /// The socket work runs on a thread of its own (blocking I/O with timeouts); completions are
 /// handed back to the relay's loop.
@@ -60,7 +65,7 @@ public final class RedisStreamSink: OutboxSink {
             let result: SinkResult
             do {
                 if connection == nil { connection = try RedisConnection(url: url) }
-                result = .outcomes(try append(messages, connection!))
+                result = try append(messages, connection!)
             } catch {
                 connection?.close()
                 connection = nil
@@ -71,7 +76,7 @@ public final class RedisStreamSink: OutboxSink {
         connection?.close()
     }
 
-    func append(_ messages: [OutboxMessage], _ c: RedisConnection) throws -> [DeliveryOutcome] {
+    func append(_ messages: [OutboxMessage], _ c: RedisConnection) throws -> SinkResult {
         var out: [UInt8] = []
         out.reserveCapacity(messages.count * 200)
         for m in messages {
@@ -82,12 +87,22 @@ public final class RedisStreamSink: OutboxSink {
             RESPEncoder.append(args, to: &out)
         }
         let replies = try c.send(encoded: out, replies: messages.count)
-        return replies.map { r in
-            switch r {
+        return Self.interpret(replies, count: messages.count)
+    }
+
+    /// The pipeline's replies as the batch's result (see the type's comment).
+    static func interpret(_ replies: [RESPValue], count: Int) -> SinkResult {
+        let outcomes: [DeliveryOutcome] = (0..<count).map { i in
+            guard i < replies.count else { return .notTaken("XADD: no reply") }
+            switch replies[i] {
             case .bulk(.some): return .acknowledged
-            case .error(let e): return .rejected("XADD: \(e)")
-            default: return .rejected("XADD: unexpected reply \(r)")
+            case .error(let e): return .notTaken("XADD: \(e)")
+            default: return .notTaken("XADD: unexpected reply \(replies[i])")
             }
         }
+        if !outcomes.contains(.acknowledged), case .notTaken(let why)? = outcomes.first {
+            return .unavailable(why)
+        }
+        return .outcomes(outcomes)
     }
 }

@@ -9,6 +9,9 @@ public enum SinkResult: Sendable {
     /// The sink could not be reached (connection refused, timeout, 5xx): nothing is counted
     /// against the messages; the relay backs off and sends them again.
     case unavailable(String)
+    /// The sink refused the call as too large (HTTP 413) for a batch of several messages:
+    /// nothing is counted; the relay sends them again in smaller batches.
+    case tooLarge(String)
 }
 
 /// Where a relay delivers. `deliver` is called on the relay's loop thread and must call
@@ -32,20 +35,27 @@ public final class OutboxRelay {
     public private(set) var machine: RelayMachine
     /// Problems worth a line in a log (database errors, lost lease); the library never prints.
     public var onProblem: ((String) -> Void)?
+    /// Monotonic milliseconds: every time the machine sees (its timers: polling, backoff,
+    /// lease renewal, rescans), so a wall-clock step back cannot stall them for its size.
     private let clock: () -> Int64
+    /// Wall-clock milliseconds: only for what is stored or compared with stored values (the
+    /// lease's expiry, which other relays read; delivered_ms and the retention cutoff; ages).
+    private let wallClock: () -> Int64
     private var tickTimer: TimerHandle?
     private var running = false
     private let tickMs: Int64
 
     public init(store: OutboxStore, sink: OutboxSink, loop: EventLoop, config: RelayConfig = RelayConfig(),
                 holder: String? = nil, seed: UInt64 = ProcessEnv.randomU64(),
-                clock: @escaping () -> Int64 = { SystemClock.wallMs() }) {
+                clock: @escaping () -> Int64 = { SystemClock.monotonicMs() },
+                wallClock: @escaping () -> Int64 = { SystemClock.wallMs() }) {
         self.store = store
         self.sink = sink
         self.loop = loop
         self.holder = holder ?? "relay-\(ProcessEnv.pid)-\(String(ProcessEnv.randomU64() & 0xffffff, radix: 16))"
         machine = RelayMachine(config: config, seed: seed)
         self.clock = clock
+        self.wallClock = wallClock
         tickMs = max(1, min(config.pollIntervalMs, 5))
     }
 
@@ -97,14 +107,18 @@ public final class OutboxRelay {
     }
 
     /// Feeds an event and carries out the resulting actions, feeding their synchronous answers.
+    /// Each action keeps the lease it was decided under: once an earlier action of the same feed
+    /// finds the lease lost (a renewal, a fenced write), the rest are stale and skipped (a
+    /// `deliver` would only send duplicates, the database work is refused or ignored anyway).
     func feed(_ event: RelayEvent) {
-        var queue = machine.on(event)
+        var queue = machine.on(event).map { ($0, machine.lease) }
         var i = 0
         while i < queue.count {
-            let action = queue[i]
+            let (action, lease) = queue[i]
             i += 1
+            if case .held = lease, lease != machine.lease { continue }
             if let next = perform(action) {
-                queue.append(contentsOf: machine.on(next))
+                queue.append(contentsOf: machine.on(next).map { ($0, machine.lease) })
             }
         }
     }
@@ -117,7 +131,7 @@ public final class OutboxRelay {
         switch action {
         case .acquireLease:
             do {
-                if let token = try store.acquireLease(holder: holder, nowMs: now, ttlMs: machine.config.leaseTTLMs) {
+                if let token = try store.acquireLease(holder: holder, nowMs: wallClock(), ttlMs: machine.config.leaseTTLMs) {
                     return .leaseAcquired(token: token, nowMs: now)
                 }
                 return .leaseUnavailable(nowMs: now)
@@ -127,7 +141,7 @@ public final class OutboxRelay {
             }
         case .renewLease(let token):
             do {
-                if try store.renewLease(holder: holder, token: token, nowMs: now, ttlMs: machine.config.leaseTTLMs) {
+                if try store.renewLease(holder: holder, token: token, nowMs: wallClock(), ttlMs: machine.config.leaseTTLMs) {
                     return .leaseRenewed(nowMs: now)
                 }
                 problem("lost the relay lease (token \(token)): another relay holds it")
@@ -143,12 +157,21 @@ public final class OutboxRelay {
             return nil
         case .load(let afterID, let limit):
             do {
-                let rows = try store.pending(afterID: afterID, limit: limit)
-                let dead = afterID == 0 ? try store.deadKeys() : nil
-                return .loaded(afterID: afterID, rows: rows, deadKeys: dead, nowMs: now)
+                if afterID == 0 {
+                    let (rows, dead) = try store.pendingAndDeadKeys(afterID: 0, limit: limit)
+                    return .loaded(afterID: afterID, rows: rows, deadKeys: dead, nowMs: now)
+                }
+                return .loaded(afterID: afterID, rows: try store.pending(afterID: afterID, limit: limit), deadKeys: nil, nowMs: now)
             } catch {
                 problem("reading pending messages: \(error)")
-                return .loaded(afterID: afterID, rows: [], deadKeys: nil, nowMs: now)
+                return .loadFailed(nowMs: now)
+            }
+        case .loadKey(let key, let afterID, let limit):
+            do {
+                return .loaded(afterID: afterID, rows: try store.pending(key: key, afterID: afterID, limit: limit), deadKeys: nil, nowMs: now)
+            } catch {
+                problem("reading pending messages of a key: \(error)")
+                return .loadFailed(nowMs: now)
             }
         case .deliver(let batch, let messages):
             sink.deliver(messages) { [weak self] result in
@@ -157,13 +180,14 @@ public final class OutboxRelay {
                 switch result {
                 case .outcomes(let o): self.feed(.delivered(batch: batch, outcomes: o, nowMs: t))
                 case .unavailable(let reason): self.feed(.sinkUnavailable(batch: batch, reason: reason, nowMs: t))
+                case .tooLarge(let reason): self.feed(.sinkTooLarge(batch: batch, reason: reason, nowMs: t))
                 }
             }
             return nil
         case .record(let batch, let write, let token):
             if !write.delivered.isEmpty { CrashPoints.hit("relay.after-sink-ack") }
             do {
-                let applied = try store.record(write, holder: holder, token: token, nowMs: now)
+                let applied = try store.record(write, holder: holder, token: token, nowMs: wallClock())
                 if !applied { problem("fenced: another relay took the lease; results of \(write.delivered.count + write.failed.count + write.dead.count) messages not recorded") }
                 CrashPoints.hit("relay.after-record")
                 return .recorded(batch: batch, applied: applied, nowMs: now)
@@ -173,9 +197,9 @@ public final class OutboxRelay {
                 problem("recording delivery results: \(error)")
                 return .recorded(batch: batch, applied: false, nowMs: now)
             }
-        case .cleanup(let before, let limit):
+        case .cleanup(let retentionMs, let limit):
             do {
-                return .cleaned(deleted: try store.cleanup(deliveredBeforeMs: before, limit: limit), nowMs: now)
+                return .cleaned(deleted: try store.cleanup(deliveredBeforeMs: wallClock() - retentionMs, limit: limit), nowMs: now)
             } catch {
                 problem("deleting delivered rows: \(error)")
                 return .cleaned(deleted: 0, nowMs: now)
@@ -201,7 +225,7 @@ public final class OutboxRelay {
         }
         registry.sample("cohort_outbox_oldest_pending_age_seconds", help: "Age of the oldest pending message") { [weak self] in
             guard let self, let t = counts().oldestPendingCreatedMs else { return 0 }
-            return Double(max(0, self.clock() - t)) / 1000
+            return Double(max(0, self.wallClock() - t)) / 1000
         }
         registry.sample("cohort_outbox_dead_letters", help: "Messages moved to dead letters and not replayed") {
             Double(counts().dead)

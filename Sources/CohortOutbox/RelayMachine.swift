@@ -3,8 +3,11 @@ import CohortCore
 /// How a relay behaves; defaults come from `Limits`.
 public struct RelayConfig: Sendable, Equatable {
     public var batchMessagesMax = Limits.outboxBatchMessagesMax
+    /// A batch's encoded size (`OutboxBatchBytes`) at most this; a message larger alone goes alone.
+    public var batchBytesMax = Limits.outboxBatchBytesMax
     public var batchesInFlightMax = Limits.outboxBatchesInFlightMax
     public var loadedMessagesMax = Limits.outboxLoadedMessagesMax
+    public var loadedPerKeyMax = Limits.outboxLoadedPerKeyMax
     public var loadRowsMax = Limits.outboxLoadRowsMax
     public var attemptsMax = Limits.outboxAttemptsMax
     public var retryDelayMsMin = Limits.outboxRetryDelayMsMin
@@ -25,7 +28,9 @@ public struct RelayConfig: Sendable, Equatable {
     public init() {}
 }
 
-/// What the relay's runtime tells the state machine. Every event carries the wall-clock time.
+/// What the relay's runtime tells the state machine. Every event carries the time, from a
+/// monotonic clock: the machine's times are only compared with each other (timers), never
+/// stored, so a wall-clock step cannot stall or hurry them.
 public enum RelayEvent: Equatable, Sendable {
     case start(nowMs: Int64)
     /// Periodic: lease renewal, polling, backoff expiry, cleanup.
@@ -39,10 +44,17 @@ public enum RelayEvent: Equatable, Sendable {
     case leaseLost(nowMs: Int64)
     /// Answer to `.load`: the rows, and (for a load from id 0) every key's smallest dead id.
     case loaded(afterID: Int64, rows: [OutboxMessage], deadKeys: [String: Int64]?, nowMs: Int64)
+    /// Answer to `.load` or `.loadKey` when the read failed: tried again later (the next poll,
+    /// tick or rescan), never taken as "no rows".
+    case loadFailed(nowMs: Int64)
     /// Answer to `.deliver`: one outcome per message, in order.
     case delivered(batch: Int, outcomes: [DeliveryOutcome], nowMs: Int64)
     /// Answer to `.deliver` when the sink could not be reached at all (nothing counted against messages).
     case sinkUnavailable(batch: Int, reason: String, nowMs: Int64)
+    /// Answer to `.deliver` when the sink refused the call as too large (HTTP 413): nothing
+    /// counted; batches are made at most half this one's size from now on, so the messages go
+    /// again in smaller ones (a message alone that is too large is refused as a message).
+    case sinkTooLarge(batch: Int, reason: String, nowMs: Int64)
     /// Answer to `.record`: `applied` false when the fencing token no longer held the lease.
     case recorded(batch: Int, applied: Bool, nowMs: Int64)
     case cleaned(deleted: Int, nowMs: Int64)
@@ -56,6 +68,10 @@ public enum DeliveryOutcome: Equatable, Sendable {
     case acknowledged
     /// The sink answered and refused this message; counts as an attempt.
     case rejected(String)
+    /// The sink did not take this message for a reason that is not the message's (a Redis
+    /// error reply: out of memory, loading, read-only replica...): no attempt is counted, the
+    /// message is sent again after the same backoff as an unreachable sink.
+    case notTaken(String)
 }
 
 /// What the state machine asks its runtime to do.
@@ -66,12 +82,16 @@ public enum RelayAction: Equatable, Sendable {
     /// Read pending rows with id > `afterID` (id order, at most `limit`); with `afterID == 0`
     /// also the dead keys. Answer with `.loaded`.
     case load(afterID: Int64, limit: Int)
+    /// Read pending rows of one key with id > `afterID` (id order, at most `limit`): the rows of
+    /// a key that were left out of memory (`loadedPerKeyMax`). Answer with `.loaded` (no dead keys).
+    case loadKey(key: String, afterID: Int64, limit: Int)
     /// Send these messages to the sink (at most one per key). Answer with `.delivered` or `.sinkUnavailable`.
     case deliver(batch: Int, messages: [OutboxMessage])
     /// Write the batch's results, fenced by `token`. Answer with `.recorded`.
     case record(batch: Int, write: RelayWrite, token: Int64)
-    /// Delete up to `limit` rows delivered before the given time. Answer with `.cleaned`.
-    case cleanup(deliveredBeforeMs: Int64, limit: Int)
+    /// Delete up to `limit` rows delivered more than `retentionMs` ago (by the wall clock, as
+    /// `delivered_ms` is stored). Answer with `.cleaned`.
+    case cleanup(retentionMs: Int64, limit: Int)
 }
 
 /// The relay's decisions, with no I/O, clock or randomness of its own: a value that takes events
@@ -131,11 +151,22 @@ public struct RelayMachine: Sendable {
     var delayed: Set<String> = []
     var delayedDueMs: Int64 = .max
     var known: Set<Int64> = []
+    /// Messages held in memory (all keys).
     public private(set) var loadedCount = 0
+    /// Keys whose pending rows from this id on are not all in memory: a key holds at most
+    /// `loadedPerKeyMax` messages (one while blocked by a dead letter), so one busy or blocked
+    /// key cannot fill the window and stop every other key. Invariant: every pending row of the
+    /// key below this id is held (or in a batch); none from it on is. Rows of the key from this
+    /// id on are left out by the tail and the rescan (taking a later one would let it overtake
+    /// the left-out ones) and come back, in id order, by `.loadKey` once the key runs low.
+    var missing: [String: Int64] = [:]
+    /// Keys that may need a `.loadKey` (checked again when their turn comes).
+    var refills: [String] = []
+    var inRefills: Set<String> = []
     /// Highest id read by the tail scan.
     public private(set) var cursor: Int64 = 0
     var tailMore = true
-    enum Loading: Equatable, Sendable { case tail(limit: Int), rescan }
+    enum Loading: Equatable, Sendable { case tail(limit: Int), rescan, key(String, afterID: Int64, limit: Int) }
     var loading: Loading?
     /// A rescan in progress reads ids in (rescanAfter, rescanEnd].
     var rescanAfter: Int64?
@@ -144,6 +175,9 @@ public struct RelayMachine: Sendable {
     var batches: [Int: Batch] = [:]
     var nextBatch = 1
     var sinkDownAttempts = 0
+    /// The byte bound batches are made with: `config.batchBytesMax`, lowered by `.sinkTooLarge`
+    /// (a consumer that takes less; kept across leases, it is the consumer's).
+    public private(set) var batchBytesLimit: Int
     var sinkDownUntilMs: Int64 = 0
     public private(set) var lastSinkError: String?
     var nextLeaseTryMs: Int64 = 0
@@ -162,6 +196,7 @@ public struct RelayMachine: Sendable {
 
     public init(config: RelayConfig = RelayConfig(), seed: UInt64) {
         self.config = config
+        batchBytesLimit = config.batchBytesMax
         rng = SplitMix64(seed: seed)
     }
 
@@ -215,15 +250,34 @@ public struct RelayMachine: Sendable {
             dispatch(now, &out)
             loadIfNeeded(now, &out)
 
-        case .delivered(let id, let outcomes, _):
+        case .loadFailed(let now):
+            guard case .held = lease, let kind = loading else { return [] }
+            loading = nil
+            switch kind {
+            case .tail:
+                tailMore = false
+                nextPollMs = now + config.pollIntervalMs
+            case .rescan:
+                rescanAfter = nil
+            case .key(let key, _, _):
+                // Not now (that would read again at once, in a loop): at the next tick.
+                if inRefills.insert(key).inserted { refills.append(key) }
+            }
+
+        case .delivered(let id, let outcomes, let now):
             guard case .held(let token) = lease, var b = batches[id], b.write == nil else { return [] }
-            sinkDownAttempts = 0
             var w = RelayWrite()
+            var notTaken: String?
             for (i, m) in b.messages.enumerated() {
                 let outcome = i < outcomes.count ? outcomes[i] : .rejected("sink gave no result for this message")
                 switch outcome {
                 case .acknowledged:
                     w.delivered.append(m.id)
+                case .notTaken(let reason):
+                    // Written nowhere: the key is freed when the batch is recorded and its
+                    // message goes again after the sink-down backoff.
+                    notTaken = notTaken ?? reason
+
                 case .rejected(let reason):
                     let attempts = m.attempts + 1
                     if attempts >= config.attemptsMax {
@@ -233,21 +287,34 @@ public struct RelayMachine: Sendable {
                     }
                 }
             }
+            if let reason = notTaken {
+                sinkDown(reason, now)
+            } else {
+                sinkDownAttempts = 0
+            }
             b.write = w
             batches[id] = b
             out.append(.record(batch: id, write: w, token: token))
 
         case .sinkUnavailable(let id, let reason, let now):
             guard case .held = lease, let b = batches.removeValue(forKey: id) else { return [] }
-            sinkDownTotal += 1
-            lastSinkError = reason
-            sinkDownAttempts += 1
-            sinkDownUntilMs = now + backoffDelayMs(attempt: sinkDownAttempts, minMs: config.sinkDownDelayMsMin,
-                                                   maxMs: config.sinkDownDelayMsMax, rng: &rng)
+            sinkDown(reason, now)
             for m in b.messages {
                 queues[m.key]?.busy = false
                 markMaybeReady(m.key, now)
             }
+
+        case .sinkTooLarge(let id, let reason, let now):
+            guard case .held = lease, let b = batches.removeValue(forKey: id) else { return [] }
+            lastSinkError = reason
+            let bytes = b.messages.reduce(OutboxBatchBytes.envelope) { $0 + OutboxBatchBytes.cost($1) }
+            // Half the messages' bytes: a batch of two messages of equal size splits in two.
+            batchBytesLimit = max(1, min(batchBytesLimit, OutboxBatchBytes.envelope + (bytes - OutboxBatchBytes.envelope) / 2))
+            for m in b.messages {
+                queues[m.key]?.busy = false
+                markMaybeReady(m.key, now)
+            }
+            dispatch(now, &out)
 
         case .recorded(let id, let applied, let now):
             guard case .held = lease, let b = batches[id], let w = b.write else { return [] }
@@ -283,8 +350,11 @@ public struct RelayMachine: Sendable {
                     queues[m.key] = nil
                 } else {
                     queues[m.key] = q
+                    // A key that just got blocked keeps only its head in memory.
+                    trim(m.key)
                     markMaybeReady(m.key, now)
                 }
+                noteRefill(m.key)
             }
             dispatch(now, &out)
             loadIfNeeded(now, &out)
@@ -315,6 +385,9 @@ public struct RelayMachine: Sendable {
         delayedDueMs = .max
         known = []
         loadedCount = 0
+        missing = [:]
+        refills = []
+        inRefills = []
         cursor = 0
         tailMore = true
         loading = nil
@@ -322,6 +395,15 @@ public struct RelayMachine: Sendable {
         deadKeys = [:]
         batches = [:]
         cleaning = false
+    }
+
+    /// The sink could not take (some of) a batch: the whole relay backs off.
+    mutating func sinkDown(_ reason: String, _ now: Int64) {
+        sinkDownTotal += 1
+        lastSinkError = reason
+        sinkDownAttempts += 1
+        sinkDownUntilMs = now + backoffDelayMs(attempt: sinkDownAttempts, minMs: config.sinkDownDelayMsMin,
+                                               maxMs: config.sinkDownDelayMsMax, rng: &rng)
     }
 
     mutating func loseLease(_ now: Int64) {
@@ -332,8 +414,47 @@ public struct RelayMachine: Sendable {
     }
 
     func isBlocked(_ key: String, _ q: KeyQueue) -> Bool {
-        guard config.deadLetterBlocksKey, let dead = deadKeys[key], let first = q.first else { return false }
-        return dead < first.id
+        guard let first = q.first else { return false }
+        return isBlocked(key, id: first.id)
+    }
+
+    /// Message `id` of `key` waits behind a dead letter of its key.
+    func isBlocked(_ key: String, id: Int64) -> Bool {
+        guard config.deadLetterBlocksKey, let dead = deadKeys[key] else { return false }
+        return dead < id
+    }
+
+    /// How many messages `key` may hold in memory: a blocked key only its head (the rest would
+    /// sit there until a replay, taking the room of keys that can go).
+    func keyCap(_ key: String, id: Int64) -> Int {
+        isBlocked(key, id: id) ? 1 : max(1, config.loadedPerKeyMax)
+    }
+
+    /// Leaves the messages of `key` past its cap out of memory (they come back by `.loadKey`).
+    mutating func trim(_ key: String) {
+        guard var q = queues[key], let first = q.first else { return }
+        let cap = keyCap(key, id: first.id)
+        guard q.count > cap else { return }
+        let keep = q.head + cap
+        let dropped = q.messages[keep...]
+        for m in dropped { known.remove(m.id) }
+        loadedCount -= dropped.count
+        missing[key] = min(missing[key] ?? .max, dropped.first!.id)
+        q.messages.removeSubrange(keep...)
+        queues[key] = q
+    }
+
+    /// Queues `key` for a `.loadKey` if it has rows out of memory and is running low.
+    mutating func noteRefill(_ key: String) {
+        guard needsRefill(key), inRefills.insert(key).inserted else { return }
+        refills.append(key)
+    }
+
+    func needsRefill(_ key: String) -> Bool {
+        guard let from = missing[key] else { return false }
+        // Blocked: the rows would only wait; the replay's rescan brings the key back.
+        if isBlocked(key, id: from) { return false }
+        return (queues[key]?.count ?? 0) <= config.loadedPerKeyMax / 2
     }
 
     mutating func markMaybeReady(_ key: String, _ now: Int64) {
@@ -377,7 +498,7 @@ public struct RelayMachine: Sendable {
         dispatch(now, &out)
         if !cleaning && now >= nextCleanupMs {
             cleaning = true
-            out.append(.cleanup(deliveredBeforeMs: now - config.retentionMs, limit: config.cleanupRowsMax))
+            out.append(.cleanup(retentionMs: config.retentionMs, limit: config.cleanupRowsMax))
         }
     }
 
@@ -395,6 +516,15 @@ public struct RelayMachine: Sendable {
             out.append(.load(afterID: after, limit: config.loadRowsMax))
             return
         }
+        while let key = refills.first {
+            refills.removeFirst()
+            inRefills.remove(key)
+            guard needsRefill(key), let from = missing[key] else { continue }
+            let limit = max(1, config.loadedPerKeyMax - (queues[key]?.count ?? 0))
+            loading = .key(key, afterID: from - 1, limit: limit)
+            out.append(.loadKey(key: key, afterID: from - 1, limit: limit))
+            return
+        }
         let room = config.loadedMessagesMax - loadedCount
         guard tailMore, room > 0 else { return }
         let limit = min(config.loadRowsMax, room)
@@ -406,6 +536,23 @@ public struct RelayMachine: Sendable {
         if let dead {
             deadKeys = config.deadLetterBlocksKey ? dead : [:]
             for k in queues.keys { markMaybeReady(k, now) }
+            // A replayed dead letter unblocks its key: its left-out rows may be loaded again.
+            for k in missing.keys { noteRefill(k) }
+        }
+        if case .key(let key, let after, let asked) = kind {
+            guard after == afterID, let from = missing[key], from - 1 == after else { return }
+            // Every row of the key below `from` is held, so these go after them, in order.
+            missing[key] = nil
+            // take() leaves a row out (and sets `missing` again) only past the key's cap.
+            for m in rows where m.key == key && m.id > after {
+                if !take(m, now) { break }
+            }
+            if rows.count >= asked, missing[key] == nil, let last = rows.last {
+                // A full page: more of the key may follow.
+                missing[key] = last.id + 1
+            }
+            noteRefill(key)
+            return
         }
         if kind == .rescan, let after = rescanAfter, after == afterID {
             // A rescan page: rows we do not hold yet (a replayed dead letter; a row a cursor would
@@ -434,27 +581,62 @@ public struct RelayMachine: Sendable {
         }
     }
 
-    mutating func take(_ m: OutboxMessage, _ now: Int64) {
-        guard known.insert(m.id).inserted else { return }
+    /// Holds `m` in memory unless its key is at its cap or has earlier rows out of memory;
+    /// false when `m` was left out (it stays pending in the table).
+    @discardableResult
+    mutating func take(_ m: OutboxMessage, _ now: Int64) -> Bool {
+        guard !known.contains(m.id) else { return true }
+        if let from = missing[m.key], m.id >= from { return false }
+        var q = queues[m.key] ?? KeyQueue()
+        if q.count >= keyCap(m.key, id: q.first.map { min($0.id, m.id) } ?? m.id) {
+            guard let last = q.messages.last, last.id > m.id else {
+                missing[m.key] = m.id
+                return false
+            }
+            // `m` goes before the key's last held message (a replayed row, found by a rescan):
+            // hold `m` and leave that one out instead, so the held rows stay a prefix of the
+            // key's pending rows. A lone head in a batch cannot be left out: one over the cap.
+            if !(q.count == 1 && q.busy) {
+                q.messages.removeLast()
+                known.remove(last.id)
+                loadedCount -= 1
+                missing[m.key] = last.id
+            }
+        }
+        known.insert(m.id)
         loadedCount += 1
-        queues[m.key, default: KeyQueue()].insert(m)
+        q.insert(m)
+        queues[m.key] = q
         markMaybeReady(m.key, now)
+        return true
     }
 
     mutating func dispatch(_ now: Int64, _ out: inout [RelayAction]) {
         guard case .held = lease, now >= sinkDownUntilMs else { return }
         while batches.count < config.batchesInFlightMax && readyHead < ready.count {
             var msgs: [OutboxMessage] = []
+            var bytes = OutboxBatchBytes.envelope
             while msgs.count < config.batchMessagesMax && readyHead < ready.count {
                 let key = ready[readyHead]
-                readyHead += 1
-                inReady.remove(key)
-                guard var q = queues[key], !q.busy, let m = q.first, !isBlocked(key, q) else { continue }
+                guard var q = queues[key], !q.busy, let m = q.first, !isBlocked(key, q) else {
+                    readyHead += 1
+                    inReady.remove(key)
+                    continue
+                }
                 if q.retryAtMs > now {
+                    readyHead += 1
+                    inReady.remove(key)
                     delayed.insert(key)
                     delayedDueMs = min(delayedDueMs, q.retryAtMs)
                     continue
                 }
+                // Full by size: the key stays first in line for the next batch. A message too
+                // large for any batch still goes, alone (the sink then refuses it as a message).
+                let cost = OutboxBatchBytes.cost(m)
+                if !msgs.isEmpty && bytes + cost > batchBytesLimit { break }
+                readyHead += 1
+                inReady.remove(key)
+                bytes += cost
                 q.busy = true
                 queues[key] = q
                 msgs.append(m)

@@ -272,6 +272,24 @@ public final class SQLiteConnection {
     /// roll back the whole transaction, not just the failing statement.
     public var sqliteTransactionOpen: Bool { db.map { sqlite3_get_autocommit($0) == 0 } ?? false }
 
+    /// BEGIN ... COMMIT around reads: in WAL mode every statement of `body` sees the same
+    /// snapshot (taken at its first read), while writers go on. No write lock is taken.
+    public func readTransaction<T>(_ body: () throws -> T) throws -> T {
+        precondition(!inTransaction, "nested SQLiteConnection transaction")
+        try run("BEGIN DEFERRED")
+        inTransaction = true
+        defer { inTransaction = false }
+        let result: T
+        do {
+            result = try body()
+        } catch {
+            _ = try? run("ROLLBACK")
+            throw error
+        }
+        try run("COMMIT")
+        return result
+    }
+
     /// BEGIN IMMEDIATE ... COMMIT around `body`; ROLLBACK when it throws. IMMEDIATE takes the
     /// write lock at the start, so two writers never deadlock upgrading from a read.
     public func transaction<T>(_ body: () throws -> T) throws -> T {

@@ -86,6 +86,22 @@ final class CrashTests: XCTestCase {
         try assertAppliedOnce(rig, fixed, committed: made.committed)
     }
 
+    /// Payloads near `outboxPayloadBytesMax` on different keys: batches are capped by bytes
+    /// below the consumer's 1 MiB body limit, so every message is applied and none is a dead
+    /// letter (before, four of them made a batch the consumer refused with 413, which counted
+    /// an attempt against every message of it).
+    func testLargePayloadsOnManyKeysAreAllDeliveredNoneDead() throws {
+        let rig = try rig()
+        let made = try rig.produce(["--count", "12", "--keys", "12", "--payload-bytes", "250000"])
+        let consumer = try rig.start("outbox-demo-consumer", ["--db", rig.consumerDB, "--port", "0"])
+        let relay = try rig.start("cohort-relay", ["--db", rig.producerDB, "--sink", consumer.url! + "/v1/inbox", "--port", "0",
+                                                   "--attempts", "2"])
+        try waitFor("the outbox to drain") { let c = try rig.outboxCounts(); return c.pending == 0 || c.dead > 0 }
+        XCTAssertEqual(try rig.outboxCounts().dead, 0)
+        XCTAssertEqual(rig.metric(relay, "cohort_outbox_failed_total"), 0)
+        try assertAppliedOnce(rig, consumer, committed: made.committed)
+    }
+
     func testTwoRelaysAtOnceOnlyOneDeliversAndAPausedOneIsFenced() throws {
         let rig = try rig()
         let consumer = try rig.start("outbox-demo-consumer", ["--db", rig.consumerDB, "--port", "0"])

@@ -47,6 +47,42 @@ final class RelayMachineTests: XCTestCase {
         XCTAssertEqual(m.inFlightBatches, 2)
     }
 
+    /// Batches are capped by encoded bytes too (the consumer refuses bodies over 1 MiB); a
+    /// message larger than the bound alone still goes, alone.
+    func testBatchesAreCappedByBytes() {
+        var config = RelayConfig()
+        config.batchBytesMax = 1000
+        func sized(_ id: Int64, _ key: String, _ n: Int) -> OutboxMessage {
+            OutboxMessage(id: id, source: "s", topic: "t", key: key, payload: String(repeating: "x", count: n), createdMs: 0)
+        }
+        // Each 300-byte payload is about 390 bytes of JSON: two fit in 1000, three do not.
+        let rows = [sized(1, "a", 300), sized(2, "b", 300), sized(3, "c", 300), sized(4, "d", 2000), sized(5, "e", 10)]
+        let (_, out) = started(rows, config: config)
+        let batches = out.compactMap { if case .deliver(_, let ms) = $0 { return ms }; return nil }
+        XCTAssertEqual(batches.map { $0.map(\.id) }, [[1, 2], [3], [4], [5]])
+        for b in batches where b.count > 1 {
+            XCTAssertLessThanOrEqual(b.reduce(OutboxBatchBytes.envelope) { $0 + OutboxBatchBytes.cost($1) }, 1000)
+        }
+    }
+
+    /// HTTP 413 for a batch is not the messages' fault: nothing counted, sent again in batches
+    /// half the size.
+    func testTooLargeSplitsTheBatchAndCountsNothing() {
+        var config = RelayConfig()
+        config.batchesInFlightMax = 1
+        let rows = (1...4).map { OutboxMessage(id: Int64($0), source: "s", topic: "t", key: "k\($0)", payload: String(repeating: "x", count: 300), createdMs: 0) }
+        var (m, out) = started(rows, config: config)
+        let b = delivers(out)[0]
+        XCTAssertEqual(b.1, [1, 2, 3, 4])
+        out = m.on(.sinkTooLarge(batch: b.0, reason: "HTTP 413", nowMs: 1))
+        XCTAssertEqual(delivers(out).map(\.1), [[1, 2]], "half the size, at once")
+        XCTAssertEqual(m.failedTotal, 0)
+        XCTAssertEqual(m.sinkDownTotal, 0)
+        let b2 = delivers(out)[0].0
+        _ = m.on(.delivered(batch: b2, outcomes: [.acknowledged, .acknowledged], nowMs: 1))
+        XCTAssertEqual(delivers(m.on(.recorded(batch: b2, applied: true, nowMs: 1))).map(\.1), [[3, 4]])
+    }
+
     func testSinkDownCountsNoAttemptAndBacksOff() {
         var (m, out) = started([msg(1, "a")])
         let b = delivers(out)[0].0
@@ -59,6 +95,53 @@ final class RelayMachineTests: XCTestCase {
         // Still zero attempts: a broker outage never turns messages into dead letters.
         out = m.on(.delivered(batch: later[0].0, outcomes: [.rejected("bad")], nowMs: 3000))
         XCTAssertEqual(out, [.record(batch: later[0].0, write: RelayWrite(failed: [.init(id: 1, attempts: 1, error: "bad")]), token: 7)])
+    }
+
+    /// A message the sink did not take for the server's reasons (a Redis error reply) counts no
+    /// attempt, however often: the acknowledged ones of its batch are recorded, the relay backs
+    /// off as for an unreachable sink, and the message is never a dead letter.
+    func testNotTakenCountsNoAttemptAndBacksOff() {
+        var config = RelayConfig()
+        config.attemptsMax = 2
+        var (m, out) = started([msg(1, "a"), msg(2, "b")], config: config)
+        var now: Int64 = 0
+        var b = delivers(out)[0]
+        XCTAssertEqual(b.1, [1, 2])
+        out = m.on(.delivered(batch: b.0, outcomes: [.acknowledged, .notTaken("XADD: OOM command not allowed")], nowMs: now))
+        XCTAssertEqual(out, [.record(batch: b.0, write: RelayWrite(delivered: [1]), token: 7)])
+        XCTAssertTrue(delivers(m.on(.recorded(batch: b.0, applied: true, nowMs: now))).isEmpty, "backs off")
+        XCTAssertEqual(m.lastSinkError, "XADD: OOM command not allowed")
+        for _ in 1...5 {
+            var next: [(Int, [Int64])] = []
+            while next.isEmpty {
+                now += 1
+                next = delivers(m.on(.tick(nowMs: now)))
+            }
+            b = next[0]
+            XCTAssertEqual(b.1, [2])
+            out = m.on(.delivered(batch: b.0, outcomes: [.notTaken("XADD: LOADING")], nowMs: now))
+            XCTAssertEqual(out, [.record(batch: b.0, write: RelayWrite(), token: 7)], "no attempt, no dead letter")
+            _ = m.on(.recorded(batch: b.0, applied: true, nowMs: now))
+        }
+        XCTAssertEqual(m.failedTotal, 0)
+        XCTAssertEqual(m.deadTotal, 0)
+        XCTAssertEqual(m.sinkDownTotal, 6)
+    }
+
+    /// Every Redis error reply to XADD describes the server (the id is `*`), so none refuses a
+    /// message; an all-error pipeline makes the batch unavailable.
+    func testRedisErrorRepliesAreNotRefusals() {
+        let ok = RESPValue.bulk(Array("1-0".utf8))
+        guard case .outcomes(let o) = RedisStreamSink.interpret([ok, .error("OOM command not allowed when used memory > 'maxmemory'."), .error("READONLY You can't write against a read only replica.")], count: 3) else {
+            return XCTFail("mixed replies are per message")
+        }
+        XCTAssertEqual(o, [.acknowledged, .notTaken("XADD: OOM command not allowed when used memory > 'maxmemory'."),
+                           .notTaken("XADD: READONLY You can't write against a read only replica.")])
+        guard case .unavailable(let why) = RedisStreamSink.interpret([.error("LOADING Redis is loading the dataset in memory")], count: 1) else {
+            return XCTFail("nothing taken: unavailable")
+        }
+        XCTAssertEqual(why, "XADD: LOADING Redis is loading the dataset in memory")
+        guard case .unavailable = RedisStreamSink.interpret([.integer(3)], count: 1) else { return XCTFail("an unexpected reply takes nothing") }
     }
 
     func testRefusalsBackOffWithSeededJitterThenDeadLetterBlocksTheKeyOnly() {
@@ -162,7 +245,7 @@ final class RelayMachineTests: XCTestCase {
         var (m, _) = started([], config: config)
         let out = m.on(.tick(nowMs: config.leaseTTLMs / 3))
         XCTAssertTrue(out.contains(.renewLease(token: 7)))
-        XCTAssertTrue(out.contains(.cleanup(deliveredBeforeMs: config.leaseTTLMs / 3 - 1000, limit: config.cleanupRowsMax)))
+        XCTAssertTrue(out.contains(.cleanup(retentionMs: 1000, limit: config.cleanupRowsMax)))
         // A full cleanup batch asks for another at once; a partial one waits.
         XCTAssertEqual(m.on(.cleaned(deleted: config.cleanupRowsMax, nowMs: 2000)), [])
         XCTAssertTrue(m.on(.tick(nowMs: 2000)).contains { if case .cleanup = $0 { return true }; return false })
@@ -197,5 +280,171 @@ final class RelayMachineTests: XCTestCase {
         XCTAssertTrue(out.contains(.load(afterID: 0, limit: config.loadRowsMax)), "periodic rescan from the start")
         out = m.on(.loaded(afterID: 0, rows: [msg(3, "c")], deadKeys: [:], nowMs: 100))
         XCTAssertEqual(delivers(out).map(\.1), [[3]], "a row the cursor had passed is still delivered")
+    }
+
+    // MARK: memory per key
+
+    /// A dead-lettered key whose producer keeps adding messages must not fill the window: a
+    /// later message of another key is still loaded and delivered, and after the replay the
+    /// dead key finishes in order (its left-out rows come back by `.loadKey`).
+    func testABlockedKeyDoesNotFillTheWindowForOtherKeys() {
+        var config = RelayConfig()
+        config.loadedMessagesMax = 10
+        config.loadRowsMax = 5
+        config.attemptsMax = 1
+        let w = TableDriver(config: config)
+        w.refuse = { $0.key == "d" && $0.id == 1 }
+        w.add("d", count: 30)
+        w.start()
+        w.ticks(20)
+        XCTAssertEqual(w.deadIDs, [1])
+        XCTAssertEqual(w.delivered["d"] ?? [], [], "d waits behind its dead letter")
+        XCTAssertLessThanOrEqual(w.machine.loadedCount, 1, "a blocked key keeps only its head in memory")
+        // The producer goes on with d, and another key comes after all of it.
+        w.add("d", count: 30)
+        let a = w.add("a", count: 1)
+        w.add("d", count: 5)
+        w.ticks(20)
+        XCTAssertEqual(w.delivered["a"], a, "a later key is loaded and delivered")
+        XCTAssertEqual(w.machine.blockedKeys, 1)
+        // Replay: d is delivered, all of it, in id order.
+        w.refuse = { _ in false }
+        w.replay(1)
+        w.ticks(50)
+        XCTAssertEqual(w.delivered["d"], w.ids(of: "d"))
+        XCTAssertEqual(w.pendingCount, 0)
+        XCTAssertEqual(w.machine.loadedCount, 0)
+    }
+
+    /// One very busy key holds at most `loadedPerKeyMax` messages: other keys' messages behind
+    /// its backlog are loaded at once instead of after it drains; the busy key still goes in order.
+    func testABusyKeyHoldsAtMostItsCapAndOthersGoAhead() {
+        var config = RelayConfig()
+        config.loadedMessagesMax = 10
+        config.loadRowsMax = 5
+        config.loadedPerKeyMax = 3
+        let w = TableDriver(config: config)
+        w.add("a", count: 40)
+        let b = w.add("b", count: 1)[0]
+        w.add("a", count: 5)
+        w.start()
+        w.ticks(20)
+        XCTAssertEqual(w.delivered["a"], w.ids(of: "a"), "every message of a, in order")
+        XCTAssertEqual(w.delivered["b"], [b])
+        let bAt = w.sent.firstIndex(of: b)!
+        XCTAssertLessThan(bAt, w.sent.firstIndex(of: 10)!, "b went early in a's backlog of 45, not after it")
+        XCTAssertGreaterThan(w.keyLoads, 0, "a came back by key")
+        XCTAssertLessThanOrEqual(w.maxHeld, config.loadedMessagesMax)
+    }
+
+    /// A rescan that finds a row below a key's held messages (a replay) while the key is at its
+    /// cap holds it and leaves the key's last held message out: order is kept.
+    func testARowFoundBelowAFullKeyIsHeldAndTheLastLeftOut() {
+        var config = RelayConfig()
+        config.loadedPerKeyMax = 2
+        var (m, out) = started([msg(5, "a"), msg(6, "a"), msg(7, "a")], config: config, dead: ["a": 3])
+        XCTAssertTrue(delivers(out).isEmpty)
+        XCTAssertEqual(m.loadedCount, 1, "blocked: the head only")
+        out = m.on(.replayed(nowMs: 1))
+        out = m.on(.loaded(afterID: 0, rows: [msg(3, "a"), msg(5, "a"), msg(6, "a"), msg(7, "a")], deadKeys: [:], nowMs: 1))
+        XCTAssertEqual(delivers(out).map(\.1), [[3]])
+        XCTAssertEqual(m.loadedCount, 2, "3 and 5 held; 6 and 7 left out")
+        XCTAssertEqual(m.missing["a"], 6)
+    }
+}
+
+/// The machine with an outbox table and a sink in memory that answer its actions at once, in
+/// the order the runtime carries them out.
+final class TableDriver {
+    var machine: RelayMachine
+    var rows: [OutboxMessage] = []
+    var state: [Int64: Int] = [:]
+    var refuse: (OutboxMessage) -> Bool = { _ in false }
+    var delivered: [String: [Int64]] = [:]
+    var deadIDs: [Int64] = []
+    var sent: [Int64] = []
+    var keyLoads = 0
+    var maxHeld = 0
+    var now: Int64 = 0
+    var nextID: Int64 = 1
+
+    init(config: RelayConfig) { machine = RelayMachine(config: config, seed: 1) }
+
+    @discardableResult
+    func add(_ key: String, count: Int) -> [Int64] {
+        (0..<count).map { _ in
+            let id = nextID
+            nextID += 1
+            rows.append(OutboxMessage(id: id, source: "s", topic: "t", key: key, payload: "p\(id)", createdMs: 0))
+            state[id] = 0
+            return id
+        }
+    }
+
+    func ids(of key: String) -> [Int64] { rows.filter { $0.key == key }.map(\.id) }
+    var pendingCount: Int { state.values.filter { $0 == 0 }.count }
+
+    func start() {
+        run(.start(nowMs: now))
+    }
+
+    func ticks(_ n: Int) {
+        for _ in 0..<n {
+            now += 50
+            run(.tick(nowMs: now))
+        }
+    }
+
+    func replay(_ id: Int64) {
+        state[id] = 0
+        if let i = rows.firstIndex(where: { $0.id == id }) { rows[i].attempts = 0 }
+        run(.replayed(nowMs: now))
+    }
+
+    func run(_ event: RelayEvent) {
+        var queue = machine.on(event)
+        while !queue.isEmpty {
+            let a = queue.removeFirst()
+            maxHeld = max(maxHeld, machine.loadedCount)
+            if let e = answer(a) { queue += machine.on(e) }
+        }
+        maxHeld = max(maxHeld, machine.loadedCount)
+    }
+
+    func pending(after: Int64) -> [OutboxMessage] { rows.filter { $0.id > after && state[$0.id] == 0 } }
+
+    func answer(_ a: RelayAction) -> RelayEvent? {
+        switch a {
+        case .acquireLease: return .leaseAcquired(token: 1, nowMs: now)
+        case .renewLease: return .leaseRenewed(nowMs: now)
+        case .releaseLease: return nil
+        case .load(let after, let limit):
+            var dead: [String: Int64]?
+            if after == 0 {
+                dead = [:]
+                for r in rows where state[r.id] == 2 { dead![r.key] = min(dead![r.key] ?? .max, r.id) }
+            }
+            return .loaded(afterID: after, rows: Array(pending(after: after).prefix(limit)), deadKeys: dead, nowMs: now)
+        case .loadKey(let key, let after, let limit):
+            keyLoads += 1
+            return .loaded(afterID: after, rows: Array(pending(after: after).filter { $0.key == key }.prefix(limit)), deadKeys: nil, nowMs: now)
+        case .deliver(let b, let ms):
+            sent += ms.map(\.id)
+            return .delivered(batch: b, outcomes: ms.map { refuse($0) ? .rejected("poison") : .acknowledged }, nowMs: now)
+        case .record(let b, let w, _):
+            for id in w.delivered where state[id] == 0 {
+                state[id] = 1
+                delivered[rows.first { $0.id == id }!.key, default: []].append(id)
+            }
+            for f in w.failed {
+                if let i = rows.firstIndex(where: { $0.id == f.id }) { rows[i].attempts = f.attempts }
+            }
+            for f in w.dead where state[f.id] == 0 {
+                state[f.id] = 2
+                deadIDs.append(f.id)
+            }
+            return .recorded(batch: b, applied: true, nowMs: now)
+        case .cleanup: return .cleaned(deleted: 0, nowMs: now)
+        }
     }
 }

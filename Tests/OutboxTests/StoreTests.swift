@@ -159,4 +159,28 @@ final class StoreTests: XCTestCase {
         XCTAssertThrowsError(try parseRedisURL("http://x"))
         XCTAssertEqual(try parseRedisURL("redis://127.0.0.1:6380").port, 6380)
     }
+
+    /// A rescan reads dead keys and pending rows from one snapshot: a replay committed by
+    /// another connection between the two reads cannot show the key unblocked without its
+    /// replayed row (the key's next message would overtake it).
+    func testDeadKeysAndPendingRowsComeFromOneSnapshot() throws {
+        let path = tempDB("p")
+        let outbox = try Outbox(path: path)
+        let first = try outbox.transaction { try $0.enqueue(topic: "t", key: "a", payload: "1") }
+        _ = try outbox.transaction { try $0.enqueue(topic: "t", key: "a", payload: "2") }
+        let store = try OutboxStore(path: path)
+        let token = try XCTUnwrap(store.acquireLease(holder: "r", nowMs: 0, ttlMs: 1000))
+        XCTAssertTrue(try store.record(RelayWrite(dead: [.init(id: first, attempts: 3, error: "x")]), holder: "r", token: token, nowMs: 0))
+        let admin = try OutboxStore(path: path)
+        let (rows, dead) = try store.pendingAndDeadKeys(afterID: 0, limit: 10) {
+            XCTAssertEqual(try admin.replay(id: first), .replayed)
+        }
+        XCTAssertEqual(rows.contains { $0.id == first }, dead["a"] == nil,
+                       "either still dead and not pending, or replayed and pending: \(rows.map(\.id)) \(dead)")
+        XCTAssertEqual(dead["a"], first, "the snapshot from before the replay")
+        // The next read sees the replay.
+        let after = try store.pendingAndDeadKeys(afterID: 0, limit: 10)
+        XCTAssertEqual(after.rows.first?.id, first)
+        XCTAssertEqual(after.deadKeys, [:])
+    }
 }

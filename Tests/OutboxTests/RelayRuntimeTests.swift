@@ -1,0 +1,95 @@
+import CohortCore
+@testable import CohortOutbox
+import CohortPosix
+import Foundation
+import XCTest
+
+/// A sink in memory: records every call and answers on the loop, later, as a real sink does
+/// (acknowledging everything unless told otherwise).
+final class MemorySink: OutboxSink, @unchecked Sendable {
+    let loop: EventLoop
+    private let lock = NSLock()
+    private var _calls: [[Int64]] = []
+    /// Nil: acknowledge every message. Set: answer this, without completing when `hold`.
+    var answer: SinkResult?
+    var hold = false
+    var name: String { "memory" }
+    init(loop: EventLoop) { self.loop = loop }
+
+    func deliver(_ messages: [OutboxMessage], completion: @escaping (SinkResult) -> Void) {
+        lock.withLock { _calls.append(messages.map(\.id)) }
+        if hold { return }
+        let result = answer ?? .outcomes(messages.map { _ in .acknowledged })
+        loop.execute { completion(result) }
+    }
+
+    func shutdown() {}
+    var calls: [[Int64]] { lock.withLock { _calls } }
+}
+
+/// A wall clock a test can step.
+final class SteppedClock: @unchecked Sendable {
+    private let lock = NSLock()
+    private var offsetMs: Int64 = 0
+    func step(_ ms: Int64) { lock.withLock { offsetMs += ms } }
+    func nowMs() -> Int64 { SystemClock.wallMs() + lock.withLock { offsetMs } }
+}
+
+/// OutboxRelay, the runtime: a real table, a sink in memory, an event loop.
+final class RelayRuntimeTests: XCTestCase {
+    func onLoop(_ loop: EventLoop, _ body: @escaping () -> Void) {
+        let done = DispatchSemaphore(value: 0)
+        loop.execute { body(); done.signal() }
+        done.wait()
+    }
+
+    /// The wall clock steps back an hour while the relay runs (NTP, an operator). Its timers
+    /// (polling, backoff, lease renewal, rescans) run on the monotonic clock, so it goes on
+    /// polling and delivers what is committed afterwards. On the wall clock every timer would
+    /// lie an hour ahead: a message committed without a wake would wait an hour.
+    func testAWallClockStepBackDoesNotStallTheRelay() throws {
+        let path = tempDB("p")
+        let outbox = try Outbox(path: path)
+        let counts = try OutboxStore(path: path)
+        let loop = try EventLoop()
+        loop.startThread()
+        defer { loop.stopAndJoin() }
+        let wall = SteppedClock()
+        let relay = OutboxRelay(store: try OutboxStore(path: path), sink: MemorySink(loop: loop), loop: loop,
+                                wallClock: { wall.nowMs() })
+        relay.start()
+        defer { onLoop(loop) { relay.stop() } }
+        try outbox.transaction { _ = try $0.enqueue(topic: "t", key: "k", payload: "1") }
+        try waitFor("the first message") { try counts.counts().pending == 0 }
+        wall.step(-3_600_000)
+        Thread.sleep(forTimeInterval: 0.1)
+        try outbox.transaction { _ = try $0.enqueue(topic: "t", key: "k", payload: "2") }
+        try waitFor("a message committed after the step", timeoutMs: 5_000) { try counts.counts().pending == 0 }
+        XCTAssertEqual(try counts.counts().delivered, 2)
+        onLoop(loop) { XCTAssertTrue(relay.holdsLease) }
+    }
+
+    /// A tick renews the lease and, in the same feed, sends a batch. When the renewal finds
+    /// another relay holding the lease, the batch decided under the lost lease is not sent.
+    func testNothingQueuedRunsAfterTheLeaseIsLost() throws {
+        let path = tempDB("p")
+        let outbox = try Outbox(path: path)
+        _ = try outbox.transaction { try $0.enqueue(topic: "t", key: "a", payload: "1") }
+        let loop = try EventLoop()  // not run: the test feeds the relay itself
+        let sink = MemorySink(loop: loop)
+        sink.hold = true
+        let store = try OutboxStore(path: path)
+        let relay = OutboxRelay(store: store, sink: sink, loop: loop, clock: { 0 })
+        relay.feed(.start(nowMs: 0))
+        XCTAssertEqual(sink.calls, [[1]])
+        // The sink was down; the batch goes again after the backoff, at the tick that also renews.
+        relay.feed(.sinkUnavailable(batch: 1, reason: "down", nowMs: 0))
+        XCTAssertTrue(relay.holdsLease)
+        // Meanwhile another relay took the lease (this one was paused past it).
+        _ = try store.connection.run("UPDATE outbox_lease SET holder = 'other', token = token + 1, expires_ms = ?1 WHERE id = 1",
+                                     [.int(SystemClock.wallMs() + 60_000)])
+        relay.feed(.tick(nowMs: relay.machine.config.leaseTTLMs / 3 + Limits.outboxSinkDownDelayMsMax))
+        XCTAssertFalse(relay.holdsLease)
+        XCTAssertEqual(sink.calls, [[1]], "the batch queued behind the failed renewal was not sent")
+    }
+}
