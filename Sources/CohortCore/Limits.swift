@@ -257,6 +257,13 @@ public enum Limits {
     public static let outboxLoadedPerKeyMax = 1_000
     /// Rows read from the outbox table per query.
     public static let outboxLoadRowsMax = 5_000
+    /// Bytes of messages (payload, headers, topic, key) a relay holds in memory: with payloads
+    /// of up to 256 KiB, `outboxLoadedMessagesMax` alone would allow 13 GB. Tail loads stop
+    /// here; a key's own first message and rescanned rows below the cursor are still taken.
+    public static let outboxLoadedBytesMax = 64 << 20
+    /// One read of the outbox table stops once its rows hold this many bytes (the rest comes
+    /// with the next read): 5,000 rows of 256 KiB would be 1.3 GB at once.
+    public static let outboxLoadPageBytesMax = 8 << 20
     /// Delivery attempts (sink answered and refused the message) before a message becomes a
     /// dead letter. A sink that is down does not count: that is retried without limit.
     public static let outboxAttemptsMax = 10

@@ -31,6 +31,12 @@ public struct OutboxMessage: Equatable, Sendable {
     /// What a consumer dedupes on: `SOURCE:ID`, unique across outboxes.
     public var messageID: String { "\(source):\(id)" }
 
+    /// About what holding this message costs in memory, counted against
+    /// `Limits.outboxLoadedBytesMax` and `Limits.outboxLoadPageBytesMax`.
+    public var heldBytes: Int {
+        64 + topic.utf8.count + key.utf8.count + payload.utf8.count + headers.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
+    }
+
     /// Bytes of this message's JSON on the wire (exactly what `JSONText.message` writes).
     public var wireBytes: Int {
         JSONText.messageBytes(source: source, id: id, topic: topic, key: key, payload: payload, headers: headers, createdMs: createdMs)

@@ -216,28 +216,30 @@ public final class OutboxStore {
     // MARK: reading
 
     /// Pending rows with id > `afterID`, in id order.
-    public func pending(afterID: Int64, limit: Int) throws -> [OutboxMessage] {
+    /// Pending rows with id > `afterID`, in id order: at most `limit`, and no more once they hold
+    /// `bytesMax` (`OutboxMessage.heldBytes`; the row that reaches it is included).
+    public func pending(afterID: Int64, limit: Int, bytesMax: Int = Limits.outboxLoadPageBytesMax) throws -> [OutboxMessage] {
+        try rows("SELECT id, topic, key, payload, headers, created_ms, attempts FROM outbox WHERE state = 0 AND id > ?1 ORDER BY id LIMIT ?2",
+                 [.int(afterID), .int(Int64(limit))], bytesMax: bytesMax)
+    }
+
+    private func rows(_ sql: String, _ params: [SQLValue], bytesMax: Int) throws -> [OutboxMessage] {
         var out: [OutboxMessage] = []
-        out.reserveCapacity(min(limit, 1024))
-        try connection.forEachRow(
-            "SELECT id, topic, key, payload, headers, created_ms, attempts FROM outbox WHERE state = 0 AND id > ?1 ORDER BY id LIMIT ?2",
-            [.int(afterID), .int(Int64(limit))]) { r in
-            out.append(row(r))
+        var bytes = 0
+        try connection.forEachRowWhile(sql, params) { r in
+            let m = row(r)
+            out.append(m)
+            bytes += m.heldBytes
+            return bytes < bytesMax
         }
         return out
     }
 
     /// Pending rows of one key with id > `afterID`, in id order. The relay reads these for a
     /// key whose rows it left out of memory; the pending index is walked from `afterID`.
-    public func pending(key: String, afterID: Int64, limit: Int) throws -> [OutboxMessage] {
-        var out: [OutboxMessage] = []
-        out.reserveCapacity(min(limit, 1024))
-        try connection.forEachRow(
-            "SELECT id, topic, key, payload, headers, created_ms, attempts FROM outbox WHERE state = 0 AND id > ?1 AND key = ?3 ORDER BY id LIMIT ?2",
-            [.int(afterID), .int(Int64(limit)), .text(key)]) { r in
-            out.append(row(r))
-        }
-        return out
+    public func pending(key: String, afterID: Int64, limit: Int, bytesMax: Int = Limits.outboxLoadPageBytesMax) throws -> [OutboxMessage] {
+        try rows("SELECT id, topic, key, payload, headers, created_ms, attempts FROM outbox WHERE state = 0 AND id > ?1 AND key = ?3 ORDER BY id LIMIT ?2",
+                 [.int(afterID), .int(Int64(limit)), .text(key)], bytesMax: bytesMax)
     }
 
     private func row(_ r: [SQLValue]) -> OutboxMessage {
@@ -252,12 +254,12 @@ public final class OutboxStore {
     /// row, and the key's next message would overtake it. Within the snapshot the dead keys are
     /// read first all the same: were they ever older than the rows, a stale dead key only blocks
     /// for longer (a replayed row equal to it still goes first). `betweenReads` is for tests.
-    func pendingAndDeadKeys(afterID: Int64, limit: Int, betweenReads: () throws -> Void = {}) throws
+    func pendingAndDeadKeys(afterID: Int64, limit: Int, bytesMax: Int = Limits.outboxLoadPageBytesMax, betweenReads: () throws -> Void = {}) throws
         -> (rows: [OutboxMessage], deadKeys: [String: Int64]) {
         try connection.readTransaction {
             let dead = try deadKeys()
             try betweenReads()
-            return (try pending(afterID: afterID, limit: limit), dead)
+            return (try pending(afterID: afterID, limit: limit, bytesMax: bytesMax), dead)
         }
     }
 

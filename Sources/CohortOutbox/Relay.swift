@@ -158,17 +158,17 @@ public final class OutboxRelay {
         case .load(let afterID, let limit):
             do {
                 if afterID == 0 {
-                    let (rows, dead) = try store.pendingAndDeadKeys(afterID: 0, limit: limit)
+                    let (rows, dead) = try store.pendingAndDeadKeys(afterID: 0, limit: limit, bytesMax: machine.config.loadPageBytesMax)
                     return .loaded(afterID: afterID, rows: rows, deadKeys: dead, nowMs: now)
                 }
-                return .loaded(afterID: afterID, rows: try store.pending(afterID: afterID, limit: limit), deadKeys: nil, nowMs: now)
+                return .loaded(afterID: afterID, rows: try store.pending(afterID: afterID, limit: limit, bytesMax: machine.config.loadPageBytesMax), deadKeys: nil, nowMs: now)
             } catch {
                 problem("reading pending messages: \(error)")
                 return .loadFailed(nowMs: now)
             }
         case .loadKey(let key, let afterID, let limit):
             do {
-                return .loaded(afterID: afterID, rows: try store.pending(key: key, afterID: afterID, limit: limit), deadKeys: nil, nowMs: now)
+                return .loaded(afterID: afterID, rows: try store.pending(key: key, afterID: afterID, limit: limit, bytesMax: machine.config.loadPageBytesMax), deadKeys: nil, nowMs: now)
             } catch {
                 problem("reading pending messages of a key: \(error)")
                 return .loadFailed(nowMs: now)

@@ -8,7 +8,10 @@ public struct RelayConfig: Sendable, Equatable {
     public var batchesInFlightMax = Limits.outboxBatchesInFlightMax
     public var loadedMessagesMax = Limits.outboxLoadedMessagesMax
     public var loadedPerKeyMax = Limits.outboxLoadedPerKeyMax
+    public var loadedBytesMax = Limits.outboxLoadedBytesMax
     public var loadRowsMax = Limits.outboxLoadRowsMax
+    /// A read's rows stop once they hold this many bytes (the runtime's store cuts there).
+    public var loadPageBytesMax = Limits.outboxLoadPageBytesMax
     public var attemptsMax = Limits.outboxAttemptsMax
     public var retryDelayMsMin = Limits.outboxRetryDelayMsMin
     public var retryDelayMsMax = Limits.outboxRetryDelayMsMax
@@ -151,8 +154,9 @@ public struct RelayMachine: Sendable {
     var delayed: Set<String> = []
     var delayedDueMs: Int64 = .max
     var known: Set<Int64> = []
-    /// Messages held in memory (all keys).
+    /// Messages held in memory (all keys), and their `heldBytes`.
     public private(set) var loadedCount = 0
+    public private(set) var loadedBytes = 0
     /// Keys whose pending rows from this id on are not all in memory: a key holds at most
     /// `loadedPerKeyMax` messages (one while blocked by a dead letter), so one busy or blocked
     /// key cannot fill the window and stop every other key. Invariant: every pending row of the
@@ -334,6 +338,7 @@ public struct RelayMachine: Sendable {
                     if q.first?.id == m.id { q.popFirst() }
                     known.remove(m.id)
                     loadedCount -= 1
+                    loadedBytes -= m.heldBytes
                     if delivered.contains(m.id) {
                         deliveredTotal += 1
                     } else {
@@ -385,6 +390,7 @@ public struct RelayMachine: Sendable {
         delayedDueMs = .max
         known = []
         loadedCount = 0
+        loadedBytes = 0
         missing = [:]
         refills = []
         inRefills = []
@@ -437,7 +443,10 @@ public struct RelayMachine: Sendable {
         guard q.count > cap else { return }
         let keep = q.head + cap
         let dropped = q.messages[keep...]
-        for m in dropped { known.remove(m.id) }
+        for m in dropped {
+            known.remove(m.id)
+            loadedBytes -= m.heldBytes
+        }
         loadedCount -= dropped.count
         missing[key] = min(missing[key] ?? .max, dropped.first!.id)
         q.messages.removeSubrange(keep...)
@@ -526,7 +535,7 @@ public struct RelayMachine: Sendable {
             return
         }
         let room = config.loadedMessagesMax - loadedCount
-        guard tailMore, room > 0 else { return }
+        guard tailMore, room > 0, loadedBytes < config.loadedBytesMax else { return }
         let limit = min(config.loadRowsMax, room)
         loading = .tail(limit: limit)
         out.append(.load(afterID: cursor, limit: limit))
@@ -547,7 +556,7 @@ public struct RelayMachine: Sendable {
             for m in rows where m.key == key && m.id > after {
                 if !take(m, now) { break }
             }
-            if rows.count >= asked, missing[key] == nil, let last = rows.last {
+            if pageWasFull(rows, asked: asked), missing[key] == nil, let last = rows.last {
                 // A full page: more of the key may follow.
                 missing[key] = last.id + 1
             }
@@ -563,7 +572,7 @@ public struct RelayMachine: Sendable {
                 if m.id > rescanEnd { break }
                 take(m, now)
             }
-            if rows.count < config.loadRowsMax || last >= rescanEnd {
+            if !pageWasFull(rows, asked: config.loadRowsMax) || last >= rescanEnd {
                 rescanAfter = nil
             } else {
                 rescanAfter = last
@@ -575,10 +584,16 @@ public struct RelayMachine: Sendable {
             cursor = m.id
             take(m, now)
         }
-        if rows.count < asked {
+        if !pageWasFull(rows, asked: asked) {
             tailMore = false
             nextPollMs = now + config.pollIntervalMs
         }
+    }
+
+    /// Whether a read may have stopped before the table's end: at its row limit, or at its
+    /// bytes (`loadPageBytesMax`, where the store cuts a page of large messages short).
+    func pageWasFull(_ rows: [OutboxMessage], asked: Int) -> Bool {
+        rows.count >= asked || rows.reduce(0) { $0 + $1.heldBytes } >= config.loadPageBytesMax
     }
 
     /// Holds `m` in memory unless its key is at its cap or has earlier rows out of memory;
@@ -600,11 +615,13 @@ public struct RelayMachine: Sendable {
                 q.messages.removeLast()
                 known.remove(last.id)
                 loadedCount -= 1
+                loadedBytes -= last.heldBytes
                 missing[m.key] = last.id
             }
         }
         known.insert(m.id)
         loadedCount += 1
+        loadedBytes += m.heldBytes
         q.insert(m)
         queues[m.key] = q
         markMaybeReady(m.key, now)

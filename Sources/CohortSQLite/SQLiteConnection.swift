@@ -251,6 +251,11 @@ public final class SQLiteConnection {
     }
 
     public func forEachRow(_ sql: String, _ params: [SQLValue] = [], _ body: ([SQLValue]) throws -> Void) throws {
+        try forEachRowWhile(sql, params) { try body($0); return true }
+    }
+
+    /// Rows until `body` returns false (the rest of the statement's rows are not read).
+    public func forEachRowWhile(_ sql: String, _ params: [SQLValue] = [], _ body: ([SQLValue]) throws -> Bool) throws {
         let stmt = try statement(sql)
         defer { sqlite3_reset(stmt); sqlite3_clear_bindings(stmt) }
         try bind(stmt, params, sql)
@@ -262,7 +267,7 @@ public final class SQLiteConnection {
             var row: [SQLValue] = []
             row.reserveCapacity(Int(n))
             for i in 0..<n { row.append(column(stmt, i)) }
-            try body(row)
+            guard try body(row) else { break }
         }
     }
 

@@ -268,6 +268,37 @@ final class RelayMachineTests: XCTestCase {
         XCTAssertTrue(after.contains(.load(afterID: 4, limit: 4)), "room again: the tail goes on from the cursor")
     }
 
+    /// Large messages: the tail stops loading at the byte bound (the count alone allowed 13 GB
+    /// of 256 KiB payloads), and a page cut short by its bytes is not taken for the table's end.
+    func testMemoryIsBoundedInBytesAndAShortPageOfLargeRowsIsNotTheEnd() {
+        var config = RelayConfig()
+        config.loadedBytesMax = 1_000_000
+        config.loadPageBytesMax = 300_000
+        config.loadRowsMax = 100
+        config.batchesInFlightMax = 0 // nothing leaves memory: only loading is watched
+        var m = RelayMachine(config: config, seed: 1)
+        _ = m.on(.start(nowMs: 0))
+        XCTAssertEqual(m.on(.leaseAcquired(token: 1, nowMs: 0)), [.load(afterID: 0, limit: 100)])
+        func big(_ id: Int64) -> OutboxMessage {
+            OutboxMessage(id: id, source: "s", topic: "t", key: "k\(id)", payload: String(repeating: "x", count: 100_000), createdMs: 0)
+        }
+        // Three rows of 100 KB: the store stopped at the page's bytes; more may follow.
+        var out = m.on(.loaded(afterID: 0, rows: (1...3).map(big), deadKeys: [:], nowMs: 0))
+        XCTAssertTrue(out.contains(.load(afterID: 3, limit: 100)), "a page cut at its bytes is not the end: \(out)")
+        var next: Int64 = 4
+        var loads = 0
+        while let load = out.first(where: { if case .load = $0 { return true }; return false }), case .load(let after, _) = load {
+            XCTAssertEqual(after, next - 1)
+            out = m.on(.loaded(afterID: after, rows: (next...(next + 2)).map(big), deadKeys: nil, nowMs: 0))
+            next += 3
+            loads += 1
+            XCTAssertLessThan(loads, 10, "loading never stops")
+        }
+        XCTAssertGreaterThanOrEqual(m.loadedBytes, config.loadedBytesMax)
+        XCTAssertLessThan(m.loadedBytes, config.loadedBytesMax + config.loadPageBytesMax + 200_000, "at most one page past the bound")
+        XCTAssertEqual(m.loadedCount, Int(next - 1))
+    }
+
     func testRescanPicksUpARowBelowTheCursor() {
         var config = RelayConfig()
         config.rescanIntervalMs = 100

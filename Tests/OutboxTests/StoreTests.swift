@@ -44,6 +44,20 @@ final class StoreTests: XCTestCase {
         XCTAssertEqual(try store.counts().pending, 1)
     }
 
+    /// A read of large messages stops at its byte bound (the row that reaches it included),
+    /// however many rows it may take.
+    func testAReadOfLargeMessagesStopsAtItsBytes() throws {
+        let path = tempDB("p")
+        let outbox = try Outbox(path: path)
+        let big = String(repeating: "x", count: 100_000)
+        for i in 0..<10 { _ = try outbox.transaction { try $0.enqueue(topic: "t", key: "k\(i % 3)", payload: big) } }
+        let store = try OutboxStore(path: path)
+        XCTAssertEqual(try store.pending(afterID: 0, limit: 100, bytesMax: 250_000).count, 3, "3 x 100 KB reach 250 KB")
+        XCTAssertEqual(try store.pending(afterID: 0, limit: 100, bytesMax: 1).count, 1, "at least one row")
+        XCTAssertEqual(try store.pending(afterID: 0, limit: 100).count, 10)
+        XCTAssertEqual(try store.pending(key: "k0", afterID: 0, limit: 100, bytesMax: 150_000).count, 2)
+    }
+
     func testIdsNeverGoBackwardsEvenAfterDeletes() throws {
         let path = tempDB("p")
         let outbox = try Outbox(path: path)
