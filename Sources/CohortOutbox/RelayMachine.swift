@@ -127,10 +127,14 @@ public struct RelayMachine: Sendable {
             }
         }
 
+        /// In id order, but never before a head that is in a batch: the batch's result pops the
+        /// head it sent (a replayed row found by a rescan, with dead letters not blocking, went
+        /// before it, and the sent message stayed to be sent again).
         mutating func insert(_ m: OutboxMessage) {
             if let last = messages.last, last.id > m.id {
                 var i = messages.count
-                while i > head && messages[i - 1].id > m.id { i -= 1 }
+                let floor = head + (busy ? 1 : 0)
+                while i > floor && messages[i - 1].id > m.id { i -= 1 }
                 messages.insert(m, at: i)
             } else {
                 messages.append(m)

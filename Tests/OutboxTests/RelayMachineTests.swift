@@ -299,6 +299,30 @@ final class RelayMachineTests: XCTestCase {
         XCTAssertEqual(m.loadedCount, Int(next - 1))
     }
 
+    /// A replayed row found by a rescan while its key's head is in a batch goes after that head
+    /// (with dead letters not blocking): before, it went first, the batch's result did not pop
+    /// the head it had sent, and that message was sent a second time.
+    func testARowFoundWhileTheKeysHeadIsInABatchGoesAfterIt() {
+        var config = RelayConfig()
+        config.deadLetterBlocksKey = false
+        config.rescanIntervalMs = 100
+        var (m, out) = started([msg(5, "a")], config: config)
+        let b = delivers(out)[0]
+        XCTAssertEqual(b.1, [5])
+        out = m.on(.tick(nowMs: 100))
+        XCTAssertTrue(out.contains(.load(afterID: 0, limit: config.loadRowsMax)))
+        _ = m.on(.loaded(afterID: 0, rows: [msg(1, "a"), msg(5, "a")], deadKeys: [:], nowMs: 100))
+        _ = m.on(.delivered(batch: b.0, outcomes: [.acknowledged], nowMs: 101))
+        out = m.on(.recorded(batch: b.0, applied: true, nowMs: 101))
+        XCTAssertEqual(delivers(out).map(\.1), [[1]], "5 is done; the replayed 1 goes next")
+        let b2 = delivers(out)[0]
+        _ = m.on(.delivered(batch: b2.0, outcomes: [.acknowledged], nowMs: 102))
+        out = m.on(.recorded(batch: b2.0, applied: true, nowMs: 102))
+        XCTAssertEqual(delivers(out).map(\.1), [], "5 is not sent again")
+        XCTAssertEqual(m.loadedCount, 0)
+        XCTAssertEqual(m.deliveredTotal, 2)
+    }
+
     func testRescanPicksUpARowBelowTheCursor() {
         var config = RelayConfig()
         config.rescanIntervalMs = 100
