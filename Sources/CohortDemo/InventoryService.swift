@@ -24,6 +24,9 @@ public final class InventoryService: RunnableServer {
         public var broker: String?
         /// The address the coordinator calls the participant back on (default http://HOST:PORT).
         public var advertiseURL: String?
+        /// The order service's base URL: every outbox answer goes to its `/v1/inbox` instead of
+        /// the `reply_to` its `OrderPlaced` carried (`--reply-to`; HTTP delivery only).
+        public var replyToURL: String?
         /// Problems worth logging (a lost broker connection); the library never prints.
         public var onProblem: (String) -> Void = { _ in }
         public init(dataDirectory: String, coordinatorURL: String) {
@@ -68,7 +71,8 @@ public final class InventoryService: RunnableServer {
         tcc.afterCommit = { phase, outcome in
             if case .done = outcome { CrashPoints.hit("inventory-service.after-tcc-\(phase.rawValue)-committed") }
         }
-        outbox = try InventoryOutbox(path: options.dataDirectory + "/kv.sqlite", broker: options.broker, loop: loop, busy: { sku in
+        outbox = try InventoryOutbox(path: options.dataDirectory + "/kv.sqlite", broker: options.broker,
+                                     replyTo: options.replyToURL.map { $0 + "/v1/inbox" }, loop: loop, busy: { sku in
             !agent.node.resource.lockHolders("available/\(sku)").isEmpty || !agent.node.resource.lockHolders("sold/\(sku)").isEmpty
         }, onProblem: options.onProblem)
         weakSelf = self

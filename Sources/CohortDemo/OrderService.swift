@@ -55,7 +55,12 @@ public final class OrderService: RunnableServer {
     private let inDoubtLock = NSLock()
     private var inDoubt: [String: OrderStore.Order] = [:]
     private var settlerRunning = false
+    /// This service's own address, for its calls to its own participant (never leaves the host).
     private var selfURL = ""
+    /// Where the inventory sends its answers to outbox orders (the `reply_to` of each
+    /// `OrderPlaced`): the advertised address when there is one, since behind a proxy or a NAT
+    /// the bind address is not one the inventory can reach.
+    private(set) var replyURL = ""
     private var outbox: OrderOutbox!
     /// Called (on a worker thread) when the startup pass could not settle an order yet.
     public var onNote: ((String) -> Void)?
@@ -77,6 +82,7 @@ public final class OrderService: RunnableServer {
         agentOptions.routes = { request, responder in weakSelf?.route(request, responder) ?? false }
         agent = try AgentServer(options: agentOptions, loop: loop, onFatal: onFatal)
         selfURL = "http://\(options.host):\(agent.port)"
+        replyURL = (options.advertiseURL ?? selfURL) + "/v1/inbox"
         outbox = try OrderOutbox(path: options.dataDirectory + "/orders.sqlite", inventoryInbox: options.inventoryURL + "/v1/inbox",
                                  broker: options.broker, loop: loop, onProblem: options.onProblem)
         weakSelf = self
@@ -270,7 +276,7 @@ public final class OrderService: RunnableServer {
             // The order and its OrderPlaced commit together; the inventory's answer settles it.
             let id = UUID().uuidString.lowercased()
             do {
-                try outbox.place(orderID: id, sku: body.sku, qty: body.qty, replyTo: selfURL + "/v1/inbox")
+                try outbox.place(orderID: id, sku: body.sku, qty: body.qty, replyTo: replyURL)
             } catch {
                 return responder.send(.error(500, "order store write failed: \(error)"))
             }
