@@ -156,14 +156,16 @@ final class OrderOutbox {
         _ = try tx.execute("UPDATE orders SET status = ?2 WHERE order_id = ?1 AND status = 'pending'", [.text(answer.order_id), .text(status)])
     }
 
-    /// Any thread.
-    func place(orderID: String, sku: String, qty: Int64, replyTo: String) throws {
+    /// Any thread. Throws (and writes nothing) when an order with `requestID` exists.
+    func place(orderID: String, sku: String, qty: Int64, requestID: String?, replyTo: String) throws {
         let payload = String(decoding: OrderPlaced(order_id: orderID, sku: sku, qty: qty).wireJSON, as: UTF8.self)
         lock.lock()
         defer { lock.unlock() }
         try outbox.transaction { tx in
-            _ = try tx.execute("INSERT INTO orders(order_id, sku, qty, mode, status, txid, created_ms) VALUES(?1, ?2, ?3, 'outbox', 'pending', NULL, ?4)",
-                               [.text(orderID), .text(sku), .int(qty), .int(SystemClock.wallMs())])
+            _ = try tx.execute("""
+                INSERT INTO orders(order_id, sku, qty, mode, status, txid, created_ms, request_id)
+                VALUES(?1, ?2, ?3, 'outbox', 'pending', NULL, ?4, ?5)
+                """, [.text(orderID), .text(sku), .int(qty), .int(SystemClock.wallMs()), requestID.map { .text($0) } ?? .null])
             try tx.enqueue(topic: "OrderPlaced", key: sku, payload: payload, headers: ["reply_to": replyTo])
         }
     }

@@ -113,11 +113,27 @@ public final class OrderService: RunnableServer {
         let sku: String
         let qty: Int64
         let mode: String
+        /// The client's key for this order: a repeat with the same one is the same order.
+        let requestID: String?
         init(wire o: WireObject) throws {
             sku = try o.string("sku")
             qty = try o.int64("qty")
             mode = try o.string("mode")
+            requestID = try o.optString("request_id")
         }
+    }
+
+    static let requestIDRule = "request_id must be 1-\(Limits.demoRequestIDBytesMax) printable ASCII characters, no spaces"
+
+    static func validRequestID(_ id: String) -> Bool {
+        !id.isEmpty && id.utf8.count <= Limits.demoRequestIDBytesMax && id.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7f }
+    }
+
+    /// What placing an order came to: its status, or the order another request with the same
+    /// request id placed first (this one placed nothing).
+    enum Placement {
+        case status(String)
+        case repeated(OrderStore.Order)
     }
     struct Created: WireEncodable {
         let order_id: String
@@ -197,8 +213,13 @@ public final class OrderService: RunnableServer {
 
     private final class OrderWaiter {
         let responder: HTTPResponder
+        /// A repeated `POST /v1/orders` (answered 201 `{"order_id", "status"}`), not a `GET`.
+        let placing: Bool
         var timer: TimerHandle?
-        init(_ responder: HTTPResponder) { self.responder = responder }
+        init(_ responder: HTTPResponder, placing: Bool) {
+            self.responder = responder
+            self.placing = placing
+        }
     }
 
     /// Clients waiting for a pending order, by order id; loop thread only.
@@ -209,8 +230,8 @@ public final class OrderService: RunnableServer {
     /// Holds the request until the order settles (an answer in the inbox, or the settling of a
     /// 2PC/3PC/TCC order) or `waitMs` passes, then answers with the order as it is then. A
     /// client of an outbox order learns its outcome in one request instead of polling.
-    private func wait(for orderID: String, _ responder: HTTPResponder, waitMs: Int64) {
-        let waiter = OrderWaiter(responder)
+    private func wait(for orderID: String, _ responder: HTTPResponder, waitMs: Int64, placing: Bool = false) {
+        let waiter = OrderWaiter(responder, placing: placing)
         waiter.timer = agent.loop.schedule(afterMs: waitMs) { [weak self, weak waiter] in
             guard let self, let waiter else { return }
             self.answerWaiters(orderID, only: waiter)
@@ -228,15 +249,14 @@ public final class OrderService: RunnableServer {
         let staying = list.filter { w in !answering.contains { $0 === w } }
         waiters[orderID] = staying.isEmpty ? nil : staying
         waiterCount -= answering.count
-        let response: HTTPResponse
-        do {
-            response = try store.get(orderID).map { .json(200, $0) } ?? .error(404, "no order \(orderID.prefix(80))")
-        } catch {
-            response = .error(500, "order store read failed: \(error)")
-        }
+        let order: Result<OrderStore.Order?, Error> = Result { try store.get(orderID) }
         for w in answering {
             if let t = w.timer { agent.loop.cancel(t) }
-            w.responder.send(response)
+            switch order {
+            case .success(let o?): w.responder.send(w.placing ? .jsonBytes(201, Created(order_id: o.orderID, status: o.status).wireJSON) : .json(200, o))
+            case .success(nil): w.responder.send(.error(404, "no order \(orderID.prefix(80))"))
+            case .failure(let error): w.responder.send(.error(500, "order store read failed: \(error)"))
+            }
         }
     }
 
@@ -272,62 +292,125 @@ public final class OrderService: RunnableServer {
         guard Self.modes.contains(body.mode) else {
             return responder.send(.error(400, "mode must be one of \(Self.modes.joined(separator: ", "))"))
         }
+        if let requestID = body.requestID {
+            guard Self.validRequestID(requestID) else { return responder.send(.error(400, Self.requestIDRule)) }
+            do {
+                // The common repeat (a client whose answer was lost): the order exists already.
+                if let existing = try store.get(requestID: requestID) { return answerRepeat(existing, body, responder) }
+            } catch {
+                return responder.send(.error(500, "order store read failed: \(error)"))
+            }
+        }
         if body.mode == "outbox" {
             // The order and its OrderPlaced commit together; the inventory's answer settles it.
             let id = UUID().uuidString.lowercased()
             do {
-                try outbox.place(orderID: id, sku: body.sku, qty: body.qty, replyTo: replyURL)
+                try outbox.place(orderID: id, sku: body.sku, qty: body.qty, requestID: body.requestID, replyTo: replyURL)
             } catch {
+                // A repeat racing the first: the unique request id refused this one's row.
+                if let requestID = body.requestID, let existing = try? store.get(requestID: requestID) {
+                    return answerRepeat(existing, body, responder)
+                }
                 return responder.send(.error(500, "order store write failed: \(error)"))
             }
             CrashPoints.hit("order-service.after-outbox-commit")
             return responder.send(.jsonBytes(201, Created(order_id: id, status: "pending").wireJSON))
         }
         let order = OrderStore.Order(orderID: UUID().uuidString.lowercased(), sku: body.sku, qty: body.qty, mode: body.mode,
-                                     status: "pending", txid: nil)
+                                     status: "pending", txid: nil, requestID: body.requestID)
         let loop = agent.loop
         let accepted = workers.run { [self] in
-            let answer: HTTPResponse
-            do {
-                let status = order.mode == "tcc" ? try self.runTCC(order) : try self.runAtomic(order)
-                answer = .jsonBytes(201, Created(order_id: order.orderID, status: status).wireJSON)
-            } catch {
-                answer = .error(500, "order store write failed: \(error)")
+            let placed = Result { order.mode == "tcc" ? try self.runTCC(order) : try self.runAtomic(order) }
+            loop.execute {
+                switch placed {
+                case .success(.status(let status)): responder.send(.jsonBytes(201, Created(order_id: order.orderID, status: status).wireJSON))
+                case .success(.repeated(let existing)): self.answerRepeat(existing, body, responder)
+                case .failure(let error): responder.send(.error(500, "order store write failed: \(error)"))
+                }
             }
-            loop.execute { responder.send(answer) }
         }
         if !accepted { responder.send(.error(503, "too many orders waiting for a worker (\(Limits.demoOrdersWaitingMax)); try again")) }
     }
 
+    /// A `POST /v1/orders` whose request id names an order already placed (loop thread): that
+    /// order, placed once. A different body under the same id is a client's mistake: 409. A
+    /// 2PC/3PC/TCC order still pending is being placed (or settled) on behalf of the first
+    /// request; this one waits for it as the first does, up to `Limits.demoSettleWaitMs`, and
+    /// is then answered with the status it has. An outbox order answers at once, as the first did.
+    private func answerRepeat(_ existing: OrderStore.Order, _ body: OrderBody, _ responder: HTTPResponder) {
+        guard existing.sku == body.sku, existing.qty == body.qty, existing.mode == body.mode else {
+            return responder.send(.error(409, "request_id \(body.requestID ?? "") already placed order \(existing.orderID) "
+                                         + "(sku \(existing.sku), qty \(existing.qty), mode \(existing.mode)); another order needs another request_id"))
+        }
+        if existing.status == "pending", existing.mode != "outbox", waiterCount < Limits.demoOrderWaitersMax {
+            return wait(for: existing.orderID, responder, waitMs: Limits.demoSettleWaitMs, placing: true)
+        }
+        responder.send(.jsonBytes(201, Created(order_id: existing.orderID, status: existing.status).wireJSON))
+    }
+
+    /// Writes the order row unless its request id has one already: then that order, and
+    /// nothing was written.
+    private func insertUnlessRepeated(_ row: OrderStore.Order) throws -> OrderStore.Order? {
+        do {
+            try store.insert(row)
+            return nil
+        } catch {
+            if let requestID = row.requestID, let existing = try? store.get(requestID: requestID) { return existing }
+            throw error
+        }
+    }
+
+    /// What `beginOrder` did: the pending row is written with this transaction; or the row
+    /// is written `rejected` (no transaction could begin); or another request with the same
+    /// request id wrote its order first (this one's transaction is aborted, nothing written).
+    enum Begun {
+        case txid(String)
+        case rejected
+        case repeated(OrderStore.Order)
+    }
+
     /// Begins the order's transaction, then writes the order row carrying its txid: one synced
     /// SQLite write per order where a row and then its txid took two, and none of it on the
-    /// event loop, which also serves this participant's branches. The txid of the pending row,
-    /// or nil when no transaction could begin: the row is then written `rejected`. A crash
-    /// between the begin and the row leaves a transaction without work, which the coordinator
-    /// aborts when it expires, and no order.
-    private func beginOrder(_ order: OrderStore.Order, protocol: String) throws -> String? {
+    /// event loop, which also serves this participant's branches. When no transaction can begin
+    /// the row is written `rejected`. A crash between the begin and the row leaves a transaction
+    /// without work, which the coordinator aborts when it expires, and no order.
+    private func beginOrder(_ order: OrderStore.Order, protocol: String) throws -> Begun {
         var row = order
         guard let txid = try? api.with({ try $0.begin(protocol: `protocol`) }) else {
             row.status = "rejected"
-            try store.insert(row)
-            return nil
+            return try insertUnlessRepeated(row).map { .repeated($0) } ?? .rejected
         }
         row.txid = txid
+        let repeated: OrderStore.Order?
         do {
-            try store.insert(row)
+            repeated = try insertUnlessRepeated(row)
         } catch {
             _ = try? api.with { try $0.abort(txid) }
             throw error
         }
+        if let repeated {
+            // Nothing joined it: abort now rather than leave it to expire.
+            _ = try? api.with { try $0.abort(txid) }
+            return .repeated(repeated)
+        }
         CrashPoints.hit("order-service.after-order-row-inserted")
-        return txid
+        return .txid(txid)
     }
 
     /// 2PC / 3PC: the order's branch here and the stock's branch at the inventory commit or
-    /// abort together. Returns the order's status; throws only when the order row cannot be
-    /// written.
-    private func runAtomic(_ order: OrderStore.Order) throws -> String {
-        guard let id = try beginOrder(order, protocol: order.mode == "3pc" ? "3pc" : "2pc") else { return "rejected" }
+    /// abort together. Returns the order's status (or the order a repeat of its request id
+    /// placed first); throws only when the order row cannot be written.
+    private func runAtomic(_ order: OrderStore.Order) throws -> Placement {
+        let id: String
+        switch try beginOrder(order, protocol: order.mode == "3pc" ? "3pc" : "2pc") {
+        case .txid(let txid): id = txid
+        case .rejected: return .status("rejected")
+        case .repeated(let existing): return .repeated(existing)
+        }
+        return .status(placeAtomic(order, id))
+    }
+
+    private func placeAtomic(_ order: OrderStore.Order, _ id: String) -> String {
         do {
             return try api.with { api -> String in
                 do {
@@ -405,8 +488,17 @@ public final class OrderService: RunnableServer {
 
     /// TCC: the coordinator drives the inventory's reserve (try), then confirm or cancel; the
     /// order goes pending → confirmed, or → rejected when the reservation was refused/cancelled.
-    private func runTCC(_ order: OrderStore.Order) throws -> String {
-        guard let id = try beginOrder(order, protocol: "tcc") else { return "rejected" }
+    private func runTCC(_ order: OrderStore.Order) throws -> Placement {
+        let id: String
+        switch try beginOrder(order, protocol: "tcc") {
+        case .txid(let txid): id = txid
+        case .rejected: return .status("rejected")
+        case .repeated(let existing): return .repeated(existing)
+        }
+        return .status(placeTCC(order, id))
+    }
+
+    private func placeTCC(_ order: OrderStore.Order, _ id: String) -> String {
         do {
             return try api.with { api -> String in
                 let base = options.inventoryURL + "/v1/tcc/inventory"

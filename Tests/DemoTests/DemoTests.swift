@@ -79,8 +79,10 @@ final class DemoRig: @unchecked Sendable {
     }
 
     /// Places an order; its status, or nil when the call failed (a killed process).
-    func order(_ sku: String, _ qty: Int64, _ mode: String) -> (status: Int, body: [String: Any])? {
-        try? json("POST", url("orders") + "/v1/orders", ["sku": sku, "qty": qty, "mode": mode])
+    func order(_ sku: String, _ qty: Int64, _ mode: String, requestID: String? = nil) -> (status: Int, body: [String: Any])? {
+        var body: [String: Any] = ["sku": sku, "qty": qty, "mode": mode]
+        if let requestID { body["request_id"] = requestID }
+        return try? json("POST", url("orders") + "/v1/orders", body)
     }
 
     /// The order's status once it is no longer pending (outbox orders answer pending first).
