@@ -34,6 +34,8 @@ public final class OrderService: RunnableServer {
     }
 
     public static let modes = ["2pc", "3pc", "tcc", "outbox"]
+    /// A TCC order's one branch: the stock at the inventory.
+    static let tccBranchID = "stock"
     /// The order service's own steps, then its participant's, relay's and inbox's
     /// (docs/demo.md, "Crash points").
     public static let ownCrashPoints = [
@@ -455,13 +457,16 @@ public final class OrderService: RunnableServer {
         let deadline = Date().addingTimeInterval(Double(waitMs) / 1000)
         return api.with { api -> String? in
             while true {
-                if let status = try? store.get(order.orderID)?.status, status != "pending" { return status }
+                let row = try? store.get(order.orderID)
+                if let status = row?.status, status != "pending" { return status }
                 guard let txid = order.txid else {
                     _ = try? store.settle(order.orderID, "rejected")
                     return "rejected"
                 }
                 if order.mode == "tcc" {
-                    if let status = settleTCC(order, txid, api) {
+                    // The row's age (an order placed just now has none in `order`).
+                    let ageMs = row.map { SystemClock.wallMs() - $0.createdMs } ?? Int64.max
+                    if let status = settleTCC(txid, ageMs: ageMs, api) {
                         _ = try? store.settle(order.orderID, status)
                         return status
                     }
@@ -502,7 +507,7 @@ public final class OrderService: RunnableServer {
         do {
             return try api.with { api -> String in
                 let base = options.inventoryURL + "/v1/tcc/inventory"
-                let branch = TCCBranchRequest(branchID: "stock", tryURL: base + "/try", confirmURL: base + "/confirm",
+                let branch = TCCBranchRequest(branchID: Self.tccBranchID, tryURL: base + "/try", confirmURL: base + "/confirm",
                                               cancelURL: base + "/cancel",
                                               payload: .object(["sku": .string(order.sku), "qty": .int(order.qty)]))
                 let r = try api.raw("POST", options.coordinatorURL + "/v1/transactions/\(id)/tcc-branches", body: branch.wireJSON)
@@ -524,17 +529,71 @@ public final class OrderService: RunnableServer {
         }
     }
 
-    /// A TCC order's outcome from the coordinator: committed (confirming) → confirmed; aborted,
-    /// cancelling or unknown (no branch record: presumed cancel) → rejected; else not yet.
-    private func settleTCC(_ order: OrderStore.Order, _ txid: String, _ api: CohortAPI) -> String? {
-        guard let r = try? api.raw("GET", options.coordinatorURL + "/v1/transactions/\(txid)") else { return nil }
-        if r.status == 404 { return "rejected" }
-        guard r.status == 200, let tx = try? JSONDecoder().decode(TransactionView.self, from: Data(r.body)) else { return nil }
-        switch tx.state {
-        case "committed", "confirming": return "confirmed"
-        case "aborted", "cancelling": return "rejected"
+    /// What the coordinator says about a TCC order's transaction.
+    enum TCCCoordinatorView: Equatable {
+        case state(String)
+        /// 404: it has no record. It forgets finished transactions past
+        /// `Limits.finishedTransactionsKept`, and one that had no branch record when it
+        /// restarted; either way nothing more happens to it.
+        case forgotten
+        case unreachable
+    }
+
+    /// What the inventory's TCC barrier says about the order's branch
+    /// (`GET /v1/tcc/inventory/branches/{txid}/stock`, `InventoryTCC.branchState`).
+    enum TCCBranchView: Equatable {
+        case state(String, retentionMs: Int64)
+        case unreachable
+    }
+
+    /// A TCC order's status, or nil while it cannot be known yet. The coordinator's word first:
+    /// `committed`/`confirming` → confirmed, `aborted`/`cancelling` → rejected. Otherwise (it
+    /// forgot the transaction, cannot be reached, or has not decided) the inventory's barrier,
+    /// the durable fact at the one place that took the stock: a confirm ran → confirmed; a
+    /// cancel ran, or the try was fenced → rejected. A forgotten transaction with no barrier
+    /// rows at all never reached its try (the coordinator forces a branch record before it
+    /// calls a try, and one it forgot can no longer call it) — unless the rows were purged:
+    /// that is ruled out only while the order is younger than the barrier's retention, less a
+    /// clock-skew margin for each of the two services' clocks. Older, the order is left
+    /// pending: a guess could record a sold order as rejected. A 404 alone never rejects an
+    /// order: the coordinator forgets confirmed transactions too.
+    static func tccStatus(coordinator: TCCCoordinatorView, branch: TCCBranchView?, orderAgeMs: Int64) -> String? {
+        if case .state(let state) = coordinator {
+            switch state {
+            case "committed", "confirming": return "confirmed"
+            case "aborted", "cancelling": return "rejected"
+            default: break
+            }
+        }
+        guard case .state(let branchState, let retentionMs)? = branch else { return nil }
+        switch branchState {
+        case "confirmed": return "confirmed"
+        case "cancelled", "fenced": return "rejected"
+        case "none" where coordinator == .forgotten && orderAgeMs < retentionMs - 2 * Limits.tccClockSkewMarginMs: return "rejected"
         default: return nil
         }
+    }
+
+    struct TCCBranchAnswer: Decodable { let state: String; let barrier_retention_ms: Int64 }
+
+    /// Asks the coordinator, and when it does not settle the order, the inventory.
+    private func settleTCC(_ txid: String, ageMs: Int64, _ api: CohortAPI) -> String? {
+        let coordinator: TCCCoordinatorView
+        switch try? api.raw("GET", options.coordinatorURL + "/v1/transactions/\(txid)") {
+        case let r? where r.status == 404: coordinator = .forgotten
+        case let r? where r.status == 200:
+            coordinator = (try? JSONDecoder().decode(TransactionView.self, from: Data(r.body))).map { .state($0.state) } ?? .unreachable
+        default: coordinator = .unreachable
+        }
+        if let status = Self.tccStatus(coordinator: coordinator, branch: nil, orderAgeMs: ageMs) { return status }
+        let branch: TCCBranchView
+        if let r = try? api.raw("GET", options.inventoryURL + "/v1/tcc/inventory/branches/\(txid)/\(Self.tccBranchID)"), r.status == 200,
+           let answer = try? JSONDecoder().decode(TCCBranchAnswer.self, from: Data(r.body)) {
+            branch = .state(answer.state, retentionMs: answer.barrier_retention_ms)
+        } else {
+            branch = .unreachable
+        }
+        return Self.tccStatus(coordinator: coordinator, branch: branch, orderAgeMs: ageMs)
     }
 
     struct BranchState: Decodable { let state: String }

@@ -27,7 +27,8 @@ final class DemoRig: @unchecked Sendable {
     var coordinatorURL: String { cluster.coordinatorURL }
     func url(_ name: String) -> String { "http://127.0.0.1:\(ports[name]!)" }
 
-    func start(_ name: String) throws {
+    /// Starts (or restarts, on the port it had) a service; `environment` e.g. a crash point.
+    func start(_ name: String, environment: [String: String] = [:]) throws {
         let port = ports[name] ?? 0
         let attempt = (starts[name] ?? 0) + 1
         starts[name] = attempt
@@ -37,7 +38,7 @@ final class DemoRig: @unchecked Sendable {
         let program = name == "orders" ? "order-service" : "inventory-service"
         var lastError: Error?
         for retry in 0..<(port == 0 ? 1 : 25) {
-            let p = ManagedProcess(name: name, executable: cluster.executable(program), arguments: args,
+            let p = ManagedProcess(name: name, executable: cluster.executable(program), arguments: args, environment: environment,
                                    logDirectory: cluster.logDirectory, attempt: attempt * 100 + retry)
             do {
                 try p.start()
