@@ -186,6 +186,11 @@ public final class InventoryService: RunnableServer {
     }
 
     /// Setup only: a one-branch Cohort transaction at this participant sets the sku's keys.
+    ///
+    /// Refused (409) while the sku is in use: a 2PC/3PC branch holding its keys, or TCC
+    /// reservations not yet confirmed or cancelled. Setting `reserved` to 0 under a reservation
+    /// would send it negative at the reservation's confirm or cancel, and the at-rest sums
+    /// would never hold again.
     private func setStock(_ request: HTTPRequest, _ responder: HTTPResponder) {
         let body: StockBody
         switch decodeBody(StockBody.self, request) {
@@ -196,20 +201,45 @@ public final class InventoryService: RunnableServer {
         guard body.available >= 0, body.available <= Int64(Int32.max) else {
             return responder.send(.error(400, "available must be 0-\(Int32.max)"))
         }
+        let keys = ["available/\(body.sku)", "reserved/\(body.sku)", "sold/\(body.sku)"]
+        let resource = agent.node.resource!
+        if keys.contains(where: { !resource.lockHolders($0).isEmpty }) {
+            return responder.send(.error(409, "sku \(body.sku) is locked by a transaction in progress; set its stock once it finished"))
+        }
+        let tcc = self.tcc!
+        let busy = "sku \(body.sku) has TCC reservations not yet confirmed or cancelled; set its stock once they are settled"
+        do {
+            if try InventoryTCC.reservations(tcc, sku: body.sku) > 0 { return responder.send(.error(409, busy)) }
+        } catch {
+            return responder.send(.error(503, "reservations read failed: \(error)"))
+        }
         let loop = agent.loop
         let selfURL = self.selfURL
         let accepted = workers.run { [api] in
             let response: HTTPResponse
             do {
-                let outcome = try api.with { api -> String in
+                response = try api.with { api -> HTTPResponse in
                     let txid = try api.begin()
-                    _ = try api.agentWork(selfURL, txid, [.set("available/\(body.sku)", body.available),
-                                                          .set("reserved/\(body.sku)", 0), .set("sold/\(body.sku)", 0)])
-                    return try api.commit(txid).outcome
+                    do {
+                        _ = try api.agentWork(selfURL, txid, [.set(keys[0], body.available), .set(keys[1], 0), .set(keys[2], 0)])
+                        // Checked again under the branch's locks: a try that came after the check
+                        // above is in the table now, and none can come until the outcome (a phase
+                        // refuses a locked sku).
+                        if try InventoryTCC.reservations(tcc, sku: body.sku) > 0 {
+                            _ = try? api.abort(txid)
+                            return .error(409, busy)
+                        }
+                    } catch CohortAPIError.http(409, let message) {
+                        _ = try? api.abort(txid)
+                        return .error(409, "sku \(body.sku) is locked by a transaction in progress (\(message)); set its stock once it finished")
+                    } catch {
+                        _ = try? api.abort(txid)
+                        throw error
+                    }
+                    return try api.commit(txid).outcome == "committed"
+                        ? .json(200, Stock(sku: body.sku, available: body.available, reserved: 0, sold: 0))
+                        : .error(409, "setting stock of \(body.sku) aborted (busy sku?); try again")
                 }
-                response = outcome == "committed"
-                    ? .json(200, Stock(sku: body.sku, available: body.available, reserved: 0, sold: 0))
-                    : .error(409, "setting stock of \(body.sku) aborted (busy sku?); try again")
             } catch {
                 response = .error(503, "setting stock failed: \(error)")
             }

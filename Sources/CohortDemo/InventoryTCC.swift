@@ -33,6 +33,13 @@ enum InventoryTCC {
         }
     }
 
+    /// Reservations of `sku` tried and not yet confirmed or cancelled.
+    static func reservations(_ tcc: TCCResource, sku: String) throws -> Int64 {
+        try tcc.withConnection { db in
+            try db.query("SELECT COUNT(*) FROM tcc_reservation WHERE sku = ?1", [.text(sku)]).first?[0].int ?? 0
+        }
+    }
+
     static func make(databasePath: String, locked: @escaping (String) -> Bool) throws -> TCCResource {
         func busy(_ sku: String) -> Bool {
             locked("available/\(sku)") || locked("reserved/\(sku)") || locked("sold/\(sku)")

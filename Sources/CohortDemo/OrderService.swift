@@ -474,13 +474,20 @@ public final class OrderService: RunnableServer {
                     Thread.sleep(forTimeInterval: 0.2)
                     continue
                 }
-                if let r = try? api.raw("GET", selfURL + "/v1/branches/\(txid)"), r.status == 404 || Self.finished(r.body) {
-                    if let present = try? (api.kv(selfURL, "order/\(order.orderID)") != nil) {
+                if let r = try? api.raw("GET", selfURL + "/v1/branches/\(txid)") {
+                    let branch = Self.ownBranch(status: r.status, body: r.body)
+                    if branch != .open, let present = try? (api.kv(selfURL, "order/\(order.orderID)") != nil) {
                         let status = present ? "confirmed" : "rejected"
-                        // Without our branch the transaction cannot commit: abort it now so the
-                        // coordinator agrees at once instead of when the transaction expires
-                        // (a crash between the begin and the work leaves it open).
-                        if !present { _ = try? api.abort(txid) }
+                        switch branch {
+                        case .heuristic(let state):
+                            onNote?("order \(order.orderID) settled \(status) from an operator's decision at this participant (branch \(txid) "
+                                    + "\(state)); the coordinator's outcome may differ: txctl agent \(selfURL) show \(txid)")
+                        default:
+                            // Without our branch the transaction cannot commit: abort it now so the
+                            // coordinator agrees at once instead of when the transaction expires
+                            // (a crash between the begin and the work leaves it open).
+                            if !present { _ = try? api.abort(txid) }
+                        }
                         _ = try? store.settle(order.orderID, status)
                         return status
                     }
@@ -598,10 +605,31 @@ public final class OrderService: RunnableServer {
 
     struct BranchState: Decodable { let state: String }
 
-    /// A branch this participant no longer holds open: it remembers the outcome, or forgot it.
-    static func finished(_ body: [UInt8]) -> Bool {
-        guard let state = try? JSONDecoder().decode(BranchState.self, from: Data(body)).state else { return false }
-        return state == "committed" || state == "aborted"
+    /// Where this participant's own branch of a 2PC/3PC order stands (`GET /v1/branches/{txid}`
+    /// here: its status and body).
+    enum OwnBranch: Equatable {
+        /// Still open: the order key says nothing yet.
+        case open
+        /// Finished (committed or aborted), or unknown here (404: never joined, or forgotten):
+        /// the order key exists exactly when the transaction committed.
+        case finished
+        /// An operator forced the branch (`heuristic-committed`, `heuristic-aborted`, or
+        /// `heuristic-mixed` once the coordinator's outcome turned out different). The forced
+        /// outcome is applied here and final for this participant, so the order key settles the
+        /// order as the operator decided; the coordinator's outcome may differ, which is the
+        /// operator's to reconcile (and is noted). Left open, the order would stay pending
+        /// until the coordinator answered, and for ever for a mixed branch.
+        case heuristic(String)
+    }
+
+    static func ownBranch(status: Int, body: [UInt8]) -> OwnBranch {
+        if status == 404 { return .finished }
+        guard status == 200, let state = try? JSONDecoder().decode(BranchState.self, from: Data(body)).state else { return .open }
+        switch state {
+        case "committed", "aborted": return .finished
+        case "heuristic-committed", "heuristic-aborted", "heuristic-mixed": return .heuristic(state)
+        default: return .open
+        }
     }
 
     /// Orders whose outcome is not known yet (found pending at start, or an answer lost for
