@@ -294,16 +294,19 @@ public final class OrderService: RunnableServer {
         guard Self.modes.contains(body.mode) else {
             return responder.send(.error(400, "mode must be one of \(Self.modes.joined(separator: ", "))"))
         }
-        if let requestID = body.requestID {
-            guard Self.validRequestID(requestID) else { return responder.send(.error(400, Self.requestIDRule)) }
-            do {
-                // The common repeat (a client whose answer was lost): the order exists already.
-                if let existing = try store.get(requestID: requestID) { return answerRepeat(existing, body, responder) }
-            } catch {
-                return responder.send(.error(500, "order store read failed: \(error)"))
-            }
+        if let requestID = body.requestID, !Self.validRequestID(requestID) {
+            return responder.send(.error(400, Self.requestIDRule))
         }
         if body.mode == "outbox" {
+            // The common repeat (a client whose answer was lost): the order exists already. Read
+            // here, on the loop, like the outbox write below; other modes read it on a worker.
+            if let requestID = body.requestID {
+                do {
+                    if let existing = try store.get(requestID: requestID) { return answerRepeat(existing, body, responder) }
+                } catch {
+                    return responder.send(.error(500, "order store read failed: \(error)"))
+                }
+            }
             // The order and its OrderPlaced commit together; the inventory's answer settles it.
             let id = UUID().uuidString.lowercased()
             do {
@@ -364,7 +367,7 @@ public final class OrderService: RunnableServer {
 
     /// What `beginOrder` did: the pending row is written with this transaction; or the row
     /// is written `rejected` (no transaction could begin); or another request with the same
-    /// request id wrote its order first (this one's transaction is aborted, nothing written).
+    /// request id placed its order first (nothing written; a transaction begun is aborted).
     enum Begun {
         case txid(String)
         case rejected
@@ -377,6 +380,9 @@ public final class OrderService: RunnableServer {
     /// the row is written `rejected`. A crash between the begin and the row leaves a transaction
     /// without work, which the coordinator aborts when it expires, and no order.
     private func beginOrder(_ order: OrderStore.Order, protocol: String) throws -> Begun {
+        // The common repeat (a client whose answer was lost): the order exists already. Read on
+        // this worker, not the loop: the store's lock is held through other orders' synced writes.
+        if let requestID = order.requestID, let existing = try store.get(requestID: requestID) { return .repeated(existing) }
         var row = order
         guard let txid = try? api.with({ try $0.begin(protocol: `protocol`) }) else {
             row.status = "rejected"
