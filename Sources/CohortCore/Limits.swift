@@ -367,6 +367,7 @@ extension Limits {
     /// times at most: a killed order service is back within a few tries' pauses, and a client
     /// that gave up at once would leave the order's fate unknown where it could learn it.
     public static let demoClientRetriesMax = 3
-    /// The scenario workload's pause before each such re-send.
+    /// The scenario workload's pause before each such re-send: a killed service's restart gets
+    /// under way meanwhile, and a client is not held much past the scenario's own timings.
     public static let demoClientRetryPauseMs: Int64 = 200
 }
