@@ -129,6 +129,8 @@ public struct DemoOrderSummary: Codable, Sendable {
     public let qty: Int64
     public let mode: String
     public let status: String
+    /// The client's `request_id`, when it sent one.
+    public let request_id: String?
 }
 
 struct DemoOrderList: Codable {

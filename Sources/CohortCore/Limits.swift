@@ -399,4 +399,14 @@ extension Limits {
     public static let demoOrderWaitRecheckMs: Int64 = 20
     /// How often the demo services purge finished TCC barrier rows and old inbox rows.
     public static let demoMaintenanceIntervalMs: Int64 = 60_000
+    /// A client's `request_id` in `POST /v1/orders`: room for a UUID with a prefix of the
+    /// client's own, small enough that the unique index over every order stays small.
+    public static let demoRequestIDBytesMax = 128
+    /// The scenario workload re-sends an order that got no answer (same request_id) this many
+    /// times at most: a killed order service is back within a few tries' pauses, and a client
+    /// that gave up at once would leave the order's fate unknown where it could learn it.
+    public static let demoClientRetriesMax = 3
+    /// The scenario workload's pause before each such re-send: a killed service's restart gets
+    /// under way meanwhile, and a client is not held much past the scenario's own timings.
+    public static let demoClientRetryPauseMs: Int64 = 200
 }

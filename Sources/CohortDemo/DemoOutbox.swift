@@ -15,18 +15,30 @@ import Foundation
 /// whole batch unavailable, which is retried without end. Only when no address answers is the
 /// batch unavailable (the order service is down: wait without spending attempts). At most
 /// `Limits.demoReplyTargetsCachedMax` addresses keep a client; others get one per delivery.
+///
+/// With `replyTo` (`inventory-service --reply-to URL`) every message goes there instead,
+/// whatever its header says: the header is fixed when the order is placed, so an order service
+/// that moved (restarted on another port or host) would never hear the answers queued for its
+/// old address. Read at delivery, so restarting the inventory with the flag redirects answers
+/// already queued.
 final class ReplySink: OutboxSink {
     let name = "reply-to"
     private let loop: EventLoop
+    private let replyTo: String?
     private(set) var sinks: [String: HTTPOutboxSink] = [:]
 
-    init(loop: EventLoop) { self.loop = loop }
+    /// `replyTo`: a full inbox URL (`http://HOST:PORT/v1/inbox`) for every message, or nil to
+    /// use each message's `reply_to` header.
+    init(loop: EventLoop, replyTo: String? = nil) {
+        self.loop = loop
+        self.replyTo = replyTo
+    }
 
     func deliver(_ messages: [OutboxMessage], completion: @escaping (SinkResult) -> Void) {
         var groups: [String: [Int]] = [:]
         var outcomes = [DeliveryOutcome?](repeating: nil, count: messages.count)
         for (i, m) in messages.enumerated() {
-            if let url = m.headers["reply_to"], url.hasPrefix("http://"), url.utf8.count <= Limits.participantURLBytesMax {
+            if let url = replyTo ?? m.headers["reply_to"], url.hasPrefix("http://"), url.utf8.count <= Limits.participantURLBytesMax {
                 groups[url, default: []].append(i)
             } else {
                 outcomes[i] = .rejected("message has no http:// reply_to header")
@@ -149,14 +161,16 @@ final class OrderOutbox {
         _ = try tx.execute("UPDATE orders SET status = ?2 WHERE order_id = ?1 AND status = 'pending'", [.text(answer.order_id), .text(status)])
     }
 
-    /// Any thread.
-    func place(orderID: String, sku: String, qty: Int64, replyTo: String) throws {
+    /// Any thread. Throws (and writes nothing) when an order with `requestID` exists.
+    func place(orderID: String, sku: String, qty: Int64, requestID: String?, replyTo: String) throws {
         let payload = String(decoding: OrderPlaced(order_id: orderID, sku: sku, qty: qty).wireJSON, as: UTF8.self)
         lock.lock()
         defer { lock.unlock() }
         try outbox.transaction { tx in
-            _ = try tx.execute("INSERT INTO orders(order_id, sku, qty, mode, status, txid, created_ms) VALUES(?1, ?2, ?3, 'outbox', 'pending', NULL, ?4)",
-                               [.text(orderID), .text(sku), .int(qty), .int(SystemClock.wallMs())])
+            _ = try tx.execute("""
+                INSERT INTO orders(order_id, sku, qty, mode, status, txid, created_ms, request_id)
+                VALUES(?1, ?2, ?3, 'outbox', 'pending', NULL, ?4, ?5)
+                """, [.text(orderID), .text(sku), .int(qty), .int(SystemClock.wallMs()), requestID.map { .text($0) } ?? .null])
             try tx.enqueue(topic: "OrderPlaced", key: sku, payload: payload, headers: ["reply_to": replyTo])
         }
     }
@@ -178,9 +192,12 @@ final class InventoryOutbox {
 
     /// With `broker`, OrderPlaced is read from a stream (each batch applied on the loop thread,
     /// like the HTTP inbox) and the answers go to another stream; else both go by HTTP.
-    init(path: String, broker: String?, loop: EventLoop, busy: @escaping (String) -> Bool, onProblem: @escaping (String) -> Void) throws {
+    /// `replyTo` (HTTP only): the inbox URL every answer goes to instead of its `reply_to`.
+    init(path: String, broker: String?, replyTo: String? = nil, loop: EventLoop, busy: @escaping (String) -> Bool,
+         onProblem: @escaping (String) -> Void) throws {
         inbox = try Inbox(path: path, consumer: "inventory", withOutbox: true)
-        let sink: OutboxSink = try broker.map { try makeOutboxSink(url: $0, stream: DemoStreams.stockAnswers, loop: loop) } ?? ReplySink(loop: loop)
+        let sink: OutboxSink = try broker.map { try makeOutboxSink(url: $0, stream: DemoStreams.stockAnswers, loop: loop) }
+            ?? ReplySink(loop: loop, replyTo: replyTo)
         relay = OutboxRelay(store: try OutboxStore(path: path), sink: sink, loop: loop)
         if let broker {
             let relay = self.relay

@@ -24,6 +24,9 @@ public final class InventoryService: RunnableServer {
         public var broker: String?
         /// The address the coordinator calls the participant back on (default http://HOST:PORT).
         public var advertiseURL: String?
+        /// The order service's base URL: every outbox answer goes to its `/v1/inbox` instead of
+        /// the `reply_to` its `OrderPlaced` carried (`--reply-to`; HTTP delivery only).
+        public var replyToURL: String?
         /// Problems worth logging (a lost broker connection); the library never prints.
         public var onProblem: (String) -> Void = { _ in }
         public init(dataDirectory: String, coordinatorURL: String) {
@@ -68,7 +71,8 @@ public final class InventoryService: RunnableServer {
         tcc.afterCommit = { phase, outcome in
             if case .done = outcome { CrashPoints.hit("inventory-service.after-tcc-\(phase.rawValue)-committed") }
         }
-        outbox = try InventoryOutbox(path: options.dataDirectory + "/kv.sqlite", broker: options.broker, loop: loop, busy: { sku in
+        outbox = try InventoryOutbox(path: options.dataDirectory + "/kv.sqlite", broker: options.broker,
+                                     replyTo: options.replyToURL.map { $0 + "/v1/inbox" }, loop: loop, busy: { sku in
             !agent.node.resource.lockHolders("available/\(sku)").isEmpty || !agent.node.resource.lockHolders("sold/\(sku)").isEmpty
         }, onProblem: options.onProblem)
         weakSelf = self
@@ -116,6 +120,10 @@ public final class InventoryService: RunnableServer {
     }
 
     struct StockBody: Decodable { let sku: String; let available: Int64 }
+    /// `GET /v1/tcc/inventory/branches/{txid}/{branch_id}`: what this service's barrier knows of
+    /// a TCC branch, and how long it keeps a finished branch's rows (so a caller can tell "never
+    /// tried" from "forgotten").
+    struct TCCBranch: Codable { let txid: String; let branch_id: String; let state: String; let barrier_retention_ms: Int64 }
     struct Stock: Codable { let sku: String; let available: Int64; let reserved: Int64; let sold: Int64 }
 
     /// TCC phases read in this pass of the event loop, run together at its end.
@@ -142,6 +150,18 @@ public final class InventoryService: RunnableServer {
             })
         case ("POST", 2) where parts == ["v1", "stock"]:
             setStock(request, responder)
+        case ("GET", 6) where parts[0] == "v1" && parts[1] == "tcc" && parts[2] == tcc.name && parts[3] == "branches":
+            let (txid, branchID) = (parts[4], parts[5])
+            guard !txid.isEmpty, txid.utf8.count <= Limits.tccBranchIDBytesMax, !branchID.isEmpty, branchID.utf8.count <= Limits.tccBranchIDBytesMax else {
+                responder.send(.error(400, "txid and branch_id must be 1-\(Limits.tccBranchIDBytesMax) bytes"))
+                return true
+            }
+            do {
+                let state = InventoryTCC.branchState(try tcc.barrier(txid: txid, branchID: branchID))
+                responder.send(.json(200, TCCBranch(txid: txid, branch_id: branchID, state: state, barrier_retention_ms: tcc.options.retentionMs)))
+            } catch {
+                responder.send(.error(503, "barrier read failed: \(error)"))
+            }
         case ("GET", 3) where parts[0] == "v1" && parts[1] == "stock":
             let sku = parts[2]
             guard validSku(sku) else { responder.send(.error(400, skuRule)); return true }
@@ -166,6 +186,11 @@ public final class InventoryService: RunnableServer {
     }
 
     /// Setup only: a one-branch Cohort transaction at this participant sets the sku's keys.
+    ///
+    /// Refused (409) while the sku is in use: a 2PC/3PC branch holding its keys, or TCC
+    /// reservations not yet confirmed or cancelled. Setting `reserved` to 0 under a reservation
+    /// would send it negative at the reservation's confirm or cancel, and the at-rest sums
+    /// would never hold again.
     private func setStock(_ request: HTTPRequest, _ responder: HTTPResponder) {
         let body: StockBody
         switch decodeBody(StockBody.self, request) {
@@ -176,20 +201,45 @@ public final class InventoryService: RunnableServer {
         guard body.available >= 0, body.available <= Int64(Int32.max) else {
             return responder.send(.error(400, "available must be 0-\(Int32.max)"))
         }
+        let keys = ["available/\(body.sku)", "reserved/\(body.sku)", "sold/\(body.sku)"]
+        let resource = agent.node.resource!
+        if keys.contains(where: { !resource.lockHolders($0).isEmpty }) {
+            return responder.send(.error(409, "sku \(body.sku) is locked by a transaction in progress; set its stock once it finished"))
+        }
+        let tcc = self.tcc!
+        let busy = "sku \(body.sku) has TCC reservations not yet confirmed or cancelled; set its stock once they are settled"
+        do {
+            if try InventoryTCC.reservations(tcc, sku: body.sku) > 0 { return responder.send(.error(409, busy)) }
+        } catch {
+            return responder.send(.error(503, "reservations read failed: \(error)"))
+        }
         let loop = agent.loop
         let selfURL = self.selfURL
         let accepted = workers.run { [api] in
             let response: HTTPResponse
             do {
-                let outcome = try api.with { api -> String in
+                response = try api.with { api -> HTTPResponse in
                     let txid = try api.begin()
-                    _ = try api.agentWork(selfURL, txid, [.set("available/\(body.sku)", body.available),
-                                                          .set("reserved/\(body.sku)", 0), .set("sold/\(body.sku)", 0)])
-                    return try api.commit(txid).outcome
+                    do {
+                        _ = try api.agentWork(selfURL, txid, [.set(keys[0], body.available), .set(keys[1], 0), .set(keys[2], 0)])
+                        // Checked again under the branch's locks: a try that came after the check
+                        // above is in the table now, and none can come until the outcome (a phase
+                        // refuses a locked sku).
+                        if try InventoryTCC.reservations(tcc, sku: body.sku) > 0 {
+                            _ = try? api.abort(txid)
+                            return .error(409, busy)
+                        }
+                    } catch CohortAPIError.http(409, let message) {
+                        _ = try? api.abort(txid)
+                        return .error(409, "sku \(body.sku) is locked by a transaction in progress (\(message)); set its stock once it finished")
+                    } catch {
+                        _ = try? api.abort(txid)
+                        throw error
+                    }
+                    return try api.commit(txid).outcome == "committed"
+                        ? .json(200, Stock(sku: body.sku, available: body.available, reserved: 0, sold: 0))
+                        : .error(409, "setting stock of \(body.sku) aborted (busy sku?); try again")
                 }
-                response = outcome == "committed"
-                    ? .json(200, Stock(sku: body.sku, available: body.available, reserved: 0, sold: 0))
-                    : .error(409, "setting stock of \(body.sku) aborted (busy sku?); try again")
             } catch {
                 response = .error(503, "setting stock failed: \(error)")
             }

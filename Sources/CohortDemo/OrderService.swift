@@ -34,6 +34,8 @@ public final class OrderService: RunnableServer {
     }
 
     public static let modes = ["2pc", "3pc", "tcc", "outbox"]
+    /// A TCC order's one branch: the stock at the inventory.
+    static let tccBranchID = "stock"
     /// The order service's own steps, then its participant's, relay's and inbox's
     /// (docs/demo.md, "Crash points").
     public static let ownCrashPoints = [
@@ -55,7 +57,12 @@ public final class OrderService: RunnableServer {
     private let inDoubtLock = NSLock()
     private var inDoubt: [String: OrderStore.Order] = [:]
     private var settlerRunning = false
+    /// This service's own address, for its calls to its own participant (never leaves the host).
     private var selfURL = ""
+    /// Where the inventory sends its answers to outbox orders (the `reply_to` of each
+    /// `OrderPlaced`): the advertised address when there is one, since behind a proxy or a NAT
+    /// the bind address is not one the inventory can reach.
+    private(set) var replyURL = ""
     private var outbox: OrderOutbox!
     /// Called (on a worker thread) when the startup pass could not settle an order yet.
     public var onNote: ((String) -> Void)?
@@ -77,6 +84,7 @@ public final class OrderService: RunnableServer {
         agentOptions.routes = { request, responder in weakSelf?.route(request, responder) ?? false }
         agent = try AgentServer(options: agentOptions, loop: loop, onFatal: onFatal)
         selfURL = "http://\(options.host):\(agent.port)"
+        replyURL = (options.advertiseURL ?? selfURL) + "/v1/inbox"
         outbox = try OrderOutbox(path: options.dataDirectory + "/orders.sqlite", inventoryInbox: options.inventoryURL + "/v1/inbox",
                                  broker: options.broker, loop: loop, onProblem: options.onProblem)
         weakSelf = self
@@ -107,11 +115,27 @@ public final class OrderService: RunnableServer {
         let sku: String
         let qty: Int64
         let mode: String
+        /// The client's key for this order: a repeat with the same one is the same order.
+        let requestID: String?
         init(wire o: WireObject) throws {
             sku = try o.string("sku")
             qty = try o.int64("qty")
             mode = try o.string("mode")
+            requestID = try o.optString("request_id")
         }
+    }
+
+    static let requestIDRule = "request_id must be 1-\(Limits.demoRequestIDBytesMax) printable ASCII characters, no spaces"
+
+    static func validRequestID(_ id: String) -> Bool {
+        !id.isEmpty && id.utf8.count <= Limits.demoRequestIDBytesMax && id.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7f }
+    }
+
+    /// What placing an order came to: its status, or the order another request with the same
+    /// request id placed first (this one placed nothing).
+    enum Placement {
+        case status(String)
+        case repeated(OrderStore.Order)
     }
     struct Created: WireEncodable {
         let order_id: String
@@ -191,8 +215,13 @@ public final class OrderService: RunnableServer {
 
     private final class OrderWaiter {
         let responder: HTTPResponder
+        /// A repeated `POST /v1/orders` (answered 201 `{"order_id", "status"}`), not a `GET`.
+        let placing: Bool
         var timer: TimerHandle?
-        init(_ responder: HTTPResponder) { self.responder = responder }
+        init(_ responder: HTTPResponder, placing: Bool) {
+            self.responder = responder
+            self.placing = placing
+        }
     }
 
     /// Clients waiting for a pending order, by order id; loop thread only.
@@ -203,8 +232,8 @@ public final class OrderService: RunnableServer {
     /// Holds the request until the order settles (an answer in the inbox, or the settling of a
     /// 2PC/3PC/TCC order) or `waitMs` passes, then answers with the order as it is then. A
     /// client of an outbox order learns its outcome in one request instead of polling.
-    private func wait(for orderID: String, _ responder: HTTPResponder, waitMs: Int64) {
-        let waiter = OrderWaiter(responder)
+    private func wait(for orderID: String, _ responder: HTTPResponder, waitMs: Int64, placing: Bool = false) {
+        let waiter = OrderWaiter(responder, placing: placing)
         waiter.timer = agent.loop.schedule(afterMs: waitMs) { [weak self, weak waiter] in
             guard let self, let waiter else { return }
             self.answerWaiters(orderID, only: waiter)
@@ -222,15 +251,14 @@ public final class OrderService: RunnableServer {
         let staying = list.filter { w in !answering.contains { $0 === w } }
         waiters[orderID] = staying.isEmpty ? nil : staying
         waiterCount -= answering.count
-        let response: HTTPResponse
-        do {
-            response = try store.get(orderID).map { .json(200, $0) } ?? .error(404, "no order \(orderID.prefix(80))")
-        } catch {
-            response = .error(500, "order store read failed: \(error)")
-        }
+        let order: Result<OrderStore.Order?, Error> = Result { try store.get(orderID) }
         for w in answering {
             if let t = w.timer { agent.loop.cancel(t) }
-            w.responder.send(response)
+            switch order {
+            case .success(let o?): w.responder.send(w.placing ? .jsonBytes(201, Created(order_id: o.orderID, status: o.status).wireJSON) : .json(200, o))
+            case .success(nil): w.responder.send(.error(404, "no order \(orderID.prefix(80))"))
+            case .failure(let error): w.responder.send(.error(500, "order store read failed: \(error)"))
+            }
         }
     }
 
@@ -266,62 +294,131 @@ public final class OrderService: RunnableServer {
         guard Self.modes.contains(body.mode) else {
             return responder.send(.error(400, "mode must be one of \(Self.modes.joined(separator: ", "))"))
         }
+        if let requestID = body.requestID, !Self.validRequestID(requestID) {
+            return responder.send(.error(400, Self.requestIDRule))
+        }
         if body.mode == "outbox" {
+            // The common repeat (a client whose answer was lost): the order exists already. Read
+            // here, on the loop, like the outbox write below; other modes read it on a worker.
+            if let requestID = body.requestID {
+                do {
+                    if let existing = try store.get(requestID: requestID) { return answerRepeat(existing, body, responder) }
+                } catch {
+                    return responder.send(.error(500, "order store read failed: \(error)"))
+                }
+            }
             // The order and its OrderPlaced commit together; the inventory's answer settles it.
             let id = UUID().uuidString.lowercased()
             do {
-                try outbox.place(orderID: id, sku: body.sku, qty: body.qty, replyTo: selfURL + "/v1/inbox")
+                try outbox.place(orderID: id, sku: body.sku, qty: body.qty, requestID: body.requestID, replyTo: replyURL)
             } catch {
+                // A repeat racing the first: the unique request id refused this one's row.
+                if let requestID = body.requestID, let existing = try? store.get(requestID: requestID) {
+                    return answerRepeat(existing, body, responder)
+                }
                 return responder.send(.error(500, "order store write failed: \(error)"))
             }
             CrashPoints.hit("order-service.after-outbox-commit")
             return responder.send(.jsonBytes(201, Created(order_id: id, status: "pending").wireJSON))
         }
         let order = OrderStore.Order(orderID: UUID().uuidString.lowercased(), sku: body.sku, qty: body.qty, mode: body.mode,
-                                     status: "pending", txid: nil)
+                                     status: "pending", txid: nil, requestID: body.requestID)
         let loop = agent.loop
         let accepted = workers.run { [self] in
-            let answer: HTTPResponse
-            do {
-                let status = order.mode == "tcc" ? try self.runTCC(order) : try self.runAtomic(order)
-                answer = .jsonBytes(201, Created(order_id: order.orderID, status: status).wireJSON)
-            } catch {
-                answer = .error(500, "order store write failed: \(error)")
+            let placed = Result { order.mode == "tcc" ? try self.runTCC(order) : try self.runAtomic(order) }
+            loop.execute {
+                switch placed {
+                case .success(.status(let status)): responder.send(.jsonBytes(201, Created(order_id: order.orderID, status: status).wireJSON))
+                case .success(.repeated(let existing)): self.answerRepeat(existing, body, responder)
+                case .failure(let error): responder.send(.error(500, "order store write failed: \(error)"))
+                }
             }
-            loop.execute { responder.send(answer) }
         }
         if !accepted { responder.send(.error(503, "too many orders waiting for a worker (\(Limits.demoOrdersWaitingMax)); try again")) }
     }
 
+    /// A `POST /v1/orders` whose request id names an order already placed (loop thread): that
+    /// order, placed once. A different body under the same id is a client's mistake: 409. A
+    /// 2PC/3PC/TCC order still pending is being placed (or settled) on behalf of the first
+    /// request; this one waits for it as the first does, up to `Limits.demoSettleWaitMs`, and
+    /// is then answered with the status it has. An outbox order answers at once, as the first did.
+    private func answerRepeat(_ existing: OrderStore.Order, _ body: OrderBody, _ responder: HTTPResponder) {
+        guard existing.sku == body.sku, existing.qty == body.qty, existing.mode == body.mode else {
+            return responder.send(.error(409, "request_id \(body.requestID ?? "") already placed order \(existing.orderID) "
+                                         + "(sku \(existing.sku), qty \(existing.qty), mode \(existing.mode)); another order needs another request_id"))
+        }
+        if existing.status == "pending", existing.mode != "outbox", waiterCount < Limits.demoOrderWaitersMax {
+            return wait(for: existing.orderID, responder, waitMs: Limits.demoSettleWaitMs, placing: true)
+        }
+        responder.send(.jsonBytes(201, Created(order_id: existing.orderID, status: existing.status).wireJSON))
+    }
+
+    /// Writes the order row unless its request id has one already: then that order, and
+    /// nothing was written.
+    private func insertUnlessRepeated(_ row: OrderStore.Order) throws -> OrderStore.Order? {
+        do {
+            try store.insert(row)
+            return nil
+        } catch {
+            if let requestID = row.requestID, let existing = try? store.get(requestID: requestID) { return existing }
+            throw error
+        }
+    }
+
+    /// What `beginOrder` did: the pending row is written with this transaction; or the row
+    /// is written `rejected` (no transaction could begin); or another request with the same
+    /// request id placed its order first (nothing written; a transaction begun is aborted).
+    enum Begun {
+        case txid(String)
+        case rejected
+        case repeated(OrderStore.Order)
+    }
+
     /// Begins the order's transaction, then writes the order row carrying its txid: one synced
     /// SQLite write per order where a row and then its txid took two, and none of it on the
-    /// event loop, which also serves this participant's branches. The txid of the pending row,
-    /// or nil when no transaction could begin: the row is then written `rejected`. A crash
-    /// between the begin and the row leaves a transaction without work, which the coordinator
-    /// aborts when it expires, and no order.
-    private func beginOrder(_ order: OrderStore.Order, protocol: String) throws -> String? {
+    /// event loop, which also serves this participant's branches. When no transaction can begin
+    /// the row is written `rejected`. A crash between the begin and the row leaves a transaction
+    /// without work, which the coordinator aborts when it expires, and no order.
+    private func beginOrder(_ order: OrderStore.Order, protocol: String) throws -> Begun {
+        // The common repeat (a client whose answer was lost): the order exists already. Read on
+        // this worker, not the loop: the store's lock is held through other orders' synced writes.
+        if let requestID = order.requestID, let existing = try store.get(requestID: requestID) { return .repeated(existing) }
         var row = order
         guard let txid = try? api.with({ try $0.begin(protocol: `protocol`) }) else {
             row.status = "rejected"
-            try store.insert(row)
-            return nil
+            return try insertUnlessRepeated(row).map { .repeated($0) } ?? .rejected
         }
         row.txid = txid
+        let repeated: OrderStore.Order?
         do {
-            try store.insert(row)
+            repeated = try insertUnlessRepeated(row)
         } catch {
             _ = try? api.with { try $0.abort(txid) }
             throw error
         }
+        if let repeated {
+            // Nothing joined it: abort now rather than leave it to expire.
+            _ = try? api.with { try $0.abort(txid) }
+            return .repeated(repeated)
+        }
         CrashPoints.hit("order-service.after-order-row-inserted")
-        return txid
+        return .txid(txid)
     }
 
     /// 2PC / 3PC: the order's branch here and the stock's branch at the inventory commit or
-    /// abort together. Returns the order's status; throws only when the order row cannot be
-    /// written.
-    private func runAtomic(_ order: OrderStore.Order) throws -> String {
-        guard let id = try beginOrder(order, protocol: order.mode == "3pc" ? "3pc" : "2pc") else { return "rejected" }
+    /// abort together. Returns the order's status (or the order a repeat of its request id
+    /// placed first); throws only when the order row cannot be written.
+    private func runAtomic(_ order: OrderStore.Order) throws -> Placement {
+        let id: String
+        switch try beginOrder(order, protocol: order.mode == "3pc" ? "3pc" : "2pc") {
+        case .txid(let txid): id = txid
+        case .rejected: return .status("rejected")
+        case .repeated(let existing): return .repeated(existing)
+        }
+        return .status(placeAtomic(order, id))
+    }
+
+    private func placeAtomic(_ order: OrderStore.Order, _ id: String) -> String {
         do {
             return try api.with { api -> String in
                 do {
@@ -366,13 +463,16 @@ public final class OrderService: RunnableServer {
         let deadline = Date().addingTimeInterval(Double(waitMs) / 1000)
         return api.with { api -> String? in
             while true {
-                if let status = try? store.get(order.orderID)?.status, status != "pending" { return status }
+                let row = try? store.get(order.orderID)
+                if let status = row?.status, status != "pending" { return status }
                 guard let txid = order.txid else {
                     _ = try? store.settle(order.orderID, "rejected")
                     return "rejected"
                 }
                 if order.mode == "tcc" {
-                    if let status = settleTCC(order, txid, api) {
+                    // The row's age (an order placed just now has none in `order`).
+                    let ageMs = row.map { SystemClock.wallMs() - $0.createdMs } ?? Int64.max
+                    if let status = settleTCC(txid, ageMs: ageMs, api) {
                         _ = try? store.settle(order.orderID, status)
                         return status
                     }
@@ -380,13 +480,20 @@ public final class OrderService: RunnableServer {
                     Thread.sleep(forTimeInterval: 0.2)
                     continue
                 }
-                if let r = try? api.raw("GET", selfURL + "/v1/branches/\(txid)"), r.status == 404 || Self.finished(r.body) {
-                    if let present = try? (api.kv(selfURL, "order/\(order.orderID)") != nil) {
+                if let r = try? api.raw("GET", selfURL + "/v1/branches/\(txid)") {
+                    let branch = Self.ownBranch(status: r.status, body: r.body)
+                    if branch != .open, let present = try? (api.kv(selfURL, "order/\(order.orderID)") != nil) {
                         let status = present ? "confirmed" : "rejected"
-                        // Without our branch the transaction cannot commit: abort it now so the
-                        // coordinator agrees at once instead of when the transaction expires
-                        // (a crash between the begin and the work leaves it open).
-                        if !present { _ = try? api.abort(txid) }
+                        switch branch {
+                        case .heuristic(let state):
+                            onNote?("order \(order.orderID) settled \(status) from an operator's decision at this participant (branch \(txid) "
+                                    + "\(state)); the coordinator's outcome may differ: txctl agent \(selfURL) show \(txid)")
+                        default:
+                            // Without our branch the transaction cannot commit: abort it now so the
+                            // coordinator agrees at once instead of when the transaction expires
+                            // (a crash between the begin and the work leaves it open).
+                            if !present { _ = try? api.abort(txid) }
+                        }
                         _ = try? store.settle(order.orderID, status)
                         return status
                     }
@@ -399,12 +506,21 @@ public final class OrderService: RunnableServer {
 
     /// TCC: the coordinator drives the inventory's reserve (try), then confirm or cancel; the
     /// order goes pending → confirmed, or → rejected when the reservation was refused/cancelled.
-    private func runTCC(_ order: OrderStore.Order) throws -> String {
-        guard let id = try beginOrder(order, protocol: "tcc") else { return "rejected" }
+    private func runTCC(_ order: OrderStore.Order) throws -> Placement {
+        let id: String
+        switch try beginOrder(order, protocol: "tcc") {
+        case .txid(let txid): id = txid
+        case .rejected: return .status("rejected")
+        case .repeated(let existing): return .repeated(existing)
+        }
+        return .status(placeTCC(order, id))
+    }
+
+    private func placeTCC(_ order: OrderStore.Order, _ id: String) -> String {
         do {
             return try api.with { api -> String in
                 let base = options.inventoryURL + "/v1/tcc/inventory"
-                let branch = TCCBranchRequest(branchID: "stock", tryURL: base + "/try", confirmURL: base + "/confirm",
+                let branch = TCCBranchRequest(branchID: Self.tccBranchID, tryURL: base + "/try", confirmURL: base + "/confirm",
                                               cancelURL: base + "/cancel",
                                               payload: .object(["sku": .string(order.sku), "qty": .int(order.qty)]))
                 let r = try api.raw("POST", options.coordinatorURL + "/v1/transactions/\(id)/tcc-branches", body: branch.wireJSON)
@@ -426,25 +542,100 @@ public final class OrderService: RunnableServer {
         }
     }
 
-    /// A TCC order's outcome from the coordinator: committed (confirming) → confirmed; aborted,
-    /// cancelling or unknown (no branch record: presumed cancel) → rejected; else not yet.
-    private func settleTCC(_ order: OrderStore.Order, _ txid: String, _ api: CohortAPI) -> String? {
-        guard let r = try? api.raw("GET", options.coordinatorURL + "/v1/transactions/\(txid)") else { return nil }
-        if r.status == 404 { return "rejected" }
-        guard r.status == 200, let tx = try? JSONDecoder().decode(TransactionView.self, from: Data(r.body)) else { return nil }
-        switch tx.state {
-        case "committed", "confirming": return "confirmed"
-        case "aborted", "cancelling": return "rejected"
+    /// What the coordinator says about a TCC order's transaction.
+    enum TCCCoordinatorView: Equatable {
+        case state(String)
+        /// 404: it has no record. It forgets finished transactions past
+        /// `Limits.finishedTransactionsKept`, and one that had no branch record when it
+        /// restarted; either way nothing more happens to it.
+        case forgotten
+        case unreachable
+    }
+
+    /// What the inventory's TCC barrier says about the order's branch
+    /// (`GET /v1/tcc/inventory/branches/{txid}/stock`, `InventoryTCC.branchState`).
+    enum TCCBranchView: Equatable {
+        case state(String, retentionMs: Int64)
+        case unreachable
+    }
+
+    /// A TCC order's status, or nil while it cannot be known yet. The coordinator's word first:
+    /// `committed`/`confirming` → confirmed, `aborted`/`cancelling` → rejected. Otherwise (it
+    /// forgot the transaction, cannot be reached, or has not decided) the inventory's barrier,
+    /// the durable fact at the one place that took the stock: a confirm ran → confirmed; a
+    /// cancel ran, or the try was fenced → rejected. A forgotten transaction with no barrier
+    /// rows at all never reached its try (the coordinator forces a branch record before it
+    /// calls a try, and one it forgot can no longer call it) — unless the rows were purged:
+    /// that is ruled out only while the order is younger than the barrier's retention, less a
+    /// clock-skew margin for each of the two services' clocks. Older, the order is left
+    /// pending: a guess could record a sold order as rejected. A 404 alone never rejects an
+    /// order: the coordinator forgets confirmed transactions too.
+    static func tccStatus(coordinator: TCCCoordinatorView, branch: TCCBranchView?, orderAgeMs: Int64) -> String? {
+        if case .state(let state) = coordinator {
+            switch state {
+            case "committed", "confirming": return "confirmed"
+            case "aborted", "cancelling": return "rejected"
+            default: break
+            }
+        }
+        guard case .state(let branchState, let retentionMs)? = branch else { return nil }
+        switch branchState {
+        case "confirmed": return "confirmed"
+        case "cancelled", "fenced": return "rejected"
+        case "none" where coordinator == .forgotten && orderAgeMs < retentionMs - 2 * Limits.tccClockSkewMarginMs: return "rejected"
         default: return nil
         }
     }
 
+    struct TCCBranchAnswer: Decodable { let state: String; let barrier_retention_ms: Int64 }
+
+    /// Asks the coordinator, and when it does not settle the order, the inventory.
+    private func settleTCC(_ txid: String, ageMs: Int64, _ api: CohortAPI) -> String? {
+        let coordinator: TCCCoordinatorView
+        switch try? api.raw("GET", options.coordinatorURL + "/v1/transactions/\(txid)") {
+        case let r? where r.status == 404: coordinator = .forgotten
+        case let r? where r.status == 200:
+            coordinator = (try? JSONDecoder().decode(TransactionView.self, from: Data(r.body))).map { .state($0.state) } ?? .unreachable
+        default: coordinator = .unreachable
+        }
+        if let status = Self.tccStatus(coordinator: coordinator, branch: nil, orderAgeMs: ageMs) { return status }
+        let branch: TCCBranchView
+        if let r = try? api.raw("GET", options.inventoryURL + "/v1/tcc/inventory/branches/\(txid)/\(Self.tccBranchID)"), r.status == 200,
+           let answer = try? JSONDecoder().decode(TCCBranchAnswer.self, from: Data(r.body)) {
+            branch = .state(answer.state, retentionMs: answer.barrier_retention_ms)
+        } else {
+            branch = .unreachable
+        }
+        return Self.tccStatus(coordinator: coordinator, branch: branch, orderAgeMs: ageMs)
+    }
+
     struct BranchState: Decodable { let state: String }
 
-    /// A branch this participant no longer holds open: it remembers the outcome, or forgot it.
-    static func finished(_ body: [UInt8]) -> Bool {
-        guard let state = try? JSONDecoder().decode(BranchState.self, from: Data(body)).state else { return false }
-        return state == "committed" || state == "aborted"
+    /// Where this participant's own branch of a 2PC/3PC order stands (`GET /v1/branches/{txid}`
+    /// here: its status and body).
+    enum OwnBranch: Equatable {
+        /// Still open: the order key says nothing yet.
+        case open
+        /// Finished (committed or aborted), or unknown here (404: never joined, or forgotten):
+        /// the order key exists exactly when the transaction committed.
+        case finished
+        /// An operator forced the branch (`heuristic-committed`, `heuristic-aborted`, or
+        /// `heuristic-mixed` once the coordinator's outcome turned out different). The forced
+        /// outcome is applied here and final for this participant, so the order key settles the
+        /// order as the operator decided; the coordinator's outcome may differ, which is the
+        /// operator's to reconcile (and is noted). Left open, the order would stay pending
+        /// until the coordinator answered, and for ever for a mixed branch.
+        case heuristic(String)
+    }
+
+    static func ownBranch(status: Int, body: [UInt8]) -> OwnBranch {
+        if status == 404 { return .finished }
+        guard status == 200, let state = try? JSONDecoder().decode(BranchState.self, from: Data(body)).state else { return .open }
+        switch state {
+        case "committed", "aborted": return .finished
+        case "heuristic-committed", "heuristic-aborted", "heuristic-mixed": return .heuristic(state)
+        default: return .open
+        }
     }
 
     /// Orders whose outcome is not known yet (found pending at start, or an answer lost for

@@ -12,7 +12,11 @@ public final class OrderStore: @unchecked Sendable {
         public let mode: String
         public var status: String
         public var txid: String?
-        enum CodingKeys: String, CodingKey { case orderID = "order_id", sku, qty, mode, status }
+        /// The client's key for the order (`request_id` in `POST /v1/orders`), when it gave one.
+        public var requestID: String?
+        /// When the row was written (this service's clock); 0 for an order not written yet.
+        public var createdMs: Int64 = 0
+        enum CodingKeys: String, CodingKey { case orderID = "order_id", sku, qty, mode, status, requestID = "request_id" }
     }
 
     private let db: SQLiteConnection
@@ -22,9 +26,16 @@ public final class OrderStore: @unchecked Sendable {
         db = try SQLiteConnection(path: path, fairWriteLock: false)
         try db.exec("""
             CREATE TABLE IF NOT EXISTS orders(order_id TEXT PRIMARY KEY NOT NULL, sku TEXT NOT NULL, qty INTEGER NOT NULL,
-              mode TEXT NOT NULL, status TEXT NOT NULL, txid TEXT, created_ms INTEGER NOT NULL);
+              mode TEXT NOT NULL, status TEXT NOT NULL, txid TEXT, created_ms INTEGER NOT NULL, request_id TEXT);
             CREATE INDEX IF NOT EXISTS orders_status ON orders(status);
             """)
+        // A database from before request ids has the table without the column, and CREATE
+        // TABLE IF NOT EXISTS leaves it so: add it (its old rows have none).
+        if try !db.query("PRAGMA table_info(orders)").contains(where: { $0[1].text == "request_id" }) {
+            try db.exec("ALTER TABLE orders ADD COLUMN request_id TEXT")
+        }
+        // One order per request id: a repeat that races the first loses its insert here.
+        try db.exec("CREATE UNIQUE INDEX IF NOT EXISTS orders_request_id ON orders(request_id) WHERE request_id IS NOT NULL")
     }
 
     private func locked<T>(_ body: () throws -> T) rethrows -> T {
@@ -33,11 +44,13 @@ public final class OrderStore: @unchecked Sendable {
         return try body()
     }
 
+    /// Throws (a constraint error) when an order with the same request id exists.
     public func insert(_ o: Order) throws {
         try locked {
-            _ = try db.run("INSERT INTO orders(order_id, sku, qty, mode, status, txid, created_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            _ = try db.run("INSERT INTO orders(order_id, sku, qty, mode, status, txid, created_ms, request_id) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                            [.text(o.orderID), .text(o.sku), .int(o.qty), .text(o.mode), .text(o.status),
-                                o.txid.map { .text($0) } ?? .null, .int(Int64(Date().timeIntervalSince1970 * 1000))])
+                                o.txid.map { .text($0) } ?? .null, .int(Int64(Date().timeIntervalSince1970 * 1000)),
+                                o.requestID.map { .text($0) } ?? .null])
         }
     }
 
@@ -49,14 +62,23 @@ public final class OrderStore: @unchecked Sendable {
         }
     }
 
+    private static let columns = "order_id, sku, qty, mode, status, txid, request_id, created_ms"
+
     private static func order(_ r: [SQLValue]) -> Order {
         Order(orderID: r[0].text ?? "", sku: r[1].text ?? "", qty: r[2].int ?? 0, mode: r[3].text ?? "",
-              status: r[4].text ?? "", txid: r[5].text)
+              status: r[4].text ?? "", txid: r[5].text, requestID: r[6].text, createdMs: r[7].int ?? 0)
     }
 
     public func get(_ orderID: String) throws -> Order? {
         try locked {
-            try db.query("SELECT order_id, sku, qty, mode, status, txid FROM orders WHERE order_id = ?1", [.text(orderID)]).first.map(Self.order)
+            try db.query("SELECT \(Self.columns) FROM orders WHERE order_id = ?1", [.text(orderID)]).first.map(Self.order)
+        }
+    }
+
+    /// The order placed with this request id, if any.
+    public func get(requestID: String) throws -> Order? {
+        try locked {
+            try db.query("SELECT \(Self.columns) FROM orders WHERE request_id = ?1", [.text(requestID)]).first.map(Self.order)
         }
     }
 
@@ -90,7 +112,7 @@ public final class OrderStore: @unchecked Sendable {
                 conditions.append("(created_ms, order_id) > (SELECT created_ms, order_id FROM orders WHERE order_id = ?\(args.count))")
             }
             let filter = conditions.isEmpty ? "" : " WHERE " + conditions.joined(separator: " AND ")
-            let rows = try db.query("SELECT order_id, sku, qty, mode, status, txid FROM orders\(filter) ORDER BY created_ms, order_id LIMIT ?1", args)
+            let rows = try db.query("SELECT \(Self.columns) FROM orders\(filter) ORDER BY created_ms, order_id LIMIT ?1", args)
             return (rows.prefix(limit).map(Self.order), rows.count > limit)
         }
     }

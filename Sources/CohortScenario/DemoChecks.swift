@@ -19,6 +19,7 @@ final class DemoChecker {
         let qty: Int64
         let mode: String
         let status: String
+        let requestID: String?
     }
 
     let workload: DemoWorkload
@@ -53,7 +54,7 @@ final class DemoChecker {
         let orders: [Order]
         do {
             orders = try workload.client(timeoutMs: 10_000).demoOrders(workload.ordersURL).map {
-                Order(id: $0.order_id, sku: $0.sku, qty: $0.qty, mode: $0.mode, status: $0.status)
+                Order(id: $0.order_id, sku: $0.sku, qty: $0.qty, mode: $0.mode, status: $0.status, requestID: $0.request_id)
             }
         } catch {
             throw ManagedProcessError("GET /v1/orders: \(error)")
@@ -155,6 +156,9 @@ final class DemoChecker {
             if o.sku != p.sku || o.qty != p.qty || o.mode != p.mode {
                 problems.append("order \(id) is \(o.sku) ×\(o.qty) \(o.mode), placed as \(p.sku) ×\(p.qty) \(p.mode)")
             }
+            if o.requestID != p.requestID {
+                problems.append("order \(id) carries request_id \(o.requestID ?? "none"), answered to request_id \(p.requestID)")
+            }
             if (answered == "confirmed" || answered == "rejected") && o.status != answered {
                 problems.append("order \(id) (\(p.mode)) was answered \(answered) and is now \(o.status)")
             }
@@ -163,14 +167,26 @@ final class DemoChecker {
                 // settled in the background; demo_at_rest checks it settles.
             }
         }
-        // Orders nobody was told about must be explained by requests that got no answer.
+        // One order per request_id, however often the client sent it.
+        let byRequest = Dictionary(grouping: orders.filter { $0.requestID != nil }, by: { $0.requestID! })
+        for (requestID, list) in byRequest.sorted(by: { $0.key < $1.key }) where list.count > 1 {
+            problems.append("request_id \(requestID) placed \(list.count) orders: \(list.prefix(3).map(\.id).joined(separator: ", "))")
+        }
+        // Orders nobody was told about must be explained by requests that got no answer: by
+        // their request_id, or (an order without one) by an unanswered request like it.
         let unanswered = placed.filter { $0.httpStatus == nil || $0.httpStatus! >= 500 }
+        let unansweredRequests = Dictionary(unanswered.map { ($0.requestID, $0) }, uniquingKeysWith: { a, _ in a })
         var budget: [String: Int] = [:]
         for p in unanswered { budget["\(p.sku)|\(p.qty)|\(p.mode)", default: 0] += 1 }
         var unexplained: [String] = []
         var unheard = 0
         for o in orders where !answeredIDs.contains(o.id) {
             unheard += 1
+            if let requestID = o.requestID {
+                if let p = unansweredRequests[requestID], p.sku == o.sku, p.qty == o.qty, p.mode == o.mode { continue }
+                unexplained.append("\(o.id) (\(o.sku) ×\(o.qty) \(o.mode), request_id \(requestID))")
+                continue
+            }
             let k = "\(o.sku)|\(o.qty)|\(o.mode)"
             if let n = budget[k], n > 0 { budget[k] = n - 1 } else { unexplained.append("\(o.id) (\(o.sku) ×\(o.qty) \(o.mode))") }
         }

@@ -1,16 +1,23 @@
 import CohortClient
+import CohortCore
 import Foundation
 
 /// The demo's workload: skus `sku-0`… get `stock` units at setup (`POST /v1/stock`), then
 /// clients place orders (`POST /v1/orders`) in modes drawn from the list, some too large for the
-/// sku's whole stock. Every request is remembered with the answer it got, or with none: an order
-/// whose POST got no answer (the service was killed) may or may not exist, and the checks treat
-/// it so.
+/// sku's whole stock. Each order carries a `request_id` of its own; a POST that got no answer
+/// (or a 5xx) is sent again with the same one, up to `Limits.demoClientRetriesMax` times, so the
+/// order service places it at most once. Every order is remembered with the answer it got in
+/// the end, or with none: an order whose POSTs all went unanswered (the service was killed)
+/// may or may not exist, and the checks treat it so.
 final class DemoWorkload: @unchecked Sendable {
     struct Placed {
         let sku: String
         let qty: Int64
         let mode: String
+        /// Sent with every try of this order.
+        let requestID: String
+        /// Tries sent (1 + re-sends).
+        var tries = 0
         /// The HTTP status of the answer; nil when there was none.
         var httpStatus: Int?
         var orderID: String?
@@ -40,7 +47,7 @@ final class DemoWorkload: @unchecked Sendable {
     /// One request. Each client thread keeps its connection (`api`); a fresh connection per
     /// order would churn ephemeral ports, and one of them can be the port a killed service
     /// must listen on again. (Cohort's client re-sends a request once when a reused connection
-    /// closes under it; an order placed twice that way would show in demo_answers_hold.)
+    /// closes under it; an order's request_id makes that re-send find the same order.)
     func json(_ method: String, _ url: String, _ body: [String: Any]? = nil, timeoutMs: Int64 = 10_000,
               api: CohortAPI? = nil) throws -> (Int, [String: Any]) {
         let bytes = try body.map { Array(try JSONSerialization.data(withJSONObject: $0)) } ?? []
@@ -74,23 +81,31 @@ final class DemoWorkload: @unchecked Sendable {
         while Date() < deadline && take() {
             let oversize = Int.random(in: 0..<100) < config.oversizePercent
             var p = Placed(sku: skus.randomElement()!, qty: oversize ? config.stock + Int64.random(in: 1...10) : Int64.random(in: 1...config.maxQty),
-                           mode: config.modes.randomElement()!, oversize: oversize)
-            do {
-                let (status, body) = try json("POST", ordersURL + "/v1/orders", ["sku": p.sku, "qty": p.qty, "mode": p.mode],
-                                              timeoutMs: Int64(config.requestTimeoutMs), api: api)
-                p.httpStatus = status
-                if status == 201 {
-                    p.orderID = body["order_id"] as? String
-                    p.answered = body["status"] as? String
-                } else {
-                    p.error = body["error"] as? String ?? "HTTP \(status)"
+                           mode: config.modes.randomElement()!, requestID: UUID().uuidString.lowercased(), oversize: oversize)
+            let body: [String: Any] = ["sku": p.sku, "qty": p.qty, "mode": p.mode, "request_id": p.requestID]
+            while true {
+                p.tries += 1
+                p.httpStatus = nil
+                p.error = nil
+                do {
+                    let (status, answer) = try json("POST", ordersURL + "/v1/orders", body, timeoutMs: Int64(config.requestTimeoutMs), api: api)
+                    p.httpStatus = status
+                    if status == 201 {
+                        p.orderID = answer["order_id"] as? String
+                        p.answered = answer["status"] as? String
+                    } else {
+                        p.error = answer["error"] as? String ?? "HTTP \(status)"
+                    }
+                } catch {
+                    p.error = "\(error)"
+                    api = client(timeoutMs: Int64(config.requestTimeoutMs))
                 }
-            } catch {
-                p.error = "\(error)"
-                api = client(timeoutMs: Int64(config.requestTimeoutMs))
+                let unanswered = p.httpStatus == nil || p.httpStatus! >= 500
+                // The same request_id: a re-send finds the order if the lost try placed it.
+                guard unanswered, p.tries <= Limits.demoClientRetriesMax, Date() < deadline else { break }
+                Thread.sleep(forTimeInterval: Double(Limits.demoClientRetryPauseMs) / 1000)
             }
             lock.lock(); placed.append(p); lock.unlock()
-            if p.httpStatus == nil || p.httpStatus! >= 500 { Thread.sleep(forTimeInterval: 0.05) }
         }
     }
 

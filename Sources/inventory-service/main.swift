@@ -6,6 +6,7 @@ import Foundation
 
 let usage = """
 usage: inventory-service --data DIR --port N --coordinator URL [--host H] [--broker redis://HOST:PORT] [--advertise URL]
+                         [--reply-to URL]
 
 The demo's inventory: stock per sku in its own SQLite store; a Cohort participant (2PC, 3PC).
   --data DIR          data directory; created if missing
@@ -14,15 +15,22 @@ The demo's inventory: stock per sku in its own SQLite store; a Cohort participan
   --host H            address to bind (default 127.0.0.1)
   --broker URL        redis://HOST:PORT: outbox messages through Redis Streams instead of HTTP
   --advertise URL     the address the coordinator calls this participant back on (default http://HOST:PORT)
+  --reply-to URL      the order service's address: answers to outbox orders go to URL/v1/inbox
+                      instead of the address each order named (for an order service that moved);
+                      not with --broker
 \(ServerMain.sharedFlagsUsage)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list (the crash points)
 """
 
 exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage: usage,
-                     valued: ["data", "port", "host", "coordinator", "broker", "advertise"], crashPoints: InventoryService.crashPoints,
+                     valued: ["data", "port", "host", "coordinator", "broker", "advertise", "reply-to"], crashPoints: InventoryService.crashPoints,
                      say: { print($0); fflush(stdout) }, warn: { StandardStream.err(($0 + "\n")) }) { args in
     var options = InventoryService.Options(dataDirectory: try args.required("data"),
                                            coordinatorURL: try normalizedBaseURL(try args.required("coordinator"), flag: "coordinator"))
     try options.applySharedFlags(args) { StandardStream.err(($0 + "\n")) }
+    if let replyTo = args.string("reply-to") {
+        guard options.broker == nil else { throw UsageError("--reply-to is for HTTP delivery; with --broker the answers go to a stream") }
+        options.replyToURL = try normalizedBaseURL(replyTo, flag: "reply-to")
+    }
     return (options.host, { loop, onFatal in try InventoryService(options: options, loop: loop, onFatal: onFatal) })
 })

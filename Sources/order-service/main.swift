@@ -26,5 +26,10 @@ exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage:
                                        coordinatorURL: try normalizedBaseURL(try args.required("coordinator"), flag: "coordinator"),
                                        inventoryURL: try normalizedBaseURL(try args.required("inventory"), flag: "inventory"))
     try options.applySharedFlags(args) { StandardStream.err(($0 + "\n")) }
-    return (options.host, { loop, onFatal in try OrderService(options: options, loop: loop, onFatal: onFatal) })
+    return (options.host, { loop, onFatal in
+        let service = try OrderService(options: options, loop: loop, onFatal: onFatal)
+        // Orders still in doubt, and orders settled from an operator's heuristic decision.
+        service.onNote = { StandardStream.err("note: \($0)\n") }
+        return service
+    })
 })

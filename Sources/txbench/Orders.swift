@@ -14,7 +14,7 @@ func ordersMain(_ argv: [String]) -> Never {
                    [--json | --row] [--progress] [--bin-dir DIR]
 
     Demo orders of one unit against order-service + inventory-service + cohortd (started here),
-    placed in --mode (default 2pc). Reports confirmed/s, rejected/s, latency of confirmed orders, syncs and messages per
+    placed in --mode (default 2pc), each with a request_id of its own. Reports confirmed/s, rejected/s, latency of confirmed orders, syncs and messages per
     confirmed order from the servers' /metrics (in total and per process), and the demo's
     at-rest check.
     """
@@ -132,7 +132,9 @@ func ordersMain(_ argv: [String]) -> Never {
                     let t0 = Date()
                     var status: String?
                     do {
-                        let placed = try call(api, "POST", ordersURL + "/v1/orders", ["sku": "sku-\(Int.random(in: 0..<skuCount, using: &rng))", "qty": 1, "mode": orderMode])
+                        // A request_id per order, as a client that may ask again would send it.
+                        let placed = try call(api, "POST", ordersURL + "/v1/orders", ["sku": "sku-\(Int.random(in: 0..<skuCount, using: &rng))", "qty": 1,
+                                                                                       "mode": orderMode, "request_id": UUID().uuidString.lowercased()])
                         status = placed["status"] as? String
                         if status == "pending", let id = placed["order_id"] as? String {
                             // The order service holds the request until the order settles.

@@ -27,7 +27,8 @@ final class DemoRig: @unchecked Sendable {
     var coordinatorURL: String { cluster.coordinatorURL }
     func url(_ name: String) -> String { "http://127.0.0.1:\(ports[name]!)" }
 
-    func start(_ name: String) throws {
+    /// Starts (or restarts, on the port it had) a service; `environment` e.g. a crash point.
+    func start(_ name: String, environment: [String: String] = [:]) throws {
         let port = ports[name] ?? 0
         let attempt = (starts[name] ?? 0) + 1
         starts[name] = attempt
@@ -37,7 +38,7 @@ final class DemoRig: @unchecked Sendable {
         let program = name == "orders" ? "order-service" : "inventory-service"
         var lastError: Error?
         for retry in 0..<(port == 0 ? 1 : 25) {
-            let p = ManagedProcess(name: name, executable: cluster.executable(program), arguments: args,
+            let p = ManagedProcess(name: name, executable: cluster.executable(program), arguments: args, environment: environment,
                                    logDirectory: cluster.logDirectory, attempt: attempt * 100 + retry)
             do {
                 try p.start()
@@ -79,8 +80,10 @@ final class DemoRig: @unchecked Sendable {
     }
 
     /// Places an order; its status, or nil when the call failed (a killed process).
-    func order(_ sku: String, _ qty: Int64, _ mode: String) -> (status: Int, body: [String: Any])? {
-        try? json("POST", url("orders") + "/v1/orders", ["sku": sku, "qty": qty, "mode": mode])
+    func order(_ sku: String, _ qty: Int64, _ mode: String, requestID: String? = nil) -> (status: Int, body: [String: Any])? {
+        var body: [String: Any] = ["sku": sku, "qty": qty, "mode": mode]
+        if let requestID { body["request_id"] = requestID }
+        return try? json("POST", url("orders") + "/v1/orders", body)
     }
 
     /// The order's status once it is no longer pending (outbox orders answer pending first).

@@ -68,4 +68,48 @@ final class ReplySinkTests: XCTestCase {
         counted.wait()
         XCTAssertEqual(cached, Limits.demoReplyTargetsCachedMax, "clients kept for every address a message named")
     }
+
+    /// `inventory-service --reply-to URL`: every answer goes there, whatever address the order
+    /// named (an order service that moved to another port since the order was placed).
+    func testAConfiguredReplyToOverridesTheMessagesAddress() throws {
+        ProcessEnv.ignoreSIGPIPE()
+        let loop = try EventLoop()
+        loop.startThread()
+        defer { loop.stopAndJoin() }
+        let ready = DispatchSemaphore(value: 0)
+        var server: HTTPServer?
+        var received: [String] = []
+        loop.execute {
+            server = try? HTTPServer(loop: loop, host: "127.0.0.1", port: 0) { request, responder in
+                let batch = try? InboxBatch(wireJSON: request.body)
+                received += (batch?.messages ?? []).map(\.id)
+                let results = (batch?.messages ?? []).map { InboxResult(id: $0.id, status: "applied") }
+                responder.send(.jsonBytes(200, InboxBatchResponse(results: results).wireJSON))
+            }
+            ready.signal()
+        }
+        ready.wait()
+        let live = "http://127.0.0.1:\(try XCTUnwrap(server).port)/v1/inbox"
+        let (fd, deadPort) = try TCP.listen(host: "127.0.0.1", port: 0)
+        TCP.close(fd)  // the order service's old address: nothing listens there now
+        var sink: ReplySink?
+        let done = DispatchSemaphore(value: 0)
+        var got: SinkResult?
+        loop.execute {
+            sink = ReplySink(loop: loop, replyTo: live)
+            sink!.deliver([self.message(1, replyTo: "http://127.0.0.1:\(deadPort)/v1/inbox"), self.message(2, replyTo: "")]) {
+                got = $0
+                done.signal()
+            }
+        }
+        XCTAssertEqual(done.wait(timeout: .now() + 20), .success)
+        defer {
+            let stopped = DispatchSemaphore(value: 0)
+            loop.execute { sink?.shutdown(); server?.shutdown(); stopped.signal() }
+            stopped.wait()
+        }
+        guard case .outcomes(let outcomes)? = got else { return XCTFail("\(String(describing: got))") }
+        XCTAssertEqual(outcomes, [.acknowledged, .acknowledged], "both answers went to the configured address")
+        XCTAssertEqual(received.count, 2)
+    }
 }
