@@ -13,6 +13,16 @@ import CohortPosix
 ///
 /// Blocking: `run` loops on the calling thread until `stop()` (from any thread).
 public final class RedisStreamReader {
+    /// A consumer's name when none is given: drawn from its inbox database's absolute path, so
+    /// the same database is the same consumer across restarts. The entries a consumer read and
+    /// did not acknowledge stay with its name in the group; a restart under a new name (the
+    /// process id, as the demo consumer used) left them to `XAUTOCLAIM` after its idle time
+    /// while the new name took the key's next entries at once, out of order.
+    public static func defaultConsumerName(inboxPath: String, currentDirectory: String) -> String {
+        let absolute = inboxPath.hasPrefix("/") ? inboxPath : currentDirectory + "/" + inboxPath
+        return "consumer-" + String(CRC32C.checksum(Array(absolute.utf8)), radix: 16)
+    }
+
     public let url: String
     public let stream: String
     public let group: String

@@ -18,7 +18,8 @@ stream as consumer C of group G. GET /v1/state reports counts and lag percentile
   --redis URL        redis://HOST:PORT: read a stream instead of serving /v1/inbox
   --stream S         stream name (default cohort-outbox)
   --group G          consumer group (default demo)
-  --name C           consumer name within the group (default consumer-PID)
+  --name C           consumer name within the group; keep it across restarts (default: one
+                     drawn from --db's path, so the same database is the same consumer)
   --accept-poison    apply poison messages too (default: refuse them)
   --sync full|normal SQLite synchronous mode (default full)
 \(Arguments.checkFlagsUsage)
@@ -136,7 +137,7 @@ do {
     var readerThread: PosixThread?
     if let redisURL {
         let r = try RedisStreamReader(url: redisURL, stream: args.string("stream") ?? "cohort-outbox", group: args.string("group") ?? "demo",
-                                      consumer: args.string("name") ?? "consumer-\(ProcessEnv.pid)", inbox: inbox, effect: effect)
+                                      consumer: args.string("name") ?? RedisStreamReader.defaultConsumerName(inboxPath: db, currentDirectory: FileManager.default.currentDirectoryPath), inbox: inbox, effect: effect)
         r.onProblem = { StandardStream.err("consumer: \($0)\n") }
         r.onBatch = { results in
             let d = results.filter { $0.status == "duplicate" }.count

@@ -198,3 +198,15 @@ final class StoreTests: XCTestCase {
         XCTAssertEqual(after.deadKeys, [:])
     }
 }
+
+final class ConsumerNameTests: XCTestCase {
+    /// The default consumer name follows the inbox database, not the process: the same file is
+    /// the same consumer after a restart (its unacknowledged entries are its own again at once).
+    func testTheDefaultConsumerNameFollowsTheDatabase() {
+        let a = RedisStreamReader.defaultConsumerName(inboxPath: "/data/consumer.db", currentDirectory: "/x")
+        XCTAssertEqual(a, RedisStreamReader.defaultConsumerName(inboxPath: "/data/consumer.db", currentDirectory: "/y"))
+        XCTAssertEqual(a, RedisStreamReader.defaultConsumerName(inboxPath: "consumer.db", currentDirectory: "/data"))
+        XCTAssertNotEqual(a, RedisStreamReader.defaultConsumerName(inboxPath: "/data/other.db", currentDirectory: "/x"))
+        XCTAssertTrue(a.hasPrefix("consumer-"))
+    }
+}
