@@ -205,7 +205,7 @@ final class InventoryOutbox {
                                                inbox: inbox) { tx, m in
                 // On the loop thread (runApply below): a locked sku leaves the entry pending; it is claimed again later.
                 if let p = OrderPlaced.from(m), busy(p.sku) {
-                    throw OutboxInputError("sku \(p.sku) is locked by a 2PC/3PC branch; retry")
+                    throw InboxBusy("sku \(p.sku) is locked by a 2PC/3PC branch; retry")
                 }
                 try Self.applyOrderPlaced(tx, m)
             }
@@ -241,19 +241,15 @@ final class InventoryOutbox {
                        headers: ["reply_to": m.headers["reply_to"] ?? ""])
     }
 
-    /// `POST /v1/inbox` (loop thread). A batch touching a sku that a 2PC/3PC branch holds locked
-    /// is answered 503 (the relay retries it later, counting no attempt).
+    /// `POST /v1/inbox` (loop thread). A message for a sku that a 2PC/3PC branch holds locked is
+    /// answered `busy` (sent again later, no attempt counted) and the rest of the batch applies:
+    /// a 503 for the whole batch held back every sku while one branch was in doubt.
     func handleInbox(_ request: HTTPRequest, busy: (String) -> Bool) -> HTTPResponse {
         guard let batch = try? InboxBatch(wireJSON: request.body) else {
             return .error(400, "body must be {\"messages\": [...]}")
         }
         guard batch.messages.count <= Limits.outboxBatchMessagesMax else {
             return .error(413, "\(batch.messages.count) messages in one batch exceed \(Limits.outboxBatchMessagesMax)")
-        }
-        for m in batch.messages {
-            if let p = OrderPlaced.from(m), busy(p.sku) {
-                return .error(503, "sku \(p.sku) is locked by a 2PC/3PC branch; retry")
-            }
         }
         if TestOnlyBreak.fromEnvironment() == .inboxForgetsDuplicates {
             // TEST ONLY (debug builds): no memory of applied messages, so redeliveries apply again.
@@ -262,7 +258,10 @@ final class InventoryOutbox {
             }
         }
         do {
-            let results = try inbox.apply(batch.messages, Self.applyOrderPlaced)
+            let results = try inbox.apply(batch.messages) { tx, m in
+                if let p = OrderPlaced.from(m), busy(p.sku) { throw InboxBusy("sku \(p.sku) is locked by a 2PC/3PC branch; retry") }
+                try Self.applyOrderPlaced(tx, m)
+            }
             relay.wake()
             return .jsonBytes(200, InboxBatchResponse(results: results).wireJSON)
         } catch {

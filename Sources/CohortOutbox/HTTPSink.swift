@@ -4,8 +4,9 @@ import CohortPosix
 import Foundation
 
 /// Direct HTTP delivery: each batch is one `POST URL` with `{"messages": [...]}`; the consumer's
-/// inbox endpoint answers 200 `{"results": [{"id", "status": "applied"|"duplicate"|"failed", "error"?}]}`.
-/// `applied` and `duplicate` acknowledge a message; `failed` refuses it (an attempt). A 4xx answer
+/// inbox endpoint answers 200 `{"results": [{"id", "status": "applied"|"duplicate"|"failed"|"busy", "error"?}]}`.
+/// `applied` and `duplicate` acknowledge a message; `failed` refuses it (an attempt); `busy`
+/// defers it (sent again after a backoff of its key, no attempt). A 4xx answer
 /// refuses every message of the batch; no answer, a timeout, 5xx, 408 or 429 mean the consumer is
 /// unavailable (nothing counted, the relay backs off). 413 (body too large) says nothing about
 /// the messages of a batch of several: `tooLarge`, the relay sends them in smaller batches; for a
@@ -55,6 +56,7 @@ public final class HTTPOutboxSink: OutboxSink {
                 guard let x = byID[m.messageID] else { return .rejected("consumer gave no result for \(m.messageID)") }
                 switch x.status {
                 case "applied", "duplicate": return .acknowledged
+                case "busy": return .deferred(x.error ?? "consumer is busy")
                 default: return .rejected(x.error ?? "consumer answered \(x.status)")
                 }
             })

@@ -16,6 +16,15 @@ import Foundation
 ///
 /// The effect gets an `OutboxTransaction`: with `withOutbox: true` it can also enqueue replies,
 /// which commit with the effect (consume, act and publish, atomically). Not thread-safe.
+/// Thrown by an inbox effect that cannot apply its message now for a reason that is not the
+/// message's (a row it needs is locked): the message is answered `busy`, nothing of it is kept,
+/// and the relay sends it again later without counting an attempt.
+public struct InboxBusy: Error, CustomStringConvertible {
+    public let reason: String
+    public init(_ reason: String) { self.reason = reason }
+    public var description: String { reason }
+}
+
 public final class Inbox {
     public static let crashPoints = ["inbox.after-commit"]
 
@@ -78,7 +87,7 @@ public final class Inbox {
                     try connection.run("RELEASE msg")
                     // The inbox row was inserted before the savepoint: take it back out.
                     try connection.run("DELETE FROM inbox WHERE consumer = ?1 AND message_id = ?2", [.text(consumer), .text(m.id)])
-                    out.append(InboxResult(id: m.id, status: "failed", error: "\(error)"))
+                    out.append(InboxResult(id: m.id, status: error is InboxBusy ? "busy" : "failed", error: "\(error)"))
                 }
             }
             return out

@@ -251,7 +251,9 @@ public struct InboxBatch: Codable, Sendable {
 
 public struct InboxResult: Codable, Equatable, Sendable {
     public var id: String
-    /// `applied`, `duplicate` (applied before: acknowledged again) or `failed` (not applied).
+    /// `applied`, `duplicate` (applied before: acknowledged again), `failed` (not applied: the
+    /// relay counts an attempt) or `busy` (not applied now for a reason that is not the
+    /// message's, such as a row the consumer holds locked: sent again later, no attempt counted).
     public var status: String
     public var error: String?
     public init(id: String, status: String, error: String? = nil) {

@@ -75,6 +75,10 @@ public enum DeliveryOutcome: Equatable, Sendable {
     /// error reply: out of memory, loading, read-only replica...): no attempt is counted, the
     /// message is sent again after the same backoff as an unreachable sink.
     case notTaken(String)
+    /// The consumer could not apply this message now for a reason that is not the message's (an
+    /// inbox answered `busy`: a row it needs is locked): no attempt is counted; the key backs off
+    /// as after a refusal, and the other keys go on.
+    case deferred(String)
 }
 
 /// What the state machine asks its runtime to do.
@@ -286,6 +290,9 @@ public struct RelayMachine: Sendable {
                     // message goes again after the sink-down backoff.
                     notTaken = notTaken ?? reason
 
+                case .deferred(let reason):
+                    // A failure that keeps the message's attempts: the key backs off, nothing dies.
+                    w.failed.append(.init(id: m.id, attempts: m.attempts, error: reason))
                 case .rejected(let reason):
                     let attempts = m.attempts + 1
                     if attempts >= config.attemptsMax {

@@ -323,6 +323,33 @@ final class RelayMachineTests: XCTestCase {
         XCTAssertEqual(m.deliveredTotal, 2)
     }
 
+    /// A message the consumer answers `busy` (a row it needs is locked) backs off its key only,
+    /// counts no attempt, and never becomes a dead letter; the other keys of the batch go on.
+    func testADeferredMessageBacksOffItsKeyAndNeverDies() {
+        var config = RelayConfig()
+        config.attemptsMax = 2
+        var (m, out) = started([msg(1, "a"), msg(2, "b"), msg(3, "b")], config: config)
+        var now: Int64 = 0
+        var aSent = 0
+        for _ in 0..<20 {
+            var next: [RelayAction] = []
+            for b in delivers(out) {
+                if b.1.contains(1) { aSent += 1 }
+                let outcomes: [DeliveryOutcome] = b.1.map { $0 == 1 ? .deferred("sku locked") : .acknowledged }
+                let recorded = m.on(.delivered(batch: b.0, outcomes: outcomes, nowMs: now))
+                guard case .record(_, let write, _)? = recorded.first(where: { if case .record = $0 { return true }; return false }) else { return XCTFail() }
+                XCTAssertEqual(write.failed.map(\.attempts), b.1.contains(1) ? [0] : [], "no attempt counted")
+                XCTAssertTrue(write.dead.isEmpty)
+                next += m.on(.recorded(batch: b.0, applied: true, nowMs: now))
+            }
+            now += config.retryDelayMsMax
+            out = next + m.on(.tick(nowMs: now))
+        }
+        XCTAssertGreaterThan(aSent, config.attemptsMax, "a was sent again and again")
+        XCTAssertEqual(m.deadTotal, 0)
+        XCTAssertEqual(m.deliveredTotal, 2, "b's messages went on while a waited")
+    }
+
     func testRescanPicksUpARowBelowTheCursor() {
         var config = RelayConfig()
         config.rescanIntervalMs = 100

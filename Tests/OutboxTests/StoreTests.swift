@@ -1,4 +1,5 @@
 import CohortCore
+import CohortHTTP
 @testable import CohortOutbox
 import Foundation
 import XCTest
@@ -56,6 +57,32 @@ final class StoreTests: XCTestCase {
         XCTAssertEqual(try store.pending(afterID: 0, limit: 100, bytesMax: 1).count, 1, "at least one row")
         XCTAssertEqual(try store.pending(afterID: 0, limit: 100).count, 10)
         XCTAssertEqual(try store.pending(key: "k0", afterID: 0, limit: 100, bytesMax: 150_000).count, 2)
+    }
+
+    /// An effect that throws `InboxBusy` answers `busy`, keeps nothing (the message applies when
+    /// it comes again), and the consumer's HTTP answer reads as deferred, not refused.
+    func testABusyEffectKeepsNothingAndIsDeferred() throws {
+        let inbox = try Inbox(path: tempDB("c"), consumer: "c")
+        try inbox.connection.exec("CREATE TABLE effects(id TEXT)")
+        let m = WireMessage(id: "s:1", source: "s", seq: 1, topic: "t", key: "k", payload: "{}", headers: [:], createdMs: 0)
+        var locked = true
+        func apply() throws -> [InboxResult] {
+            try inbox.apply([m]) { tx, w in
+                if locked { throw InboxBusy("k is locked") }
+                try tx.execute("INSERT INTO effects(id) VALUES(?1)", [.text(w.id)])
+            }
+        }
+        let first = try apply()
+        XCTAssertEqual(first.map(\.status), ["busy"])
+        locked = false
+        XCTAssertEqual(try apply().map(\.status), ["applied"], "nothing of the busy try was kept")
+        XCTAssertEqual(try apply().map(\.status), ["duplicate"])
+        let body = InboxBatchResponse(results: first).wireJSON
+        let out = OutboxMessage(id: 1, source: "s", topic: "t", key: "k", payload: "{}", createdMs: 0)
+        guard case .outcomes(let o) = HTTPOutboxSink.interpret(HTTPClientResponse(status: 200, headers: HTTPHeaders(), body: body), messages: [out], url: "u") else {
+            return XCTFail()
+        }
+        XCTAssertEqual(o, [.deferred("k is locked")])
     }
 
     func testIdsNeverGoBackwardsEvenAfterDeletes() throws {
