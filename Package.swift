@@ -79,7 +79,7 @@ let package = Package(
         .testTarget(name: "CohortSQLiteTests", dependencies: ["CohortSQLite"]),
         .testTarget(name: "IntegrationTests", dependencies: ["CohortClient", "CohortCore"]),
         .testTarget(name: "ScenarioTests", dependencies: ["CohortScenario", "CohortClient", "CohortPosix"]),
-        .testTarget(name: "TxctlTests", dependencies: ["CohortCtl", "CohortClient", "CohortCore", "CohortLog", "CohortHTTP"], exclude: ["Golden"]),
+        .testTarget(name: "TxctlTests", dependencies: ["CohortCtl", "CohortClient", "CohortCore", "CohortLog", "CohortHTTP", "CohortPosix"], exclude: ["Golden"]),
     ],
     swiftLanguageModes: [.v5]
 )

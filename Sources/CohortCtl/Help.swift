@@ -114,7 +114,10 @@ public enum Help {
 
     A participant agent's branches, for when its coordinator is gone for good. A forced outcome
     at an agent is heuristic: if the coordinator later decides otherwise, both report the
-    transaction heuristic-mixed.
+    transaction heuristic-mixed. So commit and abort first ask the branch's coordinator, and
+    refuse when it answers with the other outcome or has not decided yet (decide there instead);
+    an unreachable coordinator is what they are for.
+      --against-coordinator   force even so
       --state S   active, preparing, prepared, committing, forcing, heuristic-committed,
                   heuristic-aborted, heuristic-mixed, in-doubt (voted yes, no outcome yet)
 

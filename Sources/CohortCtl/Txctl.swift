@@ -233,13 +233,38 @@ public enum Txctl {
             let b = try remote(a).get("/v1/branches/\(escape(p[3]))", BranchDetail.self)
             ctx.out(a.has("json") ? JSONOut.encode(b) : Render.branchDetail(b))
         case "commit", "abort":
-            let a = try parse(argv, valued: ["reason", "operator"], booleans: ["force", "dry-run", "json"])
-            let p = try positional(a, count: 4, usage: "txctl agent URL \(sub) TXID --force --reason \"...\" [--dry-run]")
-            let body = try forceBody(a, ctx, outcome: sub == "commit" ? "committed" : "aborted", verb: "agent \(sub)")
+            let a = try parse(argv, valued: ["reason", "operator"], booleans: ["force", "dry-run", "json", "against-coordinator"])
+            let p = try positional(a, count: 4, usage: "txctl agent URL \(sub) TXID --force --reason \"...\" [--dry-run] [--against-coordinator]")
+            let outcome = sub == "commit" ? "committed" : "aborted"
+            let body = try forceBody(a, ctx, outcome: outcome, verb: "agent \(sub)")
+            if !a.has("against-coordinator") {
+                try coordinatorAllows(outcome, txid: p[3], agent: try remote(a), token: try token(a, ctx))
+            }
             let r = try remote(a).post("/v1/branches/\(escape(p[3]))/force", body: body, ForceResponse.self)
             ctx.out(a.has("json") ? JSONOut.encode(r) : Render.force(r, where: "at participant \(url)", recorded: "recorded durably at the participant as a heuristic decision"))
         default:
             throw CtlError.usage("unknown agent command \"\(sub)\": use list, show, commit or abort (see txctl agent --help)")
+        }
+    }
+
+    /// A forced outcome at a participant is for a coordinator gone for good. When the branch's
+    /// coordinator answers, its word stands: forcing the other outcome here would split the
+    /// transaction (both sides would then report heuristic-mixed, and someone repairs data by
+    /// hand), and forcing while it has not decided takes the decision from the process that
+    /// can make it for every branch. Unreachable, or no longer that coordinator: go ahead.
+    static func coordinatorAllows(_ outcome: String, txid: String, agent: Remote, token: String?) throws {
+        let branch = try agent.get("/v1/branches/\(escape(txid))", BranchDetail.self)
+        guard let url = branch.coordinator, !url.isEmpty, let coordinator = try? Remote(kind: .coordinator, url: url, token: token) else { return }
+        guard let answer = try? coordinator.get("/v1/transactions/\(escape(txid))/outcome", InquiryResponse.self) else { return }
+        switch answer.outcome {
+        case outcome:
+            return
+        case "committed", "aborted":
+            throw CtlError.failed("the coordinator at \(url) answers that \(txid) is \(answer.outcome): forcing \(outcome) here would split the transaction (heuristic-mixed). The branch learns the outcome by asking the coordinator; if you must, add --against-coordinator")
+        case "pending":
+            throw CtlError.failed("the coordinator at \(url) is up and has not decided \(txid): decide there (txctl --coordinator \(url) \(outcome == "committed" ? "commit" : "abort") \(txid) --force ...), which every branch then follows; if you must, add --against-coordinator")
+        default:
+            return // unknown-coordinator: another process answers there now
         }
     }
 

@@ -1,0 +1,74 @@
+import CohortCore
+import CohortCtl
+import CohortHTTP
+import CohortPosix
+import Foundation
+import XCTest
+
+/// `txctl agent URL commit|abort --force` asks the branch's coordinator first. One stub process
+/// plays both: the agent's branch names the stub as its coordinator, whose answer the test sets.
+final class AgentForceTests: XCTestCase {
+    private final class Stub: @unchecked Sendable {
+        let lock = NSLock()
+        var coordinatorAnswer: String? = "committed" // nil: the coordinator path answers 503
+        var forced: [String] = []
+    }
+
+    func testAForceThatContradictsAnAnsweringCoordinatorIsRefused() throws {
+        let stub = Stub()
+        let loop = try EventLoop()
+        loop.startThread()
+        let ready = DispatchSemaphore(value: 0)
+        var server: HTTPServer?
+        let txid = "0a1b2c3d-1-1"
+        loop.execute {
+            server = try? HTTPServer(loop: loop, host: "127.0.0.1", port: 0) { request, responder in
+                let base = "http://127.0.0.1:\(server!.port)"
+                switch (request.method, request.path) {
+                case ("GET", "/v1/branches/\(txid)"):
+                    responder.send(.json(200, BranchDetail(txid: txid, state: "prepared", coordinator: base, writeSetBytes: 10, inquiries: 3,
+                                                          lastInquiryError: nil, heuristic: nil)))
+                case ("GET", "/v1/transactions/\(txid)/outcome"):
+                    let answer = stub.lock.withLock { stub.coordinatorAnswer }
+                    if let answer { responder.send(.json(200, InquiryResponse(txid: txid, outcome: answer))) } else { responder.send(.error(503, "down")) }
+                case ("POST", "/v1/branches/\(txid)/force"):
+                    let body = (try? JSONSerialization.jsonObject(with: Data(request.body))) as? [String: Any]
+                    let outcome = body?["outcome"] as? String ?? "?"
+                    stub.lock.withLock { stub.forced.append(outcome) }
+                    responder.send(.json(200, ForceResponse(txid: txid, outcome: outcome, dryRun: false, effects: ["recorded"])))
+                default:
+                    responder.send(.error(404, "no such endpoint"))
+                }
+            }
+            ready.signal()
+        }
+        ready.wait()
+        defer {
+            let done = DispatchSemaphore(value: 0)
+            loop.execute { server?.shutdown(); done.signal() }
+            done.wait()
+        }
+        let agent = "http://127.0.0.1:\(try XCTUnwrap(server).port)"
+        func force(_ verb: String, _ extra: [String] = []) -> CtlResult {
+            ctl(["agent", agent, verb, txid, "--force", "--reason", "coordinator lost"] + extra, env: ["USER": "oncall"])
+        }
+        // The coordinator committed: aborting here would split the transaction.
+        let refused = force("abort")
+        XCTAssertEqual(refused.status, 1, refused.err)
+        XCTAssertTrue(refused.err.contains("answers that \(txid) is committed") && refused.err.contains("--against-coordinator"), refused.err)
+        XCTAssertEqual(stub.lock.withLock { stub.forced }, [], "nothing forced")
+        // Agreeing with it is allowed; so is going against it when told to.
+        XCTAssertEqual(force("commit").status, 0)
+        XCTAssertEqual(force("abort", ["--against-coordinator"]).status, 0)
+        XCTAssertEqual(stub.lock.withLock { stub.forced }, ["committed", "aborted"])
+        // Undecided and up: decide at the coordinator.
+        stub.lock.withLock { stub.coordinatorAnswer = "pending" }
+        let pending = force("commit")
+        XCTAssertEqual(pending.status, 1)
+        XCTAssertTrue(pending.err.contains("has not decided"), pending.err)
+        // Not answering: what the force is for.
+        stub.lock.withLock { stub.coordinatorAnswer = nil }
+        XCTAssertEqual(force("abort").status, 0)
+        XCTAssertEqual(stub.lock.withLock { stub.forced }, ["committed", "aborted", "aborted"])
+    }
+}
