@@ -281,18 +281,7 @@ public final class SQLiteConnection {
     /// snapshot (taken at its first read), while writers go on. No write lock is taken.
     public func readTransaction<T>(_ body: () throws -> T) throws -> T {
         precondition(!inTransaction, "nested SQLiteConnection transaction")
-        try run("BEGIN DEFERRED")
-        inTransaction = true
-        defer { inTransaction = false }
-        let result: T
-        do {
-            result = try body()
-        } catch {
-            _ = try? run("ROLLBACK")
-            throw error
-        }
-        try run("COMMIT")
-        return result
+        return try bracketed("BEGIN DEFERRED", body)
     }
 
     /// BEGIN IMMEDIATE ... COMMIT around `body`; ROLLBACK when it throws. IMMEDIATE takes the
@@ -305,17 +294,17 @@ public final class SQLiteConnection {
             }
         }
         defer { writeLock?.unlock() }
-        try run("BEGIN IMMEDIATE")
+        return try bracketed("BEGIN IMMEDIATE", body)
+    }
+
+    /// `begin`, `body`, COMMIT; ROLLBACK when the body or the commit throws.
+    private func bracketed<T>(_ begin: String, _ body: () throws -> T) throws -> T {
+        try run(begin)
         inTransaction = true
         defer { inTransaction = false }
         let result: T
         do {
             result = try body()
-        } catch {
-            _ = try? run("ROLLBACK")
-            throw error
-        }
-        do {
             try run("COMMIT")
         } catch {
             _ = try? run("ROLLBACK")
