@@ -786,6 +786,7 @@ public struct Coordinator {
                     switch tx.state {
                     case .committing: return [.reply(request, .outcome(earlier, .committed, reason: nil))]
                     default:
+                        if let full = Self.waitersFull(tx, request) { return full }
                         tx.waiters.append(request)
                         open[earlier] = tx
                         return []
@@ -825,6 +826,13 @@ public struct Coordinator {
         }
         tx.waiters.append(request)
         return [.setTimer(.transactionTimeout(txid), afterMs: tx.timeoutMs)] + startPrepare(txid, &tx, onePhaseAllowed: false, nowMs: nowMs)
+    }
+
+    /// A repeated commit (or submission) past `Limits.waitersPerTransactionMax` is answered at
+    /// once instead of joining the wait.
+    static func waitersFull(_ tx: Transaction, _ request: RequestID) -> [Action]? {
+        guard tx.waiters.count >= Limits.waitersPerTransactionMax else { return nil }
+        return [.reply(request, .error(RequestError(503, "\(tx.waiters.count) requests already wait for the outcome of \(tx.txid); ask for it later (GET /v1/transactions/\(tx.txid))")))]
     }
 
     private func lookup(_ text: String) -> Result<TxID, RequestError> {
@@ -924,6 +932,7 @@ public struct Coordinator {
         case .committing:
             return [.reply(request, .outcome(txid, .committed, reason: nil))]
         case .preparing, .preCommitting, .terminating, .deciding:
+            if let full = Self.waitersFull(tx, request) { return full }
             tx.waiters.append(request)
             open[txid] = tx
             return []

@@ -172,6 +172,17 @@ public enum Limits {
     public static let attemptHistoryKept = 10
     /// Audit entries (operator decisions) kept per transaction.
     public static let auditEntriesPerTransactionMax = 16
+    /// Repeated requests that may wait together for one transaction's outcome at the
+    /// coordinator (a client's commit retried after its own timeout), or for one branch's record
+    /// at an agent (the coordinator re-sending while a sync hangs). Each holds a connection
+    /// until answered; past this the repeat is answered 503 at once, so a stuck transaction
+    /// cannot collect connections until the server has none left.
+    public static let waitersPerTransactionMax = 16
+    /// A connection whose client closed its side while answers are still owed is kept this
+    /// long for them (a client that half-closes after its request), then closed: most such
+    /// clients gave up on a request that may wait for long (a one-branch commit to a stuck
+    /// agent), and each would hold a connection until the answer came.
+    public static let httpPeerClosedAnswerWaitMs: Int64 = 2_000
     /// Outcomes an operator forced, remembered (durably) so participants asking later hear them.
     public static let operatorOutcomesKept = 100_000
     public static let reasonBytesMax = 1024

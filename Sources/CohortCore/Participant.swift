@@ -562,6 +562,7 @@ public struct Participant {
         case .active:
             break
         case .preparing, .committing:
+            if let full = Self.waitingFull(txid, b, request) { return full }
             b.waiting.append(request)
             branches[txid] = b
             return []
@@ -643,6 +644,7 @@ public struct Participant {
             return [.cancelTimer(.inquire(txid))] + Self.terminationCancels(txid, b)
                 + [.log(.committed(txid), force: true)]
         case .committing:
+            if let full = Self.waitingFull(txid, b, request) { return full }
             b.waiting.append(request)
             branches[txid] = b
             return []
@@ -691,6 +693,7 @@ public struct Participant {
             return [.reply(request, .aborted)]
         case .aborting:
             // Answered once the abort record is durable.
+            if let full = Self.waitingFull(txid, b, request) { return full }
             b.waiting.append(request)
             branches[txid] = b
             return []
@@ -892,6 +895,13 @@ public struct Participant {
     /// Termination timers are set for 3PC branches only, so a 2PC branch has none to cancel
     /// (each cancel is a table lookup in the runtime: about 2% of an agent's instructions went
     /// to cancelling timers that were never set). Without the branch, cancel to be safe.
+    /// A repeated request past `Limits.waitersPerTransactionMax` is answered 503 at once (the
+    /// coordinator retries) instead of joining the wait for the branch's record.
+    static func waitingFull(_ txid: String, _ b: Branch, _ request: RequestID) -> [Action]? {
+        guard b.waiting.count >= Limits.waitersPerTransactionMax else { return nil }
+        return [.reply(request, .error(RequestError(503, "\(b.waiting.count) requests already wait for branch \(txid)'s record; retry later")))]
+    }
+
     private static func terminationCancels(_ txid: String, _ b: Branch?) -> [Action] {
         if let b, b.threePhase == nil { return [] }
         return [.cancelTimer(.termination(txid)), .cancelTimer(.terminationRound(txid))]

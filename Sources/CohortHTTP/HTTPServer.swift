@@ -70,6 +70,7 @@ final class ServerConnection {
     /// No more requests are read (a Connection: close request, an error, or EOF).
     var readingStopped = false
     var peerClosed = false
+    var peerClosedAtMs: Int64 = 0
     /// The response that ends the connection has been queued.
     var closeQueued = false
     var lingering = false
@@ -119,6 +120,7 @@ final class ServerConnection {
             return
         case .done(0):
             peerClosed = true
+            peerClosedAtMs = SystemClock.monotonicMs()
             if lingering || inFlight == 0 {
                 // Nothing owed to the peer (a partial request can never complete now).
                 close()
@@ -288,6 +290,11 @@ final class ServerConnection {
         }
         if requestStartMs != 0 && nowMs - requestStartMs > server.config.requestTimeoutMs {
             fail(408, "request not received in time")
+            return
+        }
+        if peerClosed && nowMs - peerClosedAtMs > Limits.httpPeerClosedAnswerWaitMs {
+            // Answers still owed to a client that closed its side: it most likely gave up.
+            close()
             return
         }
         let idle = inFlight == 0 && !parser.hasPartialRequest

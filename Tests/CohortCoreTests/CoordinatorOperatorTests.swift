@@ -181,6 +181,16 @@ final class CoordinatorOperatorTests: XCTestCase {
         XCTAssertEqual(restarted.transaction(t)?.state, .heuristicMixed)
     }
 
+    /// Commits repeated by a client while the transaction is undecided wait together up to a
+    /// bound; past it each is answered 503 at once instead of holding a connection.
+    func testRepeatedCommitsWaitingForAnOutcomeAreBounded() {
+        var c = machine()
+        let t = started(&c) // commit 4 waits for the votes
+        for r in 5..<(4 + RequestID(Limits.waitersPerTransactionMax)) { XCTAssertEqual(c.on(.commit(r, txid: t.description), nowMs: 3), []) }
+        XCTAssertEqual(errorStatus(c.on(.commit(999, txid: t.description), nowMs: 3)), 503)
+        XCTAssertEqual(c.transaction(t)?.waiters.count, Limits.waitersPerTransactionMax)
+    }
+
     func testHeuristicAbortDuringCommitIsReportedMixed() throws {
         var c = machine()
         let t = committing(&c)

@@ -47,6 +47,21 @@ final class ParticipantTests: XCTestCase {
         XCTAssertEqual(p.inDoubtCount, 0)
     }
 
+    /// Commits re-sent while the commit record's sync hangs wait together up to a bound; past
+    /// it they are answered 503 at once (each waiter holds a connection until answered).
+    func testRepeatedCommitsWaitingForTheRecordAreBounded() {
+        var p = joined()
+        _ = p.on(.prepare(1, txid: "t1", onePhase: false, vote: .yes(writeSet: ws)))
+        _ = p.on(.preparedDurable("t1"))
+        _ = p.on(.commit(100, txid: "t1"))
+        for r in 101..<(100 + RequestID(Limits.waitersPerTransactionMax)) { XCTAssertEqual(p.on(.commit(r, txid: "t1")), []) }
+        let over = p.on(.commit(999, txid: "t1"))
+        guard case .reply(999, .error(let e))? = over.first else { return XCTFail("\(over)") }
+        XCTAssertEqual(e.status, 503)
+        let d = p.on(.commitDurable("t1", lsn: 1))
+        XCTAssertEqual(d.filter { if case .reply(_, .acknowledged) = $0 { return true }; return false }.count, Limits.waitersPerTransactionMax)
+    }
+
     func testACheckpointKeepsRecentOutcomes() throws {
         // A 3PC peer may ask about a branch finished before this participant's last checkpoint;
         // "unknown" there could leave the peer waiting for ever.

@@ -357,6 +357,31 @@ final class ServerTests: XCTestCase {
         XCTAssertEqual(String(decoding: all, as: UTF8.self).components(separatedBy: "HTTP/1.1 200 ").count - 1, count)
     }
 
+    /// A client that closes while its answer is still owed (it gave up on a request that waits
+    /// for long) does not keep its connection: before, the connection stayed until the answer
+    /// came, which for a commit to a stuck agent was never, and 1,024 of them filled the server.
+    func testAConnectionWhoseClientLeftIsClosedThoughItsAnswerIsOwed() throws {
+        let h = try LoopHarness()
+        var owed: [HTTPResponder] = []
+        let server = try h.server { _, r in owed.append(r) } // never answers
+        defer { h.stop(server) }
+        for _ in 0..<5 {
+            let s = try rawSocket(server.port)
+            try write(s, "POST /v1/transactions/t/commit HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+            s.close()
+        }
+        for _ in 0..<100 where (try h.sync { owed.count }) < 5 { Thread.sleep(forTimeInterval: 0.02) }
+        XCTAssertEqual(try h.sync { owed.count }, 5)
+        XCTAssertEqual(try h.sync { server.connections.count }, 5, "kept while the clients may still read")
+        var left = 5
+        for _ in 0..<100 where left > 0 { // the sweep closes them after httpPeerClosedAnswerWaitMs
+            Thread.sleep(forTimeInterval: 0.1)
+            left = try h.sync { server.connections.count }
+        }
+        XCTAssertEqual(left, 0, "connections of clients that left are still open")
+        try h.sync { for r in owed { r.send(.text(200, "late")) } } // answering a closed connection is harmless
+    }
+
     /// Empty lines before a request are tolerated a few at a time, not as a way to hold a
     /// connection open without ever sending a request.
     func testATrickleOfEmptyLinesIsRefused() throws {
