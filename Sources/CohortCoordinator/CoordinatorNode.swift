@@ -118,6 +118,7 @@ public final class CoordinatorNode {
         metrics.sample("cohort_in_doubt", help: "Unfinished transactions at this coordinator") { [unowned self] in Double(self.machine.unfinishedCount + self.tcc.unfinishedCount) }
         metrics.sample("cohort_parked", help: "Transactions past their retry budget (still retried, slowly)") { [unowned self] in Double(self.machine.parkedCount + self.tcc.parkedCount) }
         metrics.sample("cohort_open_transactions", help: "Transactions begun and not finished") { [unowned self] in Double(self.machine.unfinishedCount) }
+        metrics.sample("cohort_batch_capable_peers", help: "Participant URLs the coordinator sends batches to (at most \(Limits.batchCapablePeersMax))") { [unowned self] in Double(self.batchCapable.count) }
         log.onDurable = { [weak self] lsn in
             guard let self else { return }
             self.environment.execute { self.durable(upTo: lsn) }
@@ -429,8 +430,10 @@ public final class CoordinatorNode {
             switch JSONBody.decode(RegisterRequest.self, from: request.body) {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let r):
-                if r.batch == true, batchCapable.count < Limits.batchCapablePeersMax { batchCapable.insert(r.url) }
-                feed(.register(requests.add(responder), txid: parts[2], participant: ParticipantRef(name: r.participant, url: r.url, incarnation: r.incarnation)))
+                let participant = ParticipantRef(name: r.participant, url: r.url, incarnation: r.incarnation)
+                guard isCallableHTTPURL(r.url) else { return reject(400, Self.uncallable(r.url)) }
+                if r.batch == true { noteBatchCapable(participant) }
+                feed(.register(requests.add(responder), txid: parts[2], participant: participant))
             }
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "force":
             switch JSONBody.decode(ForceBody.self, from: request.body) {
@@ -477,9 +480,28 @@ public final class CoordinatorNode {
             responder.send(.requestError(e))
             return nil
         case .success(let n):
-            for b in n.branches where b.batch == true && batchCapable.count < Limits.batchCapablePeersMax { batchCapable.insert(b.url) }
-            return n.branches.map { ParticipantRef(name: $0.participant, url: $0.url, incarnation: $0.incarnation) }
+            if let bad = n.branches.first(where: { !isCallableHTTPURL($0.url) }) {
+                responder.send(.error(400, Self.uncallable(bad.url)))
+                return nil
+            }
+            let named = n.branches.map { ParticipantRef(name: $0.participant, url: $0.url, incarnation: $0.incarnation) }
+            for (b, participant) in zip(n.branches, named) where b.batch == true { noteBatchCapable(participant) }
+            return named
         }
+    }
+
+    /// Checked before the machine sees a participant: a URL the client cannot call would be
+    /// prepared and retried until the transaction timed out, and the commit would wait as long.
+    static func uncallable(_ url: String) -> String {
+        "participant url \"\(url.prefix(200))\" is not an http://HOST[:PORT]/PATH URL (port 1-65535)"
+    }
+
+    /// Remembers that `participant` serves `/v1/batch`: only a URL the machine would take and
+    /// the client could call (a 1 MB URL in a refused request once stayed in this set for good).
+    private func noteBatchCapable(_ participant: ParticipantRef) {
+        guard participant.sizeRefusal == nil, isCallableHTTPURL(participant.url),
+              batchCapable.count < Limits.batchCapablePeersMax else { return }
+        batchCapable.insert(participant.url)
     }
 
     private func stats() -> StatsResponse {
@@ -512,6 +534,9 @@ public final class CoordinatorNode {
             }
             if submit.protocol == "tcc" {
                 return responder.send(.error(400, "submit runs 2pc and 3pc transactions; a TCC transaction registers its branches (POST /v1/transactions/{txid}/tcc-branches)"))
+            }
+            if let bad = submit.branches.first(where: { !isCallableHTTPURL($0.url) }) {
+                return responder.send(.error(400, Self.uncallable(bad.url)))
             }
             let commitProtocol: CommitProtocol = submit.protocol == "3pc"
                 ? .threePhase(Termination(rawValue: submit.termination ?? "classic") ?? .classic) : .twoPhase

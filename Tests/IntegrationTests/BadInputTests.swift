@@ -115,6 +115,31 @@ final class BadInputTests: XCTestCase {
 
     /// An agent's scan answer stays under the size a client reads (`Limits.scanBytesMax` of
     /// keys and values); `next_after` leads to the rest, and `kvScan` follows it.
+    /// A refused registration or commit naming a batch-capable URL leaves nothing behind: a
+    /// 1 MB URL in a 400 used to stay in the coordinator's set of batch peers for good.
+    func testRefusedRegistrationsDoNotMarkURLsAsBatchPeers() throws {
+        let cluster = try startCluster(agents: 1)
+        let c = cluster.coordinatorURL
+        let api = CohortAPI(coordinatorURL: c)
+        func peers() throws -> Double? {
+            let text = String(decoding: try api.raw("GET", c + "/metrics").body, as: UTF8.self)
+            return text.split(separator: "\n").first { $0.hasPrefix("cohort_batch_capable_peers ") }.flatMap { Double($0.split(separator: " ")[1]) }
+        }
+        let before = try XCTUnwrap(try peers())
+        let txid = try api.begin()
+        let long = "http://h/" + String(repeating: "u", count: 600_000)
+        for url in [long, "http://h:99999/x", "http://" + String(repeating: "a", count: 600)] {
+            let body = Array(#"{"participant": "zz", "url": "\#(url)", "batch": true}"#.utf8)
+            assertError(api, "POST", c + "/v1/transactions/\(txid)/branches", body: body, status: 400)
+            // Refused at once (a URL no one can call used to be prepared until the timeout).
+            let named = Array(#"{"branches": [{"participant": "zz", "url": "\#(url)", "batch": true}]}"#.utf8)
+            assertError(api, "POST", c + "/v1/transactions/\(txid)/commit", body: named, status: 400)
+            let submitted = Array(#"{"branches": [{"participant": "zz", "url": "\#(url)", "ops": [{"op": "get", "key": "k"}]}]}"#.utf8)
+            assertError(api, "POST", c + "/v1/transactions/submit", body: submitted, status: 400)
+        }
+        XCTAssertEqual(try peers(), before, "refused URLs were kept as batch peers")
+    }
+
     func testALargeScanComesInPages() throws {
         let cluster = try startCluster(agents: 1)
         let a = cluster.url("a")
