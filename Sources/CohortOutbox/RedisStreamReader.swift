@@ -142,72 +142,90 @@ public final class RedisStreamReader {
             guard case .array(let pair?) = s, pair.count == 2 else { continue }
             let e = try entries(pair[1])
             n += e.count
-            last = e.last?.0 ?? last
+            last = e.last?.id ?? last
             try apply(c, e)
         }
         return (n, last)
     }
 
     /// Parses `[[id, [field, value, ...]], ...]`; entries deleted from the stream come as null.
-    func entries(_ v: RESPValue) throws -> [(String, WireMessage?)] {
+    func entries(_ v: RESPValue) throws -> [StreamEntry] {
         guard case .array(let items?) = v else { return [] }
-        var out: [(String, WireMessage?)] = []
+        var out: [StreamEntry] = []
         for item in items {
             guard case .array(let pair?) = item, pair.count == 2, let id = pair[0].string else { continue }
-            guard case .array(let fv?) = pair[1] else { out.append((id, nil)); continue }
+            guard case .array(let fv?) = pair[1] else { out.append(StreamEntry(id: id, message: nil, fields: [])); continue }
+            let fields = fv.map { $0.string ?? "" }
             var f: [String: String] = [:]
             var i = 0
-            while i + 1 < fv.count {
-                if let k = fv[i].string { f[k] = fv[i + 1].string ?? "" }
+            while i + 1 < fields.count {
+                f[fields[i]] = fields[i + 1]
                 i += 2
             }
-            guard let mid = f["id"], let key = f["key"] else { out.append((id, nil)); continue }
-            out.append((id, WireMessage(id: mid, source: f["source"] ?? "", seq: Int64(f["seq"] ?? "") ?? 0, topic: f["topic"] ?? "",
-                                        key: key, payload: f["payload"] ?? "", headers: JSONText.parseHeaders(f["headers"] ?? "{}"),
-                                        createdMs: Int64(f["created_ms"] ?? "") ?? 0)))
+            guard let mid = f["id"], let key = f["key"] else { out.append(StreamEntry(id: id, message: nil, fields: fields)); continue }
+            out.append(StreamEntry(id: id, message: WireMessage(id: mid, source: f["source"] ?? "", seq: Int64(f["seq"] ?? "") ?? 0, topic: f["topic"] ?? "",
+                                                                key: key, payload: f["payload"] ?? "", headers: JSONText.parseHeaders(f["headers"] ?? "{}"),
+                                                                createdMs: Int64(f["created_ms"] ?? "") ?? 0),
+                                   fields: fields))
         }
         return out
     }
 
-    func apply(_ c: RedisConnection, _ entries: [(String, WireMessage?)]) throws {
+    func apply(_ c: RedisConnection, _ entries: [StreamEntry]) throws {
         guard !entries.isEmpty else { return }
-        let messages = entries.compactMap { $0.1 }
-        // Per-key order: an entry of a key with an earlier entry left pending is not applied.
-        let blocked = KeySet(blockedKeys)
-        let effect = self.effect
-        let results = try runApply {
-            try self.inbox.apply(messages) { tx, m in
-                if blocked.contains(m.key) { throw OutboxInputError("waits behind an earlier pending entry of its key") }
-                do { try effect(tx, m) } catch {
-                    blocked.insert(m.key)
-                    throw error
+        var ack: [String] = []
+        var offered: [StreamEntry] = []
+        var messages: [WireMessage] = []
+        for e in entries {
+            guard let m = e.message else { ack.append(e.id); continue } // not a message of ours: nothing to apply
+            // Per-key order: an entry of a key with an earlier entry left pending waits. It is
+            // not even offered to the inbox: a blocked key's backlog is read again by every pass
+            // over the pending entries, and each entry offered cost a write (an inbox row
+            // inserted, a savepoint rolled back, the row deleted) to learn that it waits.
+            if blockedKeys.contains(m.key) { continue }
+            offered.append(e)
+            messages.append(m)
+        }
+        if !offered.isEmpty {
+            // Keys whose entry fails in this batch: their later entries in it are skipped.
+            let failed = KeySet()
+            let effect = self.effect
+            let results = try runApply {
+                try self.inbox.apply(messages, skip: { failed.contains($0.key) }) { tx, m in
+                    do { try effect(tx, m) } catch {
+                        failed.insert(m.key)
+                        throw error
+                    }
                 }
             }
-        }
-        blockedKeys = blocked.keys
-        onBatch?(results)
-        var ack: [String] = []
-        var j = 0
-        for (sid, m) in entries {
-            guard m != nil else { ack.append(sid); continue } // not a message of ours: nothing to apply
-            let r = results[j]
-            j += 1
-            switch r.status {
-            case "applied": appliedCount += 1; ack.append(sid)
-            case "duplicate": duplicateCount += 1; ack.append(sid)
-            default: onProblem?("message \(r.id) (entry \(sid)) failed: \(r.error ?? "?"); left pending")
+            blockedKeys.formUnion(failed.keys)
+            onBatch?(results.filter { $0.status != "skipped" })
+            for (e, r) in zip(offered, results) {
+                switch r.status {
+                case "applied": appliedCount += 1; ack.append(e.id)
+                case "duplicate": duplicateCount += 1; ack.append(e.id)
+                case "skipped": break // waits behind its key's entry that failed just now
+                default: onProblem?("message \(r.id) (entry \(e.id)) failed: \(r.error ?? "?"); left pending")
+                }
             }
         }
         if !ack.isEmpty { try c.command(["XACK", stream, group] + ack) }
     }
 }
 
-/// The blocked keys of one batch, shared with the closure that runs it (maybe on another thread,
+/// One stream entry: its id, the message it carries (nil for an entry that is not one, or was
+/// deleted from the stream), and its fields as read.
+struct StreamEntry {
+    let id: String
+    let message: WireMessage?
+    let fields: [String]
+}
+
+/// The keys that failed in one batch, shared with the closure that runs it (maybe on another thread,
 /// which the caller waits for).
 private final class KeySet: @unchecked Sendable {
     private let lock = PosixConditionLock()
-    private var set: Set<String>
-    init(_ set: Set<String>) { self.set = set }
+    private var set: Set<String> = []
     func contains(_ k: String) -> Bool { lock.withLock { set.contains(k) } }
     func insert(_ k: String) { lock.withLock { _ = set.insert(k) } }
     var keys: Set<String> { lock.withLock { set } }

@@ -1,0 +1,87 @@
+import CohortClient
+import CohortCore
+import CohortOutbox
+import CohortPosix
+import Foundation
+import XCTest
+
+/// What a key blocked behind a failing entry costs the stream reader: the work of each pass over
+/// its pending entries, how often passes run, how many entries it holds pending, and how long a
+/// poison entry can hold its key (docs/outbox.md, "Consumer side").
+final class StreamReaderBoundsTests: XCTestCase {
+    /// A throwaway Redis with one stream, a writer connection, and a reader to run on a thread.
+    final class Rig {
+        let dir: String
+        let redis: ThrowawayRedis
+        let stream = "bounds-test"
+        let writer: RedisConnection
+        var threads: [PosixThread] = []
+
+        init(_ test: XCTestCase) throws {
+            dir = tempPath("stream-bounds-\(UUID().uuidString.prefix(8))")
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            redis = try ThrowawayRedis(dir: dir)
+            writer = try RedisConnection(url: redis.url)
+            let dir = self.dir
+            test.addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
+        }
+
+        func add(_ key: String, _ seq: Int, payload: String? = nil) throws {
+            _ = try writer.command(["XADD", stream, "*", "id", "\(key)-\(seq)", "source", "t", "seq", String(seq), "topic", "T",
+                                    "key", key, "payload", payload ?? String(seq), "headers", "{}", "created_ms", "0"])
+        }
+
+        func reader(_ test: XCTestCase, effect: @escaping (OutboxTransaction, WireMessage) throws -> Void) throws -> RedisStreamReader {
+            try RedisStreamReader(url: redis.url, stream: stream, group: "g", consumer: "c",
+                                  inbox: try Inbox(path: dir + "/consumer.db", consumer: "c"), effect: effect)
+        }
+
+        func start(_ test: XCTestCase, _ reader: RedisStreamReader) throws {
+            threads.append(try PosixThread(name: "reader") { reader.run() })
+            test.addTeardownBlock { reader.stop() }
+        }
+
+        /// Entries pending at consumer "c" (XPENDING's summary).
+        func pending() throws -> Int {
+            guard case .array(let p?) = try writer.command(["XPENDING", stream, "g"]), case .integer(let n) = p[0] else { return -1 }
+            return Int(n)
+        }
+    }
+
+    /// Counters the effect and the apply hook bump (reader thread) and the test reads.
+    final class Counts: @unchecked Sendable {
+        private let lock = NSLock()
+        private var values: [String: Int] = [:]
+        func bump(_ k: String, by n: Int = 1) { lock.lock(); values[k, default: 0] += n; lock.unlock() }
+        subscript(_ k: String) -> Int { lock.lock(); defer { lock.unlock() }; return values[k] ?? 0 }
+    }
+
+    /// A key whose head keeps failing has 2,500 entries pending (three pages of the pass). Each
+    /// pass offers the inbox its head alone: before, it offered all 2,500 (each an inbox row
+    /// inserted and deleted in a write transaction, one transaction per page) every 100 ms.
+    func testABlockedKeysLaterEntriesAreNotOfferedToTheInbox() throws {
+        let rig = try Rig(self)
+        for i in 1...2_500 { try rig.add("stuck", i) }
+        try rig.add("free", 1)
+        let counts = Counts()
+        let reader = try rig.reader(self) { _, m in
+            counts.bump("effect")
+            counts.bump("effect " + m.key)
+            if m.key == "stuck" { throw InboxBusy("its row is locked") }
+        }
+        reader.runApply = { body in
+            let results = try body()
+            counts.bump("transactions")
+            counts.bump("offered", by: results.filter { $0.status != "skipped" }.count)
+            return results
+        }
+        try rig.start(self, reader)
+        waitFor("several passes over the stuck key", timeoutMs: 20_000) { counts["effect stuck"] >= 4 }
+        reader.stop()
+        rig.threads.forEach { $0.join() }
+        XCTAssertEqual(counts["effect free"], 1)
+        XCTAssertEqual(counts["offered"], counts["effect"], "only entries whose effect runs reach the inbox")
+        XCTAssertLessThanOrEqual(counts["transactions"], counts["effect"], "no transaction for a page of waiting entries")
+        XCTAssertEqual(try rig.pending(), 2_500, "the stuck key's entries all stay pending")
+    }
+}
