@@ -318,6 +318,12 @@ public enum Limits {
     /// A stream reader with an entry left pending (its effect failed) retries its own pending
     /// entries this often; later entries of that key wait for it (per-key order).
     public static let redisPendingRetryMs: Int64 = 100
+    /// ... and, while passes apply nothing and no new key is blocked, twice as long after each,
+    /// up to this: a pass reads every pending entry, and a key held for minutes made that
+    /// constant work. Below `redisClaimIdleMs` (a pass refreshes the entries' idle time, and
+    /// entries idle longer would look abandoned to the group's other consumers), and short
+    /// enough that a lock released elsewhere is noticed within it.
+    public static let redisPendingRetryMsMax: Int64 = 2_000
 
     // MARK: TCC
     /// Branches one TCC transaction may register.

@@ -9,7 +9,9 @@ import CohortPosix
 ///
 /// Per-key order: an entry whose effect fails stays pending, and every later entry of its key
 /// waits behind it (is not applied, so stays pending too) until it is applied; the reader
-/// retries its own pending entries, oldest first, every `Limits.redisPendingRetryMs`.
+/// retries its own pending entries, oldest first, `Limits.redisPendingRetryMs` after a key is
+/// blocked, then ever less often while passes change nothing (doubling up to
+/// `Limits.redisPendingRetryMsMax`).
 ///
 /// Blocking: `run` loops on the calling thread until `stop()` (from any thread).
 public final class RedisStreamReader {
@@ -48,6 +50,15 @@ public final class RedisStreamReader {
     /// Keys with an entry left pending after its effect failed: their later entries wait
     /// (reader thread only; recomputed by each pass over the pending entries).
     private var blockedKeys: Set<String> = []
+    /// Set when a key was blocked that was not (reader thread only): the retry passes' backoff
+    /// starts over.
+    private var newFailure = false
+    /// The longest wait between two passes over the pending entries: also below the claim idle
+    /// time, since each pass re-reads (and so refreshes) them, and entries idle longer would
+    /// look abandoned to the group's other consumers (XAUTOCLAIM).
+    var retryDelayMaxMs: Int64 {
+        max(Limits.redisPendingRetryMs, min(Limits.redisPendingRetryMsMax, claimIdleMs / 2))
+    }
 
     public init(url: String, stream: String, group: String, consumer: String, inbox: Inbox,
                 effect: @escaping (OutboxTransaction, WireMessage) throws -> Void) throws {
@@ -73,22 +84,34 @@ public final class RedisStreamReader {
                 try ensureGroup(c)
                 backoff = 0
                 // Our own pending entries first (read before a crash, never acknowledged).
-                try retryOwnPending(c)
+                _ = try retryOwnPending(c)
                 var nextClaim: Int64 = 0
-                var nextRetry: Int64 = 0
+                var retryDelay = Limits.redisPendingRetryMs
+                var nextRetry = SystemClock.monotonicMs() + retryDelay
                 while !isStopped {
-                    let now = SystemClock.monotonicMs()
+                    var now = SystemClock.monotonicMs()
                     if now >= nextClaim {
                         nextClaim = now + max(claimIdleMs / 2, 100)
                         try claim(c)
                     }
                     if !blockedKeys.isEmpty && now >= nextRetry {
-                        nextRetry = now + Limits.redisPendingRetryMs
-                        try retryOwnPending(c)
+                        // Passes back off while they change nothing: a key held for minutes by
+                        // a lock elsewhere (or a poison entry short of its attempts) costs a
+                        // pass over every pending entry; 100 ms apart that is constant work.
+                        retryDelay = try retryOwnPending(c) ? Limits.redisPendingRetryMs : min(retryDelay * 2, retryDelayMaxMs)
+                        now = SystemClock.monotonicMs()
+                        nextRetry = now + retryDelay
                     }
-                    let block = blockedKeys.isEmpty ? blockMs : min(blockMs, Limits.redisPendingRetryMs)
+                    let block = blockedKeys.isEmpty ? blockMs : max(1, min(blockMs, nextRetry - now))
                     _ = try readAndApply(c, ["XREADGROUP", "GROUP", group, consumerName, "COUNT", String(count),
                                              "BLOCK", String(block), "STREAMS", stream, ">"])
+                    if newFailure {
+                        // A key newly held back: its first retries come soon again (most
+                        // failures are short: a lock released, a row that arrives).
+                        newFailure = false
+                        retryDelay = Limits.redisPendingRetryMs
+                        nextRetry = min(nextRetry, SystemClock.monotonicMs() + retryDelay)
+                    }
                 }
             } catch {
                 onProblem?("stream reader: \(error)")
@@ -114,38 +137,46 @@ public final class RedisStreamReader {
                 throw RedisError.protocolError("unexpected XAUTOCLAIM reply")
             }
             cursor = next
-            try apply(c, entries(parts[1]))
+            _ = try apply(c, entries(parts[1]))
         } while cursor != "0-0" && !isStopped
     }
 
     /// One pass over this consumer's pending entries, oldest first, a page at a time: the ones
     /// that apply now are acknowledged; the keys whose oldest pending entry still fails stay
-    /// blocked.
-    func retryOwnPending(_ c: RedisConnection) throws {
+    /// blocked. Whether it changed anything: an entry applied, or a key blocked that was not.
+    func retryOwnPending(_ c: RedisConnection) throws -> Bool {
+        let before = blockedKeys
         blockedKeys = []
+        var progress = false
         var cursor = "0"
         while !isStopped {
-            let (n, last) = try readAndApply(c, ["XREADGROUP", "GROUP", group, consumerName, "COUNT", String(count), "STREAMS", stream, cursor])
+            let (n, last, applied) = try readAndApply(c, ["XREADGROUP", "GROUP", group, consumerName, "COUNT", String(count), "STREAMS", stream, cursor])
+            progress = progress || applied
             guard n > 0, let last else { break }
             cursor = last
         }
+        // Keys blocked during the pass count as new only if they were not blocked before it.
+        newFailure = false
+        return progress || !blockedKeys.isSubset(of: before)
     }
 
-    /// Reads with XREADGROUP and applies what came; the number of entries and the last id.
+    /// Reads with XREADGROUP and applies what came; the number of entries, the last id, and
+    /// whether an entry applied (or was a duplicate).
     @discardableResult
-    func readAndApply(_ c: RedisConnection, _ cmd: [String]) throws -> (Int, String?) {
+    func readAndApply(_ c: RedisConnection, _ cmd: [String]) throws -> (Int, String?, Bool) {
         let r = try c.command(cmd)
-        guard case .array(let streams?) = r else { return (0, nil) } // null: BLOCK timed out
+        guard case .array(let streams?) = r else { return (0, nil, false) } // null: BLOCK timed out
         var n = 0
         var last: String?
+        var applied = false
         for s in streams {
             guard case .array(let pair?) = s, pair.count == 2 else { continue }
             let e = try entries(pair[1])
             n += e.count
             last = e.last?.id ?? last
-            try apply(c, e)
+            applied = try apply(c, e) || applied
         }
-        return (n, last)
+        return (n, last, applied)
     }
 
     /// Parses `[[id, [field, value, ...]], ...]`; entries deleted from the stream come as null.
@@ -171,8 +202,12 @@ public final class RedisStreamReader {
         return out
     }
 
-    func apply(_ c: RedisConnection, _ entries: [StreamEntry]) throws {
-        guard !entries.isEmpty else { return }
+    /// Applies what it can of `entries` and acknowledges that; whether any applied (or was a
+    /// duplicate). Sets `newFailure` when a key not blocked before is blocked now.
+    @discardableResult
+    func apply(_ c: RedisConnection, _ entries: [StreamEntry]) throws -> Bool {
+        guard !entries.isEmpty else { return false }
+        var applied = false
         var ack: [String] = []
         var offered: [StreamEntry] = []
         var messages: [WireMessage] = []
@@ -198,18 +233,23 @@ public final class RedisStreamReader {
                     }
                 }
             }
-            blockedKeys.formUnion(failed.keys)
+            let newlyBlocked = failed.keys.subtracting(blockedKeys)
+            if !newlyBlocked.isEmpty {
+                newFailure = true
+                blockedKeys.formUnion(newlyBlocked)
+            }
             onBatch?(results.filter { $0.status != "skipped" })
             for (e, r) in zip(offered, results) {
                 switch r.status {
-                case "applied": appliedCount += 1; ack.append(e.id)
-                case "duplicate": duplicateCount += 1; ack.append(e.id)
+                case "applied": appliedCount += 1; ack.append(e.id); applied = true
+                case "duplicate": duplicateCount += 1; ack.append(e.id); applied = true
                 case "skipped": break // waits behind its key's entry that failed just now
                 default: onProblem?("message \(r.id) (entry \(e.id)) failed: \(r.error ?? "?"); left pending")
                 }
             }
         }
         if !ack.isEmpty { try c.command(["XACK", stream, group] + ack) }
+        return applied
     }
 }
 

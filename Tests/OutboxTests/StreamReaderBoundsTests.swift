@@ -84,4 +84,39 @@ final class StreamReaderBoundsTests: XCTestCase {
         XCTAssertLessThanOrEqual(counts["transactions"], counts["effect"], "no transaction for a page of waiting entries")
         XCTAssertEqual(try rig.pending(), 2_500, "the stuck key's entries all stay pending")
     }
+
+    /// Passes over the pending entries back off while they change nothing (they ran every
+    /// 100 ms for as long as a key was held: 25 in 2.5 s), and come soon again once a key is
+    /// newly held back.
+    func testRetryPassesBackOffWhileNothingAppliesAndStartOverOnANewFailure() throws {
+        let rig = try Rig(self)
+        let counts = Counts()
+        let refuse = Counts() // refuse["stuck"] > 0: the key's row is locked
+        refuse.bump("stuck")
+        let reader = try rig.reader(self) { _, m in
+            counts.bump("effect " + m.id)
+            if refuse[m.key] > 0 { throw InboxBusy("its row is locked") }
+            counts.bump("applied " + m.id)
+        }
+        try rig.start(self, reader)
+        try rig.add("stuck", 1)
+        waitFor("a first attempt") { counts["effect stuck-1"] >= 1 }
+        Thread.sleep(forTimeInterval: 2.5)
+        // At 0, 0.1, 0.3, 0.7 and 1.5 s (the next at 3.1 s); every 100 ms would be 25.
+        XCTAssertLessThanOrEqual(counts["effect stuck-1"], 7, "passes back off")
+        XCTAssertGreaterThanOrEqual(counts["effect stuck-1"], 4)
+        // Another key is newly held back: retries start over at 100 ms (at the stuck key's
+        // 1.6 s interval, 1 or 2 attempts in 1.2 s).
+        refuse.bump("fresh")
+        try rig.add("fresh", 1)
+        waitFor("a first attempt of fresh-1") { counts["effect fresh-1"] >= 1 }
+        Thread.sleep(forTimeInterval: 1.2)
+        XCTAssertGreaterThanOrEqual(counts["effect fresh-1"], 3, "attempts at 0, 0.1, 0.3, 0.7 s")
+        // The locks go: the entries apply at the next pass, within the longest interval.
+        refuse.bump("stuck", by: -1)
+        refuse.bump("fresh", by: -1)
+        waitFor("both applied", timeoutMs: Int(Limits.redisPendingRetryMsMax) + 2_000) {
+            counts["applied stuck-1"] == 1 && counts["applied fresh-1"] == 1
+        }
+    }
 }
