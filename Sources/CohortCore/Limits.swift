@@ -324,6 +324,12 @@ public enum Limits {
     /// entries idle longer would look abandoned to the group's other consumers), and short
     /// enough that a lock released elsewhere is noticed within it.
     public static let redisPendingRetryMsMax: Int64 = 2_000
+    /// A stream reader with this many entries pending (a held key's later entries stay pending
+    /// behind it) reads no new entries until its retries drain them below: the pending entries
+    /// list grew without bound while a key was held, and every pass reads all of it. The unread
+    /// entries wait in the stream, whose size is the broker's to bound (the relay's
+    /// `--stream-maxlen`). 10,000 entries are 10 pages of a pass.
+    public static let redisPendingEntriesMax = 10_000
 
     // MARK: TCC
     /// Branches one TCC transaction may register.

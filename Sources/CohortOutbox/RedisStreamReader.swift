@@ -13,6 +13,9 @@ import CohortPosix
 /// blocked, then ever less often while passes change nothing (doubling up to
 /// `Limits.redisPendingRetryMsMax`).
 ///
+/// Back-pressure: while `pendingMax` entries (`Limits.redisPendingEntriesMax`) are pending at
+/// this consumer, it reads no new entries (the stream keeps them) and retries its pending ones.
+///
 /// Blocking: `run` loops on the calling thread until `stop()` (from any thread).
 public final class RedisStreamReader {
     /// A consumer's name when none is given: drawn from its inbox database's absolute path, so
@@ -33,6 +36,14 @@ public final class RedisStreamReader {
     public var claimIdleMs: Int64 = Limits.redisClaimIdleMs
     public var count: Int = Limits.redisReadCountMax
     public var blockMs: Int64 = Limits.redisBlockMs
+    /// Entries pending at this consumer past which it reads no new ones (back-pressure).
+    public var pendingMax: Int = Limits.redisPendingEntriesMax
+    /// True while `pendingMax` entries are pending here and new ones are left in the stream.
+    public private(set) var readingPaused: Bool {
+        get { lock.withLock { paused } }
+        set { lock.withLock { paused = newValue } }
+    }
+    private var paused = false
     /// Problems worth logging (connection lost, failed effects); the library never prints.
     public var onProblem: ((String) -> Void)?
     /// Called (on the reader's thread) with each batch's results after its local commit.
@@ -71,8 +82,34 @@ public final class RedisStreamReader {
         self.effect = effect
     }
 
-    public func stop() { lock.withLock { stopped = true } }
+    public func stop() {
+        lock.withLock {
+            stopped = true
+            lock.broadcast()
+        }
+    }
+
     var isStopped: Bool { lock.withLock { stopped } }
+
+    /// Sleeps `milliseconds`, or less if `stop()` is called.
+    func pause(milliseconds: Int64) {
+        lock.withLock {
+            if !stopped { lock.wait(timeoutMs: milliseconds) }
+        }
+    }
+
+    /// How many entries are pending at this consumer (XPENDING's summary form: one count per
+    /// consumer of the group).
+    func ownPendingCount(_ c: RedisConnection) throws -> Int {
+        guard case .array(let summary?) = try c.command(["XPENDING", stream, group]), summary.count >= 4 else {
+            throw RedisError.protocolError("unexpected XPENDING reply")
+        }
+        guard case .array(let consumers?) = summary[3] else { return 0 } // nothing pending
+        for pair in consumers {
+            if case .array(let p?) = pair, p.count == 2, p[0].string == consumerName { return Int(p[1].string ?? "") ?? 0 }
+        }
+        return 0
+    }
 
     public func run() {
         var backoff = 0
@@ -92,7 +129,8 @@ public final class RedisStreamReader {
                     var now = SystemClock.monotonicMs()
                     if now >= nextClaim {
                         nextClaim = now + max(claimIdleMs / 2, 100)
-                        try claim(c)
+                        // At the back-pressure limit, take no other consumer's entries either.
+                        if try blockedKeys.isEmpty || ownPendingCount(c) < pendingMax { try claim(c) }
                     }
                     if !blockedKeys.isEmpty && now >= nextRetry {
                         // Passes back off while they change nothing: a key held for minutes by
@@ -103,7 +141,20 @@ public final class RedisStreamReader {
                         nextRetry = now + retryDelay
                     }
                     let block = blockedKeys.isEmpty ? blockMs : max(1, min(blockMs, nextRetry - now))
-                    _ = try readAndApply(c, ["XREADGROUP", "GROUP", group, consumerName, "COUNT", String(count),
+                    // Back-pressure: a held key's later entries stay pending here, so at most
+                    // `pendingMax` are taken; past it new entries are left in the stream
+                    // (whose size is the broker's to bound) until retries drain ours. With no
+                    // key held, everything read was acknowledged: nothing of ours is pending.
+                    let room = min(count, max(1, pendingMax) - (blockedKeys.isEmpty ? 0 : try ownPendingCount(c)))
+                    if room <= 0 {
+                        if !readingPaused { onProblem?("stream reader: \(pendingMax) entries pending at \(consumerName); reading new entries paused") }
+                        readingPaused = true
+                        pause(milliseconds: block)
+                        continue
+                    }
+                    if readingPaused { onProblem?("stream reader: reading new entries again") }
+                    readingPaused = false
+                    _ = try readAndApply(c, ["XREADGROUP", "GROUP", group, consumerName, "COUNT", String(room),
                                              "BLOCK", String(block), "STREAMS", stream, ">"])
                     if newFailure {
                         // A key newly held back: its first retries come soon again (most

@@ -119,4 +119,36 @@ final class StreamReaderBoundsTests: XCTestCase {
             counts["applied stuck-1"] == 1 && counts["applied fresh-1"] == 1
         }
     }
+
+    /// While a key is held, its later entries pile up pending at the consumer: at `pendingMax`
+    /// it stops reading (before, all 200 were read and pending), the stream keeps the rest, and
+    /// once the key goes everything applies in order.
+    func testAHeldKeyFillsThePendingListOnlyUpToItsLimit() throws {
+        let rig = try Rig(self)
+        let lock = NSLock()
+        var applied: [String] = []
+        let refuse = Counts()
+        refuse.bump("stuck")
+        let reader = try rig.reader(self) { _, m in
+            if refuse[m.key] > 0 { throw InboxBusy("its row is locked") }
+            lock.lock(); applied.append(m.id); lock.unlock()
+        }
+        reader.pendingMax = 50
+        reader.count = 20
+        for i in 1...200 { try rig.add("stuck", i) }
+        try rig.add("other", 1)
+        try rig.start(self, reader)
+        waitFor("reading paused") { reader.readingPaused }
+        Thread.sleep(forTimeInterval: 0.5)
+        XCTAssertEqual(try rig.pending(), 50, "no more than pendingMax entries taken")
+        // The other key's entry is in the stream, unread: back-pressure holds every key.
+        lock.lock(); XCTAssertEqual(applied, []); lock.unlock()
+        refuse.bump("stuck", by: -1)
+        waitFor("every entry applied", timeoutMs: 20_000) { lock.lock(); defer { lock.unlock() }; return applied.count == 201 }
+        lock.lock()
+        XCTAssertEqual(applied.filter { $0.hasPrefix("stuck-") }, (1...200).map { "stuck-\($0)" }, "per-key order kept across the pause")
+        lock.unlock()
+        XCTAssertEqual(try rig.pending(), 0)
+        XCTAssertFalse(reader.readingPaused)
+    }
 }
