@@ -265,7 +265,10 @@ public enum Limits {
     /// with the next read): 5,000 rows of 256 KiB would be 1.3 GB at once.
     public static let outboxLoadPageBytesMax = 8 << 20
     /// Delivery attempts (sink answered and refused the message) before a message becomes a
-    /// dead letter. A sink that is down does not count: that is retried without limit.
+    /// dead letter. A sink that is down does not count: that is retried without limit. Also a
+    /// stream reader's failed applications of one entry (`InboxBusy` aside) before it moves the
+    /// entry to the dead-letter stream: one entry that never applies would otherwise hold its
+    /// key, and at `redisPendingEntriesMax` every key, for good.
     public static let outboxAttemptsMax = 10
     /// Per-message retry backoff: capped exponential with jitter.
     public static let outboxRetryDelayMsMin: Int64 = 100

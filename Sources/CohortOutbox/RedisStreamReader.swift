@@ -13,6 +13,9 @@ import CohortPosix
 /// blocked, then ever less often while passes change nothing (doubling up to
 /// `Limits.redisPendingRetryMsMax`).
 ///
+/// Poison entries: an entry whose effect failed `attemptsMax` times (`InboxBusy` does not count)
+/// is moved to `deadLetterStream` and acknowledged, and its key goes on (see `deadLetter`).
+///
 /// Back-pressure: while `pendingMax` entries (`Limits.redisPendingEntriesMax`) are pending at
 /// this consumer, it reads no new entries (the stream keeps them) and retries its pending ones.
 ///
@@ -36,6 +39,12 @@ public final class RedisStreamReader {
     public var claimIdleMs: Int64 = Limits.redisClaimIdleMs
     public var count: Int = Limits.redisReadCountMax
     public var blockMs: Int64 = Limits.redisBlockMs
+    /// An entry whose effect failed this many times (`InboxBusy` aside) is dead-lettered.
+    public var attemptsMax = Limits.outboxAttemptsMax
+    /// Where poison entries go: the stream's name with `:dead`.
+    public var deadLetterStream: String
+    /// Entries moved to `deadLetterStream`, since start.
+    public private(set) var deadLetteredCount = 0
     /// Entries pending at this consumer past which it reads no new ones (back-pressure).
     public var pendingMax: Int = Limits.redisPendingEntriesMax
     /// True while `pendingMax` entries are pending here and new ones are left in the stream.
@@ -61,9 +70,15 @@ public final class RedisStreamReader {
     /// Keys with an entry left pending after its effect failed: their later entries wait
     /// (reader thread only; recomputed by each pass over the pending entries).
     private var blockedKeys: Set<String> = []
-    /// Set when a key was blocked that was not (reader thread only): the retry passes' backoff
-    /// starts over.
-    private var newFailure = false
+    /// Set when a key was blocked that was not, or a held key's entry was dead-lettered (reader
+    /// thread only): the retry passes' backoff starts over.
+    private var retrySoon = false
+    /// Failed applications (`InboxBusy` aside) per entry id, since start (reader thread only).
+    /// At most one entry per held key is tried (its later ones wait), and each complete pass
+    /// keeps only the entries it read: bounded by the pending list (`pendingMax`).
+    private var failures: [String: Int] = [:]
+    /// Entry ids with failures read by the pass under way.
+    private var passSeen: Set<String>?
     /// The longest wait between two passes over the pending entries: also below the claim idle
     /// time, since each pass re-reads (and so refreshes) them, and entries idle longer would
     /// look abandoned to the group's other consumers (XAUTOCLAIM).
@@ -76,6 +91,7 @@ public final class RedisStreamReader {
         _ = try parseRedisURL(url)
         self.url = url
         self.stream = stream
+        deadLetterStream = stream + ":dead"
         self.group = group
         consumerName = consumer
         self.inbox = inbox
@@ -156,10 +172,11 @@ public final class RedisStreamReader {
                     readingPaused = false
                     _ = try readAndApply(c, ["XREADGROUP", "GROUP", group, consumerName, "COUNT", String(room),
                                              "BLOCK", String(block), "STREAMS", stream, ">"])
-                    if newFailure {
+                    if retrySoon {
                         // A key newly held back: its first retries come soon again (most
-                        // failures are short: a lock released, a row that arrives).
-                        newFailure = false
+                        // failures are short: a lock released, a row that arrives). Or a held
+                        // key's entry was dead-lettered: its later entries can go now.
+                        retrySoon = false
                         retryDelay = Limits.redisPendingRetryMs
                         nextRetry = min(nextRetry, SystemClock.monotonicMs() + retryDelay)
                     }
@@ -200,14 +217,21 @@ public final class RedisStreamReader {
         blockedKeys = []
         var progress = false
         var cursor = "0"
+        passSeen = []
+        defer { passSeen = nil }
         while !isStopped {
             let (n, last, applied) = try readAndApply(c, ["XREADGROUP", "GROUP", group, consumerName, "COUNT", String(count), "STREAMS", stream, cursor])
             progress = progress || applied
-            guard n > 0, let last else { break }
+            guard n > 0, let last else {
+                // Complete: entries no longer pending here (claimed elsewhere, trimmed) are forgotten.
+                let seen = passSeen ?? []
+                failures = failures.filter { seen.contains($0.key) }
+                break
+            }
             cursor = last
         }
         // Keys blocked during the pass count as new only if they were not blocked before it.
-        newFailure = false
+        retrySoon = false
         return progress || !blockedKeys.isSubset(of: before)
     }
 
@@ -226,6 +250,9 @@ public final class RedisStreamReader {
             n += e.count
             last = e.last?.id ?? last
             applied = try apply(c, e) || applied
+            if passSeen != nil && !failures.isEmpty {
+                for entry in e where failures[entry.id] != nil { passSeen?.insert(entry.id) }
+            }
         }
         return (n, last, applied)
     }
@@ -254,12 +281,13 @@ public final class RedisStreamReader {
     }
 
     /// Applies what it can of `entries` and acknowledges that; whether any applied (or was a
-    /// duplicate). Sets `newFailure` when a key not blocked before is blocked now.
+    /// duplicate). Sets `retrySoon` when a key not blocked before is blocked now.
     @discardableResult
     func apply(_ c: RedisConnection, _ entries: [StreamEntry]) throws -> Bool {
         guard !entries.isEmpty else { return false }
         var applied = false
         var ack: [String] = []
+        var dead: [(StreamEntry, String, Int)] = []
         var offered: [StreamEntry] = []
         var messages: [WireMessage] = []
         for e in entries {
@@ -286,21 +314,60 @@ public final class RedisStreamReader {
             }
             let newlyBlocked = failed.keys.subtracting(blockedKeys)
             if !newlyBlocked.isEmpty {
-                newFailure = true
+                retrySoon = true
                 blockedKeys.formUnion(newlyBlocked)
             }
             onBatch?(results.filter { $0.status != "skipped" })
             for (e, r) in zip(offered, results) {
                 switch r.status {
-                case "applied": appliedCount += 1; ack.append(e.id); applied = true
-                case "duplicate": duplicateCount += 1; ack.append(e.id); applied = true
+                case "applied": appliedCount += 1; ack.append(e.id); applied = true; failures[e.id] = nil
+                case "duplicate": duplicateCount += 1; ack.append(e.id); applied = true; failures[e.id] = nil
                 case "skipped": break // waits behind its key's entry that failed just now
-                default: onProblem?("message \(r.id) (entry \(e.id)) failed: \(r.error ?? "?"); left pending")
+                case "busy": // not the message's fault (a row locked elsewhere): waits, no attempt counted
+                    onProblem?("message \(r.id) (entry \(e.id)) busy: \(r.error ?? "?"); left pending")
+                default:
+                    let attempts = (failures[e.id] ?? 0) + 1
+                    if attempts >= attemptsMax {
+                        failures[e.id] = nil
+                        dead.append((e, r.error ?? "?", attempts))
+                    } else {
+                        failures[e.id] = attempts
+                        onProblem?("message \(r.id) (entry \(e.id)) failed (attempt \(attempts) of \(attemptsMax)): \(r.error ?? "?"); left pending")
+                    }
                 }
             }
         }
         if !ack.isEmpty { try c.command(["XACK", stream, group] + ack) }
+        for (e, error, attempts) in dead where try deadLetter(c, e, error: error, attempts: attempts) {
+            applied = true
+        }
         return applied
+    }
+
+    /// Moves a poison entry to `deadLetterStream` (its fields, plus `error` and `entry_id`, its
+    /// id in the stream) and acknowledges it: its key goes on with its next entry. The producer's
+    /// relay blocks a key behind its dead letters by default, since skipping one lets a later
+    /// message overtake it; here an entry that can never apply would hold its key, and so every
+    /// later entry of it, pending for good (and, at `pendingMax`, every key). The dead letter
+    /// keeps the entry for an operator. Whether it moved: a Redis error reply (the dead-letter
+    /// stream's name holds another type, say) leaves it pending, to try again next time.
+    func deadLetter(_ c: RedisConnection, _ e: StreamEntry, error: String, attempts: Int) throws -> Bool {
+        do {
+            // A crash between the two leaves the entry pending: after `attemptsMax` more attempts
+            // it is dead-lettered again, a second dead letter with the same `entry_id`.
+            try c.command(["XADD", deadLetterStream, "*"] + e.fields
+                          + ["error", String(error.prefix(Limits.outboxErrorBytesMax)), "entry_id", e.id])
+            try c.command(["XACK", stream, group, e.id])
+        } catch RedisError.server(let reply) {
+            failures[e.id] = attemptsMax - 1
+            onProblem?("message \(e.message?.id ?? "?") (entry \(e.id)) not dead-lettered to \(deadLetterStream): \(reply); left pending")
+            return false
+        }
+        deadLetteredCount += 1
+        // Its key's later entries wait in the pending list: the next pass comes soon.
+        retrySoon = true
+        onProblem?("message \(e.message?.id ?? "?") (entry \(e.id)) failed \(attempts) times; moved to \(deadLetterStream): \(error)")
+        return true
     }
 }
 

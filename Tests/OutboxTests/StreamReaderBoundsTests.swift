@@ -26,9 +26,11 @@ final class StreamReaderBoundsTests: XCTestCase {
             test.addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
         }
 
-        func add(_ key: String, _ seq: Int, payload: String? = nil) throws {
-            _ = try writer.command(["XADD", stream, "*", "id", "\(key)-\(seq)", "source", "t", "seq", String(seq), "topic", "T",
-                                    "key", key, "payload", payload ?? String(seq), "headers", "{}", "created_ms", "0"])
+        /// Appends a message; its entry id.
+        @discardableResult
+        func add(_ key: String, _ seq: Int, payload: String? = nil) throws -> String {
+            try writer.command(["XADD", stream, "*", "id", "\(key)-\(seq)", "source", "t", "seq", String(seq), "topic", "T",
+                                    "key", key, "payload", payload ?? String(seq), "headers", "{}", "created_ms", "0"]).string ?? ""
         }
 
         func reader(_ test: XCTestCase, effect: @escaping (OutboxTransaction, WireMessage) throws -> Void) throws -> RedisStreamReader {
@@ -150,5 +152,70 @@ final class StreamReaderBoundsTests: XCTestCase {
         lock.unlock()
         XCTAssertEqual(try rig.pending(), 0)
         XCTAssertFalse(reader.readingPaused)
+    }
+
+    /// A poison entry (its effect always fails) is moved to `STREAM:dead` after `attemptsMax`
+    /// attempts and acknowledged; its key's later entries then apply in order, other keys are
+    /// unaffected, and an entry refused with `InboxBusy` waits past `attemptsMax` attempts
+    /// without being dead-lettered. Before, the poison held its key pending for good.
+    func testAPoisonEntryIsDeadLetteredAfterItsAttemptsAndItsKeyGoesOn() throws {
+        try poison(pendingAtStart: false)
+    }
+
+    /// The same with every entry already pending at the consumer when it starts (read before a
+    /// crash): its attempts are counted by the passes over the pending entries alone.
+    func testAPoisonEntryPendingAtStartIsDeadLetteredToo() throws {
+        try poison(pendingAtStart: true)
+    }
+
+    func poison(pendingAtStart: Bool) throws {
+        let rig = try Rig(self)
+        let counts = Counts()
+        let lock = NSLock()
+        var applied: [String] = []
+        let refuse = Counts()
+        refuse.bump("b")
+        let reader = try rig.reader(self) { _, m in
+            counts.bump("effect " + m.id)
+            if m.payload == "poison" { throw OutboxInputError("poison: cannot be applied") }
+            if refuse[m.key] > 0 { throw InboxBusy("its row is locked") }
+            lock.lock(); applied.append(m.id); lock.unlock()
+        }
+        reader.attemptsMax = 3
+        let poisonEntry = try rig.add("p", 1, payload: "poison")
+        try rig.add("b", 1)
+        for i in 2...5 { try rig.add("p", i) }
+        for i in 1...5 { try rig.add("o", i) }
+        try rig.add("b", 2)
+        if pendingAtStart {
+            _ = try rig.writer.command(["XGROUP", "CREATE", rig.stream, "g", "0"])
+            _ = try rig.writer.command(["XREADGROUP", "GROUP", "g", "c", "STREAMS", rig.stream, ">"])
+            XCTAssertEqual(try rig.pending(), 12)
+        }
+        try rig.start(self, reader)
+        func ids(_ key: String) -> [String] { lock.lock(); defer { lock.unlock() }; return applied.filter { $0.hasPrefix(key + "-") } }
+        waitFor("the poison's key goes on", timeoutMs: 20_000) { ids("p") == ["p-2", "p-3", "p-4", "p-5"] }
+        XCTAssertEqual(ids("o"), (1...5).map { "o-\($0)" })
+        XCTAssertEqual(counts["effect p-1"], 3, "attemptsMax attempts")
+        guard case .array(let dead?) = try rig.writer.command(["XRANGE", rig.stream + ":dead", "-", "+"]), dead.count == 1,
+              case .array(let entry?) = dead[0], case .array(let fv?) = entry[1] else {
+            return XCTFail("one dead letter expected in \(rig.stream):dead")
+        }
+        let fields = fv.map { $0.string ?? "" }
+        var f: [String: String] = [:]
+        for i in stride(from: 0, to: fields.count - 1, by: 2) { f[fields[i]] = fields[i + 1] }
+        XCTAssertEqual(f["id"], "p-1")
+        XCTAssertEqual(f["payload"], "poison")
+        XCTAssertEqual(f["entry_id"], poisonEntry)
+        XCTAssertTrue(f["error"]?.contains("poison: cannot be applied") == true, "\(f)")
+        XCTAssertEqual(reader.deadLetteredCount, 1)
+        // The busy key: refused more than attemptsMax times, still pending, not dead.
+        waitFor("the busy entry tried past attemptsMax", timeoutMs: 20_000) { counts["effect b-1"] > 5 }
+        XCTAssertEqual(ids("b"), [])
+        refuse.bump("b", by: -1)
+        waitFor("the busy key applies", timeoutMs: 10_000) { ids("b") == ["b-1", "b-2"] }
+        XCTAssertEqual(reader.deadLetteredCount, 1)
+        XCTAssertEqual(try rig.writer.command(["XLEN", rig.stream + ":dead"]), .integer(1))
+        try waitFor("nothing pending", timeoutMs: 5_000) { try rig.pending() == 0 }
     }
 }
