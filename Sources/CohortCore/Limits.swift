@@ -276,7 +276,10 @@ public enum Limits {
     /// with the next read): 5,000 rows of 256 KiB would be 1.3 GB at once.
     public static let outboxLoadPageBytesMax = 8 << 20
     /// Delivery attempts (sink answered and refused the message) before a message becomes a
-    /// dead letter. A sink that is down does not count: that is retried without limit.
+    /// dead letter. A sink that is down does not count: that is retried without limit. Also a
+    /// stream reader's failed applications of one entry (`InboxBusy` aside) before it moves the
+    /// entry to the dead-letter stream: one entry that never applies would otherwise hold its
+    /// key, and at `redisPendingEntriesMax` every key, for good.
     public static let outboxAttemptsMax = 10
     /// Per-message retry backoff: capped exponential with jitter.
     public static let outboxRetryDelayMsMin: Int64 = 100
@@ -329,6 +332,18 @@ public enum Limits {
     /// A stream reader with an entry left pending (its effect failed) retries its own pending
     /// entries this often; later entries of that key wait for it (per-key order).
     public static let redisPendingRetryMs: Int64 = 100
+    /// ... and, while passes apply nothing and no new key is blocked, twice as long after each,
+    /// up to this: a pass reads every pending entry, and a key held for minutes made that
+    /// constant work. Below `redisClaimIdleMs` (a pass refreshes the entries' idle time, and
+    /// entries idle longer would look abandoned to the group's other consumers), and short
+    /// enough that a lock released elsewhere is noticed within it.
+    public static let redisPendingRetryMsMax: Int64 = 2_000
+    /// A stream reader with this many entries pending (a held key's later entries stay pending
+    /// behind it) reads no new entries until its retries drain them below: the pending entries
+    /// list grew without bound while a key was held, and every pass reads all of it. The unread
+    /// entries wait in the stream, whose size is the broker's to bound (the relay's
+    /// `--stream-maxlen`). 10,000 entries are 10 pages of a pass.
+    public static let redisPendingEntriesMax = 10_000
 
     // MARK: TCC
     /// Branches one TCC transaction may register.

@@ -63,7 +63,13 @@ public final class Inbox {
     /// seen before is skipped (`duplicate`), one whose effect throws is rolled back alone
     /// (`failed`, with the error), the rest commit together (`applied`). Results in batch order.
     /// Throws only when the transaction itself fails (then nothing was applied).
+    ///
+    /// `skip`, asked before each message is touched, answers `skipped` for the ones it returns
+    /// true for, at no cost in the database: the stream reader's later entries of a key whose
+    /// earlier entry just failed in the same batch (each would otherwise cost an inbox row
+    /// inserted, a savepoint rolled back and the row deleted, to learn it must wait).
     public func apply(_ messages: [WireMessage], nowMs: Int64 = SystemClock.wallMs(),
+                      skip: ((WireMessage) -> Bool)? = nil,
                       _ effect: (OutboxTransaction, WireMessage) throws -> Void) throws -> [InboxResult] {
         let tx = OutboxTransaction(connection: connection, source: outboxSource ?? "")
         defer { tx.open = false }
@@ -71,6 +77,10 @@ public final class Inbox {
             var out: [InboxResult] = []
             out.reserveCapacity(messages.count)
             for m in messages {
+                if let skip, skip(m) {
+                    out.append(InboxResult(id: m.id, status: "skipped"))
+                    continue
+                }
                 let fresh = try connection.run("INSERT OR IGNORE INTO inbox(consumer, message_id, applied_ms) VALUES(?1, ?2, ?3)",
                                                [.text(consumer), .text(m.id), .int(nowMs)])
                 if fresh == 0 {

@@ -253,7 +253,8 @@ public struct InboxResult: Codable, Equatable, Sendable {
     public var id: String
     /// `applied`, `duplicate` (applied before: acknowledged again), `failed` (not applied: the
     /// relay counts an attempt) or `busy` (not applied now for a reason that is not the
-    /// message's, such as a row the consumer holds locked: sent again later, no attempt counted).
+    /// message's, such as a row the consumer holds locked: sent again later, no attempt counted);
+    /// `skipped` only where the caller of `Inbox.apply` asked (its `skip`): not looked at.
     public var status: String
     public var error: String?
     public init(id: String, status: String, error: String? = nil) {
