@@ -258,6 +258,10 @@ public struct Coordinator {
         public var heuristic: Outcome?
         /// A submitted transaction's work for this branch, until the branch has voted.
         public var work: JSONNode?
+        /// A 3PC state query sent to this branch and not yet answered (or failed): the next
+        /// one waits for it, so a participant that never answers is asked once per timeout,
+        /// not once a second with the queries piling up in its queue.
+        var stateQueryOutstanding = false
     }
 
     public struct TimelineEvent: Equatable, Sendable {
@@ -415,7 +419,10 @@ public struct Coordinator {
             if tx.state == .terminating {
                 // Pre-committed before the crash, not decided: the participants may have
                 // terminated on their own. Learn; never decide.
-                actions += tx.branches.map { .send(txid, to: $0.participant, .stateQuery) }
+                for i in tx.branches.indices {
+                    tx.branches[i].stateQueryOutstanding = true
+                    actions.append(.send(txid, to: tx.branches[i].participant, .stateQuery))
+                }
                 actions.append(.setTimer(.learn(txid), afterMs: config.learnIntervalMs))
             }
             open[txid] = tx
@@ -1147,9 +1154,10 @@ public struct Coordinator {
         case .preCommitTimeout(let txid):
             return preCommitTimedOut(txid, nowMs: nowMs)
         case .learn(let txid):
-            guard let tx = open[txid], tx.state == .terminating else { return [] }
-            return tx.branches.filter { $0.vote == .yes }.map { .send(txid, to: $0.participant, .stateQuery) }
-                + [.setTimer(.learn(txid), afterMs: config.learnIntervalMs)]
+            guard var tx = open[txid], tx.state == .terminating else { return [] }
+            let queries = Self.stateQueries(&tx)
+            open[txid] = tx
+            return queries + [.setTimer(.learn(txid), afterMs: config.learnIntervalMs)]
         case .transactionTimeout(let txid):
             guard let tx = open[txid], tx.state == .active || (tx.state == .preparing && !tx.onePhase) else { return [] }
             return decideAbort(txid, reason: "timed out after \(tx.timeoutMs)ms", nowMs: nowMs)
@@ -1513,15 +1521,29 @@ extension Coordinator {
         guard var tx = open[txid], tx.state == .preCommitting else { return [] }
         tx.state = .terminating
         tx.events.append(TimelineEvent(atMs: nowMs, event: "terminating", participant: nil, detail: reason))
+        let queries = Self.stateQueries(&tx)
         open[txid] = tx
-        return [.cancelTimer(.preCommitTimeout(txid))]
-            + tx.branches.filter { $0.vote == .yes }.map { .send(txid, to: $0.participant, .stateQuery) }
-            + [.setTimer(.learn(txid), afterMs: config.learnIntervalMs)]
+        return [.cancelTimer(.preCommitTimeout(txid))] + queries + [.setTimer(.learn(txid), afterMs: config.learnIntervalMs)]
+    }
+
+    /// A state query to every yes-voter without one outstanding.
+    static func stateQueries(_ tx: inout Transaction) -> [Action] {
+        var out: [Action] = []
+        for i in tx.branches.indices where tx.branches[i].vote == .yes && !tx.branches[i].stateQueryOutstanding {
+            tx.branches[i].stateQueryOutstanding = true
+            out.append(.send(tx.txid, to: tx.branches[i].participant, .stateQuery))
+        }
+        return out
     }
 
     /// While learning: adopt the first outcome a participant reports; never contradict it.
     mutating func stateAnswered(_ txid: TxID, _ name: String, _ state: ThreePhaseState?, nowMs: Int64) -> [Action] {
-        guard var tx = open[txid], tx.state == .terminating, let state else { return [] }
+        guard var tx = open[txid] else { return [] }
+        if let i = tx.branchIndex(name), tx.branches[i].stateQueryOutstanding {
+            tx.branches[i].stateQueryOutstanding = false
+            open[txid] = tx
+        }
+        guard tx.state == .terminating, let state else { return [] }
         switch state {
         case .committed:
             tx.state = .deciding

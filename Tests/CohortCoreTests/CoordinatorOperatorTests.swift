@@ -191,6 +191,25 @@ final class CoordinatorOperatorTests: XCTestCase {
         XCTAssertEqual(c.transaction(t)?.waiters.count, Limits.waitersPerTransactionMax)
     }
 
+    /// While it learns a 3PC outcome, the coordinator asks a participant again only once the
+    /// last question was answered (or failed): one that never answers is not sent a question a
+    /// second, piling up in its queue until its commits and prepares find it full.
+    func testAStateQueryWaitsForTheLastOneToBeAnswered() throws {
+        var c = machine()
+        let t = TxID(coordinatorID: "0a1b2c3d", epoch: 99, sequence: 1)
+        let rec = CoordinatorRecordCoding.encode(.preCommit(t, participants: [a, b], termination: .classic, atMs: 1))
+        let first = try c.recover(snapshot: nil, records: [(rec.type, rec.payload)], nowMs: 10)
+        func queries(_ actions: [Coordinator.Action]) -> [String] {
+            actions.compactMap { if case .send(_, let p, .stateQuery) = $0 { return p.name }; return nil }.sorted()
+        }
+        XCTAssertEqual(queries(first), ["a", "b"])
+        XCTAssertEqual(queries(c.on(.timerFired(.learn(t)), nowMs: 1_010)), [], "both still outstanding")
+        _ = c.on(.stateAnswered(t, participant: "a", state: nil), nowMs: 1_500) // a failed
+        XCTAssertEqual(queries(c.on(.timerFired(.learn(t)), nowMs: 2_010)), ["a"])
+        _ = c.on(.stateAnswered(t, participant: "b", state: .uncertain), nowMs: 2_100)
+        XCTAssertEqual(queries(c.on(.timerFired(.learn(t)), nowMs: 3_010)), ["b"])
+    }
+
     func testHeuristicAbortDuringCommitIsReportedMixed() throws {
         var c = machine()
         let t = committing(&c)
