@@ -110,6 +110,14 @@ public enum Limits {
     public static let httpClientAddressTTLMs: Int64 = 30_000
     /// A failed lookup answers requests to that name at once for this long.
     public static let httpClientLookupFailureTTLMs: Int64 = 1_000
+    /// Name lookups (getaddrinfo, which blocks and has no timeout of its own) running at once
+    /// for a process's clients; more wait their turn. One at a time let a name whose DNS never
+    /// answers hold up the lookup of every other name.
+    public static let httpClientLookupsConcurrentMax = 8
+    /// Destinations (host and port) a client keeps state for; past it, those with no
+    /// connection and nothing waiting are forgotten (URLs come from clients: TCC branches,
+    /// reply addresses).
+    public static let httpClientPoolsMax = 4_096
     public static let httpResponseBytesMax = 4 << 20
     /// Protocol messages in one `POST /v1/batch`.
     public static let batchMessagesMax = 256

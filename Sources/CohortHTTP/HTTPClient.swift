@@ -222,6 +222,56 @@ final class PendingRequest {
     }
 }
 
+/// Runs blocking work (name lookups) on Dispatch's threads, at most `concurrentMax` at once,
+/// the rest in order as those finish.
+final class LookupRunner: @unchecked Sendable {
+    private let concurrentMax: Int
+    private let lock = NSLock()
+    private var running = 0
+    private var waiting: [() -> Void] = []
+    private var waitingHead = 0
+
+    init(concurrentMax: Int) {
+        precondition(concurrentMax > 0, "at least one lookup at a time")
+        self.concurrentMax = concurrentMax
+    }
+
+    /// Called once per lookup; `work` must not throw or wait on the runner.
+    func run(_ work: @escaping () -> Void) {
+        lock.lock()
+        if running < concurrentMax {
+            running += 1
+            lock.unlock()
+            start(work)
+        } else {
+            waiting.append(work)
+            lock.unlock()
+        }
+    }
+
+    private func start(_ work: @escaping () -> Void) {
+        DispatchQueue.global().async {
+            work()
+            self.finished()
+        }
+    }
+
+    private func finished() {
+        lock.lock()
+        guard waitingHead < waiting.count else {
+            running -= 1
+            waiting = []
+            waitingHead = 0
+            lock.unlock()
+            return
+        }
+        let next = waiting[waitingHead]
+        waitingHead += 1
+        lock.unlock()
+        start(next)
+    }
+}
+
 final class HostPool {
     let host: String
     let port: Int
@@ -486,10 +536,16 @@ public final class HTTPClient {
         if let p = pools[key] {
             pool = p
         } else {
+            if pools.count >= Limits.httpClientPoolsMax { forgetUnusedPools() }
             pool = HostPool(host: url.host, port: url.port)
             pools[key] = pool
         }
         dispatch(pending, pool)
+    }
+
+    /// Drops the destinations with no connection, nothing waiting and no lookup running.
+    private func forgetUnusedPools() {
+        pools = pools.filter { _, p in p.total > 0 || p.queuedCount > 0 || !p.awaitingAddress.isEmpty || p.resolving }
     }
 
     /// Closes idle pooled connections; call when done with the client (loop thread), since idle
@@ -530,9 +586,9 @@ public final class HTTPClient {
         }
     }
 
-    /// One lookup at a time for all clients: getaddrinfo blocks, and never on a loop thread
-    /// (a name whose DNS is slow would stall every request the loop serves).
-    private static let lookups = DispatchQueue(label: "cohort.http-client.lookup")
+    /// Lookups run off the loop threads (getaddrinfo blocks: a name whose DNS is slow would
+    /// stall every request a loop serves), a few at a time for all clients.
+    private static let lookups = LookupRunner(concurrentMax: Limits.httpClientLookupsConcurrentMax)
 
     /// The address to connect to, or nil when `request` now waits for a lookup (or failed).
     private func address(_ pool: HostPool, for request: PendingRequest) -> IPv4Address? {
@@ -559,7 +615,7 @@ public final class HTTPClient {
         pool.resolving = true
         let host = pool.host
         let resolve = config.resolve
-        Self.lookups.async {
+        Self.lookups.run {
             let result = Result { try resolve(host) }
             self.loop.execute { self.lookedUp(pool, result) }
         }

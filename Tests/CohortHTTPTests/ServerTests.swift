@@ -458,6 +458,28 @@ final class ClientLookupTests: XCTestCase {
         XCTAssertTrue(why.contains("no such name"), why)
     }
 
+    /// A name whose lookup hangs does not hold up the lookup of another name (they ran one at
+    /// a time for the whole process, so one DNS that never answered delayed every name).
+    func testAHangingLookupDoesNotHoldUpAnotherName() throws {
+        let h = try LoopHarness()
+        let server = try h.server { _, r in r.send(.text(200, "ok")) }
+        defer { h.stop(server) }
+        var config = HTTPClientConfig()
+        config.resolve = { host in
+            if host == "slow.test" { Thread.sleep(forTimeInterval: 3) }
+            guard let a = TCP.literalAddress("127.0.0.1") else { throw PosixError("resolve", errno: 0, path: host) }
+            return a
+        }
+        let c = HTTPClient(loop: h.loop, config: config)
+        let slowDone = DispatchSemaphore(value: 0)
+        c.send(HTTPClientRequest(url: "http://slow.test:\(server.port)/", timeoutMs: 10_000)) { _ in slowDone.signal() }
+        Thread.sleep(forTimeInterval: 0.1)
+        let start = Date()
+        XCTAssertEqual(try h.send(c, HTTPClientRequest(url: "http://fast.test:\(server.port)/")).get().status, 200)
+        XCTAssertLessThan(Date().timeIntervalSince(start), 1.5, "the fast name waited behind the slow one")
+        XCTAssertEqual(slowDone.wait(timeout: .now() + 10), .success)
+    }
+
     func testANameIsLookedUpAgainAfterAFailedConnect() throws {
         let h = try LoopHarness()
         let a = try h.server { _, r in r.send(.text(200, "a")) }
