@@ -78,6 +78,9 @@ public final class AgentNode {
     /// Identifies this data directory; a coordinator message for another incarnation is refused.
     public let incarnation: String
     private let checkpointAfterBytes: Int
+    /// Checkpoints put off because the store was busy (`KVStoreBusy`), and the earliest next try.
+    public private(set) var checkpointsPostponed = 0
+    private var checkpointNotBeforeMs: Int64 = 0
     /// Registrations to the coordinator, batched when many are in flight.
     private lazy var registrations = BatchingSender(environment: environment)
     /// Where each branch's forced records landed, for the white-box durability check.
@@ -127,6 +130,7 @@ public final class AgentNode {
         metrics.sample("cohort_in_doubt", help: "Branches that voted yes and have no outcome yet") { [unowned self] in Double(self.machine.inDoubtCount) }
         metrics.sample("cohort_heuristic_mixed", help: "Branches whose operator-forced outcome differs from the coordinator's decision") { [unowned self] in Double(self.machine.heuristicMixed.count) }
         metrics.sample("cohort_branches_open", help: "Branches staged, preparing or in doubt") { [unowned self] in Double(self.machine.branches.count) }
+        metrics.sample("cohort_checkpoints_postponed_total", type: "counter", help: "Checkpoints put off because a reader of the shared store held SQLite's checkpoint back") { [unowned self] in Double(self.checkpointsPostponed) }
         metrics.sample("cohort_store_apply_seconds_total", type: "counter", help: "Time spent applying committed branches to the store, on the event loop") { [unowned self] in
             Double(self.storeApplyUsTotal) / 1e6
         }
@@ -193,10 +197,17 @@ public final class AgentNode {
 
     private func maybeCheckpoint() {
         guard log.bytesSinceCheckpoint > checkpointAfterBytes else { return }
+        let nowMs = Int64(environment.monotonicUs / 1_000)
+        guard nowMs >= checkpointNotBeforeMs else { return }
         do {
             // Everything applied so far must survive power loss before the log forgets it.
             try store.makeDurable()
             _ = try log.checkpoint(snapshot: machine.snapshot())
+        } catch is KVStoreBusy {
+            // A reader of a shared store held SQLite's checkpoint back: the log keeps its
+            // records (nothing is lost, it is only longer); try again a little later.
+            checkpointsPostponed += 1
+            checkpointNotBeforeMs = nowMs + Limits.checkpointBusyRetryMs
         } catch {
             onFatal("checkpoint failed: \(error)")
         }

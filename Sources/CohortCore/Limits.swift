@@ -61,6 +61,9 @@ public enum Limits {
     /// purged its barrier rows since answers 409 for good). Well inside
     /// `tccBarrierRetentionMsMin` (`cohortd --checkpoint-interval`, 1 s to this bound).
     public static let checkpointIntervalMs: Int64 = 10 * 60_000
+    /// An agent whose store was busy at a checkpoint (a reader of a shared SQLite file held
+    /// its checkpoint back) tries again after this, not at every sync.
+    public static let checkpointBusyRetryMs: Int64 = 1_000
     /// Largest checkpoint snapshot (the log's type-0 record). A snapshot holds every open
     /// transaction, so it may be far larger than one record; it is written rarely.
     public static let snapshotBytesMax = 256 << 20

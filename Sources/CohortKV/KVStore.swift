@@ -136,3 +136,12 @@ public final class MemoryKVStore: KVStore {
     /// Reopens after `close()` with the state intact (a clean shutdown).
     public func reopen() { closed = false }
 }
+
+/// `makeDurable` could not finish now: another connection's read kept SQLite's checkpoint from
+/// completing (a store opened without `exclusive`, such as a demo service's). Nothing is lost;
+/// durability is not reached yet, so whoever needed it waits and tries again.
+public struct KVStoreBusy: Error, CustomStringConvertible {
+    public let reason: String
+    public init(reason: String) { self.reason = reason }
+    public var description: String { "the store is busy: \(reason)" }
+}

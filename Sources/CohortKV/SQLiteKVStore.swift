@@ -178,6 +178,7 @@ public final class SQLiteKVStore: KVStore {
         // FULL syncs the WAL, copies it into the database file and syncs that; SQLITE_BUSY means
         // a reader kept it from finishing, so durability was not reached.
         let rc = sqlite3_wal_checkpoint_v2(live(db), nil, SQLITE_CHECKPOINT_FULL, &logFrames, &checkpointed)
+        if rc & 0xff == SQLITE_BUSY || rc & 0xff == SQLITE_LOCKED { throw KVStoreBusy(reason: error(rc, "checkpointing").description) }
         guard rc == SQLITE_OK else { throw error(rc, "checkpointing") }
     }
 

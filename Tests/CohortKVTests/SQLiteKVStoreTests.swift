@@ -37,6 +37,22 @@ final class SQLiteKVStoreTests: XCTestCase {
         XCTAssertEqual(try s.get("b"), .int(1))
     }
 
+    /// A shared store (not exclusive) whose checkpoint a reader holds back says so with a typed
+    /// error, which an agent takes as "try later"; it was a plain SQLite error, and the agent
+    /// stopped ("checkpoint failed").
+    func testACheckpointHeldBackByAReaderIsBusyNotAFailure() throws {
+        let s = try SQLiteKVStore(path: path, busyTimeoutMs: 50, exclusive: false)
+        defer { s.close() }
+        try s.apply([KVCommit(lsn: 1, writes: [("a", .int(1))])])
+        let reader = try SQLiteConnection(path: path)
+        try reader.readTransaction {
+            _ = try reader.query("SELECT COUNT(*) FROM kv")
+            try s.apply([KVCommit(lsn: 2, writes: [("a", .int(2))])]) // newer than the reader's snapshot
+            XCTAssertThrowsError(try s.makeDurable()) { XCTAssertTrue($0 is KVStoreBusy, "\($0)") }
+        }
+        XCTAssertNoThrow(try s.makeDurable(), "once the reader is done")
+    }
+
     func testApplyIsIdempotentByLSN() throws {
         let s = try SQLiteKVStore(path: path)
         defer { s.close() }
