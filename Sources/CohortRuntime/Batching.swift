@@ -184,16 +184,22 @@ public final class BatchingSender {
                 let half = items.count / 2
                 self.batchesSplit += 1
                 self.peers[baseURL]?.split.insert(contentsOf: [Array(items[..<half]), Array(items[half...])], at: 0)
-            case .success(let response):
-                if response.status == 200, let answers = try? JSONBody.value(BatchResponse.self, from: response.body),
-                   answers.answers.count == items.count {
-                    for (item, answer) in zip(items, answers.answers) {
+            case .success(let response) where response.status == 200:
+                if let answers = try? JSONBody.value(BatchResponse.self, from: response.body).answers, answers.count == items.count {
+                    for (item, answer) in zip(items, answers) {
                         item.completion(.success(HTTPClientResponse(status: answer.status, body: Array(answer.body.utf8))))
                     }
                 } else {
-                    // The peer refused the batch as a whole: every message gets that answer.
-                    for item in items { item.completion(.success(response)) }
+                    // A 200 without one answer per message says nothing about any of them: the
+                    // batch's 200 is not a message's 200 (a commit would count as acknowledged
+                    // by a participant that never heard it). Every message failed in transport
+                    // and is retried as such.
+                    let error = HTTPClientError.protocolError("the answer to a batch of \(items.count) messages does not hold one answer per message")
+                    for item in items { item.completion(.failure(error)) }
                 }
+            case .success(let response):
+                // The peer refused the batch as a whole (400, 401, 503...): every message gets that answer.
+                for item in items { item.completion(.success(response)) }
             }
             done()
         }

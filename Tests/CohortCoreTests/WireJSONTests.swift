@@ -188,4 +188,14 @@ final class WireJSONTests: XCTestCase {
             XCTAssertEqual(JSONWriter.stringBytes(s), out.count, s.debugDescription)
         }
     }
+
+    /// Only `"status": "committed"` acknowledges a commit (docs/protocol.md, call 3).
+    func testOnlyACommitAnswerSayingCommittedIsAnAcknowledgement() {
+        XCTAssertEqual(CommitAnswer(body: Array(#"{"txid":"t","status":"committed"}"#.utf8)), .committed)
+        XCTAssertEqual(CommitAnswer(body: Array(#"{"status":"committed"}"#.utf8)), .committed)
+        XCTAssertEqual(CommitAnswer(body: Array(#"{"txid":"t","status":"heuristic-aborted"}"#.utf8)), .heuristicAborted)
+        for body in ["{}", "", "<html>ok</html>", #"{"status":"aborted"}"#, #"{"status":7}"#, #"{"answers":[]}"#] {
+            guard case .notAnAcknowledgement = CommitAnswer(body: Array(body.utf8)) else { return XCTFail(body) }
+        }
+    }
 }

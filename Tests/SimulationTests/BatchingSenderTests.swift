@@ -177,4 +177,24 @@ final class BatchingSenderTests: XCTestCase {
         XCTAssertEqual(sender.batchesSplit, 4, "8 → 4+4, each 4 → 2+2, and the 2 holding the refused one → 1+1")
         XCTAssertEqual(sender.batchableMessagesSent, 9, "a message re-sent in a half counts once")
     }
+
+    /// A 200 to a batch whose body is not one answer per message says nothing about any message:
+    /// each fails as in transport (a commit is retried), none hears the batch's 200 as its own.
+    func testA200WithoutOneAnswerPerMessageFailsEveryMessage() throws {
+        for wrong in ["{}", #"{"answers":[{"status":200,"body":"{}"}]}"#, "not json"] {
+            let env = HeldRequests()
+            let sender = BatchingSender(environment: env, maxInFlight: 1)
+            var results: [Result<HTTPClientResponse, HTTPClientError>] = []
+            for i in 0..<3 {
+                sender.send(baseURL: "http://p", path: "/v1/2pc/commit?\(i)", body: Array("{}".utf8), batchable: true) { results.append($0) }
+            }
+            try env.answer(0)
+            XCTAssertEqual(try env.paths(1).count, 2)
+            env.sent[1].completion(.success(HTTPClientResponse(status: 200, body: Array(wrong.utf8))))
+            XCTAssertEqual(results.count, 3)
+            for r in results.dropFirst() {
+                guard case .failure(.protocolError) = r else { return XCTFail("\(wrong): \(r)") }
+            }
+        }
+    }
 }
