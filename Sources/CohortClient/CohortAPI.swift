@@ -165,13 +165,15 @@ public final class CohortAPI {
     // MARK: - raw
 
     /// Any call; errors only for transport failures (the status is the caller's to judge).
-    public func raw(_ method: String, _ url: String, body: [UInt8] = [], headers: [(String, String)] = []) throws -> HTTPClientResponse {
+    /// `idempotent`: see `BlockingHTTPClient.request` (nil: as the method says).
+    public func raw(_ method: String, _ url: String, body: [UInt8] = [], headers: [(String, String)] = [],
+                    idempotent: Bool? = nil) throws -> HTTPClientResponse {
         do {
             var h = headers
             if !body.isEmpty, !h.contains(where: { $0.0.lowercased() == "content-type" }) {
                 h.append(("Content-Type", "application/json"))
             }
-            return try http.request(method, url, body: body, headers: h)
+            return try http.request(method, url, body: body, headers: h, idempotent: idempotent)
         } catch let e as HTTPClientError {
             throw CohortAPIError.transport("\(method) \(url): \(e)")
         } catch {
@@ -180,8 +182,9 @@ public final class CohortAPI {
     }
 
     /// A call expecting one of `ok` statuses and a JSON answer of type T.
-    public func call<T: Decodable>(_ method: String, _ url: String, body: [UInt8] = [], ok: Set<Int> = [200], as: T.Type) throws -> T {
-        let r = try raw(method, url, body: body)
+    public func call<T: Decodable>(_ method: String, _ url: String, body: [UInt8] = [], ok: Set<Int> = [200], as: T.Type,
+                                   idempotent: Bool? = nil) throws -> T {
+        let r = try raw(method, url, body: body, idempotent: idempotent)
         guard ok.contains(r.status) else { throw CohortAPI.error(r) }
         do {
             if let wire = T.self as? WireDecodable.Type { return try wire.init(wireJSON: r.body) as! T }
@@ -216,14 +219,18 @@ public final class CohortAPI {
     /// `POST /v1/transactions/{txid}/commit`: the outcome once durable. `naming`: the branches
     /// whose work went with `"register": false` (`agentWork(..., namedAtCommit: true)`), as
     /// their answers gave them; every one of them must be here, or it is left out.
+    /// Asking again is safe: a repeat is answered with the outcome (so the client re-sends it
+    /// when a kept-alive connection turns out closed).
     public func commit(_ txid: String, naming: [RegisterRequest] = []) throws -> OutcomeResponse {
-        try call("POST", coordinatorURL + "/v1/transactions/\(txid)/commit", body: CohortAPI.named(naming), as: OutcomeResponse.self)
+        try call("POST", coordinatorURL + "/v1/transactions/\(txid)/commit", body: CohortAPI.named(naming), as: OutcomeResponse.self,
+                 idempotent: true)
     }
 
     /// `POST /v1/transactions/{txid}/abort`; `naming` as for `commit`, so that those branches
     /// hear the abort at once instead of expiring.
     public func abort(_ txid: String, naming: [RegisterRequest] = []) throws -> OutcomeResponse {
-        try call("POST", coordinatorURL + "/v1/transactions/\(txid)/abort", body: CohortAPI.named(naming), as: OutcomeResponse.self)
+        try call("POST", coordinatorURL + "/v1/transactions/\(txid)/abort", body: CohortAPI.named(naming), as: OutcomeResponse.self,
+                 idempotent: true)
     }
 
     private static func named(_ branches: [RegisterRequest]) -> [UInt8] {
@@ -261,7 +268,7 @@ public final class CohortAPI {
             body.register = false
             body.timeoutMs = timeoutMs
         }
-        let answer = try call("POST", agentURL + "/v1/work", body: CohortAPI.encode(body), as: WorkAnswer.self)
+        let answer = try call("POST", agentURL + "/v1/work", body: CohortAPI.encode(body), as: WorkAnswer.self, idempotent: true)
         if namedAtCommit && answer.branch == nil { throw CohortAPIError.badAnswer("work at \(agentURL): no branch in the answer (an agent that cannot join unregistered)") }
         return answer
     }
@@ -367,13 +374,16 @@ public final class CohortAPI {
     public func participantName(_ url: String) throws -> String { try participantIdentity(url).name }
 
     /// A whole transaction in one request (`POST /v1/transactions/submit`): each branch's ops
-    /// go to its participant with the prepare. Answers once the outcome is durable.
+    /// go to its participant with the prepare. Answers once the outcome is durable. Only with a
+    /// `requestID` is it sent again when a kept-alive connection turns out closed (without one
+    /// a repeat would run a second transaction).
     public func submit(_ branches: [(participant: String, url: String, ops: [WorkOp])], timeoutMs: Int64? = nil,
                        protocol: String? = nil, termination: String? = nil, requestID: String? = nil) throws -> OutcomeResponse {
         let request = SubmitRequest(protocol: `protocol`, timeoutMs: timeoutMs, termination: termination,
                                     branches: branches.map { SubmitRequest.Branch(participant: $0.participant, url: $0.url, ops: WorkOp.node($0.ops)) },
                                     requestID: requestID)
-        return try call("POST", coordinatorURL + "/v1/transactions/submit", body: request.wireJSON, as: OutcomeResponse.self)
+        return try call("POST", coordinatorURL + "/v1/transactions/submit", body: request.wireJSON, as: OutcomeResponse.self,
+                        idempotent: requestID != nil)
     }
 
     public func healthy(_ url: String) -> Bool {

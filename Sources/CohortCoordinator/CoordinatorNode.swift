@@ -317,13 +317,19 @@ public final class CoordinatorNode {
                 .flatMap { ThreePhaseState(rawValue: $0.state) }
             feed(.stateAnswered(txid, participant: name, state: state))
         case .commit:
-            if let failure {
-                feed(.deliveryFailed(txid, participant: name, error: failure))
-            } else if let answer = try? JSONBody.value(PhaseResponse.self, from: response!.body), answer.status == "heuristic-aborted" {
+            guard let response, failure == nil else {
+                feed(.deliveryFailed(txid, participant: name, error: failure ?? "no answer to commit"))
+                return
+            }
+            switch CommitAnswer(body: response.body) {
+            case .committed:
+                feed(.acknowledged(txid, participant: name))
+            case .heuristicAborted:
                 // An operator aborted this branch at the participant: it cannot commit.
                 feed(.heuristicReported(nil, txid: txid.description, participant: name, outcome: .aborted))
-            } else {
-                feed(.acknowledged(txid, participant: name))
+            case .notAnAcknowledgement(let reason):
+                // A 200 is not enough: forgetting a branch that is still prepared loses its commit.
+                feed(.deliveryFailed(txid, participant: name, error: reason))
             }
         case .prepare(let onePhase, _, _, _):
             guard let response, failure == nil,

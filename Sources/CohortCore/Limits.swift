@@ -124,6 +124,14 @@ public enum Limits {
     public static let httpResponseBytesMax = 4 << 20
     /// Protocol messages in one `POST /v1/batch`.
     public static let batchMessagesMax = 256
+    /// A `POST /v1/batch` body the sender builds is at most this many bytes (`BatchBytes`). Each
+    /// message's JSON is escaped again inside the batch (every quote gains a backslash), so 256
+    /// prepares of 4.5 KB, or a submitted prepare of 600 KB and any other, pass
+    /// `httpBodyBytesMax`, and the receiver refuses the whole batch with 413. A message that
+    /// cannot share a batch within this goes alone, as a plain request. The count is exact; the
+    /// margin (as for `outboxBatchBytesMax`) keeps a few bytes the count might one day miss from
+    /// costing more than a smaller batch.
+    public static let batchBodyBytesMax = httpBodyBytesMax - (16 << 10)
     /// Arrays and objects nested deeper than this in a wire body are refused (the hand-written
     /// JSON reader recurses once per level).
     public static let jsonNestingDepthMax = 64

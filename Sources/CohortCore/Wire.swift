@@ -643,6 +643,35 @@ extension PhaseRequest: WireDecodable, WireEncodable {
     }
 }
 
+/// What a participant's `200` to `POST /v1/2pc/commit` says (docs/protocol.md, call 3). Only
+/// `"status": "committed"` acknowledges the commit: a body that cannot be read (a batch answer
+/// gone wrong, a proxy's page) or says anything else is no proof that the branch committed, and
+/// a coordinator that took it for one would forget the transaction while the participant is
+/// still prepared, and the participant's inquiry would then hear the presumed abort.
+public enum CommitAnswer: Equatable, Sendable {
+    case committed
+    /// An operator aborted the branch (heuristic decision): it cannot commit.
+    case heuristicAborted
+    /// Not an acknowledgement; the reason, for the branch's last error.
+    case notAnAcknowledgement(String)
+
+    public init(body: [UInt8]) {
+        let status: String?
+        do {
+            status = try WireObject(bytes: body).optString("status")
+        } catch {
+            self = .notAnAcknowledgement("unreadable answer to commit: \(error)")
+            return
+        }
+        switch status {
+        case "committed": self = .committed
+        case "heuristic-aborted": self = .heuristicAborted
+        case let other?: self = .notAnAcknowledgement("answer to commit says \"\(other.prefix(80))\", not \"committed\"")
+        case nil: self = .notAnAcknowledgement("answer to commit has no status")
+        }
+    }
+}
+
 extension PhaseResponse: WireDecodable, WireEncodable {
     public init(wire o: WireObject) throws { self.init(txid: try o.string("txid"), status: try o.string("status")) }
     public func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("txid", txid); w.field("status", status); w.endObject() }

@@ -435,6 +435,23 @@ public struct JSONWriter {
     public mutating func field(_ k: String, _ v: Int?) { if let v { key(k); value(Int64(v)) } }
     public mutating func field(_ k: String, _ v: Bool?) { if let v { key(k); value(v) } }
 
+    /// The bytes `appendString` writes for `s`, quotes included, counted without writing them:
+    /// a caller that must keep a body under a limit (a `/v1/batch`, whose message bodies are
+    /// escaped again inside it) sizes it before building it.
+    public static func stringBytes(_ s: String) -> Int {
+        var s = s
+        return s.withUTF8 { u in
+            var n = u.count + 2
+            for b in u where b == 0x22 || b == 0x5C || b < 0x20 {
+                switch b {
+                case 0x22, 0x5C, 0x0A, 0x0D, 0x09, 0x08, 0x0C: n += 1  // \" \\ \n \r \t \b \f
+                default: n += 5  // \u00XX
+                }
+            }
+            return n
+        }
+    }
+
     public static func appendString(_ s: String, to out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
         var s = s

@@ -763,29 +763,49 @@ public final class BlockingHTTPClient {
         sockets.removeAll()
     }
 
+    /// Methods whose repetition has the effect of one request (RFC 9110 §9.2.2).
+    static let idempotentMethods: Set<String> = ["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"]
+
+    /// `idempotent`: sending the request twice has the effect of sending it once (a work call
+    /// with a `request_id`, a commit or abort by txid); nil means "if its method is
+    /// idempotent" (GET, HEAD, PUT, DELETE...). A request goes out again on a fresh connection
+    /// when a kept-alive one turns out closed before any byte of the answer only if it is
+    /// idempotent or never went out whole: the server may have run it and then closed (a
+    /// crash, a restart), and a second `POST /v1/transactions` would begin a second
+    /// transaction. Otherwise the call fails with `connectionClosed` and the caller, who knows
+    /// what the request does, decides.
     public func request(_ method: String, _ url: String, body: [UInt8] = [],
-                        headers: [(String, String)] = []) throws -> HTTPClientResponse {
+                        headers: [(String, String)] = [], idempotent: Bool? = nil) throws -> HTTPClientResponse {
         let parsed = try ParsedURL(url)
         let encoded = encodeRequest(method: method, url: parsed, headers: HTTPHeaders(headers), body: body,
                                     bearerToken: bearerToken)
         let key = parsed.key
+        // A kept-alive connection the server closed while it sat idle (its idle timeout, a
+        // restart) shows its end of file or reset before we write: take a fresh one then, which
+        // sends nothing twice. Only a close that races with the request is left for below.
+        if let s = sockets[key], s.readableNow() { drop(key) }
         let reused = sockets[key] != nil
+        let resendable = idempotent ?? Self.idempotentMethods.contains(method.uppercased())
+        let headOnly = method == "HEAD"
         do {
-            return try attempt(parsed, key: key, encoded: encoded, headOnly: method == "HEAD")
-        } catch RetryableFailure.staleConnection where reused {
-            // See HTTPClient: the kept-alive connection was closed under us before any response
-            // byte; retry once on a fresh connection (protocol requests are idempotent).
+            return try attempt(parsed, key: key, encoded: encoded, headOnly: headOnly)
+        } catch let stale as StaleConnection where reused && (resendable || !stale.requestWritten) {
+            // Closed under us before any response byte, on a connection that served before. Once
+            // more on a fresh connection: sending it again cannot do its work twice.
             do {
-                return try attempt(parsed, key: key, encoded: encoded, headOnly: method == "HEAD")
-            } catch RetryableFailure.staleConnection {
+                return try attempt(parsed, key: key, encoded: encoded, headOnly: headOnly)
+            } catch is StaleConnection {
                 throw HTTPClientError.connectionClosed
             }
-        } catch RetryableFailure.staleConnection {
+        } catch is StaleConnection {
             throw HTTPClientError.connectionClosed
         }
     }
 
-    private enum RetryableFailure: Error { case staleConnection }
+    /// The connection was closed or reset before any byte of the answer. `requestWritten`:
+    /// every byte of the request went into the socket, so the server may have read and run
+    /// it; false when a write failed, so it never had all of it.
+    private struct StaleConnection: Error { let requestWritten: Bool }
 
     private func connection(_ url: ParsedURL, key: String) throws -> BlockingSocket {
         if let s = sockets[key] { return s }
@@ -809,6 +829,7 @@ public final class BlockingHTTPClient {
         var parser = HTTPResponseParser()
         parser.expectNoBody = headOnly
         var bytesRead = 0
+        var written = true
         do {
             try encoded.withUnsafeBytes { try socket.writeAll($0) }
         } catch let e as PosixError {
@@ -818,6 +839,7 @@ public final class BlockingHTTPClient {
             }
             // The server may have answered early (e.g. 413) and stopped reading: try to read
             // that answer before declaring the connection stale.
+            written = false
         }
         while true {
             let n: Int
@@ -826,12 +848,12 @@ public final class BlockingHTTPClient {
             } catch let e as PosixError {
                 drop(key)
                 if e.isTimeout { throw HTTPClientError.timeout }
-                if bytesRead == 0 { throw RetryableFailure.staleConnection }
+                if bytesRead == 0 { throw StaleConnection(requestWritten: written) }
                 throw HTTPClientError.connectionClosed
             }
             if n == 0 {
                 drop(key)
-                if bytesRead == 0 { throw RetryableFailure.staleConnection }
+                if bytesRead == 0 { throw StaleConnection(requestWritten: written) }
                 do {
                     if let r = try parser.finish() { return r }
                 } catch HTTPClientError.protocolError {

@@ -280,6 +280,18 @@ public final class BlockingSocket {
         }
     }
 
+    /// Whether anything waits to be read — data, the peer's end of file, a reset, an error —
+    /// without waiting for it or reading it. On an idle kept-alive connection any of these means
+    /// it can carry no further request.
+    public func readableNow() -> Bool {
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        while true {
+            let rc = poll(&pfd, 1, 0)
+            if rc < 0 && errno == EINTR { continue }
+            return rc != 0
+        }
+    }
+
     /// Reads up to `count` bytes; 0 means the peer closed.
     public func read(into buffer: UnsafeMutableRawPointer, count: Int) throws -> Int {
         while true {

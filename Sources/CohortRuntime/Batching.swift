@@ -39,12 +39,27 @@ public struct BatchResponse: Codable, Sendable {
     public init(answers: [BatchAnswer]) { self.answers = answers }
 }
 
+/// The size of a `POST /v1/batch` body as `BatchRequest.writeWire` writes it,
+/// `{"messages":[M1,M2,...]}`: the envelope plus, for every message, its `{"path":P,"body":B}`
+/// (both strings escaped) and a separator (one byte over: the first message has none).
+public enum BatchBytes {
+    /// `{"messages":[` and `]}`.
+    public static let envelope = 15
+    /// `{"path":` `,"body":` `}` and a comma around the two escaped strings.
+    public static func cost(path: String, body: String) -> Int {
+        18 + JSONWriter.stringBytes(path) + JSONWriter.stringBytes(body)
+    }
+}
+
 public final class BatchingSender {
     public typealias Completion = (Result<HTTPClientResponse, HTTPClientError>) -> Void
 
     private struct Queued {
         let path: String
-        let body: [UInt8]
+        /// The body as text, as a batch carries it (a lone message is sent as its UTF-8).
+        let body: String
+        /// What the message adds to a batch body (`BatchBytes.cost`), counted once on arrival.
+        let batchBytes: Int
         let timeoutMs: Int64
         let completion: Completion
         let queuedAtUs: UInt64
@@ -53,20 +68,29 @@ public final class BatchingSender {
     private struct Peer {
         var inFlight = 0
         var queue: [Queued] = []
+        /// The halves of batches the peer refused as too large (413), sent before the queue, in
+        /// order: their messages were sent once already and have no answer yet.
+        var split: [[Queued]] = []
     }
 
     private let environment: NodeEnvironment
     private let maxInFlight: Int
+    private let batchBytesMax: Int
     private var peers: [String: Peer] = [:]
     public private(set) var exchangesSent = 0
     /// Batchable messages sent, and the microseconds they waited in total for a free exchange
-    /// (all `maxInFlight` exchanges to their peer were busy).
+    /// (all `maxInFlight` exchanges to their peer were busy). A message re-sent in half of a
+    /// refused batch counts once.
     public private(set) var batchableMessagesSent = 0
     public private(set) var queueWaitUsTotal: UInt64 = 0
+    /// Batches the peer refused as too large (413) and that were sent again in two halves.
+    public private(set) var batchesSplit = 0
 
-    public init(environment: NodeEnvironment, maxInFlight: Int = Limits.batchExchangesInFlightPerPeer) {
+    public init(environment: NodeEnvironment, maxInFlight: Int = Limits.batchExchangesInFlightPerPeer,
+                batchBytesMax: Int = Limits.batchBodyBytesMax) {
         self.environment = environment
         self.maxInFlight = maxInFlight
+        self.batchBytesMax = batchBytesMax
     }
 
     /// Sends `body` to `baseURL + path`, alone or in a batch with others to the same peer.
@@ -83,56 +107,103 @@ public final class BatchingSender {
             environment.execute { completion(.failure(.queueFull)) }
             return
         }
-        peer.queue.append(Queued(path: path, body: body, timeoutMs: timeoutMs, completion: completion, queuedAtUs: environment.monotonicUs))
+        let text = String(decoding: body, as: UTF8.self)
+        peer.queue.append(Queued(path: path, body: text, batchBytes: BatchBytes.cost(path: path, body: text), timeoutMs: timeoutMs,
+                                 completion: completion, queuedAtUs: environment.monotonicUs))
         peers[baseURL] = peer
         flush(baseURL)
     }
 
+    /// Sends what waits for `baseURL` while it has exchanges free.
     private func flush(_ baseURL: String) {
-        guard var peer = peers[baseURL], peer.inFlight < maxInFlight, !peer.queue.isEmpty else { return }
-        let take = min(peer.queue.count, Limits.batchMessagesMax)
-        let items = Array(peer.queue.prefix(take))
-        peer.queue.removeFirst(take)
+        while sendNext(baseURL) {}
+    }
+
+    /// The next exchange to `baseURL`, if one is free and something waits: a refused batch's
+    /// half first, else the queue's head and as many after it as fit in one batch, by count and
+    /// by encoded bytes. A message too large to share a batch goes alone.
+    private func sendNext(_ baseURL: String) -> Bool {
+        guard var peer = peers[baseURL], peer.inFlight < maxInFlight else { return false }
+        let items: [Queued]
+        let resent: Bool
+        if !peer.split.isEmpty {
+            items = peer.split.removeFirst()
+            resent = true
+        } else if !peer.queue.isEmpty {
+            var take = 1
+            var bytes = BatchBytes.envelope + peer.queue[0].batchBytes
+            // In order: a message that does not fit ends the batch (it leads the next one).
+            while take < min(peer.queue.count, Limits.batchMessagesMax), bytes + peer.queue[take].batchBytes <= batchBytesMax {
+                bytes += peer.queue[take].batchBytes
+                take += 1
+            }
+            items = Array(peer.queue.prefix(take))
+            peer.queue.removeFirst(take)
+            resent = false
+        } else {
+            return false
+        }
         peer.inFlight += 1
         peers[baseURL] = peer
         exchangesSent += 1
-        let nowUs = environment.monotonicUs
-        batchableMessagesSent += items.count
-        for item in items { queueWaitUsTotal &+= nowUs &- item.queuedAtUs }
+        if !resent {
+            let nowUs = environment.monotonicUs
+            batchableMessagesSent += items.count
+            for item in items { queueWaitUsTotal &+= nowUs &- item.queuedAtUs }
+        }
         let done: () -> Void = { [weak self] in
             guard let self else { return }
             self.peers[baseURL]?.inFlight -= 1
-            if let p = self.peers[baseURL], p.inFlight == 0, p.queue.isEmpty { self.peers.removeValue(forKey: baseURL) }
+            if let p = self.peers[baseURL], p.inFlight == 0, p.queue.isEmpty, p.split.isEmpty { self.peers.removeValue(forKey: baseURL) }
             self.flush(baseURL)
         }
         if items.count == 1 {
+            // Alone, as a plain request: its answer is its own, 413 included.
             let item = items[0]
-            environment.send(HTTPClientRequest(method: "POST", url: baseURL + item.path, body: item.body, timeoutMs: item.timeoutMs)) { result in
+            environment.send(HTTPClientRequest(method: "POST", url: baseURL + item.path, body: Array(item.body.utf8), timeoutMs: item.timeoutMs)) { result in
                 item.completion(result)
                 done()
             }
-            return
+            return true
         }
-        let batch = BatchRequest(messages: items.map { BatchItem(path: $0.path, body: String(decoding: $0.body, as: UTF8.self)) })
+        let batch = BatchRequest(messages: items.map { BatchItem(path: $0.path, body: $0.body) })
         // A batch waits as long as its most patient message would have.
         let timeoutMs = items.map(\.timeoutMs).max() ?? Limits.httpClientRequestTimeoutMs
-        environment.send(HTTPClientRequest(method: "POST", url: baseURL + "/v1/batch", body: JSONBody.encode(batch), timeoutMs: timeoutMs)) { result in
+        environment.send(HTTPClientRequest(method: "POST", url: baseURL + "/v1/batch", body: JSONBody.encode(batch), timeoutMs: timeoutMs)) { [weak self] result in
             switch result {
             case .failure(let error):
                 for item in items { item.completion(.failure(error)) }
-            case .success(let response):
-                if response.status == 200, let answers = try? JSONBody.value(BatchResponse.self, from: response.body),
-                   answers.answers.count == items.count {
-                    for (item, answer) in zip(items, answers.answers) {
+            case .success(let response) where response.status == 413:
+                // Too large for the peer (a smaller body limit than ours, or a count gone
+                // wrong): nothing in it ran, and no message is to blame. Send it again in two
+                // halves, ahead of the queue; a lone message's 413 is its own answer.
+                guard let self else {
+                    for item in items { item.completion(.success(response)) }
+                    return
+                }
+                let half = items.count / 2
+                self.batchesSplit += 1
+                self.peers[baseURL]?.split.insert(contentsOf: [Array(items[..<half]), Array(items[half...])], at: 0)
+            case .success(let response) where response.status == 200:
+                if let answers = try? JSONBody.value(BatchResponse.self, from: response.body).answers, answers.count == items.count {
+                    for (item, answer) in zip(items, answers) {
                         item.completion(.success(HTTPClientResponse(status: answer.status, body: Array(answer.body.utf8))))
                     }
                 } else {
-                    // The peer refused the batch as a whole: every message gets that answer.
-                    for item in items { item.completion(.success(response)) }
+                    // A 200 without one answer per message says nothing about any of them: the
+                    // batch's 200 is not a message's 200 (a commit would count as acknowledged
+                    // by a participant that never heard it). Every message failed in transport
+                    // and is retried as such.
+                    let error = HTTPClientError.protocolError("the answer to a batch of \(items.count) messages does not hold one answer per message")
+                    for item in items { item.completion(.failure(error)) }
                 }
+            case .success(let response):
+                // The peer refused the batch as a whole (400, 401, 503...): every message gets that answer.
+                for item in items { item.completion(.success(response)) }
             }
             done()
         }
+        return true
     }
 }
 

@@ -178,4 +178,24 @@ final class WireJSONTests: XCTestCase {
         XCTAssertThrowsError(try SubmitRequest(wireJSON: Array(#"{"branches":[{"participant":"a","url":"u"}]}"#.utf8)), "ops are required")
         XCTAssertThrowsError(try SubmitRequest(wireJSON: Array(#"{"branches":[{"participant":"a","url":"u","ops":"x"}]}"#.utf8)))
     }
+
+    /// `stringBytes` counts exactly what `appendString` writes (a batch is sized by it).
+    func testStringBytesCountsWhatTheWriterWrites() {
+        let control = String((0..<32).map { Character(Unicode.Scalar(UInt8($0))) })
+        for s in ["", "plain", #"{"a":"b\c"}"#, control, "é中😀\u{7f}", String(repeating: #"\""#, count: 1_000)] {
+            var out: [UInt8] = []
+            JSONWriter.appendString(s, to: &out)
+            XCTAssertEqual(JSONWriter.stringBytes(s), out.count, s.debugDescription)
+        }
+    }
+
+    /// Only `"status": "committed"` acknowledges a commit (docs/protocol.md, call 3).
+    func testOnlyACommitAnswerSayingCommittedIsAnAcknowledgement() {
+        XCTAssertEqual(CommitAnswer(body: Array(#"{"txid":"t","status":"committed"}"#.utf8)), .committed)
+        XCTAssertEqual(CommitAnswer(body: Array(#"{"status":"committed"}"#.utf8)), .committed)
+        XCTAssertEqual(CommitAnswer(body: Array(#"{"txid":"t","status":"heuristic-aborted"}"#.utf8)), .heuristicAborted)
+        for body in ["{}", "", "<html>ok</html>", #"{"status":"aborted"}"#, #"{"status":7}"#, #"{"answers":[]}"#] {
+            guard case .notAnAcknowledgement = CommitAnswer(body: Array(body.utf8)) else { return XCTFail(body) }
+        }
+    }
 }

@@ -24,6 +24,16 @@ private final class HeldRequests: NodeEnvironment {
         return try JSONBody.value(BatchRequest.self, from: r.body).messages.map(\.path)
     }
 
+    /// Answers sent request `i` as the agent's server would: 413 for a body over
+    /// `Limits.httpBodyBytesMax`, else 200 for every message in it.
+    func answerAsAnAgent(_ i: Int) throws {
+        if sent[i].request.body.count > Limits.httpBodyBytesMax {
+            sent[i].completion(.success(HTTPClientResponse(status: 413, body: Array(#"{"error":"request body too large"}"#.utf8))))
+        } else {
+            try answer(i)
+        }
+    }
+
     /// Answers sent request `i` with 200 for every message in it.
     func answer(_ i: Int) throws {
         let r = sent[i].request
@@ -65,5 +75,126 @@ final class BatchingSenderTests: XCTestCase {
         XCTAssertEqual(sender.batchableMessagesSent, 3)
         XCTAssertEqual(sender.queueWaitUsTotal, 1_000, "two messages waited 500 µs each")
         XCTAssertEqual(sender.exchangesSent, 2)
+    }
+
+    /// A batch is capped by its encoded bytes, not only by its count: each message's JSON is
+    /// escaped again inside the batch, and 256 messages of 5 KB would pass the agent's body
+    /// limit, which refuses the whole batch with 413 (every prepare in it aborted).
+    func testBatchesStayUnderTheBodyLimitTheirEscapedMessagesIncluded() throws {
+        let env = HeldRequests()
+        let sender = BatchingSender(environment: env, maxInFlight: 1)
+        // Quote-heavy like a prepare carrying work: escaping adds a backslash per quote.
+        var body = #"{"txid":"3fa90c1e-18f3c2a9b10-2a","ops":["#
+        while body.utf8.count < 5_000 { body += #"{"op":"add","key":"acct-000042","delta":-1},"# }
+        body += #"{"op":"get","key":"acct-000042"}]}"#
+        var statuses: [Int] = []
+        let count = 600
+        for i in 0..<count {
+            sender.send(baseURL: "http://p", path: "/v1/2pc/prepare?\(i)", body: Array(body.utf8), batchable: true) { result in
+                guard case .success(let r) = result else { return XCTFail("message \(i): \(result)") }
+                statuses.append(r.status)
+            }
+        }
+        var i = 0
+        while i < env.sent.count {
+            let request = env.sent[i].request
+            XCTAssertLessThanOrEqual(request.body.count, Limits.batchBodyBytesMax, "exchange \(i)")
+            if request.url.hasSuffix("/v1/batch") {
+                let batch = try JSONBody.value(BatchRequest.self, from: request.body)
+                // The count is exact: the envelope, and every message's cost (one separator fewer).
+                XCTAssertEqual(request.body.count, BatchBytes.envelope - 1 + batch.messages.reduce(0) { $0 + BatchBytes.cost(path: $1.path, body: $1.body) })
+            }
+            try env.answerAsAnAgent(i)
+            i += 1
+        }
+        XCTAssertEqual(statuses, Array(repeating: 200, count: count), "every message answered, none refused with its batch")
+        XCTAssertEqual(sender.batchableMessagesSent, count)
+        XCTAssertGreaterThanOrEqual(env.sent.count, 4, "several batches")
+        XCTAssertLessThan(env.sent.count, count / 10, "still batched")
+    }
+
+    /// A message too large to share a batch goes alone, as a plain request (its 413, if the
+    /// peer refuses it, is its own answer); the messages around it still batch.
+    func testAMessageTooLargeToShareGoesAlone() throws {
+        let env = HeldRequests()
+        let sender = BatchingSender(environment: env, maxInFlight: 1)
+        var answers: [String: Int] = [:]
+        func send(_ path: String, _ body: String) {
+            sender.send(baseURL: "http://p", path: path, body: Array(body.utf8), batchable: true) { result in
+                if case .success(let r) = result { answers[path] = r.status }
+            }
+        }
+        let big = #"{"txid":"t","ops":[""# + String(repeating: #"\""#, count: 400_000) + #""]}"#  // 800 KB escaped twice over
+        send("/v1/2pc/prepare?0", "{}")
+        send("/v1/2pc/prepare?1", "{}")
+        send("/v1/2pc/prepare?big", big)
+        send("/v1/2pc/prepare?2", "{}")
+        send("/v1/2pc/prepare?3", "{}")
+        try env.answer(0)
+        XCTAssertEqual(try env.paths(1), ["/v1/2pc/prepare?1"], "alone: the next one does not fit beside it")
+        try env.answerAsAnAgent(1)
+        XCTAssertEqual(try env.paths(2), ["/v1/2pc/prepare?big"])
+        XCTAssertEqual(env.sent[2].request.body, Array(big.utf8), "its own body, not escaped in a batch")
+        try env.answerAsAnAgent(2)
+        XCTAssertEqual(try env.paths(3), ["/v1/2pc/prepare?2", "/v1/2pc/prepare?3"])
+        try env.answerAsAnAgent(3)
+        XCTAssertEqual(answers, ["/v1/2pc/prepare?0": 200, "/v1/2pc/prepare?1": 200, "/v1/2pc/prepare?big": 200,
+                                 "/v1/2pc/prepare?2": 200, "/v1/2pc/prepare?3": 200])
+    }
+
+    /// A batch the peer refuses as too large (413; a peer with a smaller limit than ours) is sent
+    /// again in halves, down to single messages, and no message hears the batch's 413; a message
+    /// sent alone and refused 413 gets that as its own answer. Order is kept.
+    func testA413SplitsTheBatchAndOnlyALoneMessageHearsIt() throws {
+        let env = HeldRequests()
+        let sender = BatchingSender(environment: env, maxInFlight: 1)
+        var answered: [(path: String, status: Int)] = []
+        func send(_ path: String) {
+            sender.send(baseURL: "http://p", path: path, body: Array("{}".utf8), batchable: true) { result in
+                guard case .success(let r) = result else { return XCTFail("\(path): \(result)") }
+                answered.append((path, r.status))
+            }
+        }
+        send("/v1/2pc/prepare?held")
+        let paths = (0..<7).map { "/v1/2pc/commit?\($0)" } + ["/v1/2pc/commit?refused"]
+        for p in paths { send(p) }
+        try env.answer(0)
+        // The peer takes at most 2 messages in a body, and never the one named "refused".
+        var i = 1
+        while i < env.sent.count {
+            let inside = try env.paths(i)
+            if inside.count > 2 || inside.contains("/v1/2pc/commit?refused") {
+                env.sent[i].completion(.success(HTTPClientResponse(status: 413, body: Array(#"{"error":"too large"}"#.utf8))))
+            } else {
+                try env.answer(i)
+            }
+            i += 1
+        }
+        let exchanges = try (0..<env.sent.count).map { try env.paths($0) }
+        XCTAssertEqual(Array(exchanges.dropFirst().prefix(2)), [paths, Array(paths[0..<4])], "all eight in one batch, then its first half")
+        XCTAssertEqual(answered.map(\.path), ["/v1/2pc/prepare?held"] + paths, "each answered once, in order")
+        XCTAssertEqual(answered.map(\.status), Array(repeating: 200, count: 8) + [413])
+        XCTAssertEqual(sender.batchesSplit, 4, "8 → 4+4, each 4 → 2+2, and the 2 holding the refused one → 1+1")
+        XCTAssertEqual(sender.batchableMessagesSent, 9, "a message re-sent in a half counts once")
+    }
+
+    /// A 200 to a batch whose body is not one answer per message says nothing about any message:
+    /// each fails as in transport (a commit is retried), none hears the batch's 200 as its own.
+    func testA200WithoutOneAnswerPerMessageFailsEveryMessage() throws {
+        for wrong in ["{}", #"{"answers":[{"status":200,"body":"{}"}]}"#, "not json"] {
+            let env = HeldRequests()
+            let sender = BatchingSender(environment: env, maxInFlight: 1)
+            var results: [Result<HTTPClientResponse, HTTPClientError>] = []
+            for i in 0..<3 {
+                sender.send(baseURL: "http://p", path: "/v1/2pc/commit?\(i)", body: Array("{}".utf8), batchable: true) { results.append($0) }
+            }
+            try env.answer(0)
+            XCTAssertEqual(try env.paths(1).count, 2)
+            env.sent[1].completion(.success(HTTPClientResponse(status: 200, body: Array(wrong.utf8))))
+            XCTAssertEqual(results.count, 3)
+            for r in results.dropFirst() {
+                guard case .failure(.protocolError) = r else { return XCTFail("\(wrong): \(r)") }
+            }
+        }
     }
 }

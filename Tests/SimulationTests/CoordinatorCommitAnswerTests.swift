@@ -1,0 +1,78 @@
+import CohortCoordinator
+import CohortCore
+import CohortHTTP
+import CohortLog
+import CohortRuntime
+import XCTest
+
+/// An environment whose outgoing requests wait for the test to answer them; timers never fire
+/// and tasks run when the test drains them.
+private final class HandAnswered: NodeEnvironment {
+    var sent: [(request: HTTPClientRequest, completion: (Result<HTTPClientResponse, HTTPClientError>) -> Void)] = []
+    var tasks: [() -> Void] = []
+    var wallMs: Int64 { 1_700_000_000_000 }
+    var monotonicUs: UInt64 { 0 }
+    let testOnlyBreak = TestOnlyBreak.none
+    func schedule(afterMs: Int64, _ task: @escaping () -> Void) -> NodeTimer { NodeTimer {} }
+    func execute(_ task: @escaping () -> Void) { tasks.append(task) }
+    func send(_ request: HTTPClientRequest, _ completion: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
+        sent.append((request, completion))
+    }
+    func randomU64() -> UInt64 { 4 }
+    func drain() {
+        while !tasks.isEmpty { tasks.removeFirst()() }
+    }
+}
+
+final class CoordinatorCommitAnswerTests: XCTestCase {
+    /// Only a commit answer that says "committed" acknowledges the branch. A 200 whose body
+    /// cannot be read (or says something else) is a failed delivery, retried: counting it as an
+    /// acknowledgement let the coordinator forget a transaction whose participant was still
+    /// prepared, and that participant's inquiry then heard the presumed "aborted".
+    func testA200CommitAnswerThatDoesNotSayCommittedIsNotAnAcknowledgement() throws {
+        let env = HandAnswered()
+        let (log, recovered) = try DurableLog.open(storage: SimLogStorage(), config: DurableLogConfig(syncMode: .manual, preallocateBytes: 512))
+        let node = try CoordinatorNode(coordinatorID: "3fa90c1e", log: log, recovered: recovered,
+                                       config: Coordinator.Config(coordinatorID: "3fa90c1e", epoch: 1),
+                                       checkpointAfterBytes: 1 << 30, environment: env,
+                                       onFatal: { XCTFail("fatal: \($0)") })
+        node.start()
+        func call(_ method: String, _ target: String, _ body: String = "") throws -> HTTPResponse {
+            var answer: HTTPResponse?
+            node.handle(try HTTPRequest.parsingTarget(method: method, target: target, headers: HTTPHeaders(), body: Array(body.utf8)),
+                        ClosureSink { answer = $0 })
+            env.drain()
+            return try XCTUnwrap(answer, "\(method) \(target) unanswered")
+        }
+        let txid = try JSONBody.value(BeginResponse.self, from: call("POST", "/v1/transactions", "{}").body).txid
+        for name in ["a", "b"] {
+            XCTAssertEqual(try call("POST", "/v1/transactions/\(txid)/branches", #"{"participant":"\#(name)","url":"http://\#(name)"}"#).status, 200)
+        }
+        var outcome: HTTPResponse?
+        node.handle(try HTTPRequest.parsingTarget(method: "POST", target: "/v1/transactions/\(txid)/commit", headers: HTTPHeaders(), body: []),
+                    ClosureSink { outcome = $0 })
+        env.drain()
+        XCTAssertEqual(env.sent.map(\.request.url), ["http://a/v1/2pc/prepare", "http://b/v1/2pc/prepare"])
+        for i in 0..<2 {
+            env.sent[i].completion(.success(HTTPClientResponse(status: 200, body: Array(#"{"txid":"\#(txid)","vote":"yes"}"#.utf8))))
+        }
+        env.drain()
+        _ = try log.syncNow()  // the commit decision becomes durable
+        env.drain()
+        XCTAssertEqual(outcome?.status, 200)
+        XCTAssertEqual(env.sent.count, 4)
+        XCTAssertEqual(env.sent[2].request.url, "http://a/v1/2pc/commit")
+        XCTAssertEqual(env.sent[3].request.url, "http://b/v1/2pc/commit")
+        env.sent[2].completion(.success(HTTPClientResponse(status: 200, body: Array("{}".utf8))))
+        env.sent[3].completion(.success(HTTPClientResponse(status: 200, body: Array(#"{"txid":"\#(txid)","status":"committed"}"#.utf8))))
+        env.drain()
+
+        let view = try JSONBody.value(TransactionView.self, from: call("GET", "/v1/transactions/\(txid)").body)
+        XCTAssertEqual(view.state, "committing", "not finished: branch a has not acknowledged")
+        let a = try XCTUnwrap(view.branches.first { $0.participant == "a" })
+        let b = try XCTUnwrap(view.branches.first { $0.participant == "b" })
+        XCTAssertEqual(a.state, "commit-sent")
+        XCTAssertTrue(a.lastError?.contains("commit") ?? false, a.lastError ?? "no error recorded")
+        XCTAssertEqual(b.state, "committed")
+    }
+}
