@@ -67,7 +67,7 @@ public struct TCCCoordinator {
             self.confirmURL = confirmURL
             self.cancelURL = cancelURL
             self.payload = payload
-            payloadLogBytes = payload.map { TCCRecordCoding.encodeJSON($0).count } ?? 0
+            payloadLogBytes = payload.map { TCCRecordCoding.encodedJSONBytes($0) } ?? 0
         }
 
         /// What the coordinator holds for this branch, about as logged (counted against
@@ -1005,6 +1005,19 @@ public enum TCCRecordCoding {
         }
         tx.events.append(Coordinator.TimelineEvent(atMs: tx.finishedAtMs ?? tx.createdAtMs, event: tx.state.rawValue, participant: nil, detail: "from a checkpoint (details not kept)"))
         return tx
+    }
+
+    /// `encodeJSON(v).count`, counted without building the bytes (each registration's payload
+    /// is sized before it is logged).
+    static func encodedJSONBytes(_ v: JSONValue) -> Int {
+        switch v {
+        case .null: return 1
+        case .bool: return 2
+        case .int, .double: return 9
+        case .string(let s): return 5 + s.utf8.count
+        case .array(let a): return a.reduce(5) { $0 + encodedJSONBytes($1) }
+        case .object(let o): return o.reduce(5) { $0 + 4 + $1.key.utf8.count + encodedJSONBytes($1.value) }
+        }
     }
 
     /// A compact binary form of a JSON value (tag byte, then the value).

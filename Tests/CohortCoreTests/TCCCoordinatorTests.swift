@@ -238,6 +238,13 @@ final class TCCCoordinatorTests: XCTestCase {
         XCTAssertEqual(error(m.on(.register(r2, txid: txid.description, s), nowMs: now), r2), 413)
     }
 
+    /// The payload's size in the log is counted without encoding it, and agrees with the encoding.
+    func testThePayloadsLogSizeIsCountedExactly() {
+        let values: [JSONValue] = [.null, .bool(true), .int(-5), .double(2.5), .string("héllo"), .array([.int(1), .string("x"), .null]),
+                                   .object(["a": .int(1), "bé": .object(["c": .array([.bool(false)])])]), .array([]), .object([:])]
+        for v in values { XCTAssertEqual(TCCRecordCoding.encodedJSONBytes(v), TCCRecordCoding.encodeJSON(v).count, "\(v)") }
+    }
+
     /// A service's long error text is clipped before it is kept: the cancel reason it became
     /// made every checkpoint unreadable (read back up to 4,096 bytes).
     func testALongErrorFromATryIsClippedAndTheCheckpointReadsBack() throws {
