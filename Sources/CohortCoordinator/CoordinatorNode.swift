@@ -437,7 +437,7 @@ public final class CoordinatorNode {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let r):
                 let participant = ParticipantRef(name: r.participant, url: r.url, incarnation: r.incarnation)
-                guard isCallableHTTPURL(r.url) else { return reject(400, Self.uncallable(r.url)) }
+                guard isCallableHTTPURL(r.url) else { return reject(400, Self.uncallable("participant url", r.url)) }
                 if r.batch == true { noteBatchCapable(participant) }
                 feed(.register(requests.add(responder), txid: parts[2], participant: participant))
             }
@@ -487,7 +487,7 @@ public final class CoordinatorNode {
             return nil
         case .success(let n):
             if let bad = n.branches.first(where: { !isCallableHTTPURL($0.url) }) {
-                responder.send(.error(400, Self.uncallable(bad.url)))
+                responder.send(.error(400, Self.uncallable("participant url", bad.url)))
                 return nil
             }
             let named = n.branches.map { ParticipantRef(name: $0.participant, url: $0.url, incarnation: $0.incarnation) }
@@ -498,14 +498,15 @@ public final class CoordinatorNode {
 
     /// Checked before the machine sees a participant: a URL the client cannot call would be
     /// prepared and retried until the transaction timed out, and the commit would wait as long.
-    static func uncallable(_ url: String) -> String {
-        "participant url \"\(url.prefix(200))\" is not an http://HOST[:PORT]/PATH URL (port 1-65535)"
+    static func uncallable(_ field: String, _ url: String) -> String {
+        "\(field) \"\(url.prefix(200))\" is not an http://HOST[:PORT]/PATH URL (port 1-65535)"
     }
 
-    /// Remembers that `participant` serves `/v1/batch`: only a URL the machine would take and
-    /// the client could call (a 1 MB URL in a refused request once stayed in this set for good).
+    /// Remembers that `participant` serves `/v1/batch`: only a URL the machine would take (a
+    /// 1 MB URL in a refused request once stayed in this set for good). Callers have checked
+    /// that the client can call it.
     private func noteBatchCapable(_ participant: ParticipantRef) {
-        guard participant.sizeRefusal == nil, isCallableHTTPURL(participant.url),
+        guard participant.sizeRefusal == nil,
               batchCapable.count < Limits.batchCapablePeersMax else { return }
         batchCapable.insert(participant.url)
     }
@@ -542,7 +543,7 @@ public final class CoordinatorNode {
                 return responder.send(.error(400, "submit runs 2pc and 3pc transactions; a TCC transaction registers its branches (POST /v1/transactions/{txid}/tcc-branches)"))
             }
             if let bad = submit.branches.first(where: { !isCallableHTTPURL($0.url) }) {
-                return responder.send(.error(400, Self.uncallable(bad.url)))
+                return responder.send(.error(400, Self.uncallable("participant url", bad.url)))
             }
             let commitProtocol: CommitProtocol = submit.protocol == "3pc"
                 ? .threePhase(Termination(rawValue: submit.termination ?? "classic") ?? .classic) : .twoPhase
@@ -612,7 +613,7 @@ public final class CoordinatorNode {
             // Checked here, not at the first call: a cancel URL the client cannot call would
             // keep the transaction open, retried, for good.
             for (field, url) in [("try_url", b.tryURL), ("confirm_url", b.confirmURL), ("cancel_url", b.cancelURL)] where !isCallableHTTPURL(url) {
-                return responder.send(.error(400, "\(field) \"\(url.prefix(200))\" is not an http://HOST[:PORT]/PATH URL"))
+                return responder.send(.error(400, Self.uncallable(field, url)))
             }
             feedTCC(.register(requests.add(responder), txid: txid,
                               TCCCoordinator.BranchSpec(branchID: b.branchID, tryURL: b.tryURL, confirmURL: b.confirmURL, cancelURL: b.cancelURL, payload: b.payload)))

@@ -14,30 +14,43 @@ final class ReplySinkTests: XCTestCase {
                       headers: ["reply_to": replyTo], createdMs: 0)
     }
 
+    /// An inbox on `loop` that applies every message it gets; `received` sees each batch's ids
+    /// (on the loop thread).
+    func inbox(on loop: EventLoop, received: @escaping ([String]) -> Void = { _ in }) throws -> HTTPServer {
+        let ready = DispatchSemaphore(value: 0)
+        var server: HTTPServer?
+        loop.execute {
+            server = try? HTTPServer(loop: loop, host: "127.0.0.1", port: 0) { request, responder in
+                let batch = try? InboxBatch(wireJSON: request.body)
+                received((batch?.messages ?? []).map(\.id))
+                let results = (batch?.messages ?? []).map { InboxResult(id: $0.id, status: "applied") }
+                responder.send(.jsonBytes(200, InboxBatchResponse(results: results).wireJSON))
+            }
+            ready.signal()
+        }
+        ready.wait()
+        return try XCTUnwrap(server)
+    }
+
     func testAnUnreachableReplyToCountsAnAttemptInsteadOfStallingTheBatch() throws {
         ProcessEnv.ignoreSIGPIPE()
         let loop = try EventLoop()
         loop.startThread()
         defer { loop.stopAndJoin() }
-        let ready = DispatchSemaphore(value: 0)
-        var server: HTTPServer?
+        let server = try inbox(on: loop)
         var sink: ReplySink?
+        let ready = DispatchSemaphore(value: 0)
         loop.execute {
-            server = try? HTTPServer(loop: loop, host: "127.0.0.1", port: 0) { request, responder in
-                let batch = try? InboxBatch(wireJSON: request.body)
-                let results = (batch?.messages ?? []).map { InboxResult(id: $0.id, status: "applied") }
-                responder.send(.jsonBytes(200, InboxBatchResponse(results: results).wireJSON))
-            }
             sink = ReplySink(loop: loop)
             ready.signal()
         }
         ready.wait()
         defer {
             let done = DispatchSemaphore(value: 0)
-            loop.execute { sink?.shutdown(); server?.shutdown(); done.signal() }
+            loop.execute { sink?.shutdown(); server.shutdown(); done.signal() }
             done.wait()
         }
-        let live = "http://127.0.0.1:\(try XCTUnwrap(server).port)/v1/inbox"
+        let live = "http://127.0.0.1:\(server.port)/v1/inbox"
         let (fd, deadPort) = try TCP.listen(host: "127.0.0.1", port: 0)
         TCP.close(fd)  // nothing listens there now
         let dead = "http://127.0.0.1:\(deadPort)/v1/inbox"
@@ -76,20 +89,9 @@ final class ReplySinkTests: XCTestCase {
         let loop = try EventLoop()
         loop.startThread()
         defer { loop.stopAndJoin() }
-        let ready = DispatchSemaphore(value: 0)
-        var server: HTTPServer?
         var received: [String] = []
-        loop.execute {
-            server = try? HTTPServer(loop: loop, host: "127.0.0.1", port: 0) { request, responder in
-                let batch = try? InboxBatch(wireJSON: request.body)
-                received += (batch?.messages ?? []).map(\.id)
-                let results = (batch?.messages ?? []).map { InboxResult(id: $0.id, status: "applied") }
-                responder.send(.jsonBytes(200, InboxBatchResponse(results: results).wireJSON))
-            }
-            ready.signal()
-        }
-        ready.wait()
-        let live = "http://127.0.0.1:\(try XCTUnwrap(server).port)/v1/inbox"
+        let server = try inbox(on: loop) { received += $0 }
+        let live = "http://127.0.0.1:\(server.port)/v1/inbox"
         let (fd, deadPort) = try TCP.listen(host: "127.0.0.1", port: 0)
         TCP.close(fd)  // the order service's old address: nothing listens there now
         var sink: ReplySink?
@@ -105,7 +107,7 @@ final class ReplySinkTests: XCTestCase {
         XCTAssertEqual(done.wait(timeout: .now() + 20), .success)
         defer {
             let stopped = DispatchSemaphore(value: 0)
-            loop.execute { sink?.shutdown(); server?.shutdown(); stopped.signal() }
+            loop.execute { sink?.shutdown(); server.shutdown(); stopped.signal() }
             stopped.wait()
         }
         guard case .outcomes(let outcomes)? = got else { return XCTFail("\(String(describing: got))") }
