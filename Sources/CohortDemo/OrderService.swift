@@ -56,6 +56,9 @@ public final class OrderService: RunnableServer {
     /// Orders in doubt, settled by one background thread (`settleInBackground`).
     private let inDoubtLock = NSLock()
     private var inDoubt: [String: OrderStore.Order] = [:]
+    /// Orders found pending at start whose transaction the settler aborts before it asks about
+    /// them (ids; kept until an abort reaches the coordinator).
+    private var abandoned: Set<String> = []
     private var settlerRunning = false
     /// This service's own address, for its calls to its own participant (never leaves the host).
     private var selfURL = ""
@@ -91,9 +94,16 @@ public final class OrderService: RunnableServer {
     }
 
     /// Serves; first settles, in the background, every order a crash left pending.
+    ///
+    /// The request that placed such an order died with the previous process, so nothing will
+    /// call its commit: left alone, its transaction would hold its reservation (and a client's
+    /// re-send of its request id, which waits for the order) until the coordinator expires it
+    /// (`--tx-timeout`, 10 s by default). The settler aborts it first. If the dead process's
+    /// commit call got there before, the coordinator refuses the abort and keeps its decision,
+    /// which the settler then reads: the order settles as the coordinator decided either way.
     public func run() throws {
         let pending = (try? store.list(status: "pending")) ?? []
-        for order in pending where order.mode != "outbox" { settleInBackground(order) }
+        for order in pending where order.mode != "outbox" { settleInBackground(order, abandoned: true) }
         _ = agent.loop.schedule(afterMs: Limits.demoMaintenanceIntervalMs) { [weak self] in self?.maintain() }
         outbox.relay.start()
         try agent.run()
@@ -636,9 +646,10 @@ public final class OrderService: RunnableServer {
     /// longer than `demoSettleWaitMs`): one background thread asks again about each of them,
     /// round after round, until every one is settled. One thread for all of them, not one each:
     /// a coordinator down for long must not take every order worker.
-    private func settleInBackground(_ order: OrderStore.Order) {
+    private func settleInBackground(_ order: OrderStore.Order, abandoned: Bool = false) {
         inDoubtLock.lock()
         inDoubt[order.orderID] = order
+        if abandoned && order.txid != nil { self.abandoned.insert(order.orderID) }
         let start = !settlerRunning
         settlerRunning = true
         inDoubtLock.unlock()
@@ -650,6 +661,22 @@ public final class OrderService: RunnableServer {
         thread.start()
     }
 
+    /// Asks the coordinator to abort the transaction of an order found pending at start (see
+    /// `run`). True once the coordinator answered, whatever it answered: an abort (200), or a
+    /// refusal because it decided commit first (409), or no such transaction (404: forgotten
+    /// or never begun), all of which `settle` then reads. False when the answer was lost.
+    private func abortAbandoned(_ order: OrderStore.Order) -> Bool {
+        guard let txid = order.txid else { return true }
+        do {
+            _ = try api.with { try $0.abort(txid) }
+            return true
+        } catch CohortAPIError.transport {
+            return false
+        } catch {
+            return true
+        }
+    }
+
     private func settleRounds() {
         while true {
             inDoubtLock.lock()
@@ -659,10 +686,17 @@ public final class OrderService: RunnableServer {
                 inDoubtLock.unlock()
                 return
             }
+            let toAbort = round.filter { abandoned.contains($0.orderID) }
             inDoubtLock.unlock()
+            for order in toAbort where abortAbandoned(order) {
+                inDoubtLock.lock()
+                abandoned.remove(order.orderID)
+                inDoubtLock.unlock()
+            }
             for order in round where settle(order, waitMs: 0) != nil {
                 inDoubtLock.lock()
                 inDoubt[order.orderID] = nil
+                abandoned.remove(order.orderID)
                 inDoubtLock.unlock()
             }
             Thread.sleep(forTimeInterval: Double(Limits.demoSettleRoundMs) / 1000)

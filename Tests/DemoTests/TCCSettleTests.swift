@@ -87,4 +87,38 @@ final class TCCSettleTests: XCTestCase {
         XCTAssertEqual(orders.map { $0["qty"] as? Int }, [1, 2])
         XCTAssertEqual(orders.map { $0["status"] as? String }, ["rejected", "confirmed"])
     }
+    /// An order service killed between a TCC order's try and its commit call leaves a
+    /// transaction nothing will commit. The restarted service aborts it at once, so the
+    /// reservation is released and the order settles `rejected`, not when the coordinator
+    /// expires it (`reason` would then say "timed out"). One killed after the coordinator
+    /// decided confirm keeps its decision: the abort is refused and the order is `confirmed`.
+    func testAnOrderServiceRestartedAfterATryAbortsWhatNothingWillCommit() throws {
+        let rig = try DemoRig()
+        addTeardownBlock { rig.stop() }
+        try rig.setStock("kiwi", 10)
+        let api = CohortAPI(coordinatorURL: rig.coordinatorURL)
+        try XCTUnwrap(rig.processes["orders"]).terminate()
+        try rig.start("orders", environment: ["COHORT_CRASHPOINT": "order-service.after-tcc-try-before-commit-call"])
+        XCTAssertNil(rig.order("kiwi", 3, "tcc"), "the order service stopped after the try, before the commit call")
+        XCTAssertNotNil(rig.processes["orders"]?.waitForExit(timeoutMs: 10_000))
+        XCTAssertEqual(try rig.stock("kiwi").reserved, 3, "the try reserved the stock")
+        let open = try api.unfinished()
+        XCTAssertEqual(open.count, 1)
+        let tried = try XCTUnwrap(open.first)
+        XCTAssertEqual(tried.protocol, "tcc")
+
+        try rig.start("orders", environment: ["COHORT_CRASHPOINT": "order-service.after-tcc-decision-before-settle"])
+        XCTAssertNil(rig.order("kiwi", 2, "tcc"), "the order service stopped after the coordinator decided confirm")
+        XCTAssertNotNil(rig.processes["orders"]?.waitForExit(timeoutMs: 10_000))
+
+        try rig.start("orders")
+        XCTAssertEqual(rig.waitAtRest(timeoutMs: 30_000), [])
+        let orders = try rig.orders()
+        XCTAssertEqual(orders.map { $0["qty"] as? Int }, [3, 2])
+        XCTAssertEqual(orders.map { $0["status"] as? String }, ["rejected", "confirmed"])
+        let aborted = try XCTUnwrap(try api.transaction(tried.txid))
+        XCTAssertEqual(aborted.outcome, "aborted")
+        XCTAssertEqual(aborted.reason, "aborted by the initiator", "aborted by the restarted order service, not expired")
+        XCTAssertEqual(try rig.stock("kiwi").sold, 2)
+    }
 }
