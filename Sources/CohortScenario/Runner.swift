@@ -1,4 +1,5 @@
 import CohortClient
+import CohortCore
 import CohortLog
 import CohortPosix
 import Foundation
@@ -787,27 +788,38 @@ final class ScenarioRun: @unchecked Sendable {
     private func agentName(_ i: Int) -> String { scenario.topology.agentNames[i] }
 
     /// Every account can be locked again: one transaction adds 0 to every account on every agent
-    /// (exclusive locks on all of them) and must commit.
+    /// (exclusive locks on all of them) and must commit. A workload branch whose coordinator's
+    /// abort was lost still holds its locks until it expires (its transaction's timeout plus
+    /// `Limits.branchExpiryMarginMs` after it joined), so attempts go on until a little past that
+    /// bound. A failed attempt is aborted at once: left to expire, its own locks (10 s) failed
+    /// every later attempt, which is how a single lock held a moment too long failed this check.
     private func noLocksHeld(_ workload: ScenarioWorkload) -> CheckResult {
         let api = workload.api()
+        let boundMs = workload.config.timeoutMs + Limits.branchExpiryMarginMs + Limits.lockWaitTimeoutMs + 3_000
+        let deadline = Date().addingTimeInterval(Double(boundMs) / 1000)
         var last = ""
-        for attempt in 1...3 {
+        var attempt = 0
+        while attempt < 3 || Date() < deadline {
+            attempt += 1
+            var txid: String?
             do {
-                let txid = try api.begin(timeoutMs: 10_000)
+                let id = try api.begin(timeoutMs: 10_000)
+                txid = id
                 for url in workload.agentURLs {
-                    _ = try api.agentWork(url, txid, (0..<workload.config.accounts).map { WorkOp.add(workload.key($0), 0) })
+                    _ = try api.agentWork(url, id, (0..<workload.config.accounts).map { WorkOp.add(workload.key($0), 0) })
                 }
-                let answer = try api.commit(txid)
+                let answer = try api.commit(id)
                 if answer.outcome == "committed" {
                     return CheckResult(name: "no_locks_held", ok: true, detail: "a transaction touching all \(workload.config.accounts * workload.agentURLs.count) accounts committed" + (attempt > 1 ? " (attempt \(attempt))" : ""), txids: [])
                 }
-                last = "the lock-everything transaction \(txid) aborted: \(answer.reason ?? "")"
+                last = "the lock-everything transaction \(id) aborted: \(answer.reason ?? "")"
             } catch {
                 last = "the lock-everything transaction failed: \(error)"
+                if let txid { _ = try? api.abort(txid) }
             }
             Thread.sleep(forTimeInterval: 0.5)
         }
-        return CheckResult(name: "no_locks_held", ok: false, detail: last, txids: [])
+        return CheckResult(name: "no_locks_held", ok: false, detail: last + " (\(attempt) attempts over \(boundMs) ms)", txids: [])
     }
 
     func expectation(_ e: Scenario.Expect, workload: ScenarioLoad?, statuses: [String: [Int32]],
