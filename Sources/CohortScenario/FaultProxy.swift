@@ -13,8 +13,11 @@ import Foundation
 /// - `delay`: held for the rule's delay, then forwarded.
 /// - `duplicate`: forwarded twice on the upstream connection; the first response is returned.
 /// - `blackhole`: a partition. The request is held and never forwarded; once the window closes
-///   the client connection is closed. A response arriving while a blackhole window is open (for
-///   a request the window's `match` covers) is swallowed the same way.
+///   the client connection is closed. While a window without `match` (the whole link cut) is
+///   open, a response to a request forwarded before it opened is swallowed the same way. A
+///   window with `match` holds only matching requests: swallowing the answers to exchanges in
+///   flight when it opens could fill every exchange the sender allows itself with ones the
+///   receiver already acted on, so that no matching request would be held at all.
 ///
 /// Each accepted connection gets a thread and its own upstream connection. Chunked bodies are not
 /// supported (Cohort's servers and clients always send Content-Length).
@@ -132,12 +135,12 @@ public final class FaultProxy: @unchecked Sendable {
         return nil
     }
 
-    /// A blackhole window open now that covers this request (its match, probability 1): the
-    /// response to it is swallowed too.
-    private func blackholeActive(text: String, now: Date = Date()) -> Rule? {
+    /// A blackhole window without `match` (the whole link cut, probability 1) open now: the
+    /// response to a request forwarded before it opened is swallowed too.
+    private func blackholeActive(now: Date = Date()) -> Rule? {
         lock.lock(); defer { lock.unlock() }
         let hole = rules.first {
-            $0.action == .blackhole && $0.probability >= 1 && $0.start <= now && now < $0.end && ($0.match.map { text.contains($0) } ?? true)
+            $0.action == .blackhole && $0.probability >= 1 && $0.start <= now && now < $0.end && $0.match == nil
         }
         if let hole { counts[hole.faultIndex, default: 0] += 1 }
         return hole
@@ -184,7 +187,7 @@ public final class FaultProxy: @unchecked Sendable {
                       upstreamReader.next(from: upstream!, isResponse: true, timeoutMs: 30_000) != nil else { return }
             }
             if rule?.action == .dropResponse { return }
-            if let hole = blackholeActive(text: text) {
+            if let hole = blackholeActive() {
                 holdUntil(hole.end)
                 return
             }

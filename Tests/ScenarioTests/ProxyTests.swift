@@ -13,7 +13,8 @@ final class CountingServer: @unchecked Sendable {
     var count: Int { lock.lock(); defer { lock.unlock() }; return n }
     var port: Int { listener.port }
 
-    init() throws {
+    /// `answerDelayMs`: how long each answer takes (a request still in flight when a window opens).
+    init(answerDelayMs: Int = 0) throws {
         listener = try StreamListener()
         Thread { [self] in
             while !isStopped {
@@ -22,6 +23,7 @@ final class CountingServer: @unchecked Sendable {
                     var reader = MessageReader()
                     while reader.next(from: c, isResponse: false, timeoutMs: 5000) != nil {
                         lock.lock(); n += 1; let k = n; lock.unlock()
+                        if answerDelayMs > 0 { Thread.sleep(forTimeInterval: Double(answerDelayMs) / 1000) }
                         let body = "\(k)"
                         c.writeAll(Array("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8))
                     }
@@ -124,6 +126,30 @@ final class ProxyTests: XCTestCase {
         XCTAssertEqual(get("/v1/2pc/commit").status, 200)
         XCTAssertNil(get("/v1/2pc/prepare").status)
         XCTAssertEqual(server.count, 1)
+    }
+
+    /// A request forwarded just before a blackhole window opens, answered while it is open: the
+    /// answer is swallowed when the whole link is cut, and delivered when the window only cuts
+    /// matching requests (the request was not held; holding its answer could fill every
+    /// exchange a sender allows itself with ones the receiver already acted on).
+    func testAnAnswerInFlightWhenAWindowOpensIsSwallowedOnlyWhenTheWholeLinkIsCut() throws {
+        let slow = try CountingServer(answerDelayMs: 400)
+        defer { slow.stop() }
+        proxy.setTarget(port: slow.port)
+        for match in [nil, "/v1/2pc/commit"] as [String?] {
+            let opens = Date().addingTimeInterval(0.15)
+            proxy.addRule(FaultProxy.Rule(start: opens, end: opens.addingTimeInterval(1.0), action: .blackhole, probability: 1,
+                                          delayMs: 0, match: match, faultIndex: 0))
+            let r = get("/v1/2pc/commit")
+            if match == nil {
+                XCTAssertNil(r.status, "the whole link is cut: the answer is swallowed")
+                XCTAssertGreaterThanOrEqual(r.ms, 1_000, "held until the window closed")
+            } else {
+                XCTAssertEqual(r.status, 200, "only matching requests are held; this one was forwarded before the window")
+            }
+            while Date() < opens.addingTimeInterval(1.05) { Thread.sleep(forTimeInterval: 0.05) }
+        }
+        XCTAssertEqual(slow.count, 2)
     }
 
     func testWindowInTheFutureDoesNothingYet() {
