@@ -1555,7 +1555,7 @@ extension Coordinator {
             tx.events.append(TimelineEvent(atMs: nowMs, event: "learned", participant: name, detail: "aborted by the participants' termination protocol"))
             open[txid] = tx
             return [.cancelTimer(.learn(txid))] + decideAbort(txid, reason: "aborted by the participants' termination protocol (learned from \(name))", nowMs: nowMs)
-        case .unknown, .uncertain, .preAborted, .preCommitted:
+        case .unknown, .uncertain, .preAborted, .preCommitted, .readOnly:
             return []
         }
     }

@@ -237,6 +237,14 @@ public struct Participant {
         /// While `aborting`: the state before, and the messages to peers sent once durable.
         var abortingFrom: BranchState?
         var abortPeers: [ParticipantRef] = []
+        /// While `committing` or `forcing`: the state before, where a refused record leaves the
+        /// branch (a 3PC branch keeps its durable pre-state).
+        var recordFrom: BranchState?
+        /// 3PC: state queries that arrived while a pre-record was being written, answered once
+        /// it is durable (or refused). Answered at once with `uncertain`, a backup could abort
+        /// while this branch then acknowledged the coordinator's pre-commit, which a classic
+        /// coordinator follows with commit.
+        var stateWaiting: [RequestID] = []
     }
 
     public let config: Config
@@ -250,6 +258,9 @@ public struct Participant {
     /// Branches whose operator-forced outcome turned out to differ from the coordinator's
     /// decision (heuristic-mixed), by txid: what the operator chose. Kept for operators.
     public private(set) var heuristicMixed: [String: HeuristicDecision] = [:]
+    /// 3PC branches among `finishedOutcomes` that voted read-only: they answer `read-only`, not
+    /// `committed`, to a peer's state query. Left out of snapshots (the vote is not logged).
+    private var readOnlyFinished: Set<String> = []
 
     public init(config: Config) {
         self.config = config
@@ -431,7 +442,8 @@ public struct Participant {
         // "unknown", and a peer waiting on it as the backup could wait forever (found by the
         // simulation, seed 1838 with 1500 runs from 1001).
         let aborting = branches.values.filter { $0.state == .aborting }.map(\.txid).sorted()
-        let recent = finishedOrder[finishedOrderHead...].suffix(Limits.finishedOutcomesInSnapshotMax - aborting.count).filter { finishedOutcomes[$0] != nil }
+        let recent = finishedOrder[finishedOrderHead...].suffix(Limits.finishedOutcomesInSnapshotMax - aborting.count)
+            .filter { finishedOutcomes[$0] != nil && !readOnlyFinished.contains($0) }
         w.u32(UInt32(recent.count + aborting.count))
         for txid in recent {
             w.string(txid)
@@ -583,6 +595,7 @@ public struct Participant {
             // Nothing to make durable and nothing to hear later.
             branches.removeValue(forKey: txid)
             rememberFinished(txid, .committed)
+            if threePhase != nil { readOnlyFinished.insert(txid) }
             return [.cancelTimer(.branchExpiry(txid)), .release(txid), .finished(txid, .committed),
                     .reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.readOnly))]
         case .no(let reason):
@@ -638,6 +651,9 @@ public struct Participant {
         }
         switch b.state {
         case .prepared, .preCommitted, .preAborted, .preCommitting, .preAborting:
+            // A pre-record still being written may or may not become durable: a refused commit
+            // record leaves such a branch uncertain, as a refused pre-record would.
+            b.recordFrom = b.state == .preCommitting || b.state == .preAborting ? .prepared : b.state
             b.state = .committing
             b.waiting.append(request)
             branches[txid] = b
@@ -712,6 +728,10 @@ public struct Participant {
         guard var b = branches[txid] else { return [] }
         let waiting = b.waiting
         b.waiting = []
+        // A 3PC branch back in a durable state terminates again later: whatever timer it had
+        // was cancelled, or found it writing and set no next one.
+        let terminateLater: [Action] = b.threePhase == nil ? [] : [.setTimer(.termination(txid), afterMs: config.terminationTimeoutMs)]
+        let actions: [Action]
         switch b.state {
         case .committing where b.onePhase, .preparing:
             // No prepared (or one-phase commit) record exists: the branch never voted yes.
@@ -723,31 +743,37 @@ public struct Participant {
             b.state = b.abortingFrom ?? .prepared
             b.abortingFrom = nil
             b.abortPeers = []
-            branches[txid] = b
-            return waiting.map { .reply($0, .error(RequestError(503, "cannot log the abort record now: \(reason); retry"))) }
+            actions = waiting.map { .reply($0, .error(RequestError(503, "cannot log the abort record now: \(reason); retry"))) }
                 + [.setTimer(.termination(txid), afterMs: config.terminationTimeoutMs)]
         case .preCommitting, .preAborting:
             // The pre-record was not written: still uncertain.
             b.state = .prepared
-            branches[txid] = b
-            return waiting.map { .reply($0, .error(RequestError(503, "cannot log the pre-record now: \(reason); retry"))) }
+            actions = waiting.map { .reply($0, .error(RequestError(503, "cannot log the pre-record now: \(reason); retry"))) }
+                + terminateLater
         case .forcing:
-            // The operator's decision was not recorded: the branch is in doubt as before.
-            b.state = .prepared
+            // The operator's decision was not recorded: the branch is in doubt as before (a
+            // 3PC branch in the pre-state it had: it used to fall back to prepared, and a peer
+            // could then count it uncertain after counting it pre-committed).
+            b.state = b.recordFrom ?? .prepared
+            b.recordFrom = nil
             b.heuristic = nil
-            branches[txid] = b
-            return waiting.map { .reply($0, .error(RequestError(503, "cannot record the forced decision now: \(reason); retry"))) }
-                + [.setTimer(.inquire(txid), afterMs: config.inquiryDelayMs)]
+            actions = waiting.map { .reply($0, .error(RequestError(503, "cannot record the forced decision now: \(reason); retry"))) }
+                + [.setTimer(.inquire(txid), afterMs: config.inquiryDelayMs)] + terminateLater
         case .committing:
-            // The outcome is still commit; the coordinator retries and we log it then.
-            b.state = .prepared
-            branches[txid] = b
-            return waiting.map { .reply($0, .error(RequestError(503, "cannot log the commit record now: \(reason); retry"))) }
-                + [.setTimer(.inquire(txid), afterMs: config.inquiryDelayMs)]
+            // The outcome is still commit; the coordinator (or a backup) retries and we log it
+            // then. Until then the branch is in the durable state it had.
+            b.state = b.recordFrom ?? .prepared
+            b.recordFrom = nil
+            actions = waiting.map { .reply($0, .error(RequestError(503, "cannot log the commit record now: \(reason); retry"))) }
+                + [.setTimer(.inquire(txid), afterMs: config.inquiryDelayMs)] + terminateLater
         default:
             branches[txid] = b
             return []
         }
+        let stateWaiting = b.stateWaiting
+        b.stateWaiting = []
+        branches[txid] = b
+        return actions + stateWaiting.map { .reply($0, .state(threePhaseState(txid), recovered: b.recovered)) }
     }
 
     private mutating func inquiryAnswered(_ txid: String, _ answer: InquiryAnswer) -> [Action] {
@@ -839,7 +865,7 @@ public struct Participant {
             asPrepared.state = .prepared
             branches[txid] = asPrepared
             let actions = force(request, txid, decision, dryRun: dryRun)
-            if dryRun || branches[txid]?.state != .forcing { branches[txid]?.state = b.state }
+            if dryRun || branches[txid]?.state != .forcing { branches[txid]?.state = b.state } else { branches[txid]?.recordFrom = b.state }
             return actions
         case .committed, .aborted, .readOnly:
             return refuse(409, "branch \(txid) is already \(b.state.rawValue)")
@@ -887,9 +913,11 @@ public struct Participant {
     private mutating func finish(_ txid: String, _ outcome: Outcome) -> [Action] {
         let b = branches.removeValue(forKey: txid)
         rememberFinished(txid, outcome)
+        let state: ThreePhaseState = outcome == .committed ? .committed : .aborted
         return [.cancelTimer(.branchExpiry(txid)), .cancelTimer(.inquire(txid))]
             + Self.terminationCancels(txid, b)
             + [.finished(txid, outcome)]
+            + (b?.stateWaiting ?? []).map { .reply($0, .state(state, recovered: b?.recovered ?? false)) }
     }
 
     /// Termination timers are set for 3PC branches only, so a 2PC branch has none to cancel
@@ -911,6 +939,7 @@ public struct Participant {
         if finishedOutcomes.updateValue(outcome, forKey: txid) == nil { finishedOrder.append(txid) }
         while finishedOutcomes.count > config.finishedBranchesKept {
             finishedOutcomes.removeValue(forKey: finishedOrder[finishedOrderHead])
+            if !readOnlyFinished.isEmpty { readOnlyFinished.remove(finishedOrder[finishedOrderHead]) }
             finishedOrderHead += 1
         }
         if finishedOrderHead > 4096 && finishedOrderHead * 2 > finishedOrder.count {
@@ -937,10 +966,12 @@ extension Participant {
             // A commit is being logged: the decision is commit, whoever made it.
             case .committing, .committed, .heuristicCommitted: return .committed
             case .aborted, .heuristicAborted: return .aborted
-            case .active, .preparing, .readOnly: return .unknown
+            case .readOnly: return .readOnly
+            case .active, .preparing: return .unknown
             }
         }
         switch finishedOutcomes[txid] {
+        case .committed? where readOnlyFinished.contains(txid): return .readOnly
         case .committed?: return .committed
         case .aborted?: return .aborted
         case nil: return .unknown
@@ -993,14 +1024,28 @@ extension Participant {
         b.state = commit ? .preCommitted : .preAborted
         let waiting = b.waiting
         b.waiting = []
+        let stateWaiting = b.stateWaiting
+        b.stateWaiting = []
         branches[txid] = b
         return waiting.map { .reply($0, commit ? .preCommitted : .preAborted) }
+            + stateWaiting.map { .reply($0, .state(commit ? .preCommitted : .preAborted, recovered: b.recovered)) }
             + [.setTimer(.termination(txid), afterMs: config.terminationTimeoutMs)]
     }
 
     /// A peer (or the coordinator) asks where this branch stands. A branch that answers joins
     /// the termination: from now on it takes pre-records only from a backup coordinator.
     mutating func stateQuery(_ request: RequestID, _ txid: String) -> [Action] {
+        if var b = branches[txid], b.threePhase != nil, b.state == .preCommitting || b.state == .preAborting {
+            // Its pre-record is being written: answer once it is durable, with the state it
+            // then has for good. (It takes no coordinator pre-commit after that answer.)
+            guard b.stateWaiting.count < Limits.waitersPerTransactionMax else {
+                return [.reply(request, .error(RequestError(503, "\(b.stateWaiting.count) state queries already wait for branch \(txid)'s pre-record; retry later")))]
+            }
+            b.terminating = true
+            b.stateWaiting.append(request)
+            branches[txid] = b
+            return []
+        }
         if var b = branches[txid], b.threePhase != nil, [.prepared, .preCommitted, .preAborted].contains(b.state) {
             b.terminating = true
             branches[txid] = b
@@ -1035,9 +1080,11 @@ extension Participant {
         return [.cancelTimer(.terminationRound(txid))] + decideTermination(txid)
     }
 
-    /// The termination rules, applied by the backup coordinator: the live participant with
-    /// the lowest name among those that answered this round. Others wait for it (and run their
-    /// own round again later, so a backup that dies is replaced).
+    /// The termination rules. Every participant adopts an outcome a peer reports (any
+    /// committed → commit; any aborted → abort). The rest are applied by the backup
+    /// coordinator: the live participant with the lowest name among those that answered this
+    /// round and did not vote read-only. Others wait for it (and run their own round again
+    /// later, so a backup that dies is replaced).
     ///
     /// Classic (Skeen 1981): any committed → commit; any aborted → abort; nobody pre-committed
     /// → abort; otherwise pre-commit the uncertain ones, then commit.
@@ -1053,6 +1100,19 @@ extension Participant {
         branches[txid] = b
         var states = b.roundStates
         let again: Action = .setTimer(.termination(txid), afterMs: config.terminationTimeoutMs)
+        let peersByName = Dictionary(uniqueKeysWithValues: info.peers.map { ($0.name, $0) })
+        // An outcome a peer reached is final, whoever reports it and whoever this branch is:
+        // every participant adopts it, not only the backup. (A branch that is not the backup
+        // used to wait for the backup's message, and waited for ever when that message was
+        // lost or the backup had finished before this branch came back.)
+        let answered = states.keys.sorted().filter { $0 != config.name }.compactMap { peersByName[$0] }
+        if states.values.contains(.committed) {
+            return answered.filter { states[$0.name] != .committed && states[$0.name] != .readOnly }
+                .map { .sendToPeer(txid, peer: $0, message: .commit) } + commitSelf(txid)
+        }
+        if states.values.contains(.aborted) {
+            return terminationAbort(txid, telling: answered.filter { states[$0.name] != .aborted && states[$0.name] != .readOnly })
+        }
         if info.termination == .classic {
             if b.recovered {
                 // Back from a crash: decide only with every peer's word (a peer that decided
@@ -1065,8 +1125,9 @@ extension Participant {
                 states = states.filter { !b.roundRecovered.contains($0.key) || $0.value == .committed || $0.value == .aborted }
             }
         }
+        // A read-only branch wrote nothing: it counts for neither outcome, and is no backup.
+        states = states.filter { $0.value != .readOnly }
         guard states.keys.min() == config.name else { return [again] } // not the backup
-        let peersByName = Dictionary(uniqueKeysWithValues: info.peers.map { ($0.name, $0) })
         let reachable = states.keys.sorted().filter { $0 != config.name }.compactMap { peersByName[$0] }
         func tell(_ message: PeerMessage, where want: (ThreePhaseState) -> Bool) -> [Action] {
             reachable.filter { want(states[$0.name]!) }.map { .sendToPeer(txid, peer: $0, message: message) }
@@ -1077,8 +1138,6 @@ extension Participant {
         let preAborted = count(.preAborted)
         let commitAll = tell(.commit, where: { $0 != .committed })
         let abortAll = reachable.filter { states[$0.name]! != .aborted }
-        if count(.committed) > 0 { return commitAll + commitSelf(txid) }
-        if count(.aborted) > 0 { return terminationAbort(txid, telling: abortAll) }
         let mine = states[config.name]!
         switch info.termination {
         case .classic:

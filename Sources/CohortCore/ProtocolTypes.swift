@@ -102,6 +102,11 @@ public enum ThreePhaseState: String, Codable, Sendable {
     case preCommitted = "pre-committed"
     case committed
     case aborted
+    /// Voted read-only: it wrote nothing and takes no part in the outcome. Not counted for
+    /// either outcome (it used to say `committed`, which let a backup commit a transaction
+    /// whose other branches were still voting). A participant that restarted since says
+    /// `unknown` instead: a read-only vote is never logged.
+    case readOnly = "read-only"
 }
 
 /// Messages a coordinator sends to a participant (second-phase messages included).

@@ -151,4 +151,94 @@ final class ThreePhaseTerminationTests: XCTestCase {
         var p1b = prepared("p1", .classic)
         XCTAssertEqual(logs(round(&p1b, ["p2": .uncertain, "p3": .preCommitted])), [.preCommitted("t1")])
     }
+    /// A branch that voted read-only wrote nothing: asked by a peer it says `read-only`, and a
+    /// backup counts it for neither outcome. It used to say `committed`, and the backup then
+    /// committed while another branch had not voted yet (and voted no).
+    func testAReadOnlyBranchDoesNotTellItsPeersCommitted() throws {
+        var p2 = Participant(config: Participant.Config(name: "p2"))
+        _ = p2.on(.joined("t1", coordinatorURL: "http://c", timeoutMs: 1000))
+        let vote = p2.on(.prepare(1, txid: "t1", onePhase: false, vote: .readOnly,
+                                  threePhase: Participant.ThreePhaseInfo(termination: .classic, peers: peers)))
+        XCTAssertTrue(vote.contains(.reply(1, .vote(.readOnly))))
+        XCTAssertEqual(p2.on(.stateQuery(2, txid: "t1")), [.reply(2, .state(.readOnly, recovered: false))])
+        // A checkpoint does not turn it into a commit (the vote is not logged: after a restart
+        // it knows nothing of the branch).
+        var restarted = Participant(config: Participant.Config(name: "p2"))
+        _ = try restarted.recover(snapshot: p2.snapshot(), records: [])
+        XCTAssertEqual(restarted.threePhaseState("t1"), .unknown)
+
+        // p1, the backup, with p2 read-only and p3 still voting: nobody pre-committed, abort.
+        var p1 = prepared("p1", .classic)
+        XCTAssertEqual(logs(round(&p1, ["p2": .readOnly, "p3": .unknown])), [.aborted("t1")], "never commit on a read-only answer")
+        // p1 pre-committed, p3 too: the read-only branch does not hold the commit up.
+        var q1 = prepared("p1", .classic)
+        preRecord(&q1, commit: true, fromBackup: false)
+        let commit = round(&q1, ["p2": .readOnly, "p3": .preCommitted])
+        XCTAssertEqual(logs(commit), [.committed("t1")])
+        XCTAssertEqual(sends(commit), ["commit p3"], "nothing to tell a read-only branch")
+        // A read-only branch is no backup: p3 decides when p1 is silent and p2 read-only.
+        var p3 = prepared("p3", .classic)
+        XCTAssertEqual(logs(round(&p3, ["p2": .readOnly])), [.aborted("t1")])
+    }
+
+    /// An outcome a peer reports is adopted by every participant, not only by the backup: p1
+    /// (the backup) committed alone while p2 was down; p2, back, hears it and commits. It used
+    /// to wait for p1's commit message, which never came again.
+    func testAParticipantThatIsNotTheBackupAdoptsAnOutcomeItHears() throws {
+        let prepare = ParticipantRecordCoding.encode(.prepared("t1", coordinatorURL: "http://c", writeSet: ws,
+                                                               threePhase: Participant.ThreePhaseInfo(termination: .classic, peers: peers)))
+        var back = Participant(config: Participant.Config(name: "p2"))
+        _ = try back.recover(snapshot: nil, records: [(1, prepare.type, prepare.payload)])
+        XCTAssertEqual(logs(round(&back, ["p1": .committed, "p3": .committed])), [.committed("t1")])
+        var p3 = prepared("p3", .quorum)
+        XCTAssertEqual(logs(round(&p3, ["p1": .aborted])), [.aborted("t1")], "p1 aborted; p2 silent")
+    }
+
+    /// A peer's state query while this branch's pre-commit record is being written is answered
+    /// once the record is durable, with `pre-committed`. Answered `uncertain` at once, the
+    /// backup could abort while this branch went on to acknowledge the coordinator's
+    /// pre-commit (which a classic coordinator follows with commit).
+    func testAStateQueryDuringAPreRecordIsAnsweredOnceItIsDurable() {
+        var p2 = prepared("p2", .classic)
+        XCTAssertEqual(logs(p2.on(.preCommit(5, txid: "t1", fromBackup: false))), [.preCommitted("t1")])
+        XCTAssertEqual(p2.on(.stateQuery(6, txid: "t1")), [], "no answer while the record is written")
+        let durable = p2.on(.preRecordDurable("t1"))
+        XCTAssertTrue(durable.contains(.reply(5, .preCommitted)))
+        XCTAssertTrue(durable.contains(.reply(6, .state(.preCommitted, recovered: false))))
+        // Refused by the log: the waiting query hears where the branch is (uncertain).
+        var q2 = prepared("p2", .classic)
+        _ = q2.on(.preCommit(5, txid: "t1", fromBackup: false))
+        _ = q2.on(.stateQuery(6, txid: "t1"))
+        let refused = q2.on(.recordRefused("t1", reason: "log full"))
+        XCTAssertTrue(refused.contains(.reply(6, .state(.uncertain, recovered: false))), "\(refused)")
+        // Having answered, it takes no pre-commit from the coordinator.
+        guard case .reply(7, .error(let e))? = q2.on(.preCommit(7, txid: "t1", fromBackup: false)).first else { return XCTFail() }
+        XCTAssertEqual(e.status, 409)
+    }
+
+    /// A commit record (or an operator's forced decision) that the log refuses leaves a 3PC
+    /// branch in its durable pre-state, terminating again later. It used to fall back to
+    /// `prepared` with no termination timer: a peer could count it uncertain after counting
+    /// it pre-committed (quorum split), and nothing ever woke it again.
+    func testARefusedCommitOrForcedRecordKeepsThePreStateAndTerminatesAgain() {
+        var p3 = prepared("p3", .quorum)
+        preRecord(&p3, commit: true, fromBackup: true)
+        _ = p3.on(.commit(8, txid: "t1"))
+        XCTAssertEqual(p3.state(of: "t1"), .committing)
+        let refused = p3.on(.recordRefused("t1", reason: "log full"))
+        XCTAssertEqual(p3.state(of: "t1"), .preCommitted)
+        XCTAssertEqual(p3.threePhaseState("t1"), .preCommitted)
+        XCTAssertTrue(refused.contains(.setTimer(.termination("t1"), afterMs: Limits.terminationTimeoutMs)))
+        // A late pre-abort cannot flip it now (quorum).
+        guard case .reply(9, .error(let e))? = p3.on(.preAbort(9, txid: "t1")).first else { return XCTFail() }
+        XCTAssertEqual(e.status, 409)
+
+        var f = prepared("p3", .classic)
+        preRecord(&f, commit: true, fromBackup: false)
+        let forced = f.on(.force(10, txid: "t1", outcome: .aborted, reason: "disk", operatorName: "op", dryRun: false, atMs: 1))
+        XCTAssertEqual(f.state(of: "t1"), .forcing, "\(forced)")
+        let refusedForce = f.on(.recordRefused("t1", reason: "log full"))
+        XCTAssertEqual(f.state(of: "t1"), .preCommitted)
+        XCTAssertTrue(refusedForce.contains(.setTimer(.termination("t1"), afterMs: Limits.terminationTimeoutMs)))
+    }
 }
