@@ -77,6 +77,10 @@ public final class AgentNode {
     public var advertiseURL = ""
     /// Identifies this data directory; a coordinator message for another incarnation is refused.
     public let incarnation: String
+    /// Identifies this process (drawn at start): sent with registrations and named branches so
+    /// that a coordinator refuses this participant joining a transaction again after a restart
+    /// lost the work its branch had staged (`ParticipantRef.session`).
+    public let session: String
     private let checkpointAfterBytes: Int
     /// Checkpoints put off because the store was busy (`KVStoreBusy`), and the earliest next try.
     public private(set) var checkpointsPostponed = 0
@@ -96,6 +100,7 @@ public final class AgentNode {
                 environment: NodeEnvironment, onFatal: @escaping (String) -> Void) throws {
         self.name = name
         self.incarnation = incarnation
+        session = String(environment.randomU64(), radix: 16)
         self.coordinatorURL = coordinatorURL
         self.log = log
         self.store = store
@@ -518,7 +523,7 @@ public final class AgentNode {
         }
         // A client that names its branches at commit (`"register": false`) gets this branch's
         // name, URL and incarnation back to name it with.
-        let naming = body.register ? nil : RegisterRequest(participant: name, url: advertiseURL, incarnation: incarnation, batch: true)
+        let naming = body.register ? nil : RegisterRequest(participant: name, url: advertiseURL, incarnation: incarnation, batch: true, session: session)
         if machine.state(of: txid) == .active {
             return stage(txid, body.ops, responder, naming: naming)
         }
@@ -570,7 +575,7 @@ public final class AgentNode {
         CrashPoints.hit("agent.before-register-send")
         metrics.add("cohort_messages_sent_total", labels: "type=\"register\"")
         let coordinator = coordinatorURL
-        let body = JSONBody.encode(RegisterRequest(participant: name, url: advertiseURL, incarnation: incarnation, batch: true))
+        let body = JSONBody.encode(RegisterRequest(participant: name, url: advertiseURL, incarnation: incarnation, batch: true, session: session))
         registrations.send(baseURL: coordinator, path: "/v1/transactions/\(txid)/branches", body: body, batchable: true,
                            timeoutMs: Limits.registrationTimeoutMs) { [unowned self] result in
             let waiters = self.joining.removeValue(forKey: txid) ?? []

@@ -436,7 +436,7 @@ public final class CoordinatorNode {
             switch JSONBody.decode(RegisterRequest.self, from: request.body) {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let r):
-                let participant = ParticipantRef(name: r.participant, url: r.url, incarnation: r.incarnation)
+                let participant = r.participantRef
                 guard isCallableHTTPURL(r.url) else { return reject(400, Self.uncallable("participant url", r.url)) }
                 if r.batch == true { noteBatchCapable(participant) }
                 feed(.register(requests.add(responder), txid: parts[2], participant: participant))
@@ -490,7 +490,7 @@ public final class CoordinatorNode {
                 responder.send(.error(400, Self.uncallable("participant url", bad.url)))
                 return nil
             }
-            let named = n.branches.map { ParticipantRef(name: $0.participant, url: $0.url, incarnation: $0.incarnation) }
+            let named = n.branches.map(\.participantRef)
             for (b, participant) in zip(n.branches, named) where b.batch == true { noteBatchCapable(participant) }
             return named
         }

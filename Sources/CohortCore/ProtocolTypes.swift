@@ -17,10 +17,26 @@ public struct ParticipantRef: Hashable, Codable, Sendable {
     /// commit it cannot honour instead of acknowledging it. Optional for participants that do
     /// not implement it.
     public let incarnation: String?
-    public init(name: String, url: String, incarnation: String? = nil) {
+    /// Chosen when the participant's process started (registrations and named branches
+    /// only; never logged, and not part of equality). Work a branch staged before a restart is
+    /// lost with the process, so a participant that joins a transaction again from another
+    /// session is refused: the transaction would otherwise commit without that work.
+    public let session: String?
+    public init(name: String, url: String, incarnation: String? = nil, session: String? = nil) {
         self.name = name
         self.url = url
         self.incarnation = incarnation
+        self.session = session
+    }
+
+    public static func == (a: ParticipantRef, b: ParticipantRef) -> Bool {
+        a.name == b.name && a.url == b.url && a.incarnation == b.incarnation
+    }
+
+    public func hash(into h: inout Hasher) {
+        h.combine(name)
+        h.combine(url)
+        h.combine(incarnation)
     }
 
     /// Why the name or URL is the wrong length to keep (a coordinator's branch, a 3PC peer

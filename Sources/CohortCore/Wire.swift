@@ -51,12 +51,17 @@ public struct RegisterRequest: Codable, Sendable {
     public let incarnation: String?
     /// The participant serves `POST /v1/batch` (several protocol messages in one exchange).
     public let batch: Bool?
-    public init(participant: String, url: String, incarnation: String? = nil, batch: Bool? = nil) {
+    /// The participant process's session (`ParticipantRef.session`).
+    public let session: String?
+    public init(participant: String, url: String, incarnation: String? = nil, batch: Bool? = nil, session: String? = nil) {
         self.participant = participant
         self.url = url
         self.incarnation = incarnation
         self.batch = batch
+        self.session = session
     }
+
+    public var participantRef: ParticipantRef { ParticipantRef(name: participant, url: url, incarnation: incarnation, session: session) }
 }
 
 /// The optional body of `POST /v1/transactions/{txid}/commit` and `/abort`: branches the client
@@ -560,10 +565,11 @@ extension OutcomeResponse: WireDecodable, WireEncodable {
 extension RegisterRequest: WireDecodable, WireEncodable {
     public init(wire o: WireObject) throws {
         self.init(participant: try o.string("participant"), url: try o.string("url"), incarnation: try o.optString("incarnation"),
-                  batch: try o.optBool("batch"))
+                  batch: try o.optBool("batch"), session: try o.optString("session"))
     }
     public func writeWire(_ w: inout JSONWriter) {
         w.beginObject(); w.field("participant", participant); w.field("url", url); w.field("incarnation", incarnation); w.field("batch", batch)
+        w.field("session", session)
         w.endObject()
     }
 }

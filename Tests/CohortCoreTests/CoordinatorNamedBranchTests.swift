@@ -104,4 +104,23 @@ final class CoordinatorNamedBranchTests: XCTestCase {
         XCTAssertTrue(abort.contains(.reply(2, .outcome(t, .aborted, reason: "aborted by client"))))
         XCTAssertEqual(c.inquire(t.description), .aborted)
     }
+    /// A participant that joins again from another process session lost the work its first
+    /// session staged: refused (409), registered or named. The same session, or a participant
+    /// that sends none (one written in another language), joins as before.
+    func testAParticipantBackFromARestartCannotJoinAgain() {
+        var c = makeCoordinator()
+        let t = begin(&c)
+        let first = ParticipantRef(name: "a", url: "http://a", incarnation: "1111", session: "s1")
+        let again = ParticipantRef(name: "a", url: "http://a", incarnation: "1111", session: "s1")
+        let restarted = ParticipantRef(name: "a", url: "http://a", incarnation: "1111", session: "s2")
+        XCTAssertNil(error(c.on(.register(2, txid: t.description, participant: first), nowMs: 1), 2))
+        XCTAssertNil(error(c.on(.register(3, txid: t.description, participant: again), nowMs: 1), 3))
+        XCTAssertNil(error(c.on(.register(4, txid: t.description, participant: a), nowMs: 1), 4), "no session: as before")
+        let refused = error(c.on(.register(5, txid: t.description, participant: restarted), nowMs: 1), 5)
+        XCTAssertEqual(refused?.status, 409)
+        XCTAssertTrue(refused?.message.contains("restarted since it joined") ?? false, "\(String(describing: refused))")
+        let namedRefused = error(c.on(.commit(6, txid: t.description, named: [restarted, b]), nowMs: 2), 6)
+        XCTAssertEqual(namedRefused?.status, 409)
+        XCTAssertEqual(c.transaction(t)?.state, .active, "nothing joined, nothing prepared")
+    }
 }

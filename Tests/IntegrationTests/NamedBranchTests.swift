@@ -59,6 +59,54 @@ final class NamedBranchTests: XCTestCase {
         XCTAssertEqual(try api.kv(b, "y"), .int(0), "nothing of the transfer committed anywhere")
     }
 
+    /// Work before and after a `kill -9` of the agent, in one transaction: the work staged
+    /// before is lost with the process, so the branch the restarted agent builds from the later
+    /// work alone must not commit. The restarted process has another session: a registration
+    /// from it is refused (409), and so is a commit naming branches from both sessions. Before
+    /// sessions both were accepted and the transfer committed with half of its work (30 units
+    /// created at b, none taken at a).
+    func testWorkAfterAnAgentRestartCannotCommitWithoutTheWorkBefore() throws {
+        let cluster = try startCluster(agents: 2)
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        let (a, b) = (cluster.url("a"), cluster.url("b"))
+        let setup = try api.begin()
+        _ = try api.agentWork(a, setup, [.set("x", 100)])
+        _ = try api.agentWork(b, setup, [.set("y", 0)])
+        XCTAssertEqual(try api.commit(setup).outcome, "committed")
+        XCTAssertTrue(try eventually { try api.transaction(setup)?.state == "committed" })
+
+        // Registered branches.
+        let txid = try api.begin(timeoutMs: 30_000)
+        _ = try api.agentWork(a, txid, [.add("x", -30, min: 0)])
+        _ = try api.agentWork(b, txid, [.add("y", 30)])
+        cluster.kill9("a")
+        _ = try cluster.restart("a")
+        XCTAssertThrowsError(try api.agentWork(a, txid, [.add("x", 0)])) { error in
+            guard case CohortAPIError.http(let status, let message) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(status, 409, message)
+            XCTAssertTrue(message.contains("restarted since it joined"), message)
+        }
+        XCTAssertEqual(try api.commit(txid).outcome, "aborted", "a's old branch is gone: it votes no")
+        XCTAssertEqual(try api.kv(a, "x"), .int(100))
+        XCTAssertTrue(try eventually { try api.kv(b, "y") == .int(0) && api.branches(b).isEmpty })
+
+        // Branches named at commit.
+        let named = try api.begin(timeoutMs: 30_000)
+        let before = try api.agentWork(a, named, [.add("x", -30, min: 0)], namedAtCommit: true, timeoutMs: 30_000)
+        let other = try api.agentWork(b, named, [.add("y", 30)], namedAtCommit: true, timeoutMs: 30_000)
+        cluster.kill9("a")
+        _ = try cluster.restart("a")
+        let after = try api.agentWork(a, named, [.add("x", 0)], namedAtCommit: true, timeoutMs: 30_000)
+        XCTAssertNotEqual(before.branch?.session, after.branch?.session)
+        XCTAssertThrowsError(try api.commit(named, naming: [before.branch!, other.branch!, after.branch!])) { error in
+            guard case CohortAPIError.http(let status, let message) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(status, 409, message)
+        }
+        XCTAssertEqual(try api.abort(named, naming: [before.branch!, other.branch!]).outcome, "aborted")
+        XCTAssertEqual(try api.kv(a, "x"), .int(100))
+        XCTAssertTrue(try eventually { try api.kv(b, "y") == .int(0) && api.branches(b).isEmpty })
+    }
+
     func testAbortNamingTheBranchesFreesThemAtOnceAndAnUnnamedOneExpires() throws {
         let cluster = try startCluster(agents: 2)
         let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
