@@ -669,6 +669,11 @@ public final class AgentNode {
         case ("POST", 3) where parts[0] == "v1" && parts[1] == "2pc":
             protocolMessage(parts[2], request, responder)
         case ("POST", 3) where parts[0] == "v1" && parts[1] == "3pc":
+            // Before anything is tracked: a tracked request answered without `respond` kept
+            // its txid entry for ever (one per request to an unknown 3PC path).
+            guard ["precommit", "preabort", "state"].contains(parts[2]) else {
+                return responder.send(.error(404, "no 3pc message \(parts[2].prefix(40))"))
+            }
             switch JSONBody.decode(PhaseRequest.self, from: request.body) {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let p):
@@ -678,8 +683,7 @@ public final class AgentNode {
                 switch parts[2] {
                 case "precommit": feed(.preCommit(id, txid: p.txid, fromBackup: p.backup == true))
                 case "preabort": feed(.preAbort(id, txid: p.txid))
-                case "state": feed(.stateQuery(id, txid: p.txid))
-                default: requests.take(id)?.send(.error(404, "no 3pc message \(parts[2].prefix(40))"))
+                default: feed(.stateQuery(id, txid: p.txid))
                 }
             }
         case ("POST", 2) where parts == ["v1", "batch"]:
