@@ -312,7 +312,14 @@ public final class AgentNode {
         }
         let lsn: UInt64
         do {
-            lsn = try log.append(type: encoded.type, payload: encoded.payload, urgency: Self.urgency(of: record, force: force, submitted: submittedBranches.contains))
+            // A lazy abort goes past back-pressure: the branch's locks are released whether or
+            // not it is written, and without it a later branch on the same keys, prepared and
+            // then caught by a crash, left two in-doubt branches on one key that recovery
+            // refuses (the agent could not start again).
+            let lazyAbort: Bool
+            if case .aborted = record, !force { lazyAbort = true } else { lazyAbort = false }
+            lsn = try log.append(type: encoded.type, payload: encoded.payload, urgency: Self.urgency(of: record, force: force, submitted: submittedBranches.contains),
+                                 pastBackPressure: lazyAbort)
         } catch let full as LogFullError {
             switch record {
             case .prepared(let txid, _, _, _), .committed(let txid), .committedOnePhase(let txid, _),
@@ -323,8 +330,8 @@ public final class AgentNode {
             case .aborted(let txid) where force:
                 feed(.recordRefused(txid, reason: "\(full)"))
             case .aborted, .heuristicResolved:
-                // Without it the branch is asked about again after a restart; the coordinator
-                // answers the same. Safe to skip.
+                // (A lazy abort is never refused.) Without a heuristic's resolution the branch
+                // is asked about again after a restart; the coordinator answers the same.
                 break
             }
             return

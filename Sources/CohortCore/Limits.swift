@@ -214,6 +214,9 @@ public enum Limits {
     public static let participantNameBytesMax = 128
     public static let participantURLBytesMax = 512
     public static let incarnationBytesMax = 128
+    /// The largest record a log takes past its back-pressure limit (`DurableLog.append`,
+    /// `pastBackPressure`): a participant's abort record (a txid and framing).
+    public static let outcomeRecordBytesMax = 512
 
     // MARK: participant
     /// Branches (open or in doubt) one participant holds at once; past this work answers 503.

@@ -250,12 +250,19 @@ public final class DurableLog {
     }
 
     /// Buffers a record and returns its LSN at once; `urgency` says how soon it is synced.
-    public func append(type: UInt8, payload: [UInt8], urgency: LogUrgency) throws -> UInt64 {
+    /// `pastBackPressure`: a small record (at most `Limits.outcomeRecordBytesMax`) taken even
+    /// past `unsyncedBytesMax`. For an outcome whose effects go ahead whether or not it is
+    /// written (a participant's abort, which releases the branch's locks): refused, a later
+    /// branch could take those keys and log its own prepared record, and after a crash the
+    /// log would hold two in-doubt branches on one key. Such records are bounded by the
+    /// branches there are, each ending once.
+    public func append(type: UInt8, payload: [UInt8], urgency: LogUrgency, pastBackPressure: Bool = false) throws -> UInt64 {
         precondition(type != LogFormat.checkpointType, "record type 0 is reserved for checkpoints")
+        precondition(!pastBackPressure || payload.count <= Limits.outcomeRecordBytesMax, "only small outcome records go past back-pressure")
         guard payload.count <= Limits.recordBytesMax else {
             throw LogRecordTooLargeError(payloadBytes: payload.count, limitBytes: Limits.recordBytesMax)
         }
-        return try enqueue(type: type, payload: payload, urgency: urgency)
+        return try enqueue(type: type, payload: payload, urgency: urgency, pastBackPressure: pastBackPressure)
     }
 
     /// Appends a checkpoint record (forced) at the start of a new segment. Once it is durable the
@@ -268,7 +275,7 @@ public final class DurableLog {
         return try enqueue(type: LogFormat.checkpointType, payload: snapshot, urgency: .forced)
     }
 
-    private func enqueue(type: UInt8, payload: [UInt8], urgency: LogUrgency) throws -> UInt64 {
+    private func enqueue(type: UInt8, payload: [UInt8], urgency: LogUrgency, pastBackPressure: Bool = false) throws -> UInt64 {
         let isCheckpoint = type == LogFormat.checkpointType
         let encodedBytes = LogFormat.encodedRecordBytes(payloadCount: payload.count)
         state.lock()
@@ -277,7 +284,7 @@ public final class DurableLog {
         if closed { throw LogClosedError() }
         // A checkpoint is exempt: it is bounded by its own limit, and refusing it would keep the
         // log from ever shrinking.
-        if !isCheckpoint && unsyncedBytes + encodedBytes > config.unsyncedBytesMax {
+        if !isCheckpoint && !pastBackPressure && unsyncedBytes + encodedBytes > config.unsyncedBytesMax {
             throw LogFullError(unsyncedBytes: unsyncedBytes, limitBytes: config.unsyncedBytesMax)
         }
         let lsn = nextLSN

@@ -154,6 +154,11 @@ final class BasicsTests: XCTestCase {
         }
         XCTAssertEqual(appended, 1000 / 117)
         XCTAssertEqual(log.lastLSN, UInt64(appended), "a refused append takes no LSN")
+        // A small outcome record goes past it (a participant's abort: its locks are released
+        // whether or not it is written).
+        XCTAssertEqual(try log.append(type: 1, payload: [UInt8](repeating: 2, count: 60), urgency: .lazy, pastBackPressure: true),
+                       UInt64(appended + 1))
+        XCTAssertThrowsError(try log.append(type: 1, payload: [1], force: false), "others are still refused") { XCTAssertTrue($0 is LogFullError) }
         try log.syncNow()
         XCTAssertNoThrow(try log.append(type: 1, payload: [UInt8](repeating: 1, count: 100), force: false))
     }
