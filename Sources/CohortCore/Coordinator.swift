@@ -769,9 +769,6 @@ public struct Coordinator {
         guard participant.sizeRefusal == nil, (participant.incarnation?.utf8.count ?? 0) <= Limits.incarnationBytesMax else {
             return RequestError(400, "participant name and url must be 1-\(Limits.participantNameBytesMax) and 1-\(Limits.participantURLBytesMax) bytes")
         }
-        guard (participant.session?.utf8.count ?? 0) <= Limits.incarnationBytesMax else {
-            return RequestError(400, "participant session must be at most \(Limits.incarnationBytesMax) bytes")
-        }
         // Refused here rather than found out at prepare, where it could only abort.
         guard participant.url.hasPrefix("http://"), participant.url.utf8.count > 7 else {
             return RequestError(400, "participant url must be an http:// URL, got \"\(participant.url.prefix(80))\"")
@@ -881,7 +878,8 @@ public struct Coordinator {
             if let joined = tx.branches[i].participant.session, let now = participant.session, joined != now {
                 // The process that staged this branch's earlier work is gone, and the work with
                 // it: joining again would let the transaction commit without it.
-                return RequestError(409, "participant \(participant.name) restarted since it joined transaction \(tx.txid) (session \(joined), now \(now)): "
+                return RequestError(409, "participant \(participant.name) restarted since it joined transaction \(tx.txid) "
+                                    + "(session \(String(joined, radix: 16)), now \(String(now, radix: 16))): "
                                     + "the work it staged before is lost; abort the transaction and run it again")
             }
             guard tx.state == .active || tx.state == .preparing else {

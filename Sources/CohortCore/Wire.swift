@@ -61,7 +61,9 @@ public struct RegisterRequest: Codable, Sendable {
         self.session = session
     }
 
-    public var participantRef: ParticipantRef { ParticipantRef(name: participant, url: url, incarnation: incarnation, session: session) }
+    public var participantRef: ParticipantRef {
+        ParticipantRef(name: participant, url: url, incarnation: incarnation, session: session.map(ParticipantRef.sessionKey))
+    }
 }
 
 /// The optional body of `POST /v1/transactions/{txid}/commit` and `/abort`: branches the client

@@ -110,9 +110,9 @@ final class CoordinatorNamedBranchTests: XCTestCase {
     func testAParticipantBackFromARestartCannotJoinAgain() {
         var c = makeCoordinator()
         let t = begin(&c)
-        let first = ParticipantRef(name: "a", url: "http://a", incarnation: "1111", session: "s1")
-        let again = ParticipantRef(name: "a", url: "http://a", incarnation: "1111", session: "s1")
-        let restarted = ParticipantRef(name: "a", url: "http://a", incarnation: "1111", session: "s2")
+        let first = ParticipantRef(name: "a", url: "http://a", incarnation: "1111", session: 0x51)
+        let again = ParticipantRef(name: "a", url: "http://a", incarnation: "1111", session: 0x51)
+        let restarted = ParticipantRef(name: "a", url: "http://a", incarnation: "1111", session: 0x52)
         XCTAssertNil(error(c.on(.register(2, txid: t.description, participant: first), nowMs: 1), 2))
         XCTAssertNil(error(c.on(.register(3, txid: t.description, participant: again), nowMs: 1), 3))
         XCTAssertNil(error(c.on(.register(4, txid: t.description, participant: a), nowMs: 1), 4), "no session: as before")
@@ -122,5 +122,10 @@ final class CoordinatorNamedBranchTests: XCTestCase {
         let namedRefused = error(c.on(.commit(6, txid: t.description, named: [restarted, b]), nowMs: 2), 6)
         XCTAssertEqual(namedRefused?.status, 409)
         XCTAssertEqual(c.transaction(t)?.state, .active, "nothing joined, nothing prepared")
+        // Kept as a number: the agent's 16 hex digits as their value, other text hashed.
+        XCTAssertEqual(ParticipantRef.sessionKey("00ff"), 0xff)
+        XCTAssertEqual(ParticipantRef.sessionKey("session one"), ParticipantRef.sessionKey("session one"))
+        XCTAssertNotEqual(ParticipantRef.sessionKey("session one"), ParticipantRef.sessionKey("session two"))
+        XCTAssertEqual(RegisterRequest(participant: "a", url: "http://a", session: "51").participantRef.session, 0x51)
     }
 }
