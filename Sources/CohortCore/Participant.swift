@@ -913,11 +913,14 @@ public struct Participant {
     private mutating func finish(_ txid: String, _ outcome: Outcome) -> [Action] {
         let b = branches.removeValue(forKey: txid)
         rememberFinished(txid, outcome)
-        let state: ThreePhaseState = outcome == .committed ? .committed : .aborted
-        return [.cancelTimer(.branchExpiry(txid)), .cancelTimer(.inquire(txid))]
-            + Self.terminationCancels(txid, b)
-            + [.finished(txid, outcome)]
-            + (b?.stateWaiting ?? []).map { .reply($0, .state(state, recovered: b?.recovered ?? false)) }
+        var actions: [Action] = [.cancelTimer(.branchExpiry(txid)), .cancelTimer(.inquire(txid))]
+            + Self.terminationCancels(txid, b) + [.finished(txid, outcome)]
+        // (Appended only when there are some: every branch ends here.)
+        if let b, !b.stateWaiting.isEmpty {
+            let state: ThreePhaseState = outcome == .committed ? .committed : .aborted
+            actions += b.stateWaiting.map { .reply($0, .state(state, recovered: b.recovered)) }
+        }
+        return actions
     }
 
     /// Termination timers are set for 3PC branches only, so a 2PC branch has none to cancel
@@ -1027,9 +1030,10 @@ extension Participant {
         let stateWaiting = b.stateWaiting
         b.stateWaiting = []
         branches[txid] = b
-        return waiting.map { .reply($0, commit ? .preCommitted : .preAborted) }
-            + stateWaiting.map { .reply($0, .state(commit ? .preCommitted : .preAborted, recovered: b.recovered)) }
-            + [.setTimer(.termination(txid), afterMs: config.terminationTimeoutMs)]
+        var actions: [Action] = waiting.map { .reply($0, commit ? .preCommitted : .preAborted) }
+        if !stateWaiting.isEmpty { actions += stateWaiting.map { .reply($0, .state(commit ? .preCommitted : .preAborted, recovered: b.recovered)) } }
+        actions.append(.setTimer(.termination(txid), afterMs: config.terminationTimeoutMs))
+        return actions
     }
 
     /// A peer (or the coordinator) asks where this branch stands. A branch that answers joins
