@@ -36,7 +36,8 @@ final class NamedBranchTests: XCTestCase {
         XCTAssertEqual(try api.metrics(a)["cohort_messages_sent_total{type=\"register\"}"] ?? 0, registrationsBefore, "a never registered")
     }
 
-    func testAnAgentThatLostTheBranchBeforeCommitMakesItAbort() throws {
+    /// Two agents, x = 100 at a and y = 0 at b, committed.
+    func clusterWithXAndY() throws -> (Cluster, CohortAPI, String, String) {
         let cluster = try startCluster(agents: 2)
         let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
         let (a, b) = (cluster.url("a"), cluster.url("b"))
@@ -45,6 +46,11 @@ final class NamedBranchTests: XCTestCase {
         _ = try api.agentWork(b, setup, [.set("y", 0)])
         XCTAssertEqual(try api.commit(setup).outcome, "committed")
         XCTAssertTrue(try eventually { try api.transaction(setup)?.state == "committed" })
+        return (cluster, api, a, b)
+    }
+
+    func testAnAgentThatLostTheBranchBeforeCommitMakesItAbort() throws {
+        let (cluster, api, a, b) = try clusterWithXAndY()
         // The branch at a lives only in a's memory until its prepare: a kill -9 loses it, and the
         // coordinator, which never heard of it, learns of it only from the commit.
         let txid = try api.begin()
@@ -66,14 +72,7 @@ final class NamedBranchTests: XCTestCase {
     /// sessions both were accepted and the transfer committed with half of its work (30 units
     /// created at b, none taken at a).
     func testWorkAfterAnAgentRestartCannotCommitWithoutTheWorkBefore() throws {
-        let cluster = try startCluster(agents: 2)
-        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
-        let (a, b) = (cluster.url("a"), cluster.url("b"))
-        let setup = try api.begin()
-        _ = try api.agentWork(a, setup, [.set("x", 100)])
-        _ = try api.agentWork(b, setup, [.set("y", 0)])
-        XCTAssertEqual(try api.commit(setup).outcome, "committed")
-        XCTAssertTrue(try eventually { try api.transaction(setup)?.state == "committed" })
+        let (cluster, api, a, b) = try clusterWithXAndY()
 
         // Registered branches.
         let txid = try api.begin(timeoutMs: 30_000)
