@@ -161,16 +161,26 @@ public final class AgentNode {
 
     /// Stops timers; the node does nothing more on its own.
     public func stop() {
+        stopped = true
         timers.cancelAll()
     }
+
+    /// Set by `stop()`: the log's durability callbacks and anything else already queued on the
+    /// event loop do nothing more. The server closes the store right after stopping the node,
+    /// and a queued callback applying commits to it stopped the process with "SQLiteKVStore
+    /// used after close" (a SIGTERM under load). Whatever it would have applied is in the log,
+    /// and the next start re-applies it.
+    private var stopped = false
 
     // MARK: - events in
 
     private func feed(_ event: Participant.Event) {
+        guard !stopped else { return }
         execute(machine.on(event))
     }
 
     private func durable(upTo lsn: UInt64) {
+        guard !stopped else { return }
         // Votes and pre-commit answers first: they are on a client's path, while the commits
         // this sync made durable (commit records ride with prepares' syncs) are not, and
         // applying them is a SQLite transaction. A branch that voted cannot depend on a commit

@@ -474,8 +474,14 @@ final class ScenarioRun: @unchecked Sendable {
 
     private func restartLater(_ p: String, afterMs: Int64, env: [String: String] = [:]) {
         schedule(at: Date().addingTimeInterval(Double(afterMs) / 1000), "restart \(p)") { [self] in
-            lock.lock(); let refused = startFailures[p] != nil; lock.unlock()
-            if refused { return }
+            // Started meanwhile (a graceful restart arming the next fault ran first): a second
+            // start would find the data directory locked, try 20 times and count as a process
+            // that cannot start (demo-crash-points-2pc-3pc failed that way).
+            lock.lock()
+            let refused = startFailures[p] != nil
+            let running = shouldRun.contains(p) && procs[p]?.isRunning == true
+            lock.unlock()
+            if refused || running { return }
             startProcess(p, extraEnv: env)
         }
     }
