@@ -24,6 +24,10 @@ final class SubmitTests: XCTestCase {
         XCTAssertTrue(tooMuch.reason?.contains("a voted no") == true, tooMuch.reason ?? "")
         XCTAssertEqual(try api.kv(a, "x"), .int(70), "a refused transfer changes nothing")
         XCTAssertEqual(try api.kv(b, "y"), .int(30))
+        // The outcome is answered once decided; b's prepared branch hears the abort a moment
+        // later and holds y until then. The next transfer, submitted at once, could find y
+        // held by this older transaction and be refused (wait-die): once in CI.
+        XCTAssertTrue(try eventually { try api.branches(b).isEmpty }, "b heard the abort")
         let view = try XCTUnwrap(try api.transaction(move.txid))
         XCTAssertEqual(view.events.first?.event, "submitted")
         // 3PC too.
