@@ -1105,11 +1105,15 @@ extension Participant {
         var states = b.roundStates
         let again: Action = .setTimer(.termination(txid), afterMs: config.terminationTimeoutMs)
         let peersByName = Dictionary(uniqueKeysWithValues: info.peers.map { ($0.name, $0) })
+        /// The peers among `states`' keys, by name.
+        func peers(in states: [String: ThreePhaseState]) -> [ParticipantRef] {
+            states.keys.sorted().filter { $0 != config.name }.compactMap { peersByName[$0] }
+        }
         // An outcome a peer reached is final, whoever reports it and whoever this branch is:
         // every participant adopts it, not only the backup. (A branch that is not the backup
         // used to wait for the backup's message, and waited for ever when that message was
         // lost or the backup had finished before this branch came back.)
-        let answered = states.keys.sorted().filter { $0 != config.name }.compactMap { peersByName[$0] }
+        let answered = peers(in: states)
         if states.values.contains(.committed) {
             return answered.filter { states[$0.name] != .committed && states[$0.name] != .readOnly }
                 .map { .sendToPeer(txid, peer: $0, message: .commit) } + commitSelf(txid)
@@ -1132,7 +1136,7 @@ extension Participant {
         // A read-only branch wrote nothing: it counts for neither outcome, and is no backup.
         states = states.filter { $0.value != .readOnly }
         guard states.keys.min() == config.name else { return [again] } // not the backup
-        let reachable = states.keys.sorted().filter { $0 != config.name }.compactMap { peersByName[$0] }
+        let reachable = peers(in: states)
         func tell(_ message: PeerMessage, where want: (ThreePhaseState) -> Bool) -> [Action] {
             reachable.filter { want(states[$0.name]!) }.map { .sendToPeer(txid, peer: $0, message: message) }
         }

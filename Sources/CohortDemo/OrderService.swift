@@ -98,7 +98,7 @@ public final class OrderService: RunnableServer {
     /// The request that placed such an order died with the previous process, so nothing will
     /// call its commit: left alone, its transaction would hold its reservation (and a client's
     /// re-send of its request id, which waits for the order) until the coordinator expires it
-    /// (`--tx-timeout`, 10 s by default). The settler aborts it first. If the dead process's
+    /// (the transaction's timeout, 10 s by default). The settler aborts it first. If the dead process's
     /// commit call got there before, the coordinator refuses the abort and keeps its decision,
     /// which the settler then reads: the order settles as the coordinator decided either way.
     public func run() throws {
