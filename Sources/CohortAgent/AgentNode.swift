@@ -427,6 +427,9 @@ public final class AgentNode {
 
     /// The txid each protocol request was about, to echo it in the answer.
     private var requestTxids: [RequestID: String] = [:]
+    /// Protocol requests tracked and not yet answered through `respond` (for tests: each one
+    /// left behind is a leak).
+    var trackedRequestCount: Int { requestTxids.count }
     private func pendingTxid(_ id: RequestID) -> String { requestTxids[id] ?? "" }
     private func track(_ responder: ResponseSink, _ txid: String) -> RequestID {
         let id = requests.add(responder)

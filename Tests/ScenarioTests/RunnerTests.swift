@@ -76,6 +76,23 @@ final class RunnerTests: XCTestCase {
         XCTAssertTrue(r.checks.contains { $0.name == "expect" && !$0.ok && $0.detail.contains("expected to refuse") }, describe(r))
     }
 
+    /// A restart that comes due after the process was started again is skipped. Agent a is
+    /// killed for 2 s, then killed again while down for 100 ms: it is running again when the
+    /// first restart comes due. Starting it then began a second agent on the same data
+    /// directory, which found it locked ("in use"), and the run failed processes_start.
+    func testARestartDueAfterTheProcessStartedAgainIsSkipped() throws {
+        let s = try Scenario.parse(Data(#"""
+        {"name": "restart-due-while-running", "workload": {"transfers": {"duration": "2500ms"}},
+         "faults": [{"at": "100ms", "kill": {"process": "a", "restart_after": "2s"}},
+                    {"at": "400ms", "kill": {"process": "a", "restart_after": "100ms"}}]}
+        """#.utf8), file: "inline.json")
+        let r = try runner().run(s)
+        XCTAssertTrue(r.passed, describe(r))
+        XCTAssertFalse(r.checks.contains { $0.name == "processes_start" }, describe(r))
+        XCTAssertEqual(r.events.filter { $0.contains(" started a (pid ") }.count, 2, "a starts at setup and once after the kills\n\(describe(r))")
+        XCTAssertFalse(r.events.contains { $0.contains("cannot start a") || $0.contains("start of a refused") }, describe(r))
+    }
+
     func brokenScenario(_ name: String, env: [String: String], faults: String) throws -> Scenario {
         try Scenario.parse(Data(#"""
         {"name": "\#(name)", "topology": {"agents": 2, "processes": {"a": {"env": {\#(env.map { "\"\($0)\": \"\($1)\"" }.joined(separator: ","))}}}},

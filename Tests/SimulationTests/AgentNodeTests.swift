@@ -1,0 +1,136 @@
+@testable import CohortAgent
+import CohortCore
+import CohortHTTP
+@testable import CohortKV
+import CohortLog
+import CohortRuntime
+import XCTest
+
+/// An environment whose tasks run when the test drains them (so a durability callback can be
+/// held queued); timers never fire and nothing is sent anywhere.
+private final class HeldTasks: NodeEnvironment {
+    var tasks: [() -> Void] = []
+    var sent: [HTTPClientRequest] = []
+    var wallMs: Int64 { 1_700_000_000_000 }
+    var monotonicUs: UInt64 { 0 }
+    let testOnlyBreak = TestOnlyBreak.none
+    func schedule(afterMs: Int64, _ task: @escaping () -> Void) -> NodeTimer { NodeTimer {} }
+    func execute(_ task: @escaping () -> Void) { tasks.append(task) }
+    func send(_ request: HTTPClientRequest, _ completion: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
+        sent.append(request)
+    }
+    func randomU64() -> UInt64 { 7 }
+    func drain() {
+        while !tasks.isEmpty { tasks.removeFirst()() }
+    }
+}
+
+/// A store that, once closed, records any use instead of stopping the process as the real
+/// stores do ("SQLiteKVStore used after close" is a precondition), so a test can report it.
+private final class CloseWatchingStore: KVStore {
+    let inner = MemoryKVStore()
+    private(set) var closed = false
+    private(set) var usedAfterClose: [String] = []
+    private func open(_ use: String) -> Bool {
+        if closed { usedAfterClose.append(use) }
+        return !closed
+    }
+    func get(_ key: String) throws -> KVValue? { open("get \(key)") ? try inner.get(key) : nil }
+    func scanPage(prefix: String, after: String?, limit: Int, bytesMax: Int) throws -> KVScanPage {
+        open("scan") ? try inner.scanPage(prefix: prefix, after: after, limit: limit, bytesMax: bytesMax) : KVScanPage()
+    }
+    func apply(_ commits: [KVCommit]) throws {
+        if open("apply LSNs \(commits.map(\.lsn))") { try inner.apply(commits) }
+    }
+    func appliedLSN() throws -> UInt64 { open("appliedLSN") ? try inner.appliedLSN() : 0 }
+    func makeDurable() throws { if open("makeDurable") { try inner.makeDurable() } }
+    func close() {
+        closed = true
+        inner.close()
+    }
+}
+
+final class AgentNodeTests: XCTestCase {
+    private func makeNode(_ env: HeldTasks, store: KVStore) throws -> AgentNode {
+        let (log, recovered) = try DurableLog.open(storage: SimLogStorage(), config: DurableLogConfig(syncMode: .manual, preallocateBytes: 512))
+        let node = try AgentNode(name: "a", incarnation: "00000000000000a1", coordinatorURL: "http://coordinator:1",
+                                 log: log, recovered: recovered, store: store, config: Participant.Config(name: "a"),
+                                 checkpointAfterBytes: 1 << 30, environment: env, onFatal: { XCTFail("fatal: \($0)") })
+        node.advertiseURL = "http://a"
+        node.start()
+        env.drain()
+        return node
+    }
+
+    /// Sends one request and drains the tasks it queued; nil when it went unanswered.
+    private func call(_ node: AgentNode, _ env: HeldTasks, _ method: String, _ target: String, _ body: String = "") throws -> HTTPResponse? {
+        var answer: HTTPResponse?
+        node.handle(try HTTPRequest.parsingTarget(method: method, target: target, headers: HTTPHeaders(), body: Array(body.utf8)),
+                    ClosureSink { answer = $0 })
+        env.drain()
+        return answer
+    }
+
+    /// A request to an unknown /v1/3pc/ path is answered 404 and leaves nothing tracked. It used
+    /// to be tracked first (its txid kept for the answer) and then answered past `respond`, so
+    /// every such request left its txid entry behind for good.
+    func testUnknownThreePhasePathIsAnswered404AndLeavesNothingTracked() throws {
+        let env = HeldTasks()
+        let node = try makeNode(env, store: MemoryKVStore())
+        let txid = "0000abcd-1-1"
+        XCTAssertEqual(node.trackedRequestCount, 0)
+
+        // A known 3PC message is tracked and answered through `respond`: nothing stays.
+        let state = try XCTUnwrap(try call(node, env, "POST", "/v1/3pc/state", #"{"txid":"\#(txid)"}"#), "state query unanswered")
+        XCTAssertEqual(state.status, 200, String(decoding: state.body, as: UTF8.self))
+        XCTAssertEqual(node.trackedRequestCount, 0, "an answered state query is no longer tracked")
+
+        // Unknown messages, each with a well-formed body (the old route decoded it and tracked it).
+        for (i, kind) in ["docommit", "precommitx", "nope"].enumerated() {
+            let answer = try XCTUnwrap(try call(node, env, "POST", "/v1/3pc/\(kind)", #"{"txid":"0000abcd-1-\#(i + 2)"}"#), "/v1/3pc/\(kind) unanswered")
+            XCTAssertEqual(answer.status, 404, "/v1/3pc/\(kind): \(String(decoding: answer.body, as: UTF8.self))")
+        }
+        XCTAssertEqual(node.trackedRequestCount, 0, "requests to unknown /v1/3pc/ paths left txid entries behind")
+    }
+
+    /// A durability callback already queued when the node stops does nothing: the server closes
+    /// the store right after `stop()`, and applying the commit that sync made durable used to
+    /// stop the process ("SQLiteKVStore used after close", a SIGTERM under load). The commit
+    /// is in the log; the next start applies it.
+    func testADurabilityCallbackQueuedBeforeStopIsIgnored() throws {
+        let env = HeldTasks()
+        let store = CloseWatchingStore()
+        let node = try makeNode(env, store: store)
+        let txid = "0000abcd-1-1"
+
+        // An unregistered branch staged, then a one-phase commit: the commit record is appended
+        // and the answer waits for it to be durable.
+        let staged = try XCTUnwrap(try call(node, env, "POST", "/v1/work",
+                                            #"{"txid":"\#(txid)","register":false,"ops":[{"op":"set","key":"k","value":42}]}"#))
+        XCTAssertEqual(staged.status, 200, String(decoding: staged.body, as: UTF8.self))
+        var committed: HTTPResponse?
+        node.handle(try HTTPRequest.parsingTarget(method: "POST", target: "/v1/2pc/prepare", headers: HTTPHeaders(),
+                                                  body: Array(#"{"txid":"\#(txid)","one_phase":true}"#.utf8)),
+                    ClosureSink { committed = $0 })
+        env.drain()
+        XCTAssertNil(committed, "answered before the commit record was durable")
+        XCTAssertTrue(env.tasks.isEmpty)
+
+        // The sync makes the record durable; its callback is queued on the node's thread...
+        let durable = try XCTUnwrap(try node.log.syncNow(), "nothing was waiting for a sync")
+        XCTAssertEqual(env.tasks.count, 1, "the durability callback is queued")
+
+        // ...and the node stops and the store is closed before it runs (AgentServer.shutdown).
+        node.stop()
+        node.log.close()
+        store.close()
+        env.drain()
+
+        XCTAssertEqual(store.usedAfterClose, [], "the stopped node used the closed store")
+        XCTAssertNil(committed, "the stopped node answered the commit")
+        store.inner.reopen()
+        XCTAssertNil(try store.inner.get("k"), "the stopped node applied the commit")
+        XCTAssertEqual(try store.inner.appliedLSN(), 0)
+        XCTAssertGreaterThanOrEqual(node.log.durableLSN, durable, "the commit stays in the log for the next start")
+    }
+}
