@@ -6,25 +6,6 @@ import CohortLog
 import CohortRuntime
 import XCTest
 
-/// An environment whose tasks run when the test drains them (so a durability callback can be
-/// held queued); timers never fire and nothing is sent anywhere.
-private final class HeldTasks: NodeEnvironment {
-    var tasks: [() -> Void] = []
-    var sent: [HTTPClientRequest] = []
-    var wallMs: Int64 { 1_700_000_000_000 }
-    var monotonicUs: UInt64 { 0 }
-    let testOnlyBreak = TestOnlyBreak.none
-    func schedule(afterMs: Int64, _ task: @escaping () -> Void) -> NodeTimer { NodeTimer {} }
-    func execute(_ task: @escaping () -> Void) { tasks.append(task) }
-    func send(_ request: HTTPClientRequest, _ completion: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
-        sent.append(request)
-    }
-    func randomU64() -> UInt64 { 7 }
-    func drain() {
-        while !tasks.isEmpty { tasks.removeFirst()() }
-    }
-}
-
 /// A store that, once closed, records any use instead of stopping the process as the real
 /// stores do ("SQLiteKVStore used after close" is a precondition), so a test can report it.
 private final class CloseWatchingStore: KVStore {
@@ -51,7 +32,7 @@ private final class CloseWatchingStore: KVStore {
 }
 
 final class AgentNodeTests: XCTestCase {
-    private func makeNode(_ env: HeldTasks, store: KVStore) throws -> AgentNode {
+    private func makeNode(_ env: HandDrivenEnvironment, store: KVStore) throws -> AgentNode {
         let (log, recovered) = try DurableLog.open(storage: SimLogStorage(), config: DurableLogConfig(syncMode: .manual, preallocateBytes: 512))
         let node = try AgentNode(name: "a", incarnation: "00000000000000a1", coordinatorURL: "http://coordinator:1",
                                  log: log, recovered: recovered, store: store, config: Participant.Config(name: "a"),
@@ -63,7 +44,7 @@ final class AgentNodeTests: XCTestCase {
     }
 
     /// Sends one request and drains the tasks it queued; nil when it went unanswered.
-    private func call(_ node: AgentNode, _ env: HeldTasks, _ method: String, _ target: String, _ body: String = "") throws -> HTTPResponse? {
+    private func call(_ node: AgentNode, _ env: HandDrivenEnvironment, _ method: String, _ target: String, _ body: String = "") throws -> HTTPResponse? {
         var answer: HTTPResponse?
         node.handle(try HTTPRequest.parsingTarget(method: method, target: target, headers: HTTPHeaders(), body: Array(body.utf8)),
                     ClosureSink { answer = $0 })
@@ -75,7 +56,7 @@ final class AgentNodeTests: XCTestCase {
     /// to be tracked first (its txid kept for the answer) and then answered past `respond`, so
     /// every such request left its txid entry behind for good.
     func testUnknownThreePhasePathIsAnswered404AndLeavesNothingTracked() throws {
-        let env = HeldTasks()
+        let env = HandDrivenEnvironment()
         let node = try makeNode(env, store: MemoryKVStore())
         let txid = "0000abcd-1-1"
         XCTAssertEqual(node.trackedRequestCount, 0)
@@ -98,7 +79,7 @@ final class AgentNodeTests: XCTestCase {
     /// stop the process ("SQLiteKVStore used after close", a SIGTERM under load). The commit
     /// is in the log; the next start applies it.
     func testADurabilityCallbackQueuedBeforeStopIsIgnored() throws {
-        let env = HeldTasks()
+        let env = HandDrivenEnvironment()
         let store = CloseWatchingStore()
         let node = try makeNode(env, store: store)
         let txid = "0000abcd-1-1"

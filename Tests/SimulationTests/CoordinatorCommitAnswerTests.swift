@@ -5,32 +5,13 @@ import CohortLog
 import CohortRuntime
 import XCTest
 
-/// An environment whose outgoing requests wait for the test to answer them; timers never fire
-/// and tasks run when the test drains them.
-private final class HandAnswered: NodeEnvironment {
-    var sent: [(request: HTTPClientRequest, completion: (Result<HTTPClientResponse, HTTPClientError>) -> Void)] = []
-    var tasks: [() -> Void] = []
-    var wallMs: Int64 { 1_700_000_000_000 }
-    var monotonicUs: UInt64 { 0 }
-    let testOnlyBreak = TestOnlyBreak.none
-    func schedule(afterMs: Int64, _ task: @escaping () -> Void) -> NodeTimer { NodeTimer {} }
-    func execute(_ task: @escaping () -> Void) { tasks.append(task) }
-    func send(_ request: HTTPClientRequest, _ completion: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
-        sent.append((request, completion))
-    }
-    func randomU64() -> UInt64 { 4 }
-    func drain() {
-        while !tasks.isEmpty { tasks.removeFirst()() }
-    }
-}
-
 final class CoordinatorCommitAnswerTests: XCTestCase {
     /// Only a commit answer that says "committed" acknowledges the branch. A 200 whose body
     /// cannot be read (or says something else) is a failed delivery, retried: counting it as an
     /// acknowledgement let the coordinator forget a transaction whose participant was still
     /// prepared, and that participant's inquiry then heard the presumed "aborted".
     func testA200CommitAnswerThatDoesNotSayCommittedIsNotAnAcknowledgement() throws {
-        let env = HandAnswered()
+        let env = HandDrivenEnvironment()
         let (log, recovered) = try DurableLog.open(storage: SimLogStorage(), config: DurableLogConfig(syncMode: .manual, preallocateBytes: 512))
         let node = try CoordinatorNode(coordinatorID: "3fa90c1e", log: log, recovered: recovered,
                                        config: Coordinator.Config(coordinatorID: "3fa90c1e", epoch: 1),
