@@ -770,6 +770,11 @@ public final class AgentNode {
     /// its ops are not staged again.
     private func prepareSubmitted(_ p: PrepareRequest, _ opsNode: JSONNode, _ responder: ResponseSink) {
         let txid = p.txid
+        if let named = p.participant, named != name {
+            // Nothing staged for it: a no vote aborts the transaction, and any branch of it this
+            // participant staged under its own name hears that abort.
+            return voteNo(txid, responder, reason: "this is participant \(name), not \(named): the branch's url reaches another participant")
+        }
         if submittedStaging[txid] != nil {
             submittedStaging[txid]!.append(responder)
             return

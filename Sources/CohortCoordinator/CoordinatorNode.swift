@@ -260,7 +260,8 @@ public final class CoordinatorNode {
             path = "/v1/2pc/prepare"
             body = JSONBody.encode(PrepareRequest(txid: txid.description, onePhase: onePhase, participants: participants, incarnation: to.incarnation,
                                                   protocol: threePhase == nil ? nil : "3pc", termination: threePhase?.rawValue,
-                                                  ops: work, timeoutMs: work == nil ? nil : machine.transaction(txid)?.timeoutMs))
+                                                  ops: work, timeoutMs: work == nil ? nil : machine.transaction(txid)?.timeoutMs,
+                                                  participant: work == nil ? nil : to.name))
             CrashPoints.hit("coordinator.before-prepare-send")
         case .preCommit:
             path = "/v1/3pc/precommit"

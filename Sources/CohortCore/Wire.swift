@@ -112,10 +112,17 @@ public struct PrepareRequest: Codable, Sendable {
     /// With `ops`: the transaction's timeout, which a participant that did not see the
     /// transaction begin uses for its branch's expiry.
     public var timeoutMs: Int64? = nil
+    /// With `ops`: the name the client gave this branch. A participant by another name refuses
+    /// the work: two branches whose URLs reach one participant (an alias, a typo) would
+    /// otherwise share one staged branch there, and the second branch's work would be lost
+    /// while the transaction commits.
+    public var participant: String? = nil
     public init(txid: String, onePhase: Bool?, participants: [ParticipantRef]?, incarnation: String? = nil,
-                protocol: String? = nil, termination: String? = nil, ops: JSONNode? = nil, timeoutMs: Int64? = nil) {
+                protocol: String? = nil, termination: String? = nil, ops: JSONNode? = nil, timeoutMs: Int64? = nil,
+                participant: String? = nil) {
         self.ops = ops
         self.timeoutMs = timeoutMs
+        self.participant = participant
         self.txid = txid
         self.onePhase = onePhase
         self.participants = participants
@@ -612,7 +619,7 @@ extension PrepareRequest: WireDecodable, WireEncodable {
         self.init(txid: try o.string("txid"), onePhase: try o.optBool("one_phase"),
                   participants: try o.optObjects("participants") { try ParticipantRef(wire: $0) },
                   incarnation: try o.optString("incarnation"), protocol: try o.optString("protocol"), termination: try o.optString("termination"),
-                  ops: ops, timeoutMs: try o.optInt64("timeout_ms"))
+                  ops: ops, timeoutMs: try o.optInt64("timeout_ms"), participant: try o.optString("participant"))
     }
     public func writeWire(_ w: inout JSONWriter) {
         w.beginObject()
@@ -628,6 +635,7 @@ extension PrepareRequest: WireDecodable, WireEncodable {
         w.field("protocol", self.protocol)
         w.field("termination", termination)
         w.field("timeout_ms", timeoutMs)
+        w.field("participant", participant)
         if let ops { w.key("ops"); w.value(ops) }
         w.endObject()
     }

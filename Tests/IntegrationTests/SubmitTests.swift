@@ -74,6 +74,24 @@ final class SubmitTests: XCTestCase {
         XCTAssertTrue(bad.reason?.contains("invalid ops") == true, bad.reason ?? "")
     }
 
+    /// Two branches whose URLs reach one agent (here `localhost` and `127.0.0.1`): the agent
+    /// refuses the work named for the other participant, and the transaction aborts. Without the
+    /// check, both prepares met one staged branch at a, the second branch's work was never
+    /// staged, and the transaction committed without it.
+    func testWorkNamedForAnotherParticipantIsRefused() throws {
+        let cluster = try startCluster(agents: 2)
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        let a = cluster.url("a")
+        let alias = a.replacingOccurrences(of: "127.0.0.1", with: "localhost")
+        XCTAssertNotEqual(alias, a, "the test needs a second spelling of a's URL")
+        let r = try api.submit([("a", a, [.set("x", 1)]), ("b", alias, [.set("y", 2)])])
+        XCTAssertEqual(r.outcome, "aborted")
+        XCTAssertTrue(r.reason?.contains("this is participant a, not b") == true, r.reason ?? "")
+        XCTAssertTrue(try eventually { try api.branches(a).isEmpty }, "a heard the abort")
+        XCTAssertNil(try api.kv(a, "x"))
+        XCTAssertNil(try api.kv(a, "y"))
+    }
+
     func testBadSubmitBodiesAreRefused() throws {
         let cluster = try startCluster(agents: 2)
         let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
