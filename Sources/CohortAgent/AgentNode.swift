@@ -94,10 +94,24 @@ public final class AgentNode {
 
     /// Recovers from what the log held — re-applies durable commits the store may lack and
     /// re-takes the locks of in-doubt branches — before the node serves anything; inquiries
-    /// about in-doubt branches start with `start()`.
-    public init(name: String, incarnation: String, coordinatorURL: String, log: DurableLog, recovered: RecoveredLog,
-                store: KVStore, config: Participant.Config, checkpointAfterBytes: Int,
-                environment: NodeEnvironment, onFatal: @escaping (String) -> Void) throws {
+    /// about in-doubt branches start with `start()`. A record the recovery cannot decode is
+    /// named, with its file and offset (as the coordinator does): most likely the log is not
+    /// an agent's.
+    public convenience init(name: String, incarnation: String, coordinatorURL: String, log: DurableLog, recovered: RecoveredLog,
+                            store: KVStore, config: Participant.Config, checkpointAfterBytes: Int,
+                            environment: NodeEnvironment, onFatal: @escaping (String) -> Void) throws {
+        do {
+            try self.init(recovering: recovered, name: name, incarnation: incarnation, coordinatorURL: coordinatorURL, log: log,
+                          store: store, config: config, checkpointAfterBytes: checkpointAfterBytes, environment: environment, onFatal: onFatal)
+        } catch {
+            throw recovered.undecodableRecordError(error, kind: "agent", decode: { _ = try ParticipantRecordCoding.decode(type: $0.type, payload: $0.payload) },
+                                                   decodeSnapshot: { var machine = Participant(config: config); _ = try machine.recover(snapshot: $0, records: []) })
+        }
+    }
+
+    private init(recovering recovered: RecoveredLog, name: String, incarnation: String, coordinatorURL: String, log: DurableLog,
+                 store: KVStore, config: Participant.Config, checkpointAfterBytes: Int,
+                 environment: NodeEnvironment, onFatal: @escaping (String) -> Void) throws {
         self.name = name
         self.incarnation = incarnation
         session = String(environment.randomU64(), radix: 16)

@@ -92,10 +92,31 @@ public final class CoordinatorNode {
         sender = BatchingSender(environment: environment)
         machine = Coordinator(config: config)
         // Records by type range: 1–15 the 2PC/3PC coordinator's, 16–31 the TCC coordinator's.
-        let snapshots = try recovered.snapshot.map { try CoordinatorSnapshotContainer.unpack($0) }
-        recoveryActions = try machine.recover(snapshot: snapshots?.coordinator,
-                                              records: recovered.records.filter { !TCCRecordCoding.typeRange.contains($0.type) }.map { ($0.type, $0.payload) },
-                                              nowMs: environment.wallMs)
+        // A decode error names the record to blame (an agent's log read as this one's said
+        // only "825175866 participants in a decision").
+        let decodeRecord = { (record: LogRecord) throws -> Void in
+            if TCCRecordCoding.typeRange.contains(record.type) {
+                _ = try TCCRecordCoding.decode(type: record.type, payload: record.payload)
+            } else {
+                _ = try CoordinatorRecordCoding.decode(type: record.type, payload: record.payload)
+            }
+        }
+        let decodeSnapshot = { (snapshot: [UInt8]) throws -> Void in
+            let parts = try CoordinatorSnapshotContainer.unpack(snapshot)
+            var coordinator = Coordinator(config: config)
+            _ = try coordinator.recover(snapshot: parts.coordinator, records: [], nowMs: 0)
+            var tcc = TCCCoordinator()
+            _ = try tcc.recover(snapshot: parts.tcc, records: [], nowMs: 0)
+        }
+        let snapshots: (coordinator: [UInt8], tcc: [UInt8]?)?
+        do {
+            snapshots = try recovered.snapshot.map { try CoordinatorSnapshotContainer.unpack($0) }
+            recoveryActions = try machine.recover(snapshot: snapshots?.coordinator,
+                                                  records: recovered.records.filter { !TCCRecordCoding.typeRange.contains($0.type) }.map { ($0.type, $0.payload) },
+                                                  nowMs: environment.wallMs)
+        } catch {
+            throw recovered.undecodableRecordError(error, kind: "coordinator", decode: decodeRecord, decodeSnapshot: decodeSnapshot)
+        }
         var tccConfig = TCCCoordinator.Config()
         tccConfig.retryDelayMsMin = config.retryDelayMsMin
         tccConfig.retryDelayMsMax = config.retryDelayMsMax
@@ -105,9 +126,13 @@ public final class CoordinatorNode {
         tccConfig.seed = config.seed
         tccConfig.finishedTransactionsKept = config.finishedTransactionsKept
         tcc = TCCCoordinator(config: tccConfig)
-        tccRecoveryActions = try tcc.recover(snapshot: snapshots?.tcc ?? nil,
-                                             records: recovered.records.filter { TCCRecordCoding.typeRange.contains($0.type) }.map { ($0.type, $0.payload) },
-                                             nowMs: environment.wallMs)
+        do {
+            tccRecoveryActions = try tcc.recover(snapshot: snapshots?.tcc ?? nil,
+                                                 records: recovered.records.filter { TCCRecordCoding.typeRange.contains($0.type) }.map { ($0.type, $0.payload) },
+                                                 nowMs: environment.wallMs)
+        } catch {
+            throw recovered.undecodableRecordError(error, kind: "coordinator", decode: decodeRecord, decodeSnapshot: decodeSnapshot)
+        }
         machine.raiseEpoch(past: tcc.maxEpochSeen)
         timers = TimerTable(environment: environment)
         tccTimers = TimerTable(environment: environment)

@@ -67,6 +67,17 @@ public enum Limits {
     /// Largest checkpoint snapshot (the log's type-0 record). A snapshot holds every open
     /// transaction, so it may be far larger than one record; it is written rarely.
     public static let snapshotBytesMax = 256 << 20
+    /// The largest a segment file can be; recovery and `txctl log` refuse a bigger one unread,
+    /// as damage (a sparse 2 GiB file was read whole into memory: 2.1 GB at start, 4.2 GB in
+    /// txctl). Not `segmentBytesMax`: a round that finds its segment below that appends all it
+    /// took, which is at most `unsyncedBytesMax` plus the aborts taken past back-pressure (one
+    /// per branch, `branchesMax` of `outcomeRecordBytesMax` and a 17-byte record header); a
+    /// segment that begins with a checkpoint holds the whole snapshot (`snapshotBytesMax` and
+    /// its header) and what was appended behind it in the same round; and zeros are written
+    /// ahead of the last record (`logPreallocateBytes`). 32 bytes of segment header on top.
+    /// `DurableLogConfig` takes no value above these limits, so no log it writes exceeds this.
+    public static let segmentFileBytesMax = 32 + max(segmentBytesMax, 17 + snapshotBytesMax) + unsyncedBytesMax
+        + branchesMax * (17 + outcomeRecordBytesMax) + logPreallocateBytes
 
     // MARK: command lines
     /// The longest duration any flag or scenario field accepts (about ten years). Durations are

@@ -39,7 +39,9 @@ public struct LogReport: Codable, Equatable, Sendable {
         }
     }
     public struct Problem: Codable, Equatable, Sendable {
-        /// `torn-tail` or `corruption`.
+        /// `torn-tail`, `corruption` or `superseded` (damage, from the log's own checks);
+        /// `undecodable` (records intact but not this kind of server's: the first of them) or
+        /// `missing-segments` (an identity file and no segment: the log is gone).
         public let kind: String
         public let file: String
         public let offset: Int
@@ -89,10 +91,33 @@ public enum LogTools {
             throw CtlError.failed("\(dir) is not a directory; give a coordinator's data directory (or its log/ directory)")
         }
         let sub = dir.hasSuffix("/") ? dir + "log" : dir + "/log"
-        if fm.fileExists(atPath: sub, isDirectory: &isDir), isDir.boolValue { return sub }
-        let names = (try? fm.contentsOfDirectory(atPath: dir)) ?? []
-        if names.contains(where: { $0.hasSuffix(".log") && $0.count == 20 }) { return dir }
+        if fm.fileExists(atPath: sub, isDirectory: &isDir), isDir.boolValue {
+            // A log folder without segments is only a finding beside an identity file (the
+            // server has run and its log is gone); otherwise there is no log here to check.
+            if hasSegments(sub) || identityFile(logDirectory: sub) != nil { return sub }
+            throw CtlError.failed("no log in \(dir): \(sub)/ holds no segment file (0000000000000001.log ...)")
+        }
+        // Segment names exactly: "ok: 0 segments" for /tmp came from a 20-character name
+        // ending in .log (a build's log file).
+        if hasSegments(dir) { return dir }
+        if (dir as NSString).lastPathComponent == "log", identityFile(logDirectory: dir) != nil { return dir }
         throw CtlError.failed("no log in \(dir): expected \(sub)/ or segment files (0000000000000001.log ...)")
+    }
+
+    static func hasSegments(_ dir: String) -> Bool {
+        ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).contains(where: DurableLog.isSegmentFileName)
+    }
+
+    /// The identity file of the data directory holding `logDir` (its parent, or itself).
+    static func identityFile(logDirectory logDir: String) -> (path: String, kind: Kind)? {
+        let fm = FileManager.default
+        // As given (relative stays relative): the path is shown in messages.
+        let parent = (logDir as NSString).deletingLastPathComponent
+        for dir in [logDir, parent.isEmpty ? "." : parent] {
+            if fm.fileExists(atPath: dir + "/agent.name") { return (dir + "/agent.name", .agent) }
+            if fm.fileExists(atPath: dir + "/coordinator.id") { return (dir + "/coordinator.id", .coordinator) }
+        }
+        return nil
     }
 
     public enum Kind: String, Sendable {
@@ -103,12 +128,7 @@ public enum LogTools {
     /// or the directory itself) names it with its identity file. Without one, the records
     /// decide: an agent's decode as participant records and not as a coordinator's.
     static func kind(logDirectory logDir: String, records: [(type: UInt8, payload: [UInt8])]) -> Kind {
-        let fm = FileManager.default
-        let parent = URL(fileURLWithPath: logDir).deletingLastPathComponent().path
-        for dir in [logDir, parent] {
-            if fm.fileExists(atPath: dir + "/agent.name") { return .agent }
-            if fm.fileExists(atPath: dir + "/coordinator.id") { return .coordinator }
-        }
+        if let identity = identityFile(logDirectory: logDir) { return identity.kind }
         let body = records.filter { $0.type != 0 }
         guard !body.isEmpty else { return .coordinator }
         let asCoordinator = body.filter { r in
@@ -127,18 +147,13 @@ public enum LogTools {
         }
         let inspection = DurableLog.inspect(storage: storage)
         if let p = inspection.storageProblem { throw CtlError.failed("cannot read the log in \(logDir): \(p)") }
-        var raw: [[(lsn: UInt64, offset: Int, type: UInt8, payload: [UInt8])]] = []
-        for seg in inspection.segments {
-            let bytes = (try? [UInt8](Data(contentsOf: URL(fileURLWithPath: logDir + "/" + seg.file)))) ?? []
-            raw.append(seg.records.map { r in
-                let start = r.offset + 17
-                let payload = start + r.payloadBytes <= bytes.count ? Array(bytes[start..<(start + r.payloadBytes)]) : []
-                return (r.lsn, r.offset, r.type, payload)
-            })
-        }
+        // The payloads come with the inspection: reading each file again doubled the memory
+        // (4.2 GB for a sparse 2 GiB segment) and read a FIFO or device a second time.
+        let raw = inspection.segments.map { seg in seg.records.map { r in (lsn: r.lsn, offset: r.offset, type: r.type, payload: r.payload) } }
         let all = raw.joined()
         let kind = kind(logDirectory: logDir, records: all.map { ($0.type, $0.payload) })
         var segments: [LogReport.Segment] = []
+        var undecodable: [(file: String, record: LogReport.Record)] = []
         for (seg, records) in zip(inspection.segments, raw) {
             let described = records.map { r in
                 kind == .agent ? describeAgent(lsn: r.lsn, offset: r.offset, type: r.type, payload: r.payload)
@@ -146,13 +161,45 @@ public enum LogTools {
             }
             segments.append(.init(file: seg.file, number: seg.number, sizeBytes: seg.sizeBytes, recordsEndBytes: seg.recordsEndBytes, firstLSN: seg.firstLSN,
                                   records: described, problem: seg.problem.map(problem)))
+            undecodable += zip(records, described).filter { !decodes($0.0.type, $0.0.payload, as: kind) }.map { (seg.file, $0.1) }
         }
+        var problems = inspection.problems.map(problem)
+        // Intact records the server cannot decode stop its start as surely as damage does.
+        if let first = undecodable.first {
+            problems.append(.init(kind: "undecodable", file: first.file, offset: first.record.offset,
+                                  reason: "\(undecodable.count) of \(all.count) records have checksums that match but decode as no \(kind.rawValue) record; the first is LSN \(first.record.lsn)"))
+        }
+        if inspection.segments.isEmpty, let identity = identityFile(logDirectory: logDir) {
+            problems.append(.init(kind: "missing-segments", file: logDir, offset: 0,
+                                  reason: "no segment in \(logDir), but \(identity.path) says this \(kind.rawValue) has run: the outcomes its log held are gone, and it refuses to start"))
+        }
+        let recoverable = inspection.isRecoverable && undecodable.isEmpty && !problems.contains { $0.kind == "missing-segments" }
         var open: [LogReport.OpenBranch]?
-        if kind == .agent, inspection.isRecoverable {
+        if kind == .agent, recoverable {
             open = try? openBranches(all.map { ($0.lsn, $0.type, $0.payload) })
         }
         return LogReport(directory: logDir, kind: kind.rawValue, segments: segments, records: all.count,
-                         problems: inspection.problems.map(problem), recoverable: inspection.isRecoverable, openBranches: open)
+                         problems: problems, recoverable: recoverable, openBranches: open)
+    }
+
+    /// Whether a record decodes as one of `kind`'s log: what its server's recovery decodes
+    /// (the checkpoint's snapshot only summarizes, and a bad one shows in its summary).
+    static func decodes(_ type: UInt8, _ payload: [UInt8], as kind: Kind) -> Bool {
+        if type == 0 {
+            switch kind {
+            case .agent:
+                var machine = Participant(config: Participant.Config(name: "offline"))
+                return (try? machine.recover(snapshot: payload, records: [])) != nil
+            case .coordinator:
+                return (try? coordinatorCheckpoint(payload)) != nil
+            }
+        }
+        switch kind {
+        case .agent: return (try? ParticipantRecordCoding.decode(type: type, payload: payload)) != nil
+        case .coordinator:
+            if TCCRecordCoding.typeRange.contains(type) { return (try? TCCRecordCoding.decode(type: type, payload: payload)) != nil }
+            return (try? CoordinatorRecordCoding.decode(type: type, payload: payload)) != nil
+        }
     }
 
     /// Replays an agent's log as the agent does at start: from its last checkpoint, with the
@@ -239,6 +286,7 @@ public enum LogTools {
         case CoordinatorRecordCoding.auditType: return "audit"
         case CoordinatorRecordCoding.heuristicType: return "heuristic"
         case CoordinatorRecordCoding.preCommitType: return "pre-commit"
+        case CoordinatorRecordCoding.submissionType: return "submission"
         case TCCRecordCoding.branchType: return "tcc-branch"
         case TCCRecordCoding.confirmDecisionType: return "tcc-confirm-decision"
         case TCCRecordCoding.endType: return "tcc-end"
@@ -298,24 +346,31 @@ public enum LogTools {
     /// tool cannot drift from the format the servers write.
     static func checkpointSummary(_ payload: [UInt8]) -> String {
         do {
-            let parts = try CoordinatorSnapshotContainer.unpack(payload)
-            var coordinator = Coordinator(config: Coordinator.Config(coordinatorID: "00000000", epoch: 0))
-            _ = try coordinator.recover(snapshot: parts.coordinator, records: [], nowMs: 0)
+            let (coordinator, tcc) = try coordinatorCheckpoint(payload)
             let unfinished = coordinator.allTransactions().filter { !$0.state.isFinished }
             var s = "checkpoint (epoch \(String(coordinator.epoch - 1, radix: 16))): \(unfinished.count) unfinished 2PC/3PC transaction\(unfinished.count == 1 ? "" : "s")"
             if !unfinished.isEmpty {
                 s += " (" + unfinished.prefix(5).map { "\($0.txid) \($0.state.rawValue)" }.joined(separator: ", ") + (unfinished.count > 5 ? ", ..." : "") + ")"
             }
             s += ", \(coordinator.finished.count) recent finished, \(coordinator.operatorOutcomes.count) operator outcome\(coordinator.operatorOutcomes.count == 1 ? "" : "s")"
-            if let tccBytes = parts.tcc {
-                var tcc = TCCCoordinator()
-                _ = try tcc.recover(snapshot: tccBytes, records: [], nowMs: 0)
+            if let tcc {
                 s += "; TCC: \(tcc.open.count) open, \(tcc.finished.count) recent finished"
             }
             return s
         } catch {
             return "checkpoint (\(payload.count) bytes, not a coordinator snapshot: \(error))"
         }
+    }
+
+    /// A coordinator's checkpoint recovered as the coordinator does (its TCC part, when present).
+    static func coordinatorCheckpoint(_ payload: [UInt8]) throws -> (Coordinator, TCCCoordinator?) {
+        let parts = try CoordinatorSnapshotContainer.unpack(payload)
+        var coordinator = Coordinator(config: Coordinator.Config(coordinatorID: "00000000", epoch: 0))
+        _ = try coordinator.recover(snapshot: parts.coordinator, records: [], nowMs: 0)
+        guard let tccBytes = parts.tcc else { return (coordinator, nil) }
+        var tcc = TCCCoordinator()
+        _ = try tcc.recover(snapshot: tccBytes, records: [], nowMs: 0)
+        return (coordinator, tcc)
     }
 
     public static func renderInspect(_ r: LogReport) -> String {
@@ -356,22 +411,40 @@ public enum LogTools {
         return s
     }
 
-    /// `ok: N segments, M records`, or nil and the problems.
+    /// `ok: N segments, M records`, or false and the problems.
     public static func verifyLine(_ r: LogReport) -> (ok: Bool, text: String) {
         if r.problems.isEmpty {
-            let unknown = r.segments.reduce(0) { $0 + $1.records.filter { $0.typeName.hasPrefix("type-") }.count }
-            guard unknown == 0 else {
-                return (false, "not a \(r.kind) log: \(unknown) of \(r.records) records have checksums that match but decode as no \(r.kind) record (txctl log inspect shows them)\n")
-            }
             return (true, "ok: \(r.segments.count) segment\(r.segments.count == 1 ? "" : "s"), \(r.records) record\(r.records == 1 ? "" : "s") (\(r.kind) log)\n")
         }
         var s = ""
+        var damage = 0
         for p in r.problems {
-            s += p.kind == "torn-tail"
-                ? "torn tail: \(p.file) at offset \(p.offset): \(p.reason) (a write cut short; the \(r.kind) cuts it off at start)\n"
-                : "corrupt record: \(p.file) at offset \(p.offset): \(p.reason)\n"
+            switch p.kind {
+            case "undecodable":
+                s += "not a \(r.kind) log: \(p.reason), in \(p.file) at offset \(p.offset) (txctl log inspect shows them)\n"
+            case "missing-segments":
+                s += "no log: \(p.reason)\n"
+            case "torn-tail":
+                damage += 1
+                s += "torn tail: \(p.file) at offset \(p.offset): \(p.reason) (a write cut short; the \(r.kind) cuts it off at start)\n"
+            default:
+                damage += 1
+                s += "corrupt record: \(p.file) at offset \(p.offset): \(p.reason)\n"
+            }
         }
-        s += "damaged: \(r.segments.count) segment\(r.segments.count == 1 ? "" : "s"), \(r.records) good record\(r.records == 1 ? "" : "s"), \(r.problems.count) problem\(r.problems.count == 1 ? "" : "s")\n"
+        if damage > 0 {
+            s += "damaged: \(r.segments.count) segment\(r.segments.count == 1 ? "" : "s"), \(r.records) good record\(r.records == 1 ? "" : "s"), \(damage) problem\(damage == 1 ? "" : "s")\n"
+        }
         return (false, s)
+    }
+
+    /// The error line of a failed `log verify`: its first problem.
+    public static func verifyError(_ r: LogReport, text: String) -> String {
+        guard let first = r.problems.first else { return "log verify failed: \(text.trimmingCharacters(in: .newlines))" }
+        switch first.kind {
+        case "undecodable", "missing-segments": return "log verify failed: \(text.split(separator: "\n").first.map(String.init) ?? "")"
+        case "torn-tail": return "log damaged: torn tail in \(first.file) at offset \(first.offset): \(first.reason)"
+        default: return "log damaged: corrupt record in \(first.file) at offset \(first.offset): \(first.reason)"
+        }
     }
 }

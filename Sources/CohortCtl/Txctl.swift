@@ -337,12 +337,7 @@ public enum Txctl {
         } else {
             ctx.out(text)
         }
-        if !ok {
-            guard let first = report.problems.first else {
-                throw CtlError.failed("log verify failed: \(text.trimmingCharacters(in: .newlines))")
-            }
-            throw CtlError.failed("log damaged: \(first.kind == "torn-tail" ? "torn tail" : "corrupt record") in \(first.file) at offset \(first.offset): \(first.reason)")
-        }
+        if !ok { throw CtlError.failed(LogTools.verifyError(report, text: text)) }
     }
 
     public struct VerifyResult: Codable, Equatable {

@@ -45,6 +45,10 @@ public struct DurableLogConfig {
         precondition(groupCommitWaitUs >= 0 && groupCommitSiblingsMin >= 1 && groupCommitRecordsTarget >= 1
                      && groupCommitQuietUsMin >= 1 && groupCommitQuietUsMax >= groupCommitQuietUsMin,
                      "bad group commit config")
+        // Recovery refuses a segment file past `Limits.segmentFileBytesMax`, a bound computed
+        // from these limits: a log written with larger values could be refused as damage.
+        precondition(segmentBytesMax <= Limits.segmentBytesMax && unsyncedBytesMax <= Limits.unsyncedBytesMax
+                     && preallocateBytes <= Limits.logPreallocateBytes, "log config past Limits: recovery would refuse its segments")
         self.syncMode = syncMode
         self.segmentBytesMax = segmentBytesMax
         self.unsyncedBytesMax = unsyncedBytesMax
@@ -74,6 +78,10 @@ public struct RecoveredLog {
     /// New segments a crash caught before they were named (`SEGMENT.log.new`), removed:
     /// nothing in them was ever acknowledged.
     public var removedUnfinishedSegments: [String] = []
+    /// Where each of `records` is, in the same order, and where the snapshot's checkpoint
+    /// record is: for naming a record the server cannot decode (`undecodableRecordError`).
+    public var recordLocations: [LogRecordLocation] = []
+    public var snapshotLocation: LogRecordLocation?
 
     /// What recovery repaired, for a server's `recovery:` line at start; nil when nothing.
     public var repairNote: String? {
@@ -83,6 +91,56 @@ public struct RecoveredLog {
             parts.append("removed \(removedUnfinishedSegments.joined(separator: ", ")), a new segment a crash caught before it was named (nothing in it was acknowledged)")
         }
         return parts.isEmpty ? nil : parts.joined(separator: "; ")
+    }
+}
+
+/// Where a record is in the log: its segment file and its offset there.
+public struct LogRecordLocation: Equatable, Sendable {
+    public let file: String
+    public let offset: Int
+}
+
+/// A record whose checksum matched that the server cannot decode: most likely another kind of
+/// server's log (an agent's in a coordinator's data directory), or one a newer version wrote.
+public struct LogRecordDecodeError: Error, CustomStringConvertible, Equatable {
+    public let file: String
+    public let offset: Int
+    public let lsn: UInt64
+    /// The record's type; 0 for the checkpoint (the snapshot did not decode).
+    public let type: UInt8
+    public let reason: String
+    /// "coordinator" or "agent": whose log the server expected.
+    public let kind: String
+
+    public var description: String {
+        let what = type == 0 ? "checkpoint record" : "record of type \(type)"
+        return "cannot decode the log: \(file) at offset \(offset): \(what) (LSN \(lsn)): \(reason); not \(kind == "agent" ? "an" : "a") \(kind) log?"
+    }
+}
+
+extension RecoveredLog {
+    /// `error`, thrown by a server's recovery from this log, with the record to blame named when
+    /// it is a decode error: the first record `decode` fails on, or else the checkpoint when
+    /// `decodeSnapshot` fails on its snapshot. Any other error, or a decode error neither
+    /// reproduces (a write set the store could not read), is returned as it is. Runs only
+    /// after a failure, so a recovery that succeeds decodes nothing twice.
+    public func undecodableRecordError(_ error: Error, kind: String, decode: (LogRecord) throws -> Void,
+                                       decodeSnapshot: ([UInt8]) throws -> Void) -> Error {
+        guard error is DecodeError else { return error }
+        func reason(_ error: Error) -> String { (error as? DecodeError)?.reason ?? "\(error)" }
+        if let snapshot, let at = snapshotLocation, let lsn = snapshotLSN {
+            do { try decodeSnapshot(snapshot) } catch {
+                return LogRecordDecodeError(file: at.file, offset: at.offset, lsn: lsn, type: 0, reason: reason(error), kind: kind)
+            }
+        }
+        for (index, record) in records.enumerated() where index < recordLocations.count {
+            do { try decode(record) } catch {
+                let at = recordLocations[index]
+                return LogRecordDecodeError(file: at.file, offset: at.offset, lsn: record.lsn, type: record.type,
+                                            reason: reason(error), kind: kind)
+            }
+        }
+        return error
     }
 }
 

@@ -198,6 +198,21 @@ enum SegmentScanner {
             // A valid header with a wrong number or LSN is never a torn write.
             let headerWasIntact = bytes.count >= headerBytes && Array(bytes[0..<8]) == LogFormat.magic
                 && LogFormat.u32(bytes, 28) == CRC32C.checksum(Array(bytes[0..<28]))
+            if headerWasIntact, let expectedLSN, LogFormat.u32(bytes, 8) == LogFormat.version, LogFormat.u64(bytes, 12) == number {
+                // Only the first LSN is unexpected. A segment that starts past LSN 1 begins with
+                // a checkpoint; when that record is damaged, recovery finds no checkpoint and
+                // expects LSN 1, and blaming the intact header hid where the damage is.
+                let firstLSN = LogFormat.u64(bytes, 20)
+                var firstRecordBad = true
+                if !isZero(bytes, from: headerBytes), case .success = decodeRecord(bytes, at: headerBytes) { firstRecordBad = false }
+                let trusted = scan(file: file, bytes: bytes, number: number, expectedLSN: nil, isLast: isLast)
+                if firstRecordBad, trusted.records.isEmpty, case .corrupt(let offset, let reason) = trusted.end, offset == headerBytes {
+                    let isCheckpoint = bytes.count > headerBytes + 8 && bytes[headerBytes + 8] == LogFormat.checkpointType
+                    let what = isCheckpoint ? "checkpoint record (LSN \(firstLSN))" : "first record (the header says LSN \(firstLSN), expected \(expectedLSN))"
+                    return SegmentScan(file: file, size: bytes.count, header: nil, records: [],
+                                       end: .corrupt(offset: offset, reason: "\(what) damaged: \(reason)"))
+                }
+            }
             let end: SegmentEnd = headerWasIntact
                 ? .corrupt(offset: 0, reason: headerProblem!)
                 : classify(0, headerProblem!, nextLSN: expectedLSN ?? 1, afterARecord: false)

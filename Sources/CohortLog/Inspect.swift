@@ -7,6 +7,8 @@ public struct LogInspection {
         public let payloadBytes: Int
         /// Where the record starts in its segment file.
         public let offset: Int
+        /// The payload itself, for a report that decodes it (read once, with the segment).
+        public let payload: [UInt8]
     }
 
     public struct Problem: Equatable, CustomStringConvertible {
@@ -58,6 +60,9 @@ public struct LogInspection {
 }
 
 extension DurableLog {
+    /// Whether `name` is a segment file's name (`0000000000000001.log`: 16 lowercase hex digits).
+    public static func isSegmentFileName(_ name: String) -> Bool { LogFormat.segmentNumber(fileName: name) != nil }
+
     /// Reads every segment and reports records and the first problem in each, never modifying
     /// anything. It reads as recovery does from the newest checkpoint on (a log without one must
     /// begin at LSN 1); unlike recovery it also reads the segments before it, and reports their
@@ -91,6 +96,21 @@ extension DurableLog {
                 let (file, read) = try Recovery.readAll(storage, entry.name, fromDisk: false)
                 file.close()
                 bytes = read
+            } catch let error as LogCorruptionError {
+                // Too big to be a segment: reported, not read, as recovery refuses it.
+                let size = (try? Recovery.fileSize(storage, entry.name)) ?? 0
+                segments.append(LogInspection.Segment(file: entry.name, number: entry.number, sizeBytes: size, recordsEndBytes: 0, firstLSN: nil, records: [],
+                                                      problem: .init(kind: index < start ? .superseded : .corruption, file: entry.name, offset: error.offset, reason: error.reason)))
+                expectedLSN = nil
+                expectedNumber = entry.number + 1
+                continue
+            } catch let error as LogFileNotRegularError {
+                segments.append(LogInspection.Segment(file: entry.name, number: entry.number, sizeBytes: 0, recordsEndBytes: 0, firstLSN: nil, records: [],
+                                                      problem: .init(kind: index < start ? .superseded : .corruption, file: entry.name, offset: 0,
+                                                                     reason: "not a regular file (it is \(error.kind)): not read")))
+                expectedLSN = nil
+                expectedNumber = entry.number + 1
+                continue
             } catch {
                 return LogInspection(storageName: storage.name, segments: segments,
                                      storageProblem: "cannot read \(entry.name): \(error)")
@@ -129,7 +149,7 @@ extension DurableLog {
                 file: entry.name, number: entry.number, sizeBytes: bytes.count, recordsEndBytes: scan.goodBytes,
                 firstLSN: scan.header?.firstLSN,
                 records: scan.records.map { .init(lsn: $0.record.lsn, type: $0.record.type,
-                                                  payloadBytes: $0.record.payload.count, offset: $0.offset) },
+                                                  payloadBytes: $0.record.payload.count, offset: $0.offset, payload: $0.record.payload) },
                 problem: problem))
             expectedLSN = scan.nextLSN
             expectedNumber = entry.number + 1

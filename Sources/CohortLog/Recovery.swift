@@ -21,12 +21,23 @@ struct Recovery {
     static func readAll(_ storage: LogStorage, _ name: String, fromDisk: Bool = true) throws -> (LogFile, [UInt8]) {
         let file = try storage.open(name, create: false)
         do {
+            // Before anything is read or synced: a sparse 2 GiB file was read whole.
+            let size = try file.size()
+            guard size <= Limits.segmentFileBytesMax else {
+                throw LogCorruptionError(file: name, offset: 0, reason: "the file is \(size) bytes, more than a segment can hold (\(Limits.segmentFileBytesMax) at most): damage, not read")
+            }
             if fromDisk { try file.readFromDiskFromNowOn() }
-            return (file, try file.read(offset: 0, count: try file.size()))
+            return (file, try file.read(offset: 0, count: size))
         } catch {
             file.close()
             throw error
         }
+    }
+
+    static func fileSize(_ storage: LogStorage, _ name: String) throws -> Int {
+        let file = try storage.open(name, create: false)
+        defer { file.close() }
+        return try file.size()
     }
 
     /// Whether the segment's first record is a complete, valid checkpoint. Reads only that much.
@@ -92,6 +103,8 @@ struct Recovery {
         var snapshot: [UInt8]?
         var snapshotLSN: UInt64?
         var records: [LogRecord] = []
+        var locations: [LogRecordLocation] = []
+        var snapshotLocation: LogRecordLocation?
         var bytesSinceCheckpoint = 0
         var truncatedTail: TornTail?
         var live: [(number: UInt64, file: LogFile, size: Int, allocated: Int)] = []
@@ -127,9 +140,11 @@ struct Recovery {
                 if trustHeader && index == 0 && scanned.record.type == LogFormat.checkpointType {
                     snapshot = scanned.record.payload
                     snapshotLSN = scanned.record.lsn
+                    snapshotLocation = LogRecordLocation(file: name, offset: scanned.offset)
                     bytesSinceCheckpoint = 0
                 } else {
                     records.append(scanned.record)
+                    locations.append(LogRecordLocation(file: name, offset: scanned.offset))
                     bytesSinceCheckpoint += scanned.encodedBytes
                 }
             }
@@ -157,6 +172,8 @@ struct Recovery {
         var recovered = RecoveredLog(snapshot: snapshot, snapshotLSN: snapshotLSN, records: records,
                                      truncatedTail: truncatedTail, nextLSN: nextLSN)
         recovered.removedUnfinishedSegments = unfinished.sorted()
+        recovered.recordLocations = locations
+        recovered.snapshotLocation = snapshotLocation
         return Recovery(recovered: recovered, nextLSN: nextLSN, bytesSinceCheckpoint: bytesSinceCheckpoint,
                         lastSegment: live.last, nextSegmentNumber: (live.last?.number ?? 0) + 1,
                         liveSegments: live.map(\.number), syncs: syncs)

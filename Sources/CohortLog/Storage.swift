@@ -70,6 +70,15 @@ public struct StorageFaultSyntaxError: Error, CustomStringConvertible, Equatable
     public var description: String { "bad COHORT_FAULT value \"\(value)\": \(reason)" }
 }
 
+/// A file under a log file's name is not a regular file (a FIFO, a device, a directory):
+/// damage or a mistake, never something the log made.
+public struct LogFileNotRegularError: Error, CustomStringConvertible, Equatable {
+    public let path: String
+    /// "a FIFO", "a character device", ...
+    public let kind: String
+    public var description: String { "\(path) is not a regular file (it is \(kind)); the log's files always are" }
+}
+
 /// Log storage in a directory on disk. `LogFile.sync` is fdatasync: the log never needs the
 /// file's timestamps durable, only its data and size.
 public final class FileLogStorage: LogStorage {
@@ -104,8 +113,14 @@ public final class FileLogStorage: LogStorage {
 
     public func list() throws -> [String] { try PosixFS.listDirectory(directory) }
 
+    /// Refuses anything but a regular file (a symlink to one is fine) before opening it: the log
+    /// only ever makes regular files, and a FIFO or device under a segment's name failed as
+    /// "fdatasync: Invalid argument" at start, or read as an empty segment (/dev/zero's size
+    /// is 0). Checked before the open, since opening a device can itself have effects.
     public func open(_ file: String, create: Bool) throws -> LogFile {
-        FileLogFile(storage: self, file: try PosixFile(path: path(file), create: create))
+        let path = path(file)
+        if let kind = PosixFS.nonRegularFileKind(path) { throw LogFileNotRegularError(path: path, kind: kind) }
+        return FileLogFile(storage: self, file: try PosixFile(path: path, create: create))
     }
 
     public func remove(_ file: String) throws { try PosixFS.remove(path(file)) }

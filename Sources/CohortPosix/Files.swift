@@ -186,6 +186,22 @@ public enum PosixFS {
         return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
     }
 
+    /// What `path` is (following symlinks) when it exists and is not a regular file: "a FIFO",
+    /// "a character device", and so on; nil for a regular file or a path that does not exist.
+    public static func nonRegularFileKind(_ path: String) -> String? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        switch info.st_mode & S_IFMT {
+        case S_IFREG: return nil
+        case S_IFDIR: return "a directory"
+        case S_IFIFO: return "a FIFO"
+        case S_IFCHR: return "a character device"
+        case S_IFBLK: return "a block device"
+        case S_IFSOCK: return "a socket"
+        default: return "a special file"
+        }
+    }
+
     /// Replaces `path` with `bytes` so that a crash leaves either the old or the new content:
     /// write a temporary file, sync it, rename it over, sync the directory.
     public static func writeFileAtomically(_ path: String, _ bytes: [UInt8]) throws {
