@@ -44,7 +44,13 @@ public struct Arguments {
                     if let inline {
                         values[name] = inline
                     } else {
-                        guard i + 1 < argv.count else { throw UsageError("--\(name) needs a value") }
+                        // A next word that is itself an option means the value was left out:
+                        // `--data --check-flags` must not make a directory named `--check-flags`
+                        // (and start the server). A value that really starts with `--` can be
+                        // given as `--data=--x`. Negative numbers (`-1`) have one dash and pass.
+                        guard i + 1 < argv.count, !argv[i + 1].hasPrefix("--") else {
+                            throw UsageError("--\(name) needs a value")
+                        }
                         i += 1
                         values[name] = argv[i]
                     }
@@ -63,6 +69,14 @@ public struct Arguments {
     public func has(_ flag: String) -> Bool { flags.contains(flag) }
 
     public func string(_ name: String) -> String? { values[name] }
+
+    /// The value of `--name` when given, refused when empty: `--stream ''` from a script whose
+    /// variable was unset must not become a stream named "" (or silently the default).
+    public func nonEmpty(_ name: String) throws -> String? {
+        guard let v = values[name] else { return nil }
+        guard !v.isEmpty else { throw UsageError("--\(name) must not be empty") }
+        return v
+    }
 
     public func required(_ name: String) throws -> String {
         guard let v = values[name], !v.isEmpty else { throw UsageError("--\(name) is required") }

@@ -87,11 +87,23 @@ public enum Limits {
     /// The longest duration a scenario file may give a step, a wait or a run: scenarios run in
     /// one sitting, so a day is already a typo (`"99999h"` must not validate and then hang).
     public static let scenarioDurationMsMax: Int64 = 86_400_000
+    /// A scenario workload given as a count (not a duration) is stopped after this, and the
+    /// outbox producer must finish within it: the window a scenario's faults start in.
+    public static let scenarioCountedWorkloadMsMax: Int64 = 60_000
+    /// How far a fault's effects (a pause, a partition, a restart delay, the last random kill)
+    /// may reach past the end of the workload. The runner waits for every fault to end before
+    /// it checks, so `"pause": {"duration": "24h"}` after a 3 s workload validated and then
+    /// hung the run; the longest in Scenarios/ reaches 5 s past.
+    public static let scenarioFaultOverrunMsMax: Int64 = 60_000
 
     // MARK: HTTP
     /// Longest chunk-size line of a chunked body (size, extensions): past it the request is 400.
     public static let httpChunkSizeLineBytesMax = 1024
     public static let httpHeaderBytesMax = 16 << 10
+    /// Longest bearer token a program accepts (`--token-file`, `COHORT_TOKEN`): it is sent in
+    /// every request's header section, which must also hold the request line and the other
+    /// headers within `httpHeaderBytesMax`. Long signed tokens (JWTs) stay well under it.
+    public static let bearerTokenBytesMax = 4096
     public static let httpHeaderCountMax = 64
     public static let httpBodyBytesMax = 1 << 20
     public static let httpConnectionsMax = 1024
@@ -189,6 +201,13 @@ public enum Limits {
     public static let retryBudgetAttempts = 10
     public static let retryBudgetMs: Int64 = 60_000
     public static let parkedRetryDelayMs: Int64 = 30_000
+    /// The least `cohortd --retry-budget` and `--parked-retry-delay` accept. A parked
+    /// transaction is re-sent every parked delay with no backoff, so 0 (accepted once) made a
+    /// hot loop of about 900 commits a second for one transaction whose participant was down;
+    /// a budget shorter than the first backoff steps parks every transaction at its first
+    /// failed delivery, and `parked` no longer singles out the stuck ones.
+    public static let retryBudgetMsMin: Int64 = 1_000
+    public static let parkedRetryDelayMsMin: Int64 = 1_000
     /// 3PC: the coordinator's wait for pre-commit acknowledgements.
     public static let preCommitTimeoutMs: Int64 = 2_000
     /// 3PC: a coordinator without authority asks participants for the outcome this often.

@@ -27,8 +27,10 @@ public enum Txctl {
         }
     }
 
-    /// The words that are not options or option values, in order.
-    static func words(_ argv: [String]) -> [String] {
+    /// The words that are not options or option values, in order. An option left without its
+    /// value (at the end, or followed by another option) is refused here, before the command is
+    /// looked for: a lone `txctl --coordinator` said "no command given".
+    static func words(_ argv: [String]) throws -> [String] {
         var out: [String] = []
         var i = 0
         let valued = globalValued.union(["state", "older-than", "limit", "reason", "operator", "interval"])
@@ -36,7 +38,10 @@ public enum Txctl {
             let a = argv[i]
             if a == "--" { out.append(contentsOf: argv[(i + 1)...]); break }
             if a.hasPrefix("--") {
-                if !a.contains("="), valued.contains(String(a.dropFirst(2))) { i += 1 }
+                if !a.contains("="), valued.contains(String(a.dropFirst(2))) {
+                    guard i + 1 < argv.count, !argv[i + 1].hasPrefix("--") else { throw UsageError("\(a) needs a value") }
+                    i += 1
+                }
             } else if a != "-h" {
                 out.append(a)
             }
@@ -50,7 +55,7 @@ public enum Txctl {
     }
 
     static func dispatch(_ argv: [String], _ ctx: CtlContext) throws {
-        let w = words(argv)
+        let w = try words(argv)
         let wantsHelp = argv.contains("--help") || argv.contains("-h")
         guard let command = w.first else {
             if wantsHelp { ctx.out(Help.main + "\n"); return }
@@ -104,11 +109,14 @@ public enum Txctl {
             guard let data = FileManager.default.contents(atPath: file) else {
                 throw CtlError.usage("cannot read token file \(file)")
             }
-            let t = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            guard !t.isEmpty else { throw CtlError.usage("token file \(file) is empty") }
+            // Checked before it goes into a header: a line break in it would send a header
+            // of its own (BearerToken).
+            do { return try BearerToken.fromFile([UInt8](data), file: file) } catch { throw CtlError.usage("\(error)") }
+        }
+        if let t = ctx.environment["COHORT_TOKEN"], !t.isEmpty {
+            do { try BearerToken.check(t, source: "COHORT_TOKEN") } catch { throw CtlError.usage("\(error)") }
             return t
         }
-        if let t = ctx.environment["COHORT_TOKEN"], !t.isEmpty { return t }
         return nil
     }
 
@@ -207,7 +215,7 @@ public enum Txctl {
     }
 
     static func agent(_ argv: [String], _ ctx: CtlContext) throws {
-        let w = words(argv)
+        let w = try words(argv)
         guard w.count >= 3 else {
             throw CtlError.usage("usage: txctl agent URL list|show|commit|abort ... (see txctl agent --help)")
         }
@@ -269,7 +277,7 @@ public enum Txctl {
     }
 
     static func outbox(_ argv: [String], _ ctx: CtlContext) throws {
-        let w = words(argv)
+        let w = try words(argv)
         guard w.count >= 3 else {
             throw CtlError.usage("usage: txctl outbox URL list [--dead] [--json] | txctl outbox URL replay ID")
         }

@@ -1,6 +1,7 @@
 import CohortClient
 import CohortCore
 import CohortHTTP
+import CohortOutbox
 import CohortRuntime
 import Foundation
 
@@ -146,7 +147,8 @@ extension DemoServiceOptions {
         port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
         host = args.string("host") ?? "127.0.0.1"
         if let b = args.string("broker") {
-            guard b.hasPrefix("redis://") else { throw UsageError("--broker must be redis://HOST:PORT") }
+            // Parsed here, as the start parses it, so `--check-flags` refuses what the start would.
+            do { _ = try parseRedisURL(b) } catch { throw UsageError("--broker: \(error)") }
             broker = b
         }
         if let advertise = args.string("advertise") {

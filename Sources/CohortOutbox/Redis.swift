@@ -172,7 +172,10 @@ public func parseRedisURL(_ url: String) throws -> (host: String, port: Int) {
     guard url.hasPrefix("redis://") else { throw RedisError.badURL(url) }
     var rest = String(url.dropFirst("redis://".count))
     while rest.hasSuffix("/") { rest.removeLast() }
-    guard let colon = rest.lastIndex(of: ":") else { return (rest.isEmpty ? "127.0.0.1" : rest, 6379) }
+    // No host is refused, not read as 127.0.0.1: `redis://$HOST:6379` with HOST unset must
+    // not reach a local Redis that happens to run.
+    guard !rest.isEmpty, !rest.hasPrefix(":") else { throw RedisError.badURL(url) }
+    guard let colon = rest.lastIndex(of: ":") else { return (rest, 6379) }
     let host = String(rest[..<colon])
     guard let port = Int(rest[rest.index(after: colon)...]), (1...65535).contains(port), !host.isEmpty else {
         throw RedisError.badURL(url)

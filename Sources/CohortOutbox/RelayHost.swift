@@ -27,6 +27,13 @@ public func checkOutboxSinkURL(_ url: String) throws {
     throw OutboxSinkURLError(description: "sink must be http://HOST:PORT/PATH (an inbox endpoint) or redis://HOST:PORT; got \"\(url)\"")
 }
 
+/// `--db PATH` of the outbox programs, checked with the other flags (so `--check-flags` and the
+/// start agree): a directory there passed the flag check and then failed to open as "sqlite
+/// error 14". A missing file is fine where the program creates it.
+public func checkDatabasePath(_ path: String, flag: String = "db") throws {
+    if PosixFS.isDirectory(path) { throw UsageError("--\(flag) \(path) is a directory; give the SQLite database file") }
+}
+
 public struct OutboxSinkURLError: Error, CustomStringConvertible {
     public let description: String
 }

@@ -233,11 +233,12 @@ public func loadToken(file: String?) throws -> String? {
     if let file {
         let bytes: [UInt8]
         do { bytes = try PosixFS.readFile(file) } catch { throw StartupError("cannot read token file \(file): \(error)") }
-        let token = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        guard !token.isEmpty else { throw StartupError("token file \(file) is empty") }
-        return token
+        do { return try BearerToken.fromFile(bytes, file: file) } catch { throw StartupError("\(error)") }
     }
-    if let env = ProcessInfo.processInfo.environment["COHORT_TOKEN"], !env.isEmpty { return env }
+    if let env = ProcessInfo.processInfo.environment["COHORT_TOKEN"], !env.isEmpty {
+        do { try BearerToken.check(env, source: "COHORT_TOKEN") } catch { throw StartupError("\(error)") }
+        return env
+    }
     return nil
 }
 

@@ -29,6 +29,9 @@ public enum TxScenarioCommand {
         public var err: (String) -> Void
         /// `txscenario simulate ARGS`: the deterministic simulation (another module's).
         public var simulate: ([String]) -> Int32
+        /// `run` hands over its runner before the first scenario starts, so that the executable
+        /// can stop the runner's processes on a signal (`ScenarioRunner.stop`).
+        public var runnerStarted: (ScenarioRunner) -> Void = { _ in }
         public init(out: @escaping (String) -> Void, err: @escaping (String) -> Void, simulate: @escaping ([String]) -> Int32) {
             self.out = out
             self.err = err
@@ -127,8 +130,14 @@ public enum TxScenarioCommand {
             io.err("error: \(problem)\n")
             return 2
         }
+        var isFolder: ObjCBool = false
+        if FileManager.default.fileExists(atPath: reportPath, isDirectory: &isFolder), isFolder.boolValue {
+            io.err("error: --report: \(reportPath) is a folder; give the report's file name, e.g. \((reportPath as NSString).appendingPathComponent("txscenario-report.json"))\n")
+            return 2
+        }
         let runner = ScenarioRunner(options: options)
         if args.has("verbose") { runner.progress = { io.err($0 + "\n") } }
+        io.runnerStarted(runner)
         let started = Date()
         var results: [ScenarioResult] = []
         io.out(Report.header() + "\n")

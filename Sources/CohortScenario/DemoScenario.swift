@@ -90,7 +90,7 @@ extension Parser {
         var w = DemoOrderWorkload()
         w.clients = try int(o, "clients", at, range: 1...64) ?? 4
         w.count = try int(o, "count", at, range: 1...1_000_000)
-        w.durationMs = try duration(o, "duration", at)
+        w.durationMs = try duration(o, "duration", at, positive: true)
         if w.count == nil && w.durationMs == nil { throw fail(at, "give \"count\" or \"duration\"") }
         if let modes = try stringList(o, "modes", at) {
             guard !modes.isEmpty else { throw fail("\(at).modes", "expected at least one mode") }

@@ -89,7 +89,8 @@ extension Parser {
         w.poisonEvery = try int(o, "poison_every", at, range: 2...1_000_000)
         w.threads = try int(o, "threads", at, range: 1...8) ?? 1
         // The producer runs for count / rate seconds; the runner waits for it at most 60 s.
-        guard w.count <= w.rate * 60 else { throw fail(at, "count / rate must be at most 60 s of production, got \(w.count) / \(w.rate)") }
+        let seconds = Int(Limits.scenarioCountedWorkloadMsMax / 1000)
+        guard w.count <= w.rate * seconds else { throw fail(at, "count / rate must be at most \(seconds) s of production, got \(w.count) / \(w.rate)") }
         return w
     }
 

@@ -52,11 +52,36 @@ public final class ScenarioRunner: @unchecked Sendable {
     /// Progress lines (the executable prints them to stderr with --verbose).
     public var progress: (String) -> Void = { _ in }
 
+    private let stateLock = NSLock()
+    private var current: ScenarioRun?
+    private var stopped = false
+
     public init(options: Options) { self.options = options }
 
     public func run(_ scenario: Scenario) -> ScenarioResult {
         let run = ScenarioRun(scenario: scenario, options: options, progress: progress)
+        let refused = stateLock.withLock { () -> Bool in
+            current = run
+            return stopped
+        }
+        if refused { run.stopProcesses() }  // then every start is refused and the run fails at once
+        defer { stateLock.withLock { current = nil } }
         return run.execute()
+    }
+
+    /// Stops the processes of the scenario running now (SIGTERM, then SIGKILL after 3 s) and
+    /// refuses every later start; returns that scenario's data directory, which is kept. For
+    /// `txscenario run`'s SIGINT/SIGTERM handler, which then ends the process: the servers
+    /// are children that would otherwise run on under pid 1. Any thread.
+    @discardableResult
+    public func stop() -> String? {
+        let run = stateLock.withLock { () -> ScenarioRun? in
+            stopped = true
+            return current
+        }
+        guard let run else { return nil }
+        run.stopProcesses()
+        return run.dataDir
     }
 }
 
@@ -86,6 +111,11 @@ final class ScenarioRun: @unchecked Sendable {
     var startFailures: [String: String] = [:]
     private var unexpectedExits: [String] = []
     private var paused: Set<String> = []
+    /// Every process this run started (restarts included), and whether `stopProcesses` ran:
+    /// a stop and a start are serialized by `lock`, so no child is started after the stop
+    /// collected the list.
+    private var spawned: [ManagedProcess] = []
+    private var stopping = false
 
     /// The outbox topology's state (OutboxRun.swift); nil for cohortd + agents.
     var outboxRun: OutboxRunState?
@@ -171,11 +201,11 @@ final class ScenarioRun: @unchecked Sendable {
             let p = ManagedProcess(name: name, executable: executable,
                                    arguments: args, environment: env, logDirectory: logDir, attempt: attempt)
             do {
+                try spawn(p)
                 if let redis, name == "redis" {
-                    try p.start(waitForListening: false)
                     try redis.waitReady(p)
                 } else {
-                    try p.start(timeoutMs: 20_000)
+                    _ = try p.waitForListeningLine(timeoutMs: 20_000)
                 }
                 lock.lock()
                 procs[name] = p
@@ -205,6 +235,26 @@ final class ScenarioRun: @unchecked Sendable {
         lock.lock(); startFailures[name] = lastError; lock.unlock()
         event("cannot start \(name): \(lastError)")
         return false
+    }
+
+    /// Starts `p` unless the run is being stopped (`stopProcesses`).
+    private func spawn(_ p: ManagedProcess) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !stopping else { throw ManagedProcessError("the run was stopped") }
+        try p.start(waitForListening: false)
+        spawned.append(p)
+    }
+
+    /// Ends every process the run started, paused ones too, and refuses later starts (a signal
+    /// to txscenario). Any thread; the run's own thread may still be at work.
+    func stopProcesses() {
+        lock.lock()
+        stopping = true
+        let all = spawned
+        lock.unlock()
+        for p in all where p.isRunning { p.resume(); p.signalTerminate() }
+        for p in all { p.terminate(timeoutMs: 3000) }
     }
 
     func kill(_ name: String, why: String) {
@@ -336,7 +386,7 @@ final class ScenarioRun: @unchecked Sendable {
                 schedule(at: at(r.start), "network") { [self] in event("network \(r.link): \(r.rule.action.rawValue)\(r.rule.match.map { " matching \"\($0)\"" } ?? "") for \(r.end - r.start)ms") }
             }
             for (i, f) in scenario.faults.enumerated() { scheduleFault(i, f) }
-            let maxMs = (scenario.topology.isTCC ? scenario.tccWorkload.durationMs : scenario.workload.durationMs) ?? 60_000
+            let maxMs = scenario.workloadWindowMs
             let deadline = at(maxMs)
             let workloadDone = DispatchSemaphore(value: 0)
             let runningLoad = load

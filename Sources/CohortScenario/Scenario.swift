@@ -174,6 +174,12 @@ public struct Scenario: Sendable {
 
     public static let defaultChecks: [Check] = [.atomicity, .conservation, .committedMeansCommitted,
                                                 .noInDoubtWithin(30_000), .noLocksHeld]
+
+    /// How long the workload runs at most: its duration, or the most the runner gives a counted
+    /// one. Faults must start within it (`Parser.checkFaultTimes`).
+    public var workloadWindowMs: Int64 {
+        (topology.isTCC ? tccWorkload.durationMs : workload.durationMs) ?? Limits.scenarioCountedWorkloadMsMax
+    }
 }
 
 // MARK: - parsing
@@ -245,7 +251,10 @@ struct Parser {
         return b
     }
 
-    func duration(_ o: [String: JSONValue], _ key: String, _ at: String, required: Bool = false) throws -> Int64? {
+    /// `positive`: 0 is refused, for a length that makes the thing it times never happen (a
+    /// workload of 0s runs no transaction, a swizzle step of 0s cuts and heals every link at
+    /// once, a network rule of 0s acts on no request); the run then failed after the fact.
+    func duration(_ o: [String: JSONValue], _ key: String, _ at: String, required: Bool = false, positive: Bool = false) throws -> Int64? {
         guard let v = o[key] else {
             if required { throw fail(join(at, key), "required field is missing") }
             return nil
@@ -256,6 +265,7 @@ struct Parser {
         guard ms <= Limits.scenarioDurationMsMax else {
             throw fail(join(at, key), "\(s) is longer than a scenario may run (at most 24h)")
         }
+        if positive && ms == 0 { throw fail(join(at, key), "must be longer than 0s") }
         return ms
     }
 
@@ -275,6 +285,12 @@ struct Parser {
             throw fail("name", "use letters, digits, '-', '_' and '.' only")
         }
         let description = try string(root, "description", "") ?? ""
+        // `txscenario list` prints one line per scenario: a line break (or a NUL, or an escape
+        // sequence) in a description would break that output.
+        if let bad = description.unicodeScalars.first(where: { $0.properties.generalCategory == .control }) {
+            let hex = String(bad.value, radix: 16, uppercase: true)
+            throw fail("description", "must be one line of text without control characters (found U+\(String(repeating: "0", count: max(0, 4 - hex.count)) + hex))")
+        }
         let topology = try self.topology(root["topology"])
         var tccWorkload = TCCWorkloadConfig()
         var workload = Scenario.Workload()
@@ -293,8 +309,54 @@ struct Parser {
                 topology.outbox != nil ? try outboxCheck($1, "checks[\($0)]", topology) : try check($1, "checks[\($0)]", topology)
             }
         }
-        return Scenario(file: file, name: name, description: description, topology: topology, workload: workload,
-                        faults: faults, checks: checks, tccWorkload: tccWorkload)
+        let s = Scenario(file: file, name: name, description: description, topology: topology, workload: workload,
+                         faults: faults, checks: checks, tccWorkload: tccWorkload)
+        try checkFaultTimes(s)
+        return s
+    }
+
+    /// Every fault starts while the workload runs, and its effects end at most
+    /// `Limits.scenarioFaultOverrunMsMax` after it: the runner waits for each fault to end, so
+    /// a fault at 23h after a 3 s workload validated and then held the run for a day.
+    func checkFaultTimes(_ s: Scenario) throws {
+        let window = s.workloadWindowMs
+        let workload = (s.topology.isTCC ? s.tccWorkload.durationMs : s.workload.durationMs) != nil
+            ? "the workload's \(TimeFormat.duration(ms: window))"
+            : "the \(TimeFormat.duration(ms: window)) a counted workload runs at most"
+        for (i, f) in s.faults.enumerated() {
+            let at = "faults[\(i)]"
+            guard f.atMs < window else {
+                throw fail("\(at).at", "\(TimeFormat.duration(ms: f.atMs)) is not within \(workload): a fault must start while the workload runs")
+            }
+            let (field, span) = Parser.reach(f.kind)
+            let end = f.atMs + span
+            let limit = window + Limits.scenarioFaultOverrunMsMax
+            guard end <= limit else {
+                throw fail("\(at).\(field)", "this fault lasts until \(TimeFormat.duration(ms: end)), more than \(TimeFormat.duration(ms: Limits.scenarioFaultOverrunMsMax)) past \(workload); the runner waits for it to end")
+            }
+        }
+    }
+
+    /// How long after its start a fault still acts (the field that sets it, for the error):
+    /// the last step the runner schedules for it, as `ScenarioRun.scheduleFault` and
+    /// `networkRules` place them.
+    static func reach(_ kind: Scenario.FaultKind) -> (field: String, ms: Int64) {
+        switch kind {
+        case .crashPoint(_, _, _, let r, _): return ("crash_point.restart_after", r)
+        case .kill(_, let r): return ("kill.restart_after", r)
+        case .randomKills(_, let count, let gap, let r):
+            // Kills are `gap` plus up to half of it apart.
+            return ("random_kills", Int64(count - 1) * (gap + gap / 2) + r)
+        case .pause(_, let d): return ("pause.duration", d)
+        case .network(let rule): return ("network.duration", rule.durationMs + rule.delayMs)
+        case .swizzle(let ps, let step, let hold, _):
+            // Cut one link every step, hold, then heal one every step.
+            return ("swizzle.step", Int64(ps.count - 1) * step + hold + Int64(ps.count) * step)
+        case .fsyncFail(_, _, let r): return ("fsync_fail.restart_after", r)
+        case .tornWrite(_, _, _, _, let r): return ("torn_write.restart_after", r)
+        case .corruptRecord(_, _, let r): return ("corrupt_record.restart_after", r)
+        case .wipeData(_, _, let r): return ("wipe_data.restart_after", r)
+        }
     }
 
     func topology(_ v: JSONValue?) throws -> Scenario.Topology {
@@ -339,10 +401,20 @@ struct Parser {
                 let c = try object(cfg as JSONValue?, at, allowed: ["flags", "env"])
                 var pc = Scenario.ProcessConfig()
                 pc.flags = try stringList(c, "flags", at) ?? []
+                // A NUL cannot be passed in an argument or an environment value: it would cut
+                // the string there, and the process would run with something else.
+                for (i, f) in pc.flags.enumerated() where f.utf8.contains(0) { throw fail("\(at).flags[\(i)]", "contains a NUL character") }
                 if let e = c["env"] {
                     guard case .object(let env) = e else { throw fail("\(at).env", "expected an object of strings") }
-                    for (k, v) in env {
+                    for (k, v) in env.sorted(by: { $0.key < $1.key }) {
+                        // `"A=B": "1"` reached the process as A set to "B=1": a variable name is
+                        // letters, digits and '_', not starting with a digit.
+                        guard let first = k.unicodeScalars.first, !("0"..."9").contains(first),
+                              k.unicodeScalars.allSatisfy({ $0.isASCII && ($0 == "_" || $0.properties.isAlphabetic || ("0"..."9").contains($0)) }) else {
+                            throw fail("\(at).env.\(k)", "not an environment variable name (letters, digits and '_', not starting with a digit)")
+                        }
                         guard case .string(let s) = v else { throw fail("\(at).env.\(k)", "expected a string") }
+                        if s.utf8.contains(0) { throw fail("\(at).env.\(k)", "contains a NUL character") }
                         pc.env[k] = s
                     }
                 }
@@ -391,7 +463,7 @@ struct Parser {
         let t = try object(tv, at, allowed: ["clients", "count", "duration", "accounts", "initial_balance", "max_amount", "timeout_ms", "submit", "named_branches"])
         w.clients = try int(t, "clients", at, range: 1...64) ?? 4
         w.count = try int(t, "count", at, range: 1...1_000_000)
-        w.durationMs = try duration(t, "duration", at)
+        w.durationMs = try duration(t, "duration", at, positive: true)
         if w.count == nil && w.durationMs == nil { throw fail(at, "give \"count\" or \"duration\"") }
         w.accounts = try int(t, "accounts", at, range: 1...10_000) ?? 10
         w.initialBalance = Int64(try int(t, "initial_balance", at, range: 1...1_000_000_000) ?? 1000)
@@ -459,7 +531,7 @@ struct Parser {
                                 restartAfterMs: try duration(k, "restart_after", path) ?? restartDefault)
         case "pause":
             let k = try object(o[kindName], path, allowed: ["process", "duration"])
-            kind = .pause(process: try process(k, "process", path, t), durationMs: try duration(k, "duration", path, required: true)!)
+            kind = .pause(process: try process(k, "process", path, t), durationMs: try duration(k, "duration", path, required: true, positive: true)!)
         case "network":
             let k = try object(o[kindName], path, allowed: ["link", "action", "probability", "delay", "duration", "match"])
             let link = try string(k, "link", path, required: true)!
@@ -472,7 +544,7 @@ struct Parser {
             guard let action = Scenario.NetworkAction(rawValue: a) else {
                 throw fail("\(path).action", "expected one of \(Scenario.NetworkAction.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(a)\"")
             }
-            var rule = Scenario.NetworkRule(link: link, action: action, durationMs: try duration(k, "duration", path, required: true)!)
+            var rule = Scenario.NetworkRule(link: link, action: action, durationMs: try duration(k, "duration", path, required: true, positive: true)!)
             if let pv = k["probability"] {
                 guard case .number(let n) = pv, n > 0, n <= 1 else {
                     throw fail("\(path).probability", "expected a number in (0, 1]")
@@ -495,7 +567,7 @@ struct Parser {
             for (i, p) in ps.enumerated() where !t.agentNames.contains(p) {
                 throw fail("\(path).processes[\(i)]", "unknown agent \"\(p)\" (known: \(t.agentNames.joined(separator: ", ")))")
             }
-            kind = .swizzle(processes: ps, stepMs: try duration(k, "step", path, required: true)!,
+            kind = .swizzle(processes: ps, stepMs: try duration(k, "step", path, required: true, positive: true)!,
                             holdMs: try duration(k, "hold", path) ?? 0,
                             seed: UInt64(try int(k, "seed", path, range: 0...Int(Int32.max)) ?? 1))
         case "fsync_fail":

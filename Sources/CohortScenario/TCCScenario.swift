@@ -39,7 +39,7 @@ extension Parser {
         let t = try object(tv, at, allowed: ["clients", "count", "duration", "skus", "initial_stock", "max_qty", "timeout_ms", "abort_fraction"])
         w.clients = try int(t, "clients", at, range: 1...64) ?? 4
         w.count = try int(t, "count", at, range: 1...1_000_000)
-        w.durationMs = try duration(t, "duration", at)
+        w.durationMs = try duration(t, "duration", at, positive: true)
         if w.count == nil && w.durationMs == nil { throw fail(at, "give \"count\" or \"duration\"") }
         w.skus = try int(t, "skus", at, range: 1...100) ?? 3
         w.initialStock = Int64(try int(t, "initial_stock", at, range: 1...1_000_000_000) ?? 100_000)

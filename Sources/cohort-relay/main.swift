@@ -47,6 +47,8 @@ do {
     }
     guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
     let db = try args.required("db")
+    try checkDatabasePath(db)
+    let stream = try args.nonEmpty("stream") ?? "cohort-outbox"
     let sinkURL = try args.required("sink")
     do { try checkOutboxSinkURL(sinkURL) } catch { throw UsageError("--sink: \(error)") }
     var config = RelayConfig()
@@ -67,8 +69,9 @@ do {
     var token: String?
     if let f = args.string("token-file") {
         guard let d = FileManager.default.contents(atPath: f) else { throw UsageError("cannot read --token-file \(f)") }
-        token = String(decoding: d, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        do { token = try BearerToken.fromFile([UInt8](d), file: f) } catch { throw UsageError("\(error)") }
     } else if let t = ProcessInfo.processInfo.environment["COHORT_TOKEN"], !t.isEmpty {
+        do { try BearerToken.check(t, source: "COHORT_TOKEN") } catch { throw UsageError("\(error)") }
         token = t
     }
     // The database is the service's, made when it starts: a scenario checks the flags before.
@@ -78,7 +81,7 @@ do {
     let loop = try EventLoop()
     let store: OutboxStore
     do { store = try OutboxStore(path: db, requireOutboxTable: true) } catch let e as OutboxStoreError { fail("\(e)", status: 1) } catch { fail("cannot open \(db): \(error)", status: 1) }
-    let sink = try makeOutboxSink(url: sinkURL, stream: args.string("stream") ?? "cohort-outbox", loop: loop,
+    let sink = try makeOutboxSink(url: sinkURL, stream: stream, loop: loop,
                                   bearerToken: token, streamMaxLength: maxLen)
     let relay = OutboxRelay(store: store, sink: sink, loop: loop, config: config)
     relay.onProblem = { StandardStream.err("relay: \($0)\n") }

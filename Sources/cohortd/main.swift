@@ -17,8 +17,9 @@ The Cohort coordinator: drives two-phase commit (presumed abort) over participan
   --checkpoint-interval D      also checkpoint this often when anything was logged since,
                                1s-10m (default 10m)
   --retry-budget-attempts N    park a committing transaction after N delivery attempts to a branch (default 10)
-  --retry-budget DURATION      ... or this long after its commit decision (default 60s)
-  --parked-retry-delay DURATION  how often a parked transaction is still retried (default 30s)
+  --retry-budget DURATION      ... or this long after its commit decision, at least 1s (default 60s)
+  --parked-retry-delay DURATION  how often a parked transaction is still retried, at least 1s
+                               (default 30s)
 \(ServerMain.sharedFlagsUsage)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list, COHORT_FAULT=fsync-fail[:K]
 """
@@ -37,8 +38,17 @@ exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage:
         options.checkpointIntervalMs = ms
     }
     if let n = try args.int("retry-budget-attempts", range: 1...1_000_000) { options.retryBudgetAttempts = n }
-    if let ms = try args.durationMs("retry-budget") { options.retryBudgetMs = ms }
-    if let ms = try args.durationMs("parked-retry-delay") { options.parkedRetryDelayMs = max(ms, 1) }
+    // Floors, as for --checkpoint-interval: 0s parked a transaction at its first failed delivery
+    // and re-sent it every millisecond from then on, some 900 commits a second for one
+    // transaction with a participant down.
+    if let ms = try args.durationMs("retry-budget") {
+        guard ms >= Limits.retryBudgetMsMin else { throw UsageError("--retry-budget must be at least \(TimeFormat.duration(ms: Limits.retryBudgetMsMin)), got \(args.string("retry-budget")!)") }
+        options.retryBudgetMs = ms
+    }
+    if let ms = try args.durationMs("parked-retry-delay") {
+        guard ms >= Limits.parkedRetryDelayMsMin else { throw UsageError("--parked-retry-delay must be at least \(TimeFormat.duration(ms: Limits.parkedRetryDelayMsMin)), got \(args.string("parked-retry-delay")!)") }
+        options.parkedRetryDelayMs = ms
+    }
     options.token = try loadToken(file: args.string("token-file"))
     return (options.host, { loop, onFatal in try CoordinatorServer(options: options, loop: loop, onFatal: onFatal) })
 })

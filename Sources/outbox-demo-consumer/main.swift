@@ -71,10 +71,18 @@ do {
     }
     guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
     let db = try args.required("db")
+    try checkDatabasePath(db)
     guard let port = try args.int("port", range: 0...65535) else { throw UsageError("--port is required") }
     let syncArg = args.string("sync") ?? "full"
     guard let sync = ["full": SyncMode.full, "normal": .normal][syncArg] else { throw UsageError("--sync must be full or normal") }
     let acceptPoison = args.has("accept-poison")
+    // Checked with the flags, so `--check-flags` refuses what the start would (an empty group
+    // or stream name was taken as given).
+    let redisURL = args.string("redis")
+    if let redisURL { do { _ = try parseRedisURL(redisURL) } catch { throw UsageError("--redis: \(error)") } }
+    let stream = try args.nonEmpty("stream") ?? "cohort-outbox"
+    let group = try args.nonEmpty("group") ?? "demo"
+    let consumerName = try args.nonEmpty("name")
     if args.has(Arguments.checkFlags) { exit(0) }
     ProcessEnv.ignoreSIGPIPE()
 
@@ -118,7 +126,6 @@ do {
                          lagP50Ms: try pct(0.5), lagP99Ms: try pct(0.99), lagMaxMs: try one("SELECT MAX(lag_ms) FROM effects"),
                          duplicatesSinceStart: dupes())
     }
-    let redisURL = args.string("redis")
     let dupLock = NSLock()
     var dupCount = 0
     func dupes() -> Int { dupLock.withLock { dupCount } }
@@ -136,8 +143,8 @@ do {
     var reader: RedisStreamReader?
     var readerThread: PosixThread?
     if let redisURL {
-        let r = try RedisStreamReader(url: redisURL, stream: args.string("stream") ?? "cohort-outbox", group: args.string("group") ?? "demo",
-                                      consumer: args.string("name") ?? RedisStreamReader.defaultConsumerName(inboxPath: db, currentDirectory: FileManager.default.currentDirectoryPath), inbox: inbox, effect: effect)
+        let r = try RedisStreamReader(url: redisURL, stream: stream, group: group,
+                                      consumer: consumerName ?? RedisStreamReader.defaultConsumerName(inboxPath: db, currentDirectory: FileManager.default.currentDirectoryPath), inbox: inbox, effect: effect)
         r.onProblem = { StandardStream.err("consumer: \($0)\n") }
         r.onBatch = { results in
             let d = results.filter { $0.status == "duplicate" }.count

@@ -68,6 +68,9 @@ do {
     }
     guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
     let db = try args.required("db")
+    try checkDatabasePath(db)
+    let stream = try args.nonEmpty("stream") ?? "cohort-outbox"
+    let name = try args.nonEmpty("name")
     let count = try args.int("count", default: 1000, range: 0...1_000_000_000)!
     let rate = try args.int("rate", range: 1...10_000_000)
     let keys = try args.int("keys", default: 100, range: 1...10_000_000)!
@@ -85,7 +88,7 @@ do {
     if args.has(Arguments.checkFlags) { exit(0) }
 
     // Schema once, then one connection per thread.
-    let setup = try Outbox(path: db, sync: sync, name: args.string("name"))
+    let setup = try Outbox(path: db, sync: sync, name: name)
     try setup.execute("""
         CREATE TABLE IF NOT EXISTS orders(id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, seq INTEGER NOT NULL, created_ms INTEGER NOT NULL);
         CREATE TABLE IF NOT EXISTS key_seq(key TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
@@ -108,7 +111,7 @@ do {
         ProcessEnv.ignoreSIGPIPE()
         let l = try EventLoop()
         loop = l
-        let sink = try makeOutboxSink(url: sinkURL, stream: args.string("stream") ?? "cohort-outbox", loop: l)
+        let sink = try makeOutboxSink(url: sinkURL, stream: stream, loop: l)
         let r = OutboxRelay(store: try OutboxStore(path: db), sink: sink, loop: l)
         r.onProblem = { StandardStream.err("relay: \($0)\n") }
         relay = r

@@ -327,4 +327,61 @@ final class BadInputTests: XCTestCase {
             XCTAssertTrue(r.stderr.hasPrefix("error: --sink: sink must be http://"), "\(program): \(r.stderr)")
         }
     }
+
+    /// What `--check-flags` accepts, the start accepts, and the other way round (the black-box
+    /// probe found flags that passed the check and then failed or silently defaulted at start),
+    /// and a flag's value is never the next option.
+    func testCheckFlagsAgreesWithTheStart() throws {
+        let bin = try binDirectory()
+        let dir = tempPath("cohort-agree-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let coordinator = ["--coordinator", "http://127.0.0.1:1"]
+        let demo = ["--data", dir + "/o", "--port", "0", "--inventory", "http://127.0.0.1:1"] + coordinator
+        let tokenDir = dir + "/tokens"
+        try FileManager.default.createDirectory(atPath: tokenDir, withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: tokenDir + "/two-lines", contents: Data("abc\ndef\n".utf8))
+        _ = FileManager.default.createFile(atPath: tokenDir + "/nul", contents: Data([0x61, 0, 0x62]))
+        _ = FileManager.default.createFile(atPath: tokenDir + "/big", contents: Data(repeating: 0x61, count: 133_000))
+        // (program, command line, exit status, the error's start)
+        let cases: [(String, [String], Int32, String)] = [
+            // A value that is the next option: the server started with a data directory named
+            // "--check-flags" instead of checking.
+            ("cohortd", ["--port", "0", "--data", "--check-flags"], 2, "error: --data needs a value"),
+            ("cohort-agent", ["--name", "--check-flags", "--data", dir + "/a", "--port", "0"] + coordinator, 2, "error: --name needs a value"),
+            // Retry durations of 0 made a hot loop.
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--retry-budget", "0s"], 2, "error: --retry-budget must be at least 1s, got 0s"),
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--parked-retry-delay", "0s"], 2, "error: --parked-retry-delay must be at least 1s, got 0s"),
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--parked-retry-delay", "999ms"], 2, "error: --parked-retry-delay must be at least 1s"),
+            // Tokens that cannot go into a header.
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--token-file", tokenDir + "/two-lines"], 1,
+             "error: token file \(tokenDir)/two-lines: the token has a line break (byte 3)"),
+            ("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--token-file", tokenDir + "/nul"] + coordinator, 1,
+             "error: token file \(tokenDir)/nul: the token has a NUL byte (byte 1)"),
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--token-file", tokenDir + "/big"], 1,
+             "error: token file \(tokenDir)/big: the token is 133000 bytes"),
+            ("cohort-relay", ["--db", dir + "/p.db", "--sink", "http://127.0.0.1:1/in", "--token-file", tokenDir + "/two-lines"], 2,
+             "error: token file \(tokenDir)/two-lines: the token has a line break"),
+            // URLs and names the start refused, or took as a default.
+            ("order-service", demo + ["--broker", "redis://h:99999"], 2, "error: --broker: bad redis URL \"redis://h:99999\""),
+            ("order-service", demo + ["--broker", "redis://"], 2, "error: --broker: bad redis URL \"redis://\""),
+            ("inventory-service", ["--data", dir + "/i", "--port", "0", "--broker", "redis://:6379"] + coordinator, 2, "error: --broker: bad redis URL"),
+            ("outbox-demo-consumer", ["--db", dir, "--port", "0"], 2, "error: --db \(dir) is a directory"),
+            ("outbox-demo-consumer", ["--db", dir + "/q.db", "--port", "0", "--redis", "redis://127.0.0.1:1", "--group", ""], 2, "error: --group must not be empty"),
+            ("outbox-demo-consumer", ["--db", dir + "/q.db", "--port", "0", "--redis", "redis://"], 2, "error: --redis: bad redis URL"),
+            ("outbox-demo-producer", ["--db", dir, "--port", "0"], 2, "error: --db \(dir) is a directory"),
+            ("cohort-relay", ["--db", dir + "/p.db", "--sink", "redis://127.0.0.1:1", "--stream", ""], 2, "error: --stream must not be empty"),
+            ("cohort-relay", ["--db", dir, "--sink", "http://127.0.0.1:1/in"], 2, "error: --db \(dir) is a directory"),
+        ]
+        for (program, args, status, start) in cases {
+            for line in [args + ["--check-flags"], args] {
+                let r = try runToCompletion(bin.appendingPathComponent(program), line, timeoutMs: 20_000)
+                XCTAssertEqual(r.status, status, "\(program) \(line): \(r.stderr)")
+                XCTAssertTrue(r.stderr.hasPrefix(start), "\(program) \(line): \(r.stderr)")
+                XCTAssertEqual(r.stdout, "", "\(program) \(line) printed \(r.stdout)")
+            }
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "--check-flags"), "no directory named --check-flags")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/c"), "cohortd created nothing")
+    }
 }

@@ -1,4 +1,5 @@
 import CohortClient
+import CohortPosix
 import CohortScenario
 import Foundation
 import XCTest
@@ -136,5 +137,55 @@ final class RunnerTests: XCTestCase {
         #else
         throw XCTSkip("the test-only break exists in debug builds only")
         #endif
+    }
+
+    /// A report path that is a folder is refused before anything runs (it failed after the
+    /// whole run with NSCocoaErrorDomain error 512).
+    func testReportFolderIsRefusedBeforeRunning() throws {
+        let dir = tempPath("report-dir-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let bin = try Cluster.findBinDirectory()
+        let started = Date()
+        let r = try runToCompletion(bin.appendingPathComponent("txscenario"),
+                                    ["run", "--report", dir, RunnerTests.root.appendingPathComponent("Scenarios/01-baseline.json").path])
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertEqual(r.stderr, "error: --report: \(dir) is a folder; give the report's file name, e.g. \(dir)/txscenario-report.json\n")
+        XCTAssertEqual(r.stdout, "", "nothing ran")
+        XCTAssertLessThan(Date().timeIntervalSince(started), 10)
+    }
+
+    /// SIGTERM (or SIGINT) to `txscenario run` stops the scenario's servers before it exits:
+    /// they were left running under pid 1.
+    func testSignalStopsTheScenarioProcesses() throws {
+        let dir = tempPath("signal-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // a is paused for 50 s: the run is still going when the signal comes, with a stopped
+        // process among the children.
+        let scenario = #"{"name": "signalled", "workload": {"transfers": {"duration": "3s"}}, "faults": [{"at": "0s", "pause": {"process": "a", "duration": "50s"}}]}"#
+        try scenario.write(toFile: "\(dir)/s.json", atomically: true, encoding: .utf8)
+        let bin = try Cluster.findBinDirectory()
+        for signal in [SignalNumber.terminate, SignalNumber.interrupt] {
+            let p = ManagedProcess(name: "txscenario", executable: bin.appendingPathComponent("txscenario"),
+                                   arguments: ["run", "--verbose", "--work-dir", dir, "--report", "\(dir)/r.json", "\(dir)/s.json"],
+                                   logDirectory: "\(dir)/logs-\(signal)")
+            try p.start(waitForListening: false)
+            let deadline = Date().addingTimeInterval(60)
+            while !p.stderrText().contains("SIGSTOP a"), p.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+            let text = p.stderrText()
+            XCTAssertTrue(text.contains("SIGSTOP a"), text)
+            // "started coordinator (pid 123)"
+            let pids = text.components(separatedBy: "(pid ").dropFirst().compactMap { Int32($0.prefix { $0.isNumber }) }
+            XCTAssertEqual(pids.count, 3, text)
+            XCTAssertTrue(pids.allSatisfy { ProcessControl.send(0, to: $0) }, "the servers run")
+            XCTAssertTrue(ProcessControl.send(signal, to: p.pid))
+            let status = p.waitForExit(timeoutMs: 20_000)
+            XCTAssertEqual(status, 128 + signal, p.stderrText())
+            XCTAssertTrue(p.stderrText().contains("txscenario: stopped by signal \(signal); the scenario's processes are stopped, its data and logs kept in \(dir)/txscenario-signalled-"),
+                          p.stderrText())
+            for pid in pids { XCTAssertFalse(ProcessControl.send(0, to: pid), "pid \(pid) still runs after txscenario ended") }
+            XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/r.json"), "no report for an interrupted run")
+        }
     }
 }

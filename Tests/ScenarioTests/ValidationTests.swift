@@ -32,6 +32,65 @@ final class ValidationTests: XCTestCase {
         XCTAssertEqual(s.checks.count, 3)
     }
 
+    /// The runner waits for every fault to end: one that starts after the workload, or lasts a
+    /// day, validated and then held `txscenario run` (a fault at 23h after a 3 s workload).
+    func testFaultsMustFitTheWorkload() throws {
+        let w3 = #""workload": {"transfers": {"duration": "3s"}}"#
+        assertError(#"{"name": "x", \#(w3), "faults": [{"at": "23h", "crash_point": {"process": "coordinator", "point": "coordinator.before-decision-logged"}}]}"#,
+                    "faults[0].at: 23h00m is not within the workload's 3s: a fault must start while the workload runs")
+        assertError(#"{"name": "x", \#(w3), "faults": [{"at": "3s", "kill": {"process": "a"}}]}"#,
+                    "faults[0].at: 3s is not within the workload's 3s")
+        assertError(#"{"name": "x", \#(w3), "faults": [{"at": "0s", "pause": {"process": "a", "duration": "24h"}}]}"#,
+                    "faults[0].pause.duration: this fault lasts until 1d0h, more than 1m00s past the workload's 3s; the runner waits for it to end")
+        assertError(#"{"name": "x", \#(w3), "faults": [{"at": "1s", "kill": {"process": "a", "restart_after": "2h"}}]}"#,
+                    "faults[0].kill.restart_after: this fault lasts until 2h00m")
+        assertError(#"{"name": "x", \#(w3), "faults": [{"at": "1s", "network": {"link": "coordinator->a", "action": "drop", "duration": "10m"}}]}"#,
+                    "faults[0].network.duration: this fault lasts until")
+        assertError(#"{"name": "x", \#(w3), "faults": [{"at": "1s", "swizzle": {"processes": ["a", "b"], "step": "30s"}}]}"#,
+                    "faults[0].swizzle.step: this fault lasts until 1m31s")
+        assertError(#"{"name": "x", \#(w3), "faults": [{"at": "1s", "random_kills": {"processes": ["a"], "count": 100, "min_gap": "1s"}}]}"#,
+                    "faults[0].random_kills: this fault lasts until")
+        // A counted workload: faults start within the 60 s the runner gives it.
+        assertError(#"{"name": "x", "workload": {"transfers": {"count": 10}}, "faults": [{"at": "61s", "kill": {"process": "a"}}]}"#,
+                    "faults[0].at: 1m01s is not within the 1m00s a counted workload runs at most")
+        // Up to a minute past the workload is fine (a pause longer than the workload is a scenario).
+        let ok = try parse(#"{"name": "x", \#(w3), "faults": [{"at": "2s", "pause": {"process": "a", "duration": "1m"}}, {"at": "0s", "kill": {"process": "b", "restart_after": "8s"}}]}"#)
+        XCTAssertEqual(ok.faults.count, 2)
+        XCTAssertEqual(ok.workloadWindowMs, 3000)
+    }
+
+    /// Files that validated but could not pass: a workload of 0s fired no fault, a swizzle step
+    /// of 0s acted on no request.
+    func testZeroLengthsThatMakeAFaultNeverHappen() {
+        assertError(#"{"name": "x", "workload": {"transfers": {"duration": "0s"}}}"#, "workload.transfers.duration: must be longer than 0s")
+        assertError(#"{"name": "x", \#(workload), "faults": [{"at": "0s", "swizzle": {"processes": ["a", "b"], "step": "0s"}}]}"#,
+                    "faults[0].swizzle.step: must be longer than 0s")
+        assertError(#"{"name": "x", \#(workload), "faults": [{"at": "0s", "pause": {"process": "a", "duration": "0ms"}}]}"#,
+                    "faults[0].pause.duration: must be longer than 0s")
+        assertError(#"{"name": "x", \#(workload), "faults": [{"at": "0s", "network": {"link": "coordinator->a", "action": "drop", "duration": "0s"}}]}"#,
+                    "faults[0].network.duration: must be longer than 0s")
+        assertError(#"{"name": "x", "topology": {"protocol": "tcc"}, "workload": {"tcc": {"duration": "0s"}}}"#, "workload.tcc.duration: must be longer than 0s")
+    }
+
+    /// An env name with `=` reached the process as another variable; a description with a line
+    /// break broke `txscenario list`'s one line per scenario.
+    func testEnvNamesAndDescriptionLines() {
+        assertError(#"{"name": "x", \#(workload), "topology": {"processes": {"a": {"env": {"A=B": "1"}}}}}"#,
+                    "topology.processes.a.env.A=B: not an environment variable name")
+        assertError(#"{"name": "x", \#(workload), "topology": {"processes": {"a": {"env": {"": "1"}}}}}"#,
+                    "topology.processes.a.env.: not an environment variable name")
+        assertError(#"{"name": "x", \#(workload), "topology": {"processes": {"a": {"env": {"1X": "1"}}}}}"#,
+                    "not an environment variable name")
+        assertError(#"{"name": "x", \#(workload), "topology": {"processes": {"a": {"env": {"X": "a\u0000b"}}}}}"#,
+                    "topology.processes.a.env.X: contains a NUL character")
+        assertError(#"{"name": "x", \#(workload), "topology": {"processes": {"a": {"flags": ["--x", "a\u0000"]}}}}"#,
+                    "topology.processes.a.flags[1]: contains a NUL character")
+        assertError(#"{"name": "x", "description": "a\nb", \#(workload)}"#,
+                    "description: must be one line of text without control characters (found U+000A)")
+        assertError(#"{"name": "x", "description": "a\u0000b", \#(workload)}"#, "(found U+0000)")
+        XCTAssertNoThrow(try parse(#"{"name": "x", "description": "Ünïcode — fine", \#(workload), "topology": {"processes": {"a": {"env": {"_X9": "a=b"}}}}}"#))
+    }
+
     func testMissingName() {
         assertError("{\(workload)}", "name: required field is missing")
     }

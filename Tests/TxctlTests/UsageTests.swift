@@ -79,4 +79,38 @@ final class UsageTests: XCTestCase {
         XCTAssertEqual(ctl(["outbox", "http://127.0.0.1:1"], env: env).status, 2)
         XCTAssertTrue(ctl(["outbox", "--help"]).out.hasPrefix("usage: txctl outbox URL list"))
     }
+
+    /// An option with its value left out is refused wherever it is: a lone `--coordinator` said
+    /// "no command given", and a value taken from the next option went out as a URL.
+    func testAnOptionWithoutItsValue() {
+        assertUsage(["--coordinator"], "--coordinator needs a value")
+        assertUsage(["list", "--coordinator"], "--coordinator needs a value")
+        assertUsage(["--coordinator", "--json", "list"], "--coordinator needs a value")
+        assertUsage(["list", "--token-file", "--json"], "--token-file needs a value")
+        assertUsage(["commit", "a58aaf0c-1-1", "--force", "--reason", "--json"], "--reason needs a value")
+    }
+
+    /// A token that cannot go into one header line is refused before anything is sent (it was
+    /// sent raw: a line break in it became a header line of its own).
+    func testUnusableTokenIsRefusedBeforeAnyRequest() throws {
+        let dir = tempDirectory("token")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let cases: [(String, [UInt8], String)] = [
+            ("two-lines", Array("abc\ndef\n".utf8), "the token has a line break (byte 3)"),
+            ("nul", Array("abc".utf8) + [0] + Array("def".utf8), "the token has a NUL byte (byte 3)"),
+            ("big", [UInt8](repeating: 0x61, count: 133_000), "the token is 133000 bytes; at most 4096 fit in a request header"),
+        ]
+        for (name, bytes, fragment) in cases {
+            let path = "\(dir)/\(name)"
+            XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: Data(bytes)))
+            // The coordinator is unreachable: an error about it would mean the token was sent.
+            assertUsage(["--token-file", path, "list"], "token file \(path): \(fragment)")
+        }
+        let ok = "\(dir)/ok"
+        XCTAssertTrue(FileManager.default.createFile(atPath: ok, contents: Data("s3cret\n".utf8)))
+        XCTAssertEqual(ctl(["--token-file", ok, "list"], env: env).status, 1, "a good token gets as far as the (unreachable) coordinator")
+        let r = ctl(["list"], env: env.merging(["COHORT_TOKEN": "abc\r\nX-Injected: 1"]) { $1 })
+        XCTAssertEqual(r.status, 2, r.err)
+        XCTAssertTrue(r.err.hasPrefix("error: COHORT_TOKEN: the token has a line break (byte 3)"), r.err)
+    }
 }
