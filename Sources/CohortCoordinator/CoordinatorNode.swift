@@ -463,7 +463,7 @@ public final class CoordinatorNode {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let r):
                 let participant = r.participantRef
-                guard isCallableHTTPURL(r.url) else { return reject(400, Self.uncallable("participant url", r.url)) }
+                if let refusal = Self.participantURLRefusal(r.url) { return reject(400, refusal) }
                 if r.batch == true { noteBatchCapable(participant) }
                 feed(.register(requests.add(responder), txid: parts[2], participant: participant))
             }
@@ -512,8 +512,8 @@ public final class CoordinatorNode {
             responder.send(.requestError(e))
             return nil
         case .success(let n):
-            if let bad = n.branches.first(where: { !isCallableHTTPURL($0.url) }) {
-                responder.send(.error(400, Self.uncallable("participant url", bad.url)))
+            if let refusal = n.branches.lazy.compactMap({ Self.participantURLRefusal($0.url) }).first {
+                responder.send(.error(400, refusal))
                 return nil
             }
             let named = n.branches.map(\.participantRef)
@@ -526,6 +526,18 @@ public final class CoordinatorNode {
     /// prepared and retried until the transaction timed out, and the commit would wait as long.
     static func uncallable(_ field: String, _ url: String) -> String {
         "\(field) \"\(url.prefix(200))\" is not an http://HOST[:PORT]/PATH URL (port 1-65535)"
+    }
+
+    /// Why a participant's base URL is refused, or nil. The coordinator appends `/v1/2pc/...`
+    /// to it, so one ending in a slash would send every message to a path with an empty
+    /// segment, which servers answer 404 (`HTTPRequest.hasEmptySegment`): the branch could
+    /// never prepare, and the transaction would abort only after its timeout.
+    static func participantURLRefusal(_ url: String) -> String? {
+        guard isCallableHTTPURL(url) else { return uncallable("participant url", url) }
+        guard url.utf8.last != UInt8(ascii: "/") else {  // utf8: hasSuffix walks Characters
+            return "participant url \"\(url.prefix(200))\" ends in a slash: give the base URL without it (the coordinator appends /v1/2pc/... to it)"
+        }
+        return nil
     }
 
     /// Remembers that `participant` serves `/v1/batch`: only a URL the machine would take (a
@@ -568,8 +580,8 @@ public final class CoordinatorNode {
             if submit.protocol == "tcc" {
                 return responder.send(.error(400, "submit runs 2pc and 3pc transactions; a TCC transaction registers its branches (POST /v1/transactions/{txid}/tcc-branches)"))
             }
-            if let bad = submit.branches.first(where: { !isCallableHTTPURL($0.url) }) {
-                return responder.send(.error(400, Self.uncallable("participant url", bad.url)))
+            if let refusal = submit.branches.lazy.compactMap({ Self.participantURLRefusal($0.url) }).first {
+                return responder.send(.error(400, refusal))
             }
             let commitProtocol: CommitProtocol = submit.protocol == "3pc"
                 ? .threePhase(Termination(rawValue: submit.termination ?? "classic") ?? .classic) : .twoPhase

@@ -122,6 +122,11 @@ public enum Limits {
     public static let httpRequestTimeoutMs: Int64 = 10_000
     /// An idle keep-alive connection is closed after this.
     public static let httpIdleTimeoutMs: Int64 = 60_000
+    /// A new connection that has sent nothing this long after it was accepted is closed. Every
+    /// client Cohort has writes its request as soon as it connects; a connection that stays
+    /// silent only holds one of `httpConnectionsMax` (1,100 silent connections locked every
+    /// client out for the whole idle timeout).
+    public static let httpFirstByteTimeoutMs: Int64 = 5_000
     public static let httpClientConnectTimeoutMs: Int64 = 2_000
     public static let httpClientRequestTimeoutMs: Int64 = 5_000
     /// The blocking client's (txctl, tests, txbench) default request timeout: operator calls
@@ -180,9 +185,14 @@ public enum Limits {
     /// more is an error, so a trickle of CRLFs cannot keep a connection open forever.
     public static let httpBlankBytesBeforeMessageMax = 8
     /// Connections refused with 503 that are still draining before close, server-wide.
+    /// A new connection is refused only when all `httpConnectionsMax` have a request in
+    /// progress or an answer owed: otherwise the longest-idle one is closed to admit it.
     public static let httpRejectedConnectionsMax = 64
 
     // MARK: coordinator
+    /// The longest txid (`TxID`): 8 hex digits, then two groups of 1-16, each after a '-'.
+    /// txctl refuses a longer argument itself: sent, it only made the request's head too large.
+    public static let txidBytesMax = 42
     /// Transactions begun but not yet finished; past this `POST /v1/transactions` answers 503.
     public static let openTransactionsMax = 10_000
     /// `GET /v1/transactions` answers this many when no `limit` is given.

@@ -56,7 +56,7 @@ public struct TxID: Hashable, Comparable, CustomStringConvertible, Sendable {
         var text = text
         let parsed: (UInt64, UInt64)? = text.withUTF8 { u in
             // 8 hex digits, '-', 1-16 hex digits, '-', 1-16 hex digits.
-            guard u.count >= 12, u.count <= 64, u[8] == UInt8(ascii: "-") else { return nil }
+            guard u.count >= 12, u.count <= Limits.txidBytesMax, u[8] == UInt8(ascii: "-") else { return nil }
             for k in 0..<8 where !((u[k] >= 48 && u[k] <= 57) || (u[k] >= 97 && u[k] <= 102)) { return nil }
             var i = 9
             func hex() -> UInt64? {

@@ -54,6 +54,16 @@ public enum WireJSONError: Error, Equatable, CustomStringConvertible {
     case missingField(String)
     case wrongType(String)
     case nullField(String)
+    /// A whole number too large for the field's integer (64 bits).
+    case outOfRange(String)
+    /// One object names the field twice.
+    case duplicateField(String)
+
+    /// The error names a field (its description says which), rather than the body as a whole.
+    public var namesAField: Bool {
+        if case .malformed = self { return false }
+        return true
+    }
 
     public var description: String {
         switch self {
@@ -61,11 +71,14 @@ public enum WireJSONError: Error, Equatable, CustomStringConvertible {
         case .missingField(let f): return "missing field \"\(f)\""
         case .wrongType(let f): return "field \"\(f)\" has the wrong type"
         case .nullField(let f): return "field \"\(f)\" is null"
+        case .outOfRange(let f): return "field \"\(f)\" is out of range (past a 64-bit integer)"
+        case .duplicateField(let f): return "field \"\(f)\" appears twice"
         }
     }
 }
 
 /// Parses one JSON document (surrounding whitespace allowed, nothing else after it).
+/// Repeated member names are kept here; `WireObject` refuses them for the fields it reads.
 public struct JSONParser {
     private let bytes: UnsafeBufferPointer<UInt8>
     private var i = 0
@@ -81,6 +94,38 @@ public struct JSONParser {
             guard p.i == buffer.count else { throw WireJSONError.malformed("unexpected data after the value at byte \(p.i)") }
             return value
         }
+    }
+
+    /// What the hand reader objects to in `bytes`: a syntax error with its byte offset, or a
+    /// name repeated in one object (named by its path) — nil when neither. For bodies read with
+    /// Foundation's decoder, whose syntax errors give no position and which takes a repeated
+    /// name silently. It parses the whole body again, so not for the hot path.
+    public static func objection(_ bytes: [UInt8]) -> WireJSONError? {
+        do {
+            return firstRepeatedName(try parse(bytes), path: "")
+        } catch let e as WireJSONError {
+            return e
+        } catch {
+            return .malformed("\(error)")
+        }
+    }
+
+    private static func firstRepeatedName(_ node: JSONNode, path: String) -> WireJSONError? {
+        func name(_ key: String) -> String { path.isEmpty ? key : path + "." + key }
+        switch node {
+        case .object(let members):
+            for j in members.indices {
+                if members[..<j].contains(where: { $0.0 == members[j].0 }) { return .duplicateField(name(members[j].0)) }
+                if let e = firstRepeatedName(members[j].1, path: name(members[j].0)) { return e }
+            }
+        case .array(let items):
+            for (k, item) in items.enumerated() {
+                if let e = firstRepeatedName(item, path: name(String(k))) { return e }
+            }
+        default:
+            break
+        }
+        return nil
     }
 
     private mutating func skipSpace() {
@@ -284,7 +329,8 @@ public struct JSONParser {
 
 /// Reading the fields of one JSON object, with errors that name the field (`path.field`).
 /// Like Codable: a missing optional field and `null` both read as nil, unknown fields are
-/// ignored, and when a name repeats the last one counts.
+/// ignored. Unlike Codable, a name that repeats is refused (`duplicateField`): two values for
+/// one field are a client's bug, and which one counted was the reader's choice.
 public struct WireObject {
     public let members: [(String, JSONNode)]
     /// Where this object sits, for error messages ("" at the top level). Built only when asked:
@@ -305,6 +351,20 @@ public struct WireObject {
             throw pathPrefix.isEmpty && itemIndex < 0 ? WireJSONError.malformed("the body is not a JSON object") : WireJSONError.wrongType(path)
         }
         members = m
+        // Every pair compared, on the bytes' lengths first: wire objects have a handful of
+        // members, so this costs less than a set and allocates nothing; the name is built only
+        // for the error.
+        var j = 1
+        while j < m.count {
+            let key = m[j].0
+            let length = key.utf8.count
+            var k = 0
+            while k < j {
+                if m[k].0.utf8.count == length && m[k].0 == key { throw WireJSONError.duplicateField(name(key)) }
+                k += 1
+            }
+            j += 1
+        }
     }
 
     public init(bytes: [UInt8]) throws { try self.init(JSONParser.parse(bytes)) }
@@ -312,9 +372,8 @@ public struct WireObject {
     public func name(_ key: String) -> String { path.isEmpty ? key : path + "." + key }
 
     public subscript(key: String) -> JSONNode? {
-        var found: JSONNode?
-        for (k, v) in members where k == key { found = v }
-        return found
+        for (k, v) in members where k == key { return v }  // names are unique (see init)
+        return nil
     }
 
     /// The field's value; nil when absent or null (as Codable's `decodeIfPresent`).
@@ -341,19 +400,25 @@ public struct WireObject {
         return s
     }
 
+    /// A whole number past 64 bits is out of range (the parser made it a double); a fraction,
+    /// or anything not a number, is the wrong type.
+    private func integer(_ v: JSONNode, _ key: String) throws -> Int64 {
+        if let n = v.exactInt64 { return n }
+        if case .double(let d) = v, d == d.rounded(.towardZero) { throw WireJSONError.outOfRange(name(key)) }
+        throw WireJSONError.wrongType(name(key))
+    }
+
     public func optInt64(_ key: String) throws -> Int64? {
         guard let v = present(key) else { return nil }
-        guard let n = v.exactInt64 else { throw WireJSONError.wrongType(name(key)) }
-        return n
+        return try integer(v, key)
     }
 
     public func int64(_ key: String) throws -> Int64 {
-        guard let n = try required(key).exactInt64 else { throw WireJSONError.wrongType(name(key)) }
-        return n
+        try integer(try required(key), key)
     }
 
     public func int(_ key: String) throws -> Int {
-        guard let n = try required(key).exactInt64, let v = Int(exactly: n) else { throw WireJSONError.wrongType(name(key)) }
+        guard let v = Int(exactly: try integer(try required(key), key)) else { throw WireJSONError.outOfRange(name(key)) }
         return v
     }
 

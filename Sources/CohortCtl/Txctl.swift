@@ -128,6 +128,17 @@ public enum Txctl {
         return a.positional
     }
 
+    /// A TXID argument, refused here when it cannot be one. An empty one made a different path
+    /// (`/v1/transactions/`, which servers refuse), and one past the limit made the request's
+    /// head too large for the server, whose answer named neither the argument nor the side.
+    static func txid(_ s: String) throws -> String {
+        guard !s.isEmpty else { throw CtlError.usage("TXID is empty") }
+        guard s.utf8.count <= Limits.txidBytesMax else {
+            throw CtlError.usage("TXID \"\(s.prefix(20))...\" is \(s.utf8.count) bytes; a txid is at most \(Limits.txidBytesMax)")
+        }
+        return s
+    }
+
     static func escape(_ s: String) -> String {
         s.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/?#"))) ?? s
     }
@@ -160,9 +171,9 @@ public enum Txctl {
     }
 
     static func fetch(_ a: Arguments, _ ctx: CtlContext, usage: String) throws -> TransactionView {
-        let p = try positional(a, count: 2, usage: usage)
+        let id = try txid(positional(a, count: 2, usage: usage)[1])
         let remote = try coordinator(a, ctx)
-        return try remote.get("/v1/transactions/\(escape(p[1]))", TransactionView.self)
+        return try remote.get("/v1/transactions/\(escape(id))", TransactionView.self)
     }
 
     static func show(_ argv: [String], _ ctx: CtlContext) throws {
@@ -180,8 +191,8 @@ public enum Txctl {
 
     static func retry(_ argv: [String], _ ctx: CtlContext) throws {
         let a = try parse(argv, booleans: ["json"])
-        let p = try positional(a, count: 2, usage: "txctl retry TXID")
-        let r = try coordinator(a, ctx).post("/v1/transactions/\(escape(p[1]))/retry", body: [], RetryResponse.self)
+        let id = try txid(positional(a, count: 2, usage: "txctl retry TXID")[1])
+        let r = try coordinator(a, ctx).post("/v1/transactions/\(escape(id))/retry", body: [], RetryResponse.self)
         ctx.out(a.has("json") ? JSONOut.encode(r) : Render.retry(r))
     }
 
@@ -201,9 +212,9 @@ public enum Txctl {
     static func force(_ argv: [String], _ ctx: CtlContext, outcome: String) throws {
         let verb = outcome == "committed" ? "commit" : "abort"
         let a = try parse(argv, valued: ["reason", "operator"], booleans: ["force", "dry-run", "json"])
-        let p = try positional(a, count: 2, usage: "txctl \(verb) TXID --force --reason \"...\" [--dry-run]")
+        let id = try txid(positional(a, count: 2, usage: "txctl \(verb) TXID --force --reason \"...\" [--dry-run]")[1])
         let body = try forceBody(a, ctx, outcome: outcome, verb: verb)
-        let r = try coordinator(a, ctx).post("/v1/transactions/\(escape(p[1]))/force", body: body, ForceResponse.self)
+        let r = try coordinator(a, ctx).post("/v1/transactions/\(escape(id))/force", body: body, ForceResponse.self)
         ctx.out(a.has("json") ? JSONOut.encode(r) : Render.force(r, where: "at the coordinator"))
     }
 
@@ -237,12 +248,13 @@ public enum Txctl {
             ctx.out(a.has("json") ? JSONOut.encode(l) : Render.branchList(l))
         case "show":
             let a = try parse(argv, booleans: ["json"])
-            let p = try positional(a, count: 4, usage: "txctl agent URL show TXID [--json]")
-            let b = try remote(a).get("/v1/branches/\(escape(p[3]))", BranchDetail.self)
+            let id = try txid(positional(a, count: 4, usage: "txctl agent URL show TXID [--json]")[3])
+            let b = try remote(a).get("/v1/branches/\(escape(id))", BranchDetail.self)
             ctx.out(a.has("json") ? JSONOut.encode(b) : Render.branchDetail(b))
         case "commit", "abort":
             let a = try parse(argv, valued: ["reason", "operator"], booleans: ["force", "dry-run", "json", "against-coordinator"])
             let p = try positional(a, count: 4, usage: "txctl agent URL \(sub) TXID --force --reason \"...\" [--dry-run] [--against-coordinator]")
+            _ = try txid(p[3])
             let outcome = sub == "commit" ? "committed" : "aborted"
             let body = try forceBody(a, ctx, outcome: outcome, verb: "agent \(sub)")
             if !a.has("against-coordinator") {

@@ -551,9 +551,11 @@ public struct HTTPRequestParser {
         guard let path = percentDecode(rawPath, plusIsSpace: false) else {
             throw HTTPParseError.malformed("bad percent-encoding in path")
         }
-        // Segments between slashes, empty ones skipped (a hand loop: the generic split was 2%
-        // of the coordinator's instructions).
+        // Segments between slashes (a hand loop: the generic split was 2% of the coordinator's
+        // instructions). An empty one (a doubled or trailing slash) is noted, not kept: see
+        // `HTTPRequest.hasEmptySegment`.
         var components: [String] = []
+        var emptySegment = false
         var segmentStart = rawPath.startIndex
         for i in rawPath.startIndex...rawPath.endIndex where i == rawPath.endIndex || rawPath[i] == UInt8(ascii: "/") {
             if i > segmentStart {
@@ -561,6 +563,8 @@ public struct HTTPRequestParser {
                     throw HTTPParseError.malformed("bad percent-encoding in path")
                 }
                 components.append(c)
+            } else if i > rawPath.startIndex && rawPath.count > 1 {
+                emptySegment = true  // not the leading slash, nor the root path "/"
             }
             segmentStart = i + 1
         }
@@ -575,8 +579,10 @@ public struct HTTPRequestParser {
                 query[k] = v
             }
         }
-        return HTTPRequest(method: method, target: target, path: path, query: query, headers: headers,
-                           body: body, keepAlive: keepAlive, pathComponents: components)
+        var request = HTTPRequest(method: method, target: target, path: path, query: query, headers: headers,
+                                  body: body, keepAlive: keepAlive, pathComponents: components)
+        request.hasEmptySegment = emptySegment
+        return request
     }
 
     static func keepAlive(_ head: ParsedHead) -> Bool {

@@ -7,6 +7,8 @@ public struct HTTPServerConfig {
     public var requestTimeoutMs: Int64
     /// A connection with nothing in flight is closed after this long without traffic.
     public var idleTimeoutMs: Int64
+    /// A new connection that has sent no byte is closed this long after it was accepted.
+    public var firstByteTimeoutMs: Int64
     /// When set, every request but `GET /healthz` and `GET /metrics` needs
     /// `Authorization: Bearer <token>`.
     public var bearerToken: String?
@@ -14,10 +16,12 @@ public struct HTTPServerConfig {
     public init(maxConnections: Int = Limits.httpConnectionsMax,
                 requestTimeoutMs: Int64 = Limits.httpRequestTimeoutMs,
                 idleTimeoutMs: Int64 = Limits.httpIdleTimeoutMs,
+                firstByteTimeoutMs: Int64 = Limits.httpFirstByteTimeoutMs,
                 bearerToken: String? = nil) {
         self.maxConnections = maxConnections
         self.requestTimeoutMs = requestTimeoutMs
         self.idleTimeoutMs = idleTimeoutMs
+        self.firstByteTimeoutMs = firstByteTimeoutMs
         self.bearerToken = bearerToken
     }
 }
@@ -78,6 +82,9 @@ final class ServerConnection {
     var closed = false
     var requestStartMs: Int64 = 0
     var lastActivityMs: Int64
+    let acceptedAtMs: Int64
+    /// The peer has sent at least one byte (see `HTTPServerConfig.firstByteTimeoutMs`).
+    var heardFrom = false
     /// `processRequests` is on the stack. A handler that answers at once calls `deliver`, which
     /// must not start reading the next request itself: with many pipelined requests in one
     /// read, that recursion would be as deep as the pipeline and overflow the stack. The
@@ -90,6 +97,7 @@ final class ServerConnection {
         self.server = server
         self.rejected = rejected
         lastActivityMs = SystemClock.monotonicMs()
+        acceptedAtMs = lastActivityMs
     }
 
     var inFlight: Int { Int(nextSeq - nextToWrite) }
@@ -97,6 +105,13 @@ final class ServerConnection {
     /// More requests may be read: responses owed and bytes unsent are both within bounds.
     var mayReadMore: Bool {
         !readingStopped && !closed && inFlight < Limits.httpPipelinedRequestsMax && unsentBytes < Limits.httpUnsentResponseBytesMax
+    }
+    /// No request in progress, no answer owed or unsent, not closing: closing it costs the
+    /// peer only a kept-alive connection, which clients already expect a server to close
+    /// (HTTPClient takes a fresh one, and resends a request the close raced with).
+    var isIdle: Bool {
+        !closed && !rejected && !lingering && !closeQueued && !peerClosed
+            && inFlight == 0 && outOffset >= out.count && !parser.hasPartialRequest
     }
 
     func onEvents(_ events: IOEvents) {
@@ -131,6 +146,7 @@ final class ServerConnection {
             return
         case .done(let n):
             lastActivityMs = SystemClock.monotonicMs()
+            heardFrom = true
             if lingering { return }  // draining after the final response: discard
             if readingStopped { return }
             parser.feed(UnsafeRawBufferPointer(start: scratch.baseAddress, count: n))
@@ -162,6 +178,10 @@ final class ServerConnection {
                                           headOnly: request.method == "HEAD")
             if let token = server.config.bearerToken, !HTTPServer.authorized(request, token: token) {
                 responder.send(.error(401, "missing or invalid bearer token"))
+                continue
+            }
+            if request.hasEmptySegment {
+                responder.send(request.emptySegmentAnswer)
                 continue
             }
             server.requestsServed += 1
@@ -298,6 +318,10 @@ final class ServerConnection {
             return
         }
         let idle = inFlight == 0 && !parser.hasPartialRequest
+        if idle && !heardFrom && nowMs - acceptedAtMs > server.config.firstByteTimeoutMs {
+            close()  // connected and never said anything: no client of ours does that
+            return
+        }
         let stalledWrite = outOffset < out.count
         if (idle || stalledWrite) && nowMs - lastActivityMs > server.config.idleTimeoutMs {
             close()
@@ -350,6 +374,8 @@ public final class HTTPServer {
     public var connectionCount: Int { connections.count }
     /// Connections accepted since start (served or refused); loop thread.
     public private(set) var connectionsAccepted = 0
+    /// Idle connections closed to admit a new one at the connection limit; loop thread.
+    public private(set) var connectionsEvicted = 0
     /// Requests handed to the handler since start (a `/v1/batch` counts once); loop thread.
     public internal(set) var requestsServed = 0
 
@@ -371,7 +397,7 @@ public final class HTTPServer {
     private func scheduleSweep() {
         // A periodic sweep instead of per-request timers: no timer churn on the hot path, and
         // timeouts only need to be roughly on time.
-        let interval = max(10, min(1_000, min(config.requestTimeoutMs, config.idleTimeoutMs) / 4))
+        let interval = max(10, min(1_000, min(config.requestTimeoutMs, config.idleTimeoutMs, config.firstByteTimeoutMs) / 4))
         sweepTimer = loop.schedule(afterMs: interval) { [weak self] in
             guard let self, !self.isShutdown else { return }
             let now = SystemClock.monotonicMs()
@@ -394,6 +420,7 @@ public final class HTTPServer {
             }
             guard let fd else { return }
             connectionsAccepted += 1
+            if activeCount >= config.maxConnections { evictIdlest() }
             let reject = activeCount >= config.maxConnections
             if reject && rejectedCount >= Limits.httpRejectedConnectionsMax {
                 // Too many refusals still draining: drop without an answer rather than grow.
@@ -416,6 +443,22 @@ public final class HTTPServer {
                 activeCount += 1
             }
         }
+    }
+
+    /// At the connection limit, closes the connection that has been idle longest (see
+    /// `ServerConnection.isIdle`), so that connections which only sit there — a slow-loris
+    /// client's, or pools kept alive by clients gone quiet — cannot lock every new client out
+    /// until they time out. Refusing with 503 is left for when every connection is busy.
+    /// A scan rather than an idle list kept in order: it runs only at the limit, and keeping
+    /// a list would cost every request on the hot path.
+    private func evictIdlest() {
+        var oldest: ServerConnection?
+        for c in connections.values where c.isIdle {
+            if oldest.map({ c.lastActivityMs < $0.lastActivityMs }) ?? true { oldest = c }
+        }
+        guard let oldest else { return }
+        connectionsEvicted += 1
+        oldest.close()
     }
 
     private func pauseAccepting() {

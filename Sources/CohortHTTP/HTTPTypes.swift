@@ -77,7 +77,12 @@ public struct HTTPRequest {
     /// Whether the connection stays open after the response.
     public var keepAlive: Bool
     /// Path segments, each percent-decoded separately (so an encoded "/" stays inside one).
+    /// Empty segments are not among them.
     public var pathComponents: [String]
+    /// The path has an empty segment (`/v1/transactions/`, `/v1//kv`): the server answers 404
+    /// itself (`emptySegmentAnswer`). Routers match on `pathComponents`, which leave empty
+    /// segments out, so `/v1/transactions/` (a txid forgotten) would list every transaction.
+    public var hasEmptySegment = false
 
     public init(method: String, target: String, path: String, query: [String: String] = [:],
                 headers: HTTPHeaders = HTTPHeaders(), body: [UInt8] = [], keepAlive: Bool = true,
@@ -90,6 +95,14 @@ public struct HTTPRequest {
         self.body = body
         self.keepAlive = keepAlive
         self.pathComponents = pathComponents ?? HTTPRequest.segments(of: path)
+        if pathComponents == nil { hasEmptySegment = path.utf8.count > 1 && (path.utf8.last == UInt8(ascii: "/") || path.contains("//")) }
+    }
+
+    /// The answer to a request whose path has an empty segment (one rule for every server and
+    /// for the messages inside a `/v1/batch`): nothing is named by an empty segment, and the
+    /// path with it removed may name something else entirely (a list instead of one item).
+    public var emptySegmentAnswer: HTTPResponse {
+        .error(404, "no such path \"\(path.prefix(200))\": it has an empty segment (a doubled or trailing slash)")
     }
 
     /// A request as a server would have read it with `target` on its request line (see

@@ -251,7 +251,8 @@ public func serveBatch(_ request: HTTPRequest, _ responder: ResponseSink, allowe
                 collector.responder.send(.jsonBytes(200, JSONBody.encode(BatchResponse(answers: collector.answers.map { $0! }))))
             }
         }
-        handle(item, sink)
+        // The rule the server applies to plain requests (`HTTPRequest.hasEmptySegment`).
+        if item.hasEmptySegment { sink.send(item.emptySegmentAnswer) } else { handle(item, sink) }
     }
 }
 

@@ -95,6 +95,9 @@ public enum JSONBody {
         if let wire = T.self as? WireDecodable.Type {
             return wireResult { try wire.init(wireJSON: bytes) as! T }
         }
+        // Foundation's decoder gives no position for a syntax error and takes a repeated name
+        // silently; these bodies (an operator's force, a heuristic report) are few.
+        if let objection = JSONParser.objection(bytes) { return .failure(refusal(objection)) }
         do {
             return .success(try JSONDecoder().decode(T.self, from: Data(bytes)))
         } catch let DecodingError.keyNotFound(key, _) {
@@ -106,7 +109,9 @@ public enum JSONBody {
             let path = context.codingPath.map(\.stringValue).joined(separator: ".")
             return .failure(RequestError(400, "invalid JSON body: field \"\(path)\" is null"))
         } catch {
-            return .failure(RequestError(400, "invalid JSON body: not a well-formed JSON object of the expected shape"))
+            // Well-formed (checked above), so the shape is wrong: e.g. a value that is not one
+            // of a field's values.
+            return .failure(RequestError(400, "invalid JSON body: not a JSON object of the expected shape"))
         }
     }
 
@@ -131,15 +136,24 @@ public enum JSONBody {
     private static func wireResult<T>(_ read: () throws -> T) -> Result<T, RequestError> {
         do {
             return .success(try read())
-        } catch WireJSONError.missingField(let path) {
-            let key = path.split(separator: ".").last.map(String.init) ?? path
-            return .failure(RequestError(400, "invalid JSON body: missing field \"\(key)\""))
-        } catch WireJSONError.wrongType(let path) {
-            return .failure(RequestError(400, "invalid JSON body: field \"\(path)\" has the wrong type"))
-        } catch WireJSONError.nullField(let path) {
-            return .failure(RequestError(400, "invalid JSON body: field \"\(path)\" is null"))
+        } catch let e as WireJSONError {
+            return .failure(refusal(e))
         } catch {
-            return .failure(RequestError(400, "invalid JSON body: not a well-formed JSON object of the expected shape"))
+            return .failure(RequestError(400, "invalid JSON body: \(error)"))
+        }
+    }
+
+    /// What a client is told; a syntax error says what was expected at which byte ("expected
+    /// a member name at byte 1").
+    private static func refusal(_ e: WireJSONError) -> RequestError {
+        switch e {
+        case .missingField(let path):
+            let key = path.split(separator: ".").last.map(String.init) ?? path
+            return RequestError(400, "invalid JSON body: missing field \"\(key)\"")
+        case .malformed(let why):
+            return RequestError(400, "invalid JSON body: \(why)")
+        case .wrongType, .nullField, .outOfRange, .duplicateField:
+            return RequestError(400, "invalid JSON body: \(e)")
         }
     }
 
@@ -263,6 +277,10 @@ public func declareHTTPServerMetrics(_ m: MetricsRegistry, server: HTTPServer) {
     }
     m.sample("cohort_http_connections_accepted_total", type: "counter", help: "TCP connections accepted") { [weak server] in
         Double(server?.connectionsAccepted ?? 0)
+    }
+    // Non-zero only at the connection limit: something holds many connections it does not use.
+    m.sample("cohort_http_connections_evicted_total", type: "counter", help: "Idle connections closed to admit a new one at the connection limit") { [weak server] in
+        Double(server?.connectionsEvicted ?? 0)
     }
     // What a transaction costs in CPU, the figure benchmarks keep asking for (txbench divides
     // it by committed transactions); the usual Prometheus name.

@@ -69,7 +69,11 @@ do {
             case ("GET", 1) where parts[0] == "metrics":
                 responder.send(.text(200, metrics.render(), contentType: "text/plain; version=0.0.4"))
             case ("POST", 2) where parts == ["v1", "stock"]:
-                let body = try JSONDecoder().decode(StockRequest.self, from: Data(request.body))
+                let body: StockRequest
+                switch JSONBody.decode(StockRequest.self, from: request.body) {
+                case .failure(let e): return responder.send(.requestError(e))
+                case .success(let b): body = b
+                }
                 try store.setStock(sku: body.sku, available: body.available)
                 responder.send(.json(200, try store.stock(sku: body.sku)))
             case ("GET", 3) where parts[0] == "v1" && parts[1] == "stock":
@@ -78,8 +82,6 @@ do {
             default:
                 responder.send(.error(404, "no route for \(request.method) \(request.path)"))
             }
-        } catch let e as DecodingError {
-            responder.send(.error(400, "invalid JSON body: \(e)"))
         } catch {
             responder.send(.error(400, "\(error)"))
         }

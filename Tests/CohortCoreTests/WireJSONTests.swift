@@ -58,13 +58,43 @@ final class WireJSONTests: XCTestCase {
             XCTAssertEqual($0 as? WireJSONError, .wrongType("participants.1"))
         }
         XCTAssertThrowsError(try read(#"["txid"]"#)) { guard case WireJSONError.malformed = $0 else { return XCTFail("\($0)") } }
-        // Optional fields: absent and null are nil; unknown fields are ignored; the last of a repeated name counts.
-        let r = try read(#"{"txid": "a", "txid": "b", "incarnation": null, "extra": [1, {"x": 2}]}"#)
+        // Optional fields: absent and null are nil; unknown fields are ignored.
+        let r = try read(#"{"txid": "b", "incarnation": null, "extra": [1, {"x": 2}]}"#)
         XCTAssertEqual(r.txid, "b")
         XCTAssertNil(r.incarnation)
         XCTAssertNil(r.onePhase)
         XCTAssertThrowsError(try RegisterResponse(wireJSON: Array(#"{"txid": "t", "timeout_ms": 1.5}"#.utf8)))
         XCTAssertEqual(try RegisterResponse(wireJSON: Array(#"{"txid": "t", "timeout_ms": 2e3}"#.utf8)).timeoutMs, 2000)
+    }
+
+    /// A repeated name was read as its last value, so `{"protocol":"2pc","protocol":"3pc"}`
+    /// began a 3PC transaction silently; txscenario already refused such files.
+    func testARepeatedNameIsRefusedWithItsPath() throws {
+        func read(_ s: String) throws -> PrepareRequest { try PrepareRequest(wireJSON: Array(s.utf8)) }
+        XCTAssertThrowsError(try read(#"{"txid": "a", "txid": "b"}"#)) { XCTAssertEqual($0 as? WireJSONError, .duplicateField("txid")) }
+        XCTAssertThrowsError(try read(#"{"txid": "a", "extra": 1, "extra": 2}"#)) { XCTAssertEqual($0 as? WireJSONError, .duplicateField("extra")) }
+        XCTAssertThrowsError(try read(#"{"txid": "t", "participants": [{"name": "a", "url": "u"}, {"name": "b", "url": "v", "name": "c"}]}"#)) {
+            XCTAssertEqual($0 as? WireJSONError, .duplicateField("participants.1.name"))
+        }
+        XCTAssertEqual("\(WireJSONError.duplicateField("protocol"))", #"field "protocol" appears twice"#)
+        // Names that differ, even by one byte or only in length, are not repeats.
+        XCTAssertEqual(try read(#"{"txid": "t", "txi": 1, "txidx": 2, "tXid": 3}"#).txid, "t")
+        // For bodies read with Foundation's decoder: the same objection, found anywhere.
+        XCTAssertEqual(JSONParser.objection(Array(#"{"a": [{"b": 1, "b": 2}]}"#.utf8)), .duplicateField("a.0.b"))
+        XCTAssertEqual(JSONParser.objection(Array("{".utf8)), .malformed("expected a member name at byte 1"))
+        XCTAssertNil(JSONParser.objection(Array(#"{"a": [{"b": 1}, {"b": 2}]}"#.utf8)))
+    }
+
+    /// A whole number past 64 bits said "wrong type"; it is the right type, out of range.
+    func testAnIntegerPastSixtyFourBitsIsOutOfRange() throws {
+        func read(_ s: String) throws -> RegisterResponse { try RegisterResponse(wireJSON: Array(s.utf8)) }
+        XCTAssertThrowsError(try read(#"{"txid": "t", "timeout_ms": 99999999999999999999999}"#)) {
+            XCTAssertEqual($0 as? WireJSONError, .outOfRange("timeout_ms"))
+        }
+        XCTAssertThrowsError(try read(#"{"txid": "t", "timeout_ms": -1e30}"#)) { XCTAssertEqual($0 as? WireJSONError, .outOfRange("timeout_ms")) }
+        XCTAssertThrowsError(try read(#"{"txid": "t", "timeout_ms": 1.5}"#)) { XCTAssertEqual($0 as? WireJSONError, .wrongType("timeout_ms")) }
+        XCTAssertThrowsError(try read(#"{"txid": "t", "timeout_ms": "5"}"#)) { XCTAssertEqual($0 as? WireJSONError, .wrongType("timeout_ms")) }
+        XCTAssertEqual("\(WireJSONError.outOfRange("timeout_ms"))", #"field "timeout_ms" is out of range (past a 64-bit integer)"#)
     }
 
     func testWriterEscapesLikeFoundation() throws {

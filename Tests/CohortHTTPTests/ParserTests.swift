@@ -70,6 +70,25 @@ final class RequestParserTests: XCTestCase {
         XCTAssertEqual(HTTPRequest(method: "GET", target: "/", path: "a/b").pathComponents, ["a", "b"])
     }
 
+    /// An empty segment is noted (the server answers 404 for it), but not the root path's
+    /// slash nor a slash encoded inside a segment.
+    func testEmptySegmentsAreNoted() throws {
+        func noted(_ target: String) throws -> Bool {
+            let parsed = try parseAll(Array("GET \(target) HTTP/1.1\r\n\r\n".utf8))[0]
+            let built = try HTTPRequest.parsingTarget(method: "GET", target: target, headers: HTTPHeaders(), body: [])
+            XCTAssertEqual(parsed.hasEmptySegment, built.hasEmptySegment, target)
+            return parsed.hasEmptySegment
+        }
+        for target in ["/v1/transactions/", "/v1/transactions//", "//v1/kv", "/v1//kv", "/v1/kv/?limit=1", "http://h:1/v1/x/", "//"] {
+            XCTAssertTrue(try noted(target), target)
+        }
+        for target in ["/", "/v1/transactions", "/v1/kv/a%2F", "/v1/kv?x=/", "http://h:1", "http://h:1/", "/healthz"] {
+            XCTAssertFalse(try noted(target), target)
+        }
+        XCTAssertTrue(HTTPRequest(method: "GET", target: "/", path: "/v1/kv/").hasEmptySegment)
+        XCTAssertFalse(HTTPRequest(method: "GET", target: "/", path: "/").hasEmptySegment)
+    }
+
     func testKeepAliveRules() throws {
         XCTAssertFalse(try parseAll(Array("GET / HTTP/1.0\r\n\r\n".utf8))[0].keepAlive)
         XCTAssertTrue(try parseAll(Array("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n".utf8))[0].keepAlive)

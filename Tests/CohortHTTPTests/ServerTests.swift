@@ -271,17 +271,89 @@ final class ServerTests: XCTestCase {
         XCTAssertEqual(h.send(client, HTTPClientRequest(url: "ftp://x/")).failureValue, .invalidURL("ftp://x/"))
     }
 
+    /// 503 only when every connection is busy: a request in progress holds its slot.
     func testTooManyConnectionsGets503() throws {
         let h = try LoopHarness()
-        let server = try h.server(config: HTTPServerConfig(maxConnections: 1), handler: echoHandler)
+        var held: [HTTPResponder] = []
+        let server = try h.server(config: HTTPServerConfig(maxConnections: 1)) { req, r in
+            if req.path == "/hold" { held.append(r) } else { echoHandler(req, r) }
+        }
         defer { h.stop(server) }
         let url = "http://127.0.0.1:\(server.port)/"
-        let first = BlockingHTTPClient()
-        XCTAssertEqual(try first.request("GET", url).status, 200)  // holds the only slot (keep-alive)
+        let busy = try rawSocket(server.port)
+        try write(busy, "GET /hold HTTP/1.1\r\nConnection: close\r\n\r\n")
+        for _ in 0..<200 where (try h.sync { held.count }) == 0 { Thread.sleep(forTimeInterval: 0.01) }
         let second = try BlockingHTTPClient().request("GET", url)
         XCTAssertEqual(second.status, 503)
         XCTAssertTrue(second.bodyString.contains("too many connections"))
-        XCTAssertEqual(try first.request("GET", url).status, 200)
+        try h.sync { held.forEach { $0.send(.text(200, "done")) } }
+        XCTAssertTrue(String(decoding: readAll(busy), as: UTF8.self).hasPrefix("HTTP/1.1 200 "))
+        busy.close()  // else the server lingers on it (still a connection) for httpLingerMs
+        for _ in 0..<200 where (try h.sync { server.connectionCount }) > 0 { Thread.sleep(forTimeInterval: 0.01) }
+        XCTAssertEqual(try BlockingHTTPClient().request("GET", url).status, 200)
+    }
+
+    /// Slow-loris: connections that never send a byte (or kept-alive ones gone quiet) filled
+    /// every slot, and each new client got 503 until they timed out, a minute later. At the
+    /// limit the server now closes the longest-idle connection to admit the new one.
+    func testIdleConnectionsDoNotLockOutANewClient() throws {
+        let h = try LoopHarness()
+        let limit = 8
+        // Timeouts far past the test: only eviction can make room.
+        let server = try h.server(config: HTTPServerConfig(maxConnections: limit, idleTimeoutMs: 600_000,
+                                                           firstByteTimeoutMs: 600_000), handler: echoHandler)
+        defer { h.stop(server) }
+        let url = "http://127.0.0.1:\(server.port)/"
+        let keptAlive = BlockingHTTPClient()
+        XCTAssertEqual(try keptAlive.request("GET", url).status, 200)  // then sits idle in its pool
+        var silent: [BlockingSocket] = []
+        defer { silent.forEach { $0.close() } }
+        for _ in 0..<(limit * 3) { silent.append(try rawSocket(server.port)) }
+        for _ in 0..<200 where (try h.sync { server.connectionsAccepted }) < limit * 3 + 1 { Thread.sleep(forTimeInterval: 0.01) }
+        for i in 0..<(limit * 2) {
+            let r = try BlockingHTTPClient().request("GET", url)
+            XCTAssertEqual(r.status, 200, "new client \(i): \(r.bodyString)")
+        }
+        // The kept-alive client's connection was closed to make room: it takes a fresh one.
+        XCTAssertEqual(try keptAlive.request("GET", url).status, 200)
+        XCTAssertGreaterThan(try h.sync { server.connectionsEvicted }, 0)
+        XCTAssertLessThanOrEqual(try h.sync { server.connectionCount }, limit + Limits.httpRejectedConnectionsMax)
+    }
+
+    /// A connection that says nothing is closed after the first-byte timeout; one that has
+    /// served a request keeps the (longer) idle timeout.
+    func testASilentConnectionIsClosedAfterTheFirstByteTimeout() throws {
+        let h = try LoopHarness()
+        let server = try h.server(config: HTTPServerConfig(firstByteTimeoutMs: 200), handler: echoHandler)
+        defer { h.stop(server) }
+        let client = BlockingHTTPClient()
+        XCTAssertEqual(try client.request("GET", "http://127.0.0.1:\(server.port)/").status, 200)
+        let silent = try rawSocket(server.port)
+        let started = Date()
+        XCTAssertEqual(readAll(silent), [], "closed without an answer")
+        XCTAssertLessThan(Date().timeIntervalSince(started), 3)
+        XCTAssertEqual(try h.sync { server.connectionCount }, 1, "the kept-alive connection stays")
+        XCTAssertEqual(try client.request("GET", "http://127.0.0.1:\(server.port)/").status, 200)
+        XCTAssertEqual(try h.sync { server.connectionsAccepted }, 2)
+    }
+
+    /// `GET /v1/transactions/` (a txid left out) reached the handler as `/v1/transactions`
+    /// and listed every transaction. The server answers 404 itself, for every handler.
+    func testAPathWithAnEmptySegmentIs404() throws {
+        let h = try LoopHarness()
+        var handled: [String] = []
+        let server = try h.server { req, r in handled.append(req.path); echoHandler(req, r) }
+        defer { h.stop(server) }
+        let client = BlockingHTTPClient()
+        let base = "http://127.0.0.1:\(server.port)"
+        for path in ["/v1/transactions/", "/v1/transactions//", "/v1//transactions", "//healthz"] {
+            let r = try client.request("GET", base + path)
+            XCTAssertEqual(r.status, 404, path)
+            XCTAssertTrue(r.bodyString.contains("empty segment"), r.bodyString)
+        }
+        XCTAssertEqual(try client.request("GET", base + "/").status, 200)
+        XCTAssertEqual(try client.request("GET", base + "/v1/transactions").status, 200)
+        XCTAssertEqual(try h.sync { handled }, ["/", "/v1/transactions"])
     }
 
     func testIncompleteRequestGets408() throws {

@@ -259,6 +259,19 @@ final class DemoTests: XCTestCase {
         let (code, b) = try rig.json("POST", rig.url("inventory") + "/v1/stock", ["sku": "x", "available": -1])
         XCTAssertEqual(code, 400)
         XCTAssertNotNil(b["error"])
+        // The inventory reads its stock body with Foundation, whose error text reached the
+        // client ("DecodingError.dataCorrupted: ... Debug description: ..."): now the same
+        // words as the order service's hand reader.
+        for (service, path) in [("inventory", "/v1/stock"), ("orders", "/v1/orders")] {
+            for (body, why) in [("{", "expected a member name at byte 1"),
+                                (#"{"sku": "a", "sku": "b", "available": 1, "qty": 1}"#, #"field "sku" appears twice"#)] {
+                let r = try CohortAPI(coordinatorURL: "").raw("POST", rig.url(service) + path, body: Array(body.utf8))
+                let text = (try? JSONDecoder().decode(ErrorBody.self, from: Data(r.body)))?.error ?? String(decoding: r.body, as: UTF8.self)
+                XCTAssertEqual(r.status, 400, "\(service) \(body): \(text)")
+                XCTAssertTrue(text.contains(why), "\(service) \(body): \(text)")
+                XCTAssertFalse(text.contains("DecodingError"), text)
+            }
+        }
         XCTAssertEqual(try rig.json("GET", rig.url("orders") + "/v1/orders/nope").0, 404)
     }
 

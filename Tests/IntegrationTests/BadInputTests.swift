@@ -113,6 +113,50 @@ final class BadInputTests: XCTestCase {
         XCTAssertTrue(cluster.process("a")!.isRunning)
     }
 
+    /// Answers that say what is wrong: an empty path segment is 404, not the list one level up
+    /// (`GET /v1/transactions/` listed every transaction, `GET /v1/kv/` every item); a JSON
+    /// syntax error gives its byte; a number past 64 bits is out of range, not the wrong
+    /// type; a field named twice is refused, not read as its last value.
+    func testEmptySegmentsAndBadJSONGetAnswersThatSayWhy() throws {
+        let cluster = try startCluster(agents: 1)
+        let c = cluster.coordinatorURL
+        let a = cluster.url("a")
+        let api = CohortAPI(coordinatorURL: c)
+        func answer(_ method: String, _ url: String, _ body: String = "") throws -> (Int, String) {
+            let r = try api.raw(method, url, body: Array(body.utf8))
+            let error = (try? JSONDecoder().decode(ErrorBody.self, from: Data(r.body)))?.error ?? String(decoding: r.body, as: UTF8.self)
+            return (r.status, error)
+        }
+        func assertAnswer(_ method: String, _ url: String, _ body: String = "", _ status: Int, _ error: String,
+                          line: UInt = #line) throws {
+            let (got, text) = try answer(method, url, body)
+            XCTAssertEqual(got, status, "\(method) \(url) \(body): \(text)", line: line)
+            XCTAssertTrue(text.contains(error), "\(method) \(url) \(body): \(text)", line: line)
+        }
+        _ = try api.begin()
+        for url in [c + "/v1/transactions/", c + "/v1/transactions//", c + "/v1/transactions//outcome", a + "/v1/kv/", a + "/v1/branches/"] {
+            try assertAnswer("GET", url, "", 404, "has an empty segment")
+        }
+        XCTAssertEqual(try answer("GET", c + "/v1/transactions").0, 200)
+        // Inside a batch, the same rule, message by message.
+        let batch = try api.raw("POST", a + "/v1/batch", body: Array(#"{"messages": [{"path": "/v1/2pc//abort", "body": "{\"txid\": \"0000abcd-1-1\"}"}]}"#.utf8))
+        XCTAssertTrue(String(decoding: batch.body, as: UTF8.self).contains(#""status":404"#), String(decoding: batch.body, as: UTF8.self))
+
+        let begin = c + "/v1/transactions"
+        try assertAnswer("POST", begin, "{", 400, "invalid JSON body: expected a member name at byte 1")
+        try assertAnswer("POST", begin, #"{"timeout_ms": 5} x"#, 400, "unexpected data after the value at byte 18")
+        try assertAnswer("POST", begin, #"{"timeout_ms":99999999999999999999999}"#, 400, #"field "timeout_ms" is out of range"#)
+        try assertAnswer("POST", begin, #"{"protocol":"2pc","protocol":"3pc"}"#, 400, #"field "protocol" appears twice"#)
+        try assertAnswer("POST", a + "/v1/2pc/commit", #"{"txid": "0000abcd-1-1",}"#, 400, "expected a member name at byte 24")
+        // Bodies read with Foundation's decoder (an operator's force) say the same.
+        let force = c + "/v1/transactions/0000abcd-1-1/force"
+        try assertAnswer("POST", force, "{", 400, "invalid JSON body: expected a member name at byte 1")
+        try assertAnswer("POST", force, #"{"outcome": "aborted", "reason": "r", "reason": "s"}"#, 400, #"field "reason" appears twice"#)
+        // A base URL with a trailing slash would send every message to a path with an empty segment.
+        let txid = try api.begin()
+        try assertAnswer("POST", c + "/v1/transactions/\(txid)/branches", #"{"participant": "p", "url": "\#(a)/"}"#, 400, "ends in a slash")
+    }
+
     /// An agent's scan answer stays under the size a client reads (`Limits.scanBytesMax` of
     /// keys and values); `next_after` leads to the rest, and `kvScan` follows it.
     /// A refused registration or commit naming a batch-capable URL leaves nothing behind: a

@@ -1,4 +1,5 @@
 @testable import CohortCtl
+import CohortCore
 import XCTest
 
 /// Argument errors, help and exit codes, in-process (no server).
@@ -52,6 +53,22 @@ final class UsageTests: XCTestCase {
         let r = ctl(["list"])
         XCTAssertEqual(r.status, 2)
         XCTAssertEqual(r.err, "error: no coordinator: pass --coordinator URL or set COHORT_COORDINATOR\n")
+    }
+
+    /// An empty TXID asked for `/v1/transactions/` and printed the list as an "unexpected
+    /// answer"; a 100,000-character one got "header section too large" from the server.
+    func testATxidThatCannotBeOneIsRefusedHere() {
+        let long = String(repeating: "a", count: 100_000)
+        for txid in ["", long] {
+            let why = txid.isEmpty ? "TXID is empty" : "is 100000 bytes; a txid is at most \(Limits.txidBytesMax)"
+            assertUsage(["show", txid], why)
+            assertUsage(["explain", txid], why)
+            assertUsage(["retry", txid], why)
+            assertUsage(["commit", txid, "--force", "--reason", "r"], why)
+            assertUsage(["agent", "http://127.0.0.1:1", "show", txid], why)
+            assertUsage(["agent", "http://127.0.0.1:1", "abort", txid, "--force", "--reason", "r"], why)
+        }
+        XCTAssertLessThan(ctl(["show", long], env: env).err.count, 200, "the argument is not echoed whole")
     }
 
     func testUnreachableCoordinatorIsOneClearLine() {
