@@ -130,6 +130,14 @@ public final class AgentNode {
 
         let recoveryActions = try machine.recover(snapshot: recovered.snapshot,
                                                   records: recovered.records.map { ($0.lsn, $0.type, $0.payload) })
+        // Checked before anything is applied: replaying the commits after the checkpoint would
+        // raise the store's LSN past the mark while the commits before it stayed lost.
+        if let required = machine.snapshotStoreAppliedLSN, let checkpointLSN = recovered.snapshotLSN {
+            let applied = try store.appliedLSN()
+            if applied < required {
+                throw StoreBehindLogError(storeAppliedLSN: applied, checkpointLSN: checkpointLSN, requiredLSN: required)
+            }
+        }
         let applies = recoveryActions.compactMap { action -> (txid: String, writeSet: [UInt8], lsn: UInt64)? in
             if case .apply(let t, let ws, let lsn) = action { return (t, ws, lsn) } else { return nil }
         }
@@ -231,7 +239,9 @@ public final class AgentNode {
         do {
             // Everything applied so far must survive power loss before the log forgets it.
             try store.makeDurable()
-            _ = try log.checkpoint(snapshot: machine.snapshot())
+            // The commits up to the store's applied LSN leave the log with this checkpoint;
+            // recorded so that a start finding the store below it refuses (StoreBehindLogError).
+            _ = try log.checkpoint(snapshot: machine.snapshot(storeAppliedLSN: try store.appliedLSN()))
         } catch is KVStoreBusy {
             // A reader of a shared store held SQLite's checkpoint back: the log keeps its
             // records (nothing is lost, it is only longer); try again a little later.
@@ -945,5 +955,18 @@ final class RecordingSink: ResponseSink {
     func send(_ response: HTTPResponse) {
         record(response)
         inner.send(response)
+    }
+}
+
+/// The store has applied less of the log than the log's checkpoint recorded as applied and
+/// durable when it dropped the records before it: those commits are in neither. The store was
+/// replaced by an older copy, or lost its data; starting would serve a state that misses
+/// committed transactions.
+public struct StoreBehindLogError: Error, CustomStringConvertible {
+    public let storeAppliedLSN: UInt64
+    public let checkpointLSN: UInt64
+    public let requiredLSN: UInt64
+    public var description: String {
+        "the store has applied the log up to LSN \(storeAppliedLSN), but the log's checkpoint at LSN \(checkpointLSN) recorded it durable up to LSN \(requiredLSN), and the log no longer holds the commits before that checkpoint"
     }
 }

@@ -59,21 +59,28 @@ public final class AgentServer: RunnableServer {
         self.loop = loop
         let dir = options.dataDirectory
         dataDirectoryLock = try DataDirectory.lock(dir: dir)
-        let name = try DataDirectory.identity(
-            dir: dir, file: "agent.name", logSubdirectory: "log", make: { options.name },
-            validate: { !$0.isEmpty })
+        let identity = try DataDirectory.identities(
+            dir: dir,
+            files: [.init("agent.name", make: { options.name }, validate: { !$0.isEmpty }),
+                    .init("agent.incarnation", make: { String(format: "%016llx", ProcessEnv.randomU64()) },
+                          validate: { $0.utf8.count == 16 && UInt64($0, radix: 16) != nil })],
+            logSubdirectory: "log",
+            startLog: { _ in
+                // A new participant's state: no branch, and nothing applied to the store.
+                try DataDirectory.writeFirstCheckpoint(
+                    logDirectory: dir + "/log", snapshot: Participant(config: Participant.Config(name: options.name)).snapshot())
+            })
+        let (name, incarnation) = (identity[0], identity[1])
         guard name == options.name else {
             throw StartupError("\(dir) belongs to agent \"\(name)\", not \"\(options.name)\"; refusing to mix their logs")
         }
-        let incarnation = try DataDirectory.identity(
-            dir: dir, file: "agent.incarnation", logSubdirectory: "log",
-            make: { String(format: "%016llx", ProcessEnv.randomU64()) },
-            validate: { $0.utf8.count == 16 && UInt64($0, radix: 16) != nil })
         let storage = try FileLogStorage(directory: dir + "/log", faults: try storageFaultsFromEnvironment())
         precondition(options.commitRideUs >= 0 && options.commitRideUs <= Limits.soonSyncDelayUsMax, "commitRideUs out of range")
         let (log, recovered) = try DurableLog.open(storage: storage, config: DurableLogConfig(soonSyncDelayUs: options.commitRideUs))
         recoveryNote = recovered.repairNote
-        store = try SQLiteKVStore(path: dir + "/kv.sqlite", exclusive: options.storeIsExclusive)
+        let storePath = dir + "/kv.sqlite"
+        try Self.refuseALostStore(storePath, recovered: recovered)
+        store = try SQLiteKVStore(path: storePath, exclusive: options.storeIsExclusive)
         var config = Participant.Config(name: options.name)
         config.seed = options.seed ?? ProcessEnv.randomU64()
         // Inquiries are cheap; keep asking at least every second so a restarted coordinator's
@@ -82,10 +89,14 @@ public final class AgentServer: RunnableServer {
         var clientConfig = HTTPClientConfig()
         clientConfig.bearerToken = options.token
         client = HTTPClient(loop: loop, config: clientConfig)
-        node = try AgentNode(name: options.name, incarnation: incarnation, coordinatorURL: options.coordinatorURL,
-                             log: log, recovered: recovered, store: store, config: config,
-                             checkpointAfterBytes: options.checkpointAfterBytes,
-                             environment: LoopEnvironment(loop: loop, client: client), onFatal: onFatal)
+        do {
+            node = try AgentNode(name: options.name, incarnation: incarnation, coordinatorURL: options.coordinatorURL,
+                                 log: log, recovered: recovered, store: store, config: config,
+                                 checkpointAfterBytes: options.checkpointAfterBytes,
+                                 environment: LoopEnvironment(loop: loop, client: client), onFatal: onFatal)
+        } catch let error as StoreBehindLogError {
+            throw StartupError("\(storePath) is older than the log: \(error); refusing to start (restore \(storePath) from the copy that goes with this log)")
+        }
         var serverConfig = HTTPServerConfig()
         serverConfig.bearerToken = options.token
         let node = self.node!
@@ -96,6 +107,27 @@ public final class AgentServer: RunnableServer {
         }
         node.advertiseURL = options.advertiseURL ?? "http://\(options.host):\(server.port)"
         node.exposeHTTPServerMetrics(server)
+    }
+
+    /// A log checkpointed past its first record has dropped commits that only the store holds
+    /// now: a store file that is missing or empty there has lost them, and opening it would
+    /// create an empty store that the log replays only its last records into. Refused before
+    /// SQLite opens (and so creates or changes) anything. Checked by size alone; a store that
+    /// has data but less than the checkpoint recorded is caught once it is open
+    /// (`StoreBehindLogError`). A log whose only checkpoint is its first record (a new
+    /// directory's) still holds every commit: the store is rebuilt from it.
+    static func refuseALostStore(_ path: String, recovered: RecoveredLog) throws {
+        guard let checkpointLSN = recovered.snapshotLSN, checkpointLSN > 1 else { return }
+        let problem: String
+        if !PosixFS.exists(path) {
+            problem = "is missing"
+        } else {
+            let file = try PosixFile(path: path, create: false)
+            defer { file.close() }
+            guard try file.size() == 0 else { return }
+            problem = "is empty (0 bytes)"
+        }
+        throw StartupError("\(path) \(problem), but the log was checkpointed at LSN \(checkpointLSN) and no longer holds the commits before that, which only the store had; refusing to start (restore \(path) from the copy that goes with this log)")
     }
 
     /// Runs the event loop on the calling thread until `shutdown()`. The caller routes

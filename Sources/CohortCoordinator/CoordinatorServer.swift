@@ -50,10 +50,19 @@ public final class CoordinatorServer: RunnableServer {
         self.loop = loop
         let dir = options.dataDirectory
         dataDirectoryLock = try DataDirectory.lock(dir: dir)
-        let coordinatorID = try DataDirectory.identity(
-            dir: dir, file: "coordinator.id", logSubdirectory: "log",
-            make: { String(format: "%08x", UInt32(truncatingIfNeeded: ProcessEnv.randomU64())) },
-            validate: TxID.isValidCoordinatorID)
+        let coordinatorID = try DataDirectory.identities(
+            dir: dir,
+            files: [.init("coordinator.id", make: { String(format: "%08x", UInt32(truncatingIfNeeded: ProcessEnv.randomU64())) },
+                          validate: TxID.isValidCoordinatorID)],
+            logSubdirectory: "log",
+            startLog: { ids in
+                // A new coordinator's state: no transaction, and no epoch used yet (0, which
+                // every real epoch is above).
+                let machine = Coordinator(config: Coordinator.Config(coordinatorID: ids[0], epoch: 0))
+                try DataDirectory.writeFirstCheckpoint(
+                    logDirectory: dir + "/log",
+                    snapshot: CoordinatorSnapshotContainer.pack(coordinator: machine.snapshot(), tcc: TCCCoordinator().snapshot()))
+            })[0]
         let storage = try FileLogStorage(directory: dir + "/log", faults: try storageFaultsFromEnvironment())
         let (log, recovered) = try DurableLog.open(storage: storage)
         recoveryNote = recovered.repairNote

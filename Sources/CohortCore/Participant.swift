@@ -267,6 +267,10 @@ public struct Participant {
         self.rng = SplitMix64(seed: config.seed)
     }
 
+    /// Set by `recover`: the store's applied LSN that the recovered snapshot recorded, nil
+    /// without a snapshot or in one written before it was recorded.
+    public private(set) var snapshotStoreAppliedLSN: UInt64?
+
     public var inDoubtCount: Int {
         branches.values.reduce(0) { $0 + ($1.state == .prepared || $1.state == .committing ? 1 : 0) }
     }
@@ -350,6 +354,8 @@ public struct Participant {
                     rememberFinished(txid, try r.bool() ? .committed : .aborted)
                 }
             }
+            // The store's applied LSN when the snapshot was taken (absent in older snapshots).
+            if !r.isAtEnd { snapshotStoreAppliedLSN = try r.u64() }
         }
         for record in records {
             switch try ParticipantRecordCoding.decode(type: record.type, payload: record.payload) {
@@ -403,8 +409,10 @@ public struct Participant {
     /// The in-doubt and heuristically decided branches (and commits whose record precedes
     /// this point but which the store may not have applied yet, with their LSNs) — enough to
     /// rebuild after the log before this point is dropped. The runtime makes the store durable
-    /// first.
-    public func snapshot() -> [UInt8] {
+    /// first, and passes the LSN the store has applied up to (`storeAppliedLSN`): the commits
+    /// up to it leave the log with this checkpoint and live on only in the store, so a store
+    /// found below it at the next start has lost them (`snapshotStoreAppliedLSN`).
+    public func snapshot(storeAppliedLSN: UInt64 = 0) -> [UInt8] {
         var w = ByteWriter()
         w.u8(3)
         // An aborting branch's record precedes the snapshot, so it is durable if the snapshot
@@ -453,6 +461,7 @@ public struct Participant {
             w.string(txid)
             w.bool(false)
         }
+        w.u64(storeAppliedLSN)
         return w.bytes
     }
 

@@ -298,6 +298,13 @@ public final class DurableLog {
         return (log, recovery.recovered)
     }
 
+    /// The names of the segment files in `storage`, oldest first: no temporary segment, no
+    /// copy of a cut torn tail. What a server's startup looks at to tell a log that was never
+    /// written from one whose segments were lost.
+    public static func segmentFileNames(in storage: LogStorage) throws -> [String] {
+        try Recovery.segmentFiles(storage).map(\.name)
+    }
+
     // MARK: appending
 
     /// Buffers a record and returns its LSN at once; never waits for I/O. `force` asks for a

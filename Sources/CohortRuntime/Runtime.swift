@@ -202,38 +202,111 @@ public enum DataDirectory {
         return lock
     }
 
-    /// Reads the identity stored in `dir/name`, or creates one if the directory holds no log yet.
-    /// A log without its identity file means the directory was damaged or mixed up: refuse to
-    /// start rather than invent a new identity for old records. The other way round too: an
-    /// identity whose log folder is gone has lost the outcomes it answered for, and starting
-    /// would presume abort for transactions it committed. So a new identity is written only
-    /// after the log folder exists durably. Call it after `lock`, which creates the directory.
-    public static func identity(dir: String, file name: String, logSubdirectory: String, make: () -> String, validate: (String) -> Bool) throws -> String {
-        let path = dir + "/" + name
+    /// One identity file of a data directory: its name, how a new directory draws its value,
+    /// and what a valid value looks like.
+    public struct IdentityFile {
+        public let name: String
+        public let make: () -> String
+        public let validate: (String) -> Bool
+        public init(_ name: String, make: @escaping () -> String, validate: @escaping (String) -> Bool) {
+            self.name = name
+            self.make = make
+            self.validate = validate
+        }
+    }
+
+    /// Reads the identity files of `dir` (in the order given), or creates them with the log of a
+    /// new directory. Call it after `lock`, which creates the directory.
+    ///
+    /// The identity and the log's segments vouch for each other. A log without its identity
+    /// means the directory was damaged or mixed up: refused rather than invent a new identity
+    /// for old records. An identity whose log folder is gone, or holds no segment, has lost the
+    /// outcomes it answered for, and starting would presume abort for transactions it committed
+    /// (and an agent would forget branches it voted yes on): refused too.
+    ///
+    /// So a new directory never has an identity without a segment: `startLog` writes the log's
+    /// first segment, durably (a checkpoint of the empty state), before the identity files get
+    /// their names. They are drawn first and kept under `NAME.new` meanwhile: a crash during
+    /// creation leaves `NAME.new` files, and the next start finishes the creation with the same
+    /// values (it never served, so nothing in its log was acknowledged). A directory an older
+    /// version created and stopped before logging anything has an identity and no segment: it is
+    /// refused like damage, and the message says to remove the identity files if it never ran
+    /// a transaction.
+    public static func identities(dir: String, files: [IdentityFile], logSubdirectory: String,
+                                  startLog: ([String]) throws -> Void) throws -> [String] {
+        precondition(!files.isEmpty, "a data directory has at least one identity file")
         let logDir = dir + "/" + logSubdirectory
-        if PosixFS.exists(path) {
-            let bytes = try PosixFS.readFile(path)
-            let text = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            guard validate(text) else {
+        func read(_ path: String, _ file: IdentityFile) throws -> String? {
+            guard PosixFS.exists(path) else { return nil }
+            let text = String(decoding: try PosixFS.readFile(path), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard file.validate(text) else {
                 throw StartupError("\(path) is damaged (it holds \"\(text.prefix(40))\"); refusing to start")
-            }
-            guard PosixFS.isDirectory(logDir) else {
-                throw StartupError("\(path) exists but its log folder \(logDir) is missing: the outcomes it held would be presumed aborted; refusing to start (restore the log, or remove \(name) only if this directory never ran a transaction)")
             }
             return text
         }
-        if PosixFS.exists(logDir), !((try? PosixFS.listDirectory(logDir)) ?? []).isEmpty {
-            throw StartupError("\(dir) has log files but no \(name); refusing to start with a new identity over an old log")
+        let paths = files.map { dir + "/" + $0.name }
+        let pendingPaths = paths.map { $0 + ".new" }
+        let existing = try zip(paths, files).map { try read($0, $1) }
+        let pending = try zip(pendingPaths, files).map { try read($0, $1) }
+        let names = files.map(\.name).joined(separator: " and ")
+        let segments = PosixFS.isDirectory(logDir) ? try DurableLog.segmentFileNames(in: try FileLogStorage(directory: logDir)) : []
+
+        if pending.allSatisfy({ $0 == nil }) {
+            if let i = existing.firstIndex(where: { $0 != nil }) {
+                guard PosixFS.isDirectory(logDir) else {
+                    throw StartupError("\(paths[i]) exists but its log folder \(logDir) is missing: the outcomes it held would be presumed aborted; refusing to start (restore the log, or remove \(names) only if this directory never ran a transaction)")
+                }
+                guard !segments.isEmpty else {
+                    throw StartupError("\(paths[i]) exists but its log folder \(logDir) holds no log segment: what the log held would be forgotten (a coordinator's commit decisions, an agent's yes votes) and answered as aborted; refusing to start (restore the log's segments, or remove \(names) only if this directory never ran a transaction)")
+                }
+                if let missing = existing.firstIndex(where: { $0 == nil }) {
+                    throw StartupError("\(dir) has log files but no \(files[missing].name); refusing to start with a new identity over an old log")
+                }
+                return existing.map { $0! }
+            }
+            if PosixFS.exists(logDir), !((try? PosixFS.listDirectory(logDir)) ?? []).isEmpty {
+                throw StartupError("\(dir) has log files but no \(files[0].name); refusing to start with a new identity over an old log")
+            }
+        } else if segments.count > 1 {
+            // An interrupted creation wrote at most the first segment.
+            throw StartupError("\(dir) holds \(pendingPaths.filter(PosixFS.exists).joined(separator: ", ")), left by a creation that did not finish, but its log has \(segments.count) segments; refusing to start")
         }
+
+        // A new directory, or one whose creation a crash interrupted.
         try PosixFS.createDirectory(logDir, intermediate: true)
         try PosixFS.fsyncDirectory(dir)
         // The data directory's own entry too (`lock` may just have made it): without it a power
         // cut can take the whole directory on file systems that do not journal it for us, and
         // the server would come back with a new identity.
         try PosixFS.fsyncDirectory(PosixFS.parentDirectory(of: dir))
-        let id = make()
-        try PosixFS.writeFileAtomically(path, Array((id + "\n").utf8))
-        return id
+        var values: [String] = []
+        for i in files.indices {
+            if existing[i] != nil && pending[i] != nil { try PosixFS.remove(pendingPaths[i]) }
+            if let value = existing[i] ?? pending[i] {
+                values.append(value)
+            } else {
+                let value = files[i].make()
+                try PosixFS.writeFileAtomically(pendingPaths[i], Array((value + "\n").utf8))
+                values.append(value)
+            }
+        }
+        if segments.isEmpty { try startLog(values) }
+        for i in files.indices where existing[i] == nil {
+            try PosixFS.rename(pendingPaths[i], paths[i])
+        }
+        try PosixFS.fsyncDirectory(dir)
+        return values
+    }
+
+    /// Writes the first segment of the empty log in `directory`: a checkpoint of `snapshot` (a
+    /// new node's state), synced and named before this returns. A server's `startLog`.
+    public static func writeFirstCheckpoint(logDirectory: String, snapshot: [UInt8]) throws {
+        let storage = try FileLogStorage(directory: logDirectory)
+        let (log, recovered) = try DurableLog.open(storage: storage, config: DurableLogConfig(syncMode: .manual))
+        defer { log.close() }
+        precondition(recovered.snapshot == nil && recovered.records.isEmpty, "a first checkpoint in a log that has records")
+        _ = try log.checkpoint(snapshot: snapshot)
+        try log.syncNow()
     }
 }
 

@@ -268,6 +268,92 @@ final class BadInputTests: XCTestCase {
         try assertRecovered(workload, cluster, context: "with the logs back")
     }
 
+    /// The same with the log folder there but emptied of its segments (a black-box probe
+    /// deleted the only one): the coordinator answered `aborted` for a transaction whose client
+    /// had been told `committed`, and an agent forgot a branch it had voted yes on. Both refuse,
+    /// naming the folder, and write nothing into it; with the segments back they start.
+    func testAnIdentityWhoseLogFolderHoldsNoSegmentIsRefused() throws {
+        let (cluster, workload) = try clusterWithTransfers()
+        let names = [Cluster.coordinatorName] + cluster.agentNames
+        for name in names { cluster.kill9(name) }
+        let coordinatorDir = cluster.dataDirectory(of: Cluster.coordinatorName)
+        let agentDir = cluster.dataDirectory(of: cluster.agentNames[0])
+        let starts: [(String, [String], String, String)] = [
+            ("cohortd", ["--data", coordinatorDir, "--port", "0"], coordinatorDir, "coordinator.id"),
+            ("cohort-agent", ["--name", cluster.agentNames[0], "--data", agentDir, "--port", "0",
+                              "--coordinator", "http://127.0.0.1:1"], agentDir, "agent.name"),
+        ]
+        let fm = FileManager.default
+        for (program, args, dir, identity) in starts {
+            let logDir = dir + "/log"
+            let aside = dir + "/segments.away"
+            try fm.createDirectory(atPath: aside, withIntermediateDirectories: false)
+            let segments = try fm.contentsOfDirectory(atPath: logDir).filter { $0.hasSuffix(".log") }
+            XCTAssertFalse(segments.isEmpty, program)
+            for name in segments { try fm.moveItem(atPath: logDir + "/" + name, toPath: aside + "/" + name) }
+            // Before the fix the server started and served: the run did not end.
+            let r = try runToCompletion(cluster.executable(program), args, timeoutMs: 10_000)
+            XCTAssertEqual(r.status, 1, "\(program): \(r.stderr)")
+            XCTAssertTrue(r.stderr.hasPrefix("error: cannot start: \(dir)/\(identity) exists but its log folder \(logDir) holds no log segment"),
+                          "\(program): \(r.stderr)")
+            XCTAssertEqual(try fm.contentsOfDirectory(atPath: logDir).filter { $0.hasSuffix(".log") }, [], "\(program) made no new segment")
+            for name in segments { try fm.moveItem(atPath: aside + "/" + name, toPath: logDir + "/" + name) }
+            try fm.removeItem(atPath: aside)
+        }
+        for name in names { try cluster.restart(name) }
+        try assertRecovered(workload, cluster, context: "with the segments back")
+    }
+
+    /// So a new data directory must never be left with an identity and no segment: its log's
+    /// first segment (a checkpoint of the empty state) is durable before the identity files get
+    /// their names. They are drawn first and wait as `NAME.new`; a start after a crash during
+    /// the creation finishes it with the same identity, whether the first segment was written
+    /// or not.
+    func testANewDataDirectoryLogsBeforeItsIdentityAndFinishesAnInterruptedCreation() throws {
+        let cluster = try startCluster(agents: 2)
+        let fm = FileManager.default
+        let agent = cluster.agentNames[0]
+        var identities: [String: [String: String]] = [:]
+        var files = [Cluster.coordinatorName: ["coordinator.id"]]
+        for name in cluster.agentNames { files[name] = ["agent.name", "agent.incarnation"] }
+        for name in cluster.allNames {
+            let dir = cluster.dataDirectory(of: name)
+            let entries = try fm.contentsOfDirectory(atPath: dir)
+            XCTAssertFalse(entries.contains { $0.hasSuffix(".new") }, "\(name): \(entries)")
+            XCTAssertEqual(try fm.contentsOfDirectory(atPath: dir + "/log").filter { $0.hasSuffix(".log") }, ["0000000000000001.log"], name)
+            for file in files[name]! {
+                identities[name, default: [:]][file] = try String(contentsOfFile: dir + "/" + file, encoding: .utf8)
+            }
+        }
+        for name in cluster.allNames { cluster.kill9(name) }
+        // The coordinator was caught after its first segment, before its identity got its name;
+        // the agent before its first segment was written, once both identities were drawn.
+        let coordinatorDir = cluster.dataDirectory(of: Cluster.coordinatorName)
+        try fm.moveItem(atPath: coordinatorDir + "/coordinator.id", toPath: coordinatorDir + "/coordinator.id.new")
+        let agentDir = cluster.dataDirectory(of: agent)
+        for file in files[agent]! { try fm.moveItem(atPath: agentDir + "/" + file, toPath: agentDir + "/" + file + ".new") }
+        for segment in try fm.contentsOfDirectory(atPath: agentDir + "/log") { try fm.removeItem(atPath: agentDir + "/log/" + segment) }
+        for name in cluster.allNames { try cluster.restart(name) }
+        for name in cluster.allNames {
+            let dir = cluster.dataDirectory(of: name)
+            let entries = try fm.contentsOfDirectory(atPath: dir)
+            XCTAssertFalse(entries.contains { $0.hasSuffix(".new") }, "\(name): \(entries)")
+            XCTAssertTrue(try fm.contentsOfDirectory(atPath: dir + "/log").contains("0000000000000001.log"), name)
+            for file in files[name]! {
+                XCTAssertEqual(try String(contentsOfFile: dir + "/" + file, encoding: .utf8), identities[name]![file], "\(name): \(file)")
+            }
+        }
+        var config = TransferWorkload.Config(coordinatorURL: cluster.coordinatorURL, agentURLs: cluster.agentURLs)
+        config.accounts = 4
+        let workload = TransferWorkload(config: config)
+        try workload.setup()
+        XCTAssertGreaterThan(workload.run(clients: 1, count: 5).committed, 0)
+        // Stopped before logging anything, the directories start again.
+        let fresh = try startCluster(agents: 2)
+        for name in fresh.allNames { fresh.terminate(name) }
+        for name in fresh.allNames { try fresh.restart(name, kill: false) }
+    }
+
     func testBadCommandLinesExit2WithAnErrorLine() throws {
         let bin = try binDirectory()
         let dir = tempPath("cohort-badcli-\(UUID().uuidString.prefix(8))")
