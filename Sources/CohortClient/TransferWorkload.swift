@@ -439,14 +439,25 @@ public final class TransferWorkload: @unchecked Sendable {
         }
     }
 
-    /// The agents' participant names and callback addresses, asked once (submit names each
-    /// branch's participant).
+    /// The agents' participant names and callback addresses, asked until every agent has
+    /// answered once (submit names each branch's participant). An agent that does not answer
+    /// is named by its URL for this transfer only: an agent votes no on work named for another
+    /// participant, so a name kept from one failed ask would abort every later transfer to it.
     private func participantIdentities(_ api: CohortAPI) -> [(name: String, url: String)] {
         lock.lock()
         if let ids = identities { lock.unlock(); return ids }
         lock.unlock()
-        let ids = config.agentURLs.map { (try? api.participantIdentity($0)) ?? ($0, $0) }
-        lock.lock(); identities = ids; lock.unlock()
+        var ids: [(name: String, url: String)] = []
+        var allAnswered = true
+        for url in config.agentURLs {
+            if let id = try? api.participantIdentity(url) {
+                ids.append(id)
+            } else {
+                ids.append((name: url, url: url))
+                allAnswered = false
+            }
+        }
+        if allAnswered { lock.lock(); identities = ids; lock.unlock() }
         return ids
     }
 

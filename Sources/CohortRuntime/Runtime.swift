@@ -230,8 +230,8 @@ public enum DataDirectory {
     /// creation leaves `NAME.new` files, and the next start finishes the creation with the same
     /// values (it never served, so nothing in its log was acknowledged). A directory an older
     /// version created and stopped before logging anything has an identity and no segment: it is
-    /// refused like damage, and the message says to remove the identity files if it never ran
-    /// a transaction.
+    /// refused like damage, and the message says how an operator who knows it never logged
+    /// anything finishes it with the same identity (rename an identity file to `NAME.new`).
     public static func identities(dir: String, files: [IdentityFile], logSubdirectory: String,
                                   startLog: ([String]) throws -> Void) throws -> [String] {
         precondition(!files.isEmpty, "a data directory has at least one identity file")
@@ -257,7 +257,12 @@ public enum DataDirectory {
                     throw StartupError("\(paths[i]) exists but its log folder \(logDir) is missing: the outcomes it held would be presumed aborted; refusing to start (restore the log, or remove \(names) only if this directory never ran a transaction)")
                 }
                 guard !segments.isEmpty else {
-                    throw StartupError("\(paths[i]) exists but its log folder \(logDir) holds no log segment: what the log held would be forgotten (a coordinator's commit decisions, an agent's yes votes) and answered as aborted; refusing to start (restore the log's segments, or remove \(names) only if this directory never ran a transaction)")
+                    // A Cohort from before this check wrote no segment until its first record,
+                    // so its idle directories look like this too. Renaming an identity file to
+                    // NAME.new makes the next start finish the directory as an interrupted
+                    // creation, with the same identity (a new one would make participants that
+                    // ask about its old txids hear "unknown coordinator").
+                    throw StartupError("\(paths[i]) exists but its log folder \(logDir) holds no log segment: what the log held would be forgotten (a coordinator's commit decisions, an agent's yes votes) and answered as aborted; refusing to start. Restore the log's segments; or, only if an older Cohort (one that wrote no segment until its first record) made this directory and it never logged anything, rename \(paths[0]) to \(paths[0]).new and start again: it keeps its identity")
                 }
                 if let missing = existing.firstIndex(where: { $0 == nil }) {
                     throw StartupError("\(dir) has log files but no \(files[missing].name); refusing to start with a new identity over an old log")

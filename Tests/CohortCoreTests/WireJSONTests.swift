@@ -1,4 +1,4 @@
-import CohortCore
+@testable import CohortCore
 import Foundation
 import XCTest
 
@@ -83,6 +83,22 @@ final class WireJSONTests: XCTestCase {
         XCTAssertEqual(JSONParser.objection(Array(#"{"a": [{"b": 1, "b": 2}]}"#.utf8)), .duplicateField("a.0.b"))
         XCTAssertEqual(JSONParser.objection(Array("{".utf8)), .malformed("expected a member name at byte 1"))
         XCTAssertNil(JSONParser.objection(Array(#"{"a": [{"b": 1}, {"b": 2}]}"#.utf8)))
+    }
+
+    /// Past `WireObject.pairwiseMembersMax` members the repeat check goes through a set: the
+    /// same answers, found at the same member. (Comparing every pair of a client's 80,000-member
+    /// body held a server's event loop for minutes; this test would take that long again.)
+    func testRepeatedNamesInLargeObjectsAreFoundLinearly() throws {
+        func object(_ names: [String]) -> String { "{" + names.map { #""\#($0)": 0"# }.joined(separator: ",") + "}" }
+        let many = (0..<100_000).map { "k\($0)" }
+        XCTAssertNoThrow(try WireObject(bytes: Array(object(many).utf8)))
+        XCTAssertThrowsError(try WireObject(bytes: Array(object(many + ["k99999"]).utf8))) {
+            XCTAssertEqual($0 as? WireJSONError, .duplicateField("k99999"))
+        }
+        let seventeen = (0..<17).map { "f\($0)" }
+        XCTAssertEqual(WireObject.firstRepeat(seventeen.map { ($0, JSONNode.null) }), nil)
+        XCTAssertEqual(WireObject.firstRepeat((seventeen + ["f3", "f4"]).map { ($0, JSONNode.null) }), 17)
+        XCTAssertEqual(JSONParser.objection(Array(#"{"x": \#(object(many + ["k5"]))}"#.utf8)), .duplicateField("x.k5"))
     }
 
     /// A whole number past 64 bits said "wrong type"; it is the right type, out of range.

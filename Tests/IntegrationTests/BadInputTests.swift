@@ -352,6 +352,19 @@ final class BadInputTests: XCTestCase {
         let fresh = try startCluster(agents: 2)
         for name in fresh.allNames { fresh.terminate(name) }
         for name in fresh.allNames { try fresh.restart(name, kill: false) }
+        // A directory an older version made and left idle: an identity, no segment. Refused;
+        // the remedy the message gives (rename the identity to NAME.new) keeps the identity.
+        fresh.terminate(Cluster.coordinatorName)
+        let oldDir = fresh.dataDirectory(of: Cluster.coordinatorName)
+        let id = try String(contentsOfFile: oldDir + "/coordinator.id", encoding: .utf8)
+        for segment in try fm.contentsOfDirectory(atPath: oldDir + "/log") { try fm.removeItem(atPath: oldDir + "/log/" + segment) }
+        let refused = try runToCompletion(fresh.executable("cohortd"), ["--data", oldDir, "--port", "0"], timeoutMs: 10_000)
+        XCTAssertEqual(refused.status, 1, refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("rename \(oldDir)/coordinator.id to \(oldDir)/coordinator.id.new and start again"), refused.stderr)
+        try fm.moveItem(atPath: oldDir + "/coordinator.id", toPath: oldDir + "/coordinator.id.new")
+        try fresh.restart(Cluster.coordinatorName, kill: false)
+        XCTAssertEqual(try String(contentsOfFile: oldDir + "/coordinator.id", encoding: .utf8), id, "the same identity")
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: oldDir + "/log").filter { $0.hasSuffix(".log") }, ["0000000000000001.log"])
     }
 
     func testBadCommandLinesExit2WithAnErrorLine() throws {
