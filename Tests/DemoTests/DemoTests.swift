@@ -1,5 +1,6 @@
 import CohortClient
 import CohortCore
+import CohortPosix
 import Foundation
 import XCTest
 
@@ -331,7 +332,11 @@ final class DemoTests: XCTestCase {
     /// and of the order service while they flow; skipped when redis-server is not installed.
     func testOutboxThroughRedisStreamsKeepsTheAtRestRules() throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/redis-server") else { throw XCTSkip("redis-server not installed") }
-        let port = 20_000 + Int.random(in: 0..<20_000)
+        // A port the kernel just handed out, not a random one: a random port that something
+        // already listened on left redis unstarted and every outbox order pending (once in CI).
+        let probe = try StreamListener(host: "127.0.0.1", port: 0)
+        let port = probe.port
+        probe.close()
         let dir = NSTemporaryDirectory() + "cohort-redis-\(port)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let redis = ManagedProcess(name: "redis", executable: URL(fileURLWithPath: "/usr/bin/redis-server"),
@@ -342,7 +347,18 @@ final class DemoTests: XCTestCase {
             redis.terminate()
             try? FileManager.default.removeItem(atPath: dir)
         }
-        Thread.sleep(forTimeInterval: 0.5)
+        // Ready when it answers PING (not after a fixed pause); a redis that exits says why.
+        let deadline = Date().addingTimeInterval(20)
+        var ready = false
+        while !ready {
+            XCTAssertTrue(redis.isRunning, "redis exited: \(redis.stdoutText().suffix(400))")
+            guard redis.isRunning, Date() < deadline else { throw XCTSkip("redis-server did not answer PING on port \(port)") }
+            if let c = try? StreamConnection.connect(host: "127.0.0.1", port: port, timeoutMs: 500) {
+                ready = c.writeAll(Array("PING\r\n".utf8)) && (c.read(timeoutMs: 500).map { String(decoding: $0, as: UTF8.self).hasPrefix("+PONG") } ?? false)
+                c.close()
+            }
+            if !ready { Thread.sleep(forTimeInterval: 0.02) }
+        }
         let rig = try rig(broker: "redis://127.0.0.1:\(port)")
         try rig.setStock("fig", 30)
         let first = try XCTUnwrap(rig.order("fig", 4, "outbox"))
