@@ -241,22 +241,28 @@ final class BadInputTests: XCTestCase {
         try assertRecovered(workload, cluster, context: "after refused second processes")
     }
 
-    /// A data directory whose identity file is there but whose log folder is gone has lost the
-    /// outcomes it answered for: starting would presume abort for a committed transaction that a
-    /// participant still holds in doubt. Both servers refuse, naming the folder, and change
-    /// nothing; with the log back they start.
-    func testAnIdentityWithoutItsLogIsRefused() throws {
+    /// A cluster after some transfers, every process killed, and how to start its coordinator
+    /// and first agent by hand: (program, arguments, data directory, identity file).
+    private func stoppedClusterAndItsStarts() throws -> (Cluster, TransferWorkload, [String], [(String, [String], String, String)]) {
         let (cluster, workload) = try clusterWithTransfers()
         let names = [Cluster.coordinatorName] + cluster.agentNames
         for name in names { cluster.kill9(name) }
         let coordinatorDir = cluster.dataDirectory(of: Cluster.coordinatorName)
         let agentDir = cluster.dataDirectory(of: cluster.agentNames[0])
-        let starts: [(String, [String], String)] = [
-            ("cohortd", ["--data", coordinatorDir, "--port", "0"], coordinatorDir),
+        return (cluster, workload, names, [
+            ("cohortd", ["--data", coordinatorDir, "--port", "0"], coordinatorDir, "coordinator.id"),
             ("cohort-agent", ["--name", cluster.agentNames[0], "--data", agentDir, "--port", "0",
-                              "--coordinator", "http://127.0.0.1:1"], agentDir),
-        ]
-        for (program, args, dir) in starts {
+                              "--coordinator", "http://127.0.0.1:1"], agentDir, "agent.name"),
+        ])
+    }
+
+    /// A data directory whose identity file is there but whose log folder is gone has lost the
+    /// outcomes it answered for: starting would presume abort for a committed transaction that a
+    /// participant still holds in doubt. Both servers refuse, naming the folder, and change
+    /// nothing; with the log back they start.
+    func testAnIdentityWithoutItsLogIsRefused() throws {
+        let (cluster, workload, names, starts) = try stoppedClusterAndItsStarts()
+        for (program, args, dir, _) in starts {
             try FileManager.default.moveItem(atPath: dir + "/log", toPath: dir + "/log.away")
             let r = try runToCompletion(cluster.executable(program), args)
             XCTAssertEqual(r.status, 1, "\(program): \(r.stderr)")
@@ -273,16 +279,7 @@ final class BadInputTests: XCTestCase {
     /// had been told `committed`, and an agent forgot a branch it had voted yes on. Both refuse,
     /// naming the folder, and write nothing into it; with the segments back they start.
     func testAnIdentityWhoseLogFolderHoldsNoSegmentIsRefused() throws {
-        let (cluster, workload) = try clusterWithTransfers()
-        let names = [Cluster.coordinatorName] + cluster.agentNames
-        for name in names { cluster.kill9(name) }
-        let coordinatorDir = cluster.dataDirectory(of: Cluster.coordinatorName)
-        let agentDir = cluster.dataDirectory(of: cluster.agentNames[0])
-        let starts: [(String, [String], String, String)] = [
-            ("cohortd", ["--data", coordinatorDir, "--port", "0"], coordinatorDir, "coordinator.id"),
-            ("cohort-agent", ["--name", cluster.agentNames[0], "--data", agentDir, "--port", "0",
-                              "--coordinator", "http://127.0.0.1:1"], agentDir, "agent.name"),
-        ]
+        let (cluster, workload, names, starts) = try stoppedClusterAndItsStarts()
         let fm = FileManager.default
         for (program, args, dir, identity) in starts {
             let logDir = dir + "/log"
