@@ -65,6 +65,8 @@ public final class CoordinatorServer: RunnableServer {
             })[0]
         let storage = try FileLogStorage(directory: dir + "/log", faults: try storageFaultsFromEnvironment())
         let (log, recovered) = try DurableLog.open(storage: storage)
+        // One sync round for all a pass of the loop appends (DurableLog.holdWakes).
+        loop.observePasses(start: { [log] in log.holdWakes() }, end: { [log] in log.releaseHeldWakes() })
         recoveryNote = recovered.repairNote
         var config = Coordinator.Config(coordinatorID: coordinatorID, epoch: UInt64(max(SystemClock.wallMs(), 1)))
         config.onePhaseCommit = options.onePhaseCommit

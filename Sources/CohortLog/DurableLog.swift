@@ -246,6 +246,10 @@ public final class DurableLog {
     /// then made rounds of 16 (8 prepares, 8 commits), which read as heavy load and kept each
     /// prepare waiting the full 2 ms for more (docs/benchmarks.md, round 5).
     private var waitedRecordsLastRound = 0
+    /// Between `holdWakes` and `releaseHeldWakes` (one pass of the appending event loop) the
+    /// sync thread is not woken; `wakeOwed` says a wake-up is due at the release.
+    private var wakesHeld = false
+    private var wakeOwed = false
     /// How long a sync of the current segment has lately taken (µs, moving average).
     private var syncUsAverage: Int64 = 0
     private var unsyncedBytes = 0
@@ -375,7 +379,7 @@ public final class DurableLog {
             forcedPending = true
             // Wake the sync thread for the first forced record; while it gathers, only when
             // the group is big enough (a wake-up per record would cost what gathering saves).
-            if forcedRecordsPending == 1 || forcedRecordsPending >= config.groupCommitRecordsTarget { state.signal() }
+            if forcedRecordsPending == 1 || forcedRecordsPending >= config.groupCommitRecordsTarget { wakeSyncThread() }
         case .soon:
             groups[last].waitedRecords += 1
             // A forced record in the protocol's sense (nothing it backs happens before its
@@ -385,13 +389,41 @@ public final class DurableLog {
             // sync takes this record too, and a wake-up would cut its group-commit wait short.
             if soonPendingSinceUs == nil {
                 soonPendingSinceUs = DurableLog.nowUs()
-                if !forcedPending { state.signal() }
+                if !forcedPending { wakeSyncThread() }
             }
         case .lazy:
             // Starts the sync thread's lazy timer.
-            if wasEmpty { state.signal() }
+            if wasEmpty { wakeSyncThread() }
         }
         return lsn
+    }
+
+    /// Under `state`: wakes the sync thread now, or at `releaseHeldWakes` while wakes are held.
+    private func wakeSyncThread() {
+        if wakesHeld { wakeOwed = true } else { state.signal() }
+    }
+
+    /// Holds the sync thread's wake-ups until `releaseHeldWakes`. An event loop calls the pair
+    /// around each pass (`EventLoop.observePasses`): a pass that answers a batch of votes or
+    /// prepares appends a record for each, and a sync thread woken by the first one started
+    /// its round before the rest were appended, so one batch cost two or three syncs (at 8
+    /// clients 0.64 syncs per commit at each agent against 0.51 when the round waited 40 µs;
+    /// docs/benchmarks.md, round 17). Held, the whole pass goes in one round, and nothing waits
+    /// longer than the pass itself. Records appended by other threads meanwhile wait for the
+    /// same release.
+    public func holdWakes() {
+        state.withLock { wakesHeld = true }
+    }
+
+    /// Ends `holdWakes`, waking the sync thread if anything appended meanwhile asked for it.
+    public func releaseHeldWakes() {
+        state.withLock {
+            wakesHeld = false
+            if wakeOwed {
+                wakeOwed = false
+                state.signal()
+            }
+        }
     }
 
     // MARK: callbacks and counters

@@ -96,6 +96,7 @@ public final class EventLoop {
     private let events: UnsafeMutableRawPointer
     private let eventsMax: Int32 = 256
     private var backgroundThread: pthread_t?
+    private var passObservers: [(start: () -> Void, end: () -> Void)] = []
 
     public init() throws {
         let ep = LinuxAPI.epollCreate1(LinuxAPI.cloexec)
@@ -194,6 +195,7 @@ public final class EventLoop {
                 throw PosixError.current("epoll_wait")
             }
             let busySinceNs = SystemClock.monotonicNs()
+            for observer in passObservers { observer.start() }
             for i in 0..<Int(n) {
                 let base = i * LinuxAPI.epollEventBytes
                 let bits = events.loadUnaligned(fromByteOffset: base, as: UInt32.self)
@@ -202,11 +204,21 @@ public final class EventLoop {
             }
             runExpiredTimers()
             runTasks()
+            for observer in passObservers { observer.end() }
             let busyNs = SystemClock.monotonicNs() &- busySinceNs
             busyNsTotal &+= busyNs
             if busyNs > stallNs { stallsTotal += 1 }
             if busyNs > longestBusyNs { longestBusyNs = busyNs }
         }
+    }
+
+    /// Calls `start` when a pass begins (after `epoll_wait` returned, before its events, timers
+    /// and tasks run) and `end` when the pass is over. Everything the loop thread does happens
+    /// inside a pass, so work it hands another thread during one can be held back until `end`
+    /// and go as one piece: the durable log wakes its sync thread once for every record a pass
+    /// appended (`DurableLog.holdWakes`). Loop thread, or before `run`.
+    public func observePasses(start: @escaping () -> Void, end: @escaping () -> Void) {
+        passObservers.append((start: start, end: end))
     }
 
     /// `epoll_wait`, after polling for up to `pollUs` when the wait would block.

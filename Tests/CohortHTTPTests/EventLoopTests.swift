@@ -22,6 +22,40 @@ final class EventLoopTests: XCTestCase {
         XCTAssertEqual(order, [1, 2, 3])
     }
 
+    func testPassObserversBracketEveryTaskAndTimer() throws {
+        let loop = try EventLoop()
+        let lock = NSLock()
+        var steps: [String] = []
+        func note(_ step: String) { lock.withLock { steps.append(step) } }
+        loop.observePasses(start: { note("start") }, end: { note("end") })
+        loop.startThread()
+        defer { loop.stopAndJoin() }
+        let done = DispatchSemaphore(value: 0)
+        loop.execute {
+            note("task")
+            loop.schedule(afterMs: 20) { note("timer") }
+            loop.schedule(afterMs: 40) { done.signal() }
+        }
+        XCTAssertEqual(done.wait(timeout: .now() + 5), .success)
+        // Let the pass that signalled end.
+        let ended = DispatchSemaphore(value: 0)
+        loop.execute { ended.signal() }
+        XCTAssertEqual(ended.wait(timeout: .now() + 5), .success)
+        Thread.sleep(forTimeInterval: 0.05)
+        let seen = lock.withLock { steps }
+        for work in ["task", "timer"] {
+            let i = try XCTUnwrap(seen.firstIndex(of: work))
+            XCTAssertEqual(seen[..<i].last { $0 != "task" && $0 != "timer" }, "start", "\(work) runs inside a pass: \(seen)")
+            XCTAssertEqual(seen[(i + 1)...].first { $0 != "task" && $0 != "timer" }, "end", "\(work)'s pass ends: \(seen)")
+        }
+        var open = false
+        for step in seen where step == "start" || step == "end" {
+            XCTAssertNotEqual(open, step == "start", "passes never nest or overlap: \(seen)")
+            open = step == "start"
+        }
+        XCTAssertFalse(open, "the last pass ended: \(seen)")
+    }
+
     func testExecuteFromManyThreadsRunsOnLoopThreadInOrder() throws {
         let loop = try EventLoop()
         loop.startThread()

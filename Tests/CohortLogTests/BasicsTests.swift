@@ -202,6 +202,32 @@ final class BasicsTests: XCTestCase {
     /// A `.soon` record (a participant's commit record) does not start a sync of its own: it
     /// rides with the next forced record's sync, and without one it syncs after
     /// `soonSyncDelayUs`, well before the lazy delay.
+    func testRecordsAppendedWhileWakesAreHeldShareOneSyncAtTheRelease() throws {
+        let storage = SimLogStorage()
+        let (log, _) = try DurableLog.open(storage: storage)
+        defer { log.close() }
+        _ = try log.append(type: 1, payload: [0], force: true)
+        XCTAssertTrue(waitUntil(timeoutMs: 5_000) { log.durableLSN == 1 })
+        let syncsBefore = log.syncsTotal
+
+        // One event-loop pass that appends a forced record for each of a batch's votes, with
+        // time between them: unheld, the first would start a round of its own.
+        log.holdWakes()
+        for i in 0..<5 {
+            _ = try log.append(type: 1, payload: [UInt8(i)], force: true)
+            PosixThread.sleep(milliseconds: 20)
+        }
+        XCTAssertEqual(log.durableLSN, 1, "nothing is synced while wakes are held")
+        XCTAssertEqual(log.syncsTotal, syncsBefore)
+        log.releaseHeldWakes()
+        XCTAssertTrue(waitUntil(timeoutMs: 5_000) { log.durableLSN == 6 }, "the release starts the round")
+        XCTAssertEqual(log.syncsTotal - syncsBefore, 1, "one sync for the whole pass")
+
+        // Released, a forced record wakes the sync thread at once again.
+        _ = try log.append(type: 1, payload: [9], force: true)
+        XCTAssertTrue(waitUntil(timeoutMs: 5_000) { log.durableLSN == 7 })
+    }
+
     func testSoonRecordRidesWithTheNextForcedSyncOrSyncsAfterItsDelay() throws {
         let storage = SimLogStorage()
         let (log, _) = try DurableLog.open(storage: storage, config: DurableLogConfig(lazySyncDelayMs: 60_000, soonSyncDelayUs: 30_000_000))
