@@ -111,6 +111,10 @@ public enum Limits {
     public static let httpListenBacklog: Int32 = 1024
     /// Connections accepted per wake-up, so a storm of them cannot starve established ones.
     public static let httpAcceptsPerWakeMax = 64
+    /// At the connection limit, idle-looking connections whose next request already waits
+    /// unread are passed over for eviction; after this many the server refuses the new one
+    /// instead of looking further (each look is a system call).
+    public static let httpEvictionPeeksMax = 16
     /// Out of file descriptors: stop accepting this long instead of spinning.
     public static let httpAcceptPauseMs: Int64 = 100
     /// After the response that ends a connection: read and discard this long before closing,

@@ -451,14 +451,26 @@ public final class HTTPServer {
     /// until they time out. Refusing with 503 is left for when every connection is busy.
     /// A scan rather than an idle list kept in order: it runs only at the limit, and keeping
     /// a list would cost every request on the hot path.
+    /// A connection whose next request already waits in its socket, unread because this pass
+    /// of the loop took the new connection first, is not idle: closing it would drop a request
+    /// the client has sent, which it may not send again (a begin is not resent). Such ones are
+    /// passed over, up to `Limits.httpEvictionPeeksMax` of them.
     private func evictIdlest() {
-        var oldest: ServerConnection?
-        for c in connections.values where c.isIdle {
-            if oldest.map({ c.lastActivityMs < $0.lastActivityMs }) ?? true { oldest = c }
+        var passedOver: Set<ObjectIdentifier> = []
+        while passedOver.count < Limits.httpEvictionPeeksMax {
+            var oldest: ServerConnection?
+            for c in connections.values where c.isIdle && !passedOver.contains(ObjectIdentifier(c)) {
+                if oldest.map({ c.lastActivityMs < $0.lastActivityMs }) ?? true { oldest = c }
+            }
+            guard let oldest else { return }
+            if TCP.hasUnreadBytes(oldest.fd) {
+                passedOver.insert(ObjectIdentifier(oldest))
+                continue
+            }
+            connectionsEvicted += 1
+            oldest.close()
+            return
         }
-        guard let oldest else { return }
-        connectionsEvicted += 1
-        oldest.close()
     }
 
     private func pauseAccepting() {

@@ -178,6 +178,17 @@ public enum TCP {
         return err == 0 ? nil : PosixError("connect", errno: err)
     }
 
+    /// Whether bytes the peer sent wait unread in the socket (a peek; nothing is taken). False
+    /// when nothing waits, the peer closed, or the socket failed.
+    public static func hasUnreadBytes(_ fd: Int32) -> Bool {
+        var byte: UInt8 = 0
+        while true {
+            let n = recv(fd, &byte, 1, Int32(MSG_PEEK) | Int32(MSG_DONTWAIT))
+            if n < 0 && errno == EINTR { continue }
+            return n > 0
+        }
+    }
+
     public static func read(_ fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int) -> IOOutcome {
         while true {
             let n = recv(fd, buffer, count, 0)

@@ -320,6 +320,46 @@ final class ServerTests: XCTestCase {
         XCTAssertLessThanOrEqual(try h.sync { server.connectionCount }, limit + Limits.httpRejectedConnectionsMax)
     }
 
+    /// At the limit, the longest-idle connection was closed even when its next request already
+    /// waited in its socket, because the loop's pass took the new connection first: the client
+    /// lost a request it had sent. Such a connection is now passed over for the next idlest.
+    func testEvictionPassesOverAConnectionWhoseNextRequestWaitsUnread() throws {
+        let h = try LoopHarness()
+        let limit = 4
+        let server = try h.server(config: HTTPServerConfig(maxConnections: limit, idleTimeoutMs: 600_000,
+                                                           firstByteTimeoutMs: 600_000), handler: echoHandler)
+        defer { h.stop(server) }
+        var kept: [BlockingSocket] = []
+        defer { kept.forEach { $0.close() } }
+        for i in 0..<limit {
+            let socket = try rawSocket(server.port)
+            try write(socket, "GET /\(i) HTTP/1.1\r\nHost: t\r\n\r\n")
+            XCTAssertTrue(String(decoding: readAll(socket, atLeast: 12), as: UTF8.self).hasPrefix("HTTP/1.1 200 "))
+            kept.append(socket)
+            Thread.sleep(forTimeInterval: 0.01)  // kept[0] is the longest idle
+        }
+        // Hold the loop so that one pass finds the new connection first and kept[0]'s next
+        // request after it.
+        let holding = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        h.loop.execute {
+            holding.signal()
+            release.wait()
+        }
+        holding.wait()
+        let newcomer = try rawSocket(server.port)
+        defer { newcomer.close() }
+        Thread.sleep(forTimeInterval: 0.05)
+        try write(kept[0], "GET /again HTTP/1.1\r\nHost: t\r\n\r\n")
+        Thread.sleep(forTimeInterval: 0.05)
+        release.signal()
+        let again = String(decoding: readAll(kept[0], atLeast: 12), as: UTF8.self)
+        XCTAssertTrue(again.hasPrefix("HTTP/1.1 200 "), "the request that waited unread is answered, got \"\(again)\"")
+        try write(newcomer, "GET /new HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        XCTAssertTrue(String(decoding: readAll(newcomer), as: UTF8.self).hasPrefix("HTTP/1.1 200 "), "the new client is let in")
+        XCTAssertEqual(try h.sync { server.connectionsEvicted }, 1, "another idle connection made room")
+    }
+
     /// A connection that says nothing is closed after the first-byte timeout; one that has
     /// served a request keeps the (longer) idle timeout.
     func testASilentConnectionIsClosedAfterTheFirstByteTimeout() throws {
