@@ -498,7 +498,7 @@ public final class EventLoop {
 
 // MARK: Linux-only calls
 
-/// epoll, eventfd, signalfd, accept4 and getrandom are not in the Swift Glibc module map
+/// epoll, eventfd, signalfd, accept4, getrandom and pipe2 are not in the Swift Glibc module map
 /// (their headers need _GNU_SOURCE or are not listed), and a C shim target would add a package
 /// target. So they are looked up once with dlsym and called through C function pointers, which
 /// keeps the C calling convention exact.
@@ -520,6 +520,7 @@ enum LinuxAPI {
         as: (@convention(c) (Int32, UnsafeMutablePointer<sockaddr>?, UnsafeMutablePointer<socklen_t>?, Int32) -> Int32).self)
     static let getrandom = symbol("getrandom",
         as: (@convention(c) (UnsafeMutableRawPointer?, Int, UInt32) -> Int).self)
+    static let pipe2 = symbol("pipe2", as: (@convention(c) (UnsafeMutablePointer<Int32>?, Int32) -> Int32).self)
 
     // From <sys/epoll.h>, <sys/eventfd.h>, <sys/signalfd.h> (stable Linux ABI values).
     static let EPOLLIN: UInt32 = 0x001

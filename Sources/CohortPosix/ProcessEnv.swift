@@ -1,4 +1,3 @@
-import Dispatch
 import Glibc
 
 /// Process-level facilities, so modules other than CohortPosix never import Glibc.
@@ -49,23 +48,97 @@ public enum ProcessEnv {
     }
 
     private static let terminationLock = PosixConditionLock()
-    nonisolated(unsafe) private static var terminationSources: [DispatchSourceSignal] = []
+    nonisolated(unsafe) private static var terminationHandlers: [@Sendable (Int32) -> Void] = []
+    nonisolated(unsafe) private static var terminationReader: PosixThread?
+    private static let terminationSignals = [SIGTERM, SIGINT, SIGHUP]
 
-    /// Runs `handler`, on a queue of its own, when SIGTERM, SIGINT or SIGHUP arrives,
+    /// Runs `handler`, on a thread of its own, when SIGTERM, SIGINT or SIGHUP arrives,
     /// instead of ending the process at once: a program that started servers must stop them
     /// and remove their temporary folders, or `timeout`, a supervisor or a closed terminal
-    /// leaves them running. The handler is expected to end the process.
+    /// leaves them running. The handler is expected to end the process. Each call adds a
+    /// handler; they run one signal at a time, in the order they were added. Every signal
+    /// that arrives after this returns reaches the handlers.
+    ///
+    /// The signals are caught by a C handler that writes the number into a pipe, and a thread
+    /// reads the pipe and calls the handlers. Not `SIG_IGN` with Dispatch signal sources: an
+    /// ignored signal stays ignored across exec, so the servers, demo services and redis-server
+    /// this program starts would ignore SIGTERM; and Dispatch on Linux puts its own handler in
+    /// place only later, on its manager thread, so a signal in between is dropped (and a second
+    /// call leaves the signals ignored for good). A caught signal is reset to the default by
+    /// exec, so children start with default dispositions. Not a signalfd either: it sees a
+    /// signal only while every thread blocks it, and threads that already run (or that Dispatch
+    /// and Foundation start) need not; a thread that does not block it takes it, and the fd
+    /// never sees it. A handler runs on whichever thread takes the signal, so none is lost.
     public static func onTerminationSignal(_ handler: @escaping @Sendable (Int32) -> Void) {
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        for number in terminationSignals { sigaddset(&signals, number) }
+        // The blocked mask is inherited by new threads and across exec, and Foundation's Process
+        // hands the starting thread's mask to the child: a program started from a thread that
+        // blocked these (every Dispatch worker thread blocks nearly all signals) would get no
+        // signal if all its threads block them, and would pass them blocked to its children.
+        // Unblocking them here covers this thread and the threads it starts from now on.
+        precondition(pthread_sigmask(SIG_UNBLOCK, &signals, nil) == 0, "pthread_sigmask")
         terminationLock.withLock {
-            for number in [SIGTERM, SIGINT, SIGHUP] {
-                _ = signal(number, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: number, queue: DispatchQueue(label: "cohort-signal-\(number)"))
-                source.setEventHandler { handler(number) }
-                source.resume()
-                terminationSources.append(source)
+            terminationHandlers.append(handler)
+            guard terminationReader == nil else { return }
+            let pipe = terminationPipe  // created now, before the handler can read it
+            do {
+                terminationReader = try PosixThread(name: "cohort-signal") { readTerminationSignals(pipe.read) }
+            } catch {
+                preconditionFailure("cannot start the signal thread: \(error)")
+            }
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = forwardTerminationSignal
+            // One of these at a time per thread; SA_RESTART so a call the handler interrupts
+            // goes on instead of failing with EINTR.
+            action.sa_mask = signals
+            action.sa_flags = SA_RESTART
+            for number in terminationSignals {
+                precondition(sigaction(number, &action, nil) == 0, "sigaction(\(number)): errno \(errno)")
             }
         }
     }
+
+    /// The pipe from `forwardTerminationSignal` to the thread that runs the handlers, and the pid
+    /// it belongs to. A `let` so the signal handler reads it with no exclusivity check: once
+    /// created (before the handler is installed) that is a finished-once test and a load.
+    fileprivate static let terminationPipe: (read: Int32, write: Int32, owner: pid_t) = {
+        var fds: [Int32] = [-1, -1]
+        // Close-on-exec, or every child would hold both ends.
+        precondition(LinuxAPI.pipe2(&fds, LinuxAPI.cloexec) == 0, "pipe2: errno \(errno)")
+        // The handler must never block: on a full pipe (thousands of signals not yet handled)
+        // it drops the number rather than hang the thread it interrupted.
+        let flags = fcntl(fds[1], F_GETFL)
+        precondition(flags >= 0 && fcntl(fds[1], F_SETFL, flags | O_NONBLOCK) == 0, "fcntl: errno \(errno)")
+        return (fds[0], fds[1], getpid())
+    }()
+
+    private static func readTerminationSignals(_ fd: Int32) -> Never {
+        while true {
+            var number: Int32 = 0
+            // The handler writes 4 bytes at once, and pipe writes that small are atomic, so a
+            // read returns a whole number.
+            let n = withUnsafeMutableBytes(of: &number) { Glibc.read(fd, $0.baseAddress, 4) }
+            if n < 0 && errno == EINTR { continue }
+            precondition(n == 4, "reading the signal pipe: \(n), errno \(errno)")
+            let handlers = terminationLock.withLock { terminationHandlers }
+            for handler in handlers { handler(number) }
+        }
+    }
+}
+
+/// The signal handler for `ProcessEnv.onTerminationSignal`. It only makes async-signal-safe calls
+/// (getpid, write) and keeps errno as it found it. A child forked but not yet exec'd has this
+/// handler and the pipe too; its signals are its own, so it writes nothing.
+private func forwardTerminationSignal(_ number: Int32) {
+    let saved = errno
+    let pipe = ProcessEnv.terminationPipe
+    if getpid() == pipe.owner {
+        var value = number
+        _ = write(pipe.write, &value, 4)
+    }
+    errno = saved
 }
 
 /// Standard output and error for the executables' thin mains. Foundation's
@@ -104,6 +177,7 @@ public enum StandardStream {
 public enum SignalNumber {
     public static let terminate: Int32 = SIGTERM
     public static let interrupt: Int32 = SIGINT
+    public static let hangup: Int32 = SIGHUP
     public static let kill: Int32 = SIGKILL
     public static let stop: Int32 = SIGSTOP
     public static let cont: Int32 = SIGCONT
