@@ -100,6 +100,24 @@ public enum ProcessEnv {
         }
     }
 
+    /// Runs `body`, which starts a child process, with SIGTERM, SIGINT and SIGHUP unblocked in
+    /// the calling thread, and then puts the thread's mask back. Foundation's `Process` gives
+    /// the child the mask of the thread that starts it, and Dispatch's worker threads block
+    /// nearly every signal: a child started from one (a restart after a kill, a server started
+    /// from a queue) had these three blocked, and one that never unblocks them itself
+    /// (redis-server, /bin/sleep) would not stop on SIGTERM; its parent waited out its timeout
+    /// and killed it. A signal that arrives meanwhile may be taken by this thread, which
+    /// handles it as any other thread would.
+    public static func withTerminationSignalsUnblocked<T>(_ body: () throws -> T) rethrows -> T {
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        for number in terminationSignals { sigaddset(&signals, number) }
+        var saved = sigset_t()
+        precondition(pthread_sigmask(SIG_UNBLOCK, &signals, &saved) == 0, "pthread_sigmask")
+        defer { precondition(pthread_sigmask(SIG_SETMASK, &saved, nil) == 0, "pthread_sigmask") }
+        return try body()
+    }
+
     /// The pipe from `forwardTerminationSignal` to the thread that runs the handlers, and the pid
     /// it belongs to. A `let` so the signal handler reads it with no exclusivity check: once
     /// created (before the handler is installed) that is a finished-once test and a load.
