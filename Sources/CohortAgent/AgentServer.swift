@@ -77,8 +77,6 @@ public final class AgentServer: RunnableServer {
         let storage = try FileLogStorage(directory: dir + "/log", faults: try storageFaultsFromEnvironment())
         precondition(options.commitRideUs >= 0 && options.commitRideUs <= Limits.soonSyncDelayUsMax, "commitRideUs out of range")
         let (log, recovered) = try DurableLog.open(storage: storage, config: DurableLogConfig(soonSyncDelayUs: options.commitRideUs))
-        // One sync round for all a pass of the loop appends (DurableLog.holdWakes).
-        loop.observePasses(start: { [log] in log.holdWakes() }, end: { [log] in log.releaseHeldWakes() })
         recoveryNote = recovered.repairNote
         let storePath = dir + "/kv.sqlite"
         try Self.refuseALostStore(storePath, recovered: recovered)
@@ -109,6 +107,9 @@ public final class AgentServer: RunnableServer {
         }
         node.advertiseURL = options.advertiseURL ?? "http://\(options.host):\(server.port)"
         node.exposeHTTPServerMetrics(server)
+        // One sync round for all a pass of the loop appends (DurableLog.holdWakes). Last, once
+        // nothing above can fail: the loop keeps what it observes.
+        loop.observePasses(start: { [log] in log.holdWakes() }, end: { [log] in log.releaseHeldWakes() })
     }
 
     /// A log checkpointed past its first record has dropped commits that only the store holds

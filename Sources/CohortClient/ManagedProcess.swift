@@ -71,9 +71,9 @@ public final class ManagedProcess: @unchecked Sendable {
         process.standardError = err
         process.standardInput = FileHandle.nullDevice
         do {
-            // The child starts with the three termination signals unblocked, whatever thread
-            // starts it (ProcessEnv.withTerminationSignalsUnblocked).
-            try ProcessEnv.withTerminationSignalsUnblocked { try process.run() }
+            // The child starts with no signal blocked, whatever thread starts it
+            // (ProcessEnv.withSignalsUnblocked).
+            try ProcessEnv.withSignalsUnblocked { try process.run() }
         } catch {
             throw ManagedProcessError("cannot start \(executable.path): \(error)")
         }

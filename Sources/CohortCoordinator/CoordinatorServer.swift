@@ -65,8 +65,6 @@ public final class CoordinatorServer: RunnableServer {
             })[0]
         let storage = try FileLogStorage(directory: dir + "/log", faults: try storageFaultsFromEnvironment())
         let (log, recovered) = try DurableLog.open(storage: storage)
-        // One sync round for all a pass of the loop appends (DurableLog.holdWakes).
-        loop.observePasses(start: { [log] in log.holdWakes() }, end: { [log] in log.releaseHeldWakes() })
         recoveryNote = recovered.repairNote
         var config = Coordinator.Config(coordinatorID: coordinatorID, epoch: UInt64(max(SystemClock.wallMs(), 1)))
         config.onePhaseCommit = options.onePhaseCommit
@@ -87,6 +85,9 @@ public final class CoordinatorServer: RunnableServer {
             node.handle(request, responder)
         }
         node.exposeHTTPServerMetrics(server)
+        // One sync round for all a pass of the loop appends (DurableLog.holdWakes). Last, once
+        // nothing above can fail: the loop keeps what it observes.
+        loop.observePasses(start: { [log] in log.holdWakes() }, end: { [log] in log.releaseHeldWakes() })
     }
 
     /// Runs the event loop on the calling thread until `shutdown()`; decided-but-unacknowledged

@@ -456,19 +456,10 @@ public final class HTTPServer {
     /// the client has sent, which it may not send again (a begin is not resent). Such ones are
     /// passed over, up to `Limits.httpEvictionPeeksMax` of them.
     private func evictIdlest() {
-        var passedOver: Set<ObjectIdentifier> = []
-        while passedOver.count < Limits.httpEvictionPeeksMax {
-            var oldest: ServerConnection?
-            for c in connections.values where c.isIdle && !passedOver.contains(ObjectIdentifier(c)) {
-                if oldest.map({ c.lastActivityMs < $0.lastActivityMs }) ?? true { oldest = c }
-            }
-            guard let oldest else { return }
-            if TCP.hasUnreadBytes(oldest.fd) {
-                passedOver.insert(ObjectIdentifier(oldest))
-                continue
-            }
+        let idle = connections.values.filter { $0.isIdle }.sorted { $0.lastActivityMs < $1.lastActivityMs }
+        for c in idle.prefix(Limits.httpEvictionPeeksMax) where !TCP.hasUnreadBytes(c.fd) {
             connectionsEvicted += 1
-            oldest.close()
+            c.close()
             return
         }
     }

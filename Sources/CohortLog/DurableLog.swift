@@ -408,9 +408,10 @@ public final class DurableLog {
     /// prepares appends a record for each, and a sync thread woken by the first one started
     /// its round before the rest were appended, so one batch cost two or three syncs (at 8
     /// clients 0.64 syncs per commit at each agent against 0.51 when the round waited 40 µs;
-    /// docs/benchmarks.md, round 17). Held, the whole pass goes in one round, and nothing waits
-    /// longer than the pass itself. Records appended by other threads meanwhile wait for the
-    /// same release.
+    /// docs/benchmarks.md, round 17). Held, the whole pass goes in one round: no round starts
+    /// while wakes are held, not even one whose lazy, soon or group-commit wait ran out, and
+    /// nothing waits longer than the pass itself. Records appended by other threads meanwhile
+    /// wait for the same release.
     public func holdWakes() {
         state.withLock { wakesHeld = true }
     }
@@ -533,6 +534,13 @@ public final class DurableLog {
                     if forcedRecordsPending == seen && forcedRecordsLastRound < config.groupCommitRecordsTarget { break }
                     seen = forcedRecordsPending
                 }
+            }
+            // A timed wait above (lazy, soon, group commit) can end while the loop's pass is
+            // still appending: finish that pass first, so its records share this round instead
+            // of the first few starting it alone.
+            while wakesHeld && !closed && failure == nil {
+                wakeOwed = true
+                state.wait()
             }
             state.unlock()
             _ = try? runRound()

@@ -218,6 +218,7 @@ public final class EventLoop {
     /// and go as one piece: the durable log wakes its sync thread once for every record a pass
     /// appended (`DurableLog.holdWakes`). Loop thread, or before `run`.
     public func observePasses(start: @escaping () -> Void, end: @escaping () -> Void) {
+        assertLoopThreadOrNotRunning()
         passObservers.append((start: start, end: end))
     }
 

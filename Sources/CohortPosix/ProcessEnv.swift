@@ -90,8 +90,9 @@ public enum ProcessEnv {
             }
             var action = sigaction()
             action.__sigaction_handler.sa_handler = forwardTerminationSignal
-            // One of these at a time per thread; SA_RESTART so a call the handler interrupts
-            // goes on instead of failing with EINTR.
+            // One of these at a time per thread. SA_RESTART restarts the calls that can be
+            // (read, write, accept...); epoll_wait, poll, nanosleep and sockets with timeouts
+            // fail with EINTR whatever the flag, and every such call in CohortPosix retries.
             action.sa_mask = signals
             action.sa_flags = SA_RESTART
             for number in terminationSignals {
@@ -100,20 +101,19 @@ public enum ProcessEnv {
         }
     }
 
-    /// Runs `body`, which starts a child process, with SIGTERM, SIGINT and SIGHUP unblocked in
-    /// the calling thread, and then puts the thread's mask back. Foundation's `Process` gives
-    /// the child the mask of the thread that starts it, and Dispatch's worker threads block
-    /// nearly every signal: a child started from one (a restart after a kill, a server started
-    /// from a queue) had these three blocked, and one that never unblocks them itself
-    /// (redis-server, /bin/sleep) would not stop on SIGTERM; its parent waited out its timeout
-    /// and killed it. A signal that arrives meanwhile may be taken by this thread, which
-    /// handles it as any other thread would.
-    public static func withTerminationSignalsUnblocked<T>(_ body: () throws -> T) rethrows -> T {
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        for number in terminationSignals { sigaddset(&signals, number) }
+    /// Runs `body`, which starts a child process, with no signal blocked in the calling thread,
+    /// and then puts the thread's mask back. Foundation's `Process` gives the child the mask of
+    /// the thread that starts it, and Dispatch's worker threads block nearly every signal: a
+    /// child started from one (a restart after a kill, a server started from a queue) had them
+    /// blocked, and one that never unblocks them itself (redis-server, /bin/sleep) would not
+    /// stop on SIGTERM, its parent waiting out its timeout to kill it, nor take SIGQUIT,
+    /// SIGUSR1 (redis ends its save child with it), SIGALRM or SIGCHLD. A signal that arrives
+    /// meanwhile may be taken by this thread, which handles it as any other thread would.
+    public static func withSignalsUnblocked<T>(_ body: () throws -> T) rethrows -> T {
+        var none = sigset_t()
+        sigemptyset(&none)
         var saved = sigset_t()
-        precondition(pthread_sigmask(SIG_UNBLOCK, &signals, &saved) == 0, "pthread_sigmask")
+        precondition(pthread_sigmask(SIG_SETMASK, &none, &saved) == 0, "pthread_sigmask")
         defer { precondition(pthread_sigmask(SIG_SETMASK, &saved, nil) == 0, "pthread_sigmask") }
         return try body()
     }
@@ -147,8 +147,10 @@ public enum ProcessEnv {
 }
 
 /// The signal handler for `ProcessEnv.onTerminationSignal`. It only makes async-signal-safe calls
-/// (getpid, write) and keeps errno as it found it. A child forked but not yet exec'd has this
-/// handler and the pipe too; its signals are its own, so it writes nothing.
+/// (getpid, write) and keeps errno as it found it. A child made by a raw fork() and not yet
+/// exec'd has this handler and the pipe too: the parent's handlers are not its to run, so it
+/// writes nothing and the signal is dropped there. (posix_spawn, which Foundation's Process
+/// uses, blocks signals in the child and resets caught ones to their defaults before exec.)
 private func forwardTerminationSignal(_ number: Int32) {
     let saved = errno
     let pipe = ProcessEnv.terminationPipe

@@ -199,9 +199,6 @@ final class BasicsTests: XCTestCase {
         XCTAssertEqual(durable.get().last, 22)
     }
 
-    /// A `.soon` record (a participant's commit record) does not start a sync of its own: it
-    /// rides with the next forced record's sync, and without one it syncs after
-    /// `soonSyncDelayUs`, well before the lazy delay.
     func testRecordsAppendedWhileWakesAreHeldShareOneSyncAtTheRelease() throws {
         let storage = SimLogStorage()
         let (log, _) = try DurableLog.open(storage: storage)
@@ -228,6 +225,30 @@ final class BasicsTests: XCTestCase {
         XCTAssertTrue(waitUntil(timeoutMs: 5_000) { log.durableLSN == 7 })
     }
 
+    /// A round whose own timer runs out while wakes are held (here a soon record's delay) waits
+    /// for the release too: it took the pass's first records alone, and the rest needed a sync
+    /// of their own (found in review).
+    func testATimedRoundWaitsForHeldWakesToBeReleased() throws {
+        let storage = SimLogStorage()
+        let (log, _) = try DurableLog.open(storage: storage, config: DurableLogConfig(soonSyncDelayUs: 1_000))
+        defer { log.close() }
+        _ = try log.append(type: 1, payload: [0], force: true)
+        XCTAssertTrue(waitUntil(timeoutMs: 5_000) { log.durableLSN == 1 })
+        let syncsBefore = log.syncsTotal
+        _ = try log.append(type: 1, payload: [1], urgency: .soon)  // its 1 ms delay starts
+        log.holdWakes()
+        _ = try log.append(type: 1, payload: [2], force: true)
+        PosixThread.sleep(milliseconds: 30)  // the soon delay runs out meanwhile
+        _ = try log.append(type: 1, payload: [3], force: true)
+        XCTAssertEqual(log.durableLSN, 1, "no round starts while wakes are held")
+        log.releaseHeldWakes()
+        XCTAssertTrue(waitUntil(timeoutMs: 5_000) { log.durableLSN == 4 })
+        XCTAssertEqual(log.syncsTotal - syncsBefore, 1, "one sync for the soon record and the whole pass")
+    }
+
+    /// A `.soon` record (a participant's commit record) does not start a sync of its own: it
+    /// rides with the next forced record's sync, and without one it syncs after
+    /// `soonSyncDelayUs`, well before the lazy delay.
     func testSoonRecordRidesWithTheNextForcedSyncOrSyncsAfterItsDelay() throws {
         let storage = SimLogStorage()
         let (log, _) = try DurableLog.open(storage: storage, config: DurableLogConfig(lazySyncDelayMs: 60_000, soonSyncDelayUs: 30_000_000))
