@@ -487,7 +487,7 @@ public struct JSONWriter {
     /// escape scan and the String view of `key(_: String)`, which cost a few hundred
     /// instructions per field in every message. Such names never need escaping.
     @inline(__always)
-    private mutating func key(static k: StaticString) {
+    public mutating func key(static k: StaticString) {
         separate()
         bytes.append(UInt8(ascii: "\""))
         k.withUTF8Buffer { u in
@@ -500,6 +500,15 @@ public struct JSONWriter {
     }
 
     public mutating func value(_ s: String) { separate(); Self.appendString(s, to: &bytes); needComma = true }
+
+    /// A string value given as its UTF-8 bytes (valid UTF-8: what a String's `utf8` holds).
+    /// `stringBytes`, when the caller has counted it (`JSONWriter.stringBytes`), spares the
+    /// count.
+    public mutating func value(utf8 u: UnsafeBufferPointer<UInt8>, stringBytes: Int? = nil) {
+        separate()
+        Self.appendString(utf8: u, stringBytes: stringBytes, to: &bytes)
+        needComma = true
+    }
     public mutating func value(_ n: Int64) { separate(); Self.appendDecimal(n, to: &bytes); needComma = true }
     public mutating func value(_ b: Bool) {
         separate()
@@ -626,8 +635,14 @@ public struct JSONWriter {
     /// with escapes (a batch carries each message's JSON as a string, a quote every few bytes) is
     /// built in a scratch buffer and copied once. Appending the escapes byte by byte to the array
     /// cost a capacity and uniqueness check each, and was 8% of the coordinator's instructions.
-    public static func appendString(utf8 u: UnsafeBufferPointer<UInt8>, to out: inout [UInt8]) {
-        let extra = escapeExtra(u)
+    public static func appendString(utf8 u: UnsafeBufferPointer<UInt8>, stringBytes: Int? = nil, to out: inout [UInt8]) {
+        let extra: Int
+        if let stringBytes {
+            extra = stringBytes - u.count - 2
+            assert(extra == escapeExtra(u), "a string's escaped size miscounted")
+        } else {
+            extra = escapeExtra(u)
+        }
         if extra == 0 {
             out.append(UInt8(ascii: "\""))
             out.append(contentsOf: u)
