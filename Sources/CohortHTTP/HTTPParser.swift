@@ -20,15 +20,14 @@ private let LF: UInt8 = 10
 private let SP: UInt8 = 32
 private let HT: UInt8 = 9
 
-/// RFC 9110 token characters (method and header names).
-private let tcharTable: [Bool] = {
-    var t = [Bool](repeating: false, count: 256)
-    for c in UInt8(ascii: "a")...UInt8(ascii: "z") { t[Int(c)] = true }
-    for c in UInt8(ascii: "A")...UInt8(ascii: "Z") { t[Int(c)] = true }
-    for c in UInt8(ascii: "0")...UInt8(ascii: "9") { t[Int(c)] = true }
-    for c in "!#$%&'*+-.^_`|~".utf8 { t[Int(c)] = true }
-    return t
-}()
+/// RFC 9110 token characters (method and header names): letters, digits and
+/// ``!#$%&'*+-.^_`|~``, as two bitmasks over 0-63 and 64-127. Constants rather than a lazily
+/// built table, whose global accessor ran once per byte of every header name.
+@inline(__always) private func isTchar(_ c: UInt8) -> Bool {
+    if c < 64 { return (0x03FF_6CFA_0000_0000 as UInt64) >> UInt64(c) & 1 != 0 }
+    if c < 128 { return (0x57FF_FFFF_C7FF_FFFE as UInt64) >> UInt64(c - 64) & 1 != 0 }
+    return false
+}
 
 struct ParsedHead {
     var part1 = ""  // method | version
@@ -331,7 +330,7 @@ struct MessageCore {
         var lineIndex = 0
         var headerCount = 0
         var sawTransferEncoding = false
-        head.headers.reserve(16)
+        head.headers.reserve(8)
         while lineStart < e {
             var lf = lineStart
             while lf < e && p[lf] != LF { lf += 1 }
@@ -351,7 +350,7 @@ struct MessageCore {
                 if first == SP || first == HT { throw HTTPParseError.malformed("obsolete line folding") }
                 var colon = lineStart
                 while colon < lineEnd && p[colon] != UInt8(ascii: ":") {
-                    if !tcharTable[Int(p[colon])] { throw HTTPParseError.malformed("bad header name") }
+                    if !isTchar(p[colon]) { throw HTTPParseError.malformed("bad header name") }
                     colon += 1
                 }
                 if colon == lineEnd { throw HTTPParseError.malformed("header line without a colon") }
@@ -414,9 +413,10 @@ struct MessageCore {
 
     /// Returns the minor version of "HTTP/1.x", or throws 505 for other well-formed versions.
     private static func parseVersion(_ p: UnsafeBufferPointer<UInt8>, _ s: Int, _ e: Int) throws -> Int {
-        let prefix: [UInt8] = Array("HTTP/".utf8)
+        // "HTTP/" byte by byte: an array of it was an allocation per message.
         guard e - s >= 6 else { throw HTTPParseError.malformed("bad HTTP version") }
-        for i in 0..<5 where p[s + i] != prefix[i] { throw HTTPParseError.malformed("bad HTTP version") }
+        guard p[s] == UInt8(ascii: "H"), p[s + 1] == UInt8(ascii: "T"), p[s + 2] == UInt8(ascii: "T"),
+              p[s + 3] == UInt8(ascii: "P"), p[s + 4] == UInt8(ascii: "/") else { throw HTTPParseError.malformed("bad HTTP version") }
         let rest = s + 5
         func isDigit(_ c: UInt8) -> Bool { c >= 48 && c <= 57 }
         if e - rest == 3 && isDigit(p[rest]) && p[rest + 1] == UInt8(ascii: ".") && isDigit(p[rest + 2]) {
@@ -435,7 +435,7 @@ struct MessageCore {
         try checkNoCR(p, s, e)
         var sp1 = s
         while sp1 < e && p[sp1] != SP {
-            if !tcharTable[Int(p[sp1])] { throw HTTPParseError.malformed("bad request line") }
+            if !isTchar(p[sp1]) { throw HTTPParseError.malformed("bad request line") }
             sp1 += 1
         }
         guard sp1 < e, sp1 > s else { throw HTTPParseError.malformed("bad request line") }
@@ -473,7 +473,9 @@ struct MessageCore {
 }
 
 extension HTTPHeaders {
-    mutating func reserve(_ n: Int) {}
+    /// Room for a message's usual header fields at once (grown from empty, a request's four
+    /// fields took three allocations).
+    mutating func reserve(_ n: Int) { reserveFields(n) }
 }
 
 extension Substring {
@@ -555,6 +557,9 @@ public struct HTTPRequestParser {
         // instructions). An empty one (a doubled or trailing slash) is noted, not kept: see
         // `HTTPRequest.hasEmptySegment`.
         var components: [String] = []
+        var slashes = 0
+        for b in rawPath where b == UInt8(ascii: "/") { slashes += 1 }
+        components.reserveCapacity(slashes)  // at most one segment per slash: one allocation
         var emptySegment = false
         var segmentStart = rawPath.startIndex
         for i in rawPath.startIndex...rawPath.endIndex where i == rawPath.endIndex || rawPath[i] == UInt8(ascii: "/") {

@@ -19,6 +19,8 @@ public struct HTTPHeaders: Sequence, ExpressibleByDictionaryLiteral {
         fields.append((name: name, value: value))
     }
 
+    mutating func reserveFields(_ n: Int) { fields.reserveCapacity(n) }
+
     /// Replaces every field named `name` with one field.
     public mutating func set(_ name: String, _ value: String) {
         remove(name)
