@@ -41,6 +41,24 @@ struct ParsedHead {
     var connectionKeepAlive = false
 }
 
+/// The index of the first LF in `p[from..<to]`, or `to`: eight bytes at a time (the has-zero-byte
+/// trick on the word XOR LF; its lowest flagged byte is exactly the first LF). Head bytes were
+/// scanned twice a byte at a time, 1.5% of the coordinator's instructions.
+@inline(__always) func firstLF(_ p: UnsafeBufferPointer<UInt8>, from: Int, to: Int) -> Int {
+    var i = from
+    if let base = p.baseAddress {
+        let raw = UnsafeRawPointer(base)
+        while i + 8 <= to {
+            let w = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)) ^ 0x0A0A_0A0A_0A0A_0A0A
+            let found = (w &- 0x0101_0101_0101_0101) & ~w & 0x8080_8080_8080_8080
+            if found != 0 { return i + found.trailingZeroBitCount >> 3 }
+            i += 8
+        }
+    }
+    while i < to && p[i] != LF { i += 1 }
+    return i
+}
+
 @inline(__always) private func makeString(_ p: UnsafeBufferPointer<UInt8>, _ from: Int, _ to: Int) -> String {
     String(decoding: UnsafeBufferPointer(rebasing: p[from..<to]), as: UTF8.self)
 }
@@ -143,6 +161,14 @@ struct MessageCore {
         return (h, b)
     }
 
+    /// `complete()` for a message whose head was never stored (`head` and `body` are empty).
+    private mutating func completeNow(_ h: ParsedHead, _ b: [UInt8]) -> (ParsedHead, [UInt8]) {
+        phase = .head
+        scanFrom = start
+        blankBytesSkipped = 0
+        return (h, b)
+    }
+
     private mutating func step() throws -> (ParsedHead, [UInt8])? {
         while true {
             switch phase {
@@ -170,24 +196,35 @@ struct MessageCore {
                 }
                 start = end
                 scanFrom = end
-                head = h
-                body = []
+                // A message that is complete now (no body, or its whole body already here: the
+                // usual case) is returned without keeping its head in `head`, whose copies in
+                // and out were a retain and release of each of its parts per message.
                 if !isRequest {
                     if h.status >= 100 && h.status < 200 {
                         // Interim response (100 Continue): skip it, the final one follows.
-                        head = nil
                         continue
                     }
-                    if responseHasNoBody || h.status == 204 || h.status == 304 { return complete() }
+                    if responseHasNoBody || h.status == 204 || h.status == 304 { return completeNow(h, []) }
                 }
                 if h.chunked {
+                    head = h
+                    body = []
                     phase = .chunkSize
                 } else if let n = h.contentLength {
-                    if n == 0 { return complete() }
+                    if n == 0 { return completeNow(h, []) }
+                    if buffer.count - start >= n {
+                        let b = Array(buffer[start..<(start + n)])
+                        start += n
+                        return completeNow(h, b)
+                    }
+                    head = h
+                    body = []
                     phase = .fixed(n)
                 } else if isRequest {
-                    return complete()
+                    return completeNow(h, [])
                 } else {
+                    head = h
+                    body = []
                     phase = .untilClose
                 }
             case .fixed(let n):
@@ -258,12 +295,8 @@ struct MessageCore {
 
     private func findLF(from: Int) -> Int? {
         buffer.withUnsafeBufferPointer { p in
-            var i = from
-            while i < p.count {
-                if p[i] == LF { return i }
-                i += 1
-            }
-            return nil
+            let i = firstLF(p, from: from, to: p.count)
+            return i < p.count ? i : nil
         }
     }
 
@@ -272,17 +305,15 @@ struct MessageCore {
         let from = max(scanFrom, start)
         let (found, resume): (Int?, Int) = buffer.withUnsafeBufferPointer { p in
             let n = p.count
-            var i = from
+            var i = firstLF(p, from: from, to: n)
             while i < n {
-                if p[i] == LF {
-                    if i + 1 >= n { return (nil, i) }
-                    if p[i + 1] == LF { return (i + 2, i) }
-                    if p[i + 1] == CR {
-                        if i + 2 >= n { return (nil, i) }
-                        if p[i + 2] == LF { return (i + 3, i) }
-                    }
+                if i + 1 >= n { return (nil, i) }
+                if p[i + 1] == LF { return (i + 2, i) }
+                if p[i + 1] == CR {
+                    if i + 2 >= n { return (nil, i) }
+                    if p[i + 2] == LF { return (i + 3, i) }
                 }
-                i += 1
+                i = firstLF(p, from: i + 1, to: n)
             }
             return (nil, n)
         }
@@ -332,8 +363,7 @@ struct MessageCore {
         var sawTransferEncoding = false
         head.headers.reserve(8)
         while lineStart < e {
-            var lf = lineStart
-            while lf < e && p[lf] != LF { lf += 1 }
+            let lf = firstLF(p, from: lineStart, to: e)
             var lineEnd = lf
             if lineEnd > lineStart && p[lineEnd - 1] == CR { lineEnd -= 1 }
             if lineEnd == lineStart { break }
