@@ -58,17 +58,23 @@ public final class TimerTable<Key: Hashable> {
 
 /// Forced records waiting to become durable, in LSN order. The log reports the highest durable
 /// LSN; everything at or below it is released in append order.
+///
+/// Inlinable, so that each node's queue is specialized for its item type: in another module and
+/// generic, every append and pop went through metadata lookups and value witnesses (2.6% of an
+/// agent's instructions, as `TimerTable` was before it).
 public struct DurabilityQueue<Item> {
-    private var items: [(lsn: UInt64, item: Item)] = []
-    private var head = 0
+    @usableFromInline var items: [(lsn: UInt64, item: Item)] = []
+    @usableFromInline var head = 0
 
     public init() {}
 
+    @inlinable
     public mutating func append(lsn: UInt64, _ item: Item) {
         precondition(items.last.map { $0.lsn < lsn } ?? true, "LSNs must grow")
         items.append((lsn, item))
     }
 
+    @inlinable
     public mutating func popDurable(upTo lsn: UInt64) -> [(lsn: UInt64, item: Item)] {
         var out: [(lsn: UInt64, item: Item)] = []
         while head < items.count, items[head].lsn <= lsn {
@@ -82,6 +88,7 @@ public struct DurabilityQueue<Item> {
         return out
     }
 
+    @inlinable
     public var count: Int { items.count - head }
 }
 
