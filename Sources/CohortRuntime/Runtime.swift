@@ -122,7 +122,10 @@ public enum JSONBody {
         }
     }
 
-    /// `decode` for the wire types, chosen at compile time (no dynamic cast).
+    /// `decode` for the wire types, chosen at compile time (no dynamic cast). Inlinable, like
+    /// `wireResult` and `value`, so that each is specialized where it is called: generic across
+    /// modules, every body read looked up the metadata of its `Result`.
+    @inlinable
     public static func decode<T: Decodable & WireDecodable>(_ type: T.Type, from bytes: [UInt8], emptyAs empty: T? = nil) -> Result<T, RequestError> {
         if bytes.isEmpty || bytes.allSatisfy({ $0 == 32 || $0 == 10 || $0 == 13 || $0 == 9 }) {
             if let empty { return .success(empty) }
@@ -132,6 +135,7 @@ public enum JSONBody {
     }
 
     /// `decode` for wire-only types (no Codable form).
+    @inlinable
     public static func decode<T: WireDecodable>(_ type: T.Type, from bytes: [UInt8]) -> Result<T, RequestError> {
         if bytes.isEmpty || bytes.allSatisfy({ $0 == 32 || $0 == 10 || $0 == 13 || $0 == 9 }) {
             return .failure(RequestError(400, "request body is empty; a JSON object is required"))
@@ -140,7 +144,8 @@ public enum JSONBody {
     }
 
     /// The hand-written reader's errors in the words the Codable path uses.
-    private static func wireResult<T>(_ read: () throws -> T) -> Result<T, RequestError> {
+    @inlinable
+    static func wireResult<T>(_ read: () throws -> T) -> Result<T, RequestError> {
         do {
             return .success(try read())
         } catch let e as WireJSONError {
@@ -152,7 +157,8 @@ public enum JSONBody {
 
     /// What a client is told; a syntax error says what was expected at which byte ("expected
     /// a member name at byte 1").
-    private static func refusal(_ e: WireJSONError) -> RequestError {
+    @usableFromInline
+    static func refusal(_ e: WireJSONError) -> RequestError {
         switch e {
         case .missingField(let path):
             let key = path.split(separator: ".").last.map(String.init) ?? path
@@ -179,6 +185,7 @@ public enum JSONBody {
     /// dynamic casts of the generic versions (2% of the coordinator's instructions).
     public static func encode<T: Encodable & WireEncodable>(_ value: T) -> [UInt8] { value.wireJSON }
 
+    @inlinable
     public static func value<T: Decodable & WireDecodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
         try T(wireJSON: bytes)
     }
