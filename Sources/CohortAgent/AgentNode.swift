@@ -54,6 +54,12 @@ public final class AgentNode {
     private var timers: TimerTable<Participant.Timer>!
     private var pending = DurabilityQueue<Pending>()
     private let metrics = MetricsRegistry()
+    /// The series counted for every branch, resolved once (declared in `init`).
+    private lazy var sentVotes = metrics.counter("cohort_messages_sent_total", labels: "type=\"vote\"")
+    private lazy var sentAcks = metrics.counter("cohort_messages_sent_total", labels: "type=\"ack\"")
+    private lazy var sentRegistrations = metrics.counter("cohort_messages_sent_total", labels: "type=\"register\"")
+    private lazy var committedBranches = metrics.counter("cohort_transactions_total", labels: "outcome=\"committed\"")
+    private lazy var abortedBranches = metrics.counter("cohort_transactions_total", labels: "outcome=\"aborted\"")
 
     /// Adds the serving HTTP server's request and connection counters to `/metrics`.
     public func exposeHTTPServerMetrics(_ server: HTTPServer) { declareHTTPServerMetrics(metrics, server: server) }
@@ -90,7 +96,9 @@ public final class AgentNode {
     /// Where each branch's forced records landed, for the white-box durability check.
     /// Per branch, by kind ("prepared", "pre", "commit"): the LSN of the record that backs
     /// the answers of that kind.
+    /// Kept only when the environment checks it (`NodeEnvironment.checksBacking`: the simulation).
     private var backingLSN: [String: [String: UInt64]] = [:]
+    private lazy var tracksBacking = environment.checksBacking
 
     /// Recovers from what the log held — re-applies durable commits the store may lack and
     /// re-takes the locks of in-doubt branches — before the node serves anything; inquiries
@@ -279,7 +287,7 @@ public final class AgentNode {
         var finishedInBatch: [String] = []
         defer {
             for txid in finishedInBatch {
-                backingLSN.removeValue(forKey: txid)
+                if tracksBacking { backingLSN.removeValue(forKey: txid) }
                 submittedBranches.remove(txid)
                 workReplies.removeValue(forKey: txid)
             }
@@ -309,7 +317,7 @@ public final class AgentNode {
             case .cancelTimer(let timer):
                 timers.cancel(timer)
             case .finished(let txid, let outcome):
-                metrics.add("cohort_transactions_total", labels: "outcome=\"\(outcome.rawValue)\"")
+                metrics.add(outcome == .committed ? committedBranches : abortedBranches)
                 finishedInBatch.append(txid)
             }
         }
@@ -375,17 +383,17 @@ public final class AgentNode {
         }
         switch record {
         case .preCommitted(let txid), .preAborted(let txid):
-            backingLSN[txid, default: [:]]["pre"] = lsn
+            if tracksBacking { backingLSN[txid, default: [:]]["pre"] = lsn }
             pending.append(lsn: lsn, .preRecord(txid))
         case .prepared(let txid, _, _, _):
-            backingLSN[txid, default: [:]]["prepared"] = lsn
+            if tracksBacking { backingLSN[txid, default: [:]]["prepared"] = lsn }
             pending.append(lsn: lsn, .prepared(txid))
             if environment.testOnlyBreak == .voteBeforeDurable {
                 // TEST ONLY (debug builds): vote without waiting for the record to be durable.
                 environment.execute { [weak self] in self?.feed(.preparedDurable(txid)) }
             }
         case .committed(let txid), .committedOnePhase(let txid, _):
-            backingLSN[txid, default: [:]]["commit"] = lsn
+            if tracksBacking { backingLSN[txid, default: [:]]["commit"] = lsn }
             machine.noteCommitAppended(txid, lsn: lsn)
             pending.append(lsn: lsn, .committed(txid))
         case .heuristic(let txid, _, _, _, _):
@@ -401,7 +409,7 @@ public final class AgentNode {
 
     private func respond(_ id: RequestID, _ reply: Participant.Reply) {
         guard let responder = requests.take(id) else { return }
-        let txid = pendingTxid(id)
+        let txid = pendingTxid(id)  // one lookup for the whole answer
         // A yes vote, a pre-record acknowledgement or a commit acknowledgement must be backed by
         // a durable record of its kind. (Repeated answers for branches finished earlier are
         // backed by records made durable then.)
@@ -412,29 +420,29 @@ public final class AgentNode {
         case .acknowledged, .outcome(.committed, _): backing = ("ack", "commit")
         default: backing = nil
         }
-        if let backing, let lsn = backingLSN[txid]?[backing.kind] {
+        if tracksBacking, let backing, let lsn = backingLSN[txid]?[backing.kind] {
             environment.checkBacked(backing.message, txid: txid, lsn: lsn, durableLSN: log.durableLSN)
         }
         switch reply {
         case .vote(let vote):
             var reason: String?
             if case .no(let r) = vote { reason = r }
-            responder.send(.jsonBytes(200, JSONBody.encode(PrepareResponse(txid: "", vote: vote.wireName, outcome: nil, reason: reason).with(txid: pendingTxid(id)))))
-            metrics.add("cohort_messages_sent_total", labels: "type=\"vote\"")
+            responder.send(.jsonBytes(200, JSONBody.encode(PrepareResponse(txid: "", vote: vote.wireName, outcome: nil, reason: reason).with(txid: txid))))
+            metrics.add(sentVotes)
             if vote == .yes { CrashPoints.hit("agent.after-vote-sent") }
         case .acknowledged:
-            responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: pendingTxid(id), status: "committed"))))
-            metrics.add("cohort_messages_sent_total", labels: "type=\"ack\"")
+            responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: txid, status: "committed"))))
+            metrics.add(sentAcks)
             CrashPoints.hit("agent.after-ack-sent")
         case .aborted:
-            responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: pendingTxid(id), status: "aborted"))))
+            responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: txid, status: "aborted"))))
         case .outcome(let outcome, let reason):
-            responder.send(.jsonBytes(200, JSONBody.encode(PrepareResponse(txid: pendingTxid(id), vote: nil, outcome: outcome.rawValue, reason: reason))))
-            metrics.add("cohort_messages_sent_total", labels: "type=\"\(outcome == .committed ? "ack" : "vote")\"")
+            responder.send(.jsonBytes(200, JSONBody.encode(PrepareResponse(txid: txid, vote: nil, outcome: outcome.rawValue, reason: reason))))
+            metrics.add(outcome == .committed ? sentAcks : sentVotes)
         case .heuristicAborted:
-            responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: pendingTxid(id), status: "heuristic-aborted"))))
+            responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: txid, status: "heuristic-aborted"))))
         case .forced(let outcome, let dryRun, let effects):
-            responder.send(.jsonBytes(200, JSONBody.encode(ForceResponse(txid: pendingTxid(id), outcome: outcome.rawValue, dryRun: dryRun, effects: effects))))
+            responder.send(.jsonBytes(200, JSONBody.encode(ForceResponse(txid: txid, outcome: outcome.rawValue, dryRun: dryRun, effects: effects))))
         case .preCommitted:
             responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: txid, status: "pre-committed"))))
             metrics.add("cohort_messages_sent_total", labels: "type=\"pre-commit-ack\"")
@@ -617,7 +625,7 @@ public final class AgentNode {
 
     private func register(_ txid: String) {
         CrashPoints.hit("agent.before-register-send")
-        metrics.add("cohort_messages_sent_total", labels: "type=\"register\"")
+        metrics.add(sentRegistrations)
         let coordinator = coordinatorURL
         let body = JSONBody.encode(RegisterRequest(participant: name, url: advertiseURL, incarnation: incarnation, batch: true, session: session))
         registrations.send(baseURL: coordinator, path: "/v1/transactions/\(txid)/branches", body: body, batchable: true,
@@ -845,7 +853,7 @@ public final class AgentNode {
     /// A no vote for a branch that never opened here (its work could not be taken).
     private func voteNo(_ txid: String, _ responder: ResponseSink, reason: String) {
         responder.send(.jsonBytes(200, JSONBody.encode(PrepareResponse(txid: txid, vote: "no", outcome: nil, reason: reason))))
-        metrics.add("cohort_messages_sent_total", labels: "type=\"vote\"")
+        metrics.add(sentVotes)
     }
 
     /// A message for another incarnation was meant for this participant's lost data directory:

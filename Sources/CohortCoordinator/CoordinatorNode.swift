@@ -50,6 +50,9 @@ public final class CoordinatorNode {
     }
     private var pending = DurabilityQueue<Pending>()
     private let metrics = MetricsRegistry()
+    /// The two `cohort_messages_sent_total` series every transaction counts, resolved once.
+    private lazy var sentPrepares = metrics.counter("cohort_messages_sent_total", labels: "type=\"prepare\"")
+    private lazy var sentCommits = metrics.counter("cohort_messages_sent_total", labels: "type=\"commit\"")
 
     /// Adds the serving HTTP server's request and connection counters to `/metrics`.
     public func exposeHTTPServerMetrics(_ server: HTTPServer) { declareHTTPServerMetrics(metrics, server: server) }
@@ -304,7 +307,11 @@ public final class CoordinatorNode {
             body = JSONBody.encode(PhaseRequest(txid: txid.description, incarnation: to.incarnation))
             CrashPoints.hit("coordinator.before-abort-send")
         }
-        metrics.add("cohort_messages_sent_total", labels: "type=\"\(message.typeName)\"")
+        switch message {
+        case .prepare(false, _, _, _): metrics.add(sentPrepares)
+        case .commit: metrics.add(sentCommits)
+        default: metrics.add("cohort_messages_sent_total", labels: "type=\"\(message.typeName)\"")
+        }
         let name = to.name
         sender.send(baseURL: to.url, path: path, body: body, batchable: batchCapable.contains(to.url)) { [weak self] result in
             self?.answered(txid, name, message, result)

@@ -5,21 +5,20 @@ public final class MetricsRegistry {
     private struct Family {
         let help: String
         let type: String
-        var series: [String: Double] = [:]
+        /// Each series' slot in `values`, by its rendered labels.
+        var series: [String: Int] = [:]
         var order: [String] = []
+    }
 
-        mutating func add(_ labels: String, _ value: Double) {
-            if let i = series.index(forKey: labels) {
-                series.values[i] += value
-            } else {
-                series[labels] = value
-                order.append(labels)
-            }
-        }
+    /// A counter series resolved once (`counter(_:labels:)`): adding to it indexes an array
+    /// instead of two hash lookups of its name and labels, which servers did for every message.
+    public struct Counter {
+        fileprivate let slot: Int
     }
 
     private var families: [String: Family] = [:]
     private var familyOrder: [String] = []
+    private var values: [Double] = []
     private var sampled: [(name: String, labels: String, read: () -> Double)] = []
 
     public init() {}
@@ -30,27 +29,32 @@ public final class MetricsRegistry {
             families[name] = Family(help: help, type: type)
             familyOrder.append(name)
         }
-        for l in labels { touch(name, l) }
+        for l in labels { _ = slot(name, l) }
     }
 
-    private func touch(_ name: String, _ labels: String) {
-        if families[name]!.series[labels] == nil {
-            families[name]!.series[labels] = 0
-            families[name]!.order.append(labels)
-        }
+    /// The slot of a series of a declared family, made (at 0) on first use.
+    private func slot(_ name: String, _ labels: String) -> Int {
+        guard let i = families.index(forKey: name) else { preconditionFailure("metric \(name) not declared") }
+        if let slot = families.values[i].series[labels] { return slot }
+        let slot = values.count
+        values.append(0)
+        families.values[i].series[labels] = slot
+        families.values[i].order.append(labels)
+        return slot
     }
 
     /// `labels` is the rendered label set without braces, e.g. `type="prepare"`.
     public func add(_ name: String, labels: String = "", _ value: Double = 1) {
-        // Two hash lookups, in place: servers count every message they send.
-        guard let i = families.index(forKey: name) else { preconditionFailure("metric \(name) not declared") }
-        families.values[i].add(labels, value)
+        values[slot(name, labels)] += value
     }
 
+    /// The series `name{labels}` of a declared family, for `add(_:_:)` without lookups.
+    public func counter(_ name: String, labels: String = "") -> Counter { Counter(slot: slot(name, labels)) }
+
+    public func add(_ counter: Counter, _ value: Double = 1) { values[counter.slot] += value }
+
     public func set(_ name: String, labels: String = "", _ value: Double) {
-        precondition(families[name] != nil, "metric \(name) not declared")
-        touch(name, labels)
-        families[name]!.series[labels] = value
+        values[slot(name, labels)] = value
     }
 
     /// A value read at render time (gauges and counters owned elsewhere).
@@ -64,7 +68,7 @@ public final class MetricsRegistry {
 
     public func value(_ name: String, labels: String = "") -> Double? {
         if let s = sampled.first(where: { $0.name == name && $0.labels == labels }) { return s.read() }
-        return families[name]?.series[labels]
+        return families[name]?.series[labels].map { values[$0] }
     }
 
     public func render() -> String {
@@ -73,7 +77,7 @@ public final class MetricsRegistry {
             let f = families[name]!
             out += "# HELP \(name) \(f.help)\n# TYPE \(name) \(f.type)\n"
             for labels in f.order {
-                out += line(name, labels, f.series[labels]!)
+                out += line(name, labels, values[f.series[labels]!])
             }
             for s in sampled where s.name == name {
                 out += line(name, s.labels, s.read())

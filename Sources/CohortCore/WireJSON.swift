@@ -343,7 +343,8 @@ public struct WireObject {
         try self.init(node, pathPrefix: path, itemIndex: -1)
     }
 
-    private init(_ node: JSONNode, pathPrefix: String, itemIndex: Int) throws {
+    @usableFromInline
+    init(_ node: JSONNode, pathPrefix: String, itemIndex: Int) throws {
         self.pathPrefix = pathPrefix
         self.itemIndex = itemIndex
         guard case .object(let m) = node else {
@@ -393,13 +394,15 @@ public struct WireObject {
     }
 
     /// The field's value; nil when absent or null (as Codable's `decodeIfPresent`).
+    @usableFromInline
     func present(_ key: String) -> JSONNode? {
         guard let v = self[key] else { return nil }
         if case .null = v { return nil }
         return v
     }
 
-    private func required(_ key: String) throws -> JSONNode {
+    @usableFromInline
+    func required(_ key: String) throws -> JSONNode {
         guard let v = self[key] else { throw WireJSONError.missingField(name(key)) }
         if case .null = v { throw WireJSONError.nullField(name(key)) }
         return v
@@ -444,14 +447,24 @@ public struct WireObject {
         return b
     }
 
-    /// An optional array of objects, each read by `read`.
+    /// An optional array of objects, each read by `read`. Inlinable, and a loop over indices
+    /// rather than `enumerated().map`: generic and called from other modules, it ran
+    /// unspecialized, with metadata lookups and witness calls for every item (1% of the
+    /// coordinator's instructions, for the items of every batch answer).
+    @inlinable
     public func optObjects<T>(_ key: String, _ read: (WireObject) throws -> T) throws -> [T]? {
         guard let v = present(key) else { return nil }
         guard case .array(let items) = v else { throw WireJSONError.wrongType(name(key)) }
         let prefix = name(key)
-        return try items.enumerated().map { try read(WireObject($0.element, pathPrefix: prefix, itemIndex: $0.offset)) }
+        var out: [T] = []
+        out.reserveCapacity(items.count)
+        for k in items.indices {
+            out.append(try read(WireObject(items[k], pathPrefix: prefix, itemIndex: k)))
+        }
+        return out
     }
 
+    @inlinable
     public func objects<T>(_ key: String, _ read: (WireObject) throws -> T) throws -> [T] {
         _ = try required(key)
         return try optObjects(key, read)!
@@ -483,9 +496,58 @@ public struct JSONWriter {
         needComma = false
     }
 
+    /// A member name the program spells (a wire type's field): written as it is, without the
+    /// escape scan and the String view of `key(_: String)`, which cost a few hundred
+    /// instructions per field in every message. Such names never need escaping.
+    @inline(__always)
+    public mutating func key(static k: StaticString) {
+        separate()
+        bytes.append(UInt8(ascii: "\""))
+        k.withUTF8Buffer { u in
+            assert(Self.escapeExtra(u) == 0, "a field name that needs escaping")
+            bytes.append(contentsOf: u)
+        }
+        bytes.append(UInt8(ascii: "\""))
+        bytes.append(UInt8(ascii: ":"))
+        needComma = false
+    }
+
     public mutating func value(_ s: String) { separate(); Self.appendString(s, to: &bytes); needComma = true }
-    public mutating func value(_ n: Int64) { separate(); bytes.append(contentsOf: String(n).utf8); needComma = true }
-    public mutating func value(_ b: Bool) { separate(); bytes.append(contentsOf: (b ? "true" : "false").utf8); needComma = true }
+
+    /// A string value given as its UTF-8 bytes (valid UTF-8: what a String's `utf8` holds).
+    /// `stringBytes`, when the caller has counted it (`JSONWriter.stringBytes`), spares the
+    /// count.
+    public mutating func value(utf8 u: UnsafeBufferPointer<UInt8>, stringBytes: Int? = nil) {
+        separate()
+        Self.appendString(utf8: u, stringBytes: stringBytes, to: &bytes)
+        needComma = true
+    }
+    public mutating func value(_ n: Int64) { separate(); Self.appendDecimal(n, to: &bytes); needComma = true }
+    public mutating func value(_ b: Bool) {
+        separate()
+        let word: StaticString = b ? "true" : "false"
+        word.withUTF8Buffer { bytes.append(contentsOf: $0) }
+        needComma = true
+    }
+
+    /// The decimal digits of `n`, as `String(n)` spells them, without making the String.
+    static func appendDecimal(_ n: Int64, to out: inout [UInt8]) {
+        if n >= 0 && n < 10 {
+            out.append(48 + UInt8(n))
+            return
+        }
+        var magnitude = n.magnitude
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { t in
+            var k = 20
+            while magnitude > 0 {
+                k -= 1
+                t[k] = 48 + UInt8(magnitude % 10)
+                magnitude /= 10
+            }
+            if n < 0 { out.append(UInt8(ascii: "-")) }
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: t[k..<20]))
+        }
+    }
 
     /// A parsed value written back, e.g. a participant's operations passed on untouched.
     public mutating func value(_ node: JSONNode) {
@@ -511,59 +573,142 @@ public struct JSONWriter {
     }
 
     /// Writes `"k": v`, or nothing when `v` is nil (as Codable's `encodeIfPresent`).
-    public mutating func field(_ k: String, _ v: String?) { if let v { key(k); value(v) } }
-    public mutating func field(_ k: String, _ v: Int64?) { if let v { key(k); value(v) } }
-    public mutating func field(_ k: String, _ v: Int?) { if let v { key(k); value(Int64(v)) } }
-    public mutating func field(_ k: String, _ v: Bool?) { if let v { key(k); value(v) } }
+    /// Field names are the program's own (string literals), so they are written without escaping.
+    public mutating func field(_ k: StaticString, _ v: String?) { if let v { key(static: k); value(v) } }
+    public mutating func field(_ k: StaticString, _ v: Int64?) { if let v { key(static: k); value(v) } }
+    public mutating func field(_ k: StaticString, _ v: Int?) { if let v { key(static: k); value(Int64(v)) } }
+    public mutating func field(_ k: StaticString, _ v: Bool?) { if let v { key(static: k); value(v) } }
 
     /// The bytes `appendString` writes for `s`, quotes included, counted without writing them:
     /// a caller that must keep a body under a limit (a `/v1/batch`, whose message bodies are
     /// escaped again inside it) sizes it before building it.
     public static func stringBytes(_ s: String) -> Int {
         var s = s
-        return s.withUTF8 { u in
-            var n = u.count + 2
-            for b in u where b == 0x22 || b == 0x5C || b < 0x20 {
-                switch b {
-                case 0x22, 0x5C, 0x0A, 0x0D, 0x09, 0x08, 0x0C: n += 1  // \" \\ \n \r \t \b \f
-                default: n += 5  // \u00XX
+        return s.withUTF8 { $0.count + 2 + escapeExtra($0) }
+    }
+
+    /// The bytes `appendString` writes for `s`, quotes included, counted over UTF-8 bytes.
+    public static func stringBytes(_ u: UnsafeBufferPointer<UInt8>) -> Int { u.count + 2 + escapeExtra(u) }
+
+    /// What escaping adds to `u`: one byte for `\"` `\\` `\n` `\r` `\t` `\b` `\f`, five for `\u00XX`.
+    /// Eight bytes at a time: most words of a body hold nothing to escape.
+    @inline(__always)
+    static func escapeExtra(_ u: UnsafeBufferPointer<UInt8>) -> Int {
+        var n = 0
+        var i = 0
+        let count = u.count
+        if let base = u.baseAddress {
+            let raw = UnsafeRawPointer(base)
+            while i + 8 <= count {
+                if wordNeedsEscape(raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)) {
+                    for j in i..<(i + 8) { n += escapeExtra(byte: u[j]) }
                 }
+                i += 8
             }
-            return n
+        }
+        while i < count {
+            n += escapeExtra(byte: u[i])
+            i += 1
+        }
+        return n
+    }
+
+    @inline(__always)
+    static func escapeExtra(byte b: UInt8) -> Int {
+        if b == 0x22 || b == 0x5C { return 1 }
+        guard b < 0x20 else { return 0 }
+        switch b {
+        case 0x0A, 0x0D, 0x09, 0x08, 0x0C: return 1
+        default: return 5
         }
     }
 
+    /// Whether any of the eight bytes in `w` is a quote, a backslash or below 0x20 (the
+    /// has-zero-byte and has-byte-less-than tricks; exact for the word as a whole).
+    @inline(__always)
+    static func wordNeedsEscape(_ w: UInt64) -> Bool {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let highs: UInt64 = 0x8080_8080_8080_8080
+        let below20 = (w &- ones &* 0x20) & ~w & highs
+        let q = w ^ (ones &* 0x22)
+        let quote = (q &- ones) & ~q & highs
+        let s = w ^ (ones &* 0x5C)
+        let backslash = (s &- ones) & ~s & highs
+        return (below20 | quote | backslash) != 0
+    }
+
     public static func appendString(_ s: String, to out: inout [UInt8]) {
-        out.append(UInt8(ascii: "\""))
         var s = s
-        s.withUTF8 { u in
-            var runStart = 0
-            for (j, b) in u.enumerated() where b == 0x22 || b == 0x5C || b < 0x20 {
-                out.append(contentsOf: UnsafeBufferPointer(rebasing: u[runStart..<j]))
-                runStart = j + 1
-                // Byte by byte: an array literal here would be an allocation per escape, and a
-                // batch body (JSON inside a JSON string) has one at every quote.
-                out.append(0x5C)
+        s.withUTF8 { appendString(utf8: $0, to: &out) }
+    }
+
+    /// `appendString` for text already in UTF-8 (a message body kept as bytes).
+    ///
+    /// Counted first, then written in one piece: a string without escapes is one copy, and one
+    /// with escapes (a batch carries each message's JSON as a string, a quote every few bytes) is
+    /// built in a scratch buffer and copied once. Appending the escapes byte by byte to the array
+    /// cost a capacity and uniqueness check each, and was 8% of the coordinator's instructions.
+    public static func appendString(utf8 u: UnsafeBufferPointer<UInt8>, stringBytes: Int? = nil, to out: inout [UInt8]) {
+        let extra: Int
+        if let stringBytes {
+            extra = stringBytes - u.count - 2
+            assert(extra == escapeExtra(u), "a string's escaped size miscounted")
+        } else {
+            extra = escapeExtra(u)
+        }
+        if extra == 0 {
+            out.append(UInt8(ascii: "\""))
+            out.append(contentsOf: u)
+            out.append(UInt8(ascii: "\""))
+            return
+        }
+        let total = u.count + extra + 2
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: total) { t in
+            let hex: StaticString = "0123456789abcdef"
+            var k = 0
+            t[k] = 0x22; k += 1
+            let dst = UnsafeMutableRawPointer(t.baseAddress!)
+            let count = u.count
+            var i = 0
+            while i < count {
+                if i + 8 <= count {
+                    // Eight plain bytes in one move.
+                    let w = UnsafeRawPointer(u.baseAddress!).loadUnaligned(fromByteOffset: i, as: UInt64.self)
+                    if !wordNeedsEscape(w) {
+                        dst.storeBytes(of: w, toByteOffset: k, as: UInt64.self)
+                        i += 8
+                        k += 8
+                        continue
+                    }
+                }
+                let b = u[i]
+                i += 1
+                if b != 0x22 && b != 0x5C && b >= 0x20 {
+                    t[k] = b; k += 1
+                    continue
+                }
+                t[k] = 0x5C; k += 1
                 switch b {
-                case 0x22: out.append(0x22)
-                case 0x5C: out.append(0x5C)
-                case 0x0A: out.append(UInt8(ascii: "n"))
-                case 0x0D: out.append(UInt8(ascii: "r"))
-                case 0x09: out.append(UInt8(ascii: "t"))
-                case 0x08: out.append(UInt8(ascii: "b"))
-                case 0x0C: out.append(UInt8(ascii: "f"))
+                case 0x22: t[k] = 0x22; k += 1
+                case 0x5C: t[k] = 0x5C; k += 1
+                case 0x0A: t[k] = UInt8(ascii: "n"); k += 1
+                case 0x0D: t[k] = UInt8(ascii: "r"); k += 1
+                case 0x09: t[k] = UInt8(ascii: "t"); k += 1
+                case 0x08: t[k] = UInt8(ascii: "b"); k += 1
+                case 0x0C: t[k] = UInt8(ascii: "f"); k += 1
                 default:
-                    let hex: StaticString = "0123456789abcdef"
-                    out.append(UInt8(ascii: "u"))
-                    out.append(0x30)
-                    out.append(0x30)
-                    out.append(hex.utf8Start[Int(b >> 4)])
-                    out.append(hex.utf8Start[Int(b & 15)])
+                    t[k] = UInt8(ascii: "u")
+                    t[k + 1] = 0x30
+                    t[k + 2] = 0x30
+                    t[k + 3] = hex.utf8Start[Int(b >> 4)]
+                    t[k + 4] = hex.utf8Start[Int(b & 15)]
+                    k += 5
                 }
             }
-            out.append(contentsOf: UnsafeBufferPointer(rebasing: u[runStart..<u.count]))
+            t[k] = 0x22; k += 1
+            precondition(k == total, "escaped length miscounted")
+            out.append(contentsOf: UnsafeBufferPointer(t))
         }
-        out.append(UInt8(ascii: "\""))
     }
 }
 

@@ -19,6 +19,8 @@ public struct HTTPHeaders: Sequence, ExpressibleByDictionaryLiteral {
         fields.append((name: name, value: value))
     }
 
+    mutating func reserveFields(_ n: Int) { fields.reserveCapacity(n) }
+
     /// Replaces every field named `name` with one field.
     public mutating func set(_ name: String, _ value: String) {
         remove(name)
@@ -157,8 +159,11 @@ public struct HTTPResponse {
     }
 
     public static func jsonBytes(_ status: Int, _ body: [UInt8]) -> HTTPResponse {
-        HTTPResponse(status: status, headers: ["Content-Type": "application/json"], body: body)
+        HTTPResponse(status: status, headers: jsonHeaders, body: body)
     }
+
+    /// Made once: built per answer, the literal was an array and a string allocated each time.
+    private static let jsonHeaders: HTTPHeaders = ["Content-Type": "application/json"]
 
     /// `{"error": message}` with the message JSON-escaped.
     public static func error(_ status: Int, _ message: String) -> HTTPResponse {

@@ -69,6 +69,12 @@ public final class KVResource {
         var ops: [KVOp] = []
         /// Latest staged value per written key: what this branch's gets see.
         var view: [String: KVValue] = [:]
+        /// Committed values this branch read from the store, under its lock on the key: no
+        /// other branch can commit that key before this one ends (a store is written only by
+        /// `commit`, which applies before it releases), so the vote reads them here instead of
+        /// from the store again. The first few keys only: a list, searched in order.
+        var committedReads: [(key: String, value: KVValue?)] = []
+        static let committedReadsMax = 8
         var calls: [Call] = []
         var waitingKey: String?
         var waitToken: UInt64 = 0
@@ -246,7 +252,15 @@ public final class KVResource {
     private func currentValue(_ key: String, branch: Branch, call: Call) throws -> KVValue? {
         if let v = call.overlay[key] { return v }
         if let v = branch.view[key] { return v }
-        return try store.get(key)
+        return try committedValue(key, branch: branch)
+    }
+
+    /// The store's value of a key the branch holds a lock on (see `Branch.committedReads`).
+    private func committedValue(_ key: String, branch: Branch) throws -> KVValue? {
+        for read in branch.committedReads where read.key == key { return read.value }
+        let value = try store.get(key)
+        if branch.committedReads.count < Branch.committedReadsMax { branch.committedReads.append((key, value)) }
+        return value
     }
 
     private func startWait(_ branch: Branch, key: String, waitMs: Int64) {
@@ -318,7 +332,7 @@ public final class KVResource {
                         current = v
                     } else {
                         order.append(key)
-                        current = try store.get(key)
+                        current = try committedValue(key, branch: branch)
                     }
                     let base: Int64
                     switch current {

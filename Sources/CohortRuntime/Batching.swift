@@ -49,6 +49,15 @@ public enum BatchBytes {
     public static func cost(path: String, body: String) -> Int {
         18 + JSONWriter.stringBytes(path) + JSONWriter.stringBytes(body)
     }
+
+    /// `body` as the UTF-8 of `String(decoding: body, as: UTF8.self)`, the text a batch carries:
+    /// the bytes themselves when they are ASCII (every body the wire types write), else with
+    /// invalid sequences replaced as that String does.
+    static func text(_ body: [UInt8]) -> [UInt8] {
+        var any: UInt8 = 0
+        for b in body { any |= b }
+        return any < 0x80 ? body : Array(String(decoding: body, as: UTF8.self).utf8)
+    }
 }
 
 public final class BatchingSender {
@@ -56,8 +65,12 @@ public final class BatchingSender {
 
     private struct Queued {
         let path: String
-        /// The body as text, as a batch carries it (a lone message is sent as its UTF-8).
-        let body: String
+        /// The body's text in UTF-8 (`BatchBytes.text`): sent as it is alone, escaped as a
+        /// string in a batch. Kept as bytes: making a String of every body, and its bytes again
+        /// for a lone message, was a validation and a copy per message.
+        let body: [UInt8]
+        /// `JSONWriter.stringBytes(body)`, counted once on arrival.
+        let bodyStringBytes: Int
         /// What the message adds to a batch body (`BatchBytes.cost`), counted once on arrival.
         let batchBytes: Int
         let timeoutMs: Int64
@@ -107,8 +120,10 @@ public final class BatchingSender {
             environment.execute { completion(.failure(.queueFull)) }
             return
         }
-        let text = String(decoding: body, as: UTF8.self)
-        peer.queue.append(Queued(path: path, body: text, batchBytes: BatchBytes.cost(path: path, body: text), timeoutMs: timeoutMs,
+        let text = BatchBytes.text(body)
+        let bodyStringBytes = text.withUnsafeBufferPointer { JSONWriter.stringBytes($0) }
+        peer.queue.append(Queued(path: path, body: text, bodyStringBytes: bodyStringBytes,
+                                 batchBytes: 18 + JSONWriter.stringBytes(path) + bodyStringBytes, timeoutMs: timeoutMs,
                                  completion: completion, queuedAtUs: environment.monotonicUs))
         peers[baseURL] = peer
         flush(baseURL)
@@ -160,16 +175,15 @@ public final class BatchingSender {
         if items.count == 1 {
             // Alone, as a plain request: its answer is its own, 413 included.
             let item = items[0]
-            environment.send(HTTPClientRequest(method: "POST", url: baseURL + item.path, body: Array(item.body.utf8), timeoutMs: item.timeoutMs)) { result in
+            environment.send(HTTPClientRequest(method: "POST", url: baseURL + item.path, body: item.body, timeoutMs: item.timeoutMs)) { result in
                 item.completion(result)
                 done()
             }
             return true
         }
-        let batch = BatchRequest(messages: items.map { BatchItem(path: $0.path, body: $0.body) })
         // A batch waits as long as its most patient message would have.
         let timeoutMs = items.map(\.timeoutMs).max() ?? Limits.httpClientRequestTimeoutMs
-        environment.send(HTTPClientRequest(method: "POST", url: baseURL + "/v1/batch", body: JSONBody.encode(batch), timeoutMs: timeoutMs)) { [weak self] result in
+        environment.send(HTTPClientRequest(method: "POST", url: baseURL + "/v1/batch", body: Self.batchBody(items), timeoutMs: timeoutMs)) { [weak self] result in
             switch result {
             case .failure(let error):
                 for item in items { item.completion(.failure(error)) }
@@ -205,6 +219,28 @@ public final class BatchingSender {
         }
         return true
     }
+
+    /// The body `BatchRequest.writeWire` writes for `items`, built in one buffer of its exact
+    /// size from the counts made on arrival (no second escape count, no growth).
+    private static func batchBody(_ items: [Queued]) -> [UInt8] {
+        var size = BatchBytes.envelope - 1
+        for item in items { size += item.batchBytes }
+        var w = JSONWriter(capacity: size)
+        w.beginObject()
+        w.key(static: "messages")
+        w.beginArray()
+        for item in items {
+            w.beginObject()
+            w.field("path", item.path)
+            w.key(static: "body")
+            item.body.withUnsafeBufferPointer { w.value(utf8: $0, stringBytes: item.bodyStringBytes) }
+            w.endObject()
+        }
+        w.endArray()
+        w.endObject()
+        assert(w.bytes.count == size, "a batch's size miscounted")
+        return w.bytes
+    }
 }
 
 /// Serves `POST /v1/batch`: runs each message through `handle` as if it had come alone, and
@@ -223,7 +259,9 @@ public func serveBatch(_ request: HTTPRequest, _ responder: ResponseSink, allowe
         return responder.send(.error(400, "a batch may hold only \(allowedPrefixes.joined(separator: ", ")) messages, not \(item.path.prefix(80))"))
     }
     final class Collector: @unchecked Sendable {
-        var answers: [BatchAnswer?]
+        /// Each message's answer: its status and its body's text (`BatchBytes.text`) with that
+        /// text's escaped size, so that the batch's answer is written in one buffer.
+        var answers: [(status: Int, body: [UInt8], stringBytes: Int)?]
         var remaining: Int
         let responder: ResponseSink
         init(count: Int, responder: ResponseSink) {
@@ -245,15 +283,37 @@ public func serveBatch(_ request: HTTPRequest, _ responder: ResponseSink, allowe
     for (i, item) in requests.enumerated() {
         let sink = ClosureSink { response in
             guard collector.answers[i] == nil else { return }
-            collector.answers[i] = BatchAnswer(status: response.status, body: String(decoding: response.body, as: UTF8.self))
+            let text = BatchBytes.text(response.body)
+            collector.answers[i] = (response.status, text, text.withUnsafeBufferPointer { JSONWriter.stringBytes($0) })
             collector.remaining -= 1
             if collector.remaining == 0 {
-                collector.responder.send(.jsonBytes(200, JSONBody.encode(BatchResponse(answers: collector.answers.map { $0! }))))
+                collector.responder.send(.jsonBytes(200, batchResponseBody(collector.answers.map { $0! })))
             }
         }
         // The rule the server applies to plain requests (`HTTPRequest.hasEmptySegment`).
         if item.hasEmptySegment { sink.send(item.emptySegmentAnswer) } else { handle(item, sink) }
     }
+}
+
+/// The body `BatchResponse.writeWire` writes for these answers, in one buffer of (about) its size.
+private func batchResponseBody(_ answers: [(status: Int, body: [UInt8], stringBytes: Int)]) -> [UInt8] {
+    // `{"answers":[` `]}`, and per answer `{"status":` up to 20 digits `,"body":` `}` and a comma.
+    var size = 14
+    for a in answers { size += 40 + a.stringBytes }
+    var w = JSONWriter(capacity: size)
+    w.beginObject()
+    w.key(static: "answers")
+    w.beginArray()
+    for a in answers {
+        w.beginObject()
+        w.field("status", a.status)
+        w.key(static: "body")
+        a.body.withUnsafeBufferPointer { w.value(utf8: $0, stringBytes: a.stringBytes) }
+        w.endObject()
+    }
+    w.endArray()
+    w.endObject()
+    return w.bytes
 }
 
 /// A response sink that calls a closure.

@@ -22,12 +22,16 @@ public protocol NodeEnvironment: AnyObject {
     /// and the record backing it has LSN `lsn` while the log is durable up to `durableLSN`.
     /// The real environment does nothing; the simulation fails the run if `lsn > durableLSN`.
     func checkBacked(_ message: String, txid: String, lsn: UInt64, durableLSN: UInt64)
+    /// Whether `checkBacked` checks anything: a node keeps the LSNs it would report only then
+    /// (their table cost every branch a few hash lookups and an allocation for nothing).
+    var checksBacking: Bool { get }
     /// TEST ONLY: a deliberate bug to switch on (see `TestOnlyBreak`).
     var testOnlyBreak: TestOnlyBreak { get }
 }
 
 extension NodeEnvironment {
     public func checkBacked(_ message: String, txid: String, lsn: UInt64, durableLSN: UInt64) {}
+    public var checksBacking: Bool { false }
 }
 
 /// A timer a node can cancel.

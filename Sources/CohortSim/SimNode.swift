@@ -222,6 +222,8 @@ final class SimEnvironment: NodeEnvironment {
 
     var testOnlyBreak: TestOnlyBreak { simulation.config.breakMode }
 
+    var checksBacking: Bool { true }
+
     func checkBacked(_ message: String, txid: String, lsn: UInt64, durableLSN: UInt64) {
         if lsn > durableLSN {
             simulation.fail("durability: \(node.name) sent \(message) for \(txid) before its record (lsn \(lsn == UInt64.max ? "none" : String(lsn))) was durable (durable up to \(durableLSN))")

@@ -235,6 +235,55 @@ final class WireJSONTests: XCTestCase {
         }
     }
 
+    /// The writer's escaping (eight bytes at a time) against a byte-by-byte reference, with the
+    /// characters to escape at every offset of a word and strings of every length around 8.
+    func testEscapingMatchesAByteByByteReference() {
+        func reference(_ s: String) -> [UInt8] {
+            var out: [UInt8] = [0x22]
+            for b in s.utf8 {
+                switch b {
+                case 0x22: out += [0x5C, 0x22]
+                case 0x5C: out += [0x5C, 0x5C]
+                case 0x0A: out += Array(#"\n"#.utf8)
+                case 0x0D: out += Array(#"\r"#.utf8)
+                case 0x09: out += Array(#"\t"#.utf8)
+                case 0x08: out += Array(#"\b"#.utf8)
+                case 0x0C: out += Array(#"\f"#.utf8)
+                case 0..<0x20: out += Array(String(format: "\\u%04x", b).utf8)
+                default: out.append(b)
+                }
+            }
+            return out + [0x22]
+        }
+        let specials: [String] = ["\"", "\\", "\n", "\u{1}", "\u{1f}", "\u{7f}", "é", "😀", "/", " ", "~", "!", "#", "[", "]"]
+        var cases: [String] = []
+        for length in 0..<20 {
+            let plain = String(repeating: "a", count: length)
+            cases.append(plain)
+            for special in specials {
+                for at in 0...length {
+                    cases.append(String(plain.prefix(at)) + special + String(plain.dropFirst(at)))
+                }
+            }
+        }
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<500 {
+            let n = Int.random(in: 0..<80, using: &rng)
+            cases.append(String((0..<n).map { _ in Character(Unicode.Scalar(UInt8.random(in: 0...127, using: &rng))) }))
+        }
+        for s in cases {
+            var out: [UInt8] = [7]
+            JSONWriter.appendString(s, to: &out)
+            XCTAssertEqual(Array(out.dropFirst()), reference(s), s.debugDescription)
+            XCTAssertEqual(JSONWriter.stringBytes(s), out.count - 1, s.debugDescription)
+        }
+        for n: Int64 in [0, 7, 9, 10, -1, -9, -10, 99, 100, 12_345, -98_765, .max, .min, .max - 1, .min + 1] {
+            var w = JSONWriter()
+            w.value(n)
+            XCTAssertEqual(String(decoding: w.bytes, as: UTF8.self), String(n))
+        }
+    }
+
     /// Only `"status": "committed"` acknowledges a commit (docs/protocol.md, call 3).
     func testOnlyACommitAnswerSayingCommittedIsAnAcknowledgement() {
         XCTAssertEqual(CommitAnswer(body: Array(#"{"txid":"t","status":"committed"}"#.utf8)), .committed)

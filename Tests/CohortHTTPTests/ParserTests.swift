@@ -105,6 +105,24 @@ final class RequestParserTests: XCTestCase {
         }
     }
 
+    /// Header names and methods take exactly RFC 9110's token characters, every byte checked.
+    func testTokenCharactersAreExactlyRFC9110s() throws {
+        let tchar = Set(Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~".utf8))
+        for b in 0...255 {
+            let c = UInt8(b)
+            if c == UInt8(ascii: ":") || c == 10 || c == 13 { continue }
+            var header = Array("GET / HTTP/1.1\r\nX".utf8)
+            header += [c]
+            header += Array(": v\r\n\r\n".utf8)
+            XCTAssertEqual((try? parseAll(header)) != nil, tchar.contains(c), "header name byte \(b)")
+            if c == 32 { continue }
+            var line = Array("G".utf8)
+            line += [c]
+            line += Array("T / HTTP/1.1\r\n\r\n".utf8)
+            XCTAssertEqual((try? parseAll(line)) != nil, tchar.contains(c), "method byte \(b)")
+        }
+    }
+
     func testUnsupportedVersionIs505() {
         XCTAssertEqual(errorStatus("GET / HTTP/2.0\r\n\r\n"), 505)
         XCTAssertEqual(errorStatus("GET / HTTP/3\r\n\r\n"), 505)

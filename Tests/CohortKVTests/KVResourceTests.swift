@@ -205,6 +205,42 @@ final class KVResourceTests: XCTestCase {
         guard case .no = kv.vote(txid: "t2") else { return XCTFail("want no on overflow") }
     }
 
+    /// The vote reads a key's committed value from what the branch read under its lock, not
+    /// from the store again; a branch reading more keys than it remembers still votes right.
+    func testVoteReusesTheValuesReadUnderTheBranchsLocks() throws {
+        final class CountingStore: KVStore {
+            let inner = MemoryKVStore()
+            var gets = 0
+            func get(_ key: String) throws -> KVValue? { gets += 1; return try inner.get(key) }
+            func scanPage(prefix: String, after: String?, limit: Int, bytesMax: Int) throws -> KVScanPage {
+                try inner.scanPage(prefix: prefix, after: after, limit: limit, bytesMax: bytesMax)
+            }
+            func apply(_ commits: [KVCommit]) throws { try inner.apply(commits) }
+            func appliedLSN() throws -> UInt64 { try inner.appliedLSN() }
+            func makeDurable() throws { try inner.makeDurable() }
+            func close() {}
+        }
+        let counting = CountingStore()
+        let c = clock!
+        let kv = KVResource(store: counting, schedule: { c.schedule($0, $1) }, lockWaitTimeoutMs: 100)
+        let keys = (0..<20).map { "k\($0)" }
+        try counting.apply([KVCommit(lsn: 1, writes: keys.map { ($0, .int(5)) })])
+        let r = Recorder()
+        kv.stage(txid: "t1", ops: [.add(key: "k0", delta: -5, min: 0), .add(key: "k1", delta: -2, min: 0)], completion: r.callback())
+        XCTAssertNotNil(success(r.last))
+        XCTAssertEqual(counting.gets, 2)
+        XCTAssertEqual(try KVResource.decodeWriteSet(writeSet(kv.vote(txid: "t1"))).map(\.value), [.int(0), .int(3)])
+        XCTAssertEqual(counting.gets, 2, "the vote read nothing from the store")
+        kv.abort(txid: "t1")
+
+        counting.gets = 0
+        kv.stage(txid: "t2", ops: keys.map { .add(key: $0, delta: -1, min: 0) } + [.add(key: "k19", delta: -5, min: 0)], completion: r.callback())
+        XCTAssertNotNil(success(r.last))
+        guard case .no(let reason) = kv.vote(txid: "t2") else { return XCTFail("k19 goes below 0") }
+        XCTAssertTrue(reason.contains("k19"), reason)
+        XCTAssertEqual(counting.gets, 20 + 20 - 8, "the first 8 keys remembered, the rest read again")
+    }
+
     func testReadOnlyVote() throws {
         try seed([("a", .int(1))])
         let r = Recorder()

@@ -103,6 +103,8 @@ final class BatchingSenderTests: XCTestCase {
                 let batch = try JSONBody.value(BatchRequest.self, from: request.body)
                 // The count is exact: the envelope, and every message's cost (one separator fewer).
                 XCTAssertEqual(request.body.count, BatchBytes.envelope - 1 + batch.messages.reduce(0) { $0 + BatchBytes.cost(path: $1.path, body: $1.body) })
+                // Byte for byte what the wire type writes (the sender builds it from bytes).
+                XCTAssertEqual(request.body, JSONBody.encode(batch))
             }
             try env.answerAsAnAgent(i)
             i += 1
@@ -196,5 +198,28 @@ final class BatchingSenderTests: XCTestCase {
                 guard case .failure(.protocolError) = r else { return XCTFail("\(wrong): \(r)") }
             }
         }
+    }
+
+    /// `serveBatch` answers with what `BatchResponse` writes for the messages' answers, their
+    /// bodies as text (an invalid UTF-8 sequence replaced, as a String of it would have it).
+    func testABatchAnswerIsWhatTheWireTypeWrites() throws {
+        let bodies: [[UInt8]] = [Array(#"{"txid":"t","vote":"yes"}"#.utf8), Array(#"{"error":"é \"q\" 中"}"#.utf8),
+                                 [0x7B, 0x22, 0xFF, 0xC3, 0x22, 0x7D], [], Array("line\n\u{1}".utf8)]
+        let batch = BatchRequest(messages: bodies.indices.map { BatchItem(path: "/v1/2pc/prepare?\($0)", body: "{}") })
+        let request = HTTPRequest(method: "POST", target: "/v1/batch", path: "/v1/batch", body: JSONBody.encode(batch))
+        final class Sink: ResponseSink {
+            var responses: [HTTPResponse] = []
+            func send(_ response: HTTPResponse) { responses.append(response) }
+        }
+        let sink = Sink()
+        serveBatch(request, sink, allowedPrefixes: ["/v1/2pc/"]) { message, responder in
+            let i = Int(message.query.keys.first!)!
+            responder.send(HTTPResponse(status: 200 + i, body: bodies[i]))
+        }
+        XCTAssertEqual(sink.responses.count, 1)
+        let expected = BatchResponse(answers: bodies.indices.map { BatchAnswer(status: 200 + $0, body: String(decoding: bodies[$0], as: UTF8.self)) })
+        XCTAssertEqual(sink.responses.first?.body, JSONBody.encode(expected))
+        XCTAssertEqual(try JSONBody.value(BatchResponse.self, from: sink.responses[0].body).answers.map(\.body),
+                       bodies.map { String(decoding: $0, as: UTF8.self) })
     }
 }
