@@ -171,11 +171,11 @@ public enum Limits {
     /// exchange lasts a whole sync at the peer (a prepare's answer waits for its record). 16
     /// and 64 were tried in session 3: no faster at 8 clients once submitted work stopped
     /// deadlocking (wait-die), and 16 let 64 clients reach 0.27 syncs per commit per process,
-    /// over the 0.2 aim (docs/benchmarks.md, round 3). 4 until round 17: at 64 clients each
-    /// agent's sync covers about what arrived in one batch, and 4 open exchanges split the
-    /// prepares into small batches (agents 0.18-0.21 syncs per commit); 2 gave 0.14-0.17 and 7%
-    /// more commits, and 8 clients, which seldom fill even 2, the same (round 17).
-    public static let batchExchangesInFlightPerPeer = 2
+    /// over the 0.2 aim (docs/benchmarks.md, round 3). 2 took 64 clients from 0.18-0.21 to
+    /// 0.14-0.17 syncs per commit at the agents, but only until a sync round took a whole pass
+    /// of the event loop (`DurableLog.holdWakes`): with that, 4 and 2 both give 0.06-0.09, and 4
+    /// gives 4-6 clients 2-5% and 8 clients 5% more commits (round 17).
+    public static let batchExchangesInFlightPerPeer = 4
     /// A branch registration waits this long for the coordinator (a client's work request
     /// waits on it).
     public static let registrationTimeoutMs: Int64 = 1_000
