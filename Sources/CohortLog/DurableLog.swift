@@ -250,6 +250,8 @@ public final class DurableLog {
     /// sync thread is not woken; `wakeOwed` says a wake-up is due at the release.
     private var wakesHeld = false
     private var wakeOwed = false
+    /// Holds released so far: a round waiting for a pass to end waits for that one only.
+    private var holdsReleased: UInt64 = 0
     /// How long a sync of the current segment has lately taken (µs, moving average).
     private var syncUsAverage: Int64 = 0
     private var unsyncedBytes = 0
@@ -420,6 +422,7 @@ public final class DurableLog {
     public func releaseHeldWakes() {
         state.withLock {
             wakesHeld = false
+            holdsReleased &+= 1
             if wakeOwed {
                 wakeOwed = false
                 state.signal()
@@ -536,11 +539,15 @@ public final class DurableLog {
                 }
             }
             // A timed wait above (lazy, soon, group commit) can end while the loop's pass is
-            // still appending: finish that pass first, so its records share this round instead
-            // of the first few starting it alone.
-            while wakesHeld && !closed && failure == nil {
-                wakeOwed = true
-                state.wait()
+            // still appending: let that pass end first, so its records share this round instead
+            // of the first few starting it alone. That pass only: a busy loop starts the next
+            // one at once, and waiting for a moment with no pass could wait through many.
+            if wakesHeld {
+                let pass = holdsReleased
+                while wakesHeld && holdsReleased == pass && !closed && failure == nil {
+                    wakeOwed = true
+                    state.wait()
+                }
             }
             state.unlock()
             _ = try? runRound()
