@@ -107,9 +107,8 @@ public final class AgentServer: RunnableServer {
         }
         node.advertiseURL = options.advertiseURL ?? "http://\(options.host):\(server.port)"
         node.exposeHTTPServerMetrics(server)
-        // One sync round for all a pass of the loop appends (DurableLog.holdWakes). Last, once
-        // nothing above can fail: the loop keeps what it observes.
-        loop.observePasses(start: { [log] in log.holdWakes() }, end: { [log] in log.releaseHeldWakes() })
+        // Last, once nothing above can fail: the loop keeps what it observes.
+        log.syncOncePerPass(of: loop)
     }
 
     /// A log checkpointed past its first record has dropped commits that only the store holds

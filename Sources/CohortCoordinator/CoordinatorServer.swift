@@ -85,9 +85,8 @@ public final class CoordinatorServer: RunnableServer {
             node.handle(request, responder)
         }
         node.exposeHTTPServerMetrics(server)
-        // One sync round for all a pass of the loop appends (DurableLog.holdWakes). Last, once
-        // nothing above can fail: the loop keeps what it observes.
-        loop.observePasses(start: { [log] in log.holdWakes() }, end: { [log] in log.releaseHeldWakes() })
+        // Last, once nothing above can fail: the loop keeps what it observes.
+        log.syncOncePerPass(of: loop)
     }
 
     /// Runs the event loop on the calling thread until `shutdown()`; decided-but-unacknowledged

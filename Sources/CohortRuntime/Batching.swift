@@ -225,21 +225,10 @@ public final class BatchingSender {
     private static func batchBody(_ items: [Queued]) -> [UInt8] {
         var size = BatchBytes.envelope - 1
         for item in items { size += item.batchBytes }
-        var w = JSONWriter(capacity: size)
-        w.beginObject()
-        w.key(static: "messages")
-        w.beginArray()
-        for item in items {
-            w.beginObject()
-            w.field("path", item.path)
-            w.key(static: "body")
-            item.body.withUnsafeBufferPointer { w.value(utf8: $0, stringBytes: item.bodyStringBytes) }
-            w.endObject()
-        }
-        w.endArray()
-        w.endObject()
-        assert(w.bytes.count == size, "a batch's size miscounted")
-        return w.bytes
+        let bytes = batchEnvelope(key: "messages", items, capacity: size, field: { $0.field("path", $1.path) },
+                                  body: { ($0.body, $0.bodyStringBytes) })
+        assert(bytes.count == size, "a batch's size miscounted")
+        return bytes
     }
 }
 
@@ -300,15 +289,26 @@ private func batchResponseBody(_ answers: [(status: Int, body: [UInt8], stringBy
     // `{"answers":[` `]}`, and per answer `{"status":` up to 20 digits `,"body":` `}` and a comma.
     var size = 14
     for a in answers { size += 40 + a.stringBytes }
-    var w = JSONWriter(capacity: size)
+    return batchEnvelope(key: "answers", answers, capacity: size, field: { $0.field("status", $1.status) },
+                         body: { ($0.body, $0.stringBytes) })
+}
+
+/// `{"KEY":[{FIELD,"body":B},...]}`, a batch's request or answer: each item's one other field
+/// written by `field`, and its body, JSON text carried as a string, from its UTF-8 bytes and
+/// their counted escaped length.
+private func batchEnvelope<Item>(key: StaticString, _ items: [Item], capacity: Int,
+                                 field: (inout JSONWriter, Item) -> Void,
+                                 body: (Item) -> (utf8: [UInt8], stringBytes: Int)) -> [UInt8] {
+    var w = JSONWriter(capacity: capacity)
     w.beginObject()
-    w.key(static: "answers")
+    w.key(static: key)
     w.beginArray()
-    for a in answers {
+    for item in items {
         w.beginObject()
-        w.field("status", a.status)
+        field(&w, item)
         w.key(static: "body")
-        a.body.withUnsafeBufferPointer { w.value(utf8: $0, stringBytes: a.stringBytes) }
+        let (utf8, stringBytes) = body(item)
+        utf8.withUnsafeBufferPointer { w.value(utf8: $0, stringBytes: stringBytes) }
         w.endObject()
     }
     w.endArray()

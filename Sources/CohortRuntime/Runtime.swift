@@ -329,6 +329,14 @@ public enum DataDirectory {
     }
 }
 
+extension DurableLog {
+    /// One sync round for all that a pass of `loop` appends (`holdWakes` at each pass's start,
+    /// `releaseHeldWakes` at its end): a server's log, appended to on its loop.
+    public func syncOncePerPass(of loop: EventLoop) {
+        loop.observePasses(start: { [self] in holdWakes() }, end: { [self] in releaseHeldWakes() })
+    }
+}
+
 public struct StartupError: Error, CustomStringConvertible {
     public let description: String
     public init(_ description: String) { self.description = description }
