@@ -316,6 +316,10 @@ public enum Limits {
     /// A pass of a server's event loop busy for longer than this counts in
     /// `cohort_event_loop_stalls_total`: every request of the process waited meanwhile.
     public static let eventLoopStallUs = 5_000
+    /// A log fdatasync that takes longer than this counts in `cohort_log_slow_syncs_total`:
+    /// every forced record of its round waited that long. Syncs on these machines take
+    /// 0.1-0.3 ms; a slow one is the disk, not Cohort, and the metric lets an operator say so.
+    public static let logSlowSyncUs = 5_000
     /// The most a server's event loop may poll for events before it sleeps (`--poll-us`):
     /// beyond a millisecond the polls only burn CPU that timers and the other processes need.
     public static let eventLoopPollUsMax = 1_000

@@ -267,6 +267,8 @@ public final class DurableLog {
     /// commit): together with the syncs count they say what a forced record's wait is made of.
     private var syncUsTotalValue: Int64 = 0
     private var groupCommitWaitUsTotalValue: Int64 = 0
+    private var longestSyncUsValue: Int64 = 0
+    private var slowSyncsTotalValue = 0
     private var bytesSinceCheckpointValue: Int
     private var onDurableHandler: ((UInt64) -> Void)?
     private var onFailureHandler: ((Error) -> Void)?
@@ -451,6 +453,10 @@ public final class DurableLog {
     /// File and directory syncs, recovery's included.
     public var syncsTotal: Int { state.withLock { syncsTotalValue } }
     public var syncSecondsTotal: Double { state.withLock { Double(syncUsTotalValue) / 1e6 } }
+    /// The longest timed fdatasync since the log opened.
+    public var longestSyncSeconds: Double { state.withLock { Double(longestSyncUsValue) / 1e6 } }
+    /// Timed fdatasyncs longer than `Limits.logSlowSyncUs`.
+    public var slowSyncsTotal: Int { state.withLock { slowSyncsTotalValue } }
     public var groupCommitWaitSecondsTotal: Double { state.withLock { Double(groupCommitWaitUsTotalValue) / 1e6 } }
     public var durableLSN: UInt64 { state.withLock { durableLSNValue } }
     /// The LSN of the newest appended record (0 when none ever was).
@@ -572,6 +578,8 @@ public final class DurableLog {
         state.withLock {
             syncsTotalValue += 1
             syncUsTotalValue += tookUs
+            longestSyncUsValue = max(longestSyncUsValue, tookUs)
+            if tookUs > Int64(Limits.logSlowSyncUs) { slowSyncsTotalValue += 1 }
             // Moving average over about the last 8 syncs.
             if updatesAverage { syncUsAverage += (tookUs - syncUsAverage) / 8 }
         }

@@ -363,6 +363,10 @@ public func declareCommonMetrics(_ m: MetricsRegistry, log: DurableLog, messageT
     m.sample("cohort_log_forced_records_total", type: "counter", help: "Records whose durability the process waited for") { Double(log.forcedRecordsTotal) }
     m.sample("cohort_log_syncs_total", type: "counter", help: "fdatasync calls on the log") { Double(log.syncsTotal) }
     m.sample("cohort_log_sync_seconds_total", type: "counter", help: "Time spent in the log's fdatasync calls") { log.syncSecondsTotal }
+    // A slow disk holds up every forced record of its round: these tell it apart from a slow
+    // process (cohort_event_loop_longest_busy_seconds).
+    m.sample("cohort_log_longest_sync_seconds", help: "The longest fdatasync of the log since start") { log.longestSyncSeconds }
+    m.sample("cohort_log_slow_syncs_total", type: "counter", help: "fdatasync calls on the log that took over \(Limits.logSlowSyncUs) microseconds") { Double(log.slowSyncsTotal) }
     m.sample("cohort_log_group_commit_wait_seconds_total", type: "counter", help: "Time the log waited for more forced records to share a sync (group commit)") { log.groupCommitWaitSecondsTotal }
     m.declare("cohort_messages_sent_total", help: "Protocol messages this process sent, by type", labels: messageTypes.map { "type=\"\($0)\"" })
     m.declare("cohort_requests_rejected_total", help: "Requests refused because a limit was reached", labels: [""])

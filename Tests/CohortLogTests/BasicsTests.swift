@@ -309,6 +309,28 @@ final class BasicsTests: XCTestCase {
         XCTAssertEqual(log.durableLSN, 5)
     }
 
+    /// A sync longer than `Limits.logSlowSyncUs` counts as slow and sets the longest sync; fast
+    /// ones do neither. Operators tell a slow disk from a slow process by these.
+    func testSlowSyncsAreCountedAndTheLongestIsKept() throws {
+        func counters(syncDelayMs: Int) throws -> (slow: Int, longest: Double) {
+            let storage = SlowSyncStorage(syncDelayMs: syncDelayMs)
+            let (log, _) = try DurableLog.open(storage: storage, config: DurableLogConfig(preallocateBytes: 0))
+            defer { log.close() }
+            for lsn in UInt64(1)...3 {
+                _ = try log.append(type: 1, payload: [UInt8(lsn)], force: true)
+                XCTAssertTrue(waitUntil(timeoutMs: 20_000) { log.durableLSN == lsn })
+            }
+            return (log.slowSyncsTotal, log.longestSyncSeconds)
+        }
+        let slowDelayMs = Limits.logSlowSyncUs / 1_000 + 5
+        let slow = try counters(syncDelayMs: slowDelayMs)
+        XCTAssertGreaterThanOrEqual(slow.slow, 3, "each forced record's round took a slow sync")
+        XCTAssertGreaterThanOrEqual(slow.longest, Double(slowDelayMs) / 1_000 * 0.95)
+        let fast = try counters(syncDelayMs: 0)
+        XCTAssertEqual(fast.slow, 0)
+        XCTAssertLessThan(fast.longest, Double(Limits.logSlowSyncUs) / 1e6)
+    }
+
     /// The quiet spell follows how long the log's syncs take: with instant syncs it shrinks to
     /// its lower bound, with 100 ms syncs it grows toward 100 ms. Measured as the time from a
     /// lone forced append to the start of its sync (the wait), not to durability.

@@ -64,6 +64,8 @@ final class PresumedAbortMetricsTests: XCTestCase {
         // The coordinator's forced decision and the agents' prepared records were real fdatasyncs.
         for name in ["coordinator", "a", "b"] {
             XCTAssertGreaterThan(delta(before, after, name, "cohort_log_sync_seconds_total"), 0, name)
+            XCTAssertGreaterThan(after[name]?["cohort_log_longest_sync_seconds"] ?? 0, 0, name)
+            XCTAssertNotNil(after[name]?["cohort_log_slow_syncs_total"], name)
         }
         XCTAssertGreaterThanOrEqual(delta(before, after, "coordinator", "cohort_batch_messages_sent_total"), 4, "3 prepares and 2 commits went through the batching sender")
     }
