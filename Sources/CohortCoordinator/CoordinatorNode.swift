@@ -439,13 +439,19 @@ public final class CoordinatorNode {
             guard let txid = TxID(parts[2]) else { return reject(400, "malformed txid \"\(parts[2].prefix(80))\"") }
             if machine.transaction(txid) == nil, let t = tcc.transaction(txid) { return responder.send(.jsonBytes(200, JSONBody.encode(t.view()))) }
             guard let tx = machine.transaction(txid) else {
-                return reject(404, "unknown transaction \(txid) (finished transactions are kept for the last \(Limits.finishedTransactionsKept); an unknown id was never committed unless it finished long ago)")
+                if let forgotten = machine.forgottenRefusal(txid) ?? tcc.forgottenRefusal(txid) { return responder.send(.requestError(forgotten)) }
+                return reject(404, "unknown transaction \(txid): never committed here (finished transactions are kept for the last \(Limits.finishedTransactionsKept); one that may have committed before them is answered 410)")
             }
             responder.send(.jsonBytes(200, JSONBody.encode(tx.view())))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "tcc-branches":
             tccRegister(parts[2], request, responder)
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && (parts[3] == "commit" || parts[3] == "abort") && tcc.owns(parts[2]):
             feedTCC(parts[3] == "commit" ? .commit(requests.add(responder), txid: parts[2]) : .abort(requests.add(responder), txid: parts[2]))
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && (parts[3] == "commit" || parts[3] == "abort")
+                && tccForgottenRefusal(parts[2]) != nil:
+            // A TCC transaction confirmed and forgotten: the 2PC machine never knew it and
+            // would answer 404, which a client reads as aborted.
+            responder.send(.requestError(tccForgottenRefusal(parts[2])!))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "commit":
             guard let named = namedBranches(request, responder) else { return }
             let id = requests.add(responder)
@@ -533,6 +539,14 @@ public final class CoordinatorNode {
     /// prepared and retried until the transaction timed out, and the commit would wait as long.
     static func uncallable(_ field: String, _ url: String) -> String {
         "\(field) \"\(url.prefix(200))\" is not an http://HOST[:PORT]/PATH URL (port 1-65535)"
+    }
+
+    /// The 410 for `text` when neither machine knows it and the TCC machine may have forgotten
+    /// its confirm; nil otherwise (the 2PC machine answers its own forgotten commits).
+    private func tccForgottenRefusal(_ text: String) -> RequestError? {
+        guard let txid = TxID(text), machine.transaction(txid) == nil, tcc.transaction(txid) == nil,
+              machine.forgottenRefusal(txid) == nil else { return nil }
+        return tcc.forgottenRefusal(txid)
     }
 
     /// Why a participant's base URL is refused, or nil. The coordinator appends `/v1/2pc/...`

@@ -311,6 +311,9 @@ public struct Coordinator {
     public private(set) var finished: [TxID: Transaction] = [:]
     private var finishedOrder: [TxID] = []
     private var finishedOrderHead = 0
+    /// The newest committed transaction let go of `finished` (kept in snapshots): an unknown
+    /// txid at or below it may have committed and is answered 410, not 404.
+    public private(set) var forgottenCommits = ForgottenCommits()
     public private(set) var stats = Stats()
     /// Outcomes forced by operators, kept (and checkpointed) after the transaction is
     /// forgotten, so a participant that asks later hears the forced outcome, not a presumption.
@@ -397,6 +400,10 @@ public struct Coordinator {
                     let txid = try CoordinatorRecordCoding.decodeTxID(&r)
                     rememberSubmission(try r.string(maxCount: Limits.requestIDBytesMax), txid)
                 }
+            }
+            if !r.isAtEnd {
+                let mark = try ForgottenCommits.decode(&r)
+                if let through = mark.through { forgottenCommits.forget(through) }
             }
         }
         for (type, payload) in records {
@@ -596,6 +603,8 @@ public struct Coordinator {
             w.string(txid.description)
             w.string(requestID)
         }
+        // The forgotten-commit mark (absent in snapshots written before it existed).
+        forgottenCommits.encode(&w)
         return w.bytes
     }
 
@@ -842,10 +851,16 @@ public struct Coordinator {
         return [.reply(request, .error(RequestError(503, "\(tx.waiters.count) requests already wait for the outcome of \(tx.txid); ask for it later (GET /v1/transactions/\(tx.txid))")))]
     }
 
+    /// The 410 for an unknown txid that may be a commit this coordinator forgot (nil: unknown
+    /// means never committed here).
+    public func forgottenRefusal(_ txid: TxID) -> RequestError? {
+        forgottenCommits.refusal(txid, kept: config.finishedTransactionsKept)
+    }
+
     private func lookup(_ text: String) -> Result<TxID, RequestError> {
         guard let txid = TxID(text) else { return .failure(RequestError(400, "malformed txid \"\(text.prefix(80))\"")) }
         guard open[txid] != nil || finished[txid] != nil else {
-            return .failure(RequestError(404, "unknown transaction \(text)"))
+            return .failure(forgottenRefusal(txid) ?? RequestError(404, "unknown transaction \(text)"))
         }
         return .success(txid)
     }
@@ -1244,9 +1259,11 @@ public struct Coordinator {
         trimEvents(&tx)
         if finished.updateValue(tx, forKey: tx.txid) == nil { finishedOrder.append(tx.txid) }
         while finished.count > config.finishedTransactionsKept {
-            if let gone = finished.removeValue(forKey: finishedOrder[finishedOrderHead]),
-               let requestID = gone.requestID, submissions[requestID] == gone.txid {
-                submissions.removeValue(forKey: requestID)
+            if let gone = finished.removeValue(forKey: finishedOrder[finishedOrderHead]) {
+                if gone.outcome == .committed { forgottenCommits.forget(gone.txid) }
+                if let requestID = gone.requestID, submissions[requestID] == gone.txid {
+                    submissions.removeValue(forKey: requestID)
+                }
             }
             finishedOrderHead += 1
         }

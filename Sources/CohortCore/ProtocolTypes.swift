@@ -172,3 +172,48 @@ public struct RequestError: Error, Equatable, Sendable, CustomStringConvertible 
     }
     public var description: String { "\(status): \(message)" }
 }
+
+/// The newest transaction a coordinator forgot with a commit outcome, to stay within
+/// `Limits.finishedTransactionsKept`.
+///
+/// Presumed abort lets a coordinator answer "unknown" for a transaction it has no record of,
+/// and callers read that as aborted. For participants it holds: a commit is forgotten only
+/// after every participant acknowledged it. For a client asking later it does not: a committed
+/// transaction pushed out of the bounded memory read as unknown, so as aborted (a 240 s soak
+/// of random kills misjudged every unknown outcome it resolved after 10,000 newer transactions
+/// had finished). So the coordinator keeps the greatest txid it forgot with a commit outcome,
+/// and an unknown txid at or below it is answered 410 (its outcome is no longer known), never
+/// the 404 that means aborted. Txids grow with time (epoch, then sequence), so below the mark
+/// nearly everything finished long ago; an aborted one there reads as forgotten too, which is
+/// less precise but never wrong.
+public struct ForgottenCommits: Equatable, Sendable {
+    public private(set) var through: TxID?
+
+    public init() {}
+
+    public mutating func forget(_ txid: TxID) {
+        if through.map({ $0 < txid }) ?? true { through = txid }
+    }
+
+    /// The 410 for an unknown `txid` that may be a forgotten commit; nil when unknown means
+    /// never committed here.
+    public func refusal(_ txid: TxID, kept: Int) -> RequestError? {
+        guard let through, txid.coordinatorID == through.coordinatorID, txid <= through else { return nil }
+        return RequestError(410, "\(txid) is forgotten: this coordinator keeps the last \(kept) finished transactions, and it finished before them; it may have committed, so its outcome is no longer known here (read the participants' data)")
+    }
+
+    public func encode(_ w: inout ByteWriter) {
+        w.bool(through != nil)
+        if let through { w.string(through.description) }
+    }
+
+    public static func decode(_ r: inout ByteReader) throws -> ForgottenCommits {
+        var f = ForgottenCommits()
+        if try r.bool() {
+            let s = try r.string(maxCount: Limits.txidBytesMax)
+            guard let txid = TxID(s) else { throw DecodeError("bad forgotten-commit txid \(s.prefix(80))") }
+            f.through = txid
+        }
+        return f
+    }
+}

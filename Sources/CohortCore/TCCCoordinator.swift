@@ -198,6 +198,8 @@ public struct TCCCoordinator {
     public private(set) var finished: [TxID: Transaction] = [:]
     private var finishedOrder: [TxID] = []
     private var finishedOrderHead = 0
+    /// The newest confirmed transaction let go of `finished` (see `ForgottenCommits`).
+    public private(set) var forgottenCommits = ForgottenCommits()
     /// `heldBytes` of every open transaction, and of every finished one kept.
     public private(set) var openBranchBytes = 0
     public private(set) var finishedBranchBytes = 0
@@ -336,9 +338,16 @@ public struct TCCCoordinator {
         }
     }
 
+    /// The 410 for an unknown txid that may be a confirmed transaction this machine forgot.
+    public func forgottenRefusal(_ txid: TxID) -> RequestError? {
+        forgottenCommits.refusal(txid, kept: config.finishedTransactionsKept)
+    }
+
     private func lookup(_ text: String) -> Result<TxID, RequestError> {
         guard let txid = TxID(text) else { return .failure(RequestError(400, "malformed txid \"\(text.prefix(80))\"")) }
-        guard transaction(txid) != nil else { return .failure(RequestError(404, "unknown TCC transaction \(text)")) }
+        guard transaction(txid) != nil else {
+            return .failure(forgottenRefusal(txid) ?? RequestError(404, "unknown TCC transaction \(text)"))
+        }
         return .success(txid)
     }
 
@@ -538,7 +547,10 @@ public struct TCCCoordinator {
         finishedBranchBytes += tx.heldBytes
         while finishedOrder.count - finishedOrderHead > config.finishedTransactionsKept
                 || (finishedBranchBytes > config.finishedBranchBytesMax && finishedOrder.count - finishedOrderHead > 1) {
-            if let gone = finished.removeValue(forKey: finishedOrder[finishedOrderHead]) { finishedBranchBytes -= gone.heldBytes }
+            if let gone = finished.removeValue(forKey: finishedOrder[finishedOrderHead]) {
+                finishedBranchBytes -= gone.heldBytes
+                if gone.outcome == .committed { forgottenCommits.forget(gone.txid) }
+            }
             finishedOrderHead += 1
         }
         if finishedOrderHead > 1024 && finishedOrderHead * 2 > finishedOrder.count {
@@ -582,6 +594,10 @@ public struct TCCCoordinator {
                     maxEpochSeen = max(maxEpochSeen, tx.txid.epoch)
                     if isOpen { open[tx.txid] = tx } else { remember(tx) }
                 }
+            }
+            if !r.isAtEnd {
+                let mark = try ForgottenCommits.decode(&r)
+                if let through = mark.through { forgottenCommits.forget(through) }
             }
         }
         for (type, payload) in records {
@@ -698,6 +714,8 @@ public struct TCCCoordinator {
             w.u32(UInt32(group.count))
             for tx in group { TCCRecordCoding.encodeTransaction(tx, &w) }
         }
+        // The forgotten-confirm mark (absent in snapshots written before it existed).
+        forgottenCommits.encode(&w)
         return w.bytes
     }
 }

@@ -549,9 +549,9 @@ public final class OrderService: RunnableServer {
     /// What the coordinator says about a TCC order's transaction.
     enum TCCCoordinatorView: Equatable {
         case state(String)
-        /// 404: it has no record. It forgets finished transactions past
-        /// `Limits.finishedTransactionsKept`, and one that had no branch record when it
-        /// restarted; either way nothing more happens to it.
+        /// 404 or 410: it has no record. It forgets finished transactions past
+        /// `Limits.finishedTransactionsKept` (410 for one that may have been confirmed), and
+        /// one that had no branch record when it restarted; either way nothing more happens.
         case forgotten
         case unreachable
     }
@@ -597,7 +597,7 @@ public final class OrderService: RunnableServer {
     private func settleTCC(_ txid: String, ageMs: Int64, _ api: CohortAPI) -> String? {
         let coordinator: TCCCoordinatorView
         switch try? api.raw("GET", options.coordinatorURL + "/v1/transactions/\(txid)") {
-        case let r? where r.status == 404: coordinator = .forgotten
+        case let r? where r.status == 404 || r.status == 410: coordinator = .forgotten
         case let r? where r.status == 200:
             coordinator = (try? JSONDecoder().decode(TransactionView.self, from: Data(r.body))).map { .state($0.state) } ?? .unreachable
         default: coordinator = .unreachable

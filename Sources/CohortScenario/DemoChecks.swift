@@ -232,7 +232,7 @@ final class DemoChecker {
             let state: String
             do {
                 let (code, body) = try workload.json("GET", coordinator + "/v1/transactions/\(txid)")
-                if code == 404 { unknown += 1; continue }
+                if code == 404 || code == 410 { unknown += 1; continue }  // forgotten (410: perhaps committed)
                 guard code == 200, let s = body["state"] as? String else {
                     problems.append("GET /v1/transactions/\(txid): HTTP \(code)")
                     continue

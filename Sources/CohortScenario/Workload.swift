@@ -137,8 +137,28 @@ final class ScenarioWorkload: @unchecked Sendable {
                 t.outcome = .unknown
                 t.reason = "\(error)"
                 Thread.sleep(forTimeInterval: 0.05)
+                // Asked now, as a careful client would: the coordinator keeps the outcomes of
+                // its last 10,000 finished transactions, and a long run passes that before its
+                // end (410 then: the outcome is no longer known).
+                if let verdict = ScenarioWorkload.awaitVerdict(api, coordinatorURL: coordinatorURL, txid: txid, until: min(deadline, Date().addingTimeInterval(ScenarioWorkload.promptResolutionS))) {
+                    t.outcome = verdict
+                    t.reason = (t.reason ?? "") + " (resolved: \(verdict.rawValue))"
+                }
             }
             record(t)
+        }
+    }
+
+    /// How long a client keeps asking about a commit whose answer it lost before it moves on
+    /// (the rest are asked about after the faults end).
+    static let promptResolutionS = 20.0
+
+    /// Asks the coordinator about `txid` every 100 ms until it tells an outcome or `until`.
+    static func awaitVerdict(_ api: CohortAPI, coordinatorURL: String, txid: String, until: Date) -> Outcome? {
+        while true {
+            if let verdict = coordinatorVerdict(api, coordinatorURL: coordinatorURL, txid: txid) { return verdict }
+            if Date() > until { return nil }
+            Thread.sleep(forTimeInterval: 0.1)
         }
     }
 
@@ -171,7 +191,13 @@ final class ScenarioWorkload: @unchecked Sendable {
                 (ids[d.i].name, ids[d.i].url, [d.opAtI]),
                 (ids[d.j].name, ids[d.j].url, [d.opAtJ]),
             ]
-            for attempt in 1...3 {
+            // Resent with the same request_id until it answers, for a while: the coordinator
+            // remembers a request_id as long as its transaction (the last 10,000 finished), so
+            // a resend much later could run the transfer a second time.
+            let resendUntil = min(deadline, Date().addingTimeInterval(ScenarioWorkload.promptResolutionS))
+            var attempt = 0
+            while true {
+                attempt += 1
                 do {
                     let answer = try api.submit(branches, timeoutMs: config.timeoutMs, protocol: protocolName, termination: termination, requestID: t.requestID)
                     t.txid = answer.txid
@@ -180,7 +206,8 @@ final class ScenarioWorkload: @unchecked Sendable {
                     break
                 } catch {
                     t.reason = "\(error) (attempt \(attempt))"
-                    Thread.sleep(forTimeInterval: 0.2 * Double(attempt))
+                    if Date() > resendUntil { break }
+                    Thread.sleep(forTimeInterval: min(0.5, 0.2 * Double(attempt)))
                 }
             }
             record(t)

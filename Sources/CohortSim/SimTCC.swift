@@ -410,7 +410,9 @@ extension Simulation {
                 let txid = TxID(order.txid)
                 let tx = txid.flatMap { coordinator.tcc.transaction($0) }
                 let committed: Bool
-                if tx == nil && txid != nil && mayHaveForgotten {
+                // Forgotten only at or below the coordinator's mark (`ForgottenCommits`): an
+                // unknown txid above it must not have been confirmed anywhere.
+                if tx == nil, let txid, mayHaveForgotten, coordinator.tcc.forgottenRefusal(txid) != nil {
                     committed = order.reported.map { $0 == .committed } ?? (!order.branches.isEmpty && order.branches.allSatisfy {
                         (tccFacts["\($0.service) \(order.txid) \($0.service)"] ?? TCCBranchFacts()).confirms > 0
                     })

@@ -305,3 +305,52 @@ final class CoordinatorOperatorTests: XCTestCase {
         XCTAssertEqual(c.operatorOutcomes[t], .aborted)
     }
 }
+
+final class CoordinatorForgottenCommitTests: XCTestCase {
+    /// The mark of forgotten commits goes into the checkpoint's snapshot: after a restart whose
+    /// log before the checkpoint is gone, a forgotten commit is still 410, not presumed aborted.
+    func testTheForgottenCommitMarkSurvivesACheckpoint() throws {
+        var config = Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 1)
+        config.finishedTransactionsKept = 2
+        var c = Coordinator(config: config)
+        var ids: [TxID] = []
+        for n: RequestID in 0..<4 {
+            guard case .reply(_, .begun(let t, _))? = c.on(.begin(10 + n, timeoutMs: 5000), nowMs: 1).last else { return XCTFail() }
+            _ = c.on(.commit(20 + n, txid: t.description), nowMs: 2)
+            ids.append(t)
+        }
+        XCTAssertEqual(c.transaction(ids[3])?.outcome, .committed)
+        XCTAssertNil(c.transaction(ids[0]))
+        XCTAssertEqual(c.forgottenCommits.through, ids[1])
+        XCTAssertEqual(c.forgottenRefusal(ids[0])?.status, 410)
+        XCTAssertNil(c.forgottenRefusal(ids[3]), "kept: answered from memory")
+
+        var restartedConfig = config
+        restartedConfig.epoch = 2
+        var restarted = Coordinator(config: restartedConfig)
+        _ = try restarted.recover(snapshot: c.snapshot(), records: [], nowMs: 10)
+        XCTAssertEqual(restarted.forgottenRefusal(ids[1])?.status, 410)
+        XCTAssertNil(restarted.forgottenRefusal(TxID(coordinatorID: "0a1b2c3d", epoch: 1, sequence: 99)))
+        guard case .reply(_, .error(let e))? = restarted.on(.commit(30, txid: ids[0].description), nowMs: 11).last else { return XCTFail() }
+        XCTAssertEqual(e.status, 410)
+        // Without a checkpoint, replaying the log's decision and end records rebuilds the mark.
+        let p = ParticipantRef(name: "a", url: "http://a")
+        var records: [(type: UInt8, payload: [UInt8])] = []
+        let logged = (1...4).map { TxID(coordinatorID: "0a1b2c3d", epoch: 1, sequence: UInt64(100 + $0)) }
+        for t in logged {
+            records.append(CoordinatorRecordCoding.encode(.commitDecision(t, participants: [p], decidedAtMs: 1)))
+            records.append(CoordinatorRecordCoding.encode(.end(t)))
+        }
+        var replayed = Coordinator(config: restartedConfig)
+        _ = try replayed.recover(snapshot: nil, records: records, nowMs: 10)
+        XCTAssertEqual(replayed.forgottenCommits.through, logged[1])
+        XCTAssertEqual(replayed.forgottenRefusal(logged[0])?.status, 410)
+        XCTAssertNil(replayed.forgottenRefusal(TxID(coordinatorID: "0a1b2c3d", epoch: 1, sequence: 200)))
+        // A snapshot from before the mark existed (nothing after the request_ids) still reads.
+        var old = c.snapshot()
+        old.removeLast(1 + 4 + ids[1].description.utf8.count)  // bool, u32 length, text
+        var fromOld = Coordinator(config: restartedConfig)
+        XCTAssertNoThrow(try fromOld.recover(snapshot: old, records: [], nowMs: 10))
+        XCTAssertNil(fromOld.forgottenCommits.through)
+    }
+}

@@ -321,6 +321,37 @@ final class TCCCoordinatorTests: XCTestCase {
         XCTAssertGreaterThan(restarted.openBranchBytes, 0)
     }
 
+    /// A confirmed transaction pushed out of the bounded memory leaves a mark, kept in the
+    /// snapshot: an unknown txid at or below it is answered 410, not the 404 read as cancelled.
+    func testAConfirmForgottenToMakeRoomIsAnswered410AcrossASnapshot() throws {
+        var config = TCCCoordinator.Config()
+        config.finishedTransactionsKept = 2
+        var m = TCCCoordinator(config: config)
+        func finish(_ verb: String) -> TxID {
+            let t = nextTxID()
+            _ = m.on(.begin(nextReq(), txid: t, timeoutMs: 5_000), nowMs: now)
+            _ = m.on(verb == "commit" ? .commit(nextReq(), txid: t.description) : .abort(nextReq(), txid: t.description), nowMs: now)
+            _ = m.on(.decisionDurable(t), nowMs: now)
+            return t
+        }
+        let cancelled = finish("abort")
+        _ = finish("abort"); _ = finish("abort")
+        XCTAssertNil(m.forgottenCommits.through, "cancelled ones leave no mark")
+        XCTAssertNil(m.forgottenRefusal(cancelled))
+        let confirmed = finish("commit")
+        XCTAssertEqual(m.transaction(confirmed)?.outcome, .committed)
+        _ = finish("commit"); _ = finish("commit")
+        XCTAssertNil(m.transaction(confirmed))
+        XCTAssertEqual(m.forgottenRefusal(confirmed)?.status, 410)
+        let req = nextReq()
+        guard case .error(let e)? = replies(m.on(.commit(req, txid: confirmed.description), nowMs: now))[req] else { return XCTFail() }
+        XCTAssertEqual(e.status, 410)
+        var restarted = TCCCoordinator(config: config)
+        _ = try restarted.recover(snapshot: m.snapshot(), records: [], nowMs: now)
+        XCTAssertEqual(restarted.forgottenRefusal(confirmed)?.status, 410)
+        XCTAssertNil(restarted.forgottenRefusal(nextTxID()))
+    }
+
     private func force(_ outcome: Outcome, dryRun: Bool = false) -> Coordinator.ForceRequest {
         Coordinator.ForceRequest(outcome: outcome, reason: "ops", operatorName: "oncall", dryRun: dryRun)
     }
