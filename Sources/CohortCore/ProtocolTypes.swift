@@ -199,7 +199,7 @@ public struct ForgottenCommits: Equatable, Sendable {
     /// never committed here.
     public func refusal(_ txid: TxID, kept: Int) -> RequestError? {
         guard let through, txid.coordinatorID == through.coordinatorID, txid <= through else { return nil }
-        return RequestError(410, "\(txid) is forgotten: this coordinator keeps the last \(kept) finished transactions, and it finished before them; it may have committed, so its outcome is no longer known here (read the participants' data)")
+        return RequestError(410, "\(txid) is forgotten: this coordinator keeps only its most recent finished transactions (at most \(kept)), and it finished before them; it may have committed, so its outcome is no longer known here (read the participants' data)")
     }
 
     public func encode(_ w: inout ByteWriter) {

@@ -133,6 +133,12 @@ final class TCCScenarioWorkload: ScenarioLoad, @unchecked Sendable {
                 t.outcome = .unknown
                 t.reason = "\(error)"
                 Thread.sleep(forTimeInterval: 0.05)
+                // Asked at once, while the coordinator still keeps the outcome (see the
+                // transfer workload's client).
+                if let verdict = ScenarioWorkload.awaitVerdict(api, coordinatorURL: coordinatorURL, txid: txid, until: min(deadline, Date().addingTimeInterval(ScenarioWorkload.promptResolutionS))) {
+                    t.outcome = verdict
+                    t.reason = (t.reason ?? "") + " (resolved: \(verdict.rawValue))"
+                }
             }
             record(t)
         }
