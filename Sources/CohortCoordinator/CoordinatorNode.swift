@@ -445,13 +445,9 @@ public final class CoordinatorNode {
             responder.send(.jsonBytes(200, JSONBody.encode(tx.view())))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "tcc-branches":
             tccRegister(parts[2], request, responder)
-        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && (parts[3] == "commit" || parts[3] == "abort") && tcc.owns(parts[2]):
-            feedTCC(parts[3] == "commit" ? .commit(requests.add(responder), txid: parts[2]) : .abort(requests.add(responder), txid: parts[2]))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && (parts[3] == "commit" || parts[3] == "abort")
-                && tccForgottenRefusal(parts[2]) != nil:
-            // A TCC transaction confirmed and forgotten: the 2PC machine never knew it and
-            // would answer 404, which a client reads as aborted.
-            responder.send(.requestError(tccForgottenRefusal(parts[2])!))
+                && (tcc.owns(parts[2]) || tccMayHaveForgotten(parts[2])):
+            feedTCC(parts[3] == "commit" ? .commit(requests.add(responder), txid: parts[2]) : .abort(requests.add(responder), txid: parts[2]))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "commit":
             guard let named = namedBranches(request, responder) else { return }
             let id = requests.add(responder)
@@ -541,12 +537,12 @@ public final class CoordinatorNode {
         "\(field) \"\(url.prefix(200))\" is not an http://HOST[:PORT]/PATH URL (port 1-65535)"
     }
 
-    /// The 410 for `text` when neither machine knows it and the TCC machine may have forgotten
-    /// its confirm; nil otherwise (the 2PC machine answers its own forgotten commits).
-    private func tccForgottenRefusal(_ text: String) -> RequestError? {
-        guard let txid = TxID(text), machine.transaction(txid) == nil, tcc.transaction(txid) == nil,
-              machine.forgottenRefusal(txid) == nil else { return nil }
-        return tcc.forgottenRefusal(txid)
+    /// Whether `text` is unknown to both machines and may be a confirm the TCC machine forgot:
+    /// it goes to that machine, which answers 410. (The 2PC machine would answer 404, which a
+    /// client reads as aborted; it answers its own forgotten commits itself.)
+    private func tccMayHaveForgotten(_ text: String) -> Bool {
+        guard let txid = TxID(text), machine.transaction(txid) == nil, machine.forgottenRefusal(txid) == nil else { return false }
+        return tcc.forgottenRefusal(txid) != nil
     }
 
     /// Why a participant's base URL is refused, or nil. The coordinator appends `/v1/2pc/...`

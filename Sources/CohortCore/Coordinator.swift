@@ -401,10 +401,7 @@ public struct Coordinator {
                     rememberSubmission(try r.string(maxCount: Limits.requestIDBytesMax), txid)
                 }
             }
-            if !r.isAtEnd {
-                let mark = try ForgottenCommits.decode(&r)
-                if let through = mark.through { forgottenCommits.forget(through) }
-            }
+            try forgottenCommits.readTrailing(&r)
         }
         for (type, payload) in records {
             let record = try CoordinatorRecordCoding.decode(type: type, payload: payload)

@@ -207,13 +207,12 @@ public struct ForgottenCommits: Equatable, Sendable {
         if let through { w.string(through.description) }
     }
 
-    public static func decode(_ r: inout ByteReader) throws -> ForgottenCommits {
-        var f = ForgottenCommits()
-        if try r.bool() {
-            let s = try r.string(maxCount: Limits.txidBytesMax)
-            guard let txid = TxID(s) else { throw DecodeError("bad forgotten-commit txid \(s.prefix(80))") }
-            f.through = txid
-        }
-        return f
+    /// Reads the mark `encode` wrote at the end of a snapshot, if the snapshot has one (those
+    /// written before it existed end earlier), and keeps the greater of it and this one.
+    public mutating func readTrailing(_ r: inout ByteReader) throws {
+        guard !r.isAtEnd, try r.bool() else { return }
+        let s = try r.string(maxCount: Limits.txidBytesMax)
+        guard let txid = TxID(s) else { throw DecodeError("bad forgotten-commit txid \(s.prefix(80))") }
+        forget(txid)
     }
 }

@@ -595,10 +595,7 @@ public struct TCCCoordinator {
                     if isOpen { open[tx.txid] = tx } else { remember(tx) }
                 }
             }
-            if !r.isAtEnd {
-                let mark = try ForgottenCommits.decode(&r)
-                if let through = mark.through { forgottenCommits.forget(through) }
-            }
+            try forgottenCommits.readTrailing(&r)
         }
         for (type, payload) in records {
             let record = try TCCRecordCoding.decode(type: type, payload: payload)

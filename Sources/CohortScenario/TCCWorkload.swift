@@ -135,7 +135,7 @@ final class TCCScenarioWorkload: ScenarioLoad, @unchecked Sendable {
                 Thread.sleep(forTimeInterval: 0.05)
                 // Asked at once, while the coordinator still keeps the outcome (see the
                 // transfer workload's client).
-                if let verdict = ScenarioWorkload.awaitVerdict(api, coordinatorURL: coordinatorURL, txid: txid, until: min(deadline, Date().addingTimeInterval(ScenarioWorkload.promptResolutionS))) {
+                if let verdict = ScenarioWorkload.awaitVerdict(api, coordinatorURL: coordinatorURL, txid: txid, runEndsAt: deadline) {
                     t.outcome = verdict
                     t.reason = (t.reason ?? "") + " (resolved: \(verdict.rawValue))"
                 }

@@ -140,7 +140,7 @@ final class ScenarioWorkload: @unchecked Sendable {
                 // Asked now, as a careful client would: the coordinator keeps the outcomes of
                 // its last 10,000 finished transactions, and a long run passes that before its
                 // end (410 then: the outcome is no longer known).
-                if let verdict = ScenarioWorkload.awaitVerdict(api, coordinatorURL: coordinatorURL, txid: txid, until: min(deadline, Date().addingTimeInterval(ScenarioWorkload.promptResolutionS))) {
+                if let verdict = ScenarioWorkload.awaitVerdict(api, coordinatorURL: coordinatorURL, txid: txid, runEndsAt: deadline) {
                     t.outcome = verdict
                     t.reason = (t.reason ?? "") + " (resolved: \(verdict.rawValue))"
                 }
@@ -149,12 +149,15 @@ final class ScenarioWorkload: @unchecked Sendable {
         }
     }
 
-    /// How long a client keeps asking about a commit whose answer it lost before it moves on
-    /// (the rest are asked about after the faults end).
-    static let promptResolutionS = 20.0
+    /// How long a client keeps asking about a commit whose answer it lost (or resending a
+    /// submission) before it moves on, and never past the run's end; the rest are asked about
+    /// after the faults end.
+    static func promptDeadline(runEndsAt deadline: Date) -> Date { min(deadline, Date().addingTimeInterval(20)) }
 
-    /// Asks the coordinator about `txid` every 100 ms until it tells an outcome or `until`.
-    static func awaitVerdict(_ api: CohortAPI, coordinatorURL: String, txid: String, until: Date) -> Outcome? {
+    /// Asks the coordinator about `txid` every 100 ms until it tells an outcome or the prompt
+    /// deadline passes.
+    static func awaitVerdict(_ api: CohortAPI, coordinatorURL: String, txid: String, runEndsAt deadline: Date) -> Outcome? {
+        let until = promptDeadline(runEndsAt: deadline)
         while true {
             if let verdict = coordinatorVerdict(api, coordinatorURL: coordinatorURL, txid: txid) { return verdict }
             if Date() > until { return nil }
@@ -194,7 +197,7 @@ final class ScenarioWorkload: @unchecked Sendable {
             // Resent with the same request_id until it answers, for a while: the coordinator
             // remembers a request_id as long as its transaction (the last 10,000 finished), so
             // a resend much later could run the transfer a second time.
-            let resendUntil = min(deadline, Date().addingTimeInterval(ScenarioWorkload.promptResolutionS))
+            let resendUntil = ScenarioWorkload.promptDeadline(runEndsAt: deadline)
             var attempt = 0
             while true {
                 attempt += 1

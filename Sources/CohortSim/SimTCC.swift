@@ -397,22 +397,19 @@ extension Simulation {
         guard let coordinator = nodes["coordinator"]?.coordinator else { return fail("final: the coordinator is not up") }
         var expectedSold: [String: Int64] = [:]
         // The coordinator remembers the last `finishedTransactionsKept` finished transactions; a
-        // long run (thousands of aborts while services are out) outlives the oldest. Those are
+        // long run (thousands of aborts while services are out) outlives the oldest. Those it
+        // forgot (unknown, at or below its mark of forgotten confirms, `ForgottenCommits`) are
         // judged by what the client was told and what the services saw: every branch of a
         // committed one confirmed exactly once and counted in the stock, every reserving branch
-        // of an aborted one cancelled. Which ones it forgot depends on the order of its
-        // restarts' replays, so in a run with more transactions than it remembers any unknown one
-        // is judged so; in a shorter run every transaction must be in its table.
-        let mayHaveForgotten = tccClients.reduce(0) { $0 + $1.orders.count } > config.finishedTransactionsKept
+        // of an aborted one cancelled. Any other transaction must be in its table, and one
+        // unknown there must not have been confirmed anywhere.
         for client in tccClients {
             for order in client.orders {
                 tccStats.transactions += 1
                 let txid = TxID(order.txid)
                 let tx = txid.flatMap { coordinator.tcc.transaction($0) }
                 let committed: Bool
-                // Forgotten only at or below the coordinator's mark (`ForgottenCommits`): an
-                // unknown txid above it must not have been confirmed anywhere.
-                if tx == nil, let txid, mayHaveForgotten, coordinator.tcc.forgottenRefusal(txid) != nil {
+                if tx == nil, let txid, coordinator.tcc.forgottenRefusal(txid) != nil {
                     committed = order.reported.map { $0 == .committed } ?? (!order.branches.isEmpty && order.branches.allSatisfy {
                         (tccFacts["\($0.service) \(order.txid) \($0.service)"] ?? TCCBranchFacts()).confirms > 0
                     })

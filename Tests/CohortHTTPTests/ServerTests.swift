@@ -293,15 +293,19 @@ final class ServerTests: XCTestCase {
         XCTAssertEqual(try BlockingHTTPClient().request("GET", url).status, 200)
     }
 
+    /// An echo server of `limit` connections whose timeouts lie far past any test: only eviction
+    /// can make room at the limit.
+    private func evictingServer(_ h: LoopHarness, limit: Int) throws -> HTTPServer {
+        try h.server(config: HTTPServerConfig(maxConnections: limit, idleTimeoutMs: 600_000, firstByteTimeoutMs: 600_000), handler: echoHandler)
+    }
+
     /// Slow-loris: connections that never send a byte (or kept-alive ones gone quiet) filled
     /// every slot, and each new client got 503 until they timed out, a minute later. At the
     /// limit the server now closes the longest-idle connection to admit the new one.
     func testIdleConnectionsDoNotLockOutANewClient() throws {
         let h = try LoopHarness()
         let limit = 8
-        // Timeouts far past the test: only eviction can make room.
-        let server = try h.server(config: HTTPServerConfig(maxConnections: limit, idleTimeoutMs: 600_000,
-                                                           firstByteTimeoutMs: 600_000), handler: echoHandler)
+        let server = try evictingServer(h, limit: limit)
         defer { h.stop(server) }
         let url = "http://127.0.0.1:\(server.port)/"
         let keptAlive = BlockingHTTPClient()
@@ -326,8 +330,7 @@ final class ServerTests: XCTestCase {
     func testEvictionPassesOverAConnectionWhoseNextRequestWaitsUnread() throws {
         let h = try LoopHarness()
         let limit = 4
-        let server = try h.server(config: HTTPServerConfig(maxConnections: limit, idleTimeoutMs: 600_000,
-                                                           firstByteTimeoutMs: 600_000), handler: echoHandler)
+        let server = try evictingServer(h, limit: limit)
         defer { h.stop(server) }
         var kept: [BlockingSocket] = []
         defer { kept.forEach { $0.close() } }
