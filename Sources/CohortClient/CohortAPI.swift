@@ -238,6 +238,28 @@ public final class CohortAPI {
     }
 
     /// `GET /v1/transactions/{txid}`; nil for 404 (unknown).
+    /// What a transaction's branches at `agentURLs` say, for a txid the coordinator answers 410
+    /// (it no longer knows the outcome: a forgotten commit, or a one-phase commit lost in its
+    /// restart; the answer says to read the participants): "committed" if a branch committed,
+    /// "aborted" once each is aborted or unknown to its agent (an agent keeps 100,000 finished
+    /// branches, across restarts), nil while one is undecided or an agent does not answer.
+    public func outcomeFromBranches(_ txid: String, agentURLs: [String]) -> String? {
+        struct Branch: Decodable { let state: String? }
+        var allAborted = true
+        for url in agentURLs {
+            guard let r = try? raw("GET", url + "/v1/branches/\(txid)") else { return nil }
+            switch r.status {
+            case 404: continue
+            case 200:
+                let state = (try? JSONDecoder().decode(Branch.self, from: Data(r.body)))?.state
+                if state == "committed" { return "committed" }
+                if state != "aborted" { allAborted = false }
+            default: return nil
+            }
+        }
+        return allAborted ? "aborted" : nil
+    }
+
     public func transaction(_ txid: String) throws -> TransactionView? {
         let r = try raw("GET", coordinatorURL + "/v1/transactions/\(txid)")
         if r.status == 404 { return nil }

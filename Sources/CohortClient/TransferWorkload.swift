@@ -495,8 +495,9 @@ public final class TransferWorkload: @unchecked Sendable {
 
     /// Asks the coordinator about every transfer whose outcome the client did not learn:
     /// `committed`/`committing` (or outcome committed) is committed, `aborted` is aborted, 404 is
-    /// never committed (presumed abort, e.g. after a coordinator restart); anything still in
-    /// progress is asked again until `timeoutMs`.
+    /// never committed (presumed abort, e.g. after a coordinator restart), and 410 (the
+    /// coordinator no longer knows) sends it to the transfer's branches at the agents; anything
+    /// still in progress is asked again until `timeoutMs`.
     public func resolveUnknown(timeoutMs: Int = 30_000) -> Resolution {
         let api = api()
         var resolution = Resolution()
@@ -519,6 +520,9 @@ public final class TransferWorkload: @unchecked Sendable {
                     } else {
                         verdict = .aborted
                     }
+                } catch CohortAPIError.http(410, _) {
+                    let agents = Set([t.fromAgent, t.toAgent]).sorted().map { config.agentURLs[$0] }
+                    verdict = api.outcomeFromBranches(txid, agentURLs: agents).flatMap(Outcome.init(rawValue:))
                 } catch {
                     verdict = nil
                 }

@@ -47,6 +47,7 @@ public final class CoordinatorNode {
         case preCommit(TxID)
         case audit(TxID)
         case heuristic(TxID, participant: String)
+        case onePhaseWindow(OnePhaseWindow)
     }
     private var pending = DurabilityQueue<Pending>()
     private let metrics = MetricsRegistry()
@@ -207,6 +208,8 @@ public final class CoordinatorNode {
                 feed(.auditDurable(txid))
             case .heuristic(let txid, let participant):
                 feed(.heuristicDurable(txid, participant: participant))
+            case .onePhaseWindow(let window):
+                feed(.onePhaseWindowDurable(window))
             }
         }
         tccDurable(upTo: lsn)
@@ -252,7 +255,7 @@ public final class CoordinatorNode {
         case .commitDecision: CrashPoints.hit("coordinator.before-decision-logged")
         case .preCommit: CrashPoints.hit("coordinator.before-precommit-logged")
         case .end: CrashPoints.hit("coordinator.before-end-logged")
-        case .audit, .heuristic, .submission: break
+        case .audit, .heuristic, .submission, .onePhaseWindow: break
         }
         let encoded = CoordinatorRecordCoding.encode(record)
         do {
@@ -264,6 +267,7 @@ public final class CoordinatorNode {
             case .audit(let txid, _): pending.append(lsn: lsn, .audit(txid))
             case .heuristic(let txid, let participant, _): pending.append(lsn: lsn, .heuristic(txid, participant: participant))
             case .submission: break // made durable by the decision appended right after it
+            case .onePhaseWindow(let window): pending.append(lsn: lsn, .onePhaseWindow(window))
             }
         } catch let full as LogFullError {
             // Back-pressure, nothing written: abort the undecided transaction; a missing end
@@ -271,6 +275,7 @@ public final class CoordinatorNode {
             switch record {
             case .commitDecision(let txid, _, _), .preCommit(let txid, _, _, _): feed(.decisionRefused(txid, reason: "\(full)"))
             case .end, .submission: break
+            case .onePhaseWindow(let window): feed(.onePhaseWindowRefused(window)) // the transaction goes on in two phases
             case .audit, .heuristic: onFatal("cannot record an operator decision or heuristic report: \(full)")
             }
         } catch {
@@ -440,7 +445,7 @@ public final class CoordinatorNode {
             if machine.transaction(txid) == nil, let t = tcc.transaction(txid) { return responder.send(.jsonBytes(200, JSONBody.encode(t.view()))) }
             guard let tx = machine.transaction(txid) else {
                 if let forgotten = machine.forgottenRefusal(txid) ?? tcc.forgottenRefusal(txid) { return responder.send(.requestError(forgotten)) }
-                return reject(404, "unknown transaction \(txid): never committed here (finished transactions are kept for the last \(Limits.finishedTransactionsKept); one that may have committed before them is answered 410)")
+                return reject(404, "unknown transaction \(txid): never committed here (finished transactions are kept for the last \(Limits.finishedTransactionsKept); one that may have committed before them, or in one phase before a restart, is answered 410)")
             }
             responder.send(.jsonBytes(200, JSONBody.encode(tx.view())))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "tcc-branches":

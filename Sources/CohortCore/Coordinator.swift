@@ -91,6 +91,10 @@ public struct Coordinator {
         case preCommitRefused(TxID, participant: String, reason: String)
         /// 3PC: a participant's state, asked while learning the outcome (nil: no answer).
         case stateAnswered(TxID, participant: String, state: ThreePhaseState?)
+        /// A one-phase window record is durable: one-phase commits inside it may go out.
+        case onePhaseWindowDurable(OnePhaseWindow)
+        /// The log refused a one-phase window record (full): nothing was written.
+        case onePhaseWindowRefused(OnePhaseWindow)
     }
 
     public struct SubmittedBranch: Equatable, Sendable {
@@ -193,6 +197,8 @@ public struct Coordinator {
         /// decision or pre-commit record, whose sync then covers it: after a restart a repeated
         /// submission still finds the decided transaction.
         case submission(TxID, requestID: String)
+        /// Txids that may commit in one phase from now on (forced before the first of them).
+        case onePhaseWindow(OnePhaseWindow)
     }
 
     public enum Action: Equatable {
@@ -314,6 +320,12 @@ public struct Coordinator {
     /// The newest committed transaction let go of `finished` (kept in snapshots): an unknown
     /// txid at or below it may have committed and is answered 410, not 404.
     public private(set) var forgottenCommits = ForgottenCommits()
+    /// Txids that may have committed in one phase, durably recorded (kept in snapshots).
+    public private(set) var onePhaseWindows = OnePhaseWindows()
+    /// The window being recorded, not yet durable.
+    private var onePhaseWindowAsked: OnePhaseWindow?
+    /// One-phase commits waiting for a durable window (at most the open transactions).
+    private var awaitingOnePhaseWindow: [TxID] = []
     public private(set) var stats = Stats()
     /// Outcomes forced by operators, kept (and checkpointed) after the transaction is
     /// forgotten, so a participant that asks later hears the forced outcome, not a presumption.
@@ -402,6 +414,7 @@ public struct Coordinator {
                 }
             }
             try forgottenCommits.readTrailing(&r)
+            try onePhaseWindows.readTrailing(&r)
         }
         for (type, payload) in records {
             let record = try CoordinatorRecordCoding.decode(type: type, payload: payload)
@@ -453,6 +466,8 @@ public struct Coordinator {
         case .submission(let txid, let requestID):
             // Bounded by the transactions that reach a decision (and the log's size).
             recoveredSubmissions[txid] = requestID
+        case .onePhaseWindow(let window):
+            onePhaseWindows.add(window)
         case .commitDecision(let txid, let participants, let decidedAtMs):
             var tx = Transaction(txid: txid, state: .committing, createdAtMs: decidedAtMs, timeoutMs: 0)
             if let earlier = open[txid] { tx.commitProtocol = earlier.commitProtocol }
@@ -602,6 +617,12 @@ public struct Coordinator {
         }
         // The forgotten-commit mark (absent in snapshots written before it existed).
         forgottenCommits.encode(&w)
+        // One-phase windows, the one being recorded too: this checkpoint lets the log before it
+        // go, that record included, and a commit may go out in it once that record is durable.
+        var windows = onePhaseWindows
+        if let asked = onePhaseWindowAsked { windows.add(asked) }
+        windows.drop(through: forgottenCommits.through)
+        windows.encode(&w)
         return w.bytes
     }
 
@@ -650,6 +671,14 @@ public struct Coordinator {
             return startLearning(txid, because: "\(name) refused the pre-commit: \(reason)", nowMs: nowMs)
         case .stateAnswered(let txid, let name, let state):
             return stateAnswered(txid, name, state, nowMs: nowMs)
+        case .onePhaseWindowDurable(let window):
+            onePhaseWindows.add(window)
+            if onePhaseWindowAsked == window { onePhaseWindowAsked = nil }
+            return releaseOnePhaseWaiters(windowRefused: false, nowMs: nowMs)
+        case .onePhaseWindowRefused(let window):
+            guard onePhaseWindowAsked == window else { return [] }
+            onePhaseWindowAsked = nil
+            return releaseOnePhaseWaiters(windowRefused: true, nowMs: nowMs)
         case .register(let request, let text, let participant):
             return register(request, text, participant, nowMs: nowMs)
         case .commit(let request, let text, let named):
@@ -851,7 +880,8 @@ public struct Coordinator {
     /// The 410 for an unknown txid that may be a commit this coordinator forgot (nil: unknown
     /// means never committed here).
     public func forgottenRefusal(_ txid: TxID) -> RequestError? {
-        forgottenCommits.refusal(txid, kept: config.finishedTransactionsKept)
+        guard txid.coordinatorID == config.coordinatorID else { return nil }
+        return forgottenCommits.refusal(txid, kept: config.finishedTransactionsKept) ?? onePhaseWindows.refusal(txid, currentEpoch: epoch)
     }
 
     private func lookup(_ text: String) -> Result<TxID, RequestError> {
@@ -988,18 +1018,71 @@ public struct Coordinator {
         // A single branch commits in one phase under 2PC; 3PC keeps its phases (the point of
         // 3PC is what happens when the coordinator fails between them).
         let onePhase = onePhaseAllowed && config.onePhaseCommit && tx.branches.count == 1 && threePhase == nil
+            && txid.epoch == epoch
         tx.onePhase = onePhase
+        if onePhase && !onePhaseWindows.covers(txid) {
+            // A one-phase commit leaves no record here, so it goes out only inside a durable
+            // window (after a restart an unknown txid there reads 410, not 404). It waits for
+            // one: one forced record per `Limits.onePhaseWindowSequences` txids.
+            awaitingOnePhaseWindow.append(txid)
+            tx.events.append(TimelineEvent(atMs: nowMs, event: "one-phase-commit-waits", participant: nil, detail: "for a durable one-phase window"))
+            open[txid] = tx
+            return askOnePhaseWindow(for: txid)
+        }
+        return sendPrepares(txid, &tx, nowMs: nowMs)
+    }
+
+    /// Sends every branch of `tx` (in `preparing`) its prepare, or its one-phase commit, and
+    /// puts `tx` back in `open`.
+    private mutating func sendPrepares(_ txid: TxID, _ tx: inout Transaction, nowMs: Int64) -> [Action] {
+        var threePhase: Termination?
+        if case .threePhase(let t) = tx.commitProtocol { threePhase = t }
         let everyone = tx.branches.map(\.participant)
         var actions: [Action] = []
         for i in tx.branches.indices {
             tx.branches[i].state = .prepareSent
             tx.branches[i].attempts = 1
             actions.append(.send(txid, to: tx.branches[i].participant,
-                                 .prepare(onePhase: onePhase, participants: everyone, threePhase: threePhase, work: tx.branches[i].work)))
+                                 .prepare(onePhase: tx.onePhase, participants: everyone, threePhase: threePhase, work: tx.branches[i].work)))
         }
-        tx.events.append(TimelineEvent(atMs: nowMs, event: onePhase ? "one-phase-commit-sent" : "prepare-sent", participant: nil, detail: "\(tx.branches.count) branch(es)"))
+        tx.events.append(TimelineEvent(atMs: nowMs, event: tx.onePhase ? "one-phase-commit-sent" : "prepare-sent", participant: nil, detail: "\(tx.branches.count) branch(es)"))
         open[txid] = tx
         return actions
+    }
+
+    /// One-phase commits that wait for a durable window, once one is durable (or refused: they
+    /// go on in two phases).
+    private mutating func releaseOnePhaseWaiters(windowRefused: Bool, nowMs: Int64) -> [Action] {
+        let waiting = awaitingOnePhaseWindow
+        awaitingOnePhaseWindow = []
+        var actions: [Action] = []
+        for txid in waiting {
+            guard var tx = open[txid], tx.state == .preparing, tx.onePhase,
+                  tx.branches.allSatisfy({ $0.state == .registered }) else { continue }
+            if windowRefused {
+                tx.onePhase = false
+                tx.events.append(TimelineEvent(atMs: nowMs, event: "one-phase-window-refused", participant: nil, detail: "commits in two phases"))
+            } else if !onePhaseWindows.covers(txid) {
+                // Outside the window that just became durable (an older txid): ask for another.
+                awaitingOnePhaseWindow.append(txid)
+                actions += askOnePhaseWindow(for: txid)
+                continue
+            }
+            open.removeValue(forKey: txid)
+            actions += sendPrepares(txid, &tx, nowMs: nowMs)
+        }
+        return actions
+    }
+
+    /// Records a window from `txid` past every id handed out so far, unless one is on its way.
+    private mutating func askOnePhaseWindow(for txid: TxID) -> [Action] {
+        precondition(txid.epoch == epoch, "one-phase window asked for \(txid) in epoch \(epoch)")
+        guard onePhaseWindowAsked == nil else { return [] }
+        let lastIssued = max(txid.sequence, nextSequence &- 1)
+        let window = OnePhaseWindow(from: txid, through: TxID(coordinatorID: config.coordinatorID, epoch: epoch,
+                                                              sequence: lastIssued &+ Limits.onePhaseWindowSequences))
+        onePhaseWindowAsked = window
+        return [.log(.onePhaseWindow(window), force: true)]
     }
 
     private mutating func abortRequested(_ request: RequestID, _ text: String, named: [ParticipantRef], nowMs: Int64) -> [Action] {
@@ -1025,6 +1108,12 @@ public struct Coordinator {
         case .active:
             return decideAbort(txid, reason: "aborted by client", nowMs: nowMs) + [.reply(request, .outcome(txid, .aborted, reason: "aborted by client"))]
         case .preparing where !tx.onePhase:
+            return decideAbort(txid, reason: "aborted by client", nowMs: nowMs) + [.reply(request, .outcome(txid, .aborted, reason: "aborted by client"))]
+        case .preparing where tx.branches.allSatisfy({ $0.state == .registered }):
+            // A one-phase commit still waiting for its window: nothing went out, so it can still
+            // abort (and its branch is told, as in two phases).
+            tx.onePhase = false
+            open[txid] = tx
             return decideAbort(txid, reason: "aborted by client", nowMs: nowMs) + [.reply(request, .outcome(txid, .aborted, reason: "aborted by client"))]
         case .preparing, .deciding, .preCommitting, .terminating:
             // A one-phase commit is in the participant's hands; a forced commit record is on
@@ -1147,7 +1236,7 @@ public struct Coordinator {
     private mutating func deliveryFailed(_ txid: TxID, _ name: String, _ error: String, nowMs: Int64) -> [Action] {
         guard var tx = open[txid], let i = tx.branchIndex(name) else { return [] }
         let retrying = (tx.state == .committing && tx.branches[i].state == .commitSent)
-            || (tx.onePhase && tx.state == .preparing)
+            || (tx.onePhase && tx.state == .preparing && tx.branches[i].state == .prepareSent)
         guard retrying else { return [] }
         tx.branches[i].lastError = error
         tx.branches[i].history.append(Attempt(atMs: nowMs, error: error))
@@ -1188,7 +1277,7 @@ public struct Coordinator {
             if tx.state == .committing && tx.branches[i].state == .commitSent {
                 return [.send(txid, to: tx.branches[i].participant, .commit)]
             }
-            if tx.onePhase && tx.state == .preparing {
+            if tx.onePhase && tx.state == .preparing && tx.branches[i].state == .prepareSent {
                 // Asking again is safe: the participant answers a repeated one-phase commit
                 // from its memory of the branch's outcome.
                 return [.send(txid, to: tx.branches[i].participant, .prepare(onePhase: true, participants: tx.branches.map(\.participant), threePhase: nil))]
@@ -1406,7 +1495,7 @@ extension Coordinator {
             let name = tx.branches[i].participant.name
             if tx.state == .committing && tx.branches[i].state == .commitSent && tx.branches[i].heuristic == nil {
                 actions.append(.send(txid, to: tx.branches[i].participant, .commit))
-            } else if tx.onePhase && tx.state == .preparing {
+            } else if tx.onePhase && tx.state == .preparing && tx.branches[i].state == .prepareSent {
                 actions.append(.send(txid, to: tx.branches[i].participant, .prepare(onePhase: true, participants: everyone, threePhase: nil)))
             } else {
                 continue
@@ -1587,6 +1676,7 @@ extension Coordinator.Record {
         switch self {
         case .commitDecision(let t, _, _), .end(let t), .audit(let t, _), .heuristic(let t, _, _), .preCommit(let t, _, _, _),
              .submission(let t, _): return t
+        case .onePhaseWindow(let window): return window.through
         }
     }
 }
@@ -1599,6 +1689,7 @@ public enum CoordinatorRecordCoding {
     public static let heuristicType: UInt8 = 4
     public static let preCommitType: UInt8 = 5
     public static let submissionType: UInt8 = 6
+    public static let onePhaseWindowType: UInt8 = 7
 
     public static func encode(_ record: Coordinator.Record) -> (type: UInt8, payload: [UInt8]) {
         var w = ByteWriter()
@@ -1630,6 +1721,10 @@ public enum CoordinatorRecordCoding {
             w.string(txid.description)
             w.string(requestID)
             return (submissionType, w.bytes)
+        case .onePhaseWindow(let window):
+            w.string(window.from.description)
+            w.string(window.through.description)
+            return (onePhaseWindowType, w.bytes)
         }
     }
 
@@ -1650,6 +1745,8 @@ public enum CoordinatorRecordCoding {
             return try decodePreCommit(&r, txid: txid)
         case submissionType:
             return .submission(try decodeTxID(&r), requestID: try r.string(maxCount: Limits.requestIDBytesMax))
+        case onePhaseWindowType:
+            return .onePhaseWindow(try OnePhaseWindows.decodeWindow(&r))
         default: throw DecodeError("unknown coordinator record type \(type)")
         }
     }

@@ -256,6 +256,12 @@ public enum Limits {
     public static let heuristicReportAttemptsMax = 5
     /// Finished transactions remembered for `GET /v1/transactions/{txid}` and listing.
     public static let finishedTransactionsKept = 10_000
+    /// Txids one forced one-phase window record covers (OnePhaseWindows): one record per this
+    /// many transactions, and after a restart at most this many unknown txids of the epoch
+    /// before read 410 rather than 404.
+    public static let onePhaseWindowSequences: UInt64 = 65_536
+    /// One-phase windows kept (in checkpoints too); past it the oldest two merge.
+    public static let onePhaseWindowsKept = 256
     /// Timeline events kept per transaction.
     public static let eventsPerTransactionMax = 64
     public static let participantNameBytesMax = 128

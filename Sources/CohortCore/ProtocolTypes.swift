@@ -216,3 +216,109 @@ public struct ForgottenCommits: Equatable, Sendable {
         forget(txid)
     }
 }
+
+/// A run of one coordinator's txids (both ends included) that may have committed in one phase.
+public struct OnePhaseWindow: Equatable, Sendable {
+    public let from: TxID
+    public let through: TxID
+
+    public init(from: TxID, through: TxID) {
+        precondition(from.coordinatorID == through.coordinatorID && !(through < from), "bad one-phase window \(from)...\(through)")
+        self.from = from
+        self.through = through
+    }
+
+    public func covers(_ txid: TxID) -> Bool {
+        txid.coordinatorID == from.coordinatorID && !(txid < from) && !(through < txid)
+    }
+}
+
+/// Where this coordinator may have committed transactions in one phase. A one-phase commit
+/// leaves no record at the coordinator (the participant's record is the decision), so after a
+/// restart an unknown txid could be one: answering it 404 ("never committed") would let a
+/// client that lost the answer run the work again. The coordinator therefore commits in one
+/// phase only txids inside a window it has made durable first (one forced record covers
+/// `Limits.onePhaseWindowSequences` ids), and answers an unknown txid of an earlier epoch
+/// inside a window 410 ("may have committed").
+public struct OnePhaseWindows: Equatable, Sendable {
+    /// Ascending, not overlapping.
+    public private(set) var windows: [OnePhaseWindow] = []
+
+    public init() {}
+
+    public func covers(_ txid: TxID) -> Bool {
+        // Newest first: that is where a commit's own txid almost always is.
+        windows.reversed().contains { $0.covers(txid) }
+    }
+
+    /// Adds `window`, merging it with the windows it overlaps or touches. Past
+    /// `Limits.onePhaseWindowsKept` the two oldest become one spanning both: covering more
+    /// only turns some 404s into 410s, which is safe; covering less would not be.
+    public mutating func add(_ window: OnePhaseWindow) {
+        var merged = window
+        var kept: [OnePhaseWindow] = []
+        for w in windows {
+            if Self.touch(w, merged) {
+                merged = OnePhaseWindow(from: min(w.from, merged.from), through: max(w.through, merged.through))
+            } else {
+                kept.append(w)
+            }
+        }
+        kept.append(merged)
+        kept.sort { $0.from < $1.from }
+        while kept.count > Limits.onePhaseWindowsKept {
+            kept[1] = OnePhaseWindow(from: kept[0].from, through: kept[1].through)
+            kept.removeFirst()
+        }
+        windows = kept
+    }
+
+    /// Windows wholly at or below the forgotten-commit mark add nothing (those txids are
+    /// answered 410 already).
+    public mutating func drop(through mark: TxID?) {
+        guard let mark else { return }
+        windows.removeAll { $0.through.coordinatorID == mark.coordinatorID && !(mark < $0.through) }
+    }
+
+    private static func touch(_ a: OnePhaseWindow, _ b: OnePhaseWindow) -> Bool {
+        guard a.from.coordinatorID == b.from.coordinatorID else { return false }
+        func adjacent(_ x: TxID, _ y: TxID) -> Bool { x.epoch == y.epoch && x.sequence &+ 1 == y.sequence }
+        return !(a.through < b.from || b.through < a.from) || adjacent(a.through, b.from) || adjacent(b.through, a.from)
+    }
+
+    /// The 410 for an unknown `txid` that may have committed in one phase before the last
+    /// restart; nil otherwise. In the current epoch every one-phase commit is still known (or
+    /// under the forgotten-commit mark), so unknown there still means never committed.
+    public func refusal(_ txid: TxID, currentEpoch: UInt64) -> RequestError? {
+        guard txid.epoch < currentEpoch, covers(txid) else { return nil }
+        return RequestError(410, "\(txid) is unknown here, but it may have committed in one phase before this coordinator restarted (a one-phase commit leaves no coordinator record: its only participant's record decides); read that participant's data")
+    }
+
+    public func encode(_ w: inout ByteWriter) {
+        w.u32(UInt32(windows.count))
+        for window in windows {
+            w.string(window.from.description)
+            w.string(window.through.description)
+        }
+    }
+
+    /// Reads what `encode` wrote at the end of a snapshot, if the snapshot has it (those
+    /// written before one-phase windows existed end earlier), and adds it to these.
+    public mutating func readTrailing(_ r: inout ByteReader) throws {
+        guard !r.isAtEnd else { return }
+        let count = try r.u32()
+        guard count <= UInt32(Limits.onePhaseWindowsKept) else { throw DecodeError("\(count) one-phase windows") }
+        for _ in 0..<count { add(try Self.decodeWindow(&r)) }
+    }
+
+    public static func decodeWindow(_ r: inout ByteReader) throws -> OnePhaseWindow {
+        func txid() throws -> TxID {
+            let s = try r.string(maxCount: Limits.txidBytesMax)
+            guard let t = TxID(s) else { throw DecodeError("bad one-phase window txid \(s.prefix(80))") }
+            return t
+        }
+        let from = try txid(), through = try txid()
+        guard from.coordinatorID == through.coordinatorID, !(through < from) else { throw DecodeError("bad one-phase window \(from)...\(through)") }
+        return OnePhaseWindow(from: from, through: through)
+    }
+}

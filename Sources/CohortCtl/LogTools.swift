@@ -287,6 +287,7 @@ public enum LogTools {
         case CoordinatorRecordCoding.heuristicType: return "heuristic"
         case CoordinatorRecordCoding.preCommitType: return "pre-commit"
         case CoordinatorRecordCoding.submissionType: return "submission"
+        case CoordinatorRecordCoding.onePhaseWindowType: return "one-phase-window"
         case TCCRecordCoding.branchType: return "tcc-branch"
         case TCCRecordCoding.confirmDecisionType: return "tcc-confirm-decision"
         case TCCRecordCoding.endType: return "tcc-end"
@@ -334,6 +335,8 @@ public enum LogTools {
                 return rec(txid.description, "3PC pre-commit (\(termination.rawValue) termination) at \(TimeFormat.iso8601(ms: at)); participants \(names)")
             case .submission(let txid, let requestID):
                 return rec(txid.description, "submitted with request_id \"\(requestID)\" (a repeat gets this transaction's outcome)")
+            case .onePhaseWindow(let window):
+                return rec(nil, "one-phase commits may go out for txids \(window.from) through \(window.through) (after a restart an unknown one there reads 410)")
             }
         } catch {
             return rec(nil, "not a coordinator record (\(error)); is this a coordinator's log?", known: false)

@@ -62,6 +62,9 @@ public struct Scenario: Sendable {
         public var submit = false
         /// Work with `"register": false` and both branches named in the commit (or abort).
         public var namedBranches = false
+        /// On average one transfer in this many moves money between two accounts of one agent:
+        /// a single-branch transaction, which 2PC commits in one phase.
+        public var oneBranchEvery: Int?
         /// The outbox topology's producer (instead of transfers).
         public var outbox: OutboxWorkloadConfig?
         /// `{"orders": {...}}` (demo topology) instead of transfers.
@@ -460,7 +463,7 @@ struct Parser {
         if o["tcc"] != nil { throw fail("workload.tcc", "applies to topology protocol \"tcc\" only") }
         guard let tv = o["transfers"] else { throw fail("workload.transfers", "required field is missing") }
         let at = "workload.transfers"
-        let t = try object(tv, at, allowed: ["clients", "count", "duration", "accounts", "initial_balance", "max_amount", "timeout_ms", "submit", "named_branches"])
+        let t = try object(tv, at, allowed: ["clients", "count", "duration", "accounts", "initial_balance", "max_amount", "timeout_ms", "submit", "named_branches", "one_branch_every"])
         w.clients = try int(t, "clients", at, range: 1...64) ?? 4
         w.count = try int(t, "count", at, range: 1...1_000_000)
         w.durationMs = try duration(t, "duration", at, positive: true)
@@ -472,6 +475,11 @@ struct Parser {
         w.submit = try bool(t, "submit", at) ?? false
         w.namedBranches = try bool(t, "named_branches", at) ?? false
         if w.submit && w.namedBranches { throw fail(join(at, "named_branches"), "a submitted transfer has no work calls to name branches from; drop \"submit\" or this") }
+        w.oneBranchEvery = try int(t, "one_branch_every", at, range: 1...1_000)
+        if w.oneBranchEvery != nil {
+            if w.submit { throw fail(join(at, "one_branch_every"), "a submission is never committed in one phase; drop \"submit\" or this") }
+            if w.accounts < 2 { throw fail(join(at, "one_branch_every"), "a transfer within one agent needs two accounts there; set \"accounts\" to 2 or more") }
+        }
         return w
     }
 

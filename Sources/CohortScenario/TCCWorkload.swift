@@ -154,7 +154,7 @@ final class TCCScenarioWorkload: ScenarioLoad, @unchecked Sendable {
     /// still `active` or `deciding` stays unknown until the deadline.
     func resolveUnknown(timeoutMs: Int) -> [String] {
         ScenarioWorkload.resolveUnknown(api(), coordinatorURL: coordinatorURL, timeoutMs: timeoutMs, lock: lock,
-                                        unknown: { transactions.indices.filter { transactions[$0].outcome == .unknown }.map { ($0, transactions[$0].txid) } },
+                                        unknown: { transactions.indices.filter { transactions[$0].outcome == .unknown }.map { ($0, transactions[$0].txid, []) } },
                                         settle: { index, verdict in
                                             transactions[index].outcome = verdict
                                             transactions[index].resolved = true

@@ -78,7 +78,8 @@ final class ScenarioWorkload: @unchecked Sendable {
         lock.lock(); transfers.append(t); lock.unlock()
     }
 
-    /// One transfer: two agents i < j, a key at each, an amount and which way it goes.
+    /// One transfer: two agents i < j (or, with `one_branch_every`, sometimes i == j and two
+    /// distinct keys there), a key at each, an amount and which way it goes.
     private struct Draw {
         let i: Int, j: Int
         let from: (Int, String), to: (Int, String)
@@ -89,12 +90,16 @@ final class ScenarioWorkload: @unchecked Sendable {
 
     private func drawTransfer() -> Draw {
         let agents = agentURLs.count
-        let i = Int.random(in: 0..<(agents - 1))
-        let j = Int.random(in: (i + 1)..<agents)
+        let oneBranch = config.oneBranchEvery.map { Int.random(in: 0..<$0) == 0 } ?? false
+        let i = Int.random(in: 0..<(oneBranch ? agents : agents - 1))
+        let j = oneBranch ? i : Int.random(in: (i + 1)..<agents)
         let debitFirst = Bool.random()
         let amount = Int64.random(in: 1...config.maxAmount)
-        let k1 = key(Int.random(in: 0..<config.accounts))
-        let k2 = key(Int.random(in: 0..<config.accounts))
+        let n1 = Int.random(in: 0..<config.accounts)
+        // Within one agent the two keys differ (validation asks for two accounts or more).
+        let n2 = oneBranch ? (n1 + Int.random(in: 1..<config.accounts)) % config.accounts : Int.random(in: 0..<config.accounts)
+        let k1 = key(n1)
+        let k2 = key(n2)
         return Draw(i: i, j: j, from: debitFirst ? (i, k1) : (j, k2), to: debitFirst ? (j, k2) : (i, k1), amount: amount,
                     opAtI: debitFirst ? .add(k1, -amount, min: 0) : .add(k1, amount),
                     opAtJ: debitFirst ? .add(k2, amount) : .add(k2, -amount, min: 0))
@@ -118,7 +123,7 @@ final class ScenarioWorkload: @unchecked Sendable {
             do {
                 for (agent, op) in [(d.i, d.opAtI), (d.j, d.opAtJ)] {
                     let answer = try api.agentWork(agentURLs[agent], txid, [op], namedAtCommit: config.namedBranches, timeoutMs: config.timeoutMs)
-                    if let b = answer.branch { named.append(b) }
+                    if let b = answer.branch, !named.contains(where: { $0.participant == b.participant }) { named.append(b) }
                 }
             } catch {
                 // Never asked to commit, so it cannot commit; abort so the locks go now.
@@ -140,7 +145,7 @@ final class ScenarioWorkload: @unchecked Sendable {
                 // Asked now, as a careful client would: the coordinator keeps the outcomes of
                 // its last 10,000 finished transactions, and a long run passes that before its
                 // end (410 then: the outcome is no longer known).
-                if let verdict = ScenarioWorkload.awaitVerdict(api, coordinatorURL: coordinatorURL, txid: txid, runEndsAt: deadline) {
+                if let verdict = ScenarioWorkload.awaitVerdict(api, coordinatorURL: coordinatorURL, txid: txid, participants: participantURLs(t), runEndsAt: deadline) {
                     t.outcome = verdict
                     t.reason = (t.reason ?? "") + " (resolved: \(verdict.rawValue))"
                 }
@@ -155,11 +160,11 @@ final class ScenarioWorkload: @unchecked Sendable {
     static func promptDeadline(runEndsAt deadline: Date) -> Date { min(deadline, Date().addingTimeInterval(20)) }
 
     /// Asks the coordinator about `txid` every 100 ms until it tells an outcome or the prompt
-    /// deadline passes.
-    static func awaitVerdict(_ api: CohortAPI, coordinatorURL: String, txid: String, runEndsAt deadline: Date) -> Outcome? {
+    /// deadline passes (on a 410, the `participants`' branches; see `coordinatorVerdict`).
+    static func awaitVerdict(_ api: CohortAPI, coordinatorURL: String, txid: String, participants: [String] = [], runEndsAt deadline: Date) -> Outcome? {
         let until = promptDeadline(runEndsAt: deadline)
         while true {
-            if let verdict = coordinatorVerdict(api, coordinatorURL: coordinatorURL, txid: txid) { return verdict }
+            if let verdict = coordinatorVerdict(api, coordinatorURL: coordinatorURL, txid: txid, participants: participants) { return verdict }
             if Date() > until { return nil }
             Thread.sleep(forTimeInterval: 0.1)
         }
@@ -251,7 +256,7 @@ final class ScenarioWorkload: @unchecked Sendable {
             }
         }
         return ScenarioWorkload.resolveUnknown(api(), coordinatorURL: coordinatorURL, timeoutMs: timeoutMs, lock: lock,
-                                        unknown: { transfers.indices.filter { transfers[$0].outcome == .unknown }.map { ($0, transfers[$0].txid) } },
+                                        unknown: { transfers.indices.filter { transfers[$0].outcome == .unknown }.map { ($0, transfers[$0].txid, participantURLs(transfers[$0])) } },
                                         settle: { index, verdict in
                                             transfers[index].outcome = verdict
                                             transfers[index].reason = (transfers[index].reason ?? "") + " (resolved: \(verdict.rawValue))"
@@ -262,13 +267,13 @@ final class ScenarioWorkload: @unchecked Sendable {
     /// `unknown` lists (index, txid) and hands a verdict to `settle`; both run under `lock`.
     /// Returns the txids still unknown at the deadline.
     static func resolveUnknown(_ api: CohortAPI, coordinatorURL: String, timeoutMs: Int, lock: NSLock,
-                               unknown: () -> [(index: Int, txid: String)], settle: (Int, Outcome) -> Void) -> [String] {
+                               unknown: () -> [(index: Int, txid: String, participants: [String])], settle: (Int, Outcome) -> Void) -> [String] {
         let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
         while true {
             let pending = lock.withLock { unknown() }
             if pending.isEmpty { return [] }
-            for (index, txid) in pending {
-                if let verdict = coordinatorVerdict(api, coordinatorURL: coordinatorURL, txid: txid) {
+            for (index, txid, participants) in pending {
+                if let verdict = coordinatorVerdict(api, coordinatorURL: coordinatorURL, txid: txid, participants: participants) {
                     lock.withLock { settle(index, verdict) }
                 }
             }
@@ -280,14 +285,24 @@ final class ScenarioWorkload: @unchecked Sendable {
     /// What the coordinator says of a transaction whose client heard no outcome: committed once
     /// the decision is commit/confirm (2PC/3PC `committing`, TCC `confirming` included), aborted
     /// for abort/cancel or an id it never heard of (presumed abort), nil while it is undecided.
-    static func coordinatorVerdict(_ api: CohortAPI, coordinatorURL: String, txid: String) -> Outcome? {
+    /// A 410 (the coordinator no longer knows: a forgotten commit, or a one-phase commit lost in
+    /// its restart) sends the client where the answer says, the `participants`' branches.
+    static func coordinatorVerdict(_ api: CohortAPI, coordinatorURL: String, txid: String, participants: [String] = []) -> Outcome? {
         if let tx = try? api.transaction(txid) {
             if ["committed", "committing", "confirming"].contains(tx.state) || tx.outcome == "committed" { return .committed }
             if ["aborted", "cancelling"].contains(tx.state) || tx.outcome == "aborted" { return .aborted }
             return nil
         }
-        if (try? api.raw("GET", coordinatorURL + "/v1/transactions/\(txid)"))?.status == 404 { return .aborted }
-        return nil
+        switch (try? api.raw("GET", coordinatorURL + "/v1/transactions/\(txid)"))?.status {
+        case 404: return .aborted
+        case 410 where !participants.isEmpty: return api.outcomeFromBranches(txid, agentURLs: participants).flatMap(Outcome.init(rawValue:))
+        default: return nil
+        }
+    }
+
+    /// The agents a transfer's branches are at (one, for a transfer within one agent).
+    func participantURLs(_ t: Transfer) -> [String] {
+        t.from.agent == t.to.agent ? [agentURLs[t.from.agent]] : [agentURLs[t.from.agent], agentURLs[t.to.agent]]
     }
 
     func snapshot() -> [Transfer] { lock.lock(); defer { lock.unlock() }; return transfers }

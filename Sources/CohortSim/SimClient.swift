@@ -138,19 +138,21 @@ final class SimClient {
         let others: [String]
     }
 
-    private func draw(txid: String, marker: String) -> Draw {
+    private func draw(txid: String, marker: String, oneBranch: Bool = false) -> Draw {
         let agents = simulation.agentNames
-        let first = agents[0], second = agents[agents.count > 1 ? 1 : 0]
+        let first = agents[0], second = agents[agents.count > 1 && !oneBranch ? 1 : 0]
         let accounts = Int64(simulation.config.accounts)
-        let firstKey = simulation.accountKey(Int(simulation.random(accounts)))
-        let secondKey = simulation.accountKey(Int(simulation.random(accounts)))
+        let firstIndex = simulation.random(accounts)
+        let firstKey = simulation.accountKey(Int(firstIndex))
+        // Within one agent the second account differs from the first.
+        let secondKey = simulation.accountKey(Int(oneBranch ? (firstIndex + 1 + simulation.random(accounts - 1)) % accounts : simulation.random(accounts)))
         let amount = 1 + simulation.random(30)
         let outOfFirst = simulation.random(2) == 0
         let (from, fromKey, to, toKey) = outOfFirst ? (first, firstKey, second, secondKey) : (second, secondKey, first, firstKey)
         // Three-agent runs (3PC) put a branch at every agent; two-agent runs use the first two.
-        let others = agents.count > 2 ? Array(agents[2...]) : []
+        let others = agents.count > 2 && !oneBranch ? Array(agents[2...]) : []
         transfers.append(Transfer(txid: txid, marker: marker, fromAgent: from, fromKey: fromKey, toAgent: to, toKey: toKey, amount: amount,
-                                  agents: (agents.count > 1 ? [first, second] : [first]) + others))
+                                  agents: (first != second ? [first, second] : [first]) + others))
         return Draw(index: transfers.count - 1, first: first, second: second, firstKey: firstKey, secondKey: secondKey,
                     firstDelta: outOfFirst ? -amount : amount, secondDelta: outOfFirst ? amount : -amount, others: others)
     }
@@ -159,7 +161,9 @@ final class SimClient {
         // Agents are always touched in the same order (first, then second) so transfers never
         // wait on each other's locks in a cycle; the money goes either way.
         let marker = "tx/\(txid)"
-        let d = draw(txid: txid, marker: marker)
+        let oneBranchPercent = simulation.config.faults.oneBranchPercent
+        let oneBranch = oneBranchPercent > 0 && simulation.config.accounts > 1 && simulation.random(100) < Int64(oneBranchPercent)
+        let d = draw(txid: txid, marker: marker, oneBranch: oneBranch)
         let (first, second, firstKey, secondKey, i) = (d.first, d.second, d.firstKey, d.secondKey, d.index)
         func op(_ key: String, _ delta: Int64) -> String {
             "{\"op\":\"add\",\"key\":\"\(key)\",\"delta\":\(delta)\(delta < 0 ? ",\"min\":0" : "")}"
@@ -173,9 +177,11 @@ final class SimClient {
             Array("{\"txid\":\"\(txid)\",\"request_id\":\"\(requestID)\"\(unregistered),\"ops\":[\(ops)]}".utf8)
         }
         // In agent order, so transfers never wait on each other's locks in a cycle.
-        let works = [(first, "a", work("a", op(firstKey, d.firstDelta) + "," + setMarker)),
-                     (second, "b", work("b", op(secondKey, d.secondDelta) + "," + setMarker))]
-            + d.others.map { ($0, $0, work($0, setMarker)) }
+        let works = oneBranch
+            ? [(first, "a", work("a", op(firstKey, d.firstDelta) + "," + op(secondKey, d.secondDelta) + "," + setMarker))]
+            : [(first, "a", work("a", op(firstKey, d.firstDelta) + "," + setMarker)),
+               (second, "b", work("b", op(secondKey, d.secondDelta) + "," + setMarker))]
+                + d.others.map { ($0, $0, work($0, setMarker)) }
         var named: [RegisterRequest] = []
         func note(_ body: [UInt8]) {
             guard naming, let o = try? WireObject(bytes: body), let node = o["branch"],

@@ -47,6 +47,9 @@ public final class Simulation {
         /// Share of the other transfers whose client names both branches at commit (work with
         /// `"register": false`) instead of the agents registering them.
         public var namedPercent = 0
+        /// Share of the interactive transfers that stay within the first agent (both accounts
+        /// there): a single-branch transaction, which 2PC commits in one phase.
+        public var oneBranchPercent = 0
         /// Set for a TCC run (`--protocol tcc`): its own faults; the clients run TCC orders
         /// against inventory services instead of 2PC/3PC transfers against agents.
         public var tcc: TCCFaults?
@@ -61,7 +64,8 @@ public final class Simulation {
                 (crashEveryUs == 0 ? "off" : "every~\(crashEveryUs / 1000)ms\(tornCrashes ? " torn" : "") outages≤\(restartAfterUsMax / 1000)ms") +
                 " fsync-fail \(fsyncFailurePercent)% partitions \(partitions ? (agentLinks ? "on (agent links too)" : "on") : "off")" +
                 (lateThreePhasePercent > 0 ? " late-3pc \(lateThreePhasePercent)%" : "") +
-                (preCommitCrashPercent > 0 ? " precommit-crash \(preCommitCrashPercent)%" : "") + " submit \(submitPercent)% named \(namedPercent)%"
+                (preCommitCrashPercent > 0 ? " precommit-crash \(preCommitCrashPercent)%" : "") + " submit \(submitPercent)% named \(namedPercent)%" +
+                (oneBranchPercent > 0 ? " one-branch \(oneBranchPercent)%" : "")
         }
 
         public var protocolName: String {
@@ -94,6 +98,7 @@ public final class Simulation {
             }
             f.submitPercent = [0, 50, 100][Int(rng.next() % 3)]
             f.namedPercent = [0, 50, 100][Int(rng.next() % 3)]
+            f.oneBranchPercent = [0, 0, 30][Int(rng.next() % 3)]
             return f
         }
 
@@ -551,6 +556,12 @@ public final class Simulation {
                 }
                 if t.reported == .aborted && a {
                     return fail("atomicity: \(t.txid) was reported aborted to the client but is applied")
+                }
+                if a, let txid = TxID(t.txid), let coordinator = nodes["coordinator"]?.coordinator?.machine,
+                   coordinator.transaction(txid) == nil, coordinator.forgottenRefusal(txid) == nil {
+                    // A client that lost the answer and asks now would read 404, "never
+                    // committed" (a one-phase commit outside a durable window, after a restart).
+                    return fail("presumed abort: \(t.txid) is applied, but the coordinator would answer 404 (never committed) to a client asking about it")
                 }
                 if a {
                     expected["\(t.fromAgent)/\(t.fromKey)", default: 0] -= t.amount

@@ -191,6 +191,9 @@ final class CoordinatorTests: XCTestCase {
 
     func testOnePhaseCommitForASingleBranch() {
         var c = makeCoordinator()
+        // One-phase commits go out only inside a durable window (OnePhaseWindowTests).
+        _ = c.on(.onePhaseWindowDurable(OnePhaseWindow(from: TxID(coordinatorID: "0a1b2c3d", epoch: 100, sequence: 1),
+                                                       through: TxID(coordinatorID: "0a1b2c3d", epoch: 100, sequence: 99))), nowMs: 0)
         let t = begin(&c, [a])
         let sent = c.on(.commit(2, txid: t.description), nowMs: 2)
         XCTAssertEqual(sends(sent, "commit-one-phase"), ["a"])

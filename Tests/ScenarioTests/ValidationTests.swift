@@ -162,6 +162,18 @@ final class ValidationTests: XCTestCase {
                     "workload.transfers.named_branches: a submitted transfer has no work calls")
     }
 
+    func testOneBranchEveryIsACountNotWithSubmitAndNeedsTwoAccounts() throws {
+        let mixed = try parse(#"{"name": "x", "workload": {"transfers": {"duration": "1s", "one_branch_every": 3}}}"#)
+        XCTAssertEqual(mixed.workload.oneBranchEvery, 3)
+        XCTAssertNil(try parse(#"{"name": "x", "workload": {"transfers": {"duration": "1s"}}}"#).workload.oneBranchEvery)
+        assertError(#"{"name": "x", "workload": {"transfers": {"duration": "1s", "one_branch_every": 0}}}"#, "workload.transfers.one_branch_every")
+        assertError(#"{"name": "x", "workload": {"transfers": {"duration": "1s", "one_branch_every": "2"}}}"#, "workload.transfers.one_branch_every: expected an integer")
+        assertError(#"{"name": "x", "workload": {"transfers": {"duration": "1s", "one_branch_every": 2, "submit": true}}}"#,
+                    "workload.transfers.one_branch_every: a submission is never committed in one phase")
+        assertError(#"{"name": "x", "workload": {"transfers": {"duration": "1s", "one_branch_every": 2, "accounts": 1}}}"#,
+                    "workload.transfers.one_branch_every: a transfer within one agent needs two accounts")
+    }
+
     func testNotJSON() {
         assertError("{\"name\": ", "not valid JSON")
     }
