@@ -1009,8 +1009,8 @@ public struct Coordinator {
         return startPrepare(txid, &tx, onePhaseAllowed: true, nowMs: nowMs)
     }
 
-    /// Sends every branch its prepare (or its one-phase commit) and puts `tx`, taken out of
-    /// `open` by the caller, back.
+    /// Sends every branch its prepare (or its one-phase commit, or asks for the one-phase window
+    /// it waits for) and puts `tx`, taken out of `open` by the caller, back.
     private mutating func startPrepare(_ txid: TxID, _ tx: inout Transaction, onePhaseAllowed: Bool, nowMs: Int64) -> [Action] {
         tx.state = .preparing
         var threePhase: Termination?
@@ -1079,8 +1079,9 @@ public struct Coordinator {
         precondition(txid.epoch == epoch, "one-phase window asked for \(txid) in epoch \(epoch)")
         guard onePhaseWindowAsked == nil else { return [] }
         let lastIssued = max(txid.sequence, nextSequence &- 1)
+        let (through, overflow) = lastIssued.addingReportingOverflow(Limits.onePhaseWindowSequences)
         let window = OnePhaseWindow(from: txid, through: TxID(coordinatorID: config.coordinatorID, epoch: epoch,
-                                                              sequence: lastIssued &+ Limits.onePhaseWindowSequences))
+                                                              sequence: overflow ? UInt64.max : through))
         onePhaseWindowAsked = window
         return [.log(.onePhaseWindow(window), force: true)]
     }
