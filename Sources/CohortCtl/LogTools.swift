@@ -356,6 +356,10 @@ public enum LogTools {
                 s += " (" + unfinished.prefix(5).map { "\($0.txid) \($0.state.rawValue)" }.joined(separator: ", ") + (unfinished.count > 5 ? ", ..." : "") + ")"
             }
             s += ", \(coordinator.finished.count) recent finished, \(coordinator.operatorOutcomes.count) operator outcome\(coordinator.operatorOutcomes.count == 1 ? "" : "s")"
+            let windows = coordinator.onePhaseWindows.windows
+            if !windows.isEmpty {
+                s += ", \(windows.count) one-phase window\(windows.count == 1 ? "" : "s") (the newest \(windows.last!.from) through \(windows.last!.through))"
+            }
             if let tcc {
                 s += "; TCC: \(tcc.open.count) open, \(tcc.finished.count) recent finished"
             }
