@@ -134,6 +134,29 @@ final class OnePhaseWindowTests: XCTestCase {
         XCTAssertEqual(r.onePhaseWindows.windows, [])
     }
 
+    func testADamagedWindowRecordIsRefusedNotRead() {
+        // Checksummed records only reach the decoder whole, but a record written by something
+        // else must not become a window that covers the wrong txids (or trips a precondition).
+        func payload(_ from: String, _ through: String) -> [UInt8] {
+            var w = ByteWriter()
+            w.string(from)
+            w.string(through)
+            return w.bytes
+        }
+        for (from, through, why) in [("0a1b2c3d-1-9", "0a1b2c3d-1-2", "bad one-phase window"),
+                                      ("0a1b2c3d-1-1", "00000001-1-2", "bad one-phase window"),
+                                      ("0a1b2c3d-1-1", "not a txid", "bad one-phase window txid")] {
+            XCTAssertThrowsError(try CoordinatorRecordCoding.decode(type: CoordinatorRecordCoding.onePhaseWindowType, payload: payload(from, through))) {
+                XCTAssertTrue("\($0)".contains(why), "\($0)")
+            }
+        }
+        var tooMany = ByteWriter()
+        tooMany.u32(UInt32(Limits.onePhaseWindowsKept + 1))
+        var r = ByteReader(tooMany.bytes)
+        var windows = OnePhaseWindows()
+        XCTAssertThrowsError(try windows.readTrailing(&r), "a snapshot claiming more windows than are ever kept")
+    }
+
     func testWindowsMergeAndStayBounded() {
         func t(_ epoch: UInt64, _ seq: UInt64) -> TxID { TxID(coordinatorID: "0a1b2c3d", epoch: epoch, sequence: seq) }
         var w = OnePhaseWindows()
