@@ -19,7 +19,19 @@ public func makeOutboxSink(url: String, stream: String = "cohort-outbox", loop: 
 /// Refuses a sink address `makeOutboxSink` cannot use, without connecting to it (the programs'
 /// flags are checked before anything starts).
 public func checkOutboxSinkURL(_ url: String) throws {
-    if url.hasPrefix("http://") { return }
+    if url.hasPrefix("http://") {
+        guard isCallableHTTPURL(url) else {
+            throw OutboxSinkURLError(description: "sink \"\(url.prefix(200))\" is not an http://HOST[:PORT]/PATH URL (port 1-65535)")
+        }
+        // The relay posts to the URL as given. An empty path segment (a trailing or doubled
+        // slash) is answered 404 by servers (`HTTPRequest.hasEmptySegment`, the consumer's
+        // too): every batch would fail until its messages were dead-lettered.
+        let path = url.dropFirst("http://".count).drop { $0 != "/" }
+        if path.isEmpty || path.hasSuffix("/") || path.contains("//") {
+            throw OutboxSinkURLError(description: "sink \"\(url.prefix(200))\" has \(path.isEmpty ? "no path" : "an empty path segment"): give the inbox endpoint, e.g. http://127.0.0.1:7300/v1/inbox")
+        }
+        return
+    }
     if url.hasPrefix("redis://") {
         _ = try parseRedisURL(url)
         return

@@ -465,6 +465,14 @@ final class BadInputTests: XCTestCase {
             let r = try runToCompletion(bin.appendingPathComponent(program), ["--db", dir + "/p.db", "--sink", "ftp://x", "--check-flags"])
             XCTAssertEqual(r.status, 2, "\(program): \(r.stderr)")
             XCTAssertTrue(r.stderr.hasPrefix("error: --sink: sink must be http://"), "\(program): \(r.stderr)")
+            // An HTTP sink every post to which would be answered 404, or that cannot be reached.
+            for (sink, why) in [("http://127.0.0.1:7300/v1/inbox/", "an empty path segment"), ("http://127.0.0.1:7300//v1/inbox", "an empty path segment"),
+                                ("http://127.0.0.1:7300", "no path"), ("http://127.0.0.1:99999/v1/inbox", "is not an http://HOST[:PORT]/PATH URL"),
+                                ("http:///v1/inbox", "is not an http://HOST[:PORT]/PATH URL")] {
+                let s = try runToCompletion(bin.appendingPathComponent(program), ["--db", dir + "/p.db", "--sink", sink, "--check-flags"])
+                XCTAssertEqual(s.status, 2, "\(program) \(sink): \(s.stderr)")
+                XCTAssertTrue(s.stderr.hasPrefix("error: --sink: sink \"\(sink)\"") && s.stderr.contains(why), "\(program) \(sink): \(s.stderr)")
+            }
         }
     }
 
