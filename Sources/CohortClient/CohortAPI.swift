@@ -237,7 +237,6 @@ public final class CohortAPI {
         branches.isEmpty ? [] : NamedBranches(branches: branches).wireJSON
     }
 
-    /// `GET /v1/transactions/{txid}`; nil for 404 (unknown).
     /// What a transaction's branches at `agentURLs` say, for a txid the coordinator answers 410
     /// (it no longer knows the outcome: a forgotten commit, or a one-phase commit lost in its
     /// restart; the answer says to read the participants): "committed" if a branch committed,
@@ -260,6 +259,7 @@ public final class CohortAPI {
         return allAborted ? "aborted" : nil
     }
 
+    /// `GET /v1/transactions/{txid}`; nil for 404 (unknown).
     public func transaction(_ txid: String) throws -> TransactionView? {
         let r = try raw("GET", coordinatorURL + "/v1/transactions/\(txid)")
         if r.status == 404 { return nil }

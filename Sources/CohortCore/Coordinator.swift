@@ -299,6 +299,8 @@ public struct Coordinator {
         public var requestID: String?
 
         func branchIndex(_ name: String) -> Int? { branches.firstIndex { $0.participant.name == name } }
+        /// A one-phase commit asked for and not sent yet: it waits for a durable one-phase window.
+        var awaitsOnePhaseWindow: Bool { state == .preparing && onePhase && branches.allSatisfy { $0.state == .registered } }
     }
 
     public struct Stats: Sendable {
@@ -1057,8 +1059,7 @@ public struct Coordinator {
         awaitingOnePhaseWindow = []
         var actions: [Action] = []
         for txid in waiting {
-            guard var tx = open[txid], tx.state == .preparing, tx.onePhase,
-                  tx.branches.allSatisfy({ $0.state == .registered }) else { continue }
+            guard var tx = open[txid], tx.awaitsOnePhaseWindow else { continue }
             if windowRefused {
                 tx.onePhase = false
                 tx.events.append(TimelineEvent(atMs: nowMs, event: "one-phase-window-refused", participant: nil, detail: "commits in two phases"))
@@ -1110,7 +1111,7 @@ public struct Coordinator {
             return decideAbort(txid, reason: "aborted by client", nowMs: nowMs) + [.reply(request, .outcome(txid, .aborted, reason: "aborted by client"))]
         case .preparing where !tx.onePhase:
             return decideAbort(txid, reason: "aborted by client", nowMs: nowMs) + [.reply(request, .outcome(txid, .aborted, reason: "aborted by client"))]
-        case .preparing where tx.branches.allSatisfy({ $0.state == .registered }):
+        case .preparing where tx.awaitsOnePhaseWindow:
             // A one-phase commit still waiting for its window: nothing went out, so it can still
             // abort (and its branch is told, as in two phases).
             tx.onePhase = false
@@ -1723,8 +1724,7 @@ public enum CoordinatorRecordCoding {
             w.string(requestID)
             return (submissionType, w.bytes)
         case .onePhaseWindow(let window):
-            w.string(window.from.description)
-            w.string(window.through.description)
+            OnePhaseWindows.encodeWindow(window, &w)
             return (onePhaseWindowType, w.bytes)
         }
     }

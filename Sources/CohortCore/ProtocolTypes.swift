@@ -296,10 +296,13 @@ public struct OnePhaseWindows: Equatable, Sendable {
 
     public func encode(_ w: inout ByteWriter) {
         w.u32(UInt32(windows.count))
-        for window in windows {
-            w.string(window.from.description)
-            w.string(window.through.description)
-        }
+        for window in windows { Self.encodeWindow(window, &w) }
+    }
+
+    /// One window, as a snapshot holds it and as its log record's payload.
+    public static func encodeWindow(_ window: OnePhaseWindow, _ w: inout ByteWriter) {
+        w.string(window.from.description)
+        w.string(window.through.description)
     }
 
     /// Reads what `encode` wrote at the end of a snapshot, if the snapshot has it (those

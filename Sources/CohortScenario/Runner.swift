@@ -793,8 +793,9 @@ final class ScenarioRun: @unchecked Sendable {
             case .committedMeansCommitted:
                 var bad: [String] = []
                 var badTx: [String] = []
-                // 410: finished before the last 10,000 the coordinator keeps; it can no longer
-                // say (atomicity still checks such a transfer against the balances).
+                // 410: the coordinator can no longer say (it finished before the last 10,000 the
+                // coordinator keeps, or committed in one phase before a restart); atomicity still
+                // checks such a transfer against the balances.
                 var forgotten = 0
                 for t in outcomes where t.outcome == .committed && !t.resolved {
                     let state: String
@@ -808,7 +809,7 @@ final class ScenarioRun: @unchecked Sendable {
                     }
                 }
                 let n = outcomes.filter { $0.outcome == .committed }.count
-                let kept = forgotten == 0 ? "" : " (\(forgotten) of them finished too long ago for the coordinator to keep: 410)"
+                let kept = forgotten == 0 ? "" : " (\(forgotten) of them no longer known to the coordinator: 410)"
                 checks.append(CheckResult(name: "committed_means_committed", ok: bad.isEmpty,
                                           detail: bad.isEmpty ? "\(n) committed transactions are committed at the coordinator\(kept)" : bad.prefix(5).joined(separator: "; "),
                                           txids: Array(badTx.prefix(10))))
