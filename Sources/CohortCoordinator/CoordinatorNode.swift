@@ -146,6 +146,12 @@ public final class CoordinatorNode {
         metrics.sample("cohort_transactions_total", type: "counter", help: "Transactions decided, by outcome", labels: "outcome=\"aborted\"") { [unowned self] in Double(self.machine.stats.aborted + self.tcc.stats.aborted) }
         metrics.sample("cohort_in_doubt", help: "Unfinished transactions at this coordinator") { [unowned self] in Double(self.machine.unfinishedCount + self.tcc.unfinishedCount) }
         metrics.sample("cohort_parked", help: "Transactions past their retry budget (still retried, slowly)") { [unowned self] in Double(self.machine.parkedCount + self.tcc.parkedCount) }
+        metrics.sample("cohort_committed_submissions_kept", help: "request_ids of committed submissions remembered after their transactions were forgotten (a resend is answered, not run again)") { [unowned self] in Double(self.machine.committedSubmissions.count) }
+        metrics.sample("cohort_committed_submissions_dropped_total", type: "counter", help: "Committed submissions' request_ids let go past --submissions-kept (a resend of one would run again)") { [unowned self] in Double(self.machine.committedSubmissions.droppedCount) }
+        metrics.sample("cohort_committed_submissions_oldest_age_seconds", help: "How long ago the oldest remembered committed submission finished: resends younger than this are answered from memory") { [unowned self] in
+            guard let oldest = self.machine.committedSubmissions.oldestFinishedAtMs else { return 0 }
+            return Double(max(0, self.environment.wallMs - oldest)) / 1000
+        }
         metrics.sample("cohort_open_transactions", help: "Transactions begun and not finished") { [unowned self] in Double(self.machine.unfinishedCount) }
         metrics.sample("cohort_batch_capable_peers", help: "Participant URLs the coordinator sends batches to (at most \(Limits.batchCapablePeersMax))") { [unowned self] in Double(self.batchCapable.count) }
         log.onDurable = { [weak self] lsn in

@@ -25,6 +25,9 @@ public final class CoordinatorServer: RunnableServer {
         public var retryBudgetAttempts = Limits.retryBudgetAttempts
         public var retryBudgetMs = Limits.retryBudgetMs
         public var parkedRetryDelayMs = Limits.parkedRetryDelayMs
+        /// Finished transactions kept whole, and committed submissions' request_ids kept after.
+        public var finishedTransactionsKept = Limits.finishedTransactionsKept
+        public var committedSubmissionsKept = Limits.committedSubmissionsKept
 
         public init(dataDirectory: String) { self.dataDirectory = dataDirectory }
     }
@@ -72,6 +75,8 @@ public final class CoordinatorServer: RunnableServer {
         config.retryBudgetAttempts = options.retryBudgetAttempts
         config.retryBudgetMs = options.retryBudgetMs
         config.parkedRetryDelayMs = options.parkedRetryDelayMs
+        config.finishedTransactionsKept = options.finishedTransactionsKept
+        config.committedSubmissionsKept = options.committedSubmissionsKept
         var clientConfig = HTTPClientConfig()
         clientConfig.bearerToken = options.token
         client = HTTPClient(loop: loop, config: clientConfig)

@@ -23,6 +23,8 @@ public struct Coordinator {
         public var retryDelayMsMin = Limits.retryDelayMsMin
         public var retryDelayMsMax = Limits.retryDelayMsMax
         public var finishedTransactionsKept = Limits.finishedTransactionsKept
+        /// request_ids of committed submissions remembered past `finishedTransactionsKept`.
+        public var committedSubmissionsKept = Limits.committedSubmissionsKept
         /// Commit a transaction with a single branch in one phase (no prepare round, no
         /// coordinator log record): the participant's own commit record is the decision.
         public var onePhaseCommit = true
@@ -343,6 +345,8 @@ public struct Coordinator {
     private var submissions: [String: TxID] = [:]
     /// request_ids read from the log whose transaction's decision has not been read yet.
     private var recoveredSubmissions: [TxID: String] = [:]
+    /// request_ids of committed submissions no longer in `finished` (kept in snapshots).
+    public private(set) var committedSubmissions: CommittedSubmissions
 
     /// Open transactions past their retry budget.
     public var parkedCount: Int { open.values.reduce(0) { $0 + ($1.parked ? 1 : 0) } }
@@ -351,6 +355,7 @@ public struct Coordinator {
         self.config = config
         self.epoch = config.epoch
         self.rng = SplitMix64(seed: config.seed)
+        self.committedSubmissions = CommittedSubmissions(capacity: config.committedSubmissionsKept)
     }
 
     // MARK: - recovery
@@ -374,13 +379,16 @@ public struct Coordinator {
                 }
             }
             let forcedCount = try r.u32()
-            guard forcedCount <= UInt32(config.finishedTransactionsKept + Limits.operatorOutcomesKept) else { throw DecodeError("\(forcedCount) forced outcomes") }
+            // Bounds from the most any configuration keeps, not this one's: a coordinator
+            // restarted with a smaller `--finished-kept` reads what the larger one wrote.
+            let finishedKeptMax = max(config.finishedTransactionsKept, Limits.finishedTransactionsKeptMax)
+            guard forcedCount <= UInt32(finishedKeptMax + Limits.operatorOutcomesKept) else { throw DecodeError("\(forcedCount) forced outcomes") }
             for _ in 0..<forcedCount {
                 let txid = try CoordinatorRecordCoding.decodeTxID(&r)
                 rememberOperatorOutcome(txid, try r.bool() ? .committed : .aborted)
             }
             let committedCount = try r.u32()
-            guard committedCount <= UInt32(config.finishedTransactionsKept) else { throw DecodeError("\(committedCount) recent commits") }
+            guard committedCount <= UInt32(finishedKeptMax) else { throw DecodeError("\(committedCount) recent commits") }
             for _ in 0..<committedCount {
                 let txid = try CoordinatorRecordCoding.decodeTxID(&r)
                 var tx = Transaction(txid: txid, state: .committed, createdAtMs: try r.i64(), timeoutMs: 0)
@@ -407,16 +415,24 @@ public struct Coordinator {
             // Submissions' request_ids (absent in snapshots written before submit existed).
             if !r.isAtEnd {
                 let submissionCount = try r.u32()
-                guard submissionCount <= UInt32(config.finishedTransactionsKept + config.openTransactionsMax) else {
+                guard submissionCount <= UInt32(finishedKeptMax + config.openTransactionsMax) else {
                     throw DecodeError("\(submissionCount) submissions")
                 }
                 for _ in 0..<submissionCount {
                     let txid = try CoordinatorRecordCoding.decodeTxID(&r)
-                    rememberSubmission(try r.string(maxCount: Limits.requestIDBytesMax), txid)
+                    let requestID = try r.string(maxCount: Limits.requestIDBytesMax)
+                    if open[txid] == nil && finished[txid] == nil {
+                        // Listed, so committed, and pushed out of `finished` while loading by a
+                        // smaller `finishedTransactionsKept` than the writer's.
+                        committedSubmissions.add(requestID, .init(txid: txid, finishedAtMs: nowMs))
+                    } else {
+                        rememberSubmission(requestID, txid)
+                    }
                 }
             }
             try forgottenCommits.readTrailing(&r)
             try onePhaseWindows.readTrailing(&r)
+            try committedSubmissions.readTrailing(&r)
         }
         for (type, payload) in records {
             let record = try CoordinatorRecordCoding.decode(type: type, payload: payload)
@@ -472,7 +488,13 @@ public struct Coordinator {
             onePhaseWindows.add(window)
         case .commitDecision(let txid, let participants, let decidedAtMs):
             var tx = Transaction(txid: txid, state: .committing, createdAtMs: decidedAtMs, timeoutMs: 0)
-            if let earlier = open[txid] { tx.commitProtocol = earlier.commitProtocol }
+            if let earlier = open[txid] {
+                // A 3PC transaction learned committed after a restart: its pre-commit record
+                // came first. Keep its request_id, or the transaction would be forgotten
+                // without it and a resend of the submission run again.
+                tx.commitProtocol = earlier.commitProtocol
+                tx.requestID = earlier.requestID
+            }
             tx.outcome = .committed
             tx.decidedAtMs = decidedAtMs
             tx.branches = participants.map { Branch(participant: $0, state: .commitSent, vote: .yes) }
@@ -625,6 +647,9 @@ public struct Coordinator {
         if let asked = onePhaseWindowAsked { windows.add(asked) }
         windows.drop(through: forgottenCommits.through)
         windows.encode(&w)
+        // Committed submissions whose transactions were forgotten (absent in snapshots written
+        // before this memory existed).
+        committedSubmissions.encode(&w)
         return w.bytes
     }
 
@@ -839,6 +864,10 @@ public struct Coordinator {
                 if let done = finished[earlier] {
                     return [.reply(request, .outcome(earlier, done.outcome ?? .aborted, reason: done.reason))]
                 }
+            }
+            if let gone = committedSubmissions.lookup(requestID) {
+                // Committed and forgotten as a transaction since: still never a second run.
+                return [.reply(request, .outcome(gone.txid, .committed, reason: nil))]
             }
         }
         guard !branches.isEmpty, branches.count <= config.branchesPerTransactionMax else {
@@ -1351,6 +1380,9 @@ public struct Coordinator {
                 if gone.outcome == .committed { forgottenCommits.forget(gone.txid) }
                 if let requestID = gone.requestID, submissions[requestID] == gone.txid {
                     submissions.removeValue(forKey: requestID)
+                    if gone.outcome == .committed {
+                        committedSubmissions.add(requestID, .init(txid: gone.txid, finishedAtMs: gone.finishedAtMs ?? gone.createdAtMs))
+                    }
                 }
             }
             finishedOrderHead += 1

@@ -256,6 +256,15 @@ public enum Limits {
     public static let heuristicReportAttemptsMax = 5
     /// Finished transactions remembered for `GET /v1/transactions/{txid}` and listing.
     public static let finishedTransactionsKept = 10_000
+    /// The most `cohortd --finished-kept` takes: each is a whole transaction (branches,
+    /// timeline), a few KB.
+    public static let finishedTransactionsKeptMax = 100_000
+    /// request_ids of committed submissions remembered after their transactions are forgotten
+    /// (`CommittedSubmissions`), so a resend is answered "committed" rather than run again: at
+    /// 3,000 submissions a second about 33 s, at 100 a second 17 minutes. About 100 bytes each
+    /// in memory, 60 in a checkpoint (`cohortd --submissions-kept`, up to the max).
+    public static let committedSubmissionsKept = 100_000
+    public static let committedSubmissionsKeptMax = 1_000_000
     /// Txids one forced one-phase window record covers (OnePhaseWindows): one record per this
     /// many transactions, and after a restart at most this many unknown txids of the epoch
     /// before read 410 rather than 404.

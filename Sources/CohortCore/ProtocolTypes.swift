@@ -325,3 +325,107 @@ public struct OnePhaseWindows: Equatable, Sendable {
         return OnePhaseWindow(from: from, through: through)
     }
 }
+
+/// request_ids of committed submissions whose transactions the coordinator no longer keeps
+/// (pushed out of its last `finishedTransactionsKept`), so that a resend is answered
+/// "committed" instead of running its work a second time.
+///
+/// The finished transactions alone made that memory a count of transactions, not a time: at
+/// 3,000 submissions a second the 10,000 kept last about 3 s, and a client that resent after a
+/// 5 s timeout ran its work twice. Each entry here is a few dozen bytes instead of a whole
+/// transaction, so the default keeps ten times as many (`Limits.committedSubmissionsKept`).
+/// Aborted submissions need no memory: their work never applied, so running a resend applies
+/// it once. Bounded: past `capacity` the oldest go (`droppedCount`), and `oldestFinishedAtMs`
+/// tells an operator how far back the memory reaches.
+public struct CommittedSubmissions: Sendable {
+    public struct Entry: Equatable, Sendable {
+        public let txid: TxID
+        public let finishedAtMs: Int64
+        public init(txid: TxID, finishedAtMs: Int64) {
+            self.txid = txid
+            self.finishedAtMs = finishedAtMs
+        }
+    }
+
+    public let capacity: Int
+    private var byRequestID: [String: Entry] = [:]
+    /// Oldest first from `head`; a request_id re-added later appears twice, and only the
+    /// position that matches its entry's txid counts.
+    private var order: [(requestID: String, txid: TxID)] = []
+    private var head = 0
+    /// Entries pushed out by `capacity` (not counting ones read back from a snapshot).
+    public private(set) var droppedCount: UInt64 = 0
+
+    public init(capacity: Int) {
+        precondition(capacity >= 0 && capacity <= Limits.committedSubmissionsKeptMax, "committed submissions kept: \(capacity)")
+        self.capacity = capacity
+    }
+
+    public var count: Int { byRequestID.count }
+
+    public func lookup(_ requestID: String) -> Entry? { byRequestID[requestID] }
+
+    /// When the oldest entry's transaction finished; nil when empty.
+    public var oldestFinishedAtMs: Int64? {
+        for i in head..<order.count {
+            let (requestID, txid) = order[i]
+            if let e = byRequestID[requestID], e.txid == txid { return e.finishedAtMs }
+        }
+        return nil
+    }
+
+    public mutating func add(_ requestID: String, _ entry: Entry) {
+        guard capacity > 0 else {
+            droppedCount += 1
+            return
+        }
+        byRequestID[requestID] = entry
+        order.append((requestID, entry.txid))
+        while byRequestID.count > capacity {
+            let (oldest, txid) = order[head]
+            head += 1
+            if byRequestID[oldest]?.txid == txid {
+                byRequestID.removeValue(forKey: oldest)
+                droppedCount += 1
+            }
+        }
+        if head > 4096 && head * 2 > order.count {
+            order.removeFirst(head)
+            head = 0
+        }
+    }
+
+    /// Oldest first, as `readTrailing` adds them back.
+    public func encode(_ w: inout ByteWriter) {
+        var live: [(String, Entry)] = []
+        live.reserveCapacity(byRequestID.count)
+        for i in head..<order.count {
+            let (requestID, txid) = order[i]
+            if let e = byRequestID[requestID], e.txid == txid { live.append((requestID, e)) }
+        }
+        w.u32(UInt32(live.count))
+        for (requestID, e) in live {
+            w.string(e.txid.description)
+            w.string(requestID)
+            w.i64(e.finishedAtMs)
+        }
+    }
+
+    /// Reads what `encode` wrote at the end of a snapshot, if the snapshot has it (those
+    /// written before this memory existed end earlier). A smaller `capacity` than the writer's
+    /// keeps the newest.
+    public mutating func readTrailing(_ r: inout ByteReader) throws {
+        guard !r.isAtEnd else { return }
+        let count = try r.u32()
+        guard count <= UInt32(Limits.committedSubmissionsKeptMax) else { throw DecodeError("\(count) committed submissions") }
+        let dropped = droppedCount
+        for _ in 0..<count {
+            let s = try r.string(maxCount: Limits.txidBytesMax)
+            guard let txid = TxID(s) else { throw DecodeError("bad committed-submission txid \(s.prefix(80))") }
+            let requestID = try r.string(maxCount: Limits.requestIDBytesMax)
+            guard !requestID.isEmpty else { throw DecodeError("empty request_id of committed submission \(txid)") }
+            add(requestID, Entry(txid: txid, finishedAtMs: try r.i64()))
+        }
+        droppedCount = dropped
+    }
+}

@@ -588,7 +588,7 @@ public struct TCCCoordinator {
             guard try r.u8() == 1 else { throw DecodeError("unknown TCC snapshot version") }
             for isOpen in [true, false] {
                 let count = try r.u32()
-                guard count <= UInt32(config.openTransactionsMax * 2 + config.finishedTransactionsKept) else { throw DecodeError("\(count) TCC transactions in a snapshot") }
+                guard count <= UInt32(config.openTransactionsMax * 2 + max(config.finishedTransactionsKept, Limits.finishedTransactionsKeptMax)) else { throw DecodeError("\(count) TCC transactions in a snapshot") }
                 for _ in 0..<count {
                     let tx = try TCCRecordCoding.decodeTransaction(&r)
                     maxEpochSeen = max(maxEpochSeen, tx.txid.epoch)

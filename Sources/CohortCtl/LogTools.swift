@@ -360,6 +360,10 @@ public enum LogTools {
             if !windows.isEmpty {
                 s += ", \(windows.count) one-phase window\(windows.count == 1 ? "" : "s") (the newest \(windows.last!.from) through \(windows.last!.through))"
             }
+            let kept = coordinator.committedSubmissions.count
+            if kept > 0 {
+                s += ", \(kept) committed submission\(kept == 1 ? "" : "s") remembered past \(kept == 1 ? "its transaction" : "their transactions")"
+            }
             if let tcc {
                 s += "; TCC: \(tcc.open.count) open, \(tcc.finished.count) recent finished"
             }
@@ -372,7 +376,11 @@ public enum LogTools {
     /// A coordinator's checkpoint recovered as the coordinator does (its TCC part, when present).
     static func coordinatorCheckpoint(_ payload: [UInt8]) throws -> (Coordinator, TCCCoordinator?) {
         let parts = try CoordinatorSnapshotContainer.unpack(payload)
-        var coordinator = Coordinator(config: Coordinator.Config(coordinatorID: "00000000", epoch: 0))
+        var config = Coordinator.Config(coordinatorID: "00000000", epoch: 0)
+        // Keep all a checkpoint holds, whatever the flags of the coordinator that wrote it.
+        config.finishedTransactionsKept = Limits.finishedTransactionsKeptMax
+        config.committedSubmissionsKept = Limits.committedSubmissionsKeptMax
+        var coordinator = Coordinator(config: config)
         _ = try coordinator.recover(snapshot: parts.coordinator, records: [], nowMs: 0)
         guard let tccBytes = parts.tcc else { return (coordinator, nil) }
         var tcc = TCCCoordinator()

@@ -235,15 +235,26 @@ final class SimClient {
                                         .init(participant: $0, url: "http://\($0):1",
                                               ops: .array([.object([("op", .string("set")), ("key", .string(marker)), ("value", .int(1))])]))
                                     }, requestID: marker)
-        call("POST", "http://coordinator:1/v1/transactions/submit", request.wireJSON) { [unowned self] status, body in
-            if status == 200, let answer = try? OutcomeResponse(wireJSON: body), let outcome = Outcome(rawValue: answer.outcome) {
-                self.transfers[i].txid = answer.txid
-                self.transfers[i].reported = outcome
-                if outcome == .committed { self.committed += 1 } else { self.aborted += 1; self.abortReasons["submit: \(answer.reason ?? "?")".prefix(40).description, default: 0] += 1 }
+        // No answer: resent with the same request_id, as a real client would, some 0.1-1 s
+        // later (by then, in runs that keep few finished transactions, the first is often
+        // forgotten as a transaction). The answer is the first run's outcome, or, if that never
+        // reached a decision, a second run's; never both applied.
+        func send(attempt: Int) {
+            call("POST", "http://coordinator:1/v1/transactions/submit", request.wireJSON) { [unowned self] status, body in
+                if status == 200, let answer = try? OutcomeResponse(wireJSON: body), let outcome = Outcome(rawValue: answer.outcome) {
+                    self.transfers[i].txid = answer.txid
+                    self.transfers[i].reported = outcome
+                    if outcome == .committed { self.committed += 1 } else { self.aborted += 1; self.abortReasons["submit: \(answer.reason ?? "?")".prefix(40).description, default: 0] += 1 }
+                } else if attempt < 3 {
+                    return self.simulation.schedule(afterUs: 100_000 + self.simulation.random(900_000), "\(self.name) resends \(marker)") {
+                        send(attempt: attempt + 1)
+                    }
+                }
+                // Still no answer: unknown to this client; the final check reads the markers.
+                self.next()
             }
-            // No answer: unknown to this client; the final check reads the markers.
-            self.next()
         }
+        send(attempt: 1)
     }
 
     /// Work failed: give up on this transfer. Nothing was committed, so it is reported aborted

@@ -50,6 +50,10 @@ public final class Simulation {
         /// Share of the interactive transfers that stay within the first agent (both accounts
         /// there): a single-branch transaction, which 2PC commits in one phase.
         public var oneBranchPercent = 0
+        /// Finished transactions the coordinator keeps, drawn small in some runs with
+        /// submissions: a client resending a lost submission then often finds its transaction
+        /// forgotten, and only the committed-submission memory keeps the work from running twice.
+        public var finishedKept: Int?
         /// Set for a TCC run (`--protocol tcc`): its own faults; the clients run TCC orders
         /// against inventory services instead of 2PC/3PC transfers against agents.
         public var tcc: TCCFaults?
@@ -65,7 +69,8 @@ public final class Simulation {
                 " fsync-fail \(fsyncFailurePercent)% partitions \(partitions ? (agentLinks ? "on (agent links too)" : "on") : "off")" +
                 (lateThreePhasePercent > 0 ? " late-3pc \(lateThreePhasePercent)%" : "") +
                 (preCommitCrashPercent > 0 ? " precommit-crash \(preCommitCrashPercent)%" : "") + " submit \(submitPercent)% named \(namedPercent)%" +
-                (oneBranchPercent > 0 ? " one-branch \(oneBranchPercent)%" : "")
+                (oneBranchPercent > 0 ? " one-branch \(oneBranchPercent)%" : "") +
+                (finishedKept.map { " finished-kept \($0)" } ?? "")
         }
 
         public var protocolName: String {
@@ -99,6 +104,7 @@ public final class Simulation {
             f.submitPercent = [0, 50, 100][Int(rng.next() % 3)]
             f.namedPercent = [0, 50, 100][Int(rng.next() % 3)]
             f.oneBranchPercent = [0, 0, 30][Int(rng.next() % 3)]
+            if f.submitPercent > 0 && rng.next() % 2 == 0 { f.finishedKept = 8 }
             return f
         }
 
@@ -127,6 +133,7 @@ public final class Simulation {
                 f.agentLinks = true
                 f.lateThreePhasePercent = [0, 5, 20][Int(rng.next() % 3)]
             }
+            if f.submitPercent > 0 && rng.next() % 2 == 0 { f.finishedKept = 8 }
             return f
         }
 
@@ -184,11 +191,15 @@ public final class Simulation {
         /// Finished transactions the coordinator remembers; tests lower it so that a short run
         /// outlives the oldest, as a long one does with the default.
         public var finishedTransactionsKept = Limits.finishedTransactionsKept
+        /// Committed submissions' request_ids kept past those; tests set 0 to show the check
+        /// catches a resent submission run twice.
+        public var committedSubmissionsKept = Limits.committedSubmissionsKept
 
         public init(seed: UInt64) {
             self.seed = seed
             var rng = SplitMix64(seed: seed ^ 0xFA17_5EED)
             faults = Faults.draw(&rng)
+            finishedTransactionsKept = faults.finishedKept ?? Limits.finishedTransactionsKept
         }
 
         public init(seed: UInt64, workload: Workload) {
@@ -204,6 +215,7 @@ public final class Simulation {
                 // Room for several termination rounds (2 s timeout) inside the fault phase.
                 faultPhaseUs = 10_000_000
             }
+            finishedTransactionsKept = faults.finishedKept ?? Limits.finishedTransactionsKept
         }
     }
 

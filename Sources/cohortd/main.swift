@@ -20,12 +20,18 @@ The Cohort coordinator: drives two-phase commit (presumed abort) over participan
   --retry-budget DURATION      ... or this long after its commit decision, at least 1s (default 60s)
   --parked-retry-delay DURATION  how often a parked transaction is still retried, at least 1s
                                (default 30s)
+  --finished-kept N            finished transactions kept whole for GET and listing,
+                               1-100000 (default 10000)
+  --submissions-kept N         request_ids of committed submissions kept after their
+                               transactions, so a resend is answered, not run again,
+                               0-1000000 (default 100000)
 \(ServerMain.sharedFlagsUsage)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list, COHORT_FAULT=fsync-fail[:K]
 """
 
 exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage: usage,
-                     valued: ["data", "port", "host", "token-file", "checkpoint-after-bytes", "checkpoint-interval", "retry-budget-attempts", "retry-budget", "parked-retry-delay"],
+                     valued: ["data", "port", "host", "token-file", "checkpoint-after-bytes", "checkpoint-interval", "retry-budget-attempts", "retry-budget", "parked-retry-delay",
+                              "finished-kept", "submissions-kept"],
                      booleans: ["help", "no-one-phase"], crashPoints: CoordinatorServer.crashPoints,
                      say: { print($0); fflush(stdout) }, warn: { StandardStream.err(($0 + "\n")) }) { args in
     var options = CoordinatorServer.Options(dataDirectory: try args.required("data"))
@@ -49,6 +55,8 @@ exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage:
         guard ms >= Limits.parkedRetryDelayMsMin else { throw UsageError("--parked-retry-delay must be at least \(TimeFormat.duration(ms: Limits.parkedRetryDelayMsMin)), got \(args.string("parked-retry-delay")!)") }
         options.parkedRetryDelayMs = ms
     }
+    if let n = try args.int("finished-kept", range: 1...Limits.finishedTransactionsKeptMax) { options.finishedTransactionsKept = n }
+    if let n = try args.int("submissions-kept", range: 0...Limits.committedSubmissionsKeptMax) { options.committedSubmissionsKept = n }
     options.token = try loadToken(file: args.string("token-file"))
     return (options.host, { loop, onFatal in try CoordinatorServer(options: options, loop: loop, onFatal: onFatal) })
 })

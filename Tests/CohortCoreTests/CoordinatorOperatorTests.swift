@@ -348,7 +348,8 @@ final class CoordinatorForgottenCommitTests: XCTestCase {
         XCTAssertNil(replayed.forgottenRefusal(TxID(coordinatorID: "0a1b2c3d", epoch: 1, sequence: 200)))
         // A snapshot from before the mark existed (nothing after the request_ids) still reads.
         var old = c.snapshot()
-        old.removeLast(4)  // the one-phase windows' count (none), which came later still
+        old.removeLast(4)  // the committed submissions' count (none), which came last
+        old.removeLast(4)  // the one-phase windows' count (none), which came before it
         old.removeLast(1 + 4 + ids[1].description.utf8.count)  // bool, u32 length, text
         var fromOld = Coordinator(config: restartedConfig)
         XCTAssertNoThrow(try fromOld.recover(snapshot: old, records: [], nowMs: 10))

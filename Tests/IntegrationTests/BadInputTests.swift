@@ -395,6 +395,11 @@ final class BadInputTests: XCTestCase {
             ("cohortd", ["--data", dir + "/c", "--port", "0", "--data", dir + "/c2"]),
             ("cohortd", ["--data", dir + "/c", "--port", "0", "--checkpoint-interval", "500ms"]),
             ("cohortd", ["--data", dir + "/c", "--port", "0", "--checkpoint-interval", "11m"]),
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--finished-kept", "0"]),
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--finished-kept", "100001"]),
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--submissions-kept", "-1"]),
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--submissions-kept", "1000001"]),
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--submissions-kept", "lots"]),
         ]
         for (program, args) in cases {
             let r = try runToCompletion(bin.appendingPathComponent(program), args)

@@ -43,6 +43,48 @@ final class SubmitTests: XCTestCase {
         XCTAssertEqual(try api.kv(a, "x"), .int(69))
     }
 
+    /// A resend of a committed submission after the coordinator forgot its transaction (here
+    /// after one newer finished one, `--finished-kept 1`) and after a kill -9 and restart: the
+    /// answer is the first run's outcome and txid, and the money moved once. Before committed
+    /// submissions were remembered apart from their transactions it ran the transfer again.
+    func testAResendAfterTheTransactionIsForgottenAndTheCoordinatorKilledRunsNothing() throws {
+        let cluster = try startCluster(agents: 2, coordinatorArguments: ["--finished-kept", "1", "--submissions-kept", "1000",
+                                                                          "--checkpoint-after-bytes", "4096"])
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        let (a, b) = (cluster.url("a"), cluster.url("b"))
+        XCTAssertEqual(try api.submit([("a", a, [.set("x", 100)]), ("b", b, [.set("y", 0)])]).outcome, "committed")
+        let move: [(participant: String, url: String, ops: [WorkOp])] = [("a", a, [.add("x", -30, min: 0)]), ("b", b, [.add("y", 30)])]
+        let first = try api.submit(move, requestID: "pay-once")
+        XCTAssertEqual(first.outcome, "committed")
+        for i in 0..<3 {
+            XCTAssertEqual(try api.submit([("a", a, [.set("n\(i)", 1)]), ("b", b, [.set("n\(i)", 1)])]).outcome, "committed")
+        }
+        XCTAssertTrue(try eventually { try api.raw("GET", cluster.coordinatorURL + "/v1/transactions/" + first.txid).status == 410 },
+                      "the first transfer was never forgotten")
+        func resendIsAnswered(_ when: String) throws {
+            let again = try api.submit(move, requestID: "pay-once")
+            XCTAssertEqual(again.outcome, "committed", when)
+            XCTAssertEqual(again.txid, first.txid, "\(when): the resend ran as a new transaction")
+            XCTAssertEqual(try api.kv(a, "x"), .int(70), when)
+            XCTAssertEqual(try api.kv(b, "y"), .int(30), when)
+        }
+        try resendIsAnswered("in memory")
+        let kept = try api.metrics(cluster.coordinatorURL)["cohort_committed_submissions_kept"]
+        XCTAssertEqual(kept, 1, "only pay-once had a request_id")
+        cluster.kill9("coordinator")
+        _ = try cluster.restart("coordinator", kill: false)
+        try resendIsAnswered("after kill -9, from the log")
+        // Enough transactions for a checkpoint (every 4 KiB of log): the log before it, with
+        // pay-once's records, is gone, so only the checkpoint can still hold the request_id.
+        for i in 0..<60 {
+            XCTAssertEqual(try api.submit([("a", a, [.set("m\(i)", 1)]), ("b", b, [.set("m\(i)", 1)])]).outcome, "committed")
+        }
+        XCTAssertGreaterThan(try api.metrics(cluster.coordinatorURL)["cohort_log_checkpoints_total"] ?? 0, 0)
+        cluster.kill9("coordinator")
+        _ = try cluster.restart("coordinator", kill: false)
+        try resendIsAnswered("after kill -9, from a checkpoint")
+    }
+
     func testRepeatedAndStrayPreparesWithWorkAreNotStagedAgain() throws {
         let cluster = try startCluster(agents: 2)
         let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)

@@ -1,0 +1,33 @@
+import CohortCore
+@testable import CohortSim
+import XCTest
+
+/// The simulation's clients resend a submission left without an answer, with its request_id,
+/// and half the seeds that submit keep only 8 finished transactions at the coordinator. A
+/// resend then often finds its transaction forgotten: the committed-submission memory must
+/// answer it, or the transfer applies twice and the balance check fails.
+final class ResentSubmissionTests: XCTestCase {
+    /// Seeds 2 (2PC) and 11 (classic 3PC) were the runs among 1-60 that applied a transfer twice
+    /// with the memory off.
+    let seeds: [UInt64] = [2, 11]
+
+    func testResentSubmissionsPassWithTheMemory() {
+        for seed in seeds {
+            let config = Simulation.Config(seed: seed)
+            XCTAssertEqual(config.faults.finishedKept, 8, "seed \(seed) no longer draws a small memory of finished transactions")
+            XCTAssertGreaterThan(config.faults.submitPercent, 0)
+            let result = Simulation(config: config).run()
+            XCTAssertNil(result.failure, "seed \(seed): \(result.failure?.message ?? "")")
+        }
+    }
+
+    func testWithoutTheMemoryTheBalanceCheckCatchesATransferAppliedTwice() {
+        for seed in seeds {
+            var config = Simulation.Config(seed: seed)
+            config.committedSubmissionsKept = 0
+            let result = Simulation(config: config).run()
+            XCTAssertTrue(result.failure?.message.hasPrefix("balance of ") ?? false,
+                          "seed \(seed): \(result.failure?.message ?? "passed"): a resend ran its work again and nothing noticed")
+        }
+    }
+}
