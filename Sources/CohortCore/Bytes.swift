@@ -27,7 +27,15 @@ public struct ByteWriter {
         u32(UInt32(v.count))
         bytes.append(contentsOf: v)
     }
-    public mutating func string(_ v: String) { blob(Array(v.utf8)) }
+    /// Straight from the string's UTF-8: an `Array` of it first cost an allocation per string,
+    /// a third of encoding a checkpoint's committed submissions.
+    public mutating func string(_ v: String) {
+        var v = v
+        v.withUTF8 { utf8 in
+            u32(UInt32(utf8.count))
+            bytes.append(contentsOf: utf8)
+        }
+    }
     public mutating func raw(_ v: [UInt8]) { bytes.append(contentsOf: v) }
 }
 

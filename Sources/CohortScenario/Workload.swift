@@ -200,8 +200,9 @@ final class ScenarioWorkload: @unchecked Sendable {
                 (ids[d.j].name, ids[d.j].url, [d.opAtJ]),
             ]
             // Resent with the same request_id until it answers, for a while: the coordinator
-            // remembers a request_id as long as its transaction (the last 10,000 finished), so
-            // a resend much later could run the transfer a second time.
+            // remembers a request_id as long as its transaction and, for a committed one, among
+            // its last 100,000 committed submissions after that; a resend later than both could
+            // run the transfer a second time.
             let resendUntil = ScenarioWorkload.promptDeadline(runEndsAt: deadline)
             var attempt = 0
             while true {
