@@ -261,8 +261,9 @@ public enum Limits {
     public static let finishedTransactionsKeptMax = 100_000
     /// request_ids of committed submissions remembered after their transactions are forgotten
     /// (`CommittedSubmissions`), so a resend is answered "committed" rather than run again: at
-    /// 3,000 submissions a second about 33 s, at 100 a second 17 minutes. About 100 bytes each
-    /// in memory, 60 in a checkpoint (`cohortd --submissions-kept`, up to the max).
+    /// 3,000 submissions a second about 33 s, at 100 a second 17 minutes. About 120 bytes each
+    /// in memory (all taken at the first), 28 and the request_id in a checkpoint
+    /// (`cohortd --submissions-kept`, up to the max).
     public static let committedSubmissionsKept = 100_000
     public static let committedSubmissionsKeptMax = 1_000_000
     /// Txids one forced one-phase window record covers (OnePhaseWindows): one record per this
