@@ -308,6 +308,10 @@ public struct Coordinator {
     public struct Stats: Sendable {
         public var committed: UInt64 = 0
         public var aborted: UInt64 = 0
+        /// Submissions repeated with a known request_id and answered with the first run's
+        /// outcome: while its transaction was kept, and from the committed-submission memory.
+        public var repeatedSubmissions: UInt64 = 0
+        public var repeatedSubmissionsFromMemory: UInt64 = 0
         public init() {}
     }
 
@@ -851,6 +855,7 @@ public struct Coordinator {
             if let earlier = submissions[requestID] {
                 // The same submission again (a client's retry, a duplicating network): the first
                 // one's outcome, never a second run of the work.
+                if open[earlier] != nil || finished[earlier] != nil { stats.repeatedSubmissions += 1 }
                 if var tx = open[earlier] {
                     switch tx.state {
                     case .committing: return [.reply(request, .outcome(earlier, .committed, reason: nil))]
@@ -867,6 +872,8 @@ public struct Coordinator {
             }
             if let gone = committedSubmissions.lookup(requestID) {
                 // Committed and forgotten as a transaction since: still never a second run.
+                stats.repeatedSubmissions += 1
+                stats.repeatedSubmissionsFromMemory += 1
                 return [.reply(request, .outcome(gone.txid, .committed, reason: nil))]
             }
         }

@@ -56,9 +56,15 @@ final class CommittedSubmissionTests: XCTestCase {
         XCTAssertEqual(c.committedSubmissions.count, 2, "pay-1 and other-0 were forgotten with a commit")
         XCTAssertEqual(c.committedSubmissions.oldestFinishedAtMs, 15, "pay-1 finished at its last acknowledgement")
         let before = c.unfinishedCount
+        XCTAssertEqual(c.stats.repeatedSubmissions, 0)
         XCTAssertEqual(resend(&c, "pay-1"), [.reply(7, .outcome(first, .committed, reason: nil))],
                        "a resend after the transaction was forgotten ran its work again")
         XCTAssertEqual(c.unfinishedCount, before, "no new transaction")
+        XCTAssertEqual(c.stats.repeatedSubmissionsFromMemory, 1)
+        // One still kept as a transaction is counted too, but not as from memory.
+        guard case .reply(7, .outcome(_, .committed, nil))? = resend(&c, "other-2").first else { return XCTFail("other-2 ran again") }
+        XCTAssertEqual(c.stats.repeatedSubmissions, 2)
+        XCTAssertEqual(c.stats.repeatedSubmissionsFromMemory, 1)
     }
 
     func testTheMemoryOutlivesARestartThroughACheckpointAndThroughTheLog() throws {

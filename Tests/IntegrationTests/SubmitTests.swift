@@ -69,8 +69,9 @@ final class SubmitTests: XCTestCase {
             XCTAssertEqual(try api.kv(b, "y"), .int(30), when)
         }
         try resendIsAnswered("in memory")
-        let kept = try api.metrics(cluster.coordinatorURL)["cohort_committed_submissions_kept"]
-        XCTAssertEqual(kept, 1, "only pay-once had a request_id")
+        let metrics = try api.metrics(cluster.coordinatorURL)
+        XCTAssertEqual(metrics["cohort_committed_submissions_kept"], 1, "only pay-once had a request_id")
+        XCTAssertEqual(metrics["cohort_submissions_repeated_total{from=\"memory\"}"], 1)
         cluster.kill9("coordinator")
         _ = try cluster.restart("coordinator", kill: false)
         try resendIsAnswered("after kill -9, from the log")
