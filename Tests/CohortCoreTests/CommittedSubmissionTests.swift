@@ -210,12 +210,16 @@ final class CommittedSubmissionTests: XCTestCase {
         var hr = ByteReader(huge.bytes)
         XCTAssertThrowsError(try back.readTrailing(&hr))
         var bad = ByteWriter()
-        bad.u32(1); bad.string("not-a-txid"); bad.string("r"); bad.i64(1)
+        bad.u32(1); bad.string("not an id"); bad.u64(5); bad.u64(9); bad.string("r"); bad.i64(1)
+        var cut = ByteWriter()
+        cut.u32(2); cut.string("0a1b2c3d"); cut.u64(5); cut.u64(9); cut.string("r"); cut.i64(1)
         var br = ByteReader(bad.bytes)
-        XCTAssertThrowsError(try back.readTrailing(&br))
+        XCTAssertThrowsError(try back.readTrailing(&br)) { XCTAssertTrue("\($0)".contains("bad coordinator id"), "\($0)") }
         var blank = ByteWriter()
-        blank.u32(1); blank.string(txid(9).description); blank.string(""); blank.i64(1)
+        blank.u32(1); blank.string("0a1b2c3d"); blank.u64(5); blank.u64(9); blank.string(""); blank.i64(1)
         var blr = ByteReader(blank.bytes)
-        XCTAssertThrowsError(try back.readTrailing(&blr))
+        XCTAssertThrowsError(try back.readTrailing(&blr)) { XCTAssertTrue("\($0)".contains("empty request_id"), "\($0)") }
+        var cr = ByteReader(cut.bytes)
+        XCTAssertThrowsError(try back.readTrailing(&cr), "a count past the entries written")
     }
 }
