@@ -466,6 +466,15 @@ public final class CoordinatorNode {
             let id = requests.add(responder)
             commitStartedUs[id] = Int64(environment.monotonicUs)
             feed(.commit(id, txid: parts[2], named: named))
+        case ("GET", 3) where parts[0] == "v1" && parts[1] == "submissions":
+            let requestID = parts[2]
+            guard !requestID.isEmpty, requestID.utf8.count <= Limits.requestIDBytesMax else {
+                return reject(400, "request_id must be 1-\(Limits.requestIDBytesMax) bytes")
+            }
+            guard let view = machine.submission(requestID) else {
+                return reject(404, "no submission with request_id \"\(requestID)\" is known here: never submitted, aborted or never decided and since forgotten, or committed before the last \(machine.config.committedSubmissionsKept) committed submissions kept; a submission with it now would run")
+            }
+            responder.send(.jsonBytes(200, JSONBody.encode(view)))
         case ("GET", 2) where parts == ["v1", "stats"]:
             responder.send(.jsonBytes(200, JSONBody.encode(stats())))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "abort":

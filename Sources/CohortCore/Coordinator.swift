@@ -915,6 +915,20 @@ public struct Coordinator {
         return [.reply(request, .error(RequestError(503, "\(tx.waiters.count) requests already wait for the outcome of \(tx.txid); ask for it later (GET /v1/transactions/\(tx.txid))")))]
     }
 
+    /// What this coordinator knows of the submission with `requestID`, running nothing: the
+    /// transaction while it is kept, else the txid of a committed one the memory still has;
+    /// nil when a submission with it now would run.
+    public func submission(_ requestID: String) -> SubmissionView? {
+        if let txid = submissions[requestID], let tx = open[txid] ?? finished[txid] {
+            return SubmissionView(requestID: requestID, txid: txid.description, state: tx.state.rawValue,
+                                  outcome: tx.outcome?.rawValue, transactionKept: true)
+        }
+        if let gone = committedSubmissions.lookup(requestID) {
+            return SubmissionView(requestID: requestID, txid: gone.txid.description, state: "committed", outcome: "committed", transactionKept: false)
+        }
+        return nil
+    }
+
     /// The 410 for an unknown txid that may be a commit this coordinator forgot (nil: unknown
     /// means never committed here).
     public func forgottenRefusal(_ txid: TxID) -> RequestError? {

@@ -395,6 +395,29 @@ public struct RetryResponse: Codable, Sendable {
     }
 }
 
+/// `GET /v1/submissions/{request_id}`: what the coordinator knows of a submission, without
+/// running anything. `transaction_kept` false: the transaction itself is forgotten (its `GET`
+/// reads 410) and only the committed-submission memory still has its txid.
+public struct SubmissionView: Codable, Sendable, Equatable {
+    public let requestID: String
+    public let txid: String
+    public let state: String
+    public let outcome: String?
+    public let transactionKept: Bool
+    enum CodingKeys: String, CodingKey {
+        case txid, state, outcome
+        case requestID = "request_id"
+        case transactionKept = "transaction_kept"
+    }
+    public init(requestID: String, txid: String, state: String, outcome: String?, transactionKept: Bool) {
+        self.requestID = requestID
+        self.txid = txid
+        self.state = state
+        self.outcome = outcome
+        self.transactionKept = transactionKept
+    }
+}
+
 /// A participant tells the coordinator that an operator forced its branch's outcome.
 public struct HeuristicReport: Codable, Sendable {
     public let participant: String

@@ -16,6 +16,7 @@ public enum Help {
       list [--state S] [--older-than DURATION] [--limit N] [--json]   transactions, newest first
       show TXID [--json]                 one transaction: branches, timeline, audit trail
       explain TXID [--json]              why it is not finished, and what you can do
+      submission REQUEST_ID [--json]     what became of a submission (POST /v1/transactions/submit)
       retry TXID [--json]                retry the pending phase now instead of waiting
       commit TXID --force --reason R [--dry-run] [--operator NAME] [--json]   force commit (audited)
       abort TXID --force --reason R [--dry-run] [--operator NAME] [--json]    force abort (audited)
@@ -51,6 +52,17 @@ public enum Help {
     heuristic outcome, recent failed attempts), its timeline of events, and the audit trail of
     operator decisions.
       --json   the transaction object (see docs/txctl.md)
+
+    """ + global
+
+    public static let submission = """
+    usage: txctl submission REQUEST_ID [--json]
+
+    What the coordinator knows of the submission sent with this request_id, running nothing:
+    its transaction (state and outcome) while the coordinator keeps it, or, for a committed
+    one it has forgotten, its txid from the memory of committed submissions. Exit 1 when
+    neither has it ("no submission ..."): a submission with that request_id now would run.
+      --json   {"request_id", "txid", "state", "outcome"?, "transaction_kept"}
 
     """ + global
 

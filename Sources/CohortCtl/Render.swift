@@ -143,6 +143,15 @@ public enum Render {
         return s
     }
 
+    public static func submission(_ v: SubmissionView) -> String {
+        if v.transactionKept {
+            return "request_id \(v.requestID): transaction \(v.txid), \(v.state)\(v.outcome.map { $0 == v.state ? "" : " (outcome \($0))" } ?? "")\n"
+                + "details: txctl show \(v.txid)\n"
+        }
+        return "request_id \(v.requestID): transaction \(v.txid), committed\n"
+            + "the transaction itself is forgotten (txctl show answers 410); the memory of committed submissions keeps its txid, so a resend is answered, not run\n"
+    }
+
     public static func retry(_ r: RetryResponse) -> String {
         "retrying \(r.txid) now: sent the pending phase again to \(r.participants.joined(separator: ", "))\n"
             + "look again with: txctl show \(r.txid)\n"

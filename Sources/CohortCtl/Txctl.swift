@@ -67,6 +67,7 @@ public enum Txctl {
         case "list": help = Help.list
         case "show": help = Help.show
         case "explain": help = Help.explain
+        case "submission": help = Help.submission
         case "retry": help = Help.retry
         case "commit", "abort": help = Help.force(command)
         case "watch": help = Help.watch
@@ -83,6 +84,7 @@ public enum Txctl {
         case "list": try list(argv, ctx)
         case "show": try show(argv, ctx)
         case "explain": try explain(argv, ctx)
+        case "submission": try submission(argv, ctx)
         case "retry": try retry(argv, ctx)
         case "commit", "abort": try force(argv, ctx, outcome: command == "commit" ? "committed" : "aborted")
         case "watch": try watch(argv, ctx)
@@ -187,6 +189,16 @@ public enum Txctl {
         let tx = try fetch(a, ctx, usage: "txctl explain TXID [--json]")
         let e = Explain.explain(tx, nowMs: ctx.now())
         ctx.out(a.has("json") ? JSONOut.encode(e) : Explain.render(e, nowMs: ctx.now()))
+    }
+
+    static func submission(_ argv: [String], _ ctx: CtlContext) throws {
+        let a = try parse(argv, booleans: ["json"])
+        let id = try positional(a, count: 2, usage: "txctl submission REQUEST_ID [--json]")[1]
+        guard !id.isEmpty, id.utf8.count <= Limits.requestIDBytesMax else {
+            throw CtlError.usage("a request_id is 1-\(Limits.requestIDBytesMax) bytes")
+        }
+        let view = try coordinator(a, ctx).get("/v1/submissions/\(escape(id))", SubmissionView.self)
+        ctx.out(a.has("json") ? JSONOut.encode(view) : Render.submission(view))
     }
 
     static func retry(_ argv: [String], _ ctx: CtlContext) throws {

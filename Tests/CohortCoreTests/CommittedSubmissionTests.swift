@@ -65,6 +65,11 @@ final class CommittedSubmissionTests: XCTestCase {
         guard case .reply(7, .outcome(_, .committed, nil))? = resend(&c, "other-2").first else { return XCTFail("other-2 ran again") }
         XCTAssertEqual(c.stats.repeatedSubmissions, 2)
         XCTAssertEqual(c.stats.repeatedSubmissionsFromMemory, 1)
+        // Looking one up runs nothing and counts as no repeat.
+        XCTAssertEqual(c.submission("pay-1"), SubmissionView(requestID: "pay-1", txid: first.description, state: "committed", outcome: "committed", transactionKept: false))
+        XCTAssertEqual(c.submission("other-2")?.transactionKept, true)
+        XCTAssertNil(c.submission("never-sent"))
+        XCTAssertEqual(c.stats.repeatedSubmissions, 2)
     }
 
     func testTheMemoryOutlivesARestartThroughACheckpointAndThroughTheLog() throws {
