@@ -380,6 +380,9 @@ public struct CommittedSubmissions: Sendable {
             droppedCount += 1
             return
         }
+        // The same entry again takes no second slot: two slots that both match one entry would
+        // both count as live, and the first to leave would take the entry with it.
+        if byRequestID[requestID]?.txid == entry.txid { return }
         if ring.isEmpty {
             // All the memory at once, at the first use: growing the table later rehashed every
             // key in one go, on the event loop.
