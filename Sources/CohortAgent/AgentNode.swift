@@ -552,9 +552,7 @@ public final class AgentNode {
         // duplicating proxy) is staged once and answered with the first answer.
         var responder = responder
         if let requestID = bodyRequestID {
-            guard !requestID.isEmpty, requestID.utf8.count <= Limits.requestIDBytesMax else {
-                return responder.send(.error(400, "request_id must be 1-\(Limits.requestIDBytesMax) bytes"))
-            }
+            if let e = RequestError.invalidRequestID(requestID) { return responder.send(.requestError(e)) }
             switch workReplies[txid]?[requestID] {
             case .done(let response)?:
                 return responder.send(response)

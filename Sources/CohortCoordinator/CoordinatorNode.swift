@@ -468,9 +468,7 @@ public final class CoordinatorNode {
             feed(.commit(id, txid: parts[2], named: named))
         case ("GET", 3) where parts[0] == "v1" && parts[1] == "submissions":
             let requestID = parts[2]
-            guard !requestID.isEmpty, requestID.utf8.count <= Limits.requestIDBytesMax else {
-                return reject(400, "request_id must be 1-\(Limits.requestIDBytesMax) bytes")
-            }
+            if let e = RequestError.invalidRequestID(requestID) { return responder.send(.requestError(e)) }
             guard let view = machine.submission(requestID) else {
                 return reject(404, "no submission with request_id \"\(requestID)\" is known here: never submitted, aborted or never decided and since forgotten, or committed before the last \(machine.config.committedSubmissionsKept) committed submissions kept; a submission with it now would run")
             }

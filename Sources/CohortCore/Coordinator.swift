@@ -849,9 +849,7 @@ public struct Coordinator {
     private mutating func submit(_ request: RequestID, timeoutMs: Int64?, commitProtocol: CommitProtocol,
                                  branches: [SubmittedBranch], requestID: String?, nowMs: Int64) -> [Action] {
         if let requestID {
-            guard !requestID.isEmpty, requestID.utf8.count <= Limits.requestIDBytesMax else {
-                return [.reply(request, .error(RequestError(400, "request_id must be 1-\(Limits.requestIDBytesMax) bytes")))]
-            }
+            if let e = RequestError.invalidRequestID(requestID) { return [.reply(request, .error(e))] }
             if let earlier = submissions[requestID] {
                 // The same submission again (a client's retry, a duplicating network): the first
                 // one's outcome, never a second run of the work.

@@ -166,6 +166,13 @@ public enum ParticipantMessage: Equatable, Sendable {
 public struct RequestError: Error, Equatable, Sendable, CustomStringConvertible {
     public let status: Int
     public let message: String
+
+    /// The 400 for a client's idempotency key outside 1-`Limits.requestIDBytesMax` bytes; nil
+    /// for a good one. One rule for the agent's work, the coordinator's submit and its lookup.
+    public static func invalidRequestID(_ requestID: String) -> RequestError? {
+        guard requestID.isEmpty || requestID.utf8.count > Limits.requestIDBytesMax else { return nil }
+        return RequestError(400, "request_id must be 1-\(Limits.requestIDBytesMax) bytes")
+    }
     public init(_ status: Int, _ message: String) {
         self.status = status
         self.message = message
