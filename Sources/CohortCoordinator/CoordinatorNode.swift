@@ -75,6 +75,8 @@ public final class CoordinatorNode {
     public private(set) var tcc: TCCCoordinator
     private var tccTimers: TimerTable<TCCCoordinator.Timer>!
     private var checkpointTimer: NodeTimer?
+    /// `GET`s of forgotten transactions answered from the ledger.
+    private var ledgerGets: UInt64 = 0
     private enum TCCPending { case branch(TxID, String), decision(TxID), audit(TxID) }
     private var tccPending = DurabilityQueue<TCCPending>()
     private var tccRecoveryActions: [TCCCoordinator.Action] = []
@@ -129,6 +131,8 @@ public final class CoordinatorNode {
         tccConfig.parkedRetryDelayMs = config.parkedRetryDelayMs
         tccConfig.seed = config.seed
         tccConfig.finishedTransactionsKept = config.finishedTransactionsKept
+        tccConfig.coordinatorID = config.coordinatorID
+        tccConfig.forgottenOutcomesKept = config.forgottenOutcomesKept
         tcc = TCCCoordinator(config: tccConfig)
         do {
             tccRecoveryActions = try tcc.recover(snapshot: snapshots?.tcc ?? nil,
@@ -154,6 +158,9 @@ public final class CoordinatorNode {
             guard let oldest = self.machine.committedSubmissions.oldestFinishedAtMs else { return 0 }
             return Double(max(0, self.environment.wallMs - oldest)) / 1000
         }
+        metrics.sample("cohort_forgotten_outcomes_kept", help: "Outcomes of forgotten transactions in the coordinator's ledger (a late GET, commit or abort of one is answered exactly)") { [unowned self] in Double(self.machine.outcomeLedger.count + self.tcc.outcomeLedger.count) }
+        metrics.sample("cohort_forgotten_outcomes_dropped_total", type: "counter", help: "Ledger entries let go past --outcomes-kept (those transactions read 410 again)") { [unowned self] in Double(self.machine.outcomeLedger.droppedCount + self.tcc.outcomeLedger.droppedCount) }
+        metrics.sample("cohort_forgotten_outcomes_answered_total", type: "counter", help: "GETs, commits, aborts and registrations of forgotten transactions answered from the ledger") { [unowned self] in Double(self.machine.stats.answeredFromLedger + self.tcc.stats.answeredFromLedger + self.ledgerGets) }
         metrics.sample("cohort_open_transactions", help: "Transactions begun and not finished") { [unowned self] in Double(self.machine.unfinishedCount) }
         metrics.sample("cohort_batch_capable_peers", help: "Participant URLs the coordinator sends batches to (at most \(Limits.batchCapablePeersMax))") { [unowned self] in Double(self.batchCapable.count) }
         log.onDurable = { [weak self] lsn in
@@ -452,6 +459,10 @@ public final class CoordinatorNode {
             guard let txid = TxID(parts[2]) else { return reject(400, "malformed txid \"\(parts[2].prefix(80))\"") }
             if machine.transaction(txid) == nil, let t = tcc.transaction(txid) { return responder.send(.jsonBytes(200, JSONBody.encode(t.view()))) }
             guard let tx = machine.transaction(txid) else {
+                if let view = machine.forgottenView(txid) ?? tcc.forgottenView(txid) {
+                    ledgerGets += 1
+                    return responder.send(.jsonBytes(200, JSONBody.encode(view)))
+                }
                 if let forgotten = machine.forgottenRefusal(txid) ?? tcc.forgottenRefusal(txid) { return responder.send(.requestError(forgotten)) }
                 return reject(404, "unknown transaction \(txid): never committed here (finished transactions are kept for the last \(Limits.finishedTransactionsKept); one that may have committed before them, or in one phase before a restart, is answered 410)")
             }
@@ -502,7 +513,7 @@ public final class CoordinatorNode {
             case .success(let f):
                 guard let outcome = Outcome(rawValue: f.outcome) else { return reject(400, "outcome must be committed or aborted") }
                 let force = Coordinator.ForceRequest(outcome: outcome, reason: f.reason, operatorName: f.operator ?? "unknown", dryRun: f.dryRun ?? false)
-                if tcc.owns(parts[2]) { return feedTCC(.force(requests.add(responder), txid: parts[2], force)) }
+                if tcc.owns(parts[2]) || TxID(parts[2]).map({ tcc.forgottenOutcome($0) != nil }) == true { return feedTCC(.force(requests.add(responder), txid: parts[2], force)) }
                 feed(.force(requests.add(responder), txid: parts[2], force))
             }
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "retry" && tcc.owns(parts[2]):
@@ -561,7 +572,9 @@ public final class CoordinatorNode {
     /// it goes to that machine, which answers 410. (The 2PC machine would answer 404, which a
     /// client reads as aborted; it answers its own forgotten commits itself.)
     private func tccMayHaveForgotten(_ text: String) -> Bool {
-        guard let txid = TxID(text), machine.transaction(txid) == nil, machine.forgottenRefusal(txid) == nil else { return false }
+        guard let txid = TxID(text), machine.transaction(txid) == nil, machine.forgottenOutcome(txid) == nil else { return false }
+        if tcc.forgottenOutcome(txid) != nil { return true }
+        guard machine.forgottenRefusal(txid) == nil else { return false }
         return tcc.forgottenRefusal(txid) != nil
     }
 

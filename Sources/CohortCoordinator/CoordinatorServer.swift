@@ -28,6 +28,8 @@ public final class CoordinatorServer: RunnableServer {
         /// Finished transactions kept whole, and committed submissions' request_ids kept after.
         public var finishedTransactionsKept = Limits.finishedTransactionsKept
         public var committedSubmissionsKept = Limits.committedSubmissionsKept
+        /// Outcomes of forgotten transactions kept (the ledger).
+        public var forgottenOutcomesKept = Limits.forgottenOutcomesKept
 
         public init(dataDirectory: String) { self.dataDirectory = dataDirectory }
     }
@@ -77,6 +79,7 @@ public final class CoordinatorServer: RunnableServer {
         config.parkedRetryDelayMs = options.parkedRetryDelayMs
         config.finishedTransactionsKept = options.finishedTransactionsKept
         config.committedSubmissionsKept = options.committedSubmissionsKept
+        config.forgottenOutcomesKept = options.forgottenOutcomesKept
         var clientConfig = HTTPClientConfig()
         clientConfig.bearerToken = options.token
         client = HTTPClient(loop: loop, config: clientConfig)

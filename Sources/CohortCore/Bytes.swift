@@ -37,6 +37,14 @@ public struct ByteWriter {
         }
     }
     public mutating func raw(_ v: [UInt8]) { bytes.append(contentsOf: v) }
+    /// Many words at once (the outcome ledger's 2 MiB): one copy, not a call per word.
+    public mutating func u64s(_ v: [UInt64]) {
+        #if _endian(little)
+        v.withUnsafeBytes { bytes.append(contentsOf: $0) }
+        #else
+        for x in v { u64(x) }
+        #endif
+    }
 }
 
 public struct ByteReader {
@@ -91,6 +99,23 @@ public struct ByteReader {
         return s
     }
     public mutating func raw(_ n: Int) throws -> [UInt8] { Array(try take(n)) }
+    /// `n` words written by `ByteWriter.u64s`.
+    public mutating func u64s(_ n: Int) throws -> [UInt64] {
+        guard n >= 0, n <= remaining / 8 else {
+            throw DecodeError("need \(n) words at offset \(offset), have \(remaining) bytes")
+        }
+        var words = [UInt64](repeating: 0, count: n)
+        #if _endian(little)
+        let start = offset
+        words.withUnsafeMutableBytes { dst in
+            bytes.withUnsafeBytes { src in dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: src[start..<(start + n * 8)])) }
+        }
+        offset += n * 8
+        #else
+        for i in 0..<n { words[i] = try u64() }
+        #endif
+        return words
+    }
 }
 
 extension String {

@@ -25,6 +25,8 @@ public struct Coordinator {
         public var finishedTransactionsKept = Limits.finishedTransactionsKept
         /// request_ids of committed submissions remembered past `finishedTransactionsKept`.
         public var committedSubmissionsKept = Limits.committedSubmissionsKept
+        /// Outcomes of transactions past `finishedTransactionsKept` kept (`OutcomeLedger`).
+        public var forgottenOutcomesKept = Limits.forgottenOutcomesKept
         /// Commit a transaction with a single branch in one phase (no prepare round, no
         /// coordinator log record): the participant's own commit record is the decision.
         public var onePhaseCommit = true
@@ -312,6 +314,9 @@ public struct Coordinator {
         /// outcome: while its transaction was kept, and from the committed-submission memory.
         public var repeatedSubmissions: UInt64 = 0
         public var repeatedSubmissionsFromMemory: UInt64 = 0
+        /// Commits, aborts, `GET`s and inquiries about forgotten transactions answered from the
+        /// ledger of outcomes.
+        public var answeredFromLedger: UInt64 = 0
         public init() {}
     }
 
@@ -351,6 +356,11 @@ public struct Coordinator {
     private var recoveredSubmissions: [TxID: String] = [:]
     /// request_ids of committed submissions no longer in `finished` (kept in snapshots).
     public private(set) var committedSubmissions: CommittedSubmissions
+    /// Outcomes of transactions no longer in `finished` (kept in snapshots).
+    public private(set) var outcomeLedger: OutcomeLedger
+    /// The reason of a transaction made up from a heuristic report about one with no record
+    /// here; such a transaction's outcome is a presumption and never enters the ledger.
+    static let presumedAbortReason = "no record at the coordinator (presumed abort)"
 
     /// Open transactions past their retry budget.
     public var parkedCount: Int { open.values.reduce(0) { $0 + ($1.parked ? 1 : 0) } }
@@ -360,6 +370,7 @@ public struct Coordinator {
         self.epoch = config.epoch
         self.rng = SplitMix64(seed: config.seed)
         self.committedSubmissions = CommittedSubmissions(capacity: config.committedSubmissionsKept)
+        self.outcomeLedger = OutcomeLedger(coordinatorID: config.coordinatorID, entriesKept: config.forgottenOutcomesKept)
     }
 
     // MARK: - recovery
@@ -437,6 +448,7 @@ public struct Coordinator {
             try forgottenCommits.readTrailing(&r)
             try onePhaseWindows.readTrailing(&r)
             try committedSubmissions.readTrailing(&r)
+            try outcomeLedger.readTrailing(&r)
         }
         for (type, payload) in records {
             let record = try CoordinatorRecordCoding.decode(type: type, payload: payload)
@@ -654,12 +666,30 @@ public struct Coordinator {
         // Committed submissions whose transactions were forgotten (absent in snapshots written
         // before this memory existed).
         committedSubmissions.encode(&w)
+        // Outcomes of forgotten transactions (absent in snapshots written before the ledger).
+        outcomeLedger.encode(&w)
         return w.bytes
     }
 
     // MARK: - queries
 
     public func transaction(_ txid: TxID) -> Transaction? { open[txid] ?? finished[txid] }
+
+    /// The outcome of a transaction this coordinator no longer keeps whole, from its ledger
+    /// (nil: not there; then it is answered 410 or 404 as `forgottenRefusal` says).
+    public func forgottenOutcome(_ txid: TxID) -> OutcomeLedger.Entry? {
+        guard open[txid] == nil, finished[txid] == nil else { return nil }
+        return outcomeLedger.lookup(txid)
+    }
+
+    /// `GET /v1/transactions/{txid}` of a transaction known only from the ledger: the outcome,
+    /// no branches or timeline (`forgotten: true`).
+    public func forgottenView(_ txid: TxID) -> TransactionView? {
+        guard let entry = forgottenOutcome(txid) else { return nil }
+        return TransactionView(forgotten: txid, protocol: entry.threePhase ? "3pc" : "2pc",
+                               state: entry.heuristicMixed ? State.heuristicMixed.rawValue : entry.outcome.rawValue,
+                               outcome: entry.outcome.rawValue)
+    }
 
     /// Open and recently finished transactions, newest first.
     public func allTransactions() -> [Transaction] {
@@ -793,6 +823,11 @@ public struct Coordinator {
         }
         if let forced = operatorOutcomes[txid] {
             return forced == .committed ? .committed : .aborted
+        }
+        // A participant that acknowledged the outcome does not ask again; one whose log was
+        // restored from a backup might, and a forgotten commit is still a commit.
+        if let gone = outcomeLedger.lookup(txid) {
+            return gone.outcome == .committed ? .committed : .aborted
         }
         // Presumed abort: no record means the transaction never reached a durable commit
         // decision, and it never will (undecided transactions do not survive a restart, and
@@ -945,7 +980,9 @@ public struct Coordinator {
     private mutating func register(_ request: RequestID, _ text: String, _ participant: ParticipantRef, nowMs: Int64) -> [Action] {
         let txid: TxID
         switch lookup(text) {
-        case .failure(let e): return [.reply(request, .error(e))]
+        case .failure(let e):
+            guard let (txid, gone) = answerFromLedger(text) else { return [.reply(request, .error(e))] }
+            return [.reply(request, .error(RequestError(409, "transaction \(txid) is \(gone.outcome.rawValue) (forgotten); it cannot take new branches")))]
         case .success(let t): txid = t
         }
         guard var tx = open[txid] else {
@@ -1016,10 +1053,26 @@ public struct Coordinator {
         return named.filter { p in invalidParticipant(p) == nil && done.branchIndex(p.name) == nil }.map { .send(txid, to: $0, .abort) }
     }
 
+    /// The same for a forgotten transaction: its branches are not known, so every named one.
+    private func abortNamed(_ txid: TxID, _ gone: OutcomeLedger.Entry, _ named: [ParticipantRef]) -> [Action] {
+        guard gone.outcome == .aborted else { return [] }
+        return named.filter { invalidParticipant($0) == nil }.map { .send(txid, to: $0, .abort) }
+    }
+
+    /// A forgotten transaction's ledger entry, counted as an answer given from the ledger.
+    private mutating func answerFromLedger(_ text: String) -> (TxID, OutcomeLedger.Entry)? {
+        guard let txid = TxID(text), let gone = forgottenOutcome(txid) else { return nil }
+        stats.answeredFromLedger += 1
+        return (txid, gone)
+    }
+
     private mutating func commitRequested(_ request: RequestID, _ text: String, named: [ParticipantRef], nowMs: Int64) -> [Action] {
         let txid: TxID
         switch lookup(text) {
-        case .failure(let e): return [.reply(request, .error(e))]
+        case .failure(let e):
+            // A resent commit of a forgotten transaction: its outcome, as while it was kept.
+            guard let (txid, gone) = answerFromLedger(text) else { return [.reply(request, .error(e))] }
+            return [.reply(request, .outcome(txid, gone.outcome, reason: nil))] + abortNamed(txid, gone, named)
         case .success(let t): txid = t
         }
         guard var tx = open[txid] else {
@@ -1138,7 +1191,12 @@ public struct Coordinator {
     private mutating func abortRequested(_ request: RequestID, _ text: String, named: [ParticipantRef], nowMs: Int64) -> [Action] {
         let txid: TxID
         switch lookup(text) {
-        case .failure(let e): return [.reply(request, .error(e))]
+        case .failure(let e):
+            guard let (txid, gone) = answerFromLedger(text) else { return [.reply(request, .error(e))] }
+            if gone.outcome == .committed {
+                return [.reply(request, .error(RequestError(409, "transaction \(txid) already committed")))]
+            }
+            return [.reply(request, .outcome(txid, .aborted, reason: nil))] + abortNamed(txid, gone, named)
         case .success(let t): txid = t
         }
         guard var tx = open[txid] else {
@@ -1397,6 +1455,11 @@ public struct Coordinator {
         while finished.count > config.finishedTransactionsKept {
             if let gone = finished.removeValue(forKey: finishedOrder[finishedOrderHead]) {
                 if gone.outcome == .committed { forgottenCommits.forget(gone.txid) }
+                // Not a presumption: the ledger holds outcomes that were decided.
+                if let outcome = gone.outcome, gone.reason != Coordinator.presumedAbortReason {
+                    outcomeLedger.record(gone.txid, .init(outcome: outcome, heuristicMixed: gone.state == .heuristicMixed,
+                                                          threePhase: gone.commitProtocol != .twoPhase))
+                }
                 if let requestID = gone.requestID, submissions[requestID] == gone.txid {
                     submissions.removeValue(forKey: requestID)
                     if gone.outcome == .committed {
@@ -1462,6 +1525,10 @@ extension Coordinator {
         }
         if let forced = operatorOutcomes[txid] {
             return forced == outcome ? .success([]) : .failure(RequestError(409, "refused: an operator already forced \(txid) to \(forced.rawValue)"))
+        }
+        if let gone = outcomeLedger.lookup(txid) {
+            return gone.outcome == outcome ? .success([])
+                : .failure(RequestError(409, "refused: \(txid) was \(gone.outcome.rawValue) (forgotten; the outcome is from the coordinator's ledger); forcing \(outcome.rawValue) would contradict it"))
         }
         return .failure(RequestError(404, "unknown transaction \(txid): this coordinator has no record of it, so participants that ask are told it aborted (presumed abort); to resolve a participant whose coordinator is gone, use txctl agent URL"))
     }
@@ -1610,11 +1677,14 @@ extension Coordinator {
             finished[txid] = tx
             return []
         }
-        // Forgotten or never decided here: the outcome is the operator's or presumed abort.
-        let decided = operatorOutcomes[txid] ?? .aborted
+        // Forgotten or never decided here: the outcome is the ledger's, the operator's or
+        // presumed abort.
+        let decided = operatorOutcomes[txid] ?? outcomeLedger.lookup(txid)?.outcome ?? .aborted
         var tx = Transaction(txid: txid, state: decided == .committed ? .committed : .aborted, createdAtMs: nowMs, timeoutMs: 0)
         tx.outcome = decided
-        tx.reason = operatorOutcomes[txid] == nil ? "no record at the coordinator (presumed abort)" : "forced by an operator"
+        tx.reason = operatorOutcomes[txid] != nil ? "forced by an operator"
+            : outcomeLedger.lookup(txid) != nil ? "forgotten; the outcome is from the coordinator's ledger"
+            : Coordinator.presumedAbortReason
         tx.branches = [Branch(participant: ParticipantRef(name: participant, url: ""), state: decided == .committed ? .committed : .aborted, heuristic: outcome)]
         tx.events.append(TimelineEvent(atMs: nowMs, event: "heuristic-reported", participant: participant, detail: detail))
         remember(tx)

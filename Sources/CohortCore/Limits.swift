@@ -266,6 +266,14 @@ public enum Limits {
     /// (`cohortd --submissions-kept`, up to the max).
     public static let committedSubmissionsKept = 100_000
     public static let committedSubmissionsKeptMax = 1_000_000
+    /// Outcomes of forgotten transactions kept (`OutcomeLedger`, 4 bits each, so 2 MiB in
+    /// memory and in every checkpoint): exact answers to a late `GET` or resent commit for
+    /// about 23 minutes at 3,000 transactions a second (`cohortd --outcomes-kept`, up to the
+    /// max, 16 MiB).
+    public static let forgottenOutcomesKept = 1 << 22
+    public static let forgottenOutcomesKeptMax = 1 << 25
+    /// Consecutive txids per ledger page (8 KiB); the unit in which the ledger lets go.
+    public static let forgottenOutcomesPerPage = 1 << 14
     /// Txids one forced one-phase window record covers (OnePhaseWindows): one record per this
     /// many transactions, and after a restart at most this many unknown txids of the epoch
     /// before read 410 rather than 404.

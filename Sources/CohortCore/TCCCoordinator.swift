@@ -19,6 +19,10 @@ public struct TCCCoordinator {
         public var retryBudgetMs = Limits.retryBudgetMs
         public var parkedRetryDelayMs = Limits.parkedRetryDelayMs
         public var finishedTransactionsKept = Limits.finishedTransactionsKept
+        /// The coordinator whose txids this machine runs (they come from its sequence), for
+        /// the ledger of forgotten outcomes; empty keeps no ledger.
+        public var coordinatorID = ""
+        public var forgottenOutcomesKept = Limits.forgottenOutcomesKept
         public var openBranchBytesMax = Limits.tccOpenBranchBytesMax
         public var finishedBranchBytesMax = Limits.tccFinishedBranchBytesMax
         public var seed: UInt64 = 1
@@ -190,6 +194,8 @@ public struct TCCCoordinator {
     public struct Stats: Sendable {
         public var committed: UInt64 = 0
         public var aborted: UInt64 = 0
+        /// Commits, aborts and registrations of forgotten transactions answered from the ledger.
+        public var answeredFromLedger: UInt64 = 0
     }
 
     public let config: Config
@@ -200,6 +206,8 @@ public struct TCCCoordinator {
     private var finishedOrderHead = 0
     /// The newest confirmed transaction let go of `finished` (see `ForgottenCommits`).
     public private(set) var forgottenCommits = ForgottenCommits()
+    /// Outcomes of transactions no longer in `finished` (kept in snapshots; see `OutcomeLedger`).
+    public private(set) var outcomeLedger: OutcomeLedger
     /// `heldBytes` of every open transaction, and of every finished one kept.
     public private(set) var openBranchBytes = 0
     public private(set) var finishedBranchBytes = 0
@@ -212,11 +220,31 @@ public struct TCCCoordinator {
     public init(config: Config = Config()) {
         self.config = config
         rng = SplitMix64(seed: config.seed ^ 0x7CC7_CC7C)
+        outcomeLedger = OutcomeLedger(coordinatorID: config.coordinatorID,
+                                      entriesKept: TxID.isValidCoordinatorID(config.coordinatorID) ? config.forgottenOutcomesKept : 0)
     }
 
     public var unfinishedCount: Int { open.count }
     public var parkedCount: Int { open.values.reduce(0) { $0 + ($1.parked ? 1 : 0) } }
     public func transaction(_ txid: TxID) -> Transaction? { open[txid] ?? finished[txid] }
+
+    /// The outcome of a TCC transaction no longer kept whole, from the ledger.
+    public func forgottenOutcome(_ txid: TxID) -> Outcome? {
+        guard transaction(txid) == nil else { return nil }
+        return outcomeLedger.lookup(txid)?.outcome
+    }
+
+    /// `GET /v1/transactions/{txid}` of a TCC transaction known only from the ledger.
+    public func forgottenView(_ txid: TxID) -> TransactionView? {
+        guard let outcome = forgottenOutcome(txid) else { return nil }
+        return TransactionView(forgotten: txid, protocol: "tcc", state: outcome.rawValue, outcome: outcome.rawValue)
+    }
+
+    private mutating func answerFromLedger(_ text: String) -> (TxID, Outcome)? {
+        guard let txid = TxID(text), let outcome = forgottenOutcome(txid) else { return nil }
+        stats.answeredFromLedger += 1
+        return (txid, outcome)
+    }
     /// Every transaction, newest first.
     public func allTransactions() -> [Transaction] {
         (Array(open.values) + Array(finished.values)).sorted { $0.txid > $1.txid }
@@ -267,7 +295,12 @@ public struct TCCCoordinator {
             return commit(request, text, nowMs: nowMs)
         case .abort(let request, let text):
             switch lookup(text) {
-            case .failure(let e): return [.reply(request, .error(e))]
+            case .failure(let e):
+                guard let (txid, outcome) = answerFromLedger(text) else { return [.reply(request, .error(e))] }
+                if outcome == .committed {
+                    return [.reply(request, .error(RequestError(409, "transaction \(txid) is already committed; it cannot be aborted")))]
+                }
+                return [.reply(request, .outcome(txid, .aborted, reason: nil))]
             case .success(let txid):
                 let tx = transaction(txid)!
                 if pendingForces[txid] != nil, tx.state == .active {
@@ -357,7 +390,9 @@ public struct TCCCoordinator {
     private mutating func register(_ request: RequestID, _ text: String, _ spec: BranchSpec, nowMs: Int64) -> [Action] {
         let txid: TxID
         switch lookup(text) {
-        case .failure(let e): return [.reply(request, .error(e))]
+        case .failure(let e):
+            guard let (txid, outcome) = answerFromLedger(text) else { return [.reply(request, .error(e))] }
+            return [.reply(request, .error(RequestError(409, "transaction \(txid) is \(outcome.rawValue) (forgotten); branches can be added only while it is active")))]
         case .success(let t): txid = t
         }
         var tx = transaction(txid)!
@@ -427,7 +462,9 @@ public struct TCCCoordinator {
     private mutating func commit(_ request: RequestID, _ text: String, nowMs: Int64) -> [Action] {
         let txid: TxID
         switch lookup(text) {
-        case .failure(let e): return [.reply(request, .error(e))]
+        case .failure(let e):
+            guard let (txid, outcome) = answerFromLedger(text) else { return [.reply(request, .error(e))] }
+            return [.reply(request, .outcome(txid, outcome, reason: nil))]
         case .success(let t): txid = t
         }
         var tx = transaction(txid)!
@@ -550,6 +587,7 @@ public struct TCCCoordinator {
             if let gone = finished.removeValue(forKey: finishedOrder[finishedOrderHead]) {
                 finishedBranchBytes -= gone.heldBytes
                 if gone.outcome == .committed { forgottenCommits.forget(gone.txid) }
+                if let outcome = gone.outcome { outcomeLedger.record(gone.txid, .init(outcome: outcome, heuristicMixed: false, threePhase: false)) }
             }
             finishedOrderHead += 1
         }
@@ -596,6 +634,7 @@ public struct TCCCoordinator {
                 }
             }
             try forgottenCommits.readTrailing(&r)
+            try outcomeLedger.readTrailing(&r)
         }
         for (type, payload) in records {
             let record = try TCCRecordCoding.decode(type: type, payload: payload)
@@ -713,6 +752,8 @@ public struct TCCCoordinator {
         }
         // The forgotten-confirm mark (absent in snapshots written before it existed).
         forgottenCommits.encode(&w)
+        // Outcomes of forgotten transactions (absent in snapshots written before the ledger).
+        outcomeLedger.encode(&w)
         return w.bytes
     }
 }
@@ -768,7 +809,12 @@ extension TCCCoordinator {
     mutating func forceRequested(_ request: RequestID, _ text: String, _ force: Coordinator.ForceRequest, nowMs: Int64) -> [Action] {
         let txid: TxID
         switch lookup(text) {
-        case .failure(let e): return [.reply(request, .error(e))]
+        case .failure(let e):
+            guard let (txid, outcome) = answerFromLedger(text) else { return [.reply(request, .error(e))] }
+            guard outcome == force.outcome else {
+                return [.reply(request, .error(RequestError(409, "refused: \(txid) was \(outcome.rawValue) (forgotten; the outcome is from the coordinator's ledger); forcing \(force.outcome.rawValue) would contradict it")))]
+            }
+            return [.reply(request, .forced(txid, outcome: force.outcome, dryRun: force.dryRun, effects: ["nothing to do: \(txid) is already \(outcome.rawValue)"]))]
         case .success(let t): txid = t
         }
         let reason: String

@@ -259,16 +259,20 @@ public struct TransactionView: Codable, Sendable {
     public let state: String
     public let outcome: String?
     public let reason: String?
-    public let createdAt: String
+    /// Absent only for a forgotten transaction (`forgotten`).
+    public let createdAt: String?
     public let finishedAt: String?
-    public let timeoutMs: Int64
+    public let timeoutMs: Int64?
     public let branches: [BranchView]
     public let events: [EventView]
     public let parked: Bool?
     public let audit: [AuditView]?
+    /// True for a transaction the coordinator no longer keeps whole: its outcome comes from
+    /// the coordinator's ledger of outcomes, and its branches and timeline are gone.
+    public let forgotten: Bool?
 
     enum CodingKeys: String, CodingKey {
-        case txid, `protocol`, state, outcome, reason, branches, events, parked, audit
+        case txid, `protocol`, state, outcome, reason, branches, events, parked, audit, forgotten
         case createdAt = "created_at"
         case finishedAt = "finished_at"
         case timeoutMs = "timeout_ms"
@@ -287,6 +291,24 @@ public struct TransactionView: Codable, Sendable {
         self.timeoutMs = timeoutMs
         self.branches = branches
         self.events = events
+        self.forgotten = nil
+    }
+
+    /// The view of a forgotten transaction: its outcome only.
+    public init(forgotten txid: TxID, protocol: String, state: String, outcome: String) {
+        self.txid = txid.description
+        self.protocol = `protocol`
+        self.state = state
+        self.outcome = outcome
+        self.reason = nil
+        self.createdAt = nil
+        self.finishedAt = nil
+        self.timeoutMs = nil
+        self.branches = []
+        self.events = []
+        self.parked = nil
+        self.audit = nil
+        self.forgotten = true
     }
 }
 

@@ -48,9 +48,10 @@ public enum Explain {
         var actions: [String] = []
         var summary: String
         var finished = false
-        let timeoutAt = Clock.parseISO8601(tx.createdAt).map { $0 + tx.timeoutMs }
+        let timeoutMs = tx.timeoutMs ?? 0
+        let timeoutAt = tx.createdAt.flatMap { Clock.parseISO8601($0) }.map { $0 + timeoutMs }
         let timeoutText: String = {
-            guard let t = timeoutAt, tx.timeoutMs > 0 else { return "" }
+            guard let t = timeoutAt, timeoutMs > 0 else { return "" }
             return t > nowMs ? " It times out (and is aborted) in \(TimeFormat.duration(ms: t - nowMs))." : " Its timeout has passed; it is being aborted."
         }()
 

@@ -364,6 +364,10 @@ public enum LogTools {
             if kept > 0 {
                 s += ", \(kept) committed submission\(kept == 1 ? "" : "s") remembered past \(kept == 1 ? "its transaction" : "their transactions")"
             }
+            let outcomes = coordinator.outcomeLedger.count
+            if outcomes > 0 {
+                s += ", \(outcomes) outcome\(outcomes == 1 ? "" : "s") of forgotten transactions in the ledger"
+            }
             if let tcc {
                 s += "; TCC: \(tcc.open.count) open, \(tcc.finished.count) recent finished"
             }
@@ -380,6 +384,7 @@ public enum LogTools {
         // Keep all a checkpoint holds, whatever the flags of the coordinator that wrote it.
         config.finishedTransactionsKept = Limits.finishedTransactionsKeptMax
         config.committedSubmissionsKept = Limits.committedSubmissionsKeptMax
+        config.forgottenOutcomesKept = Limits.forgottenOutcomesKeptMax
         var coordinator = Coordinator(config: config)
         _ = try coordinator.recover(snapshot: parts.coordinator, records: [], nowMs: 0)
         guard let tccBytes = parts.tcc else { return (coordinator, nil) }

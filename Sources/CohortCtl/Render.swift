@@ -41,14 +41,22 @@ public enum Render {
 
     public static func show(_ tx: TransactionView, nowMs: Int64) -> String {
         var s = "transaction \(tx.txid)\n"
+        if tx.forgotten == true {
+            s += "  " + "state:".padded(10) + tx.state + "\n"
+            s += "  " + "outcome:".padded(10) + (tx.outcome ?? "-") + "\n"
+            s += "  " + "protocol:".padded(10) + tx.protocol + "\n"
+            s += "\nforgotten: the coordinator no longer keeps this transaction's branches and timeline, only its\n"
+            s += "outcome (its ledger of outcomes, cohortd --outcomes-kept)\n"
+            return s
+        }
         var header: [(String, String)] = []
         header.append(("state", tx.state + (tx.parked == true ? " (parked: retry budget spent, still retried slowly)" : "")))
         header.append(("outcome", tx.outcome ?? "-"))
         if let r = tx.reason { header.append(("reason", r)) }
         header.append(("protocol", tx.protocol))
-        header.append(("created", "\(tx.createdAt) (\(Clock.age(tx.createdAt, nowMs: nowMs)) ago)"))
+        header.append(("created", "\(tx.createdAt ?? "-") (\(Clock.age(tx.createdAt, nowMs: nowMs)) ago)"))
         header.append(("finished", tx.finishedAt.map { "\($0) (\(Clock.age($0, nowMs: nowMs)) ago)" } ?? "-"))
-        header.append(("timeout", tx.timeoutMs > 0 ? TimeFormat.duration(ms: tx.timeoutMs) : "-"))
+        header.append(("timeout", (tx.timeoutMs ?? 0) > 0 ? TimeFormat.duration(ms: tx.timeoutMs ?? 0) : "-"))
         for (k, v) in header { s += "  " + (k + ":").padded(10) + v + "\n" }
 
         s += "\nBRANCHES\n"
@@ -71,7 +79,7 @@ public enum Render {
 
         s += "\nTIMELINE\n"
         if tx.events.isEmpty { s += "  (none)\n" }
-        let start = Clock.parseISO8601(tx.createdAt)
+        let start = tx.createdAt.flatMap { Clock.parseISO8601($0) }
         for e in tx.events {
             var offset = ""
             if let start, let at = Clock.parseISO8601(e.at) {
@@ -149,7 +157,7 @@ public enum Render {
                 + "details: txctl show \(v.txid)\n"
         }
         return "request_id \(v.requestID): transaction \(v.txid), committed\n"
-            + "the transaction itself is forgotten (txctl show answers 410); the memory of committed submissions keeps its txid, so a resend is answered, not run\n"
+            + "the transaction itself is forgotten (txctl show gives its outcome only, or 410 past the ledger); the memory of committed submissions keeps its txid, so a resend is answered, not run\n"
     }
 
     public static func retry(_ r: RetryResponse) -> String {

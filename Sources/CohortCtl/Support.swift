@@ -92,8 +92,8 @@ public enum Clock {
     }
 
     /// `3m12s` since `iso`, or `-` when unreadable.
-    public static func age(_ iso: String, nowMs: Int64) -> String {
-        guard let t = parseISO8601(iso) else { return "-" }
+    public static func age(_ iso: String?, nowMs: Int64) -> String {
+        guard let iso, let t = parseISO8601(iso) else { return "-" }
         return TimeFormat.duration(ms: max(0, nowMs - t))
     }
 

@@ -166,7 +166,7 @@ public enum Txctl {
         var txs = try remote.get(path, TransactionList.self).transactions
         let now = ctx.now()
         if let olderThan {
-            txs = txs.filter { tx in Clock.parseISO8601(tx.createdAt).map { now - $0 >= olderThan } ?? true }
+            txs = txs.filter { tx in tx.createdAt.flatMap { Clock.parseISO8601($0) }.map { now - $0 >= olderThan } ?? true }
         }
         if let limit { txs = Array(txs.prefix(limit)) }
         ctx.out(a.has("json") ? JSONOut.encode(TransactionList(transactions: txs)) : Render.listTable(txs, nowMs: now))

@@ -29,7 +29,7 @@ public enum Watch {
             } else {
                 // Parked first, then in doubt, then in flight; oldest first within each.
                 func rank(_ t: TransactionView) -> Int { t.parked == true ? 0 : t.state == "committing" ? 1 : 2 }
-                let sorted = txs.sorted { (rank($0), $0.createdAt) < (rank($1), $1.createdAt) }
+                let sorted = txs.sorted { (rank($0), $0.createdAt ?? "") < (rank($1), $1.createdAt ?? "") }
                 var t = Table(["TXID", "STATE", "AGE", "BRANCHES", "NOTE"])
                 for tx in sorted.prefix(maxRows) {
                     t.add([tx.txid, tx.state + (tx.parked == true ? "*" : ""), Clock.age(tx.createdAt, nowMs: nowMs),

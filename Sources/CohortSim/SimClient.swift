@@ -197,16 +197,23 @@ final class SimClient {
                 step(k + 1)
             }
         }
-        func commit() {
+        func commit(attempt: Int = 1) {
                 let commitBody = named.isEmpty ? [] : NamedBranches(branches: named).wireJSON
                 self.call("POST", "http://coordinator:1/v1/transactions/\(txid)/commit", commitBody) { status, body in
                     if status == 200, let answer = try? JSONDecoder().decode(OutcomeResponse.self, from: Data(body)),
                        let outcome = Outcome(rawValue: answer.outcome) {
                         self.transfers[i].reported = outcome
                         if outcome == .committed { self.committed += 1 } else { self.aborted += 1; self.abortReasons["commit: \(answer.reason ?? "?")".prefix(40).description, default: 0] += 1 }
+                    } else if attempt < 3 && ![400, 404, 410].contains(status) {
+                        // No answer: resent some 0.1-1 s later, as a real client would. By then,
+                        // in runs that keep few finished transactions, the coordinator has often
+                        // forgotten it and answers from its ledger of outcomes.
+                        return self.simulation.schedule(afterUs: 100_000 + self.simulation.random(900_000), "\(self.name) resends commit \(txid)") {
+                            commit(attempt: attempt + 1)
+                        }
                     }
-                    // No answer: the outcome is unknown to this client; the final check reads
-                    // the participants instead.
+                    // Still no answer: the outcome is unknown to this client; the final check
+                    // reads the participants instead.
                     self.next()
                 }
         }

@@ -72,6 +72,7 @@ final class SimNode {
                 config.retryDelayMsMax = 500
                 config.finishedTransactionsKept = simulation.config.finishedTransactionsKept
                 config.committedSubmissionsKept = simulation.config.committedSubmissionsKept
+                config.forgottenOutcomesKept = simulation.config.forgottenOutcomesKept
                 // TCC runs: a budget of 6 attempts (about 1.3 s of backoff), so a service outage
                 // (4-8 s) outlasts it even when coordinator crashes restart the count.
                 if simulation.tccMode { config.retryBudgetAttempts = 6 }

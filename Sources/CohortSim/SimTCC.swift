@@ -402,14 +402,20 @@ extension Simulation {
         // judged by what the client was told and what the services saw: every branch of a
         // committed one confirmed exactly once and counted in the stock, every reserving branch
         // of an aborted one cancelled. Any other transaction must be in its table, and one
-        // unknown there must not have been confirmed anywhere.
+        // unknown there must not have been confirmed anywhere. Those in its ledger of outcomes
+        // are judged by the ledger, and checked like the ones it keeps.
         for client in tccClients {
             for order in client.orders {
                 tccStats.transactions += 1
                 let txid = TxID(order.txid)
                 let tx = txid.flatMap { coordinator.tcc.transaction($0) }
                 let committed: Bool
-                if tx == nil, let txid, coordinator.tcc.forgottenRefusal(txid) != nil {
+                if tx == nil, let txid, let outcome = coordinator.tcc.forgottenOutcome(txid) {
+                    // Forgotten with its outcome in the ledger: checked below against what the
+                    // client was told and what every service saw.
+                    committed = outcome == .committed
+                    forgottenOutcomesChecked += 1
+                } else if tx == nil, let txid, coordinator.tcc.forgottenRefusal(txid) != nil {
                     committed = order.reported.map { $0 == .committed } ?? (!order.branches.isEmpty && order.branches.allSatisfy {
                         (tccFacts["\($0.service) \(order.txid) \($0.service)"] ?? TCCBranchFacts()).confirms > 0
                     })

@@ -104,7 +104,9 @@ public final class Simulation {
             f.submitPercent = [0, 50, 100][Int(rng.next() % 3)]
             f.namedPercent = [0, 50, 100][Int(rng.next() % 3)]
             f.oneBranchPercent = [0, 0, 30][Int(rng.next() % 3)]
-            if f.submitPercent > 0 && rng.next() % 2 == 0 { f.finishedKept = 8 }
+            // Resent submissions meet the memory of committed submissions, resent commits the
+            // ledger of outcomes.
+            if rng.next() % 2 == 0 { f.finishedKept = 8 }
             return f
         }
 
@@ -133,7 +135,7 @@ public final class Simulation {
                 f.agentLinks = true
                 f.lateThreePhasePercent = [0, 5, 20][Int(rng.next() % 3)]
             }
-            if f.submitPercent > 0 && rng.next() % 2 == 0 { f.finishedKept = 8 }
+            if rng.next() % 2 == 0 { f.finishedKept = 8 }
             return f
         }
 
@@ -152,6 +154,8 @@ public final class Simulation {
             f.partitions = rng.next() % 2 == 0
             f.bitFlipChecks = rng.next() % 3 == 0
             f.tcc = TCCFaults.draw(&rng)
+            // Most orders forgotten by the end: the final check reads the ledger of outcomes.
+            if rng.next() % 2 == 0 { f.finishedKept = 8 }
             return f
         }
     }
@@ -194,6 +198,8 @@ public final class Simulation {
         /// Committed submissions' request_ids kept past those; tests set 0 to show the check
         /// catches a resent submission run twice.
         public var committedSubmissionsKept = Limits.committedSubmissionsKept
+        /// The coordinator's ledger of forgotten outcomes (0: none, as before it existed).
+        public var forgottenOutcomesKept = Limits.forgottenOutcomesKept
 
         public init(seed: UInt64) {
             self.seed = seed
@@ -237,6 +243,9 @@ public final class Simulation {
         public let failure: Failure?
         /// TCC runs: what happened (nil for 2PC/3PC runs).
         public var tcc: TCCRunStats?
+        /// Transactions the final check judged by the coordinator's ledger of forgotten
+        /// outcomes, each checked against what the participants applied.
+        public var forgottenOutcomesChecked = 0
     }
 
     // MARK: state
@@ -251,6 +260,7 @@ public final class Simulation {
     private var failure: Failure?
     private(set) var eventCount = 0
     var crashes = 0
+    var forgottenOutcomesChecked = 0
     var healed = false
     private var faultPhaseStartUs: Int64 = -1
 
@@ -315,13 +325,17 @@ public final class Simulation {
             }
         }
         if tccMode {
-            return Result(seed: config.seed, traceHash: traceHash, committed: tccStats.committed, aborted: tccStats.aborted, crashes: crashes,
-                          events: eventCount, virtualMs: nowUs / 1000, failure: failure, tcc: tccStats)
+            var result = Result(seed: config.seed, traceHash: traceHash, committed: tccStats.committed, aborted: tccStats.aborted, crashes: crashes,
+                                events: eventCount, virtualMs: nowUs / 1000, failure: failure, tcc: tccStats)
+            result.forgottenOutcomesChecked = forgottenOutcomesChecked
+            return result
         }
         let committed = clients.reduce(0) { $0 + $1.committed }
         let aborted = clients.reduce(0) { $0 + $1.aborted }
-        return Result(seed: config.seed, traceHash: traceHash, committed: committed, aborted: aborted, crashes: crashes,
-                      events: eventCount, virtualMs: nowUs / 1000, failure: failure)
+        var result = Result(seed: config.seed, traceHash: traceHash, committed: committed, aborted: aborted, crashes: crashes,
+                            events: eventCount, virtualMs: nowUs / 1000, failure: failure)
+        result.forgottenOutcomesChecked = forgottenOutcomesChecked
+        return result
     }
 
     private func setUp() {
@@ -569,8 +583,15 @@ public final class Simulation {
                 if t.reported == .aborted && a {
                     return fail("atomicity: \(t.txid) was reported aborted to the client but is applied")
                 }
+                if let txid = TxID(t.txid), let gone = nodes["coordinator"]?.coordinator?.machine.forgottenOutcome(txid) {
+                    // What a client asking now would be told, from the ledger of outcomes.
+                    forgottenOutcomesChecked += 1
+                    if (gone.outcome == .committed) != a {
+                        return fail("ledger: \(t.txid) is \(a ? "" : "not ")applied, but the coordinator's ledger of forgotten outcomes says \(gone.outcome.rawValue)")
+                    }
+                }
                 if a, let txid = TxID(t.txid), let coordinator = nodes["coordinator"]?.coordinator?.machine,
-                   coordinator.transaction(txid) == nil, coordinator.forgottenRefusal(txid) == nil {
+                   coordinator.transaction(txid) == nil, coordinator.forgottenOutcome(txid) == nil, coordinator.forgottenRefusal(txid) == nil {
                     // A client that lost the answer and asks now would read 404, "never
                     // committed" (a one-phase commit outside a durable window, after a restart).
                     return fail("presumed abort: \(t.txid) is applied, but the coordinator would answer 404 (never committed) to a client asking about it")

@@ -68,7 +68,7 @@ public enum CohortSimCommand {
         var tccTotals = TCCRunStats()
         var combined: UInt64 = 0xCBF2_9CE4_8422_2325
         var failures = 0
-        var committed = 0, aborted = 0, crashes = 0
+        var committed = 0, aborted = 0, crashes = 0, ledgerChecked = 0
         let started = Date()
         for i in 0..<runs {
             let seed = first &+ UInt64(i)
@@ -82,6 +82,7 @@ public enum CohortSimCommand {
             committed += result.committed
             aborted += result.aborted
             crashes += result.crashes
+            ledgerChecked += result.forgottenOutcomesChecked
             if let stats = result.tcc { tccTotals.add(stats) }
             if args.has("trace") {
                 output("seed \(seed): \(config.faults) → committed \(result.committed), aborted \(result.aborted), crashes \(result.crashes), \(result.events) events, \(result.virtualMs) virtual ms\(result.tcc.map { "; \($0.summary)" } ?? "")\(result.failure == nil ? "" : ", FAILED")")
@@ -98,12 +99,12 @@ public enum CohortSimCommand {
         let seconds = Date().timeIntervalSince(started)
         if workload == .tcc {
             output("\(runs) tcc runs (seeds \(first)...\(first &+ UInt64(runs - 1))): \(runs - failures) passed, \(failures) failed; " +
-                   "\(committed) transactions committed, \(aborted) aborted, \(crashes) crashes; \(tccTotals.summary); \(String(format: "%.1f", seconds)) s")
+                   "\(committed) transactions committed, \(aborted) aborted, \(crashes) crashes; \(tccTotals.summary); \(ledgerChecked) judged by the ledger of forgotten outcomes; \(String(format: "%.1f", seconds)) s")
             output("trace-hash: \(String(combined, radix: 16))")
             return failures == 0 ? 0 : 1
         }
         output("\(runs) runs (seeds \(first)...\(first &+ UInt64(runs - 1))): \(runs - failures) passed, \(failures) failed; " +
-               "\(committed) transfers committed, \(aborted) aborted, \(crashes) crashes; \(String(format: "%.1f", seconds)) s")
+               "\(committed) transfers committed, \(aborted) aborted, \(crashes) crashes; \(ledgerChecked) judged by the ledger of forgotten outcomes; \(String(format: "%.1f", seconds)) s")
         output("trace-hash: \(String(combined, radix: 16))")
         return failures == 0 ? 0 : 1
     }

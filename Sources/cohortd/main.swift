@@ -25,13 +25,16 @@ The Cohort coordinator: drives two-phase commit (presumed abort) over participan
   --submissions-kept N         request_ids of committed submissions kept after their
                                transactions, so a resend is answered, not run again,
                                0-1000000 (default 100000)
+  --outcomes-kept N            outcomes of forgotten transactions kept (4 bits each), so a
+                               late GET, commit or abort is answered exactly, not 410,
+                               0-33554432 (default 4194304)
 \(ServerMain.sharedFlagsUsage)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list, COHORT_FAULT=fsync-fail[:K]
 """
 
 exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage: usage,
                      valued: ["data", "port", "host", "token-file", "checkpoint-after-bytes", "checkpoint-interval", "retry-budget-attempts", "retry-budget", "parked-retry-delay",
-                              "finished-kept", "submissions-kept"],
+                              "finished-kept", "submissions-kept", "outcomes-kept"],
                      booleans: ["help", "no-one-phase"], crashPoints: CoordinatorServer.crashPoints,
                      say: { print($0); fflush(stdout) }, warn: { StandardStream.err(($0 + "\n")) }) { args in
     var options = CoordinatorServer.Options(dataDirectory: try args.required("data"))
@@ -57,6 +60,7 @@ exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage:
     }
     if let n = try args.int("finished-kept", range: 1...Limits.finishedTransactionsKeptMax) { options.finishedTransactionsKept = n }
     if let n = try args.int("submissions-kept", range: 0...Limits.committedSubmissionsKeptMax) { options.committedSubmissionsKept = n }
+    if let n = try args.int("outcomes-kept", range: 0...Limits.forgottenOutcomesKeptMax) { options.forgottenOutcomesKept = n }
     options.token = try loadToken(file: args.string("token-file"))
     return (options.host, { loop, onFatal in try CoordinatorServer(options: options, loop: loop, onFatal: onFatal) })
 })

@@ -59,14 +59,21 @@ final class SubmitTests: XCTestCase {
         for i in 0..<3 {
             XCTAssertEqual(try api.submit([("a", a, [.set("n\(i)", 1)]), ("b", b, [.set("n\(i)", 1)])]).outcome, "committed")
         }
-        XCTAssertTrue(try eventually { try api.raw("GET", cluster.coordinatorURL + "/v1/transactions/" + first.txid).status == 410 },
+        XCTAssertTrue(try eventually { try api.transaction(first.txid)?.forgotten == true },
                       "the first transfer was never forgotten")
+        /// What `GET` says of a forgotten transaction: its outcome, from the ledger.
+        func forgottenOutcome(_ txid: String) throws -> String? {
+            let view = try api.transaction(txid)
+            XCTAssertEqual(view?.forgotten, true, txid)
+            return view?.outcome
+        }
         func resendIsAnswered(_ when: String) throws {
             let again = try api.submit(move, requestID: "pay-once")
             XCTAssertEqual(again.outcome, "committed", when)
             XCTAssertEqual(again.txid, first.txid, "\(when): the resend ran as a new transaction")
             XCTAssertEqual(try api.kv(a, "x"), .int(70), when)
             XCTAssertEqual(try api.kv(b, "y"), .int(30), when)
+            XCTAssertEqual(try forgottenOutcome(first.txid), "committed", when)
         }
         try resendIsAnswered("in memory")
         let metrics = try api.metrics(cluster.coordinatorURL)
@@ -75,15 +82,21 @@ final class SubmitTests: XCTestCase {
         cluster.kill9("coordinator")
         _ = try cluster.restart("coordinator", kill: false)
         try resendIsAnswered("after kill -9, from the log")
+        // An abort leaves no log record (presumed abort): only a checkpoint keeps its outcome.
+        let refused = try api.submit([("a", a, [.add("x", -1_000, min: 0)]), ("b", b, [.add("y", 1_000)])])
+        XCTAssertEqual(refused.outcome, "aborted")
         // Enough transactions for a checkpoint (every 4 KiB of log): the log before it, with
         // pay-once's records, is gone, so only the checkpoint can still hold the request_id.
         for i in 0..<60 {
             XCTAssertEqual(try api.submit([("a", a, [.set("m\(i)", 1)]), ("b", b, [.set("m\(i)", 1)])]).outcome, "committed")
         }
         XCTAssertGreaterThan(try api.metrics(cluster.coordinatorURL)["cohort_log_checkpoints_total"] ?? 0, 0)
+        XCTAssertEqual(try forgottenOutcome(refused.txid), "aborted", "in memory")
         cluster.kill9("coordinator")
         _ = try cluster.restart("coordinator", kill: false)
         try resendIsAnswered("after kill -9, from a checkpoint")
+        // The abort's outcome came back from the checkpoint's ledger.
+        XCTAssertEqual(try forgottenOutcome(refused.txid), "aborted", "after kill -9, from a checkpoint")
     }
 
     func testRepeatedAndStrayPreparesWithWorkAreNotStagedAgain() throws {

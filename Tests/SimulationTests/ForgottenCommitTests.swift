@@ -14,10 +14,11 @@ final class ForgottenCommitTests: XCTestCase {
     final class Harness {
         let env = HandDrivenEnvironment()
         let node: CoordinatorNode
-        init(storage: SimLogStorage = SimLogStorage(), epoch: UInt64 = 1) throws {
+        init(storage: SimLogStorage = SimLogStorage(), epoch: UInt64 = 1, outcomesKept: Int = 0) throws {
             let (log, recovered) = try DurableLog.open(storage: storage, config: DurableLogConfig(syncMode: .manual, preallocateBytes: 512))
             var config = Coordinator.Config(coordinatorID: "3fa90c1e", epoch: epoch)
             config.finishedTransactionsKept = 2
+            config.forgottenOutcomesKept = outcomesKept
             node = try CoordinatorNode(coordinatorID: "3fa90c1e", log: log, recovered: recovered, config: config,
                                        checkpointAfterBytes: 1 << 30, environment: env, onFatal: { XCTFail("fatal: \($0)") })
             node.start()
@@ -45,6 +46,7 @@ final class ForgottenCommitTests: XCTestCase {
         }
     }
 
+    /// Without the ledger of outcomes (`--outcomes-kept 0`), and past its reach.
     func testACommitForgottenToMakeRoomIsAnswered410AndAnAbortedOneStill404() throws {
         for protocolName in ["2pc", "tcc"] {
             let h = try Harness()
@@ -75,6 +77,40 @@ final class ForgottenCommitTests: XCTestCase {
 
             // Restarts (log replay, checkpoints) are covered at the machines:
             // CoordinatorForgottenCommitTests, TCCCoordinatorTests.
+        }
+    }
+
+    /// With the ledger (the default), a forgotten transaction's outcome is still answered
+    /// exactly, through the coordinator's HTTP surface, for both machines.
+    func testForgottenTransactionsAreAnsweredFromTheLedger() throws {
+        for protocolName in ["2pc", "tcc"] {
+            let h = try Harness(outcomesKept: Limits.forgottenOutcomesKept)
+            let aborted = try h.finished(protocolName, "abort")
+            let committed = try h.finished(protocolName, "commit")
+            for _ in 0..<3 { _ = try h.finished(protocolName, "commit") }
+            for (txid, outcome) in [(aborted, "aborted"), (committed, "committed")] {
+                let r = try h.call("GET", "/v1/transactions/\(txid)")
+                XCTAssertEqual(r.status, 200, "\(protocolName) \(outcome): " + String(decoding: r.body, as: UTF8.self))
+                let view = try JSONBody.value(TransactionView.self, from: r.body)
+                XCTAssertEqual(view.state, outcome, protocolName)
+                XCTAssertEqual(view.outcome, outcome, protocolName)
+                XCTAssertEqual(view.forgotten, true, protocolName)
+                XCTAssertEqual(view.protocol, protocolName)
+                XCTAssertTrue(view.branches.isEmpty)
+                // A resent commit gets the outcome, as while the transaction was kept.
+                let again = try h.call("POST", "/v1/transactions/\(txid)/commit")
+                XCTAssertEqual(again.status, 200, protocolName)
+                XCTAssertEqual(try JSONBody.value(OutcomeResponse.self, from: again.body).outcome, outcome, protocolName)
+            }
+            XCTAssertEqual(try h.call("POST", "/v1/transactions/\(committed)/abort").status, 409, protocolName)
+            XCTAssertEqual(try h.call("POST", "/v1/transactions/\(aborted)/abort").status, 200, protocolName)
+            // Never issued here: still 404.
+            let later = TxID(coordinatorID: "3fa90c1e", epoch: 1, sequence: 1_000)
+            XCTAssertEqual(try h.call("GET", "/v1/transactions/\(later)").status, 404, protocolName)
+            let metrics = String(decoding: try h.call("GET", "/metrics").body, as: UTF8.self)
+            // Two GETs, two commits and two aborts.
+            XCTAssertTrue(metrics.contains("cohort_forgotten_outcomes_answered_total 6\n"), protocolName)
+            XCTAssertTrue(metrics.contains("cohort_forgotten_outcomes_kept 3\n"), protocolName)
         }
     }
 }
