@@ -797,9 +797,14 @@ final class ScenarioRun: @unchecked Sendable {
                 // coordinator keeps, or committed in one phase before a restart); atomicity still
                 // checks such a transfer against the balances.
                 var forgotten = 0
+                var fromLedger = 0
                 for t in outcomes where t.outcome == .committed && !t.resolved {
                     let state: String
-                    do { state = try api.transaction(t.txid)?.state ?? "unknown (404)" } catch CohortAPIError.http(410, _) {
+                    do {
+                        let view = try api.transaction(t.txid)
+                        if view?.forgotten == true { fromLedger += 1 }
+                        state = view?.state ?? "unknown (404)"
+                    } catch CohortAPIError.http(410, _) {
                         forgotten += 1
                         continue
                     } catch { state = "unreadable: \(error)" }
@@ -809,7 +814,8 @@ final class ScenarioRun: @unchecked Sendable {
                     }
                 }
                 let n = outcomes.filter { $0.outcome == .committed }.count
-                let kept = forgotten == 0 ? "" : " (\(forgotten) of them no longer known to the coordinator: 410)"
+                var kept = fromLedger == 0 ? "" : " (\(fromLedger) of them from its ledger of forgotten outcomes)"
+                if forgotten > 0 { kept += " (\(forgotten) of them no longer known to the coordinator: 410)" }
                 checks.append(CheckResult(name: "committed_means_committed", ok: bad.isEmpty,
                                           detail: bad.isEmpty ? "\(n) committed transactions are committed at the coordinator\(kept)" : bad.prefix(5).joined(separator: "; "),
                                           txids: Array(badTx.prefix(10))))
