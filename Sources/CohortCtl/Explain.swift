@@ -60,6 +60,9 @@ public enum Explain {
             finished = true
             let when = tx.finishedAt.map { " at \($0)" } ?? ""
             summary = "\(id) is finished: \(tx.state)\(when)\(tx.reason.map { " (\($0))" } ?? "")."
+            if tx.forgotten == true {
+                summary += " The coordinator no longer keeps its branches and timeline, only this outcome (its ledger of outcomes)."
+            }
             if let a = tx.audit?.last {
                 summary += " An operator decided it: \(a.action) by \(a.operator) at \(a.at) (\(a.reason))."
             }

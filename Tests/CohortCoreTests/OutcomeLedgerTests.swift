@@ -127,6 +127,50 @@ final class OutcomeLedgerTests: XCTestCase {
         }
     }
 
+    /// Random records over a sliding window of txids with epoch changes, against a plain table:
+    /// the ledger answers either nothing or the last entry recorded for a txid (never another
+    /// one), keeps everything in its newest page, counts exactly what it answers, and reads back
+    /// from its snapshot form answering the same.
+    func testRandomRecordsNeverAnswerWrongAndSurviveTheSnapshotForm() throws {
+        var rng = SplitMix64(seed: 21)
+        let entries = [committed, aborted3PC, mixed, OutcomeLedger.Entry(outcome: .aborted, heuristicMixed: true, threePhase: false)]
+        var l = OutcomeLedger(coordinatorID: id, entriesKept: 64, entriesPerPage: 16) // 4 pages
+        var model: [TxID: OutcomeLedger.Entry] = [:]
+        var epoch: UInt64 = 3
+        var next: UInt64 = 1
+        var newest: TxID?
+        for step in 0..<20_000 {
+            if rng.next() % 500 == 0 { epoch += 1; next = 1 }
+            next += rng.next() % 3
+            // Mostly recent txids, sometimes a late finisher from further back.
+            let back = rng.next() % 10 == 0 ? rng.next() % 80 : rng.next() % 8
+            let t = txid(next > back ? next - back : 1, epoch: epoch)
+            let entry = entries[Int(rng.next() % 4)]
+            l.record(t, entry)
+            model[t] = entry
+            if newest.map({ $0 < t }) ?? true { newest = t }
+            XCTAssertEqual(l.lookup(newest!), model[newest!], "step \(step): the newest txid recorded is kept")
+        }
+        var answered = 0
+        for (t, entry) in model {
+            if let got = l.lookup(t) {
+                XCTAssertEqual(got, entry, "\(t): an entry that was never recorded last")
+                answered += 1
+            }
+        }
+        XCTAssertEqual(l.count, answered)
+        XCTAssertGreaterThan(answered, 32, "the test exercised too little")
+        XCTAssertGreaterThan(l.droppedCount, 0, "pages were let go")
+        var w = ByteWriter()
+        l.encode(&w)
+        var read = OutcomeLedger(coordinatorID: id, entriesKept: 64, entriesPerPage: 16)
+        var r = ByteReader(w.bytes)
+        try read.readTrailing(&r)
+        XCTAssertTrue(r.isAtEnd)
+        XCTAssertEqual(read.count, l.count)
+        for t in model.keys { XCTAssertEqual(read.lookup(t), l.lookup(t), "\(t) after the snapshot form") }
+    }
+
     // MARK: - in the coordinator
 
     let a = ParticipantRef(name: "a", url: "http://a")
