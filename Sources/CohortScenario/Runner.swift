@@ -492,9 +492,14 @@ final class ScenarioRun: @unchecked Sendable {
         case .pause(let p, let duration):
             schedule(at: when, "pause") { [self] in
                 markFired(index)
-                lock.lock(); let proc = procs[p]; paused.insert(p); lock.unlock()
+                lock.lock(); let proc = procs[p]; paused.insert(p); let outbox = outboxRun; lock.unlock()
                 proc?.pause()
-                event("SIGSTOP \(p) for \(duration)ms")
+                var again = ""
+                if let proc, let outbox, p.hasPrefix("relay") {
+                    let tries = ScenarioRunner.freezeOutsideWriteTransaction(proc, database: outbox.producerDB)
+                    if tries > 1 { again = " (taken again \(tries - 1) time\(tries == 2 ? "" : "s"): it was frozen inside its write transaction)" }
+                }
+                event("SIGSTOP \(p) for \(duration)ms\(again)")
             }
             schedule(at: at(f.atMs + duration), "resume") { [self] in
                 lock.lock(); let proc = procs[p]; paused.remove(p); lock.unlock()
