@@ -60,13 +60,14 @@ public struct OutcomeLedger: Equatable, Sendable {
     /// Entries let go with their page (not counting pages read back from a snapshot).
     public private(set) var droppedCount: UInt64 = 0
 
-    /// `entriesKept` is rounded up to whole pages; 0 keeps nothing.
+    /// `entriesKept` is rounded up to whole pages; 0, or a `coordinatorID` no txid can have (a
+    /// machine not told whose txids it runs), keeps nothing.
     public init(coordinatorID: String, entriesKept: Int, entriesPerPage: Int = Limits.forgottenOutcomesPerPage) {
         precondition(entriesPerPage > 0 && entriesPerPage % OutcomeLedger.entriesPerWord == 0, "ledger page of \(entriesPerPage) entries")
         precondition(entriesKept >= 0 && entriesKept <= Limits.forgottenOutcomesKeptMax, "forgotten outcomes kept: \(entriesKept)")
         self.coordinatorID = coordinatorID
         self.entriesPerPage = entriesPerPage
-        self.pagesMax = (entriesKept + entriesPerPage - 1) / entriesPerPage
+        self.pagesMax = TxID.isValidCoordinatorID(coordinatorID) ? (entriesKept + entriesPerPage - 1) / entriesPerPage : 0
     }
 
     private var wordsPerPage: Int { entriesPerPage / OutcomeLedger.entriesPerWord }
@@ -91,23 +92,31 @@ public struct OutcomeLedger: Equatable, Sendable {
         guard pagesMax > 0, txid.coordinatorID == coordinatorID else { return }
         let at = place(txid)
         if pages[at.key] == nil {
-            if order.count >= pagesMax {
-                guard order[0] < at.key else { return }
-                dropOldestPage()
-            }
-            pages[at.key] = [UInt64](repeating: 0, count: wordsPerPage)
-            order.insert(at.key, at: order.firstIndex { at.key < $0 } ?? order.count)
+            guard addPage(at.key, [UInt64](repeating: 0, count: wordsPerPage), countingDropped: true) else { return }
         }
         let old = (pages[at.key]![at.word] >> at.shift) & 0xF
         if old & 1 == 0 { count += 1 }
         pages[at.key]![at.word] = pages[at.key]![at.word] & ~(0xF << at.shift) | (entry.nibble << at.shift)
     }
 
-    private mutating func dropOldestPage() {
-        let key = order.removeFirst()
-        let gone = pages.removeValue(forKey: key)!.reduce(0) { $0 + ($1 & OutcomeLedger.entryBits).nonzeroBitCount }
-        count -= gone
-        droppedCount += UInt64(gone)
+    /// Adds a page, letting the oldest go when `pagesMax` are in use; false (nothing added)
+    /// when `key` is older than every page kept and there is no room for it.
+    private mutating func addPage(_ key: PageKey, _ words: [UInt64], countingDropped: Bool) -> Bool {
+        if order.count >= pagesMax {
+            guard order[0] < key else { return false }
+            let oldest = order.removeFirst()
+            let gone = OutcomeLedger.entries(pages.removeValue(forKey: oldest)!)
+            count -= gone
+            if countingDropped { droppedCount += UInt64(gone) }
+        }
+        pages[key] = words
+        order.insert(key, at: order.firstIndex { key < $0 } ?? order.count)
+        count += OutcomeLedger.entries(words)
+        return true
+    }
+
+    private static func entries(_ words: [UInt64]) -> Int {
+        words.reduce(0) { $0 + ($1 & entryBits).nonzeroBitCount }
     }
 
     /// The oldest txid sequence kept, as (epoch, sequence) of its page's start, for the
@@ -147,12 +156,10 @@ public struct OutcomeLedger: Equatable, Sendable {
             if let previous, !(previous < key) { throw DecodeError("outcome ledger pages out of order") }
             previous = key
             let words = try r.u64s(wordsPerPage)
-            var held = 0
             for (i, word) in words.enumerated() {
                 // Every nibble with a flag set must have its "an entry" bit set too.
                 let flags = (word >> 1 | word >> 2 | word >> 3) & OutcomeLedger.entryBits
                 guard flags & ~word == 0 else { throw DecodeError("outcome ledger entry without its entry bit (page \(key.epoch)/\(key.index), word \(i))") }
-                held += (word & OutcomeLedger.entryBits).nonzeroBitCount
             }
             guard pagesMax > 0 else { continue }
             if let existing = pages[key] {
@@ -166,15 +173,8 @@ public struct OutcomeLedger: Equatable, Sendable {
                 }
                 continue
             }
-            if order.count >= pagesMax {
-                guard order[0] < key else { continue }
-                let dropped = droppedCount
-                dropOldestPage()
-                droppedCount = dropped
-            }
-            pages[key] = words
-            order.insert(key, at: order.firstIndex { key < $0 } ?? order.count)
-            count += held
+            // Pages read back are not counted as let go (`droppedCount` is since start).
+            _ = addPage(key, words, countingDropped: false)
         }
     }
 }

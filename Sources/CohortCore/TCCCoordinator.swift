@@ -220,8 +220,7 @@ public struct TCCCoordinator {
     public init(config: Config = Config()) {
         self.config = config
         rng = SplitMix64(seed: config.seed ^ 0x7CC7_CC7C)
-        outcomeLedger = OutcomeLedger(coordinatorID: config.coordinatorID,
-                                      entriesKept: TxID.isValidCoordinatorID(config.coordinatorID) ? config.forgottenOutcomesKept : 0)
+        outcomeLedger = OutcomeLedger(coordinatorID: config.coordinatorID, entriesKept: config.forgottenOutcomesKept)
     }
 
     public var unfinishedCount: Int { open.count }

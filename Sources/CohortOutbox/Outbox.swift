@@ -386,3 +386,30 @@ public struct RelayWrite: Equatable, Sendable {
         self.dead = dead
     }
 }
+
+extension OutboxStore {
+    /// Stops a relay (`stop`, e.g. SIGSTOP) at a moment it holds no write transaction on
+    /// `database`, for tests and the scenario runner. SQLite has one writer per file: a relay
+    /// stopped inside one of its short write transactions holds every writer of the database
+    /// and no other relay can take its lease until it runs again (docs/outbox.md), so a test of
+    /// fencing would test nothing. Probes the write lock (waiting out other writers' short
+    /// transactions) and, if the stopped relay holds it, lets it run 10 ms and stops it again.
+    /// Returns how many stops it took, or nil when every one landed inside (left stopped).
+    public static func stopOutsideWriteTransaction(database: String, attemptsMax: Int = 20,
+                                                   stop: () -> Void, resume: () -> Void) -> Int? {
+        for attempt in 1...attemptsMax {
+            stop()
+            if let probe = try? SQLiteConnection(path: database, busyTimeoutMs: 300) {
+                defer { probe.close() }
+                if (try? probe.exec("BEGIN IMMEDIATE")) != nil {
+                    try? probe.exec("ROLLBACK")
+                    return attempt
+                }
+            }
+            guard attempt < attemptsMax else { return nil }
+            resume()
+            PosixThread.sleep(milliseconds: 10)
+        }
+        return nil
+    }
+}

@@ -17,29 +17,6 @@ final class OutboxRunState: @unchecked Sendable {
     }
 }
 
-extension ScenarioRunner {
-    /// A relay just stopped (SIGSTOP) inside one of its own write transactions holds SQLite's
-    /// only write lock on `database`: no other relay can take the lease until it runs again,
-    /// so a scenario about fencing would test nothing (about 1 stop in 70 at 1,500 messages/s,
-    /// docs/outbox.md). Probes the lock (waiting out the producer's short transactions) and, if
-    /// the stopped relay holds it, lets it run 10 ms and stops it again, up to 20 times.
-    /// Returns how many stops it took.
-    static func freezeOutsideWriteTransaction(_ relay: ManagedProcess, database: String) -> Int {
-        for attempt in 1...20 {
-            guard let probe = try? SQLiteConnection(path: database, busyTimeoutMs: 300) else { return attempt }
-            defer { probe.close() }
-            if (try? probe.exec("BEGIN IMMEDIATE")) != nil {
-                try? probe.exec("ROLLBACK")
-                return attempt
-            }
-            relay.resume()
-            Thread.sleep(forTimeInterval: 0.01)
-            relay.pause()
-        }
-        return 20
-    }
-}
-
 /// Both databases read at one moment: the truth the outbox checks judge.
 struct OutboxSnapshot {
     struct Row {

@@ -1,6 +1,7 @@
 import CohortClient
 import CohortCore
 import CohortLog
+import CohortOutbox
 import CohortPosix
 import Foundation
 
@@ -496,7 +497,7 @@ final class ScenarioRun: @unchecked Sendable {
                 proc?.pause()
                 var again = ""
                 if let proc, let outbox, p.hasPrefix("relay") {
-                    let tries = ScenarioRunner.freezeOutsideWriteTransaction(proc, database: outbox.producerDB)
+                    let tries = OutboxStore.stopOutsideWriteTransaction(database: outbox.producerDB, stop: proc.pause, resume: proc.resume) ?? 20
                     if tries > 1 { again = " (taken again \(tries - 1) time\(tries == 2 ? "" : "s"): it was frozen inside its write transaction)" }
                 }
                 event("SIGSTOP \(p) for \(duration)ms\(again)")

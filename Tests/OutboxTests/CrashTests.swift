@@ -1,7 +1,6 @@
 import CohortClient
 import CohortCore
 import CohortOutbox
-import CohortSQLite
 import Foundation
 import XCTest
 
@@ -120,20 +119,7 @@ final class CrashTests: XCTestCase {
         // there holds every writer of the database, the business service's too, and no relay
         // can take over until it runs again (docs/outbox.md). About 1 pause in 70 lands there
         // at this load (a probe measured 3 of 200); such a pause is let go and taken again.
-        var frozenOutsideWrite = false
-        for _ in 0..<20 where !frozenOutsideWrite {
-            holder.pause()
-            let probe = try SQLiteConnection(path: rig.producerDB, busyTimeoutMs: 300)
-            do {
-                try probe.exec("BEGIN IMMEDIATE")
-                try probe.exec("ROLLBACK")
-                frozenOutsideWrite = true
-            } catch {
-                holder.resume()
-                Thread.sleep(forTimeInterval: 0.01)
-            }
-            probe.close()
-        }
+        let frozenOutsideWrite = OutboxStore.stopOutsideWriteTransaction(database: rig.producerDB, stop: holder.pause, resume: holder.resume) != nil
         XCTAssertTrue(frozenOutsideWrite, "every pause found the holder inside a write transaction")
         waitFor("the standby to take over") { rig.metric(standby, "cohort_outbox_lease_held") == 1 }
         Thread.sleep(forTimeInterval: 0.5)
