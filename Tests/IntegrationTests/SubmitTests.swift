@@ -85,12 +85,25 @@ final class SubmitTests: XCTestCase {
         // An abort leaves no log record (presumed abort): only a checkpoint keeps its outcome.
         let refused = try api.submit([("a", a, [.add("x", -1_000, min: 0)]), ("b", b, [.add("y", 1_000)])])
         XCTAssertEqual(refused.outcome, "aborted")
-        // Enough transactions for a checkpoint (every 4 KiB of log): the log before it, with
-        // pay-once's records, is gone, so only the checkpoint can still hold the request_id.
-        for i in 0..<60 {
+        // Transactions until a checkpoint (every 4 KiB of log) is taken after the abort left
+        // `finished` (the first of them pushes it out): the log before that checkpoint, with
+        // pay-once's records, is gone, so only the checkpoint can still hold the request_id and
+        // the abort's outcome.
+        func committedFiller(_ i: Int) throws {
             XCTAssertEqual(try api.submit([("a", a, [.set("m\(i)", 1)]), ("b", b, [.set("m\(i)", 1)])]).outcome, "committed")
         }
-        XCTAssertGreaterThan(try api.metrics(cluster.coordinatorURL)["cohort_log_checkpoints_total"] ?? 0, 0)
+        func checkpoints() throws -> Double { try api.metrics(cluster.coordinatorURL)["cohort_log_checkpoints_total"] ?? 0 }
+        try committedFiller(0)
+        let checkpointsBefore = try checkpoints()
+        var i = 1
+        while try checkpoints() == checkpointsBefore && i < 300 {
+            try committedFiller(i)
+            i += 1
+        }
+        XCTAssertGreaterThan(try checkpoints(), checkpointsBefore, "no checkpoint after \(i) transactions")
+        // `cohort_log_checkpoints_total` counts a checkpoint when it is appended; a commit after
+        // it is answered once its decision is durable, and so is everything logged before it.
+        try committedFiller(i)
         XCTAssertEqual(try forgottenOutcome(refused.txid), "aborted", "in memory")
         cluster.kill9("coordinator")
         _ = try cluster.restart("coordinator", kill: false)
