@@ -419,7 +419,8 @@ public struct RetryResponse: Codable, Sendable {
 
 /// `GET /v1/submissions/{request_id}`: what the coordinator knows of a submission, without
 /// running anything. `transaction_kept` false: the transaction itself is forgotten (its `GET`
-/// reads 410) and only the committed-submission memory still has its txid.
+/// gives the outcome alone from the ledger of outcomes, or 410 past it) and only the
+/// committed-submission memory still has its txid.
 public struct SubmissionView: Codable, Sendable, Equatable {
     public let requestID: String
     public let txid: String
