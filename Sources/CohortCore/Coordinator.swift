@@ -1885,6 +1885,10 @@ public enum CoordinatorRecordCoding {
     static func encodeDecision(_ w: inout ByteWriter, txid: TxID, participants: [ParticipantRef], decidedAtMs: Int64) {
         w.string(txid.description)
         w.i64(decidedAtMs)
+        encodeParticipants(&w, participants)
+    }
+
+    static func encodeParticipants(_ w: inout ByteWriter, _ participants: [ParticipantRef]) {
         w.u32(UInt32(participants.count))
         for p in participants {
             w.string(p.name)
@@ -1893,44 +1897,40 @@ public enum CoordinatorRecordCoding {
         }
     }
 
-    static func decodeDecision(_ r: inout ByteReader) throws -> Coordinator.Record {
-        let txid = try decodeTxID(&r)
-        let at = try r.i64()
+    /// A decision's or pre-commit's participants. A URL is read without the trailing `/` that
+    /// versions before the check at registration accepted: the requests built from it would
+    /// go to `//v1/...`, which the agent answers 404, and the decision would stay parked.
+    static func decodeParticipants(_ r: inout ByteReader, what: String) throws -> [ParticipantRef] {
         let n = try r.u32()
-        guard n <= UInt32(Limits.branchesPerTransactionMax) else { throw DecodeError("\(n) participants in a decision") }
+        guard n <= UInt32(Limits.branchesPerTransactionMax) else { throw DecodeError("\(n) participants in a \(what)") }
         var participants: [ParticipantRef] = []
         for _ in 0..<n {
             let name = try r.string(maxCount: 4096)
-            let url = try r.string(maxCount: 4096)
+            var url = try r.string(maxCount: 4096)
+            while url.utf8.count > 7 && url.utf8.last == UInt8(ascii: "/") { url.removeLast() }
             let incarnation = try r.string(maxCount: 128)
             participants.append(ParticipantRef(name: name, url: url, incarnation: incarnation.isEmpty ? nil : incarnation))
         }
+        return participants
+    }
+
+    static func decodeDecision(_ r: inout ByteReader) throws -> Coordinator.Record {
+        let txid = try decodeTxID(&r)
+        let at = try r.i64()
+        let participants = try decodeParticipants(&r, what: "decision")
         return .commitDecision(txid, participants: participants, decidedAtMs: at)
     }
 
     static func encodePreCommitBody(_ w: inout ByteWriter, participants: [ParticipantRef], termination: Termination, atMs: Int64) {
         w.u8(termination == .quorum ? 1 : 0)
         w.i64(atMs)
-        w.u32(UInt32(participants.count))
-        for p in participants {
-            w.string(p.name)
-            w.string(p.url)
-            w.string(p.incarnation ?? "")
-        }
+        encodeParticipants(&w, participants)
     }
 
     static func decodePreCommit(_ r: inout ByteReader, txid: TxID) throws -> Coordinator.Record {
         let termination: Termination = try r.u8() == 1 ? .quorum : .classic
         let at = try r.i64()
-        let n = try r.u32()
-        guard n <= UInt32(Limits.branchesPerTransactionMax) else { throw DecodeError("\(n) participants in a pre-commit") }
-        var participants: [ParticipantRef] = []
-        for _ in 0..<n {
-            let name = try r.string(maxCount: 4096)
-            let url = try r.string(maxCount: 4096)
-            let incarnation = try r.string(maxCount: 128)
-            participants.append(ParticipantRef(name: name, url: url, incarnation: incarnation.isEmpty ? nil : incarnation))
-        }
+        let participants = try decodeParticipants(&r, what: "pre-commit")
         return .preCommit(txid, participants: participants, termination: termination, atMs: at)
     }
 

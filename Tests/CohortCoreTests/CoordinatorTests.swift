@@ -171,6 +171,23 @@ final class CoordinatorTests: XCTestCase {
         XCTAssertGreaterThan(fresh.epoch, t1.epoch, "a restarted coordinator never reuses an id")
     }
 
+    /// Versions before the registration check accepted `http://h:p/`; a decision they logged
+    /// must still reach its participant at `http://h:p` (a request to `//v1/...` is a 404 at
+    /// the agent, and the decision stayed parked).
+    func testRecoveredParticipantURLLosesItsTrailingSlash() throws {
+        let t = TxID(coordinatorID: "0a1b2c3d", epoch: 100, sequence: 7)
+        let old = ParticipantRef(name: "a", url: "http://127.0.0.1:9001//")
+        let fixed = ParticipantRef(name: "a", url: "http://127.0.0.1:9001")
+        var restarted = Coordinator(config: Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 50))
+        let actions = try restarted.recover(snapshot: nil, records: [
+            CoordinatorRecordCoding.encode(.commitDecision(t, participants: [old], decidedAtMs: 9)),
+        ], nowMs: 100)
+        XCTAssertEqual(actions, [.send(t, to: fixed, .commit)])
+        // Re-encoded in a checkpoint, it stays fixed.
+        var again = Coordinator(config: Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 50))
+        XCTAssertEqual(try again.recover(snapshot: restarted.snapshot(), records: [], nowMs: 101), [.send(t, to: fixed, .commit)])
+    }
+
     func testRecoveryRejectsGarbage() {
         var c = makeCoordinator()
         XCTAssertThrowsError(try c.recover(snapshot: nil, records: [(type: 9, payload: [1, 2])], nowMs: 0))
