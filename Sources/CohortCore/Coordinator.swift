@@ -449,6 +449,23 @@ public struct Coordinator {
             try onePhaseWindows.readTrailing(&r)
             try committedSubmissions.readTrailing(&r)
             try outcomeLedger.readTrailing(&r)
+            if !r.isAtEnd {
+                let threePhaseCount = try r.u32()
+                guard threePhaseCount <= UInt32(finishedKeptMax + config.openTransactionsMax) else {
+                    throw DecodeError("\(threePhaseCount) 3PC transactions")
+                }
+                for _ in 0..<threePhaseCount {
+                    let txid = try CoordinatorRecordCoding.decodeTxID(&r)
+                    let termination: Termination = try r.u8() == 1 ? .quorum : .classic
+                    // Not found: pushed out of `finished` while loading by a smaller
+                    // `finishedTransactionsKept` than the writer's (its ledger entry says 2PC).
+                    if open[txid] != nil {
+                        open[txid]!.commitProtocol = .threePhase(termination)
+                    } else if finished[txid] != nil {
+                        finished[txid]!.commitProtocol = .threePhase(termination)
+                    }
+                }
+            }
         }
         for (type, payload) in records {
             let record = try CoordinatorRecordCoding.decode(type: type, payload: payload)
@@ -618,9 +635,13 @@ public struct Coordinator {
         // below) was most of a checkpoint's time on the event loop.
         var committed: [(txid: TxID, createdAtMs: Int64, finishedAtMs: Int64)] = []
         committed.reserveCapacity(finished.count)
+        // The 3PC ones of the decided and recently committed transactions: neither list says.
+        var threePhase: [(TxID, Termination)] = []
+        for tx in decided { if case .threePhase(let t) = tx.commitProtocol { threePhase.append((tx.txid, t)) } }
         for id in finishedOrder[finishedOrderHead...] {
             guard let tx = finished[id], tx.outcome == .committed, tx.state.isFinished else { continue }
             committed.append((tx.txid, tx.createdAtMs, tx.finishedAtMs ?? tx.createdAtMs))
+            if case .threePhase(let t) = tx.commitProtocol { threePhase.append((tx.txid, t)) }
         }
         w.u32(UInt32(committed.count))
         for tx in committed {
@@ -677,6 +698,13 @@ public struct Coordinator {
         committedSubmissions.encode(&w)
         // Outcomes of forgotten transactions (absent in snapshots written before the ledger).
         outcomeLedger.encode(&w)
+        // Which of the decided and recent commits above were 3PC (absent in snapshots written
+        // before session 22, which rebuilt them all as 2PC: `GET` and the ledger said "2pc").
+        w.u32(UInt32(threePhase.count))
+        for (txid, termination) in threePhase {
+            w.string(txid.description)
+            w.u8(termination == .quorum ? 1 : 0)
+        }
         return w.bytes
     }
 

@@ -106,6 +106,37 @@ final class CoordinatorSubmitTests: XCTestCase {
         XCTAssertTrue(next.contains { if case .log(.preCommit, true) = $0 { return true } else { return false } })
     }
 
+    /// A checkpoint's lists of decided and recently committed transactions carry no protocol;
+    /// before session 22 a restart showed a 3PC transaction from them as 2PC (and its ledger
+    /// entry, once forgotten, said so too).
+    func testA3PCTransactionIsStill3PCAfterARestartFromACheckpoint() throws {
+        var c = makeCoordinator()
+        let (t0, _) = submit(&c, [.init(participant: a, work: opsA), .init(participant: b, work: opsB)], protocol: .threePhase(.quorum))
+        let t = try XCTUnwrap(t0)
+        let (u0, _) = submit(&c, [.init(participant: a, work: opsA), .init(participant: b, work: opsB)], protocol: .threePhase(.classic))
+        let u = try XCTUnwrap(u0)
+        for txid in [t, u] {
+            _ = c.on(.voted(txid, participant: "a", vote: .yes), nowMs: 11)
+            _ = c.on(.voted(txid, participant: "b", vote: .yes), nowMs: 12)
+            _ = c.on(.preCommitDurable(txid), nowMs: 13)
+            _ = c.on(.preCommitAcknowledged(txid, participant: "a"), nowMs: 14)
+            _ = c.on(.preCommitAcknowledged(txid, participant: "b"), nowMs: 14)
+            _ = c.on(.decisionDurable(txid), nowMs: 15)
+        }
+        // t finishes; u stays committing (one acknowledgement missing).
+        _ = c.on(.acknowledged(t, participant: "a"), nowMs: 16)
+        _ = c.on(.acknowledged(t, participant: "b"), nowMs: 16)
+        _ = c.on(.acknowledged(u, participant: "a"), nowMs: 16)
+        XCTAssertEqual(c.transaction(t)?.state, .committed)
+        XCTAssertEqual(c.transaction(u)?.state, .committing)
+        var restarted = makeCoordinator()
+        let actions = try restarted.recover(snapshot: c.snapshot(), records: [], nowMs: 20)
+        XCTAssertEqual(actions, [.send(u, to: b, .commit)])
+        XCTAssertEqual(restarted.transaction(t)?.commitProtocol, .threePhase(.quorum))
+        XCTAssertEqual(restarted.transaction(u)?.commitProtocol, .threePhase(.classic))
+        XCTAssertEqual(restarted.transaction(t)?.view().protocol, "3pc")
+    }
+
     func testTimeoutWhilePreparingAbortsAndAnswers() throws {
         var c = makeCoordinator()
         let (t0, _) = submit(&c, [.init(participant: a, work: opsA), .init(participant: b, work: opsB)])
