@@ -105,7 +105,7 @@ let skuRule = "sku must be 1-\(Limits.demoSkuBytesMax) characters of A-Z a-z 0-9
 
 struct BodyError: Error, CustomStringConvertible { let description: String }
 
-/// `decodeBody` for the types read with the hand-written JSON (the order body: every order).
+/// A request body read with the hand-written JSON reader, its errors in words a client can act on.
 func decodeBody<T: WireDecodable>(_ type: T.Type, _ request: HTTPRequest) -> Result<T, BodyError> {
     do {
         return .success(try T(wireJSON: request.body))
@@ -117,28 +117,6 @@ func decodeBody<T: WireDecodable>(_ type: T.Type, _ request: HTTPRequest) -> Res
         return .failure(BodyError(description: "\(e)"))
     } catch {
         return .failure(BodyError(description: "body must be a JSON object: \(error)"))
-    }
-}
-
-func decodeBody<T: Decodable>(_ type: T.Type, _ request: HTTPRequest) -> Result<T, BodyError> {
-    // The hand reader's word first: Foundation's errors would reach the client as its own
-    // internals ("DecodingError.dataCorrupted: ... Debug description: ..."), without a position.
-    if let objection = JSONParser.objection(request.body) {
-        return .failure(BodyError(description: objection.namesAField ? "\(objection)" : "body must be a JSON object: \(objection)"))
-    }
-    do {
-        return .success(try JSONDecoder().decode(T.self, from: Data(request.body)))
-    } catch DecodingError.keyNotFound(let key, _) {
-        return .failure(BodyError(description: "missing field \"\(key.stringValue)\""))
-    } catch DecodingError.typeMismatch(_, let ctx) {
-        return .failure(BodyError(description: "wrong type for \"\(ctx.codingPath.map(\.stringValue).joined(separator: "."))\""))
-    } catch DecodingError.valueNotFound(_, let ctx) {
-        return .failure(BodyError(description: "wrong type for \"\(ctx.codingPath.map(\.stringValue).joined(separator: "."))\""))
-    } catch DecodingError.dataCorrupted(let ctx) where !ctx.codingPath.isEmpty {
-        // Well-formed JSON by now: a number past the field's integer, say.
-        return .failure(BodyError(description: "field \"\(ctx.codingPath.map(\.stringValue).joined(separator: "."))\" has a value out of range"))
-    } catch {
-        return .failure(BodyError(description: "body must be a JSON object of the expected shape"))
     }
 }
 

@@ -119,7 +119,14 @@ public final class InventoryService: RunnableServer {
         }
     }
 
-    struct StockBody: Decodable { let sku: String; let available: Int64 }
+    struct StockBody: WireDecodable {
+        let sku: String
+        let available: Int64
+        init(wire o: WireObject) throws {
+            sku = try o.string("sku")
+            available = try o.int64("available")
+        }
+    }
     /// `GET /v1/tcc/inventory/branches/{txid}/{branch_id}`: what this service's barrier knows of
     /// a TCC branch, and how long it keeps a finished branch's rows (so a caller can tell "never
     /// tried" from "forgotten").

@@ -260,9 +260,9 @@ final class DemoTests: XCTestCase {
         let (code, b) = try rig.json("POST", rig.url("inventory") + "/v1/stock", ["sku": "x", "available": -1])
         XCTAssertEqual(code, 400)
         XCTAssertNotNil(b["error"])
-        // The inventory reads its stock body with Foundation, whose error text reached the
-        // client ("DecodingError.dataCorrupted: ... Debug description: ..."): now the same
-        // words as the order service's hand reader.
+        // The inventory read its stock body with Foundation, whose error text reached the
+        // client ("DecodingError.dataCorrupted: ... Debug description: ..."): now both use the
+        // hand reader, with the same words.
         for (service, path) in [("inventory", "/v1/stock"), ("orders", "/v1/orders")] {
             for (body, why) in [("{", "expected a member name at byte 1"),
                                 (#"{"sku": "a", "sku": "b", "available": 1, "qty": 1}"#, #"field "sku" appears twice"#)] {
