@@ -464,7 +464,7 @@ public final class CoordinatorNode {
                     return responder.send(.jsonBytes(200, JSONBody.encode(view)))
                 }
                 if let forgotten = machine.forgottenRefusal(txid) ?? tcc.forgottenRefusal(txid) { return responder.send(.requestError(forgotten)) }
-                return reject(404, "unknown transaction \(txid): never committed here (finished transactions are kept for the last \(Limits.finishedTransactionsKept); one that may have committed before them, or in one phase before a restart, is answered 410)")
+                return reject(404, "unknown transaction \(txid): never committed here (finished transactions are kept for the last \(machine.config.finishedTransactionsKept), then their outcomes in a ledger; one that may have committed before them, or in one phase before a restart, is answered 410)")
             }
             responder.send(.jsonBytes(200, JSONBody.encode(tx.view())))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "tcc-branches":
@@ -516,7 +516,7 @@ public final class CoordinatorNode {
                 if tcc.owns(parts[2]) || TxID(parts[2]).map({ tcc.forgottenOutcome($0) != nil }) == true { return feedTCC(.force(requests.add(responder), txid: parts[2], force)) }
                 feed(.force(requests.add(responder), txid: parts[2], force))
             }
-        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "retry" && tcc.owns(parts[2]):
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "retry" && (tcc.owns(parts[2]) || tccMayHaveForgotten(parts[2])):
             feedTCC(.retryNow(requests.add(responder), txid: parts[2]))
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "retry":
             feed(.retryNow(requests.add(responder), txid: parts[2]))
@@ -571,6 +571,16 @@ public final class CoordinatorNode {
     /// Whether `text` is unknown to both machines and may be a confirm the TCC machine forgot:
     /// it goes to that machine, which answers 410. (The 2PC machine would answer 404, which a
     /// client reads as aborted; it answers its own forgotten commits itself.)
+    /// A transaction this coordinator recovered that another coordinator id issued, if any: the
+    /// data directory's `coordinator.id` was replaced (by another valid id) or the log came
+    /// from another coordinator. Serving would answer `unknown-coordinator` to participants
+    /// asking about the log's own transactions while `GET` showed them committed.
+    public func recoveredTransactionOfAnotherCoordinator() -> TxID? {
+        if let through = machine.forgottenCommits.through, through.coordinatorID != coordinatorID { return through }
+        return machine.allTransactions().lazy.map(\.txid).first { $0.coordinatorID != coordinatorID }
+            ?? tcc.allTransactions().lazy.map(\.txid).first { $0.coordinatorID != coordinatorID }
+    }
+
     private func tccMayHaveForgotten(_ text: String) -> Bool {
         guard let txid = TxID(text), machine.transaction(txid) == nil, machine.forgottenOutcome(txid) == nil else { return false }
         if tcc.forgottenOutcome(txid) != nil { return true }
@@ -663,8 +673,9 @@ public final class CoordinatorNode {
     private func list(_ request: HTTPRequest, _ responder: ResponseSink) {
         let filter = request.query["state"]
         let limitText = request.query["limit"] ?? String(Limits.transactionsListedDefault)
-        guard let limit = Int(limitText), limit > 0, limit <= Limits.finishedTransactionsKept + Limits.openTransactionsMax else {
-            return responder.send(.error(400, "limit must be a positive integer"))
+        let limitMax = Limits.finishedTransactionsKept + Limits.openTransactionsMax
+        guard let limit = Int(limitText), limit > 0, limit <= limitMax else {
+            return responder.send(.error(400, "limit must be an integer 1-\(limitMax), got \"\(limitText.prefix(40))\""))
         }
         let states = Set(["active", "preparing", "pre-committing", "terminating", "deciding", "committing", "committed", "aborted", "heuristic-mixed"]).union(TCCCoordinator.State.allCases.map(\.rawValue))
         if let filter, !(states.contains(filter) || filter == "unfinished" || filter == "in-doubt" || filter == "parked") {

@@ -86,6 +86,9 @@ public final class CoordinatorServer: RunnableServer {
         node = try CoordinatorNode(coordinatorID: coordinatorID, log: log, recovered: recovered, config: config,
                                    checkpointAfterBytes: options.checkpointAfterBytes, checkpointIntervalMs: options.checkpointIntervalMs,
                                    environment: LoopEnvironment(loop: loop, client: client), onFatal: onFatal)
+        if let foreign = node.recoveredTransactionOfAnotherCoordinator() {
+            throw StartupError("\(dir)/coordinator.id says \(coordinatorID), but the log in \(dir)/log holds transaction \(foreign) of coordinator \(foreign.coordinatorID): the identity file was replaced, or the log belongs to another coordinator; put back the coordinator.id that wrote this log (participants know this log's transactions by that id)")
+        }
         var serverConfig = HTTPServerConfig()
         serverConfig.bearerToken = options.token
         let node = self.node

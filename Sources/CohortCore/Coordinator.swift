@@ -1640,11 +1640,15 @@ extension Coordinator {
     }
 
     mutating func retryNow(_ request: RequestID, _ text: String, nowMs: Int64) -> [Action] {
-        guard let txid = TxID(text) else { return [.reply(request, .error(RequestError(400, "malformed txid \"\(text.prefix(80))\"")))] }
-        guard var tx = open[txid] else {
-            if finished[txid] != nil { return [.reply(request, .error(RequestError(409, "\(txid) is finished; nothing to retry")))] }
-            return [.reply(request, .error(RequestError(404, "unknown transaction \(txid)")))]
+        let txid: TxID
+        switch lookup(text) {
+        case .failure(let e):
+            // Forgotten with its outcome in the ledger: finished, as when it was kept whole.
+            guard let (gone, entry) = answerFromLedger(text) else { return [.reply(request, .error(e))] }
+            return [.reply(request, .error(RequestError(409, "\(gone) is \(entry.outcome.rawValue) (forgotten); nothing to retry")))]
+        case .success(let t): txid = t
         }
+        guard var tx = open[txid] else { return [.reply(request, .error(RequestError(409, "\(txid) is finished; nothing to retry")))] }
         var actions: [Action] = []
         var names: [String] = []
         let everyone = tx.branches.map(\.participant)

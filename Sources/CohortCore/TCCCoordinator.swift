@@ -899,7 +899,9 @@ extension TCCCoordinator {
     mutating func retryNow(_ request: RequestID, _ text: String, nowMs: Int64) -> [Action] {
         let txid: TxID
         switch lookup(text) {
-        case .failure(let e): return [.reply(request, .error(e))]
+        case .failure(let e):
+            guard let (gone, outcome) = answerFromLedger(text) else { return [.reply(request, .error(e))] }
+            return [.reply(request, .error(RequestError(409, "\(gone) is \(outcome.rawValue) (forgotten); nothing to retry")))]
         case .success(let t): txid = t
         }
         guard var tx = open[txid] else { return [.reply(request, .error(RequestError(409, "\(txid) is finished; nothing to retry")))] }

@@ -228,7 +228,13 @@ final class OutcomeLedgerTests: XCTestCase {
         guard case .reply(7, .error(let r))? = c.on(.register(7, txid: yes.description, participant: a), nowMs: 100).first else { return XCTFail("register") }
         XCTAssertEqual(r.status, 409)
         XCTAssertEqual(c.inquire(yes.description), .committed, "a forgotten commit is not presumed aborted")
-        XCTAssertEqual(c.stats.answeredFromLedger, 5)
+        // Retry: finished, as when it was kept whole (it said 404, unknown).
+        for gone in [yes, no] {
+            guard case .reply(8, .error(let f))? = c.on(.retryNow(8, txid: gone.description), nowMs: 100).first else { return XCTFail("retry") }
+            XCTAssertEqual(f.status, 409, f.message)
+            XCTAssertTrue(f.message.contains("nothing to retry"), f.message)
+        }
+        XCTAssertEqual(c.stats.answeredFromLedger, 7)
         if case .failure(let f) = c.planForce(yes, .aborted) { XCTAssertEqual(f.status, 409) } else { XCTFail("forcing abort on a forgotten commit") }
         if case .success(let effects) = c.planForce(yes, .committed) { XCTAssertEqual(effects, []) } else { XCTFail("forcing what holds") }
 

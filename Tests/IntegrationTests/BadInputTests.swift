@@ -274,6 +274,26 @@ final class BadInputTests: XCTestCase {
         try assertRecovered(workload, cluster, context: "with the logs back")
     }
 
+    /// A `coordinator.id` replaced by another valid id (a black-box probe): the coordinator
+    /// started, showed the log's transactions committed to `GET`, and answered
+    /// `unknown-coordinator` to a participant asking about them, which then stays in doubt for
+    /// good. It refuses, naming both ids, and starts again with its own id back.
+    func testACoordinatorIDThatDidNotWriteTheLogIsRefused() throws {
+        let (cluster, workload, names, starts) = try stoppedClusterAndItsStarts()
+        let (program, args, dir, identity) = starts[0]
+        let path = dir + "/" + identity
+        let original = try String(contentsOfFile: path, encoding: .utf8)
+        let id = original.trimmingCharacters(in: .whitespacesAndNewlines)
+        let other = (id.first == "a" ? "b" : "a") + id.dropFirst()
+        try original.replacingOccurrences(of: id, with: other).write(toFile: path, atomically: true, encoding: .utf8)
+        let r = try runToCompletion(cluster.executable(program), args, timeoutMs: 10_000)
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertTrue(r.stderr.hasPrefix("error: cannot start: \(path) says \(other), but the log in \(dir)/log holds transaction \(id)-"), r.stderr)
+        try original.write(toFile: path, atomically: true, encoding: .utf8)
+        for name in names { try cluster.restart(name) }
+        try assertRecovered(workload, cluster, context: "with its own id back")
+    }
+
     /// The same with the log folder there but emptied of its segments (a black-box probe
     /// deleted the only one): the coordinator answered `aborted` for a transaction whose client
     /// had been told `committed`, and an agent forgot a branch it had voted yes on. Both refuse,

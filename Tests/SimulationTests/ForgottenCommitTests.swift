@@ -104,12 +104,18 @@ final class ForgottenCommitTests: XCTestCase {
             }
             XCTAssertEqual(try h.call("POST", "/v1/transactions/\(committed)/abort").status, 409, protocolName)
             XCTAssertEqual(try h.call("POST", "/v1/transactions/\(aborted)/abort").status, 200, protocolName)
+            // Retry: finished, nothing to retry (it said 404, unknown, before the retry looked
+            // in the ledger; and the TCC machine's were not even routed to it).
+            for txid in [aborted, committed] {
+                let retried = try h.call("POST", "/v1/transactions/\(txid)/retry")
+                XCTAssertEqual(retried.status, 409, "\(protocolName): " + String(decoding: retried.body, as: UTF8.self))
+            }
             // Never issued here: still 404.
             let later = TxID(coordinatorID: "3fa90c1e", epoch: 1, sequence: 1_000)
             XCTAssertEqual(try h.call("GET", "/v1/transactions/\(later)").status, 404, protocolName)
             let metrics = String(decoding: try h.call("GET", "/metrics").body, as: UTF8.self)
-            // Two GETs, two commits and two aborts.
-            XCTAssertTrue(metrics.contains("cohort_forgotten_outcomes_answered_total 6\n"), protocolName)
+            // Two GETs, two commits, two aborts and two retries.
+            XCTAssertTrue(metrics.contains("cohort_forgotten_outcomes_answered_total 8\n"), protocolName)
             XCTAssertTrue(metrics.contains("cohort_forgotten_outcomes_kept 3\n"), protocolName)
         }
     }
