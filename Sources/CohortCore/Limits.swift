@@ -13,6 +13,13 @@ public enum Limits {
     /// 0.105 ms per sync measured there), as PostgreSQL zero-fills its WAL segments. One sync in
     /// this many bytes pays for the extension.
     public static let logPreallocateBytes = 256 << 10
+    /// Every write that lengthens a log file ends it at a multiple of this (the zeros written
+    /// ahead are rounded up to it). A crash cannot leave another length: a write cut short by
+    /// kill -9 stops at a page boundary (the kernel copies a write a page at a time), and after
+    /// a power loss a file's size on disk is one a write set or the end of the pages written
+    /// back. So a last segment of another length whose records run to its end was cut by
+    /// something else, and recovery refuses it rather than lose acknowledged records silently.
+    public static let logFileAlignmentBytes = 4096
     /// Copies of torn tails recovery keeps in the log folder (`NAME.torn-OFFSET`); past this a
     /// cut tail is reported but not copied, so crash after crash cannot fill the disk.
     public static let tornTailCopiesMax = 16
@@ -77,7 +84,7 @@ public enum Limits {
     /// ahead of the last record (`logPreallocateBytes`). 32 bytes of segment header on top.
     /// `DurableLogConfig` takes no value above these limits, so no log it writes exceeds this.
     public static let segmentFileBytesMax = 32 + max(segmentBytesMax, 17 + snapshotBytesMax) + unsyncedBytesMax
-        + branchesMax * (17 + outcomeRecordBytesMax) + logPreallocateBytes
+        + branchesMax * (17 + outcomeRecordBytesMax) + logPreallocateBytes + logFileAlignmentBytes
 
     // MARK: command lines
     /// The longest duration any flag or scenario field accepts (about ten years). Durations are

@@ -598,17 +598,19 @@ public final class DurableLog {
     /// Writes `bytes` at `offset`; when they reach past the zeros already written ahead, the same
     /// write carries `preallocateBytes` more zeros after them, so only that round's sync pays
     /// for a change of the file's size. Recovery reads zeros after the last record as the end.
-    /// Returns the file's new length.
+    /// The new length is a multiple of `Limits.logFileAlignmentBytes`, the only lengths a crash
+    /// leaves (recovery refuses a cut file by that). Returns the file's new length.
     private func writeExtending(_ file: LogFile, _ bytes: [UInt8], at offset: Int, allocated: Int) throws -> Int {
         let end = offset + bytes.count
-        guard end > allocated, config.preallocateBytes > 0 else {
+        guard end > allocated else {
             try file.write(bytes, at: offset)
-            return max(allocated, end)
+            return allocated
         }
+        let length = LogFormat.alignedUp(end + config.preallocateBytes)
         var extended = bytes
-        extended.append(contentsOf: repeatElement(0, count: config.preallocateBytes))
+        extended.append(contentsOf: repeatElement(0, count: length - end))
         try file.write(extended, at: offset)
-        return end + config.preallocateBytes
+        return length
     }
 
     /// One group-commit round: takes what is buffered (at most one new segment's worth), writes

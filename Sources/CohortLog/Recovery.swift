@@ -133,8 +133,18 @@ struct Recovery {
             case .torn(let offset, _):
                 precondition(isLast && !scan.records.isEmpty, "a torn tail outside the last segment, or before its first record")
                 truncatedTail = keepAside(storage, name, bytes, from: offset)
-                try file.truncate(to: offset)
-                allocated = offset
+                // Overwritten with zeros, not truncated: the file keeps a length a crash can
+                // leave (`Limits.logFileAlignmentBytes`), so a crash right after this start
+                // does not make it read as a cut file.
+                let nonzeroEnd = (bytes.lastIndex { $0 != 0 } ?? offset) + 1
+                if nonzeroEnd > offset { try file.write([UInt8](repeating: 0, count: nonzeroEnd - offset), at: offset) }
+            }
+            if isLast && allocated % Limits.logFileAlignmentBytes != 0 {
+                // Written by a version that did not round its files' lengths: rounded now, so
+                // that from here on every length is one a crash can leave.
+                let aligned = LogFormat.alignedUp(allocated)
+                try file.write([UInt8](repeating: 0, count: aligned - allocated), at: allocated)
+                allocated = aligned
             }
             for (index, scanned) in scan.records.enumerated() {
                 if trustHeader && index == 0 && scanned.record.type == LogFormat.checkpointType {

@@ -172,7 +172,15 @@ public final class SimLogStorage: LogStorage {
             while same < durable.count && current[same] == durable[same] { same += 1 }
             let unsynced = current.count - same
             if unsynced == 0 { return durable }
-            let kept = Int(rng.next() % UInt64(unsynced + 1))
+            var kept = Int(rng.next() % UInt64(unsynced + 1))
+            if same + kept > durable.count && same + kept < current.count {
+                // Past the durable length the file grows in whole pages (a write is copied a
+                // page at a time, and a size on disk is the end of the pages written back), so
+                // a torn extension ends at a multiple of the alignment, never mid-page:
+                // recovery refuses other lengths as a cut file (`Limits.logFileAlignmentBytes`).
+                let a = Limits.logFileAlignmentBytes
+                kept = max(durable.count, (same + kept) / a * a) - same
+            }
             var result = Array(current[0..<(same + kept)])
             if same + kept < durable.count { result += durable[(same + kept)...] }
             if kept > 0 && rng.next() % 2 == 0 {

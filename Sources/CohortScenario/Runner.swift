@@ -635,8 +635,14 @@ final class ScenarioRun: @unchecked Sendable {
                     guard end - cut >= firstEnd else {
                         throw ManagedProcessError("cutting \(cut) bytes would reach into the first record of \(path), which no crash can tear (a segment is written whole before it is named)")
                     }
+                    // The rest of the page reads as zeros, as after a crash that cut an
+                    // extending write: a log file ends at a multiple of the alignment
+                    // (Limits.logFileAlignmentBytes), and recovery refuses any other length
+                    // whose records run to its end as a file cut by something else.
+                    let a = Limits.logFileAlignmentBytes
                     try file.truncate(to: max(0, end - cut))
-                    event("torn write on \(p): cut the last \(cut) bytes of \(path)")
+                    try file.truncate(to: (max(0, end - cut) + a - 1) / a * a)
+                    event("torn write on \(p): cut the last \(cut) bytes of the records of \(path) (zeros after them to a multiple of \(a) bytes)")
                 }
             case .corruptRecord(let p, _, _):
                 let (path, data, records, _) = try newestSegment(p, minRecords: 3)

@@ -62,3 +62,9 @@ func recordOffsets(_ storage: LogStorage, file: String) -> [Int] {
     let inspection = DurableLog.inspect(storage: storage)
     return inspection.segments.first { $0.file == file }!.records.map(\.offset)
 }
+
+/// Where a segment's records end (the zeros written ahead follow, up to a multiple of
+/// `Limits.logFileAlignmentBytes`).
+func recordsEnd(_ storage: LogStorage, file: String) -> Int {
+    DurableLog.inspect(storage: storage).segments.first { $0.file == file }!.recordsEndBytes
+}

@@ -27,21 +27,33 @@ final class RecoveryTests: XCTestCase {
     func testTornLastRecordAtEveryOffsetIsCutOffAndNothingDurableIsLost() throws {
         let storage = try syncedLog(count: 4)
         let full = storage.contents(of: firstSegment)!
+        XCTAssertEqual(full.count % Limits.logFileAlignmentBytes, 0, "the writer rounds a file's length")
         let lastStart = recordOffsets(storage, file: firstSegment).last!
-        for cut in lastStart..<full.count {
+        let end = recordsEnd(storage, file: firstSegment)
+        for cut in lastStart..<end {
             for zeroFilled in [false, true] {
-                // Either the file ends mid-record, or it keeps its length with zeros (as a file
-                // system may show blocks whose data never reached the disk).
+                // Either the file keeps its length with zeros after the cut (as a file system
+                // shows blocks whose data never reached the disk: what a crash leaves), or it
+                // ends at the cut, a length no crash leaves (refused below).
                 var damaged = Array(full[..<cut])
                 if zeroFilled { damaged += [UInt8](repeating: 0, count: full.count - cut) }
                 storage.setContents(of: firstSegment, damaged)
+                if !zeroFilled && damaged.last != 0 {
+                    XCTAssertThrowsError(try DurableLog.open(storage: storage, config: manualConfig()), "cut \(cut)") { error in
+                        guard let e = error as? LogCorruptionError else { return XCTFail("\(error)") }
+                        XCTAssertEqual(e.file, firstSegment)
+                        XCTAssertEqual(e.offset, cut)
+                        XCTAssertTrue(e.reason.contains("a length no crash leaves"), e.reason)
+                    }
+                    XCTAssertEqual(storage.contents(of: firstSegment), damaged, "recovery changed nothing")
+                    continue
+                }
                 let (log, recovered) = try DurableLog.open(storage: storage, config: manualConfig())
                 assertRecords(recovered.records, 1...3)
                 XCTAssertEqual(recovered.nextLSN, 4)
                 // A record none of whose bytes arrived reads as zeros: the end of the records,
                 // like the zeros the writer fills ahead (preallocation), and is left in place.
-                let allZeros = zeroFilled && cut == lastStart
-                if damaged.count == lastStart || allZeros {
+                if damaged[lastStart...].allSatisfy({ $0 == 0 }) {
                     XCTAssertNil(recovered.truncatedTail)
                 } else {
                     let tail = try XCTUnwrap(recovered.truncatedTail, "cut \(cut)")
@@ -53,7 +65,10 @@ final class RecoveryTests: XCTestCase {
                     XCTAssertEqual(tail.keptIn, "\(firstSegment).torn-\(lastStart)")
                     XCTAssertEqual(storage.contents(of: tail.keptIn!), Array(damaged[lastStart...lastNonzero]), "the cut bytes are kept")
                 }
-                XCTAssertEqual(storage.contents(of: firstSegment)!.count, allZeros ? full.count : lastStart, "file truncated")
+                // Overwritten with zeros, and at a length a crash can leave.
+                let after = storage.contents(of: firstSegment)!
+                XCTAssertEqual(after.count % Limits.logFileAlignmentBytes, 0)
+                XCTAssertTrue(after[lastStart...].allSatisfy { $0 == 0 }, "cut \(cut): the torn bytes are zeros")
                 // The log goes on from the cut.
                 XCTAssertEqual(try log.append(type: 1, payload: payload(4, size: 14), force: true), 4)
                 try log.syncNow()
@@ -77,7 +92,7 @@ final class RecoveryTests: XCTestCase {
             _ = try log.append(type: 1, payload: payload(UInt64(round + 1), size: 20), force: true)
             log.close()
             let path = dir + "/" + firstSegment
-            let good = try PosixFS.readFile(path).count - 4096
+            let good = recordsEnd(try FileLogStorage(directory: dir), file: firstSegment)
             garbage = (0..<(50 + round)).map { UInt8(truncatingIfNeeded: $0 * 7 + 1) }
             let file = try PosixFile(path: path, create: false)
             try file.pwrite(garbage, offset: good)
@@ -101,23 +116,66 @@ final class RecoveryTests: XCTestCase {
         XCTAssertNil(recovered.truncatedTail, "the copies are not segments")
     }
 
-    func testTornTailOnRealFiles() throws {
+    /// A file cut at a length no crash leaves (not a multiple of `Limits.logFileAlignmentBytes`,
+    /// records to its last byte) lost records that may have been acted on: a black-box probe cut
+    /// a coordinator's log at a record boundary, and it started silently and answered 404 for
+    /// 6,000 acknowledged commits. Recovery refuses it, at a record boundary or inside a record,
+    /// and changes nothing; extended with zeros to a multiple (the operator's way on, as the
+    /// error says) it starts with the records before the cut. A cut at a multiple still reads
+    /// as the end (docs/failure-model.md).
+    func testALogFileCutAtALengthNoCrashLeavesIsRefused() throws {
         let dir = try makeTemporaryDirectory()
         defer { removeTree(dir) }
         let config = DurableLogConfig(preallocateBytes: 0)
         let (log, _) = try DurableLog.open(storage: try FileLogStorage(directory: dir), config: config)
-        for lsn in UInt64(1)...3 { _ = try log.append(type: 1, payload: payload(lsn, size: 10 + Int(lsn % 7)), force: true) }
+        for lsn in UInt64(1)...3 {
+            _ = try log.append(type: 1, payload: payload(lsn, size: 10 + Int(lsn % 7)), force: true)
+            XCTAssertTrue(waitUntil(timeoutMs: 5_000) { log.durableLSN == lsn })
+        }
         log.close()
         let path = dir + "/" + firstSegment
+        let original = try PosixFS.readFile(path)
+        XCTAssertEqual(original.count, Limits.logFileAlignmentBytes)
+        let offsets = recordOffsets(try FileLogStorage(directory: dir), file: firstSegment)
+        for cut in [offsets[2], offsets[2] + 5] {
+            let file = try PosixFile(path: path, create: false)
+            try file.truncate(to: cut)
+            file.close()
+            XCTAssertThrowsError(try DurableLog.open(storage: try FileLogStorage(directory: dir), config: config)) { error in
+                guard let e = error as? LogCorruptionError else { return XCTFail("\(error)") }
+                XCTAssertEqual(e.file, firstSegment)
+                XCTAssertEqual(e.offset, cut)
+                XCTAssertTrue(e.reason.contains("\(cut) is not a multiple of 4096, a length no crash leaves"), e.reason)
+                XCTAssertTrue(e.reason.contains("truncate -s %4096"), e.reason)
+            }
+            XCTAssertEqual(try PosixFS.readFile(path), Array(original[..<cut]), "recovery changed nothing")
+            let report = DurableLog.inspect(storage: try FileLogStorage(directory: dir))
+            XCTAssertFalse(report.isRecoverable, "inspect (txctl log verify) says so too")
+            // The way on the error names: zeros to a multiple of 4096.
+            let extend = try PosixFile(path: path, create: false)
+            try extend.truncate(to: Limits.logFileAlignmentBytes)
+            extend.close()
+            let (reopened, recovered) = try DurableLog.open(storage: try FileLogStorage(directory: dir), config: config)
+            reopened.close()
+            assertRecords(recovered.records, 1...2)
+            XCTAssertEqual(recovered.truncatedTail?.bytesDropped, cut == offsets[2] ? nil : 5)
+            let restore = try PosixFile(path: path, create: false)
+            try restore.pwrite(original, offset: 0)
+            restore.close()
+        }
+        // Cut at a multiple of 4096 (here: every byte after the first page of a longer file),
+        // it reads as a crash: a limit of the rule.
+        let (longer, _) = try DurableLog.open(storage: try FileLogStorage(directory: dir), config: config)
+        _ = try longer.append(type: 1, payload: payload(4, size: 9_000), force: true)
+        XCTAssertTrue(waitUntil(timeoutMs: 5_000) { longer.durableLSN == 4 })
+        longer.close()
+        XCTAssertEqual(try PosixFS.readFile(path).count, 3 * Limits.logFileAlignmentBytes)
         let file = try PosixFile(path: path, create: false)
-        let size = try file.size()
-        try file.truncate(to: size - 5)
+        try file.truncate(to: 2 * Limits.logFileAlignmentBytes)
         file.close()
-        let (reopened, recovered) = try DurableLog.open(storage: try FileLogStorage(directory: dir), config: config)
-        reopened.close()
-        assertRecords(recovered.records, 1...2)
-        XCTAssertEqual(recovered.truncatedTail?.bytesDropped, 10 + 3 % 7 + 17 - 5)
-        XCTAssertEqual(try PosixFS.readFile(path).count, size - (10 + 3 % 7 + 17))
+        let (last, recovered) = try DurableLog.open(storage: try FileLogStorage(directory: dir), config: config)
+        last.close()
+        XCTAssertEqual(recovered.records.map(\.lsn), [1, 2, 3], "the torn fourth record is cut off")
     }
 
     /// Preallocation: each segment file runs `preallocateBytes` of zeros past its last record,
@@ -140,7 +198,8 @@ final class RecoveryTests: XCTestCase {
         let inspection = DurableLog.inspect(storage: storage)
         XCTAssertEqual(inspection.problems, [])
         for seg in inspection.segments {
-            XCTAssertTrue(seg.sizeBytes > seg.recordsEndBytes && seg.sizeBytes <= seg.recordsEndBytes + ahead,
+            XCTAssertTrue(seg.sizeBytes > seg.recordsEndBytes && seg.sizeBytes < seg.recordsEndBytes + ahead + Limits.logFileAlignmentBytes
+                          && seg.sizeBytes % Limits.logFileAlignmentBytes == 0,
                           "\(seg.file): \(seg.sizeBytes) bytes, records end at \(seg.recordsEndBytes): zeros written ahead")
         }
         let last = inspection.segments.last!
@@ -166,7 +225,9 @@ final class RecoveryTests: XCTestCase {
         third.close()
         assertRecords(torn.records, 1...13)
         XCTAssertEqual(torn.truncatedTail?.offset, end)
-        XCTAssertEqual(try PosixFS.readFile(path).count, end, "cut at the torn record")
+        let afterCut = try PosixFS.readFile(path)
+        XCTAssertEqual(afterCut.count % Limits.logFileAlignmentBytes, 0, "the file keeps a length a crash can leave")
+        XCTAssertTrue(afterCut[end...].allSatisfy { $0 == 0 }, "cut at the torn record: zeros from there")
 
         // Zeros followed by a good record are not the end: a record that was durable is missing.
         let (fourth, _) = try DurableLog.open(storage: try FileLogStorage(directory: dir), config: config)
@@ -210,17 +271,18 @@ final class RecoveryTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(names.count, 4)
         let middle = names[1]
         let original = storage.contents(of: middle)!
-        // Damage the last byte of the middle segment: at the end of a segment, but not the last
-        // segment, so it is corruption, not a torn tail.
+        // Damage the last byte of the middle segment's records: at the end of a segment, but not
+        // the last segment, so it is corruption, not a torn tail.
+        let middleEnd = recordsEnd(storage, file: middle)
         var damaged = original
-        damaged[damaged.count - 1] ^= 1
+        damaged[middleEnd - 1] ^= 1
         storage.setContents(of: middle, damaged)
         XCTAssertThrowsError(try DurableLog.open(storage: storage, config: manualConfig())) { error in
             guard let error = error as? LogCorruptionError else { return XCTFail("\(error)") }
             XCTAssertEqual(error.file, middle)
         }
         // A middle segment cut short is corruption too.
-        storage.setContents(of: middle, Array(original.dropLast(3)))
+        storage.setContents(of: middle, Array(original[..<(middleEnd - 3)]) + [UInt8](repeating: 0, count: original.count - middleEnd + 3))
         XCTAssertThrowsError(try DurableLog.open(storage: storage, config: manualConfig())) { error in
             XCTAssertEqual((error as? LogCorruptionError)?.file, middle)
         }
@@ -418,11 +480,18 @@ final class RecoveryTests: XCTestCase {
 
         let full = storage.contents(of: firstSegment)!
         let offsets = clean.segments[0].records.map(\.offset)
-        storage.setContents(of: firstSegment, Array(full.dropLast(2)))
+        let end = recordsEnd(storage, file: firstSegment)
+        let tornBytes = Array(full[..<(end - 2)]) + [UInt8](repeating: 0, count: full.count - end + 2)
+        storage.setContents(of: firstSegment, tornBytes)
         let torn = DurableLog.inspect(storage: storage)
         XCTAssertEqual(torn.problems, [.init(kind: .tornTail, file: firstSegment, offset: offsets[4], reason: torn.problems.first?.reason ?? "")])
         XCTAssertTrue(torn.isRecoverable)
-        XCTAssertEqual(storage.contents(of: firstSegment)!.count, full.count - 2, "inspect modifies nothing")
+        XCTAssertEqual(storage.contents(of: firstSegment), tornBytes, "inspect modifies nothing")
+        // Ending at the cut instead, a length no crash leaves: damage.
+        storage.setContents(of: firstSegment, Array(full[..<(end - 2)]))
+        let cut = DurableLog.inspect(storage: storage)
+        XCTAssertFalse(cut.isRecoverable)
+        XCTAssertEqual(cut.problems.map(\.offset), [end - 2])
 
         var damaged = full
         damaged[offsets[2] + 18] ^= 0xFF

@@ -78,8 +78,11 @@ final class LogToolTests: XCTestCase {
     func testVerifyReportsATornTail() throws {
         let (dir, offsets) = try makeLog()
         defer { try? FileManager.default.removeItem(atPath: dir) }
+        // What a crash leaves: the record's first bytes, zeros after them to the file's length.
         let handle = try FileHandle(forUpdating: URL(fileURLWithPath: segmentPath(dir)))
+        let size = try handle.seekToEnd()
         try handle.truncate(atOffset: UInt64(offsets[4] + 10))
+        try handle.truncate(atOffset: size)
         try handle.close()
         let r = ctl(["log", "verify", dir])
         XCTAssertEqual(r.status, 1, "a torn tail is damage: exit 1")
@@ -90,6 +93,16 @@ final class LogToolTests: XCTestCase {
         XCTAssertEqual(i.status, 0)
         XCTAssertTrue(i.out.contains("TORN TAIL at offset \(offsets[4])"), i.out)
         XCTAssertTrue(i.out.contains("would start"), i.out)
+
+        // Cut there instead, the file ends at a length no crash leaves: damage, not a torn tail.
+        let cutter = try FileHandle(forUpdating: URL(fileURLWithPath: segmentPath(dir)))
+        try cutter.truncate(atOffset: UInt64(offsets[4] + 10))
+        try cutter.close()
+        let c = ctl(["log", "verify", dir])
+        XCTAssertEqual(c.status, 1)
+        XCTAssertTrue(c.out.contains("0000000000000001.log at offset \(offsets[4] + 10): the file ends at byte \(offsets[4] + 10), inside the bytes after its last whole record"), c.out)
+        let ci = ctl(["log", "inspect", dir])
+        XCTAssertFalse(ci.out.contains("would start"), ci.out)
     }
 
     /// An agent-shaped data directory (`agent.name` beside `log/`): a checkpoint, then branches
