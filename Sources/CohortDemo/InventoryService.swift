@@ -214,7 +214,7 @@ public final class InventoryService: RunnableServer {
             return responder.send(.error(409, "sku \(body.sku) is locked by a transaction in progress; set its stock once it finished"))
         }
         let tcc = self.tcc!
-        let busy = "sku \(body.sku) has TCC reservations not yet confirmed or cancelled; set its stock once they are settled"
+        let busy = TCCReservations.stockSetRefusal(sku: body.sku)
         do {
             if try InventoryTCC.reservations(tcc, sku: body.sku) > 0 { return responder.send(.error(409, busy)) }
         } catch {

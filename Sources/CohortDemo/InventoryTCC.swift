@@ -12,10 +12,7 @@ import Foundation
 /// branch's prepared values, so it is refused (try: 409, the order is rejected) or answered 503
 /// (confirm, cancel: the coordinator retries).
 enum InventoryTCC {
-    static let schema = """
-        CREATE TABLE IF NOT EXISTS tcc_reservation(txid TEXT NOT NULL, branch_id TEXT NOT NULL, sku TEXT NOT NULL,
-          qty INTEGER NOT NULL, PRIMARY KEY(txid, branch_id)) WITHOUT ROWID;
-        """
+    static let schema = TCCReservations.schema
 
     /// A branch's state from its barrier rows (`TCCResource.barrier`, op → note), as
     /// `GET /v1/tcc/inventory/branches/{txid}/{branch_id}` answers it: `confirmed` or
@@ -35,9 +32,7 @@ enum InventoryTCC {
 
     /// Reservations of `sku` tried and not yet confirmed or cancelled.
     static func reservations(_ tcc: TCCResource, sku: String) throws -> Int64 {
-        try tcc.withConnection { db in
-            try db.query("SELECT COUNT(*) FROM tcc_reservation WHERE sku = ?1", [.text(sku)]).first?[0].int ?? 0
-        }
+        try tcc.withConnection { try TCCReservations.open($0, sku: sku) }
     }
 
     static func make(databasePath: String, locked: @escaping (String) -> Bool) throws -> TCCResource {

@@ -11,7 +11,7 @@ usage: tcc-inventory --data DIR --port N [--host H]
 A TCC inventory service (the worked example of the CohortTCC library): stock per sku in
 DIR/inventory.sqlite; try reserves, confirm sells, cancel releases, all through the barrier.
 Finished branches' barrier rows are purged every minute once older than 24 h.
-  POST /v1/stock {"sku","available"}     set a sku's stock (setup only)
+  POST /v1/stock {"sku","available"}     set a sku's stock (setup only; 409 while it has open reservations)
   GET  /v1/stock/{sku}                   {"sku","available","reserved","sold"}
   GET  /metrics                          phase calls by result, barrier rows purged, HTTP and CPU counters
   POST /v1/tcc/inventory/try|confirm|cancel   the TCC phases ({"txid","branch_id","payload":{"sku","qty"}})
@@ -74,7 +74,11 @@ do {
                 case .failure(let e): return responder.send(.requestError(e))
                 case .success(let b): body = b
                 }
-                try store.setStock(sku: body.sku, available: body.available)
+                do {
+                    try store.setStock(sku: body.sku, available: body.available)
+                } catch TCCError.conflict(let why) {
+                    return responder.send(.error(409, why))
+                }
                 responder.send(.json(200, try store.stock(sku: body.sku)))
             case ("GET", 3) where parts[0] == "v1" && parts[1] == "stock":
                 guard let s = try store.stock(sku: parts[2]) else { return responder.send(.error(404, "unknown sku \(parts[2].prefix(80))")) }

@@ -106,6 +106,26 @@ final class TCCEndToEndTests: XCTestCase {
         }
     }
 
+    /// `POST /v1/stock` on a sku with a reservation not yet confirmed or cancelled is refused
+    /// with 409 and changes nothing, as inventory-service does. It used to set `reserved` to 0
+    /// under the reservation: its cancel (or confirm) then failed for ever on the stock table's
+    /// CHECK (503) and the coordinator parked the transaction.
+    func testSettingStockUnderAnOpenReservationIsRefused() throws {
+        let rig = try Rig(test: self, inventories: 1, crashPoint: nil)
+        try rig.setStock(0, 10)
+        for settle in ["cancel", "confirm"] {
+            XCTAssertEqual(try rig.phase(0, "try", txid: "hand-\(settle)", branch: "b", qty: 5), 200)
+            let before = try rig.stock(0)
+            let (status, body) = try rig.json("POST", rig.inventories[0].url! + "/v1/stock", ["sku": "sku", "available": 0])
+            XCTAssertEqual(status, 409, "\(settle): \(body)")
+            XCTAssertTrue((body["error"] as? String)?.contains("TCC reservations not yet confirmed or cancelled") ?? false, "\(body)")
+            XCTAssertTrue(try rig.stock(0) == before, "\(settle): a refused setting changed nothing")
+            XCTAssertEqual(try rig.phase(0, settle, txid: "hand-\(settle)", branch: "b", qty: 5), 200, "\(settle) still settles")
+            XCTAssertEqual(try rig.stock(0).reserved, 0)
+            try rig.setStock(0, 10)  // settled: allowed again
+        }
+    }
+
     func testHappyPathFailingTryAndHandMadeAnomalies() throws {
         let rig = try Rig(test: self, inventories: 2, crashPoint: nil)
         try rig.setStock(0, stock)
