@@ -425,11 +425,19 @@ public func storageFaultsFromEnvironment() throws -> StorageFaults {
 }
 
 /// A URL's text without a trailing slash, validated as `http://host:port`.
+///
+/// A base URL has no path: every caller appends its own (`/v1/inbox`, `/v1/transactions`...),
+/// so `--reply-to http://HOST:PORT/v1/inbox` sent every answer to `/v1/inbox/v1/inbox`, a 404
+/// that ended in the dead letters. Refused at start instead, as cohort-relay refuses a `--sink`
+/// without one.
 public func normalizedBaseURL(_ text: String, flag: String) throws -> String {
     var s = text
     while s.hasSuffix("/") { s.removeLast() }
     guard s.hasPrefix("http://"), s.count > 7, s.utf8.count <= Limits.participantURLBytesMax else {
         throw UsageError("--\(flag) must be an http:// URL, got \"\(text)\"")
+    }
+    if let rest = s.dropFirst("http://".count).firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) {
+        throw UsageError("--\(flag) is a base URL, http://HOST[:PORT] without a path (the service adds each path itself); got \"\(text)\" with \"\(s[rest...].prefix(200))\"")
     }
     // Checked now, by the client that will use it, rather than at the first request.
     guard HTTPClient.canSend(to: s) else {

@@ -435,6 +435,42 @@ final class BadInputTests: XCTestCase {
         }
     }
 
+    /// A base URL flag (`--reply-to`, `--inventory`, `--coordinator`, `--advertise`) is refused
+    /// with a path, at start and by `--check-flags`: each service adds its paths itself, and
+    /// `inventory-service --reply-to http://HOST:PORT/v1/inbox` was accepted and sent every
+    /// answer to `/v1/inbox/v1/inbox` (404, then the dead letters). A trailing slash is not a
+    /// path: it is taken off.
+    func testBaseURLFlagsRefuseAPath() throws {
+        let bin = try binDirectory()
+        let dir = tempPath("cohort-baseurl-\(UUID().uuidString.prefix(8))")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let url = "http://127.0.0.1:1"
+        let inventory = ["--data", dir + "/i", "--port", "0", "--coordinator", url]
+        let orders = ["--data", dir + "/o", "--port", "0", "--coordinator", url, "--inventory", url]
+        let agent = ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", url]
+        let cases: [(String, [String], String, String)] = [
+            ("inventory-service", inventory, "reply-to", url + "/v1/inbox"),
+            ("inventory-service", inventory, "reply-to", url + "?x=1"),
+            ("inventory-service", inventory, "advertise", url + "/inv"),
+            ("inventory-service", Array(inventory.dropLast(2)), "coordinator", url + "/v1"),
+            ("order-service", Array(orders.dropLast(2)), "inventory", url + "/v1/inbox"),
+            ("order-service", Array(orders.prefix(4)) + ["--inventory", url], "coordinator", url + "/v1/transactions"),
+            ("cohort-agent", Array(agent.dropLast(2)), "coordinator", url + "/x/"),
+        ]
+        for (program, line, flag, value) in cases {
+            for check in [["--check-flags"], []] {
+                let r = try runToCompletion(bin.appendingPathComponent(program), line + ["--\(flag)", value] + check, timeoutMs: 10_000)
+                XCTAssertEqual(r.status, 2, "\(program) --\(flag) \(value) \(check): \(r.stderr)")
+                XCTAssertTrue(r.stderr.hasPrefix("error: --\(flag) is a base URL, http://HOST[:PORT] without a path"), "\(program): \(r.stderr)")
+            }
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir), "a refused start created nothing")
+        for (program, line, flag) in [("inventory-service", inventory, "reply-to"), ("order-service", Array(orders.dropLast(2)), "inventory")] {
+            let r = try runToCompletion(bin.appendingPathComponent(program), line + ["--\(flag)", url + "/", "--check-flags"])
+            XCTAssertEqual(r.status, 0, "\(program) --\(flag) \(url)/: \(r.stderr)")
+        }
+    }
+
     /// `--check-flags` (what `txscenario validate` runs) checks values too, and a command line
     /// that passes creates, opens and binds nothing: not the data directory, not the database.
     func testCheckFlagsChecksValuesAndCreatesNothing() throws {
