@@ -127,10 +127,6 @@ public final class InventoryService: RunnableServer {
             available = try o.int64("available")
         }
     }
-    /// `GET /v1/tcc/inventory/branches/{txid}/{branch_id}`: what this service's barrier knows of
-    /// a TCC branch, and how long it keeps a finished branch's rows (so a caller can tell "never
-    /// tried" from "forgotten").
-    struct TCCBranch: Codable { let txid: String; let branch_id: String; let state: String; let barrier_retention_ms: Int64 }
     struct Stock: Codable { let sku: String; let available: Int64; let reserved: Int64; let sold: Int64 }
 
     /// TCC phases read in this pass of the event loop, run together at its end.
@@ -148,6 +144,10 @@ public final class InventoryService: RunnableServer {
             if tccQueued.count == 1 { agent.loop.execute { [weak self] in self?.runQueuedTCC() } }
             return true
         }
+        if let response = tcc.handleBranchQuery(request) {
+            responder.send(response)
+            return true
+        }
         let parts = request.pathComponents
         switch (request.method, parts.count) {
         case ("POST", 2) where parts == ["v1", "inbox"]:
@@ -157,18 +157,6 @@ public final class InventoryService: RunnableServer {
             })
         case ("POST", 2) where parts == ["v1", "stock"]:
             setStock(request, responder)
-        case ("GET", 6) where parts[0] == "v1" && parts[1] == "tcc" && parts[2] == tcc.name && parts[3] == "branches":
-            let (txid, branchID) = (parts[4], parts[5])
-            guard !txid.isEmpty, txid.utf8.count <= Limits.tccBranchIDBytesMax, !branchID.isEmpty, branchID.utf8.count <= Limits.tccBranchIDBytesMax else {
-                responder.send(.error(400, "txid and branch_id must be 1-\(Limits.tccBranchIDBytesMax) bytes"))
-                return true
-            }
-            do {
-                let state = InventoryTCC.branchState(try tcc.barrier(txid: txid, branchID: branchID))
-                responder.send(.json(200, TCCBranch(txid: txid, branch_id: branchID, state: state, barrier_retention_ms: tcc.options.retentionMs)))
-            } catch {
-                responder.send(.error(503, "barrier read failed: \(error)"))
-            }
         case ("GET", 3) where parts[0] == "v1" && parts[1] == "stock":
             let sku = parts[2]
             guard validSku(sku) else { responder.send(.error(400, skuRule)); return true }

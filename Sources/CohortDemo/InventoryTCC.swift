@@ -14,22 +14,6 @@ import Foundation
 enum InventoryTCC {
     static let schema = TCCReservations.schema
 
-    /// A branch's state from its barrier rows (`TCCResource.barrier`, op → note), as
-    /// `GET /v1/tcc/inventory/branches/{txid}/{branch_id}` answers it: `confirmed` or
-    /// `cancelled` (its confirm or cancel ran: final), `fenced` (a try refused after its
-    /// deadline: it never reserved and can never be confirmed), `tried` (reserved, the
-    /// coordinator's confirm or cancel is still to come), or `none` (no try reached this
-    /// service, or its finished rows were purged after the retention).
-    static func branchState(_ rows: [String: String]) -> String {
-        if rows["confirm"] != nil { return "confirmed" }
-        if rows["cancel"] != nil { return "cancelled" }
-        switch rows["try"] {
-        case "fence"?: return "fenced"
-        case _?: return "tried"
-        case nil: return "none"
-        }
-    }
-
     /// Reservations of `sku` tried and not yet confirmed or cancelled.
     static func reservations(_ tcc: TCCResource, sku: String) throws -> Int64 {
         try tcc.withConnection { try TCCReservations.open($0, sku: sku) }

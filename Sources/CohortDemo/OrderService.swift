@@ -557,7 +557,7 @@ public final class OrderService: RunnableServer {
     }
 
     /// What the inventory's TCC barrier says about the order's branch
-    /// (`GET /v1/tcc/inventory/branches/{txid}/stock`, `InventoryTCC.branchState`).
+    /// (`GET /v1/tcc/inventory/branches/{txid}/stock`, `TCCResource.branchState`).
     enum TCCBranchView: Equatable {
         case state(String, retentionMs: Int64)
         case unreachable

@@ -15,6 +15,8 @@ Finished branches' barrier rows are purged every minute once older than 24 h.
   GET  /v1/stock/{sku}                   {"sku","available","reserved","sold"}
   GET  /metrics                          phase calls by result, barrier rows purged, HTTP and CPU counters
   POST /v1/tcc/inventory/try|confirm|cancel   the TCC phases ({"txid","branch_id","payload":{"sku","qty"}})
+  GET  /v1/tcc/inventory/branches/{txid}/{branch_id}   what the barrier knows of a branch
+                                         ({"txid","branch_id","state","barrier_retention_ms"})
 \(Arguments.checkFlagsUsage)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list
 """
@@ -60,7 +62,7 @@ do {
         loop.stop()
     }
     server = try HTTPServer(loop: loop, host: host, port: port) { request, responder in
-        if let r = store.resource.handle(request) { return responder.send(r) }
+        if let r = store.resource.handle(request) ?? store.resource.handleBranchQuery(request) { return responder.send(r) }
         let parts = request.pathComponents
         do {
             switch (request.method, parts.count) {

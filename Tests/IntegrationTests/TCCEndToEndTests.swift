@@ -1,4 +1,5 @@
 import CohortClient
+import CohortCore
 import Foundation
 import XCTest
 
@@ -124,6 +125,34 @@ final class TCCEndToEndTests: XCTestCase {
             XCTAssertEqual(try rig.stock(0).reserved, 0)
             try rig.setStock(0, 10)  // settled: allowed again
         }
+    }
+
+    /// tcc-inventory answers `GET /v1/tcc/inventory/branches/{txid}/{branch_id}`, the operator's
+    /// way (docs/tcc.md) to find a reservation no coordinator will settle; it answered 404
+    /// (only inventory-service served it).
+    func testTheBarrierAnswersWhatItKnowsOfABranch() throws {
+        let rig = try Rig(test: self, inventories: 1, crashPoint: nil)
+        try rig.setStock(0, 10)
+        let base = rig.inventories[0].url! + "/v1/tcc/inventory/branches/"
+        func state(_ txid: String, _ branch: String) throws -> String? {
+            let (status, body) = try rig.json("GET", base + "\(txid)/\(branch)")
+            XCTAssertEqual(status, 200, "\(txid)/\(branch): \(body)")
+            XCTAssertEqual(body["txid"] as? String, txid)
+            XCTAssertEqual(body["branch_id"] as? String, branch)
+            XCTAssertEqual((body["barrier_retention_ms"] as? NSNumber)?.int64Value, Limits.tccBarrierRetentionMsDefault)
+            return body["state"] as? String
+        }
+        XCTAssertEqual(try state("made-up", "b1"), "none")
+        XCTAssertEqual(try rig.phase(0, "try", txid: "made-up", branch: "b1", qty: 2), 200)
+        XCTAssertEqual(try state("made-up", "b1"), "tried")
+        XCTAssertEqual(try rig.phase(0, "cancel", txid: "made-up", branch: "b1", qty: 2), 200)
+        XCTAssertEqual(try state("made-up", "b1"), "cancelled")
+        XCTAssertEqual(try rig.phase(0, "try", txid: "sold", branch: "b1", qty: 2), 200)
+        XCTAssertEqual(try rig.phase(0, "confirm", txid: "sold", branch: "b1", qty: 2), 200)
+        XCTAssertEqual(try state("sold", "b1"), "confirmed")
+        XCTAssertEqual(try rig.phase(0, "cancel", txid: "fence", branch: "b1", qty: 2), 200)
+        XCTAssertEqual(try state("fence", "b1"), "cancelled", "an empty cancel is final")
+        XCTAssertEqual(try rig.json("GET", base + "t/" + String(repeating: "x", count: Limits.tccBranchIDBytesMax + 1)).0, 400)
     }
 
     func testHappyPathFailingTryAndHandMadeAnomalies() throws {
