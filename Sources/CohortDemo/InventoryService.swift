@@ -148,6 +148,12 @@ public final class InventoryService: RunnableServer {
             responder.send(response)
             return true
         }
+        // The outbox admin API (`txctl outbox URL list|replay`), as every relay host serves it:
+        // a dead-lettered answer (an order service that moved) can be seen and sent again.
+        if let response = OutboxAdminAPI.handle(request, relay: outbox.relay, nowMs: SystemClock.wallMs()) {
+            responder.send(response)
+            return true
+        }
         let parts = request.pathComponents
         switch (request.method, parts.count) {
         case ("POST", 2) where parts == ["v1", "inbox"]:

@@ -165,6 +165,12 @@ public final class OrderService: RunnableServer {
             if waiterCount > 0 { recheckWaiters() }
             return true
         }
+        // The outbox admin API (`txctl outbox URL list|replay`), as every relay host serves it:
+        // a dead-lettered OrderPlaced can be seen and sent again.
+        if let response = OutboxAdminAPI.handle(request, relay: outbox.relay, nowMs: SystemClock.wallMs()) {
+            responder.send(response)
+            return true
+        }
         let parts = request.pathComponents
         guard parts.count >= 2, parts[0] == "v1", parts[1] == "orders" else { return false }
         switch (request.method, parts.count) {

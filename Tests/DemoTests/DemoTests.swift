@@ -246,6 +246,38 @@ final class DemoTests: XCTestCase {
         XCTAssertTrue(first?.hasPrefix("outbox-") ?? false, "\(first ?? "nil")")
     }
 
+    /// Both services serve the outbox admin API (`txctl outbox URL list|replay`), as docs/demo.md
+    /// and openapi.json say; they answered 404, so a dead letter could be neither listed nor
+    /// replayed.
+    func testBothServicesServeTheOutboxAdminAPI() throws {
+        let rig = try rig()
+        try rig.setStock("fig", 5)
+        let placed = try XCTUnwrap(rig.order("fig", 2, "outbox"))
+        XCTAssertEqual(rig.finalStatus(placed), "confirmed")
+        for (service, topic) in [("orders", "OrderPlaced"), ("inventory", "StockReserved")] {
+            var listed: [String: Any] = [:]
+            // The answer's row is marked delivered just after the order service applied it.
+            let deadline = Date().addingTimeInterval(10)
+            repeat {
+                let (code, body) = try rig.json("GET", rig.url(service) + "/v1/outbox")
+                XCTAssertEqual(code, 200, "\(service): \(body)")
+                listed = body
+                if (listed["pending"] as? NSNumber)?.intValue == 0 { break }
+                Thread.sleep(forTimeInterval: 0.05)
+            } while Date() < deadline
+            XCTAssertTrue((listed["source"] as? String)?.hasPrefix("outbox-") ?? false, "\(service): \(listed)")
+            XCTAssertEqual((listed["pending"] as? NSNumber)?.intValue, 0, "\(service): \(listed)")
+            XCTAssertEqual((listed["dead"] as? NSNumber)?.intValue, 0, "\(service): \(listed)")
+            XCTAssertEqual(listed["lease_held"] as? Bool, true, "\(service): its relay runs")
+            let (deadCode, dead) = try rig.json("GET", rig.url(service) + "/v1/outbox?dead=true")
+            XCTAssertEqual(deadCode, 200)
+            XCTAssertEqual((dead["messages"] as? [Any])?.count, 0, "\(service)")
+            // The delivered message is kept for the retention: not a dead letter, so not replayed.
+            XCTAssertEqual(try rig.json("POST", rig.url(service) + "/v1/outbox/1/replay").0, 409, "\(service): message 1 (\(topic)) is delivered")
+            XCTAssertEqual(try rig.json("POST", rig.url(service) + "/v1/outbox/999999/replay").0, 404, service)
+        }
+    }
+
     /// `GET /v1/orders/{id}?wait_ms=N` holds a pending order's request until it settles, or
     /// answers it pending when the wait runs out; a settled order is answered at once.
     func testWaitingForAnOutboxOrderAnswersWhenItSettles() throws {
