@@ -76,7 +76,7 @@ public final class OrderService: RunnableServer {
     public init(options: Options, loop: EventLoop, onFatal: @escaping (String) -> Void) throws {
         self.options = options
         api = APIPool(coordinatorURL: options.coordinatorURL)
-        try FileManager.default.createDirectory(atPath: options.dataDirectory, withIntermediateDirectories: true)
+        try DataDirectory.create(options.dataDirectory)
         store = try OrderStore(path: options.dataDirectory + "/orders.sqlite")
         var agentOptions = AgentServer.Options(name: options.name, dataDirectory: options.dataDirectory + "/participant",
                                                coordinatorURL: options.coordinatorURL)

@@ -208,12 +208,26 @@ public enum DataDirectory {
     /// the log: two writers of one log, or a recovery cutting a record the other is writing,
     /// would lose data.
     public static func lock(dir: String) throws -> FileLock {
-        try PosixFS.createDirectory(dir, intermediate: true)
+        try create(dir)
         let lock = try FileLock(path: dir + "/lock")
         guard try lock.tryLock() else {
             throw StartupError("\(dir) is in use by another process (it holds \(dir)/lock); refusing to start a second one on the same data directory")
         }
         return lock
+    }
+
+    /// Creates `dir` (and its parents) if missing. Something else already there is refused in
+    /// plain words: Foundation's createDirectory said "NSCocoaErrorDomain Code=516 A file with
+    /// the same name already exists".
+    public static func create(_ dir: String) throws {
+        if PosixFS.exists(dir), !PosixFS.isDirectory(dir) {
+            throw StartupError("data directory \(dir) exists and is not a directory; give a directory (it is created if missing)")
+        }
+        do {
+            try PosixFS.createDirectory(dir, intermediate: true)
+        } catch {
+            throw StartupError("cannot create data directory \(dir): \(error)")
+        }
     }
 
     /// One identity file of a data directory: its name, how a new directory draws its value,

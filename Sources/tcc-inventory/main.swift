@@ -42,7 +42,9 @@ do {
     let port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
     let host = args.string("host") ?? "127.0.0.1"
     if args.has(Arguments.checkFlags) { exit(0) }
-    try PosixFS.createDirectory(dir, intermediate: true)
+    // Held for the process's life: a second tcc-inventory on the same directory would run a
+    // second barrier purger over the same rows (the other services refuse it the same way).
+    let dataDirectoryLock = try DataDirectory.lock(dir: dir)
     let store = try InventoryStore(databasePath: dir + "/inventory.sqlite")
     #if DEBUG
     if TestOnlyBreak.fromEnvironment() == .tccIgnoreFence { store.resource.testOnlyRunFencedTry = true }
@@ -96,6 +98,7 @@ do {
     print("listening on http://\(host):\(server!.port)")
     fflush(stdout)
     try loop.run()
+    withExtendedLifetime(dataDirectoryLock) {}
     exit(0)
 } catch let e as UsageError {
     fail("\(e) (see tcc-inventory --help)", status: 2)

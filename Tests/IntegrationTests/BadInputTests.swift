@@ -435,6 +435,36 @@ final class BadInputTests: XCTestCase {
         }
     }
 
+    /// `--data` naming a regular file is refused in plain words by every service (order-service
+    /// gave Foundation's "NSCocoaErrorDomain Code=516"), and a second tcc-inventory on a data
+    /// directory in use is refused as the other services refuse it (it started, and two barrier
+    /// purgers ran over the same rows).
+    func testADataDirectoryThatIsAFileOrInUseIsRefused() throws {
+        let bin = try binDirectory()
+        let dir = tempPath("cohort-datadir-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let file = dir + "/a-file"
+        XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: Data("x".utf8)))
+        let url = "http://127.0.0.1:1"
+        for (program, args) in [("order-service", ["--coordinator", url, "--inventory", url]), ("inventory-service", ["--coordinator", url]),
+                                ("tcc-inventory", [])] {
+            let r = try runToCompletion(bin.appendingPathComponent(program), ["--data", file, "--port", "0"] + args, timeoutMs: 10_000)
+            XCTAssertEqual(r.status, 1, "\(program): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains("data directory \(file) exists and is not a directory"), "\(program): \(r.stderr)")
+            XCTAssertFalse(r.stderr.contains("NSCocoaErrorDomain"), "\(program): \(r.stderr)")
+        }
+        XCTAssertEqual(try String(contentsOfFile: file, encoding: .utf8), "x", "the file is left as it was")
+
+        let first = ManagedProcess(name: "tcc", executable: bin.appendingPathComponent("tcc-inventory"),
+                                   arguments: ["--data", dir + "/tcc", "--port", "0"], logDirectory: dir + "/logs")
+        try first.start()
+        defer { first.kill9() }
+        let second = try runToCompletion(bin.appendingPathComponent("tcc-inventory"), ["--data", dir + "/tcc", "--port", "0"], timeoutMs: 10_000)
+        XCTAssertEqual(second.status, 1, second.stderr)
+        XCTAssertTrue(second.stderr.contains("\(dir)/tcc is in use by another process"), second.stderr)
+    }
+
     /// A base URL flag (`--reply-to`, `--inventory`, `--coordinator`, `--advertise`) is refused
     /// with a path, at start and by `--check-flags`: each service adds its paths itself, and
     /// `inventory-service --reply-to http://HOST:PORT/v1/inbox` was accepted and sent every
