@@ -68,7 +68,7 @@ let package = Package(
         .target(name: "CohortDemo", dependencies: ["CohortAgent", "CohortClient", "CohortTCC", "CohortOutbox", "CohortSQLite"]),
         .executableTarget(name: "order-service", dependencies: ["CohortDemo", "CohortPosix", "CohortRuntime"]),
         .executableTarget(name: "inventory-service", dependencies: ["CohortDemo", "CohortPosix", "CohortRuntime"]),
-        .testTarget(name: "DemoTests", dependencies: ["CohortClient", "CohortCore", "CohortPosix", "CohortDemo", "CohortHTTP", "CohortOutbox", "CohortSQLite"]),
+        .testTarget(name: "DemoTests", dependencies: ["CohortClient", "CohortCore", "CohortPosix", "CohortDemo", "CohortHTTP", "CohortOutbox", "CohortSQLite", "CohortTCC"]),
         .testTarget(name: "OutboxTests", dependencies: ["CohortOutbox", "CohortClient", "CohortCore", "CohortHTTP", "CohortPosix", "CohortCtl"]),
         .testTarget(name: "CohortCoreTests", dependencies: ["CohortCore"]),
         .testTarget(name: "SimulationTests", dependencies: ["CohortSim"]),

@@ -135,7 +135,12 @@ final class OrderOutbox {
     /// With `broker` (redis://HOST:PORT) OrderPlaced goes to a stream and the answers are read
     /// from another; without it, both go by HTTP to the services' `/v1/inbox`.
     init(path: String, inventoryInbox: String, broker: String?, loop: EventLoop, onProblem: @escaping (String) -> Void) throws {
-        outbox = try Outbox(path: path, name: "orders")
+        // No name: one is drawn at random when the database is created and kept in it (as the
+        // inventory's is), so message ids (`SOURCE:ID`) are new to the inventory's inbox even
+        // from a second order service or a re-created directory; a fixed "orders" made them
+        // collide and the inbox dropped those orders as duplicates. A database created while the
+        // name was fixed keeps "orders", so the ids of messages it has in flight do not change.
+        outbox = try Outbox(path: path)
         let sink: OutboxSink = try broker.map { try makeOutboxSink(url: $0, stream: DemoStreams.ordersPlaced, loop: loop) }
             ?? HTTPOutboxSink(url: inventoryInbox, loop: loop)
         relay = OutboxRelay(store: try OutboxStore(path: path), sink: sink, loop: loop)

@@ -127,10 +127,6 @@ public final class InventoryService: RunnableServer {
             available = try o.int64("available")
         }
     }
-    /// `GET /v1/tcc/inventory/branches/{txid}/{branch_id}`: what this service's barrier knows of
-    /// a TCC branch, and how long it keeps a finished branch's rows (so a caller can tell "never
-    /// tried" from "forgotten").
-    struct TCCBranch: Codable { let txid: String; let branch_id: String; let state: String; let barrier_retention_ms: Int64 }
     struct Stock: Codable { let sku: String; let available: Int64; let reserved: Int64; let sold: Int64 }
 
     /// TCC phases read in this pass of the event loop, run together at its end.
@@ -148,6 +144,16 @@ public final class InventoryService: RunnableServer {
             if tccQueued.count == 1 { agent.loop.execute { [weak self] in self?.runQueuedTCC() } }
             return true
         }
+        if let response = tcc.handleBranchQuery(request) {
+            responder.send(response)
+            return true
+        }
+        // The outbox admin API (`txctl outbox URL list|replay`), as every relay host serves it:
+        // a dead-lettered answer (an order service that moved) can be seen and sent again.
+        if let response = OutboxAdminAPI.handle(request, relay: outbox.relay, nowMs: SystemClock.wallMs()) {
+            responder.send(response)
+            return true
+        }
         let parts = request.pathComponents
         switch (request.method, parts.count) {
         case ("POST", 2) where parts == ["v1", "inbox"]:
@@ -157,18 +163,6 @@ public final class InventoryService: RunnableServer {
             })
         case ("POST", 2) where parts == ["v1", "stock"]:
             setStock(request, responder)
-        case ("GET", 6) where parts[0] == "v1" && parts[1] == "tcc" && parts[2] == tcc.name && parts[3] == "branches":
-            let (txid, branchID) = (parts[4], parts[5])
-            guard !txid.isEmpty, txid.utf8.count <= Limits.tccBranchIDBytesMax, !branchID.isEmpty, branchID.utf8.count <= Limits.tccBranchIDBytesMax else {
-                responder.send(.error(400, "txid and branch_id must be 1-\(Limits.tccBranchIDBytesMax) bytes"))
-                return true
-            }
-            do {
-                let state = InventoryTCC.branchState(try tcc.barrier(txid: txid, branchID: branchID))
-                responder.send(.json(200, TCCBranch(txid: txid, branch_id: branchID, state: state, barrier_retention_ms: tcc.options.retentionMs)))
-            } catch {
-                responder.send(.error(503, "barrier read failed: \(error)"))
-            }
         case ("GET", 3) where parts[0] == "v1" && parts[1] == "stock":
             let sku = parts[2]
             guard validSku(sku) else { responder.send(.error(400, skuRule)); return true }
@@ -214,7 +208,7 @@ public final class InventoryService: RunnableServer {
             return responder.send(.error(409, "sku \(body.sku) is locked by a transaction in progress; set its stock once it finished"))
         }
         let tcc = self.tcc!
-        let busy = "sku \(body.sku) has TCC reservations not yet confirmed or cancelled; set its stock once they are settled"
+        let busy = TCCReservations.stockSetRefusal(sku: body.sku)
         do {
             if try InventoryTCC.reservations(tcc, sku: body.sku) > 0 { return responder.send(.error(409, busy)) }
         } catch {

@@ -12,32 +12,11 @@ import Foundation
 /// branch's prepared values, so it is refused (try: 409, the order is rejected) or answered 503
 /// (confirm, cancel: the coordinator retries).
 enum InventoryTCC {
-    static let schema = """
-        CREATE TABLE IF NOT EXISTS tcc_reservation(txid TEXT NOT NULL, branch_id TEXT NOT NULL, sku TEXT NOT NULL,
-          qty INTEGER NOT NULL, PRIMARY KEY(txid, branch_id)) WITHOUT ROWID;
-        """
-
-    /// A branch's state from its barrier rows (`TCCResource.barrier`, op → note), as
-    /// `GET /v1/tcc/inventory/branches/{txid}/{branch_id}` answers it: `confirmed` or
-    /// `cancelled` (its confirm or cancel ran: final), `fenced` (a try refused after its
-    /// deadline: it never reserved and can never be confirmed), `tried` (reserved, the
-    /// coordinator's confirm or cancel is still to come), or `none` (no try reached this
-    /// service, or its finished rows were purged after the retention).
-    static func branchState(_ rows: [String: String]) -> String {
-        if rows["confirm"] != nil { return "confirmed" }
-        if rows["cancel"] != nil { return "cancelled" }
-        switch rows["try"] {
-        case "fence"?: return "fenced"
-        case _?: return "tried"
-        case nil: return "none"
-        }
-    }
+    static let schema = TCCReservations.schema
 
     /// Reservations of `sku` tried and not yet confirmed or cancelled.
     static func reservations(_ tcc: TCCResource, sku: String) throws -> Int64 {
-        try tcc.withConnection { db in
-            try db.query("SELECT COUNT(*) FROM tcc_reservation WHERE sku = ?1", [.text(sku)]).first?[0].int ?? 0
-        }
+        try tcc.withConnection { try TCCReservations.open($0, sku: sku) }
     }
 
     static func make(databasePath: String, locked: @escaping (String) -> Bool) throws -> TCCResource {

@@ -76,7 +76,7 @@ public final class OrderService: RunnableServer {
     public init(options: Options, loop: EventLoop, onFatal: @escaping (String) -> Void) throws {
         self.options = options
         api = APIPool(coordinatorURL: options.coordinatorURL)
-        try FileManager.default.createDirectory(atPath: options.dataDirectory, withIntermediateDirectories: true)
+        try DataDirectory.create(options.dataDirectory)
         store = try OrderStore(path: options.dataDirectory + "/orders.sqlite")
         var agentOptions = AgentServer.Options(name: options.name, dataDirectory: options.dataDirectory + "/participant",
                                                coordinatorURL: options.coordinatorURL)
@@ -163,6 +163,12 @@ public final class OrderService: RunnableServer {
             responder.send(response)
             // Answers may have settled orders that clients wait for.
             if waiterCount > 0 { recheckWaiters() }
+            return true
+        }
+        // The outbox admin API (`txctl outbox URL list|replay`), as every relay host serves it:
+        // a dead-lettered OrderPlaced can be seen and sent again.
+        if let response = OutboxAdminAPI.handle(request, relay: outbox.relay, nowMs: SystemClock.wallMs()) {
+            responder.send(response)
             return true
         }
         let parts = request.pathComponents
@@ -557,7 +563,7 @@ public final class OrderService: RunnableServer {
     }
 
     /// What the inventory's TCC barrier says about the order's branch
-    /// (`GET /v1/tcc/inventory/branches/{txid}/stock`, `InventoryTCC.branchState`).
+    /// (`GET /v1/tcc/inventory/branches/{txid}/stock`, `TCCResource.branchState`).
     enum TCCBranchView: Equatable {
         case state(String, retentionMs: Int64)
         case unreachable

@@ -181,6 +181,15 @@ public enum PosixFS {
         return stat(path, &info) == 0
     }
 
+    /// The size in bytes of what `path` names (following symlinks); nil when it does not exist.
+    /// A stat, no descriptor: closing a descriptor of a file would drop this process's POSIX
+    /// locks on it (SQLite's among them).
+    public static func fileSizeBytes(_ path: String) -> Int? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return Int(info.st_size)
+    }
+
     public static func isDirectory(_ path: String) -> Bool {
         var info = stat()
         return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR

@@ -208,12 +208,26 @@ public enum DataDirectory {
     /// the log: two writers of one log, or a recovery cutting a record the other is writing,
     /// would lose data.
     public static func lock(dir: String) throws -> FileLock {
-        try PosixFS.createDirectory(dir, intermediate: true)
+        try create(dir)
         let lock = try FileLock(path: dir + "/lock")
         guard try lock.tryLock() else {
             throw StartupError("\(dir) is in use by another process (it holds \(dir)/lock); refusing to start a second one on the same data directory")
         }
         return lock
+    }
+
+    /// Creates `dir` (and its parents) if missing. Something else already there is refused in
+    /// plain words: Foundation's createDirectory said "NSCocoaErrorDomain Code=516 A file with
+    /// the same name already exists".
+    public static func create(_ dir: String) throws {
+        if PosixFS.exists(dir), !PosixFS.isDirectory(dir) {
+            throw StartupError("data directory \(dir) exists and is not a directory; give a directory (it is created if missing)")
+        }
+        do {
+            try PosixFS.createDirectory(dir, intermediate: true)
+        } catch {
+            throw StartupError("cannot create data directory \(dir): \(error)")
+        }
     }
 
     /// One identity file of a data directory: its name, how a new directory draws its value,
@@ -425,11 +439,19 @@ public func storageFaultsFromEnvironment() throws -> StorageFaults {
 }
 
 /// A URL's text without a trailing slash, validated as `http://host:port`.
+///
+/// A base URL has no path: every caller appends its own (`/v1/inbox`, `/v1/transactions`...),
+/// so `--reply-to http://HOST:PORT/v1/inbox` sent every answer to `/v1/inbox/v1/inbox`, a 404
+/// that ended in the dead letters. Refused at start instead, as cohort-relay refuses a `--sink`
+/// without one.
 public func normalizedBaseURL(_ text: String, flag: String) throws -> String {
     var s = text
     while s.hasSuffix("/") { s.removeLast() }
     guard s.hasPrefix("http://"), s.count > 7, s.utf8.count <= Limits.participantURLBytesMax else {
         throw UsageError("--\(flag) must be an http:// URL, got \"\(text)\"")
+    }
+    if let rest = s.dropFirst("http://".count).firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) {
+        throw UsageError("--\(flag) is a base URL, http://HOST[:PORT] without a path (the service adds each path itself); got \"\(text)\" with \"\(s[rest...].prefix(200))\"")
     }
     // Checked now, by the client that will use it, rather than at the first request.
     guard HTTPClient.canSend(to: s) else {

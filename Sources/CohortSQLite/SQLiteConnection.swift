@@ -118,12 +118,21 @@ public final class SQLiteConnection {
     /// beside it (checkpoint it into the damaged file, or delete it), which would destroy the
     /// committed pages the WAL may still hold.
     ///
+    /// An empty or missing file is a new database to SQLite, which then deletes the `-wal` file
+    /// beside it (and a `-journal` one): when that file is not empty it may hold every committed
+    /// row (an empty main file beside a full WAL is what a truncated or deleted database leaves
+    /// after a clean stop), so the open is refused and both files are left as they are.
+    ///
     /// Only the first open of a path in a process looks: closing any descriptor of a file drops
     /// every POSIX lock this process holds on it, SQLite's included, so looking again while a
     /// connection is open would undo that connection's locks.
     static func refuseIfNotADatabase(_ path: String) throws {
         let first = headerCheckedLock.withLock { headerCheckedPaths.insert(path).inserted }
-        guard first, PosixFS.exists(path) else { return }
+        guard first else { return }
+        guard let mainBytes = PosixFS.fileSizeBytes(path), mainBytes > 0 else {
+            try refuseIfJournalBesideNoDatabase(path, exists: PosixFS.exists(path))
+            return
+        }
         let header: [UInt8]
         do {
             let file = try PosixFile(path: path, create: false)
@@ -132,11 +141,24 @@ public final class SQLiteConnection {
         } catch {
             throw SQLiteError(code: SQLITE_CANTOPEN, message: "\(error)", context: "opening \(path)")
         }
-        guard !header.isEmpty, header != Array("SQLite format 3\0".utf8) else { return }
+        guard header != Array("SQLite format 3\0".utf8) else { return }
         headerCheckedLock.withLock { _ = headerCheckedPaths.remove(path) }  // refused: look again next time
         throw SQLiteError(code: SQLITE_NOTADB,
                           message: "\(path) is not a SQLite database (it does not start with SQLite's header); refusing to open it, as opening could change it and the WAL beside it",
                           context: "opening \(path)")
+    }
+
+    /// `path` is empty or missing (`exists` says which): refused when a non-empty `-wal` or
+    /// `-journal` file is beside it, which SQLite would delete on opening a new database.
+    private static func refuseIfJournalBesideNoDatabase(_ path: String, exists: Bool) throws {
+        for suffix in ["-wal", "-journal"] {
+            guard let journalBytes = PosixFS.fileSizeBytes(path + suffix), journalBytes > 0 else { continue }
+            headerCheckedLock.withLock { _ = headerCheckedPaths.remove(path) }  // refused: look again next time
+            let what = exists ? "is empty (0 bytes)" : "does not exist"
+            throw SQLiteError(code: SQLITE_CANTOPEN,
+                              message: "\(path) \(what) but \(path)\(suffix) beside it holds \(journalBytes) bytes, which may be the database's committed rows; refusing to open it, as SQLite would take it for a new database and delete \(path)\(suffix). Restore the database file (or, to start afresh, remove both)",
+                              context: "opening \(path)")
+        }
     }
 
     private static let headerCheckedLock = PosixConditionLock()

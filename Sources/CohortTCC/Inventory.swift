@@ -2,6 +2,28 @@ import CohortCore
 import CohortSQLite
 import Foundation
 
+/// What each try reserved, per branch, until its confirm or cancel settles exactly that: the
+/// table both inventories keep (this library's `InventoryStore`, in `tcc-inventory`, and the
+/// demo's inventory-service), and the rule they share for setting a sku's stock.
+public enum TCCReservations {
+    public static let schema = """
+        CREATE TABLE IF NOT EXISTS tcc_reservation(txid TEXT NOT NULL, branch_id TEXT NOT NULL, sku TEXT NOT NULL,
+          qty INTEGER NOT NULL, PRIMARY KEY(txid, branch_id)) WITHOUT ROWID;
+        """
+
+    /// Reservations of `sku` tried and not yet confirmed or cancelled.
+    public static func open(_ db: SQLiteConnection, sku: String) throws -> Int64 {
+        try db.query("SELECT COUNT(*) FROM tcc_reservation WHERE sku = ?1", [.text(sku)]).first?[0].int ?? 0
+    }
+
+    /// Why a sku's stock is not set while it has open reservations (a 409): setting `reserved`
+    /// to 0 under a reservation sends it negative at that reservation's confirm or cancel, which
+    /// then fails for ever (the stock table's CHECK) and the transaction parks.
+    public static func stockSetRefusal(sku: String) -> String {
+        "sku \(sku) has TCC reservations not yet confirmed or cancelled; set its stock once they are settled"
+    }
+}
+
 /// The worked example: stock per sku, reserved by try, sold by confirm, released by cancel.
 /// Payload `{"sku", "qty"}`. What try reserved is kept per branch (`tcc_reservation`), so
 /// confirm and cancel settle exactly that, whatever payload they are sent.
@@ -12,9 +34,7 @@ public final class InventoryStore: @unchecked Sendable {
         CREATE TABLE IF NOT EXISTS stock(sku TEXT PRIMARY KEY NOT NULL, available INTEGER NOT NULL,
           reserved INTEGER NOT NULL DEFAULT 0, sold INTEGER NOT NULL DEFAULT 0,
           CHECK (available >= 0 AND reserved >= 0 AND sold >= 0)) WITHOUT ROWID;
-        CREATE TABLE IF NOT EXISTS tcc_reservation(txid TEXT NOT NULL, branch_id TEXT NOT NULL, sku TEXT NOT NULL,
-          qty INTEGER NOT NULL, PRIMARY KEY(txid, branch_id)) WITHOUT ROWID;
-        """
+        """ + TCCReservations.schema
 
     public struct Stock: Codable, Equatable, Sendable {
         public let sku: String
@@ -64,11 +84,14 @@ public final class InventoryStore: @unchecked Sendable {
         return (sku, qty)
     }
 
-    /// Sets a sku's stock (setup only): available as given, reserved and sold 0.
+    /// Sets a sku's stock (setup only): available as given, reserved and sold 0. Refused
+    /// (`TCCError.conflict`) while the sku has reservations not yet confirmed or cancelled; read
+    /// in the setting transaction, which no phase's can interleave with (BEGIN IMMEDIATE).
     public func setStock(sku: String, available: Int64) throws {
         guard available >= 0, !sku.isEmpty, sku.utf8.count <= Limits.keyBytesMax else { throw TCCError.badRequest("sku must be 1-\(Limits.keyBytesMax) bytes and available >= 0") }
         _ = try resource.withConnection { db in
             try db.transaction {
+                if try TCCReservations.open(db, sku: sku) > 0 { throw TCCError.conflict(TCCReservations.stockSetRefusal(sku: sku)) }
                 try db.run("INSERT INTO stock(sku, available, reserved, sold) VALUES(?1, ?2, 0, 0) ON CONFLICT(sku) DO UPDATE SET available = ?2, reserved = 0, sold = 0",
                            [.text(sku), .int(available)])
             }

@@ -276,6 +276,53 @@ public final class TCCResource: @unchecked Sendable {
         }
     }
 
+    /// A branch's state from its barrier rows (`barrier`, op → note), as
+    /// `GET /v1/tcc/{name}/branches/{txid}/{branch_id}` answers it: `confirmed` or `cancelled`
+    /// (its confirm or cancel ran: final), `fenced` (a try refused after its deadline: it never
+    /// ran and can never be confirmed), `tried` (the try ran, the coordinator's confirm or cancel
+    /// is still to come), or `none` (no try reached this service, or its finished rows were
+    /// purged after the retention).
+    public static func branchState(_ rows: [String: String]) -> String {
+        if rows["confirm"] != nil { return "confirmed" }
+        if rows["cancel"] != nil { return "cancelled" }
+        switch rows["try"] {
+        case "fence"?: return "fenced"
+        case _?: return "tried"
+        case nil: return "none"
+        }
+    }
+
+    /// The answer to a branch query: what this service's barrier knows of the branch, and how
+    /// long it keeps a finished branch's rows (so a caller can tell "never tried" from
+    /// "forgotten").
+    public struct BranchView: Codable, Equatable, Sendable {
+        public let txid: String
+        public let branch_id: String
+        public let state: String
+        public let barrier_retention_ms: Int64
+    }
+
+    /// Answers `GET /v1/tcc/{name}/branches/{txid}/{branch_id}` (`BranchView`); nil for any
+    /// other request (so a service can chain handlers). Reads the barrier on the calling thread.
+    /// Every service with a resource serves it (tcc-inventory, the demo's inventory-service), so
+    /// an operator can find a branch no coordinator will settle (docs/tcc.md).
+    public func handleBranchQuery(_ request: HTTPRequest) -> HTTPResponse? {
+        let parts = request.pathComponents
+        guard request.method == "GET", parts.count == 6, parts[0] == "v1", parts[1] == "tcc", parts[2] == name, parts[3] == "branches" else {
+            return nil
+        }
+        let (txid, branchID) = (parts[4], parts[5])
+        guard !txid.isEmpty, txid.utf8.count <= Limits.tccBranchIDBytesMax, !branchID.isEmpty, branchID.utf8.count <= Limits.tccBranchIDBytesMax else {
+            return .error(400, "txid and branch_id must be 1-\(Limits.tccBranchIDBytesMax) bytes")
+        }
+        do {
+            let state = Self.branchState(try barrier(txid: txid, branchID: branchID))
+            return .json(200, BranchView(txid: txid, branch_id: branchID, state: state, barrier_retention_ms: options.retentionMs))
+        } catch {
+            return .error(503, "barrier read failed: \(error)")
+        }
+    }
+
     // MARK: - HTTP
 
     /// The path prefix this resource serves: `POST {prefix}/try`, `/confirm`, `/cancel`.

@@ -11,10 +11,12 @@ usage: tcc-inventory --data DIR --port N [--host H]
 A TCC inventory service (the worked example of the CohortTCC library): stock per sku in
 DIR/inventory.sqlite; try reserves, confirm sells, cancel releases, all through the barrier.
 Finished branches' barrier rows are purged every minute once older than 24 h.
-  POST /v1/stock {"sku","available"}     set a sku's stock (setup only)
+  POST /v1/stock {"sku","available"}     set a sku's stock (setup only; 409 while it has open reservations)
   GET  /v1/stock/{sku}                   {"sku","available","reserved","sold"}
   GET  /metrics                          phase calls by result, barrier rows purged, HTTP and CPU counters
   POST /v1/tcc/inventory/try|confirm|cancel   the TCC phases ({"txid","branch_id","payload":{"sku","qty"}})
+  GET  /v1/tcc/inventory/branches/{txid}/{branch_id}   what the barrier knows of a branch
+                                         ({"txid","branch_id","state","barrier_retention_ms"})
 \(Arguments.checkFlagsUsage)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list
 """
@@ -40,7 +42,9 @@ do {
     let port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
     let host = args.string("host") ?? "127.0.0.1"
     if args.has(Arguments.checkFlags) { exit(0) }
-    try PosixFS.createDirectory(dir, intermediate: true)
+    // Held for the process's life: a second tcc-inventory on the same directory would run a
+    // second barrier purger over the same rows (the other services refuse it the same way).
+    let dataDirectoryLock = try DataDirectory.lock(dir: dir)
     let store = try InventoryStore(databasePath: dir + "/inventory.sqlite")
     #if DEBUG
     if TestOnlyBreak.fromEnvironment() == .tccIgnoreFence { store.resource.testOnlyRunFencedTry = true }
@@ -60,7 +64,7 @@ do {
         loop.stop()
     }
     server = try HTTPServer(loop: loop, host: host, port: port) { request, responder in
-        if let r = store.resource.handle(request) { return responder.send(r) }
+        if let r = store.resource.handle(request) ?? store.resource.handleBranchQuery(request) { return responder.send(r) }
         let parts = request.pathComponents
         do {
             switch (request.method, parts.count) {
@@ -74,7 +78,11 @@ do {
                 case .failure(let e): return responder.send(.requestError(e))
                 case .success(let b): body = b
                 }
-                try store.setStock(sku: body.sku, available: body.available)
+                do {
+                    try store.setStock(sku: body.sku, available: body.available)
+                } catch TCCError.conflict(let why) {
+                    return responder.send(.error(409, why))
+                }
                 responder.send(.json(200, try store.stock(sku: body.sku)))
             case ("GET", 3) where parts[0] == "v1" && parts[1] == "stock":
                 guard let s = try store.stock(sku: parts[2]) else { return responder.send(.error(404, "unknown sku \(parts[2].prefix(80))")) }
@@ -90,6 +98,7 @@ do {
     print("listening on http://\(host):\(server!.port)")
     fflush(stdout)
     try loop.run()
+    withExtendedLifetime(dataDirectoryLock) {}
     exit(0)
 } catch let e as UsageError {
     fail("\(e) (see tcc-inventory --help)", status: 2)

@@ -69,4 +69,66 @@ final class SQLiteConnectionTests: XCTestCase {
         try? FileManager.default.removeItem(atPath: path + "-wal")
         XCTAssertNoThrow(try SQLiteConnection(path: path).close())
     }
+    /// An empty (or deleted) main file beside a WAL that holds the committed rows — what
+    /// `: > orders.sqlite` leaves after a clean stop — is refused and both files are left as they
+    /// are: SQLite would take the empty file for a new database and delete the WAL, and the
+    /// service would serve with every row gone. Put back, the main file and its WAL still hold
+    /// the rows.
+    func testAnEmptyOrMissingDatabaseBesideItsWALIsRefusedAndLeftAsItIs() throws {
+        let fm = FileManager.default
+        let base = fm.temporaryDirectory.appendingPathComponent("sqlite-emptied-\(UInt32.random(in: 0...UInt32.max))").path
+        let path = base + ".db"
+        defer {
+            for p in [base + ".live", path, base + ".main"] {
+                for suffix in ["", "-wal", "-shm", "-writelock", "-journal"] { try? fm.removeItem(atPath: p + suffix) }
+            }
+        }
+        // Committed rows that are only in the WAL: copied while the connection that wrote them is open.
+        let live = try SQLiteConnection(path: base + ".live")
+        try live.exec("CREATE TABLE t(k TEXT PRIMARY KEY)")
+        _ = try live.transaction { try live.run("INSERT INTO t(k) VALUES('a'), ('b')") }
+        try fm.copyItem(atPath: base + ".live", toPath: base + ".main")
+        try fm.copyItem(atPath: base + ".live-wal", toPath: path + "-wal")
+        live.close()
+        let wal = try XCTUnwrap(fm.contents(atPath: path + "-wal"))
+        XCTAssertGreaterThan(wal.count, 0)
+
+        func assertRefused(_ what: String, _ journal: String, _ context: String) {
+            XCTAssertThrowsError(try SQLiteConnection(path: path), context) { error in
+                let text = "\(error)"
+                XCTAssertTrue(text.contains("\(path) \(what) but \(path)\(journal) beside it holds") && text.contains("refusing to open it"),
+                              "\(context): \(text)")
+            }
+        }
+        XCTAssertTrue(fm.createFile(atPath: path, contents: Data()))
+        assertRefused("is empty (0 bytes)", "-wal", "emptied")
+        XCTAssertEqual(fm.contents(atPath: path), Data(), "the emptied file is left as it was")
+        XCTAssertEqual(fm.contents(atPath: path + "-wal"), wal, "the WAL is left as it was")
+        try fm.removeItem(atPath: path)
+        assertRefused("does not exist", "-wal", "deleted")
+        XCTAssertFalse(fm.fileExists(atPath: path), "a refused open created no file")
+        XCTAssertEqual(fm.contents(atPath: path + "-wal"), wal)
+
+        // With the main file back, every committed row is there.
+        try fm.copyItem(atPath: base + ".main", toPath: path)
+        let restored = try SQLiteConnection(path: path)
+        XCTAssertEqual(try restored.query("SELECT k FROM t ORDER BY k").map { $0[0].text }, ["a", "b"])
+        restored.close()
+
+        // A rollback journal beside an empty file is refused the same way (another path: a
+        // process looks at a path on its first open only).
+        let other = base + ".other"
+        defer { for suffix in ["", "-wal", "-shm", "-writelock", "-journal"] { try? fm.removeItem(atPath: other + suffix) } }
+        XCTAssertTrue(fm.createFile(atPath: other, contents: Data()))
+        XCTAssertTrue(fm.createFile(atPath: other + "-journal", contents: Data(repeating: 0x5a, count: 512)))
+        XCTAssertThrowsError(try SQLiteConnection(path: other)) { error in
+            XCTAssertTrue("\(error)".contains("\(other) is empty (0 bytes) but \(other)-journal beside it holds 512 bytes"), "\(error)")
+        }
+        XCTAssertEqual(fm.contents(atPath: other + "-journal"), Data(repeating: 0x5a, count: 512))
+
+        // An empty file beside an empty WAL (or none) is still a new database.
+        try fm.removeItem(atPath: other + "-journal")
+        XCTAssertTrue(fm.createFile(atPath: other + "-wal", contents: Data()))
+        XCTAssertNoThrow(try SQLiteConnection(path: other).close())
+    }
 }

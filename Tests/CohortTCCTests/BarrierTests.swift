@@ -344,6 +344,25 @@ final class BarrierTests: XCTestCase {
                                              try: { _ in nil }, confirm: { _ in }, cancel: { _ in }))
     }
 
+    /// Setting a sku's stock under an open reservation is refused (its confirm or cancel would
+    /// break the stock table's CHECK for ever); once the reservation is settled it is allowed.
+    func testInventoryRefusesToSetStockUnderAnOpenReservation() throws {
+        let inv = try InventoryStore(databasePath: dir + "/inv.sqlite")
+        try inv.setStock(sku: "apple", available: 10)
+        guard case .done = try inv.resource.run(.try, txid: "t1", branchID: "b", payload: .object(["sku": .string("apple"), "qty": .int(4)])) else {
+            return XCTFail("try not done")
+        }
+        XCTAssertThrowsError(try inv.setStock(sku: "apple", available: 0)) { error in
+            XCTAssertEqual(error as? TCCError, .conflict(TCCReservations.stockSetRefusal(sku: "apple")))
+        }
+        XCTAssertEqual(try inv.stock(sku: "apple"), .init(sku: "apple", available: 6, reserved: 4, sold: 0))
+        try inv.setStock(sku: "pear", available: 3)  // another sku is not held up
+        guard case .done = try inv.resource.run(.cancel, txid: "t1", branchID: "b", payload: nil) else { return XCTFail("cancel not done") }
+        XCTAssertEqual(try inv.stock(sku: "apple"), .init(sku: "apple", available: 10, reserved: 0, sold: 0))
+        try inv.setStock(sku: "apple", available: 0)
+        XCTAssertEqual(try inv.stock(sku: "apple"), .init(sku: "apple", available: 0, reserved: 0, sold: 0))
+    }
+
     func testInventoryConservesStockAndServesHTTP() throws {
         let inv = try InventoryStore(databasePath: dir + "/inv.sqlite")
         try inv.setStock(sku: "apple", available: 10)

@@ -1,5 +1,6 @@
 import CohortClient
 import CohortCore
+import CohortOutbox
 import CohortPosix
 import Foundation
 import XCTest
@@ -29,14 +30,16 @@ final class DemoRig: @unchecked Sendable {
     func url(_ name: String) -> String { "http://127.0.0.1:\(ports[name]!)" }
 
     /// Starts (or restarts, on the port it had) a service; `environment` e.g. a crash point.
+    /// "inventory" is the inventory service; "orders", and any other name, an order service
+    /// (with its own data directory) that orders from it.
     func start(_ name: String, environment: [String: String] = [:]) throws {
         let port = ports[name] ?? 0
         let attempt = (starts[name] ?? 0) + 1
         starts[name] = attempt
         var args = ["--data", cluster.dataDirectory + "/" + name, "--port", String(port), "--coordinator", coordinatorURL]
-        if name == "orders" { args += ["--inventory", url("inventory")] }
+        if name != "inventory" { args += ["--inventory", url("inventory")] }
         if let broker { args += ["--broker", broker] }
-        let program = name == "orders" ? "order-service" : "inventory-service"
+        let program = name == "inventory" ? "inventory-service" : "order-service"
         var lastError: Error?
         for retry in 0..<(port == 0 ? 1 : 25) {
             let p = ManagedProcess(name: name, executable: cluster.executable(program), arguments: args, environment: environment,
@@ -80,21 +83,22 @@ final class DemoRig: @unchecked Sendable {
                 (b["sold"] as? NSNumber)?.int64Value ?? -1)
     }
 
-    /// Places an order; its status, or nil when the call failed (a killed process).
-    func order(_ sku: String, _ qty: Int64, _ mode: String, requestID: String? = nil) -> (status: Int, body: [String: Any])? {
+    /// Places an order (at the order service `service`); its status, or nil when the call failed (a killed process).
+    func order(_ sku: String, _ qty: Int64, _ mode: String, requestID: String? = nil,
+               at service: String = "orders") -> (status: Int, body: [String: Any])? {
         var body: [String: Any] = ["sku": sku, "qty": qty, "mode": mode]
         if let requestID { body["request_id"] = requestID }
-        return try? json("POST", url("orders") + "/v1/orders", body)
+        return try? json("POST", url(service) + "/v1/orders", body)
     }
 
     /// The order's status once it is no longer pending (outbox orders answer pending first).
-    func finalStatus(_ placed: (status: Int, body: [String: Any])) -> String? {
+    func finalStatus(_ placed: (status: Int, body: [String: Any]), at service: String = "orders") -> String? {
         guard let id = placed.body["order_id"] as? String else { return nil }
         var status = placed.body["status"] as? String
         let deadline = Date().addingTimeInterval(20)
         while status == "pending", Date() < deadline {
             Thread.sleep(forTimeInterval: 0.05)
-            status = (try? json("GET", url("orders") + "/v1/orders/\(id)"))?.1["status"] as? String
+            status = (try? json("GET", url(service) + "/v1/orders/\(id)"))?.1["status"] as? String
         }
         return status
     }
@@ -211,6 +215,67 @@ final class DemoTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(count("confirm", "done"), 1, metrics)
         XCTAssertGreaterThanOrEqual(count("try", "refused"), 1, metrics)
         XCTAssertEqual(count("try", "error"), 0, metrics)
+    }
+
+    /// Two order services (their own data directories) ordering from one inventory: each
+    /// outbox has a name of its own, drawn when its database is created, so their message ids
+    /// differ and the inventory's inbox applies both services' orders. With the fixed name
+    /// "orders" both sent `orders:1`, the second was dropped as a duplicate, and its order stayed
+    /// pending for ever with its stock never taken.
+    func testTwoOrderServicesOutboxOrdersAreAllApplied() throws {
+        let rig = try rig()
+        try rig.start("orders2")
+        try rig.setStock("plum", 20)
+        var placed: [(service: String, order: (status: Int, body: [String: Any]))] = []
+        for (service, qty) in [("orders", Int64(2)), ("orders2", Int64(3)), ("orders", Int64(4)), ("orders2", Int64(5))] {
+            let order = try XCTUnwrap(rig.order("plum", qty, "outbox", at: service))
+            XCTAssertEqual(order.status, 201, "\(service): \(order.body)")
+            placed.append((service, order))
+        }
+        for (service, order) in placed {
+            XCTAssertEqual(rig.finalStatus(order, at: service), "confirmed", "\(service): \(order.body)")
+        }
+        XCTAssertEqual(try rig.stock("plum").sold, 14)
+        XCTAssertEqual(try rig.stock("plum").available, 6)
+        // The names differ, and each database keeps its own from now on.
+        func source(_ service: String) throws -> String? {
+            try OutboxStore(path: rig.cluster.dataDirectory + "/\(service)/orders.sqlite").source
+        }
+        let first = try source("orders"), second = try source("orders2")
+        XCTAssertNotEqual(first, second)
+        XCTAssertTrue(first?.hasPrefix("outbox-") ?? false, "\(first ?? "nil")")
+    }
+
+    /// Both services serve the outbox admin API (`txctl outbox URL list|replay`), as docs/demo.md
+    /// and openapi.json say; they answered 404, so a dead letter could be neither listed nor
+    /// replayed.
+    func testBothServicesServeTheOutboxAdminAPI() throws {
+        let rig = try rig()
+        try rig.setStock("fig", 5)
+        let placed = try XCTUnwrap(rig.order("fig", 2, "outbox"))
+        XCTAssertEqual(rig.finalStatus(placed), "confirmed")
+        for (service, topic) in [("orders", "OrderPlaced"), ("inventory", "StockReserved")] {
+            var listed: [String: Any] = [:]
+            // The answer's row is marked delivered just after the order service applied it.
+            let deadline = Date().addingTimeInterval(10)
+            repeat {
+                let (code, body) = try rig.json("GET", rig.url(service) + "/v1/outbox")
+                XCTAssertEqual(code, 200, "\(service): \(body)")
+                listed = body
+                if (listed["pending"] as? NSNumber)?.intValue == 0 { break }
+                Thread.sleep(forTimeInterval: 0.05)
+            } while Date() < deadline
+            XCTAssertTrue((listed["source"] as? String)?.hasPrefix("outbox-") ?? false, "\(service): \(listed)")
+            XCTAssertEqual((listed["pending"] as? NSNumber)?.intValue, 0, "\(service): \(listed)")
+            XCTAssertEqual((listed["dead"] as? NSNumber)?.intValue, 0, "\(service): \(listed)")
+            XCTAssertEqual(listed["lease_held"] as? Bool, true, "\(service): its relay runs")
+            let (deadCode, dead) = try rig.json("GET", rig.url(service) + "/v1/outbox?dead=true")
+            XCTAssertEqual(deadCode, 200)
+            XCTAssertEqual((dead["messages"] as? [Any])?.count, 0, "\(service)")
+            // The delivered message is kept for the retention: not a dead letter, so not replayed.
+            XCTAssertEqual(try rig.json("POST", rig.url(service) + "/v1/outbox/1/replay").0, 409, "\(service): message 1 (\(topic)) is delivered")
+            XCTAssertEqual(try rig.json("POST", rig.url(service) + "/v1/outbox/999999/replay").0, 404, service)
+        }
     }
 
     /// `GET /v1/orders/{id}?wait_ms=N` holds a pending order's request until it settles, or

@@ -54,3 +54,25 @@ final class ReplyToTests: XCTestCase {
         }
     }
 }
+
+final class OrderOutboxNameTests: XCTestCase {
+    /// An order database created while every order service named its outbox "orders" keeps that
+    /// name: its messages in flight keep their ids, which the inventory's inbox may have seen.
+    /// A new database gets a name of its own.
+    func testAnExistingOrderDatabaseKeepsItsOutboxName() throws {
+        let dir = NSTemporaryDirectory() + "cohort-order-outbox-\(UUID().uuidString.prefix(8).lowercased())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let loop = try EventLoop()
+        func source(_ path: String) throws -> String {
+            let outbox = try OrderOutbox(path: path, inventoryInbox: "http://127.0.0.1:1/v1/inbox", broker: nil, loop: loop) { _ in }
+            defer { outbox.outbox.close() }
+            return outbox.outbox.source
+        }
+        try Outbox(path: dir + "/old.sqlite", name: "orders").close()
+        XCTAssertEqual(try source(dir + "/old.sqlite"), "orders")
+        let new = try source(dir + "/new.sqlite")
+        XCTAssertTrue(new.hasPrefix("outbox-"), new)
+        XCTAssertEqual(try source(dir + "/new.sqlite"), new, "drawn once, then kept")
+    }
+}

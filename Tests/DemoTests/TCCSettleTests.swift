@@ -1,6 +1,7 @@
 @testable import CohortDemo
 import CohortClient
 import CohortCore
+import CohortTCC
 import Foundation
 import XCTest
 
@@ -49,12 +50,12 @@ final class TCCSettleTests: XCTestCase {
     }
 
     func testTheInventoryStatesFromBarrierRows() {
-        XCTAssertEqual(InventoryTCC.branchState([:]), "none")
-        XCTAssertEqual(InventoryTCC.branchState(["try": "tried"]), "tried")
-        XCTAssertEqual(InventoryTCC.branchState(["try": "fence"]), "fenced")
-        XCTAssertEqual(InventoryTCC.branchState(["try": "tried", "confirm": "confirmed"]), "confirmed")
-        XCTAssertEqual(InventoryTCC.branchState(["try": "tried", "cancel": "cancelled"]), "cancelled")
-        XCTAssertEqual(InventoryTCC.branchState(["try": "fence", "cancel": "empty-cancel"]), "cancelled")
+        XCTAssertEqual(TCCResource.branchState([:]), "none")
+        XCTAssertEqual(TCCResource.branchState(["try": "tried"]), "tried")
+        XCTAssertEqual(TCCResource.branchState(["try": "fence"]), "fenced")
+        XCTAssertEqual(TCCResource.branchState(["try": "tried", "confirm": "confirmed"]), "confirmed")
+        XCTAssertEqual(TCCResource.branchState(["try": "tried", "cancel": "cancelled"]), "cancelled")
+        XCTAssertEqual(TCCResource.branchState(["try": "fence", "cancel": "empty-cancel"]), "cancelled")
     }
 
     /// Two TCC orders left pending by crashes of the order service — one before its try, one

@@ -455,6 +455,72 @@ final class BadInputTests: XCTestCase {
         }
     }
 
+    /// `--data` naming a regular file is refused in plain words by every service (order-service
+    /// gave Foundation's "NSCocoaErrorDomain Code=516"), and a second tcc-inventory on a data
+    /// directory in use is refused as the other services refuse it (it started, and two barrier
+    /// purgers ran over the same rows).
+    func testADataDirectoryThatIsAFileOrInUseIsRefused() throws {
+        let bin = try binDirectory()
+        let dir = tempPath("cohort-datadir-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let file = dir + "/a-file"
+        XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: Data("x".utf8)))
+        let url = "http://127.0.0.1:1"
+        for (program, args) in [("order-service", ["--coordinator", url, "--inventory", url]), ("inventory-service", ["--coordinator", url]),
+                                ("tcc-inventory", [])] {
+            let r = try runToCompletion(bin.appendingPathComponent(program), ["--data", file, "--port", "0"] + args, timeoutMs: 10_000)
+            XCTAssertEqual(r.status, 1, "\(program): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains("data directory \(file) exists and is not a directory"), "\(program): \(r.stderr)")
+            XCTAssertFalse(r.stderr.contains("NSCocoaErrorDomain"), "\(program): \(r.stderr)")
+        }
+        XCTAssertEqual(try String(contentsOfFile: file, encoding: .utf8), "x", "the file is left as it was")
+
+        let first = ManagedProcess(name: "tcc", executable: bin.appendingPathComponent("tcc-inventory"),
+                                   arguments: ["--data", dir + "/tcc", "--port", "0"], logDirectory: dir + "/logs")
+        try first.start()
+        defer { first.kill9() }
+        let second = try runToCompletion(bin.appendingPathComponent("tcc-inventory"), ["--data", dir + "/tcc", "--port", "0"], timeoutMs: 10_000)
+        XCTAssertEqual(second.status, 1, second.stderr)
+        XCTAssertTrue(second.stderr.contains("\(dir)/tcc is in use by another process"), second.stderr)
+    }
+
+    /// A base URL flag (`--reply-to`, `--inventory`, `--coordinator`, `--advertise`) is refused
+    /// with a path, at start and by `--check-flags`: each service adds its paths itself, and
+    /// `inventory-service --reply-to http://HOST:PORT/v1/inbox` was accepted and sent every
+    /// answer to `/v1/inbox/v1/inbox` (404, then the dead letters). A trailing slash is not a
+    /// path: it is taken off.
+    func testBaseURLFlagsRefuseAPath() throws {
+        let bin = try binDirectory()
+        let dir = tempPath("cohort-baseurl-\(UUID().uuidString.prefix(8))")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let url = "http://127.0.0.1:1"
+        let inventory = ["--data", dir + "/i", "--port", "0", "--coordinator", url]
+        let orders = ["--data", dir + "/o", "--port", "0", "--coordinator", url, "--inventory", url]
+        let agent = ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", url]
+        let cases: [(String, [String], String, String)] = [
+            ("inventory-service", inventory, "reply-to", url + "/v1/inbox"),
+            ("inventory-service", inventory, "reply-to", url + "?x=1"),
+            ("inventory-service", inventory, "advertise", url + "/inv"),
+            ("inventory-service", Array(inventory.dropLast(2)), "coordinator", url + "/v1"),
+            ("order-service", Array(orders.dropLast(2)), "inventory", url + "/v1/inbox"),
+            ("order-service", Array(orders.prefix(4)) + ["--inventory", url], "coordinator", url + "/v1/transactions"),
+            ("cohort-agent", Array(agent.dropLast(2)), "coordinator", url + "/x/"),
+        ]
+        for (program, line, flag, value) in cases {
+            for check in [["--check-flags"], []] {
+                let r = try runToCompletion(bin.appendingPathComponent(program), line + ["--\(flag)", value] + check, timeoutMs: 10_000)
+                XCTAssertEqual(r.status, 2, "\(program) --\(flag) \(value) \(check): \(r.stderr)")
+                XCTAssertTrue(r.stderr.hasPrefix("error: --\(flag) is a base URL, http://HOST[:PORT] without a path"), "\(program): \(r.stderr)")
+            }
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir), "a refused start created nothing")
+        for (program, line, flag) in [("inventory-service", inventory, "reply-to"), ("order-service", Array(orders.dropLast(2)), "inventory")] {
+            let r = try runToCompletion(bin.appendingPathComponent(program), line + ["--\(flag)", url + "/", "--check-flags"])
+            XCTAssertEqual(r.status, 0, "\(program) --\(flag) \(url)/: \(r.stderr)")
+        }
+    }
+
     /// `--check-flags` (what `txscenario validate` runs) checks values too, and a command line
     /// that passes creates, opens and binds nothing: not the data directory, not the database.
     func testCheckFlagsChecksValuesAndCreatesNothing() throws {

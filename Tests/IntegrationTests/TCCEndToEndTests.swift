@@ -1,4 +1,5 @@
 import CohortClient
+import CohortCore
 import Foundation
 import XCTest
 
@@ -104,6 +105,54 @@ final class TCCEndToEndTests: XCTestCase {
             XCTAssertEqual(s.reserved, 0, "\(context): inv\(i) still reserved", file: file, line: line)
             XCTAssertEqual(s.sold, expected[i], "\(context): inv\(i) sold", file: file, line: line)
         }
+    }
+
+    /// `POST /v1/stock` on a sku with a reservation not yet confirmed or cancelled is refused
+    /// with 409 and changes nothing, as inventory-service does. It used to set `reserved` to 0
+    /// under the reservation: its cancel (or confirm) then failed for ever on the stock table's
+    /// CHECK (503) and the coordinator parked the transaction.
+    func testSettingStockUnderAnOpenReservationIsRefused() throws {
+        let rig = try Rig(test: self, inventories: 1, crashPoint: nil)
+        try rig.setStock(0, 10)
+        for settle in ["cancel", "confirm"] {
+            XCTAssertEqual(try rig.phase(0, "try", txid: "hand-\(settle)", branch: "b", qty: 5), 200)
+            let before = try rig.stock(0)
+            let (status, body) = try rig.json("POST", rig.inventories[0].url! + "/v1/stock", ["sku": "sku", "available": 0])
+            XCTAssertEqual(status, 409, "\(settle): \(body)")
+            XCTAssertTrue((body["error"] as? String)?.contains("TCC reservations not yet confirmed or cancelled") ?? false, "\(body)")
+            XCTAssertTrue(try rig.stock(0) == before, "\(settle): a refused setting changed nothing")
+            XCTAssertEqual(try rig.phase(0, settle, txid: "hand-\(settle)", branch: "b", qty: 5), 200, "\(settle) still settles")
+            XCTAssertEqual(try rig.stock(0).reserved, 0)
+            try rig.setStock(0, 10)  // settled: allowed again
+        }
+    }
+
+    /// tcc-inventory answers `GET /v1/tcc/inventory/branches/{txid}/{branch_id}`, the operator's
+    /// way (docs/tcc.md) to find a reservation no coordinator will settle; it answered 404
+    /// (only inventory-service served it).
+    func testTheBarrierAnswersWhatItKnowsOfABranch() throws {
+        let rig = try Rig(test: self, inventories: 1, crashPoint: nil)
+        try rig.setStock(0, 10)
+        let base = rig.inventories[0].url! + "/v1/tcc/inventory/branches/"
+        func state(_ txid: String, _ branch: String) throws -> String? {
+            let (status, body) = try rig.json("GET", base + "\(txid)/\(branch)")
+            XCTAssertEqual(status, 200, "\(txid)/\(branch): \(body)")
+            XCTAssertEqual(body["txid"] as? String, txid)
+            XCTAssertEqual(body["branch_id"] as? String, branch)
+            XCTAssertEqual((body["barrier_retention_ms"] as? NSNumber)?.int64Value, Limits.tccBarrierRetentionMsDefault)
+            return body["state"] as? String
+        }
+        XCTAssertEqual(try state("made-up", "b1"), "none")
+        XCTAssertEqual(try rig.phase(0, "try", txid: "made-up", branch: "b1", qty: 2), 200)
+        XCTAssertEqual(try state("made-up", "b1"), "tried")
+        XCTAssertEqual(try rig.phase(0, "cancel", txid: "made-up", branch: "b1", qty: 2), 200)
+        XCTAssertEqual(try state("made-up", "b1"), "cancelled")
+        XCTAssertEqual(try rig.phase(0, "try", txid: "sold", branch: "b1", qty: 2), 200)
+        XCTAssertEqual(try rig.phase(0, "confirm", txid: "sold", branch: "b1", qty: 2), 200)
+        XCTAssertEqual(try state("sold", "b1"), "confirmed")
+        XCTAssertEqual(try rig.phase(0, "cancel", txid: "fence", branch: "b1", qty: 2), 200)
+        XCTAssertEqual(try state("fence", "b1"), "cancelled", "an empty cancel is final")
+        XCTAssertEqual(try rig.json("GET", base + "t/" + String(repeating: "x", count: Limits.tccBranchIDBytesMax + 1)).0, 400)
     }
 
     func testHappyPathFailingTryAndHandMadeAnomalies() throws {
