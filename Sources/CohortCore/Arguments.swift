@@ -79,13 +79,16 @@ public struct Arguments {
     }
 
     public func required(_ name: String) throws -> String {
-        guard let v = values[name], !v.isEmpty else { throw UsageError("--\(name) is required") }
+        guard let v = values[name] else { throw UsageError("--\(name) is required") }
+        guard !v.isEmpty else { throw UsageError("--\(name) must not be empty") }
         return v
     }
 
     public func int(_ name: String, default d: Int? = nil, range: ClosedRange<Int>? = nil) throws -> Int? {
         guard let v = values[name] else { return d }
-        guard let n = Int(v) else { throw UsageError("--\(name) must be an integer, got \"\(v)\"") }
+        // Digits with an optional '-' only: Int("+5") parses, and a value a script mangled
+        // should not pass for a number.
+        guard v.first != "+", let n = Int(v) else { throw UsageError("--\(name) must be an integer, got \"\(v)\"") }
         if let range, !range.contains(n) {
             throw UsageError("--\(name) must be between \(range.lowerBound) and \(range.upperBound), got \(n)")
         }

@@ -143,6 +143,8 @@ public enum Render {
     // MARK: forced decisions and retries
 
     public static func force(_ r: ForceResponse, where place: String, recorded: String = "recorded in the audit trail") -> String {
+        // Forcing what already holds changes nothing and writes no audit record.
+        if !r.dryRun && r.effects.isEmpty { return "\(r.txid) is already \(r.outcome) \(place): nothing was forced, nothing recorded.\n" }
         var s = r.dryRun
             ? "dry run: forcing \(r.txid) to \(r.outcome) \(place) would:\n"
             : "forced \(r.txid) to \(r.outcome) \(place); \(recorded). It did:\n"

@@ -35,6 +35,16 @@ final class ArgumentsTests: XCTestCase {
         XCTAssertNil(try a.nonEmpty("port"))
     }
 
+    /// A black-box probe: `--finished-kept +5` passed for 5, and `--data ''` said "--data is
+    /// required" as if it had not been given.
+    func testAnIntegerWithAPlusAndAnEmptyRequiredValueAreNamed() throws {
+        let a = try Arguments(["--x", "+5", "--data", ""], valued: ["x", "data", "port"])
+        XCTAssertThrowsError(try a.int("x")) { XCTAssertEqual("\($0)", "--x must be an integer, got \"+5\"") }
+        XCTAssertThrowsError(try a.required("data")) { XCTAssertEqual("\($0)", "--data must not be empty") }
+        XCTAssertThrowsError(try a.required("port")) { XCTAssertEqual("\($0)", "--port is required") }
+        XCTAssertEqual(try Arguments(["--x", "-5"], valued: ["x"]).int("x"), -5)
+    }
+
     func tokenError(_ bytes: [UInt8]) -> String? {
         do {
             _ = try BearerToken.fromFile(bytes, file: "tok")

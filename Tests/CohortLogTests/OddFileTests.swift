@@ -116,6 +116,24 @@ final class OddFileTests: XCTestCase {
         assertDamagedCheckpoint(flipped, "record checksum mismatch")
         assertDamagedCheckpoint(Array(full[..<(32 + 17 + 100)]), "record incomplete")
 
+        // A damaged checkpoint at LSN 1 (as a new data directory's first segment starts): the
+        // header's LSN is the expected one, and the record's damage alone said "record checksum
+        // mismatch" without naming what was lost.
+        let first = SimLogStorage()
+        let (fresh, _) = try DurableLog.open(storage: first, config: manualConfig())
+        XCTAssertEqual(try fresh.checkpoint(snapshot: [UInt8](repeating: 3, count: 50)), 1)
+        _ = try fresh.append(type: 1, payload: payload(2), force: true)
+        try fresh.syncNow()
+        fresh.close()
+        var damagedFirst = first.contents(of: firstSegment)!
+        damagedFirst[32 + 17 + 10] ^= 0x01
+        first.setContents(of: firstSegment, damagedFirst)
+        XCTAssertThrowsError(try DurableLog.open(storage: first, config: manualConfig())) { error in
+            guard let e = error as? LogCorruptionError else { return XCTFail("\(error)") }
+            XCTAssertEqual(e.offset, 32)
+            XCTAssertTrue(e.reason.hasPrefix("checkpoint record (LSN 1) damaged: record checksum mismatch"), e.reason)
+        }
+
         // A segment whose intact first record is not a checkpoint still blames the header's LSN.
         let plain = try syncedLog(count: 3)
         let header = LogFormat.encodeSegmentHeader(number: 1, firstLSN: 5)

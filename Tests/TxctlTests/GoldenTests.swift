@@ -86,6 +86,17 @@ final class GoldenTests: XCTestCase {
         check("explain-mixed.txt", Explain.render(Explain.explain(Self.mixed, nowMs: Self.now), nowMs: Self.now))
     }
 
+    /// Forcing what already holds (a committed transaction forced to commit, kept or only in
+    /// the ledger) changes nothing and writes no audit record; txctl said "recorded in the
+    /// audit trail" all the same.
+    func testAForceThatChangedNothingSaysSo() {
+        let none = ForceResponse(txid: "a58aaf0c-1a208a3ee86-1", outcome: "committed", dryRun: false, effects: [])
+        XCTAssertEqual(Render.force(none, where: "at the coordinator"),
+                       "a58aaf0c-1a208a3ee86-1 is already committed at the coordinator: nothing was forced, nothing recorded.\n")
+        let some = ForceResponse(txid: "a58aaf0c-1a208a3ee86-1", outcome: "committed", dryRun: false, effects: ["stop re-sending commit to b"])
+        XCTAssertTrue(Render.force(some, where: "at the coordinator").hasPrefix("forced a58aaf0c-1a208a3ee86-1 to committed at the coordinator; recorded in the audit trail. It did:\n"))
+    }
+
     func testExplainOffersOnlyAllowedForces() {
         let e = Explain.explain(Self.committing, nowMs: Self.now)
         XCTAssertFalse(e.finished)
