@@ -148,7 +148,11 @@ final class OrderOutbox {
         let relay = self.relay
         outbox.onCommit = { relay.wake() }
         if let broker {
-            let reader = try RedisStreamReader(url: broker, stream: DemoStreams.stockAnswers, group: "orders", consumer: "orders",
+            // A consumer group of its own (its outbox's name): in one group shared by every
+            // order service, each answer reached one of them, and an answer read by a service
+            // without that order left the order pending at the other for good. With a group
+            // each, every service reads every answer and settles its own orders.
+            let reader = try RedisStreamReader(url: broker, stream: DemoStreams.stockAnswers, group: outbox.source, consumer: outbox.source,
                                                inbox: try Inbox(path: path, consumer: "orders"), effect: Self.applyAnswer)
             reader.onProblem = onProblem
             consumer = try StreamConsumer(reader: reader)

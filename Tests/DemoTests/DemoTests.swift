@@ -444,5 +444,20 @@ final class DemoTests: XCTestCase {
             XCTAssertEqual(rig.waitAtRest(), [], "after kill -9 of \(victim)")
         }
         XCTAssertGreaterThan(try rig.orders("rejected").count, 0, "stock ran out: some orders must have been rejected")
+
+        // A second order service on the same broker: the answers stream is read by a consumer
+        // group per service. In one shared group an answer went to whichever service read it
+        // first, and orders of the other stayed pending.
+        try rig.start("orders2")
+        try rig.setStock("kiwi", 40)
+        var placed: [(String, (status: Int, body: [String: Any]))] = []
+        for i in 0..<8 {
+            let service = i % 2 == 0 ? "orders" : "orders2"
+            placed.append((service, try XCTUnwrap(rig.order("kiwi", 1, "outbox", at: service))))
+        }
+        for (service, order) in placed {
+            XCTAssertEqual(rig.finalStatus(order, at: service), "confirmed", "\(service): \(order.body)")
+        }
+        XCTAssertEqual(try rig.stock("kiwi").sold, 8)
     }
 }
