@@ -61,7 +61,7 @@ let package = Package(
         // The local-message-table outbox: producer API, relay (state machine + runtime), sinks
         // (HTTP, Redis Streams over our own RESP client), inbox, admin API.
         .target(name: "CohortOutbox", dependencies: ["CohortCore", "CohortPosix", "CohortHTTP", "CohortSQLite", "CSQLite"]),
-        .executableTarget(name: "cohort-relay", dependencies: ["CohortOutbox"]),
+        .executableTarget(name: "cohort-relay", dependencies: ["CohortOutbox", "CohortRuntime"]),
         .executableTarget(name: "outbox-demo-producer", dependencies: ["CohortOutbox"]),
         .executableTarget(name: "outbox-demo-consumer", dependencies: ["CohortOutbox"]),
         // The order/inventory demo: two services embedding the participant runtime, TCC and the outbox.

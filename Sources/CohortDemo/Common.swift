@@ -135,7 +135,7 @@ extension DemoServiceOptions {
     /// problems go to `warn`.
     public mutating func applySharedFlags(_ args: Arguments, warn: @escaping (String) -> Void) throws {
         port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
-        host = args.string("host") ?? "127.0.0.1"
+        host = try listenHost(args)
         if let b = args.string("broker") {
             // Parsed here, as the start parses it, so `--check-flags` refuses what the start would.
             do { _ = try parseRedisURL(b) } catch { throw UsageError("--broker: \(error)") }

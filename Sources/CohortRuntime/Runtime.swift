@@ -438,6 +438,18 @@ public func storageFaultsFromEnvironment() throws -> StorageFaults {
     try StorageFaults.fromEnvironment(ProcessInfo.processInfo.environment["COHORT_FAULT"])
 }
 
+/// `--host`, default 127.0.0.1, checked now by resolving it as the listener will: a start with
+/// `--host 999.1.1.1` created its data directory before failing, and `--check-flags` passed it.
+public func listenHost(_ args: Arguments) throws -> String {
+    let host = args.string("host") ?? "127.0.0.1"
+    do {
+        _ = try TCP.resolve(host)
+    } catch {
+        throw UsageError("--host must be an IPv4 address or a name this machine resolves, got \"\(host.prefix(80))\" (\(error))")
+    }
+    return host
+}
+
 /// A URL's text without a trailing slash, validated as `http://host:port`.
 ///
 /// A base URL has no path: every caller appends its own (`/v1/inbox`, `/v1/transactions`...),

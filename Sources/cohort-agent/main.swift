@@ -35,7 +35,7 @@ exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage:
     var options = AgentServer.Options(name: name, dataDirectory: try args.required("data"),
                                       coordinatorURL: try normalizedBaseURL(try args.required("coordinator"), flag: "coordinator"))
     options.port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
-    options.host = args.string("host") ?? "127.0.0.1"
+    options.host = try listenHost(args)
     if let advertise = args.string("advertise") { options.advertiseURL = try normalizedBaseURL(advertise, flag: "advertise") }
     if let n = try args.int("checkpoint-after-bytes", range: 4096...(1 << 40)) { options.checkpointAfterBytes = n }
     if let us = try args.int("commit-ride-us", range: 0...Int(Limits.soonSyncDelayUsMax)) { options.commitRideUs = Int64(us) }

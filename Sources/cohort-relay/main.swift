@@ -1,6 +1,7 @@
 import CohortCore
 import CohortOutbox
 import CohortPosix
+import CohortRuntime
 import Foundation
 
 let usage = """
@@ -64,7 +65,7 @@ do {
         config.deadLetterBlocksKey = b == "true"
     }
     let port = try args.int("port", range: 0...65535)
-    let host = args.string("host") ?? "127.0.0.1"
+    let host = try listenHost(args)
     let maxLen = try args.int("stream-maxlen", range: 1...Int(Int32.max))
     var token: String?
     if let f = args.string("token-file") {

@@ -39,7 +39,7 @@ exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage:
                      say: { print($0); fflush(stdout) }, warn: { StandardStream.err(($0 + "\n")) }) { args in
     var options = CoordinatorServer.Options(dataDirectory: try args.required("data"))
     options.port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
-    options.host = args.string("host") ?? "127.0.0.1"
+    options.host = try listenHost(args)
     options.onePhaseCommit = !args.has("no-one-phase")
     if let n = try args.int("checkpoint-after-bytes", range: 4096...(1 << 40)) { options.checkpointAfterBytes = n }
     if let ms = try args.durationMs("checkpoint-interval") {

@@ -40,7 +40,7 @@ do {
     guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
     let dir = try args.required("data")
     let port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
-    let host = args.string("host") ?? "127.0.0.1"
+    let host = try listenHost(args)
     if args.has(Arguments.checkFlags) { exit(0) }
     // Held for the process's life: a second tcc-inventory on the same directory would run a
     // second barrier purger over the same rows (the other services refuse it the same way).

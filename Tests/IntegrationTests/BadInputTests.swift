@@ -550,6 +550,18 @@ final class BadInputTests: XCTestCase {
             let refused = try runToCompletion(bin.appendingPathComponent(program), badLine + bad + ["--check-flags"])
             XCTAssertEqual(refused.status, 2, "\(program) \(bad): \(refused.stderr)")
             XCTAssertTrue(refused.stderr.hasPrefix("error: --\(bad[0].dropFirst(2))"), "\(program): \(refused.stderr)")
+            // A host no listener can bind (a black-box probe: --check-flags passed it, and a
+            // start created the data directory before failing). The producer and consumer
+            // take no --host.
+            guard !program.hasPrefix("outbox-demo") else { continue }
+            let host = try runToCompletion(bin.appendingPathComponent(program), good + ["--host", "999.1.1.1", "--check-flags"])
+            XCTAssertEqual(host.status, 2, "\(program): \(host.stderr)")
+            XCTAssertTrue(host.stderr.hasPrefix("error: --host must be an IPv4 address or a name this machine resolves, got \"999.1.1.1\""), "\(program): \(host.stderr)")
+            if program != "cohort-relay" {
+                let started = try runToCompletion(bin.appendingPathComponent(program), good + ["--host", "999.1.1.1"], timeoutMs: 10_000)
+                XCTAssertEqual(started.status, 2, "\(program): \(started.stderr)")
+                XCTAssertFalse(FileManager.default.fileExists(atPath: dir), "\(program) with a bad --host created \(dir)")
+            }
         }
         // The sink's form is a flag value too, for the relay and the producer alike.
         for program in ["cohort-relay", "outbox-demo-producer"] {
