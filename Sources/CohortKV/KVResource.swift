@@ -76,6 +76,13 @@ public final class KVResource {
         var committedReads: [(key: String, value: KVValue?)] = []
         static let committedReadsMax = 8
         var calls: [Call] = []
+        /// Why the first work call of this branch that failed did (a lock wait that timed out,
+        /// a refused lock, bad ops, a store error): the branch then votes no. Its work is not
+        /// all staged, so committing it would commit the transaction without that call's work,
+        /// as a client that ignored the failure and committed once did (a black-box probe: one
+        /// side of a transfer applied). As in SQL databases, a failed statement dooms the
+        /// transaction; the client aborts and starts again.
+        var failedWork: String?
         var waitingKey: String?
         var waitToken: UInt64 = 0
         var cancelTimer: (() -> Void)?
@@ -225,9 +232,12 @@ public final class KVResource {
         }
     }
 
-    /// Pops the front call and completes it.
+    /// Pops the front call and completes it. A failure before the branch's vote dooms it.
     private func finishCall(_ branch: Branch, _ result: Result<StageResult, KVError>) {
         let call = branch.calls.removeFirst()
+        if case .failure(let error) = result, branch.writeSet == nil, branch.failedWork == nil {
+            branch.failedWork = error.description
+        }
         call.completion(result)
     }
 
@@ -315,6 +325,7 @@ public final class KVResource {
     public func vote(txid: String) -> ResourceVote {
         guard let branch = branches[txid] else { return .readOnly }
         if let ws = branch.writeSet { return .yes(writeSet: ws) }
+        if let failed = branch.failedWork { return .no(reason: "a work call of this branch failed (\(failed)); abort and start again") }
         if !branch.calls.isEmpty { return .no(reason: "work for \(txid) is still waiting for a lock") }
         var order: [String] = []
         var values: [String: KVValue?] = [:]

@@ -155,9 +155,17 @@ final class KVResourceTests: XCTestCase {
         guard case .failure(.lockTimeout(let key))? = r2.last else { return XCTFail("want lockTimeout, got \(String(describing: r2.last))") }
         XCTAssertEqual(key, "k")
         XCTAssertEqual(kv.lockWaitCount, 0)
-        // The failed call staged nothing (the set on "other" is rolled back) but the branch lives on.
+        // The failed call staged nothing (the set on "other" is rolled back), and the branch
+        // votes no: it was read-only, and a client that committed after the failure committed
+        // the transaction without this work (a black-box probe applied one side of a transfer).
         XCTAssertTrue(kv.hasBranch("t2"))
-        XCTAssertEqual(kv.vote(txid: "t2"), .readOnly)
+        guard case .no(let reason) = kv.vote(txid: "t2") else { return XCTFail("a branch whose work failed must vote no") }
+        XCTAssertTrue(reason.contains("a work call of this branch failed (lock wait on key \"k\" timed out)"), reason)
+        // A later call that succeeds does not undo that.
+        let r3 = Recorder()
+        kv.stage(txid: "t2", ops: [.set(key: "other", value: .int(3))], completion: r3.callback())
+        XCTAssertNotNil(success(r3.last))
+        guard case .no = kv.vote(txid: "t2") else { return XCTFail("still doomed") }
         // Releasing t1 later must not resume the timed-out call.
         kv.abort(txid: "t1")
         XCTAssertEqual(r2.results.count, 1)
