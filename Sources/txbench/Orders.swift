@@ -176,11 +176,8 @@ func ordersMain(_ argv: [String]) -> Never {
     progress.start("measuring") { live.snapshot }
     let (tally, seconds) = runFor(durationMs)
     progress.stop()
-    let after: [[String: Double]]
     let loadGeneratorCPUSeconds = ProcessEnv.cpuSecondsUsed() - loadGeneratorCPUBefore
-    do { after = try snapshotMetrics(setupAPI, servers) } catch { done(1, "cannot read /metrics: \(error)") }
-    let costs = CostSummary(processes: zip(servers, zip(before, after)).map { ProcessCost(name: $0.0.name, url: $0.0.url, before: $0.1.0, after: $0.1.1) },
-                            committed: Double(tally.confirmed), loadGeneratorCPUSeconds: loadGeneratorCPUSeconds)
+    let costs = measuredCosts(setupAPI, servers, before: before, committed: Double(tally.confirmed), loadGeneratorCPUSeconds: loadGeneratorCPUSeconds)
 
     // At rest: no order pending, every sku adds up, sold = confirmed qty (qty is 1 per order).
     var ok = true
@@ -223,12 +220,12 @@ func ordersMain(_ argv: [String]) -> Never {
             "latency_ms": ["p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99), "max": sorted.last ?? 0],
             "at_rest": ["ok": ok],
         ]
-        object.merge(costs.jsonFields()) { a, _ in a }
+        object.merge(costs.jsonFields) { a, _ in a }
         let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
         print(String(decoding: data, as: UTF8.self))
     } else if row {
-        print(String(format: "%-7d  %11.1f  %9.1f  %8.2f  %8.2f  %8.2f  %8.2f  %12.3f  %11.2f  %21.3f", clients, committedPerS, Double(tally.rejected) / seconds,
-                     pct(0.5), pct(0.95), pct(0.99), sorted.last ?? 0, costs.per(costs.syncs), costs.per(costs.messages), costs.maxSyncsPerCommit)
+        print(String(format: "%-7d  %11.1f  %9.1f  %8.2f  %8.2f  %8.2f  %8.2f  ", clients, committedPerS, Double(tally.rejected) / seconds,
+                     pct(0.5), pct(0.95), pct(0.99), sorted.last ?? 0) + costs.rowColumns
               + "  " + (ok ? "ok" : "FAILED"))
     } else {
         print("mode              \(mode)")
@@ -237,10 +234,11 @@ func ordersMain(_ argv: [String]) -> Never {
         print(String(format: "confirmed/s       %.1f  (%d confirmed)", committedPerS, tally.confirmed))
         print(String(format: "rejected/s        %.1f  (%d rejected, %d failed calls)", Double(tally.rejected) / seconds, tally.rejected, tally.failed))
         print(String(format: "latency ms        p50 %.2f  p95 %.2f  p99 %.2f  max %.2f", pct(0.5), pct(0.95), pct(0.99), sorted.last ?? 0))
-        for line in costs.lines() { print(line) }
+        for line in costs.lines { print(line) }
         print("at rest           \(ok ? "ok" : "FAILED")")
     }
     fflush(stdout)
+    if case .failure(let why) = costs { done(1, "per-commit costs not measured: \(why)") }
     done(ok ? 0 : 1)
 }
 

@@ -131,6 +131,59 @@ func snapshotMetrics(_ api: CohortAPI, _ servers: [(name: String, url: String)])
     try servers.map { try api.metrics($0.url) }
 }
 
+/// Why a run's per-commit costs are not given.
+struct CostsUnmeasured: Error, CustomStringConvertible { let description: String }
+
+/// The run's per-commit costs from the servers' counters before it and now, or why there are
+/// none: a server that does not answer went away during the run, and one whose counters went
+/// back restarted (they count from its new start: a black-box probe read negative syncs per
+/// commit, with exit 0). The throughput, latencies and balance check stand either way.
+func measuredCosts(_ api: CohortAPI, _ servers: [(name: String, url: String)], before: [[String: Double]],
+                   committed: Double, loadGeneratorCPUSeconds: Double) -> Result<CostSummary, CostsUnmeasured> {
+    let after: [[String: Double]]
+    do {
+        after = try snapshotMetrics(api, servers)
+    } catch {
+        return .failure(CostsUnmeasured(description: "cannot read /metrics after the run (did a server go away during it?): \(error)"))
+    }
+    for (i, server) in servers.enumerated() {
+        for (series, was) in before[i] where series.contains("_total") {
+            if let now = after[i][series], now < was {
+                return .failure(CostsUnmeasured(description: "\(server.name) (\(server.url)) restarted during the run: \(series) went back from \(Int64(was)) to \(Int64(now))"))
+            }
+        }
+    }
+    return .success(CostSummary(processes: zip(servers, zip(before, after)).map { ProcessCost(name: $0.0.name, url: $0.0.url, before: $0.1.0, after: $0.1.1) },
+                                committed: committed, loadGeneratorCPUSeconds: loadGeneratorCPUSeconds))
+}
+
+extension Result where Success == CostSummary, Failure == CostsUnmeasured {
+    /// The `--json` fields: the costs, or `costs_unmeasured` with the reason.
+    var jsonFields: [String: Any] {
+        switch self {
+        case .success(let costs): return costs.jsonFields()
+        case .failure(let why): return ["costs_unmeasured": why.description]
+        }
+    }
+
+    /// The text lines: the costs, or one line saying why there are none.
+    var lines: [String] {
+        switch self {
+        case .success(let costs): return costs.lines()
+        case .failure(let why): return ["costs             not measured: \(why)"]
+        }
+    }
+
+    /// The `--row` columns syncs/commit, messages/commit and the most syncs/commit in one
+    /// process, or dashes.
+    var rowColumns: String {
+        switch self {
+        case .success(let c): return String(format: "%12.3f  %11.2f  %21.3f", c.per(c.syncs), c.per(c.messages), c.maxSyncsPerCommit)
+        case .failure: return String(repeating: " ", count: 11) + "-  " + String(repeating: " ", count: 10) + "-  " + String(repeating: " ", count: 20) + "-"
+        }
+    }
+}
+
 /// A progress line on stderr, rewritten in place with `\r` every half second while a run goes
 /// on. On when stderr is a terminal or `--progress` is given; stdout (`--json`, `--row`) is never
 /// touched.

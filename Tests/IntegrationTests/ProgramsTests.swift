@@ -157,6 +157,34 @@ final class ProgramsTests: XCTestCase {
         XCTAssertNil(closedObject["target_rate"], "no target rate in a closed-loop run")
     }
 
+    /// A server restarted during the run (a black-box probe): its counters start again from 0,
+    /// and txbench printed negative syncs per commit with exit 0. The costs are now "not
+    /// measured" with the reason, the throughput and the balance check are still printed, and
+    /// the exit is 1.
+    func testTxbenchSaysWhenAServerRestartedDuringTheRun() throws {
+        let cluster = try startCluster(agents: 2)
+        let txbench = try binDirectory().appendingPathComponent("txbench")
+        let dir = tempPath("cohort-txbench-\(UUID().uuidString.prefix(8))")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let run = ManagedProcess(name: "txbench", executable: txbench,
+                                 arguments: ["--coordinator", cluster.coordinatorURL, "--agents", cluster.agentURLs.joined(separator: ","),
+                                             "--clients", "2", "--duration", "4s", "--warmup", "0s", "--accounts", "20", "--json"],
+                                 logDirectory: dir)
+        try run.start(waitForListening: false)
+        Thread.sleep(forTimeInterval: 1.5)
+        cluster.kill9(Cluster.coordinatorName)
+        try cluster.restart(Cluster.coordinatorName)
+        let status = try XCTUnwrap(run.waitForExit(timeoutMs: 120_000), "txbench did not finish")
+        let r = (status: status, stdout: run.stdoutText(), stderr: run.stderrText())
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("per-commit costs not measured: coordinator"), r.stderr)
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
+        XCTAssertTrue((object["costs_unmeasured"] as? String)?.contains("restarted during the run") ?? false, r.stdout)
+        XCTAssertNil(object["syncs_per_commit"], "no figure rather than a wrong one")
+        XCTAssertGreaterThan(object["committed"] as? Int ?? 0, 0, r.stdout)
+        XCTAssertEqual((object["conservation"] as? [String: Any])?["ok"] as? Bool, true, r.stdout)
+    }
+
     /// `--orders --json`: the same measures for the demo services, and the at-rest check.
     func testTxbenchOrdersJSON() throws {
         let r = try runToCompletion(try binDirectory().appendingPathComponent("txbench"),
