@@ -391,6 +391,10 @@ public enum Limits {
     /// Whole-sink backoff when the sink is unreachable (broker down).
     public static let outboxSinkDownDelayMsMin: Int64 = 50
     public static let outboxSinkDownDelayMsMax: Int64 = 2_000
+    /// Backoff of the relay's reads of its own table after a failed one (a damaged or failing
+    /// database): a read every poll wrote the same error 50 times a second without end.
+    public static let outboxStoreRetryDelayMsMin: Int64 = 100
+    public static let outboxStoreRetryDelayMsMax: Int64 = 5_000
     /// The relay lease: held this long without renewal, renewed every third of it.
     public static let outboxLeaseTTLMs: Int64 = 5_000
     /// A relay without the lease tries to take it this often.

@@ -266,6 +266,18 @@ enum SegmentScanner {
 
     struct RecordProblem: Error { let reason: String }
 
+    /// Whether the bytes at `offset` begin a record that the file ends inside: its header cut
+    /// short, or a length (within the bounds) that reaches past the file's end. A torn record
+    /// in the zeros written ahead has zeros after it, so its length fits in the file; checking
+    /// only for a last byte that is not zero let a cut inside a record through whenever the
+    /// byte before the cut happened to be 0 (a black-box probe, `truncate -s 1000000`).
+    static func recordRunsPastTheEnd(_ bytes: [UInt8], at offset: Int) -> Bool {
+        let headerBytes = LogFormat.recordHeaderBytes
+        guard bytes.count - offset >= headerBytes else { return true }
+        let length = Int(LogFormat.u32(bytes, offset))
+        return length <= LogFormat.maxPayloadBytes(type: bytes[offset + 8]) && offset + headerBytes + length > bytes.count
+    }
+
     /// The last segment's end, when no crash can have left it: its length is not a multiple of
     /// `Limits.logFileAlignmentBytes` and its records (or a torn one) run to the file's last
     /// byte, with none of the zeros the writer puts after them. A crash leaves a multiple (a
@@ -279,7 +291,7 @@ enum SegmentScanner {
         let recordsEnd = last.offset + last.encodedBytes
         switch end {
         case .clean where recordsEnd == bytes.count: break
-        case .torn where bytes.last != 0: break
+        case .torn(let offset, _) where bytes.last != 0 || recordRunsPastTheEnd(bytes, at: offset): break
         default: return nil
         }
         let a = Limits.logFileAlignmentBytes

@@ -35,6 +35,15 @@ public final class OutboxRelay {
     public private(set) var machine: RelayMachine
     /// Problems worth a line in a log (database errors, lost lease); the library never prints.
     public var onProblem: ((String) -> Void)?
+    /// The error of the last failed read of the table, while reads keep failing.
+    public private(set) var lastStoreReadError: String?
+
+    /// Why this relay cannot deliver now, for `/healthz`: reads of its table fail (a damaged
+    /// or failing database; it retries with backoff). Nil when it can.
+    public var unhealthyReason: String? {
+        guard machine.storeReadFailuresInARow > 0 else { return nil }
+        return "reading the outbox table failed \(machine.storeReadFailuresInARow) times in a row: \(lastStoreReadError ?? "?")"
+    }
     /// Monotonic milliseconds: every time the machine sees (its timers: polling, backoff,
     /// lease renewal, rescans), so a wall-clock step back cannot stall them for its size.
     private let clock: () -> Int64
@@ -163,6 +172,7 @@ public final class OutboxRelay {
                 }
                 return .loaded(afterID: afterID, rows: try store.pending(afterID: afterID, limit: limit, bytesMax: machine.config.loadPageBytesMax), deadKeys: nil, nowMs: now)
             } catch {
+                lastStoreReadError = "\(error)"
                 problem("reading pending messages: \(error)")
                 return .loadFailed(nowMs: now)
             }
@@ -170,6 +180,7 @@ public final class OutboxRelay {
             do {
                 return .loaded(afterID: afterID, rows: try store.pending(key: key, afterID: afterID, limit: limit, bytesMax: machine.config.loadPageBytesMax), deadKeys: nil, nowMs: now)
             } catch {
+                lastStoreReadError = "\(error)"
                 problem("reading pending messages of a key: \(error)")
                 return .loadFailed(nowMs: now)
             }
@@ -232,6 +243,9 @@ public final class OutboxRelay {
         }
         registry.sample("cohort_outbox_delivered_total", type: "counter", help: "Messages the sink acknowledged, recorded as delivered") { [weak self] in
             Double(self?.machine.deliveredTotal ?? 0)
+        }
+        registry.sample("cohort_outbox_store_read_failures_total", type: "counter", help: "Reads of the outbox table that failed (retried with backoff)") { [weak self] in
+            Double(self?.machine.storeReadFailuresTotal ?? 0)
         }
         registry.sample("cohort_outbox_failed_total", type: "counter", help: "Delivery attempts the sink refused") { [weak self] in
             Double(self?.machine.failedTotal ?? 0)

@@ -69,6 +69,13 @@ public final class RelayHost {
         server = try HTTPServer(loop: relay.loop, host: host, port: port, config: cfg) { [weak relay, metrics] req, responder in
             guard let relay else { return responder.send(.error(503, "stopping")) }
             if req.path == "/healthz" {
+                // 503 while the relay cannot read its table: "ok" hid a damaged database that
+                // stopped all delivery (a black-box probe).
+                if let why = relay.unhealthyReason {
+                    var w = JSONWriter()
+                    w.beginObject(); w.field("status", "degraded"); w.field("reason", why); w.endObject()
+                    return responder.send(.jsonBytes(503, w.bytes))
+                }
                 return responder.send(.jsonBytes(200, Array(#"{"status":"ok"}"#.utf8)))
             }
             if req.path == "/metrics" {

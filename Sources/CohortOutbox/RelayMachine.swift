@@ -192,6 +192,10 @@ public struct RelayMachine: Sendable {
     public private(set) var batchBytesLimit: Int
     var sinkDownUntilMs: Int64 = 0
     public private(set) var lastSinkError: String?
+    /// Reads of the table that failed in a row (0 once one succeeds), and no read before
+    /// `loadNotBeforeMs` meanwhile: capped exponential backoff, as for the sink.
+    public private(set) var storeReadFailuresInARow = 0
+    var loadNotBeforeMs: Int64 = 0
     var nextLeaseTryMs: Int64 = 0
     var nextRenewMs: Int64 = 0
     var nextPollMs: Int64 = 0
@@ -205,6 +209,7 @@ public struct RelayMachine: Sendable {
     public private(set) var deadTotal: UInt64 = 0
     public private(set) var sinkDownTotal: UInt64 = 0
     public private(set) var fencedTotal: UInt64 = 0
+    public private(set) var storeReadFailuresTotal: UInt64 = 0
 
     public init(config: RelayConfig = RelayConfig(), seed: UInt64) {
         self.config = config
@@ -258,6 +263,8 @@ public struct RelayMachine: Sendable {
         case .loaded(let afterID, let rows, let dead, let now):
             guard case .held = lease, let kind = loading else { return [] }
             loading = nil
+            storeReadFailuresInARow = 0
+            loadNotBeforeMs = 0
             loaded(kind, afterID: afterID, rows: rows, dead: dead, now)
             dispatch(now, &out)
             loadIfNeeded(now, &out)
@@ -265,6 +272,10 @@ public struct RelayMachine: Sendable {
         case .loadFailed(let now):
             guard case .held = lease, let kind = loading else { return [] }
             loading = nil
+            storeReadFailuresTotal += 1
+            storeReadFailuresInARow += 1
+            loadNotBeforeMs = now + backoffDelayMs(attempt: storeReadFailuresInARow, minMs: Limits.outboxStoreRetryDelayMsMin,
+                                                   maxMs: Limits.outboxStoreRetryDelayMsMax, rng: &rng)
             switch kind {
             case .tail:
                 tailMore = false
@@ -530,7 +541,7 @@ public struct RelayMachine: Sendable {
     }
 
     mutating func loadIfNeeded(_ now: Int64, _ out: inout [RelayAction]) {
-        guard case .held = lease, loading == nil else { return }
+        guard case .held = lease, loading == nil, now >= loadNotBeforeMs else { return }
         if let after = rescanAfter {
             loading = .rescan
             out.append(.load(afterID: after, limit: config.loadRowsMax))

@@ -38,7 +38,7 @@ final class RecoveryTests: XCTestCase {
                 var damaged = Array(full[..<cut])
                 if zeroFilled { damaged += [UInt8](repeating: 0, count: full.count - cut) }
                 storage.setContents(of: firstSegment, damaged)
-                if !zeroFilled && damaged.last != 0 {
+                if !zeroFilled && cut > lastStart || !zeroFilled && cut % Limits.logFileAlignmentBytes != 0 {
                     XCTAssertThrowsError(try DurableLog.open(storage: storage, config: manualConfig()), "cut \(cut)") { error in
                         guard let e = error as? LogCorruptionError else { return XCTFail("\(error)") }
                         XCTAssertEqual(e.file, firstSegment)

@@ -97,6 +97,37 @@ final class RelayMachineTests: XCTestCase {
         XCTAssertEqual(out, [.record(batch: later[0].0, write: RelayWrite(failed: [.init(id: 1, attempts: 1, error: "bad")]), token: 7)])
     }
 
+    /// A read of the table that fails (a damaged database) is tried again with backoff, not at
+    /// every 20 ms poll (a black-box probe saw the same error written 50 times a second without
+    /// end), and a read that works again resets it.
+    func testAFailedReadOfTheTableBacksOff() {
+        var m = RelayMachine(config: RelayConfig(), seed: 1)
+        _ = m.on(.start(nowMs: 0))
+        XCTAssertEqual(m.on(.leaseAcquired(token: 7, nowMs: 0)), [.load(afterID: 0, limit: RelayConfig().loadRowsMax)])
+        var now: Int64 = 0
+        var reads = 0
+        // Ten seconds of ticks every 20 ms, every read failing.
+        var out = m.on(.loadFailed(nowMs: now))
+        while now < 10_000 {
+            now += 20
+            out = m.on(.tick(nowMs: now))
+            if out.contains(where: { if case .load = $0 { return true }; return false }) {
+                reads += 1
+                out = m.on(.loadFailed(nowMs: now))
+            }
+        }
+        XCTAssertEqual(m.storeReadFailuresTotal, UInt64(reads + 1))
+        XCTAssertGreaterThan(m.storeReadFailuresInARow, 3)
+        XCTAssertLessThan(reads, 20, "backed off: \(reads) reads in 10 s, not 500")
+        XCTAssertGreaterThan(reads, 2, "and still tried")
+        // It works again: loaded, and the next poll reads at the usual pace.
+        now += Limits.outboxStoreRetryDelayMsMax
+        out = m.on(.tick(nowMs: now))
+        guard out.contains(where: { if case .load = $0 { return true }; return false }) else { return XCTFail("no read after the longest backoff: \(out)") }
+        _ = m.on(.loaded(afterID: 0, rows: [], deadKeys: [:], nowMs: now))
+        XCTAssertEqual(m.storeReadFailuresInARow, 0)
+    }
+
     /// A message the sink did not take for the server's reasons (a Redis error reply) counts no
     /// attempt, however often: the acknowledged ones of its batch are recorded, the relay backs
     /// off as for an unreachable sink, and the message is never a dead letter.
