@@ -309,6 +309,10 @@ public enum Limits {
     public static let inquiryDelayMsMax: Int64 = 1_000
     /// Outcomes of finished branches remembered to answer duplicates and refuse late prepares.
     public static let finishedBranchesKept = 100_000
+    /// 3PC txids a participant was asked about by a peer's termination protocol before it had
+    /// a branch for them (its prepare not yet arrived): a prepare for one then votes no. The
+    /// newest this many are kept (in memory: about 1 MB).
+    public static let threePhaseFencesKept = 10_000
     /// Of those, the most recent kept across a participant's checkpoint (a few hundred KB).
     public static let finishedOutcomesInSnapshotMax = 10_000
     public static let lockWaitTimeoutMs: Int64 = 2_000

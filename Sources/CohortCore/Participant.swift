@@ -224,6 +224,10 @@ public struct Participant {
         /// 3PC: this branch joined a termination protocol (answered a peer, or started one);
         /// it no longer takes pre-commits from the coordinator, so the state it reported holds.
         public var terminating = false
+        /// A peer's termination protocol asked about this branch (a state query, a pre-abort)
+        /// before it voted: counted then as uncertain, so toward an abort quorum, it must not
+        /// vote yes afterwards. It votes no; before its vote a participant may always abort.
+        public var askedBeforeVoting = false
         /// 3PC, classic termination: rebuilt by a restart and not finished since. Such a branch
         /// may have missed a decision its peers made while it was down, so (as in Skeen's
         /// protocol, where a recovered site asks rather than decides) it decides only in a round
@@ -261,6 +265,14 @@ public struct Participant {
     /// 3PC branches among `finishedOutcomes` that voted read-only: they answer `read-only`, not
     /// `committed`, to a peer's state query. Left out of snapshots (the vote is not logged).
     private var readOnlyFinished: Set<String> = []
+    /// 3PC txids a peer's termination asked about before this participant had a branch: a
+    /// later prepare votes no (`Limits.threePhaseFencesKept`, oldest dropped). A black-box
+    /// probe delayed one participant's prepare past a peer's termination round: the peer, as
+    /// backup, pre-aborted itself counting this one as uncertain; this one then voted yes and
+    /// took the coordinator's pre-commit, and with N = 2 neither quorum could ever form.
+    private var fencesBeforePrepare: Set<String> = []
+    private var fenceOrder: [String] = []
+    private var fenceOrderHead = 0
 
     public init(config: Config) {
         self.config = config
@@ -598,6 +610,10 @@ public struct Participant {
             return [.reply(request, onePhase ? .outcome(.aborted, reason: why) : .vote(.no(reason: why)))]
         case .readOnly:
             return [.reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.readOnly))]
+        }
+        var vote = vote
+        if b.askedBeforeVoting || fencesBeforePrepare.contains(txid) {
+            vote = .no(reason: "a peer's termination protocol asked about this branch before it voted (counting it toward an abort); it votes no")
         }
         switch vote {
         case .readOnly:
@@ -994,6 +1010,7 @@ extension Participant {
     /// Once this branch has joined a termination round it takes these only from a backup
     /// coordinator, so the state it reported to its peers stays true.
     mutating func preRecord(_ request: RequestID, _ txid: String, commit: Bool, fromBackup: Bool) -> [Action] {
+        if !commit { noteAskedBeforeVoting(txid) }
         guard var b = branches[txid], b.threePhase != nil else {
             switch finishedOutcomes[txid] {
             case .committed? where commit: return [.reply(request, .preCommitted)]
@@ -1048,6 +1065,7 @@ extension Participant {
     /// A peer (or the coordinator) asks where this branch stands. A branch that answers joins
     /// the termination: from now on it takes pre-records only from a backup coordinator.
     mutating func stateQuery(_ request: RequestID, _ txid: String) -> [Action] {
+        noteAskedBeforeVoting(txid)
         if var b = branches[txid], b.threePhase != nil, b.state == .preCommitting || b.state == .preAborting {
             // Its pre-record is being written: answer once it is durable, with the state it
             // then has for good. (It takes no coordinator pre-commit after that answer.)
@@ -1064,6 +1082,29 @@ extension Participant {
             branches[txid] = b
         }
         return [.reply(request, .state(threePhaseState(txid), recovered: branches[txid]?.recovered ?? false))]
+    }
+
+    /// A termination protocol asked about `txid`: a branch that has not voted, or a txid with
+    /// no branch and no outcome here, will vote no (the answer, `unknown`, counts toward an
+    /// abort quorum). In memory: a crash loses the staged work of an unvoted branch anyway, so
+    /// its prepare votes no after it; a fence on a txid with no branch is lost (docs/protocols.md).
+    private mutating func noteAskedBeforeVoting(_ txid: String) {
+        if var b = branches[txid] {
+            guard b.state == .active, !b.askedBeforeVoting else { return }
+            b.askedBeforeVoting = true
+            branches[txid] = b
+            return
+        }
+        guard finishedOutcomes[txid] == nil, fencesBeforePrepare.insert(txid).inserted else { return }
+        fenceOrder.append(txid)
+        while fencesBeforePrepare.count > Limits.threePhaseFencesKept {
+            fencesBeforePrepare.remove(fenceOrder[fenceOrderHead])
+            fenceOrderHead += 1
+        }
+        if fenceOrderHead > 4096 && fenceOrderHead * 2 > fenceOrder.count {
+            fenceOrder.removeFirst(fenceOrderHead)
+            fenceOrderHead = 0
+        }
     }
 
     /// No word from the coordinator: ask every peer for its state (and the coordinator, in
@@ -1164,7 +1205,12 @@ extension Participant {
             if mine != .preCommitted { actions += preRecordSelf(txid, commit: true) }
             return actions + [.setTimer(.termination(txid), afterMs: config.terminationRoundMs)]
         case .quorum:
-            let q = info.peers.count / 2 + 1
+            // N counts the branches that can hold a pre-state: a peer that answered read-only
+            // wrote nothing and takes no part (with one writer and one reader, N = 2 left the
+            // writer short of a quorum of 2 for ever after a coordinator crash). Quorums of
+            // backups that did and did not hear a read-only answer still meet among the writers.
+            let readOnlyPeers = b.roundStates.values.filter { $0 == .readOnly }.count
+            let q = (info.peers.count - readOnlyPeers) / 2 + 1
             if preCommitted >= 1 && preCommitted + uncertain >= q {
                 if preCommitted >= q { return commitAll + commitSelf(txid) }
                 var actions = tell(.preCommit, where: { $0 == .uncertain || $0 == .unknown })

@@ -85,6 +85,66 @@ final class ThreePhaseTerminationTests: XCTestCase {
         XCTAssertEqual(back.status, 409)
     }
 
+    /// Quorum, two writers b and c (N = 2, Q = 2), the coordinator stalled between its two
+    /// prepares (a black-box probe): b, prepared, runs a round; c has not voted and answers
+    /// `unknown`; b pre-aborts itself counting c toward the abort quorum. c then voted yes and
+    /// took the coordinator's pre-commit, b refused it: pre-aborted against pre-committed, for
+    /// good. Now c, asked before it voted, votes no, and every later round ends in abort. The
+    /// same for a txid c has no branch for yet (a submitted prepare still on its way).
+    func testABranchAskedBeforeItVotedVotesNoSoTheSplitCannotForm() {
+        let two = [ParticipantRef(name: "b", url: "http://b"), ParticipantRef(name: "c", url: "http://c")]
+        let info = Participant.ThreePhaseInfo(termination: .quorum, peers: two)
+        var b = Participant(config: Participant.Config(name: "b"))
+        _ = b.on(.joined("t1", coordinatorURL: "http://coordinator", timeoutMs: 60_000))
+        _ = b.on(.prepare(1, txid: "t1", onePhase: false, vote: .yes(writeSet: ws), threePhase: info))
+        _ = b.on(.preparedDurable("t1"))
+        var c = Participant(config: Participant.Config(name: "c"))
+        _ = c.on(.joined("t1", coordinatorURL: "http://coordinator", timeoutMs: 60_000))
+        // b's round asks c: c has not voted.
+        let start = b.on(.timerFired(.termination("t1")))
+        var roundNumber = 0
+        for case .queryPeer(_, _, let r) in start { roundNumber = r }
+        guard case .reply(7, .state(let cState, _))? = c.on(.stateQuery(7, txid: "t1")).first else { return XCTFail("no state answer") }
+        XCTAssertEqual(cState, .unknown)
+        let r = b.on(.peerState("t1", round: roundNumber, peer: "c", state: cState, recovered: false))
+        XCTAssertEqual(logs(r), [.preAborted("t1")], "b pre-aborts, counting c as uncertain")
+        XCTAssertEqual(sends(r), ["preAbort c"])
+        // c's prepare arrives now, its work staged and good: it votes no all the same.
+        let vote = c.on(.prepare(2, txid: "t1", onePhase: false, vote: .yes(writeSet: ws), threePhase: info))
+        guard case .reply(2, .vote(.no(let why)))? = vote.last else { return XCTFail("c must vote no: \(vote)") }
+        XCTAssertTrue(why.contains("asked about this branch before it voted"), why)
+        XCTAssertEqual(c.threePhaseState("t1"), .aborted)
+
+        // No branch at all when asked (a submitted prepare, with its work, still on its way).
+        var d = Participant(config: Participant.Config(name: "c"))
+        guard case .reply(8, .state(.unknown, _))? = d.on(.stateQuery(8, txid: "t2")).first else { return XCTFail() }
+        _ = d.on(.joined("t2", coordinatorURL: "http://coordinator", timeoutMs: 60_000))
+        guard case .reply(3, .vote(.no))? = d.on(.prepare(3, txid: "t2", onePhase: false, vote: .yes(writeSet: ws), threePhase: info)).last else {
+            return XCTFail("a fenced txid votes no")
+        }
+    }
+
+    /// Quorum, one writer b and one read-only branch a, the coordinator gone after the votes (a
+    /// black-box probe): N counted a, so Q = 2 and b alone could never decide, holding its locks
+    /// until the coordinator came back. A read-only peer takes no part: b decides alone.
+    func testAReadOnlyPeerDoesNotCountTowardTheQuorum() {
+        let two = [ParticipantRef(name: "a", url: "http://a"), ParticipantRef(name: "b", url: "http://b")]
+        var b = Participant(config: Participant.Config(name: "b"))
+        _ = b.on(.joined("t1", coordinatorURL: "http://coordinator", timeoutMs: 60_000))
+        _ = b.on(.prepare(1, txid: "t1", onePhase: false, vote: .yes(writeSet: ws),
+                          threePhase: Participant.ThreePhaseInfo(termination: .quorum, peers: two)))
+        _ = b.on(.preparedDurable("t1"))
+        func bRound(_ answer: ThreePhaseState) -> [Participant.Action] {
+            let start = b.on(.timerFired(.termination("t1")))
+            var roundNumber = 0
+            for case .queryPeer(_, _, let r) in start { roundNumber = r }
+            return b.on(.peerState("t1", round: roundNumber, peer: "a", state: answer, recovered: false))
+        }
+        XCTAssertEqual(logs(bRound(.readOnly)), [.preAborted("t1")], "b alone is a quorum of the writers")
+        _ = b.on(.preRecordDurable("t1"))
+        XCTAssertEqual(logs(bRound(.readOnly)), [.aborted("t1")])
+    }
+
     /// A backup's abort is forced before anything acts on it: no lock released, no peer told,
     /// no answer given while its record may still be lost; a crash in between leaves the branch
     /// as it was, back in doubt.
