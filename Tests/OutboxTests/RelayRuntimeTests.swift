@@ -1,6 +1,8 @@
+import CohortClient
 import CohortCore
 @testable import CohortOutbox
 import CohortPosix
+import CohortSQLite
 import Foundation
 import XCTest
 
@@ -67,6 +69,47 @@ final class RelayRuntimeTests: XCTestCase {
         try waitFor("a message committed after the step", timeoutMs: 5_000) { try counts.counts().pending == 0 }
         XCTAssertEqual(try counts.counts().delivered, 2)
         onLoop(loop) { XCTAssertTrue(relay.holdsLease) }
+    }
+
+    /// While reads of the outbox table fail, `/healthz` answers 503 "degraded" with the reason
+    /// (a black-box probe: a damaged database stopped all delivery while it said "ok"), and the
+    /// failures are counted; once reads work again it is "ok" and the relay delivers.
+    func testHealthzSaysDegradedWhileTheTableCannotBeRead() throws {
+        let path = tempDB("h")
+        let outbox = try Outbox(path: path)
+        let counts = try OutboxStore(path: path)
+        let loop = try EventLoop()
+        loop.startThread()
+        defer { loop.stopAndJoin() }
+        let relay = OutboxRelay(store: try OutboxStore(path: path), sink: MemorySink(loop: loop), loop: loop)
+        var host: RelayHost?
+        onLoop(loop) {
+            host = try? RelayHost(relay: relay, host: "127.0.0.1", port: 0)
+            relay.start()
+        }
+        defer { onLoop(loop) { relay.stop(); host?.shutdown() } }
+        let url = "http://127.0.0.1:\(try XCTUnwrap(host).port)"
+        let api = CohortAPI(coordinatorURL: url)
+        try outbox.transaction { _ = try $0.enqueue(topic: "t", key: "k", payload: "1") }
+        try waitFor("the first message") { try counts.counts().pending == 0 }
+        XCTAssertEqual(try api.raw("GET", url + "/healthz").status, 200)
+        // The table goes away under the relay (as a damaged page makes every read fail).
+        let other = try SQLiteConnection(path: path)
+        try other.exec("ALTER TABLE outbox RENAME TO outbox_away")
+        var degraded: (status: Int, body: String) = (0, "")
+        try waitFor("healthz to say degraded", timeoutMs: 10_000) {
+            let r = try api.raw("GET", url + "/healthz")
+            degraded = (r.status, String(decoding: r.body, as: UTF8.self))
+            return r.status == 503
+        }
+        XCTAssertTrue(degraded.body.contains(#""status":"degraded""#) && degraded.body.contains("reading the outbox table failed"), degraded.body)
+        let metrics = String(decoding: try api.raw("GET", url + "/metrics").body, as: UTF8.self)
+        XCTAssertFalse(metrics.contains("cohort_outbox_store_read_failures_total 0\n"), "failures counted")
+        // Back: ok again, and what was committed meanwhile is delivered.
+        try other.exec("ALTER TABLE outbox_away RENAME TO outbox")
+        try outbox.transaction { _ = try $0.enqueue(topic: "t", key: "k", payload: "2") }
+        try waitFor("healthz to say ok again", timeoutMs: 15_000) { try api.raw("GET", url + "/healthz").status == 200 }
+        try waitFor("the second message", timeoutMs: 15_000) { try counts.counts().pending == 0 }
     }
 
     /// A tick renews the lease and, in the same feed, sends a batch. When the renewal finds
