@@ -568,19 +568,21 @@ public final class CoordinatorNode {
         "\(field) \"\(url.prefix(200))\" is not an http://HOST[:PORT]/PATH URL (port 1-65535)"
     }
 
-    /// Whether `text` is unknown to both machines and may be a confirm the TCC machine forgot:
-    /// it goes to that machine, which answers 410. (The 2PC machine would answer 404, which a
-    /// client reads as aborted; it answers its own forgotten commits itself.)
     /// A transaction this coordinator recovered that another coordinator id issued, if any: the
     /// data directory's `coordinator.id` was replaced (by another valid id) or the log came
     /// from another coordinator. Serving would answer `unknown-coordinator` to participants
-    /// asking about the log's own transactions while `GET` showed them committed.
+    /// asking about the log's own transactions while `GET` showed them committed. Walks the
+    /// tables' keys once (no sorted copy: it runs at every start).
     public func recoveredTransactionOfAnotherCoordinator() -> TxID? {
         if let through = machine.forgottenCommits.through, through.coordinatorID != coordinatorID { return through }
-        return machine.allTransactions().lazy.map(\.txid).first { $0.coordinatorID != coordinatorID }
-            ?? tcc.allTransactions().lazy.map(\.txid).first { $0.coordinatorID != coordinatorID }
+        let foreign = { (txid: TxID) in txid.coordinatorID != self.coordinatorID }
+        return machine.open.keys.first(where: foreign) ?? machine.finished.keys.first(where: foreign)
+            ?? tcc.open.keys.first(where: foreign) ?? tcc.finished.keys.first(where: foreign)
     }
 
+    /// Whether `text` is unknown to both machines and may be a confirm the TCC machine forgot:
+    /// it goes to that machine, which answers 410. (The 2PC machine would answer 404, which a
+    /// client reads as aborted; it answers its own forgotten commits itself.)
     private func tccMayHaveForgotten(_ text: String) -> Bool {
         guard let txid = TxID(text), machine.transaction(txid) == nil, machine.forgottenOutcome(txid) == nil else { return false }
         if tcc.forgottenOutcome(txid) != nil { return true }

@@ -606,7 +606,7 @@ public final class DurableLog {
             try file.write(bytes, at: offset)
             return allocated
         }
-        let length = LogFormat.alignedUp(end + config.preallocateBytes)
+        let length = LogFileLength.alignedUp(end + config.preallocateBytes)
         var extended = bytes
         extended.append(contentsOf: repeatElement(0, count: length - end))
         try file.write(extended, at: offset)

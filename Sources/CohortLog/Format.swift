@@ -41,12 +41,6 @@ enum LogFormat {
     static let magic: [UInt8] = Array("COHORTLG".utf8)
     static let version: UInt32 = 1
     static let segmentHeaderBytes = 32
-
-    /// `length` rounded up to a multiple of `Limits.logFileAlignmentBytes`.
-    static func alignedUp(_ length: Int) -> Int {
-        let a = Limits.logFileAlignmentBytes
-        return (length + a - 1) / a * a
-    }
     static let recordHeaderBytes = 17
     /// The log's own checkpoint record; user types are 1...255.
     static let checkpointType: UInt8 = 0

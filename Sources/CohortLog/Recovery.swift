@@ -142,7 +142,7 @@ struct Recovery {
             if isLast && allocated % Limits.logFileAlignmentBytes != 0 {
                 // Written by a version that did not round its files' lengths: rounded now, so
                 // that from here on every length is one a crash can leave.
-                let aligned = LogFormat.alignedUp(allocated)
+                let aligned = LogFileLength.alignedUp(allocated)
                 try file.write([UInt8](repeating: 0, count: aligned - allocated), at: allocated)
                 allocated = aligned
             }

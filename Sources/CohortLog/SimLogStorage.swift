@@ -178,8 +178,7 @@ public final class SimLogStorage: LogStorage {
                 // page at a time, and a size on disk is the end of the pages written back), so
                 // a torn extension ends at a multiple of the alignment, never mid-page:
                 // recovery refuses other lengths as a cut file (`Limits.logFileAlignmentBytes`).
-                let a = Limits.logFileAlignmentBytes
-                kept = max(durable.count, (same + kept) / a * a) - same
+                kept = max(durable.count, LogFileLength.alignedDown(same + kept)) - same
             }
             var result = Array(current[0..<(same + kept)])
             if same + kept < durable.count { result += durable[(same + kept)...] }

@@ -1,3 +1,4 @@
+import CohortCore
 import CohortPosix
 
 /// Where the log keeps its segment files: a real directory, or memory for simulation.
@@ -157,4 +158,20 @@ final class FileLogFile: LogFile {
         try file.dropCachedPages()
     }
     func close() { file.close() }
+}
+
+/// The lengths a log file may have: every write that lengthens one ends it at a multiple of
+/// `Limits.logFileAlignmentBytes` (docs/failure-model.md, "A log file cut short"). One place
+/// for the rounding the writer, the simulated disk and the scenario runner's torn writes use.
+public enum LogFileLength {
+    /// `length` rounded up to a multiple of `Limits.logFileAlignmentBytes`.
+    public static func alignedUp(_ length: Int) -> Int {
+        let a = Limits.logFileAlignmentBytes
+        return (length + a - 1) / a * a
+    }
+
+    /// `length` rounded down to a multiple of `Limits.logFileAlignmentBytes`.
+    public static func alignedDown(_ length: Int) -> Int {
+        length / Limits.logFileAlignmentBytes * Limits.logFileAlignmentBytes
+    }
 }

@@ -129,8 +129,9 @@ public final class SQLiteConnection {
     static func refuseIfNotADatabase(_ path: String) throws {
         let first = headerCheckedLock.withLock { headerCheckedPaths.insert(path).inserted }
         guard first else { return }
-        guard let mainBytes = PosixFS.fileSizeBytes(path), mainBytes > 0 else {
-            try refuseIfJournalBesideNoDatabase(path, exists: PosixFS.exists(path))
+        let mainBytes = PosixFS.fileSizeBytes(path)
+        guard let mainBytes, mainBytes > 0 else {
+            try refuseIfJournalBesideNoDatabase(path, exists: mainBytes != nil)
             return
         }
         let header: [UInt8]

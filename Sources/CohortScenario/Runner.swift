@@ -639,10 +639,9 @@ final class ScenarioRun: @unchecked Sendable {
                     // extending write: a log file ends at a multiple of the alignment
                     // (Limits.logFileAlignmentBytes), and recovery refuses any other length
                     // whose records run to its end as a file cut by something else.
-                    let a = Limits.logFileAlignmentBytes
                     try file.truncate(to: max(0, end - cut))
-                    try file.truncate(to: (max(0, end - cut) + a - 1) / a * a)
-                    event("torn write on \(p): cut the last \(cut) bytes of the records of \(path) (zeros after them to a multiple of \(a) bytes)")
+                    try file.truncate(to: LogFileLength.alignedUp(max(0, end - cut)))
+                    event("torn write on \(p): cut the last \(cut) bytes of the records of \(path) (zeros after them to a multiple of \(Limits.logFileAlignmentBytes) bytes)")
                 }
             case .corruptRecord(let p, _, _):
                 let (path, data, records, _) = try newestSegment(p, minRecords: 3)

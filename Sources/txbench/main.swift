@@ -219,12 +219,9 @@ let costs = measuredCosts(api, servers, before: before, committed: Double(report
 let quiet = workload.waitQuiescent(timeoutMs: 30_000)
 let resolution = workload.resolveUnknown(timeoutMs: 10_000)
 // Not read (a server gone): the results are printed all the same, and the exit says so.
-let conservation: (ok: Bool, total: Int64, expected: Int64)?
-var balancesUnread: String?
-do { conservation = try workload.checkConservation() } catch {
-    conservation = nil
-    balancesUnread = "cannot read balances: \(error)"
-}
+let conservationRead = Result { try workload.checkConservation() }
+let conservation = try? conservationRead.get()
+let balancesUnread: String? = if case .failure(let e) = conservationRead { "cannot read balances: \(e)" } else { nil }
 
 let seconds = report.elapsedMs / 1000
 let committed = Double(report.committed)

@@ -168,10 +168,17 @@ final class ProgramsTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let run = ManagedProcess(name: "txbench", executable: txbench,
                                  arguments: ["--coordinator", cluster.coordinatorURL, "--agents", cluster.agentURLs.joined(separator: ","),
-                                             "--clients", "2", "--duration", "4s", "--warmup", "0s", "--accounts", "20", "--json"],
+                                             "--clients", "2", "--duration", "6s", "--warmup", "0s", "--accounts", "20", "--json", "--progress"],
                                  logDirectory: dir)
         try run.start(waitForListening: false)
-        Thread.sleep(forTimeInterval: 1.5)
+        // Killed once the measured window is open (the progress line says "measuring" on
+        // stderr after the counters were read), not after a guessed pause.
+        let opened = Date().addingTimeInterval(60)
+        while !run.stderrText().contains("measuring") {
+            XCTAssertTrue(run.isRunning, "txbench ended before measuring: \(run.stderrText())")
+            guard run.isRunning, Date() < opened else { return XCTFail("txbench never started measuring") }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
         cluster.kill9(Cluster.coordinatorName)
         try cluster.restart(Cluster.coordinatorName)
         let status = try XCTUnwrap(run.waitForExit(timeoutMs: 120_000), "txbench did not finish")
