@@ -37,9 +37,12 @@ public enum TCCPhaseOutcome: Equatable, Sendable {
 ///
 /// `tcc_barrier(resource, txid, branch_id, op, note, result, at_ms)`, primary key
 /// `(resource, txid, branch_id, op)`:
-/// - try inserts its `try` row (note `tried`); if the row is already there with note `fence`,
-///   the branch was cancelled first and the try is refused (hanging); with note `tried` it is a
-///   duplicate and answers the first result.
+/// - try inserts its `try` row (note `tried`, and the digest of its payload); if the row is
+///   already there with note `fence`, the branch was cancelled first and the try is refused
+///   (hanging); with note `tried` it is a duplicate and answers the first result, unless its
+///   payload differs from the first try's: then it is refused as a conflict, because the caller
+///   reused a branch id for other work and answering "duplicate" would tell it that work was
+///   reserved when it was not.
 /// - cancel inserts the *origin* `try` row with note `fence` if none exists (then this is an
 ///   empty cancel: nothing to undo, and the fence refuses a late try), then its own `cancel`
 ///   row; if that row already exists the cancel is a duplicate.
@@ -50,30 +53,58 @@ public enum TCCBarrier {
     public static let schema = """
         CREATE TABLE IF NOT EXISTS tcc_barrier(
           resource TEXT NOT NULL, txid TEXT NOT NULL, branch_id TEXT NOT NULL, op TEXT NOT NULL,
-          note TEXT NOT NULL, result TEXT, at_ms INTEGER NOT NULL,
+          note TEXT NOT NULL, result TEXT, at_ms INTEGER NOT NULL, payload_digest TEXT,
           PRIMARY KEY(resource, txid, branch_id, op)) WITHOUT ROWID;
         CREATE INDEX IF NOT EXISTS tcc_barrier_finished ON tcc_barrier(op, at_ms);
         """
 
+    /// Creates the table, or adds `payload_digest` to one made by a version without it (its
+    /// old try rows keep a NULL digest, and a repeated try of those is answered as before).
+    static func migrate(_ db: SQLiteConnection) throws {
+        try db.exec(schema)
+        let columns = try db.query("PRAGMA table_info(tcc_barrier)").compactMap { $0[1].text }
+        if !columns.contains("payload_digest") {
+            try db.exec("ALTER TABLE tcc_barrier ADD COLUMN payload_digest TEXT")
+        }
+    }
+
+    /// A try's payload as the barrier remembers it: its length and two checksums of its
+    /// canonical bytes (object keys sorted, as `JSONValue.node` writes them), so a retry of the
+    /// same try matches whatever order its keys arrived in. Not a defence against an attacker
+    /// (a caller who can send tries can send any payload); it catches a branch id reused by
+    /// mistake, where 96 bits make a false "same payload" vanishingly unlikely.
+    static func payloadDigest(_ payload: JSONValue?) -> String {
+        guard let payload else { return "none" }
+        var w = JSONWriter()
+        w.value(payload.node)
+        let bytes = w.bytes
+        var fnv: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in bytes { fnv = (fnv ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
+        return "\(bytes.count):\(String(CRC32C.checksum(bytes), radix: 16)):\(String(fnv, radix: 16))"
+    }
+
     /// Runs `phase` of a branch through the barrier inside the caller's open transaction;
     /// `business` is called only when the business code must run. Throws to roll back.
-    static func run(_ db: SQLiteConnection, resource: String, phase: TCCPhase, txid: String, branchID: String, nowMs: Int64,
-                    deadlineMs: Int64?, skewMarginMs: Int64, testOnlyIgnoreFence: Bool = false,
+    static func run(_ db: SQLiteConnection, resource: String, phase: TCCPhase, txid: String, branchID: String, payload: JSONValue?,
+                    nowMs: Int64, deadlineMs: Int64?, skewMarginMs: Int64, testOnlyIgnoreFence: Bool = false,
                     business: () throws -> JSONValue?) throws -> TCCPhaseOutcome {
         let key: [SQLValue] = [.text(resource), .text(txid), .text(branchID)]
         func insert(_ op: String, _ note: String) throws -> Bool {
             try db.run("INSERT INTO tcc_barrier(resource, txid, branch_id, op, note, at_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
                        key + [.text(op), .text(note), .int(nowMs)]) == 1
         }
-        func row(_ op: String) throws -> (note: String, result: JSONValue?)? {
-            guard let r = try db.query("SELECT note, result FROM tcc_barrier WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = ?4",
+        func row(_ op: String) throws -> (note: String, result: JSONValue?, payloadDigest: String?)? {
+            guard let r = try db.query("SELECT note, result, payload_digest FROM tcc_barrier WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = ?4",
                                        key + [.text(op)]).first else { return nil }
             let result = r[1].text.flatMap { try? JSONValue(node: JSONParser.parse(Array($0.utf8))) }
-            return (r[0].text ?? "", result)
+            return (r[0].text ?? "", result, r[2].text)
         }
         switch phase {
         case .try:
+            let digest = payloadDigest(payload)
             if try insert("try", "tried") {
+                try db.run("UPDATE tcc_barrier SET payload_digest = ?4 WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = 'try'",
+                           key + [.text(digest)])
                 // Subtracted from the clock, not added to the deadline: the deadline comes from
                 // a request body, and near Int64.max the sum would overflow and stop the process.
                 if let deadlineMs, nowMs - skewMarginMs > deadlineMs {
@@ -101,6 +132,9 @@ public enum TCCBarrier {
                 }
                 #endif
                 return .hanging("the branch was cancelled before its try arrived")
+            }
+            if let first = existing?.payloadDigest, first != digest {
+                throw TCCError.conflict("try repeated with a different payload: branch \(branchID) of \(txid) was tried with other work; use a new branch id for new work")
             }
             return .duplicate(result: existing?.result)
         case .confirm:

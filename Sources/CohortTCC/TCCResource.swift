@@ -73,7 +73,8 @@ public final class TCCResource: @unchecked Sendable {
         self.confirmBody = confirm
         self.cancelBody = cancel
         let db = try SQLiteConnection(path: path, busyTimeoutMs: options.busyTimeoutMs, fairWriteLock: false)
-        try db.exec(TCCBarrier.schema + schema)
+        try TCCBarrier.migrate(db)
+        if !schema.isEmpty { try db.exec(schema) }
         idle.append(db)
     }
 
@@ -246,7 +247,8 @@ public final class TCCResource: @unchecked Sendable {
         #if DEBUG
         runFencedTry = testOnlyRunFencedTry
         #endif
-        return try TCCBarrier.run(db, resource: name, phase: call.phase, txid: call.txid, branchID: call.branchID, nowMs: clock(),
+        return try TCCBarrier.run(db, resource: name, phase: call.phase, txid: call.txid, branchID: call.branchID,
+                                  payload: call.payload, nowMs: clock(),
                                   deadlineMs: call.deadlineMs, skewMarginMs: options.clockSkewMarginMs,
                                   testOnlyIgnoreFence: options.testOnlyIgnoreFence || runFencedTry) {
             switch call.phase {

@@ -385,4 +385,54 @@ final class BarrierTests: XCTestCase {
         XCTAssertEqual(try inv.stock(sku: "apple"), .init(sku: "apple", available: 7, reserved: 0, sold: 3))
         XCTAssertNil(inv.resource.handle(HTTPRequest(method: "GET", target: "/v1/stock/apple", path: "/v1/stock/apple")))
     }
+
+    /// A branch id reused for other work is refused, not answered "duplicate": the second try's
+    /// reservation never ran, and a "duplicate" would tell its caller it had.
+    func testARepeatedTryWithAnotherPayloadIsAConflict() throws {
+        let c = Counter()
+        let r = try counting(c)
+        let first: JSONValue = .object(["sku": .string("apple"), "qty": .int(3), "note": .array([.int(1), .null])])
+        XCTAssertEqual(try r.run(.try, txid: "t1", branchID: "b", payload: first), .done(result: .string("ok-b")))
+        // The same payload with its keys in another order (a coordinator's retry after its restart).
+        let reordered = try JSONValue(node: JSONParser.parse(Array(#"{"note":[1,null],"qty":3,"sku":"apple"}"#.utf8)))
+        XCTAssertEqual(try r.run(.try, txid: "t1", branchID: "b", payload: reordered), .duplicate(result: .string("ok-b")))
+        XCTAssertThrowsError(try r.run(.try, txid: "t1", branchID: "b", payload: .object(["sku": .string("apple"), "qty": .int(4)]))) { e in
+            guard case TCCError.conflict(let m)? = e as? TCCError else { return XCTFail("\(e)") }
+            XCTAssertTrue(m.contains("different payload"), m)
+        }
+        XCTAssertThrowsError(try r.run(.try, txid: "t1", branchID: "b", payload: nil))
+        // Another branch id with the other payload is new work.
+        XCTAssertEqual(try r.run(.try, txid: "t1", branchID: "b2", payload: .object(["qty": .int(4)])), .done(result: .string("ok-b2")))
+        XCTAssertEqual(c.get(.try), 2)
+        XCTAssertEqual(r.phaseCount(.try, .conflict), 2)
+        // Over HTTP the conflict is a 409 that says why.
+        let body = Array(#"{"txid":"t1","branch_id":"b","payload":{"sku":"pear","qty":1}}"#.utf8)
+        let answer = r.handle(HTTPRequest(method: "POST", target: "/v1/tcc/r/try", path: "/v1/tcc/r/try", body: body))!
+        XCTAssertEqual(answer.status, 409)
+        XCTAssertTrue(String(decoding: answer.body, as: UTF8.self).contains("different payload"))
+    }
+
+    /// A barrier table made before tries kept their payload's digest gets the column at open;
+    /// its old try rows (no digest) answer a repeated try as a duplicate, as they did.
+    func testABarrierWithoutDigestsIsMigratedAndItsOldTriesStayDuplicates() throws {
+        let path = dir + "/db.sqlite"
+        do {
+            let db = try SQLiteConnection(path: path, busyTimeoutMs: 1000, fairWriteLock: false)
+            try db.exec("""
+                CREATE TABLE tcc_barrier(
+                  resource TEXT NOT NULL, txid TEXT NOT NULL, branch_id TEXT NOT NULL, op TEXT NOT NULL,
+                  note TEXT NOT NULL, result TEXT, at_ms INTEGER NOT NULL,
+                  PRIMARY KEY(resource, txid, branch_id, op)) WITHOUT ROWID;
+                INSERT INTO tcc_barrier VALUES('r', 'old', 'b', 'try', 'tried', '"ok-b"', 1);
+                """)
+        }
+        let c = Counter()
+        let r = try counting(c)
+        XCTAssertEqual(try r.run(.try, txid: "old", branchID: "b", payload: .int(9)), .duplicate(result: .string("ok-b")))
+        XCTAssertEqual(try r.run(.confirm, txid: "old", branchID: "b", payload: nil), .done(result: nil))
+        XCTAssertEqual(try r.run(.try, txid: "new", branchID: "b", payload: .int(1)), .done(result: .string("ok-b")))
+        XCTAssertThrowsError(try r.run(.try, txid: "new", branchID: "b", payload: .int(2)))
+        // Opening again finds the column and does not add it twice.
+        XCTAssertNoThrow(try counting(c))
+    }
 }
