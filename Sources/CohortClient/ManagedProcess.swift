@@ -63,6 +63,9 @@ public final class ManagedProcess: @unchecked Sendable {
         var env = ProcessInfo.processInfo.environment
         env.removeValue(forKey: "COHORT_CRASHPOINT")
         env.removeValue(forKey: "COHORT_FAULT")
+        // Servers stop when this process is gone (ServerMain.watchSupervisor), so a supervisor
+        // killed with kill -9 leaves none running. A caller may still override it.
+        env["COHORT_PARENT_PID"] = String(ProcessEnv.pid)
         for (k, v) in environment { env[k] = v }
         process.executableURL = executable
         process.arguments = arguments

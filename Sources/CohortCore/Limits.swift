@@ -351,6 +351,10 @@ public enum Limits {
     /// A pass of a server's event loop busy for longer than this counts in
     /// `cohort_event_loop_stalls_total`: every request of the process waited meanwhile.
     public static let eventLoopStallUs = 5_000
+    /// A server started by a supervisor (`COHORT_PARENT_PID`, set by `ManagedProcess`) checks
+    /// this often whether that supervisor still lives, and stops when it does not: a quickstart
+    /// or test killed with kill -9 leaves no servers holding ports and data directories.
+    public static let parentWatchIntervalMs: Int64 = 500
     /// A log fdatasync that takes longer than this counts in `cohort_log_slow_syncs_total`:
     /// every forced record of its round waited that long. Syncs on these machines take
     /// 0.1-0.3 ms; a slow one is the disk, not Cohort, and the metric lets an operator say so.

@@ -34,6 +34,10 @@ public enum ProcessEnv {
 
     public static var pid: Int32 { getpid() }
 
+    /// The parent's pid now: after the parent exits it is whoever adopted this process (init,
+    /// or a subreaper), never the old parent's pid again.
+    public static var parentPID: Int32 { getppid() }
+
     /// CPU time the whole process (every thread) has used, user and system, in seconds.
     public static func cpuSecondsUsed() -> Double {
         var usage = rusage()

@@ -43,7 +43,37 @@ public enum ServerMain {
         if let note = server.recoveryNote { warn("recovery: \(note)") }
         say("listening on http://\(host):\(server.port)")
         running = server
+        if let supervisor = supervisorPID() {
+            watchSupervisor(supervisor, loop: loop, warn: warn) { running?.shutdown() }
+        }
         try server.run()
+    }
+
+    /// The environment variable a supervisor (`ManagedProcess`) sets to its own pid, so its
+    /// servers stop when it is gone.
+    public static let supervisorPIDVariable = "COHORT_PARENT_PID"
+
+    /// The supervisor's pid from `COHORT_PARENT_PID`, when set to a positive number. Anything
+    /// else is ignored: it is set by Cohort's own supervisors, not by people.
+    static func supervisorPID() -> Int32? {
+        guard let text = ProcessEnv.get(supervisorPIDVariable), let pid = Int32(text), pid > 1 else { return nil }
+        return pid
+    }
+
+    /// Stops the server (as SIGTERM would: it finishes what it synced and exits 0) once this
+    /// process's parent is no longer `supervisor`. Checked every
+    /// `Limits.parentWatchIntervalMs` on the loop; also at once, for a supervisor that died
+    /// while this server started.
+    static func watchSupervisor(_ supervisor: Int32, loop: EventLoop, warn: @escaping (String) -> Void, stop: @escaping () -> Void) {
+        func check() {
+            if ProcessEnv.parentPID != supervisor {
+                warn("stopping: the process that started this server (pid \(supervisor)) has exited")
+                stop()
+                return
+            }
+            _ = loop.schedule(afterMs: Limits.parentWatchIntervalMs, check)
+        }
+        check()
     }
 
     /// A server executable's whole life, so each `main` only reads its own flags: `--help`

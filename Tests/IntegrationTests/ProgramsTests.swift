@@ -17,6 +17,43 @@ final class ProgramsTests: XCTestCase {
         XCTAssertGreaterThan(committed ?? 0, 0, r.stdout)
     }
 
+    /// kill -9 of the quickstart (no chance to stop its children) leaves no server running:
+    /// each notices its parent is gone within `Limits.parentWatchIntervalMs` and stops. Before
+    /// the watch, the coordinator and both agents kept running, holding their ports.
+    func testServersStopWhenTheQuickstartIsKilled() throws {
+        let quickstart = Process()
+        quickstart.executableURL = try binDirectory().appendingPathComponent("cohort-quickstart")
+        quickstart.arguments = ["--duration", "60s"]
+        quickstart.standardOutput = FileHandle.nullDevice
+        quickstart.standardError = FileHandle.nullDevice
+        try quickstart.run()
+        defer { if quickstart.isRunning { kill(quickstart.processIdentifier, SIGKILL) } }
+        let parent = quickstart.processIdentifier
+        // Its children by their parent pid (field 4 of /proc/PID/stat), alive (not zombies).
+        func children(of pid: Int32) -> [Int32] {
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+            return entries.compactMap(Int32.init).filter { child in
+                guard let stat = try? String(contentsOfFile: "/proc/\(child)/stat", encoding: .utf8),
+                      let close = stat.lastIndex(of: ")") else { return false }
+                let fields = stat[stat.index(after: close)...].split(separator: " ")
+                return fields.count > 2 && fields[0] != "Z" && Int32(fields[1]) == pid
+            }
+        }
+        func alive(_ pid: Int32) -> Bool {
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return false }
+            return !stat[stat.index(after: close)...].hasPrefix(" Z")
+        }
+        var servers: [Int32] = []
+        XCTAssertTrue(eventually(timeoutMs: 60_000) { servers = children(of: parent); return servers.count >= 3 },
+                      "the quickstart started \(servers.count) servers")
+        defer { for pid in servers where alive(pid) { kill(pid, SIGKILL) } }
+        kill(parent, SIGKILL)
+        quickstart.waitUntilExit()
+        XCTAssertTrue(eventually(timeoutMs: 10_000) { servers.allSatisfy { !alive($0) } },
+                      "still running after their supervisor's kill -9: \(servers.filter(alive))")
+    }
+
     func testTxbenchJSON() throws {
         let r = try runToCompletion(try binDirectory().appendingPathComponent("txbench"),
                                     ["--clients", "2", "--duration", "1s", "--warmup", "0s", "--accounts", "20", "--json"], timeoutMs: 120_000)
