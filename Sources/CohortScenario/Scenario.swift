@@ -315,7 +315,28 @@ struct Parser {
         let s = Scenario(file: file, name: name, description: description, topology: topology, workload: workload,
                          faults: faults, checks: checks, tccWorkload: tccWorkload)
         try checkFaultTimes(s)
+        try checkArmedFaults(s)
         return s
+    }
+
+    /// A crash point or fsync fault is armed by restarting its process with it in the
+    /// environment, and a process holds one armed fault at a time: a second one armed at the
+    /// same moment replaces the first, which then never fires and fails the run as
+    /// `faults_fired`. Said here, where the file is read, instead of after a whole run.
+    func checkArmedFaults(_ s: Scenario) throws {
+        var armedAt: [String: Int] = [:]
+        for (i, f) in s.faults.enumerated() {
+            let process: String
+            switch f.kind {
+            case .crashPoint(let p, _, _, _, _), .fsyncFail(let p, _, _): process = p
+            default: continue
+            }
+            let key = "\(process)@\(f.atMs)"
+            if let first = armedAt[key] {
+                throw fail("faults[\(i)].at", "faults[\(first)] and faults[\(i)] both arm \(process) at \(TimeFormat.duration(ms: f.atMs)); a process holds one armed crash point or fsync fault at a time, so the second would replace the first: give them different times")
+            }
+            armedAt[key] = i
+        }
     }
 
     /// Every fault starts while the workload runs, and its effects end at most

@@ -59,6 +59,17 @@ final class ValidationTests: XCTestCase {
         XCTAssertEqual(ok.workloadWindowMs, 3000)
     }
 
+    /// Two faults armed on one process at the same moment: the second replaced the first, which
+    /// then failed the run as "never fired" after the whole workload. Now the file is refused.
+    func testTwoFaultsArmedOnOneProcessAtOnceAreRefused() throws {
+        let w3 = #""workload": {"transfers": {"duration": "3s"}}"#
+        assertError(#"{"name": "x", \#(w3), "faults": [{"at": "1s", "crash_point": {"process": "a", "point": "agent.after-prepared-logged"}}, {"at": "1s", "fsync_fail": {"process": "a"}}]}"#,
+                    "faults[1].at: faults[0] and faults[1] both arm a at 1s")
+        // Different times, or different processes, are fine.
+        let ok = try parse(#"{"name": "x", \#(w3), "faults": [{"at": "1s", "crash_point": {"process": "a", "point": "agent.after-prepared-logged"}}, {"at": "1s", "crash_point": {"process": "b", "point": "agent.after-prepared-logged"}}, {"at": "2s", "fsync_fail": {"process": "a"}}]}"#)
+        XCTAssertEqual(ok.faults.count, 3)
+    }
+
     /// Files that validated but could not pass: a workload of 0s fired no fault, a swizzle step
     /// of 0s acted on no request.
     func testZeroLengthsThatMakeAFaultNeverHappen() {
