@@ -403,6 +403,10 @@ public enum Limits {
     /// database): a read every poll wrote the same error 50 times a second without end.
     public static let outboxStoreRetryDelayMsMin: Int64 = 100
     public static let outboxStoreRetryDelayMsMax: Int64 = 5_000
+    /// While an outbox relay's sink stays unreachable, its problem line (stderr of cohort-relay
+    /// and the demo services) is repeated at most this often: the first failure and the
+    /// recovery are said at once, and a sink down for an hour gives 120 lines, not one per retry.
+    public static let outboxSinkProblemReportIntervalMs: Int64 = 30_000
     /// The relay lease: held this long without renewal, renewed every third of it.
     public static let outboxLeaseTTLMs: Int64 = 5_000
     /// A relay without the lease tries to take it this often.

@@ -144,7 +144,8 @@ extension DemoServiceOptions {
         if let advertise = args.string("advertise") {
             advertiseURL = try normalizedBaseURL(advertise, flag: "advertise")
         }
-        onProblem = { warn("broker: \($0)") }
+        // The outbox relay's problems and, with --broker, the stream reader's.
+        onProblem = { warn("outbox: \($0)") }
     }
 }
 

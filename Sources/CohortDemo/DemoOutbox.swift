@@ -144,6 +144,7 @@ final class OrderOutbox {
         let sink: OutboxSink = try broker.map { try makeOutboxSink(url: $0, stream: DemoStreams.ordersPlaced, loop: loop) }
             ?? HTTPOutboxSink(url: inventoryInbox, loop: loop)
         relay = OutboxRelay(store: try OutboxStore(path: path), sink: sink, loop: loop)
+        relay.onProblem = onProblem
         inbox = try Inbox(path: path, consumer: "orders")
         let relay = self.relay
         outbox.onCommit = { relay.wake() }
@@ -208,6 +209,7 @@ final class InventoryOutbox {
         let sink: OutboxSink = try broker.map { try makeOutboxSink(url: $0, stream: DemoStreams.stockAnswers, loop: loop) }
             ?? ReplySink(loop: loop, replyTo: replyTo)
         relay = OutboxRelay(store: try OutboxStore(path: path), sink: sink, loop: loop)
+        relay.onProblem = onProblem
         if let broker {
             let relay = self.relay
             let reader = try RedisStreamReader(url: broker, stream: DemoStreams.ordersPlaced, group: "inventory", consumer: "inventory",

@@ -51,6 +51,10 @@ public final class OutboxRelay {
     /// lease's expiry, which other relays read; delivered_ms and the retention cutoff; ages).
     private let wallClock: () -> Int64
     private var tickTimer: TimerHandle?
+    /// Sink calls that could not reach the sink, in a row, and when a line last said so
+    /// (`reportSink`). Reporting only: the machine decides the retries.
+    public private(set) var sinkFailuresInARow = 0
+    private var sinkProblemReportedMs: Int64 = 0
     private var running = false
     private let tickMs: Int64
 
@@ -134,6 +138,29 @@ public final class OutboxRelay {
 
     private func problem(_ s: String) { onProblem?(s) }
 
+    /// A line when the sink stops answering, one every `Limits.outboxSinkProblemReportIntervalMs`
+    /// while it stays down, and one when it answers again: a relay whose sink was down used to
+    /// say nothing at all, while its messages piled up.
+    private func reportSink(_ result: SinkResult, nowMs: Int64) {
+        switch result {
+        case .unavailable(let reason):
+            sinkFailuresInARow += 1
+            if sinkFailuresInARow == 1 {
+                problem("sink \(sink.name) unavailable: \(reason); messages stay pending and are sent again after a backoff")
+            } else if nowMs - sinkProblemReportedMs >= Limits.outboxSinkProblemReportIntervalMs {
+                problem("sink \(sink.name) still unavailable after \(sinkFailuresInARow) calls in a row: \(reason)")
+            } else {
+                return
+            }
+            sinkProblemReportedMs = nowMs
+        case .outcomes, .tooLarge:
+            if sinkFailuresInARow > 0 {
+                problem("sink \(sink.name) answers again after \(sinkFailuresInARow) failed calls")
+                sinkFailuresInARow = 0
+            }
+        }
+    }
+
     /// Carries out one action; returns the answer when it is immediate.
     private func perform(_ action: RelayAction) -> RelayEvent? {
         let now = clock()
@@ -188,6 +215,7 @@ public final class OutboxRelay {
             sink.deliver(messages) { [weak self] result in
                 guard let self, self.running else { return }
                 let t = self.clock()
+                self.reportSink(result, nowMs: t)
                 switch result {
                 case .outcomes(let o): self.feed(.delivered(batch: batch, outcomes: o, nowMs: t))
                 case .unavailable(let reason): self.feed(.sinkUnavailable(batch: batch, reason: reason, nowMs: t))

@@ -112,6 +112,37 @@ final class RelayRuntimeTests: XCTestCase {
         try waitFor("the second message", timeoutMs: 15_000) { try counts.counts().pending == 0 }
     }
 
+    /// A sink that stops answering is said once (not once per retry), and its return is said
+    /// too; a relay used to say nothing while its messages waited.
+    func testAnUnreachableSinkIsReportedOnceAndItsReturnToo() throws {
+        let path = tempDB("s")
+        let outbox = try Outbox(path: path)
+        let counts = try OutboxStore(path: path)
+        let loop = try EventLoop()
+        loop.startThread()
+        defer { loop.stopAndJoin() }
+        let sink = MemorySink(loop: loop)
+        sink.answer = .unavailable("POST http://127.0.0.1:9/v1/inbox: connection refused")
+        let relay = OutboxRelay(store: try OutboxStore(path: path), sink: sink, loop: loop)
+        let lines = NSLock()
+        var problems: [String] = []
+        relay.onProblem = { p in lines.withLock { problems.append(p) } }
+        onLoop(loop) { relay.start() }
+        defer { onLoop(loop) { relay.stop() } }
+        try outbox.transaction { _ = try $0.enqueue(topic: "t", key: "k", payload: "1") }
+        try waitFor("three failed calls", timeoutMs: 15_000) { sink.calls.count >= 3 }
+        let down = lines.withLock { problems }
+        XCTAssertEqual(down.count, 1, "\(down)")
+        XCTAssertTrue(down.first?.contains("sink memory unavailable: POST http://127.0.0.1:9/v1/inbox: connection refused") == true, "\(down)")
+        XCTAssertEqual(try counts.counts().pending, 1)
+        onLoop(loop) { sink.answer = nil }
+        try waitFor("the message delivered", timeoutMs: 15_000) { try counts.counts().pending == 0 }
+        let all = lines.withLock { problems }
+        XCTAssertEqual(all.count, 2, "\(all)")
+        XCTAssertTrue(all.last?.hasPrefix("sink memory answers again after ") == true, "\(all)")
+        onLoop(loop) { XCTAssertEqual(relay.sinkFailuresInARow, 0) }
+    }
+
     /// A tick renews the lease and, in the same feed, sends a batch. When the renewal finds
     /// another relay holding the lease, the batch decided under the lost lease is not sent.
     func testNothingQueuedRunsAfterTheLeaseIsLost() throws {
