@@ -409,6 +409,10 @@ public enum Limits {
     public static let outboxSinkProblemReportIntervalMs: Int64 = 30_000
     /// The relay lease: held this long without renewal, renewed every third of it.
     public static let outboxLeaseTTLMs: Int64 = 5_000
+    /// The longest relay lease `cohort-relay --lease-ttl` takes: a relay that dies holds its
+    /// outbox this long before a standby takes over, so a lease of days (accepted until a
+    /// black-box probe tried `100d`) would stop delivery for days after one crash.
+    public static let outboxLeaseTTLMsMax: Int64 = 600_000
     /// A relay without the lease tries to take it this often.
     public static let outboxLeaseRetryMs: Int64 = 1_000
     /// New rows are looked for this often (an in-process relay is also woken on commit).

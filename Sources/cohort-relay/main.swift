@@ -22,7 +22,7 @@ with a fencing token in the database); start a second one as a standby.
   --batch N             messages per sink call (default \(Limits.outboxBatchMessagesMax))
   --attempts N          refusals before a message becomes a dead letter (default \(Limits.outboxAttemptsMax))
   --retention DURATION  delete delivered rows this long after delivery (default 1h)
-  --lease-ttl DURATION  lease time to live (default \(Limits.outboxLeaseTTLMs)ms)
+  --lease-ttl DURATION  lease time to live, 300ms-\(Limits.outboxLeaseTTLMsMax / 60_000)m (default \(Limits.outboxLeaseTTLMs)ms)
   --dead-letters-block-key true|false   a dead letter holds back its key's later messages (default true)
 \(Arguments.checkFlagsUsage)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list
@@ -58,6 +58,9 @@ do {
     if let r = try args.durationMs("retention") { config.retentionMs = r }
     if let t = try args.durationMs("lease-ttl") {
         guard t >= 300 else { throw UsageError("--lease-ttl must be at least 300ms") }
+        guard t <= Limits.outboxLeaseTTLMsMax else {
+            throw UsageError("--lease-ttl must be at most \(Limits.outboxLeaseTTLMsMax / 60_000)m: a relay that dies holds the outbox that long before another takes over")
+        }
         config.leaseTTLMs = t
     }
     if let b = args.string("dead-letters-block-key") {

@@ -521,6 +521,17 @@ final class BadInputTests: XCTestCase {
         }
     }
 
+    func testRelayLeaseTTLIsBoundedAboveToo() throws {
+        let dir = tempPath("cohort-lease-\(UUID().uuidString.prefix(8))")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let relay = try binDirectory().appendingPathComponent("cohort-relay")
+        let line = ["--db", dir + "/p.db", "--sink", "http://127.0.0.1:1/in", "--check-flags"]
+        let long = try runToCompletion(relay, line + ["--lease-ttl", "100d"])
+        XCTAssertEqual(long.status, 2, long.stderr)
+        XCTAssertTrue(long.stderr.hasPrefix("error: --lease-ttl must be at most 10m"), long.stderr)
+        XCTAssertEqual(try runToCompletion(relay, line + ["--lease-ttl", "10m"]).status, 0)
+    }
+
     /// `--check-flags` (what `txscenario validate` runs) checks values too, and a command line
     /// that passes creates, opens and binds nothing: not the data directory, not the database.
     func testCheckFlagsChecksValuesAndCreatesNothing() throws {
