@@ -102,6 +102,22 @@ public enum Explain {
             if tx.branches.count == 1 {
                 actions.append("if this is a one-phase commit, resolve it at the participant: txctl agent \(tx.branches[0].url) show \(id)")
             }
+        case "pre-committing":
+            let waiting = tx.branches.filter { $0.state == "pre-commit-sent" }
+            blocking = waiting.map { note($0, "its acknowledgement of pre-commit") }
+            let list = waiting.map { describe($0, nowMs: nowMs) }.joined(separator: "; ")
+            summary = "\(id) is a three-phase commit in pre-commit: every branch voted yes, the pre-commit is durable, and the coordinator is waiting for acknowledgements from \(waiting.isEmpty ? "no one (the commit follows shortly)" : list)."
+            actions = ["wait: once every branch acknowledges, the coordinator commits; if one stays silent, the participants terminate it among themselves",
+                       "forced decisions are refused: past its pre-commit, its participants may already have decided it without the coordinator",
+                       "if it stays here, look at the participants: txctl agent URL show \(id)"]
+        case "terminating":
+            let open = tx.branches.filter { !["committed", "aborted", "read-only", "voted-no"].contains($0.state) }
+            blocking = open.map { note($0, "its outcome (the coordinator asks it)") }
+            let list = open.map { describe($0, nowMs: nowMs) }.joined(separator: "; ")
+            summary = "\(id) is a three-phase commit the coordinator no longer decides (terminating): it restarted after its pre-commit, or a participant started the termination protocol; it asks \(open.isEmpty ? "the participants" : list) until one has an outcome, and adopts it."
+            actions = ["wait: the participants decide by the termination protocol (docs/protocols.md), and the coordinator learns their outcome",
+                       "bring back any participant that is down: a termination round may need its answer (\(open.map(\.url).filter { !$0.isEmpty }.joined(separator: ", ")))",
+                       "forced decisions are refused here: resolve it at the participants (txctl agent URL show \(id), txctl agent URL commit|abort \(id))"]
         case "deciding":
             summary = "\(id) is deciding: every branch voted yes and the commit decision is being written to the log."
             actions = ["wait a moment and look again: txctl show \(id)"]

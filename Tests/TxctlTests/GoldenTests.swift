@@ -110,6 +110,31 @@ final class GoldenTests: XCTestCase {
         XCTAssertFalse(m.actions.contains { $0.contains("--force") })
     }
 
+    /// The 3PC states past pre-commit were explained as "in state terminating, which this
+    /// txctl does not know": now each says what it waits for, and offers no forced decision
+    /// (the coordinator refuses them there).
+    func testExplainThreePhaseStates() {
+        func view(_ state: String, _ b: String) -> TransactionView {
+            TransactionView(txid: "a58aaf0c-1a208a3ee86-3", protocol: "3pc", state: state, outcome: nil, reason: nil,
+                            createdAt: "2026-11-23T13:04:00.000Z", finishedAt: nil, timeoutMs: 10_000,
+                            branches: [.init(participant: "a", url: "http://127.0.0.1:7001", state: "pre-committed", vote: "yes", attempts: 1, lastError: nil, nextRetryAt: nil),
+                                       .init(participant: "b", url: "http://127.0.0.1:7002", state: b, vote: "yes", attempts: 2,
+                                             lastError: "connect failed: Connection refused", nextRetryAt: nil)],
+                            events: [], parked: false, audit: [])
+        }
+        let pre = Explain.explain(view("pre-committing", "pre-commit-sent"), nowMs: Self.now)
+        XCTAssertTrue(pre.summary.contains("pre-commit is durable") && pre.summary.contains("b (pre-commit-sent"), pre.summary)
+        XCTAssertEqual(pre.blocking.map(\.participant), ["b"])
+        let term = Explain.explain(view("terminating", "pre-commit-sent"), nowMs: Self.now)
+        XCTAssertTrue(term.summary.contains("no longer decides (terminating)"), term.summary)
+        XCTAssertEqual(term.blocking.map(\.participant), ["a", "b"])
+        for e in [pre, term] {
+            XCTAssertFalse(e.summary.contains("does not know"), e.summary)
+            XCTAssertFalse(e.actions.contains { $0.contains("--force") }, "\(e.actions)")
+        }
+        XCTAssertTrue(term.actions.contains { $0.contains("txctl agent URL show a58aaf0c-1a208a3ee86-3") })
+    }
+
     func testStats() {
         check("stats.txt", Render.stats(Self.stats))
         check("stats.json", JSONOut.encode(Self.stats))
