@@ -49,6 +49,8 @@ public final class Inbox {
             CREATE INDEX IF NOT EXISTS inbox_applied ON inbox(applied_ms);
             """)
         outboxSource = withOutbox ? try OutboxSchema.prepare(connection, name: nil) : nil
+        // Replies are a producer's messages: their ids must not repeat after a restore either.
+        if withOutbox { try OutboxSchema.raiseIDFloor(connection, floor: SystemClock.wallMs() * 1000) }
     }
 
     public func close() { connection.close() }

@@ -5,7 +5,11 @@ import CohortSQLite
 /// The outbox tables, created in the service's own SQLite database next to its business tables.
 ///
 /// `outbox.id` is `INTEGER PRIMARY KEY AUTOINCREMENT`: assigned inside the writer's transaction,
-/// strictly increasing and never reused, even after rows are deleted. SQLite lets one write
+/// strictly increasing and never reused, even after rows are deleted — and, because every
+/// producer's open raises the next id to at least the wall clock in microseconds
+/// (`raiseIDFloor`), never reused after the database is restored from an older copy either: a
+/// restored database would otherwise hand out again ids its consumers' inboxes already hold,
+/// and they would drop the new messages as duplicates. SQLite lets one write
 /// transaction run at a time per database file (across connections and processes), so a
 /// transaction that took id N has committed or rolled back before any other can take N+1: ids
 /// become visible in order. The relay still never trusts a cursor alone (see docs/outbox.md).
@@ -34,6 +38,25 @@ enum OutboxSchema {
         INSERT OR IGNORE INTO outbox_lease(id, holder, token, expires_ms) VALUES(1, '', 0, 0);
         CREATE TABLE IF NOT EXISTS outbox_meta(name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
         """
+
+    /// Raises the table's AUTOINCREMENT counter to at least `floor`. Called with the wall clock
+    /// in microseconds at every producer's open: ids issued before this open are below it as
+    /// long as the producer made fewer than a million messages a second on average since its
+    /// previous open and the clock did not go back (the coordinator's txid epochs rely on the
+    /// same), so a copy restored from a backup continues above every id it ever issued.
+    static func raiseIDFloor(_ c: SQLiteConnection, floor: Int64) throws {
+        try c.transaction {
+            let current = try c.query("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").first?.first?.int
+            switch current {
+            case nil:
+                try c.run("INSERT INTO sqlite_sequence(name, seq) VALUES('outbox', ?1)", [.int(floor)])
+            case let seq? where seq < floor:
+                try c.run("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'outbox'", [.int(floor)])
+            default:
+                break
+            }
+        }
+    }
 
     static let statePending: Int64 = 0
     static let stateDelivered: Int64 = 1
@@ -73,10 +96,13 @@ public final class Outbox {
     public var onCommit: (() -> Void)?
 
     /// Opens (creating if needed) the database at `path`. `name` names the outbox the first time
-    /// only; afterwards the stored name is used.
-    public init(path: String, sync: SyncMode = .full, name: String? = nil) throws {
+    /// only; afterwards the stored name is used. `idFloorMs` (the wall clock; nil leaves ids as
+    /// they are, for tests that want small ones) sets the least id the next message takes, in
+    /// microseconds of it: see `OutboxSchema.raiseIDFloor`.
+    public init(path: String, sync: SyncMode = .full, name: String? = nil, idFloorMs: Int64? = SystemClock.wallMs()) throws {
         connection = try SQLiteConnection(path: path, sync: sync)
         source = try OutboxSchema.prepare(connection, name: name)
+        if let idFloorMs { try OutboxSchema.raiseIDFloor(connection, floor: idFloorMs * 1000) }
     }
 
     /// Runs `body` in one local transaction (BEGIN IMMEDIATE ... COMMIT). If it throws, the

@@ -147,7 +147,7 @@ final class RelayRuntimeTests: XCTestCase {
     /// another relay holding the lease, the batch decided under the lost lease is not sent.
     func testNothingQueuedRunsAfterTheLeaseIsLost() throws {
         let path = tempDB("p")
-        let outbox = try Outbox(path: path)
+        let outbox = try Outbox(path: path, idFloorMs: nil)  // ids from 1
         _ = try outbox.transaction { try $0.enqueue(topic: "t", key: "a", payload: "1") }
         let loop = try EventLoop()  // not run: the test feeds the relay itself
         let sink = MemorySink(loop: loop)

@@ -13,6 +13,44 @@ func tempDB(_ name: String) -> String {
 struct Boom: Error {}
 
 final class StoreTests: XCTestCase {
+    /// A producer's database restored from an older copy hands out ids above every one it ever
+    /// issued, because each open raises the next id to the wall clock in microseconds. Without
+    /// the floor the restored copy reissued the ids sent after the copy was taken, and a
+    /// consumer's inbox, which had applied those, dropped the new messages as duplicates.
+    func testARestoredDatabaseNeverReissuesAnID() throws {
+        func run(floors: (Int64?, Int64?)) throws -> (sent: Set<String>, afterRestore: [String]) {
+            let path = tempDB("p")
+            let backup = path + ".backup"
+            var sent = Set<String>()
+            do {
+                let outbox = try Outbox(path: path, name: "orders", idFloorMs: floors.0)
+                func enqueue(_ n: Int) throws {
+                    for i in 0..<n {
+                        let id = try outbox.transaction { try $0.enqueue(topic: "t", key: "k\(i)", payload: "{}") }
+                        sent.insert("orders:\(id)")
+                    }
+                }
+                try enqueue(3)
+                try outbox.execute("VACUUM INTO '\(backup)'")   // the backup
+                try enqueue(3)                                   // sent and applied after it
+                outbox.close()
+            }
+            // Restore: the copy replaces the database (and its WAL goes).
+            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+            try FileManager.default.copyItem(atPath: backup, toPath: path)
+            let restored = try Outbox(path: path, idFloorMs: floors.1)
+            XCTAssertEqual(restored.source, "orders")
+            let ids = try (0..<3).map { i in try restored.transaction { "orders:\(try $0.enqueue(topic: "t", key: "n\(i)", payload: "{}"))" } }
+            return (sent, ids)
+        }
+        let floored = try run(floors: (1_800_000_000_000, 1_800_000_060_000))
+        XCTAssertTrue(floored.sent.isDisjoint(with: floored.afterRestore), "reissued: \(floored.sent.intersection(floored.afterRestore))")
+        XCTAssertEqual(floored.afterRestore.first, "orders:1800000060000001", "the floor is the clock in microseconds")
+        // The same without the floor: the restored copy reissues ids 4, 5, 6.
+        let plain = try run(floors: (nil, nil))
+        XCTAssertEqual(plain.sent.intersection(plain.afterRestore), ["orders:4", "orders:5", "orders:6"])
+    }
+
     func testBusinessRowsAndMessagesCommitTogetherOrNotAtAll() throws {
         let path = tempDB("p")
         let outbox = try Outbox(path: path, name: "orders")
