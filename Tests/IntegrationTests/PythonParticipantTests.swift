@@ -92,13 +92,19 @@ final class PythonParticipantTests: XCTestCase {
 
     // MARK: 1. transfers
 
-    func testTransfersBetweenSwiftAgentAndPythonParticipant() throws {
+    /// A coordinator, one agent and the Python participant, both seeded.
+    func seededPair() throws -> (cluster: Cluster, api: CohortAPI, agent: String, python: ManagedProcess) {
         _ = try python3()
         let cluster = try startCluster(agents: 1)
         let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
-        let agent = cluster.agentURLs[0]
-        let py = try startPython(cluster).url!
-        try seed(api, agent: agent, py: py)
+        let python = try startPython(cluster)
+        try seed(api, agent: cluster.agentURLs[0], py: python.url!)
+        return (cluster, api, cluster.agentURLs[0], python)
+    }
+
+    func testTransfersBetweenSwiftAgentAndPythonParticipant() throws {
+        let (_, api, agent, python) = try seededPair()
+        let py = python.url!
 
         // Both directions commit, and both sides show it.
         XCTAssertEqual(try transfer(api, 30, from: (agent, "alice"), to: (py, "bob")).outcome, "committed")
@@ -131,14 +137,9 @@ final class PythonParticipantTests: XCTestCase {
     // MARK: 2. the Python participant crashes after its prepared record
 
     func testPythonCrashAfterPreparedRecoversAndAgreesWithCoordinator() throws {
-        _ = try python3()
-        let cluster = try startCluster(agents: 1)
-        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
-        let agent = cluster.agentURLs[0]
-        let first = try startPython(cluster)
+        let (cluster, api, agent, first) = try seededPair()
         let py = first.url!
         let port = first.port!
-        try seed(api, agent: agent, py: py)
 
         // Arm the crash point only now, so the seed does not trip it.
         XCTAssertEqual(first.terminate(), 0, "the Python participant should stop cleanly on SIGTERM")
@@ -197,12 +198,8 @@ final class PythonParticipantTests: XCTestCase {
     }
 
     func coordinatorCrash(point: String, expected: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        _ = try python3()
-        let cluster = try startCluster(agents: 1)
-        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
-        let agent = cluster.agentURLs[0]
-        let py = try startPython(cluster).url!
-        try seed(api, agent: agent, py: py)
+        let (cluster, api, agent, python) = try seededPair()
+        let py = python.url!
 
         cluster.terminate(Cluster.coordinatorName)
         let armed = try cluster.startProcess(Cluster.coordinatorName, environment: ["COHORT_CRASHPOINT": point])
