@@ -17,6 +17,9 @@ public struct Coordinator {
         /// from the wall clock at start and `recover` raises it past anything in the log.
         public var epoch: UInt64
         public var openTransactionsMax = Limits.openTransactionsMax
+        /// Committed transactions still waiting for participants' acknowledgements (counted
+        /// apart from `openTransactionsMax`, which bounds the undecided ones).
+        public var committingTransactionsMax = Limits.committingTransactionsMax
         public var branchesPerTransactionMax = Limits.branchesPerTransactionMax
         public var timeoutMsDefault = Limits.transactionTimeoutMsDefault
         public var timeoutMsMax = Limits.transactionTimeoutMsMax
@@ -325,7 +328,10 @@ public struct Coordinator {
     private var nextSequence: UInt64 = 1
     private var rng: SplitMix64
     /// Unfinished transactions (including decided ones still delivering the commit).
-    public private(set) var open: [TxID: Transaction] = [:]
+    public var open: [TxID: Transaction] { openTable.byID }
+    private var openTable = OpenTransactions()
+    /// Open transactions whose commit is decided and durable, waiting for acknowledgements.
+    public var committingCount: Int { openTable.committingCount }
     /// Recently finished transactions, oldest first, bounded by `finishedTransactionsKept`.
     public private(set) var finished: [TxID: Transaction] = [:]
     private var finishedOrder: [TxID] = []
@@ -460,7 +466,7 @@ public struct Coordinator {
                     // Not found: pushed out of `finished` while loading by a smaller
                     // `finishedTransactionsKept` than the writer's (its ledger entry says 2PC).
                     if open[txid] != nil {
-                        open[txid]!.commitProtocol = .threePhase(termination)
+                        openTable[txid]!.commitProtocol = .threePhase(termination)
                     } else if finished[txid] != nil {
                         finished[txid]!.commitProtocol = .threePhase(termination)
                     }
@@ -493,7 +499,7 @@ public struct Coordinator {
                 }
                 actions.append(.setTimer(.learn(txid), afterMs: config.learnIntervalMs))
             }
-            open[txid] = tx
+            openTable[txid] = tx
         }
         return actions
     }
@@ -513,7 +519,7 @@ public struct Coordinator {
             tx.commitProtocol = .threePhase(termination)
             tx.branches = participants.map { Branch(participant: $0, state: .preCommitSent, vote: .yes) }
             tx.events.append(TimelineEvent(atMs: atMs, event: "pre-committed", participant: nil, detail: "from log; learning the outcome from the participants"))
-            open[txid] = tx
+            openTable[txid] = tx
         case .submission(let txid, let requestID):
             // Bounded by the transactions that reach a decision (and the log's size).
             recoveredSubmissions[txid] = requestID
@@ -532,9 +538,9 @@ public struct Coordinator {
             tx.decidedAtMs = decidedAtMs
             tx.branches = participants.map { Branch(participant: $0, state: .commitSent, vote: .yes) }
             tx.events.append(TimelineEvent(atMs: decidedAtMs, event: "decided", participant: nil, detail: "commit (from log)"))
-            open[txid] = tx
+            openTable[txid] = tx
         case .end(let txid):
-            if var tx = open.removeValue(forKey: txid) {
+            if var tx = openTable.removeValue(forKey: txid) {
                 tx.state = .committed
                 for i in tx.branches.indices where tx.branches[i].state == .commitSent { tx.branches[i].state = .committed }
                 remember(tx)
@@ -544,7 +550,7 @@ public struct Coordinator {
             rememberOperatorOutcome(txid, outcome)
             if var tx = open[txid] {
                 tx.audit.append(entry)
-                open[txid] = tx
+                openTable[txid] = tx
                 if outcome == .committed && tx.state == .committing { _ = resolveByOperator(txid, nowMs: entry.atMs) }
             } else if var tx = finished[txid] {
                 tx.audit.append(entry)
@@ -579,7 +585,7 @@ public struct Coordinator {
     private mutating func rememberSubmission(_ requestID: String, _ txid: TxID) {
         if var tx = open[txid] {
             tx.requestID = requestID
-            open[txid] = tx
+            openTable[txid] = tx
         } else if var tx = finished[txid] {
             tx.requestID = requestID
             finished[txid] = tx
@@ -592,7 +598,7 @@ public struct Coordinator {
     private mutating func markAcked(_ txid: TxID, _ name: String) {
         guard var tx = open[txid], let i = tx.branchIndex(name) else { return }
         tx.branches[i].state = .committed
-        open[txid] = tx
+        openTable[txid] = tx
     }
 
     /// Everything needed to rebuild after the log before this point is dropped: the highest
@@ -790,7 +796,7 @@ public struct Coordinator {
                   tx.branches[i].state == .prepareSent else { return [] }
             tx.branches[i].lastError = error
             tx.branches[i].attempts += 1
-            open[txid] = tx
+            openTable[txid] = tx
             return decideAbort(txid, reason: "prepare to \(name) failed: \(error)", nowMs: nowMs)
         case .acknowledged(let txid, let name):
             return acknowledged(txid, name, nowMs: nowMs)
@@ -806,7 +812,7 @@ public struct Coordinator {
                 // Past the pre-commit, participants may terminate with commit: never abort
                 // here; learn the outcome instead.
                 tx.state = .preCommitting
-                open[txid] = tx
+                openTable[txid] = tx
                 return startLearning(txid, because: "commit record refused by the log: \(reason)", nowMs: nowMs)
             }
             guard tx.state == .deciding || tx.state == .preCommitting else { return [] }
@@ -884,8 +890,17 @@ public struct Coordinator {
     /// A new active transaction with no branches, within the open-transaction and timeout limits.
     private mutating func openTransaction(timeoutMs: Int64?, commitProtocol: CommitProtocol, nowMs: Int64,
                                           event: String = "begun") -> Result<TxID, RequestError> {
-        guard open.count < config.openTransactionsMax else {
-            return .failure(RequestError(503, "too many open transactions (limit \(config.openTransactionsMax)); retry later"))
+        // Undecided and committing transactions are bounded apart: a participant that stops
+        // acknowledging commits (down, or answering 503) leaves its committed transactions
+        // open until it answers, and when they shared one bound of 10,000 they refused every
+        // new transaction, for every participant, until it did (a black-box probe: 10,000
+        // parked toward one fake participant, every begin 503 "retry later" for good).
+        let committing = openTable.committingCount
+        guard openTable.count - committing < config.openTransactionsMax else {
+            return .failure(RequestError(503, "too many open transactions (limit \(config.openTransactionsMax) undecided); retry later"))
+        }
+        guard committing < config.committingTransactionsMax else {
+            return .failure(RequestError(503, "\(committing) committed transactions wait for participants to acknowledge (limit \(config.committingTransactionsMax)); new transactions are refused until they do: txctl list --state parked shows which participants"))
         }
         let timeout = timeoutMs ?? config.timeoutMsDefault
         guard timeout > 0, timeout <= config.timeoutMsMax else {
@@ -898,7 +913,7 @@ public struct Coordinator {
         var detail = "\(commitProtocol.name), timeout \(timeout)ms"
         if case .threePhase(let t) = commitProtocol { detail += ", \(t.rawValue) termination" }
         tx.events.append(TimelineEvent(atMs: nowMs, event: event, participant: nil, detail: detail))
-        open[txid] = tx
+        openTable[txid] = tx
         return .success(txid)
     }
 
@@ -932,7 +947,7 @@ public struct Coordinator {
                     default:
                         if let full = Self.waitersFull(tx, request) { return full }
                         tx.waiters.append(request)
-                        open[earlier] = tx
+                        openTable[earlier] = tx
                         return []
                     }
                 }
@@ -964,7 +979,7 @@ public struct Coordinator {
         case .failure(let e): return [.reply(request, .error(e))]
         case .success(let t): txid = t
         }
-        var tx = open.removeValue(forKey: txid)!
+        var tx = openTable.removeValue(forKey: txid)!
         if let requestID {
             tx.requestID = requestID
             submissions[requestID] = txid
@@ -1027,7 +1042,7 @@ public struct Coordinator {
             return [.reply(request, .error(RequestError(409, "transaction \(txid) is \(state); it cannot take new branches")))]
         }
         if let e = join(&tx, participant, nowMs: nowMs, detail: participant.url) { return [.reply(request, .error(e))] }
-        open[txid] = tx
+        openTable[txid] = tx
         return [.reply(request, .registered(txid, timeoutMs: tx.timeoutMs))]
     }
 
@@ -1130,7 +1145,7 @@ public struct Coordinator {
         case .preparing, .preCommitting, .terminating, .deciding:
             if let full = Self.waitersFull(tx, request) { return full }
             tx.waiters.append(request)
-            open[txid] = tx
+            openTable[txid] = tx
             return []
         case .committed, .aborted, .heuristicMixed:
             preconditionFailure("finished transaction \(txid) still open")
@@ -1139,11 +1154,11 @@ public struct Coordinator {
         }
         // Out of the table while it changes: `tx` is then the only reference to its arrays, so
         // the edits below do not copy them (copy-on-write); every path puts it back.
-        open.removeValue(forKey: txid)
+        openTable.removeValue(forKey: txid)
         tx.waiters.append(request)
         tx.events.append(TimelineEvent(atMs: nowMs, event: "commit-requested", participant: nil, detail: nil))
         if tx.branches.isEmpty {
-            open[txid] = tx
+            openTable[txid] = tx
             return finishCommitted(txid, nowMs: nowMs, detail: "no branches")
         }
         return startPrepare(txid, &tx, onePhaseAllowed: true, nowMs: nowMs)
@@ -1166,7 +1181,7 @@ public struct Coordinator {
             // one: one forced record per `Limits.onePhaseWindowSequences` txids.
             awaitingOnePhaseWindow.append(txid)
             tx.events.append(TimelineEvent(atMs: nowMs, event: "one-phase-commit-waits", participant: nil, detail: "for a durable one-phase window"))
-            open[txid] = tx
+            openTable[txid] = tx
             return askOnePhaseWindow(for: txid)
         }
         return sendPrepares(txid, &tx, nowMs: nowMs)
@@ -1186,7 +1201,7 @@ public struct Coordinator {
                                  .prepare(onePhase: tx.onePhase, participants: everyone, threePhase: threePhase, work: tx.branches[i].work)))
         }
         tx.events.append(TimelineEvent(atMs: nowMs, event: tx.onePhase ? "one-phase-commit-sent" : "prepare-sent", participant: nil, detail: "\(tx.branches.count) branch(es)"))
-        open[txid] = tx
+        openTable[txid] = tx
         return actions
     }
 
@@ -1207,7 +1222,7 @@ public struct Coordinator {
                 actions += askOnePhaseWindow(for: txid)
                 continue
             }
-            open.removeValue(forKey: txid)
+            openTable.removeValue(forKey: txid)
             actions += sendPrepares(txid, &tx, nowMs: nowMs)
         }
         return actions
@@ -1247,7 +1262,7 @@ public struct Coordinator {
             // Join the named branches so that they hear the abort now rather than hold their
             // locks until they expire.
             if let e = joinNamed(&tx, named, nowMs: nowMs) { return [.reply(request, .error(e))] }
-            open[txid] = tx
+            openTable[txid] = tx
         }
         switch tx.state {
         case .active:
@@ -1258,7 +1273,7 @@ public struct Coordinator {
             // A one-phase commit still waiting for its window: nothing went out, so it can still
             // abort (and its branch is told, as in two phases).
             tx.onePhase = false
-            open[txid] = tx
+            openTable[txid] = tx
             return decideAbort(txid, reason: "aborted by client", nowMs: nowMs) + [.reply(request, .outcome(txid, .aborted, reason: "aborted by client"))]
         case .preparing, .deciding, .preCommitting, .terminating:
             // A one-phase commit is in the participant's hands; a forced commit record is on
@@ -1278,7 +1293,7 @@ public struct Coordinator {
               tx.branches[i].state == .prepareSent else { return [] }
         // Out of the table while it changes: `tx` is then the only reference to its arrays, so
         // the edits below do not copy them (copy-on-write); every path puts it back.
-        open.removeValue(forKey: txid)
+        openTable.removeValue(forKey: txid)
         tx.branches[i].vote = vote
         tx.branches[i].work = nil
         tx.branches[i].lastError = nil
@@ -1288,7 +1303,7 @@ public struct Coordinator {
         case .no: tx.branches[i].state = .votedNo
         }
         tx.events.append(TimelineEvent(atMs: nowMs, event: "voted", participant: name, detail: vote.wireName))
-        open[txid] = tx
+        openTable[txid] = tx
         if case .no(let reason) = vote {
             return decideAbort(txid, reason: "\(name) voted no: \(reason)", nowMs: nowMs)
         }
@@ -1304,11 +1319,11 @@ public struct Coordinator {
             // 3PC: pre-commit first (forced), so a crash from here on leaves participants able
             // to finish without us.
             tx.state = .preCommitting
-            open[txid] = tx
+            openTable[txid] = tx
             return submissionRecord(tx) + [.log(.preCommit(txid, participants: updates, termination: termination, atMs: nowMs), force: true)]
         }
         tx.state = .deciding
-        open[txid] = tx
+        openTable[txid] = tx
         return submissionRecord(tx) + [.log(.commitDecision(txid, participants: updates, decidedAtMs: nowMs), force: true)]
     }
 
@@ -1322,7 +1337,7 @@ public struct Coordinator {
         guard var tx = open[txid], tx.state == .deciding else { return [] }
         // Out of the table while it changes: `tx` is then the only reference to its arrays, so
         // the edits below do not copy them (copy-on-write); every path puts it back.
-        open.removeValue(forKey: txid)
+        openTable.removeValue(forKey: txid)
         tx.state = .committing
         tx.outcome = .committed
         tx.events.append(TimelineEvent(atMs: nowMs, event: "decided", participant: nil, detail: "commit (durable)"))
@@ -1335,7 +1350,7 @@ public struct Coordinator {
             actions.append(.send(txid, to: tx.branches[i].participant, .commit))
         }
         stats.committed += 1
-        open[txid] = tx
+        openTable[txid] = tx
         return actions
     }
 
@@ -1344,12 +1359,12 @@ public struct Coordinator {
               tx.branches[i].state == .commitSent else { return [] }
         // Out of the table while it changes: `tx` is then the only reference to its arrays, so
         // the edits below do not copy them (copy-on-write); every path puts it back.
-        open.removeValue(forKey: txid)
+        openTable.removeValue(forKey: txid)
         tx.branches[i].state = .committed
         tx.branches[i].lastError = nil
         tx.branches[i].nextRetryAtMs = nil
         tx.events.append(TimelineEvent(atMs: nowMs, event: "acknowledged", participant: name, detail: nil))
-        open[txid] = tx
+        openTable[txid] = tx
         return [.cancelTimer(.retry(txid, participant: name))] + endIfDelivered(txid, nowMs: nowMs)
     }
 
@@ -1360,7 +1375,7 @@ public struct Coordinator {
         guard !tx.branches.contains(where: { $0.state == .commitSent && $0.heuristic == nil }) else { return [] }
         tx.state = .committed
         tx.events.append(TimelineEvent(atMs: nowMs, event: "ended", participant: nil, detail: "no branch still waits for the commit"))
-        open.removeValue(forKey: txid)
+        openTable.removeValue(forKey: txid)
         remember(tx)
         return tx.branches.map { .cancelTimer(.retry(txid, participant: $0.participant.name)) } + [.log(.end(txid), force: false)]
     }
@@ -1371,7 +1386,7 @@ public struct Coordinator {
         tx.branches[i].vote = outcome == .committed ? .yes : .no(reason: reason ?? "aborted")
         tx.branches[i].lastError = nil
         tx.events.append(TimelineEvent(atMs: nowMs, event: "one-phase-answered", participant: name, detail: outcome.rawValue))
-        open[txid] = tx
+        openTable[txid] = tx
         if outcome == .committed {
             return [.cancelTimer(.retry(txid, participant: name))] + finishCommitted(txid, nowMs: nowMs, detail: "committed in one phase by \(name)")
         }
@@ -1398,7 +1413,7 @@ public struct Coordinator {
         tx.branches[i].nextRetryAtMs = nowMs + delay
         tx.events.append(TimelineEvent(atMs: nowMs, event: "delivery-failed", participant: name, detail: "\(error); retry in \(delay)ms"))
         trimEvents(&tx)
-        open[txid] = tx
+        openTable[txid] = tx
         return [.setTimer(.retry(txid, participant: name), afterMs: delay)]
     }
 
@@ -1409,7 +1424,7 @@ public struct Coordinator {
         case .learn(let txid):
             guard var tx = open[txid], tx.state == .terminating else { return [] }
             let queries = Self.stateQueries(&tx)
-            open[txid] = tx
+            openTable[txid] = tx
             return queries + [.setTimer(.learn(txid), afterMs: config.learnIntervalMs)]
         case .transactionTimeout(let txid):
             guard let tx = open[txid], tx.state == .active || (tx.state == .preparing && !tx.onePhase) else { return [] }
@@ -1418,7 +1433,7 @@ public struct Coordinator {
             guard var tx = open[txid], let i = tx.branchIndex(name) else { return [] }
             tx.branches[i].attempts += 1
             tx.branches[i].nextRetryAtMs = nil
-            open[txid] = tx
+            openTable[txid] = tx
             if tx.state == .committing && tx.branches[i].state == .commitSent {
                 return [.send(txid, to: tx.branches[i].participant, .commit)]
             }
@@ -1437,7 +1452,7 @@ public struct Coordinator {
     /// said no or read-only hears "abort" once, without acknowledgement: a prepared branch
     /// that misses it will ask and be told "aborted".
     private mutating func decideAbort(_ txid: TxID, reason: String, nowMs: Int64) -> [Action] {
-        guard var tx = open.removeValue(forKey: txid) else { return [] }
+        guard var tx = openTable.removeValue(forKey: txid) else { return [] }
         // `deciding` only when the commit record was refused before reaching the log;
         // `terminating` when the participants' termination protocol aborted.
         precondition([.active, .preparing, .deciding, .terminating, .preCommitting].contains(tx.state), "abort after commit decision for \(txid)")
@@ -1467,7 +1482,7 @@ public struct Coordinator {
     }
 
     private mutating func finishCommitted(_ txid: TxID, nowMs: Int64, detail: String) -> [Action] {
-        guard var tx = open.removeValue(forKey: txid) else { return [] }
+        guard var tx = openTable.removeValue(forKey: txid) else { return [] }
         tx.state = .committed
         tx.outcome = .committed
         tx.finishedAtMs = nowMs
@@ -1603,7 +1618,7 @@ extension Coordinator {
             tx.audit.append(pending.entry)
             if tx.audit.count > Limits.auditEntriesPerTransactionMax { tx.audit.removeFirst(tx.audit.count - Limits.auditEntriesPerTransactionMax) }
             tx.events.append(TimelineEvent(atMs: nowMs, event: "forced", participant: nil, detail: "\(pending.entry.action) by \(pending.entry.operatorName): \(pending.entry.reason)"))
-            open[txid] = tx
+            openTable[txid] = tx
         } else if var tx = finished[txid] {
             tx.audit.append(pending.entry)
             finished[txid] = tx
@@ -1635,7 +1650,7 @@ extension Coordinator {
             tx.branches[i].nextRetryAtMs = nil
         }
         tx.parked = false
-        open[txid] = tx
+        openTable[txid] = tx
         return endIfDelivered(txid, nowMs: nowMs)
     }
 
@@ -1670,7 +1685,7 @@ extension Coordinator {
             return [.reply(request, .error(RequestError(409, "\(txid) is \(tx.state.rawValue): no delivery is pending, nothing to retry")))]
         }
         tx.events.append(TimelineEvent(atMs: nowMs, event: "retry-requested", participant: nil, detail: names.joined(separator: ", ")))
-        open[txid] = tx
+        openTable[txid] = tx
         return actions + [.reply(request, .retried(txid, participants: names))]
     }
 
@@ -1703,7 +1718,7 @@ extension Coordinator {
             if let i = tx.branchIndex(participant) { tx.branches[i].heuristic = outcome }
             tx.events.append(TimelineEvent(atMs: nowMs, event: "heuristic-reported", participant: participant, detail: detail))
             trimEvents(&tx)
-            open[txid] = tx
+            openTable[txid] = tx
             return endIfDelivered(txid, nowMs: nowMs)
         }
         if var tx = finished[txid] {
@@ -1748,7 +1763,7 @@ extension Coordinator {
             actions.append(.send(txid, to: tx.branches[i].participant, .preCommit))
         }
         tx.events.append(TimelineEvent(atMs: nowMs, event: "pre-commit-sent", participant: nil, detail: "\(actions.count) branch(es)"))
-        open[txid] = tx
+        openTable[txid] = tx
         return actions + [.setTimer(.preCommitTimeout(txid), afterMs: config.preCommitTimeoutMs)]
     }
 
@@ -1757,7 +1772,7 @@ extension Coordinator {
               tx.branches[i].state == .preCommitSent else { return [] }
         tx.branches[i].state = .preCommitted
         tx.events.append(TimelineEvent(atMs: nowMs, event: "pre-commit-acknowledged", participant: name, detail: nil))
-        open[txid] = tx
+        openTable[txid] = tx
         guard !tx.branches.contains(where: { $0.state == .preCommitSent }) else { return [] }
         return [.cancelTimer(.preCommitTimeout(txid))] + decideCommitAfterPreCommit(txid, detail: "every branch pre-committed", nowMs: nowMs)
     }
@@ -1785,7 +1800,7 @@ extension Coordinator {
         guard var tx = open[txid], tx.state == .preCommitting else { return [] }
         tx.state = .deciding
         tx.events.append(TimelineEvent(atMs: nowMs, event: "deciding", participant: nil, detail: detail))
-        open[txid] = tx
+        openTable[txid] = tx
         let updates = tx.branches.filter { $0.vote == .yes }.map(\.participant)
         return [.log(.commitDecision(txid, participants: updates, decidedAtMs: nowMs), force: true)]
     }
@@ -1796,7 +1811,7 @@ extension Coordinator {
         tx.state = .terminating
         tx.events.append(TimelineEvent(atMs: nowMs, event: "terminating", participant: nil, detail: reason))
         let queries = Self.stateQueries(&tx)
-        open[txid] = tx
+        openTable[txid] = tx
         return [.cancelTimer(.preCommitTimeout(txid))] + queries + [.setTimer(.learn(txid), afterMs: config.learnIntervalMs)]
     }
 
@@ -1815,19 +1830,19 @@ extension Coordinator {
         guard var tx = open[txid] else { return [] }
         if let i = tx.branchIndex(name), tx.branches[i].stateQueryOutstanding {
             tx.branches[i].stateQueryOutstanding = false
-            open[txid] = tx
+            openTable[txid] = tx
         }
         guard tx.state == .terminating, let state else { return [] }
         switch state {
         case .committed:
             tx.state = .deciding
             tx.events.append(TimelineEvent(atMs: nowMs, event: "learned", participant: name, detail: "committed by the participants' termination protocol"))
-            open[txid] = tx
+            openTable[txid] = tx
             let updates = tx.branches.filter { $0.vote == .yes }.map(\.participant)
             return [.cancelTimer(.learn(txid)), .log(.commitDecision(txid, participants: updates, decidedAtMs: nowMs), force: true)]
         case .aborted:
             tx.events.append(TimelineEvent(atMs: nowMs, event: "learned", participant: name, detail: "aborted by the participants' termination protocol"))
-            open[txid] = tx
+            openTable[txid] = tx
             return [.cancelTimer(.learn(txid))] + decideAbort(txid, reason: "aborted by the participants' termination protocol (learned from \(name))", nowMs: nowMs)
         case .unknown, .uncertain, .preAborted, .preCommitted, .readOnly:
             return []
@@ -1981,5 +1996,32 @@ public enum CoordinatorRecordCoding {
         let s = try r.string(maxCount: 128)
         guard let txid = TxID(s) else { throw DecodeError("bad txid \(s)") }
         return txid
+    }
+}
+
+/// The coordinator's open transactions by txid, counting the committing ones as they change
+/// (every write goes through the subscript or `removeValue`), so admission tells them from the
+/// undecided ones without a scan.
+struct OpenTransactions {
+    private(set) var byID: [TxID: Coordinator.Transaction] = [:]
+    private(set) var committingCount = 0
+
+    var count: Int { byID.count }
+
+    subscript(txid: TxID) -> Coordinator.Transaction? {
+        get { byID[txid] }
+        set {
+            let was = byID[txid]?.state == .committing
+            byID[txid] = newValue
+            committingCount += (newValue?.state == .committing ? 1 : 0) - (was ? 1 : 0)
+            precondition(committingCount >= 0, "committing count below zero")
+        }
+    }
+
+    @discardableResult
+    mutating func removeValue(forKey txid: TxID) -> Coordinator.Transaction? {
+        let removed = byID.removeValue(forKey: txid)
+        if removed?.state == .committing { committingCount -= 1 }
+        return removed
     }
 }

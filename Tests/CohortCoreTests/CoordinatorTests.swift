@@ -289,4 +289,38 @@ final class CoordinatorTests: XCTestCase {
         XCTAssertEqual(restarted.transaction(t)?.state, .committed)
         XCTAssertGreaterThan(restarted.epoch, t.epoch)
     }
+
+    /// Committed transactions whose participant never acknowledges are bounded apart from the
+    /// undecided ones: with one shared bound, a participant that stopped acknowledging took
+    /// every slot and every new transaction, for every participant, got 503 "retry later".
+    func testCommittingTransactionsDoNotUseUpAdmission() {
+        var config = Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 100)
+        config.openTransactionsMax = 2
+        config.committingTransactionsMax = 3
+        var c = Coordinator(config: config)
+        // Three transfers commit; b never acknowledges.
+        for i in 0..<3 {
+            let t = begin(&c, [a, b])
+            _ = c.on(.commit(RequestID(100 + i), txid: t.description), nowMs: 2)
+            _ = c.on(.voted(t, participant: "a", vote: .yes), nowMs: 3)
+            _ = c.on(.voted(t, participant: "b", vote: .yes), nowMs: 3)
+            _ = c.on(.decisionDurable(t), nowMs: 4)
+            _ = c.on(.acknowledged(t, participant: "a"), nowMs: 5)
+            XCTAssertEqual(c.transaction(t)?.state, .committing)
+        }
+        XCTAssertEqual(c.unfinishedCount, 3, "more open than openTransactionsMax: those three are decided")
+        XCTAssertEqual(c.committingCount, 3)
+        // The committing bound is reached: refused, and the answer says why.
+        guard case .reply(_, .error(let full))? = c.on(.begin(7, timeoutMs: 5000), nowMs: 6).last else { return XCTFail("not refused") }
+        XCTAssertEqual(full.status, 503)
+        XCTAssertTrue(full.message.contains("3 committed transactions wait for participants to acknowledge (limit 3)"), full.message)
+        // b acknowledges one: new transactions are admitted again, up to the undecided bound.
+        let first = c.open.values.map(\.txid).min()!
+        _ = c.on(.acknowledged(first, participant: "b"), nowMs: 7)
+        XCTAssertEqual(c.committingCount, 2)
+        _ = begin(&c, [a])
+        _ = begin(&c, [a])
+        guard case .reply(_, .error(let undecided))? = c.on(.begin(8, timeoutMs: 5000), nowMs: 8).last else { return XCTFail("not refused") }
+        XCTAssertTrue(undecided.message.contains("limit 2 undecided"), undecided.message)
+    }
 }
