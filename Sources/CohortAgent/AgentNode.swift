@@ -668,6 +668,7 @@ public final class AgentNode {
         case .lockTimeout, .lockRefused, .branchFinished: return 409
         case .invalid: return 400
         case .storeFailed: return 500
+        case .overloaded: return 503
         }
     }
 

@@ -337,6 +337,11 @@ public enum Limits {
     /// Ops one branch may stage over all its work calls, so a long transaction cannot grow a
     /// branch without bound.
     public static let opsPerBranchMax = 4096
+    /// The work all of an agent's branches hold staged (keys and values, before their vote),
+    /// counted as `KVOp.stagedBytes`. Past it a work call is answered 503 and dooms nothing:
+    /// each branch is held to its write-set limit (about 960 KiB) as it stages, but 10,000
+    /// branches of that would be 9 GiB, and a black-box probe grew an agent to 1 GB with four.
+    public static let agentStagedBytesMax = 256 << 20
     public static let keyBytesMax = 256
     public static let stringValueBytesMax = 64 << 10
     public static let scanItemsMax = 10_000

@@ -63,6 +63,18 @@ public enum KVOp: Equatable, Hashable, Sendable {
         }
     }
 
+    /// What staging this op holds in memory, about what it adds to the branch's write set
+    /// (its key and value, and a little for the op): the bound a branch is held to as it
+    /// stages, before its vote encodes the real write set.
+    public var stagedBytes: Int {
+        switch self {
+        case .get: return 0
+        case .add(let key, _, _): return key.utf8.count + 24
+        case .set(let key, .int): return key.utf8.count + 16
+        case .set(let key, .string(let value)): return key.utf8.count + value.utf8.count + 16
+        }
+    }
+
     public var isWrite: Bool {
         if case .get = self { return false }
         return true

@@ -9,6 +9,11 @@ public enum KVError: Error, Equatable, CustomStringConvertible {
     case branchFinished
     case storeFailed(String)
     case invalid(String)
+    /// The agent holds as much staged work as it takes (`Limits.agentStagedBytesMax`): nothing
+    /// of the call was staged. It dooms the branch like any failed call (committing without
+    /// this call's work would commit part of the transaction); the client aborts and runs the
+    /// transaction again later.
+    case overloaded(String)
 
     public var description: String {
         switch self {
@@ -17,6 +22,7 @@ public enum KVError: Error, Equatable, CustomStringConvertible {
         case .branchFinished: return "branch already finished"
         case .storeFailed(let m): return "store failed: \(m)"
         case .invalid(let m): return "invalid request: \(m)"
+        case .overloaded(let m): return m
         }
     }
 }
@@ -83,6 +89,9 @@ public final class KVResource {
         /// side of a transfer applied). As in SQL databases, a failed statement dooms the
         /// transaction; the client aborts and starts again.
         var failedWork: String?
+        /// `KVOp.stagedBytes` of the ops staged so far, counted in `stagedBytesTotal` until
+        /// the branch ends.
+        var stagedBytes = 0
         var waitingKey: String?
         var waitToken: UInt64 = 0
         var cancelTimer: (() -> Void)?
@@ -100,14 +109,19 @@ public final class KVResource {
     private var pendingGrants: [LockGrant] = []
     private var draining = false
     private var nextWaitToken: UInt64 = 0
+    /// Staged work held by all branches (`Branch.stagedBytes`), bounded by `stagedBytesMax`.
+    public private(set) var stagedBytesTotal = 0
+    public let stagedBytesMax: Int
 
     public init(
         store: KVStore,
         schedule: @escaping Schedule,
         lockWaitTimeoutMs: Int64 = Limits.lockWaitTimeoutMs,
-        lockWaitersPerKeyMax: Int = Limits.lockWaitersPerKeyMax
+        lockWaitersPerKeyMax: Int = Limits.lockWaitersPerKeyMax,
+        stagedBytesMax: Int = Limits.agentStagedBytesMax
     ) {
         precondition(lockWaitTimeoutMs >= 0)
+        self.stagedBytesMax = stagedBytesMax
         self.store = store
         self.schedule = schedule
         self.lockWaitTimeoutMs = lockWaitTimeoutMs
@@ -191,9 +205,19 @@ public final class KVResource {
                 continue
             }
             var failure: KVError?
+            let callBytes = call.ops.reduce(0) { $0 + $1.stagedBytes }
             if branch.ops.count + call.ops.count > Limits.opsPerBranchMax {
                 failure = .invalid(
                     "branch \(branch.txid) would stage \(branch.ops.count + call.ops.count) ops, over the limit of \(Limits.opsPerBranchMax)")
+            } else if branch.stagedBytes + callBytes > KVResource.writeSetBytesMax {
+                // Refused as it stages, not only at the vote: until then every call's values
+                // stayed in memory, up to 4,096 ops of 64 KiB (256 MiB) for one branch.
+                failure = .invalid(
+                    "branch \(branch.txid) would stage about \(branch.stagedBytes + callBytes) bytes, over the write-set limit of \(KVResource.writeSetBytesMax): it could never prepare")
+            } else if stagedBytesTotal + callBytes > stagedBytesMax {
+                finishCall(branch, .failure(.overloaded(
+                    "this participant holds \(stagedBytesTotal) bytes of staged work (limit \(stagedBytesMax)); retry later")))
+                continue
             }
             while failure == nil, call.next < call.ops.count {
                 let op = call.ops[call.next]
@@ -226,6 +250,8 @@ public final class KVResource {
                 finishCall(branch, .failure(failure))
             } else {
                 branch.ops += call.staged
+                branch.stagedBytes += callBytes
+                stagedBytesTotal += callBytes
                 for (k, v) in call.overlay { branch.view[k] = v }
                 finishCall(branch, .success(StageResult(staged: call.staged.count, values: call.values)))
             }
@@ -473,6 +499,8 @@ public final class KVResource {
 
     private func finish(_ txid: String) {
         guard let branch = branches.removeValue(forKey: txid) else { return }
+        stagedBytesTotal -= branch.stagedBytes
+        precondition(stagedBytesTotal >= 0, "staged bytes below zero")
         branch.cancelTimer?()
         branch.cancelTimer = nil
         branch.waitingKey = nil

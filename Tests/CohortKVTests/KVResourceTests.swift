@@ -369,12 +369,41 @@ final class KVResourceTests: XCTestCase {
         kv.stage(txid: "t1", ops: [.get(key: "a")], completion: r.callback())
         guard case .failure(.invalid)? = r.last else { return XCTFail("op limit per branch") }
 
+        // A write set over the limit is refused as it stages (it could never prepare), not
+        // kept in memory until the vote: one call under the limit stages, the one that would
+        // pass it fails and dooms the branch.
         let big = String(repeating: "x", count: Limits.stringValueBytesMax)
-        let n = KVResource.writeSetBytesMax / big.utf8.count + 1
+        let n = KVResource.writeSetBytesMax / (big.utf8.count + 32)
         kv.stage(txid: "t2", ops: (0..<n).map { .set(key: "k\($0)", value: .string(big)) }, completion: r.callback())
         XCTAssertNotNil(success(r.last))
-        guard case .no(let reason) = kv.vote(txid: "t2") else { return XCTFail("oversized write set") }
-        XCTAssertTrue(reason.contains("write set"), reason)
+        let before = kv.stagedBytesTotal
+        kv.stage(txid: "t2", ops: [.set(key: "last", value: .string(big))], completion: r.callback())
+        guard case .failure(.invalid(let m))? = r.last else { return XCTFail("write-set limit as it stages: \(String(describing: r.last))") }
+        XCTAssertTrue(m.contains("over the write-set limit") && m.contains("could never prepare"), m)
+        XCTAssertEqual(kv.stagedBytesTotal, before, "the refused call holds nothing")
+        guard case .no(let reason) = kv.vote(txid: "t2") else { return XCTFail("a doomed branch votes no") }
+        XCTAssertTrue(reason.contains("could never prepare"), reason)
+    }
+
+    /// All branches' staged work is bounded too: past it a call is refused 503-style
+    /// (`overloaded`), and the bytes come back when branches end.
+    func testStagedWorkOfAllBranchesIsBounded() throws {
+        let c = clock!
+        let small = KVResource(store: store, schedule: { c.schedule($0, $1) }, lockWaitTimeoutMs: 100, stagedBytesMax: 1_000)
+        let r = Recorder()
+        let value = String(repeating: "v", count: 580)
+        small.stage(txid: "t1", ops: [.set(key: "a", value: .string(value))], completion: r.callback())
+        XCTAssertNotNil(success(r.last))
+        XCTAssertEqual(small.stagedBytesTotal, 1 + 580 + 16)
+        small.stage(txid: "t2", ops: [.set(key: "b", value: .string(value))], completion: r.callback())
+        guard case .failure(.overloaded(let m))? = r.last else { return XCTFail("bounded: \(String(describing: r.last))") }
+        XCTAssertTrue(m.contains("597 bytes of staged work (limit 1000)"), m)
+        XCTAssertFalse(small.hasBranch("t2") && small.isPrepared("t2"))
+        small.abort(txid: "t1")
+        small.abort(txid: "t2")
+        XCTAssertEqual(small.stagedBytesTotal, 0, "ended branches give their bytes back")
+        small.stage(txid: "t3", ops: [.set(key: "b", value: .string(value))], completion: r.callback())
+        XCTAssertNotNil(success(r.last))
     }
 
     func testCompletionMayAbortReentrantly() {
