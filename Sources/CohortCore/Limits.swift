@@ -312,6 +312,9 @@ public enum Limits {
     public static let inquiryDelayMs: Int64 = 1_000
     /// The longest wait between two inquiries of an in-doubt branch.
     public static let inquiryDelayMsMax: Int64 = 1_000
+    /// The longest wait between two inquiries of an in-doubt branch while its coordinator
+    /// cannot be reached; the first answer from it sends the others back to asking at once.
+    public static let inquiryUnreachableDelayMsMax: Int64 = 5_000
     /// Outcomes of finished branches remembered to answer duplicates and refuse late prepares.
     public static let finishedBranchesKept = 100_000
     /// 3PC txids a participant was asked about by a peer's termination protocol before it had

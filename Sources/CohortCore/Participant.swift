@@ -13,6 +13,9 @@ public struct Participant {
         public var name: String
         public var inquiryDelayMs = Limits.inquiryDelayMs
         public var retryDelayMsMax = Limits.retryDelayMsMax
+        /// The longest wait between inquiries while the coordinator cannot be reached (the
+        /// inquiry failed: refused, timed out). Answered inquiries keep `retryDelayMsMax`.
+        public var unreachableDelayMsMax = Limits.inquiryUnreachableDelayMsMax
         public var branchExpiryMarginMs = Limits.branchExpiryMarginMs
         public var branchesMax = Limits.branchesMax
         public var finishedBranchesKept = Limits.finishedBranchesKept
@@ -271,6 +274,11 @@ public struct Participant {
     /// backup, pre-aborted itself counting this one as uncertain; this one then voted yes and
     /// took the coordinator's pre-commit, and with N = 2 neither quorum could ever form.
     private var fencesBeforePrepare: Set<String> = []
+    /// Coordinators an inquiry could not reach since the last one that answered. The first
+    /// answer from one of them sends every branch waiting on it back to asking within
+    /// `inquiryDelayMs`: while it was down they backed off to `unreachableDelayMsMax`, and
+    /// would otherwise hold their locks that long after it came back.
+    private var unreachableCoordinators: Set<String> = []
     private var fenceOrder: [String] = []
     private var fenceOrderHead = 0
 
@@ -561,7 +569,10 @@ public struct Participant {
             branches[txid] = b
             // A 3PC branch does not wait on its coordinator: its termination timer runs.
             if b.threePhase != nil && b.heuristic == nil { return [] }
-            return [.setTimer(.inquire(txid), afterMs: inquiryDelay(b.inquiries))]
+            unreachableCoordinators.insert(b.coordinatorURL)
+            // Backs off further than an answered inquiry: with the coordinator down, 8,000
+            // in-doubt branches asking every second cost an agent half a core (a black-box probe).
+            return [.setTimer(.inquire(txid), afterMs: inquiryDelay(b.inquiries, maxMs: config.unreachableDelayMsMax))]
         case .timerFired(.branchExpiry(let txid)), .abandoned(let txid):
             guard let b = branches[txid], b.state == .active else { return [] }
             return finish(txid, .aborted) + [.release(txid)]
@@ -802,6 +813,22 @@ public struct Participant {
     }
 
     private mutating func inquiryAnswered(_ txid: String, _ answer: InquiryAnswer) -> [Action] {
+        guard let url = branches[txid]?.coordinatorURL, unreachableCoordinators.remove(url) != nil else {
+            return branchInquiryAnswered(txid, answer)
+        }
+        // Back: the others waiting on this coordinator ask again soon, spread over the first
+        // delay so they do not all arrive at once. In txid order, for the simulation's sake.
+        var wake: [Action] = []
+        for other in branches.keys.sorted() where other != txid {
+            let b = branches[other]!
+            guard b.coordinatorURL == url, b.lastInquiryError != nil, b.state.asksCoordinator,
+                  b.threePhase == nil || b.heuristic != nil else { continue }
+            wake.append(.setTimer(.inquire(other), afterMs: Int64(rng.next() % UInt64(max(config.inquiryDelayMs, 1)))))
+        }
+        return branchInquiryAnswered(txid, answer) + wake
+    }
+
+    private mutating func branchInquiryAnswered(_ txid: String, _ answer: InquiryAnswer) -> [Action] {
         if let b = branches[txid], b.state == .heuristicCommitted || b.state == .heuristicAborted {
             switch answer {
             case .committed: return resolveHeuristic(txid, coordinatorOutcome: .committed)
@@ -931,8 +958,8 @@ public struct Participant {
         return actions + finish(txid, h.outcome)
     }
 
-    private mutating func inquiryDelay(_ attempts: Int) -> Int64 {
-        backoffDelayMs(attempt: attempts, minMs: config.inquiryDelayMs, maxMs: max(config.retryDelayMsMax, config.inquiryDelayMs), rng: &rng)
+    private mutating func inquiryDelay(_ attempts: Int, maxMs: Int64? = nil) -> Int64 {
+        backoffDelayMs(attempt: attempts, minMs: config.inquiryDelayMs, maxMs: max(maxMs ?? config.retryDelayMsMax, config.inquiryDelayMs), rng: &rng)
     }
 
     private mutating func finish(_ txid: String, _ outcome: Outcome) -> [Action] {

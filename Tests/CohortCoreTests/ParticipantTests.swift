@@ -140,6 +140,42 @@ final class ParticipantTests: XCTestCase {
         XCTAssertEqual(p.on(.commitDurable("t1", lsn: 5)).first, .apply("t1", writeSet: ws, lsn: 5))
     }
 
+    /// Inquiries that fail back off to `unreachableDelayMsMax`, not the second an answered one
+    /// waits; the coordinator's first answer sends the other branches waiting on it back to
+    /// asking within `inquiryDelayMs`.
+    func testFailedInquiriesBackOffAndTheFirstAnswerWakesTheOthers() {
+        var config = Participant.Config(name: "p")
+        config.retryDelayMsMax = 1_000
+        config.unreachableDelayMsMax = 5_000
+        var p = Participant(config: config)
+        for t in ["t1", "t2", "t3"] {
+            _ = p.on(.joined(t, coordinatorURL: t == "t3" ? "http://other" : "http://c", timeoutMs: 1000))
+            _ = p.on(.prepare(1, txid: t, onePhase: false, vote: .yes(writeSet: ws)))
+            _ = p.on(.preparedDurable(t))
+        }
+        var delays: [Int64] = []
+        for _ in 0..<8 {
+            for t in ["t1", "t2", "t3"] {
+                _ = p.on(.timerFired(.inquire(t)))
+                guard case .setTimer(.inquire(let again), let ms)? = p.on(.inquiryFailed(t, error: "connection refused")).first, again == t else {
+                    return XCTFail("no retry for \(t)")
+                }
+                if t == "t1" { delays.append(ms) }
+            }
+        }
+        XCTAssertGreaterThan(delays.max()!, 1_000, "backs off past the answered-inquiry delay: \(delays)")
+        XCTAssertLessThanOrEqual(delays.max()!, 5_000, "\(delays)")
+        // The coordinator answers t1: t2 (same coordinator) asks again soon, t3 (another) not.
+        let back = p.on(.inquiryAnswered("t1", .pending))
+        let woken = back.compactMap { a -> (String, Int64)? in
+            if case .setTimer(.inquire(let t), let ms) = a, t != "t1" { return (t, ms) } else { return nil }
+        }
+        XCTAssertEqual(woken.map(\.0), ["t2"])
+        XCTAssertLessThan(woken.first?.1 ?? .max, Limits.inquiryDelayMs)
+        // Only on the way back: a second answer wakes nobody.
+        XCTAssertFalse(p.on(.inquiryAnswered("t1", .pending)).contains { if case .setTimer(.inquire("t2"), _) = $0 { return true } else { return false } })
+    }
+
     func testUnpreparedBranchExpires() {
         var p = joined()
         let e = p.on(.timerFired(.branchExpiry("t1")))
