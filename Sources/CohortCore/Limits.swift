@@ -195,6 +195,10 @@ public enum Limits {
     /// server stops reading that connection until they drain, and the idle timeout closes it if
     /// they never do.
     public static let httpUnsentResponseBytesMax = 4 << 20
+    /// Encoded responses a server holds unread over all its connections; past this only
+    /// connections that hold none are read, so peers that never read cannot take the server's
+    /// memory 4 MiB at a time (1,024 of them: 4 GiB).
+    public static let httpHeldResponseBytesMax = 64 << 20
     /// Empty lines tolerated before a message (RFC 9112 §2.2 asks for at least one CRLF);
     /// more is an error, so a trickle of CRLFs cannot keep a connection open forever.
     public static let httpBlankBytesBeforeMessageMax = 8

@@ -472,6 +472,45 @@ final class ServerTests: XCTestCase {
         XCTAssertEqual(String(decoding: all, as: UTF8.self).components(separatedBy: "HTTP/1.1 200 ").count - 1, count)
     }
 
+    /// Many clients that pipeline requests and never read: each stays under its own 4 MiB,
+    /// but together they are held to the server's budget (`heldResponseBytesMax`), and a
+    /// client that reads its answers is still served meanwhile. Before, 500 such connections
+    /// held 1.6 GB of a coordinator.
+    func testClientsThatDoNotReadAreHeldToOneBudgetTogether() throws {
+        let h = try LoopHarness()
+        let body = String(repeating: "x", count: 64 << 10)
+        var config = HTTPServerConfig()
+        config.heldResponseBytesMax = 2 << 20
+        let server = try h.server(config: config) { _, r in r.send(.text(200, body)) }
+        defer { h.stop(server) }
+        var sockets: [BlockingSocket] = []
+        for _ in 0..<12 {
+            let s = try rawSocket(server.port)
+            sockets.append(s)
+            Thread.detachNewThread { try? write(s, String(repeating: "GET /x HTTP/1.1\r\n\r\n", count: 200)) }
+        }
+        // Let them fill what the server will hold (each alone may hold 4 MiB: 48 MiB in all).
+        var held = 0
+        for _ in 0..<40 {
+            Thread.sleep(forTimeInterval: 0.1)
+            let now = try h.sync { server.heldResponseBytes }
+            if now == held && now > 0 { break }
+            held = now
+        }
+        held = try h.sync { server.heldResponseBytes }
+        XCTAssertGreaterThan(held, 0)
+        // The budget, plus what one pass over a connection adds past it (a read's worth of
+        // requests), per connection at most.
+        XCTAssertLessThanOrEqual(held, (2 << 20) + 12 * (65 << 10), "held \(held) bytes")
+        // A client that reads gets its answer.
+        let reader = try rawSocket(server.port)
+        try write(reader, "GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+        XCTAssertTrue(String(decoding: readAll(reader), as: UTF8.self).hasPrefix("HTTP/1.1 200 "))
+        for s in sockets { s.close() }
+        XCTAssertTrue((0..<50).contains { _ in Thread.sleep(forTimeInterval: 0.1); return (try? h.sync { server.heldResponseBytes }) == 0 },
+                      "closed connections give their bytes back")
+    }
+
     /// A client that closes while its answer is still owed (it gave up on a request that waits
     /// for long) does not keep its connection: before, the connection stayed until the answer
     /// came, which for a commit to a stuck agent was never, and 1,024 of them filled the server.
