@@ -147,6 +147,12 @@ public enum Limits {
     public static let httpClientPoolPerHostMax = 128
     /// Requests queued at the client waiting for a connection, per destination.
     public static let httpClientQueueMax = 4096
+    /// A submitted transaction is refused (503) while this many messages to one of its
+    /// participants are unanswered: admitted, its prepare would fail on the full queue
+    /// (`httpClientQueueMax`) and it would abort,
+    /// which a client cannot tell from a business "no". Half the queue, so the commits and
+    /// aborts of transactions already admitted still find room.
+    public static let submitRefusedAtQueuedMessages = httpClientQueueMax / 2
     /// A host name's address is looked up again this long after the last lookup (the old one
     /// serves meanwhile), and at once after a connection to it fails.
     public static let httpClientAddressTTLMs: Int64 = 30_000

@@ -106,10 +106,24 @@ public final class BatchingSender {
         self.batchBytesMax = batchBytesMax
     }
 
+    /// Messages sent to each peer and not yet answered (queued or in an exchange), batched or
+    /// not: how far behind a peer is, for admission.
+    private var unanswered: [String: Int] = [:]
+
+    /// Messages sent to `baseURL` and not answered yet.
+    public func unansweredCount(_ baseURL: String) -> Int { unanswered[baseURL] ?? 0 }
+
     /// Sends `body` to `baseURL + path`, alone or in a batch with others to the same peer.
     /// `batchable` is false for peers not known to serve `/v1/batch`.
     public func send(baseURL: String, path: String, body: [UInt8], batchable: Bool,
-                     timeoutMs: Int64 = Limits.httpClientRequestTimeoutMs, completion: @escaping Completion) {
+                     timeoutMs: Int64 = Limits.httpClientRequestTimeoutMs, completion original: @escaping Completion) {
+        unanswered[baseURL, default: 0] += 1
+        let completion: Completion = { [weak self] result in
+            if let self {
+                if let n = self.unanswered[baseURL], n > 1 { self.unanswered[baseURL] = n - 1 } else { self.unanswered.removeValue(forKey: baseURL) }
+            }
+            original(result)
+        }
         guard batchable else {
             exchangesSent += 1
             environment.send(HTTPClientRequest(method: "POST", url: baseURL + path, body: body, timeoutMs: timeoutMs), completion)
