@@ -226,6 +226,9 @@ public enum Limits {
     public static let committingTransactionsMax = 50_000
     /// `GET /v1/transactions` answers this many when no `limit` is given.
     public static let transactionsListedDefault = 1_000
+    /// `GET /v1/transactions` stops adding transactions past this much answer, and says
+    /// `"truncated": true`: under `httpResponseBytesMax`, what clients (txctl) read.
+    public static let transactionsListedBytesMax = 2 << 20
     /// A TCC branch registration's body: its payload plus this much for the other fields.
     public static let tccRegistrationFieldsBytesMax = 4096
     public static let branchesPerTransactionMax = 64

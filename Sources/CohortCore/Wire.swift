@@ -314,7 +314,13 @@ public struct TransactionView: Codable, Sendable {
 
 public struct TransactionList: Codable, Sendable {
     public let transactions: [TransactionView]
-    public init(transactions: [TransactionView]) { self.transactions = transactions }
+    /// Set when the coordinator stopped adding transactions at `Limits.transactionsListedBytesMax`
+    /// of answer, before `limit`.
+    public let truncated: Bool?
+    public init(transactions: [TransactionView], truncated: Bool? = nil) {
+        self.transactions = transactions
+        self.truncated = truncated
+    }
 }
 
 public struct BranchSummary: Codable, Sendable {

@@ -163,7 +163,11 @@ public enum Txctl {
         if let limit, olderThan == nil { query.append("limit=\(limit)") }
         let remote = try coordinator(a, ctx)
         let path = "/v1/transactions" + (query.isEmpty ? "" : "?" + query.joined(separator: "&"))
-        var txs = try remote.get(path, TransactionList.self).transactions
+        let list = try remote.get(path, TransactionList.self)
+        var txs = list.transactions
+        if list.truncated == true {
+            ctx.err("note: the coordinator cut the list at \(txs.count) transactions (\(Limits.transactionsListedBytesMax >> 20) MiB of answer); narrow it with --state or a smaller --limit\n")
+        }
         let now = ctx.now()
         if let olderThan {
             txs = txs.filter { tx in tx.createdAt.flatMap { Clock.parseISO8601($0) }.map { now - $0 >= olderThan } ?? true }
@@ -425,6 +429,11 @@ final class Remote {
                                           headers: body.isEmpty ? [] : [("Content-Type", "application/json")])
         } catch let e as HTTPClientError {
             if case .invalidURL = e { throw CtlError.usage("bad \(name) URL \(base): \(e)") }
+            if case .responseTooLarge = e {
+                // The server answered: saying "cannot reach" sent operators to check a running
+                // coordinator (a black-box probe, `list --limit 20000` over 10,000 parked).
+                throw CtlError.failed("the \(name) at \(base) answered with more than \(Limits.httpResponseBytesMax) bytes; ask for less (a smaller --limit, or --state)")
+            }
             switch kind {
             case .coordinator:
                 throw CtlError.failed("cannot reach coordinator at \(base) (\(e)); is cohortd running? For a stopped coordinator, try: txctl log inspect DATA_DIR")

@@ -102,3 +102,41 @@ final class SubmitAdmissionTests: XCTestCase {
         XCTAssertNil(answered, "admitted: it waits for its votes, but: \(String(decoding: answered?.body ?? [], as: UTF8.self))")
     }
 }
+
+final class TransactionListBoundTests: XCTestCase {
+    /// `GET /v1/transactions` stops at `Limits.transactionsListedBytesMax` and says so: 10,000
+    /// parked transactions made a 31 MB answer, built on the event loop and larger than txctl
+    /// reads.
+    func testTheListIsBoundedInBytesAndSaysItWasCut() throws {
+        let env = HandDrivenEnvironment()
+        let (log, recovered) = try DurableLog.open(storage: SimLogStorage(), config: DurableLogConfig(syncMode: .manual, preallocateBytes: 512))
+        let node = try CoordinatorNode(coordinatorID: "3fa90c1e", log: log, recovered: recovered,
+                                       config: Coordinator.Config(coordinatorID: "3fa90c1e", epoch: 1),
+                                       checkpointAfterBytes: 1 << 30, environment: env,
+                                       onFatal: { XCTFail("fatal: \($0)") })
+        node.start()
+        func call(_ method: String, _ target: String, _ body: String = "") throws -> HTTPResponse {
+            var answer: HTTPResponse?
+            node.handle(try HTTPRequest.parsingTarget(method: method, target: target, headers: HTTPHeaders(), body: Array(body.utf8)),
+                        ClosureSink { answer = $0 })
+            env.drain()
+            return try XCTUnwrap(answer, "\(method) \(target) unanswered")
+        }
+        // Transactions with a long-named branch each, enough for more than the bound.
+        let name = String(repeating: "p", count: 100)
+        for _ in 0..<8_000 {
+            let txid = try JSONBody.value(BeginResponse.self, from: call("POST", "/v1/transactions", "{}").body).txid
+            XCTAssertEqual(try call("POST", "/v1/transactions/\(txid)/branches", #"{"participant":"\#(name)","url":"http://\#(name)"}"#).status, 200)
+        }
+        let small = try call("GET", "/v1/transactions?limit=10")
+        XCTAssertEqual(try JSONBody.value(TransactionList.self, from: small.body).transactions.count, 10)
+        XCTAssertNil(try JSONBody.value(TransactionList.self, from: small.body).truncated)
+        let all = try call("GET", "/v1/transactions?limit=20000")
+        XCTAssertEqual(all.status, 200)
+        XCTAssertLessThanOrEqual(all.body.count, Limits.transactionsListedBytesMax + 1_000)
+        let list = try JSONBody.value(TransactionList.self, from: all.body)
+        XCTAssertEqual(list.truncated, true)
+        XCTAssertGreaterThan(list.transactions.count, 1_000)
+        XCTAssertLessThan(list.transactions.count, 8_000)
+    }
+}
