@@ -684,6 +684,10 @@ public final class AgentNode {
         case ("POST", 2) where parts == ["v1", "work"]:
             work(request, responder)
         case ("GET", 3) where parts[0] == "v1" && parts[1] == "kv":
+            // A key no write could have made is a bad request, not an absent key.
+            guard parts[2].utf8.count <= Limits.keyBytesMax else {
+                return responder.send(.error(400, "a key is at most \(Limits.keyBytesMax) bytes; this one is \(parts[2].utf8.count)"))
+            }
             do {
                 guard let value = try resource.get(parts[2]) else { return responder.send(.error(404, "no key \(parts[2].prefix(80))")) }
                 responder.send(.jsonBytes(200, JSONBody.encode(KVItem(key: parts[2], value: value))))

@@ -205,6 +205,8 @@ public enum Limits {
     /// connections that hold none are read, so peers that never read cannot take the server's
     /// memory 4 MiB at a time (1,024 of them: 4 GiB).
     public static let httpHeldResponseBytesMax = 64 << 20
+    /// An error answer's message is clipped to this many bytes (`HTTPResponse.error`).
+    public static let httpErrorMessageBytesMax = 1_024
     /// Empty lines tolerated before a message (RFC 9112 §2.2 asks for at least one CRLF);
     /// more is an error, so a trickle of CRLFs cannot keep a connection open forever.
     public static let httpBlankBytesBeforeMessageMax = 8

@@ -166,9 +166,18 @@ public struct HTTPResponse {
     private static let jsonHeaders: HTTPHeaders = ["Content-Type": "application/json"]
 
     /// `{"error": message}` with the message JSON-escaped.
+    /// `{"error": message}`, the message clipped to `Limits.httpErrorMessageBytesMax` (at a
+    /// character boundary, with "…"): messages that quote a request's path or value echoed a
+    /// 15 KB path back whole (a black-box probe).
     public static func error(_ status: Int, _ message: String) -> HTTPResponse {
         var body: [UInt8] = Array("{\"error\":".utf8)
-        appendJSONString(message, to: &body)
+        var text = message
+        if text.utf8.count > Limits.httpErrorMessageBytesMax {
+            var cut = text.utf8.index(text.utf8.startIndex, offsetBy: Limits.httpErrorMessageBytesMax)
+            while cut > text.startIndex && cut.samePosition(in: text.unicodeScalars) == nil { cut = text.utf8.index(before: cut) }
+            text = String(text[..<cut]) + "…"
+        }
+        appendJSONString(text, to: &body)
         body.append(UInt8(ascii: "}"))
         return jsonBytes(status, body)
     }

@@ -81,6 +81,13 @@ final class BadInputTests: XCTestCase {
             assertError(api, "POST", a + "/v1/batch", body: Array(String(repeating: "[", count: 10_000).utf8), status: 400)
             assertError(api, "POST", c + "/v1/transactions/0000abcd-1-1/branches", body: Array(#"{"participant": "a"}"#.utf8), status: 400)
             assertError(api, "GET", a + "/v1/kv/missing-key", status: 404)
+            // A key longer than any write could make is a bad request, and a long path is not
+            // echoed back whole in the error (a 15 KB path came back as a 15 KB body).
+            assertError(api, "GET", a + "/v1/kv/" + String(repeating: "k", count: 300), status: 400)
+            let long = try api.raw("GET", a + "/nowhere/" + String(repeating: "x", count: 6_000))
+            XCTAssertEqual(long.status, 404)
+            XCTAssertLessThan(long.body.count, Limits.httpErrorMessageBytesMax + 64, "the error echoed the path whole")
+            XCTAssertTrue(String(decoding: long.body, as: UTF8.self).hasSuffix("…\"}"), String(decoding: long.body.suffix(40), as: UTF8.self))
             assertError(api, "GET", a + "/v1/branches?state=bogus", status: 400)
             assertError(api, "GET", a + "/v1/kv?limit=abc", status: 400)
             assertError(api, "GET", a + "/v1/kv?limit=1.5", status: 400)
