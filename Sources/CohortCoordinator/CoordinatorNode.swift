@@ -161,7 +161,9 @@ public final class CoordinatorNode {
         metrics.sample("cohort_forgotten_outcomes_kept", help: "Outcomes of forgotten transactions in the coordinator's ledger (a late GET, commit or abort of one is answered exactly)") { [unowned self] in Double(self.machine.outcomeLedger.count + self.tcc.outcomeLedger.count) }
         metrics.sample("cohort_forgotten_outcomes_dropped_total", type: "counter", help: "Ledger entries let go past --outcomes-kept (those transactions read 410 again)") { [unowned self] in Double(self.machine.outcomeLedger.droppedCount + self.tcc.outcomeLedger.droppedCount) }
         metrics.sample("cohort_forgotten_outcomes_answered_total", type: "counter", help: "GETs, commits, aborts and registrations of forgotten transactions answered from the ledger") { [unowned self] in Double(self.machine.stats.answeredFromLedger + self.tcc.stats.answeredFromLedger + self.ledgerGets) }
-        metrics.sample("cohort_open_transactions", help: "Transactions begun and not finished") { [unowned self] in Double(self.machine.unfinishedCount) }
+        // Both machines' transactions, as /v1/stats counts them (it counted the 2PC/3PC ones only).
+        metrics.sample("cohort_open_transactions", help: "Transactions begun and not finished (2PC, 3PC and TCC)") { [unowned self] in Double(self.machine.unfinishedCount + self.tcc.unfinishedCount) }
+        metrics.sample("cohort_committing_transactions", help: "Committed transactions waiting for participants' acknowledgements (bounded apart: Limits.committingTransactionsMax)") { [unowned self] in Double(self.machine.committingCount) }
         metrics.sample("cohort_batch_capable_peers", help: "Participant URLs the coordinator sends batches to (at most \(Limits.batchCapablePeersMax))") { [unowned self] in Double(self.batchCapable.count) }
         log.onDurable = { [weak self] lsn in
             guard let self else { return }
