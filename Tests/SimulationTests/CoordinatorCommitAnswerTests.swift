@@ -11,23 +11,11 @@ final class CoordinatorCommitAnswerTests: XCTestCase {
     /// acknowledgement let the coordinator forget a transaction whose participant was still
     /// prepared, and that participant's inquiry then heard the presumed "aborted".
     func testA200CommitAnswerThatDoesNotSayCommittedIsNotAnAcknowledgement() throws {
-        let env = HandDrivenEnvironment()
-        let (log, recovered) = try DurableLog.open(storage: SimLogStorage(), config: DurableLogConfig(syncMode: .manual, preallocateBytes: 512))
-        let node = try CoordinatorNode(coordinatorID: "3fa90c1e", log: log, recovered: recovered,
-                                       config: Coordinator.Config(coordinatorID: "3fa90c1e", epoch: 1),
-                                       checkpointAfterBytes: 1 << 30, environment: env,
-                                       onFatal: { XCTFail("fatal: \($0)") })
-        node.start()
-        func call(_ method: String, _ target: String, _ body: String = "") throws -> HTTPResponse {
-            var answer: HTTPResponse?
-            node.handle(try HTTPRequest.parsingTarget(method: method, target: target, headers: HTTPHeaders(), body: Array(body.utf8)),
-                        ClosureSink { answer = $0 })
-            env.drain()
-            return try XCTUnwrap(answer, "\(method) \(target) unanswered")
-        }
-        let txid = try JSONBody.value(BeginResponse.self, from: call("POST", "/v1/transactions", "{}").body).txid
+        let rig = try NodeRig()
+        let (env, log, node) = (rig.env, rig.log, rig.node)
+        let txid = try JSONBody.value(BeginResponse.self, from: rig.call("POST", "/v1/transactions", "{}").body).txid
         for name in ["a", "b"] {
-            XCTAssertEqual(try call("POST", "/v1/transactions/\(txid)/branches", #"{"participant":"\#(name)","url":"http://\#(name)"}"#).status, 200)
+            XCTAssertEqual(try rig.call("POST", "/v1/transactions/\(txid)/branches", #"{"participant":"\#(name)","url":"http://\#(name)"}"#).status, 200)
         }
         var outcome: HTTPResponse?
         node.handle(try HTTPRequest.parsingTarget(method: "POST", target: "/v1/transactions/\(txid)/commit", headers: HTTPHeaders(), body: []),
@@ -48,7 +36,7 @@ final class CoordinatorCommitAnswerTests: XCTestCase {
         env.sent[3].completion(.success(HTTPClientResponse(status: 200, body: Array(#"{"txid":"\#(txid)","status":"committed"}"#.utf8))))
         env.drain()
 
-        let view = try JSONBody.value(TransactionView.self, from: call("GET", "/v1/transactions/\(txid)").body)
+        let view = try JSONBody.value(TransactionView.self, from: rig.call("GET", "/v1/transactions/\(txid)").body)
         XCTAssertEqual(view.state, "committing", "not finished: branch a has not acknowledged")
         let a = try XCTUnwrap(view.branches.first { $0.participant == "a" })
         let b = try XCTUnwrap(view.branches.first { $0.participant == "b" })
@@ -64,13 +52,8 @@ final class SubmitAdmissionTests: XCTestCase {
     /// transaction is opened. Admitted, their prepares failed on the full queue and each answered
     /// 200 "aborted" (a black-box probe: 35,087 of 40,000), which reads like a business "no".
     func testSubmissionsTowardAParticipantThatIsBehindAreRefused503() throws {
-        let env = HandDrivenEnvironment()
-        let (log, recovered) = try DurableLog.open(storage: SimLogStorage(), config: DurableLogConfig(syncMode: .manual, preallocateBytes: 512))
-        let node = try CoordinatorNode(coordinatorID: "3fa90c1e", log: log, recovered: recovered,
-                                       config: Coordinator.Config(coordinatorID: "3fa90c1e", epoch: 1),
-                                       checkpointAfterBytes: 1 << 30, environment: env,
-                                       onFatal: { XCTFail("fatal: \($0)") })
-        node.start()
+        let rig = try NodeRig()
+        let (env, node) = (rig.env, rig.node)
         var refusals: [HTTPResponse] = []
         let limit = Limits.submitRefusedAtQueuedMessages
         for i in 0...limit {
@@ -108,35 +91,54 @@ final class TransactionListBoundTests: XCTestCase {
     /// parked transactions made a 31 MB answer, built on the event loop and larger than txctl
     /// reads.
     func testTheListIsBoundedInBytesAndSaysItWasCut() throws {
-        let env = HandDrivenEnvironment()
-        let (log, recovered) = try DurableLog.open(storage: SimLogStorage(), config: DurableLogConfig(syncMode: .manual, preallocateBytes: 512))
-        let node = try CoordinatorNode(coordinatorID: "3fa90c1e", log: log, recovered: recovered,
-                                       config: Coordinator.Config(coordinatorID: "3fa90c1e", epoch: 1),
-                                       checkpointAfterBytes: 1 << 30, environment: env,
-                                       onFatal: { XCTFail("fatal: \($0)") })
-        node.start()
-        func call(_ method: String, _ target: String, _ body: String = "") throws -> HTTPResponse {
-            var answer: HTTPResponse?
-            node.handle(try HTTPRequest.parsingTarget(method: method, target: target, headers: HTTPHeaders(), body: Array(body.utf8)),
-                        ClosureSink { answer = $0 })
-            env.drain()
-            return try XCTUnwrap(answer, "\(method) \(target) unanswered")
-        }
+        let rig = try NodeRig()
         // Transactions with a long-named branch each, enough for more than the bound.
         let name = String(repeating: "p", count: 100)
         for _ in 0..<8_000 {
-            let txid = try JSONBody.value(BeginResponse.self, from: call("POST", "/v1/transactions", "{}").body).txid
-            XCTAssertEqual(try call("POST", "/v1/transactions/\(txid)/branches", #"{"participant":"\#(name)","url":"http://\#(name)"}"#).status, 200)
+            let txid = try JSONBody.value(BeginResponse.self, from: rig.call("POST", "/v1/transactions", "{}").body).txid
+            XCTAssertEqual(try rig.call("POST", "/v1/transactions/\(txid)/branches", #"{"participant":"\#(name)","url":"http://\#(name)"}"#).status, 200)
         }
-        let small = try call("GET", "/v1/transactions?limit=10")
+        let small = try rig.call("GET", "/v1/transactions?limit=10")
         XCTAssertEqual(try JSONBody.value(TransactionList.self, from: small.body).transactions.count, 10)
         XCTAssertNil(try JSONBody.value(TransactionList.self, from: small.body).truncated)
-        let all = try call("GET", "/v1/transactions?limit=20000")
+        let all = try rig.call("GET", "/v1/transactions?limit=20000")
         XCTAssertEqual(all.status, 200)
         XCTAssertLessThanOrEqual(all.body.count, Limits.transactionsListedBytesMax + 1_000)
         let list = try JSONBody.value(TransactionList.self, from: all.body)
         XCTAssertEqual(list.truncated, true)
         XCTAssertGreaterThan(list.transactions.count, 1_000)
         XCTAssertLessThan(list.transactions.count, 8_000)
+    }
+}
+
+/// A coordinator node on a hand-driven environment and a log in memory: sends are recorded,
+/// and answered only when a test completes them.
+struct NodeRig {
+    let env = HandDrivenEnvironment()
+    let log: DurableLog
+    let node: CoordinatorNode
+
+    init() throws {
+        let (log, recovered) = try DurableLog.open(storage: SimLogStorage(), config: DurableLogConfig(syncMode: .manual, preallocateBytes: 512))
+        self.log = log
+        node = try CoordinatorNode(coordinatorID: "3fa90c1e", log: log, recovered: recovered,
+                                   config: Coordinator.Config(coordinatorID: "3fa90c1e", epoch: 1),
+                                   checkpointAfterBytes: 1 << 30, environment: env,
+                                   onFatal: { XCTFail("fatal: \($0)") })
+        node.start()
+    }
+
+    /// Hands the request to the node and returns its answer, if it gave one by the time the
+    /// environment ran dry.
+    func send(_ method: String, _ target: String, _ body: String = "") throws -> HTTPResponse? {
+        var answer: HTTPResponse?
+        node.handle(try HTTPRequest.parsingTarget(method: method, target: target, headers: HTTPHeaders(), body: Array(body.utf8)),
+                    ClosureSink { answer = $0 })
+        env.drain()
+        return answer
+    }
+
+    func call(_ method: String, _ target: String, _ body: String = "") throws -> HTTPResponse {
+        try XCTUnwrap(try send(method, target, body), "\(method) \(target) unanswered")
     }
 }
