@@ -329,9 +329,9 @@ public struct Coordinator {
     private var rng: SplitMix64
     /// Unfinished transactions (including decided ones still delivering the commit).
     public var open: [TxID: Transaction] { openTable.byID }
-    private var openTable = OpenTransactions()
+    private var openTable = OpenTransactions<Transaction> { $0.state == .committing }
     /// Open transactions whose commit is decided and durable, waiting for acknowledgements.
-    public var committingCount: Int { openTable.committingCount }
+    public var committingCount: Int { openTable.settlingCount }
     /// Recently finished transactions, oldest first, bounded by `finishedTransactionsKept`.
     public private(set) var finished: [TxID: Transaction] = [:]
     private var finishedOrder: [TxID] = []
@@ -895,7 +895,7 @@ public struct Coordinator {
         // open until it answers, and when they shared one bound of 10,000 they refused every
         // new transaction, for every participant, until it did (a black-box probe: 10,000
         // parked toward one fake participant, every begin 503 "retry later" for good).
-        let committing = openTable.committingCount
+        let committing = openTable.settlingCount
         guard openTable.count - committing < config.openTransactionsMax else {
             return .failure(RequestError(503, "too many open transactions (limit \(config.openTransactionsMax) undecided); retry later"))
         }
@@ -1999,29 +1999,32 @@ public enum CoordinatorRecordCoding {
     }
 }
 
-/// The coordinator's open transactions by txid, counting the committing ones as they change
-/// (every write goes through the subscript or `removeValue`), so admission tells them from the
-/// undecided ones without a scan.
-struct OpenTransactions {
-    private(set) var byID: [TxID: Coordinator.Transaction] = [:]
-    private(set) var committingCount = 0
+/// Open transactions by txid, counting those `settling` says are decided and only waiting on
+/// participants, as the table changes (every write goes through the subscript or
+/// `removeValue`), so admission tells them from the undecided ones without a scan.
+struct OpenTransactions<Value> {
+    private(set) var byID: [TxID: Value] = [:]
+    private(set) var settlingCount = 0
+    let settling: (Value) -> Bool
+
+    init(settling: @escaping (Value) -> Bool) { self.settling = settling }
 
     var count: Int { byID.count }
 
-    subscript(txid: TxID) -> Coordinator.Transaction? {
+    subscript(txid: TxID) -> Value? {
         get { byID[txid] }
         set {
-            let was = byID[txid]?.state == .committing
+            let was = byID[txid].map(settling) ?? false
             byID[txid] = newValue
-            committingCount += (newValue?.state == .committing ? 1 : 0) - (was ? 1 : 0)
-            precondition(committingCount >= 0, "committing count below zero")
+            settlingCount += (newValue.map(settling) ?? false ? 1 : 0) - (was ? 1 : 0)
+            precondition(settlingCount >= 0, "settling count below zero")
         }
     }
 
     @discardableResult
-    mutating func removeValue(forKey txid: TxID) -> Coordinator.Transaction? {
+    mutating func removeValue(forKey txid: TxID) -> Value? {
         let removed = byID.removeValue(forKey: txid)
-        if removed?.state == .committing { committingCount -= 1 }
+        if let removed, settling(removed) { settlingCount -= 1 }
         return removed
     }
 }

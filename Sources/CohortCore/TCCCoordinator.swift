@@ -10,6 +10,8 @@
 public struct TCCCoordinator {
     public struct Config: Sendable {
         public var openTransactionsMax = Limits.openTransactionsMax
+        /// Confirming and cancelling transactions, bounded apart from the undecided ones.
+        public var settlingTransactionsMax = Limits.committingTransactionsMax
         public var branchesPerTransactionMax = Limits.tccBranchesPerTransactionMax
         public var timeoutMsDefault = Limits.transactionTimeoutMsDefault
         public var timeoutMsMax = Limits.transactionTimeoutMsMax
@@ -200,7 +202,13 @@ public struct TCCCoordinator {
 
     public let config: Config
     private var rng: SplitMix64
-    public private(set) var open: [TxID: Transaction] = [:]
+    public var open: [TxID: Transaction] { openTable.byID }
+    /// Confirming and cancelling transactions are counted apart: decided, they wait only on
+    /// their services, and bounded together with the undecided ones, a service that stopped
+    /// answering confirms filled the 10,000 and refused every new TCC transaction.
+    private var openTable = OpenTransactions<Transaction> { $0.state == .confirming || $0.state == .cancelling }
+    /// Open transactions decided and confirming or cancelling their branches.
+    public var settlingCount: Int { openTable.settlingCount }
     public private(set) var finished: [TxID: Transaction] = [:]
     private var finishedOrder: [TxID] = []
     private var finishedOrderHead = 0
@@ -254,8 +262,12 @@ public struct TCCCoordinator {
     public mutating func on(_ event: Event, nowMs: Int64) -> [Action] {
         switch event {
         case .begin(let request, let txid, let timeoutMs):
-            guard open.count < config.openTransactionsMax else {
-                return [.reply(request, .error(RequestError(503, "too many open TCC transactions (limit \(config.openTransactionsMax)); retry later")))]
+            let settling = openTable.settlingCount
+            guard openTable.count - settling < config.openTransactionsMax else {
+                return [.reply(request, .error(RequestError(503, "too many open TCC transactions (limit \(config.openTransactionsMax) undecided); retry later")))]
+            }
+            guard settling < config.settlingTransactionsMax else {
+                return [.reply(request, .error(RequestError(503, "\(settling) TCC transactions wait for their services to confirm or cancel (limit \(config.settlingTransactionsMax)); new ones are refused until they do: txctl list --state parked shows which")))]
             }
             let timeout = timeoutMs ?? config.timeoutMsDefault
             guard timeout > 0, timeout <= config.timeoutMsMax else {
@@ -263,7 +275,7 @@ public struct TCCCoordinator {
             }
             var tx = Transaction(txid: txid, state: .active, createdAtMs: nowMs, timeoutMs: timeout)
             note(&tx, nowMs, "begun", detail: "tcc, timeout \(timeout)ms")
-            open[txid] = tx
+            openTable[txid] = tx
             return [.setTimer(.timeout(txid), afterMs: timeout), .reply(request, .begun(txid, timeoutMs: timeout))]
         case .register(let request, let text, let spec):
             return register(request, text, spec, nowMs: nowMs)
@@ -271,14 +283,14 @@ public struct TCCCoordinator {
             guard var tx = open[txid], let i = tx.index(id), tx.branches[i].state == .registering else { return [] }
             tx.branches[i].state = .trying
             note(&tx, nowMs, "try-sent", branch: id)
-            open[txid] = tx
+            openTable[txid] = tx
             return [call(tx, i, .try)]
         case .branchRefused(let txid, let id, let reason):
             guard var tx = open[txid], let i = tx.index(id), tx.branches[i].state == .registering else { return [] }
             let waiter = tx.branches[i].waiter
             openBranchBytes -= tx.branches[i].spec.heldBytes
             tx.branches.remove(at: i)
-            open[txid] = tx
+            openTable[txid] = tx
             return waiter.map { [.reply($0, .error(RequestError(503, "cannot record the branch: \(reason)")))] } ?? []
         case .tryAnswered(let txid, let id, let result):
             // A service's error text is kept (timeline, reason, checkpoint): bounded here.
@@ -331,7 +343,7 @@ public struct TCCCoordinator {
                 tx.branches[i].state = .confirming
                 actions.append(call(tx, i, .confirm))
             }
-            open[txid] = tx
+            openTable[txid] = tx
             return actions
         case .decisionRefused(let txid, let reason):
             guard let tx = open[txid], tx.state == .deciding else { return [] }
@@ -364,7 +376,7 @@ public struct TCCCoordinator {
                 default: return []
                 }
                 tx.branches[i].nextRetryAtMs = nil
-                open[txid] = tx
+                openTable[txid] = tx
                 return [call(tx, i, phase)]
             }
         }
@@ -428,7 +440,7 @@ public struct TCCCoordinator {
         tx.branches.append(branch)
         openBranchBytes += spec.heldBytes
         note(&tx, nowMs, "branch-registered", branch: spec.branchID)
-        open[txid] = tx
+        openTable[txid] = tx
         return [.log(.branch(txid, spec, createdAtMs: tx.createdAtMs, timeoutMs: tx.timeoutMs), force: true)]
     }
 
@@ -441,13 +453,13 @@ public struct TCCCoordinator {
             tx.branches[i].state = .tried
             tx.branches[i].tryResult = value
             note(&tx, nowMs, "tried", branch: id)
-            open[txid] = tx
+            openTable[txid] = tx
             return waiter.map { [.reply($0, .tried(txid, branchID: id, result: value))] } ?? []
         case .refused(_, let error), .failed(let error):
             tx.branches[i].state = .tryFailed
             tx.branches[i].lastError = error
             note(&tx, nowMs, "try-failed", branch: id, detail: error)
-            open[txid] = tx
+            openTable[txid] = tx
             var actions: [Action] = []
             if let waiter {
                 let status: Int
@@ -477,18 +489,18 @@ public struct TCCCoordinator {
             }
             if tx.branches.isEmpty {
                 tx.outcome = .committed
-                open[txid] = tx
+                openTable[txid] = tx
                 return [.cancelTimer(.timeout(txid))] + finish(txid, nowMs: nowMs) + [.reply(request, .outcome(txid, .committed, reason: nil))]
             }
             tx.state = .deciding
             tx.commitWaiters.append(request)
             note(&tx, nowMs, "deciding", detail: "confirm")
-            open[txid] = tx
+            openTable[txid] = tx
             return [.cancelTimer(.timeout(txid)),
                     .log(.confirmDecision(txid, branchIDs: tx.branches.map(\.spec.branchID), atMs: nowMs), force: true)]
         case .deciding:
             tx.commitWaiters.append(request)
-            open[txid] = tx
+            openTable[txid] = tx
             return []
         case .confirming, .committed:
             return [.reply(request, .outcome(txid, .committed, reason: nil))]
@@ -517,7 +529,7 @@ public struct TCCCoordinator {
             tx.branches[i].attempts = 0
             actions.append(call(tx, i, .cancel))
         }
-        open[txid] = tx
+        openTable[txid] = tx
         if tx.branches.isEmpty { actions += finish(txid, nowMs: nowMs) }
         return actions
     }
@@ -540,21 +552,21 @@ public struct TCCCoordinator {
             let delay = tx.parked ? config.parkedRetryDelayMs
                 : backoffDelayMs(attempt: tx.branches[i].attempts, minMs: config.retryDelayMsMin, maxMs: config.retryDelayMsMax, rng: &rng)
             tx.branches[i].nextRetryAtMs = nowMs + delay
-            open[txid] = tx
+            openTable[txid] = tx
             return [.setTimer(.retry(txid, branchID: id), afterMs: delay)]
         }
         tx.branches[i].state = phase == .confirm ? .confirmed : .cancelled
         tx.branches[i].nextRetryAtMs = nil
         note(&tx, nowMs, phase == .confirm ? "confirmed" : "cancelled", branch: id)
         actions.append(.cancelTimer(.retry(txid, branchID: id)))
-        open[txid] = tx
+        openTable[txid] = tx
         let done = tx.branches.allSatisfy { $0.state == .confirmed || $0.state == .cancelled }
         if done { actions += finish(txid, nowMs: nowMs) }
         return actions
     }
 
     private mutating func finish(_ txid: TxID, nowMs: Int64) -> [Action] {
-        guard var tx = open.removeValue(forKey: txid) else { return [] }
+        guard var tx = openTable.removeValue(forKey: txid) else { return [] }
         openBranchBytes -= tx.heldBytes
         let outcome = tx.outcome ?? .aborted
         tx.state = outcome == .committed ? .committed : .aborted
@@ -629,7 +641,7 @@ public struct TCCCoordinator {
                 for _ in 0..<count {
                     let tx = try TCCRecordCoding.decodeTransaction(&r)
                     maxEpochSeen = max(maxEpochSeen, tx.txid.epoch)
-                    if isOpen { open[tx.txid] = tx } else { remember(tx) }
+                    if isOpen { openTable[tx.txid] = tx } else { remember(tx) }
                 }
             }
             try forgottenCommits.readTrailing(&r)
@@ -643,14 +655,14 @@ public struct TCCCoordinator {
                 guard finished[txid] == nil else { continue }
                 var tx = open[txid] ?? Transaction(txid: txid, state: .active, createdAtMs: createdAtMs, timeoutMs: timeoutMs)
                 if tx.index(spec.branchID) == nil { tx.branches.append(Branch(spec: spec, state: .trying)) }
-                open[txid] = tx
+                openTable[txid] = tx
             case .confirmDecision(let txid, let ids, let atMs):
                 guard var tx = open[txid] else { continue }
                 tx.state = .confirming
                 tx.outcome = .committed
                 tx.settleStartedAtMs = atMs
                 tx.branches = tx.branches.filter { ids.contains($0.spec.branchID) }
-                open[txid] = tx
+                openTable[txid] = tx
             case .audit(let txid, let entry, let outcome, let resolvesPending):
                 if var tx = finished[txid] {
                     tx.audit.append(entry)
@@ -662,7 +674,7 @@ public struct TCCCoordinator {
                 tx.reason = tx.reason ?? "forced by operator \(entry.operatorName): \(entry.reason)"
                 if resolvesPending {
                     // The operator ended the wait; the end record after it may be lost.
-                    open.removeValue(forKey: txid)
+                    openTable.removeValue(forKey: txid)
                     tx.outcome = outcome
                     tx.state = outcome == .committed ? .committed : .aborted
                     tx.finishedAtMs = tx.finishedAtMs ?? entry.atMs
@@ -675,12 +687,12 @@ public struct TCCCoordinator {
                     tx.state = .confirming
                     tx.outcome = .committed
                     tx.settleStartedAtMs = entry.atMs
-                    open[txid] = tx
+                    openTable[txid] = tx
                 } else {
-                    open[txid] = tx // cancelled below like every undecided transaction
+                    openTable[txid] = tx // cancelled below like every undecided transaction
                 }
             case .end(let txid, let outcome):
-                guard var tx = open.removeValue(forKey: txid) else { continue }
+                guard var tx = openTable.removeValue(forKey: txid) else { continue }
                 tx.outcome = outcome
                 tx.state = outcome == .committed ? .committed : .aborted
                 tx.finishedAtMs = tx.finishedAtMs ?? nowMs
@@ -703,12 +715,12 @@ public struct TCCCoordinator {
                     tx.branches[i].state = .confirming
                     actions.append(call(tx, i, .confirm))
                 }
-                open[txid] = tx
+                openTable[txid] = tx
                 if tx.branches.allSatisfy({ $0.state == .confirmed }) { actions += finish(txid, nowMs: nowMs) }
             } else {
                 note(&tx, nowMs, "recovered", detail: "no confirm decision: cancelling every branch (presumed cancel)")
                 tx.reason = tx.reason ?? "coordinator restarted before a decision (presumed cancel)"
-                open[txid] = tx
+                openTable[txid] = tx
                 actions += startCancel(txid, reason: tx.reason!, nowMs: nowMs)
             }
         }
@@ -845,7 +857,7 @@ extension TCCCoordinator {
             tx.audit.append(pending.entry)
             if tx.audit.count > Limits.auditEntriesPerTransactionMax { tx.audit.removeFirst(tx.audit.count - Limits.auditEntriesPerTransactionMax) }
             note(&tx, nowMs, "forced", detail: detail)
-            open[txid] = tx
+            openTable[txid] = tx
         } else if var tx = finished[txid] {
             tx.audit.append(pending.entry)
             finished[txid] = tx
@@ -871,7 +883,7 @@ extension TCCCoordinator {
                     tx.branches[i].nextRetryAtMs = nil
                     actions.append(.cancelTimer(.retry(txid, branchID: tx.branches[i].spec.branchID)))
                 }
-                open[txid] = tx
+                openTable[txid] = tx
                 actions += finish(txid, nowMs: nowMs)
             } else if outcome == .aborted {
                 actions += startCancel(txid, reason: reason, nowMs: nowMs)
@@ -887,7 +899,7 @@ extension TCCCoordinator {
                     tx.branches[i].state = .confirming
                     actions.append(call(tx, i, .confirm))
                 }
-                open[txid] = tx
+                openTable[txid] = tx
                 if tx.branches.isEmpty { actions += finish(txid, nowMs: nowMs) }
             }
             actions.append(.reply(pending.request, .forced(txid, outcome: outcome, dryRun: false, effects: p.effects)))
@@ -924,7 +936,7 @@ extension TCCCoordinator {
             return [.reply(request, .error(RequestError(409, "\(txid) is \(tx.state.rawValue): no confirm or cancel is pending, nothing to retry")))]
         }
         note(&tx, nowMs, "retry-requested", detail: names.joined(separator: ", "))
-        open[txid] = tx
+        openTable[txid] = tx
         return actions + [.reply(request, .retried(txid, branches: names))]
     }
 }

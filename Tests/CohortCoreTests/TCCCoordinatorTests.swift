@@ -63,6 +63,41 @@ final class TCCCoordinatorTests: XCTestCase {
         XCTAssertEqual(m.unfinishedCount, 0)
     }
 
+    /// Confirming transactions whose service never answers are bounded apart from the
+    /// undecided ones: with one shared bound they took every slot and refused every new TCC
+    /// transaction.
+    func testConfirmingTransactionsDoNotUseUpAdmission() {
+        var config = TCCCoordinator.Config()
+        config.openTransactionsMax = 2
+        config.settlingTransactionsMax = 3
+        var m = TCCCoordinator(config: config)
+        var log: [TCCCoordinator.Record] = []
+        for _ in 0..<3 {
+            let txid = started(&m, ["a"], log: &log)
+            _ = m.on(.commit(nextReq(), txid: txid.description), nowMs: now)
+            _ = m.on(.decisionDurable(txid), nowMs: now)
+            XCTAssertEqual(m.transaction(txid)?.state, .confirming)
+        }
+        XCTAssertEqual(m.settlingCount, 3)
+        let refused = nextReq()
+        guard case .error(let e)? = replies(m.on(.begin(refused, txid: nextTxID(), timeoutMs: 5_000), nowMs: now))[refused] else {
+            return XCTFail("not refused")
+        }
+        XCTAssertEqual(e.status, 503)
+        XCTAssertTrue(e.message.contains("3 TCC transactions wait for their services to confirm or cancel (limit 3)"), e.message)
+        // One confirm arrives: admitted again, up to the undecided bound.
+        let first = m.open.keys.min()!
+        _ = m.on(.settled(first, branchID: "a", .confirm, error: nil), nowMs: now)
+        XCTAssertEqual(m.settlingCount, 2)
+        _ = started(&m, [], log: &log)
+        _ = started(&m, [], log: &log)
+        let third = nextReq()
+        guard case .error(let u)? = replies(m.on(.begin(third, txid: nextTxID(), timeoutMs: 5_000), nowMs: now))[third] else {
+            return XCTFail("not refused")
+        }
+        XCTAssertTrue(u.message.contains("limit 2 undecided"), u.message)
+    }
+
     func testFailedTryCancelsEveryBranchIncludingUnanswered() {
         var m = TCCCoordinator()
         var log: [TCCCoordinator.Record] = []
