@@ -318,7 +318,9 @@ public struct WorkRequest: Decodable, Equatable {
     /// answers as the Codable path above, which profiles showed costing a quarter of an agent.
     public static func decodeWithRequestID(fromJSON bytes: [UInt8]) throws -> (request: WorkRequest, requestID: String?) {
         let node: JSONNode
-        do { node = try JSONParser.parse(bytes) } catch { throw KVRequestError(field: "body", reason: "is not valid JSON") }
+        // The parser's own words (where and why: "nesting deeper than 64 at byte 64"), as the
+        // coordinator answers them; "is not valid JSON" alone left the client guessing.
+        do { node = try JSONParser.parse(bytes) } catch { throw KVRequestError(field: "body", reason: "is not valid JSON: \(error)") }
         guard case .object = node, let o = try? WireObject(node) else { throw KVRequestError(field: "body", reason: "must be a JSON object") }
         let txid: String
         switch o["txid"] {

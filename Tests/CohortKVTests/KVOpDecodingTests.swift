@@ -52,6 +52,15 @@ final class KVOpDecodingTests: XCTestCase {
         assertError(#"{"txid":"t","ops":[],"timeout_ms":600001}"#, field: "timeout_ms", contains: "1-")
     }
 
+    /// A body the parser refuses says why, as the coordinator does (a black-box probe got only
+    /// "is not valid JSON" for a body nested 100,000 deep).
+    func testABodyThatIsNotJSONSaysWhy() {
+        assertError(String(repeating: "[", count: 100_000), field: "body", contains: "nesting deeper than")
+        // The agent's own reader (one pass, with the request_id) says it too.
+        XCTAssertThrowsError(try WorkRequest.decodeWithRequestID(fromJSON: Array(String(repeating: "[", count: 100_000).utf8))) { e in
+            XCTAssertTrue("\(e)".contains("nesting deeper than"), "\(e)")
+        }
+    }
     func testUnknownOp() { assertError(#"{"txid":"t","ops":[{"op":"del","key":"a"}]}"#, field: "ops[0].op", contains: "unknown op") }
     func testMissingOp() { assertError(#"{"txid":"t","ops":[{"key":"a"}]}"#, field: "ops[0].op", contains: "required") }
     func testMissingKey() { assertError(#"{"txid":"t","ops":[{"op":"get"}]}"#, field: "ops[0].key", contains: "required") }
