@@ -335,6 +335,15 @@ final class ServerConnection {
             if nowMs - lingerStartMs > Limits.httpLingerMs { close() }
             return
         }
+        // Before a timeout closes a connection for silence, read what the kernel holds for it:
+        // on a loop busy with other connections' work its request may have sat there unread
+        // (a black-box probe: under a flood of pipelined orders, connections whose requests had
+        // arrived were closed as silent after 5 s, and their clients got a reset, /healthz too).
+        if mayReadMore && !peerClosed && timedOut(nowMs) {
+            onReadable()
+            if closed { return }
+        }
+        let nowMs = max(nowMs, lastActivityMs)
         if requestStartMs != 0 && nowMs - requestStartMs > server.config.requestTimeoutMs {
             fail(408, "request not received in time")
             return
@@ -353,6 +362,14 @@ final class ServerConnection {
         if (idle || stalledWrite) && nowMs - lastActivityMs > server.config.idleTimeoutMs {
             close()
         }
+    }
+
+    /// Whether one of the silence timeouts below would act now.
+    private func timedOut(_ nowMs: Int64) -> Bool {
+        let idle = inFlight == 0 && !parser.hasPartialRequest
+        return (requestStartMs != 0 && nowMs - requestStartMs > server.config.requestTimeoutMs)
+            || (idle && !heardFrom && nowMs - acceptedAtMs > server.config.firstByteTimeoutMs)
+            || (idle && nowMs - lastActivityMs > server.config.idleTimeoutMs)
     }
 }
 

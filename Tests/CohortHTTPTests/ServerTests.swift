@@ -380,6 +380,30 @@ final class ServerTests: XCTestCase {
         XCTAssertEqual(try h.sync { server.connectionsAccepted }, 2)
     }
 
+    /// A connection whose request arrived while the loop was busy elsewhere is served, not
+    /// closed as silent: under a flood of pipelined requests that each took the loop a while,
+    /// connections whose requests sat unread past the first-byte timeout were reset with no
+    /// answer (a black-box probe; `/healthz` among them).
+    func testARequestThatWaitedUnreadWhileTheLoopWasBusyIsServed() throws {
+        let h = try LoopHarness()
+        let server = try h.server(config: HTTPServerConfig(firstByteTimeoutMs: 200)) { request, responder in
+            if request.path == "/slow" { Thread.sleep(forTimeInterval: 0.1) }  // holds the loop
+            responder.send(.text(200, "ok"))
+        }
+        defer { h.stop(server) }
+        // Both connected and accepted; then one keeps the loop busy for a second while the
+        // other's request arrives.
+        let late = try rawSocket(server.port)
+        let busy = try rawSocket(server.port)
+        XCTAssertTrue((0..<100).contains { _ in Thread.sleep(forTimeInterval: 0.01); return (try? h.sync { server.connectionCount }) == 2 })
+        try write(busy, String(repeating: "GET /slow HTTP/1.1\r\n\r\n", count: 10))
+        Thread.sleep(forTimeInterval: 0.05)  // the loop is in the first of ten slow requests
+        try write(late, "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+        let answer = String(decoding: readAll(late), as: UTF8.self)
+        XCTAssertTrue(answer.hasPrefix("HTTP/1.1 200 "), "got \(answer.isEmpty ? "a close without an answer" : answer)")
+        XCTAssertEqual(String(decoding: readAll(busy, atLeast: 10 * 19), as: UTF8.self).components(separatedBy: "HTTP/1.1 200 ").count - 1, 10)
+    }
+
     /// `GET /v1/transactions/` (a txid left out) reached the handler as `/v1/transactions`
     /// and listed every transaction. The server answers 404 itself, for every handler.
     func testAPathWithAnEmptySegmentIs404() throws {
