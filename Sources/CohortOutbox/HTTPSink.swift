@@ -52,6 +52,13 @@ public final class HTTPOutboxSink: OutboxSink {
             }
             var byID: [String: InboxResult] = [:]
             for x in decoded.results { byID[x.id] = x }
+            // Not one result for the batch's messages is the consumer's fault, not theirs:
+            // counted as a refusal of each, a consumer that briefly answered `{"results":[]}`
+            // dead-lettered the head of every key and stopped the outbox until each was
+            // replayed by hand (a black-box probe). Sent again, as for a 5xx.
+            if !messages.contains(where: { byID[$0.messageID] != nil }) {
+                return .unavailable("POST \(url): 200 with no result for any of its \(messages.count) messages")
+            }
             return .outcomes(messages.map { m in
                 guard let x = byID[m.messageID] else { return .rejected("consumer gave no result for \(m.messageID)") }
                 switch x.status {

@@ -123,6 +123,24 @@ final class StoreTests: XCTestCase {
         XCTAssertEqual(o, [.deferred("k is locked")])
     }
 
+    /// A 200 with no result for any message of the batch is the consumer's fault: sent again
+    /// (unavailable), not a refusal of each message, which dead-lettered the head of every key
+    /// when a consumer briefly answered `{"results":[]}`. A result missing for some messages
+    /// only still refuses those.
+    func testABatchAnsweredWithNoResultsIsSentAgain() {
+        let a = OutboxMessage(id: 1, source: "s", topic: "t", key: "k", payload: "{}", createdMs: 0)
+        let b = OutboxMessage(id: 2, source: "s", topic: "t", key: "j", payload: "{}", createdMs: 0)
+        func answer(_ json: String) -> SinkResult {
+            HTTPOutboxSink.interpret(HTTPClientResponse(status: 200, headers: HTTPHeaders(), body: Array(json.utf8)), messages: [a, b], url: "u")
+        }
+        guard case .unavailable(let why) = answer(#"{"results":[]}"#) else { return XCTFail("empty results refused each message") }
+        XCTAssertTrue(why.contains("no result for any of its 2 messages"), why)
+        guard case .unavailable = answer(#"{"results":[{"id":"other:9","status":"applied"}]}"#) else { return XCTFail("foreign ids refused each message") }
+        guard case .outcomes(let o) = answer(#"{"results":[{"id":"s:1","status":"applied"}]}"#) else { return XCTFail() }
+        XCTAssertEqual(o.first, .acknowledged)
+        guard case .rejected? = o.last else { return XCTFail("\(o)") }
+    }
+
     func testIdsNeverGoBackwardsEvenAfterDeletes() throws {
         let path = tempDB("p")
         let outbox = try Outbox(path: path)
