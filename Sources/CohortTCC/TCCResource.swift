@@ -344,6 +344,11 @@ public final class TCCResource: @unchecked Sendable {
         guard parts.count == 4, parts[0] == "v1", parts[1] == "tcc", parts[2] == name else { return nil }
         guard let phase = TCCPhase(rawValue: parts[3]) else { return .refused(.error(404, "no TCC phase \(parts[3].prefix(20)); use try, confirm or cancel")) }
         guard request.method == "POST" else { return .refused(.error(405, "TCC phases are POST")) }
+        // The coordinator sends no payload over `Limits.tccPayloadBytesMax`; a caller that does
+        // is refused here, as the coordinator refuses it, instead of taking up to the 1 MiB body.
+        guard request.body.count <= Limits.tccPayloadBytesMax + Limits.tccRegistrationFieldsBytesMax else {
+            return .refused(.error(413, "a TCC phase call is at most \(Limits.tccPayloadBytesMax + Limits.tccRegistrationFieldsBytesMax) bytes (a payload of at most \(Limits.tccPayloadBytesMax))"))
+        }
         guard let body = try? TCCPhaseRequest(wireJSON: request.body) else {
             return .refused(.error(400, "body must be {\"txid\", \"branch_id\", \"payload\"}"))
         }

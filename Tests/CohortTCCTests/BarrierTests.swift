@@ -405,6 +405,10 @@ final class BarrierTests: XCTestCase {
         XCTAssertEqual(try r.run(.try, txid: "t1", branchID: "b2", payload: .object(["qty": .int(4)])), .done(result: .string("ok-b2")))
         XCTAssertEqual(c.get(.try), 2)
         XCTAssertEqual(r.phaseCount(.try, .conflict), 2)
+        // A payload over the coordinator's limit is refused before anything runs.
+        let huge = Array(#"{"txid":"t9","branch_id":"b","payload":{"pad":"\#(String(repeating: "x", count: 100_000))"}}"#.utf8)
+        XCTAssertEqual(r.handle(HTTPRequest(method: "POST", target: "/v1/tcc/r/try", path: "/v1/tcc/r/try", body: huge))?.status, 413)
+        XCTAssertEqual(try r.barrier(txid: "t9", branchID: "b"), [:])
         // Over HTTP the conflict is a 409 that says why.
         let body = Array(#"{"txid":"t1","branch_id":"b","payload":{"sku":"pear","qty":1}}"#.utf8)
         let answer = r.handle(HTTPRequest(method: "POST", target: "/v1/tcc/r/try", path: "/v1/tcc/r/try", body: body))!
