@@ -80,6 +80,8 @@ public final class BatchingSender {
 
     private struct Peer {
         var inFlight = 0
+        /// Messages sent to the peer and not answered yet: queued, split, or in an exchange.
+        var unanswered = 0
         var queue: [Queued] = []
         /// The halves of batches the peer refused as too large (413), sent before the queue, in
         /// order: their messages were sent once already and have no answer yet.
@@ -106,27 +108,27 @@ public final class BatchingSender {
         self.batchBytesMax = batchBytesMax
     }
 
-    /// Messages sent to each peer and not yet answered (queued or in an exchange), batched or
-    /// not: how far behind a peer is, for admission.
-    private var unanswered: [String: Int] = [:]
+    /// Messages sent alone (to peers not known to take batches) and not answered yet, by peer;
+    /// a batchable peer's are counted in its `Peer`, with no second lookup per message.
+    private var unansweredAlone: [String: Int] = [:]
 
-    /// Messages sent to `baseURL` and not answered yet.
-    public func unansweredCount(_ baseURL: String) -> Int { unanswered[baseURL] ?? 0 }
+    /// Messages sent to `baseURL` and not answered yet, batched or not: how far behind the
+    /// peer is, for admission.
+    public func unansweredCount(_ baseURL: String) -> Int { (peers[baseURL]?.unanswered ?? 0) + (unansweredAlone[baseURL] ?? 0) }
 
     /// Sends `body` to `baseURL + path`, alone or in a batch with others to the same peer.
     /// `batchable` is false for peers not known to serve `/v1/batch`.
     public func send(baseURL: String, path: String, body: [UInt8], batchable: Bool,
-                     timeoutMs: Int64 = Limits.httpClientRequestTimeoutMs, completion original: @escaping Completion) {
-        unanswered[baseURL, default: 0] += 1
-        let completion: Completion = { [weak self] result in
-            if let self {
-                if let n = self.unanswered[baseURL], n > 1 { self.unanswered[baseURL] = n - 1 } else { self.unanswered.removeValue(forKey: baseURL) }
-            }
-            original(result)
-        }
+                     timeoutMs: Int64 = Limits.httpClientRequestTimeoutMs, completion: @escaping Completion) {
         guard batchable else {
             exchangesSent += 1
-            environment.send(HTTPClientRequest(method: "POST", url: baseURL + path, body: body, timeoutMs: timeoutMs), completion)
+            unansweredAlone[baseURL, default: 0] += 1
+            environment.send(HTTPClientRequest(method: "POST", url: baseURL + path, body: body, timeoutMs: timeoutMs)) { [weak self] result in
+                if let self {
+                    if let n = self.unansweredAlone[baseURL], n > 1 { self.unansweredAlone[baseURL] = n - 1 } else { self.unansweredAlone.removeValue(forKey: baseURL) }
+                }
+                completion(result)
+            }
             return
         }
         var peer = peers[baseURL] ?? Peer()
@@ -134,6 +136,7 @@ public final class BatchingSender {
             environment.execute { completion(.failure(.queueFull)) }
             return
         }
+        peer.unanswered += 1
         let text = BatchBytes.text(body)
         let bodyStringBytes = text.withUnsafeBufferPointer { JSONWriter.stringBytes($0) }
         peer.queue.append(Queued(path: path, body: text, bodyStringBytes: bodyStringBytes,
@@ -180,9 +183,12 @@ public final class BatchingSender {
             batchableMessagesSent += items.count
             for item in items { queueWaitUsTotal &+= nowUs &- item.queuedAtUs }
         }
-        let done: () -> Void = { [weak self] in
+        // `answered`: how many of `items` got their answer (all, unless the batch was split
+        // and sent again).
+        let done: (_ answered: Int) -> Void = { [weak self] answered in
             guard let self else { return }
             self.peers[baseURL]?.inFlight -= 1
+            self.peers[baseURL]?.unanswered -= answered
             if let p = self.peers[baseURL], p.inFlight == 0, p.queue.isEmpty, p.split.isEmpty { self.peers.removeValue(forKey: baseURL) }
             self.flush(baseURL)
         }
@@ -191,13 +197,14 @@ public final class BatchingSender {
             let item = items[0]
             environment.send(HTTPClientRequest(method: "POST", url: baseURL + item.path, body: item.body, timeoutMs: item.timeoutMs)) { result in
                 item.completion(result)
-                done()
+                done(1)
             }
             return true
         }
         // A batch waits as long as its most patient message would have.
         let timeoutMs = items.map(\.timeoutMs).max() ?? Limits.httpClientRequestTimeoutMs
         environment.send(HTTPClientRequest(method: "POST", url: baseURL + "/v1/batch", body: Self.batchBody(items), timeoutMs: timeoutMs)) { [weak self] result in
+            var answered = items.count
             switch result {
             case .failure(let error):
                 for item in items { item.completion(.failure(error)) }
@@ -210,6 +217,7 @@ public final class BatchingSender {
                     return
                 }
                 let half = items.count / 2
+                answered = 0
                 self.batchesSplit += 1
                 self.peers[baseURL]?.split.insert(contentsOf: [Array(items[..<half]), Array(items[half...])], at: 0)
             case .success(let response) where response.status == 200:
@@ -229,7 +237,7 @@ public final class BatchingSender {
                 // The peer refused the batch as a whole (400, 401, 503...): every message gets that answer.
                 for item in items { item.completion(.success(response)) }
             }
-            done()
+            done(answered)
         }
         return true
     }
