@@ -2023,9 +2023,12 @@ struct OpenTransactions<Value: SettlingTransaction> {
     subscript(txid: TxID) -> Value? {
         get { byID[txid] }
         set {
-            let was = byID[txid]?.isSettling ?? false
+            // The old value comes back out of the table (moved, not copied): reading it first
+            // copied every transaction written (a profile's `initializeWithCopy`).
             let now = newValue?.isSettling ?? false
-            byID[txid] = newValue
+            let old: Value?
+            if let value = newValue { old = byID.updateValue(value, forKey: txid) } else { old = byID.removeValue(forKey: txid) }
+            let was = old?.isSettling ?? false
             if was != now { settlingCount += now ? 1 : -1 }
             precondition(settlingCount >= 0, "settling count below zero")
         }
