@@ -416,7 +416,7 @@ public struct Coordinator {
                 tx.finishedAtMs = try r.i64()
                 tx.outcome = .committed
                 tx.events.append(TimelineEvent(atMs: tx.finishedAtMs!, event: "committed", participant: nil, detail: "from a checkpoint (details not kept)"))
-                if finished[txid] == nil && openTable[txid] == nil { remember(tx) }
+                if finished[txid] == nil && openTable.byID[txid] == nil { remember(tx) }
                 maxEpoch = max(maxEpoch, txid.epoch)
             }
             let heuristicCount = try r.u32()
@@ -442,7 +442,7 @@ public struct Coordinator {
                 for _ in 0..<submissionCount {
                     let txid = try CoordinatorRecordCoding.decodeTxID(&r)
                     let requestID = try r.string(maxCount: Limits.requestIDBytesMax)
-                    if openTable[txid] == nil && finished[txid] == nil {
+                    if openTable.byID[txid] == nil && finished[txid] == nil {
                         // Listed, so committed, and pushed out of `finished` while loading by a
                         // smaller `finishedTransactionsKept` than the writer's.
                         committedSubmissions.add(requestID, .init(txid: txid, finishedAtMs: nowMs))
@@ -465,7 +465,7 @@ public struct Coordinator {
                     let termination: Termination = try r.u8() == 1 ? .quorum : .classic
                     // Not found: pushed out of `finished` while loading by a smaller
                     // `finishedTransactionsKept` than the writer's (its ledger entry says 2PC).
-                    if openTable[txid] != nil {
+                    if openTable.byID[txid] != nil {
                         openTable[txid]!.commitProtocol = .threePhase(termination)
                     } else if finished[txid] != nil {
                         finished[txid]!.commitProtocol = .threePhase(termination)
@@ -485,7 +485,7 @@ public struct Coordinator {
 
         var actions: [Action] = []
         for txid in openTable.byID.keys.sorted() {
-            guard var tx = openTable[txid] else { continue }
+            guard var tx = openTable.byID[txid] else { continue }
             tx.events.append(TimelineEvent(atMs: nowMs, event: "recovered", participant: nil, detail: "re-driving commit after restart"))
             for i in tx.branches.indices where tx.branches[i].state == .commitSent && tx.branches[i].heuristic == nil {
                 actions.append(.send(txid, to: tx.branches[i].participant, .commit))
@@ -527,7 +527,7 @@ public struct Coordinator {
             onePhaseWindows.add(window)
         case .commitDecision(let txid, let participants, let decidedAtMs):
             var tx = Transaction(txid: txid, state: .committing, createdAtMs: decidedAtMs, timeoutMs: 0)
-            if let earlier = openTable[txid] {
+            if let earlier = openTable.byID[txid] {
                 // A 3PC transaction learned committed after a restart: its pre-commit record
                 // came first. Keep its request_id, or the transaction would be forgotten
                 // without it and a resend of the submission run again.
@@ -548,7 +548,7 @@ public struct Coordinator {
         case .audit(let txid, let entry):
             let outcome: Outcome = entry.action == "force-commit" ? .committed : .aborted
             rememberOperatorOutcome(txid, outcome)
-            if var tx = openTable[txid] {
+            if var tx = openTable.byID[txid] {
                 tx.audit.append(entry)
                 openTable[txid] = tx
                 if outcome == .committed && tx.state == .committing { _ = resolveByOperator(txid, nowMs: entry.atMs) }
@@ -583,7 +583,7 @@ public struct Coordinator {
 
     /// Ties a recovered transaction to its request_id, if the transaction is still remembered.
     private mutating func rememberSubmission(_ requestID: String, _ txid: TxID) {
-        if var tx = openTable[txid] {
+        if var tx = openTable.byID[txid] {
             tx.requestID = requestID
             openTable[txid] = tx
         } else if var tx = finished[txid] {
@@ -596,7 +596,7 @@ public struct Coordinator {
     }
 
     private mutating func markAcked(_ txid: TxID, _ name: String) {
-        guard var tx = openTable[txid], let i = tx.branchIndex(name) else { return }
+        guard var tx = openTable.byID[txid], let i = tx.branchIndex(name) else { return }
         tx.branches[i].state = .committed
         openTable[txid] = tx
     }
@@ -681,7 +681,7 @@ public struct Coordinator {
         // `.deciding` counts: its decision is in this snapshot although not yet durable on its
         // own, so a resubmission after a restart must find it rather than run the work again.
         let submitted = submissions.filter { _, txid in
-            if let tx = openTable[txid] {
+            if let tx = openTable.byID[txid] {
                 return tx.outcome == .committed || [.deciding, .preCommitting, .terminating].contains(tx.state)
             }
             return finished[txid]?.outcome == .committed
@@ -716,12 +716,12 @@ public struct Coordinator {
 
     // MARK: - queries
 
-    public func transaction(_ txid: TxID) -> Transaction? { openTable[txid] ?? finished[txid] }
+    public func transaction(_ txid: TxID) -> Transaction? { openTable.byID[txid] ?? finished[txid] }
 
     /// The outcome of a transaction this coordinator no longer keeps whole, from its ledger
     /// (nil: not there; then it is answered 410 or 404 as `forgottenRefusal` says).
     public func forgottenOutcome(_ txid: TxID) -> OutcomeLedger.Entry? {
-        guard openTable[txid] == nil, finished[txid] == nil else { return nil }
+        guard openTable.byID[txid] == nil, finished[txid] == nil else { return nil }
         return outcomeLedger.lookup(txid)
     }
 
@@ -792,7 +792,7 @@ public struct Coordinator {
         case .voted(let txid, let name, let vote):
             return voted(txid, name, vote, nowMs: nowMs)
         case .prepareFailed(let txid, let name, let error):
-            guard var tx = openTable[txid], tx.state == .preparing, let i = tx.branchIndex(name),
+            guard var tx = openTable.byID[txid], tx.state == .preparing, let i = tx.branchIndex(name),
                   tx.branches[i].state == .prepareSent else { return [] }
             tx.branches[i].lastError = error
             tx.branches[i].attempts += 1
@@ -807,7 +807,7 @@ public struct Coordinator {
         case .decisionDurable(let txid):
             return decisionDurable(txid, nowMs: nowMs)
         case .decisionRefused(let txid, let reason):
-            guard var tx = openTable[txid] else { return [] }
+            guard var tx = openTable.byID[txid] else { return [] }
             if tx.state == .deciding, case .threePhase = tx.commitProtocol {
                 // Past the pre-commit, participants may terminate with commit: never abort
                 // here; learn the outcome instead.
@@ -856,7 +856,7 @@ public struct Coordinator {
     public func inquire(_ text: String) -> InquiryAnswer {
         guard let txid = TxID(text) else { return .unknownCoordinator }
         guard txid.coordinatorID == config.coordinatorID else { return .unknownCoordinator }
-        if let tx = openTable[txid] ?? finished[txid] {
+        if let tx = openTable.byID[txid] ?? finished[txid] {
             switch tx.state {
             case .active, .preparing, .preCommitting, .terminating, .deciding: return .pending
             case .committing, .committed: return .committed
@@ -882,7 +882,7 @@ public struct Coordinator {
         switch openTransaction(timeoutMs: timeoutMs, commitProtocol: commitProtocol, nowMs: nowMs) {
         case .failure(let e): return [.reply(request, .error(e))]
         case .success(let txid):
-            let timeout = openTable[txid]!.timeoutMs
+            let timeout = openTable.byID[txid]!.timeoutMs
             return [.setTimer(.transactionTimeout(txid), afterMs: timeout), .reply(request, .begun(txid, timeoutMs: timeout))]
         }
     }
@@ -940,8 +940,8 @@ public struct Coordinator {
             if let earlier = submissions[requestID] {
                 // The same submission again (a client's retry, a duplicating network): the first
                 // one's outcome, never a second run of the work.
-                if openTable[earlier] != nil || finished[earlier] != nil { stats.repeatedSubmissions += 1 }
-                if var tx = openTable[earlier] {
+                if openTable.byID[earlier] != nil || finished[earlier] != nil { stats.repeatedSubmissions += 1 }
+                if var tx = openTable.byID[earlier] {
                     switch tx.state {
                     case .committing: return [.reply(request, .outcome(earlier, .committed, reason: nil))]
                     default:
@@ -1004,7 +1004,7 @@ public struct Coordinator {
     /// transaction while it is kept, else the txid of a committed one the memory still has;
     /// nil when a submission with it now would run.
     public func submission(_ requestID: String) -> SubmissionView? {
-        if let txid = submissions[requestID], let tx = openTable[txid] ?? finished[txid] {
+        if let txid = submissions[requestID], let tx = openTable.byID[txid] ?? finished[txid] {
             return SubmissionView(requestID: requestID, txid: txid.description, state: tx.state.rawValue,
                                   outcome: tx.outcome?.rawValue, transactionKept: true)
         }
@@ -1023,7 +1023,7 @@ public struct Coordinator {
 
     private func lookup(_ text: String) -> Result<TxID, RequestError> {
         guard let txid = TxID(text) else { return .failure(RequestError(400, "malformed txid \"\(text.prefix(80))\"")) }
-        guard openTable[txid] != nil || finished[txid] != nil else {
+        guard openTable.byID[txid] != nil || finished[txid] != nil else {
             return .failure(forgottenRefusal(txid) ?? RequestError(404, "unknown transaction \(text)"))
         }
         return .success(txid)
@@ -1037,7 +1037,7 @@ public struct Coordinator {
             return [.reply(request, .error(RequestError(409, "transaction \(txid) is \(gone.outcome.rawValue) (forgotten); it cannot take new branches")))]
         case .success(let t): txid = t
         }
-        guard var tx = openTable[txid] else {
+        guard var tx = openTable.byID[txid] else {
             let state = finished[txid]?.state.rawValue ?? "finished"
             return [.reply(request, .error(RequestError(409, "transaction \(txid) is \(state); it cannot take new branches")))]
         }
@@ -1127,7 +1127,7 @@ public struct Coordinator {
             return [.reply(request, .outcome(txid, gone.outcome, reason: nil))] + abortNamed(txid, gone, named)
         case .success(let t): txid = t
         }
-        guard var tx = openTable[txid] else {
+        guard var tx = openTable.byID[txid] else {
             let done = finished[txid]!
             return [.reply(request, .outcome(txid, done.outcome ?? .aborted, reason: done.reason))] + abortNamed(txid, done, named)
         }
@@ -1212,7 +1212,7 @@ public struct Coordinator {
         awaitingOnePhaseWindow = []
         var actions: [Action] = []
         for txid in waiting {
-            guard var tx = openTable[txid], tx.awaitsOnePhaseWindow else { continue }
+            guard var tx = openTable.byID[txid], tx.awaitsOnePhaseWindow else { continue }
             if windowRefused {
                 tx.onePhase = false
                 tx.events.append(TimelineEvent(atMs: nowMs, event: "one-phase-window-refused", participant: nil, detail: "commits in two phases"))
@@ -1251,7 +1251,7 @@ public struct Coordinator {
             return [.reply(request, .outcome(txid, .aborted, reason: nil))] + abortNamed(txid, gone, named)
         case .success(let t): txid = t
         }
-        guard var tx = openTable[txid] else {
+        guard var tx = openTable.byID[txid] else {
             let done = finished[txid]!
             if done.outcome == .committed {
                 return [.reply(request, .error(RequestError(409, "transaction \(txid) already committed")))]
@@ -1289,7 +1289,7 @@ public struct Coordinator {
 
     private mutating func voted(_ txid: TxID, _ name: String, _ vote: Vote, nowMs: Int64) -> [Action] {
         // Late and duplicate votes (after a decision) change nothing.
-        guard var tx = openTable[txid], tx.state == .preparing, !tx.onePhase, let i = tx.branchIndex(name),
+        guard var tx = openTable.byID[txid], tx.state == .preparing, !tx.onePhase, let i = tx.branchIndex(name),
               tx.branches[i].state == .prepareSent else { return [] }
         // Out of the table while it changes: `tx` is then the only reference to its arrays, so
         // the edits below do not copy them (copy-on-write); every path puts it back.
@@ -1334,7 +1334,7 @@ public struct Coordinator {
     }
 
     private mutating func decisionDurable(_ txid: TxID, nowMs: Int64) -> [Action] {
-        guard var tx = openTable[txid], tx.state == .deciding else { return [] }
+        guard var tx = openTable.byID[txid], tx.state == .deciding else { return [] }
         // Out of the table while it changes: `tx` is then the only reference to its arrays, so
         // the edits below do not copy them (copy-on-write); every path puts it back.
         openTable.removeValue(forKey: txid)
@@ -1355,7 +1355,7 @@ public struct Coordinator {
     }
 
     private mutating func acknowledged(_ txid: TxID, _ name: String, nowMs: Int64) -> [Action] {
-        guard var tx = openTable[txid], tx.state == .committing, let i = tx.branchIndex(name),
+        guard var tx = openTable.byID[txid], tx.state == .committing, let i = tx.branchIndex(name),
               tx.branches[i].state == .commitSent else { return [] }
         // Out of the table while it changes: `tx` is then the only reference to its arrays, so
         // the edits below do not copy them (copy-on-write); every path puts it back.
@@ -1371,7 +1371,7 @@ public struct Coordinator {
     /// A committing transaction ends once no branch still waits for the commit (each
     /// acknowledged, was resolved by an operator, or reported a heuristic outcome).
     private mutating func endIfDelivered(_ txid: TxID, nowMs: Int64) -> [Action] {
-        guard var tx = openTable[txid], tx.state == .committing else { return [] }
+        guard var tx = openTable.byID[txid], tx.state == .committing else { return [] }
         guard !tx.branches.contains(where: { $0.state == .commitSent && $0.heuristic == nil }) else { return [] }
         tx.state = .committed
         tx.events.append(TimelineEvent(atMs: nowMs, event: "ended", participant: nil, detail: "no branch still waits for the commit"))
@@ -1381,7 +1381,7 @@ public struct Coordinator {
     }
 
     private mutating func onePhaseAnswered(_ txid: TxID, _ name: String, _ outcome: Outcome, _ reason: String?, nowMs: Int64) -> [Action] {
-        guard var tx = openTable[txid], tx.onePhase, tx.state == .preparing, let i = tx.branchIndex(name) else { return [] }
+        guard var tx = openTable.byID[txid], tx.onePhase, tx.state == .preparing, let i = tx.branchIndex(name) else { return [] }
         tx.branches[i].state = outcome == .committed ? .committed : .aborted
         tx.branches[i].vote = outcome == .committed ? .yes : .no(reason: reason ?? "aborted")
         tx.branches[i].lastError = nil
@@ -1394,7 +1394,7 @@ public struct Coordinator {
     }
 
     private mutating func deliveryFailed(_ txid: TxID, _ name: String, _ error: String, nowMs: Int64) -> [Action] {
-        guard var tx = openTable[txid], let i = tx.branchIndex(name) else { return [] }
+        guard var tx = openTable.byID[txid], let i = tx.branchIndex(name) else { return [] }
         let retrying = (tx.state == .committing && tx.branches[i].state == .commitSent)
             || (tx.onePhase && tx.state == .preparing && tx.branches[i].state == .prepareSent)
         guard retrying else { return [] }
@@ -1422,15 +1422,15 @@ public struct Coordinator {
         case .preCommitTimeout(let txid):
             return preCommitTimedOut(txid, nowMs: nowMs)
         case .learn(let txid):
-            guard var tx = openTable[txid], tx.state == .terminating else { return [] }
+            guard var tx = openTable.byID[txid], tx.state == .terminating else { return [] }
             let queries = Self.stateQueries(&tx)
             openTable[txid] = tx
             return queries + [.setTimer(.learn(txid), afterMs: config.learnIntervalMs)]
         case .transactionTimeout(let txid):
-            guard let tx = openTable[txid], tx.state == .active || (tx.state == .preparing && !tx.onePhase) else { return [] }
+            guard let tx = openTable.byID[txid], tx.state == .active || (tx.state == .preparing && !tx.onePhase) else { return [] }
             return decideAbort(txid, reason: "timed out after \(tx.timeoutMs)ms", nowMs: nowMs)
         case .retry(let txid, let name):
-            guard var tx = openTable[txid], let i = tx.branchIndex(name) else { return [] }
+            guard var tx = openTable.byID[txid], let i = tx.branchIndex(name) else { return [] }
             tx.branches[i].attempts += 1
             tx.branches[i].nextRetryAtMs = nil
             openTable[txid] = tx
@@ -1543,7 +1543,7 @@ extension Coordinator {
     /// What forcing `outcome` on `txid` would do, or why it is refused.
     /// `effects` is empty when nothing needs doing (the outcome already holds).
     func planForce(_ txid: TxID, _ outcome: Outcome) -> Result<[String], RequestError> {
-        if let tx = openTable[txid] {
+        if let tx = openTable.byID[txid] {
             let pending = tx.branches.filter { $0.state == .commitSent && $0.heuristic == nil }.map(\.participant.name)
             switch (tx.state, outcome) {
             case (.preparing, .aborted) where !tx.onePhase, (.active, .aborted):
@@ -1614,7 +1614,7 @@ extension Coordinator {
         let plan = planForce(txid, outcome)
         if case .success(let effects) = plan, !effects.isEmpty { rememberOperatorOutcome(txid, outcome) }
         // Attach the audit entry wherever the transaction now is.
-        if var tx = openTable[txid] {
+        if var tx = openTable.byID[txid] {
             tx.audit.append(pending.entry)
             if tx.audit.count > Limits.auditEntriesPerTransactionMax { tx.audit.removeFirst(tx.audit.count - Limits.auditEntriesPerTransactionMax) }
             tx.events.append(TimelineEvent(atMs: nowMs, event: "forced", participant: nil, detail: "\(pending.entry.action) by \(pending.entry.operatorName): \(pending.entry.reason)"))
@@ -1644,7 +1644,7 @@ extension Coordinator {
     /// Ends a committing transaction that an operator resolved: the branches still waiting
     /// are marked, retries stop, and `operatorOutcomes` keeps answering "committed".
     mutating func resolveByOperator(_ txid: TxID, nowMs: Int64) -> [Action] {
-        guard var tx = openTable[txid], tx.state == .committing else { return [] }
+        guard var tx = openTable.byID[txid], tx.state == .committing else { return [] }
         for i in tx.branches.indices where tx.branches[i].state == .commitSent && tx.branches[i].heuristic == nil {
             tx.branches[i].state = .resolvedByOperator
             tx.branches[i].nextRetryAtMs = nil
@@ -1663,7 +1663,7 @@ extension Coordinator {
             return [.reply(request, .error(RequestError(409, "\(gone) is \(entry.outcome.rawValue) (forgotten); nothing to retry")))]
         case .success(let t): txid = t
         }
-        guard var tx = openTable[txid] else { return [.reply(request, .error(RequestError(409, "\(txid) is finished; nothing to retry")))] }
+        guard var tx = openTable.byID[txid] else { return [.reply(request, .error(RequestError(409, "\(txid) is finished; nothing to retry")))] }
         var actions: [Action] = []
         var names: [String] = []
         let everyone = tx.branches.map(\.participant)
@@ -1700,7 +1700,7 @@ extension Coordinator {
         guard txid.epoch < epoch || (txid.epoch == epoch && txid.sequence < nextSequence) else {
             return RequestError(404, "\(txid) was never begun at this coordinator")
         }
-        guard let tx = openTable[txid] ?? finished[txid] else { return nil }
+        guard let tx = openTable.byID[txid] ?? finished[txid] else { return nil }
         if tx.branchIndex(participant) != nil { return nil }
         // A transaction known only from earlier reports (forgotten here, presumed aborted)
         // learns its branches from them, up to the branch limit.
@@ -1714,7 +1714,7 @@ extension Coordinator {
     /// transaction end (that branch no longer waits for the commit).
     mutating func noteHeuristic(_ txid: TxID, participant: String, outcome: Outcome, nowMs: Int64) -> [Action] {
         let detail = "operator at \(participant) forced \(outcome.rawValue)"
-        if var tx = openTable[txid] {
+        if var tx = openTable.byID[txid] {
             if let i = tx.branchIndex(participant) { tx.branches[i].heuristic = outcome }
             tx.events.append(TimelineEvent(atMs: nowMs, event: "heuristic-reported", participant: participant, detail: detail))
             trimEvents(&tx)
@@ -1756,7 +1756,7 @@ extension Coordinator {
     static func quorum(_ participants: Int) -> Int { participants / 2 + 1 }
 
     mutating func preCommitDurable(_ txid: TxID, nowMs: Int64) -> [Action] {
-        guard var tx = openTable[txid], tx.state == .preCommitting else { return [] }
+        guard var tx = openTable.byID[txid], tx.state == .preCommitting else { return [] }
         var actions: [Action] = []
         for i in tx.branches.indices where tx.branches[i].state == .prepared {
             tx.branches[i].state = .preCommitSent
@@ -1768,7 +1768,7 @@ extension Coordinator {
     }
 
     mutating func preCommitAcknowledged(_ txid: TxID, _ name: String, nowMs: Int64) -> [Action] {
-        guard var tx = openTable[txid], tx.state == .preCommitting, let i = tx.branchIndex(name),
+        guard var tx = openTable.byID[txid], tx.state == .preCommitting, let i = tx.branchIndex(name),
               tx.branches[i].state == .preCommitSent else { return [] }
         tx.branches[i].state = .preCommitted
         tx.events.append(TimelineEvent(atMs: nowMs, event: "pre-commit-acknowledged", participant: name, detail: nil))
@@ -1782,7 +1782,7 @@ extension Coordinator {
     /// splits the outcome under a partition. Quorum 3PC commits only with a quorum of
     /// acknowledgements, and otherwise stops deciding.
     mutating func preCommitTimedOut(_ txid: TxID, nowMs: Int64) -> [Action] {
-        guard let tx = openTable[txid], tx.state == .preCommitting, case .threePhase(let termination) = tx.commitProtocol else { return [] }
+        guard let tx = openTable.byID[txid], tx.state == .preCommitting, case .threePhase(let termination) = tx.commitProtocol else { return [] }
         let updates = tx.branches.filter { $0.vote == .yes }
         let acked = updates.filter { $0.state == .preCommitted }.count
         switch termination {
@@ -1797,7 +1797,7 @@ extension Coordinator {
     }
 
     mutating func decideCommitAfterPreCommit(_ txid: TxID, detail: String, nowMs: Int64) -> [Action] {
-        guard var tx = openTable[txid], tx.state == .preCommitting else { return [] }
+        guard var tx = openTable.byID[txid], tx.state == .preCommitting else { return [] }
         tx.state = .deciding
         tx.events.append(TimelineEvent(atMs: nowMs, event: "deciding", participant: nil, detail: detail))
         openTable[txid] = tx
@@ -1807,7 +1807,7 @@ extension Coordinator {
 
     /// The coordinator gives up deciding and asks the participants until one has an outcome.
     mutating func startLearning(_ txid: TxID, because reason: String, nowMs: Int64) -> [Action] {
-        guard var tx = openTable[txid], tx.state == .preCommitting else { return [] }
+        guard var tx = openTable.byID[txid], tx.state == .preCommitting else { return [] }
         tx.state = .terminating
         tx.events.append(TimelineEvent(atMs: nowMs, event: "terminating", participant: nil, detail: reason))
         let queries = Self.stateQueries(&tx)
@@ -1827,7 +1827,7 @@ extension Coordinator {
 
     /// While learning: adopt the first outcome a participant reports; never contradict it.
     mutating func stateAnswered(_ txid: TxID, _ name: String, _ state: ThreePhaseState?, nowMs: Int64) -> [Action] {
-        guard var tx = openTable[txid] else { return [] }
+        guard var tx = openTable.byID[txid] else { return [] }
         if let i = tx.branchIndex(name), tx.branches[i].stateQueryOutstanding {
             tx.branches[i].stateQueryOutstanding = false
             openTable[txid] = tx

@@ -233,7 +233,7 @@ public struct TCCCoordinator {
 
     public var unfinishedCount: Int { openTable.count }
     public var parkedCount: Int { openTable.byID.values.reduce(0) { $0 + ($1.parked ? 1 : 0) } }
-    public func transaction(_ txid: TxID) -> Transaction? { openTable[txid] ?? finished[txid] }
+    public func transaction(_ txid: TxID) -> Transaction? { openTable.byID[txid] ?? finished[txid] }
 
     /// The outcome of a TCC transaction no longer kept whole, from the ledger.
     public func forgottenOutcome(_ txid: TxID) -> Outcome? {
@@ -280,13 +280,13 @@ public struct TCCCoordinator {
         case .register(let request, let text, let spec):
             return register(request, text, spec, nowMs: nowMs)
         case .branchDurable(let txid, let id):
-            guard var tx = openTable[txid], let i = tx.index(id), tx.branches[i].state == .registering else { return [] }
+            guard var tx = openTable.byID[txid], let i = tx.index(id), tx.branches[i].state == .registering else { return [] }
             tx.branches[i].state = .trying
             note(&tx, nowMs, "try-sent", branch: id)
             openTable[txid] = tx
             return [call(tx, i, .try)]
         case .branchRefused(let txid, let id, let reason):
-            guard var tx = openTable[txid], let i = tx.index(id), tx.branches[i].state == .registering else { return [] }
+            guard var tx = openTable.byID[txid], let i = tx.index(id), tx.branches[i].state == .registering else { return [] }
             let waiter = tx.branches[i].waiter
             openBranchBytes -= tx.branches[i].spec.heldBytes
             tx.branches.remove(at: i)
@@ -332,7 +332,7 @@ public struct TCCCoordinator {
                 }
             }
         case .decisionDurable(let txid):
-            guard var tx = openTable[txid], tx.state == .deciding else { return [] }
+            guard var tx = openTable.byID[txid], tx.state == .deciding else { return [] }
             tx.state = .confirming
             tx.outcome = .committed
             tx.settleStartedAtMs = nowMs
@@ -346,7 +346,7 @@ public struct TCCCoordinator {
             openTable[txid] = tx
             return actions
         case .decisionRefused(let txid, let reason):
-            guard let tx = openTable[txid], tx.state == .deciding else { return [] }
+            guard let tx = openTable.byID[txid], tx.state == .deciding else { return [] }
             return startCancel(txid, reason: "the confirm decision could not be recorded: \(reason)", nowMs: nowMs)
         case .settled(let txid, let id, let phase, let error):
             return settled(txid, id, phase, error: error, nowMs: nowMs)
@@ -362,13 +362,13 @@ public struct TCCCoordinator {
         case .timerFired(let timer):
             switch timer {
             case .timeout(let txid):
-                guard let tx = openTable[txid], tx.state == .active else { return [] }
+                guard let tx = openTable.byID[txid], tx.state == .active else { return [] }
                 // An operator's decision is being recorded: it decides (a cancel now could
                 // contradict a forced commit whose audit record becomes durable).
                 if pendingForces[txid] != nil { return [.setTimer(.timeout(txid), afterMs: Limits.retryDelayMsMin)] }
                 return startCancel(txid, reason: "timed out after \(tx.timeoutMs)ms", nowMs: nowMs)
             case .retry(let txid, let id):
-                guard var tx = openTable[txid], let i = tx.index(id) else { return [] }
+                guard var tx = openTable.byID[txid], let i = tx.index(id) else { return [] }
                 let phase: Call
                 switch tx.branches[i].state {
                 case .confirming: phase = .confirm
@@ -445,7 +445,7 @@ public struct TCCCoordinator {
     }
 
     private mutating func tryAnswered(_ txid: TxID, _ id: String, _ result: TryResult, nowMs: Int64) -> [Action] {
-        guard var tx = openTable[txid], let i = tx.index(id), tx.branches[i].state == .trying else { return [] }
+        guard var tx = openTable.byID[txid], let i = tx.index(id), tx.branches[i].state == .trying else { return [] }
         let waiter = tx.branches[i].waiter
         tx.branches[i].waiter = nil
         switch result {
@@ -511,7 +511,7 @@ public struct TCCCoordinator {
 
     /// Cancels every registered branch (tried, failed, or with its try unanswered).
     private mutating func startCancel(_ txid: TxID, reason: String, nowMs: Int64) -> [Action] {
-        guard var tx = openTable[txid] else { return [] }
+        guard var tx = openTable.byID[txid] else { return [] }
         tx.state = .cancelling
         tx.outcome = .aborted
         tx.reason = tx.reason ?? reason
@@ -535,7 +535,7 @@ public struct TCCCoordinator {
     }
 
     private mutating func settled(_ txid: TxID, _ id: String, _ phase: Call, error: String?, nowMs: Int64) -> [Action] {
-        guard var tx = openTable[txid], let i = tx.index(id) else { return [] }
+        guard var tx = openTable.byID[txid], let i = tx.index(id) else { return [] }
         let error = error?.clippedUTF8(toBytes: Limits.reasonBytesMax)
         let expected: BranchState = phase == .confirm ? .confirming : .cancelling
         guard tx.branches[i].state == expected else { return [] }
@@ -653,11 +653,11 @@ public struct TCCCoordinator {
             switch record {
             case .branch(let txid, let spec, let createdAtMs, let timeoutMs):
                 guard finished[txid] == nil else { continue }
-                var tx = openTable[txid] ?? Transaction(txid: txid, state: .active, createdAtMs: createdAtMs, timeoutMs: timeoutMs)
+                var tx = openTable.byID[txid] ?? Transaction(txid: txid, state: .active, createdAtMs: createdAtMs, timeoutMs: timeoutMs)
                 if tx.index(spec.branchID) == nil { tx.branches.append(Branch(spec: spec, state: .trying)) }
                 openTable[txid] = tx
             case .confirmDecision(let txid, let ids, let atMs):
-                guard var tx = openTable[txid] else { continue }
+                guard var tx = openTable.byID[txid] else { continue }
                 tx.state = .confirming
                 tx.outcome = .committed
                 tx.settleStartedAtMs = atMs
@@ -669,7 +669,7 @@ public struct TCCCoordinator {
                     finished[txid] = tx
                     continue
                 }
-                guard var tx = openTable[txid] else { continue }
+                guard var tx = openTable.byID[txid] else { continue }
                 tx.audit.append(entry)
                 tx.reason = tx.reason ?? "forced by operator \(entry.operatorName): \(entry.reason)"
                 if resolvesPending {
@@ -705,7 +705,7 @@ public struct TCCCoordinator {
         openBranchBytes = openTable.byID.values.reduce(0) { $0 + $1.heldBytes }
         var actions: [Action] = []
         for txid in openTable.byID.keys.sorted() {
-            guard var tx = openTable[txid] else { continue }
+            guard var tx = openTable.byID[txid] else { continue }
             if tx.state == .deciding || tx.state == .confirming || tx.outcome == .committed {
                 tx.state = .confirming
                 tx.outcome = .committed
@@ -776,7 +776,7 @@ extension TCCCoordinator {
     /// the outcome already holds. `resolvesPending`: the decision ends the wait for branches
     /// whose confirm or cancel is still pending (they are no longer called).
     func planForce(_ txid: TxID, _ outcome: Outcome) -> Result<(effects: [String], resolvesPending: Bool), RequestError> {
-        if let tx = openTable[txid] {
+        if let tx = openTable.byID[txid] {
             func names(_ states: Set<BranchState>) -> [String] { tx.branches.filter { states.contains($0.state) }.map(\.spec.branchID) }
             switch (tx.state, outcome) {
             case (.active, .aborted):
@@ -853,7 +853,7 @@ extension TCCCoordinator {
         guard let pending = pendingForces.removeValue(forKey: txid) else { return [] }
         let outcome = pending.force.outcome
         let detail = "\(pending.entry.action) by \(pending.entry.operatorName): \(pending.entry.reason)"
-        if var tx = openTable[txid] {
+        if var tx = openTable.byID[txid] {
             tx.audit.append(pending.entry)
             if tx.audit.count > Limits.auditEntriesPerTransactionMax { tx.audit.removeFirst(tx.audit.count - Limits.auditEntriesPerTransactionMax) }
             note(&tx, nowMs, "forced", detail: detail)
@@ -876,7 +876,7 @@ extension TCCCoordinator {
         case .success(let p):
             let reason = "forced by operator \(pending.entry.operatorName): \(pending.entry.reason)"
             var actions: [Action] = []
-            var tx = openTable[txid]!
+            var tx = openTable.byID[txid]!
             if p.resolvesPending {
                 for i in tx.branches.indices where tx.branches[i].state == .confirming || tx.branches[i].state == .cancelling {
                     tx.branches[i].state = .resolvedByOperator
@@ -916,7 +916,7 @@ extension TCCCoordinator {
             return [.reply(request, .error(RequestError(409, "\(gone) is \(outcome.rawValue) (forgotten); nothing to retry")))]
         case .success(let t): txid = t
         }
-        guard var tx = openTable[txid] else { return [.reply(request, .error(RequestError(409, "\(txid) is finished; nothing to retry")))] }
+        guard var tx = openTable.byID[txid] else { return [.reply(request, .error(RequestError(409, "\(txid) is finished; nothing to retry")))] }
         var actions: [Action] = []
         var names: [String] = []
         for i in tx.branches.indices {

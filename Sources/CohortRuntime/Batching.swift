@@ -82,6 +82,13 @@ public final class BatchingSender {
         var inFlight = 0
         /// Messages sent to the peer and not answered yet: queued, split, or in an exchange.
         var unanswered = 0
+
+        /// One exchange is over, `answered` of its messages with their answer (one access to
+        /// the table for both counts).
+        mutating func exchangeEnded(answered: Int) {
+            inFlight -= 1
+            unanswered -= answered
+        }
         var queue: [Queued] = []
         /// The halves of batches the peer refused as too large (413), sent before the queue, in
         /// order: their messages were sent once already and have no answer yet.
@@ -187,8 +194,7 @@ public final class BatchingSender {
         // and sent again).
         let done: (_ answered: Int) -> Void = { [weak self] answered in
             guard let self else { return }
-            self.peers[baseURL]?.inFlight -= 1
-            self.peers[baseURL]?.unanswered -= answered
+            self.peers[baseURL]?.exchangeEnded(answered: answered)
             if let p = self.peers[baseURL], p.inFlight == 0, p.queue.isEmpty, p.split.isEmpty { self.peers.removeValue(forKey: baseURL) }
             self.flush(baseURL)
         }
