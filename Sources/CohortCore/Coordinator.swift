@@ -2023,21 +2023,27 @@ struct OpenTransactions<Value: SettlingTransaction> {
     subscript(txid: TxID) -> Value? {
         get { byID[txid] }
         set {
-            // The old value comes back out of the table (moved, not copied): reading it first
-            // copied every transaction written (a profile's `initializeWithCopy`).
-            let now = newValue?.isSettling ?? false
-            let old: Value?
-            if let value = newValue { old = byID.updateValue(value, forKey: txid) } else { old = byID.removeValue(forKey: txid) }
-            let was = old?.isSettling ?? false
-            if was != now { settlingCount += now ? 1 : -1 }
-            precondition(settlingCount >= 0, "settling count below zero")
+            if let value = newValue { put(value, txid) } else { removeValue(forKey: txid) }
         }
+    }
+
+    /// Values are read once they are owned (the one put, the one the table gives back), never
+    /// through an optional chain on a borrowed one: that copied the whole transaction, ten
+    /// times a transfer (the profile's `outlined init with copy of Transaction?`).
+    mutating func put(_ value: Value, _ txid: TxID) {
+        let now = value.isSettling
+        if let old = byID.updateValue(value, forKey: txid) {
+            if old.isSettling != now { settlingCount += now ? 1 : -1 }
+        } else if now {
+            settlingCount += 1
+        }
+        precondition(settlingCount >= 0, "settling count below zero")
     }
 
     @discardableResult
     mutating func removeValue(forKey txid: TxID) -> Value? {
-        let removed = byID.removeValue(forKey: txid)
-        if removed?.isSettling == true { settlingCount -= 1 }
+        guard let removed = byID.removeValue(forKey: txid) else { return nil }
+        if removed.isSettling { settlingCount -= 1 }
         return removed
     }
 }
