@@ -705,15 +705,19 @@ public final class CoordinatorNode {
         let selected = (classic + tccs).sorted { $0.0 > $1.0 }.prefix(limit).map(\.1)
         // Bounded in bytes too: 10,000 parked transactions of two branches made 31 MB, built in
         // 1.6 s on the event loop, and more than txctl reads (a black-box probe).
-        var kept: [TransactionView] = []
-        var bytes = 0
+        // Each view is encoded once, into the body itself (`TransactionList`'s form), so the
+        // bound costs no second encoding of what is kept.
+        var body = Array(#"{"transactions":["#.utf8)
+        var kept = 0
         for view in selected {
-            bytes += JSONBody.encode(view).count + 1
-            if bytes > Limits.transactionsListedBytesMax && !kept.isEmpty { break }
-            kept.append(view)
+            let encoded = JSONBody.encode(view)
+            if kept > 0 && body.count + encoded.count + 1 > Limits.transactionsListedBytesMax { break }
+            if kept > 0 { body.append(UInt8(ascii: ",")) }
+            body += encoded
+            kept += 1
         }
-        let truncated = kept.count < selected.count
-        responder.send(.jsonBytes(200, JSONBody.encode(TransactionList(transactions: kept, truncated: truncated ? true : nil))))
+        body += Array((kept < selected.count ? #"],"truncated":true}"# : "]}").utf8)
+        responder.send(.jsonBytes(200, body))
     }
 
     // MARK: - TCC

@@ -329,47 +329,57 @@ final class ServerConnection {
         server.connectionClosed(self)
     }
 
+    /// A timeout that ends the connection.
+    private enum Expiry {
+        /// A request begun and not received in time: 408.
+        case request
+        /// Answers still owed to a client that closed its side: it most likely gave up.
+        case peerGone
+        /// Connected and never said anything: no client of ours does that.
+        case silentSinceAccept
+        /// Nothing in progress, for the idle timeout.
+        case idle
+        /// Answers not taken by the peer, for the idle timeout.
+        case stalledWrite
+    }
+
+    /// The timeout that acts on this connection at `nowMs`, in the order they are checked.
+    private func expiry(_ nowMs: Int64) -> Expiry? {
+        if requestStartMs != 0 && nowMs - requestStartMs > server.config.requestTimeoutMs { return .request }
+        if peerClosed && nowMs - peerClosedAtMs > Limits.httpPeerClosedAnswerWaitMs { return .peerGone }
+        let idle = inFlight == 0 && !parser.hasPartialRequest
+        if idle && !heardFrom && nowMs - acceptedAtMs > server.config.firstByteTimeoutMs { return .silentSinceAccept }
+        guard nowMs - lastActivityMs > server.config.idleTimeoutMs else { return nil }
+        if idle { return .idle }
+        return outOffset < out.count ? .stalledWrite : nil
+    }
+
     /// Called by the server's periodic sweep.
     func checkTimeouts(nowMs: Int64) {
         if lingering {
             if nowMs - lingerStartMs > Limits.httpLingerMs { close() }
             return
         }
-        // Before a timeout closes a connection for silence, read what the kernel holds for it:
-        // on a loop busy with other connections' work its request may have sat there unread
-        // (a black-box probe: under a flood of pipelined orders, connections whose requests had
-        // arrived were closed as silent after 5 s, and their clients got a reset, /healthz too).
-        if mayReadMore && !peerClosed && timedOut(nowMs) {
+        var expired = expiry(nowMs)
+        switch expired {
+        case .request?, .silentSinceAccept?, .idle?:
+            // Before a timeout closes a connection for silence, read what the kernel holds for
+            // it: on a loop busy with other connections' work its request may have sat there
+            // unread (a black-box probe: under a flood of pipelined orders, connections whose
+            // requests had arrived were closed as silent after 5 s, and their clients got a
+            // reset, /healthz too).
+            guard mayReadMore && !peerClosed else { break }
             onReadable()
             if closed { return }
+            expired = expiry(max(nowMs, lastActivityMs))
+        case .peerGone?, .stalledWrite?, nil:
+            break
         }
-        let nowMs = max(nowMs, lastActivityMs)
-        if requestStartMs != 0 && nowMs - requestStartMs > server.config.requestTimeoutMs {
-            fail(408, "request not received in time")
-            return
+        switch expired {
+        case .request?: fail(408, "request not received in time")
+        case .peerGone?, .silentSinceAccept?, .idle?, .stalledWrite?: close()
+        case nil: break
         }
-        if peerClosed && nowMs - peerClosedAtMs > Limits.httpPeerClosedAnswerWaitMs {
-            // Answers still owed to a client that closed its side: it most likely gave up.
-            close()
-            return
-        }
-        let idle = inFlight == 0 && !parser.hasPartialRequest
-        if idle && !heardFrom && nowMs - acceptedAtMs > server.config.firstByteTimeoutMs {
-            close()  // connected and never said anything: no client of ours does that
-            return
-        }
-        let stalledWrite = outOffset < out.count
-        if (idle || stalledWrite) && nowMs - lastActivityMs > server.config.idleTimeoutMs {
-            close()
-        }
-    }
-
-    /// Whether one of the silence timeouts below would act now.
-    private func timedOut(_ nowMs: Int64) -> Bool {
-        let idle = inFlight == 0 && !parser.hasPartialRequest
-        return (requestStartMs != 0 && nowMs - requestStartMs > server.config.requestTimeoutMs)
-            || (idle && !heardFrom && nowMs - acceptedAtMs > server.config.firstByteTimeoutMs)
-            || (idle && nowMs - lastActivityMs > server.config.idleTimeoutMs)
     }
 }
 

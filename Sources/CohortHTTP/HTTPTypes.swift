@@ -165,8 +165,7 @@ public struct HTTPResponse {
     /// Made once: built per answer, the literal was an array and a string allocated each time.
     private static let jsonHeaders: HTTPHeaders = ["Content-Type": "application/json"]
 
-    /// `{"error": message}` with the message JSON-escaped.
-    /// `{"error": message}`, the message clipped to `Limits.httpErrorMessageBytesMax` (at a
+    /// `{"error": message}` JSON-escaped, the message clipped to `Limits.httpErrorMessageBytesMax` (at a
     /// character boundary, with "…"): messages that quote a request's path or value echoed a
     /// 15 KB path back whole (a black-box probe).
     public static func error(_ status: Int, _ message: String) -> HTTPResponse {

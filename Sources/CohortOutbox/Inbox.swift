@@ -50,7 +50,7 @@ public final class Inbox {
             """)
         outboxSource = withOutbox ? try OutboxSchema.prepare(connection, name: nil) : nil
         // Replies are a producer's messages: their ids must not repeat after a restore either.
-        if withOutbox { try OutboxSchema.raiseIDFloor(connection, floor: SystemClock.wallMs() * 1000) }
+        if withOutbox { try OutboxSchema.raiseIDFloor(connection, wallMs: SystemClock.wallMs()) }
     }
 
     public func close() { connection.close() }

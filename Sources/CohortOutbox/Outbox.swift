@@ -44,7 +44,8 @@ enum OutboxSchema {
     /// long as the producer made fewer than a million messages a second on average since its
     /// previous open and the clock did not go back (the coordinator's txid epochs rely on the
     /// same), so a copy restored from a backup continues above every id it ever issued.
-    static func raiseIDFloor(_ c: SQLiteConnection, floor: Int64) throws {
+    static func raiseIDFloor(_ c: SQLiteConnection, wallMs: Int64) throws {
+        let floor = wallMs * 1000
         try c.transaction {
             let current = try c.query("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").first?.first?.int
             switch current {
@@ -102,7 +103,7 @@ public final class Outbox {
     public init(path: String, sync: SyncMode = .full, name: String? = nil, idFloorMs: Int64? = SystemClock.wallMs()) throws {
         connection = try SQLiteConnection(path: path, sync: sync)
         source = try OutboxSchema.prepare(connection, name: name)
-        if let idFloorMs { try OutboxSchema.raiseIDFloor(connection, floor: idFloorMs * 1000) }
+        if let idFloorMs { try OutboxSchema.raiseIDFloor(connection, wallMs: idFloorMs) }
     }
 
     /// Runs `body` in one local transaction (BEGIN IMMEDIATE ... COMMIT). If it throws, the

@@ -89,9 +89,9 @@ public enum TCCBarrier {
                     nowMs: Int64, deadlineMs: Int64?, skewMarginMs: Int64, testOnlyIgnoreFence: Bool = false,
                     business: () throws -> JSONValue?) throws -> TCCPhaseOutcome {
         let key: [SQLValue] = [.text(resource), .text(txid), .text(branchID)]
-        func insert(_ op: String, _ note: String) throws -> Bool {
-            try db.run("INSERT INTO tcc_barrier(resource, txid, branch_id, op, note, at_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
-                       key + [.text(op), .text(note), .int(nowMs)]) == 1
+        func insert(_ op: String, _ note: String, digest: String? = nil) throws -> Bool {
+            try db.run("INSERT INTO tcc_barrier(resource, txid, branch_id, op, note, at_ms, payload_digest) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                       key + [.text(op), .text(note), .int(nowMs), digest.map(SQLValue.text) ?? .null]) == 1
         }
         func row(_ op: String) throws -> (note: String, result: JSONValue?, payloadDigest: String?)? {
             guard let r = try db.query("SELECT note, result, payload_digest FROM tcc_barrier WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = ?4",
@@ -102,9 +102,7 @@ public enum TCCBarrier {
         switch phase {
         case .try:
             let digest = payloadDigest(payload)
-            if try insert("try", "tried") {
-                try db.run("UPDATE tcc_barrier SET payload_digest = ?4 WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = 'try'",
-                           key + [.text(digest)])
+            if try insert("try", "tried", digest: digest) {
                 // Subtracted from the clock, not added to the deadline: the deadline comes from
                 // a request body, and near Int64.max the sum would overflow and stop the process.
                 if let deadlineMs, nowMs - skewMarginMs > deadlineMs {

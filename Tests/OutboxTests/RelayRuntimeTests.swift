@@ -39,6 +39,17 @@ final class SteppedClock: @unchecked Sendable {
 
 /// OutboxRelay, the runtime: a real table, a sink in memory, an event loop.
 final class RelayRuntimeTests: XCTestCase {
+    /// A producer's database, a second connection that counts its rows, and an event loop
+    /// running on its own thread (the caller stops it with `stopAndJoin`).
+    func rig(_ name: String) throws -> (path: String, outbox: Outbox, counts: OutboxStore, loop: EventLoop) {
+        let path = tempDB(name)
+        let outbox = try Outbox(path: path)
+        let counts = try OutboxStore(path: path)
+        let loop = try EventLoop()
+        loop.startThread()
+        return (path, outbox, counts, loop)
+    }
+
     func onLoop(_ loop: EventLoop, _ body: @escaping () -> Void) {
         let done = DispatchSemaphore(value: 0)
         loop.execute { body(); done.signal() }
@@ -50,11 +61,7 @@ final class RelayRuntimeTests: XCTestCase {
     /// polling and delivers what is committed afterwards. On the wall clock every timer would
     /// lie an hour ahead: a message committed without a wake would wait an hour.
     func testAWallClockStepBackDoesNotStallTheRelay() throws {
-        let path = tempDB("p")
-        let outbox = try Outbox(path: path)
-        let counts = try OutboxStore(path: path)
-        let loop = try EventLoop()
-        loop.startThread()
+        let (path, outbox, counts, loop) = try rig("p")
         defer { loop.stopAndJoin() }
         let wall = SteppedClock()
         let relay = OutboxRelay(store: try OutboxStore(path: path), sink: MemorySink(loop: loop), loop: loop,
@@ -75,11 +82,7 @@ final class RelayRuntimeTests: XCTestCase {
     /// (a black-box probe: a damaged database stopped all delivery while it said "ok"), and the
     /// failures are counted; once reads work again it is "ok" and the relay delivers.
     func testHealthzSaysDegradedWhileTheTableCannotBeRead() throws {
-        let path = tempDB("h")
-        let outbox = try Outbox(path: path)
-        let counts = try OutboxStore(path: path)
-        let loop = try EventLoop()
-        loop.startThread()
+        let (path, outbox, counts, loop) = try rig("h")
         defer { loop.stopAndJoin() }
         let relay = OutboxRelay(store: try OutboxStore(path: path), sink: MemorySink(loop: loop), loop: loop)
         var host: RelayHost?
@@ -115,11 +118,7 @@ final class RelayRuntimeTests: XCTestCase {
     /// A sink that stops answering is said once (not once per retry), and its return is said
     /// too; a relay used to say nothing while its messages waited.
     func testAnUnreachableSinkIsReportedOnceAndItsReturnToo() throws {
-        let path = tempDB("s")
-        let outbox = try Outbox(path: path)
-        let counts = try OutboxStore(path: path)
-        let loop = try EventLoop()
-        loop.startThread()
+        let (path, outbox, counts, loop) = try rig("s")
         defer { loop.stopAndJoin() }
         let sink = MemorySink(loop: loop)
         sink.answer = .unavailable("POST http://127.0.0.1:9/v1/inbox: connection refused")
