@@ -131,6 +131,10 @@ public enum Limits {
     public static let httpChunkSizeHexDigitsMax = 8
     /// A request must arrive completely within this time once its first byte did.
     public static let httpRequestTimeoutMs: Int64 = 10_000
+    /// At the connection limit with no idle connection to close, one whose request has been
+    /// arriving this long is closed to admit the new one. Cohort's clients write a request
+    /// at once; a second is a link far slower than any it is deployed on.
+    public static let httpSlowRequestEvictableMs: Int64 = 1_000
     /// An idle keep-alive connection is closed after this.
     public static let httpIdleTimeoutMs: Int64 = 60_000
     /// A new connection that has sent nothing this long after it was accepted is closed. Every

@@ -134,6 +134,14 @@ final class ServerConnection {
             && inFlight == 0 && outOffset >= out.count && !parser.hasPartialRequest
     }
 
+    /// A request has been arriving for `Limits.httpSlowRequestEvictableMs` or more, and no answer
+    /// is owed or unsent: at the connection limit, closing it costs the peer only that
+    /// unfinished request (`HTTPServer.makeRoom`).
+    func isSlowRequest(nowMs: Int64) -> Bool {
+        !closed && !rejected && !lingering && !closeQueued && inFlight == 0 && outOffset >= out.count
+            && requestStartMs != 0 && nowMs - requestStartMs >= Limits.httpSlowRequestEvictableMs
+    }
+
     func onEvents(_ events: IOEvents) {
         if events.contains(.hangup) && !events.contains(.readable) {
             close()
@@ -428,8 +436,11 @@ public final class HTTPServer {
     public var connectionCount: Int { connections.count }
     /// Connections accepted since start (served or refused); loop thread.
     public private(set) var connectionsAccepted = 0
-    /// Idle connections closed to admit a new one at the connection limit; loop thread.
+    /// Connections closed to admit a new one at the connection limit (idle ones, and ones whose
+    /// request was arriving too slowly); loop thread.
     public private(set) var connectionsEvicted = 0
+    /// Of `connectionsEvicted`, those closed with a request still arriving; loop thread.
+    public private(set) var slowRequestsEvicted = 0
     /// Requests handed to the handler since start (a `/v1/batch` counts once); loop thread.
     public internal(set) var requestsServed = 0
     /// Encoded answers all connections hold and their peers have not read (unsent or waiting
@@ -477,7 +488,7 @@ public final class HTTPServer {
             }
             guard let fd else { return }
             connectionsAccepted += 1
-            if activeCount >= config.maxConnections { evictIdlest() }
+            if activeCount >= config.maxConnections { makeRoom() }
             let reject = activeCount >= config.maxConnections
             if reject && rejectedCount >= Limits.httpRejectedConnectionsMax {
                 // Too many refusals still draining: drop without an answer rather than grow.
@@ -505,17 +516,33 @@ public final class HTTPServer {
     /// At the connection limit, closes the connection that has been idle longest (see
     /// `ServerConnection.isIdle`), so that connections which only sit there — a slow-loris
     /// client's, or pools kept alive by clients gone quiet — cannot lock every new client out
-    /// until they time out. Refusing with 503 is left for when every connection is busy.
+    /// until they time out. Failing that, closes the one whose request has been arriving
+    /// longest, if that is past `Limits.httpSlowRequestEvictableMs` (`isSlowRequest`). Refusing
+    /// with 503 is left for when every connection is busy with an answer owed or a request
+    /// that is arriving at a normal pace.
     /// A scan rather than an idle list kept in order: it runs only at the limit, and keeping
     /// a list would cost every request on the hot path.
     /// A connection whose next request already waits in its socket, unread because this pass
     /// of the loop took the new connection first, is not idle: closing it would drop a request
     /// the client has sent, which it may not send again (a begin is not resent). Such ones are
     /// passed over, up to `Limits.httpEvictionPeeksMax` of them.
-    private func evictIdlest() {
+    private func makeRoom() {
         let idle = connections.values.filter { $0.isIdle }.sorted { $0.lastActivityMs < $1.lastActivityMs }
         for c in idle.prefix(Limits.httpEvictionPeeksMax) where !TCP.hasUnreadBytes(c.fd) {
             connectionsEvicted += 1
+            c.close()
+            return
+        }
+        // A black-box probe held 1,024 connections, each with a request begun and never
+        // finished, renewing each before its request timeout: every other client got 503 for
+        // as long as it went on. A client of ours sends a request in one write; one still
+        // arriving after a second is a slow link or such a holder, and it loses only that
+        // request, which a timeout would have cost it anyway.
+        let nowMs = SystemClock.monotonicMs()
+        let slow = connections.values.filter { $0.isSlowRequest(nowMs: nowMs) }.sorted { $0.requestStartMs < $1.requestStartMs }
+        for c in slow.prefix(Limits.httpEvictionPeeksMax) where !TCP.hasUnreadBytes(c.fd) {
+            connectionsEvicted += 1
+            slowRequestsEvicted += 1
             c.close()
             return
         }

@@ -397,8 +397,11 @@ public func declareHTTPServerMetrics(_ m: MetricsRegistry, server: HTTPServer) {
         Double(server?.connectionsAccepted ?? 0)
     }
     // Non-zero only at the connection limit: something holds many connections it does not use.
-    m.sample("cohort_http_connections_evicted_total", type: "counter", help: "Idle connections closed to admit a new one at the connection limit") { [weak server] in
+    m.sample("cohort_http_connections_evicted_total", type: "counter", help: "Connections closed to admit a new one at the connection limit (idle, or with a request arriving too slowly)") { [weak server] in
         Double(server?.connectionsEvicted ?? 0)
+    }
+    m.sample("cohort_http_slow_requests_evicted_total", type: "counter", help: "Of the evicted connections, those closed while a request was still arriving after httpSlowRequestEvictableMs") { [weak server] in
+        Double(server?.slowRequestsEvicted ?? 0)
     }
     // What a transaction costs in CPU, the figure benchmarks keep asking for (txbench divides
     // it by committed transactions); the usual Prometheus name.

@@ -324,6 +324,50 @@ final class ServerTests: XCTestCase {
         XCTAssertLessThanOrEqual(try h.sync { server.connectionCount }, limit + Limits.httpRejectedConnectionsMax)
     }
 
+    /// A probe held every connection with a request begun and never finished, renewing each
+    /// before the request timeout: every other client got 503 for as long as it went on. At
+    /// the limit, a connection whose request has been arriving for a second or more is now
+    /// closed to admit the new one; younger ones are not (a request in a normal write arrives
+    /// in well under that), and a connection with an answer owed never is.
+    func testRequestsThatNeverFinishDoNotLockOutANewClient() throws {
+        let h = try LoopHarness()
+        let limit = 4
+        var held: [HTTPResponder] = []
+        let server = try h.server(config: HTTPServerConfig(maxConnections: limit, idleTimeoutMs: 600_000, firstByteTimeoutMs: 600_000)) { req, r in
+            if req.path == "/hold" { held.append(r) } else { echoHandler(req, r) }
+        }
+        defer { h.stop(server) }
+        let url = "http://127.0.0.1:\(server.port)/"
+        var sockets: [BlockingSocket] = []
+        defer { sockets.forEach { $0.close() } }
+        let busy = try rawSocket(server.port)
+        sockets.append(busy)
+        try write(busy, "GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
+        for _ in 0..<200 where (try h.sync { held.count }) == 0 { Thread.sleep(forTimeInterval: 0.01) }
+        for _ in 1..<limit {
+            let s = try rawSocket(server.port)
+            try write(s, "POST /never HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nabc")
+            sockets.append(s)
+        }
+        for _ in 0..<200 where (try h.sync { server.connectionsAccepted }) < limit { Thread.sleep(forTimeInterval: 0.01) }
+        Thread.sleep(forTimeInterval: 0.05)  // let the loop read the partial requests
+        let early = try BlockingHTTPClient().request("GET", url)
+        XCTAssertEqual(early.status, 503, "requests begun under a second ago keep their connections")
+        XCTAssertEqual(try h.sync { server.slowRequestsEvicted }, 0)
+        Thread.sleep(forTimeInterval: Double(Limits.httpSlowRequestEvictableMs) / 1000 + 0.2)
+        for i in 0..<(limit * 2) {
+            let r = try BlockingHTTPClient().request("GET", url)
+            XCTAssertEqual(r.status, 200, "new client \(i): \(r.bodyString)")
+        }
+        // The first new client's room came from an unfinished request; later ones may take
+        // the idle connections earlier new clients left behind, which go first.
+        XCTAssertGreaterThanOrEqual(try h.sync { server.slowRequestsEvicted }, 1)
+        XCTAssertEqual(try h.sync { held.count }, 1)
+        try h.sync { held.forEach { $0.send(.text(200, "done")) } }
+        XCTAssertTrue(String(decoding: readAll(busy, atLeast: 12), as: UTF8.self).hasPrefix("HTTP/1.1 200 "),
+                      "the connection with an answer owed was kept")
+    }
+
     /// At the limit, the longest-idle connection was closed even when its next request already
     /// waited in its socket, because the loop's pass took the new connection first: the client
     /// lost a request it had sent. Such a connection is now passed over for the next idlest.
