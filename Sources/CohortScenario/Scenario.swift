@@ -308,6 +308,9 @@ struct Parser {
             : workload.orders.map { Scenario.defaultDemoChecks($0) } ?? Scenario.defaultChecks
         if let c = root["checks"] {
             guard case .array(let list) = c else { throw fail("checks", "expected a list") }
+            // An empty list ran only `faults_fired` and `no_unexpected_exit` and passed with
+            // no look at the data; whoever writes `[]` most likely meant the defaults.
+            guard !list.isEmpty else { throw fail("checks", "empty: name at least one check, or leave the field out for the defaults") }
             checks = try list.enumerated().map {
                 topology.outbox != nil ? try outboxCheck($1, "checks[\($0)]", topology) : try check($1, "checks[\($0)]", topology)
             }

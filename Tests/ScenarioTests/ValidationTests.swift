@@ -151,6 +151,7 @@ final class ValidationTests: XCTestCase {
     func testUnknownFieldAndCheck() {
         assertError(#"{"name": "x", \#(workload), "topology": {"agents": 2, "agentz": 3}}"#, "topology.agentz: unknown field")
         assertError(#"{"name": "x", \#(workload), "checks": ["atomicity", "speed"]}"#, "checks[1]: unknown check \"speed\"")
+        assertError(#"{"name": "x", \#(workload), "checks": []}"#, "checks: empty: name at least one check")
         assertError(#"{"name": "x", \#(workload), "checks": [{"expect": {"exit_status": {"process": "a", "status": "one"}}}]}"#,
                     "checks[0].expect.exit_status.status: expected an integer")
     }
