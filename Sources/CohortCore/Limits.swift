@@ -451,6 +451,18 @@ public enum Limits {
     public static let outboxPollIntervalMs: Int64 = 20
     /// Every pending row is re-read from the start this often (belt and braces: see docs/outbox.md).
     public static let outboxRescanIntervalMs: Int64 = 10_000
+    /// Undelivered messages (pending and dead-lettered) an outbox holds: past it an enqueue
+    /// throws `OutboxBacklogFull` and the business transaction rolls back. Holding the backlog
+    /// through a sink's outage is the outbox's purpose, so the bound is far out: 10 million
+    /// messages is hours of a busy service's output and about 10 GB at 1 KB each, where an
+    /// unbounded table would go on until the disk is full and stops every write of the service,
+    /// its business tables included.
+    public static let outboxBacklogMessagesMax: Int64 = 10_000_000
+    /// How often a producer counts the backlog (a scan of the pending and dead indexes inside
+    /// its write transaction, about 30 ms at a million rows); between counts it adds what it
+    /// enqueued itself, so several producers together may pass the bound by about this long
+    /// of their output.
+    public static let outboxBacklogCountIntervalMs: Int64 = 1_000
     /// Delivered rows are deleted this long after delivery, in batches of `outboxCleanupRowsMax`.
     public static let outboxRetentionMsDefault: Int64 = 3_600_000
     public static let outboxCleanupRowsMax = 500

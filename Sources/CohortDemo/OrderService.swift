@@ -320,6 +320,9 @@ public final class OrderService: RunnableServer {
             let id = UUID().uuidString.lowercased()
             do {
                 try outbox.place(orderID: id, sku: body.sku, qty: body.qty, requestID: body.requestID, replyTo: replyURL)
+            } catch let full as OutboxBacklogFull {
+                // Nothing was written; the order can be sent again once the relay catches up.
+                return responder.send(.error(503, "\(full)"))
             } catch {
                 // A repeat: the unique request id refused this one's row.
                 if let requestID = body.requestID, let existing = try? store.get(requestID: requestID) {

@@ -36,7 +36,12 @@ public final class Inbox {
     public private(set) var appliedCount = 0
     public private(set) var duplicateCount = 0
 
-    public init(path: String, consumer: String, sync: SyncMode = .full, withOutbox: Bool = false) throws {
+    /// Bounds the replies' undelivered messages when opened `withOutbox` (`Outbox.init`).
+    let backlog: OutboxBacklogBound?
+
+    public init(path: String, consumer: String, sync: SyncMode = .full, withOutbox: Bool = false,
+                backlogMessagesMax: Int64 = Limits.outboxBacklogMessagesMax,
+                backlogCountIntervalMs: Int64 = Limits.outboxBacklogCountIntervalMs) throws {
         guard !consumer.isEmpty, consumer.utf8.count <= Limits.outboxKeyBytesMax else {
             throw OutboxInputError("consumer name must be 1-\(Limits.outboxKeyBytesMax) bytes")
         }
@@ -51,6 +56,7 @@ public final class Inbox {
         outboxSource = withOutbox ? try OutboxSchema.prepare(connection, name: nil) : nil
         // Replies are a producer's messages: their ids must not repeat after a restore either.
         if withOutbox { try OutboxSchema.raiseIDFloor(connection, wallMs: SystemClock.wallMs()) }
+        backlog = withOutbox ? OutboxBacklogBound(messagesMax: backlogMessagesMax, countIntervalMs: backlogCountIntervalMs) : nil
     }
 
     public func close() { connection.close() }
@@ -73,7 +79,7 @@ public final class Inbox {
     public func apply(_ messages: [WireMessage], nowMs: Int64 = SystemClock.wallMs(),
                       skip: ((WireMessage) -> Bool)? = nil,
                       _ effect: (OutboxTransaction, WireMessage) throws -> Void) throws -> [InboxResult] {
-        let tx = OutboxTransaction(connection: connection, source: outboxSource ?? "")
+        let tx = OutboxTransaction(connection: connection, source: outboxSource ?? "", backlog: backlog)
         defer { tx.open = false }
         let results: [InboxResult] = try connection.transaction {
             var out: [InboxResult] = []
@@ -99,7 +105,10 @@ public final class Inbox {
                     try connection.run("RELEASE msg")
                     // The inbox row was inserted before the savepoint: take it back out.
                     try connection.run("DELETE FROM inbox WHERE consumer = ?1 AND message_id = ?2", [.text(consumer), .text(m.id)])
-                    out.append(InboxResult(id: m.id, status: error is InboxBusy ? "busy" : "failed", error: "\(error)"))
+                    // A full reply outbox is this consumer's own back-pressure, not the
+                    // message's fault: as busy it is sent again later and never dead-lettered.
+                    let busy = error is InboxBusy || error is OutboxBacklogFull
+                    out.append(InboxResult(id: m.id, status: busy ? "busy" : "failed", error: "\(error)"))
                 }
             }
             return out

@@ -77,6 +77,44 @@ enum OutboxSchema {
     }
 }
 
+/// An enqueue refused because the outbox already holds `messagesMax` undelivered messages
+/// (`Limits.outboxBacklogMessagesMax`): its relay is not getting them out. The transaction it
+/// was part of rolls back, business rows included; a service answers 503.
+public struct OutboxBacklogFull: Error, CustomStringConvertible, Equatable {
+    public let undelivered: Int64
+    public let messagesMax: Int64
+    public var description: String {
+        "the outbox holds \(undelivered) undelivered messages, its limit of \(messagesMax): its relay is not delivering (sink down or slower than the producers?); nothing of this transaction was kept"
+    }
+}
+
+/// Bounds an outbox's undelivered messages, counted now and then rather than on every enqueue
+/// (a count scans the pending and dead indexes). One per connection; not thread-safe.
+final class OutboxBacklogBound {
+    let messagesMax: Int64
+    let countIntervalMs: Int64
+    /// Undelivered messages at the last count plus those this connection enqueued since (some
+    /// may have rolled back, or been delivered: an estimate from above until the next count).
+    private var estimate: Int64 = 0
+    private var countedAtMs: Int64?
+
+    init(messagesMax: Int64, countIntervalMs: Int64) {
+        precondition(messagesMax > 0 && countIntervalMs >= 0)
+        self.messagesMax = messagesMax
+        self.countIntervalMs = countIntervalMs
+    }
+
+    /// Called inside the write transaction before a message is inserted.
+    func admit(_ c: SQLiteConnection, nowMs: Int64) throws {
+        if countedAtMs.map({ nowMs - $0 >= countIntervalMs }) ?? true {
+            estimate = try c.query("SELECT (SELECT COUNT(*) FROM outbox WHERE state = 0) + (SELECT COUNT(*) FROM outbox WHERE state = 2)").first?.first?.int ?? 0
+            countedAtMs = nowMs
+        }
+        guard estimate < messagesMax else { throw OutboxBacklogFull(undelivered: estimate, messagesMax: messagesMax) }
+        estimate += 1
+    }
+}
+
 /// The producer side: a service's database with an outbox table. Business writes and messages
 /// commit in one local transaction:
 ///
@@ -100,16 +138,23 @@ public final class Outbox {
     /// only; afterwards the stored name is used. `idFloorMs` (the wall clock; nil leaves ids as
     /// they are, for tests that want small ones) sets the least id the next message takes, in
     /// microseconds of it: see `OutboxSchema.raiseIDFloor`.
-    public init(path: String, sync: SyncMode = .full, name: String? = nil, idFloorMs: Int64? = SystemClock.wallMs()) throws {
+    /// `backlogMessagesMax` bounds the undelivered messages (`OutboxBacklogFull`), counted
+    /// every `backlogCountIntervalMs` by this connection.
+    public init(path: String, sync: SyncMode = .full, name: String? = nil, idFloorMs: Int64? = SystemClock.wallMs(),
+                backlogMessagesMax: Int64 = Limits.outboxBacklogMessagesMax,
+                backlogCountIntervalMs: Int64 = Limits.outboxBacklogCountIntervalMs) throws {
         connection = try SQLiteConnection(path: path, sync: sync)
         source = try OutboxSchema.prepare(connection, name: name)
         if let idFloorMs { try OutboxSchema.raiseIDFloor(connection, wallMs: idFloorMs) }
+        backlog = OutboxBacklogBound(messagesMax: backlogMessagesMax, countIntervalMs: backlogCountIntervalMs)
     }
+
+    let backlog: OutboxBacklogBound
 
     /// Runs `body` in one local transaction (BEGIN IMMEDIATE ... COMMIT). If it throws, the
     /// transaction rolls back: no business row and no message remain.
     public func transaction<T>(_ body: (OutboxTransaction) throws -> T) throws -> T {
-        let tx = OutboxTransaction(connection: connection, source: source)
+        let tx = OutboxTransaction(connection: connection, source: source, backlog: backlog)
         defer { tx.open = false }
         let result = try connection.transaction { try body(tx) }
         if tx.enqueued > 0 { onCommit?() }
@@ -134,9 +179,12 @@ public final class OutboxTransaction {
     var open = true
     var enqueued = 0
 
-    init(connection: SQLiteConnection, source: String) {
+    let backlog: OutboxBacklogBound?
+
+    init(connection: SQLiteConnection, source: String, backlog: OutboxBacklogBound?) {
         self.connection = connection
         self.source = source
+        self.backlog = backlog
     }
 
     private func live() throws {
@@ -165,6 +213,7 @@ public final class OutboxTransaction {
                         nowMs: Int64 = SystemClock.wallMs()) throws -> Int64 {
         try live()
         try OutboxValidation.check(topic: topic, key: key, payload: payload, headers: headers, source: source, nowMs: nowMs)
+        try backlog?.admit(connection, nowMs: SystemClock.monotonicMs())
         try connection.run(
             "INSERT INTO outbox(topic, key, payload, headers, created_ms) VALUES(?1, ?2, ?3, ?4, ?5)",
             [.text(topic), .text(key), .text(payload), .text(JSONText.headers(headers)), .int(nowMs)])

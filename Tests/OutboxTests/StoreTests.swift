@@ -83,6 +83,56 @@ final class StoreTests: XCTestCase {
         XCTAssertEqual(try store.counts().pending, 1)
     }
 
+    /// The table of undelivered messages is bounded: past `backlogMessagesMax` (pending and
+    /// dead-lettered together) an enqueue throws `OutboxBacklogFull` and the whole business
+    /// transaction rolls back; once messages are delivered there is room again. Before the
+    /// bound a sink down for long grew the table until the disk was full.
+    func testAnEnqueuePastTheBacklogBoundRollsTheTransactionBack() throws {
+        let path = tempDB("p")
+        let outbox = try Outbox(path: path, backlogMessagesMax: 3, backlogCountIntervalMs: 0)
+        try outbox.execute("CREATE TABLE orders(id TEXT PRIMARY KEY)")
+        func order(_ id: String) throws {
+            try outbox.transaction { tx in
+                try tx.execute("INSERT INTO orders(id) VALUES(?1)", [.text(id)])
+                try tx.enqueue(topic: "orders", key: id, payload: "{}")
+            }
+        }
+        for i in 0..<3 { try order("o\(i)") }
+        XCTAssertThrowsError(try order("o3")) { e in
+            XCTAssertEqual(e as? OutboxBacklogFull, OutboxBacklogFull(undelivered: 3, messagesMax: 3))
+            XCTAssertTrue("\(e)".contains("relay is not delivering"), "\(e)")
+        }
+        XCTAssertEqual(try outbox.query("SELECT COUNT(*) FROM orders").first?.first, .int(3), "the refused order's row rolled back too")
+        try outbox.execute("UPDATE outbox SET state = 2 WHERE key = 'o0'")  // a dead letter still counts
+        XCTAssertThrowsError(try order("o3"))
+        try outbox.execute("UPDATE outbox SET state = 1 WHERE key = 'o1'")  // delivered: room for one
+        try order("o3")
+        XCTAssertThrowsError(try order("o4"))
+
+        // Between counts a producer adds what it enqueued itself: the bound holds without a
+        // count per message, and a delivery is seen at the next count.
+        let counting = try Outbox(path: path, backlogMessagesMax: 5, backlogCountIntervalMs: 3_600_000)
+        for i in 0..<2 { try counting.transaction { try $0.enqueue(topic: "t", key: "c\(i)", payload: "{}") } }
+        XCTAssertThrowsError(try counting.transaction { try $0.enqueue(topic: "t", key: "c2", payload: "{}") }) { e in
+            XCTAssertEqual(e as? OutboxBacklogFull, OutboxBacklogFull(undelivered: 5, messagesMax: 5))
+        }
+    }
+
+    /// A consumer whose reply outbox is full answers `busy` for the message (it comes again
+    /// later) rather than `failed`, which counts toward dead-lettering a message that did
+    /// nothing wrong.
+    func testAFullReplyOutboxDefersTheMessage() throws {
+        let inbox = try Inbox(path: tempDB("c"), consumer: "c", withOutbox: true, backlogMessagesMax: 1, backlogCountIntervalMs: 0)
+        let m1 = WireMessage(id: "s:1", source: "s", seq: 1, topic: "t", key: "k", payload: "{}", headers: [:], createdMs: 0)
+        let m2 = WireMessage(id: "s:2", source: "s", seq: 2, topic: "t", key: "k", payload: "{}", headers: [:], createdMs: 0)
+        let reply: (OutboxTransaction, WireMessage) throws -> Void = { tx, w in try tx.enqueue(topic: "replies", key: w.key, payload: "{}") }
+        XCTAssertEqual(try inbox.apply([m1], reply).map(\.status), ["applied"])
+        let second = try inbox.apply([m2], reply)
+        XCTAssertEqual(second.map(\.status), ["busy"])
+        XCTAssertTrue(second[0].error?.contains("undelivered") ?? false, "\(second)")
+        XCTAssertFalse(try inbox.hasApplied("s:2"), "nothing of the deferred message was kept")
+    }
+
     /// A read of large messages stops at its byte bound (the row that reaches it included),
     /// however many rows it may take.
     func testAReadOfLargeMessagesStopsAtItsBytes() throws {
