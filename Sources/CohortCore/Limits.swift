@@ -459,9 +459,9 @@ public enum Limits {
     /// its business tables included.
     public static let outboxBacklogMessagesMax: Int64 = 10_000_000
     /// How often a producer counts the backlog (a scan of the pending and dead indexes inside
-    /// its write transaction, about 30 ms at a million rows); between counts it adds what it
-    /// enqueued itself, so several producers together may pass the bound by about this long
-    /// of their output.
+    /// its write transaction, 50-70 ms at a million rows; at least twenty times that count's
+    /// own length apart); between counts it adds what it enqueued itself, so several producers
+    /// together may pass the bound by about this long of their output.
     public static let outboxBacklogCountIntervalMs: Int64 = 1_000
     /// Delivered rows are deleted this long after delivery, in batches of `outboxCleanupRowsMax`.
     public static let outboxRetentionMsDefault: Int64 = 3_600_000
