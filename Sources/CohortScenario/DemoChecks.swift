@@ -216,9 +216,12 @@ final class DemoChecker {
             problems.append("order \(o.id) for \(o.qty) units (stock \(workload.config.stock)) is \(o.status)")
         }
         let answeredCount = placed.filter { $0.httpStatus == 201 }.count
+        let kinds = Dictionary(grouping: orders.filter { $0.status == "rejected" }, by: { $0.reason.flatMap(DemoRejection.kind(of:)) ?? "none" })
+            .map { "\($0.key) \($0.value.count)" }.sorted()
         let detail = problems.isEmpty
             ? "\(answeredCount) answered orders hold (confirmed stay confirmed, rejected stay rejected), \(oversize.count) oversize orders rejected; "
                 + "\(unanswered.count) requests without an answer, \(unheard) orders the clients never heard of"
+                + (kinds.isEmpty ? "" : "; rejected because: " + kinds.joined(separator: ", "))
             : problems.prefix(6).joined(separator: "; ") + (problems.count > 6 ? " (\(problems.count) problems)" : "")
         return CheckResult(name: "demo_answers_hold", ok: problems.isEmpty, detail: detail, txids: [])
     }

@@ -121,7 +121,9 @@ final class DemoWorkload: @unchecked Sendable {
         let answered = s.filter { $0.httpStatus == 201 }
         func n(_ status: String) -> Int { answered.filter { $0.answered == status }.count }
         let notPlaced = s.filter { $0.tries > 0 && $0.notPlacedTries == $0.tries }.count
+        let notPlacedTries = s.reduce(0) { $0 + $1.notPlacedTries }
         return "\(s.count) orders: \(n("confirmed")) confirmed, \(n("rejected")) rejected, \(n("pending")) pending when answered, "
-            + "\(s.count - answered.count) without an answer (\(notPlaced) of them answered 503, not placed, on every try)"
+            + "\(s.count - answered.count) without an answer (\(notPlaced) of them answered 503, not placed, on every try); "
+            + "\(notPlacedTries) tries answered 503"
     }
 }
