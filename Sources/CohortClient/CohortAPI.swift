@@ -143,12 +143,14 @@ public enum DemoRejection {
     /// refused for it, or the inventory answered an outbox order `StockRejected`. Asking again
     /// with the same qty fails the same way until stock is added.
     public static let insufficientStock = "insufficient stock"
-    /// The transaction aborted for another reason (it timed out, a participant could not be
-    /// reached or refused, an operator forced it); the detail is the coordinator's reason
-    /// when it gave one. The order may succeed if placed again (with a new `request_id`).
+    /// The transaction aborted for another reason (it timed out, a participant — the
+    /// inventory's or the order service's own — could not be reached or could not stage its
+    /// part, an operator forced it); the detail is the coordinator's reason when it gave one,
+    /// else the stage that failed. The order may succeed if placed again (with a new
+    /// `request_id`).
     public static let aborted = "aborted"
-    /// The order service's own failure: it restarted while placing the order (and aborted its
-    /// transaction), or its own participant could not stage the order.
+    /// The order service's own failure: it restarted while placing the order, and aborted the
+    /// transaction nothing would commit any more.
     public static let orderService = "order service"
     public static let all = [insufficientStock, aborted, orderService]
 

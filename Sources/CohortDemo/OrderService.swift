@@ -479,24 +479,24 @@ public final class OrderService: RunnableServer {
             return try api.with { api -> OrderStore.Outcome in
                 // Staging failed: the transaction is aborted here, and the coordinator's reason
                 // would only say so ("aborted by client"); what failed, and where, is the reason.
-                func stage(_ url: String, _ ops: [WorkOp], _ kind: String, _ what: String) throws -> OrderStore.Outcome? {
+                func stage(_ url: String, _ ops: [WorkOp], _ what: String) throws -> OrderStore.Outcome? {
                     do {
                         _ = try api.agentWork(url, id, ops)
                         return nil
                     } catch {
                         _ = try? api.abort(id)
-                        let outcome = OrderStore.Outcome.rejected(reason: RejectionReason.make(kind, "\(what) failed: \(error)"))
+                        let outcome = OrderStore.Outcome.rejected(reason: RejectionReason.make(DemoRejection.aborted, "\(what) failed: \(error)"))
                         try store.settle(order.orderID, outcome)
                         return outcome
                     }
                 }
                 if let failed = try stage(selfURL, [.set("order/\(order.orderID)", order.qty)],
-                                          DemoRejection.orderService, "staging the order at its own participant") {
+                                          "staging the order at the order service's participant") {
                     return failed
                 }
                 if let failed = try stage(options.inventoryURL, [.add("available/\(order.sku)", -order.qty, min: 0),
                                                                  .add("sold/\(order.sku)", order.qty)],
-                                          DemoRejection.aborted, "staging the stock at the inventory") {
+                                          "staging the stock at the inventory") {
                     return failed
                 }
                 CrashPoints.hit("order-service.after-order-row-committed-before-commit-call")
@@ -530,11 +530,15 @@ public final class OrderService: RunnableServer {
     /// Why an order settled rejected away from its commit answer (a lost answer, a restart):
     /// the coordinator's reason, asked once; it may be down, or have forgotten the transaction.
     private func abortReason(_ order: OrderStore.Order, txid: String, _ api: CohortAPI) -> String {
-        guard let view = try? api.transaction(txid) else {
-            return RejectionReason.make(DemoRejection.aborted, "the transaction did not commit; the coordinator could not say why "
-                                        + "(unreachable, or it no longer keeps the transaction)")
+        do {
+            guard let view = try api.transaction(txid) else {
+                return RejectionReason.make(DemoRejection.aborted, "the coordinator has no record of the transaction "
+                                            + "(lost in a restart before it decided, or forgotten since)")
+            }
+            return RejectionReason.fromAbort(view.reason, sku: order.sku, qty: order.qty)
+        } catch {
+            return RejectionReason.make(DemoRejection.aborted, "the transaction did not commit; the coordinator could not be asked why: \(error)")
         }
-        return RejectionReason.fromAbort(view.reason, sku: order.sku, qty: order.qty)
     }
 
     /// The outcome of a 2PC/3PC order from this participant's own branch: once the branch is
