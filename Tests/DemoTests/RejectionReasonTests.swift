@@ -11,12 +11,6 @@ import XCTest
 /// (no transaction could begin), so that the same request id places it once the coordinator is
 /// back. Before, both were a `201 rejected` with no reason, and the request id stayed rejected.
 final class RejectionReasonTests: XCTestCase {
-    func rig() throws -> DemoRig {
-        let rig = try DemoRig()
-        addTeardownBlock { rig.stop() }
-        return rig
-    }
-
     // MARK: - the reasons, from what the order service is told
 
     func testReasonsFromTheCoordinatorsWords() {
