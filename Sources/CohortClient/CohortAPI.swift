@@ -131,6 +131,33 @@ public struct DemoOrderSummary: Codable, Sendable {
     public let status: String
     /// The client's `request_id`, when it sent one.
     public let request_id: String?
+    /// Why a `rejected` order was rejected (`DemoRejection`); absent on other orders, and on
+    /// rejected orders recorded before reasons were kept.
+    public let reason: String?
+}
+
+/// The prefixes of a rejected demo order's `reason` (docs/demo.md, "Why an order was
+/// rejected"): `PREFIX: detail`. The detail is for people; clients match on the prefix.
+public enum DemoRejection {
+    /// The inventory had too little of the sku: a 2PC/3PC stock branch voted no, a TCC try was
+    /// refused for it, or the inventory answered an outbox order `StockRejected`. Asking again
+    /// with the same qty fails the same way until stock is added.
+    public static let insufficientStock = "insufficient stock"
+    /// The transaction aborted for another reason (it timed out, a participant — the
+    /// inventory's or the order service's own — could not be reached or could not stage its
+    /// part, an operator forced it); the detail is the coordinator's reason when it gave one,
+    /// else the stage that failed. The order may succeed if placed again (with a new
+    /// `request_id`).
+    public static let aborted = "aborted"
+    /// The order service's own failure: it restarted while placing the order, and aborted the
+    /// transaction nothing would commit any more.
+    public static let orderService = "order service"
+    public static let all = [insufficientStock, aborted, orderService]
+
+    /// The prefix `reason` starts with (`all`), or nil for a reason of no known kind.
+    public static func kind(of reason: String) -> String? {
+        all.first { reason.hasPrefix($0 + ": ") }
+    }
 }
 
 struct DemoOrderList: Codable {

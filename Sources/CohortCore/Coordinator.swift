@@ -367,6 +367,9 @@ public struct Coordinator {
     /// The reason of a transaction made up from a heuristic report about one with no record
     /// here; such a transaction's outcome is a presumption and never enters the ledger.
     static let presumedAbortReason = "no record at the coordinator (presumed abort)"
+    /// The reason of a transaction its client aborted (`POST .../abort`): a client that reads
+    /// reasons (the demo's order service) tells its own aborts from others by it.
+    public static let clientAbortReason = "aborted by client"
 
     /// Open transactions past their retry budget.
     public var parkedCount: Int { openTable.byID.values.reduce(0) { $0 + ($1.parked ? 1 : 0) } }
@@ -1266,15 +1269,15 @@ public struct Coordinator {
         }
         switch tx.state {
         case .active:
-            return decideAbort(txid, reason: "aborted by client", nowMs: nowMs) + [.reply(request, .outcome(txid, .aborted, reason: "aborted by client"))]
+            return decideAbort(txid, reason: Coordinator.clientAbortReason, nowMs: nowMs) + [.reply(request, .outcome(txid, .aborted, reason: Coordinator.clientAbortReason))]
         case .preparing where !tx.onePhase:
-            return decideAbort(txid, reason: "aborted by client", nowMs: nowMs) + [.reply(request, .outcome(txid, .aborted, reason: "aborted by client"))]
+            return decideAbort(txid, reason: Coordinator.clientAbortReason, nowMs: nowMs) + [.reply(request, .outcome(txid, .aborted, reason: Coordinator.clientAbortReason))]
         case .preparing where tx.awaitsOnePhaseWindow:
             // A one-phase commit still waiting for its window: nothing went out, so it can still
             // abort (and its branch is told, as in two phases).
             tx.onePhase = false
             openTable[txid] = tx
-            return decideAbort(txid, reason: "aborted by client", nowMs: nowMs) + [.reply(request, .outcome(txid, .aborted, reason: "aborted by client"))]
+            return decideAbort(txid, reason: Coordinator.clientAbortReason, nowMs: nowMs) + [.reply(request, .outcome(txid, .aborted, reason: Coordinator.clientAbortReason))]
         case .preparing, .deciding, .preCommitting, .terminating:
             // A one-phase commit is in the participant's hands; a forced commit record is on
             // its way to disk; a 3PC pre-commit may already have reached participants, whose

@@ -596,6 +596,15 @@ extension Limits {
     /// A client's `request_id` in `POST /v1/orders`: room for a UUID with a prefix of the
     /// client's own, small enough that the unique index over every order stays small.
     public static let demoRequestIDBytesMax = 128
+    /// A rejected order's `reason` (a prefix a client matches on, then a detail such as the
+    /// coordinator's abort reason, which may be `reasonBytesMax`): enough for the gist of the
+    /// detail, and short because it is stored in every rejected row and repeated in every
+    /// order list.
+    public static let demoRejectionReasonBytesMax = 200
+    /// `GET /v1/orders` stops adding orders past this much answer and says `next_after`: a
+    /// page of `demoOrdersListedMax` orders with long request ids and reasons would pass the
+    /// `httpResponseBytesMax` a client reads (~650 bytes an order at worst, more with escapes).
+    public static let demoOrdersListedBytesMax = 2 << 20
     /// The scenario workload re-sends an order that got no answer (same request_id) this many
     /// times at most: a killed order service is back within a few tries' pauses, and a client
     /// that gave up at once would leave the order's fate unknown where it could learn it.

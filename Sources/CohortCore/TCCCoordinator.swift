@@ -8,6 +8,9 @@
 /// one with branch records is cancelled. Confirm and cancel are retried with capped backoff and
 /// jitter until a 2xx; past the retry budget the transaction is `parked` (still retried, slowly).
 public struct TCCCoordinator {
+    /// The reason of a transaction its initiator aborted (`POST .../abort`): an initiator that
+    /// reads reasons (the demo's order service) tells its own aborts from others by it.
+    public static let initiatorAbortReason = "aborted by the initiator"
     public struct Config: Sendable {
         public var openTransactionsMax = Limits.openTransactionsMax
         /// Confirming and cancelling transactions, bounded apart from the undecided ones.
@@ -319,8 +322,8 @@ public struct TCCCoordinator {
                 }
                 switch tx.state {
                 case .active:
-                    var actions = startCancel(txid, reason: "aborted by the initiator", nowMs: nowMs)
-                    actions.append(.reply(request, .outcome(txid, .aborted, reason: "aborted by the initiator")))
+                    var actions = startCancel(txid, reason: Self.initiatorAbortReason, nowMs: nowMs)
+                    actions.append(.reply(request, .outcome(txid, .aborted, reason: Self.initiatorAbortReason)))
                     return actions
                 case .cancelling, .aborted:
                     return [.reply(request, .outcome(txid, .aborted, reason: tx.reason))]

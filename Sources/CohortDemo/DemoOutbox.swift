@@ -1,3 +1,4 @@
+import CohortClient
 import CohortCore
 import CohortHTTP
 import CohortOutbox
@@ -163,12 +164,18 @@ final class OrderOutbox {
     static func applyAnswer(_ tx: OutboxTransaction, _ m: WireMessage) throws {
         let answer = try StockAnswer(wireJSON: Array(m.payload.utf8))
         let status: String
+        var reason: String?
         switch m.topic {
         case "StockReserved": status = "confirmed"
-        case "StockRejected": status = "rejected"
+        case "StockRejected":
+            // The inventory answers StockRejected only when it has too little of the sku; its
+            // own words (which name the sku and qty) are the detail.
+            status = "rejected"
+            reason = RejectionReason.make(DemoRejection.insufficientStock, answer.reason ?? "the inventory answered StockRejected")
         default: throw OutboxInputError("unknown topic \(m.topic.prefix(40))")
         }
-        _ = try tx.execute("UPDATE orders SET status = ?2 WHERE order_id = ?1 AND status = 'pending'", [.text(answer.order_id), .text(status)])
+        _ = try tx.execute("UPDATE orders SET status = ?2, reason = ?3 WHERE order_id = ?1 AND status = 'pending'",
+                           [.text(answer.order_id), .text(status), reason.map { .text($0) } ?? .null])
     }
 
     /// Any thread. Throws (and writes nothing) when an order with `requestID` exists.
@@ -246,7 +253,7 @@ final class InventoryOutbox {
             _ = try tx.execute("INSERT INTO kv(key, ival, sval) VALUES(?1, ?2, NULL) ON CONFLICT(key) DO UPDATE SET ival = COALESCE(ival, 0) + ?2",
                                [.text("sold/\(p.sku)"), .int(p.qty)])
         }
-        let answer = StockAnswer(order_id: p.order_id, reason: taken ? nil : "not enough stock of \(p.sku) for \(p.qty)")
+        let answer = StockAnswer(order_id: p.order_id, reason: taken ? nil : RejectionReason.notEnoughStock(sku: p.sku, qty: p.qty))
         try tx.enqueue(topic: taken ? "StockReserved" : "StockRejected", key: p.order_id,
                        payload: String(decoding: answer.wireJSON, as: UTF8.self),
                        headers: ["reply_to": m.headers["reply_to"] ?? ""])

@@ -44,7 +44,7 @@ enum InventoryTCC {
                 if busy(sku) { throw TCCError.refused("sku \(sku) is busy in another transaction") }
                 let changed = try ctx.db.run("UPDATE kv SET ival = ival - ?2 WHERE key = ?1 AND ival >= ?2",
                                              [.text("available/\(sku)"), .int(qty)])
-                guard changed == 1 else { throw TCCError.refused("not enough stock of \(sku) for \(qty)") }
+                guard changed == 1 else { throw TCCError.refused(RejectionReason.notEnoughStock(sku: sku, qty: qty)) }
                 try add(ctx.db, "reserved/\(sku)", qty)
                 try ctx.db.run("INSERT INTO tcc_reservation(txid, branch_id, sku, qty) VALUES(?1, ?2, ?3, ?4)",
                                [.text(ctx.txid), .text(ctx.branchID), .text(sku), .int(qty)])

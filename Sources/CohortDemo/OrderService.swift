@@ -141,21 +141,55 @@ public final class OrderService: RunnableServer {
         !id.isEmpty && id.utf8.count <= Limits.demoRequestIDBytesMax && id.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7f }
     }
 
-    /// What placing an order came to: its status, or the order another request with the same
-    /// request id placed first (this one placed nothing).
+    /// What placing an order came to: how it settled (nil: still pending), or the order
+    /// another request with the same request id placed first (this one placed nothing), or
+    /// nothing at all because no transaction could begin (why, for the client's 503).
     enum Placement {
-        case status(String)
+        case settled(OrderStore.Outcome?)
         case repeated(OrderStore.Order)
+        case notPlaced(String)
     }
+    /// `POST /v1/orders`' answer: `reason` only for a rejected order (one rejected before
+    /// reasons were kept has none).
     struct Created: WireEncodable {
         let order_id: String
         let status: String
-        func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("order_id", order_id); w.field("status", status); w.endObject() }
+        let reason: String?
+        init(order_id: String, status: String, reason: String?) {
+            self.order_id = order_id
+            self.status = status
+            self.reason = reason
+        }
+        init(_ order: OrderStore.Order) { self.init(order_id: order.orderID, status: order.status, reason: order.reason) }
+        init(_ orderID: String, _ outcome: OrderStore.Outcome?) {
+            self.init(order_id: orderID, status: outcome?.status ?? "pending", reason: outcome?.reason)
+        }
+        func writeWire(_ w: inout JSONWriter) {
+            w.beginObject(); w.field("order_id", order_id); w.field("status", status); w.field("reason", reason); w.endObject()
+        }
     }
-    struct OrderList: Encodable {
-        let orders: [OrderStore.Order]
-        /// Set when orders are left past this answer: pass it as `after` for the next.
-        var next_after: String? = nil
+
+    /// `GET /v1/orders`' answer, `{"orders": [...], "next_after"?}`: the orders up to the one
+    /// that would take it past `bytesMax` (the first always goes), and `next_after`, the last
+    /// order given, when that cut some off or `more` are left past `orders`.
+    static func orderPage(_ orders: [OrderStore.Order], more: Bool, bytesMax: Int) -> [UInt8] {
+        var body = Array(#"{"orders":["#.utf8)
+        var given = 0
+        for order in orders {
+            let encoded = order.wireJSON
+            if given > 0 && body.count + 1 + encoded.count > bytesMax { break }
+            if given > 0 { body.append(UInt8(ascii: ",")) }
+            body += encoded
+            given += 1
+        }
+        body.append(UInt8(ascii: "]"))
+        if given > 0 && (given < orders.count || more) {
+            var next = JSONWriter()
+            next.value(orders[given - 1].orderID)
+            body += Array(#","next_after":"#.utf8) + next.bytes
+        }
+        body.append(UInt8(ascii: "}"))
+        return body
     }
 
     private func route(_ request: HTTPRequest, _ responder: HTTPResponder) -> Bool {
@@ -189,7 +223,7 @@ public final class OrderService: RunnableServer {
             }
             do {
                 let page = try store.list(status: status, after: request.query["after"], limit: limit)
-                responder.send(.json(200, OrderList(orders: page.orders, next_after: page.more ? page.orders.last?.orderID : nil)))
+                responder.send(.jsonBytes(200, Self.orderPage(page.orders, more: page.more, bytesMax: Limits.demoOrdersListedBytesMax)))
             } catch let e as OrderStoreError {
                 responder.send(.error(400, e.description))
             } catch {
@@ -210,7 +244,7 @@ public final class OrderService: RunnableServer {
                     return true
                 }
                 guard order.status == "pending", waitMs > 0 else {
-                    responder.send(.json(200, order))
+                    responder.send(.jsonBytes(200, order.wireJSON))
                     return true
                 }
                 guard waiterCount < Limits.demoOrderWaitersMax else {
@@ -271,7 +305,7 @@ public final class OrderService: RunnableServer {
         for w in answering {
             if let t = w.timer { agent.loop.cancel(t) }
             switch order {
-            case .success(let o?): w.responder.send(w.placing ? .jsonBytes(201, Created(order_id: o.orderID, status: o.status).wireJSON) : .json(200, o))
+            case .success(let o?): w.responder.send(.jsonBytes(w.placing ? 201 : 200, w.placing ? Created(o).wireJSON : o.wireJSON))
             case .success(nil): w.responder.send(.error(404, "no order \(orderID.prefix(80))"))
             case .failure(let error): w.responder.send(.error(500, "order store read failed: \(error)"))
             }
@@ -331,7 +365,7 @@ public final class OrderService: RunnableServer {
                 return responder.send(.error(500, "order store write failed: \(error)"))
             }
             CrashPoints.hit("order-service.after-outbox-commit")
-            return responder.send(.jsonBytes(201, Created(order_id: id, status: "pending").wireJSON))
+            return responder.send(.jsonBytes(201, Created(id, nil).wireJSON))
         }
         let order = OrderStore.Order(orderID: UUID().uuidString.lowercased(), sku: body.sku, qty: body.qty, mode: body.mode,
                                      status: "pending", txid: nil, requestID: body.requestID)
@@ -340,8 +374,10 @@ public final class OrderService: RunnableServer {
             let placed = Result { order.mode == "tcc" ? try self.runTCC(order) : try self.runAtomic(order) }
             loop.execute {
                 switch placed {
-                case .success(.status(let status)): responder.send(.jsonBytes(201, Created(order_id: order.orderID, status: status).wireJSON))
+                case .success(.settled(let outcome)): responder.send(.jsonBytes(201, Created(order.orderID, outcome).wireJSON))
                 case .success(.repeated(let existing)): self.answerRepeat(existing, body, responder)
+                // Nothing was written: the client may send the same request id again later.
+                case .success(.notPlaced(let why)): responder.send(.error(503, why))
                 case .failure(let error): responder.send(.error(500, "order store write failed: \(error)"))
                 }
             }
@@ -362,7 +398,7 @@ public final class OrderService: RunnableServer {
         if existing.status == "pending", existing.mode != "outbox", waiterCount < Limits.demoOrderWaitersMax {
             return wait(for: existing.orderID, responder, waitMs: Limits.demoSettleWaitMs, placing: true)
         }
-        responder.send(.jsonBytes(201, Created(order_id: existing.orderID, status: existing.status).wireJSON))
+        responder.send(.jsonBytes(201, Created(existing).wireJSON))
     }
 
     /// Writes the order row unless its request id has one already: then that order, and
@@ -377,29 +413,37 @@ public final class OrderService: RunnableServer {
         }
     }
 
-    /// What `beginOrder` did: the pending row is written with this transaction; or the row
-    /// is written `rejected` (no transaction could begin); or another request with the same
+    /// What `beginOrder` did: the pending row is written with this transaction; or nothing is
+    /// written because no transaction could begin (why); or another request with the same
     /// request id placed its order first (nothing written; a transaction begun is aborted).
     enum Begun {
         case txid(String)
-        case rejected
+        case coordinatorUnavailable(String)
         case repeated(OrderStore.Order)
     }
 
     /// Begins the order's transaction, then writes the order row carrying its txid: one synced
     /// SQLite write per order where a row and then its txid took two, and none of it on the
     /// event loop, which also serves this participant's branches. When no transaction can begin
-    /// the row is written `rejected`. A crash between the begin and the row leaves a transaction
-    /// without work, which the coordinator aborts when it expires, and no order.
+    /// nothing is written: the order was never placed, so its request id stays free and the
+    /// client can send it again once the coordinator is back (a row written `rejected` kept
+    /// that request id rejected for good, and told the client nothing of why). A crash between
+    /// the begin and the row leaves a transaction without work, which the coordinator aborts
+    /// when it expires, and no order.
     private func beginOrder(_ order: OrderStore.Order, protocol: String) throws -> Begun {
         // A repeated request id (a client whose answer was lost) is found when the row's insert
         // meets the unique index: a read first cost every order a wait for the store's lock,
         // held through other orders' synced writes (8% of the demo rows' throughput), and a
         // repeat only costs a transaction begun and aborted.
         var row = order
-        guard let txid = try? api.with({ try $0.begin(protocol: `protocol`) }) else {
-            row.status = "rejected"
-            return try insertUnlessRepeated(row).map { .repeated($0) } ?? .rejected
+        let txid: String
+        do {
+            txid = try api.with { try $0.begin(protocol: `protocol`) }
+        } catch {
+            // An order placed earlier under this request id (its answer was lost) is still
+            // that order, coordinator or not.
+            if let requestID = order.requestID, let existing = try store.get(requestID: requestID) { return .repeated(existing) }
+            return .coordinatorUnavailable("coordinator unavailable: \(error); the order was not placed, send it again later")
         }
         row.txid = txid
         let repeated: OrderStore.Order?
@@ -419,40 +463,56 @@ public final class OrderService: RunnableServer {
     }
 
     /// 2PC / 3PC: the order's branch here and the stock's branch at the inventory commit or
-    /// abort together. Returns the order's status (or the order a repeat of its request id
-    /// placed first); throws only when the order row cannot be written.
+    /// abort together. Returns how the order settled (or the order a repeat of its request id
+    /// placed first, or that nothing was placed); throws only when the order row cannot be
+    /// written.
     private func runAtomic(_ order: OrderStore.Order) throws -> Placement {
         let id: String
         switch try beginOrder(order, protocol: order.mode == "3pc" ? "3pc" : "2pc") {
         case .txid(let txid): id = txid
-        case .rejected: return .status("rejected")
+        case .coordinatorUnavailable(let why): return .notPlaced(why)
         case .repeated(let existing): return .repeated(existing)
         }
-        return .status(placeAtomic(order, id))
+        return .settled(placeAtomic(order, id))
     }
 
-    private func placeAtomic(_ order: OrderStore.Order, _ id: String) -> String {
+    /// How the order settled; nil while that is unknown (it is then settled in the background).
+    private func placeAtomic(_ order: OrderStore.Order, _ id: String) -> OrderStore.Outcome? {
         do {
-            return try api.with { api -> String in
-                do {
-                    _ = try api.agentWork(selfURL, id, [.set("order/\(order.orderID)", order.qty)])
-                    _ = try api.agentWork(options.inventoryURL, id, [.add("available/\(order.sku)", -order.qty, min: 0),
-                                                                     .add("sold/\(order.sku)", order.qty)])
-                } catch {
-                    _ = try? api.abort(id)
-                    try store.settle(order.orderID, "rejected")
-                    return "rejected"
+            return try api.with { api -> OrderStore.Outcome in
+                // Staging failed: the transaction is aborted here, and the coordinator's reason
+                // would only say so ("aborted by client"); what failed, and where, is the reason.
+                func stage(_ url: String, _ ops: [WorkOp], _ what: String) throws -> OrderStore.Outcome? {
+                    do {
+                        _ = try api.agentWork(url, id, ops)
+                        return nil
+                    } catch {
+                        _ = try? api.abort(id)
+                        let outcome = OrderStore.Outcome.rejected(reason: RejectionReason.make(DemoRejection.aborted, "\(what) failed: \(error)"))
+                        try store.settle(order.orderID, outcome)
+                        return outcome
+                    }
+                }
+                if let failed = try stage(selfURL, [.set("order/\(order.orderID)", order.qty)],
+                                          "staging the order at the order service's participant") {
+                    return failed
+                }
+                if let failed = try stage(options.inventoryURL, [.add("available/\(order.sku)", -order.qty, min: 0),
+                                                                 .add("sold/\(order.sku)", order.qty)],
+                                          "staging the stock at the inventory") {
+                    return failed
                 }
                 CrashPoints.hit("order-service.after-order-row-committed-before-commit-call")
-                let outcome = try api.commit(id)
-                var status = outcome.outcome == "committed" ? "confirmed" : "rejected"
+                let answer = try api.commit(id)
+                var outcome = answer.outcome == "committed"
+                    ? OrderStore.Outcome.confirmed : .rejected(reason: RejectionReason.fromAbort(answer.reason, sku: order.sku, qty: order.qty))
                 if TestOnlyBreak.fromEnvironment() == .orderStatusInverted {
                     // TEST ONLY (debug builds): the wrong status for the transaction's outcome.
-                    status = status == "confirmed" ? "rejected" : "confirmed"
+                    outcome = outcome == .confirmed ? .rejected(reason: RejectionReason.make(DemoRejection.aborted, "test only: status inverted")) : .confirmed
                 }
                 CrashPoints.hit("order-service.after-commit-answer-before-settle")
-                try store.settle(order.orderID, status)
-                return status
+                try store.settle(order.orderID, outcome)
+                return outcome
             }
         } catch {
             // The answer was lost (coordinator or network down): our own branch knows.
@@ -462,32 +522,51 @@ public final class OrderService: RunnableServer {
 
     /// A call failed mid-order (the order row and its transaction exist): its outcome is looked
     /// up for a while, then, still unsure, answered pending and settled in the background.
-    private func settleAfterLostAnswer(_ order: OrderStore.Order, txid: String) -> String {
+    private func settleAfterLostAnswer(_ order: OrderStore.Order, txid: String) -> OrderStore.Outcome? {
         var o = order
         o.txid = txid
-        if let status = settle(o, waitMs: Limits.demoSettleWaitMs) { return status }
+        if let outcome = settle(o, waitMs: Limits.demoSettleWaitMs) { return outcome }
         settleInBackground(o)
-        return "pending"
+        return nil
+    }
+
+    /// Why an order settled rejected away from its commit answer (a lost answer, a restart):
+    /// the coordinator's reason, asked once; it may be down, or have forgotten the transaction.
+    private func abortReason(_ order: OrderStore.Order, txid: String, _ api: CohortAPI) -> String {
+        do {
+            guard let view = try api.transaction(txid) else {
+                return RejectionReason.make(DemoRejection.aborted, "the coordinator has no record of the transaction "
+                                            + "(lost in a restart before it decided, or forgotten since)")
+            }
+            return RejectionReason.fromAbort(view.reason, sku: order.sku, qty: order.qty)
+        } catch {
+            return RejectionReason.make(DemoRejection.aborted, "the transaction did not commit; the coordinator could not be asked why: \(error)")
+        }
     }
 
     /// The outcome of a 2PC/3PC order from this participant's own branch: once the branch is
     /// no longer open here, the order key exists exactly when the transaction committed.
-    private func settle(_ order: OrderStore.Order, waitMs: Int64) -> String? {
+    private func settle(_ order: OrderStore.Order, waitMs: Int64) -> OrderStore.Outcome? {
         let deadline = Date().addingTimeInterval(Double(waitMs) / 1000)
-        return api.with { api -> String? in
+        return api.with { api -> OrderStore.Outcome? in
             while true {
                 let row = try? store.get(order.orderID)
-                if let status = row?.status, status != "pending" { return status }
+                if let row, let outcome = Self.settledOutcome(row) { return outcome }
                 guard let txid = order.txid else {
-                    _ = try? store.settle(order.orderID, "rejected")
-                    return "rejected"
+                    // Only an order service from before the txid went into the row's insert
+                    // wrote a row without one: its crash left an order never placed.
+                    let outcome = OrderStore.Outcome.rejected(reason: RejectionReason.make(DemoRejection.orderService,
+                                                                                         "it restarted before the order had a transaction"))
+                    _ = try? store.settle(order.orderID, outcome)
+                    return outcome
                 }
                 if order.mode == "tcc" {
                     // The row's age (an order placed just now has none in `order`).
                     let ageMs = row.map { SystemClock.wallMs() - $0.createdMs } ?? Int64.max
                     if let status = settleTCC(txid, ageMs: ageMs, api) {
-                        _ = try? store.settle(order.orderID, status)
-                        return status
+                        let outcome = status == "confirmed" ? OrderStore.Outcome.confirmed : .rejected(reason: abortReason(order, txid: txid, api))
+                        _ = try? store.settle(order.orderID, outcome)
+                        return outcome
                     }
                     if Date() > deadline { return nil }
                     Thread.sleep(forTimeInterval: 0.2)
@@ -496,24 +575,37 @@ public final class OrderService: RunnableServer {
                 if let r = try? api.raw("GET", selfURL + "/v1/branches/\(txid)") {
                     let branch = Self.ownBranch(status: r.status, body: r.body)
                     if branch != .open, let present = try? (api.kv(selfURL, "order/\(order.orderID)") != nil) {
-                        let status = present ? "confirmed" : "rejected"
+                        let outcome: OrderStore.Outcome
                         switch branch {
                         case .heuristic(let state):
-                            onNote?("order \(order.orderID) settled \(status) from an operator's decision at this participant (branch \(txid) "
+                            outcome = present ? .confirmed
+                                : .rejected(reason: RejectionReason.make(DemoRejection.aborted, "an operator forced the order's branch at the order service (\(state))"))
+                            onNote?("order \(order.orderID) settled \(outcome.status) from an operator's decision at this participant (branch \(txid) "
                                     + "\(state)); the coordinator's outcome may differ: txctl agent \(selfURL) show \(txid)")
                         default:
                             // Without our branch the transaction cannot commit: abort it now so the
                             // coordinator agrees at once instead of when the transaction expires
                             // (a crash between the begin and the work leaves it open).
                             if !present { _ = try? api.abort(txid) }
+                            outcome = present ? .confirmed : .rejected(reason: abortReason(order, txid: txid, api))
                         }
-                        _ = try? store.settle(order.orderID, status)
-                        return status
+                        _ = try? store.settle(order.orderID, outcome)
+                        return outcome
                     }
                 }
                 if Date() > deadline { return nil }
                 Thread.sleep(forTimeInterval: 0.2)
             }
+        }
+    }
+
+    /// A row's outcome once it is no longer pending. Every row this service rejects carries a
+    /// reason; one rejected before reasons were kept is said to be so, as it cannot say why.
+    static func settledOutcome(_ row: OrderStore.Order) -> OrderStore.Outcome? {
+        switch row.status {
+        case "pending": return nil
+        case "confirmed": return .confirmed
+        default: return .rejected(reason: row.reason ?? RejectionReason.make(DemoRejection.aborted, "rejected before reasons were kept"))
         }
     }
 
@@ -523,32 +615,37 @@ public final class OrderService: RunnableServer {
         let id: String
         switch try beginOrder(order, protocol: "tcc") {
         case .txid(let txid): id = txid
-        case .rejected: return .status("rejected")
+        case .coordinatorUnavailable(let why): return .notPlaced(why)
         case .repeated(let existing): return .repeated(existing)
         }
-        return .status(placeTCC(order, id))
+        return .settled(placeTCC(order, id))
     }
 
-    private func placeTCC(_ order: OrderStore.Order, _ id: String) -> String {
+    /// How the order settled; nil while that is unknown (it is then settled in the background).
+    private func placeTCC(_ order: OrderStore.Order, _ id: String) -> OrderStore.Outcome? {
         do {
-            return try api.with { api -> String in
+            return try api.with { api -> OrderStore.Outcome in
                 let base = options.inventoryURL + "/v1/tcc/inventory"
                 let branch = TCCBranchRequest(branchID: Self.tccBranchID, tryURL: base + "/try", confirmURL: base + "/confirm",
                                               cancelURL: base + "/cancel",
                                               payload: .object(["sku": .string(order.sku), "qty": .int(order.qty)]))
                 let r = try api.raw("POST", options.coordinatorURL + "/v1/transactions/\(id)/tcc-branches", body: branch.wireJSON)
                 if r.status != 200 {
-                    // Refused or failed try: the coordinator cancels the transaction.
+                    // Refused or failed try: the coordinator cancels the transaction. Its answer
+                    // says why (the try's own refusal, e.g. too little stock, inside it).
                     _ = try? api.abort(id)
-                    try store.settle(order.orderID, "rejected")
-                    return "rejected"
+                    let error = (try? ErrorBody(wireJSON: r.body).error) ?? "HTTP \(r.status) registering the stock's branch"
+                    let outcome = OrderStore.Outcome.rejected(reason: RejectionReason.fromAbort(error, sku: order.sku, qty: order.qty))
+                    try store.settle(order.orderID, outcome)
+                    return outcome
                 }
                 CrashPoints.hit("order-service.after-tcc-try-before-commit-call")
-                let outcome = try api.commit(id)
-                let status = outcome.outcome == "committed" ? "confirmed" : "rejected"
+                let answer = try api.commit(id)
+                let outcome = answer.outcome == "committed"
+                    ? OrderStore.Outcome.confirmed : .rejected(reason: RejectionReason.fromAbort(answer.reason, sku: order.sku, qty: order.qty))
                 CrashPoints.hit("order-service.after-tcc-decision-before-settle")
-                try store.settle(order.orderID, status)
-                return status
+                try store.settle(order.orderID, outcome)
+                return outcome
             }
         } catch {
             return settleAfterLostAnswer(order, txid: id)

@@ -16,7 +16,29 @@ public final class OrderStore: @unchecked Sendable {
         public var requestID: String?
         /// When the row was written (this service's clock); 0 for an order not written yet.
         public var createdMs: Int64 = 0
-        enum CodingKeys: String, CodingKey { case orderID = "order_id", sku, qty, mode, status, requestID = "request_id" }
+        /// Why a `rejected` order was rejected (`RejectionReason`); nil for other orders, and for
+        /// orders rejected before the column existed.
+        public var reason: String?
+        enum CodingKeys: String, CodingKey { case orderID = "order_id", sku, qty, mode, status, requestID = "request_id", reason }
+    }
+
+    /// How a pending order settles. A rejected one always says why, so that a client can tell
+    /// too little stock from a failure that placing it again may get past.
+    public enum Outcome: Equatable, Sendable {
+        case confirmed
+        case rejected(reason: String)
+
+        public var status: String {
+            switch self {
+            case .confirmed: return "confirmed"
+            case .rejected: return "rejected"
+            }
+        }
+
+        public var reason: String? {
+            if case .rejected(let reason) = self { return reason }
+            return nil
+        }
     }
 
     private let db: SQLiteConnection
@@ -26,13 +48,14 @@ public final class OrderStore: @unchecked Sendable {
         db = try SQLiteConnection(path: path, fairWriteLock: false)
         try db.exec("""
             CREATE TABLE IF NOT EXISTS orders(order_id TEXT PRIMARY KEY NOT NULL, sku TEXT NOT NULL, qty INTEGER NOT NULL,
-              mode TEXT NOT NULL, status TEXT NOT NULL, txid TEXT, created_ms INTEGER NOT NULL, request_id TEXT);
+              mode TEXT NOT NULL, status TEXT NOT NULL, txid TEXT, created_ms INTEGER NOT NULL, request_id TEXT, reason TEXT);
             CREATE INDEX IF NOT EXISTS orders_status ON orders(status);
             """)
-        // A database from before request ids has the table without the column, and CREATE
-        // TABLE IF NOT EXISTS leaves it so: add it (its old rows have none).
-        if try !db.query("PRAGMA table_info(orders)").contains(where: { $0[1].text == "request_id" }) {
-            try db.exec("ALTER TABLE orders ADD COLUMN request_id TEXT")
+        // A database from before request ids, or before reasons, has the table without the
+        // column, and CREATE TABLE IF NOT EXISTS leaves it so: add it (its old rows have none).
+        let columns = try db.query("PRAGMA table_info(orders)").compactMap { $0[1].text }
+        for column in ["request_id", "reason"] where !columns.contains(column) {
+            try db.exec("ALTER TABLE orders ADD COLUMN \(column) TEXT")
         }
         // One order per request id: a repeat that races the first loses its insert here.
         try db.exec("CREATE UNIQUE INDEX IF NOT EXISTS orders_request_id ON orders(request_id) WHERE request_id IS NOT NULL")
@@ -54,19 +77,20 @@ public final class OrderStore: @unchecked Sendable {
         }
     }
 
-    /// Moves a pending order to `status`; false when it was no longer pending.
+    /// Moves a pending order to `outcome`; false when it was no longer pending.
     @discardableResult
-    public func settle(_ orderID: String, _ status: String) throws -> Bool {
+    public func settle(_ orderID: String, _ outcome: Outcome) throws -> Bool {
         try locked {
-            try db.run("UPDATE orders SET status = ?2 WHERE order_id = ?1 AND status = 'pending'", [.text(orderID), .text(status)]) == 1
+            try db.run("UPDATE orders SET status = ?2, reason = ?3 WHERE order_id = ?1 AND status = 'pending'",
+                       [.text(orderID), .text(outcome.status), outcome.reason.map { .text($0) } ?? .null]) == 1
         }
     }
 
-    private static let columns = "order_id, sku, qty, mode, status, txid, request_id, created_ms"
+    private static let columns = "order_id, sku, qty, mode, status, txid, request_id, created_ms, reason"
 
     private static func order(_ r: [SQLValue]) -> Order {
         Order(orderID: r[0].text ?? "", sku: r[1].text ?? "", qty: r[2].int ?? 0, mode: r[3].text ?? "",
-              status: r[4].text ?? "", txid: r[5].text, requestID: r[6].text, createdMs: r[7].int ?? 0)
+              status: r[4].text ?? "", txid: r[5].text, requestID: r[6].text, createdMs: r[7].int ?? 0, reason: r[8].text)
     }
 
     public func get(_ orderID: String) throws -> Order? {
@@ -115,6 +139,22 @@ public final class OrderStore: @unchecked Sendable {
             let rows = try db.query("SELECT \(Self.columns) FROM orders\(filter) ORDER BY created_ms, order_id LIMIT ?1", args)
             return (rows.prefix(limit).map(Self.order), rows.count > limit)
         }
+    }
+}
+
+/// An order's JSON (`GET /v1/orders/{id}` and each order of the list): `reason` only for a
+/// rejected order that has one, `request_id` only when the client gave one.
+extension OrderStore.Order: WireEncodable {
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject()
+        w.field("order_id", orderID)
+        w.field("sku", sku)
+        w.field("qty", qty)
+        w.field("mode", mode)
+        w.field("status", status)
+        w.field("request_id", requestID)
+        w.field("reason", reason)
+        w.endObject()
     }
 }
 

@@ -380,7 +380,7 @@ public final class KVResource {
                     let (sum, overflow) = base.addingReportingOverflow(delta)
                     if overflow { return .no(reason: "add \(delta) to key \"\(key)\" overflows (value \(base))") }
                     if let min, sum < min {
-                        return .no(reason: "add \(delta) would take key \"\(key)\" to \(sum), below min \(min)")
+                        return .no(reason: Self.belowMinReasonPrefix(key: key, delta: delta) + "\(sum), below min \(min)")
                     }
                     values[key] = .some(.int(sum))
                 }
@@ -402,6 +402,13 @@ public final class KVResource {
     /// The write set travels inside one prepared log record; the rest of the record (txid,
     /// coordinator, framing) gets the remaining room.
     public static let writeSetBytesMax = Limits.recordBytesMax - (64 << 10)
+
+    /// How a vote no for an `add` that would fall below its `min` begins. The coordinator
+    /// passes the reason on in its abort reason, the only place a client learns why: the demo's
+    /// order service finds this text there to tell too little stock from other aborts.
+    public static func belowMinReasonPrefix(key: String, delta: Int64) -> String {
+        "add \(delta) would take key \"\(key)\" to "
+    }
 
     public static func encodeWriteSet(_ writes: [(key: String, value: KVValue)]) -> [UInt8] {
         var w = ByteWriter(capacity: 8 + writes.count * 24)

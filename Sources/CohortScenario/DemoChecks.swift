@@ -20,6 +20,7 @@ final class DemoChecker {
         let mode: String
         let status: String
         let requestID: String?
+        let reason: String?
     }
 
     let workload: DemoWorkload
@@ -54,7 +55,7 @@ final class DemoChecker {
         let orders: [Order]
         do {
             orders = try workload.client(timeoutMs: 10_000).demoOrders(workload.ordersURL).map {
-                Order(id: $0.order_id, sku: $0.sku, qty: $0.qty, mode: $0.mode, status: $0.status, requestID: $0.request_id)
+                Order(id: $0.order_id, sku: $0.sku, qty: $0.qty, mode: $0.mode, status: $0.status, requestID: $0.request_id, reason: $0.reason)
             }
         } catch {
             throw ManagedProcessError("GET /v1/orders: \(error)")
@@ -193,6 +194,21 @@ final class DemoChecker {
         if !unexplained.isEmpty {
             problems.append("\(unexplained.count) orders exist that no request without an answer explains: \(unexplained.prefix(5).joined(separator: ", "))")
         }
+        // A 503 says the request placed nothing (no transaction could begin), so the client may
+        // send it again: an order under a request id answered 503 on every try contradicts it.
+        // (Tries of one client are one after another, so none of them placed it meanwhile.)
+        let byRequestID = Dictionary(orders.compactMap { o in o.requestID.map { ($0, o) } }, uniquingKeysWith: { a, _ in a })
+        for p in placed where p.tries > 0 && p.notPlacedTries == p.tries {
+            if let o = byRequestID[p.requestID] {
+                problems.append("request_id \(p.requestID) was answered 503 (not placed) on each of its \(p.tries) tries, yet order \(o.id) exists (\(o.status))")
+            }
+        }
+        // Every rejected order says why, with one of the documented prefixes.
+        let unexplainedRejections = orders.filter { $0.status == "rejected" && $0.reason.flatMap(DemoRejection.kind(of:)) == nil }
+        if !unexplainedRejections.isEmpty {
+            problems.append("\(unexplainedRejections.count) rejected orders without a reason of a known kind: "
+                            + unexplainedRejections.prefix(3).map { "\($0.id) (\($0.reason ?? "no reason"))" }.joined(separator: ", "))
+        }
         // Too large for everything the sku ever had: must end rejected (and took no stock:
         // demo_at_rest's sold = confirmed qty shows that).
         let oversize = orders.filter { $0.qty > workload.config.stock }
@@ -200,9 +216,12 @@ final class DemoChecker {
             problems.append("order \(o.id) for \(o.qty) units (stock \(workload.config.stock)) is \(o.status)")
         }
         let answeredCount = placed.filter { $0.httpStatus == 201 }.count
+        let kinds = Dictionary(grouping: orders.filter { $0.status == "rejected" }, by: { $0.reason.flatMap(DemoRejection.kind(of:)) ?? "none" })
+            .map { "\($0.key) \($0.value.count)" }.sorted()
         let detail = problems.isEmpty
             ? "\(answeredCount) answered orders hold (confirmed stay confirmed, rejected stay rejected), \(oversize.count) oversize orders rejected; "
                 + "\(unanswered.count) requests without an answer, \(unheard) orders the clients never heard of"
+                + (kinds.isEmpty ? "" : "; rejected because: " + kinds.joined(separator: ", "))
             : problems.prefix(6).joined(separator: "; ") + (problems.count > 6 ? " (\(problems.count) problems)" : "")
         return CheckResult(name: "demo_answers_hold", ok: problems.isEmpty, detail: detail, txids: [])
     }

@@ -6,9 +6,11 @@ import Foundation
 /// clients place orders (`POST /v1/orders`) in modes drawn from the list, some too large for the
 /// sku's whole stock. Each order carries a `request_id` of its own; a POST that got no answer
 /// (or a 5xx) is sent again with the same one, up to `Limits.demoClientRetriesMax` times, so the
-/// order service places it at most once. Every order is remembered with the answer it got in
-/// the end, or with none: an order whose POSTs all went unanswered (the service was killed)
-/// may or may not exist, and the checks treat it so.
+/// order service places it at most once. A 503 (no transaction could begin: the coordinator is
+/// down; or too many orders wait) places nothing and is sent again the same way. Every order is
+/// remembered with the answer it got in the end, or with none: an order whose POSTs all went
+/// unanswered (the service was killed) may or may not exist, and the checks treat it so; one
+/// whose every POST was answered 503 must not exist.
 final class DemoWorkload: @unchecked Sendable {
     struct Placed {
         let sku: String
@@ -18,6 +20,8 @@ final class DemoWorkload: @unchecked Sendable {
         let requestID: String
         /// Tries sent (1 + re-sends).
         var tries = 0
+        /// Tries answered 503: the order service placed nothing for them.
+        var notPlacedTries = 0
         /// The HTTP status of the answer; nil when there was none.
         var httpStatus: Int?
         var orderID: String?
@@ -90,6 +94,7 @@ final class DemoWorkload: @unchecked Sendable {
                 do {
                     let (status, answer) = try json("POST", ordersURL + "/v1/orders", body, timeoutMs: Int64(config.requestTimeoutMs), api: api)
                     p.httpStatus = status
+                    if status == 503 { p.notPlacedTries += 1 }
                     if status == 201 {
                         p.orderID = answer["order_id"] as? String
                         p.answered = answer["status"] as? String
@@ -115,7 +120,10 @@ final class DemoWorkload: @unchecked Sendable {
         let s = snapshot()
         let answered = s.filter { $0.httpStatus == 201 }
         func n(_ status: String) -> Int { answered.filter { $0.answered == status }.count }
+        let notPlaced = s.filter { $0.tries > 0 && $0.notPlacedTries == $0.tries }.count
+        let notPlacedTries = s.reduce(0) { $0 + $1.notPlacedTries }
         return "\(s.count) orders: \(n("confirmed")) confirmed, \(n("rejected")) rejected, \(n("pending")) pending when answered, "
-            + "\(s.count - answered.count) without an answer"
+            + "\(s.count - answered.count) without an answer (\(notPlaced) of them answered 503, not placed, on every try); "
+            + "\(notPlacedTries) tries answered 503"
     }
 }

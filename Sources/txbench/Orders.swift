@@ -5,18 +5,20 @@ import Foundation
 
 /// `txbench --orders --mode 2pc|3pc|tcc|outbox`: demo orders (order-service + inventory-service
 /// + cohortd, started here) at a concurrency for a duration after a warm-up. An order counts as
-/// committed when confirmed, aborted when rejected; an outbox order's latency runs until its
-/// status leaves pending (asked with `wait_ms`: the order service answers when it settles).
-/// Ends with the demo's at-rest check.
+/// committed when confirmed, aborted when rejected (counted by the kind of its reason too); a
+/// 503 (nothing placed: no transaction could begin, or too many orders wait) counts as refused,
+/// not as an order; an outbox order's latency runs until its status leaves pending (asked with
+/// `wait_ms`: the order service answers when it settles). Ends with the demo's at-rest check.
 func ordersMain(_ argv: [String]) -> Never {
     let ordersUsage = """
     usage: txbench --orders [--mode 2pc|3pc|tcc|outbox] [--clients N] [--duration D] [--warmup D] [--skus N]
                    [--json | --row] [--progress] [--bin-dir DIR]
 
     Demo orders of one unit against order-service + inventory-service + cohortd (started here),
-    placed in --mode (default 2pc), each with a request_id of its own. Reports confirmed/s, rejected/s, latency of confirmed orders, syncs and messages per
-    confirmed order from the servers' /metrics (in total and per process), and the demo's
-    at-rest check.
+    placed in --mode (default 2pc), each with a request_id of its own. Reports confirmed/s,
+    rejected/s (and why, by the kind of reason), orders refused with 503 (not placed), latency
+    of confirmed orders, syncs and messages per confirmed order from the servers' /metrics (in
+    total and per process), and the demo's at-rest check.
     """
     var mode = "2pc"
     var clients = 8
@@ -88,10 +90,17 @@ func ordersMain(_ argv: [String]) -> Never {
     // Read-only from here on: the client threads capture these.
     let orderMode = mode
     let skuCount = skus
+    /// An answer other than 200/201: its status, for the tally.
+    struct HTTPStatusError: Error, CustomStringConvertible {
+        let status: Int
+        let description: String
+    }
     @Sendable func call(_ api: CohortAPI, _ method: String, _ url: String, _ body: [String: Any]? = nil) throws -> [String: Any] {
         let bytes = body.map { Array(try! JSONSerialization.data(withJSONObject: $0)) } ?? []
         let r = try api.raw(method, url, body: bytes)
-        guard r.status == 200 || r.status == 201 else { throw UsageError("\(method) \(url): HTTP \(r.status) \(String(decoding: r.body.prefix(200), as: UTF8.self))") }
+        guard r.status == 200 || r.status == 201 else {
+            throw HTTPStatusError(status: r.status, description: "\(method) \(url): HTTP \(r.status) \(String(decoding: r.body.prefix(200), as: UTF8.self))")
+        }
         return (try? JSONSerialization.jsonObject(with: Data(r.body))) as? [String: Any] ?? [:]
     }
     let setupAPI = CohortAPI(coordinatorURL: "", requestTimeoutMs: 60_000)
@@ -113,6 +122,10 @@ func ordersMain(_ argv: [String]) -> Never {
         let lock = NSLock()
         var confirmed = 0
         var rejected = 0
+        /// Rejected orders by the kind of their reason (`DemoRejection`; "none" without one).
+        var rejectedBecause: [String: Int] = [:]
+        /// Answered 503: nothing placed (no transaction could begin, or too many orders wait).
+        var refused = 0
         var failed = 0
         var latencies: [Double] = []
     }
@@ -131,25 +144,35 @@ func ordersMain(_ argv: [String]) -> Never {
                     n += 1
                     let t0 = Date()
                     var status: String?
+                    var reason: String?
+                    var refused = false
                     do {
                         // A request_id per order, as a client that may ask again would send it.
                         let placed = try call(api, "POST", ordersURL + "/v1/orders", ["sku": "sku-\(Int.random(in: 0..<skuCount, using: &rng))", "qty": 1,
                                                                                        "mode": orderMode, "request_id": UUID().uuidString.lowercased()])
                         status = placed["status"] as? String
+                        reason = placed["reason"] as? String
                         if status == "pending", let id = placed["order_id"] as? String {
                             // The order service holds the request until the order settles.
                             while status == "pending" {
-                                status = try call(api, "GET", ordersURL + "/v1/orders/\(id)?wait_ms=\(Limits.demoOrderWaitMsMax)")["status"] as? String
+                                let order = try call(api, "GET", ordersURL + "/v1/orders/\(id)?wait_ms=\(Limits.demoOrderWaitMsMax)")
+                                status = order["status"] as? String
+                                reason = order["reason"] as? String
                             }
                         }
+                    } catch let e as HTTPStatusError where e.status == 503 {
+                        refused = true
                     } catch {
                         status = nil
                     }
                     let ms = Date().timeIntervalSince(t0) * 1000
                     tally.lock.lock()
                     switch status {
+                    case _ where refused: tally.refused += 1
                     case "confirmed": tally.confirmed += 1; tally.latencies.append(ms)
-                    case "rejected": tally.rejected += 1
+                    case "rejected":
+                        tally.rejected += 1
+                        tally.rejectedBecause[reason.flatMap(DemoRejection.kind(of:)) ?? "none", default: 0] += 1
                     default: tally.failed += 1
                     }
                     tally.lock.unlock()
@@ -214,6 +237,8 @@ func ordersMain(_ argv: [String]) -> Never {
             "duration_s": seconds,
             "committed": tally.confirmed,
             "aborted": tally.rejected,
+            "rejected_because": tally.rejectedBecause,
+            "refused": tally.refused,
             "failed_calls": tally.failed,
             "committed_per_s": committedPerS,
             "aborted_per_s": Double(tally.rejected) / seconds,
@@ -232,7 +257,9 @@ func ordersMain(_ argv: [String]) -> Never {
         print(String(format: "clients           %d", clients))
         print(String(format: "duration          %.1f s", seconds))
         print(String(format: "confirmed/s       %.1f  (%d confirmed)", committedPerS, tally.confirmed))
-        print(String(format: "rejected/s        %.1f  (%d rejected, %d failed calls)", Double(tally.rejected) / seconds, tally.rejected, tally.failed))
+        let because = tally.rejectedBecause.sorted { $0.value > $1.value }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+        print(String(format: "rejected/s        %.1f  (%d rejected", Double(tally.rejected) / seconds, tally.rejected)
+              + (because.isEmpty ? "" : ": " + because) + ", \(tally.refused) refused with 503 (not placed), \(tally.failed) failed calls)")
         print(String(format: "latency ms        p50 %.2f  p95 %.2f  p99 %.2f  max %.2f", pct(0.5), pct(0.95), pct(0.99), sorted.last ?? 0))
         for line in costs.lines { print(line) }
         print("at rest           \(ok ? "ok" : "FAILED")")

@@ -137,13 +137,16 @@ final class DemoRig: @unchecked Sendable {
     }
 }
 
-final class DemoTests: XCTestCase {
+extension XCTestCase {
+    /// A rig of the demo's processes for this test, stopped when it ends.
     func rig(broker: String? = nil) throws -> DemoRig {
         let rig = try DemoRig(broker: broker)
         addTeardownBlock { rig.stop() }
         return rig
     }
+}
 
+final class DemoTests: XCTestCase {
     func testOrdersInEveryModeKeepTheAtRestRules() throws {
         let rig = try rig()
         try rig.setStock("apple", 20)

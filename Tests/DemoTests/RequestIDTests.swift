@@ -8,12 +8,6 @@ import XCTest
 /// `request_id` in `POST /v1/orders`: a client whose answer was lost and who asks again with
 /// the same request id gets the same order, and the stock is taken once.
 final class RequestIDTests: XCTestCase {
-    func rig() throws -> DemoRig {
-        let rig = try DemoRig()
-        addTeardownBlock { rig.stop() }
-        return rig
-    }
-
     /// The sku's `sold` once it reaches `expected` (a committed order's stock branch is applied
     /// at the inventory after the order's answer), or as it is after a while; a second taking
     /// would show as more.

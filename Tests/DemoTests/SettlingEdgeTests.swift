@@ -6,12 +6,6 @@ import XCTest
 
 /// An order whose own branch an operator forced, and setting a sku's stock while it is in use.
 final class SettlingEdgeTests: XCTestCase {
-    func rig() throws -> DemoRig {
-        let rig = try DemoRig()
-        addTeardownBlock { rig.stop() }
-        return rig
-    }
-
     func testTheOwnBranchStates() {
         func branch(_ status: Int, _ state: String? = nil) -> OrderService.OwnBranch {
             OrderService.ownBranch(status: status, body: state.map { Array(#"{"txid": "t", "state": "\#($0)"}"#.utf8) } ?? [])

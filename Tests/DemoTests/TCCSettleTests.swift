@@ -117,6 +117,9 @@ final class TCCSettleTests: XCTestCase {
         let orders = try rig.orders()
         XCTAssertEqual(orders.map { $0["qty"] as? Int }, [3, 2])
         XCTAssertEqual(orders.map { $0["status"] as? String }, ["rejected", "confirmed"])
+        // The order service's own doing, and said so (not "aborted", nor the stock).
+        XCTAssertEqual(orders.map { $0["reason"] as? String },
+                       ["order service: it restarted while placing the order and aborted its transaction", nil])
         let aborted = try XCTUnwrap(try api.transaction(tried.txid))
         XCTAssertEqual(aborted.outcome, "aborted")
         XCTAssertEqual(aborted.reason, "aborted by the initiator", "aborted by the restarted order service, not expired")

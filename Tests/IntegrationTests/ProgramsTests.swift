@@ -240,6 +240,9 @@ final class ProgramsTests: XCTestCase {
         XCTAssertGreaterThan(object["committed"] as? Int ?? 0, 0, r.stdout)
         XCTAssertGreaterThan(object["committed_per_s"] as? Double ?? 0, 0)
         XCTAssertNotNil(object["aborted_per_s"] as? Double)
+        // 503s (nothing placed) are counted apart from rejected orders; none with every server up.
+        XCTAssertEqual(object["refused"] as? Int, 0, r.stdout)
+        XCTAssertNotNil(object["rejected_because"] as? [String: Int], r.stdout)
         let latency = try XCTUnwrap(object["latency_ms"] as? [String: Double])
         XCTAssertLessThanOrEqual(latency["p50"]!, latency["p95"]!)
         XCTAssertLessThanOrEqual(latency["p99"]!, latency["max"]!)
