@@ -39,10 +39,13 @@ public enum TCCPhaseOutcome: Equatable, Sendable {
 /// `(resource, txid, branch_id, op)`:
 /// - try inserts its `try` row (note `tried`, and the digest of its payload); if the row is
 ///   already there with note `fence`, the branch was cancelled first and the try is refused
-///   (hanging); with note `tried` it is a duplicate and answers the first result, unless its
-///   payload differs from the first try's: then it is refused as a conflict, because the caller
-///   reused a branch id for other work and answering "duplicate" would tell it that work was
-///   reserved when it was not.
+///   (hanging); with note `tried` and a `cancel` row, the branch was cancelled after its try
+///   ran and the try is refused (hanging) too: its reservation is gone, and "duplicate" with the
+///   first result would report it held; with note `tried` and no cancel it is a duplicate and
+///   answers the first result (also after a confirm: the reservation was made, and sold),
+///   unless its payload differs from the first try's: then it is refused as a conflict, because
+///   the caller reused a branch id for other work and answering "duplicate" would tell it that
+///   work was reserved when it was not.
 /// - cancel inserts the *origin* `try` row with note `fence` if none exists (then this is an
 ///   empty cancel: nothing to undo, and the fence refuses a late try), then its own `cancel`
 ///   row; if that row already exists the cancel is a duplicate.
@@ -121,6 +124,7 @@ public enum TCCBarrier {
                 return .done(result: result)
             }
             let existing = try row("try")
+            let cancelled = try row("cancel") != nil
             if existing?.note == "fence" {
                 #if DEBUG
                 if testOnlyIgnoreFence {
@@ -129,8 +133,11 @@ public enum TCCBarrier {
                     return .done(result: try business())
                 }
                 #endif
-                return .hanging("the branch was cancelled before its try arrived")
+                return .hanging(cancelled ? "the branch was cancelled before its try arrived" : "the branch's try came after its deadline and was refused")
             }
+            // Before the payload check: whatever this try carries, the branch is over, and its
+            // cancel released what the first try reserved.
+            if cancelled { return .hanging("the branch was cancelled after its try ran; what the try reserved was released") }
             if let first = existing?.payloadDigest, first != digest {
                 throw TCCError.conflict("try repeated with a different payload: branch \(branchID) of \(txid) was tried with other work; use a new branch id for new work")
             }

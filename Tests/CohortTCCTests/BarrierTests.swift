@@ -439,4 +439,54 @@ final class BarrierTests: XCTestCase {
         // Opening again finds the column and does not add it twice.
         XCTAssertNoThrow(try counting(c))
     }
+
+    /// What a try answers in each order of phases. A try after its branch's cancel is refused
+    /// (hanging, 409), whether the cancel came first (a fence) or after the try ran: it answered
+    /// "duplicate" with the first try's "reserved" result then, though the cancel had released
+    /// that reservation (a black-box probe: try, cancel, the same try again).
+    func testATryAfterItsBranchWasCancelledIsRefusedInEveryOrder() throws {
+        let c = Counter()
+        let clock = Clock()
+        let r = try counting(c, clock: clock)
+        let payload: JSONValue = .object(["sku": .string("apple"), "qty": .int(2)])
+        func hanging(_ txid: String, _ payload: JSONValue?, deadlineMs: Int64? = nil) throws -> String? {
+            guard case .hanging(let why) = try r.run(.try, txid: txid, branchID: "b", payload: payload, deadlineMs: deadlineMs) else { return nil }
+            return why
+        }
+        // try → cancel → try: refused, whatever payload the late try carries.
+        XCTAssertEqual(try r.run(.try, txid: "tct", branchID: "b", payload: payload), .done(result: .string("ok-b")))
+        XCTAssertEqual(try r.run(.cancel, txid: "tct", branchID: "b", payload: nil), .done(result: nil))
+        XCTAssertEqual(try hanging("tct", payload), "the branch was cancelled after its try ran; what the try reserved was released")
+        XCTAssertEqual(try hanging("tct", .int(7)), "the branch was cancelled after its try ran; what the try reserved was released")
+        XCTAssertEqual(try r.barrier(txid: "tct", branchID: "b"), ["try": "tried", "cancel": "cancelled"], "a refused try changes nothing")
+        // cancel → try: refused (the fence).
+        XCTAssertEqual(try r.run(.cancel, txid: "ct", branchID: "b", payload: nil), .emptyCancel)
+        XCTAssertEqual(try hanging("ct", payload), "the branch was cancelled before its try arrived")
+        // A try past its deadline, then again: refused both times, and says why.
+        XCTAssertEqual(try hanging("late", payload, deadlineMs: clock.now() - r.options.clockSkewMarginMs - 1), "try arrived after its deadline")
+        XCTAssertEqual(try hanging("late", payload), "the branch's try came after its deadline and was refused")
+        // try → confirm → try: the reservation was made (and sold): a duplicate with its result.
+        XCTAssertEqual(try r.run(.try, txid: "tft", branchID: "b", payload: payload), .done(result: .string("ok-b")))
+        XCTAssertEqual(try r.run(.confirm, txid: "tft", branchID: "b", payload: nil), .done(result: nil))
+        XCTAssertEqual(try r.run(.try, txid: "tft", branchID: "b", payload: payload), .duplicate(result: .string("ok-b")))
+        // try → try: a duplicate with the same payload, a conflict with another.
+        XCTAssertEqual(try r.run(.try, txid: "tt", branchID: "b", payload: payload), .done(result: .string("ok-b")))
+        XCTAssertEqual(try r.run(.try, txid: "tt", branchID: "b", payload: payload), .duplicate(result: .string("ok-b")))
+        XCTAssertThrowsError(try r.run(.try, txid: "tt", branchID: "b", payload: .int(7))) { guard case .conflict? = $0 as? TCCError else { return XCTFail("\($0)") } }
+        XCTAssertEqual(c.get(.try), 3, "only the first try of each branch ran")
+        XCTAssertEqual(c.get(.cancel), 1)
+        // Over HTTP, alone or in a batch: 409 saying the branch was cancelled.
+        let call = TCCResource.PhaseCall(phase: .try, txid: "tct", branchID: "b", payload: payload)
+        let body = Array(#"{"txid":"tct","branch_id":"b","payload":{"sku":"apple","qty":2}}"#.utf8)
+        let answers = [r.handle(HTTPRequest(method: "POST", target: "/v1/tcc/r/try", path: "/v1/tcc/r/try", body: body))!,
+                       r.response(call, r.runBatch([call])[0])]
+        for answer in answers {
+            XCTAssertEqual(answer.status, 409)
+            XCTAssertTrue(String(decoding: answer.body, as: UTF8.self).contains("try refused: the branch was cancelled after its try ran"),
+                          String(decoding: answer.body, as: UTF8.self))
+        }
+        XCTAssertEqual(r.phaseCount(.try, .hanging), 7)
+        XCTAssertEqual(r.phaseCount(.try, .duplicate), 2)
+        XCTAssertEqual(c.get(.try), 3)
+    }
 }
