@@ -10,10 +10,11 @@ usage: tcc-inventory --data DIR --port N [--host H]
 
 A TCC inventory service (the worked example of the CohortTCC library): stock per sku in
 DIR/inventory.sqlite; try reserves, confirm sells, cancel releases, all through the barrier.
-Finished branches' barrier rows are purged every minute once older than 24 h.
+Finished branches' barrier rows are purged every minute once older than 24 h; past
+\(Limits.tccBarrierRowsMax) rows a try or cancel of a new branch is refused (503) until then.
   POST /v1/stock {"sku","available"}     set a sku's stock (setup only; 409 while it has open reservations)
   GET  /v1/stock/{sku}                   {"sku","available","reserved","sold"}
-  GET  /metrics                          phase calls by result, barrier rows purged, HTTP and CPU counters
+  GET  /metrics                          phase calls by result, barrier rows held and purged, HTTP and CPU counters
   POST /v1/tcc/inventory/try|confirm|cancel   the TCC phases ({"txid","branch_id","payload":{"sku","qty"}})
   GET  /v1/tcc/inventory/branches/{txid}/{branch_id}   what the barrier knows of a branch
                                          ({"txid","branch_id","state","barrier_retention_ms"})

@@ -29,14 +29,15 @@ final class BarrierTests: XCTestCase {
         func advance(_ d: Int64) { lock.lock(); ms += d; lock.unlock() }
     }
 
-    /// A resource whose business code counts its runs and writes one row per run.
-    private func counting(_ counter: Counter, clock: Clock = Clock(), refuseTry: Bool = false) throws -> TCCResource {
+    /// A resource whose business code counts its runs and writes one row per run; its try
+    /// refuses (after writing) when `refuseTry`, or for branch id "refuse".
+    private func counting(_ counter: Counter, clock: Clock = Clock(), refuseTry: Bool = false, options: TCCResource.Options = .init()) throws -> TCCResource {
         try TCCResource(name: "r", databasePath: dir + "/db.sqlite", schema: "CREATE TABLE IF NOT EXISTS effects(op TEXT NOT NULL);",
-                        clock: { clock.now() },
+                        options: options, clock: { clock.now() },
                         try: { ctx in
                             counter.bump(.try)
                             try ctx.db.run("INSERT INTO effects(op) VALUES('try')")
-                            if refuseTry { throw TCCError.refused("no") }
+                            if refuseTry || ctx.branchID == "refuse" { throw TCCError.refused("no") }
                             return .string("ok-\(ctx.branchID)")
                         },
                         confirm: { ctx in counter.bump(.confirm); try ctx.db.run("INSERT INTO effects(op) VALUES('confirm')") },
@@ -488,5 +489,81 @@ final class BarrierTests: XCTestCase {
         XCTAssertEqual(r.phaseCount(.try, .hanging), 7)
         XCTAssertEqual(r.phaseCount(.try, .duplicate), 2)
         XCTAssertEqual(c.get(.try), 3)
+    }
+
+    /// Past `barrierRowsMax` rows a phase that would start a branch (a try, a cancel with no
+    /// try) is refused with 503 and keeps nothing, while the branches already there settle; the
+    /// purge makes room again. A flood of cancels with made-up txids grew the table for 24 h.
+    func testPastItsRowBoundTheBarrierRefusesNewBranchesAndSettlesTheOthers() throws {
+        let c = Counter()
+        let clock = Clock()
+        var options = TCCResource.Options()
+        options.barrierRowsMax = 4
+        let r = try counting(c, clock: clock, options: options)
+        func tableRows() throws -> Int {
+            try r.withConnection { Int(try $0.query("SELECT COUNT(*) FROM tcc_barrier WHERE resource = 'r'").first?[0].int ?? -1) }
+        }
+        func full(_ phase: TCCPhase, _ txid: String) {
+            XCTAssertThrowsError(try r.run(phase, txid: txid, branchID: "b", payload: nil)) { e in
+                guard case .barrierFull(let m)? = e as? TCCError else { return XCTFail("\(phase.rawValue) \(txid): \(e)") }
+                XCTAssertTrue(m.contains("holds 4 rows, its limit of 4"), m)
+            }
+        }
+        XCTAssertEqual(try r.run(.try, txid: "t1", branchID: "b", payload: nil), .done(result: .string("ok-b")))
+        XCTAssertThrowsError(try r.run(.try, txid: "t1", branchID: "refuse", payload: nil), "refused: rolled back, not counted")
+        XCTAssertEqual(try r.run(.try, txid: "t2", branchID: "b", payload: nil), .done(result: .string("ok-b")))
+        XCTAssertEqual(try r.run(.cancel, txid: "t3", branchID: "b", payload: nil), .emptyCancel)
+        XCTAssertEqual(r.barrierRowCount, 4)
+        // Full: no new branch, by try or by cancel, one at a time or over HTTP.
+        full(.try, "t4")
+        full(.cancel, "t5")
+        for phase in ["try", "cancel"] {
+            let body = Array(#"{"txid":"t6","branch_id":"b","payload":null}"#.utf8)
+            let answer = r.handle(HTTPRequest(method: "POST", target: "/v1/tcc/r/\(phase)", path: "/v1/tcc/r/\(phase)", body: body))!
+            XCTAssertEqual(answer.status, 503, phase)
+            XCTAssertTrue(String(decoding: answer.body, as: UTF8.self).contains("the TCC barrier of resource r holds 4 rows"), phase)
+        }
+        for txid in ["t4", "t5", "t6"] { XCTAssertEqual(try r.barrier(txid: txid, branchID: "b"), [:], txid) }
+        XCTAssertEqual(c.get(.try), 3)
+        XCTAssertEqual(r.phaseCount(.try, .barrierFull), 2)
+        XCTAssertEqual(r.phaseCount(.cancel, .barrierFull), 2)
+        // The branches already there settle, and their repeats are answered.
+        XCTAssertEqual(try r.run(.try, txid: "t1", branchID: "b", payload: nil), .duplicate(result: .string("ok-b")))
+        XCTAssertEqual(try r.run(.confirm, txid: "t1", branchID: "b", payload: nil), .done(result: nil))
+        XCTAssertEqual(try r.run(.confirm, txid: "t1", branchID: "b", payload: nil), .duplicate(result: nil))
+        XCTAssertEqual(try r.run(.cancel, txid: "t2", branchID: "b", payload: nil), .done(result: nil))
+        XCTAssertEqual(try r.run(.cancel, txid: "t3", branchID: "b", payload: nil), .duplicate(result: nil))
+        guard case .hanging = try r.run(.try, txid: "t3", branchID: "b", payload: nil) else { return XCTFail("the fence still refuses a late try") }
+        XCTAssertEqual(c.get(.confirm), 1)
+        XCTAssertEqual(c.get(.cancel), 1)
+        XCTAssertEqual(r.barrierRowCount, 6)
+        XCTAssertEqual(try tableRows(), 6)
+        // The gauge in /metrics, and the count a resource opening the table finds.
+        let metrics = MetricsRegistry()
+        r.declareMetrics(metrics)
+        XCTAssertTrue(metrics.render().contains("cohort_tcc_barrier_rows{resource=\"r\"} 6"), metrics.render())
+        XCTAssertEqual(try counting(c, clock: clock, options: options).barrierRowCount, 6)
+        // Past the retention the purge takes the finished branches and makes room.
+        clock.advance(r.options.retentionMs + 1)
+        XCTAssertEqual(try r.purgeFinished(), 3)
+        XCTAssertEqual(r.barrierRowCount, 0)
+        XCTAssertEqual(try r.run(.try, txid: "t4", branchID: "b", payload: nil), .done(result: .string("ok-b")))
+        // In a batch, the rows of the phases before count, and a rolled-back phase's do not.
+        let results = r.runBatch([
+            .init(phase: .try, txid: "b1", branchID: "b", payload: nil),
+            .init(phase: .try, txid: "b2", branchID: "refuse", payload: nil),
+            .init(phase: .try, txid: "b3", branchID: "b", payload: nil),
+            .init(phase: .try, txid: "b4", branchID: "b", payload: nil),
+            .init(phase: .cancel, txid: "b5", branchID: "b", payload: nil),
+            .init(phase: .confirm, txid: "t4", branchID: "b", payload: nil),
+        ])
+        XCTAssertEqual(try results[0].get(), .done(result: .string("ok-b")))
+        XCTAssertThrowsError(try results[1].get()) { XCTAssertEqual($0 as? TCCError, .refused("no")) }
+        XCTAssertEqual(try results[2].get(), .done(result: .string("ok-b")))
+        XCTAssertEqual(try results[3].get(), .done(result: .string("ok-b")), "3 rows then: the refused try's row is not one of them")
+        XCTAssertThrowsError(try results[4].get(), "4 rows then, three of them this batch's") { guard case .barrierFull? = $0 as? TCCError else { return XCTFail("\($0)") } }
+        XCTAssertEqual(try results[5].get(), .done(result: nil))
+        XCTAssertEqual(r.barrierRowCount, 5)
+        XCTAssertEqual(try tableRows(), 5)
     }
 }
