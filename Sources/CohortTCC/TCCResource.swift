@@ -214,7 +214,7 @@ public final class TCCResource: @unchecked Sendable {
     /// resource, phase and result (a rising `hanging` count is tries that came after their
     /// cancel; `empty-cancel`, cancels with no try; `barrier-full`, new branches refused at the
     /// row bound), the gauge `cohort_tcc_barrier_rows` (rows held now, against
-    /// `Options.barrierRowsMax`), and with a purger, the barrier rows it removed.
+    /// `Options.barrierRowsMax`), and with a purger, the finished branches whose rows it removed.
     public func declareMetrics(_ m: MetricsRegistry, purger: TCCBarrierPurger? = nil) {
         for phase in [TCCPhase.try, .confirm, .cancel] {
             for result in PhaseResult.allCases {
@@ -227,7 +227,7 @@ public final class TCCResource: @unchecked Sendable {
         m.sample("cohort_tcc_barrier_rows", type: "gauge", help: "TCC barrier rows held; past the resource's bound new branches are refused",
                  labels: "resource=\"\(name)\"") { [weak self] in Double(self?.barrierRowCount ?? 0) }
         if let purger {
-            m.sample("cohort_tcc_barrier_rows_purged_total", type: "counter", help: "Barrier rows of finished branches removed after their retention",
+            m.sample("cohort_tcc_barrier_rows_purged_total", type: "counter", help: "Finished branches whose barrier rows were removed after their retention",
                      labels: "resource=\"\(name)\"") { [weak purger] in Double(purger?.removedTotal ?? 0) }
         }
     }
