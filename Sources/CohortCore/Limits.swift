@@ -544,6 +544,17 @@ public enum Limits {
     /// (a later try is refused by its deadline), and a confirm or cancel answered before is
     /// not re-sent by a coordinator that stayed up (docs/tcc.md, "Cleanup").
     public static let tccBarrierRetentionMsMin: Int64 = transactionTimeoutMsMax + tccClockSkewMarginMs + retryBudgetMs + parkedRetryDelayMs
+    /// Barrier rows one TCC resource holds before it refuses to start a branch (a try, or a
+    /// cancel with no try, which must leave a fence) with 503; the phases of branches already
+    /// there still run. A cancel's fence stays for the retention (24 h), so without a bound a
+    /// flood of cancels with made-up txids grew the table, and the disk, without limit.
+    /// 4,000,000 rows are 2,000,000 finished branches (two rows each), about 23 branches a
+    /// second kept for a whole day: above what one inventory serves, so only a flood meets it.
+    /// Measured with SQLite 3.40: about 175 bytes a row with the demo's ids (700 MB in all),
+    /// about 660 bytes with ids of the longest allowed, 128 bytes each (2.6 GB). A resource counts
+    /// its rows once when it opens: about 45 ms per 200,000 rows from the page cache, so a second
+    /// or so at the bound.
+    public static let tccBarrierRowsMax = 4_000_000
     /// Branches whose barrier rows one purge call removes.
     public static let tccPurgeBatchMax = 1_000
     /// How often a TCC service (`tcc-inventory`, the demo inventory) purges finished barrier rows.

@@ -5,17 +5,22 @@ import CohortOutbox
 import CohortRuntime
 import Foundation
 
-/// Blocking Cohort clients for the services' worker threads: one per thread at a time.
+/// Blocking Cohort clients for the services' worker threads: one per thread at a time. Each
+/// sends `token` (the service's `--token-file`) on every call, to the coordinator and to peers.
 final class APIPool: @unchecked Sendable {
     private let coordinatorURL: String
+    private let token: String?
     private let lock = NSLock()
     private var idle: [CohortAPI] = []
 
-    init(coordinatorURL: String) { self.coordinatorURL = coordinatorURL }
+    init(coordinatorURL: String, token: String?) {
+        self.coordinatorURL = coordinatorURL
+        self.token = token
+    }
 
     func with<T>(_ body: (CohortAPI) throws -> T) rethrows -> T {
         lock.lock()
-        let api = idle.popLast() ?? CohortAPI(coordinatorURL: coordinatorURL)
+        let api = idle.popLast() ?? CohortAPI(coordinatorURL: coordinatorURL, token: token)
         lock.unlock()
         defer {
             lock.lock()
@@ -127,12 +132,15 @@ public protocol DemoServiceOptions {
     var port: Int { get set }
     var broker: String? { get set }
     var advertiseURL: String? { get set }
+    /// The bearer token the service requires on its endpoints (all but GET /healthz and
+    /// /metrics) and sends on every call it makes: one deployment, one token, as with cohortd.
+    var token: String? { get set }
     var onProblem: (String) -> Void { get set }
 }
 
 extension DemoServiceOptions {
-    /// `--port` (required), `--host`, `--broker redis://HOST:PORT`, `--advertise URL`; broker
-    /// problems go to `warn`.
+    /// `--port` (required), `--host`, `--broker redis://HOST:PORT`, `--advertise URL`,
+    /// `--token-file F` (or env `COHORT_TOKEN`); broker problems go to `warn`.
     public mutating func applySharedFlags(_ args: Arguments, warn: @escaping (String) -> Void) throws {
         port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
         host = try listenHost(args)
@@ -144,10 +152,17 @@ extension DemoServiceOptions {
         if let advertise = args.string("advertise") {
             advertiseURL = try normalizedBaseURL(advertise, flag: "advertise")
         }
+        token = try loadToken(file: args.string("token-file"))
         // The outbox relay's problems and, with --broker, the stream reader's.
         onProblem = { warn("outbox: \($0)") }
     }
 }
+
+/// The usage line of `--token-file`, which both demo services take.
+public let demoTokenFlagUsage = """
+  --token-file F      bearer token required on every call in (but GET /healthz, /metrics) and sent on
+                      every call out, to the coordinator and the other service (also env COHORT_TOKEN)
+"""
 
 extension InventoryService.Options: DemoServiceOptions {}
 extension OrderService.Options: DemoServiceOptions {}

@@ -26,13 +26,15 @@ final class ReplySink: OutboxSink {
     let name = "reply-to"
     private let loop: EventLoop
     private let replyTo: String?
+    private let token: String?
     private(set) var sinks: [String: HTTPOutboxSink] = [:]
 
     /// `replyTo`: a full inbox URL (`http://HOST:PORT/v1/inbox`) for every message, or nil to
-    /// use each message's `reply_to` header.
-    init(loop: EventLoop, replyTo: String? = nil) {
+    /// use each message's `reply_to` header. `token`: sent to every address.
+    init(loop: EventLoop, replyTo: String? = nil, token: String? = nil) {
         self.loop = loop
         self.replyTo = replyTo
+        self.token = token
     }
 
     func deliver(_ messages: [OutboxMessage], completion: @escaping (SinkResult) -> Void) {
@@ -52,7 +54,7 @@ final class ReplySink: OutboxSink {
         let groupCount = groups.count
         for (url, indexes) in groups {
             let cached = sinks[url]
-            let sink = cached ?? HTTPOutboxSink(url: url, loop: loop)
+            let sink = cached ?? HTTPOutboxSink(url: url, loop: loop, bearerToken: token)
             let keep = cached == nil && sinks.count < Limits.demoReplyTargetsCachedMax
             if keep { sinks[url] = sink }
             sink.deliver(indexes.map { messages[$0] }) { [loop] result in
@@ -134,8 +136,8 @@ final class OrderOutbox {
     private(set) var consumer: StreamConsumer?
 
     /// With `broker` (redis://HOST:PORT) OrderPlaced goes to a stream and the answers are read
-    /// from another; without it, both go by HTTP to the services' `/v1/inbox`.
-    init(path: String, inventoryInbox: String, broker: String?, loop: EventLoop, onProblem: @escaping (String) -> Void) throws {
+    /// from another; without it, both go by HTTP to the services' `/v1/inbox` (with `token`).
+    init(path: String, inventoryInbox: String, broker: String?, token: String? = nil, loop: EventLoop, onProblem: @escaping (String) -> Void) throws {
         // No name: one is drawn at random when the database is created and kept in it (as the
         // inventory's is), so message ids (`SOURCE:ID`) are new to the inventory's inbox even
         // from a second order service or a re-created directory; a fixed "orders" made them
@@ -143,7 +145,7 @@ final class OrderOutbox {
         // name was fixed keeps "orders", so the ids of messages it has in flight do not change.
         outbox = try Outbox(path: path)
         let sink: OutboxSink = try broker.map { try makeOutboxSink(url: $0, stream: DemoStreams.ordersPlaced, loop: loop) }
-            ?? HTTPOutboxSink(url: inventoryInbox, loop: loop)
+            ?? HTTPOutboxSink(url: inventoryInbox, loop: loop, bearerToken: token)
         relay = OutboxRelay(store: try OutboxStore(path: path), sink: sink, loop: loop)
         relay.onProblem = onProblem
         inbox = try Inbox(path: path, consumer: "orders")
@@ -209,12 +211,13 @@ final class InventoryOutbox {
 
     /// With `broker`, OrderPlaced is read from a stream (each batch applied on the loop thread,
     /// like the HTTP inbox) and the answers go to another stream; else both go by HTTP.
-    /// `replyTo` (HTTP only): the inbox URL every answer goes to instead of its `reply_to`.
-    init(path: String, broker: String?, replyTo: String? = nil, loop: EventLoop, busy: @escaping (String) -> Bool,
+    /// `replyTo` (HTTP only): the inbox URL every answer goes to instead of its `reply_to`;
+    /// `token`, sent with every answer.
+    init(path: String, broker: String?, replyTo: String? = nil, token: String? = nil, loop: EventLoop, busy: @escaping (String) -> Bool,
          onProblem: @escaping (String) -> Void) throws {
         inbox = try Inbox(path: path, consumer: "inventory", withOutbox: true)
         let sink: OutboxSink = try broker.map { try makeOutboxSink(url: $0, stream: DemoStreams.stockAnswers, loop: loop) }
-            ?? ReplySink(loop: loop, replyTo: replyTo)
+            ?? ReplySink(loop: loop, replyTo: replyTo, token: token)
         relay = OutboxRelay(store: try OutboxStore(path: path), sink: sink, loop: loop)
         relay.onProblem = onProblem
         if let broker {

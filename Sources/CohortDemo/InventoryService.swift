@@ -24,6 +24,8 @@ public final class InventoryService: RunnableServer {
         public var broker: String?
         /// The address the coordinator calls the participant back on (default http://HOST:PORT).
         public var advertiseURL: String?
+        /// Required on every call in and sent on every call out (`--token-file`).
+        public var token: String?
         /// The order service's base URL: every outbox answer goes to its `/v1/inbox` instead of
         /// the `reply_to` its `OrderPlaced` carried (`--reply-to`; HTTP delivery only).
         public var replyToURL: String?
@@ -53,11 +55,14 @@ public final class InventoryService: RunnableServer {
     public var recoveryNote: String? { agent.recoveryNote }
 
     public init(options: Options, loop: EventLoop, onFatal: @escaping (String) -> Void) throws {
-        api = APIPool(coordinatorURL: options.coordinatorURL)
+        api = APIPool(coordinatorURL: options.coordinatorURL, token: options.token)
         var agentOptions = AgentServer.Options(name: options.name, dataDirectory: options.dataDirectory, coordinatorURL: options.coordinatorURL)
         agentOptions.host = options.host
         agentOptions.port = options.port
         agentOptions.advertiseURL = options.advertiseURL
+        // The participant's server requires it (so every route of this service does, TCC phases
+        // too) and its client sends it to the coordinator.
+        agentOptions.token = options.token
         weak var weakSelf: InventoryService?
         agentOptions.routes = { request, responder in weakSelf?.route(request, responder) ?? false }
         // The TCC and outbox tables below live in the same SQLite file, on connections of their own.
@@ -72,7 +77,7 @@ public final class InventoryService: RunnableServer {
             if case .done = outcome { CrashPoints.hit("inventory-service.after-tcc-\(phase.rawValue)-committed") }
         }
         outbox = try InventoryOutbox(path: options.dataDirectory + "/kv.sqlite", broker: options.broker,
-                                     replyTo: options.replyToURL.map { $0 + "/v1/inbox" }, loop: loop, busy: { sku in
+                                     replyTo: options.replyToURL.map { $0 + "/v1/inbox" }, token: options.token, loop: loop, busy: { sku in
             !agent.node.resource.lockHolders("available/\(sku)").isEmpty || !agent.node.resource.lockHolders("sold/\(sku)").isEmpty
         }, onProblem: options.onProblem)
         weakSelf = self

@@ -24,6 +24,8 @@ public final class OrderService: RunnableServer {
         public var broker: String?
         /// The address the coordinator calls the participant back on (default http://HOST:PORT).
         public var advertiseURL: String?
+        /// Required on every call in and sent on every call out (`--token-file`).
+        public var token: String?
         /// Problems worth logging (a lost broker connection); the library never prints.
         public var onProblem: (String) -> Void = { _ in }
         public init(dataDirectory: String, coordinatorURL: String, inventoryURL: String) {
@@ -75,7 +77,7 @@ public final class OrderService: RunnableServer {
 
     public init(options: Options, loop: EventLoop, onFatal: @escaping (String) -> Void) throws {
         self.options = options
-        api = APIPool(coordinatorURL: options.coordinatorURL)
+        api = APIPool(coordinatorURL: options.coordinatorURL, token: options.token)
         try DataDirectory.create(options.dataDirectory)
         store = try OrderStore(path: options.dataDirectory + "/orders.sqlite")
         var agentOptions = AgentServer.Options(name: options.name, dataDirectory: options.dataDirectory + "/participant",
@@ -83,13 +85,14 @@ public final class OrderService: RunnableServer {
         agentOptions.host = options.host
         agentOptions.port = options.port
         agentOptions.advertiseURL = options.advertiseURL
+        agentOptions.token = options.token
         weak var weakSelf: OrderService?
         agentOptions.routes = { request, responder in weakSelf?.route(request, responder) ?? false }
         agent = try AgentServer(options: agentOptions, loop: loop, onFatal: onFatal)
         selfURL = "http://\(options.host):\(agent.port)"
         replyURL = (options.advertiseURL ?? selfURL) + "/v1/inbox"
         outbox = try OrderOutbox(path: options.dataDirectory + "/orders.sqlite", inventoryInbox: options.inventoryURL + "/v1/inbox",
-                                 broker: options.broker, loop: loop, onProblem: options.onProblem)
+                                 broker: options.broker, token: options.token, loop: loop, onProblem: options.onProblem)
         weakSelf = self
     }
 

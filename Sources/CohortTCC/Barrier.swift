@@ -39,16 +39,25 @@ public enum TCCPhaseOutcome: Equatable, Sendable {
 /// `(resource, txid, branch_id, op)`:
 /// - try inserts its `try` row (note `tried`, and the digest of its payload); if the row is
 ///   already there with note `fence`, the branch was cancelled first and the try is refused
-///   (hanging); with note `tried` it is a duplicate and answers the first result, unless its
-///   payload differs from the first try's: then it is refused as a conflict, because the caller
-///   reused a branch id for other work and answering "duplicate" would tell it that work was
-///   reserved when it was not.
+///   (hanging); with note `tried` and a `cancel` row, the branch was cancelled after its try
+///   ran and the try is refused (hanging) too: its reservation is gone, and "duplicate" with the
+///   first result would report it held; with note `tried` and no cancel it is a duplicate and
+///   answers the first result (also after a confirm: the reservation was made, and sold),
+///   unless its payload differs from the first try's: then it is refused as a conflict, because
+///   the caller reused a branch id for other work and answering "duplicate" would tell it that
+///   work was reserved when it was not.
 /// - cancel inserts the *origin* `try` row with note `fence` if none exists (then this is an
 ///   empty cancel: nothing to undo, and the fence refuses a late try), then its own `cancel`
 ///   row; if that row already exists the cancel is a duplicate.
 /// - confirm requires a `tried` try row, inserts its `confirm` row (duplicate if present).
 /// Every phase runs under `BEGIN IMMEDIATE`: SQLite's write lock serializes a try and a cancel
 /// of the same branch, and the unique key decides which came first.
+///
+/// A phase that would start a branch (a try, or a cancel with no try: its fence) is refused with
+/// `TCCError.barrierFull` when the resource already holds `rowsMax` rows: a cancel must leave a
+/// fence and rows go only after the retention, so without a bound a flood of cancels with
+/// made-up txids grows the table for as long as the retention. Phases of a branch already there
+/// still run (its confirm or cancel adds one row past the bound at most).
 public enum TCCBarrier {
     public static let schema = """
         CREATE TABLE IF NOT EXISTS tcc_barrier(
@@ -83,15 +92,29 @@ public enum TCCBarrier {
         return "\(bytes.count):\(String(CRC32C.checksum(bytes), radix: 16)):\(String(fnv, radix: 16))"
     }
 
+    /// How many barrier rows a resource holds, and how many it may hold before a new branch is
+    /// refused.
+    struct Room {
+        /// The resource's rows, counting those this transaction added so far.
+        let rows: Int
+        let rowsMax: Int
+        var isFull: Bool { rows >= rowsMax }
+    }
+
     /// Runs `phase` of a branch through the barrier inside the caller's open transaction;
     /// `business` is called only when the business code must run. Throws to roll back.
+    /// `rowsAdded` grows by each row inserted (kept only if the transaction commits).
     static func run(_ db: SQLiteConnection, resource: String, phase: TCCPhase, txid: String, branchID: String, payload: JSONValue?,
-                    nowMs: Int64, deadlineMs: Int64?, skewMarginMs: Int64, testOnlyIgnoreFence: Bool = false,
-                    business: () throws -> JSONValue?) throws -> TCCPhaseOutcome {
+                    nowMs: Int64, deadlineMs: Int64?, skewMarginMs: Int64, room: Room, rowsAdded: inout Int,
+                    testOnlyIgnoreFence: Bool = false, business: () throws -> JSONValue?) throws -> TCCPhaseOutcome {
         let key: [SQLValue] = [.text(resource), .text(txid), .text(branchID)]
+        var added = 0
+        defer { rowsAdded += added }
         func insert(_ op: String, _ note: String, digest: String? = nil) throws -> Bool {
-            try db.run("INSERT INTO tcc_barrier(resource, txid, branch_id, op, note, at_ms, payload_digest) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
-                       key + [.text(op), .text(note), .int(nowMs), digest.map(SQLValue.text) ?? .null]) == 1
+            let inserted = try db.run("INSERT INTO tcc_barrier(resource, txid, branch_id, op, note, at_ms, payload_digest) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                                      key + [.text(op), .text(note), .int(nowMs), digest.map(SQLValue.text) ?? .null]) == 1
+            if inserted { added += 1 }
+            return inserted
         }
         func row(_ op: String) throws -> (note: String, result: JSONValue?, payloadDigest: String?)? {
             guard let r = try db.query("SELECT note, result, payload_digest FROM tcc_barrier WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3 AND op = ?4",
@@ -99,8 +122,17 @@ public enum TCCBarrier {
             let result = r[1].text.flatMap { try? JSONValue(node: JSONParser.parse(Array($0.utf8))) }
             return (r[0].text ?? "", result, r[2].text)
         }
+        /// Refuses a phase that would start a branch while the barrier is full; read only then,
+        /// so a phase costs no extra query below the bound.
+        func refuseANewBranchWhenFull() throws {
+            guard room.isFull, try row("try") == nil else { return }
+            throw TCCError.barrierFull("the TCC barrier of resource \(resource) holds \(room.rows) rows, its limit of \(room.rowsMax): "
+                + "a \(phase.rawValue) of a new branch is refused until finished branches are purged (their rows go once past the barrier's retention); "
+                + "the confirm and cancel of branches already tried still run")
+        }
         switch phase {
         case .try:
+            try refuseANewBranchWhenFull()
             let digest = payloadDigest(payload)
             if try insert("try", "tried", digest: digest) {
                 // Subtracted from the clock, not added to the deadline: the deadline comes from
@@ -121,6 +153,7 @@ public enum TCCBarrier {
                 return .done(result: result)
             }
             let existing = try row("try")
+            let cancelled = try row("cancel") != nil
             if existing?.note == "fence" {
                 #if DEBUG
                 if testOnlyIgnoreFence {
@@ -129,8 +162,11 @@ public enum TCCBarrier {
                     return .done(result: try business())
                 }
                 #endif
-                return .hanging("the branch was cancelled before its try arrived")
+                return .hanging(cancelled ? "the branch was cancelled before its try arrived" : "the branch's try came after its deadline and was refused")
             }
+            // Before the payload check: whatever this try carries, the branch is over, and its
+            // cancel released what the first try reserved.
+            if cancelled { return .hanging("the branch was cancelled after its try ran; what the try reserved was released") }
             if let first = existing?.payloadDigest, first != digest {
                 throw TCCError.conflict("try repeated with a different payload: branch \(branchID) of \(txid) was tried with other work; use a new branch id for new work")
             }
@@ -143,6 +179,7 @@ public enum TCCBarrier {
             _ = try business()
             return .done(result: nil)
         case .cancel:
+            try refuseANewBranchWhenFull()
             // No try row: insert the fence. A fence already there (a try refused past its
             // deadline): the try never ran either. Both are empty cancels.
             let empty = try insert("try", "fence") || (try row("try"))?.note == "fence"
@@ -155,19 +192,24 @@ public enum TCCBarrier {
     }
 
     /// Deletes `resource`'s barrier rows of branches finished (confirmed or cancelled) more
-    /// than `retentionMs` ago, at most `limit` branches; returns how many branches it removed.
+    /// than `retentionMs` ago, at most `limit` branches, inside the caller's open transaction;
+    /// returns how many branches and rows it removed.
     /// A branch with only a try row is never removed: its confirm or cancel is still coming.
     /// Only the resource's own rows: resources sharing a database keep their own retention.
-    static func purge(_ db: SQLiteConnection, resource: String, nowMs: Int64, retentionMs: Int64, limit: Int) throws -> Int {
-        try db.transaction {
-            let rows = try db.query("""
-                SELECT resource, txid, branch_id FROM tcc_barrier
-                WHERE resource = ?3 AND op IN ('confirm', 'cancel') AND at_ms < ?1 LIMIT ?2
-                """, [.int(nowMs - retentionMs), .int(Int64(limit)), .text(resource)])
-            for r in rows {
-                try db.run("DELETE FROM tcc_barrier WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3", r)
-            }
-            return rows.count
+    static func purge(_ db: SQLiteConnection, resource: String, nowMs: Int64, retentionMs: Int64, limit: Int) throws -> (branches: Int, rows: Int) {
+        let branches = try db.query("""
+            SELECT resource, txid, branch_id FROM tcc_barrier
+            WHERE resource = ?3 AND op IN ('confirm', 'cancel') AND at_ms < ?1 LIMIT ?2
+            """, [.int(nowMs - retentionMs), .int(Int64(limit)), .text(resource)])
+        var rows = 0
+        for b in branches {
+            rows += try db.run("DELETE FROM tcc_barrier WHERE resource = ?1 AND txid = ?2 AND branch_id = ?3", b)
         }
+        return (branches.count, rows)
+    }
+
+    /// The rows `resource` holds (read once, when a resource opens; then kept by its phases and purges).
+    static func rowCount(_ db: SQLiteConnection, resource: String) throws -> Int {
+        Int(try db.query("SELECT COUNT(*) FROM tcc_barrier WHERE resource = ?1", [.text(resource)]).first?[0].int ?? 0)
     }
 }

@@ -27,6 +27,9 @@ public final class TCCResource: @unchecked Sendable {
         /// A try is refused when it arrives this long after its deadline (coordinator clock).
         public var clockSkewMarginMs = Limits.tccClockSkewMarginMs
         public var busyTimeoutMs: Int32 = 10_000
+        /// Barrier rows past which a phase that would start a branch is refused (503,
+        /// `TCCError.barrierFull`); see `Limits.tccBarrierRowsMax`.
+        public var barrierRowsMax = Limits.tccBarrierRowsMax
         /// TEST ONLY (the simulation's `--break tcc-ignore-fence`): a try that arrives after its
         /// branch's cancel runs anyway, the bug the barrier's fence exists to prevent. Honoured
         /// only in debug builds (see CohortRuntime's `TestOnlyBreak`); a release build ignores it.
@@ -45,6 +48,11 @@ public final class TCCResource: @unchecked Sendable {
     private var idle: [SQLiteConnection] = []
     /// Phases answered since start, by phase and `PhaseResult` (for /metrics), under `lock`.
     private var phaseResults: [TCCPhase: [PhaseResult: Int]] = [:]
+    /// This resource's barrier rows, under `lock`: counted once at open, then moved by each
+    /// local transaction's inserts and the purge's deletes (just before their COMMIT, undone if
+    /// it fails), so no phase pays for a COUNT(*). A writer's BEGIN IMMEDIATE waits for the
+    /// COMMIT before it, so it reads a count that holds every committed row of this process.
+    private var barrierRows = 0
     /// Called after a phase's local transaction committed, before the answer is sent (a test
     /// or a crash-injection hook: `tcc-inventory` uses it for "the try's response is lost").
     public var afterCommit: ((TCCPhase, TCCPhaseOutcome) -> Void)?
@@ -62,6 +70,7 @@ public final class TCCResource: @unchecked Sendable {
         guard options.retentionMs >= Limits.tccBarrierRetentionMsMin else {
             throw TCCError.badRequest("barrier retention must be at least \(Limits.tccBarrierRetentionMsMin) ms")
         }
+        guard options.barrierRowsMax >= 1 else { throw TCCError.badRequest("barrierRowsMax must be at least 1") }
         guard !name.isEmpty, name.utf8.count <= 64, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
             throw TCCError.badRequest("resource name must be 1-64 letters, digits, - or _")
         }
@@ -75,6 +84,7 @@ public final class TCCResource: @unchecked Sendable {
         let db = try SQLiteConnection(path: path, busyTimeoutMs: options.busyTimeoutMs, fairWriteLock: false)
         try TCCBarrier.migrate(db)
         if !schema.isEmpty { try db.exec(schema) }
+        barrierRows = try TCCBarrier.rowCount(db, resource: name)
         idle.append(db)
     }
 
@@ -117,7 +127,9 @@ public final class TCCResource: @unchecked Sendable {
         let outcome: TCCPhaseOutcome
         do {
             try Self.check(call)
-            outcome = try withConnection { db in try db.transaction { try runInTransaction(call, db) } }
+            outcome = try withConnection { db in
+                try countingRows(db) { added in try runInTransaction(call, db, rowsAddedBefore: 0, rowsAdded: &added) }
+            }
         } catch {
             count([(phase, PhaseResult(error))])
             throw error
@@ -131,8 +143,8 @@ public final class TCCResource: @unchecked Sendable {
     public enum PhaseResult: String, CaseIterable, Sendable {
         /// `TCCPhaseOutcome`'s four.
         case done, duplicate, emptyCancel = "empty-cancel", hanging
-        /// `TCCError`'s three, and any other error (a database's).
-        case refused, conflict, badRequest = "bad-request", error
+        /// `TCCError`'s four, and any other error (a database's).
+        case refused, conflict, badRequest = "bad-request", barrierFull = "barrier-full", error
 
         init(_ outcome: TCCPhaseOutcome) {
             switch outcome {
@@ -148,6 +160,7 @@ public final class TCCResource: @unchecked Sendable {
             case .refused?: self = .refused
             case .conflict?: self = .conflict
             case .badRequest?: self = .badRequest
+            case .barrierFull?: self = .barrierFull
             case nil: self = .error
             }
         }
@@ -166,10 +179,42 @@ public final class TCCResource: @unchecked Sendable {
         return phaseResults[phase]?[result] ?? 0
     }
 
+    /// The resource's barrier rows now (committed, in this process's count).
+    public var barrierRowCount: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return barrierRows
+    }
+
+    private func adjustBarrierRows(by delta: Int) {
+        lock.lock()
+        barrierRows += delta
+        lock.unlock()
+    }
+
+    /// `body` in a local transaction on `db`, with the barrier rows it adds (`body` counts them
+    /// in its argument) counted just before the COMMIT and taken back if the COMMIT fails.
+    private func countingRows<T>(_ db: SQLiteConnection, _ body: (inout Int) throws -> T) throws -> T {
+        var counted = 0
+        do {
+            return try db.transaction {
+                var added = 0
+                let result = try body(&added)
+                adjustBarrierRows(by: added)
+                counted = added
+                return result
+            }
+        } catch {
+            adjustBarrierRows(by: -counted)
+            throw error
+        }
+    }
+
     /// Adds this resource's counters to a server's /metrics: `cohort_tcc_phases_total` by
     /// resource, phase and result (a rising `hanging` count is tries that came after their
-    /// cancel; `empty-cancel`, cancels with no try), and with a purger, the barrier rows it
-    /// removed.
+    /// cancel; `empty-cancel`, cancels with no try; `barrier-full`, new branches refused at the
+    /// row bound), the gauge `cohort_tcc_barrier_rows` (rows held now, against
+    /// `Options.barrierRowsMax`), and with a purger, the finished branches whose rows it removed.
     public func declareMetrics(_ m: MetricsRegistry, purger: TCCBarrierPurger? = nil) {
         for phase in [TCCPhase.try, .confirm, .cancel] {
             for result in PhaseResult.allCases {
@@ -179,8 +224,10 @@ public final class TCCResource: @unchecked Sendable {
                 }
             }
         }
+        m.sample("cohort_tcc_barrier_rows", type: "gauge", help: "TCC barrier rows held; past the resource's bound new branches are refused",
+                 labels: "resource=\"\(name)\"") { [weak self] in Double(self?.barrierRowCount ?? 0) }
         if let purger {
-            m.sample("cohort_tcc_barrier_rows_purged_total", type: "counter", help: "Barrier rows of finished branches removed after their retention",
+            m.sample("cohort_tcc_barrier_rows_purged_total", type: "counter", help: "Finished branches whose barrier rows were removed after their retention",
                      labels: "resource=\"\(name)\"") { [weak purger] in Double(purger?.removedTotal ?? 0) }
         }
     }
@@ -199,13 +246,16 @@ public final class TCCResource: @unchecked Sendable {
         let results: [Result<TCCPhaseOutcome, Error>]
         do {
             results = try withConnection { db in
-                try db.transaction {
+                try countingRows(db) { added in
                     try calls.map { call -> Result<TCCPhaseOutcome, Error> in
                         do { try Self.check(call) } catch { return .failure(error) }
                         try db.exec("SAVEPOINT tcc_phase")
                         do {
-                            let outcome = try runInTransaction(call, db)
+                            // Rows of a phase rolled back to its savepoint are not counted.
+                            var phaseAdded = 0
+                            let outcome = try runInTransaction(call, db, rowsAddedBefore: added, rowsAdded: &phaseAdded)
                             try db.exec("RELEASE tcc_phase")
+                            added += phaseAdded
                             return .success(outcome)
                         } catch {
                             guard db.sqliteTransactionOpen else { throw TransactionLost(error: error) }
@@ -240,8 +290,9 @@ public final class TCCResource: @unchecked Sendable {
         }
     }
 
-    /// The barrier and the business code, inside the caller's open transaction.
-    private func runInTransaction(_ call: PhaseCall, _ db: SQLiteConnection) throws -> TCCPhaseOutcome {
+    /// The barrier and the business code, inside the caller's open transaction, which has added
+    /// `rowsAddedBefore` barrier rows not yet counted; the rows this phase adds go to `rowsAdded`.
+    private func runInTransaction(_ call: PhaseCall, _ db: SQLiteConnection, rowsAddedBefore: Int, rowsAdded: inout Int) throws -> TCCPhaseOutcome {
         let context = TCCContext(resource: name, txid: call.txid, branchID: call.branchID, payload: call.payload, db: db)
         var runFencedTry = false
         #if DEBUG
@@ -250,7 +301,8 @@ public final class TCCResource: @unchecked Sendable {
         return try TCCBarrier.run(db, resource: name, phase: call.phase, txid: call.txid, branchID: call.branchID,
                                   payload: call.payload, nowMs: clock(),
                                   deadlineMs: call.deadlineMs, skewMarginMs: options.clockSkewMarginMs,
-                                  testOnlyIgnoreFence: options.testOnlyIgnoreFence || runFencedTry) {
+                                  room: TCCBarrier.Room(rows: barrierRowCount + rowsAddedBefore, rowsMax: options.barrierRowsMax),
+                                  rowsAdded: &rowsAdded, testOnlyIgnoreFence: options.testOnlyIgnoreFence || runFencedTry) {
             switch call.phase {
             case .try: return try tryBody(context)
             case .confirm: try confirmBody(context); return nil
@@ -263,7 +315,13 @@ public final class TCCResource: @unchecked Sendable {
     /// `limit` branches per call); returns how many branches were removed.
     @discardableResult
     public func purgeFinished(limit: Int = Limits.tccPurgeBatchMax) throws -> Int {
-        try withConnection { try TCCBarrier.purge($0, resource: name, nowMs: clock(), retentionMs: options.retentionMs, limit: limit) }
+        try withConnection { db in
+            try countingRows(db) { added in
+                let removed = try TCCBarrier.purge(db, resource: name, nowMs: clock(), retentionMs: options.retentionMs, limit: limit)
+                added = -removed.rows
+                return removed.branches
+            }
+        }
     }
 
     /// The barrier rows of a branch (op → note), for tests and inspection.
@@ -372,6 +430,9 @@ public final class TCCResource: @unchecked Sendable {
             case .refused(let m): return .error(409, m)
             case .conflict(let m): return .error(409, m)
             case .badRequest(let m): return .error(400, m)
+            // Not 409: the branch is not refused for good. A try's 503 fails the transaction
+            // (the coordinator cancels it); a cancel's is retried until the purge makes room.
+            case .barrierFull(let m): return .error(503, m)
             }
         case .failure(let e as SQLiteError):
             // The database is busy or failing: the coordinator retries the phase.

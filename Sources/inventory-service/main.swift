@@ -6,7 +6,7 @@ import Foundation
 
 let usage = """
 usage: inventory-service --data DIR --port N --coordinator URL [--host H] [--broker redis://HOST:PORT] [--advertise URL]
-                         [--reply-to URL]
+                         [--reply-to URL] [--token-file F]
 
 The demo's inventory: stock per sku in its own SQLite store; a Cohort participant (2PC, 3PC).
   --data DIR          data directory; created if missing
@@ -18,12 +18,13 @@ The demo's inventory: stock per sku in its own SQLite store; a Cohort participan
   --reply-to URL      the order service's address, http://HOST:PORT (no path): answers to outbox orders go to URL/v1/inbox
                       instead of the address each order named (for an order service that moved);
                       not with --broker
+\(demoTokenFlagUsage)
 \(ServerMain.sharedFlagsUsage)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list (the crash points)
 """
 
 exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage: usage,
-                     valued: ["data", "port", "host", "coordinator", "broker", "advertise", "reply-to"], crashPoints: InventoryService.crashPoints,
+                     valued: ["data", "port", "host", "coordinator", "broker", "advertise", "reply-to", "token-file"], crashPoints: InventoryService.crashPoints,
                      say: { print($0); fflush(stdout) }, warn: { StandardStream.err(($0 + "\n")) }) { args in
     var options = InventoryService.Options(dataDirectory: try args.required("data"),
                                            coordinatorURL: try normalizedBaseURL(try args.required("coordinator"), flag: "coordinator"))

@@ -6,6 +6,7 @@ import Foundation
 
 let usage = """
 usage: order-service --data DIR --port N --coordinator URL --inventory URL [--host H] [--broker redis://HOST:PORT] [--advertise URL]
+                     [--token-file F]
 
 The demo's orders, placed in mode 2pc, 3pc, tcc or outbox.
   --inventory URL     the inventory service
@@ -15,12 +16,13 @@ The demo's orders, placed in mode 2pc, 3pc, tcc or outbox.
   --host H            address to bind (default 127.0.0.1)
   --broker URL        redis://HOST:PORT: outbox messages through Redis Streams instead of HTTP
   --advertise URL     the address the coordinator calls this participant back on (default http://HOST:PORT)
+\(demoTokenFlagUsage)
 \(ServerMain.sharedFlagsUsage)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list (the crash points)
 """
 
 exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage: usage,
-                     valued: ["data", "port", "host", "coordinator", "inventory", "broker", "advertise"], crashPoints: OrderService.crashPoints,
+                     valued: ["data", "port", "host", "coordinator", "inventory", "broker", "advertise", "token-file"], crashPoints: OrderService.crashPoints,
                      say: { print($0); fflush(stdout) }, warn: { StandardStream.err(($0 + "\n")) }) { args in
     var options = OrderService.Options(dataDirectory: try args.required("data"),
                                        coordinatorURL: try normalizedBaseURL(try args.required("coordinator"), flag: "coordinator"),

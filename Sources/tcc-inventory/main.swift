@@ -6,14 +6,17 @@ import CohortTCC
 import Foundation
 
 let usage = """
-usage: tcc-inventory --data DIR --port N [--host H]
+usage: tcc-inventory --data DIR --port N [--host H] [--token-file F]
 
 A TCC inventory service (the worked example of the CohortTCC library): stock per sku in
 DIR/inventory.sqlite; try reserves, confirm sells, cancel releases, all through the barrier.
-Finished branches' barrier rows are purged every minute once older than 24 h.
+Finished branches' barrier rows are purged every minute once older than 24 h; past
+\(Limits.tccBarrierRowsMax) rows a try or cancel of a new branch is refused (503) until then.
+  --token-file F    require "Authorization: Bearer <token>" on every call but GET /healthz and
+                    /metrics (also env COHORT_TOKEN); give the coordinator the same token
   POST /v1/stock {"sku","available"}     set a sku's stock (setup only; 409 while it has open reservations)
   GET  /v1/stock/{sku}                   {"sku","available","reserved","sold"}
-  GET  /metrics                          phase calls by result, barrier rows purged, HTTP and CPU counters
+  GET  /metrics                          phase calls by result, barrier rows held and purged, HTTP and CPU counters
   POST /v1/tcc/inventory/try|confirm|cancel   the TCC phases ({"txid","branch_id","payload":{"sku","qty"}})
   GET  /v1/tcc/inventory/branches/{txid}/{branch_id}   what the barrier knows of a branch
                                          ({"txid","branch_id","state","barrier_retention_ms"})
@@ -31,7 +34,7 @@ func fail(_ message: String, status: Int32) -> Never {
 }
 
 do {
-    let args = try Arguments(Array(CommandLine.arguments.dropFirst()), valued: ["data", "port", "host"], booleans: ["help", Arguments.checkFlags])
+    let args = try Arguments(Array(CommandLine.arguments.dropFirst()), valued: ["data", "port", "host", "token-file"], booleans: ["help", Arguments.checkFlags])
     if args.has("help") { print(usage); exit(0) }
     if case .list = try CrashPoints.configure(known: crashPoints) {
         crashPoints.forEach { print($0) }
@@ -41,6 +44,10 @@ do {
     let dir = try args.required("data")
     let port = try args.int("port", range: 0...65535) ?? { throw UsageError("--port is required") }()
     let host = try listenHost(args)
+    // Read before --check-flags returns, as cohortd reads it: a token file that cannot be
+    // used fails the check too.
+    var serverConfig = HTTPServerConfig()
+    serverConfig.bearerToken = try loadToken(file: args.string("token-file"))
     if args.has(Arguments.checkFlags) { exit(0) }
     // Held for the process's life: a second tcc-inventory on the same directory would run a
     // second barrier purger over the same rows (the other services refuse it the same way).
@@ -63,7 +70,7 @@ do {
         server?.shutdown()
         loop.stop()
     }
-    server = try HTTPServer(loop: loop, host: host, port: port) { request, responder in
+    server = try HTTPServer(loop: loop, host: host, port: port, config: serverConfig) { request, responder in
         if let r = store.resource.handle(request) ?? store.resource.handleBranchQuery(request) { return responder.send(r) }
         let parts = request.pathComponents
         do {

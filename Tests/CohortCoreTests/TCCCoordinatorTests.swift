@@ -186,6 +186,34 @@ final class TCCCoordinatorTests: XCTestCase {
         XCTAssertEqual(m.parkedCount, 0)
     }
 
+    /// A service whose barrier is full answers a new branch's try and cancel with 503
+    /// (`TCCError.barrierFull`): the try fails the transaction, and its cancel, which needs a
+    /// fence row the service cannot write yet, is retried (parked, still retried) until the
+    /// purge makes room and it is answered 2xx; it never counts as done before.
+    func testATryAndCancelRefusedByAFullBarrierAreCancelledAndRetriedUntilAnswered() {
+        var config = TCCCoordinator.Config()
+        config.retryBudgetAttempts = 2
+        var m = TCCCoordinator(config: config)
+        let txid = nextTxID()
+        _ = m.on(.begin(nextReq(), txid: txid, timeoutMs: 5_000), nowMs: now)
+        let r = nextReq()
+        _ = m.on(.register(r, txid: txid.description, spec("a")), nowMs: now)
+        _ = m.on(.branchDurable(txid, branchID: "a"), nowMs: now)
+        let full = "HTTP 503: the TCC barrier of resource inventory holds 4000000 rows, its limit of 4000000"
+        let f = m.on(.tryAnswered(txid, branchID: "a", .failed(full)), nowMs: now)
+        XCTAssertEqual(calls(f, .cancel), ["a"])
+        if case .error(let e)? = replies(f)[r] { XCTAssertEqual(e.status, 502) } else { XCTFail("the try's caller is not answered") }
+        for attempt in 1...3 {
+            let a = m.on(.settled(txid, branchID: "a", .cancel, error: full), nowMs: now)
+            guard case .setTimer(.retry(txid, "a"), _)? = a.first else { return XCTFail("cancel not retried") }
+            XCTAssertEqual(m.transaction(txid)?.state, .cancelling)
+            XCTAssertEqual(m.transaction(txid)?.parked, attempt >= 2)
+            XCTAssertEqual(calls(m.on(.timerFired(.retry(txid, branchID: "a")), nowMs: now), .cancel), ["a"])
+        }
+        _ = m.on(.settled(txid, branchID: "a", .cancel, error: nil), nowMs: now)
+        XCTAssertEqual(m.transaction(txid)?.state, .aborted)
+    }
+
     func testRecoveryFromRecords() throws {
         var m = TCCCoordinator()
         var log: [TCCCoordinator.Record] = []

@@ -29,14 +29,15 @@ final class BarrierTests: XCTestCase {
         func advance(_ d: Int64) { lock.lock(); ms += d; lock.unlock() }
     }
 
-    /// A resource whose business code counts its runs and writes one row per run.
-    private func counting(_ counter: Counter, clock: Clock = Clock(), refuseTry: Bool = false) throws -> TCCResource {
+    /// A resource whose business code counts its runs and writes one row per run; its try
+    /// refuses (after writing) when `refuseTry`, or for branch id "refuse".
+    private func counting(_ counter: Counter, clock: Clock = Clock(), refuseTry: Bool = false, options: TCCResource.Options = .init()) throws -> TCCResource {
         try TCCResource(name: "r", databasePath: dir + "/db.sqlite", schema: "CREATE TABLE IF NOT EXISTS effects(op TEXT NOT NULL);",
-                        clock: { clock.now() },
+                        options: options, clock: { clock.now() },
                         try: { ctx in
                             counter.bump(.try)
                             try ctx.db.run("INSERT INTO effects(op) VALUES('try')")
-                            if refuseTry { throw TCCError.refused("no") }
+                            if refuseTry || ctx.branchID == "refuse" { throw TCCError.refused("no") }
                             return .string("ok-\(ctx.branchID)")
                         },
                         confirm: { ctx in counter.bump(.confirm); try ctx.db.run("INSERT INTO effects(op) VALUES('confirm')") },
@@ -438,5 +439,131 @@ final class BarrierTests: XCTestCase {
         XCTAssertThrowsError(try r.run(.try, txid: "new", branchID: "b", payload: .int(2)))
         // Opening again finds the column and does not add it twice.
         XCTAssertNoThrow(try counting(c))
+    }
+
+    /// What a try answers in each order of phases. A try after its branch's cancel is refused
+    /// (hanging, 409), whether the cancel came first (a fence) or after the try ran: it answered
+    /// "duplicate" with the first try's "reserved" result then, though the cancel had released
+    /// that reservation (a black-box probe: try, cancel, the same try again).
+    func testATryAfterItsBranchWasCancelledIsRefusedInEveryOrder() throws {
+        let c = Counter()
+        let clock = Clock()
+        let r = try counting(c, clock: clock)
+        let payload: JSONValue = .object(["sku": .string("apple"), "qty": .int(2)])
+        func hanging(_ txid: String, _ payload: JSONValue?, deadlineMs: Int64? = nil) throws -> String? {
+            guard case .hanging(let why) = try r.run(.try, txid: txid, branchID: "b", payload: payload, deadlineMs: deadlineMs) else { return nil }
+            return why
+        }
+        // try → cancel → try: refused, whatever payload the late try carries.
+        XCTAssertEqual(try r.run(.try, txid: "tct", branchID: "b", payload: payload), .done(result: .string("ok-b")))
+        XCTAssertEqual(try r.run(.cancel, txid: "tct", branchID: "b", payload: nil), .done(result: nil))
+        XCTAssertEqual(try hanging("tct", payload), "the branch was cancelled after its try ran; what the try reserved was released")
+        XCTAssertEqual(try hanging("tct", .int(7)), "the branch was cancelled after its try ran; what the try reserved was released")
+        XCTAssertEqual(try r.barrier(txid: "tct", branchID: "b"), ["try": "tried", "cancel": "cancelled"], "a refused try changes nothing")
+        // cancel → try: refused (the fence).
+        XCTAssertEqual(try r.run(.cancel, txid: "ct", branchID: "b", payload: nil), .emptyCancel)
+        XCTAssertEqual(try hanging("ct", payload), "the branch was cancelled before its try arrived")
+        // A try past its deadline, then again: refused both times, and says why.
+        XCTAssertEqual(try hanging("late", payload, deadlineMs: clock.now() - r.options.clockSkewMarginMs - 1), "try arrived after its deadline")
+        XCTAssertEqual(try hanging("late", payload), "the branch's try came after its deadline and was refused")
+        // try → confirm → try: the reservation was made (and sold): a duplicate with its result.
+        XCTAssertEqual(try r.run(.try, txid: "tft", branchID: "b", payload: payload), .done(result: .string("ok-b")))
+        XCTAssertEqual(try r.run(.confirm, txid: "tft", branchID: "b", payload: nil), .done(result: nil))
+        XCTAssertEqual(try r.run(.try, txid: "tft", branchID: "b", payload: payload), .duplicate(result: .string("ok-b")))
+        // try → try: a duplicate with the same payload, a conflict with another.
+        XCTAssertEqual(try r.run(.try, txid: "tt", branchID: "b", payload: payload), .done(result: .string("ok-b")))
+        XCTAssertEqual(try r.run(.try, txid: "tt", branchID: "b", payload: payload), .duplicate(result: .string("ok-b")))
+        XCTAssertThrowsError(try r.run(.try, txid: "tt", branchID: "b", payload: .int(7))) { guard case .conflict? = $0 as? TCCError else { return XCTFail("\($0)") } }
+        XCTAssertEqual(c.get(.try), 3, "only the first try of each branch ran")
+        XCTAssertEqual(c.get(.cancel), 1)
+        // Over HTTP, alone or in a batch: 409 saying the branch was cancelled.
+        let call = TCCResource.PhaseCall(phase: .try, txid: "tct", branchID: "b", payload: payload)
+        let body = Array(#"{"txid":"tct","branch_id":"b","payload":{"sku":"apple","qty":2}}"#.utf8)
+        let answers = [r.handle(HTTPRequest(method: "POST", target: "/v1/tcc/r/try", path: "/v1/tcc/r/try", body: body))!,
+                       r.response(call, r.runBatch([call])[0])]
+        for answer in answers {
+            XCTAssertEqual(answer.status, 409)
+            XCTAssertTrue(String(decoding: answer.body, as: UTF8.self).contains("try refused: the branch was cancelled after its try ran"),
+                          String(decoding: answer.body, as: UTF8.self))
+        }
+        XCTAssertEqual(r.phaseCount(.try, .hanging), 7)
+        XCTAssertEqual(r.phaseCount(.try, .duplicate), 2)
+        XCTAssertEqual(c.get(.try), 3)
+    }
+
+    /// Past `barrierRowsMax` rows a phase that would start a branch (a try, a cancel with no
+    /// try) is refused with 503 and keeps nothing, while the branches already there settle; the
+    /// purge makes room again. A flood of cancels with made-up txids grew the table for 24 h.
+    func testPastItsRowBoundTheBarrierRefusesNewBranchesAndSettlesTheOthers() throws {
+        let c = Counter()
+        let clock = Clock()
+        var options = TCCResource.Options()
+        options.barrierRowsMax = 4
+        let r = try counting(c, clock: clock, options: options)
+        func tableRows() throws -> Int {
+            try r.withConnection { Int(try $0.query("SELECT COUNT(*) FROM tcc_barrier WHERE resource = 'r'").first?[0].int ?? -1) }
+        }
+        func full(_ phase: TCCPhase, _ txid: String) {
+            XCTAssertThrowsError(try r.run(phase, txid: txid, branchID: "b", payload: nil)) { e in
+                guard case .barrierFull(let m)? = e as? TCCError else { return XCTFail("\(phase.rawValue) \(txid): \(e)") }
+                XCTAssertTrue(m.contains("holds 4 rows, its limit of 4"), m)
+            }
+        }
+        XCTAssertEqual(try r.run(.try, txid: "t1", branchID: "b", payload: nil), .done(result: .string("ok-b")))
+        XCTAssertThrowsError(try r.run(.try, txid: "t1", branchID: "refuse", payload: nil), "refused: rolled back, not counted")
+        XCTAssertEqual(try r.run(.try, txid: "t2", branchID: "b", payload: nil), .done(result: .string("ok-b")))
+        XCTAssertEqual(try r.run(.cancel, txid: "t3", branchID: "b", payload: nil), .emptyCancel)
+        XCTAssertEqual(r.barrierRowCount, 4)
+        // Full: no new branch, by try or by cancel, one at a time or over HTTP.
+        full(.try, "t4")
+        full(.cancel, "t5")
+        for phase in ["try", "cancel"] {
+            let body = Array(#"{"txid":"t6","branch_id":"b","payload":null}"#.utf8)
+            let answer = r.handle(HTTPRequest(method: "POST", target: "/v1/tcc/r/\(phase)", path: "/v1/tcc/r/\(phase)", body: body))!
+            XCTAssertEqual(answer.status, 503, phase)
+            XCTAssertTrue(String(decoding: answer.body, as: UTF8.self).contains("the TCC barrier of resource r holds 4 rows"), phase)
+        }
+        for txid in ["t4", "t5", "t6"] { XCTAssertEqual(try r.barrier(txid: txid, branchID: "b"), [:], txid) }
+        XCTAssertEqual(c.get(.try), 3)
+        XCTAssertEqual(r.phaseCount(.try, .barrierFull), 2)
+        XCTAssertEqual(r.phaseCount(.cancel, .barrierFull), 2)
+        // The branches already there settle, and their repeats are answered.
+        XCTAssertEqual(try r.run(.try, txid: "t1", branchID: "b", payload: nil), .duplicate(result: .string("ok-b")))
+        XCTAssertEqual(try r.run(.confirm, txid: "t1", branchID: "b", payload: nil), .done(result: nil))
+        XCTAssertEqual(try r.run(.confirm, txid: "t1", branchID: "b", payload: nil), .duplicate(result: nil))
+        XCTAssertEqual(try r.run(.cancel, txid: "t2", branchID: "b", payload: nil), .done(result: nil))
+        XCTAssertEqual(try r.run(.cancel, txid: "t3", branchID: "b", payload: nil), .duplicate(result: nil))
+        guard case .hanging = try r.run(.try, txid: "t3", branchID: "b", payload: nil) else { return XCTFail("the fence still refuses a late try") }
+        XCTAssertEqual(c.get(.confirm), 1)
+        XCTAssertEqual(c.get(.cancel), 1)
+        XCTAssertEqual(r.barrierRowCount, 6)
+        XCTAssertEqual(try tableRows(), 6)
+        // The gauge in /metrics, and the count a resource opening the table finds.
+        let metrics = MetricsRegistry()
+        r.declareMetrics(metrics)
+        XCTAssertTrue(metrics.render().contains("cohort_tcc_barrier_rows{resource=\"r\"} 6"), metrics.render())
+        XCTAssertEqual(try counting(c, clock: clock, options: options).barrierRowCount, 6)
+        // Past the retention the purge takes the finished branches and makes room.
+        clock.advance(r.options.retentionMs + 1)
+        XCTAssertEqual(try r.purgeFinished(), 3)
+        XCTAssertEqual(r.barrierRowCount, 0)
+        XCTAssertEqual(try r.run(.try, txid: "t4", branchID: "b", payload: nil), .done(result: .string("ok-b")))
+        // In a batch, the rows of the phases before count, and a rolled-back phase's do not.
+        let results = r.runBatch([
+            .init(phase: .try, txid: "b1", branchID: "b", payload: nil),
+            .init(phase: .try, txid: "b2", branchID: "refuse", payload: nil),
+            .init(phase: .try, txid: "b3", branchID: "b", payload: nil),
+            .init(phase: .try, txid: "b4", branchID: "b", payload: nil),
+            .init(phase: .cancel, txid: "b5", branchID: "b", payload: nil),
+            .init(phase: .confirm, txid: "t4", branchID: "b", payload: nil),
+        ])
+        XCTAssertEqual(try results[0].get(), .done(result: .string("ok-b")))
+        XCTAssertThrowsError(try results[1].get()) { XCTAssertEqual($0 as? TCCError, .refused("no")) }
+        XCTAssertEqual(try results[2].get(), .done(result: .string("ok-b")))
+        XCTAssertEqual(try results[3].get(), .done(result: .string("ok-b")), "3 rows then: the refused try's row is not one of them")
+        XCTAssertThrowsError(try results[4].get(), "4 rows then, three of them this batch's") { guard case .barrierFull? = $0 as? TCCError else { return XCTFail("\($0)") } }
+        XCTAssertEqual(try results[5].get(), .done(result: nil))
+        XCTAssertEqual(r.barrierRowCount, 5)
+        XCTAssertEqual(try tableRows(), 5)
     }
 }

@@ -14,12 +14,25 @@ final class DemoRig: @unchecked Sendable {
     var initial: [String: Int64] = [:]
 
     let broker: String?
+    /// With a token: every process gets `--token-file` (the coordinator too) and the rig's own
+    /// calls send it.
+    let token: String?
+    private let tokenFile: String?
 
-    init(broker: String? = nil) throws {
+    init(broker: String? = nil, token: String? = nil) throws {
         self.broker = broker
+        self.token = token
         var options = Cluster.Options()
         options.agents = 0
         options.keepData = ProcessInfo.processInfo.environment["COHORT_KEEP_TEST_DATA"] != nil
+        if let token {
+            let file = tempPath("demo-token-\(UUID().uuidString.prefix(8))")
+            try token.write(toFile: file, atomically: true, encoding: .utf8)
+            options.coordinatorArguments = ["--token-file", file]
+            tokenFile = file
+        } else {
+            tokenFile = nil
+        }
         cluster = try Cluster(options: options)
         try cluster.start()
         try start("inventory")
@@ -39,6 +52,7 @@ final class DemoRig: @unchecked Sendable {
         var args = ["--data", cluster.dataDirectory + "/" + name, "--port", String(port), "--coordinator", coordinatorURL]
         if name != "inventory" { args += ["--inventory", url("inventory")] }
         if let broker { args += ["--broker", broker] }
+        if let tokenFile { args += ["--token-file", tokenFile] }
         let program = name == "inventory" ? "inventory-service" : "order-service"
         var lastError: Error?
         for retry in 0..<(port == 0 ? 1 : 25) {
@@ -61,11 +75,12 @@ final class DemoRig: @unchecked Sendable {
     func stop() {
         for p in processes.values { p.terminate() }
         cluster.stop()
+        if let tokenFile { try? FileManager.default.removeItem(atPath: tokenFile) }
     }
 
     func json(_ method: String, _ url: String, _ body: [String: Any]? = nil) throws -> (Int, [String: Any]) {
         let bytes = body.map { Array(try! JSONSerialization.data(withJSONObject: $0)) } ?? []
-        let r = try CohortAPI(coordinatorURL: "", requestTimeoutMs: 60_000).raw(method, url, body: bytes)
+        let r = try CohortAPI(coordinatorURL: "", requestTimeoutMs: 60_000, token: token).raw(method, url, body: bytes)
         let object = (try? JSONSerialization.jsonObject(with: Data(r.body))) as? [String: Any] ?? [:]
         return (r.status, object)
     }

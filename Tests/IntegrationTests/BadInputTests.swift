@@ -631,6 +631,12 @@ final class BadInputTests: XCTestCase {
              "error: token file \(tokenDir)/big: the token is 133000 bytes"),
             ("cohort-relay", ["--db", dir + "/p.db", "--sink", "http://127.0.0.1:1/in", "--token-file", tokenDir + "/two-lines"], 2,
              "error: token file \(tokenDir)/two-lines: the token has a line break"),
+            // The TCC and demo services take the token as cohortd does (they took none before).
+            ("tcc-inventory", ["--data", dir + "/t", "--port", "0", "--token-file", tokenDir + "/two-lines"], 1,
+             "error: token file \(tokenDir)/two-lines: the token has a line break (byte 3)"),
+            ("inventory-service", ["--data", dir + "/i", "--port", "0", "--token-file", tokenDir + "/nul"] + coordinator, 1,
+             "error: token file \(tokenDir)/nul: the token has a NUL byte (byte 1)"),
+            ("order-service", demo + ["--token-file", tokenDir + "/missing"], 1, "error: cannot read token file \(tokenDir)/missing"),
             // URLs and names the start refused, or took as a default.
             ("order-service", demo + ["--broker", "redis://h:99999"], 2, "error: --broker: bad redis URL \"redis://h:99999\""),
             ("order-service", demo + ["--broker", "redis://"], 2, "error: --broker: bad redis URL \"redis://\""),

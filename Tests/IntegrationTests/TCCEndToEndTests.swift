@@ -20,18 +20,25 @@ final class TCCEndToEndTests: XCTestCase {
 
         let coordinatorFlags: [String]
 
-        init(test: XCTestCase, inventories n: Int, crashPoint: String?, coordinatorFlags: [String] = []) throws {
-            self.coordinatorFlags = coordinatorFlags
+        /// With `token`, every process gets `--token-file` with it and the rig's calls send it.
+        init(test: XCTestCase, inventories n: Int, crashPoint: String?, coordinatorFlags: [String] = [], token: String? = nil) throws {
             dir = tempPath("tcc-e2e-\(UUID().uuidString)")
+            var tokenFlags: [String] = []
+            if let token {
+                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+                try token.write(toFile: dir + "/token", atomically: true, encoding: .utf8)
+                tokenFlags = ["--token-file", dir + "/token"]
+            }
+            self.coordinatorFlags = coordinatorFlags + tokenFlags
             bin = try Cluster.findBinDirectory()
             coordinator = ManagedProcess(name: "cohortd", executable: bin.appendingPathComponent("cohortd"),
-                                         arguments: ["--data", dir + "/coordinator", "--port", "0"] + coordinatorFlags,
+                                         arguments: ["--data", dir + "/coordinator", "--port", "0"] + self.coordinatorFlags,
                                          environment: crashPoint.map { ["COHORT_CRASHPOINT": $0] } ?? [:], logDirectory: dir + "/logs")
             coordinatorURL = try coordinator.start()!
-            api = CohortAPI(coordinatorURL: coordinatorURL, requestTimeoutMs: 15_000)
+            api = CohortAPI(coordinatorURL: coordinatorURL, requestTimeoutMs: 15_000, token: token)
             for i in 0..<n {
                 let p = ManagedProcess(name: "inv\(i)", executable: bin.appendingPathComponent("tcc-inventory"),
-                                       arguments: ["--data", dir + "/inv\(i)", "--port", "0"], logDirectory: dir + "/logs")
+                                       arguments: ["--data", dir + "/inv\(i)", "--port", "0"] + tokenFlags, logDirectory: dir + "/logs")
                 try p.start()
                 inventories.append(p)
             }
@@ -125,6 +132,47 @@ final class TCCEndToEndTests: XCTestCase {
             XCTAssertEqual(try rig.stock(0).reserved, 0)
             try rig.setStock(0, 10)  // settled: allowed again
         }
+    }
+
+    /// tcc-inventory takes `--token-file` as cohortd does, and cohortd sends its token on its
+    /// try, confirm and cancel calls: a tokened coordinator drives a tokened inventory to the
+    /// end. Without it anyone who could reach tcc-inventory could confirm or cancel branches
+    /// (a probe cancelled made-up and real txids); such a call now gets 401 and changes nothing.
+    func testATokenedCoordinatorDrivesATokenedInventoryAndUntokenedCallsAreRefused() throws {
+        let rig = try Rig(test: self, inventories: 1, crashPoint: nil, token: "tcc-s3cret")
+        try rig.setStock(0, stock)
+        let committed = try rig.begin()
+        XCTAssertEqual(try rig.branch(committed, 0, qty: 3), 200)
+        XCTAssertEqual(try rig.json("POST", rig.coordinatorURL + "/v1/transactions/\(committed)/commit").1["outcome"] as? String, "committed")
+        // A transaction left tried, for an outsider to cancel.
+        let open = try rig.begin()
+        XCTAssertEqual(try rig.branch(open, 0, qty: 2), 200)
+        XCTAssertTrue(eventually(timeoutMs: 10_000) { (try? rig.stock(0))?.sold == 3 }, "the confirm reached the inventory with the token")
+
+        let inventory = rig.inventories[0].url!
+        let outsider = CohortAPI(coordinatorURL: rig.coordinatorURL, requestTimeoutMs: 10_000)
+        let wrong = CohortAPI(coordinatorURL: rig.coordinatorURL, requestTimeoutMs: 10_000, token: "not-it")
+        let before = try rig.stock(0)
+        for (txid, branch) in [(open, "inv0"), ("made-up", "b")] {
+            let body = Array(#"{"txid":"\#(txid)","branch_id":"\#(branch)","payload":null}"#.utf8)
+            for client in [outsider, wrong] {
+                let r = try client.raw("POST", inventory + "/v1/tcc/inventory/cancel", body: body)
+                XCTAssertEqual(r.status, 401, "\(txid): \(String(decoding: r.body, as: UTF8.self))")
+            }
+        }
+        XCTAssertTrue(try rig.stock(0) == before, "refused cancels changed nothing")
+        XCTAssertEqual(try rig.json("GET", inventory + "/v1/tcc/inventory/branches/\(open)/inv0").1["state"] as? String, "tried")
+        XCTAssertEqual(try rig.json("GET", inventory + "/v1/tcc/inventory/branches/made-up/b").1["state"] as? String, "none", "no fence left")
+        for path in ["/v1/stock/sku", "/v1/tcc/inventory/branches/made-up/b"] {
+            XCTAssertEqual(try outsider.raw("GET", inventory + path).status, 401, path)
+        }
+        XCTAssertEqual(try outsider.raw("POST", inventory + "/v1/stock", body: Array(#"{"sku":"sku","available":0}"#.utf8)).status, 401)
+        XCTAssertEqual(try outsider.raw("GET", inventory + "/healthz").status, 200)
+        XCTAssertEqual(try outsider.raw("GET", inventory + "/metrics").status, 200)
+        // The tokened coordinator still settles the open one.
+        XCTAssertEqual(try rig.json("POST", rig.coordinatorURL + "/v1/transactions/\(open)/abort").0, 200)
+        try assertAtRest(rig, sold: [3], "tokened")
+        XCTAssertEqual(rig.metric(inventory, #"cohort_tcc_barrier_rows{resource="inventory"}"#), 4, "two branches, two rows each")
     }
 
     /// tcc-inventory answers `GET /v1/tcc/inventory/branches/{txid}/{branch_id}`, the operator's
