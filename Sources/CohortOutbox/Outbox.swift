@@ -112,7 +112,9 @@ final class OutboxBacklogBound {
 
     /// Called inside the write transaction before a message is inserted.
     func admit(_ c: SQLiteConnection, nowMs: Int64) throws {
-        if countedAtMs.map({ nowMs - $0 >= max(countIntervalMs, lastCountMs * Self.countSpacingFactor) }) ?? true {
+        // An interval of 0 counts before every message (exact, for tests and tiny outboxes).
+        let spacingMs = countIntervalMs == 0 ? 0 : max(countIntervalMs, lastCountMs * Self.countSpacingFactor)
+        if countedAtMs.map({ nowMs - $0 >= spacingMs }) ?? true {
             estimate = try c.query("SELECT (SELECT COUNT(*) FROM outbox WHERE state = 0) + (SELECT COUNT(*) FROM outbox WHERE state = 2)").first?.first?.int ?? 0
             countedAtMs = SystemClock.monotonicMs()
             lastCountMs = countedAtMs! - nowMs

@@ -31,7 +31,7 @@ public enum RedisError: Error, CustomStringConvertible, Equatable {
 
     public var description: String {
         switch self {
-        case .badURL(let s): return "bad redis URL \"\(s)\": expected redis://HOST:PORT"
+        case .badURL(let s): return "bad redis URL \"\(redactedRedisURL(s))\": expected redis://HOST:PORT or redis://[USER]:PASSWORD@HOST:PORT"
         case .connection(let s): return "redis connection: \(s)"
         case .protocolError(let s): return "redis protocol error: \(s)"
         case .server(let s): return "redis error: \(s)"
@@ -167,20 +167,77 @@ public struct RESPParser {
     }
 }
 
-/// `redis://HOST:PORT` → (host, port).
-public func parseRedisURL(_ url: String) throws -> (host: String, port: Int) {
+/// Where a Redis server is and how to log in to it: `redis://[[USER]:PASSWORD@]HOST[:PORT]`
+/// (the Redis URI scheme; USER and PASSWORD percent-encoded where they hold `:`, `@`, `%`).
+/// A URL without a password takes `COHORT_REDIS_PASSWORD` from the environment, so the
+/// password need not sit in a command line, which every local user can read in `ps`.
+public struct RedisEndpoint: Equatable, Sendable {
+    public let host: String
+    public let port: Int
+    /// An ACL user (Redis 6 and later); nil logs in as `default`.
+    public let user: String?
+    public let password: String?
+    /// The URL with the password left out, for messages, names and metrics.
+    public var displayURL: String {
+        let who = password == nil ? (user.map { "\($0)@" } ?? "") : "\(user ?? ""):***@"
+        return "redis://\(who)\(host):\(port)"
+    }
+    /// The command that logs a new connection in, if a password is set.
+    var authCommand: [String]? {
+        guard let password else { return nil }
+        return user.map { ["AUTH", $0, password] } ?? ["AUTH", password]
+    }
+}
+
+/// `url` with anything between `redis://` and the last `@` hidden: what error messages echo.
+func redactedRedisURL(_ url: String) -> String {
+    guard url.hasPrefix("redis://"), let at = url.lastIndex(of: "@") else { return url }
+    return "redis://***" + url[at...]
+}
+
+/// Parses a `redis://` URL (`RedisEndpoint`); `passwordFromEnvironment` is used when the URL
+/// gives no password.
+public func parseRedisURL(_ url: String, passwordFromEnvironment: String? = ProcessEnv.get("COHORT_REDIS_PASSWORD")) throws -> RedisEndpoint {
     guard url.hasPrefix("redis://") else { throw RedisError.badURL(url) }
     var rest = String(url.dropFirst("redis://".count))
     while rest.hasSuffix("/") { rest.removeLast() }
+    var user: String?
+    var password: String?
+    if let at = rest.lastIndex(of: "@") {
+        let info = rest[..<at]
+        rest = String(rest[rest.index(after: at)...])
+        guard let colon = info.firstIndex(of: ":"),
+              let u = percentDecoded(info[..<colon]), let p = percentDecoded(info[info.index(after: colon)...]),
+              !p.isEmpty else {
+            throw RedisError.badURL(url)
+        }
+        user = u.isEmpty ? nil : u
+        password = p
+    } else if let p = passwordFromEnvironment, !p.isEmpty {
+        password = p
+    }
     // No host is refused, not read as 127.0.0.1: `redis://$HOST:6379` with HOST unset must
     // not reach a local Redis that happens to run.
-    guard !rest.isEmpty, !rest.hasPrefix(":") else { throw RedisError.badURL(url) }
-    guard let colon = rest.lastIndex(of: ":") else { return (rest, 6379) }
+    guard !rest.isEmpty, !rest.hasPrefix(":"), !rest.contains("/") else { throw RedisError.badURL(url) }
+    guard let colon = rest.lastIndex(of: ":") else { return RedisEndpoint(host: rest, port: 6379, user: user, password: password) }
     let host = String(rest[..<colon])
     guard let port = Int(rest[rest.index(after: colon)...]), (1...65535).contains(port), !host.isEmpty else {
         throw RedisError.badURL(url)
     }
-    return (host, port)
+    return RedisEndpoint(host: host, port: port, user: user, password: password)
+}
+
+/// `%XX` sequences decoded; nil when one is malformed or the result is not UTF-8.
+private func percentDecoded(_ s: Substring) -> String? {
+    var out: [UInt8] = []
+    var bytes = Array(s.utf8)[...]
+    while let b = bytes.popFirst() {
+        guard b == UInt8(ascii: "%") else { out.append(b); continue }
+        guard bytes.count >= 2, let v = UInt8(String(decoding: bytes.prefix(2), as: UTF8.self), radix: 16) else { return nil }
+        out.append(v)
+        bytes = bytes.dropFirst(2)
+    }
+    return String(validating: out, as: UTF8.self)
 }
 
 /// A blocking Redis connection with pipelining: write every command, then read every reply.
@@ -192,13 +249,27 @@ public final class RedisConnection {
     var parser = RESPParser()
     var readBuffer = [UInt8](repeating: 0, count: 256 << 10)
 
+    /// Connects and, when the URL (or `COHORT_REDIS_PASSWORD`) gives a password, logs in: a
+    /// refused login throws `RedisError.server` with Redis's own words (`WRONGPASS ...`).
     public init(url: String, connectTimeoutMs: Int64 = Limits.httpClientConnectTimeoutMs,
                 ioTimeoutMs: Int64 = Limits.outboxSinkTimeoutMs) throws {
-        (host, port) = try parseRedisURL(url)
+        let endpoint = try parseRedisURL(url)
+        (host, port) = (endpoint.host, endpoint.port)
         do {
             socket = try BlockingSocket(host: host, port: port, connectTimeoutMs: connectTimeoutMs, ioTimeoutMs: ioTimeoutMs)
         } catch {
             throw RedisError.connection("connecting to \(host):\(port): \(error)")
+        }
+        if let auth = endpoint.authCommand {
+            do {
+                try command(auth)
+            } catch RedisError.server(let e) {
+                socket.close()
+                throw RedisError.server("logging in to \(endpoint.displayURL): \(e)")
+            } catch {
+                socket.close()
+                throw error
+            }
         }
     }
 

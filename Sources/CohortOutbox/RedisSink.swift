@@ -19,7 +19,9 @@ public final class RedisStreamSink: OutboxSink {
     /// `MAXLEN ~ N` on every XADD when set (bounds the stream; entries past it are trimmed
     /// whether consumed or not).
     public let maxLength: Int?
-    public var name: String { "\(url) stream \(stream)" }
+    public var name: String { "\(displayURL) stream \(stream)" }
+    /// `url` without its password.
+    let displayURL: String
     let loop: EventLoop
     private let lock = PosixConditionLock()
     private var jobs: [([OutboxMessage], (SinkResult) -> Void)] = []
@@ -27,7 +29,7 @@ public final class RedisStreamSink: OutboxSink {
     private var thread: PosixThread?
 
     public init(url: String, stream: String, loop: EventLoop, maxLength: Int? = nil) throws {
-        _ = try parseRedisURL(url)
+        displayURL = try parseRedisURL(url).displayURL
         guard !stream.isEmpty, stream.utf8.count <= Limits.outboxTopicBytesMax else {
             throw OutboxInputError("stream name must be 1-\(Limits.outboxTopicBytesMax) bytes")
         }

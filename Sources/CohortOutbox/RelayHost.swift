@@ -36,7 +36,7 @@ public func checkOutboxSinkURL(_ url: String) throws {
         _ = try parseRedisURL(url)
         return
     }
-    throw OutboxSinkURLError(description: "sink must be http://HOST:PORT/PATH (an inbox endpoint) or redis://HOST:PORT; got \"\(url)\"")
+    throw OutboxSinkURLError(description: "sink must be http://HOST:PORT/PATH (an inbox endpoint) or redis://[[USER]:PASSWORD@]HOST:PORT; got \"\(url)\"")
 }
 
 /// `--db PATH` of the outbox programs, checked with the other flags (so `--check-flags` and the

@@ -13,6 +13,7 @@ with a fencing token in the database); start a second one as a standby.
   --db PATH             the service's SQLite database holding the outbox table (refused
                         when it has none: the service creates it)
   --sink URL            http://HOST:PORT/PATH (a consumer's inbox endpoint) or redis://HOST:PORT
+                        (redis://[USER]:PASSWORD@HOST:PORT, or env COHORT_REDIS_PASSWORD, to log in)
   --stream NAME         Redis stream to append to (default cohort-outbox)
   --stream-maxlen N     trim the stream to about N entries (default: no trimming)
   --port N              serve GET /healthz, GET /metrics and the outbox admin API

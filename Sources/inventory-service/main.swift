@@ -14,6 +14,7 @@ The demo's inventory: stock per sku in its own SQLite store; a Cohort participan
   --coordinator URL   the coordinator, e.g. http://127.0.0.1:7000
   --host H            address to bind (default 127.0.0.1)
   --broker URL        redis://HOST:PORT: outbox messages through Redis Streams instead of HTTP
+                      (redis://[USER]:PASSWORD@HOST:PORT, or env COHORT_REDIS_PASSWORD, to log in)
   --advertise URL     the address the coordinator calls this participant back on (default http://HOST:PORT)
   --reply-to URL      the order service's address, http://HOST:PORT (no path): answers to outbox orders go to URL/v1/inbox
                       instead of the address each order named (for an order service that moved);

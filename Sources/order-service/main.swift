@@ -15,6 +15,7 @@ The demo's orders, placed in mode 2pc, 3pc, tcc or outbox.
   --coordinator URL   the coordinator, e.g. http://127.0.0.1:7000
   --host H            address to bind (default 127.0.0.1)
   --broker URL        redis://HOST:PORT: outbox messages through Redis Streams instead of HTTP
+                      (redis://[USER]:PASSWORD@HOST:PORT, or env COHORT_REDIS_PASSWORD, to log in)
   --advertise URL     the address the coordinator calls this participant back on (default http://HOST:PORT)
 \(demoTokenFlagUsage)
 \(ServerMain.sharedFlagsUsage)

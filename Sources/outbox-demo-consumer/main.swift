@@ -16,6 +16,7 @@ stream as consumer C of group G. GET /v1/state reports counts and lag percentile
   --db PATH          the consumer's SQLite database (created if missing)
   --port N           HTTP port (0 picks one); prints "listening on http://HOST:PORT"
   --redis URL        redis://HOST:PORT: read a stream instead of serving /v1/inbox
+                     (redis://[USER]:PASSWORD@HOST:PORT, or env COHORT_REDIS_PASSWORD, to log in)
   --stream S         stream name (default cohort-outbox)
   --group G          consumer group (default demo)
   --name C           consumer name within the group; keep it across restarts (default: one

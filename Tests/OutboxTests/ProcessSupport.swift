@@ -102,9 +102,17 @@ final class ThrowawayRedis {
     let port: Int
     var process: ManagedProcess?
     var attempt = 0
-    var url: String { "redis://127.0.0.1:\(port)" }
+    /// `requirepass`: clients must log in with it (the URL below carries it, percent-encoded).
+    let password: String?
+    var url: String {
+        let login = password.map { ":" + ($0.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? $0) + "@" } ?? ""
+        return "redis://\(login)127.0.0.1:\(port)"
+    }
+    /// The URL without the password.
+    var anonymousURL: String { "redis://127.0.0.1:\(port)" }
 
-    init(dir: String) throws {
+    init(dir: String, password: String? = nil) throws {
+        self.password = password
         guard ThrowawayRedis.executable() != nil else {
             throw XCTSkip("redis-server is not installed (apt-get install -y redis-server); skipping the Redis Streams tests")
         }
@@ -120,7 +128,8 @@ final class ThrowawayRedis {
         attempt += 1
         let p = ManagedProcess(name: "redis", executable: URL(fileURLWithPath: ThrowawayRedis.executable()!),
                                arguments: ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "",
-                                           "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no"],
+                                           "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no"]
+                                           + (password.map { ["--requirepass", $0] } ?? []),
                                logDirectory: dir, attempt: attempt)
         try p.start(waitForListening: false)
         process = p
