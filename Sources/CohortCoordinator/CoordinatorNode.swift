@@ -466,6 +466,12 @@ public final class CoordinatorNode {
                     return responder.send(.jsonBytes(200, JSONBody.encode(view)))
                 }
                 if let forgotten = machine.forgottenRefusal(txid) ?? tcc.forgottenRefusal(txid) { return responder.send(.requestError(forgotten)) }
+                if txid.coordinatorID != machine.config.coordinatorID {
+                    // "Never committed here" read as "aborted" to an operator whose coordinator's
+                    // data directory had been replaced (a game-day probe): this process can say
+                    // nothing of another coordinator's transactions, committed or not.
+                    return reject(404, "unknown transaction \(txid): it was begun by coordinator \(txid.coordinatorID), not this one (\(machine.config.coordinatorID)), so this coordinator knows nothing of its outcome, committed or aborted. If \(txid.coordinatorID)'s data directory was replaced or lost, its decisions went with it: read its old log if it survives (txctl log inspect DIR), else the participants (txctl agent URL show \(txid) at each): one committed means commit, one aborted means abort")
+                }
                 return reject(404, "unknown transaction \(txid): never committed here (finished transactions are kept for the last \(machine.config.finishedTransactionsKept), then their outcomes in a ledger; one that may have committed before them, or in one phase before a restart, is answered 410)")
             }
             responder.send(.jsonBytes(200, JSONBody.encode(tx.view())))

@@ -121,15 +121,19 @@ public enum Help {
     public static let agent = """
     usage: txctl agent URL list [--state S] [--json]
            txctl agent URL show TXID [--json]
-           txctl agent URL commit TXID --force --reason "..." [--dry-run] [--operator NAME] [--json]
-           txctl agent URL abort TXID --force --reason "..." [--dry-run] [--operator NAME] [--json]
+           txctl agent URL commit TXID --force --reason "..." [--dry-run] [--coordinator-gone] [--against-coordinator] [--operator NAME] [--json]
+           txctl agent URL abort TXID --force --reason "..." [--dry-run] [--coordinator-gone] [--against-coordinator] [--operator NAME] [--json]
 
     A participant agent's branches, for when its coordinator is gone for good. A forced outcome
     at an agent is heuristic: if the coordinator later decides otherwise, both report the
-    transaction heuristic-mixed. So commit and abort first ask the branch's coordinator, and
-    refuse when it answers with the other outcome or has not decided yet (decide there instead);
-    an unreachable coordinator is what they are for.
-      --against-coordinator   force even so
+    transaction heuristic-mixed. So commit and abort first ask the coordinator (the one the
+    branch names, and --coordinator / COHORT_COORDINATOR if given), and refuse when it answers
+    with the other outcome or has not decided yet (decide there instead). When no coordinator
+    can answer (unreachable, or another one answers there now), they refuse too, saying what
+    to check first: the other participants' outcomes (txctl agent URL show TXID at each) or the
+    old coordinator's log.
+      --coordinator-gone      force without the coordinator's answer, once you have checked
+      --against-coordinator   force even against the coordinator's answer
       --state S   active, preparing, prepared, committing, forcing, heuristic-committed,
                   heuristic-aborted, heuristic-mixed, in-doubt (voted yes, no outcome yet)
 

@@ -268,13 +268,15 @@ public enum Txctl {
             let b = try remote(a).get("/v1/branches/\(escape(id))", BranchDetail.self)
             ctx.out(a.has("json") ? JSONOut.encode(b) : Render.branchDetail(b))
         case "commit", "abort":
-            let a = try parse(argv, valued: ["reason", "operator"], booleans: ["force", "dry-run", "json", "against-coordinator"])
-            let p = try positional(a, count: 4, usage: "txctl agent URL \(sub) TXID --force --reason \"...\" [--dry-run] [--against-coordinator]")
+            let a = try parse(argv, valued: ["reason", "operator"], booleans: ["force", "dry-run", "json", "against-coordinator", "coordinator-gone"])
+            let p = try positional(a, count: 4, usage: "txctl agent URL \(sub) TXID --force --reason \"...\" [--dry-run] [--coordinator-gone] [--against-coordinator]")
             _ = try txid(p[3])
             let outcome = sub == "commit" ? "committed" : "aborted"
             let body = try forceBody(a, ctx, outcome: outcome, verb: "agent \(sub)")
             if !a.has("against-coordinator") {
-                try coordinatorAllows(outcome, txid: p[3], agent: try remote(a), token: try token(a, ctx))
+                try coordinatorAllows(outcome, txid: p[3], agent: try remote(a), token: try token(a, ctx),
+                                      alsoAsk: a.string("coordinator") ?? ctx.environment["COHORT_COORDINATOR"],
+                                      coordinatorGone: a.has("coordinator-gone"))
             }
             let r = try remote(a).post("/v1/branches/\(escape(p[3]))/force", body: body, ForceResponse.self)
             ctx.out(a.has("json") ? JSONOut.encode(r) : Render.force(r, where: "at participant \(url)", recorded: "recorded durably at the participant as a heuristic decision"))
@@ -287,21 +289,46 @@ public enum Txctl {
     /// coordinator answers, its word stands: forcing the other outcome here would split the
     /// transaction (both sides would then report heuristic-mixed, and someone repairs data by
     /// hand), and forcing while it has not decided takes the decision from the process that
-    /// can make it for every branch. Unreachable, or no longer that coordinator: go ahead.
-    static func coordinatorAllows(_ outcome: String, txid: String, agent: Remote, token: String?) throws {
+    /// can make it for every branch. Asked: the coordinator the branch names and the one txctl
+    /// was pointed at (`--coordinator`, `COHORT_COORDINATOR`), since the branch's URL may be
+    /// stale (a proxy, an old address) while the coordinator still answers elsewhere.
+    /// When none of them can say (unreachable, or another coordinator now answers there: its
+    /// data directory was replaced), the force is refused unless the operator says
+    /// `--coordinator-gone`: a game-day probe forced an abort there without a word of warning
+    /// while another participant had committed, a split no tool reported afterwards.
+    static func coordinatorAllows(_ outcome: String, txid: String, agent: Remote, token: String?, alsoAsk: String?,
+                                  coordinatorGone: Bool) throws {
         let branch = try agent.get("/v1/branches/\(escape(txid))", BranchDetail.self)
-        guard let url = branch.coordinator, !url.isEmpty, let coordinator = try? Remote(kind: .coordinator, url: url, token: token) else { return }
-        guard let answer = try? coordinator.get("/v1/transactions/\(escape(txid))/outcome", InquiryResponse.self) else { return }
-        switch answer.outcome {
-        case outcome:
-            return
-        case "committed", "aborted":
-            throw CtlError.failed("the coordinator at \(url) answers that \(txid) is \(answer.outcome): forcing \(outcome) here would split the transaction (heuristic-mixed). The branch learns the outcome by asking the coordinator; if you must, add --against-coordinator")
-        case "pending":
-            throw CtlError.failed("the coordinator at \(url) is up and has not decided \(txid): decide there (txctl --coordinator \(url) \(outcome == "committed" ? "commit" : "abort") \(txid) --force ...), which every branch then follows; if you must, add --against-coordinator")
-        default:
-            return // unknown-coordinator: another process answers there now
+        var urls: [String] = []
+        for u in [branch.coordinator, alsoAsk] {
+            if let u, !u.isEmpty, !urls.contains(u) { urls.append(u) }
         }
+        var silent: [String] = []
+        for url in urls {
+            let answer: InquiryResponse
+            do {
+                answer = try Remote(kind: .coordinator, url: url, token: token).get("/v1/transactions/\(escape(txid))/outcome", InquiryResponse.self)
+            } catch {
+                silent.append("\(url): \(error)")
+                continue
+            }
+            switch answer.outcome {
+            case outcome:
+                return
+            case "committed", "aborted":
+                throw CtlError.failed("the coordinator at \(url) answers that \(txid) is \(answer.outcome): forcing \(outcome) here would split the transaction (heuristic-mixed). The branch learns the outcome by asking the coordinator; if you must, add --against-coordinator")
+            case "pending":
+                throw CtlError.failed("the coordinator at \(url) is up and has not decided \(txid): decide there (txctl --coordinator \(url) \(outcome == "committed" ? "commit" : "abort") \(txid) --force ...), which every branch then follows; if you must, add --against-coordinator")
+            default:
+                silent.append("\(url): another coordinator answers there now (\(answer.outcome)); \(txid) was begun by coordinator \(txid.prefix(8)), whose data directory may have been replaced")
+            }
+        }
+        if coordinatorGone { return }
+        let asked = silent.isEmpty ? "no coordinator URL is known for \(txid) (the branch names none; pass --coordinator URL)" : "could not learn \(txid)'s outcome: " + silent.joined(separator: "; ")
+        throw CtlError.failed("""
+            \(asked).
+            Its coordinator's decision may still exist: in its log if the disk survives (txctl log inspect DIR), or as the other participants' outcomes (txctl agent URL show \(txid) at each). One committed means commit; one aborted means abort; if every one is still in doubt, nobody can know, and a forced outcome may need repair by hand. Forcing \(outcome) here without that check can split the transaction with no report of it. Once you have checked, add --coordinator-gone
+            """)
     }
 
     static func outbox(_ argv: [String], _ ctx: CtlContext) throws {

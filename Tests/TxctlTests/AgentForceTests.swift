@@ -66,9 +66,65 @@ final class AgentForceTests: XCTestCase {
         let pending = force("commit")
         XCTAssertEqual(pending.status, 1)
         XCTAssertTrue(pending.err.contains("has not decided"), pending.err)
-        // Not answering: what the force is for.
+        // Not answering: what the force is for, once the operator has checked what it could.
+        // Without saying so it is refused, naming the checks (a game-day probe forced an abort
+        // here silently while another participant had committed).
         stub.lock.withLock { stub.coordinatorAnswer = nil }
-        XCTAssertEqual(force("abort").status, 0)
+        let unchecked = force("abort")
+        XCTAssertEqual(unchecked.status, 1, unchecked.err)
+        XCTAssertTrue(unchecked.err.contains("could not learn \(txid)'s outcome") && unchecked.err.contains("txctl agent URL show \(txid)")
+                      && unchecked.err.contains("--coordinator-gone"), unchecked.err)
+        XCTAssertEqual(force("abort", ["--coordinator-gone"]).status, 0)
+        // Another coordinator answering at the branch's URL (its data directory replaced) is
+        // no answer either.
+        stub.lock.withLock { stub.coordinatorAnswer = "unknown-coordinator" }
+        let replaced = force("abort")
+        XCTAssertEqual(replaced.status, 1, replaced.err)
+        XCTAssertTrue(replaced.err.contains("another coordinator answers there now"), replaced.err)
         XCTAssertEqual(stub.lock.withLock { stub.forced }, ["committed", "aborted", "aborted"])
+    }
+
+    /// The branch names a coordinator URL that no longer answers (a proxy gone, an old
+    /// address), while the coordinator txctl was pointed at answers: its word counts. The
+    /// check used to ask only the branch's URL and let the force through silently.
+    func testTheCoordinatorTxctlIsPointedAtIsAskedToo() throws {
+        let stub = Stub()
+        stub.coordinatorAnswer = "committed"
+        let loop = try EventLoop()
+        loop.startThread()
+        let ready = DispatchSemaphore(value: 0)
+        var server: HTTPServer?
+        let txid = "0a1b2c3d-1-2"
+        loop.execute {
+            server = try? HTTPServer(loop: loop, host: "127.0.0.1", port: 0) { request, responder in
+                switch (request.method, request.path) {
+                case ("GET", "/v1/branches/\(txid)"):
+                    // A URL where nothing listens.
+                    responder.send(.json(200, BranchDetail(txid: txid, state: "prepared", coordinator: "http://127.0.0.1:1", writeSetBytes: 10,
+                                                          inquiries: 3, lastInquiryError: "connect failed", heuristic: nil)))
+                case ("GET", "/v1/transactions/\(txid)/outcome"):
+                    responder.send(.json(200, InquiryResponse(txid: txid, outcome: stub.lock.withLock { stub.coordinatorAnswer! })))
+                case ("POST", "/v1/branches/\(txid)/force"):
+                    stub.lock.withLock { stub.forced.append("forced") }
+                    responder.send(.json(200, ForceResponse(txid: txid, outcome: "aborted", dryRun: false, effects: ["recorded"])))
+                default:
+                    responder.send(.error(404, "no such endpoint"))
+                }
+            }
+            ready.signal()
+        }
+        ready.wait()
+        defer {
+            let done = DispatchSemaphore(value: 0)
+            loop.execute { server?.shutdown(); done.signal() }
+            done.wait()
+        }
+        let url = "http://127.0.0.1:\(try XCTUnwrap(server).port)"
+        let refused = ctl(["--coordinator", url, "agent", url, "abort", txid, "--force", "--reason", "r"], env: ["USER": "oncall"])
+        XCTAssertEqual(refused.status, 1, refused.err)
+        XCTAssertTrue(refused.err.contains("the coordinator at \(url) answers that \(txid) is committed"), refused.err)
+        let viaEnvironment = ctl(["agent", url, "abort", txid, "--force", "--reason", "r"], env: ["USER": "oncall", "COHORT_COORDINATOR": url])
+        XCTAssertEqual(viaEnvironment.status, 1, viaEnvironment.err)
+        XCTAssertEqual(stub.lock.withLock { stub.forced }, [], "nothing forced")
     }
 }

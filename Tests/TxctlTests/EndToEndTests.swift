@@ -111,6 +111,15 @@ final class EndToEndTests: XCTestCase {
         let u = try txctl(["show", unknown], coordinator: c)
         XCTAssertEqual(u.status, 1)
         XCTAssertTrue(u.err.hasPrefix("error: unknown transaction \(unknown)"), u.err)
+        XCTAssertTrue(u.err.contains("never committed here"), u.err)
+        // Another coordinator's txid (this one's data directory replaced it): this process
+        // knows nothing of its outcome, and says so rather than "never committed here", which
+        // an operator read as "aborted".
+        let foreign = "0badc0de-\(parts[1])-1"
+        let f = try txctl(["show", foreign], coordinator: c)
+        XCTAssertEqual(f.status, 1)
+        XCTAssertTrue(f.err.contains("begun by coordinator 0badc0de, not this one") && f.err.contains("committed or aborted")
+                      && !f.err.contains("never committed here"), f.err)
         XCTAssertEqual(try txctl(["retry", txid], coordinator: c).status, 1, "nothing to retry")
 
         // The audit record is in the log, readable offline once the coordinator is stopped.
@@ -140,11 +149,15 @@ final class EndToEndTests: XCTestCase {
         let branches = (jsonObject(l.out)["branches"] as? [[String: Any]]) ?? []
         XCTAssertEqual(branches.map { $0["txid"] as? String }, [txid])
         XCTAssertEqual(branches.first?["state"] as? String, "prepared")
-        let dry = try txctl(["agent", a.url, "commit", txid, "--force", "--reason", "coordinator lost", "--dry-run"])
+        // Unreachable coordinator: refused until the operator says it checked and it is gone.
+        let unchecked = try txctl(["agent", a.url, "commit", txid, "--force", "--reason", "coordinator lost", "--dry-run"])
+        XCTAssertEqual(unchecked.status, 1, unchecked.err)
+        XCTAssertTrue(unchecked.err.contains("--coordinator-gone"), unchecked.err)
+        let dry = try txctl(["agent", a.url, "commit", txid, "--force", "--reason", "coordinator lost", "--dry-run", "--coordinator-gone"])
         XCTAssertEqual(dry.status, 0, dry.err)
         XCTAssertTrue(dry.out.hasPrefix("dry run"), dry.out)
         XCTAssertTrue(try txctl(["agent", a.url, "list", "--state", "in-doubt"]).out.contains(txid))
-        let forced = try txctl(["agent", a.url, "commit", txid, "--force", "--reason", "coordinator lost"])
+        let forced = try txctl(["agent", a.url, "commit", txid, "--force", "--reason", "coordinator lost", "--coordinator-gone"])
         XCTAssertEqual(forced.status, 0, forced.err)
         let shown = try txctl(["agent", a.url, "show", txid])
         XCTAssertTrue(shown.out.contains("heuristic-committed") && shown.out.contains("forced committed by oncall@"), shown.out)
