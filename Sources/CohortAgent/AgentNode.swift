@@ -902,8 +902,13 @@ public final class AgentNode {
             case "in-doubt"?: return b.state == .prepared || b.state == .committing
             case let s?: return b.state.rawValue == s
             }
-        }.sorted { $0.txid < $1.txid }.map { BranchSummary(txid: $0.txid, state: $0.state.rawValue, coordinator: $0.coordinatorURL) }
-        responder.send(.jsonBytes(200, JSONBody.encode(BranchList(branches: selected))))
+        }.map { BranchSummary(txid: $0.txid, state: $0.state.rawValue, coordinator: $0.coordinatorURL) }
+        // The whole list shows heuristic-mixed branches too: they are finished here but still
+        // need repair by hand, and a game-day probe's `txctl agent URL list` said "no branches"
+        // while three were waiting for it.
+        let mixed = filter == nil ? machine.heuristicMixed.keys.filter { machine.branches[$0] == nil }
+            .map { BranchSummary(txid: $0, state: "heuristic-mixed", coordinator: nil) } : []
+        responder.send(.jsonBytes(200, JSONBody.encode(BranchList(branches: (selected + mixed).sorted { $0.txid < $1.txid }))))
     }
 }
 

@@ -149,6 +149,9 @@ public final class CoordinatorNode {
         metrics.sample("cohort_transactions_total", type: "counter", help: "Transactions decided, by outcome", labels: "outcome=\"committed\"") { [unowned self] in Double(self.machine.stats.committed + self.tcc.stats.committed) }
         metrics.sample("cohort_transactions_total", type: "counter", help: "Transactions decided, by outcome", labels: "outcome=\"aborted\"") { [unowned self] in Double(self.machine.stats.aborted + self.tcc.stats.aborted) }
         metrics.sample("cohort_in_doubt", help: "Unfinished transactions at this coordinator") { [unowned self] in Double(self.machine.unfinishedCount + self.tcc.unfinishedCount) }
+        // As the agents export it: a transaction whose participants' data disagree, to repair by
+        // hand, counted until the ledger lets go of it.
+        metrics.sample("cohort_heuristic_mixed", help: "Heuristic-mixed transactions this coordinator knows of (kept whole or in its ledger of outcomes)") { [unowned self] in Double(self.machine.heuristicMixedCount) }
         metrics.sample("cohort_parked", help: "Transactions past their retry budget (still retried, slowly)") { [unowned self] in Double(self.machine.parkedCount + self.tcc.parkedCount) }
         metrics.sample("cohort_submissions_repeated_total", type: "counter", help: "Submissions repeated with a known request_id and answered with the first run's outcome, by where it was found", labels: "from=\"transaction\"") { [unowned self] in Double(self.machine.stats.repeatedSubmissions - self.machine.stats.repeatedSubmissionsFromMemory) }
         metrics.sample("cohort_submissions_repeated_total", type: "counter", help: "Submissions repeated with a known request_id and answered with the first run's outcome, by where it was found", labels: "from=\"memory\"") { [unowned self] in Double(self.machine.stats.repeatedSubmissionsFromMemory) }
@@ -629,6 +632,9 @@ public final class CoordinatorNode {
             byState[tx.state.rawValue, default: 0] += 1
             if tx.parked && !tx.state.isFinished { byState["parked", default: 0] += 1 }
         }
+        // Also those known only from the ledger (see `list`).
+        let forgottenMixed = machine.forgottenHeuristicMixed(limit: .max).count
+        if forgottenMixed > 0 { byState[Coordinator.State.heuristicMixed.rawValue, default: 0] += forgottenMixed }
         let p = commitLatency.percentiles()
         let now = environment.wallMs
         return StatsResponse(
@@ -708,7 +714,12 @@ public final class CoordinatorNode {
         // Both state machines' transactions, newest first (ids share one epoch/sequence).
         let classic = machine.allTransactions().filter { keep($0.state.rawValue, $0.state.isFinished, $0.parked) }.prefix(limit).map { ($0.txid, $0.view()) }
         let tccs = tcc.allTransactions().filter { keep($0.state.rawValue, $0.state.isFinished, $0.parked) }.prefix(limit).map { ($0.txid, $0.view()) }
-        let selected = (classic + tccs).sorted { $0.0 > $1.0 }.prefix(limit).map(\.1)
+        // Heuristic-mixed ones the coordinator let go of stay listed from its ledger (outcome
+        // and state, no branches): a game-day probe saw three vanish from the list after
+        // 10,000 newer transactions, while their data still needed repair by hand.
+        let forgottenMixed = filter == "heuristic-mixed"
+            ? machine.forgottenHeuristicMixed(limit: limit).compactMap { id in machine.forgottenView(id).map { (id, $0) } } : []
+        let selected = (classic + forgottenMixed + tccs).sorted { $0.0 > $1.0 }.prefix(limit).map(\.1)
         // Bounded in bytes too: 10,000 parked transactions of two branches made 31 MB, built in
         // 1.6 s on the event loop, and more than txctl reads (a black-box probe).
         // Each view is encoded once, into the body itself (`TransactionList`'s form), so the

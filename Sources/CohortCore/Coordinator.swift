@@ -336,6 +336,9 @@ public struct Coordinator {
     public private(set) var finished: [TxID: Transaction] = [:]
     private var finishedOrder: [TxID] = []
     private var finishedOrderHead = 0
+    /// Heuristic-mixed transactions let go of `finished`, kept whole for views (`keepMixed`).
+    public private(set) var mixedKept: [TxID: Transaction] = [:]
+    private var mixedKeptOrder: [TxID] = []
     /// The newest committed transaction let go of `finished` (kept in snapshots): an unknown
     /// txid at or below it may have committed and is answered 410, not 404.
     public private(set) var forgottenCommits = ForgottenCommits()
@@ -719,12 +722,12 @@ public struct Coordinator {
 
     // MARK: - queries
 
-    public func transaction(_ txid: TxID) -> Transaction? { openTable.byID[txid] ?? finished[txid] }
+    public func transaction(_ txid: TxID) -> Transaction? { openTable.byID[txid] ?? finished[txid] ?? mixedKept[txid] }
 
     /// The outcome of a transaction this coordinator no longer keeps whole, from its ledger
     /// (nil: not there; then it is answered 410 or 404 as `forgottenRefusal` says).
     public func forgottenOutcome(_ txid: TxID) -> OutcomeLedger.Entry? {
-        guard openTable.byID[txid] == nil, finished[txid] == nil else { return nil }
+        guard openTable.byID[txid] == nil, finished[txid] == nil, mixedKept[txid] == nil else { return nil }
         return outcomeLedger.lookup(txid)
     }
 
@@ -737,9 +740,21 @@ public struct Coordinator {
                                outcome: entry.outcome.rawValue)
     }
 
-    /// Open and recently finished transactions, newest first.
+    /// Heuristic-mixed transactions known only from the ledger (let go of `finished`), newest
+    /// first: they stay listed, because their data still needs repair by hand.
+    public func forgottenHeuristicMixed(limit: Int) -> [TxID] {
+        outcomeLedger.heuristicMixed(limit: limit).filter { transaction($0) == nil }
+    }
+
+    /// Heuristic-mixed transactions this coordinator knows of: kept whole, or in the ledger.
+    public var heuristicMixedCount: Int {
+        finished.values.reduce(0) { $0 + ($1.state == .heuristicMixed ? 1 : 0) } + mixedKept.count + forgottenHeuristicMixed(limit: .max).count
+    }
+
+    /// Open and recently finished transactions (and heuristic-mixed ones kept past those),
+    /// newest first.
     public func allTransactions() -> [Transaction] {
-        (Array(openTable.byID.values) + Array(finished.values)).sorted { $0.txid > $1.txid }
+        (Array(openTable.byID.values) + Array(finished.values) + Array(mixedKept.values)).sorted { $0.txid > $1.txid }
     }
 
     /// Transactions counted as in doubt for `cohort_in_doubt`: every unfinished one.
@@ -1515,6 +1530,7 @@ public struct Coordinator {
                     outcomeLedger.record(gone.txid, .init(outcome: outcome, heuristicMixed: gone.state == .heuristicMixed,
                                                           threePhase: gone.commitProtocol != .twoPhase))
                 }
+                if gone.state == .heuristicMixed { keepMixed(gone) }
                 if let requestID = gone.requestID, submissions[requestID] == gone.txid {
                     submissions.removeValue(forKey: requestID)
                     if gone.outcome == .committed {
@@ -1527,6 +1543,18 @@ public struct Coordinator {
         if finishedOrderHead > 4096 && finishedOrderHead * 2 > finishedOrder.count {
             finishedOrder.removeFirst(finishedOrderHead)
             finishedOrderHead = 0
+        }
+    }
+
+    /// Keeps a heuristic-mixed transaction whole after `finished` let go of it, so that it
+    /// stays listed and explained with its branches while its data waits for repair by hand (a
+    /// game-day probe saw three vanish from every view after 10,000 newer transactions). The
+    /// ledger and `forgottenCommits` got what they always get; this is for views only, bounded
+    /// by `Limits.heuristicMixedKept`, oldest let go first.
+    private mutating func keepMixed(_ tx: Transaction) {
+        if mixedKept.updateValue(tx, forKey: tx.txid) == nil { mixedKeptOrder.append(tx.txid) }
+        while mixedKept.count > Limits.heuristicMixedKept, !mixedKeptOrder.isEmpty {
+            mixedKept.removeValue(forKey: mixedKeptOrder.removeFirst())
         }
     }
 

@@ -223,6 +223,11 @@ public enum Limits {
     /// The longest txid (`TxID`): 8 hex digits, then two groups of 1-16, each after a '-'.
     /// txctl refuses a longer argument itself: sent, it only made the request's head too large.
     public static let txidBytesMax = 42
+    /// Heuristic-mixed transactions kept whole (branches, timeline) after the finished ones
+    /// let go of them, for the operator's list and explanation; past this the oldest is known
+    /// from the ledger of outcomes only. Each waits for a repair by hand, so a few hundred is
+    /// already an incident; about 5 KB each.
+    public static let heuristicMixedKept = 1_000
     /// Transactions begun but not yet finished; past this `POST /v1/transactions` answers 503.
     public static let openTransactionsMax = 10_000
     /// Committed transactions waiting for participants' acknowledgements; past this new

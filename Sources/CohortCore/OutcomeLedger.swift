@@ -119,6 +119,36 @@ public struct OutcomeLedger: Equatable, Sendable {
         words.reduce(0) { $0 + ($1 & entryBits).nonzeroBitCount }
     }
 
+    /// Bit 2 of every nibble: the entry is heuristic-mixed.
+    static let heuristicMixedBits: UInt64 = 0x4444_4444_4444_4444
+
+    /// The heuristic-mixed transactions the ledger holds, newest first, at most `limit`. They
+    /// stay visible here after the coordinator let go of the whole transaction, because someone
+    /// has to repair their data by hand; a scan of the words' mixed bits (about 260,000 words
+    /// when full), for the operator's list, stats and the metrics scrape.
+    public func heuristicMixed(limit: Int = .max) -> [TxID] {
+        var found: [TxID] = []
+        guard limit > 0 else { return found }
+        for key in order.reversed() {
+            let words = pages[key]!
+            for w in stride(from: words.count - 1, through: 0, by: -1) where words[w] & Self.heuristicMixedBits != 0 {
+                for slot in stride(from: OutcomeLedger.entriesPerWord - 1, through: 0, by: -1) where (words[w] >> (UInt64(slot) * 4)) & 0x5 == 0x5 {
+                    let sequence = key.index * UInt64(entriesPerPage) + UInt64(w * OutcomeLedger.entriesPerWord + slot)
+                    found.append(TxID(coordinatorID: coordinatorID, epoch: key.epoch, sequence: sequence))
+                    if found.count == limit { return found }
+                }
+            }
+        }
+        return found
+    }
+
+    /// How many heuristic-mixed transactions the ledger holds (`heuristicMixed`'s scan, counted).
+    public var heuristicMixedCount: Int {
+        pages.values.reduce(0) { total, words in
+            total + words.reduce(0) { $0 + ($1 & Self.heuristicMixedBits).nonzeroBitCount }
+        }
+    }
+
     /// The oldest txid sequence kept, as (epoch, sequence) of its page's start, for the
     /// operator's view of how far back exact answers reach.
     public var oldestPageStart: (epoch: UInt64, sequence: UInt64)? {

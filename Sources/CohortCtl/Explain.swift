@@ -78,13 +78,22 @@ public enum Explain {
             let names = forced.map { "\($0.participant) to \($0.heuristic!)" }.joined(separator: ", ")
             let others = tx.branches.filter { !($0.heuristic != nil && $0.heuristic != decided) }.map(\.participant)
             summary = "\(id) is HEURISTIC-MIXED: the coordinator decided \(decided), but an operator forced \(names.isEmpty ? "a branch" : names) at the participant. "
-                + "The participants' data now disagree: \(forced.map(\.participant).joined(separator: ", ")) \(forced.first?.heuristic ?? "the opposite"), \(others.isEmpty ? "every other participant" : others.joined(separator: ", ")) \(decided)."
+            if forced.isEmpty {
+                // Known only from the ledger (no branches kept): the sentence below, built from
+                // the branches, read "disagree:  the opposite, every other participant ...".
+                summary += "The participants' data now disagree: a forced branch holds the other outcome. The coordinator no longer keeps the branches (only this outcome, in its ledger of outcomes), so which participant it was shows at the participants: txctl agent URL list --state heuristic-mixed at each."
+            } else {
+                summary += "The participants' data now disagree: \(forced.map(\.participant).joined(separator: ", ")) \(forced.first!.heuristic!), \(others.isEmpty ? "every other participant" : others.joined(separator: ", ")) \(decided)."
+            }
             blocking = tx.branches.map { note($0, $0.heuristic != nil && $0.heuristic != decided ? "data repair by hand" : nil) }
             for b in forced {
                 actions.append("repair the data by hand at \(b.participant)\(b.url.isEmpty ? "" : " (\(b.url))"): its branch was \(b.heuristic!) but the transaction was \(decided); Cohort cannot undo a forced outcome")
             }
+            if forced.isEmpty {
+                actions.append("find the forced branch (txctl agent URL list --state heuristic-mixed at each participant) and repair the data by hand there: its branch holds the opposite of \(decided); Cohort cannot undo a forced outcome")
+            }
             actions.append("see who forced it and why: txctl agent URL show \(id) at each participant")
-            actions.append("this transaction stays reported as heuristic-mixed; it is never hidden")
+            actions.append("this transaction stays listed as heuristic-mixed (txctl list --state heuristic-mixed): the coordinator keeps the last \(Limits.heuristicMixedKept) of them whole past its recent ones, and the outcomes of decided ones in its ledger")
         case "active":
             summary = "\(id) is active: branches may still join and the application has not asked to commit or abort yet.\(timeoutText)"
             blocking = tx.branches.map { note($0, "the application's commit or abort") }

@@ -1,3 +1,4 @@
+import CohortHTTP
 import Foundation
 import XCTest
 
@@ -164,7 +165,7 @@ final class EndToEndTests: XCTestCase {
         XCTAssertFalse(try txctl(["agent", a.url, "list", "--state", "in-doubt"]).out.contains(txid))
 
         // A coordinator on the same data directory presumes abort: both sides report heuristic-mixed.
-        let c2 = try start("cohortd", ["--data", dir + "/c", "--port", String(c.port)])
+        let c2 = try start("cohortd", ["--data", dir + "/c", "--port", String(c.port), "--finished-kept", "2"])
         try waitUntil("the agent to report heuristic-mixed", timeout: 30) {
             try txctl(["agent", a.url, "list", "--state", "heuristic-mixed"]).out.contains(txid)
         }
@@ -178,6 +179,27 @@ final class EndToEndTests: XCTestCase {
         let e = try txctl(["explain", txid], coordinator: c2)
         XCTAssertTrue(e.out.contains("HEURISTIC-MIXED") && e.out.contains("repair the data by hand at a"), e.out)
         XCTAssertTrue(try txctl(["list", "--state", "heuristic-mixed"], coordinator: c2).out.contains(txid))
+
+        // Newer transactions push it out of what the coordinator keeps whole (2 here, 10,000
+        // by default): it stays listed, counted and explained from the ledger of outcomes, and
+        // the agent's whole list shows it. A game-day probe saw such transactions vanish from
+        // every coordinator view, and the explanation lose its subject.
+        for _ in 0..<3 {
+            let t = try transfer(c2, a, b)
+            XCTAssertEqual(try http("POST", c2.url + "/v1/transactions/\(t)/commit").0, 200)
+        }
+        let listed = try txctl(["list", "--state", "heuristic-mixed", "--json"], coordinator: c2)
+        XCTAssertEqual(((jsonObject(listed.out)["transactions"] as? [[String: Any]]) ?? []).map { $0["txid"] as? String }, [txid], listed.out)
+        let whole = jsonObject(try txctl(["show", txid, "--json"], coordinator: c2).out)
+        XCTAssertNil(whole["forgotten"], "kept whole, branches and all: \(whole)")
+        XCTAssertEqual(((whole["branches"] as? [[String: Any]]) ?? []).map { $0["participant"] as? String }, ["a"], "the branch that reported it")
+        let stats = jsonObject(try txctl(["stats", "--json"], coordinator: c2).out)
+        XCTAssertEqual((stats["by_state"] as? [String: Any])?["heuristic-mixed"] as? Int, 1, "\(stats)")
+        let metrics = try BlockingHTTPClient().request("GET", c2.url + "/metrics").bodyString
+        XCTAssertTrue(metrics.contains("\ncohort_heuristic_mixed 1"), metrics)
+        let forgotten = try txctl(["explain", txid], coordinator: c2)
+        XCTAssertTrue(forgotten.out.contains("HEURISTIC-MIXED") && forgotten.out.contains("repair the data by hand at a"), forgotten.out)
+        XCTAssertTrue(try txctl(["agent", a.url, "list"]).out.contains(txid), "the agent's whole list shows it too")
     }
 
     func testWatchInAPseudoTerminalDrawsAndQuits() throws {

@@ -84,6 +84,10 @@ final class GoldenTests: XCTestCase {
         check("explain-committing.json", JSONOut.encode(Explain.explain(Self.committing, nowMs: Self.now)))
         check("explain-forced.txt", Explain.render(Explain.explain(Self.forced, nowMs: Self.now), nowMs: Self.now))
         check("explain-mixed.txt", Explain.render(Explain.explain(Self.mixed, nowMs: Self.now), nowMs: Self.now))
+        // Known only from the coordinator's ledger (no branches): the sentence built from the
+        // branches lost its subject ("disagree:  the opposite, every other participant").
+        let forgottenMixed = TransactionView(forgotten: TxID("2b6a4173-1a208a4656c-1")!, protocol: "2pc", state: "heuristic-mixed", outcome: "committed")
+        check("explain-mixed-forgotten.txt", Explain.render(Explain.explain(forgottenMixed, nowMs: Self.now), nowMs: Self.now))
     }
 
     /// Forcing what already holds (a committed transaction forced to commit, kept or only in
