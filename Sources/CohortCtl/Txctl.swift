@@ -326,7 +326,7 @@ public enum Txctl {
         if coordinatorGone { return }
         let asked = silent.isEmpty ? "no coordinator URL is known for \(txid) (the branch names none; pass --coordinator URL)" : "could not learn \(txid)'s outcome: " + silent.joined(separator: "; ")
         throw CtlError.failed("""
-            \(asked).
+            \(asked). \
             Its coordinator's decision may still exist: in its log if the disk survives (txctl log inspect DIR), or as the other participants' outcomes (txctl agent URL show \(txid) at each). One committed means commit; one aborted means abort; if every one is still in doubt, nobody can know, and a forced outcome may need repair by hand. Forcing \(outcome) here without that check can split the transaction with no report of it. Once you have checked, add --coordinator-gone
             """)
     }
@@ -479,11 +479,32 @@ final class Remote {
                 : "the \(name) at \(base) requires a bearer token (HTTP 401); pass --token-file F or set COHORT_TOKEN")
         case 400:
             throw CtlError.usage("the \(name) refused the request: \(message)")
-        case 404 where kind == .outbox && message.hasPrefix("no such"):
-            throw CtlError.failed("\(base) has no outbox admin API (\(message)); point txctl at the process that runs the relay")
+        case 404 where message.hasPrefix("no route for") || message.hasPrefix("no such endpoint"):
+            // The server has no such route at all: most likely the wrong kind of server (an
+            // agent's URL given as the coordinator's...), which "no route for GET
+            // /v1/transactions" left the operator to work out (a game-day probe).
+            if let other = identify() {
+                throw CtlError.failed("\(base) is \(other.what), not \(kind == .coordinator ? "a coordinator" : kind == .agent ? "a participant agent" : "a process running an outbox relay") (it has no \(method) \(path.split(separator: "?").first ?? "")); \(other.hint)")
+            }
+            if kind == .outbox { throw CtlError.failed("\(base) has no outbox admin API (\(message)); point txctl at the process that runs the relay") }
+            throw CtlError.failed(message)
         default:
             throw CtlError.failed(message.isEmpty ? "the \(name) answered HTTP \(response.status)" : message)
         }
+    }
+
+    /// What kind of Cohort server answers at `base`, when it is not `kind`: each kind has a
+    /// route the others lack. Nil when none answers as another kind.
+    func identify() -> (what: String, hint: String)? {
+        let kinds: [(Kind, String, String, String)] = [
+            (.coordinator, "/v1/stats", "a coordinator (cohortd)", "pass it as --coordinator URL (txctl list, show, explain ...)"),
+            (.agent, "/v1/branches", "a participant agent", "use txctl agent \(base) list|show|commit|abort"),
+            (.outbox, "/v1/outbox", "a process running an outbox relay", "use txctl outbox \(base) list|replay"),
+        ]
+        for (k, path, what, hint) in kinds where k != kind {
+            if let r = try? client.request("GET", base + path), r.status == 200 { return (what, hint) }
+        }
+        return nil
     }
 
     func decode<T: Decodable>(_ r: HTTPClientResponse, _ type: T.Type) throws -> T {

@@ -202,6 +202,22 @@ final class EndToEndTests: XCTestCase {
         XCTAssertTrue(try txctl(["agent", a.url, "list"]).out.contains(txid), "the agent's whole list shows it too")
     }
 
+    /// A URL of the wrong kind of server is named as such: "no route for GET /v1/transactions"
+    /// left a game-day operator to work out that the URL was an agent's.
+    func testAURLOfTheWrongKindOfServerIsNamed() throws {
+        let c = try start("cohortd", ["--data", dir + "/c", "--port", "0"])
+        let a = try start("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", c.url])
+        let asCoordinator = try txctl(["--coordinator", a.url, "list"])
+        XCTAssertEqual(asCoordinator.status, 1)
+        XCTAssertTrue(asCoordinator.err.contains("\(a.url) is a participant agent, not a coordinator") && asCoordinator.err.contains("txctl agent \(a.url)"),
+                      asCoordinator.err)
+        let asAgent = try txctl(["agent", c.url, "list"])
+        XCTAssertEqual(asAgent.status, 1)
+        XCTAssertTrue(asAgent.err.contains("\(c.url) is a coordinator (cohortd), not a participant agent"), asAgent.err)
+        let asRelay = try txctl(["outbox", a.url, "list"])
+        XCTAssertTrue(asRelay.err.contains("is a participant agent, not a process running an outbox relay"), asRelay.err)
+    }
+
     func testWatchInAPseudoTerminalDrawsAndQuits() throws {
         let c = try start("cohortd", ["--data", dir + "/c", "--port", "0"])
         let script = """
