@@ -145,6 +145,11 @@ public enum Render {
     public static func force(_ r: ForceResponse, where place: String, recorded: String = "recorded in the audit trail") -> String {
         // Forcing what already holds changes nothing and writes no audit record.
         if !r.dryRun && r.effects.isEmpty { return "\(r.txid) is already \(r.outcome) \(place): nothing was forced, nothing recorded.\n" }
+        // The coordinator's answer when the outcome already holds: "recorded in the audit
+        // trail. It did: nothing to do" claimed a record `show` did not have (a game-day probe).
+        if !r.dryRun && r.effects.count == 1 && r.effects[0].hasPrefix("nothing to do") {
+            return "\(r.txid) is already \(r.outcome) \(place): nothing was forced.\n"
+        }
         var s = r.dryRun
             ? "dry run: forcing \(r.txid) to \(r.outcome) \(place) would:\n"
             : "forced \(r.txid) to \(r.outcome) \(place); \(recorded). It did:\n"

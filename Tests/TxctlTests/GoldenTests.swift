@@ -97,6 +97,9 @@ final class GoldenTests: XCTestCase {
         let none = ForceResponse(txid: "a58aaf0c-1a208a3ee86-1", outcome: "committed", dryRun: false, effects: [])
         XCTAssertEqual(Render.force(none, where: "at the coordinator"),
                        "a58aaf0c-1a208a3ee86-1 is already committed at the coordinator: nothing was forced, nothing recorded.\n")
+        let already = ForceResponse(txid: "a58aaf0c-1a208a3ee86-1", outcome: "committed", dryRun: false, effects: ["nothing to do: a58aaf0c-1a208a3ee86-1 is already committed"])
+        XCTAssertEqual(Render.force(already, where: "at the coordinator"), "a58aaf0c-1a208a3ee86-1 is already committed at the coordinator: nothing was forced.\n",
+                       "no claim of an audit record that was not written")
         let some = ForceResponse(txid: "a58aaf0c-1a208a3ee86-1", outcome: "committed", dryRun: false, effects: ["stop re-sending commit to b"])
         XCTAssertTrue(Render.force(some, where: "at the coordinator").hasPrefix("forced a58aaf0c-1a208a3ee86-1 to committed at the coordinator; recorded in the audit trail. It did:\n"))
     }
