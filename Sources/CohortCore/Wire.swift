@@ -557,6 +557,28 @@ public struct StatsResponse: Codable, Sendable {
 
 /// One outbox message as the outbox admin API shows it (`GET /v1/outbox`), shared by the relay
 /// that serves it and `txctl outbox` that reads it.
+/// The outbox admin list's `sink_unavailable`: the relay's sink has not answered its last
+/// calls, so messages wait in the table (none of them is at fault, and no attempt is counted).
+public struct OutboxSinkTrouble: Codable, Equatable, Sendable {
+    public var name: String
+    /// Calls in a row that could not reach the sink.
+    public var failedCalls: Int
+    public var failingForMs: Int64
+    public var lastError: String
+    public init(name: String, failedCalls: Int, failingForMs: Int64, lastError: String) {
+        self.name = name
+        self.failedCalls = failedCalls
+        self.failingForMs = failingForMs
+        self.lastError = lastError
+    }
+    enum CodingKeys: String, CodingKey {
+        case name
+        case failedCalls = "failed_calls"
+        case failingForMs = "failing_for_ms"
+        case lastError = "last_error"
+    }
+}
+
 public struct OutboxMessageView: Codable, Equatable, Sendable {
     public var id: Int64
     public var messageID: String

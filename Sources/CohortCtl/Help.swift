@@ -151,7 +151,7 @@ public enum Help {
       replay ID      make dead letter ID pending again (attempts reset, same id, so consumers
                      that did apply it dedupe it); it is delivered before its key's later messages
       --limit N      at most N messages (default 1000)
-      --json         {"source", "pending", "dead", "lease_held", "oldest_pending_age_ms"?, "messages": [...]}
+      --json         {"source", "pending", "dead", "lease_held", "oldest_pending_age_ms"?, "sink_unavailable"?, "messages": [...]}
 
     """ + global
 

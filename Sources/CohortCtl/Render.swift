@@ -178,6 +178,10 @@ public enum Render {
         var out = "outbox \(l.source): \(l.pending) pending, \(l.dead) dead"
         if let age = l.oldestPendingAgeMs, l.pending > 0 { out += ", oldest pending \(TimeFormat.duration(ms: age))" }
         out += l.leaseHeld ? " (relay holds the lease)\n" : " (this relay does not hold the lease)\n"
+        if let t = l.sinkUnavailable {
+            out += "SINK UNAVAILABLE: \(t.name) has failed its last \(t.failedCalls) calls, for \(TimeFormat.duration(ms: t.failingForMs)): \(clip(t.lastError, 200))\n"
+                + "  messages wait in the table and are sent again after a backoff (no attempt counted); bring the sink back\n"
+        }
         if l.messages.isEmpty {
             return out + (dead ? "no dead letters\n" : "nothing pending\n")
         }

@@ -367,11 +367,13 @@ public enum Txctl {
         public var dead: Int
         public var leaseHeld: Bool
         public var oldestPendingAgeMs: Int64?
+        public var sinkUnavailable: OutboxSinkTrouble?
         public var messages: [Message]
         enum CodingKeys: String, CodingKey {
             case source, pending, dead, messages
             case leaseHeld = "lease_held"
             case oldestPendingAgeMs = "oldest_pending_age_ms"
+            case sinkUnavailable = "sink_unavailable"
         }
     }
 

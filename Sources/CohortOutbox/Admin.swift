@@ -2,7 +2,7 @@ import CohortCore
 import CohortHTTP
 
 /// The outbox admin API, mounted by whatever hosts a relay:
-/// - `GET /v1/outbox[?dead=true][&limit=N]` → 200 `{"source", "pending", "dead", "lease_held", "messages": [...]}`
+/// - `GET /v1/outbox[?dead=true][&limit=N]` → 200 `{"source", "pending", "dead", "lease_held", "oldest_pending_age_ms"?, "sink_unavailable"?, "messages": [...]}`
 /// - `POST /v1/outbox/{id}/replay` → 200 `{"id", "state": "pending"}`; 404 unknown id; 409 not a dead letter
 public enum OutboxAdminAPI {
     public struct ListResponse: Codable, Equatable, Sendable {
@@ -11,11 +11,14 @@ public enum OutboxAdminAPI {
         public var dead: Int
         public var leaseHeld: Bool
         public var oldestPendingAgeMs: Int64?
+        /// Present while the relay's sink keeps failing (`OutboxRelay.sinkTrouble`).
+        public var sinkUnavailable: OutboxSinkTrouble?
         public var messages: [OutboxStore.Row]
         enum CodingKeys: String, CodingKey {
             case source, pending, dead, messages
             case leaseHeld = "lease_held"
             case oldestPendingAgeMs = "oldest_pending_age_ms"
+            case sinkUnavailable = "sink_unavailable"
         }
     }
 
@@ -47,7 +50,7 @@ public enum OutboxAdminAPI {
                 let rows = try store.list(dead: deadParam == "true", limit: limit)
                 return .json(200, ListResponse(source: store.source, pending: c.pending, dead: c.dead, leaseHeld: relay.holdsLease,
                                                oldestPendingAgeMs: c.oldestPendingCreatedMs.map { max(0, nowMs - $0) },
-                                               messages: rows))
+                                               sinkUnavailable: relay.sinkTrouble, messages: rows))
             } catch {
                 return .error(500, "reading the outbox: \(error)")
             }

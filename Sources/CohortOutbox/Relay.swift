@@ -55,6 +55,18 @@ public final class OutboxRelay {
     /// (`reportSink`). Reporting only: the machine decides the retries.
     public private(set) var sinkFailuresInARow = 0
     private var sinkProblemReportedMs: Int64 = 0
+    /// Since when (monotonic) and with what the sink has been failing, while it is.
+    private var sinkFailingSinceMs: Int64 = 0
+    private var lastSinkError = ""
+
+    /// The sink's trouble for the admin list, while its calls keep failing: `txctl outbox URL
+    /// list` showed 70 pending messages with 0 attempts and no error while the consumer was
+    /// down (a game-day probe); only the relay's stderr knew.
+    public var sinkTrouble: OutboxSinkTrouble? {
+        guard sinkFailuresInARow > 0 else { return nil }
+        return OutboxSinkTrouble(name: sink.name, failedCalls: sinkFailuresInARow, failingForMs: max(0, clock() - sinkFailingSinceMs),
+                                 lastError: String(lastSinkError.prefix(Limits.httpErrorMessageBytesMax)))
+    }
     private var running = false
     private let tickMs: Int64
 
@@ -145,6 +157,8 @@ public final class OutboxRelay {
         switch result {
         case .unavailable(let reason):
             sinkFailuresInARow += 1
+            lastSinkError = reason
+            if sinkFailuresInARow == 1 { sinkFailingSinceMs = nowMs }
             if sinkFailuresInARow == 1 {
                 problem("sink \(sink.name) unavailable: \(reason); messages stay pending and are sent again after a backoff")
             } else if nowMs - sinkProblemReportedMs >= Limits.outboxSinkProblemReportIntervalMs {

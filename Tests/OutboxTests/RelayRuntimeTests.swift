@@ -1,5 +1,6 @@
 import CohortClient
 import CohortCore
+import CohortHTTP
 @testable import CohortOutbox
 import CohortPosix
 import CohortSQLite
@@ -134,8 +135,20 @@ final class RelayRuntimeTests: XCTestCase {
         XCTAssertEqual(down.count, 1, "\(down)")
         XCTAssertTrue(down.first?.contains("sink memory unavailable: POST http://127.0.0.1:9/v1/inbox: connection refused") == true, "\(down)")
         XCTAssertEqual(try counts.counts().pending, 1)
+        // The admin list (txctl outbox URL list) says so too, with the error: it showed
+        // pending messages with 0 attempts and no error, and only stderr knew why.
+        var listed: OutboxAdminAPI.ListResponse?
+        onLoop(loop) {
+            let r = OutboxAdminAPI.handle(HTTPRequest(method: "GET", target: "/v1/outbox", path: "/v1/outbox"), relay: relay, nowMs: SystemClock.wallMs())
+            listed = try? JSONDecoder().decode(OutboxAdminAPI.ListResponse.self, from: Data(r?.body ?? []))
+        }
+        let trouble = try XCTUnwrap(listed?.sinkUnavailable, "\(String(describing: listed))")
+        XCTAssertEqual(trouble.name, "memory")
+        XCTAssertGreaterThanOrEqual(trouble.failedCalls, 3)
+        XCTAssertTrue(trouble.lastError.contains("connection refused"), trouble.lastError)
         onLoop(loop) { sink.answer = nil }
         try waitFor("the message delivered", timeoutMs: 15_000) { try counts.counts().pending == 0 }
+        onLoop(loop) { XCTAssertNil(relay.sinkTrouble, "gone once the sink answers") }
         let all = lines.withLock { problems }
         XCTAssertEqual(all.count, 2, "\(all)")
         XCTAssertTrue(all.last?.hasPrefix("sink memory answers again after ") == true, "\(all)")

@@ -104,6 +104,19 @@ final class GoldenTests: XCTestCase {
         XCTAssertTrue(Render.force(some, where: "at the coordinator").hasPrefix("forced a58aaf0c-1a208a3ee86-1 to committed at the coordinator; recorded in the audit trail. It did:\n"))
     }
 
+    /// A sink that keeps failing is the first thing `outbox list` says.
+    func testOutboxListSaysTheSinkIsUnavailable() {
+        let l = Txctl.OutboxList(source: "orders", pending: 70, dead: 0, leaseHeld: true, oldestPendingAgeMs: 35_000,
+                                 sinkUnavailable: OutboxSinkTrouble(name: "http://127.0.0.1:7201/v1/inbox", failedCalls: 19, failingForMs: 34_000,
+                                                                    lastError: "POST http://127.0.0.1:7201/v1/inbox: connect failed"),
+                                 messages: [])
+        let text = Render.outboxList(l, dead: false, nowMs: Self.now)
+        XCTAssertTrue(text.contains("SINK UNAVAILABLE: http://127.0.0.1:7201/v1/inbox has failed its last 19 calls, for 34s: POST http://127.0.0.1:7201/v1/inbox: connect failed"), text)
+        var fine = l
+        fine.sinkUnavailable = nil
+        XCTAssertFalse(Render.outboxList(fine, dead: false, nowMs: Self.now).contains("SINK"))
+    }
+
     func testExplainOffersOnlyAllowedForces() {
         let e = Explain.explain(Self.committing, nowMs: Self.now)
         XCTAssertFalse(e.finished)
