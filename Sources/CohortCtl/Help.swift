@@ -142,6 +142,7 @@ public enum Help {
     public static let outbox = """
     usage: txctl outbox URL list [--dead] [--limit N] [--json]
            txctl outbox URL replay ID
+           txctl outbox URL discard ID --reason "..."
 
     A service's outbox, through the admin API of the process running its relay (cohort-relay
     --port N, or a service with an in-process relay). URL is that process, e.g. http://127.0.0.1:7400.
@@ -150,6 +151,9 @@ public enum Help {
                      later messages wait behind it (per-key order)
       replay ID      make dead letter ID pending again (attempts reset, same id, so consumers
                      that did apply it dedupe it); it is delivered before its key's later messages
+      discard ID     give up on dead letter ID: it is never delivered, its key's later messages
+                     go on; the row stays with --reason as the record (for a message no fix will
+                     ever make the consumer accept)
       --limit N      at most N messages (default 1000)
       --json         {"source", "pending", "dead", "lease_held", "oldest_pending_age_ms"?, "sink_unavailable"?, "messages": [...]}
 

@@ -334,7 +334,7 @@ public enum Txctl {
     static func outbox(_ argv: [String], _ ctx: CtlContext) throws {
         let w = try words(argv)
         guard w.count >= 3 else {
-            throw CtlError.usage("usage: txctl outbox URL list [--dead] [--json] | txctl outbox URL replay ID")
+            throw CtlError.usage("usage: txctl outbox URL list [--dead] [--json] | txctl outbox URL replay ID | txctl outbox URL discard ID --reason R")
         }
         let url = w[1]
         let sub = w[2]
@@ -355,8 +355,21 @@ public enum Txctl {
             }
             let r = try remote(a).post("/v1/outbox/\(id)/replay", body: [], OutboxReplay.self)
             ctx.out(a.has("json") ? JSONOut.encode(r) : "message \(r.id) is pending again: the relay delivers it next, before its key's later messages\n")
+        case "discard":
+            let a = try parse(argv, valued: ["reason"], booleans: ["json"])
+            let p = try positional(a, count: 4, usage: "txctl outbox URL discard ID --reason \"...\"")
+            guard let id = Int64(p[3]), id > 0 else {
+                throw CtlError.usage("message ID must be a positive integer (the id column of txctl outbox URL list --dead); got \"\(p[3])\"")
+            }
+            guard let reason = a.string("reason"), !reason.trimmingCharacters(in: .whitespaces).isEmpty else {
+                throw CtlError.usage("discard needs --reason \"...\": the message is never delivered, and the reason stays with it")
+            }
+            var w = JSONWriter()
+            w.beginObject(); w.field("reason", reason); w.endObject()
+            let r = try remote(a).post("/v1/outbox/\(id)/discard", body: w.bytes, OutboxReplay.self)
+            ctx.out(a.has("json") ? JSONOut.encode(r) : "message \(r.id) is discarded: it is never delivered, and its key's later messages go on; the row keeps your reason\n")
         default:
-            throw CtlError.usage("unknown outbox command \"\(sub)\": use list or replay (see txctl outbox --help)")
+            throw CtlError.usage("unknown outbox command \"\(sub)\": use list, replay or discard (see txctl outbox --help)")
         }
     }
 

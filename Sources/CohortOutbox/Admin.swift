@@ -4,6 +4,7 @@ import CohortHTTP
 /// The outbox admin API, mounted by whatever hosts a relay:
 /// - `GET /v1/outbox[?dead=true][&limit=N]` → 200 `{"source", "pending", "dead", "lease_held", "oldest_pending_age_ms"?, "sink_unavailable"?, "messages": [...]}`
 /// - `POST /v1/outbox/{id}/replay` → 200 `{"id", "state": "pending"}`; 404 unknown id; 409 not a dead letter
+/// - `POST /v1/outbox/{id}/discard` `{"reason"}` → 200 `{"id", "state": "discarded"}`; 404; 409 not a dead letter
 public enum OutboxAdminAPI {
     public struct ListResponse: Codable, Equatable, Sendable {
         public var source: String
@@ -70,6 +71,27 @@ public enum OutboxAdminAPI {
                 }
             } catch {
                 return .error(500, "replaying \(id): \(error)")
+            }
+        }
+        if p.count == 4, p[3] == "discard" {
+            guard req.method == "POST" else { return .error(405, "use POST /v1/outbox/{id}/discard") }
+            guard let id = Int64(p[2]), id > 0 else { return .error(400, "message id must be a positive integer, got \"\(p[2])\"") }
+            guard case .object(let members)? = try? JSONParser.parse(req.body),
+                  case .string(let reason)? = members.first(where: { $0.0 == "reason" })?.1, !reason.isEmpty else {
+                return .error(400, "body must be {\"reason\": \"...\"}: say why the message is dropped")
+            }
+            do {
+                switch try store.discard(id: id, reason: reason, nowMs: nowMs) {
+                case .replayed:
+                    relay.replayed()  // its key is no longer blocked: rescan
+                    return .json(200, ReplayResponse(id: id, state: "discarded"))
+                case .notFound:
+                    return .error(404, "no message \(id) in this outbox")
+                case .notDead(let state):
+                    return .error(409, "message \(id) is \(state), not a dead letter; only dead letters can be discarded")
+                }
+            } catch {
+                return .error(500, "discarding \(id): \(error)")
             }
         }
         return .error(404, "no such outbox endpoint \(req.path)")

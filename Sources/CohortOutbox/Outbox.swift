@@ -62,6 +62,9 @@ enum OutboxSchema {
     static let statePending: Int64 = 0
     static let stateDelivered: Int64 = 1
     static let stateDead: Int64 = 2
+    /// A dead letter an operator gave up on (`OutboxStore.discard`): never delivered, no longer
+    /// blocking its key. Kept (not cleaned up) as the record of that decision.
+    static let stateDiscarded: Int64 = 3
 
     /// Creates the tables if missing and returns the outbox's source name (set once, kept).
     static func prepare(_ c: SQLiteConnection, name: String?) throws -> String {
@@ -444,6 +447,28 @@ public final class OutboxStore {
                                    [.int(id)])
                 return .replayed
             case OutboxSchema.statePending: return .notDead(state: "pending")
+            case OutboxSchema.stateDiscarded: return .notDead(state: "discarded")
+            default: return .notDead(state: "delivered")
+            }
+        }
+    }
+
+    /// Gives up on dead letter `id`: it is never delivered, and its key's later messages go on
+    /// (a poison message whose fix never comes blocked its key for good: replay only made it
+    /// dead again). The row stays, with `reason` in its last error, as the record of what was
+    /// dropped; nothing cleans it up. `.replayed` means it was discarded.
+    public func discard(id: Int64, reason: String, nowMs: Int64) throws -> ReplayResult {
+        try connection.transaction {
+            guard let row = try connection.query("SELECT state FROM outbox WHERE id = ?1", [.int(id)]).first else {
+                return .notFound
+            }
+            switch row[0].int ?? -1 {
+            case OutboxSchema.stateDead:
+                try connection.run("UPDATE outbox SET state = ?2, last_error = ?3, delivered_ms = ?4 WHERE id = ?1",
+                                   [.int(id), .int(OutboxSchema.stateDiscarded), .text("discarded by an operator: " + String(reason.prefix(Limits.httpErrorMessageBytesMax))), .int(nowMs)])
+                return .replayed
+            case OutboxSchema.statePending: return .notDead(state: "pending")
+            case OutboxSchema.stateDiscarded: return .notDead(state: "discarded")
             default: return .notDead(state: "delivered")
             }
         }

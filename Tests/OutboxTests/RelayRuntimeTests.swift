@@ -155,6 +155,59 @@ final class RelayRuntimeTests: XCTestCase {
         onLoop(loop) { XCTAssertEqual(relay.sinkFailuresInARow, 0) }
     }
 
+    /// A poison message no fix will make acceptable: replay only made it dead again, and its
+    /// key stayed blocked for good (a game-day probe had to restart the consumer with a test
+    /// flag). Discarded through the admin API, it is never delivered, its key's later messages
+    /// go on, and the row keeps the operator's reason; a second discard or a replay is refused.
+    func testADiscardedDeadLetterUnblocksItsKeyAndIsNeverDelivered() throws {
+        let (path, outbox, counts, loop) = try rig("d")
+        defer { loop.stopAndJoin() }
+        final class PoisonSink: OutboxSink, @unchecked Sendable {
+            let loop: EventLoop
+            let lock = NSLock()
+            var delivered: [String] = []
+            var name: String { "poison-refusing" }
+            init(loop: EventLoop) { self.loop = loop }
+            func deliver(_ messages: [OutboxMessage], completion: @escaping (SinkResult) -> Void) {
+                let outcomes: [DeliveryOutcome] = messages.map { m in
+                    if m.payload == "poison" { return .rejected("HTTP 422: cannot parse") }
+                    lock.withLock { delivered.append(m.payload) }
+                    return .acknowledged
+                }
+                loop.execute { completion(.outcomes(outcomes)) }
+            }
+            func shutdown() {}
+        }
+        let sink = PoisonSink(loop: loop)
+        var config = RelayConfig()
+        config.attemptsMax = 1
+        let relay = OutboxRelay(store: try OutboxStore(path: path), sink: sink, loop: loop, config: config)
+        onLoop(loop) { relay.start() }
+        defer { onLoop(loop) { relay.stop() } }
+        let poison = try outbox.transaction { try $0.enqueue(topic: "t", key: "k", payload: "poison") }
+        _ = try outbox.transaction { try $0.enqueue(topic: "t", key: "k", payload: "after") }
+        try waitFor("the dead letter", timeoutMs: 15_000) { try counts.counts().dead == 1 }
+        XCTAssertEqual(sink.lock.withLock { sink.delivered }, [], "the key's later message waits behind it")
+        func admin(_ path: String, _ body: String) -> HTTPResponse? {
+            var r: HTTPResponse?
+            onLoop(loop) {
+                r = OutboxAdminAPI.handle(HTTPRequest(method: "POST", target: path, path: path, body: Array(body.utf8)), relay: relay, nowMs: SystemClock.wallMs())
+            }
+            return r
+        }
+        XCTAssertEqual(admin("/v1/outbox/\(poison)/discard", "{}")?.status, 400, "a reason is required")
+        XCTAssertEqual(admin("/v1/outbox/\(poison)/discard", #"{"reason":"v1 payload, consumer dropped support; ticket 123"}"#)?.status, 200)
+        try waitFor("the key's later message", timeoutMs: 15_000) { sink.lock.withLock { sink.delivered } == ["after"] }
+        try waitFor("its delivery recorded", timeoutMs: 15_000) { try counts.counts().pending == 0 }
+        XCTAssertEqual(try counts.counts().dead, 0)
+        let kept = try counts.connection.query("SELECT state, last_error FROM outbox WHERE id = ?1", [.int(poison)]).first
+        XCTAssertEqual(kept?[0], .int(3))
+        XCTAssertEqual(kept?[1], .text("discarded by an operator: v1 payload, consumer dropped support; ticket 123"))
+        XCTAssertEqual(admin("/v1/outbox/\(poison)/discard", #"{"reason":"again"}"#)?.status, 409)
+        XCTAssertEqual(admin("/v1/outbox/\(poison)/replay", "")?.status, 409)
+        XCTAssertEqual(admin("/v1/outbox/999999999999999/discard", #"{"reason":"x"}"#)?.status, 404)
+    }
+
     /// A tick renews the lease and, in the same feed, sends a batch. When the renewal finds
     /// another relay holding the lease, the batch decided under the lost lease is not sent.
     func testNothingQueuedRunsAfterTheLeaseIsLost() throws {

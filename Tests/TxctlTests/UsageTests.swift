@@ -46,6 +46,8 @@ final class UsageTests: XCTestCase {
         assertUsage(["agent", "http://127.0.0.1:1", "list", "--state", "sleepy"], "--state must be one of")
         assertUsage(["agent", "http://127.0.0.1:1", "dance"], "unknown agent command")
         assertUsage(["agent"], "usage: txctl agent URL")
+        assertUsage(["outbox", "http://127.0.0.1:1", "discard", "5"], "discard needs --reason")
+        assertUsage(["outbox", "http://127.0.0.1:1", "discard", "five", "--reason", "r"], "message ID must be a positive integer")
         assertUsage(["log", "fix", "/tmp"], "unknown log command")
         assertUsage(["watch", "--interval", "fast"], "--interval must be a duration")
         assertUsage(["watch"], "needs a terminal")
