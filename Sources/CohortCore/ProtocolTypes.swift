@@ -298,7 +298,9 @@ public struct OnePhaseWindows: Equatable, Sendable {
     /// under the forgotten-commit mark), so unknown there still means never committed.
     public func refusal(_ txid: TxID, currentEpoch: UInt64) -> RequestError? {
         guard txid.epoch < currentEpoch, covers(txid) else { return nil }
-        return RequestError(410, "\(txid) is unknown here, but it may have committed in one phase before this coordinator restarted (a one-phase commit leaves no coordinator record: its only participant's record decides); read that participant's data")
+        // The second sentence: a game-day operator read this 410 against the "aborted" the same
+        // coordinator gives participants that ask, and against the participants' own abort.
+        return RequestError(410, "\(txid) is unknown here, but it may have committed in one phase before this coordinator restarted (a one-phase commit leaves no coordinator record: its only participant's record decides); read that participant's data. A transaction of two or more branches that is unknown here was aborted (presumed abort: its participants, which ask, are told so)")
     }
 
     public func encode(_ w: inout ByteWriter) {
