@@ -43,10 +43,11 @@ extension Explain {
             let pending = tx.branches.filter { $0.state == tx.state }
             blocking = pending.map { note($0, "the answer to its \(phase)") }
             let names = pending.map(\.participant).joined(separator: ", ")
-            summary = "\(id) is \(tx.state) (TCC): \(confirming ? "confirm is decided and durable" : "it is cancelled\(tx.reason.map { " (\($0))" } ?? "")"), and Cohort is calling \(phase) on \(pending.isEmpty ? "no one (it ends shortly)" : pending.map { describe($0, nowMs: nowMs) }.joined(separator: "; ")) until it answers.\(parked)"
-            actions = ["wait: Cohort keeps calling \(phase)\(tx.parked == true ? " (slowly, it is parked)" : "") until \(names.isEmpty ? "every branch" : names) answers",
+            let several = pending.count > 1
+            summary = "\(id) is \(tx.state) (TCC): \(confirming ? "confirm is decided and durable" : "it is cancelled\(tx.reason.map { " (\($0))" } ?? "")"), and Cohort is calling \(phase) on \(pending.isEmpty ? "no one (it ends shortly)" : pending.map { describe($0, nowMs: nowMs) }.joined(separator: "; ")) until \(several ? "they answer" : "it answers").\(parked)"
+            actions = ["wait: Cohort keeps calling \(phase)\(tx.parked == true ? " (slowly, it is parked)" : "") until \(names.isEmpty ? "every branch answers" : names + (several ? " answer" : " answers"))",
                        "bring \(names.isEmpty ? "the service" : names) back (\(pending.map(\.url).joined(separator: ", "))), then retry now instead of waiting: txctl retry \(id)",
-                       "only if \(names.isEmpty ? "that service" : names) is gone for good or settled by hand: \(confirming ? forceCommit : forceAbort) ends the transaction as \(confirming ? "committed" : "aborted") (audited; Cohort stops calling it)",
+                       "only if \(names.isEmpty ? "that service" : names) \(several ? "are" : "is") gone for good or settled by hand: \(confirming ? forceCommit : forceAbort) ends the transaction as \(confirming ? "committed" : "aborted") (audited; Cohort stops calling it)",
                        confirming ? "a forced abort is refused: the confirm decision is durable" : "a forced commit is refused: its branches are being cancelled"]
         default:
             summary = "\(id) is in state \(tx.state), which this txctl does not know."
