@@ -437,19 +437,8 @@ public final class OutboxStore {
     /// Makes a dead letter pending again with its attempts reset; it keeps its id, so a consumer
     /// that did apply it once still dedupes it.
     public func replay(id: Int64) throws -> ReplayResult {
-        try connection.transaction {
-            guard let row = try connection.query("SELECT state FROM outbox WHERE id = ?1", [.int(id)]).first else {
-                return .notFound
-            }
-            switch row[0].int ?? -1 {
-            case OutboxSchema.stateDead:
-                try connection.run("UPDATE outbox SET state = 0, attempts = 0, last_error = NULL, dead_ms = NULL WHERE id = ?1",
-                                   [.int(id)])
-                return .replayed
-            case OutboxSchema.statePending: return .notDead(state: "pending")
-            case OutboxSchema.stateDiscarded: return .notDead(state: "discarded")
-            default: return .notDead(state: "delivered")
-            }
+        try changeDeadLetter(id) {
+            try connection.run("UPDATE outbox SET state = 0, attempts = 0, last_error = NULL, dead_ms = NULL WHERE id = ?1", [.int(id)])
         }
     }
 
@@ -458,14 +447,22 @@ public final class OutboxStore {
     /// dead again). The row stays, with `reason` in its last error, as the record of what was
     /// dropped; nothing cleans it up. `.replayed` means it was discarded.
     public func discard(id: Int64, reason: String, nowMs: Int64) throws -> ReplayResult {
+        try changeDeadLetter(id) {
+            try connection.run("UPDATE outbox SET state = ?2, last_error = ?3, delivered_ms = ?4 WHERE id = ?1",
+                               [.int(id), .int(OutboxSchema.stateDiscarded),
+                                .text("discarded by an operator: " + String(reason.prefix(Limits.httpErrorMessageBytesMax))), .int(nowMs)])
+        }
+    }
+
+    /// Runs `change` in one transaction if message `id` is a dead letter; else says what it is.
+    private func changeDeadLetter(_ id: Int64, _ change: () throws -> Void) throws -> ReplayResult {
         try connection.transaction {
             guard let row = try connection.query("SELECT state FROM outbox WHERE id = ?1", [.int(id)]).first else {
                 return .notFound
             }
             switch row[0].int ?? -1 {
             case OutboxSchema.stateDead:
-                try connection.run("UPDATE outbox SET state = ?2, last_error = ?3, delivered_ms = ?4 WHERE id = ?1",
-                                   [.int(id), .int(OutboxSchema.stateDiscarded), .text("discarded by an operator: " + String(reason.prefix(Limits.httpErrorMessageBytesMax))), .int(nowMs)])
+                try change()
                 return .replayed
             case OutboxSchema.statePending: return .notDead(state: "pending")
             case OutboxSchema.stateDiscarded: return .notDead(state: "discarded")

@@ -52,33 +52,28 @@ final class RedisAuthTests: XCTestCase {
         let loop = try EventLoop()
         loop.startThread()
         defer { loop.stopAndJoin() }
-        let sink = try RedisStreamSink(url: redis.url, stream: "auth-test", loop: loop)
-        XCTAssertFalse(sink.name.contains(password), sink.name)
-        defer { sink.shutdown() }
-        let delivered = DispatchSemaphore(value: 0)
-        var result: SinkResult?
-        loop.execute {
-            sink.deliver([OutboxMessage(id: 1, source: "s", topic: "t", key: "k", payload: "1", createdMs: 0)]) {
-                result = $0
-                delivered.signal()
+        /// One message through a sink to this Redis, and the sink's answer.
+        func deliverOne(_ url: String, id: Int64) throws -> (name: String, result: SinkResult?) {
+            let sink = try RedisStreamSink(url: url, stream: "auth-test", loop: loop)
+            defer { sink.shutdown() }
+            let answered = DispatchSemaphore(value: 0)
+            var result: SinkResult?
+            loop.execute {
+                sink.deliver([OutboxMessage(id: id, source: "s", topic: "t", key: "k", payload: String(id), createdMs: 0)]) {
+                    result = $0
+                    answered.signal()
+                }
             }
+            XCTAssertEqual(answered.wait(timeout: .now() + 10), .success)
+            return (sink.name, result)
         }
-        XCTAssertEqual(delivered.wait(timeout: .now() + 10), .success)
-        guard case .outcomes(let o)? = result else { return XCTFail("\(String(describing: result))") }
+        let delivered = try deliverOne(redis.url, id: 1)
+        XCTAssertFalse(delivered.name.contains(password), delivered.name)
+        guard case .outcomes(let o)? = delivered.result else { return XCTFail("\(String(describing: delivered.result))") }
         XCTAssertEqual(o, [.acknowledged])
 
         // A wrong password is an outage to the relay (sent again later), in Redis's words.
-        let refused = try RedisStreamSink(url: "redis://:wrong@127.0.0.1:\(redis.port)", stream: "auth-test", loop: loop)
-        defer { refused.shutdown() }
-        let answered = DispatchSemaphore(value: 0)
-        var refusal: SinkResult?
-        loop.execute {
-            refused.deliver([OutboxMessage(id: 2, source: "s", topic: "t", key: "k", payload: "2", createdMs: 0)]) {
-                refusal = $0
-                answered.signal()
-            }
-        }
-        XCTAssertEqual(answered.wait(timeout: .now() + 10), .success)
+        let refusal = try deliverOne("redis://:wrong@127.0.0.1:\(redis.port)", id: 2).result
         guard case .unavailable(let why)? = refusal else { return XCTFail("\(String(describing: refusal))") }
         XCTAssertTrue(why.contains("logging in to redis://:***@127.0.0.1"), why)
 

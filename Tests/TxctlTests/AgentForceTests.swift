@@ -14,20 +14,21 @@ final class AgentForceTests: XCTestCase {
         var forced: [String] = []
     }
 
-    func testAForceThatContradictsAnAnsweringCoordinatorIsRefused() throws {
-        let stub = Stub()
+    /// Starts the stub on a loop: `GET /v1/branches/TXID` names `branchCoordinator(base)` as the
+    /// branch's coordinator, the outcome path answers `stub.coordinatorAnswer` (nil: 503), and a
+    /// force is recorded. Returns the stub's URL; the test's teardown stops it.
+    private func startStub(_ stub: Stub, txid: String, branchCoordinator: @escaping (String) -> String) throws -> String {
         let loop = try EventLoop()
         loop.startThread()
         let ready = DispatchSemaphore(value: 0)
         var server: HTTPServer?
-        let txid = "0a1b2c3d-1-1"
         loop.execute {
             server = try? HTTPServer(loop: loop, host: "127.0.0.1", port: 0) { request, responder in
                 let base = "http://127.0.0.1:\(server!.port)"
                 switch (request.method, request.path) {
                 case ("GET", "/v1/branches/\(txid)"):
-                    responder.send(.json(200, BranchDetail(txid: txid, state: "prepared", coordinator: base, writeSetBytes: 10, inquiries: 3,
-                                                          lastInquiryError: nil, heuristic: nil)))
+                    responder.send(.json(200, BranchDetail(txid: txid, state: "prepared", coordinator: branchCoordinator(base), writeSetBytes: 10,
+                                                          inquiries: 3, lastInquiryError: nil, heuristic: nil)))
                 case ("GET", "/v1/transactions/\(txid)/outcome"):
                     let answer = stub.lock.withLock { stub.coordinatorAnswer }
                     if let answer { responder.send(.json(200, InquiryResponse(txid: txid, outcome: answer))) } else { responder.send(.error(503, "down")) }
@@ -43,12 +44,19 @@ final class AgentForceTests: XCTestCase {
             ready.signal()
         }
         ready.wait()
-        defer {
+        addTeardownBlock {
             let done = DispatchSemaphore(value: 0)
             loop.execute { server?.shutdown(); done.signal() }
             done.wait()
+            loop.stopAndJoin()
         }
-        let agent = "http://127.0.0.1:\(try XCTUnwrap(server).port)"
+        return "http://127.0.0.1:\(try XCTUnwrap(server).port)"
+    }
+
+    func testAForceThatContradictsAnAnsweringCoordinatorIsRefused() throws {
+        let stub = Stub()
+        let txid = "0a1b2c3d-1-1"
+        let agent = try startStub(stub, txid: txid) { base in base }
         func force(_ verb: String, _ extra: [String] = []) -> CtlResult {
             ctl(["agent", agent, verb, txid, "--force", "--reason", "coordinator lost"] + extra, env: ["USER": "oncall"])
         }
@@ -89,37 +97,9 @@ final class AgentForceTests: XCTestCase {
     /// check used to ask only the branch's URL and let the force through silently.
     func testTheCoordinatorTxctlIsPointedAtIsAskedToo() throws {
         let stub = Stub()
-        stub.coordinatorAnswer = "committed"
-        let loop = try EventLoop()
-        loop.startThread()
-        let ready = DispatchSemaphore(value: 0)
-        var server: HTTPServer?
         let txid = "0a1b2c3d-1-2"
-        loop.execute {
-            server = try? HTTPServer(loop: loop, host: "127.0.0.1", port: 0) { request, responder in
-                switch (request.method, request.path) {
-                case ("GET", "/v1/branches/\(txid)"):
-                    // A URL where nothing listens.
-                    responder.send(.json(200, BranchDetail(txid: txid, state: "prepared", coordinator: "http://127.0.0.1:1", writeSetBytes: 10,
-                                                          inquiries: 3, lastInquiryError: "connect failed", heuristic: nil)))
-                case ("GET", "/v1/transactions/\(txid)/outcome"):
-                    responder.send(.json(200, InquiryResponse(txid: txid, outcome: stub.lock.withLock { stub.coordinatorAnswer! })))
-                case ("POST", "/v1/branches/\(txid)/force"):
-                    stub.lock.withLock { stub.forced.append("forced") }
-                    responder.send(.json(200, ForceResponse(txid: txid, outcome: "aborted", dryRun: false, effects: ["recorded"])))
-                default:
-                    responder.send(.error(404, "no such endpoint"))
-                }
-            }
-            ready.signal()
-        }
-        ready.wait()
-        defer {
-            let done = DispatchSemaphore(value: 0)
-            loop.execute { server?.shutdown(); done.signal() }
-            done.wait()
-        }
-        let url = "http://127.0.0.1:\(try XCTUnwrap(server).port)"
+        // The branch names a URL where nothing listens.
+        let url = try startStub(stub, txid: txid) { _ in "http://127.0.0.1:1" }
         let refused = ctl(["--coordinator", url, "agent", url, "abort", txid, "--force", "--reason", "r"], env: ["USER": "oncall"])
         XCTAssertEqual(refused.status, 1, refused.err)
         XCTAssertTrue(refused.err.contains("the coordinator at \(url) answers that \(txid) is committed"), refused.err)
