@@ -273,6 +273,7 @@ extension ScenarioRun {
             result.inDoubtAtEnd = s.flowingPending.count
             lock.unlock()
         }
+        noteExitsDuringChecks(&checks)
         lock.lock(); result.checks = checks; lock.unlock()
     }
 

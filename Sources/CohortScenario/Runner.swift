@@ -860,10 +860,30 @@ final class ScenarioRun: @unchecked Sendable {
                 }
             }
         }
+        noteExitsDuringChecks(&checks)
         lock.lock()
         result.checks = checks
         result.timelines = timelines
         lock.unlock()
+    }
+
+    /// The process watcher stops with the faults, so a process that dies while the checks run
+    /// was not reported: a CI run failed `no_locks_held` with only "connection refused" to go
+    /// on, its agent killed from outside. `no_unexpected_exit` now names such a process too.
+    func noteExitsDuringChecks(_ checks: inout [CheckResult]) {
+        lock.lock()
+        let expected = shouldRun.compactMap { n in procs[n].map { (n, $0) } }
+        lock.unlock()
+        var died: [String] = []
+        for (name, p) in expected.sorted(by: { $0.0 < $1.0 }) where !p.isRunning {
+            let status = p.waitForExit(timeoutMs: 1000) ?? -1
+            let tail = p.stderrTail(lines: 2)
+            died.append("\(name) exited with status \(status) while the checks ran" + (tail.isEmpty ? "" : ": \(tail)"))
+            event("\(name) exited unexpectedly with status \(status) while the checks ran")
+        }
+        guard !died.isEmpty, let i = checks.firstIndex(where: { $0.name == "no_unexpected_exit" }) else { return }
+        let earlier = checks[i].ok ? [] : [checks[i].detail]
+        checks[i] = CheckResult(name: "no_unexpected_exit", ok: false, detail: (earlier + died).joined(separator: "; "), txids: [])
     }
 
     private func agentName(_ i: Int) -> String { scenario.topology.agentNames[i] }

@@ -31,6 +31,34 @@ final class RunnerTests: XCTestCase {
         }, name)
     }
 
+    /// A process killed while the checks run is named by `no_unexpected_exit`. The watcher
+    /// stops with the faults, and a CI run failed `no_locks_held` with only "connection
+    /// refused", its agent killed from outside.
+    func testAProcessKilledWhileTheChecksRunIsNamed() throws {
+        let runner = try runner()
+        let lock = NSLock()
+        var agentB: Int32?
+        runner.progress = { line in
+            if let r = line.range(of: "started b (pid ") {
+                let pid = line[r.upperBound...].prefix { $0.isNumber }
+                lock.withLock { agentB = Int32(pid) }
+            }
+            // Called on the runner's thread, just before the checks start.
+            if line.hasSuffix("faults over"), let pid = lock.withLock({ agentB }) { _ = ProcessControl.send(SIGKILL, to: pid) }
+        }
+        // Quick checks: no_locks_held would retry for its whole bound against the dead agent,
+        // and the settling before the checks waits for it up to no_in_doubt_within.
+        let scenario = try Scenario.parse(Data(#"""
+            {"name": "killed-during-checks", "topology": {"agents": 2},
+             "workload": {"transfers": {"clients": 2, "duration": "500ms", "accounts": 4}},
+             "checks": ["conservation", {"no_in_doubt_within": "1s"}]}
+            """#.utf8), file: "killed-during-checks.json")
+        let r = runner.run(scenario)
+        let exit = try XCTUnwrap(r.checks.first { $0.name == "no_unexpected_exit" })
+        XCTAssertFalse(exit.ok)
+        XCTAssertTrue(exit.detail.contains("b exited with status 137 while the checks ran"), describe(r))
+    }
+
     func testCatalogueScenariosPass() throws {
         let files = try FileManager.default.contentsOfDirectory(atPath: RunnerTests.root.appendingPathComponent("Scenarios").path)
         for name in ["coordinator-crash-after-decision", "partition-during-commit", "agent-crash-before-commit-applied"] {
