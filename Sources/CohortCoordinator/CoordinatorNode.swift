@@ -633,7 +633,7 @@ public final class CoordinatorNode {
             if tx.parked && !tx.state.isFinished { byState["parked", default: 0] += 1 }
         }
         // Also those known only from the ledger (see `list`).
-        let forgottenMixed = machine.forgottenHeuristicMixed(limit: .max).count
+        let forgottenMixed = machine.forgottenHeuristicMixedCount
         if forgottenMixed > 0 { byState[Coordinator.State.heuristicMixed.rawValue, default: 0] += forgottenMixed }
         let p = commitLatency.percentiles()
         let now = environment.wallMs

@@ -746,9 +746,16 @@ public struct Coordinator {
         outcomeLedger.heuristicMixed(limit: limit).filter { transaction($0) == nil }
     }
 
+    /// How many `forgottenHeuristicMixed` would list, counted from the ledger's bits without
+    /// making their txids: those it holds, less those still kept whole (a mixed transaction
+    /// let go of `finished` goes into both the ledger and `mixedKept`).
+    public var forgottenHeuristicMixedCount: Int {
+        outcomeLedger.heuristicMixedCount - mixedKept.keys.reduce(0) { $0 + (outcomeLedger.lookup($1)?.heuristicMixed == true ? 1 : 0) }
+    }
+
     /// Heuristic-mixed transactions this coordinator knows of: kept whole, or in the ledger.
     public var heuristicMixedCount: Int {
-        finished.values.reduce(0) { $0 + ($1.state == .heuristicMixed ? 1 : 0) } + mixedKept.count + forgottenHeuristicMixed(limit: .max).count
+        finished.values.reduce(0) { $0 + ($1.state == .heuristicMixed ? 1 : 0) } + mixedKept.count + forgottenHeuristicMixedCount
     }
 
     /// Open and recently finished transactions (and heuristic-mixed ones kept past those),

@@ -15,6 +15,9 @@ public struct HTTPServerConfig {
     /// Answers the server holds unread across all connections before it stops reading from
     /// those that hold some (`Limits.httpHeldResponseBytesMax`).
     public var heldResponseBytesMax = Limits.httpHeldResponseBytesMax
+    /// At the connection limit, a request arriving this long may lose its connection to a new
+    /// one (`Limits.httpSlowRequestEvictableMs`).
+    public var slowRequestEvictableMs = Limits.httpSlowRequestEvictableMs
 
     public init(maxConnections: Int = Limits.httpConnectionsMax,
                 requestTimeoutMs: Int64 = Limits.httpRequestTimeoutMs,
@@ -134,12 +137,12 @@ final class ServerConnection {
             && inFlight == 0 && outOffset >= out.count && !parser.hasPartialRequest
     }
 
-    /// A request has been arriving for `Limits.httpSlowRequestEvictableMs` or more, and no answer
+    /// A request has been arriving for `slowRequestEvictableMs` or more, and no answer
     /// is owed or unsent: at the connection limit, closing it costs the peer only that
     /// unfinished request (`HTTPServer.makeRoom`).
     func isSlowRequest(nowMs: Int64) -> Bool {
         !closed && !rejected && !lingering && !closeQueued && inFlight == 0 && outOffset >= out.count
-            && requestStartMs != 0 && nowMs - requestStartMs >= Limits.httpSlowRequestEvictableMs
+            && requestStartMs != 0 && nowMs - requestStartMs >= server.config.slowRequestEvictableMs
     }
 
     func onEvents(_ events: IOEvents) {
@@ -517,7 +520,7 @@ public final class HTTPServer {
     /// `ServerConnection.isIdle`), so that connections which only sit there — a slow-loris
     /// client's, or pools kept alive by clients gone quiet — cannot lock every new client out
     /// until they time out. Failing that, closes the one whose request has been arriving
-    /// longest, if that is past `Limits.httpSlowRequestEvictableMs` (`isSlowRequest`). Refusing
+    /// longest, if that is past `config.slowRequestEvictableMs` (`isSlowRequest`). Refusing
     /// with 503 is left for when every connection is busy with an answer owed or a request
     /// that is arriving at a normal pace.
     /// A scan rather than an idle list kept in order: it runs only at the limit, and keeping

@@ -56,42 +56,32 @@ public enum OutboxAdminAPI {
                 return .error(500, "reading the outbox: \(error)")
             }
         }
-        if p.count == 4, p[3] == "replay" {
-            guard req.method == "POST" else { return .error(405, "use POST /v1/outbox/{id}/replay") }
+        if p.count == 4, p[3] == "replay" || p[3] == "discard" {
+            let verb = p[3]
+            guard req.method == "POST" else { return .error(405, "use POST /v1/outbox/{id}/\(verb)") }
             guard let id = Int64(p[2]), id > 0 else { return .error(400, "message id must be a positive integer, got \"\(p[2])\"") }
+            let change: () throws -> OutboxStore.ReplayResult
+            if verb == "replay" {
+                change = { try store.replay(id: id) }
+            } else {
+                guard case .object(let members)? = try? JSONParser.parse(req.body),
+                      case .string(let reason)? = members.first(where: { $0.0 == "reason" })?.1, !reason.isEmpty else {
+                    return .error(400, "body must be {\"reason\": \"...\"}: say why the message is dropped")
+                }
+                change = { try store.discard(id: id, reason: reason, nowMs: nowMs) }
+            }
             do {
-                switch try store.replay(id: id) {
+                switch try change() {
                 case .replayed:
-                    relay.replayed()
-                    return .json(200, ReplayResponse(id: id, state: "pending"))
+                    relay.replayed()  // a replayed or discarded dead letter no longer blocks its key: rescan
+                    return .json(200, ReplayResponse(id: id, state: verb == "replay" ? "pending" : "discarded"))
                 case .notFound:
                     return .error(404, "no message \(id) in this outbox (delivered messages are deleted after the retention period)")
                 case .notDead(let state):
-                    return .error(409, "message \(id) is \(state), not a dead letter; only dead letters can be replayed")
+                    return .error(409, "message \(id) is \(state), not a dead letter; only dead letters can be \(verb == "replay" ? "replayed" : "discarded")")
                 }
             } catch {
-                return .error(500, "replaying \(id): \(error)")
-            }
-        }
-        if p.count == 4, p[3] == "discard" {
-            guard req.method == "POST" else { return .error(405, "use POST /v1/outbox/{id}/discard") }
-            guard let id = Int64(p[2]), id > 0 else { return .error(400, "message id must be a positive integer, got \"\(p[2])\"") }
-            guard case .object(let members)? = try? JSONParser.parse(req.body),
-                  case .string(let reason)? = members.first(where: { $0.0 == "reason" })?.1, !reason.isEmpty else {
-                return .error(400, "body must be {\"reason\": \"...\"}: say why the message is dropped")
-            }
-            do {
-                switch try store.discard(id: id, reason: reason, nowMs: nowMs) {
-                case .replayed:
-                    relay.replayed()  // its key is no longer blocked: rescan
-                    return .json(200, ReplayResponse(id: id, state: "discarded"))
-                case .notFound:
-                    return .error(404, "no message \(id) in this outbox")
-                case .notDead(let state):
-                    return .error(409, "message \(id) is \(state), not a dead letter; only dead letters can be discarded")
-                }
-            } catch {
-                return .error(500, "discarding \(id): \(error)")
+                return .error(500, "\(verb == "replay" ? "replaying" : "discarding") \(id): \(error)")
             }
         }
         return .error(404, "no such outbox endpoint \(req.path)")

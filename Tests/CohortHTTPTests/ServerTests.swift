@@ -333,7 +333,11 @@ final class ServerTests: XCTestCase {
         let h = try LoopHarness()
         let limit = 4
         var held: [HTTPResponder] = []
-        let server = try h.server(config: HTTPServerConfig(maxConnections: limit, idleTimeoutMs: 600_000, firstByteTimeoutMs: 600_000)) { req, r in
+        // Three seconds, so that the first new client surely comes before it on a loaded
+        // machine (the default, a second, left that to the scheduler).
+        var config = HTTPServerConfig(maxConnections: limit, idleTimeoutMs: 600_000, firstByteTimeoutMs: 600_000)
+        config.slowRequestEvictableMs = 3_000
+        let server = try h.server(config: config) { req, r in
             if req.path == "/hold" { held.append(r) } else { echoHandler(req, r) }
         }
         defer { h.stop(server) }
@@ -354,7 +358,7 @@ final class ServerTests: XCTestCase {
         let early = try BlockingHTTPClient().request("GET", url)
         XCTAssertEqual(early.status, 503, "requests begun under a second ago keep their connections")
         XCTAssertEqual(try h.sync { server.slowRequestsEvicted }, 0)
-        Thread.sleep(forTimeInterval: Double(Limits.httpSlowRequestEvictableMs) / 1000 + 0.2)
+        Thread.sleep(forTimeInterval: Double(config.slowRequestEvictableMs) / 1000 + 0.2)
         for i in 0..<(limit * 2) {
             let r = try BlockingHTTPClient().request("GET", url)
             XCTAssertEqual(r.status, 200, "new client \(i): \(r.bodyString)")
