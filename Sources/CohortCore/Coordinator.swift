@@ -478,6 +478,14 @@ public struct Coordinator {
                     }
                 }
             }
+            if !r.isAtEnd {
+                let mixedCount = try r.u32()
+                guard mixedCount <= UInt32(Limits.heuristicMixedKept) else { throw DecodeError("\(mixedCount) heuristic-mixed transactions kept") }
+                for _ in 0..<mixedCount {
+                    let tx = try CoordinatorRecordCoding.decodeMixedKept(&r)
+                    if openTable.byID[tx.txid] == nil && finished[tx.txid] == nil { keepMixed(tx) }
+                }
+            }
         }
         for (type, payload) in records {
             let record = try CoordinatorRecordCoding.decode(type: type, payload: payload)
@@ -492,7 +500,12 @@ public struct Coordinator {
         var actions: [Action] = []
         for txid in openTable.byID.keys.sorted() {
             guard var tx = openTable.byID[txid] else { continue }
-            tx.events.append(TimelineEvent(atMs: nowMs, event: "recovered", participant: nil, detail: "re-driving commit after restart"))
+            // Only a decided transaction is re-driven; a pre-committed 3PC one is asked about
+            // and may end aborted, so "re-driving commit" misled a game-day operator there.
+            let detail = tx.state == .terminating
+                ? "pre-committed, undecided: asking the participants how it ended (3PC termination)"
+                : "re-driving commit after restart"
+            tx.events.append(TimelineEvent(atMs: nowMs, event: "recovered", participant: nil, detail: detail))
             for i in tx.branches.indices where tx.branches[i].state == .commitSent && tx.branches[i].heuristic == nil {
                 actions.append(.send(txid, to: tx.branches[i].participant, .commit))
             }
@@ -716,6 +729,16 @@ public struct Coordinator {
         for (txid, termination) in threePhase {
             w.string(txid.description)
             w.u8(termination == .quorum ? 1 : 0)
+        }
+        // Heuristic-mixed transactions let go of `finished` (absent in snapshots written before
+        // session 25). Without them a restart from a checkpoint lost the presumed-abort ones
+        // from every view (the ledger never holds a presumption), and the decided ones came
+        // back as ledger lines without their branches: the operator lost the record of which
+        // participant's data needs repair.
+        w.u32(UInt32(mixedKeptOrder.count))
+        for txid in mixedKeptOrder {
+            guard let tx = mixedKept[txid] else { preconditionFailure("mixedKeptOrder names \(txid), which mixedKept lacks") }
+            CoordinatorRecordCoding.encodeMixedKept(&w, tx)
         }
         return w.bytes
     }
@@ -2028,6 +2051,63 @@ public enum CoordinatorRecordCoding {
         let n = try r.u32()
         guard n <= UInt32(Limits.branchesPerTransactionMax) else { throw DecodeError("\(n) names") }
         return try (0..<n).map { _ in try r.string(maxCount: 4096) }
+    }
+
+    /// A heuristic-mixed transaction kept for views, in a snapshot: what `txctl show` and
+    /// `explain` read (outcome, why, protocol, and each branch's name, address and forced
+    /// outcome). Its timeline and attempts are not kept.
+    static func encodeMixedKept(_ w: inout ByteWriter, _ tx: Coordinator.Transaction) {
+        w.string(tx.txid.description)
+        w.bool(tx.outcome == .committed)
+        w.string(String(decoding: (tx.reason ?? "").utf8.prefix(Limits.reasonBytesMax), as: UTF8.self))
+        w.i64(tx.createdAtMs)
+        w.i64(tx.finishedAtMs ?? tx.createdAtMs)
+        switch tx.commitProtocol {
+        case .twoPhase: w.u8(0)
+        case .threePhase(let t): w.u8(t == .quorum ? 2 : 1)
+        }
+        w.u32(UInt32(tx.branches.count))
+        for b in tx.branches {
+            w.string(b.participant.name)
+            w.string(b.participant.url)
+            w.u8(b.heuristic == nil ? 0 : b.heuristic == .committed ? 1 : 2)
+        }
+    }
+
+    static func decodeMixedKept(_ r: inout ByteReader) throws -> Coordinator.Transaction {
+        let txid = try decodeTxID(&r)
+        let outcome: Outcome = try r.bool() ? .committed : .aborted
+        let reason = try r.string(maxCount: Limits.reasonBytesMax + 4)
+        var tx = Coordinator.Transaction(txid: txid, state: .heuristicMixed, createdAtMs: try r.i64(), timeoutMs: 0)
+        tx.finishedAtMs = try r.i64()
+        tx.outcome = outcome
+        tx.reason = reason.isEmpty ? nil : reason
+        switch try r.u8() {
+        case 0: tx.commitProtocol = .twoPhase
+        case 1: tx.commitProtocol = .threePhase(.classic)
+        case 2: tx.commitProtocol = .threePhase(.quorum)
+        case let k: throw DecodeError("unknown commit protocol \(k) for \(txid)")
+        }
+        let branchCount = try r.u32()
+        guard branchCount <= UInt32(Limits.branchesPerTransactionMax) else { throw DecodeError("\(branchCount) branches of \(txid)") }
+        for _ in 0..<branchCount {
+            // The bounds the other sections read names with: a heuristic report's name is the
+            // reporter's and was not checked against the registration's limit.
+            let name = try r.string(maxCount: 4096)
+            let url = try r.string(maxCount: 4096)
+            let heuristic: Outcome?
+            switch try r.u8() {
+            case 0: heuristic = nil
+            case 1: heuristic = .committed
+            case 2: heuristic = .aborted
+            case let k: throw DecodeError("unknown forced outcome \(k) for \(txid) at \(name)")
+            }
+            tx.branches.append(Coordinator.Branch(participant: ParticipantRef(name: name, url: url),
+                                                  state: outcome == .committed ? .committed : .aborted, heuristic: heuristic))
+        }
+        tx.events = [Coordinator.TimelineEvent(atMs: tx.finishedAtMs ?? tx.createdAtMs, event: "heuristic-mixed", participant: nil,
+                                               detail: "from a checkpoint (the timeline is not kept)")]
+        return tx
     }
 
     static func decodeTxID(_ r: inout ByteReader) throws -> TxID {

@@ -203,6 +203,10 @@ final class CoordinatorOperatorTests: XCTestCase {
             actions.compactMap { if case .send(_, let p, .stateQuery) = $0 { return p.name }; return nil }.sorted()
         }
         XCTAssertEqual(queries(first), ["a", "b"])
+        // The timeline says what recovery does with it: it asks, it does not re-drive a commit
+        // (a game-day operator read "re-driving commit" on one that then aborted).
+        let recovered = c.transaction(t)?.events.last { $0.event == "recovered" }
+        XCTAssertEqual(recovered?.detail, "pre-committed, undecided: asking the participants how it ended (3PC termination)")
         XCTAssertEqual(queries(c.on(.timerFired(.learn(t)), nowMs: 1_010)), [], "both still outstanding")
         _ = c.on(.stateAnswered(t, participant: "a", state: nil), nowMs: 1_500) // a failed
         XCTAssertEqual(queries(c.on(.timerFired(.learn(t)), nowMs: 2_010)), ["a"])
@@ -292,6 +296,52 @@ final class CoordinatorOperatorTests: XCTestCase {
         XCTAssertEqual(restarted.transaction(t)?.outcome, .committed)
         XCTAssertEqual(restarted.transaction(t)?.state, .heuristicMixed)
         XCTAssertEqual(restarted.inquire(t.description), .committed)
+    }
+
+    /// Heuristic-mixed transactions let go of `finished` stay whole in view (`mixedKept`), and
+    /// that view survives a restart from a checkpoint: before, the presumed-abort one vanished
+    /// (the ledger never holds a presumption) and the decided one came back without branches.
+    func testHeuristicMixedTransactionsLetGoOfFinishedSurviveACheckpoint() throws {
+        var config = Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 100)
+        config.finishedTransactionsKept = 2
+        var c = Coordinator(config: config)
+        // Decided commit; b's operator forced abort.
+        let decided = committing(&c)
+        _ = c.on(.heuristicReported(8, txid: decided.description, participant: "b", outcome: .aborted), nowMs: 6)
+        _ = c.on(.heuristicDurable(decided, participant: "b"), nowMs: 7)
+        // No record here (presumed abort); a's operator forced commit.
+        let presumed = TxID(coordinatorID: "0a1b2c3d", epoch: 99, sequence: 5)
+        _ = c.on(.heuristicReported(nil, txid: presumed.description, participant: "a", outcome: .committed), nowMs: 8)
+        _ = c.on(.heuristicDurable(presumed, participant: "a"), nowMs: 9)
+        // Newer transactions push both out of `finished`.
+        for k in 0..<4 {
+            guard case .reply(_, .begun(let t, _))? = c.on(.begin(RequestID(20 + k), timeoutMs: 5000), nowMs: 10).last else { return XCTFail() }
+            _ = c.on(.abort(RequestID(40 + k), txid: t.description), nowMs: 11)
+        }
+        XCTAssertNil(c.finished[decided])
+        XCTAssertNil(c.finished[presumed])
+        XCTAssertEqual(c.heuristicMixedCount, 2)
+
+        var restarted = Coordinator(config: config)
+        _ = try restarted.recover(snapshot: c.snapshot(), records: [], nowMs: 100)
+        XCTAssertEqual(restarted.heuristicMixedCount, 2, "kept whole and in the ledger, counted once")
+        let d = try XCTUnwrap(restarted.transaction(decided), "the decided one is kept whole, not only a ledger line")
+        XCTAssertEqual(d.state, .heuristicMixed)
+        XCTAssertEqual(d.outcome, .committed)
+        XCTAssertEqual(d.branches.map(\.participant.name), ["a", "b"])
+        XCTAssertEqual(d.branches.map(\.participant.url), ["http://a", "http://b"])
+        XCTAssertEqual(d.branches.map(\.heuristic), [nil, .aborted])
+        let p = try XCTUnwrap(restarted.transaction(presumed), "the presumed-abort one survives the restart")
+        XCTAssertEqual(p.state, .heuristicMixed)
+        XCTAssertEqual(p.outcome, .aborted)
+        XCTAssertEqual(p.reason, Coordinator.presumedAbortReason)
+        XCTAssertEqual(p.branches.map(\.heuristic), [.committed])
+        XCTAssertTrue(restarted.allTransactions().contains { $0.txid == presumed }, "listed")
+        // And a second checkpoint from the restarted coordinator writes them again.
+        var again = Coordinator(config: config)
+        _ = try again.recover(snapshot: restarted.snapshot(), records: [], nowMs: 200)
+        XCTAssertEqual(again.transaction(presumed)?.state, .heuristicMixed)
+        XCTAssertEqual(again.heuristicMixedCount, 2)
     }
 
     func testCommitIsRefusedWhileAForcedAbortIsRecorded() {
