@@ -47,6 +47,36 @@ public struct LogReport: Codable, Equatable, Sendable {
         public let offset: Int
         public let reason: String
     }
+    /// The bytes a torn tail's cut drops (or dropped: a kept `.torn-OFFSET` copy), read as one
+    /// record. `verdict`: `cut-short` (fewer bytes than the header declares, or a run of zeros
+    /// where its last ones should be: a write a crash cut short, so nothing that waited on it
+    /// was acknowledged), `whole-damaged` (every declared
+    /// byte there, checksum wrong: a write torn inside, or a record damaged after it was
+    /// written, which may have been acknowledged), `whole-valid` (checksum right; cut for its
+    /// place, e.g. a wrong LSN) or `not-a-record` (the header's length is past every limit).
+    public struct Cut: Codable, Equatable, Sendable {
+        public let bytes: Int
+        public let lsn: UInt64?
+        public let expectedLSN: UInt64?
+        public let typeName: String?
+        public let declaredPayloadBytes: Int?
+        public let writtenPayloadBytes: Int
+        public let verdict: String
+        /// The payload decoded anyway, when it is all there.
+        public let decoded: Record?
+        enum CodingKeys: String, CodingKey {
+            case bytes, lsn, verdict, decoded
+            case expectedLSN = "expected_lsn"
+            case typeName = "type_name"
+            case declaredPayloadBytes = "declared_payload_bytes"
+            case writtenPayloadBytes = "written_payload_bytes"
+        }
+    }
+    public struct KeptTornTail: Codable, Equatable, Sendable {
+        public let file: String
+        public let cut: Cut?
+        public let unreadable: String?
+    }
     public struct Segment: Codable, Equatable, Sendable {
         public let file: String
         public let number: UInt64
@@ -56,8 +86,10 @@ public struct LogReport: Codable, Equatable, Sendable {
         public let firstLSN: UInt64?
         public let records: [Record]
         public let problem: Problem?
+        /// A torn tail's bytes, read as a record.
+        public var cut: Cut? = nil
         enum CodingKeys: String, CodingKey {
-            case file, number, records, problem
+            case file, number, records, problem, cut
             case sizeBytes = "size_bytes"
             case recordsEndBytes = "records_end_bytes"
             case firstLSN = "first_lsn"
@@ -76,9 +108,12 @@ public struct LogReport: Codable, Equatable, Sendable {
     /// not yet reconciled), replayed by the agent's own recovery code. Nil for a coordinator,
     /// or when the log cannot be replayed (its problem is reported instead).
     public let openBranches: [OpenBranch]?
+    /// Copies earlier starts kept of the torn tails they cut.
+    public var keptTornTails: [KeptTornTail] = []
     enum CodingKeys: String, CodingKey {
         case directory, kind, segments, records, problems, recoverable
         case openBranches = "open_branches"
+        case keptTornTails = "kept_torn_tails"
     }
 }
 
@@ -159,8 +194,13 @@ public enum LogTools {
                 kind == .agent ? describeAgent(lsn: r.lsn, offset: r.offset, type: r.type, payload: r.payload)
                                : describe(lsn: r.lsn, offset: r.offset, type: r.type, payload: r.payload)
             }
-            segments.append(.init(file: seg.file, number: seg.number, sizeBytes: seg.sizeBytes, recordsEndBytes: seg.recordsEndBytes, firstLSN: seg.firstLSN,
-                                  records: described, problem: seg.problem.map(problem)))
+            var segment = LogReport.Segment(file: seg.file, number: seg.number, sizeBytes: seg.sizeBytes, recordsEndBytes: seg.recordsEndBytes,
+                                            firstLSN: seg.firstLSN, records: described, problem: seg.problem.map(problem))
+            if let c = seg.cut {
+                let offset = seg.problem?.offset ?? seg.recordsEndBytes
+                segment.cut = cut(c, offset: offset, expectedLSN: seg.records.last.map { $0.lsn + 1 } ?? seg.firstLSN, kind: kind)
+            }
+            segments.append(segment)
             undecodable += zip(records, described).filter { !decodes($0.0.type, $0.0.payload, as: kind) }.map { (seg.file, $0.1) }
         }
         var problems = inspection.problems.map(problem)
@@ -178,8 +218,64 @@ public enum LogTools {
         if kind == .agent, recoverable {
             open = try? openBranches(all.map { ($0.lsn, $0.type, $0.payload) })
         }
-        return LogReport(directory: logDir, kind: kind.rawValue, segments: segments, records: all.count,
-                         problems: problems, recoverable: recoverable, openBranches: open)
+        var report = LogReport(directory: logDir, kind: kind.rawValue, segments: segments, records: all.count,
+                               problems: problems, recoverable: recoverable, openBranches: open)
+        report.keptTornTails = inspection.keptTornTails.map { kept in
+            let offset = kept.file.split(separator: "-").last.flatMap { Int($0) } ?? 0
+            return .init(file: kept.file, cut: kept.cut.map { cut($0, offset: offset, expectedLSN: nil, kind: kind) }, unreadable: kept.unreadable)
+        }
+        return report
+    }
+
+    /// A game-day operator met a torn tail and could not tell what the cut would lose: the
+    /// bytes are read as a record and, when whole, decoded anyway.
+    static func cut(_ c: LogInspection.CutRecord, offset: Int, expectedLSN: UInt64?, kind: Kind) -> LogReport.Cut {
+        let verdict: String
+        if c.lsn != nil && !c.lengthPlausible {
+            verdict = "not-a-record"
+        } else if c.isCutShort {
+            verdict = "cut-short"
+        } else {
+            verdict = c.checksumMatches ? "whole-valid" : "whole-damaged"
+        }
+        let decoded = verdict == "cut-short" ? nil : c.payload.map { payload in
+            kind == .agent ? describeAgent(lsn: c.lsn ?? 0, offset: offset, type: c.type ?? 0, payload: payload)
+                           : describe(lsn: c.lsn ?? 0, offset: offset, type: c.type ?? 0, payload: payload)
+        }
+        return .init(bytes: c.bytes, lsn: c.lsn, expectedLSN: expectedLSN,
+                     typeName: c.type.map { kind == .agent ? agentTypeName($0) : typeName($0) },
+                     declaredPayloadBytes: c.declaredPayloadBytes, writtenPayloadBytes: c.writtenPayloadBytes,
+                     verdict: verdict, decoded: decoded)
+    }
+
+    /// The lines under a torn tail (and a kept copy) that say what its bytes hold.
+    static func renderCut(_ c: LogReport.Cut, kind: String, indent: String, alreadyCut: Bool = false) -> String {
+        var s = indent + "cut bytes: \(c.bytes)"
+        if let lsn = c.lsn, let type = c.typeName, let declared = c.declaredPayloadBytes {
+            let expected = c.expectedLSN.map { $0 == lsn ? ", the next expected" : ", expected \($0)" } ?? ""
+            s += " (LSN \(lsn)\(expected); \(type); \(c.writtenPayloadBytes) of \(declared) payload bytes written)"
+        }
+        switch c.verdict {
+        case "cut-short":
+            s += ": a write cut short by a crash before its sync; nothing that waited on it was acknowledged\n"
+        case "not-a-record":
+            s += ": the length is past every limit, so this is not a record's start (a torn header, or damage)\n"
+        case "whole-valid":
+            s += ": a whole record whose checksum matches, cut for where it stands\n"
+        default:
+            s += ": every declared byte is there but the checksum is wrong\n"
+        }
+        if let d = c.decoded {
+            s += indent + "decoded anyway: \(d.txid.map { $0 + "  " } ?? "")\(d.summary)\n"
+        }
+        if c.verdict == "whole-damaged" || c.verdict == "whole-valid" {
+            let check = c.decoded?.txid.map { kind == "agent" ? "txctl show \($0) at its coordinator" : "txctl show \($0), and its participants (txctl agent URL show \($0))" }
+                ?? "the transactions of the records around it"
+            s += indent + "! a write torn inside and a record damaged after its sync look alike; if it was synced, what it recorded was acknowledged "
+                + (alreadyCut ? "and is gone from the log since a start cut it. Check \(check)\n"
+                              : "and the cut loses it. Check \(check) before the \(kind) starts and cuts it\n")
+        }
+        return s
     }
 
     /// Whether a record decodes as one of `kind`'s log: what its server's recovery decodes
@@ -412,6 +508,15 @@ public enum LogTools {
             if let p = seg.problem {
                 s += "  \(p.kind == "torn-tail" ? "TORN TAIL" : "CORRUPT") at offset \(p.offset): \(p.reason)\n"
             }
+            if let c = seg.cut { s += renderCut(c, kind: r.kind, indent: "    ") }
+        }
+        if !r.keptTornTails.isEmpty {
+            s += "\ntorn tails earlier starts cut off, kept as copies:\n"
+            for kept in r.keptTornTails {
+                s += "  \(kept.file)\n"
+                if let c = kept.cut { s += renderCut(c, kind: r.kind, indent: "    ", alreadyCut: true) }
+                if let why = kept.unreadable { s += "    not read: \(why)\n" }
+            }
         }
         if let open = r.openBranches {
             if open.isEmpty {
@@ -446,7 +551,10 @@ public enum LogTools {
                 s += "no log: \(p.reason)\n"
             case "torn-tail":
                 damage += 1
-                s += "torn tail: \(p.file) at offset \(p.offset): \(p.reason) (a write cut short; the \(r.kind) cuts it off at start)\n"
+                let cut = r.segments.first { $0.file == p.file }?.cut
+                let what = cut == nil || cut?.verdict == "cut-short" ? "a write cut short"
+                    : "a whole record with a wrong checksum: a write torn inside, or damage after its sync; txctl log inspect decodes it"
+                s += "torn tail: \(p.file) at offset \(p.offset): \(p.reason) (\(what); the \(r.kind) cuts it off at start)\n"
             default:
                 damage += 1
                 s += "corrupt record: \(p.file) at offset \(p.offset): \(p.reason)\n"

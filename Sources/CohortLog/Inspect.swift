@@ -1,3 +1,5 @@
+import CohortCore
+
 /// A read-only report on a log's files, for operators (`txctl log inspect|verify`).
 public struct LogInspection {
     public struct Record: Equatable {
@@ -31,6 +33,67 @@ public struct LogInspection {
         }
     }
 
+    /// What the bytes recovery would cut (or did cut, in a kept `.torn-OFFSET` copy) hold,
+    /// read as one record for an operator: a torn write and a whole record damaged after it
+    /// was written look alike to recovery, and the difference decides whether an outcome that
+    /// was acknowledged is lost with them (docs/txctl.md, "A torn tail").
+    public struct CutRecord: Equatable {
+        /// Bytes from the cut to the last nonzero byte.
+        public let bytes: Int
+        /// Nil when fewer than a record header's bytes are there.
+        public let lsn: UInt64?
+        public let type: UInt8?
+        /// The payload length the header declares.
+        public let declaredPayloadBytes: Int?
+        /// Of those, how many come before the last nonzero byte. Space written ahead reads as
+        /// zeros, and so do the high bytes of a record's last integer: a few zeros at the end
+        /// are normal, a run of them is a write that stopped.
+        public let writtenPayloadBytes: Int
+        /// Whether the declared length fits the log's limits at all.
+        public let lengthPlausible: Bool
+        /// Whether the checksum matches the declared bytes as the file holds them.
+        public let checksumMatches: Bool
+        /// The declared payload as the file holds it, when the file is long enough.
+        public let payload: [UInt8]?
+
+        /// Zeros at the end of a payload that still count as written (an Int64's high bytes).
+        public static let trailingZerosWritten = 8
+
+        /// True when the bytes stop before the record does: a write a crash cut short.
+        public var isCutShort: Bool {
+            guard let declared = declaredPayloadBytes, lengthPlausible, !checksumMatches else { return lsn == nil }
+            return payload == nil || writtenPayloadBytes + Self.trailingZerosWritten < declared
+        }
+
+        /// Reads `bytes` (starting at the cut) as one record.
+        public static func read(_ bytes: ArraySlice<UInt8>) -> CutRecord {
+            let cut = Array(bytes)
+            var end = cut.count
+            while end > 0 && cut[end - 1] == 0 { end -= 1 }
+            let headerBytes = LogFormat.recordHeaderBytes
+            guard cut.count >= headerBytes, end > 0 else {
+                return CutRecord(bytes: end, lsn: nil, type: nil, declaredPayloadBytes: nil, writtenPayloadBytes: 0,
+                                 lengthPlausible: false, checksumMatches: false, payload: nil)
+            }
+            let length = Int(LogFormat.u32(cut, 0))
+            let type = cut[8]
+            let plausible = length <= LogFormat.maxPayloadBytes(type: type)
+            let inFile = plausible && cut.count - headerBytes >= length
+            let matches = inFile && cut.withUnsafeBytes { LogFormat.recordCRC($0, at: 0, payloadCount: length) } == LogFormat.u32(cut, 4)
+            return CutRecord(bytes: end, lsn: LogFormat.u64(cut, 9), type: type, declaredPayloadBytes: length,
+                             writtenPayloadBytes: min(max(0, end - headerBytes), length), lengthPlausible: plausible,
+                             checksumMatches: matches, payload: inFile ? Array(cut[headerBytes..<(headerBytes + length)]) : nil)
+        }
+    }
+
+    /// A copy recovery kept of the bytes it cut (`NAME.torn-OFFSET`, `Limits.tornTailCopiesMax`).
+    public struct KeptTornTail {
+        public let file: String
+        /// Nil when the copy could not be read (`unreadable` says why).
+        public let cut: CutRecord?
+        public let unreadable: String?
+    }
+
     public struct Segment {
         public let file: String
         public let number: UInt64
@@ -43,6 +106,8 @@ public struct LogInspection {
         public let records: [Record]
         /// The first problem in this segment, if any.
         public let problem: Problem?
+        /// A torn tail's bytes read as a record (nil for any other problem).
+        public var cut: CutRecord? = nil
         public var startsWithCheckpoint: Bool { records.first?.type == LogFormat.checkpointType }
     }
 
@@ -50,6 +115,8 @@ public struct LogInspection {
     public let segments: [Segment]
     /// A problem not tied to one segment's contents (unlistable storage, unreadable file).
     public let storageProblem: String?
+    /// Copies of torn tails earlier recoveries cut, oldest name first.
+    public var keptTornTails: [KeptTornTail] = []
 
     /// Every problem, in file order.
     public var problems: [Problem] { segments.compactMap(\.problem) }
@@ -145,15 +212,36 @@ extension DurableLog {
                 problem = .init(kind: .superseded, file: found.file, offset: found.offset,
                                 reason: found.reason + " (before the newest checkpoint, in \(files[start].name): recovery deletes this segment)")
             }
-            segments.append(LogInspection.Segment(
+            var segment = LogInspection.Segment(
                 file: entry.name, number: entry.number, sizeBytes: bytes.count, recordsEndBytes: scan.goodBytes,
                 firstLSN: scan.header?.firstLSN,
                 records: scan.records.map { .init(lsn: $0.record.lsn, type: $0.record.type,
                                                   payloadBytes: $0.record.payload.count, offset: $0.offset, payload: $0.record.payload) },
-                problem: problem))
+                problem: problem)
+            if case .torn(let offset, _) = scan.end { segment.cut = .read(bytes[offset...]) }
+            segments.append(segment)
             expectedLSN = scan.nextLSN
             expectedNumber = entry.number + 1
         }
-        return LogInspection(storageName: storage.name, segments: segments, storageProblem: nil)
+        var inspection = LogInspection(storageName: storage.name, segments: segments, storageProblem: nil)
+        inspection.keptTornTails = keptTornTails(storage)
+        return inspection
+    }
+
+    /// The copies recovery kept of torn tails (`keepAside`), each read as a record; one that
+    /// cannot be read (not a regular file, larger than a segment) is listed with the reason.
+    static func keptTornTails(_ storage: LogStorage) -> [LogInspection.KeptTornTail] {
+        let names = ((try? storage.list()) ?? []).filter { $0.contains(".log.torn-") }.sorted()
+        return names.prefix(Limits.tornTailCopiesMax).map { name in
+            do {
+                let (file, bytes) = try Recovery.readAll(storage, name, fromDisk: false)
+                file.close()
+                return LogInspection.KeptTornTail(file: name, cut: .read(bytes[...]), unreadable: nil)
+            } catch let error as LogCorruptionError {
+                return LogInspection.KeptTornTail(file: name, cut: nil, unreadable: error.reason)
+            } catch {
+                return LogInspection.KeptTornTail(file: name, cut: nil, unreadable: "\(error)")
+            }
+        }
     }
 }

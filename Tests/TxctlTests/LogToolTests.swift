@@ -93,6 +93,10 @@ final class LogToolTests: XCTestCase {
         XCTAssertEqual(i.status, 0)
         XCTAssertTrue(i.out.contains("TORN TAIL at offset \(offsets[4])"), i.out)
         XCTAssertTrue(i.out.contains("would start"), i.out)
+        // What the cut drops: a record's first bytes, the rest zeros: nothing acknowledged.
+        XCTAssertTrue(i.out.contains("cut bytes: 10 (LSN 5, the next expected; end; 0 of "), i.out)
+        XCTAssertTrue(i.out.contains("payload bytes written): a write cut short by a crash before its sync; nothing that waited on it was acknowledged"), i.out)
+        XCTAssertFalse(i.out.contains("decoded anyway"), i.out)
 
         // Cut there instead, the file ends at a length no crash leaves: damage, not a torn tail.
         let cutter = try FileHandle(forUpdating: URL(fileURLWithPath: segmentPath(dir)))
@@ -103,6 +107,43 @@ final class LogToolTests: XCTestCase {
         XCTAssertTrue(c.out.contains("0000000000000001.log at offset \(offsets[4] + 10): the file ends at byte \(offsets[4] + 10), inside the bytes after its last whole record"), c.out)
         let ci = ctl(["log", "inspect", dir])
         XCTAssertFalse(ci.out.contains("would start"), ci.out)
+    }
+
+    /// The last record whole but its checksum wrong reads as a torn tail, and recovery cuts
+    /// it; but it may be a record damaged after its sync, whose outcome was acknowledged. A
+    /// game-day operator could not tell which from `inspect`: it now decodes the record anyway,
+    /// says which transaction to check, and does the same for the copy recovery keeps.
+    func testInspectDecodesAWholeLastRecordWithABadChecksumAndItsKeptCopy() throws {
+        let (dir, offsets) = try makeLog()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: segmentPath(dir))))
+        bytes[offsets[4] + 5] ^= 0x01  // the last record's checksum
+        try Data(bytes).write(to: URL(fileURLWithPath: segmentPath(dir)))
+        let i = ctl(["log", "inspect", dir])
+        XCTAssertEqual(i.status, 0, i.err)
+        XCTAssertTrue(i.out.contains("TORN TAIL at offset \(offsets[4])"), i.out)
+        XCTAssertTrue(i.out.contains("(LSN 5, the next expected; end; "), i.out)
+        XCTAssertTrue(i.out.contains("every declared byte is there but the checksum is wrong"), i.out)
+        XCTAssertTrue(i.out.contains("decoded anyway: 0a1b2c3d-7-3  ended: nothing more to deliver"), i.out)
+        XCTAssertTrue(i.out.contains("Check txctl show 0a1b2c3d-7-3, and its participants"), i.out)
+        let j = jsonObject(ctl(["log", "inspect", dir, "--json"]).out)
+        let cut = (j["segments"] as? [[String: Any]])?.first?["cut"] as? [String: Any]
+        XCTAssertEqual(cut?["verdict"] as? String, "whole-damaged")
+        XCTAssertEqual(cut?["lsn"] as? Int, 5)
+        XCTAssertEqual((cut?["decoded"] as? [String: Any])?["txid"] as? String, "0a1b2c3d-7-3")
+
+        // Recovery cuts it and keeps a copy; inspect reads the copy the same way.
+        let storage = try FileLogStorage(directory: dir + "/log")
+        let (log, recovered) = try DurableLog.open(storage: storage, config: DurableLogConfig(syncMode: .manual))
+        XCTAssertEqual(recovered.records.count, 4)
+        log.close()
+        let after = ctl(["log", "inspect", dir])
+        XCTAssertEqual(after.status, 0, after.err)
+        XCTAssertFalse(after.out.contains("TORN TAIL"), after.out)
+        XCTAssertTrue(after.out.contains("torn tails earlier starts cut off, kept as copies:\n  0000000000000001.log.torn-\(offsets[4])\n"), after.out)
+        XCTAssertTrue(after.out.contains("decoded anyway: 0a1b2c3d-7-3  ended"), after.out)
+        let kept = jsonObject(ctl(["log", "inspect", dir, "--json"]).out)["kept_torn_tails"] as? [[String: Any]]
+        XCTAssertEqual(kept?.first?["file"] as? String, "0000000000000001.log.torn-\(offsets[4])")
     }
 
     /// An agent-shaped data directory (`agent.name` beside `log/`): a checkpoint, then branches
