@@ -211,6 +211,10 @@ public enum Limits {
     public static let httpHeldResponseBytesMax = 64 << 20
     /// An error answer's message is clipped to this many bytes (`HTTPResponse.error`).
     public static let httpErrorMessageBytesMax = 1_024
+    /// `Retry-After` (seconds) on every 503 and 429 a server sends (overload, the demo's
+    /// coordinator unavailable, a full outbox backlog) unless its handler set one: about how
+    /// long a restarted coordinator or a drained queue takes, short enough not to idle a client.
+    public static let httpRetryAfterSeconds = 1
     /// Empty lines tolerated before a message (RFC 9112 §2.2 asks for at least one CRLF);
     /// more is an error, so a trickle of CRLFs cannot keep a connection open forever.
     public static let httpBlankBytesBeforeMessageMax = 8
