@@ -3,27 +3,12 @@ import XCTest
 
 /// An operator looking at an in-doubt branch sees the keys it holds locks on (and which branch
 /// holds a given key) before forcing it, and the force's answer names the keys it released.
-/// Real processes: cohortd dies before logging its decision, leaving the agent's branch prepared.
-final class AgentKeysTests: XCTestCase {
-    var servers: [Server] = []
-    var dir = ""
-
-    override func setUp() { dir = tempDirectory("keys") }
-
-    override func tearDown() {
-        for s in servers { s.kill() }
-        servers = []
-        try? FileManager.default.removeItem(atPath: dir)
-    }
-
-    func start(_ name: String, _ args: [String], env: [String: String] = [:]) throws -> Server {
-        let s = try Server(name, args, env: env, dir: dir)
-        servers.append(s)
-        return s
-    }
-
-    func txctl(_ args: [String]) throws -> CtlResult {
-        let r = try runProcess(try binary("txctl"), args, env: ["USER": "oncall"])
+/// Real processes (EndToEndTests' rig): cohortd dies before logging its decision, leaving the
+/// agent's branch prepared.
+extension EndToEndTests {
+    /// txctl, failing the test unless it exits 0.
+    func ok(_ args: [String]) throws -> CtlResult {
+        let r = try txctl(args)
         XCTAssertEqual(r.status, 0, "txctl \(args.joined(separator: " ")): \(r.err)")
         return r
     }
@@ -46,30 +31,30 @@ final class AgentKeysTests: XCTestCase {
 
         // The in-doubt list names each key with its lock and the ops staged on it, in the order
         // the branch took them.
-        let listed = branches(try txctl(["agent", a.url, "list", "--state", "in-doubt", "--json"]).out)
+        let listed = branches(try ok(["agent", a.url, "list", "--state", "in-doubt", "--json"]).out)
         XCTAssertEqual(listed.map { $0["txid"] as? String }, [txid])
         XCTAssertEqual(listed.first?["keys_total"] as? Int, 3)
         let keys = (listed.first?["keys"] as? [[String: Any]]) ?? []
         XCTAssertEqual(keys.map { $0["key"] as? String }, ["acct-1", "rate", "note x"])
         XCTAssertEqual(keys.map { $0["lock"] as? String }, ["exclusive", "shared", "exclusive"])
         XCTAssertEqual(keys.map { $0["ops"] as? [String] }, [["add"], ["get"], ["set"]])
-        let table = try txctl(["agent", a.url, "list"]).out
+        let table = try ok(["agent", a.url, "list"]).out
         XCTAssertTrue(table.hasPrefix("TXID") && table.contains("KEYS") && table.contains(#"acct-1, rate, "note x""#), table)
-        let shown = try txctl(["agent", a.url, "show", txid]).out
+        let shown = try ok(["agent", a.url, "show", txid]).out
         XCTAssertTrue(shown.contains("locks held (3):") && shown.contains("acct-1") && shown.contains("exclusive  add"), shown)
 
         // Which branch holds key K: the one holding it, none for a key nobody locks. A key
         // needing escapes reaches the agent whole.
-        XCTAssertEqual(branches(try txctl(["agent", a.url, "list", "--key", "note x", "--json"]).out).map { $0["txid"] as? String }, [txid])
-        XCTAssertEqual(branches(try txctl(["agent", a.url, "list", "--key", "acct-1", "--state", "in-doubt", "--json"]).out).count, 1)
-        let free = try txctl(["agent", a.url, "list", "--key", "a&b=c"])
+        XCTAssertEqual(branches(try ok(["agent", a.url, "list", "--key", "note x", "--json"]).out).map { $0["txid"] as? String }, [txid])
+        XCTAssertEqual(branches(try ok(["agent", a.url, "list", "--key", "acct-1", "--state", "in-doubt", "--json"]).out).count, 1)
+        let free = try ok(["agent", a.url, "list", "--key", "a&b=c"])
         XCTAssertEqual(free.out, "no branch holds a lock on \"a&b=c\"\n")
 
         // A restart keeps the write set only: the exclusive locks come back (ops unknown), the
         // shared one of the read does not.
         a.kill()
         a = try start("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", c.url])
-        let restored = branches(try txctl(["agent", a.url, "list", "--json"]).out).first
+        let restored = branches(try ok(["agent", a.url, "list", "--json"]).out).first
         XCTAssertEqual(keyNames(restored), ["acct-1", "note x"])
         XCTAssertNil((restored?["keys"] as? [[String: Any]])?.first?["ops"], "ops are not kept across a restart")
 
@@ -82,11 +67,11 @@ final class AgentKeysTests: XCTestCase {
         XCTAssertEqual(forced["keys_total"] as? Int, 2)
 
         // Forced: it holds nothing any more, and no view claims it does.
-        let after = branches(try txctl(["agent", a.url, "list", "--json"]).out)
+        let after = branches(try ok(["agent", a.url, "list", "--json"]).out)
         XCTAssertEqual(after.first?["state"] as? String, "heuristic-aborted")
         XCTAssertNil(after.first?["keys"], "\(after)")
-        XCTAssertFalse(try txctl(["agent", a.url, "show", txid]).out.contains("locks held"))
-        XCTAssertEqual(branches(try txctl(["agent", a.url, "list", "--key", "acct-1", "--json"]).out).count, 0)
+        XCTAssertFalse(try ok(["agent", a.url, "show", txid]).out.contains("locks held"))
+        XCTAssertEqual(branches(try ok(["agent", a.url, "list", "--key", "acct-1", "--json"]).out).count, 0)
         let again = try txctl(force).out
         XCTAssertFalse(again.contains("keys released"), again)
     }
