@@ -442,7 +442,10 @@ public final class AgentNode {
         case .heuristicAborted:
             responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: txid, status: "heuristic-aborted"))))
         case .forced(let outcome, let dryRun, let effects):
-            responder.send(.jsonBytes(200, JSONBody.encode(ForceResponse(txid: txid, outcome: outcome.rawValue, dryRun: dryRun, effects: effects))))
+            // "nothing to do" answers name no keys: the branch held none when asked.
+            let held = forceKeys[id]
+            responder.send(.jsonBytes(200, JSONBody.encode(ForceResponse(txid: txid, outcome: outcome.rawValue, dryRun: dryRun, effects: effects,
+                                                                         keys: held?.keys, keysTotal: held?.total))))
         case .preCommitted:
             responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: txid, status: "pre-committed"))))
             metrics.add("cohort_messages_sent_total", labels: "type=\"pre-commit-ack\"")
@@ -455,6 +458,18 @@ public final class AgentNode {
             responder.send(.requestError(e))
         }
         requestTxids.removeValue(forKey: id)
+        if !forceKeys.isEmpty { forceKeys.removeValue(forKey: id) }
+    }
+
+    /// The keys each force request's branch held when it arrived, for its answer.
+    private var forceKeys: [RequestID: (keys: [BranchKey], total: Int)] = [:]
+
+    /// The first `limit` keys `txid` holds locks on, as the wire names them, and how many it
+    /// holds; nil when it holds none. Asked only by the admin endpoints.
+    private func lockedKeys(_ txid: String, limit: Int) -> (keys: [BranchKey], total: Int)? {
+        let held = resource.heldKeys(txid, limit: limit)
+        guard held.total > 0 else { return nil }
+        return (held.keys.map { BranchKey(key: $0.key, lock: $0.mode.description, ops: $0.ops.isEmpty ? nil : $0.ops) }, held.total)
     }
 
     /// The txid each protocol request was about, to echo it in the answer.
@@ -718,7 +733,11 @@ public final class AgentNode {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let f):
                 guard let outcome = Outcome(rawValue: f.outcome) else { return responder.send(.error(400, "outcome must be committed or aborted")) }
-                feed(.force(track(responder, parts[2]), txid: parts[2], outcome: outcome, reason: f.reason,
+                let id = track(responder, parts[2])
+                // Taken now: once the force is durable the locks are gone, and with them the
+                // answer to what it released.
+                if let held = lockedKeys(parts[2], limit: Limits.branchKeysListedMax) { forceKeys[id] = held }
+                feed(.force(id, txid: parts[2], outcome: outcome, reason: f.reason,
                             operatorName: f.operator ?? "unknown", dryRun: f.dryRun ?? false, atMs: environment.wallMs))
             }
         case ("POST", 3) where parts[0] == "v1" && parts[1] == "2pc":
@@ -871,9 +890,11 @@ public final class AgentNode {
             BranchDetail.Decision(outcome: h.outcome.rawValue, reason: h.reason, operator: h.operatorName, at: TimeFormat.iso8601(ms: h.atMs))
         }
         if let b = machine.branches[txid] {
+            let held = lockedKeys(txid, limit: Limits.branchKeysShownMax)
             return responder.send(.jsonBytes(200, JSONBody.encode(BranchDetail(
                 txid: txid, state: b.state.rawValue, coordinator: b.coordinatorURL, writeSetBytes: b.writeSet.count,
-                inquiries: b.inquiries, lastInquiryError: b.lastInquiryError, heuristic: b.heuristic.map(decision)))))
+                inquiries: b.inquiries, lastInquiryError: b.lastInquiryError, heuristic: b.heuristic.map(decision),
+                keys: held?.keys, keysTotal: held?.total))))
         }
         if let h = machine.heuristicMixed[txid] {
             return responder.send(.jsonBytes(200, JSONBody.encode(BranchDetail(
@@ -892,23 +913,59 @@ public final class AgentNode {
         if let filter, !states.contains(filter) {
             return responder.send(.error(400, "state must be one of \(states.joined(separator: ", "))"))
         }
-        if filter == "heuristic-mixed" {
-            let mixed = machine.heuristicMixed.keys.sorted().map { BranchSummary(txid: $0, state: "heuristic-mixed", coordinator: nil) }
-            return responder.send(.jsonBytes(200, JSONBody.encode(BranchList(branches: mixed))))
+        let key = request.query["key"]
+        if let key, key.isEmpty || key.utf8.count > Limits.keyBytesMax {
+            return responder.send(.error(400, "key must be 1-\(Limits.keyBytesMax) bytes"))
         }
-        let selected = machine.branches.values.filter { b in
+        // A heuristic-mixed branch is finished here and holds no lock.
+        if filter == "heuristic-mixed" {
+            let mixed = key != nil ? [] : machine.heuristicMixed.keys.sorted().map { BranchSummary(txid: $0, state: "heuristic-mixed", coordinator: nil) }
+            return responder.send(.jsonBytes(200, JSONBody.encode(BranchList(branches: mixed, key: key, waiters: key.map { resource.lockers(of: $0).waiters }))))
+        }
+        func selected(_ state: Participant.BranchState) -> Bool {
             switch filter {
             case nil: return true
-            case "in-doubt"?: return b.state == .prepared || b.state == .committing
-            case let s?: return b.state.rawValue == s
+            case "in-doubt"?: return state == .prepared || state == .committing
+            case let s?: return state.rawValue == s
             }
-        }.map { BranchSummary(txid: $0.txid, state: $0.state.rawValue, coordinator: $0.coordinatorURL) }
-        // The whole list shows heuristic-mixed branches too: they are finished here but still
-        // need repair by hand, and a game-day probe's `txctl agent URL list` said "no branches"
-        // while three were waiting for it.
-        let mixed = filter == nil ? machine.heuristicMixed.keys.filter { machine.branches[$0] == nil }
-            .map { BranchSummary(txid: $0, state: "heuristic-mixed", coordinator: nil) } : []
-        responder.send(.jsonBytes(200, JSONBody.encode(BranchList(branches: (selected + mixed).sorted { $0.txid < $1.txid }))))
+        }
+        var listed: [(txid: String, state: String, coordinator: String?)]
+        var waiters: [String]?
+        if let key {
+            // Which transaction holds key K: the lock table knows, without a walk of every branch.
+            let lockers = resource.lockers(of: key)
+            waiters = lockers.waiters
+            listed = lockers.holders.compactMap { h in
+                guard let b = machine.branches[h.owner] else { return filter == nil ? (h.owner, "active", nil) : nil }
+                return selected(b.state) ? (h.owner, b.state.rawValue, b.coordinatorURL) : nil
+            }
+        } else {
+            listed = machine.branches.values.filter { selected($0.state) }.map { ($0.txid, $0.state.rawValue, $0.coordinatorURL) }
+            // The whole list shows heuristic-mixed branches too: they are finished here but still
+            // need repair by hand, and a game-day probe's `txctl agent URL list` said "no branches"
+            // while three were waiting for it.
+            if filter == nil {
+                listed += machine.heuristicMixed.keys.filter { machine.branches[$0] == nil }.map { ($0, "heuristic-mixed", nil) }
+            }
+        }
+        listed.sort { $0.txid < $1.txid }
+        // Key names are bounded per branch and per answer (`Limits.branchKeysListedBytesMax`):
+        // past the budget a branch gives only its count.
+        var keyBytes = 0
+        var omitted = 0
+        let summaries = listed.map { b -> BranchSummary in
+            guard let held = lockedKeys(b.txid, limit: Limits.branchKeysListedMax) else {
+                return BranchSummary(txid: b.txid, state: b.state, coordinator: b.coordinator)
+            }
+            let bytes = held.keys.reduce(0) { $0 + $1.key.utf8.count + 48 }
+            guard keyBytes + bytes <= Limits.branchKeysListedBytesMax else {
+                omitted += 1
+                return BranchSummary(txid: b.txid, state: b.state, coordinator: b.coordinator, keysTotal: held.total)
+            }
+            keyBytes += bytes
+            return BranchSummary(txid: b.txid, state: b.state, coordinator: b.coordinator, keys: held.keys, keysTotal: held.total)
+        }
+        responder.send(.jsonBytes(200, JSONBody.encode(BranchList(branches: summaries, key: key, waiters: waiters, keysOmitted: omitted > 0 ? omitted : nil))))
     }
 }
 

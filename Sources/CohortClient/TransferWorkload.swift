@@ -547,30 +547,80 @@ public final class TransferWorkload: @unchecked Sendable {
 
     // MARK: - checks
 
-    /// Every account's committed balance, per agent index.
-    public func balances() throws -> [[String: Int64]] {
-        let api = api()
-        return try config.agentURLs.map { url in
-            var out: [String: Int64] = [:]
-            for item in try api.kvScan(url, prefix: "acct-") {
-                guard let v = item.value.intValue else {
-                    throw CohortAPIError.badAnswer("\(url) \(item.key) holds a non-integer \(item.value)")
-                }
-                out[item.key] = v
-            }
-            return out
+    /// What a conservation check read: this run's accounts (`key(0)`...`key(accounts - 1)`) on
+    /// every agent, and nothing else. Other keys under `acct-` (another run's accounts, an
+    /// operator's keys) once counted too: a false violation, or a false pass when they made up
+    /// for a lost balance.
+    public struct Conservation: Sendable {
+        public let ok: Bool
+        public let total: Int64
+        public let expected: Int64
+        /// The accounts read, on every agent (`accounts` times the number of agents).
+        public let accountsChecked: Int
+        /// The first and last account key of the run.
+        public let keys: ClosedRange<String>
+        public let agents: Int
+        /// The run's accounts found on no agent that should hold them (counted as 0).
+        public let missing: Int
+        /// Other keys the scan met and left out.
+        public let ignored: Int
+
+        /// One line: the verdict, the totals, and which keys were counted.
+        public var description: String {
+            "\(ok ? "ok" : "FAILED") (total \(total), expected \(expected); \(accountsChecked) accounts checked, "
+                + "\(keys.lowerBound)..\(keys.upperBound) on \(agents) agents"
+                + (missing > 0 ? ", \(missing) missing" : "") + (ignored > 0 ? ", \(ignored) other keys left out" : "") + ")"
         }
     }
 
-    /// The sum of every balance on every agent.
+    /// Every account's committed balance, per agent index: this run's accounts only.
+    public func balances() throws -> [[String: Int64]] { try readAccounts().balances }
+
+    /// The run's accounts per agent, and how many other keys each agent's scan met. Scans only
+    /// the run's accounts' common prefix (`acct-00` for 100 of them), so another run's many
+    /// accounts are mostly not read at all.
+    private func readAccounts() throws -> (balances: [[String: Int64]], ignored: Int) {
+        let api = api()
+        let first = key(0), last = key(max(config.accounts - 1, 0))
+        let prefix = String(zip(first, last).prefix { $0 == $1 }.map(\.0))
+        var ignored = 0
+        let balances = try config.agentURLs.map { url in
+            var out: [String: Int64] = [:]
+            for item in try api.kvScan(url, prefix: prefix) {
+                guard let i = accountIndex(item.key) else {
+                    ignored += 1
+                    continue
+                }
+                guard let v = item.value.intValue else {
+                    throw CohortAPIError.badAnswer("\(url) \(item.key) holds a non-integer \(item.value)")
+                }
+                out[key(i)] = v
+            }
+            return out
+        }
+        return (balances, ignored)
+    }
+
+    /// The account number of `k` if it is one of this run's account keys (exactly as `key`
+    /// spells it), else nil.
+    func accountIndex(_ k: String) -> Int? {
+        guard k.hasPrefix("acct-"), let i = Int(k.dropFirst(5)), i >= 0, i < config.accounts, key(i) == k else { return nil }
+        return i
+    }
+
+    /// The sum of this run's balances on every agent.
     public func totalBalance() throws -> Int64 {
         try balances().reduce(0) { $0 + $1.values.reduce(0, +) }
     }
 
-    /// Sum of balances equals the initial total: (ok, total found, expected).
-    public func checkConservation() throws -> (ok: Bool, total: Int64, expected: Int64) {
-        let total = try totalBalance()
-        return (total == expectedTotal, total, expectedTotal)
+    /// The sum of this run's balances equals the initial total.
+    public func checkConservation() throws -> Conservation {
+        let read = try readAccounts()
+        let total = read.balances.reduce(0) { $0 + $1.values.reduce(0, +) }
+        let missing = read.balances.reduce(0) { $0 + (config.accounts - $1.count) }
+        return Conservation(ok: total == expectedTotal && missing == 0, total: total, expected: expectedTotal,
+                            accountsChecked: config.accounts * config.agentURLs.count, keys: key(0)...key(max(config.accounts - 1, 0)),
+                            agents: config.agentURLs.count, missing: missing, ignored: read.ignored)
     }
 
     /// Differences between each account and what the committed (and resolved) transfers imply;

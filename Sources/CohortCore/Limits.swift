@@ -211,6 +211,10 @@ public enum Limits {
     public static let httpHeldResponseBytesMax = 64 << 20
     /// An error answer's message is clipped to this many bytes (`HTTPResponse.error`).
     public static let httpErrorMessageBytesMax = 1_024
+    /// `Retry-After` (seconds) on every 503 and 429 a server sends (overload, the demo's
+    /// coordinator unavailable, a full outbox backlog) unless its handler set one: about how
+    /// long a restarted coordinator or a drained queue takes, short enough not to idle a client.
+    public static let httpRetryAfterSeconds = 1
     /// Empty lines tolerated before a message (RFC 9112 §2.2 asks for at least one CRLF);
     /// more is an error, so a trickle of CRLFs cannot keep a connection open forever.
     public static let httpBlankBytesBeforeMessageMax = 8
@@ -347,6 +351,16 @@ public enum Limits {
     public static let threePhaseFencesKept = 10_000
     /// Of those, the most recent kept across a participant's checkpoint (a few hundred KB).
     public static let finishedOutcomesInSnapshotMax = 10_000
+    /// Keys named per branch in a participant's branch list (`GET /v1/branches`) and in a
+    /// force's answer; `keys_total` gives the count. Enough for an operator to see what an
+    /// in-doubt branch blocks; the branch's own view names more.
+    public static let branchKeysListedMax = 8
+    /// Keys named in one branch's view (`GET /v1/branches/{txid}`).
+    public static let branchKeysShownMax = 256
+    /// Key names one branch list carries in all: past it the rest of its branches give only
+    /// `keys_total`, so 10,000 in-doubt branches of 256-byte keys still fit a client's
+    /// `httpResponseBytesMax` with the list itself.
+    public static let branchKeysListedBytesMax = 1 << 20
     public static let lockWaitTimeoutMs: Int64 = 2_000
     /// Lock wait for a submitted transaction's work, staged as its prepare arrives. Its
     /// branches are staged at every participant at once, not one after another as a client

@@ -323,20 +323,60 @@ public struct TransactionList: Codable, Sendable {
     }
 }
 
+/// A key a participant's branch holds a lock on: `lock` is `exclusive` or `shared`, `ops` the
+/// kinds of op staged on it (absent when not known: a branch restored in doubt after a restart
+/// keeps only its write set).
+public struct BranchKey: Codable, Sendable, Equatable {
+    public let key: String
+    public let lock: String
+    public let ops: [String]?
+    public init(key: String, lock: String, ops: [String]?) {
+        self.key = key
+        self.lock = lock
+        self.ops = ops
+    }
+}
+
 public struct BranchSummary: Codable, Sendable {
     public let txid: String
     public let state: String
     public let coordinator: String?
-    public init(txid: String, state: String, coordinator: String?) {
+    /// The first `Limits.branchKeysListedMax` keys the branch holds locks on, and how many it
+    /// holds in all; absent for a branch that holds none.
+    public let keys: [BranchKey]?
+    public let keysTotal: Int?
+    enum CodingKeys: String, CodingKey {
+        case txid, state, coordinator, keys
+        case keysTotal = "keys_total"
+    }
+    public init(txid: String, state: String, coordinator: String?, keys: [BranchKey]? = nil, keysTotal: Int? = nil) {
         self.txid = txid
         self.state = state
         self.coordinator = coordinator
+        self.keys = keys
+        self.keysTotal = keysTotal
     }
 }
 
 public struct BranchList: Codable, Sendable {
     public let branches: [BranchSummary]
-    public init(branches: [BranchSummary]) { self.branches = branches }
+    /// For `?key=K`: the key asked about, and the branches queued for its lock, front first
+    /// (`branches` are those holding it).
+    public let key: String?
+    public let waiters: [String]?
+    /// Branches listed with `keys_total` alone: the list's key names reached
+    /// `Limits.branchKeysListedBytesMax` (`GET /v1/branches/{txid}` names them).
+    public let keysOmitted: Int?
+    enum CodingKeys: String, CodingKey {
+        case branches, key, waiters
+        case keysOmitted = "keys_omitted"
+    }
+    public init(branches: [BranchSummary], key: String? = nil, waiters: [String]? = nil, keysOmitted: Int? = nil) {
+        self.branches = branches
+        self.key = key
+        self.waiters = waiters
+        self.keysOmitted = keysOmitted
+    }
 }
 
 public struct HealthResponse: Codable, Sendable {
@@ -402,15 +442,22 @@ public struct ForceResponse: Codable, Sendable {
     public let outcome: String
     public let dryRun: Bool
     public let effects: [String]
-    public init(txid: String, outcome: String, dryRun: Bool, effects: [String]) {
+    /// At a participant: the keys whose locks the force releases (applying the write set first
+    /// for a commit), the first `Limits.branchKeysListedMax` of `keys_total`.
+    public let keys: [BranchKey]?
+    public let keysTotal: Int?
+    public init(txid: String, outcome: String, dryRun: Bool, effects: [String], keys: [BranchKey]? = nil, keysTotal: Int? = nil) {
         self.txid = txid
         self.outcome = outcome
         self.dryRun = dryRun
         self.effects = effects
+        self.keys = keys
+        self.keysTotal = keysTotal
     }
     enum CodingKeys: String, CodingKey {
-        case txid, outcome, effects
+        case txid, outcome, effects, keys
         case dryRun = "dry_run"
+        case keysTotal = "keys_total"
     }
 }
 
@@ -487,12 +534,18 @@ public struct BranchDetail: Codable, Sendable {
     public let inquiries: Int?
     public let lastInquiryError: String?
     public let heuristic: Decision?
+    /// The first `Limits.branchKeysShownMax` keys the branch holds locks on, of `keys_total`;
+    /// absent when it holds none.
+    public let keys: [BranchKey]?
+    public let keysTotal: Int?
     enum CodingKeys: String, CodingKey {
-        case txid, state, coordinator, inquiries, heuristic
+        case txid, state, coordinator, inquiries, heuristic, keys
         case writeSetBytes = "write_set_bytes"
         case lastInquiryError = "last_inquiry_error"
+        case keysTotal = "keys_total"
     }
-    public init(txid: String, state: String, coordinator: String?, writeSetBytes: Int?, inquiries: Int?, lastInquiryError: String?, heuristic: Decision?) {
+    public init(txid: String, state: String, coordinator: String?, writeSetBytes: Int?, inquiries: Int?, lastInquiryError: String?, heuristic: Decision?,
+                keys: [BranchKey]? = nil, keysTotal: Int? = nil) {
         self.txid = txid
         self.state = state
         self.coordinator = coordinator
@@ -500,6 +553,8 @@ public struct BranchDetail: Codable, Sendable {
         self.inquiries = inquiries
         self.lastInquiryError = lastInquiryError
         self.heuristic = heuristic
+        self.keys = keys
+        self.keysTotal = keysTotal
     }
 }
 

@@ -1,3 +1,4 @@
+import CohortCore
 /// Help texts, one per command. `txctl COMMAND --help` prints them and exits 0.
 public enum Help {
     static let global = """
@@ -119,7 +120,7 @@ public enum Help {
     """ + global
 
     public static let agent = """
-    usage: txctl agent URL list [--state S] [--json]
+    usage: txctl agent URL list [--state S] [--key K] [--json]
            txctl agent URL show TXID [--json]
            txctl agent URL commit TXID --force --reason "..." [--dry-run] [--coordinator-gone] [--against-coordinator] [--operator NAME] [--json]
            txctl agent URL abort TXID --force --reason "..." [--dry-run] [--coordinator-gone] [--against-coordinator] [--operator NAME] [--json]
@@ -136,6 +137,9 @@ public enum Help {
       --against-coordinator   force even against the coordinator's answer
       --state S   active, preparing, prepared, committing, forcing, heuristic-committed,
                   heuristic-aborted, heuristic-mixed, in-doubt (voted yes, no outcome yet)
+      --key K     only the branches holding a lock on key K, and those waiting for it
+    list names the keys each branch holds locks on (the first \(Limits.branchKeysListedMax), then a count; show names up to
+    \(Limits.branchKeysShownMax) with their lock and ops); a force's answer names the keys whose locks it released.
 
     """ + global
 

@@ -154,6 +154,7 @@ public enum Render {
             ? "dry run: forcing \(r.txid) to \(r.outcome) \(place) would:\n"
             : "forced \(r.txid) to \(r.outcome) \(place); \(recorded). It did:\n"
         for e in r.effects { s += "  - \(e)\n" }
+        s += keyLines(r.dryRun ? "keys it would release" : "keys released", r.keys, total: r.keysTotal)
         if r.dryRun { s += "nothing was changed.\n" }
         return s
     }
@@ -196,10 +197,54 @@ public enum Render {
     }
 
     public static func branchList(_ l: BranchList) -> String {
-        if l.branches.isEmpty { return "no branches\n" }
-        var t = Table(["TXID", "STATE", "COORDINATOR"])
-        for b in l.branches { t.add([b.txid, b.state, b.coordinator ?? "-"]) }
-        return t.render()
+        var s = ""
+        if let key = l.key {
+            s += l.branches.isEmpty ? "no branch holds a lock on \(keyName(key))\n" : "the lock on \(keyName(key)) is held by:\n"
+        } else if l.branches.isEmpty {
+            return "no branches\n"
+        }
+        if !l.branches.isEmpty {
+            var t = Table(["TXID", "STATE", "COORDINATOR", "KEYS"])
+            for b in l.branches { t.add([b.txid, b.state, b.coordinator ?? "-", keysCell(b.keys, total: b.keysTotal)]) }
+            s += t.render()
+        }
+        if let waiters = l.waiters, !waiters.isEmpty {
+            s += "waiting for its lock, first in line first: \(waiters.joined(separator: ", "))\n"
+        }
+        if let n = l.keysOmitted {
+            s += "keys of \(n) branch\(n == 1 ? "" : "es") not named (the list's limit): txctl agent URL show TXID names them\n"
+        }
+        return s
+    }
+
+    /// A branch's locked keys in one table cell: the ones named, then how many more it holds.
+    static func keysCell(_ keys: [BranchKey]?, total: Int?) -> String {
+        let named = keys ?? []
+        let total = total ?? named.count
+        if total == 0 { return "-" }
+        if named.isEmpty { return "\(total) key\(total == 1 ? "" : "s")" }
+        let more = total - named.count
+        return named.map { keyName($0.key) }.joined(separator: ", ") + (more > 0 ? " (+\(more) more)" : "")
+    }
+
+    /// Lines naming each key with its lock and the ops staged on it, under a heading.
+    static func keyLines(_ heading: String, _ keys: [BranchKey]?, total: Int?) -> String {
+        guard let keys, let total, total > 0 else { return "" }
+        var t = Table(["KEY", "LOCK", "OPS"])
+        for k in keys { t.add([keyName(k.key), k.lock, k.ops?.joined(separator: ",") ?? "-"]) }
+        var s = "  \(heading) (\(total)\(total > keys.count ? ", the first \(keys.count) named" : "")):\n" + t.render(indent: "    ")
+        if total > keys.count { s += "    ... and \(total - keys.count) more\n" }
+        return s
+    }
+
+    /// A key as typed at a shell: quoted as JSON when it holds anything but plain characters,
+    /// so a key with a space or a comma reads as one key.
+    static func keyName(_ key: String) -> String {
+        let plain = !key.isEmpty && key.unicodeScalars.allSatisfy { ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) || "-_.:/@+=".unicodeScalars.contains($0) }
+        if plain { return key }
+        var w = JSONWriter()
+        w.value(key)
+        return String(decoding: w.bytes, as: UTF8.self)
     }
 
     public static func branchDetail(_ b: BranchDetail) -> String {
@@ -213,6 +258,7 @@ public enum Render {
         }
         var s = "branch \(b.txid)\n"
         for (k, v) in rows { s += "  " + (k + ":").padded(20) + v + "\n" }
+        s += keyLines("locks held", b.keys, total: b.keysTotal)
         if b.state == "heuristic-mixed" {
             s += "  the coordinator decided differently from the forced outcome: data must be repaired by hand\n"
         }

@@ -145,6 +145,12 @@ public enum Txctl {
         s.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/?#"))) ?? s
     }
 
+    /// A query value: everything but unreserved characters percent-encoded (a key may hold
+    /// `&`, `=`, `+` or `#`).
+    static func escapeQueryValue(_ s: String) -> String {
+        s.addingPercentEncoding(withAllowedCharacters: CharacterSet(charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")) ?? s
+    }
+
     // MARK: - commands
 
     static func list(_ argv: [String], _ ctx: CtlContext) throws {
@@ -251,15 +257,22 @@ public enum Txctl {
         let remote = { (a: Arguments) in try Remote(kind: .agent, url: url, token: token(a, ctx)) }
         switch sub {
         case "list":
-            let a = try parse(argv, valued: ["state"], booleans: ["json"])
-            _ = try positional(a, count: 3, usage: "txctl agent URL list [--state S] [--json]")
-            var path = "/v1/branches"
+            let a = try parse(argv, valued: ["state", "key"], booleans: ["json"])
+            _ = try positional(a, count: 3, usage: "txctl agent URL list [--state S] [--key K] [--json]")
+            var query: [String] = []
             if let s = a.string("state") {
                 guard agentStates.contains(s) else {
                     throw CtlError.usage("--state must be one of \(agentStates.joined(separator: ", ")); got \"\(s)\"")
                 }
-                path += "?state=\(s)"
+                query.append("state=\(s)")
             }
+            if let k = a.string("key") {
+                guard !k.isEmpty, k.utf8.count <= Limits.keyBytesMax else {
+                    throw CtlError.usage("--key must be 1-\(Limits.keyBytesMax) bytes")
+                }
+                query.append("key=\(escapeQueryValue(k))")
+            }
+            let path = "/v1/branches" + (query.isEmpty ? "" : "?" + query.joined(separator: "&"))
             let l = try remote(a).get(path, BranchList.self)
             ctx.out(a.has("json") ? JSONOut.encode(l) : Render.branchList(l))
         case "show":

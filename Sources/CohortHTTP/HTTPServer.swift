@@ -600,6 +600,14 @@ public final class HTTPServer {
             appendString(value, to: &out)
             out.append(contentsOf: CRLF)
         }
+        // Every overload answer says when to come back (RFC 9110 10.2.3), whichever server and
+        // handler sent it, unless the handler chose a time: clients and proxies that honour it
+        // back off instead of retrying at once.
+        if (response.status == 503 || response.status == 429) && response.headers["Retry-After"] == nil {
+            appendString("Retry-After: ", to: &out)
+            appendDecimal(Limits.httpRetryAfterSeconds, to: &out)
+            out.append(contentsOf: CRLF)
+        }
         if response.status != 204 && response.status != 304 {
             appendString("Content-Length: ", to: &out)
             appendDecimal(response.body.count, to: &out)

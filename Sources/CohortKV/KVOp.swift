@@ -75,6 +75,15 @@ public enum KVOp: Equatable, Hashable, Sendable {
         }
     }
 
+    /// The op's name on the wire.
+    public var kindName: String {
+        switch self {
+        case .add: return "add"
+        case .set: return "set"
+        case .get: return "get"
+        }
+    }
+
     public var isWrite: Bool {
         if case .get = self { return false }
         return true

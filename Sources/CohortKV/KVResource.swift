@@ -39,6 +39,20 @@ public struct StageResult: Equatable {
     }
 }
 
+/// A lock a branch holds, as an operator sees it. `ops` are the kinds of op (`add`, `set`,
+/// `get`) the branch staged on the key; empty for a branch restored in doubt at recovery,
+/// of which only the write set survives a restart, and for a key whose work call failed.
+public struct HeldKey: Equatable, Sendable {
+    public let key: String
+    public let mode: LockMode
+    public let ops: [String]
+    public init(key: String, mode: LockMode, ops: [String]) {
+        self.key = key
+        self.mode = mode
+        self.ops = ops
+    }
+}
+
 /// The transactional key-value resource of one participant: committed state in a `KVStore`,
 /// per-key locks held by branches until their outcome (strict two-phase locking), and each
 /// branch's staged ops, invisible to others before commit.
@@ -138,6 +152,28 @@ public final class KVResource {
     public var lockedKeyCount: Int { locks.keyCount }
     public func lockHolders(_ key: String) -> [LockHolder] { locks.holders(key) }
     public func isPrepared(_ txid: String) -> Bool { branches[txid]?.writeSet != nil }
+
+    /// The keys `txid` holds locks on, in the order it took them: the first `limit` with their
+    /// lock mode and the kinds of op staged on each, and how many in all. Walks the branch's
+    /// ops, so it is for an operator's view, never the work path.
+    public func heldKeys(_ txid: String, limit: Int) -> (keys: [HeldKey], total: Int) {
+        let all = locks.keysHeld(by: txid)
+        let shown = all.prefix(max(0, limit))
+        var kinds: [String: [String]] = [:]
+        if let ops = branches[txid]?.ops, !shown.isEmpty {
+            let wanted = Set(shown)
+            for op in ops where wanted.contains(op.key) {
+                let kind = op.kindName
+                if !(kinds[op.key]?.contains(kind) ?? false) { kinds[op.key, default: []].append(kind) }
+            }
+        }
+        return (shown.map { HeldKey(key: $0, mode: locks.mode(of: txid, on: $0) ?? .shared, ops: kinds[$0] ?? []) }, all.count)
+    }
+
+    /// The branches holding a lock on `key`, and those queued for it (front first).
+    public func lockers(of key: String) -> (holders: [LockHolder], waiters: [String]) {
+        (locks.holders(key), locks.waiters(key))
+    }
 
     // MARK: reads outside transactions
 

@@ -13,6 +13,8 @@ usage: txbench [--clients N] [--rate N] [--duration D | --transfers N] [--warmup
 Load generator for Cohort: concurrent bank transfers between two agents, each a distributed
 two-phase-commit transaction. Starts its own coordinator and two agents in a temporary directory
 unless --coordinator and --agents name running ones (their acct-* keys are overwritten).
+The conservation check counts exactly the run's accounts (acct-0000.. up to --accounts) on each
+agent; other acct-* keys are left out, and counted in its output.
   --clients N         concurrent clients, each one transfer at a time (default 16)
   --rate N            open loop: start N transfers per second in all, spread evenly over the
                       clients (each client at most one in flight; a late client starts its
@@ -242,7 +244,9 @@ if json {
         "aborted_per_s": abortedPerS,
         "latency_ms": ["p50": lat.p50, "p95": lat.p95, "p99": lat.p99, "max": lat.max, "mean": lat.mean],
         "abort_reasons": report.abortReasons,
-        "conservation": conservation.map { ["ok": $0.ok, "total": $0.total, "expected": $0.expected] as [String: Any] }
+        "conservation": conservation.map { ["ok": $0.ok, "total": $0.total, "expected": $0.expected, "accounts_checked": $0.accountsChecked,
+                                            "first_key": $0.keys.lowerBound, "last_key": $0.keys.upperBound, "agents": $0.agents,
+                                            "missing": $0.missing, "ignored": $0.ignored] as [String: Any] }
             ?? ["ok": false, "unchecked": balancesUnread ?? ""],
         "quiescent": quiet,
     ]
@@ -277,14 +281,17 @@ if json {
     }
     for line in costs.lines { print(line) }
     if let conservation {
-        print("conservation      \(conservation.ok ? "ok" : "FAILED") (total \(conservation.total), expected \(conservation.expected))")
+        print("conservation      \(conservation.description)")
     } else {
         print("conservation      not checked: \(balancesUnread ?? "")")
     }
 }
 fflush(stdout)
 if let balancesUnread { finish(1, balancesUnread) }
-if let conservation, !conservation.ok { finish(1, "total balance \(conservation.total) differs from \(conservation.expected)") }
+if let conservation, !conservation.ok {
+    finish(1, conservation.missing > 0 ? "\(conservation.missing) of the run's accounts missing; total balance \(conservation.total), expected \(conservation.expected)"
+                                       : "total balance \(conservation.total) differs from \(conservation.expected)")
+}
 if !quiet { finish(1, "not quiescent 30 s after the run: \(workload.unsettled())") }
 if case .failure(let why) = costs { finish(1, "per-commit costs not measured: \(why)") }
 finish(0)

@@ -272,6 +272,32 @@ final class ServerTests: XCTestCase {
     }
 
     /// 503 only when every connection is busy: a request in progress holds its slot.
+    /// Every 503 and 429 a handler sends carries `Retry-After` (a handler's own is kept, once);
+    /// other answers carry none.
+    func testOverloadAnswersSayWhenToComeBack() throws {
+        let h = try LoopHarness()
+        let server = try h.server { req, r in
+            switch req.path {
+            case "/503": r.send(.error(503, "busy"))
+            case "/429": r.send(.error(429, "slow down"))
+            case "/own":
+                var answer = HTTPResponse.error(503, "down for a while")
+                answer.headers.add("Retry-After", "30")
+                r.send(answer)
+            default: r.send(.error(500, "broken"))
+            }
+        }
+        defer { h.stop(server) }
+        let client = BlockingHTTPClient()
+        let base = "http://127.0.0.1:\(server.port)"
+        for path in ["/503", "/429"] {
+            let r = try client.request("GET", base + path)
+            XCTAssertEqual(r.headers.values("Retry-After"), [String(Limits.httpRetryAfterSeconds)], path)
+        }
+        XCTAssertEqual(try client.request("GET", base + "/own").headers.values("Retry-After"), ["30"])
+        XCTAssertEqual(try client.request("GET", base + "/500").headers.values("Retry-After"), [])
+    }
+
     func testTooManyConnectionsGets503() throws {
         let h = try LoopHarness()
         var held: [HTTPResponder] = []
@@ -286,6 +312,7 @@ final class ServerTests: XCTestCase {
         let second = try BlockingHTTPClient().request("GET", url)
         XCTAssertEqual(second.status, 503)
         XCTAssertTrue(second.bodyString.contains("too many connections"))
+        XCTAssertEqual(second.headers["Retry-After"], String(Limits.httpRetryAfterSeconds))
         try h.sync { held.forEach { $0.send(.text(200, "done")) } }
         XCTAssertTrue(String(decoding: readAll(busy), as: UTF8.self).hasPrefix("HTTP/1.1 200 "))
         busy.close()  // else the server lingers on it (still a connection) for httpLingerMs

@@ -144,6 +144,34 @@ final class KVResourceTests: XCTestCase {
         XCTAssertEqual(try KVResource.decodeWriteSet(writeSet(kv.vote(txid: "t2"))).map(\.value), [.int(16)])
     }
 
+    /// What an operator's view of a branch reads: its locked keys in the order taken, with mode
+    /// and op kinds, cut at the limit with the total; and who holds and who waits for a key.
+    func testHeldKeysAndLockersOfAKey() throws {
+        let r1 = Recorder(), r2 = Recorder()
+        kv.stage(txid: "t1", ops: [.add(key: "b", delta: 1, min: nil), .get(key: "a"), .set(key: "b", value: .int(3)), .set(key: "c", value: .int(1))],
+                 completion: r1.callback())
+        XCTAssertNotNil(success(r1.last))
+        let all = kv.heldKeys("t1", limit: 10)
+        XCTAssertEqual(all.total, 3)
+        XCTAssertEqual(all.keys, [HeldKey(key: "b", mode: .exclusive, ops: ["add", "set"]), HeldKey(key: "a", mode: .shared, ops: ["get"]),
+                                  HeldKey(key: "c", mode: .exclusive, ops: ["set"])])
+        let cut = kv.heldKeys("t1", limit: 1)
+        XCTAssertEqual(cut.keys.map(\.key), ["b"])
+        XCTAssertEqual(cut.total, 3)
+        kv.stage(txid: "t2", ops: [.set(key: "c", value: .int(2))], completion: r2.callback())
+        let c = kv.lockers(of: "c")
+        XCTAssertEqual(c.holders.map(\.owner), ["t1"])
+        XCTAssertEqual(c.waiters, ["t2"])
+        XCTAssertEqual(kv.heldKeys("t2", limit: 10).total, 0, "a waiter holds nothing")
+        kv.abort(txid: "t1")
+        XCTAssertEqual(kv.heldKeys("t1", limit: 10).total, 0)
+        XCTAssertEqual(kv.lockers(of: "c").holders.map(\.owner), ["t2"])
+        XCTAssertEqual(kv.lockers(of: "c").waiters, [])
+        // Restored in doubt: only the write set survived, so its keys name no ops.
+        try kv.restoreInDoubt(txid: "t3", writeSet: KVResource.encodeWriteSet([("d", .int(1))]))
+        XCTAssertEqual(kv.heldKeys("t3", limit: 10).keys, [HeldKey(key: "d", mode: .exclusive, ops: [])])
+    }
+
     func testLockWaitTimeout() throws {
         let r1 = Recorder(), r2 = Recorder()
         kv.stage(txid: "t1", ops: [.set(key: "k", value: .int(1))], completion: r1.callback())

@@ -1,6 +1,7 @@
 @testable import CohortDemo
 import CohortClient
 import CohortCore
+import CohortHTTP
 import CohortKV
 import CohortSQLite
 import Foundation
@@ -96,6 +97,11 @@ final class RejectionReasonTests: XCTestCase {
                 XCTAssertTrue(error.hasPrefix("coordinator unavailable: "), "\(mode): \(error)")
             }
         }
+        // The 503 says when to come back.
+        let raw = try BlockingHTTPClient().request("POST", rig.url("orders") + "/v1/orders", body: Array(#"{"sku":"apple","qty":1,"mode":"2pc"}"#.utf8),
+                                                   headers: [("Content-Type", "application/json")])
+        XCTAssertEqual(raw.status, 503, raw.bodyString)
+        XCTAssertEqual(raw.headers["Retry-After"], String(Limits.httpRetryAfterSeconds))
         let again = try XCTUnwrap(rig.order("apple", 1, "2pc", requestID: "placed-before"))
         XCTAssertEqual(again.status, 201, "a placed order is still the answer for its request id: \(again.body)")
         XCTAssertEqual(again.body["order_id"] as? String, placedBefore.body["order_id"] as? String)

@@ -54,6 +54,44 @@ final class ProgramsTests: XCTestCase {
                       "still running after their supervisor's kill -9: \(servers.filter(alive))")
     }
 
+    /// txbench's conservation check counts exactly its run's accounts. Other `acct-*` keys on
+    /// the agents (another run's account, an operator's note) once counted too: a false
+    /// violation, a "non-integer" failure, or, when one made up for a lost balance, a false pass.
+    func testTxbenchConservationCountsOnlyTheRunsAccounts() throws {
+        let cluster = try startCluster()
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        func commit(_ url: String, _ ops: [WorkOp]) throws {
+            let txid = try api.begin()
+            _ = try api.agentWork(url, txid, ops)
+            XCTAssertEqual(try api.commit(txid).outcome, "committed")
+        }
+        for url in cluster.agentURLs {
+            try commit(url, [.set("acct-0050", 500), .set("acct-00-note", .string("kept by an operator")), .set("acct-7", 3)])
+        }
+        let report = try runTxbenchJSON(cluster, clients: 2, transfers: 20)
+        let c = try XCTUnwrap(report["conservation"] as? [String: Any], "\(report)")
+        XCTAssertEqual(c["ok"] as? Bool, true, "\(c)")
+        XCTAssertEqual(c["accounts_checked"] as? Int, 40)
+        XCTAssertEqual(c["first_key"] as? String, "acct-0000")
+        XCTAssertEqual(c["last_key"] as? String, "acct-0019")
+        XCTAssertEqual(c["missing"] as? Int, 0)
+        // Under the run's prefix (acct-00) on each agent: acct-0050 and acct-00-note; acct-7 is
+        // not even read.
+        XCTAssertEqual(c["ignored"] as? Int, 4, "\(c)")
+
+        // A balance lost from a run's account and found in another key is a violation.
+        var config = TransferWorkload.Config(coordinatorURL: cluster.coordinatorURL, agentURLs: cluster.agentURLs)
+        config.accounts = 20
+        let workload = TransferWorkload(config: config)
+        try workload.setup()
+        try commit(cluster.agentURLs[0], [.add("acct-0003", -5), .add("acct-0050", 5)])
+        let lost = try workload.checkConservation()
+        XCTAssertFalse(lost.ok)
+        XCTAssertEqual(lost.total, lost.expected - 5)
+        XCTAssertTrue(lost.description.hasPrefix("FAILED (total \(lost.expected - 5), expected \(lost.expected); 40 accounts checked, acct-0000..acct-0019 on 2 agents, 4 other keys left out)"),
+                      lost.description)
+    }
+
     func testTxbenchJSON() throws {
         let r = try runToCompletion(try binDirectory().appendingPathComponent("txbench"),
                                     ["--clients", "2", "--duration", "1s", "--warmup", "0s", "--accounts", "20", "--json"], timeoutMs: 120_000)

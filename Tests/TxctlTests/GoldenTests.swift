@@ -170,12 +170,27 @@ final class GoldenTests: XCTestCase {
                               effects: ["stop waiting for b (recorded as resolved by operator)", "end the transaction as committed"])
         check("force-dry-run.txt", Render.force(r, where: "at the coordinator"))
         check("force.json", JSONOut.encode(r))
-        let l = BranchList(branches: [.init(txid: "2b6a4173-1a208a4656c-1", state: "prepared", coordinator: "http://127.0.0.1:7000")])
+        let held: [BranchKey] = [.init(key: "acct-1", lock: "exclusive", ops: ["add"]), .init(key: "rate", lock: "shared", ops: ["get"]),
+                                 .init(key: "note x", lock: "exclusive", ops: nil)]
+        let l = BranchList(branches: [.init(txid: "2b6a4173-1a208a4656c-1", state: "prepared", coordinator: "http://127.0.0.1:7000", keys: held, keysTotal: 11),
+                                      .init(txid: "2b6a4173-1a208a4656c-2", state: "active", coordinator: "http://127.0.0.1:7000")])
         check("agent-list.txt", Render.branchList(l))
+        check("agent-list.json", JSONOut.encode(l))
+        let byKey = BranchList(branches: [.init(txid: "2b6a4173-1a208a4656c-1", state: "prepared", coordinator: "http://127.0.0.1:7000", keys: held, keysTotal: 3)],
+                               key: "acct-1", waiters: ["2b6a4173-1a208a4656c-7"])
+        check("agent-list-key.txt", Render.branchList(byKey))
+        let forced = ForceResponse(txid: "2b6a4173-1a208a4656c-1", outcome: "aborted", dryRun: false,
+                                   effects: ["branch 2b6a4173-1a208a4656c-1 aborted by operator ops@host (heuristic); still asking the coordinator"],
+                                   keys: held, keysTotal: 3)
+        check("agent-force.txt", Render.force(forced, where: "at participant http://127.0.0.1:7001", recorded: "recorded durably at the participant as a heuristic decision"))
+        check("agent-force.json", JSONOut.encode(forced))
         let d = BranchDetail(txid: "2b6a4173-1a208a4656c-1", state: "heuristic-committed", coordinator: "http://127.0.0.1:7000",
                              writeSetBytes: 22, inquiries: 4, lastInquiryError: "connect failed: Connection refused",
                              heuristic: .init(outcome: "committed", reason: "coordinator lost", operator: "ops@host", at: "2026-11-23T13:04:00.000Z"))
         check("agent-show.txt", Render.branchDetail(d))
+        let p = BranchDetail(txid: "2b6a4173-1a208a4656c-1", state: "prepared", coordinator: "http://127.0.0.1:7000",
+                             writeSetBytes: 40, inquiries: 12, lastInquiryError: "connect failed: Connection refused", heuristic: nil, keys: held, keysTotal: 3)
+        check("agent-show-keys.txt", Render.branchDetail(p))
         check("agent-show.json", JSONOut.encode(d))
     }
 
