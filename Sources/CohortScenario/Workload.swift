@@ -309,11 +309,15 @@ final class ScenarioWorkload: @unchecked Sendable {
     func snapshot() -> [Transfer] { lock.lock(); defer { lock.unlock() }; return transfers }
 
     /// Every account's committed balance, per agent.
+    /// The run's accounts at each agent (`key(0)..<key(accounts)`), nothing else: another
+    /// `acct-*` key (an operator's, an earlier run's) would make the conservation sum pass or
+    /// fail falsely (txbench had the same flaw, fixed in session 25).
     func balances() throws -> [[String: Int64]] {
         let api = api()
+        let wanted = Set((0..<config.accounts).map(key))
         return try agentURLs.map { url in
             var out: [String: Int64] = [:]
-            for item in try api.kvScan(url, prefix: "acct-") {
+            for item in try api.kvScan(url, prefix: "acct-") where wanted.contains(item.key) {
                 guard let v = item.value.intValue else { throw CohortAPIError.badAnswer("\(url) \(item.key) holds \(item.value)") }
                 out[item.key] = v
             }
