@@ -215,7 +215,7 @@ final class ScenarioRun: @unchecked Sendable {
                 lock.unlock()
                 for (link, proxy) in proxies where link.hasSuffix("->\(name)") { proxy.setTarget(port: p.port ?? port) }
                 let note = p.stderrText().split(separator: "\n").filter { $0.hasPrefix("recovery:") }.joined(separator: "; ")
-                event("started \(name) (pid \(p.pid))" + (extraEnv.isEmpty ? "" : " with \(extraEnv.map { "\($0)=\($1)" }.sorted().joined(separator: " "))") + (note.isEmpty ? "" : "; \(note)"))
+                event("started \(name) (pid \(p.pid), port \(p.port ?? port))" + (extraEnv.isEmpty ? "" : " with \(extraEnv.map { "\($0)=\($1)" }.sorted().joined(separator: " "))") + (note.isEmpty ? "" : "; \(note)"))
                 return true
             } catch {
                 lastError = "\(error)"

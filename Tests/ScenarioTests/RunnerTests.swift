@@ -59,6 +59,42 @@ final class RunnerTests: XCTestCase {
         XCTAssertTrue(exit.detail.contains("b exited with status 137 while the checks ran"), describe(r))
     }
 
+    /// The conservation check sums the run's accounts only: a key an operator (or an earlier
+    /// run) left under `acct-` at an agent, here a string, made it fail ("cannot read
+    /// balances") or, as a number, pass or fail falsely.
+    func testConservationReadsOnlyTheRunsAccounts() throws {
+        let runner = try runner()
+        let lock = NSLock()
+        var ports: [String: Int] = [:]
+        var stray: Result<String, Error>?
+        runner.progress = { line in
+            for name in ["coordinator", "a"] {
+                guard let r = line.range(of: "started \(name) (pid "), let p = line[r.upperBound...].range(of: "port ") else { continue }
+                let port = Int(line[p.upperBound...].prefix { $0.isNumber })
+                lock.withLock { ports[name] = port }
+            }
+            // Before the checks: a string and a number beside the accounts at a, committed.
+            guard line.hasSuffix("faults over"), let c = lock.withLock({ ports["coordinator"] }), let a = lock.withLock({ ports["a"] }) else { return }
+            let result = Result<String, Error> {
+                let api = CohortAPI(coordinatorURL: "http://127.0.0.1:\(c)")
+                let txid = try api.begin()
+                _ = try api.agentWork("http://127.0.0.1:\(a)", txid, [.set("acct-00-note", .string("kept by ops")), .set("acct-9999", 1_000_000)])
+                return try api.commit(txid).outcome
+            }
+            lock.withLock { stray = result }
+        }
+        let scenario = try Scenario.parse(Data(#"""
+            {"name": "stray-account-keys", "topology": {"agents": 2},
+             "workload": {"transfers": {"clients": 2, "duration": "500ms", "accounts": 4}},
+             "checks": ["conservation", "atomicity"]}
+            """#.utf8), file: "stray-account-keys.json")
+        let r = runner.run(scenario)
+        XCTAssertEqual(try XCTUnwrap(lock.withLock { stray }).get(), "committed")
+        XCTAssertTrue(r.passed, describe(r))
+        let conservation = try XCTUnwrap(r.checks.first { $0.name == "conservation" })
+        XCTAssertTrue(conservation.ok, conservation.detail)
+    }
+
     func testCatalogueScenariosPass() throws {
         let files = try FileManager.default.contentsOfDirectory(atPath: RunnerTests.root.appendingPathComponent("Scenarios").path)
         for name in ["coordinator-crash-after-decision", "partition-during-commit", "agent-crash-before-commit-applied"] {
