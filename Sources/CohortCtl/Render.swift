@@ -158,6 +158,16 @@ public enum Render {
         return s
     }
 
+    /// A forget's answer (`ForceResponse`: the outcome the branch keeps).
+    public static func forget(_ r: ForceResponse, where place: String) -> String {
+        var s = r.dryRun
+            ? "dry run: forgetting \(r.txid) \(place) would:\n"
+            : "forgot \(r.txid) \(place): it stays \(r.outcome) and stops asking its coordinator; recorded durably in the participant's log (who, when, why). It did:\n"
+        for e in r.effects { s += "  - \(e)\n" }
+        if r.dryRun { s += "nothing was changed.\n" }
+        return s
+    }
+
     public static func submission(_ v: SubmissionView) -> String {
         if v.transactionKept {
             return "request_id \(v.requestID): transaction \(v.txid), \(v.state)\(v.outcome.map { $0 == v.state ? "" : " (outcome \($0))" } ?? "")\n"
