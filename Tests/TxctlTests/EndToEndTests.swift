@@ -136,13 +136,20 @@ final class EndToEndTests: XCTestCase {
         XCTAssertTrue(down.err.contains("cannot reach coordinator at \(c.url)") && down.err.contains("txctl log inspect"), down.err)
     }
 
-    func testForcedAtAgentThenCoordinatorDisagreesIsHeuristicMixed() throws {
+    /// A coordinator and agents a and b; a transfer between a and b whose commit the
+    /// coordinator dies before deciding: both branches are left in doubt.
+    func inDoubtWithTheCoordinatorDead() throws -> (c: Server, a: Server, b: Server, txid: String) {
         let c = try start("cohortd", ["--data", dir + "/c", "--port", "0"], env: ["COHORT_CRASHPOINT": "coordinator.before-decision-logged"])
         let a = try start("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", c.url])
         let b = try start("cohort-agent", ["--name", "b", "--data", dir + "/b", "--port", "0", "--coordinator", c.url])
         let txid = try transfer(c, a, b)
         _ = try? http("POST", c.url + "/v1/transactions/\(txid)/commit")
         XCTAssertTrue(c.waitForExit(timeout: 10), "the coordinator dies before logging its decision")
+        return (c, a, b, txid)
+    }
+
+    func testForcedAtAgentThenCoordinatorDisagreesIsHeuristicMixed() throws {
+        let (c, a, b, txid) = try inDoubtWithTheCoordinatorDead()
 
         // At the agent: in doubt (prepared, no outcome).
         let l = try txctl(["agent", a.url, "list", "--state", "in-doubt", "--json"])
@@ -207,12 +214,7 @@ final class EndToEndTests: XCTestCase {
     /// `txctl agent URL forget` does, durably: after a restart the branch stays finished with
     /// the forced outcome and the agent sends no inquiry.
     func testAForcedBranchWhoseCoordinatorIsGoneIsForgotten() throws {
-        let c = try start("cohortd", ["--data", dir + "/c", "--port", "0"], env: ["COHORT_CRASHPOINT": "coordinator.before-decision-logged"])
-        let a = try start("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", c.url])
-        let b = try start("cohort-agent", ["--name", "b", "--data", dir + "/b", "--port", "0", "--coordinator", c.url])
-        let txid = try transfer(c, a, b)
-        _ = try? http("POST", c.url + "/v1/transactions/\(txid)/commit")
-        XCTAssertTrue(c.waitForExit(timeout: 10), "the coordinator dies before logging its decision")
+        let (c, a, b, txid) = try inDoubtWithTheCoordinatorDead()
         func inquiries(_ agent: Server) throws -> Int {
             let text = try BlockingHTTPClient().request("GET", agent.url + "/metrics").bodyString
             let line = text.split(separator: "\n").first { $0.hasPrefix("cohort_messages_sent_total{type=\"inquiry\"} ") }
