@@ -38,6 +38,7 @@ public final class AgentNode {
         case prepared(String)
         case committed(String)
         case heuristic(String)
+        case forgotten(String)
         case preRecord(String)
         /// A forced abort: the termination protocol's (the coordinator's aborts are lazy).
         case aborted(String)
@@ -227,6 +228,8 @@ public final class AgentNode {
                 commits += machine.on(.commitDurable(txid, lsn: recordLSN))
             case .heuristic(let txid):
                 commits += machine.on(.heuristicDurable(txid, lsn: recordLSN))
+            case .forgotten(let txid):
+                votes += machine.on(.forgetDurable(txid))
             case .preRecord(let txid):
                 CrashPoints.hit("agent.after-precommit-logged")
                 votes += machine.on(.preRecordDurable(txid))
@@ -350,7 +353,7 @@ public final class AgentNode {
         case .committed, .committedOnePhase: CrashPoints.hit("agent.before-commit-logged")
         case .aborted: CrashPoints.hit("agent.before-abort-logged")
         case .preCommitted: CrashPoints.hit("agent.before-precommit-logged")
-        case .heuristic, .heuristicResolved, .preAborted: break
+        case .heuristic, .heuristicResolved, .heuristicForgotten, .preAborted: break
         }
         let lsn: UInt64
         do {
@@ -367,7 +370,7 @@ public final class AgentNode {
             case .prepared(let txid, _, _, _), .committed(let txid), .committedOnePhase(let txid, _),
                  .preCommitted(let txid), .preAborted(let txid):
                 feed(.recordRefused(txid, reason: "\(full)"))
-            case .heuristic(let txid, _, _, _, _):
+            case .heuristic(let txid, _, _, _, _), .heuristicForgotten(let txid, _, _, _):
                 feed(.recordRefused(txid, reason: "\(full)"))
             case .aborted(let txid) where force:
                 feed(.recordRefused(txid, reason: "\(full)"))
@@ -399,6 +402,8 @@ public final class AgentNode {
         case .heuristic(let txid, _, _, _, _):
             machine.noteCommitAppended(txid, lsn: lsn)
             pending.append(lsn: lsn, .heuristic(txid))
+        case .heuristicForgotten(let txid, _, _, _):
+            pending.append(lsn: lsn, .forgotten(txid))
         case .aborted(let txid):
             if force { pending.append(lsn: lsn, .aborted(txid)) }
             CrashPoints.hit("agent.after-abort-logged")
@@ -740,6 +745,14 @@ public final class AgentNode {
                 feed(.force(id, txid: parts[2], outcome: outcome, reason: f.reason,
                             operatorName: f.operator ?? "unknown", dryRun: f.dryRun ?? false, atMs: environment.wallMs))
             }
+        case ("POST", 4) where parts[0] == "v1" && parts[1] == "branches" && parts[3] == "forget":
+            if refusedMalformed(parts[2], responder) { return }
+            switch JSONBody.decode(ForgetBody.self, from: request.body) {
+            case .failure(let e): responder.send(.requestError(e))
+            case .success(let f):
+                feed(.forget(track(responder, parts[2]), txid: parts[2], reason: f.reason,
+                             operatorName: f.operator ?? "unknown", dryRun: f.dryRun ?? false, atMs: environment.wallMs))
+            }
         case ("POST", 3) where parts[0] == "v1" && parts[1] == "2pc":
             protocolMessage(parts[2], request, responder)
         case ("POST", 3) where parts[0] == "v1" && parts[1] == "3pc":
@@ -909,7 +922,7 @@ public final class AgentNode {
 
     private func branches(_ request: HTTPRequest, _ responder: ResponseSink) {
         let filter = request.query["state"]
-        let states = ["active", "preparing", "prepared", "committing", "forcing", "heuristic-committed", "heuristic-aborted", "heuristic-mixed", "in-doubt"]
+        let states = ["active", "preparing", "prepared", "committing", "forcing", "heuristic-committed", "heuristic-aborted", "forgetting", "heuristic-mixed", "in-doubt"]
         if let filter, !states.contains(filter) {
             return responder.send(.error(400, "state must be one of \(states.joined(separator: ", "))"))
         }

@@ -540,7 +540,9 @@ public final class CoordinatorNode {
             }
         case ("GET", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "outcome":
             guard TxID(parts[2]) != nil else { return reject(400, "malformed txid \"\(parts[2].prefix(80))\"") }
-            responder.send(.jsonBytes(200, JSONBody.encode(InquiryResponse(txid: parts[2], outcome: machine.inquire(parts[2]).rawValue))))
+            // Through the state machine: a participant that asks is reachable, and a commit
+            // waiting to be retried toward it goes now.
+            feed(.inquiry(requests.add(responder), txid: parts[2], participant: request.query["participant"]))
         default:
             // 405 only for a path that exists with another method; anything else is 404.
             let exists: Bool

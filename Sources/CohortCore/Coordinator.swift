@@ -76,8 +76,9 @@ public struct Coordinator {
         /// Nothing was written, so the transaction is still undecided and can abort.
         case decisionRefused(TxID, reason: String)
         case timerFired(Timer)
-        /// A participant asks for the outcome of a transaction it voted yes on.
-        case inquiry(RequestID, txid: String)
+        /// A participant asks for the outcome of a transaction it voted yes on (`participant`:
+        /// the name it gave, if any; an operator's tool asks without one).
+        case inquiry(RequestID, txid: String, participant: String? = nil)
         /// An operator forces an outcome (`txctl commit|abort --force`).
         case force(RequestID, txid: String, ForceRequest)
         /// The audit record of a forced decision is durable: carry the decision out.
@@ -867,8 +868,10 @@ public struct Coordinator {
             return decideAbort(txid, reason: "\(tx.state == .deciding ? "commit" : "pre-commit") record refused by the log: \(reason)", nowMs: nowMs)
         case .timerFired(let timer):
             return timerFired(timer, nowMs: nowMs)
-        case .inquiry(let request, let text):
-            return [.reply(request, .inquiry(text, inquire(text)))]
+        case .inquiry(let request, let text, let participant):
+            let reply: Action = .reply(request, .inquiry(text, inquire(text)))
+            guard let participant else { return [reply] }
+            return [reply] + inquired(text, by: participant, nowMs: nowMs)
         case .force(let request, let text, let force):
             return forceRequested(request, text, force, nowMs: nowMs)
         case .auditDurable(let txid):
@@ -1463,6 +1466,26 @@ public struct Coordinator {
         trimEvents(&tx)
         openTable[txid] = tx
         return [.setTimer(.retry(txid, participant: name), afterMs: delay)]
+    }
+
+    /// A participant that asks about a transaction is reachable again: a commit waiting for it
+    /// on a retry timer (backing off, or parked: up to `parkedRetryDelayMs`, which kept a
+    /// transaction parked that long after its participant was back) goes at once, and the
+    /// branch's backoff starts over. Only a commit waiting on its timer: one in flight has no
+    /// timer, so a participant asking every second brings at most one resend per failed
+    /// delivery, never a storm. A parked transaction stays parked until it ends (or, failing
+    /// again, retries at the parked rate): the flag is for operators, and its retry budget
+    /// counts from the decision.
+    private mutating func inquired(_ text: String, by name: String, nowMs: Int64) -> [Action] {
+        guard let txid = TxID(text), var tx = openTable.byID[txid], tx.state == .committing, let i = tx.branchIndex(name),
+              tx.branches[i].state == .commitSent, tx.branches[i].heuristic == nil, let due = tx.branches[i].nextRetryAtMs else { return [] }
+        tx.branches[i].attempts = 1 // this send, as at the first commit
+        tx.branches[i].nextRetryAtMs = nil
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "inquired", participant: name,
+                                       detail: "the participant asked for the outcome: commit re-sent now, not in \(TimeFormat.duration(ms: max(due - nowMs, 0)))"))
+        trimEvents(&tx)
+        openTable[txid] = tx
+        return [.cancelTimer(.retry(txid, participant: name)), .send(txid, to: tx.branches[i].participant, .commit)]
     }
 
     private mutating func timerFired(_ timer: Timer, nowMs: Int64) -> [Action] {

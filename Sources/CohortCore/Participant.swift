@@ -65,6 +65,13 @@ public struct Participant {
         case force(RequestID, txid: String, outcome: Outcome, reason: String, operatorName: String, dryRun: Bool, atMs: Int64)
         /// The heuristic record is durable; `lsn` is its position (a commit applies at it).
         case heuristicDurable(String, lsn: UInt64)
+        /// An operator retires a heuristically decided branch whose coordinator is gone for good
+        /// (`txctl agent URL forget`): it stops asking, and its outcome stays the forced one.
+        /// Standard heuristic handling keeps the decision until the coordinator forgets it; a
+        /// coordinator that never comes back never does, and the branch asked for ever.
+        case forget(RequestID, txid: String, reason: String, operatorName: String, dryRun: Bool, atMs: Int64)
+        /// The forget record is durable.
+        case forgetDurable(String)
         /// 3PC: the abort record of an abort the termination protocol decided here is durable.
         case abortDurable(String)
     }
@@ -140,6 +147,9 @@ public struct Participant {
         /// The coordinator's outcome became known for a heuristically decided branch; `mixed`
         /// when it differs from what the operator chose.
         case heuristicResolved(String, coordinatorOutcome: Outcome, mixed: Bool)
+        /// Forced: an operator retired a heuristically decided branch without the coordinator's
+        /// outcome (who, why, when: the audit of the forget).
+        case heuristicForgotten(String, reason: String, operatorName: String, atMs: Int64)
     }
 
     public enum Action: Equatable {
@@ -181,6 +191,8 @@ public struct Participant {
         case heuristicAborted = "heuristic-aborted"
         /// The heuristic record is being written.
         case forcing
+        /// The forget record of a heuristically decided branch is being written.
+        case forgetting
         /// 3PC: the pre-committed / pre-aborted record is being written, and is durable.
         case preCommitting = "pre-committing"
         case preCommitted = "pre-committed"
@@ -408,6 +420,9 @@ public struct Participant {
                 guard let b = branches.removeValue(forKey: txid), let h = b.heuristic else { continue }
                 if mixed { heuristicMixed[txid] = h }
                 rememberFinished(txid, h.outcome)
+            case .heuristicForgotten(let txid, _, _, _):
+                guard let b = branches.removeValue(forKey: txid), let h = b.heuristic else { continue }
+                rememberFinished(txid, h.outcome)
             }
         }
         var actions: [Action] = toApply.map { .apply($0.0, writeSet: $0.1, lsn: $0.2) }
@@ -435,9 +450,9 @@ public struct Participant {
     public func snapshot(storeAppliedLSN: UInt64 = 0) -> [UInt8] {
         var w = ByteWriter()
         w.u8(3)
-        // An aborting branch's record precedes the snapshot, so it is durable if the snapshot
-        // is: it is written as aborted, below.
-        let kept = branches.values.filter { $0.state != .active && $0.state != .aborting }.sorted { $0.txid < $1.txid }
+        // An aborting (or forgetting) branch's record precedes the snapshot, so it is durable if
+        // the snapshot is: it is written as finished, below.
+        let kept = branches.values.filter { ![.active, .aborting, .forgetting].contains($0.state) }.sorted { $0.txid < $1.txid }
         w.u32(UInt32(kept.count))
         for b in kept {
             w.string(b.txid)
@@ -469,17 +484,17 @@ public struct Participant {
         // outcome during termination; a participant that forgot it at a checkpoint answers
         // "unknown", and a peer waiting on it as the backup could wait forever (found by the
         // simulation, seed 1838 with 1500 runs from 1001).
-        let aborting = branches.values.filter { $0.state == .aborting }.map(\.txid).sorted()
-        let recent = finishedOrder[finishedOrderHead...].suffix(Limits.finishedOutcomesInSnapshotMax - aborting.count)
+        let ending = branches.values.filter { $0.state == .aborting || $0.state == .forgetting }.sorted { $0.txid < $1.txid }
+        let recent = finishedOrder[finishedOrderHead...].suffix(Limits.finishedOutcomesInSnapshotMax - ending.count)
             .filter { finishedOutcomes[$0] != nil && !readOnlyFinished.contains($0) }
-        w.u32(UInt32(recent.count + aborting.count))
+        w.u32(UInt32(recent.count + ending.count))
         for txid in recent {
             w.string(txid)
             w.bool(finishedOutcomes[txid] == .committed)
         }
-        for txid in aborting {
-            w.string(txid)
-            w.bool(false)
+        for b in ending {
+            w.string(b.txid)
+            w.bool(b.state == .forgetting && b.heuristic?.outcome == .committed)
         }
         w.u64(storeAppliedLSN)
         return w.bytes
@@ -580,6 +595,12 @@ public struct Participant {
             return force(request, txid, HeuristicDecision(outcome: outcome, reason: reason, operatorName: operatorName, atMs: atMs), dryRun: dryRun)
         case .heuristicDurable(let txid, let lsn):
             return heuristicDurable(txid, lsn: lsn)
+        case .forget(let request, let txid, let reason, let operatorName, let dryRun, let atMs):
+            return forget(request, txid, reason: reason, operatorName: operatorName, dryRun: dryRun, atMs: atMs)
+        case .forgetDurable(let txid):
+            guard let b = branches[txid], b.state == .forgetting, let h = b.heuristic else { return [] }
+            let effects = ["branch \(txid) forgotten: it stays \(h.outcome.rawValue) as \(h.operatorName) forced it, and no longer asks the coordinator"]
+            return finish(txid, h.outcome) + b.waiting.map { .reply($0, .forced(h.outcome, dryRun: false, effects: effects)) }
         case .timerFired(.inquire(let txid)):
             guard var b = branches[txid], b.state.asksCoordinator else { return [] }
             b.inquiries += 1
@@ -610,7 +631,7 @@ public struct Participant {
             b.waiting.append(request)
             branches[txid] = b
             return []
-        case .prepared, .forcing, .heuristicCommitted, .heuristicAborted, .preCommitting, .preCommitted, .preAborting, .preAborted:
+        case .prepared, .forcing, .heuristicCommitted, .heuristicAborted, .forgetting, .preCommitting, .preCommitted, .preAborting, .preAborted:
             return [.reply(request, .vote(.yes))]
         case .committed:
             return [.reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.yes))]
@@ -708,7 +729,7 @@ public struct Participant {
             return resolveHeuristic(txid, coordinatorOutcome: .committed) + [.reply(request, .acknowledged)]
         case .heuristicAborted:
             return resolveHeuristic(txid, coordinatorOutcome: .committed) + [.reply(request, .heuristicAborted)]
-        case .forcing:
+        case .forcing, .forgetting:
             return [.reply(request, .error(RequestError(503, "an operator's decision on branch \(txid) is being recorded; retry")))]
         case .active, .preparing:
             return [.reply(request, .error(RequestError(409, "branch \(txid) has not voted yes; commit refused")))]
@@ -755,7 +776,7 @@ public struct Participant {
             return [.reply(request, .aborted)]
         case .heuristicCommitted, .heuristicAborted:
             return resolveHeuristic(txid, coordinatorOutcome: .aborted) + [.reply(request, .aborted)]
-        case .forcing:
+        case .forcing, .forgetting:
             return [.reply(request, .error(RequestError(503, "an operator's decision on branch \(txid) is being recorded; retry")))]
         }
     }
@@ -795,6 +816,11 @@ public struct Participant {
             b.heuristic = nil
             actions = waiting.map { .reply($0, .error(RequestError(503, "cannot record the forced decision now: \(reason); retry"))) }
                 + [.setTimer(.inquire(txid), afterMs: config.inquiryDelayMs)] + terminateLater
+        case .forgetting:
+            // Not forgotten: still the operator's outcome, still asking the coordinator.
+            b.state = b.heuristic?.outcome == .committed ? .heuristicCommitted : .heuristicAborted
+            actions = waiting.map { .reply($0, .error(RequestError(503, "cannot record the forget now: \(reason); retry"))) }
+                + [.setTimer(.inquire(txid), afterMs: config.inquiryDelayMs)]
         case .committing:
             // The outcome is still commit; the coordinator (or a backup) retries and we log it
             // then. Until then the branch is in the durable state it had.
@@ -909,7 +935,7 @@ public struct Participant {
             let current: Outcome = b.state == .heuristicCommitted ? .committed : .aborted
             if current == decision.outcome { return [.reply(request, .forced(current, dryRun: dryRun, effects: ["nothing to do: already forced \(current.rawValue)"]))] }
             return refuse(409, "refused: an operator already forced branch \(txid) to \(current.rawValue)")
-        case .preparing, .committing, .forcing, .preCommitting, .preAborting, .aborting:
+        case .preparing, .committing, .forcing, .forgetting, .preCommitting, .preAborting, .aborting:
             return refuse(409, "branch \(txid) is \(b.state.rawValue): a record is being written; look again in a moment")
         case .preCommitted, .preAborted:
             // A 3PC branch between phases is as much in doubt as a prepared one.
@@ -921,6 +947,43 @@ public struct Participant {
             return actions
         case .committed, .aborted, .readOnly:
             return refuse(409, "branch \(txid) is already \(b.state.rawValue)")
+        }
+    }
+
+    /// Retires a heuristically decided branch (and nothing else: a branch in doubt has no
+    /// outcome to keep, and one that finished has nothing left to stop). The forget record is
+    /// forced before the branch finishes, so a restart does not start asking again.
+    private mutating func forget(_ request: RequestID, _ txid: String, reason: String, operatorName: String, dryRun: Bool, atMs: Int64) -> [Action] {
+        func refuse(_ status: Int, _ message: String) -> [Action] { [.reply(request, .error(RequestError(status, message)))] }
+        guard !reason.allSatisfy({ $0 == " " }), reason.utf8.count <= Limits.reasonBytesMax else {
+            return refuse(400, "a forget needs a reason of 1-\(Limits.reasonBytesMax) bytes")
+        }
+        if let refusal = operatorNameRefusal(operatorName) { return [.reply(request, .error(refusal))] }
+        guard var b = branches[txid] else {
+            if heuristicMixed[txid] != nil {
+                return refuse(409, "branch \(txid) is heuristic-mixed: the coordinator's outcome is known (and differs from the forced one); there is nothing to forget")
+            }
+            if let done = finishedOutcomes[txid] {
+                return refuse(409, "branch \(txid) is already \(done.rawValue) here and asks nothing: there is nothing to forget")
+            }
+            return refuse(404, "no branch \(txid) at participant \(config.name)")
+        }
+        switch b.state {
+        case .heuristicCommitted, .heuristicAborted:
+            guard let h = b.heuristic else { preconditionFailure("heuristic branch \(txid) without its decision") }
+            let effects = ["write a forget record: branch \(txid) stays \(h.outcome.rawValue) as \(h.operatorName) forced it, and stops asking the coordinator at \(b.coordinatorURL)",
+                           "if that coordinator comes back, it is answered as for any finished branch (\(h.outcome.rawValue)); a different decision is refused, and no heuristic-mixed report is sent from here"]
+            if dryRun { return [.reply(request, .forced(h.outcome, dryRun: true, effects: effects))] }
+            b.state = .forgetting
+            b.waiting.append(request)
+            branches[txid] = b
+            return [.cancelTimer(.inquire(txid)), .log(.heuristicForgotten(txid, reason: reason, operatorName: operatorName, atMs: atMs), force: true)]
+        case .forgetting, .forcing:
+            return refuse(409, "branch \(txid) is \(b.state.rawValue): a record is being written; look again in a moment")
+        case .prepared, .preparing, .committing, .preCommitting, .preCommitted, .preAborting, .preAborted, .aborting:
+            return refuse(409, "branch \(txid) is \(b.state.rawValue), with no operator's decision: only a heuristically decided branch (txctl agent URL commit|abort TXID --force first) can be forgotten")
+        case .active, .committed, .aborted, .readOnly:
+            return refuse(409, "branch \(txid) is \(b.state.rawValue): only a heuristically decided branch can be forgotten")
         }
     }
 
@@ -1021,6 +1084,7 @@ extension Participant {
             // A commit is being logged: the decision is commit, whoever made it.
             case .committing, .committed, .heuristicCommitted: return .committed
             case .aborted, .heuristicAborted: return .aborted
+            case .forgetting: return b.heuristic?.outcome == .committed ? .committed : .aborted
             case .readOnly: return .readOnly
             case .active, .preparing: return .unknown
             }
@@ -1305,6 +1369,7 @@ public enum ParticipantRecordCoding {
     public static let heuristicResolvedType: UInt8 = 6
     public static let preCommittedType: UInt8 = 7
     public static let preAbortedType: UInt8 = 8
+    public static let heuristicForgottenType: UInt8 = 9
 
     public static func encode(_ record: Participant.Record) -> (type: UInt8, payload: [UInt8]) {
         var w = ByteWriter()
@@ -1343,6 +1408,12 @@ public enum ParticipantRecordCoding {
             w.bool(coordinatorOutcome == .committed)
             w.bool(mixed)
             return (heuristicResolvedType, w.bytes)
+        case .heuristicForgotten(let txid, let reason, let operatorName, let atMs):
+            w.string(txid)
+            w.string(reason)
+            w.string(operatorName)
+            w.i64(atMs)
+            return (heuristicForgottenType, w.bytes)
         }
     }
 
@@ -1364,6 +1435,8 @@ public enum ParticipantRecordCoding {
                               operatorName: try r.string(maxCount: 4096), atMs: try r.i64())
         case heuristicResolvedType:
             return .heuristicResolved(txid, coordinatorOutcome: try r.bool() ? .committed : .aborted, mixed: try r.bool())
+        case heuristicForgottenType:
+            return .heuristicForgotten(txid, reason: try r.string(maxCount: 4096), operatorName: try r.string(maxCount: 4096), atMs: try r.i64())
         default: throw DecodeError("unknown participant record type \(type)")
         }
     }

@@ -437,6 +437,23 @@ public struct ForceBody: Codable, Sendable {
     }
 }
 
+/// The agent's `POST /v1/branches/{txid}/forget`: retire a heuristically decided branch. The
+/// answer is a `ForceResponse` (the outcome the branch keeps, and what was done).
+public struct ForgetBody: Codable, Sendable {
+    public let reason: String
+    public let `operator`: String?
+    public let dryRun: Bool?
+    public init(reason: String, operator: String?, dryRun: Bool?) {
+        self.reason = reason
+        self.operator = `operator`
+        self.dryRun = dryRun
+    }
+    enum CodingKeys: String, CodingKey {
+        case reason, `operator`
+        case dryRun = "dry_run"
+    }
+}
+
 public struct ForceResponse: Codable, Sendable {
     public let txid: String
     public let outcome: String

@@ -23,7 +23,7 @@ public enum Help {
       abort TXID --force --reason R [--dry-run] [--operator NAME] [--json]    force abort (audited)
       watch [--interval 1s] [--once]     live view of in-flight, in-doubt and parked transactions
       stats [--json]                     counts by state, decision rates, commit latency
-      agent URL list|show|commit|abort ...   a participant's branches (coordinator gone for good)
+      agent URL list|show|commit|abort|forget ...   a participant's branches (coordinator gone for good)
       outbox URL list [--dead] [--json]  a service's outbox: pending or dead-lettered messages
       outbox URL replay ID               send a dead letter again
       log inspect DIR [--json]           decode a coordinator's or an agent's log offline
@@ -124,6 +124,7 @@ public enum Help {
            txctl agent URL show TXID [--json]
            txctl agent URL commit TXID --force --reason "..." [--dry-run] [--coordinator-gone] [--against-coordinator] [--operator NAME] [--json]
            txctl agent URL abort TXID --force --reason "..." [--dry-run] [--coordinator-gone] [--against-coordinator] [--operator NAME] [--json]
+           txctl agent URL forget TXID --reason "..." [--dry-run] [--coordinator-gone] [--operator NAME] [--json]
 
     A participant agent's branches, for when its coordinator is gone for good. A forced outcome
     at an agent is heuristic: if the coordinator later decides otherwise, both report the
@@ -133,10 +134,16 @@ public enum Help {
     can answer (unreachable, or another one answers there now), they refuse too, saying what
     to check first: the other participants' outcomes (txctl agent URL show TXID at each) or the
     old coordinator's log.
-      --coordinator-gone      force without the coordinator's answer, once you have checked
+      --coordinator-gone      force (or forget) without the coordinator's answer, once you have checked
       --against-coordinator   force even against the coordinator's answer
+    forget retires a branch an operator forced (heuristic-committed or heuristic-aborted): it
+    keeps the forced outcome and stops asking its coordinator, durably (who, when and why go
+    into the participant's log). Without it such a branch asks for ever, since only its
+    coordinator's outcome ends it. Refused for any other branch, and, like a force, while a
+    coordinator answers or until you say --coordinator-gone. A coordinator that comes back
+    afterwards is answered as for any finished branch: no heuristic-mixed report from here.
       --state S   active, preparing, prepared, committing, forcing, heuristic-committed,
-                  heuristic-aborted, heuristic-mixed, in-doubt (voted yes, no outcome yet)
+                  heuristic-aborted, forgetting, heuristic-mixed, in-doubt (voted yes, no outcome yet)
       --key K     only the branches holding a lock on key K, and those waiting for it
     list names the keys each branch holds locks on (the first \(Limits.branchKeysListedMax), then a count; show names up to
     \(Limits.branchKeysShownMax) with their lock and ops); a force's answer names the keys whose locks it released.

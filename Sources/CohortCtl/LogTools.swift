@@ -320,6 +320,7 @@ public enum LogTools {
         case ParticipantRecordCoding.abortedType: return "aborted"
         case ParticipantRecordCoding.heuristicType: return "heuristic"
         case ParticipantRecordCoding.heuristicResolvedType: return "heuristic-resolved"
+        case ParticipantRecordCoding.heuristicForgottenType: return "heuristic-forgotten"
         case ParticipantRecordCoding.preCommittedType: return "pre-committed"
         case ParticipantRecordCoding.preAbortedType: return "pre-aborted"
         default: return "type-\(type)"
@@ -364,6 +365,10 @@ public enum LogTools {
                 return rec(txid, "operator \(operatorName) forced \(outcome.rawValue) at \(a.at): \(reason)", a)
             case .heuristicResolved(let txid, let coordinatorOutcome, let mixed):
                 return rec(txid, "coordinator's outcome learned: \(coordinatorOutcome.rawValue)\(mixed ? " (heuristic-mixed: the operator chose otherwise)" : " (the operator's choice agreed)")")
+            case .heuristicForgotten(let txid, let reason, let operatorName, let atMs):
+                let a = LogReport.Audit(at: TimeFormat.iso8601(ms: atMs), operator: operatorName, action: "forget", reason: reason,
+                                        detail: "heuristic branch retired without the coordinator's outcome; it stops asking")
+                return rec(txid, "operator \(operatorName) forgot the heuristic branch at \(a.at): \(reason)", a)
             }
         } catch {
             return rec(nil, "not an agent record (\(error)); is this an agent's log?", known: false)

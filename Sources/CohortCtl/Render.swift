@@ -150,9 +150,19 @@ public enum Render {
         if !r.dryRun && r.effects.count == 1 && r.effects[0].hasPrefix("nothing to do") {
             return "\(r.txid) is already \(r.outcome) \(place): nothing was forced.\n"
         }
-        var s = r.dryRun
-            ? "dry run: forcing \(r.txid) to \(r.outcome) \(place) would:\n"
-            : "forced \(r.txid) to \(r.outcome) \(place); \(recorded). It did:\n"
+        return effects(r, dryRun: "dry run: forcing \(r.txid) to \(r.outcome) \(place) would:",
+                       done: "forced \(r.txid) to \(r.outcome) \(place); \(recorded). It did:")
+    }
+
+    /// A forget's answer (`ForceResponse`: the outcome the branch keeps).
+    public static func forget(_ r: ForceResponse, where place: String) -> String {
+        effects(r, dryRun: "dry run: forgetting \(r.txid) \(place) would:",
+                done: "forgot \(r.txid) \(place): it stays \(r.outcome) and stops asking its coordinator; recorded durably in the participant's log (who, when, why). It did:")
+    }
+
+    /// An operator action's headline (the dry run's or the done one), then its effects, one a line.
+    static func effects(_ r: ForceResponse, dryRun: String, done: String) -> String {
+        var s = (r.dryRun ? dryRun : done) + "\n"
         for e in r.effects { s += "  - \(e)\n" }
         s += keyLines(r.dryRun ? "keys it would release" : "keys released", r.keys, total: r.keysTotal)
         if r.dryRun { s += "nothing was changed.\n" }

@@ -9,7 +9,7 @@ public enum Txctl {
     public static let coordinatorStates = ["active", "preparing", "deciding", "committing", "committed", "aborted",
                                            "heuristic-mixed", "unfinished", "in-doubt", "parked", "confirming", "cancelling"]
     public static let agentStates = ["active", "preparing", "prepared", "committing", "forcing", "heuristic-committed",
-                                     "heuristic-aborted", "heuristic-mixed", "in-doubt"]
+                                     "heuristic-aborted", "forgetting", "heuristic-mixed", "in-doubt"]
 
     public static func run(_ argv: [String], _ ctx: CtlContext) -> Int32 {
         do {
@@ -225,9 +225,7 @@ public enum Txctl {
         guard let reason = a.string("reason"), !reason.trimmingCharacters(in: .whitespaces).isEmpty else {
             throw CtlError.usage("\(verb) --force needs --reason \"...\": why, for the audit trail")
         }
-        let op = a.string("operator") ?? "\(ctx.environment["USER"] ?? ctx.environment["LOGNAME"] ?? "unknown")@\(ctx.hostName)"
-        guard !op.isEmpty else { throw CtlError.usage("--operator must not be empty") }
-        let body = ForceBody(outcome: outcome, reason: reason, operator: op, dryRun: a.has("dry-run"))
+        let body = ForceBody(outcome: outcome, reason: reason, operator: try operatorName(a, ctx), dryRun: a.has("dry-run"))
         return Array((try? JSONEncoder().encode(body)) ?? Data())
     }
 
@@ -250,7 +248,7 @@ public enum Txctl {
     static func agent(_ argv: [String], _ ctx: CtlContext) throws {
         let w = try words(argv)
         guard w.count >= 3 else {
-            throw CtlError.usage("usage: txctl agent URL list|show|commit|abort ... (see txctl agent --help)")
+            throw CtlError.usage("usage: txctl agent URL list|show|commit|abort|forget ... (see txctl agent --help)")
         }
         let url = w[1]
         let sub = w[2]
@@ -293,9 +291,74 @@ public enum Txctl {
             }
             let r = try remote(a).post("/v1/branches/\(escape(p[3]))/force", body: body, ForceResponse.self)
             ctx.out(a.has("json") ? JSONOut.encode(r) : Render.force(r, where: "at participant \(url)", recorded: "recorded durably at the participant as a heuristic decision"))
+        case "forget":
+            let a = try parse(argv, valued: ["reason", "operator"], booleans: ["dry-run", "json", "coordinator-gone"])
+            let p = try positional(a, count: 4, usage: "txctl agent URL forget TXID --reason \"...\" [--dry-run] [--coordinator-gone]")
+            _ = try txid(p[3])
+            guard let reason = a.string("reason"), !reason.trimmingCharacters(in: .whitespaces).isEmpty else {
+                throw CtlError.usage("agent forget needs --reason \"...\": why, kept in the participant's log with who and when")
+            }
+            let body = ForgetBody(reason: reason, operator: try operatorName(a, ctx), dryRun: a.has("dry-run"))
+            // Only a heuristic branch can be forgotten: any other is left to the agent to refuse,
+            // with its reason, rather than to a coordinator check that cannot apply.
+            let branch = try remote(a).get("/v1/branches/\(escape(p[3]))", BranchDetail.self)
+            if branch.state.hasPrefix("heuristic-") && branch.state != "heuristic-mixed" {
+                try coordinatorIsGone(txid: p[3], branch: branch, token: try token(a, ctx),
+                                      alsoAsk: a.string("coordinator") ?? ctx.environment["COHORT_COORDINATOR"], coordinatorGone: a.has("coordinator-gone"))
+            }
+            let r = try remote(a).post("/v1/branches/\(escape(p[3]))/forget", body: Array((try? JSONEncoder().encode(body)) ?? Data()), ForceResponse.self)
+            ctx.out(a.has("json") ? JSONOut.encode(r) : Render.forget(r, where: "at participant \(url)"))
         default:
-            throw CtlError.usage("unknown agent command \"\(sub)\": use list, show, commit or abort (see txctl agent --help)")
+            throw CtlError.usage("unknown agent command \"\(sub)\": use list, show, commit, abort or forget (see txctl agent --help)")
         }
+    }
+
+    static func operatorName(_ a: Arguments, _ ctx: CtlContext) throws -> String {
+        let op = a.string("operator") ?? "\(ctx.environment["USER"] ?? ctx.environment["LOGNAME"] ?? "unknown")@\(ctx.hostName)"
+        guard !op.isEmpty else { throw CtlError.usage("--operator must not be empty") }
+        return op
+    }
+
+    /// The first decided-or-pending answer from the coordinators a branch may have (the one it
+    /// names, then `alsoAsk`), or, when none gives one, why each could not.
+    static func askCoordinators(txid: String, branch: BranchDetail, token: String?, alsoAsk: String?) -> (answer: (url: String, outcome: String)?, silent: [String]) {
+        var urls: [String] = []
+        for u in [branch.coordinator, alsoAsk] {
+            if let u, !u.isEmpty, !urls.contains(u) { urls.append(u) }
+        }
+        var silent: [String] = []
+        for url in urls {
+            let answer: InquiryResponse
+            do {
+                answer = try Remote(kind: .coordinator, url: url, token: token).get("/v1/transactions/\(escape(txid))/outcome", InquiryResponse.self)
+            } catch {
+                silent.append("\(url): \(error)")
+                continue
+            }
+            if ["committed", "aborted", "pending"].contains(answer.outcome) { return ((url, answer.outcome), silent) }
+            silent.append("\(url): another coordinator answers there now (\(answer.outcome)); \(txid) was begun by coordinator \(txid.prefix(8)), whose data directory may have been replaced")
+        }
+        return (nil, silent)
+    }
+
+    static func noAnswer(_ txid: String, _ silent: [String]) -> String {
+        silent.isEmpty ? "no coordinator URL is known for \(txid) (the branch names none; pass --coordinator URL)" : "could not learn \(txid)'s outcome: " + silent.joined(separator: "; ")
+    }
+
+    /// Forgetting a heuristic branch gives up the heuristic-mixed report that its coordinator's
+    /// later, different decision would bring, so it is for a coordinator gone for good. One
+    /// that answers makes it needless (the branch learns a decided outcome itself at its next
+    /// inquiry, within seconds) or premature (undecided: decide there).
+    static func coordinatorIsGone(txid: String, branch: BranchDetail, token: String?, alsoAsk: String?, coordinatorGone: Bool) throws {
+        let (answer, silent) = askCoordinators(txid: txid, branch: branch, token: token, alsoAsk: alsoAsk)
+        if let (url, outcome) = answer {
+            if outcome == "pending" {
+                throw CtlError.failed("the coordinator at \(url) is up and has not decided \(txid): decide there (txctl --coordinator \(url) commit|abort \(txid) --force ...); the branch then learns the outcome, and reports heuristic-mixed if it differs from the forced one")
+            }
+            throw CtlError.failed("the coordinator at \(url) answers that \(txid) is \(outcome): the branch learns that by itself at its next inquiry (within seconds) and finishes, reporting heuristic-mixed if the forced outcome differs; there is nothing to forget")
+        }
+        if coordinatorGone { return }
+        throw CtlError.failed("\(noAnswer(txid, silent)). Forgetting the branch stops it asking for good: if its coordinator comes back with another decision, nothing reports the transaction heuristic-mixed. Once you know the coordinator is gone for good, add --coordinator-gone")
     }
 
     /// A forced outcome at a participant is for a coordinator gone for good. When the branch's
@@ -312,34 +375,20 @@ public enum Txctl {
     static func coordinatorAllows(_ outcome: String, txid: String, agent: Remote, token: String?, alsoAsk: String?,
                                   coordinatorGone: Bool) throws {
         let branch = try agent.get("/v1/branches/\(escape(txid))", BranchDetail.self)
-        var urls: [String] = []
-        for u in [branch.coordinator, alsoAsk] {
-            if let u, !u.isEmpty, !urls.contains(u) { urls.append(u) }
-        }
-        var silent: [String] = []
-        for url in urls {
-            let answer: InquiryResponse
-            do {
-                answer = try Remote(kind: .coordinator, url: url, token: token).get("/v1/transactions/\(escape(txid))/outcome", InquiryResponse.self)
-            } catch {
-                silent.append("\(url): \(error)")
-                continue
-            }
-            switch answer.outcome {
+        let (answer, silent) = askCoordinators(txid: txid, branch: branch, token: token, alsoAsk: alsoAsk)
+        if let (url, answered) = answer {
+            switch answered {
             case outcome:
                 return
-            case "committed", "aborted":
-                throw CtlError.failed("the coordinator at \(url) answers that \(txid) is \(answer.outcome): forcing \(outcome) here would split the transaction (heuristic-mixed). The branch learns the outcome by asking the coordinator; if you must, add --against-coordinator")
             case "pending":
                 throw CtlError.failed("the coordinator at \(url) is up and has not decided \(txid): decide there (txctl --coordinator \(url) \(outcome == "committed" ? "commit" : "abort") \(txid) --force ...), which every branch then follows; if you must, add --against-coordinator")
             default:
-                silent.append("\(url): another coordinator answers there now (\(answer.outcome)); \(txid) was begun by coordinator \(txid.prefix(8)), whose data directory may have been replaced")
+                throw CtlError.failed("the coordinator at \(url) answers that \(txid) is \(answered): forcing \(outcome) here would split the transaction (heuristic-mixed). The branch learns the outcome by asking the coordinator; if you must, add --against-coordinator")
             }
         }
         if coordinatorGone { return }
-        let asked = silent.isEmpty ? "no coordinator URL is known for \(txid) (the branch names none; pass --coordinator URL)" : "could not learn \(txid)'s outcome: " + silent.joined(separator: "; ")
         throw CtlError.failed("""
-            \(asked). \
+            \(noAnswer(txid, silent)). \
             Its coordinator's decision may still exist: in its log if the disk survives (txctl log inspect DIR), or as the other participants' outcomes (txctl agent URL show \(txid) at each). One committed means commit; one aborted means abort; if every one is still in doubt, nobody can know, and a forced outcome may need repair by hand. Forcing \(outcome) here without that check can split the transaction with no report of it. Once you have checked, add --coordinator-gone
             """)
     }

@@ -61,6 +61,33 @@ final class CoordinatorOperatorTests: XCTestCase {
         XCTAssertEqual(c.transaction(t)?.state, .committed)
     }
 
+    /// A participant of a parked transaction that asks for the outcome is reachable again: the
+    /// commit goes to it at once, not at the next parked retry (up to `parkedRetryDelayMs`
+    /// later), once per failed delivery: a commit in flight is not sent again.
+    func testAnInquiryFromAParkedBranchResendsTheCommitAtOnce() {
+        var c = machine(budget: 2)
+        let t = committing(&c)
+        for i in 1...3 {
+            _ = c.on(.deliveryFailed(t, participant: "b", error: "connection refused"), nowMs: 10 + Int64(i))
+            if i < 3 { _ = c.on(.timerFired(.retry(t, participant: "b")), nowMs: 20) }
+        }
+        XCTAssertTrue(c.transaction(t)!.parked)
+        XCTAssertNotNil(c.transaction(t)!.branches[1].nextRetryAtMs, "waiting for the parked retry")
+        let asked = c.on(.inquiry(7, txid: t.description, participant: "b"), nowMs: 40)
+        XCTAssertEqual(asked, [.reply(7, .inquiry(t.description, .committed)), .cancelTimer(.retry(t, participant: "b")), .send(t, to: b, .commit)])
+        XCTAssertEqual(c.transaction(t)!.branches[1].attempts, 1, "the backoff starts over")
+        XCTAssertTrue(c.transaction(t)!.events.contains { $0.event == "inquired" && $0.participant == "b" })
+        // The commit is in flight: asking again (every second) sends nothing more.
+        XCTAssertEqual(c.on(.inquiry(8, txid: t.description, participant: "b"), nowMs: 41), [.reply(8, .inquiry(t.description, .committed))])
+        // Others asking (an operator's tool, an acknowledged branch, a stranger) send nothing.
+        XCTAssertEqual(c.on(.inquiry(9, txid: t.description), nowMs: 42), [.reply(9, .inquiry(t.description, .committed))])
+        XCTAssertEqual(c.on(.inquiry(9, txid: t.description, participant: "a"), nowMs: 42).count, 1)
+        XCTAssertEqual(c.on(.inquiry(9, txid: t.description, participant: "zz"), nowMs: 42).count, 1)
+        _ = c.on(.acknowledged(t, participant: "b"), nowMs: 50)
+        XCTAssertEqual(c.transaction(t)?.state, .committed)
+        XCTAssertEqual(c.parkedCount, 0)
+    }
+
     func testRetryNowResendsThePendingPhase() {
         var c = machine()
         let t = committing(&c)

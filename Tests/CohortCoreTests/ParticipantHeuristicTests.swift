@@ -113,4 +113,112 @@ final class ParticipantHeuristicTests: XCTestCase {
         XCTAssertEqual(p.state(of: "t1"), .prepared)
         XCTAssertEqual(p.on(.timerFired(.inquire("t1"))), [.inquire("t1", coordinatorURL: "http://c")], "keeps asking")
     }
+
+    // MARK: forget (txctl agent URL forget): retiring a heuristic branch whose coordinator is gone
+
+    func forget(_ txid: String = "t1", dryRun: Bool = false) -> Participant.Event {
+        .forget(8, txid: txid, reason: "coordinator decommissioned", operatorName: "carol", dryRun: dryRun, atMs: 70)
+    }
+
+    func refusal(_ actions: [Participant.Action]) -> RequestError? {
+        guard actions.count == 1, case .reply(8, .error(let e)) = actions[0] else { return nil }
+        return e
+    }
+
+    /// Only a branch an operator forced can be forgotten: one in doubt has no outcome to keep,
+    /// an unknown txid is 404, and a finished branch has nothing left to stop.
+    func testOnlyAHeuristicBranchCanBeForgotten() {
+        var p = inDoubt()
+        XCTAssertEqual(refusal(p.on(forget()))?.status, 409, "prepared (in doubt)")
+        XCTAssertTrue(refusal(p.on(forget()))?.message.contains("prepared") ?? false)
+        XCTAssertEqual(p.state(of: "t1"), .prepared)
+        XCTAssertEqual(refusal(p.on(forget("zz")))?.status, 404, "unknown txid")
+        var active = Participant(config: Participant.Config(name: "p"))
+        _ = active.on(.joined("t2", coordinatorURL: "http://c", timeoutMs: 1000))
+        XCTAssertEqual(refusal(active.on(forget("t2")))?.status, 409, "active")
+        _ = p.on(force(.aborted))
+        XCTAssertEqual(refusal(p.on(forget()))?.status, 409, "the heuristic record is being written")
+        _ = p.on(.heuristicDurable("t1", lsn: 3))
+        XCTAssertEqual(refusal(p.on(.forget(8, txid: "t1", reason: " ", operatorName: "carol", dryRun: false, atMs: 70)))?.status, 400, "no reason")
+        let dry = p.on(forget(dryRun: true))
+        guard case .reply(8, .forced(.aborted, true, let effects))? = dry.first, dry.count == 1 else { return XCTFail("\(dry)") }
+        XCTAssertTrue(effects[0].contains("stays aborted"), "\(effects)")
+        XCTAssertEqual(p.state(of: "t1"), .heuristicAborted, "a dry run changes nothing")
+        let real = p.on(forget())
+        XCTAssertEqual(real, [.cancelTimer(.inquire("t1")),
+                              .log(.heuristicForgotten("t1", reason: "coordinator decommissioned", operatorName: "carol", atMs: 70), force: true)])
+        XCTAssertEqual(refusal(p.on(forget()))?.status, 409, "the forget record is being written")
+        let done = p.on(.forgetDurable("t1"))
+        XCTAssertTrue(done.contains(.finished("t1", .aborted)), "\(done)")
+        XCTAssertTrue(done.contains { if case .reply(8, .forced(.aborted, false, _)) = $0 { return true } else { return false } }, "\(done)")
+        XCTAssertEqual(p.state(of: "t1"), .aborted)
+        XCTAssertEqual(refusal(p.on(forget()))?.status, 409, "finished: nothing to forget")
+    }
+
+    /// A forgotten branch asks the coordinator no more: its timer finds nothing, and neither an
+    /// inquiry failure nor a late answer sets another. The coordinator, if it comes back, is
+    /// answered as for any finished branch.
+    func testAForgottenBranchStopsAsking() {
+        var p = inDoubt()
+        _ = p.on(force(.committed))
+        _ = p.on(.heuristicDurable("t1", lsn: 3))
+        XCTAssertEqual(p.on(.timerFired(.inquire("t1"))), [.inquire("t1", coordinatorURL: "http://c")], "a heuristic branch asks")
+        _ = p.on(forget())
+        XCTAssertEqual(p.on(.inquiryFailed("t1", error: "connect failed")), [], "no next inquiry while the record is written")
+        let done = p.on(.forgetDurable("t1"))
+        XCTAssertTrue(done.contains(.cancelTimer(.inquire("t1"))), "\(done)")
+        XCTAssertEqual(p.on(.timerFired(.inquire("t1"))), [])
+        XCTAssertEqual(p.on(.inquiryFailed("t1", error: "connect failed")), [])
+        XCTAssertEqual(p.on(.inquiryAnswered("t1", .unknownCoordinator)), [])
+        XCTAssertTrue(p.branches.isEmpty)
+        // The coordinator back: its commit is acknowledged, its abort refused (no heuristic-mixed
+        // report: that is what the forget gave up).
+        XCTAssertEqual(p.on(.commit(5, txid: "t1")), [.reply(5, .acknowledged)])
+        guard case .reply(6, .error(let e))? = p.on(.abort(6, txid: "t1")).first else { return XCTFail() }
+        XCTAssertEqual(e.status, 409)
+        XCTAssertTrue(p.heuristicMixed.isEmpty)
+    }
+
+    /// After a restart the forget record keeps the branch forgotten: no inquiry, no locks, the
+    /// forced outcome remembered (and the forced commit applied from its own record). Through a
+    /// checkpoint taken while the record was being written, too.
+    func testAForgetRecordRecovers() throws {
+        func rec(_ lsn: UInt64, _ r: Participant.Record) -> (lsn: UInt64, type: UInt8, payload: [UInt8]) {
+            let e = ParticipantRecordCoding.encode(r)
+            return (lsn, e.type, e.payload)
+        }
+        let forgotten: Participant.Record = .heuristicForgotten("t1", reason: "gone", operatorName: "carol", atMs: 9)
+        let e = ParticipantRecordCoding.encode(forgotten)
+        XCTAssertEqual(try ParticipantRecordCoding.decode(type: e.type, payload: e.payload), forgotten)
+        var p = Participant(config: Participant.Config(name: "p"))
+        let actions = try p.recover(snapshot: nil, records: [
+            rec(1, .prepared("t1", coordinatorURL: "http://c", writeSet: ws)),
+            rec(2, .heuristic("t1", outcome: .committed, reason: "r", operatorName: "o", atMs: 5)),
+            rec(3, forgotten),
+        ])
+        XCTAssertEqual(actions, [.apply("t1", writeSet: ws, lsn: 2)], "no inquiry, no locks")
+        XCTAssertEqual(p.state(of: "t1"), .committed)
+        XCTAssertTrue(p.branches.isEmpty)
+
+        var q = inDoubt()
+        _ = q.on(force(.committed))
+        _ = q.on(.heuristicDurable("t1", lsn: 3))
+        _ = q.on(forget())
+        var r = Participant(config: Participant.Config(name: "p"))
+        XCTAssertEqual(try r.recover(snapshot: q.snapshot(), records: []), [], "written as finished in the checkpoint")
+        XCTAssertEqual(r.state(of: "t1"), .committed)
+    }
+
+    /// A forget the log refuses (full) leaves the branch heuristic, asking as before.
+    func testARefusedForgetLeavesTheBranchAsking() {
+        var p = inDoubt()
+        _ = p.on(force(.aborted))
+        _ = p.on(.heuristicDurable("t1", lsn: 3))
+        _ = p.on(forget())
+        let refused = p.on(.recordRefused("t1", reason: "log full"))
+        guard case .reply(8, .error(let e))? = refused.first else { return XCTFail("\(refused)") }
+        XCTAssertEqual(e.status, 503)
+        XCTAssertEqual(p.state(of: "t1"), .heuristicAborted)
+        XCTAssertEqual(p.on(.timerFired(.inquire("t1"))), [.inquire("t1", coordinatorURL: "http://c")], "keeps asking")
+    }
 }

@@ -136,13 +136,20 @@ final class EndToEndTests: XCTestCase {
         XCTAssertTrue(down.err.contains("cannot reach coordinator at \(c.url)") && down.err.contains("txctl log inspect"), down.err)
     }
 
-    func testForcedAtAgentThenCoordinatorDisagreesIsHeuristicMixed() throws {
+    /// A coordinator and agents a and b; a transfer between a and b whose commit the
+    /// coordinator dies before deciding: both branches are left in doubt.
+    func inDoubtWithTheCoordinatorDead() throws -> (c: Server, a: Server, b: Server, txid: String) {
         let c = try start("cohortd", ["--data", dir + "/c", "--port", "0"], env: ["COHORT_CRASHPOINT": "coordinator.before-decision-logged"])
         let a = try start("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", c.url])
         let b = try start("cohort-agent", ["--name", "b", "--data", dir + "/b", "--port", "0", "--coordinator", c.url])
         let txid = try transfer(c, a, b)
         _ = try? http("POST", c.url + "/v1/transactions/\(txid)/commit")
         XCTAssertTrue(c.waitForExit(timeout: 10), "the coordinator dies before logging its decision")
+        return (c, a, b, txid)
+    }
+
+    func testForcedAtAgentThenCoordinatorDisagreesIsHeuristicMixed() throws {
+        let (c, a, b, txid) = try inDoubtWithTheCoordinatorDead()
 
         // At the agent: in doubt (prepared, no outcome).
         let l = try txctl(["agent", a.url, "list", "--state", "in-doubt", "--json"])
@@ -200,6 +207,64 @@ final class EndToEndTests: XCTestCase {
         let forgotten = try txctl(["explain", txid], coordinator: c2)
         XCTAssertTrue(forgotten.out.contains("HEURISTIC-MIXED") && forgotten.out.contains("repair the data by hand at a"), forgotten.out)
         XCTAssertTrue(try txctl(["agent", a.url, "list"]).out.contains(txid), "the agent's whole list shows it too")
+    }
+
+    /// A branch forced at an agent whose coordinator is gone for good asked about it for ever
+    /// (every second, every 5 s while unreachable), and nothing could retire it.
+    /// `txctl agent URL forget` does, durably: after a restart the branch stays finished with
+    /// the forced outcome and the agent sends no inquiry.
+    func testAForcedBranchWhoseCoordinatorIsGoneIsForgotten() throws {
+        let (c, a, b, txid) = try inDoubtWithTheCoordinatorDead()
+        func inquiries(_ agent: Server) throws -> Int {
+            let text = try BlockingHTTPClient().request("GET", agent.url + "/metrics").bodyString
+            let line = text.split(separator: "\n").first { $0.hasPrefix("cohort_messages_sent_total{type=\"inquiry\"} ") }
+            return Int(Double(line?.split(separator: " ").last ?? "") ?? -1)
+        }
+        let forgetArgs = ["forget", txid, "--reason", "coordinator decommissioned"]
+
+        // Only a heuristic branch can be forgotten: a's is in doubt until forced.
+        let inDoubt = try txctl(["agent", a.url] + forgetArgs + ["--coordinator-gone"])
+        XCTAssertEqual(inDoubt.status, 1)
+        XCTAssertTrue(inDoubt.err.contains("is prepared, with no operator's decision"), inDoubt.err)
+        XCTAssertEqual(try txctl(["agent", a.url, "commit", txid, "--force", "--reason", "coordinator lost", "--coordinator-gone"]).status, 0)
+        try waitUntil("the forced branch to ask its coordinator", timeout: 10) { try inquiries(a) > 0 }
+
+        // Refused while nobody has said the coordinator is gone for good; unknown ids are 404.
+        let unchecked = try txctl(["agent", a.url] + forgetArgs)
+        XCTAssertEqual(unchecked.status, 1)
+        XCTAssertTrue(unchecked.err.contains("could not learn \(txid)'s outcome") && unchecked.err.contains("--coordinator-gone"), unchecked.err)
+        let parts = txid.split(separator: "-")
+        let unknown = try txctl(["agent", a.url, "forget", "\(parts[0])-\(parts[1])-ffff", "--reason", "r"])
+        XCTAssertEqual(unknown.status, 1)
+        XCTAssertTrue(unknown.err.contains("no branch"), unknown.err)
+        let dry = try txctl(["agent", a.url] + forgetArgs + ["--coordinator-gone", "--dry-run"])
+        XCTAssertEqual(dry.status, 0, dry.err)
+        XCTAssertTrue(dry.out.hasPrefix("dry run: forgetting \(txid)"), dry.out)
+        XCTAssertTrue(try txctl(["agent", a.url, "show", txid]).out.contains("heuristic-committed"))
+
+        let forgot = try txctl(["agent", a.url] + forgetArgs + ["--coordinator-gone"])
+        XCTAssertEqual(forgot.status, 0, forgot.err)
+        XCTAssertTrue(forgot.out.hasPrefix("forgot \(txid) at participant \(a.url): it stays committed"), forgot.out)
+        XCTAssertFalse(try txctl(["agent", a.url, "list"]).out.contains(txid))
+        let again = try txctl(["agent", a.url] + forgetArgs + ["--coordinator-gone"])
+        XCTAssertEqual(again.status, 1)
+        XCTAssertTrue(again.err.contains("already committed here and asks nothing"), again.err)
+
+        // Restarted, it stays forgotten: committed, applied, and never asked about.
+        a.stop()
+        let a2 = try start("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", c.url])
+        Thread.sleep(forTimeInterval: 1.5)
+        XCTAssertEqual(try inquiries(a2), 0, "no inquiry after the restart")
+        XCTAssertFalse(try txctl(["agent", a2.url, "list"]).out.contains(txid))
+        let shown = jsonObject(try txctl(["agent", a2.url, "show", txid, "--json"]).out)
+        XCTAssertEqual(shown["state"] as? String, "committed", "\(shown)")
+        XCTAssertEqual(try http("GET", a2.url + "/v1/kv/acct").1["value"] as? Int, -10, "the forced commit stays applied")
+        XCTAssertTrue(try txctl(["agent", b.url, "list", "--state", "in-doubt"]).out.contains(txid), "b was not touched")
+
+        // The forget's who, why and when are in the agent's log.
+        a2.stop()
+        let inspect = try txctl(["log", "inspect", dir + "/a"])
+        XCTAssertTrue(inspect.out.contains("forget of \(txid) by oncall@"), inspect.out)
     }
 
     /// A URL of the wrong kind of server is named as such: "no route for GET /v1/transactions"
