@@ -65,7 +65,7 @@ public struct ParticipantRef: Hashable, Codable, Sendable {
 /// coordinators and the participants check it the same way).
 public func operatorNameRefusal(_ name: String) -> RequestError? {
     guard !name.isEmpty, name.utf8.count <= Limits.participantNameBytesMax else {
-        return RequestError(400, "a forced decision needs an operator name of 1-\(Limits.participantNameBytesMax) bytes")
+        return RequestError(400, "an operator's decision (a force or a forget) needs an operator name of 1-\(Limits.participantNameBytesMax) bytes")
     }
     return nil
 }

@@ -7,9 +7,11 @@ import XCTest
 /// resend then often finds its transaction forgotten: the committed-submission memory must
 /// answer it, or the transfer applies twice and the balance check fails.
 final class ResentSubmissionTests: XCTestCase {
-    /// Seeds 2 (2PC) and 11 (classic 3PC) were the runs among 1-60 that applied a transfer twice
-    /// with the memory off.
-    let seeds: [UInt64] = [2, 11]
+    /// Seeds 2 (2PC) and 283 (classic 3PC) apply a transfer twice with the memory off (among
+    /// seeds 1-700, so do 478 and 494). Until session 25 seed 11 was the 3PC one; an inquiry
+    /// that re-sends a waiting commit at once changed its timing, and it no longer resends
+    /// into a forgotten transaction.
+    let seeds: [UInt64] = [2, 283]
 
     func testResentSubmissionsPassWithTheMemory() {
         for seed in seeds {
