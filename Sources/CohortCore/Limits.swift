@@ -232,6 +232,10 @@ public enum Limits {
     /// from the ledger of outcomes only. Each waits for a repair by hand, so a few hundred is
     /// already an incident; about 5 KB each.
     public static let heuristicMixedKept = 1_000
+    /// Heuristic decisions an agent keeps after an operator forgot their branches, so that a
+    /// coordinator that comes back after all still hears the difference (Participant,
+    /// `forgottenHeuristics`). Each is an operator's action, so this is far above any real count.
+    public static let forgottenHeuristicsKept = 10_000
     /// Transactions begun but not yet finished; past this `POST /v1/transactions` answers 503.
     public static let openTransactionsMax = 10_000
     /// Committed transactions waiting for participants' acknowledgements; past this new

@@ -277,6 +277,18 @@ public struct Participant {
     /// Branches whose operator-forced outcome turned out to differ from the coordinator's
     /// decision (heuristic-mixed), by txid: what the operator chose. Kept for operators.
     public private(set) var heuristicMixed: [String: HeuristicDecision] = [:]
+    /// A heuristic decision an operator forgot (`forget`), with the coordinator its branch named.
+    public struct ForgottenHeuristic: Equatable, Sendable {
+        public let decision: HeuristicDecision
+        public let coordinatorURL: String
+    }
+    /// Forgotten heuristic decisions by txid (`Limits.forgottenHeuristicsKept`, oldest let go
+    /// first; in snapshots). A coordinator that comes back after all still hears that the
+    /// forced outcome differs from its own: its commit of a branch forced to abort is answered
+    /// `heuristic-aborted` (it records the transaction heuristic-mixed) instead of a 409 it
+    /// retried for ever, and its abort of one forced to commit brings a heuristic report.
+    public private(set) var forgottenHeuristics: [String: ForgottenHeuristic] = [:]
+    private var forgottenHeuristicOrder: [String] = []
     /// 3PC branches among `finishedOutcomes` that voted read-only: they answer `read-only`, not
     /// `committed`, to a peer's state query. Left out of snapshots (the vote is not logged).
     private var readOnlyFinished: Set<String> = []
@@ -388,6 +400,16 @@ public struct Participant {
             }
             // The store's applied LSN when the snapshot was taken (absent in older snapshots).
             if !r.isAtEnd { snapshotStoreAppliedLSN = try r.u64() }
+            // Forgotten heuristic decisions (absent in snapshots written before session 25).
+            if !r.isAtEnd {
+                let count = try r.u32()
+                guard count <= UInt32(Limits.forgottenHeuristicsKept) else { throw DecodeError("\(count) forgotten heuristic decisions") }
+                for _ in 0..<count {
+                    let txid = try r.string(maxCount: 128)
+                    let url = try r.string(maxCount: 4096)
+                    rememberForgotten(txid, try Self.decodeDecision(&r), coordinatorURL: url)
+                }
+            }
         }
         for record in records {
             switch try ParticipantRecordCoding.decode(type: record.type, payload: record.payload) {
@@ -423,6 +445,7 @@ public struct Participant {
             case .heuristicForgotten(let txid, _, _, _):
                 guard let b = branches.removeValue(forKey: txid), let h = b.heuristic else { continue }
                 rememberFinished(txid, h.outcome)
+                rememberForgotten(txid, h, coordinatorURL: b.coordinatorURL)
             }
         }
         var actions: [Action] = toApply.map { .apply($0.0, writeSet: $0.1, lsn: $0.2) }
@@ -497,6 +520,19 @@ public struct Participant {
             w.bool(b.state == .forgetting && b.heuristic?.outcome == .committed)
         }
         w.u64(storeAppliedLSN)
+        // Forgotten heuristic decisions, those whose forget record is still being written too
+        // (it precedes this snapshot in the log, which drops it once the snapshot is durable).
+        var forgotten = forgottenHeuristicOrder.compactMap { txid in forgottenHeuristics[txid].map { (txid, $0) } }
+        for b in ending where b.state == .forgetting && forgottenHeuristics[b.txid] == nil {
+            if let h = b.heuristic { forgotten.append((b.txid, ForgottenHeuristic(decision: h, coordinatorURL: b.coordinatorURL))) }
+        }
+        forgotten = Array(forgotten.suffix(Limits.forgottenHeuristicsKept))
+        w.u32(UInt32(forgotten.count))
+        for (txid, f) in forgotten {
+            w.string(txid)
+            w.string(f.coordinatorURL)
+            Self.encodeDecision(&w, f.decision)
+        }
         return w.bytes
     }
 
@@ -600,6 +636,7 @@ public struct Participant {
         case .forgetDurable(let txid):
             guard let b = branches[txid], b.state == .forgetting, let h = b.heuristic else { return [] }
             let effects = ["branch \(txid) forgotten: it stays \(h.outcome.rawValue) as \(h.operatorName) forced it, and no longer asks the coordinator"]
+            rememberForgotten(txid, h, coordinatorURL: b.coordinatorURL)
             return finish(txid, h.outcome) + b.waiting.map { .reply($0, .forced(h.outcome, dryRun: false, effects: effects)) }
         case .timerFired(.inquire(let txid)):
             guard var b = branches[txid], b.state.asksCoordinator else { return [] }
@@ -696,6 +733,11 @@ public struct Participant {
 
     private mutating func commit(_ request: RequestID, _ txid: String) -> [Action] {
         guard var b = branches[txid] else {
+            if forgottenHeuristics[txid]?.decision.outcome == .aborted {
+                // Forced to abort and forgotten: the coordinator records the difference (it
+                // would retry a 409 for ever) as it does for a live heuristic-aborted branch.
+                return [.reply(request, .heuristicAborted)]
+            }
             switch finishedOutcomes[txid] {
             case .aborted?:
                 return [.reply(request, .error(RequestError(409, "branch \(txid) was aborted; it cannot commit")))]
@@ -746,6 +788,12 @@ public struct Participant {
 
     private mutating func abort(_ request: RequestID, _ txid: String) -> [Action] {
         guard var b = branches[txid] else {
+            if let f = forgottenHeuristics[txid], f.decision.outcome == .committed {
+                // Forced to commit and forgotten, and the coordinator aborted after all: it
+                // does not wait for this answer, so it hears of the difference by a report.
+                return [.reply(request, .error(RequestError(409, "branch \(txid) already committed (an operator forced it, then forgot it)"))),
+                        .reportHeuristic(txid, coordinatorURL: f.coordinatorURL, outcome: .committed)]
+            }
             if finishedOutcomes[txid] == .committed {
                 return [.reply(request, .error(RequestError(409, "branch \(txid) already committed")))]
             }
@@ -972,7 +1020,7 @@ public struct Participant {
         case .heuristicCommitted, .heuristicAborted:
             guard let h = b.heuristic else { preconditionFailure("heuristic branch \(txid) without its decision") }
             let effects = ["write a forget record: branch \(txid) stays \(h.outcome.rawValue) as \(h.operatorName) forced it, and stops asking the coordinator at \(b.coordinatorURL)",
-                           "if that coordinator comes back, it is answered as for any finished branch (\(h.outcome.rawValue)); a different decision is refused, and no heuristic-mixed report is sent from here"]
+                           "if that coordinator comes back with a different decision, it hears that the forced outcome differs (its commit is answered heuristic-aborted; its abort brings a heuristic report) and records the transaction heuristic-mixed"]
             if dryRun { return [.reply(request, .forced(h.outcome, dryRun: true, effects: effects))] }
             b.state = .forgetting
             b.waiting.append(request)
@@ -1023,6 +1071,15 @@ public struct Participant {
 
     private mutating func inquiryDelay(_ attempts: Int, maxMs: Int64? = nil) -> Int64 {
         backoffDelayMs(attempt: attempts, minMs: config.inquiryDelayMs, maxMs: max(maxMs ?? config.retryDelayMsMax, config.inquiryDelayMs), rng: &rng)
+    }
+
+    private mutating func rememberForgotten(_ txid: String, _ h: HeuristicDecision, coordinatorURL: String) {
+        if forgottenHeuristics.updateValue(ForgottenHeuristic(decision: h, coordinatorURL: coordinatorURL), forKey: txid) == nil {
+            forgottenHeuristicOrder.append(txid)
+        }
+        if forgottenHeuristics.count > Limits.forgottenHeuristicsKept {
+            forgottenHeuristics.removeValue(forKey: forgottenHeuristicOrder.removeFirst())
+        }
     }
 
     private mutating func finish(_ txid: String, _ outcome: Outcome) -> [Action] {

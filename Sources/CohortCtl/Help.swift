@@ -141,7 +141,7 @@ public enum Help {
     into the participant's log). Without it such a branch asks for ever, since only its
     coordinator's outcome ends it. Refused for any other branch, and, like a force, while a
     coordinator answers or until you say --coordinator-gone. A coordinator that comes back
-    afterwards is answered as for any finished branch: no heuristic-mixed report from here.
+    afterwards with a different decision hears that the forced one differs (heuristic-mixed).
       --state S   active, preparing, prepared, committing, forcing, heuristic-committed,
                   heuristic-aborted, forgetting, heuristic-mixed, in-doubt (voted yes, no outcome yet)
       --key K     only the branches holding a lock on key K, and those waiting for it

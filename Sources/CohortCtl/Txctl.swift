@@ -345,8 +345,8 @@ public enum Txctl {
         silent.isEmpty ? "no coordinator URL is known for \(txid) (the branch names none; pass --coordinator URL)" : "could not learn \(txid)'s outcome: " + silent.joined(separator: "; ")
     }
 
-    /// Forgetting a heuristic branch gives up the heuristic-mixed report that its coordinator's
-    /// later, different decision would bring, so it is for a coordinator gone for good. One
+    /// Forgetting a heuristic branch stops its inquiries, so it is for a coordinator gone for
+    /// good (one that comes back still hears of a difference, when it sends its decision). One
     /// that answers makes it needless (the branch learns a decided outcome itself at its next
     /// inquiry, within seconds) or premature (undecided: decide there).
     static func coordinatorIsGone(txid: String, branch: BranchDetail, token: String?, alsoAsk: String?, coordinatorGone: Bool) throws {

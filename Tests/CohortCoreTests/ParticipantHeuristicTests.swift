@@ -156,8 +156,8 @@ final class ParticipantHeuristicTests: XCTestCase {
     }
 
     /// A forgotten branch asks the coordinator no more: its timer finds nothing, and neither an
-    /// inquiry failure nor a late answer sets another. The coordinator, if it comes back, is
-    /// answered as for any finished branch.
+    /// inquiry failure nor a late answer sets another. The coordinator, if it comes back, hears
+    /// of a different decision when it sends it.
     func testAForgottenBranchStopsAsking() {
         var p = inDoubt()
         _ = p.on(force(.committed))
@@ -171,12 +171,55 @@ final class ParticipantHeuristicTests: XCTestCase {
         XCTAssertEqual(p.on(.inquiryFailed("t1", error: "connect failed")), [])
         XCTAssertEqual(p.on(.inquiryAnswered("t1", .unknownCoordinator)), [])
         XCTAssertTrue(p.branches.isEmpty)
-        // The coordinator back: its commit is acknowledged, its abort refused (no heuristic-mixed
-        // report: that is what the forget gave up).
+        // The coordinator back: its commit is acknowledged; its abort is refused and, since it
+        // does not wait for that answer, reported to it as a heuristic commit (the forgotten
+        // decision is kept for this: Limits.forgottenHeuristicsKept).
         XCTAssertEqual(p.on(.commit(5, txid: "t1")), [.reply(5, .acknowledged)])
-        guard case .reply(6, .error(let e))? = p.on(.abort(6, txid: "t1")).first else { return XCTFail() }
+        let abort = p.on(.abort(6, txid: "t1"))
+        guard case .reply(6, .error(let e))? = abort.first else { return XCTFail() }
         XCTAssertEqual(e.status, 409)
+        XCTAssertEqual(Array(abort.dropFirst()), [.reportHeuristic("t1", coordinatorURL: "http://c", outcome: .committed)])
         XCTAssertTrue(p.heuristicMixed.isEmpty)
+    }
+
+    /// A branch forced to abort and forgotten answers a returning coordinator's commit with
+    /// `heuristic-aborted`, as a live heuristic-aborted branch does, so the coordinator records
+    /// the transaction heuristic-mixed: before session 25 it got a 409 ("was aborted; it
+    /// cannot commit") and retried it for ever, parked. Kept through a checkpoint and a replay.
+    func testAForgottenAbortTellsAReturningCoordinatorItsCommitCannotApply() throws {
+        var p = inDoubt()
+        _ = p.on(force(.aborted))
+        _ = p.on(.heuristicDurable("t1", lsn: 3))
+        _ = p.on(forget())
+        _ = p.on(.forgetDurable("t1"))
+        XCTAssertEqual(p.on(.commit(5, txid: "t1")), [.reply(5, .heuristicAborted)])
+        XCTAssertEqual(p.forgottenHeuristics["t1"]?.decision.outcome, .aborted)
+        XCTAssertEqual(p.forgottenHeuristics["t1"]?.coordinatorURL, "http://c")
+
+        var fromSnapshot = Participant(config: Participant.Config(name: "p"))
+        _ = try fromSnapshot.recover(snapshot: p.snapshot(), records: [])
+        XCTAssertEqual(fromSnapshot.on(.commit(6, txid: "t1")), [.reply(6, .heuristicAborted)], "kept in the checkpoint")
+
+        // Taken while the forget record was being written: the snapshot keeps it too.
+        var q = inDoubt()
+        _ = q.on(force(.aborted))
+        _ = q.on(.heuristicDurable("t1", lsn: 3))
+        _ = q.on(forget())
+        var mid = Participant(config: Participant.Config(name: "p"))
+        _ = try mid.recover(snapshot: q.snapshot(), records: [])
+        XCTAssertEqual(mid.on(.commit(7, txid: "t1")), [.reply(7, .heuristicAborted)], "kept in a checkpoint taken mid-write")
+
+        func rec(_ lsn: UInt64, _ r: Participant.Record) -> (lsn: UInt64, type: UInt8, payload: [UInt8]) {
+            let e = ParticipantRecordCoding.encode(r)
+            return (lsn, e.type, e.payload)
+        }
+        var replayed = Participant(config: Participant.Config(name: "p"))
+        _ = try replayed.recover(snapshot: nil, records: [
+            rec(1, .prepared("t1", coordinatorURL: "http://c", writeSet: ws)),
+            rec(2, .heuristic("t1", outcome: .aborted, reason: "r", operatorName: "o", atMs: 5)),
+            rec(3, .heuristicForgotten("t1", reason: "gone", operatorName: "carol", atMs: 9)),
+        ])
+        XCTAssertEqual(replayed.on(.commit(8, txid: "t1")), [.reply(8, .heuristicAborted)], "rebuilt from the log")
     }
 
     /// After a restart the forget record keeps the branch forgotten: no inquiry, no locks, the
