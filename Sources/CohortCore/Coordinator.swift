@@ -1784,7 +1784,7 @@ extension Coordinator {
         guard txid.epoch < epoch || (txid.epoch == epoch && txid.sequence < nextSequence) else {
             return RequestError(404, "\(txid) was never begun at this coordinator")
         }
-        guard let tx = openTable.byID[txid] ?? finished[txid] else { return nil }
+        guard let tx = transaction(txid) else { return nil }
         if tx.branchIndex(participant) != nil { return nil }
         // A transaction known only from earlier reports (forgotten here, presumed aborted)
         // learns its branches from them, up to the branch limit.
@@ -1805,7 +1805,11 @@ extension Coordinator {
             openTable[txid] = tx
             return endIfDelivered(txid, nowMs: nowMs)
         }
-        if var tx = finished[txid] {
+        // Finished, or let go of `finished` and kept whole as heuristic-mixed: a repeated
+        // report (an agent retries its reports, also after a restart) updates the one kept,
+        // rather than making a second transaction that views list and count twice.
+        for kept in [true, false] {
+            guard var tx = kept ? mixedKept[txid] : finished[txid] else { continue }
             if let i = tx.branchIndex(participant) {
                 tx.branches[i].heuristic = outcome
             } else {
@@ -1814,7 +1818,7 @@ extension Coordinator {
             tx.events.append(TimelineEvent(atMs: nowMs, event: "heuristic-reported", participant: participant, detail: detail))
             trimEvents(&tx)
             if tx.outcome != outcome { tx.state = .heuristicMixed }
-            finished[txid] = tx
+            if kept { mixedKept[txid] = tx } else { finished[txid] = tx }
             return []
         }
         // Forgotten or never decided here: the outcome is the ledger's, the operator's or

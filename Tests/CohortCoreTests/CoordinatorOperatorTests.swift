@@ -364,6 +364,13 @@ final class CoordinatorOperatorTests: XCTestCase {
         XCTAssertEqual(p.reason, Coordinator.presumedAbortReason)
         XCTAssertEqual(p.branches.map(\.heuristic), [.committed])
         XCTAssertTrue(restarted.allTransactions().contains { $0.txid == presumed }, "listed")
+        // A repeated report (agents retry theirs) updates the one kept, not a second copy.
+        XCTAssertEqual(restarted.on(.heuristicReported(nil, txid: presumed.description, participant: "a", outcome: .committed), nowMs: 101),
+                       [.log(.heuristic(presumed, participant: "a", outcome: .committed), force: true)])
+        _ = restarted.on(.heuristicDurable(presumed, participant: "a"), nowMs: 102)
+        XCTAssertEqual(restarted.heuristicMixedCount, 2, "counted once")
+        XCTAssertEqual(restarted.allTransactions().filter { $0.txid == presumed }.count, 1, "listed once")
+        XCTAssertEqual(restarted.transaction(presumed)?.branches.count, 1)
         // And a second checkpoint from the restarted coordinator writes them again.
         var again = Coordinator(config: config)
         _ = try again.recover(snapshot: restarted.snapshot(), records: [], nowMs: 200)
