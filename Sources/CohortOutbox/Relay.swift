@@ -68,6 +68,11 @@ public final class OutboxRelay {
                                  lastError: String(lastSinkError.prefix(Limits.httpErrorMessageBytesMax)))
     }
     private var running = false
+    /// Set by the first `stop`, even one that comes before the start task ran: a SIGTERM in
+    /// the relay's first moment ran its handler in the same loop pass as the queued start, so
+    /// the start took the lease after the stop and the process exited holding it. The next
+    /// relay then waited out the whole lease TTL (5 s) before it could deliver anything.
+    private var stopped = false
     private let tickMs: Int64
 
     public init(store: OutboxStore, sink: OutboxSink, loop: EventLoop, config: RelayConfig = RelayConfig(),
@@ -87,7 +92,7 @@ public final class OutboxRelay {
     /// Starts relaying (any thread; the work happens on the loop thread).
     public func start() {
         inLoop {
-            guard !self.running else { return }
+            guard !self.running, !self.stopped else { return }
             self.running = true
             self.feed(.start(nowMs: self.clock()))
             self.scheduleTick()
@@ -109,6 +114,7 @@ public final class OutboxRelay {
 
     /// Releases the lease and stops (loop thread).
     public func stop() {
+        stopped = true
         guard running else { return }
         running = false
         if let t = tickTimer { loop.cancel(t) }

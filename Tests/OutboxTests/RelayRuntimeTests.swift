@@ -231,4 +231,28 @@ final class RelayRuntimeTests: XCTestCase {
         XCTAssertFalse(relay.holdsLease)
         XCTAssertEqual(sink.calls, [[1]], "the batch queued behind the failed renewal was not sent")
     }
+
+    /// cohort-relay queues its start on the loop and installs a SIGTERM handler that stops the
+    /// relay. A SIGTERM in its first moment ran the handler in the loop's first pass, before the
+    /// queued start (events and timers run before tasks): the stop found nothing running, then
+    /// the start took the lease, and the process exited holding it for the whole TTL. A scenario
+    /// that re-armed a relay right after it came up saw its new relay deliver nothing for 5 s.
+    /// A timer due at once stands in for the signal's event: it runs in the same place.
+    func testAStopBeforeTheQueuedStartRanLeavesTheLeaseFree() throws {
+        let path = tempDB("p")
+        _ = try Outbox(path: path)
+        let store = try OutboxStore(path: path)
+        let loop = try EventLoop()
+        let relay = OutboxRelay(store: store, sink: MemorySink(loop: loop), loop: loop)
+        _ = loop.schedule(afterMs: 0) { relay.stop(); loop.stop() }
+        relay.start()  // not on the loop thread: queued
+        try loop.run()
+        XCTAssertFalse(relay.holdsLease)
+        XCTAssertEqual(try store.lease().holder, "", "the stopped relay took the lease after its stop")
+        // A start after the stop does nothing either: the process is on its way out.
+        relay.start()
+        loop.execute { loop.stop() }
+        try loop.run()
+        XCTAssertEqual(try store.lease().holder, "")
+    }
 }
