@@ -473,6 +473,11 @@ public struct Participant {
                 if outcome == .committed { toApply.append((txid, b.writeSet, record.lsn)) }
                 branches[txid] = b
             case .heuristicResolved(let txid, _, let mixed):
+                if branches[txid] == nil, mixed, let f = forgottenHeuristics[txid] {
+                    // A forgotten branch whose coordinator came back with the other outcome.
+                    heuristicMixed[txid] = f.decision
+                    continue
+                }
                 guard let b = branches.removeValue(forKey: txid), let h = b.heuristic else { continue }
                 if mixed { heuristicMixed[txid] = h }
                 rememberFinished(txid, h.outcome)
@@ -796,7 +801,7 @@ public struct Participant {
             if let f = forgottenHeuristics[txid], f.decision.outcome == .aborted {
                 // Forced to abort and forgotten: the coordinator records the difference (it
                 // would retry a 409 for ever) as it does for a live heuristic-aborted branch.
-                return [.reply(request, .heuristicAborted)]
+                return forgottenTurnedMixed(txid, f, coordinatorOutcome: .committed) + [.reply(request, .heuristicAborted)]
             }
             switch finishedOutcomes[txid] {
             case .aborted?:
@@ -851,8 +856,8 @@ public struct Participant {
             if let f = forgottenHeuristics[txid], f.decision.outcome == .committed {
                 // Forced to commit and forgotten, and the coordinator aborted after all: it
                 // does not wait for this answer, so it hears of the difference by a report.
-                return [.reply(request, .error(RequestError(409, "branch \(txid) already committed (an operator forced it, then forgot it)"))),
-                        .reportHeuristic(txid, coordinatorURL: f.coordinatorURL, decision: f.decision)]
+                return [.reply(request, .error(RequestError(409, "branch \(txid) already committed (an operator forced it, then forgot it)")))]
+                    + forgottenTurnedMixed(txid, f, coordinatorOutcome: .aborted)
             }
             if finishedOutcomes[txid] == .committed {
                 return [.reply(request, .error(RequestError(409, "branch \(txid) already committed")))]
@@ -1129,6 +1134,19 @@ public struct Participant {
 
     private mutating func inquiryDelay(_ attempts: Int, maxMs: Int64? = nil) -> Int64 {
         backoffDelayMs(attempt: attempts, minMs: config.inquiryDelayMs, maxMs: max(maxMs ?? config.retryDelayMsMax, config.inquiryDelayMs), rng: &rng)
+    }
+
+    /// A forgotten heuristic decision whose coordinator came back with the other outcome: the
+    /// branch is heuristic-mixed here too (listed, counted by the gauge, shown), as a live one
+    /// becomes: before session 26 only the coordinator listed it, and the agent's own views
+    /// showed a plain finished branch. Recorded as a live branch's resolution is (forced: no
+    /// inquiry would learn it again), once; the coordinator hears, with who forced it, why and
+    /// when, by a report (it takes repeats).
+    private mutating func forgottenTurnedMixed(_ txid: String, _ f: ForgottenHeuristic, coordinatorOutcome: Outcome) -> [Action] {
+        let report: Action = .reportHeuristic(txid, coordinatorURL: f.coordinatorURL, decision: f.decision)
+        guard heuristicMixed[txid] == nil else { return [report] }
+        rememberMixed(txid, f.decision)
+        return [.log(.heuristicResolved(txid, coordinatorOutcome: coordinatorOutcome, mixed: true), force: true), report]
     }
 
     private mutating func rememberMixed(_ txid: String, _ h: HeuristicDecision) {

@@ -232,8 +232,9 @@ final class ParticipantHeuristicTests: XCTestCase {
         let abort = p.on(.abort(6, txid: "t1"))
         guard case .reply(6, .error(let e))? = abort.first else { return XCTFail() }
         XCTAssertEqual(e.status, 409)
-        XCTAssertEqual(Array(abort.dropFirst()), [.reportHeuristic("t1", coordinatorURL: "http://c", decision: Participant.HeuristicDecision(outcome: .committed, reason: "coordinator lost", operatorName: "bob", atMs: 50))])
-        XCTAssertTrue(p.heuristicMixed.isEmpty)
+        XCTAssertEqual(Array(abort.dropFirst()), [.log(.heuristicResolved("t1", coordinatorOutcome: .aborted, mixed: true), force: true),
+                                                  .reportHeuristic("t1", coordinatorURL: "http://c", decision: Participant.HeuristicDecision(outcome: .committed, reason: "coordinator lost", operatorName: "bob", atMs: 50))])
+        XCTAssertEqual(p.heuristicMixed["t1"]?.outcome, .committed, "heuristic-mixed here too")
     }
 
     /// A branch forced to abort and forgotten answers a returning coordinator's commit with
@@ -246,13 +247,13 @@ final class ParticipantHeuristicTests: XCTestCase {
         _ = p.on(.heuristicDurable("t1", lsn: 3))
         _ = p.on(forget())
         _ = p.on(.forgetDurable("t1"))
-        XCTAssertEqual(p.on(.commit(5, txid: "t1")), [.reply(5, .heuristicAborted)])
+        XCTAssertEqual(p.on(.commit(5, txid: "t1")).last, .reply(5, .heuristicAborted))
         XCTAssertEqual(p.forgottenHeuristics["t1"]?.decision.outcome, .aborted)
         XCTAssertEqual(p.forgottenHeuristics["t1"]?.coordinatorURL, "http://c")
 
         var fromSnapshot = Participant(config: Participant.Config(name: "p"))
         _ = try fromSnapshot.recover(snapshot: p.snapshot(), records: [])
-        XCTAssertEqual(fromSnapshot.on(.commit(6, txid: "t1")), [.reply(6, .heuristicAborted)], "kept in the checkpoint")
+        XCTAssertEqual(fromSnapshot.on(.commit(6, txid: "t1")).last, .reply(6, .heuristicAborted), "kept in the checkpoint")
 
         // Taken while the forget record was being written: the snapshot keeps it too.
         var q = inDoubt()
@@ -261,7 +262,7 @@ final class ParticipantHeuristicTests: XCTestCase {
         _ = q.on(forget())
         var mid = Participant(config: Participant.Config(name: "p"))
         _ = try mid.recover(snapshot: q.snapshot(), records: [])
-        XCTAssertEqual(mid.on(.commit(7, txid: "t1")), [.reply(7, .heuristicAborted)], "kept in a checkpoint taken mid-write")
+        XCTAssertEqual(mid.on(.commit(7, txid: "t1")).last, .reply(7, .heuristicAborted), "kept in a checkpoint taken mid-write")
 
         func rec(_ lsn: UInt64, _ r: Participant.Record) -> (lsn: UInt64, type: UInt8, payload: [UInt8]) {
             let e = ParticipantRecordCoding.encode(r)
@@ -273,7 +274,55 @@ final class ParticipantHeuristicTests: XCTestCase {
             rec(2, .heuristic("t1", outcome: .aborted, reason: "r", operatorName: "o", atMs: 5)),
             rec(3, .heuristicForgotten("t1", reason: "gone", operatorName: "carol", atMs: 9)),
         ])
-        XCTAssertEqual(replayed.on(.commit(8, txid: "t1")), [.reply(8, .heuristicAborted)], "rebuilt from the log")
+        XCTAssertEqual(replayed.on(.commit(8, txid: "t1")).last, .reply(8, .heuristicAborted), "rebuilt from the log")
+    }
+
+    /// A forgotten branch whose coordinator comes back with the other outcome is heuristic-mixed
+    /// at the agent too (listed, counted, shown), as a live branch becomes: before session 26
+    /// only the coordinator listed it. Recorded, so a restart (replay or checkpoint) keeps it;
+    /// the coordinator hears who forced it by a report; a repeat records nothing more.
+    func testAForgottenBranchWhoseCoordinatorDecidedOtherwiseIsHeuristicMixedHereToo() throws {
+        func forgotten(_ outcome: Outcome) -> Participant {
+            var p = inDoubt()
+            _ = p.on(force(outcome))
+            _ = p.on(.heuristicDurable("t1", lsn: 3))
+            _ = p.on(forget())
+            _ = p.on(.forgetDurable("t1"))
+            return p
+        }
+        let decision = Participant.HeuristicDecision(outcome: .aborted, reason: "coordinator lost", operatorName: "bob", atMs: 50)
+        var p = forgotten(.aborted)
+        XCTAssertEqual(p.on(.commit(5, txid: "t1")), [.log(.heuristicResolved("t1", coordinatorOutcome: .committed, mixed: true), force: true),
+                                                     .reportHeuristic("t1", coordinatorURL: "http://c", decision: decision),
+                                                     .reply(5, .heuristicAborted)])
+        XCTAssertEqual(p.heuristicMixed["t1"], decision)
+        XCTAssertEqual(p.on(.commit(6, txid: "t1")), [.reportHeuristic("t1", coordinatorURL: "http://c", decision: decision),
+                                                     .reply(6, .heuristicAborted)], "recorded once")
+        XCTAssertEqual(refusal(p.on(forget()))?.status, 409, "nothing to forget: it is heuristic-mixed")
+        var fromSnapshot = Participant(config: Participant.Config(name: "p"))
+        _ = try fromSnapshot.recover(snapshot: p.snapshot(), records: [])
+        XCTAssertEqual(fromSnapshot.heuristicMixed["t1"], decision, "from a checkpoint")
+        func rec(_ lsn: UInt64, _ r: Participant.Record) -> (lsn: UInt64, type: UInt8, payload: [UInt8]) {
+            let e = ParticipantRecordCoding.encode(r)
+            return (lsn, e.type, e.payload)
+        }
+        var replayed = Participant(config: Participant.Config(name: "p"))
+        _ = try replayed.recover(snapshot: nil, records: [
+            rec(1, .prepared("t1", coordinatorURL: "http://c", writeSet: ws)),
+            rec(2, .heuristic("t1", outcome: .aborted, reason: "coordinator lost", operatorName: "bob", atMs: 50)),
+            rec(3, .heuristicForgotten("t1", reason: "gone", operatorName: "carol", atMs: 9)),
+            rec(4, .heuristicResolved("t1", coordinatorOutcome: .committed, mixed: true)),
+        ])
+        XCTAssertEqual(replayed.heuristicMixed["t1"], decision, "from the log")
+        XCTAssertEqual(replayed.state(of: "t1"), .aborted)
+        // Forced to commit, forgotten, and the coordinator aborts: the same.
+        var q = forgotten(.committed)
+        _ = q.on(.abort(7, txid: "t1"))
+        XCTAssertEqual(q.heuristicMixed["t1"]?.outcome, .committed)
+        // The coordinator agreeing marks nothing.
+        var r = forgotten(.committed)
+        XCTAssertEqual(r.on(.commit(8, txid: "t1")), [.reply(8, .acknowledged)])
+        XCTAssertTrue(r.heuristicMixed.isEmpty)
     }
 
     /// After a restart the forget record keeps the branch forgotten: no inquiry, no locks, the
