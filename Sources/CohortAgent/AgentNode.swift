@@ -309,8 +309,8 @@ public final class AgentNode {
                 do { try resource.restoreInDoubt(txid: txid, writeSet: writeSet) } catch { onFatal("cannot restore locks of \(txid): \(error)") }
             case .inquire(let txid, let url):
                 inquire(txid, url)
-            case .reportHeuristic(let txid, let url, let outcome):
-                reportHeuristic(txid, url, outcome, attempt: 1)
+            case .reportHeuristic(let txid, let url, let decision):
+                reportHeuristic(txid, url, decision, attempt: 1)
             case .queryPeer(let txid, let peer, let round):
                 queryPeer(txid, peer, round)
             case .sendToPeer(let txid, let peer, let message):
@@ -370,7 +370,7 @@ public final class AgentNode {
             case .prepared(let txid, _, _, _), .committed(let txid), .committedOnePhase(let txid, _),
                  .preCommitted(let txid), .preAborted(let txid):
                 feed(.recordRefused(txid, reason: "\(full)"))
-            case .heuristic(let txid, _, _, _, _), .heuristicForgotten(let txid, _, _, _):
+            case .heuristic(let txid, _, _, _, _, _, _), .heuristicForgotten(let txid, _, _, _):
                 feed(.recordRefused(txid, reason: "\(full)"))
             case .aborted(let txid) where force:
                 feed(.recordRefused(txid, reason: "\(full)"))
@@ -399,7 +399,7 @@ public final class AgentNode {
             if tracksBacking { backingLSN[txid, default: [:]]["commit"] = lsn }
             machine.noteCommitAppended(txid, lsn: lsn)
             pending.append(lsn: lsn, .committed(txid))
-        case .heuristic(let txid, _, _, _, _):
+        case .heuristic(let txid, _, _, _, _, _, _):
             machine.noteCommitAppended(txid, lsn: lsn)
             pending.append(lsn: lsn, .heuristic(txid))
         case .heuristicForgotten(let txid, _, _, _):
@@ -545,14 +545,16 @@ public final class AgentNode {
 
     /// Tells the coordinator that an operator's outcome here differs from its decision, so it
     /// reports the transaction heuristic-mixed too. A few tries; the branch's own record and
-    /// `GET /v1/branches?state=heuristic-mixed` keep the fact either way.
-    private func reportHeuristic(_ txid: String, _ url: String, _ outcome: Outcome, attempt: Int) {
+    /// `GET /v1/branches?state=heuristic-mixed` keep the fact either way. The report names who
+    /// forced the branch, why and when, for the coordinator's own record of it.
+    private func reportHeuristic(_ txid: String, _ url: String, _ decision: Participant.HeuristicDecision, attempt: Int) {
         metrics.add("cohort_messages_sent_total", labels: "type=\"heuristic\"")
-        let body = JSONBody.encode(HeuristicReport(participant: name, outcome: outcome.rawValue))
+        let body = JSONBody.encode(HeuristicReport(participant: name, outcome: decision.outcome.rawValue, operator: decision.operatorName,
+                                                   reason: decision.reason, forcedAtMs: decision.atMs))
         environment.send(HTTPClientRequest(method: "POST", url: "\(url)/v1/transactions/\(txid)/heuristic", body: body)) { [unowned self] result in
             if case .success(let r) = result, r.status == 200 || r.status == 400 { return }
             guard attempt < Limits.heuristicReportAttemptsMax else { return }
-            _ = self.environment.schedule(afterMs: Limits.retryDelayMsMax) { self.reportHeuristic(txid, url, outcome, attempt: attempt + 1) }
+            _ = self.environment.schedule(afterMs: Limits.retryDelayMsMax) { self.reportHeuristic(txid, url, decision, attempt: attempt + 1) }
         }
     }
 
@@ -741,9 +743,13 @@ public final class AgentNode {
                 let id = track(responder, parts[2])
                 // Taken now: once the force is durable the locks are gone, and with them the
                 // answer to what it released.
-                if let held = lockedKeys(parts[2], limit: Limits.branchKeysListedMax) { forceKeys[id] = held }
+                // The force's record keeps their names (up to `branchKeysShownMax`): the
+                // branch's view names them after the locks, and a restart, are gone.
+                let held = lockedKeys(parts[2], limit: Limits.branchKeysShownMax)
+                if let held { forceKeys[id] = (Array(held.keys.prefix(Limits.branchKeysListedMax)), held.total) }
                 feed(.force(id, txid: parts[2], outcome: outcome, reason: f.reason,
-                            operatorName: f.operator ?? "unknown", dryRun: f.dryRun ?? false, atMs: environment.wallMs))
+                            operatorName: f.operator ?? "unknown", dryRun: f.dryRun ?? false, atMs: environment.wallMs,
+                            releasedKeys: held?.keys.map(\.key) ?? [], releasedKeysTotal: held?.total ?? 0))
             }
         case ("POST", 4) where parts[0] == "v1" && parts[1] == "branches" && parts[3] == "forget":
             if refusedMalformed(parts[2], responder) { return }
@@ -900,7 +906,8 @@ public final class AgentNode {
 
     private func branchDetail(_ txid: String, _ responder: ResponseSink) {
         func decision(_ h: Participant.HeuristicDecision) -> BranchDetail.Decision {
-            BranchDetail.Decision(outcome: h.outcome.rawValue, reason: h.reason, operator: h.operatorName, at: TimeFormat.iso8601(ms: h.atMs))
+            BranchDetail.Decision(outcome: h.outcome.rawValue, reason: h.reason, operator: h.operatorName, at: TimeFormat.iso8601(ms: h.atMs),
+                                  releasedKeys: h.releasedKeysTotal > 0 ? h.releasedKeys : nil, releasedKeysTotal: h.releasedKeysTotal > 0 ? h.releasedKeysTotal : nil)
         }
         if let b = machine.branches[txid] {
             let held = lockedKeys(txid, limit: Limits.branchKeysShownMax)

@@ -285,7 +285,7 @@ public final class CoordinatorNode {
             case .preCommit(let txid, _, _, _): pending.append(lsn: lsn, .preCommit(txid))
             case .end: CrashPoints.hit("coordinator.after-end-logged")
             case .audit(let txid, _): pending.append(lsn: lsn, .audit(txid))
-            case .heuristic(let txid, let participant, _): pending.append(lsn: lsn, .heuristic(txid, participant: participant))
+            case .heuristic(let txid, let participant, _, _): pending.append(lsn: lsn, .heuristic(txid, participant: participant))
             case .submission: break // made durable by the decision appended right after it
             case .onePhaseWindow(let window): pending.append(lsn: lsn, .onePhaseWindow(window))
             }
@@ -536,7 +536,8 @@ public final class CoordinatorNode {
             case .failure(let e): responder.send(.requestError(e))
             case .success(let h):
                 guard let outcome = Outcome(rawValue: h.outcome) else { return reject(400, "outcome must be committed or aborted") }
-                feed(.heuristicReported(requests.add(responder), txid: parts[2], participant: h.participant, outcome: outcome))
+                let forcedBy = Coordinator.HeuristicForce(operatorName: h.operator, reason: h.reason, forcedAtMs: h.forcedAtMs)
+                feed(.heuristicReported(requests.add(responder), txid: parts[2], participant: h.participant, outcome: outcome, forcedBy: forcedBy))
             }
         case ("GET", 4) where parts[0] == "v1" && parts[1] == "transactions" && parts[3] == "outcome":
             guard TxID(parts[2]) != nil else { return reject(400, "malformed txid \"\(parts[2].prefix(80))\"") }

@@ -87,7 +87,9 @@ public struct Coordinator {
         case retryNow(RequestID, txid: String)
         /// A participant reports that an operator forced its branch's outcome (heuristic);
         /// no request id when the report came inside another answer (a commit's).
-        case heuristicReported(RequestID?, txid: String, participant: String, outcome: Outcome)
+        /// `forcedBy`: who forced it, why and when, as the participant says (nil from agents
+        /// before session 26, and inside a commit's answer).
+        case heuristicReported(RequestID?, txid: String, participant: String, outcome: Outcome, forcedBy: HeuristicForce? = nil)
         /// The heuristic report's record is durable.
         case heuristicDurable(TxID, participant: String)
         /// 3PC: the forced pre-commit record is durable.
@@ -146,6 +148,71 @@ public struct Coordinator {
         }
     }
 
+    /// Who forced a participant's branch, why and when (the participant's wall clock), as its
+    /// heuristic report says: the coordinator's audit of a decision made elsewhere. Each part
+    /// is nil when the report did not carry it (agents before session 26 sent none).
+    public struct HeuristicForce: Equatable, Sendable {
+        public var operatorName: String?
+        public var reason: String?
+        public var forcedAtMs: Int64?
+        public init(operatorName: String? = nil, reason: String? = nil, forcedAtMs: Int64? = nil) {
+            self.operatorName = operatorName
+            self.reason = reason
+            self.forcedAtMs = forcedAtMs
+        }
+        public var isEmpty: Bool { operatorName == nil && reason == nil && forcedAtMs == nil }
+
+        /// Why a report's parts cannot be recorded (400), nil when they can: the bounds the
+        /// participant's own force checks (`operatorNameRefusal`, `Limits.reasonBytesMax`), and
+        /// a time `TimeFormat` can print (year 0 to 9999).
+        public func refusal() -> RequestError? {
+            if let name = operatorName, operatorNameRefusal(name) != nil {
+                return RequestError(400, "operator must be a name of 1-\(Limits.participantNameBytesMax) bytes")
+            }
+            if let reason, reason.allSatisfy({ $0 == " " }) || reason.utf8.count > Limits.reasonBytesMax {
+                return RequestError(400, "reason must be 1-\(Limits.reasonBytesMax) bytes, not blank")
+            }
+            if let at = forcedAtMs, !(0...Limits.wallClockMsMax).contains(at) {
+                return RequestError(400, "forced_at_ms must be wall-clock milliseconds 0-\(Limits.wallClockMsMax)")
+            }
+            return nil
+        }
+
+        /// `forced aborted by alice at 2026-...Z: "coordinator lost"`, the parts it has.
+        public func describe(_ outcome: Outcome, participant: String) -> String {
+            guard !isEmpty else { return "operator at \(participant) forced \(outcome.rawValue)" }
+            var s = "forced \(outcome.rawValue) by \(operatorName ?? "an operator")"
+            if let at = forcedAtMs { s += " at \(TimeFormat.iso8601(ms: at))" }
+            if let reason { s += ": " + Self.quoted(reason) }
+            return s
+        }
+
+        public static func quoted(_ text: String) -> String {
+            var w = JSONWriter()
+            w.value(text)
+            return String(decoding: w.bytes, as: UTF8.self)
+        }
+
+        /// Parts present first (one byte, a bit each), then those parts: a record or snapshot
+        /// section written before these existed simply ends before it.
+        func encode(_ w: inout ByteWriter) {
+            w.u8((operatorName != nil ? 1 : 0) | (reason != nil ? 2 : 0) | (forcedAtMs != nil ? 4 : 0))
+            if let operatorName { w.string(operatorName) }
+            if let reason { w.string(reason) }
+            if let forcedAtMs { w.i64(forcedAtMs) }
+        }
+
+        static func decode(_ r: inout ByteReader) throws -> HeuristicForce {
+            let present = try r.u8()
+            guard present & ~7 == 0 else { throw DecodeError("unknown heuristic force parts \(present)") }
+            var f = HeuristicForce()
+            if present & 1 != 0 { f.operatorName = try r.string(maxCount: 4096) }
+            if present & 2 != 0 { f.reason = try r.string(maxCount: Limits.reasonBytesMax + 4) }
+            if present & 4 != 0 { f.forcedAtMs = try r.i64() }
+            return f
+        }
+    }
+
     /// An operator's decision, written durably before it takes effect.
     public struct AuditEntry: Equatable, Sendable {
         public let atMs: Int64
@@ -196,7 +263,7 @@ public struct Coordinator {
         /// Forced: an operator's decision, before it takes effect.
         case audit(TxID, AuditEntry)
         /// Forced: a participant reported a heuristic (operator-forced) outcome of its branch.
-        case heuristic(TxID, participant: String, outcome: Outcome)
+        case heuristic(TxID, participant: String, outcome: Outcome, forcedBy: HeuristicForce? = nil)
         /// Forced, 3PC: every branch voted yes; pre-commits may go out. Without a later commit
         /// decision, a recovering coordinator does not decide: it learns the outcome from the
         /// participants (they may have terminated without it).
@@ -270,6 +337,8 @@ public struct Coordinator {
         public var history: [Attempt] = []
         /// The outcome this participant's operator forced, if it reported one.
         public var heuristic: Outcome?
+        /// Who forced it, why and when, if its report said.
+        public var heuristicForce: HeuristicForce?
         /// A submitted transaction's work for this branch, until the branch has voted.
         public var work: JSONNode?
         /// A 3PC state query sent to this branch and not yet answered (or failed): the next
@@ -358,7 +427,7 @@ public struct Coordinator {
     /// Forced decisions whose audit record is being written, by transaction.
     private var pendingForces: [TxID: (request: RequestID, force: ForceRequest, entry: AuditEntry)] = [:]
     /// Heuristic reports whose record is being written.
-    private var pendingHeuristics: [TxID: [(request: RequestID?, participant: String, outcome: Outcome, atMs: Int64)]] = [:]
+    private var pendingHeuristics: [TxID: [(request: RequestID?, participant: String, outcome: Outcome, forcedBy: HeuristicForce?, atMs: Int64)]] = [:]
 
     /// Submitted transactions by request_id, while the transaction is remembered.
     private var submissions: [String: TxID] = [:]
@@ -431,7 +500,7 @@ public struct Coordinator {
                 let txid = try CoordinatorRecordCoding.decodeTxID(&r)
                 let name = try r.string(maxCount: 4096)
                 let outcome: Outcome = try r.bool() ? .committed : .aborted
-                _ = noteHeuristic(txid, participant: name, outcome: outcome, nowMs: nowMs)
+                _ = noteHeuristic(txid, participant: name, outcome: outcome, forcedBy: nil, nowMs: nowMs)
             }
             let preCommittedCount = try r.u32()
             guard preCommittedCount <= UInt32(config.openTransactionsMax * 2) else { throw DecodeError("\(preCommittedCount) pre-committed") }
@@ -485,6 +554,18 @@ public struct Coordinator {
                 for _ in 0..<mixedCount {
                     let tx = try CoordinatorRecordCoding.decodeMixedKept(&r)
                     if openTable.byID[tx.txid] == nil && finished[tx.txid] == nil { keepMixed(tx) }
+                }
+            }
+            // Who forced each heuristic branch above, why and when (absent in snapshots written
+            // before session 26).
+            if !r.isAtEnd {
+                let forceCount = try r.u32()
+                let transactionsMax = finishedKeptMax + config.openTransactionsMax + Limits.heuristicMixedKept
+                guard forceCount <= UInt32(transactionsMax * Limits.branchesPerTransactionMax) else { throw DecodeError("\(forceCount) heuristic forces") }
+                for _ in 0..<forceCount {
+                    let txid = try CoordinatorRecordCoding.decodeTxID(&r)
+                    let name = try r.string(maxCount: 4096)
+                    applyHeuristicForce(txid, participant: name, try HeuristicForce.decode(&r))
                 }
             }
         }
@@ -584,8 +665,31 @@ public struct Coordinator {
                 tx.events.append(TimelineEvent(atMs: entry.atMs, event: "forced", participant: nil, detail: "\(entry.action) (from log)"))
                 remember(tx)
             }
-        case .heuristic(let txid, let participant, let outcome):
-            _ = noteHeuristic(txid, participant: participant, outcome: outcome, nowMs: nowMs)
+        case .heuristic(let txid, let participant, let outcome, let forcedBy):
+            _ = noteHeuristic(txid, participant: participant, outcome: outcome, forcedBy: forcedBy, nowMs: nowMs)
+        }
+    }
+
+    /// Sets who forced `participant`'s branch of `txid` (read from a checkpoint, after the
+    /// branch), and names them in the timeline events its report left.
+    private mutating func applyHeuristicForce(_ txid: TxID, participant: String, _ force: HeuristicForce) {
+        func apply(_ tx: inout Transaction) {
+            guard let i = tx.branchIndex(participant), let outcome = tx.branches[i].heuristic else { return }
+            tx.branches[i].heuristicForce = force
+            let detail = force.describe(outcome, participant: participant)
+            for k in tx.events.indices where tx.events[k].event == "heuristic-reported" && tx.events[k].participant == participant {
+                tx.events[k] = TimelineEvent(atMs: tx.events[k].atMs, event: "heuristic-reported", participant: participant, detail: detail)
+            }
+        }
+        if var tx = openTable.byID[txid] {
+            apply(&tx)
+            openTable[txid] = tx
+        } else if var tx = finished[txid] {
+            apply(&tx)
+            finished[txid] = tx
+        } else if var tx = mixedKept[txid] {
+            apply(&tx)
+            mixedKept[txid] = tx
         }
     }
 
@@ -741,6 +845,22 @@ public struct Coordinator {
             guard let tx = mixedKept[txid] else { preconditionFailure("mixedKeptOrder names \(txid), which mixedKept lacks") }
             CoordinatorRecordCoding.encodeMixedKept(&w, tx)
         }
+        // Who forced each heuristic branch above, why and when (absent in snapshots written
+        // before session 26): the coordinator's only record of the operator's audit at the
+        // participant, once the report's own record is dropped with the log before this point.
+        var forces: [(TxID, String, HeuristicForce)] = []
+        for transactions in [openTable.byID, finished, mixedKept] {
+            for tx in transactions.values {
+                for b in tx.branches { if b.heuristic != nil, let f = b.heuristicForce { forces.append((tx.txid, b.participant.name, f)) } }
+            }
+        }
+        forces.sort { ($0.0, $0.1) < ($1.0, $1.1) }
+        w.u32(UInt32(forces.count))
+        for (txid, name, force) in forces {
+            w.string(txid.description)
+            w.string(name)
+            force.encode(&w)
+        }
         return w.bytes
     }
 
@@ -878,25 +998,28 @@ public struct Coordinator {
             return auditDurable(txid, nowMs: nowMs)
         case .retryNow(let request, let text):
             return retryNow(request, text, nowMs: nowMs)
-        case .heuristicReported(let request, let text, let participant, let outcome):
+        case .heuristicReported(let request, let text, let participant, let outcome, let reportedForce):
             guard let txid = TxID(text), txid.coordinatorID == config.coordinatorID else {
                 return request.map { [.reply($0, .error(RequestError(400, "\(text.prefix(80)) is not a transaction of this coordinator")))] } ?? []
             }
-            if let refusal = heuristicReportRefusal(txid, participant: participant) {
+            if let refusal = heuristicReportRefusal(txid, participant: participant) ?? reportedForce?.refusal() {
                 return request.map { [.reply($0, .error(refusal))] } ?? []
             }
-            if pendingHeuristics[txid]?.contains(where: { $0.participant == participant && $0.outcome == outcome }) == true {
-                if let request { pendingHeuristics[txid]!.append((request, participant, outcome, nowMs)) }
+            let forcedBy = reportedForce?.isEmpty == true ? nil : reportedForce
+            if pendingHeuristics[txid]?.contains(where: { $0.participant == participant && $0.outcome == outcome && (forcedBy == nil || $0.forcedBy == forcedBy) }) == true {
+                if let request { pendingHeuristics[txid]!.append((request, participant, outcome, forcedBy, nowMs)) }
                 return []
             }
-            pendingHeuristics[txid, default: []].append((request, participant, outcome, nowMs))
-            return [.log(.heuristic(txid, participant: participant, outcome: outcome), force: true)]
+            pendingHeuristics[txid, default: []].append((request, participant, outcome, forcedBy, nowMs))
+            return [.log(.heuristic(txid, participant: participant, outcome: outcome, forcedBy: forcedBy), force: true)]
         case .heuristicDurable(let txid, let participant):
             let waiting = pendingHeuristics[txid]?.filter { $0.participant == participant } ?? []
             pendingHeuristics[txid]?.removeAll { $0.participant == participant }
             if pendingHeuristics[txid]?.isEmpty == true { pendingHeuristics.removeValue(forKey: txid) }
             guard let outcome = waiting.first?.outcome else { return [] }
-            var actions = noteHeuristic(txid, participant: participant, outcome: outcome, nowMs: nowMs)
+            // The newest report that says who forced it (its record is among those written).
+            let forcedBy = waiting.last { $0.forcedBy != nil }?.forcedBy
+            var actions = noteHeuristic(txid, participant: participant, outcome: outcome, forcedBy: forcedBy, nowMs: nowMs)
             let mixed = transaction(txid)?.state == .heuristicMixed
             for w in waiting { if let r = w.request { actions.append(.reply(r, .heuristicNoted(txid.description, mixed: mixed))) } }
             return actions
@@ -1796,10 +1919,17 @@ extension Coordinator {
 
     /// Records a participant's heuristic outcome. Returns actions when it lets a committing
     /// transaction end (that branch no longer waits for the commit).
-    mutating func noteHeuristic(_ txid: TxID, participant: String, outcome: Outcome, nowMs: Int64) -> [Action] {
-        let detail = "operator at \(participant) forced \(outcome.rawValue)"
+    /// `forcedBy` nil (a report without it, or inside a commit's answer) keeps what an earlier
+    /// report of the branch said.
+    mutating func noteHeuristic(_ txid: TxID, participant: String, outcome: Outcome, forcedBy: HeuristicForce?, nowMs: Int64) -> [Action] {
+        let known = transaction(txid).flatMap { tx in tx.branchIndex(participant).flatMap { tx.branches[$0].heuristic == outcome ? tx.branches[$0].heuristicForce : nil } }
+        let force = forcedBy ?? known
+        let detail = (force ?? HeuristicForce()).describe(outcome, participant: participant)
         if var tx = openTable.byID[txid] {
-            if let i = tx.branchIndex(participant) { tx.branches[i].heuristic = outcome }
+            if let i = tx.branchIndex(participant) {
+                tx.branches[i].heuristic = outcome
+                tx.branches[i].heuristicForce = force
+            }
             tx.events.append(TimelineEvent(atMs: nowMs, event: "heuristic-reported", participant: participant, detail: detail))
             trimEvents(&tx)
             openTable[txid] = tx
@@ -1812,8 +1942,9 @@ extension Coordinator {
             guard var tx = kept ? mixedKept[txid] : finished[txid] else { continue }
             if let i = tx.branchIndex(participant) {
                 tx.branches[i].heuristic = outcome
+                tx.branches[i].heuristicForce = force
             } else {
-                tx.branches.append(Branch(participant: ParticipantRef(name: participant, url: ""), state: .aborted, heuristic: outcome))
+                tx.branches.append(Branch(participant: ParticipantRef(name: participant, url: ""), state: .aborted, heuristic: outcome, heuristicForce: force))
             }
             tx.events.append(TimelineEvent(atMs: nowMs, event: "heuristic-reported", participant: participant, detail: detail))
             trimEvents(&tx)
@@ -1829,7 +1960,8 @@ extension Coordinator {
         tx.reason = operatorOutcomes[txid] != nil ? "forced by an operator"
             : outcomeLedger.lookup(txid) != nil ? "forgotten; the outcome is from the coordinator's ledger"
             : Coordinator.presumedAbortReason
-        tx.branches = [Branch(participant: ParticipantRef(name: participant, url: ""), state: decided == .committed ? .committed : .aborted, heuristic: outcome)]
+        tx.branches = [Branch(participant: ParticipantRef(name: participant, url: ""), state: decided == .committed ? .committed : .aborted, heuristic: outcome,
+                              heuristicForce: force)]
         tx.events.append(TimelineEvent(atMs: nowMs, event: "heuristic-reported", participant: participant, detail: detail))
         remember(tx)
         return []
@@ -1941,7 +2073,7 @@ extension Coordinator {
 extension Coordinator.Record {
     public var txid: TxID {
         switch self {
-        case .commitDecision(let t, _, _), .end(let t), .audit(let t, _), .heuristic(let t, _, _), .preCommit(let t, _, _, _),
+        case .commitDecision(let t, _, _), .end(let t), .audit(let t, _), .heuristic(let t, _, _, _), .preCommit(let t, _, _, _),
              .submission(let t, _): return t
         case .onePhaseWindow(let window): return window.through
         }
@@ -1975,10 +2107,13 @@ public enum CoordinatorRecordCoding {
             w.string(e.reason)
             w.string(e.detail)
             return (auditType, w.bytes)
-        case .heuristic(let txid, let participant, let outcome):
+        case .heuristic(let txid, let participant, let outcome, let forcedBy):
             w.string(txid.description)
             w.string(participant)
             w.bool(outcome == .committed)
+            // Who forced it, why and when, trailing (records written before session 26 end
+            // here, and versions before it read no further).
+            if let forcedBy { forcedBy.encode(&w) }
             return (heuristicType, w.bytes)
         case .preCommit(let txid, let participants, let termination, let atMs):
             w.string(txid.description)
@@ -2005,7 +2140,10 @@ public enum CoordinatorRecordCoding {
                                                reason: try r.string(maxCount: 4096), detail: try r.string(maxCount: 65536))
             return .audit(txid, entry)
         case heuristicType:
-            return .heuristic(try decodeTxID(&r), participant: try r.string(maxCount: 4096), outcome: try r.bool() ? .committed : .aborted)
+            let txid = try decodeTxID(&r)
+            let participant = try r.string(maxCount: 4096)
+            let outcome: Outcome = try r.bool() ? .committed : .aborted
+            return .heuristic(txid, participant: participant, outcome: outcome, forcedBy: r.isAtEnd ? nil : try Coordinator.HeuristicForce.decode(&r))
         case preCommitType:
             let txid = try decodeTxID(&r)
             return try decodePreCommit(&r, txid: txid)

@@ -296,6 +296,9 @@ public enum Limits {
     /// Outcomes an operator forced, remembered (durably) so participants asking later hear them.
     public static let operatorOutcomesKept = 100_000
     public static let reasonBytesMax = 1024
+    /// The latest wall-clock time a participant's heuristic report may name (`forced_at_ms`):
+    /// 9999-12-31T23:59:59.999Z, the last one `TimeFormat.iso8601` prints in four digits.
+    public static let wallClockMsMax: Int64 = 253_402_300_799_999
     /// Tries a participant makes to tell the coordinator about a heuristic-mixed outcome.
     public static let heuristicReportAttemptsMax = 5
     /// Finished transactions remembered for `GET /v1/transactions/{txid}` and listing.

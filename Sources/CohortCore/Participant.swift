@@ -62,7 +62,10 @@ public struct Participant {
         case timerFired(Timer)
         /// An operator forces this branch's outcome (`txctl agent URL commit|abort --force`),
         /// typically because its coordinator is gone for good.
-        case force(RequestID, txid: String, outcome: Outcome, reason: String, operatorName: String, dryRun: Bool, atMs: Int64)
+        /// `releasedKeys`: the first `Limits.branchKeysShownMax` keys the branch holds locks on
+        /// (which the force releases), of `releasedKeysTotal`; kept in the force's record.
+        case force(RequestID, txid: String, outcome: Outcome, reason: String, operatorName: String, dryRun: Bool, atMs: Int64,
+                   releasedKeys: [String] = [], releasedKeysTotal: Int = 0)
         /// The heuristic record is durable; `lsn` is its position (a commit applies at it).
         case heuristicDurable(String, lsn: UInt64)
         /// An operator retires a heuristically decided branch whose coordinator is gone for good
@@ -143,7 +146,10 @@ public struct Participant {
         /// Unforced: a prepared branch was told to abort.
         case aborted(String)
         /// Forced: an operator decided this in-doubt branch (a heuristic decision).
-        case heuristic(String, outcome: Outcome, reason: String, operatorName: String, atMs: Int64)
+        /// The keys the force released (at most `Limits.branchKeysShownMax`, of the total) ride
+        /// at the end (absent in records written before session 26).
+        case heuristic(String, outcome: Outcome, reason: String, operatorName: String, atMs: Int64,
+                       releasedKeys: [String] = [], releasedKeysTotal: Int = 0)
         /// The coordinator's outcome became known for a heuristically decided branch; `mixed`
         /// when it differs from what the operator chose.
         case heuristicResolved(String, coordinatorOutcome: Outcome, mixed: Bool)
@@ -163,8 +169,9 @@ public struct Participant {
         /// Re-take the locks of an in-doubt branch found at recovery (before serving).
         case restoreLocks(String, writeSet: [UInt8])
         case inquire(String, coordinatorURL: String)
-        /// Tell the coordinator that an operator's outcome differs from its decision.
-        case reportHeuristic(String, coordinatorURL: String, outcome: Outcome)
+        /// Tell the coordinator that an operator's outcome differs from its decision: which
+        /// outcome, and who forced it, why and when.
+        case reportHeuristic(String, coordinatorURL: String, decision: HeuristicDecision)
         /// 3PC termination: ask a peer for its state in round `round`.
         case queryPeer(String, peer: ParticipantRef, round: Int)
         /// 3PC termination, as backup coordinator: tell a peer what to do.
@@ -218,6 +225,10 @@ public struct Participant {
         public let reason: String
         public let operatorName: String
         public let atMs: Int64
+        /// The keys whose locks the force released, the first `Limits.branchKeysShownMax` of
+        /// `releasedKeysTotal` (0: none, or a record written before they were kept).
+        public var releasedKeys: [String] = []
+        public var releasedKeysTotal = 0
     }
 
     public struct Branch: Sendable {
@@ -410,6 +421,28 @@ public struct Participant {
                     rememberForgotten(txid, try Self.decodeDecision(&r), coordinatorURL: url)
                 }
             }
+            // The keys each force released (absent in snapshots written before session 26).
+            if !r.isAtEnd {
+                let count = try r.u32()
+                let decisionsMax = config.branchesMax * 2 + config.finishedBranchesKept + Limits.forgottenHeuristicsKept
+                guard count <= UInt32(decisionsMax) else { throw DecodeError("\(count) released-key lists") }
+                for _ in 0..<count {
+                    let txid = try r.string(maxCount: 128)
+                    let (keys, total) = try Self.decodeReleasedKeys(&r)
+                    if branches[txid]?.heuristic != nil {
+                        branches[txid]!.heuristic!.releasedKeys = keys
+                        branches[txid]!.heuristic!.releasedKeysTotal = total
+                    } else if heuristicMixed[txid] != nil {
+                        heuristicMixed[txid]!.releasedKeys = keys
+                        heuristicMixed[txid]!.releasedKeysTotal = total
+                    } else if let f = forgottenHeuristics[txid] {
+                        var d = f.decision
+                        d.releasedKeys = keys
+                        d.releasedKeysTotal = total
+                        forgottenHeuristics[txid] = ForgottenHeuristic(decision: d, coordinatorURL: f.coordinatorURL)
+                    }
+                }
+            }
         }
         for record in records {
             switch try ParticipantRecordCoding.decode(type: record.type, payload: record.payload) {
@@ -432,13 +465,19 @@ public struct Participant {
             case .aborted(let txid):
                 branches.removeValue(forKey: txid)
                 rememberFinished(txid, .aborted)
-            case .heuristic(let txid, let outcome, let reason, let operatorName, let atMs):
+            case .heuristic(let txid, let outcome, let reason, let operatorName, let atMs, let keys, let keysTotal):
                 guard var b = branches[txid] else { continue }
-                b.heuristic = HeuristicDecision(outcome: outcome, reason: reason, operatorName: operatorName, atMs: atMs)
+                b.heuristic = HeuristicDecision(outcome: outcome, reason: reason, operatorName: operatorName, atMs: atMs,
+                                                releasedKeys: keys, releasedKeysTotal: keysTotal)
                 b.state = outcome == .committed ? .heuristicCommitted : .heuristicAborted
                 if outcome == .committed { toApply.append((txid, b.writeSet, record.lsn)) }
                 branches[txid] = b
             case .heuristicResolved(let txid, _, let mixed):
+                if branches[txid] == nil, mixed, let f = forgottenHeuristics[txid] {
+                    // A forgotten branch whose coordinator came back with the other outcome.
+                    heuristicMixed[txid] = f.decision
+                    continue
+                }
                 guard let b = branches.removeValue(forKey: txid), let h = b.heuristic else { continue }
                 if mixed { heuristicMixed[txid] = h }
                 rememberFinished(txid, h.outcome)
@@ -533,7 +572,31 @@ public struct Participant {
             w.string(f.coordinatorURL)
             Self.encodeDecision(&w, f.decision)
         }
+        // The keys each force above released (absent in snapshots written before session 26):
+        // without them a restart from a checkpoint lost what a forced branch had held.
+        var released: [(String, HeuristicDecision)] = []
+        for b in kept { if let h = b.heuristic, h.releasedKeysTotal > 0 { released.append((b.txid, h)) } }
+        for (txid, h) in heuristicMixed.sorted(by: { $0.key < $1.key }) where h.releasedKeysTotal > 0 { released.append((txid, h)) }
+        for (txid, f) in forgotten where f.decision.releasedKeysTotal > 0 { released.append((txid, f.decision)) }
+        w.u32(UInt32(released.count))
+        for (txid, h) in released {
+            w.string(txid)
+            Self.encodeReleasedKeys(&w, h.releasedKeys, total: h.releasedKeysTotal)
+        }
         return w.bytes
+    }
+
+    static func encodeReleasedKeys(_ w: inout ByteWriter, _ keys: [String], total: Int) {
+        w.u32(UInt32(clamping: total))
+        w.u32(UInt32(keys.count))
+        for k in keys { w.string(k) }
+    }
+
+    static func decodeReleasedKeys(_ r: inout ByteReader) throws -> (keys: [String], total: Int) {
+        let total = try r.u32()
+        let n = try r.u32()
+        guard n <= UInt32(Limits.branchKeysShownMax), n <= total else { throw DecodeError("\(n) released keys of \(total)") }
+        return (try (0..<n).map { _ in try r.string(maxCount: Limits.keyBytesMax) }, Int(total))
     }
 
     static func encodeThreePhase(_ w: inout ByteWriter, _ info: ThreePhaseInfo) {
@@ -627,8 +690,10 @@ public struct Participant {
         case .timerFired(.branchExpiry(let txid)), .abandoned(let txid):
             guard let b = branches[txid], b.state == .active else { return [] }
             return finish(txid, .aborted) + [.release(txid)]
-        case .force(let request, let txid, let outcome, let reason, let operatorName, let dryRun, let atMs):
-            return force(request, txid, HeuristicDecision(outcome: outcome, reason: reason, operatorName: operatorName, atMs: atMs), dryRun: dryRun)
+        case .force(let request, let txid, let outcome, let reason, let operatorName, let dryRun, let atMs, let keys, let keysTotal):
+            let decision = HeuristicDecision(outcome: outcome, reason: reason, operatorName: operatorName, atMs: atMs,
+                                             releasedKeys: Array(keys.prefix(Limits.branchKeysShownMax)), releasedKeysTotal: max(keysTotal, keys.count))
+            return force(request, txid, decision, dryRun: dryRun)
         case .heuristicDurable(let txid, let lsn):
             return heuristicDurable(txid, lsn: lsn)
         case .forget(let request, let txid, let reason, let operatorName, let dryRun, let atMs):
@@ -733,10 +798,10 @@ public struct Participant {
 
     private mutating func commit(_ request: RequestID, _ txid: String) -> [Action] {
         guard var b = branches[txid] else {
-            if forgottenHeuristics[txid]?.decision.outcome == .aborted {
+            if let f = forgottenHeuristics[txid], f.decision.outcome == .aborted {
                 // Forced to abort and forgotten: the coordinator records the difference (it
                 // would retry a 409 for ever) as it does for a live heuristic-aborted branch.
-                return [.reply(request, .heuristicAborted)]
+                return forgottenTurnedMixed(txid, f, coordinatorOutcome: .committed) + [.reply(request, .heuristicAborted)]
             }
             switch finishedOutcomes[txid] {
             case .aborted?:
@@ -791,8 +856,8 @@ public struct Participant {
             if let f = forgottenHeuristics[txid], f.decision.outcome == .committed {
                 // Forced to commit and forgotten, and the coordinator aborted after all: it
                 // does not wait for this answer, so it hears of the difference by a report.
-                return [.reply(request, .error(RequestError(409, "branch \(txid) already committed (an operator forced it, then forgot it)"))),
-                        .reportHeuristic(txid, coordinatorURL: f.coordinatorURL, outcome: .committed)]
+                return [.reply(request, .error(RequestError(409, "branch \(txid) already committed (an operator forced it, then forgot it)")))]
+                    + forgottenTurnedMixed(txid, f, coordinatorOutcome: .aborted)
             }
             if finishedOutcomes[txid] == .committed {
                 return [.reply(request, .error(RequestError(409, "branch \(txid) already committed")))]
@@ -978,7 +1043,8 @@ public struct Participant {
             b.waiting.append(request)
             branches[txid] = b
             return [.cancelTimer(.inquire(txid)),
-                    .log(.heuristic(txid, outcome: decision.outcome, reason: decision.reason, operatorName: decision.operatorName, atMs: decision.atMs), force: true)]
+                    .log(.heuristic(txid, outcome: decision.outcome, reason: decision.reason, operatorName: decision.operatorName, atMs: decision.atMs,
+                                    releasedKeys: decision.releasedKeys, releasedKeysTotal: decision.releasedKeysTotal), force: true)]
         case .heuristicCommitted, .heuristicAborted:
             let current: Outcome = b.state == .heuristicCommitted ? .committed : .aborted
             if current == decision.outcome { return [.reply(request, .forced(current, dryRun: dryRun, effects: ["nothing to do: already forced \(current.rawValue)"]))] }
@@ -1060,17 +1126,34 @@ public struct Participant {
         let mixed = h.outcome != coordinatorOutcome
         var actions: [Action] = [.log(.heuristicResolved(txid, coordinatorOutcome: coordinatorOutcome, mixed: mixed), force: false)]
         if mixed {
-            heuristicMixed[txid] = h
-            if heuristicMixed.count > config.finishedBranchesKept, let oldest = heuristicMixed.min(by: { $0.value.atMs < $1.value.atMs })?.key {
-                heuristicMixed.removeValue(forKey: oldest)
-            }
-            actions.append(.reportHeuristic(txid, coordinatorURL: b.coordinatorURL, outcome: h.outcome))
+            rememberMixed(txid, h)
+            actions.append(.reportHeuristic(txid, coordinatorURL: b.coordinatorURL, decision: h))
         }
         return actions + finish(txid, h.outcome)
     }
 
     private mutating func inquiryDelay(_ attempts: Int, maxMs: Int64? = nil) -> Int64 {
         backoffDelayMs(attempt: attempts, minMs: config.inquiryDelayMs, maxMs: max(maxMs ?? config.retryDelayMsMax, config.inquiryDelayMs), rng: &rng)
+    }
+
+    /// A forgotten heuristic decision whose coordinator came back with the other outcome: the
+    /// branch is heuristic-mixed here too (listed, counted by the gauge, shown), as a live one
+    /// becomes: before session 26 only the coordinator listed it, and the agent's own views
+    /// showed a plain finished branch. Recorded as a live branch's resolution is (forced: no
+    /// inquiry would learn it again), once; the coordinator hears, with who forced it, why and
+    /// when, by a report (it takes repeats).
+    private mutating func forgottenTurnedMixed(_ txid: String, _ f: ForgottenHeuristic, coordinatorOutcome: Outcome) -> [Action] {
+        let report: Action = .reportHeuristic(txid, coordinatorURL: f.coordinatorURL, decision: f.decision)
+        guard heuristicMixed[txid] == nil else { return [report] }
+        rememberMixed(txid, f.decision)
+        return [.log(.heuristicResolved(txid, coordinatorOutcome: coordinatorOutcome, mixed: true), force: true), report]
+    }
+
+    private mutating func rememberMixed(_ txid: String, _ h: HeuristicDecision) {
+        heuristicMixed[txid] = h
+        if heuristicMixed.count > config.finishedBranchesKept, let oldest = heuristicMixed.min(by: { $0.value.atMs < $1.value.atMs })?.key {
+            heuristicMixed.removeValue(forKey: oldest)
+        }
     }
 
     private mutating func rememberForgotten(_ txid: String, _ h: HeuristicDecision, coordinatorURL: String) {
@@ -1453,12 +1536,14 @@ public enum ParticipantRecordCoding {
         case .aborted(let txid):
             w.string(txid)
             return (abortedType, w.bytes)
-        case .heuristic(let txid, let outcome, let reason, let operatorName, let atMs):
+        case .heuristic(let txid, let outcome, let reason, let operatorName, let atMs, let keys, let keysTotal):
             w.string(txid)
             w.bool(outcome == .committed)
             w.string(reason)
             w.string(operatorName)
             w.i64(atMs)
+            // Trailing: versions before session 26 read no further, and their records end here.
+            if keysTotal > 0 { Participant.encodeReleasedKeys(&w, keys, total: keysTotal) }
             return (heuristicType, w.bytes)
         case .heuristicResolved(let txid, let coordinatorOutcome, let mixed):
             w.string(txid)
@@ -1488,8 +1573,13 @@ public enum ParticipantRecordCoding {
         case committedOnePhaseType: return .committedOnePhase(txid, writeSet: try r.blob())
         case abortedType: return .aborted(txid)
         case heuristicType:
-            return .heuristic(txid, outcome: try r.bool() ? .committed : .aborted, reason: try r.string(maxCount: 4096),
-                              operatorName: try r.string(maxCount: 4096), atMs: try r.i64())
+            let outcome: Outcome = try r.bool() ? .committed : .aborted
+            let reason = try r.string(maxCount: 4096)
+            let operatorName = try r.string(maxCount: 4096)
+            let atMs = try r.i64()
+            let released = r.isAtEnd ? (keys: [], total: 0) : try Participant.decodeReleasedKeys(&r)
+            return .heuristic(txid, outcome: outcome, reason: reason, operatorName: operatorName, atMs: atMs,
+                              releasedKeys: released.keys, releasedKeysTotal: released.total)
         case heuristicResolvedType:
             return .heuristicResolved(txid, coordinatorOutcome: try r.bool() ? .committed : .aborted, mixed: try r.bool())
         case heuristicForgottenType:

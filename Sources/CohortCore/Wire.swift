@@ -198,13 +198,22 @@ public struct TransactionView: Codable, Sendable {
         public let nextRetryAt: String?
         public let history: [AttemptView]?
         public let heuristic: String?
+        /// Who forced the heuristic outcome at the participant, why and when (its clock), as
+        /// its report said; absent when it did not (agents before session 26).
+        public let heuristicOperator: String?
+        public let heuristicReason: String?
+        public let heuristicForcedAt: String?
         enum CodingKeys: String, CodingKey {
             case participant, url, state, vote, attempts, history, heuristic
             case lastError = "last_error"
             case nextRetryAt = "next_retry_at"
+            case heuristicOperator = "heuristic_operator"
+            case heuristicReason = "heuristic_reason"
+            case heuristicForcedAt = "heuristic_forced_at"
         }
         public init(participant: String, url: String, state: String, vote: String?, attempts: Int, lastError: String?, nextRetryAt: String?,
-                    history: [AttemptView]? = nil, heuristic: String? = nil) {
+                    history: [AttemptView]? = nil, heuristic: String? = nil,
+                    heuristicOperator: String? = nil, heuristicReason: String? = nil, heuristicForcedAt: String? = nil) {
             self.participant = participant
             self.url = url
             self.state = state
@@ -214,6 +223,9 @@ public struct TransactionView: Codable, Sendable {
             self.nextRetryAt = nextRetryAt
             self.history = history
             self.heuristic = heuristic
+            self.heuristicOperator = heuristicOperator
+            self.heuristicReason = heuristicReason
+            self.heuristicForcedAt = heuristicForcedAt
         }
     }
 
@@ -409,7 +421,9 @@ extension Coordinator.Transaction {
                                            vote: $0.vote?.wireName, attempts: $0.attempts, lastError: $0.lastError,
                                            nextRetryAt: $0.nextRetryAtMs.map { TimeFormat.iso8601(ms: $0) },
                                            history: $0.history.map { TransactionView.AttemptView(at: TimeFormat.iso8601(ms: $0.atMs), error: $0.error) },
-                                           heuristic: $0.heuristic?.rawValue)
+                                           heuristic: $0.heuristic?.rawValue,
+                                           heuristicOperator: $0.heuristicForce?.operatorName, heuristicReason: $0.heuristicForce?.reason,
+                                           heuristicForcedAt: $0.heuristicForce?.forcedAtMs.map { TimeFormat.iso8601(ms: $0) })
             },
             events: events.map {
                 TransactionView.EventView(at: TimeFormat.iso8601(ms: $0.atMs), event: $0.event, participant: $0.participant, detail: $0.detail)
@@ -511,13 +525,24 @@ public struct SubmissionView: Codable, Sendable, Equatable {
     }
 }
 
-/// A participant tells the coordinator that an operator forced its branch's outcome.
+/// A participant tells the coordinator that an operator forced its branch's outcome, and (from
+/// session 26, each optional) who forced it, why, and when by the participant's wall clock.
 public struct HeuristicReport: Codable, Sendable {
     public let participant: String
     public let outcome: String
-    public init(participant: String, outcome: String) {
+    public let `operator`: String?
+    public let reason: String?
+    public let forcedAtMs: Int64?
+    public init(participant: String, outcome: String, operator: String? = nil, reason: String? = nil, forcedAtMs: Int64? = nil) {
         self.participant = participant
         self.outcome = outcome
+        self.operator = `operator`
+        self.reason = reason
+        self.forcedAtMs = forcedAtMs
+    }
+    enum CodingKeys: String, CodingKey {
+        case participant, outcome, `operator`, reason
+        case forcedAtMs = "forced_at_ms"
     }
 }
 
@@ -537,11 +562,23 @@ public struct BranchDetail: Codable, Sendable {
         public let reason: String
         public let `operator`: String
         public let at: String
-        public init(outcome: String, reason: String, operator: String, at: String) {
+        /// The keys whose locks the force released, the first `Limits.branchKeysShownMax` of
+        /// `released_keys_total`, from its durable record; absent when it released none (or
+        /// was recorded before session 26).
+        public let releasedKeys: [String]?
+        public let releasedKeysTotal: Int?
+        public init(outcome: String, reason: String, operator: String, at: String, releasedKeys: [String]? = nil, releasedKeysTotal: Int? = nil) {
             self.outcome = outcome
             self.reason = reason
             self.operator = `operator`
             self.at = at
+            self.releasedKeys = releasedKeys
+            self.releasedKeysTotal = releasedKeysTotal
+        }
+        enum CodingKeys: String, CodingKey {
+            case outcome, reason, `operator`, at
+            case releasedKeys = "released_keys"
+            case releasedKeysTotal = "released_keys_total"
         }
     }
     public let txid: String

@@ -359,7 +359,7 @@ public enum LogTools {
             case .committed(let txid): return rec(txid, "committed")
             case .committedOnePhase(let txid, let writeSet): return rec(txid, "committed in one phase (\(writeSet.count)-byte write set)")
             case .aborted(let txid): return rec(txid, "aborted")
-            case .heuristic(let txid, let outcome, let reason, let operatorName, let atMs):
+            case .heuristic(let txid, let outcome, let reason, let operatorName, let atMs, _, _):
                 let a = LogReport.Audit(at: TimeFormat.iso8601(ms: atMs), operator: operatorName, action: "force-\(outcome == .committed ? "commit" : "abort")",
                                         reason: reason, detail: "branch \(outcome.rawValue) by the operator before the coordinator's outcome was known")
                 return rec(txid, "operator \(operatorName) forced \(outcome.rawValue) at \(a.at): \(reason)", a)
@@ -429,8 +429,11 @@ public enum LogTools {
             case .audit(let txid, let e):
                 let a = LogReport.Audit(at: TimeFormat.iso8601(ms: e.atMs), operator: e.operatorName, action: e.action, reason: e.reason, detail: e.detail)
                 return rec(txid.description, "\(e.action) by \(e.operatorName) at \(a.at): \(e.reason)", a)
-            case .heuristic(let txid, let participant, let outcome):
-                return rec(txid.description, "participant \(participant) reported a heuristic outcome: operator forced \(outcome.rawValue)")
+            case .heuristic(let txid, let participant, let outcome, let forcedBy):
+                guard let f = forcedBy else {
+                    return rec(txid.description, "participant \(participant) reported a heuristic outcome: operator forced \(outcome.rawValue)")
+                }
+                return rec(txid.description, "participant \(participant) reported a heuristic outcome: \(f.describe(outcome, participant: participant))")
             case .preCommit(let txid, let participants, let termination, let at):
                 let names = participants.map(\.name).joined(separator: ", ")
                 return rec(txid.description, "3PC pre-commit (\(termination.rawValue) termination) at \(TimeFormat.iso8601(ms: at)); participants \(names)")

@@ -15,7 +15,7 @@ public enum Render {
         var notes: [String] = []
         if tx.parked == true { notes.append("parked") }
         for b in tx.branches {
-            if let h = b.heuristic { notes.append("\(b.participant) forced \(h) by operator") }
+            if let h = b.heuristic { notes.append("\(b.participant) forced \(h) by \(b.heuristicOperator ?? "operator")") }
         }
         if !tx.state.isFinishedState {
             for b in tx.branches {
@@ -71,6 +71,10 @@ public enum Render {
             }
             s += t.render(indent: "  ")
             for b in tx.branches {
+                guard let h = b.heuristic else { continue }
+                s += "\n  " + heuristicLine(b, outcome: h) + "\n"
+            }
+            for b in tx.branches {
                 guard let h = b.history, !h.isEmpty else { continue }
                 s += "\n  failed attempts to \(b.participant) (newest last):\n"
                 for a in h { s += "    \(a.at)  \(a.error)\n" }
@@ -99,6 +103,19 @@ public enum Render {
             s += "    reason: \(a.reason)\n"
             s += "    did:    \(a.detail)\n"
         }
+        return s
+    }
+
+    /// `heuristic-reported b: forced aborted by alice at 2026-...Z: "coordinator lost"`, from
+    /// what the participant's report said (an agent before session 26 said only the outcome).
+    static func heuristicLine(_ b: TransactionView.BranchView, outcome: String) -> String {
+        var s = "heuristic-reported \(b.participant): forced \(outcome)"
+        guard b.heuristicOperator != nil || b.heuristicReason != nil || b.heuristicForcedAt != nil else {
+            return s + " by an operator there (its report did not say who, why or when)"
+        }
+        s += " by \(b.heuristicOperator ?? "an operator")"
+        if let at = b.heuristicForcedAt { s += " at \(at)" }
+        if let r = b.heuristicReason { s += ": " + Coordinator.HeuristicForce.quoted(r) }
         return s
     }
 
@@ -269,6 +286,11 @@ public enum Render {
         var s = "branch \(b.txid)\n"
         for (k, v) in rows { s += "  " + (k + ":").padded(20) + v + "\n" }
         s += keyLines("locks held", b.keys, total: b.keysTotal)
+        if let h = b.heuristic, let keys = h.releasedKeys, let total = h.releasedKeysTotal, total > 0 {
+            s += "  keys the force released (\(total)\(total > keys.count ? ", the first \(keys.count) named" : "")):\n"
+            for k in keys { s += "    \(keyName(k))\n" }
+            if total > keys.count { s += "    ... and \(total - keys.count) more\n" }
+        }
         if b.state == "heuristic-mixed" {
             s += "  the coordinator decided differently from the forced outcome: data must be repaired by hand\n"
         }

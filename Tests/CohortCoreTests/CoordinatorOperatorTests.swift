@@ -303,6 +303,109 @@ final class CoordinatorOperatorTests: XCTestCase {
         XCTAssertEqual(c.transaction(forgotten)?.branches.count, Limits.branchesPerTransactionMax)
     }
 
+    /// A heuristic report names who forced the branch at the participant, why and when (its
+    /// clock), and the coordinator keeps that in its record, its checkpoint and its views:
+    /// before session 26 it knew only "participant b reported a heuristic outcome". Older
+    /// records and checkpoints (which end before these parts) are still read.
+    func testAHeuristicReportsOperatorReasonAndTimeSurviveItsRecordAndACheckpoint() throws {
+        var config = Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 100)
+        config.finishedTransactionsKept = 2
+        var c = Coordinator(config: config)
+        let t = committing(&c)
+        let forcedAtMs: Int64 = 1_767_225_600_000 // 2026-01-01T00:00:00.000Z
+        let forcedBy = Coordinator.HeuristicForce(operatorName: "alice@ops", reason: "coordinator lost", forcedAtMs: forcedAtMs)
+        let report = c.on(.heuristicReported(8, txid: t.description, participant: "b", outcome: .aborted, forcedBy: forcedBy), nowMs: 6)
+        XCTAssertEqual(report, [.log(.heuristic(t, participant: "b", outcome: .aborted, forcedBy: forcedBy), force: true)])
+        // The record round trip, and a record written before session 26 (no trailing parts).
+        let encoded = CoordinatorRecordCoding.encode(.heuristic(t, participant: "b", outcome: .aborted, forcedBy: forcedBy))
+        XCTAssertEqual(try CoordinatorRecordCoding.decode(type: encoded.type, payload: encoded.payload),
+                       .heuristic(t, participant: "b", outcome: .aborted, forcedBy: forcedBy))
+        let partial = Coordinator.HeuristicForce(reason: "only a reason")
+        let partialRecord = CoordinatorRecordCoding.encode(.heuristic(t, participant: "b", outcome: .aborted, forcedBy: partial))
+        XCTAssertEqual(try CoordinatorRecordCoding.decode(type: partialRecord.type, payload: partialRecord.payload),
+                       .heuristic(t, participant: "b", outcome: .aborted, forcedBy: partial))
+        var old = ByteWriter()
+        old.string(t.description)
+        old.string("b")
+        old.bool(false)
+        XCTAssertEqual(try CoordinatorRecordCoding.decode(type: CoordinatorRecordCoding.heuristicType, payload: old.bytes),
+                       .heuristic(t, participant: "b", outcome: .aborted))
+
+        _ = c.on(.heuristicDurable(t, participant: "b"), nowMs: 7)
+        func check(_ m: Coordinator, _ what: String, line: UInt = #line) throws {
+            let tx = try XCTUnwrap(m.transaction(t), what, line: line)
+            XCTAssertEqual(tx.state, .heuristicMixed, what, line: line)
+            XCTAssertEqual(tx.branches.first { $0.participant.name == "b" }?.heuristicForce, forcedBy, what, line: line)
+            let view = tx.view().branches.first { $0.participant == "b" }
+            XCTAssertEqual(view?.heuristicOperator, "alice@ops", what, line: line)
+            XCTAssertEqual(view?.heuristicReason, "coordinator lost", what, line: line)
+            XCTAssertEqual(view?.heuristicForcedAt, "2026-01-01T00:00:00.000Z", what, line: line)
+        }
+        try check(c, "at once")
+        let event = c.transaction(t)?.events.last { $0.event == "heuristic-reported" }
+        XCTAssertEqual(event?.detail, #"forced aborted by alice@ops at 2026-01-01T00:00:00.000Z: "coordinator lost""#)
+        // A repeated report without the parts (an older agent, or a commit's answer) keeps them.
+        _ = c.on(.heuristicReported(nil, txid: t.description, participant: "b", outcome: .aborted), nowMs: 8)
+        _ = c.on(.heuristicDurable(t, participant: "b"), nowMs: 8)
+        try check(c, "after a report without them")
+
+        // From the log after a restart.
+        let records = [CoordinatorRecordCoding.encode(.commitDecision(t, participants: [a, b], decidedAtMs: 4)), encoded]
+        var replayed = Coordinator(config: config)
+        _ = try replayed.recover(snapshot: nil, records: records.map { ($0.type, $0.payload) }, nowMs: 10)
+        _ = replayed.on(.acknowledged(t, participant: "a"), nowMs: 11)
+        try check(replayed, "replayed from the log")
+        // From a checkpoint, kept in `finished`, then let go of it and kept whole as mixed.
+        var restarted = Coordinator(config: config)
+        _ = try restarted.recover(snapshot: c.snapshot(), records: [], nowMs: 10)
+        try check(restarted, "from a checkpoint")
+        XCTAssertEqual(restarted.transaction(t)?.events.last { $0.event == "heuristic-reported" }?.detail, event?.detail, "the timeline names them too")
+        for k in 0..<4 {
+            guard case .reply(_, .begun(let n, _))? = c.on(.begin(RequestID(20 + k), timeoutMs: 5000), nowMs: 10).last else { return XCTFail() }
+            _ = c.on(.abort(RequestID(40 + k), txid: n.description), nowMs: 11)
+        }
+        XCTAssertNil(c.finished[t])
+        var fromKept = Coordinator(config: config)
+        _ = try fromKept.recover(snapshot: c.snapshot(), records: [], nowMs: 20)
+        try check(fromKept, "kept whole past finished, from a checkpoint")
+        // A checkpoint written before session 26 ends before the section: read, without them.
+        var none = Coordinator(config: config)
+        _ = none.on(.begin(1, timeoutMs: 5000), nowMs: 0)
+        let current = none.snapshot()
+        XCTAssertEqual(Array(current.suffix(4)), [0, 0, 0, 0], "an empty last section")
+        var fromOld = Coordinator(config: config)
+        XCTAssertNoThrow(try fromOld.recover(snapshot: Array(current.dropLast(4)), records: [], nowMs: 30))
+    }
+
+    /// The report's parts are bounded as the participant's own force bounds them; past that,
+    /// or blank, or a time no clock gives, the report is refused with a 400 and nothing logged.
+    func testAHeuristicReportsPartsAreBounded() {
+        var c = machine()
+        let t = committing(&c)
+        func report(_ f: Coordinator.HeuristicForce) -> [Coordinator.Action] {
+            c.on(.heuristicReported(9, txid: t.description, participant: "b", outcome: .aborted, forcedBy: f), nowMs: 6)
+        }
+        let bad: [(Coordinator.HeuristicForce, String)] = [
+            (.init(operatorName: ""), "operator"),
+            (.init(operatorName: String(repeating: "o", count: Limits.participantNameBytesMax + 1)), "operator"),
+            (.init(reason: ""), "reason"),
+            (.init(reason: "   "), "reason"),
+            (.init(reason: String(repeating: "r", count: Limits.reasonBytesMax + 1)), "reason"),
+            (.init(forcedAtMs: -1), "forced_at_ms"),
+            (.init(forcedAtMs: Limits.wallClockMsMax + 1), "forced_at_ms"),
+        ]
+        for (f, field) in bad {
+            let refused = report(f)
+            XCTAssertEqual(errorStatus(refused), 400, "\(f)")
+            XCTAssertEqual(refused.count, 1, "nothing logged: \(refused)")
+            if case .reply(_, .error(let e))? = refused.first { XCTAssertTrue(e.message.contains(field), e.message) }
+        }
+        let longest = Coordinator.HeuristicForce(operatorName: String(repeating: "o", count: Limits.participantNameBytesMax),
+                                                 reason: String(repeating: "r", count: Limits.reasonBytesMax), forcedAtMs: Limits.wallClockMsMax)
+        XCTAssertEqual(report(longest), [.log(.heuristic(t, participant: "b", outcome: .aborted, forcedBy: longest), force: true)])
+        XCTAssertEqual(TimeFormat.iso8601(ms: Limits.wallClockMsMax), "9999-12-31T23:59:59.999Z")
+    }
+
     func testAuditAndHeuristicRecordsRoundTrip() throws {
         let t = TxID(coordinatorID: "0a1b2c3d", epoch: 1, sequence: 2)
         let entry = Coordinator.AuditEntry(atMs: 5, operatorName: "op", action: "force-abort", reason: "why", detail: "what")

@@ -41,7 +41,7 @@ final class ParticipantHeuristicTests: XCTestCase {
         _ = p.on(force(.committed))
         _ = p.on(.heuristicDurable("t1", lsn: 12))
         let abort = p.on(.abort(3, txid: "t1"))
-        XCTAssertTrue(abort.contains(.reportHeuristic("t1", coordinatorURL: "http://c", outcome: .committed)))
+        XCTAssertTrue(abort.contains(.reportHeuristic("t1", coordinatorURL: "http://c", decision: Participant.HeuristicDecision(outcome: .committed, reason: "coordinator lost", operatorName: "bob", atMs: 50))))
         XCTAssertTrue(abort.contains(.log(.heuristicResolved("t1", coordinatorOutcome: .aborted, mixed: true), force: false)))
         XCTAssertEqual(p.heuristicMixed["t1"]?.operatorName, "bob")
         // Survives a restart through the snapshot.
@@ -102,6 +102,60 @@ final class ParticipantHeuristicTests: XCTestCase {
         XCTAssertEqual(p.state(of: "t1"), .heuristicCommitted)
         XCTAssertNotNil(p.heuristicMixed["t2"])
         XCTAssertEqual(p.state(of: "t2"), .aborted)
+    }
+
+    /// The keys a force released are in its durable record (up to `branchKeysShownMax`
+    /// names, and the total): before session 26 a forced branch's view named none once its
+    /// locks were gone, so after a restart nobody could tell what it had held. Rebuilt from the
+    /// record and from a checkpoint; an older record (without them) still reads.
+    func testTheKeysAForceReleasedSurviveItsRecordAndACheckpoint() throws {
+        let keys = (0..<(Limits.branchKeysShownMax + 10)).map { "k\($0)" }
+        var p = inDoubt()
+        let forced = p.on(.force(9, txid: "t1", outcome: .committed, reason: "coordinator lost", operatorName: "bob", dryRun: false, atMs: 50,
+                                 releasedKeys: keys, releasedKeysTotal: keys.count + 5))
+        let shown = Array(keys.prefix(Limits.branchKeysShownMax))
+        let record: Participant.Record = .heuristic("t1", outcome: .committed, reason: "coordinator lost", operatorName: "bob", atMs: 50,
+                                                    releasedKeys: shown, releasedKeysTotal: keys.count + 5)
+        XCTAssertTrue(forced.contains(.log(record, force: true)), "\(forced)")
+        let e = ParticipantRecordCoding.encode(record)
+        XCTAssertEqual(try ParticipantRecordCoding.decode(type: e.type, payload: e.payload), record)
+        _ = p.on(.heuristicDurable("t1", lsn: 12))
+        XCTAssertEqual(p.branches["t1"]?.heuristic?.releasedKeys, shown)
+        XCTAssertEqual(p.branches["t1"]?.heuristic?.releasedKeysTotal, keys.count + 5)
+
+        func rec(_ lsn: UInt64, _ r: Participant.Record) -> (lsn: UInt64, type: UInt8, payload: [UInt8]) {
+            let e = ParticipantRecordCoding.encode(r)
+            return (lsn, e.type, e.payload)
+        }
+        var replayed = Participant(config: Participant.Config(name: "p"))
+        _ = try replayed.recover(snapshot: nil, records: [rec(1, .prepared("t1", coordinatorURL: "http://c", writeSet: ws)), rec(2, record)])
+        XCTAssertEqual(replayed.branches["t1"]?.heuristic?.releasedKeys, shown, "from the log")
+        XCTAssertEqual(replayed.branches["t1"]?.heuristic?.releasedKeysTotal, keys.count + 5)
+        var fromSnapshot = Participant(config: Participant.Config(name: "p"))
+        _ = try fromSnapshot.recover(snapshot: p.snapshot(), records: [])
+        XCTAssertEqual(fromSnapshot.branches["t1"]?.state, .heuristicCommitted)
+        XCTAssertEqual(fromSnapshot.branches["t1"]?.heuristic?.releasedKeys, shown, "from a checkpoint")
+        XCTAssertEqual(fromSnapshot.branches["t1"]?.heuristic?.releasedKeysTotal, keys.count + 5)
+        // Heuristic-mixed (the coordinator aborted) and then in a checkpoint: still named.
+        _ = fromSnapshot.on(.abort(3, txid: "t1"))
+        XCTAssertEqual(fromSnapshot.heuristicMixed["t1"]?.releasedKeys, shown)
+        var again = Participant(config: Participant.Config(name: "p"))
+        _ = try again.recover(snapshot: fromSnapshot.snapshot(), records: [])
+        XCTAssertEqual(again.heuristicMixed["t1"]?.releasedKeysTotal, keys.count + 5, "heuristic-mixed, from a checkpoint")
+        // A record written before session 26 ends after the time: no keys, still read.
+        var old = ByteWriter()
+        old.string("t1"); old.bool(true); old.string("r"); old.string("o"); old.i64(5)
+        XCTAssertEqual(try ParticipantRecordCoding.decode(type: ParticipantRecordCoding.heuristicType, payload: old.bytes),
+                       .heuristic("t1", outcome: .committed, reason: "r", operatorName: "o", atMs: 5))
+        // And a checkpoint written before it, which ends before the section.
+        var plain = inDoubt()
+        _ = plain.on(force(.aborted))
+        _ = plain.on(.heuristicDurable("t1", lsn: 3))
+        let current = plain.snapshot()
+        XCTAssertEqual(Array(current.suffix(4)), [0, 0, 0, 0], "an empty last section")
+        var fromOld = Participant(config: Participant.Config(name: "p"))
+        _ = try fromOld.recover(snapshot: Array(current.dropLast(4)), records: [])
+        XCTAssertEqual(fromOld.branches["t1"]?.state, .heuristicAborted)
     }
 
     func testRefusedHeuristicRecordLeavesTheBranchInDoubt() {
@@ -178,8 +232,9 @@ final class ParticipantHeuristicTests: XCTestCase {
         let abort = p.on(.abort(6, txid: "t1"))
         guard case .reply(6, .error(let e))? = abort.first else { return XCTFail() }
         XCTAssertEqual(e.status, 409)
-        XCTAssertEqual(Array(abort.dropFirst()), [.reportHeuristic("t1", coordinatorURL: "http://c", outcome: .committed)])
-        XCTAssertTrue(p.heuristicMixed.isEmpty)
+        XCTAssertEqual(Array(abort.dropFirst()), [.log(.heuristicResolved("t1", coordinatorOutcome: .aborted, mixed: true), force: true),
+                                                  .reportHeuristic("t1", coordinatorURL: "http://c", decision: Participant.HeuristicDecision(outcome: .committed, reason: "coordinator lost", operatorName: "bob", atMs: 50))])
+        XCTAssertEqual(p.heuristicMixed["t1"]?.outcome, .committed, "heuristic-mixed here too")
     }
 
     /// A branch forced to abort and forgotten answers a returning coordinator's commit with
@@ -192,13 +247,13 @@ final class ParticipantHeuristicTests: XCTestCase {
         _ = p.on(.heuristicDurable("t1", lsn: 3))
         _ = p.on(forget())
         _ = p.on(.forgetDurable("t1"))
-        XCTAssertEqual(p.on(.commit(5, txid: "t1")), [.reply(5, .heuristicAborted)])
+        XCTAssertEqual(p.on(.commit(5, txid: "t1")).last, .reply(5, .heuristicAborted))
         XCTAssertEqual(p.forgottenHeuristics["t1"]?.decision.outcome, .aborted)
         XCTAssertEqual(p.forgottenHeuristics["t1"]?.coordinatorURL, "http://c")
 
         var fromSnapshot = Participant(config: Participant.Config(name: "p"))
         _ = try fromSnapshot.recover(snapshot: p.snapshot(), records: [])
-        XCTAssertEqual(fromSnapshot.on(.commit(6, txid: "t1")), [.reply(6, .heuristicAborted)], "kept in the checkpoint")
+        XCTAssertEqual(fromSnapshot.on(.commit(6, txid: "t1")).last, .reply(6, .heuristicAborted), "kept in the checkpoint")
 
         // Taken while the forget record was being written: the snapshot keeps it too.
         var q = inDoubt()
@@ -207,7 +262,7 @@ final class ParticipantHeuristicTests: XCTestCase {
         _ = q.on(forget())
         var mid = Participant(config: Participant.Config(name: "p"))
         _ = try mid.recover(snapshot: q.snapshot(), records: [])
-        XCTAssertEqual(mid.on(.commit(7, txid: "t1")), [.reply(7, .heuristicAborted)], "kept in a checkpoint taken mid-write")
+        XCTAssertEqual(mid.on(.commit(7, txid: "t1")).last, .reply(7, .heuristicAborted), "kept in a checkpoint taken mid-write")
 
         func rec(_ lsn: UInt64, _ r: Participant.Record) -> (lsn: UInt64, type: UInt8, payload: [UInt8]) {
             let e = ParticipantRecordCoding.encode(r)
@@ -219,7 +274,55 @@ final class ParticipantHeuristicTests: XCTestCase {
             rec(2, .heuristic("t1", outcome: .aborted, reason: "r", operatorName: "o", atMs: 5)),
             rec(3, .heuristicForgotten("t1", reason: "gone", operatorName: "carol", atMs: 9)),
         ])
-        XCTAssertEqual(replayed.on(.commit(8, txid: "t1")), [.reply(8, .heuristicAborted)], "rebuilt from the log")
+        XCTAssertEqual(replayed.on(.commit(8, txid: "t1")).last, .reply(8, .heuristicAborted), "rebuilt from the log")
+    }
+
+    /// A forgotten branch whose coordinator comes back with the other outcome is heuristic-mixed
+    /// at the agent too (listed, counted, shown), as a live branch becomes: before session 26
+    /// only the coordinator listed it. Recorded, so a restart (replay or checkpoint) keeps it;
+    /// the coordinator hears who forced it by a report; a repeat records nothing more.
+    func testAForgottenBranchWhoseCoordinatorDecidedOtherwiseIsHeuristicMixedHereToo() throws {
+        func forgotten(_ outcome: Outcome) -> Participant {
+            var p = inDoubt()
+            _ = p.on(force(outcome))
+            _ = p.on(.heuristicDurable("t1", lsn: 3))
+            _ = p.on(forget())
+            _ = p.on(.forgetDurable("t1"))
+            return p
+        }
+        let decision = Participant.HeuristicDecision(outcome: .aborted, reason: "coordinator lost", operatorName: "bob", atMs: 50)
+        var p = forgotten(.aborted)
+        XCTAssertEqual(p.on(.commit(5, txid: "t1")), [.log(.heuristicResolved("t1", coordinatorOutcome: .committed, mixed: true), force: true),
+                                                     .reportHeuristic("t1", coordinatorURL: "http://c", decision: decision),
+                                                     .reply(5, .heuristicAborted)])
+        XCTAssertEqual(p.heuristicMixed["t1"], decision)
+        XCTAssertEqual(p.on(.commit(6, txid: "t1")), [.reportHeuristic("t1", coordinatorURL: "http://c", decision: decision),
+                                                     .reply(6, .heuristicAborted)], "recorded once")
+        XCTAssertEqual(refusal(p.on(forget()))?.status, 409, "nothing to forget: it is heuristic-mixed")
+        var fromSnapshot = Participant(config: Participant.Config(name: "p"))
+        _ = try fromSnapshot.recover(snapshot: p.snapshot(), records: [])
+        XCTAssertEqual(fromSnapshot.heuristicMixed["t1"], decision, "from a checkpoint")
+        func rec(_ lsn: UInt64, _ r: Participant.Record) -> (lsn: UInt64, type: UInt8, payload: [UInt8]) {
+            let e = ParticipantRecordCoding.encode(r)
+            return (lsn, e.type, e.payload)
+        }
+        var replayed = Participant(config: Participant.Config(name: "p"))
+        _ = try replayed.recover(snapshot: nil, records: [
+            rec(1, .prepared("t1", coordinatorURL: "http://c", writeSet: ws)),
+            rec(2, .heuristic("t1", outcome: .aborted, reason: "coordinator lost", operatorName: "bob", atMs: 50)),
+            rec(3, .heuristicForgotten("t1", reason: "gone", operatorName: "carol", atMs: 9)),
+            rec(4, .heuristicResolved("t1", coordinatorOutcome: .committed, mixed: true)),
+        ])
+        XCTAssertEqual(replayed.heuristicMixed["t1"], decision, "from the log")
+        XCTAssertEqual(replayed.state(of: "t1"), .aborted)
+        // Forced to commit, forgotten, and the coordinator aborts: the same.
+        var q = forgotten(.committed)
+        _ = q.on(.abort(7, txid: "t1"))
+        XCTAssertEqual(q.heuristicMixed["t1"]?.outcome, .committed)
+        // The coordinator agreeing marks nothing.
+        var r = forgotten(.committed)
+        XCTAssertEqual(r.on(.commit(8, txid: "t1")), [.reply(8, .acknowledged)])
+        XCTAssertTrue(r.heuristicMixed.isEmpty)
     }
 
     /// After a restart the forget record keeps the branch forgotten: no inquiry, no locks, the

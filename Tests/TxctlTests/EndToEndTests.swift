@@ -149,7 +149,7 @@ final class EndToEndTests: XCTestCase {
     }
 
     func testForcedAtAgentThenCoordinatorDisagreesIsHeuristicMixed() throws {
-        let (c, a, b, txid) = try inDoubtWithTheCoordinatorDead()
+        var (c, a, b, txid) = try inDoubtWithTheCoordinatorDead()
 
         // At the agent: in doubt (prepared, no outcome).
         let l = try txctl(["agent", a.url, "list", "--state", "in-doubt", "--json"])
@@ -170,9 +170,17 @@ final class EndToEndTests: XCTestCase {
         let shown = try txctl(["agent", a.url, "show", txid])
         XCTAssertTrue(shown.out.contains("heuristic-committed") && shown.out.contains("forced committed by oncall@"), shown.out)
         XCTAssertFalse(try txctl(["agent", a.url, "list", "--state", "in-doubt"]).out.contains(txid))
+        // The keys the force released stay named, from its record, after the agent restarts
+        // (before session 26 a forced branch named none once its locks were gone).
+        a.stop()
+        a = try start("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", String(a.port), "--coordinator", c.url])
+        let restartedShow = try txctl(["agent", a.url, "show", txid])
+        XCTAssertTrue(restartedShow.out.contains("heuristic-committed") && restartedShow.out.contains("keys the force released (1):\n    acct\n"), restartedShow.out)
+        let restartedJSON = jsonObject(try txctl(["agent", a.url, "show", txid, "--json"]).out)
+        XCTAssertEqual((restartedJSON["heuristic"] as? [String: Any])?["released_keys"] as? [String], ["acct"], "\(restartedJSON)")
 
         // A coordinator on the same data directory presumes abort: both sides report heuristic-mixed.
-        let c2 = try start("cohortd", ["--data", dir + "/c", "--port", String(c.port), "--finished-kept", "2"])
+        let c2 = try start("cohortd", ["--data", dir + "/c", "--port", String(c.port), "--finished-kept", "2", "--checkpoint-interval", "1s"])
         try waitUntil("the agent to report heuristic-mixed", timeout: 30) {
             try txctl(["agent", a.url, "list", "--state", "heuristic-mixed"]).out.contains(txid)
         }
@@ -186,6 +194,19 @@ final class EndToEndTests: XCTestCase {
         let e = try txctl(["explain", txid], coordinator: c2)
         XCTAssertTrue(e.out.contains("HEURISTIC-MIXED") && e.out.contains("repair the data by hand at a"), e.out)
         XCTAssertTrue(try txctl(["list", "--state", "heuristic-mixed"], coordinator: c2).out.contains(txid))
+        // The coordinator's view names who forced a's branch, why and when: the agent's report
+        // said (before session 26 it said only the outcome).
+        func assertNamesTheForce(_ coordinator: Server, _ when: String, line: UInt = #line) throws {
+            let text = try txctl(["show", txid], coordinator: coordinator).out
+            XCTAssertTrue(text.contains("heuristic-reported a: forced committed by oncall@") && text.contains(#": "coordinator lost""#), "\(when): \(text)", line: line)
+            let branch = ((jsonObject(try txctl(["show", txid, "--json"], coordinator: coordinator).out)["branches"] as? [[String: Any]]) ?? []).first
+            XCTAssertTrue((branch?["heuristic_operator"] as? String)?.hasPrefix("oncall@") == true, "\(when): \(String(describing: branch))", line: line)
+            XCTAssertEqual(branch?["heuristic_reason"] as? String, "coordinator lost", when, line: line)
+            XCTAssertNotNil(branch?["heuristic_forced_at"] as? String, when, line: line)
+            let listed = try txctl(["list", "--state", "heuristic-mixed"], coordinator: coordinator).out
+            XCTAssertTrue(listed.contains("a forced committed by oncall@"), "\(when): \(listed)", line: line)
+        }
+        try assertNamesTheForce(c2, "at once")
 
         // Newer transactions push it out of what the coordinator keeps whole (2 here, 10,000
         // by default): it stays listed, counted and explained from the ledger of outcomes, and
@@ -207,6 +228,15 @@ final class EndToEndTests: XCTestCase {
         let forgotten = try txctl(["explain", txid], coordinator: c2)
         XCTAssertTrue(forgotten.out.contains("HEURISTIC-MIXED") && forgotten.out.contains("repair the data by hand at a"), forgotten.out)
         XCTAssertTrue(try txctl(["agent", a.url, "list"]).out.contains(txid), "the agent's whole list shows it too")
+        try assertNamesTheForce(c2, "kept whole past finished")
+
+        // And after the coordinator restarts from its checkpoint (one a second here).
+        Thread.sleep(forTimeInterval: 1.5)
+        c2.stop()
+        let inspected = try txctl(["log", "inspect", dir + "/c"]).out
+        XCTAssertTrue(inspected.contains("checkpoint") && !inspected.contains("reported a heuristic outcome"), "the report's record went with a checkpoint: \(inspected)")
+        let c3 = try start("cohortd", ["--data", dir + "/c", "--port", String(c.port), "--finished-kept", "2"])
+        try assertNamesTheForce(c3, "after a restart")
     }
 
     /// A branch forced at an agent whose coordinator is gone for good asked about it for ever
