@@ -39,6 +39,8 @@ public final class AgentNode {
         case committed(String)
         case heuristic(String)
         case forgotten(String)
+        /// A forced heuristic-resolved record: a forgotten branch found heuristic-mixed.
+        case resolved(String)
         case preRecord(String)
         /// A forced abort: the termination protocol's (the coordinator's aborts are lazy).
         case aborted(String)
@@ -230,6 +232,8 @@ public final class AgentNode {
                 commits += machine.on(.heuristicDurable(txid, lsn: recordLSN))
             case .forgotten(let txid):
                 votes += machine.on(.forgetDurable(txid))
+            case .resolved(let txid):
+                votes += machine.on(.resolvedDurable(txid))
             case .preRecord(let txid):
                 CrashPoints.hit("agent.after-precommit-logged")
                 votes += machine.on(.preRecordDurable(txid))
@@ -372,7 +376,7 @@ public final class AgentNode {
                 feed(.recordRefused(txid, reason: "\(full)"))
             case .heuristic(let txid, _, _, _, _, _, _), .heuristicForgotten(let txid, _, _, _):
                 feed(.recordRefused(txid, reason: "\(full)"))
-            case .aborted(let txid) where force:
+            case .aborted(let txid) where force, .heuristicResolved(let txid, _, _) where force:
                 feed(.recordRefused(txid, reason: "\(full)"))
             case .aborted, .heuristicResolved:
                 // (A lazy abort is never refused.) Without a heuristic's resolution the branch
@@ -407,8 +411,8 @@ public final class AgentNode {
         case .aborted(let txid):
             if force { pending.append(lsn: lsn, .aborted(txid)) }
             CrashPoints.hit("agent.after-abort-logged")
-        case .heuristicResolved:
-            break
+        case .heuristicResolved(let txid, _, _):
+            if force { pending.append(lsn: lsn, .resolved(txid)) }
         }
     }
 
@@ -919,6 +923,13 @@ public final class AgentNode {
         if let h = machine.heuristicMixed[txid] {
             return responder.send(.jsonBytes(200, JSONBody.encode(BranchDetail(
                 txid: txid, state: "heuristic-mixed", coordinator: nil, writeSetBytes: nil, inquiries: nil, lastInquiryError: nil, heuristic: decision(h)))))
+        }
+        if let f = machine.forgottenHeuristics[txid] {
+            // Forgotten: the forced outcome stands, and who forced it is still worth a look (the
+            // branch showed as a plain committed or aborted one; a review).
+            return responder.send(.jsonBytes(200, JSONBody.encode(BranchDetail(
+                txid: txid, state: f.decision.outcome.rawValue, coordinator: f.coordinatorURL, writeSetBytes: nil, inquiries: nil, lastInquiryError: nil,
+                heuristic: decision(f.decision), forgotten: true))))
         }
         if let state = machine.state(of: txid) {
             return responder.send(.jsonBytes(200, JSONBody.encode(BranchDetail(

@@ -427,7 +427,14 @@ public struct Coordinator {
     /// Forced decisions whose audit record is being written, by transaction.
     private var pendingForces: [TxID: (request: RequestID, force: ForceRequest, entry: AuditEntry)] = [:]
     /// Heuristic reports whose record is being written.
-    private var pendingHeuristics: [TxID: [(request: RequestID?, participant: String, outcome: Outcome, forcedBy: HeuristicForce?, atMs: Int64)]] = [:]
+    /// `record`: which of the reports' records the report rides on (`heuristicRecordsAsked`
+    /// when it was asked for). Records become durable in order, so each durable event answers
+    /// the reports of the oldest record still pending for that participant, and only those:
+    /// answering all of them at the first, a report whose own record (with who forced the
+    /// branch) was not yet synced was acknowledged, and a crash then lost what it said while
+    /// the agent, answered, never sent it again (a review).
+    private var pendingHeuristics: [TxID: [(request: RequestID?, participant: String, outcome: Outcome, forcedBy: HeuristicForce?, atMs: Int64, record: UInt64)]] = [:]
+    private var heuristicRecordsAsked: UInt64 = 0
 
     /// Submitted transactions by request_id, while the transaction is remembered.
     private var submissions: [String: TxID] = [:]
@@ -1006,15 +1013,22 @@ public struct Coordinator {
                 return request.map { [.reply($0, .error(refusal))] } ?? []
             }
             let forcedBy = reportedForce?.isEmpty == true ? nil : reportedForce
-            if pendingHeuristics[txid]?.contains(where: { $0.participant == participant && $0.outcome == outcome && (forcedBy == nil || $0.forcedBy == forcedBy) }) == true {
-                if let request { pendingHeuristics[txid]!.append((request, participant, outcome, forcedBy, nowMs)) }
+            if let request, (pendingHeuristics[txid]?.count ?? 0) >= Limits.waitersPerTransactionMax {
+                return [.reply(request, .error(RequestError(503, "\(pendingHeuristics[txid]!.count) heuristic reports already wait for \(txid)'s records; retry later")))]
+            }
+            if let joined = pendingHeuristics[txid]?.first(where: { $0.participant == participant && $0.outcome == outcome && (forcedBy == nil || $0.forcedBy == forcedBy) }) {
+                // A record saying as much is being written: this report is answered with it.
+                if let request { pendingHeuristics[txid]!.append((request, participant, outcome, forcedBy, nowMs, joined.record)) }
                 return []
             }
-            pendingHeuristics[txid, default: []].append((request, participant, outcome, forcedBy, nowMs))
+            heuristicRecordsAsked += 1
+            pendingHeuristics[txid, default: []].append((request, participant, outcome, forcedBy, nowMs, heuristicRecordsAsked))
             return [.log(.heuristic(txid, participant: participant, outcome: outcome, forcedBy: forcedBy), force: true)]
         case .heuristicDurable(let txid, let participant):
-            let waiting = pendingHeuristics[txid]?.filter { $0.participant == participant } ?? []
-            pendingHeuristics[txid]?.removeAll { $0.participant == participant }
+            let mine = pendingHeuristics[txid]?.filter { $0.participant == participant } ?? []
+            guard let record = mine.map(\.record).min() else { return [] }
+            let waiting = mine.filter { $0.record == record }
+            pendingHeuristics[txid]?.removeAll { $0.participant == participant && $0.record == record }
             if pendingHeuristics[txid]?.isEmpty == true { pendingHeuristics.removeValue(forKey: txid) }
             guard let outcome = waiting.first?.outcome else { return [] }
             // The newest report that says who forced it (its record is among those written).

@@ -75,6 +75,8 @@ public struct Participant {
         case forget(RequestID, txid: String, reason: String, operatorName: String, dryRun: Bool, atMs: Int64)
         /// The forget record is durable.
         case forgetDurable(String)
+        /// A forced `heuristic-resolved` record (a forgotten branch found mixed) is durable.
+        case resolvedDurable(String)
         /// 3PC: the abort record of an abort the termination protocol decided here is durable.
         case abortDurable(String)
     }
@@ -270,6 +272,10 @@ public struct Participant {
         /// While `committing` or `forcing`: the state before, where a refused record leaves the
         /// branch (a 3PC branch keeps its durable pre-state).
         var recordFrom: BranchState?
+        /// While `forgetting`: the coordinator's outcome, if an inquiry's answer or its abort
+        /// arrived meanwhile. Dropped before, the forget then ended a branch whose coordinator
+        /// had just said it differs, and nobody ever recorded it heuristic-mixed (a review).
+        var coordinatorOutcomeWhileForgetting: Outcome?
         /// 3PC: state queries that arrived while a pre-record was being written, answered once
         /// it is durable (or refused). Answered at once with `uncertain`, a backup could abort
         /// while this branch then acknowledged the coordinator's pre-commit, which a classic
@@ -300,6 +306,11 @@ public struct Participant {
     /// retried for ever, and its abort of one forced to commit brings a heuristic report.
     public private(set) var forgottenHeuristics: [String: ForgottenHeuristic] = [:]
     private var forgottenHeuristicOrder: [String] = []
+    /// Answers and the report of a forgotten branch found heuristic-mixed, held until its
+    /// forced `heuristic-resolved` record is durable: sent before it, a crash lost the mark
+    /// here while the coordinator, told, recorded the difference and never asked again. At most
+    /// one entry a forgotten branch, each of at most `Limits.waitersPerTransactionMax` answers.
+    private var resolvingHeld: [String: [Action]] = [:]
     /// 3PC branches among `finishedOutcomes` that voted read-only: they answer `read-only`, not
     /// `committed`, to a peer's state query. Left out of snapshots (the vote is not logged).
     private var readOnlyFinished: Set<String> = []
@@ -429,13 +440,17 @@ public struct Participant {
                 for _ in 0..<count {
                     let txid = try r.string(maxCount: 128)
                     let (keys, total) = try Self.decodeReleasedKeys(&r)
+                    // A txid may be both mixed and forgotten: each holder gets its keys (the
+                    // section names it once for each).
                     if branches[txid]?.heuristic != nil {
                         branches[txid]!.heuristic!.releasedKeys = keys
                         branches[txid]!.heuristic!.releasedKeysTotal = total
-                    } else if heuristicMixed[txid] != nil {
+                    }
+                    if heuristicMixed[txid] != nil {
                         heuristicMixed[txid]!.releasedKeys = keys
                         heuristicMixed[txid]!.releasedKeysTotal = total
-                    } else if let f = forgottenHeuristics[txid] {
+                    }
+                    if let f = forgottenHeuristics[txid] {
                         var d = f.decision
                         d.releasedKeys = keys
                         d.releasedKeysTotal = total
@@ -475,11 +490,11 @@ public struct Participant {
             case .heuristicResolved(let txid, _, let mixed):
                 if branches[txid] == nil, mixed, let f = forgottenHeuristics[txid] {
                     // A forgotten branch whose coordinator came back with the other outcome.
-                    heuristicMixed[txid] = f.decision
+                    rememberMixed(txid, f.decision)
                     continue
                 }
                 guard let b = branches.removeValue(forKey: txid), let h = b.heuristic else { continue }
-                if mixed { heuristicMixed[txid] = h }
+                if mixed { rememberMixed(txid, h) }
                 rememberFinished(txid, h.outcome)
             case .heuristicForgotten(let txid, _, _, _):
                 guard let b = branches.removeValue(forKey: txid), let h = b.heuristic else { continue }
@@ -702,7 +717,13 @@ public struct Participant {
             guard let b = branches[txid], b.state == .forgetting, let h = b.heuristic else { return [] }
             let effects = ["branch \(txid) forgotten: it stays \(h.outcome.rawValue) as \(h.operatorName) forced it, and no longer asks the coordinator"]
             rememberForgotten(txid, h, coordinatorURL: b.coordinatorURL)
-            return finish(txid, h.outcome) + b.waiting.map { .reply($0, .forced(h.outcome, dryRun: false, effects: effects)) }
+            var actions = finish(txid, h.outcome) + b.waiting.map { .reply($0, .forced(h.outcome, dryRun: false, effects: effects)) }
+            if let seen = b.coordinatorOutcomeWhileForgetting, seen != h.outcome, let f = forgottenHeuristics[txid] {
+                actions += forgottenTurnedMixed(txid, f, coordinatorOutcome: seen, answer: nil)
+            }
+            return actions
+        case .resolvedDurable(let txid):
+            return resolvingHeld.removeValue(forKey: txid) ?? []
         case .timerFired(.inquire(let txid)):
             guard var b = branches[txid], b.state.asksCoordinator else { return [] }
             b.inquiries += 1
@@ -801,7 +822,14 @@ public struct Participant {
             if let f = forgottenHeuristics[txid], f.decision.outcome == .aborted {
                 // Forced to abort and forgotten: the coordinator records the difference (it
                 // would retry a 409 for ever) as it does for a live heuristic-aborted branch.
-                return forgottenTurnedMixed(txid, f, coordinatorOutcome: .committed) + [.reply(request, .heuristicAborted)]
+                return forgottenTurnedMixed(txid, f, coordinatorOutcome: .committed, answer: (request, .heuristicAborted))
+            }
+            if heuristicMixed[txid]?.outcome == .aborted {
+                // Forced to abort, and found to differ from the coordinator's commit by an
+                // inquiry (which re-sends the commit at once): a 409 counted a failed delivery,
+                // and with the report lost (a restart, five failed tries) it was retried for
+                // ever, parked. The answer itself tells the coordinator (a review).
+                return [.reply(request, .heuristicAborted)]
             }
             switch finishedOutcomes[txid] {
             case .aborted?:
@@ -856,8 +884,8 @@ public struct Participant {
             if let f = forgottenHeuristics[txid], f.decision.outcome == .committed {
                 // Forced to commit and forgotten, and the coordinator aborted after all: it
                 // does not wait for this answer, so it hears of the difference by a report.
-                return [.reply(request, .error(RequestError(409, "branch \(txid) already committed (an operator forced it, then forgot it)")))]
-                    + forgottenTurnedMixed(txid, f, coordinatorOutcome: .aborted)
+                return forgottenTurnedMixed(txid, f, coordinatorOutcome: .aborted,
+                                            answer: (request, .error(RequestError(409, "branch \(txid) already committed (an operator forced it, then forgot it)"))))
             }
             if finishedOutcomes[txid] == .committed {
                 return [.reply(request, .error(RequestError(409, "branch \(txid) already committed")))]
@@ -889,12 +917,27 @@ public struct Participant {
             return [.reply(request, .aborted)]
         case .heuristicCommitted, .heuristicAborted:
             return resolveHeuristic(txid, coordinatorOutcome: .aborted) + [.reply(request, .aborted)]
-        case .forcing, .forgetting:
+        case .forgetting:
+            // The coordinator does not send an abort again: kept for when the forget is
+            // durable, and answered as a heuristic branch answers one.
+            b.coordinatorOutcomeWhileForgetting = .aborted
+            branches[txid] = b
+            return [.reply(request, .aborted)]
+        case .forcing:
             return [.reply(request, .error(RequestError(503, "an operator's decision on branch \(txid) is being recorded; retry")))]
         }
     }
 
     private mutating func recordRefused(_ txid: String, _ reason: String) -> [Action] {
+        if let held = resolvingHeld.removeValue(forKey: txid) {
+            // A forgotten branch's mixed mark was not written: not mixed here after all, and the
+            // coordinator's requests are answered 503, so it sends them again.
+            heuristicMixed.removeValue(forKey: txid)
+            return held.compactMap { action in
+                guard case .reply(let request, _) = action else { return nil }
+                return .reply(request, .error(RequestError(503, "cannot log the heuristic-resolved record now: \(reason); retry")))
+            }
+        }
         guard var b = branches[txid] else { return [] }
         let waiting = b.waiting
         b.waiting = []
@@ -968,6 +1011,16 @@ public struct Participant {
     }
 
     private mutating func branchInquiryAnswered(_ txid: String, _ answer: InquiryAnswer) -> [Action] {
+        if var b = branches[txid], b.state == .forgetting {
+            // Asked before the forget: the answer is kept for when the forget is durable.
+            switch answer {
+            case .committed: b.coordinatorOutcomeWhileForgetting = .committed
+            case .aborted: b.coordinatorOutcomeWhileForgetting = .aborted
+            case .pending, .unknownCoordinator: return []
+            }
+            branches[txid] = b
+            return []
+        }
         if let b = branches[txid], b.state == .heuristicCommitted || b.state == .heuristicAborted {
             switch answer {
             case .committed: return resolveHeuristic(txid, coordinatorOutcome: .committed)
@@ -1077,6 +1130,11 @@ public struct Participant {
             if heuristicMixed[txid] != nil {
                 return refuse(409, "branch \(txid) is heuristic-mixed: the coordinator's outcome is known (and differs from the forced one); there is nothing to forget")
             }
+            if let f = forgottenHeuristics[txid] {
+                // A forget sent again (its answer was lost): done already, as a repeated force is.
+                let h = f.decision
+                return [.reply(request, .forced(h.outcome, dryRun: dryRun, effects: ["nothing to do: branch \(txid) was already forgotten; it stays \(h.outcome.rawValue) as \(h.operatorName) forced it"]))]
+            }
             if let done = finishedOutcomes[txid] {
                 return refuse(409, "branch \(txid) is already \(done.rawValue) here and asks nothing: there is nothing to forget")
             }
@@ -1086,7 +1144,7 @@ public struct Participant {
         case .heuristicCommitted, .heuristicAborted:
             guard let h = b.heuristic else { preconditionFailure("heuristic branch \(txid) without its decision") }
             let effects = ["write a forget record: branch \(txid) stays \(h.outcome.rawValue) as \(h.operatorName) forced it, and stops asking the coordinator at \(b.coordinatorURL)",
-                           "if that coordinator comes back with a different decision, it hears that the forced outcome differs (its commit is answered heuristic-aborted; its abort brings a heuristic report) and records the transaction heuristic-mixed"]
+                           "if that coordinator comes back and sends the other outcome, it hears that the forced outcome differs (its commit is answered heuristic-aborted; its abort brings a heuristic report) and records the transaction heuristic-mixed; a coordinator that restarted without a decision presumes abort and sends nothing, so a branch forced to commit is then never found mixed: check the coordinator's log first"]
             if dryRun { return [.reply(request, .forced(h.outcome, dryRun: true, effects: effects))] }
             b.state = .forgetting
             b.waiting.append(request)
@@ -1142,11 +1200,26 @@ public struct Participant {
     /// showed a plain finished branch. Recorded as a live branch's resolution is (forced: no
     /// inquiry would learn it again), once; the coordinator hears, with who forced it, why and
     /// when, by a report (it takes repeats).
-    private mutating func forgottenTurnedMixed(_ txid: String, _ f: ForgottenHeuristic, coordinatorOutcome: Outcome) -> [Action] {
+    /// `answer`: the reply to the coordinator's request that showed it, held with the report
+    /// until the record is durable.
+    private mutating func forgottenTurnedMixed(_ txid: String, _ f: ForgottenHeuristic, coordinatorOutcome: Outcome,
+                                               answer: (RequestID, Reply)?) -> [Action] {
         let report: Action = .reportHeuristic(txid, coordinatorURL: f.coordinatorURL, decision: f.decision)
-        guard heuristicMixed[txid] == nil else { return [report] }
+        let reply: [Action] = answer.map { [.reply($0.0, $0.1)] } ?? []
+        if var held = resolvingHeld[txid] {
+            // The record is being written: this answer waits for it too.
+            guard let answer else { return [] }
+            guard held.count <= Limits.waitersPerTransactionMax else {
+                return [.reply(answer.0, .error(RequestError(503, "\(held.count) requests already wait for branch \(txid)'s record; retry later")))]
+            }
+            held.append(.reply(answer.0, answer.1))
+            resolvingHeld[txid] = held
+            return []
+        }
+        guard heuristicMixed[txid] == nil else { return reply + [report] }
         rememberMixed(txid, f.decision)
-        return [.log(.heuristicResolved(txid, coordinatorOutcome: coordinatorOutcome, mixed: true), force: true), report]
+        resolvingHeld[txid] = reply + [report]
+        return [.log(.heuristicResolved(txid, coordinatorOutcome: coordinatorOutcome, mixed: true), force: true)]
     }
 
     private mutating func rememberMixed(_ txid: String, _ h: HeuristicDecision) {

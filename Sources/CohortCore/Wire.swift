@@ -592,14 +592,18 @@ public struct BranchDetail: Codable, Sendable {
     /// absent when it holds none.
     public let keys: [BranchKey]?
     public let keysTotal: Int?
+    /// True for a branch an operator forgot (`heuristic` says who forced it; the forget's own
+    /// audit is in the agent's log); absent otherwise.
+    public let forgotten: Bool?
     enum CodingKeys: String, CodingKey {
-        case txid, state, coordinator, inquiries, heuristic, keys
+        case txid, state, coordinator, inquiries, heuristic, keys, forgotten
         case writeSetBytes = "write_set_bytes"
         case lastInquiryError = "last_inquiry_error"
         case keysTotal = "keys_total"
     }
     public init(txid: String, state: String, coordinator: String?, writeSetBytes: Int?, inquiries: Int?, lastInquiryError: String?, heuristic: Decision?,
-                keys: [BranchKey]? = nil, keysTotal: Int? = nil) {
+                keys: [BranchKey]? = nil, keysTotal: Int? = nil, forgotten: Bool? = nil) {
+        self.forgotten = forgotten
         self.txid = txid
         self.state = state
         self.coordinator = coordinator

@@ -12,8 +12,15 @@ public struct Explanation: Codable, Equatable, Sendable {
         public let lastError: String?
         public let nextRetryAt: String?
         public let heuristic: String?
+        /// Who forced it, why and when, as the participant's report said (absent when it did not).
+        public var heuristicOperator: String? = nil
+        public var heuristicReason: String? = nil
+        public var heuristicForcedAt: String? = nil
         enum CodingKeys: String, CodingKey {
             case participant, url, state, attempts, heuristic
+            case heuristicOperator = "heuristic_operator"
+            case heuristicReason = "heuristic_reason"
+            case heuristicForcedAt = "heuristic_forced_at"
             case waitingFor = "waiting_for"
             case lastError = "last_error"
             case nextRetryAt = "next_retry_at"
@@ -40,7 +47,8 @@ public enum Explain {
         let id = tx.txid
         func note(_ b: TransactionView.BranchView, _ waiting: String?) -> Explanation.BranchNote {
             .init(participant: b.participant, url: b.url, state: b.state, waitingFor: waiting, attempts: b.attempts,
-                  lastError: b.lastError, nextRetryAt: b.nextRetryAt, heuristic: b.heuristic)
+                  lastError: b.lastError, nextRetryAt: b.nextRetryAt, heuristic: b.heuristic,
+                  heuristicOperator: b.heuristicOperator, heuristicReason: b.heuristicReason, heuristicForcedAt: b.heuristicForcedAt)
         }
         let forceCommit = "txctl commit \(id) --force --reason \"...\""
         let forceAbort = "txctl abort \(id) --force --reason \"...\""
@@ -165,7 +173,11 @@ public enum Explain {
             s += "\n" + (e.state == "heuristic-mixed" ? "Branches:" : "Holding it up:") + "\n"
             for b in e.blocking {
                 s += "  \(b.participant) at \(b.url.isEmpty ? "(unknown url)" : b.url): \(b.state)"
-                if let h = b.heuristic { s += ", forced \(h) by an operator" }
+                if let h = b.heuristic {
+                    s += ", forced \(h) by \(b.heuristicOperator ?? "an operator")"
+                    if let at = b.heuristicForcedAt { s += " at \(at)" }
+                    if let r = b.heuristicReason { s += ": " + Coordinator.HeuristicForce.quoted(r) }
+                }
                 if let w = b.waitingFor { s += ", waiting for \(w)" }
                 s += "\n"
                 s += "    attempts: \(b.attempts)"

@@ -173,7 +173,9 @@ public enum Render {
 
     /// A forget's answer (`ForceResponse`: the outcome the branch keeps).
     public static func forget(_ r: ForceResponse, where place: String) -> String {
-        effects(r, dryRun: "dry run: forgetting \(r.txid) \(place) would:",
+        // A forget sent again (its first answer lost): nothing was written this time.
+        if !r.dryRun, r.effects.count == 1, r.effects[0].hasPrefix("nothing to do") { return "\(r.effects[0]) (\(place))\n" }
+        return effects(r, dryRun: "dry run: forgetting \(r.txid) \(place) would:",
                 done: "forgot \(r.txid) \(place): it stays \(r.outcome) and stops asking its coordinator; recorded durably in the participant's log (who, when, why). It did:")
     }
 
@@ -293,6 +295,9 @@ public enum Render {
         }
         if b.state == "heuristic-mixed" {
             s += "  the coordinator decided differently from the forced outcome: data must be repaired by hand\n"
+        }
+        if b.forgotten == true {
+            s += "  forgotten by an operator: the forced outcome stands and the branch no longer asks its coordinator (who and why: txctl log inspect on the agent's data directory)\n"
         }
         return s
     }

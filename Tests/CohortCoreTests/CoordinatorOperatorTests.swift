@@ -307,6 +307,32 @@ final class CoordinatorOperatorTests: XCTestCase {
     /// clock), and the coordinator keeps that in its record, its checkpoint and its views:
     /// before session 26 it knew only "participant b reported a heuristic outcome". Older
     /// records and checkpoints (which end before these parts) are still read.
+    /// Two reports of one branch, each with its own record: a commit's `heuristic-aborted`
+    /// answer (who forced it unknown) and the agent's report naming who. The first record's
+    /// sync answered both, and applied the second's parts before its record was durable: the
+    /// agent, answered, never sent them again, and a crash lost them (a review).
+    func testEachHeuristicReportIsAnsweredWhenItsOwnRecordIsDurable() {
+        var c = machine()
+        let t = committing(&c)
+        let forcedBy = Coordinator.HeuristicForce(operatorName: "alice@ops", reason: "coordinator lost", forcedAtMs: 1_767_225_600_000)
+        XCTAssertEqual(c.on(.heuristicReported(nil, txid: t.description, participant: "b", outcome: .aborted), nowMs: 6),
+                       [.log(.heuristic(t, participant: "b", outcome: .aborted), force: true)])
+        XCTAssertEqual(c.on(.heuristicReported(8, txid: t.description, participant: "b", outcome: .aborted, forcedBy: forcedBy), nowMs: 6),
+                       [.log(.heuristic(t, participant: "b", outcome: .aborted, forcedBy: forcedBy), force: true)])
+        // A repeat of the second joins its record.
+        XCTAssertEqual(c.on(.heuristicReported(9, txid: t.description, participant: "b", outcome: .aborted, forcedBy: forcedBy), nowMs: 6), [])
+        // The first record is durable: the report naming who is not answered yet, nor applied.
+        let first = c.on(.heuristicDurable(t, participant: "b"), nowMs: 7)
+        XCTAssertFalse(first.contains { if case .reply = $0 { return true } else { return false } }, "\(first)")
+        XCTAssertNil(c.transaction(t)?.branches.first { $0.participant.name == "b" }?.heuristicForce)
+        // The second: both reports that rode on it are answered, and the parts applied.
+        let second = c.on(.heuristicDurable(t, participant: "b"), nowMs: 8)
+        XCTAssertEqual(second.filter { if case .reply = $0 { return true } else { return false } },
+                       [.reply(8, .heuristicNoted(t.description, mixed: true)), .reply(9, .heuristicNoted(t.description, mixed: true))])
+        XCTAssertEqual(c.transaction(t)?.branches.first { $0.participant.name == "b" }?.heuristicForce, forcedBy)
+        XCTAssertEqual(c.on(.heuristicDurable(t, participant: "b"), nowMs: 9), [], "nothing left")
+    }
+
     func testAHeuristicReportsOperatorReasonAndTimeSurviveItsRecordAndACheckpoint() throws {
         var config = Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 100)
         config.finishedTransactionsKept = 2
@@ -537,7 +563,8 @@ final class CoordinatorForgottenCommitTests: XCTestCase {
         XCTAssertNil(replayed.forgottenRefusal(TxID(coordinatorID: "0a1b2c3d", epoch: 1, sequence: 200)))
         // A snapshot from before the mark existed (nothing after the request_ids) still reads.
         var old = c.snapshot()
-        old.removeLast(4)  // the kept heuristic-mixed transactions' count (none), which came last
+        old.removeLast(4)  // the heuristic forces' count (none), which came last
+        old.removeLast(4)  // the kept heuristic-mixed transactions' count (none), which came before it
         old.removeLast(4)  // the 3PC list's count (none), which came before it
         old.removeLast(8)  // the outcome ledger's page count (none) and page size, which came before it
         old.removeLast(4)  // the committed submissions' count (none), which came before it

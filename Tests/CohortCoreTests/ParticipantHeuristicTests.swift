@@ -206,7 +206,10 @@ final class ParticipantHeuristicTests: XCTestCase {
         XCTAssertTrue(done.contains(.finished("t1", .aborted)), "\(done)")
         XCTAssertTrue(done.contains { if case .reply(8, .forced(.aborted, false, _)) = $0 { return true } else { return false } }, "\(done)")
         XCTAssertEqual(p.state(of: "t1"), .aborted)
-        XCTAssertEqual(refusal(p.on(forget()))?.status, 409, "finished: nothing to forget")
+        // Sent again (its answer lost): done already, as a repeated force is, not a 409.
+        let again = p.on(forget())
+        guard case .reply(8, .forced(.aborted, false, let said))? = again.first, again.count == 1 else { return XCTFail("\(again)") }
+        XCTAssertTrue(said[0].hasPrefix("nothing to do: branch t1 was already forgotten"), "\(said)")
     }
 
     /// A forgotten branch asks the coordinator no more: its timer finds nothing, and neither an
@@ -229,11 +232,13 @@ final class ParticipantHeuristicTests: XCTestCase {
         // does not wait for that answer, reported to it as a heuristic commit (the forgotten
         // decision is kept for this: Limits.forgottenHeuristicsKept).
         XCTAssertEqual(p.on(.commit(5, txid: "t1")), [.reply(5, .acknowledged)])
-        let abort = p.on(.abort(6, txid: "t1"))
-        guard case .reply(6, .error(let e))? = abort.first else { return XCTFail() }
+        // The answer and the report wait for the forced mark (a crash before it lost the mark
+        // here while the coordinator recorded the difference).
+        XCTAssertEqual(p.on(.abort(6, txid: "t1")), [.log(.heuristicResolved("t1", coordinatorOutcome: .aborted, mixed: true), force: true)])
+        let abort = p.on(.resolvedDurable("t1"))
+        guard case .reply(6, .error(let e))? = abort.first else { return XCTFail("\(abort)") }
         XCTAssertEqual(e.status, 409)
-        XCTAssertEqual(Array(abort.dropFirst()), [.log(.heuristicResolved("t1", coordinatorOutcome: .aborted, mixed: true), force: true),
-                                                  .reportHeuristic("t1", coordinatorURL: "http://c", decision: Participant.HeuristicDecision(outcome: .committed, reason: "coordinator lost", operatorName: "bob", atMs: 50))])
+        XCTAssertEqual(Array(abort.dropFirst()), [.reportHeuristic("t1", coordinatorURL: "http://c", decision: Participant.HeuristicDecision(outcome: .committed, reason: "coordinator lost", operatorName: "bob", atMs: 50))])
         XCTAssertEqual(p.heuristicMixed["t1"]?.outcome, .committed, "heuristic-mixed here too")
     }
 
@@ -242,18 +247,23 @@ final class ParticipantHeuristicTests: XCTestCase {
     /// the transaction heuristic-mixed: before session 25 it got a 409 ("was aborted; it
     /// cannot commit") and retried it for ever, parked. Kept through a checkpoint and a replay.
     func testAForgottenAbortTellsAReturningCoordinatorItsCommitCannotApply() throws {
+        /// The answer to a commit, once any record it waits for is durable.
+        func answer(_ p: inout Participant, _ request: RequestID) -> Participant.Action? {
+            let actions = p.on(.commit(request, txid: "t1")) + p.on(.resolvedDurable("t1"))
+            return actions.first { if case .reply(request, _) = $0 { return true } else { return false } }
+        }
         var p = inDoubt()
         _ = p.on(force(.aborted))
         _ = p.on(.heuristicDurable("t1", lsn: 3))
         _ = p.on(forget())
         _ = p.on(.forgetDurable("t1"))
-        XCTAssertEqual(p.on(.commit(5, txid: "t1")).last, .reply(5, .heuristicAborted))
+        XCTAssertEqual(answer(&p, 5), .reply(5, .heuristicAborted))
         XCTAssertEqual(p.forgottenHeuristics["t1"]?.decision.outcome, .aborted)
         XCTAssertEqual(p.forgottenHeuristics["t1"]?.coordinatorURL, "http://c")
 
         var fromSnapshot = Participant(config: Participant.Config(name: "p"))
         _ = try fromSnapshot.recover(snapshot: p.snapshot(), records: [])
-        XCTAssertEqual(fromSnapshot.on(.commit(6, txid: "t1")).last, .reply(6, .heuristicAborted), "kept in the checkpoint")
+        XCTAssertEqual(answer(&fromSnapshot, 6), .reply(6, .heuristicAborted), "kept in the checkpoint")
 
         // Taken while the forget record was being written: the snapshot keeps it too.
         var q = inDoubt()
@@ -262,7 +272,7 @@ final class ParticipantHeuristicTests: XCTestCase {
         _ = q.on(forget())
         var mid = Participant(config: Participant.Config(name: "p"))
         _ = try mid.recover(snapshot: q.snapshot(), records: [])
-        XCTAssertEqual(mid.on(.commit(7, txid: "t1")).last, .reply(7, .heuristicAborted), "kept in a checkpoint taken mid-write")
+        XCTAssertEqual(answer(&mid, 7), .reply(7, .heuristicAborted), "kept in a checkpoint taken mid-write")
 
         func rec(_ lsn: UInt64, _ r: Participant.Record) -> (lsn: UInt64, type: UInt8, payload: [UInt8]) {
             let e = ParticipantRecordCoding.encode(r)
@@ -274,7 +284,7 @@ final class ParticipantHeuristicTests: XCTestCase {
             rec(2, .heuristic("t1", outcome: .aborted, reason: "r", operatorName: "o", atMs: 5)),
             rec(3, .heuristicForgotten("t1", reason: "gone", operatorName: "carol", atMs: 9)),
         ])
-        XCTAssertEqual(replayed.on(.commit(8, txid: "t1")).last, .reply(8, .heuristicAborted), "rebuilt from the log")
+        XCTAssertEqual(answer(&replayed, 8), .reply(8, .heuristicAborted), "rebuilt from the log")
     }
 
     /// A forgotten branch whose coordinator comes back with the other outcome is heuristic-mixed
@@ -292,12 +302,14 @@ final class ParticipantHeuristicTests: XCTestCase {
         }
         let decision = Participant.HeuristicDecision(outcome: .aborted, reason: "coordinator lost", operatorName: "bob", atMs: 50)
         var p = forgotten(.aborted)
-        XCTAssertEqual(p.on(.commit(5, txid: "t1")), [.log(.heuristicResolved("t1", coordinatorOutcome: .committed, mixed: true), force: true),
-                                                     .reportHeuristic("t1", coordinatorURL: "http://c", decision: decision),
-                                                     .reply(5, .heuristicAborted)])
+        XCTAssertEqual(p.on(.commit(5, txid: "t1")), [.log(.heuristicResolved("t1", coordinatorOutcome: .committed, mixed: true), force: true)])
         XCTAssertEqual(p.heuristicMixed["t1"], decision)
-        XCTAssertEqual(p.on(.commit(6, txid: "t1")), [.reportHeuristic("t1", coordinatorURL: "http://c", decision: decision),
-                                                     .reply(6, .heuristicAborted)], "recorded once")
+        // Another commit while the mark is written waits for it too; both are answered then.
+        XCTAssertEqual(p.on(.commit(7, txid: "t1")), [])
+        XCTAssertEqual(p.on(.resolvedDurable("t1")), [.reply(5, .heuristicAborted), .reportHeuristic("t1", coordinatorURL: "http://c", decision: decision),
+                                                     .reply(7, .heuristicAborted)], "answered once the mark is durable")
+        XCTAssertEqual(p.on(.commit(6, txid: "t1")), [.reply(6, .heuristicAborted), .reportHeuristic("t1", coordinatorURL: "http://c", decision: decision)],
+                       "recorded once")
         XCTAssertEqual(refusal(p.on(forget()))?.status, 409, "nothing to forget: it is heuristic-mixed")
         var fromSnapshot = Participant(config: Participant.Config(name: "p"))
         _ = try fromSnapshot.recover(snapshot: p.snapshot(), records: [])
@@ -366,5 +378,99 @@ final class ParticipantHeuristicTests: XCTestCase {
         XCTAssertEqual(e.status, 503)
         XCTAssertEqual(p.state(of: "t1"), .heuristicAborted)
         XCTAssertEqual(p.on(.timerFired(.inquire("t1"))), [.inquire("t1", coordinatorURL: "http://c")], "keeps asking")
+    }
+
+    // MARK: - a review's findings (session 26)
+
+    /// A branch forced to abort that an inquiry found mixed (the coordinator committed; the
+    /// inquiry also makes it re-send its commit at once) answers that commit `heuristic-aborted`,
+    /// as the live branch did: it answered 409, which the coordinator counted a failed delivery
+    /// and, with the report lost (a restart, five failed tries), retried for ever, parked.
+    func testACommitToABranchFoundMixedIsAnsweredHeuristicAborted() throws {
+        var p = inDoubt()
+        _ = p.on(force(.aborted))
+        _ = p.on(.heuristicDurable("t1", lsn: 3))
+        let resolved = p.on(.inquiryAnswered("t1", .committed))
+        XCTAssertTrue(resolved.contains(.log(.heuristicResolved("t1", coordinatorOutcome: .committed, mixed: true), force: false)), "\(resolved)")
+        XCTAssertEqual(p.heuristicMixed["t1"]?.outcome, .aborted)
+        XCTAssertEqual(p.on(.commit(5, txid: "t1")), [.reply(5, .heuristicAborted)])
+        // After a restart (the report's retries gone with the process) the same.
+        var restarted = Participant(config: Participant.Config(name: "p"))
+        _ = try restarted.recover(snapshot: p.snapshot(), records: [])
+        XCTAssertEqual(restarted.on(.commit(6, txid: "t1")), [.reply(6, .heuristicAborted)])
+        // A branch that was simply aborted still refuses a commit.
+        var plain = inDoubt()
+        _ = plain.on(.abort(2, txid: "t1"))
+        guard case .reply(7, .error(let e))? = plain.on(.commit(7, txid: "t1")).first else { return XCTFail() }
+        XCTAssertEqual(e.status, 409)
+    }
+
+    /// The coordinator's word that arrives while a forget is being written (an inquiry's
+    /// answer, or its abort, which it never sends again) is kept and applied once the forget is
+    /// durable: dropped, the branch was forgotten with the difference unrecorded anywhere.
+    func testTheCoordinatorsWordDuringAForgetIsKept() {
+        // Forced to commit; the coordinator answers aborted while the forget is written.
+        var p = inDoubt()
+        _ = p.on(force(.committed))
+        _ = p.on(.heuristicDurable("t1", lsn: 3))
+        _ = p.on(forget())
+        XCTAssertEqual(p.on(.inquiryAnswered("t1", .aborted)), [], "nothing before the forget is durable")
+        let done = p.on(.forgetDurable("t1"))
+        XCTAssertTrue(done.contains(.log(.heuristicResolved("t1", coordinatorOutcome: .aborted, mixed: true), force: true)), "\(done)")
+        XCTAssertEqual(p.heuristicMixed["t1"]?.outcome, .committed)
+        let told = p.on(.resolvedDurable("t1"))
+        XCTAssertTrue(told.contains { if case .reportHeuristic("t1", _, _) = $0 { return true } else { return false } }, "\(told)")
+        // Its abort during the forget: answered as a heuristic branch answers one, kept likewise.
+        var q = inDoubt()
+        _ = q.on(force(.committed))
+        _ = q.on(.heuristicDurable("t1", lsn: 3))
+        _ = q.on(forget())
+        XCTAssertEqual(q.on(.abort(6, txid: "t1")), [.reply(6, .aborted)])
+        XCTAssertTrue(q.on(.forgetDurable("t1")).contains(.log(.heuristicResolved("t1", coordinatorOutcome: .aborted, mixed: true), force: true)))
+        XCTAssertEqual(q.heuristicMixed["t1"]?.outcome, .committed)
+        // The coordinator agreeing during the forget marks nothing.
+        var r = inDoubt()
+        _ = r.on(force(.aborted))
+        _ = r.on(.heuristicDurable("t1", lsn: 3))
+        _ = r.on(forget())
+        XCTAssertEqual(r.on(.abort(6, txid: "t1")), [.reply(6, .aborted)])
+        XCTAssertFalse(r.on(.forgetDurable("t1")).contains { if case .log = $0 { return true } else { return false } })
+        XCTAssertTrue(r.heuristicMixed.isEmpty)
+    }
+
+    /// A forgotten branch's mixed mark that cannot be written (the log full) leaves it not
+    /// mixed, and the requests that waited for it get 503, so the coordinator sends again.
+    func testARefusedMixedMarkAnswers503AndMarksNothing() {
+        var p = inDoubt()
+        _ = p.on(force(.aborted))
+        _ = p.on(.heuristicDurable("t1", lsn: 3))
+        _ = p.on(forget())
+        _ = p.on(.forgetDurable("t1"))
+        XCTAssertEqual(p.on(.commit(5, txid: "t1")), [.log(.heuristicResolved("t1", coordinatorOutcome: .committed, mixed: true), force: true)])
+        let refused = p.on(.recordRefused("t1", reason: "log full"))
+        guard refused.count == 1, case .reply(5, .error(let e)) = refused[0] else { return XCTFail("\(refused)") }
+        XCTAssertEqual(e.status, 503)
+        XCTAssertTrue(p.heuristicMixed.isEmpty)
+        XCTAssertEqual(p.on(.resolvedDurable("t1")), [], "nothing held any more")
+        // Sent again, it is tried again.
+        XCTAssertEqual(p.on(.commit(6, txid: "t1")), [.log(.heuristicResolved("t1", coordinatorOutcome: .committed, mixed: true), force: true)])
+    }
+
+    /// A txid both forgotten and heuristic-mixed keeps its released keys in both copies through
+    /// a checkpoint (the decoder gave them to the first holder only).
+    func testReleasedKeysOfAForgottenMixedBranchSurviveACheckpointInBothCopies() throws {
+        var p = inDoubt()
+        _ = p.on(.force(9, txid: "t1", outcome: .aborted, reason: "coordinator lost", operatorName: "bob", dryRun: false, atMs: 50,
+                        releasedKeys: ["acct-1", "acct-2"], releasedKeysTotal: 2))
+        _ = p.on(.heuristicDurable("t1", lsn: 3))
+        _ = p.on(forget())
+        _ = p.on(.forgetDurable("t1"))
+        _ = p.on(.commit(5, txid: "t1"))
+        _ = p.on(.resolvedDurable("t1"))
+        XCTAssertEqual(p.heuristicMixed["t1"]?.releasedKeys, ["acct-1", "acct-2"])
+        var restarted = Participant(config: Participant.Config(name: "p"))
+        _ = try restarted.recover(snapshot: p.snapshot(), records: [])
+        XCTAssertEqual(restarted.heuristicMixed["t1"]?.releasedKeys, ["acct-1", "acct-2"])
+        XCTAssertEqual(restarted.forgottenHeuristics["t1"]?.decision.releasedKeys, ["acct-1", "acct-2"])
     }
 }

@@ -193,6 +193,7 @@ final class EndToEndTests: XCTestCase {
         XCTAssertEqual(tx["outcome"] as? String, "aborted")
         let e = try txctl(["explain", txid], coordinator: c2)
         XCTAssertTrue(e.out.contains("HEURISTIC-MIXED") && e.out.contains("repair the data by hand at a"), e.out)
+        XCTAssertTrue(e.out.contains("forced committed by oncall@") && e.out.contains(#": "coordinator lost""#), "explain names who forced a and why: \(e.out)")
         XCTAssertTrue(try txctl(["list", "--state", "heuristic-mixed"], coordinator: c2).out.contains(txid))
         // The coordinator's view names who forced a's branch, why and when: the agent's report
         // said (before session 26 it said only the outcome).
@@ -276,9 +277,13 @@ final class EndToEndTests: XCTestCase {
         XCTAssertEqual(forgot.status, 0, forgot.err)
         XCTAssertTrue(forgot.out.hasPrefix("forgot \(txid) at participant \(a.url): it stays committed"), forgot.out)
         XCTAssertFalse(try txctl(["agent", a.url, "list"]).out.contains(txid))
+        // Sent again (as after a lost answer): done already, exit 0, and the branch shows who
+        // forced it and that it was forgotten (it showed a plain committed branch).
         let again = try txctl(["agent", a.url] + forgetArgs + ["--coordinator-gone"])
-        XCTAssertEqual(again.status, 1)
-        XCTAssertTrue(again.err.contains("already committed here and asks nothing"), again.err)
+        XCTAssertEqual(again.status, 0, again.err)
+        XCTAssertTrue(again.out.hasPrefix("nothing to do: branch \(txid) was already forgotten; it stays committed"), again.out)
+        let forgottenShown = try txctl(["agent", a.url, "show", txid]).out
+        XCTAssertTrue(forgottenShown.contains("forced committed by oncall@") && forgottenShown.contains("forgotten by an operator"), forgottenShown)
 
         // Restarted, it stays forgotten: committed, applied, and never asked about.
         a.stop()
@@ -288,6 +293,7 @@ final class EndToEndTests: XCTestCase {
         XCTAssertFalse(try txctl(["agent", a2.url, "list"]).out.contains(txid))
         let shown = jsonObject(try txctl(["agent", a2.url, "show", txid, "--json"]).out)
         XCTAssertEqual(shown["state"] as? String, "committed", "\(shown)")
+        XCTAssertEqual(shown["forgotten"] as? Bool, true, "\(shown)")
         XCTAssertEqual(try http("GET", a2.url + "/v1/kv/acct").1["value"] as? Int, -10, "the forced commit stays applied")
         XCTAssertTrue(try txctl(["agent", b.url, "list", "--state", "in-doubt"]).out.contains(txid), "b was not touched")
 
