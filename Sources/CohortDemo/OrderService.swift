@@ -78,12 +78,16 @@ public final class OrderService: RunnableServer {
     public init(options: Options, loop: EventLoop, onFatal: @escaping (String) -> Void) throws {
         self.options = options
         api = APIPool(coordinatorURL: options.coordinatorURL, token: options.token)
+        // The address before the data directory and the order store: a busy port leaves nothing
+        // behind (see AgentServer), and the participant serves this socket.
+        let listener = try HTTPServer.listen(host: options.host, port: options.port)
         try DataDirectory.create(options.dataDirectory)
         store = try OrderStore(path: options.dataDirectory + "/orders.sqlite")
         var agentOptions = AgentServer.Options(name: options.name, dataDirectory: options.dataDirectory + "/participant",
                                                coordinatorURL: options.coordinatorURL)
         agentOptions.host = options.host
         agentOptions.port = options.port
+        agentOptions.listener = listener
         agentOptions.advertiseURL = options.advertiseURL
         agentOptions.token = options.token
         weak var weakSelf: OrderService?

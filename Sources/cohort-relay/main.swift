@@ -1,4 +1,5 @@
 import CohortCore
+import CohortHTTP
 import CohortOutbox
 import CohortPosix
 import CohortRuntime
@@ -83,6 +84,12 @@ do {
     if args.has(Arguments.checkFlags) { exit(0) }
     guard FileManager.default.fileExists(atPath: db) else { throw UsageError("--db \(db): no such file (the service creates it)") }
     ProcessEnv.ignoreSIGPIPE()
+    // The port before the database, as the servers take it: a busy one is refused before the
+    // service's database is opened.
+    var listener: TCPListener?
+    if let port {
+        do { listener = try HTTPServer.listen(host: host, port: port) } catch { fail("cannot listen on \(host):\(port): \(error)", status: 1) }
+    }
     let loop = try EventLoop()
     let store: OutboxStore
     do { store = try OutboxStore(path: db, requireOutboxTable: true) } catch let e as OutboxStoreError { fail("\(e)", status: 1) } catch { fail("cannot open \(db): \(error)", status: 1) }
@@ -96,11 +103,11 @@ do {
         hostServer?.shutdown()
         loop.stop()
     }
-    if let port {
+    if let listener {
         do {
-            hostServer = try RelayHost(relay: relay, host: host, port: port, bearerToken: token)
+            hostServer = try RelayHost(relay: relay, listener: listener, bearerToken: token)
         } catch {
-            fail("cannot listen on \(host):\(port): \(error)", status: 1)
+            fail("cannot serve on \(host):\(listener.port): \(error)", status: 1)
         }
         print("listening on http://\(host):\(hostServer!.port)")
         fflush(stdout)

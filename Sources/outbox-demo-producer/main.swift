@@ -86,6 +86,11 @@ do {
         do { try checkOutboxSinkURL(sinkURL) } catch { throw UsageError("--sink: \(error)") }
     }
     if args.has(Arguments.checkFlags) { exit(0) }
+    // The port before the database: a busy one leaves no new database behind.
+    var listener: TCPListener?
+    if let port {
+        do { listener = try HTTPServer.listen(host: "127.0.0.1", port: port) } catch { fail("\(error)", status: 1) }
+    }
 
     // Schema once, then one connection per thread.
     let setup = try Outbox(path: db, sync: sync, name: name)
@@ -115,8 +120,8 @@ do {
         let r = OutboxRelay(store: try OutboxStore(path: db), sink: sink, loop: l)
         r.onProblem = { StandardStream.err("relay: \($0)\n") }
         relay = r
-        if let port {
-            host = try RelayHost(relay: r, host: "127.0.0.1", port: port, handler: stateHandler)
+        if let listener {
+            host = try RelayHost(relay: r, listener: listener, handler: stateHandler)
             print("listening on http://127.0.0.1:\(host!.port)")
             fflush(stdout)
         }
@@ -129,10 +134,10 @@ do {
         }
         l.startThread()
         r.start()
-    } else if let port {
+    } else if let listener {
         let l = try EventLoop()
         loop = l
-        let server = try HTTPServer(loop: l, host: "127.0.0.1", port: port) { req, responder in
+        let server = try HTTPServer(loop: l, listener: listener) { req, responder in
             if req.path == "/healthz" { return responder.send(.jsonBytes(200, Array(#"{"status":"ok"}"#.utf8))) }
             if stateHandler(req, responder) { return }
             responder.send(.error(404, "no such endpoint \(req.method) \(req.path)"))

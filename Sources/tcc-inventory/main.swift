@@ -49,6 +49,9 @@ do {
     var serverConfig = HTTPServerConfig()
     serverConfig.bearerToken = try loadToken(file: args.string("token-file"))
     if args.has(Arguments.checkFlags) { exit(0) }
+    // The address first, as the other servers take it: a busy port is refused before the data
+    // directory is made or another process's database opened.
+    let listener = try HTTPServer.listen(host: host, port: port)
     // Held for the process's life: a second tcc-inventory on the same directory would run a
     // second barrier purger over the same rows (the other services refuse it the same way).
     let dataDirectoryLock = try DataDirectory.lock(dir: dir)
@@ -70,7 +73,7 @@ do {
         server?.shutdown()
         loop.stop()
     }
-    server = try HTTPServer(loop: loop, host: host, port: port, config: serverConfig) { request, responder in
+    server = try HTTPServer(loop: loop, listener: listener, config: serverConfig) { request, responder in
         if let r = store.resource.handle(request) ?? store.resource.handleBranchQuery(request) { return responder.send(r) }
         let parts = request.pathComponents
         do {
