@@ -486,7 +486,8 @@ public enum Limits {
     /// own length apart); between counts it adds what it enqueued itself, so several producers
     /// together may pass the bound by about this long of their output.
     public static let outboxBacklogCountIntervalMs: Int64 = 1_000
-    /// Delivered rows are deleted this long after delivery, in batches of `outboxCleanupRowsMax`.
+    /// Delivered rows are deleted this long after delivery, and discarded dead letters this long
+    /// after their discard, in batches of `outboxCleanupRowsMax`.
     public static let outboxRetentionMsDefault: Int64 = 3_600_000
     public static let outboxCleanupRowsMax = 500
     public static let outboxCleanupIntervalMs: Int64 = 1_000

@@ -23,7 +23,8 @@ with a fencing token in the database); start a second one as a standby.
   --token-file F        bearer token for the admin API and the HTTP sink (also env COHORT_TOKEN)
   --batch N             messages per sink call (default \(Limits.outboxBatchMessagesMax))
   --attempts N          refusals before a message becomes a dead letter (default \(Limits.outboxAttemptsMax))
-  --retention DURATION  delete delivered rows this long after delivery (default 1h)
+  --retention DURATION  delete delivered rows this long after delivery, and dead letters an
+                        operator discarded this long after the discard (default 1h)
   --lease-ttl DURATION  lease time to live, 300ms-\(Limits.outboxLeaseTTLMsMax / 60_000)m (default \(Limits.outboxLeaseTTLMs)ms)
   --dead-letters-block-key true|false   a dead letter holds back its key's later messages (default true)
 \(Arguments.checkFlagsUsage)
