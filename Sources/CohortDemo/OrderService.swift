@@ -134,7 +134,10 @@ public final class OrderService: RunnableServer {
         let mode: String
         /// The client's key for this order: a repeat with the same one is the same order.
         let requestID: String?
+        /// The contract's fields and `request_id`: anything else is refused, naming it.
+        static let fields = ["sku", "qty", "mode", "request_id"]
         init(wire o: WireObject) throws {
+            try o.refuseUnknownFields(Self.fields)
             sku = try o.string("sku")
             qty = try o.int64("qty")
             mode = try o.string("mode")
