@@ -517,8 +517,12 @@ final class BadInputTests: XCTestCase {
                 return "\(name) \((a?[.size] as? NSNumber)?.intValue ?? -1) \((a?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? -1)"
             }
         }
-        let before = listing(dir + "/old")
-        XCTAssertTrue(before.contains { $0.hasPrefix("kv.sqlite ") }, "\(before)")
+        // A producer's database, closed, for cohort-relay (it opens an existing one).
+        try FileManager.default.createDirectory(atPath: dir + "/relayed", withIntermediateDirectories: true)
+        let made = try runToCompletion(bin.appendingPathComponent("outbox-demo-producer"), ["--db", dir + "/relayed/p.db", "--count", "1"])
+        XCTAssertEqual(made.status, 0, made.stderr)
+        let before = [dir + "/old": listing(dir + "/old"), dir + "/relayed": listing(dir + "/relayed")]
+        XCTAssertTrue(before[dir + "/old"]!.contains { $0.hasPrefix("kv.sqlite ") }, "\(before)")
 
         // The port's holder: a running coordinator.
         let holder = ManagedProcess(name: "holder", executable: bin.appendingPathComponent("cohortd"),
@@ -535,6 +539,7 @@ final class BadInputTests: XCTestCase {
             ("tcc-inventory", ["--data", dir + "/tcc"], dir + "/tcc"),
             ("outbox-demo-producer", ["--db", dir + "/producer.db", "--count", "1"], dir + "/producer.db"),
             ("outbox-demo-consumer", ["--db", dir + "/consumer.db"], dir + "/consumer.db"),
+            ("cohort-relay", ["--db", dir + "/relayed/p.db", "--sink", url + "/v1/inbox"], dir + "/relayed"),
         ]
         for (program, args, path) in cases {
             let r = try runToCompletion(bin.appendingPathComponent(program), args + ["--port", port], timeoutMs: 10_000)
@@ -543,8 +548,8 @@ final class BadInputTests: XCTestCase {
             XCTAssertEqual(lines.count, 1, "\(program): one line: \(r.stderr)")
             XCTAssertTrue(r.stderr.hasPrefix("error: ") && r.stderr.contains("127.0.0.1:\(port): Address already in use"), "\(program): \(r.stderr)")
             XCTAssertEqual(r.stdout, "", "\(program) announced nothing")
-            if path == dir + "/old" {
-                XCTAssertEqual(listing(path), before, "\(program): the stopped agent's directory is left as it was")
+            if let was = before[path] {
+                XCTAssertEqual(listing(path), was, "\(program): \(path) is left as it was")
             } else {
                 XCTAssertFalse(FileManager.default.fileExists(atPath: path), "\(program) left \(path) behind: \(listing(path))")
             }
