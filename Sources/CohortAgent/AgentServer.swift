@@ -32,6 +32,10 @@ public final class AgentServer: RunnableServer {
         /// A service that opens the same file through other connections (the inventory demo's
         /// TCC and outbox tables) sets this false.
         public var storeIsExclusive = true
+        /// The address to serve, bound already (`HTTPServer.listen`) by a service that embeds the
+        /// participant and took it before its own files; nil: `host` and `port` are bound here,
+        /// before the data directory is touched.
+        public var listener: TCPListener?
 
         public init(name: String, dataDirectory: String, coordinatorURL: String) {
             self.name = name
@@ -57,6 +61,9 @@ public final class AgentServer: RunnableServer {
 
     public init(options: Options, loop: EventLoop, onFatal: @escaping (String) -> Void) throws {
         self.loop = loop
+        // The address first: a busy port (mistyped, or a second agent started by mistake) is
+        // refused before the data directory is made or another agent's files are opened.
+        let listener = try options.listener ?? HTTPServer.listen(host: options.host, port: options.port)
         let dir = options.dataDirectory
         dataDirectoryLock = try DataDirectory.lock(dir: dir)
         let identity = try DataDirectory.identities(
@@ -101,7 +108,7 @@ public final class AgentServer: RunnableServer {
         serverConfig.bearerToken = options.token
         let node = self.node!
         let routes = options.routes
-        server = try HTTPServer(loop: loop, host: options.host, port: options.port, config: serverConfig) { request, responder in
+        server = try HTTPServer(loop: loop, listener: listener, config: serverConfig) { request, responder in
             if let routes, routes(request, responder) { return }
             node.handle(request, responder)
         }

@@ -53,6 +53,9 @@ public final class CoordinatorServer: RunnableServer {
     /// write or sync, after which nothing may be acknowledged.
     public init(options: Options, loop: EventLoop, onFatal: @escaping (String) -> Void) throws {
         self.loop = loop
+        // The address first: a busy port (mistyped, or a second coordinator started by mistake)
+        // is refused before the data directory is made or another coordinator's log is opened.
+        let listener = try HTTPServer.listen(host: options.host, port: options.port)
         let dir = options.dataDirectory
         dataDirectoryLock = try DataDirectory.lock(dir: dir)
         let coordinatorID = try DataDirectory.identities(
@@ -92,7 +95,7 @@ public final class CoordinatorServer: RunnableServer {
         var serverConfig = HTTPServerConfig()
         serverConfig.bearerToken = options.token
         let node = self.node
-        server = try HTTPServer(loop: loop, host: options.host, port: options.port, config: serverConfig) { request, responder in
+        server = try HTTPServer(loop: loop, listener: listener, config: serverConfig) { request, responder in
             node.handle(request, responder)
         }
         node.exposeHTTPServerMetrics(server)

@@ -489,10 +489,15 @@ public enum Limits {
     /// own length apart); between counts it adds what it enqueued itself, so several producers
     /// together may pass the bound by about this long of their output.
     public static let outboxBacklogCountIntervalMs: Int64 = 1_000
-    /// Delivered rows are deleted this long after delivery, in batches of `outboxCleanupRowsMax`.
+    /// Delivered rows are deleted this long after delivery, and discarded dead letters this long
+    /// after their discard, in batches of `outboxCleanupRowsMax`.
     public static let outboxRetentionMsDefault: Int64 = 3_600_000
     public static let outboxCleanupRowsMax = 500
     public static let outboxCleanupIntervalMs: Int64 = 1_000
+    /// How long `outbox-demo-producer --sink` waits, after producing, for its relay to deliver
+    /// what it committed before it says how many are still pending and exits 1 (`--drain-wait`).
+    public static let outboxProducerDrainWaitMsDefault: Int64 = 30_000
+    public static let outboxProducerDrainWaitMsMax: Int64 = 3_600_000
     /// Inbox rows (consumer, message id) are kept this long: a redelivery later than this would
     /// be applied again, so it must exceed how long a message can stay pending or dead.
     public static let inboxRetentionMsDefault: Int64 = 7 * 86_400_000

@@ -58,6 +58,9 @@ public enum WireJSONError: Error, Equatable, CustomStringConvertible {
     case outOfRange(String)
     /// One object names the field twice.
     case duplicateField(String)
+    /// A member the body's type does not have, where its fields are a closed list
+    /// (`WireObject.refuseUnknownFields`); `known` are the ones it has.
+    case unknownField(String, known: [String])
 
     /// The error names a field (its description says which), rather than the body as a whole.
     public var namesAField: Bool {
@@ -73,6 +76,8 @@ public enum WireJSONError: Error, Equatable, CustomStringConvertible {
         case .nullField(let f): return "field \"\(f)\" is null"
         case .outOfRange(let f): return "field \"\(f)\" is out of range (past a 64-bit integer)"
         case .duplicateField(let f): return "field \"\(f)\" appears twice"
+        case .unknownField(let f, let known):
+            return "unknown field \"\(f)\" (the fields are \(known.map { "\"\($0)\"" }.joined(separator: ", ")))"
         }
     }
 }
@@ -385,6 +390,16 @@ public struct WireObject {
     }
 
     public init(bytes: [UInt8]) throws { try self.init(JSONParser.parse(bytes)) }
+
+    /// Refuses the first member not named in `known` (`unknownField`). For bodies whose fields
+    /// a contract lists, where a misspelt optional field ("requestId" for "request_id") would
+    /// otherwise be dropped without a word and its default used. Other wire types keep ignoring
+    /// unknown fields, so versions can add to them.
+    public func refuseUnknownFields(_ known: [String]) throws {
+        for (key, _) in members where !known.contains(key) {
+            throw WireJSONError.unknownField(name(key), known: known)
+        }
+    }
 
     public func name(_ key: String) -> String { path.isEmpty ? key : path + "." + key }
 

@@ -163,8 +163,9 @@ public enum Help {
       replay ID      make dead letter ID pending again (attempts reset, same id, so consumers
                      that did apply it dedupe it); it is delivered before its key's later messages
       discard ID     give up on dead letter ID: it is never delivered, its key's later messages
-                     go on; the row stays with --reason as the record (for a message no fix will
-                     ever make the consumer accept)
+                     go on; the row stays with --reason as the record until the relay's retention
+                     (cohort-relay --retention, default 1h) has passed since the discard (for a
+                     message no fix will ever make the consumer accept)
       --limit N      at most N messages (default 1000)
       --json         {"source", "pending", "dead", "lease_held", "oldest_pending_age_ms"?, "sink_unavailable"?, "messages": [...]}
 

@@ -429,7 +429,7 @@ public enum Txctl {
             var w = JSONWriter()
             w.beginObject(); w.field("reason", reason); w.endObject()
             let r = try remote(a).post("/v1/outbox/\(id)/discard", body: w.bytes, OutboxReplay.self)
-            ctx.out(a.has("json") ? JSONOut.encode(r) : "message \(r.id) is discarded: it is never delivered, and its key's later messages go on; the row keeps your reason\n")
+            ctx.out(a.has("json") ? JSONOut.encode(r) : "message \(r.id) is discarded: it is never delivered, and its key's later messages go on; the row keeps your reason until the relay's retention has passed\n")
         default:
             throw CtlError.usage("unknown outbox command \"\(sub)\": use list, replay or discard (see txctl outbox --help)")
         }

@@ -128,6 +128,7 @@ public final class InventoryService: RunnableServer {
         let sku: String
         let available: Int64
         init(wire o: WireObject) throws {
+            try o.refuseUnknownFields(["sku", "available"])
             sku = try o.string("sku")
             available = try o.int64("available")
         }

@@ -78,12 +78,16 @@ public final class OrderService: RunnableServer {
     public init(options: Options, loop: EventLoop, onFatal: @escaping (String) -> Void) throws {
         self.options = options
         api = APIPool(coordinatorURL: options.coordinatorURL, token: options.token)
+        // The address before the data directory and the order store: a busy port leaves nothing
+        // behind (see AgentServer), and the participant serves this socket.
+        let listener = try HTTPServer.listen(host: options.host, port: options.port)
         try DataDirectory.create(options.dataDirectory)
         store = try OrderStore(path: options.dataDirectory + "/orders.sqlite")
         var agentOptions = AgentServer.Options(name: options.name, dataDirectory: options.dataDirectory + "/participant",
                                                coordinatorURL: options.coordinatorURL)
         agentOptions.host = options.host
         agentOptions.port = options.port
+        agentOptions.listener = listener
         agentOptions.advertiseURL = options.advertiseURL
         agentOptions.token = options.token
         weak var weakSelf: OrderService?
@@ -130,7 +134,10 @@ public final class OrderService: RunnableServer {
         let mode: String
         /// The client's key for this order: a repeat with the same one is the same order.
         let requestID: String?
+        /// The contract's fields and `request_id`: anything else is refused, naming it.
+        static let fields = ["sku", "qty", "mode", "request_id"]
         init(wire o: WireObject) throws {
+            try o.refuseUnknownFields(Self.fields)
             sku = try o.string("sku")
             qty = try o.int64("qty")
             mode = try o.string("mode")

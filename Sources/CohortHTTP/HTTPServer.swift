@@ -412,14 +412,26 @@ public final class HTTPServer {
     /// One read buffer shared by all connections: the loop is single-threaded.
     let scratch: UnsafeMutableRawBufferPointer
 
-    public init(loop: EventLoop, host: String, port: Int, config: HTTPServerConfig = .init(),
+    public convenience init(loop: EventLoop, host: String, port: Int, config: HTTPServerConfig = .init(),
+                            handler: @escaping (HTTPRequest, HTTPResponder) -> Void) throws {
+        try self.init(loop: loop, listener: try HTTPServer.listen(host: host, port: port), config: config, handler: handler)
+    }
+
+    /// Binds the address a server will serve (`init(loop:listener:...)`), with the server's
+    /// backlog: a program takes it first, before its data directory (`TCPListener`).
+    public static func listen(host: String, port: Int) throws -> TCPListener {
+        try TCPListener(host: host, port: port, backlog: Limits.httpListenBacklog)
+    }
+
+    /// Serves a socket bound earlier (`HTTPServer.listen`); the server owns it from now on.
+    public init(loop: EventLoop, listener: TCPListener, config: HTTPServerConfig = .init(),
                 handler: @escaping (HTTPRequest, HTTPResponder) -> Void) throws {
         self.loop = loop
         self.config = config
         self.handler = handler
-        let (fd, bound) = try TCP.listen(host: host, port: port, backlog: Limits.httpListenBacklog)
+        let fd = listener.take()
         listenFD = fd
-        self.port = bound
+        self.port = listener.port
         scratch = .allocate(byteCount: 64 << 10, alignment: 16)
         do {
             try loop.register(fd: fd, interest: .readable) { [weak self] _ in self?.acceptConnections() }

@@ -30,6 +30,7 @@ enum OutboxSchema {
         CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(id) WHERE state = 0;
         CREATE INDEX IF NOT EXISTS outbox_dead ON outbox(id) WHERE state = 2;
         CREATE INDEX IF NOT EXISTS outbox_delivered ON outbox(delivered_ms) WHERE state = 1;
+        CREATE INDEX IF NOT EXISTS outbox_discarded ON outbox(delivered_ms) WHERE state = 3;
         CREATE TABLE IF NOT EXISTS outbox_lease(
           id INTEGER PRIMARY KEY CHECK (id = 1),
           holder TEXT NOT NULL,
@@ -63,7 +64,9 @@ enum OutboxSchema {
     static let stateDelivered: Int64 = 1
     static let stateDead: Int64 = 2
     /// A dead letter an operator gave up on (`OutboxStore.discard`): never delivered, no longer
-    /// blocking its key. Kept (not cleaned up) as the record of that decision.
+    /// blocking its key. Kept as the record of that decision for the relay's retention, counted
+    /// from the discard (its `delivered_ms`), then cleaned up as delivered rows are. Not part of
+    /// the backlog (`OutboxBacklogBound` counts pending and dead rows): nothing will send it.
     static let stateDiscarded: Int64 = 3
 
     /// Creates the tables if missing and returns the outbox's source name (set once, kept).
@@ -385,12 +388,20 @@ public final class OutboxStore {
         }
     }
 
-    /// Deletes up to `limit` rows delivered before `beforeMs`; how many it deleted.
+    /// Deletes up to `limit` rows delivered, or discarded by an operator, before
+    /// `deliveredBeforeMs` (a discarded row's `delivered_ms` is its discard time); how many it
+    /// deleted. Delivered rows go first. Discarded rows were never cleaned up, so each discard
+    /// stayed in the table for good. Two statements, each on its own partial index (one over
+    /// both states could use neither and would scan the table).
     public func cleanup(deliveredBeforeMs: Int64, limit: Int) throws -> Int {
         try connection.transaction {
-            try connection.run(
+            let delivered = try connection.run(
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = 1 AND delivered_ms < ?1 LIMIT ?2)",
                 [.int(deliveredBeforeMs), .int(Int64(limit))])
+            guard delivered < limit else { return delivered }
+            return delivered + (try connection.run(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = 3 AND delivered_ms < ?1 LIMIT ?2)",
+                [.int(deliveredBeforeMs), .int(Int64(limit - delivered))]))
         }
     }
 
@@ -445,7 +456,8 @@ public final class OutboxStore {
     /// Gives up on dead letter `id`: it is never delivered, and its key's later messages go on
     /// (a poison message whose fix never comes blocked its key for good: replay only made it
     /// dead again). The row stays, with `reason` in its last error, as the record of what was
-    /// dropped; nothing cleans it up. `.replayed` means it was discarded.
+    /// dropped, until the relay's retention has passed since `nowMs` (`cleanup`). `.replayed`
+    /// means it was discarded.
     public func discard(id: Int64, reason: String, nowMs: Int64) throws -> ReplayResult {
         try changeDeadLetter(id) {
             try connection.run("UPDATE outbox SET state = ?2, last_error = ?3, delivered_ms = ?4 WHERE id = ?1",

@@ -260,7 +260,7 @@ public final class OutboxRelay {
             do {
                 return .cleaned(deleted: try store.cleanup(deliveredBeforeMs: wallClock() - retentionMs, limit: limit), nowMs: now)
             } catch {
-                problem("deleting delivered rows: \(error)")
+                problem("deleting delivered and discarded rows: \(error)")
                 return .cleaned(deleted: 0, nowMs: now)
             }
         }

@@ -58,7 +58,16 @@ public final class RelayHost {
     public private(set) var server: HTTPServer?
     public var port: Int { server?.port ?? 0 }
 
-    public init(relay: OutboxRelay, host: String, port: Int, bearerToken: String? = nil,
+    public convenience init(relay: OutboxRelay, host: String, port: Int, bearerToken: String? = nil,
+                            metrics: MetricsRegistry = MetricsRegistry(),
+                            handler: ((HTTPRequest, HTTPResponder) -> Bool)? = nil) throws {
+        try self.init(relay: relay, listener: try HTTPServer.listen(host: host, port: port), bearerToken: bearerToken,
+                      metrics: metrics, handler: handler)
+    }
+
+    /// Serves a socket bound earlier (`HTTPServer.listen`): a program binds it before it opens
+    /// its database, so a busy port leaves no file behind.
+    public init(relay: OutboxRelay, listener: TCPListener, bearerToken: String? = nil,
                 metrics: MetricsRegistry = MetricsRegistry(),
                 handler: ((HTTPRequest, HTTPResponder) -> Bool)? = nil) throws {
         self.relay = relay
@@ -66,7 +75,7 @@ public final class RelayHost {
         relay.registerMetrics(metrics)
         var cfg = HTTPServerConfig()
         cfg.bearerToken = bearerToken
-        server = try HTTPServer(loop: relay.loop, host: host, port: port, config: cfg) { [weak relay, metrics] req, responder in
+        server = try HTTPServer(loop: relay.loop, listener: listener, config: cfg) { [weak relay, metrics] req, responder in
             guard let relay else { return responder.send(.error(503, "stopping")) }
             if req.path == "/healthz" {
                 // 503 while the relay cannot read its table: "ok" hid a damaged database that

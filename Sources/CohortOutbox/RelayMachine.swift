@@ -96,8 +96,8 @@ public enum RelayAction: Equatable, Sendable {
     case deliver(batch: Int, messages: [OutboxMessage])
     /// Write the batch's results, fenced by `token`. Answer with `.recorded`.
     case record(batch: Int, write: RelayWrite, token: Int64)
-    /// Delete up to `limit` rows delivered more than `retentionMs` ago (by the wall clock, as
-    /// `delivered_ms` is stored). Answer with `.cleaned`.
+    /// Delete up to `limit` rows delivered, or discarded by an operator, more than `retentionMs`
+    /// ago (by the wall clock, as `delivered_ms` is stored). Answer with `.cleaned`.
     case cleanup(retentionMs: Int64, limit: Int)
 }
 

@@ -225,6 +225,35 @@ public enum TCP {
     }
 }
 
+/// A TCP socket bound and listening but not served yet. A server takes its address with one
+/// before it creates or opens anything on disk: a busy port (a mistyped `--port`, a second
+/// process started by mistake) then fails its start with no data directory made and no other
+/// process's files opened. Closed when released, unless a server took it (`take()`).
+public final class TCPListener {
+    public let host: String
+    /// The bound port (the one picked, for port 0).
+    public let port: Int
+    private var fd: Int32
+
+    public init(host: String, port: Int, backlog: Int32) throws {
+        let (fd, bound) = try TCP.listen(host: host, port: port, backlog: backlog)
+        self.fd = fd
+        self.host = host
+        self.port = bound
+    }
+
+    deinit {
+        if fd >= 0 { TCP.close(fd) }
+    }
+
+    /// The listening descriptor, from now on the caller's to close. Once only.
+    public func take() -> Int32 {
+        precondition(fd >= 0, "a TCPListener is served by one server")
+        defer { fd = -1 }
+        return fd
+    }
+}
+
 /// A blocking client socket with send/receive timeouts, for CLIs, tests and load generators
 /// that run one request at a time per thread.
 public final class BlockingSocket {

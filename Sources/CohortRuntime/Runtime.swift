@@ -165,7 +165,7 @@ public enum JSONBody {
             return RequestError(400, "invalid JSON body: missing field \"\(key)\"")
         case .malformed(let why):
             return RequestError(400, "invalid JSON body: \(why)")
-        case .wrongType, .nullField, .outOfRange, .duplicateField:
+        case .wrongType, .nullField, .outOfRange, .duplicateField, .unknownField:
             return RequestError(400, "invalid JSON body: \(e)")
         }
     }

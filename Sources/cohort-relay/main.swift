@@ -1,4 +1,5 @@
 import CohortCore
+import CohortHTTP
 import CohortOutbox
 import CohortPosix
 import CohortRuntime
@@ -22,7 +23,8 @@ with a fencing token in the database); start a second one as a standby.
   --token-file F        bearer token for the admin API and the HTTP sink (also env COHORT_TOKEN)
   --batch N             messages per sink call (default \(Limits.outboxBatchMessagesMax))
   --attempts N          refusals before a message becomes a dead letter (default \(Limits.outboxAttemptsMax))
-  --retention DURATION  delete delivered rows this long after delivery (default 1h)
+  --retention DURATION  delete delivered rows this long after delivery, and dead letters an
+                        operator discarded this long after the discard (default 1h)
   --lease-ttl DURATION  lease time to live, 300ms-\(Limits.outboxLeaseTTLMsMax / 60_000)m (default \(Limits.outboxLeaseTTLMs)ms)
   --dead-letters-block-key true|false   a dead letter holds back its key's later messages (default true)
 \(Arguments.checkFlagsUsage)
@@ -83,6 +85,12 @@ do {
     if args.has(Arguments.checkFlags) { exit(0) }
     guard FileManager.default.fileExists(atPath: db) else { throw UsageError("--db \(db): no such file (the service creates it)") }
     ProcessEnv.ignoreSIGPIPE()
+    // The port before the database, as the servers take it: a busy one is refused before the
+    // service's database is opened.
+    var listener: TCPListener?
+    if let port {
+        do { listener = try HTTPServer.listen(host: host, port: port) } catch { fail("cannot listen on \(host):\(port): \(error)", status: 1) }
+    }
     let loop = try EventLoop()
     let store: OutboxStore
     do { store = try OutboxStore(path: db, requireOutboxTable: true) } catch let e as OutboxStoreError { fail("\(e)", status: 1) } catch { fail("cannot open \(db): \(error)", status: 1) }
@@ -96,11 +104,11 @@ do {
         hostServer?.shutdown()
         loop.stop()
     }
-    if let port {
+    if let listener {
         do {
-            hostServer = try RelayHost(relay: relay, host: host, port: port, bearerToken: token)
+            hostServer = try RelayHost(relay: relay, listener: listener, bearerToken: token)
         } catch {
-            fail("cannot listen on \(host):\(port): \(error)", status: 1)
+            fail("cannot serve on \(host):\(listener.port): \(error)", status: 1)
         }
         print("listening on http://\(host):\(hostServer!.port)")
         fflush(stdout)

@@ -86,6 +86,9 @@ do {
     let consumerName = try args.nonEmpty("name")
     if args.has(Arguments.checkFlags) { exit(0) }
     ProcessEnv.ignoreSIGPIPE()
+    // The port before the database: a busy one leaves no new database behind.
+    let listener: TCPListener
+    do { listener = try HTTPServer.listen(host: "127.0.0.1", port: port) } catch { fail("\(error)", status: 1) }
 
     let inbox = try Inbox(path: db, consumer: "demo-consumer", sync: sync)
     try inbox.connection.exec("""
@@ -130,7 +133,7 @@ do {
     let dupLock = NSLock()
     var dupCount = 0
     func dupes() -> Int { dupLock.withLock { dupCount } }
-    let server = try HTTPServer(loop: loop, host: "127.0.0.1", port: port) { req, responder in
+    let server = try HTTPServer(loop: loop, listener: listener) { req, responder in
         if req.path == "/healthz" { return responder.send(.jsonBytes(200, Array(#"{"status":"ok"}"#.utf8))) }
         if req.path == "/v1/state" {
             do { return responder.send(.json(200, try state())) } catch { return responder.send(.error(500, "\(error)")) }

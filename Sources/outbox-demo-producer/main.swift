@@ -10,7 +10,11 @@ usage: outbox-demo-producer --db PATH [--count N] [--rate N] [--keys K] [options
 
 A demo service for tests and benchmarks: each local transaction inserts an order row and
 enqueues one message (topic "orders", key kI, payload {"order", "key", "seq", ...} where seq
-counts per key from 1). Prints "produced N committed M rolled-back" when done.
+counts per key from 1). Prints "produced N committed M rolled-back ..." when done. Without
+--sink it only commits: a relay elsewhere delivers (exit 0 with the messages pending). With
+--sink (and no --hold) it then waits, up to --drain-wait, for its relay to deliver them, and
+adds "; delivered all N" (exit 0) or "; P pending, D dead letters of N after S" (exit 1, with
+an error line: the table keeps them for a relay started on PATH later).
   --db PATH            the service's SQLite database (created if missing)
   --count N            transactions to run (default 1000; 0 = until SIGTERM)
   --rate N             transactions per second (default: as fast as possible)
@@ -22,6 +26,8 @@ counts per key from 1). Prints "produced N committed M rolled-back" when done.
   --sync full|normal   SQLite synchronous mode (default full)
   --name NAME          the outbox's name (message ids are NAME:ID)
   --sink URL           also run a relay in this process (http://... or redis://...)
+  --drain-wait D       with --sink: how long to wait for delivery after producing, 0s-1h
+                       (default \(TimeFormat.duration(ms: Limits.outboxProducerDrainWaitMsDefault)))
   --stream NAME        Redis stream for --sink redis://... (default cohort-outbox)
   --port N             serve GET /healthz and GET /v1/state ({"committed", "rolled_back", "done"});
                        with --sink also /metrics and the outbox admin API. Prints "listening on URL"
@@ -40,6 +46,8 @@ final class Counter: @unchecked Sendable {
     var rolledBack = 0
     var next = 0
     var done = false
+    /// The smallest id this process enqueued and committed: its messages are counted from it.
+    var firstID: Int64?
 }
 
 struct ProducerState: Encodable {
@@ -57,7 +65,7 @@ struct Rollback: Error {}
 do {
     let args = try Arguments(Array(CommandLine.arguments.dropFirst()),
                              valued: ["db", "count", "rate", "keys", "threads", "rollback-every", "poison-every", "payload-bytes",
-                                      "sync", "name", "sink", "stream", "port"],
+                                      "sync", "name", "sink", "stream", "port", "drain-wait"],
                              booleans: ["help", "hold", Arguments.checkFlags])
     if args.has("help") { print(usage); exit(0) }
     // Before anything opens the database: `COHORT_CRASHPOINT=list` only lists (the crash
@@ -85,7 +93,19 @@ do {
     if let sinkURL = args.string("sink") {
         do { try checkOutboxSinkURL(sinkURL) } catch { throw UsageError("--sink: \(error)") }
     }
+    let drainWaitMs = try args.durationMs("drain-wait")
+    if let ms = drainWaitMs {
+        guard args.string("sink") != nil else { throw UsageError("--drain-wait is for --sink: without it a relay elsewhere delivers") }
+        guard ms <= Limits.outboxProducerDrainWaitMsMax else {
+            throw UsageError("--drain-wait must be at most \(TimeFormat.duration(ms: Limits.outboxProducerDrainWaitMsMax))")
+        }
+    }
     if args.has(Arguments.checkFlags) { exit(0) }
+    // The port before the database: a busy one leaves no new database behind.
+    var listener: TCPListener?
+    if let port {
+        do { listener = try HTTPServer.listen(host: "127.0.0.1", port: port) } catch { fail("\(error)", status: 1) }
+    }
 
     // Schema once, then one connection per thread.
     let setup = try Outbox(path: db, sync: sync, name: name)
@@ -115,8 +135,8 @@ do {
         let r = OutboxRelay(store: try OutboxStore(path: db), sink: sink, loop: l)
         r.onProblem = { StandardStream.err("relay: \($0)\n") }
         relay = r
-        if let port {
-            host = try RelayHost(relay: r, host: "127.0.0.1", port: port, handler: stateHandler)
+        if let listener {
+            host = try RelayHost(relay: r, listener: listener, handler: stateHandler)
             print("listening on http://127.0.0.1:\(host!.port)")
             fflush(stdout)
         }
@@ -129,10 +149,10 @@ do {
         }
         l.startThread()
         r.start()
-    } else if let port {
+    } else if let listener {
         let l = try EventLoop()
         loop = l
-        let server = try HTTPServer(loop: l, host: "127.0.0.1", port: port) { req, responder in
+        let server = try HTTPServer(loop: l, listener: listener) { req, responder in
             if req.path == "/healthz" { return responder.send(.jsonBytes(200, Array(#"{"status":"ok"}"#.utf8))) }
             if stateHandler(req, responder) { return }
             responder.send(.error(404, "no such endpoint \(req.method) \(req.path)"))
@@ -173,7 +193,7 @@ do {
                     let poison = poisonEvery.map { n % $0 == 0 } ?? false
                     while true {
                         do {
-                            try outbox.transaction { tx in
+                            let id = try outbox.transaction { tx -> Int64 in
                                 let seq = (try tx.query("SELECT seq FROM key_seq WHERE key = ?1", [.text(key)]).first?.first?.int ?? 0) + 1
                                 let now = SystemClock.wallMs()
                                 try tx.execute("INSERT INTO key_seq(key, seq) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET seq = excluded.seq",
@@ -181,10 +201,14 @@ do {
                                 try tx.execute("INSERT INTO orders(key, seq, created_ms) VALUES(?1, ?2, ?3)", [.text(key), .int(seq), .int(now)])
                                 let order = tx.lastInsertRowID
                                 let payload = #"{"order":\#(order),"key":"\#(key)","seq":\#(seq),"rollback":\#(rollback),"poison":\#(poison),"pad":"\#(padding)"}"#
-                                try tx.enqueue(topic: "orders", key: key, payload: payload, nowMs: now)
+                                let id = try tx.enqueue(topic: "orders", key: key, payload: payload, nowMs: now)
                                 if rollback { throw Rollback() }
+                                return id
                             }
-                            counter.lock.withLock { counter.committed += 1 }
+                            counter.lock.withLock {
+                                counter.committed += 1
+                                counter.firstID = min(counter.firstID ?? id, id)
+                            }
                             break
                         } catch is Rollback {
                             counter.lock.withLock { counter.rolledBack += 1 }
@@ -206,7 +230,36 @@ do {
     for w in workers { w.join() }
     counter.lock.withLock { counter.done = true }
     let ms = max(1, SystemClock.monotonicMs() - started)
-    print("produced \(counter.committed) committed \(counter.rolledBack) rolled-back in \(ms) ms (\(Int(Double(counter.committed) * 1000 / Double(ms)))/s)")
+    var line = "produced \(counter.committed) committed \(counter.rolledBack) rolled-back in \(ms) ms (\(Int(Double(counter.committed) * 1000 / Double(ms)))/s)"
+    // With its own relay and no --hold, the process is done only once its messages are out:
+    // it exited 0 with them pending (a sink slower than the producers, or down). Counted from
+    // its first message on, so messages other producers interleaved count too; dead letters
+    // are not delivered either (the demo consumer refuses --poison-every's messages).
+    var undelivered: (pending: Int64, dead: Int64, waitedMs: Int64)?
+    if relay != nil && !args.has("hold") {
+        let waitMs = drainWaitMs ?? Limits.outboxProducerDrainWaitMsDefault
+        let reads = try SQLiteConnection(path: db, sync: sync)
+        let firstID = counter.firstID ?? Int64.max
+        func count(_ state: Int) throws -> Int64 {
+            try reads.query("SELECT COUNT(*) FROM outbox WHERE state = \(state) AND id >= ?1", [.int(firstID)]).first?.first?.int ?? 0
+        }
+        let waitStarted = SystemClock.monotonicMs()
+        var pending = try count(0)
+        while pending > 0 && SystemClock.monotonicMs() - waitStarted < waitMs {
+            PosixThread.sleep(milliseconds: Limits.outboxPollIntervalMs)
+            pending = try count(0)
+        }
+        let dead = try count(2)
+        reads.close()
+        let waited = SystemClock.monotonicMs() - waitStarted
+        if pending == 0 && dead == 0 {
+            line += "; delivered all \(counter.committed) in \(waited) ms"
+        } else {
+            line += "; \(pending) pending, \(dead) dead letters of \(counter.committed) after \(waited) ms"
+            undelivered = (pending, dead, waited)
+        }
+    }
+    print(line)
     fflush(stdout)
     if args.has("hold") && (relay != nil || stateServer != nil) {
         while true { PosixThread.sleep(milliseconds: 1000) }
@@ -218,6 +271,9 @@ do {
     if let relay, let loop {
         loop.execute { relay.stop(); host?.shutdown(); loop.stop() }
         loop.stopAndJoin()
+    }
+    if let undelivered {
+        fail("\(undelivered.pending) of the \(counter.committed) messages committed still pending and \(undelivered.dead) dead letters after waiting \(TimeFormat.duration(ms: undelivered.waitedMs)) for the relay (sink \(args.string("sink")!) down or slow?); the table keeps them, and a relay on \(db) delivers them later", status: 1)
     }
     exit(0)
 } catch let e as UsageError {

@@ -26,7 +26,16 @@ Environment: COHORT_CRASHPOINT=NAME[:K] or =list
 
 let crashPoints = ["tcc-inventory.after-try-committed", "tcc-inventory.after-confirm-committed", "tcc-inventory.after-cancel-committed"]
 
-struct StockRequest: Codable { let sku: String; let available: Int64 }
+/// `POST /v1/stock`'s body, read as the demo inventory reads its own: other fields are refused.
+struct StockRequest: WireDecodable {
+    let sku: String
+    let available: Int64
+    init(wire o: WireObject) throws {
+        try o.refuseUnknownFields(["sku", "available"])
+        sku = try o.string("sku")
+        available = try o.int64("available")
+    }
+}
 
 func fail(_ message: String, status: Int32) -> Never {
     StandardStream.err("error: \(message)\n")
@@ -49,6 +58,9 @@ do {
     var serverConfig = HTTPServerConfig()
     serverConfig.bearerToken = try loadToken(file: args.string("token-file"))
     if args.has(Arguments.checkFlags) { exit(0) }
+    // The address first, as the other servers take it: a busy port is refused before the data
+    // directory is made or another process's database opened.
+    let listener = try HTTPServer.listen(host: host, port: port)
     // Held for the process's life: a second tcc-inventory on the same directory would run a
     // second barrier purger over the same rows (the other services refuse it the same way).
     let dataDirectoryLock = try DataDirectory.lock(dir: dir)
@@ -70,7 +82,7 @@ do {
         server?.shutdown()
         loop.stop()
     }
-    server = try HTTPServer(loop: loop, host: host, port: port, config: serverConfig) { request, responder in
+    server = try HTTPServer(loop: loop, listener: listener, config: serverConfig) { request, responder in
         if let r = store.resource.handle(request) ?? store.resource.handleBranchQuery(request) { return responder.send(r) }
         let parts = request.pathComponents
         do {

@@ -335,6 +335,66 @@ final class DemoTests: XCTestCase {
         XCTAssertEqual(rig.waitAtRest(), [])
     }
 
+    /// The order and stock bodies are the contract's fields (and `request_id`): another field is
+    /// a 400 that names it, and nothing is placed or set. They were ignored, so a misspelt
+    /// `requestId` placed an order without its request id (a resend placed a second one) and a
+    /// stray field was taken as meaning something. A whole number written with an exponent or
+    /// a fraction (`1e3`, `2.0`) is that number, as for every integer of Cohort's wire; a real
+    /// fraction is refused.
+    func testUnknownFieldsAreRefusedNamingTheField() throws {
+        let rig = try rig()
+        try rig.setStock("apple", 5000)
+        let api = CohortAPI(coordinatorURL: "")
+        func post(_ url: String, _ body: String) throws -> (Int, String) {
+            let r = try api.raw("POST", url, body: Array(body.utf8))
+            return (r.status, (try? JSONDecoder().decode(ErrorBody.self, from: Data(r.body)))?.error ?? String(decoding: r.body, as: UTF8.self))
+        }
+        let orders = rig.url("orders") + "/v1/orders"
+        for (body, field) in [(#"{"sku":"apple","qty":1,"mode":"2pc","requestId":"r-1"}"#, "requestId"),
+                              (#"{"sku":"apple","qty":1,"mode":"2pc","quantity":7}"#, "quantity"),
+                              (#"{"sku":"apple","quantity":7,"mode":"2pc"}"#, "quantity"),
+                              (#"{"sku":"apple","qty":1,"mode":"2pc","":1}"#, ""),
+                              (#"{"sku":"apple","qty":1,"mode":"2pc","request_id":"r-2","priority":null}"#, "priority")] {
+            let (code, error) = try post(orders, body)
+            XCTAssertEqual(code, 400, "\(body): \(error)")
+            XCTAssertTrue(error.contains(#"unknown field "\#(field)""#) && error.contains(#""sku", "qty", "mode", "request_id""#), "\(body): \(error)")
+        }
+        XCTAssertEqual((try rig.json("GET", orders).1["orders"] as? [Any])?.count, 0, "nothing placed")
+        XCTAssertEqual(try rig.stock("apple").available, 5000)
+
+        let stock = rig.url("inventory") + "/v1/stock"
+        for (body, field) in [(#"{"sku":"pear","available":5,"sold":3}"#, "sold"), (#"{"sku":"pear","availble":5}"#, "availble")] {
+            let (code, error) = try post(stock, body)
+            XCTAssertEqual(code, 400, "\(body): \(error)")
+            XCTAssertTrue(error.contains(#"unknown field "\#(field)" (the fields are "sku", "available")"#), "\(body): \(error)")
+        }
+        XCTAssertEqual(try rig.json("GET", rig.url("inventory") + "/v1/stock/pear").0, 404, "nothing set")
+
+        // Whole numbers in any notation; a fraction or past 64 bits refused.
+        for (body, qty) in [(#"{"sku":"apple","qty":1e3,"mode":"2pc"}"#, 1000), (#"{"sku":"apple","qty":2.0,"mode":"2pc"}"#, 2)] {
+            let (code, text) = try post(orders, body)
+            XCTAssertEqual(code, 201, "\(body): \(text)")
+            XCTAssertTrue(text.contains(#""status":"confirmed""#), text)
+            let id = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])["order_id"] as? String
+            XCTAssertEqual((try rig.json("GET", orders + "/\(id ?? "")").1["qty"] as? NSNumber)?.intValue, qty, body)
+        }
+        for body in [#"{"sku":"apple","qty":2.5,"mode":"2pc"}"#, #"{"sku":"apple","qty":1e30,"mode":"2pc"}"#] {
+            let (code, error) = try post(orders, body)
+            XCTAssertEqual(code, 400, "\(body): \(error)")
+            XCTAssertTrue(error.contains(#""qty""#), "\(body): \(error)")
+        }
+
+        // tcc-inventory's stock body, the same.
+        let tcc = ManagedProcess(name: "tcc", executable: try Cluster.findBinDirectory().appendingPathComponent("tcc-inventory"),
+                                 arguments: ["--data", rig.cluster.logDirectory + "/tcc-data", "--port", "0"], logDirectory: rig.cluster.logDirectory)
+        try tcc.start()
+        defer { tcc.kill9() }
+        let (code, error) = try post(try XCTUnwrap(tcc.url) + "/v1/stock", #"{"sku":"pear","available":5,"reserved":1}"#)
+        XCTAssertEqual(code, 400, error)
+        XCTAssertTrue(error.contains(#"unknown field "reserved""#), error)
+        XCTAssertEqual(try post(tcc.url! + "/v1/stock", #"{"sku":"pear","available":5}"#).0, 200)
+    }
+
     func testBadInputIsRefusedWithAnError() throws {
         let rig = try rig()
         for body: [String: Any] in [["sku": "a", "qty": 0, "mode": "2pc"], ["sku": "a", "qty": 1, "mode": "xa"],

@@ -492,6 +492,71 @@ final class BadInputTests: XCTestCase {
         XCTAssertTrue(second.stderr.contains("\(dir)/tcc is in use by another process"), second.stderr)
     }
 
+    /// A port already taken (a mistyped `--port`, a second server started by mistake) is refused
+    /// before anything is made or opened on disk: every server exits 1 with one `error:` line
+    /// naming the address, and leaves no data directory or database behind. Each made its data
+    /// directory, identity files, log and store first and bound last, so a busy port left a new
+    /// directory with an identity in it (a later start under another name was then refused).
+    /// A stopped agent's directory started again on a busy port is left exactly as it was.
+    func testABusyPortIsRefusedBeforeAnythingOnDisk() throws {
+        let bin = try binDirectory()
+        let dir = tempPath("cohort-busyport-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let url = "http://127.0.0.1:1"
+        // A stopped agent's data directory, as it was at its stop.
+        let stopped = ManagedProcess(name: "stopped", executable: bin.appendingPathComponent("cohort-agent"),
+                                     arguments: ["--name", "old", "--data", dir + "/old", "--port", "0", "--coordinator", url],
+                                     logDirectory: dir + "/logs")
+        try stopped.start()
+        XCTAssertEqual(stopped.terminate(), 0)
+        func listing(_ root: String) -> [String] {
+            let names = (FileManager.default.enumerator(atPath: root)?.allObjects as? [String] ?? []).sorted()
+            return names.map { name in
+                let a = try? FileManager.default.attributesOfItem(atPath: root + "/" + name)
+                return "\(name) \((a?[.size] as? NSNumber)?.intValue ?? -1) \((a?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? -1)"
+            }
+        }
+        // A producer's database, closed, for cohort-relay (it opens an existing one).
+        try FileManager.default.createDirectory(atPath: dir + "/relayed", withIntermediateDirectories: true)
+        let made = try runToCompletion(bin.appendingPathComponent("outbox-demo-producer"), ["--db", dir + "/relayed/p.db", "--count", "1"])
+        XCTAssertEqual(made.status, 0, made.stderr)
+        let before = [dir + "/old": listing(dir + "/old"), dir + "/relayed": listing(dir + "/relayed")]
+        XCTAssertTrue(before[dir + "/old"]!.contains { $0.hasPrefix("kv.sqlite ") }, "\(before)")
+
+        // The port's holder: a running coordinator.
+        let holder = ManagedProcess(name: "holder", executable: bin.appendingPathComponent("cohortd"),
+                                    arguments: ["--data", dir + "/holder", "--port", "0"], logDirectory: dir + "/logs")
+        try holder.start()
+        defer { holder.kill9() }
+        let port = String(try XCTUnwrap(holder.port))
+        let cases: [(String, [String], String)] = [
+            ("cohortd", ["--data", dir + "/coordinator"], dir + "/coordinator"),
+            ("cohort-agent", ["--name", "a", "--data", dir + "/agent", "--coordinator", url], dir + "/agent"),
+            ("cohort-agent", ["--name", "old", "--data", dir + "/old", "--coordinator", url], dir + "/old"),
+            ("inventory-service", ["--data", dir + "/inventory", "--coordinator", url], dir + "/inventory"),
+            ("order-service", ["--data", dir + "/orders", "--coordinator", url, "--inventory", url], dir + "/orders"),
+            ("tcc-inventory", ["--data", dir + "/tcc"], dir + "/tcc"),
+            ("outbox-demo-producer", ["--db", dir + "/producer.db", "--count", "1"], dir + "/producer.db"),
+            ("outbox-demo-consumer", ["--db", dir + "/consumer.db"], dir + "/consumer.db"),
+            ("cohort-relay", ["--db", dir + "/relayed/p.db", "--sink", url + "/v1/inbox"], dir + "/relayed"),
+        ]
+        for (program, args, path) in cases {
+            let r = try runToCompletion(bin.appendingPathComponent(program), args + ["--port", port], timeoutMs: 10_000)
+            XCTAssertEqual(r.status, 1, "\(program): \(r.stderr)")
+            let lines = r.stderr.split(separator: "\n")
+            XCTAssertEqual(lines.count, 1, "\(program): one line: \(r.stderr)")
+            XCTAssertTrue(r.stderr.hasPrefix("error: ") && r.stderr.contains("127.0.0.1:\(port): Address already in use"), "\(program): \(r.stderr)")
+            XCTAssertEqual(r.stdout, "", "\(program) announced nothing")
+            if let was = before[path] {
+                XCTAssertEqual(listing(path), was, "\(program): \(path) is left as it was")
+            } else {
+                XCTAssertFalse(FileManager.default.fileExists(atPath: path), "\(program) left \(path) behind: \(listing(path))")
+            }
+        }
+        XCTAssertTrue(holder.isRunning, "the port's holder goes on")
+    }
+
     /// A base URL flag (`--reply-to`, `--inventory`, `--coordinator`, `--advertise`) is refused
     /// with a path, at start and by `--check-flags`: each service adds its paths itself, and
     /// `inventory-service --reply-to http://HOST:PORT/v1/inbox` was accepted and sent every

@@ -208,6 +208,51 @@ final class RelayRuntimeTests: XCTestCase {
         XCTAssertEqual(admin("/v1/outbox/999999999999999/discard", #"{"reason":"x"}"#)?.status, 404)
     }
 
+    /// The relay cleans up a dead letter an operator discarded once its retention has passed
+    /// since the discard, as it cleans up a delivered row after its delivery; not before. Each
+    /// discarded row stayed for good.
+    func testTheRelayCleansUpADiscardedRowAfterItsRetention() throws {
+        let (path, outbox, counts, loop) = try rig("r")
+        defer { loop.stopAndJoin() }
+        final class RefusingSink: OutboxSink, @unchecked Sendable {
+            let loop: EventLoop
+            var name: String { "refusing" }
+            init(loop: EventLoop) { self.loop = loop }
+            func deliver(_ messages: [OutboxMessage], completion: @escaping (SinkResult) -> Void) {
+                let outcomes: [DeliveryOutcome] = messages.map { $0.payload == "poison" ? .rejected("HTTP 422") : .acknowledged }
+                loop.execute { completion(.outcomes(outcomes)) }
+            }
+            func shutdown() {}
+        }
+        let wall = SteppedClock()
+        var config = RelayConfig()
+        config.attemptsMax = 1
+        config.retentionMs = 60_000
+        config.cleanupIntervalMs = 10
+        let relay = OutboxRelay(store: try OutboxStore(path: path), sink: RefusingSink(loop: loop), loop: loop, config: config,
+                                wallClock: { wall.nowMs() })
+        onLoop(loop) { relay.start() }
+        defer { onLoop(loop) { relay.stop() } }
+        let poison = try outbox.transaction { try $0.enqueue(topic: "t", key: "k", payload: "poison") }
+        try waitFor("the dead letter", timeoutMs: 15_000) { try counts.counts().dead == 1 }
+        wall.step(50_000)
+        var answer: HTTPResponse?
+        onLoop(loop) {
+            let path = "/v1/outbox/\(poison)/discard"
+            answer = OutboxAdminAPI.handle(HTTPRequest(method: "POST", target: path, path: path, body: Array(#"{"reason":"r"}"#.utf8)),
+                                           relay: relay, nowMs: wall.nowMs())
+        }
+        XCTAssertEqual(answer?.status, 200)
+        func kept() throws -> Bool { try !counts.connection.query("SELECT 1 FROM outbox WHERE id = ?1", [.int(poison)]).isEmpty }
+        // 30 s after the discard (80 s after the dead letter): within the retention, kept.
+        wall.step(30_000)
+        Thread.sleep(forTimeInterval: 0.3)
+        XCTAssertTrue(try kept(), "within the retention since the discard")
+        wall.step(31_000)
+        try waitFor("the discarded row cleaned up", timeoutMs: 5_000) { try !kept() }
+        XCTAssertEqual(try counts.counts(), OutboxStore.Counts(pending: 0, dead: 0, delivered: 0))
+    }
+
     /// A tick renews the lease and, in the same feed, sends a batch. When the renewal finds
     /// another relay holding the lease, the batch decided under the lost lease is not sent.
     func testNothingQueuedRunsAfterTheLeaseIsLost() throws {

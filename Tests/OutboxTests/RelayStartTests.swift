@@ -35,4 +35,35 @@ final class RelayStartTests: XCTestCase {
         XCTAssertEqual(r.stdout.split(separator: "\n").map(String.init), OutboxRelay.crashPoints)
         XCTAssertFalse(FileManager.default.fileExists(atPath: rig.dir + "/not-yet"), "nothing created")
     }
+
+    /// `outbox-demo-producer --sink` runs its own relay, and exited 0 at once after producing,
+    /// stopping the relay with messages still pending (all of them with the sink down) and a
+    /// line that said nothing of it. It now waits up to `--drain-wait` for them: with the sink
+    /// up it says "delivered all N" and exits 0; with it down it says how many are pending and
+    /// exits 1 with one error line, and the table keeps them for a relay started later.
+    func testTheProducerWithItsOwnRelayWaitsForDeliveryOrSaysWhatIsStillPending() throws {
+        let rig = try rig()
+        let producer = rig.bin.appendingPathComponent("outbox-demo-producer")
+        let downDB = rig.dir + "/down.db"
+        let down = try runToCompletion(producer, ["--db", downDB, "--count", "20", "--keys", "4",
+                                                  "--sink", "http://127.0.0.1:1/v1/inbox", "--drain-wait", "500ms"])
+        XCTAssertEqual(down.status, 1, down.stderr)
+        XCTAssertTrue(down.stdout.hasPrefix("produced 20 committed 0 rolled-back in "), down.stdout)
+        XCTAssertTrue(down.stdout.contains("; 20 pending, 0 dead letters of 20 after "), down.stdout)
+        let errors = down.stderr.split(separator: "\n").filter { $0.hasPrefix("error: ") }
+        XCTAssertEqual(errors.count, 1, down.stderr)
+        XCTAssertTrue(errors.first?.contains("20 of the 20 messages committed still pending") == true, down.stderr)
+        let kept = try OutboxStore(path: downDB)
+        XCTAssertEqual(try kept.counts().pending, 20, "kept for a relay started later")
+        kept.close()
+
+        let consumer = try rig.start("outbox-demo-consumer", ["--db", rig.consumerDB, "--port", "0"])
+        let up = try runToCompletion(producer, ["--db", rig.producerDB, "--count", "300", "--keys", "10",
+                                                "--sink", try XCTUnwrap(consumer.url) + "/v1/inbox"], timeoutMs: 60_000)
+        XCTAssertEqual(up.status, 0, up.stderr)
+        XCTAssertTrue(up.stdout.hasPrefix("produced 300 committed 0 rolled-back in "), up.stdout)
+        XCTAssertTrue(up.stdout.contains("; delivered all 300 in "), up.stdout)
+        XCTAssertEqual(try rig.outboxCounts().pending, 0)
+        XCTAssertEqual(try rig.consumerState(consumer)["applied"], 300)
+    }
 }

@@ -108,6 +108,12 @@ final class StoreTests: XCTestCase {
         try outbox.execute("UPDATE outbox SET state = 1 WHERE key = 'o1'")  // delivered: room for one
         try order("o3")
         XCTAssertThrowsError(try order("o4"))
+        // A dead letter an operator discarded is no longer backlog: nothing will send it.
+        let store = try OutboxStore(path: path)
+        let o0 = try XCTUnwrap(try outbox.query("SELECT id FROM outbox WHERE key = 'o0'").first?.first?.int)
+        XCTAssertEqual(try store.discard(id: o0, reason: "r", nowMs: 1), .replayed)
+        try order("o4")
+        XCTAssertThrowsError(try order("o5"))
 
         // Between counts a producer adds what it enqueued itself: the bound holds without a
         // count per message, and a delivery is seen at the next count.
@@ -260,6 +266,41 @@ final class StoreTests: XCTestCase {
         let c = try store.counts()
         XCTAssertEqual(c.delivered, 1, "delivered within the retention period stays")
         XCTAssertEqual(c.pending, 3)
+    }
+
+    /// Rows an operator discarded go after the retention too, counted from their discard: they
+    /// stayed for good, one more row per discard. Delivered rows go first within a batch's limit.
+    func testCleanupDeletesDiscardedRowsAfterTheRetentionFromTheirDiscard() throws {
+        let path = tempDB("p")
+        let outbox = try Outbox(path: path)
+        var ids: [Int64] = []
+        for i in 0..<5 { ids.append(try outbox.transaction { try $0.enqueue(topic: "t", key: "k\(i)", payload: "") }) }
+        let store = try OutboxStore(path: path)
+        let t = try XCTUnwrap(store.acquireLease(holder: "r", nowMs: 0, ttlMs: 1000))
+        let dead = Array(ids[0..<3]).map { RelayWrite.Failure(id: $0, attempts: 1, error: "422") }
+        XCTAssertTrue(try store.record(RelayWrite(delivered: [ids[3]], dead: dead), holder: "r", token: t, nowMs: 100))
+        // Two discarded early, one late; the dead letter made at 100 is discarded at 900.
+        XCTAssertEqual(try store.discard(id: ids[0], reason: "r", nowMs: 200), .replayed)
+        XCTAssertEqual(try store.discard(id: ids[1], reason: "r", nowMs: 300), .replayed)
+        XCTAssertEqual(try store.discard(id: ids[2], reason: "r", nowMs: 900), .replayed)
+        func discarded() throws -> [Int64] {
+            try store.connection.query("SELECT id FROM outbox WHERE state = 3 ORDER BY id").map { $0[0].int ?? 0 }
+        }
+        XCTAssertEqual(try store.cleanup(deliveredBeforeMs: 150, limit: 10), 1, "the delivered row alone")
+        XCTAssertEqual(try discarded(), Array(ids[0..<3]), "discards newer than the cutoff stay")
+        XCTAssertEqual(try store.cleanup(deliveredBeforeMs: 500, limit: 1), 1)
+        XCTAssertEqual(try store.cleanup(deliveredBeforeMs: 500, limit: 1), 1)
+        XCTAssertEqual(try store.cleanup(deliveredBeforeMs: 500, limit: 1), 0)
+        XCTAssertEqual(try discarded(), [ids[2]], "the one discarded at 900 stays until its own retention passed")
+        XCTAssertEqual(try store.cleanup(deliveredBeforeMs: 901, limit: 10), 1)
+        XCTAssertEqual(try discarded(), [])
+        XCTAssertEqual(try store.counts().pending, 1, "pending rows are never cleaned up")
+        // Each statement has its partial index: no scan of the table.
+        for state in [1, 3] {
+            let plan = try store.connection.query(
+                "EXPLAIN QUERY PLAN SELECT id FROM outbox WHERE state = \(state) AND delivered_ms < 1 LIMIT 1").map { $0.last?.text ?? "" }
+            XCTAssertTrue(plan.contains { $0.contains(state == 1 ? "outbox_delivered" : "outbox_discarded") }, "\(plan)")
+        }
     }
 
     func testInboxAppliesEachMessageOnceAndRollsBackAFailedEffectAlone() throws {
