@@ -548,15 +548,21 @@ public final class AgentNode {
     }
 
     /// Tells the coordinator that an operator's outcome here differs from its decision, so it
-    /// reports the transaction heuristic-mixed too. A few tries; the branch's own record and
-    /// `GET /v1/branches?state=heuristic-mixed` keep the fact either way. The report names who
+    /// reports the transaction heuristic-mixed too. A few tries, and again after a restart until
+    /// one is acknowledged; the branch's own record and `GET /v1/branches?state=heuristic-mixed`
+    /// keep the fact either way. The report names who
     /// forced the branch, why and when, for the coordinator's own record of it.
     private func reportHeuristic(_ txid: String, _ url: String, _ decision: Participant.HeuristicDecision, attempt: Int) {
         metrics.add("cohort_messages_sent_total", labels: "type=\"heuristic\"")
         let body = JSONBody.encode(HeuristicReport(participant: name, outcome: decision.outcome.rawValue, operator: decision.operatorName,
                                                    reason: decision.reason, forcedAtMs: decision.atMs))
         environment.send(HTTPClientRequest(method: "POST", url: "\(url)/v1/transactions/\(txid)/heuristic", body: body)) { [unowned self] result in
-            if case .success(let r) = result, r.status == 200 || r.status == 400 { return }
+            if case .success(let r) = result, r.status == 200 || r.status == 400 {
+                // Until then it is sent again at the next start (a few tries here, then the
+                // restart: the state machine keeps which reports are unacknowledged).
+                self.feed(.heuristicReportDelivered(txid))
+                return
+            }
             guard attempt < Limits.heuristicReportAttemptsMax else { return }
             _ = self.environment.schedule(afterMs: Limits.retryDelayMsMax) { self.reportHeuristic(txid, url, decision, attempt: attempt + 1) }
         }

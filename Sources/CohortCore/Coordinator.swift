@@ -863,10 +863,16 @@ public struct Coordinator {
         }
         forces.sort { ($0.0, $0.1) < ($1.0, $1.1) }
         w.u32(UInt32(forces.count))
+        var forcesBytes = 0
         for (txid, name, force) in forces {
             w.string(txid.description)
             w.string(name)
-            force.encode(&w)
+            forcesBytes += (force.operatorName?.utf8.count ?? 0) + (force.reason?.utf8.count ?? 0)
+            if forcesBytes <= Limits.heuristicForcesInSnapshotBytesMax {
+                force.encode(&w)
+            } else {
+                HeuristicForce(operatorName: force.operatorName, reason: nil, forcedAtMs: force.forcedAtMs).encode(&w)
+            }
         }
         return w.bytes
     }

@@ -364,6 +364,15 @@ public enum Limits {
     public static let branchKeysListedMax = 8
     /// Keys named in one branch's view (`GET /v1/branches/{txid}`).
     public static let branchKeysShownMax = 256
+    /// Bytes of released key names an agent checkpoint holds (the forced and heuristic-mixed
+    /// branches' lists); past it a list keeps its count, not its names. 256 names of 256 bytes
+    /// for each of 100,000 kept decisions would pass `snapshotBytesMax`, and a checkpoint that
+    /// cannot be written stops the agent at every start.
+    public static let releasedKeysInSnapshotBytesMax = 16 << 20
+    /// Bytes of who-forced-it audits (operator, reason) a coordinator checkpoint holds; past it
+    /// an audit keeps its operator and time but not its reason (for the same reason as above:
+    /// heuristic reports need no token when none is configured).
+    public static let heuristicForcesInSnapshotBytesMax = 16 << 20
     /// Key names one branch list carries in all: past it the rest of its branches give only
     /// `keys_total`, so 10,000 in-doubt branches of 256-byte keys still fit a client's
     /// `httpResponseBytesMax` with the list itself.

@@ -77,6 +77,8 @@ public struct Participant {
         case forgetDurable(String)
         /// A forced `heuristic-resolved` record (a forgotten branch found mixed) is durable.
         case resolvedDurable(String)
+        /// The coordinator acknowledged a heuristic report (200), or refused it for good (400).
+        case heuristicReportDelivered(String)
         /// 3PC: the abort record of an abort the termination protocol decided here is durable.
         case abortDurable(String)
     }
@@ -311,6 +313,13 @@ public struct Participant {
     /// here while the coordinator, told, recorded the difference and never asked again. At most
     /// one entry a forgotten branch, each of at most `Limits.waitersPerTransactionMax` answers.
     private var resolvingHeld: [String: [Action]] = [:]
+    /// Heuristic-mixed branches whose report the coordinator has not acknowledged, with the
+    /// coordinator's URL: in checkpoints, and rebuilt from a `heuristic-resolved` record, so a
+    /// restart sends the report again. The runtime gave up after five tries and a restart sent
+    /// none, so a crash after the mark but before the report left the transaction looking
+    /// plainly committed or aborted at the coordinator for good (a review). A subset of
+    /// `heuristicMixed` (the same bound).
+    public private(set) var unreportedMixed: [String: String] = [:]
     /// 3PC branches among `finishedOutcomes` that voted read-only: they answer `read-only`, not
     /// `committed`, to a peer's state query. Left out of snapshots (the vote is not logged).
     private var readOnlyFinished: Set<String> = []
@@ -458,6 +467,17 @@ public struct Participant {
                     }
                 }
             }
+            // Heuristic-mixed branches whose report was not acknowledged (absent in snapshots
+            // written before session 26).
+            if !r.isAtEnd {
+                let count = try r.u32()
+                guard count <= UInt32(config.finishedBranchesKept) else { throw DecodeError("\(count) unreported heuristic-mixed branches") }
+                for _ in 0..<count {
+                    let txid = try r.string(maxCount: 128)
+                    let url = try r.string(maxCount: 4096)
+                    if heuristicMixed[txid] != nil { unreportedMixed[txid] = url }
+                }
+            }
         }
         for record in records {
             switch try ParticipantRecordCoding.decode(type: record.type, payload: record.payload) {
@@ -491,10 +511,14 @@ public struct Participant {
                 if branches[txid] == nil, mixed, let f = forgottenHeuristics[txid] {
                     // A forgotten branch whose coordinator came back with the other outcome.
                     rememberMixed(txid, f.decision)
+                    unreportedMixed[txid] = f.coordinatorURL
                     continue
                 }
                 guard let b = branches.removeValue(forKey: txid), let h = b.heuristic else { continue }
-                if mixed { rememberMixed(txid, h) }
+                if mixed {
+                    rememberMixed(txid, h)
+                    unreportedMixed[txid] = b.coordinatorURL
+                }
                 rememberFinished(txid, h.outcome)
             case .heuristicForgotten(let txid, _, _, _):
                 guard let b = branches.removeValue(forKey: txid), let h = b.heuristic else { continue }
@@ -514,6 +538,11 @@ public struct Participant {
             if [.prepared, .preCommitted, .preAborted].contains(b.state) { actions.append(.restoreLocks(txid, writeSet: b.writeSet)) }
             actions.append(.inquire(txid, coordinatorURL: b.coordinatorURL))
             if b.threePhase != nil { actions.append(.setTimer(.termination(txid), afterMs: config.terminationTimeoutMs)) }
+        }
+        // Reports the coordinator may never have had: sent again (it takes repeats).
+        for (txid, url) in unreportedMixed.sorted(by: { $0.key < $1.key }) {
+            guard let h = heuristicMixed[txid] else { continue }
+            actions.append(.reportHeuristic(txid, coordinatorURL: url, decision: h))
         }
         return actions
     }
@@ -594,9 +623,21 @@ public struct Participant {
         for (txid, h) in heuristicMixed.sorted(by: { $0.key < $1.key }) where h.releasedKeysTotal > 0 { released.append((txid, h)) }
         for (txid, f) in forgotten where f.decision.releasedKeysTotal > 0 { released.append((txid, f.decision)) }
         w.u32(UInt32(released.count))
+        // Past the budget, a list keeps its count but not its names: 100,000 decisions of 256
+        // long keys each would pass the snapshot's own bound, and a checkpoint that fails is
+        // fatal, at every start (a review).
+        var releasedBytes = 0
         for (txid, h) in released {
             w.string(txid)
-            Self.encodeReleasedKeys(&w, h.releasedKeys, total: h.releasedKeysTotal)
+            let bytes = h.releasedKeys.reduce(0) { $0 + $1.utf8.count + 4 }
+            let named = releasedBytes + bytes <= Limits.releasedKeysInSnapshotBytesMax
+            if named { releasedBytes += bytes }
+            Self.encodeReleasedKeys(&w, named ? h.releasedKeys : [], total: h.releasedKeysTotal)
+        }
+        w.u32(UInt32(unreportedMixed.count))
+        for (txid, url) in unreportedMixed.sorted(by: { $0.key < $1.key }) {
+            w.string(txid)
+            w.string(url)
         }
         return w.bytes
     }
@@ -724,6 +765,9 @@ public struct Participant {
             return actions
         case .resolvedDurable(let txid):
             return resolvingHeld.removeValue(forKey: txid) ?? []
+        case .heuristicReportDelivered(let txid):
+            unreportedMixed.removeValue(forKey: txid)
+            return []
         case .timerFired(.inquire(let txid)):
             guard var b = branches[txid], b.state.asksCoordinator else { return [] }
             b.inquiries += 1
@@ -933,6 +977,7 @@ public struct Participant {
             // A forgotten branch's mixed mark was not written: not mixed here after all, and the
             // coordinator's requests are answered 503, so it sends them again.
             heuristicMixed.removeValue(forKey: txid)
+            unreportedMixed.removeValue(forKey: txid)
             return held.compactMap { action in
                 guard case .reply(let request, _) = action else { return nil }
                 return .reply(request, .error(RequestError(503, "cannot log the heuristic-resolved record now: \(reason); retry")))
@@ -1185,6 +1230,7 @@ public struct Participant {
         var actions: [Action] = [.log(.heuristicResolved(txid, coordinatorOutcome: coordinatorOutcome, mixed: mixed), force: false)]
         if mixed {
             rememberMixed(txid, h)
+            unreportedMixed[txid] = b.coordinatorURL
             actions.append(.reportHeuristic(txid, coordinatorURL: b.coordinatorURL, decision: h))
         }
         return actions + finish(txid, h.outcome)
@@ -1218,6 +1264,7 @@ public struct Participant {
         }
         guard heuristicMixed[txid] == nil else { return reply + [report] }
         rememberMixed(txid, f.decision)
+        unreportedMixed[txid] = f.coordinatorURL
         resolvingHeld[txid] = reply + [report]
         return [.log(.heuristicResolved(txid, coordinatorOutcome: coordinatorOutcome, mixed: true), force: true)]
     }
@@ -1226,6 +1273,7 @@ public struct Participant {
         heuristicMixed[txid] = h
         if heuristicMixed.count > config.finishedBranchesKept, let oldest = heuristicMixed.min(by: { $0.value.atMs < $1.value.atMs })?.key {
             heuristicMixed.removeValue(forKey: oldest)
+            unreportedMixed.removeValue(forKey: oldest)
         }
     }
 

@@ -98,7 +98,9 @@ final class ParticipantHeuristicTests: XCTestCase {
             rec(4, .heuristic("t2", outcome: .aborted, reason: "r", operatorName: "o", atMs: 5)),
             rec(5, .heuristicResolved("t2", coordinatorOutcome: .committed, mixed: true)),
         ])
-        XCTAssertEqual(actions, [.apply("t1", writeSet: ws, lsn: 2), .inquire("t1", coordinatorURL: "http://c")], "no locks for a decided branch")
+        XCTAssertEqual(actions, [.apply("t1", writeSet: ws, lsn: 2), .inquire("t1", coordinatorURL: "http://c"),
+                                 .reportHeuristic("t2", coordinatorURL: "http://c", decision: Participant.HeuristicDecision(outcome: .aborted, reason: "r", operatorName: "o", atMs: 5))],
+                       "no locks for a decided branch; t2's report, whose answer is not on record, goes again")
         XCTAssertEqual(p.state(of: "t1"), .heuristicCommitted)
         XCTAssertNotNil(p.heuristicMixed["t2"])
         XCTAssertEqual(p.state(of: "t2"), .aborted)
@@ -152,9 +154,9 @@ final class ParticipantHeuristicTests: XCTestCase {
         _ = plain.on(force(.aborted))
         _ = plain.on(.heuristicDurable("t1", lsn: 3))
         let current = plain.snapshot()
-        XCTAssertEqual(Array(current.suffix(4)), [0, 0, 0, 0], "an empty last section")
+        XCTAssertEqual(Array(current.suffix(8)), [0, 0, 0, 0, 0, 0, 0, 0], "empty last sections (released keys, unreported reports)")
         var fromOld = Participant(config: Participant.Config(name: "p"))
-        _ = try fromOld.recover(snapshot: Array(current.dropLast(4)), records: [])
+        _ = try fromOld.recover(snapshot: Array(current.dropLast(8)), records: [])
         XCTAssertEqual(fromOld.branches["t1"]?.state, .heuristicAborted)
     }
 
@@ -472,5 +474,39 @@ final class ParticipantHeuristicTests: XCTestCase {
         _ = try restarted.recover(snapshot: p.snapshot(), records: [])
         XCTAssertEqual(restarted.heuristicMixed["t1"]?.releasedKeys, ["acct-1", "acct-2"])
         XCTAssertEqual(restarted.forgottenHeuristics["t1"]?.decision.releasedKeys, ["acct-1", "acct-2"])
+    }
+
+    /// A heuristic-mixed branch whose report the coordinator never acknowledged (a crash right
+    /// after the mark, or five failed tries) reports again after a restart, from a checkpoint
+    /// or from the log; once acknowledged, a restart sends nothing. Before, the coordinator
+    /// could show a transaction plainly committed that an operator had aborted here.
+    func testAnUnacknowledgedHeuristicReportIsSentAgainAfterARestart() throws {
+        func reports(_ actions: [Participant.Action]) -> [String] {
+            actions.compactMap { if case .reportHeuristic(let txid, let url, _) = $0 { return "\(txid)@\(url)" } else { return nil } }
+        }
+        var p = inDoubt()
+        _ = p.on(force(.committed))
+        _ = p.on(.heuristicDurable("t1", lsn: 3))
+        XCTAssertEqual(reports(p.on(.inquiryAnswered("t1", .aborted))), ["t1@http://c"])
+        XCTAssertEqual(p.unreportedMixed, ["t1": "http://c"])
+        var fromSnapshot = Participant(config: Participant.Config(name: "p"))
+        XCTAssertEqual(reports(try fromSnapshot.recover(snapshot: p.snapshot(), records: [])), ["t1@http://c"], "from a checkpoint")
+        func rec(_ lsn: UInt64, _ r: Participant.Record) -> (lsn: UInt64, type: UInt8, payload: [UInt8]) {
+            let e = ParticipantRecordCoding.encode(r)
+            return (lsn, e.type, e.payload)
+        }
+        var replayed = Participant(config: Participant.Config(name: "p"))
+        let fromLog = try replayed.recover(snapshot: nil, records: [
+            rec(1, .prepared("t1", coordinatorURL: "http://c", writeSet: ws)),
+            rec(2, .heuristic("t1", outcome: .committed, reason: "r", operatorName: "o", atMs: 5)),
+            rec(3, .heuristicResolved("t1", coordinatorOutcome: .aborted, mixed: true)),
+        ])
+        XCTAssertEqual(reports(fromLog), ["t1@http://c"], "from the log")
+        // Acknowledged: no report at the next start, and none in the checkpoint.
+        XCTAssertEqual(p.on(.heuristicReportDelivered("t1")), [])
+        XCTAssertTrue(p.unreportedMixed.isEmpty)
+        var acknowledged = Participant(config: Participant.Config(name: "p"))
+        XCTAssertEqual(reports(try acknowledged.recover(snapshot: p.snapshot(), records: [])), [])
+        XCTAssertEqual(acknowledged.heuristicMixed["t1"]?.outcome, .committed, "still heuristic-mixed")
     }
 }
