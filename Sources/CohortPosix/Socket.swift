@@ -97,7 +97,10 @@ public enum TCP {
 
     /// Binds and listens (SO_REUSEADDR, non-blocking). Port 0 picks a free port; the bound
     /// port is returned.
-    public static func listen(host: String, port: Int, backlog: Int32 = 1024) throws -> (fd: Int32, port: Int) {
+    /// `listenNow` false: bound only (`startListening` later). Bound is enough to refuse a port
+    /// a server listens on already (SO_REUSEADDR lets a bind through only past sockets that do
+    /// not listen), and until it listens the kernel refuses connections instead of queueing them.
+    public static func listen(host: String, port: Int, backlog: Int32 = 1024, listenNow: Bool = true) throws -> (fd: Int32, port: Int) {
         guard port >= 0 && port <= 65535 else { throw PosixError("listen", errno: EINVAL, path: "\(host):\(port)") }
         let address = try resolve(host)
         let fd = try newSocket(nonBlocking: true)
@@ -114,10 +117,11 @@ public enum TCP {
             Glibc.close(fd)
             throw e
         }
-        if Glibc.listen(fd, backlog) != 0 {
-            let e = PosixError.current("listen", path: "\(host):\(port)")
-            Glibc.close(fd)
-            throw e
+        if listenNow {
+            do { try startListening(fd, backlog: backlog, path: "\(host):\(port)") } catch {
+                Glibc.close(fd)
+                throw error
+            }
         }
         var bound = sockaddr_in()
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
@@ -130,6 +134,11 @@ public enum TCP {
             throw e
         }
         return (fd, Int(UInt16(bigEndian: bound.sin_port)))
+    }
+
+    /// Starts listening on a socket bound by `listen(..., listenNow: false)`.
+    public static func startListening(_ fd: Int32, backlog: Int32, path: String) throws {
+        if Glibc.listen(fd, backlog) != 0 { throw PosixError.current("listen", path: path) }
     }
 
     /// Accepts one pending connection as a non-blocking socket with TCP_NODELAY;
@@ -234,21 +243,31 @@ public final class TCPListener {
     /// The bound port (the one picked, for port 0).
     public let port: Int
     private var fd: Int32
+    private let backlog: Int32
 
+    /// Binds now and listens at `take`, when the server is about to serve: a program binds
+    /// before its data directory, so a busy port is refused before anything on disk, but a
+    /// socket listening through a long recovery queued connections nobody read, and ran their
+    /// requests after the clients had timed out and gone (an operator's force among them;
+    /// a review). Until `take`, connections are refused, as before the early bind.
     public init(host: String, port: Int, backlog: Int32) throws {
-        let (fd, bound) = try TCP.listen(host: host, port: port, backlog: backlog)
+        let (fd, bound) = try TCP.listen(host: host, port: port, backlog: backlog, listenNow: false)
         self.fd = fd
         self.host = host
         self.port = bound
+        self.backlog = backlog
     }
 
     deinit {
         if fd >= 0 { TCP.close(fd) }
     }
 
-    /// The listening descriptor, from now on the caller's to close. Once only.
-    public func take() -> Int32 {
+    /// Starts listening and hands over the descriptor, from now on the caller's to close. Once
+    /// only. Throws when it cannot listen (another server started on the port since the bind;
+    /// the descriptor is closed then).
+    public func take() throws -> Int32 {
         precondition(fd >= 0, "a TCPListener is served by one server")
+        try TCP.startListening(fd, backlog: backlog, path: "\(host):\(port)")
         defer { fd = -1 }
         return fd
     }

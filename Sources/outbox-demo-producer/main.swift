@@ -46,8 +46,10 @@ final class Counter: @unchecked Sendable {
     var rolledBack = 0
     var next = 0
     var done = false
-    /// The smallest id this process enqueued and committed: its messages are counted from it.
+    /// The smallest and largest ids this process enqueued and committed: its messages are
+    /// counted between them (another producer's later rows stay out of the count).
     var firstID: Int64?
+    var lastID: Int64?
 }
 
 struct ProducerState: Encodable {
@@ -208,6 +210,7 @@ do {
                             counter.lock.withLock {
                                 counter.committed += 1
                                 counter.firstID = min(counter.firstID ?? id, id)
+                                counter.lastID = max(counter.lastID ?? id, id)
                             }
                             break
                         } catch is Rollback {
@@ -233,15 +236,17 @@ do {
     var line = "produced \(counter.committed) committed \(counter.rolledBack) rolled-back in \(ms) ms (\(Int(Double(counter.committed) * 1000 / Double(ms)))/s)"
     // With its own relay and no --hold, the process is done only once its messages are out:
     // it exited 0 with them pending (a sink slower than the producers, or down). Counted from
-    // its first message on, so messages other producers interleaved count too; dead letters
-    // are not delivered either (the demo consumer refuses --poison-every's messages).
+    // its first message to its last, so messages other producers interleaved count too, but
+    // not their later ones (a producer writing on made this one wait out --drain-wait and fail);
+    // dead letters are not delivered either (the demo consumer refuses --poison-every's).
     var undelivered: (pending: Int64, dead: Int64, waitedMs: Int64)?
     if relay != nil && !args.has("hold") {
         let waitMs = drainWaitMs ?? Limits.outboxProducerDrainWaitMsDefault
         let reads = try SQLiteConnection(path: db, sync: sync)
         let firstID = counter.firstID ?? Int64.max
+        let lastID = counter.lastID ?? Int64.min
         func count(_ state: Int) throws -> Int64 {
-            try reads.query("SELECT COUNT(*) FROM outbox WHERE state = \(state) AND id >= ?1", [.int(firstID)]).first?.first?.int ?? 0
+            try reads.query("SELECT COUNT(*) FROM outbox WHERE state = \(state) AND id BETWEEN ?1 AND ?2", [.int(firstID), .int(lastID)]).first?.first?.int ?? 0
         }
         let waitStarted = SystemClock.monotonicMs()
         var pending = try count(0)

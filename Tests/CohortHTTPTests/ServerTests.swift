@@ -87,6 +87,28 @@ func write(_ socket: BlockingSocket, _ text: String) throws {
 }
 
 final class ServerTests: XCTestCase {
+    /// A program binds its address before its data directory, so a busy port is refused before
+    /// anything on disk; but it listens only once its server is made, after recovery. A socket
+    /// listening through a long recovery queued connections nobody read, and ran their requests
+    /// once it served, after the clients had timed out (an operator's force among them).
+    func testABoundAddressRefusesConnectionsUntilItsServerServes() throws {
+        let h = try LoopHarness()
+        let listener = try HTTPServer.listen(host: "127.0.0.1", port: 0)
+        XCTAssertGreaterThan(listener.port, 0, "port 0 picks a port at the bind")
+        XCTAssertThrowsError(try rawSocket(listener.port), "refused while the program recovers") { error in
+            XCTAssertTrue("\(error)".contains("refused"), "\(error)")
+        }
+        let server = try h.sync { try HTTPServer(loop: h.loop, listener: listener, handler: echoHandler) }
+        defer { h.stop(server) }
+        XCTAssertEqual(server.port, listener.port)
+        let client = HTTPClient(loop: h.loop)
+        XCTAssertEqual(try h.send(client, HTTPClientRequest(url: "http://127.0.0.1:\(server.port)/x")).get().status, 200)
+        // A port a server listens on is refused at the bind.
+        XCTAssertThrowsError(try HTTPServer.listen(host: "127.0.0.1", port: server.port)) { error in
+            XCTAssertTrue("\(error)".contains("bind"), "\(error)")
+        }
+    }
+
     func testAsyncClientGetAndPostRoundTripWithKeepAlive() throws {
         let h = try LoopHarness()
         let server = try h.server(handler: echoHandler)
