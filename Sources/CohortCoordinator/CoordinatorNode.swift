@@ -75,6 +75,8 @@ public final class CoordinatorNode {
     public private(set) var tcc: TCCCoordinator
     private var tccTimers: TimerTable<TCCCoordinator.Timer>!
     private var checkpointTimer: NodeTimer?
+    /// `tcc.branchesSettledTotal` when the last checkpoint was taken.
+    private var tccSettledAtCheckpoint: UInt64 = 0
     /// `GET`s of forgotten transactions answered from the ledger.
     private var ledgerGets: UInt64 = 0
     private enum TCCPending { case branch(TxID, String), decision(TxID), audit(TxID) }
@@ -191,7 +193,7 @@ public final class CoordinatorNode {
     private func scheduleTimedCheckpoint() {
         checkpointTimer = environment.schedule(afterMs: checkpointIntervalMs) { [weak self] in
             guard let self else { return }
-            self.checkpoint(ifBytesOver: 0)
+            self.checkpoint(ifBytesOver: 0, orTCCSettled: true)
             self.scheduleTimedCheckpoint()
         }
     }
@@ -236,10 +238,13 @@ public final class CoordinatorNode {
         checkpoint(ifBytesOver: checkpointAfterBytes)
     }
 
-    private func checkpoint(ifBytesOver bytes: Int) {
-        guard log.bytesSinceCheckpoint > bytes else { return }
+    /// `orTCCSettled`: also when a TCC branch settled since the last checkpoint, logged or not.
+    private func checkpoint(ifBytesOver bytes: Int, orTCCSettled: Bool = false) {
+        let settled = tcc.branchesSettledTotal
+        guard log.bytesSinceCheckpoint > bytes || (orTCCSettled && settled != tccSettledAtCheckpoint) else { return }
         do {
             _ = try log.checkpoint(snapshot: CoordinatorSnapshotContainer.pack(coordinator: machine.snapshot(), tcc: tcc.snapshot()))
+            tccSettledAtCheckpoint = settled
         } catch {
             onFatal("checkpoint failed: \(error)")
         }

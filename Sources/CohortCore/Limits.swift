@@ -62,7 +62,8 @@ public enum Limits {
     public static let groupCommitQuietUsMax: Int64 = 700
     /// Checkpoint once the live segments hold more than this many bytes.
     public static let checkpointAfterBytes = 32 << 20
-    /// The coordinator also checkpoints this often when anything was logged since: a quiet
+    /// The coordinator also checkpoints this often when anything was logged since, or a TCC
+    /// branch settled (which is not logged): a quiet
     /// coordinator otherwise keeps, for days, a log whose records say less than its state (a
     /// TCC branch confirmed long ago is confirmed again after a restart, and a service that
     /// purged its barrier rows since answers 409 for good). Well inside

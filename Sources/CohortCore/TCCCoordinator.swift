@@ -210,6 +210,12 @@ public struct TCCCoordinator {
     /// their services, and bounded together with the undecided ones, a service that stopped
     /// answering confirms filled the 10,000 and refused every new TCC transaction.
     private var openTable = OpenTransactions<Transaction>()
+    /// Branches confirmed or cancelled since this machine was made. A settle is not logged (a
+    /// repeat is harmless while the service keeps the branch's barrier rows), so the runtime's
+    /// timed checkpoint watches this too: with nothing logged after a checkpoint, a branch
+    /// confirmed later stayed `confirming` in the newest checkpoint for good, and a restart
+    /// after its service purged the rows got 409 "never tried" for ever (a review).
+    public private(set) var branchesSettledTotal: UInt64 = 0
     /// Open transactions decided and confirming or cancelling their branches.
     public var settlingCount: Int { openTable.settlingCount }
     public private(set) var finished: [TxID: Transaction] = [:]
@@ -560,6 +566,7 @@ public struct TCCCoordinator {
         }
         tx.branches[i].state = phase == .confirm ? .confirmed : .cancelled
         tx.branches[i].nextRetryAtMs = nil
+        branchesSettledTotal += 1
         note(&tx, nowMs, phase == .confirm ? "confirmed" : "cancelled", branch: id)
         actions.append(.cancelTimer(.retry(txid, branchID: id)))
         openTable[txid] = tx

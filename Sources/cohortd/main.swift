@@ -14,8 +14,8 @@ The Cohort coordinator: drives two-phase commit (presumed abort) over participan
   --token-file F    require "Authorization: Bearer <token>" (also env COHORT_TOKEN)
   --no-one-phase    always run both phases, even for a single branch
   --checkpoint-after-bytes N   checkpoint the log after N bytes (default 32 MiB)
-  --checkpoint-interval D      also checkpoint this often when anything was logged since,
-                               1s-10m (default 10m)
+  --checkpoint-interval D      also checkpoint this often when anything was logged (or a TCC
+                               branch settled) since, 1s-10m (default 10m)
   --retry-budget-attempts N    park a committing transaction after N delivery attempts to a branch (default 10)
   --retry-budget DURATION      ... or this long after its commit decision, at least 1s (default 60s)
   --parked-retry-delay DURATION  how often a parked transaction is still retried, at least 1s

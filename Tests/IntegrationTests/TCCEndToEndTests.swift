@@ -333,6 +333,45 @@ final class TCCEndToEndTests: XCTestCase {
         XCTAssertEqual(view["state"] as? String, "confirming", "b is still owed its confirm: \(view)")
     }
 
+    /// The branch confirms after the checkpoint that followed the decision, and nothing is
+    /// logged after it (a settle is not logged): the timed checkpoint still runs, since a branch
+    /// settled. Before, the newest checkpoint kept a `confirming` for good, and a restart after
+    /// the service purged its barrier rows (24 h) got 409 "never tried" for ever (a review);
+    /// here, before the purge, a restart confirms it again ("duplicate").
+    func testABranchThatConfirmsAfterTheLastLoggedRecordIsCheckpointed() throws {
+        let rig = try Rig(test: self, inventories: 2, crashPoint: nil, coordinatorFlags: ["--checkpoint-interval", "1s"])
+        try rig.setStock(0, stock)
+        try rig.setStock(1, stock)
+        let t = try rig.begin()
+        XCTAssertEqual(try rig.branch(t, 0, qty: 2), 200)
+        XCTAssertEqual(try rig.branch(t, 1, qty: 3), 200)
+        rig.inventories[0].pause()
+        rig.inventories[1].kill9()
+        XCTAssertEqual(try rig.json("POST", rig.coordinatorURL + "/v1/transactions/\(t)/commit").1["outcome"] as? String, "committed")
+        let checkpoints = "cohort_log_checkpoints_total"
+        let before = try XCTUnwrap(rig.metric(rig.coordinatorURL, checkpoints))
+        XCTAssertTrue(eventually(timeoutMs: 5_000) { (rig.metric(rig.coordinatorURL, checkpoints) ?? 0) > before }, "no timed checkpoint after the decision")
+        let afterDecision = try XCTUnwrap(rig.metric(rig.coordinatorURL, checkpoints))
+        rig.inventories[0].resume()
+        let inv0 = rig.inventories[0].url!
+        let confirmed = #"cohort_tcc_phases_total{resource="inventory",phase="confirm",result="done"}"#
+        let duplicate = #"cohort_tcc_phases_total{resource="inventory",phase="confirm",result="duplicate"}"#
+        XCTAssertTrue(eventually(timeoutMs: 20_000) { rig.metric(inv0, confirmed) == 1 }, "a never confirmed")
+        XCTAssertTrue(eventually(timeoutMs: 5_000) { (rig.metric(rig.coordinatorURL, checkpoints) ?? 0) > afterDecision },
+                      "no checkpoint after a's confirm, which nothing logged")
+        let logDir = rig.dir + "/coordinator/log"
+        XCTAssertTrue(eventually(timeoutMs: 10_000) {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: logDir)) ?? []
+            return !names.contains { $0.hasSuffix(".new") }
+        }, "the checkpoint's segment never became durable")
+        Thread.sleep(forTimeInterval: 0.2)
+        try rig.restartCoordinator()
+        Thread.sleep(forTimeInterval: 1.5)
+        XCTAssertEqual(rig.metric(inv0, duplicate) ?? 0, 0, "a was confirmed again after the restart")
+        let (_, view) = try rig.json("GET", rig.coordinatorURL + "/v1/transactions/\(t)")
+        XCTAssertEqual(view["state"] as? String, "confirming", "b is still owed its confirm: \(view)")
+    }
+
     /// Kills the coordinator at a TCC crash point, restarts it, checks everything settles.
     private func crashAndRecover(_ crashPoint: String, expectSold: Int64) throws {
         let rig = try Rig(test: self, inventories: 2, crashPoint: crashPoint)
