@@ -195,11 +195,15 @@ public enum TCCBarrier {
     /// than `retentionMs` ago, at most `limit` branches, inside the caller's open transaction;
     /// returns how many branches and rows it removed.
     /// A branch with only a try row is never removed: its confirm or cancel is still coming.
+    /// Except a try fenced for arriving past its deadline, whose branch may have no cancel
+    /// coming (a try more than the retention late, or a made-up one): kept for good, such rows
+    /// filled the barrier's bound for good, and a later try is refused by its deadline again
+    /// anyway (a review).
     /// Only the resource's own rows: resources sharing a database keep their own retention.
     static func purge(_ db: SQLiteConnection, resource: String, nowMs: Int64, retentionMs: Int64, limit: Int) throws -> (branches: Int, rows: Int) {
         let branches = try db.query("""
-            SELECT resource, txid, branch_id FROM tcc_barrier
-            WHERE resource = ?3 AND op IN ('confirm', 'cancel') AND at_ms < ?1 LIMIT ?2
+            SELECT DISTINCT resource, txid, branch_id FROM tcc_barrier
+            WHERE resource = ?3 AND (op IN ('confirm', 'cancel') OR (op = 'try' AND note = 'fence')) AND at_ms < ?1 LIMIT ?2
             """, [.int(nowMs - retentionMs), .int(Int64(limit)), .text(resource)])
         var rows = 0
         for b in branches {

@@ -218,6 +218,26 @@ final class BarrierTests: XCTestCase {
         XCTAssertEqual(e.filter { $0 == "try" }.count, e.filter { $0 == "cancel" }.count, "every reservation was released")
     }
 
+    /// A try refused for arriving past its deadline leaves a fence and no cancel may ever come
+    /// (a try later than the retention, or a made-up one): it is purged after the retention
+    /// like a finished branch. Kept for good, such rows filled the barrier's bound for good.
+    /// After the purge the same try is still refused (by its deadline), and a cancel is empty.
+    func testALateTrysFenceIsPurgedAfterTheRetention() throws {
+        let c = Counter()
+        let clock = Clock()
+        let r = try counting(c, clock: clock)
+        guard case .hanging = try r.run(.try, txid: "late", branchID: "b", payload: nil, deadlineMs: clock.now() - 3_600_000) else { return XCTFail("a late try ran") }
+        XCTAssertEqual(try r.barrier(txid: "late", branchID: "b"), ["try": "fence"])
+        clock.advance(r.options.retentionMs + 1000)
+        XCTAssertEqual(try r.purgeFinished(), 1)
+        XCTAssertEqual(try r.barrier(txid: "late", branchID: "b"), [:])
+        guard case .hanging = try r.run(.try, txid: "late", branchID: "b", payload: nil, deadlineMs: clock.now() - 3_600_000 - r.options.retentionMs) else {
+            return XCTFail("the try ran after its fence was purged")
+        }
+        guard case .emptyCancel = try r.run(.cancel, txid: "late", branchID: "b", payload: nil) else { return XCTFail("not an empty cancel") }
+        XCTAssertEqual(try effects(r), [], "no business code ran")
+    }
+
     /// The purge timer: each round removes the finished branches older than the retention
     /// (more than one batch if needed) and keeps recent ones and open ones; it schedules the
     /// next round itself, and stops when told.
