@@ -67,8 +67,13 @@ public final class TCCResource: @unchecked Sendable {
     public init(name: String, databasePath path: String, schema: String = "", options: Options = Options(),
                 clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) },
                 try tryBody: @escaping Try, confirm: @escaping Settle, cancel: @escaping Settle) throws {
-        guard options.retentionMs >= Limits.tccBarrierRetentionMsMin else {
-            throw TCCError.badRequest("barrier retention must be at least \(Limits.tccBarrierRetentionMsMin) ms")
+        // The floor assumes the default skew margin; a wider margin lets a late try through for
+        // that much longer, so the fence must stay as much longer (a review: a 2 h margin with
+        // the floor's retention let a try past its purged fence reserve stock nobody settles).
+        guard options.clockSkewMarginMs >= 0 else { throw TCCError.badRequest("clockSkewMarginMs must not be negative") }
+        let retentionMsMin = Limits.tccBarrierRetentionMsMin + max(0, options.clockSkewMarginMs - Limits.tccClockSkewMarginMs)
+        guard options.retentionMs >= retentionMsMin else {
+            throw TCCError.badRequest("barrier retention must be at least \(retentionMsMin) ms (the transaction timeout's bound, the clock-skew margin and the coordinator's retry delays)")
         }
         guard options.barrierRowsMax >= 1 else { throw TCCError.badRequest("barrierRowsMax must be at least 1") }
         guard !name.isEmpty, name.utf8.count <= 64, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {

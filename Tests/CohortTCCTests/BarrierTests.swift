@@ -363,6 +363,25 @@ final class BarrierTests: XCTestCase {
         }
         XCTAssertThrowsError(try TCCResource(name: "x", databasePath: dir + "/db2.sqlite", options: { var o = TCCResource.Options(); o.retentionMs = 1000; return o }(),
                                              try: { _ in nil }, confirm: { _ in }, cancel: { _ in }))
+        // A wider clock-skew margin lets a late try through for longer: the fence must be kept
+        // as much longer, or a try past its purged fence reserves stock nobody settles.
+        func options(skewMs: Int64, retentionMs: Int64) -> TCCResource.Options {
+            var o = TCCResource.Options()
+            o.clockSkewMarginMs = skewMs
+            o.retentionMs = retentionMs
+            return o
+        }
+        let hours2: Int64 = 2 * 3_600_000
+        XCTAssertThrowsError(try TCCResource(name: "x", databasePath: dir + "/db2.sqlite",
+                                             options: options(skewMs: hours2, retentionMs: Limits.tccBarrierRetentionMsMin),
+                                             try: { _ in nil }, confirm: { _ in }, cancel: { _ in })) { error in
+            XCTAssertTrue("\(error)".contains("barrier retention must be at least"), "\(error)")
+        }
+        XCTAssertNoThrow(try TCCResource(name: "x", databasePath: dir + "/db2.sqlite",
+                                         options: options(skewMs: hours2, retentionMs: Limits.tccBarrierRetentionMsMin + hours2),
+                                         try: { _ in nil }, confirm: { _ in }, cancel: { _ in }))
+        XCTAssertThrowsError(try TCCResource(name: "x", databasePath: dir + "/db2.sqlite", options: options(skewMs: -1, retentionMs: Limits.tccBarrierRetentionMsDefault),
+                                             try: { _ in nil }, confirm: { _ in }, cancel: { _ in }))
     }
 
     /// Setting a sku's stock under an open reservation is refused (its confirm or cancel would
