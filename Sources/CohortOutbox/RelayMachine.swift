@@ -184,6 +184,11 @@ public struct RelayMachine: Sendable {
     var rescanAfter: Int64?
     var rescanEnd: Int64 = 0
     var deadKeys: [String: Int64] = [:]
+    /// During a rescan: keys whose dead letter the first page's list no longer names (a replay)
+    /// or names later, with the id they were held at and the one to take (`Int64.max`: none)
+    /// once the rescan's last page is in. Unblocked at the first page, a key sent its held head
+    /// at once, and a replayed dead letter on a later page went after it: out of order (a review).
+    var deadKeysAfterRescan: [String: (held: Int64, next: Int64)] = [:]
     var batches: [Int: Batch] = [:]
     var nextBatch = 1
     var sinkDownAttempts = 0
@@ -403,6 +408,20 @@ public struct RelayMachine: Sendable {
 
     // MARK: internals
 
+    /// The rescan's last page is in: every replayed dead letter it found is queued, so the keys
+    /// held for it go on. (A rescan dropped for a failed read keeps them held until the next.)
+    mutating func finishRescan(_ now: Int64) {
+        let after = deadKeysAfterRescan
+        deadKeysAfterRescan = [:]
+        for (k, change) in after.sorted(by: { $0.key < $1.key }) {
+            // A message of the key that died meanwhile changed the entry: it stands.
+            guard deadKeys[k] == change.held else { continue }
+            deadKeys[k] = change.next == .max ? nil : change.next
+            markMaybeReady(k, now)
+            if missing[k] != nil { noteRefill(k) }
+        }
+    }
+
     mutating func resetMemory() {
         queues = [:]
         ready = []
@@ -421,6 +440,7 @@ public struct RelayMachine: Sendable {
         loading = nil
         rescanAfter = nil
         deadKeys = [:]
+        deadKeysAfterRescan = [:]
         batches = [:]
         cleaning = false
     }
@@ -565,7 +585,18 @@ public struct RelayMachine: Sendable {
 
     mutating func loaded(_ kind: Loading, afterID: Int64, rows: [OutboxMessage], dead: [String: Int64]?, _ now: Int64) {
         if let dead {
-            deadKeys = config.deadLetterBlocksKey ? dead : [:]
+            let fresh = config.deadLetterBlocksKey ? dead : [:]
+            var next = fresh
+            deadKeysAfterRescan = [:]
+            if kind == .rescan {
+                // The replayed row may be on a later page: its key stays held at the old dead
+                // letter until the rescan has taken it in (`finishRescan`).
+                for (k, held) in deadKeys where (fresh[k] ?? .max) > held {
+                    next[k] = held
+                    deadKeysAfterRescan[k] = (held, fresh[k] ?? .max)
+                }
+            }
+            deadKeys = next
             for k in queues.keys { markMaybeReady(k, now) }
             // A replayed dead letter unblocks its key: its left-out rows may be loaded again.
             for k in missing.keys { noteRefill(k) }
@@ -596,6 +627,7 @@ public struct RelayMachine: Sendable {
             }
             if !pageWasFull(rows, asked: config.loadRowsMax) || last >= rescanEnd {
                 rescanAfter = nil
+                finishRescan(now)
             } else {
                 rescanAfter = last
             }

@@ -248,6 +248,31 @@ final class RelayMachineTests: XCTestCase {
         XCTAssertEqual(delivers(out).map(\.1), [[3]], "the replayed message goes first, before 5")
     }
 
+    /// A replayed dead letter found on a later page of the rescan than the first (which brings
+    /// the list of dead keys) still goes before its key's next message: the key stays held at
+    /// the old dead letter until the rescan's last page is in. Unblocked at the first page, the
+    /// held head 11 went at once and the replayed 10 after it (a review).
+    func testAReplayedDeadLetterOnALaterRescanPageGoesFirst() {
+        var config = RelayConfig()
+        config.loadRowsMax = 3
+        var (m, out) = started([msg(2, "x"), msg(3, "x"), msg(4, "x")], config: config, dead: ["x": 1, "a": 10])
+        XCTAssertTrue(delivers(out).isEmpty, "x is behind its dead letter 1")
+        out = m.on(.loaded(afterID: 4, rows: [msg(11, "a")], deadKeys: nil, nowMs: 0))
+        XCTAssertTrue(delivers(out).isEmpty, "a is behind its dead letter 10")
+        // 10 is replayed: the rescan's first page names only x's dead letter.
+        out = m.on(.replayed(nowMs: 2))
+        XCTAssertEqual(out, [.load(afterID: 0, limit: 3)])
+        out = m.on(.loaded(afterID: 0, rows: [msg(2, "x"), msg(3, "x"), msg(4, "x")], deadKeys: ["x": 1], nowMs: 2))
+        XCTAssertTrue(delivers(out).isEmpty, "11 must wait for 10, which the rescan has not read yet")
+        XCTAssertEqual(out, [.load(afterID: 4, limit: 3)])
+        out = m.on(.loaded(afterID: 4, rows: [msg(10, "a"), msg(11, "a")], deadKeys: nil, nowMs: 2))
+        XCTAssertEqual(delivers(out).map(\.1), [[10]], "the replayed message goes first")
+        guard let b = delivers(out).first?.0 else { return XCTFail("nothing delivered") }
+        _ = m.on(.delivered(batch: b, outcomes: [.acknowledged], nowMs: 3))
+        out = m.on(.recorded(batch: b, applied: true, nowMs: 3))
+        XCTAssertEqual(delivers(out).map(\.1), [[11]], "then 11")
+    }
+
     func testFencedWriteDropsEverythingAndRetakesTheLease() {
         var (m, out) = started([msg(1, "a"), msg(2, "a")])
         let b = delivers(out)[0].0
