@@ -71,6 +71,14 @@ public final class HTTPOutboxSink: OutboxSink {
         if r.status >= 500 || r.status == 408 || r.status == 429 {
             return .unavailable("POST \(url): HTTP \(r.status)")
         }
+        // The consumer's configuration, not the messages: a rotated token (401, 403), a wrong
+        // path (404) or method (405). Counted as a refusal of each message, it dead-lettered the
+        // head of every key within half a minute, and every key stopped until each was replayed
+        // by hand (a review). Sent again after a backoff, and said as the sink's trouble.
+        if [401, 403, 404, 405].contains(r.status) {
+            let text = String(decoding: r.body.prefix(200), as: UTF8.self)
+            return .unavailable("POST \(url): HTTP \(r.status) for the whole batch (the consumer's token or address, not the messages): \(text)")
+        }
         if r.status == 413 && messages.count > 1 {
             return .tooLarge("POST \(url): HTTP 413 for \(messages.count) messages")
         }

@@ -197,6 +197,23 @@ final class StoreTests: XCTestCase {
         guard case .rejected? = o.last else { return XCTFail("\(o)") }
     }
 
+    /// A 401, 403, 404 or 405 for a batch is the consumer's configuration (a rotated token, a
+    /// wrong path), not the messages: sent again, as for a 5xx. Counted as a refusal of each,
+    /// it dead-lettered the head of every key. A 400 or a lone message's 413 still refuses.
+    func testAConsumersAuthOrRouteErrorIsSentAgainNotRefused() {
+        let a = OutboxMessage(id: 1, source: "s", topic: "t", key: "k", payload: "{}", createdMs: 0)
+        func answer(_ status: Int) -> SinkResult {
+            HTTPOutboxSink.interpret(HTTPClientResponse(status: status, headers: HTTPHeaders(), body: Array("no".utf8)), messages: [a], url: "u")
+        }
+        for status in [401, 403, 404, 405] {
+            guard case .unavailable(let why) = answer(status) else { return XCTFail("HTTP \(status) refused the message") }
+            XCTAssertTrue(why.contains("HTTP \(status) for the whole batch"), why)
+        }
+        for status in [400, 413, 422] {
+            guard case .outcomes(let o) = answer(status), case .rejected? = o.first else { return XCTFail("HTTP \(status) should refuse the message") }
+        }
+    }
+
     func testIdsNeverGoBackwardsEvenAfterDeletes() throws {
         let path = tempDB("p")
         let outbox = try Outbox(path: path)
