@@ -67,6 +67,11 @@ public final class RedisStreamReader {
     /// Entries applied (fresh) and acknowledged, since start.
     public private(set) var appliedCount = 0
     public private(set) var duplicateCount = 0
+    /// Pending entries whose data the stream no longer has (trimmed by `--stream-maxlen` while
+    /// they waited here) or that are not messages of ours: acknowledged, since nothing can
+    /// apply them, and counted and said, since a trimmed one is a message lost to this consumer
+    /// (it was acknowledged without a word; a review). The producer's table still has it.
+    public private(set) var unreadableCount = 0
     /// Keys with an entry left pending after its effect failed: their later entries wait
     /// (reader thread only; recomputed by each pass over the pending entries).
     private var blockedKeys: Set<String> = []
@@ -291,7 +296,14 @@ public final class RedisStreamReader {
         var offered: [StreamEntry] = []
         var messages: [WireMessage] = []
         for e in entries {
-            guard let m = e.message else { ack.append(e.id); continue } // not a message of ours: nothing to apply
+            guard let m = e.message else {
+                ack.append(e.id)
+                unreadableCount += 1
+                onProblem?(e.fields.isEmpty
+                    ? "entry \(e.id) was trimmed from the stream while it waited here (--stream-maxlen); acknowledged unapplied: find its message in the producer's outbox table and replay it if it matters"
+                    : "entry \(e.id) is not an outbox message (no id or key field); acknowledged unapplied")
+                continue
+            }
             // Per-key order: an entry of a key with an earlier entry left pending waits. It is
             // not even offered to the inbox: a blocked key's backlog is read again by every pass
             // over the pending entries, and each entry offered cost a write (an inbox row

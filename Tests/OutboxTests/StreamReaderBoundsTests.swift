@@ -218,4 +218,28 @@ final class StreamReaderBoundsTests: XCTestCase {
         XCTAssertEqual(try rig.writer.command(["XLEN", rig.stream + ":dead"]), .integer(1))
         try waitFor("nothing pending", timeoutMs: 5_000) { try rig.pending() == 0 }
     }
+
+    /// An entry trimmed from the stream (`--stream-maxlen`) while it was pending here comes back
+    /// as an id without data: nothing can apply it, so it is acknowledged, but counted and said,
+    /// since its message is lost to this consumer (it was acknowledged without a word).
+    func testATrimmedPendingEntryIsAcknowledgedAndSaid() throws {
+        let rig = try Rig(self)
+        let trimmed = try rig.add("k", 1)
+        _ = try rig.writer.command(["XGROUP", "CREATE", rig.stream, "g", "0"])
+        _ = try rig.writer.command(["XREADGROUP", "GROUP", "g", "c", "STREAMS", rig.stream, ">"])
+        XCTAssertEqual(try rig.pending(), 1)
+        _ = try rig.writer.command(["XTRIM", rig.stream, "MAXLEN", "0"])
+        try rig.add("k", 2)
+        let lock = NSLock()
+        var applied: [String] = []
+        var problems: [String] = []
+        let reader = try rig.reader(self) { _, m in lock.lock(); applied.append(m.id); lock.unlock() }
+        reader.onProblem = { p in lock.lock(); problems.append(p); lock.unlock() }
+        try rig.start(self, reader)
+        waitFor("the next entry applies", timeoutMs: 10_000) { lock.lock(); defer { lock.unlock() }; return applied == ["k-2"] }
+        try waitFor("nothing pending", timeoutMs: 5_000) { try rig.pending() == 0 }
+        XCTAssertEqual(reader.unreadableCount, 1)
+        lock.lock(); defer { lock.unlock() }
+        XCTAssertTrue(problems.contains { $0.contains("entry \(trimmed) was trimmed from the stream") }, "\(problems)")
+    }
 }
