@@ -65,5 +65,15 @@ final class RelayStartTests: XCTestCase {
         XCTAssertTrue(up.stdout.contains("; delivered all 300 in "), up.stdout)
         XCTAssertEqual(try rig.outboxCounts().pending, 0)
         XCTAssertEqual(try rig.consumerState(consumer)["applied"], 300)
+
+        // Held behind an older dead letter on its key (the first run's, here made dead by hand):
+        // the sink is up, and the line says what holds the messages, not "sink down or slow?".
+        let old = try OutboxStore(path: downDB)
+        _ = try old.connection.run("UPDATE outbox SET state = 2 WHERE id = (SELECT MIN(id) FROM outbox)")
+        old.close()
+        let held = try runToCompletion(producer, ["--db", downDB, "--count", "20", "--keys", "4",
+                                                  "--sink", try XCTUnwrap(consumer.url) + "/v1/inbox", "--drain-wait", "2s"], timeoutMs: 60_000)
+        XCTAssertEqual(held.status, 1, held.stderr)
+        XCTAssertTrue(held.stderr.contains("held behind 1 older dead letters on their keys"), held.stderr)
     }
 }
