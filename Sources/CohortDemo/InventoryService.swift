@@ -124,15 +124,6 @@ public final class InventoryService: RunnableServer {
         }
     }
 
-    struct StockBody: WireDecodable {
-        let sku: String
-        let available: Int64
-        init(wire o: WireObject) throws {
-            try o.refuseUnknownFields(["sku", "available"])
-            sku = try o.string("sku")
-            available = try o.int64("available")
-        }
-    }
     struct Stock: Codable { let sku: String; let available: Int64; let reserved: Int64; let sold: Int64 }
 
     /// TCC phases read in this pass of the event loop, run together at its end.
@@ -199,8 +190,8 @@ public final class InventoryService: RunnableServer {
     /// would send it negative at the reservation's confirm or cancel, and the at-rest sums
     /// would never hold again.
     private func setStock(_ request: HTTPRequest, _ responder: HTTPResponder) {
-        let body: StockBody
-        switch decodeBody(StockBody.self, request) {
+        let body: StockRequest
+        switch decodeBody(StockRequest.self, request) {
         case .failure(let e): return responder.send(.error(400, e.description))
         case .success(let b): body = b
         }

@@ -105,3 +105,16 @@ public final class InventoryStore: @unchecked Sendable {
         }
     }
 }
+
+/// `POST /v1/stock`'s body at the demo's inventories (`inventory-service` and `tcc-inventory`):
+/// a sku and its available stock; other fields are refused, naming the field (a misspelt one
+/// was ignored).
+public struct StockRequest: WireDecodable {
+    public let sku: String
+    public let available: Int64
+    public init(wire o: WireObject) throws {
+        try o.refuseUnknownFields(["sku", "available"])
+        sku = try o.string("sku")
+        available = try o.int64("available")
+    }
+}

@@ -26,17 +26,6 @@ Environment: COHORT_CRASHPOINT=NAME[:K] or =list
 
 let crashPoints = ["tcc-inventory.after-try-committed", "tcc-inventory.after-confirm-committed", "tcc-inventory.after-cancel-committed"]
 
-/// `POST /v1/stock`'s body, read as the demo inventory reads its own: other fields are refused.
-struct StockRequest: WireDecodable {
-    let sku: String
-    let available: Int64
-    init(wire o: WireObject) throws {
-        try o.refuseUnknownFields(["sku", "available"])
-        sku = try o.string("sku")
-        available = try o.int64("available")
-    }
-}
-
 func fail(_ message: String, status: Int32) -> Never {
     StandardStream.err("error: \(message)\n")
     exit(status)
