@@ -12,6 +12,12 @@ final class ParticipantHeuristicTests: XCTestCase {
         return p
     }
 
+    /// A log record as recovery reads it.
+    func rec(_ lsn: UInt64, _ r: Participant.Record) -> (lsn: UInt64, type: UInt8, payload: [UInt8]) {
+        let e = ParticipantRecordCoding.encode(r)
+        return (lsn, e.type, e.payload)
+    }
+
     func force(_ outcome: Outcome, dryRun: Bool = false) -> Participant.Event {
         .force(9, txid: "t1", outcome: outcome, reason: "coordinator lost", operatorName: "bob", dryRun: dryRun, atMs: 50)
     }
@@ -86,10 +92,6 @@ final class ParticipantHeuristicTests: XCTestCase {
     }
 
     func testHeuristicRecordsRecover() throws {
-        func rec(_ lsn: UInt64, _ r: Participant.Record) -> (lsn: UInt64, type: UInt8, payload: [UInt8]) {
-            let e = ParticipantRecordCoding.encode(r)
-            return (lsn, e.type, e.payload)
-        }
         var p = Participant(config: Participant.Config(name: "p"))
         let actions = try p.recover(snapshot: nil, records: [
             rec(1, .prepared("t1", coordinatorURL: "http://c", writeSet: ws)),
@@ -125,10 +127,6 @@ final class ParticipantHeuristicTests: XCTestCase {
         XCTAssertEqual(p.branches["t1"]?.heuristic?.releasedKeys, shown)
         XCTAssertEqual(p.branches["t1"]?.heuristic?.releasedKeysTotal, keys.count + 5)
 
-        func rec(_ lsn: UInt64, _ r: Participant.Record) -> (lsn: UInt64, type: UInt8, payload: [UInt8]) {
-            let e = ParticipantRecordCoding.encode(r)
-            return (lsn, e.type, e.payload)
-        }
         var replayed = Participant(config: Participant.Config(name: "p"))
         _ = try replayed.recover(snapshot: nil, records: [rec(1, .prepared("t1", coordinatorURL: "http://c", writeSet: ws)), rec(2, record)])
         XCTAssertEqual(replayed.branches["t1"]?.heuristic?.releasedKeys, shown, "from the log")
@@ -276,10 +274,6 @@ final class ParticipantHeuristicTests: XCTestCase {
         _ = try mid.recover(snapshot: q.snapshot(), records: [])
         XCTAssertEqual(answer(&mid, 7), .reply(7, .heuristicAborted), "kept in a checkpoint taken mid-write")
 
-        func rec(_ lsn: UInt64, _ r: Participant.Record) -> (lsn: UInt64, type: UInt8, payload: [UInt8]) {
-            let e = ParticipantRecordCoding.encode(r)
-            return (lsn, e.type, e.payload)
-        }
         var replayed = Participant(config: Participant.Config(name: "p"))
         _ = try replayed.recover(snapshot: nil, records: [
             rec(1, .prepared("t1", coordinatorURL: "http://c", writeSet: ws)),
@@ -316,10 +310,6 @@ final class ParticipantHeuristicTests: XCTestCase {
         var fromSnapshot = Participant(config: Participant.Config(name: "p"))
         _ = try fromSnapshot.recover(snapshot: p.snapshot(), records: [])
         XCTAssertEqual(fromSnapshot.heuristicMixed["t1"], decision, "from a checkpoint")
-        func rec(_ lsn: UInt64, _ r: Participant.Record) -> (lsn: UInt64, type: UInt8, payload: [UInt8]) {
-            let e = ParticipantRecordCoding.encode(r)
-            return (lsn, e.type, e.payload)
-        }
         var replayed = Participant(config: Participant.Config(name: "p"))
         _ = try replayed.recover(snapshot: nil, records: [
             rec(1, .prepared("t1", coordinatorURL: "http://c", writeSet: ws)),
@@ -343,10 +333,6 @@ final class ParticipantHeuristicTests: XCTestCase {
     /// forced outcome remembered (and the forced commit applied from its own record). Through a
     /// checkpoint taken while the record was being written, too.
     func testAForgetRecordRecovers() throws {
-        func rec(_ lsn: UInt64, _ r: Participant.Record) -> (lsn: UInt64, type: UInt8, payload: [UInt8]) {
-            let e = ParticipantRecordCoding.encode(r)
-            return (lsn, e.type, e.payload)
-        }
         let forgotten: Participant.Record = .heuristicForgotten("t1", reason: "gone", operatorName: "carol", atMs: 9)
         let e = ParticipantRecordCoding.encode(forgotten)
         XCTAssertEqual(try ParticipantRecordCoding.decode(type: e.type, payload: e.payload), forgotten)
@@ -491,10 +477,6 @@ final class ParticipantHeuristicTests: XCTestCase {
         XCTAssertEqual(p.unreportedMixed, ["t1": "http://c"])
         var fromSnapshot = Participant(config: Participant.Config(name: "p"))
         XCTAssertEqual(reports(try fromSnapshot.recover(snapshot: p.snapshot(), records: [])), ["t1@http://c"], "from a checkpoint")
-        func rec(_ lsn: UInt64, _ r: Participant.Record) -> (lsn: UInt64, type: UInt8, payload: [UInt8]) {
-            let e = ParticipantRecordCoding.encode(r)
-            return (lsn, e.type, e.payload)
-        }
         var replayed = Participant(config: Participant.Config(name: "p"))
         let fromLog = try replayed.recover(snapshot: nil, records: [
             rec(1, .prepared("t1", coordinatorURL: "http://c", writeSet: ws)),
