@@ -1930,8 +1930,10 @@ extension Coordinator {
         guard let tx = transaction(txid) else { return nil }
         if tx.branchIndex(participant) != nil { return nil }
         // A transaction known only from earlier reports (forgotten here, presumed aborted)
-        // learns its branches from them, up to the branch limit.
-        if tx.branches.allSatisfy({ $0.participant.url.isEmpty }) && tx.branches.count < Limits.branchesPerTransactionMax {
+        // learns its branches from them, up to the branch limit. Not an open one: it knows
+        // every branch that can have prepared, and one with none yet took any name's report
+        // into its timeline (a probe).
+        if openTable.byID[txid] == nil && tx.branches.allSatisfy({ $0.participant.url.isEmpty }) && tx.branches.count < Limits.branchesPerTransactionMax {
             return nil
         }
         return RequestError(409, "\(participant.prefix(80)) is not a branch of \(txid)")

@@ -432,6 +432,19 @@ final class CoordinatorOperatorTests: XCTestCase {
         XCTAssertEqual(TimeFormat.iso8601(ms: Limits.wallClockMsMax), "9999-12-31T23:59:59.999Z")
     }
 
+    /// An open transaction knows every branch that can have prepared: a report naming another
+    /// participant is refused (409), also while it has no branch yet. It took any name's report
+    /// into its timeline then (a probe); a transaction known only from reports still learns
+    /// its branches from them.
+    func testAnOpenTransactionRefusesAReportFromAParticipantItDoesNotHave() {
+        var c = machine()
+        guard case .reply(_, .begun(let t, _))? = c.on(.begin(1, timeoutMs: 5000), nowMs: 0).last else { return XCTFail("not begun") }
+        let refused = c.on(.heuristicReported(2, txid: t.description, participant: "stranger", outcome: .aborted), nowMs: 1)
+        XCTAssertEqual(errorStatus(refused), 409, "\(refused)")
+        XCTAssertEqual(refused.count, 1, "nothing logged")
+        XCTAssertFalse(c.transaction(t)?.events.contains { $0.event == "heuristic-reported" } ?? true)
+    }
+
     func testAuditAndHeuristicRecordsRoundTrip() throws {
         let t = TxID(coordinatorID: "0a1b2c3d", epoch: 1, sequence: 2)
         let entry = Coordinator.AuditEntry(atMs: 5, operatorName: "op", action: "force-abort", reason: "why", detail: "what")
