@@ -156,7 +156,9 @@ public final class AgentNode {
         for action in recoveryActions {
             switch action {
             case .restoreLocks(let txid, let writeSet): try resource.restoreInDoubt(txid: txid, writeSet: writeSet)
-            case .inquire, .setTimer: startupInquiries.append(action)
+            // Heuristic reports the coordinator never acknowledged go again at the start (they
+            // were dropped here, so the re-send the state machine asked for never happened; a review).
+            case .inquire, .setTimer, .reportHeuristic: startupInquiries.append(action)
             default: break
             }
         }
@@ -563,7 +565,15 @@ public final class AgentNode {
                 self.feed(.heuristicReportDelivered(txid))
                 return
             }
-            guard attempt < Limits.heuristicReportAttemptsMax else { return }
+            guard attempt < Limits.heuristicReportAttemptsMax else {
+                // Out of quick tries: a slow series while it stays unacknowledged, so a
+                // coordinator back after an hour still hears, without waiting for a restart.
+                _ = self.environment.schedule(afterMs: Limits.heuristicReportRetryIntervalMs) { [weak self] in
+                    guard let self, self.machine.unreportedMixed[txid] != nil else { return }
+                    self.reportHeuristic(txid, url, decision, attempt: 1)
+                }
+                return
+            }
             _ = self.environment.schedule(afterMs: Limits.retryDelayMsMax) { self.reportHeuristic(txid, url, decision, attempt: attempt + 1) }
         }
     }

@@ -302,6 +302,11 @@ public enum Limits {
     public static let wallClockMsMax: Int64 = 253_402_300_799_999
     /// Tries a participant makes to tell the coordinator about a heuristic-mixed outcome.
     public static let heuristicReportAttemptsMax = 5
+    /// After those tries fail, a heuristic-mixed branch's report starts another series this often
+    /// while the coordinator has not acknowledged one (and again at each start).
+    public static let heuristicReportRetryIntervalMs: Int64 = 60_000
+    /// The widest clock-skew margin a TCC resource takes (`TCCResource.Options.clockSkewMarginMs`).
+    public static let tccClockSkewMarginMsMax: Int64 = 24 * 3_600_000
     /// Finished transactions remembered for `GET /v1/transactions/{txid}` and listing.
     public static let finishedTransactionsKept = 10_000
     /// The most `cohortd --finished-kept` takes: each is a whole transaction (branches,

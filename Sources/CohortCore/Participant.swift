@@ -510,15 +510,11 @@ public struct Participant {
             case .heuristicResolved(let txid, _, let mixed):
                 if branches[txid] == nil, mixed, let f = forgottenHeuristics[txid] {
                     // A forgotten branch whose coordinator came back with the other outcome.
-                    rememberMixed(txid, f.decision)
-                    unreportedMixed[txid] = f.coordinatorURL
+                    rememberMixed(txid, f.decision, unreportedTo: f.coordinatorURL)
                     continue
                 }
                 guard let b = branches.removeValue(forKey: txid), let h = b.heuristic else { continue }
-                if mixed {
-                    rememberMixed(txid, h)
-                    unreportedMixed[txid] = b.coordinatorURL
-                }
+                if mixed { rememberMixed(txid, h, unreportedTo: b.coordinatorURL) }
                 rememberFinished(txid, h.outcome)
             case .heuristicForgotten(let txid, _, _, _):
                 guard let b = branches.removeValue(forKey: txid), let h = b.heuristic else { continue }
@@ -622,6 +618,10 @@ public struct Participant {
         for b in kept { if let h = b.heuristic, h.releasedKeysTotal > 0 { released.append((b.txid, h)) } }
         for (txid, h) in heuristicMixed.sorted(by: { $0.key < $1.key }) where h.releasedKeysTotal > 0 { released.append((txid, h)) }
         for (txid, f) in forgotten where f.decision.releasedKeysTotal > 0 { released.append((txid, f.decision)) }
+        // A txid both mixed and forgotten once: the reader gives its keys to every holder, and a
+        // second copy past the budget, written without names, blanked the first's.
+        var named = Set<String>()
+        released = released.filter { named.insert($0.0).inserted }
         w.u32(UInt32(released.count))
         // Past the budget, a list keeps its count but not its names: 100,000 decisions of 256
         // long keys each would pass the snapshot's own bound, and a checkpoint that fails is
@@ -634,8 +634,9 @@ public struct Participant {
             if named { releasedBytes += bytes }
             Self.encodeReleasedKeys(&w, named ? h.releasedKeys : [], total: h.releasedKeysTotal)
         }
-        w.u32(UInt32(unreportedMixed.count))
-        for (txid, url) in unreportedMixed.sorted(by: { $0.key < $1.key }) {
+        let unreported = unreportedMixed.filter { heuristicMixed[$0.key] != nil }.sorted { $0.key < $1.key }
+        w.u32(UInt32(unreported.count))
+        for (txid, url) in unreported {
             w.string(txid)
             w.string(url)
         }
@@ -1229,8 +1230,7 @@ public struct Participant {
         let mixed = h.outcome != coordinatorOutcome
         var actions: [Action] = [.log(.heuristicResolved(txid, coordinatorOutcome: coordinatorOutcome, mixed: mixed), force: false)]
         if mixed {
-            rememberMixed(txid, h)
-            unreportedMixed[txid] = b.coordinatorURL
+            rememberMixed(txid, h, unreportedTo: b.coordinatorURL)
             actions.append(.reportHeuristic(txid, coordinatorURL: b.coordinatorURL, decision: h))
         }
         return actions + finish(txid, h.outcome)
@@ -1263,15 +1263,18 @@ public struct Participant {
             return []
         }
         guard heuristicMixed[txid] == nil else { return reply + [report] }
-        rememberMixed(txid, f.decision)
-        unreportedMixed[txid] = f.coordinatorURL
+        rememberMixed(txid, f.decision, unreportedTo: f.coordinatorURL)
         resolvingHeld[txid] = reply + [report]
         return [.log(.heuristicResolved(txid, coordinatorOutcome: coordinatorOutcome, mixed: true), force: true)]
     }
 
-    private mutating func rememberMixed(_ txid: String, _ h: HeuristicDecision) {
+    /// `unreportedTo`: the coordinator its report is owed to (set before the bound lets the
+    /// oldest go, so an entry let go at once leaves nothing behind; a review).
+    private mutating func rememberMixed(_ txid: String, _ h: HeuristicDecision, unreportedTo url: String? = nil) {
         heuristicMixed[txid] = h
-        if heuristicMixed.count > config.finishedBranchesKept, let oldest = heuristicMixed.min(by: { $0.value.atMs < $1.value.atMs })?.key {
+        if let url { unreportedMixed[txid] = url }
+        if heuristicMixed.count > config.finishedBranchesKept,
+           let oldest = heuristicMixed.min(by: { ($0.value.atMs, $0.key) < ($1.value.atMs, $1.key) })?.key {
             heuristicMixed.removeValue(forKey: oldest)
             unreportedMixed.removeValue(forKey: oldest)
         }

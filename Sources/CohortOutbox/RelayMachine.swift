@@ -371,6 +371,9 @@ public struct RelayMachine: Sendable {
                     } else {
                         deadTotal += 1
                         if config.deadLetterBlocksKey { deadKeys[m.key] = min(deadKeys[m.key] ?? .max, m.id) }
+                        // Died (again) during a rescan: the list the rescan's first page brought
+                        // is older than this; the key stays blocked when the rescan ends (a review).
+                        deadKeysAfterRescan.removeValue(forKey: m.key)
                     }
                 } else if let f = failed[m.id] {
                     failedTotal += 1

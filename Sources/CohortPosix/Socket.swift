@@ -97,10 +97,7 @@ public enum TCP {
 
     /// Binds and listens (SO_REUSEADDR, non-blocking). Port 0 picks a free port; the bound
     /// port is returned.
-    /// `listenNow` false: bound only (`startListening` later). Bound is enough to refuse a port
-    /// a server listens on already (SO_REUSEADDR lets a bind through only past sockets that do
-    /// not listen), and until it listens the kernel refuses connections instead of queueing them.
-    public static func listen(host: String, port: Int, backlog: Int32 = 1024, listenNow: Bool = true) throws -> (fd: Int32, port: Int) {
+    public static func listen(host: String, port: Int, backlog: Int32 = 1024) throws -> (fd: Int32, port: Int) {
         guard port >= 0 && port <= 65535 else { throw PosixError("listen", errno: EINVAL, path: "\(host):\(port)") }
         let address = try resolve(host)
         let fd = try newSocket(nonBlocking: true)
@@ -117,11 +114,10 @@ public enum TCP {
             Glibc.close(fd)
             throw e
         }
-        if listenNow {
-            do { try startListening(fd, backlog: backlog, path: "\(host):\(port)") } catch {
-                Glibc.close(fd)
-                throw error
-            }
+        if Glibc.listen(fd, backlog) != 0 {
+            let e = PosixError.current("listen", path: "\(host):\(port)")
+            Glibc.close(fd)
+            throw e
         }
         var bound = sockaddr_in()
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
@@ -136,9 +132,17 @@ public enum TCP {
         return (fd, Int(UInt16(bigEndian: bound.sin_port)))
     }
 
-    /// Starts listening on a socket bound by `listen(..., listenNow: false)`.
-    public static func startListening(_ fd: Int32, backlog: Int32, path: String) throws {
-        if Glibc.listen(fd, backlog) != 0 { throw PosixError.current("listen", path: path) }
+    /// Accepts every connection queued on `listenFD` and resets each (SO_LINGER 0, so the peer
+    /// reads a reset, not an end of stream it could take for an answer); how many.
+    public static func resetQueuedConnections(_ listenFD: Int32) -> Int {
+        var reset = 0
+        while let fd = try? accept(listenFD) {
+            var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+            _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+            Glibc.close(fd)
+            reset += 1
+        }
+        return reset
     }
 
     /// Accepts one pending connection as a non-blocking socket with TCP_NODELAY;
@@ -243,31 +247,30 @@ public final class TCPListener {
     /// The bound port (the one picked, for port 0).
     public let port: Int
     private var fd: Int32
-    private let backlog: Int32
+    /// Connections reset unread by `take` (queued while the program started).
+    public private(set) var resetAtTake = 0
 
-    /// Binds now and listens at `take`, when the server is about to serve: a program binds
-    /// before its data directory, so a busy port is refused before anything on disk, but a
-    /// socket listening through a long recovery queued connections nobody read, and ran their
-    /// requests after the clients had timed out and gone (an operator's force among them;
-    /// a review). Until `take`, connections are refused, as before the early bind.
+    /// Binds and listens now, before the program's data directory, so a busy port is refused
+    /// before anything on disk (also against a server still recovering, which a bind without
+    /// listen did not refuse: two could bind one port; a review). Connections queued meanwhile
+    /// are reset at `take`, unread: served once the program is up, their requests ran after the
+    /// clients had timed out and gone (an operator's force among them; a review).
     public init(host: String, port: Int, backlog: Int32) throws {
-        let (fd, bound) = try TCP.listen(host: host, port: port, backlog: backlog, listenNow: false)
+        let (fd, bound) = try TCP.listen(host: host, port: port, backlog: backlog)
         self.fd = fd
         self.host = host
         self.port = bound
-        self.backlog = backlog
     }
 
     deinit {
         if fd >= 0 { TCP.close(fd) }
     }
 
-    /// Starts listening and hands over the descriptor, from now on the caller's to close. Once
-    /// only. Throws when it cannot listen (another server started on the port since the bind;
-    /// the descriptor is closed then).
+    /// Resets the connections queued so far and hands over the descriptor, from now on the
+    /// caller's to close. Once only, right before the server serves it.
     public func take() throws -> Int32 {
         precondition(fd >= 0, "a TCPListener is served by one server")
-        try TCP.startListening(fd, backlog: backlog, path: "\(host):\(port)")
+        resetAtTake = TCP.resetQueuedConnections(fd)
         defer { fd = -1 }
         return fd
     }

@@ -70,7 +70,9 @@ public final class TCCResource: @unchecked Sendable {
         // The floor assumes the default skew margin; a wider margin lets a late try through for
         // that much longer, so the fence must stay as much longer (a review: a 2 h margin with
         // the floor's retention let a try past its purged fence reserve stock nobody settles).
-        guard options.clockSkewMarginMs >= 0 else { throw TCCError.badRequest("clockSkewMarginMs must not be negative") }
+        guard (0...Limits.tccClockSkewMarginMsMax).contains(options.clockSkewMarginMs) else {
+            throw TCCError.badRequest("clockSkewMarginMs must be 0-\(Limits.tccClockSkewMarginMsMax) ms (a day)")
+        }
         let retentionMsMin = Limits.tccBarrierRetentionMsMin + max(0, options.clockSkewMarginMs - Limits.tccClockSkewMarginMs)
         guard options.retentionMs >= retentionMsMin else {
             throw TCCError.badRequest("barrier retention must be at least \(retentionMsMin) ms (the transaction timeout's bound, the clock-skew margin and the coordinator's retry delays)")

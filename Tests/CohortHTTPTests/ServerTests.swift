@@ -53,6 +53,14 @@ final class LoopHarness {
     }
 }
 
+/// A count bumped from the loop thread and read by the test.
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func bump() { lock.lock(); n += 1; lock.unlock() }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return n }
+}
+
 /// Echo handler: answers with method, path, query and body as JSON.
 struct Echo: Codable, Equatable {
     var method: String
@@ -87,26 +95,32 @@ func write(_ socket: BlockingSocket, _ text: String) throws {
 }
 
 final class ServerTests: XCTestCase {
-    /// A program binds its address before its data directory, so a busy port is refused before
-    /// anything on disk; but it listens only once its server is made, after recovery. A socket
-    /// listening through a long recovery queued connections nobody read, and ran their requests
-    /// once it served, after the clients had timed out (an operator's force among them).
-    func testABoundAddressRefusesConnectionsUntilItsServerServes() throws {
+    /// A program binds and listens before its data directory, so a busy port is refused before
+    /// anything on disk, also while the other server still recovers. Connections that queue
+    /// meanwhile are reset unread when the server starts to serve: served, their requests ran
+    /// after the clients had timed out and gone (an operator's force among them).
+    func testConnectionsQueuedBeforeTheServerServesAreResetUnread() throws {
         let h = try LoopHarness()
         let listener = try HTTPServer.listen(host: "127.0.0.1", port: 0)
         XCTAssertGreaterThan(listener.port, 0, "port 0 picks a port at the bind")
-        XCTAssertThrowsError(try rawSocket(listener.port), "refused while the program recovers") { error in
-            XCTAssertTrue("\(error)".contains("refused"), "\(error)")
-        }
-        let server = try h.sync { try HTTPServer(loop: h.loop, listener: listener, handler: echoHandler) }
-        defer { h.stop(server) }
-        XCTAssertEqual(server.port, listener.port)
-        let client = HTTPClient(loop: h.loop)
-        XCTAssertEqual(try h.send(client, HTTPClientRequest(url: "http://127.0.0.1:\(server.port)/x")).get().status, 200)
-        // A port a server listens on is refused at the bind.
-        XCTAssertThrowsError(try HTTPServer.listen(host: "127.0.0.1", port: server.port)) { error in
+        // A port a program holds, even before it serves, is refused at the bind.
+        XCTAssertThrowsError(try HTTPServer.listen(host: "127.0.0.1", port: listener.port)) { error in
             XCTAssertTrue("\(error)".contains("bind"), "\(error)")
         }
+        // A client that connects and sends while the program recovers.
+        let early = try rawSocket(listener.port)
+        try write(early, "POST /force HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        let calls = Counter()
+        let server = try h.sync { try HTTPServer(loop: h.loop, listener: listener) { req, responder in
+            calls.bump()
+            echoHandler(req, responder)
+        } }
+        defer { h.stop(server) }
+        XCTAssertEqual(listener.resetAtTake, 1)
+        XCTAssertEqual(readAll(early), [], "no answer: the connection was reset")
+        let client = HTTPClient(loop: h.loop)
+        XCTAssertEqual(try h.send(client, HTTPClientRequest(url: "http://127.0.0.1:\(server.port)/x")).get().status, 200)
+        XCTAssertEqual(calls.value, 1, "only the request sent once it served ran")
     }
 
     func testAsyncClientGetAndPostRoundTripWithKeepAlive() throws {

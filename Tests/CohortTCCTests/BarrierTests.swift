@@ -382,6 +382,9 @@ final class BarrierTests: XCTestCase {
                                          try: { _ in nil }, confirm: { _ in }, cancel: { _ in }))
         XCTAssertThrowsError(try TCCResource(name: "x", databasePath: dir + "/db2.sqlite", options: options(skewMs: -1, retentionMs: Limits.tccBarrierRetentionMsDefault),
                                              try: { _ in nil }, confirm: { _ in }, cancel: { _ in }))
+        // A margin near Int64.max is refused, not an overflow that stops the process.
+        XCTAssertThrowsError(try TCCResource(name: "x", databasePath: dir + "/db2.sqlite", options: options(skewMs: Int64.max - 1, retentionMs: Int64.max),
+                                             try: { _ in nil }, confirm: { _ in }, cancel: { _ in }))
     }
 
     /// Setting a sku's stock under an open reservation is refused (its confirm or cancel would

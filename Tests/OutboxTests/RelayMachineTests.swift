@@ -273,6 +273,33 @@ final class RelayMachineTests: XCTestCase {
         XCTAssertEqual(delivers(out).map(\.1), [[11]], "then 11")
     }
 
+    /// The replayed dead letter is on the rescan's first page, goes, and dies again before the
+    /// last page is in: its key stays blocked when the rescan ends (the first page's list, which
+    /// did not name it, is older than that death).
+    func testAReplayedDeadLetterThatDiesAgainDuringTheRescanKeepsItsKeyBlocked() {
+        var config = RelayConfig()
+        config.loadRowsMax = 2
+        config.attemptsMax = 1
+        var (m, out) = started([msg(10, "a"), msg(11, "a")], config: config, dead: ["a": 9])
+        XCTAssertTrue(delivers(out).isEmpty, "a is behind its dead letter 9")
+        // 9 is replayed; the rescan's first page has it, and is full: another page follows.
+        _ = m.on(.loaded(afterID: 11, rows: [], deadKeys: nil, nowMs: 0))
+        out = m.on(.replayed(nowMs: 1))
+        XCTAssertEqual(out, [.load(afterID: 0, limit: 2)])
+        out = m.on(.loaded(afterID: 0, rows: [msg(9, "a"), msg(10, "a")], deadKeys: [:], nowMs: 1))
+        XCTAssertEqual(delivers(out).map(\.1), [[9]])
+        guard let b = delivers(out).first?.0 else { return XCTFail("nothing delivered") }
+        // Refused: with one attempt allowed it is dead again.
+        out = m.on(.delivered(batch: b, outcomes: [.rejected("still poison")], nowMs: 2))
+        guard case .record(let rb, let write, _)? = out.first(where: { if case .record = $0 { return true } else { return false } }) else { return XCTFail("\(out)") }
+        XCTAssertEqual(write.dead.map(\.id), [9])
+        _ = m.on(.recorded(batch: rb, applied: true, nowMs: 2))
+        // The rescan's last page.
+        out = m.on(.loaded(afterID: 10, rows: [msg(11, "a")], deadKeys: nil, nowMs: 3))
+        XCTAssertTrue(delivers(out).isEmpty, "10 and 11 stay behind 9, dead again: \(out)")
+        XCTAssertEqual(m.deadKeys["a"], 9)
+    }
+
     func testFencedWriteDropsEverythingAndRetakesTheLease() {
         var (m, out) = started([msg(1, "a"), msg(2, "a")])
         let b = delivers(out)[0].0

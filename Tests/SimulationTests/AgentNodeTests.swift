@@ -114,4 +114,41 @@ final class AgentNodeTests: XCTestCase {
         XCTAssertEqual(try store.inner.appliedLSN(), 0)
         XCTAssertGreaterThanOrEqual(node.log.durableLSN, durable, "the commit stays in the log for the next start")
     }
+
+    /// A heuristic-mixed branch whose report the coordinator never acknowledged reports again
+    /// when the agent starts. The state machine asked for it, but the node's start kept only
+    /// inquiries and timers of the recovery's actions, so the report was never sent (a review).
+    /// Acknowledged (200), it is owed no more.
+    func testAnUnacknowledgedHeuristicReportIsSentAtTheStart() throws {
+        let storage = SimLogStorage()
+        let config = DurableLogConfig(syncMode: .manual, preallocateBytes: 512)
+        do {
+            let (log, _) = try DurableLog.open(storage: storage, config: config)
+            for r: Participant.Record in [
+                .prepared("3fa90c1e-1-1", coordinatorURL: "http://coordinator:1", writeSet: KVResource.encodeWriteSet([("k", .int(1))]), threePhase: nil),
+                .heuristic("3fa90c1e-1-1", outcome: .aborted, reason: "coordinator lost", operatorName: "oncall", atMs: 5),
+                .heuristicResolved("3fa90c1e-1-1", coordinatorOutcome: .committed, mixed: true),
+            ] {
+                let e = ParticipantRecordCoding.encode(r)
+                _ = try log.append(type: e.type, payload: e.payload, force: true)
+            }
+            _ = try log.syncNow()
+            log.close()
+        }
+        let env = HandDrivenEnvironment()
+        let (log, recovered) = try DurableLog.open(storage: storage, config: config)
+        let node = try AgentNode(name: "a", incarnation: "00000000000000a1", coordinatorURL: "http://coordinator:1",
+                                 log: log, recovered: recovered, store: MemoryKVStore(), config: Participant.Config(name: "a"),
+                                 checkpointAfterBytes: 1 << 30, environment: env, onFatal: { XCTFail("fatal: \($0)") })
+        node.start()
+        env.drain()
+        let reports = env.sent.filter { $0.request.url.hasSuffix("/heuristic") }
+        XCTAssertEqual(reports.map(\.request.url), ["http://coordinator:1/v1/transactions/3fa90c1e-1-1/heuristic"])
+        XCTAssertEqual(node.machine.unreportedMixed.count, 1)
+        reports.first?.completion(.success(HTTPClientResponse(status: 200, headers: HTTPHeaders(), body: Array(#"{"txid":"3fa90c1e-1-1","mixed":true}"#.utf8))))
+        env.drain()
+        XCTAssertTrue(node.machine.unreportedMixed.isEmpty, "acknowledged: owed no more")
+        node.stop()
+        log.close()
+    }
 }
