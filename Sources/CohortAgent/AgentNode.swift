@@ -156,10 +156,11 @@ public final class AgentNode {
         for action in recoveryActions {
             switch action {
             case .restoreLocks(let txid, let writeSet): try resource.restoreInDoubt(txid: txid, writeSet: writeSet)
-            // Heuristic reports the coordinator never acknowledged go again at the start (they
-            // were dropped here, so the re-send the state machine asked for never happened; a review).
-            case .inquire, .setTimer, .reportHeuristic: startupInquiries.append(action)
-            default: break
+            case .apply: break // applied above, in one store transaction
+            // The rest (inquiries, timers, heuristic reports owed) is carried out by `start()`:
+            // a list of kinds dropped what it did not name, so reports the state machine asked
+            // to send again were never sent (a review).
+            default: startupInquiries.append(action)
             }
         }
 

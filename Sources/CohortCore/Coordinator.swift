@@ -183,14 +183,8 @@ public struct Coordinator {
             guard !isEmpty else { return "operator at \(participant) forced \(outcome.rawValue)" }
             var s = "forced \(outcome.rawValue) by \(operatorName ?? "an operator")"
             if let at = forcedAtMs { s += " at \(TimeFormat.iso8601(ms: at))" }
-            if let reason { s += ": " + Self.quoted(reason) }
+            if let reason { s += ": " + JSONWriter.quoted(reason) }
             return s
-        }
-
-        public static func quoted(_ text: String) -> String {
-            var w = JSONWriter()
-            w.value(text)
-            return String(decoding: w.bytes, as: UTF8.self)
         }
 
         /// Parts present first (one byte, a bit each), then those parts: a record or snapshot
@@ -688,16 +682,25 @@ public struct Coordinator {
                 tx.events[k] = TimelineEvent(atMs: tx.events[k].atMs, event: "heuristic-reported", participant: participant, detail: detail)
             }
         }
+        updateKnown(txid, apply)
+    }
+
+    /// Changes the transaction `transaction(txid)` gives, wherever it is kept; false when none.
+    @discardableResult
+    private mutating func updateKnown(_ txid: TxID, _ change: (inout Transaction) -> Void) -> Bool {
         if var tx = openTable.byID[txid] {
-            apply(&tx)
+            change(&tx)
             openTable[txid] = tx
         } else if var tx = finished[txid] {
-            apply(&tx)
+            change(&tx)
             finished[txid] = tx
         } else if var tx = mixedKept[txid] {
-            apply(&tx)
+            change(&tx)
             mixedKept[txid] = tx
+        } else {
+            return false
         }
+        return true
     }
 
     private mutating func rememberOperatorOutcome(_ txid: TxID, _ outcome: Outcome) {

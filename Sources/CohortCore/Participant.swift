@@ -233,6 +233,11 @@ public struct Participant {
         /// `releasedKeysTotal` (0: none, or a record written before they were kept).
         public var releasedKeys: [String] = []
         public var releasedKeysTotal = 0
+
+        mutating func setReleasedKeys(_ keys: [String], total: Int) {
+            releasedKeys = keys
+            releasedKeysTotal = total
+        }
     }
 
     public struct Branch: Sendable {
@@ -298,7 +303,7 @@ public struct Participant {
     public private(set) var heuristicMixed: [String: HeuristicDecision] = [:]
     /// A heuristic decision an operator forgot (`forget`), with the coordinator its branch named.
     public struct ForgottenHeuristic: Equatable, Sendable {
-        public let decision: HeuristicDecision
+        public internal(set) var decision: HeuristicDecision
         public let coordinatorURL: String
     }
     /// Forgotten heuristic decisions by txid (`Limits.forgottenHeuristicsKept`, oldest let go
@@ -451,20 +456,9 @@ public struct Participant {
                     let (keys, total) = try Self.decodeReleasedKeys(&r)
                     // A txid may be both mixed and forgotten: each holder gets its keys (the
                     // section names it once for each).
-                    if branches[txid]?.heuristic != nil {
-                        branches[txid]!.heuristic!.releasedKeys = keys
-                        branches[txid]!.heuristic!.releasedKeysTotal = total
-                    }
-                    if heuristicMixed[txid] != nil {
-                        heuristicMixed[txid]!.releasedKeys = keys
-                        heuristicMixed[txid]!.releasedKeysTotal = total
-                    }
-                    if let f = forgottenHeuristics[txid] {
-                        var d = f.decision
-                        d.releasedKeys = keys
-                        d.releasedKeysTotal = total
-                        forgottenHeuristics[txid] = ForgottenHeuristic(decision: d, coordinatorURL: f.coordinatorURL)
-                    }
+                    branches[txid]?.heuristic?.setReleasedKeys(keys, total: total)
+                    heuristicMixed[txid]?.setReleasedKeys(keys, total: total)
+                    forgottenHeuristics[txid]?.decision.setReleasedKeys(keys, total: total)
                 }
             }
             // Heuristic-mixed branches whose report was not acknowledged (absent in snapshots
@@ -620,8 +614,8 @@ public struct Participant {
         for (txid, f) in forgotten where f.decision.releasedKeysTotal > 0 { released.append((txid, f.decision)) }
         // A txid both mixed and forgotten once: the reader gives its keys to every holder, and a
         // second copy past the budget, written without names, blanked the first's.
-        var named = Set<String>()
-        released = released.filter { named.insert($0.0).inserted }
+        var listed = Set<String>()
+        released = released.filter { listed.insert($0.0).inserted }
         w.u32(UInt32(released.count))
         // Past the budget, a list keeps its count but not its names: 100,000 decisions of 256
         // long keys each would pass the snapshot's own bound, and a checkpoint that fails is

@@ -489,6 +489,14 @@ public struct WireObject {
 /// Builds JSON into bytes. Strings are escaped as Foundation's encoder does with
 /// `.withoutEscapingSlashes`: quote, backslash and control characters; UTF-8 passes through.
 public struct JSONWriter {
+    /// `text` as one JSON string, quotes and escapes included (for people: a value that may
+    /// hold spaces or quotes reads as one value).
+    public static func quoted(_ text: String) -> String {
+        var w = JSONWriter()
+        w.value(text)
+        return String(decoding: w.bytes, as: UTF8.self)
+    }
+
     public private(set) var bytes: [UInt8] = []
     private var needComma = false
 

@@ -174,9 +174,7 @@ public enum Explain {
             for b in e.blocking {
                 s += "  \(b.participant) at \(b.url.isEmpty ? "(unknown url)" : b.url): \(b.state)"
                 if let h = b.heuristic {
-                    s += ", forced \(h) by \(b.heuristicOperator ?? "an operator")"
-                    if let at = b.heuristicForcedAt { s += " at \(at)" }
-                    if let r = b.heuristicReason { s += ": " + Coordinator.HeuristicForce.quoted(r) }
+                    s += ", forced \(h)" + Render.forcedBy(operator: b.heuristicOperator, at: b.heuristicForcedAt, reason: b.heuristicReason)
                 }
                 if let w = b.waitingFor { s += ", waiting for \(w)" }
                 s += "\n"

@@ -109,13 +109,18 @@ public enum Render {
     /// `heuristic-reported b: forced aborted by alice at 2026-...Z: "coordinator lost"`, from
     /// what the participant's report said (an agent before session 26 said only the outcome).
     static func heuristicLine(_ b: TransactionView.BranchView, outcome: String) -> String {
-        var s = "heuristic-reported \(b.participant): forced \(outcome)"
+        let s = "heuristic-reported \(b.participant): forced \(outcome)"
         guard b.heuristicOperator != nil || b.heuristicReason != nil || b.heuristicForcedAt != nil else {
             return s + " by an operator there (its report did not say who, why or when)"
         }
-        s += " by \(b.heuristicOperator ?? "an operator")"
-        if let at = b.heuristicForcedAt { s += " at \(at)" }
-        if let r = b.heuristicReason { s += ": " + Coordinator.HeuristicForce.quoted(r) }
+        return s + forcedBy(operator: b.heuristicOperator, at: b.heuristicForcedAt, reason: b.heuristicReason)
+    }
+
+    /// ` by alice at 2026-...Z: "coordinator lost"`, the parts a heuristic report gave.
+    static func forcedBy(operator name: String?, at: String?, reason: String?) -> String {
+        var s = " by \(name ?? "an operator")"
+        if let at { s += " at \(at)" }
+        if let reason { s += ": " + JSONWriter.quoted(reason) }
         return s
     }
 
@@ -270,10 +275,7 @@ public enum Render {
     /// so a key with a space or a comma reads as one key.
     static func keyName(_ key: String) -> String {
         let plain = !key.isEmpty && key.unicodeScalars.allSatisfy { ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) || "-_.:/@+=".unicodeScalars.contains($0) }
-        if plain { return key }
-        var w = JSONWriter()
-        w.value(key)
-        return String(decoding: w.bytes, as: UTF8.self)
+        return plain ? key : JSONWriter.quoted(key)
     }
 
     public static func branchDetail(_ b: BranchDetail) -> String {

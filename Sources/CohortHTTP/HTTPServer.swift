@@ -429,7 +429,7 @@ public final class HTTPServer {
         self.loop = loop
         self.config = config
         self.handler = handler
-        let fd = try listener.take()
+        let fd = listener.take()
         listenFD = fd
         self.port = listener.port
         scratch = .allocate(byteCount: 64 << 10, alignment: 16)

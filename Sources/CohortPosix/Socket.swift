@@ -268,7 +268,7 @@ public final class TCPListener {
 
     /// Resets the connections queued so far and hands over the descriptor, from now on the
     /// caller's to close. Once only, right before the server serves it.
-    public func take() throws -> Int32 {
+    public func take() -> Int32 {
         precondition(fd >= 0, "a TCPListener is served by one server")
         resetAtTake = TCP.resetQueuedConnections(fd)
         defer { fd = -1 }

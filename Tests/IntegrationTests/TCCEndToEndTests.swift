@@ -302,13 +302,32 @@ final class TCCEndToEndTests: XCTestCase {
     /// confirmed again after a restart (by then the service may have purged the barrier rows
     /// that make a repeat harmless, and would answer 409 for good). Here: a is confirmed, b's
     /// service is down; after the timed checkpoint and a restart, a is not called again.
-    func testATimedCheckpointKeepsConfirmedBranchesFromBeingConfirmedAgain() throws {
+    /// A rig whose coordinator checkpoints every second, and a TCC transaction tried at both
+    /// inventories (a: 2, b: 3), not yet committed.
+    private func twoTriedBranches() throws -> (Rig, String) {
         let rig = try Rig(test: self, inventories: 2, crashPoint: nil, coordinatorFlags: ["--checkpoint-interval", "1s"])
         try rig.setStock(0, stock)
         try rig.setStock(1, stock)
         let t = try rig.begin()
         XCTAssertEqual(try rig.branch(t, 0, qty: 2), 200)
         XCTAssertEqual(try rig.branch(t, 1, qty: 3), 200)
+        return (rig, t)
+    }
+
+    /// Restarts the coordinator from its checkpoint and checks that a is not confirmed again
+    /// (its `duplicate` counter) while b is still owed its confirm. The restarted coordinator
+    /// re-drives at once; 1.5 s is well past its first round of confirms.
+    private func restartAndCheckOnlyBIsOwed(_ rig: Rig, _ t: String, inv0: String, duplicate: String) throws {
+        Thread.sleep(forTimeInterval: 0.2)
+        try rig.restartCoordinator()
+        Thread.sleep(forTimeInterval: 1.5)
+        XCTAssertEqual(rig.metric(inv0, duplicate) ?? 0, 0, "a was confirmed again after the restart")
+        let (_, view) = try rig.json("GET", rig.coordinatorURL + "/v1/transactions/\(t)")
+        XCTAssertEqual(view["state"] as? String, "confirming", "b is still owed its confirm: \(view)")
+    }
+
+    func testATimedCheckpointKeepsConfirmedBranchesFromBeingConfirmedAgain() throws {
+        let (rig, t) = try twoTriedBranches()
         rig.inventories[1].kill9()
         XCTAssertEqual(try rig.json("POST", rig.coordinatorURL + "/v1/transactions/\(t)/commit").1["outcome"] as? String, "committed")
         let inv0 = rig.inventories[0].url!
@@ -325,12 +344,7 @@ final class TCCEndToEndTests: XCTestCase {
             let names = (try? FileManager.default.contentsOfDirectory(atPath: logDir)) ?? []
             return names.contains("0000000000000002.log") && !names.contains { $0.hasSuffix(".new") }
         }, "the checkpoint's segment never became durable")
-        Thread.sleep(forTimeInterval: 0.2)
-        try rig.restartCoordinator()
-        Thread.sleep(forTimeInterval: 1.5)
-        XCTAssertEqual(rig.metric(inv0, duplicate) ?? 0, 0, "a was confirmed again after the restart")
-        let (_, view) = try rig.json("GET", rig.coordinatorURL + "/v1/transactions/\(t)")
-        XCTAssertEqual(view["state"] as? String, "confirming", "b is still owed its confirm: \(view)")
+        try restartAndCheckOnlyBIsOwed(rig, t, inv0: inv0, duplicate: duplicate)
     }
 
     /// The branch confirms after the checkpoint that followed the decision, and nothing is
@@ -339,12 +353,7 @@ final class TCCEndToEndTests: XCTestCase {
     /// the service purged its barrier rows (24 h) got 409 "never tried" for ever (a review);
     /// here, before the purge, a restart confirms it again ("duplicate").
     func testABranchThatConfirmsAfterTheLastLoggedRecordIsCheckpointed() throws {
-        let rig = try Rig(test: self, inventories: 2, crashPoint: nil, coordinatorFlags: ["--checkpoint-interval", "1s"])
-        try rig.setStock(0, stock)
-        try rig.setStock(1, stock)
-        let t = try rig.begin()
-        XCTAssertEqual(try rig.branch(t, 0, qty: 2), 200)
-        XCTAssertEqual(try rig.branch(t, 1, qty: 3), 200)
+        let (rig, t) = try twoTriedBranches()
         rig.inventories[0].pause()
         rig.inventories[1].kill9()
         XCTAssertEqual(try rig.json("POST", rig.coordinatorURL + "/v1/transactions/\(t)/commit").1["outcome"] as? String, "committed")
@@ -364,12 +373,7 @@ final class TCCEndToEndTests: XCTestCase {
             let names = (try? FileManager.default.contentsOfDirectory(atPath: logDir)) ?? []
             return !names.contains { $0.hasSuffix(".new") }
         }, "the checkpoint's segment never became durable")
-        Thread.sleep(forTimeInterval: 0.2)
-        try rig.restartCoordinator()
-        Thread.sleep(forTimeInterval: 1.5)
-        XCTAssertEqual(rig.metric(inv0, duplicate) ?? 0, 0, "a was confirmed again after the restart")
-        let (_, view) = try rig.json("GET", rig.coordinatorURL + "/v1/transactions/\(t)")
-        XCTAssertEqual(view["state"] as? String, "confirming", "b is still owed its confirm: \(view)")
+        try restartAndCheckOnlyBIsOwed(rig, t, inv0: inv0, duplicate: duplicate)
     }
 
     /// Kills the coordinator at a TCC crash point, restarts it, checks everything settles.
