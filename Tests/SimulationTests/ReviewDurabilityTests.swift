@@ -80,3 +80,26 @@ final class ReviewDurabilityTests: XCTestCase {
         XCTAssertNil(fatal, "the agent stopped: \(fatal ?? "")")
     }
 }
+
+/// Log-level findings.
+final class ReviewLogCloseTests: XCTestCase {
+    /// `DurableLog.close()` says it "syncs what is buffered", but in manual mode it runs one
+    /// round, and a round takes at most one new segment's groups: a record and a checkpoint
+    /// appended to a log with no segment yet (or two checkpoints) need two rounds, and the
+    /// second group is dropped without a word. Nothing in it was reported durable, so nothing
+    /// acknowledged is lost; but a caller trusting close() (as `writeFirstCheckpoint` trusts
+    /// its own syncNow) loses the checkpoint.
+    func testCloseInManualModeSyncsEverythingBuffered() throws {
+        let storage = SimLogStorage()
+        let config = DurableLogConfig(syncMode: .manual, preallocateBytes: 512)
+        do {
+            let (log, _) = try DurableLog.open(storage: storage, config: config)
+            _ = try log.append(type: 1, payload: [1, 2, 3], force: true)
+            _ = try log.checkpoint(snapshot: [9, 9])
+            log.close()
+        }
+        let (log, recovered) = try DurableLog.open(storage: storage, config: config)
+        defer { log.close() }
+        XCTAssertEqual(recovered.snapshot, [9, 9], "the checkpoint appended before close() was dropped (records: \(recovered.records.map(\.lsn)))")
+    }
+}
