@@ -489,7 +489,8 @@ public final class DurableLog {
             thread.join()
             self.thread = nil
         } else {
-            _ = try? runRound()
+            // Until nothing is left: a round takes at most one new segment's groups.
+            while (try? runRound()) != nil {}
         }
         roundLock.withLock {
             segment?.file.close()
