@@ -93,6 +93,8 @@ public final class AgentNode {
     private let checkpointAfterBytes: Int
     /// Checkpoints put off because the store was busy (`KVStoreBusy`), and the earliest next try.
     public private(set) var checkpointsPostponed = 0
+    /// Checkpoints not written because their snapshot passed `Limits.snapshotBytesMax`.
+    public private(set) var checkpointsTooLarge = 0
     private var checkpointNotBeforeMs: Int64 = 0
     /// Registrations to the coordinator, batched when many are in flight.
     private lazy var registrations = BatchingSender(environment: environment)
@@ -171,6 +173,7 @@ public final class AgentNode {
         metrics.sample("cohort_in_doubt", help: "Branches that voted yes and have no outcome yet") { [unowned self] in Double(self.machine.inDoubtCount) }
         metrics.sample("cohort_heuristic_mixed", help: "Branches whose operator-forced outcome differs from the coordinator's decision") { [unowned self] in Double(self.machine.heuristicMixed.count) }
         metrics.sample("cohort_branches_open", help: "Branches staged, preparing or in doubt") { [unowned self] in Double(self.machine.branches.count) }
+        metrics.sample("cohort_checkpoints_too_large_total", type: "counter", help: "Checkpoints not written because the snapshot passed its size limit; the log keeps growing until branches end") { [unowned self] in Double(self.checkpointsTooLarge) }
         metrics.sample("cohort_checkpoints_postponed_total", type: "counter", help: "Checkpoints put off because a reader of the shared store held SQLite's checkpoint back") { [unowned self] in Double(self.checkpointsPostponed) }
         metrics.sample("cohort_store_apply_seconds_total", type: "counter", help: "Time spent applying committed branches to the store, on the event loop") { [unowned self] in
             Double(self.storeApplyUsTotal) / 1e6
@@ -265,6 +268,11 @@ public final class AgentNode {
             // records (nothing is lost, it is only longer); try again a little later.
             checkpointsPostponed += 1
             checkpointNotBeforeMs = nowMs + Limits.checkpointBusyRetryMs
+        } catch is LogRecordTooLargeError {
+            // Nothing was written. Fatal, the same branches came back at every start and
+            // stopped it again; put off, the log only grows until some of them end.
+            checkpointsTooLarge += 1
+            checkpointNotBeforeMs = nowMs + Limits.checkpointTooLargeRetryMs
         } catch {
             onFatal("checkpoint failed: \(error)")
         }
@@ -933,7 +941,9 @@ public final class AgentNode {
         if let b = machine.branches[txid] {
             let held = lockedKeys(txid, limit: Limits.branchKeysShownMax)
             return responder.send(.jsonBytes(200, JSONBody.encode(BranchDetail(
-                txid: txid, state: b.state.rawValue, coordinator: b.coordinatorURL, writeSetBytes: b.writeSet.count,
+                txid: txid, state: b.state.rawValue, coordinator: b.coordinatorURL,
+                // A decided branch's writes are applied or released, and its write set gone.
+                writeSetBytes: [.heuristicCommitted, .heuristicAborted].contains(b.state) ? nil : b.writeSet.count,
                 inquiries: b.inquiries, lastInquiryError: b.lastInquiryError, heuristic: b.heuristic.map(decision),
                 keys: held?.keys, keysTotal: held?.total))))
         }

@@ -77,6 +77,10 @@ public final class CoordinatorNode {
     private var checkpointTimer: NodeTimer?
     /// `tcc.branchesSettledTotal` when the last checkpoint was taken.
     private var tccSettledAtCheckpoint: UInt64 = 0
+    /// Checkpoints not written because their snapshot passed `Limits.snapshotBytesMax`, and
+    /// when the next may be tried.
+    public private(set) var checkpointsTooLarge = 0
+    private var checkpointNotBeforeUs: UInt64 = 0
     /// `GET`s of forgotten transactions answered from the ledger.
     private var ledgerGets: UInt64 = 0
     private enum TCCPending { case branch(TxID, String), decision(TxID), audit(TxID) }
@@ -154,6 +158,7 @@ public final class CoordinatorNode {
         // As the agents export it: a transaction whose participants' data disagree, to repair by
         // hand, counted until the ledger lets go of it.
         metrics.sample("cohort_heuristic_mixed", help: "Heuristic-mixed transactions this coordinator knows of (kept whole or in its ledger of outcomes)") { [unowned self] in Double(self.machine.heuristicMixedCount) }
+        metrics.sample("cohort_checkpoints_too_large_total", type: "counter", help: "Checkpoints not written because the snapshot passed its size limit; the log keeps growing") { [unowned self] in Double(self.checkpointsTooLarge) }
         metrics.sample("cohort_parked", help: "Transactions past their retry budget (still retried, slowly)") { [unowned self] in Double(self.machine.parkedCount + self.tcc.parkedCount) }
         metrics.sample("cohort_submissions_repeated_total", type: "counter", help: "Submissions repeated with a known request_id and answered with the first run's outcome, by where it was found", labels: "from=\"transaction\"") { [unowned self] in Double(self.machine.stats.repeatedSubmissions - self.machine.stats.repeatedSubmissionsFromMemory) }
         metrics.sample("cohort_submissions_repeated_total", type: "counter", help: "Submissions repeated with a known request_id and answered with the first run's outcome, by where it was found", labels: "from=\"memory\"") { [unowned self] in Double(self.machine.stats.repeatedSubmissionsFromMemory) }
@@ -242,9 +247,15 @@ public final class CoordinatorNode {
     private func checkpoint(ifBytesOver bytes: Int, orTCCSettled: Bool = false) {
         let settled = tcc.branchesSettledTotal
         guard log.bytesSinceCheckpoint > bytes || (orTCCSettled && settled != tccSettledAtCheckpoint) else { return }
+        guard environment.monotonicUs >= checkpointNotBeforeUs else { return }
         do {
             _ = try log.checkpoint(snapshot: CoordinatorSnapshotContainer.pack(coordinator: machine.snapshot(), tcc: tcc.snapshot()))
             tccSettledAtCheckpoint = settled
+        } catch is LogRecordTooLargeError {
+            // Nothing was written. Fatal, the state that made it too large came back at every
+            // start and stopped it again; put off, the log only grows until that state shrinks.
+            checkpointsTooLarge += 1
+            checkpointNotBeforeUs = environment.monotonicUs &+ UInt64(Limits.checkpointTooLargeRetryMs) * 1_000
         } catch {
             onFatal("checkpoint failed: \(error)")
         }

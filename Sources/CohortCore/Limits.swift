@@ -72,6 +72,11 @@ public enum Limits {
     /// An agent whose store was busy at a checkpoint (a reader of a shared SQLite file held
     /// its checkpoint back) tries again after this, not at every sync.
     public static let checkpointBusyRetryMs: Int64 = 1_000
+    /// A checkpoint whose snapshot came out larger than `snapshotBytesMax` is not written, and
+    /// tried again after this. The log keeps its records (nothing is lost; it only grows) and
+    /// the process goes on: a fatal error here stopped an agent at the first sync of every
+    /// start, since the same in-doubt branches came back each time (a review).
+    public static let checkpointTooLargeRetryMs: Int64 = 60_000
     /// Largest checkpoint snapshot (the log's type-0 record). A snapshot holds every open
     /// transaction, so it may be far larger than one record; it is written rarely.
     public static let snapshotBytesMax = 256 << 20
@@ -404,7 +409,11 @@ public enum Limits {
     /// counted as `KVOp.stagedBytes`. Past it a work call is answered 503 and dooms nothing:
     /// each branch is held to its write-set limit (about 960 KiB) as it stages, but 10,000
     /// branches of that would be 9 GiB, and a black-box probe grew an agent to 1 GB with four.
-    public static let agentStagedBytesMax = 256 << 20
+    /// Half of `snapshotBytesMax`: an agent's checkpoint carries the write set of every
+    /// prepared branch (branches restored in doubt at a start count too), with its txid,
+    /// coordinator and 3PC peers beside it, and the other sections' own budgets; at the full
+    /// snapshot size the checkpoint could not be written at all (a review).
+    public static let agentStagedBytesMax = 128 << 20
     public static let keyBytesMax = 256
     public static let stringValueBytesMax = 64 << 10
     public static let scanItemsMax = 10_000

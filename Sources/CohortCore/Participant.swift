@@ -244,6 +244,10 @@ public struct Participant {
         public let txid: String
         public var state: BranchState
         public var coordinatorURL: String
+        /// Until the branch ends, or an operator's decision is applied or released: then its
+        /// writes are in the store or gone, and only the decision's key names are kept.
+        /// Kept, they were held in memory and in every checkpoint, outside the staged-work
+        /// bound, for as long as the coordinator stayed away (a review).
         public var writeSet: [UInt8] = []
         public var onePhase = false
         /// Requests waiting for this branch's pending forced record.
@@ -288,6 +292,8 @@ public struct Participant {
         /// while this branch then acknowledged the coordinator's pre-commit, which a classic
         /// coordinator follows with commit.
         var stateWaiting: [RequestID] = []
+
+        mutating func dropWriteSet() { writeSet = [] }
     }
 
     public let config: Config
@@ -411,8 +417,10 @@ public struct Participant {
                     guard let h = heuristic else { throw DecodeError("forced branch \(txid) without a decision") }
                     if h.outcome == .committed { toApply.append((txid, writeSet, lsn)) }
                     b.state = h.outcome == .committed ? .heuristicCommitted : .heuristicAborted
-                case 3: b.state = .heuristicCommitted
-                case 4: b.state = .heuristicAborted
+                    b.dropWriteSet()
+                // Snapshots written before session 27 still carry these write sets.
+                case 3: b.state = .heuristicCommitted; b.dropWriteSet()
+                case 4: b.state = .heuristicAborted; b.dropWriteSet()
                 case 5: b.state = .preCommitted
                 case 6: b.state = .preAborted
                 default: throw DecodeError("unknown branch kind \(kind) in snapshot")
@@ -500,6 +508,7 @@ public struct Participant {
                                                 releasedKeys: keys, releasedKeysTotal: keysTotal)
                 b.state = outcome == .committed ? .heuristicCommitted : .heuristicAborted
                 if outcome == .committed { toApply.append((txid, b.writeSet, record.lsn)) }
+                b.dropWriteSet()
                 branches[txid] = b
             case .heuristicResolved(let txid, _, let mixed):
                 if branches[txid] == nil, mixed, let f = forgottenHeuristics[txid] {
@@ -1211,6 +1220,7 @@ public struct Participant {
             b.state = .heuristicAborted
             actions = [.release(txid)]
         }
+        b.dropWriteSet()
         branches[txid] = b
         let effects = ["branch \(txid) \(h.outcome.rawValue) by operator \(h.operatorName) (heuristic); still asking the coordinator"]
         actions += waiting.map { .reply($0, .forced(h.outcome, dryRun: false, effects: effects)) }

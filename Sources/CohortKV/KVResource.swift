@@ -503,6 +503,12 @@ public final class KVResource {
         }
         let branch = Branch(txid: txid)
         branch.writeSet = writeSet
+        // Counted like work staged now, though past the bound if need be (what a restart brings
+        // back must be held): uncounted, a restarted agent took another `stagedBytesMax` of new
+        // work beside it, and its checkpoint, which carries every prepared write set, grew past
+        // what a snapshot may hold (a review). The encoded write set is what the checkpoint holds.
+        branch.stagedBytes = writeSet.count
+        stagedBytesTotal += writeSet.count
         branches[txid] = branch
         for w in writes {
             let r = locks.acquire(owner: txid, key: w.key, mode: .exclusive)

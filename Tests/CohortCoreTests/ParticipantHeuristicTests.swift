@@ -42,6 +42,33 @@ final class ParticipantHeuristicTests: XCTestCase {
         XCTAssertTrue(p.heuristicMixed.isEmpty)
     }
 
+    /// Once an operator's decision is applied (or released), the branch keeps no write set: it
+    /// was held in memory and in every checkpoint, outside the staged-work bound, for as long as
+    /// the coordinator stayed away, and made an agent's checkpoint too large to write (a review).
+    func testADecidedBranchKeepsNoWriteSetInMemoryOrInItsCheckpoint() throws {
+        let big = [UInt8](repeating: 5, count: 100_000)
+        for outcome in [Outcome.committed, .aborted] {
+            var p = Participant(config: Participant.Config(name: "p"))
+            _ = p.on(.joined("t1", coordinatorURL: "http://c", timeoutMs: 1000))
+            _ = p.on(.prepare(1, txid: "t1", onePhase: false, vote: .yes(writeSet: big)))
+            _ = p.on(.preparedDurable("t1"))
+            XCTAssertGreaterThan(p.snapshot().count, big.count, "a prepared branch's checkpoint carries its writes")
+            _ = p.on(force(outcome))
+            let done = p.on(.heuristicDurable("t1", lsn: 12))
+            if outcome == .committed { XCTAssertEqual(done.first, .apply("t1", writeSet: big, lsn: 12), "applied from the write set first") }
+            XCTAssertEqual(p.branches["t1"]?.writeSet, [], "\(outcome)")
+            XCTAssertLessThan(p.snapshot().count, 1_000, "\(outcome)")
+            // From the log too: applied once from the prepared record, then dropped.
+            var q = Participant(config: Participant.Config(name: "p"))
+            let actions = try q.recover(snapshot: nil, records: [
+                rec(3, .prepared("t1", coordinatorURL: "http://c", writeSet: big)),
+                rec(12, .heuristic("t1", outcome: outcome, reason: "coordinator lost", operatorName: "bob", atMs: 50))])
+            XCTAssertEqual(actions.contains(.apply("t1", writeSet: big, lsn: 12)), outcome == .committed)
+            XCTAssertEqual(q.branches["t1"]?.writeSet, [])
+            XCTAssertEqual(q.state(of: "t1"), outcome == .committed ? .heuristicCommitted : .heuristicAborted)
+        }
+    }
+
     func testForcedCommitThatTheCoordinatorAbortedIsReportedMixed() throws {
         var p = inDoubt()
         _ = p.on(force(.committed))

@@ -434,6 +434,23 @@ final class KVResourceTests: XCTestCase {
         XCTAssertNotNil(success(r.last))
     }
 
+    /// A branch a restart brings back in doubt holds its write set's bytes like staged work:
+    /// uncounted, a restarted agent took a whole bound of new work beside them, and its
+    /// checkpoint (every prepared write set) grew past what a snapshot may hold (a review).
+    func testABranchRestoredInDoubtCountsAgainstTheStagedBound() throws {
+        let c = clock!
+        let small = KVResource(store: store, schedule: { c.schedule($0, $1) }, lockWaitTimeoutMs: 100, stagedBytesMax: 1_000)
+        let writeSet = KVResource.encodeWriteSet([("a", .string(String(repeating: "v", count: 900)))])
+        try small.restoreInDoubt(txid: "t1", writeSet: writeSet)
+        XCTAssertEqual(small.stagedBytesTotal, writeSet.count)
+        let r = Recorder()
+        small.stage(txid: "t2", ops: [.set(key: "b", value: .string(String(repeating: "w", count: 200)))], completion: r.callback())
+        guard case .failure(.overloaded)? = r.last else { return XCTFail("bounded beside the restored branch: \(String(describing: r.last))") }
+        small.abort(txid: "t2")
+        try small.commit([(txid: "t1", writeSet: writeSet, lsn: 7)])
+        XCTAssertEqual(small.stagedBytesTotal, 0, "the restored branch gives its bytes back when it ends")
+    }
+
     func testCompletionMayAbortReentrantly() {
         let r2 = Recorder()
         kv.stage(txid: "t1", ops: [.set(key: "k", value: .int(1))]) { _ in }
