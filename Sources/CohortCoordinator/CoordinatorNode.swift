@@ -81,6 +81,9 @@ public final class CoordinatorNode {
     /// when the next may be tried.
     public private(set) var checkpointsTooLarge = 0
     private var checkpointNotBeforeUs: UInt64 = 0
+    /// The transaction whose submission record the log just refused (the decision record that
+    /// always follows it in the same actions is then refused too).
+    private var submissionRefused: TxID?
     /// `GET`s of forgotten transactions answered from the ledger.
     private var ledgerGets: UInt64 = 0
     private enum TCCPending { case branch(TxID, String), decision(TxID), audit(TxID) }
@@ -293,6 +296,17 @@ public final class CoordinatorNode {
         case .end: CrashPoints.hit("coordinator.before-end-logged")
         case .audit, .heuristic, .submission, .onePhaseWindow: break
         }
+        switch record {
+        case .commitDecision(let txid, _, _), .preCommit(let txid, _, _, _):
+            // Its submission's request_id record was refused just before: deciding without it
+            // would let a resent submission run the work again after a restart (a review: the
+            // two appends straddled a sync round that freed room for the second).
+            if submissionRefused == txid {
+                submissionRefused = nil
+                return feed(.decisionRefused(txid, reason: "the submission's request_id could not be logged: log full"))
+            }
+        default: break
+        }
         let encoded = CoordinatorRecordCoding.encode(record)
         do {
             let lsn = try log.append(type: encoded.type, payload: encoded.payload, force: force)
@@ -310,7 +324,8 @@ public final class CoordinatorNode {
             // record only means the commit is re-sent (and acknowledged again) after a restart.
             switch record {
             case .commitDecision(let txid, _, _), .preCommit(let txid, _, _, _): feed(.decisionRefused(txid, reason: "\(full)"))
-            case .end, .submission: break
+            case .end: break
+            case .submission(let txid, _): submissionRefused = txid // the decision right after it is refused too
             case .onePhaseWindow(let window): feed(.onePhaseWindowRefused(window)) // the transaction goes on in two phases
             case .audit, .heuristic: onFatal("cannot record an operator decision or heuristic report: \(full)")
             }

@@ -142,3 +142,44 @@ struct NodeRig {
         try XCTUnwrap(try send(method, target, body), "\(method) \(target) unanswered")
     }
 }
+
+final class SubmissionRecordRefusedTests: XCTestCase {
+    /// A submission's request_id record goes to the log just before its decision. When the log
+    /// refuses it (full), the decision is refused too and the transaction aborts: committed
+    /// without it, a client resending the same request_id after a restart would run the work a
+    /// second time (a review: a sync round between the two appends can free room for the
+    /// decision alone). Here the request_id record is larger than the log's unsynced room and
+    /// the decision fits.
+    func testADecisionWhoseSubmissionRecordWasRefusedIsRefusedToo() throws {
+        let env = HandDrivenEnvironment()
+        let requestID = String(repeating: "r", count: Limits.requestIDBytesMax)
+        let submissionBytes = 17 + CoordinatorRecordCoding.encode(.submission(try XCTUnwrap(TxID("3fa90c1e-1-1")), requestID: requestID)).payload.count
+        let (log, recovered) = try DurableLog.open(storage: SimLogStorage(),
+                                                   config: DurableLogConfig(syncMode: .manual, unsyncedBytesMax: submissionBytes - 1, preallocateBytes: 512))
+        var fatal: String?
+        let node = try CoordinatorNode(coordinatorID: "3fa90c1e", log: log, recovered: recovered,
+                                       config: Coordinator.Config(coordinatorID: "3fa90c1e", epoch: 1),
+                                       checkpointAfterBytes: 1 << 30, environment: env, onFatal: { fatal = $0 })
+        node.start()
+        _ = try log.syncNow()
+        env.drain()
+        let body = #"{"request_id":"\#(requestID)","branches":[{"participant":"a","url":"http://a","ops":[{"op":"add","key":"k","delta":1}]},"#
+            + #"{"participant":"b","url":"http://b","ops":[{"op":"add","key":"k","delta":-1}]}]}"#
+        var answer: HTTPResponse?
+        node.handle(try HTTPRequest.parsingTarget(method: "POST", target: "/v1/transactions/submit", headers: HTTPHeaders(), body: Array(body.utf8)),
+                    ClosureSink { answer = $0 })
+        env.drain()
+        XCTAssertEqual(env.sent.map(\.request.url), ["http://a/v1/2pc/prepare", "http://b/v1/2pc/prepare"])
+        let txid = try XCTUnwrap(JSONBody.value(PrepareRequest.self, from: env.sent[0].request.body).txid)
+        for i in 0..<2 {
+            env.sent[i].completion(.success(HTTPClientResponse(status: 200, body: Array(#"{"txid":"\#(txid)","vote":"yes"}"#.utf8))))
+        }
+        env.drain()
+        _ = try log.syncNow()
+        env.drain()
+        XCTAssertNil(fatal)
+        let outcome = try JSONBody.value(OutcomeResponse.self, from: try XCTUnwrap(answer, "unanswered").body)
+        XCTAssertEqual(outcome.outcome, "aborted", "committed without its request_id record")
+        XCTAssertEqual(Set(env.sent.dropFirst(2).map(\.request.url)), ["http://a/v1/2pc/abort", "http://b/v1/2pc/abort"])
+    }
+}
