@@ -41,6 +41,8 @@ public struct Coordinator {
         public var preCommitTimeoutMs = Limits.preCommitTimeoutMs
         /// 3PC: how often a coordinator that lost authority asks participants for the outcome.
         public var learnIntervalMs = Limits.learnIntervalMs
+        /// Bytes of who-forced-it audits a checkpoint holds (a parameter so tests can reach it).
+        public var heuristicForcesInSnapshotBytesMax = Limits.heuristicForcesInSnapshotBytesMax
         public var seed: UInt64 = 1
 
         public init(coordinatorID: String, epoch: UInt64) {
@@ -871,7 +873,7 @@ public struct Coordinator {
             w.string(txid.description)
             w.string(name)
             forcesBytes += (force.operatorName?.utf8.count ?? 0) + (force.reason?.utf8.count ?? 0)
-            if forcesBytes <= Limits.heuristicForcesInSnapshotBytesMax {
+            if forcesBytes <= config.heuristicForcesInSnapshotBytesMax {
                 force.encode(&w)
             } else {
                 HeuristicForce(operatorName: force.operatorName, reason: nil, forcedAtMs: force.forcedAtMs).encode(&w)

@@ -21,6 +21,8 @@ public struct Participant {
         public var finishedBranchesKept = Limits.finishedBranchesKept
         public var terminationTimeoutMs = Limits.terminationTimeoutMs
         public var terminationRoundMs = Limits.terminationRoundMs
+        /// Bytes of released key names a snapshot holds (a parameter so tests can reach it).
+        public var releasedKeysInSnapshotBytesMax = Limits.releasedKeysInSnapshotBytesMax
         public var seed: UInt64 = 1
 
         public init(name: String) { self.name = name }
@@ -625,7 +627,7 @@ public struct Participant {
         for (txid, h) in released {
             w.string(txid)
             let bytes = h.releasedKeys.reduce(0) { $0 + $1.utf8.count + 4 }
-            let named = releasedBytes + bytes <= Limits.releasedKeysInSnapshotBytesMax
+            let named = releasedBytes + bytes <= config.releasedKeysInSnapshotBytesMax
             if named { releasedBytes += bytes }
             Self.encodeReleasedKeys(&w, named ? h.releasedKeys : [], total: h.releasedKeysTotal)
         }

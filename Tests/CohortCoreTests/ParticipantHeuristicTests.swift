@@ -548,4 +548,32 @@ final class ParticipantHeuristicTests: XCTestCase {
         XCTAssertEqual(reports(try acknowledged.recover(snapshot: p.snapshot(), records: [])), [])
         XCTAssertEqual(acknowledged.heuristicMixed["t1"]?.outcome, .committed, "still heuristic-mixed")
     }
+
+    /// Past `releasedKeysInSnapshotBytesMax` a snapshot keeps a force's released-key count but
+    /// not the names (a checkpoint that cannot be written stops the agent at every start). A
+    /// small budget: the first lists (by txid) that fit are named, the rest keep only their
+    /// count, and a restore from it reads both (the count says how many were released).
+    func testReleasedKeysPastTheSnapshotBudgetKeepTheirCountOnly() throws {
+        var config = Participant.Config(name: "p")
+        config.releasedKeysInSnapshotBytesMax = 30  // each list of ["k-1", "k-2"] counts 2 * (3 + 4) = 14
+        var p = Participant(config: config)
+        for (i, txid) in ["t1", "t2", "t3"].enumerated() {
+            _ = p.on(.joined(txid, coordinatorURL: "http://c", timeoutMs: 1000))
+            _ = p.on(.prepare(RequestID(10 + i), txid: txid, onePhase: false, vote: .yes(writeSet: ws)))
+            _ = p.on(.preparedDurable(txid))
+            _ = p.on(.force(RequestID(20 + i), txid: txid, outcome: .aborted, reason: "coordinator lost", operatorName: "bob", dryRun: false,
+                            atMs: 50, releasedKeys: ["k-1", "k-2"], releasedKeysTotal: 2))
+            _ = p.on(.heuristicDurable(txid, lsn: UInt64(30 + i)))
+        }
+        XCTAssertEqual(p.branches["t3"]?.heuristic?.releasedKeys, ["k-1", "k-2"], "in memory every list is whole")
+        var restored = Participant(config: config)
+        _ = try restored.recover(snapshot: p.snapshot(), records: [])
+        XCTAssertEqual(restored.branches["t1"]?.heuristic?.releasedKeys, ["k-1", "k-2"])
+        XCTAssertEqual(restored.branches["t2"]?.heuristic?.releasedKeys, ["k-1", "k-2"])
+        XCTAssertEqual(restored.branches["t3"]?.heuristic?.releasedKeys, [], "past the budget: no names")
+        XCTAssertEqual(restored.branches["t3"]?.heuristic?.releasedKeysTotal, 2, "past the budget: the count stays")
+        XCTAssertEqual(restored.state(of: "t3"), .heuristicAborted, "the rest of the decision is whole")
+        XCTAssertEqual(restored.branches["t3"]?.heuristic?.operatorName, "bob")
+        XCTAssertEqual(Participant.Config(name: "p").releasedKeysInSnapshotBytesMax, Limits.releasedKeysInSnapshotBytesMax)
+    }
 }
