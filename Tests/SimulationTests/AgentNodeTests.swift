@@ -225,4 +225,70 @@ final class AgentNodeTests: XCTestCase {
         restarted.stop()
         restarted.log.close()
     }
+
+    /// A heuristic-mixed report whose quick tries all failed goes again every
+    /// `Limits.heuristicReportRetryIntervalMs` while unacknowledged (a coordinator back after an
+    /// hour still hears, without waiting for a restart), and the series stops once it is
+    /// acknowledged.
+    func testAReportOutOfQuickTriesIsSentAgainEveryIntervalUntilAcknowledged() throws {
+        let txid = "3fa90c1e-1-1"
+        let storage = SimLogStorage()
+        let config = DurableLogConfig(syncMode: .manual, preallocateBytes: 512)
+        do {
+            let (log, _) = try DurableLog.open(storage: storage, config: config)
+            for r: Participant.Record in [
+                .prepared(txid, coordinatorURL: "http://coordinator:1", writeSet: KVResource.encodeWriteSet([("k", .int(1))]), threePhase: nil),
+                .heuristic(txid, outcome: .aborted, reason: "coordinator lost", operatorName: "oncall", atMs: 5),
+                .heuristicResolved(txid, coordinatorOutcome: .committed, mixed: true),
+            ] {
+                let e = ParticipantRecordCoding.encode(r)
+                _ = try log.append(type: e.type, payload: e.payload, force: true)
+            }
+            _ = try log.syncNow()
+            log.close()
+        }
+        let env = HandDrivenEnvironment()
+        let (log, recovered) = try DurableLog.open(storage: storage, config: config)
+        let node = try AgentNode(name: "a", incarnation: "00000000000000a1", coordinatorURL: "http://coordinator:1",
+                                 log: log, recovered: recovered, store: MemoryKVStore(), config: Participant.Config(name: "a"),
+                                 checkpointAfterBytes: 1 << 30, environment: env, onFatal: { XCTFail("fatal: \($0)") })
+        node.start()
+        env.drain()
+        let slow = Limits.heuristicReportRetryIntervalMs, quick = Limits.retryDelayMsMax
+        func reports() -> [Int] { env.sent.indices.filter { env.sent[$0].request.url.hasSuffix("/v1/transactions/\(txid)/heuristic") } }
+        func answerLast(_ status: Int) {
+            guard let last = reports().last else { return XCTFail("no report sent") }
+            env.sent[last].completion(.success(HTTPClientResponse(status: status, headers: HTTPHeaders(), body: Array(#"{"error":"down"}"#.utf8))))
+            env.drain()
+        }
+        // The quick series: each failed try brings the next after `retryDelayMsMax`.
+        for attempt in 1...Limits.heuristicReportAttemptsMax {
+            XCTAssertEqual(reports().count, attempt)
+            answerLast(503)
+            if attempt < Limits.heuristicReportAttemptsMax { XCTAssertEqual(env.fireTimers(afterMs: quick), 1, "try \(attempt + 1)") }
+        }
+        // Out of quick tries: nothing more until the slow interval has passed.
+        XCTAssertEqual(env.pendingTimerDelaysMs.filter { $0 == slow }.count, 1, "\(env.pendingTimerDelaysMs)")
+        XCTAssertEqual(env.fireTimers(afterMs: quick), 0)
+        XCTAssertEqual(reports().count, Limits.heuristicReportAttemptsMax, "sent before the interval")
+        XCTAssertEqual(env.fireTimers(afterMs: slow), 1)
+        XCTAssertEqual(reports().count, Limits.heuristicReportAttemptsMax + 1, "not sent again after the interval")
+        // That series fails too: another interval, another report.
+        for _ in 1...Limits.heuristicReportAttemptsMax {
+            answerLast(503)
+            env.fireTimers(afterMs: quick)
+        }
+        XCTAssertEqual(reports().count, 2 * Limits.heuristicReportAttemptsMax)
+        XCTAssertEqual(env.fireTimers(afterMs: slow), 1)
+        XCTAssertEqual(reports().count, 2 * Limits.heuristicReportAttemptsMax + 1)
+        // Acknowledged: owed no more, and nothing is scheduled or sent again.
+        answerLast(200)
+        XCTAssertTrue(node.machine.unreportedMixed.isEmpty)
+        XCTAssertEqual(env.pendingTimerDelaysMs.filter { $0 == slow || $0 == quick }, [], "the series goes on after the acknowledgement")
+        env.fireTimers(afterMs: slow)
+        env.fireTimers(afterMs: quick)
+        XCTAssertEqual(reports().count, 2 * Limits.heuristicReportAttemptsMax + 1)
+        node.stop()
+        log.close()
+    }
 }
