@@ -187,6 +187,7 @@ final class CoordinatorOperatorTests: XCTestCase {
         for n: RequestID in 0..<3 {
             guard case .reply(_, .begun(let u, _))? = restarted.on(.begin(20 + n, timeoutMs: 5000), nowMs: 20).last else { return XCTFail() }
             _ = restarted.on(.commit(30 + n, txid: u.description), nowMs: 21)
+            _ = restarted.on(.decisionDurable(u), nowMs: 21)  // a commit without branches has its decision record
         }
         XCTAssertNil(restarted.transaction(t), "forgotten")
         XCTAssertEqual(restarted.inquire(t.description), .committed)
@@ -581,6 +582,7 @@ final class CoordinatorForgottenCommitTests: XCTestCase {
         for n: RequestID in 0..<4 {
             guard case .reply(_, .begun(let t, _))? = c.on(.begin(10 + n, timeoutMs: 5000), nowMs: 1).last else { return XCTFail() }
             _ = c.on(.commit(20 + n, txid: t.description), nowMs: 2)
+            _ = c.on(.decisionDurable(t), nowMs: 2)  // a commit without branches has its decision record
             ids.append(t)
         }
         XCTAssertEqual(c.transaction(ids[3])?.outcome, .committed)
