@@ -41,6 +41,8 @@ public struct Coordinator {
         public var preCommitTimeoutMs = Limits.preCommitTimeoutMs
         /// 3PC: how often a coordinator that lost authority asks participants for the outcome.
         public var learnIntervalMs = Limits.learnIntervalMs
+        /// Bytes of who-forced-it audits a checkpoint holds (a parameter so tests can reach it).
+        public var heuristicForcesInSnapshotBytesMax = Limits.heuristicForcesInSnapshotBytesMax
         public var seed: UInt64 = 1
 
         public init(coordinatorID: String, epoch: UInt64) {
@@ -602,6 +604,9 @@ public struct Coordinator {
                 actions.append(.setTimer(.learn(txid), afterMs: config.learnIntervalMs))
             }
             openTable[txid] = tx
+            // A commit without branches (its end record lost, or never written): nothing to
+            // re-drive, it ends now.
+            if tx.state == .committing && tx.branches.isEmpty { actions += endIfDelivered(txid, nowMs: nowMs) }
         }
         return actions
     }
@@ -871,7 +876,7 @@ public struct Coordinator {
             w.string(txid.description)
             w.string(name)
             forcesBytes += (force.operatorName?.utf8.count ?? 0) + (force.reason?.utf8.count ?? 0)
-            if forcesBytes <= Limits.heuristicForcesInSnapshotBytesMax {
+            if forcesBytes <= config.heuristicForcesInSnapshotBytesMax {
                 force.encode(&w)
             } else {
                 HeuristicForce(operatorName: force.operatorName, reason: nil, forcedAtMs: force.forcedAtMs).encode(&w)
@@ -1355,8 +1360,14 @@ public struct Coordinator {
         tx.waiters.append(request)
         tx.events.append(TimelineEvent(atMs: nowMs, event: "commit-requested", participant: nil, detail: nil))
         if tx.branches.isEmpty {
+            // Nothing to prepare, but the client is told "committed": a forced decision record
+            // (with no participants) first. Answered at once, it left nothing durable, and after
+            // a restart the same txid read as aborted (presumed abort: `GET` 404, a resent
+            // commit refused), an outcome flip (a review).
+            tx.state = .deciding
+            tx.decidedAtMs = nowMs
             openTable[txid] = tx
-            return finishCommitted(txid, nowMs: nowMs, detail: "no branches")
+            return submissionRecord(tx) + [.log(.commitDecision(txid, participants: [], decidedAtMs: nowMs), force: true)]
         }
         return startPrepare(txid, &tx, onePhaseAllowed: true, nowMs: nowMs)
     }
@@ -1548,6 +1559,8 @@ public struct Coordinator {
         }
         stats.committed += 1
         openTable[txid] = tx
+        // A commit without branches has nobody to wait for.
+        if tx.branches.isEmpty { actions += endIfDelivered(txid, nowMs: nowMs) }
         return actions
     }
 

@@ -525,6 +525,14 @@ public enum Limits {
     /// Inbox rows (consumer, message id) are kept this long: a redelivery later than this would
     /// be applied again, so it must exceed how long a message can stay pending or dead.
     public static let inboxRetentionMsDefault: Int64 = 7 * 86_400_000
+    /// The shortest `outbox-demo-consumer --inbox-retention`: shorter, a relay's retry of a
+    /// message whose answer was lost could come after its row is gone and apply it again.
+    public static let inboxRetentionMsMin: Int64 = 1_000
+    /// How often `outbox-demo-consumer` deletes inbox rows past its retention (more often when
+    /// the retention is shorter: every half retention), at most `outboxCleanupRowsMax` rows a
+    /// statement and `inboxCleanupRoundRowsMax` a round, so a backlog cannot hold its loop long.
+    public static let inboxCleanupIntervalMs: Int64 = 60_000
+    public static let inboxCleanupRoundRowsMax = 10_000
     public static let outboxTopicBytesMax = 256
     public static let outboxKeyBytesMax = 256
     public static let outboxPayloadBytesMax = 256 << 10

@@ -21,6 +21,8 @@ public struct Participant {
         public var finishedBranchesKept = Limits.finishedBranchesKept
         public var terminationTimeoutMs = Limits.terminationTimeoutMs
         public var terminationRoundMs = Limits.terminationRoundMs
+        /// Bytes of released key names a snapshot holds (a parameter so tests can reach it).
+        public var releasedKeysInSnapshotBytesMax = Limits.releasedKeysInSnapshotBytesMax
         public var seed: UInt64 = 1
 
         public init(name: String) { self.name = name }
@@ -286,6 +288,7 @@ public struct Participant {
         /// While `forgetting`: the coordinator's outcome, if an inquiry's answer or its abort
         /// arrived meanwhile. Dropped before, the forget then ended a branch whose coordinator
         /// had just said it differs, and nobody ever recorded it heuristic-mixed (a review).
+        /// One that differs is marked at once (`markMixedWhileForgetting`).
         var coordinatorOutcomeWhileForgetting: Outcome?
         /// 3PC: state queries that arrived while a pre-record was being written, answered once
         /// it is durable (or refused). Answered at once with `uncertain`, a backup could abort
@@ -633,7 +636,7 @@ public struct Participant {
         for (txid, h) in released {
             w.string(txid)
             let bytes = h.releasedKeys.reduce(0) { $0 + $1.utf8.count + 4 }
-            let named = releasedBytes + bytes <= Limits.releasedKeysInSnapshotBytesMax
+            let named = releasedBytes + bytes <= config.releasedKeysInSnapshotBytesMax
             if named { releasedBytes += bytes }
             Self.encodeReleasedKeys(&w, named ? h.releasedKeys : [], total: h.releasedKeysTotal)
         }
@@ -763,7 +766,10 @@ public struct Participant {
             let effects = ["branch \(txid) forgotten: it stays \(h.outcome.rawValue) as \(h.operatorName) forced it, and no longer asks the coordinator"]
             rememberForgotten(txid, h, coordinatorURL: b.coordinatorURL)
             var actions = finish(txid, h.outcome) + b.waiting.map { .reply($0, .forced(h.outcome, dryRun: false, effects: effects)) }
-            if let seen = b.coordinatorOutcomeWhileForgetting, seen != h.outcome, let f = forgottenHeuristics[txid] {
+            // Normally marked when the coordinator's word arrived (`markMixedWhileForgetting`);
+            // again here only if that record was refused (the log full).
+            if let seen = b.coordinatorOutcomeWhileForgetting, seen != h.outcome, let f = forgottenHeuristics[txid],
+               heuristicMixed[txid] == nil, resolvingHeld[txid] == nil {
                 actions += forgottenTurnedMixed(txid, f, coordinatorOutcome: seen, answer: nil)
             }
             return actions
@@ -966,10 +972,13 @@ public struct Participant {
         case .heuristicCommitted, .heuristicAborted:
             return resolveHeuristic(txid, coordinatorOutcome: .aborted) + [.reply(request, .aborted)]
         case .forgetting:
-            // The coordinator does not send an abort again: kept for when the forget is
-            // durable, and answered as a heuristic branch answers one.
+            // The coordinator does not send an abort again: kept, and answered as a heuristic
+            // branch answers one (once the mixed mark is durable, when it differs).
             b.coordinatorOutcomeWhileForgetting = .aborted
             branches[txid] = b
+            if b.heuristic?.outcome == .committed {
+                return markMixedWhileForgetting(txid, coordinatorOutcome: .aborted, answer: (request, .aborted))
+            }
             return [.reply(request, .aborted)]
         case .forcing:
             return [.reply(request, .error(RequestError(503, "an operator's decision on branch \(txid) is being recorded; retry")))]
@@ -1062,12 +1071,17 @@ public struct Participant {
     private mutating func branchInquiryAnswered(_ txid: String, _ answer: InquiryAnswer) -> [Action] {
         if var b = branches[txid], b.state == .forgetting {
             // Asked before the forget: the answer is kept for when the forget is durable.
+            let seen: Outcome
             switch answer {
-            case .committed: b.coordinatorOutcomeWhileForgetting = .committed
-            case .aborted: b.coordinatorOutcomeWhileForgetting = .aborted
+            case .committed: seen = .committed
+            case .aborted: seen = .aborted
             case .pending, .unknownCoordinator: return []
             }
+            b.coordinatorOutcomeWhileForgetting = seen
             branches[txid] = b
+            if let h = b.heuristic, h.outcome != seen {
+                return markMixedWhileForgetting(txid, coordinatorOutcome: seen, answer: nil)
+            }
             return []
         }
         if let b = branches[txid], b.state == .heuristicCommitted || b.state == .heuristicAborted {
@@ -1270,6 +1284,20 @@ public struct Participant {
         rememberMixed(txid, f.decision, unreportedTo: f.coordinatorURL)
         resolvingHeld[txid] = reply + [report]
         return [.log(.heuristicResolved(txid, coordinatorOutcome: coordinatorOutcome, mixed: true), force: true)]
+    }
+
+    /// The coordinator's outcome, arriving while the forget record is being written, differs
+    /// from the forced one: the mixed mark is logged now, right behind the forget record (so
+    /// it rides the same sync, or the next), and kept in memory at once (so a checkpoint taken
+    /// before the forget is durable carries it). Logged only once the forget was durable, a
+    /// crash between that sync and the mark's lost the mark: the branch came back forgotten,
+    /// asking nobody, and the coordinator (which sends an abort once and waits for no answer)
+    /// never heard (a review). The answer and the report wait for the mark, as a forgotten
+    /// branch's do.
+    private mutating func markMixedWhileForgetting(_ txid: String, coordinatorOutcome: Outcome, answer: (RequestID, Reply)?) -> [Action] {
+        guard let b = branches[txid], b.state == .forgetting, let h = b.heuristic else { return [] }
+        return forgottenTurnedMixed(txid, ForgottenHeuristic(decision: h, coordinatorURL: b.coordinatorURL),
+                                    coordinatorOutcome: coordinatorOutcome, answer: answer)
     }
 
     /// `unreportedTo`: the coordinator its report is owed to (set before the bound lets the

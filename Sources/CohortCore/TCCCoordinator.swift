@@ -353,6 +353,7 @@ public struct TCCCoordinator {
                 actions.append(call(tx, i, .confirm))
             }
             openTable[txid] = tx
+            if tx.branches.isEmpty { actions += finish(txid, nowMs: nowMs) }
             return actions
         case .decisionRefused(let txid, let reason):
             guard let tx = openTable.byID[txid], tx.state == .deciding else { return [] }
@@ -496,11 +497,10 @@ public struct TCCCoordinator {
             if let pending = tx.branches.first(where: { $0.state == .registering || $0.state == .trying }) {
                 return [.reply(request, .error(RequestError(409, "the try of branch \(pending.spec.branchID) has not answered yet; commit once every try answered")))]
             }
-            if tx.branches.isEmpty {
-                tx.outcome = .committed
-                openTable[txid] = tx
-                return [.cancelTimer(.timeout(txid))] + finish(txid, nowMs: nowMs) + [.reply(request, .outcome(txid, .committed, reason: nil))]
-            }
+            // A transaction without branches takes this path too: its confirm decision (naming no
+            // branch) is the only record of it. Answered "committed" at once with nothing logged,
+            // after a restart the same txid read as cancelled (presumed cancel: `GET` 404), an
+            // outcome flip (a review).
             tx.state = .deciding
             tx.commitWaiters.append(request)
             note(&tx, nowMs, "deciding", detail: "confirm")
@@ -667,6 +667,11 @@ public struct TCCCoordinator {
                 if tx.index(spec.branchID) == nil { tx.branches.append(Branch(spec: spec, state: .trying)) }
                 openTable[txid] = tx
             case .confirmDecision(let txid, let ids, let atMs):
+                if ids.isEmpty, openTable.byID[txid] == nil, finished[txid] == nil {
+                    // A transaction without branches: no branch record made it open; it is
+                    // rebuilt from its decision and finishes below.
+                    openTable[txid] = Transaction(txid: txid, state: .active, createdAtMs: atMs, timeoutMs: 0)
+                }
                 guard var tx = openTable.byID[txid] else { continue }
                 tx.state = .confirming
                 tx.outcome = .committed

@@ -443,7 +443,24 @@ public final class HTTPServer {
         scheduleSweep()
     }
 
+    /// A server freed without `shutdown()` (a program's error path, a test) kept its listening
+    /// socket, registered with the loop, for the life of the process: the port stayed bound and
+    /// the loop went on watching it. Open connections hold their server, so none is left here;
+    /// the listening socket and the sweep timer are let go as `shutdown()` would. On the loop's
+    /// thread, or with the loop not running, at once; else on the loop (a loop that stops before
+    /// it runs the task keeps the socket until the process ends, as before).
     deinit {
+        if !isShutdown {
+            let loop = self.loop, fd = listenFD, sweep = sweepTimer
+            let release = {
+                if let sweep { loop.cancel(sweep) }
+                if fd >= 0 {
+                    loop.unregister(fd: fd)
+                    TCP.close(fd)
+                }
+            }
+            if loop.isInLoopThread || !loop.isRunning { release() } else { loop.execute(release) }
+        }
         scratch.deallocate()
     }
 

@@ -127,6 +127,9 @@ public final class EventLoop {
         events.deallocate()
     }
 
+    /// Whether `run` is running (on some thread).
+    public var isRunning: Bool { lock.withLock { loopThread != nil } }
+
     public var isInLoopThread: Bool {
         lock.withLock {
             guard let t = loopThread else { return false }

@@ -23,6 +23,11 @@ stream as consumer C of group G. GET /v1/state reports counts and lag percentile
                      drawn from --db's path, so the same database is the same consumer)
   --accept-poison    apply poison messages too (default: refuse them)
   --sync full|normal SQLite synchronous mode (default full)
+  --inbox-retention DURATION
+                     delete the inbox's rows (the dedupe memory of applied message ids) this
+                     long after their application, at least \(Limits.inboxRetentionMsMin / 1000)s (default \(Limits.inboxRetentionMsDefault / 86_400_000)d);
+                     a redelivery later than this is applied again. Checked every
+                     \(Limits.inboxCleanupIntervalMs / 1000)s, or every half retention when that is shorter
 \(Arguments.checkFlagsUsage)
 Environment: COHORT_CRASHPOINT=inbox.after-commit[:K] (crash after the local commit, before the acknowledgement)
 """
@@ -49,6 +54,9 @@ struct StateBody: Encodable {
     var lagP99Ms: Int64
     var lagMaxMs: Int64
     var duplicatesSinceStart: Int
+    /// Inbox rows now, and those deleted past the retention since the start.
+    var inboxRows: Int
+    var inboxRowsCleaned: Int
     enum CodingKeys: String, CodingKey {
         case applied
         case distinctMessages = "distinct_messages"
@@ -58,12 +66,14 @@ struct StateBody: Encodable {
         case lagP99Ms = "lag_p99_ms"
         case lagMaxMs = "lag_max_ms"
         case duplicatesSinceStart = "duplicates_since_start"
+        case inboxRows = "inbox_rows"
+        case inboxRowsCleaned = "inbox_rows_cleaned"
     }
 }
 
 do {
     let args = try Arguments(Array(CommandLine.arguments.dropFirst()),
-                             valued: ["db", "port", "redis", "stream", "group", "name", "sync"],
+                             valued: ["db", "port", "redis", "stream", "group", "name", "sync", "inbox-retention"],
                              booleans: ["help", "accept-poison", Arguments.checkFlags])
     if args.has("help") { print(usage); exit(0) }
     if case .list = try CrashPoints.configure(known: Inbox.crashPoints) {
@@ -84,6 +94,10 @@ do {
     let stream = try args.nonEmpty("stream") ?? "cohort-outbox"
     let group = try args.nonEmpty("group") ?? "demo"
     let consumerName = try args.nonEmpty("name")
+    let inboxRetentionMs = try args.durationMs("inbox-retention") ?? Limits.inboxRetentionMsDefault
+    guard inboxRetentionMs >= Limits.inboxRetentionMsMin else {
+        throw UsageError("--inbox-retention must be at least \(Limits.inboxRetentionMsMin)ms, got \(args.string("inbox-retention") ?? "")")
+    }
     if args.has(Arguments.checkFlags) { exit(0) }
     ProcessEnv.ignoreSIGPIPE()
     // The port before the database: a busy one leaves no new database behind.
@@ -116,6 +130,23 @@ do {
 
     let loop = try EventLoop()
     let reads = try SQLiteConnection(path: db, sync: sync)
+    // The inbox's rows past the retention go in rounds on the loop thread, through a connection
+    // of their own: with --redis the inbox itself is the reader thread's (an Inbox is not
+    // thread-safe). A round that fails (the database busy) waits for the next.
+    let cleaner = try Inbox(path: db, consumer: "demo-consumer", sync: sync)
+    var inboxRowsCleaned = 0
+    let cleanupIntervalMs = max(1, min(Limits.inboxCleanupIntervalMs, inboxRetentionMs / 2))
+    func cleanInbox() {
+        var round = 0
+        while round < Limits.inboxCleanupRoundRowsMax {
+            guard let n = try? cleaner.cleanup(appliedBeforeMs: SystemClock.wallMs() - inboxRetentionMs), n > 0 else { break }
+            round += n
+            if n < Limits.outboxCleanupRowsMax { break }
+        }
+        inboxRowsCleaned += round
+        loop.schedule(afterMs: cleanupIntervalMs) { cleanInbox() }
+    }
+    cleanInbox()
     func state() throws -> StateBody {
         func one(_ sql: String) throws -> Int64 { try reads.query(sql).first?.first?.int ?? 0 }
         let n = try one("SELECT COUNT(*) FROM effects")
@@ -128,7 +159,7 @@ do {
                          orderViolations: Int(try one("SELECT COUNT(*) FROM order_violations")),
                          rollbackMessages: Int(try one("SELECT COUNT(*) FROM rollback_messages")),
                          lagP50Ms: try pct(0.5), lagP99Ms: try pct(0.99), lagMaxMs: try one("SELECT MAX(lag_ms) FROM effects"),
-                         duplicatesSinceStart: dupes())
+                         duplicatesSinceStart: dupes(), inboxRows: Int(try one("SELECT COUNT(*) FROM inbox")), inboxRowsCleaned: inboxRowsCleaned)
     }
     let dupLock = NSLock()
     var dupCount = 0

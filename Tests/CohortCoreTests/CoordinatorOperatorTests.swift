@@ -187,6 +187,7 @@ final class CoordinatorOperatorTests: XCTestCase {
         for n: RequestID in 0..<3 {
             guard case .reply(_, .begun(let u, _))? = restarted.on(.begin(20 + n, timeoutMs: 5000), nowMs: 20).last else { return XCTFail() }
             _ = restarted.on(.commit(30 + n, txid: u.description), nowMs: 21)
+            _ = restarted.on(.decisionDurable(u), nowMs: 21)  // a commit without branches has its decision record
         }
         XCTAssertNil(restarted.transaction(t), "forgotten")
         XCTAssertEqual(restarted.inquire(t.description), .committed)
@@ -530,6 +531,42 @@ final class CoordinatorOperatorTests: XCTestCase {
         XCTAssertEqual(c.transaction(t)?.outcome, .aborted)
         XCTAssertEqual(c.operatorOutcomes[t], .aborted)
     }
+
+    /// Past `heuristicForcesInSnapshotBytesMax` a checkpoint keeps each audit's operator and
+    /// time but not its reason. A small budget: the audits (by txid) that fit keep their
+    /// reasons, the rest lose only that, and a restore from it reads both.
+    func testHeuristicAuditsPastTheCheckpointBudgetLoseOnlyTheirReason() throws {
+        var config = Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 100)
+        config.heuristicForcesInSnapshotBytesMax = 30  // each audit counts "op" + "reason-N" = 10
+        var c = Coordinator(config: config)
+        var txids: [TxID] = []
+        for k in 0..<4 {
+            let t = committing(&c)
+            txids.append(t)
+            let forcedBy = Coordinator.HeuristicForce(operatorName: "op", reason: "reason-\(k)", forcedAtMs: 1_767_225_600_000 + Int64(k))
+            _ = c.on(.heuristicReported(RequestID(100 + k), txid: t.description, participant: "b", outcome: .aborted, forcedBy: forcedBy), nowMs: 6)
+            _ = c.on(.heuristicDurable(t, participant: "b"), nowMs: 7)
+        }
+        txids.sort()
+        func force(_ m: Coordinator, _ t: TxID) -> Coordinator.HeuristicForce? {
+            m.transaction(t)?.branches.first { $0.participant.name == "b" }?.heuristicForce
+        }
+        XCTAssertEqual(txids.map { force(c, $0)?.reason }.compactMap { $0 }.count, 4, "in memory every audit is whole")
+        var restored = Coordinator(config: config)
+        _ = try restored.recover(snapshot: c.snapshot(), records: [], nowMs: 10)
+        for (k, t) in txids.enumerated() {
+            let f = try XCTUnwrap(force(restored, t), "audit \(k) lost whole")
+            XCTAssertEqual(f.operatorName, "op", "audit \(k)")
+            XCTAssertNotNil(f.forcedAtMs, "audit \(k)")
+            if k < 3 {
+                XCTAssertNotNil(f.reason, "audit \(k) within the budget keeps its reason")
+            } else {
+                XCTAssertNil(f.reason, "audit \(k) past the budget keeps no reason")
+            }
+            XCTAssertEqual(restored.transaction(t)?.state, .heuristicMixed)
+        }
+        XCTAssertEqual(Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 100).heuristicForcesInSnapshotBytesMax, Limits.heuristicForcesInSnapshotBytesMax)
+    }
 }
 
 final class CoordinatorForgottenCommitTests: XCTestCase {
@@ -545,6 +582,7 @@ final class CoordinatorForgottenCommitTests: XCTestCase {
         for n: RequestID in 0..<4 {
             guard case .reply(_, .begun(let t, _))? = c.on(.begin(10 + n, timeoutMs: 5000), nowMs: 1).last else { return XCTFail() }
             _ = c.on(.commit(20 + n, txid: t.description), nowMs: 2)
+            _ = c.on(.decisionDurable(t), nowMs: 2)  // a commit without branches has its decision record
             ids.append(t)
         }
         XCTAssertEqual(c.transaction(ids[3])?.outcome, .committed)

@@ -32,6 +32,46 @@ final class CoordinatorTests: XCTestCase {
         actions.compactMap { if case .log(let rec, let f) = $0 { return (rec, f) } else { return nil } }
     }
 
+    /// A commit of a transaction without branches answers "committed" only once a decision
+    /// record (naming no participant) is durable, and a restart from the records it asked for
+    /// (or from a checkpoint taken while it was written) still says committed, to `GET` and to
+    /// a resent commit. It was answered at once with nothing logged: after a restart the txid
+    /// read as aborted (presumed abort), an outcome flip.
+    func testAnEmptyCommitIsStillCommittedAfterARestart() throws {
+        var c = makeCoordinator()
+        let t = begin(&c, [])
+        var logged: [Coordinator.Record] = []
+        let asked = c.on(.commit(2, txid: t.description), nowMs: 2)
+        logged += logs(asked).map(\.0)
+        XCTAssertFalse(asked.contains(.reply(2, .outcome(t, .committed, reason: nil))), "answered before anything was durable: \(asked)")
+        XCTAssertTrue(logs(asked).contains { $0.1 }, "no forced record: \(asked)")
+        let checkpoint = c.snapshot()
+        let durable = c.on(.decisionDurable(t), nowMs: 3)
+        logged += logs(durable).map(\.0)
+        XCTAssertTrue(durable.contains(.reply(2, .outcome(t, .committed, reason: nil))), "\(durable)")
+        XCTAssertEqual(c.transaction(t)?.state, .committed)
+        XCTAssertEqual(c.stats.committed, 1)
+
+        func check(_ r: inout Coordinator, _ what: String) {
+            XCTAssertEqual(r.transaction(t)?.state, .committed, what)
+            XCTAssertEqual(r.transaction(t)?.view().state, "committed", what)
+            XCTAssertEqual(r.on(.commit(5, txid: t.description), nowMs: 20), [.reply(5, .outcome(t, .committed, reason: nil))], what)
+            XCTAssertEqual(r.open.count, 0, what)
+        }
+        let encoded = logged.map { CoordinatorRecordCoding.encode($0) }.map { ($0.type, $0.payload) }
+        var fromLog = makeCoordinator()
+        _ = try fromLog.recover(snapshot: nil, records: encoded, nowMs: 10)
+        check(&fromLog, "from the log")
+        // The end record (lazy) lost: the decision alone.
+        var fromDecision = makeCoordinator()
+        let again = try fromDecision.recover(snapshot: nil, records: Array(encoded.prefix(1)), nowMs: 10)
+        XCTAssertTrue(logs(again).contains { if case .end(t) = $0.0 { return true } else { return false } }, "\(again)")
+        check(&fromDecision, "from the decision record alone")
+        var fromCheckpoint = makeCoordinator()
+        _ = try fromCheckpoint.recover(snapshot: checkpoint, records: [], nowMs: 10)
+        check(&fromCheckpoint, "from a checkpoint taken while the decision was written")
+    }
+
     func testCommitWithTwoUpdateBranchesAndOneReadOnly() {
         var c = makeCoordinator()
         let t = begin(&c, [a, b, r])

@@ -421,28 +421,41 @@ final class ParticipantHeuristicTests: XCTestCase {
     }
 
     /// The coordinator's word that arrives while a forget is being written (an inquiry's
-    /// answer, or its abort, which it never sends again) is kept and applied once the forget is
-    /// durable: dropped, the branch was forgotten with the difference unrecorded anywhere.
+    /// answer, or its abort, which it never sends again) is kept: when it differs, the mixed
+    /// mark is logged at once, behind the forget record, and the answer and the report wait
+    /// for it. Dropped, the branch was forgotten with the difference unrecorded anywhere;
+    /// logged only once the forget was durable, a crash between the two syncs lost it.
     func testTheCoordinatorsWordDuringAForgetIsKept() {
+        let mark: Participant.Action = .log(.heuristicResolved("t1", coordinatorOutcome: .aborted, mixed: true), force: true)
+        func isReport(_ a: Participant.Action) -> Bool { if case .reportHeuristic("t1", _, _) = a { return true } else { return false } }
         // Forced to commit; the coordinator answers aborted while the forget is written.
         var p = inDoubt()
         _ = p.on(force(.committed))
         _ = p.on(.heuristicDurable("t1", lsn: 3))
         _ = p.on(forget())
-        XCTAssertEqual(p.on(.inquiryAnswered("t1", .aborted)), [], "nothing before the forget is durable")
-        let done = p.on(.forgetDurable("t1"))
-        XCTAssertTrue(done.contains(.log(.heuristicResolved("t1", coordinatorOutcome: .aborted, mixed: true), force: true)), "\(done)")
+        XCTAssertEqual(p.on(.inquiryAnswered("t1", .aborted)), [mark], "the mark is logged before the forget is durable")
         XCTAssertEqual(p.heuristicMixed["t1"]?.outcome, .committed)
+        let done = p.on(.forgetDurable("t1"))
+        XCTAssertFalse(done.contains { if case .log = $0 { return true } else { return false } }, "logged once: \(done)")
+        XCTAssertFalse(done.contains(where: isReport), "no report before the mark is durable: \(done)")
         let told = p.on(.resolvedDurable("t1"))
-        XCTAssertTrue(told.contains { if case .reportHeuristic("t1", _, _) = $0 { return true } else { return false } }, "\(told)")
-        // Its abort during the forget: answered as a heuristic branch answers one, kept likewise.
+        XCTAssertTrue(told.contains(where: isReport), "\(told)")
+        // Its abort during the forget: answered as a heuristic branch answers one, but only once
+        // the record carrying the mark is durable.
         var q = inDoubt()
         _ = q.on(force(.committed))
         _ = q.on(.heuristicDurable("t1", lsn: 3))
         _ = q.on(forget())
-        XCTAssertEqual(q.on(.abort(6, txid: "t1")), [.reply(6, .aborted)])
-        XCTAssertTrue(q.on(.forgetDurable("t1")).contains(.log(.heuristicResolved("t1", coordinatorOutcome: .aborted, mixed: true), force: true)))
+        XCTAssertEqual(q.on(.abort(6, txid: "t1")), [mark], "no answer before the mark is durable")
         XCTAssertEqual(q.heuristicMixed["t1"]?.outcome, .committed)
+        XCTAssertEqual(q.on(.abort(7, txid: "t1")), [], "a second abort waits for the same record")
+        let forgotten = q.on(.forgetDurable("t1"))
+        XCTAssertTrue(forgotten.contains(.reply(8, .forced(.committed, dryRun: false, effects: ["branch t1 forgotten: it stays committed as bob forced it, and no longer asks the coordinator"]))), "\(forgotten)")
+        XCTAssertFalse(forgotten.contains { if case .reply(6, _) = $0 { return true } else { return false } }, "\(forgotten)")
+        let answered = q.on(.resolvedDurable("t1"))
+        XCTAssertTrue(answered.contains(.reply(6, .aborted)) && answered.contains(.reply(7, .aborted)) && answered.contains(where: isReport), "\(answered)")
+        XCTAssertEqual(q.heuristicMixed["t1"]?.outcome, .committed)
+        XCTAssertEqual(q.forgottenHeuristics["t1"]?.decision.outcome, .committed)
         // The coordinator agreeing during the forget marks nothing.
         var r = inDoubt()
         _ = r.on(force(.aborted))
@@ -451,6 +464,50 @@ final class ParticipantHeuristicTests: XCTestCase {
         XCTAssertEqual(r.on(.abort(6, txid: "t1")), [.reply(6, .aborted)])
         XCTAssertFalse(r.on(.forgetDurable("t1")).contains { if case .log = $0 { return true } else { return false } })
         XCTAssertTrue(r.heuristicMixed.isEmpty)
+    }
+
+    /// A checkpoint taken after the coordinator's differing word arrived, while the forget record
+    /// is still being written, carries the mark (and the report owed): the log before it is
+    /// dropped, the mark's record with it. Recovery from the records alone (both durable, or
+    /// the forget only, as a crash leaves them) agrees with what was answered.
+    func testAMarkDuringAForgetSurvivesACheckpointAndTheLog() throws {
+        var p = inDoubt()
+        _ = p.on(force(.committed))
+        _ = p.on(.heuristicDurable("t1", lsn: 3))
+        _ = p.on(forget())
+        _ = p.on(.abort(6, txid: "t1"))
+        var fromSnapshot = Participant(config: Participant.Config(name: "p"))
+        let actions = try fromSnapshot.recover(snapshot: p.snapshot(), records: [])
+        XCTAssertEqual(fromSnapshot.heuristicMixed["t1"]?.outcome, .committed, "the checkpoint lost the mark")
+        XCTAssertEqual(fromSnapshot.forgottenHeuristics["t1"]?.decision.outcome, .committed)
+        XCTAssertEqual(fromSnapshot.state(of: "t1"), .committed)
+        XCTAssertTrue(actions.contains { if case .reportHeuristic("t1", "http://c", _) = $0 { return true } else { return false } }, "\(actions)")
+
+        let prefix = [rec(1, .prepared("t1", coordinatorURL: "http://c", writeSet: ws)),
+                      rec(2, .heuristic("t1", outcome: .committed, reason: "coordinator lost", operatorName: "bob", atMs: 50)),
+                      rec(3, .heuristicForgotten("t1", reason: "coordinator decommissioned", operatorName: "carol", atMs: 70))]
+        var fromLog = Participant(config: Participant.Config(name: "p"))
+        _ = try fromLog.recover(snapshot: nil, records: prefix + [rec(4, .heuristicResolved("t1", coordinatorOutcome: .aborted, mixed: true))])
+        XCTAssertEqual(fromLog.heuristicMixed["t1"]?.outcome, .committed)
+        XCTAssertEqual(fromLog.unreportedMixed["t1"], "http://c")
+    }
+
+    /// A mark the log refuses while the forget is written (full) answers 503 and is tried again
+    /// once the forget is durable, as before the mark was logged early.
+    func testAMarkRefusedDuringAForgetIsTriedAgainOnceTheForgetIsDurable() {
+        let mark: Participant.Action = .log(.heuristicResolved("t1", coordinatorOutcome: .aborted, mixed: true), force: true)
+        var p = inDoubt()
+        _ = p.on(force(.committed))
+        _ = p.on(.heuristicDurable("t1", lsn: 3))
+        _ = p.on(forget())
+        XCTAssertEqual(p.on(.abort(6, txid: "t1")), [mark])
+        let refused = p.on(.recordRefused("t1", reason: "log full"))
+        guard refused.count == 1, case .reply(6, .error(let e)) = refused[0] else { return XCTFail("\(refused)") }
+        XCTAssertEqual(e.status, 503)
+        XCTAssertEqual(p.state(of: "t1"), .forgetting, "the forget itself goes on")
+        XCTAssertTrue(p.heuristicMixed.isEmpty)
+        XCTAssertTrue(p.on(.forgetDurable("t1")).contains(mark))
+        XCTAssertEqual(p.heuristicMixed["t1"]?.outcome, .committed)
     }
 
     /// A forgotten branch's mixed mark that cannot be written (the log full) leaves it not
@@ -517,5 +574,33 @@ final class ParticipantHeuristicTests: XCTestCase {
         var acknowledged = Participant(config: Participant.Config(name: "p"))
         XCTAssertEqual(reports(try acknowledged.recover(snapshot: p.snapshot(), records: [])), [])
         XCTAssertEqual(acknowledged.heuristicMixed["t1"]?.outcome, .committed, "still heuristic-mixed")
+    }
+
+    /// Past `releasedKeysInSnapshotBytesMax` a snapshot keeps a force's released-key count but
+    /// not the names (a checkpoint that cannot be written stops the agent at every start). A
+    /// small budget: the first lists (by txid) that fit are named, the rest keep only their
+    /// count, and a restore from it reads both (the count says how many were released).
+    func testReleasedKeysPastTheSnapshotBudgetKeepTheirCountOnly() throws {
+        var config = Participant.Config(name: "p")
+        config.releasedKeysInSnapshotBytesMax = 30  // each list of ["k-1", "k-2"] counts 2 * (3 + 4) = 14
+        var p = Participant(config: config)
+        for (i, txid) in ["t1", "t2", "t3"].enumerated() {
+            _ = p.on(.joined(txid, coordinatorURL: "http://c", timeoutMs: 1000))
+            _ = p.on(.prepare(RequestID(10 + i), txid: txid, onePhase: false, vote: .yes(writeSet: ws)))
+            _ = p.on(.preparedDurable(txid))
+            _ = p.on(.force(RequestID(20 + i), txid: txid, outcome: .aborted, reason: "coordinator lost", operatorName: "bob", dryRun: false,
+                            atMs: 50, releasedKeys: ["k-1", "k-2"], releasedKeysTotal: 2))
+            _ = p.on(.heuristicDurable(txid, lsn: UInt64(30 + i)))
+        }
+        XCTAssertEqual(p.branches["t3"]?.heuristic?.releasedKeys, ["k-1", "k-2"], "in memory every list is whole")
+        var restored = Participant(config: config)
+        _ = try restored.recover(snapshot: p.snapshot(), records: [])
+        XCTAssertEqual(restored.branches["t1"]?.heuristic?.releasedKeys, ["k-1", "k-2"])
+        XCTAssertEqual(restored.branches["t2"]?.heuristic?.releasedKeys, ["k-1", "k-2"])
+        XCTAssertEqual(restored.branches["t3"]?.heuristic?.releasedKeys, [], "past the budget: no names")
+        XCTAssertEqual(restored.branches["t3"]?.heuristic?.releasedKeysTotal, 2, "past the budget: the count stays")
+        XCTAssertEqual(restored.state(of: "t3"), .heuristicAborted, "the rest of the decision is whole")
+        XCTAssertEqual(restored.branches["t3"]?.heuristic?.operatorName, "bob")
+        XCTAssertEqual(Participant.Config(name: "p").releasedKeysInSnapshotBytesMax, Limits.releasedKeysInSnapshotBytesMax)
     }
 }

@@ -214,6 +214,36 @@ final class TCCCoordinatorTests: XCTestCase {
         XCTAssertEqual(m.transaction(txid)?.state, .aborted)
     }
 
+    /// A confirm of a transaction without branches answers "committed" only once its confirm
+    /// decision (naming no branch) is durable, and a restart from that record still says
+    /// committed. It was answered at once with nothing logged: after a restart the txid read
+    /// as cancelled (presumed cancel), an outcome flip.
+    func testAnEmptyCommitIsStillCommittedAfterARestart() throws {
+        var m = TCCCoordinator()
+        let t = nextTxID()
+        _ = m.on(.begin(nextReq(), txid: t, timeoutMs: 5_000), nowMs: now)
+        let r = nextReq()
+        let asked = m.on(.commit(r, txid: t.description), nowMs: now)
+        XCTAssertNil(replies(asked)[r], "answered before anything was durable: \(asked)")
+        XCTAssertEqual(records(asked).map(\.1), [true], "\(asked)")
+        let checkpoint = m.snapshot()
+        let durable = m.on(.decisionDurable(t), nowMs: now)
+        XCTAssertEqual(replies(durable)[r], .outcome(t, .committed, reason: nil))
+        XCTAssertEqual(m.transaction(t)?.state, .committed)
+        XCTAssertEqual(m.stats.committed, 1)
+        func check(_ restarted: inout TCCCoordinator, _ what: String) {
+            XCTAssertEqual(restarted.transaction(t)?.state, .committed, what)
+            let again = nextReq()
+            XCTAssertEqual(replies(restarted.on(.commit(again, txid: t.description), nowMs: now))[again], .outcome(t, .committed, reason: nil), what)
+        }
+        var fromLog = TCCCoordinator()
+        _ = try fromLog.recover(snapshot: nil, records: records(asked).map { TCCRecordCoding.encode($0.0) }.map { ($0.type, $0.payload) }, nowMs: now)
+        check(&fromLog, "from the log")
+        var fromCheckpoint = TCCCoordinator()
+        _ = try fromCheckpoint.recover(snapshot: checkpoint, records: [], nowMs: now)
+        check(&fromCheckpoint, "from a checkpoint taken while the decision was written")
+    }
+
     func testRecoveryFromRecords() throws {
         var m = TCCCoordinator()
         var log: [TCCCoordinator.Record] = []

@@ -812,3 +812,40 @@ final class ClientLookupTests: XCTestCase {
         return false
     }
 }
+
+/// A server freed without `shutdown()` lets its listening socket go (it kept the port bound
+/// for the life of the process), and one shut down first closes nothing twice.
+final class ServerDeinitTests: XCTestCase {
+    func testAServerFreedWithoutShutdownFreesItsPortOnAStoppedLoop() throws {
+        let loop = try EventLoop()
+        var server: HTTPServer? = try HTTPServer(loop: loop, host: "127.0.0.1", port: 0) { _, r in r.send(.text(200, "x")) }
+        let port = server!.port
+        server = nil
+        let again = try HTTPServer.listen(host: "127.0.0.1", port: port)
+        XCTAssertEqual(again.port, port)
+        // The loop let go of the old registration too: a server on the same loop (likely the
+        // same descriptor number) registers.
+        let next = try HTTPServer(loop: loop, listener: again) { _, r in r.send(.text(200, "x")) }
+        next.shutdown()
+    }
+
+    func testAServerFreedOffItsRunningLoopFreesItsPortOnTheLoop() throws {
+        let h = try LoopHarness()
+        defer { h.stop(nil) }
+        var server: HTTPServer? = try h.server(handler: echoHandler)
+        let port = server!.port
+        server = nil  // on the test thread, while the loop runs
+        _ = try h.sync { () }  // the release runs on the loop
+        XCTAssertNoThrow(try HTTPServer.listen(host: "127.0.0.1", port: port))
+    }
+
+    func testAServerShutDownThenFreedClosesNothingTwice() throws {
+        let loop = try EventLoop()
+        var server: HTTPServer? = try HTTPServer(loop: loop, host: "127.0.0.1", port: 0) { _, r in r.send(.text(200, "x")) }
+        server!.shutdown()
+        // Takes the descriptor number the server's socket had: a second close would close it.
+        let other = try HTTPServer.listen(host: "127.0.0.1", port: 0)
+        server = nil
+        XCTAssertThrowsError(try HTTPServer.listen(host: "127.0.0.1", port: other.port), "the other socket was closed")
+    }
+}

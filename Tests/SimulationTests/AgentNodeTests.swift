@@ -151,4 +151,144 @@ final class AgentNodeTests: XCTestCase {
         node.stop()
         log.close()
     }
+
+    /// A branch forced to commit whose coordinator's abort arrives while its forget record is
+    /// being written: once the coordinator has its answer, a crash (recovery from only the
+    /// synced records) still finds the branch heuristic-mixed, and the report goes again. The
+    /// mark used to be logged only once the forget was durable, and the abort answered at
+    /// once: a crash between the forget's sync and the mark's came back forgotten, not mixed,
+    /// and the coordinator, which sends an abort once, never heard (a review).
+    func testACrashAfterAnsweringTheAbortDuringAForgetKeepsTheMixedMark() throws {
+        let txid = "3fa90c1e-1-1"
+        let storage = SimLogStorage()
+        let config = DurableLogConfig(syncMode: .manual, preallocateBytes: 512)
+        do {
+            let (log, _) = try DurableLog.open(storage: storage, config: config)
+            for r: Participant.Record in [
+                .prepared(txid, coordinatorURL: "http://coordinator:1", writeSet: KVResource.encodeWriteSet([("k", .int(1))]), threePhase: nil),
+                .heuristic(txid, outcome: .committed, reason: "coordinator lost", operatorName: "oncall", atMs: 5),
+            ] {
+                let e = ParticipantRecordCoding.encode(r)
+                _ = try log.append(type: e.type, payload: e.payload, force: true)
+            }
+            _ = try log.syncNow()
+            log.close()
+        }
+        var crashed = false  // the dead log's close fails, as a crashed process's would
+        func open(_ env: HandDrivenEnvironment) throws -> AgentNode {
+            let (log, recovered) = try DurableLog.open(storage: storage, config: config)
+            let node = try AgentNode(name: "a", incarnation: "00000000000000a1", coordinatorURL: "http://coordinator:1",
+                                     log: log, recovered: recovered, store: MemoryKVStore(), config: Participant.Config(name: "a"),
+                                     checkpointAfterBytes: 1 << 30, environment: env, onFatal: { if !crashed { XCTFail("fatal: \($0)") } })
+            node.start()
+            env.drain()
+            return node
+        }
+        func post(_ node: AgentNode, _ env: HandDrivenEnvironment, _ target: String, _ body: String, into answer: @escaping (HTTPResponse) -> Void) throws {
+            node.handle(try HTTPRequest.parsingTarget(method: "POST", target: target, headers: HTTPHeaders(), body: Array(body.utf8)),
+                        ClosureSink(answer))
+            env.drain()
+        }
+        let env = HandDrivenEnvironment()
+        let node = try open(env)
+        XCTAssertEqual(node.machine.state(of: txid), .heuristicCommitted)
+        var forgot: HTTPResponse?
+        var abortAnswer: HTTPResponse?
+        try post(node, env, "/v1/branches/\(txid)/forget", #"{"reason":"coordinator decommissioned","operator":"carol"}"#) { forgot = $0 }
+        XCTAssertNil(forgot, "answered before the forget record was durable")
+        XCTAssertEqual(node.machine.state(of: txid), .forgetting)
+        // The coordinator's abort arrives while the forget record is written.
+        try post(node, env, "/v1/2pc/abort", #"{"txid":"\#(txid)"}"#) { abortAnswer = $0 }
+        XCTAssertNil(abortAnswer, "the abort was answered before a durable record carried the mixed mark")
+        // One sync: the coordinator has its answer then...
+        _ = try node.log.syncNow()
+        env.drain()
+        XCTAssertEqual(forgot?.status, 200)
+        XCTAssertEqual(abortAnswer?.status, 200)
+        XCTAssertEqual(node.machine.heuristicMixed[txid]?.outcome, .committed)
+        // ...and the agent crashes before anything else reaches the disk.
+        // (Crashed before the log is closed: closing runs a last sync.)
+        node.stop()
+        var rng = SplitMix64(seed: 7)
+        storage.crash(mode: .dropUnsynced, rng: &rng)
+        crashed = true
+        node.log.close()
+        crashed = false
+
+        let env2 = HandDrivenEnvironment()
+        let restarted = try open(env2)
+        XCTAssertEqual(restarted.machine.heuristicMixed[txid]?.outcome, .committed, "the crash lost the heuristic-mixed mark")
+        XCTAssertEqual(restarted.machine.forgottenHeuristics[txid]?.decision.outcome, .committed)
+        XCTAssertEqual(env2.sent.filter { $0.request.url.hasSuffix("/heuristic") }.map(\.request.url),
+                       ["http://coordinator:1/v1/transactions/\(txid)/heuristic"], "the report is owed again")
+        XCTAssertTrue(env2.sent.allSatisfy { !$0.request.url.contains("/outcome") }, "a forgotten branch asks nobody")
+        restarted.stop()
+        restarted.log.close()
+    }
+
+    /// A heuristic-mixed report whose quick tries all failed goes again every
+    /// `Limits.heuristicReportRetryIntervalMs` while unacknowledged (a coordinator back after an
+    /// hour still hears, without waiting for a restart), and the series stops once it is
+    /// acknowledged.
+    func testAReportOutOfQuickTriesIsSentAgainEveryIntervalUntilAcknowledged() throws {
+        let txid = "3fa90c1e-1-1"
+        let storage = SimLogStorage()
+        let config = DurableLogConfig(syncMode: .manual, preallocateBytes: 512)
+        do {
+            let (log, _) = try DurableLog.open(storage: storage, config: config)
+            for r: Participant.Record in [
+                .prepared(txid, coordinatorURL: "http://coordinator:1", writeSet: KVResource.encodeWriteSet([("k", .int(1))]), threePhase: nil),
+                .heuristic(txid, outcome: .aborted, reason: "coordinator lost", operatorName: "oncall", atMs: 5),
+                .heuristicResolved(txid, coordinatorOutcome: .committed, mixed: true),
+            ] {
+                let e = ParticipantRecordCoding.encode(r)
+                _ = try log.append(type: e.type, payload: e.payload, force: true)
+            }
+            _ = try log.syncNow()
+            log.close()
+        }
+        let env = HandDrivenEnvironment()
+        let (log, recovered) = try DurableLog.open(storage: storage, config: config)
+        let node = try AgentNode(name: "a", incarnation: "00000000000000a1", coordinatorURL: "http://coordinator:1",
+                                 log: log, recovered: recovered, store: MemoryKVStore(), config: Participant.Config(name: "a"),
+                                 checkpointAfterBytes: 1 << 30, environment: env, onFatal: { XCTFail("fatal: \($0)") })
+        node.start()
+        env.drain()
+        let slow = Limits.heuristicReportRetryIntervalMs, quick = Limits.retryDelayMsMax
+        func reports() -> [Int] { env.sent.indices.filter { env.sent[$0].request.url.hasSuffix("/v1/transactions/\(txid)/heuristic") } }
+        func answerLast(_ status: Int) {
+            guard let last = reports().last else { return XCTFail("no report sent") }
+            env.sent[last].completion(.success(HTTPClientResponse(status: status, headers: HTTPHeaders(), body: Array(#"{"error":"down"}"#.utf8))))
+            env.drain()
+        }
+        // The quick series: each failed try brings the next after `retryDelayMsMax`.
+        for attempt in 1...Limits.heuristicReportAttemptsMax {
+            XCTAssertEqual(reports().count, attempt)
+            answerLast(503)
+            if attempt < Limits.heuristicReportAttemptsMax { XCTAssertEqual(env.fireTimers(afterMs: quick), 1, "try \(attempt + 1)") }
+        }
+        // Out of quick tries: nothing more until the slow interval has passed.
+        XCTAssertEqual(env.pendingTimerDelaysMs.filter { $0 == slow }.count, 1, "\(env.pendingTimerDelaysMs)")
+        XCTAssertEqual(env.fireTimers(afterMs: quick), 0)
+        XCTAssertEqual(reports().count, Limits.heuristicReportAttemptsMax, "sent before the interval")
+        XCTAssertEqual(env.fireTimers(afterMs: slow), 1)
+        XCTAssertEqual(reports().count, Limits.heuristicReportAttemptsMax + 1, "not sent again after the interval")
+        // That series fails too: another interval, another report.
+        for _ in 1...Limits.heuristicReportAttemptsMax {
+            answerLast(503)
+            env.fireTimers(afterMs: quick)
+        }
+        XCTAssertEqual(reports().count, 2 * Limits.heuristicReportAttemptsMax)
+        XCTAssertEqual(env.fireTimers(afterMs: slow), 1)
+        XCTAssertEqual(reports().count, 2 * Limits.heuristicReportAttemptsMax + 1)
+        // Acknowledged: owed no more, and nothing is scheduled or sent again.
+        answerLast(200)
+        XCTAssertTrue(node.machine.unreportedMixed.isEmpty)
+        XCTAssertEqual(env.pendingTimerDelaysMs.filter { $0 == slow || $0 == quick }, [], "the series goes on after the acknowledgement")
+        env.fireTimers(afterMs: slow)
+        env.fireTimers(afterMs: quick)
+        XCTAssertEqual(reports().count, 2 * Limits.heuristicReportAttemptsMax + 1)
+        node.stop()
+        log.close()
+    }
 }
