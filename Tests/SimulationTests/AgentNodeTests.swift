@@ -115,19 +115,17 @@ final class AgentNodeTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(node.log.durableLSN, durable, "the commit stays in the log for the next start")
     }
 
-    /// A heuristic-mixed branch whose report the coordinator never acknowledged reports again
-    /// when the agent starts. The state machine asked for it, but the node's start kept only
-    /// inquiries and timers of the recovery's actions, so the report was never sent (a review).
-    /// Acknowledged (200), it is owed no more.
-    func testAnUnacknowledgedHeuristicReportIsSentAtTheStart() throws {
+    /// An agent started on a log whose branch `txid` an operator forced to abort and whose
+    /// coordinator then said committed (heuristic-mixed, its report not yet acknowledged).
+    private func startedWithAnUnreportedMixedBranch(_ txid: String) throws -> (HandDrivenEnvironment, AgentNode) {
         let storage = SimLogStorage()
         let config = DurableLogConfig(syncMode: .manual, preallocateBytes: 512)
         do {
             let (log, _) = try DurableLog.open(storage: storage, config: config)
             for r: Participant.Record in [
-                .prepared("3fa90c1e-1-1", coordinatorURL: "http://coordinator:1", writeSet: KVResource.encodeWriteSet([("k", .int(1))]), threePhase: nil),
-                .heuristic("3fa90c1e-1-1", outcome: .aborted, reason: "coordinator lost", operatorName: "oncall", atMs: 5),
-                .heuristicResolved("3fa90c1e-1-1", coordinatorOutcome: .committed, mixed: true),
+                .prepared(txid, coordinatorURL: "http://coordinator:1", writeSet: KVResource.encodeWriteSet([("k", .int(1))]), threePhase: nil),
+                .heuristic(txid, outcome: .aborted, reason: "coordinator lost", operatorName: "oncall", atMs: 5),
+                .heuristicResolved(txid, coordinatorOutcome: .committed, mixed: true),
             ] {
                 let e = ParticipantRecordCoding.encode(r)
                 _ = try log.append(type: e.type, payload: e.payload, force: true)
@@ -142,6 +140,15 @@ final class AgentNodeTests: XCTestCase {
                                  checkpointAfterBytes: 1 << 30, environment: env, onFatal: { XCTFail("fatal: \($0)") })
         node.start()
         env.drain()
+        return (env, node)
+    }
+
+    /// A heuristic-mixed branch whose report the coordinator never acknowledged reports again
+    /// when the agent starts. The state machine asked for it, but the node's start kept only
+    /// inquiries and timers of the recovery's actions, so the report was never sent (a review).
+    /// Acknowledged (200), it is owed no more.
+    func testAnUnacknowledgedHeuristicReportIsSentAtTheStart() throws {
+        let (env, node) = try startedWithAnUnreportedMixedBranch("3fa90c1e-1-1")
         let reports = env.sent.filter { $0.request.url.hasSuffix("/heuristic") }
         XCTAssertEqual(reports.map(\.request.url), ["http://coordinator:1/v1/transactions/3fa90c1e-1-1/heuristic"])
         XCTAssertEqual(node.machine.unreportedMixed.count, 1)
@@ -149,7 +156,7 @@ final class AgentNodeTests: XCTestCase {
         env.drain()
         XCTAssertTrue(node.machine.unreportedMixed.isEmpty, "acknowledged: owed no more")
         node.stop()
-        log.close()
+        node.log.close()
     }
 
     /// A branch forced to commit whose coordinator's abort arrives while its forget record is
@@ -232,28 +239,7 @@ final class AgentNodeTests: XCTestCase {
     /// acknowledged.
     func testAReportOutOfQuickTriesIsSentAgainEveryIntervalUntilAcknowledged() throws {
         let txid = "3fa90c1e-1-1"
-        let storage = SimLogStorage()
-        let config = DurableLogConfig(syncMode: .manual, preallocateBytes: 512)
-        do {
-            let (log, _) = try DurableLog.open(storage: storage, config: config)
-            for r: Participant.Record in [
-                .prepared(txid, coordinatorURL: "http://coordinator:1", writeSet: KVResource.encodeWriteSet([("k", .int(1))]), threePhase: nil),
-                .heuristic(txid, outcome: .aborted, reason: "coordinator lost", operatorName: "oncall", atMs: 5),
-                .heuristicResolved(txid, coordinatorOutcome: .committed, mixed: true),
-            ] {
-                let e = ParticipantRecordCoding.encode(r)
-                _ = try log.append(type: e.type, payload: e.payload, force: true)
-            }
-            _ = try log.syncNow()
-            log.close()
-        }
-        let env = HandDrivenEnvironment()
-        let (log, recovered) = try DurableLog.open(storage: storage, config: config)
-        let node = try AgentNode(name: "a", incarnation: "00000000000000a1", coordinatorURL: "http://coordinator:1",
-                                 log: log, recovered: recovered, store: MemoryKVStore(), config: Participant.Config(name: "a"),
-                                 checkpointAfterBytes: 1 << 30, environment: env, onFatal: { XCTFail("fatal: \($0)") })
-        node.start()
-        env.drain()
+        let (env, node) = try startedWithAnUnreportedMixedBranch(txid)
         let slow = Limits.heuristicReportRetryIntervalMs, quick = Limits.retryDelayMsMax
         func reports() -> [Int] { env.sent.indices.filter { env.sent[$0].request.url.hasSuffix("/v1/transactions/\(txid)/heuristic") } }
         func answerLast(_ status: Int) {
@@ -289,6 +275,6 @@ final class AgentNodeTests: XCTestCase {
         env.fireTimers(afterMs: quick)
         XCTAssertEqual(reports().count, 2 * Limits.heuristicReportAttemptsMax + 1)
         node.stop()
-        log.close()
+        node.log.close()
     }
 }
