@@ -115,24 +115,28 @@ final class AgentNodeTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(node.log.durableLSN, durable, "the commit stays in the log for the next start")
     }
 
+    /// A simulated disk holding `records`, synced.
+    private func synced(_ records: [Participant.Record]) throws -> (SimLogStorage, DurableLogConfig) {
+        let storage = SimLogStorage()
+        let config = DurableLogConfig(syncMode: .manual, preallocateBytes: 512)
+        let (log, _) = try DurableLog.open(storage: storage, config: config)
+        for r in records {
+            let e = ParticipantRecordCoding.encode(r)
+            _ = try log.append(type: e.type, payload: e.payload, force: true)
+        }
+        _ = try log.syncNow()
+        log.close()
+        return (storage, config)
+    }
+
     /// An agent started on a log whose branch `txid` an operator forced to abort and whose
     /// coordinator then said committed (heuristic-mixed, its report not yet acknowledged).
     private func startedWithAnUnreportedMixedBranch(_ txid: String) throws -> (HandDrivenEnvironment, AgentNode) {
-        let storage = SimLogStorage()
-        let config = DurableLogConfig(syncMode: .manual, preallocateBytes: 512)
-        do {
-            let (log, _) = try DurableLog.open(storage: storage, config: config)
-            for r: Participant.Record in [
-                .prepared(txid, coordinatorURL: "http://coordinator:1", writeSet: KVResource.encodeWriteSet([("k", .int(1))]), threePhase: nil),
-                .heuristic(txid, outcome: .aborted, reason: "coordinator lost", operatorName: "oncall", atMs: 5),
-                .heuristicResolved(txid, coordinatorOutcome: .committed, mixed: true),
-            ] {
-                let e = ParticipantRecordCoding.encode(r)
-                _ = try log.append(type: e.type, payload: e.payload, force: true)
-            }
-            _ = try log.syncNow()
-            log.close()
-        }
+        let (storage, config) = try synced([
+            .prepared(txid, coordinatorURL: "http://coordinator:1", writeSet: KVResource.encodeWriteSet([("k", .int(1))]), threePhase: nil),
+            .heuristic(txid, outcome: .aborted, reason: "coordinator lost", operatorName: "oncall", atMs: 5),
+            .heuristicResolved(txid, coordinatorOutcome: .committed, mixed: true),
+        ])
         let env = HandDrivenEnvironment()
         let (log, recovered) = try DurableLog.open(storage: storage, config: config)
         let node = try AgentNode(name: "a", incarnation: "00000000000000a1", coordinatorURL: "http://coordinator:1",
@@ -167,20 +171,10 @@ final class AgentNodeTests: XCTestCase {
     /// and the coordinator, which sends an abort once, never heard (a review).
     func testACrashAfterAnsweringTheAbortDuringAForgetKeepsTheMixedMark() throws {
         let txid = "3fa90c1e-1-1"
-        let storage = SimLogStorage()
-        let config = DurableLogConfig(syncMode: .manual, preallocateBytes: 512)
-        do {
-            let (log, _) = try DurableLog.open(storage: storage, config: config)
-            for r: Participant.Record in [
-                .prepared(txid, coordinatorURL: "http://coordinator:1", writeSet: KVResource.encodeWriteSet([("k", .int(1))]), threePhase: nil),
-                .heuristic(txid, outcome: .committed, reason: "coordinator lost", operatorName: "oncall", atMs: 5),
-            ] {
-                let e = ParticipantRecordCoding.encode(r)
-                _ = try log.append(type: e.type, payload: e.payload, force: true)
-            }
-            _ = try log.syncNow()
-            log.close()
-        }
+        let (storage, config) = try synced([
+            .prepared(txid, coordinatorURL: "http://coordinator:1", writeSet: KVResource.encodeWriteSet([("k", .int(1))]), threePhase: nil),
+            .heuristic(txid, outcome: .committed, reason: "coordinator lost", operatorName: "oncall", atMs: 5),
+        ])
         var crashed = false  // the dead log's close fails, as a crashed process's would
         func open(_ env: HandDrivenEnvironment) throws -> AgentNode {
             let (log, recovered) = try DurableLog.open(storage: storage, config: config)
