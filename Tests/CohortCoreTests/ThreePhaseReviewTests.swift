@@ -1,0 +1,225 @@
+import XCTest
+@testable import CohortCore
+
+/// Schedules found by a read-only review of the 3PC termination protocol (session 27). Each
+/// test FAILS on main as of beea943: it documents a bug, it does not pin behaviour.
+final class ThreePhaseReviewTests: XCTestCase {
+    let ws: [UInt8] = [7]
+    let names = ["p1", "p2", "p3"]
+    var peers: [ParticipantRef] { names.map { ParticipantRef(name: $0, url: "http://\($0)") } }
+
+    func participant(_ name: String, finishedKept: Int? = nil) -> Participant {
+        var config = Participant.Config(name: name)
+        if let finishedKept { config.finishedBranchesKept = finishedKept }
+        return Participant(config: config)
+    }
+
+    /// Branch t1 of `p`, voted yes durably under `termination`.
+    func prepare(_ p: inout Participant, _ termination: Termination, peers: [ParticipantRef]? = nil) {
+        _ = p.on(.joined("t1", coordinatorURL: "http://c", timeoutMs: 1000))
+        _ = p.on(.prepare(1, txid: "t1", onePhase: false, vote: .yes(writeSet: ws),
+                          threePhase: Participant.ThreePhaseInfo(termination: termination, peers: peers ?? self.peers)))
+        _ = p.on(.preparedDurable("t1"))
+        XCTAssertEqual(p.state(of: "t1"), .prepared)
+    }
+
+    func preRecord(_ p: inout Participant, commit: Bool, fromBackup: Bool) {
+        let a = p.on(commit ? .preCommit(5, txid: "t1", fromBackup: fromBackup) : .preAbort(5, txid: "t1"))
+        XCTAssertEqual(logs(a), [commit ? .preCommitted("t1") : .preAborted("t1")])
+        _ = p.on(.preRecordDurable("t1"))
+    }
+
+    /// What `peer` answers a state query about t1.
+    func ask(_ peer: inout Participant) -> ThreePhaseState? {
+        for case .reply(_, .state(let s, _)) in peer.on(.stateQuery(77, txid: "t1")) { return s }
+        return nil
+    }
+
+    /// One termination round at `p` with these answers (nil: silent), in `names` order.
+    func round(_ p: inout Participant, _ answers: [String: ThreePhaseState?], among: [String]? = nil) -> [Participant.Action] {
+        let start = p.on(.timerFired(.termination("t1")))
+        var round = 0
+        for case .queryPeer(_, _, let r) in start { round = r }
+        XCTAssertGreaterThan(round, 0, "no round started: \(start)")
+        var actions: [Participant.Action] = []
+        for name in among ?? names where name != p.config.name {
+            actions += p.on(.peerState("t1", round: round, peer: name, state: answers[name] ?? nil, recovered: false))
+        }
+        return actions
+    }
+
+    func logs(_ actions: [Participant.Action]) -> [Participant.Record] {
+        actions.compactMap { if case .log(let r, _) = $0 { return r } else { return nil } }
+    }
+
+    /// Ends `count` other branches at `p`, so that t1's outcome leaves its bounded memory of
+    /// finished outcomes (`Limits.finishedBranchesKept` = 100,000 in memory; only the newest
+    /// `Limits.finishedOutcomesInSnapshotMax` = 10,000 survive a restart from a checkpoint).
+    func finishOthers(_ p: inout Participant, _ count: Int) {
+        for i in 0..<count {
+            _ = p.on(.joined("other-\(i)", coordinatorURL: "http://c", timeoutMs: 1000))
+            _ = p.on(.abandoned("other-\(i)"))
+        }
+    }
+
+    /// CLASSIC, crashes only, no coordinator (the case 3PC is for). p1 crashes uncertain. p2
+    /// (pre-committed by the coordinator) is the backup of {p2, p3}: it pre-commits p3, then
+    /// both commit. Later p2 and p3 have finished enough other branches (or restarted from a
+    /// checkpoint with 10,000 newer outcomes) that t1's outcome is forgotten: asked, they say
+    /// `unknown`. p1 comes back: every peer answered, p1 is the lowest name, so it is the
+    /// backup, counts `unknown` as uncertain, sees nobody pre-committed and ABORTS while p2
+    /// and p3 committed.
+    func testClassicRecoveredBranchDoesNotAbortWhenPeersCommittedAndForgotIt() throws {
+        var p2 = participant("p2", finishedKept: 4), p3 = participant("p3", finishedKept: 4)
+        prepare(&p2, .classic)
+        prepare(&p3, .classic)
+        preRecord(&p2, commit: true, fromBackup: false)
+        // p2's round, p1 silent: pre-commit p3, then commit both.
+        _ = round(&p2, ["p3": .uncertain])
+        preRecord(&p3, commit: true, fromBackup: true)
+        XCTAssertEqual(logs(round(&p2, ["p3": .preCommitted])), [.committed("t1")])
+        _ = p2.on(.commitDurable("t1", lsn: 10))
+        _ = p3.on(.commit(9, txid: "t1"))
+        _ = p3.on(.commitDurable("t1", lsn: 10))
+        XCTAssertEqual(p2.state(of: "t1"), .committed)
+        XCTAssertEqual(p3.state(of: "t1"), .committed)
+        // Time passes: both finish other work, and t1's outcome is let go.
+        finishOthers(&p2, 10)
+        finishOthers(&p3, 10)
+        let p2Says = ask(&p2), p3Says = ask(&p3)
+        XCTAssertEqual(p2Says, .unknown, "precondition: the outcome was forgotten")
+        // p1 comes back from its crash, prepared (uncertain), and terminates.
+        let prepared = ParticipantRecordCoding.encode(.prepared("t1", coordinatorURL: "http://c", writeSet: ws,
+                                                                threePhase: Participant.ThreePhaseInfo(termination: .classic, peers: peers)))
+        var p1 = participant("p1")
+        _ = try p1.recover(snapshot: nil, records: [(1, prepared.type, prepared.payload)])
+        let decided = round(&p1, ["p2": p2Says, "p3": p3Says])
+        XCTAssertFalse(logs(decided).contains(.aborted("t1")),
+                       "p1 aborted t1 although p2 and p3 committed it (they answered `unknown`: outcome forgotten)")
+    }
+
+    /// QUORUM, one writer b and one read-only branch z (N = 2). z restarts (a read-only vote is
+    /// not logged, so it now answers `unknown`, and refuses a pre-state: it has no branch). The
+    /// coordinator crashed after its pre-commit record (it comes back `terminating`, asks b only
+    /// and adopts an outcome only). b counts z in N (Q = 2) and as uncertain: it pre-aborts
+    /// itself, tells z to pre-abort (409), and does so again every round, for ever: its locks
+    /// are held until an operator forces the branch. (testAReadOnlyPeerDoesNotCountTowardTheQuorum
+    /// covers only a read-only peer that still remembers its vote.)
+    func testQuorumWriterIsNotWedgedByARestartedReadOnlyPeer() throws {
+        XCTAssertFalse(wedged(peerName: "z", peerVotes: true), "b is stuck for ever: the restarted read-only peer counts in N and can take no pre-state")
+    }
+
+    /// CLASSIC and QUORUM, the coordinator crashes between its two prepares (a crash point any
+    /// restart test can hit: coordinator.before-prepare-send). b voted yes; a never got its
+    /// prepare and answers `unknown`. a has the lower name, so every round of b elects a as
+    /// the backup ("the lowest name among those that answered") and b waits for it, but a has
+    /// no branch and never runs a round: b holds its locks until the coordinator comes back
+    /// (for ever if it does not), although nobody can have pre-committed. 3PC is meant not to
+    /// block on a coordinator crash. (The existing tests only give an `unknown` peer a higher
+    /// name than the branch deciding.)
+    func testABranchDoesNotWaitForAPeerThatNeverGotItsPrepareAsBackup() throws {
+        XCTAssertFalse(wedged(peerName: "a", peerVotes: false, termination: .classic), "classic: b waits for a phantom backup")
+        XCTAssertFalse(wedged(peerName: "a", peerVotes: false, termination: .quorum), "quorum: b waits for a phantom backup")
+    }
+
+    /// Runs five termination rounds of writer b (the coordinator silent) with one peer named
+    /// `peerName` that voted read-only and restarted (`peerVotes`) or never got its prepare.
+    /// True when b decided nothing.
+    func wedged(peerName: String, peerVotes: Bool, termination: Termination = .quorum) -> Bool {
+        let two = [ParticipantRef(name: peerName, url: "http://\(peerName)"), ParticipantRef(name: "b", url: "http://b")]
+        let info = Participant.ThreePhaseInfo(termination: termination, peers: two)
+        var peer = participant(peerName)
+        if peerVotes {
+            var before = participant(peerName)
+            _ = before.on(.joined("t1", coordinatorURL: "http://c", timeoutMs: 1000))
+            _ = before.on(.prepare(1, txid: "t1", onePhase: false, vote: .readOnly, threePhase: info))
+            XCTAssertEqual(ask(&before), .readOnly)
+            _ = try? peer.recover(snapshot: before.snapshot(), records: [])
+        }
+        var b = participant("b")
+        prepare(&b, termination, peers: two)
+        for _ in 0..<5 {
+            let start = b.on(.timerFired(.termination("t1")))
+            var r = 0
+            for case .queryPeer(_, _, let n) in start { r = n }
+            let peerSays = ask(&peer)
+            XCTAssertEqual(peerSays, .unknown)
+            let actions = b.on(.peerState("t1", round: r, peer: peerName, state: peerSays, recovered: false))
+            // Carry out what b asks of the peer and of its own log.
+            for case .sendToPeer(_, _, let message) in actions {
+                let answer = peer.on(message == .preAbort ? .preAbort(8, txid: "t1") : .preCommit(8, txid: "t1", fromBackup: true))
+                guard case .reply(8, .error(let e))? = answer.first else { XCTFail("\(answer)"); return false }
+                XCTAssertEqual(e.status, 409)
+            }
+            let logged = logs(actions)
+            if logged.contains(.preAborted("t1")) || logged.contains(.preCommitted("t1")) { _ = b.on(.preRecordDurable("t1")) }
+            if logged.contains(.aborted("t1")) || logged.contains(.committed("t1")) { return false }
+        }
+        return true
+    }
+
+    /// An operator's forced (heuristic) outcome at one branch becomes every other branch's
+    /// outcome: a peer's state query reports `heuristic-committed` as `committed`, and the
+    /// termination rules check `committed` before `aborted`. Quorum, N = 3: p1 and p2 pre-aborted
+    /// (a quorum) and p1 aborted; its abort to p2 was lost. p3, cut off, is forced to commit by
+    /// an operator. p2's next round hears p1 `aborted` and p3 `committed`, and COMMITS: p1 and p2,
+    /// neither of them forced, end with different outcomes. (A coordinator in `terminating`
+    /// likewise logs a commit decision on hearing `committed` from the forced branch.)
+    func testAnOperatorsForcedCommitIsNotAdoptedByPeersThatDidNotDecide() throws {
+        var p1 = participant("p1"), p2 = participant("p2"), p3 = participant("p3")
+        prepare(&p1, .quorum); prepare(&p2, .quorum); prepare(&p3, .quorum)
+        // p1's round, p3 silent: pre-abort p2 and itself; then abort.
+        _ = round(&p1, ["p2": .uncertain])
+        _ = p1.on(.preRecordDurable("t1"))
+        preRecord(&p2, commit: false, fromBackup: true)
+        XCTAssertEqual(logs(round(&p1, ["p2": .preAborted])), [.aborted("t1")])
+        _ = p1.on(.abortDurable("t1")) // its abort to p2 is lost
+        XCTAssertEqual(p1.state(of: "t1"), .aborted)
+        // The operator forces p3 (cut off, coordinator gone) to commit.
+        _ = p3.on(.force(6, txid: "t1", outcome: .committed, reason: "coordinator gone", operatorName: "op", dryRun: false, atMs: 1))
+        _ = p3.on(.heuristicDurable("t1", lsn: 3))
+        XCTAssertEqual(p3.state(of: "t1"), .heuristicCommitted)
+        let p1Says = ask(&p1), p3Says = ask(&p3)
+        XCTAssertEqual(p1Says, .aborted)
+        let decided = round(&p2, ["p1": p1Says, "p3": p3Says])
+        XCTAssertFalse(logs(decided).contains(.committed("t1")),
+                       "p2 (never forced) committed from p3's heuristic decision while p1 aborted: p3 answered \(String(describing: p3Says))")
+    }
+
+    /// CLASSIC: a participant that answers a pre-commit 503 (its log refused the pre-committed
+    /// record) is alive and uncertain, yet the coordinator treats it as silent and, at the
+    /// pre-commit timeout, presumes it failed and commits. The participant has not crashed, so
+    /// it is not `recovered` and may decide alone: if the pre-committed peer and the
+    /// coordinator then crash, it aborts on its own. The client was told committed.
+    func testClassicCoordinatorDoesNotPresumeFailedAParticipantThatAnswered() throws {
+        var config = Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 100)
+        config.openTransactionsMax = 4
+        var c = Coordinator(config: config)
+        let a = ParticipantRef(name: "p1", url: "http://p1"), b = ParticipantRef(name: "p2", url: "http://p2")
+        let ops = JSONNode.array([.object([("op", .string("add")), ("key", .string("x")), ("delta", .int(1))])])
+        let submitted = c.on(.submit(1, timeoutMs: 3000, protocol: .threePhase(.classic),
+                                     branches: [.init(participant: a, work: ops), .init(participant: b, work: ops)]), nowMs: 10)
+        var txid: TxID?
+        for case .setTimer(.transactionTimeout(let t), _) in submitted { txid = t }
+        let t = try XCTUnwrap(txid)
+        _ = c.on(.voted(t, participant: "p1", vote: .yes), nowMs: 11)
+        _ = c.on(.voted(t, participant: "p2", vote: .yes), nowMs: 12)
+        _ = c.on(.preCommitDurable(t), nowMs: 13)
+        _ = c.on(.preCommitAcknowledged(t, participant: "p1"), nowMs: 14)
+        // p2's side: the pre-commit arrives, its log refuses the record: 503, still uncertain.
+        let two = [ParticipantRef(name: "p1", url: "http://p1"), ParticipantRef(name: "p2", url: "http://p2")]
+        var p2 = participant("p2")
+        prepare(&p2, .classic, peers: two)
+        _ = p2.on(.preCommit(5, txid: "t1", fromBackup: false))
+        let refused = p2.on(.recordRefused("t1", reason: "log full"))
+        XCTAssertTrue(refused.contains { if case .reply(5, .error(let e)) = $0 { return e.status == 503 } else { return false } })
+        // The runtime feeds nothing for a 503 (CoordinatorNode.answered): the timeout decides.
+        let timedOut = c.on(.timerFired(.preCommitTimeout(t)), nowMs: 2013)
+        let coordinatorCommits = timedOut.contains { if case .log(.commitDecision, _) = $0 { return true } else { return false } }
+        // p1 and the coordinator crash now; p2's termination round hears nobody.
+        let alone = round(&p2, [:], among: ["p1", "p2"])
+        let p2Aborts = logs(alone).contains(.aborted("t1"))
+        XCTAssertFalse(coordinatorCommits && p2Aborts,
+                       "split: the coordinator committed (presuming p2, which had answered 503, failed) and p2 aborts alone")
+    }
+}
