@@ -109,9 +109,12 @@ final class ThreePhaseReviewTests: XCTestCase {
         XCTAssertFalse(wedged(peerName: "z", peerVotes: true), "b is stuck for ever: the restarted read-only peer counts in N and can take no pre-state")
     }
 
-    /// CLASSIC and QUORUM, the coordinator crashes between its two prepares (a crash point any
-    /// restart test can hit: coordinator.before-prepare-send). b voted yes; a never got its
-    /// prepare and answers `unknown`. a has the lower name, so every round of b elects a as
+    /// CLASSIC and QUORUM, a submitted transaction (`POST /v1/transactions/submit`: a branch
+    /// exists at a participant only once its prepare, which carries the work, arrives), the
+    /// coordinator crashes between its two prepares (coordinator.after-prepare-send). b voted
+    /// yes; a never got its prepare, has no branch, and answers `unknown` (an interactive
+    /// branch would expire and then answer `aborted`; a read-only peer that restarted answers
+    /// `unknown` for good, in any transaction). a has the lower name, so every round of b elects a as
     /// the backup ("the lowest name among those that answered") and b waits for it, but a has
     /// no branch and never runs a round: b holds its locks until the coordinator comes back
     /// (for ever if it does not), although nobody can have pre-committed. 3PC is meant not to
