@@ -123,6 +123,10 @@ final class ThreePhaseReviewTests: XCTestCase {
     func testABranchDoesNotWaitForAPeerThatNeverGotItsPrepareAsBackup() throws {
         XCTAssertFalse(wedged(peerName: "a", peerVotes: false, termination: .classic), "classic: b waits for a phantom backup")
         XCTAssertFalse(wedged(peerName: "a", peerVotes: false, termination: .quorum), "quorum: b waits for a phantom backup")
+        // Quorum with two participants blocks whatever the names: the peer without a branch
+        // refuses a pre-abort (409, nothing to record it on), so Q = 2 pre-aborted never forms
+        // (black-box: b stays pre-aborted, locks held, for as long as the coordinator is gone).
+        XCTAssertFalse(wedged(peerName: "z", peerVotes: false, termination: .quorum), "quorum N = 2: b pre-aborted for ever")
     }
 
     /// Runs five termination rounds of writer b (the coordinator silent) with one peer named
