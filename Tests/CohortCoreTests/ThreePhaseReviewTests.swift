@@ -129,6 +129,44 @@ final class ThreePhaseReviewTests: XCTestCase {
         XCTAssertFalse(wedged(peerName: "z", peerVotes: false, termination: .quorum), "quorum N = 2: b pre-aborted for ever")
     }
 
+    /// QUORUM, N = 2 (Q = 2), the coordinator alive. The session-22 rule "a participant asked
+    /// before it voted votes no" marks only an `active` branch (noteAskedBeforeVoting guards on
+    /// `.active`). A branch whose prepared record is being forced (`preparing`) answers `unknown`
+    /// too, is counted toward an abort quorum, and is neither doomed nor marked `terminating`:
+    /// once the record is durable it votes yes and takes the coordinator's pre-commit. b sits
+    /// pre-aborted and c pre-committed for good (the schedule session 22 fixed for `active`),
+    /// locks held, the coordinator learning for ever. Timing only: c's prepare late by about
+    /// b's termination timeout (2 s) less c's fsync.
+    func testABranchAskedWhileItsPreparedRecordIsWrittenDoesNotTakeAPreCommitAfter() throws {
+        let two = [ParticipantRef(name: "b", url: "http://b"), ParticipantRef(name: "c", url: "http://c")]
+        let info = Participant.ThreePhaseInfo(termination: .quorum, peers: two)
+        var b = participant("b")
+        prepare(&b, .quorum, peers: two)
+        var c = participant("c")
+        _ = c.on(.joined("t1", coordinatorURL: "http://c", timeoutMs: 60_000))
+        let vote = c.on(.prepare(1, txid: "t1", onePhase: false, vote: .yes(writeSet: ws), threePhase: info))
+        XCTAssertTrue(logs(vote).contains(.prepared("t1", coordinatorURL: "http://c", writeSet: ws, threePhase: info)))
+        XCTAssertEqual(c.state(of: "t1"), .preparing)
+        // b's round while c's prepared record is being forced.
+        let start = b.on(.timerFired(.termination("t1")))
+        var r = 0
+        for case .queryPeer(_, _, let n) in start { r = n }
+        let cSays = ask(&c)
+        XCTAssertEqual(cSays, .unknown)
+        let decided = b.on(.peerState("t1", round: r, peer: "c", state: cSays, recovered: false))
+        XCTAssertEqual(logs(decided), [.preAborted("t1")], "b counts c as uncertain and pre-aborts")
+        _ = b.on(.preRecordDurable("t1"))
+        guard case .reply(8, .error)? = c.on(.preAbort(8, txid: "t1")).first else { return XCTFail("c takes no pre-abort while preparing") }
+        // c's record is durable: it votes yes (it was asked before it voted).
+        let voted = c.on(.preparedDurable("t1"))
+        let votedYes = voted.contains(.reply(1, .vote(.yes)))
+        // The coordinator, with both yes votes (b voted earlier), pre-commits c.
+        let pre = c.on(.preCommit(9, txid: "t1", fromBackup: false))
+        if logs(pre).contains(.preCommitted("t1")) { _ = c.on(.preRecordDurable("t1")) }
+        XCTAssertFalse(votedYes && c.state(of: "t1") == .preCommitted && b.state(of: "t1") == .preAborted,
+                       "b pre-aborted and c pre-committed: with Q = 2 neither quorum can ever form")
+    }
+
     /// Runs five termination rounds of writer b (the coordinator silent) with one peer named
     /// `peerName` that voted read-only and restarted (`peerVotes`) or never got its prepare.
     /// True when b decided nothing.
