@@ -268,3 +268,32 @@ final class ThreePhaseReviewTests: XCTestCase {
                        "split: the coordinator committed (presuming p2, which had answered 503, failed) and p2 aborts alone")
     }
 }
+
+final class ThreePhaseCoordinatorReviewTests: XCTestCase {
+    /// A coordinator back (after a long outage) with a pre-commit record and no decision asks
+    /// its participants and adopts only `committed` or `aborted`. Participants that ended the
+    /// branch on their own long ago (past `finishedBranchesKept`, or restarted past the 10,000
+    /// outcomes a checkpoint keeps) answer `unknown`. The coordinator then asks every second
+    /// for ever, the transaction holds an undecided slot and every view, and nothing can end it:
+    /// a forced decision at the coordinator is refused for a 3PC transaction past its
+    /// pre-commit ("resolve it at the participants"), and the participants have no branch left
+    /// to force (404).
+    func testATerminatingTransactionWhoseParticipantsForgotItCanBeEnded() throws {
+        let a = ParticipantRef(name: "a", url: "http://a"), b = ParticipantRef(name: "b", url: "http://b")
+        var c = Coordinator(config: Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 100))
+        let txid = try XCTUnwrap(TxID("0a1b2c3d-5-1"))
+        let record = CoordinatorRecordCoding.encode(.preCommit(txid, participants: [a, b], termination: .quorum, atMs: 1))
+        _ = try c.recover(snapshot: nil, records: [(record.type, record.payload)], nowMs: 10)
+        XCTAssertEqual(c.transaction(txid)?.state, .terminating)
+        for round in 0..<3 {
+            _ = c.on(.stateAnswered(txid, participant: "a", state: .unknown), nowMs: 20 + Int64(round) * 1000)
+            _ = c.on(.stateAnswered(txid, participant: "b", state: .unknown), nowMs: 20 + Int64(round) * 1000)
+            _ = c.on(.timerFired(.learn(txid)), nowMs: 1000 + Int64(round) * 1000)
+        }
+        let forced = c.on(.force(5, txid: txid.description, Coordinator.ForceRequest(outcome: .aborted, reason: "participants forgot it", operatorName: "op", dryRun: true)), nowMs: 5000)
+        var refusedForce = false
+        for case .reply(5, .error(let e)) in forced { refusedForce = e.status == 409 }
+        XCTAssertFalse(c.transaction(txid)?.state == .terminating && refusedForce,
+                       "terminating for good: no participant will ever answer committed or aborted, and a force is refused")
+    }
+}
