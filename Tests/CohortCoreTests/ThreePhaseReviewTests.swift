@@ -167,6 +167,38 @@ final class ThreePhaseReviewTests: XCTestCase {
                        "b pre-aborted and c pre-committed: with Q = 2 neither quorum can ever form")
     }
 
+    /// QUORUM (N = 3, Q = 2): a pre-committed branch that decides commit itself (an outcome it
+    /// hears in a round, a commit quorum, or the coordinator's "committed" answer to its
+    /// inquiry: `commitSelf`) and whose commit record the log refuses (back-pressure) falls back
+    /// to `prepared`, not to its durable pre-state: `commitSelf` does not set `recordFrom`
+    /// (`commit()` does; testARefusedCommitOrForcedRecordKeepsThePreStateAndTerminatesAgain
+    /// covers only that path). It then reports `uncertain` and takes a backup's pre-abort:
+    /// a pre-state flips. Schedule: the coordinator commits with x and y pre-committed (z's
+    /// pre-commit lost), the client hears committed; x gets its commit; y's commit is lost, y
+    /// hears "committed" from its inquiry, its commit record is refused; x is cut off; y, the
+    /// backup of {y, z}, counts two uncertain, pre-aborts z and itself and ABORTS. x committed.
+    func testAPreCommittedBranchWhoseOwnCommitRecordIsRefusedKeepsItsPreState() throws {
+        let three = ["x", "y", "z"].map { ParticipantRef(name: $0, url: "http://\($0)") }
+        var y = participant("y"), z = participant("z")
+        prepare(&y, .quorum, peers: three)
+        prepare(&z, .quorum, peers: three)
+        preRecord(&y, commit: true, fromBackup: false)  // the coordinator's pre-commit, acknowledged
+        // y's round: the coordinator answers its inquiry "committed".
+        _ = y.on(.timerFired(.termination("t1")))
+        let commit = y.on(.inquiryAnswered("t1", .committed))
+        XCTAssertEqual(logs(commit), [.committed("t1")])
+        _ = y.on(.recordRefused("t1", reason: "log full: 33554432 unsynced bytes"))
+        XCTAssertEqual(y.threePhaseState("t1"), .preCommitted, "y is durably pre-committed; it reports \(y.threePhaseState("t1"))")
+        // x is cut off. y's next round with z: if y now says uncertain, {y, z} is an abort quorum.
+        let ySays = y.threePhaseState("t1")
+        let r = round(&y, ["z": ask(&z)], among: ["x", "y", "z"])
+        for case .sendToPeer(_, _, .preAbort) in r { _ = z.on(.preAbort(4, txid: "t1")); _ = z.on(.preRecordDurable("t1")) }
+        if logs(r).contains(.preAborted("t1")) { _ = y.on(.preRecordDurable("t1")) }
+        let next = round(&y, ["z": ask(&z)], among: ["x", "y", "z"])
+        XCTAssertFalse(logs(next).contains(.aborted("t1")),
+                       "y (pre-committed, counted in the coordinator's commit quorum) aborted after reporting \(ySays): x committed")
+    }
+
     /// Runs five termination rounds of writer b (the coordinator silent) with one peer named
     /// `peerName` that voted read-only and restarted (`peerVotes`) or never got its prepare.
     /// True when b decided nothing.
