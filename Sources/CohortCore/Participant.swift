@@ -1585,6 +1585,9 @@ extension Participant {
 
     mutating func commitSelf(_ txid: String) -> [Action] {
         guard var b = branches[txid] else { return [] }
+        // A refused commit record leaves the branch in its durable pre-state, as `commit` does:
+        // back at `prepared`, a pre-committed branch reported uncertain and took a pre-abort.
+        b.recordFrom = b.state
         b.state = .committing
         branches[txid] = b
         return [.cancelTimer(.termination(txid)), .cancelTimer(.inquire(txid)), .log(.committed(txid), force: true)]
