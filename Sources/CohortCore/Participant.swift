@@ -847,6 +847,19 @@ public struct Participant {
             return [.log(.aborted(txid), force: false)] + finish(txid, .aborted) + [.release(txid)]
                 + waiting.map { .reply($0, .vote(.no(reason: "aborted while preparing"))) }
         }
+        if b.askedBeforeVoting {
+            // A peer's termination round asked while the prepared record was being written: it
+            // answered `unknown`, which counted toward an abort quorum, so it now votes no, as
+            // an `active` branch asked before its vote does. (It used to vote yes and take the
+            // coordinator's pre-commit: b pre-aborted, c pre-committed, N = 2, wedged for good.)
+            // Its abort is lazy, as any no-voter's: lost in a crash, the branch comes back
+            // prepared and terminating, takes no pre-commit from the coordinator, and learns
+            // the abort (its no vote, or its silence, aborted the transaction).
+            branches[txid] = b
+            let why = "a peer's termination protocol asked about this branch while its prepared record was written (counting it toward an abort); it votes no"
+            return [.log(.aborted(txid), force: false)] + finish(txid, .aborted) + [.release(txid)]
+                + waiting.map { .reply($0, .vote(.no(reason: why))) }
+        }
         b.state = .prepared
         branches[txid] = b
         if b.threePhase != nil {
@@ -1433,13 +1446,14 @@ extension Participant {
         return [.reply(request, .state(threePhaseState(txid), recovered: branches[txid]?.recovered ?? false))]
     }
 
-    /// A termination protocol asked about `txid`: a branch that has not voted, or a txid with
+    /// A termination protocol asked about `txid`: a branch that has not voted (`active`, or
+    /// `preparing`: its yes is not sent before the prepared record is durable), or a txid with
     /// no branch and no outcome here, will vote no (the answer, `unknown`, counts toward an
     /// abort quorum). In memory: a crash loses the staged work of an unvoted branch anyway, so
     /// its prepare votes no after it; a fence on a txid with no branch is lost (docs/protocols.md).
     private mutating func noteAskedBeforeVoting(_ txid: String) {
         if var b = branches[txid] {
-            guard b.state == .active, !b.askedBeforeVoting else { return }
+            guard b.state == .active || b.state == .preparing, !b.askedBeforeVoting else { return }
             b.askedBeforeVoting = true
             branches[txid] = b
             return
