@@ -129,6 +129,48 @@ final class ThreePhaseReviewTests: XCTestCase {
         XCTAssertFalse(wedged(peerName: "z", peerVotes: false, termination: .quorum), "quorum N = 2: b pre-aborted for ever")
     }
 
+    /// A participant with no branch for t1 that takes a backup's pre-abort promises, durably,
+    /// never to vote yes: a later prepare votes no, also after a restart from its log or from
+    /// a checkpoint, and it answers `read-only` (never `aborted`: a restarted read-only voter
+    /// promises too, and `aborted` would abort writers the coordinator may have committed).
+    /// A refused promise record answers 503 and changes nothing.
+    func testAPromiseNotToVoteYesIsDurableAndAnswersReadOnly() throws {
+        var z = participant("z")
+        XCTAssertEqual(ask(&z), .unknown)
+        // The log refuses the promise: 503, nothing promised (a fence in memory only, as before).
+        XCTAssertEqual(logs(z.on(.preAbort(1, txid: "t1"))), [.noVotePromised("t1")])
+        let refused = z.on(.recordRefused("t1", reason: "log full"))
+        guard case .reply(1, .error(let e))? = refused.first else { return XCTFail("\(refused)") }
+        XCTAssertEqual(e.status, 503)
+        XCTAssertEqual(ask(&z), .unknown)
+        // Again, two pre-aborts riding on one record.
+        XCTAssertEqual(logs(z.on(.preAbort(2, txid: "t1"))), [.noVotePromised("t1")])
+        XCTAssertEqual(z.on(.preAbort(3, txid: "t1")), [])
+        XCTAssertEqual(z.on(.joined("t1", coordinatorURL: "http://c", timeoutMs: 1000)), [], "no branch starts while the promise is written")
+        XCTAssertEqual(z.on(.abortDurable("t1")), [.reply(2, .preAborted), .reply(3, .preAborted)])
+        XCTAssertEqual(ask(&z), .readOnly)
+        XCTAssertEqual(z.on(.preAbort(4, txid: "t1")), [.reply(4, .preAborted)])
+        let info = Participant.ThreePhaseInfo(termination: .quorum, peers: peers)
+        func votesNo(_ p: inout Participant) -> Bool {
+            _ = p.on(.joined("t1", coordinatorURL: "http://c", timeoutMs: 1000))
+            let vote = p.on(.prepare(9, txid: "t1", onePhase: false, vote: .yes(writeSet: ws), threePhase: info))
+            return vote.contains { if case .reply(9, .vote(.no)) = $0 { return true } else { return false } }
+        }
+        // Restarted from its log.
+        let record = ParticipantRecordCoding.encode(.noVotePromised("t1"))
+        XCTAssertEqual(try ParticipantRecordCoding.decode(type: record.type, payload: record.payload), .noVotePromised("t1"))
+        var fromLog = participant("z")
+        _ = try fromLog.recover(snapshot: nil, records: [(1, record.type, record.payload)])
+        XCTAssertEqual(ask(&fromLog), .readOnly)
+        XCTAssertTrue(votesNo(&fromLog))
+        // Restarted from a checkpoint.
+        var fromSnapshot = participant("z")
+        _ = try fromSnapshot.recover(snapshot: z.snapshot(), records: [])
+        XCTAssertEqual(ask(&fromSnapshot), .readOnly)
+        XCTAssertTrue(votesNo(&fromSnapshot))
+        XCTAssertTrue(votesNo(&z))
+    }
+
     /// QUORUM, N = 2 (Q = 2), the coordinator alive. The session-22 rule "a participant asked
     /// before it voted votes no" marks only an `active` branch (noteAskedBeforeVoting guards on
     /// `.active`). A branch whose prepared record is being forced (`preparing`) answers `unknown`
@@ -220,13 +262,18 @@ final class ThreePhaseReviewTests: XCTestCase {
             var r = 0
             for case .queryPeer(_, _, let n) in start { r = n }
             let peerSays = ask(&peer)
-            XCTAssertEqual(peerSays, .unknown)
+            XCTAssertTrue(peerSays == .unknown || peerSays == .readOnly, "\(String(describing: peerSays))")
             let actions = b.on(.peerState("t1", round: r, peer: peerName, state: peerSays, recovered: false))
-            // Carry out what b asks of the peer and of its own log.
+            // Carry out what b asks of the peer (a pre-abort: the peer, with no branch, durably
+            // promises never to vote yes; a pre-commit: refused, it has no work) and of its own log.
             for case .sendToPeer(_, _, let message) in actions {
-                let answer = peer.on(message == .preAbort ? .preAbort(8, txid: "t1") : .preCommit(8, txid: "t1", fromBackup: true))
-                guard case .reply(8, .error(let e))? = answer.first else { XCTFail("\(answer)"); return false }
-                XCTAssertEqual(e.status, 409)
+                var answer = peer.on(message == .preAbort ? .preAbort(8, txid: "t1") : .preCommit(8, txid: "t1", fromBackup: true))
+                if logs(answer) == [.noVotePromised("t1")] { answer = peer.on(.abortDurable("t1")) }
+                switch answer.first {
+                case .reply(8, .preAborted)?: XCTAssertEqual(message, .preAbort)
+                case .reply(8, .error(let e))?: XCTAssertEqual(e.status, 409)
+                default: XCTFail("\(answer)"); return false
+                }
             }
             let logged = logs(actions)
             if logged.contains(.preAborted("t1")) || logged.contains(.preCommitted("t1")) { _ = b.on(.preRecordDurable("t1")) }
