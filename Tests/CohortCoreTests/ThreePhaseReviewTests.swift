@@ -337,7 +337,11 @@ final class ThreePhaseReviewTests: XCTestCase {
         _ = p2.on(.preCommit(5, txid: "t1", fromBackup: false))
         let refused = p2.on(.recordRefused("t1", reason: "log full"))
         XCTAssertTrue(refused.contains { if case .reply(5, .error(let e)) = $0 { return e.status == 503 } else { return false } })
-        // The runtime feeds nothing for a 503 (CoordinatorNode.answered): the timeout decides.
+        // The runtime feeds an answer that is not an acknowledgement (here 503) as a refusal
+        // (CoordinatorNode.answered; it fed nothing but for a 409, and the timeout decided:
+        // CoordinatorPreCommitAnswerTests checks the runtime).
+        _ = c.on(.preCommitRefused(t, participant: "p2", reason: "HTTP 503: cannot log the pre-record now"), nowMs: 15)
+        XCTAssertEqual(c.transaction(t)?.state, .terminating, "a refused pre-commit stops the coordinator deciding")
         let timedOut = c.on(.timerFired(.preCommitTimeout(t)), nowMs: 2013)
         let coordinatorCommits = timedOut.contains { if case .log(.commitDecision, _) = $0 { return true } else { return false } }
         // p1 and the coordinator crash now; p2's termination round hears nobody.
