@@ -378,5 +378,41 @@ final class ThreePhaseCoordinatorReviewTests: XCTestCase {
         for case .reply(5, .error(let e)) in forced { refusedForce = e.status == 409 }
         XCTAssertFalse(c.transaction(txid)?.state == .terminating && refusedForce,
                        "terminating for good: no participant will ever answer committed or aborted, and a force is refused")
+        // The force itself: audited first, then the transaction ends as aborted.
+        let force = Coordinator.ForceRequest(outcome: .aborted, reason: "participants forgot it", operatorName: "op", dryRun: false)
+        let logged = c.on(.force(6, txid: txid.description, force), nowMs: 5001)
+        XCTAssertTrue(logged.contains { if case .log(.audit, _) = $0 { return true } else { return false } }, "\(logged)")
+        let ended = c.on(.auditDurable(txid), nowMs: 5002)
+        XCTAssertTrue(ended.contains { if case .reply(6, .forced(_, .aborted, false, _)) = $0 { return true } else { return false } }, "\(ended)")
+        XCTAssertEqual(c.transaction(txid)?.state, .aborted)
+        // Or as committed: a commit decision, logged as a learned one is.
+        var d = Coordinator(config: Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 100))
+        _ = try d.recover(snapshot: nil, records: [(record.type, record.payload)], nowMs: 10)
+        _ = d.on(.stateAnswered(txid, participant: "a", state: .unknown), nowMs: 20)
+        _ = d.on(.stateAnswered(txid, participant: "b", state: .unknown), nowMs: 20)
+        _ = d.on(.force(7, txid: txid.description, Coordinator.ForceRequest(outcome: .committed, reason: "r", operatorName: "op", dryRun: false)), nowMs: 30)
+        let decided = d.on(.auditDurable(txid), nowMs: 31)
+        XCTAssertTrue(decided.contains { if case .log(.commitDecision(txid, _, _), _) = $0 { return true } else { return false } }, "\(decided)")
+        XCTAssertEqual(d.transaction(txid)?.state, .deciding)
+    }
+
+    /// The force at the coordinator stays refused while any participant that voted yes may
+    /// still hold its branch: one answered `uncertain`, or one has not answered yet.
+    func testATerminatingTransactionIsNotForcedWhileAParticipantMayHoldItsBranch() throws {
+        let a = ParticipantRef(name: "a", url: "http://a"), b = ParticipantRef(name: "b", url: "http://b")
+        let txid = try XCTUnwrap(TxID("0a1b2c3d-5-1"))
+        let record = CoordinatorRecordCoding.encode(.preCommit(txid, participants: [a, b], termination: .quorum, atMs: 1))
+        for bSays in [ThreePhaseState.uncertain, .preCommitted, nil] {
+            var c = Coordinator(config: Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 100))
+            _ = try c.recover(snapshot: nil, records: [(record.type, record.payload)], nowMs: 10)
+            _ = c.on(.stateAnswered(txid, participant: "a", state: .unknown), nowMs: 20)
+            if let bSays { _ = c.on(.stateAnswered(txid, participant: "b", state: bSays), nowMs: 20) }
+            for outcome in [Outcome.aborted, .committed] {
+                let forced = c.on(.force(5, txid: txid.description, Coordinator.ForceRequest(outcome: outcome, reason: "r", operatorName: "op", dryRun: false)), nowMs: 30)
+                guard case .reply(5, .error(let e))? = forced.first else { return XCTFail("b said \(String(describing: bSays)): \(forced)") }
+                XCTAssertEqual(e.status, 409)
+            }
+            XCTAssertEqual(c.transaction(txid)?.state, .terminating)
+        }
     }
 }
