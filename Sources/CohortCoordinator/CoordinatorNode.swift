@@ -301,7 +301,10 @@ public final class CoordinatorNode {
             case .commitDecision(let txid, _, _), .preCommit(let txid, _, _, _): feed(.decisionRefused(txid, reason: "\(full)"))
             case .end, .submission: break
             case .onePhaseWindow(let window): feed(.onePhaseWindowRefused(window)) // the transaction goes on in two phases
-            case .audit, .heuristic: onFatal("cannot record an operator decision or heuristic report: \(full)")
+            // An operator's force or a participant's heuristic report: answered 503 with
+            // nothing changed; both are sent again (it used to stop the coordinator).
+            case .audit(let txid, _): feed(.auditRefused(txid, reason: "\(full)"))
+            case .heuristic(let txid, let participant, _, _): feed(.heuristicRefused(txid, participant: participant, reason: "\(full)"))
             }
         } catch {
             // The log has failed: nothing may be acknowledged any more. On restart an

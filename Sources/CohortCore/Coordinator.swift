@@ -92,6 +92,13 @@ public struct Coordinator {
         case heuristicReported(RequestID?, txid: String, participant: String, outcome: Outcome, forcedBy: HeuristicForce? = nil)
         /// The heuristic report's record is durable.
         case heuristicDurable(TxID, participant: String)
+        /// The log refused (back-pressure) an operator's audit record: the force is answered
+        /// 503 and changes nothing; the operator sends it again.
+        case auditRefused(TxID, reason: String)
+        /// The log refused (back-pressure) a heuristic report's record: the report is answered
+        /// 503 and changes nothing; the participant reports again (it retries until answered,
+        /// and a commit answered heuristic-aborted is re-sent and answered so again).
+        case heuristicRefused(TxID, participant: String, reason: String)
         /// 3PC: the forced pre-commit record is durable.
         case preCommitDurable(TxID)
         /// 3PC: a participant acknowledged the pre-commit (its record is durable).
@@ -1036,6 +1043,19 @@ public struct Coordinator {
             heuristicRecordsAsked += 1
             pendingHeuristics[txid, default: []].append((request, participant, outcome, forcedBy, nowMs, heuristicRecordsAsked))
             return [.log(.heuristic(txid, participant: participant, outcome: outcome, forcedBy: forcedBy), force: true)]
+        case .auditRefused(let txid, let reason):
+            guard let pending = pendingForces.removeValue(forKey: txid) else { return [] }
+            // Votes that came in while the audit was written waited for it: decide now.
+            return [.reply(pending.request, .error(RequestError(503, "cannot record the forced decision now: \(reason); nothing was changed, retry")))]
+                + decideAfterVotes(txid, nowMs: nowMs)
+        case .heuristicRefused(let txid, let participant, let reason):
+            // The refused record is the newest asked for this participant (the log refuses at
+            // once, as it is asked): the reports riding on it are answered 503, nothing noted.
+            guard let record = pendingHeuristics[txid]?.filter({ $0.participant == participant }).map(\.record).max() else { return [] }
+            let refused = pendingHeuristics[txid]!.filter { $0.participant == participant && $0.record == record }
+            pendingHeuristics[txid]!.removeAll { $0.participant == participant && $0.record == record }
+            if pendingHeuristics[txid]!.isEmpty { pendingHeuristics.removeValue(forKey: txid) }
+            return refused.compactMap { $0.request.map { .reply($0, .error(RequestError(503, "cannot record the heuristic report now: \(reason); nothing was changed, retry"))) } }
         case .heuristicDurable(let txid, let participant):
             let mine = pendingHeuristics[txid]?.filter { $0.participant == participant } ?? []
             guard let record = mine.map(\.record).min() else { return [] }
@@ -1507,7 +1527,13 @@ public struct Coordinator {
         if case .no(let reason) = vote {
             return decideAbort(txid, reason: "\(name) voted no: \(reason)", nowMs: nowMs)
         }
-        guard tx.branches.allSatisfy({ $0.state == .prepared || $0.state == .readOnly }) else { return [] }
+        return decideAfterVotes(txid, nowMs: nowMs)
+    }
+
+    /// Every branch voted yes or read-only (and no forced abort is being logged): commit.
+    private mutating func decideAfterVotes(_ txid: TxID, nowMs: Int64) -> [Action] {
+        guard var tx = openTable.byID[txid], tx.state == .preparing, !tx.onePhase,
+              tx.branches.allSatisfy({ $0.state == .prepared || $0.state == .readOnly }) else { return [] }
         // An operator's forced abort is being logged: deciding commit now would contradict it.
         guard pendingForces[txid] == nil else { return [] }
         if !tx.branches.contains(where: { $0.state == .prepared }) {
