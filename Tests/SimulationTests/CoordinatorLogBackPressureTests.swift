@@ -5,8 +5,9 @@ import CohortLog
 import CohortRuntime
 import XCTest
 
-/// Found by a read-only review (session 27); FAILS on main as of beea943. Documents a bug.
-final class CoordinatorLogFullReviewTests: XCTestCase {
+/// Log back-pressure on the coordinator's audit and heuristic records (found by a read-only
+/// review, session 27; failed on main as of beea943: the coordinator stopped).
+final class CoordinatorLogBackPressureTests: XCTestCase {
     /// Log back-pressure (`unsyncedBytesMax` of unsynced bytes: a slow disk under load) is a
     /// survivable condition everywhere else in the coordinator (a commit decision is refused
     /// and the transaction aborted or, in 3PC, learned; the client hears 503). A participant's
