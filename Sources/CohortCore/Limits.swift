@@ -363,6 +363,9 @@ public enum Limits {
     public static let inquiryUnreachableDelayMsMax: Int64 = 5_000
     /// Outcomes of finished branches remembered to answer duplicates and refuse late prepares.
     public static let finishedBranchesKept = 100_000
+    /// Coordinators whose highest let-go txid a participant keeps (3PC: it promises not to
+    /// vote yes only above it); past it, it makes no promise at all.
+    public static let forgottenHorizonCoordinatorsMax = 4_096
     /// 3PC txids a participant was asked about by a peer's termination protocol before it had
     /// a branch for them (its prepare not yet arrived): a prepare for one then votes no. The
     /// newest this many are kept (in memory: about 1 MB).

@@ -363,6 +363,16 @@ public struct Participant {
     private var promisedNoVote: Set<String> = []
     /// Pre-abort requests waiting for a `noVotePromised` record to be durable, by txid.
     private var promiseWaiting: [String: [RequestID]] = [:]
+    /// Per coordinator id, the highest txid (by epoch, then sequence) whose outcome this
+    /// participant let go: from `finishedOutcomes` past its bound, or left out of a checkpoint.
+    /// A txid at or below it with no branch here may be one it voted yes on and forgot, so no
+    /// promise not to vote yes is made for it: counted as pre-aborted while it had committed,
+    /// a cut-off peer's backup could abort against it (a review of the promise). In snapshots.
+    private var forgottenUpTo: [String: TxID] = [:]
+    /// Outcomes were let go whose txids are not known (restored from a checkpoint written
+    /// before session 27, or more coordinators than `Limits.forgottenHorizonCoordinatorsMax`):
+    /// no promise is made at all then, as before session 27. In snapshots.
+    private var forgottenUnknown = false
 
     public init(config: Config) {
         self.config = config
@@ -504,6 +514,20 @@ public struct Participant {
                     let txid = try r.string(maxCount: 128)
                     rememberFinished(txid, .aborted)
                     promisedNoVote.insert(txid)
+                }
+            }
+            // What this participant let go (absent in snapshots written before session 27:
+            // unknown then, and no promise is made).
+            if r.isAtEnd {
+                forgottenUnknown = true
+            } else {
+                if try r.bool() { forgottenUnknown = true }
+                let count = try r.u32()
+                guard count <= UInt32(Limits.forgottenHorizonCoordinatorsMax) else { throw DecodeError("\(count) coordinators' forgotten txids") }
+                for _ in 0..<count {
+                    let text = try r.string(maxCount: 128)
+                    guard let txid = TxID(text) else { throw DecodeError("bad txid \(text) in the forgotten txids") }
+                    Self.raise(&forgottenUpTo, &forgottenUnknown, to: txid)
                 }
             }
         }
@@ -677,6 +701,18 @@ public struct Participant {
         let promised = finishedOrder[finishedOrderHead...].filter { promisedNoVote.contains($0) }.suffix(Limits.finishedOutcomesInSnapshotMax)
         w.u32(UInt32(promised.count))
         for txid in promised { w.string(txid) }
+        // What a restart from this checkpoint will have let go: what was let go before, and
+        // the outcomes written in neither list above.
+        var upTo = forgottenUpTo
+        var unknown = forgottenUnknown
+        let carried = Set(recent).union(promised)
+        // (A read-only vote never said yes: a restart may let it go and still promise.)
+        for txid in finishedOrder[finishedOrderHead...] where finishedOutcomes[txid] != nil && !carried.contains(txid) && !readOnlyFinished.contains(txid) {
+            Self.raise(&upTo, &unknown, toText: txid)
+        }
+        w.bool(unknown)
+        w.u32(UInt32(upTo.count))
+        for txid in upTo.values.sorted(by: { $0.coordinatorID < $1.coordinatorID }) { w.string(txid.description) }
         return w.bytes
     }
 
@@ -1398,10 +1434,42 @@ public struct Participant {
         return [.cancelTimer(.termination(txid)), .cancelTimer(.terminationRound(txid))]
     }
 
+    /// Raises `upTo` to cover `txid`, a txid whose outcome is let go.
+    static func raise(_ upTo: inout [String: TxID], _ unknown: inout Bool, to txid: TxID) {
+        if let known = upTo[txid.coordinatorID] {
+            if known < txid { upTo[txid.coordinatorID] = txid }
+        } else if upTo.count < Limits.forgottenHorizonCoordinatorsMax {
+            upTo[txid.coordinatorID] = txid
+        } else {
+            unknown = true
+        }
+    }
+
+    static func raise(_ upTo: inout [String: TxID], _ unknown: inout Bool, toText text: String) {
+        // A txid that is not a coordinator's (none is, among outcomes kept here) is let go
+        // unknown: no promise then.
+        guard let txid = TxID(text) else { return unknown = true }
+        raise(&upTo, &unknown, to: txid)
+    }
+
+    /// Whether this participant may have voted yes on `txid` and forgotten its outcome.
+    func mayHaveForgotten(_ txid: String) -> Bool {
+        if forgottenUnknown { return true }
+        // One that is not a coordinator's cannot be placed, unless nothing was let go at all.
+        guard let t = TxID(txid) else { return !forgottenUpTo.isEmpty }
+        guard let upTo = forgottenUpTo[t.coordinatorID] else { return false }
+        return !(upTo < t)
+    }
+
     private mutating func rememberFinished(_ txid: String, _ outcome: Outcome) {
         if finishedOutcomes.updateValue(outcome, forKey: txid) == nil { finishedOrder.append(txid) }
         while finishedOutcomes.count > config.finishedBranchesKept {
-            finishedOutcomes.removeValue(forKey: finishedOrder[finishedOrderHead])
+            let letGo = finishedOrder[finishedOrderHead]
+            // Read-only votes and promises never said yes: letting them go forgets no yes.
+            if !readOnlyFinished.contains(letGo) && !promisedNoVote.contains(letGo) {
+                Self.raise(&forgottenUpTo, &forgottenUnknown, toText: letGo)
+            }
+            finishedOutcomes.removeValue(forKey: letGo)
             if !readOnlyFinished.isEmpty { readOnlyFinished.remove(finishedOrder[finishedOrderHead]) }
             if !promisedNoVote.isEmpty { promisedNoVote.remove(finishedOrder[finishedOrderHead]) }
             finishedOrderHead += 1
@@ -1458,10 +1526,14 @@ extension Participant {
             case .committed?: return [.reply(request, .error(RequestError(409, "branch \(txid) already committed")))]
             case .aborted? where !commit: return [.reply(request, .preAborted)]
             case .aborted?: return [.reply(request, .error(RequestError(409, "branch \(txid) was aborted")))]
+            case nil where !commit && branches[txid] == nil && mayHaveForgotten(txid):
+                // It may have voted yes and forgotten the outcome: it cannot promise (see
+                // `forgottenUpTo`), and the transaction waits for its coordinator.
+                return [.reply(request, .error(RequestError(409, "no three-phase branch \(txid) here, and its outcome may be one this participant no longer remembers: it cannot promise not to have voted yes")))]
             case nil where !commit && branches[txid] == nil:
-                // No branch, no outcome: this participant never voted yes (its prepare is late
-                // or lost, or it voted read-only and restarted; or it forgot an outcome long
-                // past, docs/failure-model.md). It promises, durably, never to vote yes, and
+                // No branch, no outcome, and none let go at or above this txid: this
+                // participant never voted yes (its prepare is late or lost, or it voted
+                // read-only and restarted). It promises, durably, never to vote yes, and
                 // answers `read-only` from then on, so the writers decide among themselves.
                 if var waiting = promiseWaiting[txid] {
                     guard waiting.count < Limits.waitersPerTransactionMax else {

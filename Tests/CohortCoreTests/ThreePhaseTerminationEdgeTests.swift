@@ -173,6 +173,54 @@ final class ThreePhaseTerminationEdgeTests: XCTestCase {
         XCTAssertTrue(votesNo(&z))
     }
 
+    /// A participant with no branch promises not to vote yes only on a txid above every txid
+    /// whose outcome it let go (per coordinator): at or below, it may have voted yes and
+    /// forgotten that it committed, and counted as pre-aborted it would let a cut-off peer's
+    /// backup abort against the commit (a review of the promise). Holds across a checkpoint,
+    /// which lets older outcomes go too; a checkpoint from before the horizon existed makes no
+    /// promise at all.
+    func testNoPromiseNotToVoteYesForATxidWhoseOutcomeMayHaveBeenForgotten() throws {
+        func txid(_ seq: UInt64, epoch: UInt64 = 1, coordinator: String = "3fa90c1e") -> String {
+            TxID(coordinatorID: coordinator, epoch: epoch, sequence: seq).description
+        }
+        func promises(_ p: inout Participant, _ t: String) -> Bool {
+            let a = p.on(.preAbort(1, txid: t))
+            if logs(a) == [.noVotePromised(t)] { return true }
+            guard case .reply(1, .error(let e))? = a.first, e.status == 409 else { XCTFail("\(a)"); return false }
+            return false
+        }
+        func finish(_ p: inout Participant, _ seqs: ClosedRange<UInt64>) {
+            for seq in seqs {
+                _ = p.on(.joined(txid(seq), coordinatorURL: "http://c", timeoutMs: 1000))
+                _ = p.on(.abandoned(txid(seq)))
+            }
+        }
+        // In memory: four kept, so 1 and 2 are let go.
+        var z = participant("z", finishedKept: 4)
+        finish(&z, 1...6)
+        XCTAssertFalse(promises(&z, txid(2)), "2 may have been voted on and forgotten")
+        XCTAssertFalse(promises(&z, txid(1)))
+        XCTAssertTrue(promises(&z, txid(9)), "never seen, above what was let go")
+        XCTAssertTrue(promises(&z, txid(1, epoch: 2)), "a later epoch of the coordinator")
+        XCTAssertTrue(promises(&z, txid(1, coordinator: "4b5c6d7e")), "another coordinator")
+        // A checkpoint carries the newest 10,000 outcomes; a restart from it has let the rest go.
+        var big = participant("big")
+        finish(&big, 1...UInt64(Limits.finishedOutcomesInSnapshotMax + 5))
+        XCTAssertTrue(promises(&big, txid(20_000)))
+        let snapshot = big.snapshot()
+        var restarted = participant("big")
+        _ = try restarted.recover(snapshot: snapshot, records: [])
+        XCTAssertFalse(promises(&restarted, txid(5)), "left out of the checkpoint")
+        XCTAssertTrue(promises(&restarted, txid(30_000)))
+        // A checkpoint written before the horizon existed (its last section cut): no promise.
+        var fresh = participant("f")
+        let old = Array(fresh.snapshot().dropLast(5))
+        var fromOld = participant("f")
+        _ = try fromOld.recover(snapshot: old, records: [])
+        XCTAssertFalse(promises(&fromOld, txid(30_000)))
+        XCTAssertTrue(promises(&fresh, txid(30_000)))
+    }
+
     /// QUORUM, N = 2 (Q = 2), the coordinator alive. The session-22 rule "a participant asked
     /// before it voted votes no" marks only an `active` branch (noteAskedBeforeVoting guards on
     /// `.active`). A branch whose prepared record is being forced (`preparing`) answers `unknown`
