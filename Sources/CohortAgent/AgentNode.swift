@@ -368,7 +368,7 @@ public final class AgentNode {
         case .committed, .committedOnePhase: CrashPoints.hit("agent.before-commit-logged")
         case .aborted: CrashPoints.hit("agent.before-abort-logged")
         case .preCommitted: CrashPoints.hit("agent.before-precommit-logged")
-        case .heuristic, .heuristicResolved, .heuristicForgotten, .preAborted: break
+        case .heuristic, .heuristicResolved, .heuristicForgotten, .preAborted, .noVotePromised: break
         }
         let lsn: UInt64
         do {
@@ -383,7 +383,7 @@ public final class AgentNode {
         } catch let full as LogFullError {
             switch record {
             case .prepared(let txid, _, _, _), .committed(let txid), .committedOnePhase(let txid, _),
-                 .preCommitted(let txid), .preAborted(let txid):
+                 .preCommitted(let txid), .preAborted(let txid), .noVotePromised(let txid):
                 feed(.recordRefused(txid, reason: "\(full)"))
             case .heuristic(let txid, _, _, _, _, _, _), .heuristicForgotten(let txid, _, _, _):
                 feed(.recordRefused(txid, reason: "\(full)"))
@@ -424,6 +424,9 @@ public final class AgentNode {
             CrashPoints.hit("agent.after-abort-logged")
         case .heuristicResolved(let txid, _, _):
             if force { pending.append(lsn: lsn, .resolved(txid)) }
+        case .noVotePromised(let txid):
+            // Completed as a forced abort is (`abortDurable`): the machine tells them apart.
+            pending.append(lsn: lsn, .aborted(txid))
         }
     }
 

@@ -327,7 +327,10 @@ public final class CoordinatorNode {
             case .end: break
             case .submission(let txid, _): submissionRefused = txid // the decision right after it is refused too
             case .onePhaseWindow(let window): feed(.onePhaseWindowRefused(window)) // the transaction goes on in two phases
-            case .audit, .heuristic: onFatal("cannot record an operator decision or heuristic report: \(full)")
+            // An operator's force or a participant's heuristic report: answered 503 with
+            // nothing changed; both are sent again (it used to stop the coordinator).
+            case .audit(let txid, _): feed(.auditRefused(txid, reason: "\(full)"))
+            case .heuristic(let txid, let participant, _, _): feed(.heuristicRefused(txid, participant: participant, reason: "\(full)"))
             }
         } catch {
             // The log has failed: nothing may be acknowledged any more. On restart an
@@ -397,10 +400,15 @@ public final class CoordinatorNode {
         case .preCommit:
             if failure == nil {
                 feed(.preCommitAcknowledged(txid, participant: name))
-            } else if case .success(let r)? = Optional(result), r.status == 409 {
+            } else if case .success = result {
+                // Any answer but an acknowledgement (409, or 503: its log refused the record)
+                // comes from a participant that is alive and not pre-committed. Classic 3PC
+                // must not presume it failed and commit at the timeout: it may abort on its own
+                // (only 409 counted, and a 503 let the coordinator commit while the participant
+                // could abort, a review, session 27). Stop deciding and learn the outcome.
                 feed(.preCommitRefused(txid, participant: name, reason: failure!))
             }
-            // No answer: the pre-commit timeout decides.
+            // No answer (a transport failure): the pre-commit timeout decides.
         case .stateQuery:
             let state = response.flatMap { try? JSONBody.value(ThreePhaseStateResponse.self, from: $0.body) }
                 .flatMap { ThreePhaseState(rawValue: $0.state) }

@@ -94,6 +94,13 @@ public struct Coordinator {
         case heuristicReported(RequestID?, txid: String, participant: String, outcome: Outcome, forcedBy: HeuristicForce? = nil)
         /// The heuristic report's record is durable.
         case heuristicDurable(TxID, participant: String)
+        /// The log refused (back-pressure) an operator's audit record: the force is answered
+        /// 503 and changes nothing; the operator sends it again.
+        case auditRefused(TxID, reason: String)
+        /// The log refused (back-pressure) a heuristic report's record: the report is answered
+        /// 503 and changes nothing; the participant reports again (it retries until answered,
+        /// and a commit answered heuristic-aborted is re-sent and answered so again).
+        case heuristicRefused(TxID, participant: String, reason: String)
         /// 3PC: the forced pre-commit record is durable.
         case preCommitDurable(TxID)
         /// 3PC: a participant acknowledged the pre-commit (its record is durable).
@@ -341,6 +348,9 @@ public struct Coordinator {
         /// one waits for it, so a participant that never answers is asked once per timeout,
         /// not once a second with the queries piling up in its queue.
         var stateQueryOutstanding = false
+        /// What this branch answered the last 3PC state query with (nil: no answer yet, or the
+        /// last one failed). In memory: a coordinator back from a restart asks again.
+        var lastThreePhaseState: ThreePhaseState?
     }
 
     public struct TimelineEvent: Equatable, Sendable {
@@ -1038,6 +1048,19 @@ public struct Coordinator {
             heuristicRecordsAsked += 1
             pendingHeuristics[txid, default: []].append((request, participant, outcome, forcedBy, nowMs, heuristicRecordsAsked))
             return [.log(.heuristic(txid, participant: participant, outcome: outcome, forcedBy: forcedBy), force: true)]
+        case .auditRefused(let txid, let reason):
+            guard let pending = pendingForces.removeValue(forKey: txid) else { return [] }
+            // Votes that came in while the audit was written waited for it: decide now.
+            return [.reply(pending.request, .error(RequestError(503, "cannot record the forced decision now: \(reason); nothing was changed, retry")))]
+                + decideAfterVotes(txid, nowMs: nowMs)
+        case .heuristicRefused(let txid, let participant, let reason):
+            // The refused record is the newest asked for this participant (the log refuses at
+            // once, as it is asked): the reports riding on it are answered 503, nothing noted.
+            guard let record = pendingHeuristics[txid]?.filter({ $0.participant == participant }).map(\.record).max() else { return [] }
+            let refused = pendingHeuristics[txid]!.filter { $0.participant == participant && $0.record == record }
+            pendingHeuristics[txid]!.removeAll { $0.participant == participant && $0.record == record }
+            if pendingHeuristics[txid]!.isEmpty { pendingHeuristics.removeValue(forKey: txid) }
+            return refused.compactMap { $0.request.map { .reply($0, .error(RequestError(503, "cannot record the heuristic report now: \(reason); nothing was changed, retry"))) } }
         case .heuristicDurable(let txid, let participant):
             let mine = pendingHeuristics[txid]?.filter { $0.participant == participant } ?? []
             guard let record = mine.map(\.record).min() else { return [] }
@@ -1515,7 +1538,13 @@ public struct Coordinator {
         if case .no(let reason) = vote {
             return decideAbort(txid, reason: "\(name) voted no: \(reason)", nowMs: nowMs)
         }
-        guard tx.branches.allSatisfy({ $0.state == .prepared || $0.state == .readOnly }) else { return [] }
+        return decideAfterVotes(txid, nowMs: nowMs)
+    }
+
+    /// Every branch voted yes or read-only (and no forced abort is being logged): commit.
+    private mutating func decideAfterVotes(_ txid: TxID, nowMs: Int64) -> [Action] {
+        guard var tx = openTable.byID[txid], tx.state == .preparing, !tx.onePhase,
+              tx.branches.allSatisfy({ $0.state == .prepared || $0.state == .readOnly }) else { return [] }
         // An operator's forced abort is being logged: deciding commit now would contradict it.
         guard pendingForces[txid] == nil else { return [] }
         if !tx.branches.contains(where: { $0.state == .prepared }) {
@@ -1802,6 +1831,13 @@ extension Coordinator {
                 return .failure(RequestError(409, "\(txid) is a one-phase commit: its only branch decides; resolve it at the participant (txctl agent URL ...)"))
             case (.deciding, _):
                 return .failure(RequestError(409, "\(txid) is writing its commit decision; wait a moment and look again"))
+            case (.terminating, _) where Self.everyParticipantForgot(tx):
+                // Every yes-voter answered `unknown`: none holds a branch (they ended it on their
+                // own long ago and forgot it), so none will ever answer an outcome, and the
+                // coordinator would ask for ever. Only its own record is left to end.
+                let told = tx.branches.filter { $0.vote == .yes }.map(\.participant.name)
+                return .success(["end the transaction as \(outcome.rawValue): every participant that voted yes (\(told.joined(separator: ", "))) answers that it holds no branch (finished and forgotten), so none will ever report an outcome",
+                                 "stop asking them; \(outcome == .committed ? "send commit (a participant with no branch acknowledges it)" : "send abort (a participant with no branch takes it as a no-op)")"])
             case (.preCommitting, _), (.terminating, _):
                 return .failure(RequestError(409, "\(txid) is a three-phase commit past its pre-commit: its participants may already have terminated it without the coordinator; resolve it at the participants (txctl agent URL ...)"))
             case (.committing, .aborted):
@@ -1874,7 +1910,9 @@ extension Coordinator {
             return [.reply(pending.request, .forced(txid, outcome: outcome, dryRun: false, effects: ["nothing to do: \(txid) is already \(outcome.rawValue)"]))]
         case .success(let effects):
             var actions: [Action]
-            if outcome == .aborted {
+            if openTable.byID[txid]?.state == .terminating {
+                actions = endForgottenByOperator(txid, outcome, by: pending.entry, nowMs: nowMs)
+            } else if outcome == .aborted {
                 actions = decideAbort(txid, reason: "forced by operator \(pending.entry.operatorName): \(pending.entry.reason)", nowMs: nowMs)
             } else {
                 actions = resolveByOperator(txid, nowMs: nowMs)
@@ -1882,6 +1920,28 @@ extension Coordinator {
             actions.append(.reply(pending.request, .forced(txid, outcome: outcome, dryRun: false, effects: effects)))
             return actions
         }
+    }
+
+    /// A terminating 3PC transaction whose yes-voters all answered `unknown` on the last state
+    /// query (each has no branch left). A participant that has not answered yet is not counted as
+    /// forgetful: it may still be terminating, and its answer may be an outcome.
+    static func everyParticipantForgot(_ tx: Transaction) -> Bool {
+        let voters = tx.branches.filter { $0.vote == .yes }
+        return !voters.isEmpty && voters.allSatisfy { $0.lastThreePhaseState == .unknown }
+    }
+
+    /// Ends, with an operator's outcome, a terminating 3PC transaction that no participant
+    /// remembers (`everyParticipantForgot`). An abort ends it at once; a commit is logged as a
+    /// decision, as a learned commit is, and sent (a participant with no branch acknowledges it).
+    mutating func endForgottenByOperator(_ txid: TxID, _ outcome: Outcome, by entry: AuditEntry, nowMs: Int64) -> [Action] {
+        guard var tx = openTable.byID[txid], tx.state == .terminating else { return [] }
+        let because = "forced by operator \(entry.operatorName): \(entry.reason) (every participant had forgotten the transaction)"
+        if outcome == .aborted { return [.cancelTimer(.learn(txid))] + decideAbort(txid, reason: because, nowMs: nowMs) }
+        tx.state = .deciding
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "deciding", participant: nil, detail: because))
+        openTable[txid] = tx
+        let updates = tx.branches.filter { $0.vote == .yes }.map(\.participant)
+        return [.cancelTimer(.learn(txid)), .log(.commitDecision(txid, participants: updates, decidedAtMs: nowMs), force: true)]
     }
 
     /// Ends a committing transaction that an operator resolved: the branches still waiting
@@ -2086,8 +2146,9 @@ extension Coordinator {
     /// While learning: adopt the first outcome a participant reports; never contradict it.
     mutating func stateAnswered(_ txid: TxID, _ name: String, _ state: ThreePhaseState?, nowMs: Int64) -> [Action] {
         guard var tx = openTable.byID[txid] else { return [] }
-        if let i = tx.branchIndex(name), tx.branches[i].stateQueryOutstanding {
+        if let i = tx.branchIndex(name) {
             tx.branches[i].stateQueryOutstanding = false
+            tx.branches[i].lastThreePhaseState = state
             openTable[txid] = tx
         }
         guard tx.state == .terminating, let state else { return [] }

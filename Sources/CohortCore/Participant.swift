@@ -162,6 +162,10 @@ public struct Participant {
         /// Forced: an operator retired a heuristically decided branch without the coordinator's
         /// outcome (who, why, when: the audit of the forget).
         case heuristicForgotten(String, reason: String, operatorName: String, atMs: Int64)
+        /// Forced, 3PC: no branch and no outcome here for this txid when a backup's pre-abort
+        /// came; this participant promises never to vote yes on it, and answers `read-only`
+        /// from then on (it holds no work: it counts for neither outcome).
+        case noVotePromised(String)
     }
 
     public enum Action: Equatable {
@@ -350,6 +354,15 @@ public struct Participant {
     private var unreachableCoordinators: Set<String> = []
     private var fenceOrder: [String] = []
     private var fenceOrderHead = 0
+    /// 3PC txids this participant, holding no branch for them, durably promised never to vote
+    /// yes on (a backup's pre-abort asked): a subset of `finishedOutcomes` (aborted, so a
+    /// prepare votes no) that answers `read-only` to a state query. A peer that never got its
+    /// prepare (or voted read-only and restarted) used to refuse the pre-abort (409): with two
+    /// participants the writer sat pre-aborted, locks held, for as long as the coordinator was
+    /// gone. In snapshots.
+    private var promisedNoVote: Set<String> = []
+    /// Pre-abort requests waiting for a `noVotePromised` record to be durable, by txid.
+    private var promiseWaiting: [String: [RequestID]] = [:]
 
     public init(config: Config) {
         self.config = config
@@ -483,6 +496,16 @@ public struct Participant {
                     if heuristicMixed[txid] != nil { unreportedMixed[txid] = url }
                 }
             }
+            // 3PC promises not to vote yes (absent in snapshots written before session 27).
+            if !r.isAtEnd {
+                let count = try r.u32()
+                guard count <= UInt32(Limits.finishedOutcomesInSnapshotMax) else { throw DecodeError("\(count) promises not to vote yes") }
+                for _ in 0..<count {
+                    let txid = try r.string(maxCount: 128)
+                    rememberFinished(txid, .aborted)
+                    promisedNoVote.insert(txid)
+                }
+            }
         }
         for record in records {
             switch try ParticipantRecordCoding.decode(type: record.type, payload: record.payload) {
@@ -522,6 +545,9 @@ public struct Participant {
                 guard let b = branches.removeValue(forKey: txid), let h = b.heuristic else { continue }
                 if mixed { rememberMixed(txid, h, unreportedTo: b.coordinatorURL) }
                 rememberFinished(txid, h.outcome)
+            case .noVotePromised(let txid):
+                rememberFinished(txid, .aborted)
+                promisedNoVote.insert(txid)
             case .heuristicForgotten(let txid, _, _, _):
                 guard let b = branches.removeValue(forKey: txid), let h = b.heuristic else { continue }
                 rememberFinished(txid, h.outcome)
@@ -594,7 +620,7 @@ public struct Participant {
         // simulation, seed 1838 with 1500 runs from 1001).
         let ending = branches.values.filter { $0.state == .aborting || $0.state == .forgetting }.sorted { $0.txid < $1.txid }
         let recent = finishedOrder[finishedOrderHead...].suffix(Limits.finishedOutcomesInSnapshotMax - ending.count)
-            .filter { finishedOutcomes[$0] != nil && !readOnlyFinished.contains($0) }
+            .filter { finishedOutcomes[$0] != nil && !readOnlyFinished.contains($0) && !promisedNoVote.contains($0) }
         w.u32(UInt32(recent.count + ending.count))
         for txid in recent {
             w.string(txid)
@@ -646,6 +672,11 @@ public struct Participant {
             w.string(txid)
             w.string(url)
         }
+        // 3PC promises not to vote yes (absent in snapshots written before session 27), oldest
+        // first, as many as the finished outcomes they belong to keep.
+        let promised = finishedOrder[finishedOrderHead...].filter { promisedNoVote.contains($0) }.suffix(Limits.finishedOutcomesInSnapshotMax)
+        w.u32(UInt32(promised.count))
+        for txid in promised { w.string(txid) }
         return w.bytes
     }
 
@@ -703,7 +734,7 @@ public struct Participant {
     public mutating func on(_ event: Event) -> [Action] {
         switch event {
         case .joined(let txid, let url, let timeoutMs):
-            guard branches[txid] == nil, finishedOutcomes[txid] == nil else { return [] }
+            guard branches[txid] == nil, finishedOutcomes[txid] == nil, promiseWaiting[txid] == nil else { return [] }
             branches[txid] = Branch(txid: txid, state: .active, coordinatorURL: url)
             // Outlive the coordinator's own timeout, so normally the coordinator aborts first.
             let expiry = max(timeoutMs, 0) + config.branchExpiryMarginMs
@@ -721,6 +752,7 @@ public struct Participant {
         case .peerState(let txid, let round, let peer, let state, let recovered):
             return peerState(txid, round: round, peer: peer, state: state, recovered: recovered)
         case .abortDurable(let txid):
+            if branches[txid] == nil, promiseWaiting[txid] != nil { return noVotePromiseDurable(txid) }
             return terminationAbortDurable(txid)
         case .backupDecision(let request, let txid, let outcome):
             return outcome == .committed ? commit(request, txid) : abort(request, txid)
@@ -862,6 +894,19 @@ public struct Participant {
             return [.log(.aborted(txid), force: false)] + finish(txid, .aborted) + [.release(txid)]
                 + waiting.map { .reply($0, .vote(.no(reason: "aborted while preparing"))) }
         }
+        if b.askedBeforeVoting {
+            // A peer's termination round asked while the prepared record was being written: it
+            // answered `unknown`, which counted toward an abort quorum, so it now votes no, as
+            // an `active` branch asked before its vote does. (It used to vote yes and take the
+            // coordinator's pre-commit: b pre-aborted, c pre-committed, N = 2, wedged for good.)
+            // Its abort is lazy, as any no-voter's: lost in a crash, the branch comes back
+            // prepared and terminating, takes no pre-commit from the coordinator, and learns
+            // the abort (its no vote, or its silence, aborted the transaction).
+            branches[txid] = b
+            let why = "a peer's termination protocol asked about this branch while its prepared record was written (counting it toward an abort); it votes no"
+            return [.log(.aborted(txid), force: false)] + finish(txid, .aborted) + [.release(txid)]
+                + waiting.map { .reply($0, .vote(.no(reason: why))) }
+        }
         b.state = .prepared
         branches[txid] = b
         if b.threePhase != nil {
@@ -995,6 +1040,10 @@ public struct Participant {
                 guard case .reply(let request, _) = action else { return nil }
                 return .reply(request, .error(RequestError(503, "cannot log the heuristic-resolved record now: \(reason); retry")))
             }
+        }
+        if branches[txid] == nil, let waiting = promiseWaiting.removeValue(forKey: txid) {
+            // No promise was written: nothing changed here, and the backup sends its pre-abort again.
+            return waiting.map { .reply($0, .error(RequestError(503, "cannot log the promise not to vote yes now: \(reason); retry"))) }
         }
         guard var b = branches[txid] else { return [] }
         let waiting = b.waiting
@@ -1354,6 +1403,7 @@ public struct Participant {
         while finishedOutcomes.count > config.finishedBranchesKept {
             finishedOutcomes.removeValue(forKey: finishedOrder[finishedOrderHead])
             if !readOnlyFinished.isEmpty { readOnlyFinished.remove(finishedOrder[finishedOrderHead]) }
+            if !promisedNoVote.isEmpty { promisedNoVote.remove(finishedOrder[finishedOrderHead]) }
             finishedOrderHead += 1
         }
         if finishedOrderHead > 4096 && finishedOrderHead * 2 > finishedOrder.count {
@@ -1388,6 +1438,10 @@ extension Participant {
         switch finishedOutcomes[txid] {
         case .committed? where readOnlyFinished.contains(txid): return .readOnly
         case .committed?: return .committed
+        // Promised never to vote yes, holding no work: in no quorum, and no backup. (Not
+        // `aborted`: a restarted read-only voter makes the same promise, and an `aborted`
+        // answer would abort branches the coordinator may have committed without it.)
+        case .aborted? where promisedNoVote.contains(txid): return .readOnly
         case .aborted?: return .aborted
         case nil: return .unknown
         }
@@ -1404,6 +1458,21 @@ extension Participant {
             case .committed?: return [.reply(request, .error(RequestError(409, "branch \(txid) already committed")))]
             case .aborted? where !commit: return [.reply(request, .preAborted)]
             case .aborted?: return [.reply(request, .error(RequestError(409, "branch \(txid) was aborted")))]
+            case nil where !commit && branches[txid] == nil:
+                // No branch, no outcome: this participant never voted yes (its prepare is late
+                // or lost, or it voted read-only and restarted; or it forgot an outcome long
+                // past, docs/failure-model.md). It promises, durably, never to vote yes, and
+                // answers `read-only` from then on, so the writers decide among themselves.
+                if var waiting = promiseWaiting[txid] {
+                    guard waiting.count < Limits.waitersPerTransactionMax else {
+                        return [.reply(request, .error(RequestError(503, "\(waiting.count) pre-aborts already wait for \(txid)'s record; retry later")))]
+                    }
+                    waiting.append(request)
+                    promiseWaiting[txid] = waiting
+                    return []
+                }
+                promiseWaiting[txid] = [request]
+                return [.log(.noVotePromised(txid), force: true)]
             case nil: return [.reply(request, .error(RequestError(409, "no three-phase branch \(txid) here")))]
             }
         }
@@ -1471,13 +1540,14 @@ extension Participant {
         return [.reply(request, .state(threePhaseState(txid), recovered: branches[txid]?.recovered ?? false))]
     }
 
-    /// A termination protocol asked about `txid`: a branch that has not voted, or a txid with
+    /// A termination protocol asked about `txid`: a branch that has not voted (`active`, or
+    /// `preparing`: its yes is not sent before the prepared record is durable), or a txid with
     /// no branch and no outcome here, will vote no (the answer, `unknown`, counts toward an
     /// abort quorum). In memory: a crash loses the staged work of an unvoted branch anyway, so
     /// its prepare votes no after it; a fence on a txid with no branch is lost (docs/protocols.md).
     private mutating func noteAskedBeforeVoting(_ txid: String) {
         if var b = branches[txid] {
-            guard b.state == .active, !b.askedBeforeVoting else { return }
+            guard b.state == .active || b.state == .preparing, !b.askedBeforeVoting else { return }
             b.askedBeforeVoting = true
             branches[txid] = b
             return
@@ -1524,7 +1594,7 @@ extension Participant {
     /// The termination rules. Every participant adopts an outcome a peer reports (any
     /// committed → commit; any aborted → abort). The rest are applied by the backup
     /// coordinator: the live participant with the lowest name among those that answered this
-    /// round and did not vote read-only. Others wait for it (and run their own round again
+    /// round with a branch (not `unknown`) and did not vote read-only. Others wait for it (and run their own round again
     /// later, so a backup that dies is replaced).
     ///
     /// Classic (Skeen 1981): any committed → commit; any aborted → abort; nobody pre-committed
@@ -1562,7 +1632,9 @@ extension Participant {
             if b.recovered {
                 // Back from a crash: decide only with every peer's word (a peer that decided
                 // while this one was down may be down now), else wait to learn the outcome.
-                let missing = Set(info.peers.map(\.name)).subtracting(states.keys)
+                // `unknown` is no word: a peer that committed and forgot it answers so (it
+                // aborted while its peers had committed, a review, session 27).
+                let missing = Set(info.peers.map(\.name)).subtracting(states.filter { $0.value != .unknown }.keys)
                 if !missing.isEmpty { return [again] }
             } else {
                 // A recovered peer's pre-state may predate a decision it missed: only its
@@ -1572,7 +1644,10 @@ extension Participant {
         }
         // A read-only branch wrote nothing: it counts for neither outcome, and is no backup.
         states = states.filter { $0.value != .readOnly }
-        guard states.keys.min() == config.name else { return [again] } // not the backup
+        // A peer that answered `unknown` has no branch (or has not voted): it never runs a
+        // round, so it is no backup. (Elected as the lowest name, it left the others waiting
+        // for it for as long as the coordinator was gone, a review, session 27.)
+        guard states.filter({ $0.value != .unknown }).keys.min() == config.name else { return [again] } // not the backup
         let reachable = peers(in: states)
         func tell(_ message: PeerMessage, where want: (ThreePhaseState) -> Bool) -> [Action] {
             reachable.filter { want(states[$0.name]!) }.map { .sendToPeer(txid, peer: $0, message: message) }
@@ -1623,6 +1698,9 @@ extension Participant {
 
     mutating func commitSelf(_ txid: String) -> [Action] {
         guard var b = branches[txid] else { return [] }
+        // A refused commit record leaves the branch in its durable pre-state, as `commit` does:
+        // back at `prepared`, a pre-committed branch reported uncertain and took a pre-abort.
+        b.recordFrom = b.state
         b.state = .committing
         branches[txid] = b
         return [.cancelTimer(.termination(txid)), .cancelTimer(.inquire(txid)), .log(.committed(txid), force: true)]
@@ -1643,6 +1721,14 @@ extension Participant {
         b.state = .aborting
         branches[txid] = b
         return [.cancelTimer(.termination(txid)), .cancelTimer(.terminationRound(txid)), .log(.aborted(txid), force: true)]
+    }
+
+    /// The promise not to vote yes on `txid` is durable: answer the pre-aborts that wait for it.
+    mutating func noVotePromiseDurable(_ txid: String) -> [Action] {
+        let waiting = promiseWaiting.removeValue(forKey: txid) ?? []
+        rememberFinished(txid, .aborted)
+        promisedNoVote.insert(txid)
+        return waiting.map { .reply($0, .preAborted) }
     }
 
     mutating func terminationAbortDurable(_ txid: String) -> [Action] {
@@ -1666,6 +1752,7 @@ public enum ParticipantRecordCoding {
     public static let preCommittedType: UInt8 = 7
     public static let preAbortedType: UInt8 = 8
     public static let heuristicForgottenType: UInt8 = 9
+    public static let noVotePromisedType: UInt8 = 10
 
     public static func encode(_ record: Participant.Record) -> (type: UInt8, payload: [UInt8]) {
         var w = ByteWriter()
@@ -1712,6 +1799,9 @@ public enum ParticipantRecordCoding {
             w.string(operatorName)
             w.i64(atMs)
             return (heuristicForgottenType, w.bytes)
+        case .noVotePromised(let txid):
+            w.string(txid)
+            return (noVotePromisedType, w.bytes)
         }
     }
 
@@ -1740,6 +1830,7 @@ public enum ParticipantRecordCoding {
             return .heuristicResolved(txid, coordinatorOutcome: try r.bool() ? .committed : .aborted, mixed: try r.bool())
         case heuristicForgottenType:
             return .heuristicForgotten(txid, reason: try r.string(maxCount: 4096), operatorName: try r.string(maxCount: 4096), atMs: try r.i64())
+        case noVotePromisedType: return .noVotePromised(txid)
         default: throw DecodeError("unknown participant record type \(type)")
         }
     }

@@ -134,7 +134,8 @@ public enum Explain {
             summary = "\(id) is a three-phase commit the coordinator no longer decides (terminating): it restarted after its pre-commit, or a participant started the termination protocol; it asks \(open.isEmpty ? "the participants" : list) until one has an outcome, and adopts it."
             actions = ["wait: the participants decide by the termination protocol (docs/protocols.md), and the coordinator learns their outcome",
                        "bring back any participant that is down: a termination round may need its answer (\(open.map(\.url).filter { !$0.isEmpty }.joined(separator: ", ")))",
-                       "forced decisions are refused here: resolve it at the participants (txctl agent URL show \(id), txctl agent URL commit|abort \(id))"]
+                       "forced decisions are refused here while a participant holds its branch: resolve it at the participants (txctl agent URL show \(id), txctl agent URL commit|abort \(id))",
+                       "if every participant has no branch left (they ended it and forgot it: \"no branch\" at txctl agent URL show \(id)), the coordinator would ask for ever: txctl abort|commit \(id) --force --reason R ends it here (accepted once each of them has answered so)"]
         case "deciding":
             summary = "\(id) is deciding: every branch voted yes and the commit decision is being written to the log."
             actions = ["wait a moment and look again: txctl show \(id)"]

@@ -60,10 +60,10 @@ final class LogToolOddLogTests: XCTestCase {
             .prepared(id, coordinatorURL: "http://c", writeSet: [1], threePhase: nil), .preCommitted(id), .preAborted(id),
             .committed(id), .committedOnePhase(id, writeSet: [2]), .aborted(id),
             .heuristic(id, outcome: .aborted, reason: "r", operatorName: "ops", atMs: 1), .heuristicResolved(id, coordinatorOutcome: .aborted, mixed: false),
-            .heuristicForgotten(id, reason: "r", operatorName: "ops", atMs: 2),
+            .heuristicForgotten(id, reason: "r", operatorName: "ops", atMs: 2), .noVotePromised(id),
         ]
         for r in records {
-            switch r { case .prepared, .preCommitted, .preAborted, .committed, .committedOnePhase, .aborted, .heuristic, .heuristicResolved, .heuristicForgotten: break }
+            switch r { case .prepared, .preCommitted, .preAborted, .committed, .committedOnePhase, .aborted, .heuristic, .heuristicResolved, .heuristicForgotten, .noVotePromised: break }
         }
         return records
     }()
@@ -97,7 +97,7 @@ final class LogToolOddLogTests: XCTestCase {
 
         let agent = try makeLog(identity: "agent.name", Self.agentRecords.map(ParticipantRecordCoding.encode))
         defer { try? FileManager.default.removeItem(atPath: agent) }
-        XCTAssertEqual(ctl(["log", "verify", agent]).out, "ok: 1 segment, 9 records (agent log)\n")
+        XCTAssertEqual(ctl(["log", "verify", agent]).out, "ok: 1 segment, 10 records (agent log)\n")
     }
 
     /// Records of the wrong kind are a problem the JSON lists too (it said ok: false with no
@@ -109,7 +109,7 @@ final class LogToolOddLogTests: XCTestCase {
         XCTAssertEqual(v.status, 1)
         // (Some agent records happen to decode as coordinator records: not all are counted.)
         XCTAssertTrue(v.out.hasPrefix("not a coordinator log: "), v.out)
-        XCTAssertTrue(v.out.hasSuffix(" of 9 records have checksums that match but decode as no coordinator record; the first is LSN 1, in 0000000000000001.log at offset 32 (txctl log inspect shows them)\n"), v.out)
+        XCTAssertTrue(v.out.hasSuffix(" of 10 records have checksums that match but decode as no coordinator record; the first is LSN 1, in 0000000000000001.log at offset 32 (txctl log inspect shows them)\n"), v.out)
         XCTAssertEqual(v.err, "error: log verify failed: " + v.out)
         let j = jsonObject(ctl(["log", "verify", dir, "--json"]).out)
         XCTAssertEqual(j["ok"] as? Bool, false)
