@@ -20,7 +20,7 @@ extension Simulation {
             once.done = true
             completion(result)
         }
-        let label = "\(sender)->\(parsed.host) \(request.method) \(parsed.path)"
+        let label = "\(sender)->\(parsed.host) \(request.method) \(parsed.path)" + (config.traceTxids ? " [\(txidOf(request.body) ?? "-")]" : "")
         // The sender's own timeout.
         schedule(afterUs: request.timeoutMs * 1000, "timeout \(label)", skip: { once.done }) { finish(.failure(.timeout)) }
         guard let node = target as? SimNode else { return }

@@ -43,9 +43,19 @@ final class SimNode {
     /// writes), and no crash copies megabytes of zeros.
     static let logConfig = DurableLogConfig(syncMode: .manual, preallocateBytes: 512)
 
+    /// An agent's participant settings in the simulation (the seed is drawn at each boot).
+    static func participantConfig(name: String) -> Participant.Config {
+        var config = Participant.Config(name: name)
+        config.inquiryDelayMs = 100
+        config.retryDelayMsMax = 500
+        return config
+    }
+
     /// Starts the process: recover from the disk, then serve.
     func boot() {
         guard !isUp else { return }
+        // A coordinator-lost run keeps it down until the participants' termination is checked.
+        if name == "coordinator" && simulation.coordinatorHeldDown { return simulation.trace("coordinator stays down (lost)") }
         generation += 1
         syncScheduled = false
         let env = SimEnvironment(node: self, generation: generation)
@@ -82,10 +92,8 @@ final class SimNode {
                                                   checkpointAfterBytes: simulation.tccMode ? 64 << 10 : 4096, environment: env, onFatal: onFatal)
             } else {
                 store.simulatePowerLossIfClosed()
-                var config = Participant.Config(name: name)
+                var config = SimNode.participantConfig(name: name)
                 config.seed = simulation.rng.next()
-                config.inquiryDelayMs = 100
-                config.retryDelayMsMax = 500
                 let node = try AgentNode(name: name, incarnation: incarnation, coordinatorURL: "http://coordinator:1",
                                          log: log, recovered: recovered, store: store, config: config,
                                          checkpointAfterBytes: 4096, environment: env, onFatal: onFatal)

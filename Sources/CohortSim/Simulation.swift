@@ -37,6 +37,11 @@ public final class Simulation {
         /// pre-commit of a fan-out (the others never leave): pre-committed and uncertain
         /// participants left to terminate without it.
         public var preCommitCrashPercent = 0
+        /// 3PC runs: at the heal the coordinator is crashed (if up) and kept down while the
+        /// participants settle (`Simulation.coordinatorLostSettleUs`): every prepared branch must
+        /// then finish by the termination protocol alone, all alike and as the clients were
+        /// told; only then does the coordinator come back for the usual end of the run.
+        public var coordinatorLost = false
         /// Check at some crashes that a flipped bit in an old record stops recovery.
         public var bitFlipChecks = false
         /// The commit protocol the clients ask for. Classic 3PC is drawn only for runs without
@@ -69,6 +74,7 @@ public final class Simulation {
                 " fsync-fail \(fsyncFailurePercent)% partitions \(partitions ? (agentLinks ? "on (agent links too)" : "on") : "off")" +
                 (lateThreePhasePercent > 0 ? " late-3pc \(lateThreePhasePercent)%" : "") +
                 (preCommitCrashPercent > 0 ? " precommit-crash \(preCommitCrashPercent)%" : "") + " submit \(submitPercent)% named \(namedPercent)%" +
+                (coordinatorLost ? " coordinator-lost" : "") +
                 (oneBranchPercent > 0 ? " one-branch \(oneBranchPercent)%" : "") +
                 (finishedKept.map { " finished-kept \($0)" } ?? "")
         }
@@ -136,6 +142,9 @@ public final class Simulation {
                 f.lateThreePhasePercent = [0, 5, 20][Int(rng.next() % 3)]
             }
             if rng.next() % 2 == 0 { f.finishedKept = 8 }
+            // Drawn last, so that the draws above (and the runs that do not lose the
+            // coordinator) stay what they were before this mode existed.
+            f.coordinatorLost = rng.next() % 3 == 0
             return f
         }
 
@@ -200,6 +209,10 @@ public final class Simulation {
         public var committedSubmissionsKept = Limits.committedSubmissionsKept
         /// The coordinator's ledger of forgotten outcomes (0: none, as before it existed).
         public var forgottenOutcomesKept = Limits.forgottenOutcomesKept
+        /// Trace lines a failure keeps (the last ones); debugging a long schedule wants more.
+        public var traceLinesKept = 400
+        /// Debugging: message events name the txid they carry (changes the trace-hash).
+        public var traceTxids = false
 
         public init(seed: UInt64) {
             self.seed = seed
@@ -246,6 +259,9 @@ public final class Simulation {
         /// Transactions the final check judged by the coordinator's ledger of forgotten
         /// outcomes, each checked against what the participants applied.
         public var forgottenOutcomesChecked = 0
+        /// Coordinator-lost runs: 3PC branches open at the participants just after the heal,
+        /// each of which the participants then had to finish without the coordinator.
+        public var undecidedAtCoordinatorLoss = 0
     }
 
     // MARK: state
@@ -262,6 +278,10 @@ public final class Simulation {
     var crashes = 0
     var forgottenOutcomesChecked = 0
     var healed = false
+    /// Coordinator-lost runs: set from the heal until the participants' termination is checked;
+    /// while set the coordinator does not boot.
+    var coordinatorHeldDown = false
+    var undecidedAtCoordinatorLoss = 0
     private var faultPhaseStartUs: Int64 = -1
 
     var nodes: [String: SimNode] = [:]
@@ -301,7 +321,8 @@ public final class Simulation {
         setUp()
         let setupBudgetUs: Int64 = 10_000_000
         while failure == nil, let event = queue.pop() {
-            let deadline = faultPhaseStartUs < 0 ? setupBudgetUs : faultPhaseStartUs + config.faultPhaseUs + config.livenessBudgetUs
+            let deadline = faultPhaseStartUs < 0 ? setupBudgetUs
+                : faultPhaseStartUs + config.faultPhaseUs + config.livenessBudgetUs + (config.faults.coordinatorLost ? Simulation.coordinatorLostSettleUs : 0)
             if event.atUs > deadline { break }
             if let skip = event.skip, skip() { continue }
             nowUs = max(nowUs, event.atUs)
@@ -335,6 +356,7 @@ public final class Simulation {
         var result = Result(seed: config.seed, traceHash: traceHash, committed: committed, aborted: aborted, crashes: crashes,
                             events: eventCount, virtualMs: nowUs / 1000, failure: failure)
         result.forgottenOutcomesChecked = forgottenOutcomesChecked
+        result.undecidedAtCoordinatorLoss = undecidedAtCoordinatorLoss
         return result
     }
 
@@ -401,7 +423,7 @@ public final class Simulation {
             traceHash = traceHash &* 0x100_0000_01B3
         }
         recentTrace.append(line)
-        if recentTrace.count > 400 { recentTrace.removeFirst(recentTrace.count - 300) }
+        if recentTrace.count > config.traceLinesKept { recentTrace.removeFirst(recentTrace.count - config.traceLinesKept * 3 / 4) }
     }
 
     func fail(_ message: String) {
@@ -446,6 +468,7 @@ public final class Simulation {
         node.crash(torn: config.faults.tornCrashes)
         if config.faults.bitFlipChecks && crashes % 3 == 1 { node.checkBitFlipIsDetected() }
         guard !healed else {
+            if coordinatorHeldDown && name == "coordinator" { return }
             schedule(afterUs: 1_000, "restart \(name)") { node.boot() }
             return
         }
@@ -484,7 +507,9 @@ public final class Simulation {
     func heal() {
         healed = true
         cut = []
-        for name in nodeNames where !nodes[name]!.isUp {
+        let lost = config.faults.coordinatorLost && scriptedClient == nil
+        if lost { loseCoordinator() }
+        for name in nodeNames where !nodes[name]!.isUp && !(lost && name == "coordinator") {
             let node = nodes[name]!
             schedule(afterUs: 1_000, "restart \(name) (healing)") { if !node.isUp { node.boot() } }
         }
@@ -781,5 +806,90 @@ extension Simulation {
                 }
             }
         }
+    }
+}
+
+// MARK: - 3PC without its coordinator: non-blocking termination (coordinator-lost runs)
+
+extension Simulation {
+    /// How long the participants get, after the heal, to finish every 3PC branch without the
+    /// coordinator: twenty termination attempts (timeout plus a round each) and the longest wait
+    /// between inquiries, all from the participants' own configuration. A generous multiple:
+    /// with every participant up and no fault left, one timeout and a few rounds suffice.
+    static var coordinatorLostSettleUs: Int64 {
+        let participant = SimNode.participantConfig(name: "settle")
+        return (20 * (participant.terminationTimeoutMs + participant.terminationRoundMs) + participant.unreachableDelayMsMax) * 1000
+    }
+
+    /// At the heal of a coordinator-lost run: the coordinator crashes (if it is up) and stays
+    /// down; the participants are restarted and the network healed as usual. After the settle
+    /// period the termination is checked, then the coordinator comes back for the usual end.
+    func loseCoordinator() {
+        coordinatorHeldDown = true
+        let settleUs = Simulation.coordinatorLostSettleUs
+        trace("COORDINATOR LOST: it stays down \(settleUs / 1_000_000) virtual s while the participants terminate")
+        crash("coordinator", reason: "lost")
+        // Once the participants down at the heal have booted (1 ms) and recovered their branches.
+        schedule(afterUs: 10_000, "count the undecided 3PC branches") { [unowned self] in
+            for name in self.agentNames {
+                guard let a = self.nodes[name]?.agent else { continue }
+                self.undecidedAtCoordinatorLoss += a.machine.branches.values.filter { $0.threePhase != nil }.count
+            }
+            self.trace("\(self.undecidedAtCoordinatorLoss) 3PC branches undecided without the coordinator")
+        }
+        schedule(afterUs: settleUs, "check termination without the coordinator; then it comes back") { [unowned self] in
+            self.checkTerminationWithoutCoordinator(afterUs: settleUs)
+            self.coordinatorHeldDown = false
+            self.nodes["coordinator"]!.boot()
+        }
+    }
+
+    /// The non-blocking promise of 3PC (docs/failure-model.md): with the coordinator gone and
+    /// the participants up and connected, no 3PC branch stays undecided, the participants agree
+    /// on each outcome, and what a client was told holds.
+    func checkTerminationWithoutCoordinator(afterUs settleUs: Int64) {
+        let seconds = settleUs / 1_000_000
+        /// What each participant holds of `txid`: an open branch's state, an outcome, or nothing.
+        func views(_ txid: String) -> String {
+            agentNames.map { name in
+                guard let a = nodes[name]?.agent else { return "\(name)=down" }
+                if let b = a.machine.branches[txid] {
+                    return "\(name)=\(b.state.rawValue)\(b.terminating ? " (terminating)" : "")\(b.recovered ? " (recovered)" : "")"
+                }
+                return "\(name)=\(a.machine.finishedOutcomes[txid]?.rawValue ?? "unknown")"
+            }.joined(separator: " ")
+        }
+        for name in agentNames {
+            guard let a = nodes[name]?.agent else {
+                return fail("non-blocking termination: \(name) is down \(seconds) virtual s after the heal (coordinator lost)")
+            }
+            let open = a.machine.branches.values.filter { $0.threePhase != nil }.sorted { $0.txid < $1.txid }
+            if let b = open.first {
+                return fail("non-blocking termination: \(name) holds 3PC branch \(b.txid) \(b.state.rawValue) \(seconds) virtual s after the coordinator was lost" +
+                            " (\(open.count) undecided here; participants: \(views(b.txid)))")
+            }
+        }
+        var txids = Set<String>()
+        for name in agentNames { txids.formUnion(nodes[name]!.agent!.machine.finishedOutcomes.keys) }
+        for txid in txids.sorted() {
+            checkAgreement(txid: txid)
+            if failure != nil { return }
+        }
+        for client in clients {
+            for t in client.transfers {
+                let applied = t.agents.filter { (try? nodes[$0]!.store.get(t.marker)) != nil }
+                let label = t.txid.isEmpty ? t.marker : t.txid
+                if !applied.isEmpty && applied.count != t.agents.count {
+                    return fail("non-blocking termination: \(label) applied at \(applied.joined(separator: ", ")) only, of \(t.agents.joined(separator: ", ")), with the coordinator lost (participants: \(views(t.txid)))")
+                }
+                if t.reported == .committed && applied.isEmpty {
+                    return fail("non-blocking termination: \(label) was reported committed to the client, but with the coordinator lost the participants did not commit it (participants: \(views(t.txid)))")
+                }
+                if t.reported == .aborted && !applied.isEmpty {
+                    return fail("non-blocking termination: \(label) was reported aborted to the client, but with the coordinator lost the participants committed it")
+                }
+            }
+        }
+        trace("termination without the coordinator checked: no 3PC branch undecided, \(txids.count) outcomes agree")
     }
 }

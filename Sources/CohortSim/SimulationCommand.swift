@@ -7,6 +7,7 @@ import Foundation
 public enum CohortSimCommand {
     public static let usage = """
     usage: txscenario simulate [--protocol 2pc|3pc|tcc] [--seed N] [--runs M] [--trace] [--break MODE]
+                               [--coordinator-lost]
 
     Runs the whole cluster (a coordinator, two agents, three clients) in one process over a
     simulated network, disk and clock, M times with seeds N, N+1, ...; each seed draws its own
@@ -20,7 +21,13 @@ public enum CohortSimCommand {
                      orders, one branch on each of
                      2-3 inventory services (the real CohortTCC barrier), with long delays
                      (a try after its cancel), crash points around tries, the decision and
-                     confirms, and service outages longer than the retry budget
+                     confirms, and service outages longer than the retry budget.
+                     A third of the 3pc runs (drawn by the seed; "coordinator-lost" in the
+                     fault mix) lose the coordinator at the heal: the participants must
+                     finish every 3PC branch without it, all alike and as the clients were
+                     told, before it comes back
+      --coordinator-lost
+                     with --protocol 3pc: every run loses the coordinator at the heal
       --seed N       first seed (default 1)
       --runs M       number of runs (default 100)
       --trace        print each run's seed, fault mix and outcome
@@ -35,7 +42,7 @@ public enum CohortSimCommand {
     public static func run(arguments: [String], errorOutput: (String) -> Void = { _ in }, output: (String) -> Void) -> Int32 {
         let args: Arguments
         do {
-            args = try Arguments(arguments, valued: ["seed", "runs", "break", "protocol"], booleans: ["help", "trace"])
+            args = try Arguments(arguments, valued: ["seed", "runs", "break", "protocol"], booleans: ["help", "trace", "coordinator-lost"])
             if args.has("help") {
                 output(usage)
                 return 0
@@ -57,6 +64,9 @@ public enum CohortSimCommand {
             if let p = args.string("protocol"), Simulation.Workload(rawValue: p) == nil {
                 throw UsageError("--protocol must be 2pc, 3pc or tcc, not \"\(p.prefix(40))\"")
             }
+            if args.has("coordinator-lost") && args.string("protocol") != Simulation.Workload.threePhase.rawValue {
+                throw UsageError("--coordinator-lost needs --protocol 3pc (only 3PC promises to finish without its coordinator)")
+            }
         } catch {
             errorOutput("error: \(error) (see txscenario simulate --help)")
             return 2
@@ -69,11 +79,13 @@ public enum CohortSimCommand {
         var combined: UInt64 = 0xCBF2_9CE4_8422_2325
         var failures = 0
         var committed = 0, aborted = 0, crashes = 0, ledgerChecked = 0
+        var lostRuns = 0, undecidedAtLoss = 0
         let started = Date()
         for i in 0..<runs {
             let seed = first &+ UInt64(i)
             var config = Simulation.Config(seed: seed, workload: workload)
             config.breakMode = breakMode
+            if args.has("coordinator-lost") { config.faults.coordinatorLost = true }
             let result = Simulation(config: config).run()
             for b in withUnsafeBytes(of: result.traceHash.littleEndian, Array.init) {
                 combined ^= UInt64(b)
@@ -83,6 +95,8 @@ public enum CohortSimCommand {
             aborted += result.aborted
             crashes += result.crashes
             ledgerChecked += result.forgottenOutcomesChecked
+            if config.faults.coordinatorLost { lostRuns += 1 }
+            undecidedAtLoss += result.undecidedAtCoordinatorLoss
             if let stats = result.tcc { tccTotals.add(stats) }
             if args.has("trace") {
                 output("seed \(seed): \(config.faults) → committed \(result.committed), aborted \(result.aborted), crashes \(result.crashes), \(result.events) events, \(result.virtualMs) virtual ms\(result.tcc.map { "; \($0.summary)" } ?? "")\(result.failure == nil ? "" : ", FAILED")")
@@ -91,7 +105,7 @@ public enum CohortSimCommand {
                 failures += 1
                 output("FAILED seed \(seed): \(failure.message)")
                 output("  faults: \(config.faults)")
-                output("  reproduce: txscenario simulate\(workload == .atomicCommit ? "" : " --protocol \(workload.rawValue)") --seed \(seed) --runs 1\(breakMode == .none ? "" : " --break \(breakMode.rawValue)")")
+                output("  reproduce: txscenario simulate\(workload == .atomicCommit ? "" : " --protocol \(workload.rawValue)") --seed \(seed) --runs 1\(breakMode == .none ? "" : " --break \(breakMode.rawValue)")\(args.has("coordinator-lost") ? " --coordinator-lost" : "")")
                 output("  last events:")
                 for line in failure.trace.suffix(40) { output("    \(line)") }
             }
@@ -104,7 +118,9 @@ public enum CohortSimCommand {
             return failures == 0 ? 0 : 1
         }
         output("\(runs) runs (seeds \(first)...\(first &+ UInt64(runs - 1))): \(runs - failures) passed, \(failures) failed; " +
-               "\(committed) transfers committed, \(aborted) aborted, \(crashes) crashes; \(ledgerChecked) judged by the ledger of forgotten outcomes; \(String(format: "%.1f", seconds)) s")
+               "\(committed) transfers committed, \(aborted) aborted, \(crashes) crashes; \(ledgerChecked) judged by the ledger of forgotten outcomes; " +
+               (workload == .threePhase ? "\(lostRuns) lost the coordinator at the heal, with \(undecidedAtLoss) 3PC branches undecided, left to terminate without it; " : "") +
+               "\(String(format: "%.1f", seconds)) s")
         output("trace-hash: \(String(combined, radix: 16))")
         return failures == 0 ? 0 : 1
     }

@@ -21,7 +21,12 @@ final class ForgottenOutcomeSimulationTests: XCTestCase {
             // Several seeds: one with many crashes and few commits loses most of its ledger
             // (aborts leave no record, and checkpoints are rare when little is logged).
             for seed in try smallMemorySeeds(workload, count: 4) {
-                let result = Simulation(config: Simulation.Config(seed: seed, workload: workload)).run()
+                var config = Simulation.Config(seed: seed, workload: workload)
+                // A 3PC seed that loses its coordinator at the heal restarts it 55 s later from
+                // its log: the transactions it rebuilds are known again, not forgotten, so the
+                // ledger judges none of them (seeds 2 and 4: 5 each kept, 0 lost).
+                config.faults.coordinatorLost = false
+                let result = Simulation(config: config).run()
                 XCTAssertNil(result.failure, "\(workload) seed \(seed): \(result.failure?.message ?? "")")
                 checked += result.forgottenOutcomesChecked
             }

@@ -52,13 +52,23 @@ final class SimulationTests: XCTestCase {
 final class SimulationDebug: XCTestCase {
     func testOneSeed() throws {
         guard let seed = ProcessInfo.processInfo.environment["SIM_SEED"].flatMap(UInt64.init) else { throw XCTSkip("set SIM_SEED") }
-        let workload = Simulation.Workload(rawValue: ProcessInfo.processInfo.environment["SIM_PROTOCOL"] ?? "2pc") ?? .atomicCommit
-        let sim = Simulation(config: Simulation.Config(seed: seed, workload: workload))
+        let environment = ProcessInfo.processInfo.environment
+        let workload = Simulation.Workload(rawValue: environment["SIM_PROTOCOL"] ?? "2pc") ?? .atomicCommit
+        var config = Simulation.Config(seed: seed, workload: workload)
+        // SIM_LOST=1: lose the coordinator at the heal (3PC); SIM_GREP=TEXT: the whole trace,
+        // with each message's txid, filtered to lines containing TEXT or a crash or restart.
+        if environment["SIM_LOST"] != nil { config.faults.coordinatorLost = true }
+        let grep = environment["SIM_GREP"]
+        if grep != nil {
+            config.traceTxids = true
+            config.traceLinesKept = 10_000_000
+        }
+        let sim = Simulation(config: config)
         let result = sim.run()
         print(sim.config.faults, "committed", result.committed, "aborted", result.aborted, sim.abortReasons())
         if let f = result.failure {
             print(f.message)
-            for line in f.trace { print(line) }
+            for line in f.trace where grep.map({ g in [g, "CRASH", "restart", "COORDINATOR LOST", "PARTITION", "HEAL", "faults stop"].contains { line.contains($0) } }) ?? true { print(line) }
         }
     }
 }
