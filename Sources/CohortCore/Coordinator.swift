@@ -669,6 +669,14 @@ public struct Coordinator {
                 tx.audit.append(entry)
                 openTable[txid] = tx
                 if outcome == .committed && tx.state == .committing { _ = resolveByOperator(txid, nowMs: entry.atMs) }
+                // A forced abort of a terminating transaction whose participants all forgot it
+                // logs nothing else: it ends here again (rebuilt `terminating` from its
+                // pre-commit record, it asked on, and a later force could commit it, against
+                // the abort already answered; a review). Its participants hold no branch: the
+                // aborts it would send are not needed.
+                if outcome == .aborted && tx.state == .terminating {
+                    _ = decideAbort(txid, reason: "forced by operator \(entry.operatorName): \(entry.reason)", nowMs: entry.atMs)
+                }
             } else if var tx = finished[txid] {
                 tx.audit.append(entry)
                 finished[txid] = tx

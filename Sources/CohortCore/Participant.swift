@@ -404,6 +404,11 @@ public struct Participant {
         if let outcome = finishedOutcomes[txid] {
             return RequestError(409, "branch \(txid) already \(outcome.rawValue)")
         }
+        if promiseWaiting[txid] != nil {
+            // Staged now, the work's locks would outlive it: the branch it would join can
+            // never start (a review).
+            return RequestError(503, "a promise never to vote yes on \(txid) is being written here; retry")
+        }
         if branches.count >= config.branchesMax {
             return RequestError(503, "too many open branches at this participant (limit \(config.branchesMax)); retry later")
         }
@@ -698,7 +703,11 @@ public struct Participant {
         }
         // 3PC promises not to vote yes (absent in snapshots written before session 27), oldest
         // first, as many as the finished outcomes they belong to keep.
-        let promised = finishedOrder[finishedOrderHead...].filter { promisedNoVote.contains($0) }.suffix(Limits.finishedOutcomesInSnapshotMax)
+        // Those whose record is still being written precede this snapshot in the log, which
+        // drops it once the snapshot is durable: written here too, as a preparing branch is
+        // written prepared (left out, a restart from this checkpoint broke the promise; a review).
+        let promised = Array(finishedOrder[finishedOrderHead...].filter { promisedNoVote.contains($0) }.suffix(Limits.finishedOutcomesInSnapshotMax))
+            + promiseWaiting.keys.sorted().filter { !promisedNoVote.contains($0) }
         w.u32(UInt32(promised.count))
         for txid in promised { w.string(txid) }
         // What a restart from this checkpoint will have let go: what was let go before, and
@@ -1526,6 +1535,19 @@ extension Participant {
             case .committed?: return [.reply(request, .error(RequestError(409, "branch \(txid) already committed")))]
             case .aborted? where !commit: return [.reply(request, .preAborted)]
             case .aborted?: return [.reply(request, .error(RequestError(409, "branch \(txid) was aborted")))]
+            case nil where commit && fromBackup && branches[txid] == nil && !mayHaveForgotten(txid):
+                // A backup pre-commits only once some branch is pre-committed, so every branch
+                // voted yes: one with no branch and no outcome here (and none let go at or above
+                // this txid) voted read-only and restarted (that vote is not logged). Refused
+                // with 409 only, it stayed in N as uncertain, and the pre-committed writer asked
+                // it for ever (a review). It promises never to vote yes, and answers `read-only`
+                // from the next round on; this pre-commit is refused meanwhile.
+                if promiseWaiting[txid] == nil {
+                    promiseWaiting[txid] = []
+                    return [.log(.noVotePromised(txid), force: true),
+                            .reply(request, .error(RequestError(409, "no three-phase branch \(txid) here: it voted read-only, and promises never to vote yes")))]
+                }
+                return [.reply(request, .error(RequestError(409, "no three-phase branch \(txid) here: a promise never to vote yes is being written")))]
             case nil where !commit && branches[txid] == nil && mayHaveForgotten(txid):
                 // It may have voted yes and forgotten the outcome: it cannot promise (see
                 // `forgottenUpTo`), and the transaction waits for its coordinator.

@@ -221,6 +221,34 @@ final class ThreePhaseTerminationEdgeTests: XCTestCase {
         XCTAssertTrue(promises(&fresh, txid(30_000)))
     }
 
+    /// A backup's pre-commit reaches a peer with no branch (a reader that restarted: its vote
+    /// is not logged): every branch voted yes, so the peer promises never to vote yes and
+    /// answers `read-only` from then on, dropping out of N. Refused with 409 only, it stayed
+    /// uncertain in N and the pre-committed writer asked it for ever (a review). A promise being
+    /// written is in a checkpoint taken meanwhile, and new work for the txid is refused 503.
+    func testABackupsPreCommitToABranchlessPeerMakesItPromiseReadOnly() throws {
+        var r = participant("r")
+        let first = r.on(.preCommit(1, txid: "t1", fromBackup: true))
+        XCTAssertEqual(logs(first), [.noVotePromised("t1")])
+        guard case .reply(1, .error(let e))? = first.last else { return XCTFail("\(first)") }
+        XCTAssertEqual(e.status, 409, "this pre-commit is refused: no branch")
+        XCTAssertEqual(r.admitWork("t1")?.status, 503, "no work while the promise is written")
+        var fromCheckpoint = participant("r")
+        _ = try fromCheckpoint.recover(snapshot: r.snapshot(), records: [])
+        XCTAssertEqual(ask(&fromCheckpoint), .readOnly, "a checkpoint taken while the promise is written carries it")
+        XCTAssertEqual(r.on(.abortDurable("t1")), [])
+        XCTAssertEqual(ask(&r), .readOnly)
+        // Not by a peer that may have forgotten the txid's outcome, nor by the coordinator's own pre-commit.
+        var q = participant("q", finishedKept: 1)
+        _ = q.on(.joined("other", coordinatorURL: "http://c", timeoutMs: 1000))
+        _ = q.on(.abandoned("other"))
+        _ = q.on(.joined("other2", coordinatorURL: "http://c", timeoutMs: 1000))
+        _ = q.on(.abandoned("other2"))
+        XCTAssertEqual(logs(q.on(.preCommit(2, txid: "t1", fromBackup: true))), [])
+        var s = participant("s")
+        XCTAssertEqual(logs(s.on(.preCommit(3, txid: "t1", fromBackup: false))), [])
+    }
+
     /// QUORUM, N = 2 (Q = 2), the coordinator alive. The session-22 rule "a participant asked
     /// before it voted votes no" marks only an `active` branch (noteAskedBeforeVoting guards on
     /// `.active`). A branch whose prepared record is being forced (`preparing`) answers `unknown`
@@ -442,6 +470,19 @@ final class ThreePhaseForgottenTransactionForceTests: XCTestCase {
         let ended = c.on(.auditDurable(txid), nowMs: 5002)
         XCTAssertTrue(ended.contains { if case .reply(6, .forced(_, .aborted, false, _)) = $0 { return true } else { return false } }, "\(ended)")
         XCTAssertEqual(c.transaction(txid)?.state, .aborted)
+        // A restart from the log (the pre-commit record, then the force's audit) ends it aborted
+        // again, and an opposite force is refused: rebuilt `terminating`, it asked on, and once
+        // every participant said `unknown` again a forced commit was taken (a review).
+        guard let audit = logged.compactMap({ action -> Coordinator.Record? in
+            if case .log(let r, _) = action, case .audit = r { return r } else { return nil }
+        }).first else { return XCTFail("no audit record") }
+        let auditRecord = CoordinatorRecordCoding.encode(audit)
+        var restarted = Coordinator(config: Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 101))
+        _ = try restarted.recover(snapshot: nil, records: [(record.type, record.payload), (auditRecord.type, auditRecord.payload)], nowMs: 6000)
+        XCTAssertEqual(restarted.transaction(txid)?.state, .aborted)
+        let contradiction = restarted.on(.force(8, txid: txid.description, Coordinator.ForceRequest(outcome: .committed, reason: "r", operatorName: "op", dryRun: false)), nowMs: 6001)
+        guard case .reply(8, .error(let refusal))? = contradiction.first else { return XCTFail("\(contradiction)") }
+        XCTAssertEqual(refusal.status, 409)
         // Or as committed: a commit decision, logged as a learned one is.
         var d = Coordinator(config: Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 100))
         _ = try d.recover(snapshot: nil, records: [(record.type, record.payload)], nowMs: 10)
