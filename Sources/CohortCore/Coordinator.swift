@@ -675,7 +675,7 @@ public struct Coordinator {
                 // the abort already answered; a review). Its participants hold no branch: the
                 // aborts it would send are not needed.
                 if outcome == .aborted && tx.state == .terminating {
-                    _ = decideAbort(txid, reason: "forced by operator \(entry.operatorName): \(entry.reason)", nowMs: entry.atMs)
+                    _ = endForgottenByOperator(txid, .aborted, by: entry, nowMs: entry.atMs)
                 }
             } else if var tx = finished[txid] {
                 tx.audit.append(entry)

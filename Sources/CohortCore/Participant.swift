@@ -515,11 +515,7 @@ public struct Participant {
             if !r.isAtEnd {
                 let count = try r.u32()
                 guard count <= UInt32(Limits.finishedOutcomesInSnapshotMax) else { throw DecodeError("\(count) promises not to vote yes") }
-                for _ in 0..<count {
-                    let txid = try r.string(maxCount: 128)
-                    rememberFinished(txid, .aborted)
-                    promisedNoVote.insert(txid)
-                }
+                for _ in 0..<count { rememberPromise(try r.string(maxCount: 128)) }
             }
             // What this participant let go (absent in snapshots written before session 27:
             // unknown then, and no promise is made).
@@ -575,8 +571,7 @@ public struct Participant {
                 if mixed { rememberMixed(txid, h, unreportedTo: b.coordinatorURL) }
                 rememberFinished(txid, h.outcome)
             case .noVotePromised(let txid):
-                rememberFinished(txid, .aborted)
-                promisedNoVote.insert(txid)
+                rememberPromise(txid)
             case .heuristicForgotten(let txid, _, _, _):
                 guard let b = branches.removeValue(forKey: txid), let h = b.heuristic else { continue }
                 rememberFinished(txid, h.outcome)
@@ -1479,8 +1474,8 @@ public struct Participant {
                 Self.raise(&forgottenUpTo, &forgottenUnknown, toText: letGo)
             }
             finishedOutcomes.removeValue(forKey: letGo)
-            if !readOnlyFinished.isEmpty { readOnlyFinished.remove(finishedOrder[finishedOrderHead]) }
-            if !promisedNoVote.isEmpty { promisedNoVote.remove(finishedOrder[finishedOrderHead]) }
+            if !readOnlyFinished.isEmpty { readOnlyFinished.remove(letGo) }
+            if !promisedNoVote.isEmpty { promisedNoVote.remove(letGo) }
             finishedOrderHead += 1
         }
         if finishedOrderHead > 4096 && finishedOrderHead * 2 > finishedOrder.count {
@@ -1543,8 +1538,7 @@ extension Participant {
                 // it for ever (a review). It promises never to vote yes, and answers `read-only`
                 // from the next round on; this pre-commit is refused meanwhile.
                 if promiseWaiting[txid] == nil {
-                    promiseWaiting[txid] = []
-                    return [.log(.noVotePromised(txid), force: true),
+                    return [startPromise(txid, waiting: []),
                             .reply(request, .error(RequestError(409, "no three-phase branch \(txid) here: it voted read-only, and promises never to vote yes")))]
                 }
                 return [.reply(request, .error(RequestError(409, "no three-phase branch \(txid) here: a promise never to vote yes is being written")))]
@@ -1565,8 +1559,7 @@ extension Participant {
                     promiseWaiting[txid] = waiting
                     return []
                 }
-                promiseWaiting[txid] = [request]
-                return [.log(.noVotePromised(txid), force: true)]
+                return [startPromise(txid, waiting: [request])]
             case nil: return [.reply(request, .error(RequestError(409, "no three-phase branch \(txid) here")))]
             }
         }
@@ -1820,9 +1813,22 @@ extension Participant {
     /// The promise not to vote yes on `txid` is durable: answer the pre-aborts that wait for it.
     mutating func noVotePromiseDurable(_ txid: String) -> [Action] {
         let waiting = promiseWaiting.removeValue(forKey: txid) ?? []
+        rememberPromise(txid)
+        return waiting.map { .reply($0, .preAborted) }
+    }
+
+    /// A durable promise never to vote yes on `txid`: an aborted outcome (a prepare votes no)
+    /// that answers `read-only` to a state query.
+    private mutating func rememberPromise(_ txid: String) {
         rememberFinished(txid, .aborted)
         promisedNoVote.insert(txid)
-        return waiting.map { .reply($0, .preAborted) }
+    }
+
+    /// Starts writing the promise for `txid`; `waiting` are the pre-aborts answered once it is
+    /// durable.
+    private mutating func startPromise(_ txid: String, waiting: [RequestID]) -> Action {
+        promiseWaiting[txid] = waiting
+        return .log(.noVotePromised(txid), force: true)
     }
 
     mutating func terminationAbortDurable(_ txid: String) -> [Action] {

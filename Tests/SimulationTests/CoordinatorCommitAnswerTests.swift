@@ -118,13 +118,15 @@ struct NodeRig {
     let log: DurableLog
     let node: CoordinatorNode
 
-    init() throws {
-        let (log, recovered) = try DurableLog.open(storage: SimLogStorage(), config: DurableLogConfig(syncMode: .manual, preallocateBytes: 512))
+    /// `unsyncedBytesMax`: the log's back-pressure bound (default: the real one). `onFatal`:
+    /// what a fatal error does (default: fail the test).
+    init(unsyncedBytesMax: Int = Limits.unsyncedBytesMax, onFatal: @escaping (String) -> Void = { XCTFail("fatal: \($0)") }) throws {
+        let (log, recovered) = try DurableLog.open(storage: SimLogStorage(),
+                                                   config: DurableLogConfig(syncMode: .manual, unsyncedBytesMax: unsyncedBytesMax, preallocateBytes: 512))
         self.log = log
         node = try CoordinatorNode(coordinatorID: "3fa90c1e", log: log, recovered: recovered,
                                    config: Coordinator.Config(coordinatorID: "3fa90c1e", epoch: 1),
-                                   checkpointAfterBytes: 1 << 30, environment: env,
-                                   onFatal: { XCTFail("fatal: \($0)") })
+                                   checkpointAfterBytes: 1 << 30, environment: env, onFatal: onFatal)
         node.start()
     }
 
@@ -151,16 +153,11 @@ final class SubmissionRecordRefusedTests: XCTestCase {
     /// decision alone). Here the request_id record is larger than the log's unsynced room and
     /// the decision fits.
     func testADecisionWhoseSubmissionRecordWasRefusedIsRefusedToo() throws {
-        let env = HandDrivenEnvironment()
         let requestID = String(repeating: "r", count: Limits.requestIDBytesMax)
         let submissionBytes = 17 + CoordinatorRecordCoding.encode(.submission(try XCTUnwrap(TxID("3fa90c1e-1-1")), requestID: requestID)).payload.count
-        let (log, recovered) = try DurableLog.open(storage: SimLogStorage(),
-                                                   config: DurableLogConfig(syncMode: .manual, unsyncedBytesMax: submissionBytes - 1, preallocateBytes: 512))
         var fatal: String?
-        let node = try CoordinatorNode(coordinatorID: "3fa90c1e", log: log, recovered: recovered,
-                                       config: Coordinator.Config(coordinatorID: "3fa90c1e", epoch: 1),
-                                       checkpointAfterBytes: 1 << 30, environment: env, onFatal: { fatal = $0 })
-        node.start()
+        let rig = try NodeRig(unsyncedBytesMax: submissionBytes - 1, onFatal: { fatal = $0 })
+        let (env, log, node) = (rig.env, rig.log, rig.node)
         _ = try log.syncNow()
         env.drain()
         let body = #"{"request_id":"\#(requestID)","branches":[{"participant":"a","url":"http://a","ops":[{"op":"add","key":"k","delta":1}]},"#

@@ -16,21 +16,10 @@ final class CoordinatorLogBackPressureTests: XCTestCase {
     /// onFatal("cannot record an operator decision or heuristic report: log full ...").
     /// The same for the `heuristic-aborted` answer to a commit, and an operator's force (audit).
     func testAHeuristicReportDuringLogBackPressureDoesNotStopTheCoordinator() throws {
-        let env = HandDrivenEnvironment()
-        let (log, recovered) = try DurableLog.open(storage: SimLogStorage(),
-                                                   config: DurableLogConfig(syncMode: .manual, unsyncedBytesMax: 400, preallocateBytes: 512))
         var fatal: String?
-        let node = try CoordinatorNode(coordinatorID: "3fa90c1e", log: log, recovered: recovered,
-                                       config: Coordinator.Config(coordinatorID: "3fa90c1e", epoch: 1),
-                                       checkpointAfterBytes: 1 << 30, environment: env, onFatal: { fatal = $0 })
-        node.start()
-        func call(_ method: String, _ target: String, _ body: String = "") throws -> HTTPResponse? {
-            var answer: HTTPResponse?
-            node.handle(try HTTPRequest.parsingTarget(method: method, target: target, headers: HTTPHeaders(), body: Array(body.utf8)),
-                        ClosureSink { answer = $0 })
-            env.drain()
-            return answer
-        }
+        let rig = try NodeRig(unsyncedBytesMax: 400, onFatal: { fatal = $0 })
+        let (env, log, node) = (rig.env, rig.log, rig.node)
+        func call(_ method: String, _ target: String, _ body: String = "") throws -> HTTPResponse? { try rig.send(method, target, body) }
         // Commit decisions (forced, never synced here: a stalled disk) until the log pushes back.
         var txids: [String] = []
         var refused = false
