@@ -360,7 +360,7 @@ public enum LogTools {
             case .committed(let txid): return rec(txid, "committed")
             case .committedOnePhase(let txid, let writeSet): return rec(txid, "committed in one phase (\(writeSet.count)-byte write set)")
             case .aborted(let txid): return rec(txid, "aborted")
-            case .noVotePromised(let txid): return rec(txid, "3PC: no branch here; promised never to vote yes (a peer's pre-abort)")
+            case .noVotePromised(let txid): return rec(txid, "3PC: no branch here; promised never to vote yes (a backup's pre-abort or pre-commit)")
             case .heuristic(let txid, let outcome, let reason, let operatorName, let atMs, _, _):
                 let a = LogReport.Audit(at: TimeFormat.iso8601(ms: atMs), operator: operatorName, action: "force-\(outcome == .committed ? "commit" : "abort")",
                                         reason: reason, detail: "branch \(outcome.rawValue) by the operator before the coordinator's outcome was known")
