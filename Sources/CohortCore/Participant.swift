@@ -1722,7 +1722,17 @@ extension Participant {
                 // `unknown` is no word: a peer that committed and forgot it answers so (it
                 // aborted while its peers had committed, a review, session 27).
                 let missing = Set(info.peers.map(\.name)).subtracting(states.filter { $0.value != .unknown }.keys)
-                if !missing.isEmpty { return [again] }
+                if !missing.isEmpty {
+                    // A peer that answered `unknown` and has let go of no txid at or above this
+                    // one never voted yes. Asked to pre-abort, it promises durably never to, and
+                    // answers `read-only` from the next round on: a word. One that may have
+                    // forgotten an outcome refuses (409), and this branch keeps waiting for the
+                    // coordinator or an operator. (Without the ask, a recovered branch whose
+                    // peers never had the transaction waited for ever once the coordinator was
+                    // lost: simulation seeds 634 and 772, session 27.)
+                    let unknownPeers = peers(in: states.filter { $0.value == .unknown })
+                    return unknownPeers.map { .sendToPeer(txid, peer: $0, message: .preAbort) } + [again]
+                }
             } else {
                 // A recovered peer's pre-state may predate a decision it missed: only its
                 // outcome (committed, aborted) counts here.
@@ -1750,7 +1760,11 @@ extension Participant {
         case .classic:
             if preCommitted == 0 { return terminationAbort(txid, telling: abortAll) }
             if uncertain == 0 && preAborted == 0 { return commitAll + commitSelf(txid) }
-            var actions = tell(.preCommit, where: { $0 == .uncertain || $0 == .preAborted })
+            // `unknown` peers too: some branch is pre-committed, so every branch voted, and one
+            // with no branch was a reader that restarted. It promises never to vote yes and
+            // answers `read-only` from then on; left out, it stayed `unknown` (counted
+            // uncertain) and the backup pre-committed for ever (found in session 28).
+            var actions = tell(.preCommit, where: { $0 == .uncertain || $0 == .preAborted || $0 == .unknown })
             if mine != .preCommitted { actions += preRecordSelf(txid, commit: true) }
             return actions + [.setTimer(.termination(txid), afterMs: config.terminationRoundMs)]
         case .quorum:
