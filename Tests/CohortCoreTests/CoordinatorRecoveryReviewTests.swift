@@ -86,4 +86,70 @@ final class CoordinatorRecoveryReviewTests: XCTestCase {
         }
         XCTAssertEqual(restarted.committingCount, committingCount)
     }
+
+    // MARK: - 3PC: an abort the coordinator learned and answered, lost in a crash
+
+    /// A 3PC submission whose pre-commit is durable, refused by one participant (so the
+    /// coordinator learns), and learned `aborted` from the participants' termination: the
+    /// client is answered aborted. Returns the machine, the txid and every record it asked the
+    /// log for (all of them durable by the crash that follows).
+    private func learnedAbort() throws -> (Coordinator, TxID, [Coordinator.Record]) {
+        var c = Coordinator(config: Coordinator.Config(coordinatorID: id, epoch: 100))
+        let ops = JSONNode.array([.object([("op", .string("add")), ("key", .string("x")), ("delta", .int(1))])])
+        var logged: [Coordinator.Record] = []
+        let submitted = c.on(.submit(1, timeoutMs: 3_000, protocol: .threePhase(.quorum),
+                                     branches: [.init(participant: a, work: ops), .init(participant: b, work: ops)], requestID: "order-1"), nowMs: 10)
+        logged += records(submitted)
+        var txid: TxID?
+        for case .setTimer(.transactionTimeout(let t), _) in submitted { txid = t }
+        let t = try XCTUnwrap(txid)
+        logged += records(c.on(.voted(t, participant: "a", vote: .yes), nowMs: 11))
+        logged += records(c.on(.voted(t, participant: "b", vote: .yes), nowMs: 12))
+        logged += records(c.on(.preCommitDurable(t), nowMs: 13))
+        logged += records(c.on(.preCommitRefused(t, participant: "b", reason: "HTTP 409: b joined its peers' termination"), nowMs: 14))
+        XCTAssertEqual(c.transaction(t)?.state, .terminating)
+        let learned = c.on(.stateAnswered(t, participant: "b", state: .aborted), nowMs: 15)
+        logged += records(learned)
+        XCTAssertTrue(learned.contains(.reply(1, .outcome(t, .aborted, reason: "aborted by the participants' termination protocol (learned from b)"))),
+                      "the client is answered aborted: \(learned)")
+        XCTAssertEqual(c.inquire(t.description), .aborted)
+        return (c, t, logged)
+    }
+
+    /// MEDIUM. A 3PC outcome learned from the participants is logged when it is a commit (a
+    /// commit decision record) and not at all when it is an abort. After a restart from the log
+    /// (no checkpoint since; one is taken every 32 MiB or 10 minutes) the transaction the client
+    /// was answered `aborted` is `terminating` again: an inquiry hears `pending`, `GET` shows it
+    /// undecided, a resent submission waits. Its participants answered `aborted` once; if they
+    /// have let the outcome go since (100,000 newer branches, about 33 s at 3,000/s, or 10,000
+    /// and a restart) they answer `unknown`, and the coordinator asks for ever until an operator
+    /// guesses: a forced commit is then taken, and the resent submission is answered
+    /// `committed` for a transaction every participant aborted, and whose client heard
+    /// `aborted`.
+    func testA3PCAbortLearnedFromTheParticipantsSurvivesARestart() throws {
+        let (_, t, logged) = try learnedAbort()
+        XCTAssertEqual(logged.map { CoordinatorRecordCoding.encode($0).type },
+                       [CoordinatorRecordCoding.submissionType, CoordinatorRecordCoding.preCommitType],
+                       "only the request_id and the pre-commit reach the log; the learned abort does not")
+
+        var restarted = Coordinator(config: Coordinator.Config(coordinatorID: id, epoch: 101))
+        _ = try restarted.recover(snapshot: nil, records: encoded(logged), nowMs: 1_000)
+        XCTAssertEqual(restarted.inquire(t.description), .aborted,
+                       "answered aborted before the crash, now \(restarted.transaction(t).map { $0.state.rawValue } ?? "unknown")")
+
+        // The participants have let the outcome go since: each answers `unknown`.
+        _ = restarted.on(.stateAnswered(t, participant: "a", state: .unknown), nowMs: 1_010)
+        _ = restarted.on(.stateAnswered(t, participant: "b", state: .unknown), nowMs: 1_010)
+        let force = Coordinator.ForceRequest(outcome: .committed, reason: "participants forgot it", operatorName: "op", dryRun: false)
+        let forced = restarted.on(.force(5, txid: t.description, force), nowMs: 1_020)
+        if forced.contains(where: { if case .log(.audit, _) = $0 { return true } else { return false } }) {
+            _ = restarted.on(.auditDurable(t), nowMs: 1_021)
+            _ = restarted.on(.decisionDurable(t), nowMs: 1_022)
+        }
+        let resent = restarted.on(.submit(6, timeoutMs: 3_000, protocol: .threePhase(.quorum),
+                                          branches: [.init(participant: a, work: .array([])), .init(participant: b, work: .array([]))],
+                                          requestID: "order-1"), nowMs: 1_030)
+        XCTAssertFalse(resent.contains(.reply(6, .outcome(t, .committed, reason: nil))),
+                       "the resent submission is answered committed; its client heard aborted and every participant aborted")
+    }
 }
