@@ -152,4 +152,40 @@ final class CoordinatorRecoveryReviewTests: XCTestCase {
         XCTAssertFalse(resent.contains(.reply(6, .outcome(t, .committed, reason: nil))),
                        "the resent submission is answered committed; its client heard aborted and every participant aborted")
     }
+
+    // MARK: - a forced commit of a forgotten 3PC transaction, answered before its decision is durable
+
+    /// MEDIUM. An operator forces commit on a `terminating` 3PC transaction whose participants
+    /// all answer `unknown`. The audit record is forced; once durable, the coordinator appends
+    /// the commit decision and answers the operator "forced committed" in the same breath,
+    /// before that decision is durable. A crash between the two leaves the audit record (it says
+    /// force-commit) and no decision. Recovery replays a forced abort of such a transaction
+    /// (session 27) but not a forced commit: the transaction is `terminating` again, asks for
+    /// ever, an inquiry hears `pending`, and an opposite force (abort) is accepted once the
+    /// participants answer `unknown` again.
+    func testAForcedCommitOfAForgottenTerminatingTransactionSurvivesARestart() throws {
+        let txid = try XCTUnwrap(TxID("\(id)-5-1"))
+        let preCommit = Coordinator.Record.preCommit(txid, participants: [a, b], termination: .quorum, atMs: 1)
+        var c = Coordinator(config: Coordinator.Config(coordinatorID: id, epoch: 100))
+        _ = try c.recover(snapshot: nil, records: encoded([preCommit]), nowMs: 10)
+        _ = c.on(.stateAnswered(txid, participant: "a", state: .unknown), nowMs: 20)
+        _ = c.on(.stateAnswered(txid, participant: "b", state: .unknown), nowMs: 20)
+        let asked = c.on(.force(7, txid: txid.description, Coordinator.ForceRequest(outcome: .committed, reason: "r", operatorName: "op", dryRun: false)), nowMs: 30)
+        let audit = try XCTUnwrap(records(asked).first)
+        let done = c.on(.auditDurable(txid), nowMs: 31)
+        XCTAssertTrue(done.contains { if case .reply(7, .forced(_, .committed, false, _)) = $0 { return true } else { return false } },
+                      "the operator is told forced committed: \(done)")
+        XCTAssertTrue(records(done).contains { if case .commitDecision = $0 { return true } else { return false } })
+
+        // Crash now: the audit record is durable, the commit decision is not.
+        var restarted = Coordinator(config: Coordinator.Config(coordinatorID: id, epoch: 101))
+        _ = try restarted.recover(snapshot: nil, records: encoded([preCommit, audit]), nowMs: 1_000)
+        XCTAssertEqual(restarted.inquire(txid.description), .committed,
+                       "the operator was told forced committed; after the restart it is \(restarted.transaction(txid).map { $0.state.rawValue } ?? "unknown")")
+        _ = restarted.on(.stateAnswered(txid, participant: "a", state: .unknown), nowMs: 1_010)
+        _ = restarted.on(.stateAnswered(txid, participant: "b", state: .unknown), nowMs: 1_010)
+        let opposite = restarted.on(.force(8, txid: txid.description, Coordinator.ForceRequest(outcome: .aborted, reason: "r2", operatorName: "op2", dryRun: false)), nowMs: 1_020)
+        XCTAssertFalse(opposite.contains { if case .log(.audit, _) = $0 { return true } else { return false } },
+                       "a forced abort is taken after a forced commit was answered: \(opposite)")
+    }
 }
