@@ -12,7 +12,8 @@ final class HandDrivenEnvironment: NodeEnvironment {
     private(set) var timers: [Int: (afterMs: Int64, task: () -> Void)] = [:]
     private var nextTimer = 0
     var wallMs: Int64 { 1_700_000_000_000 }
-    var monotonicUs: UInt64 { 0 }
+    /// Stands still unless a test moves it (a postponed checkpoint waits for it).
+    var monotonicUs: UInt64 = 0
     let testOnlyBreak = TestOnlyBreak.none
     func schedule(afterMs: Int64, _ task: @escaping () -> Void) -> NodeTimer {
         let id = nextTimer
