@@ -48,6 +48,7 @@ public final class CoordinatorNode {
         case audit(TxID)
         case heuristic(TxID, participant: String)
         case onePhaseWindow(OnePhaseWindow)
+        case abortLearned(TxID)
     }
     private var pending = DurabilityQueue<Pending>()
     private let metrics = MetricsRegistry()
@@ -240,6 +241,8 @@ public final class CoordinatorNode {
                 feed(.heuristicDurable(txid, participant: participant))
             case .onePhaseWindow(let window):
                 feed(.onePhaseWindowDurable(window))
+            case .abortLearned(let txid):
+                feed(.abortLearnedDurable(txid))
             }
         }
         tccDurable(upTo: lsn)
@@ -294,7 +297,7 @@ public final class CoordinatorNode {
         case .commitDecision: CrashPoints.hit("coordinator.before-decision-logged")
         case .preCommit: CrashPoints.hit("coordinator.before-precommit-logged")
         case .end: CrashPoints.hit("coordinator.before-end-logged")
-        case .audit, .heuristic, .submission, .onePhaseWindow: break
+        case .audit, .heuristic, .submission, .onePhaseWindow, .abortLearned: break
         }
         switch record {
         case .commitDecision(let txid, _, _), .preCommit(let txid, _, _, _):
@@ -318,6 +321,7 @@ public final class CoordinatorNode {
             case .heuristic(let txid, let participant, _, _): pending.append(lsn: lsn, .heuristic(txid, participant: participant))
             case .submission: break // made durable by the decision appended right after it
             case .onePhaseWindow(let window): pending.append(lsn: lsn, .onePhaseWindow(window))
+            case .abortLearned(let txid): pending.append(lsn: lsn, .abortLearned(txid))
             }
         } catch let full as LogFullError {
             // Back-pressure, nothing written: abort the undecided transaction; a missing end
@@ -331,6 +335,7 @@ public final class CoordinatorNode {
             // nothing changed; both are sent again (it used to stop the coordinator).
             case .audit(let txid, _): feed(.auditRefused(txid, reason: "\(full)"))
             case .heuristic(let txid, let participant, _, _): feed(.heuristicRefused(txid, participant: participant, reason: "\(full)"))
+            case .abortLearned(let txid): feed(.abortLearnedRefused(txid, reason: "\(full)"))
             }
         } catch {
             // The log has failed: nothing may be acknowledged any more. On restart an

@@ -114,6 +114,12 @@ public struct Coordinator {
         case onePhaseWindowDurable(OnePhaseWindow)
         /// The log refused a one-phase window record (full): nothing was written.
         case onePhaseWindowRefused(OnePhaseWindow)
+        /// 3PC: the record of an abort learned from the participants is durable: the client
+        /// may hear it now.
+        case abortLearnedDurable(TxID)
+        /// The log refused (back-pressure) that record: nothing was written; the coordinator
+        /// asks the participants again.
+        case abortLearnedRefused(TxID, reason: String)
     }
 
     public struct SubmittedBranch: Equatable, Sendable {
@@ -277,6 +283,12 @@ public struct Coordinator {
         case submission(TxID, requestID: String)
         /// Txids that may commit in one phase from now on (forced before the first of them).
         case onePhaseWindow(OnePhaseWindow)
+        /// Forced, 3PC: the participants' termination aborted a pre-committed transaction (the
+        /// coordinator learned it while `terminating`). Presumed abort needs no record, but a
+        /// pre-commit record does: without this one a restart found the pre-commit record,
+        /// asked again and could be forced to commit, against the abort the client had heard
+        /// (a review, session 28).
+        case abortLearned(TxID)
     }
 
     public enum Action: Equatable {
@@ -430,6 +442,9 @@ public struct Coordinator {
     public private(set) var operatorOutcomes: [TxID: Outcome] = [:]
     private var operatorOutcomeOrder: [TxID] = []
     private var operatorOutcomeHead = 0
+    /// 3PC aborts learned from the participants whose record is being written: the
+    /// participant that reported it, by transaction (at most the open transactions).
+    private var abortsLearned: [TxID: String] = [:]
     /// Forced decisions whose audit record is being written, by transaction.
     private var pendingForces: [TxID: (request: RequestID, force: ForceRequest, entry: AuditEntry)] = [:]
     /// Heuristic reports whose record is being written.
@@ -650,6 +665,7 @@ public struct Coordinator {
                 // without it and a resend of the submission run again.
                 tx.commitProtocol = earlier.commitProtocol
                 tx.requestID = earlier.requestID
+                tx.audit = earlier.audit
             }
             tx.outcome = .committed
             tx.decidedAtMs = decidedAtMs
@@ -669,13 +685,19 @@ public struct Coordinator {
                 tx.audit.append(entry)
                 openTable[txid] = tx
                 if outcome == .committed && tx.state == .committing { _ = resolveByOperator(txid, nowMs: entry.atMs) }
-                // A forced abort of a terminating transaction whose participants all forgot it
-                // logs nothing else: it ends here again (rebuilt `terminating` from its
-                // pre-commit record, it asked on, and a later force could commit it, against
-                // the abort already answered; a review). Its participants hold no branch: the
-                // aborts it would send are not needed.
-                if outcome == .aborted && tx.state == .terminating {
-                    _ = endForgottenByOperator(txid, .aborted, by: entry, nowMs: entry.atMs)
+                // A force of a terminating transaction whose participants all forgot it is
+                // decided by its audit record (the operator is answered once it is durable, and
+                // no answer is taken meanwhile): it ends here again. Rebuilt `terminating` from
+                // its pre-commit record, it asked on, and a later force could take the other
+                // outcome, against the one already answered (reviews, sessions 27 and 28). Its
+                // participants hold no branch: the aborts it would send are not needed; a commit
+                // is sent again, as after any decision.
+                if tx.state == .terminating {
+                    if outcome == .aborted {
+                        _ = endForgottenByOperator(txid, .aborted, by: entry, nowMs: entry.atMs)
+                    } else {
+                        commitForcedFromLog(txid, entry)
+                    }
                 }
             } else if var tx = finished[txid] {
                 tx.audit.append(entry)
@@ -691,7 +713,27 @@ public struct Coordinator {
             }
         case .heuristic(let txid, let participant, let outcome, let forcedBy):
             _ = noteHeuristic(txid, participant: participant, outcome: outcome, forcedBy: forcedBy, nowMs: nowMs)
+        case .abortLearned(let txid):
+            // The client heard this abort once the record was durable: the pre-commit record
+            // before it no longer makes the transaction `terminating`.
+            if openTable.byID[txid]?.state == .terminating {
+                _ = decideAbort(txid, reason: "aborted by the participants' termination protocol (learned; from log)", nowMs: nowMs)
+            }
         }
+    }
+
+    /// A forced commit of a terminating transaction, read back from its audit record: committing,
+    /// as its commit decision (which may not have reached the log) would make it.
+    private mutating func commitForcedFromLog(_ txid: TxID, _ entry: AuditEntry) {
+        guard var tx = openTable.byID[txid], tx.state == .terminating else { return }
+        tx.state = .committing
+        tx.outcome = .committed
+        tx.decidedAtMs = entry.atMs
+        tx.branches = tx.branches.filter { $0.vote == .yes }
+        for i in tx.branches.indices { tx.branches[i].state = .commitSent }
+        tx.events.append(TimelineEvent(atMs: entry.atMs, event: "decided", participant: nil,
+                                       detail: "commit forced by operator \(entry.operatorName) (from log; every participant had forgotten the transaction)"))
+        openTable[txid] = tx
     }
 
     /// Sets who forced `participant`'s branch of `txid` (read from a checkpoint, after the
@@ -766,13 +808,14 @@ public struct Coordinator {
         // decision's or a heuristic report's record that is still being synced (the operator is
         // answered, and the participant forgets its branch, once that record is durable). Those
         // effects are applied to a copy.
-        if !pendingForces.isEmpty || !pendingHeuristics.isEmpty {
+        if !pendingForces.isEmpty || !pendingHeuristics.isEmpty || !abortsLearned.isEmpty {
             var applied = self
+            for txid in abortsLearned.keys.sorted() { _ = applied.on(.abortLearnedDurable(txid), nowMs: openTable.byID[txid]?.createdAtMs ?? 0) }
             for (txid, pending) in pendingForces.sorted(by: { $0.key < $1.key }) { _ = applied.auditDurable(txid, nowMs: pending.entry.atMs) }
             for (txid, reports) in pendingHeuristics.sorted(by: { $0.key < $1.key }) {
                 for report in reports { _ = applied.on(.heuristicDurable(txid, participant: report.participant), nowMs: report.atMs) }
             }
-            precondition(applied.pendingForces.isEmpty && applied.pendingHeuristics.isEmpty, "records left unapplied in a snapshot")
+            precondition(applied.pendingForces.isEmpty && applied.pendingHeuristics.isEmpty && applied.abortsLearned.isEmpty, "records left unapplied in a snapshot")
             return applied.snapshot()
         }
         var w = ByteWriter()
@@ -1035,6 +1078,16 @@ public struct Coordinator {
             return forceRequested(request, text, force, nowMs: nowMs)
         case .auditDurable(let txid):
             return auditDurable(txid, nowMs: nowMs)
+        case .abortLearnedDurable(let txid):
+            guard let name = abortsLearned.removeValue(forKey: txid), openTable.byID[txid]?.state == .terminating else { return [] }
+            return decideAbort(txid, reason: "aborted by the participants' termination protocol (learned from \(name))", nowMs: nowMs)
+        case .abortLearnedRefused(let txid, let reason):
+            guard abortsLearned.removeValue(forKey: txid) != nil, var tx = openTable.byID[txid], tx.state == .terminating else { return [] }
+            // Nothing was written and nobody was told: ask again later (the participant that
+            // aborted keeps its outcome for a long while).
+            tx.events.append(TimelineEvent(atMs: nowMs, event: "learning", participant: nil, detail: "the learned abort's record was refused by the log: \(reason); asking again"))
+            openTable[txid] = tx
+            return [.setTimer(.learn(txid), afterMs: config.learnIntervalMs)]
         case .retryNow(let request, let text):
             return retryNow(request, text, nowMs: nowMs)
         case .heuristicReported(let request, let text, let participant, let outcome, let reportedForce):
@@ -1839,6 +1892,8 @@ extension Coordinator {
                 return .failure(RequestError(409, "\(txid) is a one-phase commit: its only branch decides; resolve it at the participant (txctl agent URL ...)"))
             case (.deciding, _):
                 return .failure(RequestError(409, "\(txid) is writing its commit decision; wait a moment and look again"))
+            case (.terminating, _) where abortsLearned[txid] != nil:
+                return .failure(RequestError(409, "\(txid) is writing the abort it learned from its participants; wait a moment and look again"))
             case (.terminating, _) where Self.everyParticipantForgot(tx):
                 // Every yes-voter answered `unknown`: none holds a branch (they ended it on their
                 // own long ago and forgot it), so none will ever answer an outcome, and the
@@ -2154,12 +2209,16 @@ extension Coordinator {
     /// While learning: adopt the first outcome a participant reports; never contradict it.
     mutating func stateAnswered(_ txid: TxID, _ name: String, _ state: ThreePhaseState?, nowMs: Int64) -> [Action] {
         guard var tx = openTable.byID[txid] else { return [] }
+        // While an operator's force of a terminating transaction is recorded, answers are not
+        // taken: its audit record is the decision (a restart replays it as one), so nothing may
+        // change the plan it was taken on before it is durable.
+        let forcing = tx.state == .terminating && pendingForces[txid] != nil
         if let i = tx.branchIndex(name) {
             tx.branches[i].stateQueryOutstanding = false
-            tx.branches[i].lastThreePhaseState = state
+            if !forcing { tx.branches[i].lastThreePhaseState = state }
             openTable[txid] = tx
         }
-        guard tx.state == .terminating, let state else { return [] }
+        guard tx.state == .terminating, !forcing, abortsLearned[txid] == nil, let state else { return [] }
         switch state {
         case .committed:
             tx.state = .deciding
@@ -2168,9 +2227,13 @@ extension Coordinator {
             let updates = tx.branches.filter { $0.vote == .yes }.map(\.participant)
             return [.cancelTimer(.learn(txid)), .log(.commitDecision(txid, participants: updates, decidedAtMs: nowMs), force: true)]
         case .aborted:
+            guard abortsLearned[txid] == nil else { return [] }
             tx.events.append(TimelineEvent(atMs: nowMs, event: "learned", participant: name, detail: "aborted by the participants' termination protocol"))
             openTable[txid] = tx
-            return [.cancelTimer(.learn(txid))] + decideAbort(txid, reason: "aborted by the participants' termination protocol (learned from \(name))", nowMs: nowMs)
+            // Durable before the client hears it (`abortLearnedDurable`): the pre-commit
+            // record would otherwise make a restart ask again.
+            abortsLearned[txid] = name
+            return [.cancelTimer(.learn(txid)), .log(.abortLearned(txid), force: true)]
         case .unknown, .uncertain, .preAborted, .preCommitted, .readOnly:
             return []
         }
@@ -2181,7 +2244,7 @@ extension Coordinator.Record {
     public var txid: TxID {
         switch self {
         case .commitDecision(let t, _, _), .end(let t), .audit(let t, _), .heuristic(let t, _, _, _), .preCommit(let t, _, _, _),
-             .submission(let t, _): return t
+             .submission(let t, _), .abortLearned(let t): return t
         case .onePhaseWindow(let window): return window.through
         }
     }
@@ -2196,6 +2259,7 @@ public enum CoordinatorRecordCoding {
     public static let preCommitType: UInt8 = 5
     public static let submissionType: UInt8 = 6
     public static let onePhaseWindowType: UInt8 = 7
+    public static let abortLearnedType: UInt8 = 8
 
     public static func encode(_ record: Coordinator.Record) -> (type: UInt8, payload: [UInt8]) {
         var w = ByteWriter()
@@ -2233,6 +2297,9 @@ public enum CoordinatorRecordCoding {
         case .onePhaseWindow(let window):
             OnePhaseWindows.encodeWindow(window, &w)
             return (onePhaseWindowType, w.bytes)
+        case .abortLearned(let txid):
+            w.string(txid.description)
+            return (abortLearnedType, w.bytes)
         }
     }
 
@@ -2258,6 +2325,8 @@ public enum CoordinatorRecordCoding {
             return .submission(try decodeTxID(&r), requestID: try r.string(maxCount: Limits.requestIDBytesMax))
         case onePhaseWindowType:
             return .onePhaseWindow(try OnePhaseWindows.decodeWindow(&r))
+        case abortLearnedType:
+            return .abortLearned(try decodeTxID(&r))
         default: throw DecodeError("unknown coordinator record type \(type)")
         }
     }

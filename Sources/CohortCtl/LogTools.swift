@@ -391,6 +391,7 @@ public enum LogTools {
         case CoordinatorRecordCoding.preCommitType: return "pre-commit"
         case CoordinatorRecordCoding.submissionType: return "submission"
         case CoordinatorRecordCoding.onePhaseWindowType: return "one-phase-window"
+        case CoordinatorRecordCoding.abortLearnedType: return "abort-learned"
         case TCCRecordCoding.branchType: return "tcc-branch"
         case TCCRecordCoding.confirmDecisionType: return "tcc-confirm-decision"
         case TCCRecordCoding.endType: return "tcc-end"
@@ -443,6 +444,8 @@ public enum LogTools {
                 return rec(txid.description, "submitted with request_id \"\(requestID)\" (a repeat gets this transaction's outcome)")
             case .onePhaseWindow(let window):
                 return rec(nil, "one-phase commits may go out for txids \(window.from) through \(window.through) (after a restart an unknown one there reads 410)")
+            case .abortLearned(let txid):
+                return rec(txid.description, "3PC aborted by the participants' termination protocol (learned after the pre-commit; the client is told once this is durable)")
             }
         } catch {
             return rec(nil, "not a coordinator record (\(error)); is this a coordinator's log?", known: false)

@@ -110,8 +110,12 @@ final class CoordinatorRecoveryReviewTests: XCTestCase {
         XCTAssertEqual(c.transaction(t)?.state, .terminating)
         let learned = c.on(.stateAnswered(t, participant: "b", state: .aborted), nowMs: 15)
         logged += records(learned)
-        XCTAssertTrue(learned.contains(.reply(1, .outcome(t, .aborted, reason: "aborted by the participants' termination protocol (learned from b)"))),
-                      "the client is answered aborted: \(learned)")
+        XCTAssertEqual(records(learned), [.abortLearned(t)], "the learned abort is logged")
+        XCTAssertFalse(learned.contains { if case .reply = $0 { return true } else { return false } },
+                       "nobody hears the abort before its record is durable: \(learned)")
+        let durable = c.on(.abortLearnedDurable(t), nowMs: 16)
+        XCTAssertTrue(durable.contains(.reply(1, .outcome(t, .aborted, reason: "aborted by the participants' termination protocol (learned from b)"))),
+                      "the client is answered aborted: \(durable)")
         XCTAssertEqual(c.inquire(t.description), .aborted)
         return (c, t, logged)
     }
@@ -129,8 +133,8 @@ final class CoordinatorRecoveryReviewTests: XCTestCase {
     func testA3PCAbortLearnedFromTheParticipantsSurvivesARestart() throws {
         let (_, t, logged) = try learnedAbort()
         XCTAssertEqual(logged.map { CoordinatorRecordCoding.encode($0).type },
-                       [CoordinatorRecordCoding.submissionType, CoordinatorRecordCoding.preCommitType],
-                       "only the request_id and the pre-commit reach the log; the learned abort does not")
+                       [CoordinatorRecordCoding.submissionType, CoordinatorRecordCoding.preCommitType, CoordinatorRecordCoding.abortLearnedType],
+                       "the request_id, the pre-commit and the learned abort reach the log")
 
         var restarted = Coordinator(config: Coordinator.Config(coordinatorID: id, epoch: 101))
         _ = try restarted.recover(snapshot: nil, records: encoded(logged), nowMs: 1_000)
@@ -187,5 +191,63 @@ final class CoordinatorRecoveryReviewTests: XCTestCase {
         let opposite = restarted.on(.force(8, txid: txid.description, Coordinator.ForceRequest(outcome: .aborted, reason: "r2", operatorName: "op2", dryRun: false)), nowMs: 1_020)
         XCTAssertFalse(opposite.contains { if case .log(.audit, _) = $0 { return true } else { return false } },
                        "a forced abort is taken after a forced commit was answered: \(opposite)")
+    }
+
+    // MARK: - around the fixes (session 28)
+
+    /// The learned abort's record still being written when a checkpoint is taken: the
+    /// checkpoint (which lets the log before it go) carries the abort, not the pre-commit.
+    func testACheckpointTakenWhileALearnedAbortIsWrittenCarriesTheAbort() throws {
+        var c = Coordinator(config: Coordinator.Config(coordinatorID: id, epoch: 100))
+        let txid = try XCTUnwrap(TxID("\(id)-5-1"))
+        _ = try c.recover(snapshot: nil, records: encoded([.preCommit(txid, participants: [a, b], termination: .quorum, atMs: 1)]), nowMs: 10)
+        XCTAssertEqual(records(c.on(.stateAnswered(txid, participant: "a", state: .aborted), nowMs: 20)), [.abortLearned(txid)])
+        XCTAssertEqual(c.inquire(txid.description), .pending, "not aborted before its record is durable")
+        var restarted = Coordinator(config: Coordinator.Config(coordinatorID: id, epoch: 101))
+        _ = try restarted.recover(snapshot: c.snapshot(), records: [], nowMs: 1_000)
+        XCTAssertNil(restarted.transaction(txid), "the checkpoint still carried the pre-committed transaction")
+        XCTAssertEqual(restarted.inquire(txid.description), .aborted)
+    }
+
+    /// The log refuses the learned abort's record (full): nobody is told, the transaction stays
+    /// terminating, and it asks again; a force meanwhile is refused while the record is written.
+    func testALearnedAbortRefusedByTheLogIsAskedAgain() throws {
+        var c = Coordinator(config: Coordinator.Config(coordinatorID: id, epoch: 100))
+        let txid = try XCTUnwrap(TxID("\(id)-5-1"))
+        _ = try c.recover(snapshot: nil, records: encoded([.preCommit(txid, participants: [a, b], termination: .quorum, atMs: 1)]), nowMs: 10)
+        _ = c.on(.stateAnswered(txid, participant: "a", state: .aborted), nowMs: 20)
+        let force = c.on(.force(3, txid: txid.description, Coordinator.ForceRequest(outcome: .committed, reason: "r", operatorName: "op", dryRun: false)), nowMs: 21)
+        guard case .reply(3, .error(let e))? = force.first else { return XCTFail("\(force)") }
+        XCTAssertEqual(e.status, 409)
+        let refused = c.on(.abortLearnedRefused(txid, reason: "log full"), nowMs: 22)
+        XCTAssertEqual(refused, [.setTimer(.learn(txid), afterMs: c.config.learnIntervalMs)])
+        XCTAssertEqual(c.transaction(txid)?.state, .terminating)
+        XCTAssertEqual(records(c.on(.stateAnswered(txid, participant: "b", state: .aborted), nowMs: 30)), [.abortLearned(txid)], "asked again, it logs again")
+        _ = c.on(.abortLearnedDurable(txid), nowMs: 31)
+        XCTAssertEqual(c.inquire(txid.description), .aborted)
+    }
+
+    /// While a force of a terminating transaction is recorded, the participants' answers are not
+    /// taken: its audit record is the decision a restart replays, so the live coordinator must
+    /// not end otherwise. Here a participant answers `aborted` meanwhile (it cannot have: it
+    /// answered `unknown`; a duplicate prepare after it forgot could make it so).
+    func testAnswersWhileATerminatingForceIsRecordedAreNotTaken() throws {
+        let txid = try XCTUnwrap(TxID("\(id)-5-1"))
+        let preCommit = Coordinator.Record.preCommit(txid, participants: [a, b], termination: .quorum, atMs: 1)
+        var c = Coordinator(config: Coordinator.Config(coordinatorID: id, epoch: 100))
+        _ = try c.recover(snapshot: nil, records: encoded([preCommit]), nowMs: 10)
+        _ = c.on(.stateAnswered(txid, participant: "a", state: .unknown), nowMs: 20)
+        _ = c.on(.stateAnswered(txid, participant: "b", state: .unknown), nowMs: 20)
+        let asked = c.on(.force(7, txid: txid.description, Coordinator.ForceRequest(outcome: .committed, reason: "r", operatorName: "op", dryRun: false)), nowMs: 30)
+        let audit = try XCTUnwrap(records(asked).first)
+        XCTAssertEqual(records(c.on(.stateAnswered(txid, participant: "a", state: .aborted), nowMs: 31)), [], "taken while the force is recorded")
+        let done = c.on(.auditDurable(txid), nowMs: 32)
+        XCTAssertTrue(done.contains { if case .reply(7, .forced(_, .committed, false, _)) = $0 { return true } else { return false } }, "\(done)")
+        // The restart from the audit record alone agrees with what the operator was told.
+        var restarted = Coordinator(config: Coordinator.Config(coordinatorID: id, epoch: 101))
+        let actions = try restarted.recover(snapshot: nil, records: encoded([preCommit, audit]), nowMs: 1_000)
+        XCTAssertEqual(restarted.transaction(txid)?.state, .committing)
+        XCTAssertEqual(Set(actions.compactMap { if case .send(_, let to, .commit) = $0 { return to.name } else { return nil } }), ["a", "b"],
+                       "the commit is sent again after the restart")
     }
 }

@@ -35,9 +35,10 @@ final class LogToolOddLogTests: XCTestCase {
             .preCommit(t, participants: [a], termination: .classic, atMs: 1_000),
             .submission(t, requestID: "r0"),
             .onePhaseWindow(OnePhaseWindow(from: t, through: TxID(coordinatorID: "0a1b2c3d", epoch: 7, sequence: 65_537))),
+            .abortLearned(t),
         ]
         for r in records {
-            switch r { case .commitDecision, .end, .audit, .heuristic, .preCommit, .submission, .onePhaseWindow: break }
+            switch r { case .commitDecision, .end, .audit, .heuristic, .preCommit, .submission, .onePhaseWindow, .abortLearned: break }
         }
         return records
     }()
@@ -86,7 +87,7 @@ final class LogToolOddLogTests: XCTestCase {
         let dir = try makeLog(Self.coordinatorRecords.map(CoordinatorRecordCoding.encode) + Self.tccRecords.map(TCCRecordCoding.encode))
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let v = ctl(["log", "verify", dir])
-        XCTAssertEqual(v.out, "ok: 1 segment, 11 records (coordinator log)\n", v.err)
+        XCTAssertEqual(v.out, "ok: 1 segment, 12 records (coordinator log)\n", v.err)
         XCTAssertEqual(v.status, 0)
         let j = jsonObject(ctl(["log", "verify", dir, "--json"]).out)
         XCTAssertEqual(j["ok"] as? Bool, true)
