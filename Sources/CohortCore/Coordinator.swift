@@ -470,6 +470,51 @@ public struct Coordinator {
 
     // MARK: - recovery
 
+    /// The most entries each section of a checkpoint can hold: what the state it is written from
+    /// is bounded by, so the reader (`recover`) accepts whatever `snapshot` can write and still
+    /// refuses an absurd count from a damaged file. From the most any configuration keeps, not
+    /// this one's: a coordinator restarted with a smaller `--finished-kept` reads what the
+    /// larger one wrote. One derivation for both sides: the submissions and 3PC sections were
+    /// bounded by `finishedKept + openTransactionsMax` while the snapshot lists the committing
+    /// transactions too (`committingTransactionsMax`, counted apart), and a coordinator with
+    /// 100,000 recent commits and 10,001 waiting for a participant wrote a checkpoint that
+    /// every later start refused (a review).
+    struct SnapshotSectionsMax {
+        /// Open transactions: the undecided ones (admitted below `openTransactionsMax`) and the
+        /// committing ones (admitted below `committingTransactionsMax`, plus the undecided
+        /// ones that committed since). A restart keeps a subset of them.
+        let open: Int
+        /// Recently finished transactions (`finishedTransactionsKept`).
+        let finished: Int
+        /// Branches of one transaction (a report of an unknown one grows it up to the limit).
+        let branches: Int
+
+        init(_ config: Config) {
+            open = max(config.openTransactionsMax, Limits.openTransactionsMax) + max(config.committingTransactionsMax, Limits.committingTransactionsMax)
+            finished = max(config.finishedTransactionsKept, Limits.finishedTransactionsKeptMax)
+            branches = max(config.branchesPerTransactionMax, Limits.branchesPerTransactionMax)
+        }
+
+        /// Decided transactions still open (`deciding`, `committing`).
+        var decided: Int { open }
+        /// Outcomes an operator forced (`Limits.operatorOutcomesKept`), with room for what
+        /// versions that bounded this section by the finished transactions too wrote.
+        var forced: Int { finished + Limits.operatorOutcomesKept }
+        /// The committed ones of the finished transactions.
+        var committed: Int { finished }
+        /// One entry per heuristic branch of an open or finished transaction.
+        var heuristics: Int { (open + finished) * branches }
+        /// 3PC transactions pre-committed and undecided: open ones.
+        var preCommitted: Int { open }
+        /// request_ids of the decided open transactions and the committed finished ones.
+        var submissions: Int { open + finished }
+        /// The 3PC ones of the decided open transactions and the committed finished ones.
+        var threePhase: Int { open + finished }
+        var mixedKept: Int { Limits.heuristicMixedKept }
+        /// Who forced each heuristic branch of an open, finished or mixed-kept transaction.
+        var heuristicForces: Int { (open + finished + Limits.heuristicMixedKept) * branches }
+    }
+
     /// Rebuilds state from a checkpoint snapshot and the records after it, then returns the
     /// actions that re-drive every decided-but-unacknowledged transaction. Undecided
     /// transactions left no record: they are aborted by presumption.
@@ -479,7 +524,9 @@ public struct Coordinator {
             var r = ByteReader(snapshot)
             guard try r.u8() == 2 else { throw DecodeError("unknown coordinator snapshot version") }
             maxEpoch = try r.u64()
+            let sectionsMax = SnapshotSectionsMax(config)
             let count = try r.u32()
+            guard count <= UInt32(clamping: sectionsMax.decided) else { throw DecodeError("\(count) decided transactions") }
             for _ in 0..<count {
                 let record = try CoordinatorRecordCoding.decodeDecision(&r)
                 let acked = try CoordinatorRecordCoding.decodeNames(&r)
@@ -489,16 +536,13 @@ public struct Coordinator {
                 }
             }
             let forcedCount = try r.u32()
-            // Bounds from the most any configuration keeps, not this one's: a coordinator
-            // restarted with a smaller `--finished-kept` reads what the larger one wrote.
-            let finishedKeptMax = max(config.finishedTransactionsKept, Limits.finishedTransactionsKeptMax)
-            guard forcedCount <= UInt32(finishedKeptMax + Limits.operatorOutcomesKept) else { throw DecodeError("\(forcedCount) forced outcomes") }
+            guard forcedCount <= UInt32(clamping: sectionsMax.forced) else { throw DecodeError("\(forcedCount) forced outcomes") }
             for _ in 0..<forcedCount {
                 let txid = try CoordinatorRecordCoding.decodeTxID(&r)
                 rememberOperatorOutcome(txid, try r.bool() ? .committed : .aborted)
             }
             let committedCount = try r.u32()
-            guard committedCount <= UInt32(finishedKeptMax) else { throw DecodeError("\(committedCount) recent commits") }
+            guard committedCount <= UInt32(clamping: sectionsMax.committed) else { throw DecodeError("\(committedCount) recent commits") }
             for _ in 0..<committedCount {
                 let txid = try CoordinatorRecordCoding.decodeTxID(&r)
                 var tx = Transaction(txid: txid, state: .committed, createdAtMs: try r.i64(), timeoutMs: 0)
@@ -509,6 +553,7 @@ public struct Coordinator {
                 maxEpoch = max(maxEpoch, txid.epoch)
             }
             let heuristicCount = try r.u32()
+            guard heuristicCount <= UInt32(clamping: sectionsMax.heuristics) else { throw DecodeError("\(heuristicCount) heuristic outcomes") }
             for _ in 0..<heuristicCount {
                 let txid = try CoordinatorRecordCoding.decodeTxID(&r)
                 let name = try r.string(maxCount: 4096)
@@ -516,7 +561,7 @@ public struct Coordinator {
                 _ = noteHeuristic(txid, participant: name, outcome: outcome, forcedBy: nil, nowMs: nowMs)
             }
             let preCommittedCount = try r.u32()
-            guard preCommittedCount <= UInt32(config.openTransactionsMax * 2) else { throw DecodeError("\(preCommittedCount) pre-committed") }
+            guard preCommittedCount <= UInt32(clamping: sectionsMax.preCommitted) else { throw DecodeError("\(preCommittedCount) pre-committed") }
             for _ in 0..<preCommittedCount {
                 let txid = try CoordinatorRecordCoding.decodeTxID(&r)
                 applyRecovered(try CoordinatorRecordCoding.decodePreCommit(&r, txid: txid), nowMs: nowMs)
@@ -525,7 +570,7 @@ public struct Coordinator {
             // Submissions' request_ids (absent in snapshots written before submit existed).
             if !r.isAtEnd {
                 let submissionCount = try r.u32()
-                guard submissionCount <= UInt32(finishedKeptMax + config.openTransactionsMax) else {
+                guard submissionCount <= UInt32(clamping: sectionsMax.submissions) else {
                     throw DecodeError("\(submissionCount) submissions")
                 }
                 for _ in 0..<submissionCount {
@@ -546,7 +591,7 @@ public struct Coordinator {
             try outcomeLedger.readTrailing(&r)
             if !r.isAtEnd {
                 let threePhaseCount = try r.u32()
-                guard threePhaseCount <= UInt32(finishedKeptMax + config.openTransactionsMax) else {
+                guard threePhaseCount <= UInt32(clamping: sectionsMax.threePhase) else {
                     throw DecodeError("\(threePhaseCount) 3PC transactions")
                 }
                 for _ in 0..<threePhaseCount {
@@ -563,7 +608,7 @@ public struct Coordinator {
             }
             if !r.isAtEnd {
                 let mixedCount = try r.u32()
-                guard mixedCount <= UInt32(Limits.heuristicMixedKept) else { throw DecodeError("\(mixedCount) heuristic-mixed transactions kept") }
+                guard mixedCount <= UInt32(clamping: sectionsMax.mixedKept) else { throw DecodeError("\(mixedCount) heuristic-mixed transactions kept") }
                 for _ in 0..<mixedCount {
                     let tx = try CoordinatorRecordCoding.decodeMixedKept(&r)
                     if openTable.byID[tx.txid] == nil && finished[tx.txid] == nil { keepMixed(tx) }
@@ -573,8 +618,7 @@ public struct Coordinator {
             // before session 26).
             if !r.isAtEnd {
                 let forceCount = try r.u32()
-                let transactionsMax = finishedKeptMax + config.openTransactionsMax + Limits.heuristicMixedKept
-                guard forceCount <= UInt32(transactionsMax * Limits.branchesPerTransactionMax) else { throw DecodeError("\(forceCount) heuristic forces") }
+                guard forceCount <= UInt32(clamping: sectionsMax.heuristicForces) else { throw DecodeError("\(forceCount) heuristic forces") }
                 for _ in 0..<forceCount {
                     let txid = try CoordinatorRecordCoding.decodeTxID(&r)
                     let name = try r.string(maxCount: 4096)
@@ -776,17 +820,26 @@ public struct Coordinator {
             return applied.snapshot()
         }
         var w = ByteWriter()
+        // Each section's count within what `recover` reads back: a checkpoint past one stopped
+        // every later start (and the log before it is gone). The state's own limits keep each
+        // section within its bound; this checks that the two derivations agree wherever tests
+        // and the simulation reach (a failure is a bug here, not a condition to survive).
+        let sectionsMax = SnapshotSectionsMax(config)
+        func sectionCount(_ count: Int, _ max: Int, _ section: String) -> UInt32 {
+            assert(count <= max, "checkpoint section \(section) holds \(count), more than recover reads (\(max))")
+            return UInt32(count)
+        }
         w.u8(2)
         w.u64(epoch)
         let decided = openTable.byID.values.filter { $0.state == .deciding || $0.state == .committing }.sorted { $0.txid < $1.txid }
-        w.u32(UInt32(decided.count))
+        w.u32(sectionCount(decided.count, sectionsMax.decided, "decided"))
         for tx in decided {
             let updates = tx.branches.filter { $0.vote == .yes }
             CoordinatorRecordCoding.encodeDecision(&w, txid: tx.txid, participants: updates.map(\.participant), decidedAtMs: tx.decidedAtMs ?? tx.createdAtMs)
             CoordinatorRecordCoding.encodeNames(&w, updates.filter { $0.state == .committed }.map(\.participant.name))
         }
         let forced = operatorOutcomeOrder[operatorOutcomeHead...].filter { operatorOutcomes[$0] != nil }
-        w.u32(UInt32(forced.count))
+        w.u32(sectionCount(forced.count, sectionsMax.forced, "forced"))
         for txid in forced {
             w.string(txid.description)
             w.bool(operatorOutcomes[txid] == .committed)
@@ -806,7 +859,7 @@ public struct Coordinator {
             committed.append((tx.txid, tx.createdAtMs, tx.finishedAtMs ?? tx.createdAtMs))
             if case .threePhase(let t) = tx.commitProtocol { threePhase.append((tx.txid, t)) }
         }
-        w.u32(UInt32(committed.count))
+        w.u32(sectionCount(committed.count, sectionsMax.committed, "committed"))
         for tx in committed {
             w.string(tx.txid.description)
             w.i64(tx.createdAtMs)
@@ -819,7 +872,7 @@ public struct Coordinator {
             }
         }
         heuristics.sort { ($0.0, $0.1) < ($1.0, $1.1) }
-        w.u32(UInt32(heuristics.count))
+        w.u32(sectionCount(heuristics.count, sectionsMax.heuristics, "heuristics"))
         for (txid, name, outcome) in heuristics {
             w.string(txid.description)
             w.string(name)
@@ -827,7 +880,7 @@ public struct Coordinator {
         }
         // 3PC transactions past their pre-commit record but undecided.
         let preCommitted = openTable.byID.values.filter { $0.state == .preCommitting || $0.state == .terminating }.sorted { $0.txid < $1.txid }
-        w.u32(UInt32(preCommitted.count))
+        w.u32(sectionCount(preCommitted.count, sectionsMax.preCommitted, "preCommitted"))
         for tx in preCommitted {
             w.string(tx.txid.description)
             guard case .threePhase(let termination) = tx.commitProtocol else { preconditionFailure("pre-committed 2PC transaction") }
@@ -843,7 +896,7 @@ public struct Coordinator {
             }
             return finished[txid]?.outcome == .committed
         }.sorted { $0.value < $1.value }
-        w.u32(UInt32(submitted.count))
+        w.u32(sectionCount(submitted.count, sectionsMax.submissions, "submissions"))
         for (requestID, txid) in submitted {
             w.string(txid.description)
             w.string(requestID)
@@ -863,7 +916,7 @@ public struct Coordinator {
         outcomeLedger.encode(&w)
         // Which of the decided and recent commits above were 3PC (absent in snapshots written
         // before session 22, which rebuilt them all as 2PC: `GET` and the ledger said "2pc").
-        w.u32(UInt32(threePhase.count))
+        w.u32(sectionCount(threePhase.count, sectionsMax.threePhase, "threePhase"))
         for (txid, termination) in threePhase {
             w.string(txid.description)
             w.u8(termination == .quorum ? 1 : 0)
@@ -873,7 +926,7 @@ public struct Coordinator {
         // from every view (the ledger never holds a presumption), and the decided ones came
         // back as ledger lines without their branches: the operator lost the record of which
         // participant's data needs repair.
-        w.u32(UInt32(mixedKeptOrder.count))
+        w.u32(sectionCount(mixedKeptOrder.count, sectionsMax.mixedKept, "mixedKept"))
         for txid in mixedKeptOrder {
             guard let tx = mixedKept[txid] else { preconditionFailure("mixedKeptOrder names \(txid), which mixedKept lacks") }
             CoordinatorRecordCoding.encodeMixedKept(&w, tx)
@@ -888,7 +941,7 @@ public struct Coordinator {
             }
         }
         forces.sort { ($0.0, $0.1) < ($1.0, $1.1) }
-        w.u32(UInt32(forces.count))
+        w.u32(sectionCount(forces.count, sectionsMax.heuristicForces, "heuristicForces"))
         var forcesBytes = 0
         for (txid, name, force) in forces {
             w.string(txid.description)

@@ -372,6 +372,13 @@ public enum Limits {
     public static let threePhaseFencesKept = 10_000
     /// Of those, the most recent kept across a participant's checkpoint (a few hundred KB).
     public static let finishedOutcomesInSnapshotMax = 10_000
+    /// Promises never to vote yes (3PC, a backup's pre-abort for a txid with no branch here)
+    /// whose records are being written at once; past this a pre-abort that would start another
+    /// is answered 503 (the backup sends it again). A checkpoint carries them beside the
+    /// `finishedOutcomesInSnapshotMax` promises kept, and its reader takes no more than both:
+    /// unbounded, a checkpoint taken while 10,000 promises were kept and one was being written
+    /// could not be read back (a review, session 28).
+    public static let noVotePromisesWritingMax = 10_000
     /// Keys named per branch in a participant's branch list (`GET /v1/branches`) and in a
     /// force's answer; `keys_total` gives the count. Enough for an operator to see what an
     /// in-doubt branch blocks; the branch's own view names more.
