@@ -43,6 +43,9 @@ public struct Coordinator {
         public var learnIntervalMs = Limits.learnIntervalMs
         /// Bytes of who-forced-it audits a checkpoint holds (a parameter so tests can reach it).
         public var heuristicForcesInSnapshotBytesMax = Limits.heuristicForcesInSnapshotBytesMax
+        /// Submitted work held until its branches vote (`Limits.coordinatorSubmittedWorkBytesMax`;
+        /// a parameter so tests can reach it).
+        public var submittedWorkBytesMax = Limits.coordinatorSubmittedWorkBytesMax
         public var seed: UInt64 = 1
 
         public init(coordinatorID: String, epoch: UInt64) {
@@ -343,7 +346,12 @@ public struct Coordinator {
         /// Who forced it, why and when, if its report said.
         public var heuristicForce: HeuristicForce?
         /// A submitted transaction's work for this branch, until the branch has voted.
-        public var work: JSONNode?
+        public var work: JSONNode? {
+            // Let go, it no longer counts toward `submittedWorkBytesMax`.
+            didSet { if case .none = work { workBytes = 0 } }
+        }
+        /// What `work` holds (`Coordinator.heldBytes`), counted by the open-transaction table.
+        var workBytes = 0
         /// A 3PC state query sent to this branch and not yet answered (or failed): the next
         /// one waits for it, so a participant that never answers is asked once per timeout,
         /// not once a second with the queries piling up in its queue.
@@ -1260,6 +1268,19 @@ public struct Coordinator {
                 return [.reply(request, .error(RequestError(400, "participant \(b.participant.name) (\(b.participant.url)) appears twice; give each participant one branch")))]
             }
         }
+        // The work is held until each branch votes: bounded in bytes, as the agent bounds the
+        // work it stages. 10,000 undecided submissions of up to a request's size each were over
+        // 10 GiB (a review, session 28). Until then the table counts it; it lets the bytes go as
+        // each branch votes and when the transaction leaves it (committed, aborted, timed out;
+        // a restart holds none).
+        let workBytes = branches.map { Self.heldBytes($0.work) }
+        let submittedBytes = workBytes.reduce(0, +)
+        guard submittedBytes <= config.submittedWorkBytesMax else {
+            return [.reply(request, .error(RequestError(413, "the submitted work holds \(submittedBytes) bytes, more than this coordinator holds for all submissions together (\(config.submittedWorkBytesMax))")))]
+        }
+        guard openTable.workBytes + submittedBytes <= config.submittedWorkBytesMax else {
+            return [.reply(request, .error(RequestError(503, "submitted work waiting for its participants' votes holds \(openTable.workBytes) bytes here, and this submission's \(submittedBytes) would pass the limit (\(config.submittedWorkBytesMax)); retry later")))]
+        }
         let txid: TxID
         switch openTransaction(timeoutMs: timeoutMs, commitProtocol: commitProtocol, nowMs: nowMs, event: "submitted") {
         case .failure(let e): return [.reply(request, .error(e))]
@@ -1270,14 +1291,33 @@ public struct Coordinator {
             tx.requestID = requestID
             submissions[requestID] = txid
         }
-        for b in branches {
+        for (b, bytes) in zip(branches, workBytes) {
             var branch = Branch(participant: b.participant, state: .registered)
             branch.work = b.work
+            branch.workBytes = bytes
             tx.branches.append(branch)
         }
         tx.waiters.append(request)
         return [.setTimer(.transactionTimeout(txid), afterMs: tx.timeoutMs)] + startPrepare(txid, &tx, onePhaseAllowed: false, nowMs: nowMs)
     }
+
+    /// About what a submitted branch's work holds in memory: a node per JSON value, and the bytes
+    /// of its strings and member names. Not the request's text: `[0,0,...]` is two bytes a value
+    /// there and a whole node here.
+    public static func heldBytes(_ node: JSONNode) -> Int {
+        let nodeBytes = MemoryLayout<JSONNode>.stride
+        switch node {
+        case .null, .bool, .int, .double: return nodeBytes
+        case .string(let text): return nodeBytes + text.utf8.count
+        case .array(let items): return items.reduce(nodeBytes) { $0 + heldBytes($1) }
+        case .object(let members):
+            return members.reduce(nodeBytes) { $0 + MemoryLayout<String>.stride + $1.0.utf8.count + heldBytes($1.1) }
+        }
+    }
+
+    /// Submitted work held until its branches vote, in bytes (`heldBytes`), bounded by
+    /// `Config.submittedWorkBytesMax`.
+    public var submittedWorkBytes: Int { openTable.workBytes }
 
     /// A repeated commit (or submission) past `Limits.waitersPerTransactionMax` is answered at
     /// once instead of joining the wait.
@@ -2443,13 +2483,24 @@ public enum CoordinatorRecordCoding {
 }
 
 /// A transaction an `OpenTransactions` table holds: whether it is decided and only waits on
-/// its participants (counted apart for admission).
+/// its participants (counted apart for admission), and the submitted work it holds.
 protocol SettlingTransaction {
     var isSettling: Bool { get }
+    var workBytes: Int { get }
+}
+
+extension SettlingTransaction {
+    var workBytes: Int { 0 }
 }
 
 extension Coordinator.Transaction: SettlingTransaction {
     var isSettling: Bool { state == .committing }
+    /// Its branches' submitted work not yet handed off (each lets it go once it voted).
+    var workBytes: Int {
+        var bytes = 0
+        for b in branches { bytes += b.workBytes }
+        return bytes
+    }
 }
 
 /// Open transactions by txid, counting the settling ones as the table changes (every write goes
@@ -2460,6 +2511,9 @@ extension Coordinator.Transaction: SettlingTransaction {
 struct OpenTransactions<Value: SettlingTransaction> {
     private(set) var byID: [TxID: Value] = [:]
     private(set) var settlingCount = 0
+    /// The `workBytes` of the transactions held: every write goes through here, so work let go
+    /// on any path (a vote, an end, a transaction dropped) stops counting.
+    private(set) var workBytes = 0
 
     var count: Int { byID.count }
 
@@ -2475,18 +2529,21 @@ struct OpenTransactions<Value: SettlingTransaction> {
     /// times a transfer (the profile's `outlined init with copy of Transaction?`).
     mutating func put(_ value: Value, _ txid: TxID) {
         let now = value.isSettling
+        workBytes += value.workBytes
         if let old = byID.updateValue(value, forKey: txid) {
             if old.isSettling != now { settlingCount += now ? 1 : -1 }
+            workBytes -= old.workBytes
         } else if now {
             settlingCount += 1
         }
-        precondition(settlingCount >= 0, "settling count below zero")
+        precondition(settlingCount >= 0 && workBytes >= 0, "settling count or work bytes below zero")
     }
 
     @discardableResult
     mutating func removeValue(forKey txid: TxID) -> Value? {
         guard let removed = byID.removeValue(forKey: txid) else { return nil }
         if removed.isSettling { settlingCount -= 1 }
+        workBytes -= removed.workBytes
         return removed
     }
 }

@@ -249,6 +249,13 @@ public enum Limits {
     /// participant that stops acknowledging does not use up admission for everyone before its
     /// transactions park (at 3,000 commits a second, 10,000 take 3 s). About 5 KB each.
     public static let committingTransactionsMax = 50_000
+    /// The work of submitted transactions (`POST /v1/transactions/submit`) the coordinator holds
+    /// until each branch votes (it travels with the prepare, and a prepare may be sent again),
+    /// counted as a node per JSON value and the bytes of its strings (`Coordinator.heldBytes`).
+    /// Past it a submission is answered 503 and nothing starts; the bytes go as branches vote
+    /// and transactions end. `openTransactionsMax` submissions of up to `httpBodyBytesMax` each
+    /// were over 10 GiB; like the agent's `agentStagedBytesMax`.
+    public static let coordinatorSubmittedWorkBytesMax = 256 << 20
     /// `GET /v1/transactions` answers this many when no `limit` is given.
     public static let transactionsListedDefault = 1_000
     /// `GET /v1/transactions` stops adding transactions past this much answer, and says
