@@ -178,6 +178,7 @@ public final class CoordinatorNode {
         // Both machines' transactions, as /v1/stats counts them (it counted the 2PC/3PC ones only).
         metrics.sample("cohort_open_transactions", help: "Transactions begun and not finished (2PC, 3PC and TCC)") { [unowned self] in Double(self.machine.unfinishedCount + self.tcc.unfinishedCount) }
         metrics.sample("cohort_committing_transactions", help: "Committed transactions waiting for participants' acknowledgements (bounded apart: Limits.committingTransactionsMax)") { [unowned self] in Double(self.machine.committingCount) }
+        metrics.sample("cohort_submitted_work_bytes", help: "Submitted work held until its branches vote (bounded: Limits.coordinatorSubmittedWorkBytesMax; past it a submission gets 503)") { [unowned self] in Double(self.machine.submittedWorkBytes) }
         metrics.sample("cohort_batch_capable_peers", help: "Participant URLs the coordinator sends batches to (at most \(Limits.batchCapablePeersMax))") { [unowned self] in Double(self.batchCapable.count) }
         log.onDurable = { [weak self] lsn in
             guard let self else { return }

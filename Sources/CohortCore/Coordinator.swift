@@ -43,6 +43,9 @@ public struct Coordinator {
         public var learnIntervalMs = Limits.learnIntervalMs
         /// Bytes of who-forced-it audits a checkpoint holds (a parameter so tests can reach it).
         public var heuristicForcesInSnapshotBytesMax = Limits.heuristicForcesInSnapshotBytesMax
+        /// Submitted work held until its branches vote (`Limits.coordinatorSubmittedWorkBytesMax`;
+        /// a parameter so tests can reach it).
+        public var submittedWorkBytesMax = Limits.coordinatorSubmittedWorkBytesMax
         public var seed: UInt64 = 1
 
         public init(coordinatorID: String, epoch: UInt64) {
@@ -355,7 +358,12 @@ public struct Coordinator {
         /// Who forced it, why and when, if its report said.
         public var heuristicForce: HeuristicForce?
         /// A submitted transaction's work for this branch, until the branch has voted.
-        public var work: JSONNode?
+        public var work: JSONNode? {
+            // Let go, it no longer counts toward `submittedWorkBytesMax`.
+            didSet { if case .none = work { workBytes = 0 } }
+        }
+        /// What `work` holds (`Coordinator.heldBytes`), counted by the open-transaction table.
+        var workBytes = 0
         /// A 3PC state query sent to this branch and not yet answered (or failed): the next
         /// one waits for it, so a participant that never answers is asked once per timeout,
         /// not once a second with the queries piling up in its queue.
@@ -485,6 +493,51 @@ public struct Coordinator {
 
     // MARK: - recovery
 
+    /// The most entries each section of a checkpoint can hold: what the state it is written from
+    /// is bounded by, so the reader (`recover`) accepts whatever `snapshot` can write and still
+    /// refuses an absurd count from a damaged file. From the most any configuration keeps, not
+    /// this one's: a coordinator restarted with a smaller `--finished-kept` reads what the
+    /// larger one wrote. One derivation for both sides: the submissions and 3PC sections were
+    /// bounded by `finishedKept + openTransactionsMax` while the snapshot lists the committing
+    /// transactions too (`committingTransactionsMax`, counted apart), and a coordinator with
+    /// 100,000 recent commits and 10,001 waiting for a participant wrote a checkpoint that
+    /// every later start refused (a review).
+    struct SnapshotSectionsMax {
+        /// Open transactions: the undecided ones (admitted below `openTransactionsMax`) and the
+        /// committing ones (admitted below `committingTransactionsMax`, plus the undecided
+        /// ones that committed since). A restart keeps a subset of them.
+        let open: Int
+        /// Recently finished transactions (`finishedTransactionsKept`).
+        let finished: Int
+        /// Branches of one transaction (a report of an unknown one grows it up to the limit).
+        let branches: Int
+
+        init(_ config: Config) {
+            open = max(config.openTransactionsMax, Limits.openTransactionsMax) + max(config.committingTransactionsMax, Limits.committingTransactionsMax)
+            finished = max(config.finishedTransactionsKept, Limits.finishedTransactionsKeptMax)
+            branches = max(config.branchesPerTransactionMax, Limits.branchesPerTransactionMax)
+        }
+
+        /// Decided transactions still open (`deciding`, `committing`).
+        var decided: Int { open }
+        /// Outcomes an operator forced (`Limits.operatorOutcomesKept`), with room for what
+        /// versions that bounded this section by the finished transactions too wrote.
+        var forced: Int { finished + Limits.operatorOutcomesKept }
+        /// The committed ones of the finished transactions.
+        var committed: Int { finished }
+        /// One entry per heuristic branch of an open or finished transaction.
+        var heuristics: Int { (open + finished) * branches }
+        /// 3PC transactions pre-committed and undecided: open ones.
+        var preCommitted: Int { open }
+        /// request_ids of the decided open transactions and the committed finished ones.
+        var submissions: Int { open + finished }
+        /// The 3PC ones of the decided open transactions and the committed finished ones.
+        var threePhase: Int { open + finished }
+        var mixedKept: Int { Limits.heuristicMixedKept }
+        /// Who forced each heuristic branch of an open, finished or mixed-kept transaction.
+        var heuristicForces: Int { (open + finished + Limits.heuristicMixedKept) * branches }
+    }
+
     /// Rebuilds state from a checkpoint snapshot and the records after it, then returns the
     /// actions that re-drive every decided-but-unacknowledged transaction. Undecided
     /// transactions left no record: they are aborted by presumption.
@@ -494,7 +547,9 @@ public struct Coordinator {
             var r = ByteReader(snapshot)
             guard try r.u8() == 2 else { throw DecodeError("unknown coordinator snapshot version") }
             maxEpoch = try r.u64()
+            let sectionsMax = SnapshotSectionsMax(config)
             let count = try r.u32()
+            guard count <= UInt32(clamping: sectionsMax.decided) else { throw DecodeError("\(count) decided transactions") }
             for _ in 0..<count {
                 let record = try CoordinatorRecordCoding.decodeDecision(&r)
                 let acked = try CoordinatorRecordCoding.decodeNames(&r)
@@ -504,16 +559,13 @@ public struct Coordinator {
                 }
             }
             let forcedCount = try r.u32()
-            // Bounds from the most any configuration keeps, not this one's: a coordinator
-            // restarted with a smaller `--finished-kept` reads what the larger one wrote.
-            let finishedKeptMax = max(config.finishedTransactionsKept, Limits.finishedTransactionsKeptMax)
-            guard forcedCount <= UInt32(finishedKeptMax + Limits.operatorOutcomesKept) else { throw DecodeError("\(forcedCount) forced outcomes") }
+            guard forcedCount <= UInt32(clamping: sectionsMax.forced) else { throw DecodeError("\(forcedCount) forced outcomes") }
             for _ in 0..<forcedCount {
                 let txid = try CoordinatorRecordCoding.decodeTxID(&r)
                 rememberOperatorOutcome(txid, try r.bool() ? .committed : .aborted)
             }
             let committedCount = try r.u32()
-            guard committedCount <= UInt32(finishedKeptMax) else { throw DecodeError("\(committedCount) recent commits") }
+            guard committedCount <= UInt32(clamping: sectionsMax.committed) else { throw DecodeError("\(committedCount) recent commits") }
             for _ in 0..<committedCount {
                 let txid = try CoordinatorRecordCoding.decodeTxID(&r)
                 var tx = Transaction(txid: txid, state: .committed, createdAtMs: try r.i64(), timeoutMs: 0)
@@ -524,6 +576,7 @@ public struct Coordinator {
                 maxEpoch = max(maxEpoch, txid.epoch)
             }
             let heuristicCount = try r.u32()
+            guard heuristicCount <= UInt32(clamping: sectionsMax.heuristics) else { throw DecodeError("\(heuristicCount) heuristic outcomes") }
             for _ in 0..<heuristicCount {
                 let txid = try CoordinatorRecordCoding.decodeTxID(&r)
                 let name = try r.string(maxCount: 4096)
@@ -531,7 +584,7 @@ public struct Coordinator {
                 _ = noteHeuristic(txid, participant: name, outcome: outcome, forcedBy: nil, nowMs: nowMs)
             }
             let preCommittedCount = try r.u32()
-            guard preCommittedCount <= UInt32(config.openTransactionsMax * 2) else { throw DecodeError("\(preCommittedCount) pre-committed") }
+            guard preCommittedCount <= UInt32(clamping: sectionsMax.preCommitted) else { throw DecodeError("\(preCommittedCount) pre-committed") }
             for _ in 0..<preCommittedCount {
                 let txid = try CoordinatorRecordCoding.decodeTxID(&r)
                 applyRecovered(try CoordinatorRecordCoding.decodePreCommit(&r, txid: txid), nowMs: nowMs)
@@ -540,7 +593,7 @@ public struct Coordinator {
             // Submissions' request_ids (absent in snapshots written before submit existed).
             if !r.isAtEnd {
                 let submissionCount = try r.u32()
-                guard submissionCount <= UInt32(finishedKeptMax + config.openTransactionsMax) else {
+                guard submissionCount <= UInt32(clamping: sectionsMax.submissions) else {
                     throw DecodeError("\(submissionCount) submissions")
                 }
                 for _ in 0..<submissionCount {
@@ -561,7 +614,7 @@ public struct Coordinator {
             try outcomeLedger.readTrailing(&r)
             if !r.isAtEnd {
                 let threePhaseCount = try r.u32()
-                guard threePhaseCount <= UInt32(finishedKeptMax + config.openTransactionsMax) else {
+                guard threePhaseCount <= UInt32(clamping: sectionsMax.threePhase) else {
                     throw DecodeError("\(threePhaseCount) 3PC transactions")
                 }
                 for _ in 0..<threePhaseCount {
@@ -578,7 +631,7 @@ public struct Coordinator {
             }
             if !r.isAtEnd {
                 let mixedCount = try r.u32()
-                guard mixedCount <= UInt32(Limits.heuristicMixedKept) else { throw DecodeError("\(mixedCount) heuristic-mixed transactions kept") }
+                guard mixedCount <= UInt32(clamping: sectionsMax.mixedKept) else { throw DecodeError("\(mixedCount) heuristic-mixed transactions kept") }
                 for _ in 0..<mixedCount {
                     let tx = try CoordinatorRecordCoding.decodeMixedKept(&r)
                     if openTable.byID[tx.txid] == nil && finished[tx.txid] == nil { keepMixed(tx) }
@@ -588,8 +641,7 @@ public struct Coordinator {
             // before session 26).
             if !r.isAtEnd {
                 let forceCount = try r.u32()
-                let transactionsMax = finishedKeptMax + config.openTransactionsMax + Limits.heuristicMixedKept
-                guard forceCount <= UInt32(transactionsMax * Limits.branchesPerTransactionMax) else { throw DecodeError("\(forceCount) heuristic forces") }
+                guard forceCount <= UInt32(clamping: sectionsMax.heuristicForces) else { throw DecodeError("\(forceCount) heuristic forces") }
                 for _ in 0..<forceCount {
                     let txid = try CoordinatorRecordCoding.decodeTxID(&r)
                     let name = try r.string(maxCount: 4096)
@@ -819,17 +871,26 @@ public struct Coordinator {
             return applied.snapshot()
         }
         var w = ByteWriter()
+        // Each section's count within what `recover` reads back: a checkpoint past one stopped
+        // every later start (and the log before it is gone). The state's own limits keep each
+        // section within its bound; this checks that the two derivations agree wherever tests
+        // and the simulation reach (a failure is a bug here, not a condition to survive).
+        let sectionsMax = SnapshotSectionsMax(config)
+        func sectionCount(_ count: Int, _ max: Int, _ section: String) -> UInt32 {
+            assert(count <= max, "checkpoint section \(section) holds \(count), more than recover reads (\(max))")
+            return UInt32(count)
+        }
         w.u8(2)
         w.u64(epoch)
         let decided = openTable.byID.values.filter { $0.state == .deciding || $0.state == .committing }.sorted { $0.txid < $1.txid }
-        w.u32(UInt32(decided.count))
+        w.u32(sectionCount(decided.count, sectionsMax.decided, "decided"))
         for tx in decided {
             let updates = tx.branches.filter { $0.vote == .yes }
             CoordinatorRecordCoding.encodeDecision(&w, txid: tx.txid, participants: updates.map(\.participant), decidedAtMs: tx.decidedAtMs ?? tx.createdAtMs)
             CoordinatorRecordCoding.encodeNames(&w, updates.filter { $0.state == .committed }.map(\.participant.name))
         }
         let forced = operatorOutcomeOrder[operatorOutcomeHead...].filter { operatorOutcomes[$0] != nil }
-        w.u32(UInt32(forced.count))
+        w.u32(sectionCount(forced.count, sectionsMax.forced, "forced"))
         for txid in forced {
             w.string(txid.description)
             w.bool(operatorOutcomes[txid] == .committed)
@@ -849,7 +910,7 @@ public struct Coordinator {
             committed.append((tx.txid, tx.createdAtMs, tx.finishedAtMs ?? tx.createdAtMs))
             if case .threePhase(let t) = tx.commitProtocol { threePhase.append((tx.txid, t)) }
         }
-        w.u32(UInt32(committed.count))
+        w.u32(sectionCount(committed.count, sectionsMax.committed, "committed"))
         for tx in committed {
             w.string(tx.txid.description)
             w.i64(tx.createdAtMs)
@@ -862,7 +923,7 @@ public struct Coordinator {
             }
         }
         heuristics.sort { ($0.0, $0.1) < ($1.0, $1.1) }
-        w.u32(UInt32(heuristics.count))
+        w.u32(sectionCount(heuristics.count, sectionsMax.heuristics, "heuristics"))
         for (txid, name, outcome) in heuristics {
             w.string(txid.description)
             w.string(name)
@@ -870,7 +931,7 @@ public struct Coordinator {
         }
         // 3PC transactions past their pre-commit record but undecided.
         let preCommitted = openTable.byID.values.filter { $0.state == .preCommitting || $0.state == .terminating }.sorted { $0.txid < $1.txid }
-        w.u32(UInt32(preCommitted.count))
+        w.u32(sectionCount(preCommitted.count, sectionsMax.preCommitted, "preCommitted"))
         for tx in preCommitted {
             w.string(tx.txid.description)
             guard case .threePhase(let termination) = tx.commitProtocol else { preconditionFailure("pre-committed 2PC transaction") }
@@ -886,7 +947,7 @@ public struct Coordinator {
             }
             return finished[txid]?.outcome == .committed
         }.sorted { $0.value < $1.value }
-        w.u32(UInt32(submitted.count))
+        w.u32(sectionCount(submitted.count, sectionsMax.submissions, "submissions"))
         for (requestID, txid) in submitted {
             w.string(txid.description)
             w.string(requestID)
@@ -906,7 +967,7 @@ public struct Coordinator {
         outcomeLedger.encode(&w)
         // Which of the decided and recent commits above were 3PC (absent in snapshots written
         // before session 22, which rebuilt them all as 2PC: `GET` and the ledger said "2pc").
-        w.u32(UInt32(threePhase.count))
+        w.u32(sectionCount(threePhase.count, sectionsMax.threePhase, "threePhase"))
         for (txid, termination) in threePhase {
             w.string(txid.description)
             w.u8(termination == .quorum ? 1 : 0)
@@ -916,7 +977,7 @@ public struct Coordinator {
         // from every view (the ledger never holds a presumption), and the decided ones came
         // back as ledger lines without their branches: the operator lost the record of which
         // participant's data needs repair.
-        w.u32(UInt32(mixedKeptOrder.count))
+        w.u32(sectionCount(mixedKeptOrder.count, sectionsMax.mixedKept, "mixedKept"))
         for txid in mixedKeptOrder {
             guard let tx = mixedKept[txid] else { preconditionFailure("mixedKeptOrder names \(txid), which mixedKept lacks") }
             CoordinatorRecordCoding.encodeMixedKept(&w, tx)
@@ -931,7 +992,7 @@ public struct Coordinator {
             }
         }
         forces.sort { ($0.0, $0.1) < ($1.0, $1.1) }
-        w.u32(UInt32(forces.count))
+        w.u32(sectionCount(forces.count, sectionsMax.heuristicForces, "heuristicForces"))
         var forcesBytes = 0
         for (txid, name, force) in forces {
             w.string(txid.description)
@@ -1260,6 +1321,19 @@ public struct Coordinator {
                 return [.reply(request, .error(RequestError(400, "participant \(b.participant.name) (\(b.participant.url)) appears twice; give each participant one branch")))]
             }
         }
+        // The work is held until each branch votes: bounded in bytes, as the agent bounds the
+        // work it stages. 10,000 undecided submissions of up to a request's size each were over
+        // 10 GiB (a review, session 28). Until then the table counts it; it lets the bytes go as
+        // each branch votes and when the transaction leaves it (committed, aborted, timed out;
+        // a restart holds none).
+        let workBytes = branches.map { Self.heldBytes($0.work) }
+        let submittedBytes = workBytes.reduce(0, +)
+        guard submittedBytes <= config.submittedWorkBytesMax else {
+            return [.reply(request, .error(RequestError(413, "the submitted work holds \(submittedBytes) bytes, more than this coordinator holds for all submissions together (\(config.submittedWorkBytesMax))")))]
+        }
+        guard openTable.workBytes + submittedBytes <= config.submittedWorkBytesMax else {
+            return [.reply(request, .error(RequestError(503, "submitted work waiting for its participants' votes holds \(openTable.workBytes) bytes here, and this submission's \(submittedBytes) would pass the limit (\(config.submittedWorkBytesMax)); retry later")))]
+        }
         let txid: TxID
         switch openTransaction(timeoutMs: timeoutMs, commitProtocol: commitProtocol, nowMs: nowMs, event: "submitted") {
         case .failure(let e): return [.reply(request, .error(e))]
@@ -1270,14 +1344,33 @@ public struct Coordinator {
             tx.requestID = requestID
             submissions[requestID] = txid
         }
-        for b in branches {
+        for (b, bytes) in zip(branches, workBytes) {
             var branch = Branch(participant: b.participant, state: .registered)
             branch.work = b.work
+            branch.workBytes = bytes
             tx.branches.append(branch)
         }
         tx.waiters.append(request)
         return [.setTimer(.transactionTimeout(txid), afterMs: tx.timeoutMs)] + startPrepare(txid, &tx, onePhaseAllowed: false, nowMs: nowMs)
     }
+
+    /// About what a submitted branch's work holds in memory: a node per JSON value, and the bytes
+    /// of its strings and member names. Not the request's text: `[0,0,...]` is two bytes a value
+    /// there and a whole node here.
+    public static func heldBytes(_ node: JSONNode) -> Int {
+        let nodeBytes = MemoryLayout<JSONNode>.stride
+        switch node {
+        case .null, .bool, .int, .double: return nodeBytes
+        case .string(let text): return nodeBytes + text.utf8.count
+        case .array(let items): return items.reduce(nodeBytes) { $0 + heldBytes($1) }
+        case .object(let members):
+            return members.reduce(nodeBytes) { $0 + MemoryLayout<String>.stride + $1.0.utf8.count + heldBytes($1.1) }
+        }
+    }
+
+    /// Submitted work held until its branches vote, in bytes (`heldBytes`), bounded by
+    /// `Config.submittedWorkBytesMax`.
+    public var submittedWorkBytes: Int { openTable.workBytes }
 
     /// A repeated commit (or submission) past `Limits.waitersPerTransactionMax` is answered at
     /// once instead of joining the wait.
@@ -2459,13 +2552,24 @@ public enum CoordinatorRecordCoding {
 }
 
 /// A transaction an `OpenTransactions` table holds: whether it is decided and only waits on
-/// its participants (counted apart for admission).
+/// its participants (counted apart for admission), and the submitted work it holds.
 protocol SettlingTransaction {
     var isSettling: Bool { get }
+    var workBytes: Int { get }
+}
+
+extension SettlingTransaction {
+    var workBytes: Int { 0 }
 }
 
 extension Coordinator.Transaction: SettlingTransaction {
     var isSettling: Bool { state == .committing }
+    /// Its branches' submitted work not yet handed off (each lets it go once it voted).
+    var workBytes: Int {
+        var bytes = 0
+        for b in branches { bytes += b.workBytes }
+        return bytes
+    }
 }
 
 /// Open transactions by txid, counting the settling ones as the table changes (every write goes
@@ -2476,6 +2580,9 @@ extension Coordinator.Transaction: SettlingTransaction {
 struct OpenTransactions<Value: SettlingTransaction> {
     private(set) var byID: [TxID: Value] = [:]
     private(set) var settlingCount = 0
+    /// The `workBytes` of the transactions held: every write goes through here, so work let go
+    /// on any path (a vote, an end, a transaction dropped) stops counting.
+    private(set) var workBytes = 0
 
     var count: Int { byID.count }
 
@@ -2491,18 +2598,21 @@ struct OpenTransactions<Value: SettlingTransaction> {
     /// times a transfer (the profile's `outlined init with copy of Transaction?`).
     mutating func put(_ value: Value, _ txid: TxID) {
         let now = value.isSettling
+        workBytes += value.workBytes
         if let old = byID.updateValue(value, forKey: txid) {
             if old.isSettling != now { settlingCount += now ? 1 : -1 }
+            workBytes -= old.workBytes
         } else if now {
             settlingCount += 1
         }
-        precondition(settlingCount >= 0, "settling count below zero")
+        precondition(settlingCount >= 0 && workBytes >= 0, "settling count or work bytes below zero")
     }
 
     @discardableResult
     mutating func removeValue(forKey txid: TxID) -> Value? {
         guard let removed = byID.removeValue(forKey: txid) else { return nil }
         if removed.isSettling { settlingCount -= 1 }
+        workBytes -= removed.workBytes
         return removed
     }
 }

@@ -249,6 +249,13 @@ public enum Limits {
     /// participant that stops acknowledging does not use up admission for everyone before its
     /// transactions park (at 3,000 commits a second, 10,000 take 3 s). About 5 KB each.
     public static let committingTransactionsMax = 50_000
+    /// The work of submitted transactions (`POST /v1/transactions/submit`) the coordinator holds
+    /// until each branch votes (it travels with the prepare, and a prepare may be sent again),
+    /// counted as a node per JSON value and the bytes of its strings (`Coordinator.heldBytes`).
+    /// Past it a submission is answered 503 and nothing starts; the bytes go as branches vote
+    /// and transactions end. `openTransactionsMax` submissions of up to `httpBodyBytesMax` each
+    /// were over 10 GiB; like the agent's `agentStagedBytesMax`.
+    public static let coordinatorSubmittedWorkBytesMax = 256 << 20
     /// `GET /v1/transactions` answers this many when no `limit` is given.
     public static let transactionsListedDefault = 1_000
     /// `GET /v1/transactions` stops adding transactions past this much answer, and says
@@ -372,6 +379,13 @@ public enum Limits {
     public static let threePhaseFencesKept = 10_000
     /// Of those, the most recent kept across a participant's checkpoint (a few hundred KB).
     public static let finishedOutcomesInSnapshotMax = 10_000
+    /// Promises never to vote yes (3PC, a backup's pre-abort for a txid with no branch here)
+    /// whose records are being written at once; past this a pre-abort that would start another
+    /// is answered 503 (the backup sends it again). A checkpoint carries them beside the
+    /// `finishedOutcomesInSnapshotMax` promises kept, and its reader takes no more than both:
+    /// unbounded, a checkpoint taken while 10,000 promises were kept and one was being written
+    /// could not be read back (a review, session 28).
+    public static let noVotePromisesWritingMax = 10_000
     /// Keys named per branch in a participant's branch list (`GET /v1/branches`) and in a
     /// force's answer; `keys_total` gives the count. Enough for an operator to see what an
     /// in-doubt branch blocks; the branch's own view names more.

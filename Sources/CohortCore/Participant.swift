@@ -417,6 +417,33 @@ public struct Participant {
 
     // MARK: - recovery
 
+    /// The most entries each section of a checkpoint can hold: what the state `snapshot` writes
+    /// them from is bounded by, so `recover` reads whatever was written and still refuses an
+    /// absurd count from a damaged file. From the most any configuration keeps, not this one's
+    /// (a participant restarted with a smaller configuration reads what a larger one wrote).
+    struct SnapshotSectionsMax {
+        /// Branches (admitted below `branchesMax`), twice over as before.
+        let branches: Int
+        /// Heuristic-mixed decisions (`finishedBranchesKept`).
+        let mixed: Int
+
+        init(_ config: Config) {
+            branches = max(config.branchesMax, Limits.branchesMax) * 2
+            mixed = max(config.finishedBranchesKept, Limits.finishedBranchesKept)
+        }
+
+        /// Recent outcomes (`finishedOutcomesInSnapshotMax`), or every ending branch when those
+        /// are more.
+        var finishedOutcomes: Int { max(Limits.finishedOutcomesInSnapshotMax, branches) }
+        var forgottenHeuristics: Int { Limits.forgottenHeuristicsKept }
+        /// One list per decision the three sections above hold.
+        var releasedKeyLists: Int { branches + mixed + Limits.forgottenHeuristicsKept }
+        var unreportedMixed: Int { mixed }
+        /// The promises kept and those being written.
+        var promises: Int { Limits.finishedOutcomesInSnapshotMax + Limits.noVotePromisesWritingMax }
+        var forgottenCoordinators: Int { Limits.forgottenHorizonCoordinatorsMax }
+    }
+
     /// Rebuilds branches from the snapshot and the records after it. Returns the actions to run
     /// before serving: re-apply durable commits (the store skips those it already has), re-take
     /// the locks of in-doubt branches, and start asking the coordinator about them (and about
@@ -426,8 +453,9 @@ public struct Participant {
         if let snapshot {
             var r = ByteReader(snapshot)
             guard try r.u8() == 3 else { throw DecodeError("unknown participant snapshot version") }
+            let sectionsMax = SnapshotSectionsMax(config)
             let n = try r.u32()
-            guard n <= UInt32(config.branchesMax * 2) else { throw DecodeError("\(n) branches in a snapshot") }
+            guard n <= UInt32(clamping: sectionsMax.branches) else { throw DecodeError("\(n) branches in a snapshot") }
             for _ in 0..<n {
                 let txid = try r.string(maxCount: 128)
                 let url = try r.string(maxCount: 4096)
@@ -459,7 +487,7 @@ public struct Participant {
                 branches[txid] = b
             }
             let mixed = try r.u32()
-            guard mixed <= UInt32(config.finishedBranchesKept) else { throw DecodeError("\(mixed) heuristic-mixed branches") }
+            guard mixed <= UInt32(clamping: sectionsMax.mixed) else { throw DecodeError("\(mixed) heuristic-mixed branches") }
             for _ in 0..<mixed {
                 let txid = try r.string(maxCount: 128)
                 heuristicMixed[txid] = try Self.decodeDecision(&r)
@@ -467,7 +495,7 @@ public struct Participant {
             // Recent outcomes (absent in snapshots from before they were kept).
             if !r.isAtEnd {
                 let count = try r.u32()
-                guard count <= UInt32(Limits.finishedOutcomesInSnapshotMax) else { throw DecodeError("\(count) finished outcomes in a snapshot") }
+                guard count <= UInt32(clamping: sectionsMax.finishedOutcomes) else { throw DecodeError("\(count) finished outcomes in a snapshot") }
                 for _ in 0..<count {
                     let txid = try r.string(maxCount: 128)
                     rememberFinished(txid, try r.bool() ? .committed : .aborted)
@@ -478,7 +506,7 @@ public struct Participant {
             // Forgotten heuristic decisions (absent in snapshots written before session 25).
             if !r.isAtEnd {
                 let count = try r.u32()
-                guard count <= UInt32(Limits.forgottenHeuristicsKept) else { throw DecodeError("\(count) forgotten heuristic decisions") }
+                guard count <= UInt32(clamping: sectionsMax.forgottenHeuristics) else { throw DecodeError("\(count) forgotten heuristic decisions") }
                 for _ in 0..<count {
                     let txid = try r.string(maxCount: 128)
                     let url = try r.string(maxCount: 4096)
@@ -488,8 +516,7 @@ public struct Participant {
             // The keys each force released (absent in snapshots written before session 26).
             if !r.isAtEnd {
                 let count = try r.u32()
-                let decisionsMax = config.branchesMax * 2 + config.finishedBranchesKept + Limits.forgottenHeuristicsKept
-                guard count <= UInt32(decisionsMax) else { throw DecodeError("\(count) released-key lists") }
+                guard count <= UInt32(clamping: sectionsMax.releasedKeyLists) else { throw DecodeError("\(count) released-key lists") }
                 for _ in 0..<count {
                     let txid = try r.string(maxCount: 128)
                     let (keys, total) = try Self.decodeReleasedKeys(&r)
@@ -504,7 +531,7 @@ public struct Participant {
             // written before session 26).
             if !r.isAtEnd {
                 let count = try r.u32()
-                guard count <= UInt32(config.finishedBranchesKept) else { throw DecodeError("\(count) unreported heuristic-mixed branches") }
+                guard count <= UInt32(clamping: sectionsMax.unreportedMixed) else { throw DecodeError("\(count) unreported heuristic-mixed branches") }
                 for _ in 0..<count {
                     let txid = try r.string(maxCount: 128)
                     let url = try r.string(maxCount: 4096)
@@ -514,7 +541,7 @@ public struct Participant {
             // 3PC promises not to vote yes (absent in snapshots written before session 27).
             if !r.isAtEnd {
                 let count = try r.u32()
-                guard count <= UInt32(Limits.finishedOutcomesInSnapshotMax) else { throw DecodeError("\(count) promises not to vote yes") }
+                guard count <= UInt32(clamping: sectionsMax.promises) else { throw DecodeError("\(count) promises not to vote yes") }
                 for _ in 0..<count { rememberPromise(try r.string(maxCount: 128)) }
             }
             // What this participant let go (absent in snapshots written before session 27:
@@ -524,7 +551,7 @@ public struct Participant {
             } else {
                 if try r.bool() { forgottenUnknown = true }
                 let count = try r.u32()
-                guard count <= UInt32(Limits.forgottenHorizonCoordinatorsMax) else { throw DecodeError("\(count) coordinators' forgotten txids") }
+                guard count <= UInt32(clamping: sectionsMax.forgottenCoordinators) else { throw DecodeError("\(count) coordinators' forgotten txids") }
                 for _ in 0..<count {
                     let text = try r.string(maxCount: 128)
                     guard let txid = TxID(text) else { throw DecodeError("bad txid \(text) in the forgotten txids") }
@@ -607,11 +634,19 @@ public struct Participant {
     /// found below it at the next start has lost them (`snapshotStoreAppliedLSN`).
     public func snapshot(storeAppliedLSN: UInt64 = 0) -> [UInt8] {
         var w = ByteWriter()
+        // Each section's count within what `recover` reads back (see `SnapshotSectionsMax`): a
+        // checkpoint past one could not be read at the next start, and the log before it is
+        // gone. The state's own limits keep each within; this checks that the two agree.
+        let sectionsMax = SnapshotSectionsMax(config)
+        func sectionCount(_ count: Int, _ max: Int, _ section: String) -> UInt32 {
+            assert(count <= max, "checkpoint section \(section) holds \(count), more than recover reads (\(max))")
+            return UInt32(count)
+        }
         w.u8(3)
         // An aborting (or forgetting) branch's record precedes the snapshot, so it is durable if
         // the snapshot is: it is written as finished, below.
         let kept = branches.values.filter { ![.active, .aborting, .forgetting].contains($0.state) }.sorted { $0.txid < $1.txid }
-        w.u32(UInt32(kept.count))
+        w.u32(sectionCount(kept.count, sectionsMax.branches, "branches"))
         for b in kept {
             w.string(b.txid)
             w.string(b.coordinatorURL)
@@ -633,7 +668,7 @@ public struct Participant {
             w.bool(b.threePhase != nil)
             if let info = b.threePhase { Self.encodeThreePhase(&w, info) }
         }
-        w.u32(UInt32(heuristicMixed.count))
+        w.u32(sectionCount(heuristicMixed.count, sectionsMax.mixed, "mixed"))
         for (txid, h) in heuristicMixed.sorted(by: { $0.key < $1.key }) {
             w.string(txid)
             Self.encodeDecision(&w, h)
@@ -643,9 +678,9 @@ public struct Participant {
         // "unknown", and a peer waiting on it as the backup could wait forever (found by the
         // simulation, seed 1838 with 1500 runs from 1001).
         let ending = branches.values.filter { $0.state == .aborting || $0.state == .forgetting }.sorted { $0.txid < $1.txid }
-        let recent = finishedOrder[finishedOrderHead...].suffix(Limits.finishedOutcomesInSnapshotMax - ending.count)
+        let recent = finishedOrder[finishedOrderHead...].suffix(max(0, Limits.finishedOutcomesInSnapshotMax - ending.count))
             .filter { finishedOutcomes[$0] != nil && !readOnlyFinished.contains($0) && !promisedNoVote.contains($0) }
-        w.u32(UInt32(recent.count + ending.count))
+        w.u32(sectionCount(recent.count + ending.count, sectionsMax.finishedOutcomes, "finishedOutcomes"))
         for txid in recent {
             w.string(txid)
             w.bool(finishedOutcomes[txid] == .committed)
@@ -662,7 +697,7 @@ public struct Participant {
             if let h = b.heuristic { forgotten.append((b.txid, ForgottenHeuristic(decision: h, coordinatorURL: b.coordinatorURL))) }
         }
         forgotten = Array(forgotten.suffix(Limits.forgottenHeuristicsKept))
-        w.u32(UInt32(forgotten.count))
+        w.u32(sectionCount(forgotten.count, sectionsMax.forgottenHeuristics, "forgottenHeuristics"))
         for (txid, f) in forgotten {
             w.string(txid)
             w.string(f.coordinatorURL)
@@ -678,7 +713,7 @@ public struct Participant {
         // second copy past the budget, written without names, blanked the first's.
         var listed = Set<String>()
         released = released.filter { listed.insert($0.0).inserted }
-        w.u32(UInt32(released.count))
+        w.u32(sectionCount(released.count, sectionsMax.releasedKeyLists, "releasedKeyLists"))
         // Past the budget, a list keeps its count but not its names: 100,000 decisions of 256
         // long keys each would pass the snapshot's own bound, and a checkpoint that fails is
         // fatal, at every start (a review).
@@ -691,7 +726,7 @@ public struct Participant {
             Self.encodeReleasedKeys(&w, named ? h.releasedKeys : [], total: h.releasedKeysTotal)
         }
         let unreported = unreportedMixed.filter { heuristicMixed[$0.key] != nil }.sorted { $0.key < $1.key }
-        w.u32(UInt32(unreported.count))
+        w.u32(sectionCount(unreported.count, sectionsMax.unreportedMixed, "unreportedMixed"))
         for (txid, url) in unreported {
             w.string(txid)
             w.string(url)
@@ -703,7 +738,7 @@ public struct Participant {
         // written prepared (left out, a restart from this checkpoint broke the promise; a review).
         let promised = Array(finishedOrder[finishedOrderHead...].filter { promisedNoVote.contains($0) }.suffix(Limits.finishedOutcomesInSnapshotMax))
             + promiseWaiting.keys.sorted().filter { !promisedNoVote.contains($0) }
-        w.u32(UInt32(promised.count))
+        w.u32(sectionCount(promised.count, sectionsMax.promises, "promises"))
         for txid in promised { w.string(txid) }
         // What a restart from this checkpoint will have let go: what was let go before, and
         // the outcomes written in neither list above.
@@ -715,7 +750,7 @@ public struct Participant {
             Self.raise(&upTo, &unknown, toText: txid)
         }
         w.bool(unknown)
-        w.u32(UInt32(upTo.count))
+        w.u32(sectionCount(upTo.count, sectionsMax.forgottenCoordinators, "forgottenCoordinators"))
         for txid in upTo.values.sorted(by: { $0.coordinatorID < $1.coordinatorID }) { w.string(txid.description) }
         return w.bytes
     }
@@ -1538,6 +1573,7 @@ extension Participant {
                 // it for ever (a review). It promises never to vote yes, and answers `read-only`
                 // from the next round on; this pre-commit is refused meanwhile.
                 if promiseWaiting[txid] == nil {
+                    if let full = promisesFull() { return [.reply(request, .error(full))] }
                     return [startPromise(txid, waiting: []),
                             .reply(request, .error(RequestError(409, "no three-phase branch \(txid) here: it voted read-only, and promises never to vote yes")))]
                 }
@@ -1559,6 +1595,7 @@ extension Participant {
                     promiseWaiting[txid] = waiting
                     return []
                 }
+                if let full = promisesFull() { return [.reply(request, .error(full))] }
                 return [startPromise(txid, waiting: [request])]
             case nil: return [.reply(request, .error(RequestError(409, "no three-phase branch \(txid) here")))]
             }
@@ -1836,6 +1873,13 @@ extension Participant {
     private mutating func rememberPromise(_ txid: String) {
         rememberFinished(txid, .aborted)
         promisedNoVote.insert(txid)
+    }
+
+    /// Why no other promise may start now (`Limits.noVotePromisesWritingMax` are being
+    /// written: a checkpoint carries them all, and its reader takes no more), nil when one may.
+    private func promisesFull() -> RequestError? {
+        guard promiseWaiting.count >= Limits.noVotePromisesWritingMax else { return nil }
+        return RequestError(503, "\(promiseWaiting.count) promises not to vote yes are being written here (limit \(Limits.noVotePromisesWritingMax)); retry")
     }
 
     /// Starts writing the promise for `txid`; `waiting` are the pre-aborts answered once it is

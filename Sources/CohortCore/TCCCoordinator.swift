@@ -638,6 +638,21 @@ public struct TCCCoordinator {
 
     // MARK: - recovery
 
+    /// The most transactions each group of a snapshot can hold: what the state `snapshot`
+    /// writes them from is bounded by, so `recover` reads whatever was written and still refuses
+    /// an absurd count from a damaged file. From the most any configuration keeps, not this
+    /// one's. The open group was bounded by twice `openTransactionsMax` (20,000), while the
+    /// settling ones alone may be `settlingTransactionsMax` (50,000): a coordinator with 20,001
+    /// transactions waiting for a service's confirm or cancel wrote a checkpoint that every
+    /// later start refused (a review, session 28).
+    var snapshotSectionsMax: (open: Int, finished: Int) {
+        // Undecided ones admitted below `openTransactionsMax`, settling ones below
+        // `settlingTransactionsMax` (plus the undecided ones that settled since).
+        let open = max(config.openTransactionsMax, Limits.openTransactionsMax) + max(config.settlingTransactionsMax, Limits.committingTransactionsMax)
+        // The finished ones kept, and the open ones a pending force ends in the snapshot.
+        return (open, max(config.finishedTransactionsKept, Limits.finishedTransactionsKeptMax) + open)
+    }
+
     /// Rebuilds state from a snapshot (`snapshot()`) and the TCC records after it, and returns
     /// the actions that finish every open transaction: confirms for decided ones, cancels for
     /// every branch of the others (presumed cancel).
@@ -645,9 +660,12 @@ public struct TCCCoordinator {
         if let snapshot, !snapshot.isEmpty {
             var r = ByteReader(snapshot)
             guard try r.u8() == 1 else { throw DecodeError("unknown TCC snapshot version") }
+            let sectionsMax = snapshotSectionsMax
             for isOpen in [true, false] {
                 let count = try r.u32()
-                guard count <= UInt32(config.openTransactionsMax * 2 + max(config.finishedTransactionsKept, Limits.finishedTransactionsKeptMax)) else { throw DecodeError("\(count) TCC transactions in a snapshot") }
+                guard count <= UInt32(clamping: isOpen ? sectionsMax.open : sectionsMax.finished) else {
+                    throw DecodeError("\(count) \(isOpen ? "open" : "finished") TCC transactions in a snapshot")
+                }
                 for _ in 0..<count {
                     let tx = try TCCRecordCoding.decodeTransaction(&r)
                     maxEpochSeen = max(maxEpochSeen, tx.txid.epoch)
@@ -772,7 +790,12 @@ public struct TCCCoordinator {
             }
             openGroup.append(tx)
         }
-        for group in [openGroup, finishedOrder[finishedOrderHead...].compactMap { finished[$0] } + endedByForce] {
+        let sectionsMax = snapshotSectionsMax
+        for (isOpen, group) in [(true, openGroup), (false, finishedOrder[finishedOrderHead...].compactMap { finished[$0] } + endedByForce)] {
+            // Within what `recover` reads back (`snapshotSectionsMax`): the state's own limits
+            // keep it so; this checks that the two agree.
+            let groupMax = isOpen ? sectionsMax.open : sectionsMax.finished
+            assert(group.count <= groupMax, "\(group.count) \(isOpen ? "open" : "finished") TCC transactions in a snapshot, more than recover reads (\(groupMax))")
             w.u32(UInt32(group.count))
             for tx in group { TCCRecordCoding.encodeTransaction(tx, &w) }
         }

@@ -209,6 +209,8 @@ public final class DurableLog {
         var startsSegment: Bool
         /// The group begins with a checkpoint record.
         let isCheckpoint: Bool
+        /// Of `bytes`, the checkpoint record's: not counted in `unsyncedBytes`.
+        var checkpointBytes = 0
         let firstLSN: UInt64
         var lastLSN: UInt64
         var bytes: [UInt8]
@@ -254,6 +256,11 @@ public final class DurableLog {
     private var holdsReleased: UInt64 = 0
     /// How long a sync of the current segment has lately taken (µs, moving average).
     private var syncUsAverage: Int64 = 0
+    /// Appended records' bytes not yet synced, checkpoints apart: what `unsyncedBytesMax`
+    /// bounds. A checkpoint's bytes counted here, a snapshot over 32 MiB filled the room while
+    /// its round ran (and a smaller one took most of it), and every record appended meanwhile
+    /// was refused "log full": the coordinator aborted each commit decided then (a review,
+    /// session 28). A checkpoint is bounded by `snapshotBytesMax` instead.
     private var unsyncedBytes = 0
     private var nextLSN: UInt64
     private var durableLSNValue: UInt64
@@ -355,8 +362,8 @@ public final class DurableLog {
         defer { state.unlock() }
         if let failure { throw LogFailedError(cause: failure) }
         if closed { throw LogClosedError() }
-        // A checkpoint is exempt: it is bounded by its own limit, and refusing it would keep the
-        // log from ever shrinking.
+        // A checkpoint is exempt, and takes none of the room (see `unsyncedBytes`): it is
+        // bounded by its own limit, and refusing it would keep the log from ever shrinking.
         if !isCheckpoint && !pastBackPressure && unsyncedBytes + encodedBytes > config.unsyncedBytesMax {
             throw LogFullError(unsyncedBytes: unsyncedBytes, limitBytes: config.unsyncedBytesMax)
         }
@@ -370,7 +377,11 @@ public final class DurableLog {
         let last = groups.count - 1
         LogFormat.encodeRecord(lsn: lsn, type: type, payload: payload, into: &groups[last].bytes)
         groups[last].lastLSN = lsn
-        unsyncedBytes += encodedBytes
+        if isCheckpoint {
+            groups[last].checkpointBytes = encodedBytes
+        } else {
+            unsyncedBytes += encodedBytes
+        }
         recordsTotalValue += 1
         if isCheckpoint { checkpointsTotalValue += 1 }
         bytesSinceCheckpointValue = isCheckpoint ? 0 : bytesSinceCheckpointValue + encodedBytes
@@ -637,7 +648,7 @@ public final class DurableLog {
             while let group = groups.first, !(group.startsSegment && newSegments == 1) {
                 if group.startsSegment { newSegments += 1 }
                 taken.append(groups.removeFirst())
-                takenBytes += taken.last!.bytes.count
+                takenBytes += taken.last!.bytes.count - taken.last!.checkpointBytes
                 takenForced += group.forcedRecords
                 takenWaited += group.waitedRecords
             }

@@ -234,4 +234,77 @@ final class CoordinatorSubmitTests: XCTestCase {
         XCTAssertEqual(prepares(again).count, 2)
         XCTAssertEqual(c.inquire(old.description), .aborted)
     }
+
+    // MARK: - the bytes of submitted work held (review, session 28)
+
+    /// Submitted work is held until each branch votes; it was bounded in count (10,000
+    /// transactions) but not in bytes, so 10,000 submissions of a request's size each held
+    /// over 10 GiB. Past `submittedWorkBytesMax` a submission is answered 503 with the reason
+    /// and starts nothing; the bytes go as each branch votes and when its transaction ends on
+    /// any path (commit, abort, timeout, a restart), and a new one is admitted then.
+    func testSubmittedWorkIsBoundedInBytesAndLetGoOnEveryPath() throws {
+        let one = Coordinator.heldBytes(opsA) + Coordinator.heldBytes(opsB)
+        XCTAssertEqual(Coordinator.heldBytes(opsA), Coordinator.heldBytes(opsB))
+        var config = Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 100)
+        config.submittedWorkBytesMax = 2 * one
+        var c = Coordinator(config: config)
+        var nextRequest: RequestID = 10
+        func submitBoth() -> (TxID?, [Coordinator.Action], RequestID) {
+            nextRequest += 1
+            let (t, actions) = submit(&c, [.init(participant: a, work: opsA), .init(participant: b, work: opsB)], request: nextRequest)
+            return (t, actions, nextRequest)
+        }
+        func refusedForBytes() -> RequestError? {
+            let (t, actions, request) = submitBoth()
+            guard t == nil, case .reply(request, .error(let e))? = actions.first, actions.count == 1 else { return nil }
+            return e
+        }
+        let first = try XCTUnwrap(submitBoth().0)
+        let second = try XCTUnwrap(submitBoth().0)
+        XCTAssertEqual(c.submittedWorkBytes, 2 * one)
+        let open = c.unfinishedCount
+        let refused = try XCTUnwrap(refusedForBytes(), "a third submission past the bound is admitted")
+        XCTAssertEqual(refused.status, 503)
+        XCTAssertTrue(refused.message.contains("submitted work waiting for its participants' votes holds \(2 * one) bytes"), refused.message)
+        XCTAssertTrue(refused.message.contains("retry later"), refused.message)
+        XCTAssertEqual(c.unfinishedCount, open, "a refused submission opens nothing")
+
+        // Handed off: a branch that voted lets its work go, and room for half a submission is
+        // not room for a whole one.
+        _ = c.on(.voted(first, participant: "a", vote: .yes), nowMs: 11)
+        XCTAssertEqual(c.submittedWorkBytes, 2 * one - one / 2)
+        XCTAssertNotNil(refusedForBytes())
+        // Committed: all of it gone, and a new submission is admitted.
+        _ = c.on(.voted(first, participant: "b", vote: .yes), nowMs: 12)
+        _ = c.on(.decisionDurable(first), nowMs: 13)
+        XCTAssertEqual(c.submittedWorkBytes, one)
+        let third = try XCTUnwrap(submitBoth().0, "admitted once the first committed")
+        XCTAssertNotNil(refusedForBytes())
+        // Aborted (a no vote): the other branch's work goes too.
+        _ = c.on(.voted(second, participant: "b", vote: .no(reason: "no stock")), nowMs: 14)
+        XCTAssertEqual(c.submittedWorkBytes, one)
+        let fourth = try XCTUnwrap(submitBoth().0, "admitted once the second aborted")
+        // Aborted by its client, and timed out.
+        _ = c.on(.abort(50, txid: third.description), nowMs: 15)
+        XCTAssertEqual(c.submittedWorkBytes, one)
+        _ = c.on(.timerFired(.transactionTimeout(fourth)), nowMs: 5_000)
+        XCTAssertEqual(c.submittedWorkBytes, 0)
+        XCTAssertNotNil(submitBoth().0)
+        XCTAssertNotNil(submitBoth().0)
+        XCTAssertEqual(c.submittedWorkBytes, 2 * one)
+
+        // A restart holds none (undecided submissions die with it).
+        var restarted = Coordinator(config: config)
+        _ = try restarted.recover(snapshot: c.snapshot(), records: [], nowMs: 6_000)
+        XCTAssertEqual(restarted.submittedWorkBytes, 0)
+        c = restarted
+        XCTAssertNotNil(submitBoth().0)
+
+        // A submission larger than the whole bound can never be admitted: 413, not 503.
+        var small = Coordinator(config: { var s = config; s.submittedWorkBytesMax = one / 2 - 1; return s }())
+        let actions = small.on(.submit(99, timeoutMs: nil, protocol: .twoPhase, branches: [.init(participant: a, work: opsA)]), nowMs: 1)
+        guard case .reply(99, .error(let e))? = actions.first, actions.count == 1 else { return XCTFail("\(actions)") }
+        XCTAssertEqual(e.status, 413)
+        XCTAssertEqual(small.unfinishedCount, 0)
+    }
 }

@@ -614,3 +614,57 @@ final class ThreePhaseForgottenTransactionForceTests: XCTestCase {
         }
     }
 }
+
+/// Promises not to vote yes in a participant's checkpoint (review, session 28).
+extension ThreePhaseTerminationEdgeTests {
+    /// A checkpoint carries the promises not to vote yes kept (the newest
+    /// `Limits.finishedOutcomesInSnapshotMax`) and those whose record is still being written, and
+    /// its reader took no more than the first: a participant with 10,000 promises kept that
+    /// took a checkpoint while one more was being written could not start again ("10001
+    /// promises not to vote yes"), and the log before it was gone. Those being written are
+    /// bounded now (`Limits.noVotePromisesWritingMax`, 503 past it) and the reader takes both.
+    /// Review, session 28.
+    func testACheckpointWithManyPromisesAndOneBeingWrittenIsReadBack() throws {
+        var z = participant("z")
+        func promise(_ txid: String, durable: Bool) -> [Participant.Action] {
+            let asked = z.on(.preAbort(1, txid: txid))
+            XCTAssertEqual(logs(asked), [.noVotePromised(txid)])
+            return durable ? z.on(.abortDurable(txid)) : asked
+        }
+        for i in 0..<Limits.finishedOutcomesInSnapshotMax { _ = promise("kept-\(i)", durable: true) }
+        _ = promise("writing", durable: false)
+        let snapshot = z.snapshot()
+        var restarted = participant("z")
+        do {
+            _ = try restarted.recover(snapshot: snapshot, records: [])
+        } catch {
+            return XCTFail("the participant cannot read its own checkpoint: \(error)")
+        }
+        for txid in ["kept-0", "kept-\(Limits.finishedOutcomesInSnapshotMax - 1)", "writing"] {
+            let answer = restarted.on(.stateQuery(77, txid: txid))
+            let states: [ThreePhaseState] = answer.compactMap { if case .reply(_, .state(let s, _)) = $0 { return s } else { return nil } }
+            XCTAssertEqual(states, [.readOnly], txid)
+        }
+    }
+
+    /// Promises being written at once are bounded: past `Limits.noVotePromisesWritingMax` a
+    /// pre-abort that would start another is answered 503 and records nothing; once one is
+    /// durable, a new one starts.
+    func testPromisesBeingWrittenAreBounded() throws {
+        var z = participant("z")
+        for i in 0..<Limits.noVotePromisesWritingMax {
+            XCTAssertEqual(logs(z.on(.preAbort(RequestID(i), txid: "w-\(i)"))), [.noVotePromised("w-\(i)")])
+        }
+        let refused = z.on(.preAbort(1, txid: "one-more"))
+        guard case .reply(1, .error(let e))? = refused.first, refused.count == 1 else { return XCTFail("\(refused)") }
+        XCTAssertEqual(e.status, 503)
+        XCTAssertTrue(e.message.contains("promises not to vote yes are being written"), e.message)
+        // A pre-abort riding on a promise already being written still joins it.
+        XCTAssertEqual(z.on(.preAbort(2, txid: "w-0")), [])
+        XCTAssertEqual(z.on(.abortDurable("w-0")), [.reply(0, .preAborted), .reply(2, .preAborted)])
+        XCTAssertEqual(logs(z.on(.preAbort(3, txid: "one-more"))), [.noVotePromised("one-more")])
+        // All of them in a checkpoint, which reads back.
+        var restarted = participant("z")
+        XCTAssertNoThrow(try restarted.recover(snapshot: z.snapshot(), records: []))
+    }
+}
