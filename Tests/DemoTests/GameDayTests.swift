@@ -59,4 +59,25 @@ final class GameDayTests: XCTestCase {
         try rig.start("orders")
         XCTAssertEqual(rig.waitAtRest(), [])
     }
+
+    /// LOW. `txbench --orders ... --row` prints one row in the same columns as the transfer
+    /// benchmark's (`clients committed/s aborted/s p50 p95 p99 max syncs msgs max_syncs check`),
+    /// and txbench's usage says `--row-header prints the header line and exits`; but with
+    /// `--orders` the flag is refused as unknown (exit 2), so a script printing a table of
+    /// order rows has no header to print.
+    func testTxbenchOrdersPrintsItsRowHeader() throws {
+        let txbench = try Cluster.findBinDirectory().appendingPathComponent("txbench")
+        let p = Process()
+        p.executableURL = txbench
+        p.arguments = ["--orders", "--row-header"]
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        p.waitUntilExit()
+        let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertEqual(p.terminationStatus, 0, "txbench --orders --row-header: \(stderr)")
+        XCTAssertTrue(stdout.hasPrefix("clients "), "the header line: \(stdout)")
+    }
 }
