@@ -123,6 +123,12 @@ public final class OrderService: RunnableServer {
     }
 
     public func shutdown() {
+        // A graceful stop answers every request it took: held waits get the order as it is now
+        // (most likely still pending) before the server closes their connections, which
+        // dropped them unanswered (the session-28 game day). A signal's stop runs on the loop.
+        if agent.loop.isInLoopThread {
+            for orderID in Array(waiters.keys) { answerWaiters(orderID) }
+        }
         outbox.consumer?.stop()
         outbox.relay.stop()
         agent.shutdown()

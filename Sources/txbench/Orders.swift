@@ -12,7 +12,7 @@ import Foundation
 func ordersMain(_ argv: [String]) -> Never {
     let ordersUsage = """
     usage: txbench --orders [--mode 2pc|3pc|tcc|outbox] [--clients N] [--duration D] [--warmup D] [--skus N]
-                   [--json | --row] [--progress] [--bin-dir DIR]
+                   [--json | --row | --row-header] [--progress] [--bin-dir DIR]
 
     Demo orders of one unit against order-service + inventory-service + cohortd (started here),
     placed in --mode (default 2pc), each with a request_id of its own. Reports confirmed/s,
@@ -31,8 +31,10 @@ func ordersMain(_ argv: [String]) -> Never {
     var binDir: String?
     do {
         let args = try Arguments(argv, valued: ["mode", "clients", "duration", "warmup", "skus", "bin-dir"],
-                                 booleans: ["orders", "row", "help", "json", "progress"])
+                                 booleans: ["orders", "row", "row-header", "help", "json", "progress"])
         if args.has("help") { print(ordersUsage); exit(0) }
+        // The order rows have the transfer rows' columns: a script prints one header for both.
+        if args.has("row-header") { print(benchRowHeader); exit(0) }
         guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
         mode = args.string("mode") ?? "2pc"
         guard ["2pc", "3pc", "tcc", "outbox"].contains(mode) else { throw UsageError("--mode must be 2pc, 3pc, tcc or outbox") }

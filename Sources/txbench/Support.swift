@@ -244,3 +244,7 @@ final class ProgressLine: @unchecked Sendable {
         }
     }
 }
+
+/// The header of `--row` rows, transfers' and orders' alike (`--row-header` prints it). Here,
+/// not in main.swift: `--orders` runs before main.swift's own globals are set.
+let benchRowHeader = "clients  committed/s  aborted/s    p50_ms    p95_ms    p99_ms    max_ms  syncs/commit  msgs/commit  max_syncs/commit/proc  conservation"

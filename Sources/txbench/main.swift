@@ -8,7 +8,7 @@ usage: txbench [--clients N] [--rate N] [--duration D | --transfers N] [--warmup
                [--termination classic|quorum] [--submit | --named-branches] [--json | --row] [--progress]
                [--coordinator URL --agents URL,URL,... [--no-setup]] [--bin-dir DIR] [--poll-us N] [--keep]
        txbench --orders --mode 2pc|3pc|tcc|outbox [--clients N] [--duration D] [--warmup D] [--skus N]
-               [--json | --row] [--progress]
+               [--json | --row | --row-header] [--progress] [--bin-dir DIR]
 
 Load generator for Cohort: concurrent bank transfers between two agents, each a distributed
 two-phase-commit transaction. Starts its own coordinator and two agents in a temporary directory
@@ -78,7 +78,6 @@ var submit = false
 var namedBranches = false
 var json = false
 var row = false
-let rowHeader = "clients  committed/s  aborted/s    p50_ms    p95_ms    p99_ms    max_ms  syncs/commit  msgs/commit  max_syncs/commit/proc  conservation"
 var keep = false
 var external: (coordinator: String, agents: [String])?
 var binDir: String?
@@ -92,7 +91,7 @@ do {
         exit(0)
     }
     if args.has("row-header") {
-        print(rowHeader)
+        print(benchRowHeader)
         exit(0)
     }
     guard args.positional.isEmpty else { throw UsageError("unexpected argument \(args.positional[0])") }
