@@ -93,4 +93,45 @@ final class FixesReview28Tests: XCTestCase {
         }
         XCTAssertFalse(aborted, "split: the coordinator committed t (the client heard committed) and recovered p1 aborts it on a restarted reader's promise")
     }
+
+    /// HIGH, the same schedule without p2's restart: p2 still remembers its read-only vote and
+    /// answers `read-only` at once. Present before session 28 too (a reader's answer was already
+    /// a "word" for a recovered branch), and the session-28 promise extends it to readers that
+    /// restarted.
+    func testARecoveredClassicWriterDoesNotAbortOnALiveReadersAnswer() throws {
+        let (txid, clientHeardCommitted) = try coordinatorCommitsOnPreCommitTimeout(p2Vote: .readOnly)
+        XCTAssertTrue(clientHeardCommitted)
+        let t = txid.description
+        var writer = Participant(config: Participant.Config(name: "p1"))
+        _ = try writer.recover(snapshot: nil, records: [preparedRecord(t)])
+        var reader = Participant(config: Participant.Config(name: "p2"))
+        _ = reader.on(.joined(t, coordinatorURL: "http://c", timeoutMs: 1_000))
+        _ = reader.on(.prepare(2, txid: t, onePhase: false, vote: .readOnly,
+                               threePhase: Participant.ThreePhaseInfo(termination: .classic, peers: [p1, p2])))
+        var aborted = false
+        for _ in 0..<3 where !aborted {
+            aborted = logs(round(&writer, &reader, t)).contains(.aborted(t))
+        }
+        XCTAssertFalse(aborted, "split: the coordinator committed t and recovered p1 aborts it on a reader's `read-only` answer")
+    }
+
+    /// HIGH, present before session 28. Two writers, both crash before their pre-committed
+    /// records are durable; the classic coordinator commits at the pre-commit timeout (then
+    /// crashes). Both come back `recovered` and uncertain: p1 has "every peer's word" (p2's
+    /// recovered `uncertain`), counts a recovered peer's pre-state as a word although a
+    /// non-recovered backup would not, sees nobody pre-committed and aborts.
+    func testTwoRecoveredClassicWritersDoNotAbortWhatTheCoordinatorCommitted() throws {
+        let (txid, clientHeardCommitted) = try coordinatorCommitsOnPreCommitTimeout(p2Vote: .yes)
+        XCTAssertTrue(clientHeardCommitted)
+        let t = txid.description
+        var one = Participant(config: Participant.Config(name: "p1"))
+        _ = try one.recover(snapshot: nil, records: [preparedRecord(t)])
+        var two = Participant(config: Participant.Config(name: "p2"))
+        _ = try two.recover(snapshot: nil, records: [preparedRecord(t)])
+        var aborted = false
+        for _ in 0..<3 where !aborted {
+            aborted = logs(round(&one, &two, t)).contains(.aborted(t))
+        }
+        XCTAssertFalse(aborted, "split: the coordinator committed t and recovered p1 aborts it with recovered p2's `uncertain` as its only word")
+    }
 }
