@@ -134,4 +134,44 @@ final class FixesReview28Tests: XCTestCase {
         }
         XCTAssertFalse(aborted, "split: the coordinator committed t and recovered p1 aborts it with recovered p2's `uncertain` as its only word")
     }
+
+    // MARK: - coordinator: a forced commit of a forgotten terminating transaction, its decision refused
+
+    /// MEDIUM-HIGH, new in session 28 (532e8f7). A terminating 3PC transaction whose participants
+    /// all forgot it; an operator forces commit. Once the audit record is durable the operator is
+    /// told "forced committed" (a restart replays the audit as the commit decision,
+    /// `commitForcedFromLog`), and the commit decision is appended. The log refuses it (full):
+    /// `decisionRefused` sends a 3PC `deciding` transaction back to `preCommitting` and learning,
+    /// so it is `terminating` again, an inquiry hears `pending`, and because the participants'
+    /// last answers are still `unknown` a second operator's force of ABORT is taken at once and
+    /// ends it aborted. The log now holds audit(force-commit) then audit(force-abort): a restart
+    /// replays the first as a commit (`committing`) and the live coordinator said aborted.
+    func testAForcedCommitWhoseDecisionTheLogRefusesStaysCommitted() throws {
+        let a = ParticipantRef(name: "a", url: "http://a"), b = ParticipantRef(name: "b", url: "http://b")
+        let txid = try XCTUnwrap(TxID("\(coordinatorID)-5-1"))
+        let preCommit = Coordinator.Record.preCommit(txid, participants: [a, b], termination: .quorum, atMs: 1)
+        var c = Coordinator(config: Coordinator.Config(coordinatorID: coordinatorID, epoch: 100))
+        _ = try c.recover(snapshot: nil, records: [CoordinatorRecordCoding.encode(preCommit)], nowMs: 10)
+        _ = c.on(.stateAnswered(txid, participant: "a", state: .unknown), nowMs: 20)
+        _ = c.on(.stateAnswered(txid, participant: "b", state: .unknown), nowMs: 20)
+        let force = Coordinator.ForceRequest(outcome: .committed, reason: "participants forgot it", operatorName: "op1", dryRun: false)
+        let firstAudit = try XCTUnwrap(records(c.on(.force(7, txid: txid.description, force), nowMs: 30)).first)
+        let done = c.on(.auditDurable(txid), nowMs: 31)
+        XCTAssertTrue(done.contains { if case .reply(7, .forced(_, .committed, false, _)) = $0 { return true } else { return false } },
+                      "precondition: op1 is told forced committed: \(done)")
+        // The commit decision appended right after is refused by the log (back-pressure).
+        _ = c.on(.decisionRefused(txid, reason: "log full"), nowMs: 32)
+        XCTAssertEqual(c.inquire(txid.description), .committed,
+                       "op1 was told forced committed and a restart replays its audit as a commit; live it is \(c.transaction(txid).map { $0.state.rawValue } ?? "gone")")
+        let abort = Coordinator.ForceRequest(outcome: .aborted, reason: "looks stuck", operatorName: "op2", dryRun: false)
+        let second = c.on(.force(8, txid: txid.description, abort), nowMs: 40)
+        let secondAudit = records(second).first
+        if let secondAudit {
+            let ended = c.on(.auditDurable(txid), nowMs: 41)
+            let toldAborted = ended.contains { if case .reply(8, .forced(_, .aborted, false, _)) = $0 { return true } else { return false } }
+            var restarted = Coordinator(config: Coordinator.Config(coordinatorID: coordinatorID, epoch: 101))
+            _ = try restarted.recover(snapshot: nil, records: [preCommit, firstAudit, secondAudit].map { CoordinatorRecordCoding.encode($0) }, nowMs: 1_000)
+            XCTFail("a forced abort is taken after a forced commit was answered (op2 told aborted: \(toldAborted); live: \(c.inquire(txid.description)); after a restart: \(restarted.inquire(txid.description)))")
+        }
+    }
 }
