@@ -748,7 +748,7 @@ public struct Coordinator {
                     if outcome == .aborted {
                         _ = endForgottenByOperator(txid, .aborted, by: entry, nowMs: entry.atMs)
                     } else {
-                        commitForcedFromLog(txid, entry)
+                        commitForcedByOperator(txid, entry)
                     }
                 }
             } else if var tx = finished[txid] {
@@ -774,9 +774,9 @@ public struct Coordinator {
         }
     }
 
-    /// A forced commit of a terminating transaction, read back from its audit record: committing,
-    /// as its commit decision (which may not have reached the log) would make it.
-    private mutating func commitForcedFromLog(_ txid: TxID, _ entry: AuditEntry) {
+    /// A forced commit of a terminating transaction (live, or read back from its audit record):
+    /// committing, every yes-voter to be told.
+    private mutating func commitForcedByOperator(_ txid: TxID, _ entry: AuditEntry) {
         guard var tx = openTable.byID[txid], tx.state == .terminating else { return }
         tx.state = .committing
         tx.outcome = .committed
@@ -784,7 +784,7 @@ public struct Coordinator {
         tx.branches = tx.branches.filter { $0.vote == .yes }
         for i in tx.branches.indices { tx.branches[i].state = .commitSent }
         tx.events.append(TimelineEvent(atMs: entry.atMs, event: "decided", participant: nil,
-                                       detail: "commit forced by operator \(entry.operatorName) (from log; every participant had forgotten the transaction)"))
+                                       detail: "commit forced by operator \(entry.operatorName): \(entry.reason) (every participant had forgotten the transaction)"))
         openTable[txid] = tx
     }
 
@@ -2087,17 +2087,29 @@ extension Coordinator {
     }
 
     /// Ends, with an operator's outcome, a terminating 3PC transaction that no participant
-    /// remembers (`everyParticipantForgot`). An abort ends it at once; a commit is logged as a
-    /// decision, as a learned commit is, and sent (a participant with no branch acknowledges it).
+    /// remembers (`everyParticipantForgot`). An abort ends it at once; a commit makes it
+    /// committing and sends the commit (a participant with no branch acknowledges it). Its
+    /// durable audit record is the decision, replayed so after a restart: a commit decision
+    /// record after it could be refused by a full log, and the transaction went back to
+    /// `terminating` after the operator was told committed, open to the opposite force (a
+    /// review, session 28).
     mutating func endForgottenByOperator(_ txid: TxID, _ outcome: Outcome, by entry: AuditEntry, nowMs: Int64) -> [Action] {
-        guard var tx = openTable.byID[txid], tx.state == .terminating else { return [] }
+        guard openTable.byID[txid]?.state == .terminating else { return [] }
         let because = "forced by operator \(entry.operatorName): \(entry.reason) (every participant had forgotten the transaction)"
         if outcome == .aborted { return [.cancelTimer(.learn(txid))] + decideAbort(txid, reason: because, nowMs: nowMs) }
-        tx.state = .deciding
-        tx.events.append(TimelineEvent(atMs: nowMs, event: "deciding", participant: nil, detail: because))
+        commitForcedByOperator(txid, entry)
+        guard var tx = openTable.removeValue(forKey: txid) else { return [] }
+        var actions: [Action] = [.cancelTimer(.learn(txid)), .cancelTimer(.transactionTimeout(txid))]
+        for request in tx.waiters { actions.append(.reply(request, .outcome(txid, .committed, reason: nil))) }
+        tx.waiters = []
+        for i in tx.branches.indices {
+            tx.branches[i].attempts = 1
+            actions.append(.send(txid, to: tx.branches[i].participant, .commit))
+        }
+        stats.committed += 1
         openTable[txid] = tx
-        let updates = tx.branches.filter { $0.vote == .yes }.map(\.participant)
-        return [.cancelTimer(.learn(txid)), .log(.commitDecision(txid, participants: updates, decidedAtMs: nowMs), force: true)]
+        if tx.branches.isEmpty { actions += endIfDelivered(txid, nowMs: nowMs) }
+        return actions
     }
 
     /// Ends a committing transaction that an operator resolved: the branches still waiting
