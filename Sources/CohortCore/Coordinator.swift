@@ -2273,6 +2273,13 @@ extension Coordinator {
         let acked = updates.filter { $0.state == .preCommitted }.count
         switch termination {
         case .classic:
+            // Not on no acknowledgement at all: then no writer is durably pre-committed, and a
+            // writer back from a crash, whose peers are readers or uncertain, could not tell this
+            // commit from none and aborted against it (a review, session 28,
+            // `FixesReview28Tests`). With one, that writer reports it to every peer that asks.
+            guard acked > 0 else {
+                return startLearning(txid, because: "pre-commit timeout with no acknowledgement: nobody is durably pre-committed, so the participants decide", nowMs: nowMs)
+            }
             return decideCommitAfterPreCommit(txid, detail: "pre-commit timeout: \(acked) of \(updates.count) acknowledged; the silent ones are presumed failed (classic 3PC)", nowMs: nowMs)
         case .quorum:
             if acked >= Coordinator.quorum(updates.count) {

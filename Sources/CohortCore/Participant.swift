@@ -1757,23 +1757,23 @@ extension Participant {
                 // Back from a crash: decide only with every peer's word (a peer that decided
                 // while this one was down may be down now), else wait to learn the outcome.
                 // `unknown` is no word: a peer that committed and forgot it answers so (it
-                // aborted while its peers had committed, a review, session 27).
+                // aborted while its peers had committed, a review, session 27). Readers'
+                // words and recovered peers' pre-states count: a commit needs a writer durably
+                // pre-committed (the classic coordinator commits at its pre-commit timeout only
+                // with an acknowledgement, session 28), and that writer reports it.
                 let missing = Set(info.peers.map(\.name)).subtracting(states.filter { $0.value != .unknown }.keys)
-                if !missing.isEmpty { return [again] }
-                // Nobody pre-committed would mean abort; but a reader's word (live, restarted,
-                // or promised never to vote yes) or a recovered peer's pre-state does not say
-                // the coordinator did not commit: the classic coordinator commits at its
-                // pre-commit timeout on no acknowledgement at all when the writers crashed
-                // before their pre-commit records were durable. Only a writer that stayed up
-                // (the pre-commit would have reached it) says so; without one this branch waits
-                // for the coordinator or an operator (a review, session 28: a pre-abort asked
-                // of the `unknown` peers, for a day, let a recovered writer abort what the
-                // coordinator had committed). A pre-committed branch is no such doubt: nobody
-                // aborts after a pre-commit but a backup, whose abort is forced and reported.
-                let liveWriter = states.contains { name, state in
-                    name != config.name && !b.roundRecovered.contains(name) && [.uncertain, .preCommitted, .preAborted].contains(state)
+                if !missing.isEmpty {
+                    // A peer that answered `unknown` and has let go of no txid at or above this
+                    // one never voted yes (or was a reader that restarted). Asked to pre-abort,
+                    // it promises durably never to vote yes and answers `read-only` from the
+                    // next round on: a word. One that may have forgotten an outcome refuses
+                    // (409), and this branch keeps waiting for the coordinator or an operator.
+                    // (Without the ask, a recovered branch whose peers never had the transaction
+                    // waited for ever once the coordinator was lost: simulation seeds 634 and
+                    // 772, session 27.)
+                    let unknownPeers = peers(in: states.filter { $0.value == .unknown })
+                    return unknownPeers.map { .sendToPeer(txid, peer: $0, message: .preAbort) } + [again]
                 }
-                if !states.values.contains(.preCommitted) && !liveWriter { return [again] }
             } else {
                 // A recovered peer's pre-state may predate a decision it missed: only its
                 // outcome (committed, aborted) counts here.

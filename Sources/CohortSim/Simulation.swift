@@ -859,26 +859,11 @@ extension Simulation {
                 return "\(name)=\(a.machine.finishedOutcomes[txid]?.rawValue ?? "unknown")"
             }.joined(separator: " ")
         }
-        /// Classic 3PC's own limit (docs/protocols.md): a branch back from a crash, not
-        /// pre-committed, whose peers include no writer that stayed up, cannot tell whether the
-        /// coordinator committed at its pre-commit timeout, and waits for it. Checked once it is
-        /// back, with every run's final checks.
-        func waitsByDesign(_ b: Participant.Branch, at name: String) -> Bool {
-            guard b.threePhase?.termination == .classic, b.recovered, b.state == .prepared else { return false }
-            return agentNames.allSatisfy { other in
-                guard other != name, let machine = nodes[other]?.agent?.machine else { return true }
-                if let peer = machine.branches[b.txid] { return peer.recovered && peer.state == .prepared }
-                return machine.finishedOutcomes[b.txid] == nil
-            }
-        }
-        var waiting = Set<String>()
         for name in agentNames {
             guard let a = nodes[name]?.agent else {
                 return fail("non-blocking termination: \(name) is down \(seconds) virtual s after the heal (coordinator lost)")
             }
-            var open = a.machine.branches.values.filter { $0.threePhase != nil }.sorted { $0.txid < $1.txid }
-            for b in open where waitsByDesign(b, at: name) { waiting.insert(b.txid) }
-            open.removeAll { waiting.contains($0.txid) }
+            let open = a.machine.branches.values.filter { $0.threePhase != nil }.sorted { $0.txid < $1.txid }
             if let b = open.first {
                 return fail("non-blocking termination: \(name) holds 3PC branch \(b.txid) \(b.state.rawValue) \(seconds) virtual s after the coordinator was lost" +
                             " (\(open.count) undecided here; participants: \(views(b.txid)))")
@@ -890,11 +875,8 @@ extension Simulation {
             checkAgreement(txid: txid)
             if failure != nil { return }
         }
-        if !waiting.isEmpty {
-            trace("\(waiting.count) recovered classic 3PC branches wait for the coordinator (no writer stayed up): \(waiting.sorted().joined(separator: ", "))")
-        }
         for client in clients {
-            for t in client.transfers where !waiting.contains(t.txid) {
+            for t in client.transfers {
                 let applied = t.agents.filter { (try? nodes[$0]!.store.get(t.marker)) != nil }
                 let label = t.txid.isEmpty ? t.marker : t.txid
                 if !applied.isEmpty && applied.count != t.agents.count {

@@ -25,8 +25,7 @@ public enum CohortSimCommand {
                      A third of the 3pc runs (drawn by the seed; "coordinator-lost" in the
                      fault mix) lose the coordinator at the heal: the participants must
                      finish every 3PC branch without it, all alike and as the clients were
-                     told, before it comes back (but a recovered classic branch that no
-                     writer that stayed up can inform, which waits for it by design)
+                     told, before it comes back
       --coordinator-lost
                      with --protocol 3pc: every run loses the coordinator at the heal
       --seed N       first seed (default 1)

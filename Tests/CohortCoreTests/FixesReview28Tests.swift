@@ -82,7 +82,9 @@ final class FixesReview28Tests: XCTestCase {
     /// "voted read-only and restarted" (the coordinator may have committed).
     func testARecoveredClassicWriterDoesNotAbortOnARestartedReadersPromise() throws {
         let (txid, clientHeardCommitted) = try coordinatorCommitsOnPreCommitTimeout(p2Vote: .readOnly)
-        XCTAssertTrue(clientHeardCommitted, "precondition: the classic coordinator commits without p1's acknowledgement")
+        // Fixed in the coordinator (session 28): the classic coordinator no longer commits at its
+        // pre-commit timeout with no acknowledgement; it learns, and the participants decide.
+        XCTAssertFalse(clientHeardCommitted, "the classic coordinator commits without any writer durably pre-committed")
         let t = txid.description
         var writer = Participant(config: Participant.Config(name: "p1"))
         _ = try writer.recover(snapshot: nil, records: [preparedRecord(t)])
@@ -91,7 +93,7 @@ final class FixesReview28Tests: XCTestCase {
         for _ in 0..<3 where !aborted {
             aborted = logs(round(&writer, &reader, t)).contains(.aborted(t))
         }
-        XCTAssertFalse(aborted, "split: the coordinator committed t (the client heard committed) and recovered p1 aborts it on a restarted reader's promise")
+        XCTAssertTrue(aborted, "nobody is durably pre-committed, so nobody committed: the recovered writer aborts")
     }
 
     /// HIGH, the same schedule without p2's restart: p2 still remembers its read-only vote and
@@ -100,7 +102,7 @@ final class FixesReview28Tests: XCTestCase {
     /// restarted.
     func testARecoveredClassicWriterDoesNotAbortOnALiveReadersAnswer() throws {
         let (txid, clientHeardCommitted) = try coordinatorCommitsOnPreCommitTimeout(p2Vote: .readOnly)
-        XCTAssertTrue(clientHeardCommitted)
+        XCTAssertFalse(clientHeardCommitted, "the classic coordinator commits without any writer durably pre-committed")
         let t = txid.description
         var writer = Participant(config: Participant.Config(name: "p1"))
         _ = try writer.recover(snapshot: nil, records: [preparedRecord(t)])
@@ -112,7 +114,7 @@ final class FixesReview28Tests: XCTestCase {
         for _ in 0..<3 where !aborted {
             aborted = logs(round(&writer, &reader, t)).contains(.aborted(t))
         }
-        XCTAssertFalse(aborted, "split: the coordinator committed t and recovered p1 aborts it on a reader's `read-only` answer")
+        XCTAssertTrue(aborted, "nobody is durably pre-committed, so nobody committed: the recovered writer aborts")
     }
 
     /// HIGH, present before session 28. Two writers, both crash before their pre-committed
@@ -122,7 +124,7 @@ final class FixesReview28Tests: XCTestCase {
     /// non-recovered backup would not, sees nobody pre-committed and aborts.
     func testTwoRecoveredClassicWritersDoNotAbortWhatTheCoordinatorCommitted() throws {
         let (txid, clientHeardCommitted) = try coordinatorCommitsOnPreCommitTimeout(p2Vote: .yes)
-        XCTAssertTrue(clientHeardCommitted)
+        XCTAssertFalse(clientHeardCommitted, "the classic coordinator commits without any writer durably pre-committed")
         let t = txid.description
         var one = Participant(config: Participant.Config(name: "p1"))
         _ = try one.recover(snapshot: nil, records: [preparedRecord(t)])
@@ -132,7 +134,7 @@ final class FixesReview28Tests: XCTestCase {
         for _ in 0..<3 where !aborted {
             aborted = logs(round(&one, &two, t)).contains(.aborted(t))
         }
-        XCTAssertFalse(aborted, "split: the coordinator committed t and recovered p1 aborts it with recovered p2's `uncertain` as its only word")
+        XCTAssertTrue(aborted, "nobody is durably pre-committed, so nobody committed: the recovered writer aborts")
     }
 
     // MARK: - coordinator: a forced commit of a forgotten terminating transaction, its decision refused

@@ -101,32 +101,69 @@ final class ThreePhaseTerminationEdgeTests: XCTestCase {
     }
 
     /// CLASSIC, the coordinator lost for good (simulation seeds 634 and 772 with
-    /// `--coordinator-lost`). p1 crashed prepared and comes back; p2 and p3 hold no branch and
-    /// answer `unknown`. Whether they never got their prepares or voted read-only and restarted
-    /// (a read-only vote is not logged), nobody but the coordinator knows whether it committed at
-    /// its pre-commit timeout (`FixesReview28Tests`): p1 asks no promise of them, does not abort,
-    /// and waits. With a writer that stayed up and is uncertain, it decides (abort: the
-    /// coordinator's pre-commit would have reached that writer).
-    func testARecoveredClassicBranchWaitsUnlessAWriterStayedUp() throws {
+    /// `--coordinator-lost`, session 27). p1 crashed prepared and comes back; p2 and p3 never got
+    /// their prepares (or voted read-only and restarted) and answer `unknown`. Since the
+    /// session-27 fix above, `unknown` is no word for a recovered branch, so p1 waited for ever.
+    /// Now it asks each such peer to pre-abort: a peer that has let go of no txid at or above
+    /// this one promises never to vote yes and answers `read-only` from then on, and p1 aborts.
+    /// A peer that may have forgotten the outcome refuses, and p1 keeps waiting.
+    func testARecoveredClassicBranchAbortsOncePeersThatNeverHadItPromise() throws {
         let t = TxID(coordinatorID: "3fa90c1e", epoch: 1, sequence: 50).description
         let info = Participant.ThreePhaseInfo(termination: .classic, peers: peers)
         let prepared = ParticipantRecordCoding.encode(.prepared(t, coordinatorURL: "http://c", writeSet: ws, threePhase: info))
-        func roundAt(_ p1: inout Participant, _ answers: [String: ThreePhaseState]) -> [Participant.Action] {
+        /// p1 recovered from its prepared record, then one termination round with these peers.
+        func roundAtRecovered(_ p1: inout Participant, _ p2: inout Participant, _ p3: inout Participant) -> [Participant.Action] {
             var actions: [Participant.Action] = []
-            for case .queryPeer(_, let peer, let r) in p1.on(.timerFired(.termination(t))) {
-                actions += p1.on(.peerState(t, round: r, peer: peer.name, state: answers[peer.name], recovered: false))
+            let start = p1.on(.timerFired(.termination(t)))
+            for case .queryPeer(_, let peer, let r) in start {
+                var answer: ThreePhaseState?
+                let query = Participant.Event.stateQuery(77, txid: t)
+                let replies = peer.name == "p2" ? p2.on(query) : p3.on(query)
+                for case .reply(_, .state(let s, _)) in replies { answer = s }
+                actions += p1.on(.peerState(t, round: r, peer: peer.name, state: answer, recovered: false))
             }
             return actions
         }
-        var p1 = participant("p1")
-        _ = try p1.recover(snapshot: nil, records: [(1, prepared.type, prepared.payload)])
-        for answers: [String: ThreePhaseState] in [["p2": .unknown, "p3": .unknown], ["p2": .readOnly, "p3": .readOnly], ["p2": .readOnly, "p3": .unknown]] {
-            let actions = roundAt(&p1, answers)
-            XCTAssertEqual(logs(actions), [], "\(answers): nothing says whether the coordinator committed")
-            XCTAssertFalse(actions.contains { if case .sendToPeer = $0 { return true } else { return false } }, "\(actions)")
+        /// Delivers p1's pre-aborts: the peers' promises become durable.
+        func deliver(_ actions: [Participant.Action], _ p2: inout Participant, _ p3: inout Participant) -> [String: [Participant.Action]] {
+            var answers: [String: [Participant.Action]] = [:]
+            for case .sendToPeer(let txid, let peer, .preAbort) in actions {
+                XCTAssertEqual(txid, t)
+                var a = peer.name == "p2" ? p2.on(.preAbort(8, txid: t)) : p3.on(.preAbort(8, txid: t))
+                if logs(a) == [.noVotePromised(t)] { a += peer.name == "p2" ? p2.on(.abortDurable(t)) : p3.on(.abortDurable(t)) }
+                answers[peer.name] = a
+            }
+            return answers
         }
-        XCTAssertEqual(p1.state(of: t), .prepared)
-        XCTAssertEqual(logs(roundAt(&p1, ["p2": .uncertain, "p3": .readOnly])), [.aborted(t)], "a writer that stayed up is uncertain: nobody pre-committed")
+        var p1 = participant("p1"), p2 = participant("p2"), p3 = participant("p3")
+        _ = try p1.recover(snapshot: nil, records: [(1, prepared.type, prepared.payload)])
+        let first = roundAtRecovered(&p1, &p2, &p3)
+        XCTAssertFalse(logs(first).contains(.aborted(t)), "no word from either peer yet")
+        let answers = deliver(first, &p2, &p3)
+        XCTAssertEqual(Set(answers.keys), ["p2", "p3"], "p1 asks each peer that answered `unknown` to pre-abort: \(first)")
+        XCTAssertEqual(answers["p2"]?.last, .reply(8, .preAborted))
+        XCTAssertEqual(logs(roundAtRecovered(&p1, &p2, &p3)), [.aborted(t)], "both promised never to vote yes: p1 aborts")
+        let late = p2.on(.prepare(9, txid: t, onePhase: false, vote: .yes(writeSet: ws), threePhase: info))
+        XCTAssertTrue(late.contains { if case .reply(9, .vote(.no)) = $0 { return true } else { return false } },
+                      "a late prepare at a peer that promised votes no: \(late)")
+
+        // p3 has let go of a later txid of the same coordinator: it may have voted yes on t and
+        // forgotten a commit. It refuses the pre-abort, and p1 keeps waiting.
+        var q1 = participant("p1"), q2 = participant("p2"), q3 = participant("p3", finishedKept: 1)
+        for seq: UInt64 in 60...61 {
+            let other = TxID(coordinatorID: "3fa90c1e", epoch: 1, sequence: seq).description
+            _ = q3.on(.joined(other, coordinatorURL: "http://c", timeoutMs: 1000))
+            _ = q3.on(.abandoned(other))
+        }
+        _ = try q1.recover(snapshot: nil, records: [(1, prepared.type, prepared.payload)])
+        for _ in 0..<3 {
+            let actions = roundAtRecovered(&q1, &q2, &q3)
+            XCTAssertFalse(logs(actions).contains(.aborted(t)), "p3 may have committed t and forgotten it: \(actions)")
+            let refused = deliver(actions, &q2, &q3)
+            guard case .reply(8, .error(let e))? = refused["p3"]?.first else { return XCTFail("\(refused)") }
+            XCTAssertEqual(e.status, 409)
+        }
+        XCTAssertEqual(q1.state(of: t), .prepared)
     }
 
     /// CLASSIC, the coordinator lost after pre-committing p1. p2 voted yes and is uncertain; p3

@@ -9,10 +9,9 @@ final class CoordinatorLostSimulationTests: XCTestCase {
     /// in 11 and 50 the backup elected was a peer with no branch (a, which never got its
     /// prepare: a phantom backup); in 64 the backup a pre-aborted, and b and c, with no branch,
     /// refused its pre-abort, so no abort quorum ever formed. 1 and 7 are a classic and a
-    /// quorum seed that passed before too. In 772 (classic) a recovered branch's peers hold no
-    /// branch and no writer stayed up: the branch waits for the coordinator by design
-    /// (classic 3PC's limit, `FixesReview28Tests`), which the check allows, and the run passes
-    /// once the coordinator is back.
+    /// quorum seed that passed before too. 772 (classic) blocked after those fixes: a recovered
+    /// branch whose peers never had the transaction answered `unknown`, no word, and it waited
+    /// for ever; now it asks them to pre-abort, and they promise never to vote yes.
     func testParticipantsFinishEveryBranchWithoutTheCoordinator() {
         var failures: [String] = []
         var undecided: [UInt64: Int] = [:]
