@@ -2,8 +2,11 @@ import XCTest
 @testable import CohortCore
 
 /// Read-only review of session 28's changes (review-fixes28): the classic-3PC promise asked by a
-/// recovered branch, the coordinator's learned abort and forced-commit replay. Each test fails on
-/// main as of e4f7ae1.
+/// recovered branch, the coordinator's learned abort and forced-commit replay. Each test failed on
+/// main as of e4f7ae1. The three classic-3PC schedules were fixed in the coordinator (60d87f3: no
+/// commit at the pre-commit timeout without an acknowledgement), so they now assert that the
+/// coordinator does not commit and the recovered writer's abort is the only outcome; their doc
+/// comments below describe the schedule as the reviewer found it.
 final class FixesReview28Tests: XCTestCase {
     let ws: [UInt8] = [7]
     let coordinatorID = "0a1b2c3d"
@@ -80,7 +83,7 @@ final class FixesReview28Tests: XCTestCase {
     /// nothing about what the coordinator decided: only the coordinator (or a writer that
     /// heard it) knows. The promise cannot tell "never got the prepare" (abort is safe) from
     /// "voted read-only and restarted" (the coordinator may have committed).
-    func testARecoveredClassicWriterDoesNotAbortOnARestartedReadersPromise() throws {
+    func testARestartedReadersPromiseLetsARecoveredWriterAbortOnlyWhatNobodyCommitted() throws {
         let (txid, clientHeardCommitted) = try coordinatorCommitsOnPreCommitTimeout(p2Vote: .readOnly)
         // Fixed in the coordinator (session 28): the classic coordinator no longer commits at its
         // pre-commit timeout with no acknowledgement; it learns, and the participants decide.
@@ -100,7 +103,7 @@ final class FixesReview28Tests: XCTestCase {
     /// answers `read-only` at once. Present before session 28 too (a reader's answer was already
     /// a "word" for a recovered branch), and the session-28 promise extends it to readers that
     /// restarted.
-    func testARecoveredClassicWriterDoesNotAbortOnALiveReadersAnswer() throws {
+    func testALiveReadersAnswerLetsARecoveredWriterAbortOnlyWhatNobodyCommitted() throws {
         let (txid, clientHeardCommitted) = try coordinatorCommitsOnPreCommitTimeout(p2Vote: .readOnly)
         XCTAssertFalse(clientHeardCommitted, "the classic coordinator commits without any writer durably pre-committed")
         let t = txid.description
@@ -122,7 +125,7 @@ final class FixesReview28Tests: XCTestCase {
     /// crashes). Both come back `recovered` and uncertain: p1 has "every peer's word" (p2's
     /// recovered `uncertain`), counts a recovered peer's pre-state as a word although a
     /// non-recovered backup would not, sees nobody pre-committed and aborts.
-    func testTwoRecoveredClassicWritersDoNotAbortWhatTheCoordinatorCommitted() throws {
+    func testTwoRecoveredClassicWritersAbortOnlyWhatNobodyCommitted() throws {
         let (txid, clientHeardCommitted) = try coordinatorCommitsOnPreCommitTimeout(p2Vote: .yes)
         XCTAssertFalse(clientHeardCommitted, "the classic coordinator commits without any writer durably pre-committed")
         let t = txid.description
