@@ -30,6 +30,8 @@ public final class CoordinatorServer: RunnableServer {
         public var committedSubmissionsKept = Limits.committedSubmissionsKept
         /// Outcomes of forgotten transactions kept (the ledger).
         public var forgottenOutcomesKept = Limits.forgottenOutcomesKept
+        /// Bytes of submitted work held until the branches vote, all submissions together.
+        public var submittedWorkBytesMax = Limits.coordinatorSubmittedWorkBytesMax
 
         public init(dataDirectory: String) { self.dataDirectory = dataDirectory }
     }
@@ -83,6 +85,7 @@ public final class CoordinatorServer: RunnableServer {
         config.finishedTransactionsKept = options.finishedTransactionsKept
         config.committedSubmissionsKept = options.committedSubmissionsKept
         config.forgottenOutcomesKept = options.forgottenOutcomesKept
+        config.submittedWorkBytesMax = options.submittedWorkBytesMax
         var clientConfig = HTTPClientConfig()
         clientConfig.bearerToken = options.token
         client = HTTPClient(loop: loop, config: clientConfig)

@@ -873,11 +873,12 @@ public struct Coordinator {
         var w = ByteWriter()
         // Each section's count within what `recover` reads back: a checkpoint past one stopped
         // every later start (and the log before it is gone). The state's own limits keep each
-        // section within its bound; this checks that the two derivations agree wherever tests
-        // and the simulation reach (a failure is a bug here, not a condition to survive).
+        // section within its bound; this checks that the two derivations agree, in release
+        // builds too (a failure is a bug here, not a condition to survive: stopping before the
+        // write keeps the log whole, writing on would lose it at the next start).
         let sectionsMax = SnapshotSectionsMax(config)
         func sectionCount(_ count: Int, _ max: Int, _ section: String) -> UInt32 {
-            assert(count <= max, "checkpoint section \(section) holds \(count), more than recover reads (\(max))")
+            precondition(count <= max, "checkpoint section \(section) holds \(count), more than recover reads (\(max))")
             return UInt32(count)
         }
         w.u8(2)
@@ -1732,18 +1733,30 @@ public struct Coordinator {
         tx.state = .committing
         tx.outcome = .committed
         tx.events.append(TimelineEvent(atMs: nowMs, event: "decided", participant: nil, detail: "commit (durable)"))
-        var actions: [Action] = [.cancelTimer(.transactionTimeout(txid))]
-        for request in tx.waiters { actions.append(.reply(request, .outcome(txid, .committed, reason: nil))) }
+        return [.cancelTimer(.transactionTimeout(txid))]
+            + announceCommit(consume tx, toBranchesIn: [.prepared, .preCommitSent, .preCommitted], nowMs: nowMs)
+    }
+
+    /// Tells a transaction just made `committing` to its waiters and sends the commit to its
+    /// branches in `states` (attempts start again at 1), counts the commit once, and puts the
+    /// transaction back in the table (its callers take it out while it changes). One shared
+    /// path for the logged decision and an operator's forced commit, so both tell the same
+    /// parties the same way.
+    private mutating func announceCommit(_ tx: consuming Transaction, toBranchesIn states: [BranchState],
+                                         nowMs: Int64) -> [Action] {
+        precondition(tx.state == .committing, "a commit is announced only for a committing transaction")
+        var actions: [Action] = []
+        for request in tx.waiters { actions.append(.reply(request, .outcome(tx.txid, .committed, reason: nil))) }
         tx.waiters = []
-        for i in tx.branches.indices where [.prepared, .preCommitSent, .preCommitted].contains(tx.branches[i].state) {
+        for i in tx.branches.indices where states.contains(tx.branches[i].state) {
             tx.branches[i].state = .commitSent
             tx.branches[i].attempts = 1
-            actions.append(.send(txid, to: tx.branches[i].participant, .commit))
+            actions.append(.send(tx.txid, to: tx.branches[i].participant, .commit))
         }
         stats.committed += 1
-        openTable[txid] = tx
+        openTable[tx.txid] = tx
         // A commit without branches has nobody to wait for.
-        if tx.branches.isEmpty { actions += endIfDelivered(txid, nowMs: nowMs) }
+        if tx.branches.isEmpty { actions += endIfDelivered(tx.txid, nowMs: nowMs) }
         return actions
     }
 
@@ -2098,18 +2111,10 @@ extension Coordinator {
         let because = "forced by operator \(entry.operatorName): \(entry.reason) (every participant had forgotten the transaction)"
         if outcome == .aborted { return [.cancelTimer(.learn(txid))] + decideAbort(txid, reason: because, nowMs: nowMs) }
         commitForcedByOperator(txid, entry)
-        guard var tx = openTable.removeValue(forKey: txid) else { return [] }
-        var actions: [Action] = [.cancelTimer(.learn(txid)), .cancelTimer(.transactionTimeout(txid))]
-        for request in tx.waiters { actions.append(.reply(request, .outcome(txid, .committed, reason: nil))) }
-        tx.waiters = []
-        for i in tx.branches.indices {
-            tx.branches[i].attempts = 1
-            actions.append(.send(txid, to: tx.branches[i].participant, .commit))
-        }
-        stats.committed += 1
-        openTable[txid] = tx
-        if tx.branches.isEmpty { actions += endIfDelivered(txid, nowMs: nowMs) }
-        return actions
+        guard let tx = openTable.removeValue(forKey: txid) else { return [] }
+        // commitForcedByOperator kept only the yes-voters, each marked commitSent: all are told.
+        return [.cancelTimer(.learn(txid)), .cancelTimer(.transactionTimeout(txid))]
+            + announceCommit(consume tx, toBranchesIn: [.commitSent], nowMs: nowMs)
     }
 
     /// Ends a committing transaction that an operator resolved: the branches still waiting

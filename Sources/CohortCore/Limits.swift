@@ -256,6 +256,9 @@ public enum Limits {
     /// and transactions end. `openTransactionsMax` submissions of up to `httpBodyBytesMax` each
     /// were over 10 GiB; like the agent's `agentStagedBytesMax`.
     public static let coordinatorSubmittedWorkBytesMax = 256 << 20
+    /// The most `cohortd --submitted-work-bytes-max` takes (64 GiB): a guard against a typo
+    /// that would let submissions take all of memory before anything says no.
+    public static let coordinatorSubmittedWorkBytesFlagMax = 64 << 30
     /// `GET /v1/transactions` answers this many when no `limit` is given.
     public static let transactionsListedDefault = 1_000
     /// `GET /v1/transactions` stops adding transactions past this much answer, and says

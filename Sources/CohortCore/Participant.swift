@@ -636,10 +636,11 @@ public struct Participant {
         var w = ByteWriter()
         // Each section's count within what `recover` reads back (see `SnapshotSectionsMax`): a
         // checkpoint past one could not be read at the next start, and the log before it is
-        // gone. The state's own limits keep each within; this checks that the two agree.
+        // gone. The state's own limits keep each within; this checks that the two agree, in
+        // release builds too: stopping here keeps the log whole, writing on would not.
         let sectionsMax = SnapshotSectionsMax(config)
         func sectionCount(_ count: Int, _ max: Int, _ section: String) -> UInt32 {
-            assert(count <= max, "checkpoint section \(section) holds \(count), more than recover reads (\(max))")
+            precondition(count <= max, "checkpoint section \(section) holds \(count), more than recover reads (\(max))")
             return UInt32(count)
         }
         w.u8(3)

@@ -793,9 +793,10 @@ public struct TCCCoordinator {
         let sectionsMax = snapshotSectionsMax
         for (isOpen, group) in [(true, openGroup), (false, finishedOrder[finishedOrderHead...].compactMap { finished[$0] } + endedByForce)] {
             // Within what `recover` reads back (`snapshotSectionsMax`): the state's own limits
-            // keep it so; this checks that the two agree.
+            // keep it so; this checks that the two agree, in release builds too (stopping here
+            // keeps the log whole; a snapshot past the bound would stop every later start).
             let groupMax = isOpen ? sectionsMax.open : sectionsMax.finished
-            assert(group.count <= groupMax, "\(group.count) \(isOpen ? "open" : "finished") TCC transactions in a snapshot, more than recover reads (\(groupMax))")
+            precondition(group.count <= groupMax, "\(group.count) \(isOpen ? "open" : "finished") TCC transactions in a snapshot, more than recover reads (\(groupMax))")
             w.u32(UInt32(group.count))
             for tx in group { TCCRecordCoding.encodeTransaction(tx, &w) }
         }

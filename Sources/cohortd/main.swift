@@ -28,13 +28,17 @@ The Cohort coordinator: drives two-phase commit (presumed abort) over participan
   --outcomes-kept N            outcomes of forgotten transactions kept (4 bits each), so a
                                late GET, commit or abort is answered exactly, not 410,
                                0-33554432 (default 4194304)
+  --submitted-work-bytes-max N  bytes of submitted work (ops of POST /v1/transactions/submit)
+                               held until the branches vote, all submissions together; past
+                               it a submission is answered 503,
+                               \(Limits.httpBodyBytesMax)-\(Limits.coordinatorSubmittedWorkBytesFlagMax) (default \(Limits.coordinatorSubmittedWorkBytesMax))
 \(ServerMain.sharedFlagsUsage)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list, COHORT_FAULT=fsync-fail[:K]
 """
 
 exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage: usage,
                      valued: ["data", "port", "host", "token-file", "checkpoint-after-bytes", "checkpoint-interval", "retry-budget-attempts", "retry-budget", "parked-retry-delay",
-                              "finished-kept", "submissions-kept", "outcomes-kept"],
+                              "finished-kept", "submissions-kept", "outcomes-kept", "submitted-work-bytes-max"],
                      booleans: ["help", "no-one-phase"], crashPoints: CoordinatorServer.crashPoints,
                      say: { print($0); fflush(stdout) }, warn: { StandardStream.err(($0 + "\n")) }) { args in
     var options = CoordinatorServer.Options(dataDirectory: try args.required("data"))
@@ -61,6 +65,10 @@ exit(ServerMain.main(arguments: Array(CommandLine.arguments.dropFirst()), usage:
     if let n = try args.int("finished-kept", range: 1...Limits.finishedTransactionsKeptMax) { options.finishedTransactionsKept = n }
     if let n = try args.int("submissions-kept", range: 0...Limits.committedSubmissionsKeptMax) { options.committedSubmissionsKept = n }
     if let n = try args.int("outcomes-kept", range: 0...Limits.forgottenOutcomesKeptMax) { options.forgottenOutcomesKept = n }
+    // At least one request body's worth, so every submission the server reads can be held.
+    if let n = try args.int("submitted-work-bytes-max", range: Limits.httpBodyBytesMax...Limits.coordinatorSubmittedWorkBytesFlagMax) {
+        options.submittedWorkBytesMax = n
+    }
     options.token = try loadToken(file: args.string("token-file"))
     return (options.host, { loop, onFatal in try CoordinatorServer(options: options, loop: loop, onFatal: onFatal) })
 })

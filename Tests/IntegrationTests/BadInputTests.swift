@@ -427,6 +427,10 @@ final class BadInputTests: XCTestCase {
             ("cohortd", ["--data", dir + "/c", "--port", "0", "--submissions-kept", "-1"]),
             ("cohortd", ["--data", dir + "/c", "--port", "0", "--submissions-kept", "1000001"]),
             ("cohortd", ["--data", dir + "/c", "--port", "0", "--submissions-kept", "lots"]),
+            // Below one request body's worth, a typo's worth of memory, not a number.
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--submitted-work-bytes-max", "1048575"]),
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--submitted-work-bytes-max", "68719476737"]),
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--submitted-work-bytes-max", "256MiB"]),
         ]
         for (program, args) in cases {
             let r = try runToCompletion(bin.appendingPathComponent(program), args)

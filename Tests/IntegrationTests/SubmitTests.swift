@@ -43,6 +43,48 @@ final class SubmitTests: XCTestCase {
         XCTAssertEqual(try api.kv(a, "x"), .int(69))
     }
 
+    /// `cohortd --submitted-work-bytes-max`: with room for one submission of about 600 KB, a
+    /// second one, sent while the first waits for a paused participant's vote, is answered 503
+    /// with the reason and runs nothing; once the first is decided the next is admitted. With
+    /// the flag not reaching the coordinator (the 256 MiB default), the second is admitted.
+    func testCohortdsSubmittedWorkFlagBoundsTheWorkHeld() throws {
+        let cluster = try startCluster(agents: 2, coordinatorArguments: ["--submitted-work-bytes-max", "1048576"])
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        let (a, b) = (cluster.url("a"), cluster.url("b"))
+        let filler = String(repeating: "x", count: 60_000)
+        func work(_ tag: String) -> [(participant: String, url: String, ops: [WorkOp])] {
+            let ops: [WorkOp] = (0..<5).map { .set("\(tag)-\($0)", .string(filler)) }
+            return [("a", a, ops), ("b", b, ops)]
+        }
+        let agentB = try XCTUnwrap(cluster.process("b"))
+        agentB.pause()
+        var resumed = false
+        defer { if !resumed { agentB.resume() } }
+        let firstDone = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var firstOutcome: Result<String, Error>?
+        Thread.detachNewThread {
+            firstOutcome = Result { try CohortAPI(coordinatorURL: cluster.coordinatorURL).submit(work("one"), timeoutMs: 60_000).outcome }
+            firstDone.signal()
+        }
+        func held() throws -> Double { try api.metrics(cluster.coordinatorURL)["cohort_submitted_work_bytes"] ?? 0 }
+        XCTAssertTrue(try eventually { try held() > 500_000 }, "the first submission's work was never held")
+        do {
+            let second = try api.submit(work("two"))
+            XCTFail("a second submission past the bound was admitted: \(second.outcome)")
+        } catch let error as CohortAPIError {
+            XCTAssertEqual(error.status, 503, "\(error)")
+            XCTAssertTrue("\(error)".contains("would pass the limit (1048576)"), "\(error)")
+        }
+        XCTAssertGreaterThan(try held(), 500_000, "the first was still held when the second was refused")
+        agentB.resume()
+        resumed = true
+        XCTAssertEqual(firstDone.wait(timeout: .now() + 60), .success, "the first submission was never answered")
+        XCTAssertNoThrow(try firstOutcome?.get())
+        XCTAssertTrue(try eventually { try held() == 0 }, "the first's work was never let go")
+        XCTAssertEqual(try api.submit(work("three")).outcome, "committed")
+        XCTAssertEqual(try api.kv(a, "two-0"), nil, "the refused submission ran nothing")
+    }
+
     /// A resend of a committed submission after the coordinator forgot its transaction (here
     /// after one newer finished one, `--finished-kept 1`) and after a kill -9 and restart: the
     /// answer is the first run's outcome and txid, and the money moved once. Before committed
