@@ -948,6 +948,12 @@ final class ScenarioRun: @unchecked Sendable {
         if let parked = e.parked, let workload {
             problems += parkedExpectation(parked, workload.api(), &satisfied)
         }
+        var txids: [String] = []
+        if let outcome = e.outcome, let workload = workload as? ScenarioWorkload {
+            let found = outcomeExpectation(outcome, workload, &satisfied)
+            problems += found.problems
+            txids = found.txids
+        }
         if let remains = e.inDoubtRemains, let workload = workload as? ScenarioWorkload {
             let api = workload.api()
             var inDoubt: [(String, String)] = []
@@ -976,7 +982,7 @@ final class ScenarioRun: @unchecked Sendable {
             }
         }
         return CheckResult(name: "expect", ok: problems.isEmpty,
-                           detail: problems.isEmpty ? satisfied.joined(separator: "; ") : problems.joined(separator: "; "), txids: [])
+                           detail: problems.isEmpty ? satisfied.joined(separator: "; ") : problems.joined(separator: "; "), txids: txids)
     }
 }
 

@@ -128,6 +128,11 @@ public struct Scenario: Sendable {
         public var startRefused: String?
         public var errorContains: String?
         public var exitStatus: (process: String, status: Int32)?
+        /// Every transfer of the workload ended so (`committed` or `aborted`) everywhere: the
+        /// client's answer, the coordinator and each agent's branch. A scenario whose faults
+        /// must decide one way (every writer lost before it acknowledged the pre-commit: abort)
+        /// says which; the other checks only say the outcome was the same everywhere.
+        public var outcome: String?
     }
 
     public enum Check: Sendable {
@@ -663,7 +668,7 @@ struct Parser {
             return .noInDoubtWithin(try duration(o, "no_in_doubt_within", at)!)
         }
         let path = "\(at).expect"
-        let e = try object(o["expect"], path, allowed: ["in_doubt_remains", "start_refused", "error_contains", "exit_status", "parked"])
+        let e = try object(o["expect"], path, allowed: ["in_doubt_remains", "start_refused", "error_contains", "exit_status", "parked", "outcome"])
         var expect = Scenario.Expect()
         expect.inDoubtRemains = try bool(e, "in_doubt_remains", path)
         expect.parked = try bool(e, "parked", path)
@@ -674,8 +679,17 @@ struct Parser {
             let s = try object(es, sp, allowed: ["process", "status"])
             expect.exitStatus = (try process(s, "process", sp, t), Int32(try int(s, "status", sp, range: 0...255, required: true)!))
         }
-        if expect.inDoubtRemains == nil && expect.startRefused == nil && expect.exitStatus == nil && expect.parked == nil {
-            throw fail(path, "expect needs in_doubt_remains, start_refused, exit_status or parked")
+        if let outcome = try string(e, "outcome", path) {
+            guard ["committed", "aborted"].contains(outcome) else {
+                throw fail("\(path).outcome", "expected \"committed\" or \"aborted\", got \"\(outcome)\"")
+            }
+            guard !t.isTCC && t.demo == nil else {
+                throw fail("\(path).outcome", "outcome checks the transfers of cohort-agents; this topology has none")
+            }
+            expect.outcome = outcome
+        }
+        if expect.inDoubtRemains == nil && expect.startRefused == nil && expect.exitStatus == nil && expect.parked == nil && expect.outcome == nil {
+            throw fail(path, "expect needs in_doubt_remains, start_refused, exit_status, parked or outcome")
         }
         return .expect(expect)
     }

@@ -57,3 +57,60 @@ extension ScenarioRun {
         return []
     }
 }
+
+extension ScenarioRun {
+    /// `{"expect": {"outcome": "aborted"}}`: every transfer ended so everywhere — the client's
+    /// answer (or its resolution after the faults), the coordinator's state (404, presumed
+    /// abort, counts as aborted) and the branch at each of its agents (`GET /v1/branches/{txid}`;
+    /// 404, no branch, counts as aborted). The other checks say only that the outcome was the
+    /// same everywhere; a scenario whose faults leave one outcome correct says which (scenario
+    /// 76: every writer died before acknowledging the pre-commit, so nobody may commit).
+    /// Returns the problems and the txids behind them (their timelines go in the report).
+    func outcomeExpectation(_ expected: String, _ workload: ScenarioWorkload, _ satisfied: inout [String]) -> (problems: [String], txids: [String]) {
+        let api = workload.api()
+        let transfers = workload.snapshot()
+        guard !transfers.isEmpty else { return (["expected every transfer to end \(expected), but no transfer ran"], []) }
+        struct Branch: Decodable { let state: String? }
+        var problems: [String] = []
+        var txids: [String] = []
+        var firstReason: String?
+        for t in transfers {
+            var wrong: [String] = []
+            if t.outcome.rawValue != expected { wrong.append("the client has \(t.outcome.rawValue)") }
+            if !t.txid.isEmpty {
+                do {
+                    let view = try api.transaction(t.txid)
+                    let state = view?.state ?? "aborted"
+                    if state != expected { wrong.append("the coordinator says \(state)") }
+                    if firstReason == nil { firstReason = view?.reason ?? "unknown to it (presumed abort)" }
+                } catch CohortAPIError.http(410, _) {
+                    // No longer known: the branches below say what happened.
+                } catch {
+                    wrong.append("the coordinator's answer is unreadable: \(error)")
+                }
+                for url in workload.participantURLs(t) {
+                    let agent = workload.agentURLs.firstIndex(of: url).map { scenario.topology.agentNames[$0] } ?? url
+                    guard let r = try? api.raw("GET", url + "/v1/branches/\(t.txid)") else { wrong.append("\(agent) does not answer"); continue }
+                    switch r.status {
+                    case 404:
+                        if expected != "aborted" { wrong.append("\(agent) has no branch") }
+                    case 200:
+                        let state = (try? JSONDecoder().decode(Branch.self, from: Data(r.body)))?.state ?? "unreadable"
+                        if state != expected { wrong.append("\(agent)'s branch is \(state)") }
+                    default:
+                        wrong.append("\(agent) answered HTTP \(r.status)")
+                    }
+                }
+            }
+            if !wrong.isEmpty {
+                problems.append("\(t.txid.isEmpty ? "a transfer with no txid" : t.txid): \(wrong.joined(separator: ", "))")
+                if !t.txid.isEmpty { txids.append(t.txid) }
+            }
+        }
+        if problems.isEmpty {
+            satisfied.append("all \(transfers.count) transfers \(expected) at the client, the coordinator and every agent" + (firstReason.map { " (the coordinator: \($0))" } ?? ""))
+            return ([], [])
+        }
+        return (["\(problems.count) of \(transfers.count) transfers did not end \(expected) everywhere: " + problems.prefix(5).joined(separator: "; ")], Array(txids.prefix(10)))
+    }
+}

@@ -119,6 +119,43 @@ final class RunnerTests: XCTestCase {
         }
     }
 
+    /// Classic 3PC with real processes: both writers die before their pre-committed record
+    /// (twice), so the coordinator reaches its pre-commit timeout with no acknowledgement. It
+    /// must learn, not commit: the recovered writers' termination aborts and every transfer ends
+    /// aborted everywhere. With the coordinator's rule before session 28 (commit at the timeout
+    /// with no acknowledgement) the first transfer, whose writers cannot reach the coordinator
+    /// until they have aborted, split: the client was told committed, the coordinator stayed
+    /// `committing` against writers answering 409 (atomicity, committed_means_committed,
+    /// no_in_doubt_within and expect failed).
+    func testClassicThreePhaseWritersLostBeforePreCommitAckAbort() throws {
+        let files = try FileManager.default.contentsOfDirectory(atPath: RunnerTests.root.appendingPathComponent("Scenarios").path)
+        let r = try runner().run(try catalogue(try catalogueFile(files, "3pc-writers-crash-before-precommit-ack")))
+        XCTAssertTrue(r.passed, describe(r))
+        XCTAssertEqual(r.committed, 0, describe(r))
+        XCTAssertEqual(r.aborted, 2, describe(r))
+        XCTAssertEqual(r.events.filter { $0.contains("exited with status 137 (crash_point agent.before-precommit-logged") }.count, 4,
+                       "both writers died at both transfers\n\(describe(r))")
+        let expect = try XCTUnwrap(r.checks.first { $0.name == "expect" }, describe(r))
+        XCTAssertTrue(expect.ok && expect.detail.contains("all 2 transfers aborted"), expect.detail)
+        XCTAssertTrue(expect.detail.contains("termination protocol"), "the coordinator learned the abort: \(expect.detail)")
+    }
+
+    /// `expect.outcome` bites: a transfer that committed fails `"outcome": "aborted"`, naming
+    /// what the client, the coordinator and each agent said.
+    func testOutcomeExpectationFailsOnAnotherOutcome() throws {
+        let s = try Scenario.parse(Data(#"""
+        {"name": "expects-abort", "workload": {"transfers": {"clients": 1, "count": 1}},
+         "checks": [{"expect": {"outcome": "aborted"}}]}
+        """#.utf8), file: "inline.json")
+        let r = try runner().run(s)
+        XCTAssertFalse(r.passed, describe(r))
+        let expect = try XCTUnwrap(r.checks.first { $0.name == "expect" }, describe(r))
+        XCTAssertFalse(expect.ok, describe(r))
+        XCTAssertTrue(expect.detail.contains("the client has committed, the coordinator says committed"), expect.detail)
+        XCTAssertTrue(expect.detail.contains("a's branch is committed") && expect.detail.contains("b's branch is committed"), expect.detail)
+        XCTAssertEqual(expect.txids.count, 1, "the transfer is named, its timeline goes in the report")
+    }
+
     /// tcc_at_rest bites: with a service that runs a try arriving after its branch's cancel
     /// (the test-only break), the late tries of the cancel-before-late-try scenario leave stock
     /// reserved on a, and the check names a's skus.

@@ -231,6 +231,21 @@ final class ValidationTests: XCTestCase {
         assertError(#"{"name": "x", \#(tcc), "checks": [{"expect": {"parked": "yes"}}]}"#, "checks[0].expect.parked: expected true or false")
     }
 
+    /// `expect.outcome`: "committed" or "aborted", for the transfers workload only.
+    func testOutcomeExpectationIsValidated() throws {
+        let s = try parse(#"{"name": "x", \#(workload), "checks": [{"expect": {"outcome": "aborted"}}]}"#)
+        guard case .expect(let e) = try XCTUnwrap(s.checks.first) else { return XCTFail("not an expect check") }
+        XCTAssertEqual(e.outcome, "aborted")
+        assertError(#"{"name": "x", \#(workload), "checks": [{"expect": {"outcome": "maybe"}}]}"#,
+                    "checks[0].expect.outcome: expected \"committed\" or \"aborted\", got \"maybe\"")
+        assertError(#"{"name": "x", \#(workload), "checks": [{"expect": {"outcome": "ABORTED"}}]}"#, "checks[0].expect.outcome: expected \"committed\" or \"aborted\"")
+        assertError(#"{"name": "x", \#(workload), "checks": [{"expect": {"outcome": ""}}]}"#, "checks[0].expect.outcome: expected a non-empty string")
+        assertError(#"{"name": "x", \#(workload), "checks": [{"expect": {"outcome": 5}}]}"#, "checks[0].expect.outcome: expected a non-empty string")
+        assertError(#"{"name": "x", \#(tcc), "checks": [{"expect": {"outcome": "aborted"}}]}"#,
+                    "checks[0].expect.outcome: outcome checks the transfers of cohort-agents; this topology has none")
+        assertError(#"{"name": "x", \#(workload), "checks": [{"expect": {}}]}"#, "expect needs in_doubt_remains, start_refused, exit_status, parked or outcome")
+    }
+
     /// The shipped catalogue is valid and covers at least 25 scenarios.
     func testCatalogueIsValid() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
