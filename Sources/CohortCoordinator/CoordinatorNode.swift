@@ -747,9 +747,8 @@ public final class CoordinatorNode {
         guard let limit = Int(limitText), limit > 0, limit <= limitMax else {
             return responder.send(.error(400, "limit must be an integer 1-\(limitMax), got \"\(limitText.prefix(40))\""))
         }
-        let states = Set(["active", "preparing", "pre-committing", "terminating", "deciding", "committing", "committed", "aborted", "heuristic-mixed"]).union(TCCCoordinator.State.allCases.map(\.rawValue))
-        if let filter, !(states.contains(filter) || filter == "unfinished" || filter == "in-doubt" || filter == "parked") {
-            return responder.send(.error(400, "state must be one of \(states.sorted().joined(separator: ", ")), unfinished, in-doubt, parked"))
+        if let filter, !Coordinator.listStateFilters.contains(filter) {
+            return responder.send(.error(400, "state must be one of \(Coordinator.listStateFilters.joined(separator: ", "))"))
         }
         func keep(_ state: String, _ finished: Bool, _ parked: Bool) -> Bool {
             switch filter {

@@ -302,6 +302,16 @@ public struct Coordinator {
         case cancelTimer(Timer)
     }
 
+    /// The `state` filters of `GET /v1/transactions` and `txctl list --state`: every state a
+    /// 2PC/3PC or TCC transaction is listed with, then three groups. One list for the server
+    /// and txctl, so txctl refuses no state the server lists (it refused `pre-committing`).
+    public static let listStateFilters: [String] = {
+        var states = ["active", "preparing", "pre-committing", "terminating", "deciding", "committing", "committed",
+                      "aborted", "heuristic-mixed"]
+        for state in TCCCoordinator.State.allCases.map(\.rawValue) where !states.contains(state) { states.append(state) }
+        return states + ["unfinished", "in-doubt", "parked"]
+    }()
+
     public enum State: String, Codable, Sendable {
         /// Accepting branches; no prepare sent yet.
         case active
@@ -2226,7 +2236,11 @@ extension Coordinator {
         // Forgotten or never decided here: the outcome is the ledger's, the operator's or
         // presumed abort.
         let decided = operatorOutcomes[txid] ?? outcomeLedger.lookup(txid)?.outcome ?? .aborted
-        var tx = Transaction(txid: txid, state: decided == .committed ? .committed : .aborted, createdAtMs: nowMs, timeoutMs: 0)
+        // Dated by the force the report names, when it names one: the report's record is
+        // replayed at every start, and dated by the start it was new again each time (its age
+        // and `txctl list --older-than` reset at every restart; a docs audit, session 29).
+        let createdAtMs = force?.forcedAtMs.map { min($0, nowMs) } ?? nowMs
+        var tx = Transaction(txid: txid, state: decided == .committed ? .committed : .aborted, createdAtMs: createdAtMs, timeoutMs: 0)
         tx.outcome = decided
         tx.reason = operatorOutcomes[txid] != nil ? "forced by an operator"
             : outcomeLedger.lookup(txid) != nil ? "forgotten; the outcome is from the coordinator's ledger"

@@ -24,8 +24,9 @@ public enum Help {
       watch [--interval 1s] [--once]     live view of in-flight, in-doubt and parked transactions
       stats [--json]                     counts by state, decision rates, commit latency
       agent URL list|show|commit|abort|forget ...   a participant's branches (coordinator gone for good)
-      outbox URL list [--dead] [--json]  a service's outbox: pending or dead-lettered messages
+      outbox URL list [--dead] [--limit N] [--json]   a service's outbox: pending or dead-lettered messages
       outbox URL replay ID               send a dead letter again
+      outbox URL discard ID --reason R   give up a dead letter for good (its key's later messages go on)
       log inspect DIR [--json]           decode a coordinator's or an agent's log offline
       log verify DIR [--json]            check every record's checksum offline
 

@@ -413,7 +413,10 @@ public enum LogTools {
                 case .confirmDecision(let txid, let branches, let at):
                     return rec(txid.description, "TCC confirm decided at \(TimeFormat.iso8601(ms: at)) for \(branches.joined(separator: ", "))")
                 case .end(let txid, let outcome):
-                    return rec(txid.description, "TCC ended: \(outcome == .committed ? "confirmed" : "cancelled") everywhere")
+                    // The record says only that no branch still waits: an operator's force ends a
+                    // transaction whose confirm never ran too (its audit record comes first).
+                    let word = outcome == .committed ? "confirmed" : "cancelled"
+                    return rec(txid.description, "TCC ended \(word): no branch still waits (each \(word), or an operator's audit record above took it over)")
                 case .audit(let txid, let e, _, let resolvesPending):
                     let a = LogReport.Audit(at: TimeFormat.iso8601(ms: e.atMs), operator: e.operatorName, action: e.action, reason: e.reason, detail: e.detail)
                     return rec(txid.description, "TCC \(e.action) by \(e.operatorName) at \(a.at)\(resolvesPending ? " (ends the wait for pending branches)" : ""): \(e.reason)", a)

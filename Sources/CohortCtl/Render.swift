@@ -209,7 +209,8 @@ public enum Render {
 
     // MARK: agent
 
-    public static func outboxList(_ l: Txctl.OutboxList, dead: Bool, nowMs: Int64) -> String {
+    /// `url` is the outbox's admin URL as the operator gave it, for the follow-up command.
+    public static func outboxList(_ l: Txctl.OutboxList, dead: Bool, nowMs: Int64, url: String = "URL") -> String {
         var out = "outbox \(l.source): \(l.pending) pending, \(l.dead) dead"
         if let age = l.oldestPendingAgeMs, l.pending > 0 { out += ", oldest pending \(TimeFormat.duration(ms: age))" }
         out += l.leaseHeld ? " (relay holds the lease)\n" : " (this relay does not hold the lease)\n"
@@ -226,7 +227,7 @@ public enum Render {
                    TimeFormat.duration(ms: max(0, nowMs - m.createdMs)), clip(m.lastError ?? "-", 60)])
         }
         out += t.render()
-        if dead { out += "replay one with: txctl outbox URL replay ID\n" }
+        if dead { out += "replay one with: txctl outbox \(url) replay ID (or give it up: txctl outbox \(url) discard ID --reason \"...\")\n" }
         return out
     }
 

@@ -6,8 +6,7 @@ import Foundation
 /// exit status; everything it prints goes through the context.
 public enum Txctl {
     static let globalValued: Set<String> = ["coordinator", "token-file"]
-    public static let coordinatorStates = ["active", "preparing", "deciding", "committing", "committed", "aborted",
-                                           "heuristic-mixed", "unfinished", "in-doubt", "parked", "confirming", "cancelling"]
+    public static let coordinatorStates = Coordinator.listStateFilters
     public static let agentStates = ["active", "preparing", "prepared", "committing", "forcing", "heuristic-committed",
                                      "heuristic-aborted", "forgetting", "heuristic-mixed", "in-doubt"]
 
@@ -396,7 +395,7 @@ public enum Txctl {
     static func outbox(_ argv: [String], _ ctx: CtlContext) throws {
         let w = try words(argv)
         guard w.count >= 3 else {
-            throw CtlError.usage("usage: txctl outbox URL list [--dead] [--json] | txctl outbox URL replay ID | txctl outbox URL discard ID --reason R")
+            throw CtlError.usage("usage: txctl outbox URL list [--dead] [--limit N] [--json] | txctl outbox URL replay ID | txctl outbox URL discard ID --reason R")
         }
         let url = w[1]
         let sub = w[2]
@@ -408,7 +407,7 @@ public enum Txctl {
             var path = "/v1/outbox?dead=\(a.has("dead"))"
             if let n = try a.int("limit", range: 1...1000) { path += "&limit=\(n)" }
             let l = try remote(a).get(path, OutboxList.self)
-            ctx.out(a.has("json") ? JSONOut.encode(l) : Render.outboxList(l, dead: a.has("dead"), nowMs: ctx.now()))
+            ctx.out(a.has("json") ? JSONOut.encode(l) : Render.outboxList(l, dead: a.has("dead"), nowMs: ctx.now(), url: url))
         case "replay":
             let a = try parse(argv, booleans: ["json"])
             let p = try positional(a, count: 4, usage: "txctl outbox URL replay ID")

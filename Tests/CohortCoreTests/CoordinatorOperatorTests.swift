@@ -272,6 +272,28 @@ final class CoordinatorOperatorTests: XCTestCase {
 
     /// Reports are logged and kept: each must name a transaction this coordinator began and,
     /// while it is known, one of its branches; repeated reports do not grow its timeline.
+    /// A transaction this coordinator never decided (presumed abort) that a participant reports
+    /// forced committed is kept heuristic-mixed, dated by the force: replayed from its record at
+    /// every start, it was dated by the start, so its age and `--older-than` reset at each
+    /// restart (a docs audit on real processes, session 29).
+    func testAMixedTransactionRebuiltFromItsReportKeepsItsDateAcrossRestarts() throws {
+        let t = TxID(coordinatorID: "0a1b2c3d", epoch: 100, sequence: 7)
+        let forcedBy = Coordinator.HeuristicForce(operatorName: "alice@ops", reason: "coordinator gone", forcedAtMs: 1_000)
+        let record = CoordinatorRecordCoding.encode(.heuristic(t, participant: "a", outcome: .committed, forcedBy: forcedBy))
+        for restartMs: Int64 in [60_000, 120_000] {
+            var c = machine()
+            _ = try c.recover(snapshot: nil, records: [(record.type, record.payload)], nowMs: restartMs)
+            let tx = try XCTUnwrap(c.transaction(t))
+            XCTAssertEqual(tx.state, .heuristicMixed)
+            XCTAssertEqual(tx.createdAtMs, 1_000, "restarted at \(restartMs)")
+        }
+        // A report that names no time (an older agent) is dated when it arrives, as before.
+        let undated = CoordinatorRecordCoding.encode(.heuristic(t, participant: "a", outcome: .committed))
+        var c = machine()
+        _ = try c.recover(snapshot: nil, records: [(undated.type, undated.payload)], nowMs: 60_000)
+        XCTAssertEqual(c.transaction(t)?.createdAtMs, 60_000)
+    }
+
     func testHeuristicReportsAreBoundedToRealBranches() {
         var c = machine()
         let t = committing(&c)

@@ -117,6 +117,18 @@ final class GoldenTests: XCTestCase {
         XCTAssertFalse(Render.outboxList(fine, dead: false, nowMs: Self.now).contains("SINK"))
     }
 
+    /// The dead-letter list ends with the follow-up commands for the outbox the operator named,
+    /// ready to paste; it printed a literal "URL" (a docs audit, session 29).
+    func testDeadLettersNameTheOutboxInTheirFollowUp() {
+        let m = OutboxMessageView(id: 7, messageID: "m-7", topic: "stock", key: "apple", state: "dead", attempts: 5,
+                                  createdMs: Self.now - 60_000, lastError: "HTTP 422: no such sku", deadMs: Self.now - 1_000, payloadBytes: 40)
+        let l = Txctl.OutboxList(source: "orders", pending: 0, dead: 1, leaseHeld: true, oldestPendingAgeMs: nil,
+                                 sinkUnavailable: nil, messages: [m])
+        let text = Render.outboxList(l, dead: true, nowMs: Self.now, url: "http://127.0.0.1:7202")
+        XCTAssertTrue(text.contains("replay one with: txctl outbox http://127.0.0.1:7202 replay ID"), text)
+        XCTAssertTrue(text.contains("txctl outbox http://127.0.0.1:7202 discard ID --reason"), text)
+    }
+
     func testExplainOffersOnlyAllowedForces() {
         let e = Explain.explain(Self.committing, nowMs: Self.now)
         XCTAssertFalse(e.finished)

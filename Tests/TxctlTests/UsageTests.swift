@@ -29,6 +29,18 @@ final class UsageTests: XCTestCase {
         XCTAssertEqual(r.out, "", file: file, line: line)
     }
 
+    /// Every state the coordinator lists by takes `txctl list --state` past its argument check
+    /// (here to the unreachable coordinator: exit 1, not 2). It refused `pre-committing` and
+    /// `terminating`, which the server took and `list` showed (a docs audit, session 29).
+    func testListTakesEveryStateTheCoordinatorFiltersBy() {
+        for state in ["pre-committing", "terminating", "confirming", "cancelling", "deciding", "parked", "in-doubt"] {
+            let r = ctl(["list", "--state", state], env: env)
+            XCTAssertEqual(r.status, 1, "--state \(state): \(r.err)")
+            XCTAssertFalse(r.err.contains("must be one of"), "--state \(state): \(r.err)")
+        }
+        XCTAssertEqual(Txctl.coordinatorStates, Coordinator.listStateFilters)
+    }
+
     func testBadUsageExitsTwo() {
         assertUsage([], "no command")
         assertUsage(["frobnicate"], "unknown command")
@@ -90,7 +102,8 @@ final class UsageTests: XCTestCase {
         let r = ctl(["outbox", "http://127.0.0.1:1", "list"], env: env)
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.err.hasPrefix("error: cannot reach the service at http://127.0.0.1:1"), r.err)
-        XCTAssertTrue(ctl(["--help"]).out.contains("outbox URL list [--dead] [--json]"))
+        XCTAssertTrue(ctl(["--help"]).out.contains("outbox URL list [--dead] [--limit N] [--json]"))
+        XCTAssertTrue(ctl(["--help"]).out.contains("outbox URL discard ID --reason R"))
         let bad = ctl(["outbox", "http://127.0.0.1:1", "replay", "abc"], env: env)
         XCTAssertEqual(bad.status, 2)
         XCTAssertTrue(bad.err.contains("message ID must be a positive integer"), bad.err)
