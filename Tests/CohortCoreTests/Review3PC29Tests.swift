@@ -200,4 +200,65 @@ final class Review3PC29Tests: XCTestCase {
         XCTAssertFalse(clientToldCommitted && bAborted,
                        "SPLIT: the coordinator committed on a quorum of 3 'acknowledgements' (a, and readers r1 and r2 that pre-committed nothing) while b, with c, aborted on an abort quorum of 2 of N = 3")
     }
+
+    // MARK: - a promise not to vote yes, let go and then ignored by a late prepare
+
+    /// LOW (promise not kept; no split found with the simulation's three agents). A participant
+    /// with no branch for t promises, durably, never to vote yes on it (a backup's pre-abort:
+    /// its prepare is late). The promise is kept only as a finished `aborted` outcome: once
+    /// `finishedBranchesKept` newer branches have finished it is let go, and since a promise
+    /// "never said yes" the forget horizon is not raised for it (`rememberFinished`). The fence
+    /// (`fencesBeforePrepare`) still makes a prepare vote no, but it is in memory only: after a
+    /// restart from a checkpoint (which carries neither the let-go promise nor a horizon over
+    /// it) the late prepare finds nothing, stages its work and votes YES on a txid this
+    /// participant promised never to vote yes on, a txid whose writers may already have
+    /// dropped it out of N (quorum) or aborted on its `read-only` word (classic). In production
+    /// it takes 100,000 newer finished branches (10,000 promises for the checkpoint path, which
+    /// drops promises past `finishedOutcomesInSnapshotMax` the same way) and a prepare late by
+    /// that much; docs/protocol.md promises "a later prepare votes no, also after a restart".
+    func testAPromiseNeverToVoteYesOutlivesItsSlotAmongFinishedOutcomes() throws {
+        let t = "\(coordinatorID)-100-7"
+        var config = Participant.Config(name: "p2")
+        config.finishedBranchesKept = 4
+        var p = Participant(config: config)
+        let asked = p.on(.preAbort(5, txid: t))
+        XCTAssertEqual(logs(asked), [.noVotePromised(t)], "precondition: p2 promises")
+        XCTAssertEqual(p.on(.abortDurable(t)), [.reply(5, .preAborted)])
+        XCTAssertEqual(ask(&p, t)?.0, .readOnly)
+        for i in 0..<5 {
+            let other = "\(coordinatorID)-100-\(100 + i)"
+            _ = p.on(.joined(other, coordinatorURL: "http://c", timeoutMs: 1_000))
+            _ = p.on(.abandoned(other))
+        }
+        var restarted = Participant(config: config)
+        _ = try restarted.recover(snapshot: p.snapshot(), records: [])
+        // t's prepare, late, arrives with its work (a submitted prepare joins and stages it).
+        _ = restarted.on(.joined(t, coordinatorURL: "http://c", timeoutMs: 1_000))
+        let info = Participant.ThreePhaseInfo(termination: .quorum, peers: [ref("p1"), ref("p2"), ref("p3")])
+        var answer = restarted.on(.prepare(6, txid: t, onePhase: false, vote: .yes(writeSet: ws), threePhase: info))
+        if logs(answer).contains(where: { if case .prepared = $0 { return true } else { return false } }) { answer += restarted.on(.preparedDurable(t)) }
+        XCTAssertNotEqual(vote(answer, 6), .yes,
+                          "p2 promised never to vote yes on \(t) and answered read-only for it; after letting the promise go and a restart it votes yes")
+    }
+
+    // MARK: - a pre-commit request answered "aborted"
+
+    /// LOW (latent: no schedule found where it changes an outcome). A branch writing the
+    /// coordinator's pre-committed record (`pre-committing`) that receives an abort answers every
+    /// request waiting on it `.aborted`, the coordinator's pre-commit included. The agent sends
+    /// `.aborted` as 200 {"status":"aborted"}, and CoordinatorNode counts any 200 to a pre-commit
+    /// as an acknowledgement (`preCommitAcknowledged`): an aborted branch counted toward the
+    /// classic "commit at the timeout with one acknowledgement" and toward a quorum's Q. The
+    /// aborts that can reach such a branch found so far come from a coordinator that already
+    /// stopped counting (it learned the abort) or from a backup whose round the branch answered
+    /// (which makes it refuse the coordinator's pre-commit), so this is a contract defect: a
+    /// pre-commit must be answered `pre-committed` (once durable) or an error.
+    func testAPreCommitIsNeverAnsweredAborted() {
+        let t = "\(coordinatorID)-100-8"
+        var b = writer("b", t, .classic, peers: ["a", "b"])
+        XCTAssertEqual(logs(b.on(.preCommit(9, txid: t, fromBackup: false))), [.preCommitted(t)])
+        let aborted = b.on(.backupDecision(10, txid: t, outcome: .aborted))
+        XCTAssertFalse(aborted.contains(.reply(9, .aborted)),
+                       "the coordinator's pre-commit is answered `aborted` (the agent sends 200, which the coordinator counts as an acknowledgement): \(aborted)")
+    }
 }
