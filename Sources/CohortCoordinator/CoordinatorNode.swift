@@ -404,8 +404,15 @@ public final class CoordinatorNode {
         case .abort:
             return // presumed abort: nobody waits for an abort's answer
         case .preCommit:
-            if failure == nil {
+            // Only `200 {"status":"pre-committed"}` acknowledges (docs/protocol.md): a 200 that
+            // says anything else (`aborted`) is an answer from a participant that is alive and
+            // not pre-committed, and counted as one it made a commit at the timeout possible
+            // with no writer durably pre-committed (a review, session 29).
+            let status = response.flatMap { try? JSONBody.value(PhaseResponse.self, from: $0.body).status }
+            if failure == nil, status == "pre-committed" {
                 feed(.preCommitAcknowledged(txid, participant: name))
+            } else if failure == nil {
+                feed(.preCommitRefused(txid, participant: name, reason: "answered \(status.map { "\"\($0)\"" } ?? "an unreadable body") to a pre-commit, not \"pre-committed\""))
             } else if case .success = result {
                 // Any answer but an acknowledgement (409, or 503: its log refused the record)
                 // comes from a participant that is alive and not pre-committed. Classic 3PC

@@ -898,6 +898,13 @@ public struct Participant {
         guard var b = branches[txid] else {
             // Unknown: either finished (answer as before) or never joined here.
             switch finishedOutcomes[txid] {
+            case .committed? where readOnlyFinished.contains(txid):
+                // A repeat of the prepare a 3PC reader answered: the same answer. Answered
+                // `yes`, the coordinator could count the reader as a writer, pre-commit it and
+                // take its answer (from the outcome, no record) as an acknowledgement: a classic
+                // commit at the timeout, or a quorum, with no writer durably pre-committed,
+                // against writers that abort (a review, session 29).
+                return [.reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.readOnly))]
             case .committed?:
                 return [.reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.yes))]
             case .aborted?:
@@ -931,6 +938,10 @@ public struct Participant {
         var vote = vote
         if b.askedBeforeVoting || fencesBeforePrepare.contains(txid) {
             vote = .no(reason: "a peer's termination protocol asked about this branch before it voted (counting it toward an abort); it votes no")
+        } else if threePhase != nil, mayHaveForgotten(txid) {
+            // At or below the highest txid of its coordinator this participant let go of: a
+            // promise never to vote yes on it may be among what it let go.
+            vote = .no(reason: "this participant has let go of outcomes of its coordinator's transactions at or above \(txid) (a promise never to vote yes on it may be among them); it votes no")
         }
         switch vote {
         case .readOnly:
@@ -1054,6 +1065,15 @@ public struct Participant {
         return [.apply(txid, writeSet: b.writeSet, lsn: lsn)] + finish(txid, .committed) + replies
     }
 
+    /// The answers to requests waiting on a branch that aborted. Those waiting while its
+    /// pre-committed record was written are pre-commits: a pre-commit is answered
+    /// `pre-committed` once durable, or an error, never `aborted` (which the agent sends as a
+    /// 200 and a coordinator could take for an acknowledgement; a review, session 29).
+    private static func answerAborted(_ txid: String, _ waiting: [RequestID], wasPreCommitting: Bool) -> [Action] {
+        guard wasPreCommitting else { return waiting.map { .reply($0, .aborted) } }
+        return waiting.map { .reply($0, .error(RequestError(409, "branch \(txid) was aborted while its pre-committed record was written; it cannot pre-commit"))) }
+    }
+
     private mutating func abort(_ request: RequestID, _ txid: String) -> [Action] {
         guard var b = branches[txid] else {
             if let f = forgottenHeuristics[txid], f.decision.outcome == .committed {
@@ -1075,7 +1095,7 @@ public struct Participant {
         case .prepared, .preCommitted, .preAborted, .preCommitting, .preAborting:
             let waiting = b.waiting
             return [.log(.aborted(txid), force: false)] + finish(txid, .aborted) + [.release(txid), .reply(request, .aborted)]
-                + waiting.map { .reply($0, .aborted) }
+                + Self.answerAborted(txid, waiting, wasPreCommitting: b.state == .preCommitting)
         case .preparing:
             b.abortWhenDurable = true
             branches[txid] = b
@@ -1505,8 +1525,11 @@ public struct Participant {
         if finishedOutcomes.updateValue(outcome, forKey: txid) == nil { finishedOrder.append(txid) }
         while finishedOutcomes.count > config.finishedBranchesKept {
             let letGo = finishedOrder[finishedOrderHead]
-            // Read-only votes and promises never said yes: letting them go forgets no yes.
-            if !readOnlyFinished.contains(letGo) && !promisedNoVote.contains(letGo) {
+            // Read-only votes never said yes: letting them go forgets no yes. A promise never
+            // to vote yes raises the horizon too: a 3PC prepare at or below it votes no, so a
+            // prepare that arrives after its promise was let go (and after a restart, which
+            // reads the horizon from the checkpoint) still keeps it (a review, session 29).
+            if !readOnlyFinished.contains(letGo) {
                 Self.raise(&forgottenUpTo, &forgottenUnknown, toText: letGo)
             }
             finishedOutcomes.removeValue(forKey: letGo)
@@ -1562,6 +1585,10 @@ extension Participant {
         if !commit { noteAskedBeforeVoting(txid) }
         guard var b = branches[txid], b.threePhase != nil else {
             switch finishedOutcomes[txid] {
+            case .committed? where readOnlyFinished.contains(txid):
+                // A reader holds no pre-state: an acknowledgement would count it as a durably
+                // pre-committed writer, which it is not.
+                return [.reply(request, .error(RequestError(409, "branch \(txid) voted read-only: it holds no pre-state")))]
             case .committed? where commit: return [.reply(request, .preCommitted)]
             case .committed?: return [.reply(request, .error(RequestError(409, "branch \(txid) already committed")))]
             case .aborted? where !commit: return [.reply(request, .preAborted)]
@@ -1896,7 +1923,8 @@ extension Participant {
 
     mutating func terminationAbortDurable(_ txid: String) -> [Action] {
         guard let b = branches[txid], b.state == .aborting else { return [] }
-        return b.abortPeers.map { .sendToPeer(txid, peer: $0, message: .abort) } + finish(txid, .aborted) + [.release(txid)] + b.waiting.map { .reply($0, .aborted) }
+        return b.abortPeers.map { .sendToPeer(txid, peer: $0, message: .abort) } + finish(txid, .aborted) + [.release(txid)]
+            + Self.answerAborted(txid, b.waiting, wasPreCommitting: b.abortingFrom == .preCommitting)
     }
 }
 
