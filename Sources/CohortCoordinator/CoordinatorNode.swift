@@ -413,6 +413,14 @@ public final class CoordinatorNode {
                 feed(.preCommitAcknowledged(txid, participant: name))
             } else if failure == nil {
                 feed(.preCommitRefused(txid, participant: name, reason: "answered \(status.map { "\"\($0)\"" } ?? "an unreadable body") to a pre-commit, not \"pre-committed\""))
+            } else if case .failure(let e) = result, !e.mayBeFromADownPeer {
+                // Not "no answer": a pre-commit that never left this process (its queue to the
+                // participant was full, or its URL unusable) says nothing of the participant,
+                // which may be alive and uncertain, and one that answered unreadably is alive. Classic 3PC
+                // commits at the timeout on the presumption that whoever did not acknowledge
+                // crashed; neither did, and such a participant could abort as backup against the
+                // commit (a review, session 29). Learn instead.
+                feed(.preCommitRefused(txid, participant: name, reason: "the pre-commit was not delivered: \(e)"))
             } else if case .success = result {
                 // Any answer but an acknowledgement (409, or 503: its log refused the record)
                 // comes from a participant that is alive and not pre-committed. Classic 3PC

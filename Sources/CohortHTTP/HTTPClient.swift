@@ -22,6 +22,16 @@ public enum HTTPClientError: Error, CustomStringConvertible, Equatable {
         case .responseTooLarge: return "response larger than \(Limits.httpResponseBytesMax) bytes"
         }
     }
+
+    /// Whether the peer may simply be down (no connection, no answer in time, the connection
+    /// closed): only then may a caller presume it crashed. A full queue or an unusable URL
+    /// never sent the request, and an unreadable or oversized answer came from a live peer.
+    public var mayBeFromADownPeer: Bool {
+        switch self {
+        case .connectFailed, .timeout, .connectionClosed: return true
+        case .invalidURL, .protocolError, .queueFull, .responseTooLarge: return false
+        }
+    }
 }
 
 public struct HTTPClientResponse {

@@ -1,0 +1,86 @@
+import CohortCoordinator
+import CohortCore
+import CohortHTTP
+import CohortLog
+import CohortRuntime
+import XCTest
+
+/// What the classic 3PC coordinator takes for an acknowledgement of its pre-commit, through
+/// cohortd's HTTP handling (a review, session 29). It commits at its pre-commit timeout with one
+/// acknowledgement, presuming whoever did not acknowledge crashed. A participant that answered
+/// `200 {"status":"aborted"}`, or that never got the pre-commit because this coordinator's queue
+/// to it was full, did not crash and may abort as backup: the coordinator must learn instead.
+final class PreCommitAnswerTests: XCTestCase {
+    private let coordinatorID = "6c2d1e3f"
+
+    /// Runs a classic 3PC submission with writers `a` and `b` to the pre-commits, acknowledges
+    /// `a`'s, answers `b`'s with `answer`, fires the pre-commit timeout, and returns the URLs
+    /// the coordinator sent to afterwards and the transaction's state.
+    private func run(answeringB answer: Result<HTTPClientResponse, HTTPClientError>) throws -> (sentAfter: [String], state: Coordinator.State?, clientAnswer: String?) {
+        let storage = SimLogStorage()
+        let (log, recovered) = try DurableLog.open(storage: storage, config: DurableLogConfig(syncMode: .manual, preallocateBytes: 512))
+        defer { log.close() }
+        let env = HandDrivenEnvironment()
+        let config = Coordinator.Config(coordinatorID: coordinatorID, epoch: 10)
+        let node = try CoordinatorNode(coordinatorID: coordinatorID, log: log, recovered: recovered, config: config,
+                                       checkpointAfterBytes: Limits.checkpointAfterBytes, environment: env,
+                                       onFatal: { XCTFail("fatal: \($0)") })
+        node.start()
+        env.drain()
+        let body = Array(#"{"protocol":"3pc","termination":"classic","branches":[{"participant":"a","url":"http://a","ops":[{"op":"add","key":"k","delta":1}]},{"participant":"b","url":"http://b","ops":[{"op":"add","key":"k","delta":-1}]}]}"#.utf8)
+        var clientAnswer: HTTPResponse?
+        node.handle(try HTTPRequest.parsingTarget(method: "POST", target: "/v1/transactions/submit", headers: HTTPHeaders(), body: body),
+                    ClosureSink { clientAnswer = $0 })
+        env.drain()
+        let prepares = env.sent.filter { $0.request.url.hasSuffix("/v1/2pc/prepare") }
+        XCTAssertEqual(prepares.count, 2)
+        let txid = try JSONBody.value(PhaseRequest.self, from: try XCTUnwrap(prepares.first).request.body).txid
+        for sent in prepares {
+            sent.completion(.success(HTTPClientResponse(status: 200, body: Array(#"{"txid":"\#(txid)","vote":"yes"}"#.utf8))))
+        }
+        env.drain()
+        _ = try log.syncNow() // the pre-commit record
+        env.drain()
+        let preCommits = env.sent.filter { $0.request.url.hasSuffix("/v1/3pc/precommit") }
+        XCTAssertEqual(preCommits.map(\.request.url).sorted(), ["http://a/v1/3pc/precommit", "http://b/v1/3pc/precommit"])
+        let before = env.sent.count
+        for sent in preCommits {
+            if sent.request.url.hasPrefix("http://a/") {
+                sent.completion(.success(HTTPClientResponse(status: 200, body: Array(#"{"txid":"\#(txid)","status":"pre-committed"}"#.utf8))))
+            } else {
+                sent.completion(answer)
+            }
+        }
+        env.drain()
+        env.fireTimers(afterMs: config.preCommitTimeoutMs)
+        _ = try log.syncNow()
+        env.drain()
+        let state = node.machine.transaction(try XCTUnwrap(TxID(txid)))?.state
+        let outcome = clientAnswer.flatMap { try? JSONBody.value(OutcomeResponse.self, from: $0.body).outcome }
+        node.stop()
+        return (env.sent[before...].map(\.request.url), state, outcome)
+    }
+
+    func testAPreCommitAnsweredAbortedIsNotAnAcknowledgement() throws {
+        let r = try run(answeringB: .success(HTTPClientResponse(status: 200, body: Array(#"{"txid":"x","status":"aborted"}"#.utf8))))
+        XCTAssertFalse(r.sentAfter.contains { $0.hasSuffix("/commit") }, "the coordinator committed: \(r.sentAfter)")
+        XCTAssertNotEqual(r.clientAnswer, "committed")
+        XCTAssertEqual(r.state, .terminating, "it learns the outcome from the participants")
+        XCTAssertTrue(r.sentAfter.contains { $0.hasSuffix("/v1/3pc/state") }, "it asks the participants: \(r.sentAfter)")
+    }
+
+    func testAPreCommitThatNeverLeftTheCoordinatorIsNotAFailedParticipant() throws {
+        let r = try run(answeringB: .failure(.queueFull))
+        XCTAssertFalse(r.sentAfter.contains { $0.hasSuffix("/commit") }, "the coordinator committed: \(r.sentAfter)")
+        XCTAssertNotEqual(r.clientAnswer, "committed")
+        XCTAssertEqual(r.state, .terminating)
+    }
+
+    /// The rule itself, for contrast: a participant that does not answer at all (it crashed)
+    /// leaves the decision to the timeout, and one acknowledgement commits.
+    func testNoAnswerLeavesItToTheTimeoutAndOneAcknowledgementCommits() throws {
+        let r = try run(answeringB: .failure(.connectFailed("connect: Connection refused")))
+        XCTAssertTrue(r.sentAfter.contains { $0.hasSuffix("/commit") }, "no commit at the timeout: \(r.sentAfter)")
+        XCTAssertEqual(r.clientAnswer, "committed")
+    }
+}
