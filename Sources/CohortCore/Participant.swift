@@ -373,6 +373,13 @@ public struct Participant {
     /// before session 27, or more coordinators than `Limits.forgottenHorizonCoordinatorsMax`):
     /// no promise is made at all then, as before session 27. In snapshots.
     private var forgottenUnknown = false
+    /// Per coordinator id, the highest txid of a promise never to vote yes that this
+    /// participant let go (from `finishedOutcomes` past its bound, or left out of a
+    /// checkpoint). A 3PC prepare at or below it votes no: the promise may be among those let
+    /// go, and a prepare arriving after it (and after a restart) voted yes (a review, session
+    /// 29). Only promises raise it, so it costs nothing until the participants have had to
+    /// decide without their coordinator. In snapshots (from session 29).
+    private var promisesLetGoUpTo: [String: TxID] = [:]
 
     public init(config: Config) {
         self.config = config
@@ -556,6 +563,16 @@ public struct Participant {
                     let text = try r.string(maxCount: 128)
                     guard let txid = TxID(text) else { throw DecodeError("bad txid \(text) in the forgotten txids") }
                     Self.raise(&forgottenUpTo, &forgottenUnknown, to: txid)
+                }
+            }
+            // The promise horizon (absent in snapshots written before session 29: none then).
+            if !r.isAtEnd {
+                let count = try r.u32()
+                guard count <= UInt32(clamping: sectionsMax.forgottenCoordinators) else { throw DecodeError("\(count) coordinators' let-go promises") }
+                for _ in 0..<count {
+                    let text = try r.string(maxCount: 128)
+                    guard TxID(text) != nil else { throw DecodeError("bad txid \(text) in the let-go promises") }
+                    Self.raisePromisesLetGo(&promisesLetGoUpTo, toText: text)
                 }
             }
         }
@@ -753,6 +770,13 @@ public struct Participant {
         w.bool(unknown)
         w.u32(sectionCount(upTo.count, sectionsMax.forgottenCoordinators, "forgottenCoordinators"))
         for txid in upTo.values.sorted(by: { $0.coordinatorID < $1.coordinatorID }) { w.string(txid.description) }
+        // The promise horizon: what was let go before, and the promises left out above.
+        var promisesUpTo = promisesLetGoUpTo
+        for txid in finishedOrder[finishedOrderHead...] where promisedNoVote.contains(txid) && !carried.contains(txid) {
+            Self.raisePromisesLetGo(&promisesUpTo, toText: txid)
+        }
+        w.u32(sectionCount(promisesUpTo.count, sectionsMax.forgottenCoordinators, "promisesLetGo"))
+        for txid in promisesUpTo.values.sorted(by: { $0.coordinatorID < $1.coordinatorID }) { w.string(txid.description) }
         return w.bytes
     }
 
@@ -938,10 +962,8 @@ public struct Participant {
         var vote = vote
         if b.askedBeforeVoting || fencesBeforePrepare.contains(txid) {
             vote = .no(reason: "a peer's termination protocol asked about this branch before it voted (counting it toward an abort); it votes no")
-        } else if threePhase != nil, mayHaveForgotten(txid) {
-            // At or below the highest txid of its coordinator this participant let go of: a
-            // promise never to vote yes on it may be among what it let go.
-            vote = .no(reason: "this participant has let go of outcomes of its coordinator's transactions at or above \(txid) (a promise never to vote yes on it may be among them); it votes no")
+        } else if threePhase != nil, mayHaveLetGoAPromise(txid) {
+            vote = .no(reason: "this participant has let go of a promise never to vote yes on a transaction of its coordinator at or above \(txid) (it may be this one's); it votes no")
         }
         switch vote {
         case .readOnly:
@@ -1512,6 +1534,21 @@ public struct Participant {
         raise(&upTo, &unknown, to: txid)
     }
 
+    /// Raises the promise horizon to `text`. Past `Limits.forgottenHorizonCoordinatorsMax`
+    /// coordinators a promise let go is not placed: its protection is lost (each takes more than
+    /// `finishedBranchesKept` finished branches after it, and a prepare that late).
+    static func raisePromisesLetGo(_ upTo: inout [String: TxID], toText text: String) {
+        guard let txid = TxID(text) else { return }
+        var notPlaced = false
+        raise(&upTo, &notPlaced, to: txid)
+    }
+
+    /// Whether a promise never to vote yes on `txid` may be among those let go.
+    func mayHaveLetGoAPromise(_ txid: String) -> Bool {
+        guard let t = TxID(txid), let upTo = promisesLetGoUpTo[t.coordinatorID] else { return false }
+        return !(upTo < t)
+    }
+
     /// Whether this participant may have voted yes on `txid` and forgotten its outcome.
     func mayHaveForgotten(_ txid: String) -> Bool {
         if forgottenUnknown { return true }
@@ -1525,11 +1562,11 @@ public struct Participant {
         if finishedOutcomes.updateValue(outcome, forKey: txid) == nil { finishedOrder.append(txid) }
         while finishedOutcomes.count > config.finishedBranchesKept {
             let letGo = finishedOrder[finishedOrderHead]
-            // Read-only votes never said yes: letting them go forgets no yes. A promise never
-            // to vote yes raises the horizon too: a 3PC prepare at or below it votes no, so a
-            // prepare that arrives after its promise was let go (and after a restart, which
-            // reads the horizon from the checkpoint) still keeps it (a review, session 29).
-            if !readOnlyFinished.contains(letGo) {
+            // Read-only votes and promises never said yes: letting them go forgets no yes. A
+            // promise let go raises its own horizon: a 3PC prepare at or below it votes no.
+            if promisedNoVote.contains(letGo) {
+                Self.raisePromisesLetGo(&promisesLetGoUpTo, toText: letGo)
+            } else if !readOnlyFinished.contains(letGo) {
                 Self.raise(&forgottenUpTo, &forgottenUnknown, toText: letGo)
             }
             finishedOutcomes.removeValue(forKey: letGo)

@@ -241,6 +241,61 @@ final class Review3PC29Tests: XCTestCase {
                           "p2 promised never to vote yes on \(t) and answered read-only for it; after letting the promise go and a restart it votes yes")
     }
 
+    /// The fix's other side: only a let-go *promise* makes a late 3PC prepare vote no. A
+    /// transaction older than outcomes this participant voted on and let go (a long one, under
+    /// load) still votes yes; the promise horizon survives a checkpoint and a second one; and a
+    /// checkpoint written before the horizon existed (session 27-28 format) reads as none.
+    func testOnlyALetGoPromiseMakesALate3PCPrepareVoteNo() throws {
+        var config = Participant.Config(name: "p2")
+        config.finishedBranchesKept = 4
+        let info = Participant.ThreePhaseInfo(termination: .quorum, peers: [ref("p1"), ref("p2"), ref("p3")])
+        func prepareVote(_ p: inout Participant, _ t: String, request: RequestID) -> Vote? {
+            _ = p.on(.joined(t, coordinatorURL: "http://c", timeoutMs: 1_000))
+            var answer = p.on(.prepare(request, txid: t, onePhase: false, vote: .yes(writeSet: ws), threePhase: info))
+            if logs(answer).contains(where: { if case .prepared = $0 { return true } else { return false } }) { answer += p.on(.preparedDurable(t)) }
+            return vote(answer, request)
+        }
+        // Five newer transactions vote yes, commit and are let go (four kept): the long one,
+        // older than all of them, still votes yes.
+        var p = Participant(config: config)
+        for i in 0..<5 {
+            let other = "\(coordinatorID)-100-\(200 + i)"
+            XCTAssertEqual(prepareVote(&p, other, request: RequestID(10 + i)), .yes)
+            _ = p.on(.commit(RequestID(20 + i), txid: other))
+            _ = p.on(.commitDurable(other, lsn: UInt64(1 + i)))
+        }
+        XCTAssertEqual(prepareVote(&p, "\(coordinatorID)-100-150", request: 30), .yes,
+                       "an old transaction's first prepare is refused only for a let-go promise")
+        // A promise on 160, let go behind four newer finished branches: 160 and below vote no,
+        // above it yes, also from a checkpoint, and from a checkpoint of that restart.
+        var q = Participant(config: config)
+        let promised = "\(coordinatorID)-100-160"
+        XCTAssertEqual(logs(q.on(.preAbort(5, txid: promised))), [.noVotePromised(promised)])
+        _ = q.on(.abortDurable(promised))
+        for i in 0..<5 {
+            let other = "\(coordinatorID)-100-\(300 + i)"
+            _ = q.on(.joined(other, coordinatorURL: "http://c", timeoutMs: 1_000))
+            _ = q.on(.abandoned(other))
+        }
+        var once = Participant(config: config)
+        _ = try once.recover(snapshot: q.snapshot(), records: [])
+        var twice = Participant(config: config)
+        _ = try twice.recover(snapshot: once.snapshot(), records: [])
+        for (name, machine) in [("in memory", q), ("restarted", once), ("restarted twice", twice)] {
+            var m = machine
+            XCTAssertNotEqual(prepareVote(&m, "\(coordinatorID)-100-155", request: 40), .yes, name)
+            var n = machine
+            XCTAssertEqual(prepareVote(&n, "\(coordinatorID)-100-170", request: 41), .yes, name)
+        }
+        // A checkpoint from before the section (its last 4 bytes, an empty section, cut).
+        var fresh = Participant(config: config)
+        let old = Array(fresh.snapshot().dropLast(4))
+        var fromOld = Participant(config: config)
+        XCTAssertNoThrow(try fromOld.recover(snapshot: old, records: []))
+        XCTAssertEqual(prepareVote(&fromOld, "\(coordinatorID)-100-1", request: 50), .yes)
+        XCTAssertEqual(prepareVote(&fresh, "\(coordinatorID)-100-2", request: 51), .yes)
+    }
+
     // MARK: - a pre-commit request answered "aborted"
 
     /// LOW (latent: no schedule found where it changes an outcome). A branch writing the
