@@ -1,0 +1,90 @@
+import CohortCoordinator
+import CohortCore
+import CohortHTTP
+import CohortLog
+import CohortRuntime
+import XCTest
+
+/// Adversarial read-only review of session 29's changes (920a7a1..c758663), through
+/// CoordinatorNode's HTTP handling. Each test fails on c758663; its doc comment gives the
+/// schedule and the severity.
+final class ReviewFixes29Tests: XCTestCase {
+    private let coordinatorID = "6c2d1e3f"
+
+    /// Runs a classic 3PC submission with writers `a` and `b` to the pre-commits, acknowledges
+    /// `a`'s, answers `b`'s with `answer`, fires the pre-commit timeout, and returns the URLs
+    /// the coordinator sent to afterwards and the transaction's state.
+    private func run(answeringB answer: Result<HTTPClientResponse, HTTPClientError>) throws -> (sentAfter: [String], state: Coordinator.State?, clientAnswer: String?) {
+        let storage = SimLogStorage()
+        let (log, recovered) = try DurableLog.open(storage: storage, config: DurableLogConfig(syncMode: .manual, preallocateBytes: 512))
+        defer { log.close() }
+        let env = HandDrivenEnvironment()
+        let config = Coordinator.Config(coordinatorID: coordinatorID, epoch: 10)
+        let node = try CoordinatorNode(coordinatorID: coordinatorID, log: log, recovered: recovered, config: config,
+                                       checkpointAfterBytes: Limits.checkpointAfterBytes, environment: env,
+                                       onFatal: { XCTFail("fatal: \($0)") })
+        node.start()
+        env.drain()
+        let body = Array(#"{"protocol":"3pc","termination":"classic","branches":[{"participant":"a","url":"http://a","ops":[{"op":"add","key":"k","delta":1}]},{"participant":"b","url":"http://b","ops":[{"op":"add","key":"k","delta":-1}]}]}"#.utf8)
+        var clientAnswer: HTTPResponse?
+        node.handle(try HTTPRequest.parsingTarget(method: "POST", target: "/v1/transactions/submit", headers: HTTPHeaders(), body: body),
+                    ClosureSink { clientAnswer = $0 })
+        env.drain()
+        let prepares = env.sent.filter { $0.request.url.hasSuffix("/v1/2pc/prepare") }
+        XCTAssertEqual(prepares.count, 2)
+        let txid = try JSONBody.value(PhaseRequest.self, from: try XCTUnwrap(prepares.first).request.body).txid
+        for sent in prepares {
+            sent.completion(.success(HTTPClientResponse(status: 200, body: Array(#"{"txid":"\#(txid)","vote":"yes"}"#.utf8))))
+        }
+        env.drain()
+        _ = try log.syncNow() // the pre-commit record
+        env.drain()
+        let preCommits = env.sent.filter { $0.request.url.hasSuffix("/v1/3pc/precommit") }
+        XCTAssertEqual(preCommits.map(\.request.url).sorted(), ["http://a/v1/3pc/precommit", "http://b/v1/3pc/precommit"])
+        let before = env.sent.count
+        for sent in preCommits {
+            if sent.request.url.hasPrefix("http://a/") {
+                sent.completion(.success(HTTPClientResponse(status: 200, body: Array(#"{"txid":"\#(txid)","status":"pre-committed"}"#.utf8))))
+            } else {
+                sent.completion(answer)
+            }
+        }
+        env.drain()
+        env.fireTimers(afterMs: config.preCommitTimeoutMs)
+        _ = try log.syncNow()
+        env.drain()
+        let state = node.machine.transaction(try XCTUnwrap(TxID(txid)))?.state
+        let outcome = clientAnswer.flatMap { try? JSONBody.value(OutcomeResponse.self, from: $0.body).outcome }
+        node.stop()
+        return (env.sent[before...].map(\.request.url), state, outcome)
+    }
+
+    /// MEDIUM (split, classic 3PC; the queueFull hole of session 29 left open for the other
+    /// ways a pre-commit fails inside this process). `HTTPClientError.mayBeFromADownPeer` is
+    /// true for every `.connectFailed`, and HTTPClient raises `.connectFailed` also when the
+    /// connection was never attempted or never left this host: `socket()` failing (EMFILE/ENFILE:
+    /// the coordinator out of file descriptors), `connect()` failing at once with a local errno
+    /// (EADDRNOTAVAIL: ephemeral ports exhausted; ENOBUFS), the event loop refusing to register
+    /// the descriptor, or a cached failed name lookup (`httpClientLookupFailureTTLMs`: no
+    /// lookup, no connect). Like a full queue, each says nothing of the participant.
+    /// 1. Classic 3PC, writers a and b vote yes; the pre-commit record is durable.
+    /// 2. a pre-commits durably and acknowledges.
+    /// 3. b's pre-commit fails in the coordinator: `connect 10.0.0.2:8081: Cannot assign
+    ///    requested address (errno 99)` (or `socket: Too many open files (errno 24)`): b never
+    ///    heard it; b is alive, prepared, uncertain.
+    /// 4. Pre-commit timeout: one acknowledgement, b "presumed crashed": the coordinator
+    ///    commits and tells the client committed (what the session's fix stops for queueFull).
+    /// 5. a crashes (it acknowledged; nothing else needed of it). b's termination timer fires:
+    ///    a does not answer, b is the backup, nobody it hears is pre-committed: b ABORTS
+    ///    (Participant.decideTermination, classic: `preCommitted == 0`). Split, as in the
+    ///    queueFull case.
+    func testAPreCommitThatFailedLocallyBeforeLeavingIsNotAFailedParticipant() throws {
+        for error in [HTTPClientError.connectFailed("connect 10.0.0.2:8081: Cannot assign requested address (errno 99)"),
+                      .connectFailed("socket: Too many open files (errno 24)")] {
+            let r = try run(answeringB: .failure(error))
+            XCTAssertFalse(r.sentAfter.contains { $0.hasSuffix("/commit") },
+                           "the coordinator committed at the timeout presuming b crashed, while b's pre-commit failed inside the coordinator (\(error)): \(r.sentAfter)")
+            XCTAssertNotEqual(r.clientAnswer, "committed", "\(error)")
+        }
+    }
+}
