@@ -74,4 +74,51 @@ final class ReviewFixes29Tests: XCTestCase {
         XCTAssertTrue(decided,
                       "the quorum coordinator held Q = 2 pre-commit acknowledgements (a, b) and one refusal (c: its queue was full) made it give up deciding: it is \(c.transaction(t)?.state.rawValue ?? "gone"), and ends only if the participants can terminate among themselves")
     }
+
+    // MARK: - the promise horizon votes no for transactions that were never promised
+
+    func logs(_ actions: [Participant.Action]) -> [Participant.Record] {
+        actions.compactMap { if case .log(let r, _) = $0 { return r } else { return nil } }
+    }
+
+    /// LOW (liveness: a spurious abort; needs a let-go promise). The horizon is one txid per
+    /// coordinator: every 3PC prepare at or below the highest let-go promise votes no, also for
+    /// a branch that was already open here, staging work, when the promise was let go. Such a
+    /// branch cannot be the promised txid or any earlier let-go promise: work on a promised txid
+    /// is refused while the promise is kept (`admitWork`), a txid already below the horizon when
+    /// the branch was admitted was covered then, and no promise is made for a txid with a branch.
+    /// Step by step (finishedBranchesKept = 4 here; 100,000 in production):
+    /// 1. Long transaction L = ...-100-150 joins p2 (work staged, not yet prepared).
+    /// 2. A peer's backup pre-aborts T = ...-100-160 (newer than L), where p2 has no branch:
+    ///    p2 promises never to vote yes on T.
+    /// 3. Five other branches finish: the promise on T is let go; the horizon becomes T.
+    /// 4. L's 3PC prepare arrives: L <= T, so p2 votes NO, although L was never promised and
+    ///    was open here all along. L aborts for every participant.
+    /// In production: a 3PC transaction older than a promise made during a coordinator loss,
+    /// prepared after 100,000 branches finished at this participant (or after a restart from
+    /// a checkpoint that left out promises past the newest 10,000).
+    func testABranchAlreadyOpenWhenAPromiseIsLetGoStillVotesYes() {
+        var config = Participant.Config(name: "p2")
+        config.finishedBranchesKept = 4
+        let ws: [UInt8] = [7]
+        let info = Participant.ThreePhaseInfo(termination: .quorum, peers: [ref("p1"), ref("p2"), ref("p3")])
+        var p = Participant(config: config)
+        let long = "\(coordinatorID)-100-150"
+        _ = p.on(.joined(long, coordinatorURL: "http://c", timeoutMs: 600_000))
+        let promised = "\(coordinatorID)-100-160"
+        XCTAssertEqual(logs(p.on(.preAbort(5, txid: promised))), [.noVotePromised(promised)], "precondition: p2 promises")
+        _ = p.on(.abortDurable(promised))
+        for i in 0..<5 {
+            let other = "\(coordinatorID)-100-\(300 + i)"
+            _ = p.on(.joined(other, coordinatorURL: "http://c", timeoutMs: 1_000))
+            _ = p.on(.abandoned(other))
+        }
+        var answer = p.on(.prepare(6, txid: long, onePhase: false, vote: .yes(writeSet: ws), threePhase: info))
+        if logs(answer).contains(where: { if case .prepared = $0 { return true } else { return false } }) { answer += p.on(.preparedDurable(long)) }
+        var vote: Vote?
+        for case .reply(6, .vote(let v)) in answer { vote = v }
+        XCTAssertEqual(vote, .yes,
+                       "\(long) was open at p2 before and after the promise on \(promised) was let go, and was never promised; it votes \(vote.map { "\($0)" } ?? "nothing")")
+    }
 }
+
