@@ -1095,7 +1095,7 @@ public struct Coordinator {
         case .preCommitAcknowledged(let txid, let name):
             return preCommitAcknowledged(txid, name, nowMs: nowMs)
         case .preCommitRefused(let txid, let name, let reason):
-            return startLearning(txid, because: "\(name) refused the pre-commit: \(reason)", nowMs: nowMs)
+            return preCommitRefused(txid, name, reason: reason, nowMs: nowMs)
         case .stateAnswered(let txid, let name, let state):
             return stateAnswered(txid, name, state, nowMs: nowMs)
         case .onePhaseWindowDurable(let window):
@@ -2279,7 +2279,52 @@ extension Coordinator {
         tx.events.append(TimelineEvent(atMs: nowMs, event: "pre-commit-acknowledged", participant: name, detail: nil))
         openTable[txid] = tx
         guard !tx.branches.contains(where: { $0.state == .preCommitSent }) else { return [] }
+        // Every branch answered. Under quorum termination one that refused is back to
+        // `prepared` (`preCommitRefused`), which learned at once had a quorum become out of
+        // reach; checked again here all the same.
+        let updates = tx.branches.filter { $0.vote == .yes }
+        let acked = updates.filter { $0.state == .preCommitted }.count
+        if acked < updates.count {
+            guard case .threePhase(.quorum) = tx.commitProtocol, acked >= Coordinator.quorum(updates.count) else {
+                return [.cancelTimer(.preCommitTimeout(txid))]
+                    + startLearning(txid, because: "\(acked) of \(updates.count) pre-committed, without a commit quorum", nowMs: nowMs)
+            }
+            return [.cancelTimer(.preCommitTimeout(txid))]
+                + decideCommitAfterPreCommit(txid, detail: "a commit quorum (\(acked) of \(updates.count)); the others refused", nowMs: nowMs)
+        }
         return [.cancelTimer(.preCommitTimeout(txid))] + decideCommitAfterPreCommit(txid, detail: "every branch pre-committed", nowMs: nowMs)
+    }
+
+    /// A participant answered the pre-commit with anything but an acknowledgement, or the
+    /// pre-commit never left this coordinator: it is alive, or nothing is known of it, and it is
+    /// not pre-committed. Classic 3PC stops deciding and learns (its timeout's commit presumes
+    /// the silent crashed). Quorum 3PC goes on deciding: a quorum of acknowledgements commits
+    /// whatever the others do (a commit quorum and an abort quorum share a participant, whose
+    /// pre-state never changes), so one refusal need not throw a held quorum away (learning
+    /// never commits on pre-committed answers alone; a review, session 29).
+    mutating func preCommitRefused(_ txid: TxID, _ name: String, reason: String, nowMs: Int64) -> [Action] {
+        guard var tx = openTable.byID[txid], tx.state == .preCommitting,
+              case .threePhase(let termination) = tx.commitProtocol else { return [] }
+        guard termination == .quorum else {
+            return startLearning(txid, because: "\(name) refused the pre-commit: \(reason)", nowMs: nowMs)
+        }
+        // Back to `prepared`: neither acknowledged nor still awaited (a commit still tells it).
+        if let i = tx.branchIndex(name), tx.branches[i].state == .preCommitSent { tx.branches[i].state = .prepared }
+        tx.events.append(TimelineEvent(atMs: nowMs, event: "pre-commit-refused", participant: name, detail: reason))
+        openTable[txid] = tx
+        let updates = tx.branches.filter { $0.vote == .yes }
+        let acked = updates.filter { $0.state == .preCommitted }.count
+        let awaited = updates.filter { $0.state == .preCommitSent }.count
+        let quorum = Coordinator.quorum(updates.count)
+        if acked >= quorum {
+            return [.cancelTimer(.preCommitTimeout(txid))]
+                + decideCommitAfterPreCommit(txid, detail: "a commit quorum (\(acked) of \(updates.count)); \(name) refused the pre-commit: \(reason)", nowMs: nowMs)
+        }
+        if acked + awaited < quorum {
+            return [.cancelTimer(.preCommitTimeout(txid))]
+                + startLearning(txid, because: "\(name) refused the pre-commit (\(reason)): a commit quorum of \(quorum) can no longer form", nowMs: nowMs)
+        }
+        return [] // the other acknowledgements, or the timeout, decide
     }
 
     /// Classic 3PC treats a silent participant as failed and commits without its

@@ -286,6 +286,10 @@ public struct Participant {
         /// While `aborting`: the state before, and the messages to peers sent once durable.
         var abortingFrom: BranchState?
         var abortPeers: [ParticipantRef] = []
+        /// Joined at or below the horizon of let-go promises (`promisesLetGoUpTo`): its 3PC
+        /// prepare votes no. Decided when it joins, not when it prepares: a branch open before
+        /// a newer promise was let go cannot be a promised txid (a review, session 29).
+        var joinedUnderPromiseHorizon = false
         /// While `committing` or `forcing`: the state before, where a refused record leaves the
         /// branch (a 3PC branch keeps its durable pre-state).
         var recordFrom: BranchState?
@@ -835,7 +839,9 @@ public struct Participant {
         switch event {
         case .joined(let txid, let url, let timeoutMs):
             guard branches[txid] == nil, finishedOutcomes[txid] == nil, promiseWaiting[txid] == nil else { return [] }
-            branches[txid] = Branch(txid: txid, state: .active, coordinatorURL: url)
+            var b = Branch(txid: txid, state: .active, coordinatorURL: url)
+            b.joinedUnderPromiseHorizon = mayHaveLetGoAPromise(txid)
+            branches[txid] = b
             // Outlive the coordinator's own timeout, so normally the coordinator aborts first.
             let expiry = max(timeoutMs, 0) + config.branchExpiryMarginMs
             return [.setTimer(.branchExpiry(txid), afterMs: expiry)]
@@ -962,7 +968,7 @@ public struct Participant {
         var vote = vote
         if b.askedBeforeVoting || fencesBeforePrepare.contains(txid) {
             vote = .no(reason: "a peer's termination protocol asked about this branch before it voted (counting it toward an abort); it votes no")
-        } else if threePhase != nil, mayHaveLetGoAPromise(txid) {
+        } else if threePhase != nil, b.joinedUnderPromiseHorizon {
             vote = .no(reason: "this participant has let go of a promise never to vote yes on a transaction of its coordinator at or above \(txid) (it may be this one's); it votes no")
         }
         switch vote {

@@ -10,6 +10,9 @@ public enum HTTPClientError: Error, CustomStringConvertible, Equatable {
     case protocolError(String)
     case queueFull
     case responseTooLarge
+    /// The request never left this host for a reason of its own (out of descriptors, local
+    /// ports, buffers; the event loop refused the socket): nothing is known of the peer.
+    case notSent(String)
 
     public var description: String {
         switch self {
@@ -20,16 +23,18 @@ public enum HTTPClientError: Error, CustomStringConvertible, Equatable {
         case .protocolError(let m): return "HTTP protocol error: \(m)"
         case .queueFull: return "too many requests queued for this destination"
         case .responseTooLarge: return "response larger than \(Limits.httpResponseBytesMax) bytes"
+        case .notSent(let m): return "not sent: \(m)"
         }
     }
 
     /// Whether the peer may simply be down (no connection, no answer in time, the connection
-    /// closed): only then may a caller presume it crashed. A full queue or an unusable URL
-    /// never sent the request, and an unreadable or oversized answer came from a live peer.
+    /// closed): only then may a caller presume it crashed. A full queue, an unusable URL or a
+    /// local shortage never sent the request, and an unreadable or oversized answer came from
+    /// a live peer.
     public var mayBeFromADownPeer: Bool {
         switch self {
         case .connectFailed, .timeout, .connectionClosed: return true
-        case .invalidURL, .protocolError, .queueFull, .responseTooLarge: return false
+        case .invalidURL, .protocolError, .queueFull, .responseTooLarge, .notSent: return false
         }
     }
 }
@@ -609,7 +614,8 @@ public final class HTTPClient {
             return a
         }
         if let failure = pool.lookupFailure, nowMs - failure.atMs < Limits.httpClientLookupFailureTTLMs {
-            finish(request, .failure(.connectFailed(failure.message)))
+            // No address, no connect: the request never left this host.
+            finish(request, .failure(.notSent("lookup of \(pool.host) failed: \(failure.message)")))
             return nil
         }
         if pool.queuedCount + pool.awaitingAddress.count >= config.queueMax {
@@ -648,7 +654,7 @@ public final class HTTPClient {
             if pool.address != nil {
                 dispatch(r, pool)
             } else {
-                finish(r, .failure(.connectFailed(pool.lookupFailure?.message ?? "lookup of \(pool.host) failed")))
+                finish(r, .failure(.notSent("lookup of \(pool.host) failed" + (pool.lookupFailure.map { ": \($0.message)" } ?? ""))))
             }
         }
     }
@@ -661,7 +667,11 @@ public final class HTTPClient {
             (fd, connected) = try TCP.connect(to: address, port: pool.port)
         } catch {
             if pool.isName { pool.address = nil }  // look the name up again next time
-            finish(request, .failure(.connectFailed("\(error)")))
+            // Out of descriptors or local ports the connect never left this host: not the
+            // peer's failure (a classic 3PC coordinator presumes a peer that did not answer
+            // crashed; a review, session 29).
+            let local = (error as? PosixError)?.isLocalResourceShortage == true
+            finish(request, .failure(local ? .notSent("\(error)") : .connectFailed("\(error)")))
             return
         }
         let c = ClientConnection(fd: fd, client: self, pool: pool, connecting: !connected)
@@ -673,7 +683,7 @@ public final class HTTPClient {
             }
         } catch {
             TCP.close(fd)
-            finish(request, .failure(.connectFailed("\(error)")))
+            finish(request, .failure(.notSent("\(error)")))
             return
         }
         pool.total += 1

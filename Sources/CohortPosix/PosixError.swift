@@ -25,6 +25,12 @@ public struct PosixError: Error, CustomStringConvertible, Equatable {
 
     public var message: String { detail ?? String(cString: strerror(errno)) }
 
+    /// This host ran out of something a connection needs (descriptors, local ports, buffers,
+    /// memory): a connect that fails so never left the host, and says nothing of the peer.
+    public var isLocalResourceShortage: Bool {
+        [EMFILE, ENFILE, EADDRNOTAVAIL, ENOBUFS, ENOMEM].contains(errno)
+    }
+
     public var description: String {
         if let path { return "\(operation) \(path): \(message) (errno \(errno))" }
         return "\(operation): \(message) (errno \(errno))"

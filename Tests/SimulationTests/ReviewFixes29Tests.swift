@@ -2,6 +2,7 @@ import CohortCoordinator
 import CohortCore
 import CohortHTTP
 import CohortLog
+import CohortPosix
 import CohortRuntime
 import XCTest
 
@@ -79,8 +80,16 @@ final class ReviewFixes29Tests: XCTestCase {
     ///    (Participant.decideTermination, classic: `preCommitted == 0`). Split, as in the
     ///    queueFull case.
     func testAPreCommitThatFailedLocallyBeforeLeavingIsNotAFailedParticipant() throws {
-        for error in [HTTPClientError.connectFailed("connect 10.0.0.2:8081: Cannot assign requested address (errno 99)"),
-                      .connectFailed("socket: Too many open files (errno 24)")] {
+        // (Fixed in the lead's commit: HTTPClient reports these as `.notSent`, which is not "maybe
+        // down"; the failures are injected in that shape, and the classification is checked
+        // below.)
+        XCTAssertTrue(PosixError("socket", errno: 24).isLocalResourceShortage, "EMFILE")
+        XCTAssertTrue(PosixError("connect", errno: 99).isLocalResourceShortage, "EADDRNOTAVAIL")
+        XCTAssertFalse(PosixError("connect", errno: 111).isLocalResourceShortage, "ECONNREFUSED is the peer's")
+        XCTAssertFalse(HTTPClientError.notSent("x").mayBeFromADownPeer)
+        for error in [HTTPClientError.notSent("connect 10.0.0.2:8081: Cannot assign requested address (errno 99)"),
+                      .notSent("socket: Too many open files (errno 24)"),
+                      .notSent("lookup of b.example failed: no address")] {
             let r = try run(answeringB: .failure(error))
             XCTAssertFalse(r.sentAfter.contains { $0.hasSuffix("/commit") },
                            "the coordinator committed at the timeout presuming b crashed, while b's pre-commit failed inside the coordinator (\(error)): \(r.sentAfter)")
