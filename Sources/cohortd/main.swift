@@ -30,7 +30,7 @@ The Cohort coordinator: drives two-phase commit (presumed abort) over participan
                                0-33554432 (default 4194304)
   --submitted-work-bytes-max N  bytes of submitted work (ops of POST /v1/transactions/submit)
                                held until the branches vote, all submissions together; past
-                               it a submission is answered 503,
+                               it a submission is answered 503 (413 if it alone is larger),
                                \(Limits.httpBodyBytesMax)-\(Limits.coordinatorSubmittedWorkBytesFlagMax) (default \(Limits.coordinatorSubmittedWorkBytesMax))
 \(ServerMain.sharedFlagsUsage)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list, COHORT_FAULT=fsync-fail[:K]
