@@ -1551,7 +1551,8 @@ public struct Participant {
 
     /// Whether a promise never to vote yes on `txid` may be among those let go.
     func mayHaveLetGoAPromise(_ txid: String) -> Bool {
-        guard let t = TxID(txid), let upTo = promisesLetGoUpTo[t.coordinatorID] else { return false }
+        // Asked at every join: nothing to parse until a promise was let go (rare).
+        guard !promisesLetGoUpTo.isEmpty, let t = TxID(txid), let upTo = promisesLetGoUpTo[t.coordinatorID] else { return false }
         return !(upTo < t)
     }
 
