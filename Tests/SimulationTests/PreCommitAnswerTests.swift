@@ -2,6 +2,7 @@ import CohortCoordinator
 import CohortCore
 import CohortHTTP
 import CohortLog
+import CohortPosix
 import CohortRuntime
 import XCTest
 
@@ -82,5 +83,42 @@ final class PreCommitAnswerTests: XCTestCase {
         let r = try run(answeringB: .failure(.connectFailed("connect: Connection refused")))
         XCTAssertTrue(r.sentAfter.contains { $0.hasSuffix("/commit") }, "no commit at the timeout: \(r.sentAfter)")
         XCTAssertEqual(r.clientAnswer, "committed")
+    }
+
+    /// (A review of the fixes, session 29, test moved here.) MEDIUM (split, classic 3PC; the queueFull hole left open for the other
+    /// ways a pre-commit fails inside this process). `HTTPClientError.mayBeFromADownPeer` is
+    /// true for every `.connectFailed`, and HTTPClient raises `.connectFailed` also when the
+    /// connection was never attempted or never left this host: `socket()` failing (EMFILE/ENFILE:
+    /// the coordinator out of file descriptors), `connect()` failing at once with a local errno
+    /// (EADDRNOTAVAIL: ephemeral ports exhausted; ENOBUFS), the event loop refusing to register
+    /// the descriptor, or a cached failed name lookup (`httpClientLookupFailureTTLMs`: no
+    /// lookup, no connect). Like a full queue, each says nothing of the participant.
+    /// 1. Classic 3PC, writers a and b vote yes; the pre-commit record is durable.
+    /// 2. a pre-commits durably and acknowledges.
+    /// 3. b's pre-commit fails in the coordinator: `connect 10.0.0.2:8081: Cannot assign
+    ///    requested address (errno 99)` (or `socket: Too many open files (errno 24)`): b never
+    ///    heard it; b is alive, prepared, uncertain.
+    /// 4. Pre-commit timeout: one acknowledgement, b "presumed crashed": the coordinator
+    ///    commits and tells the client committed (what the session's fix stops for queueFull).
+    /// 5. a crashes (it acknowledged; nothing else needed of it). b's termination timer fires:
+    ///    a does not answer, b is the backup, nobody it hears is pre-committed: b ABORTS
+    ///    (Participant.decideTermination, classic: `preCommitted == 0`). Split, as in the
+    ///    queueFull case.
+    func testAPreCommitThatFailedLocallyBeforeLeavingIsNotAFailedParticipant() throws {
+        // (Fixed in the lead's commit: HTTPClient reports these as `.notSent`, which is not "maybe
+        // down"; the failures are injected in that shape, and the classification is checked
+        // below.)
+        XCTAssertTrue(PosixError("socket", errno: 24).isLocalResourceShortage, "EMFILE")
+        XCTAssertTrue(PosixError("connect", errno: 99).isLocalResourceShortage, "EADDRNOTAVAIL")
+        XCTAssertFalse(PosixError("connect", errno: 111).isLocalResourceShortage, "ECONNREFUSED is the peer's")
+        XCTAssertFalse(HTTPClientError.notSent("x").mayBeFromADownPeer)
+        for error in [HTTPClientError.notSent("connect 10.0.0.2:8081: Cannot assign requested address (errno 99)"),
+                      .notSent("socket: Too many open files (errno 24)"),
+                      .notSent("lookup of b.example failed: no address")] {
+            let r = try run(answeringB: .failure(error))
+            XCTAssertFalse(r.sentAfter.contains { $0.hasSuffix("/commit") },
+                           "the coordinator committed at the timeout presuming b crashed, while b's pre-commit failed inside the coordinator (\(error)): \(r.sentAfter)")
+            XCTAssertNotEqual(r.clientAnswer, "committed", "\(error)")
+        }
     }
 }
