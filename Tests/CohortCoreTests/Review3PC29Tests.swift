@@ -26,13 +26,7 @@ final class Review3PC29Tests: XCTestCase {
 
     /// A submitted 3PC transaction over `names` at a fresh coordinator; returns it and the txid.
     func submit(_ termination: Termination, _ names: [String]) throws -> (Coordinator, TxID) {
-        var c = Coordinator(config: Coordinator.Config(coordinatorID: coordinatorID, epoch: 100))
-        let ops = JSONNode.array([.object([("op", .string("add")), ("key", .string("x")), ("delta", .int(1))])])
-        let submitted = c.on(.submit(1, timeoutMs: 3_000, protocol: .threePhase(termination),
-                                     branches: names.map { .init(participant: ref($0), work: ops) }), nowMs: 10)
-        var txid: TxID?
-        for case .setTimer(.transactionTimeout(let t), _) in submitted { txid = t }
-        return (c, try XCTUnwrap(txid))
+        try submittedThreePhase(coordinatorID: coordinatorID, termination, names)
     }
 
     /// A participant holding branch `t` prepared (voted yes, record durable) under `termination`.

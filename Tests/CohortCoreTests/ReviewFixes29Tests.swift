@@ -19,13 +19,7 @@ final class ReviewFixes29Tests: XCTestCase {
     /// A submitted 3PC transaction over `names` at a fresh coordinator, every branch voted yes
     /// and the pre-commit record durable (the pre-commits sent). Returns it and the txid.
     func preCommitted(_ termination: Termination, _ names: [String]) throws -> (Coordinator, TxID) {
-        var c = Coordinator(config: Coordinator.Config(coordinatorID: coordinatorID, epoch: 100))
-        let ops = JSONNode.array([.object([("op", .string("add")), ("key", .string("x")), ("delta", .int(1))])])
-        let submitted = c.on(.submit(1, timeoutMs: 3_000, protocol: .threePhase(termination),
-                                     branches: names.map { .init(participant: ref($0), work: ops) }), nowMs: 10)
-        var txid: TxID?
-        for case .setTimer(.transactionTimeout(let t), _) in submitted { txid = t }
-        let t = try XCTUnwrap(txid)
+        var (c, t) = try submittedThreePhase(coordinatorID: coordinatorID, termination, names)
         for name in names { _ = c.on(.voted(t, participant: name, vote: .yes), nowMs: 11) }
         let sent = c.on(.preCommitDurable(t), nowMs: 12)
         var preCommits = 0
