@@ -1371,8 +1371,8 @@ public struct Coordinator {
     public static func heldBytes(_ node: JSONNode) -> Int {
         let nodeBytes = MemoryLayout<JSONNode>.stride
         switch node {
-        case .null, .bool, .int, .double: return nodeBytes
-        case .string(let text): return nodeBytes + text.utf8.count
+        case .null, .bool, .int: return nodeBytes
+        case .string(let text), .number(let text): return nodeBytes + text.utf8.count
         case .array(let items): return items.reduce(nodeBytes) { $0 + heldBytes($1) }
         case .object(let members):
             return members.reduce(nodeBytes) { $0 + MemoryLayout<String>.stride + $1.0.utf8.count + heldBytes($1.1) }

@@ -4,7 +4,9 @@ public indirect enum JSONValue: Codable, Equatable, Sendable {
     case null
     case bool(Bool)
     case int(Int64)
-    case double(Double)
+    /// Any other number, as its text (see `JSONNode.number`): a payload reaches the participant
+    /// with the digits the client wrote.
+    case number(String)
     case string(String)
     case array([JSONValue])
     case object([String: JSONValue])
@@ -14,7 +16,8 @@ public indirect enum JSONValue: Codable, Equatable, Sendable {
         if c.decodeNil() { self = .null }
         else if let b = try? c.decode(Bool.self) { self = .bool(b) }
         else if let i = try? c.decode(Int64.self) { self = .int(i) }
-        else if let d = try? c.decode(Double.self) { self = .double(d) }
+        // Foundation's decoder gives no number's text; its double is the best there is here.
+        else if let d = try? c.decode(Double.self) { self = .number("\(d)") }
         else if let s = try? c.decode(String.self) { self = .string(s) }
         else if let a = try? c.decode([JSONValue].self) { self = .array(a) }
         else { self = .object(try c.decode([String: JSONValue].self)) }
@@ -26,7 +29,7 @@ public indirect enum JSONValue: Codable, Equatable, Sendable {
         case .null: try c.encodeNil()
         case .bool(let b): try c.encode(b)
         case .int(let i): try c.encode(i)
-        case .double(let d): try c.encode(d)
+        case .number(let text): try c.encode(Double(text) ?? 0)
         case .string(let s): try c.encode(s)
         case .array(let a): try c.encode(a)
         case .object(let o): try c.encode(o)
@@ -38,10 +41,20 @@ public indirect enum JSONValue: Codable, Equatable, Sendable {
         return nil
     }
 
+    /// `d` as a number (finite: JSON has no NaN or infinity).
+    public static func double(_ d: Double) -> JSONValue {
+        precondition(d.isFinite, "JSON has no NaN or infinity")
+        return .number("\(d)")
+    }
+
+    /// A whole number, also when written `5.0` or `1e3`; nil for a fraction, however small
+    /// (`1.0000000000000000001` is not 1), and past 64 bits.
     public var intValue: Int64? {
         switch self {
         case .int(let i): return i
-        case .double(let d) where d == d.rounded() && abs(d) < 9e15: return Int64(d)
+        case .number(let text):
+            if case .int(let n) = JSONNumberText.whole(text) { return n }
+            return nil
         default: return nil
         }
     }

@@ -1126,7 +1126,8 @@ public enum TCCRecordCoding {
         switch v {
         case .null: return 1
         case .bool: return 2
-        case .int, .double: return 9
+        case .int: return 9
+        case .number(let text): return 5 + text.utf8.count
         case .string(let s): return 5 + s.utf8.count
         case .array(let a): return a.reduce(5) { $0 + encodedJSONBytes($1) }
         case .object(let o): return o.reduce(5) { $0 + 4 + $1.key.utf8.count + encodedJSONBytes($1.value) }
@@ -1145,7 +1146,7 @@ public enum TCCRecordCoding {
         case .null: w.u8(0)
         case .bool(let b): w.u8(1); w.bool(b)
         case .int(let i): w.u8(2); w.i64(i)
-        case .double(let d): w.u8(3); w.u64(d.bitPattern)
+        case .number(let text): w.u8(7); w.string(text)
         case .string(let s): w.u8(4); w.string(s)
         case .array(let a): w.u8(5); w.u32(UInt32(a.count)); for x in a { writeJSON(x, &w) }
         case .object(let o):
@@ -1166,7 +1167,11 @@ public enum TCCRecordCoding {
         case 0: return .null
         case 1: return .bool(try r.bool())
         case 2: return .int(try r.i64())
-        case 3: return .double(Double(bitPattern: try r.u64()))
+        case 3:
+            // Written before numbers were kept as their text: a double.
+            let d = Double(bitPattern: try r.u64())
+            guard d.isFinite else { throw DecodeError("JSON number \(d)") }
+            return .double(d)
         case 4: return .string(try r.string(maxCount: Limits.recordBytesMax))
         case 5:
             let n = try r.u32()
@@ -1180,6 +1185,13 @@ public enum TCCRecordCoding {
             var o: [String: JSONValue] = [:]
             for _ in 0..<n { let k = try r.string(maxCount: Limits.recordBytesMax); o[k] = try readJSON(&r, depth: depth + 1) }
             return .object(o)
+        case 7:
+            let text = try r.string(maxCount: Limits.recordBytesMax)
+            // What the log holds is written to participants as it is: only a number's syntax.
+            switch try? JSONParser.parse(Array(text.utf8)) {
+            case .number?, .int?: return .number(text)
+            default: throw DecodeError("JSON number text \(text.prefix(40).debugDescription)")
+            }
         default: throw DecodeError("bad JSON tag")
         }
     }

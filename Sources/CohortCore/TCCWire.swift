@@ -91,7 +91,7 @@ extension JSONValue {
         case .null: self = .null
         case .bool(let b): self = .bool(b)
         case .int(let n): self = .int(n)
-        case .double(let d): self = .double(d)
+        case .number(let text): self = .number(text)
         case .string(let s): self = .string(s)
         case .array(let items): self = .array(items.map(JSONValue.init(node:)))
         case .object(let members):
@@ -107,7 +107,7 @@ extension JSONValue {
         case .null: return .null
         case .bool(let b): return .bool(b)
         case .int(let n): return .int(n)
-        case .double(let d): return .double(d)
+        case .number(let text): return .number(text)
         case .string(let s): return .string(s)
         case .array(let items): return .array(items.map(\.node))
         case .object(let object): return .object(object.sorted { $0.key < $1.key }.map { ($0.key, $0.value.node) })

@@ -15,7 +15,11 @@ public enum JSONNode: Equatable, Sendable {
     case bool(Bool)
     /// A number written without fraction or exponent that fits in 64 bits.
     case int(Int64)
-    case double(Double)
+    /// Any other number, kept as the text it was written as (JSON number syntax, finite as a
+    /// double). Why text: a value passed on (a submission's operations, a TCC payload) must
+    /// reach the participant as the client wrote it; through a double `1.0000000000000000001`
+    /// reached it as `1.0`, which reads as the integer 1, and long decimals lost digits.
+    case number(String)
     case string(String)
     case array([JSONNode])
     case object([(String, JSONNode)])
@@ -25,7 +29,7 @@ public enum JSONNode: Equatable, Sendable {
         case (.null, .null): return true
         case (.bool(let x), .bool(let y)): return x == y
         case (.int(let x), .int(let y)): return x == y
-        case (.double(let x), .double(let y)): return x == y
+        case (.number(let x), .number(let y)): return x == y
         case (.string(let x), .string(let y)): return x == y
         case (.array(let x), .array(let y)): return x == y
         case (.object(let x), .object(let y)):
@@ -36,14 +40,92 @@ public enum JSONNode: Equatable, Sendable {
 }
 
 extension JSONNode {
-    /// An integer, also when written with a fraction or exponent that leaves it whole (`5.0`,
-    /// `1e3`), as Foundation's decoder accepts it.
+    /// `d` as a number node (finite: JSON has no NaN or infinity).
+    public static func double(_ d: Double) -> JSONNode {
+        precondition(d.isFinite, "JSON has no NaN or infinity")
+        return .number("\(d)")
+    }
+
+    /// An integer, also when written with a fraction or exponent that leaves it exactly whole
+    /// (`5.0`, `1e3`), as Foundation's decoder accepts it; nil for `1.0000000000000000001`,
+    /// which a double would have rounded to 1.
     public var exactInt64: Int64? {
         switch self {
         case .int(let n): return n
-        case .double(let d): return Int64(exactly: d)
+        case .number(let text):
+            if case .int(let n) = JSONNumberText.whole(text) { return n }
+            return nil
         default: return nil
         }
+    }
+
+    /// The number as a double (rounded as the text's nearest double); nil when not a number.
+    public var doubleValue: Double? {
+        switch self {
+        case .int(let n): return Double(n)
+        case .number(let text): return Double(text)
+        default: return nil
+        }
+    }
+}
+
+/// Reads a JSON number's text exactly, without going through a double.
+public enum JSONNumberText {
+    public enum Whole: Equatable {
+        /// The text has a nonzero digit after the decimal point (once its exponent is applied).
+        case notWhole
+        case int(Int64)
+        /// Whole, but past a 64-bit integer.
+        case tooLarge
+    }
+
+    /// Whether `text` (valid JSON number syntax) is a whole number, and which.
+    /// Why by digits: `Double("1.0000000000000000001")` is exactly 1.
+    public static func whole(_ text: String) -> Whole {
+        var u = Array(text.utf8)[...]
+        let negative = u.first == UInt8(ascii: "-")
+        if negative { u = u.dropFirst() }
+        var digits: [UInt8] = []
+        var pointAt = 0  // digits before the decimal point, before the exponent moves it
+        var k = u.startIndex
+        while k < u.endIndex, u[k] >= 48, u[k] <= 57 { digits.append(u[k] - 48); k += 1 }
+        pointAt = digits.count
+        if k < u.endIndex, u[k] == UInt8(ascii: ".") {
+            k += 1
+            while k < u.endIndex, u[k] >= 48, u[k] <= 57 { digits.append(u[k] - 48); k += 1 }
+        }
+        var exponent = 0
+        if k < u.endIndex, u[k] == UInt8(ascii: "e") || u[k] == UInt8(ascii: "E") {
+            k += 1
+            var exponentNegative = false
+            if k < u.endIndex, u[k] == UInt8(ascii: "+") || u[k] == UInt8(ascii: "-") {
+                exponentNegative = u[k] == UInt8(ascii: "-")
+                k += 1
+            }
+            // Saturated: past a million digits either way the answer no longer changes.
+            while k < u.endIndex, u[k] >= 48, u[k] <= 57 {
+                exponent = min(exponent * 10 + Int(u[k] - 48), 1_000_000_000)
+                k += 1
+            }
+            if exponentNegative { exponent = -exponent }
+        }
+        guard let first = digits.firstIndex(where: { $0 != 0 }) else { return .int(0) }
+        let last = digits.lastIndex(where: { $0 != 0 })!
+        // The value is digits[first...last] followed by `scale` zeros (a fraction when negative).
+        let scale = (pointAt - (last + 1)) + exponent
+        guard scale >= 0 else { return .notWhole }
+        let integerDigits = last - first + 1 + scale
+        guard integerDigits <= 19 else { return .tooLarge }
+        var value: Int64 = 0  // built negative, so Int64.min fits
+        for d in digits[first...last] + Array(repeating: 0, count: scale) {
+            let (m, o1) = value.multipliedReportingOverflow(by: 10)
+            let (v, o2) = m.subtractingReportingOverflow(Int64(d))
+            guard !o1, !o2 else { return .tooLarge }
+            value = v
+        }
+        if negative { return .int(value) }
+        guard value != Int64.min else { return .tooLarge }
+        return .int(-value)
     }
 }
 
@@ -234,8 +316,9 @@ public struct JSONParser {
         }
         let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self)
         if integral, let v = Int64(text) { return .int(v) }
+        // Still refused past a double's range: a reader in another language may take it as one.
         guard let d = Double(text), d.isFinite else { throw fail("number out of range") }
-        return .double(d)
+        return .number(text)
     }
 
     private mutating func hex4() throws -> UInt32 {
@@ -434,12 +517,19 @@ public struct WireObject {
         return s
     }
 
-    /// A whole number past 64 bits is out of range (the parser made it a double); a fraction,
+    /// A whole number past 64 bits is out of range; a fraction (`1.0000000000000000001` too),
     /// or anything not a number, is the wrong type.
     private func integer(_ v: JSONNode, _ key: String) throws -> Int64 {
-        if let n = v.exactInt64 { return n }
-        if case .double(let d) = v, d == d.rounded(.towardZero) { throw WireJSONError.outOfRange(name(key)) }
-        throw WireJSONError.wrongType(name(key))
+        switch v {
+        case .int(let n): return n
+        case .number(let text):
+            switch JSONNumberText.whole(text) {
+            case .int(let n): return n
+            case .tooLarge: throw WireJSONError.outOfRange(name(key))
+            case .notWhole: throw WireJSONError.wrongType(name(key))
+            }
+        default: throw WireJSONError.wrongType(name(key))
+        }
     }
 
     public func optInt64(_ key: String) throws -> Int64? {
@@ -578,10 +668,10 @@ public struct JSONWriter {
         case .null: separate(); bytes.append(contentsOf: "null".utf8); needComma = true
         case .bool(let b): value(b)
         case .int(let n): value(n)
-        case .double(let d):
+        case .number(let text):
+            // As it was read: the parser took only JSON number syntax.
             separate()
-            // JSON has no NaN or infinity; the parser never produces them.
-            bytes.append(contentsOf: (d.isFinite ? "\(d)" : "null").utf8)
+            bytes.append(contentsOf: text.utf8)
             needComma = true
         case .string(let s): value(s)
         case .array(let items):

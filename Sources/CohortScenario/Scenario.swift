@@ -246,7 +246,7 @@ struct Parser {
             if required { throw fail(join(at, key), "required field is missing") }
             return nil
         }
-        guard case .number(let d) = v, d == d.rounded(), let i = Int(exactly: d) else {
+        guard case .integer(let n) = v, let i = Int(exactly: n) else {
             throw fail(join(at, key), "expected an integer")
         }
         guard range.contains(i) else { throw fail(join(at, key), "must be between \(range.lowerBound) and \(range.upperBound), got \(i)") }
@@ -583,7 +583,7 @@ struct Parser {
             }
             var rule = Scenario.NetworkRule(link: link, action: action, durationMs: try duration(k, "duration", path, required: true, positive: true)!)
             if let pv = k["probability"] {
-                guard case .number(let n) = pv, n > 0, n <= 1 else {
+                guard let n = pv.fraction, n > 0, n <= 1 else {
                     throw fail("\(path).probability", "expected a number in (0, 1]")
                 }
                 rule.probability = n
@@ -700,14 +700,29 @@ struct Parser {
 /// otherwise let the last (or first) copy win, and `"faults": []` before the real list turned
 /// a scenario's faults off without a word.
 enum JSONValue {
-    case null, bool(Bool), number(Double), string(String), array([JSONValue]), object([String: JSONValue])
+    case null, bool(Bool), string(String), array([JSONValue]), object([String: JSONValue])
+    /// A whole number as written (`5`, also `5.0` or `5e0`), within 64 bits.
+    case integer(Int64)
+    /// Any other number. Kept apart from `integer` because `1.0000000000000000001` is exactly 1
+    /// as a double, and a count written so is not a count.
+    case number(Double)
+
+    /// The number as a double, for fields that take fractions (a probability).
+    var fraction: Double? {
+        switch self {
+        case .integer(let n): return Double(n)
+        case .number(let d): return d
+        default: return nil
+        }
+    }
 
     init(_ node: JSONNode, file: String, path: String) throws {
         switch node {
         case .null: self = .null
         case .bool(let b): self = .bool(b)
-        case .int(let n): self = .number(Double(n))
-        case .double(let d): self = .number(d)
+        case .int(let n): self = .integer(n)
+        case .number(let text):
+            if case .int(let n) = JSONNumberText.whole(text) { self = .integer(n) } else { self = .number(Double(text)!) }
         case .string(let s): self = .string(s)
         case .array(let items):
             self = .array(try items.enumerated().map { try JSONValue($1, file: file, path: "\(path)[\($0)]") })

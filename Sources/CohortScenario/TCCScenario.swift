@@ -46,7 +46,7 @@ extension Parser {
         w.maxQty = Int64(try int(t, "max_qty", at, range: 1...1_000_000) ?? 5)
         w.timeoutMs = Int64(try int(t, "timeout_ms", at, range: 100...600_000) ?? 3000)
         if let f = t["abort_fraction"] {
-            guard case .number(let n) = f, n >= 0, n <= 1 else { throw fail("\(at).abort_fraction", "expected a number in [0, 1]") }
+            guard let n = f.fraction, n >= 0, n <= 1 else { throw fail("\(at).abort_fraction", "expected a number in [0, 1]") }
             w.abortFraction = n
         }
         return w

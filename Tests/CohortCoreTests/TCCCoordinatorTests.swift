@@ -338,6 +338,29 @@ final class TCCCoordinatorTests: XCTestCase {
         for v in values { XCTAssertEqual(TCCRecordCoding.encodedJSONBytes(v), TCCRecordCoding.encodeJSON(v).count, "\(v)") }
     }
 
+    /// A payload's numbers are logged as their text, so a recovered coordinator sends the try's
+    /// confirm the digits the client wrote; a log written before that (a double, tag 3) still
+    /// reads, and a number's text that is not a number is refused rather than sent on.
+    func testPayloadNumbersAreLoggedAsTheirText() throws {
+        let v = JSONValue(node: try JSONParser.parse(Array(#"{"n": 0.10000000000000000001, "m": 1.0000000000000000001}"#.utf8)))
+        let back = try TCCRecordCoding.decodeJSON(TCCRecordCoding.encodeJSON(v))
+        XCTAssertEqual(back, v)
+        XCTAssertEqual(back["n"], .number("0.10000000000000000001"))
+        XCTAssertNil(back["m"]?.intValue)
+        var old = ByteWriter()
+        old.u8(3)
+        old.u64((2.5).bitPattern)
+        XCTAssertEqual(try TCCRecordCoding.decodeJSON(old.bytes), .number("2.5"))
+        var bad = ByteWriter()
+        bad.u8(7)
+        bad.string("1; DROP")
+        XCTAssertThrowsError(try TCCRecordCoding.decodeJSON(bad.bytes))
+        var nan = ByteWriter()
+        nan.u8(3)
+        nan.u64(Double.nan.bitPattern)
+        XCTAssertThrowsError(try TCCRecordCoding.decodeJSON(nan.bytes))
+    }
+
     /// A service's long error text is clipped before it is kept: the cancel reason it became
     /// made every checkpoint unreadable (read back up to 4,096 bytes).
     func testALongErrorFromATryIsClippedAndTheCheckpointReadsBack() throws {

@@ -9,17 +9,49 @@ final class WireJSONTests: XCTestCase {
 
     func testParsesValuesEscapesAndUnicode() throws {
         XCTAssertEqual(try parse(#" {"a": [1, -2, 0, 1.5, -0.25e2, 1E3, true, false, null], "b": {}} "#),
-                       .object([("a", .array([.int(1), .int(-2), .int(0), .double(1.5), .double(-25), .double(1000),
+                       .object([("a", .array([.int(1), .int(-2), .int(0), .number("1.5"), .number("-0.25e2"), .number("1E3"),
                                               .bool(true), .bool(false), .null])), ("b", .object([]))]))
         XCTAssertEqual(try parse(#""q\" b\\ s\/ \b\f\n\r\t""#), .string("q\" b\\ s/ \u{8}\u{c}\n\r\t"))
         XCTAssertEqual(try parse(#""\u00e9\u4e2d\ud83d\ude00 é中😀""#), .string("é中😀 é中😀"))
         XCTAssertEqual(try parse(#""\u0000""#), .string("\u{0}"))
-        // Past Int64: a double, as Foundation reads it.
-        XCTAssertEqual(try parse("9223372036854775808"), .double(9223372036854775808))
+        // Past Int64: a number kept as its text.
+        XCTAssertEqual(try parse("9223372036854775808"), .number("9223372036854775808"))
         XCTAssertEqual(try parse("-9223372036854775808"), .int(Int64.min))
         XCTAssertEqual(JSONNode.double(5.0).exactInt64, 5)
         XCTAssertNil(JSONNode.double(5.5).exactInt64)
         XCTAssertNil(JSONNode.double(1e30).exactInt64)
+    }
+
+    /// Numbers other than plain 64-bit integers are kept as written and read by their digits:
+    /// through a double, `1.0000000000000000001` was the integer 1, and a value passed on (a
+    /// submission's ops, a TCC payload) lost digits.
+    func testNumbersAreKeptAsWrittenAndReadByTheirDigits() throws {
+        for text in ["1.0000000000000000001", "0.10000000000000000001", "-0.25e2", "1E3", "5.0", "123456789012345678901234567890",
+                     "-0.0", "2.5e-400"] {
+            let node = try parse("[\(text)]")
+            var w = JSONWriter()
+            w.value(node)
+            XCTAssertEqual(String(decoding: w.bytes, as: UTF8.self), "[\(text)]", "passed on unchanged")
+        }
+        let cases: [(String, JSONNumberText.Whole)] = [
+            ("1.0000000000000000001", .notWhole), ("-1.0000000000000000001", .notWhole), ("0.5", .notWhole), ("1e-1", .notWhole),
+            ("1.5e0", .notWhole), ("12345678901234567891e-1", .notWhole), ("12345678901234567890e-1", .int(1234567890123456789)), ("1e-1000000000000000000000", .notWhole),
+            ("5.0", .int(5)), ("1E3", .int(1000)), ("-0.25e2", .int(-25)), ("1.50e1", .int(15)), ("0.000e5", .int(0)), ("-0.0", .int(0)),
+            ("00", .int(0)), ("1234567890123456780e-1", .int(123456789012345678)), ("9.223372036854775807e18", .int(Int64.max)),
+            ("-9223372036854775808.000", .int(Int64.min)), ("9223372036854775808", .tooLarge), ("-9223372036854775809", .tooLarge),
+            ("1e19", .tooLarge), ("1e1000000000000000000000", .tooLarge), ("0.00000000000000000000001e30", .int(10_000_000)),
+        ]
+        for (text, expected) in cases { XCTAssertEqual(JSONNumberText.whole(text), expected, text) }
+        func read(_ body: String) throws -> Int64 { try WireObject(try parse(body)).int64("n") }
+        XCTAssertThrowsError(try read(#"{"n": 1.0000000000000000001}"#)) { XCTAssertEqual($0 as? WireJSONError, .wrongType("n")) }
+        XCTAssertThrowsError(try read(#"{"n": 9223372036854775808}"#)) { XCTAssertEqual($0 as? WireJSONError, .outOfRange("n")) }
+        XCTAssertThrowsError(try read(#"{"n": 1e30}"#)) { XCTAssertEqual($0 as? WireJSONError, .outOfRange("n")) }
+        XCTAssertEqual(try read(#"{"n": 2.0}"#), 2)
+        XCTAssertNil(try parse("1.0000000000000000001").exactInt64)
+        XCTAssertNil(JSONValue(node: try parse("1.0000000000000000001")).intValue)
+        XCTAssertEqual(JSONValue(node: try parse("7.0")).intValue, 7)
+        XCTAssertEqual(JSONValue(node: try parse("0.10000000000000000001")).node, .number("0.10000000000000000001"))
+        XCTAssertEqual(try parse("2.5").doubleValue, 2.5)
     }
 
     func testRefusesMalformedInput() {

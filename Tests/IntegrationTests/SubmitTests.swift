@@ -203,6 +203,32 @@ final class SubmitTests: XCTestCase {
         XCTAssertNil(try api.kv(a, "y"))
     }
 
+    /// A number reaches the participant as the client wrote it. `1.0000000000000000001` is not a
+    /// whole number, so agent a refuses the op and nothing moves; the coordinator used to pass
+    /// the ops on through a double, which wrote `1.0`, and the transfer committed moving 1.
+    func testAFractionNextToAWholeNumberIsNotTakenForIt() throws {
+        let cluster = try startCluster(agents: 2)
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        let (a, b) = (cluster.url("a"), cluster.url("b"))
+        XCTAssertEqual(try api.submit([("a", a, [.set("x", 100)]), ("b", b, [.set("y", 0)])]).outcome, "committed")
+        XCTAssertTrue(try eventually { try api.branches(a).isEmpty && api.branches(b).isEmpty })
+        let body = #"{"branches":[{"participant":"a","url":"\#(a)","ops":[{"op":"add","key":"x","delta":-1.0000000000000000001}]},"#
+            + #"{"participant":"b","url":"\#(b)","ops":[{"op":"add","key":"y","delta":1.0000000000000000001}]}]}"#
+        let r = try api.raw("POST", cluster.coordinatorURL + "/v1/transactions/submit", body: Array(body.utf8))
+        let text = String(decoding: r.body, as: UTF8.self)
+        XCTAssertTrue(text.contains(#""outcome":"aborted""#), text)
+        XCTAssertTrue(text.contains("delta: must be an integer"), text)
+        XCTAssertTrue(try eventually { try api.branches(a).isEmpty && api.branches(b).isEmpty })
+        XCTAssertEqual(try api.kv(a, "x"), .int(100))
+        XCTAssertEqual(try api.kv(b, "y"), .int(0))
+        // The agent's own work call reads it the same way; written `1.0`, it is 1.
+        let work = try api.raw("POST", a + "/v1/work", body: Array(#"{"txid":"0000abcd-1-1","ops":[{"op":"add","key":"x","delta":1.0000000000000000001}]}"#.utf8))
+        XCTAssertEqual(work.status, 400, String(decoding: work.body, as: UTF8.self))
+        XCTAssertTrue(String(decoding: work.body, as: UTF8.self).contains("ops[0].delta"))
+        let whole = try api.submit([("a", a, [.add("x", -1)]), ("b", b, [.add("y", 1)])])
+        XCTAssertEqual(whole.outcome, "committed")
+    }
+
     func testBadSubmitBodiesAreRefused() throws {
         let cluster = try startCluster(agents: 2)
         let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)

@@ -203,6 +203,28 @@ final class TCCEndToEndTests: XCTestCase {
         XCTAssertEqual(try rig.json("GET", base + "t/" + String(repeating: "x", count: Limits.tccBranchIDBytesMax + 1)).0, 400)
     }
 
+    /// A payload's numbers reach the try as the client wrote them: `1.0000000000000000001` is no
+    /// quantity, so the try is refused and the transaction cancels with nothing reserved or
+    /// sold. cohortd used to pass the payload on through a double, which wrote `1.0`, and the
+    /// inventory sold 1.
+    func testAPayloadFractionNextToAWholeNumberIsNotTakenForIt() throws {
+        let rig = try Rig(test: self, inventories: 1, crashPoint: nil)
+        try rig.setStock(0, stock)
+        let txid = try rig.begin()
+        let base = rig.inventories[0].url! + "/v1/tcc/inventory/"
+        let body = #"{"branch_id":"inv0","try_url":"\#(base)try","confirm_url":"\#(base)confirm","cancel_url":"\#(base)cancel","#
+            + #""payload":{"sku":"sku","qty":1.0000000000000000001}}"#
+        let r = try rig.api.raw("POST", rig.coordinatorURL + "/v1/transactions/\(txid)/tcc-branches", body: Array(body.utf8))
+        let text = String(decoding: r.body, as: UTF8.self)
+        XCTAssertNotEqual(r.status, 200, text)
+        XCTAssertTrue(text.contains("qty"), text)
+        XCTAssertEqual(try rig.stock(0).reserved, 0, "nothing reserved")
+        let (_, answer) = try rig.json("POST", rig.coordinatorURL + "/v1/transactions/\(txid)/commit")
+        XCTAssertEqual(answer["outcome"] as? String, "aborted", "\(answer)")
+        try assertAtRest(rig, sold: [0], "fraction refused")
+        XCTAssertEqual(try rig.phase(0, "try", txid: "hand-whole", branch: "b", qty: 1), 200, "a whole quantity still reserves")
+    }
+
     func testHappyPathFailingTryAndHandMadeAnomalies() throws {
         let rig = try Rig(test: self, inventories: 2, crashPoint: nil)
         try rig.setStock(0, stock)
