@@ -489,6 +489,10 @@ public struct Coordinator {
     /// The reason of a transaction its client aborted (`POST .../abort`): a client that reads
     /// reasons (the demo's order service) tells its own aborts from others by it.
     public static let clientAbortReason = "aborted by client"
+    /// The reason given for an aborted transaction answered from the ledger of outcomes, which
+    /// keeps two bits a transaction: a client asking late (an order service settling after a
+    /// lost answer) was told `aborted` with no reason at all and could not say why.
+    public static let forgottenAbortReason = "aborted; its reason is no longer kept (the coordinator keeps only the outcome of a transaction past the last finished ones it keeps whole)"
 
     /// Open transactions past their retry budget.
     public var parkedCount: Int { openTable.byID.values.reduce(0) { $0 + ($1.parked ? 1 : 0) } }
@@ -1514,7 +1518,8 @@ public struct Coordinator {
         case .failure(let e):
             // A resent commit of a forgotten transaction: its outcome, as while it was kept.
             guard let (txid, gone) = answerFromLedger(text) else { return [.reply(request, .error(e))] }
-            return [.reply(request, .outcome(txid, gone.outcome, reason: nil))] + abortNamed(txid, gone, named)
+            let reason = gone.outcome == .aborted ? Coordinator.forgottenAbortReason : nil
+            return [.reply(request, .outcome(txid, gone.outcome, reason: reason))] + abortNamed(txid, gone, named)
         case .success(let t): txid = t
         }
         guard var tx = openTable.byID[txid] else {
@@ -1644,7 +1649,7 @@ public struct Coordinator {
             if gone.outcome == .committed {
                 return [.reply(request, .error(RequestError(409, "transaction \(txid) already committed")))]
             }
-            return [.reply(request, .outcome(txid, .aborted, reason: nil))] + abortNamed(txid, gone, named)
+            return [.reply(request, .outcome(txid, .aborted, reason: Coordinator.forgottenAbortReason))] + abortNamed(txid, gone, named)
         case .success(let t): txid = t
         }
         guard var tx = openTable.byID[txid] else {

@@ -320,7 +320,7 @@ public struct TCCCoordinator {
                 if outcome == .committed {
                     return [.reply(request, .error(RequestError(409, "transaction \(txid) is already committed; it cannot be aborted")))]
                 }
-                return [.reply(request, .outcome(txid, .aborted, reason: nil))]
+                return [.reply(request, .outcome(txid, .aborted, reason: Coordinator.forgottenAbortReason))]
             case .success(let txid):
                 let tx = transaction(txid)!
                 if pendingForces[txid] != nil, tx.state == .active {
@@ -485,7 +485,7 @@ public struct TCCCoordinator {
         switch lookup(text) {
         case .failure(let e):
             guard let (txid, outcome) = answerFromLedger(text) else { return [.reply(request, .error(e))] }
-            return [.reply(request, .outcome(txid, outcome, reason: nil))]
+            return [.reply(request, .outcome(txid, outcome, reason: outcome == .aborted ? Coordinator.forgottenAbortReason : nil))]
         case .success(let t): txid = t
         }
         var tx = transaction(txid)!

@@ -312,7 +312,7 @@ public struct TransactionView: Codable, Sendable {
         self.protocol = `protocol`
         self.state = state
         self.outcome = outcome
-        self.reason = nil
+        self.reason = outcome == "aborted" ? Coordinator.forgottenAbortReason : nil
         self.createdAt = nil
         self.finishedAt = nil
         self.timeoutMs = nil

@@ -238,12 +238,16 @@ final class OutcomeLedgerTests: XCTestCase {
         XCTAssertEqual(c.forgottenView(yes)?.forgotten, true)
         XCTAssertEqual(c.forgottenView(yes)?.protocol, "2pc")
         XCTAssertEqual(c.forgottenView(no)?.state, "aborted")
+        // An abort answered from the ledger says why it has no reason (a demo order settled late
+        // read "the coordinator gave no reason"); a commit needs none.
+        XCTAssertEqual(c.forgottenView(no)?.reason, Coordinator.forgottenAbortReason)
+        XCTAssertNil(c.forgottenView(yes)?.reason)
         XCTAssertEqual(c.on(.commit(7, txid: yes.description), nowMs: 100), [.reply(7, .outcome(yes, .committed, reason: nil))],
                        "a resent commit of a forgotten commit")
-        XCTAssertEqual(c.on(.commit(7, txid: no.description), nowMs: 100), [.reply(7, .outcome(no, .aborted, reason: nil))])
+        XCTAssertEqual(c.on(.commit(7, txid: no.description), nowMs: 100), [.reply(7, .outcome(no, .aborted, reason: Coordinator.forgottenAbortReason))])
         guard case .reply(7, .error(let e))? = c.on(.abort(7, txid: yes.description), nowMs: 100).first else { return XCTFail("abort of a commit") }
         XCTAssertEqual(e.status, 409)
-        XCTAssertEqual(c.on(.abort(7, txid: no.description), nowMs: 100), [.reply(7, .outcome(no, .aborted, reason: nil))])
+        XCTAssertEqual(c.on(.abort(7, txid: no.description), nowMs: 100), [.reply(7, .outcome(no, .aborted, reason: Coordinator.forgottenAbortReason))])
         guard case .reply(7, .error(let r))? = c.on(.register(7, txid: yes.description, participant: a), nowMs: 100).first else { return XCTFail("register") }
         XCTAssertEqual(r.status, 409)
         XCTAssertEqual(c.inquire(yes.description), .committed, "a forgotten commit is not presumed aborted")

@@ -17,6 +17,7 @@ public func cohortFuzzJSON(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         fatalError("written JSON does not parse: \(error) in \(String(decoding: writer.bytes, as: UTF8.self))")
     }
     precondition(again == node, "round trip changed the value: \(String(decoding: writer.bytes, as: UTF8.self))")
+    checkNumbers(node)
     readBack(BeginRequest.self, bytes)
     readBack(RegisterRequest.self, bytes)
     readBack(NamedBranches.self, bytes)
@@ -28,6 +29,22 @@ public func cohortFuzzJSON(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     readBack(TCCPhaseRequest.self, bytes)
     readBack(TCCPhaseResponse.self, bytes)
     return 0
+}
+
+/// Reading a number by its digits agrees with its double where a double can tell.
+private func checkNumbers(_ node: JSONNode) {
+    switch node {
+    case .number(let text):
+        let d = Double(text)!
+        switch JSONNumberText.whole(text) {
+        case .int(let n): precondition(Double(n) == d, "\(text) read as \(n)")
+        case .tooLarge: precondition(d.magnitude >= 9.2e18, "\(text) read as past 64 bits")
+        case .notWhole: precondition(d != d.rounded() || text.count > 17 || d.magnitude < 1, "\(text) read as a fraction")
+        }
+    case .array(let items): items.forEach(checkNumbers)
+    case .object(let members): members.forEach { checkNumbers($0.1) }
+    default: break
+    }
 }
 
 private func readBack<T: WireDecodable & WireEncodable>(_ type: T.Type, _ bytes: [UInt8]) {
