@@ -2308,7 +2308,7 @@ extension Coordinator {
                     + startLearning(txid, because: "\(acked) of \(updates.count) pre-committed, without a commit quorum", nowMs: nowMs)
             }
             return [.cancelTimer(.preCommitTimeout(txid))]
-                + decideCommitAfterPreCommit(txid, detail: "a commit quorum (\(acked) of \(updates.count)); the others refused", nowMs: nowMs)
+                + decideCommitAfterPreCommit(txid, detail: "a commit quorum (\(acked) of \(updates.count)); the others did not acknowledge", nowMs: nowMs)
         }
         return [.cancelTimer(.preCommitTimeout(txid))] + decideCommitAfterPreCommit(txid, detail: "every branch pre-committed", nowMs: nowMs)
     }
@@ -2324,7 +2324,7 @@ extension Coordinator {
         guard var tx = openTable.byID[txid], tx.state == .preCommitting,
               case .threePhase(let termination) = tx.commitProtocol else { return [] }
         guard termination == .quorum else {
-            return startLearning(txid, because: "\(name) refused the pre-commit: \(reason)", nowMs: nowMs)
+            return startLearning(txid, because: "\(name) did not acknowledge the pre-commit: \(reason)", nowMs: nowMs)
         }
         // Back to `prepared`: neither acknowledged nor still awaited (a commit still tells it).
         if let i = tx.branchIndex(name), tx.branches[i].state == .preCommitSent { tx.branches[i].state = .prepared }
@@ -2336,11 +2336,11 @@ extension Coordinator {
         let quorum = Coordinator.quorum(updates.count)
         if acked >= quorum {
             return [.cancelTimer(.preCommitTimeout(txid))]
-                + decideCommitAfterPreCommit(txid, detail: "a commit quorum (\(acked) of \(updates.count)); \(name) refused the pre-commit: \(reason)", nowMs: nowMs)
+                + decideCommitAfterPreCommit(txid, detail: "a commit quorum (\(acked) of \(updates.count)); \(name) did not acknowledge the pre-commit: \(reason)", nowMs: nowMs)
         }
         if acked + awaited < quorum {
             return [.cancelTimer(.preCommitTimeout(txid))]
-                + startLearning(txid, because: "\(name) refused the pre-commit (\(reason)): a commit quorum of \(quorum) can no longer form", nowMs: nowMs)
+                + startLearning(txid, because: "\(name) did not acknowledge the pre-commit (\(reason)): a commit quorum of \(quorum) can no longer form", nowMs: nowMs)
         }
         return [] // the other acknowledgements, or the timeout, decide
     }
