@@ -413,6 +413,16 @@ public final class CoordinatorNode {
                 feed(.preCommitAcknowledged(txid, participant: name))
             } else if failure == nil {
                 feed(.preCommitRefused(txid, participant: name, reason: "answered \(status.map { "\"\($0)\"" } ?? "an unreadable body") to a pre-commit, not \"pre-committed\""))
+            } else if case .failure(let e) = result, case .retryNotSent = e {
+                // It went out once, on a kept-alive connection the participant closed before
+                // answering, and the retry never left this process: it may have been delivered
+                // and acted on (the participant pre-committed), or not (a live participant's
+                // idle timeout closes connections just so). Neither an acknowledgement nor a
+                // sign of a crash, so classic 3PC must not commit at the timeout presuming the
+                // participant crashed (the split below, with it alive and uncertain); learning
+                // is right either way, since it takes only the participants' own outcomes.
+                // Under quorum termination it is simply not counted (session 30).
+                feed(.preCommitRefused(txid, participant: name, reason: "the pre-commit may have reached it but was not acknowledged (\(e))"))
             } else if case .failure(let e) = result, !e.mayBeFromADownPeer {
                 // Not "no answer": a pre-commit that never left this process (its queue to the
                 // participant was full, or its URL unusable) says nothing of the participant,

@@ -2283,19 +2283,37 @@ extension Coordinator {
         tx.branches[i].state = .preCommitted
         tx.events.append(TimelineEvent(atMs: nowMs, event: "pre-commit-acknowledged", participant: name, detail: nil))
         openTable[txid] = tx
-        guard !tx.branches.contains(where: { $0.state == .preCommitSent }) else { return [] }
+        let updates = tx.branches.filter { $0.vote == .yes }
+        let acked = updates.filter { $0.state == .preCommitted }.count
+        let awaited = updates.filter { $0.state == .preCommitSent }.count
+        // Quorum 3PC commits on the acknowledgement that makes the quorum, without waiting for
+        // the rest or the timeout (a review, session 29). Safe: Q durable pre-committed
+        // branches rule out an abort quorum for good (Q + Q > N, and under quorum termination
+        // a pre-state never changes), and nothing the coordinator could still hear changes the
+        // decision — the timeout and a refusal both commit on Q acknowledgements, and a late
+        // acknowledgement only adds one. What waiting bought was latency, locks held longer
+        // and a longer window for a coordinator crash to turn a decided commit into learning.
+        // The branches still awaited and those that refused are told the commit like every
+        // other (`decisionDurable` sends it to `prepared` and `pre-commit-sent` branches, and
+        // it is retried until they acknowledge); an answer to the pre-commit that comes later
+        // finds the transaction past `pre-committing` and is ignored. Classic 3PC keeps
+        // waiting for every acknowledgement: its only other commit is the timeout's, on the
+        // presumption that the silent crashed.
+        if awaited > 0, case .threePhase(.quorum) = tx.commitProtocol, acked >= Coordinator.quorum(updates.count) {
+            return [.cancelTimer(.preCommitTimeout(txid))]
+                + decideCommitAfterPreCommit(txid, detail: "a commit quorum (\(acked) of \(updates.count)) acknowledged; \(awaited) not answered yet, sent the commit like the others", nowMs: nowMs)
+        }
+        guard awaited == 0 else { return [] }
         // Every branch answered. Under quorum termination one that refused is back to
         // `prepared` (`preCommitRefused`), which learned at once had a quorum become out of
         // reach; checked again here all the same.
-        let updates = tx.branches.filter { $0.vote == .yes }
-        let acked = updates.filter { $0.state == .preCommitted }.count
         if acked < updates.count {
             guard case .threePhase(.quorum) = tx.commitProtocol, acked >= Coordinator.quorum(updates.count) else {
                 return [.cancelTimer(.preCommitTimeout(txid))]
                     + startLearning(txid, because: "\(acked) of \(updates.count) pre-committed, without a commit quorum", nowMs: nowMs)
             }
             return [.cancelTimer(.preCommitTimeout(txid))]
-                + decideCommitAfterPreCommit(txid, detail: "a commit quorum (\(acked) of \(updates.count)); the others refused", nowMs: nowMs)
+                + decideCommitAfterPreCommit(txid, detail: "a commit quorum (\(acked) of \(updates.count)); the others did not acknowledge", nowMs: nowMs)
         }
         return [.cancelTimer(.preCommitTimeout(txid))] + decideCommitAfterPreCommit(txid, detail: "every branch pre-committed", nowMs: nowMs)
     }
@@ -2311,7 +2329,7 @@ extension Coordinator {
         guard var tx = openTable.byID[txid], tx.state == .preCommitting,
               case .threePhase(let termination) = tx.commitProtocol else { return [] }
         guard termination == .quorum else {
-            return startLearning(txid, because: "\(name) refused the pre-commit: \(reason)", nowMs: nowMs)
+            return startLearning(txid, because: "\(name) did not acknowledge the pre-commit: \(reason)", nowMs: nowMs)
         }
         // Back to `prepared`: neither acknowledged nor still awaited (a commit still tells it).
         if let i = tx.branchIndex(name), tx.branches[i].state == .preCommitSent { tx.branches[i].state = .prepared }
@@ -2323,11 +2341,11 @@ extension Coordinator {
         let quorum = Coordinator.quorum(updates.count)
         if acked >= quorum {
             return [.cancelTimer(.preCommitTimeout(txid))]
-                + decideCommitAfterPreCommit(txid, detail: "a commit quorum (\(acked) of \(updates.count)); \(name) refused the pre-commit: \(reason)", nowMs: nowMs)
+                + decideCommitAfterPreCommit(txid, detail: "a commit quorum (\(acked) of \(updates.count)); \(name) did not acknowledge the pre-commit: \(reason)", nowMs: nowMs)
         }
         if acked + awaited < quorum {
             return [.cancelTimer(.preCommitTimeout(txid))]
-                + startLearning(txid, because: "\(name) refused the pre-commit (\(reason)): a commit quorum of \(quorum) can no longer form", nowMs: nowMs)
+                + startLearning(txid, because: "\(name) did not acknowledge the pre-commit (\(reason)): a commit quorum of \(quorum) can no longer form", nowMs: nowMs)
         }
         return [] // the other acknowledgements, or the timeout, decide
     }

@@ -268,6 +268,10 @@ public struct TransactionView: Codable, Sendable {
 
     public let txid: String
     public let `protocol`: String
+    /// 3PC only: `classic` or `quorum`, how it decides when its coordinator is silent and when
+    /// the coordinator commits after the pre-commit (added in session 30; absent from older
+    /// coordinators).
+    public let termination: String?
     public let state: String
     public let outcome: String?
     public let reason: String?
@@ -284,17 +288,19 @@ public struct TransactionView: Codable, Sendable {
     public let forgotten: Bool?
 
     enum CodingKeys: String, CodingKey {
-        case txid, `protocol`, state, outcome, reason, branches, events, parked, audit, forgotten
+        case txid, `protocol`, termination, state, outcome, reason, branches, events, parked, audit, forgotten
         case createdAt = "created_at"
         case finishedAt = "finished_at"
         case timeoutMs = "timeout_ms"
     }
 
-    public init(txid: String, protocol: String, state: String, outcome: String?, reason: String?, createdAt: String, finishedAt: String?, timeoutMs: Int64, branches: [BranchView], events: [EventView], parked: Bool? = nil, audit: [AuditView]? = nil) {
+    public init(txid: String, protocol: String, state: String, outcome: String?, reason: String?, createdAt: String, finishedAt: String?, timeoutMs: Int64, branches: [BranchView], events: [EventView], parked: Bool? = nil, audit: [AuditView]? = nil,
+                termination: String? = nil) {
         self.parked = parked
         self.audit = audit
         self.txid = txid
         self.protocol = `protocol`
+        self.termination = termination
         self.state = state
         self.outcome = outcome
         self.reason = reason
@@ -310,6 +316,7 @@ public struct TransactionView: Codable, Sendable {
     public init(forgotten txid: TxID, protocol: String, state: String, outcome: String) {
         self.txid = txid.description
         self.protocol = `protocol`
+        self.termination = nil
         self.state = state
         self.outcome = outcome
         self.reason = outcome == "aborted" ? Coordinator.forgottenAbortReason : nil
@@ -429,7 +436,8 @@ extension Coordinator.Transaction {
                 TransactionView.EventView(at: TimeFormat.iso8601(ms: $0.atMs), event: $0.event, participant: $0.participant, detail: $0.detail)
             },
             parked: parked,
-            audit: audit.map { TransactionView.AuditView(at: TimeFormat.iso8601(ms: $0.atMs), operator: $0.operatorName, action: $0.action, reason: $0.reason, detail: $0.detail) })
+            audit: audit.map { TransactionView.AuditView(at: TimeFormat.iso8601(ms: $0.atMs), operator: $0.operatorName, action: $0.action, reason: $0.reason, detail: $0.detail) },
+            termination: { if case .threePhase(let t) = commitProtocol { return t.rawValue } else { return nil } }())
     }
 }
 

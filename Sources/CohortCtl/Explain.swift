@@ -124,7 +124,7 @@ public enum Explain {
             blocking = waiting.map { note($0, "its acknowledgement of pre-commit") }
             let list = waiting.map { describe($0, nowMs: nowMs) }.joined(separator: "; ")
             summary = "\(id) is a three-phase commit in pre-commit: every branch voted yes, the pre-commit is durable, and the coordinator is waiting for acknowledgements from \(waiting.isEmpty ? "no one (the commit follows shortly)" : list)."
-            actions = ["wait: once every branch acknowledges, the coordinator commits; if one stays silent, the participants terminate it among themselves",
+            actions = [preCommitWait(tx, &summary),
                        "forced decisions are refused: past its pre-commit, its participants may already have decided it without the coordinator",
                        "if it stays here, look at the participants: txctl agent URL show \(id)"]
         case "terminating":
@@ -158,6 +158,46 @@ public enum Explain {
         }
         return Explanation(txid: id, state: tx.state, finished: finished, parked: tx.parked == true,
                            summary: summary, blocking: blocking, actions: actions)
+    }
+
+    /// What a `pre-committing` 3PC transaction waits for, by its termination; adds to `summary`
+    /// the branches whose pre-commit was refused (or not delivered). A coordinator before
+    /// session 30 sends no `termination` (any other value is taken as unknown too): a refused
+    /// branch still pre-committing then says quorum (classic termination stops deciding at the
+    /// first refusal), and otherwise both rules are given.
+    static func preCommitWait(_ tx: TransactionView, _ summary: inout String) -> String {
+        let writers = tx.branches.filter { $0.vote == "yes" }
+        let acked = writers.filter { $0.state == "pre-committed" }
+        let awaited = writers.filter { $0.state == "pre-commit-sent" }
+        // `prepared` once the pre-commits went out: its answer was not an acknowledgement.
+        let refused = acked.isEmpty && awaited.isEmpty ? [] : writers.filter { $0.state == "prepared" }
+        let known = tx.termination == "classic" || tx.termination == "quorum"
+        let quorum = tx.termination == "quorum" || (!known && !refused.isEmpty)
+        if !refused.isEmpty {
+            let why = refused.map { b in
+                let detail = tx.events.last { $0.event == "pre-commit-refused" && $0.participant == b.participant }?.detail
+                return "\(b.participant)\(detail.map { " (\($0))" } ?? "")"
+            }
+            summary += " Did not acknowledge the pre-commit (not counted): \(why.joined(separator: "; "))."
+        }
+        guard quorum else {
+            let classic = "once every branch acknowledges, the coordinator commits; at the pre-commit timeout it commits if at least one acknowledged (presuming the silent ones crashed: classic termination), else it learns the outcome from the participants; a participant left without word terminates it with its peers"
+            return "wait: " + (!known ? classic + " (under quorum termination it commits as soon as a majority of the branches that voted yes has acknowledged)" : classic)
+        }
+        guard !writers.isEmpty, !acked.isEmpty || !awaited.isEmpty else {
+            // No pre-commit out yet (its record is being written), or no votes shown.
+            return "wait: quorum termination: once the pre-commits are out, the coordinator commits as soon as a majority of the branches that voted yes has acknowledged; short of one at the pre-commit timeout it learns the outcome from the participants"
+        }
+        let q = writers.count / 2 + 1
+        var text = "wait: quorum termination: the coordinator commits as soon as \(q) of the \(writers.count) branches that voted yes have acknowledged (\(acked.count) so far"
+        if !refused.isEmpty {
+            text += "; \(refused.map(\.participant).joined(separator: ", ")) did not and \(refused.count == 1 ? "is" : "are") not counted, but \(refused.count == 1 ? "is" : "are") still told the outcome"
+        }
+        text += ")"
+        text += acked.count + awaited.count >= q
+            ? "; branches not answered by then are sent the commit too; if the pre-commit timeout passes short of \(q), it stops deciding and learns the outcome from the participants"
+            : "; \(q) can no longer form, so it is about to learn the outcome from the participants"
+        return text
     }
 
     /// `b (commit-sent, 4 attempts, last error "connect failed", next retry in 20s)`

@@ -13,6 +13,12 @@ public enum HTTPClientError: Error, CustomStringConvertible, Equatable {
     /// The request never left this host for a reason of its own (out of descriptors, local
     /// ports, buffers; the event loop refused the socket): nothing is known of the peer.
     case notSent(String)
+    /// The request did go out once, on a kept-alive connection that the peer then closed or
+    /// reset before any byte of an answer, and its one retry on a fresh connection failed here
+    /// before it left (a local shortage as for `notSent`, a full queue, a failed lookup): the
+    /// first attempt may have reached the peer and been acted on, so "never left this host"
+    /// would be false. The payload says why the retry was not sent.
+    case retryNotSent(String)
 
     public var description: String {
         switch self {
@@ -24,17 +30,23 @@ public enum HTTPClientError: Error, CustomStringConvertible, Equatable {
         case .queueFull: return "too many requests queued for this destination"
         case .responseTooLarge: return "response larger than \(Limits.httpResponseBytesMax) bytes"
         case .notSent(let m): return "not sent: \(m)"
+        case .retryNotSent(let m):
+            return "retry not sent: \(m); the first attempt went out on a kept-alive connection the peer closed before answering, and may have reached it"
         }
     }
 
     /// Whether the peer may simply be down (no connection, no answer in time, the connection
     /// closed): only then may a caller presume it crashed. A full queue, an unusable URL or a
     /// local shortage never sent the request, and an unreadable or oversized answer came from
-    /// a live peer.
+    /// a live peer. A retry that was not sent (`retryNotSent`) is not evidence of a crash
+    /// either: a kept-alive connection closed just as a request went out is what a live
+    /// server's idle timeout looks like (the very reason the client retries rather than fail),
+    /// and the retry that would have told a dead peer from a live one never left this host.
+    /// A caller must not presume that peer crashed, nor that it never got the request.
     public var mayBeFromADownPeer: Bool {
         switch self {
         case .connectFailed, .timeout, .connectionClosed: return true
-        case .invalidURL, .protocolError, .queueFull, .responseTooLarge, .notSent: return false
+        case .invalidURL, .protocolError, .queueFull, .responseTooLarge, .notSent, .retryNotSent: return false
         }
     }
 }
@@ -96,6 +108,9 @@ public struct HTTPClientConfig {
     /// Looks a host name up (getaddrinfo); runs off the loop thread. Tests replace it.
     public var resolve: @Sendable (String) throws -> IPv4Address = TCP.resolve
     public var addressTTLMs: Int64 = Limits.httpClientAddressTTLMs
+    /// Opens a non-blocking connection (`TCP.connect`): the socket and whether it is connected
+    /// already. Tests replace it, to fail one the way a host out of descriptors does.
+    public var connect: @Sendable (IPv4Address, Int) throws -> (fd: Int32, connected: Bool) = { try TCP.connect(to: $0, port: $1) }
 
     public init(connectTimeoutMs: Int64 = Limits.httpClientConnectTimeoutMs,
                 poolPerHostMax: Int = Limits.httpClientPoolPerHostMax,
@@ -664,7 +679,7 @@ public final class HTTPClient {
         let fd: Int32
         let connected: Bool
         do {
-            (fd, connected) = try TCP.connect(to: address, port: pool.port)
+            (fd, connected) = try config.connect(address, pool.port)
         } catch {
             if pool.isName { pool.address = nil }  // look the name up again next time
             // Out of descriptors or local ports the connect never left this host: not the
@@ -755,7 +770,19 @@ public final class HTTPClient {
         request.connection = nil
         if let t = request.timer { loop.cancel(t) }
         request.timer = nil
-        request.completion(result)
+        request.completion(request.retried ? result.mapError(Self.asRetryFailure) : result)
+    }
+
+    /// A retried request went out once already (`ClientConnection.lost`): a failure that says
+    /// it never left this host is true of the retry only, and is reported as `retryNotSent`
+    /// (a review, session 29: a 3PC coordinator takes `notSent` for "the participant never
+    /// heard it"). Other failures of the retry say what they said.
+    static func asRetryFailure(_ error: HTTPClientError) -> HTTPClientError {
+        switch error {
+        case .notSent(let why): return .retryNotSent(why)
+        case .queueFull: return .retryNotSent(error.description)
+        default: return error
+        }
     }
 }
 

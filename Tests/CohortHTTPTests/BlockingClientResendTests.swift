@@ -129,3 +129,58 @@ final class BlockingClientResendTests: XCTestCase {
         XCTAssertEqual(try h.sync { posts }, 2)
     }
 }
+
+/// The asynchronous client sends a request again, once, on a fresh connection when a
+/// kept-alive one is closed under it before any byte of the answer. When that retry then fails
+/// here, before it leaves this host, the error must not say the request never left: the first
+/// attempt went out and may have been acted on (session 30; it was `notSent`, "never left this
+/// host", which a 3PC coordinator takes for "the participant never heard the pre-commit").
+final class ClientRetryNotSentTests: XCTestCase {
+    /// Connects normally the first time, then fails as a host out of descriptors does.
+    private final class ConnectsOnce: @unchecked Sendable {
+        private let lock = NSLock()
+        private var calls = 0
+        var count: Int { lock.lock(); defer { lock.unlock() }; return calls }
+        func connect(_ address: IPv4Address, _ port: Int) throws -> (fd: Int32, connected: Bool) {
+            lock.lock(); calls += 1; let n = calls; lock.unlock()
+            if n == 1 { return try TCP.connect(to: address, port: port) }
+            throw PosixError("socket", errno: 24)  // EMFILE
+        }
+    }
+
+    func testARetryThatFailsLocallySaysTheFirstAttemptMayHaveReachedThePeer() throws {
+        let server = try DropsTheSecondRequest()
+        defer { server.stop() }
+        let h = try LoopHarness()
+        defer { h.stop(nil) }
+        let connects = ConnectsOnce()
+        var config = HTTPClientConfig()
+        config.connect = { try connects.connect($0, $1) }
+        let client = HTTPClient(loop: h.loop, config: config)
+        let url = "http://127.0.0.1:\(server.port)"
+        XCTAssertEqual(try h.send(client, HTTPClientRequest(url: url + "/first")).get().status, 200)
+        // The second request goes out on the kept-alive connection; the server reads it and
+        // closes; the retry's connect fails here (EMFILE).
+        let result = h.send(client, HTTPClientRequest(method: "POST", url: url + "/v1/3pc/precommit", body: Array("{}".utf8)))
+        XCTAssertEqual(connects.count, 2, "the request was retried on a fresh connection")
+        XCTAssertEqual(server.requests, ["GET /first ", "POST /v1/3pc/precommit {}"], "the first attempt reached the server")
+        guard case .failure(let error) = result else { return XCTFail("\(result)") }
+        guard case .retryNotSent(let why) = error else {
+            return XCTFail("the first attempt reached the server, yet the error is \(error): \"\(error.description)\"")
+        }
+        XCTAssertTrue(why.contains("errno 24"), why)
+        XCTAssertTrue(error.description.contains("may have reached it"), error.description)
+        XCTAssertFalse(error.mayBeFromADownPeer, "not a sign of a crash: the retry that would tell never left")
+        _ = try? h.sync { client.shutdown() }
+    }
+
+    /// Only a retried request's "never left" failures change; a first attempt's stay `notSent`.
+    func testOnlyARetrysLocalFailuresChange() {
+        XCTAssertEqual(HTTPClient.asRetryFailure(.notSent("socket: Too many open files (errno 24)")),
+                       .retryNotSent("socket: Too many open files (errno 24)"))
+        XCTAssertEqual(HTTPClient.asRetryFailure(.queueFull), .retryNotSent("too many requests queued for this destination"))
+        for other in [HTTPClientError.connectionClosed, .timeout, .connectFailed("connect: Connection refused (errno 111)")] {
+            XCTAssertEqual(HTTPClient.asRetryFailure(other), other)
+        }
+    }
+}

@@ -17,7 +17,8 @@ final class PreCommitAnswerTests: XCTestCase {
     /// Runs a classic 3PC submission with writers `a` and `b` to the pre-commits, acknowledges
     /// `a`'s, answers `b`'s with `answer`, fires the pre-commit timeout, and returns the URLs
     /// the coordinator sent to afterwards and the transaction's state.
-    private func run(answeringB answer: Result<HTTPClientResponse, HTTPClientError>) throws -> (sentAfter: [String], state: Coordinator.State?, clientAnswer: String?) {
+    private func run(answeringB answer: Result<HTTPClientResponse, HTTPClientError>) throws -> (sentAfter: [String], state: Coordinator.State?, clientAnswer: String?,
+                                                                                           refusal: String?) {
         let storage = SimLogStorage()
         let (log, recovered) = try DurableLog.open(storage: storage, config: DurableLogConfig(syncMode: .manual, preallocateBytes: 512))
         defer { log.close() }
@@ -56,10 +57,11 @@ final class PreCommitAnswerTests: XCTestCase {
         env.fireTimers(afterMs: config.preCommitTimeoutMs)
         _ = try log.syncNow()
         env.drain()
-        let state = node.machine.transaction(try XCTUnwrap(TxID(txid)))?.state
+        let tx = node.machine.transaction(try XCTUnwrap(TxID(txid)))
+        let refusal = tx?.events.last { $0.event == "pre-commit-refused" || $0.event == "terminating" }?.detail
         let outcome = clientAnswer.flatMap { try? JSONBody.value(OutcomeResponse.self, from: $0.body).outcome }
         node.stop()
-        return (env.sent[before...].map(\.request.url), state, outcome)
+        return (env.sent[before...].map(\.request.url), tx?.state, outcome, refusal)
     }
 
     func testAPreCommitAnsweredAbortedIsNotAnAcknowledgement() throws {
@@ -83,6 +85,25 @@ final class PreCommitAnswerTests: XCTestCase {
         let r = try run(answeringB: .failure(.connectFailed("connect: Connection refused")))
         XCTAssertTrue(r.sentAfter.contains { $0.hasSuffix("/commit") }, "no commit at the timeout: \(r.sentAfter)")
         XCTAssertEqual(r.clientAnswer, "committed")
+    }
+
+    /// b's pre-commit went out on a kept-alive connection that b closed before answering, and
+    /// the client's retry on a fresh connection failed in the coordinator (out of descriptors):
+    /// `retryNotSent` (session 30; it was `notSent`). b may have pre-committed, or never read
+    /// it (a live server's idle timeout closes connections just so). Not an acknowledgement,
+    /// and not a sign that b crashed: the classic coordinator must not commit at the timeout
+    /// presuming it did (b alive and uncertain could abort as backup, the split of the test
+    /// below); it learns, and says the pre-commit may have reached b, not that it was not
+    /// delivered.
+    func testAPreCommitWhoseRetryWasNotSentMayHaveReachedTheParticipant() throws {
+        let error = HTTPClientError.retryNotSent("socket: Too many open files (errno 24)")
+        let r = try run(answeringB: .failure(error))
+        XCTAssertFalse(r.sentAfter.contains { $0.hasSuffix("/commit") }, "the coordinator committed presuming b crashed: \(r.sentAfter)")
+        XCTAssertNotEqual(r.clientAnswer, "committed")
+        XCTAssertEqual(r.state, .terminating, "it learns the outcome from the participants")
+        let refusal = try XCTUnwrap(r.refusal)
+        XCTAssertFalse(refusal.contains("not delivered"), "the first attempt may have reached b: \(refusal)")
+        XCTAssertTrue(refusal.contains("may have reached it"), refusal)
     }
 
     /// (A review of the fixes, session 29, test moved here.) MEDIUM (split, classic 3PC; the queueFull hole left open for the other
