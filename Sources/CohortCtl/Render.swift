@@ -44,6 +44,7 @@ public enum Render {
         if tx.forgotten == true {
             s += "  " + "state:".padded(10) + tx.state + "\n"
             s += "  " + "outcome:".padded(10) + (tx.outcome ?? "-") + "\n"
+            if let r = tx.reason { s += "  " + "reason:".padded(10) + r + "\n" }
             s += "  " + "protocol:".padded(10) + tx.protocol + "\n"
             s += "\nforgotten: the coordinator no longer keeps this transaction's branches and timeline, only its\n"
             s += "outcome (its ledger of outcomes, cohortd --outcomes-kept)\n"
@@ -53,7 +54,7 @@ public enum Render {
         header.append(("state", tx.state + (tx.parked == true ? " (parked: retry budget spent, still retried slowly)" : "")))
         header.append(("outcome", tx.outcome ?? "-"))
         if let r = tx.reason { header.append(("reason", r)) }
-        header.append(("protocol", tx.protocol))
+        header.append(("protocol", tx.protocol + (tx.termination.map { " (\($0) termination)" } ?? "")))
         header.append(("created", "\(tx.createdAt ?? "-") (\(Clock.age(tx.createdAt, nowMs: nowMs)) ago)"))
         header.append(("finished", tx.finishedAt.map { "\($0) (\(Clock.age($0, nowMs: nowMs)) ago)" } ?? "-"))
         header.append(("timeout", (tx.timeoutMs ?? 0) > 0 ? TimeFormat.duration(ms: tx.timeoutMs ?? 0) : "-"))

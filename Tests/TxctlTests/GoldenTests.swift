@@ -77,6 +77,13 @@ final class GoldenTests: XCTestCase {
         check("show-committing.txt", Render.show(Self.committing, nowMs: Self.now))
         check("show-forced.txt", Render.show(Self.forced, nowMs: Self.now))
         check("show-forced.json", JSONOut.encode(Self.forced))
+        // Known only from the ledger: an abort says its reason is no longer kept.
+        let forgotten = TransactionView(forgotten: TxID("2b6a4173-1a208a4656c-2")!, protocol: "3pc", state: "aborted", outcome: "aborted")
+        check("show-forgotten-aborted.txt", Render.show(forgotten, nowMs: Self.now))
+        let c = Self.committing
+        let quorum = TransactionView(txid: c.txid, protocol: "3pc", state: c.state, outcome: c.outcome, reason: c.reason, createdAt: c.createdAt!,
+                                     finishedAt: c.finishedAt, timeoutMs: c.timeoutMs!, branches: c.branches, events: c.events, termination: "quorum")
+        XCTAssertTrue(Render.show(quorum, nowMs: Self.now).contains("protocol: 3pc (quorum termination)\n"), Render.show(quorum, nowMs: Self.now))
     }
 
     func testExplain() {
