@@ -459,6 +459,32 @@ final class BarrierTests: XCTestCase {
         XCTAssertTrue(String(decoding: answer.body, as: UTF8.self).contains("different payload"))
     }
 
+    /// A try that a version before session 30 ran kept the digest of its payload as that version
+    /// read it: every number that is not a 64-bit integer through a double, written back as
+    /// Swift prints the double (`1.50` as `1.5`, `1e2` as `100.0`). A coordinator of session 30
+    /// sends the client's text, so its retry of that try after this participant was upgraded
+    /// (the answer lost as the old process stopped) is the same try, not other work.
+    func testATryRepeatedAcrossTheUpgradeToNumbersAsTextIsADuplicate() throws {
+        let c = Counter()
+        let r = try counting(c)
+        let sent = try JSONValue(node: JSONParser.parse(Array(#"{"sku":"apple","qty":1.50,"scale":1e2,"big":18446744073709551616}"#.utf8)))
+        // What the older participant read and digested: the doubles, printed by Swift.
+        let readThen = try JSONValue(node: JSONParser.parse(Array(#"{"big":1.8446744073709552e+19,"qty":1.5,"scale":100.0,"sku":"apple"}"#.utf8)))
+        try r.withConnection { db in
+            try db.run("INSERT INTO tcc_barrier(resource, txid, branch_id, op, note, result, at_ms, payload_digest) VALUES('r', 't1', 'b', 'try', 'tried', '\"ok-b\"', 1, ?1)",
+                       [.text(TCCBarrier.payloadDigest(readThen))])
+        }
+        XCTAssertEqual(try r.run(.try, txid: "t1", branchID: "b", payload: sent), .duplicate(result: .string("ok-b")))
+        XCTAssertEqual(c.get(.try), 0)
+        // Other work under that branch id is still refused.
+        XCTAssertThrowsError(try r.run(.try, txid: "t1", branchID: "b", payload: .object(["sku": .string("apple"), "qty": .number("2.5")])))
+        // A try this version ran is compared by its text: a fraction a double would round away
+        // is other work.
+        XCTAssertEqual(try r.run(.try, txid: "t2", branchID: "b", payload: .object(["qty": .number("1.0000000000000000001")])), .done(result: .string("ok-b")))
+        XCTAssertThrowsError(try r.run(.try, txid: "t2", branchID: "b", payload: .object(["qty": .number("1.0")])))
+        XCTAssertEqual(try r.run(.try, txid: "t2", branchID: "b", payload: .object(["qty": .number("1.0000000000000000001")])), .duplicate(result: .string("ok-b")))
+    }
+
     /// A barrier table made before tries kept their payload's digest gets the column at open;
     /// its old try rows (no digest) answer a repeated try as a duplicate, as they did.
     func testABarrierWithoutDigestsIsMigratedAndItsOldTriesStayDuplicates() throws {
