@@ -92,6 +92,26 @@ public enum TCCBarrier {
         return "\(bytes.count):\(String(CRC32C.checksum(bytes), radix: 16)):\(String(fnv, radix: 16))"
     }
 
+    /// The digest a version before session 30 kept for `payload`: it read every number that is
+    /// not a 64-bit integer as a double and wrote that double back as Swift prints it (`1.50` as
+    /// `1.5`, `1e2` as `100.0`). A coordinator now passes the client's text on, so without this
+    /// its retry of a try an older participant ran (the answer lost as that process stopped for
+    /// the upgrade) was refused as other work and the transaction cancelled (a review, session
+    /// 30). Matching it as well costs nothing new: the old digest was all that was compared then.
+    static func legacyPayloadDigest(_ payload: JSONValue?) -> String {
+        func asDoubles(_ v: JSONValue) -> JSONValue {
+            switch v {
+            case .number(let text):
+                guard let d = Double(text), d.isFinite else { return v }
+                return .double(d)
+            case .array(let items): return .array(items.map(asDoubles))
+            case .object(let members): return .object(members.mapValues(asDoubles))
+            case .null, .bool, .int, .string: return v
+            }
+        }
+        return payloadDigest(payload.map(asDoubles))
+    }
+
     /// How many barrier rows a resource holds, and how many it may hold before a new branch is
     /// refused.
     struct Room {
@@ -167,7 +187,7 @@ public enum TCCBarrier {
             // Before the payload check: whatever this try carries, the branch is over, and its
             // cancel released what the first try reserved.
             if cancelled { return .hanging("the branch was cancelled after its try ran; what the try reserved was released") }
-            if let first = existing?.payloadDigest, first != digest {
+            if let first = existing?.payloadDigest, first != digest, first != legacyPayloadDigest(payload) {
                 throw TCCError.conflict("try repeated with a different payload: branch \(branchID) of \(txid) was tried with other work; use a new branch id for new work")
             }
             return .duplicate(result: existing?.result)
