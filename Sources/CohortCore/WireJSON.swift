@@ -102,7 +102,7 @@ public enum JSONNumberText {
                 exponentNegative = u[k] == UInt8(ascii: "-")
                 k += 1
             }
-            // Saturated: past a million digits either way the answer no longer changes.
+            // Saturated at 10^9: no body holds that many digits, so past it the answer no longer changes.
             while k < u.endIndex, u[k] >= 48, u[k] <= 57 {
                 exponent = min(exponent * 10 + Int(u[k] - 48), 1_000_000_000)
                 k += 1
