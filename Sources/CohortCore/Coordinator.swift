@@ -1026,6 +1026,12 @@ public struct Coordinator {
 
     public func transaction(_ txid: TxID) -> Transaction? { openTable.byID[txid] ?? finished[txid] ?? mixedKept[txid] }
 
+    /// `transaction(txid) != nil` without copying the transaction out (the node asks this of
+    /// every commit request, to route it to the TCC machine or not).
+    public func holds(_ txid: TxID) -> Bool {
+        openTable.byID.index(forKey: txid) != nil || finished.index(forKey: txid) != nil || mixedKept.index(forKey: txid) != nil
+    }
+
     /// The outcome of a transaction this coordinator no longer keeps whole, from its ledger
     /// (nil: not there; then it is answered 410 or 404 as `forgottenRefusal` says).
     public func forgottenOutcome(_ txid: TxID) -> OutcomeLedger.Entry? {
@@ -2701,8 +2707,11 @@ struct OpenTransactions<Value: SettlingTransaction> {
 
     /// Values are read once they are owned (the one put, the one the table gives back), never
     /// through an optional chain on a borrowed one: that copied the whole transaction, ten
-    /// times a transfer (the profile's `outlined init with copy of Transaction?`).
-    mutating func put(_ value: Value, _ txid: TxID) {
+    /// times a transfer (the profile's `outlined init with copy of Transaction?`). `consuming`:
+    /// the caller's transaction moves into the table; borrowed, the table took a copy of it
+    /// (every array and string retained) and the caller then destroyed its own, ten times a
+    /// transfer.
+    mutating func put(_ value: consuming Value, _ txid: TxID) {
         let now = value.isSettling
         workBytes += value.workBytes
         if let old = byID.updateValue(value, forKey: txid) {

@@ -244,9 +244,12 @@ public struct TCCCoordinator {
     public var parkedCount: Int { openTable.byID.values.reduce(0) { $0 + ($1.parked ? 1 : 0) } }
     public func transaction(_ txid: TxID) -> Transaction? { openTable.byID[txid] ?? finished[txid] }
 
+    /// `transaction(txid) != nil` without copying the transaction out.
+    public func holds(_ txid: TxID) -> Bool { openTable.byID.index(forKey: txid) != nil || finished.index(forKey: txid) != nil }
+
     /// The outcome of a TCC transaction no longer kept whole, from the ledger.
     public func forgottenOutcome(_ txid: TxID) -> Outcome? {
-        guard transaction(txid) == nil else { return nil }
+        guard !holds(txid) else { return nil }
         return outcomeLedger.lookup(txid)?.outcome
     }
 
@@ -406,7 +409,7 @@ public struct TCCCoordinator {
     }
 
     /// Whether `text` names a TCC transaction this machine knows.
-    public func owns(_ text: String) -> Bool { TxID(text).map { transaction($0) != nil } ?? false }
+    public func owns(_ text: String) -> Bool { TxID(text).map { holds($0) } ?? false }
 
     private mutating func register(_ request: RequestID, _ text: String, _ spec: BranchSpec, nowMs: Int64) -> [Action] {
         let txid: TxID
