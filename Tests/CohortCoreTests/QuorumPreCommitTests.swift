@@ -25,14 +25,7 @@ final class QuorumPreCommitTests: XCTestCase {
     /// A submitted 3PC transaction over `names`, every branch voted yes and the pre-commit
     /// record durable (the pre-commits sent, the pre-commit timeout set).
     func preCommitting(_ termination: Termination, _ names: [String]) throws -> (Coordinator, TxID) {
-        var (c, t) = try submittedThreePhase(coordinatorID: coordinatorID, termination, names)
-        for name in names { _ = c.on(.voted(t, participant: name, vote: .yes), nowMs: 11) }
-        let sent = c.on(.preCommitDurable(t), nowMs: 12)
-        var preCommits = 0
-        for case .send(_, _, .preCommit) in sent { preCommits += 1 }
-        XCTAssertEqual(preCommits, names.count, "precondition: every writer is sent the pre-commit")
-        XCTAssertTrue(sent.contains { if case .setTimer(.preCommitTimeout(t), _) = $0 { return true } else { return false } })
-        return (c, t)
+        try preCommittingThreePhase(coordinatorID: coordinatorID, termination, names)
     }
 
     /// Writers a, b, c under quorum termination (Q = 2). a and b acknowledge; c has not

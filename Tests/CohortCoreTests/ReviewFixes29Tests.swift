@@ -19,13 +19,7 @@ final class ReviewFixes29Tests: XCTestCase {
     /// A submitted 3PC transaction over `names` at a fresh coordinator, every branch voted yes
     /// and the pre-commit record durable (the pre-commits sent). Returns it and the txid.
     func preCommitted(_ termination: Termination, _ names: [String]) throws -> (Coordinator, TxID) {
-        var (c, t) = try submittedThreePhase(coordinatorID: coordinatorID, termination, names)
-        for name in names { _ = c.on(.voted(t, participant: name, vote: .yes), nowMs: 11) }
-        let sent = c.on(.preCommitDurable(t), nowMs: 12)
-        var preCommits = 0
-        for case .send(_, _, .preCommit) in sent { preCommits += 1 }
-        XCTAssertEqual(preCommits, names.count, "precondition: every writer is sent the pre-commit")
-        return (c, t)
+        try preCommittingThreePhase(coordinatorID: coordinatorID, termination, names)
     }
 
     // MARK: - quorum: one refusal gives up a commit quorum already in hand
