@@ -164,6 +164,9 @@ final class ValidationTests: XCTestCase {
     func testWorkloadNeedsCountOrDuration() {
         assertError(#"{"name": "x", "workload": {"transfers": {"clients": 2}}}"#, "workload.transfers: give \"count\" or \"duration\"")
         assertError(#"{"name": "x", "workload": {"transfers": {"duration": "1s", "clients": true}}}"#, "workload.transfers.clients: expected an integer")
+        // Read by its digits: through a double this was exactly 2 clients.
+        assertError(#"{"name": "x", "workload": {"transfers": {"duration": "1s", "clients": 2.0000000000000000001}}}"#, "workload.transfers.clients: expected an integer")
+        XCTAssertNoThrow(try parse(#"{"name": "x", "workload": {"transfers": {"duration": "1s", "clients": 2.0}}}"#))
     }
 
     func testNamedBranchesIsABooleanAndNotWithSubmit() throws {
