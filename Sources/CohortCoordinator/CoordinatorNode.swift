@@ -418,16 +418,6 @@ public final class CoordinatorNode {
                 feed(.preCommitAcknowledged(txid, participant: name))
             } else if failure == nil {
                 feed(.preCommitRefused(txid, participant: name, reason: "answered \(status.map { "\"\($0)\"" } ?? "an unreadable body") to a pre-commit, not \"pre-committed\""))
-            } else if case .failure(let e) = result, case .retryNotSent = e {
-                // It went out once, on a kept-alive connection the participant closed before
-                // answering, and the retry never left this process: it may have been delivered
-                // and acted on (the participant pre-committed), or not (a live participant's
-                // idle timeout closes connections just so). Neither an acknowledgement nor a
-                // sign of a crash, so classic 3PC must not commit at the timeout presuming the
-                // participant crashed (the split below, with it alive and uncertain); learning
-                // is right either way, since it takes only the participants' own outcomes.
-                // Under quorum termination it is simply not counted (session 30).
-                feed(.preCommitRefused(txid, participant: name, reason: "the pre-commit may have reached it but was not acknowledged (\(e))"))
             } else if case .failure(let e) = result, !e.mayBeFromADownPeer {
                 // Not "no answer": a pre-commit that never left this process (its queue to the
                 // participant was full, or its URL unusable) says nothing of the participant,
@@ -435,7 +425,15 @@ public final class CoordinatorNode {
                 // commits at the timeout on the presumption that whoever did not acknowledge
                 // crashed; neither did, and such a participant could abort as backup against the
                 // commit (a review, session 29). Learn instead.
-                feed(.preCommitRefused(txid, participant: name, reason: "the pre-commit was not delivered: \(e)"))
+                // `retryNotSent`: it went out once, on a kept-alive connection the participant
+                // closed before answering, and the retry never left this process. It may have
+                // been delivered and acted on, or not (a live participant's idle timeout closes
+                // connections just so): neither an acknowledgement nor a sign of a crash, and
+                // learning is right either way, since it takes only the participants' own
+                // outcomes (session 30). Under quorum termination neither is counted.
+                let why: String
+                if case .retryNotSent = e { why = "the pre-commit may have reached it but was not acknowledged (\(e))" } else { why = "the pre-commit was not delivered: \(e)" }
+                feed(.preCommitRefused(txid, participant: name, reason: why))
             } else if case .success = result {
                 // Any answer but an acknowledgement (409, or 503: its log refused the record)
                 // comes from a participant that is alive and not pre-committed. Classic 3PC

@@ -2266,10 +2266,23 @@ extension Coordinator {
 
 // MARK: - three-phase commit
 
+extension Coordinator.Transaction {
+    /// Its branches that voted yes (a 3PC quorum counts only these: readers hold nothing), and
+    /// how many of them acknowledged the pre-commit and how many are still awaited.
+    var preCommitTally: (writers: Int, acked: Int, awaited: Int) {
+        var tally = (writers: 0, acked: 0, awaited: 0)
+        for b in branches where b.vote == .yes {
+            tally.writers += 1
+            if b.state == .preCommitted { tally.acked += 1 } else if b.state == .preCommitSent { tally.awaited += 1 }
+        }
+        return tally
+    }
+}
+
 extension Coordinator {
     /// Quorum for commit and for abort: a majority of the update participants, so the two
     /// cannot both form (Vc + Va > N).
-    static func quorum(_ participants: Int) -> Int { participants / 2 + 1 }
+    public static func quorum(_ participants: Int) -> Int { participants / 2 + 1 }
 
     mutating func preCommitDurable(_ txid: TxID, nowMs: Int64) -> [Action] {
         guard var tx = openTable.byID[txid], tx.state == .preCommitting else { return [] }
@@ -2289,9 +2302,7 @@ extension Coordinator {
         tx.branches[i].state = .preCommitted
         tx.events.append(TimelineEvent(atMs: nowMs, event: "pre-commit-acknowledged", participant: name, detail: nil))
         openTable[txid] = tx
-        let updates = tx.branches.filter { $0.vote == .yes }
-        let acked = updates.filter { $0.state == .preCommitted }.count
-        let awaited = updates.filter { $0.state == .preCommitSent }.count
+        let (writers, acked, awaited) = tx.preCommitTally
         // Quorum 3PC commits on the acknowledgement that makes the quorum, without waiting for
         // the rest or the timeout (a review, session 29). Safe: Q durable pre-committed
         // branches rule out an abort quorum for good (Q + Q > N, and under quorum termination
@@ -2305,21 +2316,21 @@ extension Coordinator {
         // finds the transaction past `pre-committing` and is ignored. Classic 3PC keeps
         // waiting for every acknowledgement: its only other commit is the timeout's, on the
         // presumption that the silent crashed.
-        if awaited > 0, case .threePhase(.quorum) = tx.commitProtocol, acked >= Coordinator.quorum(updates.count) {
+        if awaited > 0, case .threePhase(.quorum) = tx.commitProtocol, acked >= Coordinator.quorum(writers) {
             return [.cancelTimer(.preCommitTimeout(txid))]
-                + decideCommitAfterPreCommit(txid, detail: "a commit quorum (\(acked) of \(updates.count)) acknowledged; \(awaited) not answered yet, sent the commit like the others", nowMs: nowMs)
+                + decideCommitAfterPreCommit(txid, detail: "a commit quorum (\(acked) of \(writers)) acknowledged; \(awaited) not answered yet, sent the commit like the others", nowMs: nowMs)
         }
         guard awaited == 0 else { return [] }
         // Every branch answered. Under quorum termination one that refused is back to
         // `prepared` (`preCommitRefused`), which learned at once had a quorum become out of
         // reach; checked again here all the same.
-        if acked < updates.count {
-            guard case .threePhase(.quorum) = tx.commitProtocol, acked >= Coordinator.quorum(updates.count) else {
+        if acked < writers {
+            guard case .threePhase(.quorum) = tx.commitProtocol, acked >= Coordinator.quorum(writers) else {
                 return [.cancelTimer(.preCommitTimeout(txid))]
-                    + startLearning(txid, because: "\(acked) of \(updates.count) pre-committed, without a commit quorum", nowMs: nowMs)
+                    + startLearning(txid, because: "\(acked) of \(writers) pre-committed, without a commit quorum", nowMs: nowMs)
             }
             return [.cancelTimer(.preCommitTimeout(txid))]
-                + decideCommitAfterPreCommit(txid, detail: "a commit quorum (\(acked) of \(updates.count)); the others did not acknowledge", nowMs: nowMs)
+                + decideCommitAfterPreCommit(txid, detail: "a commit quorum (\(acked) of \(writers)); the others did not acknowledge", nowMs: nowMs)
         }
         return [.cancelTimer(.preCommitTimeout(txid))] + decideCommitAfterPreCommit(txid, detail: "every branch pre-committed", nowMs: nowMs)
     }
@@ -2341,13 +2352,11 @@ extension Coordinator {
         if let i = tx.branchIndex(name), tx.branches[i].state == .preCommitSent { tx.branches[i].state = .prepared }
         tx.events.append(TimelineEvent(atMs: nowMs, event: "pre-commit-refused", participant: name, detail: reason))
         openTable[txid] = tx
-        let updates = tx.branches.filter { $0.vote == .yes }
-        let acked = updates.filter { $0.state == .preCommitted }.count
-        let awaited = updates.filter { $0.state == .preCommitSent }.count
-        let quorum = Coordinator.quorum(updates.count)
+        let (writers, acked, awaited) = tx.preCommitTally
+        let quorum = Coordinator.quorum(writers)
         if acked >= quorum {
             return [.cancelTimer(.preCommitTimeout(txid))]
-                + decideCommitAfterPreCommit(txid, detail: "a commit quorum (\(acked) of \(updates.count)); \(name) did not acknowledge the pre-commit: \(reason)", nowMs: nowMs)
+                + decideCommitAfterPreCommit(txid, detail: "a commit quorum (\(acked) of \(writers)); \(name) did not acknowledge the pre-commit: \(reason)", nowMs: nowMs)
         }
         if acked + awaited < quorum {
             return [.cancelTimer(.preCommitTimeout(txid))]
@@ -2362,8 +2371,7 @@ extension Coordinator {
     /// acknowledgements, and otherwise stops deciding.
     mutating func preCommitTimedOut(_ txid: TxID, nowMs: Int64) -> [Action] {
         guard let tx = openTable.byID[txid], tx.state == .preCommitting, case .threePhase(let termination) = tx.commitProtocol else { return [] }
-        let updates = tx.branches.filter { $0.vote == .yes }
-        let acked = updates.filter { $0.state == .preCommitted }.count
+        let (writers, acked, _) = tx.preCommitTally
         switch termination {
         case .classic:
             // Not on no acknowledgement at all: then no writer is durably pre-committed, and a
@@ -2373,12 +2381,12 @@ extension Coordinator {
             guard acked > 0 else {
                 return startLearning(txid, because: "pre-commit timeout with no acknowledgement: nobody is durably pre-committed, so the participants decide", nowMs: nowMs)
             }
-            return decideCommitAfterPreCommit(txid, detail: "pre-commit timeout: \(acked) of \(updates.count) acknowledged; the silent ones are presumed failed (classic 3PC)", nowMs: nowMs)
+            return decideCommitAfterPreCommit(txid, detail: "pre-commit timeout: \(acked) of \(writers) acknowledged; the silent ones are presumed failed (classic 3PC)", nowMs: nowMs)
         case .quorum:
-            if acked >= Coordinator.quorum(updates.count) {
-                return decideCommitAfterPreCommit(txid, detail: "pre-commit timeout with a commit quorum (\(acked) of \(updates.count))", nowMs: nowMs)
+            if acked >= Coordinator.quorum(writers) {
+                return decideCommitAfterPreCommit(txid, detail: "pre-commit timeout with a commit quorum (\(acked) of \(writers))", nowMs: nowMs)
             }
-            return startLearning(txid, because: "pre-commit acknowledged by \(acked) of \(updates.count), below the quorum of \(Coordinator.quorum(updates.count))", nowMs: nowMs)
+            return startLearning(txid, because: "pre-commit acknowledged by \(acked) of \(writers), below the quorum of \(Coordinator.quorum(writers))", nowMs: nowMs)
         }
     }
 

@@ -52,9 +52,7 @@ public indirect enum JSONValue: Codable, Equatable, Sendable {
     public var intValue: Int64? {
         switch self {
         case .int(let i): return i
-        case .number(let text):
-            if case .int(let n) = JSONNumberText.whole(text) { return n }
-            return nil
+        case .number(let text): return JSONNumberText.int64(text)
         default: return nil
         }
     }

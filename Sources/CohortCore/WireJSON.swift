@@ -52,9 +52,7 @@ extension JSONNode {
     public var exactInt64: Int64? {
         switch self {
         case .int(let n): return n
-        case .number(let text):
-            if case .int(let n) = JSONNumberText.whole(text) { return n }
-            return nil
+        case .number(let text): return JSONNumberText.int64(text)
         default: return nil
         }
     }
@@ -77,6 +75,12 @@ public enum JSONNumberText {
         case int(Int64)
         /// Whole, but past a 64-bit integer.
         case tooLarge
+    }
+
+    /// `text` as an integer when it is exactly one within 64 bits (`whole` says `.int`).
+    public static func int64(_ text: String) -> Int64? {
+        if case .int(let n) = whole(text) { return n }
+        return nil
     }
 
     /// Whether `text` (valid JSON number syntax) is a whole number, and which.

@@ -188,7 +188,7 @@ public enum Explain {
             // No pre-commit out yet (its record is being written), or no votes shown.
             return "wait: quorum termination: once the pre-commits are out, the coordinator commits as soon as a majority of the branches that voted yes has acknowledged; short of one at the pre-commit timeout it learns the outcome from the participants"
         }
-        let q = writers.count / 2 + 1
+        let q = Coordinator.quorum(writers.count)
         var text = "wait: quorum termination: the coordinator commits as soon as \(q) of the \(writers.count) branches that voted yes have acknowledged (\(acked.count) so far"
         if !refused.isEmpty {
             text += "; \(refused.map(\.participant).joined(separator: ", ")) did not and \(refused.count == 1 ? "is" : "are") not counted, but \(refused.count == 1 ? "is" : "are") still told the outcome"

@@ -722,7 +722,7 @@ enum JSONValue {
         case .bool(let b): self = .bool(b)
         case .int(let n): self = .integer(n)
         case .number(let text):
-            if case .int(let n) = JSONNumberText.whole(text) { self = .integer(n) } else { self = .number(Double(text)!) }
+            self = JSONNumberText.int64(text).map { .integer($0) } ?? .number(Double(text)!)
         case .string(let s): self = .string(s)
         case .array(let items):
             self = .array(try items.enumerated().map { try JSONValue($1, file: file, path: "\(path)[\($0)]") })
