@@ -575,7 +575,7 @@ final class Remote {
         let kinds: [(Kind, String, String, String)] = [
             (.coordinator, "/v1/stats", "a coordinator (cohortd)", "pass it as --coordinator URL (txctl list, show, explain ...)"),
             (.agent, "/v1/branches", "a participant agent", "use txctl agent \(base) list|show|commit|abort|forget"),
-            (.outbox, "/v1/outbox", "a process running an outbox relay", "use txctl outbox \(base) list|replay"),
+            (.outbox, "/v1/outbox", "a process running an outbox relay", "use txctl outbox \(base) list|replay|discard"),
         ]
         for (k, path, what, hint) in kinds where k != kind {
             if let r = try? client.request("GET", base + path), r.status == 200 { return (what, hint) }

@@ -145,7 +145,7 @@ public final class InventoryService: RunnableServer {
             responder.send(response)
             return true
         }
-        // The outbox admin API (`txctl outbox URL list|replay`), as every relay host serves it:
+        // The outbox admin API (`txctl outbox URL list|replay|discard`), as every relay host serves it:
         // a dead-lettered answer (an order service that moved) can be seen and sent again.
         if let response = OutboxAdminAPI.handle(request, relay: outbox.relay, nowMs: SystemClock.wallMs()) {
             responder.send(response)

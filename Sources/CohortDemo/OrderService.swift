@@ -215,7 +215,7 @@ public final class OrderService: RunnableServer {
             if waiterCount > 0 { recheckWaiters() }
             return true
         }
-        // The outbox admin API (`txctl outbox URL list|replay`), as every relay host serves it:
+        // The outbox admin API (`txctl outbox URL list|replay|discard`), as every relay host serves it:
         // a dead-lettered OrderPlaced can be seen and sent again.
         if let response = OutboxAdminAPI.handle(request, relay: outbox.relay, nowMs: SystemClock.wallMs()) {
             responder.send(response)

@@ -18,7 +18,8 @@ with a fencing token in the database); start a second one as a standby.
   --stream NAME         Redis stream to append to (default cohort-outbox)
   --stream-maxlen N     trim the stream to about N entries (default: no trimming)
   --port N              serve GET /healthz, GET /metrics and the outbox admin API
-                        (GET /v1/outbox, POST /v1/outbox/{id}/replay); 0 picks a free port
+                        (GET /v1/outbox, POST /v1/outbox/{id}/replay and /discard); 0 picks
+                        a free port
   --host H              address to bind (default 127.0.0.1)
   --token-file F        bearer token for the admin API and the HTTP sink (also env COHORT_TOKEN)
   --batch N             messages per sink call (default \(Limits.outboxBatchMessagesMax))

@@ -7,7 +7,8 @@ import Foundation
 let usage = """
 usage: cohortd --data DIR --port N [--host H] [--token-file F] [--no-one-phase]
 
-The Cohort coordinator: drives two-phase commit (presumed abort) over participants.
+The Cohort coordinator: drives two-phase commit (presumed abort), three-phase commit (classic
+or quorum termination) and TCC (try/confirm/cancel) over participants.
   --data DIR        data directory (identity file and durable log); created if missing
   --port N          TCP port to listen on; 0 picks a free port
   --host H          address to bind (default 127.0.0.1)

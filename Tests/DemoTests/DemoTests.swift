@@ -264,7 +264,7 @@ final class DemoTests: XCTestCase {
         XCTAssertTrue(first?.hasPrefix("outbox-") ?? false, "\(first ?? "nil")")
     }
 
-    /// Both services serve the outbox admin API (`txctl outbox URL list|replay`), as docs/demo.md
+    /// Both services serve the outbox admin API (`txctl outbox URL list|replay|discard`), as docs/demo.md
     /// and openapi.json say; they answered 404, so a dead letter could be neither listed nor
     /// replayed.
     func testBothServicesServeTheOutboxAdminAPI() throws {
