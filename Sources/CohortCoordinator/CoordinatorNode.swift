@@ -291,11 +291,37 @@ public final class CoordinatorNode {
             case .log(let record, let force):
                 append(record, force: force)
             case .setTimer(let timer, let afterMs):
-                timers.set(timer, afterMs: afterMs) { [unowned self] in self.feed(.timerFired($0)) }
+                timers.set(timer, afterMs: afterMs) { [unowned self] in self.timerFired($0) }
             case .cancelTimer(let timer):
                 timers.cancel(timer)
             }
         }
+    }
+
+    private func timerFired(_ timer: Coordinator.Timer) {
+        if case .preCommitTimeout(let txid) = timer { withdrawPreCommits(txid) }
+        feed(.timerFired(timer))
+    }
+
+    /// The key a pre-commit is sent with, to be withdrawn by at its transaction's timeout.
+    private static func preCommitWithdrawKey(_ txid: TxID) -> String { "pre-commit \(txid)" }
+
+    /// At the pre-commit timeout, before the machine hears of it: the pre-commits of `txid`
+    /// that have not left this process (queued behind the exchanges in flight to their
+    /// participant, or waiting in the HTTP client for a connection) are withdrawn, and each
+    /// reaches the machine as not delivered (`answered`: `.preCommitRefused`). Such a
+    /// participant is silent because it never got the message, not because it crashed: it is
+    /// alive and uncertain, and may abort as backup when its own termination timer fires. The
+    /// classic timeout's commit, which presumes every silent participant failed, is exactly
+    /// wrong for it; classic 3PC learns instead, and quorum 3PC does not count it (its rule for
+    /// any participant that did not acknowledge). A pre-commit that did leave and got no
+    /// answer still leaves the decision to the timeout.
+    private func withdrawPreCommits(_ txid: TxID) {
+        guard let tx = machine.transaction(txid), tx.state == .preCommitting else { return }
+        let urls = tx.branches.filter { $0.state == .preCommitSent }.map(\.participant.url)
+        guard !urls.isEmpty else { return }
+        sender.withdraw(key: Self.preCommitWithdrawKey(txid), from: urls,
+                        because: "it had not left this coordinator at the pre-commit timeout (\(machine.config.preCommitTimeoutMs) ms)")
     }
 
     private func append(_ record: Coordinator.Record, force: Bool) {
@@ -383,7 +409,9 @@ public final class CoordinatorNode {
         default: metrics.add("cohort_messages_sent_total", labels: "type=\"\(message.typeName)\"")
         }
         let name = to.name
-        sender.send(baseURL: to.url, path: path, body: body, batchable: batchCapable.contains(to.url)) { [weak self] result in
+        let withdrawKey: String?
+        if case .preCommit = message { withdrawKey = Self.preCommitWithdrawKey(txid) } else { withdrawKey = nil }
+        sender.send(baseURL: to.url, path: path, body: body, batchable: batchCapable.contains(to.url), withdrawKey: withdrawKey) { [weak self] result in
             self?.answered(txid, name, message, result)
         }
         switch message {
@@ -431,6 +459,8 @@ public final class CoordinatorNode {
                 // connections just so): neither an acknowledgement nor a sign of a crash, and
                 // learning is right either way, since it takes only the participants' own
                 // outcomes (session 30). Under quorum termination neither is counted.
+                // A pre-commit still waiting in this process at the pre-commit timeout is
+                // withdrawn and comes here as `notSent` (`withdrawPreCommits`, session 31).
                 let why: String
                 if case .retryNotSent = e { why = "the pre-commit may have reached it but was not acknowledged (\(e))" } else { why = "the pre-commit was not delivered: \(e)" }
                 feed(.preCommitRefused(txid, participant: name, reason: why))

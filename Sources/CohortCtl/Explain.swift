@@ -131,7 +131,10 @@ public enum Explain {
             let open = tx.branches.filter { !["committed", "aborted", "read-only", "voted-no"].contains($0.state) }
             blocking = open.map { note($0, "its outcome (the coordinator asks it)") }
             let list = open.map { describe($0, nowMs: nowMs) }.joined(separator: "; ")
-            summary = "\(id) is a three-phase commit the coordinator no longer decides (terminating): it restarted after its pre-commit, or a participant started the termination protocol; it asks \(open.isEmpty ? "the participants" : list) until one has an outcome, and adopts it."
+            // The timeline says why when the coordinator stopped deciding itself (a refused or
+            // undelivered pre-commit, one still inside the coordinator at the pre-commit timeout).
+            let why = tx.events.last { $0.event == "terminating" }?.detail ?? "it restarted after its pre-commit, or a participant started the termination protocol"
+            summary = "\(id) is a three-phase commit the coordinator no longer decides (terminating): \(why); it asks \(open.isEmpty ? "the participants" : list) until one has an outcome, and adopts it."
             actions = ["wait: the participants decide by the termination protocol (docs/protocols.md), and the coordinator learns their outcome",
                        "bring back any participant that is down: a termination round may need its answer (\(open.map(\.url).filter { !$0.isEmpty }.joined(separator: ", ")))",
                        "forced decisions are refused here while a participant holds its branch: resolve it at the participants (txctl agent URL show \(id), txctl agent URL commit|abort \(id))",

@@ -86,14 +86,18 @@ public struct HTTPClientRequest {
     public var headers: HTTPHeaders
     public var body: [UInt8]
     public var timeoutMs: Int64
+    /// What `HTTPClient.withdraw(key:because:)` finds the request by while it has not left
+    /// this host; nil: it cannot be withdrawn.
+    public var withdrawKey: String?
 
     public init(method: String = "GET", url: String, headers: HTTPHeaders = HTTPHeaders(), body: [UInt8] = [],
-                timeoutMs: Int64 = Limits.httpClientRequestTimeoutMs) {
+                timeoutMs: Int64 = Limits.httpClientRequestTimeoutMs, withdrawKey: String? = nil) {
         self.method = method
         self.url = url
         self.headers = headers
         self.body = body
         self.timeoutMs = timeoutMs
+        self.withdrawKey = withdrawKey
     }
 }
 
@@ -240,15 +244,27 @@ final class PendingRequest {
     let encoded: [UInt8]
     let headOnly: Bool
     let completion: (Result<HTTPClientResponse, HTTPClientError>) -> Void
+    /// `HTTPClientRequest.withdrawKey`.
+    let withdrawKey: String?
     var done = false
     var retried = false
     var timer: TimerHandle?
     weak var connection: ClientConnection?
 
-    init(encoded: [UInt8], headOnly: Bool, completion: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
+    init(encoded: [UInt8], headOnly: Bool, withdrawKey: String? = nil, completion: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
         self.encoded = encoded
         self.headOnly = headOnly
+        self.withdrawKey = withdrawKey
         self.completion = completion
+    }
+
+    /// Whether the request has left this host, or is leaving: it is the current request of an
+    /// open, connected connection (written, or being written). Otherwise it waits for a
+    /// connection to its destination, for the lookup of its name, or for the connection opened
+    /// for it to connect (a retry too: its first attempt did leave, which `finish` reports).
+    var isOnTheWire: Bool {
+        guard let c = connection else { return false }
+        return !c.closed && !c.connecting && c.current === self
     }
 }
 
@@ -529,6 +545,8 @@ public final class HTTPClient {
     let loop: EventLoop
     let config: HTTPClientConfig
     private var pools: [String: HostPool] = [:]
+    /// Unfinished requests sent with a `withdrawKey`, by it (`withdraw(key:because:)`).
+    private var withdrawable: [String: [PendingRequest]] = [:]
     let scratch: UnsafeMutableRawBufferPointer
 
     public init(loop: EventLoop, config: HTTPClientConfig = .init()) {
@@ -556,7 +574,8 @@ public final class HTTPClient {
         }
         let encoded = encodeRequest(method: request.method, url: url, headers: request.headers, body: request.body,
                                     bearerToken: config.bearerToken)
-        let pending = PendingRequest(encoded: encoded, headOnly: request.method == "HEAD", completion: completion)
+        let pending = PendingRequest(encoded: encoded, headOnly: request.method == "HEAD", withdrawKey: request.withdrawKey, completion: completion)
+        if let key = request.withdrawKey { withdrawable[key, default: []].append(pending) }
         pending.timer = loop.schedule(afterMs: request.timeoutMs) { [weak self, weak pending] in
             guard let self, let pending else { return }
             self.timedOut(pending)
@@ -764,9 +783,32 @@ public final class HTTPClient {
         finish(request, .failure(.timeout))
     }
 
+    /// Loop thread. Fails with `.notSent(why)` every unfinished request sent with `withdrawKey`
+    /// `key` that has not left this host (`PendingRequest.isOnTheWire`): its completion runs
+    /// before this returns. How many were withdrawn. A request waiting in a queue or for a
+    /// lookup is skipped when its turn comes (`done`); a connection opened for it serves the
+    /// next queued request instead, or goes idle.
+    @discardableResult
+    public func withdraw(key: String, because why: String) -> Int {
+        precondition(loop.isInLoopThread, "HTTPClient.withdraw off the loop thread")
+        guard let requests = withdrawable[key] else { return 0 }
+        var withdrawn = 0
+        for request in requests where !request.done && !request.isOnTheWire {
+            let waiting = request.connection.map { !$0.closed && $0.connecting } == true
+                ? "its connection was still being opened" : "it was still waiting in this host's HTTP client"
+            finish(request, .failure(.notSent("\(why): \(waiting)")))
+            withdrawn += 1
+        }
+        return withdrawn
+    }
+
     func finish(_ request: PendingRequest, _ result: Result<HTTPClientResponse, HTTPClientError>) {
         if request.done { return }
         request.done = true
+        if let key = request.withdrawKey, var same = withdrawable[key] {
+            same.removeAll { $0 === request }
+            withdrawable[key] = same.isEmpty ? nil : same
+        }
         request.connection = nil
         if let t = request.timer { loop.cancel(t) }
         request.timer = nil

@@ -76,6 +76,8 @@ public final class BatchingSender {
         let timeoutMs: Int64
         let completion: Completion
         let queuedAtUs: UInt64
+        /// What `withdraw(key:from:because:)` finds it by while it still waits in the queue.
+        let withdrawKey: String?
     }
 
     private struct Peer {
@@ -124,13 +126,17 @@ public final class BatchingSender {
     public func unansweredCount(_ baseURL: String) -> Int { (peers[baseURL]?.unanswered ?? 0) + (unansweredAlone[baseURL] ?? 0) }
 
     /// Sends `body` to `baseURL + path`, alone or in a batch with others to the same peer.
-    /// `batchable` is false for peers not known to serve `/v1/batch`.
+    /// `batchable` is false for peers not known to serve `/v1/batch`. `withdrawKey`: the
+    /// message may be withdrawn by it (`withdraw(key:from:because:)`) for as long as it has not
+    /// left this process.
     public func send(baseURL: String, path: String, body: [UInt8], batchable: Bool,
-                     timeoutMs: Int64 = Limits.httpClientRequestTimeoutMs, completion: @escaping Completion) {
+                     timeoutMs: Int64 = Limits.httpClientRequestTimeoutMs, withdrawKey: String? = nil,
+                     completion: @escaping Completion) {
         guard batchable else {
             exchangesSent += 1
             unansweredAlone[baseURL, default: 0] += 1
-            environment.send(HTTPClientRequest(method: "POST", url: baseURL + path, body: body, timeoutMs: timeoutMs)) { [weak self] result in
+            environment.send(HTTPClientRequest(method: "POST", url: baseURL + path, body: body, timeoutMs: timeoutMs,
+                                               withdrawKey: withdrawKey)) { [weak self] result in
                 if let self {
                     if let n = self.unansweredAlone[baseURL], n > 1 { self.unansweredAlone[baseURL] = n - 1 } else { self.unansweredAlone.removeValue(forKey: baseURL) }
                 }
@@ -148,9 +154,43 @@ public final class BatchingSender {
         let bodyStringBytes = text.withUnsafeBufferPointer { JSONWriter.stringBytes($0) }
         peer.queue.append(Queued(path: path, body: text, bodyStringBytes: bodyStringBytes,
                                  batchBytes: 18 + JSONWriter.stringBytes(path) + bodyStringBytes, timeoutMs: timeoutMs,
-                                 completion: completion, queuedAtUs: environment.monotonicUs))
+                                 completion: completion, queuedAtUs: environment.monotonicUs, withdrawKey: withdrawKey))
         peers[baseURL] = peer
         flush(baseURL)
+    }
+
+    /// Withdraws every message sent with `withdrawKey` `key` that has not left this process:
+    /// those still queued for one of `baseURLs` (every exchange to the peer busy), and those the
+    /// environment still holds (`NodeEnvironment.withdraw`: a lone request waiting in the HTTP
+    /// client for a connection). Each is completed, before this returns, with
+    /// `.notSent` saying `why`. Not the halves of a refused batch (they went out once and may
+    /// have been acted on), nor a message in an exchange, nor one in a batch still waiting in
+    /// the environment (its other messages must go). How many were withdrawn.
+    ///
+    /// A 3PC coordinator withdraws a transaction's pre-commits at its pre-commit timeout: one
+    /// still queued never reached its participant, which is alive and uncertain, not crashed.
+    @discardableResult
+    public func withdraw(key: String, from baseURLs: [String], because why: String) -> Int {
+        var withdrawn: [(item: Queued, waitingBehind: Int)] = []
+        for baseURL in baseURLs {
+            guard var peer = peers[baseURL], peer.queue.contains(where: { $0.withdrawKey == key }) else { continue }
+            let busy = peer.inFlight
+            let before = withdrawn.count
+            peer.queue.removeAll { item in
+                guard item.withdrawKey == key else { return false }
+                withdrawn.append((item, busy))
+                return true
+            }
+            peer.unanswered -= withdrawn.count - before
+            // A queue waits only behind exchanges in flight, so the entry normally stays (it
+            // goes when the last ends, as in `sendNext`'s `done`).
+            if peer.inFlight == 0, peer.queue.isEmpty, peer.split.isEmpty { peers.removeValue(forKey: baseURL) } else { peers[baseURL] = peer }
+        }
+        // The books are right before any completion runs: a completion may send again.
+        for (item, busy) in withdrawn {
+            item.completion(.failure(.notSent("\(why): still queued in this process behind \(busy) exchange(s) in flight to the peer")))
+        }
+        return withdrawn.count + environment.withdraw(key: key, because: why)
     }
 
     /// Sends what waits for `baseURL` while it has exchanges free.
@@ -201,7 +241,8 @@ public final class BatchingSender {
         if items.count == 1 {
             // Alone, as a plain request: its answer is its own, 413 included.
             let item = items[0]
-            environment.send(HTTPClientRequest(method: "POST", url: baseURL + item.path, body: item.body, timeoutMs: item.timeoutMs)) { result in
+            environment.send(HTTPClientRequest(method: "POST", url: baseURL + item.path, body: item.body, timeoutMs: item.timeoutMs,
+                                               withdrawKey: item.withdrawKey)) { result in
                 item.completion(result)
                 done(1)
             }

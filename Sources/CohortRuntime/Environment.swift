@@ -17,6 +17,9 @@ public protocol NodeEnvironment: AnyObject {
     func execute(_ task: @escaping () -> Void)
     /// Sends a request; `completion` runs on the node's thread, exactly once.
     func send(_ request: HTTPClientRequest, _ completion: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void)
+    /// Fails with `.notSent` (saying `why`), before returning, every request sent with
+    /// `withdrawKey` `key` that has not left this process yet; how many. Node's thread.
+    func withdraw(key: String, because why: String) -> Int
     func randomU64() -> UInt64
     /// White-box hook for the simulation: a node is about to let `message` about `txid` leave,
     /// and the record backing it has LSN `lsn` while the log is durable up to `durableLSN`.
@@ -30,6 +33,9 @@ public protocol NodeEnvironment: AnyObject {
 }
 
 extension NodeEnvironment {
+    /// An environment that holds no request back (the simulated network delivers or loses a
+    /// request once it is sent) has nothing to withdraw.
+    public func withdraw(key: String, because why: String) -> Int { 0 }
     public func checkBacked(_ message: String, txid: String, lsn: UInt64, durableLSN: UInt64) {}
     public var checksBacking: Bool { false }
 }
@@ -73,6 +79,9 @@ public final class LoopEnvironment: NodeEnvironment {
     public func send(_ request: HTTPClientRequest, _ completion: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
         client.send(request, completion: completion)
     }
+
+    /// Requests still waiting in the HTTP client (for a connection, a lookup, a connect).
+    public func withdraw(key: String, because why: String) -> Int { client.withdraw(key: key, because: why) }
 
     public func randomU64() -> UInt64 { ProcessEnv.randomU64() }
 }

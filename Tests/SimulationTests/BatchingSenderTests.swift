@@ -16,6 +16,12 @@ private final class HeldRequests: NodeEnvironment {
         sent.append((request, completion))
     }
     func randomU64() -> UInt64 { 4 }
+    /// The keys the sender asked this environment to withdraw requests by (it holds none back).
+    var withdrawnKeys: [String] = []
+    func withdraw(key: String, because why: String) -> Int {
+        withdrawnKeys.append(key)
+        return 0
+    }
 
     /// The paths one sent request carries: its own, or those of the messages in its batch.
     func paths(_ i: Int) throws -> [String] {
@@ -197,6 +203,64 @@ final class BatchingSenderTests: XCTestCase {
             for r in results.dropFirst() {
                 guard case .failure(.protocolError) = r else { return XCTFail("\(wrong): \(r)") }
             }
+        }
+    }
+
+    /// A message still queued for a peer (every exchange to it busy) has not left this process,
+    /// and can be withdrawn by its key: it is completed at once as not sent, saying why, and
+    /// the peer's count of unanswered messages drops. A message in an exchange, or in the half
+    /// of a batch the peer refused as too large (it went out once), is not withdrawn; nor is one
+    /// sent with another key or none; an unknown key withdraws nothing. A 3PC coordinator does
+    /// this at the pre-commit timeout (session 31).
+    func testOnlyAMessageStillQueuedIsWithdrawnByItsKey() throws {
+        let env = HeldRequests()
+        let sender = BatchingSender(environment: env, maxInFlight: 1)
+        var results: [String: Result<HTTPClientResponse, HTTPClientError>] = [:]
+        func send(_ path: String, key: String?) {
+            sender.send(baseURL: "http://p", path: path, body: Array("{}".utf8), batchable: true, withdrawKey: key) { results[path] = $0 }
+        }
+        send("/v1/3pc/precommit?inflight", key: "k")
+        send("/v1/3pc/precommit?queued", key: "k")
+        send("/v1/2pc/commit?other", key: "other")
+        send("/v1/3pc/state?unkeyed", key: nil)
+        XCTAssertEqual(env.sent.count, 1)
+        XCTAssertEqual(env.sent[0].request.withdrawKey, "k", "a lone message carries its key to the environment")
+        XCTAssertEqual(sender.unansweredCount("http://p"), 4)
+
+        XCTAssertEqual(sender.withdraw(key: "nobody", from: ["http://p", "http://q"], because: "test"), 0)
+        XCTAssertEqual(sender.unansweredCount("http://p"), 4, "an unknown key withdraws nothing")
+        XCTAssertTrue(results.isEmpty)
+
+        XCTAssertEqual(sender.withdraw(key: "k", from: ["http://p"], because: "it had not left at the timeout"), 1)
+        XCTAssertEqual(env.withdrawnKeys, ["nobody", "k"], "the environment is asked for what it holds back")
+        guard case .failure(.notSent(let why))? = results["/v1/3pc/precommit?queued"] else {
+            return XCTFail("the queued message was not completed as not sent: \(results)")
+        }
+        XCTAssertTrue(why.contains("it had not left at the timeout") && why.contains("queued"), why)
+        XCTAssertFalse(HTTPClientError.notSent(why).mayBeFromADownPeer)
+        XCTAssertEqual(Array(results.keys), ["/v1/3pc/precommit?queued"], "the one in the exchange is left alone")
+        XCTAssertEqual(sender.unansweredCount("http://p"), 3)
+        XCTAssertEqual(sender.withdraw(key: "k", from: ["http://p"], because: "again"), 0, "nothing more under that key")
+
+        // The exchange ends: the two left leave as one batch; the peer refuses it as too large
+        // and it is sent again in halves, the second waiting while the first is in flight.
+        try env.answer(0)
+        XCTAssertEqual(try env.paths(1), ["/v1/2pc/commit?other", "/v1/3pc/state?unkeyed"], "the withdrawn one is not sent")
+        env.sent[1].completion(.success(HTTPClientResponse(status: 413, body: Array(#"{"error":"too large"}"#.utf8))))
+        XCTAssertEqual(try env.paths(2), ["/v1/2pc/commit?other"])
+        XCTAssertEqual(sender.withdraw(key: "other", from: ["http://p"], because: "test"), 0, "sent once: in flight")
+        send("/v1/3pc/precommit?split", key: "split")
+        XCTAssertEqual(sender.unansweredCount("http://p"), 3)
+        // "split" waits behind the refused batch's second half ("unkeyed").
+        XCTAssertEqual(sender.withdraw(key: "split", from: ["http://p"], because: "test"), 1)
+        XCTAssertEqual(sender.unansweredCount("http://p"), 2)
+        try env.answer(2)
+        XCTAssertEqual(try env.paths(3), ["/v1/3pc/state?unkeyed"], "the half waiting in split was not withdrawn")
+        try env.answer(3)
+        XCTAssertEqual(env.sent.count, 4)
+        XCTAssertEqual(sender.unansweredCount("http://p"), 0)
+        for path in ["/v1/3pc/precommit?inflight", "/v1/2pc/commit?other", "/v1/3pc/state?unkeyed"] {
+            guard case .success(let r)? = results[path], r.status == 200 else { return XCTFail("\(path): \(String(describing: results[path]))") }
         }
     }
 

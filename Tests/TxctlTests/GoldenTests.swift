@@ -149,6 +149,21 @@ final class GoldenTests: XCTestCase {
         XCTAssertFalse(m.actions.contains { $0.contains("--force") })
     }
 
+    /// A 3PC transaction the coordinator stopped deciding itself is explained with the reason its
+    /// timeline gives (session 31: a pre-commit still inside the coordinator at the pre-commit
+    /// timeout), not as a restart or a participant's termination protocol.
+    func testExplainTerminatingSaysWhyFromTheTimeline() {
+        let why = "b did not acknowledge the pre-commit: the pre-commit was not delivered: not sent: it had not left this coordinator at the pre-commit timeout (2000 ms): still queued in this process behind 4 exchange(s) in flight to the peer"
+        let view = TransactionView(txid: "a58aaf0c-1a208a3ee86-3", protocol: "3pc", state: "terminating", outcome: nil, reason: nil,
+                                   createdAt: "2026-11-23T13:04:00.000Z", finishedAt: nil, timeoutMs: 10_000,
+                                   branches: [.init(participant: "a", url: "http://127.0.0.1:7001", state: "pre-committed", vote: "yes", attempts: 1, lastError: nil, nextRetryAt: nil),
+                                              .init(participant: "b", url: "http://127.0.0.1:7002", state: "pre-commit-sent", vote: "yes", attempts: 1, lastError: nil, nextRetryAt: nil)],
+                                   events: [.init(at: "2026-11-23T13:04:02.000Z", event: "terminating", participant: nil, detail: why)], parked: false, audit: [])
+        let e = Explain.explain(view, nowMs: Self.now)
+        XCTAssertTrue(e.summary.contains("(terminating): " + why), e.summary)
+        XCTAssertFalse(e.summary.contains("it restarted after its pre-commit"), e.summary)
+    }
+
     /// The 3PC states past pre-commit were explained as "in state terminating, which this
     /// txctl does not know": now each says what it waits for, and offers no forced decision
     /// (the coordinator refuses them there).
