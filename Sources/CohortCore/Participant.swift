@@ -303,6 +303,13 @@ public struct Participant {
         /// while this branch then acknowledged the coordinator's pre-commit, which a classic
         /// coordinator follows with commit.
         var stateWaiting: [RequestID] = []
+        /// 3PC: pre-commits that arrived while the commit record was being written over a
+        /// pre-committed record not yet durable (or none), answered `pre-committed` once the
+        /// commit is durable (or 503 if it is refused). Answered at once, the acknowledgement
+        /// claimed a durable pre-commit the log did not hold yet (the simulation's durability
+        /// check, seed 310620 of `--protocol 3pc`, session 31: quorum 3PC sends the commit to
+        /// a branch whose pre-commit is still being written).
+        var preCommitWaiting: [RequestID] = []
 
         mutating func dropWriteSet() { writeSet = [] }
     }
@@ -1060,6 +1067,13 @@ public struct Participant {
             // A pre-record still being written may or may not become durable: a refused commit
             // record leaves such a branch uncertain, as a refused pre-record would.
             b.recordFrom = b.state == .preCommitting || b.state == .preAborting ? .prepared : b.state
+            if b.state == .preCommitting {
+                // The pre-commits waiting for the pre-record are answered as pre-commits once
+                // the commit is durable: with the commit's acknowledgement they were answered
+                // `committed`, which a coordinator does not take for one (session 31).
+                b.preCommitWaiting += b.waiting
+                b.waiting = []
+            }
             b.state = .committing
             b.waiting.append(request)
             branches[txid] = b
@@ -1090,6 +1104,7 @@ public struct Participant {
     private mutating func commitDurable(_ txid: String, lsn: UInt64) -> [Action] {
         guard let b = branches[txid], b.state == .committing else { return [] }
         let replies: [Action] = b.waiting.map { .reply($0, b.onePhase ? .outcome(.committed, reason: nil) : .acknowledged) }
+            + b.preCommitWaiting.map { .reply($0, .preCommitted) }
         return [.apply(txid, writeSet: b.writeSet, lsn: lsn)] + finish(txid, .committed) + replies
     }
 
@@ -1213,8 +1228,9 @@ public struct Participant {
             // then. Until then the branch is in the durable state it had.
             b.state = b.recordFrom ?? .prepared
             b.recordFrom = nil
-            actions = waiting.map { .reply($0, .error(RequestError(503, "cannot log the commit record now: \(reason); retry"))) }
+            actions = (waiting + b.preCommitWaiting).map { .reply($0, .error(RequestError(503, "cannot log the commit record now: \(reason); retry"))) }
                 + [.setTimer(.inquire(txid), afterMs: config.inquiryDelayMs)] + terminateLater
+            b.preCommitWaiting = []
         default:
             branches[txid] = b
             return []
@@ -1679,7 +1695,17 @@ extension Participant {
             b.waiting.append(request)
             branches[txid] = b
             return []
-        case (.committing, true): return [.reply(request, .preCommitted)]
+        case (.committing, true):
+            // Being committed: the outcome is commit, and a committed branch acknowledges a
+            // pre-commit (`finishedOutcomes` above). At once only over a durable pre-committed
+            // record; else once the commit record is durable, which makes the answer true.
+            if b.recordFrom == .preCommitted { return [.reply(request, .preCommitted)] }
+            guard b.preCommitWaiting.count < Limits.waitersPerTransactionMax else {
+                return [.reply(request, .error(RequestError(503, "\(b.preCommitWaiting.count) pre-commits already wait for branch \(txid)'s commit record; retry later")))]
+            }
+            b.preCommitWaiting.append(request)
+            branches[txid] = b
+            return []
         case (.preAborted, true) where b.threePhase?.termination == .quorum, (.preCommitted, false) where b.threePhase?.termination == .quorum:
             // Quorum termination counts on pre-states that never change: a commit needs a
             // quorum pre-committed and an abort a quorum pre-aborted, and two quorums share a
