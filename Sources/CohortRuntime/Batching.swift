@@ -163,9 +163,13 @@ public final class BatchingSender {
     /// those still queued for one of `baseURLs` (every exchange to the peer busy), and those the
     /// environment still holds (`NodeEnvironment.withdraw`: a lone request waiting in the HTTP
     /// client for a connection). Each is completed, before this returns, with
-    /// `.notSent` saying `why`. Not the halves of a refused batch (they went out once and may
-    /// have been acted on), nor a message in an exchange, nor one in a batch still waiting in
-    /// the environment (its other messages must go). How many were withdrawn.
+    /// `.notSent` saying `why`. Not a message in an exchange, nor one in a batch still waiting
+    /// in the environment (its other messages must go), nor one in a half of a batch the peer
+    /// refused as too large while that half waits here to be sent again (halves are kept whole
+    /// and in order; the peer ran nothing of the batch, so withdrawing from them would be sound,
+    /// but it is rare: a peer with a smaller body limit). A half of one message is sent alone
+    /// with its key, and the environment withdraws it like any lone request. How many were
+    /// withdrawn.
     ///
     /// A 3PC coordinator withdraws a transaction's pre-commits at its pre-commit timeout: one
     /// still queued never reached its participant, which is alive and uncertain, not crashed.

@@ -208,8 +208,9 @@ final class BatchingSenderTests: XCTestCase {
 
     /// A message still queued for a peer (every exchange to it busy) has not left this process,
     /// and can be withdrawn by its key: it is completed at once as not sent, saying why, and
-    /// the peer's count of unanswered messages drops. A message in an exchange, or in the half
-    /// of a batch the peer refused as too large (it went out once), is not withdrawn; nor is one
+    /// the peer's count of unanswered messages drops. A message in an exchange, or in a half of
+    /// a batch the peer refused as too large that waits to be sent again, is not withdrawn by
+    /// the sender (a lone half in flight is the environment's to withdraw); nor is one
     /// sent with another key or none; an unknown key withdraws nothing. A 3PC coordinator does
     /// this at the pre-commit timeout (session 31).
     func testOnlyAMessageStillQueuedIsWithdrawnByItsKey() throws {
