@@ -1692,6 +1692,9 @@ extension Participant {
         case (.preCommitted, true): return [.reply(request, .preCommitted)]
         case (.preAborted, false): return [.reply(request, .preAborted)]
         case (.preCommitting, true), (.preAborting, false):
+            // Repeats (duplicates, a backup's rounds) wait for the same record: bounded, like
+            // every other waiting list (it had no cap; a review, session 31).
+            if let full = Self.waitingFull(txid, b, request) { return full }
             b.waiting.append(request)
             branches[txid] = b
             return []

@@ -55,6 +55,21 @@ final class PreCommitWhileCommittingTests: XCTestCase {
         XCTAssertEqual(b.branches[t]?.state, .prepared)
     }
 
+    /// Repeats of a pre-commit while its record is written wait for it, up to the bound on
+    /// requests waiting for one branch's record; past it, 503 (the list had no cap).
+    func testRepeatsWaitingForAPreRecordAreBounded() {
+        var b = writer(.quorum)
+        _ = b.on(.preCommit(2, txid: t, fromBackup: false))
+        for i in 1..<Limits.waitersPerTransactionMax {
+            XCTAssertEqual(replies(b.on(.preCommit(RequestID(100 + i), txid: t, fromBackup: false)), to: RequestID(100 + i)), [])
+        }
+        let over = b.on(.preCommit(99, txid: t, fromBackup: false))
+        guard case .error(let e)? = replies(over, to: 99).first else { return XCTFail("the waiting list grew past its bound: \(over)") }
+        XCTAssertEqual(e.status, 503)
+        let durable = b.on(.preRecordDurable(t))
+        XCTAssertEqual(replies(durable, to: 2), [.preCommitted])
+    }
+
     /// Over a durable pre-committed record the answer is true at once, and still given at once.
     func testAPreCommitWhileTheCommitIsWrittenOverADurablePreRecordIsAnsweredAtOnce() {
         var b = writer(.quorum)
