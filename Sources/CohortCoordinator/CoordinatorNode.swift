@@ -184,6 +184,7 @@ public final class CoordinatorNode {
         metrics.sample("cohort_open_transactions", help: "Transactions begun and not finished (2PC, 3PC and TCC)") { [unowned self] in Double(self.machine.unfinishedCount + self.tcc.unfinishedCount) }
         metrics.sample("cohort_committing_transactions", help: "Committed transactions waiting for participants' acknowledgements (bounded apart: Limits.committingTransactionsMax)") { [unowned self] in Double(self.machine.committingCount) }
         metrics.sample("cohort_submitted_work_bytes", help: "Submitted work held until its branches vote (bounded: Limits.coordinatorSubmittedWorkBytesMax; past it a submission gets 503)") { [unowned self] in Double(self.machine.submittedWorkBytes) }
+        metrics.sample("cohort_precommits_withdrawn_total", type: "counter", help: "3PC pre-commits withdrawn at their pre-commit timeout because they had not left this coordinator (queued behind the exchanges in flight to their participant, or waiting for a connection); each made a classic transaction learn its outcome instead of committing") { [unowned self] in Double(self.preCommitsWithdrawn) }
         metrics.sample("cohort_batch_capable_peers", help: "Participant URLs the coordinator sends batches to (at most \(Limits.batchCapablePeersMax))") { [unowned self] in Double(self.batchCapable.count) }
         log.onDurable = { [weak self] lsn in
             guard let self else { return }
@@ -303,6 +304,10 @@ public final class CoordinatorNode {
         feed(.timerFired(timer))
     }
 
+    /// Pre-commits withdrawn at their transaction's pre-commit timeout because they had not
+    /// left this process (`cohort_precommits_withdrawn_total`; the simulation sums them).
+    public private(set) var preCommitsWithdrawn = 0
+
     /// The key a pre-commit is sent with, to be withdrawn by at its transaction's timeout.
     private static func preCommitWithdrawKey(_ txid: TxID) -> String { "pre-commit \(txid)" }
 
@@ -320,7 +325,7 @@ public final class CoordinatorNode {
         guard let tx = machine.transaction(txid), tx.state == .preCommitting else { return }
         let urls = tx.branches.filter { $0.state == .preCommitSent }.map(\.participant.url)
         guard !urls.isEmpty else { return }
-        sender.withdraw(key: Self.preCommitWithdrawKey(txid), from: urls,
+        preCommitsWithdrawn += sender.withdraw(key: Self.preCommitWithdrawKey(txid), from: urls,
                         because: "it had not left this coordinator at the pre-commit timeout (\(machine.config.preCommitTimeoutMs) ms)")
     }
 

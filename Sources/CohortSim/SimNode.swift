@@ -134,6 +134,7 @@ final class SimNode {
         environment = nil
         coordinator?.stop()
         agent?.stop()
+        simulation.preCommitsWithdrawn += coordinator?.preCommitsWithdrawn ?? 0
         coordinator = nil
         agent = nil
         service = nil

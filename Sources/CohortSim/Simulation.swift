@@ -262,6 +262,9 @@ public final class Simulation {
         /// Coordinator-lost runs: 3PC branches open at the participants just after the heal,
         /// each of which the participants then had to finish without the coordinator.
         public var undecidedAtCoordinatorLoss = 0
+        /// 3PC pre-commits the coordinator withdrew at their timeout, not yet sent (every
+        /// incarnation of it).
+        public var preCommitsWithdrawn = 0
     }
 
     // MARK: state
@@ -282,6 +285,8 @@ public final class Simulation {
     /// while set the coordinator does not boot.
     var coordinatorHeldDown = false
     var undecidedAtCoordinatorLoss = 0
+    /// Summed over the coordinator's incarnations: a crash adds the one that ends.
+    var preCommitsWithdrawn = 0
     private var faultPhaseStartUs: Int64 = -1
 
     var nodes: [String: SimNode] = [:]
@@ -357,6 +362,7 @@ public final class Simulation {
                             events: eventCount, virtualMs: nowUs / 1000, failure: failure)
         result.forgottenOutcomesChecked = forgottenOutcomesChecked
         result.undecidedAtCoordinatorLoss = undecidedAtCoordinatorLoss
+        result.preCommitsWithdrawn = preCommitsWithdrawn + nodes.values.reduce(0) { $0 + ($1.coordinator?.preCommitsWithdrawn ?? 0) }
         return result
     }
 

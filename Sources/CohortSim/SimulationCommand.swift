@@ -79,7 +79,7 @@ public enum CohortSimCommand {
         var combined: UInt64 = 0xCBF2_9CE4_8422_2325
         var failures = 0
         var committed = 0, aborted = 0, crashes = 0, ledgerChecked = 0
-        var lostRuns = 0, undecidedAtLoss = 0
+        var lostRuns = 0, undecidedAtLoss = 0, withdrawn = 0
         let started = Date()
         for i in 0..<runs {
             let seed = first &+ UInt64(i)
@@ -97,6 +97,7 @@ public enum CohortSimCommand {
             ledgerChecked += result.forgottenOutcomesChecked
             if config.faults.coordinatorLost { lostRuns += 1 }
             undecidedAtLoss += result.undecidedAtCoordinatorLoss
+            withdrawn += result.preCommitsWithdrawn
             if let stats = result.tcc { tccTotals.add(stats) }
             if args.has("trace") {
                 output("seed \(seed): \(config.faults) → committed \(result.committed), aborted \(result.aborted), crashes \(result.crashes), \(result.events) events, \(result.virtualMs) virtual ms\(result.tcc.map { "; \($0.summary)" } ?? "")\(result.failure == nil ? "" : ", FAILED")")
@@ -120,6 +121,7 @@ public enum CohortSimCommand {
         output("\(runs) runs (seeds \(first)...\(first &+ UInt64(runs - 1))): \(runs - failures) passed, \(failures) failed; " +
                "\(committed) transfers committed, \(aborted) aborted, \(crashes) crashes; \(ledgerChecked) judged by the ledger of forgotten outcomes; " +
                (workload == .threePhase ? "\(lostRuns) lost the coordinator at the heal, with \(undecidedAtLoss) 3PC branches undecided, left to terminate without it; " : "") +
+               (workload != .tcc && withdrawn > 0 ? "\(withdrawn) pre-commits withdrawn unsent at their timeout; " : "") +
                "\(String(format: "%.1f", seconds)) s")
         output("trace-hash: \(String(combined, radix: 16))")
         return failures == 0 ? 0 : 1

@@ -74,6 +74,9 @@ final class QueuedPreCommitTests: XCTestCase {
         XCTAssertNotEqual(v.outcome, "committed")
         let why = try XCTUnwrap(v.events.last { $0.event == "terminating" }?.detail)
         XCTAssertTrue(why.contains("b did not acknowledge the pre-commit") && why.contains("had not left this coordinator at the pre-commit timeout"), why)
+        XCTAssertEqual(rig.node.preCommitsWithdrawn, 1, "the withdrawal is counted (cohort_precommits_withdrawn_total)")
+        let metrics = String(decoding: try rig.call("GET", "/metrics").body, as: UTF8.self)
+        XCTAssertTrue(metrics.contains("cohort_precommits_withdrawn_total 1"), metrics)
         XCTAssertFalse(env.sent[answered...].contains { $0.request.url == "http://b/v1/3pc/precommit" && (try? Self.txids($0.request)) == [queuedTxid] },
                        "the withdrawn pre-commit was sent after all")
     }
