@@ -121,7 +121,7 @@ public enum CohortSimCommand {
         output("\(runs) runs (seeds \(first)...\(first &+ UInt64(runs - 1))): \(runs - failures) passed, \(failures) failed; " +
                "\(committed) transfers committed, \(aborted) aborted, \(crashes) crashes; \(ledgerChecked) judged by the ledger of forgotten outcomes; " +
                (workload == .threePhase ? "\(lostRuns) lost the coordinator at the heal, with \(undecidedAtLoss) 3PC branches undecided, left to terminate without it; " : "") +
-               (workload != .tcc && withdrawn > 0 ? "\(withdrawn) pre-commits withdrawn unsent at their timeout; " : "") +
+               (withdrawn > 0 ? "\(withdrawn) pre-commits withdrawn unsent at their timeout; " : "") +
                "\(String(format: "%.1f", seconds)) s")
         output("trace-hash: \(String(combined, radix: 16))")
         return failures == 0 ? 0 : 1

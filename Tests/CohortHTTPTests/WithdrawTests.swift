@@ -81,15 +81,24 @@ final class WithdrawTests: XCTestCase {
         config.connect = { _, _ in (try TCP.listen(host: "127.0.0.1", port: 0).fd, false) }
         let client = HTTPClient(loop: h.loop, config: config)
         var result: Result<HTTPClientResponse, HTTPClientError>?
+        var completions = 0
         let n = try h.sync { () -> Int in
-            client.send(HTTPClientRequest(method: "POST", url: "http://127.0.0.1:9/x", timeoutMs: 60_000, withdrawKey: "c")) { result = $0 }
+            client.send(HTTPClientRequest(method: "POST", url: "http://127.0.0.1:9/x", timeoutMs: 60_000, withdrawKey: "c")) {
+                result = $0
+                completions += 1
+            }
             return client.withdraw(key: "c", because: "at the timeout")
         }
         XCTAssertEqual(n, 1)
         guard case .failure(.notSent(let why))? = try h.sync({ result }) else { return XCTFail("\(String(describing: result))") }
         XCTAssertTrue(why.contains("at the timeout") && why.contains("still being opened"), why)
         // The connect times out later (and closes its socket): the request is not completed again.
-        Thread.sleep(forTimeInterval: 0.6)
+        // A loop timer set after the connect's, with a later deadline, runs after it (the loop
+        // runs timers in deadline order), so this waits for the connect timeout, not for luck.
+        let afterConnectTimeout = DispatchSemaphore(value: 0)
+        try h.sync { h.loop.schedule(afterMs: 500) { afterConnectTimeout.signal() } }
+        XCTAssertEqual(afterConnectTimeout.wait(timeout: .now() + 10), .success)
+        XCTAssertEqual(try h.sync { completions }, 1, "completed again after the withdrawal")
         guard case .failure(.notSent)? = try h.sync({ result }) else { return XCTFail("\(String(describing: result))") }
     }
 }
