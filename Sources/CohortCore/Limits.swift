@@ -515,6 +515,11 @@ public enum Limits {
     /// outbox this long before a standby takes over, so a lease of days (accepted until a
     /// black-box probe tried `100d`) would stop delivery for days after one crash.
     public static let outboxLeaseTTLMsMax: Int64 = 600_000
+    /// A standby takes a lease row it has read unchanged for this long on its monotonic clock,
+    /// whatever the row's expiry says: a live holder renews every third of its TTL (at most
+    /// `outboxLeaseTTLMsMax`), so a row unchanged this long is no live relay's. The expiry alone
+    /// is the holder's wall clock, and one written just before a step back lies that far ahead.
+    public static let outboxLeaseUnchangedTakeoverMs: Int64 = outboxLeaseTTLMsMax
     /// A relay without the lease tries to take it this often.
     public static let outboxLeaseRetryMs: Int64 = 1_000
     /// New rows are looked for this often (an in-process relay is also woken on commit).

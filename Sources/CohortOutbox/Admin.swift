@@ -65,7 +65,8 @@ public enum OutboxAdminAPI {
                 change = { try store.replay(id: id) }
             } else {
                 guard case .object(let members)? = try? JSONParser.parse(req.body),
-                      case .string(let reason)? = members.first(where: { $0.0 == "reason" })?.1, !reason.isEmpty else {
+                      // Blank is no reason (txctl refuses it too): the row keeps it as the record of why.
+                      case .string(let reason)? = members.first(where: { $0.0 == "reason" })?.1, !reason.allSatisfy(\.isWhitespace) else {
                     return .error(400, "body must be {\"reason\": \"...\"}: say why the message is dropped")
                 }
                 change = { try store.discard(id: id, reason: reason, nowMs: nowMs) }

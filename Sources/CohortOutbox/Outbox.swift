@@ -278,21 +278,44 @@ public final class OutboxStore {
     }
 
     /// Takes the lease when free, expired or already ours; every take issues a new, larger token.
-    public func acquireLease(holder: String, nowMs: Int64, ttlMs: Int64) throws -> Int64? {
+    /// Also when the row is still `ifUnchanged`: a row the caller has read unchanged for longer
+    /// than any live holder leaves it unrenewed (`Limits.outboxLeaseUnchangedTakeoverMs`, on
+    /// the caller's monotonic clock), whatever its expiry says (see `takeLease`).
+    public func acquireLease(holder: String, nowMs: Int64, ttlMs: Int64, ifUnchanged: Lease? = nil) throws -> Int64? {
+        if case .acquired(let token) = try takeLease(holder: holder, nowMs: nowMs, ttlMs: ttlMs, ifUnchanged: ifUnchanged) { return token }
+        return nil
+    }
+
+    /// What `takeLease` found.
+    public enum LeaseTake: Equatable, Sendable {
+        case acquired(token: Int64)
+        /// Another relay's lease, not expired: the row as read in the same transaction.
+        case held(Lease)
+    }
+
+    /// `acquireLease`, answering the row it found when it did not take it. The expiry is the
+    /// holder's wall clock; a holder that died just after its clock was stepped back (NTP, a VM
+    /// restored from a snapshot) left an expiry that lies the step ahead, and a standby that
+    /// trusted it alone waited out the step (an hour's step: an hour without delivery). A live
+    /// holder changes the row at every renewal (`renewLease`), so a row unchanged for longer
+    /// than the longest lease is no live relay's: the caller passes it as `ifUnchanged`.
+    public func takeLease(holder: String, nowMs: Int64, ttlMs: Int64, ifUnchanged: Lease? = nil) throws -> LeaseTake {
         try connection.transaction {
             let l = try lease()
-            guard l.holder.isEmpty || l.holder == holder || l.expiresMs <= nowMs else { return nil }
+            guard l.holder.isEmpty || l.holder == holder || l.expiresMs <= nowMs || l == ifUnchanged else { return .held(l) }
             let token = l.token + 1
             try connection.run("UPDATE outbox_lease SET holder = ?1, token = ?2, expires_ms = ?3 WHERE id = 1",
                                [.text(holder), .int(token), .int(nowMs + ttlMs)])
-            return token
+            return .acquired(token: token)
         }
     }
 
-    /// Extends the lease if `token` still holds it.
+    /// Extends the lease if `token` still holds it. The row always changes (an expiry equal to
+    /// the one stored, from a wall clock standing still or stepped back just so, is written one
+    /// later), so standbys can tell a live holder from a dead one by change alone (`takeLease`).
     public func renewLease(holder: String, token: Int64, nowMs: Int64, ttlMs: Int64) throws -> Bool {
         try connection.transaction {
-            try connection.run("UPDATE outbox_lease SET expires_ms = ?1 WHERE id = 1 AND holder = ?2 AND token = ?3",
+            try connection.run("UPDATE outbox_lease SET expires_ms = CASE WHEN expires_ms = ?1 THEN ?1 + 1 ELSE ?1 END WHERE id = 1 AND holder = ?2 AND token = ?3",
                                [.int(nowMs + ttlMs), .text(holder), .int(token)]) == 1
         }
     }

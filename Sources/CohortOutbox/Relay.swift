@@ -74,6 +74,10 @@ public final class OutboxRelay {
     /// relay then waited out the whole lease TTL (5 s) before it could deliver anything.
     private var stopped = false
     private let tickMs: Int64
+    /// Another relay's lease row as this one last read it without taking it, and since when
+    /// (monotonic) it has read it unchanged: once that is `Limits.outboxLeaseUnchangedTakeoverMs`,
+    /// the row is taken whatever its wall-clock expiry says (`OutboxStore.takeLease`).
+    private var leaseSeen: (lease: OutboxStore.Lease, sinceMs: Int64)?
 
     public init(store: OutboxStore, sink: OutboxSink, loop: EventLoop, config: RelayConfig = RelayConfig(),
                 holder: String? = nil, seed: UInt64 = ProcessEnv.randomU64(),
@@ -187,10 +191,21 @@ public final class OutboxRelay {
         switch action {
         case .acquireLease:
             do {
-                if let token = try store.acquireLease(holder: holder, nowMs: wallClock(), ttlMs: machine.config.leaseTTLMs) {
+                let unchangedMs = max(machine.config.leaseTTLMs, Limits.outboxLeaseUnchangedTakeoverMs)
+                let stale = leaseSeen.flatMap { now - $0.sinceMs >= unchangedMs ? $0.lease : nil }
+                let wallNow = wallClock()
+                switch try store.takeLease(holder: holder, nowMs: wallNow, ttlMs: machine.config.leaseTTLMs, ifUnchanged: stale) {
+                case .acquired(let token):
+                    if let stale, let seen = leaseSeen, !stale.holder.isEmpty, stale.holder != holder, stale.expiresMs > wallNow {
+                        problem("took the relay lease from \(stale.holder) (token \(stale.token)): its row was unchanged for \(now - seen.sinceMs) ms, "
+                                + "though its expiry was still \(stale.expiresMs - wallNow) ms ahead by this clock (a wall clock stepped back since it was written?)")
+                    }
+                    leaseSeen = nil
                     return .leaseAcquired(token: token, nowMs: now)
+                case .held(let lease):
+                    if leaseSeen?.lease != lease { leaseSeen = (lease, now) }
+                    return .leaseUnavailable(nowMs: now)
                 }
-                return .leaseUnavailable(nowMs: now)
             } catch {
                 problem("taking the relay lease: \(error)")
                 return .leaseUnavailable(nowMs: now)

@@ -196,6 +196,9 @@ final class RelayRuntimeTests: XCTestCase {
             return r
         }
         XCTAssertEqual(admin("/v1/outbox/\(poison)/discard", "{}")?.status, 400, "a reason is required")
+        // A blank one too, as txctl refuses it: it was taken, and the row kept "discarded by an
+        // operator:   " as the record of why.
+        XCTAssertEqual(admin("/v1/outbox/\(poison)/discard", #"{"reason":" \t\n "}"#)?.status, 400, "a blank reason is no reason")
         XCTAssertEqual(admin("/v1/outbox/\(poison)/discard", #"{"reason":"v1 payload, consumer dropped support; ticket 123"}"#)?.status, 200)
         try waitFor("the key's later message", timeoutMs: 15_000) { sink.lock.withLock { sink.delivered } == ["after"] }
         try waitFor("its delivery recorded", timeoutMs: 15_000) { try counts.counts().pending == 0 }
@@ -299,5 +302,46 @@ final class RelayRuntimeTests: XCTestCase {
         loop.execute { loop.stop() }
         try loop.run()
         XCTAssertEqual(try store.lease().holder, "")
+    }
+
+    /// A relay died holding the lease, its expiry written while the wall clock ran an hour
+    /// ahead (then stepped back: NTP, a VM restored from a snapshot). The standby compared that
+    /// expiry with its clock and waited the hour out, delivering nothing. It now also takes a
+    /// lease row it has read unchanged for `Limits.outboxLeaseUnchangedTakeoverMs` on its own
+    /// monotonic clock (no live holder leaves it unrenewed that long), whatever its expiry
+    /// says; a live holder's row changes at every renewal, so it is never taken that way.
+    func testAStandbyTakesALeaseLeftUnrenewedWhateverItsExpirySays() throws {
+        let (path, outbox, counts, loop) = try rig("u")
+        defer { loop.stopAndJoin() }
+        let dead = try OutboxStore(path: path)
+        _ = try XCTUnwrap(dead.acquireLease(holder: "dead-relay", nowMs: SystemClock.wallMs() + 3_600_000, ttlMs: 5_000))
+        try outbox.transaction { _ = try $0.enqueue(topic: "t", key: "k", payload: "1") }
+        let monotonic = SteppedClock()
+        let relay = OutboxRelay(store: try OutboxStore(path: path), sink: MemorySink(loop: loop), loop: loop,
+                                clock: { monotonic.nowMs() })
+        var problems: [String] = []
+        relay.onProblem = { problems.append($0) }
+        relay.start()
+        defer { onLoop(loop) { relay.stop() } }
+        // Not while the row could still be renewed by a live holder.
+        Thread.sleep(forTimeInterval: 1.5)
+        onLoop(loop) { XCTAssertFalse(relay.holdsLease, "took a lease a live holder could still renew") }
+        XCTAssertEqual(try counts.counts().pending, 1)
+        monotonic.step(Limits.outboxLeaseTTLMsMax + Limits.outboxLeaseRetryMs)
+        try waitFor("the standby to take the unrenewed lease and deliver", timeoutMs: 10_000) { try counts.counts().pending == 0 }
+        onLoop(loop) {
+            XCTAssertTrue(relay.holdsLease)
+            XCTAssertTrue(problems.contains { $0.contains("dead-relay") && $0.contains("unchanged") }, "\(problems)")
+        }
+        // A holder that renews changes the row each time, so a row read before a renewal is
+        // not taken, even one renewed with the same expiry (a wall clock standing still).
+        onLoop(loop) { relay.stop() }
+        let other = try OutboxStore(path: path)
+        let token = try XCTUnwrap(dead.acquireLease(holder: "live", nowMs: 1_000, ttlMs: 1_000))
+        let seen = try other.lease()
+        XCTAssertTrue(try dead.renewLease(holder: "live", token: token, nowMs: 1_000, ttlMs: 1_000))
+        XCTAssertNotEqual(try other.lease(), seen, "a renewal left the row as it was")
+        XCTAssertNil(try other.acquireLease(holder: "standby", nowMs: 0, ttlMs: 1, ifUnchanged: seen))
+        XCTAssertNotNil(try other.acquireLease(holder: "standby", nowMs: 0, ttlMs: 1, ifUnchanged: try other.lease()))
     }
 }
