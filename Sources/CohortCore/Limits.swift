@@ -558,6 +558,14 @@ public enum Limits {
     /// statement and `inboxCleanupRoundRowsMax` a round, so a backlog cannot hold its loop long.
     public static let inboxCleanupIntervalMs: Int64 = 60_000
     public static let inboxCleanupRoundRowsMax = 10_000
+    /// An outbox's name (`Outbox(name:)`, `outbox-demo-producer --name`): every message id is
+    /// `NAME:ID`, and consumers keep one inbox row per id for their retention.
+    public static let outboxSourceBytesMax = 128
+    /// A message id an inbox takes: the longest a relay makes (`outboxSourceBytesMax`, a colon
+    /// and a 64-bit id) with room to spare. A longer or empty id is answered `failed` without a
+    /// row (a hand-built producer's ids: empty ones would all dedupe against the first, and the
+    /// later ones would be dropped as duplicates without ever being applied).
+    public static let inboxMessageIDBytesMax = 256
     public static let outboxTopicBytesMax = 256
     public static let outboxKeyBytesMax = 256
     public static let outboxPayloadBytesMax = 256 << 10

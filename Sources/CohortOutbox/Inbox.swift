@@ -89,6 +89,12 @@ public final class Inbox {
                     out.append(InboxResult(id: m.id, status: "skipped"))
                     continue
                 }
+                guard !m.id.isEmpty, m.id.utf8.count <= Limits.inboxMessageIDBytesMax else {
+                    // No row: an empty id would dedupe every later empty one against it.
+                    out.append(InboxResult(id: m.id, status: "failed",
+                                           error: "message id must be 1-\(Limits.inboxMessageIDBytesMax) bytes (SOURCE:ID), got \(m.id.utf8.count): not applied"))
+                    continue
+                }
                 let fresh = try connection.run("INSERT OR IGNORE INTO inbox(consumer, message_id, applied_ms) VALUES(?1, ?2, ?3)",
                                                [.text(consumer), .text(m.id), .int(nowMs)])
                 if fresh == 0 {

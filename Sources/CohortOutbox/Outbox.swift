@@ -76,11 +76,22 @@ enum OutboxSchema {
             if let stored = try c.query("SELECT value FROM outbox_meta WHERE name = 'source'").first?.first?.text {
                 return stored
             }
+            if let name, name.isEmpty || name.utf8.count > Limits.outboxSourceBytesMax {
+                throw OutboxNameError("the outbox's name must be 1-\(Limits.outboxSourceBytesMax) bytes, got \(name.utf8.count)")
+            }
             let source = name ?? "outbox-" + String(ProcessEnv.randomU64() & 0xffff_ffff_ffff, radix: 16)
             try c.run("INSERT INTO outbox_meta(name, value) VALUES('source', ?1)", [.text(source)])
             return source
         }
     }
+}
+
+/// An outbox name out of bounds (`Limits.outboxSourceBytesMax`), refused when the outbox is
+/// first named: every message id carries it.
+public struct OutboxNameError: Error, CustomStringConvertible, Equatable {
+    public let reason: String
+    public init(_ reason: String) { self.reason = reason }
+    public var description: String { reason }
 }
 
 /// An enqueue refused because the outbox already holds `messagesMax` undelivered messages

@@ -24,7 +24,7 @@ an error line: the table keeps them for a relay started on PATH later).
   --poison-every N     every Nth message is marked poison (the demo consumer refuses it)
   --payload-bytes B    pad payloads to about B bytes (default small)
   --sync full|normal   SQLite synchronous mode (default full)
-  --name NAME          the outbox's name (message ids are NAME:ID)
+  --name NAME          the outbox's name, 1-128 bytes (message ids are NAME:ID)
   --sink URL           also run a relay in this process (http://... or redis://...)
   --drain-wait D       with --sink: how long to wait for delivery after producing, 0s-1h
                        (default \(TimeFormat.duration(ms: Limits.outboxProducerDrainWaitMsDefault)))
@@ -81,6 +81,9 @@ do {
     try checkDatabasePath(db)
     let stream = try args.nonEmpty("stream") ?? "cohort-outbox"
     let name = try args.nonEmpty("name")
+    if let name, name.utf8.count > Limits.outboxSourceBytesMax {
+        throw UsageError("--name must be 1-\(Limits.outboxSourceBytesMax) bytes (message ids are NAME:ID), got \(name.utf8.count)")
+    }
     let count = try args.int("count", default: 1000, range: 0...1_000_000_000)!
     let rate = try args.int("rate", range: 1...10_000_000)
     let keys = try args.int("keys", default: 100, range: 1...10_000_000)!

@@ -341,6 +341,34 @@ final class StoreTests: XCTestCase {
         XCTAssertEqual(inbox.duplicateCount, 2)
     }
 
+    /// A hand-built producer's empty ids: before the bound, the second empty-id message was
+    /// answered `duplicate` and never applied (its effect lost without a trace).
+    func testInboxRefusesEmptyAndOverlongMessageIDsWithoutARow() throws {
+        let inbox = try Inbox(path: tempDB("c"), consumer: "inv")
+        try inbox.connection.exec("CREATE TABLE seen(payload TEXT)")
+        func wire(_ id: String, _ payload: String) -> WireMessage {
+            WireMessage(id: id, source: "s", seq: 1, topic: "t", key: "a", payload: payload, headers: [:], createdMs: 0)
+        }
+        let effect: (OutboxTransaction, WireMessage) throws -> Void = { tx, m in
+            _ = try tx.execute("INSERT INTO seen VALUES(?1)", [.text(m.payload)])
+        }
+        let long = String(repeating: "x", count: Limits.inboxMessageIDBytesMax + 1)
+        let r = try inbox.apply([wire("", "first"), wire("", "second"), wire(long, "long"), wire("s:1", "ok")], effect)
+        XCTAssertEqual(r.map(\.status), ["failed", "failed", "failed", "applied"])
+        XCTAssertTrue(r[0].error?.contains("message id must be 1-") == true, "\(r[0])")
+        XCTAssertEqual(try inbox.connection.query("SELECT payload FROM seen").map { $0.first }, [.text("ok")])
+        XCTAssertFalse(try inbox.hasApplied(""), "no inbox row for a refused id")
+        let longest = String(repeating: "y", count: Limits.inboxMessageIDBytesMax)
+        XCTAssertEqual(try inbox.apply([wire(longest, "edge")], effect).map(\.status), ["applied"])
+    }
+
+    func testAnOutboxNameIsBounded() throws {
+        XCTAssertThrowsError(try Outbox(path: tempDB("o"), name: "")) { XCTAssertTrue("\($0)".contains("name must be 1-128 bytes")) }
+        XCTAssertThrowsError(try Outbox(path: tempDB("o"), name: String(repeating: "n", count: Limits.outboxSourceBytesMax + 1)))
+        XCTAssertEqual(try Outbox(path: tempDB("o"), name: String(repeating: "n", count: Limits.outboxSourceBytesMax)).source.utf8.count,
+                       Limits.outboxSourceBytesMax)
+    }
+
     func testRESPParserHandlesPartialAndBadInput() throws {
         var p = RESPParser()
         let bytes = Array("+OK\r\n$5\r\nhello\r\n*2\r\n:12\r\n$-1\r\n-ERR no\r\n*-1\r\n".utf8)

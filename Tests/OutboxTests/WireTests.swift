@@ -72,7 +72,7 @@ final class WireTests: XCTestCase {
     /// (control characters are escaped into six bytes) is refused at enqueue; the largest plain
     /// payload, with the largest topic, key and headers, fits.
     func testAMessageThatCouldNotFitInABatchAloneIsRefusedAtEnqueue() throws {
-        let outbox = try Outbox(path: tempDB("p"), name: String(repeating: "n", count: 200))
+        let outbox = try Outbox(path: tempDB("p"), name: String(repeating: "n", count: Limits.outboxSourceBytesMax))
         let control = String(repeating: "\u{01}", count: Limits.outboxPayloadBytesMax)
         XCTAssertThrowsError(try outbox.transaction { try $0.enqueue(topic: "t", key: "k", payload: control) }) { e in
             XCTAssertTrue("\(e)".contains("does not fit in one sink call"), "\(e)")
