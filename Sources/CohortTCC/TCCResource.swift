@@ -414,8 +414,12 @@ public final class TCCResource: @unchecked Sendable {
         guard request.body.count <= Limits.tccPayloadBytesMax + Limits.tccRegistrationFieldsBytesMax else {
             return .refused(.error(413, "a TCC phase call is at most \(Limits.tccPayloadBytesMax + Limits.tccRegistrationFieldsBytesMax) bytes (a payload of at most \(Limits.tccPayloadBytesMax))"))
         }
-        guard let body = try? TCCPhaseRequest(wireJSON: request.body) else {
-            return .refused(.error(400, "body must be {\"txid\", \"branch_id\", \"payload\"}"))
+        let body: TCCPhaseRequest
+        do {
+            body = try TCCPhaseRequest(wireJSON: request.body)
+        } catch {
+            // The decoder's error names the field (a `deadline_ms` of "soon" was a bare 400).
+            return .refused(.error(400, "body must be {\"txid\", \"branch_id\", \"payload\", \"deadline_ms\"?}: \(error)"))
         }
         return .call(PhaseCall(phase: phase, txid: body.txid, branchID: body.branchID, payload: body.payload, deadlineMs: body.deadlineMs))
     }

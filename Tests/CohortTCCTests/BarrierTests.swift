@@ -457,6 +457,12 @@ final class BarrierTests: XCTestCase {
         let answer = r.handle(HTTPRequest(method: "POST", target: "/v1/tcc/r/try", path: "/v1/tcc/r/try", body: body))!
         XCTAssertEqual(answer.status, 409)
         XCTAssertTrue(String(decoding: answer.body, as: UTF8.self).contains("different payload"))
+        // A malformed field is named in the 400 (it was a bare "body must be ...").
+        let badDeadline = Array(#"{"txid":"t8","branch_id":"b","payload":null,"deadline_ms":"soon"}"#.utf8)
+        let refused = r.handle(HTTPRequest(method: "POST", target: "/v1/tcc/r/try", path: "/v1/tcc/r/try", body: badDeadline))!
+        XCTAssertEqual(refused.status, 400)
+        XCTAssertTrue(String(decoding: refused.body, as: UTF8.self).contains(#"deadline_ms\" has the wrong type"#), String(decoding: refused.body, as: UTF8.self))
+        XCTAssertEqual(try r.barrier(txid: "t8", branchID: "b"), [:])
     }
 
     /// A try that a version before session 30 ran kept the digest of its payload as that version
