@@ -159,10 +159,11 @@ public struct Coordinator {
             return .success(trimmed)
         }
 
-        /// The audit entry that records this decision with `effects`.
-        func auditEntry(atMs: Int64, reason: String, effects: [String]) -> AuditEntry {
+        /// The audit entry that records this decision with `effects`; `resolvedBranches`: the
+        /// branches whose wait it ends (`AuditEntry.resolvedBranches`).
+        func auditEntry(atMs: Int64, reason: String, effects: [String], resolvedBranches: [String]) -> AuditEntry {
             AuditEntry(atMs: atMs, operatorName: operatorName, action: outcome == .committed ? "force-commit" : "force-abort",
-                       reason: reason, detail: effects.joined(separator: "; "))
+                       reason: reason, detail: effects.joined(separator: "; "), resolvedBranches: resolvedBranches)
         }
     }
 
@@ -232,12 +233,22 @@ public struct Coordinator {
         public let action: String
         public let reason: String
         public let detail: String
-        public init(atMs: Int64, operatorName: String, action: String, reason: String, detail: String) {
+        /// The branches (2PC/3PC participants, TCC branch ids) whose wait the force ended: they
+        /// become `resolved-by-operator`; empty when it ended none (a forced abort, a forced
+        /// confirm decision, a commit of a 3PC transaction every participant forgot). Recorded
+        /// because acknowledgements are not logged: replaying the record, the other branches of
+        /// the transaction had acknowledged (committed, confirmed or cancelled) before the
+        /// force. Nil in records written before session 32 (`detail` named them only in prose):
+        /// replaying one of those marks every branch not known to have acknowledged as resolved
+        /// by the operator, as those versions did.
+        public let resolvedBranches: [String]?
+        public init(atMs: Int64, operatorName: String, action: String, reason: String, detail: String, resolvedBranches: [String]? = nil) {
             self.atMs = atMs
             self.operatorName = operatorName
             self.action = action
             self.reason = reason
             self.detail = detail
+            self.resolvedBranches = resolvedBranches
         }
     }
 
@@ -750,7 +761,7 @@ public struct Coordinator {
             if var tx = openTable.byID[txid] {
                 tx.audit.append(entry)
                 openTable[txid] = tx
-                if outcome == .committed && tx.state == .committing { _ = resolveByOperator(txid, nowMs: entry.atMs) }
+                if outcome == .committed && tx.state == .committing { _ = resolveByOperator(txid, resolved: entry.resolvedBranches, nowMs: entry.atMs) }
                 // A force of a terminating transaction whose participants all forgot it is
                 // decided by its audit record (the operator is answered once it is durable, and
                 // no answer is taken meanwhile): it ends here again. Rebuilt `terminating` from
@@ -2071,7 +2082,7 @@ extension Coordinator {
             return [.reply(request, .forced(txid, outcome: force.outcome, dryRun: force.dryRun, effects: ["nothing to do: \(txid) is already \(force.outcome.rawValue)"]))]
         case .success(let effects):
             if force.dryRun { return [.reply(request, .forced(txid, outcome: force.outcome, dryRun: true, effects: effects))] }
-            let entry = force.auditEntry(atMs: nowMs, reason: reason, effects: effects)
+            let entry = force.auditEntry(atMs: nowMs, reason: reason, effects: effects, resolvedBranches: branchesAForceResolves(txid, force.outcome))
             pendingForces[txid] = (request, force, entry)
             return [.log(.audit(txid, entry), force: true)]
         }
@@ -2138,12 +2149,26 @@ extension Coordinator {
             + announceCommit(consume tx, toBranchesIn: [.commitSent], nowMs: nowMs)
     }
 
+    /// The branches a forced `outcome` on `txid` stops waiting for (`planForce`'s "stop waiting
+    /// for ..."), recorded in its audit entry: only a forced commit of a committing transaction
+    /// ends any wait.
+    func branchesAForceResolves(_ txid: TxID, _ outcome: Outcome) -> [String] {
+        guard outcome == .committed, let tx = openTable.byID[txid], tx.state == .committing else { return [] }
+        return tx.branches.filter { $0.state == .commitSent && $0.heuristic == nil }.map(\.participant.name)
+    }
+
     /// Ends a committing transaction that an operator resolved: the branches still waiting
     /// are marked, retries stop, and `operatorOutcomes` keeps answering "committed".
-    mutating func resolveByOperator(_ txid: TxID, nowMs: Int64) -> [Action] {
+    /// `resolved`: read back from the audit record, the branches the force ended the wait for;
+    /// any other branch still waiting here had acknowledged before the force (acknowledgements
+    /// are not logged, so replay left it `commit-sent`) and is `committed`. Nil: every branch
+    /// still waiting is resolved (live, where an acknowledged branch is already `committed`,
+    /// and from a record written before the audit entry named them).
+    mutating func resolveByOperator(_ txid: TxID, resolved: [String]? = nil, nowMs: Int64) -> [Action] {
         guard var tx = openTable.byID[txid], tx.state == .committing else { return [] }
         for i in tx.branches.indices where tx.branches[i].state == .commitSent && tx.branches[i].heuristic == nil {
-            tx.branches[i].state = .resolvedByOperator
+            let tookOver = resolved.map { $0.contains(tx.branches[i].participant.name) } ?? true
+            tx.branches[i].state = tookOver ? .resolvedByOperator : .committed
             tx.branches[i].nextRetryAtMs = nil
         }
         tx.parked = false
@@ -2490,6 +2515,9 @@ public enum CoordinatorRecordCoding {
             w.string(e.action)
             w.string(e.reason)
             w.string(e.detail)
+            // The branches the force took over, trailing (records written before session 32
+            // end here, and versions before it read no further).
+            if let resolved = e.resolvedBranches { encodeNames(&w, resolved) }
             return (auditType, w.bytes)
         case .heuristic(let txid, let participant, let outcome, let forcedBy):
             w.string(txid.description)
@@ -2524,7 +2552,8 @@ public enum CoordinatorRecordCoding {
         case auditType:
             let txid = try decodeTxID(&r)
             let entry = Coordinator.AuditEntry(atMs: try r.i64(), operatorName: try r.string(maxCount: 4096), action: try r.string(maxCount: 64),
-                                               reason: try r.string(maxCount: 4096), detail: try r.string(maxCount: 65536))
+                                               reason: try r.string(maxCount: 4096), detail: try r.string(maxCount: 65536),
+                                               resolvedBranches: r.isAtEnd ? nil : try decodeNames(&r))
             return .audit(txid, entry)
         case heuristicType:
             let txid = try decodeTxID(&r)

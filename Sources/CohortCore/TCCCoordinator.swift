@@ -709,13 +709,18 @@ public struct TCCCoordinator {
                 tx.audit.append(entry)
                 tx.reason = tx.reason ?? "forced by operator \(entry.operatorName): \(entry.reason)"
                 if resolvesPending {
-                    // The operator ended the wait; the end record after it may be lost.
+                    // The operator ended the wait; the end record after it may be lost. The
+                    // branches the record names are the ones it stopped calling; any other not
+                    // known settled had answered before the force (a settle is not logged, so
+                    // replay left it `trying`). A record written before session 32 names none:
+                    // every branch not known settled reads resolved, as those versions had it.
                     openTable.removeValue(forKey: txid)
                     tx.outcome = outcome
                     tx.state = outcome == .committed ? .committed : .aborted
                     tx.finishedAtMs = tx.finishedAtMs ?? entry.atMs
                     for i in tx.branches.indices where tx.branches[i].state != .confirmed && tx.branches[i].state != .cancelled {
-                        tx.branches[i].state = .resolvedByOperator
+                        let tookOver = entry.resolvedBranches.map { $0.contains(tx.branches[i].spec.branchID) } ?? true
+                        tx.branches[i].state = tookOver ? .resolvedByOperator : outcome == .committed ? .confirmed : .cancelled
                     }
                     remember(tx)
                 } else if outcome == .committed {
@@ -885,7 +890,12 @@ extension TCCCoordinator {
             return [.reply(request, .forced(txid, outcome: force.outcome, dryRun: force.dryRun, effects: ["nothing to do: \(txid) is already \(force.outcome.rawValue)"]))]
         case .success(let plan):
             if force.dryRun { return [.reply(request, .forced(txid, outcome: force.outcome, dryRun: true, effects: plan.effects))] }
-            let entry = force.auditEntry(atMs: nowMs, reason: reason, effects: plan.effects)
+            // The branches it stops calling (planForce's "stop confirming|cancelling ..."),
+            // named in the record: a settle is not logged, so replay cannot tell them apart
+            // from those that had answered.
+            let resolved = plan.resolvesPending
+                ? (transaction(txid)?.branches ?? []).filter { $0.state == .confirming || $0.state == .cancelling }.map(\.spec.branchID) : []
+            let entry = force.auditEntry(atMs: nowMs, reason: reason, effects: plan.effects, resolvedBranches: resolved)
             pendingForces[txid] = (request, force, entry, plan.resolvesPending)
             return [.log(.audit(txid, entry, outcome: force.outcome, resolvesPending: plan.resolvesPending), force: true)]
         }
@@ -1019,6 +1029,12 @@ public enum TCCRecordCoding {
             w.string(e.detail)
             w.bool(outcome == .committed)
             w.bool(resolvesPending)
+            // The branches the force stopped calling, trailing (records written before session
+            // 32 end here, and versions before it read no further).
+            if let resolved = e.resolvedBranches {
+                w.u32(UInt32(resolved.count))
+                for id in resolved { w.string(id) }
+            }
             return (auditType, w.bytes)
         }
     }
@@ -1038,10 +1054,21 @@ public enum TCCRecordCoding {
         case endType:
             return .end(txid, try r.bool() ? .committed : .aborted)
         case auditType:
-            let entry = Coordinator.AuditEntry(atMs: try r.i64(), operatorName: try r.string(maxCount: Limits.participantNameBytesMax),
-                                               action: try r.string(maxCount: 64), reason: try r.string(maxCount: Limits.reasonBytesMax),
-                                               detail: try r.string(maxCount: 16_384))
-            return .audit(txid, entry, outcome: try r.bool() ? .committed : .aborted, resolvesPending: try r.bool())
+            let atMs = try r.i64()
+            let operatorName = try r.string(maxCount: Limits.participantNameBytesMax)
+            let action = try r.string(maxCount: 64)
+            let reason = try r.string(maxCount: Limits.reasonBytesMax)
+            let detail = try r.string(maxCount: 16_384)
+            let outcome: Outcome = try r.bool() ? .committed : .aborted
+            let resolvesPending = try r.bool()
+            var resolved: [String]?
+            if !r.isAtEnd {
+                let n = try r.u32()
+                guard n <= UInt32(Limits.tccBranchesPerTransactionMax * 4) else { throw DecodeError("\(n) branches in an audit record") }
+                resolved = try (0..<n).map { _ in try r.string(maxCount: Limits.tccBranchIDBytesMax) }
+            }
+            let entry = Coordinator.AuditEntry(atMs: atMs, operatorName: operatorName, action: action, reason: reason, detail: detail, resolvedBranches: resolved)
+            return .audit(txid, entry, outcome: outcome, resolvesPending: resolvesPending)
         default:
             throw DecodeError("unknown TCC record type \(type)")
         }
@@ -1221,7 +1248,7 @@ extension TCCCoordinator.Transaction {
             },
             events: events.map { TransactionView.EventView(at: TimeFormat.iso8601(ms: $0.atMs), event: $0.event, participant: $0.participant, detail: $0.detail) },
             parked: parked,
-            audit: audit.map { TransactionView.AuditView(at: TimeFormat.iso8601(ms: $0.atMs), operator: $0.operatorName, action: $0.action, reason: $0.reason, detail: $0.detail) })
+            audit: audit.map { TransactionView.AuditView($0) })
     }
 }
 

@@ -244,12 +244,26 @@ public struct TransactionView: Codable, Sendable {
         public let action: String
         public let reason: String
         public let detail: String
-        public init(at: String, operator: String, action: String, reason: String, detail: String) {
+        /// The branches whose wait the force ended (`resolved-by-operator`), empty when it ended
+        /// none; absent for an entry read back from an audit record written before session 32,
+        /// which named them only in `detail` (`Coordinator.AuditEntry.resolvedBranches`).
+        public let resolvedBranches: [String]?
+        enum CodingKeys: String, CodingKey {
+            case at, `operator`, action, reason, detail
+            case resolvedBranches = "resolved_branches"
+        }
+        public init(at: String, operator: String, action: String, reason: String, detail: String, resolvedBranches: [String]? = nil) {
             self.at = at
             self.operator = `operator`
             self.action = action
             self.reason = reason
             self.detail = detail
+            self.resolvedBranches = resolvedBranches
+        }
+
+        public init(_ entry: Coordinator.AuditEntry) {
+            self.init(at: TimeFormat.iso8601(ms: entry.atMs), operator: entry.operatorName, action: entry.action, reason: entry.reason,
+                      detail: entry.detail, resolvedBranches: entry.resolvedBranches)
         }
     }
 
@@ -436,7 +450,7 @@ extension Coordinator.Transaction {
                 TransactionView.EventView(at: TimeFormat.iso8601(ms: $0.atMs), event: $0.event, participant: $0.participant, detail: $0.detail)
             },
             parked: parked,
-            audit: audit.map { TransactionView.AuditView(at: TimeFormat.iso8601(ms: $0.atMs), operator: $0.operatorName, action: $0.action, reason: $0.reason, detail: $0.detail) },
+            audit: audit.map { TransactionView.AuditView($0) },
             termination: { if case .threePhase(let t) = commitProtocol { return t.rawValue } else { return nil } }())
     }
 }

@@ -22,6 +22,13 @@ public struct LogReport: Codable, Equatable, Sendable {
         public let action: String
         public let reason: String
         public let detail: String
+        /// The branches the force took over (`resolved-by-operator`); absent for a record written
+        /// before session 32, which named them only in `detail`.
+        public var resolvedBranches: [String]? = nil
+        enum CodingKeys: String, CodingKey {
+            case at, `operator`, action, reason, detail
+            case resolvedBranches = "resolved_branches"
+        }
     }
     public struct Record: Codable, Equatable, Sendable {
         public let lsn: UInt64
@@ -418,7 +425,8 @@ public enum LogTools {
                     let word = outcome == .committed ? "confirmed" : "cancelled"
                     return rec(txid.description, "TCC ended \(word): no branch still waits (each \(word), or an operator's audit record above took it over)")
                 case .audit(let txid, let e, _, let resolvesPending):
-                    let a = LogReport.Audit(at: TimeFormat.iso8601(ms: e.atMs), operator: e.operatorName, action: e.action, reason: e.reason, detail: e.detail)
+                    let a = LogReport.Audit(at: TimeFormat.iso8601(ms: e.atMs), operator: e.operatorName, action: e.action, reason: e.reason, detail: e.detail,
+                                            resolvedBranches: e.resolvedBranches)
                     return rec(txid.description, "TCC \(e.action) by \(e.operatorName) at \(a.at)\(resolvesPending ? " (ends the wait for pending branches)" : ""): \(e.reason)", a)
                 }
             } catch {
@@ -433,7 +441,8 @@ public enum LogTools {
             case .end(let txid):
                 return rec(txid.description, "ended: nothing more to deliver (every branch acknowledged or resolved)")
             case .audit(let txid, let e):
-                let a = LogReport.Audit(at: TimeFormat.iso8601(ms: e.atMs), operator: e.operatorName, action: e.action, reason: e.reason, detail: e.detail)
+                let a = LogReport.Audit(at: TimeFormat.iso8601(ms: e.atMs), operator: e.operatorName, action: e.action, reason: e.reason, detail: e.detail,
+                                        resolvedBranches: e.resolvedBranches)
                 return rec(txid.description, "\(e.action) by \(e.operatorName) at \(a.at): \(e.reason)", a)
             case .heuristic(let txid, let participant, let outcome, let forcedBy):
                 guard let f = forcedBy else {
@@ -520,6 +529,7 @@ public enum LogTools {
                 guard let a = rec.audit else { continue }
                 s += "  audit LSN \(rec.lsn): \(a.action) of \(rec.txid ?? "?") by \(a.operator) at \(a.at)\n"
                 s += "    reason: \(a.reason)\n    did:    \(a.detail)\n"
+                if let resolved = a.resolvedBranches, !resolved.isEmpty { s += "    resolved by operator: \(resolved.joined(separator: ", "))\n" }
             }
             if let p = seg.problem {
                 s += "  \(p.kind == "torn-tail" ? "TORN TAIL" : "CORRUPT") at offset \(p.offset): \(p.reason)\n"

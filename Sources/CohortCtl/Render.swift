@@ -103,6 +103,8 @@ public enum Render {
             s += "  \(a.at)  \(a.action) by \(a.operator)\n"
             s += "    reason: \(a.reason)\n"
             s += "    did:    \(a.detail)\n"
+            // Absent from entries read back from records written before session 32.
+            if let resolved = a.resolvedBranches, !resolved.isEmpty { s += "    resolved by operator: \(resolved.joined(separator: ", "))\n" }
         }
         return s
     }

@@ -98,6 +98,14 @@ public final class OrderService: RunnableServer {
         outbox = try OrderOutbox(path: options.dataDirectory + "/orders.sqlite", inventoryInbox: options.inventoryURL + "/v1/inbox",
                                  broker: options.broker, token: options.token, loop: loop, onProblem: options.onProblem)
         weakSelf = self
+        // Watched against `Limits.demoOrderWaitersMax` (past it a wait is answered 503), and the
+        // way a test knows its request is held rather than sleeping and hoping it is. Read on
+        // the loop thread, like `waiterCount`.
+        agent.node.declareMetrics { m in
+            m.sample("cohort_order_waits_held", help: "GET /v1/orders/{id}?wait_ms=N requests (and repeated placements) held until their order settles") { [weak self] in
+                Double(self?.waiterCount ?? 0)
+            }
+        }
     }
 
     /// Serves; first settles, in the background, every order a crash left pending.

@@ -41,8 +41,26 @@ final class GameDayTests: XCTestCase {
             }
             done.signal()
         }
-        // The request is held (the order is pending and the inventory is down).
-        Thread.sleep(forTimeInterval: 0.5)
+        // The request is held (the order is pending and the inventory is down): the order
+        // service counts it in `cohort_order_waits_held`. Asked for, not slept on: after a
+        // fixed 0.5 s the SIGTERM below could come before the request had reached the service
+        // on a slow machine, and the test would not be testing a held wait.
+        var held: Int?
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            let metrics = try CohortAPI(coordinatorURL: "", token: rig.token).raw("GET", rig.url("orders") + "/metrics")
+            let prefix = "cohort_order_waits_held "
+            held = String(decoding: metrics.body, as: UTF8.self).split(separator: "\n")
+                .first { $0.hasPrefix(prefix) }.flatMap { Double($0.dropFirst(prefix.count)) }.map { Int($0) }
+            if held == 1 { break }
+            // Answered already (it should not be): stop asking; the checks below say so.
+            if done.wait(timeout: .now()) == .success {
+                done.signal()
+                break
+            }
+            Thread.sleep(forTimeInterval: 0.01)
+        }
+        XCTAssertEqual(held, 1, "the wait is held at the order service")
         XCTAssertEqual(done.wait(timeout: .now()), .timedOut, "the wait should still be held")
 
         let stop = rig.processes["orders"]!.terminate(timeoutMs: 10_000)

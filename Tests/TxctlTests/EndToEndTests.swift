@@ -136,6 +136,55 @@ final class EndToEndTests: XCTestCase {
         XCTAssertTrue(down.err.contains("cannot reach coordinator at \(c.url)") && down.err.contains("txctl log inspect"), down.err)
     }
 
+    /// A forced commit with a acknowledged and b unreachable reads the same after the
+    /// coordinator is killed (-9) and started again on its log: a committed, b
+    /// resolved-by-operator, in `GET /v1/transactions/{txid}`, `txctl show` and `explain`.
+    /// Before session 32 the restart read a as resolved-by-operator too (acknowledgements are
+    /// not logged, and the audit record named b only in its prose).
+    func testAForcedCommitReadsTheSameAfterTheCoordinatorRestarts() throws {
+        let c = try start("cohortd", ["--data", dir + "/c", "--port", "0", "--retry-budget-attempts", "3", "--parked-retry-delay", "10m"])
+        let a = try start("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", c.url])
+        let b = try start("cohort-agent", ["--name", "b", "--data", dir + "/b", "--port", "0", "--coordinator", c.url],
+                          env: ["COHORT_CRASHPOINT": "agent.before-commit-logged"])
+        let txid = try transfer(c, a, b)
+        let (status, answer) = try http("POST", c.url + "/v1/transactions/\(txid)/commit")
+        XCTAssertEqual(status, 200)
+        XCTAssertEqual(answer["outcome"] as? String, "committed")
+        XCTAssertTrue(b.waitForExit(timeout: 10), "b dies before logging its commit")
+
+        /// The branches' states and the audit entries' resolved branches, as GET answers them.
+        func view(_ server: Server) throws -> (branches: [String: String], resolved: [[String]]) {
+            let (status, tx) = try http("GET", server.url + "/v1/transactions/\(txid)")
+            XCTAssertEqual(status, 200)
+            var branches: [String: String] = [:]
+            for branch in (tx["branches"] as? [[String: Any]]) ?? [] {
+                branches[branch["participant"] as? String ?? "?"] = branch["state"] as? String
+            }
+            let resolved = ((tx["audit"] as? [[String: Any]]) ?? []).map { ($0["resolved_branches"] as? [String]) ?? ["(absent)"] }
+            return (branches, resolved)
+        }
+        try waitUntil("a to acknowledge the commit") { try view(c).branches["a"] == "committed" }
+        let forced = try txctl(["commit", txid, "--force", "--reason", "b's disk died"], coordinator: c)
+        XCTAssertEqual(forced.status, 0, forced.err)
+        let before = try view(c)
+        XCTAssertEqual(before.branches, ["a": "committed", "b": "resolved-by-operator"])
+        XCTAssertEqual(before.resolved, [["b"]])
+        let explainedBefore = try txctl(["explain", txid], coordinator: c)
+        XCTAssertTrue(explainedBefore.out.contains("An operator decided it") && explainedBefore.out.contains(" b never acknowledged; it is told"), explainedBefore.out)
+
+        c.kill()
+        let c2 = try start("cohortd", ["--data", dir + "/c", "--port", String(c.port)])
+        let after = try view(c2)
+        XCTAssertEqual(after.branches, before.branches, "the view after the restart agrees with the one before")
+        XCTAssertEqual(after.resolved, [["b"]])
+        let explained = try txctl(["explain", txid], coordinator: c2)
+        XCTAssertEqual(explained.status, 0, explained.err)
+        XCTAssertTrue(explained.out.contains(" b never acknowledged; it is told") && !explained.out.contains("a, b never acknowledged"), explained.out)
+        let shown = try txctl(["show", txid], coordinator: c2)
+        XCTAssertTrue(shown.out.contains("resolved by operator: b\n"), shown.out)
+        XCTAssertEqual(shown.out.components(separatedBy: "resolved-by-operator").count - 1, 1, "one branch resolved by the operator: \(shown.out)")
+    }
+
     /// A coordinator and agents a and b; a transfer between a and b whose commit the
     /// coordinator dies before deciding: both branches are left in doubt.
     func inDoubtWithTheCoordinatorDead() throws -> (c: Server, a: Server, b: Server, txid: String) {
