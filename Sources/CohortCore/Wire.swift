@@ -473,6 +473,26 @@ public struct ForceBody: Codable, Sendable {
     }
 }
 
+/// An operator's force names every field it sends: a misspelt `dry_run` ("dryRun",
+/// "dry-run") was dropped by the decoder and the force ran for real, and a typo in another
+/// field would be taken without a word as well. So unknown fields are refused (400).
+extension ForceBody: WireDecodable {
+    public static let fields = ["outcome", "reason", "operator", "dry_run"]
+    public init(wire o: WireObject) throws {
+        try o.refuseUnknownFields(Self.fields)
+        self.init(outcome: try o.string("outcome"), reason: try o.string("reason"), operator: try o.optString("operator"),
+                  dryRun: try o.optBool("dry_run"))
+    }
+}
+
+extension ForgetBody: WireDecodable {
+    public static let fields = ["reason", "operator", "dry_run"]
+    public init(wire o: WireObject) throws {
+        try o.refuseUnknownFields(Self.fields)
+        self.init(reason: try o.string("reason"), operator: try o.optString("operator"), dryRun: try o.optBool("dry_run"))
+    }
+}
+
 /// The agent's `POST /v1/branches/{txid}/forget`: retire a heuristically decided branch. The
 /// answer is a `ForceResponse` (the outcome the branch keeps, and what was done).
 public struct ForgetBody: Codable, Sendable {

@@ -162,6 +162,14 @@ final class BadInputTests: XCTestCase {
         // A base URL with a trailing slash would send every message to a path with an empty segment.
         let txid = try api.begin()
         try assertAnswer("POST", c + "/v1/transactions/\(txid)/branches", #"{"participant": "p", "url": "\#(a)/"}"#, 400, "ends in a slash")
+        // A misspelt dry_run was dropped by the decoder and the force ran for real (it aborted
+        // the transaction): an operator's body names only the fields it has.
+        try assertAnswer("POST", c + "/v1/transactions/\(txid)/force", #"{"outcome": "aborted", "reason": "look first", "dryRun": true}"#,
+                         400, #"unknown field "dryRun""#)
+        let still = try api.raw("GET", c + "/v1/transactions/\(txid)")
+        XCTAssertTrue(String(decoding: still.body, as: UTF8.self).contains(#""state":"active""#), String(decoding: still.body, as: UTF8.self))
+        try assertAnswer("POST", a + "/v1/branches/0000abcd-1-1/forget", #"{"reason": "r", "dry-run": true}"#, 400, #"unknown field "dry-run""#)
+        try assertAnswer("POST", a + "/v1/branches/0000abcd-1-1/force", #"{"outcome": "aborted", "reason": "r", "dryrun": true}"#, 400, #"unknown field "dryrun""#)
     }
 
     /// An agent's scan answer stays under the size a client reads (`Limits.scanBytesMax` of
