@@ -313,7 +313,8 @@ public final class CoordinatorNode {
 
     /// At the pre-commit timeout, before the machine hears of it: the pre-commits of `txid`
     /// that have not left this process (queued behind the exchanges in flight to their
-    /// participant, or waiting in the HTTP client for a connection) are withdrawn, and each
+    /// participant, in a refused batch's half waiting to be sent again, or waiting in the HTTP
+    /// client for a connection, alone or in a batch) are withdrawn, and each
     /// reaches the machine as not delivered (`answered`: `.preCommitRefused`). Such a
     /// participant is silent because it never got the message, not because it crashed: it is
     /// alive and uncertain, and may abort as backup when its own termination timer fires. The
