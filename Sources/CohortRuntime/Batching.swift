@@ -199,8 +199,8 @@ public final class BatchingSender {
     /// batch); and those the environment still holds (`NodeEnvironment.withdraw`): a lone
     /// request, or a batch, waiting in the HTTP client for a connection. Such a batch is
     /// withdrawn whole and its other messages go again at once, ahead of the queue, as one
-    /// exchange. Each withdrawn message is completed, before this returns, with `.notSent`
-    /// saying `why` and where it waited. Not a message in an exchange that left, nor one that
+    /// exchange. Each withdrawn message is completed, before this returns, with `.withdrawn`
+    /// saying `why` and where it waited (`.retryWithdrawn` from the HTTP client for a retry). Not a message in an exchange that left, nor one that
     /// may have reached the peer once already (`Resend.mayHaveLeft`). How many were withdrawn.
     ///
     /// A 3PC coordinator withdraws a transaction's pre-commits at its pre-commit timeout: one
@@ -212,7 +212,7 @@ public final class BatchingSender {
             guard var peer = peers[baseURL] else { continue }
             let before = withdrawn.count
             if peer.queue.contains(where: { $0.withdrawKey == key }) {
-                let waiting = "still queued in this process behind \(peer.inFlight) exchange(s) in flight to the peer"
+                let waiting = "while still queued in this process behind \(peer.inFlight) exchange(s) in flight to the peer"
                 peer.queue.removeAll { item in
                     guard item.withdrawKey == key else { return false }
                     withdrawn.append((item, waiting))
@@ -236,7 +236,7 @@ public final class BatchingSender {
         }
         // The books are right before any completion runs: a completion may send again.
         for (item, waiting) in withdrawn {
-            item.completion(.failure(.notSent("\(why): \(waiting)")))
+            item.completion(.failure(.withdrawn("\(why), \(waiting)")))
         }
         var count = withdrawn.count + environment.withdraw(key: key, because: why)
         if !pendingBatches.isEmpty {
@@ -333,14 +333,14 @@ public final class BatchingSender {
                 // Withdrawn by `withdraw` for the messages with `key`, before it left: they
                 // fail as the environment says; the others go again at once, ahead of the
                 // queue. Unless the HTTP client had sent the batch once already and withdrew
-                // its retry (`retryNotSent`): then the others may have reached the peer, and
+                // its retry (`retryWithdrawn`): then the others may have reached the peer, and
                 // are not withdrawn again as unsent.
                 let gone = items.filter { $0.withdrawKey == key }
                 let rest = items.filter { $0.withdrawKey != key }
                 var mayHaveLeft = false
-                if case .retryNotSent = error { mayHaveLeft = true }
+                if case .retryWithdrawn = error { mayHaveLeft = true }
                 if !rest.isEmpty {
-                    self.peers[baseURL]?.split.insert(Resend(items: rest, waiting: "in a batch waiting in this process to be sent again, after messages of it were withdrawn",
+                    self.peers[baseURL]?.split.insert(Resend(items: rest, waiting: "while in a batch waiting in this process to be sent again, after messages of it were withdrawn",
                                                              mayHaveLeft: mayHaveLeft), at: 0)
                 }
                 pending.withdrawn = gone.count
@@ -362,7 +362,7 @@ public final class BatchingSender {
                 let half = items.count / 2
                 answered = 0
                 self.batchesSplit += 1
-                let waiting = "in half of a batch the peer refused as too large, waiting in this process to be sent again"
+                let waiting = "while in half of a batch the peer refused as too large, waiting in this process to be sent again"
                 self.peers[baseURL]?.split.insert(contentsOf: [Resend(items: Array(items[..<half]), waiting: waiting, mayHaveLeft: mayHaveLeft),
                                                                Resend(items: Array(items[half...]), waiting: waiting, mayHaveLeft: mayHaveLeft)], at: 0)
             case .success(let response) where response.status == 200:

@@ -246,7 +246,7 @@ extension Simulation {
                 held.done = true
                 withdrawn += 1
                 trace("WITHDRAWN (held in the sender) coordinator->\(agent) \(SimURL(held.request.url)?.path ?? "")")
-                held.completion(.failure(.notSent("\(why): it was still waiting in this host's HTTP client")))
+                held.completion(.failure(.withdrawn("\(why), while still waiting in this host's HTTP client")))
             }
         }
         return withdrawn

@@ -7,7 +7,7 @@ import XCTest
 
 /// `BatchingSender.withdraw` over the real HTTP client (`LoopEnvironment`): a pre-commit in a
 /// batch that waits in the client for a connection (the pool's one connection busy) has not
-/// left this host. The batch is withdrawn, the pre-commit fails as not sent, and the batch's
+/// left this host. The batch is withdrawn, the pre-commit fails as withdrawn, and the batch's
 /// other message goes alone in its place; the server never sees the batch (session 32; before,
 /// a batch carried no withdrawal key and went out, pre-commit and all, once the connection freed).
 final class BatchWithdrawHTTPTests: XCTestCase {
@@ -75,7 +75,7 @@ final class BatchWithdrawHTTPTests: XCTestCase {
         }
         XCTAssertEqual(withdrawn.n, 1, "the pre-commit in the batch waiting for a connection")
         XCTAssertTrue(withdrawn.completedBeforeReturn)
-        guard case .failure(.notSent(let why))? = results.get("/v1/3pc/precommit") else {
+        guard case .failure(.withdrawn(let why))? = results.get("/v1/3pc/precommit") else {
             return XCTFail("\(String(describing: results.get("/v1/3pc/precommit")))")
         }
         XCTAssertTrue(why.contains("at the pre-commit timeout") && why.contains("still waiting"), why)

@@ -20,7 +20,7 @@ private final class HeldRequests: NodeEnvironment {
     var withdrawnKeys: [String] = []
     /// Whether it holds back the requests not answered yet, as an HTTP client holds those
     /// waiting for a connection: `withdraw` then fails those with the key as not sent (as a
-    /// retry not sent for those in `retried`). Else none has left... nor can be withdrawn.
+    /// retry withdrawn for those in `retried`). Else none has left... nor can be withdrawn.
     var holdsBack = false
     var retried: Set<Int> = []
     private(set) var withdrawnRequests: Set<Int> = []
@@ -31,8 +31,8 @@ private final class HeldRequests: NodeEnvironment {
         for i in sent.indices where sent[i].request.withdrawKey == key && !withdrawnRequests.contains(i) {
             withdrawnRequests.insert(i)
             n += 1
-            let waiting = "\(why): it was still waiting in this host's HTTP client"
-            sent[i].completion(.failure(retried.contains(i) ? .retryNotSent(waiting) : .notSent(waiting)))
+            let waiting = "\(why), while still waiting in this host's HTTP client"
+            sent[i].completion(.failure(retried.contains(i) ? .retryWithdrawn(waiting) : .withdrawn(waiting)))
         }
         return n
     }
@@ -247,11 +247,11 @@ final class BatchingSenderTests: XCTestCase {
 
         XCTAssertEqual(sender.withdraw(key: "k", from: ["http://p"], because: "it had not left at the timeout"), 1)
         XCTAssertEqual(env.withdrawnKeys, ["nobody", "k"], "the environment is asked for what it holds back")
-        guard case .failure(.notSent(let why))? = results["/v1/3pc/precommit?queued"] else {
+        guard case .failure(.withdrawn(let why))? = results["/v1/3pc/precommit?queued"] else {
             return XCTFail("the queued message was not completed as not sent: \(results)")
         }
         XCTAssertTrue(why.contains("it had not left at the timeout") && why.contains("queued"), why)
-        XCTAssertFalse(HTTPClientError.notSent(why).mayBeFromADownPeer)
+        XCTAssertFalse(HTTPClientError.withdrawn(why).mayBeFromADownPeer)
         XCTAssertEqual(Array(results.keys), ["/v1/3pc/precommit?queued"], "the one in the exchange is left alone")
         XCTAssertEqual(sender.unansweredCount("http://p"), 3)
         XCTAssertEqual(sender.withdraw(key: "k", from: ["http://p"], because: "again"), 0, "nothing more under that key")
@@ -280,7 +280,7 @@ final class BatchingSenderTests: XCTestCase {
 
     /// A message in a batch that still waits in the environment (the HTTP client has no
     /// connection for it yet) has not left this process either: the batch is withdrawn whole,
-    /// the messages with the key fail as not sent, saying where they waited, and the others go
+    /// the messages with the key fail as withdrawn, saying where they waited, and the others go
     /// again at once as one exchange (a withdrawable one again while it holds a keyed message;
     /// a lone survivor goes as a plain request). Before session 32 a batch carried no key, and
     /// a pre-commit in it stayed until it left, late.
@@ -304,7 +304,7 @@ final class BatchingSenderTests: XCTestCase {
         XCTAssertEqual(sender.withdraw(key: "k", from: ["http://q"], because: "test"), 0, "another peer's")
         XCTAssertEqual(sender.withdraw(key: "k", from: ["http://p"], because: "at the timeout"), 2)
         for path in ["/v1/3pc/precommit?k1", "/v1/3pc/precommit?k2"] {
-            guard case .failure(.notSent(let why))? = results[path] else { return XCTFail("\(path): \(String(describing: results[path]))") }
+            guard case .failure(.withdrawn(let why))? = results[path] else { return XCTFail("\(path): \(String(describing: results[path]))") }
             XCTAssertTrue(why.contains("at the timeout") && why.contains("still waiting"), why)
         }
         XCTAssertEqual(results.count, 3, "the others are not completed: \(results.keys.sorted())")
@@ -324,7 +324,7 @@ final class BatchingSenderTests: XCTestCase {
     }
 
     /// A batch whose retry the HTTP client withdrew went out once already (on a kept-alive
-    /// connection the peer closed): the withdrawn messages hear `retryNotSent`, the others go
+    /// connection the peer closed): the withdrawn messages hear `retryWithdrawn`, the others go
     /// again, but none of them can be withdrawn as unsent any more: they may have reached the
     /// peer.
     func testTheOthersOfAWithdrawnRetryAreNotWithdrawnAgain() throws {
@@ -342,7 +342,7 @@ final class BatchingSenderTests: XCTestCase {
         try env.answer(0)
         env.retried.insert(1)
         XCTAssertEqual(sender.withdraw(key: "k", from: ["http://p"], because: "at the timeout"), 1)
-        guard case .failure(.retryNotSent)? = results["/v1/3pc/precommit?k"] else { return XCTFail("\(results)") }
+        guard case .failure(.retryWithdrawn)? = results["/v1/3pc/precommit?k"] else { return XCTFail("\(results)") }
         XCTAssertEqual(try env.paths(2), ["/v1/3pc/precommit?o1", "/v1/3pc/precommit?o2"])
         XCTAssertNil(env.sent[2].request.withdrawKey, "they may have reached the peer")
         XCTAssertEqual(sender.withdraw(key: "other", from: ["http://p"], because: "at the timeout"), 0)
@@ -371,7 +371,7 @@ final class BatchingSenderTests: XCTestCase {
         env.sent[1].completion(.success(HTTPClientResponse(status: 413, body: Array(#"{"error":"too large"}"#.utf8))))
         XCTAssertEqual(try env.paths(2), ["/v1/2pc/commit?1", "/v1/2pc/commit?2"], "the first half in flight, the second waits")
         XCTAssertEqual(sender.withdraw(key: "k", from: ["http://p"], because: "at the timeout"), 1)
-        guard case .failure(.notSent(let why))? = results["/v1/3pc/precommit?k"] else { return XCTFail("\(results)") }
+        guard case .failure(.withdrawn(let why))? = results["/v1/3pc/precommit?k"] else { return XCTFail("\(results)") }
         XCTAssertTrue(why.contains("at the timeout") && why.contains("refused as too large"), why)
         XCTAssertEqual(sender.unansweredCount("http://p"), 3)
         try env.answer(2)
