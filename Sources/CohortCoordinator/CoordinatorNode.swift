@@ -313,7 +313,8 @@ public final class CoordinatorNode {
 
     /// At the pre-commit timeout, before the machine hears of it: the pre-commits of `txid`
     /// that have not left this process (queued behind the exchanges in flight to their
-    /// participant, or waiting in the HTTP client for a connection) are withdrawn, and each
+    /// participant, in a refused batch's half waiting to be sent again, or waiting in the HTTP
+    /// client for a connection, alone or in a batch) are withdrawn, and each
     /// reaches the machine as not delivered (`answered`: `.preCommitRefused`). Such a
     /// participant is silent because it never got the message, not because it crashed: it is
     /// alive and uncertain, and may abort as backup when its own termination timer fires. The
@@ -326,7 +327,7 @@ public final class CoordinatorNode {
         let urls = tx.branches.filter { $0.state == .preCommitSent }.map(\.participant.url)
         guard !urls.isEmpty else { return }
         preCommitsWithdrawn += sender.withdraw(key: Self.preCommitWithdrawKey(txid), from: urls,
-                        because: "it had not left this coordinator at the pre-commit timeout (\(machine.config.preCommitTimeoutMs) ms)")
+                        because: "at the pre-commit timeout (\(machine.config.preCommitTimeoutMs) ms)")
     }
 
     private func append(_ record: Coordinator.Record, force: Bool) {
@@ -465,9 +466,17 @@ public final class CoordinatorNode {
                 // learning is right either way, since it takes only the participants' own
                 // outcomes (session 30). Under quorum termination neither is counted.
                 // A pre-commit still waiting in this process at the pre-commit timeout is
-                // withdrawn and comes here as `notSent` (`withdrawPreCommits`, session 31).
+                // withdrawn and comes here as `withdrawn` (`withdrawPreCommits`, session 31), or
+                // as `retryWithdrawn` if it was the retry of one that went out once. The
+                // reason says which, plainly (session 32).
                 let why: String
-                if case .retryNotSent = e { why = "the pre-commit may have reached it but was not acknowledged (\(e))" } else { why = "the pre-commit was not delivered: \(e)" }
+                switch e {
+                case .withdrawn(let m): why = "the pre-commit never left this coordinator: it was withdrawn unsent \(m)"
+                case .retryWithdrawn(let m):
+                    why = "the pre-commit went out once, on a kept-alive connection \(name) closed before answering, and may have reached it; its retry was withdrawn unsent \(m)"
+                case .retryNotSent: why = "the pre-commit may have reached it but was not acknowledged (\(e))"
+                default: why = "the pre-commit was not delivered: \(e)"
+                }
                 feed(.preCommitRefused(txid, participant: name, reason: why))
             } else if case .success = result {
                 // Any answer but an acknowledgement (409, or 503: its log refused the record)

@@ -19,6 +19,15 @@ public enum HTTPClientError: Error, CustomStringConvertible, Equatable {
     /// first attempt may have reached the peer and been acted on, so "never left this host"
     /// would be false. The payload says why the retry was not sent.
     case retryNotSent(String)
+    /// Withdrawn by its sender before it left this host (`HTTPClient.withdraw`,
+    /// `BatchingSender.withdraw`): nothing of it reached the peer. The payload says when and
+    /// where it was waiting, e.g. "at the pre-commit timeout (2000 ms), while still waiting in
+    /// this host's HTTP client".
+    case withdrawn(String)
+    /// A retried request (see `retryNotSent`: its first attempt went out on a kept-alive
+    /// connection the peer closed before answering) whose retry was withdrawn before it left:
+    /// the first attempt may have reached the peer. The payload as for `withdrawn`.
+    case retryWithdrawn(String)
 
     public var description: String {
         switch self {
@@ -32,6 +41,9 @@ public enum HTTPClientError: Error, CustomStringConvertible, Equatable {
         case .notSent(let m): return "not sent: \(m)"
         case .retryNotSent(let m):
             return "retry not sent: \(m); the first attempt went out on a kept-alive connection the peer closed before answering, and may have reached it"
+        case .withdrawn(let m): return "withdrawn unsent \(m)"
+        case .retryWithdrawn(let m):
+            return "the first attempt went out on a kept-alive connection the peer closed before answering, and may have reached it; the retry was withdrawn unsent \(m)"
         }
     }
 
@@ -46,7 +58,7 @@ public enum HTTPClientError: Error, CustomStringConvertible, Equatable {
     public var mayBeFromADownPeer: Bool {
         switch self {
         case .connectFailed, .timeout, .connectionClosed: return true
-        case .invalidURL, .protocolError, .queueFull, .responseTooLarge, .notSent, .retryNotSent: return false
+        case .invalidURL, .protocolError, .queueFull, .responseTooLarge, .notSent, .retryNotSent, .withdrawn, .retryWithdrawn: return false
         }
     }
 }
@@ -783,7 +795,8 @@ public final class HTTPClient {
         finish(request, .failure(.timeout))
     }
 
-    /// Loop thread. Fails with `.notSent(why)` every unfinished request sent with `withdrawKey`
+    /// Loop thread. Fails with `.withdrawn` (saying `why`, e.g. "at the pre-commit timeout
+    /// (2000 ms)", and where it waited) every unfinished request sent with `withdrawKey`
     /// `key` that has not left this host (`PendingRequest.isOnTheWire`): its completion runs
     /// before this returns. How many were withdrawn. A request waiting in a queue or for a
     /// lookup is skipped when its turn comes (`done`); a connection opened for it serves the
@@ -795,8 +808,8 @@ public final class HTTPClient {
         var withdrawn = 0
         for request in requests where !request.done && !request.isOnTheWire {
             let waiting = request.connection.map { !$0.closed && $0.connecting } == true
-                ? "its connection was still being opened" : "it was still waiting in this host's HTTP client"
-            finish(request, .failure(.notSent("\(why): \(waiting)")))
+                ? "while its connection was still being opened" : "while still waiting in this host's HTTP client"
+            finish(request, .failure(.withdrawn("\(why), \(waiting)")))
             withdrawn += 1
         }
         return withdrawn
@@ -817,12 +830,14 @@ public final class HTTPClient {
 
     /// A retried request went out once already (`ClientConnection.lost`): a failure that says
     /// it never left this host is true of the retry only, and is reported as `retryNotSent`
+    /// (`retryWithdrawn` for a withdrawal)
     /// (a review, session 29: a 3PC coordinator takes `notSent` for "the participant never
     /// heard it"). Other failures of the retry say what they said.
     static func asRetryFailure(_ error: HTTPClientError) -> HTTPClientError {
         switch error {
         case .notSent(let why): return .retryNotSent(why)
         case .queueFull: return .retryNotSent(error.description)
+        case .withdrawn(let why): return .retryWithdrawn(why)
         default: return error
         }
     }

@@ -92,15 +92,49 @@ public final class BatchingSender {
             unanswered -= answered
         }
         var queue: [Queued] = []
-        /// The halves of batches the peer refused as too large (413), sent before the queue, in
-        /// order: their messages were sent once already and have no answer yet.
-        var split: [[Queued]] = []
+        /// Messages to send again before the queue, in order, one exchange each: the halves of
+        /// batches the peer refused as too large (413), and what is left of a batch some of
+        /// whose messages were withdrawn while it waited in the environment. None has an
+        /// answer yet.
+        var split: [Resend] = []
+    }
+
+    /// Messages that go again as one exchange (`Peer.split`).
+    private struct Resend {
+        var items: [Queued]
+        /// Where they wait, as `withdraw` tells one it takes out.
+        let waiting: String
+        /// They may have reached the peer already: the HTTP client had sent their batch once,
+        /// on a kept-alive connection the peer closed, when its retry was withdrawn. Then none
+        /// of them is withdrawn as unsent (nor sent with its key).
+        let mayHaveLeft: Bool
+    }
+
+    /// A multi-message batch handed to the environment that carries a message with a
+    /// `withdrawKey`, until its completion runs: `withdraw` asks the environment to withdraw
+    /// it (by `batchWithdrawKey`) while it has not left this process.
+    private final class PendingBatch {
+        let baseURL: String
+        let items: [Queued]
+        /// Set by `withdraw` while the environment withdraws the batch: the key of the
+        /// messages to take out of it. The others are sent again.
+        var withdrawingKey: String?
+        /// Set by the batch's completion: how many messages it completed as withdrawn.
+        var withdrawn = 0
+        init(baseURL: String, items: [Queued]) {
+            self.baseURL = baseURL
+            self.items = items
+        }
     }
 
     private let environment: NodeEnvironment
     private let maxInFlight: Int
     private let batchBytesMax: Int
     private var peers: [String: Peer] = [:]
+    /// Batches in the environment holding a withdrawable message, by the number they were
+    /// handed out under (`batchWithdrawKey`).
+    private var pendingBatches: [UInt64: PendingBatch] = [:]
+    private var batchesWithKeys: UInt64 = 0
     public private(set) var exchangesSent = 0
     /// Batchable messages sent, and the microseconds they waited in total for a free exchange
     /// (all `maxInFlight` exchanges to their peer were busy). A message re-sent in half of a
@@ -160,42 +194,70 @@ public final class BatchingSender {
     }
 
     /// Withdraws every message sent with `withdrawKey` `key` that has not left this process:
-    /// those still queued for one of `baseURLs` (every exchange to the peer busy), and those the
-    /// environment still holds (`NodeEnvironment.withdraw`: a lone request waiting in the HTTP
-    /// client for a connection). Each is completed, before this returns, with
-    /// `.notSent` saying `why`. Not a message in an exchange, nor one in a batch still waiting
-    /// in the environment (its other messages must go), nor one in a half of a batch the peer
-    /// refused as too large while that half waits here to be sent again (halves are kept whole
-    /// and in order; the peer ran nothing of the batch, so withdrawing from them would be sound,
-    /// but it is rare: a peer with a smaller body limit). A half of one message is sent alone
-    /// with its key, and the environment withdraws it like any lone request. How many were
-    /// withdrawn.
+    /// those still queued for one of `baseURLs` (every exchange to the peer busy); those in a
+    /// refused batch's half that waits here to be sent again (the peer ran nothing of the
+    /// batch); and those the environment still holds (`NodeEnvironment.withdraw`): a lone
+    /// request, or a batch, waiting in the HTTP client for a connection. Such a batch is
+    /// withdrawn whole and its other messages go again at once, ahead of the queue, as one
+    /// exchange. Each withdrawn message is completed, before this returns, with `.withdrawn`
+    /// saying `why` and where it waited (`.retryWithdrawn` from the HTTP client for a retry). Not a message in an exchange that left, nor one that
+    /// may have reached the peer once already (`Resend.mayHaveLeft`). How many were withdrawn.
     ///
     /// A 3PC coordinator withdraws a transaction's pre-commits at its pre-commit timeout: one
-    /// still queued never reached its participant, which is alive and uncertain, not crashed.
+    /// still here never reached its participant, which is alive and uncertain, not crashed.
     @discardableResult
     public func withdraw(key: String, from baseURLs: [String], because why: String) -> Int {
-        var withdrawn: [(item: Queued, waitingBehind: Int)] = []
+        var withdrawn: [(item: Queued, waiting: String)] = []
         for baseURL in baseURLs {
-            guard var peer = peers[baseURL], peer.queue.contains(where: { $0.withdrawKey == key }) else { continue }
-            let busy = peer.inFlight
+            guard var peer = peers[baseURL] else { continue }
             let before = withdrawn.count
-            peer.queue.removeAll { item in
-                guard item.withdrawKey == key else { return false }
-                withdrawn.append((item, busy))
-                return true
+            if peer.queue.contains(where: { $0.withdrawKey == key }) {
+                let waiting = "while still queued in this process behind \(peer.inFlight) exchange(s) in flight to the peer"
+                peer.queue.removeAll { item in
+                    guard item.withdrawKey == key else { return false }
+                    withdrawn.append((item, waiting))
+                    return true
+                }
             }
+            for i in peer.split.indices where !peer.split[i].mayHaveLeft && peer.split[i].items.contains(where: { $0.withdrawKey == key }) {
+                let waiting = peer.split[i].waiting
+                peer.split[i].items.removeAll { item in
+                    guard item.withdrawKey == key else { return false }
+                    withdrawn.append((item, waiting))
+                    return true
+                }
+            }
+            guard withdrawn.count > before else { continue }
+            peer.split.removeAll { $0.items.isEmpty }
             peer.unanswered -= withdrawn.count - before
             // A queue waits only behind exchanges in flight, so the entry normally stays (it
             // goes when the last ends, as in `sendNext`'s `done`).
             if peer.inFlight == 0, peer.queue.isEmpty, peer.split.isEmpty { peers.removeValue(forKey: baseURL) } else { peers[baseURL] = peer }
         }
         // The books are right before any completion runs: a completion may send again.
-        for (item, busy) in withdrawn {
-            item.completion(.failure(.notSent("\(why): still queued in this process behind \(busy) exchange(s) in flight to the peer")))
+        for (item, waiting) in withdrawn {
+            item.completion(.failure(.withdrawn("\(why), \(waiting)")))
         }
-        return withdrawn.count + environment.withdraw(key: key, because: why)
+        var count = withdrawn.count + environment.withdraw(key: key, because: why)
+        if !pendingBatches.isEmpty {
+            let holding = pendingBatches.filter { _, batch in
+                baseURLs.contains(batch.baseURL) && batch.items.contains { $0.withdrawKey == key }
+            }.keys.sorted()
+            for id in holding {
+                // A completion run by an earlier withdrawal may have sent, not ended, others.
+                guard let batch = pendingBatches[id] else { continue }
+                batch.withdrawingKey = key
+                _ = environment.withdraw(key: batchWithdrawKey(id), because: why)
+                batch.withdrawingKey = nil
+                count += batch.withdrawn
+            }
+        }
+        return count
     }
+
+    /// The key a batch holding withdrawable messages is handed to the environment with: one
+    /// the environment's other users (keys of their own messages) cannot have.
+    private func batchWithdrawKey(_ id: UInt64) -> String { "batch \(id) of sender \(ObjectIdentifier(self))" }
 
     /// Sends what waits for `baseURL` while it has exchanges free.
     private func flush(_ baseURL: String) {
@@ -209,8 +271,11 @@ public final class BatchingSender {
         guard var peer = peers[baseURL], peer.inFlight < maxInFlight else { return false }
         let items: [Queued]
         let resent: Bool
+        var mayHaveLeft = false
         if !peer.split.isEmpty {
-            items = peer.split.removeFirst()
+            let next = peer.split.removeFirst()
+            items = next.items
+            mayHaveLeft = next.mayHaveLeft
             resent = true
         } else if !peer.queue.isEmpty {
             var take = 1
@@ -246,7 +311,7 @@ public final class BatchingSender {
             // Alone, as a plain request: its answer is its own, 413 included.
             let item = items[0]
             environment.send(HTTPClientRequest(method: "POST", url: baseURL + item.path, body: item.body, timeoutMs: item.timeoutMs,
-                                               withdrawKey: item.withdrawKey)) { result in
+                                               withdrawKey: mayHaveLeft ? nil : item.withdrawKey)) { result in
                 item.completion(result)
                 done(1)
             }
@@ -254,8 +319,35 @@ public final class BatchingSender {
         }
         // A batch waits as long as its most patient message would have.
         let timeoutMs = items.map(\.timeoutMs).max() ?? Limits.httpClientRequestTimeoutMs
-        environment.send(HTTPClientRequest(method: "POST", url: baseURL + "/v1/batch", body: Self.batchBody(items), timeoutMs: timeoutMs)) { [weak self] result in
+        var pendingID: UInt64?
+        if !mayHaveLeft, items.contains(where: { $0.withdrawKey != nil }) {
+            batchesWithKeys += 1
+            pendingID = batchesWithKeys
+            pendingBatches[batchesWithKeys] = PendingBatch(baseURL: baseURL, items: items)
+        }
+        environment.send(HTTPClientRequest(method: "POST", url: baseURL + "/v1/batch", body: Self.batchBody(items), timeoutMs: timeoutMs,
+                                           withdrawKey: pendingID.map(batchWithdrawKey))) { [weak self] result in
             var answered = items.count
+            let pending = pendingID.flatMap { self?.pendingBatches.removeValue(forKey: $0) }
+            if let self, let pending, let key = pending.withdrawingKey, case .failure(let error) = result {
+                // Withdrawn by `withdraw` for the messages with `key`, before it left: they
+                // fail as the environment says; the others go again at once, ahead of the
+                // queue. Unless the HTTP client had sent the batch once already and withdrew
+                // its retry (`retryWithdrawn`): then the others may have reached the peer, and
+                // are not withdrawn again as unsent.
+                let gone = items.filter { $0.withdrawKey == key }
+                let rest = items.filter { $0.withdrawKey != key }
+                var mayHaveLeft = false
+                if case .retryWithdrawn = error { mayHaveLeft = true }
+                if !rest.isEmpty {
+                    self.peers[baseURL]?.split.insert(Resend(items: rest, waiting: "while in a batch waiting in this process to be sent again, after messages of it were withdrawn",
+                                                             mayHaveLeft: mayHaveLeft), at: 0)
+                }
+                pending.withdrawn = gone.count
+                for item in gone { item.completion(.failure(error)) }
+                done(gone.count)
+                return
+            }
             switch result {
             case .failure(let error):
                 for item in items { item.completion(.failure(error)) }
@@ -270,7 +362,9 @@ public final class BatchingSender {
                 let half = items.count / 2
                 answered = 0
                 self.batchesSplit += 1
-                self.peers[baseURL]?.split.insert(contentsOf: [Array(items[..<half]), Array(items[half...])], at: 0)
+                let waiting = "while in half of a batch the peer refused as too large, waiting in this process to be sent again"
+                self.peers[baseURL]?.split.insert(contentsOf: [Resend(items: Array(items[..<half]), waiting: waiting, mayHaveLeft: mayHaveLeft),
+                                                               Resend(items: Array(items[half...]), waiting: waiting, mayHaveLeft: mayHaveLeft)], at: 0)
             case .success(let response) where response.status == 200:
                 if let answers = try? JSONBody.value(BatchResponse.self, from: response.body).answers, answers.count == items.count {
                     for (item, answer) in zip(items, answers) {

@@ -17,7 +17,7 @@ public protocol NodeEnvironment: AnyObject {
     func execute(_ task: @escaping () -> Void)
     /// Sends a request; `completion` runs on the node's thread, exactly once.
     func send(_ request: HTTPClientRequest, _ completion: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void)
-    /// Fails with `.notSent` (saying `why`), before returning, every request sent with
+    /// Fails with `.withdrawn` (saying `why`, and where it waited), before returning, every request sent with
     /// `withdrawKey` `key` that has not left this process yet; how many. Node's thread.
     func withdraw(key: String, because why: String) -> Int
     func randomU64() -> UInt64

@@ -74,7 +74,7 @@ extension Simulation {
     private func clientTarget(_ host: String) -> AnyObject? { nil }
 
     /// Whether a message is, or carries in a `/v1/batch`, a message to a path starting `prefix`.
-    private func carries(_ prefix: String, _ path: String, _ body: [UInt8]) -> Bool {
+    func carries(_ prefix: String, _ path: String, _ body: [UInt8]) -> Bool {
         if path.hasPrefix(prefix) { return true }
         guard path == "/v1/batch" else { return false }
         let needle = Array(prefix.utf8)
@@ -147,5 +147,108 @@ struct SimURL {
             }
         }
         query = q
+    }
+}
+
+/// A request the coordinator sent during a stall of its sends to that participant
+/// (`Faults.senderStalls`): it waits in the coordinator's process, as one waits in the HTTP
+/// client for a connection, until the stall ends, its own timeout fires, or it is withdrawn.
+final class HeldRequest {
+    let request: HTTPClientRequest
+    let generation: Int
+    let heldAtUs: Int64
+    let completion: (Swift.Result<HTTPClientResponse, HTTPClientError>) -> Void
+    /// Completed (timed out or withdrawn) or sent: nothing more happens to it here.
+    var done = false
+
+    init(request: HTTPClientRequest, generation: Int, heldAtUs: Int64,
+         completion: @escaping (Swift.Result<HTTPClientResponse, HTTPClientError>) -> Void) {
+        self.request = request
+        self.generation = generation
+        self.heldAtUs = heldAtUs
+        self.completion = completion
+    }
+}
+
+/// Classic 3PC runs (`Faults.senderStalls`): the coordinator's sends to one participant stall
+/// in its own process for seconds. Nothing that left is touched: the network stays as the
+/// classic model wants it, and the participant stays up.
+extension Simulation {
+    /// The next stall comes 0.3-2.3 s after the last ended (one at a time), to a participant
+    /// drawn then. A third start at once, wherever the coordinator's exchanges with it stand;
+    /// the others are armed, and start as the coordinator sends that participant a pre-commit
+    /// (alone or in a batch), which then waits out the stall: most pre-commits go out within
+    /// milliseconds of their votes, so a stall started at random seldom catches one.
+    func scheduleSenderStall() {
+        schedule(afterUs: 300_000 + random(2_000_000), "sender stall timer") { [unowned self] in
+            guard !self.healed else { return }
+            let agent = self.agentNames[Int(self.rng.next() % UInt64(self.agentNames.count))]
+            if self.rng.next() % 3 == 0 {
+                self.startSenderStall(agent)
+            } else {
+                self.senderStallArmed = agent
+                self.trace("STALL armed: coordinator->\(agent) stalls at its next pre-commit")
+            }
+        }
+    }
+
+    private func startSenderStall(_ agent: String) {
+        senderStallArmed = nil
+        let lengthUs = Faults.senderStallUsMin + random(Faults.senderStallUsMax - Faults.senderStallUsMin)
+        senderStalls[agent] = (nowUs + lengthUs, [])
+        trace("STALL coordinator->\(agent) for \(lengthUs / 1000) ms")
+        schedule(afterUs: lengthUs, "stall of coordinator->\(agent) ends") { [unowned self] in self.endSenderStall(agent) }
+    }
+
+    /// Whether `request` from `sender` waits out a stall (then `completion` runs later, or
+    /// never if the sender's process dies first).
+    func holdIfStalled(from sender: String, generation: Int, _ request: HTTPClientRequest,
+                       _ completion: @escaping (Swift.Result<HTTPClientResponse, HTTPClientError>) -> Void) -> Bool {
+        guard sender == "coordinator", !healed, let url = SimURL(request.url) else { return false }
+        let host = url.host
+        if senderStallArmed == host, carries("/v1/3pc/precommit", url.path, request.body) { startSenderStall(host) }
+        guard let stall = senderStalls[host], nowUs < stall.untilUs else { return false }
+        let held = HeldRequest(request: request, generation: generation, heldAtUs: nowUs, completion: completion)
+        senderStalls[host]!.held.append(held)
+        let label = "\(sender)->\(host) \(request.method) \(url.path)"
+        trace("HELD (stalled in the sender) \(label)")
+        // Its own timeout runs from the send, as in the HTTP client; it fails unsent.
+        schedule(afterUs: request.timeoutMs * 1000, "timeout (held) \(label)", skip: { held.done }) {
+            held.done = true
+            completion(.failure(.timeout))
+        }
+        return true
+    }
+
+    /// The stall ends: what still waits leaves now, each with what is left of its timeout;
+    /// what a dead incarnation of the coordinator sent died with it.
+    func endSenderStall(_ agent: String) {
+        guard let stall = senderStalls.removeValue(forKey: agent) else { return }
+        trace("stall of coordinator->\(agent) over: \(stall.held.filter { !$0.done }.count) waiting request(s) leave")
+        if !healed { scheduleSenderStall() }
+        guard let coordinator = nodes["coordinator"] else { return }
+        for held in stall.held where !held.done {
+            held.done = true
+            guard coordinator.isUp, coordinator.generation == held.generation else { continue }
+            var request = held.request
+            request.timeoutMs = max(1, request.timeoutMs - (nowUs - held.heldAtUs) / 1000)
+            deliver(from: "coordinator", generation: held.generation, request, held.completion)
+        }
+    }
+
+    /// `NodeEnvironment.withdraw` for the coordinator: its requests with `key` still waiting
+    /// out a stall fail unsent, now.
+    func withdrawHeld(from sender: String, generation: Int, key: String, because why: String) -> Int {
+        guard sender == "coordinator" else { return 0 }
+        var withdrawn = 0
+        for agent in senderStalls.keys.sorted() {
+            for held in senderStalls[agent]!.held where !held.done && held.generation == generation && held.request.withdrawKey == key {
+                held.done = true
+                withdrawn += 1
+                trace("WITHDRAWN (held in the sender) coordinator->\(agent) \(SimURL(held.request.url)?.path ?? "")")
+                held.completion(.failure(.withdrawn("\(why), while still waiting in this host's HTTP client")))
+            }
+        }
+        return withdrawn
     }
 }

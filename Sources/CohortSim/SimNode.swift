@@ -223,10 +223,19 @@ final class SimEnvironment: NodeEnvironment {
     }
 
     func send(_ request: HTTPClientRequest, _ completion: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
-        simulation.deliver(from: node.name, generation: generation, request) { [weak self] result in
+        let live: (Result<HTTPClientResponse, HTTPClientError>) -> Void = { [weak self] result in
             guard let self, self.alive else { return }
             completion(result)
         }
+        if simulation.holdIfStalled(from: node.name, generation: generation, request, live) { return }
+        simulation.deliver(from: node.name, generation: generation, request, live)
+    }
+
+    /// Only requests waiting out a stall of the coordinator's sends (`Faults.senderStalls`)
+    /// have not left: the simulated network delivers or loses the rest.
+    func withdraw(key: String, because why: String) -> Int {
+        guard alive else { return 0 }
+        return simulation.withdrawHeld(from: node.name, generation: generation, key: key, because: why)
     }
 
     func randomU64() -> UInt64 { simulation.rng.next() }

@@ -42,6 +42,17 @@ public final class Simulation {
         /// then finish by the termination protocol alone, all alike and as the clients were
         /// told; only then does the coordinator come back for the usual end of the run.
         public var coordinatorLost = false
+        /// Classic 3PC runs: now and then the coordinator's sends to one participant stall in
+        /// the coordinator's own process for `senderStallUsMin`-`senderStallUsMax` (its HTTP
+        /// client gets no connection to the peer): every request it sends there meanwhile waits,
+        /// unsent, and leaves when the stall ends, unless it timed out or was withdrawn first.
+        /// Most stalls start as the coordinator sends that participant a pre-commit
+        /// (`Simulation.scheduleSenderStall`), and outlast the pre-commit timeout, so the
+        /// pre-commit is still waiting at its timeout and withdrawn (`BatchingSender.withdraw`,
+        /// `NodeEnvironment.withdraw`). Within classic 3PC's model: no message that left is
+        /// delayed or lost, and the participant is neither down nor presumed so for a
+        /// pre-commit it never got. One stall at a time, during the fault phase.
+        public var senderStalls = false
         /// Check at some crashes that a flipped bit in an old record stops recovery.
         public var bitFlipChecks = false
         /// The commit protocol the clients ask for. Classic 3PC is drawn only for runs without
@@ -75,6 +86,7 @@ public final class Simulation {
                 (lateThreePhasePercent > 0 ? " late-3pc \(lateThreePhasePercent)%" : "") +
                 (preCommitCrashPercent > 0 ? " precommit-crash \(preCommitCrashPercent)%" : "") + " submit \(submitPercent)% named \(namedPercent)%" +
                 (coordinatorLost ? " coordinator-lost" : "") +
+                (senderStalls ? " sender-stalls" : "") +
                 (oneBranchPercent > 0 ? " one-branch \(oneBranchPercent)%" : "") +
                 (finishedKept.map { " finished-kept \($0)" } ?? "")
         }
@@ -113,8 +125,17 @@ public final class Simulation {
             // Resent submissions meet the memory of committed submissions, resent commits the
             // ledger of outcomes.
             if rng.next() % 2 == 0 { f.finishedKept = 8 }
+            // Drawn last, and only by classic seeds, so that every other seed runs as before.
+            if case .threePhase(.classic) = f.commitProtocol { f.senderStalls = rng.next() % 3 != 0 }
             return f
         }
+
+        /// The shortest and longest stall of the coordinator's sends to one participant
+        /// (`senderStalls`): the shortest outlasts the pre-commit timeout by a margin; the
+        /// longest stays under a request's own timeout (`Limits.httpClientRequestTimeoutMs`), so
+        /// what waits out a stall is sent, not failed.
+        public static let senderStallUsMin: Int64 = 2_200_000
+        public static let senderStallUsMax: Int64 = 4_000_000
 
         /// A 3PC run's mix (`--protocol 3pc`): every transfer spans three agents, so quorum
         /// termination has overlapping quorums to get wrong. Quorum runs get every fault the
@@ -145,6 +166,8 @@ public final class Simulation {
             // Drawn last, so that the draws above (and the runs that do not lose the
             // coordinator) stay what they were before this mode existed.
             f.coordinatorLost = rng.next() % 3 == 0
+            // After it, for the same reason: only classic seeds draw it.
+            if !quorum { f.senderStalls = rng.next() % 3 != 0 }
             return f
         }
 
@@ -302,6 +325,11 @@ public final class Simulation {
     var tccLateInFlight = 0
     /// Directed links cut by a partition: "from>to".
     var cut: Set<String> = []
+    /// `Faults.senderStalls`: the participants the coordinator's sends to are stalled, until
+    /// when (virtual µs), and the requests waiting out each stall, in the order sent.
+    var senderStalls: [String: (untilUs: Int64, held: [HeldRequest])] = [:]
+    /// The participant whose stall starts at the coordinator's next pre-commit to it.
+    var senderStallArmed: String?
     /// Scripted schedules: drop chosen messages, act when one is delivered.
     var dropRule: ((_ from: String, _ to: String, _ path: String) -> Bool)?
     /// Scripted schedules: hold chosen messages this long (µs) instead of the usual delay.
@@ -401,6 +429,7 @@ public final class Simulation {
         }
         if config.faults.crashEveryUs > 0 { scheduleCrash() }
         if config.faults.partitions { schedulePartition() }
+        if config.faults.senderStalls { scheduleSenderStall() }
         schedule(afterUs: config.faultPhaseUs, "faults stop; heal and restart everything") { [unowned self] in self.heal() }
     }
 
@@ -513,6 +542,8 @@ public final class Simulation {
     func heal() {
         healed = true
         cut = []
+        senderStallArmed = nil
+        for agent in senderStalls.keys.sorted() { endSenderStall(agent) }
         let lost = config.faults.coordinatorLost && scriptedClient == nil
         if lost { loseCoordinator() }
         for name in nodeNames where !nodes[name]!.isUp && !(lost && name == "coordinator") {

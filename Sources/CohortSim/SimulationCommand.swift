@@ -17,7 +17,10 @@ public enum CohortSimCommand {
       --protocol P   2pc (default): 2PC/3PC transfers between two agents (each seed draws
                      2PC, quorum 3PC or classic 3PC); 3pc: 3PC transfers with a branch on
                      each of three agents, quorum (loss, partitions between any nodes,
-                     messages late by seconds) or classic (crashes, long outages); tcc: TCC
+                     messages late by seconds) or classic (crashes, long outages, and
+                     in two thirds of the seeds "sender-stalls": the coordinator's sends
+                     to one participant held in its own process 2.2-4 s, so that a
+                     pre-commit is withdrawn unsent at its timeout); tcc: TCC
                      orders, one branch on each of
                      2-3 inventory services (the real CohortTCC barrier), with long delays
                      (a try after its cancel), crash points around tries, the decision and
@@ -79,7 +82,7 @@ public enum CohortSimCommand {
         var combined: UInt64 = 0xCBF2_9CE4_8422_2325
         var failures = 0
         var committed = 0, aborted = 0, crashes = 0, ledgerChecked = 0
-        var lostRuns = 0, undecidedAtLoss = 0, withdrawn = 0
+        var lostRuns = 0, undecidedAtLoss = 0, withdrawn = 0, withdrawingRuns = 0
         let started = Date()
         for i in 0..<runs {
             let seed = first &+ UInt64(i)
@@ -98,9 +101,10 @@ public enum CohortSimCommand {
             if config.faults.coordinatorLost { lostRuns += 1 }
             undecidedAtLoss += result.undecidedAtCoordinatorLoss
             withdrawn += result.preCommitsWithdrawn
+            if result.preCommitsWithdrawn > 0 { withdrawingRuns += 1 }
             if let stats = result.tcc { tccTotals.add(stats) }
             if args.has("trace") {
-                output("seed \(seed): \(config.faults) → committed \(result.committed), aborted \(result.aborted), crashes \(result.crashes), \(result.events) events, \(result.virtualMs) virtual ms\(result.tcc.map { "; \($0.summary)" } ?? "")\(result.failure == nil ? "" : ", FAILED")")
+                output("seed \(seed): \(config.faults) → committed \(result.committed), aborted \(result.aborted), crashes \(result.crashes), \(result.events) events, \(result.virtualMs) virtual ms\(result.preCommitsWithdrawn > 0 ? ", \(result.preCommitsWithdrawn) pre-commits withdrawn" : "")\(result.tcc.map { "; \($0.summary)" } ?? "")\(result.failure == nil ? "" : ", FAILED")")
             }
             if let failure = result.failure {
                 failures += 1
@@ -121,7 +125,7 @@ public enum CohortSimCommand {
         output("\(runs) runs (seeds \(first)...\(first &+ UInt64(runs - 1))): \(runs - failures) passed, \(failures) failed; " +
                "\(committed) transfers committed, \(aborted) aborted, \(crashes) crashes; \(ledgerChecked) judged by the ledger of forgotten outcomes; " +
                (workload == .threePhase ? "\(lostRuns) lost the coordinator at the heal, with \(undecidedAtLoss) 3PC branches undecided, left to terminate without it; " : "") +
-               (withdrawn > 0 ? "\(withdrawn) pre-commits withdrawn unsent at their timeout; " : "") +
+               (withdrawn > 0 ? "\(withdrawn) pre-commits withdrawn unsent at their timeout (in \(withdrawingRuns) runs); " : "") +
                "\(String(format: "%.1f", seconds)) s")
         output("trace-hash: \(String(combined, radix: 16))")
         return failures == 0 ? 0 : 1

@@ -179,6 +179,12 @@ final class ClientRetryNotSentTests: XCTestCase {
         XCTAssertEqual(HTTPClient.asRetryFailure(.notSent("socket: Too many open files (errno 24)")),
                        .retryNotSent("socket: Too many open files (errno 24)"))
         XCTAssertEqual(HTTPClient.asRetryFailure(.queueFull), .retryNotSent("too many requests queued for this destination"))
+        // A withdrawn retry stays a withdrawal, and says the first attempt may have reached the
+        // peer (session 32; it read "retry not sent: it had not left this coordinator...").
+        let retry = HTTPClient.asRetryFailure(.withdrawn("at the pre-commit timeout (2000 ms), while still waiting in this host's HTTP client"))
+        XCTAssertEqual(retry, .retryWithdrawn("at the pre-commit timeout (2000 ms), while still waiting in this host's HTTP client"))
+        XCTAssertEqual(retry.description, "the first attempt went out on a kept-alive connection the peer closed before answering, and may have reached it; the retry was withdrawn unsent at the pre-commit timeout (2000 ms), while still waiting in this host's HTTP client")
+        XCTAssertFalse(retry.mayBeFromADownPeer)
         for other in [HTTPClientError.connectionClosed, .timeout, .connectFailed("connect: Connection refused (errno 111)")] {
             XCTAssertEqual(HTTPClient.asRetryFailure(other), other)
         }

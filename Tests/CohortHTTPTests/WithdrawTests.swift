@@ -6,7 +6,7 @@ import CohortPosix
 
 /// `HTTPClient.withdraw(key:because:)`: a request sent with a withdrawal key that has not left
 /// this host (waiting for a connection, or for the connection opened for it to connect) is
-/// failed at once as not sent; one on the wire is not (session 31: a 3PC coordinator withdraws
+/// failed at once as withdrawn; one on the wire is not (session 31: a 3PC coordinator withdraws
 /// its pre-commits at the pre-commit timeout, and one still waiting here never reached its
 /// participant, which is alive, not crashed).
 final class WithdrawTests: XCTestCase {
@@ -54,7 +54,7 @@ final class WithdrawTests: XCTestCase {
         XCTAssertEqual(withdrawn.k, 1, "only the queued one")
         XCTAssertTrue(withdrawn.completedBeforeReturn, "its completion ran before withdraw returned")
         XCTAssertEqual(withdrawn.again, 0)
-        guard case .failure(.notSent(let why))? = results.get("/queued") else { return XCTFail("\(String(describing: results.get("/queued")))") }
+        guard case .failure(.withdrawn(let why))? = results.get("/queued") else { return XCTFail("\(String(describing: results.get("/queued")))") }
         XCTAssertTrue(why.contains("it had not left at the timeout") && why.contains("still waiting"), why)
         XCTAssertEqual(results.count, 1, "the request on the wire and the others are left alone")
 
@@ -90,7 +90,7 @@ final class WithdrawTests: XCTestCase {
             return client.withdraw(key: "c", because: "at the timeout")
         }
         XCTAssertEqual(n, 1)
-        guard case .failure(.notSent(let why))? = try h.sync({ result }) else { return XCTFail("\(String(describing: result))") }
+        guard case .failure(.withdrawn(let why))? = try h.sync({ result }) else { return XCTFail("\(String(describing: result))") }
         XCTAssertTrue(why.contains("at the timeout") && why.contains("still being opened"), why)
         // The connect times out later (and closes its socket): the request is not completed again.
         // A loop timer set after the connect's, with a later deadline, runs after it (the loop
@@ -99,6 +99,6 @@ final class WithdrawTests: XCTestCase {
         try h.sync { h.loop.schedule(afterMs: 500) { afterConnectTimeout.signal() } }
         XCTAssertEqual(afterConnectTimeout.wait(timeout: .now() + 10), .success)
         XCTAssertEqual(try h.sync { completions }, 1, "completed again after the withdrawal")
-        guard case .failure(.notSent)? = try h.sync({ result }) else { return XCTFail("\(String(describing: result))") }
+        guard case .failure(.withdrawn)? = try h.sync({ result }) else { return XCTFail("\(String(describing: result))") }
     }
 }

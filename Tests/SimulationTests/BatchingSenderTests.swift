@@ -16,11 +16,25 @@ private final class HeldRequests: NodeEnvironment {
         sent.append((request, completion))
     }
     func randomU64() -> UInt64 { 4 }
-    /// The keys the sender asked this environment to withdraw requests by (it holds none back).
+    /// The keys the sender asked this environment to withdraw requests by.
     var withdrawnKeys: [String] = []
+    /// Whether it holds back the requests not answered yet, as an HTTP client holds those
+    /// waiting for a connection: `withdraw` then fails those with the key as not sent (as a
+    /// retry withdrawn for those in `retried`). Else none has left... nor can be withdrawn.
+    var holdsBack = false
+    var retried: Set<Int> = []
+    private(set) var withdrawnRequests: Set<Int> = []
     func withdraw(key: String, because why: String) -> Int {
         withdrawnKeys.append(key)
-        return 0
+        guard holdsBack else { return 0 }
+        var n = 0
+        for i in sent.indices where sent[i].request.withdrawKey == key && !withdrawnRequests.contains(i) {
+            withdrawnRequests.insert(i)
+            n += 1
+            let waiting = "\(why), while still waiting in this host's HTTP client"
+            sent[i].completion(.failure(retried.contains(i) ? .retryWithdrawn(waiting) : .withdrawn(waiting)))
+        }
+        return n
     }
 
     /// The paths one sent request carries: its own, or those of the messages in its batch.
@@ -208,11 +222,10 @@ final class BatchingSenderTests: XCTestCase {
 
     /// A message still queued for a peer (every exchange to it busy) has not left this process,
     /// and can be withdrawn by its key: it is completed at once as not sent, saying why, and
-    /// the peer's count of unanswered messages drops. A message in an exchange, or in a half of
-    /// a batch the peer refused as too large that waits to be sent again, is not withdrawn by
-    /// the sender (a lone half in flight is the environment's to withdraw); nor is one
-    /// sent with another key or none; an unknown key withdraws nothing. A 3PC coordinator does
-    /// this at the pre-commit timeout (session 31).
+    /// the peer's count of unanswered messages drops. A message in an exchange is not withdrawn
+    /// by the sender (one the environment still holds is the environment's to withdraw); nor is
+    /// one sent with another key or none; an unknown key withdraws nothing. A 3PC coordinator
+    /// does this at the pre-commit timeout (session 31).
     func testOnlyAMessageStillQueuedIsWithdrawnByItsKey() throws {
         let env = HeldRequests()
         let sender = BatchingSender(environment: env, maxInFlight: 1)
@@ -234,11 +247,11 @@ final class BatchingSenderTests: XCTestCase {
 
         XCTAssertEqual(sender.withdraw(key: "k", from: ["http://p"], because: "it had not left at the timeout"), 1)
         XCTAssertEqual(env.withdrawnKeys, ["nobody", "k"], "the environment is asked for what it holds back")
-        guard case .failure(.notSent(let why))? = results["/v1/3pc/precommit?queued"] else {
+        guard case .failure(.withdrawn(let why))? = results["/v1/3pc/precommit?queued"] else {
             return XCTFail("the queued message was not completed as not sent: \(results)")
         }
         XCTAssertTrue(why.contains("it had not left at the timeout") && why.contains("queued"), why)
-        XCTAssertFalse(HTTPClientError.notSent(why).mayBeFromADownPeer)
+        XCTAssertFalse(HTTPClientError.withdrawn(why).mayBeFromADownPeer)
         XCTAssertEqual(Array(results.keys), ["/v1/3pc/precommit?queued"], "the one in the exchange is left alone")
         XCTAssertEqual(sender.unansweredCount("http://p"), 3)
         XCTAssertEqual(sender.withdraw(key: "k", from: ["http://p"], because: "again"), 0, "nothing more under that key")
@@ -263,6 +276,110 @@ final class BatchingSenderTests: XCTestCase {
         for path in ["/v1/3pc/precommit?inflight", "/v1/2pc/commit?other", "/v1/3pc/state?unkeyed"] {
             guard case .success(let r)? = results[path], r.status == 200 else { return XCTFail("\(path): \(String(describing: results[path]))") }
         }
+    }
+
+    /// A message in a batch that still waits in the environment (the HTTP client has no
+    /// connection for it yet) has not left this process either: the batch is withdrawn whole,
+    /// the messages with the key fail as withdrawn, saying where they waited, and the others go
+    /// again at once as one exchange (a withdrawable one again while it holds a keyed message;
+    /// a lone survivor goes as a plain request). Before session 32 a batch carried no key, and
+    /// a pre-commit in it stayed until it left, late.
+    func testAMessageInABatchStillInTheEnvironmentIsWithdrawnAndTheOthersGoAgain() throws {
+        let env = HeldRequests()
+        env.holdsBack = true
+        let sender = BatchingSender(environment: env, maxInFlight: 1)
+        var results: [String: Result<HTTPClientResponse, HTTPClientError>] = [:]
+        func send(_ path: String, key: String?) {
+            sender.send(baseURL: "http://p", path: path, body: Array("{}".utf8), batchable: true, withdrawKey: key) { results[path] = $0 }
+        }
+        send("/v1/2pc/prepare?first", key: nil)
+        send("/v1/3pc/precommit?k1", key: "k")
+        send("/v1/2pc/commit?c", key: nil)
+        send("/v1/3pc/precommit?k2", key: "k")
+        send("/v1/3pc/precommit?o", key: "other")
+        try env.answer(0)
+        XCTAssertEqual(try env.paths(1), ["/v1/3pc/precommit?k1", "/v1/2pc/commit?c", "/v1/3pc/precommit?k2", "/v1/3pc/precommit?o"])
+        XCTAssertNotNil(env.sent[1].request.withdrawKey, "a batch holding a withdrawable message can be withdrawn")
+
+        XCTAssertEqual(sender.withdraw(key: "k", from: ["http://q"], because: "test"), 0, "another peer's")
+        XCTAssertEqual(sender.withdraw(key: "k", from: ["http://p"], because: "at the timeout"), 2)
+        for path in ["/v1/3pc/precommit?k1", "/v1/3pc/precommit?k2"] {
+            guard case .failure(.withdrawn(let why))? = results[path] else { return XCTFail("\(path): \(String(describing: results[path]))") }
+            XCTAssertTrue(why.contains("at the timeout") && why.contains("still waiting"), why)
+        }
+        XCTAssertEqual(results.count, 3, "the others are not completed: \(results.keys.sorted())")
+        XCTAssertEqual(env.sent.count, 3, "the others went again at once")
+        XCTAssertEqual(try env.paths(2), ["/v1/2pc/commit?c", "/v1/3pc/precommit?o"])
+        XCTAssertNotNil(env.sent[2].request.withdrawKey)
+        XCTAssertEqual(sender.unansweredCount("http://p"), 2)
+
+        XCTAssertEqual(sender.withdraw(key: "other", from: ["http://p"], because: "at the timeout"), 1)
+        XCTAssertEqual(try env.paths(3), ["/v1/2pc/commit?c"])
+        XCTAssertNil(env.sent[3].request.withdrawKey, "the one left goes alone, with its own key (none)")
+        try env.answer(3)
+        guard case .success(let r)? = results["/v1/2pc/commit?c"], r.status == 200 else { return XCTFail("\(String(describing: results["/v1/2pc/commit?c"]))") }
+        XCTAssertEqual(sender.unansweredCount("http://p"), 0)
+        XCTAssertEqual(env.sent.count, 4)
+        XCTAssertEqual(sender.withdraw(key: "k", from: ["http://p"], because: "again"), 0)
+    }
+
+    /// A batch whose retry the HTTP client withdrew went out once already (on a kept-alive
+    /// connection the peer closed): the withdrawn messages hear `retryWithdrawn`, the others go
+    /// again, but none of them can be withdrawn as unsent any more: they may have reached the
+    /// peer.
+    func testTheOthersOfAWithdrawnRetryAreNotWithdrawnAgain() throws {
+        let env = HeldRequests()
+        env.holdsBack = true
+        let sender = BatchingSender(environment: env, maxInFlight: 1)
+        var results: [String: Result<HTTPClientResponse, HTTPClientError>] = [:]
+        func send(_ path: String, key: String?) {
+            sender.send(baseURL: "http://p", path: path, body: Array("{}".utf8), batchable: true, withdrawKey: key) { results[path] = $0 }
+        }
+        send("/v1/2pc/prepare?first", key: nil)
+        send("/v1/3pc/precommit?k", key: "k")
+        send("/v1/3pc/precommit?o1", key: "other")
+        send("/v1/3pc/precommit?o2", key: "other")
+        try env.answer(0)
+        env.retried.insert(1)
+        XCTAssertEqual(sender.withdraw(key: "k", from: ["http://p"], because: "at the timeout"), 1)
+        guard case .failure(.retryWithdrawn)? = results["/v1/3pc/precommit?k"] else { return XCTFail("\(results)") }
+        XCTAssertEqual(try env.paths(2), ["/v1/3pc/precommit?o1", "/v1/3pc/precommit?o2"])
+        XCTAssertNil(env.sent[2].request.withdrawKey, "they may have reached the peer")
+        XCTAssertEqual(sender.withdraw(key: "other", from: ["http://p"], because: "at the timeout"), 0)
+        try env.answer(2)
+        XCTAssertEqual(try results["/v1/3pc/precommit?o2"]?.get().status, 200)
+        XCTAssertEqual(sender.unansweredCount("http://p"), 0)
+    }
+
+    /// A message in half of a batch the peer refused as too large (413), waiting here to be
+    /// sent again, has not left either (the peer ran nothing of the batch): it is withdrawn,
+    /// saying so, and the rest of its half goes when its turn comes. Before session 32 halves
+    /// were kept whole and only a lone half in the environment could be withdrawn.
+    func testAMessageInARefusedBatchsHalfIsWithdrawn() throws {
+        let env = HeldRequests()
+        let sender = BatchingSender(environment: env, maxInFlight: 1)
+        var results: [String: Result<HTTPClientResponse, HTTPClientError>] = [:]
+        func send(_ path: String, key: String?) {
+            sender.send(baseURL: "http://p", path: path, body: Array("{}".utf8), batchable: true, withdrawKey: key) { results[path] = $0 }
+        }
+        send("/v1/2pc/prepare?first", key: nil)
+        send("/v1/2pc/commit?1", key: nil)
+        send("/v1/2pc/commit?2", key: nil)
+        send("/v1/3pc/precommit?k", key: "k")
+        send("/v1/2pc/commit?3", key: nil)
+        try env.answer(0)
+        env.sent[1].completion(.success(HTTPClientResponse(status: 413, body: Array(#"{"error":"too large"}"#.utf8))))
+        XCTAssertEqual(try env.paths(2), ["/v1/2pc/commit?1", "/v1/2pc/commit?2"], "the first half in flight, the second waits")
+        XCTAssertEqual(sender.withdraw(key: "k", from: ["http://p"], because: "at the timeout"), 1)
+        guard case .failure(.withdrawn(let why))? = results["/v1/3pc/precommit?k"] else { return XCTFail("\(results)") }
+        XCTAssertTrue(why.contains("at the timeout") && why.contains("refused as too large"), why)
+        XCTAssertEqual(sender.unansweredCount("http://p"), 3)
+        try env.answer(2)
+        XCTAssertEqual(try env.paths(3), ["/v1/2pc/commit?3"], "the rest of its half")
+        try env.answer(3)
+        XCTAssertEqual(env.sent.count, 4)
+        XCTAssertEqual(sender.unansweredCount("http://p"), 0)
+        XCTAssertEqual(results.values.filter { (try? $0.get().status) == 200 }.count, 4)
     }
 
     /// `serveBatch` answers with what `BatchResponse` writes for the messages' answers, their

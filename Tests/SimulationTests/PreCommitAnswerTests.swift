@@ -106,6 +106,25 @@ final class PreCommitAnswerTests: XCTestCase {
         XCTAssertTrue(refusal.contains("may have reached it"), refusal)
     }
 
+    /// A pre-commit withdrawn at the pre-commit timeout before it left (`withdrawn`), and one
+    /// that went out once on a kept-alive connection b closed, whose retry was withdrawn
+    /// (`retryWithdrawn`): the coordinator learns in both, and its timeline says plainly which
+    /// happened. Before session 32 the first read "the pre-commit was not delivered: not sent:
+    /// it had not left this coordinator at the pre-commit timeout (2000 ms): ...", and the
+    /// second "the pre-commit may have reached it but was not acknowledged (retry not sent: it
+    /// had not left this coordinator ...; the first attempt went out ...)".
+    func testAWithdrawnPreCommitAndAWithdrawnRetrySayWhatHappened() throws {
+        let waiting = "at the pre-commit timeout (2000 ms), while still waiting in this host's HTTP client"
+        let first = try run(answeringB: .failure(.withdrawn(waiting)))
+        XCTAssertEqual(first.state, .terminating)
+        XCTAssertFalse(first.sentAfter.contains { $0.hasSuffix("/commit") }, "\(first.sentAfter)")
+        XCTAssertEqual(first.refusal, "b did not acknowledge the pre-commit: the pre-commit never left this coordinator: it was withdrawn unsent " + waiting)
+        let retry = try run(answeringB: .failure(.retryWithdrawn(waiting)))
+        XCTAssertEqual(retry.state, .terminating)
+        XCTAssertFalse(retry.sentAfter.contains { $0.hasSuffix("/commit") }, "\(retry.sentAfter)")
+        XCTAssertEqual(retry.refusal, "b did not acknowledge the pre-commit: the pre-commit went out once, on a kept-alive connection b closed before answering, and may have reached it; its retry was withdrawn unsent " + waiting)
+    }
+
     /// (A review of the fixes, session 29, test moved here.) MEDIUM (split, classic 3PC; the queueFull hole left open for the other
     /// ways a pre-commit fails inside this process). `HTTPClientError.mayBeFromADownPeer` is
     /// true for every `.connectFailed`, and HTTPClient raises `.connectFailed` also when the

@@ -73,7 +73,7 @@ final class QueuedPreCommitTests: XCTestCase {
         XCTAssertEqual(v.state, "terminating", "the coordinator committed while b, alive and uncertain, never got the pre-commit: \(v.events)")
         XCTAssertNotEqual(v.outcome, "committed")
         let why = try XCTUnwrap(v.events.last { $0.event == "terminating" }?.detail)
-        XCTAssertTrue(why.contains("b did not acknowledge the pre-commit") && why.contains("had not left this coordinator at the pre-commit timeout"), why)
+        XCTAssertTrue(why.contains("b did not acknowledge the pre-commit") && why.contains("never left this coordinator: it was withdrawn unsent at the pre-commit timeout (2000 ms), while still queued"), why)
         XCTAssertEqual(rig.node.preCommitsWithdrawn, 1, "the withdrawal is counted (cohort_precommits_withdrawn_total)")
         let metrics = String(decoding: try rig.call("GET", "/metrics").body, as: UTF8.self)
         XCTAssertTrue(metrics.contains("cohort_precommits_withdrawn_total 1"), metrics)

@@ -153,7 +153,7 @@ final class GoldenTests: XCTestCase {
     /// timeline gives (session 31: a pre-commit still inside the coordinator at the pre-commit
     /// timeout), not as a restart or a participant's termination protocol.
     func testExplainTerminatingSaysWhyFromTheTimeline() {
-        let why = "b did not acknowledge the pre-commit: the pre-commit was not delivered: not sent: it had not left this coordinator at the pre-commit timeout (2000 ms): still queued in this process behind 4 exchange(s) in flight to the peer"
+        let why = "b did not acknowledge the pre-commit: the pre-commit never left this coordinator: it was withdrawn unsent at the pre-commit timeout (2000 ms), while still queued in this process behind 4 exchange(s) in flight to the peer"
         let view = TransactionView(txid: "a58aaf0c-1a208a3ee86-3", protocol: "3pc", state: "terminating", outcome: nil, reason: nil,
                                    createdAt: "2026-11-23T13:04:00.000Z", finishedAt: nil, timeoutMs: 10_000,
                                    branches: [.init(participant: "a", url: "http://127.0.0.1:7001", state: "pre-committed", vote: "yes", attempts: 1, lastError: nil, nextRetryAt: nil),
