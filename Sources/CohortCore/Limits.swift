@@ -311,6 +311,14 @@ public enum Limits {
     public static let httpPeerClosedAnswerWaitMs: Int64 = 2_000
     /// Outcomes an operator forced, remembered (durably) so participants asking later hear them.
     public static let operatorOutcomesKept = 100_000
+    /// Bytes of forced transactions' audit entries (operator, time, reason, what the force did,
+    /// branches it took over) a coordinator keeps with those outcomes, in memory and in every
+    /// checkpoint (`OperatorAudits`), and that the TCC part of a checkpoint holds of its kept
+    /// transactions' entries. A typical force takes ~300 bytes, so all 100,000 kept outcomes
+    /// keep theirs; 100,000 forces with reasons of `reasonBytesMax` and long branch lists
+    /// would take some 200 MB, and a checkpoint past `snapshotBytesMax` with the rest cannot
+    /// be written. Past it the oldest forced transactions' entries go (their outcome stays).
+    public static let operatorAuditsKeptBytesMax = 32 << 20
     public static let reasonBytesMax = 1024
     /// The latest wall-clock time a participant's heuristic report may name (`forced_at_ms`):
     /// 9999-12-31T23:59:59.999Z, the last one `TimeFormat.iso8601` prints in four digits.
