@@ -315,9 +315,11 @@ public enum Limits {
     /// branches it took over) a coordinator keeps with those outcomes, in memory and in every
     /// checkpoint (`OperatorAudits`), and that the TCC part of a checkpoint holds of its kept
     /// transactions' entries. A typical force takes ~300 bytes, so all 100,000 kept outcomes
-    /// keep theirs; 100,000 forces with reasons of `reasonBytesMax` and long branch lists
-    /// would take some 200 MB, and a checkpoint past `snapshotBytesMax` with the rest cannot
-    /// be written. Past it the oldest forced transactions' entries go (their outcome stays).
+    /// keep theirs in ~30 MB; a force of 64 long-named branches with a reason of
+    /// `reasonBytesMax` takes ~20 KB (its effects and its branch list name each branch), and
+    /// 100,000 of them would hold ~2 GB and make a checkpoint past `snapshotBytesMax`, which
+    /// cannot be written. Past it the oldest forced transactions' entries go (their outcome
+    /// stays).
     public static let operatorAuditsKeptBytesMax = 32 << 20
     public static let reasonBytesMax = 1024
     /// The latest wall-clock time a participant's heuristic report may name (`forced_at_ms`):
