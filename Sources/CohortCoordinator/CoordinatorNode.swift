@@ -582,7 +582,8 @@ public final class CoordinatorNode {
             if machine.transaction(txid) == nil, let t = tcc.transaction(txid) { return responder.send(.jsonBytes(200, JSONBody.encode(t.view()))) }
             guard let tx = machine.transaction(txid) else {
                 if let view = machine.forgottenView(txid) ?? tcc.forgottenView(txid) {
-                    ledgerGets += 1
+                    // Not counted when it came from the memory of forced outcomes alone.
+                    if machine.forgottenOutcome(txid) != nil || tcc.forgottenOutcome(txid) != nil { ledgerGets += 1 }
                     return responder.send(.jsonBytes(200, JSONBody.encode(view)))
                 }
                 if let forgotten = machine.forgottenRefusal(txid) ?? tcc.forgottenRefusal(txid) { return responder.send(.requestError(forgotten)) }

@@ -43,6 +43,9 @@ public struct Coordinator {
         public var learnIntervalMs = Limits.learnIntervalMs
         /// Bytes of who-forced-it audits a checkpoint holds (a parameter so tests can reach it).
         public var heuristicForcesInSnapshotBytesMax = Limits.heuristicForcesInSnapshotBytesMax
+        /// Bytes of forced transactions' audit entries kept, in memory and in checkpoints
+        /// (`Limits.operatorAuditsKeptBytesMax`; a parameter so tests can reach it).
+        public var operatorAuditsKeptBytesMax = Limits.operatorAuditsKeptBytesMax
         /// Submitted work held until its branches vote (`Limits.coordinatorSubmittedWorkBytesMax`;
         /// a parameter so tests can reach it).
         public var submittedWorkBytesMax = Limits.coordinatorSubmittedWorkBytesMax
@@ -471,6 +474,11 @@ public struct Coordinator {
     public private(set) var operatorOutcomes: [TxID: Outcome] = [:]
     private var operatorOutcomeOrder: [TxID] = []
     private var operatorOutcomeHead = 0
+    /// The audit entries of those forced transactions (who, when, why, what it did), kept with
+    /// their outcome and checkpointed: the transaction's own view loses them once it is let go
+    /// of `finished`, or comes back from a checkpoint (before session 32 a restart past one
+    /// lost who forced it, when and why).
+    public private(set) var operatorAudits: OperatorAudits
     /// 3PC aborts learned from the participants whose record is being written: the
     /// participant that reported it, by transaction (at most the open transactions).
     private var abortsLearned: [TxID: String] = [:]
@@ -514,6 +522,7 @@ public struct Coordinator {
         self.rng = SplitMix64(seed: config.seed)
         self.committedSubmissions = CommittedSubmissions(capacity: config.committedSubmissionsKept)
         self.outcomeLedger = OutcomeLedger(coordinatorID: config.coordinatorID, entriesKept: config.forgottenOutcomesKept)
+        self.operatorAudits = OperatorAudits(bytesMax: config.operatorAuditsKeptBytesMax)
     }
 
     // MARK: - recovery
@@ -561,6 +570,8 @@ public struct Coordinator {
         var mixedKept: Int { Limits.heuristicMixedKept }
         /// Who forced each heuristic branch of an open, finished or mixed-kept transaction.
         var heuristicForces: Int { (open + finished + Limits.heuristicMixedKept) * branches }
+        /// The audit entries of the forced outcomes kept (`OperatorAudits`): one transaction each.
+        var operatorAudits: Int { Limits.operatorOutcomesKept }
     }
 
     /// Rebuilds state from a checkpoint snapshot and the records after it, then returns the
@@ -673,6 +684,20 @@ public struct Coordinator {
                     applyHeuristicForce(txid, participant: name, try HeuristicForce.decode(&r))
                 }
             }
+            // The forced transactions' audit entries (absent in snapshots written before session
+            // 32, which came back with the forced outcome only: no one to ask who forced it).
+            if !r.isAtEnd {
+                let auditCount = try r.u32()
+                guard auditCount <= UInt32(clamping: sectionsMax.operatorAudits) else { throw DecodeError("\(auditCount) forced transactions' audits") }
+                for _ in 0..<auditCount {
+                    let (txid, kept) = try OperatorAudits.decodeKept(&r)
+                    guard operatorOutcomes[txid] != nil else { continue }
+                    for entry in kept.entries { operatorAudits.add(txid, entry, commitProtocol: kept.commitProtocol) }
+                    // The transaction rebuilt above (a recent commit, a decided one, a mixed
+                    // one) came back without them.
+                    updateKnown(txid) { tx in if tx.audit.isEmpty { tx.audit = kept.entries } }
+                }
+            }
         }
         for (type, payload) in records {
             let record = try CoordinatorRecordCoding.decode(type: type, payload: payload)
@@ -758,6 +783,7 @@ public struct Coordinator {
         case .audit(let txid, let entry):
             let outcome: Outcome = entry.action == "force-commit" ? .committed : .aborted
             rememberOperatorOutcome(txid, outcome)
+            operatorAudits.add(txid, entry, commitProtocol: transaction(txid)?.commitProtocol ?? .twoPhase)
             if var tx = openTable.byID[txid] {
                 tx.audit.append(entry)
                 openTable[txid] = tx
@@ -848,7 +874,9 @@ public struct Coordinator {
     private mutating func rememberOperatorOutcome(_ txid: TxID, _ outcome: Outcome) {
         if operatorOutcomes.updateValue(outcome, forKey: txid) == nil { operatorOutcomeOrder.append(txid) }
         while operatorOutcomes.count > Limits.operatorOutcomesKept {
-            operatorOutcomes.removeValue(forKey: operatorOutcomeOrder[operatorOutcomeHead])
+            let gone = operatorOutcomeOrder[operatorOutcomeHead]
+            operatorOutcomes.removeValue(forKey: gone)
+            operatorAudits.remove(gone)
             operatorOutcomeHead += 1
         }
         if operatorOutcomeHead > 4096 && operatorOutcomeHead * 2 > operatorOutcomeOrder.count {
@@ -1030,6 +1058,14 @@ public struct Coordinator {
                 HeuristicForce(operatorName: force.operatorName, reason: nil, forcedAtMs: force.forcedAtMs).encode(&w)
             }
         }
+        // The forced transactions' audit entries, for the forced outcomes kept above (absent in
+        // snapshots written before session 32): the only record of who forced a transaction,
+        // when and why once the log holding its audit record is dropped after this point.
+        // Bounded in bytes as kept (`operatorAuditsKeptBytesMax`).
+        precondition(operatorAudits.bytes <= config.operatorAuditsKeptBytesMax, "operator audits hold \(operatorAudits.bytes) bytes, more than kept")
+        let audits = operatorAudits.all
+        w.u32(sectionCount(audits.count, sectionsMax.operatorAudits, "operatorAudits"))
+        for (txid, kept) in audits { OperatorAudits.encodeKept(&w, txid, kept) }
         return w.bytes
     }
 
@@ -1050,13 +1086,27 @@ public struct Coordinator {
         return outcomeLedger.lookup(txid)
     }
 
-    /// `GET /v1/transactions/{txid}` of a transaction known only from the ledger: the outcome,
-    /// no branches or timeline (`forgotten: true`).
+    /// `GET /v1/transactions/{txid}` of a transaction known only from the ledger, or only from
+    /// the memory of forced outcomes (a forced abort past a restart from a checkpoint: the
+    /// checkpoint keeps no aborted transaction): the outcome, no branches or timeline
+    /// (`forgotten: true`), and for a forced one the operator's audit entries when kept
+    /// (`operatorAudits`). From the memory alone only with them: they say its protocol.
     public func forgottenView(_ txid: TxID) -> TransactionView? {
-        guard let entry = forgottenOutcome(txid) else { return nil }
-        return TransactionView(forgotten: txid, protocol: entry.threePhase ? "3pc" : "2pc",
-                               state: entry.heuristicMixed ? State.heuristicMixed.rawValue : entry.outcome.rawValue,
-                               outcome: entry.outcome.rawValue)
+        guard openTable.byID[txid] == nil, finished[txid] == nil, mixedKept[txid] == nil else { return nil }
+        let audit = operatorAudits[txid]
+        /// An abort forced by an operator says so, and who and why, as it did while kept whole.
+        func reason(_ outcome: Outcome) -> String? {
+            guard outcome == .aborted, operatorOutcomes[txid] == .aborted, let last = audit?.entries.last else { return nil }
+            return "forced by operator \(last.operatorName): \(last.reason)"
+        }
+        if let entry = outcomeLedger.lookup(txid) {
+            return TransactionView(forgotten: txid, protocol: entry.threePhase ? "3pc" : "2pc",
+                                   state: entry.heuristicMixed ? State.heuristicMixed.rawValue : entry.outcome.rawValue,
+                                   outcome: entry.outcome.rawValue, reason: reason(entry.outcome), audit: audit?.entries ?? [])
+        }
+        guard let forced = operatorOutcomes[txid], let audit else { return nil }
+        return TransactionView(forgotten: txid, protocol: audit.commitProtocol.name, state: forced.rawValue, outcome: forced.rawValue,
+                               reason: reason(forced), audit: audit.entries)
     }
 
     /// Heuristic-mixed transactions known only from the ledger (let go of `finished`), newest
@@ -2093,6 +2143,10 @@ extension Coordinator {
         let outcome = pending.force.outcome
         let plan = planForce(txid, outcome)
         if case .success(let effects) = plan, !effects.isEmpty { rememberOperatorOutcome(txid, outcome) }
+        // Kept with the forced outcome, past the transaction's own view (`operatorAudits`).
+        if operatorOutcomes[txid] != nil {
+            operatorAudits.add(txid, pending.entry, commitProtocol: transaction(txid)?.commitProtocol ?? .twoPhase)
+        }
         // Attach the audit entry wherever the transaction now is.
         if var tx = openTable.byID[txid] {
             tx.audit.append(pending.entry)

@@ -311,6 +311,16 @@ public enum Limits {
     public static let httpPeerClosedAnswerWaitMs: Int64 = 2_000
     /// Outcomes an operator forced, remembered (durably) so participants asking later hear them.
     public static let operatorOutcomesKept = 100_000
+    /// Bytes of forced transactions' audit entries (operator, time, reason, what the force did,
+    /// branches it took over) a coordinator keeps with those outcomes, in memory and in every
+    /// checkpoint (`OperatorAudits`), and that the TCC part of a checkpoint holds of its kept
+    /// transactions' entries. A typical force takes ~300 bytes, so all 100,000 kept outcomes
+    /// keep theirs in ~30 MB; a force of 64 long-named branches with a reason of
+    /// `reasonBytesMax` takes ~20 KB (its effects and its branch list name each branch), and
+    /// 100,000 of them would hold ~2 GB and make a checkpoint past `snapshotBytesMax`, which
+    /// cannot be written. Past it the oldest forced transactions' entries go (their outcome
+    /// stays).
+    public static let operatorAuditsKeptBytesMax = 32 << 20
     public static let reasonBytesMax = 1024
     /// The latest wall-clock time a participant's heuristic report may name (`forced_at_ms`):
     /// 9999-12-31T23:59:59.999Z, the last one `TimeFormat.iso8601` prints in four digits.

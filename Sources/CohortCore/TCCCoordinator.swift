@@ -30,6 +30,9 @@ public struct TCCCoordinator {
         public var forgottenOutcomesKept = Limits.forgottenOutcomesKept
         public var openBranchBytesMax = Limits.tccOpenBranchBytesMax
         public var finishedBranchBytesMax = Limits.tccFinishedBranchBytesMax
+        /// Bytes of audit entries a checkpoint holds (`Limits.operatorAuditsKeptBytesMax`; a
+        /// parameter so tests can reach it).
+        public var auditsInSnapshotBytesMax = Limits.operatorAuditsKeptBytesMax
         public var seed: UInt64 = 1
         public init() {}
     }
@@ -648,12 +651,14 @@ public struct TCCCoordinator {
     /// settling ones alone may be `settlingTransactionsMax` (50,000): a coordinator with 20,001
     /// transactions waiting for a service's confirm or cancel wrote a checkpoint that every
     /// later start refused (a review, session 28).
-    var snapshotSectionsMax: (open: Int, finished: Int) {
+    var snapshotSectionsMax: (open: Int, finished: Int, audits: Int) {
         // Undecided ones admitted below `openTransactionsMax`, settling ones below
         // `settlingTransactionsMax` (plus the undecided ones that settled since).
         let open = max(config.openTransactionsMax, Limits.openTransactionsMax) + max(config.settlingTransactionsMax, Limits.committingTransactionsMax)
         // The finished ones kept, and the open ones a pending force ends in the snapshot.
-        return (open, max(config.finishedTransactionsKept, Limits.finishedTransactionsKeptMax) + open)
+        let finished = max(config.finishedTransactionsKept, Limits.finishedTransactionsKeptMax) + open
+        // Audit entries: one list for each transaction of the two groups at most.
+        return (open, finished, open + finished)
     }
 
     /// Rebuilds state from a snapshot (`snapshot()`) and the TCC records after it, and returns
@@ -677,6 +682,24 @@ public struct TCCCoordinator {
             }
             try forgottenCommits.readTrailing(&r)
             try outcomeLedger.readTrailing(&r)
+            // The kept transactions' audit entries (absent in snapshots written before session
+            // 32, which brought a forced transaction back with its branches and no one to ask
+            // who forced it, when or why).
+            if !r.isAtEnd {
+                let auditCount = try r.u32()
+                guard auditCount <= UInt32(clamping: sectionsMax.audits) else { throw DecodeError("\(auditCount) TCC transactions' audits in a snapshot") }
+                for _ in 0..<auditCount {
+                    let txid = try CoordinatorRecordCoding.decodeTxID(&r)
+                    let entries = try OperatorAudits.decodeEntries(&r, of: txid)
+                    if var tx = openTable.byID[txid] {
+                        if tx.audit.isEmpty { tx.audit = entries }
+                        openTable[txid] = tx
+                    } else if var tx = finished[txid] {
+                        if tx.audit.isEmpty { tx.audit = entries }
+                        finished[txid] = tx
+                    }
+                }
+            }
         }
         for (type, payload) in records {
             let record = try TCCRecordCoding.decode(type: type, payload: payload)
@@ -781,6 +804,9 @@ public struct TCCCoordinator {
         for var tx in openTable.byID.values.sorted(by: { $0.txid < $1.txid }) {
             if let p = pendingForces[tx.txid] {
                 let outcome = p.force.outcome
+                // Its audit record precedes this checkpoint, as `auditDurable` will add it.
+                tx.audit.append(p.entry)
+                if tx.audit.count > Limits.auditEntriesPerTransactionMax { tx.audit.removeFirst(tx.audit.count - Limits.auditEntriesPerTransactionMax) }
                 if p.resolvesPending {
                     tx.state = outcome == .committed ? .committed : .aborted
                     tx.outcome = outcome
@@ -799,7 +825,8 @@ public struct TCCCoordinator {
             openGroup.append(tx)
         }
         let sectionsMax = snapshotSectionsMax
-        for (isOpen, group) in [(true, openGroup), (false, finishedOrder[finishedOrderHead...].compactMap { finished[$0] } + endedByForce)] {
+        let finishedGroup = finishedOrder[finishedOrderHead...].compactMap { finished[$0] } + endedByForce
+        for (isOpen, group) in [(true, openGroup), (false, finishedGroup)] {
             // Within what `recover` reads back (`snapshotSectionsMax`): the state's own limits
             // keep it so; this checks that the two agree, in release builds too (stopping here
             // keeps the log whole; a snapshot past the bound would stop every later start).
@@ -812,6 +839,24 @@ public struct TCCCoordinator {
         forgottenCommits.encode(&w)
         // Outcomes of forgotten transactions (absent in snapshots written before the ledger).
         outcomeLedger.encode(&w)
+        // The audit entries of the transactions above (absent in snapshots written before
+        // session 32): once the log before this point is dropped, the only record of who forced
+        // a transaction, when and why. The newest transactions' first, within
+        // `auditsInSnapshotBytesMax` (a finished one holds up to 16 entries of a reason and a
+        // list of branches each, and 10,000 of them could pass `snapshotBytesMax`).
+        var audited: [(TxID, [Coordinator.AuditEntry])] = []
+        var auditBytes = 0
+        for tx in (openGroup + finishedGroup).sorted(by: { $0.txid > $1.txid }) where !tx.audit.isEmpty {
+            auditBytes += tx.audit.reduce(0) { $0 + OperatorAudits.keptBytes($1) }
+            if auditBytes > config.auditsInSnapshotBytesMax { break }
+            audited.append((tx.txid, tx.audit))
+        }
+        precondition(audited.count <= sectionsMax.audits, "\(audited.count) TCC transactions' audits in a snapshot, more than recover reads (\(sectionsMax.audits))")
+        w.u32(UInt32(audited.count))
+        for (txid, entries) in audited.reversed() {
+            w.string(txid.description)
+            OperatorAudits.encodeEntries(&w, entries)
+        }
         return w.bytes
     }
 }

@@ -298,7 +298,9 @@ public struct TransactionView: Codable, Sendable {
     public let parked: Bool?
     public let audit: [AuditView]?
     /// True for a transaction the coordinator no longer keeps whole: its outcome comes from
-    /// the coordinator's ledger of outcomes, and its branches and timeline are gone.
+    /// the coordinator's ledger of outcomes (or, for one an operator forced, its memory of forced
+    /// outcomes), and its branches and timeline are gone. A forced one still has its `audit`
+    /// entries while that memory keeps them (session 32).
     public let forgotten: Bool?
 
     enum CodingKeys: String, CodingKey {
@@ -326,21 +328,22 @@ public struct TransactionView: Codable, Sendable {
         self.forgotten = nil
     }
 
-    /// The view of a forgotten transaction: its outcome only.
-    public init(forgotten txid: TxID, protocol: String, state: String, outcome: String) {
+    /// The view of a forgotten transaction: its outcome only, and the audit entries of an
+    /// operator's force when they are kept (`reason`: why it aborted, when known).
+    public init(forgotten txid: TxID, protocol: String, state: String, outcome: String, reason: String? = nil, audit: [Coordinator.AuditEntry] = []) {
         self.txid = txid.description
         self.protocol = `protocol`
         self.termination = nil
         self.state = state
         self.outcome = outcome
-        self.reason = outcome == "aborted" ? Coordinator.forgottenAbortReason : nil
+        self.reason = reason ?? (outcome == "aborted" ? Coordinator.forgottenAbortReason : nil)
         self.createdAt = nil
         self.finishedAt = nil
         self.timeoutMs = nil
         self.branches = []
         self.events = []
         self.parked = nil
-        self.audit = nil
+        self.audit = audit.isEmpty ? nil : audit.map(AuditView.init)
         self.forgotten = true
     }
 }

@@ -69,10 +69,17 @@ public enum Explain {
             let when = tx.finishedAt.map { " at \($0)" } ?? ""
             summary = "\(id) is finished: \(tx.state)\(when)\(tx.reason.map { " (\($0))" } ?? "")."
             if tx.forgotten == true {
-                summary += " The coordinator no longer keeps its branches and timeline, only this outcome (its ledger of outcomes)."
+                summary += (tx.audit ?? []).isEmpty
+                    ? " The coordinator no longer keeps its branches and timeline, only this outcome (its ledger of outcomes)."
+                    : " The coordinator no longer keeps its branches and timeline, only this outcome and the operator's audit (its memory of forced outcomes)."
             }
             if let a = tx.audit?.last {
                 summary += " An operator decided it: \(a.action) by \(a.operator) at \(a.at) (\(a.reason))."
+                // Its branches are not kept (forgotten, or a commit read back from a checkpoint,
+                // which keeps no branches): the audit entry still names those the force took over.
+                if tx.branches.isEmpty, let taken = a.resolvedBranches, !taken.isEmpty {
+                    summary += " It stopped waiting for \(taken.joined(separator: ", ")) (resolved by operator; the branches' states are no longer kept)."
+                }
             }
             let resolved = tx.branches.filter { $0.state == "resolved-by-operator" }.map(\.participant)
             if !resolved.isEmpty {

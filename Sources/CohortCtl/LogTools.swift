@@ -477,6 +477,9 @@ public enum LogTools {
                 s += " (" + unfinished.prefix(5).map { "\($0.txid) \($0.state.rawValue)" }.joined(separator: ", ") + (unfinished.count > 5 ? ", ..." : "") + ")"
             }
             s += ", \(coordinator.finished.count) recent finished, \(coordinator.operatorOutcomes.count) operator outcome\(coordinator.operatorOutcomes.count == 1 ? "" : "s")"
+            // Who forced them, when and why (checkpoints written before session 32 keep none).
+            let audited = coordinator.operatorAudits.count
+            if audited > 0 { s += " (\(audited) with the operator's audit)" }
             let windows = coordinator.onePhaseWindows.windows
             if !windows.isEmpty {
                 s += ", \(windows.count) one-phase window\(windows.count == 1 ? "" : "s") (the newest \(windows.last!.from) through \(windows.last!.through))"
@@ -491,6 +494,8 @@ public enum LogTools {
             }
             if let tcc {
                 s += "; TCC: \(tcc.open.count) open, \(tcc.finished.count) recent finished"
+                let audited = tcc.allTransactions().reduce(0) { $0 + ($1.audit.isEmpty ? 0 : 1) }
+                if audited > 0 { s += " (\(audited) with an operator's audit)" }
             }
             return s
         } catch {

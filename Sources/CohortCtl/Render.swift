@@ -47,8 +47,13 @@ public enum Render {
             if let r = tx.reason { s += "  " + "reason:".padded(10) + r + "\n" }
             s += "  " + "protocol:".padded(10) + tx.protocol + "\n"
             s += "\nforgotten: the coordinator no longer keeps this transaction's branches and timeline, only its\n"
-            s += "outcome (its ledger of outcomes, cohortd --outcomes-kept)\n"
-            return s
+            guard let audit = tx.audit, !audit.isEmpty else {
+                s += "outcome (its ledger of outcomes, cohortd --outcomes-kept)\n"
+                return s
+            }
+            // A forced one: the memory of forced outcomes keeps who forced it, when and why.
+            s += "outcome (its ledger of outcomes, or its memory of forced outcomes) and the audit trail below\n"
+            return s + auditSection(audit)
         }
         var header: [(String, String)] = []
         header.append(("state", tx.state + (tx.parked == true ? " (parked: retry budget spent, still retried slowly)" : "")))
@@ -96,8 +101,12 @@ public enum Render {
             s += line + "\n"
         }
 
-        s += "\nAUDIT\n"
-        let audit = tx.audit ?? []
+        return s + auditSection(tx.audit ?? [])
+    }
+
+    /// The AUDIT section of `show`: each operator decision, who, when, why, what it did.
+    static func auditSection(_ audit: [TransactionView.AuditView]) -> String {
+        var s = "\nAUDIT\n"
         if audit.isEmpty { s += "  (no operator decisions)\n" }
         for a in audit {
             s += "  \(a.at)  \(a.action) by \(a.operator)\n"

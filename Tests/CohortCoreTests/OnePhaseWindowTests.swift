@@ -129,10 +129,10 @@ final class OnePhaseWindowTests: XCTestCase {
         let c = makeCoordinator()
         let snapshot = c.snapshot()
         // No windows, no committed submissions, an empty outcome ledger (its page size), no 3PC,
-        // no heuristic-mixed transactions kept, no heuristic forces.
-        XCTAssertEqual(Array(snapshot.suffix(28)), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        // no heuristic-mixed transactions kept, no heuristic forces, no forced transactions' audits.
+        XCTAssertEqual(Array(snapshot.suffix(32)), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
         var r = makeCoordinator()
-        _ = try r.recover(snapshot: Array(snapshot.dropLast(28)), records: [], nowMs: 10)
+        _ = try r.recover(snapshot: Array(snapshot.dropLast(32)), records: [], nowMs: 10)
         XCTAssertEqual(r.onePhaseWindows.windows, [])
     }
 

@@ -398,6 +398,39 @@ final class TCCEndToEndTests: XCTestCase {
         try restartAndCheckOnlyBIsOwed(rig, t, inv0: inv0, duplicate: duplicate)
     }
 
+    /// b's service is gone; the operator ends the confirm wait by force. A timed checkpoint then
+    /// drops the log holding the audit record, and the coordinator is killed: after the restart
+    /// the transaction still shows who forced it, why, and the branch it took over (before
+    /// session 32 it came back with its branches and an empty audit list).
+    func testAForcedTCCTransactionKeepsItsAuditPastACheckpointAndAKill() throws {
+        let (rig, t) = try twoTriedBranches()
+        rig.inventories[1].kill9()
+        XCTAssertEqual(try rig.json("POST", rig.coordinatorURL + "/v1/transactions/\(t)/commit").1["outcome"] as? String, "committed")
+        let inv0 = rig.inventories[0].url!
+        let confirmed = #"cohort_tcc_phases_total{resource="inventory",phase="confirm",result="done"}"#
+        XCTAssertTrue(eventually(timeoutMs: 10_000) { rig.metric(inv0, confirmed) == 1 })
+        let (status, forced) = try rig.json("POST", rig.coordinatorURL + "/v1/transactions/\(t)/force",
+                                            ["outcome": "committed", "reason": "inventory b rebuilt; confirmed by hand", "operator": "ana@ops1"])
+        XCTAssertEqual(status, 200, "\(forced)")
+        let logDir = rig.dir + "/coordinator/log"
+        let first = try XCTUnwrap(try FileManager.default.contentsOfDirectory(atPath: logDir).filter { $0.hasSuffix(".log") }.sorted().first)
+        XCTAssertTrue(eventually(timeoutMs: 15_000) {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: logDir)) ?? []
+            return !names.contains(first) && !names.contains { $0.hasSuffix(".new") }
+        }, "no checkpoint dropped the segment holding the audit record")
+        try rig.restartCoordinator()
+        let (_, view) = try rig.json("GET", rig.coordinatorURL + "/v1/transactions/\(t)")
+        XCTAssertEqual(view["state"] as? String, "committed", "\(view)")
+        let states = ((view["branches"] as? [[String: Any]]) ?? []).map { $0["state"] as? String ?? "?" }
+        XCTAssertEqual(states, ["confirmed", "resolved-by-operator"], "\(view)")
+        let audit = (view["audit"] as? [[String: Any]]) ?? []
+        XCTAssertEqual(audit.count, 1, "\(view)")
+        XCTAssertEqual(audit.first?["operator"] as? String, "ana@ops1")
+        XCTAssertEqual(audit.first?["reason"] as? String, "inventory b rebuilt; confirmed by hand")
+        XCTAssertEqual(audit.first?["action"] as? String, "force-commit")
+        XCTAssertEqual(audit.first?["resolved_branches"] as? [String], ["inv1"], "\(audit)")
+    }
+
     /// Kills the coordinator at a TCC crash point, restarts it, checks everything settles.
     private func crashAndRecover(_ crashPoint: String, expectSold: Int64) throws {
         let rig = try Rig(test: self, inventories: 2, crashPoint: crashPoint)

@@ -185,6 +185,79 @@ final class EndToEndTests: XCTestCase {
         XCTAssertEqual(shown.out.components(separatedBy: "resolved-by-operator").count - 1, 1, "one branch resolved by the operator: \(shown.out)")
     }
 
+    /// Who forced a transaction, when and why outlives the log: the coordinator checkpoints
+    /// (every second here, 10 minutes by default), drops the log holding the audit records, and
+    /// is killed; after the restart `GET`, `show` and `explain` still give each force's
+    /// operator, reason and the branches it took over. Before session 32 the checkpoint kept
+    /// only the forced outcomes: the commit came back with no audit entry and the abort was
+    /// unknown (404).
+    func testForcedTransactionsKeepTheirAuditPastACheckpointAndAKill() throws {
+        let c = try start("cohortd", ["--data", dir + "/c", "--port", "0", "--retry-budget-attempts", "3", "--parked-retry-delay", "10m",
+                                      "--checkpoint-interval", "1s"])
+        let a = try start("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", c.url])
+        let b = try start("cohort-agent", ["--name", "b", "--data", dir + "/b", "--port", "0", "--coordinator", c.url],
+                          env: ["COHORT_CRASHPOINT": "agent.before-commit-logged"])
+        // An undecided transfer the operator aborts.
+        let abortedID = try transfer(c, a, b)
+        let aborted = try txctl(["abort", abortedID, "--force", "--reason", "wrong amount entered"], coordinator: c)
+        XCTAssertEqual(aborted.status, 0, aborted.err)
+        // A committed transfer whose b dies before logging its commit; the operator takes it over.
+        let txid = try transfer(c, a, b)
+        let (status, answer) = try http("POST", c.url + "/v1/transactions/\(txid)/commit")
+        XCTAssertEqual(status, 200)
+        XCTAssertEqual(answer["outcome"] as? String, "committed")
+        XCTAssertTrue(b.waitForExit(timeout: 10), "b dies before logging its commit")
+        try waitUntil("a to acknowledge the commit") {
+            let tx = try http("GET", c.url + "/v1/transactions/\(txid)").1
+            return ((tx["branches"] as? [[String: Any]]) ?? []).contains { $0["participant"] as? String == "a" && $0["state"] as? String == "committed" }
+        }
+        let forced = try txctl(["commit", txid, "--force", "--reason", "b's disk died"], coordinator: c)
+        XCTAssertEqual(forced.status, 0, forced.err)
+
+        // A checkpoint after the forces drops the segment that holds their audit records.
+        let logDir = dir + "/c/log"
+        let first = try FileManager.default.contentsOfDirectory(atPath: logDir).filter { $0.hasSuffix(".log") }.sorted().first
+        XCTAssertNotNil(first, "a log segment holds the audit records")
+        try waitUntil("a checkpoint to drop the log holding the audit records", timeout: 30) {
+            !(try FileManager.default.contentsOfDirectory(atPath: logDir)).contains(first ?? "")
+        }
+        c.kill()
+        let inspect = try txctl(["log", "inspect", dir + "/c"])
+        XCTAssertEqual(inspect.status, 0, inspect.err)
+        XCTAssertFalse(inspect.out.contains("force-commit by") || inspect.out.contains("force-abort by"), "no audit record is left in the log: \(inspect.out)")
+        XCTAssertTrue(inspect.out.contains("2 operator outcomes (2 with the operator's audit)"), inspect.out)
+
+        let c2 = try start("cohortd", ["--data", dir + "/c", "--port", String(c.port)])
+        let (committedStatus, committed) = try http("GET", c2.url + "/v1/transactions/\(txid)")
+        XCTAssertEqual(committedStatus, 200)
+        XCTAssertEqual(committed["state"] as? String, "committed")
+        let entries = (committed["audit"] as? [[String: Any]]) ?? []
+        XCTAssertEqual(entries.count, 1, "\(committed)")
+        XCTAssertEqual(entries.first?["action"] as? String, "force-commit")
+        XCTAssertTrue((entries.first?["operator"] as? String)?.hasPrefix("oncall@") == true, "\(entries)")
+        XCTAssertEqual(entries.first?["reason"] as? String, "b's disk died")
+        XCTAssertEqual(entries.first?["resolved_branches"] as? [String], ["b"])
+        XCTAssertNotNil(entries.first?["at"] as? String)
+        let shown = try txctl(["show", txid], coordinator: c2)
+        XCTAssertTrue(shown.out.contains("force-commit by oncall@") && shown.out.contains("reason: b's disk died\n")
+                      && shown.out.contains("resolved by operator: b\n"), shown.out)
+        let explained = try txctl(["explain", txid], coordinator: c2)
+        XCTAssertTrue(explained.out.contains("An operator decided it: force-commit by oncall@") && explained.out.contains("It stopped waiting for b"), explained.out)
+
+        let (abortedStatus, abortedView) = try http("GET", c2.url + "/v1/transactions/\(abortedID)")
+        XCTAssertEqual(abortedStatus, 200, "\(abortedView)")
+        XCTAssertEqual(abortedView["state"] as? String, "aborted")
+        XCTAssertEqual(abortedView["forgotten"] as? Bool, true)
+        XCTAssertTrue((abortedView["reason"] as? String)?.hasSuffix(": wrong amount entered") == true, "\(abortedView)")
+        let abortEntries = (abortedView["audit"] as? [[String: Any]]) ?? []
+        XCTAssertEqual(abortEntries.map { $0["action"] as? String }, ["force-abort"], "\(abortedView)")
+        XCTAssertEqual(abortEntries.first?["reason"] as? String, "wrong amount entered")
+        let shownAborted = try txctl(["show", abortedID], coordinator: c2)
+        XCTAssertTrue(shownAborted.out.contains("AUDIT\n") && shownAborted.out.contains("reason: wrong amount entered\n"), shownAborted.out)
+        let explainedAborted = try txctl(["explain", abortedID], coordinator: c2)
+        XCTAssertTrue(explainedAborted.out.contains("An operator decided it: force-abort by oncall@"), explainedAborted.out)
+    }
+
     /// A coordinator and agents a and b; a transfer between a and b whose commit the
     /// coordinator dies before deciding: both branches are left in doubt.
     func inDoubtWithTheCoordinatorDead() throws -> (c: Server, a: Server, b: Server, txid: String) {
