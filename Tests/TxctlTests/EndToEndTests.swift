@@ -30,6 +30,28 @@ final class EndToEndTests: XCTestCase {
         return try runProcess(try binary("txctl"), args, env: e)
     }
 
+    /// A coordinator (small retry budget, parked for 10 min) and agents a and b, b set to die
+    /// before logging its commit (`agent.before-commit-logged`).
+    func startClusterWhoseBDiesAtCommit(coordinatorFlags: [String] = []) throws -> (c: Server, a: Server, b: Server) {
+        let c = try start("cohortd", ["--data", dir + "/c", "--port", "0", "--retry-budget-attempts", "3", "--parked-retry-delay", "10m"]
+                                     + coordinatorFlags)
+        let a = try start("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", c.url])
+        let b = try start("cohort-agent", ["--name", "b", "--data", dir + "/b", "--port", "0", "--coordinator", c.url],
+                          env: ["COHORT_CRASHPOINT": "agent.before-commit-logged"])
+        return (c, a, b)
+    }
+
+    /// A transfer committed at the coordinator whose b died before logging its commit: in
+    /// doubt at the coordinator. Returns its txid.
+    func commitWhileBDies(_ c: Server, _ a: Server, _ b: Server) throws -> String {
+        let txid = try transfer(c, a, b)
+        let (status, answer) = try http("POST", c.url + "/v1/transactions/\(txid)/commit")
+        XCTAssertEqual(status, 200)
+        XCTAssertEqual(answer["outcome"] as? String, "committed")
+        XCTAssertTrue(b.waitForExit(timeout: 10), "b dies before logging its commit")
+        return txid
+    }
+
     /// Begins a transaction and moves 10 from a to b; returns the txid (commit not yet asked).
     func transfer(_ c: Server, _ a: Server, _ b: Server) throws -> String {
         let (status, begun) = try http("POST", c.url + "/v1/transactions", "{}")
@@ -41,15 +63,8 @@ final class EndToEndTests: XCTestCase {
     }
 
     func testInDoubtAtCoordinatorIsFoundExplainedAndResolved() throws {
-        let c = try start("cohortd", ["--data", dir + "/c", "--port", "0", "--retry-budget-attempts", "3", "--parked-retry-delay", "10m"])
-        let a = try start("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", c.url])
-        let b = try start("cohort-agent", ["--name", "b", "--data", dir + "/b", "--port", "0", "--coordinator", c.url],
-                          env: ["COHORT_CRASHPOINT": "agent.before-commit-logged"])
-        let txid = try transfer(c, a, b)
-        let (status, answer) = try http("POST", c.url + "/v1/transactions/\(txid)/commit")
-        XCTAssertEqual(status, 200)
-        XCTAssertEqual(answer["outcome"] as? String, "committed")
-        XCTAssertTrue(b.waitForExit(timeout: 10), "b dies before logging its commit")
+        let (c, a, b) = try startClusterWhoseBDiesAtCommit()
+        let txid = try commitWhileBDies(c, a, b)
 
         // Listed as in doubt, and parked once its small retry budget is spent.
         var listed: [[String: Any]] = []
@@ -142,15 +157,8 @@ final class EndToEndTests: XCTestCase {
     /// Before session 32 the restart read a as resolved-by-operator too (acknowledgements are
     /// not logged, and the audit record named b only in its prose).
     func testAForcedCommitReadsTheSameAfterTheCoordinatorRestarts() throws {
-        let c = try start("cohortd", ["--data", dir + "/c", "--port", "0", "--retry-budget-attempts", "3", "--parked-retry-delay", "10m"])
-        let a = try start("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", c.url])
-        let b = try start("cohort-agent", ["--name", "b", "--data", dir + "/b", "--port", "0", "--coordinator", c.url],
-                          env: ["COHORT_CRASHPOINT": "agent.before-commit-logged"])
-        let txid = try transfer(c, a, b)
-        let (status, answer) = try http("POST", c.url + "/v1/transactions/\(txid)/commit")
-        XCTAssertEqual(status, 200)
-        XCTAssertEqual(answer["outcome"] as? String, "committed")
-        XCTAssertTrue(b.waitForExit(timeout: 10), "b dies before logging its commit")
+        let (c, a, b) = try startClusterWhoseBDiesAtCommit()
+        let txid = try commitWhileBDies(c, a, b)
 
         /// The branches' states and the audit entries' resolved branches, as GET answers them.
         func view(_ server: Server) throws -> (branches: [String: String], resolved: [[String]]) {
@@ -192,21 +200,13 @@ final class EndToEndTests: XCTestCase {
     /// only the forced outcomes: the commit came back with no audit entry and the abort was
     /// unknown (404).
     func testForcedTransactionsKeepTheirAuditPastACheckpointAndAKill() throws {
-        let c = try start("cohortd", ["--data", dir + "/c", "--port", "0", "--retry-budget-attempts", "3", "--parked-retry-delay", "10m",
-                                      "--checkpoint-interval", "1s"])
-        let a = try start("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--coordinator", c.url])
-        let b = try start("cohort-agent", ["--name", "b", "--data", dir + "/b", "--port", "0", "--coordinator", c.url],
-                          env: ["COHORT_CRASHPOINT": "agent.before-commit-logged"])
+        let (c, a, b) = try startClusterWhoseBDiesAtCommit(coordinatorFlags: ["--checkpoint-interval", "1s"])
         // An undecided transfer the operator aborts.
         let abortedID = try transfer(c, a, b)
         let aborted = try txctl(["abort", abortedID, "--force", "--reason", "wrong amount entered"], coordinator: c)
         XCTAssertEqual(aborted.status, 0, aborted.err)
         // A committed transfer whose b dies before logging its commit; the operator takes it over.
-        let txid = try transfer(c, a, b)
-        let (status, answer) = try http("POST", c.url + "/v1/transactions/\(txid)/commit")
-        XCTAssertEqual(status, 200)
-        XCTAssertEqual(answer["outcome"] as? String, "committed")
-        XCTAssertTrue(b.waitForExit(timeout: 10), "b dies before logging its commit")
+        let txid = try commitWhileBDies(c, a, b)
         try waitUntil("a to acknowledge the commit") {
             let tx = try http("GET", c.url + "/v1/transactions/\(txid)").1
             return ((tx["branches"] as? [[String: Any]]) ?? []).contains { $0["participant"] as? String == "a" && $0["state"] as? String == "committed" }
