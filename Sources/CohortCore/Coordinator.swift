@@ -2684,10 +2684,13 @@ public enum CoordinatorRecordCoding {
         for n in names { w.string(n) }
     }
 
-    static func decodeNames(_ r: inout ByteReader) throws -> [String] {
+    /// At most `countMax` names of at most `bytesMax` bytes each; past the count the error says
+    /// "N `what`".
+    static func decodeNames(_ r: inout ByteReader, countMax: Int = Limits.branchesPerTransactionMax, bytesMax: Int = 4096,
+                            what: String = "names") throws -> [String] {
         let n = try r.u32()
-        guard n <= UInt32(Limits.branchesPerTransactionMax) else { throw DecodeError("\(n) names") }
-        return try (0..<n).map { _ in try r.string(maxCount: 4096) }
+        guard n <= UInt32(countMax) else { throw DecodeError("\(n) \(what)") }
+        return try (0..<n).map { _ in try r.string(maxCount: bytesMax) }
     }
 
     /// A heuristic-mixed transaction kept for views, in a snapshot: what `txctl show` and

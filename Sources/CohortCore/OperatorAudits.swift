@@ -132,8 +132,7 @@ public struct OperatorAudits: Sendable {
             if let resolved = e.resolvedBranches {
                 w.u8(1)
                 precondition(resolved.count <= resolvedBranchesMax, "\(resolved.count) branches taken over by one force, more than recover reads")
-                w.u32(UInt32(resolved.count))
-                for name in resolved { w.string(name) }
+                CoordinatorRecordCoding.encodeNames(&w, resolved)
             } else {
                 w.u8(0)
             }
@@ -159,9 +158,8 @@ public struct OperatorAudits: Sendable {
             switch try r.u8() {
             case 0: resolved = nil
             case 1:
-                let count = try r.u32()
-                guard count <= UInt32(resolvedBranchesMax) else { throw DecodeError("\(count) branches taken over in an audit entry of \(txid)") }
-                resolved = try (0..<count).map { _ in try r.string(maxCount: 4096) }
+                resolved = try CoordinatorRecordCoding.decodeNames(&r, countMax: resolvedBranchesMax,
+                                                                   what: "branches taken over in an audit entry of \(txid)")
             case let k: throw DecodeError("unknown resolved-branches marker \(k) in an audit entry of \(txid)")
             }
             entries.append(Coordinator.AuditEntry(atMs: atMs, operatorName: operatorName, action: action, reason: reason, detail: detail, resolvedBranches: resolved))

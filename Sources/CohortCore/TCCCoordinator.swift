@@ -1076,10 +1076,7 @@ public enum TCCRecordCoding {
             w.bool(resolvesPending)
             // The branches the force stopped calling, trailing (records written before session
             // 32 end here, and versions before it read no further).
-            if let resolved = e.resolvedBranches {
-                w.u32(UInt32(resolved.count))
-                for id in resolved { w.string(id) }
-            }
+            if let resolved = e.resolvedBranches { CoordinatorRecordCoding.encodeNames(&w, resolved) }
             return (auditType, w.bytes)
         }
     }
@@ -1106,12 +1103,9 @@ public enum TCCRecordCoding {
             let detail = try r.string(maxCount: 16_384)
             let outcome: Outcome = try r.bool() ? .committed : .aborted
             let resolvesPending = try r.bool()
-            var resolved: [String]?
-            if !r.isAtEnd {
-                let n = try r.u32()
-                guard n <= UInt32(Limits.tccBranchesPerTransactionMax * 4) else { throw DecodeError("\(n) branches in an audit record") }
-                resolved = try (0..<n).map { _ in try r.string(maxCount: Limits.tccBranchIDBytesMax) }
-            }
+            let resolved = r.isAtEnd ? nil
+                : try CoordinatorRecordCoding.decodeNames(&r, countMax: Limits.tccBranchesPerTransactionMax * 4, bytesMax: Limits.tccBranchIDBytesMax,
+                                                          what: "branches in an audit record")
             let entry = Coordinator.AuditEntry(atMs: atMs, operatorName: operatorName, action: action, reason: reason, detail: detail, resolvedBranches: resolved)
             return .audit(txid, entry, outcome: outcome, resolvesPending: resolvesPending)
         default:

@@ -327,8 +327,13 @@ final class RelayRuntimeTests: XCTestCase {
         Thread.sleep(forTimeInterval: 1.5)
         onLoop(loop) { XCTAssertFalse(relay.holdsLease, "took a lease a live holder could still renew") }
         XCTAssertEqual(try counts.counts().pending, 1)
-        monotonic.step(Limits.outboxLeaseTTLMsMax + Limits.outboxLeaseRetryMs)
-        try waitFor("the standby to take the unrenewed lease and deliver", timeoutMs: 10_000) { try counts.counts().pending == 0 }
+        // Stepped at every look, not once: on a slow machine the relay may not have read the
+        // row yet when the first step comes (it counts from its first read), and one step
+        // would then leave it 10 minutes short.
+        try waitFor("the standby to take the unrenewed lease and deliver", timeoutMs: 10_000) {
+            monotonic.step(Limits.outboxLeaseTTLMsMax + Limits.outboxLeaseRetryMs)
+            return try counts.counts().pending == 0
+        }
         onLoop(loop) {
             XCTAssertTrue(relay.holdsLease)
             XCTAssertTrue(problems.contains { $0.contains("dead-relay") && $0.contains("unchanged") }, "\(problems)")
