@@ -633,10 +633,12 @@ public enum Limits {
     /// transactions of 64 branches with 64 KiB payloads would be 40 GiB, and a checkpoint, which
     /// writes them all, could not be taken (`snapshotBytesMax`).
     public static let tccOpenBranchBytesMax = 64 << 20
-    /// What the TCC coordinator keeps of its finished transactions' branches (payloads are
-    /// dropped at the end): the oldest are forgotten past it even below `finishedTransactionsKept`,
-    /// so that the checkpoint stays well inside `snapshotBytesMax`.
-    public static let tccFinishedBranchBytesMax = 32 << 20
+    /// What the TCC coordinator keeps of its finished transactions in memory: branches
+    /// (payloads are dropped at the end) with their attempt histories, timelines and operators'
+    /// audit entries. The oldest are forgotten past it even below `finishedTransactionsKept`, so
+    /// that memory and the checkpoint stay well inside their bounds (`snapshotBytesMax`) however
+    /// long the branch URLs, errors and operators' reasons are.
+    public static let tccFinishedKeptBytesMax = 32 << 20
     /// The coordinator's wait for one try, confirm or cancel call.
     public static let tccCallTimeoutMs: Int64 = 5_000
     /// A service refuses a try that arrives this long after its deadline (allowed clock skew

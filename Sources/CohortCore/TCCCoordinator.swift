@@ -29,7 +29,7 @@ public struct TCCCoordinator {
         public var coordinatorID = ""
         public var forgottenOutcomesKept = Limits.forgottenOutcomesKept
         public var openBranchBytesMax = Limits.tccOpenBranchBytesMax
-        public var finishedBranchBytesMax = Limits.tccFinishedBranchBytesMax
+        public var finishedKeptBytesMax = Limits.tccFinishedKeptBytesMax
         /// Bytes of audit entries a checkpoint holds (`Limits.operatorAuditsKeptBytesMax`; a
         /// parameter so tests can reach it).
         public var auditsInSnapshotBytesMax = Limits.operatorAuditsKeptBytesMax
@@ -83,7 +83,7 @@ public struct TCCCoordinator {
         }
 
         /// What the coordinator holds for this branch, about as logged (counted against
-        /// `openBranchBytesMax` and `finishedBranchBytesMax`).
+        /// `openBranchBytesMax` and `finishedKeptBytesMax`).
         var heldBytes: Int { 64 + branchID.utf8.count + tryURL.utf8.count + confirmURL.utf8.count + cancelURL.utf8.count + payloadLogBytes }
 
         /// The same branch without its payload, which nothing needs once the transaction ended.
@@ -122,6 +122,25 @@ public struct TCCCoordinator {
         func index(_ id: String) -> Int? { branches.firstIndex { $0.spec.branchID == id } }
         public var deadlineMs: Int64 { createdAtMs + timeoutMs }
         var heldBytes: Int { branches.reduce(0) { $0 + $1.spec.heldBytes } }
+        /// What a finished transaction holds in memory: its branches (without payloads, with
+        /// their attempt histories), its timeline and its operators' audit entries. Each of
+        /// those is bounded in count only, and an entry or an event carries a reason of up to
+        /// `reasonBytesMax`: counted, so that `finishedKeptBytesMax` bounds the whole.
+        var finishedKeptBytes: Int {
+            let branchBytes = branches.reduce(0) { sum, b in
+                sum + b.spec.heldBytes + (b.lastError?.utf8.count ?? 0)
+                    + b.history.reduce(0) { $0 + 16 + $1.error.utf8.count }
+            }
+            let eventBytes = events.reduce(0) { sum, e in
+                sum + 32 + e.event.utf8.count + (e.participant?.utf8.count ?? 0) + (e.detail?.utf8.count ?? 0)
+            }
+            return 128 + (reason?.utf8.count ?? 0) + branchBytes + eventBytes + audit.reduce(0) { $0 + OperatorAudits.keptBytes($1) }
+        }
+        /// Adds an operator's entry, keeping the newest `auditEntriesPerTransactionMax`.
+        mutating func appendAudit(_ entry: Coordinator.AuditEntry) {
+            audit.append(entry)
+            if audit.count > Limits.auditEntriesPerTransactionMax { audit.removeFirst(audit.count - Limits.auditEntriesPerTransactionMax) }
+        }
     }
 
     public enum TryResult: Equatable, Sendable {
@@ -230,7 +249,7 @@ public struct TCCCoordinator {
     public private(set) var outcomeLedger: OutcomeLedger
     /// `heldBytes` of every open transaction, and of every finished one kept.
     public private(set) var openBranchBytes = 0
-    public private(set) var finishedBranchBytes = 0
+    public private(set) var finishedKeptBytes = 0
     public private(set) var stats = Stats()
     /// The largest epoch of any txid recovered (the runtime raises `Coordinator`'s epoch past it).
     public private(set) var maxEpochSeen: UInt64 = 0
@@ -596,7 +615,7 @@ public struct TCCCoordinator {
     }
 
     /// Keeps a finished transaction, without its payloads and try results (nothing calls its
-    /// branches again), within `finishedTransactionsKept` and `finishedBranchBytesMax`.
+    /// branches again), within `finishedTransactionsKept` and `finishedKeptBytesMax`.
     private mutating func remember(_ ended: Transaction) {
         var tx = ended
         for i in tx.branches.indices {
@@ -604,15 +623,15 @@ public struct TCCCoordinator {
             tx.branches[i].tryResult = nil
         }
         if let replaced = finished.updateValue(tx, forKey: tx.txid) {
-            finishedBranchBytes -= replaced.heldBytes
+            finishedKeptBytes -= replaced.finishedKeptBytes
         } else {
             finishedOrder.append(tx.txid)
         }
-        finishedBranchBytes += tx.heldBytes
+        finishedKeptBytes += tx.finishedKeptBytes
         while finishedOrder.count - finishedOrderHead > config.finishedTransactionsKept
-                || (finishedBranchBytes > config.finishedBranchBytesMax && finishedOrder.count - finishedOrderHead > 1) {
+                || (finishedKeptBytes > config.finishedKeptBytesMax && finishedOrder.count - finishedOrderHead > 1) {
             if let gone = finished.removeValue(forKey: finishedOrder[finishedOrderHead]) {
-                finishedBranchBytes -= gone.heldBytes
+                finishedKeptBytes -= gone.finishedKeptBytes
                 if gone.outcome == .committed { forgottenCommits.forget(gone.txid) }
                 if let outcome = gone.outcome { outcomeLedger.record(gone.txid, .init(outcome: outcome, heuristicMixed: false, threePhase: false)) }
             }
@@ -696,7 +715,7 @@ public struct TCCCoordinator {
                         openTable[txid] = tx
                     } else if var tx = finished[txid] {
                         if tx.audit.isEmpty { tx.audit = entries }
-                        finished[txid] = tx
+                        remember(tx)
                     }
                 }
             }
@@ -724,12 +743,12 @@ public struct TCCCoordinator {
                 openTable[txid] = tx
             case .audit(let txid, let entry, let outcome, let resolvesPending):
                 if var tx = finished[txid] {
-                    tx.audit.append(entry)
-                    finished[txid] = tx
+                    tx.appendAudit(entry)
+                    remember(tx)
                     continue
                 }
                 guard var tx = openTable.byID[txid] else { continue }
-                tx.audit.append(entry)
+                tx.appendAudit(entry)
                 tx.reason = tx.reason ?? "forced by operator \(entry.operatorName): \(entry.reason)"
                 if resolvesPending {
                     // The operator ended the wait; the end record after it may be lost. The
@@ -805,8 +824,7 @@ public struct TCCCoordinator {
             if let p = pendingForces[tx.txid] {
                 let outcome = p.force.outcome
                 // Its audit record precedes this checkpoint, as `auditDurable` will add it.
-                tx.audit.append(p.entry)
-                if tx.audit.count > Limits.auditEntriesPerTransactionMax { tx.audit.removeFirst(tx.audit.count - Limits.auditEntriesPerTransactionMax) }
+                tx.appendAudit(p.entry)
                 if p.resolvesPending {
                     tx.state = outcome == .committed ? .committed : .aborted
                     tx.outcome = outcome
@@ -951,13 +969,12 @@ extension TCCCoordinator {
         let outcome = pending.force.outcome
         let detail = "\(pending.entry.action) by \(pending.entry.operatorName): \(pending.entry.reason)"
         if var tx = openTable.byID[txid] {
-            tx.audit.append(pending.entry)
-            if tx.audit.count > Limits.auditEntriesPerTransactionMax { tx.audit.removeFirst(tx.audit.count - Limits.auditEntriesPerTransactionMax) }
+            tx.appendAudit(pending.entry)
             note(&tx, nowMs, "forced", detail: detail)
             openTable[txid] = tx
         } else if var tx = finished[txid] {
-            tx.audit.append(pending.entry)
-            finished[txid] = tx
+            tx.appendAudit(pending.entry)
+            remember(tx)
         }
         // The transaction may have moved on while the record was written (e.g. it timed out).
         // The audit record says what was asked; recovery reads it the same way only when the

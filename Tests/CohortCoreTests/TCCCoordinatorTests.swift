@@ -389,7 +389,7 @@ final class TCCCoordinatorTests: XCTestCase {
     func testBranchBytesAreBoundedOpenAndFinished() throws {
         var config = TCCCoordinator.Config()
         config.openBranchBytesMax = 200_000
-        config.finishedBranchBytesMax = 50_000
+        config.finishedKeptBytesMax = 50_000
         var m = TCCCoordinator(config: config)
         let payload = JSONValue.string(String(repeating: "p", count: 60_000))
         func register(_ txid: TxID, _ id: String) -> [TCCCoordinator.Action] {
@@ -426,7 +426,7 @@ final class TCCCoordinatorTests: XCTestCase {
             _ = m.on(.abort(nextReq(), txid: t.description), nowMs: now)
             _ = m.on(.settled(t, branchID: "f\(i)", .cancel, error: nil), nowMs: now)
         }
-        XCTAssertLessThanOrEqual(m.finishedBranchBytes, 50_000)
+        XCTAssertLessThanOrEqual(m.finishedKeptBytes, 50_000)
         XCTAssertNil(m.transaction(first), "forgotten past the byte bound")
         XCTAssertLessThan(m.finished.count, 2_000)
         XCTAssertLessThan(m.snapshot().count, 200_000 + 50_000 + 100_000)
@@ -466,6 +466,42 @@ final class TCCCoordinatorTests: XCTestCase {
         _ = try restarted.recover(snapshot: m.snapshot(), records: [], nowMs: now)
         XCTAssertEqual(restarted.forgottenRefusal(confirmed)?.status, 410)
         XCTAssertNil(restarted.forgottenRefusal(nextTxID()))
+    }
+
+    /// Finished transactions are bounded by everything they hold, not only their branches: a
+    /// forced abort with an operator's reason of `reasonBytesMax` keeps that reason in its audit
+    /// entry, its timeline and its own reason, about 3 KB against a branch's ~100 bytes. Counting
+    /// branches only, 300 of them (~1 MB of reasons) all stayed under a 50 KB bound.
+    func testFinishedTransactionsAreBoundedWithTheirAuditsAndTimelines() throws {
+        var config = TCCCoordinator.Config()
+        config.finishedKeptBytesMax = 50_000
+        var m = TCCCoordinator(config: config)
+        var log: [TCCCoordinator.Record] = []
+        let reason = String(repeating: "r", count: Limits.reasonBytesMax)
+        var forced: [TxID] = []
+        for _ in 0..<300 {
+            let t = started(&m, ["a"], log: &log)
+            let request = Coordinator.ForceRequest(outcome: .aborted, reason: reason, operatorName: "oncall", dryRun: false)
+            XCTAssertEqual(records(m.on(.force(nextReq(), txid: t.description, request), nowMs: now)).count, 1)
+            XCTAssertEqual(calls(m.on(.auditDurable(t), nowMs: now), .cancel), ["a"])
+            _ = m.on(.settled(t, branchID: "a", .cancel, error: nil), nowMs: now)
+            XCTAssertEqual(m.transaction(t)?.state, .aborted)
+            forced.append(t)
+        }
+        // What the kept ones hold, counted here from the outside.
+        let reasonBytesHeld = m.finished.values.reduce(0) { sum, tx in
+            sum + (tx.reason?.utf8.count ?? 0) + tx.audit.reduce(0) { $0 + $1.reason.utf8.count }
+                + tx.events.reduce(0) { $0 + ($1.detail?.utf8.count ?? 0) }
+        }
+        XCTAssertLessThanOrEqual(reasonBytesHeld, 50_000, "\(m.finished.count) finished transactions kept")
+        XCTAssertLessThanOrEqual(m.finishedKeptBytes, 50_000)
+        XCTAssertTrue(m.transaction(forced[0]) == nil, "the oldest forced transaction is forgotten past the bound")
+        XCTAssertEqual(m.transaction(forced[299])?.audit.first?.reason, reason, "the newest keeps its audit")
+        // The byte count follows a restart from a checkpoint too.
+        var restarted = TCCCoordinator(config: config)
+        _ = try restarted.recover(snapshot: m.snapshot(), records: [], nowMs: now)
+        XCTAssertLessThanOrEqual(restarted.finishedKeptBytes, 50_000)
+        XCTAssertEqual(restarted.transaction(forced[299])?.audit.first?.reason, reason)
     }
 
     private func force(_ outcome: Outcome, dryRun: Bool = false) -> Coordinator.ForceRequest {
