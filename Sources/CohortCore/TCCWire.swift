@@ -124,8 +124,11 @@ extension JSONWriter {
     mutating func field(_ k: String, _ v: JSONValue?) { if let v { key(k); value(v.node) } }
 }
 
+/// Strict as `BeginRequest` is: a misspelt `payload` would reach the try as null.
 extension TCCBranchRequest: WireDecodable, WireEncodable {
+    public static let fields = ["branch_id", "try_url", "confirm_url", "cancel_url", "payload"]
     public init(wire o: WireObject) throws {
+        try o.refuseUnknownFields(Self.fields)
         self.init(branchID: try o.string("branch_id"), tryURL: try o.string("try_url"), confirmURL: try o.string("confirm_url"),
                   cancelURL: try o.string("cancel_url"), payload: o.optValue("payload"))
     }

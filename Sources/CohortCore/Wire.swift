@@ -780,8 +780,16 @@ extension ErrorBody: WireDecodable, WireEncodable {
     public func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("error", error); w.endObject() }
 }
 
+/// What an application sends the coordinator to begin or submit a transaction names every field
+/// it sends: a misspelt optional field took its default without a word (`"protcol": "3pc"`
+/// began a 2PC transaction, `"requestId"` left a submission without its idempotency key, so a
+/// resend ran it twice). So unknown fields are refused (400 naming the field). Protocol messages
+/// between the coordinator and its participants stay lenient, so that either side can be
+/// upgraded first.
 extension BeginRequest: WireDecodable, WireEncodable {
+    public static let fields = ["protocol", "timeout_ms", "termination"]
     public init(wire o: WireObject) throws {
+        try o.refuseUnknownFields(Self.fields)
         self.init(protocol: try o.optString("protocol"), timeoutMs: try o.optInt64("timeout_ms"), termination: try o.optString("termination"))
     }
     public func writeWire(_ w: inout JSONWriter) {
@@ -964,8 +972,13 @@ public struct SubmitRequest: WireDecodable, WireEncodable, Sendable {
         self.branches = branches
     }
 
+    public static let fields = ["protocol", "timeout_ms", "termination", "request_id", "branches"]
+    public static let branchFields = ["participant", "url", "incarnation", "ops"]
+
     public init(wire o: WireObject) throws {
+        try o.refuseUnknownFields(Self.fields)
         let branches = try o.objects("branches") { b -> Branch in
+            try b.refuseUnknownFields(Self.branchFields)
             guard let ops = b["ops"] else { throw WireJSONError.missingField(b.name("ops")) }
             guard case .array = ops else { throw WireJSONError.wrongType(b.name("ops")) }
             return Branch(participant: try b.string("participant"), url: try b.string("url"), incarnation: try b.optString("incarnation"), ops: ops)

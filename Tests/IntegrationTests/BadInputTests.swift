@@ -170,6 +170,26 @@ final class BadInputTests: XCTestCase {
         XCTAssertTrue(String(decoding: still.body, as: UTF8.self).contains(#""state":"active""#), String(decoding: still.body, as: UTF8.self))
         try assertAnswer("POST", a + "/v1/branches/0000abcd-1-1/forget", #"{"reason": "r", "dry-run": true}"#, 400, #"unknown field "dry-run""#)
         try assertAnswer("POST", a + "/v1/branches/0000abcd-1-1/force", #"{"outcome": "aborted", "reason": "r", "dryrun": true}"#, 400, #"unknown field "dryrun""#)
+        // An application's begin and submit name only their fields too: `"protcol": "3pc"` began
+        // a 2PC transaction, and a submission's `"requestId"` left it without its idempotency
+        // key (a resend ran it again). Nothing begins.
+        let listed = try api.raw("GET", c + "/v1/transactions").body.count
+        try assertAnswer("POST", begin, #"{"protcol": "3pc"}"#, 400, #"unknown field "protcol" (the fields are "protocol", "timeout_ms", "termination")"#)
+        try assertAnswer("POST", begin, #"{"protocol": "3pc", "timeoutMs": 100}"#, 400, #"unknown field "timeoutMs""#)
+        let submit = c + "/v1/transactions/submit"
+        let ops = #"[{"op": "add", "key": "k", "delta": 1}]"#
+        try assertAnswer("POST", submit, #"{"requestId": "r1", "branches": [{"participant": "a", "url": "\#(a)", "ops": \#(ops)}]}"#,
+                         400, #"unknown field "requestId""#)
+        try assertAnswer("POST", submit, #"{"branches": [{"participant": "a", "url": "\#(a)", "ops": \#(ops), "incarnaton": "x"}]}"#,
+                         400, #"unknown field "branches.0.incarnaton""#)
+        XCTAssertEqual(try api.raw("GET", c + "/v1/transactions").body.count, listed, "a refused begin or submit began nothing")
+        XCTAssertEqual(try api.raw("GET", a + "/v1/kv/k").status, 404, "a refused submission applied nothing")
+        // The TCC branch registration: a misspelt payload reached the try as null.
+        let tcc = try api.raw("POST", begin, body: Array(#"{"protocol": "tcc"}"#.utf8))
+        let tccTxid = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(tcc.body)) as? [String: Any])?["txid"] as? String)
+        try assertAnswer("POST", c + "/v1/transactions/\(tccTxid)/tcc-branches",
+                         #"{"branch_id": "b", "try_url": "http://127.0.0.1:1/t", "confirm_url": "http://127.0.0.1:1/c", "cancel_url": "http://127.0.0.1:1/x", "paylaod": {}}"#,
+                         400, #"unknown field "paylaod""#)
     }
 
     /// An agent's scan answer stays under the size a client reads (`Limits.scanBytesMax` of

@@ -388,6 +388,18 @@ final class TCCEndToEndTests: XCTestCase {
         let confirmed = #"cohort_tcc_phases_total{resource="inventory",phase="confirm",result="done"}"#
         let duplicate = #"cohort_tcc_phases_total{resource="inventory",phase="confirm",result="duplicate"}"#
         XCTAssertTrue(eventually(timeoutMs: 20_000) { rig.metric(inv0, confirmed) == 1 }, "a never confirmed")
+        // The service counts its confirm before the coordinator reads the answer, and a timed
+        // checkpoint in between holds a still `confirming` (then the restart confirms it again:
+        // seen once in a run). So wait until the coordinator knows a confirmed; the checkpoint
+        // that holds it is the next tick's (at most a second), unless one ran just before the
+        // count was read here: a settle not yet checkpointed always gets one within the interval.
+        XCTAssertTrue(eventually(timeoutMs: 10_000) {
+            let view = (try? rig.json("GET", rig.coordinatorURL + "/v1/transactions/\(t)"))?.1
+            let branches = view?["branches"] as? [[String: Any]] ?? []
+            return branches.contains { $0["participant"] as? String == "inv0" && $0["state"] as? String == "confirmed" }
+        }, "the coordinator never read a's confirm")
+        let afterSettle = try XCTUnwrap(rig.metric(rig.coordinatorURL, checkpoints))
+        _ = eventually(timeoutMs: 3_000) { (rig.metric(rig.coordinatorURL, checkpoints) ?? 0) > afterSettle }
         XCTAssertTrue(eventually(timeoutMs: 5_000) { (rig.metric(rig.coordinatorURL, checkpoints) ?? 0) > afterDecision },
                       "no checkpoint after a's confirm, which nothing logged")
         let logDir = rig.dir + "/coordinator/log"
