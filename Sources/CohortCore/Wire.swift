@@ -823,8 +823,19 @@ extension RegisterRequest: WireDecodable, WireEncodable {
     }
 }
 
+/// The branches an application names in its commit or abort: strict as `BeginRequest` (a
+/// misspelt `incarnation` would drop the fencing it asks for). A participant's own registration
+/// (`RegisterRequest` alone) stays lenient: agents and the coordinator upgrade one at a time.
 extension NamedBranches: WireDecodable, WireEncodable {
-    public init(wire o: WireObject) throws { self.init(branches: try o.optObjects("branches", RegisterRequest.init(wire:)) ?? []) }
+    public static let fields = ["branches"]
+    public static let branchFields = ["participant", "url", "incarnation", "batch", "session"]
+    public init(wire o: WireObject) throws {
+        try o.refuseUnknownFields(Self.fields)
+        self.init(branches: try o.optObjects("branches") { b in
+            try b.refuseUnknownFields(Self.branchFields)
+            return try RegisterRequest(wire: b)
+        } ?? [])
+    }
     public func writeWire(_ w: inout JSONWriter) {
         w.beginObject(); w.key("branches"); w.beginArray()
         for b in branches { b.writeWire(&w) }

@@ -183,6 +183,11 @@ final class BadInputTests: XCTestCase {
         try assertAnswer("POST", submit, #"{"branches": [{"participant": "a", "url": "\#(a)", "ops": \#(ops), "incarnaton": "x"}]}"#,
                          400, #"unknown field "branches.0.incarnaton""#)
         XCTAssertEqual(try api.raw("GET", c + "/v1/transactions").body.count, listed, "a refused begin or submit began nothing")
+        // The branches an application names in its commit: a misspelt incarnation dropped its fencing.
+        try assertAnswer("POST", c + "/v1/transactions/\(txid)/commit", #"{"branches": [{"participant": "a", "url": "\#(a)", "incarnaton": "x"}]}"#,
+                         400, #"unknown field "branches.0.incarnaton""#)
+        try assertAnswer("POST", c + "/v1/transactions/\(txid)/commit", #"{"branch": []}"#, 400, #"unknown field "branch""#)
+        XCTAssertTrue(String(decoding: try api.raw("GET", c + "/v1/transactions/\(txid)").body, as: UTF8.self).contains(#""state":"active""#))
         XCTAssertEqual(try api.raw("GET", a + "/v1/kv/k").status, 404, "a refused submission applied nothing")
         // The TCC branch registration: a misspelt payload reached the try as null.
         let tcc = try api.raw("POST", begin, body: Array(#"{"protocol": "tcc"}"#.utf8))
