@@ -34,6 +34,12 @@ public enum CohortSimCommand {
       --seed N       first seed (default 1)
       --runs M       number of runs (default 100)
       --trace        print each run's seed, fault mix and outcome
+      --submissions-kept N
+                     request_ids of committed submissions the coordinator keeps after
+                     forgetting their transactions (as cohortd's flag; default 100000).
+                     0 turns that memory off: seeds whose clients resend into a forgotten
+                     transaction then fail the balance check (a transfer applied twice),
+                     which is how a test finds seeds that exercise the memory
       --break MODE   test only (debug builds): vote-before-durable, skip-branch-commit,
                      tcc-skip-cancel or tcc-ignore-fence; the runs must fail
     Prints, for a failure, the seed that reproduces it and the last events; at the end
@@ -45,7 +51,7 @@ public enum CohortSimCommand {
     public static func run(arguments: [String], errorOutput: (String) -> Void = { _ in }, output: (String) -> Void) -> Int32 {
         let args: Arguments
         do {
-            args = try Arguments(arguments, valued: ["seed", "runs", "break", "protocol"], booleans: ["help", "trace", "coordinator-lost"])
+            args = try Arguments(arguments, valued: ["seed", "runs", "break", "protocol", "submissions-kept"], booleans: ["help", "trace", "coordinator-lost"])
             if args.has("help") {
                 output(usage)
                 return 0
@@ -64,6 +70,10 @@ public enum CohortSimCommand {
             if let mode = args.string("break"), TestOnlyBreak(rawValue: mode) == nil || mode == "none" {
                 throw UsageError("--break must be one of \(TestOnlyBreak.allCases.filter { $0 != .none }.map(\.rawValue).joined(separator: ", "))")
             }
+            _ = try args.int("submissions-kept", range: 0...Limits.committedSubmissionsKeptMax)
+            if args.string("submissions-kept") != nil && args.string("protocol") == Simulation.Workload.tcc.rawValue {
+                throw UsageError("--submissions-kept is for 2pc and 3pc (TCC has no submissions)")
+            }
             if let p = args.string("protocol"), Simulation.Workload(rawValue: p) == nil {
                 throw UsageError("--protocol must be 2pc, 3pc or tcc, not \"\(p.prefix(40))\"")
             }
@@ -78,6 +88,7 @@ public enum CohortSimCommand {
         let runs = try! args.int("runs", default: 100)!
         let breakMode = TestOnlyBreak(rawValue: args.string("break") ?? "none") ?? .none
         let workload = Simulation.Workload(rawValue: args.string("protocol") ?? "2pc") ?? .atomicCommit
+        let submissionsKept = try! args.int("submissions-kept", range: 0...Limits.committedSubmissionsKeptMax)
         var tccTotals = TCCRunStats()
         var combined: UInt64 = 0xCBF2_9CE4_8422_2325
         var failures = 0
@@ -89,6 +100,7 @@ public enum CohortSimCommand {
             var config = Simulation.Config(seed: seed, workload: workload)
             config.breakMode = breakMode
             if args.has("coordinator-lost") { config.faults.coordinatorLost = true }
+            if let kept = submissionsKept { config.committedSubmissionsKept = kept }
             let result = Simulation(config: config).run()
             for b in withUnsafeBytes(of: result.traceHash.littleEndian, Array.init) {
                 combined ^= UInt64(b)
@@ -110,7 +122,7 @@ public enum CohortSimCommand {
                 failures += 1
                 output("FAILED seed \(seed): \(failure.message)")
                 output("  faults: \(config.faults)")
-                output("  reproduce: txscenario simulate\(workload == .atomicCommit ? "" : " --protocol \(workload.rawValue)") --seed \(seed) --runs 1\(breakMode == .none ? "" : " --break \(breakMode.rawValue)")\(args.has("coordinator-lost") ? " --coordinator-lost" : "")")
+                output("  reproduce: txscenario simulate\(workload == .atomicCommit ? "" : " --protocol \(workload.rawValue)") --seed \(seed) --runs 1\(breakMode == .none ? "" : " --break \(breakMode.rawValue)")\(args.has("coordinator-lost") ? " --coordinator-lost" : "")\(submissionsKept.map { " --submissions-kept \($0)" } ?? "")")
                 output("  last events:")
                 for line in failure.trace.suffix(40) { output("    \(line)") }
             }
