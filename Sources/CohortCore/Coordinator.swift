@@ -1574,9 +1574,27 @@ public struct Coordinator {
 
     /// A forgotten transaction's ledger entry, counted as an answer given from the ledger.
     private mutating func answerFromLedger(_ text: String) -> (TxID, OutcomeLedger.Entry)? {
-        guard let txid = TxID(text), let gone = forgottenOutcome(txid) else { return nil }
-        stats.answeredFromLedger += 1
-        return (txid, gone)
+        guard let txid = TxID(text) else { return nil }
+        if let gone = forgottenOutcome(txid) {
+            stats.answeredFromLedger += 1
+            return (txid, gone)
+        }
+        // A forced abort past a restart from a checkpoint (which keeps no aborted transaction,
+        // and the ledger holds only decided ones let go of `finished`): the memory of forced
+        // outcomes has it. Without this a client's commit or abort, and `txctl retry`, answered
+        // 404 "unknown transaction" while `GET` showed it forced.
+        guard openTable.byID[txid] == nil, finished[txid] == nil, mixedKept[txid] == nil,
+              let forced = operatorOutcomes[txid] else { return nil }
+        var threePhase = false
+        if case .threePhase? = operatorAudits[txid]?.commitProtocol { threePhase = true }
+        return (txid, OutcomeLedger.Entry(outcome: forced, heuristicMixed: false, threePhase: threePhase))
+    }
+
+    /// The reason a forgotten abort is answered with: the operator's, when an operator forced it
+    /// and its entries are kept, as while the transaction was kept whole.
+    private func forgottenAbortReason(_ txid: TxID) -> String {
+        guard operatorOutcomes[txid] == .aborted, let last = operatorAudits[txid]?.entries.last else { return Coordinator.forgottenAbortReason }
+        return "forced by operator \(last.operatorName): \(last.reason)"
     }
 
     private mutating func commitRequested(_ request: RequestID, _ text: String, named: [ParticipantRef], nowMs: Int64) -> [Action] {
@@ -1585,7 +1603,7 @@ public struct Coordinator {
         case .failure(let e):
             // A resent commit of a forgotten transaction: its outcome, as while it was kept.
             guard let (txid, gone) = answerFromLedger(text) else { return [.reply(request, .error(e))] }
-            let reason = gone.outcome == .aborted ? Coordinator.forgottenAbortReason : nil
+            let reason = gone.outcome == .aborted ? forgottenAbortReason(txid) : nil
             return [.reply(request, .outcome(txid, gone.outcome, reason: reason))] + abortNamed(txid, gone, named)
         case .success(let t): txid = t
         }
@@ -1716,7 +1734,7 @@ public struct Coordinator {
             if gone.outcome == .committed {
                 return [.reply(request, .error(RequestError(409, "transaction \(txid) already committed")))]
             }
-            return [.reply(request, .outcome(txid, .aborted, reason: Coordinator.forgottenAbortReason))] + abortNamed(txid, gone, named)
+            return [.reply(request, .outcome(txid, .aborted, reason: forgottenAbortReason(txid)))] + abortNamed(txid, gone, named)
         case .success(let t): txid = t
         }
         guard var tx = openTable.byID[txid] else {

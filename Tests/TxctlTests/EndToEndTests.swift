@@ -256,6 +256,20 @@ final class EndToEndTests: XCTestCase {
         XCTAssertTrue(shownAborted.out.contains("AUDIT\n") && shownAborted.out.contains("reason: wrong amount entered\n"), shownAborted.out)
         let explainedAborted = try txctl(["explain", abortedID], coordinator: c2)
         XCTAssertTrue(explainedAborted.out.contains("An operator decided it: force-abort by oncall@"), explainedAborted.out)
+        // The client that began it, and an operator's retry, hear the same (they got 404
+        // "unknown transaction" while GET showed it forced).
+        for verb in ["commit", "abort"] {
+            let (status, answer) = try http("POST", c2.url + "/v1/transactions/\(abortedID)/\(verb)")
+            XCTAssertEqual(status, 200, "\(verb): \(answer)")
+            XCTAssertEqual(answer["outcome"] as? String, "aborted", "\(verb): \(answer)")
+            XCTAssertTrue((answer["reason"] as? String)?.hasSuffix(": wrong amount entered") == true, "\(verb): \(answer)")
+        }
+        let retried = try txctl(["retry", abortedID], coordinator: c2)
+        XCTAssertNotEqual(retried.status, 0)
+        XCTAssertTrue(retried.err.contains("is aborted (forgotten); nothing to retry"), retried.err)
+        let (commitForced, commitAnswer) = try http("POST", c2.url + "/v1/transactions/\(txid)/commit")
+        XCTAssertEqual(commitForced, 200, "\(commitAnswer)")
+        XCTAssertEqual(commitAnswer["outcome"] as? String, "committed", "\(commitAnswer)")
     }
 
     /// A coordinator and agents a and b; a transfer between a and b whose commit the
