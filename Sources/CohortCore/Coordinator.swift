@@ -1148,6 +1148,29 @@ public struct Coordinator {
 
     /// After recovery: ids are never reused, so the epoch goes past `epochSeen` (the largest
     /// epoch another state machine sharing these ids found in its records).
+    /// What a participant says (a no vote's reason, an error it answered, and the transport's
+    /// error around it) is kept in the branch, its history, the timeline and the client's answer
+    /// of up to 10,000 finished transactions: at most `Limits.reasonBytesMax` bytes of it, as the
+    /// TCC coordinator keeps of a service's. A participant answering a 1 MB reason made each of
+    /// those copies 1 MB.
+    static func clippingParticipantText(_ event: Event) -> Event {
+        func clip(_ text: String) -> String { text.clippedUTF8(toBytes: Limits.reasonBytesMax) }
+        switch event {
+        case .voted(let txid, let name, .no(let reason)):
+            return .voted(txid, participant: name, vote: .no(reason: clip(reason)))
+        case .prepareFailed(let txid, let name, let error):
+            return .prepareFailed(txid, participant: name, error: clip(error))
+        case .onePhaseAnswered(let txid, let name, let outcome, let reason?):
+            return .onePhaseAnswered(txid, participant: name, outcome: outcome, reason: clip(reason))
+        case .deliveryFailed(let txid, let name, let error):
+            return .deliveryFailed(txid, participant: name, error: clip(error))
+        case .preCommitRefused(let txid, let name, let reason):
+            return .preCommitRefused(txid, participant: name, reason: clip(reason))
+        default:
+            return event
+        }
+    }
+
     public mutating func raiseEpoch(past epochSeen: UInt64) {
         if epoch <= epochSeen {
             epoch = epochSeen + 1
@@ -1156,7 +1179,7 @@ public struct Coordinator {
     }
 
     public mutating func on(_ event: Event, nowMs: Int64) -> [Action] {
-        switch event {
+        switch Self.clippingParticipantText(event) {
         case .begin(let request, let timeoutMs, let commitProtocol):
             return begin(request, timeoutMs: timeoutMs, commitProtocol: commitProtocol, nowMs: nowMs)
         case .submit(let request, let timeoutMs, let commitProtocol, let branches, let requestID):

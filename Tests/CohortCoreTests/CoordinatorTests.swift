@@ -111,6 +111,43 @@ final class CoordinatorTests: XCTestCase {
         XCTAssertEqual(again, [.reply(3, .outcome(t, .aborted, reason: "b voted no: insufficient"))])
     }
 
+    /// A participant's text is kept clipped to `Limits.reasonBytesMax`: a no vote's reason of
+    /// 1 MB was copied whole into the branch, the transaction's reason, its timeline and the
+    /// client's answer; a commit's delivery error into every one of the branch's attempts.
+    func testWhatAParticipantSaysIsKeptClipped() {
+        let huge = String(repeating: "é", count: 500_000)
+        var c = makeCoordinator()
+        let t = begin(&c, [a, b])
+        _ = c.on(.commit(2, txid: t.description), nowMs: 2)
+        _ = c.on(.voted(t, participant: "a", vote: .yes), nowMs: 3)
+        let abort = c.on(.voted(t, participant: "b", vote: .no(reason: huge)), nowMs: 4)
+        guard case .reply(2, .outcome(t, .aborted, let reason?))? = abort.first(where: { if case .reply = $0 { return true } else { return false } }) else {
+            return XCTFail("\(abort.count) actions")
+        }
+        XCTAssertLessThanOrEqual(reason.utf8.count, Limits.reasonBytesMax + 64, "the client's answer")
+        XCTAssertTrue(reason.hasSuffix("é...") || reason.hasSuffix("..."), String(reason.suffix(10)))
+        let tx = c.transaction(t)
+        XCTAssertLessThanOrEqual(tx?.reason?.utf8.count ?? 0, Limits.reasonBytesMax + 64)
+        if case .no(let kept)? = tx?.branches.first(where: { $0.participant.name == "b" })?.vote {
+            XCTAssertLessThanOrEqual(kept.utf8.count, Limits.reasonBytesMax)
+        } else { XCTFail("b's vote") }
+        XCTAssertLessThanOrEqual(tx?.events.reduce(0) { $0 + ($1.detail?.utf8.count ?? 0) } ?? 0, 4 * Limits.reasonBytesMax, "the timeline")
+
+        // A commit's delivery errors, attempt after attempt.
+        let t2 = begin(&c, [a, b])
+        _ = c.on(.commit(3, txid: t2.description), nowMs: 10)
+        _ = c.on(.voted(t2, participant: "a", vote: .yes), nowMs: 11)
+        _ = c.on(.voted(t2, participant: "b", vote: .yes), nowMs: 11)
+        _ = c.on(.decisionDurable(t2), nowMs: 12)
+        for i in 0..<5 {
+            _ = c.on(.deliveryFailed(t2, participant: "b", error: huge), nowMs: 13 + Int64(i))
+        }
+        let branch = c.transaction(t2)?.branches.first { $0.participant.name == "b" }
+        XCTAssertEqual(branch?.history.count, 5)
+        XCTAssertLessThanOrEqual(branch?.history.reduce(0) { $0 + $1.error.utf8.count } ?? .max, 5 * Limits.reasonBytesMax)
+        XCTAssertLessThanOrEqual(branch?.lastError?.utf8.count ?? .max, Limits.reasonBytesMax)
+    }
+
     func testAbortBeforePrepareTellsEveryBranch() {
         var c = makeCoordinator()
         let t = begin(&c, [a, b])
