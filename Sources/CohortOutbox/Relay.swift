@@ -65,7 +65,7 @@ public final class OutboxRelay {
     public var sinkTrouble: OutboxSinkTrouble? {
         guard sinkFailuresInARow > 0 else { return nil }
         return OutboxSinkTrouble(name: sink.name, failedCalls: sinkFailuresInARow, failingForMs: max(0, clock() - sinkFailingSinceMs),
-                                 lastError: String(lastSinkError.prefix(Limits.httpErrorMessageBytesMax)))
+                                 lastError: lastSinkError.clippedUTF8(toBytes: Limits.httpErrorMessageBytesMax))
     }
     private var running = false
     /// Set by the first `stop`, even one that comes before the start task ran: a SIGTERM in

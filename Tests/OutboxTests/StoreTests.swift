@@ -268,6 +268,46 @@ final class StoreTests: XCTestCase {
         XCTAssertEqual(again[0].attempts, 0)
     }
 
+    /// Text kept by the store is bounded in bytes, cut between characters: a discard's reason
+    /// (`Limits.httpErrorMessageBytesMax`) and a refusal's error (`Limits.outboxErrorBytesMax`)
+    /// were cut at that many characters, so four-byte ones kept four times the bytes. The admin
+    /// list's `payload_bytes` counts bytes: SQL `length()` of the TEXT payload counted characters
+    /// and stopped at a NUL.
+    func testStoredTextIsBoundedInBytesAndPayloadBytesCountsBytes() throws {
+        let path = tempDB("p")
+        let outbox = try Outbox(path: path)
+        let payloads = ["{\"sku\":\"café\"}", "a\u{0}b", String(repeating: "😀", count: 100)]
+        var ids: [Int64] = []
+        for (i, p) in payloads.enumerated() { ids.append(try outbox.transaction { try $0.enqueue(topic: "t", key: "k\(i)", payload: p) }) }
+        let store = try OutboxStore(path: path)
+        let t = try XCTUnwrap(store.acquireLease(holder: "r", nowMs: 0, ttlMs: 1000))
+        let longError = String(repeating: "é", count: Limits.outboxErrorBytesMax)   // 2 bytes each
+        XCTAssertTrue(try store.record(RelayWrite(failed: [.init(id: ids[0], attempts: 1, error: longError)],
+                                                  dead: [.init(id: ids[1], attempts: 10, error: longError), .init(id: ids[2], attempts: 10, error: "x")]),
+                                       holder: "r", token: t, nowMs: 5))
+        XCTAssertEqual(try store.list(dead: false, limit: 10).map(\.payloadBytes), [payloads[0].utf8.count], "é is two bytes")
+        let dead = try store.list(dead: true, limit: 10)
+        XCTAssertEqual(dead.map(\.payloadBytes), [3, 400], "a NUL and what follows it count; 😀 is four bytes")
+        for e in [try store.list(dead: false, limit: 10)[0].lastError, dead[0].lastError] {
+            let e = try XCTUnwrap(e)
+            XCTAssertLessThanOrEqual(e.utf8.count, Limits.outboxErrorBytesMax)
+            XCTAssertTrue(e.hasSuffix("é..."), e)
+        }
+        // A reason of 4-byte characters, fewer characters than the bound but more bytes.
+        let reason = String(repeating: "😀", count: Limits.httpErrorMessageBytesMax / 2)
+        XCTAssertEqual(try store.discard(id: ids[2], reason: reason, nowMs: 10), .replayed)
+        let kept = try XCTUnwrap(store.connection.query("SELECT last_error FROM outbox WHERE id = ?1", [.int(ids[2])]).first?.first?.text)
+        let prefix = "discarded by an operator: "
+        XCTAssertTrue(kept.hasPrefix(prefix + "😀"), kept)
+        XCTAssertTrue(kept.hasSuffix("😀..."), "cut between characters: \(kept.suffix(8))")
+        XCTAssertLessThanOrEqual(kept.utf8.count, prefix.utf8.count + Limits.httpErrorMessageBytesMax)
+        XCTAssertGreaterThan(kept.utf8.count, prefix.utf8.count + Limits.httpErrorMessageBytesMax - 8, "as much as fits")
+        // A short reason is kept whole.
+        XCTAssertEqual(try store.discard(id: ids[1], reason: "payload v1 dropped ✓", nowMs: 10), .replayed)
+        XCTAssertEqual(try store.connection.query("SELECT last_error FROM outbox WHERE id = ?1", [.int(ids[1])]).first?.first?.text,
+                       prefix + "payload v1 dropped ✓")
+    }
+
     func testCleanupDeletesOnlyOldDeliveredRowsInSmallBatches() throws {
         let path = tempDB("p")
         let outbox = try Outbox(path: path)
