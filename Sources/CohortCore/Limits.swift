@@ -599,6 +599,13 @@ public enum Limits {
     /// not fit in a call alone is refused at enqueue (JSON escapes a control character into six
     /// bytes, so a payload within `outboxPayloadBytesMax` can still be too large).
     public static let outboxBatchBytesMax = httpBodyBytesMax - (16 << 10)
+    /// A sink's 413 for a batch of several messages (a proxy or consumer with a smaller body
+    /// limit) halves the relay's batch bytes bound; after this many batches in a row that the
+    /// sink took whole (answered per message) and that used more than half the bound, it doubles
+    /// again, up to the configured size. Before, one 413 (a proxy reconfigured for a minute)
+    /// halved it until the relay restarted. A sink whose limit stays lower refuses one call in
+    /// about this many plus one, each sent again at once in halves.
+    public static let outboxBatchBytesRegrowAfterBatches = 32
     public static let outboxHeadersMax = 32
     public static let outboxHeaderBytesMax = 4096
     /// Last error text kept per message.
