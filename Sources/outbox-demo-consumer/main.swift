@@ -138,17 +138,12 @@ do {
     // The inbox's rows past the retention go in rounds on the loop thread, through a connection
     // of their own: with --redis the inbox itself is the reader thread's (an Inbox is not
     // thread-safe). A round that fails (the database busy) waits for the next.
-    let cleaner = try Inbox(path: db, consumer: "demo-consumer", sync: sync)
+    // Ages by `RetentionClock` (`InboxCleaner`): a wall-clock step forward does not delete rows early.
+    let cleaner = InboxCleaner(inbox: try Inbox(path: db, consumer: "demo-consumer", sync: sync), retentionMs: inboxRetentionMs)
     var inboxRowsCleaned = 0
     let cleanupIntervalMs = max(1, min(Limits.inboxCleanupIntervalMs, inboxRetentionMs / 2))
     func cleanInbox() {
-        var round = 0
-        while round < Limits.inboxCleanupRoundRowsMax {
-            guard let n = try? cleaner.cleanup(appliedBeforeMs: SystemClock.wallMs() - inboxRetentionMs), n > 0 else { break }
-            round += n
-            if n < Limits.outboxCleanupRowsMax { break }
-        }
-        inboxRowsCleaned += round
+        inboxRowsCleaned += cleaner.round()
         loop.schedule(afterMs: cleanupIntervalMs) { cleanInbox() }
     }
     cleanInbox()

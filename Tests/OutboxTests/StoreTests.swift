@@ -360,6 +360,41 @@ final class StoreTests: XCTestCase {
         }
     }
 
+    /// The inbox's rows (its dedupe memory) are aged by a `RetentionClock`: a wall-clock step
+    /// forward as long as the retention deleted them all at the next cleanup, and a relay's
+    /// resend after it was applied again. A step back keeps them longer; real time (both clocks)
+    /// deletes them, in statements of `Limits.outboxCleanupRowsMax` up to a round's bound.
+    func testInboxCleanupIsNotHurriedByAWallClockStepForward() throws {
+        let inbox = try Inbox(path: tempDB("c"), consumer: "inv")
+        var wall: Int64 = 1_000_000_000
+        var mono: Int64 = 5_000
+        let retention: Int64 = 60_000
+        let cleaner = InboxCleaner(inbox: inbox, retentionMs: retention, wallClock: { wall }, monotonicClock: { mono })
+        let batch = (0..<1_200).map { WireMessage(id: "s:\($0)", source: "s", seq: 1, topic: "t", key: "k", payload: "{}", headers: [:], createdMs: 0) }
+        _ = try inbox.apply(batch, nowMs: wall) { _, _ in }
+        func rows() throws -> Int64 { try inbox.connection.query("SELECT COUNT(*) FROM inbox").first?.first?.int ?? 0 }
+        wall += 10 * retention   // the step
+        XCTAssertEqual(cleaner.round(), 0, "a step of the wall clock alone deletes nothing")
+        XCTAssertEqual(try rows(), 1_200)
+        mono += retention / 2
+        wall += retention / 2
+        XCTAssertEqual(cleaner.round(), 0, "half the retention has passed")
+        wall -= 20 * retention   // and a step back
+        mono += retention / 2 + 1
+        XCTAssertEqual(cleaner.round(), 0, "a step back keeps them longer")
+        wall += 20 * retention
+        XCTAssertEqual(cleaner.round(rowsMax: 700), 700, "a round stops at its bound")
+        XCTAssertEqual(cleaner.round(), 500)
+        XCTAssertNil(cleaner.lastError)
+        XCTAssertEqual(try rows(), 0)
+        // A row applied now (by the stepped wall clock) stays for its retention.
+        _ = try inbox.apply([WireMessage(id: "s:new", source: "s", seq: 1, topic: "t", key: "k", payload: "{}", headers: [:], createdMs: 0)],
+                            nowMs: wall) { _, _ in }
+        mono += retention - 1
+        XCTAssertEqual(cleaner.round(), 0)
+        XCTAssertTrue(try inbox.hasApplied("s:new"))
+    }
+
     func testInboxAppliesEachMessageOnceAndRollsBackAFailedEffectAlone() throws {
         let path = tempDB("c")
         let inbox = try Inbox(path: path, consumer: "inv")
