@@ -551,6 +551,12 @@ public enum Limits {
     /// Delivered rows are deleted this long after delivery, and discarded dead letters this long
     /// after their discard, in batches of `outboxCleanupRowsMax`.
     public static let outboxRetentionMsDefault: Int64 = 3_600_000
+    /// The shortest `cohort-relay --retention`. Nothing the relay does reads a delivered or
+    /// discarded row again, but they are the record of what went out and of an operator's
+    /// discard (its reason): `--retention 0s` deleted each one within a second, so a discard's
+    /// reason was gone before anyone could look. The inbox's minimum, so a producer's record of
+    /// a delivery lasts at least as long as a consumer is bound to remember it.
+    public static let outboxRetentionMsMin: Int64 = inboxRetentionMsMin
     public static let outboxCleanupRowsMax = 500
     public static let outboxCleanupIntervalMs: Int64 = 1_000
     /// How long `outbox-demo-producer --sink` waits, after producing, for its relay to deliver
@@ -560,9 +566,16 @@ public enum Limits {
     /// Inbox rows (consumer, message id) are kept this long: a redelivery later than this would
     /// be applied again, so it must exceed how long a message can stay pending or dead.
     public static let inboxRetentionMsDefault: Int64 = 7 * 86_400_000
-    /// The shortest `outbox-demo-consumer --inbox-retention`: shorter, a relay's retry of a
-    /// message whose answer was lost could come after its row is gone and apply it again.
-    public static let inboxRetentionMsMin: Int64 = 1_000
+    /// The shortest `outbox-demo-consumer --inbox-retention`: shorter, a relay's resend of a
+    /// message whose answer was lost could come after its row is gone and apply it again. With
+    /// no outage at all a resend comes that late: a relay that dies after the consumer applied
+    /// a batch and before recording it leaves the batch to a standby, which takes the lease once
+    /// it expires (`outboxLeaseTTLMsMax`, or `outboxLeaseUnchangedTakeoverMs` after a clock
+    /// step back), the call having run up to `outboxSinkTimeoutMs` and its retry waited up to
+    /// `outboxRetryDelayMsMax`: 10 min 20 s. It was 1 s, shorter than a single retry's backoff.
+    /// (A message pending through an outage is resent later still: the default is 7 days.)
+    public static let inboxRetentionMsMin: Int64 = max(outboxLeaseTTLMsMax, outboxLeaseUnchangedTakeoverMs)
+        + outboxSinkTimeoutMs + max(outboxRetryDelayMsMax, outboxSinkDownDelayMsMax)
     /// How often `outbox-demo-consumer` deletes inbox rows past its retention (more often when
     /// the retention is shorter: every half retention), at most `outboxCleanupRowsMax` rows a
     /// statement and `inboxCleanupRoundRowsMax` a round, so a backlog cannot hold its loop long.
@@ -586,6 +599,13 @@ public enum Limits {
     /// not fit in a call alone is refused at enqueue (JSON escapes a control character into six
     /// bytes, so a payload within `outboxPayloadBytesMax` can still be too large).
     public static let outboxBatchBytesMax = httpBodyBytesMax - (16 << 10)
+    /// A sink's 413 for a batch of several messages (a proxy or consumer with a smaller body
+    /// limit) halves the relay's batch bytes bound; after this many batches in a row that the
+    /// sink took whole (answered per message) and that used more than half the bound, it doubles
+    /// again, up to the configured size. Before, one 413 (a proxy reconfigured for a minute)
+    /// halved it until the relay restarted. A sink whose limit stays lower refuses one call in
+    /// about this many plus one, each sent again at once in halves.
+    public static let outboxBatchBytesRegrowAfterBatches = 32
     public static let outboxHeadersMax = 32
     public static let outboxHeaderBytesMax = 4096
     /// Last error text kept per message.
@@ -594,6 +614,12 @@ public enum Limits {
     public static let outboxListMax = 1_000
     /// Sink call timeout (an HTTP batch POST, a Redis pipeline).
     public static let outboxSinkTimeoutMs: Int64 = 10_000
+    /// The smallest `cohort-relay --stream-maxlen` (`MAXLEN ~ N`, which trims entries whether or
+    /// not they were read): a consumer holds up to `redisPendingEntriesMax` entries pending and
+    /// a relay has up to `outboxBatchesInFlightMax` batches of `outboxBatchMessagesMax` on the
+    /// way, so a shorter stream trims entries a consumer has not applied yet even when nothing
+    /// is wrong (`--stream-maxlen 1` lost all but the last). Size it well above this.
+    public static let outboxStreamMaxLengthMin = redisPendingEntriesMax + outboxBatchesInFlightMax * outboxBatchMessagesMax
     /// Redis replies: largest bulk string and deepest array nesting accepted.
     public static let redisBulkBytesMax = 16 << 20
     public static let redisArrayCountMax = 1 << 20

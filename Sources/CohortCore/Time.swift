@@ -43,3 +43,30 @@ public func backoffDelayMs(attempt: Int, minMs: Int64, maxMs: Int64, rng: inout 
     let half = max(delay / 2, 1)
     return half + Int64(rng.next() % UInt64(delay - half + 1))
 }
+
+/// The wall clock as far as deleting rows by a stored wall-clock age goes (`delivered_ms` in an
+/// outbox, `applied_ms` in an inbox: stored by the wall clock, since they outlive the process):
+/// never ahead of the wall clock this process read at its start plus the monotonic time since.
+/// A wall-clock step forward (NTP correcting a clock that was behind, an operator, a VM resumed)
+/// made every row look the step older, and a step as long as the retention deleted an inbox's
+/// whole dedupe memory at the next cleanup: redeliveries after it were applied twice. Now such a
+/// step is not believed until the process restarts. A step back makes rows look younger, so the
+/// wall clock's own (smaller) reading is taken: they are kept the step longer, the safe side.
+/// What it cannot see: a step forward before the process started (between a crash and its
+/// restart), and it also ignores time the host spent suspended (the monotonic clock stops
+/// then), which keeps rows that much longer. Pure: the caller reads both clocks.
+public struct RetentionClock: Sendable, Equatable {
+    public let wallAtStartMs: Int64
+    public let monotonicAtStartMs: Int64
+
+    public init(wallMs: Int64, monotonicMs: Int64) {
+        wallAtStartMs = wallMs
+        monotonicAtStartMs = monotonicMs
+    }
+
+    /// The time to measure ages against: the wall clock, or less when it ran ahead of the
+    /// monotonic clock since the start.
+    public func nowMs(wallMs: Int64, monotonicMs: Int64) -> Int64 {
+        min(wallMs, wallAtStartMs + max(0, monotonicMs - monotonicAtStartMs))
+    }
+}

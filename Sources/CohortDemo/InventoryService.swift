@@ -50,6 +50,9 @@ public final class InventoryService: RunnableServer {
     /// Purges finished TCC barrier rows past their retention, every `Limits.tccPurgeIntervalMs`.
     private var tccPurger: TCCBarrierPurger?
     private var outbox: InventoryOutbox!
+    /// The inbox's rows past `Limits.inboxRetentionMsDefault`, aged by a clock a wall-clock step
+    /// forward does not hurry (`InboxCleaner`).
+    private var inboxCleaner: InboxCleaner!
 
     public var port: Int { agent.port }
     public var recoveryNote: String? { agent.recoveryNote }
@@ -80,6 +83,7 @@ public final class InventoryService: RunnableServer {
                                      replyTo: options.replyToURL.map { $0 + "/v1/inbox" }, token: options.token, loop: loop, busy: { sku in
             !agent.node.resource.lockHolders("available/\(sku)").isEmpty || !agent.node.resource.lockHolders("sold/\(sku)").isEmpty
         }, onProblem: options.onProblem)
+        inboxCleaner = InboxCleaner(inbox: outbox.inbox, retentionMs: Limits.inboxRetentionMsDefault)
         weakSelf = self
     }
 
@@ -87,7 +91,7 @@ public final class InventoryService: RunnableServer {
     /// `Limits.inboxRetentionMsDefault`. Failures wait for the next round. (Finished TCC barrier
     /// rows have their own timer: `TCCBarrierPurger`, started in `run()`.)
     private func maintain() {
-        _ = try? outbox.inbox.cleanup(appliedBeforeMs: SystemClock.wallMs() - Limits.inboxRetentionMsDefault)
+        _ = inboxCleaner.round(rowsMax: Limits.outboxCleanupRowsMax)
         _ = agent.loop.schedule(afterMs: Limits.demoMaintenanceIntervalMs) { [weak self] in self?.maintain() }
     }
 

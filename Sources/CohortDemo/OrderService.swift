@@ -69,6 +69,9 @@ public final class OrderService: RunnableServer {
     /// the bind address is not one the inventory can reach.
     private(set) var replyURL = ""
     private var outbox: OrderOutbox!
+    /// The inbox's rows past `Limits.inboxRetentionMsDefault`, aged by a clock a wall-clock step
+    /// forward does not hurry (`InboxCleaner`).
+    private var inboxCleaner: InboxCleaner!
     /// Called (on a worker thread) when the startup pass could not settle an order yet.
     public var onNote: ((String) -> Void)?
 
@@ -97,6 +100,7 @@ public final class OrderService: RunnableServer {
         replyURL = (options.advertiseURL ?? selfURL) + "/v1/inbox"
         outbox = try OrderOutbox(path: options.dataDirectory + "/orders.sqlite", inventoryInbox: options.inventoryURL + "/v1/inbox",
                                  broker: options.broker, token: options.token, loop: loop, onProblem: options.onProblem)
+        inboxCleaner = InboxCleaner(inbox: outbox.inbox, retentionMs: Limits.inboxRetentionMsDefault)
         weakSelf = self
         // Watched against `Limits.demoOrderWaitersMax` (past it a wait is answered 503), and the
         // way a test knows its request is held rather than sleeping and hoping it is. Read on
@@ -126,7 +130,7 @@ public final class OrderService: RunnableServer {
 
     /// Inbox rows past `Limits.inboxRetentionMsDefault`, every `Limits.demoMaintenanceIntervalMs`.
     private func maintain() {
-        _ = try? outbox.inbox.cleanup(appliedBeforeMs: SystemClock.wallMs() - Limits.inboxRetentionMsDefault)
+        _ = inboxCleaner.round(rowsMax: Limits.outboxCleanupRowsMax)
         _ = agent.loop.schedule(afterMs: Limits.demoMaintenanceIntervalMs) { [weak self] in self?.maintain() }
     }
 

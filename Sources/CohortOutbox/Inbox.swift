@@ -135,6 +135,55 @@ public final class Inbox {
     }
 }
 
+/// Deletes an inbox's rows (its dedupe memory) once they are older than a retention, by a
+/// `RetentionClock`: a wall-clock step forward as long as the retention (the rows' `applied_ms`
+/// is the wall clock's) deleted every row at the next round, and the relay's resends after it
+/// were applied again. Not thread-safe: one per inbox connection, on one thread.
+public final class InboxCleaner {
+    public let inbox: Inbox
+    public let retentionMs: Int64
+    private let wallClock: () -> Int64
+    private let monotonicClock: () -> Int64
+    private let retentionClock: RetentionClock
+    /// The failure that ended the last round early (the database busy, say), nil when none did.
+    public private(set) var lastError: Error?
+
+    public init(inbox: Inbox, retentionMs: Int64,
+                wallClock: @escaping () -> Int64 = { SystemClock.wallMs() },
+                monotonicClock: @escaping () -> Int64 = { SystemClock.monotonicMs() }) {
+        precondition(retentionMs > 0, "a retention of \(retentionMs) ms forgets at once")
+        self.inbox = inbox
+        self.retentionMs = retentionMs
+        self.wallClock = wallClock
+        self.monotonicClock = monotonicClock
+        retentionClock = RetentionClock(wallMs: wallClock(), monotonicMs: monotonicClock())
+    }
+
+    /// The `applied_ms` below which rows go now.
+    public var cutoffMs: Int64 { retentionClock.nowMs(wallMs: wallClock(), monotonicMs: monotonicClock()) - retentionMs }
+
+    /// One round: statements of `Limits.outboxCleanupRowsMax` rows until fewer are left or
+    /// `rowsMax` went (so a backlog cannot hold the caller's thread long); how many rows it
+    /// deleted. A failed statement ends the round (`lastError`); the next round goes on.
+    public func round(rowsMax: Int = Limits.inboxCleanupRoundRowsMax) -> Int {
+        lastError = nil
+        let cutoff = cutoffMs
+        var deleted = 0
+        while deleted < rowsMax {
+            let limit = min(Limits.outboxCleanupRowsMax, rowsMax - deleted)
+            do {
+                let n = try inbox.cleanup(appliedBeforeMs: cutoff, limit: limit)
+                deleted += n
+                if n < limit { break }
+            } catch {
+                lastError = error
+                break
+            }
+        }
+        return deleted
+    }
+}
+
 /// An HTTP inbox endpoint for the HTTP sink: `POST PATH` with `{"messages": [...]}`.
 public enum InboxEndpoint {
     /// Answers `POST path` (default `/v1/inbox`); nil for any other request.

@@ -411,12 +411,12 @@ public final class OutboxStore {
             }
             for f in w.failed {
                 try connection.run("UPDATE outbox SET attempts = ?1, last_error = ?2 WHERE id = ?3 AND state = 0",
-                                   [.int(Int64(f.attempts)), .text(String(f.error.prefix(Limits.outboxErrorBytesMax))), .int(f.id)])
+                                   [.int(Int64(f.attempts)), .text(f.error.clippedUTF8(toBytes: Limits.outboxErrorBytesMax)), .int(f.id)])
             }
             for f in w.dead {
                 try connection.run(
                     "UPDATE outbox SET state = 2, attempts = ?1, last_error = ?2, dead_ms = ?3 WHERE id = ?4 AND state = 0",
-                    [.int(Int64(f.attempts)), .text(String(f.error.prefix(Limits.outboxErrorBytesMax))), .int(nowMs), .int(f.id)])
+                    [.int(Int64(f.attempts)), .text(f.error.clippedUTF8(toBytes: Limits.outboxErrorBytesMax)), .int(nowMs), .int(f.id)])
             }
             return true
         }
@@ -463,7 +463,8 @@ public final class OutboxStore {
     public func list(dead: Bool, limit: Int) throws -> [Row] {
         var out: [Row] = []
         try connection.forEachRow(
-            "SELECT id, topic, key, attempts, created_ms, last_error, dead_ms, length(payload) FROM outbox WHERE state = ?1 ORDER BY id LIMIT ?2",
+            // The payload's bytes: `length()` of TEXT counts characters, and stops at a NUL.
+            "SELECT id, topic, key, attempts, created_ms, last_error, dead_ms, length(CAST(payload AS BLOB)) FROM outbox WHERE state = ?1 ORDER BY id LIMIT ?2",
             [.int(dead ? OutboxSchema.stateDead : OutboxSchema.statePending), .int(Int64(min(limit, Limits.outboxListMax)))]) { r in
             let id = r[0].int ?? 0
             out.append(Row(id: id, messageID: "\(source):\(id)", topic: r[1].text ?? "", key: r[2].text ?? "",
@@ -491,12 +492,14 @@ public final class OutboxStore {
     /// (a poison message whose fix never comes blocked its key for good: replay only made it
     /// dead again). The row stays, with `reason` in its last error, as the record of what was
     /// dropped, until the relay's retention has passed since `nowMs` (`cleanup`). `.replayed`
-    /// means it was discarded.
+    /// means it was discarded. The reason is kept to `Limits.httpErrorMessageBytesMax` bytes of
+    /// UTF-8, cut between characters and marked "..." (it was cut at that many characters: up
+    /// to four times the bytes).
     public func discard(id: Int64, reason: String, nowMs: Int64) throws -> ReplayResult {
         try changeDeadLetter(id) {
             try connection.run("UPDATE outbox SET state = ?2, last_error = ?3, delivered_ms = ?4 WHERE id = ?1",
                                [.int(id), .int(OutboxSchema.stateDiscarded),
-                                .text("discarded by an operator: " + String(reason.prefix(Limits.httpErrorMessageBytesMax))), .int(nowMs)])
+                                .text("discarded by an operator: " + reason.clippedUTF8(toBytes: Limits.httpErrorMessageBytesMax)), .int(nowMs)])
         }
     }
 

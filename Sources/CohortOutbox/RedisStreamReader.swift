@@ -368,7 +368,7 @@ public final class RedisStreamReader {
             // A crash between the two leaves the entry pending: after `attemptsMax` more attempts
             // it is dead-lettered again, a second dead letter with the same `entry_id`.
             try c.command(["XADD", deadLetterStream, "*"] + e.fields
-                          + ["error", String(error.prefix(Limits.outboxErrorBytesMax)), "entry_id", e.id])
+                          + ["error", error.clippedUTF8(toBytes: Limits.outboxErrorBytesMax), "entry_id", e.id])
             try c.command(["XACK", stream, group, e.id])
         } catch RedisError.server(let reply) {
             failures[e.id] = attemptsMax - 1

@@ -48,8 +48,12 @@ public final class OutboxRelay {
     /// lease renewal, rescans), so a wall-clock step back cannot stall them for its size.
     private let clock: () -> Int64
     /// Wall-clock milliseconds: only for what is stored or compared with stored values (the
-    /// lease's expiry, which other relays read; delivered_ms and the retention cutoff; ages).
+    /// lease's expiry, which other relays read; delivered_ms and the retention cutoff, the
+    /// latter through `retentionClock`; ages).
     private let wallClock: () -> Int64
+    /// The cleanup's cutoff clock: a wall-clock step forward does not make delivered and
+    /// discarded rows look older than they are (`RetentionClock`).
+    private let retentionClock: RetentionClock
     private var tickTimer: TimerHandle?
     /// Sink calls that could not reach the sink, in a row, and when a line last said so
     /// (`reportSink`). Reporting only: the machine decides the retries.
@@ -65,7 +69,7 @@ public final class OutboxRelay {
     public var sinkTrouble: OutboxSinkTrouble? {
         guard sinkFailuresInARow > 0 else { return nil }
         return OutboxSinkTrouble(name: sink.name, failedCalls: sinkFailuresInARow, failingForMs: max(0, clock() - sinkFailingSinceMs),
-                                 lastError: String(lastSinkError.prefix(Limits.httpErrorMessageBytesMax)))
+                                 lastError: lastSinkError.clippedUTF8(toBytes: Limits.httpErrorMessageBytesMax))
     }
     private var running = false
     /// Set by the first `stop`, even one that comes before the start task ran: a SIGTERM in
@@ -90,6 +94,7 @@ public final class OutboxRelay {
         machine = RelayMachine(config: config, seed: seed)
         self.clock = clock
         self.wallClock = wallClock
+        retentionClock = RetentionClock(wallMs: wallClock(), monotonicMs: clock())
         tickMs = max(1, min(config.pollIntervalMs, 5))
     }
 
@@ -273,7 +278,8 @@ public final class OutboxRelay {
             }
         case .cleanup(let retentionMs, let limit):
             do {
-                return .cleaned(deleted: try store.cleanup(deliveredBeforeMs: wallClock() - retentionMs, limit: limit), nowMs: now)
+                let cutoff = retentionClock.nowMs(wallMs: wallClock(), monotonicMs: now) - retentionMs
+                return .cleaned(deleted: try store.cleanup(deliveredBeforeMs: cutoff, limit: limit), nowMs: now)
             } catch {
                 problem("deleting delivered and discarded rows: \(error)")
                 return .cleaned(deleted: 0, nowMs: now)

@@ -55,8 +55,9 @@ public enum RelayEvent: Equatable, Sendable {
     /// Answer to `.deliver` when the sink could not be reached at all (nothing counted against messages).
     case sinkUnavailable(batch: Int, reason: String, nowMs: Int64)
     /// Answer to `.deliver` when the sink refused the call as too large (HTTP 413): nothing
-    /// counted; batches are made at most half this one's size from now on, so the messages go
-    /// again in smaller ones (a message alone that is too large is refused as a message).
+    /// counted; batches are made at most half this one's size, so the messages go again in
+    /// smaller ones (a message alone that is too large is refused as a message), until enough
+    /// batches in a row get through to double the bound again (`RelayMachine.batchBytesLimit`).
     case sinkTooLarge(batch: Int, reason: String, nowMs: Int64)
     /// Answer to `.record`: `applied` false when the fencing token no longer held the lease.
     case recorded(batch: Int, applied: Bool, nowMs: Int64)
@@ -193,8 +194,15 @@ public struct RelayMachine: Sendable {
     var nextBatch = 1
     var sinkDownAttempts = 0
     /// The byte bound batches are made with: `config.batchBytesMax`, lowered by `.sinkTooLarge`
-    /// (a consumer that takes less; kept across leases, it is the consumer's).
+    /// (a consumer that takes less; kept across leases, it is the consumer's), and doubled
+    /// again, up to `config.batchBytesMax`, after `Limits.outboxBatchBytesRegrowAfterBatches`
+    /// batches in a row that the sink took whole and that used more than half of it (one 413,
+    /// from a proxy reconfigured for a minute, used to halve it until the relay restarted).
     public private(set) var batchBytesLimit: Int
+    /// Batches taken whole in a row since the bound was last lowered or raised (counted only
+    /// while it is below `config.batchBytesMax`, and only batches of more than half of it: a
+    /// trickle of small batches says nothing about whether larger ones get through).
+    public private(set) var batchesTakenAtTheLimit = 0
     var sinkDownUntilMs: Int64 = 0
     public private(set) var lastSinkError: String?
     /// Reads of the table that failed in a row (0 once one succeeds), and no read before
@@ -294,6 +302,7 @@ public struct RelayMachine: Sendable {
 
         case .delivered(let id, let outcomes, let now):
             guard case .held(let token) = lease, var b = batches[id], b.write == nil else { return [] }
+            noteBatchTakenWhole(b.messages)
             var w = RelayWrite()
             var notTaken: String?
             for (i, m) in b.messages.enumerated() {
@@ -341,6 +350,7 @@ public struct RelayMachine: Sendable {
             let bytes = b.messages.reduce(OutboxBatchBytes.envelope) { $0 + OutboxBatchBytes.cost($1) }
             // Half the messages' bytes: a batch of two messages of equal size splits in two.
             batchBytesLimit = max(1, min(batchBytesLimit, OutboxBatchBytes.envelope + (bytes - OutboxBatchBytes.envelope) / 2))
+            batchesTakenAtTheLimit = 0
             for m in b.messages {
                 queues[m.key]?.busy = false
                 markMaybeReady(m.key, now)
@@ -410,6 +420,18 @@ public struct RelayMachine: Sendable {
     }
 
     // MARK: internals
+
+    /// The sink answered a batch per message: its body was not too large. Enough such batches
+    /// near the lowered bound in a row double it (`batchBytesLimit`).
+    mutating func noteBatchTakenWhole(_ messages: [OutboxMessage]) {
+        guard batchBytesLimit < config.batchBytesMax else { return }
+        let bytes = messages.reduce(OutboxBatchBytes.envelope) { $0 + OutboxBatchBytes.cost($1) }
+        guard bytes > batchBytesLimit / 2 else { return }
+        batchesTakenAtTheLimit += 1
+        guard batchesTakenAtTheLimit >= Limits.outboxBatchBytesRegrowAfterBatches else { return }
+        batchesTakenAtTheLimit = 0
+        batchBytesLimit = batchBytesLimit > config.batchBytesMax / 2 ? config.batchBytesMax : batchBytesLimit * 2
+    }
 
     /// The rescan's last page is in: every replayed dead letter it found is queued, so the keys
     /// held for it go on. (A rescan dropped for a failed read keeps them held until the next.)

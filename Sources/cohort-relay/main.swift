@@ -15,8 +15,9 @@ with a fencing token in the database); start a second one as a standby.
                         when it has none: the service creates it)
   --sink URL            http://HOST:PORT/PATH (a consumer's inbox endpoint) or redis://HOST:PORT
                         (redis://[USER]:PASSWORD@HOST:PORT, or env COHORT_REDIS_PASSWORD, to log in)
-  --stream NAME         Redis stream to append to (default cohort-outbox)
-  --stream-maxlen N     trim the stream to about N entries (default: no trimming)
+  --stream NAME         Redis stream to append to (default cohort-outbox); redis:// sinks only
+  --stream-maxlen N     trim the stream to about N entries, at least \(Limits.outboxStreamMaxLengthMin)
+                        (default: no trimming); redis:// sinks only
   --port N              serve GET /healthz, GET /metrics and the outbox admin API
                         (GET /v1/outbox, POST /v1/outbox/{id}/replay and /discard); 0 picks
                         a free port
@@ -25,7 +26,8 @@ with a fencing token in the database); start a second one as a standby.
   --batch N             messages per sink call (default \(Limits.outboxBatchMessagesMax))
   --attempts N          refusals before a message becomes a dead letter (default \(Limits.outboxAttemptsMax))
   --retention DURATION  delete delivered rows this long after delivery, and dead letters an
-                        operator discarded this long after the discard (default 1h)
+                        operator discarded this long after the discard, at least
+                        \(Limits.outboxRetentionMsMin / 1000)s (default \(Limits.outboxRetentionMsDefault / 3_600_000)h)
   --lease-ttl DURATION  lease time to live, 300ms-\(Limits.outboxLeaseTTLMsMax / 60_000)m (default \(Limits.outboxLeaseTTLMs)ms)
   --dead-letters-block-key true|false   a dead letter holds back its key's later messages (default true)
 \(Arguments.checkFlagsUsage)
@@ -56,10 +58,22 @@ do {
     let stream = try args.nonEmpty("stream") ?? "cohort-outbox"
     let sinkURL = try args.required("sink")
     do { try checkOutboxSinkURL(sinkURL) } catch { throw UsageError("--sink: \(error)") }
+    // A flag that does nothing is refused: `--stream orders` with an HTTP sink was taken and
+    // ignored, and whoever meant the messages to go to the stream "orders" never heard.
+    if !sinkURL.hasPrefix("redis://") {
+        for flag in ["stream", "stream-maxlen"] where args.string(flag) != nil {
+            throw UsageError("--\(flag) is for a redis:// sink (it names or trims a Redis stream); the sink \(sinkURL) is HTTP, where it would be ignored")
+        }
+    }
     var config = RelayConfig()
     if let n = try args.int("batch", range: 1...Limits.outboxBatchMessagesMax) { config.batchMessagesMax = n }
     if let n = try args.int("attempts", range: 1...1000) { config.attemptsMax = n }
-    if let r = try args.durationMs("retention") { config.retentionMs = r }
+    if let r = try args.durationMs("retention") {
+        guard r >= Limits.outboxRetentionMsMin else {
+            throw UsageError("--retention must be at least \(Limits.outboxRetentionMsMin / 1000)s (delivered and discarded rows are the record of what went out and what an operator dropped), got \(args.string("retention")!)")
+        }
+        config.retentionMs = r
+    }
     if let t = try args.durationMs("lease-ttl") {
         guard t >= 300 else { throw UsageError("--lease-ttl must be at least 300ms") }
         guard t <= Limits.outboxLeaseTTLMsMax else {
@@ -73,7 +87,7 @@ do {
     }
     let port = try args.int("port", range: 0...65535)
     let host = try listenHost(args)
-    let maxLen = try args.int("stream-maxlen", range: 1...Int(Int32.max))
+    let maxLen = try args.int("stream-maxlen", range: Limits.outboxStreamMaxLengthMin...Int(Int32.max))
     var token: String?
     if let f = args.string("token-file") {
         guard let d = FileManager.default.contents(atPath: f) else { throw UsageError("cannot read --token-file \(f)") }

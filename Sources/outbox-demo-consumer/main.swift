@@ -17,10 +17,10 @@ stream as consumer C of group G. GET /v1/state reports counts and lag percentile
   --port N           HTTP port (0 picks one); prints "listening on http://HOST:PORT"
   --redis URL        redis://HOST:PORT: read a stream instead of serving /v1/inbox
                      (redis://[USER]:PASSWORD@HOST:PORT, or env COHORT_REDIS_PASSWORD, to log in)
-  --stream S         stream name (default cohort-outbox)
-  --group G          consumer group (default demo)
-  --name C           consumer name within the group; keep it across restarts (default: one
-                     drawn from --db's path, so the same database is the same consumer)
+  --stream S         with --redis: stream name (default cohort-outbox)
+  --group G          with --redis: consumer group (default demo)
+  --name C           with --redis: consumer name within the group; keep it across restarts
+                     (default: one drawn from --db's path, so the same database is the same consumer)
   --accept-poison    apply poison messages too (default: refuse them)
   --sync full|normal SQLite synchronous mode (default full)
   --inbox-retention DURATION
@@ -94,9 +94,14 @@ do {
     let stream = try args.nonEmpty("stream") ?? "cohort-outbox"
     let group = try args.nonEmpty("group") ?? "demo"
     let consumerName = try args.nonEmpty("name")
+    // A flag that does nothing is refused: without --redis the consumer serves /v1/inbox and
+    // reads no stream.
+    if redisURL == nil, let flag = ["stream", "group", "name"].first(where: { args.string($0) != nil }) {
+        throw UsageError("--\(flag) is for --redis (it names the stream, the group or this reader); without it the consumer serves POST /v1/inbox, where it would be ignored")
+    }
     let inboxRetentionMs = try args.durationMs("inbox-retention") ?? Limits.inboxRetentionMsDefault
     guard inboxRetentionMs >= Limits.inboxRetentionMsMin else {
-        throw UsageError("--inbox-retention must be at least \(Limits.inboxRetentionMsMin)ms, got \(args.string("inbox-retention") ?? "")")
+        throw UsageError("--inbox-retention must be at least \(Limits.inboxRetentionMsMin / 1000)s (a relay may resend a message that long after a consumer applied it: its lease, a call and a retry), got \(args.string("inbox-retention") ?? "")")
     }
     if args.has(Arguments.checkFlags) { exit(0) }
     ProcessEnv.ignoreSIGPIPE()
@@ -133,17 +138,12 @@ do {
     // The inbox's rows past the retention go in rounds on the loop thread, through a connection
     // of their own: with --redis the inbox itself is the reader thread's (an Inbox is not
     // thread-safe). A round that fails (the database busy) waits for the next.
-    let cleaner = try Inbox(path: db, consumer: "demo-consumer", sync: sync)
+    // Ages by `RetentionClock` (`InboxCleaner`): a wall-clock step forward does not delete rows early.
+    let cleaner = InboxCleaner(inbox: try Inbox(path: db, consumer: "demo-consumer", sync: sync), retentionMs: inboxRetentionMs)
     var inboxRowsCleaned = 0
     let cleanupIntervalMs = max(1, min(Limits.inboxCleanupIntervalMs, inboxRetentionMs / 2))
     func cleanInbox() {
-        var round = 0
-        while round < Limits.inboxCleanupRoundRowsMax {
-            guard let n = try? cleaner.cleanup(appliedBeforeMs: SystemClock.wallMs() - inboxRetentionMs), n > 0 else { break }
-            round += n
-            if n < Limits.outboxCleanupRowsMax { break }
-        }
-        inboxRowsCleaned += round
+        inboxRowsCleaned += cleaner.round()
         loop.schedule(afterMs: cleanupIntervalMs) { cleanInbox() }
     }
     cleanInbox()

@@ -98,6 +98,10 @@ do {
     if let sinkURL = args.string("sink") {
         do { try checkOutboxSinkURL(sinkURL) } catch { throw UsageError("--sink: \(error)") }
     }
+    // A flag that does nothing is refused (as cohort-relay does): the stream is the Redis sink's.
+    if args.string("stream") != nil, !(args.string("sink") ?? "").hasPrefix("redis://") {
+        throw UsageError("--stream is for --sink redis://... (it names the Redis stream); \(args.string("sink").map { "the sink \($0) is HTTP" } ?? "without --sink a relay elsewhere delivers"), where it would be ignored")
+    }
     let drainWaitMs = try args.durationMs("drain-wait")
     if let ms = drainWaitMs {
         guard args.string("sink") != nil else { throw UsageError("--drain-wait is for --sink: without it a relay elsewhere delivers") }

@@ -83,6 +83,55 @@ final class RelayMachineTests: XCTestCase {
         XCTAssertEqual(delivers(m.on(.recorded(batch: b2, applied: true, nowMs: 1))).map(\.1), [[3, 4]])
     }
 
+    /// One 413 halved the batch bytes for good (until the relay restarted): a proxy's limit
+    /// lowered for a minute slowed the relay for its lifetime. Now the bound doubles again, up to
+    /// the configured size, after `Limits.outboxBatchBytesRegrowAfterBatches` batches in a row
+    /// get through whole; a 413 before that starts the count over, so a sink that keeps
+    /// refusing keeps the batches small.
+    func testABatchBoundLoweredByA413GrowsBackOnlyAfterBatchesGetThrough() {
+        var config = RelayConfig()
+        config.batchesInFlightMax = 1
+        config.batchBytesMax = 2000
+        let n = Limits.outboxBatchBytesRegrowAfterBatches
+        // Ids of four digits: every message the same size.
+        let rows = (1000..<4000).map { OutboxMessage(id: Int64($0), source: "s", topic: "t", key: "k\($0)", payload: String(repeating: "x", count: 100), createdMs: 0) }
+        var (m, out) = started(rows, config: config)
+        var batch = delivers(out)[0]
+        let fullCount = batch.1.count
+        XCTAssertGreaterThan(fullCount, 4)
+        func take(_ b: (Int, [Int64])) -> (Int, [Int64]) {
+            _ = m.on(.delivered(batch: b.0, outcomes: b.1.map { _ in .acknowledged }, nowMs: 1))
+            return delivers(m.on(.recorded(batch: b.0, applied: true, nowMs: 1)))[0]
+        }
+        func refuse(_ b: (Int, [Int64])) -> (Int, [Int64]) {
+            delivers(m.on(.sinkTooLarge(batch: b.0, reason: "HTTP 413", nowMs: 1)))[0]
+        }
+        batch = refuse(batch)
+        let halved = m.batchBytesLimit
+        XCTAssertLessThan(halved, config.batchBytesMax)
+        XCTAssertLessThan(batch.1.count, fullCount)
+        // A 413 again before enough batches got through: smaller still, and the count starts over.
+        for _ in 1..<n { batch = take(batch) }
+        XCTAssertEqual(m.batchBytesLimit, halved, "not before \(n) batches in a row")
+        XCTAssertGreaterThan(batch.1.count, 1)
+        batch = refuse(batch)
+        let small = m.batchBytesLimit
+        XCTAssertLessThan(small, halved)
+        for _ in 1..<n { batch = take(batch) }
+        XCTAssertEqual(m.batchBytesLimit, small, "a repeated 413 keeps it small")
+        // Batches that get through bring it back, doubling every n, to the configured size.
+        var taken = n - 1
+        while m.batchBytesLimit < config.batchBytesMax && taken < 10 * n {
+            batch = take(batch)
+            taken += 1
+        }
+        XCTAssertEqual(m.batchBytesLimit, config.batchBytesMax, "back to the full size after \(taken) batches")
+        XCTAssertGreaterThanOrEqual(taken, 2 * n, "doubling once per \(n) batches: twice from a quarter")
+        batch = take(batch)
+        XCTAssertEqual(batch.1.count, fullCount, "full batches again")
+        XCTAssertEqual(m.failedTotal, 0)
+    }
+
     func testSinkDownCountsNoAttemptAndBacksOff() {
         var (m, out) = started([msg(1, "a")])
         let b = delivers(out)[0].0

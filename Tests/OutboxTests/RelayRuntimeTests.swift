@@ -34,8 +34,12 @@ final class MemorySink: OutboxSink, @unchecked Sendable {
 final class SteppedClock: @unchecked Sendable {
     private let lock = NSLock()
     private var offsetMs: Int64 = 0
+    /// The clock it steps: the wall clock, or `SystemClock.monotonicMs` to make time pass for a
+    /// relay's timers and its `RetentionClock` too.
+    private let base: () -> Int64
+    init(base: @escaping () -> Int64 = { SystemClock.wallMs() }) { self.base = base }
     func step(_ ms: Int64) { lock.withLock { offsetMs += ms } }
-    func nowMs() -> Int64 { SystemClock.wallMs() + lock.withLock { offsetMs } }
+    func nowMs() -> Int64 { base() + lock.withLock { offsetMs } }
 }
 
 /// OutboxRelay, the runtime: a real table, a sink in memory, an event loop.
@@ -227,18 +231,22 @@ final class RelayRuntimeTests: XCTestCase {
             }
             func shutdown() {}
         }
+        // Time passes for both clocks: the cleanup believes the wall clock only as far as the
+        // monotonic clock went too (`RetentionClock`).
         let wall = SteppedClock()
+        let mono = SteppedClock(base: { SystemClock.monotonicMs() })
+        func pass(_ ms: Int64) { wall.step(ms); mono.step(ms) }
         var config = RelayConfig()
         config.attemptsMax = 1
         config.retentionMs = 60_000
         config.cleanupIntervalMs = 10
         let relay = OutboxRelay(store: try OutboxStore(path: path), sink: RefusingSink(loop: loop), loop: loop, config: config,
-                                wallClock: { wall.nowMs() })
+                                clock: { mono.nowMs() }, wallClock: { wall.nowMs() })
         onLoop(loop) { relay.start() }
         defer { onLoop(loop) { relay.stop() } }
         let poison = try outbox.transaction { try $0.enqueue(topic: "t", key: "k", payload: "poison") }
         try waitFor("the dead letter", timeoutMs: 15_000) { try counts.counts().dead == 1 }
-        wall.step(50_000)
+        pass(50_000)
         var answer: HTTPResponse?
         onLoop(loop) {
             let path = "/v1/outbox/\(poison)/discard"
@@ -248,12 +256,40 @@ final class RelayRuntimeTests: XCTestCase {
         XCTAssertEqual(answer?.status, 200)
         func kept() throws -> Bool { try !counts.connection.query("SELECT 1 FROM outbox WHERE id = ?1", [.int(poison)]).isEmpty }
         // 30 s after the discard (80 s after the dead letter): within the retention, kept.
-        wall.step(30_000)
+        pass(30_000)
         Thread.sleep(forTimeInterval: 0.3)
         XCTAssertTrue(try kept(), "within the retention since the discard")
-        wall.step(31_000)
+        pass(31_000)
         try waitFor("the discarded row cleaned up", timeoutMs: 5_000) { try !kept() }
         XCTAssertEqual(try counts.counts(), OutboxStore.Counts(pending: 0, dead: 0, delivered: 0))
+    }
+
+    /// A wall-clock step forward longer than the retention (NTP correcting a clock that was
+    /// behind, an operator) made every delivered row look that much older: the next cleanup
+    /// deleted them all at once. The cleanup's cutoff now goes no further than the monotonic
+    /// clock went since the relay started, so the rows go once the retention has really passed.
+    func testAWallClockStepForwardDoesNotCleanUpRowsWithinTheirRetention() throws {
+        let (path, outbox, counts, loop) = try rig("w")
+        defer { loop.stopAndJoin() }
+        let wall = SteppedClock()
+        let mono = SteppedClock(base: { SystemClock.monotonicMs() })
+        var config = RelayConfig()
+        config.retentionMs = 60_000
+        config.cleanupIntervalMs = 10
+        let relay = OutboxRelay(store: try OutboxStore(path: path), sink: MemorySink(loop: loop), loop: loop, config: config,
+                                clock: { mono.nowMs() }, wallClock: { wall.nowMs() })
+        onLoop(loop) { relay.start() }
+        defer { onLoop(loop) { relay.stop() } }
+        for i in 0..<3 { try outbox.transaction { _ = try $0.enqueue(topic: "t", key: "k\(i)", payload: "\(i)") } }
+        try waitFor("delivered") { try counts.counts().delivered == 3 }
+        wall.step(2 * 3_600_000)
+        Thread.sleep(forTimeInterval: 0.5)
+        XCTAssertEqual(try counts.counts().delivered, 3, "a step of the wall clock alone deletes nothing")
+        mono.step(30_000)
+        Thread.sleep(forTimeInterval: 0.3)
+        XCTAssertEqual(try counts.counts().delivered, 3, "30 s of the 60 s retention have passed")
+        mono.step(31_000)
+        try waitFor("the rows cleaned up once the retention has passed", timeoutMs: 5_000) { try counts.counts().delivered == 0 }
     }
 
     /// A tick renews the lease and, in the same feed, sends a batch. When the renewal finds

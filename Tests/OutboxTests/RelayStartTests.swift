@@ -1,4 +1,5 @@
 import CohortClient
+import CohortCore
 import CohortOutbox
 import Foundation
 import XCTest
@@ -22,6 +23,54 @@ final class RelayStartTests: XCTestCase {
         _ = try rig.produce(["--count", "1", "--keys", "1"])
         let relay = try rig.start("cohort-relay", ["--db", rig.producerDB, "--sink", "http://127.0.0.1:1/v1/inbox", "--port", "0"])
         XCTAssertNotNil(relay.url)
+    }
+
+    /// Flags that would do nothing, and retentions that would forget at once, are usage errors
+    /// (exit 2, with `--check-flags` as at a real start): `--stream` with an HTTP sink was taken
+    /// and ignored, `--retention 0s` deleted delivered and discarded rows within a second,
+    /// `--stream-maxlen 1` trimmed every entry a consumer had not read yet.
+    func testFlagsThatWouldDoNothingOrForgetAtOnceAreRefused() throws {
+        let rig = try rig()
+        _ = try rig.produce(["--count", "1", "--keys", "1"])
+        let db = rig.producerDB
+        let http = "http://127.0.0.1:1/v1/inbox"
+        let minS = Limits.inboxRetentionMsMin / 1000
+        let cases: [(String, [String], String)] = [
+            ("cohort-relay", ["--db", db, "--sink", http, "--stream", "orders"],
+             "error: --stream is for a redis:// sink (it names or trims a Redis stream); the sink \(http) is HTTP, where it would be ignored"),
+            ("cohort-relay", ["--db", db, "--sink", http, "--stream-maxlen", "100000"], "error: --stream-maxlen is for a redis:// sink"),
+            ("cohort-relay", ["--db", db, "--sink", "redis://127.0.0.1:1", "--stream-maxlen", "1"],
+             "error: --stream-maxlen must be between \(Limits.outboxStreamMaxLengthMin) and"),
+            ("cohort-relay", ["--db", db, "--sink", http, "--retention", "0s"], "error: --retention must be at least \(Limits.outboxRetentionMsMin / 1000)s"),
+            ("cohort-relay", ["--db", db, "--sink", http, "--retention", "\(Limits.outboxRetentionMsMin - 1)ms"], "error: --retention must be at least"),
+            ("cohort-relay", ["--db", db, "--sink", http, "--retention", "forever"], "error: --retention must be a duration"),
+            ("outbox-demo-producer", ["--db", rig.dir + "/q.db", "--sink", http, "--stream", "orders"],
+             "error: --stream is for --sink redis://... (it names the Redis stream); the sink \(http) is HTTP"),
+            ("outbox-demo-producer", ["--db", rig.dir + "/q.db", "--stream", "orders"], "error: --stream is for --sink redis://..."),
+            ("outbox-demo-consumer", ["--db", rig.dir + "/c2.db", "--port", "0", "--stream", "orders"], "error: --stream is for --redis"),
+            ("outbox-demo-consumer", ["--db", rig.dir + "/c2.db", "--port", "0", "--group", "g"], "error: --group is for --redis"),
+            ("outbox-demo-consumer", ["--db", rig.dir + "/c2.db", "--port", "0", "--name", "c1"], "error: --name is for --redis"),
+            ("outbox-demo-consumer", ["--db", rig.dir + "/c2.db", "--port", "0", "--inbox-retention", "\(minS - 1)s"],
+             "error: --inbox-retention must be at least \(minS)s"),
+        ]
+        for (program, args, start) in cases {
+            for line in [args + ["--check-flags"], args] {
+                let r = try runToCompletion(rig.bin.appendingPathComponent(program), line, timeoutMs: 20_000)
+                XCTAssertEqual(r.status, 2, "\(program) \(line): \(r.stderr)")
+                XCTAssertTrue(r.stderr.hasPrefix(start), "\(program) \(line): \(r.stderr)")
+            }
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: rig.dir + "/q.db"), "the producer made no database")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: rig.dir + "/c2.db"), "the consumer made no database")
+        // What they still take: --stream with a Redis sink, the minimum retentions.
+        for (program, args) in [("cohort-relay", ["--db", db, "--sink", "redis://127.0.0.1:1", "--stream", "orders",
+                                                  "--stream-maxlen", "\(Limits.outboxStreamMaxLengthMin)", "--retention", "\(Limits.outboxRetentionMsMin / 1000)s"]),
+                                ("outbox-demo-producer", ["--db", rig.dir + "/q.db", "--sink", "redis://127.0.0.1:1", "--stream", "orders"]),
+                                ("outbox-demo-consumer", ["--db", rig.dir + "/c2.db", "--port", "0", "--redis", "redis://127.0.0.1:1", "--stream", "orders",
+                                                          "--group", "g", "--name", "c1", "--inbox-retention", "\(minS)s"])] {
+            let r = try runToCompletion(rig.bin.appendingPathComponent(program), args + ["--check-flags"], timeoutMs: 20_000)
+            XCTAssertEqual(r.status, 0, "\(program) \(args): \(r.stderr)")
+        }
     }
 
     /// `COHORT_CRASHPOINT=list` lists the producer's crash points (its in-process relay's)

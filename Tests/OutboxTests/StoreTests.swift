@@ -268,6 +268,46 @@ final class StoreTests: XCTestCase {
         XCTAssertEqual(again[0].attempts, 0)
     }
 
+    /// Text kept by the store is bounded in bytes, cut between characters: a discard's reason
+    /// (`Limits.httpErrorMessageBytesMax`) and a refusal's error (`Limits.outboxErrorBytesMax`)
+    /// were cut at that many characters, so four-byte ones kept four times the bytes. The admin
+    /// list's `payload_bytes` counts bytes: SQL `length()` of the TEXT payload counted characters
+    /// and stopped at a NUL.
+    func testStoredTextIsBoundedInBytesAndPayloadBytesCountsBytes() throws {
+        let path = tempDB("p")
+        let outbox = try Outbox(path: path)
+        let payloads = ["{\"sku\":\"café\"}", "a\u{0}b", String(repeating: "😀", count: 100)]
+        var ids: [Int64] = []
+        for (i, p) in payloads.enumerated() { ids.append(try outbox.transaction { try $0.enqueue(topic: "t", key: "k\(i)", payload: p) }) }
+        let store = try OutboxStore(path: path)
+        let t = try XCTUnwrap(store.acquireLease(holder: "r", nowMs: 0, ttlMs: 1000))
+        let longError = String(repeating: "é", count: Limits.outboxErrorBytesMax)   // 2 bytes each
+        XCTAssertTrue(try store.record(RelayWrite(failed: [.init(id: ids[0], attempts: 1, error: longError)],
+                                                  dead: [.init(id: ids[1], attempts: 10, error: longError), .init(id: ids[2], attempts: 10, error: "x")]),
+                                       holder: "r", token: t, nowMs: 5))
+        XCTAssertEqual(try store.list(dead: false, limit: 10).map(\.payloadBytes), [payloads[0].utf8.count], "é is two bytes")
+        let dead = try store.list(dead: true, limit: 10)
+        XCTAssertEqual(dead.map(\.payloadBytes), [3, 400], "a NUL and what follows it count; 😀 is four bytes")
+        for e in [try store.list(dead: false, limit: 10)[0].lastError, dead[0].lastError] {
+            let e = try XCTUnwrap(e)
+            XCTAssertLessThanOrEqual(e.utf8.count, Limits.outboxErrorBytesMax)
+            XCTAssertTrue(e.hasSuffix("é..."), e)
+        }
+        // A reason of 4-byte characters, fewer characters than the bound but more bytes.
+        let reason = String(repeating: "😀", count: Limits.httpErrorMessageBytesMax / 2)
+        XCTAssertEqual(try store.discard(id: ids[2], reason: reason, nowMs: 10), .replayed)
+        let kept = try XCTUnwrap(store.connection.query("SELECT last_error FROM outbox WHERE id = ?1", [.int(ids[2])]).first?.first?.text)
+        let prefix = "discarded by an operator: "
+        XCTAssertTrue(kept.hasPrefix(prefix + "😀"), kept)
+        XCTAssertTrue(kept.hasSuffix("😀..."), "cut between characters: \(kept.suffix(8))")
+        XCTAssertLessThanOrEqual(kept.utf8.count, prefix.utf8.count + Limits.httpErrorMessageBytesMax)
+        XCTAssertGreaterThan(kept.utf8.count, prefix.utf8.count + Limits.httpErrorMessageBytesMax - 8, "as much as fits")
+        // A short reason is kept whole.
+        XCTAssertEqual(try store.discard(id: ids[1], reason: "payload v1 dropped ✓", nowMs: 10), .replayed)
+        XCTAssertEqual(try store.connection.query("SELECT last_error FROM outbox WHERE id = ?1", [.int(ids[1])]).first?.first?.text,
+                       prefix + "payload v1 dropped ✓")
+    }
+
     func testCleanupDeletesOnlyOldDeliveredRowsInSmallBatches() throws {
         let path = tempDB("p")
         let outbox = try Outbox(path: path)
@@ -318,6 +358,41 @@ final class StoreTests: XCTestCase {
                 "EXPLAIN QUERY PLAN SELECT id FROM outbox WHERE state = \(state) AND delivered_ms < 1 LIMIT 1").map { $0.last?.text ?? "" }
             XCTAssertTrue(plan.contains { $0.contains(state == 1 ? "outbox_delivered" : "outbox_discarded") }, "\(plan)")
         }
+    }
+
+    /// The inbox's rows (its dedupe memory) are aged by a `RetentionClock`: a wall-clock step
+    /// forward as long as the retention deleted them all at the next cleanup, and a relay's
+    /// resend after it was applied again. A step back keeps them longer; real time (both clocks)
+    /// deletes them, in statements of `Limits.outboxCleanupRowsMax` up to a round's bound.
+    func testInboxCleanupIsNotHurriedByAWallClockStepForward() throws {
+        let inbox = try Inbox(path: tempDB("c"), consumer: "inv")
+        var wall: Int64 = 1_000_000_000
+        var mono: Int64 = 5_000
+        let retention: Int64 = 60_000
+        let cleaner = InboxCleaner(inbox: inbox, retentionMs: retention, wallClock: { wall }, monotonicClock: { mono })
+        let batch = (0..<1_200).map { WireMessage(id: "s:\($0)", source: "s", seq: 1, topic: "t", key: "k", payload: "{}", headers: [:], createdMs: 0) }
+        _ = try inbox.apply(batch, nowMs: wall) { _, _ in }
+        func rows() throws -> Int64 { try inbox.connection.query("SELECT COUNT(*) FROM inbox").first?.first?.int ?? 0 }
+        wall += 10 * retention   // the step
+        XCTAssertEqual(cleaner.round(), 0, "a step of the wall clock alone deletes nothing")
+        XCTAssertEqual(try rows(), 1_200)
+        mono += retention / 2
+        wall += retention / 2
+        XCTAssertEqual(cleaner.round(), 0, "half the retention has passed")
+        wall -= 20 * retention   // and a step back
+        mono += retention / 2 + 1
+        XCTAssertEqual(cleaner.round(), 0, "a step back keeps them longer")
+        wall += 20 * retention
+        XCTAssertEqual(cleaner.round(rowsMax: 700), 700, "a round stops at its bound")
+        XCTAssertEqual(cleaner.round(), 500)
+        XCTAssertNil(cleaner.lastError)
+        XCTAssertEqual(try rows(), 0)
+        // A row applied now (by the stepped wall clock) stays for its retention.
+        _ = try inbox.apply([WireMessage(id: "s:new", source: "s", seq: 1, topic: "t", key: "k", payload: "{}", headers: [:], createdMs: 0)],
+                            nowMs: wall) { _, _ in }
+        mono += retention - 1
+        XCTAssertEqual(cleaner.round(), 0)
+        XCTAssertTrue(try inbox.hasApplied("s:new"))
     }
 
     func testInboxAppliesEachMessageOnceAndRollsBackAFailedEffectAlone() throws {
