@@ -121,7 +121,7 @@ final class SimTCCService {
         var options = TCCResource.Options()
         options.testOnlyIgnoreFence = node.simulation.config.breakMode == .tccIgnoreFence
         let clock = SimWallClock(node.simulation)
-        store = try InventoryStore(databasePath: disk.uri, options: options, clock: { clock.nowMs })
+        store = try InventoryStore(databasePath: disk.uri, options: options, clock: { clock.nowMs }, monotonicClock: { clock.nowMs })
         store.resource.afterCommit = { [unowned self] phase, outcome in
             // Called once the phase's local transaction committed: the moment it counts.
             guard let request = self.current else { return }

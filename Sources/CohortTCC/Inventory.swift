@@ -1,5 +1,6 @@
 import CohortCore
 import CohortSQLite
+import Dispatch
 import Foundation
 
 /// What each try reserved, per branch, until its confirm or cancel settles exactly that: the
@@ -50,9 +51,10 @@ public final class InventoryStore: @unchecked Sendable {
     }
 
     public init(databasePath: String, options: TCCResource.Options = .init(),
-                clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }) throws {
+                clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) },
+                monotonicClock: @escaping @Sendable () -> Int64 = { Int64(DispatchTime.now().uptimeNanoseconds / 1_000_000) }) throws {
         resource = try TCCResource(
-            name: "inventory", databasePath: databasePath, schema: Self.schema, options: options, clock: clock,
+            name: "inventory", databasePath: databasePath, schema: Self.schema, options: options, clock: clock, monotonicClock: monotonicClock,
             try: { ctx in
                 guard let sku = ctx.payload?["sku"]?.stringValue, let qty = ctx.payload?["qty"]?.intValue, qty > 0 else {
                     throw TCCError.badRequest("payload must be {\"sku\": STRING, \"qty\": POSITIVE INT}")

@@ -1,6 +1,7 @@
 import CohortCore
 import CohortHTTP
 import CohortSQLite
+import Dispatch
 import Foundation
 
 /// What a phase's business code gets: the branch, its payload, and the service's database
@@ -44,6 +45,13 @@ public final class TCCResource: @unchecked Sendable {
     private let confirmBody: Settle
     private let cancelBody: Settle
     private let clock: @Sendable () -> Int64
+    private let monotonicClock: @Sendable () -> Int64
+    /// What the purge ages rows by: a wall-clock step forward as long as the retention made every
+    /// finished branch's rows look old enough at once; once the clock was set right again, a late
+    /// try within its deadline met no fence (and a replayed confirm was answered "never tried").
+    /// The step is not believed until the service restarts (`RetentionClock`). The fence's own
+    /// deadline check keeps the wall clock: deadlines are the coordinator's wall clock.
+    private let retentionClock: RetentionClock
     private let lock = NSLock()
     private var idle: [SQLiteConnection] = []
     /// Phases answered since start, by phase and `PhaseResult` (for /metrics), under `lock`.
@@ -66,6 +74,7 @@ public final class TCCResource: @unchecked Sendable {
     /// is the service's own DDL, run once at open.
     public init(name: String, databasePath path: String, schema: String = "", options: Options = Options(),
                 clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) },
+                monotonicClock: @escaping @Sendable () -> Int64 = { Int64(DispatchTime.now().uptimeNanoseconds / 1_000_000) },
                 try tryBody: @escaping Try, confirm: @escaping Settle, cancel: @escaping Settle) throws {
         // The floor assumes the default skew margin; a wider margin lets a late try through for
         // that much longer, so the fence must stay as much longer (a review: a 2 h margin with
@@ -85,6 +94,8 @@ public final class TCCResource: @unchecked Sendable {
         self.path = path
         self.options = options
         self.clock = clock
+        self.monotonicClock = monotonicClock
+        retentionClock = RetentionClock(wallMs: clock(), monotonicMs: monotonicClock())
         self.tryBody = tryBody
         self.confirmBody = confirm
         self.cancelBody = cancel
@@ -324,7 +335,8 @@ public final class TCCResource: @unchecked Sendable {
     public func purgeFinished(limit: Int = Limits.tccPurgeBatchMax) throws -> Int {
         try withConnection { db in
             try countingRows(db) { added in
-                let removed = try TCCBarrier.purge(db, resource: name, nowMs: clock(), retentionMs: options.retentionMs, limit: limit)
+                let nowMs = retentionClock.nowMs(wallMs: clock(), monotonicMs: monotonicClock())
+                let removed = try TCCBarrier.purge(db, resource: name, nowMs: nowMs, retentionMs: options.retentionMs, limit: limit)
                 added = -removed.rows
                 return removed.branches
             }

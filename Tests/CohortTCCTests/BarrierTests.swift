@@ -33,7 +33,7 @@ final class BarrierTests: XCTestCase {
     /// refuses (after writing) when `refuseTry`, or for branch id "refuse".
     private func counting(_ counter: Counter, clock: Clock = Clock(), refuseTry: Bool = false, options: TCCResource.Options = .init()) throws -> TCCResource {
         try TCCResource(name: "r", databasePath: dir + "/db.sqlite", schema: "CREATE TABLE IF NOT EXISTS effects(op TEXT NOT NULL);",
-                        options: options, clock: { clock.now() },
+                        options: options, clock: { clock.now() }, monotonicClock: { clock.now() },
                         try: { ctx in
                             counter.bump(.try)
                             try ctx.db.run("INSERT INTO effects(op) VALUES('try')")
@@ -328,7 +328,7 @@ final class BarrierTests: XCTestCase {
         func resource(_ name: String, retentionMs: Int64) throws -> TCCResource {
             var o = TCCResource.Options()
             o.retentionMs = retentionMs
-            return try TCCResource(name: name, databasePath: dir + "/shared.sqlite", options: o, clock: { clock.now() },
+            return try TCCResource(name: name, databasePath: dir + "/shared.sqlite", options: o, clock: { clock.now() }, monotonicClock: { clock.now() },
                                    try: { _ in nil }, confirm: { _ in }, cancel: { _ in })
         }
         let short = try resource("short", retentionMs: Limits.tccBarrierRetentionMsMin)
@@ -341,6 +341,27 @@ final class BarrierTests: XCTestCase {
         XCTAssertEqual(try long.purgeFinished(), 0)
         clock.advance(Limits.tccBarrierRetentionMsMin * 10)
         XCTAssertEqual(try long.purgeFinished(), 1)
+    }
+
+    /// A wall-clock step forward as long as the retention does not purge a fence at once: a
+    /// cancelled branch's rows stay until the retention has passed on the monotonic clock too
+    /// (before, the next purge removed them; once the clock was set right again, a try arriving
+    /// late but within its deadline found no fence and reserved stock nobody would release).
+    func testAWallClockStepForwardDoesNotPurgeFencesEarly() throws {
+        let c = Counter()
+        let wall = Clock()
+        let monotonic = Clock()
+        let r = try TCCResource(name: "r", databasePath: dir + "/db.sqlite", schema: "CREATE TABLE IF NOT EXISTS effects(op TEXT NOT NULL);",
+                                clock: { wall.now() }, monotonicClock: { monotonic.now() },
+                                try: { ctx in c.bump(.try); try ctx.db.run("INSERT INTO effects(op) VALUES('try')"); return nil },
+                                confirm: { _ in c.bump(.confirm) }, cancel: { _ in c.bump(.cancel) })
+        _ = try r.run(.cancel, txid: "cancelled", branchID: "b", payload: nil)
+        wall.advance(r.options.retentionMs + 3_600_000)
+        XCTAssertEqual(try r.purgeFinished(), 0, "the step alone purged the fence")
+        XCTAssertEqual(try r.barrier(txid: "cancelled", branchID: "b").isEmpty, false)
+        monotonic.advance(r.options.retentionMs + 1)
+        XCTAssertEqual(try r.purgeFinished(), 1, "past the retention on both clocks it goes")
+        XCTAssertEqual(c.get(.try), 0)
     }
 
     func testPurgeRemovesOnlyFinishedBranchesPastRetention() throws {
