@@ -425,6 +425,9 @@ public enum Txctl {
             guard let reason = a.string("reason"), !reason.trimmingCharacters(in: .whitespaces).isEmpty else {
                 throw CtlError.usage("discard needs --reason \"...\": the message is never delivered, and the reason stays with it")
             }
+            guard reason.utf8.count <= Limits.reasonBytesMax else {
+                throw CtlError.usage("--reason must be 1-\(Limits.reasonBytesMax) bytes, got \(reason.utf8.count)")
+            }
             var w = JSONWriter()
             w.beginObject(); w.field("reason", reason); w.endObject()
             let r = try remote(a).post("/v1/outbox/\(id)/discard", body: w.bytes, OutboxReplay.self)

@@ -69,6 +69,11 @@ public enum OutboxAdminAPI {
                       case .string(let reason)? = members.first(where: { $0.0 == "reason" })?.1, !reason.allSatisfy(\.isWhitespace) else {
                     return .error(400, "body must be {\"reason\": \"...\"}: say why the message is dropped")
                 }
+                // Refused past the bound, as an operator's force is: the reason is the record of
+                // why the message was dropped, and cutting it would keep a different one.
+                guard reason.utf8.count <= Limits.reasonBytesMax else {
+                    return .error(400, "reason must be 1-\(Limits.reasonBytesMax) bytes, got \(reason.utf8.count)")
+                }
                 change = { try store.discard(id: id, reason: reason, nowMs: nowMs) }
             }
             do {

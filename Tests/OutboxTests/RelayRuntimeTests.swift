@@ -203,6 +203,10 @@ final class RelayRuntimeTests: XCTestCase {
         // A blank one too, as txctl refuses it: it was taken, and the row kept "discarded by an
         // operator:   " as the record of why.
         XCTAssertEqual(admin("/v1/outbox/\(poison)/discard", #"{"reason":" \t\n "}"#)?.status, 400, "a blank reason is no reason")
+        let long = String(repeating: "é", count: Limits.reasonBytesMax / 2 + 1)
+        let tooLong = admin("/v1/outbox/\(poison)/discard", #"{"reason":"\#(long)"}"#)
+        XCTAssertEqual(tooLong?.status, 400, "a reason past 1024 bytes is refused, as a force's is, not cut")
+        XCTAssertTrue(String(decoding: tooLong?.body ?? [], as: UTF8.self).contains("reason must be 1-1024 bytes, got 1026"), String(decoding: tooLong?.body ?? [], as: UTF8.self))
         XCTAssertEqual(admin("/v1/outbox/\(poison)/discard", #"{"reason":"v1 payload, consumer dropped support; ticket 123"}"#)?.status, 200)
         try waitFor("the key's later message", timeoutMs: 15_000) { sink.lock.withLock { sink.delivered } == ["after"] }
         try waitFor("its delivery recorded", timeoutMs: 15_000) { try counts.counts().pending == 0 }
