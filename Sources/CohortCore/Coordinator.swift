@@ -26,6 +26,9 @@ public struct Coordinator {
         public var retryDelayMsMin = Limits.retryDelayMsMin
         public var retryDelayMsMax = Limits.retryDelayMsMax
         public var finishedTransactionsKept = Limits.finishedTransactionsKept
+        /// What those finished transactions may hold in memory in all (`Transaction.keptBytes`):
+        /// past it the oldest go even below `finishedTransactionsKept`.
+        public var finishedKeptBytesMax = Limits.finishedTransactionsKeptBytesMax
         /// request_ids of committed submissions remembered past `finishedTransactionsKept`.
         public var committedSubmissionsKept = Limits.committedSubmissionsKept
         /// Outcomes of transactions past `finishedTransactionsKept` kept (`OutcomeLedger`).
@@ -424,8 +427,29 @@ public struct Coordinator {
         var waiters: [RequestID] = []
         /// A submitted transaction's idempotency key.
         public var requestID: String?
+        /// What it held when it finished (`finishedKeptBytes`), counted against
+        /// `Config.finishedKeptBytesMax` until it is let go. What is added after (an audit entry,
+        /// a heuristic report) is bounded by count and not counted.
+        var keptBytes = 0
 
         func branchIndex(_ name: String) -> Int? { branches.firstIndex { $0.participant.name == name } }
+        /// Its strings and a fixed share for the rest: branches (name, URL, ids, vote reason,
+        /// errors and attempt history, an operator's heuristic report), timeline, reason and
+        /// audit. Each is bounded in count and clipped or refused past `Limits.reasonBytesMax`,
+        /// yet 64 branches with full histories hold about 1 MB, and 10,000 (or the 100,000
+        /// `--finished-kept` allows) of those would be gigabytes.
+        var finishedKeptBytes: Int {
+            var bytes = 256 + (reason?.utf8.count ?? 0) + (requestID?.utf8.count ?? 0)
+            for b in branches {
+                bytes += 96 + b.participant.name.utf8.count + b.participant.url.utf8.count
+                    + (b.participant.incarnation?.utf8.count ?? 0)
+                    + (b.lastError?.utf8.count ?? 0) + (b.heuristicForce.map { ($0.operatorName?.utf8.count ?? 0) + ($0.reason?.utf8.count ?? 0) } ?? 0)
+                if case .no(let why)? = b.vote { bytes += why.utf8.count }
+                for a in b.history { bytes += 16 + a.error.utf8.count }
+            }
+            for e in events { bytes += 32 + e.event.utf8.count + (e.participant?.utf8.count ?? 0) + (e.detail?.utf8.count ?? 0) }
+            return bytes + audit.reduce(0) { $0 + OperatorAudits.keptBytes($1) }
+        }
         /// A one-phase commit asked for and not sent yet: it waits for a durable one-phase window.
         var awaitsOnePhaseWindow: Bool { state == .preparing && onePhase && branches.allSatisfy { $0.state == .registered } }
     }
@@ -454,6 +478,8 @@ public struct Coordinator {
     public var committingCount: Int { openTable.settlingCount }
     /// Recently finished transactions, oldest first, bounded by `finishedTransactionsKept`.
     public private(set) var finished: [TxID: Transaction] = [:]
+    /// `keptBytes` of every transaction in `finished`.
+    public private(set) var finishedKeptBytes = 0
     private var finishedOrder: [TxID] = []
     private var finishedOrderHead = 0
     /// Heuristic-mixed transactions let go of `finished`, kept whole for views (`keepMixed`).
@@ -2052,9 +2078,16 @@ public struct Coordinator {
         if tx.branches.contains(where: { $0.heuristic != nil && $0.heuristic != tx.outcome }) { tx.state = .heuristicMixed }
         if tx.finishedAtMs == nil { tx.finishedAtMs = tx.events.last?.atMs }
         trimEvents(&tx)
-        if finished.updateValue(tx, forKey: tx.txid) == nil { finishedOrder.append(tx.txid) }
-        while finished.count > config.finishedTransactionsKept {
+        tx.keptBytes = tx.finishedKeptBytes
+        finishedKeptBytes += tx.keptBytes
+        if let replaced = finished.updateValue(tx, forKey: tx.txid) {
+            finishedKeptBytes -= replaced.keptBytes
+        } else {
+            finishedOrder.append(tx.txid)
+        }
+        while finished.count > config.finishedTransactionsKept || (finishedKeptBytes > config.finishedKeptBytesMax && finished.count > 1) {
             if let gone = finished.removeValue(forKey: finishedOrder[finishedOrderHead]) {
+                finishedKeptBytes -= gone.keptBytes
                 if gone.outcome == .committed { forgottenCommits.forget(gone.txid) }
                 // Not a presumption: the ledger holds outcomes that were decided.
                 if let outcome = gone.outcome, gone.reason != Coordinator.presumedAbortReason {

@@ -334,6 +334,12 @@ public enum Limits {
     public static let tccClockSkewMarginMsMax: Int64 = 24 * 3_600_000
     /// Finished transactions remembered for `GET /v1/transactions/{txid}` and listing.
     public static let finishedTransactionsKept = 10_000
+    /// What the coordinator's finished transactions may hold in memory in all
+    /// (`Coordinator.Transaction.finishedKeptBytes`): a two-branch transfer holds about 2 KB, so
+    /// 100,000 of them fit; past it (transactions of many branches with long errors and
+    /// histories) the oldest go before `finishedTransactionsKept`, as the TCC coordinator's do
+    /// (`tccFinishedKeptBytesMax`). A transaction let go keeps its outcome in the ledger.
+    public static let finishedTransactionsKeptBytesMax = 256 << 20
     /// The most `cohortd --finished-kept` takes: each is a whole transaction (branches,
     /// timeline), a few KB.
     public static let finishedTransactionsKeptMax = 100_000

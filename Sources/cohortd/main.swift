@@ -22,7 +22,8 @@ or quorum termination) and TCC (try/confirm/cancel) over participants.
   --parked-retry-delay DURATION  how often a parked transaction is still retried, at least 1s
                                (default 30s)
   --finished-kept N            finished transactions kept whole for GET and listing,
-                               1-100000 (default 10000)
+                               1-100000 (default 10000; fewer when they hold more
+                               than 256 MiB; their outcomes stay in the ledger)
   --submissions-kept N         request_ids of committed submissions kept after their
                                transactions, so a resend is answered, not run again,
                                0-1000000 (default 100000)

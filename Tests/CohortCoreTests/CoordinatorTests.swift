@@ -148,6 +148,38 @@ final class CoordinatorTests: XCTestCase {
         XCTAssertLessThanOrEqual(branch?.lastError?.utf8.count ?? .max, Limits.reasonBytesMax)
     }
 
+    /// Finished transactions are bounded by what they hold, not only by their count: 200 aborted
+    /// by a no vote with a 1 KB reason (kept as the vote, the transaction's reason and in the
+    /// timeline, about 3 KB each) stayed all 200 under a 100 KB bound when only the count (10,000)
+    /// was. The ones let go keep their outcome in the ledger.
+    func testFinishedTransactionsAreBoundedByWhatTheyHold() {
+        var config = Coordinator.Config(coordinatorID: "0a1b2c3d", epoch: 100)
+        config.finishedKeptBytesMax = 100_000
+        var c = Coordinator(config: config)
+        let reason = String(repeating: "n", count: 1_000)
+        var txids: [TxID] = []
+        for i in 0..<200 {
+            let t = begin(&c, [a, b])
+            _ = c.on(.commit(RequestID(100 + i), txid: t.description), nowMs: 2)
+            _ = c.on(.voted(t, participant: "a", vote: .yes), nowMs: 3)
+            _ = c.on(.voted(t, participant: "b", vote: .no(reason: reason)), nowMs: 4)
+            XCTAssertEqual(c.transaction(t)?.state, .aborted)
+            txids.append(t)
+        }
+        let reasonBytesHeld = c.finished.values.reduce(0) { sum, tx in
+            var bytes = sum + (tx.reason?.utf8.count ?? 0) + tx.events.reduce(0) { $0 + ($1.detail?.utf8.count ?? 0) }
+            for branch in tx.branches { if case .no(let why)? = branch.vote { bytes += why.utf8.count } }
+            return bytes
+        }
+        XCTAssertLessThanOrEqual(reasonBytesHeld, 100_000, "\(c.finished.count) finished transactions kept")
+        XCTAssertLessThanOrEqual(c.finishedKeptBytes, 100_000)
+        XCTAssertGreaterThan(c.finished.count, 10, "the newest are kept")
+        XCTAssertNotNil(c.transaction(txids[199]))
+        XCTAssertNil(c.finished[txids[0]], "the oldest is let go past the bound")
+        let again = c.on(.commit(999, txid: txids[0].description), nowMs: 10)
+        XCTAssertEqual(again.first, .reply(999, .outcome(txids[0], .aborted, reason: Coordinator.forgottenAbortReason)), "its outcome stays, from the ledger")
+    }
+
     func testAbortBeforePrepareTellsEveryBranch() {
         var c = makeCoordinator()
         let t = begin(&c, [a, b])
