@@ -652,7 +652,10 @@ public enum Limits {
     public static let tccBranchIDBytesMax = 128
     /// A branch's payload (and a try's result) as JSON, at most this long; the payload also in
     /// the coordinator log's binary form, which can be longer than the JSON (a small integer
-    /// takes 9 bytes there), since the log reads back no more than this.
+    /// takes 9 bytes there), since the log reads back no more than this. A try whose answer
+    /// carries a longer result fails (its reservation is cancelled): the coordinator kept any
+    /// result a service answered, up to a response's 4 MiB, in the open branch, outside
+    /// `tccOpenBranchBytesMax`. It now passes the result on to the client and keeps none.
     public static let tccPayloadBytesMax = 64 << 10
     /// What the TCC coordinator holds for its open transactions' branches (ids, URLs and
     /// payloads, as logged): past it a new branch is refused with 503. Without it 10,000 open
