@@ -315,7 +315,7 @@ public final class AgentNode {
             for txid in finishedInBatch {
                 if tracksBacking { backingLSN.removeValue(forKey: txid) }
                 submittedBranches.remove(txid)
-                workReplies.removeValue(forKey: txid)
+                dropWorkReplies(txid)
             }
         }
         for action in actions {
@@ -625,6 +625,11 @@ public final class AgentNode {
                 guard (workReplies[txid]?.count ?? 0) < Limits.requestIDsPerBranchMax else {
                     return responder.send(.error(429, "too many distinct request_id values for branch \(txid) (limit \(Limits.requestIDsPerBranchMax))"))
                 }
+                guard workAnswersKeptBytes < Limits.workAnswersKeptBytesMax else {
+                    metrics.add("cohort_requests_rejected_total")
+                    return responder.send(.error(503, "this participant keeps \(workAnswersKeptBytes) bytes of work answers for request_id retries "
+                        + "(limit \(Limits.workAnswersKeptBytesMax)) until their branches end; nothing was staged: retry later"))
+                }
                 workReplies[txid, default: [:]][requestID] = .pending([])
                 responder = RecordingSink(inner: responder) { [unowned self] response in self.workAnswered(txid, requestID, response) }
             }
@@ -670,11 +675,20 @@ public final class AgentNode {
 
     /// Answers to work requests that carried a request_id, per branch, until it finishes.
     private var workReplies: [String: [String: WorkReply]] = [:]
+    /// The bodies of the `.done` answers in `workReplies` (`Limits.workAnswersKeptBytesMax`).
+    private(set) var workAnswersKeptBytes = 0
+
+    /// Lets go of a finished branch's kept work answers.
+    private func dropWorkReplies(_ txid: String) {
+        guard let replies = workReplies.removeValue(forKey: txid) else { return }
+        for case .done(let response) in replies.values { workAnswersKeptBytes -= response.body.count }
+    }
 
     private func workAnswered(_ txid: String, _ requestID: String, _ response: HTTPResponse) {
         guard case .pending(let waiting)? = workReplies[txid]?[requestID] else { return }
         if response.status == 200 {
             workReplies[txid]![requestID] = .done(response)
+            workAnswersKeptBytes += response.body.count
         } else {
             // Not staged: a retry may try again.
             workReplies[txid]!.removeValue(forKey: requestID)

@@ -452,6 +452,20 @@ public enum Limits {
     public static let agentStagedBytesMax = 128 << 20
     public static let keyBytesMax = 256
     public static let stringValueBytesMax = 64 << 10
+    /// Keys and values one work call's gets return (each key once): past it the call fails
+    /// with 400 and, as any failed call, dooms its branch. 256 gets of 64 KiB values answered
+    /// 16 MiB, past what a client reads (`httpResponseBytesMax`); escaped as JSON, this much
+    /// stays under it (as `scanBytesMax`).
+    public static let workValuesBytesMax = scanBytesMax
+    /// Answers an agent keeps for work calls that carried a `request_id` (a retry with it is
+    /// answered the same, without staging again), until their branches end. Past it a call
+    /// with a new request_id is answered 503 before anything is staged (the branch is not
+    /// doomed); calls without one, and repeats of kept ones, still run. Before, up to 256
+    /// answers per branch were kept, each up to 16 MiB of values read: gigabytes for one
+    /// branch, outside `agentStagedBytesMax` (gets stage nothing). Counted as each answer's
+    /// body; answers of calls admitted below the bound may pass it by their own size (at most
+    /// about 3 MiB each, `workValuesBytesMax` escaped).
+    public static let workAnswersKeptBytesMax = 64 << 20
     public static let scanItemsMax = 10_000
     /// Keys and values one `GET /v1/kv` answer carries (past its first item): escaped as JSON
     /// they stay under `httpResponseBytesMax`, the most a client reads.
@@ -658,7 +672,10 @@ public enum Limits {
     public static let tccBranchIDBytesMax = 128
     /// A branch's payload (and a try's result) as JSON, at most this long; the payload also in
     /// the coordinator log's binary form, which can be longer than the JSON (a small integer
-    /// takes 9 bytes there), since the log reads back no more than this.
+    /// takes 9 bytes there), since the log reads back no more than this. A try whose answer
+    /// carries a longer result fails (its reservation is cancelled): the coordinator kept any
+    /// result a service answered, up to a response's 4 MiB, in the open branch, outside
+    /// `tccOpenBranchBytesMax`. It now passes the result on to the client and keeps none.
     public static let tccPayloadBytesMax = 64 << 10
     /// What the TCC coordinator holds for its open transactions' branches (ids, URLs and
     /// payloads, as logged): past it a new branch is refused with 503. Without it 10,000 open

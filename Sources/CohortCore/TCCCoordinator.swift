@@ -95,7 +95,6 @@ public struct TCCCoordinator {
     public struct Branch: Sendable {
         public internal(set) var spec: BranchSpec
         public var state: BranchState
-        public var tryResult: JSONValue?
         public var attempts = 0
         public var lastError: String?
         public var nextRetryAtMs: Int64?
@@ -333,7 +332,17 @@ public struct TCCCoordinator {
                 return tryAnswered(txid, id, .refused(status: status, error: error.clippedUTF8(toBytes: Limits.reasonBytesMax)), nowMs: nowMs)
             case .failed(let error):
                 return tryAnswered(txid, id, .failed(error.clippedUTF8(toBytes: Limits.reasonBytesMax)), nowMs: nowMs)
-            case .succeeded:
+            case .succeeded(let value?):
+                // The try's result, as the service answered it, goes to the client: at most
+                // `tccPayloadBytesMax` of JSON, as a payload. A larger one (up to a response's
+                // 4 MiB) is a failed try, so the reservation it made is cancelled.
+                var w = JSONWriter()
+                w.value(value.node)
+                guard w.bytes.count <= Limits.tccPayloadBytesMax else {
+                    return tryAnswered(txid, id, .failed("the try answered a result of \(w.bytes.count) bytes of JSON, over the limit of \(Limits.tccPayloadBytesMax)"), nowMs: nowMs)
+                }
+                return tryAnswered(txid, id, result, nowMs: nowMs)
+            case .succeeded(nil):
                 return tryAnswered(txid, id, result, nowMs: nowMs)
             }
         case .commit(let request, let text):
@@ -486,7 +495,6 @@ public struct TCCCoordinator {
         switch result {
         case .succeeded(let value):
             tx.branches[i].state = .tried
-            tx.branches[i].tryResult = value
             note(&tx, nowMs, "tried", branch: id)
             openTable[txid] = tx
             return waiter.map { [.reply($0, .tried(txid, branchID: id, result: value))] } ?? []
@@ -614,13 +622,12 @@ public struct TCCCoordinator {
         return tx.branches.isEmpty ? [] : [.log(.end(txid, outcome), force: false)]
     }
 
-    /// Keeps a finished transaction, without its payloads and try results (nothing calls its
+    /// Keeps a finished transaction, without its payloads (nothing calls its
     /// branches again), within `finishedTransactionsKept` and `finishedKeptBytesMax`.
     private mutating func remember(_ ended: Transaction) {
         var tx = ended
         for i in tx.branches.indices {
             tx.branches[i].spec = tx.branches[i].spec.withoutPayload
-            tx.branches[i].tryResult = nil
         }
         if let replaced = finished.updateValue(tx, forKey: tx.txid) {
             finishedKeptBytes -= replaced.finishedKeptBytes

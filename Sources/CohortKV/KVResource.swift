@@ -76,6 +76,8 @@ public final class KVResource {
         var staged: [KVOp] = []
         var overlay: [String: KVValue] = [:]
         var values: [String: KVValue] = [:]
+        /// Keys and values in `values` (`KVValue.storedBytes`), bounded by `Limits.workValuesBytesMax`.
+        var valuesBytes = 0
         init(ops: [KVOp], lockWaitMs: Int64, waitDie: ((String) -> Bool)?, completion: @escaping (Result<StageResult, KVError>) -> Void) {
             self.lockWaitMs = lockWaitMs
             self.waitDie = waitDie
@@ -266,6 +268,11 @@ public final class KVResource {
                         failure = .storeFailed(String(describing: error))
                     }
                     call.next += 1
+                    if failure == nil, call.valuesBytes > Limits.workValuesBytesMax {
+                        // 256 gets of 64 KiB values answered 16 MiB (more than a client reads),
+                        // and an agent kept such answers for request_id retries.
+                        failure = .invalid("the values this call reads pass \(Limits.workValuesBytesMax) bytes (keys and values): read fewer keys per call")
+                    }
                 case .waiting:
                     // Granted in arrival order: the waiters ahead count like holders.
                     if let waitsForNothing = call.waitDie, let mine = TxID(branch.txid),
@@ -306,7 +313,9 @@ public final class KVResource {
     private func stageOp(_ op: KVOp, branch: Branch, call: Call) throws {
         switch op {
         case .get(let key):
-            if let v = try currentValue(key, branch: branch, call: call) { call.values[key] = v }
+            if let v = try currentValue(key, branch: branch, call: call), call.values.updateValue(v, forKey: key) == nil {
+                call.valuesBytes += key.utf8.count + v.storedBytes
+            }
         case .set(let key, let value):
             call.overlay[key] = value
         case .add(let key, let delta, _):

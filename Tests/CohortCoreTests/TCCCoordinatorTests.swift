@@ -383,6 +383,38 @@ final class TCCCoordinatorTests: XCTestCase {
         XCTAssertEqual(restarted.transaction(txid)?.reason, tx.reason)
     }
 
+    /// A try's result is at most `tccPayloadBytesMax` of JSON, as its payload: a service that
+    /// answers a longer one (up to a response's 4 MiB) fails the try, and the reservation it
+    /// made is cancelled. The coordinator kept any result in the open branch, outside the
+    /// open-branch byte bound, until the transaction ended.
+    func testATryResultPastThePayloadLimitFailsTheTry() throws {
+        var m = TCCCoordinator()
+        let txid = nextTxID()
+        _ = m.on(.begin(nextReq(), txid: txid, timeoutMs: 5_000), nowMs: now)
+        let fits = nextReq()
+        _ = m.on(.register(fits, txid: txid.description, spec("a")), nowMs: now)
+        _ = m.on(.branchDurable(txid, branchID: "a"), nowMs: now)
+        // The JSON of a string is its text and two quotes.
+        let largest = JSONValue.string(String(repeating: "r", count: Limits.tccPayloadBytesMax - 2))
+        let a = m.on(.tryAnswered(txid, branchID: "a", .succeeded(largest)), nowMs: now)
+        XCTAssertEqual(replies(a)[fits], .tried(txid, branchID: "a", result: largest), "a result of the limit's size is passed on")
+
+        let tooLarge = nextReq()
+        _ = m.on(.register(tooLarge, txid: txid.description, spec("b")), nowMs: now)
+        _ = m.on(.branchDurable(txid, branchID: "b"), nowMs: now)
+        let result = JSONValue.object(["reserved": .int(1), "note": .string(String(repeating: "n", count: 1 << 20))])
+        let b = m.on(.tryAnswered(txid, branchID: "b", .succeeded(result)), nowMs: now)
+        guard case .error(let e)? = replies(b)[tooLarge] else { return XCTFail("the registration's answer is not an error: \(String(describing: replies(b)[tooLarge]).prefix(120))") }
+        XCTAssertEqual(e.status, 502)
+        XCTAssertTrue(e.message.contains("over the limit of \(Limits.tccPayloadBytesMax)"), e.message)
+        XCTAssertLessThanOrEqual(e.message.utf8.count, 2 * Limits.reasonBytesMax)
+        XCTAssertEqual(calls(b, .cancel), ["a", "b"], "both reservations are cancelled")
+        let tx = try XCTUnwrap(m.transaction(txid))
+        let kept = try XCTUnwrap(tx.branches.first { $0.spec.branchID == "b" })
+        XCTAssertEqual(kept.state, .cancelling)
+        XCTAssertTrue(kept.lastError?.contains("over the limit of \(Limits.tccPayloadBytesMax)") == true, kept.lastError ?? "no error kept")
+    }
+
     /// Open branches are bounded in bytes (503 past it, given back when transactions end), and
     /// finished ones keep no payload and are forgotten past their own byte bound: the
     /// checkpoint, which writes them all, stays bounded however large the payloads.

@@ -271,4 +271,68 @@ final class AgentNodeTests: XCTestCase {
         node.stop()
         node.log.close()
     }
+
+    /// A work call's gets return at most `Limits.workValuesBytesMax` of keys and values (400
+    /// past it), and the answers an agent keeps for request_id retries are bounded together
+    /// (`Limits.workAnswersKeptBytesMax`: past it a new request_id is answered 503 and nothing
+    /// is staged) and let go when their branch ends. 256 gets of 64 KiB values answered 16 MiB,
+    /// and up to 256 such answers per branch were kept until it ended, outside every bound.
+    func testWorkAnswersAreBoundedAndTheKeptOnesTogether() throws {
+        let store = MemoryKVStore()
+        let value = String(repeating: "v", count: Limits.stringValueBytesMax)
+        try store.apply([KVCommit(lsn: 1, writes: (0..<16).map { (key: "k\($0)", value: KVValue.string(value)) })])
+        let env = HandDrivenEnvironment()
+        let node = try makeNode(env, store: store)
+        func gets(_ keys: Range<Int>) -> String { keys.map { #"{"op":"get","key":"k\#($0)"}"# }.joined(separator: ",") }
+        func text(_ r: HTTPResponse) -> String { String(decoding: r.body.prefix(300), as: UTF8.self) }
+
+        // 16 values of 64 KiB in one call: past the bound, the call fails (and dooms its branch).
+        let tooMany = try XCTUnwrap(try call(node, env, "POST", "/v1/work",
+                                             #"{"txid":"0000abcd-1-1","register":false,"ops":[\#(gets(0..<16))]}"#))
+        XCTAssertEqual(tooMany.status, 400, text(tooMany))
+        XCTAssertTrue(text(tooMany).contains("read fewer keys per call"), text(tooMany))
+
+        // Calls within it, each with its own request_id, are kept until the budget is used up.
+        let txid = "0000abcd-1-2"
+        let keysPerCall = Limits.workValuesBytesMax / (Limits.stringValueBytesMax + 4)
+        XCTAssertGreaterThan(keysPerCall, 1)
+        func work(_ requestID: String?) throws -> HTTPResponse {
+            let id = requestID.map { #","request_id":"\#($0)""# } ?? ""
+            return try XCTUnwrap(try call(node, env, "POST", "/v1/work",
+                                          #"{"txid":"\#(txid)","register":false\#(id),"ops":[\#(gets(0..<keysPerCall))]}"#))
+        }
+        var answered = 0
+        var first: HTTPResponse?
+        var refused: HTTPResponse?
+        while answered < Limits.requestIDsPerBranchMax {
+            let r = try work("r\(answered)")
+            guard r.status == 200 else { refused = r; break }
+            first = first ?? r
+            answered += 1
+        }
+        let answerBytes = try XCTUnwrap(first).body.count
+        XCTAssertGreaterThan(answerBytes, keysPerCall * Limits.stringValueBytesMax)
+        let refusal = try XCTUnwrap(refused, "\(answered) answers kept, \(node.workAnswersKeptBytes) bytes")
+        XCTAssertEqual(refusal.status, 503, text(refusal))
+        XCTAssertTrue(text(refusal).contains("work answers for request_id retries"), text(refusal))
+        XCTAssertGreaterThanOrEqual(node.workAnswersKeptBytes, Limits.workAnswersKeptBytesMax)
+        XCTAssertLessThan(node.workAnswersKeptBytes, Limits.workAnswersKeptBytesMax + answerBytes)
+        // Nothing of the refused call was staged, and the branch goes on: a kept answer is
+        // given again, and a call without a request_id still runs.
+        let again = try work("r0")
+        XCTAssertEqual(again.status, 200)
+        XCTAssertEqual(again.body, first?.body)
+        XCTAssertEqual(try work(nil).status, 200)
+
+        // The branch ends (aborted): its kept answers go, and new request_ids are taken again.
+        let abort = try XCTUnwrap(try call(node, env, "POST", "/v1/2pc/abort", #"{"txid":"\#(txid)"}"#))
+        XCTAssertEqual(abort.status, 200, text(abort))
+        XCTAssertEqual(node.workAnswersKeptBytes, 0)
+        let later = try XCTUnwrap(try call(node, env, "POST", "/v1/work",
+                                           #"{"txid":"0000abcd-1-3","register":false,"request_id":"x","ops":[\#(gets(0..<1))]}"#))
+        XCTAssertEqual(later.status, 200, text(later))
+        XCTAssertEqual(node.workAnswersKeptBytes, later.body.count)
+        node.stop()
+        node.log.close()
+    }
 }
