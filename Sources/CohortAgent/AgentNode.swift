@@ -181,6 +181,7 @@ public final class AgentNode {
         metrics.sample("cohort_in_doubt", help: "Branches that voted yes and have no outcome yet") { [unowned self] in Double(self.machine.inDoubtCount) }
         metrics.sample("cohort_heuristic_mixed", help: "Branches whose operator-forced outcome differs from the coordinator's decision") { [unowned self] in Double(self.machine.heuristicMixed.count) }
         metrics.sample("cohort_branches_open", help: "Branches staged, preparing or in doubt") { [unowned self] in Double(self.machine.branches.count) }
+        metrics.sample("cohort_work_answers_kept_bytes", help: "Work answers kept for request_id retries until their branches end; past 64 MiB a new request_id is answered 503") { [unowned self] in Double(self.workAnswersKeptBytes) }
         metrics.sample("cohort_checkpoints_too_large_total", type: "counter", help: "Checkpoints not written because the snapshot passed its size limit; the log keeps growing until branches end") { [unowned self] in Double(self.checkpointsTooLarge) }
         metrics.sample("cohort_checkpoints_postponed_total", type: "counter", help: "Checkpoints put off because a reader of the shared store held SQLite's checkpoint back") { [unowned self] in Double(self.checkpointsPostponed) }
         metrics.sample("cohort_store_apply_seconds_total", type: "counter", help: "Time spent applying committed branches to the store, on the event loop") { [unowned self] in

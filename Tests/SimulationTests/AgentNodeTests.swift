@@ -317,6 +317,8 @@ final class AgentNodeTests: XCTestCase {
         XCTAssertTrue(text(refusal).contains("work answers for request_id retries"), text(refusal))
         XCTAssertGreaterThanOrEqual(node.workAnswersKeptBytes, Limits.workAnswersKeptBytesMax)
         XCTAssertLessThan(node.workAnswersKeptBytes, Limits.workAnswersKeptBytesMax + answerBytes)
+        let metrics = String(decoding: try XCTUnwrap(try call(node, env, "GET", "/metrics", "")).body, as: UTF8.self)
+        XCTAssertTrue(metrics.contains("cohort_work_answers_kept_bytes \(node.workAnswersKeptBytes)\n"), "the gauge an operator watches")
         // Nothing of the refused call was staged, and the branch goes on: a kept answer is
         // given again, and a call without a request_id still runs.
         let again = try work("r0")
