@@ -38,12 +38,6 @@ public enum Limits {
     public static let soonSyncDelayUs: Int64 = 1_000
     /// The most `--commit-ride-us` accepts: beyond it a commit's locks are held for nothing.
     public static let soonSyncDelayUsMax: Int64 = 10_000
-    /// At low load a server's event loop runs its log's sync round itself at its next idle
-    /// moment instead of waking the log's sync thread (`DurableLog.releaseHeldWakes`): a
-    /// hand-off there and back costs two thread wake-ups per sync. While the loop stays busy the
-    /// round is left to it at most this long after the pass that asked for it ended; the next
-    /// pass to end after that wakes the sync thread (docs/benchmarks.md, round 33).
-    public static let logIdleRoundDeferUsMax: Int64 = 150
     /// Group commit under load: when the previous sync round covered at least
     /// `groupCommitSiblingsMin` forced records, a forced record waits up to this long for others
     /// to share its sync (PostgreSQL's commit_delay with commit_siblings). A lone writer never
