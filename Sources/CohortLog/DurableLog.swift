@@ -237,9 +237,6 @@ public final class DurableLog {
     private var forcedPending = false
     /// When the oldest `.soon` record not yet taken by a round was appended (µs, monotonic).
     private var soonPendingSinceUs: Int64?
-    /// When the oldest record not yet taken by a round was appended (µs, monotonic): where a
-    /// lazy record's delay counts from.
-    private var oldestPendingSinceUs: Int64?
     /// Forced records appended and not yet taken by a round.
     private var forcedRecordsPending = 0
     /// Forced records the last round took: whether the load is heavy (the round reached
@@ -257,18 +254,6 @@ public final class DurableLog {
     private var wakeOwed = false
     /// Holds released so far: a round waiting for a pass to end waits for that one only.
     private var holdsReleased: UInt64 = 0
-    /// `offerRoundsWhenIdle` was called: a forced round owed at a release may be left to the
-    /// appending thread's next idle moment (`runIdleRound`) instead of waking the sync thread.
-    private var roundsOfferedWhenIdle = false
-    /// A round was left to the appending thread at the last release and it has not run it.
-    private var idleRoundOwed = false
-    /// The sync thread waits for records or for a lazy or soon delay to run out: nothing it
-    /// would do when woken now differs from what a round run by another thread does.
-    private var syncThreadIdle = false
-    /// The sync thread waits for a lazy or soon delay (not for records): a lazy record
-    /// appended now needs no wake-up, that wait ends by itself no later than its delay.
-    private var syncThreadWaitsTimed = false
-    private var idleRoundsTotalValue = 0
     /// How long a sync of the current segment has lately taken (µs, moving average).
     private var syncUsAverage: Int64 = 0
     /// Appended records' bytes not yet synced, checkpoints apart: what `unsyncedBytesMax`
@@ -385,7 +370,6 @@ public final class DurableLog {
         let lsn = nextLSN
         nextLSN += 1
         let wasEmpty = groups.isEmpty
-        if wasEmpty { oldestPendingSinceUs = DurableLog.nowUs() }
         if isCheckpoint || wasEmpty {
             groups.append(PendingGroup(startsSegment: isCheckpoint, isCheckpoint: isCheckpoint,
                                        firstLSN: lsn, lastLSN: lsn, bytes: []))
@@ -423,10 +407,8 @@ public final class DurableLog {
                 if !forcedPending { wakeSyncThread() }
             }
         case .lazy:
-            // Starts the sync thread's lazy timer, unless it is in a timed wait already (a
-            // round run at an idle moment took the records it was waiting for): that wait
-            // ends before this record's delay does, and the next one counts from this record.
-            if wasEmpty && !syncThreadWaitsTimed { wakeSyncThread() }
+            // Starts the sync thread's lazy timer.
+            if wasEmpty { wakeSyncThread() }
         }
         return lsn
     }
@@ -450,62 +432,15 @@ public final class DurableLog {
     }
 
     /// Ends `holdWakes`, waking the sync thread if anything appended meanwhile asked for it.
-    ///
-    /// After `offerRoundsWhenIdle`, a forced record's round at low load (the last round took
-    /// fewer waited records than `groupCommitSiblingsMin`, so it would not wait for siblings)
-    /// is left to the calling thread instead while the sync thread is idle: `wantsIdleRound`
-    /// turns true and the caller runs it with `runIdleRound` when it has nothing else to do.
-    /// For one pass only: the next release wakes the sync thread if the round is still owed.
-    /// (Left for up to 150 µs of passes instead, more rounds ran on the loop and the p99 at half
-    /// of the peak grew: a loop blocked in a slow fdatasync holds every message to its process;
-    /// docs/benchmarks.md, round 33.)
     public func releaseHeldWakes() {
         state.withLock {
             wakesHeld = false
             holdsReleased &+= 1
-            guard wakeOwed || idleRoundOwed else { return }
-            let wakeWasOwed = wakeOwed
-            wakeOwed = false
-            if wakeWasOwed && !idleRoundOwed && roundsOfferedWhenIdle && syncThreadIdle && forcedPending
-                && waitedRecordsLastRound < config.groupCommitSiblingsMin {
-                idleRoundOwed = true
-            } else {
-                idleRoundOwed = false
-                // Nothing forced pending: the sync thread's own timer took the round left here.
-                if wakeWasOwed || forcedPending { state.signal() }
+            if wakeOwed {
+                wakeOwed = false
+                state.signal()
             }
-            wantsIdleRoundValue = idleRoundOwed
         }
-    }
-
-    /// Lets `releaseHeldWakes` leave low-load rounds to its caller (see there). For a log whose
-    /// records are appended by one thread that calls `holdWakes`/`releaseHeldWakes` around its
-    /// work and `runIdleRound` when `wantsIdleRound` says so (an event loop:
-    /// `syncOncePerPass(of:)`). Background-thread mode only.
-    public func offerRoundsWhenIdle() {
-        precondition(config.syncMode == .backgroundThread, "idle rounds are for a log with a sync thread")
-        state.withLock { roundsOfferedWhenIdle = true }
-    }
-
-    /// Read and written by the thread that calls `releaseHeldWakes` only, so that asking costs
-    /// no lock: whether the last release left a round to it.
-    private var wantsIdleRoundValue = false
-
-    /// Whether the last `releaseHeldWakes` left a round to its caller (same thread only).
-    public var wantsIdleRound: Bool { wantsIdleRoundValue }
-
-    /// Runs the round the last release left to this thread, unless the sync thread took it
-    /// meanwhile (same thread as `releaseHeldWakes`). Writes, syncs and calls `onDurable` here.
-    public func runIdleRound() {
-        wantsIdleRoundValue = false
-        let owed: Bool = state.withLock {
-            let owed = idleRoundOwed && !groups.isEmpty
-            idleRoundOwed = false
-            if owed { idleRoundsTotalValue += 1 }
-            return owed
-        }
-        // A failure is the log's (`fail`, `onFailure`); nothing more to do with it here.
-        if owed { _ = try? runRound() }
     }
 
     // MARK: callbacks and counters
@@ -523,8 +458,6 @@ public final class DurableLog {
     }
 
     public var recordsTotal: Int { state.withLock { recordsTotalValue } }
-    /// Rounds run by the appending thread at an idle moment (`runIdleRound`).
-    public var idleRoundsTotal: Int { state.withLock { idleRoundsTotalValue } }
     /// Checkpoints appended since this process opened the log.
     public var checkpointsTotal: Int { state.withLock { checkpointsTotalValue } }
     public var forcedRecordsTotal: Int { state.withLock { forcedRecordsTotalValue } }
@@ -581,33 +514,19 @@ public final class DurableLog {
         while true {
             if failure != nil || (closed && groups.isEmpty) { break }
             if groups.isEmpty {
-                syncThreadIdle = true
                 state.wait()
-                syncThreadIdle = false
                 continue
             }
             if !forcedPending && !closed {
-                syncThreadIdle = true
-                syncThreadWaitsTimed = true
-                // Let unforced records gather, for the lazy delay counted from the oldest; a
-                // forced or soon append or close wakes us early. The wait goes on after any
-                // other wake-up: a lazy record appended while we wait does not shorten it.
-                while !forcedPending && soonPendingSinceUs == nil && !closed && failure == nil && !groups.isEmpty {
-                    let left = (oldestPendingSinceUs ?? DurableLog.nowUs()) + config.lazySyncDelayMs * 1_000 - DurableLog.nowUs()
-                    if left <= 0 { break }
-                    state.wait(timeoutUs: left)
-                }
+                // Let unforced records gather; a forced or soon append or close wakes us early.
+                // An early (spurious) wake only means an early sync, which is harmless.
+                if soonPendingSinceUs == nil { state.wait(timeoutMs: config.lazySyncDelayMs) }
                 // A soon record waits out its delay for a forced record to ride with.
-                while !forcedPending && !closed && failure == nil && !groups.isEmpty, let since = soonPendingSinceUs {
+                while !forcedPending && !closed && failure == nil, let since = soonPendingSinceUs {
                     let left = since + config.soonSyncDelayUs - DurableLog.nowUs()
                     if left <= 0 { break }
                     state.wait(timeoutUs: left)
                 }
-                syncThreadWaitsTimed = false
-                syncThreadIdle = false
-                // A round left to the appending thread (`releaseHeldWakes`) may have taken
-                // everything while we waited.
-                if groups.isEmpty { continue }
             }
             if forcedPending && config.groupCommitWaitUs > 0 && waitedRecordsLastRound >= config.groupCommitSiblingsMin {
                 // Under load, let other forced records join this sync: one fdatasync then
@@ -738,7 +657,6 @@ public final class DurableLog {
             waitedRecordsLastRound = takenWaited
             forcedPending = false  // every forced record is taken or in a group right behind it
             soonPendingSinceUs = nil  // likewise every soon record
-            oldestPendingSinceUs = groups.isEmpty ? nil : DurableLog.nowUs()
             if !groups.isEmpty { forcedPending = true }
         }
 

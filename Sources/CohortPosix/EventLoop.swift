@@ -97,7 +97,6 @@ public final class EventLoop {
     private let eventsMax: Int32 = 256
     private var backgroundThread: pthread_t?
     private var passObservers: [(start: () -> Void, end: () -> Void)] = []
-    private var idleWork: [(wants: () -> Bool, run: () -> Void)] = []
 
     public init() throws {
         let ep = LinuxAPI.epollCreate1(LinuxAPI.cloexec)
@@ -193,18 +192,7 @@ public final class EventLoop {
                 let delta = first.deadlineMs - SystemClock.monotonicMs()
                 timeout = delta <= 0 ? 0 : Int32(min(delta, Int64(Int32.max)))
             }
-            let n: Int32
-            if timeout != 0 && idleWork.contains(where: { $0.wants() }) {
-                // Work that waits for an idle moment: take any events first (they may add to
-                // it), and do it only when there are none.
-                n = LinuxAPI.epollWait(epfd, events, eventsMax, 0)
-                if n == 0 {
-                    runIdleWork()
-                    continue
-                }
-            } else {
-                n = waitForEvents(timeoutMs: timeout)
-            }
+            let n = waitForEvents(timeoutMs: timeout)
             if n < 0 {
                 if errno == EINTR { continue }
                 throw PosixError.current("epoll_wait")
@@ -235,26 +223,6 @@ public final class EventLoop {
     public func observePasses(start: @escaping () -> Void, end: @escaping () -> Void) {
         assertLoopThreadOrNotRunning()
         passObservers.append((start: start, end: end))
-    }
-
-    /// Work to do on the loop thread when the loop would otherwise block: whenever `wants()` is
-    /// true as the loop is about to wait, the loop first looks for events without waiting, and
-    /// calls `run()` only when there are none (outside any pass; counted as busy time). The
-    /// durable log's sync round when nothing else is going on (`DurableLog.offerRoundsWhenIdle`):
-    /// a hand-off to its sync thread and back costs two thread wake-ups, at low load several
-    /// times what the sync's own system calls cost. Loop thread, or before `run`.
-    public func whenIdle(wants: @escaping () -> Bool, run: @escaping () -> Void) {
-        assertLoopThreadOrNotRunning()
-        idleWork.append((wants: wants, run: run))
-    }
-
-    private func runIdleWork() {
-        let startNs = SystemClock.monotonicNs()
-        for work in idleWork where work.wants() { work.run() }
-        let busyNs = SystemClock.monotonicNs() &- startNs
-        busyNsTotal &+= busyNs
-        if busyNs > stallNs { stallsTotal += 1 }
-        if busyNs > longestBusyNs { longestBusyNs = busyNs }
     }
 
     /// `epoll_wait`, after polling for up to `pollUs` when the wait would block.
@@ -315,9 +283,6 @@ public final class EventLoop {
         let needWake: Bool = lock.withLock {
             pendingTasks.append(task)
             if wakePending { return false }
-            // The loop thread itself looks at its tasks before it next waits: no wake-up
-            // (an eventfd write and read) is needed.
-            if let t = loopThread, pthread_equal(t, pthread_self()) != 0 { return false }
             wakePending = true
             return true
         }

@@ -345,13 +345,9 @@ public enum DataDirectory {
 
 extension DurableLog {
     /// One sync round for all that a pass of `loop` appends (`holdWakes` at each pass's start,
-    /// `releaseHeldWakes` at its end): a server's log, appended to on its loop. At low load the
-    /// loop runs that round itself when it has nothing else to do (`offerRoundsWhenIdle`),
-    /// which spares the hand-off to the sync thread and back.
+    /// `releaseHeldWakes` at its end): a server's log, appended to on its loop.
     public func syncOncePerPass(of loop: EventLoop) {
         loop.observePasses(start: { [self] in holdWakes() }, end: { [self] in releaseHeldWakes() })
-        offerRoundsWhenIdle()
-        loop.whenIdle(wants: { [self] in wantsIdleRound }, run: { [self] in runIdleRound() })
     }
 }
 
@@ -380,7 +376,6 @@ public func declareCommonMetrics(_ m: MetricsRegistry, log: DurableLog, messageT
     m.sample("cohort_log_checkpoints_total", type: "counter", help: "Checkpoints appended to this process's durable log") { Double(log.checkpointsTotal) }
     m.sample("cohort_log_forced_records_total", type: "counter", help: "Records whose durability the process waited for") { Double(log.forcedRecordsTotal) }
     m.sample("cohort_log_syncs_total", type: "counter", help: "fdatasync calls on the log") { Double(log.syncsTotal) }
-    m.sample("cohort_log_idle_rounds_total", type: "counter", help: "Sync rounds the event loop ran itself at an idle moment instead of handing them to the log's sync thread") { Double(log.idleRoundsTotal) }
     m.sample("cohort_log_sync_seconds_total", type: "counter", help: "Time spent in the log's fdatasync calls") { log.syncSecondsTotal }
     // A slow disk holds up every forced record of its round: these tell it apart from a slow
     // process (cohort_event_loop_longest_busy_seconds).

@@ -56,39 +56,6 @@ final class EventLoopTests: XCTestCase {
         XCTAssertFalse(open, "the last pass ended: \(seen)")
     }
 
-    /// Work that waits for an idle moment (a server's log round at low load) runs when the loop
-    /// would block and nothing is ready, after the tasks the loop thread queued for itself
-    /// (those need no wake-up: the loop looks at its tasks before it waits), and never inside
-    /// a pass.
-    func testIdleWorkRunsOnlyWhenNothingIsReadyAndOutsidePasses() throws {
-        let loop = try EventLoop()
-        let lock = NSLock()
-        var steps: [String] = []
-        func note(_ step: String) { lock.withLock { steps.append(step) } }
-        var wanted = false  // loop thread only
-        let done = DispatchSemaphore(value: 0)
-        loop.observePasses(start: { note("start") }, end: { note("end") })
-        loop.whenIdle(wants: { wanted }, run: {
-            wanted = false
-            note("idle")
-            done.signal()
-        })
-        loop.startThread()
-        defer { loop.stopAndJoin() }
-        loop.execute {
-            wanted = true
-            note("task")
-            loop.execute {
-                note("second task")
-                loop.execute { note("third task") }
-            }
-        }
-        XCTAssertEqual(done.wait(timeout: .now() + 5), .success, "the idle work ran")
-        Thread.sleep(forTimeInterval: 0.05)
-        let seen = lock.withLock { steps }
-        XCTAssertEqual(seen, ["start", "task", "end", "start", "second task", "end", "start", "third task", "end", "idle"])
-    }
-
     func testExecuteFromManyThreadsRunsOnLoopThreadInOrder() throws {
         let loop = try EventLoop()
         loop.startThread()

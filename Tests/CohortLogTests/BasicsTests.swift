@@ -1,7 +1,6 @@
 import CohortCore
 import CohortPosix
 import XCTest
-import Foundation
 @testable import CohortLog
 
 final class BasicsTests: XCTestCase {
@@ -266,93 +265,6 @@ final class BasicsTests: XCTestCase {
         // Released, a forced record wakes the sync thread at once again.
         _ = try log.append(type: 1, payload: [9], force: true)
         XCTAssertTrue(waitUntil(timeoutMs: 5_000) { log.durableLSN == 7 })
-    }
-
-    /// At low load a pass's forced round is left to the appending thread (a server's event loop,
-    /// which runs it when it has nothing else to do) instead of waking the sync thread: the
-    /// hand-off there and back cost two thread wake-ups per sync (docs/benchmarks.md, round 33).
-    /// For one pass only, and never under load.
-    func testALowLoadRoundIsLeftToTheAppendingThreadForItsIdleMoment() throws {
-        let (log, _) = try DurableLog.open(storage: SimLogStorage())
-        defer { log.close() }
-        log.offerRoundsWhenIdle()
-        _ = try log.append(type: 1, payload: [0], force: true)
-        XCTAssertTrue(waitUntil(timeoutMs: 5_000) { log.durableLSN == 1 }, "unheld, the sync thread syncs as before")
-        PosixThread.sleep(milliseconds: 20)
-        let lock = NSLock()
-        var inIdleRound = false
-        var durableInIdleRound: [Bool] = []
-        log.onDurable = { _ in lock.withLock { durableInIdleRound.append(inIdleRound) } }
-
-        log.holdWakes()
-        _ = try log.append(type: 1, payload: [1], force: true)
-        log.releaseHeldWakes()
-        XCTAssertTrue(log.wantsIdleRound)
-        PosixThread.sleep(milliseconds: 30)
-        XCTAssertEqual(log.durableLSN, 1, "the sync thread was not woken")
-        lock.withLock { inIdleRound = true }
-        log.runIdleRound()
-        lock.withLock { inIdleRound = false }
-        XCTAssertEqual(log.durableLSN, 2, "synced on this thread, before runIdleRound returned")
-        XCTAssertEqual(lock.withLock { durableInIdleRound }, [true])
-        XCTAssertFalse(log.wantsIdleRound)
-        XCTAssertEqual(log.idleRoundsTotal, 1)
-
-        // The next pass to end, before the idle moment, hands the round to the sync thread.
-        log.holdWakes()
-        _ = try log.append(type: 1, payload: [2], force: true)
-        log.releaseHeldWakes()
-        XCTAssertTrue(log.wantsIdleRound)
-        log.holdWakes()
-        log.releaseHeldWakes()
-        XCTAssertFalse(log.wantsIdleRound)
-        XCTAssertTrue(waitUntil(timeoutMs: 5_000) { log.durableLSN == 3 }, "the sync thread took it")
-        log.runIdleRound()  // nothing left: a no-op
-        XCTAssertEqual(log.idleRoundsTotal, 1)
-    }
-
-    /// Under load (the last round took at least `groupCommitSiblingsMin` waited records) the sync
-    /// thread keeps every round: its group-commit wait gathers siblings the loop would not.
-    func testARoundUnderLoadIsNotLeftToTheAppendingThread() throws {
-        let (log, _) = try DurableLog.open(storage: SimLogStorage(), config: DurableLogConfig(groupCommitSiblingsMin: 1))
-        defer { log.close() }
-        log.offerRoundsWhenIdle()
-        _ = try log.append(type: 1, payload: [0], force: true)
-        XCTAssertTrue(waitUntil(timeoutMs: 5_000) { log.durableLSN == 1 })
-        PosixThread.sleep(milliseconds: 20)
-        log.holdWakes()
-        _ = try log.append(type: 1, payload: [1], force: true)
-        log.releaseHeldWakes()
-        XCTAssertFalse(log.wantsIdleRound)
-        XCTAssertTrue(waitUntil(timeoutMs: 5_000) { log.durableLSN == 2 })
-        XCTAssertEqual(log.idleRoundsTotal, 0)
-    }
-
-    /// A lazy record's delay counts from the oldest pending record, and a lazy record appended
-    /// while the sync thread waits out a lazy delay does not cut that wait short. With rounds
-    /// run at idle moments the thread can be in such a wait with nothing pending (the loop's
-    /// round took it); woken by the next lazy record it used to sync that record at once, a
-    /// sync per coordinator end record.
-    func testALazyRecordDoesNotCutALazyWaitShort() throws {
-        let (log, _) = try DurableLog.open(storage: SimLogStorage(), config: DurableLogConfig(lazySyncDelayMs: 400))
-        defer { log.close() }
-        log.offerRoundsWhenIdle()
-        _ = try log.append(type: 1, payload: [0], force: true)
-        XCTAssertTrue(waitUntil(timeoutMs: 5_000) { log.durableLSN == 1 })
-        _ = try log.append(type: 1, payload: [1], force: false)  // the sync thread's lazy wait starts
-        PosixThread.sleep(milliseconds: 20)
-        log.holdWakes()
-        _ = try log.append(type: 1, payload: [2], force: true)
-        log.releaseHeldWakes()
-        XCTAssertTrue(log.wantsIdleRound)
-        log.runIdleRound()
-        XCTAssertEqual(log.durableLSN, 3, "the idle round took the lazy record too")
-        let appendedAtMs = SystemClock.monotonicMs()
-        _ = try log.append(type: 1, payload: [3], force: false)
-        PosixThread.sleep(milliseconds: 100)
-        XCTAssertEqual(log.durableLSN, 3, "not synced at once")
-        XCTAssertTrue(waitUntil(timeoutMs: 5_000) { log.durableLSN == 4 }, "synced after its delay")
-        XCTAssertGreaterThanOrEqual(SystemClock.monotonicMs() - appendedAtMs, 350)
     }
 
     /// A round whose own timer runs out while wakes are held (here a soon record's delay) waits
