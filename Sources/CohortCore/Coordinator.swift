@@ -261,6 +261,8 @@ public struct Coordinator {
     public struct Attempt: Equatable, Sendable {
         public let atMs: Int64
         public let error: String
+        /// As `TimelineEvent.keptBytes`.
+        var keptBytes: Int { 16 + error.utf8.count }
     }
 
     public enum Timer: Hashable, Sendable {
@@ -405,6 +407,9 @@ public struct Coordinator {
         public let event: String
         public let participant: String?
         public let detail: String?
+        /// What it holds in memory, roughly (its strings and a fixed share for the rest), for
+        /// the byte bounds of finished transactions.
+        var keptBytes: Int { 32 + event.utf8.count + (participant?.utf8.count ?? 0) + (detail?.utf8.count ?? 0) }
     }
 
     public struct Transaction: Sendable {
@@ -445,9 +450,9 @@ public struct Coordinator {
                     + (b.participant.incarnation?.utf8.count ?? 0)
                     + (b.lastError?.utf8.count ?? 0) + (b.heuristicForce.map { ($0.operatorName?.utf8.count ?? 0) + ($0.reason?.utf8.count ?? 0) } ?? 0)
                 if case .no(let why)? = b.vote { bytes += why.utf8.count }
-                for a in b.history { bytes += 16 + a.error.utf8.count }
+                for a in b.history { bytes += a.keptBytes }
             }
-            for e in events { bytes += 32 + e.event.utf8.count + (e.participant?.utf8.count ?? 0) + (e.detail?.utf8.count ?? 0) }
+            for e in events { bytes += e.keptBytes }
             return bytes + audit.reduce(0) { $0 + OperatorAudits.keptBytes($1) }
         }
         /// A one-phase commit asked for and not sent yet: it waits for a durable one-phase window.

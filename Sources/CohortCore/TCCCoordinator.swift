@@ -128,11 +128,9 @@ public struct TCCCoordinator {
         var finishedKeptBytes: Int {
             let branchBytes = branches.reduce(0) { sum, b in
                 sum + b.spec.heldBytes + (b.lastError?.utf8.count ?? 0)
-                    + b.history.reduce(0) { $0 + 16 + $1.error.utf8.count }
+                    + b.history.reduce(0) { $0 + $1.keptBytes }
             }
-            let eventBytes = events.reduce(0) { sum, e in
-                sum + 32 + e.event.utf8.count + (e.participant?.utf8.count ?? 0) + (e.detail?.utf8.count ?? 0)
-            }
+            let eventBytes = events.reduce(0) { $0 + $1.keptBytes }
             return 128 + (reason?.utf8.count ?? 0) + branchBytes + eventBytes + audit.reduce(0) { $0 + OperatorAudits.keptBytes($1) }
         }
         /// Adds an operator's entry, keeping the newest `auditEntriesPerTransactionMax`.
