@@ -1126,10 +1126,7 @@ public struct Coordinator {
         guard openTable.byID[txid] == nil, finished[txid] == nil, mixedKept[txid] == nil else { return nil }
         let audit = operatorAudits[txid]
         /// An abort forced by an operator says so, and who and why, as it did while kept whole.
-        func reason(_ outcome: Outcome) -> String? {
-            guard outcome == .aborted, operatorOutcomes[txid] == .aborted, let last = audit?.entries.last else { return nil }
-            return "forced by operator \(last.operatorName): \(last.reason)"
-        }
+        func reason(_ outcome: Outcome) -> String? { outcome == .aborted ? operatorAbortReason(txid) : nil }
         if let entry = outcomeLedger.lookup(txid) {
             return TransactionView(forgotten: txid, protocol: entry.threePhase ? "3pc" : "2pc",
                                    state: entry.heuristicMixed ? State.heuristicMixed.rawValue : entry.outcome.rawValue,
@@ -1647,7 +1644,12 @@ public struct Coordinator {
     /// The reason a forgotten abort is answered with: the operator's, when an operator forced it
     /// and its entries are kept, as while the transaction was kept whole.
     private func forgottenAbortReason(_ txid: TxID) -> String {
-        guard operatorOutcomes[txid] == .aborted, let last = operatorAudits[txid]?.entries.last else { return Coordinator.forgottenAbortReason }
+        operatorAbortReason(txid) ?? Coordinator.forgottenAbortReason
+    }
+
+    /// "forced by operator NAME: REASON" for an abort an operator forced whose entries are kept.
+    private func operatorAbortReason(_ txid: TxID) -> String? {
+        guard operatorOutcomes[txid] == .aborted, let last = operatorAudits[txid]?.entries.last else { return nil }
         return "forced by operator \(last.operatorName): \(last.reason)"
     }
 
