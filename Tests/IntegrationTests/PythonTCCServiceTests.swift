@@ -214,6 +214,19 @@ final class PythonTCCServiceTests: XCTestCase {
         XCTAssertEqual(try decide(api, t3, "abort").1, "aborted")
         XCTAssertEqual(try waitFinished(api, t3), "aborted")
 
+        // A payload that names a member twice is refused by the coordinator, never tried: it
+        // used to reach the try as its last value ({"qty":1,"qty":5} as {"qty":5}).
+        let t4 = try beginTCC(api)
+        let phases = a + "/v1/tcc/inventory"
+        let twice = try api.raw("POST", api.coordinatorURL + "/v1/transactions/\(t4)/tcc-branches", body: body("""
+            {"branch_id":"a","try_url":"\(phases)/try","confirm_url":"\(phases)/confirm","cancel_url":"\(phases)/cancel",\
+            "payload":{"sku":"apple","qty":1,"qty":5}}
+            """))
+        XCTAssertEqual(twice.status, 400, text(twice))
+        XCTAssertTrue(text(twice).contains(#"field \"payload.qty\" appears twice"#), text(twice))
+        XCTAssertEqual(try branchState(api, a, t4, "a"), "none", "the service saw no try")
+        XCTAssertEqual(try decide(api, t4, "abort").1, "aborted")
+
         try assertAtRest(api, a, "apple", initial: 10, sold: 2)
         try assertAtRest(api, b, "pear", initial: 10, sold: 3)
     }
@@ -291,6 +304,26 @@ final class PythonTCCServiceTests: XCTestCase {
         XCTAssertEqual(try waitFinished(api, t), "aborted")
         XCTAssertEqual(try branchState(api, a, t, "a"), "cancelled")
         try assertAtRest(api, a, "apple", initial: 10, sold: 0, "(the committed try was released by its cancel)")
+        try assertAtRest(api, b, "pear", initial: 10, sold: 0)
+    }
+
+    /// a dies right after its cancel committed locally (the client aborted): the coordinator
+    /// sends the cancel again once a is back, answered as a duplicate: released once.
+    func testAServiceKilledAfterItsLocalCancelCommitIsReleasedOnce() throws {
+        let (cluster, api, aProcess, bProcess) = try setUpOrders(environment: ["a": ["COHORT_CRASHPOINT": "tcc-service.after-cancel-committed"]])
+        let a = aProcess.url!, b = bProcess.url!
+
+        let t = try beginTCC(api)
+        XCTAssertEqual(try register(api, t, "a", a, sku: "apple", qty: 3).status, 200)
+        XCTAssertEqual(try register(api, t, "b", b, sku: "pear", qty: 1).status, 200)
+        XCTAssertEqual(try decide(api, t, "abort").1, "aborted")
+        XCTAssertEqual(aProcess.waitForExit(timeoutMs: 10_000), 137, "a should exit at its crash point")
+
+        try startService(cluster, "a", port: aProcess.port!)
+        XCTAssertEqual(try waitFinished(api, t), "aborted")
+        XCTAssertGreaterThan(try view(api, t)?.branches["a"]?.failures ?? 0, 0, "a's cancel went unanswered and was sent again")
+        XCTAssertEqual(try branchState(api, a, t, "a"), "cancelled")
+        try assertAtRest(api, a, "apple", initial: 10, sold: 0, "(released once)")
         try assertAtRest(api, b, "pear", initial: 10, sold: 0)
     }
 
