@@ -223,14 +223,14 @@ def run_phase(phase, body):
     text = canonical(payload)
     if len(text.encode()) > PAYLOAD_BYTES_MAX:
         return 413, {"error": f"the payload is {len(text.encode())} bytes of JSON, over the limit of {PAYLOAD_BYTES_MAX}"}
-    deadline = body.get("deadline_ms")
-    if deadline is not None and (phase != "try" or as_int(deadline) is None):
-        return 400, {"error": 'invalid JSON body: field "deadline_ms" must be an integer (try only)'}
+    deadline = body.get("deadline_ms") if phase == "try" else None   # other fields are ignored
+    if deadline is not None and as_int(deadline) is None:
+        return 400, {"error": 'invalid JSON body: field "deadline_ms" must be an integer'}
     with write_mu:
         c = db()
-        c.execute("BEGIN IMMEDIATE")            # the write lock before the barrier is read
         ROWS.pending = 0
         try:
+            c.execute("BEGIN IMMEDIATE")        # the write lock before the barrier is read
             if phase == "try":
                 status, out = phase_try(c, txid, bid, payload, hashlib.sha256(text.encode()).hexdigest(),
                                         None if deadline is None else as_int(deadline))
@@ -357,8 +357,8 @@ def purge_once():
     cutoff = CLOCK.now() - ARGS.retention_ms
     with write_mu:
         c = db()
-        c.execute("BEGIN IMMEDIATE")
         try:
+            c.execute("BEGIN IMMEDIATE")
             # Finished branches (a confirm or cancel row), and tries fenced by their deadline
             # (a fence and nothing else): no cancel may ever come for those.
             done = c.execute(
@@ -414,8 +414,8 @@ def set_stock(body):
         return 400, {"error": 'invalid JSON body: need {"sku": STRING of 1-64 bytes, "available": INTEGER >= 0}'}
     with write_mu:
         c = db()
-        c.execute("BEGIN IMMEDIATE")
         try:
+            c.execute("BEGIN IMMEDIATE")
             if c.execute("SELECT 1 FROM tcc_reservation WHERE sku = ? LIMIT 1", (sku,)).fetchone():
                 c.execute("ROLLBACK")           # setting it now would strand their confirm or cancel
                 return 409, {"error": f"sku {sku} has TCC reservations not yet confirmed or cancelled"}
@@ -477,7 +477,11 @@ class Handler(BaseHTTPRequestHandler):
         self.send(404, {"error": f'no such path "{self.path}"'})
 
     def do_POST(self):
-        length = int(self.headers.get("Content-Length") or 0)
+        length = self.headers.get("Content-Length", "0")
+        if not length.isdigit():
+            self.close_connection = True         # no way to find where the body ends
+            return self.send(400, {"error": f"a Content-Length of {length[:20]!r} is not a byte count"})
+        length = int(length)
         if length > BODY_BYTES_MAX:
             self.close_connection = True         # the body is not read: this connection is done
             return self.send(413, {"error": f"the body is {length} bytes, over the limit of {BODY_BYTES_MAX}"})
