@@ -118,6 +118,17 @@ extension JSONValue {
 extension WireObject {
     /// A field of any JSON shape; nil when absent or null (as Codable's `decodeIfPresent`).
     func optValue(_ key: String) -> JSONValue? { present(key).map(JSONValue.init(node:)) }
+
+    /// `optValue` for a value passed on to another party (a TCC payload): an object inside it
+    /// that names a member twice is refused (`duplicateField`, with its path), as in every other
+    /// body. `JSONValue` keeps a repeated name's last value, so the coordinator passed
+    /// `{"qty":1,"qty":100}` on as `{"qty":100}`: one reading of a client's ambiguous body,
+    /// chosen silently (session 34).
+    func optPassedOnValue(_ key: String) throws -> JSONValue? {
+        guard let node = present(key) else { return nil }
+        if let repeated = JSONParser.repeatedName(in: node, path: name(key)) { throw repeated }
+        return JSONValue(node: node)
+    }
 }
 
 extension JSONWriter {
@@ -130,7 +141,7 @@ extension TCCBranchRequest: WireDecodable, WireEncodable {
     public init(wire o: WireObject) throws {
         try o.refuseUnknownFields(Self.fields)
         self.init(branchID: try o.string("branch_id"), tryURL: try o.string("try_url"), confirmURL: try o.string("confirm_url"),
-                  cancelURL: try o.string("cancel_url"), payload: o.optValue("payload"))
+                  cancelURL: try o.string("cancel_url"), payload: try o.optPassedOnValue("payload"))
     }
     public func writeWire(_ w: inout JSONWriter) {
         w.beginObject()
@@ -151,7 +162,7 @@ extension TCCBranchResponse: WireDecodable, WireEncodable {
 
 extension TCCPhaseRequest: WireDecodable, WireEncodable {
     public init(wire o: WireObject) throws {
-        self.init(txid: try o.string("txid"), branchID: try o.string("branch_id"), payload: o.optValue("payload"),
+        self.init(txid: try o.string("txid"), branchID: try o.string("branch_id"), payload: try o.optPassedOnValue("payload"),
                   deadlineMs: try o.optInt64("deadline_ms"))
     }
     public func writeWire(_ w: inout JSONWriter) {

@@ -201,6 +201,21 @@ public struct JSONParser {
         }
     }
 
+    /// A value passed on whole (a TCC payload): the first object in it that names a member
+    /// twice, as `duplicateField` with its path under `path`, or nil. Walked without building a
+    /// path first, so a payload of many array items costs no string per item; only a repeat
+    /// found is walked again to name it.
+    static func repeatedName(in node: JSONNode, path: String) -> WireJSONError? {
+        func repeats(_ node: JSONNode) -> Bool {
+            switch node {
+            case .object(let members): return WireObject.firstRepeat(members) != nil || members.contains { repeats($0.1) }
+            case .array(let items): return items.contains(where: repeats)
+            default: return false
+            }
+        }
+        return repeats(node) ? firstRepeatedName(node, path: path) : nil
+    }
+
     private static func firstRepeatedName(_ node: JSONNode, path: String) -> WireJSONError? {
         func name(_ key: String) -> String { path.isEmpty ? key : path + "." + key }
         switch node {

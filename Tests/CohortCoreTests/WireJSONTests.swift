@@ -238,6 +238,29 @@ final class WireJSONTests: XCTestCase {
         }
     }
 
+    /// A TCC payload in which an object names a member twice is refused with the member's path,
+    /// like every other body: it was read as its last value, so the coordinator passed
+    /// `{"qty":1,"qty":100}` on to the try as `{"qty":100}` without a word (session 34).
+    func testATCCPayloadThatRepeatsANameIsRefused() throws {
+        func register(_ payload: String) throws -> TCCBranchRequest {
+            try TCCBranchRequest(wireJSON: Array(#"{"branch_id":"b","try_url":"t","confirm_url":"c","cancel_url":"x","payload":\#(payload)}"#.utf8))
+        }
+        XCTAssertThrowsError(try register(#"{"sku":"apple","qty":1,"qty":100}"#)) { XCTAssertEqual($0 as? WireJSONError, .duplicateField("payload.qty")) }
+        XCTAssertThrowsError(try register(#"{"lines":[{"sku":"a"},{"sku":"b","sku":"c"}]}"#)) {
+            XCTAssertEqual($0 as? WireJSONError, .duplicateField("payload.lines.1.sku"))
+        }
+        let many = "{" + (0..<40).map { #""k\#($0)":0"# }.joined(separator: ",") + #","k7":1}"#   // past the pairwise check
+        XCTAssertThrowsError(try register(many)) { XCTAssertEqual($0 as? WireJSONError, .duplicateField("payload.k7")) }
+        // The same names in different objects, and payloads that are not objects, are fine.
+        XCTAssertEqual(try register(#"{"a":{"q":1},"b":{"q":2},"c":[{"q":3},{"q":4}]}"#).payload?["b"]?["q"], .int(2))
+        XCTAssertEqual(try register(#"[1,"x",null]"#).payload, .array([.int(1), .string("x"), .null]))
+        // A phase call to a service built on the library is read the same way.
+        XCTAssertThrowsError(try TCCPhaseRequest(wireJSON: Array(#"{"txid":"t","branch_id":"s","payload":{"qty":1,"qty":5}}"#.utf8))) {
+            XCTAssertEqual($0 as? WireJSONError, .duplicateField("payload.qty"))
+        }
+        XCTAssertEqual(try TCCPhaseRequest(wireJSON: Array(#"{"txid":"t","branch_id":"s","payload":{"qty":5}}"#.utf8)).payload, .object(["qty": .int(5)]))
+    }
+
     func testSubmittedWorkSurvivesTheTripThroughTheCoordinator() throws {
         // The coordinator passes a branch's ops on without reading them: what it writes must
         // parse back to the same value, odd strings and numbers included.

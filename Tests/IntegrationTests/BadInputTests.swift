@@ -195,6 +195,10 @@ final class BadInputTests: XCTestCase {
         try assertAnswer("POST", c + "/v1/transactions/\(tccTxid)/tcc-branches",
                          #"{"branch_id": "b", "try_url": "http://127.0.0.1:1/t", "confirm_url": "http://127.0.0.1:1/c", "cancel_url": "http://127.0.0.1:1/x", "paylaod": {}}"#,
                          400, #"unknown field "paylaod""#)
+        // A payload naming a member twice: it reached the try as its last value (session 34).
+        try assertAnswer("POST", c + "/v1/transactions/\(tccTxid)/tcc-branches",
+                         #"{"branch_id": "b", "try_url": "http://127.0.0.1:1/t", "confirm_url": "http://127.0.0.1:1/c", "cancel_url": "http://127.0.0.1:1/x", "payload": {"qty": 1, "qty": 100}}"#,
+                         400, #"field "payload.qty" appears twice"#)
     }
 
     /// An agent's scan answer stays under the size a client reads (`Limits.scanBytesMax` of
