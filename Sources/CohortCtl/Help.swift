@@ -40,7 +40,7 @@ public enum Help {
     Transactions the coordinator holds (open ones and recently finished ones), newest first.
       --state S              active, preparing, deciding, committing, committed, aborted,
                              heuristic-mixed, unfinished, in-doubt (= unfinished), parked,
-                             TCC: confirming, cancelling
+                             3PC: pre-committing, terminating; TCC: confirming, cancelling
       --older-than DURATION  only those created longer ago than this (500ms, 10s, 3m, 1h, 2d)
       --limit N              at most N (default 1000)
       --json                 {"transactions": [...]} (see docs/txctl.md)

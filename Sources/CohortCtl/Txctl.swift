@@ -507,6 +507,12 @@ final class Remote {
         guard u.hasPrefix("http://") else {
             throw CtlError.usage("\(kind == .coordinator ? "coordinator" : kind == .agent ? "agent" : "service") URL must look like http://HOST:PORT; got \"\(url)\"")
         }
+        // A base URL, as every server's base URL flags take it: with a path, each request went
+        // out and came back "no route for GET /PATH/v1/..." (exit 1), a wrong command line.
+        let rest = u.dropFirst("http://".count)
+        if let slash = rest.firstIndex(of: "/") {
+            throw CtlError.usage("\(kind == .coordinator ? "coordinator" : kind == .agent ? "agent" : "service") URL is a base URL, http://HOST:PORT without a path (txctl adds each path itself); got \"\(url)\" with \"\(rest[slash...])\"")
+        }
         base = u
         hasToken = token != nil
         client = BlockingHTTPClient(bearerToken: token)

@@ -214,7 +214,12 @@ extension KVOp {
     /// short arrays: a path string and a `Set` per op were most of a work call's decoding.
     init(wireNode node: JSONNode, index: Int) throws {
         var path: String { "ops[\(index)]" }
-        guard case .object(let members) = node, let c = try? WireObject(node) else {
+        guard case .object(let members) = node else { throw KVRequestError(field: path, reason: "must be an object") }
+        let c: WireObject
+        do { c = try WireObject(node) } catch WireJSONError.duplicateField(let name) {
+            // Named as the coordinator's reader names it; it read "must be an object".
+            throw KVRequestError(field: path + "." + name, reason: "appears twice")
+        } catch {
             throw KVRequestError(field: path, reason: "must be an object")
         }
         func present(_ k: String) -> JSONNode? {
@@ -330,7 +335,15 @@ public struct WorkRequest: Decodable, Equatable {
         // The parser's own words (where and why: "nesting deeper than 64 at byte 64"), as the
         // coordinator answers them; "is not valid JSON" alone left the client guessing.
         do { node = try JSONParser.parse(bytes) } catch { throw KVRequestError(field: "body", reason: "is not valid JSON: \(error)") }
-        guard case .object = node, let o = try? WireObject(node) else { throw KVRequestError(field: "body", reason: "must be a JSON object") }
+        guard case .object = node else { throw KVRequestError(field: "body", reason: "must be a JSON object") }
+        let o: WireObject
+        do { o = try WireObject(node) } catch WireJSONError.duplicateField(let name) {
+            // A name given twice (refused, not read as its last value) is said so; it read
+            // "must be a JSON object".
+            throw KVRequestError(field: name, reason: "appears twice")
+        } catch {
+            throw KVRequestError(field: "body", reason: "must be a JSON object")
+        }
         let txid: String
         switch o["txid"] {
         case nil, .null?: throw KVRequestError(field: "txid", reason: "is required")

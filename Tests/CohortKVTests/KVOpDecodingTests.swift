@@ -61,6 +61,15 @@ final class KVOpDecodingTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("nesting deeper than"), "\(e)")
         }
     }
+    /// A name repeated in one object is refused naming the field, as the coordinator's reader
+    /// does (protocol.md); the agent said "body: must be a JSON object" (and "ops[0]: must be an
+    /// object") of an object.
+    func testARepeatedFieldIsNamed() {
+        assertError(#"{"txid":"t","ops":[],"ops":[]}"#, field: "ops", contains: "appears twice")
+        assertError(#"{"txid":"t","ops":[{"op":"add","key":"a","delta":1,"delta":2}]}"#, field: "ops[0].delta", contains: "appears twice")
+        assertError(#"[1]"#, field: "body", contains: "JSON object")
+        assertError(#"{"txid":"t","ops":[5]}"#, field: "ops[0]", contains: "must be an object")
+    }
     func testUnknownOp() { assertError(#"{"txid":"t","ops":[{"op":"del","key":"a"}]}"#, field: "ops[0].op", contains: "unknown op") }
     func testMissingOp() { assertError(#"{"txid":"t","ops":[{"key":"a"}]}"#, field: "ops[0].op", contains: "required") }
     func testMissingKey() { assertError(#"{"txid":"t","ops":[{"op":"get"}]}"#, field: "ops[0].key", contains: "required") }

@@ -69,6 +69,18 @@ final class UsageTests: XCTestCase {
         XCTAssertEqual(r.err, "error: no coordinator: pass --coordinator URL or set COHORT_COORDINATOR\n")
     }
 
+    /// A URL with a path is refused here (exit 2), as the servers refuse one in their base URL
+    /// flags; it went out and came back "no route for GET /cohort/v1/transactions" (exit 1).
+    func testABaseURLWithAPathIsRefused() {
+        assertUsage(["--coordinator", "http://127.0.0.1:1/cohort", "list"], "without a path")
+        assertUsage(["agent", "http://127.0.0.1:1/x", "list"], "without a path")
+        assertUsage(["outbox", "http://127.0.0.1:1/x/y", "list"], "without a path")
+        // A trailing slash is still taken off: on to the unreachable coordinator (exit 1).
+        let r = ctl(["--coordinator", "http://127.0.0.1:1/", "list"])
+        XCTAssertEqual(r.status, 1, r.err)
+        XCTAssertTrue(r.err.contains("cannot reach coordinator"), r.err)
+    }
+
     /// An empty TXID asked for `/v1/transactions/` and printed the list as an "unexpected
     /// answer"; a 100,000-character one got "header section too large" from the server.
     func testATxidThatCannotBeOneIsRefusedHere() {
