@@ -7,8 +7,9 @@ import Foundation
 /// inbox endpoint answers 200 `{"results": [{"id", "status": "applied"|"duplicate"|"failed"|"busy", "error"?}]}`.
 /// `applied` and `duplicate` acknowledge a message; `failed` refuses it (an attempt); `busy`
 /// defers it (sent again after a backoff of its key, no attempt). A 4xx answer
-/// refuses every message of the batch; no answer, a timeout, 5xx, 408 or 429 mean the consumer is
-/// unavailable (nothing counted, the relay backs off). 413 (body too large) says nothing about
+/// refuses every message of the batch, except 401, 403, 404 and 405, which are the consumer's
+/// trouble (a token, a path), not the messages'; those, no answer, a timeout, 5xx, 408 or 429
+/// mean the consumer is unavailable (nothing counted, the relay backs off). 413 (body too large) says nothing about
 /// the messages of a batch of several: `tooLarge`, the relay sends them in smaller batches; for a
 /// message alone it is that message's refusal (it can never be delivered to this consumer).
 public final class HTTPOutboxSink: OutboxSink {
