@@ -7,7 +7,7 @@ let usage = """
 usage: txbench [--clients N] [--rate N] [--duration D | --transfers N] [--warmup D] [--accounts N] [--protocol 2pc|3pc]
                [--termination classic|quorum] [--submit | --named-branches] [--json | --row] [--progress]
                [--coordinator URL --agents URL,URL,... [--no-setup]] [--bin-dir DIR] [--poll-us N] [--keep]
-       txbench --orders --mode 2pc|3pc|tcc|outbox [--clients N] [--duration D] [--warmup D] [--skus N]
+       txbench --orders [--mode 2pc|3pc|tcc|outbox] [--clients N] [--duration D] [--warmup D] [--skus N]
                [--json | --row | --row-header] [--progress] [--bin-dir DIR]
 
 Load generator for Cohort: concurrent bank transfers between two agents, each a distributed
