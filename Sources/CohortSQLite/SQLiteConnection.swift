@@ -136,7 +136,7 @@ public final class SQLiteConnection {
         }
         let header: [UInt8]
         do {
-            let file = try PosixFile(path: path, create: false)
+            let file = try PosixFile(path: path, create: false, readOnly: true)
             defer { file.close() }
             header = try file.pread(count: 16, offset: 0)
         } catch {
