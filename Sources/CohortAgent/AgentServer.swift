@@ -131,7 +131,7 @@ public final class AgentServer: RunnableServer {
         if !PosixFS.exists(path) {
             problem = "is missing"
         } else {
-            let file = try PosixFile(path: path, create: false)
+            let file = try PosixFile(path: path, create: false, readOnly: true)
             defer { file.close() }
             guard try file.size() == 0 else { return }
             problem = "is empty (0 bytes)"

@@ -184,7 +184,7 @@ public enum LogTools {
     public static func inspect(_ dir: String) throws -> LogReport {
         let logDir = try logDirectory(dir)
         let storage: FileLogStorage
-        do { storage = try FileLogStorage(directory: logDir) } catch {
+        do { storage = try FileLogStorage(directory: logDir, readOnly: true) } catch {
             throw CtlError.failed("cannot open \(logDir): \(error)")
         }
         let inspection = DurableLog.inspect(storage: storage)

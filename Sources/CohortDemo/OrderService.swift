@@ -574,6 +574,11 @@ public final class OrderService: RunnableServer {
 
     /// The outcome of a 2PC/3PC order from this participant's own branch: once the branch is
     /// no longer open here, the order key exists exactly when the transaction committed.
+    /// Returned only once the order row holds it: when writing it fails (a full disk), nil at
+    /// once, and the order is asked about again (the settler's next round), so a client is never
+    /// told an outcome its order's row does not show. Such writes were ignored: a client was
+    /// answered `confirmed` while `GET /v1/orders/{id}` said `pending`, and the settler let the
+    /// order go, so it stayed pending after the space was freed, until a restart.
     private func settle(_ order: OrderStore.Order, waitMs: Int64) -> OrderStore.Outcome? {
         let deadline = Date().addingTimeInterval(Double(waitMs) / 1000)
         return api.with { api -> OrderStore.Outcome? in
@@ -585,16 +590,14 @@ public final class OrderService: RunnableServer {
                     // wrote a row without one: its crash left an order never placed.
                     let outcome = OrderStore.Outcome.rejected(reason: RejectionReason.make(DemoRejection.orderService,
                                                                                          "it restarted before the order had a transaction"))
-                    _ = try? store.settle(order.orderID, outcome)
-                    return outcome
+                    return recorded(order, outcome)
                 }
                 if order.mode == "tcc" {
                     // The row's age (an order placed just now has none in `order`).
                     let ageMs = row.map { SystemClock.wallMs() - $0.createdMs } ?? Int64.max
                     if let status = settleTCC(txid, ageMs: ageMs, api) {
                         let outcome = status == "confirmed" ? OrderStore.Outcome.confirmed : .rejected(reason: abortReason(order, txid: txid, api))
-                        _ = try? store.settle(order.orderID, outcome)
-                        return outcome
+                        return recorded(order, outcome)
                     }
                     if Date() > deadline { return nil }
                     Thread.sleep(forTimeInterval: 0.2)
@@ -603,27 +606,49 @@ public final class OrderService: RunnableServer {
                 if let r = try? api.raw("GET", selfURL + "/v1/branches/\(txid)") {
                     let branch = Self.ownBranch(status: r.status, body: r.body)
                     if branch != .open, let present = try? (api.kv(selfURL, "order/\(order.orderID)") != nil) {
-                        let outcome: OrderStore.Outcome
                         switch branch {
                         case .heuristic(let state):
-                            outcome = present ? .confirmed
+                            let outcome: OrderStore.Outcome = present ? .confirmed
                                 : .rejected(reason: RejectionReason.make(DemoRejection.aborted, "an operator forced the order's branch at the order service (\(state))"))
-                            onNote?("order \(order.orderID) settled \(outcome.status) from an operator's decision at this participant (branch \(txid) "
+                            guard let settled = recorded(order, outcome) else { return nil }
+                            onNote?("order \(order.orderID) settled \(settled.status) from an operator's decision at this participant (branch \(txid) "
                                     + "\(state)); the coordinator's outcome may differ: txctl agent \(selfURL) show \(txid)")
+                            return settled
                         default:
                             // Without our branch the transaction cannot commit: abort it now so the
                             // coordinator agrees at once instead of when the transaction expires
                             // (a crash between the begin and the work leaves it open).
                             if !present { _ = try? api.abort(txid) }
-                            outcome = present ? .confirmed : .rejected(reason: abortReason(order, txid: txid, api))
+                            return recorded(order, present ? .confirmed : .rejected(reason: abortReason(order, txid: txid, api)))
                         }
-                        _ = try? store.settle(order.orderID, outcome)
-                        return outcome
                     }
                 }
                 if Date() > deadline { return nil }
                 Thread.sleep(forTimeInterval: 0.2)
             }
+        }
+    }
+
+    /// Orders whose outcome could not be written, said once each (`onNote`) until it is.
+    private var unwrittenNoted: Set<String> = []
+
+    /// Writes `outcome` into the pending order's row; what the row then holds, or nil when the
+    /// write failed (the order stays pending and `settle` is asked again later).
+    private func recorded(_ order: OrderStore.Order, _ outcome: OrderStore.Outcome) -> OrderStore.Outcome? {
+        do {
+            let wrote = try store.settle(order.orderID, outcome)
+            inDoubtLock.withLock { _ = unwrittenNoted.remove(order.orderID) }
+            if wrote { return outcome }
+            // No longer pending: another settling got there first, and the row says how.
+            if let row = try store.get(order.orderID), let settled = Self.settledOutcome(row) { return settled }
+            return outcome
+        } catch {
+            let first = inDoubtLock.withLock { unwrittenNoted.insert(order.orderID).inserted }
+            if first {
+                onNote?("order \(order.orderID): its outcome (\(outcome.status)) could not be written to the order store: \(error); "
+                        + "it stays pending and is written again every \(Limits.demoSettleRoundMs) ms")
+            }
+            return nil
         }
     }
 

@@ -682,6 +682,12 @@ public final class DurableLog {
                         try timedSync(staging, updatesAverage: false)
                     } catch {
                         staging.close()
+                        // Never named, so never read: recovery removes it anyway. When the disk is
+                        // full it is removed now, so that the part written does not keep space
+                        // (up to a segment's start and its zeros written ahead) from the other
+                        // files on that disk while the process is down. After an I/O error
+                        // (EIO) the failing device is left alone until the restart.
+                        if (error as? PosixError)?.isNoSpace ?? false { try? storage.remove(temporary) }
                         throw error
                     }
                     staging.close()

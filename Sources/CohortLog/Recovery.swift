@@ -77,6 +77,10 @@ struct Recovery {
             try storage.syncDirectory()
             return TornTail(file: name, offset: offset, bytesDropped: dropped, keptIn: copy)
         } catch {
+            // What the failed copy left (empty, or part of the bytes: a full disk) is no copy,
+            // and would count against the copies kept; the cut bytes are still in the segment
+            // until the cut below, which needs no new space.
+            try? storage.remove(copy)
             return TornTail(file: name, offset: offset, bytesDropped: dropped, keptIn: nil)
         }
     }

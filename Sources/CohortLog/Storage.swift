@@ -85,15 +85,26 @@ public struct LogFileNotRegularError: Error, CustomStringConvertible, Equatable 
 public final class FileLogStorage: LogStorage {
     public let directory: String
     public var name: String { directory }
+    /// Files are opened for reading only, and the directory is not created: for readers that
+    /// never write (`txctl log inspect|verify`, reports). They opened every segment read-write,
+    /// so a log on a filesystem the kernel had remounted read-only after disk errors (what ext4
+    /// does by default), or whose files the operator may read but not write, could not be
+    /// inspected at all ("Read-only file system", "Permission denied").
+    public let readOnly: Bool
     private let faults: StorageFaults
     private let lock = PosixConditionLock()
     private var syncCount = 0
 
-    /// Creates the directory (and its parents) when missing.
-    public init(directory: String, faults: StorageFaults = StorageFaults()) throws {
+    /// Creates the directory (and its parents) when missing; `readOnly` requires it to exist.
+    public init(directory: String, faults: StorageFaults = StorageFaults(), readOnly: Bool = false) throws {
         self.directory = directory
         self.faults = faults
-        try PosixFS.createDirectory(directory, intermediate: true)
+        self.readOnly = readOnly
+        if readOnly {
+            try PosixFS.requireDirectory(directory)
+        } else {
+            try PosixFS.createDirectory(directory, intermediate: true)
+        }
     }
 
     func path(_ file: String) -> String {
@@ -121,7 +132,8 @@ public final class FileLogStorage: LogStorage {
     public func open(_ file: String, create: Bool) throws -> LogFile {
         let path = path(file)
         if let kind = PosixFS.nonRegularFileKind(path) { throw LogFileNotRegularError(path: path, kind: kind) }
-        return FileLogFile(storage: self, file: try PosixFile(path: path, create: create))
+        precondition(!(readOnly && create), "creating \(file) in read-only log storage")
+        return FileLogFile(storage: self, file: try PosixFile(path: path, create: create, readOnly: readOnly))
     }
 
     public func remove(_ file: String) throws { try PosixFS.remove(path(file)) }

@@ -7,9 +7,15 @@ public final class PosixFile {
     private var fd: Int32
 
     /// Opens `path` read-write (O_CLOEXEC so children never inherit it); `create` adds O_CREAT.
-    public init(path: String, create: Bool) throws {
+    /// `readOnly` opens it for reading only (writes then fail with EBADF): what a reader must
+    /// use, since read-write needs write permission and a writable filesystem. A token file of
+    /// mode 0400, a log on a filesystem the kernel remounted read-only after disk errors, or one
+    /// an operator may read but not write, were refused ("Permission denied", "Read-only file
+    /// system") by readers that only read.
+    public init(path: String, create: Bool, readOnly: Bool = false) throws {
+        precondition(!(create && readOnly), "a file created read-only")
         self.path = path
-        var flags = O_RDWR | O_CLOEXEC
+        var flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
         if create { flags |= O_CREAT }
         var opened: Int32
         repeat { opened = Glibc.open(path, flags, mode_t(0o644)) } while opened < 0 && errno == EINTR
@@ -17,8 +23,8 @@ public final class PosixFile {
         fd = opened
     }
 
-    public static func open(_ path: String, create: Bool) throws -> PosixFile {
-        try PosixFile(path: path, create: create)
+    public static func open(_ path: String, create: Bool, readOnly: Bool = false) throws -> PosixFile {
+        try PosixFile(path: path, create: create, readOnly: readOnly)
     }
 
     deinit { close() }
@@ -190,6 +196,12 @@ public enum PosixFS {
         return Int(info.st_size)
     }
 
+    /// Throws ENOENT or ENOTDIR unless `path` is a directory (following symlinks); creates nothing.
+    public static func requireDirectory(_ path: String) throws {
+        guard !isDirectory(path) else { return }
+        throw PosixError("opendir", errno: exists(path) ? ENOTDIR : ENOENT, path: path)
+    }
+
     public static func isDirectory(_ path: String) -> Bool {
         var info = stat()
         return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
@@ -230,8 +242,9 @@ public enum PosixFS {
         try fsyncDirectory(parentDirectory(of: path))
     }
 
+    /// The whole file, opened for reading only (a token file of mode 0400 is readable).
     public static func readFile(_ path: String) throws -> [UInt8] {
-        let file = try PosixFile(path: path, create: false)
+        let file = try PosixFile(path: path, create: false, readOnly: true)
         defer { file.close() }
         return try file.pread(count: try file.size(), offset: 0)
     }

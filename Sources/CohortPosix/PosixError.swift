@@ -31,6 +31,10 @@ public struct PosixError: Error, CustomStringConvertible, Equatable {
         [EMFILE, ENFILE, EADDRNOTAVAIL, ENOBUFS, ENOMEM].contains(errno)
     }
 
+    /// The filesystem has no room (or the user's quota is used up): the device works, a write
+    /// or a sync was refused for want of space.
+    public var isNoSpace: Bool { errno == ENOSPC || errno == EDQUOT }
+
     public var description: String {
         if let path { return "\(operation) \(path): \(message) (errno \(errno))" }
         return "\(operation): \(message) (errno \(errno))"

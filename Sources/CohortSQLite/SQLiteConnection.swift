@@ -22,7 +22,18 @@ public struct SQLiteError: Error, CustomStringConvertible, Equatable {
         self.context = context
         self.file = file
     }
-    public var description: String { "sqlite error \(code)\(file.map { " in \($0)" } ?? "") while \(context): \(message)" }
+    /// One line, as every error a program prints must be: a context quoting a statement of
+    /// several lines (the store's schema) made a failed start on a full disk print four.
+    public var description: String {
+        "sqlite error \(code)\(file.map { " in \($0)" } ?? "") while \(SQLiteError.oneLine(context)): \(SQLiteError.oneLine(message))"
+    }
+
+    /// `text` with each run of whitespace (line breaks included) made one space.
+    static func oneLine(_ text: String) -> String {
+        guard text.contains(where: { $0.isNewline || $0 == "\t" }) else { return text }
+        return text.split(whereSeparator: { $0.isWhitespace }).joined(separator: " ")
+    }
+
     /// Another connection held the write lock for longer than the busy timeout.
     public var isBusy: Bool { code & 0xff == SQLITE_BUSY || code & 0xff == SQLITE_LOCKED }
 }
@@ -136,7 +147,7 @@ public final class SQLiteConnection {
         }
         let header: [UInt8]
         do {
-            let file = try PosixFile(path: path, create: false)
+            let file = try PosixFile(path: path, create: false, readOnly: true)
             defer { file.close() }
             header = try file.pread(count: 16, offset: 0)
         } catch {

@@ -666,7 +666,7 @@ final class ScenarioRun: @unchecked Sendable {
     /// the zeros the log writes ahead, Limits.logPreallocateBytes).
     private func newestSegment(_ p: String, minRecords: Int = 1) throws -> (String, [UInt8], [LogInspection.Record], recordsEnd: Int) {
         let dir = "\(dataDir)/\(p)/log"
-        let inspection = DurableLog.inspect(storage: try FileLogStorage(directory: dir))
+        let inspection = DurableLog.inspect(storage: try FileLogStorage(directory: dir, readOnly: true))
         guard let seg = inspection.segments.last(where: { $0.records.count >= minRecords }) else {
             throw ManagedProcessError("\(dir) has no segment with \(minRecords) records")
         }
