@@ -215,4 +215,35 @@ final class PythonInboxConsumerTests: XCTestCase {
         try assertAppliedOnceInOrder(rig, c, committed: made.committed, skipped: ["k0/20"])
         XCTAssertFalse(try ledger(rig, c).contains { $0.poison }, "the dead letter was never applied")
     }
+
+    /// Under `--dead-letters-block-key false` the poison message's key goes on, and once the
+    /// consumer is fixed, the replayed dead letter arrives after its key's later messages (as
+    /// docs/outbox.md says): the consumer applies it (it must not refuse it for its order, or it
+    /// would be dead-lettered again) and counts it out of order.
+    func testAReplayedDeadLetterOfAKeyThatWentOnArrivesLateAndIsApplied() throws {
+        let rig = try rig()
+        let made = try rig.produce(["--count", "300", "--keys", "10", "--poison-every", "200"])
+        let c1 = try startConsumer(rig, ["--fail-poison"])
+        let port = c1.port!
+        let relay = try rig.start("cohort-relay", ["--db", rig.producerDB, "--sink", c1.url! + "/v1/inbox", "--port", "0",
+                                                    "--attempts", "3", "--dead-letters-block-key", "false"])
+        try waitFor("the poison message to be a dead letter and the rest delivered") {
+            let n = try rig.outboxCounts()
+            return n.dead == 1 && n.pending == 0
+        }
+        let k0 = try ledger(rig, c1).filter { $0.key == "k0" }
+        XCTAssertEqual(k0.map(\.n), Array(1...19) + Array(21...30), "k0 went on past its dead letter")
+        c1.kill9()
+        _ = c1.waitForExit(timeoutMs: 5_000)
+        let c2 = try startConsumer(rig, port: port)   // fixed: takes poison now
+        let dead = (try json(rig, "GET", relay.url! + "/v1/outbox?dead=true").1["messages"] as? [[String: Any]]) ?? []
+        let id = dead.first?["id"] as? Int ?? -1
+        XCTAssertEqual(try json(rig, "POST", relay.url! + "/v1/outbox/\(id)/replay").0, 200)
+        try waitFor("the replayed message to be delivered") { try rig.outboxCounts().dead == 0 && rig.outboxCounts().pending == 0 }
+        let after = try ledger(rig, c2)
+        XCTAssertEqual(after.count, made.committed)
+        XCTAssertEqual(after.last?.key, "k0")
+        XCTAssertEqual(after.last?.n, 20, "the replayed message arrives last")
+        XCTAssertEqual(try state(rig, c2)["out_of_order"], 1, "and is counted as out of order, not refused")
+    }
 }

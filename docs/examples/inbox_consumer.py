@@ -115,7 +115,7 @@ def check_message(m):
     for f in ("seq", "created_ms"):
         if not isinstance(m.get(f), int) or isinstance(m.get(f), bool):
             raise Refused(f'"{f}" must be an integer')
-    h = m.get("headers", {})
+    h = m.get("headers") or {}                   # absent or null: none
     if not isinstance(h, dict) or not all(isinstance(v, str) for v in h.values()):
         raise Refused('"headers" must be an object of strings')
 
@@ -328,10 +328,16 @@ if __name__ == "__main__":
         p.error(f"--inbox-retention-ms must be at least {RETENTION_MS_MIN}: a relay may resend a message that late")
     if not 1 <= len(ARGS.consumer.encode()) <= 128:
         p.error("--consumer must be 1-128 bytes")
-    TOKEN = open(ARGS.token_file).read().strip() if ARGS.token_file else os.environ.get("COHORT_TOKEN", "").strip()
+    try:
+        TOKEN = open(ARGS.token_file).read().strip() if ARGS.token_file else os.environ.get("COHORT_TOKEN", "").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        sys.exit(f"error: token file {ARGS.token_file}: {e}")
     if TOKEN and (any(not " " <= ch <= "~" for ch in TOKEN) or len(TOKEN) > 4096):
         sys.exit("error: the token must be one line of printable ASCII of at most 4096 bytes")
-    db().executescript(SCHEMA)
+    try:
+        db().executescript(SCHEMA)
+    except sqlite3.Error as e:
+        sys.exit(f"error: --db {ARGS.db}: {e}")
     server = ThreadingHTTPServer((ARGS.host, ARGS.port), Handler)
     server.daemon_threads = True
     threading.Thread(target=cleaner, daemon=True).start()
