@@ -156,7 +156,16 @@ final class ScenarioRun: @unchecked Sendable {
 
     // MARK: - processes
 
-    func url(_ name: String) -> String { "http://127.0.0.1:\(ports[name] ?? 0)" }
+    /// Under `lock`: a restart (on a fault's or the timeline's thread) writes `ports` while the
+    /// workload's threads build URLs from it; an unlocked read raced that write (ThreadSanitizer,
+    /// `Scenarios/86-outbox-random-kills.json`), and a Dictionary read during a write that
+    /// grows it can read freed storage.
+    func url(_ name: String) -> String {
+        lock.lock()
+        let port = ports[name] ?? 0
+        lock.unlock()
+        return "http://127.0.0.1:\(port)"
+    }
 
     private func baseEnv(_ name: String) -> [String: String] {
         var env = options.environment
