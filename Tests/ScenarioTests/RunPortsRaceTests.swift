@@ -17,12 +17,10 @@ final class RunPortsRaceTests: XCTestCase {
                               progress: { _ in })
         let rounds = 64 * 32  // whole laps, so p63 is written last
         let done = DispatchSemaphore(value: 0)
-        // As `startProcess` does after a restart: new names grow the dictionary, under `lock`.
+        // As `startProcess` does after a restart: new names grow the dictionary.
         let writer = Thread {
             for i in 0..<rounds {
-                run.lock.lock()
-                run.ports["p\(i % 64)"] = 10_000 + i
-                run.lock.unlock()
+                run.setPort("p\(i % 64)", 10_000 + i)
             }
             done.signal()
         }
@@ -32,4 +30,31 @@ final class RunPortsRaceTests: XCTestCase {
         XCTAssertEqual(run.url("p63"), "http://127.0.0.1:\(10_000 + rounds - 1)")
         XCTAssertEqual(run.url("nobody"), "http://127.0.0.1:0")
     }
+
+    /// `checkOutbox` builds the producer's URL while it holds `lock`: a first fix that read
+    /// `ports` under `lock` (NSLock, not recursive) hung txscenario there for good.
+    func testURLWhileHoldingTheRunLock() throws {
+        let scenario = try Scenario.parse(Data(#"""
+        {"name": "ports-lock", "topology": {"agents": 2},
+         "workload": {"transfers": {"clients": 1, "duration": "1s"}}, "checks": ["atomicity"]}
+        """#.utf8), file: "inline-ports-lock.json")
+        let run = ScenarioRun(scenario: scenario, options: ScenarioRunner.Options(binDirectory: URL(fileURLWithPath: "/nonexistent")),
+                              progress: { _ in })
+        run.setPort("producer", 4321)
+        let finished = DispatchSemaphore(value: 0)
+        let box = URLBox()
+        // On a thread of its own, so a deadlock fails this test instead of hanging the suite.
+        Thread {
+            run.lock.lock()
+            box.value = run.url("producer")
+            run.lock.unlock()
+            finished.signal()
+        }.start()
+        XCTAssertEqual(finished.wait(timeout: .now() + 30), .success, "url deadlocked under the run's lock")
+        XCTAssertEqual(box.value, "http://127.0.0.1:4321")
+    }
+}
+
+private final class URLBox: @unchecked Sendable {
+    var value = ""
 }
