@@ -26,7 +26,7 @@ extension ScenarioRun {
         guard scenario.topology.demo?.broker == .redis else { return true }
         let server = try RedisServer(directory: "\(dataDir)/redis")
         redis = server
-        lock.lock(); ports["redis"] = server.port; lock.unlock()
+        setPort("redis", server.port)
         return startProcess("redis")
     }
 }

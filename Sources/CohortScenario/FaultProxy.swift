@@ -54,6 +54,8 @@ public final class FaultProxy: @unchecked Sendable {
     private var rules: [Rule] = []
     private var stopped = false
     private var acceptThread: Thread?
+    /// Signalled when `acceptLoop` returns, so `stop` closes the listener after its last use.
+    private let acceptLoopEnded = DispatchSemaphore(value: 0)
     private var openConnections: [ObjectIdentifier: StreamConnection] = [:]
     private var counts: [Int: Int] = [:]
     private var forwarded = 0
@@ -89,23 +91,35 @@ public final class FaultProxy: @unchecked Sendable {
         let t = Thread { [self] in self.acceptLoop() }
         t.name = "proxy-\(name)"
         t.stackSize = 1 << 20
-        acceptThread = t
+        lock.lock(); acceptThread = t; lock.unlock()
         t.start()
     }
 
     public func stop() {
+        // Shut the open connections down under `lock`, which their serving threads also hold to
+        // close them: a connection is either still open here or already closed and gone, never
+        // closed (its fd number perhaps reused) between a snapshot and the shutdown.
+        // ThreadSanitizer saw `TCPShutdown.both` read `fd` as `close` wrote it.
         lock.lock()
         stopped = true
-        let open = Array(openConnections.values)
+        for c in openConnections.values { TCPShutdown.both(c) }
+        let started = acceptThread != nil
         lock.unlock()
-        for c in open { TCPShutdown.both(c) }
-        Thread.sleep(forTimeInterval: 0.15)
+        // Close the listener only once the accept loop has left it: it was closed after a
+        // 150 ms sleep, which races an accept loop that a loaded machine kept from running
+        // (ThreadSanitizer: `close` wrote `fd` as `accept` read it; the fd number could be
+        // reused by then).
+        if started {
+            acceptLoopEnded.wait()
+            acceptLoopEnded.signal()  // a second stop() does not wait again
+        }
         listener.close()
     }
 
     private var isStopped: Bool { lock.lock(); defer { lock.unlock() }; return stopped }
 
     private func acceptLoop() {
+        defer { acceptLoopEnded.signal() }
         while !isStopped {
             guard let client = listener.accept(timeoutMs: 100) else { continue }
             lock.lock()
@@ -115,8 +129,8 @@ public final class FaultProxy: @unchecked Sendable {
                 self.serve(client)
                 self.lock.lock()
                 self.openConnections.removeValue(forKey: ObjectIdentifier(client))
+                client.close()  // under `lock`: see `stop`
                 self.lock.unlock()
-                client.close()
             }
             t.stackSize = 1 << 20
             t.start()

@@ -155,7 +155,7 @@ extension ScenarioRun {
         if t.sink == .redis {
             let server = try RedisServer(directory: dataDir + "/redis")
             redis = server
-            lock.lock(); ports["redis"] = server.port; lock.unlock()
+            setPort("redis", server.port)
         }
         outboxRun = OutboxRunState(producerDB: dataDir + "/producer/producer.db", consumerDB: dataDir + "/consumer/consumer.db")
         for name in t.processNames {

@@ -25,9 +25,7 @@ extension ScenarioRun {
         }
         // Other processes' addresses stand in with port 1 (a run knows them once they listen):
         // a command line naming a peer at port 0 would be refused for it.
-        lock.lock()
-        for name in scenario.topology.allNames where ports[name] == nil { ports[name] = 1 }
-        lock.unlock()
+        for name in scenario.topology.allNames { setPortIfUnset(name, 1) }
         var crashPointLists: [String: Set<String>] = [:]
         func run(_ name: String, extraEnv: [String: String], checkFlags: Bool) -> (program: String, result: Result<(status: Int32, stdout: String, stderr: String), Error>)? {
             guard name != "redis" else { return nil } // not ours; its flags are redis-server's

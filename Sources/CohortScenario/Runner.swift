@@ -100,7 +100,12 @@ final class ScenarioRun: @unchecked Sendable {
 
     // processes
     var procs: [String: ManagedProcess] = [:]
-    var ports: [String: Int] = [:]
+    /// Each process's port, guarded by `portsLock` alone (through `port(of:)`, `setPort`): a
+    /// restart (on a fault's or the timeline's thread) writes it while the workload's threads
+    /// build URLs from it. Its own lock, taken last and around nothing else, because `url` is
+    /// called from code that already holds `lock` (NSLock is not recursive).
+    private var ports: [String: Int] = [:]
+    private let portsLock = NSLock()
     var starts: [String: Int] = [:]
     /// Processes the runner expects to be running (others are down on purpose).
     var shouldRun: Set<String> = []
@@ -156,7 +161,17 @@ final class ScenarioRun: @unchecked Sendable {
 
     // MARK: - processes
 
-    func url(_ name: String) -> String { "http://127.0.0.1:\(ports[name] ?? 0)" }
+    /// ThreadSanitizer found `url` reading `ports` with no lock while a restart wrote it
+    /// (`Scenarios/86-outbox-random-kills.json`); a Dictionary read during a write that grows it
+    /// can read freed storage.
+    func url(_ name: String) -> String { "http://127.0.0.1:\(port(of: name) ?? 0)" }
+
+    func port(of name: String) -> Int? { portsLock.withLock { ports[name] } }
+
+    func setPort(_ name: String, _ port: Int) { portsLock.withLock { ports[name] = port } }
+
+    /// Sets `name`'s port unless it has one.
+    func setPortIfUnset(_ name: String, _ port: Int) { portsLock.withLock { if ports[name] == nil { ports[name] = port } } }
 
     private func baseEnv(_ name: String) -> [String: String] {
         var env = options.environment
@@ -188,9 +203,7 @@ final class ScenarioRun: @unchecked Sendable {
     func startProcess(_ name: String, extraEnv: [String: String] = [:]) -> Bool {
         var env = baseEnv(name)
         for (k, v) in extraEnv { env[k] = v }
-        lock.lock()
-        let port = ports[name] ?? 0
-        lock.unlock()
+        let port = port(of: name) ?? 0
         let (program, args) = arguments(name, port: port)
         var lastError = ""
         for retry in 0..<(port == 0 ? 1 : 20) {
@@ -210,7 +223,7 @@ final class ScenarioRun: @unchecked Sendable {
                 }
                 lock.lock()
                 procs[name] = p
-                ports[name] = p.port ?? port
+                setPort(name, p.port ?? port)
                 shouldRun.insert(name)
                 lock.unlock()
                 for (link, proxy) in proxies where link.hasSuffix("->\(name)") { proxy.setTarget(port: p.port ?? port) }

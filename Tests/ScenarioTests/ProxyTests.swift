@@ -17,6 +17,7 @@ final class CountingServer: @unchecked Sendable {
     init(answerDelayMs: Int = 0) throws {
         listener = try StreamListener()
         Thread { [self] in
+            defer { acceptLoopEnded.signal() }
             while !isStopped {
                 guard let c = listener.accept(timeoutMs: 50) else { continue }
                 Thread { [self] in
@@ -34,7 +35,10 @@ final class CountingServer: @unchecked Sendable {
     }
 
     private var isStopped: Bool { lock.lock(); defer { lock.unlock() }; return stopped }
-    func stop() { lock.lock(); stopped = true; lock.unlock(); Thread.sleep(forTimeInterval: 0.1); listener.close() }
+    /// Closes the listener once the accept loop has left it (after a sleep instead, ThreadSanitizer
+    /// saw `close` race `accept` on a loaded machine). Call once.
+    func stop() { lock.lock(); stopped = true; lock.unlock(); acceptLoopEnded.wait(); listener.close() }
+    private let acceptLoopEnded = DispatchSemaphore(value: 0)
 }
 
 final class ProxyTests: XCTestCase {
