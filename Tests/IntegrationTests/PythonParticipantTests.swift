@@ -14,36 +14,16 @@ final class PythonParticipantTests: XCTestCase {
     static let pyName = "py"
 
     /// python3 on PATH, or the test is skipped.
-    func python3() throws -> URL {
-        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-        for dir in path.split(separator: ":") {
-            let candidate = URL(fileURLWithPath: String(dir)).appendingPathComponent("python3")
-            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
-        }
-        throw XCTSkip("python3 is not on PATH: the Python participant (docs/examples/participant.py) cannot run")
-    }
+    func python3() throws -> URL { try python3(toRun: "the Python participant (docs/examples/participant.py)") }
 
     /// Starts the Python participant for `cluster` on `port` (0: any; a restart passes the old
     /// one, since the coordinator calls the URL it registered). Killed at teardown if still running.
     @discardableResult
     func startPython(_ cluster: Cluster, port: Int = 0, environment: [String: String] = [:], attempt: Int = 1) throws -> ManagedProcess {
-        let python = try python3()
-        var lastError: Error?
-        for retry in 0..<(port == 0 ? 1 : 25) {   // a port just released may be busy for a moment
-            let p = ManagedProcess(name: Self.pyName, executable: python,
-                                   arguments: [Self.script, "--name", Self.pyName, "--data", cluster.dataDirectory(of: Self.pyName),
-                                               "--port", String(port), "--coordinator", cluster.coordinatorURL],
-                                   environment: environment, logDirectory: cluster.logDirectory, attempt: attempt * 100 + retry)
-            addTeardownBlock { if p.isRunning { p.kill9() } }
-            do {
-                try p.start(timeoutMs: 20_000)
-                return p
-            } catch {
-                lastError = error
-                Thread.sleep(forTimeInterval: 0.2)
-            }
-        }
-        throw lastError!
+        try startPythonScript(Self.script, example: "the Python participant (docs/examples/participant.py)", name: Self.pyName,
+                              arguments: ["--name", Self.pyName, "--data", cluster.dataDirectory(of: Self.pyName),
+                                          "--coordinator", cluster.coordinatorURL], port: port,
+                              environment: environment, logDirectory: cluster.logDirectory, attempt: attempt)
     }
 
     func intValue(_ api: CohortAPI, _ url: String, _ key: String) throws -> Int64? { try api.kv(url, key)?.intValue }

@@ -14,14 +14,7 @@ final class PythonTCCServiceTests: XCTestCase {
     static let script = PythonParticipantTests.repoRoot.appendingPathComponent("docs/examples/tcc_service.py").path
 
     /// python3 on PATH, or the test is skipped.
-    func python3() throws -> URL {
-        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-        for dir in path.split(separator: ":") {
-            let candidate = URL(fileURLWithPath: String(dir)).appendingPathComponent("python3")
-            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
-        }
-        throw XCTSkip("python3 is not on PATH: the Python TCC service (docs/examples/tcc_service.py) cannot run")
-    }
+    func python3() throws -> URL { try python3(toRun: "the Python TCC service (docs/examples/tcc_service.py)") }
 
     private var starts = 0
 
@@ -30,23 +23,10 @@ final class PythonTCCServiceTests: XCTestCase {
     @discardableResult
     func startService(_ cluster: Cluster, _ name: String, port: Int = 0, environment: [String: String] = [:],
                       extraArguments: [String] = []) throws -> ManagedProcess {
-        let python = try python3()
-        var lastError: Error?
         starts += 1
-        for retry in 0..<(port == 0 ? 1 : 25) {   // a port just released may be busy for a moment
-            let p = ManagedProcess(name: "py-\(name)", executable: python,
-                                   arguments: [Self.script, "--data", cluster.dataDirectory(of: name), "--port", String(port)] + extraArguments,
-                                   environment: environment, logDirectory: cluster.logDirectory, attempt: starts * 100 + retry)
-            addTeardownBlock { if p.isRunning { p.kill9() } }
-            do {
-                try p.start(timeoutMs: 20_000)
-                return p
-            } catch {
-                lastError = error
-                Thread.sleep(forTimeInterval: 0.2)
-            }
-        }
-        throw lastError!
+        return try startPythonScript(Self.script, example: "the Python TCC service (docs/examples/tcc_service.py)", name: "py-\(name)",
+                                     arguments: ["--data", cluster.dataDirectory(of: name)] + extraArguments, port: port,
+                                     environment: environment, logDirectory: cluster.logDirectory, attempt: starts)
     }
 
     // MARK: HTTP helpers (the public API as docs/protocol.md gives it)
