@@ -137,7 +137,12 @@ final class DiskFullDemoTests: XCTestCase {
         let demo = try Demo(rig: rig)
         try demo.start("inventory")
         try demo.start("orders")
-        try demo.setStock("apple", 1_000)
+        // One sku per held order, and one for the order refused while the disk is full: two
+        // orders on one sku at once may be refused honestly (a TCC try on a sku another
+        // transaction holds is answered 409, the order rejected), and every order here must
+        // be confirmed.
+        let heldOrders = [("2pc", "apple"), ("tcc", "pear"), ("outbox", "plum"), ("2pc", "kiwi"), ("tcc", "fig")]
+        for sku in heldOrders.map({ $0.1 }) + ["lime"] { try demo.setStock(sku, 1_000) }
         for mode in ["2pc", "tcc", "outbox"] {
             let r = try demo.order("apple", 1, mode, requestID: "warm-\(mode)")
             XCTAssertEqual(r.status, 201, "\(mode): \(r.body)")
@@ -154,17 +159,17 @@ final class DiskFullDemoTests: XCTestCase {
         }
         let results = Results()
         let group = DispatchGroup()
-        for mode in ["2pc", "tcc", "outbox", "2pc", "tcc"] {
+        for (mode, sku) in heldOrders {
             let requestID = "held-\(mode)-\(UUID().uuidString.prefix(8))"
             group.enter()
             Thread {
                 defer { group.leave() }
                 do {
-                    let r = try demo.order("apple", 2, mode, requestID: requestID)
-                    results.add(Placed(mode: mode, requestID: requestID, httpStatus: r.status, orderID: r.body["order_id"] as? String,
+                    let r = try demo.order(sku, 2, mode, requestID: requestID)
+                    results.add(Placed(sku: sku, mode: mode, requestID: requestID, httpStatus: r.status, orderID: r.body["order_id"] as? String,
                                        told: r.body["status"] as? String, error: r.body["error"] as? String))
                 } catch {
-                    results.add(Placed(mode: mode, requestID: requestID, httpStatus: 0, orderID: nil, told: nil, error: "\(error)"))
+                    results.add(Placed(sku: sku, mode: mode, requestID: requestID, httpStatus: 0, orderID: nil, told: nil, error: "\(error)"))
                 }
             }.start()
         }
@@ -177,7 +182,7 @@ final class DiskFullDemoTests: XCTestCase {
         XCTAssertEqual(group.wait(timeout: .now() + 60), .success, "orders still unanswered a minute after the inventory resumed")
 
         // While the disk is full: a new order places nothing, and says why.
-        let refused = try demo.order("apple", 3, "2pc", requestID: "refused-while-full")
+        let refused = try demo.order("lime", 3, "2pc", requestID: "refused-while-full")
         XCTAssertEqual(refused.status, 500, "\(refused.body)")
         let refusal = refused.body["error"] as? String ?? ""
         XCTAssertTrue(refusal.contains("orders.sqlite") && refusal.contains("database or disk is full"), refusal)
@@ -200,7 +205,7 @@ final class DiskFullDemoTests: XCTestCase {
         }
         XCTAssertTrue(settled, "orders still unsettled after the space was freed: "
                       + held.map { "\($0.mode) \($0.orderID ?? "?") told \($0.told ?? "-"), now \($0.orderID.flatMap(demo.status(of:)) ?? "-")" }.joined(separator: "; "))
-        let again = try demo.order("apple", 3, "2pc", requestID: "refused-while-full")
+        let again = try demo.order("lime", 3, "2pc", requestID: "refused-while-full")
         XCTAssertEqual(again.status, 201, "\(again.body)")
         XCTAssertEqual(again.body["status"] as? String, "confirmed", "\(again.body)")
         var violations: [String] = []
