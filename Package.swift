@@ -53,7 +53,7 @@ let package = Package(
         .executableTarget(name: "cohort-quickstart", dependencies: ["CohortClient", "CohortPosix"]),
         .executableTarget(name: "txbench", dependencies: ["CohortClient", "CohortPosix"]),
         // txctl's commands, rendering and log tools (no printing: output goes to injected sinks).
-        .target(name: "CohortCtl", dependencies: ["CohortCore", "CohortHTTP", "CohortLog"]),
+        .target(name: "CohortCtl", dependencies: ["CohortCore", "CohortHTTP", "CohortLog", "CohortPosix"]),
         .executableTarget(name: "txctl", dependencies: ["CohortCtl", "CohortPosix"]),
         // The scenario runner: real processes, a fault-injecting proxy, crash points and disk faults.
         .target(name: "CohortScenario", dependencies: ["CohortClient", "CohortCore", "CohortHTTP", "CohortLog", "CohortOutbox", "CohortPosix", "CohortSQLite", "CohortTCC"]),

@@ -1,5 +1,6 @@
 import CohortCore
 import CohortHTTP
+import CohortPosix
 import Foundation
 
 /// The whole of `txctl`: `run` takes the arguments (without the program name) and returns the
@@ -107,12 +108,12 @@ public enum Txctl {
 
     static func token(_ a: Arguments, _ ctx: CtlContext) throws -> String? {
         if let file = a.string("token-file") {
-            guard let data = FileManager.default.contents(atPath: file) else {
-                throw CtlError.usage("cannot read token file \(file)")
-            }
+            // PosixFS says why (errno), as the servers do for their own --token-file.
+            let bytes: [UInt8]
+            do { bytes = try PosixFS.readFile(file) } catch { throw CtlError.usage("cannot read token file \(file): \(error)") }
             // Checked before it goes into a header: a line break in it would send a header
             // of its own (BearerToken).
-            do { return try BearerToken.fromFile([UInt8](data), file: file) } catch { throw CtlError.usage("\(error)") }
+            do { return try BearerToken.fromFile(bytes, file: file) } catch { throw CtlError.usage("\(error)") }
         }
         if let t = ctx.environment["COHORT_TOKEN"], !t.isEmpty {
             do { try BearerToken.check(t, source: "COHORT_TOKEN") } catch { throw CtlError.usage("\(error)") }

@@ -150,6 +150,9 @@ final class UsageTests: XCTestCase {
             // The coordinator is unreachable: an error about it would mean the token was sent.
             assertUsage(["--token-file", path, "list"], "token file \(path): \(fragment)")
         }
+        // One that cannot be read says why, as the servers do.
+        assertUsage(["--token-file", "\(dir)/missing", "list"], "cannot read token file \(dir)/missing: open \(dir)/missing: No such file or directory (errno 2)")
+        assertUsage(["--token-file", dir, "list"], "cannot read token file \(dir): ")
         let ok = "\(dir)/ok"
         XCTAssertTrue(FileManager.default.createFile(atPath: ok, contents: Data("s3cret\n".utf8)))
         XCTAssertEqual(ctl(["--token-file", ok, "list"], env: env).status, 1, "a good token gets as far as the (unreachable) coordinator")
