@@ -285,6 +285,15 @@ public enum Limits {
     /// failed delivery, and `parked` no longer singles out the stuck ones.
     public static let retryBudgetMsMin: Int64 = 1_000
     public static let parkedRetryDelayMsMin: Int64 = 1_000
+    /// TCC: a service whose calls all failed for at least this long and then answers one is
+    /// back. Its branches waiting on a retry timer (backing off up to `retryDelayMsMax`, or
+    /// parked for `parkedRetryDelayMs`: reservations held half a minute after the service
+    /// returned) are called again at once instead, `tccWokenAtRecoveryMax` at first and one more
+    /// per answer after, so a service just back is not hit by every waiting branch at once.
+    /// A shorter spell of failures among answers wakes nothing: a branch its service keeps
+    /// refusing would otherwise be called again after every other branch's answer.
+    public static let tccServiceDownMsMin: Int64 = 1_000
+    public static let tccWokenAtRecoveryMax = 32
     /// 3PC: the coordinator's wait for pre-commit acknowledgements.
     public static let preCommitTimeoutMs: Int64 = 2_000
     /// 3PC: a coordinator without authority asks participants for the outcome this often.

@@ -250,6 +250,35 @@ public struct TCCCoordinator {
     public private(set) var stats = Stats()
     /// The largest epoch of any txid recovered (the runtime raises `Coordinator`'s epoch past it).
     public private(set) var maxEpochSeen: UInt64 = 0
+    /// What was last heard from each service (by origin, `http://host:port`) that has branches
+    /// waiting on a retry timer; see `Limits.tccServiceDownMsMin`. Not logged: after a restart
+    /// every confirming or cancelling branch is called at once anyway.
+    private(set) var services: [String: ServiceWatch] = [:]
+    /// Branches woken because their service came back (`tccServiceDownMsMin`) since this machine
+    /// was made.
+    public private(set) var branchesWokenTotal: UInt64 = 0
+
+    struct BranchRef: Hashable {
+        let txid: TxID
+        let branchID: String
+    }
+
+    struct ServiceWatch {
+        /// The first failed call since the last answer; nil while the service answers.
+        var downSinceMs: Int64?
+        /// A spell of at least `tccServiceDownMsMin` ended: each answer wakes one more waiting
+        /// branch, until a call fails again.
+        var recovering = false
+        /// Branches whose call here failed, oldest first. An entry goes stale when its branch is
+        /// called again, settles, or is resolved by an operator; stale ones are skipped when
+        /// read and dropped when the list doubles (`compactAtCount`), so it stays within twice
+        /// the branches really waiting.
+        var waiting: [BranchRef] = []
+        var waitingHead = 0
+        var compactAtCount = 16
+        var waitingCount: Int { waiting.count - waitingHead }
+    }
+
     /// Forced decisions whose audit record is being written, by transaction.
     private var pendingForces: [TxID: (request: RequestID, force: Coordinator.ForceRequest, entry: Coordinator.AuditEntry, resolvesPending: Bool)] = [:]
 
@@ -490,6 +519,21 @@ public struct TCCCoordinator {
         guard var tx = openTable.byID[txid], let i = tx.index(id), tx.branches[i].state == .trying else { return [] }
         let waiter = tx.branches[i].waiter
         tx.branches[i].waiter = nil
+        let url = tx.branches[i].spec.tryURL
+        if case .failed = result {
+            serviceFailed(url: url, waiting: nil, nowMs: nowMs)
+            return tryAnswered(tx, i, result, waiter: waiter, nowMs: nowMs)
+        }
+        // A try refused (4xx) was answered too: the service is up. Woken after this
+        // transaction is stored, so that nothing overwrites what waking changed.
+        let actions = tryAnswered(tx, i, result, waiter: waiter, nowMs: nowMs)
+        return actions + serviceAnswered(url: url, nowMs: nowMs)
+    }
+
+    private mutating func tryAnswered(_ tx: Transaction, _ i: Int, _ result: TryResult, waiter: RequestID?, nowMs: Int64) -> [Action] {
+        var tx = tx
+        let txid = tx.txid
+        let id = tx.branches[i].spec.branchID
         switch result {
         case .succeeded(let value):
             tx.branches[i].state = .tried
@@ -593,8 +637,10 @@ public struct TCCCoordinator {
                 : backoffDelayMs(attempt: tx.branches[i].attempts, minMs: config.retryDelayMsMin, maxMs: config.retryDelayMsMax, rng: &rng)
             tx.branches[i].nextRetryAtMs = nowMs + delay
             openTable[txid] = tx
+            serviceFailed(url: Self.url(of: tx.branches[i].spec, phase), waiting: BranchRef(txid: txid, branchID: id), nowMs: nowMs)
             return [.setTimer(.retry(txid, branchID: id), afterMs: delay)]
         }
+        let url = Self.url(of: tx.branches[i].spec, phase)
         tx.branches[i].state = phase == .confirm ? .confirmed : .cancelled
         tx.branches[i].nextRetryAtMs = nil
         branchesSettledTotal += 1
@@ -603,7 +649,8 @@ public struct TCCCoordinator {
         openTable[txid] = tx
         let done = tx.branches.allSatisfy { $0.state == .confirmed || $0.state == .cancelled }
         if done { actions += finish(txid, nowMs: nowMs) }
-        return actions
+        // After this transaction is stored: waking may change another of its branches.
+        return actions + serviceAnswered(url: url, nowMs: nowMs)
     }
 
     private mutating func finish(_ txid: TxID, nowMs: Int64) -> [Action] {
@@ -648,14 +695,103 @@ public struct TCCCoordinator {
         }
     }
 
+    static func url(of spec: BranchSpec, _ phase: Call) -> String {
+        switch phase {
+        case .try: return spec.tryURL
+        case .confirm: return spec.confirmURL
+        case .cancel: return spec.cancelURL
+        }
+    }
+
+    /// `http://host:port` of a branch URL (registration checked the `http://` prefix): the
+    /// service a call reaches, whatever its path.
+    static func origin(of url: String) -> String {
+        let rest = url.utf8.dropFirst("http://".count)
+        guard let slash = rest.firstIndex(of: UInt8(ascii: "/")) else { return url }
+        return String(url[..<slash])
+    }
+
+    /// A call to `url`'s service failed: a spell of failures starts (or goes on), and `waiting` (a
+    /// branch now on its retry timer) is woken when the service answers again after the spell.
+    private mutating func serviceFailed(url: String, waiting: BranchRef?, nowMs: Int64) {
+        guard waiting != nil || !services.isEmpty else { return }
+        let service = Self.origin(of: url)
+        guard waiting != nil || services[service] != nil else { return }
+        var watch = services[service] ?? ServiceWatch()
+        if watch.downSinceMs == nil { watch.downSinceMs = nowMs }
+        watch.recovering = false
+        if let waiting {
+            watch.waiting.append(waiting)
+            if watch.waitingCount > watch.compactAtCount { compact(&watch, service) }
+        }
+        services[service] = watch
+    }
+
+    /// A call to `url`'s service was answered. After a spell of failures of at least
+    /// `tccServiceDownMsMin`, wakes `tccWokenAtRecoveryMax` of its waiting branches, and while
+    /// recovering, one more per answer.
+    private mutating func serviceAnswered(url: String, nowMs: Int64) -> [Action] {
+        // Nothing waits anywhere (the usual case): no origin to cut out of the URL.
+        guard !services.isEmpty else { return [] }
+        let service = Self.origin(of: url)
+        guard var watch = services[service] else { return [] }
+        var wake = 0
+        if let since = watch.downSinceMs {
+            if nowMs - since >= Limits.tccServiceDownMsMin {
+                watch.recovering = true
+                wake = Limits.tccWokenAtRecoveryMax
+            }
+            watch.downSinceMs = nil
+        } else if watch.recovering {
+            wake = 1
+        }
+        var actions: [Action] = []
+        while wake > 0, watch.waitingHead < watch.waiting.count {
+            let ref = watch.waiting[watch.waitingHead]
+            watch.waitingHead += 1
+            guard var tx = openTable.byID[ref.txid], let i = tx.index(ref.branchID), let due = tx.branches[i].nextRetryAtMs else { continue }
+            let phase: Call
+            switch tx.branches[i].state {
+            case .confirming: phase = .confirm
+            case .cancelling: phase = .cancel
+            default: continue
+            }
+            guard Self.origin(of: Self.url(of: tx.branches[i].spec, phase)) == service else { continue }
+            tx.branches[i].nextRetryAtMs = nil
+            note(&tx, nowMs, "woken", branch: ref.branchID,
+                 detail: "\(service) answers again: \(phase.rawValue) re-sent now, not in \(TimeFormat.duration(ms: max(due - nowMs, 0)))")
+            openTable[ref.txid] = tx
+            branchesWokenTotal += 1
+            actions += [.cancelTimer(.retry(ref.txid, branchID: ref.branchID)), call(tx, i, phase)]
+            wake -= 1
+        }
+        if watch.waitingHead == watch.waiting.count {
+            // Nothing waits here any more: forget the service (a later failure starts afresh).
+            services[service] = nil
+        } else {
+            if watch.waitingHead > watch.waitingCount { compact(&watch, service) }
+            services[service] = watch
+        }
+        return actions
+    }
+
+    /// Drops stale and repeated entries of `watch.waiting` (order kept).
+    private func compact(_ watch: inout ServiceWatch, _ service: String) {
+        var seen = Set<BranchRef>()
+        var kept: [BranchRef] = []
+        for ref in watch.waiting[watch.waitingHead...] where !seen.contains(ref) {
+            guard let tx = openTable.byID[ref.txid], let i = tx.index(ref.branchID), tx.branches[i].nextRetryAtMs != nil else { continue }
+            seen.insert(ref)
+            kept.append(ref)
+        }
+        watch.waiting = kept
+        watch.waitingHead = 0
+        watch.compactAtCount = max(16, 2 * kept.count)
+    }
+
     private func call(_ tx: Transaction, _ i: Int, _ phase: Call) -> Action {
         let b = tx.branches[i]
-        let url: String
-        switch phase {
-        case .try: url = b.spec.tryURL
-        case .confirm: url = b.spec.confirmURL
-        case .cancel: url = b.spec.cancelURL
-        }
+        let url = Self.url(of: b.spec, phase)
         return .call(tx.txid, branchID: b.spec.branchID, phase, url: url,
                      TCCPhaseRequest(txid: tx.txid.description, branchID: b.spec.branchID, payload: b.spec.payload,
                                      deadlineMs: phase == .try ? tx.deadlineMs : nil))

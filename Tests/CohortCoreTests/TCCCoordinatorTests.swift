@@ -186,6 +186,103 @@ final class TCCCoordinatorTests: XCTestCase {
         XCTAssertEqual(m.parkedCount, 0)
     }
 
+    /// A confirming transaction of one branch at `service` whose first confirm failed at `now`:
+    /// its branch waits on its retry timer.
+    private func waitingConfirm(_ m: inout TCCCoordinator, service: String, error: String = "connection refused") -> TxID {
+        let txid = nextTxID()
+        _ = m.on(.begin(nextReq(), txid: txid, timeoutMs: 5_000), nowMs: now)
+        let spec = TCCCoordinator.BranchSpec(branchID: "b", tryURL: "\(service)/try", confirmURL: "\(service)/confirm", cancelURL: "\(service)/cancel", payload: nil)
+        _ = m.on(.register(nextReq(), txid: txid.description, spec), nowMs: now)
+        _ = m.on(.branchDurable(txid, branchID: "b"), nowMs: now)
+        _ = m.on(.tryAnswered(txid, branchID: "b", .succeeded(nil)), nowMs: now)
+        _ = m.on(.commit(nextReq(), txid: txid.description), nowMs: now)
+        XCTAssertEqual(calls(m.on(.decisionDurable(txid), nowMs: now), .confirm), ["b"])
+        let failed = m.on(.settled(txid, branchID: "b", .confirm, error: error), nowMs: now)
+        guard case .setTimer(.retry(txid, "b"), _)? = failed.first else { XCTFail("no retry timer"); return txid }
+        return txid
+    }
+
+    private func woken(_ actions: [TCCCoordinator.Action]) -> [TxID] {
+        actions.compactMap { if case .call(let t, _, .confirm, _, _) = $0 { return t }; return nil }
+    }
+
+    /// A service down long enough to park its confirms answers again: its waiting branches are
+    /// re-sent at once (32, then one more per answer), not after the parked delay (30 s), which
+    /// held every reservation that long after the service was back. Branches at another
+    /// service stay on their timers.
+    func testAServiceAnsweringAgainWakesItsWaitingBranchesAFewAtATime() {
+        var config = TCCCoordinator.Config()
+        config.retryBudgetAttempts = 1 // parked at the first failure: waiting 30 s
+        var m = TCCCoordinator(config: config)
+        let down = (0..<40).map { _ in waitingConfirm(&m, service: "http://inventory:7001") }
+        let elsewhere = waitingConfirm(&m, service: "http://payments:7002")
+        XCTAssertEqual(m.parkedCount, 41)
+        now += 3_000
+        // A new transaction's try reaches the inventory: it is back.
+        var log: [TCCCoordinator.Record] = []
+        let txid = nextTxID()
+        _ = m.on(.begin(nextReq(), txid: txid, timeoutMs: 5_000), nowMs: now)
+        let spec = TCCCoordinator.BranchSpec(branchID: "n", tryURL: "http://inventory:7001/tcc/try", confirmURL: "http://inventory:7001/tcc/confirm",
+                                             cancelURL: "http://inventory:7001/tcc/cancel", payload: nil)
+        log += records(m.on(.register(nextReq(), txid: txid.description, spec), nowMs: now)).map(\.0)
+        _ = m.on(.branchDurable(txid, branchID: "n"), nowMs: now)
+        let answered = m.on(.tryAnswered(txid, branchID: "n", .succeeded(nil)), nowMs: now)
+        let first = woken(answered)
+        XCTAssertEqual(first, Array(down.prefix(Limits.tccWokenAtRecoveryMax)), "the oldest 32 waiting at that service, in order")
+        for t in first {
+            XCTAssertTrue(answered.contains(.cancelTimer(.retry(t, branchID: "b"))))
+            let tx = m.transaction(t)!
+            XCTAssertNil(tx.branches[0].nextRetryAtMs)
+            XCTAssertTrue(tx.events.contains { $0.event == "woken" && ($0.detail ?? "").contains("not in 27s") }, "\(tx.events)")
+        }
+        XCTAssertEqual(m.branchesWokenTotal, 32)
+        // Each confirm answered wakes one more; the other service's branch is left alone.
+        var rest: [TxID] = []
+        for t in first.prefix(10) { rest += woken(m.on(.settled(t, branchID: "b", .confirm, error: nil), nowMs: now)) }
+        XCTAssertEqual(rest, Array(down[32..<40]), "the remaining eight, one per answer")
+        XCTAssertEqual(m.transaction(elsewhere)?.branches[0].nextRetryAtMs, now - 3_000 + config.parkedRetryDelayMs)
+        XCTAssertNil(m.services["http://inventory:7001"], "nothing waits there any more")
+        XCTAssertNotNil(m.services["http://payments:7002"])
+        // A woken confirm whose timer had fired meanwhile is not sent twice by its timer.
+        XCTAssertEqual(m.on(.timerFired(.retry(down[0], branchID: "b")), nowMs: now), [])
+    }
+
+    /// Failures among answers wake nothing: a branch its service keeps refusing (a poison
+    /// confirm, HTTP 500 for that branch alone) stays on its backoff while the service answers
+    /// everyone else, instead of being re-sent after every other answer. A spell of failures
+    /// shorter than `tccServiceDownMsMin` is not an outage either; a failure while recovering
+    /// stops the waking.
+    func testFailuresAmongAnswersWakeNothing() {
+        var m = TCCCoordinator()
+        let poison = waitingConfirm(&m, service: "http://inventory:7001", error: "HTTP 500: no such row")
+        for step in 1...200 {
+            now += 10
+            let other = waitingConfirm(&m, service: "http://inventory:7001") // fails: down since now
+            XCTAssertEqual(woken(m.on(.settled(other, branchID: "b", .confirm, error: nil), nowMs: now)), [], "step \(step)")
+            if step % 20 == 0 {
+                // The poison branch's own timer: re-sent, refused again.
+                XCTAssertEqual(calls(m.on(.timerFired(.retry(poison, branchID: "b")), nowMs: now), .confirm), ["b"])
+                _ = m.on(.settled(poison, branchID: "b", .confirm, error: "HTTP 500: no such row"), nowMs: now)
+            }
+        }
+        XCTAssertEqual(m.branchesWokenTotal, 0)
+        XCTAssertEqual(m.transaction(poison)?.branches[0].attempts, 11)
+        // Its list holds the poison branch once, not once per failure.
+        XCTAssertLessThanOrEqual(m.services["http://inventory:7001"]?.waitingCount ?? 0, 16)
+
+        // A real outage: recovery wakes; a failure during it stops further waking.
+        var m2 = TCCCoordinator()
+        let waiting = (0..<40).map { _ in waitingConfirm(&m2, service: "http://s:1") }
+        now += Limits.tccServiceDownMsMin
+        // The last one's timer fires and its confirm is answered: the service is back.
+        XCTAssertEqual(calls(m2.on(.timerFired(.retry(waiting[39], branchID: "b")), nowMs: now), .confirm), ["b"])
+        let wokenAtRecovery = woken(m2.on(.settled(waiting[39], branchID: "b", .confirm, error: nil), nowMs: now))
+        XCTAssertEqual(wokenAtRecovery, Array(waiting.prefix(32)))
+        guard wokenAtRecovery.count == 32 else { return }
+        _ = m2.on(.settled(wokenAtRecovery[0], branchID: "b", .confirm, error: "connection reset"), nowMs: now)
+        XCTAssertEqual(woken(m2.on(.settled(wokenAtRecovery[1], branchID: "b", .confirm, error: nil), nowMs: now)), [], "a failure ended the recovery")
+    }
+
     /// A service whose barrier is full answers a new branch's try and cancel with 503
     /// (`TCCError.barrierFull`): the try fails the transaction, and its cancel, which needs a
     /// fence row the service cannot write yet, is retried (parked, still retried) until the

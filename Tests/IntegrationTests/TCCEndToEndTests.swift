@@ -284,6 +284,48 @@ final class TCCEndToEndTests: XCTestCase {
         XCTAssertEqual(try phases(1, "try", "error"), 0)
     }
 
+    /// A TCC service down long enough for its confirm to be parked comes back on its port, and
+    /// the first call it answers (another transaction's try) wakes the parked confirm at once.
+    /// Before, the confirm waited for its parked retry (30 s by default; 10 minutes here), and
+    /// the stock stayed reserved all that time with the service up.
+    func testAServiceBackOnItsPortGetsItsParkedConfirmAtOnce() throws {
+        let rig = try Rig(test: self, inventories: 1, crashPoint: nil,
+                          coordinatorFlags: ["--retry-budget-attempts", "2", "--retry-budget", "1s", "--parked-retry-delay", "10m"])
+        try rig.setStock(0, stock)
+        let t1 = try rig.begin()
+        XCTAssertEqual(try rig.branch(t1, 0, qty: 5), 200)
+        let port = try XCTUnwrap(rig.inventories[0].port)
+        rig.inventories[0].kill9()
+        _ = rig.inventories[0].waitForExit(timeoutMs: 5_000)
+        XCTAssertEqual(try rig.json("POST", rig.coordinatorURL + "/v1/transactions/\(t1)/commit").1["outcome"] as? String, "committed")
+        var view: [String: Any] = [:]
+        XCTAssertTrue(eventually(timeoutMs: 10_000) { view = (try? rig.json("GET", rig.coordinatorURL + "/v1/transactions/\(t1)"))?.1 ?? [:]; return view["parked"] as? Bool == true },
+                      "the confirm was not parked: \(view)")
+        // Down for over Limits.tccServiceDownMsMin since its first failed confirm: an outage, not a
+        // refusal among answers.
+        Thread.sleep(forTimeInterval: Double(Limits.tccServiceDownMsMin) / 1000 + 0.2)
+
+        // Back on its port, with its data: its barrier and the reservation t1 made.
+        var back: ManagedProcess?
+        for attempt in 0..<25 where back == nil {
+            let p = ManagedProcess(name: "inv0", executable: rig.bin.appendingPathComponent("tcc-inventory"),
+                                   arguments: ["--data", rig.dir + "/inv0", "--port", String(port)], logDirectory: rig.dir + "/logs", attempt: attempt + 2)
+            do { try p.start(); back = p } catch { Thread.sleep(forTimeInterval: 0.2) }
+        }
+        rig.inventories[0] = try XCTUnwrap(back, "the inventory did not start again on port \(port)")
+        XCTAssertEqual(try rig.stock(0).reserved, 5, "t1's reservation waits for its confirm")
+        let t2 = try rig.begin()
+        XCTAssertEqual(try rig.branch(t2, 0, qty: 1), 200, "the service answers a try")
+        XCTAssertTrue(eventually(timeoutMs: 10_000) { (try? rig.json("GET", rig.coordinatorURL + "/v1/transactions/\(t1)"))?.1["state"] as? String == "committed" },
+                      "t1's parked confirm was not sent when its service answered again (it waits for its 10-minute parked retry)")
+        let (_, done) = try rig.json("GET", rig.coordinatorURL + "/v1/transactions/\(t1)")
+        let events = (done["events"] as? [[String: Any]]) ?? []
+        XCTAssertTrue(events.contains { $0["event"] as? String == "woken" && (($0["detail"] as? String) ?? "").contains("127.0.0.1:\(port) answers again: confirm re-sent now") }, "\(events)")
+        XCTAssertGreaterThanOrEqual(rig.metric(rig.coordinatorURL, "cohort_tcc_branches_woken_total") ?? 0, 1)
+        XCTAssertEqual(try rig.json("POST", rig.coordinatorURL + "/v1/transactions/\(t2)/commit").1["outcome"] as? String, "committed")
+        try assertAtRest(rig, sold: [6], "after the service came back")
+    }
+
     /// Registrations the coordinator could log but not read back, or not call, are refused; a
     /// service's long refusal (the inventory repeats the sku it does not know) is kept clipped,
     /// so checkpoints holding it read back: before, cohortd could not start again.
