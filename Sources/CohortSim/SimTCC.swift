@@ -64,19 +64,33 @@ public struct TCCRunStats: Sendable {
     public var longOutages = 0
     /// The most transactions parked (past the retry budget) at once at the coordinator.
     public var parkedMax = 0
+    /// Confirms and cancels re-sent early because their service answered again after an outage
+    /// (`Limits.tccServiceDownMsMin`), over every life of the coordinator.
+    public var woken = 0
+    /// The coordinator's own count at the last look, and the sum of its earlier lives'.
+    var wokenThisLife = 0
+    var wokenEarlierLives = 0
 
     public init() {}
+
+    /// Takes in the coordinator's `branchesWokenTotal`, which starts from 0 at each restart.
+    mutating func observeWoken(_ total: Int) {
+        if total < wokenThisLife { wokenEarlierLives += wokenThisLife }
+        wokenThisLife = total
+        woken = wokenEarlierLives + wokenThisLife
+    }
 
     public mutating func add(_ o: TCCRunStats) {
         transactions += o.transactions; committed += o.committed; aborted += o.aborted
         hangingTries += o.hangingTries; emptyCancels += o.emptyCancels; duplicates += o.duplicates
         confirms += o.confirms; cancels += o.cancels; lateMessages += o.lateMessages
         pointCrashes += o.pointCrashes; longOutages += o.longOutages; parkedMax += o.parkedMax
+        woken += o.woken
     }
 
     public var summary: String {
         "late msgs \(lateMessages), hanging tries refused \(hangingTries), empty cancels \(emptyCancels), " +
-            "duplicates \(duplicates), point crashes \(pointCrashes), long outages \(longOutages), parked \(parkedMax)"
+            "duplicates \(duplicates), point crashes \(pointCrashes), long outages \(longOutages), parked \(parkedMax), woken \(woken)"
     }
 }
 
@@ -334,7 +348,10 @@ extension Simulation {
     /// right after sending a try (between the tries of a transaction), a confirm (after the
     /// decision; the confirms after it in the same fan-out never leave) or a cancel.
     func tccOnSend(from sender: String, path: String) {
-        if sender == "coordinator", let c = nodes[sender]?.coordinator { tccStats.parkedMax = max(tccStats.parkedMax, c.tcc.parkedCount) }
+        if sender == "coordinator", let c = nodes[sender]?.coordinator {
+            tccStats.parkedMax = max(tccStats.parkedMax, c.tcc.parkedCount)
+            tccStats.observeWoken(Int(c.tcc.branchesWokenTotal))
+        }
         guard sender == "coordinator", let node = nodes[sender], !node.dying,
               path.hasSuffix("/try") || path.hasSuffix("/confirm") || path.hasSuffix("/cancel"), tccPointCrash() else { return }
         node.dying = true
