@@ -120,7 +120,7 @@ final class PythonParticipant3PCTests: XCTestCase {
         XCTAssertEqual(try api.commit(t1).outcome, "committed")
         try assertBalances(api, agent: agent, py: py, alice: 70, bob: 130)
         XCTAssertEqual(try loggedRecords(cluster, "py", t1), ["prepared", "pre-committed", "committed"])
-        let prepared = try loggedObjects(cluster, "py", t1)[0]
+        let prepared = try loggedObjects(cluster, "py", t1).first ?? [:]
         XCTAssertEqual(prepared["protocol"] as? String, "3pc")
         XCTAssertEqual(prepared["termination"] as? String, "classic")
         XCTAssertEqual(Set(((prepared["participants"] as? [[String: Any]]) ?? []).compactMap { $0["name"] as? String }), ["a", "py"],
@@ -134,7 +134,7 @@ final class PythonParticipant3PCTests: XCTestCase {
         XCTAssertEqual(try api.commit(t2).outcome, "committed")
         try assertBalances(api, agent: agent, py: py, alice: 120, bob: 80)
         XCTAssertEqual(try loggedRecords(cluster, "py", t2), ["prepared", "pre-committed", "committed"])
-        XCTAssertEqual(try loggedObjects(cluster, "py", t2)[0]["termination"] as? String, "quorum")
+        XCTAssertEqual(try loggedObjects(cluster, "py", t2).first?["termination"] as? String, "quorum")
 
         // The Python participant votes no (bob would go below 0): aborted with its reason, and it
         // forced nothing for that branch.
@@ -186,11 +186,12 @@ final class PythonParticipant3PCTests: XCTestCase {
         XCTAssertEqual(conflict.status, 409, "a recovered uncertain branch holds its locks")
         Thread.sleep(forTimeInterval: 2.5)   // past a termination round with nobody answering: no decision
         XCTAssertEqual(try branchState(api, py, t), "uncertain", "decided with no peer and no coordinator answering")
-        cluster.coordinator.resume()
+        // The agent answers again (it aborted when the coordinator did); the coordinator does
+        // not: the recovered branch adopts the abort its peer reports.
         cluster.process("a")!.resume()
-
         XCTAssertTrue(try eventually(timeoutMs: 15_000) { try branchState(api, py, t) == "aborted" },
-                      "the recovered branch should learn the abort: \((try? branchState(api, py, t)) ?? nil ?? "gone")")
+                      "the recovered branch should adopt its peer's abort: \((try? branchState(api, py, t)) ?? nil ?? "gone")")
+        cluster.coordinator.resume()
         XCTAssertEqual(try loggedRecords(cluster, "py", t), ["prepared", "aborted"])
         try assertBalances(api, agent: agent, py: py, alice: 100, bob: 100, "after the aborted transfer")
     }
@@ -268,18 +269,47 @@ final class PythonParticipant3PCTests: XCTestCase {
                       "coordinator: \(String(describing: try? api.transaction(t)?.state))")
     }
 
+    /// The same under quorum termination (N = 2, Q = 2): the Python backup may abort only once
+    /// two branches are pre-aborted, so it pre-aborts the agent and itself (forced records) first.
+    func testCoordinatorKilledBeforeItsDecisionTheQuorumBackupPreAbortsThenAborts() throws {
+        let (cluster, api, agent, python) = try seededPair(pyName: "0py")
+        let py = python.url!
+        try armCoordinator(cluster, "coordinator.after-precommit-logged")
+        let t = try stage(api, 10, from: (agent, "alice"), to: (py, "bob"), termination: "quorum")
+        _ = try? api.commit(t)
+        XCTAssertEqual(cluster.coordinator.waitForExit(timeoutMs: 10_000), 137)
+
+        XCTAssertTrue(try eventually(timeoutMs: 15_000) { try branchState(api, py, t) == "aborted" && branchState(api, agent, t) == "aborted" },
+                      "py \((try? branchState(api, py, t)) ?? nil ?? "gone"), a \((try? branchState(api, agent, t)) ?? nil ?? "gone")")
+        XCTAssertEqual(try loggedRecords(cluster, "0py", t), ["prepared", "pre-aborted", "aborted"], "an abort quorum first")
+        try assertBalances(api, agent: agent, py: py, alice: 100, bob: 100, "after the terminated transfer")
+        // A late pre-commit, even a backup's, is refused: the branch aborted.
+        XCTAssertEqual(try post(api, py + "/v1/3pc/precommit", #"{"txid":"\#(t)","backup":true}"#).status, 409)
+
+        try cluster.startProcess(Cluster.coordinatorName, environment: [:])
+        XCTAssertTrue(try eventually(timeoutMs: 15_000) { try api.transaction(t)?.outcome == "aborted" })
+    }
+
     // MARK: 5. the coordinator killed after its decision
 
-    /// It dies with its commit decision durable and no commit sent: both are pre-committed, and
-    /// the agent (the backup) commits both; the restarted coordinator's commit is acknowledged.
+    /// It dies with its commit decision durable and no commit sent: both are pre-committed. The
+    /// Python participant is killed (SIGKILL) as well; the agent, the backup, commits alone
+    /// (classic: the silent peer is presumed failed). The Python participant, restarted with no
+    /// coordinator, adopts the commit its peer reports; the restarted coordinator's re-sent
+    /// commit is acknowledged and applies nothing twice.
     func testCoordinatorKilledAfterItsDecisionBothCommitWithoutIt() throws {
         let (cluster, api, agent, python) = try seededPair()
-        let py = python.url!
+        let py = python.url!, port = python.port!
         try armCoordinator(cluster, "coordinator.after-decision-logged")
         let t = try stage(api, 10, from: (agent, "alice"), to: (py, "bob"))
         _ = try? api.commit(t)
         XCTAssertEqual(cluster.coordinator.waitForExit(timeoutMs: 10_000), 137)
+        python.kill9()
+        XCTAssertEqual(try loggedRecords(cluster, "py", t), ["prepared", "pre-committed"])
 
+        XCTAssertTrue(try eventually(timeoutMs: 15_000) { try branchState(api, agent, t) == "committed" },
+                      "the agent, backup, commits with its peer silent: \((try? branchState(api, agent, t)) ?? nil ?? "gone")")
+        try startPython(cluster, name: "py", port: port, attempt: 2)
         XCTAssertTrue(try eventually(timeoutMs: 15_000) { try branchState(api, py, t) == "committed" && branchState(api, agent, t) == "committed" },
                       "py \((try? branchState(api, py, t)) ?? nil ?? "gone"), a \((try? branchState(api, agent, t)) ?? nil ?? "gone")")
         XCTAssertEqual(try loggedRecords(cluster, "py", t), ["prepared", "pre-committed", "committed"])
@@ -337,7 +367,60 @@ final class PythonParticipant3PCTests: XCTestCase {
         return p
     }
 
-    // MARK: 7. repeated, late and malformed messages at the Python participant
+    // MARK: 7. every answer waits for its record's fsync
+
+    /// A kill -9 cannot show a missing fsync (the page cache survives the process), so this test
+    /// watches the order of system calls instead: a `sitecustomize` module, loaded by python3
+    /// before the participant, notes each log write, each fsync once it returned, and each
+    /// send before it goes. The yes vote, the pre-commit acknowledgement and the commit
+    /// acknowledgement must each come after an fsync that followed their record's write.
+    func testEveryAnswerWaitsForTheFsyncOfItsRecord() throws {
+        _ = try python3(toRun: Self.example)
+        let cluster = try startCluster(agents: 1)
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        let shim = cluster.dataDirectory + "/pyshim"
+        try FileManager.default.createDirectory(atPath: shim, withIntermediateDirectories: true)
+        try #"""
+        import os, socket, threading
+        _fd = os.open(os.environ["PY3PC_TRACE"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        _write, _fsync, _sendall, _lock = os.write, os.fsync, socket.socket.sendall, threading.Lock()
+        def _note(text):
+            with _lock:
+                _write(_fd, (text.replace("\n", " ") + "\n").encode())
+        def write(fd, data):
+            if fd != _fd and b'"t":' in bytes(data[:16]):
+                _note("write " + bytes(data).decode(errors="replace"))
+            return _write(fd, data)
+        def fsync(fd):
+            result = _fsync(fd)
+            _note("fsync")
+            return result
+        def sendall(self, data, *args):
+            _note("send " + bytes(data).decode(errors="replace")[:400])
+            return _sendall(self, data, *args)
+        os.write, os.fsync, socket.socket.sendall = write, fsync, sendall
+        """#.write(toFile: shim + "/sitecustomize.py", atomically: true, encoding: .utf8)
+        let trace = cluster.dataDirectory + "/py.trace"
+        let python = try startPython(cluster, name: "py", environment: ["PYTHONPATH": shim, "PY3PC_TRACE": trace])
+        let t = try stage(api, 10, from: (python.url!, "bob"), to: (cluster.agentURLs[0], "alice"))
+        _ = try api.agentWork(python.url!, t, [.add("bob", 20)])   // bob: 20 - 10, so the debit passes `min: 0`
+        XCTAssertEqual(try api.commit(t).outcome, "committed")
+        XCTAssertTrue(try eventually { try branchState(api, python.url!, t) == "committed" })
+
+        let lines = try String(contentsOfFile: trace, encoding: .utf8).split(separator: "\n").map(String.init)
+        for (record, answer) in [("prepared", #""vote": "yes""#), ("pre-committed", #""status": "pre-committed""#),
+                                 ("committed", #""status": "committed""#)] {
+            let written = lines.firstIndex { $0.hasPrefix("write ") && $0.contains(#""t":"\#(record)""#) && $0.contains(t) }
+            let answered = lines.firstIndex { $0.hasPrefix("send ") && $0.contains(answer) && $0.contains(t) }
+            guard let written, let answered else {
+                XCTFail("no \(record) record or no answer \(answer) in the trace:\n\(lines.joined(separator: "\n"))"); continue
+            }
+            XCTAssertTrue(lines[written..<answered].contains("fsync"),
+                          "the answer \(answer) went out before the \(record) record was fsynced:\n\(lines[written...answered].joined(separator: "\n"))")
+        }
+    }
+
+    // MARK: 8. repeated, late and malformed messages at the Python participant
 
     func testRepeatedLateAndMalformedMessages() throws {
         let (cluster, api, agent, python) = try seededPair()
