@@ -278,6 +278,7 @@ def inquire(txid, delay):
 # ---- 3PC termination (docs/protocols.md "Blocking"; docs/protocol.md "Termination") ----
 
 PRE_STATES = ("uncertain", "pre-committed", "pre-aborted")
+STATES = PRE_STATES + ("unknown", "read-only", "committed", "aborted")
 
 
 def terminate(txid, first_delay):
@@ -306,7 +307,8 @@ def terminate(txid, first_delay):
         answers = {}                                     # peer name -> {"state", "recovered"?} or None (silent)
         for p in peers:
             status, body = to_peer(p, "/v1/3pc/state", txid)
-            answers[p["name"]] = body if status == 200 and isinstance(body, dict) and isinstance(body.get("state"), str) else None
+            # An answer that is not one of the documented states is no word: the peer counts as silent.
+            answers[p["name"]] = body if status == 200 and isinstance(body, dict) and body.get("state") in STATES else None
         decide(txid, {p["name"]: p for p in peers}, answers)
         delay = random.uniform(TERMINATION_TIMEOUT_S / 2, TERMINATION_TIMEOUT_S)
 
