@@ -420,7 +420,134 @@ final class PythonParticipant3PCTests: XCTestCase {
         }
     }
 
-    // MARK: 8. repeated, late and malformed messages at the Python participant
+    // MARK: 8. the coordinator against a participant that answers wrongly, and bad participant input
+
+    /// A stand-in participant (a few lines of python3) that answers each path (`PATH#backup` for
+    /// a message with `"backup": true`) with a status and body chosen by the test (`$TXID` is
+    /// replaced), and notes every message it gets in `log`, one a line.
+    func startStub(_ cluster: Cluster, _ answers: [String: (Int, String)]) throws -> (url: String, log: String) {
+        let log = cluster.dataDirectory + "/stub.log"
+        let table = try JSONSerialization.data(withJSONObject: answers.mapValues { [$0.0, $0.1] as [Any] })
+        let code = #"""
+        import json, os, sys
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        answers, log = json.loads(os.environ["STUB_ANSWERS"]), open(os.environ["STUB_LOG"], "a")
+        class Stub(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = json.loads(raw or b"{}")
+                key = self.path + ("#backup" if body.get("backup") is True else "")
+                log.write(key + " " + raw.decode() + "\n"); log.flush()
+                status, text = answers.get(key, answers.get(self.path, [404, "{}"]))
+                data = text.replace("$TXID", body.get("txid", "")).encode()
+                self.send_response(status); self.send_header("Content-Length", str(len(data))); self.end_headers()
+                self.wfile.write(data)
+            def log_message(self, *args): pass
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Stub)
+        print(f"listening on http://127.0.0.1:{server.server_address[1]}", flush=True)
+        server.serve_forever()
+        """#
+        let p = ManagedProcess(name: "stub", executable: try python3(toRun: Self.example), arguments: ["-c", code],
+                               environment: ["STUB_ANSWERS": String(decoding: table, as: UTF8.self), "STUB_LOG": log],
+                               logDirectory: cluster.logDirectory, attempt: 1)
+        addTeardownBlock { if p.isRunning { p.kill9() } }
+        try p.start(timeoutMs: 10_000)
+        return (p.url!, log)
+    }
+
+    /// Only `200 {"status":"pre-committed"}` acknowledges a pre-commit (docs/protocol.md). A
+    /// participant "stub" that answers the coordinator's pre-commit `200 {"status":"committed"}`
+    /// is alive and not pre-committed: the classic coordinator must not count it, nor commit at
+    /// its pre-commit timeout, but learn the outcome from the participants. The Python one ("py",
+    /// the backup) pre-commits the stub itself before it commits, and the coordinator adopts that.
+    func testOnlyAPreCommittedAnswerAcknowledgesAPreCommit() throws {
+        _ = try python3(toRun: Self.example)
+        let cluster = try startCluster(agents: 0)
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        let python = try startPython(cluster, name: "py")
+        let stub = try startStub(cluster, [
+            "/v1/2pc/prepare": (200, #"{"txid":"$TXID","vote":"yes"}"#),
+            "/v1/3pc/precommit": (200, #"{"txid":"$TXID","status":"committed"}"#),
+            "/v1/3pc/precommit#backup": (200, #"{"txid":"$TXID","status":"pre-committed"}"#),
+            "/v1/3pc/state": (200, #"{"txid":"$TXID","state":"uncertain"}"#),
+            "/v1/2pc/commit": (200, #"{"txid":"$TXID","status":"committed"}"#),
+            "/v1/2pc/commit#backup": (200, #"{"txid":"$TXID","status":"committed"}"#),
+        ])
+        let t = try api.begin(protocol: "3pc")
+        XCTAssertEqual(try post(api, cluster.coordinatorURL + "/v1/transactions/\(t)/branches", #"{"participant":"stub","url":"\#(stub.url)"}"#).status, 200)
+        _ = try api.agentWork(python.url!, t, [.add("bob", 7)])
+        XCTAssertEqual(try api.commit(t).outcome, "committed")
+
+        let view = try XCTUnwrap(try api.transaction(t))
+        XCTAssertFalse(view.events.contains { $0.event == "pre-commit-acknowledged" && $0.participant == "stub" },
+                       "a 200 saying \"committed\" was counted as a pre-commit acknowledgement")
+        XCTAssertTrue(view.events.contains { $0.event == "terminating" && ($0.detail ?? "").contains(#"answered "committed" to a pre-commit"#) },
+                      "the coordinator should stop deciding and learn: \(view.events.map { "\($0.event) \($0.detail ?? "")" })")
+        let seen = try String(contentsOfFile: stub.log, encoding: .utf8).split(separator: "\n").map { String($0.split(separator: " ")[0]) }
+        let backupPreCommit = seen.firstIndex(of: "/v1/3pc/precommit#backup"), firstCommit = seen.firstIndex { $0.hasPrefix("/v1/2pc/commit") }
+        XCTAssertNotNil(backupPreCommit, "the Python backup must pre-commit the uncertain stub before committing: \(seen)")
+        if let backupPreCommit, let firstCommit { XCTAssertLessThan(backupPreCommit, firstCommit, "\(seen)") }
+        XCTAssertTrue(try eventually { try intValue(api, python.url!, "bob") == 7 })
+        XCTAssertEqual(try loggedRecords(cluster, "py", t), ["prepared", "pre-committed", "committed"])
+        XCTAssertTrue(try eventually { try api.transaction(t)?.state == "committed" }, "the stub acknowledged the commit")
+    }
+
+    /// What cohortd answers a participant's malformed or misdirected calls (the answers
+    /// docs/protocol.md gives for calls 1, 5 and 6), and that none of them changes the transaction.
+    func testCoordinatorAnswersBadParticipantCalls() throws {
+        let cluster = try startCluster(agents: 0)
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        let c = cluster.coordinatorURL
+        let t = try api.begin(protocol: "3pc")
+        let own = String(t.split(separator: "-")[0])
+        func status(_ path: String, _ body: String) throws -> (Int, String) {
+            let r = try post(api, c + path, body)
+            return (r.status, (r.body["error"] as? String) ?? "")
+        }
+        let branches = "/v1/transactions/\(t)/branches"
+        let refused: [(String, String, Int, String)] = [
+            (branches, "{", 400, "expected a member name at byte 1"),
+            (branches, "[]", 400, "not a JSON object"),
+            (branches, #"{"url":"http://127.0.0.1:9"}"#, 400, #"missing field "participant""#),
+            (branches, #"{"participant":"p","url":"http://127.0.0.1:9/"}"#, 400, "ends in a slash"),
+            (branches, #"{"participant":"p","url":"ftp://127.0.0.1:9"}"#, 400, "http://HOST"),
+            (branches, #"{"participant":"p","url":"http://127.0.0.1:9","incarnation":5}"#, 400, #"field "incarnation" has the wrong type"#),
+            (branches, #"{"participant":"","url":"http://127.0.0.1:9"}"#, 400, "1-128"),
+            (branches, #"{"participant":"p","participant":"q","url":"http://127.0.0.1:9"}"#, 400, "appears twice"),
+            ("/v1/transactions/not-a-txid/branches", #"{"participant":"p","url":"http://127.0.0.1:9"}"#, 400, "malformed txid"),
+            ("/v1/transactions/\(own)-1-ffff/branches", #"{"participant":"p","url":"http://127.0.0.1:9"}"#, 404, "unknown transaction"),
+            ("/v1/transactions/\(t)/heuristic", #"{"participant":"p","outcome":"maybe"}"#, 400, "committed or aborted"),
+            ("/v1/transactions/\(t)/heuristic", #"{"participant":"p","outcome":"aborted"}"#, 409, "not a branch"),
+            ("/v1/transactions/\(t)/precommit", "{}", 404, "no route"),   // a 3PC phase is the participants' path, not the coordinator's
+            ("/v1/3pc/state", #"{"txid":"\#(t)"}"#, 404, "no route"),
+        ]
+        for (path, body, expected, words) in refused {
+            let (got, error) = try status(path, body)
+            XCTAssertEqual(got, expected, "\(path) \(body): \(error)")
+            XCTAssertTrue(error.contains(words), "\(path) \(body): \(error)")
+        }
+        // Inquiries: a malformed txid, an id of this coordinator it never issued, another coordinator's.
+        XCTAssertEqual(try get(api, c + "/v1/transactions/not-a-txid/outcome?participant=p").status, 400)
+        XCTAssertEqual(try get(api, c + "/v1/transactions/\(own)-1-ffff/outcome?participant=p").body["outcome"] as? String, "aborted")
+        let stranger = own == "00000000" ? "11111111" : "00000000"
+        XCTAssertEqual(try get(api, c + "/v1/transactions/\(stranger)-1-1/outcome?participant=p").body["outcome"] as? String, "unknown-coordinator")
+        XCTAssertEqual(try get(api, c + "/v1/transactions/\(t)/outcome?participant=p").body["outcome"] as? String, "pending")
+
+        // A good registration, repeated (idempotent), then one with another URL under the same name.
+        let good = #"{"participant":"p","url":"http://127.0.0.1:9","incarnation":"i1"}"#
+        XCTAssertEqual(try status(branches, good).0, 200)
+        XCTAssertEqual(try status(branches, good).0, 200)
+        XCTAssertEqual(try status(branches, #"{"participant":"p","url":"http://127.0.0.1:10","incarnation":"i1"}"#).0, 409)
+        let view = try XCTUnwrap(try api.transaction(t))
+        XCTAssertEqual(view.state, "active")
+        XCTAssertEqual(view.branches.map(\.participant), ["p"], "none of the refused calls joined a branch")
+        // After the outcome, a registration is too late.
+        XCTAssertEqual(try api.abort(t).outcome, "aborted")
+        XCTAssertEqual(try status(branches, good).0, 409)
+    }
+
+    // MARK: 9. repeated, late and malformed messages at the Python participant
 
     func testRepeatedLateAndMalformedMessages() throws {
         let (cluster, api, agent, python) = try seededPair()
