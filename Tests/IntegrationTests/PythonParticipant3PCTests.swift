@@ -405,9 +405,12 @@ final class PythonParticipant3PCTests: XCTestCase {
         let t = try stage(api, 10, from: (python.url!, "bob"), to: (cluster.agentURLs[0], "alice"))
         _ = try api.agentWork(python.url!, t, [.add("bob", 20)])   // bob: 20 - 10, so the debit passes `min: 0`
         XCTAssertEqual(try api.commit(t).outcome, "committed")
-        XCTAssertTrue(try eventually { try branchState(api, python.url!, t) == "committed" })
-
-        let lines = try String(contentsOfFile: trace, encoding: .utf8).split(separator: "\n").map(String.init)
+        // The branch reads committed before the commit's answer goes out: wait for the answer in the trace.
+        var lines: [String] = []
+        _ = try eventually {
+            lines = try String(contentsOfFile: trace, encoding: .utf8).split(separator: "\n").map(String.init)
+            return lines.contains { $0.hasPrefix("send ") && $0.contains(#""status": "committed""#) && $0.contains(t) }
+        }
         for (record, answer) in [("prepared", #""vote": "yes""#), ("pre-committed", #""status": "pre-committed""#),
                                  ("committed", #""status": "committed""#)] {
             let written = lines.firstIndex { $0.hasPrefix("write ") && $0.contains(#""t":"\#(record)""#) && $0.contains(t) }
