@@ -291,7 +291,9 @@ public enum Limits {
     /// returned) are called again at once instead, `tccWokenAtRecoveryMax` at first and one more
     /// per answer after, so a service just back is not hit by every waiting branch at once.
     /// A shorter spell of failures among answers wakes nothing: a branch its service keeps
-    /// refusing would otherwise be called again after every other branch's answer.
+    /// refusing would otherwise be called again after every other branch's answer. Nor is a
+    /// branch woken again whose woken call failed, before its own retry timer re-sent it (at a
+    /// quiet service every answer ends a spell its failure began).
     public static let tccServiceDownMsMin: Int64 = 1_000
     public static let tccWokenAtRecoveryMax = 32
     /// 3PC: the coordinator's wait for pre-commit acknowledgements.

@@ -100,6 +100,12 @@ public struct TCCCoordinator {
         public var nextRetryAtMs: Int64?
         public var history: [Coordinator.Attempt] = []
         var waiter: RequestID?
+        /// Re-sent because its service answered again (`tccServiceDownMsMin`) since its own retry
+        /// timer last fired: not woken again before that timer re-sends it. The service had just
+        /// answered when the woken call failed, so the failure is the branch's (a poison
+        /// confirm): woken again at every later answer, it was called every second or two at a
+        /// service answering calls a second or more apart, instead of every 30 s (a review).
+        var wokenSinceRetry = false
     }
 
     public struct Transaction: Sendable {
@@ -270,9 +276,9 @@ public struct TCCCoordinator {
         /// branch, until a call fails again.
         var recovering = false
         /// Branches whose call here failed, oldest first. An entry goes stale when its branch is
-        /// called again, settles, or is resolved by an operator; stale ones are skipped when
-        /// read and dropped when the list doubles (`compactAtCount`), so it stays within twice
-        /// the branches really waiting.
+        /// called again (woken included), settles, or is resolved by an operator; stale ones are
+        /// skipped when read, dropped from the head by `forgetStale` and from anywhere when the
+        /// list doubles (`compactAtCount`), so it stays within twice the branches really waiting.
         var waiting: [BranchRef] = []
         var waitingHead = 0
         var compactAtCount = 16
@@ -447,6 +453,7 @@ public struct TCCCoordinator {
                 default: return []
                 }
                 tx.branches[i].nextRetryAtMs = nil
+                tx.branches[i].wokenSinceRetry = false
                 openTable[txid] = tx
                 return [call(tx, i, phase)]
             }
@@ -637,7 +644,8 @@ public struct TCCCoordinator {
                 : backoffDelayMs(attempt: tx.branches[i].attempts, minMs: config.retryDelayMsMin, maxMs: config.retryDelayMsMax, rng: &rng)
             tx.branches[i].nextRetryAtMs = nowMs + delay
             openTable[txid] = tx
-            serviceFailed(url: Self.url(of: tx.branches[i].spec, phase), waiting: BranchRef(txid: txid, branchID: id), nowMs: nowMs)
+            let wakeable = !tx.branches[i].wokenSinceRetry
+            serviceFailed(url: Self.url(of: tx.branches[i].spec, phase), waiting: wakeable ? BranchRef(txid: txid, branchID: id) : nil, nowMs: nowMs)
             return [.setTimer(.retry(txid, branchID: id), afterMs: delay)]
         }
         let url = Self.url(of: tx.branches[i].spec, phase)
@@ -662,6 +670,12 @@ public struct TCCCoordinator {
         tx.parked = false
         note(&tx, nowMs, tx.state.rawValue)
         if outcome == .committed { stats.committed += 1 } else { stats.aborted += 1 }
+        if !services.isEmpty {
+            // Its branches wait no more (an operator may have ended the wait of some whose
+            // service never answers again): their services' lists may be left with nothing.
+            let phase: Call = outcome == .committed ? .confirm : .cancel
+            for b in tx.branches { forgetStale(Self.origin(of: Self.url(of: b.spec, phase))) }
+        }
         remember(tx)
         // Only a transaction with branch records needs an end record.
         return tx.branches.isEmpty ? [] : [.log(.end(txid, outcome), force: false)]
@@ -703,12 +717,16 @@ public struct TCCCoordinator {
         }
     }
 
-    /// `http://host:port` of a branch URL (registration checked the `http://` prefix): the
-    /// service a call reaches, whatever its path.
+    /// `http://host:port` of a branch URL (registration checked the `http://` prefix and that
+    /// the HTTP client can call it): the service a call reaches, whatever its path or query.
+    /// The authority ends where the client's does (`/` or `?`: `http://inv:7001?op=confirm`
+    /// was a service of its own, apart from the `?op=try` that answered), in lower case, with
+    /// the port the client connects to (`http://inv` is `http://inv:80`).
     static func origin(of url: String) -> String {
         let rest = url.utf8.dropFirst("http://".count)
-        guard let slash = rest.firstIndex(of: UInt8(ascii: "/")) else { return url }
-        return String(url[..<slash])
+        let end = rest.firstIndex { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") } ?? url.utf8.endIndex
+        let authority = url[rest.startIndex..<end].lowercased()
+        return "http://" + authority + (authority.contains(":") ? "" : ":80")
     }
 
     /// A call to `url`'s service failed: a spell of failures starts (or goes on), and `waiting` (a
@@ -749,15 +767,9 @@ public struct TCCCoordinator {
         while wake > 0, watch.waitingHead < watch.waiting.count {
             let ref = watch.waiting[watch.waitingHead]
             watch.waitingHead += 1
-            guard var tx = openTable.byID[ref.txid], let i = tx.index(ref.branchID), let due = tx.branches[i].nextRetryAtMs else { continue }
-            let phase: Call
-            switch tx.branches[i].state {
-            case .confirming: phase = .confirm
-            case .cancelling: phase = .cancel
-            default: continue
-            }
-            guard Self.origin(of: Self.url(of: tx.branches[i].spec, phase)) == service else { continue }
+            guard let (i, phase) = waitingBranch(ref), var tx = openTable.byID[ref.txid], let due = tx.branches[i].nextRetryAtMs else { continue }
             tx.branches[i].nextRetryAtMs = nil
+            tx.branches[i].wokenSinceRetry = true
             note(&tx, nowMs, "woken", branch: ref.branchID,
                  detail: "\(service) answers again: \(phase.rawValue) re-sent now, not in \(TimeFormat.duration(ms: max(due - nowMs, 0)))")
             openTable[ref.txid] = tx
@@ -765,14 +777,45 @@ public struct TCCCoordinator {
             actions += [.cancelTimer(.retry(ref.txid, branchID: ref.branchID)), call(tx, i, phase)]
             wake -= 1
         }
+        services[service] = watch
+        forgetStale(service)
+        return actions
+    }
+
+    /// The index and pending call of the branch `ref` names while it waits on its retry timer
+    /// and may be woken; nil once it no longer does (called again, settled, resolved by an
+    /// operator, finished, or woken since its timer last fired).
+    private func waitingBranch(_ ref: BranchRef) -> (Int, Call)? {
+        guard let tx = openTable.byID[ref.txid], let i = tx.index(ref.branchID), tx.branches[i].nextRetryAtMs != nil,
+              !tx.branches[i].wokenSinceRetry else { return nil }
+        switch tx.branches[i].state {
+        case .confirming: return (i, .confirm)
+        case .cancelling: return (i, .cancel)
+        default: return nil
+        }
+    }
+
+    /// Drops the entries at the head of `service`'s list whose branches no longer wait, and the
+    /// service once none is left. Called wherever a branch may stop waiting without a call of
+    /// its own to follow (an answer to another call, an operator's forced end): without it a
+    /// service's entry outlived its branches (a brief failure answered on retry, or a dead
+    /// service whose transactions were forced), one per origin ever failing, for good; and
+    /// `serviceAnswered` no longer took its quick way out once any service had failed (a review).
+    /// A branch that stops waiting by being called again is dropped when that call is answered
+    /// (or listed again if it fails), so a service is kept only while a branch of its list
+    /// waits or has a call in flight: at most one per such branch.
+    private mutating func forgetStale(_ service: String) {
+        guard var watch = services[service] else { return }
+        while watch.waitingHead < watch.waiting.count, waitingBranch(watch.waiting[watch.waitingHead]) == nil {
+            watch.waitingHead += 1
+        }
         if watch.waitingHead == watch.waiting.count {
             // Nothing waits here any more: forget the service (a later failure starts afresh).
             services[service] = nil
-        } else {
-            if watch.waitingHead > watch.waitingCount { compact(&watch, service) }
-            services[service] = watch
+            return
         }
-        return actions
+        if watch.waitingHead > watch.waitingCount { compact(&watch, service) }
+        services[service] = watch
     }
 
     /// Drops stale and repeated entries of `watch.waiting` (order kept).
@@ -780,7 +823,7 @@ public struct TCCCoordinator {
         var seen = Set<BranchRef>()
         var kept: [BranchRef] = []
         for ref in watch.waiting[watch.waitingHead...] where !seen.contains(ref) {
-            guard let tx = openTable.byID[ref.txid], let i = tx.index(ref.branchID), tx.branches[i].nextRetryAtMs != nil else { continue }
+            guard waitingBranch(ref) != nil else { continue }
             seen.insert(ref)
             kept.append(ref)
         }

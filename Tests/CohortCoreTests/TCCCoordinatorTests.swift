@@ -283,6 +283,138 @@ final class TCCCoordinatorTests: XCTestCase {
         XCTAssertEqual(woken(m2.on(.settled(wokenAtRecovery[1], branchID: "b", .confirm, error: nil), nowMs: now)), [], "a failure ended the recovery")
     }
 
+    /// A poison confirm at a quiet service, whose calls come a second or more apart: every
+    /// answer ends a "spell" that the poison branch's own failure started. Woken at one answer
+    /// and refused again, it is not woken again before its own retry timer re-sends it; before,
+    /// it was re-sent at every later answer (every 1.5 s here, its parked delay being 30 s),
+    /// cohortd against a stub answering 500 for that branch alone showed the same.
+    func testAWokenBranchRefusedAgainWaitsForItsOwnTimer() {
+        var config = TCCCoordinator.Config()
+        config.retryBudgetAttempts = 1 // parked at the first failure: retried every 30 s
+        var m = TCCCoordinator(config: config)
+        let service = "http://inventory:7001"
+        let poison = waitingConfirm(&m, service: service, error: "HTTP 500: poisoned")
+        // Its parked timer fires once, refused again: listed twice (older entries read waiting
+        // again each time it fails).
+        now += config.parkedRetryDelayMs
+        XCTAssertEqual(calls(m.on(.timerFired(.retry(poison, branchID: "b")), nowMs: now), .confirm), ["b"])
+        _ = m.on(.settled(poison, branchID: "b", .confirm, error: "HTTP 500: poisoned"), nowMs: now)
+        var poisonCalls = 0
+        var others = 0
+        func answer(_ actions: [TCCCoordinator.Action]) {
+            for case .call(poison, "b", .confirm, _, _) in actions {
+                poisonCalls += 1
+                answer(m.on(.settled(poison, branchID: "b", .confirm, error: "HTTP 500: poisoned"), nowMs: now))
+            }
+        }
+        // Other transactions, one call answered every 1.5 s, for 27 s (before its timer fires).
+        for _ in 0..<9 {
+            let txid = nextTxID()
+            _ = m.on(.begin(nextReq(), txid: txid, timeoutMs: 60_000), nowMs: now)
+            let spec = TCCCoordinator.BranchSpec(branchID: "o", tryURL: "\(service)/try", confirmURL: "\(service)/confirm", cancelURL: "\(service)/cancel", payload: nil)
+            _ = m.on(.register(nextReq(), txid: txid.description, spec), nowMs: now)
+            now += 1_500
+            answer(m.on(.branchDurable(txid, branchID: "o"), nowMs: now))
+            answer(m.on(.tryAnswered(txid, branchID: "o", .succeeded(nil)), nowMs: now))
+            _ = m.on(.commit(nextReq(), txid: txid.description), nowMs: now)
+            now += 1_500
+            answer(m.on(.decisionDurable(txid), nowMs: now))
+            answer(m.on(.settled(txid, branchID: "o", .confirm, error: nil), nowMs: now))
+            others += 1
+        }
+        XCTAssertEqual(others, 9)
+        XCTAssertEqual(poisonCalls, 1, "woken once, at the first answer a second after its failure, then left on its timer")
+        XCTAssertEqual(m.transaction(poison)?.branches[0].attempts, 3)
+        // Its own timer re-sends it; refused, it may be woken once more.
+        now = m.transaction(poison)!.branches[0].nextRetryAtMs!
+        XCTAssertEqual(calls(m.on(.timerFired(.retry(poison, branchID: "b")), nowMs: now), .confirm), ["b"])
+        _ = m.on(.settled(poison, branchID: "b", .confirm, error: "HTTP 500: poisoned"), nowMs: now)
+        now += 1_500
+        let txid = nextTxID()
+        _ = m.on(.begin(nextReq(), txid: txid, timeoutMs: 60_000), nowMs: now)
+        _ = m.on(.register(nextReq(), txid: txid.description, TCCCoordinator.BranchSpec(branchID: "o", tryURL: "\(service)/try", confirmURL: "\(service)/confirm", cancelURL: "\(service)/cancel", payload: nil)), nowMs: now)
+        _ = m.on(.branchDurable(txid, branchID: "o"), nowMs: now)
+        answer(m.on(.tryAnswered(txid, branchID: "o", .succeeded(nil)), nowMs: now))
+        XCTAssertEqual(poisonCalls, 2)
+    }
+
+    /// The list of a service is let go once nothing waits there: after a failure answered on
+    /// retry (no outage, nothing woken), and after an operator ended the wait of transactions
+    /// whose service never answers again. Before, each origin that ever failed a confirm or
+    /// cancel stayed in `services` for good (1,000 here, with nothing open).
+    func testAServiceIsForgottenOnceNothingWaitsThere() {
+        var m = TCCCoordinator()
+        // Each transaction's other branch, at a slow service, has not answered yet.
+        for k in 0..<500 {
+            let txid = nextTxID()
+            _ = m.on(.begin(nextReq(), txid: txid, timeoutMs: 5_000), nowMs: now)
+            for (id, service) in [("b", "http://blip\(k):7001"), ("c", "http://slow:7002")] {
+                let spec = TCCCoordinator.BranchSpec(branchID: id, tryURL: "\(service)/try", confirmURL: "\(service)/confirm", cancelURL: "\(service)/cancel", payload: nil)
+                _ = m.on(.register(nextReq(), txid: txid.description, spec), nowMs: now)
+                _ = m.on(.branchDurable(txid, branchID: id), nowMs: now)
+                _ = m.on(.tryAnswered(txid, branchID: id, .succeeded(nil)), nowMs: now)
+            }
+            _ = m.on(.commit(nextReq(), txid: txid.description), nowMs: now)
+            XCTAssertEqual(calls(m.on(.decisionDurable(txid), nowMs: now), .confirm), ["b", "c"])
+            _ = m.on(.settled(txid, branchID: "b", .confirm, error: "connection reset"), nowMs: now)
+            now += 100
+            XCTAssertEqual(calls(m.on(.timerFired(.retry(txid, branchID: "b")), nowMs: now), .confirm), ["b"])
+            _ = m.on(.settled(txid, branchID: "b", .confirm, error: nil), nowMs: now)
+        }
+        XCTAssertEqual(m.unfinishedCount, 500)
+        XCTAssertEqual(m.services.count, 0, "services whose only branch settled on retry")
+        for t in m.open.keys { _ = m.on(.settled(t, branchID: "c", .confirm, error: nil), nowMs: now) }
+        XCTAssertEqual(m.unfinishedCount, 0)
+        for k in 0..<500 {
+            let txid = waitingConfirm(&m, service: "http://gone\(k):7001")
+            _ = m.on(.force(nextReq(), txid: txid.description, force(.committed)), nowMs: now)
+            _ = m.on(.auditDurable(txid), nowMs: now)
+            XCTAssertEqual(m.transaction(txid)?.branches[0].state, .resolvedByOperator)
+        }
+        XCTAssertEqual(m.unfinishedCount, 0)
+        XCTAssertEqual(m.services.count, 0, "services whose transactions an operator ended")
+        // A branch still waiting keeps its service, whose other branches were let go.
+        let kept = waitingConfirm(&m, service: "http://gone0:7001")
+        let forced = waitingConfirm(&m, service: "http://gone0:7001")
+        _ = m.on(.force(nextReq(), txid: forced.description, force(.committed)), nowMs: now)
+        _ = m.on(.auditDurable(forced), nowMs: now)
+        XCTAssertNotNil(m.services["http://gone0:7001"])
+        now += 2_000
+        let answered = m.on(.retryNow(nextReq(), txid: kept.description), nowMs: now)
+        XCTAssertEqual(calls(answered, .confirm), ["b"])
+        _ = m.on(.settled(kept, branchID: "b", .confirm, error: nil), nowMs: now)
+        XCTAssertEqual(m.services.count, 0)
+    }
+
+    /// A call's service is the HTTP client's: its host and port, whatever follows (a path or
+    /// a query), the host in any case, port 80 when none is given.
+    func testTheServiceOfAURLIsWhereTheClientConnects() {
+        XCTAssertEqual(TCCCoordinator.origin(of: "http://inv:7001/tcc/confirm"), "http://inv:7001")
+        XCTAssertEqual(TCCCoordinator.origin(of: "http://inv:7001"), "http://inv:7001")
+        XCTAssertEqual(TCCCoordinator.origin(of: "http://inv:7001?op=confirm"), "http://inv:7001")
+        XCTAssertEqual(TCCCoordinator.origin(of: "http://inv:7001?op=confirm/x"), "http://inv:7001")
+        XCTAssertEqual(TCCCoordinator.origin(of: "http://INV.example:7001/x"), "http://inv.example:7001")
+        XCTAssertEqual(TCCCoordinator.origin(of: "http://inv/x"), "http://inv:80")
+        XCTAssertEqual(TCCCoordinator.origin(of: "http://10.0.0.7:80/x"), "http://10.0.0.7:80")
+        // A try answered at `?op=try` wakes the confirm waiting at `?op=confirm`.
+        var m = TCCCoordinator()
+        let txid = nextTxID()
+        _ = m.on(.begin(nextReq(), txid: txid, timeoutMs: 5_000), nowMs: now)
+        let spec = TCCCoordinator.BranchSpec(branchID: "b", tryURL: "http://inv:7001?op=try", confirmURL: "http://inv:7001?op=confirm", cancelURL: "http://inv:7001?op=cancel", payload: nil)
+        _ = m.on(.register(nextReq(), txid: txid.description, spec), nowMs: now)
+        _ = m.on(.branchDurable(txid, branchID: "b"), nowMs: now)
+        _ = m.on(.tryAnswered(txid, branchID: "b", .succeeded(nil)), nowMs: now)
+        _ = m.on(.commit(nextReq(), txid: txid.description), nowMs: now)
+        _ = m.on(.decisionDurable(txid), nowMs: now)
+        _ = m.on(.settled(txid, branchID: "b", .confirm, error: "connection refused"), nowMs: now)
+        now += 2_000
+        let other = nextTxID()
+        _ = m.on(.begin(nextReq(), txid: other, timeoutMs: 5_000), nowMs: now)
+        _ = m.on(.register(nextReq(), txid: other.description, TCCCoordinator.BranchSpec(branchID: "o", tryURL: "http://INV:7001?op=try", confirmURL: "http://inv:7001?op=confirm", cancelURL: "http://inv:7001?op=cancel", payload: nil)), nowMs: now)
+        _ = m.on(.branchDurable(other, branchID: "o"), nowMs: now)
+        XCTAssertEqual(woken(m.on(.tryAnswered(other, branchID: "o", .succeeded(nil)), nowMs: now)), [txid])
+    }
+
     /// A service whose barrier is full answers a new branch's try and cancel with 503
     /// (`TCCError.barrierFull`): the try fails the transaction, and its cancel, which needs a
     /// fence row the service cannot write yet, is retried (parked, still retried) until the
