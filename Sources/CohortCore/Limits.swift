@@ -292,8 +292,8 @@ public enum Limits {
     /// per answer after, so a service just back is not hit by every waiting branch at once.
     /// A shorter spell of failures among answers wakes nothing: a branch its service keeps
     /// refusing would otherwise be called again after every other branch's answer. Nor is a
-    /// branch woken again whose woken call failed, before its own retry timer re-sent it (at a
-    /// quiet service every answer ends a spell its failure began).
+    /// branch its service refused when woken (an HTTP error status) woken again before its own
+    /// retry timer re-sent it (at a quiet service every answer ends a spell its failure began).
     public static let tccServiceDownMsMin: Int64 = 1_000
     public static let tccWokenAtRecoveryMax = 32
     /// 3PC: the coordinator's wait for pre-commit acknowledgements.

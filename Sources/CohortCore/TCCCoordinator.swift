@@ -101,10 +101,12 @@ public struct TCCCoordinator {
         public var history: [Coordinator.Attempt] = []
         var waiter: RequestID?
         /// Re-sent because its service answered again (`tccServiceDownMsMin`) since its own retry
-        /// timer last fired: not woken again before that timer re-sends it. The service had just
-        /// answered when the woken call failed, so the failure is the branch's (a poison
-        /// confirm): woken again at every later answer, it was called every second or two at a
-        /// service answering calls a second or more apart, instead of every 30 s (a review).
+        /// timer last fired, and not left without an answer since: a branch its service refused
+        /// when woken (an HTTP error status: a poison confirm) is not woken again before that
+        /// timer re-sends it. Woken again at every later answer, it was called every second or
+        /// two at a service answering calls a second or more apart (each answer ended a spell
+        /// its own failure began), instead of every 30 s (a review). One whose woken call got no
+        /// answer (the service went down again) is woken at the service's next return.
         var wokenSinceRetry = false
     }
 
@@ -165,8 +167,10 @@ public struct TCCCoordinator {
         case abort(RequestID, txid: String)
         case decisionDurable(TxID)
         case decisionRefused(TxID, reason: String)
-        /// A confirm or cancel call's answer: nil error for a 2xx.
-        case settled(TxID, branchID: String, Call, error: String?)
+        /// A confirm or cancel call's answer: nil error for a 2xx. `answered`: the service sent
+        /// an HTTP answer (an error status, when `error` is set); false when none came
+        /// (connection refused or reset, timed out).
+        case settled(TxID, branchID: String, Call, error: String?, answered: Bool = false)
         case timerFired(Timer)
         /// An operator forces an outcome (`txctl commit|abort TXID --force`).
         case force(RequestID, txid: String, Coordinator.ForceRequest)
@@ -425,8 +429,8 @@ public struct TCCCoordinator {
         case .decisionRefused(let txid, let reason):
             guard let tx = openTable.byID[txid], tx.state == .deciding else { return [] }
             return startCancel(txid, reason: "the confirm decision could not be recorded: \(reason)", nowMs: nowMs)
-        case .settled(let txid, let id, let phase, let error):
-            return settled(txid, id, phase, error: error, nowMs: nowMs)
+        case .settled(let txid, let id, let phase, let error, let answered):
+            return settled(txid, id, phase, error: error, answered: answered, nowMs: nowMs)
         case .force(let request, let text, let force):
             return forceRequested(request, text, force, nowMs: nowMs)
         case .auditDurable(let txid):
@@ -625,7 +629,7 @@ public struct TCCCoordinator {
         return actions
     }
 
-    private mutating func settled(_ txid: TxID, _ id: String, _ phase: Call, error: String?, nowMs: Int64) -> [Action] {
+    private mutating func settled(_ txid: TxID, _ id: String, _ phase: Call, error: String?, answered: Bool, nowMs: Int64) -> [Action] {
         guard var tx = openTable.byID[txid], let i = tx.index(id) else { return [] }
         let error = error?.clippedUTF8(toBytes: Limits.reasonBytesMax)
         let expected: BranchState = phase == .confirm ? .confirming : .cancelling
@@ -643,6 +647,9 @@ public struct TCCCoordinator {
             let delay = tx.parked ? config.parkedRetryDelayMs
                 : backoffDelayMs(attempt: tx.branches[i].attempts, minMs: config.retryDelayMsMin, maxMs: config.retryDelayMsMax, rng: &rng)
             tx.branches[i].nextRetryAtMs = nowMs + delay
+            // Woken and left without an answer: the service went down again (it flaps), so the
+            // branch waits for the service's next return like any other.
+            if !answered { tx.branches[i].wokenSinceRetry = false }
             openTable[txid] = tx
             let wakeable = !tx.branches[i].wokenSinceRetry
             serviceFailed(url: Self.url(of: tx.branches[i].spec, phase), waiting: wakeable ? BranchRef(txid: txid, branchID: id) : nil, nowMs: nowMs)

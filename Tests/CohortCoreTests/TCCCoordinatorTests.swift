@@ -298,13 +298,13 @@ final class TCCCoordinatorTests: XCTestCase {
         // again each time it fails).
         now += config.parkedRetryDelayMs
         XCTAssertEqual(calls(m.on(.timerFired(.retry(poison, branchID: "b")), nowMs: now), .confirm), ["b"])
-        _ = m.on(.settled(poison, branchID: "b", .confirm, error: "HTTP 500: poisoned"), nowMs: now)
+        _ = m.on(.settled(poison, branchID: "b", .confirm, error: "HTTP 500: poisoned", answered: true), nowMs: now)
         var poisonCalls = 0
         var others = 0
         func answer(_ actions: [TCCCoordinator.Action]) {
             for case .call(poison, "b", .confirm, _, _) in actions {
                 poisonCalls += 1
-                answer(m.on(.settled(poison, branchID: "b", .confirm, error: "HTTP 500: poisoned"), nowMs: now))
+                answer(m.on(.settled(poison, branchID: "b", .confirm, error: "HTTP 500: poisoned", answered: true), nowMs: now))
             }
         }
         // Other transactions, one call answered every 1.5 s, for 27 s (before its timer fires).
@@ -328,7 +328,7 @@ final class TCCCoordinatorTests: XCTestCase {
         // Its own timer re-sends it; refused, it may be woken once more.
         now = m.transaction(poison)!.branches[0].nextRetryAtMs!
         XCTAssertEqual(calls(m.on(.timerFired(.retry(poison, branchID: "b")), nowMs: now), .confirm), ["b"])
-        _ = m.on(.settled(poison, branchID: "b", .confirm, error: "HTTP 500: poisoned"), nowMs: now)
+        _ = m.on(.settled(poison, branchID: "b", .confirm, error: "HTTP 500: poisoned", answered: true), nowMs: now)
         now += 1_500
         let txid = nextTxID()
         _ = m.on(.begin(nextReq(), txid: txid, timeoutMs: 60_000), nowMs: now)
@@ -336,6 +336,36 @@ final class TCCCoordinatorTests: XCTestCase {
         _ = m.on(.branchDurable(txid, branchID: "o"), nowMs: now)
         answer(m.on(.tryAnswered(txid, branchID: "o", .succeeded(nil)), nowMs: now))
         XCTAssertEqual(poisonCalls, 2)
+    }
+
+    /// A service that goes down again while its woken confirms are in flight (it flaps): those
+    /// left without an answer are woken again at its next return, with the rest, not after
+    /// their parked delay (30 s); only one refused with an answer (HTTP 500) keeps its timer.
+    func testBranchesWokenIntoAnotherOutageAreWokenAtTheNextReturn() {
+        var config = TCCCoordinator.Config()
+        config.retryBudgetAttempts = 1 // parked at the first failure: waiting 30 s
+        var m = TCCCoordinator(config: config)
+        let service = "http://inventory:7001"
+        let waiting = (0..<40).map { _ in waitingConfirm(&m, service: service) }
+        now += 2_000
+        // Back: the last one's timer fires and its confirm is answered.
+        XCTAssertEqual(calls(m.on(.timerFired(.retry(waiting[39], branchID: "b")), nowMs: now), .confirm), ["b"])
+        let first = woken(m.on(.settled(waiting[39], branchID: "b", .confirm, error: nil, answered: true), nowMs: now))
+        XCTAssertEqual(first, Array(waiting.prefix(32)))
+        guard first.count == 32 else { return }
+        // Down again: one is refused (an answer), the others get none.
+        now += 500
+        _ = m.on(.settled(first[0], branchID: "b", .confirm, error: "HTTP 500: poisoned", answered: true), nowMs: now)
+        for t in first.dropFirst() { _ = m.on(.settled(t, branchID: "b", .confirm, error: "connection refused"), nowMs: now) }
+        now += 1_500
+        let txid = nextTxID()
+        _ = m.on(.begin(nextReq(), txid: txid, timeoutMs: 5_000), nowMs: now)
+        _ = m.on(.register(nextReq(), txid: txid.description, TCCCoordinator.BranchSpec(branchID: "n", tryURL: "\(service)/try", confirmURL: "\(service)/confirm", cancelURL: "\(service)/cancel", payload: nil)), nowMs: now)
+        _ = m.on(.branchDurable(txid, branchID: "n"), nowMs: now)
+        let second = woken(m.on(.tryAnswered(txid, branchID: "n", .succeeded(nil)), nowMs: now))
+        XCTAssertEqual(second, Array(waiting[32..<39]) + Array(waiting[1...25]), "the seven never woken, then those the outage left unanswered, in order")
+        XCTAssertFalse(second.contains(waiting[0]), "refused when woken: it waits for its own timer")
+        XCTAssertEqual(m.branchesWokenTotal, 64)
     }
 
     /// The list of a service is let go once nothing waits there: after a failure answered on
