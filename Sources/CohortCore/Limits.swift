@@ -290,7 +290,8 @@ public enum Limits {
     /// parked for `parkedRetryDelayMs`: reservations held half a minute after the service
     /// returned) are called again at once instead, `tccWokenAtRecoveryMax` at first and one more
     /// per answer after (a refusal such as a poison branch's 500 included; until a call gets
-    /// no answer, or a 502-504), so a service just back is not hit by every waiting branch at once.
+    /// no answer, or a 429 or 502-504), so a service just back is not hit by every waiting
+    /// branch at once.
     /// A shorter spell of failures among answers wakes nothing: a branch its service keeps
     /// refusing would otherwise be called again after every other branch's answer. Nor is a
     /// branch its service refused when woken (an HTTP error status) woken again before its own

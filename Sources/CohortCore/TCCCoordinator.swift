@@ -103,10 +103,10 @@ public struct TCCCoordinator {
         /// Re-sent because its service answered again (`tccServiceDownMsMin`) since its own retry
         /// timer last fired, and not left without an answer since: a branch its service refused
         /// when woken (an HTTP error status, `isRefusal`: a poison confirm) is not woken again
-        /// before that timer re-sends it. Woken again at every later answer, it was called every second or
-        /// two at a service answering calls a second or more apart (each answer ended a spell
-        /// its own failure began), instead of every 30 s (a review). One whose woken call got no
-        /// answer (the service went down again) is woken at the service's next return.
+        /// before that timer re-sends it. Woken again at every later answer, it was called every
+        /// second or two at a service answering calls a second or more apart (each answer ended
+        /// a spell its own failure began), instead of every 30 s (a review). One whose woken call
+        /// got no answer (the service went down again) is woken at the service's next return.
         var wokenSinceRetry = false
     }
 
@@ -749,11 +749,11 @@ public struct TCCCoordinator {
     }
 
     /// An HTTP answer that refuses the call: the service is up, the branch failed. A gateway's
-    /// 502 or 504, or a 503, says the service behind it is not answering: no answer, like a
-    /// connection refused.
+    /// 502 or 504 says the service behind it did not answer, and a 429 or 503 asks to back off:
+    /// no answer, like a connection refused.
     static func isRefusal(_ status: Int?) -> Bool {
         guard let status else { return false }
-        return !(502...504).contains(status)
+        return status != 429 && !(502...504).contains(status)
     }
 
     /// A call to `url`'s service failed: a spell of failures starts (or goes on), and `waiting` (a

@@ -374,9 +374,9 @@ final class TCCCoordinatorTests: XCTestCase {
     /// refusal waking the next as an answer would. Before, it ended the waking, and the other
     /// branches at that service waited for their parked delay (cohortd with 300 parked confirms
     /// and a stub: all answered 27.9 s after the service was back, instead of 0.6 s). A 503
-    /// (or a gateway's 502, 504) is no answer: it ends the waking.
+    /// (or a 429, a gateway's 502, 504) is no answer: it ends the waking.
     func testAPoisonAmongTheWokenDoesNotEndTheWaking() {
-        for status in [500, 503] {
+        for status in [500, 503, 429, 409] {
             var config = TCCCoordinator.Config()
             config.retryBudgetAttempts = 1 // parked at the first failure: waiting 30 s
             var m = TCCCoordinator(config: config)
@@ -389,7 +389,7 @@ final class TCCCoordinatorTests: XCTestCase {
             // The first one woken is refused; the others are answered, each waking one more.
             var rest = woken(m.on(.settled(first[0], branchID: "b", .confirm, error: "HTTP \(status): no", status: status), nowMs: now))
             for t in first.dropFirst() { rest += woken(m.on(.settled(t, branchID: "b", .confirm, error: nil, status: 200), nowMs: now)) }
-            if status == 500 {
+            if status == 500 || status == 409 {
                 XCTAssertEqual(rest, Array(waiting[32..<39]), "the remaining seven, woken past the refusal")
                 XCTAssertEqual(m.branchesWokenTotal, 39)
                 XCTAssertNotNil(m.transaction(first[0])?.branches[0].nextRetryAtMs, "the refused one waits for its own timer")
