@@ -992,7 +992,7 @@ public final class CoordinatorNode {
                     self.feedTCC(.tryAnswered(txid, branchID: branchID, .succeeded(answer?.result)))
                 }
             case .confirm, .cancel:
-                self.feedTCC(.settled(txid, branchID: branchID, phase, error: failure))
+                self.feedTCC(.settled(txid, branchID: branchID, phase, error: failure, status: status))
             }
         }
         switch phase {

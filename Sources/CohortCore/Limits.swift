@@ -289,11 +289,13 @@ public enum Limits {
     /// back. Its branches waiting on a retry timer (backing off up to `retryDelayMsMax`, or
     /// parked for `parkedRetryDelayMs`: reservations held half a minute after the service
     /// returned) are called again at once instead, `tccWokenAtRecoveryMax` at first and one more
-    /// per answer after, so a service just back is not hit by every waiting branch at once.
+    /// per answer after (a refusal such as a poison branch's 500 included; until a call gets
+    /// no answer, or a 429 or 502-504), so a service just back is not hit by every waiting
+    /// branch at once.
     /// A shorter spell of failures among answers wakes nothing: a branch its service keeps
     /// refusing would otherwise be called again after every other branch's answer. Nor is a
-    /// branch woken again whose woken call failed, before its own retry timer re-sent it (at a
-    /// quiet service every answer ends a spell its failure began).
+    /// branch its service refused when woken (an HTTP error status) woken again before its own
+    /// retry timer re-sent it (at a quiet service every answer ends a spell its failure began).
     public static let tccServiceDownMsMin: Int64 = 1_000
     public static let tccWokenAtRecoveryMax = 32
     /// 3PC: the coordinator's wait for pre-commit acknowledgements.

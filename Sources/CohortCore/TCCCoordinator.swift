@@ -101,10 +101,12 @@ public struct TCCCoordinator {
         public var history: [Coordinator.Attempt] = []
         var waiter: RequestID?
         /// Re-sent because its service answered again (`tccServiceDownMsMin`) since its own retry
-        /// timer last fired: not woken again before that timer re-sends it. The service had just
-        /// answered when the woken call failed, so the failure is the branch's (a poison
-        /// confirm): woken again at every later answer, it was called every second or two at a
-        /// service answering calls a second or more apart, instead of every 30 s (a review).
+        /// timer last fired, and not left without an answer since: a branch its service refused
+        /// when woken (an HTTP error status, `isRefusal`: a poison confirm) is not woken again
+        /// before that timer re-sends it. Woken again at every later answer, it was called every
+        /// second or two at a service answering calls a second or more apart (each answer ended
+        /// a spell its own failure began), instead of every 30 s (a review). One whose woken call
+        /// got no answer (the service went down again) is woken at the service's next return.
         var wokenSinceRetry = false
     }
 
@@ -165,8 +167,9 @@ public struct TCCCoordinator {
         case abort(RequestID, txid: String)
         case decisionDurable(TxID)
         case decisionRefused(TxID, reason: String)
-        /// A confirm or cancel call's answer: nil error for a 2xx.
-        case settled(TxID, branchID: String, Call, error: String?)
+        /// A confirm or cancel call's answer: nil error for a 2xx. `status`: the HTTP status the
+        /// service answered, nil when none came (connection refused or reset, timed out).
+        case settled(TxID, branchID: String, Call, error: String?, status: Int? = nil)
         case timerFired(Timer)
         /// An operator forces an outcome (`txctl commit|abort TXID --force`).
         case force(RequestID, txid: String, Coordinator.ForceRequest)
@@ -425,8 +428,8 @@ public struct TCCCoordinator {
         case .decisionRefused(let txid, let reason):
             guard let tx = openTable.byID[txid], tx.state == .deciding else { return [] }
             return startCancel(txid, reason: "the confirm decision could not be recorded: \(reason)", nowMs: nowMs)
-        case .settled(let txid, let id, let phase, let error):
-            return settled(txid, id, phase, error: error, nowMs: nowMs)
+        case .settled(let txid, let id, let phase, let error, let status):
+            return settled(txid, id, phase, error: error, status: status, nowMs: nowMs)
         case .force(let request, let text, let force):
             return forceRequested(request, text, force, nowMs: nowMs)
         case .auditDurable(let txid):
@@ -625,7 +628,7 @@ public struct TCCCoordinator {
         return actions
     }
 
-    private mutating func settled(_ txid: TxID, _ id: String, _ phase: Call, error: String?, nowMs: Int64) -> [Action] {
+    private mutating func settled(_ txid: TxID, _ id: String, _ phase: Call, error: String?, status: Int?, nowMs: Int64) -> [Action] {
         guard var tx = openTable.byID[txid], let i = tx.index(id) else { return [] }
         let error = error?.clippedUTF8(toBytes: Limits.reasonBytesMax)
         let expected: BranchState = phase == .confirm ? .confirming : .cancelling
@@ -643,10 +646,26 @@ public struct TCCCoordinator {
             let delay = tx.parked ? config.parkedRetryDelayMs
                 : backoffDelayMs(attempt: tx.branches[i].attempts, minMs: config.retryDelayMsMin, maxMs: config.retryDelayMsMax, rng: &rng)
             tx.branches[i].nextRetryAtMs = nowMs + delay
+            let refused = Self.isRefusal(status)
+            // Woken and left without an answer: the service went down again (it flaps), so the
+            // branch waits for the service's next return like any other.
+            if !refused { tx.branches[i].wokenSinceRetry = false }
             openTable[txid] = tx
-            let wakeable = !tx.branches[i].wokenSinceRetry
-            serviceFailed(url: Self.url(of: tx.branches[i].spec, phase), waiting: wakeable ? BranchRef(txid: txid, branchID: id) : nil, nowMs: nowMs)
-            return [.setTimer(.retry(txid, branchID: id), afterMs: delay)]
+            let waiting = tx.branches[i].wokenSinceRetry ? nil : BranchRef(txid: txid, branchID: id)
+            let url = Self.url(of: tx.branches[i].spec, phase)
+            let timer: [Action] = [.setTimer(.retry(txid, branchID: id), afterMs: delay)]
+            if refused, !services.isEmpty, services[Self.origin(of: url)]?.recovering == true {
+                // Refused by a service that answers again: this branch's failure (a poison
+                // confirm), not the service's. It counts as an answer, so the waking goes on: a
+                // poison among the first 32 woken ended it, and every other branch at that
+                // service waited for its parked delay (a review: 28 s for 300 instead of 0.6 s).
+                // Listed after the waking, so that it is not the one woken.
+                let woken = serviceAnswered(url: url, nowMs: nowMs)
+                if let waiting { serviceFailed(url: url, waiting: waiting, nowMs: nowMs, marksDown: false) }
+                return timer + woken
+            }
+            serviceFailed(url: url, waiting: waiting, nowMs: nowMs)
+            return timer
         }
         let url = Self.url(of: tx.branches[i].spec, phase)
         tx.branches[i].state = phase == .confirm ? .confirmed : .cancelled
@@ -729,15 +748,27 @@ public struct TCCCoordinator {
         return "http://" + authority + (authority.contains(":") ? "" : ":80")
     }
 
+    /// An HTTP answer that refuses the call: the service is up, the branch failed. A gateway's
+    /// 502 or 504 says the service behind it did not answer, and a 429 or 503 asks to back off:
+    /// no answer, like a connection refused.
+    static func isRefusal(_ status: Int?) -> Bool {
+        guard let status else { return false }
+        return status != 429 && !(502...504).contains(status)
+    }
+
     /// A call to `url`'s service failed: a spell of failures starts (or goes on), and `waiting` (a
     /// branch now on its retry timer) is woken when the service answers again after the spell.
-    private mutating func serviceFailed(url: String, waiting: BranchRef?, nowMs: Int64) {
+    /// With `marksDown` false only `waiting` is listed (the call was refused by a service that
+    /// is answering).
+    private mutating func serviceFailed(url: String, waiting: BranchRef?, nowMs: Int64, marksDown: Bool = true) {
         guard waiting != nil || !services.isEmpty else { return }
         let service = Self.origin(of: url)
         guard waiting != nil || services[service] != nil else { return }
         var watch = services[service] ?? ServiceWatch()
-        if watch.downSinceMs == nil { watch.downSinceMs = nowMs }
-        watch.recovering = false
+        if marksDown {
+            if watch.downSinceMs == nil { watch.downSinceMs = nowMs }
+            watch.recovering = false
+        }
         if let waiting {
             watch.waiting.append(waiting)
             if watch.waitingCount > watch.compactAtCount { compact(&watch, service) }

@@ -298,13 +298,13 @@ final class TCCCoordinatorTests: XCTestCase {
         // again each time it fails).
         now += config.parkedRetryDelayMs
         XCTAssertEqual(calls(m.on(.timerFired(.retry(poison, branchID: "b")), nowMs: now), .confirm), ["b"])
-        _ = m.on(.settled(poison, branchID: "b", .confirm, error: "HTTP 500: poisoned"), nowMs: now)
+        _ = m.on(.settled(poison, branchID: "b", .confirm, error: "HTTP 500: poisoned", status: 500), nowMs: now)
         var poisonCalls = 0
         var others = 0
         func answer(_ actions: [TCCCoordinator.Action]) {
             for case .call(poison, "b", .confirm, _, _) in actions {
                 poisonCalls += 1
-                answer(m.on(.settled(poison, branchID: "b", .confirm, error: "HTTP 500: poisoned"), nowMs: now))
+                answer(m.on(.settled(poison, branchID: "b", .confirm, error: "HTTP 500: poisoned", status: 500), nowMs: now))
             }
         }
         // Other transactions, one call answered every 1.5 s, for 27 s (before its timer fires).
@@ -328,7 +328,7 @@ final class TCCCoordinatorTests: XCTestCase {
         // Its own timer re-sends it; refused, it may be woken once more.
         now = m.transaction(poison)!.branches[0].nextRetryAtMs!
         XCTAssertEqual(calls(m.on(.timerFired(.retry(poison, branchID: "b")), nowMs: now), .confirm), ["b"])
-        _ = m.on(.settled(poison, branchID: "b", .confirm, error: "HTTP 500: poisoned"), nowMs: now)
+        _ = m.on(.settled(poison, branchID: "b", .confirm, error: "HTTP 500: poisoned", status: 500), nowMs: now)
         now += 1_500
         let txid = nextTxID()
         _ = m.on(.begin(nextReq(), txid: txid, timeoutMs: 60_000), nowMs: now)
@@ -336,6 +336,68 @@ final class TCCCoordinatorTests: XCTestCase {
         _ = m.on(.branchDurable(txid, branchID: "o"), nowMs: now)
         answer(m.on(.tryAnswered(txid, branchID: "o", .succeeded(nil)), nowMs: now))
         XCTAssertEqual(poisonCalls, 2)
+    }
+
+    /// A service that goes down again while its woken confirms are in flight (it flaps): those
+    /// left without an answer are woken again at its next return, with the rest, not after
+    /// their parked delay (30 s); only one refused with an answer (HTTP 500) keeps its timer.
+    func testBranchesWokenIntoAnotherOutageAreWokenAtTheNextReturn() {
+        var config = TCCCoordinator.Config()
+        config.retryBudgetAttempts = 1 // parked at the first failure: waiting 30 s
+        var m = TCCCoordinator(config: config)
+        let service = "http://inventory:7001"
+        let waiting = (0..<40).map { _ in waitingConfirm(&m, service: service) }
+        now += 2_000
+        // Back: the last one's timer fires and its confirm is answered.
+        XCTAssertEqual(calls(m.on(.timerFired(.retry(waiting[39], branchID: "b")), nowMs: now), .confirm), ["b"])
+        let first = woken(m.on(.settled(waiting[39], branchID: "b", .confirm, error: nil, status: 500), nowMs: now))
+        XCTAssertEqual(first, Array(waiting.prefix(32)))
+        guard first.count == 32 else { return }
+        // Down again: one is refused (an answer), the others get none.
+        now += 500
+        XCTAssertEqual(woken(m.on(.settled(first[0], branchID: "b", .confirm, error: "HTTP 500: poisoned", status: 500), nowMs: now)), [waiting[32]],
+                       "a refusal is an answer: the next one is woken (its call stays in flight here)")
+        for t in first.dropFirst() { _ = m.on(.settled(t, branchID: "b", .confirm, error: "connection refused"), nowMs: now) }
+        now += 1_500
+        let txid = nextTxID()
+        _ = m.on(.begin(nextReq(), txid: txid, timeoutMs: 5_000), nowMs: now)
+        _ = m.on(.register(nextReq(), txid: txid.description, TCCCoordinator.BranchSpec(branchID: "n", tryURL: "\(service)/try", confirmURL: "\(service)/confirm", cancelURL: "\(service)/cancel", payload: nil)), nowMs: now)
+        _ = m.on(.branchDurable(txid, branchID: "n"), nowMs: now)
+        let second = woken(m.on(.tryAnswered(txid, branchID: "n", .succeeded(nil)), nowMs: now))
+        XCTAssertEqual(second, Array(waiting[33..<39]) + Array(waiting[1...26]), "the six never woken, then those the outage left unanswered, in order")
+        XCTAssertFalse(second.contains(waiting[0]), "refused when woken: it waits for its own timer")
+        XCTAssertEqual(m.branchesWokenTotal, 65)
+    }
+
+    /// A poison confirm among those woken when their service came back (HTTP 500 for that
+    /// branch alone) is refused by a service that answers: the waking goes on past it, its
+    /// refusal waking the next as an answer would. Before, it ended the waking, and the other
+    /// branches at that service waited for their parked delay (cohortd with 300 parked confirms
+    /// and a stub: all answered 27.9 s after the service was back, instead of 0.6 s). A 503
+    /// (or a 429, a gateway's 502, 504) is no answer: it ends the waking.
+    func testAPoisonAmongTheWokenDoesNotEndTheWaking() {
+        for status in [500, 503, 429, 409] {
+            var config = TCCCoordinator.Config()
+            config.retryBudgetAttempts = 1 // parked at the first failure: waiting 30 s
+            var m = TCCCoordinator(config: config)
+            let waiting = (0..<40).map { _ in waitingConfirm(&m, service: "http://s:1") }
+            now += Limits.tccServiceDownMsMin
+            XCTAssertEqual(calls(m.on(.timerFired(.retry(waiting[39], branchID: "b")), nowMs: now), .confirm), ["b"])
+            let first = woken(m.on(.settled(waiting[39], branchID: "b", .confirm, error: nil, status: 200), nowMs: now))
+            XCTAssertEqual(first, Array(waiting.prefix(32)))
+            guard first.count == 32 else { return }
+            // The first one woken is refused; the others are answered, each waking one more.
+            var rest = woken(m.on(.settled(first[0], branchID: "b", .confirm, error: "HTTP \(status): no", status: status), nowMs: now))
+            for t in first.dropFirst() { rest += woken(m.on(.settled(t, branchID: "b", .confirm, error: nil, status: 200), nowMs: now)) }
+            if status == 500 || status == 409 {
+                XCTAssertEqual(rest, Array(waiting[32..<39]), "the remaining seven, woken past the refusal")
+                XCTAssertEqual(m.branchesWokenTotal, 39)
+                XCTAssertNotNil(m.transaction(first[0])?.branches[0].nextRetryAtMs, "the refused one waits for its own timer")
+            } else {
+                XCTAssertEqual(rest, [], "\(status) is no answer: the service is down again")
+                XCTAssertEqual(m.branchesWokenTotal, 32)
+            }
+        }
     }
 
     /// The list of a service is let go once nothing waits there: after a failure answered on
