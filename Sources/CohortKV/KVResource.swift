@@ -130,10 +130,10 @@ public final class KVResource {
     public let stagedBytesMax: Int
     /// Called with the keys a branch held, once it released them (its commit or abort). For a
     /// service that works beside the branches on the same keys and waits for them to be free
-    /// (the demo inventory's TCC phases), so it need not poll the lock table. A key may be
-    /// granted to a waiting branch right after (before the callee looks), so the callee looks
-    /// again later. It runs inside `commit`/`abort`: it must not call back into the resource,
-    /// only note or schedule. Nil (the default): the held keys are not even listed.
+    /// (the demo inventory's TCC phases), so it need not poll the lock table. A key may already
+    /// be granted to a branch that was queued for it, so the callee looks at the lock table
+    /// itself. It runs inside `commit`/`abort`: it must not call back into the resource, only
+    /// note or schedule. Nil (the default): the held keys are not even listed.
     public var onKeysReleased: (([String]) -> Void)?
 
     public init(
