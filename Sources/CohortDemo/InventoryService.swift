@@ -29,6 +29,11 @@ public final class InventoryService: RunnableServer {
         /// The order service's base URL: every outbox answer goes to its `/v1/inbox` instead of
         /// the `reply_to` its `OrderPlaced` carried (`--reply-to`; HTTP delivery only).
         public var replyToURL: String?
+        /// How long a TCC phase on a sku a 2PC/3PC branch holds locked waits for the locks
+        /// (`--tcc-lock-wait-ms`, 0 to `Limits.demoTCCLockWaitMs`; 0: answered busy at once).
+        public var tccLockWaitMs = Limits.demoTCCLockWaitMs
+        /// TCC phases waiting so at once (`--tcc-lock-waiters-max`, 0 to `Limits.demoTCCLockWaitersMax`).
+        public var tccLockWaitersMax = Limits.demoTCCLockWaitersMax
         /// Problems worth logging (a lost broker connection); the library never prints.
         public var onProblem: (String) -> Void = { _ in }
         public init(dataDirectory: String, coordinatorURL: String) {
@@ -58,6 +63,11 @@ public final class InventoryService: RunnableServer {
     public var recoveryNote: String? { agent.recoveryNote }
 
     public init(options: Options, loop: EventLoop, onFatal: @escaping (String) -> Void) throws {
+        guard (0...Limits.demoTCCLockWaitMs).contains(options.tccLockWaitMs),
+              (0...Limits.demoTCCLockWaitersMax).contains(options.tccLockWaitersMax) else {
+            throw UsageError("the TCC lock wait must be 0-\(Limits.demoTCCLockWaitMs) ms and its waiters 0-\(Limits.demoTCCLockWaitersMax)")
+        }
+        tccWaits = SkuLockWaits(waitMs: options.tccLockWaitMs, waitersMax: options.tccLockWaitersMax)
         api = APIPool(coordinatorURL: options.coordinatorURL, token: options.token)
         var agentOptions = AgentServer.Options(name: options.name, dataDirectory: options.dataDirectory, coordinatorURL: options.coordinatorURL)
         agentOptions.host = options.host
@@ -183,7 +193,7 @@ public final class InventoryService: RunnableServer {
         if tccWaits.wait(held, sku: sku, sinceMs: held.waitingSinceMs!, nowMs: nowMs) { return nil }
         if tccWaits.count >= tccWaits.waitersMax {
             tccWaitResults[.full, default: 0] += 1
-            held.busyNote = "\(tccWaits.count) TCC phases already wait for locks here, the limit"
+            held.busyNote = "no more may wait: \(tccWaits.count) TCC phases wait for locks here already, the limit"
         } else {
             tccWaitResults[.timedOut, default: 0] += 1
             held.busyNote = "waited \(nowMs - held.waitingSinceMs!) ms for its 2PC/3PC locks, the limit"
@@ -260,7 +270,7 @@ public final class InventoryService: RunnableServer {
     /// TCC phases read in this pass of the event loop, run together at its end.
     private var tccQueued: [QueuedPhase] = []
     /// TCC phases waiting for their sku's 2PC/3PC locks.
-    private var tccWaits = SkuLockWaits<QueuedPhase>()
+    private var tccWaits: SkuLockWaits<QueuedPhase>
     private var tccWaitResults: [TCCLockWaitResult: Int] = [:]
     private var tccRecheckQueued = false
     /// When the armed wait timer fires (monotonic ms); nil when none is armed.

@@ -161,6 +161,47 @@ final class TCCLockWaitTests: XCTestCase {
         XCTAssertTrue(["aborted", "cancelling"].contains(try XCTUnwrap(try tcc.transaction(txid)).state))
     }
 
+    /// Past `--tcc-lock-waiters-max` (1 here) a try is refused at once, saying so: its order is
+    /// rejected, its transaction cancelled with nothing reserved; the one waiting is confirmed.
+    /// With `--tcc-lock-wait-ms 0` nothing waits: refused at once, as before waiting existed.
+    func testPastTheWaitersBoundATryIsRefusedAtOnce() throws {
+        let rig = try rig()
+        rig.processes["inventory"]?.terminate()
+        rig.extraArguments["inventory"] = ["--tcc-lock-waiters-max", "1"]
+        try rig.start("inventory")
+        try rig.setStock("kiwi", 10)
+        let (api, txid) = try holdSku(rig, "kiwi", 2)
+        let done = DispatchSemaphore(value: 0)
+        let answers = Answers()
+        DispatchQueue.global().async {
+            answers.add(rig.order("kiwi", 3, "tcc"))
+            done.signal()
+        }
+        waitForWaiting(rig, 1)
+        let second = try XCTUnwrap(rig.order("kiwi", 4, "tcc"))
+        XCTAssertEqual(second.body["status"] as? String, "rejected", "\(second.body)")
+        let reason = try XCTUnwrap(second.body["reason"] as? String)
+        XCTAssertTrue(reason.contains("sku kiwi is busy in another transaction (no more may wait: 1 TCC phases wait for locks here already, the limit)"), reason)
+        XCTAssertEqual(done.wait(timeout: .now()), .timedOut, "the first still waits")
+        XCTAssertEqual(try api.commit(txid).outcome, "committed")
+        XCTAssertEqual(done.wait(timeout: .now() + 30), .success)
+        XCTAssertEqual(try XCTUnwrap(answers.all.first ?? nil).body["status"] as? String, "confirmed")
+        let stock = try rig.stock("kiwi")
+        XCTAssertEqual([stock.available, stock.reserved, stock.sold], [5, 0, 5], "the refused try reserved nothing")
+        XCTAssertEqual(metrics(rig)[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="full"}"#], 1)
+
+        rig.processes["inventory"]?.terminate()
+        rig.extraArguments["inventory"] = ["--tcc-lock-wait-ms", "0"]
+        try rig.start("inventory")
+        let (api2, txid2) = try holdSku(rig, "kiwi", 1)
+        let third = try XCTUnwrap(rig.order("kiwi", 1, "tcc"))
+        XCTAssertEqual(third.body["status"] as? String, "rejected", "\(third.body)")
+        XCTAssertTrue((third.body["reason"] as? String ?? "").contains("sku kiwi is busy in another transaction (waited 0 ms"), "\(third.body)")
+        XCTAssertEqual(try api2.commit(txid2).outcome, "committed")
+        let after = try rig.stock("kiwi")
+        XCTAssertEqual([after.available, after.reserved, after.sold], [4, 0, 6])
+    }
+
     /// The phases called directly: a confirm of a reservation on a locked sku waits and confirms
     /// once the sku is free (it was 503, the coordinator retried); two copies of one try waiting
     /// together run as one try and its duplicate; bad calls and calls with nothing to lock are
