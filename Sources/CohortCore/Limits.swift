@@ -772,6 +772,23 @@ extension Limits {
     /// inbox wakes them at once; one through Redis Streams commits on the reader's thread with
     /// no hook after it, so this bounds how late its waiter hears.
     public static let demoOrderWaitRecheckMs: Int64 = 20
+    /// How long the demo inventory holds a TCC try (and a confirm or cancel) whose sku's keys a
+    /// 2PC/3PC branch holds locked, waiting for the locks, before it answers as it did at once
+    /// before: the try 409 "sku S is busy in another transaction (waited N ms ...)", the order
+    /// rejected; a confirm or cancel 503, which the coordinator retries. A 2PC/3PC branch holds
+    /// the locks between its work and its commit (milliseconds), and its own work waits for a
+    /// lock up to `lockWaitTimeoutMs`: this is as long, so a TCC order waits as a 2PC order
+    /// would. Well under the coordinator's wait for a try (`tccCallTimeoutMs`, 5 s), so the
+    /// try's answer, refusal or not, still reaches it (a try answered too late is a failed try:
+    /// the coordinator cancels, and the barrier refuses the try if it runs after that cancel).
+    public static let demoTCCLockWaitMs: Int64 = lockWaitTimeoutMs
+    /// TCC phases the demo inventory holds waiting for their sku's locks at once. Past it a try
+    /// is refused at once (409, the order rejected: a 503 would read as "no answer, it may have
+    /// run" to the coordinator, which then marks the service down for its waking of branches,
+    /// and the client is told 502), and a confirm or cancel answered 503 (retried), as before
+    /// waiting existed. As many as the 2PC/3PC lock waiters one key queues
+    /// (`lockWaitersPerKeyMax`).
+    public static let demoTCCLockWaitersMax = lockWaitersPerKeyMax
     /// How often the demo services purge finished TCC barrier rows and old inbox rows.
     public static let demoMaintenanceIntervalMs: Int64 = 60_000
     /// A client's `request_id` in `POST /v1/orders`: room for a UUID with a prefix of the

@@ -29,6 +29,11 @@ public final class InventoryService: RunnableServer {
         /// The order service's base URL: every outbox answer goes to its `/v1/inbox` instead of
         /// the `reply_to` its `OrderPlaced` carried (`--reply-to`; HTTP delivery only).
         public var replyToURL: String?
+        /// How long a TCC phase on a sku a 2PC/3PC branch holds locked waits for the locks
+        /// (`--tcc-lock-wait-ms`, 0 to `Limits.demoTCCLockWaitMs`; 0: answered busy at once).
+        public var tccLockWaitMs = Limits.demoTCCLockWaitMs
+        /// TCC phases waiting so at once (`--tcc-lock-waiters-max`, 0 to `Limits.demoTCCLockWaitersMax`).
+        public var tccLockWaitersMax = Limits.demoTCCLockWaitersMax
         /// Problems worth logging (a lost broker connection); the library never prints.
         public var onProblem: (String) -> Void = { _ in }
         public init(dataDirectory: String, coordinatorURL: String) {
@@ -58,6 +63,11 @@ public final class InventoryService: RunnableServer {
     public var recoveryNote: String? { agent.recoveryNote }
 
     public init(options: Options, loop: EventLoop, onFatal: @escaping (String) -> Void) throws {
+        guard (0...Limits.demoTCCLockWaitMs).contains(options.tccLockWaitMs),
+              (0...Limits.demoTCCLockWaitersMax).contains(options.tccLockWaitersMax) else {
+            throw UsageError("the TCC lock wait must be 0-\(Limits.demoTCCLockWaitMs) ms and its waiters 0-\(Limits.demoTCCLockWaitersMax)")
+        }
+        tccWaits = SkuLockWaits(waitMs: options.tccLockWaitMs, waitersMax: options.tccLockWaitersMax)
         api = APIPool(coordinatorURL: options.coordinatorURL, token: options.token)
         var agentOptions = AgentServer.Options(name: options.name, dataDirectory: options.dataDirectory, coordinatorURL: options.coordinatorURL)
         agentOptions.host = options.host
@@ -76,6 +86,9 @@ public final class InventoryService: RunnableServer {
         tcc = try InventoryTCC.make(databasePath: options.dataDirectory + "/kv.sqlite") { key in
             !agent.node.resource.lockHolders(key).isEmpty
         }
+        // TCC phases waiting for a sku's locks look again as soon as a branch lets go of keys,
+        // instead of polling the lock table (the deadline timer only ends waits).
+        agent.node.resource.onKeysReleased = { _ in weakSelf?.keysReleased() }
         tcc.afterCommit = { phase, outcome in
             if case .done = outcome { CrashPoints.hit("inventory-service.after-tcc-\(phase.rawValue)-committed") }
         }
@@ -100,7 +113,18 @@ public final class InventoryService: RunnableServer {
         let loop = agent.loop
         let purger = TCCBarrierPurger(resource: tcc) { ms, body in _ = loop.schedule(afterMs: ms, body) }
         tccPurger = purger
-        agent.node.declareMetrics { tcc.declareMetrics($0, purger: purger) }
+        agent.node.declareMetrics { m in
+            tcc.declareMetrics(m, purger: purger)
+            m.sample("cohort_demo_tcc_phases_waiting", help: "TCC phases waiting for their sku's 2PC/3PC locks",
+                     labels: "resource=\"\(tcc.name)\"") { [weak self] in Double(self?.tccWaits.count ?? 0) }
+            for result in TCCLockWaitResult.allCases {
+                m.sample("cohort_demo_tcc_lock_waits_total", type: "counter",
+                         help: "TCC phases that found their sku locked by a 2PC/3PC branch, by how their wait ended",
+                         labels: "resource=\"\(tcc.name)\",result=\"\(result.rawValue)\"") { [weak self] in
+                    Double(self?.tccWaitResults[result] ?? 0)
+                }
+            }
+        }
         purger.start()
         outbox.relay.start()
         try agent.run()
@@ -118,20 +142,139 @@ public final class InventoryService: RunnableServer {
     /// each. A phase holds the loop through its sync (it runs between the participant's store
     /// operations, see InventoryTCC), so syncing one at a time kept the loop busy all the time
     /// at 8 clients of TCC orders (docs/benchmarks.md, round 10).
+    ///
+    /// A phase whose sku's keys a 2PC/3PC branch holds locked does not run then (it would race
+    /// the branch's prepared values): it waits in `tccWaits` and runs once a branch releases
+    /// the keys (`keysReleased`), through the barrier like any phase, so a try whose cancel
+    /// came while it waited is refused then and reserves nothing. A try is known busy before it
+    /// runs (its payload names the sku); a confirm or cancel only when it runs (its sku is the
+    /// reservation's: `InventoryTCC.SkuBusy`, its savepoint undone). Past
+    /// `Limits.demoTCCLockWaitMs`, or with `Limits.demoTCCLockWaitersMax` waiting, it runs and
+    /// is answered as before waiting existed: a try 409 (the order rejected), a confirm or
+    /// cancel 503 (the coordinator retries), saying how long it waited.
     private func runQueuedTCC() {
-        while !tccQueued.isEmpty {
-            let batch = Array(tccQueued.prefix(Limits.tccPhasesPerCommitMax))
-            tccQueued.removeFirst(batch.count)
-            for (entry, result) in zip(batch, tcc.runBatch(batch.map(\.call))) {
-                entry.responder.send(tcc.response(entry.call, result))
+        let nowMs = SystemClock.monotonicMs()
+        var runnable: [QueuedPhase] = []
+        for entry in tccQueued {
+            if entry.busyNote == nil, let sku = InventoryTCC.sku(ofTry: entry.call), skuBusy(sku) {
+                if let refused = wait(entry, sku: sku, nowMs: nowMs) { runnable.append(refused) }
+            } else {
+                runnable.append(entry)
             }
         }
+        tccQueued.removeAll()
+        while !runnable.isEmpty {
+            let batch = Array(runnable.prefix(Limits.tccPhasesPerCommitMax))
+            runnable.removeFirst(batch.count)
+            for (entry, result) in zip(batch, tcc.runBatch(batch.map(\.call))) {
+                if case .failure(let busy as InventoryTCC.SkuBusy) = result {
+                    var note = entry.busyNote
+                    if note == nil {
+                        guard let refused = wait(entry, sku: busy.sku, nowMs: nowMs) else { continue }
+                        note = refused.busyNote
+                    }
+                    entry.responder.send(.error(503, "\(busy) (\(note ?? ""))"))
+                } else if let note = entry.busyNote, case .failure(let error as TCCError) = result, case .refused(let why) = error,
+                          let sku = InventoryTCC.sku(ofTry: entry.call), why == InventoryTCC.busyRefusal(sku: sku) {
+                    entry.responder.send(.error(409, "\(why) (\(note))"))
+                } else {
+                    entry.responder.send(tcc.response(entry.call, result))
+                }
+            }
+        }
+        armTCCWaitTimer()
+    }
+
+    /// Holds `entry` until its sku is free; nil when it waits, else the entry to run now with
+    /// the note its busy answer carries (too many wait already, or its wait ran out).
+    private func wait(_ entry: QueuedPhase, sku: String, nowMs: Int64) -> QueuedPhase? {
+        var held = entry
+        held.waitingSinceMs = entry.waitingSinceMs ?? nowMs
+        if tccWaits.wait(held, sku: sku, sinceMs: held.waitingSinceMs!, nowMs: nowMs) { return nil }
+        if tccWaits.count >= tccWaits.waitersMax {
+            tccWaitResults[.full, default: 0] += 1
+            held.busyNote = "no more may wait: \(tccWaits.count) TCC phases wait for locks here already, the limit"
+        } else {
+            tccWaitResults[.timedOut, default: 0] += 1
+            held.busyNote = "waited \(nowMs - held.waitingSinceMs!) ms for its 2PC/3PC locks, the limit"
+        }
+        return held
+    }
+
+    /// A branch released keys: the waiting phases whose sku is free now run (on the loop,
+    /// after the commit or abort that released them).
+    private func keysReleased() {
+        guard !tccWaits.isEmpty, !tccRecheckQueued else { return }
+        tccRecheckQueued = true
+        agent.loop.execute { [weak self] in
+            self?.tccRecheckQueued = false
+            self?.recheckTCCWaits()
+        }
+    }
+
+    /// Runs the waiting phases whose sku is free, and those whose wait ran out (they answer busy).
+    private func recheckTCCWaits() {
+        let nowMs = SystemClock.monotonicMs()
+        let (ready, expired) = tccWaits.take(nowMs: nowMs, busy: skuBusy)
+        tccWaitResults[.ran, default: 0] += ready.count
+        tccWaitResults[.timedOut, default: 0] += expired.count
+        for w in ready { tccQueued.append(w.entry) }
+        for (w, waitedMs) in expired {
+            var entry = w.entry
+            entry.busyNote = "waited \(waitedMs) ms for its 2PC/3PC locks, the limit"
+            tccQueued.append(entry)
+        }
+        if tccQueued.isEmpty { armTCCWaitTimer() } else { runQueuedTCC() }
+    }
+
+    /// A timer for the earliest wait's end (the release of keys wakes the rest).
+    private func armTCCWaitTimer() {
+        guard let deadlineMs = tccWaits.nextDeadlineMs else { return }
+        if let at = tccWaitTimerAtMs, at <= deadlineMs { return }
+        tccWaitTimerAtMs = deadlineMs
+        _ = agent.loop.schedule(afterMs: max(0, deadlineMs - SystemClock.monotonicMs())) { [weak self] in
+            guard let self else { return }
+            if self.tccWaitTimerAtMs == deadlineMs { self.tccWaitTimerAtMs = nil }
+            self.recheckTCCWaits()
+        }
+    }
+
+    private func skuBusy(_ sku: String) -> Bool {
+        let resource = agent.node.resource!
+        return InventoryTCC.keys(sku).contains { !resource.lockHolders($0).isEmpty }
     }
 
     struct Stock: Codable { let sku: String; let available: Int64; let reserved: Int64; let sold: Int64 }
 
+    /// A TCC phase to run, and its caller.
+    struct QueuedPhase {
+        let call: TCCResource.PhaseCall
+        let responder: HTTPResponder
+        /// When it first found its sku locked (monotonic ms).
+        var waitingSinceMs: Int64?
+        /// Set once it waits no more (its wait ran out, or too many waited): it runs, and a busy
+        /// answer says why it did not wait longer.
+        var busyNote: String?
+    }
+
+    /// How a TCC phase's wait for its sku's locks ended (`cohort_demo_tcc_lock_waits_total`).
+    enum TCCLockWaitResult: String, CaseIterable {
+        /// The sku was freed; the phase ran (and may have met the barrier's refusal).
+        case ran
+        /// Still locked after `Limits.demoTCCLockWaitMs`: answered busy.
+        case timedOut = "timed-out"
+        /// `Limits.demoTCCLockWaitersMax` were waiting: answered busy at once.
+        case full
+    }
+
     /// TCC phases read in this pass of the event loop, run together at its end.
-    private var tccQueued: [(call: TCCResource.PhaseCall, responder: HTTPResponder)] = []
+    private var tccQueued: [QueuedPhase] = []
+    /// TCC phases waiting for their sku's 2PC/3PC locks.
+    private var tccWaits: SkuLockWaits<QueuedPhase>
+    private var tccWaitResults: [TCCLockWaitResult: Int] = [:]
+    private var tccRecheckQueued = false
+    /// When the armed wait timer fires (monotonic ms); nil when none is armed.
+    private var tccWaitTimerAtMs: Int64?
 
     private func route(_ request: HTTPRequest, _ responder: HTTPResponder) -> Bool {
         switch tcc.parse(request) {
@@ -141,7 +284,7 @@ public final class InventoryService: RunnableServer {
             responder.send(response)
             return true
         case .call(let call)?:
-            tccQueued.append((call, responder))
+            tccQueued.append(QueuedPhase(call: call, responder: responder))
             if tccQueued.count == 1 { agent.loop.execute { [weak self] in self?.runQueuedTCC() } }
             return true
         }
@@ -225,8 +368,8 @@ public final class InventoryService: RunnableServer {
                     do {
                         _ = try api.agentWork(selfURL, txid, [.set(keys[0], body.available), .set(keys[1], 0), .set(keys[2], 0)])
                         // Checked again under the branch's locks: a try that came after the check
-                        // above is in the table now, and none can come until the outcome (a phase
-                        // refuses a locked sku).
+                        // above is in the table now, and none can come until the outcome (a try
+                        // on a locked sku waits for its release, or is refused).
                         if try InventoryTCC.reservations(tcc, sku: body.sku) > 0 {
                             _ = try? api.abort(txid)
                             return .error(409, busy)

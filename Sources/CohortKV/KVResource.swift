@@ -128,6 +128,13 @@ public final class KVResource {
     /// Staged work held by all branches (`Branch.stagedBytes`), bounded by `stagedBytesMax`.
     public private(set) var stagedBytesTotal = 0
     public let stagedBytesMax: Int
+    /// Called with the keys a branch held, once it released them (its commit or abort). For a
+    /// service that works beside the branches on the same keys and waits for them to be free
+    /// (the demo inventory's TCC phases), so it need not poll the lock table. A key may already
+    /// be granted to a branch that was queued for it, so the callee looks at the lock table
+    /// itself. It runs inside `commit`/`abort`: it must not call back into the resource, only
+    /// note or schedule. Nil (the default): the held keys are not even listed.
+    public var onKeysReleased: (([String]) -> Void)?
 
     public init(
         store: KVStore,
@@ -562,10 +569,12 @@ public final class KVResource {
         branch.cancelTimer?()
         branch.cancelTimer = nil
         branch.waitingKey = nil
+        let released = onKeysReleased == nil ? [] : locks.keysHeld(by: txid)
         pendingGrants += locks.releaseAll(owner: txid)
         let calls = branch.calls
         branch.calls.removeAll()
         for call in calls { call.completion(.failure(.branchFinished)) }
+        if !released.isEmpty { onKeysReleased?(released) }
     }
 
     /// Makes the store durable (for a checkpoint of the agent's log).

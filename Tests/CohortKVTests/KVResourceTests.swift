@@ -106,6 +106,37 @@ final class KVResourceTests: XCTestCase {
         guard case .failure(.lockTimeout)? = plain.last else { return XCTFail("\(String(describing: plain.last))") }
     }
 
+    /// `onKeysReleased` hears the keys a branch held once its commit or abort released them (a
+    /// waiter may hold one again already), and nothing for a branch that held none.
+    func testKeysReleasedAreReportedAtCommitAndAbort() throws {
+        var released: [[String]] = []
+        var freeWhenHeard: [Bool] = []
+        kv.onKeysReleased = { [unowned self] keys in
+            released.append(keys)
+            freeWhenHeard.append(keys.allSatisfy { self.kv.lockHolders($0).isEmpty })
+        }
+        let r = Recorder(), waiter = Recorder()
+        kv.stage(txid: "t1", ops: [.add(key: "a", delta: 1, min: nil), .get(key: "b")], completion: r.callback())
+        kv.stage(txid: "t2", ops: [.add(key: "c", delta: 1, min: nil)], completion: r.callback())
+        kv.stage(txid: "t3", ops: [.add(key: "c", delta: 1, min: nil)], completion: waiter.callback())
+        XCTAssertNil(waiter.last, "t3 waits for c")
+        XCTAssertEqual(released, [])
+        try kv.commit([(txid: "t1", writeSet: writeSet(kv.vote(txid: "t1")), lsn: 1)])
+        XCTAssertEqual(released, [["a", "b"]])
+        kv.abort(txid: "t2")
+        XCTAssertEqual(released, [["a", "b"], ["c"]])
+        XCTAssertEqual(freeWhenHeard, [true, false], "c was granted to its waiter t3 as t2 let it go: the callee must look itself")
+        XCTAssertNotNil(success(waiter.last), "then t3 got c")
+        kv.abort(txid: "unknown")
+        kv.stage(txid: "t4", ops: [.add(key: "c", delta: 1, min: nil)], completion: r.callback())
+        XCTAssertEqual(kv.lockWaitCount, 1)
+        kv.abort(txid: "t4")
+        XCTAssertEqual(released.count, 2, "a branch that only waited released nothing")
+        kv.onKeysReleased = nil
+        kv.abort(txid: "t3")
+        XCTAssertEqual(released.count, 2)
+    }
+
     func testGetSeesOwnStagedWritesOnly() throws {
         try seed([("a", .int(10)), ("s", .string("x"))])
         let r = Recorder()

@@ -12,6 +12,8 @@ final class DemoRig: @unchecked Sendable {
     var ports: [String: Int] = [:]
     var starts: [String: Int] = [:]
     var initial: [String: Int64] = [:]
+    /// More flags for a service's next starts, by name.
+    var extraArguments: [String: [String]] = [:]
 
     let broker: String?
     /// With a token: every process gets `--token-file` (the coordinator too) and the rig's own
@@ -53,6 +55,7 @@ final class DemoRig: @unchecked Sendable {
         if name != "inventory" { args += ["--inventory", url("inventory")] }
         if let broker { args += ["--broker", broker] }
         if let tokenFile { args += ["--token-file", tokenFile] }
+        args += extraArguments[name] ?? []
         let program = name == "inventory" ? "inventory-service" : "order-service"
         var lastError: Error?
         for retry in 0..<(port == 0 ? 1 : 25) {

@@ -84,9 +84,10 @@ final class RejectionReasonTests: XCTestCase {
         // One sku per order placed in a transaction: a 2PC/3PC order is answered once its
         // decision is durable, and its stock branch at the inventory holds the sku's keys until
         // the commit gets there (here the coordinator may even be killed first, leaving that
-        // branch in doubt until it is back); a TCC try on that sku meanwhile is refused (409,
-        // the order rejected), as docs/demo.md says. On one sku the tcc order placed right
-        // after the 3pc one below was rejected so in 1 of 80 runs on a loaded 2-core machine.
+        // branch in doubt until it is back); a TCC try on that sku meanwhile waits for the locks
+        // up to `Limits.demoTCCLockWaitMs` and is then refused (409, the order rejected), as
+        // docs/demo.md says. On one sku the tcc order placed right after the 3pc one below was
+        // rejected so in 1 of 80 runs on a loaded 2-core machine (before tries waited).
         let later = ["2pc": "pear", "3pc": "plum", "tcc": "fig"]
         for sku in ["apple"] + later.values { try rig.setStock(sku, 100) }
         let placedBefore = try XCTUnwrap(rig.order("apple", 1, "2pc", requestID: "placed-before"))

@@ -634,6 +634,26 @@ final class BadInputTests: XCTestCase {
         }
     }
 
+    /// `inventory-service --tcc-lock-wait-ms` and `--tcc-lock-waiters-max` take at most their
+    /// limits (`Limits.demoTCCLockWaitMs`, `demoTCCLockWaitersMax`), never less than 0.
+    func testInventoryTCCLockWaitFlagsAreBounded() throws {
+        let dir = tempPath("cohort-tcclockwait-\(UUID().uuidString.prefix(8))")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let inventory = try binDirectory().appendingPathComponent("inventory-service")
+        let line = ["--data", dir + "/i", "--port", "0", "--coordinator", "http://127.0.0.1:1", "--check-flags"]
+        for (flag, value, error) in [("tcc-lock-wait-ms", "-1", "must be between 0 and \(Limits.demoTCCLockWaitMs), got -1"),
+                                     ("tcc-lock-wait-ms", "\(Limits.demoTCCLockWaitMs + 1)", "must be between 0 and \(Limits.demoTCCLockWaitMs)"),
+                                     ("tcc-lock-wait-ms", "2s", "must be an integer, got \"2s\""),
+                                     ("tcc-lock-waiters-max", "\(Limits.demoTCCLockWaitersMax + 1)", "must be between 0 and \(Limits.demoTCCLockWaitersMax)"),
+                                     ("tcc-lock-waiters-max", "+1", "must be an integer")] {
+            let r = try runToCompletion(inventory, line + ["--\(flag)", value])
+            XCTAssertEqual(r.status, 2, "--\(flag) \(value): \(r.stderr)")
+            XCTAssertTrue(r.stderr.hasPrefix("error: --\(flag) \(error)"), r.stderr)
+        }
+        XCTAssertEqual(try runToCompletion(inventory, line + ["--tcc-lock-wait-ms", "0", "--tcc-lock-waiters-max", "0"]).status, 0)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir))
+    }
+
     func testRelayLeaseTTLIsBoundedAboveToo() throws {
         let dir = tempPath("cohort-lease-\(UUID().uuidString.prefix(8))")
         defer { try? FileManager.default.removeItem(atPath: dir) }

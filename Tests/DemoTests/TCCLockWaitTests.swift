@@ -1,0 +1,257 @@
+@testable import CohortDemo
+import CohortClient
+import CohortCore
+import Foundation
+import XCTest
+
+/// A TCC phase at the inventory on a sku whose keys a 2PC/3PC branch holds locked waits for the
+/// locks (up to `Limits.demoTCCLockWaitMs`) instead of being refused at once: a TCC order placed
+/// while a 2PC transaction on its sku is between its work and its commit used to be rejected
+/// ("sku S is busy in another transaction") for no business reason. The 2PC transaction here is
+/// the test's own, through the inventory's participant, held open between its work and commit.
+final class TCCLockWaitTests: XCTestCase {
+    // MARK: - the waits, pure
+
+    func testWaitsRunWhenFreeEndAfterTheirBoundAndAreBounded() {
+        var waits = SkuLockWaits<String>(waitMs: 100, waitersMax: 3)
+        XCTAssertNil(waits.nextDeadlineMs)
+        XCTAssertTrue(waits.wait("a", sku: "pear", sinceMs: 0, nowMs: 0))
+        XCTAssertTrue(waits.wait("b", sku: "fig", sinceMs: 10, nowMs: 10))
+        XCTAssertTrue(waits.wait("c", sku: "pear", sinceMs: 20, nowMs: 20))
+        XCTAssertFalse(waits.wait("d", sku: "plum", sinceMs: 30, nowMs: 30), "past waitersMax")
+        var fresh = SkuLockWaits<String>(waitMs: 100, waitersMax: 3)
+        XCTAssertFalse(fresh.wait("e", sku: "pear", sinceMs: 0, nowMs: 100), "a wait already used up is not held again")
+        XCTAssertTrue(fresh.isEmpty)
+        XCTAssertEqual(waits.nextDeadlineMs, 100)
+        // Nothing free, nothing due: all stay.
+        var taken = waits.take(nowMs: 50) { _ in true }
+        XCTAssertTrue(taken.ready.isEmpty && taken.expired.isEmpty)
+        XCTAssertEqual(waits.count, 3)
+        // fig freed: b runs; the pear ones stay.
+        taken = waits.take(nowMs: 60) { $0 != "fig" }
+        XCTAssertEqual(taken.ready.map(\.entry), ["b"])
+        XCTAssertEqual(waits.waiting.map(\.entry), ["a", "c"])
+        // a's wait runs out at 100, c's not yet.
+        taken = waits.take(nowMs: 100) { _ in true }
+        XCTAssertEqual(taken.expired.map(\.0.entry), ["a"])
+        XCTAssertEqual(taken.expired.map(\.waitedMs), [100])
+        XCTAssertEqual(waits.nextDeadlineMs, 120)
+        // A free sku runs even when its wait is due.
+        taken = waits.take(nowMs: 500) { _ in false }
+        XCTAssertEqual(taken.ready.map(\.entry), ["c"])
+        XCTAssertTrue(waits.isEmpty)
+        XCTAssertNil(waits.nextDeadlineMs)
+    }
+
+    // MARK: - real processes
+
+    /// The test's 2PC transaction: `qty` of `sku` sold at the inventory, its work staged (the
+    /// sku's keys locked) and not committed.
+    private func holdSku(_ rig: DemoRig, _ sku: String, _ qty: Int64) throws -> (api: CohortAPI, txid: String) {
+        let api = CohortAPI(coordinatorURL: rig.coordinatorURL, requestTimeoutMs: 30_000)
+        let txid = try api.begin(timeoutMs: 60_000)
+        _ = try api.agentWork(rig.url("inventory"), txid, [.add("available/\(sku)", -qty, min: 0), .add("sold/\(sku)", qty)])
+        return (api, txid)
+    }
+
+    private func metrics(_ rig: DemoRig) -> [String: Double] {
+        (try? CohortAPI(coordinatorURL: "").metrics(rig.url("inventory"))) ?? [:]
+    }
+
+    private let waitingKey = #"cohort_demo_tcc_phases_waiting{resource="inventory"}"#
+
+    private func tccCount(_ rig: DemoRig, _ phase: String, _ result: String) -> Double {
+        metrics(rig)[#"cohort_tcc_phases_total{resource="inventory",phase="\#(phase)",result="\#(result)"}"#] ?? -1
+    }
+
+    /// Waits until `n` TCC phases wait for locks at the inventory; fails the test if they never do.
+    private func waitForWaiting(_ rig: DemoRig, _ n: Double, file: StaticString = #filePath, line: UInt = #line) {
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            if metrics(rig)[waitingKey] == n { return }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        XCTFail("\(Int(n)) TCC phases never waited for locks: \(metrics(rig)[waitingKey].map { "\($0)" } ?? "no such metric")", file: file, line: line)
+    }
+
+    /// A tcc order placed while a 2PC transaction holds its sku waits, and is confirmed once that
+    /// transaction commits; both took their stock.
+    func testATCCOrderWaitsForA2PCTransactionOnItsSkuAndIsConfirmed() throws {
+        let rig = try rig()
+        try rig.setStock("kiwi", 10)
+        let (api, txid) = try holdSku(rig, "kiwi", 2)
+        let done = DispatchSemaphore(value: 0)
+        let answers = Answers()
+        DispatchQueue.global().async {
+            answers.add(rig.order("kiwi", 3, "tcc"))
+            done.signal()
+        }
+        waitForWaiting(rig, 1)
+        XCTAssertEqual(done.wait(timeout: .now()), .timedOut, "the order is not answered while its try waits")
+        XCTAssertEqual(try api.commit(txid).outcome, "committed")
+        XCTAssertEqual(done.wait(timeout: .now() + 30), .success)
+        let order = try XCTUnwrap(answers.all.first ?? nil)
+        XCTAssertEqual(order.status, 201, "\(order.body)")
+        XCTAssertEqual(order.body["status"] as? String, "confirmed", "\(order.body)")
+        let stock = try rig.stock("kiwi")
+        XCTAssertEqual(stock.available, 5)
+        XCTAssertEqual(stock.reserved, 0)
+        XCTAssertEqual(stock.sold, 5, "the 2PC transaction's 2 and the tcc order's 3")
+        let m = metrics(rig)
+        XCTAssertEqual(m[waitingKey], 0)
+        XCTAssertEqual(m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="ran"}"#], 1, "\(m)")
+        XCTAssertEqual(tccCount(rig, "try", "refused"), 0)
+    }
+
+    /// Held past the bound, the tcc order is rejected with the busy reason saying how long it
+    /// waited, and reserves nothing; the 2PC transaction then commits as usual.
+    func testATCCOrderOnASkuHeldPastTheBoundIsRejectedSayingItWaited() throws {
+        let rig = try rig()
+        try rig.setStock("kiwi", 10)
+        let (api, txid) = try holdSku(rig, "kiwi", 2)
+        let started = Date()
+        let order = try XCTUnwrap(rig.order("kiwi", 3, "tcc"))
+        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(started) * 1000, Double(Limits.demoTCCLockWaitMs), "it waited the bound")
+        XCTAssertEqual(order.status, 201, "\(order.body)")
+        XCTAssertEqual(order.body["status"] as? String, "rejected", "\(order.body)")
+        let reason = try XCTUnwrap(order.body["reason"] as? String, "\(order.body)")
+        XCTAssertTrue(reason.hasPrefix("aborted: "), reason)
+        XCTAssertTrue(reason.contains("sku kiwi is busy in another transaction (waited "), reason)
+        XCTAssertTrue(reason.contains(" ms for its 2PC/3PC locks"), reason)
+        XCTAssertEqual(try rig.stock("kiwi").reserved, 0)
+        XCTAssertEqual(try rig.stock("kiwi").available, 10)
+        XCTAssertEqual(try api.commit(txid).outcome, "committed")
+        let stock = try rig.stock("kiwi")
+        XCTAssertEqual([stock.available, stock.reserved, stock.sold], [8, 0, 2])
+        XCTAssertEqual(metrics(rig)[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="timed-out"}"#], 1)
+        XCTAssertEqual(metrics(rig)[waitingKey], 0)
+    }
+
+    /// The coordinator cancels a TCC transaction (its timeout) while its try waits for the sku:
+    /// the cancel finds no reservation, and the try, run once the sku is free, meets the
+    /// barrier's fence and reserves nothing.
+    func testATryWhoseCancelCameWhileItWaitedNeverReserves() throws {
+        let rig = try rig()
+        try rig.setStock("kiwi", 10)
+        let (api, held) = try holdSku(rig, "kiwi", 2)
+        let tcc = CohortAPI(coordinatorURL: rig.coordinatorURL, requestTimeoutMs: 30_000)
+        let txid = try tcc.begin(timeoutMs: 500, protocol: "tcc")
+        let base = rig.url("inventory") + "/v1/tcc/inventory"
+        let branch = TCCBranchRequest(branchID: "stock", tryURL: base + "/try", confirmURL: base + "/confirm", cancelURL: base + "/cancel",
+                                      payload: .object(["sku": .string("kiwi"), "qty": .int(3)]))
+        // Answered once the coordinator cancels: the try still waits then.
+        let r = try tcc.raw("POST", rig.coordinatorURL + "/v1/transactions/\(txid)/tcc-branches", body: branch.wireJSON)
+        XCTAssertEqual(r.status, 409, r.bodyString)
+        XCTAssertTrue(r.bodyString.contains("was cancelled (timed out after 500ms) before the try of branch stock answered"), r.bodyString)
+        func cancelled() -> Bool {
+            (try? rig.json("GET", base + "/branches/\(txid)/stock"))?.1["state"] as? String == "cancelled"
+        }
+        let deadline = Date().addingTimeInterval(10)
+        while !cancelled(), Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        XCTAssertTrue(cancelled(), "the cancel reached the inventory")
+        XCTAssertEqual(metrics(rig)[waitingKey], 1, "the try still waits")
+        XCTAssertEqual(try api.commit(held).outcome, "committed")
+        let ran = Date().addingTimeInterval(10)
+        while tccCount(rig, "try", "hanging") < 1, Date() < ran { Thread.sleep(forTimeInterval: 0.02) }
+        XCTAssertEqual(tccCount(rig, "try", "hanging"), 1, "the try ran after its cancel and was refused by the barrier")
+        XCTAssertEqual(tccCount(rig, "try", "done"), 0)
+        XCTAssertEqual(tccCount(rig, "cancel", "empty-cancel"), 1)
+        let stock = try rig.stock("kiwi")
+        XCTAssertEqual([stock.available, stock.reserved, stock.sold], [8, 0, 2], "the try reserved nothing")
+        XCTAssertTrue(["aborted", "cancelling"].contains(try XCTUnwrap(try tcc.transaction(txid)).state))
+    }
+
+    /// Past `--tcc-lock-waiters-max` (1 here) a try is refused at once, saying so: its order is
+    /// rejected, its transaction cancelled with nothing reserved; the one waiting is confirmed.
+    /// With `--tcc-lock-wait-ms 0` nothing waits: refused at once, as before waiting existed.
+    func testPastTheWaitersBoundATryIsRefusedAtOnce() throws {
+        let rig = try rig()
+        rig.processes["inventory"]?.terminate()
+        rig.extraArguments["inventory"] = ["--tcc-lock-waiters-max", "1"]
+        try rig.start("inventory")
+        try rig.setStock("kiwi", 10)
+        let (api, txid) = try holdSku(rig, "kiwi", 2)
+        let done = DispatchSemaphore(value: 0)
+        let answers = Answers()
+        DispatchQueue.global().async {
+            answers.add(rig.order("kiwi", 3, "tcc"))
+            done.signal()
+        }
+        waitForWaiting(rig, 1)
+        let second = try XCTUnwrap(rig.order("kiwi", 4, "tcc"))
+        XCTAssertEqual(second.body["status"] as? String, "rejected", "\(second.body)")
+        let reason = try XCTUnwrap(second.body["reason"] as? String)
+        XCTAssertTrue(reason.contains("sku kiwi is busy in another transaction (no more may wait: 1 TCC phases wait for locks here already, the limit)"), reason)
+        XCTAssertEqual(done.wait(timeout: .now()), .timedOut, "the first still waits")
+        XCTAssertEqual(try api.commit(txid).outcome, "committed")
+        XCTAssertEqual(done.wait(timeout: .now() + 30), .success)
+        XCTAssertEqual(try XCTUnwrap(answers.all.first ?? nil).body["status"] as? String, "confirmed")
+        let stock = try rig.stock("kiwi")
+        XCTAssertEqual([stock.available, stock.reserved, stock.sold], [5, 0, 5], "the refused try reserved nothing")
+        XCTAssertEqual(metrics(rig)[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="full"}"#], 1)
+
+        rig.processes["inventory"]?.terminate()
+        rig.extraArguments["inventory"] = ["--tcc-lock-wait-ms", "0"]
+        try rig.start("inventory")
+        let (api2, txid2) = try holdSku(rig, "kiwi", 1)
+        let third = try XCTUnwrap(rig.order("kiwi", 1, "tcc"))
+        XCTAssertEqual(third.body["status"] as? String, "rejected", "\(third.body)")
+        XCTAssertTrue((third.body["reason"] as? String ?? "").contains("sku kiwi is busy in another transaction (waited 0 ms"), "\(third.body)")
+        XCTAssertEqual(try api2.commit(txid2).outcome, "committed")
+        let after = try rig.stock("kiwi")
+        XCTAssertEqual([after.available, after.reserved, after.sold], [4, 0, 6])
+    }
+
+    /// The phases called directly: a confirm of a reservation on a locked sku waits and confirms
+    /// once the sku is free (it was 503, the coordinator retried); two copies of one try waiting
+    /// together run as one try and its duplicate; bad calls and calls with nothing to lock are
+    /// answered at once, busy sku or not.
+    func testConfirmAndRepeatedTriesWaitAndBadCallsDoNot() throws {
+        let rig = try rig()
+        try rig.setStock("kiwi", 10)
+        let base = rig.url("inventory") + "/v1/tcc/inventory"
+        @Sendable func phase(_ name: String, _ txid: String, _ payload: String = #"{"sku":"kiwi","qty":3}"#) throws -> (Int, String) {
+            let deadline = Int64(Date().timeIntervalSince1970 * 1000) + 60_000
+            let body = #"{"txid":"\#(txid)","branch_id":"stock","payload":\#(payload),"deadline_ms":\#(deadline)}"#
+            let r = try CohortAPI(coordinatorURL: "", requestTimeoutMs: 30_000).raw("POST", base + "/" + name, body: Array(body.utf8))
+            return (r.status, r.bodyString)
+        }
+        XCTAssertEqual(try phase("try", "reserved-first").0, 200)
+        let (api, held) = try holdSku(rig, "kiwi", 2)
+
+        // Answered at once while kiwi is locked: bad calls and those with no reservation.
+        let long = String(repeating: "t", count: Limits.tccBranchIDBytesMax + 1)
+        for (name, txid, payload, status) in [("try", "bad-qty", #"{"sku":"kiwi","qty":0}"#, 400), ("try", "bad-sku", #"{"sku":"ki wi","qty":1}"#, 400),
+                                              ("try", "no-payload", "null", 400), ("try", long, #"{"sku":"kiwi","qty":1}"#, 400),
+                                              ("confirm", "never-tried", #"{"sku":"kiwi","qty":1}"#, 409),
+                                              ("cancel", "never-tried-2", #"{"sku":"kiwi","qty":1}"#, 200)] {
+            let (code, body) = try phase(name, txid, payload)
+            XCTAssertEqual(code, status, "\(name) \(txid.prefix(20)): \(body)")
+        }
+        XCTAssertEqual(metrics(rig)[waitingKey], 0, "none of those waits")
+
+        let group = DispatchGroup()
+        let answers = Answers()
+        for name in ["confirm", "try", "try"] {
+            group.enter()
+            DispatchQueue.global().async {
+                answers.add((try? phase(name, name == "confirm" ? "reserved-first" : "waits-twice")).map { (status: $0.0, body: ["phase": name, "text": $0.1]) })
+                group.leave()
+            }
+        }
+        waitForWaiting(rig, 3)
+        XCTAssertEqual(group.wait(timeout: .now()), .timedOut, "none is answered while kiwi is locked")
+        XCTAssertEqual(try api.commit(held).outcome, "committed")
+        XCTAssertEqual(group.wait(timeout: .now() + 30), .success)
+        let texts = answers.all.compactMap { $0 }.map { "\($0.status) \($0.body["phase"]!) \($0.body["text"]!)" }.sorted()
+        XCTAssertEqual(texts.count, 3, "\(texts)")
+        XCTAssertTrue(texts.allSatisfy { $0.hasPrefix("200 ") }, "\(texts)")
+        XCTAssertEqual(texts.filter { $0.contains(#""status":"duplicate""#) }.count, 1, "one of the two tries is the other's duplicate: \(texts)")
+        let stock = try rig.stock("kiwi")
+        XCTAssertEqual([stock.available, stock.reserved, stock.sold], [2, 3, 5], "the first reservation sold, the second held, the 2PC's sold")
+        XCTAssertEqual(try phase("cancel", "waits-twice").0, 200)
+        XCTAssertEqual(try rig.stock("kiwi").reserved, 0)
+        XCTAssertEqual(tccCount(rig, "confirm", "done"), 1)
+        XCTAssertEqual(metrics(rig)[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="ran"}"#], 3)
+    }
+}
