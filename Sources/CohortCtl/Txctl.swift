@@ -557,7 +557,17 @@ final class Remote {
             }
         }
         if response.status == 200 || response.status == 201 { return response }
-        let message = (try? response.decode(ErrorBody.self).error) ?? clip(response.bodyString, 200)
+        let cohortError = try? response.decode(ErrorBody.self).error
+        let message = cohortError ?? clip(response.bodyString, 200)
+        if cohortError == nil && response.status != 401 {
+            // Every Cohort server answers a refusal as {"error": "..."}. Anything else is another
+            // program at that address (a web server, a proxy's error page): its body was printed
+            // as the error, a line of HTML, or "error: {}", which named neither the status nor
+            // the likely cause (a docs audit, session 36).
+            let body = response.bodyString.trimmingCharacters(in: .whitespacesAndNewlines)
+            let what = kind == .coordinator ? "a coordinator (cohortd)" : kind == .agent ? "a participant agent" : "a process running an outbox relay"
+            throw CtlError.failed("the \(name) at \(base) answered HTTP \(response.status) to \(method) \(path.split(separator: "?").first ?? "") without a Cohort error (\(body.isEmpty ? "empty body" : "body: \(clip(body, 80))")); is \(base) \(what), or does another program (a proxy, a web server) answer there?")
+        }
         switch response.status {
         case 401:
             throw CtlError.failed(hasToken
