@@ -153,8 +153,8 @@ public enum Help {
 
     public static let outbox = """
     usage: txctl outbox URL list [--dead] [--limit N] [--json]
-           txctl outbox URL replay ID
-           txctl outbox URL discard ID --reason "..."
+           txctl outbox URL replay ID [--json]
+           txctl outbox URL discard ID --reason "..." [--json]
 
     A service's outbox, through the admin API of the process running its relay (cohort-relay
     --port N, or a service with an in-process relay). URL is that process, e.g. http://127.0.0.1:7400.
@@ -168,7 +168,8 @@ public enum Help {
                      (cohort-relay --retention, default 1h) has passed since the discard (for a
                      message no fix will ever make the consumer accept)
       --limit N      at most N messages (default 1000)
-      --json         {"source", "pending", "dead", "lease_held", "oldest_pending_age_ms"?, "sink_unavailable"?, "messages": [...]}
+      --json         list: {"source", "pending", "dead", "lease_held", "oldest_pending_age_ms"?, "sink_unavailable"?, "messages": [...]};
+                     replay, discard: {"id", "state"}
 
     """ + global
 

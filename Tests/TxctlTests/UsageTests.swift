@@ -122,6 +122,9 @@ final class UsageTests: XCTestCase {
         XCTAssertEqual(ctl(["outbox", "http://127.0.0.1:1", "purge"], env: env).status, 2)
         XCTAssertEqual(ctl(["outbox", "http://127.0.0.1:1"], env: env).status, 2)
         XCTAssertTrue(ctl(["outbox", "--help"]).out.hasPrefix("usage: txctl outbox URL list"))
+        // replay and discard take --json too; their usage lines left it out (a docs audit, session 36).
+        XCTAssertTrue(ctl(["outbox", "--help"]).out.contains("txctl outbox URL replay ID [--json]"))
+        XCTAssertTrue(ctl(["outbox", "--help"]).out.contains("txctl outbox URL discard ID --reason \"...\" [--json]"))
     }
 
     /// An option with its value left out is refused wherever it is: a lone `--coordinator` said
