@@ -52,7 +52,6 @@ final class UsageTests: XCTestCase {
         assertUsage(["show"], "missing argument")
         assertUsage(["show", "a", "b"], "unexpected argument")
         assertUsage(["commit", "a58aaf0c-1-1", "--reason", "x"], "needs --force")
-        assertUsage(["commit", "a58aaf0c-1-1", "--force"], "needs --reason")
         assertUsage(["abort", "a58aaf0c-1-1", "--force", "--reason", "  "], "needs --reason")
         assertUsage(["agent", "http://127.0.0.1:1", "commit", "t", "--force"], "needs --reason")
         assertUsage(["agent", "http://127.0.0.1:1", "list", "--state", "sleepy"], "--state must be one of")
