@@ -521,8 +521,10 @@ final class Remote {
         }
         // A base URL, as every server's base URL flags take it: with a path, each request went
         // out and came back "no route for GET /PATH/v1/..." (exit 1), a wrong command line.
+        // A query or fragment too: `http://HOST:PORT?x=1` went out as `...?x=1/v1/stats` and came
+        // back "no route for GET /" (exit 1; a docs audit, session 36).
         let rest = u.dropFirst("http://".count)
-        if let slash = rest.firstIndex(of: "/") {
+        if let slash = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) {
             throw CtlError.usage("\(kind == .coordinator ? "coordinator" : kind == .agent ? "agent" : "service") URL is a base URL, http://HOST:PORT without a path (txctl adds each path itself); got \"\(url)\" with \"\(rest[slash...])\"")
         }
         base = u

@@ -74,6 +74,10 @@ final class UsageTests: XCTestCase {
         assertUsage(["--coordinator", "http://127.0.0.1:1/cohort", "list"], "without a path")
         assertUsage(["agent", "http://127.0.0.1:1/x", "list"], "without a path")
         assertUsage(["outbox", "http://127.0.0.1:1/x/y", "list"], "without a path")
+        // A query or a fragment is no part of a base URL either: it went out and came back
+        // "no route for GET /" (exit 1).
+        assertUsage(["--coordinator", "http://127.0.0.1:1?x=1", "list"], "with \"?x=1\"")
+        assertUsage(["agent", "http://127.0.0.1:1#top", "list"], "with \"#top\"")
         // A trailing slash is still taken off: on to the unreachable coordinator (exit 1).
         let r = ctl(["--coordinator", "http://127.0.0.1:1/", "list"])
         XCTAssertEqual(r.status, 1, r.err)
