@@ -19,8 +19,8 @@ public enum Help {
       explain TXID [--json]              why it is not finished, and what you can do
       submission REQUEST_ID [--json]     what became of a submission (POST /v1/transactions/submit)
       retry TXID [--json]                retry the pending phase now instead of waiting
-      commit TXID --force --reason R [--dry-run] [--operator NAME] [--json]   force commit (audited)
-      abort TXID --force --reason R [--dry-run] [--operator NAME] [--json]    force abort (audited)
+      commit TXID --force [--reason R] [--dry-run] [--operator NAME] [--json]   force commit (audited)
+      abort TXID --force [--reason R] [--dry-run] [--operator NAME] [--json]    force abort (audited)
       watch [--interval 1s] [--once]     live view of in-flight, in-doubt and parked transactions
       stats [--json]                     counts by state, decision rates, commit latency
       agent URL list|show|commit|abort|forget ...   a participant's branches (coordinator gone for good)
@@ -87,13 +87,14 @@ public enum Help {
 
     public static func force(_ verb: String) -> String {
         """
-        usage: txctl \(verb) TXID --force --reason "..." [--dry-run] [--operator NAME] [--json]
+        usage: txctl \(verb) TXID --force [--reason "..."] [--dry-run] [--operator NAME] [--json]
 
         An operator's decision to \(verb) the transaction at the coordinator, written durably to
         its audit trail (who, when, why, what) before it takes effect. Refused (exit 1) when it
         contradicts a durable decision, e.g. aborting a transaction whose commit is decided.
           --force           required: you mean it
-          --reason "..."    required: why (kept in the audit trail)
+          --reason "..."    why (kept in the audit trail); without it the trail records
+                            "no reason given (txctl \(verb) --force without --reason)"
           --dry-run         print what would happen; change nothing
           --operator NAME   who decides (default $USER@hostname)
           --json            {"txid", "outcome", "dry_run", "effects"}
@@ -153,8 +154,8 @@ public enum Help {
 
     public static let outbox = """
     usage: txctl outbox URL list [--dead] [--limit N] [--json]
-           txctl outbox URL replay ID
-           txctl outbox URL discard ID --reason "..."
+           txctl outbox URL replay ID [--json]
+           txctl outbox URL discard ID --reason "..." [--json]
 
     A service's outbox, through the admin API of the process running its relay (cohort-relay
     --port N, or a service with an in-process relay). URL is that process, e.g. http://127.0.0.1:7400.
@@ -168,7 +169,8 @@ public enum Help {
                      (cohort-relay --retention, default 1h) has passed since the discard (for a
                      message no fix will ever make the consumer accept)
       --limit N      at most N messages (default 1000)
-      --json         {"source", "pending", "dead", "lease_held", "oldest_pending_age_ms"?, "sink_unavailable"?, "messages": [...]}
+      --json         list: {"source", "pending", "dead", "lease_held", "oldest_pending_age_ms"?, "sink_unavailable"?, "messages": [...]};
+                     replay, discard: {"id", "state"}
 
     """ + global
 

@@ -130,7 +130,7 @@ public enum LogTools {
         var isDir: ObjCBool = false
         let fm = FileManager.default
         guard fm.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
-            throw CtlError.failed("\(dir) is not a directory; give a coordinator's data directory (or its log/ directory)")
+            throw CtlError.failed("\(dir) is not a directory; give a coordinator's or an agent's data directory (or its log/ directory)")
         }
         let sub = dir.hasSuffix("/") ? dir + "log" : dir + "/log"
         if fm.fileExists(atPath: sub, isDirectory: &isDir), isDir.boolValue {

@@ -218,11 +218,22 @@ public enum Txctl {
         ctx.out(a.has("json") ? JSONOut.encode(r) : Render.retry(r))
     }
 
-    static func forceBody(_ a: Arguments, _ ctx: CtlContext, outcome: String, verb: String) throws -> [UInt8] {
+    /// What the audit trail records for a coordinator's force given without `--reason`.
+    static func noReasonGiven(_ verb: String) -> String { "no reason given (txctl \(verb) --force without --reason)" }
+
+    /// `reasonRequired` false: the contract's `txctl commit TXID --force` (and `abort`) is a
+    /// whole command line, so a missing `--reason` is recorded as such instead of refused (it
+    /// was refused, exit 2, until a docs audit in session 36). A blank one is still refused.
+    static func forceBody(_ a: Arguments, _ ctx: CtlContext, outcome: String, verb: String, reasonRequired: Bool = true) throws -> [UInt8] {
         guard a.has("force") else {
             throw CtlError.usage("\(verb) needs --force: forcing an outcome is an operator's heuristic decision (add --dry-run to see what it would do)")
         }
-        guard let reason = a.string("reason"), !reason.trimmingCharacters(in: .whitespaces).isEmpty else {
+        let given = a.string("reason")
+        if given == nil && !reasonRequired {
+            let body = ForceBody(outcome: outcome, reason: noReasonGiven(verb), operator: try operatorName(a, ctx), dryRun: a.has("dry-run"))
+            return Array((try? JSONEncoder().encode(body)) ?? Data())
+        }
+        guard let reason = given, !reason.trimmingCharacters(in: .whitespaces).isEmpty else {
             throw CtlError.usage("\(verb) --force needs --reason \"...\": why, for the audit trail")
         }
         let body = ForceBody(outcome: outcome, reason: reason, operator: try operatorName(a, ctx), dryRun: a.has("dry-run"))
@@ -232,8 +243,8 @@ public enum Txctl {
     static func force(_ argv: [String], _ ctx: CtlContext, outcome: String) throws {
         let verb = outcome == "committed" ? "commit" : "abort"
         let a = try parse(argv, valued: ["reason", "operator"], booleans: ["force", "dry-run", "json"])
-        let id = try txid(positional(a, count: 2, usage: "txctl \(verb) TXID --force --reason \"...\" [--dry-run]")[1])
-        let body = try forceBody(a, ctx, outcome: outcome, verb: verb)
+        let id = try txid(positional(a, count: 2, usage: "txctl \(verb) TXID --force [--reason \"...\"] [--dry-run]")[1])
+        let body = try forceBody(a, ctx, outcome: outcome, verb: verb, reasonRequired: false)
         let r = try coordinator(a, ctx).post("/v1/transactions/\(escape(id))/force", body: body, ForceResponse.self)
         ctx.out(a.has("json") ? JSONOut.encode(r) : Render.force(r, where: "at the coordinator"))
     }
@@ -510,8 +521,10 @@ final class Remote {
         }
         // A base URL, as every server's base URL flags take it: with a path, each request went
         // out and came back "no route for GET /PATH/v1/..." (exit 1), a wrong command line.
+        // A query or fragment too: `http://HOST:PORT?x=1` went out as `...?x=1/v1/stats` and came
+        // back "no route for GET /" (exit 1; a docs audit, session 36).
         let rest = u.dropFirst("http://".count)
-        if let slash = rest.firstIndex(of: "/") {
+        if let slash = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) {
             throw CtlError.usage("\(kind == .coordinator ? "coordinator" : kind == .agent ? "agent" : "service") URL is a base URL, http://HOST:PORT without a path (txctl adds each path itself); got \"\(url)\" with \"\(rest[slash...])\"")
         }
         base = u
@@ -557,7 +570,17 @@ final class Remote {
             }
         }
         if response.status == 200 || response.status == 201 { return response }
-        let message = (try? response.decode(ErrorBody.self).error) ?? clip(response.bodyString, 200)
+        let cohortError = try? response.decode(ErrorBody.self).error
+        let message = cohortError ?? clip(response.bodyString, 200)
+        if cohortError == nil && response.status != 401 {
+            // Every Cohort server answers a refusal as {"error": "..."}. Anything else is another
+            // program at that address (a web server, a proxy's error page): its body was printed
+            // as the error, a line of HTML, or "error: {}", which named neither the status nor
+            // the likely cause (a docs audit, session 36).
+            let body = response.bodyString.trimmingCharacters(in: .whitespacesAndNewlines)
+            let what = kind == .coordinator ? "a coordinator (cohortd)" : kind == .agent ? "a participant agent" : "a process running an outbox relay"
+            throw CtlError.failed("the \(name) at \(base) answered HTTP \(response.status) to \(method) \(path.split(separator: "?").first ?? "") without a Cohort error (\(body.isEmpty ? "empty body" : "body: \(clip(body, 80))")); is \(base) \(what), or does another program (a proxy, a web server) answer there?")
+        }
         switch response.status {
         case 401:
             throw CtlError.failed(hasToken

@@ -147,8 +147,10 @@ public enum TxScenarioCommand {
             io.out(Report.row(r) + "\n")
             if !r.passed {
                 for c in r.checks where !c.ok { io.out("    FAILED \(c.name): \(c.detail)\n") }
-                io.out("    data and logs kept in \(r.dataDirectory)\n")
             }
+            // --keep-data kept a passed scenario's directory without saying where (a random
+            // name in the work directory, and not in the report): said for every kept one now.
+            if !r.passed || options.keepData { io.out("    data and logs kept in \(r.dataDirectory)\n") }
         }
         let passed = results.filter(\.passed).count
         let elapsed = Date().timeIntervalSince(started)

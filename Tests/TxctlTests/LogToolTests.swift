@@ -218,6 +218,8 @@ final class LogToolTests: XCTestCase {
         let r = ctl(["log", "verify", "/nonexistent/txctl"])
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.err.hasPrefix("error: /nonexistent/txctl is not a directory"), r.err)
+        // Both kinds of log are read: the hint named only a coordinator's directory.
+        XCTAssertTrue(r.err.contains("a coordinator's or an agent's data directory"), r.err)
         XCTAssertFalse(FileManager.default.fileExists(atPath: "/nonexistent/txctl"), "nothing is created")
         let empty = tempDirectory("empty")
         let e = ctl(["log", "inspect", empty])

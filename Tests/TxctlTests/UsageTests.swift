@@ -52,7 +52,6 @@ final class UsageTests: XCTestCase {
         assertUsage(["show"], "missing argument")
         assertUsage(["show", "a", "b"], "unexpected argument")
         assertUsage(["commit", "a58aaf0c-1-1", "--reason", "x"], "needs --force")
-        assertUsage(["commit", "a58aaf0c-1-1", "--force"], "needs --reason")
         assertUsage(["abort", "a58aaf0c-1-1", "--force", "--reason", "  "], "needs --reason")
         assertUsage(["agent", "http://127.0.0.1:1", "commit", "t", "--force"], "needs --reason")
         assertUsage(["agent", "http://127.0.0.1:1", "list", "--state", "sleepy"], "--state must be one of")
@@ -75,6 +74,10 @@ final class UsageTests: XCTestCase {
         assertUsage(["--coordinator", "http://127.0.0.1:1/cohort", "list"], "without a path")
         assertUsage(["agent", "http://127.0.0.1:1/x", "list"], "without a path")
         assertUsage(["outbox", "http://127.0.0.1:1/x/y", "list"], "without a path")
+        // A query or a fragment is no part of a base URL either: it went out and came back
+        // "no route for GET /" (exit 1).
+        assertUsage(["--coordinator", "http://127.0.0.1:1?x=1", "list"], "with \"?x=1\"")
+        assertUsage(["agent", "http://127.0.0.1:1#top", "list"], "with \"#top\"")
         // A trailing slash is still taken off: on to the unreachable coordinator (exit 1).
         let r = ctl(["--coordinator", "http://127.0.0.1:1/", "list"])
         XCTAssertEqual(r.status, 1, r.err)
@@ -122,6 +125,9 @@ final class UsageTests: XCTestCase {
         XCTAssertEqual(ctl(["outbox", "http://127.0.0.1:1", "purge"], env: env).status, 2)
         XCTAssertEqual(ctl(["outbox", "http://127.0.0.1:1"], env: env).status, 2)
         XCTAssertTrue(ctl(["outbox", "--help"]).out.hasPrefix("usage: txctl outbox URL list"))
+        // replay and discard take --json too; their usage lines left it out (a docs audit, session 36).
+        XCTAssertTrue(ctl(["outbox", "--help"]).out.contains("txctl outbox URL replay ID [--json]"))
+        XCTAssertTrue(ctl(["outbox", "--help"]).out.contains("txctl outbox URL discard ID --reason \"...\" [--json]"))
     }
 
     /// An option with its value left out is refused wherever it is: a lone `--coordinator` said
