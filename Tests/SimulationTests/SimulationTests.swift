@@ -226,6 +226,16 @@ final class TCCSimulationTests: XCTestCase {
         XCTAssertTrue(out.contains { $0.contains("reproduce: txscenario simulate --protocol tcc --seed ") }, out.joined(separator: "\n"))
     }
 
+    /// The coordinator takes a confirm or cancel refused with a 4xx (a poison branch's 409) as
+    /// done: the branch stays reserved (an aborted order) or unsold (a committed one). Before the
+    /// services refused calls (session 36) no seed could catch this.
+    func testRefusalTakenAsDoneIsCaught() {
+        var out: [String] = []
+        let status = CohortSimCommand.run(arguments: ["--protocol", "tcc", "--seed", "1", "--runs", "10", "--break", "tcc-refusal-as-done"]) { out.append($0) }
+        XCTAssertEqual(status, 1, out.joined(separator: "\n"))
+        XCTAssertTrue(out.contains { $0.contains("confirm:") || $0.contains("cancel:") || $0.contains("at rest:") }, out.joined(separator: "\n"))
+    }
+
     /// The barrier lets a try that arrives after its cancel reserve.
     func testIgnoredFenceIsCaught() {
         var out: [String] = []
