@@ -992,6 +992,12 @@ public final class CoordinatorNode {
                     self.feedTCC(.tryAnswered(txid, branchID: branchID, .succeeded(answer?.result)))
                 }
             case .confirm, .cancel:
+                #if DEBUG
+                if let status, (400..<500).contains(status), self.environment.testOnlyBreak == .tccRefusalAsDone {
+                    // The deliberate bug (debug builds only): a refused confirm or cancel counts as done.
+                    failure = nil
+                }
+                #endif
                 self.feedTCC(.settled(txid, branchID: branchID, phase, error: failure, status: status))
             }
         }

@@ -267,6 +267,13 @@ public struct TCCCoordinator {
     /// was made.
     public private(set) var branchesWokenTotal: UInt64 = 0
 
+    /// Whether the service `url` calls is being woken: it answered after a spell of failures of
+    /// at least `tccServiceDownMsMin` and branches still wait there (read by the simulation, to
+    /// count the answers that arrive meanwhile).
+    public func isWaking(serviceOf url: String) -> Bool {
+        !services.isEmpty && services[Self.origin(of: url)]?.recovering == true
+    }
+
     struct BranchRef: Hashable {
         let txid: TxID
         let branchID: String

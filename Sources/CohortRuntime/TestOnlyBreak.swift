@@ -14,6 +14,9 @@ public enum TestOnlyBreak: String, CaseIterable, Sendable {
     /// The TCC coordinator records a branch's cancel as done without calling the service, so
     /// the branch's reservation is never released.
     case tccSkipCancel = "tcc-skip-cancel"
+    /// The TCC coordinator takes a confirm or cancel its service refused with a 4xx status (a
+    /// poison branch's 409) as done: the branch is never confirmed or never cancelled.
+    case tccRefusalAsDone = "tcc-refusal-as-done"
     /// A TCC service's barrier lets a try that arrives after its branch's cancel reserve
     /// (`TCCResource.Options.testOnlyIgnoreFence`; the simulation sets it on its services, and
     /// `tcc-inventory` honours it from `COHORT_TEST_ONLY_BREAK`).

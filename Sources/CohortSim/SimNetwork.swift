@@ -61,6 +61,9 @@ extension Simulation {
                     }
                     guard copy == 0 else { return } // a duplicate's answer is discarded
                     self.schedule(afterUs: 20 + self.random(self.config.faults.delayUsMax), "answer \(response.status) \(label)") {
+                        if self.tccMode && !once.done {
+                            self.tccAnswerArrives(sender: sender, generation: generation, url: request.url, path: parsed.path, status: response.status)
+                        }
                         finish(.success(HTTPClientResponse(status: response.status, headers: response.headers, body: response.body)))
                     }
                 }

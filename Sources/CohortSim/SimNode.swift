@@ -135,6 +135,8 @@ final class SimNode {
         coordinator?.stop()
         agent?.stop()
         simulation.preCommitsWithdrawn += coordinator?.preCommitsWithdrawn ?? 0
+        // Its count of woken TCC branches dies with it (the next life counts from 0).
+        simulation.tccStats.wokenEarlierLives += Int(coordinator?.tcc.branchesWokenTotal ?? 0)
         coordinator = nil
         agent = nil
         service = nil

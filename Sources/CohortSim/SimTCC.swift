@@ -29,6 +29,35 @@ public struct TCCFaults: CustomStringConvertible, Sendable {
     /// coordinator's retry budget, so its transactions are parked and retried slowly.
     public var longOutagePercent = 0
     public var outageUs: Int64 = 6_000_000
+    /// Chance (percent) that a service answers a confirm or cancel with a status telling the
+    /// coordinator to back off or try again (503, 429, 502 or 504, as a busy service or its
+    /// gateway does) instead of running it: nothing is applied.
+    public var refusePercent = 0
+    /// Chance (percent) that a branch a client registers is "poison" at its service: from the
+    /// first confirm or cancel of it that reaches the service, every one is refused with one
+    /// status (409 or 500, drawn with it) for a stretch of virtual time drawn up to
+    /// `poisonUsMax`, then it heals (a bad row, a bug fixed, a constraint lifted). Nothing is
+    /// applied while it lasts.
+    public var poisonPercent = 0
+    public var poisonUsMin: Int64 = 200_000
+    public var poisonUsMax: Int64 = 4_000_000
+    /// Chance (percent) that a service answers a try 500 or 503 without running it.
+    public var tryRefusePercent = 0
+    /// Busy spells: now and then one service answers every call 503 for 1-2 s (overloaded,
+    /// shedding load), running nothing. A spell that long makes the coordinator wait for the
+    /// service (`Limits.tccServiceDownMsMin`) while clients keep adding cancels to wait; its
+    /// first answer after the spell wakes them, with poison branches among the woken.
+    public var busySpells = false
+
+    /// Seeds from before the refusals existed draw everything else as they did: these are drawn
+    /// after the rest of the seed's mix (`Simulation.Faults.drawTCC`).
+    mutating func drawRefusals(_ rng: inout SplitMix64) {
+        refusePercent = rng.next() % 3 == 0 ? 0 : 1 + Int(rng.next() % 8)
+        poisonPercent = rng.next() % 3 == 0 ? 0 : 1 + Int(rng.next() % 6)
+        poisonUsMax = 1_000_000 + Int64(rng.next() % 7_000_000)
+        tryRefusePercent = rng.next() % 3 == 0 ? 0 : 1 + Int(rng.next() % 4)
+        busySpells = rng.next() % 2 == 0
+    }
 
     public static func draw(_ rng: inout SplitMix64) -> TCCFaults {
         var t = TCCFaults()
@@ -43,7 +72,8 @@ public struct TCCFaults: CustomStringConvertible, Sendable {
 
     public var description: String {
         "services \(services) late \(lateDelayPercent)%≤\(lateDelayUsMax / 1000)ms point-crash \(pointCrashPercent)% " +
-            "long-outage \(longOutagePercent)%×\(outageUs / 1000)ms"
+            "long-outage \(longOutagePercent)%×\(outageUs / 1000)ms refuse \(refusePercent)% poison \(poisonPercent)%≤\(poisonUsMax / 1000)ms " +
+            "try-refuse \(tryRefusePercent)%\(busySpells ? " busy-spells" : "")"
     }
 }
 
@@ -65,20 +95,30 @@ public struct TCCRunStats: Sendable {
     /// The most transactions parked (past the retry budget) at once at the coordinator.
     public var parkedMax = 0
     /// Confirms and cancels re-sent early because their service answered again after an outage
-    /// (`Limits.tccServiceDownMsMin`), over every life of the coordinator.
+    /// (`Limits.tccServiceDownMsMin`), over every life of the coordinator: the coordinator's
+    /// `branchesWokenTotal` (from 0 at each start) taken at each crash, plus the last life's.
     public var woken = 0
-    /// The coordinator's own count at the last look, and the sum of its earlier lives'.
-    var wokenThisLife = 0
+    /// The coordinator's count summed over its lives that ended (`Simulation.crash`).
     var wokenEarlierLives = 0
+    /// Calls a service answered with an HTTP error status instead of running them (every
+    /// `TCCFaults` refusal: back-off statuses, poison branches, tries answered 5xx).
+    public var refused = 0
+    /// Of those, tries (500 or 503).
+    public var triesRefused = 0
+    /// Of those, calls refused 503 in a busy spell (`TCCFaults.busySpells`), and the spells.
+    public var busyRefused = 0
+    public var busySpells = 0
+    /// Branches made poison (`TCCFaults.poisonPercent`), and the calls refused because of it.
+    public var poisonBranches = 0
+    public var poisonRefused = 0
+    /// Confirm and cancel answers that reached the coordinator while it was waking their
+    /// service (`TCCCoordinator.isWaking`): refusals (409, 500: a poison branch), which count as
+    /// the service's answer and let the waking go on, and back-off statuses (429, 502-504),
+    /// which end it.
+    public var refusedWhileWaking = 0
+    public var backOffWhileWaking = 0
 
     public init() {}
-
-    /// Takes in the coordinator's `branchesWokenTotal`, which starts from 0 at each restart.
-    mutating func observeWoken(_ total: Int) {
-        if total < wokenThisLife { wokenEarlierLives += wokenThisLife }
-        wokenThisLife = total
-        woken = wokenEarlierLives + wokenThisLife
-    }
 
     public mutating func add(_ o: TCCRunStats) {
         transactions += o.transactions; committed += o.committed; aborted += o.aborted
@@ -86,11 +126,16 @@ public struct TCCRunStats: Sendable {
         confirms += o.confirms; cancels += o.cancels; lateMessages += o.lateMessages
         pointCrashes += o.pointCrashes; longOutages += o.longOutages; parkedMax += o.parkedMax
         woken += o.woken
+        refused += o.refused; triesRefused += o.triesRefused; poisonBranches += o.poisonBranches
+        busyRefused += o.busyRefused; busySpells += o.busySpells
+        poisonRefused += o.poisonRefused; refusedWhileWaking += o.refusedWhileWaking; backOffWhileWaking += o.backOffWhileWaking
     }
 
     public var summary: String {
         "late msgs \(lateMessages), hanging tries refused \(hangingTries), empty cancels \(emptyCancels), " +
-            "duplicates \(duplicates), point crashes \(pointCrashes), long outages \(longOutages), parked \(parkedMax), woken \(woken)"
+            "duplicates \(duplicates), point crashes \(pointCrashes), long outages \(longOutages), parked \(parkedMax), woken \(woken), " +
+            "refused \(refused) (tries \(triesRefused), in \(busySpells) busy spells \(busyRefused), poison \(poisonRefused) on \(poisonBranches) branches; " +
+            "answered while waking their service: \(refusedWhileWaking) refusals, \(backOffWhileWaking) back-offs)"
     }
 }
 
@@ -146,7 +191,9 @@ final class SimTCCService {
     func handle(_ request: HTTPRequest, _ sink: ResponseSink) {
         let simulation = node.simulation
         current = try? JSONDecoder().decode(TCCPhaseRequest.self, from: Data(request.body))
-        let response = store.resource.handle(request) ?? .error(404, "no such endpoint on a simulated TCC service")
+        // A refused call runs nothing: no barrier row, no stock change, no `afterCommit`.
+        let response = simulation.tccRefusal(service: name, path: request.path, current)
+            ?? store.resource.handle(request) ?? .error(404, "no such endpoint on a simulated TCC service")
         current = nil
         let generation = node.generation
         if simulation.tccPointCrash() {
@@ -237,6 +284,7 @@ final class SimTCCClient {
         }
         let branch = order.branches[b]
         let base = "http://\(branch.service):1/v1/tcc/inventory"
+        simulation.tccPlanPoison(service: branch.service, txid: order.txid, branchID: branch.service)
         let request = TCCBranchRequest(branchID: branch.service, tryURL: base + "/try", confirmURL: base + "/confirm", cancelURL: base + "/cancel",
                                        payload: .object(["sku": .string(branch.sku), "qty": .int(branch.qty)]))
         call("/v1/transactions/\(order.txid)/tcc-branches", JSONBody.encode(request)) { [unowned self] status, _ in
@@ -297,6 +345,7 @@ extension Simulation {
         }
         if config.faults.crashEveryUs > 0 { scheduleTCCCrash() }
         if config.faults.partitions { scheduleTCCPartition() }
+        if config.faults.tcc?.busySpells == true { scheduleTCCBusySpell() }
         schedule(afterUs: config.faultPhaseUs, "faults stop; heal and restart everything") { [unowned self] in self.heal() }
     }
 
@@ -338,6 +387,23 @@ extension Simulation {
         }
     }
 
+    /// One service at a time answers everything 503 for 1-2 s, 1-3 s after the last spell ended.
+    private func scheduleTCCBusySpell() {
+        schedule(afterUs: 1_000_000 + random(2_000_000), "busy timer") { [unowned self] in
+            guard !self.healed else { return }
+            let service = self.serviceNames[Int(self.rng.next() % UInt64(self.serviceNames.count))]
+            let spellUs = 1_000_000 + self.random(1_000_000)
+            self.tccBusyUntilUs = (service, self.nowUs + spellUs)
+            self.tccStats.busySpells += 1
+            self.trace("BUSY \(service) for \(spellUs / 1000) ms")
+            self.schedule(afterUs: spellUs, "busy spell ends") {
+                self.tccBusyUntilUs = nil
+                self.trace("BUSY \(service) ends")
+                self.scheduleTCCBusySpell()
+            }
+        }
+    }
+
     /// Whether to crash at a crash point now (only while faults are on).
     func tccPointCrash() -> Bool {
         guard let tcc = config.faults.tcc, !healed else { return false }
@@ -350,7 +416,6 @@ extension Simulation {
     func tccOnSend(from sender: String, path: String) {
         if sender == "coordinator", let c = nodes[sender]?.coordinator {
             tccStats.parkedMax = max(tccStats.parkedMax, c.tcc.parkedCount)
-            tccStats.observeWoken(Int(c.tcc.branchesWokenTotal))
         }
         guard sender == "coordinator", let node = nodes[sender], !node.dying,
               path.hasSuffix("/try") || path.hasSuffix("/confirm") || path.hasSuffix("/cancel"), tccPointCrash() else { return }
@@ -360,6 +425,75 @@ extension Simulation {
         schedule(afterUs: 0, "CRASH POINT coordinator after sending a \(phase)") { [unowned self] in
             self.crash("coordinator", reason: "crash point after a \(phase) send")
         }
+    }
+
+    /// The HTTP error a service answers instead of running the phase `request` asks for
+    /// (`TCCFaults`: back-off statuses, poison branches, tries answered 5xx), or nil to run it.
+    /// Drawn only while faults are on, but a poison branch (drawn as its client registers it,
+    /// `tccPlanPoison`) is refused from the first confirm or cancel that reaches its service for
+    /// its whole stretch, after the heal too (the calls a service gets when it comes back from an
+    /// outage, woken among them, often come after it), and then heals for good.
+    func tccRefusal(service: String, path: String, _ request: TCCPhaseRequest?) -> HTTPResponse? {
+        guard let tcc = config.faults.tcc, let request else { return nil }
+        let phase = path.split(separator: "/").last.map(String.init) ?? ""
+        let what = "\(phase) of branch \(request.branchID) of \(request.txid) at \(service)"
+        if !healed, let busy = tccBusyUntilUs, busy.service == service, nowUs < busy.untilUs {
+            tccStats.refused += 1
+            tccStats.busyRefused += 1
+            if phase == "try" { tccStats.triesRefused += 1 }
+            trace("REFUSE 503 the \(what) (busy)")
+            return .error(503, "simulated: overloaded, retry later")
+        }
+        if phase == "try" {
+            guard !healed, chance(tcc.tryRefusePercent) else { return nil }
+            let status = random(2) == 0 ? 500 : 503
+            tccStats.refused += 1
+            tccStats.triesRefused += 1
+            trace("REFUSE \(status) the \(what) (not run)")
+            return .error(status, "simulated: the service failed the try without running it")
+        }
+        guard phase == "confirm" || phase == "cancel" else { return nil }
+        let key = "\(service) \(request.txid) \(request.branchID)"
+        if let plan = tccPoisonPlanned.removeValue(forKey: key) {
+            // The first confirm or cancel of a poison branch reaches its service: the stretch
+            // starts now.
+            tccPoison[key] = (plan.status, nowUs + plan.stretchUs)
+            tccStats.poisonBranches += 1
+            trace("POISON \(service) branch \(request.branchID) of \(request.txid): refused \(plan.status) for \(plan.stretchUs / 1000) ms")
+        }
+        if let poison = tccPoison[key] {
+            if nowUs < poison.untilUs {
+                tccStats.refused += 1
+                tccStats.poisonRefused += 1
+                trace("REFUSE \(poison.status) the \(what) (poison)")
+                return .error(poison.status, "simulated: this branch cannot be \(phase == "confirm" ? "confirmed" : "cancelled") now")
+            }
+            tccPoison[key] = nil
+            trace("POISON \(service) branch \(request.branchID) of \(request.txid) heals")
+        }
+        guard !healed, chance(tcc.refusePercent) else { return nil }
+        let status = [503, 429, 502, 504][Int(random(4))]
+        tccStats.refused += 1
+        trace("REFUSE \(status) the \(what) (back off)")
+        return .error(status, status == 429 ? "simulated: too many requests, back off" : "simulated: unavailable, retry later")
+    }
+
+    /// A client registers a branch on `service`: it may be poison there (`TCCFaults.poisonPercent`).
+    func tccPlanPoison(service: String, txid: String, branchID: String) {
+        guard let tcc = config.faults.tcc, chance(tcc.poisonPercent) else { return }
+        let status = random(2) == 0 ? 409 : 500
+        let stretchUs = tcc.poisonUsMin + random(max(tcc.poisonUsMax - tcc.poisonUsMin, 1))
+        tccPoisonPlanned["\(service) \(txid) \(branchID)"] = (status, stretchUs)
+    }
+
+    /// The answer to a confirm or cancel the coordinator (life `generation`) sent to `url` is
+    /// about to reach it: counted if it is an error status and the coordinator is waking that
+    /// service (what the answer then does to the waking is the coordinator's business).
+    func tccAnswerArrives(sender: String, generation: Int, url: String, path: String, status: Int) {
+        guard sender == "coordinator", status >= 400, path.hasSuffix("/confirm") || path.hasSuffix("/cancel"),
+              let node = nodes[sender], node.generation == generation, node.isUp,
+              let c = node.coordinator, c.tcc.isWaking(serviceOf: url) else { return }
+        if status == 429 || (502...504).contains(status) { tccStats.backOffWhileWaking += 1 } else { tccStats.refusedWhileWaking += 1 }
     }
 
     /// A request's network delay in TCC mode: now and then a very long one.

@@ -188,6 +188,8 @@ public final class Simulation {
             f.tcc = TCCFaults.draw(&rng)
             // Most orders forgotten by the end: the final check reads the ledger of outcomes.
             if rng.next() % 2 == 0 { f.finishedKept = 8 }
+            // Drawn last, so that the draws above stay what they were before services refused.
+            f.tcc?.drawRefusals(&rng)
             return f
         }
     }
@@ -321,6 +323,14 @@ public final class Simulation {
     var tccClients: [SimTCCClient] = []
     var tccFacts: [String: TCCBranchFacts] = [:]
     var tccStats = TCCRunStats()
+    /// TCC runs (`TCCFaults.poisonPercent`, by `"service txid branch"`): poison branches no
+    /// confirm or cancel of which reached their service yet (the status they will get, for how
+    /// long), and those refused now (the status, until when). Kept here, not in the service: a
+    /// poison outlives the service's crashes.
+    var tccPoisonPlanned: [String: (status: Int, stretchUs: Int64)] = [:]
+    var tccPoison: [String: (status: Int, untilUs: Int64)] = [:]
+    /// TCC runs (`TCCFaults.busySpells`): the service answering everything 503, until when.
+    var tccBusyUntilUs: (service: String, untilUs: Int64)?
     /// Long-delayed requests still travelling (a run is not at rest before they arrived).
     var tccLateInFlight = 0
     /// Directed links cut by a partition: "from>to".
@@ -379,6 +389,7 @@ public final class Simulation {
             }
         }
         if tccMode {
+            tccStats.woken = tccStats.wokenEarlierLives + Int(nodes["coordinator"]?.coordinator?.tcc.branchesWokenTotal ?? 0)
             var result = Result(seed: config.seed, traceHash: traceHash, committed: tccStats.committed, aborted: tccStats.aborted, crashes: crashes,
                                 events: eventCount, virtualMs: nowUs / 1000, failure: failure, tcc: tccStats)
             result.forgottenOutcomesChecked = forgottenOutcomesChecked
@@ -542,6 +553,7 @@ public final class Simulation {
     func heal() {
         healed = true
         cut = []
+        tccBusyUntilUs = nil
         senderStallArmed = nil
         for agent in senderStalls.keys.sorted() { endSenderStall(agent) }
         let lost = config.faults.coordinatorLost && scriptedClient == nil

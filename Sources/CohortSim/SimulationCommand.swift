@@ -24,7 +24,10 @@ public enum CohortSimCommand {
                      orders, one branch on each of
                      2-3 inventory services (the real CohortTCC barrier), with long delays
                      (a try after its cancel), crash points around tries, the decision and
-                     confirms, and service outages longer than the retry budget.
+                     confirms, service outages longer than the retry budget, and
+                     services refusing calls with a status (back-off 503/429/502/504,
+                     poison branches refused 409/500 for a while, tries 500/503, spells
+                     of 503).
                      A third of the 3pc runs (drawn by the seed; "coordinator-lost" in the
                      fault mix) lose the coordinator at the heal: the participants must
                      finish every 3PC branch without it, all alike and as the clients were
@@ -41,7 +44,8 @@ public enum CohortSimCommand {
                      transaction then fail the balance check (a transfer applied twice),
                      which is how a test finds seeds that exercise the memory
       --break MODE   test only (debug builds): vote-before-durable, skip-branch-commit,
-                     tcc-skip-cancel or tcc-ignore-fence; the runs must fail
+                     tcc-skip-cancel, tcc-ignore-fence or tcc-refusal-as-done; the runs
+                     must fail
     Prints, for a failure, the seed that reproduces it and the last events; at the end
     `trace-hash: HEX`, the same for the same seed and runs on the same build. Exit 1 if any run
     failed.

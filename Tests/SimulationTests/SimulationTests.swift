@@ -139,10 +139,11 @@ final class TCCSimulationTests: XCTestCase {
     func testTCCSeedsPassAndExerciseTheHardCases() {
         var totals = TCCRunStats()
         var failures: [String] = []
-        // Seed 16: a service out during the fault phase comes back while clients still call it,
-        // so its parked confirms and cancels are woken (in seeds 1-8 the outages last until the
-        // faults stop, and the parked retries all fire together).
-        for seed in Array(UInt64(1)...8) + [16] {
+        // Seed 22: a service failing for over a second during the fault phase answers again
+        // while clients still call it, so its waiting confirms and cancels are woken (in seeds
+        // 1-8 the outages last until the faults stop, and the parked retries all fire together).
+        // Seed 16 did until session 36's refusal faults changed every seed's draws.
+        for seed in Array(UInt64(1)...8) + [22] {
             let result = Simulation(config: Simulation.Config(seed: seed, workload: .tcc)).run()
             if let f = result.failure { failures.append("\(f.message)\n" + f.trace.suffix(30).joined(separator: "\n")) }
             if let stats = result.tcc { totals.add(stats) }
@@ -160,6 +161,34 @@ final class TCCSimulationTests: XCTestCase {
         XCTAssertGreaterThan(totals.longOutages, 0, totals.summary)
         XCTAssertGreaterThan(totals.parkedMax, 0, "a service was down past the retry budget: \(totals.summary)")
         XCTAssertGreaterThan(totals.woken, 0, "a service back from an outage got its waiting confirms and cancels early: \(totals.summary)")
+        // Services refused calls with a status and ran nothing, and the checks still held.
+        XCTAssertGreaterThan(totals.refused, totals.triesRefused + totals.poisonRefused + totals.busyRefused, "back-off refusals (503, 429, 502, 504): \(totals.summary)")
+        XCTAssertGreaterThan(totals.busyRefused, 0, "busy spells: \(totals.summary)")
+        XCTAssertGreaterThan(totals.triesRefused, 0, "tries answered 500 or 503: \(totals.summary)")
+        XCTAssertGreaterThan(totals.poisonBranches, 0, totals.summary)
+        XCTAssertGreaterThan(totals.poisonRefused, totals.poisonBranches, "poison branches refused again and again, then healed: \(totals.summary)")
+    }
+
+    /// Services refuse confirms and cancels with a status (`TCCFaults`): back-off statuses,
+    /// which end a service's waking, and poison branches (409 or 500 for a stretch), whose
+    /// refusal while their service is being woken counts as the service's answer. In these
+    /// seeds a busy spell (everything 503 for over a second) lets cancels pile up, its end wakes
+    /// them, and poison branches among them are refused while the waking goes on; every branch
+    /// must still settle (confirmed or cancelled by the outcome, stock conserved) once the poison
+    /// heals.
+    func testRefusingServicesPassAndReachAPoisonWhileWaking() {
+        var totals = TCCRunStats()
+        var failures: [String] = []
+        for seed: UInt64 in [26, 40] {
+            let result = Simulation(config: Simulation.Config(seed: seed, workload: .tcc)).run()
+            if let f = result.failure { failures.append("seed \(seed): \(f.message)\n" + f.trace.suffix(30).joined(separator: "\n")) }
+            XCTAssertGreaterThan(result.tcc?.refusedWhileWaking ?? 0, 0, "seed \(seed): \(result.tcc?.summary ?? "")")
+            if let stats = result.tcc { totals.add(stats) }
+        }
+        XCTAssertEqual(failures, [])
+        XCTAssertGreaterThan(totals.woken, 0, totals.summary)
+        XCTAssertGreaterThan(totals.busySpells, 0, totals.summary)
+        XCTAssertGreaterThan(totals.poisonRefused, totals.poisonBranches, totals.summary)
     }
 
     /// A run longer than the coordinator's memory of finished transactions (seeds 705858 and
@@ -195,6 +224,16 @@ final class TCCSimulationTests: XCTestCase {
         XCTAssertEqual(status, 1, out.joined(separator: "\n"))
         XCTAssertTrue(out.contains { $0.contains("cancel:") || $0.contains("at rest:") }, out.joined(separator: "\n"))
         XCTAssertTrue(out.contains { $0.contains("reproduce: txscenario simulate --protocol tcc --seed ") }, out.joined(separator: "\n"))
+    }
+
+    /// The coordinator takes a confirm or cancel refused with a 4xx (a poison branch's 409) as
+    /// done: the branch stays reserved (an aborted order) or unsold (a committed one). Before the
+    /// services refused calls (session 36) no seed could catch this.
+    func testRefusalTakenAsDoneIsCaught() {
+        var out: [String] = []
+        let status = CohortSimCommand.run(arguments: ["--protocol", "tcc", "--seed", "1", "--runs", "10", "--break", "tcc-refusal-as-done"]) { out.append($0) }
+        XCTAssertEqual(status, 1, out.joined(separator: "\n"))
+        XCTAssertTrue(out.contains { $0.contains("confirm:") || $0.contains("cancel:") || $0.contains("at rest:") }, out.joined(separator: "\n"))
     }
 
     /// The barrier lets a try that arrives after its cancel reserve.
