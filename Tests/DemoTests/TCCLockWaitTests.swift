@@ -347,4 +347,63 @@ final class TCCLockWaitTests: XCTestCase {
         let stock = try rig.stock("kiwi")
         XCTAssertEqual([stock.available, stock.reserved, stock.sold], [10, 0, 0])
     }
+
+    /// The tries waiting at the inventory were each sent by the coordinator, and each holds one
+    /// of its connections to the inventory while it waits; so does the commit that would free
+    /// the sku. More tries waiting than the coordinator keeps connections to one service
+    /// (`Limits.httpClientPoolPerHostMax`, 128) held them all: the commit waited in the
+    /// coordinator's queue until every wait ran out (2 s), and every try on the sku was refused
+    /// (a review, session 36). Fewer may wait than that pool, so the commit finds a connection:
+    /// the tries that waited run once it lands, none runs out its wait, and the rest are refused
+    /// at once (`full`).
+    func testWaitingTriesLeaveTheCoordinatorRoomToSendTheCommitThatFreesTheirSku() throws {
+        let rig = try rig()
+        try rig.setStock("kiwi", 1_000)
+        let (api, held) = try holdSku(rig, "kiwi", 2)
+        let tries = Limits.httpClientPoolPerHostMax + 12
+        let base = rig.url("inventory") + "/v1/tcc/inventory"
+        let answers = Answers()
+        let group = DispatchGroup()
+        for i in 0..<tries {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                let tcc = CohortAPI(coordinatorURL: rig.coordinatorURL, requestTimeoutMs: 30_000)
+                guard let txid = try? tcc.begin(timeoutMs: 30_000, protocol: "tcc") else { return answers.add(nil) }
+                let branch = TCCBranchRequest(branchID: "stock", tryURL: base + "/try", confirmURL: base + "/confirm", cancelURL: base + "/cancel",
+                                              payload: .object(["sku": .string("kiwi"), "qty": .int(1)]))
+                let r = try? tcc.raw("POST", rig.coordinatorURL + "/v1/transactions/\(txid)/tcc-branches", body: branch.wireJSON)
+                answers.add(r.map { (status: $0.status, body: ["i": i, "text": $0.bodyString]) })
+                _ = try? tcc.commit(txid)
+            }.start()
+        }
+        // Every try reached the inventory (it waits, or was refused as one too many), or the
+        // coordinator's connections to it are all taken by waiting tries.
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            let m = metrics(rig)
+            let waiting = m[waitingKey] ?? 0
+            let full = m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="full"}"#] ?? 0
+            if waiting + full >= Double(tries) || waiting >= Double(Limits.httpClientPoolPerHostMax) { break }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        XCTAssertEqual(try api.commit(held).outcome, "committed")
+        XCTAssertEqual(group.wait(timeout: .now() + 60), .success)
+        let m = metrics(rig)
+        let ran = m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="ran"}"#] ?? -1
+        let timedOut = m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="timed-out"}"#] ?? -1
+        let full = m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="full"}"#] ?? -1
+        XCTAssertEqual(timedOut, 0, "the commit that freed kiwi reached the inventory while they waited: ran \(ran), full \(full)")
+        XCTAssertGreaterThan(ran, 0)
+        XCTAssertEqual(ran + full, Double(tries), "the others were refused at once")
+        let confirmed = answers.all.compactMap { $0 }.filter { $0.status == 200 }.count
+        XCTAssertEqual(Double(confirmed), ran, "every try that waited and ran reserved")
+        // The committed ones confirm, the refused ones were cancelled: nothing stays reserved.
+        let settled = Date().addingTimeInterval(30)
+        while (try? rig.stock("kiwi").reserved) != 0, Date() < settled { Thread.sleep(forTimeInterval: 0.05) }
+        let stock = try rig.stock("kiwi")
+        XCTAssertEqual(stock.reserved, 0)
+        XCTAssertEqual(stock.available + stock.reserved + stock.sold, 1_000)
+        XCTAssertEqual(stock.sold, 2 + Int64(confirmed))
+    }
 }
