@@ -786,9 +786,17 @@ extension Limits {
     /// is refused at once (409, the order rejected: a 503 would read as "no answer, it may have
     /// run" to the coordinator, which then marks the service down for its waking of branches,
     /// and the client is told 502), and a confirm or cancel answered 503 (retried), as before
-    /// waiting existed. As many as the 2PC/3PC lock waiters one key queues
-    /// (`lockWaitersPerKeyMax`).
-    public static let demoTCCLockWaitersMax = lockWaitersPerKeyMax
+    /// waiting existed.
+    ///
+    /// Half the connections a coordinator keeps to one service (`httpClientPoolPerHostMax`):
+    /// each waiting phase is a coordinator's call holding one of them, and the commit or abort
+    /// that frees the sku comes from a coordinator too, over the same pool. At 256 (as many as
+    /// the 2PC/3PC lock waiters one key queues) 128 waiting tries held all of one coordinator's
+    /// connections to the inventory, and its commit waited behind them until the first of
+    /// those waits ran out (2 s), refused (a review, session 36:
+    /// `TCCLockWaitTests.testWaitingTriesLeaveTheCoordinatorRoomToSendTheCommitThatFreesTheirSku`).
+    /// Still as many as one order service places at once (`demoOrderWorkersMax`).
+    public static let demoTCCLockWaitersMax = httpClientPoolPerHostMax / 2
     /// How often the demo services purge finished TCC barrier rows and old inbox rows.
     public static let demoMaintenanceIntervalMs: Int64 = 60_000
     /// A client's `request_id` in `POST /v1/orders`: room for a UUID with a prefix of the

@@ -254,4 +254,156 @@ final class TCCLockWaitTests: XCTestCase {
         XCTAssertEqual(tccCount(rig, "confirm", "done"), 1)
         XCTAssertEqual(metrics(rig)[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="ran"}"#], 3)
     }
+
+    /// A phase called at the inventory directly, as the coordinator would.
+    private func rawPhase(_ rig: DemoRig, _ name: String, _ txid: String, _ payload: String = #"{"sku":"kiwi","qty":3}"#) throws -> (Int, String) {
+        let deadline = Int64(Date().timeIntervalSince1970 * 1000) + 60_000
+        let body = #"{"txid":"\#(txid)","branch_id":"stock","payload":\#(payload),"deadline_ms":\#(deadline)}"#
+        let r = try CohortAPI(coordinatorURL: "", requestTimeoutMs: 30_000).raw("POST", rig.url("inventory") + "/v1/tcc/inventory/" + name, body: Array(body.utf8))
+        return (r.status, r.bodyString)
+    }
+
+    /// The keys a try waits for may be held by a branch the inventory restored in doubt at its
+    /// restart (its coordinator died before deciding), and released by an outcome that reaches
+    /// it only then, here an operator's forced abort at the participant: the release after a
+    /// restart wakes the try like any commit or abort does, and it runs (not refused once its
+    /// wait ran out). A review's question (session 36): the restored branch's locks are taken
+    /// at recovery, before the service sets `KVResource.onKeysReleased`.
+    func testATryWaitingBehindABranchRestoredInDoubtRunsWhenAForceReleasesIt() throws {
+        let rig = try rig()
+        try rig.setStock("kiwi", 10)
+        rig.cluster.kill9(Cluster.coordinatorName)
+        try rig.cluster.startProcess(Cluster.coordinatorName, environment: ["COHORT_CRASHPOINT": "coordinator.before-decision-logged"])
+        let (api, held) = try holdSku(rig, "kiwi", 2)
+        // A second branch (at the order service's participant), or the commit is one-phase and
+        // leaves nothing in doubt.
+        _ = try api.agentWork(rig.url("orders"), held, [.set("test/second-branch", 1)])
+        _ = try? api.commit(held)
+        _ = rig.cluster.coordinator.waitForExit(timeoutMs: 10_000)
+        rig.kill9("inventory")
+        try rig.start("inventory")
+        func inDoubt() -> [String] {
+            let branches = (try? rig.json("GET", rig.url("inventory") + "/v1/branches?state=in-doubt"))?.1["branches"] as? [[String: Any]]
+            return branches?.compactMap { $0["txid"] as? String } ?? []
+        }
+        XCTAssertEqual(inDoubt(), [held], "restored in doubt, holding kiwi's keys")
+
+        let done = DispatchSemaphore(value: 0)
+        let answers = Answers()
+        DispatchQueue.global().async {
+            answers.add((try? self.rawPhase(rig, "try", "behind-in-doubt")).map { (status: $0.0, body: ["text": $0.1]) })
+            done.signal()
+        }
+        waitForWaiting(rig, 1)
+        let (code, forced) = try rig.json("POST", rig.url("inventory") + "/v1/branches/\(held)/force",
+                                          ["outcome": "aborted", "reason": "coordinator lost", "operator": "test"])
+        XCTAssertEqual(code, 200, "\(forced)")
+        // At once (the coordinator back) another 2PC branch takes kiwi's keys, and holds them
+        // past the try's wait: the try ran before (the release woke it), or it finds them held
+        // at its deadline and is refused (only the deadline's timer looked again).
+        try rig.cluster.startProcess(Cluster.coordinatorName, environment: [:])
+        let (api2, next) = try holdSku(rig, "kiwi", 1)
+        XCTAssertEqual(done.wait(timeout: .now() + 30), .success)
+        let answer = try XCTUnwrap(answers.all.first ?? nil)
+        XCTAssertEqual(answer.status, 200, "\(answer.body)")
+        let m = metrics(rig)
+        XCTAssertEqual(m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="ran"}"#], 1, "woken by the release: \(m)")
+        XCTAssertEqual(m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="timed-out"}"#], 0, "\(m)")
+        XCTAssertEqual(try api2.commit(next).outcome, "committed")
+        var stock = try rig.stock("kiwi")
+        XCTAssertEqual([stock.available, stock.reserved, stock.sold], [6, 3, 1], "the forced branch sold nothing; the try reserved 3, the next branch sold 1")
+        XCTAssertEqual(try rawPhase(rig, "cancel", "behind-in-doubt").0, 200)
+        stock = try rig.stock("kiwi")
+        XCTAssertEqual([stock.available, stock.reserved, stock.sold], [9, 0, 1])
+    }
+
+    /// A graceful stop (SIGTERM) does not answer the phases waiting for locks: like every
+    /// request in flight there (a 2PC branch's work waiting for a lock too), the connection is
+    /// closed, which the coordinator takes as a try with no answer (it cancels) or a confirm or
+    /// cancel to retry. Nothing ran for the try: once the service is back its cancel finds no
+    /// reservation, and the sku is whole.
+    func testAGracefulStopClosesAWaitingTryUnansweredAndItReservesNothing() throws {
+        let rig = try rig()
+        try rig.setStock("kiwi", 10)
+        let (api, held) = try holdSku(rig, "kiwi", 2)
+        let done = DispatchSemaphore(value: 0)
+        final class Box: @unchecked Sendable { var result: Result<(Int, String), Error>? }
+        let box = Box()
+        DispatchQueue.global().async {
+            box.result = Result { try self.rawPhase(rig, "try", "stopped-while-waiting") }
+            done.signal()
+        }
+        waitForWaiting(rig, 1)
+        XCTAssertEqual(rig.processes["inventory"]?.terminate(), 0, "a graceful stop")
+        XCTAssertEqual(done.wait(timeout: .now() + 30), .success)
+        switch box.result {
+        case .failure?: break
+        case .success(let answer)?: XCTFail("the waiting try was answered at the stop: \(answer)")
+        case nil: XCTFail("no result")
+        }
+        try rig.start("inventory")
+        XCTAssertNotEqual(try? api.commit(held).outcome, "committed", "the branch's staged work died with the process")
+        XCTAssertEqual(try rawPhase(rig, "cancel", "stopped-while-waiting").1.contains("empty"), true, "the try never ran")
+        let stock = try rig.stock("kiwi")
+        XCTAssertEqual([stock.available, stock.reserved, stock.sold], [10, 0, 0])
+    }
+
+    /// The tries waiting at the inventory were each sent by the coordinator, and each holds one
+    /// of its connections to the inventory while it waits; so does the commit that would free
+    /// the sku. More tries waiting than the coordinator keeps connections to one service
+    /// (`Limits.httpClientPoolPerHostMax`, 128) held them all: the commit waited in the
+    /// coordinator's queue until every wait ran out (2 s), and every try on the sku was refused
+    /// (a review, session 36). Fewer may wait than that pool, so the commit finds a connection:
+    /// the tries that waited run once it lands, none runs out its wait, and the rest are refused
+    /// at once (`full`).
+    func testWaitingTriesLeaveTheCoordinatorRoomToSendTheCommitThatFreesTheirSku() throws {
+        let rig = try rig()
+        try rig.setStock("kiwi", 1_000)
+        let (api, held) = try holdSku(rig, "kiwi", 2)
+        let tries = Limits.httpClientPoolPerHostMax + 12
+        let base = rig.url("inventory") + "/v1/tcc/inventory"
+        let answers = Answers()
+        let group = DispatchGroup()
+        for i in 0..<tries {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                let tcc = CohortAPI(coordinatorURL: rig.coordinatorURL, requestTimeoutMs: 30_000)
+                guard let txid = try? tcc.begin(timeoutMs: 30_000, protocol: "tcc") else { return answers.add(nil) }
+                let branch = TCCBranchRequest(branchID: "stock", tryURL: base + "/try", confirmURL: base + "/confirm", cancelURL: base + "/cancel",
+                                              payload: .object(["sku": .string("kiwi"), "qty": .int(1)]))
+                let r = try? tcc.raw("POST", rig.coordinatorURL + "/v1/transactions/\(txid)/tcc-branches", body: branch.wireJSON)
+                answers.add(r.map { (status: $0.status, body: ["i": i, "text": $0.bodyString]) })
+                _ = try? tcc.commit(txid)
+            }.start()
+        }
+        // Every try reached the inventory (it waits, or was refused as one too many), or the
+        // coordinator's connections to it are all taken by waiting tries.
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            let m = metrics(rig)
+            let waiting = m[waitingKey] ?? 0
+            let full = m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="full"}"#] ?? 0
+            if waiting + full >= Double(tries) || waiting >= Double(Limits.httpClientPoolPerHostMax) { break }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        XCTAssertEqual(try api.commit(held).outcome, "committed")
+        XCTAssertEqual(group.wait(timeout: .now() + 60), .success)
+        let m = metrics(rig)
+        let ran = m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="ran"}"#] ?? -1
+        let timedOut = m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="timed-out"}"#] ?? -1
+        let full = m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="full"}"#] ?? -1
+        XCTAssertEqual(timedOut, 0, "the commit that freed kiwi reached the inventory while they waited: ran \(ran), full \(full)")
+        XCTAssertGreaterThan(ran, 0)
+        XCTAssertEqual(ran + full, Double(tries), "the others were refused at once")
+        let confirmed = answers.all.compactMap { $0 }.filter { $0.status == 200 }.count
+        XCTAssertEqual(Double(confirmed), ran, "every try that waited and ran reserved")
+        // The committed ones confirm, the refused ones were cancelled: nothing stays reserved.
+        let settled = Date().addingTimeInterval(30)
+        while (try? rig.stock("kiwi").reserved) != 0, Date() < settled { Thread.sleep(forTimeInterval: 0.05) }
+        let stock = try rig.stock("kiwi")
+        XCTAssertEqual(stock.reserved, 0)
+        XCTAssertEqual(stock.available + stock.reserved + stock.sold, 1_000)
+        XCTAssertEqual(stock.sold, 2 + Int64(confirmed))
+    }
 }

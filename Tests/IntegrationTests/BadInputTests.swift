@@ -645,7 +645,9 @@ final class BadInputTests: XCTestCase {
                                      ("tcc-lock-wait-ms", "\(Limits.demoTCCLockWaitMs + 1)", "must be between 0 and \(Limits.demoTCCLockWaitMs)"),
                                      ("tcc-lock-wait-ms", "2s", "must be an integer, got \"2s\""),
                                      ("tcc-lock-waiters-max", "\(Limits.demoTCCLockWaitersMax + 1)", "must be between 0 and \(Limits.demoTCCLockWaitersMax)"),
-                                     ("tcc-lock-waiters-max", "+1", "must be an integer")] {
+                                     ("tcc-lock-waiters-max", "+1", "must be an integer"),
+                                     // The first bound (session 36), over the coordinator's connections to one service.
+                                     ("tcc-lock-waiters-max", "256", "must be between 0 and \(Limits.demoTCCLockWaitersMax), got 256")] {
             let r = try runToCompletion(inventory, line + ["--\(flag)", value])
             XCTAssertEqual(r.status, 2, "--\(flag) \(value): \(r.stderr)")
             XCTAssertTrue(r.stderr.hasPrefix("error: --\(flag) \(error)"), r.stderr)
