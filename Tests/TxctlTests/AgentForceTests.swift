@@ -18,39 +18,23 @@ final class AgentForceTests: XCTestCase {
     /// branch's coordinator, the outcome path answers `stub.coordinatorAnswer` (nil: 503), and a
     /// force is recorded. Returns the stub's URL; the test's teardown stops it.
     private func startStub(_ stub: Stub, txid: String, branchCoordinator: @escaping (String) -> String) throws -> String {
-        let loop = try EventLoop()
-        loop.startThread()
-        let ready = DispatchSemaphore(value: 0)
-        var server: HTTPServer?
-        loop.execute {
-            server = try? HTTPServer(loop: loop, host: "127.0.0.1", port: 0) { request, responder in
-                let base = "http://127.0.0.1:\(server!.port)"
-                switch (request.method, request.path) {
-                case ("GET", "/v1/branches/\(txid)"):
-                    responder.send(.json(200, BranchDetail(txid: txid, state: "prepared", coordinator: branchCoordinator(base), writeSetBytes: 10,
-                                                          inquiries: 3, lastInquiryError: nil, heuristic: nil)))
-                case ("GET", "/v1/transactions/\(txid)/outcome"):
-                    let answer = stub.lock.withLock { stub.coordinatorAnswer }
-                    if let answer { responder.send(.json(200, InquiryResponse(txid: txid, outcome: answer))) } else { responder.send(.error(503, "down")) }
-                case ("POST", "/v1/branches/\(txid)/force"):
-                    let body = (try? JSONSerialization.jsonObject(with: Data(request.body))) as? [String: Any]
-                    let outcome = body?["outcome"] as? String ?? "?"
-                    stub.lock.withLock { stub.forced.append(outcome) }
-                    responder.send(.json(200, ForceResponse(txid: txid, outcome: outcome, dryRun: false, effects: ["recorded"])))
-                default:
-                    responder.send(.error(404, "no such endpoint"))
-                }
+        try startStubServer { base, request, responder in
+            switch (request.method, request.path) {
+            case ("GET", "/v1/branches/\(txid)"):
+                responder.send(.json(200, BranchDetail(txid: txid, state: "prepared", coordinator: branchCoordinator(base), writeSetBytes: 10,
+                                                      inquiries: 3, lastInquiryError: nil, heuristic: nil)))
+            case ("GET", "/v1/transactions/\(txid)/outcome"):
+                let answer = stub.lock.withLock { stub.coordinatorAnswer }
+                if let answer { responder.send(.json(200, InquiryResponse(txid: txid, outcome: answer))) } else { responder.send(.error(503, "down")) }
+            case ("POST", "/v1/branches/\(txid)/force"):
+                let body = (try? JSONSerialization.jsonObject(with: Data(request.body))) as? [String: Any]
+                let outcome = body?["outcome"] as? String ?? "?"
+                stub.lock.withLock { stub.forced.append(outcome) }
+                responder.send(.json(200, ForceResponse(txid: txid, outcome: outcome, dryRun: false, effects: ["recorded"])))
+            default:
+                responder.send(.error(404, "no such endpoint"))
             }
-            ready.signal()
         }
-        ready.wait()
-        addTeardownBlock {
-            let done = DispatchSemaphore(value: 0)
-            loop.execute { server?.shutdown(); done.signal() }
-            done.wait()
-            loop.stopAndJoin()
-        }
-        return "http://127.0.0.1:\(try XCTUnwrap(server).port)"
     }
 
     func testAForceThatContradictsAnAnsweringCoordinatorIsRefused() throws {

@@ -18,30 +18,15 @@ final class ContractForceTests: XCTestCase {
 
     /// A coordinator stub that records each force's body and answers it as forced.
     private func startCoordinator(_ seen: Seen) throws -> String {
-        let loop = try EventLoop()
-        loop.startThread()
-        let ready = DispatchSemaphore(value: 0)
-        var server: HTTPServer?
-        loop.execute {
-            server = try? HTTPServer(loop: loop, host: "127.0.0.1", port: 0) { request, responder in
-                let parts = request.path.split(separator: "/")
-                guard request.method == "POST", parts.count == 4, parts[3] == "force" else {
-                    return responder.send(.error(404, "no such endpoint"))
-                }
-                let body = (try? JSONSerialization.jsonObject(with: Data(request.body))) as? [String: Any] ?? [:]
-                seen.lock.withLock { seen.bodies.append(body) }
-                responder.send(.json(200, ForceResponse(txid: String(parts[2]), outcome: body["outcome"] as? String ?? "?", dryRun: false, effects: ["forced"])))
+        try startStubServer { _, request, responder in
+            let parts = request.path.split(separator: "/")
+            guard request.method == "POST", parts.count == 4, parts[3] == "force" else {
+                return responder.send(.error(404, "no such endpoint"))
             }
-            ready.signal()
+            let body = (try? JSONSerialization.jsonObject(with: Data(request.body))) as? [String: Any] ?? [:]
+            seen.lock.withLock { seen.bodies.append(body) }
+            responder.send(.json(200, ForceResponse(txid: String(parts[2]), outcome: body["outcome"] as? String ?? "?", dryRun: false, effects: ["forced"])))
         }
-        ready.wait()
-        addTeardownBlock {
-            let done = DispatchSemaphore(value: 0)
-            loop.execute { server?.shutdown(); done.signal() }
-            done.wait()
-            loop.stopAndJoin()
-        }
-        return "http://127.0.0.1:\(try XCTUnwrap(server).port)"
     }
 
     func testTheContractsForceCommandLineIsAccepted() throws {

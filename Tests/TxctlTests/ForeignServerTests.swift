@@ -10,24 +10,7 @@ import XCTest
 final class ForeignServerTests: XCTestCase {
     /// Serves every request with `status`, `contentType` and `body`; returns its base URL.
     private func startForeign(status: Int, contentType: String, body: String) throws -> String {
-        let loop = try EventLoop()
-        loop.startThread()
-        let ready = DispatchSemaphore(value: 0)
-        var server: HTTPServer?
-        loop.execute {
-            server = try? HTTPServer(loop: loop, host: "127.0.0.1", port: 0) { _, responder in
-                responder.send(.text(status, body, contentType: contentType))
-            }
-            ready.signal()
-        }
-        ready.wait()
-        addTeardownBlock {
-            let done = DispatchSemaphore(value: 0)
-            loop.execute { server?.shutdown(); done.signal() }
-            done.wait()
-            loop.stopAndJoin()
-        }
-        return "http://127.0.0.1:\(try XCTUnwrap(server).port)"
+        try startStubServer { _, _, responder in responder.send(.text(status, body, contentType: contentType)) }
     }
 
     private func assertForeign(_ args: [String], status: Int, kind: String, file: StaticString = #filePath, line: UInt = #line) {

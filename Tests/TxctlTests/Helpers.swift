@@ -1,5 +1,6 @@
 import CohortCtl
 import CohortHTTP
+import CohortPosix
 import Foundation
 import XCTest
 
@@ -160,4 +161,30 @@ func waitUntil(_ what: String, timeout: TimeInterval = 20, _ condition: () throw
 
 func jsonObject(_ text: String) -> [String: Any] {
     (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
+}
+
+extension XCTestCase {
+    /// Serves HTTP on 127.0.0.1 (a free port) on a loop of its own, each request answered by
+    /// `handle` with the server's base URL; the test's teardown stops it. Returns that base URL.
+    /// For stubs that play a coordinator, an agent or some other program at txctl's URL.
+    func startStubServer(_ handle: @escaping (_ base: String, HTTPRequest, HTTPResponder) -> Void) throws -> String {
+        let loop = try EventLoop()
+        loop.startThread()
+        let ready = DispatchSemaphore(value: 0)
+        var server: HTTPServer?
+        loop.execute {
+            server = try? HTTPServer(loop: loop, host: "127.0.0.1", port: 0) { request, responder in
+                handle("http://127.0.0.1:\(server!.port)", request, responder)
+            }
+            ready.signal()
+        }
+        ready.wait()
+        addTeardownBlock {
+            let done = DispatchSemaphore(value: 0)
+            loop.execute { server?.shutdown(); done.signal() }
+            done.wait()
+            loop.stopAndJoin()
+        }
+        return "http://127.0.0.1:\(try XCTUnwrap(server).port)"
+    }
 }
