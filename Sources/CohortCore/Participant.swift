@@ -1290,9 +1290,11 @@ public struct Participant {
         return wake
     }
 
-    /// The probe of the unreachable coordinator at `url` finished (answered, forced, forgotten,
-    /// expired): the waiting branch first in txid order takes over and asks soon, or, with none
-    /// left waiting, the entry goes. One scan of the branches per probe that finishes.
+    /// The probe of the unreachable coordinator at `url` finished without an answer to an
+    /// inquiry (which would have removed the entry and woken everyone): told its outcome by a
+    /// commit or abort, forced and forgotten, resolved. The waiting branch first in txid order
+    /// takes over and asks soon, or, with none left waiting, the entry goes. One scan of the
+    /// branches per probe that finishes.
     private mutating func probeFinished(_ url: String) -> [Action] {
         var next: String?
         for (txid, b) in branches where Self.waitsOnUnreachable(b, url) && (next == nil || txid < next!) { next = txid }
