@@ -711,6 +711,10 @@ public final class AgentNode {
             case .success(let r) where r.status == 200:
                 let timeoutMs = (try? JSONBody.value(RegisterResponse.self, from: r.body).timeoutMs) ?? Limits.transactionTimeoutMsDefault
                 self.feed(.joined(txid, coordinatorURL: coordinator, timeoutMs: timeoutMs))
+                // The coordinator answered: branches in doubt waiting on it since an inquiry
+                // failed ask again now. (`joined` alone does not say so: a branch sent with
+                // `"register": false` or by a submitted prepare joins without asking it.)
+                self.feed(.coordinatorAnswered(coordinator))
                 outcome = .success(())
             case .success(let r):
                 let text = (try? JSONBody.value(ErrorBody.self, from: r.body).error) ?? "HTTP \(r.status)"

@@ -400,6 +400,10 @@ public enum Limits {
     /// The longest wait between two inquiries of an in-doubt branch while its coordinator
     /// cannot be reached; the first answer from it sends the others back to asking at once.
     public static let inquiryUnreachableDelayMsMax: Int64 = 5_000
+    /// The wait (jittered down to half) between the failed inquiries of the one branch per
+    /// unreachable coordinator that keeps asking often (its probe), so the coordinator's return
+    /// is noticed within about this long rather than `inquiryUnreachableDelayMsMax`.
+    public static let inquiryProbeDelayMs: Int64 = 1_000
     /// Outcomes of finished branches remembered to answer duplicates and refuse late prepares.
     public static let finishedBranchesKept = 100_000
     /// Coordinators whose highest let-go txid a participant keeps (3PC: it promises not to

@@ -16,6 +16,8 @@ public struct Participant {
         /// The longest wait between inquiries while the coordinator cannot be reached (the
         /// inquiry failed: refused, timed out). Answered inquiries keep `retryDelayMsMax`.
         public var unreachableDelayMsMax = Limits.inquiryUnreachableDelayMsMax
+        /// The wait between the failed inquiries of an unreachable coordinator's probe branch.
+        public var probeDelayMs = Limits.inquiryProbeDelayMs
         public var branchExpiryMarginMs = Limits.branchExpiryMarginMs
         public var branchesMax = Limits.branchesMax
         public var finishedBranchesKept = Limits.finishedBranchesKept
@@ -61,6 +63,10 @@ public struct Participant {
         case recordRefused(String, reason: String)
         case inquiryAnswered(String, InquiryAnswer)
         case inquiryFailed(String, error: String)
+        /// A request to this coordinator URL other than an inquiry was answered by it (the
+        /// agent: a registration accepted): it is back, so the branches waiting on it since an
+        /// inquiry failed ask again now rather than at the end of their backoff.
+        case coordinatorAnswered(String)
         case timerFired(Timer)
         /// An operator forces this branch's outcome (`txctl agent URL commit|abort --force`),
         /// typically because its coordinator is gone for good.
@@ -358,11 +364,18 @@ public struct Participant {
     /// backup, pre-aborted itself counting this one as uncertain; this one then voted yes and
     /// took the coordinator's pre-commit, and with N = 2 neither quorum could ever form.
     private var fencesBeforePrepare: Set<String> = []
-    /// Coordinators an inquiry could not reach since the last one that answered. The first
-    /// answer from one of them sends every branch waiting on it back to asking within
-    /// `inquiryDelayMs`: while it was down they backed off to `unreachableDelayMsMax`, and
-    /// would otherwise hold their locks that long after it came back.
-    private var unreachableCoordinators: Set<String> = []
+    /// Coordinators an inquiry could not reach since the last one that answered, each with its
+    /// probe: the one branch waiting on it whose failed inquiries are repeated every
+    /// `probeDelayMs` while all the others back off to `unreachableDelayMsMax`. The first
+    /// answer from one of them (the probe's, normally) sends every branch waiting on it back to
+    /// asking within `inquiryDelayMs`: without a probe the first inquiry after the coordinator
+    /// came back could be up to `unreachableDelayMsMax` later, and in-doubt branches held
+    /// their locks (hot rows) that long (a helper saw orders on a hot sku stall ~5 s after a
+    /// coordinator's kill -9 and restart). An entry's probe is always a live branch: when it
+    /// finishes another waiting branch takes over, or the entry goes (`probeFinished`), so
+    /// there are at most as many entries as branches. Not in snapshots: after a restart the
+    /// recovered branches ask at once, and the first to fail becomes the probe.
+    private(set) var unreachableCoordinators: [String: String] = [:]
     private var fenceOrder: [String] = []
     private var fenceOrderHead = 0
     /// 3PC txids this participant, holding no branch for them, durably promised never to vote
@@ -891,10 +904,21 @@ public struct Participant {
             branches[txid] = b
             // A 3PC branch does not wait on its coordinator: its termination timer runs.
             if b.threePhase != nil && b.heuristic == nil { return [] }
-            unreachableCoordinators.insert(b.coordinatorURL)
-            // Backs off further than an answered inquiry: with the coordinator down, 8,000
-            // in-doubt branches asking every second cost an agent half a core (a black-box probe).
-            return [.setTimer(.inquire(txid), afterMs: inquiryDelay(b.inquiries, maxMs: config.unreachableDelayMsMax))]
+            let url = b.coordinatorURL
+            // The probe keeps asking often; a probe that no longer waits on this coordinator
+            // (say, committing now) gives way to the first branch whose inquiry fails.
+            if let probe = unreachableCoordinators[url], probe != txid,
+               let p = branches[probe], Self.waitsOnUnreachable(p, url) {
+                // Backs off further than an answered inquiry: with the coordinator down, 8,000
+                // in-doubt branches asking every second cost an agent half a core (a black-box probe).
+                return [.setTimer(.inquire(txid), afterMs: inquiryDelay(b.inquiries, maxMs: config.unreachableDelayMsMax))]
+            }
+            unreachableCoordinators[url] = txid
+            let probeMs = max(config.probeDelayMs, 1)
+            return [.setTimer(.inquire(txid), afterMs: backoffDelayMs(attempt: 1, minMs: probeMs, maxMs: probeMs, rng: &rng))]
+        case .coordinatorAnswered(let url):
+            guard unreachableCoordinators.removeValue(forKey: url) != nil else { return [] }
+            return wakeWaiting(on: url, except: nil)
         case .timerFired(.branchExpiry(let txid)), .abandoned(let txid):
             guard let b = branches[txid], b.state == .active else { return [] }
             return finish(txid, .aborted) + [.release(txid)]
@@ -1242,19 +1266,44 @@ public struct Participant {
     }
 
     private mutating func inquiryAnswered(_ txid: String, _ answer: InquiryAnswer) -> [Action] {
-        guard let url = branches[txid]?.coordinatorURL, unreachableCoordinators.remove(url) != nil else {
+        guard let url = branches[txid]?.coordinatorURL, unreachableCoordinators.removeValue(forKey: url) != nil else {
             return branchInquiryAnswered(txid, answer)
         }
-        // Back: the others waiting on this coordinator ask again soon, spread over the first
-        // delay so they do not all arrive at once. In txid order, for the simulation's sake.
+        return branchInquiryAnswered(txid, answer) + wakeWaiting(on: url, except: txid)
+    }
+
+    /// Whether `b` waits on the coordinator at `url` after a failed inquiry (backing off): the
+    /// branches a coordinator's return wakes and that can be its probe. A 3PC branch without a
+    /// heuristic decision does not wait on its coordinator (its termination timer runs).
+    private static func waitsOnUnreachable(_ b: Branch, _ url: String) -> Bool {
+        b.coordinatorURL == url && b.lastInquiryError != nil && b.state.asksCoordinator && (b.threePhase == nil || b.heuristic != nil)
+    }
+
+    /// The coordinator at `url` is back: the branches waiting on it ask again soon, spread over
+    /// the first delay so they do not all arrive at once. In txid order, for the simulation's sake.
+    private mutating func wakeWaiting(on url: String, except: String?) -> [Action] {
         var wake: [Action] = []
-        for other in branches.keys.sorted() where other != txid {
-            let b = branches[other]!
-            guard b.coordinatorURL == url, b.lastInquiryError != nil, b.state.asksCoordinator,
-                  b.threePhase == nil || b.heuristic != nil else { continue }
+        for other in branches.keys.sorted() where other != except {
+            guard Self.waitsOnUnreachable(branches[other]!, url) else { continue }
             wake.append(.setTimer(.inquire(other), afterMs: Int64(rng.next() % UInt64(max(config.inquiryDelayMs, 1)))))
         }
-        return branchInquiryAnswered(txid, answer) + wake
+        return wake
+    }
+
+    /// The probe of the unreachable coordinator at `url` finished without an answer to an
+    /// inquiry (which would have removed the entry and woken everyone): told its outcome by a
+    /// commit or abort, forced and forgotten, resolved. The waiting branch first in txid order
+    /// takes over and asks soon, or, with none left waiting, the entry goes. One scan of the
+    /// branches per probe that finishes.
+    private mutating func probeFinished(_ url: String) -> [Action] {
+        var next: String?
+        for (txid, b) in branches where Self.waitsOnUnreachable(b, url) && (next == nil || txid < next!) { next = txid }
+        guard let next else {
+            unreachableCoordinators.removeValue(forKey: url)
+            return []
+        }
+        unreachableCoordinators[url] = next
+        return [.setTimer(.inquire(next), afterMs: Int64(rng.next() % UInt64(max(config.inquiryDelayMs, 1))))]
     }
 
     private mutating func branchInquiryAnswered(_ txid: String, _ answer: InquiryAnswer) -> [Action] {
@@ -1520,6 +1569,7 @@ public struct Participant {
             let state: ThreePhaseState = outcome == .committed ? .committed : .aborted
             actions += b.stateWaiting.map { .reply($0, .state(state, recovered: b.recovered)) }
         }
+        if let b, unreachableCoordinators[b.coordinatorURL] == txid { actions += probeFinished(b.coordinatorURL) }
         return actions
     }
 

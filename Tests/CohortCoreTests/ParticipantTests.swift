@@ -141,7 +141,7 @@ final class ParticipantTests: XCTestCase {
     }
 
     /// Inquiries that fail back off to `unreachableDelayMsMax`, not the second an answered one
-    /// waits; the coordinator's first answer sends the other branches waiting on it back to
+    /// waits (all but the coordinator's probe's); the coordinator's first answer sends the other branches waiting on it back to
     /// asking within `inquiryDelayMs`.
     func testFailedInquiriesBackOffAndTheFirstAnswerWakesTheOthers() {
         var config = Participant.Config(name: "p")
@@ -160,7 +160,7 @@ final class ParticipantTests: XCTestCase {
                 guard case .setTimer(.inquire(let again), let ms)? = p.on(.inquiryFailed(t, error: "connection refused")).first, again == t else {
                     return XCTFail("no retry for \(t)")
                 }
-                if t == "t1" { delays.append(ms) }
+                if t == "t2" { delays.append(ms) } // t1 is the probe (below)
             }
         }
         XCTAssertGreaterThan(delays.max()!, 1_000, "backs off past the answered-inquiry delay: \(delays)")
@@ -175,6 +175,148 @@ final class ParticipantTests: XCTestCase {
         // Only on the way back: a second answer wakes nobody.
         XCTAssertFalse(p.on(.inquiryAnswered("t1", .pending)).contains { if case .setTimer(.inquire("t2"), _) = $0 { return true } else { return false } })
     }
+
+    /// N branches in doubt on a coordinator that cannot be reached, prepared on `urls` in turn.
+    func inDoubt(_ txids: [String], url: (String) -> String = { _ in "http://c" }) -> Participant {
+        var config = Participant.Config(name: "p")
+        config.retryDelayMsMax = 1_000
+        config.unreachableDelayMsMax = 5_000
+        config.probeDelayMs = 1_000
+        var p = Participant(config: config)
+        for t in txids {
+            _ = p.on(.joined(t, coordinatorURL: url(t), timeoutMs: 1000))
+            _ = p.on(.prepare(1, txid: t, onePhase: false, vote: .yes(writeSet: ws)))
+            _ = p.on(.preparedDurable(t))
+        }
+        return p
+    }
+
+    /// One inquiry round: each of `txids` asks and fails; the delay each is told to wait.
+    func failRound(_ p: inout Participant, _ txids: [String]) -> [String: Int64] {
+        var delays: [String: Int64] = [:]
+        for t in txids {
+            XCTAssertEqual(p.on(.timerFired(.inquire(t))).count, 1)
+            let failed = p.on(.inquiryFailed(t, error: "connection refused"))
+            guard failed.count == 1, case .setTimer(.inquire(t), let ms) = failed[0] else { XCTFail("\(t): \(failed)"); continue }
+            delays[t] = ms
+        }
+        return delays
+    }
+
+    func timers(_ actions: [Participant.Action]) -> [String: Int64] {
+        var out: [String: Int64] = [:]
+        for case .setTimer(.inquire(let t), let ms) in actions { out[t] = ms }
+        return out
+    }
+
+    /// With the coordinator unreachable, one branch per coordinator (the first whose inquiry
+    /// failed: its probe) keeps asking every `probeDelayMs` while the others back off to
+    /// `unreachableDelayMsMax`, so the coordinator's return is noticed within about a second.
+    func testOneProbePerUnreachableCoordinatorKeepsTheShortDelay() {
+        let txids = ["t1", "t2", "t3", "t4", "t5", "u1", "u2"]
+        var p = inDoubt(txids) { $0.hasPrefix("u") ? "http://other" : "http://c" }
+        var rounds: [[String: Int64]] = []
+        for _ in 0..<8 { rounds.append(failRound(&p, txids)) }
+        for (i, r) in rounds.enumerated() {
+            XCTAssertLessThanOrEqual(r["t1"]!, 1_000, "round \(i): \(r)")
+            XCTAssertGreaterThanOrEqual(r["t1"]!, 500, "round \(i): jittered, not at once: \(r)")
+            XCTAssertLessThanOrEqual(r["u1"]!, 1_000, "another coordinator has its own probe: round \(i): \(r)")
+        }
+        for (i, r) in rounds.enumerated().dropFirst(3) {
+            for t in ["t2", "t3", "t4", "t5", "u2"] { XCTAssertGreaterThan(r[t]!, 1_000, "round \(i): \(t) backs off: \(r)") }
+        }
+        XCTAssertEqual(p.unreachableCoordinators, ["http://c": "t1", "http://other": "u1"])
+        // The probe's answer wakes the others on its coordinator (as before), and only those.
+        let back = timers(p.on(.inquiryAnswered("t1", .pending)))
+        XCTAssertEqual(Set(back.keys), ["t1", "t2", "t3", "t4", "t5"])
+        for t in ["t2", "t3", "t4", "t5"] { XCTAssertLessThan(back[t] ?? .max, Limits.inquiryDelayMs) }
+        XCTAssertEqual(p.unreachableCoordinators, ["http://other": "u1"])
+    }
+
+    /// The probe finishes (its coordinator's commit, a force and forget, ...): the waiting
+    /// branch first in txid order takes over at once and keeps the short delay; a probe that
+    /// only stopped waiting (committing) gives way to the next branch whose inquiry fails; and
+    /// once no branch waits on the coordinator its entry goes.
+    func testWhenTheProbeFinishesAnotherTakesOver() {
+        let txids = ["t1", "t2", "t3", "t4"]
+        var p = inDoubt(txids)
+        for _ in 0..<4 { _ = failRound(&p, txids) }
+        XCTAssertEqual(p.unreachableCoordinators, ["http://c": "t1"])
+        // t1 is told commit (and so no longer waits) but its record is not durable yet: the
+        // next branch whose inquiry fails takes over.
+        XCTAssertEqual(logs(p.on(.commit(7, txid: "t1"))).map { $0.0 }, [.committed("t1")])
+        var r = failRound(&p, ["t3", "t2", "t4"])
+        XCTAssertLessThanOrEqual(r["t3"]!, 1_000, "\(r)")
+        XCTAssertGreaterThan(r["t2"]!, 1_000, "\(r)")
+        XCTAssertGreaterThan(r["t4"]!, 1_000, "\(r)")
+        XCTAssertEqual(p.unreachableCoordinators, ["http://c": "t3"])
+        // t1 finishes: not the probe now, so nothing changes.
+        XCTAssertEqual(timers(p.on(.commitDurable("t1", lsn: 3))), [:])
+        XCTAssertEqual(p.unreachableCoordinators, ["http://c": "t3"])
+        // The probe t3 finishes: t2 (first in txid order still waiting) takes over and asks soon.
+        _ = p.on(.commit(8, txid: "t3"))
+        let done = timers(p.on(.commitDurable("t3", lsn: 4)))
+        XCTAssertEqual(Set(done.keys), ["t2"], "\(done)")
+        XCTAssertLessThan(done["t2"] ?? .max, Limits.inquiryDelayMs)
+        XCTAssertEqual(p.unreachableCoordinators, ["http://c": "t2"])
+        r = failRound(&p, ["t4", "t2"])
+        XCTAssertLessThanOrEqual(r["t2"]!, 1_000, "\(r)")
+        XCTAssertGreaterThan(r["t4"]!, 1_000, "\(r)")
+        // The last ones finish: nothing is left behind for the coordinator.
+        _ = p.on(.commit(9, txid: "t2"))
+        let last = timers(p.on(.commitDurable("t2", lsn: 5)))
+        XCTAssertEqual(Set(last.keys), ["t4"], "\(last)")
+        XCTAssertEqual(p.unreachableCoordinators["http://c"], "t4")
+        _ = p.on(.commit(10, txid: "t4"))
+        XCTAssertEqual(timers(p.on(.commitDurable("t4", lsn: 6))), [:])
+        XCTAssertEqual(p.unreachableCoordinators, [:], "no entry for a coordinator nobody waits on")
+    }
+
+    /// A 3PC branch does not wait on its coordinator (its termination timer runs), so it is
+    /// never the probe, even failing first; after a restart the recovered branches ask at once
+    /// and the first whose inquiry fails becomes the probe (nothing about probes is kept).
+    func testA3PCBranchIsNeverTheProbeAndARestartChoosesAnew() throws {
+        var p = inDoubt(["t1", "t2"])
+        _ = p.on(.joined("s0", coordinatorURL: "http://c", timeoutMs: 1000))
+        let peers = [ParticipantRef(name: "p", url: "http://p"), ParticipantRef(name: "q", url: "http://q")]
+        _ = p.on(.prepare(1, txid: "s0", onePhase: false, vote: .yes(writeSet: ws),
+                          threePhase: Participant.ThreePhaseInfo(termination: .classic, peers: peers)))
+        _ = p.on(.preparedDurable("s0"))
+        _ = p.on(.timerFired(.inquire("s0")))
+        XCTAssertEqual(p.on(.inquiryFailed("s0", error: "connection refused")), [])
+        XCTAssertEqual(p.unreachableCoordinators, [:])
+        for _ in 0..<4 { _ = failRound(&p, ["t1", "t2"]) }
+        XCTAssertEqual(p.unreachableCoordinators, ["http://c": "t1"])
+        let snap = p.snapshot()
+        var q = Participant(config: p.config)
+        let recovered = try q.recover(snapshot: snap, records: [])
+        XCTAssertTrue(recovered.contains(.inquire("t1", coordinatorURL: "http://c")) && recovered.contains(.inquire("t2", coordinatorURL: "http://c")), "\(recovered)")
+        XCTAssertEqual(q.unreachableCoordinators, [:])
+        guard case .setTimer(.inquire("t2"), let ms)? = q.on(.inquiryFailed("t2", error: "connection refused")).first else { return XCTFail() }
+        XCTAssertLessThanOrEqual(ms, 1_000)
+        XCTAssertEqual(q.unreachableCoordinators, ["http://c": "t2"])
+    }
+
+    /// Another answer from the coordinator (the agent feeds a registration it accepted) proves
+    /// it is back: every branch waiting on it asks again within `inquiryDelayMs`, the probe
+    /// too; branches of another coordinator do not. Only on the way back: a second wakes nobody.
+    func testACoordinatorAnsweringARegistrationWakesTheWaitingBranches() {
+        let txids = ["t1", "t2", "t3", "u1"]
+        var p = inDoubt(txids) { $0.hasPrefix("u") ? "http://other" : "http://c" }
+        for _ in 0..<5 { _ = failRound(&p, txids) }
+        let woken = timers(p.on(.coordinatorAnswered("http://c")))
+        XCTAssertEqual(Set(woken.keys), ["t1", "t2", "t3"])
+        for t in ["t1", "t2", "t3"] { XCTAssertLessThan(woken[t] ?? .max, Limits.inquiryDelayMs) }
+        XCTAssertEqual(p.unreachableCoordinators, ["http://other": "u1"])
+        XCTAssertEqual(p.on(.coordinatorAnswered("http://c")), [])
+        XCTAssertEqual(p.on(.coordinatorAnswered("http://nobody")), [], "a coordinator no branch waits on")
+        XCTAssertEqual(p.on(.coordinatorAnswered("")), [])
+        // Down again: a new probe, the first to fail.
+        let r = failRound(&p, ["t2", "t1", "t3"])
+        XCTAssertLessThanOrEqual(r["t2"]!, 1_000)
+        XCTAssertEqual(p.unreachableCoordinators["http://c"], "t2")
+    }
+
 
     func testUnpreparedBranchExpires() {
         var p = joined()
