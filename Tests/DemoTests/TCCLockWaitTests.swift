@@ -74,19 +74,27 @@ final class TCCLockWaitTests: XCTestCase {
         XCTFail("\(Int(n)) TCC phases never waited for locks: \(metrics(rig)[waitingKey].map { "\($0)" } ?? "no such metric")", file: file, line: line)
     }
 
+    /// Sends `call` from another thread and returns once the inventory counts one phase waiting
+    /// for locks: `done` is signalled when the call is answered, its answer in `answers`.
+    private func sendWhileSkuHeld(_ rig: DemoRig, file: StaticString = #filePath, line: UInt = #line,
+                                  _ call: @escaping () -> (status: Int, body: [String: Any])?) -> (done: DispatchSemaphore, answers: Answers) {
+        let done = DispatchSemaphore(value: 0)
+        let answers = Answers()
+        DispatchQueue.global().async {
+            answers.add(call())
+            done.signal()
+        }
+        waitForWaiting(rig, 1, file: file, line: line)
+        return (done, answers)
+    }
+
     /// A tcc order placed while a 2PC transaction holds its sku waits, and is confirmed once that
     /// transaction commits; both took their stock.
     func testATCCOrderWaitsForA2PCTransactionOnItsSkuAndIsConfirmed() throws {
         let rig = try rig()
         try rig.setStock("kiwi", 10)
         let (api, txid) = try holdSku(rig, "kiwi", 2)
-        let done = DispatchSemaphore(value: 0)
-        let answers = Answers()
-        DispatchQueue.global().async {
-            answers.add(rig.order("kiwi", 3, "tcc"))
-            done.signal()
-        }
-        waitForWaiting(rig, 1)
+        let (done, answers) = sendWhileSkuHeld(rig) { rig.order("kiwi", 3, "tcc") }
         XCTAssertEqual(done.wait(timeout: .now()), .timedOut, "the order is not answered while its try waits")
         XCTAssertEqual(try api.commit(txid).outcome, "committed")
         XCTAssertEqual(done.wait(timeout: .now() + 30), .success)
@@ -171,13 +179,7 @@ final class TCCLockWaitTests: XCTestCase {
         try rig.start("inventory")
         try rig.setStock("kiwi", 10)
         let (api, txid) = try holdSku(rig, "kiwi", 2)
-        let done = DispatchSemaphore(value: 0)
-        let answers = Answers()
-        DispatchQueue.global().async {
-            answers.add(rig.order("kiwi", 3, "tcc"))
-            done.signal()
-        }
-        waitForWaiting(rig, 1)
+        let (done, answers) = sendWhileSkuHeld(rig) { rig.order("kiwi", 3, "tcc") }
         let second = try XCTUnwrap(rig.order("kiwi", 4, "tcc"))
         XCTAssertEqual(second.body["status"] as? String, "rejected", "\(second.body)")
         let reason = try XCTUnwrap(second.body["reason"] as? String)
@@ -288,13 +290,9 @@ final class TCCLockWaitTests: XCTestCase {
         }
         XCTAssertEqual(inDoubt(), [held], "restored in doubt, holding kiwi's keys")
 
-        let done = DispatchSemaphore(value: 0)
-        let answers = Answers()
-        DispatchQueue.global().async {
-            answers.add((try? self.rawPhase(rig, "try", "behind-in-doubt")).map { (status: $0.0, body: ["text": $0.1]) })
-            done.signal()
+        let (done, answers) = sendWhileSkuHeld(rig) {
+            (try? self.rawPhase(rig, "try", "behind-in-doubt")).map { (status: $0.0, body: ["text": $0.1]) }
         }
-        waitForWaiting(rig, 1)
         let (code, forced) = try rig.json("POST", rig.url("inventory") + "/v1/branches/\(held)/force",
                                           ["outcome": "aborted", "reason": "coordinator lost", "operator": "test"])
         XCTAssertEqual(code, 200, "\(forced)")
