@@ -350,6 +350,9 @@ final class ParticipantTests: XCTestCase {
             (409, [], "no body"),
             (404, Array(#"{"message":"not found"}"#.utf8), "another server's JSON"),
             (500, Array("Internal Server Error".utf8), "not its body"),
+            (409, Array(#"{"error":5}"#.utf8), "an error that is not text"),
+            (404, Array(#"{"error":"cut sho"#.utf8), "cut short"),
+            (404, [0xff, 0xfe, 0x00], "not text at all"),
         ]
         for (status, body, why) in shows {
             XCTAssertTrue(Participant.registrationAnswerShowsCoordinator(status: status, body: body), "\(status) \(why)")
