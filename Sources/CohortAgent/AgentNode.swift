@@ -714,9 +714,12 @@ public final class AgentNode {
                 // The coordinator answered: branches in doubt waiting on it since an inquiry
                 // failed ask again now. (`joined` alone does not say so: a branch sent with
                 // `"register": false` or by a submitted prepare joins without asking it.)
-                self.feed(.coordinatorAnswered(coordinator))
+                self.feed(.registrationAnswered(coordinator, status: r.status, body: r.body))
                 outcome = .success(())
             case .success(let r):
+                // A refusal is an answer too (a 404 or 410 from a coordinator back from a
+                // restart, a 409): the machine decides which show the coordinator itself up.
+                self.feed(.registrationAnswered(coordinator, status: r.status, body: r.body))
                 let text = (try? JSONBody.value(ErrorBody.self, from: r.body).error) ?? "HTTP \(r.status)"
                 outcome = .failure(RequestError(r.status == 503 ? 503 : (r.status == 404 ? 404 : 409), "coordinator refused the branch: \(text)"))
             case .failure(let e):

@@ -801,6 +801,19 @@ extension Limits {
     /// `TCCLockWaitTests.testWaitingTriesLeaveTheCoordinatorRoomToSendTheCommitThatFreesTheirSku`).
     /// Still as many as one order service places at once (`demoOrderWorkersMax`).
     public static let demoTCCLockWaitersMax = httpClientPoolPerHostMax / 2
+    /// TCC phases the demo inventory holds waiting for one sku's locks at once; past it a phase
+    /// on that sku is answered as when `demoTCCLockWaitersMax` wait (a try 409, a confirm or
+    /// cancel 503), while phases on other skus may still wait. Without it one hot sku's waiters
+    /// could fill the service's bound and have phases on every other sku refused at once.
+    ///
+    /// A quarter of the service's bound: one hot sku leaves three quarters of it to the others,
+    /// and only four skus each locked by a 2PC/3PC branch with 16 TCC phases behind it fill it,
+    /// well past the load the waits are for (a millisecond's lock met by a few orders). Not
+    /// smaller: the phases waiting on one sku all run in one batch once it is freed (one local
+    /// transaction, one sync), so more of them cost little, and past it a try's order is
+    /// rejected for no business reason. No flag of its own: set under it,
+    /// `--tcc-lock-waiters-max` bounds every sku first (as in the tests that use 1).
+    public static let demoTCCLockWaitersPerSkuMax = demoTCCLockWaitersMax / 4
     /// How often the demo services purge finished TCC barrier rows and old inbox rows.
     public static let demoMaintenanceIntervalMs: Int64 = 60_000
     /// A client's `request_id` in `POST /v1/orders`: room for a UUID with a prefix of the

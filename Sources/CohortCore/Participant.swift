@@ -63,10 +63,13 @@ public struct Participant {
         case recordRefused(String, reason: String)
         case inquiryAnswered(String, InquiryAnswer)
         case inquiryFailed(String, error: String)
-        /// A request to this coordinator URL other than an inquiry was answered by it (the
-        /// agent: a registration accepted): it is back, so the branches waiting on it since an
-        /// inquiry failed ask again now rather than at the end of their backoff.
-        case coordinatorAnswered(String)
+        /// A registration sent to this coordinator URL (`POST /v1/transactions/{txid}/branches`)
+        /// got an HTTP answer, `status` with `body`. One the coordinator's own server gave
+        /// (`registrationAnswerShowsCoordinator`) shows it is back, so the branches waiting on it
+        /// since an inquiry failed ask again now rather than at the end of their backoff.
+        /// Not fed for a registration that got no answer (transport failure, timeout). Other
+        /// messages from it (a prepare, a commit) do not count: a 3PC backup may send them.
+        case registrationAnswered(String, status: Int, body: [UInt8])
         case timerFired(Timer)
         /// An operator forces this branch's outcome (`txctl agent URL commit|abort --force`),
         /// typically because its coordinator is gone for good.
@@ -916,8 +919,9 @@ public struct Participant {
             unreachableCoordinators[url] = txid
             let probeMs = max(config.probeDelayMs, 1)
             return [.setTimer(.inquire(txid), afterMs: backoffDelayMs(attempt: 1, minMs: probeMs, maxMs: probeMs, rng: &rng))]
-        case .coordinatorAnswered(let url):
-            guard unreachableCoordinators.removeValue(forKey: url) != nil else { return [] }
+        case .registrationAnswered(let url, let status, let body):
+            guard unreachableCoordinators[url] != nil, Self.registrationAnswerShowsCoordinator(status: status, body: body) else { return [] }
+            unreachableCoordinators.removeValue(forKey: url)
             return wakeWaiting(on: url, except: nil)
         case .timerFired(.branchExpiry(let txid)), .abandoned(let txid):
             guard let b = branches[txid], b.state == .active else { return [] }
@@ -1270,6 +1274,31 @@ public struct Participant {
             return branchInquiryAnswered(txid, answer)
         }
         return branchInquiryAnswered(txid, answer) + wakeWaiting(on: url, except: txid)
+    }
+
+    /// Whether an HTTP answer to a registration shows that the coordinator's own server is up
+    /// and answering, so that an inquiry now would be answered too:
+    /// - 200, whatever its body (as before: the registration accepted);
+    /// - not 502, 503 or 504, whatever the body: a proxy or gateway that did not reach it, or
+    ///   the coordinator shedding load (its server's `503 too many connections`, a log refusing
+    ///   records), where waking every waiting branch would add an inquiry apiece to an
+    ///   overloaded coordinator. (A 503 keeps its meaning for the work call too: the agent
+    ///   answers it 503, to retry.)
+    /// - not 401: the coordinator refused this participant's token, which its inquiries carry
+    ///   too; they would be refused the same way, and under a stream of registrations each
+    ///   answer would wake every waiting branch again, undoing their backoff.
+    /// - any other status (404, 409, 410, 429, 400, 408, 500...) only with the coordinator's
+    ///   error body (`{"error": "..."}`, as its server writes every refusal): a proxy's or load
+    ///   balancer's own page (an HTML 404) says nothing about the coordinator behind it.
+    /// Until session 37 only a 200 counted, and a coordinator back from a restart that
+    /// answered registrations for transactions it no longer knew (404, 410) or that had
+    /// finished (409) did not wake the branches waiting on it.
+    public static func registrationAnswerShowsCoordinator(status: Int, body: [UInt8]) -> Bool {
+        switch status {
+        case 200: return true
+        case 401, 502, 503, 504: return false
+        default: return (try? ErrorBody(wireJSON: body)) != nil
+        }
     }
 
     /// Whether `b` waits on the coordinator at `url` after a failed inquiry (backing off): the

@@ -32,7 +32,8 @@ public final class InventoryService: RunnableServer {
         /// How long a TCC phase on a sku a 2PC/3PC branch holds locked waits for the locks
         /// (`--tcc-lock-wait-ms`, 0 to `Limits.demoTCCLockWaitMs`; 0: answered busy at once).
         public var tccLockWaitMs = Limits.demoTCCLockWaitMs
-        /// TCC phases waiting so at once (`--tcc-lock-waiters-max`, 0 to `Limits.demoTCCLockWaitersMax`).
+        /// TCC phases waiting so at once (`--tcc-lock-waiters-max`, 0 to `Limits.demoTCCLockWaitersMax`),
+        /// on all skus together; on one sku at most `Limits.demoTCCLockWaitersPerSkuMax` of them.
         public var tccLockWaitersMax = Limits.demoTCCLockWaitersMax
         /// Problems worth logging (a lost broker connection); the library never prints.
         public var onProblem: (String) -> Void = { _ in }
@@ -149,8 +150,9 @@ public final class InventoryService: RunnableServer {
     /// came while it waited is refused then and reserves nothing. A try is known busy before it
     /// runs (its payload names the sku); a confirm or cancel only when it runs (its sku is the
     /// reservation's: `InventoryTCC.SkuBusy`, its savepoint undone). Past
-    /// `Limits.demoTCCLockWaitMs`, or with `Limits.demoTCCLockWaitersMax` waiting, it runs and
-    /// is answered as before waiting existed: a try 409 (the order rejected), a confirm or
+    /// `Limits.demoTCCLockWaitMs`, or with `Limits.demoTCCLockWaitersMax` waiting (or
+    /// `Limits.demoTCCLockWaitersPerSkuMax` on its sku), it runs and is answered as before
+    /// waiting existed: a try 409 (the order rejected), a confirm or
     /// cancel 503 (the coordinator retries), saying how long it waited.
     private func runQueuedTCC() {
         let nowMs = SystemClock.monotonicMs()
@@ -186,15 +188,21 @@ public final class InventoryService: RunnableServer {
     }
 
     /// Holds `entry` until its sku is free; nil when it waits, else the entry to run now with
-    /// the note its busy answer carries (too many wait already, or its wait ran out).
+    /// the note its busy answer carries (too many wait already, on all skus or on its own, or
+    /// its wait ran out).
     private func wait(_ entry: QueuedPhase, sku: String, nowMs: Int64) -> QueuedPhase? {
         var held = entry
         held.waitingSinceMs = entry.waitingSinceMs ?? nowMs
-        if tccWaits.wait(held, sku: sku, sinceMs: held.waitingSinceMs!, nowMs: nowMs) { return nil }
-        if tccWaits.count >= tccWaits.waitersMax {
+        switch tccWaits.wait(held, sku: sku, sinceMs: held.waitingSinceMs!, nowMs: nowMs) {
+        case .held:
+            return nil
+        case .full:
             tccWaitResults[.full, default: 0] += 1
             held.busyNote = "no more may wait: \(tccWaits.count) TCC phases wait for locks here already, the limit"
-        } else {
+        case .skuFull:
+            tccWaitResults[.skuFull, default: 0] += 1
+            held.busyNote = "no more may wait for sku \(sku): \(tccWaits.count(sku: sku)) TCC phases wait for its locks already, the limit per sku"
+        case .usedUp:
             tccWaitResults[.timedOut, default: 0] += 1
             held.busyNote = "waited \(nowMs - held.waitingSinceMs!) ms for its 2PC/3PC locks, the limit"
         }
@@ -263,8 +271,12 @@ public final class InventoryService: RunnableServer {
         case ran
         /// Still locked after `Limits.demoTCCLockWaitMs`: answered busy.
         case timedOut = "timed-out"
-        /// `Limits.demoTCCLockWaitersMax` were waiting: answered busy at once.
+        /// `Limits.demoTCCLockWaitersMax` were waiting (`--tcc-lock-waiters-max`), on all skus
+        /// together: answered busy at once.
         case full
+        /// `Limits.demoTCCLockWaitersPerSkuMax` were waiting for its sku: answered busy at once,
+        /// while phases on other skus may still wait.
+        case skuFull = "sku-full"
     }
 
     /// TCC phases read in this pass of the event loop, run together at its end.

@@ -18,23 +18,47 @@ struct SkuLockWaits<Entry> {
 
     let waitMs: Int64
     let waitersMax: Int
+    /// Phases waiting on one sku at most: one hot sku's waiters would otherwise fill
+    /// `waitersMax` and have phases on every other sku refused at once.
+    let waitersPerSkuMax: Int
     private(set) var waiting: [Waiting] = []
+    /// How many of `waiting` wait for each sku (no entry for none): at most `waitersMax` keys.
+    private(set) var countBySku: [String: Int] = [:]
 
-    init(waitMs: Int64 = Limits.demoTCCLockWaitMs, waitersMax: Int = Limits.demoTCCLockWaitersMax) {
-        precondition(waitMs >= 0 && waitersMax >= 0)
+    /// Why `wait` did not hold a phase, or that it did.
+    enum WaitAnswer: Equatable {
+        case held
+        /// `waitersMax` wait already, on all skus together.
+        case full
+        /// `waitersPerSkuMax` wait already for this sku.
+        case skuFull
+        /// Its wait since `sinceMs` was already used up.
+        case usedUp
+    }
+
+    init(waitMs: Int64 = Limits.demoTCCLockWaitMs, waitersMax: Int = Limits.demoTCCLockWaitersMax,
+         waitersPerSkuMax: Int = Limits.demoTCCLockWaitersPerSkuMax) {
+        precondition(waitMs >= 0 && waitersMax >= 0 && waitersPerSkuMax >= 0)
         self.waitMs = waitMs
         self.waitersMax = waitersMax
+        self.waitersPerSkuMax = waitersPerSkuMax
     }
 
     var count: Int { waiting.count }
     var isEmpty: Bool { waiting.isEmpty }
+    func count(sku: String) -> Int { countBySku[sku] ?? 0 }
 
-    /// Holds `entry` until `sku` is free; false (nothing held) when `waitersMax` already wait,
-    /// or its wait since `sinceMs` is already used up at `nowMs`.
-    mutating func wait(_ entry: Entry, sku: String, sinceMs: Int64, nowMs: Int64) -> Bool {
-        guard waiting.count < waitersMax, nowMs - sinceMs < waitMs else { return false }
+    /// Holds `entry` until `sku` is free (`held`); else nothing is held, and the answer says
+    /// why: `waitersMax` already wait (`full`, checked first, so a service bound set under the
+    /// per-sku one reads as before), `waitersPerSkuMax` already wait for `sku` (`skuFull`), or
+    /// its wait since `sinceMs` is already used up at `nowMs` (`usedUp`).
+    mutating func wait(_ entry: Entry, sku: String, sinceMs: Int64, nowMs: Int64) -> WaitAnswer {
+        guard waiting.count < waitersMax else { return .full }
+        guard count(sku: sku) < waitersPerSkuMax else { return .skuFull }
+        guard nowMs - sinceMs < waitMs else { return .usedUp }
         waiting.append(Waiting(entry: entry, sku: sku, sinceMs: sinceMs))
-        return true
+        countBySku[sku, default: 0] += 1
+        return .held
     }
 
     /// Takes out, in arrival order, the entries whose sku is free (`ready`, to run now) and
@@ -53,7 +77,15 @@ struct SkuLockWaits<Entry> {
             }
         }
         waiting = kept
+        for w in ready { leave(w.sku) }
+        for (w, _) in expired { leave(w.sku) }
         return (ready, expired)
+    }
+
+    private mutating func leave(_ sku: String) {
+        let left = count(sku: sku) - 1
+        precondition(left >= 0, "a sku's count of waiters went negative")
+        countBySku[sku] = left == 0 ? nil : left
     }
 
     /// When the earliest wait runs out (monotonic ms); nil when none waits.

@@ -22,6 +22,7 @@ The demo's inventory: stock per sku in its own SQLite store; a Cohort participan
   --tcc-lock-wait-ms N      how long a TCC phase on a sku a 2PC/3PC branch holds locked waits for the locks
                             before it is answered busy (a try 409, a confirm or cancel 503); 0-\(Limits.demoTCCLockWaitMs), default \(Limits.demoTCCLockWaitMs)
   --tcc-lock-waiters-max N  TCC phases waiting so at once; past it busy at once; 0-\(Limits.demoTCCLockWaitersMax), default \(Limits.demoTCCLockWaitersMax)
+                            (on one sku at most \(Limits.demoTCCLockWaitersPerSkuMax) of them, a fixed limit)
 \(demoTokenFlagUsage)
 \(ServerMain.sharedFlagsUsage)
 Environment: COHORT_CRASHPOINT=NAME[:K] or =list (the crash points)

@@ -297,24 +297,79 @@ final class ParticipantTests: XCTestCase {
         XCTAssertEqual(q.unreachableCoordinators, ["http://c": "t2"])
     }
 
-    /// Another answer from the coordinator (the agent feeds a registration it accepted) proves
+    /// Another answer from the coordinator (the agent feeds a registration's answer) proves
     /// it is back: every branch waiting on it asks again within `inquiryDelayMs`, the probe
     /// too; branches of another coordinator do not. Only on the way back: a second wakes nobody.
     func testACoordinatorAnsweringARegistrationWakesTheWaitingBranches() {
         let txids = ["t1", "t2", "t3", "u1"]
         var p = inDoubt(txids) { $0.hasPrefix("u") ? "http://other" : "http://c" }
         for _ in 0..<5 { _ = failRound(&p, txids) }
-        let woken = timers(p.on(.coordinatorAnswered("http://c")))
+        let accepted = Array(#"{"txid":"x","timeout_ms":10000}"#.utf8)
+        let woken = timers(p.on(.registrationAnswered("http://c", status: 200, body: accepted)))
         XCTAssertEqual(Set(woken.keys), ["t1", "t2", "t3"])
         for t in ["t1", "t2", "t3"] { XCTAssertLessThan(woken[t] ?? .max, Limits.inquiryDelayMs) }
         XCTAssertEqual(p.unreachableCoordinators, ["http://other": "u1"])
-        XCTAssertEqual(p.on(.coordinatorAnswered("http://c")), [])
-        XCTAssertEqual(p.on(.coordinatorAnswered("http://nobody")), [], "a coordinator no branch waits on")
-        XCTAssertEqual(p.on(.coordinatorAnswered("")), [])
+        XCTAssertEqual(p.on(.registrationAnswered("http://c", status: 200, body: accepted)), [])
+        XCTAssertEqual(p.on(.registrationAnswered("http://nobody", status: 200, body: accepted)), [], "a coordinator no branch waits on")
+        XCTAssertEqual(p.on(.registrationAnswered("", status: 200, body: accepted)), [])
         // Down again: a new probe, the first to fail.
         let r = failRound(&p, ["t2", "t1", "t3"])
         XCTAssertLessThanOrEqual(r["t2"]!, 1_000)
         XCTAssertEqual(p.unreachableCoordinators["http://c"], "t2")
+    }
+
+    /// Any answer the coordinator's own server gives a registration shows it up, refusals
+    /// included: a coordinator back from a restart answers registrations for transactions it
+    /// lost 404 or 410, and for finished ones 409 (until session 37 only a 200 woke the
+    /// waiting branches). Not an answer that did not come from it or that an inquiry would not
+    /// get past: a proxy's 502 or 504, a 503 (a proxy, or the coordinator shedding load: waking
+    /// every waiting branch would add an inquiry apiece), a 401 (its inquiries carry the same
+    /// token), or any status without the coordinator's error body (a proxy's own page). A
+    /// registration with no answer at all (transport failure, timeout) is not fed.
+    func testWhichRegistrationAnswersShowTheCoordinatorUp() {
+        func error(_ text: String) -> [UInt8] { Array(#"{"error":"\#(text)"}"#.utf8) }
+        let shows: [(Int, [UInt8], String)] = [
+            (200, Array(#"{"txid":"x","timeout_ms":10000}"#.utf8), "accepted"),
+            (200, [], "accepted, body unread (as before)"),
+            (404, error("unknown transaction x"), "lost at a restart"),
+            (410, error("forgotten"), "forgotten"),
+            (409, error("transaction x no longer takes branches"), "finished"),
+            (429, error("the transaction already has 64 branches"), "full"),
+            (400, error("bad request"), "its server refusing the request"),
+            (408, error("request not received in time"), "its server timing the request out"),
+            (413, error("body too large"), "too large"),
+            (500, error("request was not answered"), "its server, failing"),
+        ]
+        let not: [(Int, [UInt8], String)] = [
+            (502, error("bad gateway"), "a gateway's"),
+            (503, error("too many connections"), "the coordinator shedding load, or a proxy"),
+            (503, [], "a proxy's"),
+            (504, error("gateway timeout"), "a gateway's"),
+            (401, error("missing or wrong bearer token"), "its inquiries would be refused too"),
+            (404, Array("<html><body>404 Not Found</body></html>".utf8), "a proxy's own page"),
+            (409, [], "no body"),
+            (404, Array(#"{"message":"not found"}"#.utf8), "another server's JSON"),
+            (500, Array("Internal Server Error".utf8), "not its body"),
+            (409, Array(#"{"error":5}"#.utf8), "an error that is not text"),
+            (404, Array(#"{"error":"cut sho"#.utf8), "cut short"),
+            (404, [0xff, 0xfe, 0x00], "not text at all"),
+        ]
+        for (status, body, why) in shows {
+            XCTAssertTrue(Participant.registrationAnswerShowsCoordinator(status: status, body: body), "\(status) \(why)")
+            var p = inDoubt(["t1", "t2"])
+            for _ in 0..<5 { _ = failRound(&p, ["t1", "t2"]) }
+            XCTAssertEqual(p.unreachableCoordinators, ["http://c": "t1"])
+            let woken = timers(p.on(.registrationAnswered("http://c", status: status, body: body)))
+            XCTAssertEqual(Set(woken.keys), ["t1", "t2"], "\(status) \(why) wakes them")
+            XCTAssertEqual(p.unreachableCoordinators, [:], "\(status) \(why)")
+        }
+        for (status, body, why) in not {
+            XCTAssertFalse(Participant.registrationAnswerShowsCoordinator(status: status, body: body), "\(status) \(why)")
+            var p = inDoubt(["t1", "t2"])
+            for _ in 0..<5 { _ = failRound(&p, ["t1", "t2"]) }
+            XCTAssertEqual(p.on(.registrationAnswered("http://c", status: status, body: body)), [], "\(status) \(why) wakes nobody")
+            XCTAssertEqual(p.unreachableCoordinators, ["http://c": "t1"], "\(status) \(why): the probe stays")
+        }
     }
 
 

@@ -15,12 +15,13 @@ final class TCCLockWaitTests: XCTestCase {
     func testWaitsRunWhenFreeEndAfterTheirBoundAndAreBounded() {
         var waits = SkuLockWaits<String>(waitMs: 100, waitersMax: 3)
         XCTAssertNil(waits.nextDeadlineMs)
-        XCTAssertTrue(waits.wait("a", sku: "pear", sinceMs: 0, nowMs: 0))
-        XCTAssertTrue(waits.wait("b", sku: "fig", sinceMs: 10, nowMs: 10))
-        XCTAssertTrue(waits.wait("c", sku: "pear", sinceMs: 20, nowMs: 20))
-        XCTAssertFalse(waits.wait("d", sku: "plum", sinceMs: 30, nowMs: 30), "past waitersMax")
+        XCTAssertEqual(waits.wait("a", sku: "pear", sinceMs: 0, nowMs: 0), .held)
+        XCTAssertEqual(waits.wait("b", sku: "fig", sinceMs: 10, nowMs: 10), .held)
+        XCTAssertEqual(waits.wait("c", sku: "pear", sinceMs: 20, nowMs: 20), .held)
+        XCTAssertEqual(waits.wait("d", sku: "plum", sinceMs: 30, nowMs: 30), .full, "past waitersMax")
+        XCTAssertEqual(waits.wait("d", sku: "plum", sinceMs: 0, nowMs: 300), .full, "full is told before a used-up wait")
         var fresh = SkuLockWaits<String>(waitMs: 100, waitersMax: 3)
-        XCTAssertFalse(fresh.wait("e", sku: "pear", sinceMs: 0, nowMs: 100), "a wait already used up is not held again")
+        XCTAssertEqual(fresh.wait("e", sku: "pear", sinceMs: 0, nowMs: 100), .usedUp, "a wait already used up is not held again")
         XCTAssertTrue(fresh.isEmpty)
         XCTAssertEqual(waits.nextDeadlineMs, 100)
         // Nothing free, nothing due: all stay.
@@ -41,6 +42,46 @@ final class TCCLockWaitTests: XCTestCase {
         XCTAssertEqual(taken.ready.map(\.entry), ["c"])
         XCTAssertTrue(waits.isEmpty)
         XCTAssertNil(waits.nextDeadlineMs)
+    }
+
+    /// One hot sku's waiters stop at `waitersPerSkuMax`, so they cannot fill `waitersMax` and
+    /// have phases on other skus refused at once (a leftover of session 36); a sku's count goes
+    /// down as its phases leave, whether they ran or ran out their wait.
+    func testOneSkusWaitersStopAtTheirBoundAndLeaveRoomForOtherSkus() {
+        var waits = SkuLockWaits<String>(waitMs: 100, waitersMax: 5, waitersPerSkuMax: 2)
+        XCTAssertEqual(waits.wait("k1", sku: "kiwi", sinceMs: 0, nowMs: 0), .held)
+        XCTAssertEqual(waits.wait("k2", sku: "kiwi", sinceMs: 0, nowMs: 0), .held)
+        XCTAssertEqual(waits.wait("k3", sku: "kiwi", sinceMs: 0, nowMs: 0), .skuFull, "kiwi at its bound")
+        XCTAssertEqual(waits.wait("k4", sku: "kiwi", sinceMs: 0, nowMs: 500), .skuFull, "the per-sku bound is told before a used-up wait")
+        XCTAssertEqual(waits.count(sku: "kiwi"), 2)
+        XCTAssertEqual(waits.wait("p1", sku: "pear", sinceMs: 0, nowMs: 0), .held, "another sku still waits")
+        XCTAssertEqual(waits.wait("f1", sku: "fig", sinceMs: 0, nowMs: 0), .held)
+        XCTAssertEqual(waits.wait("p2", sku: "pear", sinceMs: 0, nowMs: 0), .held)
+        XCTAssertEqual(waits.count, 5)
+        XCTAssertEqual(waits.wait("f2", sku: "fig", sinceMs: 0, nowMs: 0), .full, "the service's bound is told first")
+        XCTAssertEqual(waits.countBySku, ["kiwi": 2, "pear": 2, "fig": 1])
+        // kiwi freed: both leave, and kiwi has room again.
+        var taken = waits.take(nowMs: 10) { $0 != "kiwi" }
+        XCTAssertEqual(taken.ready.map(\.entry), ["k1", "k2"])
+        XCTAssertEqual(waits.count(sku: "kiwi"), 0)
+        XCTAssertNil(waits.countBySku["kiwi"], "no entry kept for a sku nobody waits for")
+        XCTAssertEqual(waits.wait("k5", sku: "kiwi", sinceMs: 10, nowMs: 10), .held)
+        // The others run out their wait: they leave too.
+        taken = waits.take(nowMs: 100) { _ in true }
+        XCTAssertEqual(taken.expired.map(\.0.entry), ["p1", "f1", "p2"])
+        XCTAssertEqual(waits.countBySku, ["kiwi": 1])
+        XCTAssertEqual(waits.wait("p3", sku: "pear", sinceMs: 100, nowMs: 100), .held)
+        XCTAssertEqual(waits.wait("p4", sku: "pear", sinceMs: 100, nowMs: 100), .held)
+        XCTAssertEqual(waits.wait("p5", sku: "pear", sinceMs: 100, nowMs: 100), .skuFull)
+        // With the service's bound under the per-sku one, that bound is met first.
+        var small = SkuLockWaits<String>(waitMs: 100, waitersMax: 1, waitersPerSkuMax: 2)
+        XCTAssertEqual(small.wait("a", sku: "kiwi", sinceMs: 0, nowMs: 0), .held)
+        XCTAssertEqual(small.wait("b", sku: "kiwi", sinceMs: 0, nowMs: 0), .full)
+        // The defaults: a quarter of the service's bound per sku.
+        let defaults = SkuLockWaits<String>()
+        XCTAssertEqual(defaults.waitersPerSkuMax, Limits.demoTCCLockWaitersPerSkuMax)
+        XCTAssertLessThan(Limits.demoTCCLockWaitersPerSkuMax, Limits.demoTCCLockWaitersMax)
+        XCTAssertGreaterThan(Limits.demoTCCLockWaitersPerSkuMax, 0)
     }
 
     // MARK: - real processes
@@ -354,10 +395,18 @@ final class TCCLockWaitTests: XCTestCase {
     /// (a review, session 36). Fewer may wait than that pool, so the commit finds a connection:
     /// the tries that waited run once it lands, none runs out its wait, and the rest are refused
     /// at once (`full`).
+    ///
+    /// The tries are spread over skus enough that the service's bound, not the per-sku one
+    /// (`Limits.demoTCCLockWaitersPerSkuMax`), is the one they meet: one 2PC transaction holds
+    /// them all.
     func testWaitingTriesLeaveTheCoordinatorRoomToSendTheCommitThatFreesTheirSku() throws {
         let rig = try rig()
-        try rig.setStock("kiwi", 1_000)
-        let (api, held) = try holdSku(rig, "kiwi", 2)
+        let skuCount = Limits.demoTCCLockWaitersMax / Limits.demoTCCLockWaitersPerSkuMax + 1
+        let skus = ["kiwi"] + (1..<skuCount).map { "kiwi-\($0)" }
+        for sku in skus { try rig.setStock(sku, 1_000) }
+        let api = CohortAPI(coordinatorURL: rig.coordinatorURL, requestTimeoutMs: 30_000)
+        let held = try api.begin(timeoutMs: 60_000)
+        _ = try api.agentWork(rig.url("inventory"), held, skus.flatMap { [.add("available/\($0)", -2, min: 0), .add("sold/\($0)", 2)] })
         let tries = Limits.httpClientPoolPerHostMax + 12
         let base = rig.url("inventory") + "/v1/tcc/inventory"
         let answers = Answers()
@@ -369,7 +418,7 @@ final class TCCLockWaitTests: XCTestCase {
                 let tcc = CohortAPI(coordinatorURL: rig.coordinatorURL, requestTimeoutMs: 30_000)
                 guard let txid = try? tcc.begin(timeoutMs: 30_000, protocol: "tcc") else { return answers.add(nil) }
                 let branch = TCCBranchRequest(branchID: "stock", tryURL: base + "/try", confirmURL: base + "/confirm", cancelURL: base + "/cancel",
-                                              payload: .object(["sku": .string("kiwi"), "qty": .int(1)]))
+                                              payload: .object(["sku": .string(skus[i % skus.count]), "qty": .int(1)]))
                 let r = try? tcc.raw("POST", rig.coordinatorURL + "/v1/transactions/\(txid)/tcc-branches", body: branch.wireJSON)
                 answers.add(r.map { (status: $0.status, body: ["i": i, "text": $0.bodyString]) })
                 _ = try? tcc.commit(txid)
@@ -382,7 +431,8 @@ final class TCCLockWaitTests: XCTestCase {
             let m = metrics(rig)
             let waiting = m[waitingKey] ?? 0
             let full = m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="full"}"#] ?? 0
-            if waiting + full >= Double(tries) || waiting >= Double(Limits.httpClientPoolPerHostMax) { break }
+            let skuFull = m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="sku-full"}"#] ?? 0
+            if waiting + full + skuFull >= Double(tries) || waiting >= Double(Limits.httpClientPoolPerHostMax) { break }
             Thread.sleep(forTimeInterval: 0.02)
         }
         XCTAssertEqual(try api.commit(held).outcome, "committed")
@@ -391,17 +441,99 @@ final class TCCLockWaitTests: XCTestCase {
         let ran = m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="ran"}"#] ?? -1
         let timedOut = m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="timed-out"}"#] ?? -1
         let full = m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="full"}"#] ?? -1
-        XCTAssertEqual(timedOut, 0, "the commit that freed kiwi reached the inventory while they waited: ran \(ran), full \(full)")
+        let skuFull = m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="sku-full"}"#] ?? -1
+        XCTAssertEqual(timedOut, 0, "the commit that freed the skus reached the inventory while they waited: ran \(ran), full \(full), sku-full \(skuFull)")
         XCTAssertGreaterThan(ran, 0)
-        XCTAssertEqual(ran + full, Double(tries), "the others were refused at once")
+        XCTAssertGreaterThan(full, 0, "the service's bound was met")
+        XCTAssertEqual(ran + full + skuFull, Double(tries), "the others were refused at once")
         let confirmed = answers.all.compactMap { $0 }.filter { $0.status == 200 }.count
         XCTAssertEqual(Double(confirmed), ran, "every try that waited and ran reserved")
         // The committed ones confirm, the refused ones were cancelled: nothing stays reserved.
         let settled = Date().addingTimeInterval(30)
-        while (try? rig.stock("kiwi").reserved) != 0, Date() < settled { Thread.sleep(forTimeInterval: 0.05) }
-        let stock = try rig.stock("kiwi")
-        XCTAssertEqual(stock.reserved, 0)
-        XCTAssertEqual(stock.available + stock.reserved + stock.sold, 1_000)
-        XCTAssertEqual(stock.sold, 2 + Int64(confirmed))
+        func reserved() -> Int64? { try? skus.reduce(0) { $0 + (try rig.stock($1).reserved) } }
+        while reserved() != 0, Date() < settled { Thread.sleep(forTimeInterval: 0.05) }
+        var sold: Int64 = 0
+        for sku in skus {
+            let stock = try rig.stock(sku)
+            XCTAssertEqual(stock.reserved, 0, sku)
+            XCTAssertEqual(stock.available + stock.reserved + stock.sold, 1_000, sku)
+            sold += stock.sold
+        }
+        XCTAssertEqual(sold, 2 * Int64(skus.count) + Int64(confirmed))
+    }
+
+    /// One hot sku's waiting phases stop at `Limits.demoTCCLockWaitersPerSkuMax`: with as many
+    /// tries on it as the service's bound (`Limits.demoTCCLockWaitersMax`), the ones past its
+    /// own bound are refused at once (`sku-full`), and a try on another locked sku still waits
+    /// and runs once that sku is freed. Before, the hot sku's tries filled the service's bound
+    /// and the other sku's try was refused at once (`full`), its order rejected for no
+    /// business reason (a leftover of session 36).
+    func testOneHotSkusWaitersLeaveRoomForATryOnAnotherSku() throws {
+        let rig = try rig()
+        try rig.setStock("kiwi", 1_000)
+        try rig.setStock("pear", 10)
+        let (api, kiwiHeld) = try holdSku(rig, "kiwi", 2)
+        let pearHeld = try api.begin(timeoutMs: 60_000)
+        _ = try api.agentWork(rig.url("inventory"), pearHeld, [.add("available/pear", -1, min: 0), .add("sold/pear", 1)])
+        let hot = Limits.demoTCCLockWaitersMax
+        let kiwiAnswers = Answers()
+        let kiwiDone = DispatchGroup()
+        for i in 0..<hot {
+            kiwiDone.enter()
+            Thread {
+                defer { kiwiDone.leave() }
+                kiwiAnswers.add((try? self.rawPhase(rig, "try", "hot-\(i)", #"{"sku":"kiwi","qty":1}"#)).map { (status: $0.0, body: ["text": $0.1]) })
+            }.start()
+        }
+        // Every kiwi try reached the inventory: it waits, or was refused as one too many.
+        let skuFullKey = #"cohort_demo_tcc_lock_waits_total{resource="inventory",result="sku-full"}"#
+        let fullKey = #"cohort_demo_tcc_lock_waits_total{resource="inventory",result="full"}"#
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            let m = metrics(rig)
+            if (m[waitingKey] ?? 0) + (m[skuFullKey] ?? 0) + (m[fullKey] ?? 0) >= Double(hot) { break }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        var m = metrics(rig)
+        XCTAssertEqual(m[waitingKey], Double(Limits.demoTCCLockWaitersPerSkuMax), "kiwi's waiters stop at its bound: \(m)")
+        XCTAssertEqual(m[skuFullKey], Double(hot - Limits.demoTCCLockWaitersPerSkuMax), "\(m)")
+
+        // A try on pear (locked too) still waits, and runs once pear is freed.
+        let pearDone = DispatchSemaphore(value: 0)
+        let pearAnswers = Answers()
+        DispatchQueue.global().async {
+            pearAnswers.add((try? self.rawPhase(rig, "try", "other-sku", #"{"sku":"pear","qty":3}"#)).map { (status: $0.0, body: ["text": $0.1]) })
+            pearDone.signal()
+        }
+        waitForWaiting(rig, Double(Limits.demoTCCLockWaitersPerSkuMax + 1))
+        XCTAssertEqual(pearDone.wait(timeout: .now()), .timedOut, "the pear try waits: \(pearAnswers.all)")
+        XCTAssertEqual(try api.commit(pearHeld).outcome, "committed")
+        XCTAssertEqual(pearDone.wait(timeout: .now() + 30), .success)
+        let pear = try XCTUnwrap(pearAnswers.all.first ?? nil)
+        XCTAssertEqual(pear.status, 200, "\(pear.body)")
+        var stock = try rig.stock("pear")
+        XCTAssertEqual([stock.available, stock.reserved, stock.sold], [6, 3, 1], "the pear try reserved once pear was freed")
+
+        let answered = Date().addingTimeInterval(10)
+        while kiwiAnswers.all.count < hot - Limits.demoTCCLockWaitersPerSkuMax, Date() < answered { Thread.sleep(forTimeInterval: 0.02) }
+        let refused = kiwiAnswers.all.compactMap { $0 }
+        XCTAssertEqual(refused.count, hot - Limits.demoTCCLockWaitersPerSkuMax, "the ones past kiwi's bound are answered at once")
+        for answer in refused {
+            XCTAssertEqual(answer.status, 409, "\(answer.body)")
+            let text = answer.body["text"] as? String ?? ""
+            XCTAssertTrue(text.contains("sku kiwi is busy in another transaction (no more may wait for sku kiwi: \(Limits.demoTCCLockWaitersPerSkuMax) TCC phases wait for its locks already, the limit per sku)"), text)
+        }
+
+        XCTAssertEqual(try api.commit(kiwiHeld).outcome, "committed")
+        XCTAssertEqual(kiwiDone.wait(timeout: .now() + 30), .success)
+        let ranKiwi = kiwiAnswers.all.compactMap { $0 }.filter { $0.status == 200 }.count
+        XCTAssertEqual(ranKiwi, Limits.demoTCCLockWaitersPerSkuMax, "the kiwi tries that waited ran")
+        stock = try rig.stock("kiwi")
+        XCTAssertEqual([stock.available, stock.reserved, stock.sold], [998 - Int64(ranKiwi), Int64(ranKiwi), 2])
+        m = metrics(rig)
+        XCTAssertEqual(m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="ran"}"#], Double(ranKiwi + 1), "\(m)")
+        XCTAssertEqual(m[fullKey], 0, "\(m)")
+        XCTAssertEqual(m[#"cohort_demo_tcc_lock_waits_total{resource="inventory",result="timed-out"}"#], 0, "\(m)")
+        XCTAssertEqual(m[waitingKey], 0)
     }
 }

@@ -1,5 +1,5 @@
 @testable import CohortAgent
-import CohortCore
+@testable import CohortCore
 import CohortHTTP
 @testable import CohortKV
 import CohortLog
@@ -334,6 +334,63 @@ final class AgentNodeTests: XCTestCase {
                                            #"{"txid":"0000abcd-1-3","register":false,"request_id":"x","ops":[\#(gets(0..<1))]}"#))
         XCTAssertEqual(later.status, 200, text(later))
         XCTAssertEqual(node.workAnswersKeptBytes, later.body.count)
+        node.stop()
+        node.log.close()
+    }
+
+    /// A branch restored in doubt whose inquiry failed waits on its coordinator (an entry in
+    /// `unreachableCoordinators`, backing off); the coordinator's own answer to a registration
+    /// (new work joining through it) wakes it, a refusal too: a coordinator back from a
+    /// restart answers 404 for a transaction it lost. Until session 37 only a 200 woke it. A
+    /// registration that failed in transport, or a 503 (a proxy, or the coordinator shedding
+    /// load), does not; the work call is answered as before (503, to retry; 404).
+    func testTheCoordinatorsRefusalOfARegistrationWakesABranchWaitingOnIt() throws {
+        let txid = "3fa90c1e-1-1"
+        let (storage, config) = try synced([
+            .prepared(txid, coordinatorURL: "http://coordinator:1", writeSet: KVResource.encodeWriteSet([("k", .int(1))]), threePhase: nil),
+        ])
+        let env = HandDrivenEnvironment()
+        let (log, recovered) = try DurableLog.open(storage: storage, config: config)
+        let node = try AgentNode(name: "a", incarnation: "00000000000000a1", coordinatorURL: "http://coordinator:1",
+                                 log: log, recovered: recovered, store: MemoryKVStore(), config: Participant.Config(name: "a"),
+                                 checkpointAfterBytes: 1 << 30, environment: env, onFatal: { XCTFail("fatal: \($0)") })
+        node.advertiseURL = "http://a"
+        node.start()
+        env.drain()
+        let inquiry = try XCTUnwrap(env.sent.firstIndex { $0.request.url.contains("/v1/transactions/\(txid)/outcome") }, "asks at the start")
+        env.sent[inquiry].completion(.failure(.connectFailed("connection refused")))
+        env.drain()
+        XCTAssertEqual(node.machine.unreachableCoordinators, ["http://coordinator:1": txid])
+
+        /// Work on a new transaction: its registration's answer is `answer`.
+        func work(_ n: Int, _ answer: Result<HTTPClientResponse, HTTPClientError>) throws -> HTTPResponse? {
+            let sentBefore = env.sent.count
+            var reply: HTTPResponse?
+            node.handle(try HTTPRequest.parsingTarget(method: "POST", target: "/v1/work", headers: HTTPHeaders(),
+                                                      body: Array(#"{"txid":"0000abcd-1-\#(n)","ops":[{"op":"set","key":"w\#(n)","value":1}]}"#.utf8)),
+                        ClosureSink { reply = $0 })
+            env.drain()
+            let sent = env.sent[sentBefore...].filter { $0.request.url.hasSuffix("/v1/transactions/0000abcd-1-\(n)/branches") }
+            XCTAssertEqual(sent.count, 1, "one registration for work \(n)")
+            sent.first?.completion(answer)
+            env.drain()
+            return reply
+        }
+        func answer(_ status: Int, _ body: String) -> Result<HTTPClientResponse, HTTPClientError> {
+            .success(HTTPClientResponse(status: status, headers: HTTPHeaders(), body: Array(body.utf8)))
+        }
+        XCTAssertEqual(try work(1, .failure(.timeout))?.status, 503)
+        XCTAssertEqual(node.machine.unreachableCoordinators, ["http://coordinator:1": txid], "no answer: still unreachable")
+        XCTAssertEqual(try work(2, answer(503, #"{"error":"too many connections"}"#))?.status, 503)
+        XCTAssertEqual(node.machine.unreachableCoordinators, ["http://coordinator:1": txid], "a 503 does not show it up")
+        XCTAssertEqual(try work(3, answer(404, "<html>404</html>"))?.status, 404)
+        XCTAssertEqual(node.machine.unreachableCoordinators, ["http://coordinator:1": txid], "a proxy's page does not show it up")
+        let timersBefore = Set(env.timers.keys)
+        XCTAssertEqual(try work(4, answer(404, #"{"error":"unknown transaction 0000abcd-1-4"}"#))?.status, 404)
+        XCTAssertEqual(node.machine.unreachableCoordinators, [:], "the coordinator's own 404 shows it up")
+        let set = env.timers.filter { !timersBefore.contains($0.key) }.map(\.value.afterMs)
+        XCTAssertEqual(set.count, 1, "the waiting branch's inquiry is set again: \(set)")
+        XCTAssertLessThan(set.first ?? .max, Limits.inquiryDelayMs)
         node.stop()
         node.log.close()
     }
