@@ -721,7 +721,17 @@ public final class AgentNode {
                 // restart, a 409): the machine decides which show the coordinator itself up.
                 self.feed(.registrationAnswered(coordinator, status: r.status, body: r.body))
                 let text = (try? JSONBody.value(ErrorBody.self, from: r.body).error) ?? "HTTP \(r.status)"
-                outcome = .failure(RequestError(r.status == 503 ? 503 : (r.status == 404 ? 404 : 409), "coordinator refused the branch: \(text)"))
+                switch r.status {
+                case 502, 503, 504:
+                    // Load shed by the coordinator, or a proxy in front of it that could not
+                    // reach it (502) or gave up waiting (504): the branch may work again
+                    // later, so the work's caller hears "retry" (503), not a refusal.
+                    outcome = .failure(RequestError(503, "coordinator did not take the branch: \(text)"))
+                case 404:
+                    outcome = .failure(RequestError(404, "coordinator refused the branch: \(text)"))
+                default:
+                    outcome = .failure(RequestError(409, "coordinator refused the branch: \(text)"))
+                }
             case .failure(let e):
                 outcome = .failure(RequestError(503, "coordinator \(coordinator) unreachable: \(e)"))
             }

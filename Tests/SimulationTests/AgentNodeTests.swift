@@ -383,6 +383,11 @@ final class AgentNodeTests: XCTestCase {
         XCTAssertEqual(node.machine.unreachableCoordinators, ["http://coordinator:1": txid], "no answer: still unreachable")
         XCTAssertEqual(try work(2, answer(503, #"{"error":"too many connections"}"#))?.status, 503)
         XCTAssertEqual(node.machine.unreachableCoordinators, ["http://coordinator:1": txid], "a 503 does not show it up")
+        // A proxy that could not reach the coordinator (502) or gave up waiting (504): the
+        // work's caller hears 503 (retry), not 409 (refused), and nothing wakes.
+        XCTAssertEqual(try work(5, answer(502, "<html>bad gateway</html>"))?.status, 503)
+        XCTAssertEqual(try work(6, answer(504, "<html>gateway timeout</html>"))?.status, 503)
+        XCTAssertEqual(node.machine.unreachableCoordinators, ["http://coordinator:1": txid], "a 502 or 504 does not show it up")
         XCTAssertEqual(try work(3, answer(404, "<html>404</html>"))?.status, 404)
         XCTAssertEqual(node.machine.unreachableCoordinators, ["http://coordinator:1": txid], "a proxy's page does not show it up")
         let timersBefore = Set(env.timers.keys)
@@ -391,6 +396,7 @@ final class AgentNodeTests: XCTestCase {
         let set = env.timers.filter { !timersBefore.contains($0.key) }.map(\.value.afterMs)
         XCTAssertEqual(set.count, 1, "the waiting branch's inquiry is set again: \(set)")
         XCTAssertLessThan(set.first ?? .max, Limits.inquiryDelayMs)
+        XCTAssertEqual(try work(7, answer(409, #"{"error":"transaction 0000abcd-1-7 is committing"}"#))?.status, 409, "a refusal stays one")
         node.stop()
         node.log.close()
     }
