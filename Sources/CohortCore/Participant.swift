@@ -404,6 +404,14 @@ public struct Participant {
     /// 29). Only promises raise it, so it costs nothing until the participants have had to
     /// decide without their coordinator. In snapshots (from session 29).
     private var promisesLetGoUpTo: [String: TxID] = [:]
+    /// Per coordinator id, a commit that coordinator says this participant acknowledged
+    /// (`last_acknowledged_commit`) which it neither knows nor let go: its data is older than
+    /// what it acknowledged (its directory restored from an older copy keeps the incarnation,
+    /// so the incarnation check cannot tell). New work and prepares from that coordinator are
+    /// refused from then on (`admitWork`) until an operator replaces the directory (a new
+    /// incarnation) and restarts it. In memory only: after a restart the coordinator tells it
+    /// again at the next registration or prepare. At most `forgottenHorizonCoordinatorsMax`.
+    public private(set) var staleForCoordinators: [String: TxID] = [:]
 
     public init(config: Config) {
         self.config = config
@@ -429,6 +437,9 @@ public struct Participant {
 
     /// Whether new work for `txid` may be staged, and if not, why.
     public func admitWork(_ txid: String) -> RequestError? {
+        if !staleForCoordinators.isEmpty, let t = TxID(txid), let acknowledged = staleForCoordinators[t.coordinatorID] {
+            return staleRefusal(acknowledged)
+        }
         if let b = branches[txid] {
             return b.state == .active ? nil : RequestError(409, "branch \(txid) is \(b.state.rawValue); it takes no more work")
         }
@@ -1620,6 +1631,39 @@ public struct Participant {
         // Asked at every join: nothing to parse until a promise was let go (rare).
         guard !promisesLetGoUpTo.isEmpty, let t = TxID(txid), let upTo = promisesLetGoUpTo[t.coordinatorID] else { return false }
         return !(upTo < t)
+    }
+
+    /// Checks what a coordinator says about the transaction `txid`: that this participant
+    /// acknowledged the commit of `lastAcknowledged` (`last_acknowledged_commit` in its
+    /// registration answer or prepare). A commit is acknowledged only once its record is
+    /// durable, and the outcome is kept until let go (`forgottenUpTo`, raised for every outcome
+    /// let go, in memory and in checkpoints); so a txid this participant neither knows nor let
+    /// go is one its data lost: the directory was restored from an older copy. Nil when it is
+    /// known or let go; otherwise the refusal (503), remembered for the coordinator so that
+    /// all its new work is refused. 400 for a malformed txid, or another coordinator's.
+    public mutating func checkLastAcknowledgedCommit(_ lastAcknowledged: String, for txid: String) -> RequestError? {
+        guard let acknowledged = TxID(lastAcknowledged) else {
+            return RequestError(400, "malformed last_acknowledged_commit \"\(lastAcknowledged.prefix(80))\"")
+        }
+        if let t = TxID(txid), t.coordinatorID != acknowledged.coordinatorID {
+            return RequestError(400, "last_acknowledged_commit \(acknowledged) is not a txid of the coordinator of \(txid)")
+        }
+        if let stale = staleForCoordinators[acknowledged.coordinatorID] { return staleRefusal(stale) }
+        let text = acknowledged.description
+        if branches[text] != nil || finishedOutcomes[text] != nil || heuristicMixed[text] != nil || forgottenHeuristics[text] != nil
+            || mayHaveForgotten(text) {
+            return nil
+        }
+        if staleForCoordinators.count < Limits.forgottenHorizonCoordinatorsMax { staleForCoordinators[acknowledged.coordinatorID] = acknowledged }
+        return staleRefusal(acknowledged)
+    }
+
+    /// Why new work from the coordinator of `acknowledged` is refused.
+    public func staleRefusal(_ acknowledged: TxID) -> RequestError {
+        RequestError(503, "participant \(config.name) refuses new work from coordinator \(acknowledged.coordinatorID): it acknowledged the commit of "
+            + "\(acknowledged), which this participant's data neither holds nor let go, so its data directory is older than what it "
+            + "acknowledged (restored from a backup or snapshot?); replace the directory and restart it (docs/failure-model.md, "
+            + "\"Participant data directory restored from an older copy\")")
     }
 
     /// Whether this participant may have voted yes on `txid` and forgotten its outcome.

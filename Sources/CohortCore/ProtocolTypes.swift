@@ -143,7 +143,10 @@ public enum ParticipantMessage: Equatable, Sendable {
     /// `work` is set for a submitted transaction (`POST /v1/transactions/submit`): the
     /// branch's operations, which the participant stages before it votes; the coordinator
     /// passes them on without reading them.
-    case prepare(onePhase: Bool, participants: [ParticipantRef], threePhase: Termination?, work: JSONNode? = nil)
+    /// `lastAcknowledgedCommit`: the highest commit this participant acknowledged to this
+    /// coordinator (`Coordinator.lastAcknowledgedCommits`), for it to check it still knows it.
+    case prepare(onePhase: Bool, participants: [ParticipantRef], threePhase: Termination?, work: JSONNode? = nil,
+                 lastAcknowledgedCommit: TxID? = nil)
     /// 3PC: everyone voted yes; move to pre-committed (forced) and acknowledge.
     case preCommit
     /// 3PC: what is your state? (a coordinator learning an outcome it no longer decides)
@@ -153,7 +156,7 @@ public enum ParticipantMessage: Equatable, Sendable {
 
     public var typeName: String {
         switch self {
-        case .prepare(let onePhase, _, _, _): return onePhase ? "commit-one-phase" : "prepare"
+        case .prepare(let onePhase, _, _, _, _): return onePhase ? "commit-one-phase" : "prepare"
         case .preCommit: return "pre-commit"
         case .stateQuery: return "state-query"
         case .commit: return "commit"
