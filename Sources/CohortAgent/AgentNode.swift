@@ -908,7 +908,8 @@ public final class AgentNode {
     /// its data neither holds nor let go (or already said so): 503, or 400 for a malformed
     /// `last_acknowledged_commit`.
     private func staleDataRefusal(_ p: PrepareRequest) -> RequestError? {
-        if let acknowledged = p.lastAcknowledgedCommit {
+        // A figure for another incarnation is another directory's (this one replaced it): not ours to check.
+        if let acknowledged = p.lastAcknowledgedCommit, p.lastAcknowledgedIncarnation == nil || p.lastAcknowledgedIncarnation == incarnation {
             return ask { $0.checkLastAcknowledgedCommit(acknowledged, for: p.txid) }
         }
         guard isStale(p.txid), let t = TxID(p.txid), let acknowledged = machine.staleForCoordinators[t.coordinatorID] else { return nil }

@@ -393,7 +393,8 @@ public final class CoordinatorNode {
                                                   protocol: threePhase == nil ? nil : "3pc", termination: threePhase?.rawValue,
                                                   ops: work, timeoutMs: work == nil ? nil : machine.transaction(txid)?.timeoutMs,
                                                   participant: work == nil ? nil : to.name,
-                                                  lastAcknowledgedCommit: lastAcknowledged?.description))
+                                                  lastAcknowledgedCommit: lastAcknowledged?.txid.description,
+                                                  lastAcknowledgedIncarnation: to.incarnation == nil ? lastAcknowledged?.incarnation : nil))
             CrashPoints.hit("coordinator.before-prepare-send")
         case .preCommit:
             path = "/v1/3pc/precommit"
@@ -538,7 +539,7 @@ public final class CoordinatorNode {
             return .jsonBytes(201, JSONBody.encode(BeginResponse(txid: txid.description, timeoutMs: timeoutMs)))
         case .registered(let txid, let timeoutMs, let lastAcknowledged):
             return .jsonBytes(200, JSONBody.encode(RegisterResponse(txid: txid.description, timeoutMs: timeoutMs,
-                                                                    lastAcknowledgedCommit: lastAcknowledged?.description)))
+                                                                    lastAcknowledgedCommit: lastAcknowledged?.txid.description)))
         case .outcome(let txid, let outcome, let reason):
             return .jsonBytes(200, JSONBody.encode(OutcomeResponse(txid: txid.description, outcome: outcome.rawValue, reason: reason)))
         case .inquiry(let txid, let answer):

@@ -278,7 +278,7 @@ public struct Coordinator {
         case begun(TxID, timeoutMs: Int64)
         /// `lastAcknowledgedCommit`: the highest commit this participant (name and incarnation)
         /// acknowledged here, for it to check that it still knows it (`lastAcknowledgedCommits`).
-        case registered(TxID, timeoutMs: Int64, lastAcknowledgedCommit: TxID? = nil)
+        case registered(TxID, timeoutMs: Int64, lastAcknowledgedCommit: AcknowledgedCommit? = nil)
         case outcome(TxID, Outcome, reason: String?)
         case inquiry(String, InquiryAnswer)
         /// What a forced decision did (or, for a dry run, would do).
@@ -485,11 +485,6 @@ public struct Coordinator {
     public var committingCount: Int { openTable.settlingCount }
     /// Recently finished transactions, oldest first, bounded by `finishedTransactionsKept`.
     public private(set) var finished: [TxID: Transaction] = [:]
-    /// The highest committed txid a participant acknowledged, with the incarnation it had.
-    public struct AcknowledgedCommit: Equatable, Sendable {
-        public let incarnation: String?
-        public let txid: TxID
-    }
     /// Per participant name (`Limits.acknowledgedCommitParticipantsMax`): the highest txid whose
     /// commit it acknowledged (a `committed` answer to a commit, or to a one-phase commit: each
     /// sent only once its commit record is durable there). Told to it at registration and in
@@ -973,8 +968,12 @@ public struct Coordinator {
     }
 
     /// `participant` acknowledged the commit of `txid`. Another incarnation's figure is
-    /// replaced: it says nothing about a recreated directory.
+    /// replaced: it says nothing about a recreated directory. A branch without an incarnation
+    /// (a submitted one, or a participant that gives none) does not count: which directory
+    /// answered is unknown, and a directory that replaced it unseen (wiped, a new incarnation)
+    /// would be told a commit it never had, and refuse work it should take.
     mutating func noteAcknowledgedCommit(_ participant: ParticipantRef, _ txid: TxID) {
+        guard participant.incarnation != nil else { return }
         if let known = lastAcknowledgedCommits[participant.name] {
             if known.incarnation == participant.incarnation && !(known.txid < txid) { return }
         } else if lastAcknowledgedCommits.count >= Limits.acknowledgedCommitParticipantsMax {
@@ -983,10 +982,13 @@ public struct Coordinator {
         lastAcknowledgedCommits[participant.name] = AcknowledgedCommit(incarnation: participant.incarnation, txid: txid)
     }
 
-    /// The highest commit `participant` (this name and incarnation) acknowledged, if known.
-    public func lastAcknowledgedCommit(of participant: ParticipantRef) -> TxID? {
-        guard let known = lastAcknowledgedCommits[participant.name], known.incarnation == participant.incarnation else { return nil }
-        return known.txid
+    /// The highest commit `participant` (this name and incarnation) acknowledged, if known. For
+    /// a branch without an incarnation, the figure of whatever incarnation the name had: the
+    /// participant checks it only if that incarnation is its own.
+    public func lastAcknowledgedCommit(of participant: ParticipantRef) -> AcknowledgedCommit? {
+        guard let known = lastAcknowledgedCommits[participant.name],
+              participant.incarnation == nil || known.incarnation == participant.incarnation else { return nil }
+        return known
     }
 
     /// Everything needed to rebuild after the log before this point is dropped: the highest
@@ -1619,7 +1621,9 @@ public struct Coordinator {
         }
         if let e = join(&tx, participant, nowMs: nowMs, detail: participant.url) { return [.reply(request, .error(e))] }
         openTable[txid] = tx
-        return [.reply(request, .registered(txid, timeoutMs: tx.timeoutMs, lastAcknowledgedCommit: lastAcknowledgedCommit(of: participant)))]
+        // Only the registrant's own incarnation's figure: the answer does not say whose it is.
+        let told = lastAcknowledgedCommit(of: participant).flatMap { $0.incarnation == participant.incarnation ? $0 : nil }
+        return [.reply(request, .registered(txid, timeoutMs: tx.timeoutMs, lastAcknowledgedCommit: told))]
     }
 
     /// Adds `participant` to `tx` as a registered branch, or finds it there already (a repeated

@@ -137,6 +137,17 @@ public enum ThreePhaseState: String, Codable, Sendable {
 }
 
 /// Messages a coordinator sends to a participant (second-phase messages included).
+/// The highest committed txid a participant acknowledged to a coordinator, with the
+/// incarnation it had (nil: it gave none).
+public struct AcknowledgedCommit: Equatable, Sendable {
+    public let incarnation: String?
+    public let txid: TxID
+    public init(incarnation: String?, txid: TxID) {
+        self.incarnation = incarnation
+        self.txid = txid
+    }
+}
+
 public enum ParticipantMessage: Equatable, Sendable {
     /// `participants` lists every branch, so the participants of a three-phase commit can find
     /// each other for the termination protocol. `threePhase` is set for 3PC (CanCommit).
@@ -146,7 +157,7 @@ public enum ParticipantMessage: Equatable, Sendable {
     /// `lastAcknowledgedCommit`: the highest commit this participant acknowledged to this
     /// coordinator (`Coordinator.lastAcknowledgedCommits`), for it to check it still knows it.
     case prepare(onePhase: Bool, participants: [ParticipantRef], threePhase: Termination?, work: JSONNode? = nil,
-                 lastAcknowledgedCommit: TxID? = nil)
+                 lastAcknowledgedCommit: AcknowledgedCommit? = nil)
     /// 3PC: everyone voted yes; move to pre-committed (forced) and acknowledge.
     case preCommit
     /// 3PC: what is your state? (a coordinator learning an outcome it no longer decides)

@@ -125,10 +125,15 @@ public struct PrepareRequest: Codable, Sendable {
     public var participant: String? = nil
     /// As in `RegisterResponse`: the highest commit this participant acknowledged.
     public var lastAcknowledgedCommit: String? = nil
+    /// With `lastAcknowledgedCommit` when this message names no `incarnation` (a submitted
+    /// branch): the incarnation that acknowledged it. A participant with another one ignores
+    /// the figure (it is another directory's).
+    public var lastAcknowledgedIncarnation: String? = nil
     public init(txid: String, onePhase: Bool?, participants: [ParticipantRef]?, incarnation: String? = nil,
                 protocol: String? = nil, termination: String? = nil, ops: JSONNode? = nil, timeoutMs: Int64? = nil,
-                participant: String? = nil, lastAcknowledgedCommit: String? = nil) {
+                participant: String? = nil, lastAcknowledgedCommit: String? = nil, lastAcknowledgedIncarnation: String? = nil) {
         self.lastAcknowledgedCommit = lastAcknowledgedCommit
+        self.lastAcknowledgedIncarnation = lastAcknowledgedIncarnation
         self.ops = ops
         self.timeoutMs = timeoutMs
         self.participant = participant
@@ -143,6 +148,7 @@ public struct PrepareRequest: Codable, Sendable {
         case txid, participants, incarnation, `protocol`, termination
         case onePhase = "one_phase"
         case lastAcknowledgedCommit = "last_acknowledged_commit"
+        case lastAcknowledgedIncarnation = "last_acknowledged_incarnation"
     }
 }
 
@@ -889,7 +895,8 @@ extension PrepareRequest: WireDecodable, WireEncodable {
                   participants: try o.optObjects("participants") { try ParticipantRef(wire: $0) },
                   incarnation: try o.optString("incarnation"), protocol: try o.optString("protocol"), termination: try o.optString("termination"),
                   ops: ops, timeoutMs: try o.optInt64("timeout_ms"), participant: try o.optString("participant"),
-                  lastAcknowledgedCommit: try o.optString("last_acknowledged_commit"))
+                  lastAcknowledgedCommit: try o.optString("last_acknowledged_commit"),
+                  lastAcknowledgedIncarnation: try o.optString("last_acknowledged_incarnation"))
     }
     public func writeWire(_ w: inout JSONWriter) {
         w.beginObject()
@@ -907,6 +914,7 @@ extension PrepareRequest: WireDecodable, WireEncodable {
         w.field("timeout_ms", timeoutMs)
         w.field("participant", participant)
         w.field("last_acknowledged_commit", lastAcknowledgedCommit)
+        w.field("last_acknowledged_incarnation", lastAcknowledgedIncarnation)
         if let ops { w.key("ops"); w.value(ops) }
         w.endObject()
     }

@@ -29,13 +29,16 @@ final class RestoredParticipantTests: XCTestCase {
         let reply = c.on(.register(50, txid: t.description, participant: p), nowMs: 1)
         guard case .reply(50, .registered(t, _, let told))? = reply.first else { XCTFail("\(reply)"); return nil }
         _ = c.on(.abort(51, txid: t.description), nowMs: 1)
-        return told
+        XCTAssertTrue(told == nil || told?.incarnation == p.incarnation, "another incarnation's figure")
+        return told?.txid
     }
 
     /// Per participant prepared: the txid its prepare tells it ("none" without one).
     func prepares(_ actions: [Coordinator.Action]) -> [String: String] {
         var out: [String: String] = [:]
-        for case .send(_, let to, .prepare(_, _, _, _, let told)) in actions { out[to.name] = told?.description ?? "none" }
+        for case .send(_, let to, .prepare(_, _, _, _, let told)) in actions {
+            out[to.name] = told.map { "\($0.txid)@\($0.incarnation ?? "-")" } ?? "none"
+        }
         return out
     }
 
@@ -74,11 +77,35 @@ final class RestoredParticipantTests: XCTestCase {
         let t2 = begin(&c, [a, b])
         commit(&c, t2, acks: ["b"], logged: &logged)
         let t3 = begin(&c, [a, b])
-        XCTAssertEqual(prepares(c.on(.commit(2, txid: t3.description), nowMs: 7)), ["a": t1.description, "b": t2.description])
+        XCTAssertEqual(prepares(c.on(.commit(2, txid: t3.description), nowMs: 7)), ["a": "\(t1)@1111", "b": "\(t2)@2222"])
         // A late, lower acknowledgement does not lower it.
         _ = c.on(.acknowledged(t2, participant: "a"), nowMs: 8)
         _ = c.on(.acknowledged(t1, participant: "a"), nowMs: 8)
-        XCTAssertEqual(c.lastAcknowledgedCommit(of: a), t2)
+        XCTAssertEqual(c.lastAcknowledgedCommit(of: a)?.txid, t2)
+    }
+
+    /// A branch without an incarnation (a submitted one) cannot say which directory answered:
+    /// its acknowledgement does not count, and its prepare carries the figure with the
+    /// incarnation it belongs to, so that a recreated directory (another incarnation) ignores
+    /// it instead of refusing work it should take. A registration without an incarnation is
+    /// told nothing (its answer cannot say whose figure it is).
+    func testABranchWithoutAnIncarnationIsToldWhoseFigureItIs() {
+        var c = makeCoordinator()
+        var logged: [Coordinator.Record] = []
+        let t1 = begin(&c, [a, b])
+        commit(&c, t1, acks: ["a", "b"], logged: &logged)
+        let unnamed = ParticipantRef(name: "a", url: "http://a")
+        let t2 = begin(&c, [unnamed, b])
+        XCTAssertEqual(prepares(c.on(.commit(2, txid: t2.description), nowMs: 7)), ["a": "\(t1)@1111", "b": "\(t1)@2222"])
+        _ = c.on(.voted(t2, participant: "a", vote: .yes), nowMs: 8)
+        _ = c.on(.voted(t2, participant: "b", vote: .yes), nowMs: 8)
+        _ = c.on(.decisionDurable(t2), nowMs: 9)
+        _ = c.on(.acknowledged(t2, participant: "a"), nowMs: 10)
+        _ = c.on(.acknowledged(t2, participant: "b"), nowMs: 10)
+        XCTAssertEqual(c.lastAcknowledgedCommit(of: a)?.txid, t1, "an acknowledgement without an incarnation does not count")
+        XCTAssertEqual(c.lastAcknowledgedCommit(of: b)?.txid, t2)
+        XCTAssertNil(toldAtRegistration(&c, unnamed))
+        XCTAssertEqual(toldAtRegistration(&c, a), t1)
     }
 
     /// A one-phase commit answered `committed` counts (its record is durable before that
@@ -91,14 +118,14 @@ final class RestoredParticipantTests: XCTestCase {
         let sent = c.on(.onePhaseWindowDurable(window), nowMs: 2)
         XCTAssertEqual(prepares(sent), ["a": "none"], "\(sent)")
         _ = c.on(.onePhaseAnswered(t1, participant: "a", outcome: .committed, reason: nil), nowMs: 3)
-        XCTAssertEqual(c.lastAcknowledgedCommit(of: a), t1)
+        XCTAssertEqual(c.lastAcknowledgedCommit(of: a)?.txid, t1)
         let t2 = begin(&c, [b])
         XCTAssertEqual(prepares(c.on(.commit(2, txid: t2.description), nowMs: 4)), ["b": "none"])
         _ = c.on(.onePhaseAnswered(t2, participant: "b", outcome: .aborted, reason: "no"), nowMs: 5)
         XCTAssertNil(c.lastAcknowledgedCommit(of: b))
         // The next one-phase commit to a tells it.
         let t3 = begin(&c, [a])
-        XCTAssertEqual(prepares(c.on(.commit(2, txid: t3.description), nowMs: 6)), ["a": t1.description])
+        XCTAssertEqual(prepares(c.on(.commit(2, txid: t3.description), nowMs: 6)), ["a": "\(t1)@1111"])
     }
 
     /// After a restart the figures come back from the log's end records (a branch that
@@ -118,26 +145,26 @@ final class RestoredParticipantTests: XCTestCase {
         logged.append(.end(t2))
         let t3 = begin(&c, [a, b])
         commit(&c, t3, acks: [], logged: &logged) // decided, not acknowledged
-        XCTAssertEqual(c.lastAcknowledgedCommit(of: a), t2)
-        XCTAssertEqual(c.lastAcknowledgedCommit(of: b), t1)
+        XCTAssertEqual(c.lastAcknowledgedCommit(of: a)?.txid, t2)
+        XCTAssertEqual(c.lastAcknowledgedCommit(of: b)?.txid, t1)
 
         let encoded = logged.map { CoordinatorRecordCoding.encode($0) }.map { ($0.type, $0.payload) }
         var fromLog = makeCoordinator()
         _ = try fromLog.recover(snapshot: nil, records: encoded, nowMs: 10)
-        XCTAssertEqual(fromLog.lastAcknowledgedCommit(of: a), t2, "from t2's end record")
-        XCTAssertEqual(fromLog.lastAcknowledgedCommit(of: b), t1, "b reported a heuristic outcome of t2: no acknowledgement")
+        XCTAssertEqual(fromLog.lastAcknowledgedCommit(of: a)?.txid, t2, "from t2's end record")
+        XCTAssertEqual(fromLog.lastAcknowledgedCommit(of: b)?.txid, t1, "b reported a heuristic outcome of t2: no acknowledgement")
 
         var fromCheckpoint = makeCoordinator()
         _ = try fromCheckpoint.recover(snapshot: c.snapshot(), records: [], nowMs: 10)
-        XCTAssertEqual(fromCheckpoint.lastAcknowledgedCommit(of: a), t2)
-        XCTAssertEqual(fromCheckpoint.lastAcknowledgedCommit(of: b), t1)
-        XCTAssertNil(fromCheckpoint.lastAcknowledgedCommit(of: ParticipantRef(name: "a", url: "http://a", incarnation: "9999")))
+        XCTAssertEqual(fromCheckpoint.lastAcknowledgedCommit(of: a)?.txid, t2)
+        XCTAssertEqual(fromCheckpoint.lastAcknowledgedCommit(of: b)?.txid, t1)
+        XCTAssertNil(fromCheckpoint.lastAcknowledgedCommit(of: ParticipantRef(name: "a", url: "http://a", incarnation: "9999"))?.txid)
         // And again through a second checkpoint: t3's acknowledgements arrive after the restart.
         _ = fromCheckpoint.on(.acknowledged(t3, participant: "b"), nowMs: 11)
         var again = makeCoordinator()
         _ = try again.recover(snapshot: fromCheckpoint.snapshot(), records: [], nowMs: 12)
-        XCTAssertEqual(again.lastAcknowledgedCommit(of: b), t3)
-        XCTAssertEqual(again.lastAcknowledgedCommit(of: a), t2)
+        XCTAssertEqual(again.lastAcknowledgedCommit(of: b)?.txid, t3)
+        XCTAssertEqual(again.lastAcknowledgedCommit(of: a)?.txid, t2)
     }
 
     /// The table is bounded: past `Limits.acknowledgedCommitParticipantsMax` names a new one is
@@ -146,11 +173,11 @@ final class RestoredParticipantTests: XCTestCase {
         var c = makeCoordinator()
         let t = TxID(coordinatorID: "0a1b2c3d", epoch: 100, sequence: 5)
         let later = TxID(coordinatorID: "0a1b2c3d", epoch: 100, sequence: 6)
-        for i in 0..<Limits.acknowledgedCommitParticipantsMax { c.noteAcknowledgedCommit(ParticipantRef(name: "p\(i)", url: "http://x"), t) }
-        c.noteAcknowledgedCommit(ParticipantRef(name: "new", url: "http://x"), later)
-        XCTAssertNil(c.lastAcknowledgedCommit(of: ParticipantRef(name: "new", url: "http://x")))
-        c.noteAcknowledgedCommit(ParticipantRef(name: "p0", url: "http://x"), later)
-        XCTAssertEqual(c.lastAcknowledgedCommit(of: ParticipantRef(name: "p0", url: "http://x")), later)
+        for i in 0..<Limits.acknowledgedCommitParticipantsMax { c.noteAcknowledgedCommit(ParticipantRef(name: "p\(i)", url: "http://x", incarnation: "1"), t) }
+        c.noteAcknowledgedCommit(ParticipantRef(name: "new", url: "http://x", incarnation: "1"), later)
+        XCTAssertNil(c.lastAcknowledgedCommit(of: ParticipantRef(name: "new", url: "http://x", incarnation: "1"))?.txid)
+        c.noteAcknowledgedCommit(ParticipantRef(name: "p0", url: "http://x", incarnation: "1"), later)
+        XCTAssertEqual(c.lastAcknowledgedCommit(of: ParticipantRef(name: "p0", url: "http://x", incarnation: "1"))?.txid, later)
         XCTAssertEqual(c.lastAcknowledgedCommits.count, Limits.acknowledgedCommitParticipantsMax)
     }
 
