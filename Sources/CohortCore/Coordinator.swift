@@ -276,7 +276,7 @@ public struct Coordinator {
 
     public enum Reply: Equatable {
         case begun(TxID, timeoutMs: Int64)
-        /// `lastAcknowledgedCommit`: the highest commit this participant (name and incarnation)
+        /// `lastAcknowledgedCommit`: the last commit this participant (name and incarnation)
         /// acknowledged here, for it to check that it still knows it (`lastAcknowledgedCommits`).
         case registered(TxID, timeoutMs: Int64, lastAcknowledgedCommit: AcknowledgedCommit? = nil)
         case outcome(TxID, Outcome, reason: String?)
@@ -485,8 +485,8 @@ public struct Coordinator {
     public var committingCount: Int { openTable.settlingCount }
     /// Recently finished transactions, oldest first, bounded by `finishedTransactionsKept`.
     public private(set) var finished: [TxID: Transaction] = [:]
-    /// Per participant name (`Limits.acknowledgedCommitParticipantsMax`): the highest txid whose
-    /// commit it acknowledged (a `committed` answer to a commit, or to a one-phase commit: each
+    /// Per participant name (`Limits.acknowledgedCommitParticipantsMax`): the txid whose commit
+    /// it acknowledged last (a `committed` answer to a commit, or to a one-phase commit: each
     /// sent only once its commit record is durable there). Told to it at registration and in
     /// every prepare, so that a participant whose data directory was restored from an older
     /// copy (same incarnation, commits missing) finds out and refuses new work instead of
@@ -740,7 +740,7 @@ public struct Coordinator {
                     updateKnown(txid) { tx in if tx.audit.isEmpty { tx.audit = kept.entries } }
                 }
             }
-            // The highest commit each participant acknowledged (absent in snapshots written
+            // The last commit each participant acknowledged (absent in snapshots written
             // before session 37: the figures then start from what the log still holds).
             if !r.isAtEnd {
                 let count = try r.u32()
@@ -972,17 +972,20 @@ public struct Coordinator {
     /// (a submitted one, or a participant that gives none) does not count: which directory
     /// answered is unknown, and a directory that replaced it unseen (wiped, a new incarnation)
     /// would be told a commit it never had, and refuse work it should take.
+    ///
+    /// The latest acknowledgement wins, not the highest txid: txids are handed out at begin, so
+    /// a transfer begun earlier may commit later, and a copy taken between the two commits holds
+    /// the higher txid and lacks the later commit. Any txid the participant acknowledged is a
+    /// sound figure (it knows it or let it go); the latest one catches the most.
     mutating func noteAcknowledgedCommit(_ participant: ParticipantRef, _ txid: TxID) {
         guard participant.incarnation != nil else { return }
-        if let known = lastAcknowledgedCommits[participant.name] {
-            if known.incarnation == participant.incarnation && !(known.txid < txid) { return }
-        } else if lastAcknowledgedCommits.count >= Limits.acknowledgedCommitParticipantsMax {
+        if lastAcknowledgedCommits[participant.name] == nil && lastAcknowledgedCommits.count >= Limits.acknowledgedCommitParticipantsMax {
             return
         }
         lastAcknowledgedCommits[participant.name] = AcknowledgedCommit(incarnation: participant.incarnation, txid: txid)
     }
 
-    /// The highest commit `participant` (this name and incarnation) acknowledged, if known. For
+    /// The last commit `participant` (this name and incarnation) acknowledged, if known. For
     /// a branch without an incarnation, the figure of whatever incarnation the name had: the
     /// participant checks it only if that incarnation is its own.
     public func lastAcknowledgedCommit(of participant: ParticipantRef) -> AcknowledgedCommit? {
@@ -1152,7 +1155,7 @@ public struct Coordinator {
         let audits = operatorAudits.all
         w.u32(sectionCount(audits.count, sectionsMax.operatorAudits, "operatorAudits"))
         for (txid, kept) in audits { OperatorAudits.encodeKept(&w, txid, kept) }
-        // The highest commit each participant acknowledged (absent in snapshots written before
+        // The last commit each participant acknowledged (absent in snapshots written before
         // session 37): the finished transactions above come back without their branches, so
         // this is the only record of it once the log before this point is dropped.
         let acknowledged = lastAcknowledgedCommits.sorted { $0.key < $1.key }

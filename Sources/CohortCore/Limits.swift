@@ -345,7 +345,7 @@ public enum Limits {
     public static let heuristicReportRetryIntervalMs: Int64 = 60_000
     /// The widest clock-skew margin a TCC resource takes (`TCCResource.Options.clockSkewMarginMs`).
     public static let tccClockSkewMarginMsMax: Int64 = 24 * 3_600_000
-    /// Participants (by name) whose highest acknowledged commit the coordinator keeps, to tell
+    /// Participants (by name) whose last acknowledged commit the coordinator keeps, to tell
     /// each at registration and in every prepare (`last_acknowledged_commit`): a participant
     /// that neither knows that txid nor let it go runs on data older than what it acknowledged
     /// (its directory restored from a backup) and refuses new work. Past it a new name is not

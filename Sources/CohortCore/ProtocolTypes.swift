@@ -137,7 +137,7 @@ public enum ThreePhaseState: String, Codable, Sendable {
 }
 
 /// Messages a coordinator sends to a participant (second-phase messages included).
-/// The highest committed txid a participant acknowledged to a coordinator, with the
+/// The committed txid a participant acknowledged last to a coordinator, with the
 /// incarnation it had (nil: it gave none).
 public struct AcknowledgedCommit: Equatable, Sendable {
     public let incarnation: String?
@@ -154,7 +154,7 @@ public enum ParticipantMessage: Equatable, Sendable {
     /// `work` is set for a submitted transaction (`POST /v1/transactions/submit`): the
     /// branch's operations, which the participant stages before it votes; the coordinator
     /// passes them on without reading them.
-    /// `lastAcknowledgedCommit`: the highest commit this participant acknowledged to this
+    /// `lastAcknowledgedCommit`: the last commit this participant acknowledged to this
     /// coordinator (`Coordinator.lastAcknowledgedCommits`), for it to check it still knows it.
     case prepare(onePhase: Bool, participants: [ParticipantRef], threePhase: Termination?, work: JSONNode? = nil,
                  lastAcknowledgedCommit: AcknowledgedCommit? = nil)

@@ -76,9 +76,9 @@ public struct NamedBranches: Codable, Sendable {
 public struct RegisterResponse: Codable, Sendable {
     public let txid: String
     public let timeoutMs: Int64
-    /// The highest txid whose commit this participant (name and incarnation) acknowledged to
+    /// The txid whose commit this participant (name and incarnation) acknowledged last to
     /// the coordinator, if it knows one: a participant that neither knows that txid's outcome
-    /// nor let it go runs on data older than what it acknowledged (docs/protocol.md, rule 15).
+    /// nor let it go runs on data older than what it acknowledged (docs/protocol.md, rule 14).
     public let lastAcknowledgedCommit: String?
     public init(txid: String, timeoutMs: Int64, lastAcknowledgedCommit: String? = nil) {
         self.txid = txid
@@ -123,7 +123,7 @@ public struct PrepareRequest: Codable, Sendable {
     /// otherwise share one staged branch there, and the second branch's work would be lost
     /// while the transaction commits.
     public var participant: String? = nil
-    /// As in `RegisterResponse`: the highest commit this participant acknowledged.
+    /// As in `RegisterResponse`: the last commit this participant acknowledged.
     public var lastAcknowledgedCommit: String? = nil
     /// With `lastAcknowledgedCommit` when this message names no `incarnation` (a submitted
     /// branch): the incarnation that acknowledged it. A participant with another one ignores

@@ -58,10 +58,10 @@ final class RestoredParticipantTests: XCTestCase {
 
     // MARK: - coordinator
 
-    /// Only a `committed` answer raises the figure, per name and incarnation; it goes out at
+    /// Only a `committed` answer sets the figure, per name and incarnation; it goes out at
     /// registration and in every prepare. A read-only voter, a branch that has not answered,
     /// and another incarnation of a name are told nothing.
-    func testTheCoordinatorTellsEachParticipantTheHighestCommitItAcknowledged() {
+    func testTheCoordinatorTellsEachParticipantTheLastCommitItAcknowledged() {
         var c = makeCoordinator()
         var logged: [Coordinator.Record] = []
         let t1 = begin(&c, [a, b, r])
@@ -78,10 +78,17 @@ final class RestoredParticipantTests: XCTestCase {
         commit(&c, t2, acks: ["b"], logged: &logged)
         let t3 = begin(&c, [a, b])
         XCTAssertEqual(prepares(c.on(.commit(2, txid: t3.description), nowMs: 7)), ["a": "\(t1)@1111", "b": "\(t2)@2222"])
-        // A late, lower acknowledgement does not lower it.
-        _ = c.on(.acknowledged(t2, participant: "a"), nowMs: 8)
-        _ = c.on(.acknowledged(t1, participant: "a"), nowMs: 8)
+        // The latest acknowledgement is the figure, even of a lower txid (begun earlier,
+        // committed later): a copy taken between the two commits holds t3 and lacks t2.
+        let prepared = c.on(.voted(t3, participant: "a", vote: .yes), nowMs: 8) + c.on(.voted(t3, participant: "b", vote: .yes), nowMs: 8)
+        _ = prepared
+        _ = c.on(.decisionDurable(t3), nowMs: 8)
+        _ = c.on(.acknowledged(t3, participant: "a"), nowMs: 8)
+        XCTAssertEqual(c.lastAcknowledgedCommit(of: a)?.txid, t3)
+        _ = c.on(.acknowledged(t2, participant: "a"), nowMs: 9)
         XCTAssertEqual(c.lastAcknowledgedCommit(of: a)?.txid, t2)
+        _ = c.on(.acknowledged(t2, participant: "a"), nowMs: 10)
+        XCTAssertEqual(c.lastAcknowledgedCommit(of: a)?.txid, t2, "a duplicate changes nothing")
     }
 
     /// A branch without an incarnation (a submitted one) cannot say which directory answered:
