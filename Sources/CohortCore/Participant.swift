@@ -405,8 +405,8 @@ public struct Participant {
     /// decide without their coordinator. In snapshots (from session 29).
     private var promisesLetGoUpTo: [String: TxID] = [:]
     /// Per coordinator id, a commit that coordinator says this participant acknowledged
-    /// (`last_acknowledged_commit`) which it neither knows nor let go: its data is older than
-    /// what it acknowledged (its directory restored from an older copy keeps the incarnation,
+    /// (`last_acknowledged_commit`), or sends it to acknowledge, which it neither knows nor let
+    /// go: its data is older than what it acknowledged or voted for (its directory restored from an older copy keeps the incarnation,
     /// so the incarnation check cannot tell). New work and prepares from that coordinator are
     /// refused from then on (`admitWork`) until an operator replaces the directory (a new
     /// incarnation) and restarts it. In memory only: after a restart the coordinator tells it
@@ -1090,10 +1090,20 @@ public struct Participant {
             switch finishedOutcomes[txid] {
             case .aborted?:
                 return [.reply(request, .error(RequestError(409, "branch \(txid) was aborted; it cannot commit")))]
-            case .committed?, nil:
+            case .committed?:
+                return [.reply(request, .acknowledged)]
+            case nil:
                 // The coordinator sends commit only to branches whose prepared record was
                 // durable, and that record is dropped only after the outcome: an unknown
-                // branch has already committed.
+                // branch has already committed, if its outcome was let go. One this
+                // participant never let go was prepared in data it no longer has (its
+                // directory restored from an older copy): acknowledged, the commit would be
+                // lost without a word. Refused, it stays with the coordinator (parked, in
+                // view), and new work from that coordinator is refused too.
+                if let t = TxID(txid), !mayHaveForgotten(txid) {
+                    markStale(t)
+                    return [.reply(request, .error(lostCommitRefusal(t)))]
+                }
                 return [.reply(request, .acknowledged)]
             }
         }
@@ -1654,16 +1664,30 @@ public struct Participant {
             || mayHaveForgotten(text) {
             return nil
         }
-        if staleForCoordinators.count < Limits.forgottenHorizonCoordinatorsMax { staleForCoordinators[acknowledged.coordinatorID] = acknowledged }
+        markStale(acknowledged)
         return staleRefusal(acknowledged)
+    }
+
+    /// Remembers that the coordinator of `txid` knows of a commit of this participant's that
+    /// its data lost (the first such txid is kept: the refusal names it).
+    private mutating func markStale(_ txid: TxID) {
+        guard staleForCoordinators[txid.coordinatorID] == nil, staleForCoordinators.count < Limits.forgottenHorizonCoordinatorsMax else { return }
+        staleForCoordinators[txid.coordinatorID] = txid
+    }
+
+    /// Why a commit for a branch this participant neither holds nor let go is not acknowledged.
+    func lostCommitRefusal(_ txid: TxID) -> RequestError {
+        RequestError(503, "participant \(config.name) does not acknowledge the commit of \(txid): it neither holds that branch nor let its "
+            + "outcome go, so its prepared record is missing from this participant's data (its data directory restored from an older "
+            + "copy?); the commit stays with the coordinator (docs/failure-model.md, \"Participant data directory restored from an older copy\")")
     }
 
     /// Why new work from the coordinator of `acknowledged` is refused.
     public func staleRefusal(_ acknowledged: TxID) -> RequestError {
-        RequestError(503, "participant \(config.name) refuses new work from coordinator \(acknowledged.coordinatorID): it acknowledged the commit of "
-            + "\(acknowledged), which this participant's data neither holds nor let go, so its data directory is older than what it "
-            + "acknowledged (restored from a backup or snapshot?); replace the directory and restart it (docs/failure-model.md, "
-            + "\"Participant data directory restored from an older copy\")")
+        RequestError(503, "participant \(config.name) refuses new work from coordinator \(acknowledged.coordinatorID): that coordinator holds "
+            + "a commit of \(acknowledged) this participant acknowledged or voted yes on, which its data neither holds nor let go, so its "
+            + "data directory is older than what it acknowledged (restored from a backup or snapshot?); replace the directory and restart "
+            + "it (docs/failure-model.md, \"Participant data directory restored from an older copy\")")
     }
 
     /// Whether this participant may have voted yes on `txid` and forgotten its outcome.

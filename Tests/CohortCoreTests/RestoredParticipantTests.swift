@@ -255,6 +255,28 @@ final class RestoredParticipantTests: XCTestCase {
         XCTAssertNil(restored.admitWork("ffffffff-1-1"), "another coordinator's work")
     }
 
+    /// A commit for a branch it neither holds nor let go is not acknowledged (rule 6 holds only
+    /// for outcomes let go): the coordinator sends commit only to a yes vote, whose prepared
+    /// record this data lacks. 503 naming it, and new work from that coordinator is refused.
+    /// One let go is acknowledged, as before.
+    func testACommitForABranchNeitherHeldNorLetGoIsNotAcknowledged() throws {
+        var config = Participant.Config(name: "p")
+        config.finishedBranchesKept = 2
+        var p = Participant(config: config)
+        committed(&p, t1)
+        committed(&p, t2)
+        committed(&p, t3)
+        XCTAssertEqual(p.on(.commit(5, txid: t1)), [.reply(5, .acknowledged)], "let go: acknowledged again")
+        XCTAssertEqual(p.on(.commit(6, txid: t3)), [.reply(6, .acknowledged)], "known")
+        let lost = p.on(.commit(7, txid: t9))
+        guard case .reply(7, .error(let e))? = lost.first, lost.count == 1 else { return XCTFail("\(lost)") }
+        XCTAssertEqual(e.status, 503)
+        XCTAssertTrue(e.message.contains(t9) && e.message.contains("does not acknowledge"), e.message)
+        XCTAssertEqual(p.staleForCoordinators["0a1b2c3d"]?.description, t9)
+        XCTAssertEqual(p.admitWork("0a1b2c3d-64-a")?.status, 503)
+        XCTAssertNil(p.admitWork("ffffffff-1-1"), "another coordinator's work")
+    }
+
     /// Bad values from a coordinator: a 400, and nothing remembered.
     func testAMalformedOrForeignTxidIsABadRequestAndChangesNothing() {
         var p = Participant(config: Participant.Config(name: "p"))

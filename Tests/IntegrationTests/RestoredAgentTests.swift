@@ -115,6 +115,56 @@ final class RestoredAgentTests: XCTestCase {
         XCTAssertEqual(try api.call("GET", a + "/healthz", as: HealthResponse.self).status, "ok")
     }
 
+    /// A commit still on its way to an agent (the agent died before its commit record) when
+    /// the agent's directory is put back from a copy older than the branch: the copy neither
+    /// holds the branch nor let it go, so the re-sent commit is not acknowledged (it was, by
+    /// protocol rule 6, and the transaction ended committed without a's half). It stays with
+    /// the coordinator, its last error naming the cause, and a refuses new work.
+    func testACommitResentToARestoredAgentIsNotAcknowledged() throws {
+        let cluster = try startCluster(agents: 2)
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        let (a, b) = (cluster.url("a"), cluster.url("b"))
+        let setup = try api.begin()
+        _ = try api.agentWork(a, setup, [.set("x", 100)])
+        _ = try api.agentWork(b, setup, [.set("y", 0)])
+        XCTAssertEqual(try api.commit(setup).outcome, "committed")
+        XCTAssertTrue(try eventually { try api.transaction(setup)?.state == "committed" })
+
+        cluster.terminate("a")
+        let aDir = cluster.dataDirectory(of: "a")
+        let backup = cluster.dataDirectory + "/a-backup"
+        try copyDirectory(aDir, backup)
+        try cluster.startProcess("a", environment: ["COHORT_CRASHPOINT": "agent.before-commit-logged"])
+        let txid = try api.begin()
+        _ = try api.agentWork(a, txid, [.add("x", -1, min: 0)])
+        _ = try api.agentWork(b, txid, [.add("y", 1)])
+        XCTAssertEqual(try api.commit(txid).outcome, "committed", "decided; a dies as its commit arrives")
+        XCTAssertTrue(eventually { !cluster.isRunning("a") }, "the crash point did not stop a")
+
+        try FileManager.default.removeItem(atPath: aDir)
+        try copyDirectory(backup, aDir)
+        try cluster.startProcess("a", environment: [:])
+        var lastError = ""
+        var polls = 0
+        let refused = try eventually(timeoutMs: 20_000) {
+            // Sent now rather than at the end of the commit's backoff (every half second).
+            if polls % 25 == 0 { _ = try? api.raw("POST", cluster.coordinatorURL + "/v1/transactions/\(txid)/retry") }
+            polls += 1
+            let branch = try api.transaction(txid)?.branches.first { $0.participant == "a" }
+            lastError = branch?.lastError ?? ""
+            return lastError.contains("does not acknowledge the commit of \(txid)")
+        }
+        XCTAssertTrue(refused, "a's branch: \(lastError)")
+        XCTAssertEqual(try api.transaction(txid)?.state, "committing", "not acknowledged: the commit stays with the coordinator")
+        XCTAssertEqual(try api.kv(a, "x"), .int(100), "the copy lacks it")
+        let health = try api.call("GET", a + "/healthz", as: HealthResponse.self)
+        XCTAssertEqual(health.status, "degraded")
+        XCTAssertTrue(health.problem?.contains(txid) == true, health.problem ?? "no problem")
+        let next = try api.begin()
+        XCTAssertEqual(httpError { try api.agentWork(a, next, [.add("x", -1, min: 0)]) }?.status, 503)
+        _ = try api.abort(next)
+    }
+
     /// No false alarm: an agent restarted (kill -9) with its own data, and a coordinator
     /// restarted (kill -9), keep committing, with registered, named and submitted work.
     func testRestartsWithoutARestoreKeepWorking() throws {
