@@ -90,6 +90,10 @@ final class RestoredAgentTests: XCTestCase {
         let health = try api.call("GET", a + "/healthz", as: HealthResponse.self)
         XCTAssertEqual(health.status, "degraded")
         XCTAssertTrue(health.problem?.contains(lost.last!) == true, health.problem ?? "no problem")
+        // txctl names it where an operator looks at an agent.
+        let listed = try runToCompletion(try binDirectory().appendingPathComponent("txctl"), ["agent", a, "list"])
+        XCTAssertEqual(listed.status, 0, listed.stderr)
+        XCTAssertTrue(listed.stderr.contains("warning: participant a refuses new work") && listed.stderr.contains(lost.last!), listed.stderr)
         let metrics = try api.metrics(a)
         XCTAssertEqual(metrics["cohort_stale_data_coordinators"], 1)
         XCTAssertGreaterThanOrEqual(metrics["cohort_stale_data_refusals_total"] ?? 0, 3)
@@ -204,5 +208,8 @@ final class RestoredAgentTests: XCTestCase {
         XCTAssertEqual(try api.kv(a, "x"), .int(expected))
         XCTAssertEqual(try api.call("GET", a + "/healthz", as: HealthResponse.self).status, "ok")
         XCTAssertEqual(try api.metrics(a)["cohort_stale_data_refusals_total"] ?? 0, 0)
+        let listed = try runToCompletion(try binDirectory().appendingPathComponent("txctl"), ["agent", a, "list"])
+        XCTAssertEqual(listed.status, 0, listed.stderr)
+        XCTAssertFalse(listed.stderr.contains("warning"), listed.stderr)
     }
 }
