@@ -772,11 +772,12 @@ public final class AgentNode {
         let parts = request.pathComponents
         switch (request.method, parts.count) {
         case ("GET", 1) where parts[0] == "healthz":
-            // Still 200: the process serves (inquiries, commits of what its data holds, reads);
-            // `degraded` and `problem` tell an operator it refuses new work from a coordinator.
+            // Still 200 and "ok" (the contract's answer; the process serves inquiries, reads and
+            // the commits its data holds): `problem` tells an operator it refuses new work from
+            // a coordinator.
             let stale = machine.staleForCoordinators.values.sorted { $0.coordinatorID < $1.coordinatorID }
             let problem = stale.isEmpty ? nil : stale.map { machine.staleRefusal($0).message }.joined(separator: "; ")
-            responder.send(.jsonBytes(200, JSONBody.encode(HealthResponse(status: stale.isEmpty ? "ok" : "degraded", participant: name,
+            responder.send(.jsonBytes(200, JSONBody.encode(HealthResponse(status: "ok", participant: name,
                                                                           url: advertiseURL, problem: problem))))
         case ("GET", 1) where parts[0] == "metrics":
             responder.send(.text(200, metrics.render(), contentType: "text/plain; version=0.0.4"))

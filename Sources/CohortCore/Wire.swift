@@ -438,7 +438,7 @@ public struct HealthResponse: Codable, Sendable {
     public let participant: String?
     public let url: String?
     /// A participant that refuses new work from a coordinator because its data is older than
-    /// what it acknowledged there (status `degraded`): why, per coordinator.
+    /// what it acknowledged there (its status stays `ok`): why, per coordinator.
     public let problem: String?
     public init(status: String, participant: String? = nil, url: String? = nil, problem: String? = nil) {
         self.status = status

@@ -287,7 +287,7 @@ public enum Txctl {
             // An agent refusing new work because its data is older than what it acknowledged
             // (restored from an older copy) says so in /healthz: shown here, where an operator
             // looks at an agent. (Agents before session 37 never say it.)
-            if !a.has("json"), let h = try? remote(a).get("/healthz", HealthResponse.self), h.status == "degraded", let problem = h.problem {
+            if !a.has("json"), let h = try? remote(a).get("/healthz", HealthResponse.self), let problem = h.problem {
                 ctx.err("warning: \(problem.prefix(Limits.reasonBytesMax * 4))\n")
             }
         case "show":
