@@ -181,6 +181,10 @@ public final class AgentNode {
         metrics.sample("cohort_in_doubt", help: "Branches that voted yes and have no outcome yet") { [unowned self] in Double(self.machine.inDoubtCount) }
         metrics.sample("cohort_heuristic_mixed", help: "Branches whose operator-forced outcome differs from the coordinator's decision") { [unowned self] in Double(self.machine.heuristicMixed.count) }
         metrics.sample("cohort_branches_open", help: "Branches staged, preparing or in doubt") { [unowned self] in Double(self.machine.branches.count) }
+        metrics.sample("cohort_stale_data_coordinators", help: "Coordinators whose new work this participant refuses: one said it acknowledged a commit this participant's data neither holds nor let go (its directory restored from an older copy)") { [unowned self] in
+            Double(self.machine.staleForCoordinators.count)
+        }
+        metrics.declare("cohort_stale_data_refusals_total", help: "Work, registrations and prepares refused because this participant's data is older than what it acknowledged to their coordinator")
         metrics.sample("cohort_work_answers_kept_bytes", help: "Work answers kept for request_id retries until their branches end; past 64 MiB a new request_id is answered 503") { [unowned self] in Double(self.workAnswersKeptBytes) }
         metrics.sample("cohort_checkpoints_too_large_total", type: "counter", help: "Checkpoints not written because the snapshot passed its size limit; the log keeps growing until branches end") { [unowned self] in Double(self.checkpointsTooLarge) }
         metrics.sample("cohort_checkpoints_postponed_total", type: "counter", help: "Checkpoints put off because a reader of the shared store held SQLite's checkpoint back") { [unowned self] in Double(self.checkpointsPostponed) }
@@ -637,6 +641,7 @@ public final class AgentNode {
         }
         if let refusal = ask({ $0.admitWork(txid) }) {
             if refusal.status == 503 { metrics.add("cohort_requests_rejected_total") }
+            if isStale(txid) { metrics.add("cohort_stale_data_refusals_total") }
             return responder.send(.requestError(refusal))
         }
         // A client that names its branches at commit (`"register": false`) gets this branch's
@@ -709,12 +714,20 @@ public final class AgentNode {
             let outcome: Result<Void, RequestError>
             switch result {
             case .success(let r) where r.status == 200:
-                let timeoutMs = (try? JSONBody.value(RegisterResponse.self, from: r.body).timeoutMs) ?? Limits.transactionTimeoutMsDefault
-                self.feed(.joined(txid, coordinatorURL: coordinator, timeoutMs: timeoutMs))
+                let answer = try? JSONBody.value(RegisterResponse.self, from: r.body)
                 // The coordinator answered: branches in doubt waiting on it since an inquiry
                 // failed ask again now. (`joined` alone does not say so: a branch sent with
                 // `"register": false` or by a submitted prepare joins without asking it.)
-                self.feed(.registrationAnswered(coordinator, status: r.status, body: r.body))
+                defer { self.feed(.registrationAnswered(coordinator, status: r.status, body: r.body)) }
+                if let acknowledged = answer?.lastAcknowledgedCommit,
+                   let refusal = self.ask({ $0.checkLastAcknowledgedCommit(acknowledged, for: txid) }) {
+                    // Not joined: the branch the coordinator registered gets this participant's
+                    // no vote at its prepare, and nothing is staged.
+                    outcome = .failure(refusal.status == 503 ? refusal : RequestError(503, "the coordinator's registration answer: \(refusal.message)"))
+                    self.metrics.add("cohort_stale_data_refusals_total")
+                    break
+                }
+                self.feed(.joined(txid, coordinatorURL: coordinator, timeoutMs: answer?.timeoutMs ?? Limits.transactionTimeoutMsDefault))
                 outcome = .success(())
             case .success(let r):
                 // A refusal is an answer too (a 404 or 410 from a coordinator back from a
@@ -772,7 +785,13 @@ public final class AgentNode {
         let parts = request.pathComponents
         switch (request.method, parts.count) {
         case ("GET", 1) where parts[0] == "healthz":
-            responder.send(.jsonBytes(200, JSONBody.encode(HealthResponse(status: "ok", participant: name, url: advertiseURL))))
+            // Still 200 and "ok" (the contract's answer; the process serves inquiries, reads and
+            // the commits its data holds): `problem` tells an operator it refuses new work from
+            // a coordinator.
+            let stale = machine.staleForCoordinators.values.sorted { $0.coordinatorID < $1.coordinatorID }
+            let problem = stale.isEmpty ? nil : stale.map { machine.staleRefusal($0).message }.joined(separator: "; ")
+            responder.send(.jsonBytes(200, JSONBody.encode(HealthResponse(status: "ok", participant: name,
+                                                                          url: advertiseURL, problem: problem))))
         case ("GET", 1) where parts[0] == "metrics":
             responder.send(.text(200, metrics.render(), contentType: "text/plain; version=0.0.4"))
         case ("POST", 2) where parts == ["v1", "work"]:
@@ -867,6 +886,10 @@ public final class AgentNode {
                 if refusedMalformed(p.txid, responder) { return }
                 if let refusal = incarnationMismatch(p.incarnation) { return responder.send(.requestError(refusal)) }
                 if p.protocol == "3pc", let refusal = Participant.ThreePhaseInfo.refusal(peers: p.participants ?? []) { return responder.send(.error(400, refusal)) }
+                if let refusal = staleDataRefusal(p) {
+                    if refusal.status != 503 { return responder.send(.requestError(refusal)) }
+                    return refusePrepare(p, responder, refusal.message)
+                }
                 if let ops = p.ops { return prepareSubmitted(p, ops, responder) }
                 prepare(p, responder)
             }
@@ -886,6 +909,46 @@ public final class AgentNode {
         default:
             responder.send(.error(404, "no protocol message \(kind)"))
         }
+    }
+
+    /// Whether this participant refuses new work from the coordinator of `txid` because its data
+    /// is older than what it acknowledged there (`Participant.staleForCoordinators`).
+    private func isStale(_ txid: String) -> Bool {
+        guard !machine.staleForCoordinators.isEmpty, let t = TxID(txid) else { return false }
+        return machine.staleForCoordinators[t.coordinatorID] != nil
+    }
+
+    /// The refusal of a prepare whose coordinator says this participant acknowledged a commit
+    /// its data neither holds nor let go (or already said so): 503, or 400 for a malformed
+    /// `last_acknowledged_commit`.
+    private func staleDataRefusal(_ p: PrepareRequest) -> RequestError? {
+        // A figure for another incarnation is another directory's (this one replaced it): not ours to check.
+        if let acknowledged = p.lastAcknowledgedCommit, p.lastAcknowledgedIncarnation == nil || p.lastAcknowledgedIncarnation == incarnation {
+            return ask { $0.checkLastAcknowledgedCommit(acknowledged, for: p.txid) }
+        }
+        guard isStale(p.txid), let t = TxID(p.txid), let acknowledged = machine.staleForCoordinators[t.coordinatorID] else { return nil }
+        return machine.staleRefusal(acknowledged)
+    }
+
+    /// Answers a prepare from a coordinator whose new work this participant refuses: a staged
+    /// branch votes no (its work and locks released as for any no vote), one never staged here
+    /// is answered no (aborted for a one-phase commit) with the reason, and nothing is staged.
+    /// A branch already prepared or finished answers from its state, as to any repeated prepare:
+    /// its records are in this participant's data.
+    private func refusePrepare(_ p: PrepareRequest, _ responder: ResponseSink, _ reason: String) {
+        metrics.add("cohort_stale_data_refusals_total")
+        if machine.branches[p.txid] == nil && machine.finishedOutcomes[p.txid] == nil && submittedStaging[p.txid] == nil {
+            let onePhase = p.onePhase ?? false
+            responder.send(.jsonBytes(200, JSONBody.encode(PrepareResponse(txid: p.txid, vote: onePhase ? nil : "no",
+                                                                           outcome: onePhase ? "aborted" : nil, reason: reason))))
+            return metrics.add(sentVotes)
+        }
+        if submittedStaging[p.txid] != nil {
+            // A repeat of a submitted prepare still staging: answered with the first one.
+            submittedStaging[p.txid]!.append(responder)
+            return
+        }
+        prepare(p, responder, failedWork: reason)
     }
 
     /// Feeds a prepare to the state machine, with the resource's vote if the branch is active.

@@ -387,12 +387,14 @@ public final class CoordinatorNode {
         let path: String
         let body: [UInt8]
         switch message {
-        case .prepare(let onePhase, let participants, let threePhase, let work):
+        case .prepare(let onePhase, let participants, let threePhase, let work, let lastAcknowledged):
             path = "/v1/2pc/prepare"
             body = JSONBody.encode(PrepareRequest(txid: txid.description, onePhase: onePhase, participants: participants, incarnation: to.incarnation,
                                                   protocol: threePhase == nil ? nil : "3pc", termination: threePhase?.rawValue,
                                                   ops: work, timeoutMs: work == nil ? nil : machine.transaction(txid)?.timeoutMs,
-                                                  participant: work == nil ? nil : to.name))
+                                                  participant: work == nil ? nil : to.name,
+                                                  lastAcknowledgedCommit: lastAcknowledged?.txid.description,
+                                                  lastAcknowledgedIncarnation: to.incarnation == nil ? lastAcknowledged?.incarnation : nil))
             CrashPoints.hit("coordinator.before-prepare-send")
         case .preCommit:
             path = "/v1/3pc/precommit"
@@ -411,7 +413,7 @@ public final class CoordinatorNode {
             CrashPoints.hit("coordinator.before-abort-send")
         }
         switch message {
-        case .prepare(false, _, _, _): metrics.add(sentPrepares)
+        case .prepare(false, _, _, _, _): metrics.add(sentPrepares)
         case .commit: metrics.add(sentCommits)
         default: metrics.add("cohort_messages_sent_total", labels: "type=\"\(message.typeName)\"")
         }
@@ -507,7 +509,7 @@ public final class CoordinatorNode {
                 // A 200 is not enough: forgetting a branch that is still prepared loses its commit.
                 feed(.deliveryFailed(txid, participant: name, error: reason))
             }
-        case .prepare(let onePhase, _, _, _):
+        case .prepare(let onePhase, _, _, _, _):
             guard let response, failure == nil,
                   let answer = try? JSONBody.value(PrepareResponse.self, from: response.body) else {
                 let error = failure ?? "unreadable answer to prepare"
@@ -535,8 +537,9 @@ public final class CoordinatorNode {
         switch reply {
         case .begun(let txid, let timeoutMs):
             return .jsonBytes(201, JSONBody.encode(BeginResponse(txid: txid.description, timeoutMs: timeoutMs)))
-        case .registered(let txid, let timeoutMs):
-            return .jsonBytes(200, JSONBody.encode(RegisterResponse(txid: txid.description, timeoutMs: timeoutMs)))
+        case .registered(let txid, let timeoutMs, let lastAcknowledged):
+            return .jsonBytes(200, JSONBody.encode(RegisterResponse(txid: txid.description, timeoutMs: timeoutMs,
+                                                                    lastAcknowledgedCommit: lastAcknowledged?.txid.description)))
         case .outcome(let txid, let outcome, let reason):
             return .jsonBytes(200, JSONBody.encode(OutcomeResponse(txid: txid.description, outcome: outcome.rawValue, reason: reason)))
         case .inquiry(let txid, let answer):

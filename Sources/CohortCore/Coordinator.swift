@@ -276,7 +276,9 @@ public struct Coordinator {
 
     public enum Reply: Equatable {
         case begun(TxID, timeoutMs: Int64)
-        case registered(TxID, timeoutMs: Int64)
+        /// `lastAcknowledgedCommit`: the last commit this participant (name and incarnation)
+        /// acknowledged here, for it to check that it still knows it (`lastAcknowledgedCommits`).
+        case registered(TxID, timeoutMs: Int64, lastAcknowledgedCommit: AcknowledgedCommit? = nil)
         case outcome(TxID, Outcome, reason: String?)
         case inquiry(String, InquiryAnswer)
         /// What a forced decision did (or, for a dry run, would do).
@@ -483,6 +485,15 @@ public struct Coordinator {
     public var committingCount: Int { openTable.settlingCount }
     /// Recently finished transactions, oldest first, bounded by `finishedTransactionsKept`.
     public private(set) var finished: [TxID: Transaction] = [:]
+    /// Per participant name (`Limits.acknowledgedCommitParticipantsMax`): the txid whose commit
+    /// it acknowledged last (a `committed` answer to a commit, or to a one-phase commit: each
+    /// sent only once its commit record is durable there). Told to it at registration and in
+    /// every prepare, so that a participant whose data directory was restored from an older
+    /// copy (same incarnation, commits missing) finds out and refuses new work instead of
+    /// acknowledging what it lost. Every entry is a fact whenever it was learned, so it is
+    /// raised on the answer itself, kept in snapshots and rebuilt from `end` records; what a
+    /// restart cannot rebuild is only a lower figure, a weaker check, never a false alarm.
+    public private(set) var lastAcknowledgedCommits: [String: AcknowledgedCommit] = [:]
     /// `keptBytes` of every transaction in `finished`.
     public private(set) var finishedKeptBytes = 0
     private var finishedOrder: [TxID] = []
@@ -729,6 +740,19 @@ public struct Coordinator {
                     updateKnown(txid) { tx in if tx.audit.isEmpty { tx.audit = kept.entries } }
                 }
             }
+            // The last commit each participant acknowledged (absent in snapshots written
+            // before session 37: the figures then start from what the log still holds).
+            if !r.isAtEnd {
+                let count = try r.u32()
+                guard count <= UInt32(clamping: Limits.acknowledgedCommitParticipantsMax) else { throw DecodeError("\(count) acknowledged commits") }
+                for _ in 0..<count {
+                    let name = try r.string(maxCount: 4096)
+                    let hasIncarnation = try r.bool()
+                    let incarnation = try r.string(maxCount: Limits.incarnationBytesMax)
+                    let txid = try CoordinatorRecordCoding.decodeTxID(&r)
+                    noteAcknowledgedCommit(ParticipantRef(name: name, url: "", incarnation: hasIncarnation ? incarnation : nil), txid)
+                }
+            }
         }
         for (type, payload) in records {
             let record = try CoordinatorRecordCoding.decode(type: type, payload: payload)
@@ -808,7 +832,13 @@ public struct Coordinator {
         case .end(let txid):
             if var tx = openTable.removeValue(forKey: txid) {
                 tx.state = .committed
-                for i in tx.branches.indices where tx.branches[i].state == .commitSent { tx.branches[i].state = .committed }
+                for i in tx.branches.indices where tx.branches[i].state == .commitSent {
+                    tx.branches[i].state = .committed
+                    // Ended, so every branch still waiting acknowledged, except one that
+                    // reported a heuristic outcome (or one an operator resolved, no longer
+                    // `commitSent`): those never said committed.
+                    if tx.branches[i].heuristic == nil { noteAcknowledgedCommit(tx.branches[i].participant, txid) }
+                }
                 remember(tx)
             }
         case .audit(let txid, let entry):
@@ -934,6 +964,34 @@ public struct Coordinator {
         guard var tx = openTable.byID[txid], let i = tx.branchIndex(name) else { return }
         tx.branches[i].state = .committed
         openTable[txid] = tx
+        noteAcknowledgedCommit(tx.branches[i].participant, txid)
+    }
+
+    /// `participant` acknowledged the commit of `txid`. Another incarnation's figure is
+    /// replaced: it says nothing about a recreated directory. A branch without an incarnation
+    /// (a submitted one, or a participant that gives none) does not count: which directory
+    /// answered is unknown, and a directory that replaced it unseen (wiped, a new incarnation)
+    /// would be told a commit it never had, and refuse work it should take.
+    ///
+    /// The latest acknowledgement wins, not the highest txid: txids are handed out at begin, so
+    /// a transfer begun earlier may commit later, and a copy taken between the two commits holds
+    /// the higher txid and lacks the later commit. Any txid the participant acknowledged is a
+    /// sound figure (it knows it or let it go); the latest one catches the most.
+    mutating func noteAcknowledgedCommit(_ participant: ParticipantRef, _ txid: TxID) {
+        guard participant.incarnation != nil else { return }
+        if lastAcknowledgedCommits[participant.name] == nil && lastAcknowledgedCommits.count >= Limits.acknowledgedCommitParticipantsMax {
+            return
+        }
+        lastAcknowledgedCommits[participant.name] = AcknowledgedCommit(incarnation: participant.incarnation, txid: txid)
+    }
+
+    /// The last commit `participant` (this name and incarnation) acknowledged, if known. For
+    /// a branch without an incarnation, the figure of whatever incarnation the name had: the
+    /// participant checks it only if that incarnation is its own.
+    public func lastAcknowledgedCommit(of participant: ParticipantRef) -> AcknowledgedCommit? {
+        guard let known = lastAcknowledgedCommits[participant.name],
+              participant.incarnation == nil || known.incarnation == participant.incarnation else { return nil }
+        return known
     }
 
     /// Everything needed to rebuild after the log before this point is dropped: the highest
@@ -1097,6 +1155,17 @@ public struct Coordinator {
         let audits = operatorAudits.all
         w.u32(sectionCount(audits.count, sectionsMax.operatorAudits, "operatorAudits"))
         for (txid, kept) in audits { OperatorAudits.encodeKept(&w, txid, kept) }
+        // The last commit each participant acknowledged (absent in snapshots written before
+        // session 37): the finished transactions above come back without their branches, so
+        // this is the only record of it once the log before this point is dropped.
+        let acknowledged = lastAcknowledgedCommits.sorted { $0.key < $1.key }
+        w.u32(sectionCount(acknowledged.count, Limits.acknowledgedCommitParticipantsMax, "acknowledgedCommits"))
+        for (name, known) in acknowledged {
+            w.string(name)
+            w.bool(known.incarnation != nil)
+            w.string(known.incarnation ?? "")
+            w.string(known.txid.description)
+        }
         return w.bytes
     }
 
@@ -1555,7 +1624,9 @@ public struct Coordinator {
         }
         if let e = join(&tx, participant, nowMs: nowMs, detail: participant.url) { return [.reply(request, .error(e))] }
         openTable[txid] = tx
-        return [.reply(request, .registered(txid, timeoutMs: tx.timeoutMs))]
+        // Only the registrant's own incarnation's figure: the answer does not say whose it is.
+        let told = lastAcknowledgedCommit(of: participant).flatMap { $0.incarnation == participant.incarnation ? $0 : nil }
+        return [.reply(request, .registered(txid, timeoutMs: tx.timeoutMs, lastAcknowledgedCommit: told))]
     }
 
     /// Adds `participant` to `tx` as a registered branch, or finds it there already (a repeated
@@ -1740,7 +1811,8 @@ public struct Coordinator {
             tx.branches[i].state = .prepareSent
             tx.branches[i].attempts = 1
             actions.append(.send(txid, to: tx.branches[i].participant,
-                                 .prepare(onePhase: tx.onePhase, participants: everyone, threePhase: threePhase, work: tx.branches[i].work)))
+                                 .prepare(onePhase: tx.onePhase, participants: everyone, threePhase: threePhase, work: tx.branches[i].work,
+                                          lastAcknowledgedCommit: lastAcknowledgedCommit(of: tx.branches[i].participant))))
         }
         tx.events.append(TimelineEvent(atMs: nowMs, event: tx.onePhase ? "one-phase-commit-sent" : "prepare-sent", participant: nil, detail: "\(tx.branches.count) branch(es)"))
         openTable[txid] = tx
@@ -1926,6 +1998,7 @@ public struct Coordinator {
         tx.branches[i].lastError = nil
         tx.branches[i].nextRetryAtMs = nil
         tx.events.append(TimelineEvent(atMs: nowMs, event: "acknowledged", participant: name, detail: nil))
+        noteAcknowledgedCommit(tx.branches[i].participant, txid)
         openTable[txid] = tx
         return [.cancelTimer(.retry(txid, participant: name))] + endIfDelivered(txid, nowMs: nowMs)
     }
@@ -1950,6 +2023,8 @@ public struct Coordinator {
         tx.events.append(TimelineEvent(atMs: nowMs, event: "one-phase-answered", participant: name, detail: outcome.rawValue))
         openTable[txid] = tx
         if outcome == .committed {
+            // Its one-phase record is durable before it answers so.
+            noteAcknowledgedCommit(tx.branches[i].participant, txid)
             return [.cancelTimer(.retry(txid, participant: name))] + finishCommitted(txid, nowMs: nowMs, detail: "committed in one phase by \(name)")
         }
         return [.cancelTimer(.retry(txid, participant: name))] + decideAbort(txid, reason: "\(name) aborted: \(reason ?? "no reason given")", nowMs: nowMs)
@@ -2022,7 +2097,8 @@ public struct Coordinator {
             if tx.onePhase && tx.state == .preparing && tx.branches[i].state == .prepareSent {
                 // Asking again is safe: the participant answers a repeated one-phase commit
                 // from its memory of the branch's outcome.
-                return [.send(txid, to: tx.branches[i].participant, .prepare(onePhase: true, participants: tx.branches.map(\.participant), threePhase: nil))]
+                return [.send(txid, to: tx.branches[i].participant, .prepare(onePhase: true, participants: tx.branches.map(\.participant), threePhase: nil,
+                                                                                    lastAcknowledgedCommit: lastAcknowledgedCommit(of: tx.branches[i].participant)))]
             }
             return []
         }
@@ -2329,7 +2405,8 @@ extension Coordinator {
             if tx.state == .committing && tx.branches[i].state == .commitSent && tx.branches[i].heuristic == nil {
                 actions.append(.send(txid, to: tx.branches[i].participant, .commit))
             } else if tx.onePhase && tx.state == .preparing && tx.branches[i].state == .prepareSent {
-                actions.append(.send(txid, to: tx.branches[i].participant, .prepare(onePhase: true, participants: everyone, threePhase: nil)))
+                actions.append(.send(txid, to: tx.branches[i].participant, .prepare(onePhase: true, participants: everyone, threePhase: nil,
+                                                                                      lastAcknowledgedCommit: lastAcknowledgedCommit(of: tx.branches[i].participant))))
             } else {
                 continue
             }

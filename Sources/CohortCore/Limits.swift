@@ -345,6 +345,12 @@ public enum Limits {
     public static let heuristicReportRetryIntervalMs: Int64 = 60_000
     /// The widest clock-skew margin a TCC resource takes (`TCCResource.Options.clockSkewMarginMs`).
     public static let tccClockSkewMarginMsMax: Int64 = 24 * 3_600_000
+    /// Participants (by name) whose last acknowledged commit the coordinator keeps, to tell
+    /// each at registration and in every prepare (`last_acknowledged_commit`): a participant
+    /// that neither knows that txid nor let it go runs on data older than what it acknowledged
+    /// (its directory restored from a backup) and refuses new work. Past it a new name is not
+    /// tracked, which only leaves that participant unchecked.
+    public static let acknowledgedCommitParticipantsMax = 10_000
     /// Finished transactions remembered for `GET /v1/transactions/{txid}` and listing.
     public static let finishedTransactionsKept = 10_000
     /// What the coordinator's finished transactions may hold in memory in all

@@ -407,6 +407,14 @@ public struct Participant {
     /// 29). Only promises raise it, so it costs nothing until the participants have had to
     /// decide without their coordinator. In snapshots (from session 29).
     private var promisesLetGoUpTo: [String: TxID] = [:]
+    /// Per coordinator id, a commit that coordinator says this participant acknowledged
+    /// (`last_acknowledged_commit`), or sends it to acknowledge, which it neither knows nor let
+    /// go: its data is older than what it acknowledged or voted for (its directory restored from an older copy keeps the incarnation,
+    /// so the incarnation check cannot tell). New work and prepares from that coordinator are
+    /// refused from then on (`admitWork`) until an operator replaces the directory (a new
+    /// incarnation) and restarts it. In memory only: after a restart the coordinator tells it
+    /// again at the next registration or prepare. At most `forgottenHorizonCoordinatorsMax`.
+    public private(set) var staleForCoordinators: [String: TxID] = [:]
 
     public init(config: Config) {
         self.config = config
@@ -432,6 +440,9 @@ public struct Participant {
 
     /// Whether new work for `txid` may be staged, and if not, why.
     public func admitWork(_ txid: String) -> RequestError? {
+        if !staleForCoordinators.isEmpty, let t = TxID(txid), let acknowledged = staleForCoordinators[t.coordinatorID] {
+            return staleRefusal(acknowledged)
+        }
         if let b = branches[txid] {
             return b.state == .active ? nil : RequestError(409, "branch \(txid) is \(b.state.rawValue); it takes no more work")
         }
@@ -1083,10 +1094,20 @@ public struct Participant {
             switch finishedOutcomes[txid] {
             case .aborted?:
                 return [.reply(request, .error(RequestError(409, "branch \(txid) was aborted; it cannot commit")))]
-            case .committed?, nil:
+            case .committed?:
+                return [.reply(request, .acknowledged)]
+            case nil:
                 // The coordinator sends commit only to branches whose prepared record was
                 // durable, and that record is dropped only after the outcome: an unknown
-                // branch has already committed.
+                // branch has already committed, if its outcome was let go. One this
+                // participant never let go was prepared in data it no longer has (its
+                // directory restored from an older copy): acknowledged, the commit would be
+                // lost without a word. Refused, it stays with the coordinator (parked, in
+                // view), and new work from that coordinator is refused too.
+                if let t = TxID(txid), !mayHaveForgotten(txid) {
+                    markStale(t)
+                    return [.reply(request, .error(lostCommitRefusal(t)))]
+                }
                 return [.reply(request, .acknowledged)]
             }
         }
@@ -1649,6 +1670,53 @@ public struct Participant {
         // Asked at every join: nothing to parse until a promise was let go (rare).
         guard !promisesLetGoUpTo.isEmpty, let t = TxID(txid), let upTo = promisesLetGoUpTo[t.coordinatorID] else { return false }
         return !(upTo < t)
+    }
+
+    /// Checks what a coordinator says about the transaction `txid`: that this participant
+    /// acknowledged the commit of `lastAcknowledged` (`last_acknowledged_commit` in its
+    /// registration answer or prepare). A commit is acknowledged only once its record is
+    /// durable, and the outcome is kept until let go (`forgottenUpTo`, raised for every outcome
+    /// let go, in memory and in checkpoints); so a txid this participant neither knows nor let
+    /// go is one its data lost: the directory was restored from an older copy. Nil when it is
+    /// known or let go; otherwise the refusal (503), remembered for the coordinator so that
+    /// all its new work is refused. 400 for a malformed txid, or another coordinator's.
+    public mutating func checkLastAcknowledgedCommit(_ lastAcknowledged: String, for txid: String) -> RequestError? {
+        guard let acknowledged = TxID(lastAcknowledged) else {
+            return RequestError(400, "malformed last_acknowledged_commit \"\(lastAcknowledged.prefix(80))\"")
+        }
+        if let t = TxID(txid), t.coordinatorID != acknowledged.coordinatorID {
+            return RequestError(400, "last_acknowledged_commit \(acknowledged) is not a txid of the coordinator of \(txid)")
+        }
+        if let stale = staleForCoordinators[acknowledged.coordinatorID] { return staleRefusal(stale) }
+        let text = acknowledged.description
+        if branches[text] != nil || finishedOutcomes[text] != nil || heuristicMixed[text] != nil || forgottenHeuristics[text] != nil
+            || mayHaveForgotten(text) {
+            return nil
+        }
+        markStale(acknowledged)
+        return staleRefusal(acknowledged)
+    }
+
+    /// Remembers that the coordinator of `txid` knows of a commit of this participant's that
+    /// its data lost (the first such txid is kept: the refusal names it).
+    private mutating func markStale(_ txid: TxID) {
+        guard staleForCoordinators[txid.coordinatorID] == nil, staleForCoordinators.count < Limits.forgottenHorizonCoordinatorsMax else { return }
+        staleForCoordinators[txid.coordinatorID] = txid
+    }
+
+    /// Why a commit for a branch this participant neither holds nor let go is not acknowledged.
+    func lostCommitRefusal(_ txid: TxID) -> RequestError {
+        RequestError(503, "participant \(config.name) does not acknowledge the commit of \(txid): it neither holds that branch nor let its "
+            + "outcome go, so its prepared record is missing from this participant's data (its data directory restored from an older "
+            + "copy?); the commit stays with the coordinator (docs/failure-model.md, \"Participant data directory restored from an older copy\")")
+    }
+
+    /// Why new work from the coordinator of `acknowledged` is refused.
+    public func staleRefusal(_ acknowledged: TxID) -> RequestError {
+        RequestError(503, "participant \(config.name) refuses new work from coordinator \(acknowledged.coordinatorID): that coordinator holds "
+            + "a commit of \(acknowledged) this participant acknowledged or voted yes on, which its data neither holds nor let go, so its "
+            + "data directory is older than what it acknowledged (restored from a backup or snapshot?); replace the directory and restart "
+            + "it (docs/failure-model.md, \"Participant data directory restored from an older copy\")")
     }
 
     /// Whether this participant may have voted yes on `txid` and forgotten its outcome.

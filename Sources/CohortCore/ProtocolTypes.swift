@@ -137,13 +137,27 @@ public enum ThreePhaseState: String, Codable, Sendable {
 }
 
 /// Messages a coordinator sends to a participant (second-phase messages included).
+/// The committed txid a participant acknowledged last to a coordinator, with the
+/// incarnation it had (nil: it gave none).
+public struct AcknowledgedCommit: Equatable, Sendable {
+    public let incarnation: String?
+    public let txid: TxID
+    public init(incarnation: String?, txid: TxID) {
+        self.incarnation = incarnation
+        self.txid = txid
+    }
+}
+
 public enum ParticipantMessage: Equatable, Sendable {
     /// `participants` lists every branch, so the participants of a three-phase commit can find
     /// each other for the termination protocol. `threePhase` is set for 3PC (CanCommit).
     /// `work` is set for a submitted transaction (`POST /v1/transactions/submit`): the
     /// branch's operations, which the participant stages before it votes; the coordinator
     /// passes them on without reading them.
-    case prepare(onePhase: Bool, participants: [ParticipantRef], threePhase: Termination?, work: JSONNode? = nil)
+    /// `lastAcknowledgedCommit`: the last commit this participant acknowledged to this
+    /// coordinator (`Coordinator.lastAcknowledgedCommits`), for it to check it still knows it.
+    case prepare(onePhase: Bool, participants: [ParticipantRef], threePhase: Termination?, work: JSONNode? = nil,
+                 lastAcknowledgedCommit: AcknowledgedCommit? = nil)
     /// 3PC: everyone voted yes; move to pre-committed (forced) and acknowledge.
     case preCommit
     /// 3PC: what is your state? (a coordinator learning an outcome it no longer decides)
@@ -153,7 +167,7 @@ public enum ParticipantMessage: Equatable, Sendable {
 
     public var typeName: String {
         switch self {
-        case .prepare(let onePhase, _, _, _): return onePhase ? "commit-one-phase" : "prepare"
+        case .prepare(let onePhase, _, _, _, _): return onePhase ? "commit-one-phase" : "prepare"
         case .preCommit: return "pre-commit"
         case .stateQuery: return "state-query"
         case .commit: return "commit"

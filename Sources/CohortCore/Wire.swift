@@ -76,13 +76,19 @@ public struct NamedBranches: Codable, Sendable {
 public struct RegisterResponse: Codable, Sendable {
     public let txid: String
     public let timeoutMs: Int64
-    public init(txid: String, timeoutMs: Int64) {
+    /// The txid whose commit this participant (name and incarnation) acknowledged last to
+    /// the coordinator, if it knows one: a participant that neither knows that txid's outcome
+    /// nor let it go runs on data older than what it acknowledged (docs/protocol.md, rule 14).
+    public let lastAcknowledgedCommit: String?
+    public init(txid: String, timeoutMs: Int64, lastAcknowledgedCommit: String? = nil) {
         self.txid = txid
         self.timeoutMs = timeoutMs
+        self.lastAcknowledgedCommit = lastAcknowledgedCommit
     }
     enum CodingKeys: String, CodingKey {
         case txid
         case timeoutMs = "timeout_ms"
+        case lastAcknowledgedCommit = "last_acknowledged_commit"
     }
 }
 
@@ -117,9 +123,17 @@ public struct PrepareRequest: Codable, Sendable {
     /// otherwise share one staged branch there, and the second branch's work would be lost
     /// while the transaction commits.
     public var participant: String? = nil
+    /// As in `RegisterResponse`: the last commit this participant acknowledged.
+    public var lastAcknowledgedCommit: String? = nil
+    /// With `lastAcknowledgedCommit` when this message names no `incarnation` (a submitted
+    /// branch): the incarnation that acknowledged it. A participant with another one ignores
+    /// the figure (it is another directory's).
+    public var lastAcknowledgedIncarnation: String? = nil
     public init(txid: String, onePhase: Bool?, participants: [ParticipantRef]?, incarnation: String? = nil,
                 protocol: String? = nil, termination: String? = nil, ops: JSONNode? = nil, timeoutMs: Int64? = nil,
-                participant: String? = nil) {
+                participant: String? = nil, lastAcknowledgedCommit: String? = nil, lastAcknowledgedIncarnation: String? = nil) {
+        self.lastAcknowledgedCommit = lastAcknowledgedCommit
+        self.lastAcknowledgedIncarnation = lastAcknowledgedIncarnation
         self.ops = ops
         self.timeoutMs = timeoutMs
         self.participant = participant
@@ -133,6 +147,8 @@ public struct PrepareRequest: Codable, Sendable {
     enum CodingKeys: String, CodingKey {
         case txid, participants, incarnation, `protocol`, termination
         case onePhase = "one_phase"
+        case lastAcknowledgedCommit = "last_acknowledged_commit"
+        case lastAcknowledgedIncarnation = "last_acknowledged_incarnation"
     }
 }
 
@@ -421,10 +437,14 @@ public struct HealthResponse: Codable, Sendable {
     /// clients that name it in `POST /v1/transactions/submit`.
     public let participant: String?
     public let url: String?
-    public init(status: String, participant: String? = nil, url: String? = nil) {
+    /// A participant that refuses new work from a coordinator because its data is older than
+    /// what it acknowledged there (its status stays `ok`): why, per coordinator.
+    public let problem: String?
+    public init(status: String, participant: String? = nil, url: String? = nil, problem: String? = nil) {
         self.status = status
         self.participant = participant
         self.url = url
+        self.problem = problem
     }
 }
 
@@ -844,8 +864,12 @@ extension NamedBranches: WireDecodable, WireEncodable {
 }
 
 extension RegisterResponse: WireDecodable, WireEncodable {
-    public init(wire o: WireObject) throws { self.init(txid: try o.string("txid"), timeoutMs: try o.int64("timeout_ms")) }
-    public func writeWire(_ w: inout JSONWriter) { w.beginObject(); w.field("txid", txid); w.field("timeout_ms", timeoutMs); w.endObject() }
+    public init(wire o: WireObject) throws {
+        self.init(txid: try o.string("txid"), timeoutMs: try o.int64("timeout_ms"), lastAcknowledgedCommit: try o.optString("last_acknowledged_commit"))
+    }
+    public func writeWire(_ w: inout JSONWriter) {
+        w.beginObject(); w.field("txid", txid); w.field("timeout_ms", timeoutMs); w.field("last_acknowledged_commit", lastAcknowledgedCommit); w.endObject()
+    }
 }
 
 extension InquiryResponse: WireDecodable, WireEncodable {
@@ -870,7 +894,9 @@ extension PrepareRequest: WireDecodable, WireEncodable {
         self.init(txid: try o.string("txid"), onePhase: try o.optBool("one_phase"),
                   participants: try o.optObjects("participants") { try ParticipantRef(wire: $0) },
                   incarnation: try o.optString("incarnation"), protocol: try o.optString("protocol"), termination: try o.optString("termination"),
-                  ops: ops, timeoutMs: try o.optInt64("timeout_ms"), participant: try o.optString("participant"))
+                  ops: ops, timeoutMs: try o.optInt64("timeout_ms"), participant: try o.optString("participant"),
+                  lastAcknowledgedCommit: try o.optString("last_acknowledged_commit"),
+                  lastAcknowledgedIncarnation: try o.optString("last_acknowledged_incarnation"))
     }
     public func writeWire(_ w: inout JSONWriter) {
         w.beginObject()
@@ -887,6 +913,8 @@ extension PrepareRequest: WireDecodable, WireEncodable {
         w.field("termination", termination)
         w.field("timeout_ms", timeoutMs)
         w.field("participant", participant)
+        w.field("last_acknowledged_commit", lastAcknowledgedCommit)
+        w.field("last_acknowledged_incarnation", lastAcknowledgedIncarnation)
         if let ops { w.key("ops"); w.value(ops) }
         w.endObject()
     }
@@ -946,10 +974,11 @@ extension PhaseResponse: WireDecodable, WireEncodable {
 
 extension HealthResponse: WireDecodable, WireEncodable {
     public init(wire o: WireObject) throws {
-        self.init(status: try o.string("status"), participant: try o.optString("participant"), url: try o.optString("url"))
+        self.init(status: try o.string("status"), participant: try o.optString("participant"), url: try o.optString("url"),
+                  problem: try o.optString("problem"))
     }
     public func writeWire(_ w: inout JSONWriter) {
-        w.beginObject(); w.field("status", status); w.field("participant", participant); w.field("url", url); w.endObject()
+        w.beginObject(); w.field("status", status); w.field("participant", participant); w.field("url", url); w.field("problem", problem); w.endObject()
     }
 }
 

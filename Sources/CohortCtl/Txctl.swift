@@ -284,6 +284,12 @@ public enum Txctl {
             let path = "/v1/branches" + (query.isEmpty ? "" : "?" + query.joined(separator: "&"))
             let l = try remote(a).get(path, BranchList.self)
             ctx.out(a.has("json") ? JSONOut.encode(l) : Render.branchList(l))
+            // An agent refusing new work because its data is older than what it acknowledged
+            // (restored from an older copy) says so in /healthz: shown here, where an operator
+            // looks at an agent. (Agents before session 37 never say it.)
+            if !a.has("json"), let h = try? remote(a).get("/healthz", HealthResponse.self), let problem = h.problem {
+                ctx.err("warning: \(problem.prefix(Limits.reasonBytesMax * 4))\n")
+            }
         case "show":
             let a = try parse(argv, booleans: ["json"])
             let id = try txid(positional(a, count: 4, usage: "txctl agent URL show TXID [--json]")[3])

@@ -509,6 +509,7 @@ public final class Simulation {
     func crash(_ name: String, reason: String, restartAfterUs: Int64? = nil) {
         let node = nodes[name]!
         guard node.isUp else { return }
+        checkNoStaleDataMark(name)
         crashes += 1
         trace("CRASH \(name) (\(reason))")
         node.crash(torn: config.faults.tornCrashes)
@@ -627,7 +628,18 @@ public final class Simulation {
         }
     }
 
+    /// Nothing here puts an agent's directory back from an older copy, so an agent refusing
+    /// a coordinator's work because its data looks older than what it acknowledged
+    /// (`last_acknowledged_commit`) is a false alarm. Checked before each crash (the mark is in
+    /// memory and goes with the process) and at the end.
+    func checkNoStaleDataMark(_ name: String) {
+        guard let machine = nodes[name]?.agent?.machine, let (coordinatorID, txid) = machine.staleForCoordinators.first else { return }
+        fail("restore check: \(name) refuses new work from coordinator \(coordinatorID), told it acknowledged \(txid), which it neither holds nor let go, with no directory restored: a false alarm")
+    }
+
     private func finalChecks() {
+        for name in agentNames where nodes[name]!.isUp { checkNoStaleDataMark(name) }
+        if failure != nil { return }
         var balances: [String: Int64] = [:]
         var markers: [String: [String: Bool]] = [:]
         for agent in agentNames {

@@ -636,7 +636,8 @@ final class CoordinatorForgottenCommitTests: XCTestCase {
         XCTAssertNil(replayed.forgottenRefusal(TxID(coordinatorID: "0a1b2c3d", epoch: 1, sequence: 200)))
         // A snapshot from before the mark existed (nothing after the request_ids) still reads.
         var old = c.snapshot()
-        old.removeLast(4)  // the forced transactions' audits' count (none), which came last
+        old.removeLast(4)  // the acknowledged commits' count (none), which came last
+        old.removeLast(4)  // the forced transactions' audits' count (none), which came before it
         old.removeLast(4)  // the heuristic forces' count (none), which came before it
         old.removeLast(4)  // the kept heuristic-mixed transactions' count (none), which came before it
         old.removeLast(4)  // the 3PC list's count (none), which came before it

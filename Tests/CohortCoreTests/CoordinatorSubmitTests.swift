@@ -16,7 +16,7 @@ final class CoordinatorSubmitTests: XCTestCase {
 
     func prepares(_ actions: [Coordinator.Action]) -> [(String, Bool, JSONNode?)] {
         actions.compactMap {
-            if case .send(_, let to, .prepare(let onePhase, _, _, let work)) = $0 { return (to.name, onePhase, work) }
+            if case .send(_, let to, .prepare(let onePhase, _, _, let work, _)) = $0 { return (to.name, onePhase, work) }
             return nil
         }
     }

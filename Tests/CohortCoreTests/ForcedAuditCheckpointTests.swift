@@ -158,10 +158,21 @@ final class ForcedAuditCheckpointTests: XCTestCase {
         var c = machine()
         let (t, _) = forcedCommit(&c)
         let (aborted, _) = forcedAbort(&c, start: 20)
-        let snapshot = c.snapshot()
+        var snapshot = c.snapshot()
+        // The acknowledged commits' section (session 37: a acknowledged t) follows it.
+        var acknowledged = ByteWriter()
+        acknowledged.u32(UInt32(c.lastAcknowledgedCommits.count))
+        for (name, known) in c.lastAcknowledgedCommits.sorted(by: { $0.key < $1.key }) {
+            acknowledged.string(name)
+            acknowledged.bool(known.incarnation != nil)
+            acknowledged.string(known.incarnation ?? "")
+            acknowledged.string(known.txid.description)
+        }
+        XCTAssertEqual(Array(snapshot.suffix(acknowledged.bytes.count)), acknowledged.bytes)
+        snapshot.removeLast(acknowledged.bytes.count)
         let section = auditSection(c)
         XCTAssertEqual(c.operatorAudits.count, 2)
-        XCTAssertEqual(Array(snapshot.suffix(section.count)), section, "the audit section ends the checkpoint")
+        XCTAssertEqual(Array(snapshot.suffix(section.count)), section, "the audit section ends the checkpoint (before session 37)")
         let old = Array(snapshot.dropLast(section.count))
         var r = machine(epoch: 101)
         _ = try r.recover(snapshot: old, records: [], nowMs: 100)

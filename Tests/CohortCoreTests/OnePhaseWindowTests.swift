@@ -18,7 +18,7 @@ final class OnePhaseWindowTests: XCTestCase {
     }
 
     func prepares(_ actions: [Coordinator.Action]) -> [Bool] {
-        actions.compactMap { if case .send(_, _, .prepare(let onePhase, _, _, _)) = $0 { return onePhase } else { return nil } }
+        actions.compactMap { if case .send(_, _, .prepare(let onePhase, _, _, _, _)) = $0 { return onePhase } else { return nil } }
     }
 
     func windows(_ actions: [Coordinator.Action]) -> [OnePhaseWindow] {
@@ -129,10 +129,12 @@ final class OnePhaseWindowTests: XCTestCase {
         let c = makeCoordinator()
         let snapshot = c.snapshot()
         // No windows, no committed submissions, an empty outcome ledger (its page size), no 3PC,
-        // no heuristic-mixed transactions kept, no heuristic forces, no forced transactions' audits.
-        XCTAssertEqual(Array(snapshot.suffix(32)), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        // no heuristic-mixed transactions kept, no heuristic forces, no forced transactions' audits,
+        // no acknowledged commits.
+        XCTAssertEqual(Array(snapshot.suffix(36)), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                                    0, 0, 0, 0])
         var r = makeCoordinator()
-        _ = try r.recover(snapshot: Array(snapshot.dropLast(32)), records: [], nowMs: 10)
+        _ = try r.recover(snapshot: Array(snapshot.dropLast(36)), records: [], nowMs: 10)
         XCTAssertEqual(r.onePhaseWindows.windows, [])
     }
 

@@ -400,4 +400,74 @@ final class AgentNodeTests: XCTestCase {
         node.stop()
         node.log.close()
     }
+
+    /// The coordinator's registration answer names the commit this agent acknowledged last
+    /// (`last_acknowledged_commit`): one its data neither holds nor let go (a directory restored
+    /// from an older copy) fails the work with 503 naming it, stages nothing, and every later
+    /// work call and prepare from that coordinator is refused too. Bad values from a fake
+    /// coordinator: a malformed or huge string fails the work with a clear 503 and marks
+    /// nothing; a wrong JSON type leaves the answer unreadable, which the agent has always
+    /// taken with the default timeout (its prepare then carries the field, and a wrong type
+    /// there is a 400, a no vote). A figure for another incarnation is ignored.
+    func testARegistrationAnswerNamingALostCommitRefusesTheWork() throws {
+        func text(_ r: HTTPResponse?) -> String { r.map { String(decoding: $0.body.prefix(600), as: UTF8.self) } ?? "no answer" }
+        /// Sends registered work for `txid` and answers its registration with `answer`.
+        func work(_ node: AgentNode, _ env: HandDrivenEnvironment, _ txid: String, registrationAnswer answer: String) throws -> HTTPResponse? {
+            var reply: HTTPResponse?
+            node.handle(try HTTPRequest.parsingTarget(method: "POST", target: "/v1/work", headers: HTTPHeaders(),
+                                                      body: Array(#"{"txid":"\#(txid)","ops":[{"op":"set","key":"k","value":1}]}"#.utf8)),
+                        ClosureSink { reply = $0 })
+            env.drain()
+            let registration = try XCTUnwrap(env.sent.last(where: { $0.request.url.hasSuffix("/v1/transactions/\(txid)/branches") }), "no registration")
+            registration.completion(.success(HTTPClientResponse(status: 200, headers: HTTPHeaders(), body: Array(answer.utf8))))
+            env.drain()
+            return reply
+        }
+        func health(_ node: AgentNode, _ env: HandDrivenEnvironment) throws -> String { text(try call(node, env, "GET", "/healthz")) }
+
+        let env = HandDrivenEnvironment()
+        let node = try makeNode(env, store: MemoryKVStore())
+        let refused = try work(node, env, "0000abcd-1-5", registrationAnswer: #"{"txid":"0000abcd-1-5","timeout_ms":5000,"last_acknowledged_commit":"0000abcd-1-4"}"#)
+        XCTAssertEqual(refused?.status, 503, text(refused))
+        XCTAssertTrue(text(refused).contains("0000abcd-1-4") && text(refused).contains("older than what it acknowledged"), text(refused))
+        XCTAssertNil(node.machine.branches["0000abcd-1-5"], "nothing staged")
+        let degraded = try health(node, env)
+        XCTAssertTrue(degraded.contains(#""status":"ok""#) && degraded.contains(#""problem":"#) && degraded.contains("0000abcd-1-4"), degraded)
+        // Later work (named at commit: no registration) and a prepare are refused as well.
+        let named = try call(node, env, "POST", "/v1/work", #"{"txid":"0000abcd-1-6","register":false,"ops":[{"op":"set","key":"k","value":1}]}"#)
+        XCTAssertEqual(named?.status, 503, text(named))
+        let prepare = try call(node, env, "POST", "/v1/2pc/prepare", #"{"txid":"0000abcd-1-7","ops":[{"op":"set","key":"k","value":1}],"participant":"a"}"#)
+        XCTAssertTrue(text(prepare).contains(#""vote":"no""#) && text(prepare).contains("0000abcd-1-4"), text(prepare))
+        let metrics = String(decoding: try XCTUnwrap(try call(node, env, "GET", "/metrics")).body, as: UTF8.self)
+        XCTAssertTrue(metrics.contains("cohort_stale_data_coordinators 1\n"), metrics)
+        XCTAssertTrue(metrics.contains("cohort_stale_data_refusals_total 3\n"), metrics)
+        node.stop()
+        node.log.close()
+
+        // Bad values from a fake coordinator, each on a fresh agent.
+        let huge = String(repeating: "7", count: 100_000)
+        for (answer, status, says) in [
+            (#"{"txid":"0000abcd-1-5","timeout_ms":5000,"last_acknowledged_commit":"junk"}"#, 503, "malformed last_acknowledged_commit"),
+            (#"{"txid":"0000abcd-1-5","timeout_ms":5000,"last_acknowledged_commit":"\#(huge)"}"#, 503, "malformed last_acknowledged_commit"),
+            (#"{"txid":"0000abcd-1-5","timeout_ms":5000,"last_acknowledged_commit":"ffffffff-1-4"}"#, 503, "not a txid of the coordinator"),
+            (#"{"txid":"0000abcd-1-5","timeout_ms":5000,"last_acknowledged_commit":5}"#, 200, "staged"),
+            (#"{"txid":"0000abcd-1-5","timeout_ms":5000,"last_acknowledged_commit":null}"#, 200, "staged"),
+        ] {
+            let env = HandDrivenEnvironment()
+            let node = try makeNode(env, store: MemoryKVStore())
+            let r = try work(node, env, "0000abcd-1-5", registrationAnswer: answer)
+            XCTAssertEqual(r?.status, status, "\(answer.prefix(120)): \(text(r))")
+            XCTAssertTrue(text(r).contains(says), text(r))
+            XCTAssertLessThan(r?.body.count ?? 0, 1_000, "the answer quotes at most a bounded part of the value")
+            XCTAssertTrue(node.machine.staleForCoordinators.isEmpty, "a bad value marks nothing")
+            XCTAssertFalse(try health(node, env).contains("problem"))
+            // A prepare carrying another incarnation's figure is not this directory's to check.
+            let other = try call(node, env, "POST", "/v1/2pc/prepare",
+                                 #"{"txid":"0000abcd-1-9","last_acknowledged_commit":"0000abcd-1-4","last_acknowledged_incarnation":"00000000000000ff"}"#)
+            XCTAssertTrue(text(other).contains("no work for this transaction here"), text(other))
+            XCTAssertTrue(node.machine.staleForCoordinators.isEmpty)
+            node.stop()
+            node.log.close()
+        }
+    }
 }
