@@ -12,6 +12,11 @@ public enum SinkResult: Sendable {
     /// The sink refused the call as too large (HTTP 413) for a batch of several messages:
     /// nothing is counted; the relay sends them again in smaller batches.
     case tooLarge(String)
+    /// The sink answered and refused the call as a whole (an HTTP 4xx such as 400 or 422) for a
+    /// batch of several messages: it may be one message's fault, so nothing is counted and the
+    /// relay sends the batch again in halves, until a message refused alone is refused as a
+    /// message. Counted against each, one bad message dead-lettered the batch's other keys.
+    case refusedWhole(String)
 }
 
 /// Where a relay delivers. `deliver` is called on the relay's loop thread and must call
@@ -62,6 +67,8 @@ public final class OutboxRelay {
     /// Since when (monotonic) and with what the sink has been failing, while it is.
     private var sinkFailingSinceMs: Int64 = 0
     private var lastSinkError = ""
+    /// When a line last said that the sink refused a batch whole (`reportSink`).
+    private var refusedWholeReportedMs: Int64?
 
     /// The sink's trouble for the admin list, while its calls keep failing: `txctl outbox URL
     /// list` showed 70 pending messages with 0 attempts and no error while the consumer was
@@ -182,6 +189,14 @@ public final class OutboxRelay {
                 return
             }
             sinkProblemReportedMs = nowMs
+        case .refusedWhole(let reason):
+            // A consumer that refuses a batch for one message is worth a line (it costs calls),
+            // but a bisection makes several in a row: at most one every report interval.
+            if refusedWholeReportedMs.map({ nowMs - $0 >= Limits.outboxSinkProblemReportIntervalMs }) ?? true {
+                refusedWholeReportedMs = nowMs
+                problem("sink \(sink.name) refused a batch as a whole: \(reason); sent again in halves, nothing counted, until the message at fault is alone")
+            }
+            fallthrough
         case .outcomes, .tooLarge:
             if sinkFailuresInARow > 0 {
                 problem("sink \(sink.name) answers again after \(sinkFailuresInARow) failed calls")
@@ -260,6 +275,7 @@ public final class OutboxRelay {
                 case .outcomes(let o): self.feed(.delivered(batch: batch, outcomes: o, nowMs: t))
                 case .unavailable(let reason): self.feed(.sinkUnavailable(batch: batch, reason: reason, nowMs: t))
                 case .tooLarge(let reason): self.feed(.sinkTooLarge(batch: batch, reason: reason, nowMs: t))
+                case .refusedWhole(let reason): self.feed(.sinkRefusedWhole(batch: batch, reason: reason, nowMs: t))
                 }
             }
             return nil
@@ -324,6 +340,9 @@ public final class OutboxRelay {
         }
         registry.sample("cohort_outbox_sink_unavailable_total", type: "counter", help: "Sink calls that could not reach the sink") { [weak self] in
             Double(self?.machine.sinkDownTotal ?? 0)
+        }
+        registry.sample("cohort_outbox_refused_whole_total", type: "counter", help: "Sink calls refused as a whole for several messages (sent again in halves, nothing counted)") { [weak self] in
+            Double(self?.machine.refusedWholeTotal ?? 0)
         }
         registry.sample("cohort_outbox_fenced_total", type: "counter", help: "Writes refused because another relay held the lease") { [weak self] in
             Double(self?.machine.fencedTotal ?? 0)

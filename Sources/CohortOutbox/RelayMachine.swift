@@ -59,6 +59,11 @@ public enum RelayEvent: Equatable, Sendable {
     /// smaller ones (a message alone that is too large is refused as a message), until enough
     /// batches in a row get through to double the bound again (`RelayMachine.batchBytesLimit`).
     case sinkTooLarge(batch: Int, reason: String, nowMs: Int64)
+    /// Answer to `.deliver` when the sink answered and refused a batch of several messages as a
+    /// whole (an HTTP 400 or 422 for the call): nothing counted; its messages go again at once in
+    /// two batches of half as many (their keys stay busy meanwhile), and so on down to a message
+    /// alone, whose refusal counts against it alone.
+    case sinkRefusedWhole(batch: Int, reason: String, nowMs: Int64)
     /// Answer to `.record`: `applied` false when the fencing token no longer held the lease.
     case recorded(batch: Int, applied: Bool, nowMs: Int64)
     case cleaned(deleted: Int, nowMs: Int64)
@@ -192,6 +197,12 @@ public struct RelayMachine: Sendable {
     var deadKeysAfterRescan: [String: (held: Int64, next: Int64)] = [:]
     var batches: [Int: Batch] = [:]
     var nextBatch = 1
+    /// Halves of batches the sink refused whole (`.sinkRefusedWhole`), sent before any new
+    /// batch, within `batchesInFlightMax`. Their keys stay busy until each half's result is
+    /// recorded, so a key still has one message in flight at most.
+    var splits: [[OutboxMessage]] = []
+    /// Batches the sink refused whole since start (for metrics).
+    public private(set) var refusedWholeTotal: UInt64 = 0
     var sinkDownAttempts = 0
     /// The byte bound batches are made with: `config.batchBytesMax`, lowered by `.sinkTooLarge`
     /// (a consumer that takes less; kept across leases, it is the consumer's), and doubled
@@ -357,6 +368,20 @@ public struct RelayMachine: Sendable {
             }
             dispatch(now, &out)
 
+        case .sinkRefusedWhole(let id, let reason, let now):
+            guard case .held = lease, let b = batches.removeValue(forKey: id) else { return [] }
+            refusedWholeTotal += 1
+            guard b.messages.count > 1 else {
+                // A sink should answer a message alone per message; if it does not, this is
+                // that message's refusal.
+                batches[id] = b
+                return on(.delivered(batch: id, outcomes: [.rejected(reason)], nowMs: now))
+            }
+            let half = b.messages.count / 2
+            splits.append(Array(b.messages[..<half]))
+            splits.append(Array(b.messages[half...]))
+            dispatch(now, &out)
+
         case .recorded(let id, let applied, let now):
             guard case .held = lease, let b = batches[id], let w = b.write else { return [] }
             batches[id] = nil
@@ -467,6 +492,7 @@ public struct RelayMachine: Sendable {
         deadKeys = [:]
         deadKeysAfterRescan = [:]
         batches = [:]
+        splits = []
         cleaning = false
     }
 
@@ -709,6 +735,14 @@ public struct RelayMachine: Sendable {
 
     mutating func dispatch(_ now: Int64, _ out: inout [RelayAction]) {
         guard case .held = lease, now >= sinkDownUntilMs else { return }
+        // Halves of a batch refused whole go first: their keys are busy until they are answered.
+        while batches.count < config.batchesInFlightMax && !splits.isEmpty {
+            let msgs = splits.removeFirst()
+            let id = nextBatch
+            nextBatch += 1
+            batches[id] = Batch(messages: msgs, write: nil)
+            out.append(.deliver(batch: id, messages: msgs))
+        }
         while batches.count < config.batchesInFlightMax && readyHead < ready.count {
             var msgs: [OutboxMessage] = []
             var bytes = OutboxBatchBytes.envelope

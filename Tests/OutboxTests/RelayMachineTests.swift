@@ -83,6 +83,65 @@ final class RelayMachineTests: XCTestCase {
         XCTAssertEqual(delivers(m.on(.recorded(batch: b2, applied: true, nowMs: 1))).map(\.1), [[3, 4]])
     }
 
+    /// A batch the sink refused whole (HTTP 400 for one bad message in it) counted an attempt
+    /// against every message: the other keys' heads died with the bad one. Now it goes again in
+    /// halves, nothing counted, the halves before any new batch and within the calls in flight,
+    /// down to the message alone, whose refusal alone counts; a key's next message waits for its
+    /// head's half to be recorded.
+    func testABatchRefusedWholeIsSplitUntilTheMessageAtFaultIsAlone() {
+        var config = RelayConfig()
+        config.batchesInFlightMax = 2
+        config.attemptsMax = 1
+        // k3 is at fault (msg 3); k1 has a second message waiting behind its head.
+        let rows = [msg(1, "k1"), msg(2, "k2"), msg(3, "k3"), msg(4, "k4"), msg(5, "k1")]
+        var (m, out) = started(rows, config: config)
+        let b = delivers(out)[0]
+        XCTAssertEqual(b.1, [1, 2, 3, 4])
+        out = m.on(.sinkRefusedWhole(batch: b.0, reason: "HTTP 400 for the whole batch", nowMs: 1))
+        let halves = delivers(out)
+        XCTAssertEqual(halves.map(\.1), [[1, 2], [3, 4]], "in halves, at once")
+        guard halves.count == 2 else { return }
+        XCTAssertEqual(m.failedTotal, 0)
+        XCTAssertEqual(m.sinkDownTotal, 0, "not an outage: no backoff")
+        // The first half is taken; k1's next message goes only once that is recorded.
+        _ = m.on(.delivered(batch: halves[0].0, outcomes: [.acknowledged, .acknowledged], nowMs: 2))
+        out = m.on(.recorded(batch: halves[0].0, applied: true, nowMs: 2))
+        XCTAssertEqual(delivers(out).map(\.1), [[5]])
+        let next = delivers(out)[0].0
+        // The second half is refused whole again: its halves wait for a free call (two in flight).
+        XCTAssertTrue(delivers(m.on(.sinkRefusedWhole(batch: halves[1].0, reason: "HTTP 400", nowMs: 3))).map(\.1) == [[3]])
+        XCTAssertEqual(m.inFlightBatches, 2)
+        _ = m.on(.delivered(batch: next, outcomes: [.acknowledged], nowMs: 4))
+        out = m.on(.recorded(batch: next, applied: true, nowMs: 4))
+        XCTAssertEqual(delivers(out).map(\.1), [[4]], "the other half once a call is free")
+        let lone4 = delivers(out)[0].0
+        let lone3 = m.batches.keys.first { $0 != lone4 }!
+        // Alone, the message at fault is refused (a sink that answers a lone message whole too).
+        out = m.on(.sinkRefusedWhole(batch: lone3, reason: "HTTP 400", nowMs: 5))
+        XCTAssertEqual(out, [.record(batch: lone3, write: RelayWrite(dead: [.init(id: 3, attempts: 1, error: "HTTP 400")]), token: 7)])
+        _ = m.on(.delivered(batch: lone4, outcomes: [.acknowledged], nowMs: 5))
+        _ = m.on(.recorded(batch: lone3, applied: true, nowMs: 6))
+        _ = m.on(.recorded(batch: lone4, applied: true, nowMs: 6))
+        XCTAssertEqual(m.deliveredTotal, 4)
+        XCTAssertEqual(m.deadTotal, 1, "only the message at fault")
+        XCTAssertEqual(m.refusedWholeTotal, 3)
+        XCTAssertEqual(m.inFlightBatches, 0)
+    }
+
+    /// Halves waiting to be sent belong to the lease: a lost lease drops them with the rest.
+    func testHalvesOfARefusedBatchAreDroppedWithTheLease() {
+        var config = RelayConfig()
+        config.batchesInFlightMax = 1
+        var (m, out) = started([msg(1, "a"), msg(2, "b"), msg(3, "c")], config: config)
+        let b = delivers(out)[0]
+        out = m.on(.sinkRefusedWhole(batch: b.0, reason: "HTTP 400", nowMs: 1))
+        XCTAssertEqual(delivers(out).map(\.1), [[1]])
+        XCTAssertEqual(m.splits.map { $0.map(\.id) }, [[2, 3]])
+        _ = m.on(.leaseLost(nowMs: 2))
+        XCTAssertTrue(m.splits.isEmpty)
+        XCTAssertEqual(m.inFlightBatches, 0)
+    }
+
     /// One 413 halved the batch bytes for good (until the relay restarted): a proxy's limit
     /// lowered for a minute slowed the relay for its lifetime. Now the bound doubles again, up to
     /// the configured size, after `Limits.outboxBatchBytesRegrowAfterBatches` batches in a row

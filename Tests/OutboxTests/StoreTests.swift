@@ -212,6 +212,14 @@ final class StoreTests: XCTestCase {
         for status in [400, 413, 422] {
             guard case .outcomes(let o) = answer(status), case .rejected? = o.first else { return XCTFail("HTTP \(status) should refuse the message") }
         }
+        // For several messages a 4xx may be one message's fault: refused whole, nothing counted
+        // (the relay splits the batch); counted against each, it dead-lettered the others.
+        let b = OutboxMessage(id: 2, source: "s", topic: "t", key: "k2", payload: "{}", createdMs: 0)
+        for status in [400, 409, 422] {
+            let r = HTTPOutboxSink.interpret(HTTPClientResponse(status: status, headers: HTTPHeaders(), body: Array("bad".utf8)), messages: [a, b], url: "u")
+            guard case .refusedWhole(let why) = r else { return XCTFail("HTTP \(status) for two messages: \(r)") }
+            XCTAssertTrue(why.contains("HTTP \(status) for the whole batch of 2 messages: bad"), why)
+        }
     }
 
     func testIdsNeverGoBackwardsEvenAfterDeletes() throws {

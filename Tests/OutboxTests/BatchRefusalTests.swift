@@ -1,0 +1,140 @@
+import CohortCore
+import CohortHTTP
+@testable import CohortOutbox
+import CohortPosix
+import CohortSQLite
+import Foundation
+import XCTest
+
+/// A consumer (or a proxy in front of it) that refuses a whole batch with a 4xx because of one
+/// message in it: the real `cohort-relay` against a real HTTP inbox.
+final class BatchRefusalTests: XCTestCase {
+    /// An inbox endpoint on its own event loop: a real `Inbox` behind `InboxEndpoint`, except
+    /// that a batch holding a payload marked `"poison":true` is answered 400 as a whole (a
+    /// strict schema check, a WAF rule). `applied` lists (key, seq) in the order the inbox
+    /// applied them, once each.
+    final class StrictConsumer: @unchecked Sendable {
+        let loop: EventLoop
+        var server: HTTPServer!
+        let inbox: Inbox
+        let lock = NSLock()
+        var applied: [(key: String, seq: Int)] = []
+        var refusedWhole = 0
+        var url: String { "http://127.0.0.1:\(server.port)/v1/inbox" }
+
+        init(dbPath: String) throws {
+            inbox = try Inbox(path: dbPath, consumer: "strict")
+            loop = try EventLoop()
+            loop.startThread()
+            let done = DispatchSemaphore(value: 0)
+            var made: Result<HTTPServer, Error>?
+            loop.execute {
+                made = Result { try HTTPServer(loop: self.loop, host: "127.0.0.1", port: 0) { req, r in r.send(self.handle(req)) } }
+                done.signal()
+            }
+            done.wait()
+            server = try made!.get()
+        }
+
+        func handle(_ req: HTTPRequest) -> HTTPResponse {
+            if String(decoding: req.body, as: UTF8.self).contains(#""poison\":true"#) {
+                lock.withLock { refusedWhole += 1 }
+                return .error(400, "a message of this batch does not match the schema")
+            }
+            return InboxEndpoint.handle(req, inbox: inbox) { _, m in
+                let o = try JSONParser.parse(Array(m.payload.utf8))
+                guard case .object(let f) = o, case .int(let seq)? = f.first(where: { $0.0 == "seq" })?.1 else { return }
+                self.lock.withLock { self.applied.append((m.key, Int(seq))) }
+            } ?? .error(404, "no such path")
+        }
+
+        func stop() {
+            let done = DispatchSemaphore(value: 0)
+            loop.execute { self.server.shutdown(); done.signal() }
+            done.wait()
+            loop.stopAndJoin()
+            inbox.close()
+        }
+    }
+
+    /// One message that makes the consumer refuse its whole batch (400) cost every message of
+    /// the batch an attempt: the heads of unrelated keys that shared its batches became dead
+    /// letters with it, and (dead letters blocking their key) those keys stopped until an
+    /// operator replayed each. With `--attempts 1` one refusal did it: all 20 keys' heads dead,
+    /// 40 of 366 messages applied; with `--attempts 2` k19's head died too in the run tried (under
+    /// load, with batches of the same keys retried together, the default 10 as well). Now a
+    /// batch refused whole is sent again in halves, nothing counted, until the message is alone:
+    /// only it is refused and dead-lettered, every other key delivers everything, in order.
+    func testOneMessageThatGetsItsBatchRefusedWholeDeadLettersOnlyItself() throws {
+        let rig = try OutboxRig()
+        defer { rig.stop() }
+        // 400 messages over 20 keys; n = 50, 100, ... (keys k10 and k0) are poison. Key k10's
+        // first poison is its 3rd message (n = 50), k0's its 5th (n = 100).
+        _ = try rig.produce(["--count", "400", "--keys", "20", "--poison-every", "50"])
+        let consumer = try StrictConsumer(dbPath: rig.consumerDB)
+        defer { consumer.stop() }
+        _ = try rig.start("cohort-relay", ["--db", rig.producerDB, "--sink", consumer.url, "--port", "0", "--attempts", "1"])
+        let expectedApplied = 18 * 20 + 2 + 4
+        let settled = try waitFor("the other keys delivered and the two poison heads dead", timeoutMs: 60_000) {
+            let c = try rig.outboxCounts()
+            return c.dead == 2 && c.pending == 17 + 15 && consumer.lock.withLock { consumer.applied.count } == expectedApplied
+        }
+        let store = try OutboxStore(path: rig.producerDB)
+        defer { store.close() }
+        let dead = try store.connection.query("SELECT key, payload FROM outbox WHERE state = 2 ORDER BY id")
+        XCTAssertTrue(settled, "applied \(consumer.lock.withLock { consumer.applied.count }) of \(expectedApplied); dead letters: \(dead.map { $0[0].text ?? "?" })")
+        XCTAssertEqual(dead.map { $0[0].text }, ["k10", "k0"], "only the poison messages are dead letters")
+        for row in dead { XCTAssertTrue(row[1].text?.contains(#""poison":true"#) == true, "\(row)") }
+        XCTAssertGreaterThan(consumer.lock.withLock { consumer.refusedWhole }, 0, "the consumer did refuse batches whole")
+        // Order per key, each applied once: seqs 1, 2, 3, ... with no gap and no repeat.
+        var byKey: [String: [Int]] = [:]
+        for a in consumer.lock.withLock({ consumer.applied }) { byKey[a.key, default: []].append(a.seq) }
+        for (key, seqs) in byKey {
+            XCTAssertEqual(seqs, Array(1...seqs.count), "key \(key)")
+        }
+        XCTAssertEqual(byKey["k10"]?.count, 2, "k10 stops before its dead letter")
+        XCTAssertEqual(byKey["k0"]?.count, 4, "k0 stops before its dead letter")
+        XCTAssertEqual(try store.counts().pending, 17 + 15, "the blocked keys' later messages wait")
+    }
+    /// `InboxEndpoint` answered 400 for a whole batch when one message in it could not be read:
+    /// every message of the batch lost an attempt. Now each message is read on its own; one
+    /// that cannot be read is answered `failed` in its own result (`duplicate` when its id was
+    /// applied before: dedupe first), the others apply. Only a body that is not
+    /// `{"messages": [...]}` at all is a 400.
+    func testTheInboxEndpointAnswersAnUnreadableMessageInItsOwnResult() throws {
+        let inbox = try Inbox(path: tempDB("strict-endpoint"), consumer: "c")
+        defer { inbox.close() }
+        var effects: [String] = []
+        func post(_ body: String) -> HTTPResponse? {
+            InboxEndpoint.handle(HTTPRequest(method: "POST", target: "/v1/inbox", path: "/v1/inbox", body: Array(body.utf8)), inbox: inbox) { _, m in
+                effects.append(m.id)
+            }
+        }
+        func message(_ id: String, seq: String = "1", headers: String? = #""headers":{}"#) -> String {
+            #"{"id":"\#(id)","source":"s","seq":\#(seq),"topic":"t","key":"k\#(id)","payload":"p",\#(headers.map { $0 + "," } ?? "")"created_ms":1}"#
+        }
+        XCTAssertEqual(post(#"{"messages":["# + message("s:9") + "]}")?.status, 200)
+        XCTAssertEqual(effects, ["s:9"])
+        let r = post(#"{"messages":["# + [message("s:1"), message("s:2", seq: #""x""#), message("s:9", headers: nil), #"{"nope":1}"#, message("s:3", headers: #""headers":{"a":1}"#)].joined(separator: ",") + "]}")
+        XCTAssertEqual(r?.status, 200, String(decoding: r?.body ?? [], as: UTF8.self))
+        let results = try InboxBatchResponse(wireJSON: r?.body ?? []).results
+        XCTAssertEqual(results.map(\.id), ["s:1", "s:2", "s:9", "", "s:3"], "one result per item, in batch order")
+        XCTAssertEqual(results.map(\.status), ["applied", "failed", "duplicate", "failed", "failed"])
+        XCTAssertEqual(results[1].error, #"message 1 of the batch cannot be read: field "messages.1.seq" has the wrong type: not applied"#)
+        XCTAssertEqual(results[3].error, #"message 3 of the batch cannot be read: missing field "messages.3.id": not applied"#)
+        XCTAssertEqual(results[4].error, #"message 4 of the batch cannot be read: field "messages.4.headers.a" has the wrong type: not applied"#)
+        XCTAssertEqual(effects, ["s:9", "s:1"], "only the readable new message was applied")
+        XCTAssertFalse(try inbox.hasApplied("s:2"), "no inbox row for a message not applied")
+        // A batch of unreadable messages only: answered per message, nothing applied.
+        let only = post(#"{"messages":["# + message("s:4", seq: "1.5") + "]}")
+        XCTAssertEqual(only?.status, 200)
+        XCTAssertEqual(try InboxBatchResponse(wireJSON: only?.body ?? []).results.map(\.status), ["failed"])
+        // The body as a whole not a batch: 400, as before.
+        for body in ["", "[]", "{", #"{"messages":{}}"#, #"{"messages":null}"#, #"{"mess":[]}"#, #"{"messages":[],"messages":[]}"#] {
+            XCTAssertEqual(post(body)?.status, 400, body)
+        }
+        let many = #"{"messages":["# + Array(repeating: "{}", count: Limits.outboxBatchMessagesMax + 1).joined(separator: ",") + "]}"
+        XCTAssertEqual(post(many)?.status, 413)
+        XCTAssertEqual(effects, ["s:9", "s:1"])
+    }
+}
