@@ -17,6 +17,11 @@ public enum SinkResult: Sendable {
     /// relay sends the batch again in halves, until a message refused alone is refused as a
     /// message. Counted against each, one bad message dead-lettered the batch's other keys.
     case refusedWhole(String)
+    /// The sink answered 500 (an internal error) for a batch of several messages: an outage, or
+    /// one message the consumer cannot handle (an exception on it). Nothing is counted; the relay
+    /// backs off as for an outage and sends the batch again in halves, so such a message holds up
+    /// only its own key: sent again whole, its batch failed for ever and every key in it with it.
+    case failedWhole(String)
 }
 
 /// Where a relay delivers. `deliver` is called on the relay's loop thread and must call
@@ -177,7 +182,7 @@ public final class OutboxRelay {
     /// say nothing at all, while its messages piled up.
     private func reportSink(_ result: SinkResult, nowMs: Int64) {
         switch result {
-        case .unavailable(let reason):
+        case .unavailable(let reason), .failedWhole(let reason):
             sinkFailuresInARow += 1
             lastSinkError = reason
             if sinkFailuresInARow == 1 { sinkFailingSinceMs = nowMs }
@@ -276,6 +281,7 @@ public final class OutboxRelay {
                 case .unavailable(let reason): self.feed(.sinkUnavailable(batch: batch, reason: reason, nowMs: t))
                 case .tooLarge(let reason): self.feed(.sinkTooLarge(batch: batch, reason: reason, nowMs: t))
                 case .refusedWhole(let reason): self.feed(.sinkRefusedWhole(batch: batch, reason: reason, nowMs: t))
+                case .failedWhole(let reason): self.feed(.sinkFailedWhole(batch: batch, reason: reason, nowMs: t))
                 }
             }
             return nil

@@ -64,6 +64,12 @@ public enum RelayEvent: Equatable, Sendable {
     /// two batches of half as many (their keys stay busy meanwhile), and so on down to a message
     /// alone, whose refusal counts against it alone.
     case sinkRefusedWhole(batch: Int, reason: String, nowMs: Int64)
+    /// Answer to `.deliver` when the sink answered a batch of several messages with an internal
+    /// error (HTTP 500): an outage, or one message the consumer fails on. Nothing counted; the
+    /// relay backs off as for `.sinkUnavailable`, then sends the messages in two batches of half
+    /// as many (their keys busy meanwhile), and so on; a message alone that fails so is
+    /// `.sinkUnavailable`.
+    case sinkFailedWhole(batch: Int, reason: String, nowMs: Int64)
     /// Answer to `.record`: `applied` false when the fencing token no longer held the lease.
     case recorded(batch: Int, applied: Bool, nowMs: Int64)
     case cleaned(deleted: Int, nowMs: Int64)
@@ -381,6 +387,15 @@ public struct RelayMachine: Sendable {
             splits.append(Array(b.messages[..<half]))
             splits.append(Array(b.messages[half...]))
             dispatch(now, &out)
+
+        case .sinkFailedWhole(let id, let reason, let now):
+            guard case .held = lease, let b = batches[id] else { return [] }
+            guard b.messages.count > 1 else { return on(.sinkUnavailable(batch: id, reason: reason, nowMs: now)) }
+            batches[id] = nil
+            sinkDown(reason, now)
+            let half = b.messages.count / 2
+            splits.append(Array(b.messages[..<half]))
+            splits.append(Array(b.messages[half...]))
 
         case .recorded(let id, let applied, let now):
             guard case .held = lease, let b = batches[id], let w = b.write else { return [] }

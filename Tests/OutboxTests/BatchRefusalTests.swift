@@ -21,8 +21,11 @@ final class BatchRefusalTests: XCTestCase {
         var applied: [(key: String, seq: Int)] = []
         var refusedWhole = 0
         var url: String { "http://127.0.0.1:\(server.port)/v1/inbox" }
+        /// The answer to a batch holding a poison message.
+        let refusal: Int
 
-        init(dbPath: String) throws {
+        init(dbPath: String, refusal: Int = 400) throws {
+            self.refusal = refusal
             inbox = try Inbox(path: dbPath, consumer: "strict")
             loop = try EventLoop()
             loop.startThread()
@@ -39,7 +42,7 @@ final class BatchRefusalTests: XCTestCase {
         func handle(_ req: HTTPRequest) -> HTTPResponse {
             if String(decoding: req.body, as: UTF8.self).contains(#""poison\":true"#) {
                 lock.withLock { refusedWhole += 1 }
-                return .error(400, "a message of this batch does not match the schema")
+                return .error(refusal, "a message of this batch does not match the schema")
             }
             return InboxEndpoint.handle(req, inbox: inbox) { _, m in
                 let o = try JSONParser.parse(Array(m.payload.utf8))
@@ -66,36 +69,59 @@ final class BatchRefusalTests: XCTestCase {
     /// batch refused whole is sent again in halves, nothing counted, until the message is alone:
     /// only it is refused and dead-lettered, every other key delivers everything, in order.
     func testOneMessageThatGetsItsBatchRefusedWholeDeadLettersOnlyItself() throws {
+        try runPoisonBatches(refusal: 400)
+    }
+
+    /// The same consumer answering 500 (an exception on the poison message) for its batches:
+    /// a 500 is the sink's trouble, nothing counted, and the batch was sent again whole after
+    /// the backoff, so every key whose head shared the poison's batch stopped for good: after a
+    /// minute 40 of 366 messages applied, all 20 keys stuck, no dead letter, nothing said but
+    /// the sink's trouble. Now a 500 for several messages sends them again in halves (after the
+    /// same backoff): the other keys deliver everything, in order; the poison messages are
+    /// never counted (a 500 is no refusal) and stay pending, each holding only its own key.
+    func testOneMessageThatMakesTheConsumerFailItsBatchHoldsUpOnlyItsKey() throws {
+        try runPoisonBatches(refusal: 500)
+    }
+
+    /// 400 messages over 20 keys; n = 50, 100, ... (keys k10 and k0) are poison: a batch holding
+    /// one is answered `refusal`. Key k10's first poison is its 3rd message (n = 50), k0's its
+    /// 5th (n = 100). A 400 dead-letters (`--attempts 1`) the poison messages alone; a 500 leaves
+    /// them pending. Either way every other message is applied once, in order per key.
+    func runPoisonBatches(refusal: Int, file: StaticString = #filePath, line: UInt = #line) throws {
         let rig = try OutboxRig()
         defer { rig.stop() }
-        // 400 messages over 20 keys; n = 50, 100, ... (keys k10 and k0) are poison. Key k10's
-        // first poison is its 3rd message (n = 50), k0's its 5th (n = 100).
         _ = try rig.produce(["--count", "400", "--keys", "20", "--poison-every", "50"])
-        let consumer = try StrictConsumer(dbPath: rig.consumerDB)
+        let consumer = try StrictConsumer(dbPath: rig.consumerDB, refusal: refusal)
         defer { consumer.stop() }
         _ = try rig.start("cohort-relay", ["--db", rig.producerDB, "--sink", consumer.url, "--port", "0", "--attempts", "1"])
         let expectedApplied = 18 * 20 + 2 + 4
-        let settled = try waitFor("the other keys delivered and the two poison heads dead", timeoutMs: 60_000) {
+        let expectedDead = refusal == 400 ? 2 : 0
+        let settled = try waitFor("the other keys delivered, the two poison heads held", timeoutMs: 60_000) {
             let c = try rig.outboxCounts()
-            return c.dead == 2 && c.pending == 17 + 15 && consumer.lock.withLock { consumer.applied.count } == expectedApplied
+            return c.dead == expectedDead && c.pending == 17 + 15 + 2 - expectedDead
+                && consumer.lock.withLock { consumer.applied.count } == expectedApplied
         }
         let store = try OutboxStore(path: rig.producerDB)
         defer { store.close() }
-        let dead = try store.connection.query("SELECT key, payload FROM outbox WHERE state = 2 ORDER BY id")
-        XCTAssertTrue(settled, "applied \(consumer.lock.withLock { consumer.applied.count }) of \(expectedApplied); dead letters: \(dead.map { $0[0].text ?? "?" })")
-        XCTAssertEqual(dead.map { $0[0].text }, ["k10", "k0"], "only the poison messages are dead letters")
-        for row in dead { XCTAssertTrue(row[1].text?.contains(#""poison":true"#) == true, "\(row)") }
-        XCTAssertGreaterThan(consumer.lock.withLock { consumer.refusedWhole }, 0, "the consumer did refuse batches whole")
+        // The poison heads: dead letters after a 400; still pending, no attempt counted, after a 500.
+        let held = try store.connection.query("SELECT key, payload, state, attempts FROM outbox WHERE key IN ('k0', 'k10') AND state IN (0, 2) AND payload LIKE '%\"poison\":true%' ORDER BY id LIMIT 2")
+        let counts = try store.counts()
+        XCTAssertTrue(settled, "applied \(consumer.lock.withLock { consumer.applied.count }) of \(expectedApplied); \(counts.pending) pending, \(counts.dead) dead", file: file, line: line)
+        XCTAssertEqual(held.map { $0[0].text }, ["k10", "k0"], file: file, line: line)
+        XCTAssertEqual(Set(held.map { $0[2].int }), [refusal == 400 ? 2 : 0], "dead after a 400, pending after a 500", file: file, line: line)
+        XCTAssertEqual(Set(held.map { $0[3].int }), [refusal == 400 ? 1 : 0], "a 500 counts no attempt", file: file, line: line)
+        XCTAssertEqual(try store.counts().dead, expectedDead, "only the poison messages are dead letters", file: file, line: line)
+        XCTAssertGreaterThan(consumer.lock.withLock { consumer.refusedWhole }, 0, "the consumer did refuse batches whole", file: file, line: line)
         // Order per key, each applied once: seqs 1, 2, 3, ... with no gap and no repeat.
         var byKey: [String: [Int]] = [:]
         for a in consumer.lock.withLock({ consumer.applied }) { byKey[a.key, default: []].append(a.seq) }
         for (key, seqs) in byKey {
-            XCTAssertEqual(seqs, Array(1...seqs.count), "key \(key)")
+            XCTAssertEqual(seqs, Array(1...seqs.count), "key \(key)", file: file, line: line)
         }
-        XCTAssertEqual(byKey["k10"]?.count, 2, "k10 stops before its dead letter")
-        XCTAssertEqual(byKey["k0"]?.count, 4, "k0 stops before its dead letter")
-        XCTAssertEqual(try store.counts().pending, 17 + 15, "the blocked keys' later messages wait")
+        XCTAssertEqual(byKey["k10"]?.count, 2, "k10 stops before its poison message", file: file, line: line)
+        XCTAssertEqual(byKey["k0"]?.count, 4, "k0 stops before its poison message", file: file, line: line)
     }
+
     /// `InboxEndpoint` answered 400 for a whole batch when one message in it could not be read:
     /// every message of the batch lost an attempt. Now each message is read on its own; one
     /// that cannot be read is answered `failed` in its own result (`duplicate` when its id was

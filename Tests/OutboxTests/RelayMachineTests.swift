@@ -128,6 +128,33 @@ final class RelayMachineTests: XCTestCase {
         XCTAssertEqual(m.inFlightBatches, 0)
     }
 
+    /// A 500 for a batch of several messages may be an outage or one message the consumer fails
+    /// on: the relay backs off as for an outage (nothing counted), then sends the batch in halves,
+    /// so the other keys get through; a message alone answered 500 is unavailable (its key goes
+    /// back to the ready ones, nothing counted). Sent again whole, the batch failed for ever.
+    func testABatchFailedWholeBacksOffThenGoesInHalves() {
+        var config = RelayConfig()
+        config.sinkDownDelayMsMin = 100
+        config.sinkDownDelayMsMax = 100
+        var (m, out) = started([msg(1, "k1"), msg(2, "k2"), msg(3, "k3")], config: config)
+        let b = delivers(out)[0]
+        out = m.on(.sinkFailedWhole(batch: b.0, reason: "HTTP 500", nowMs: 10))
+        XCTAssertTrue(delivers(out).isEmpty, "not before the outage backoff")
+        XCTAssertEqual(m.sinkDownTotal, 1)
+        XCTAssertTrue(delivers(m.on(.tick(nowMs: 20))).isEmpty)
+        let halves = delivers(m.on(.tick(nowMs: 200)))
+        XCTAssertEqual(halves.map(\.1), [[1], [2, 3]])
+        guard halves.count == 2 else { return }
+        _ = m.on(.sinkFailedWhole(batch: halves[1].0, reason: "HTTP 500", nowMs: 210))
+        // Alone, k1's message fails too: unavailable, back with the ready keys, nothing counted.
+        _ = m.on(.sinkFailedWhole(batch: halves[0].0, reason: "HTTP 500", nowMs: 210))
+        XCTAssertEqual(m.inFlightBatches, 0)
+        let next = delivers(m.on(.tick(nowMs: 400))).map(\.1)
+        XCTAssertEqual(next, [[2], [3], [1]], "the halves first, then the ready key")
+        XCTAssertEqual(m.failedTotal, 0)
+        XCTAssertEqual(m.deadTotal, 0)
+    }
+
     /// Halves waiting to be sent belong to the lease: a lost lease drops them with the rest.
     func testHalvesOfARefusedBatchAreDroppedWithTheLease() {
         var config = RelayConfig()

@@ -16,7 +16,7 @@ one result per message, in order:
     failed     refused: its effect cannot apply it    (one attempt; a dead letter after --attempts)
     busy       not now, not the message's fault       (sent again after a backoff, no attempt)
 A whole-batch answer of 401 (bad token), 5xx or no answer at all makes the relay send the batch
-again later without counting attempts; another 4xx (400) for several messages is sent again in halves,
+again later without counting attempts (a 500 for several messages in halves); another 4xx (400) for several messages is sent again in halves,
 nothing counted, until a message alone gets it (one attempt): answer a bad message failed instead.
 
 The effect is an append-only ledger: one row per applied message (source, key, seq, payload), so
