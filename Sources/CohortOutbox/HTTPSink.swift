@@ -11,9 +11,9 @@ import Foundation
 /// in halves, nothing counted, so only the message at fault is refused). Except 401, 403, 404
 /// and 405, which are the consumer's
 /// trouble (a token, a path), not the messages'; those, no answer, a timeout, 5xx, 408 or 429
-/// mean the consumer is unavailable (nothing counted, the relay backs off); a 500 for several
-/// messages is `failedWhole` (also backed off, and the batch sent again in halves, so one message
-/// the consumer fails on holds up only its key). 413 (body too large) says nothing about
+/// mean the consumer is unavailable (nothing counted, the relay backs off); a 500 is
+/// `failedWhole` (also backed off, a batch of several sent again in halves, so one message the
+/// consumer fails on holds up only its key). 413 (body too large) says nothing about
 /// the messages of a batch of several: `tooLarge`, the relay sends them in smaller batches; for a
 /// message alone it is that message's refusal (it can never be delivered to this consumer).
 public final class HTTPOutboxSink: OutboxSink {
@@ -73,12 +73,13 @@ public final class HTTPOutboxSink: OutboxSink {
                 }
             })
         }
-        if r.status == 500 && messages.count > 1 {
+        if r.status == 500 {
             // An exception on one message answers 500 for its batch every time: sent again whole,
             // that batch, and every key in it, never got through (a consumer that failed on one
             // message stopped 20 keys for good). Halved, nothing counted, after the outage backoff.
             let text = String(decoding: r.body.prefix(200), as: UTF8.self)
-            return .failedWhole("POST \(url): HTTP 500 for the whole batch of \(messages.count) messages: \(text)")
+            return .failedWhole(messages.count > 1 ? "POST \(url): HTTP 500 for the whole batch of \(messages.count) messages: \(text)"
+                                                   : "POST \(url): HTTP 500: \(text)")
         }
         if r.status >= 500 || r.status == 408 || r.status == 429 {
             return .unavailable("POST \(url): HTTP \(r.status)")

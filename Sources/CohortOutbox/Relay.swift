@@ -17,10 +17,12 @@ public enum SinkResult: Sendable {
     /// relay sends the batch again in halves, until a message refused alone is refused as a
     /// message. Counted against each, one bad message dead-lettered the batch's other keys.
     case refusedWhole(String)
-    /// The sink answered 500 (an internal error) for a batch of several messages: an outage, or
-    /// one message the consumer cannot handle (an exception on it). Nothing is counted; the relay
-    /// backs off as for an outage and sends the batch again in halves, so such a message holds up
-    /// only its own key: sent again whole, its batch failed for ever and every key in it with it.
+    /// The sink answered 500 (an internal error): an outage, or one message the consumer cannot
+    /// handle (an exception on it). Nothing is counted. For several messages the relay backs off
+    /// as for an outage and sends the batch again in halves, so such a message holds up only its
+    /// own key: sent again whole, its batch failed for ever and every key in it with it. For a
+    /// message alone it is an outage, unless the sink acknowledged another call meanwhile: then
+    /// the message's key backs off on its own and sends it alone from then on.
     case failedWhole(String)
 }
 
@@ -74,6 +76,8 @@ public final class OutboxRelay {
     private var lastSinkError = ""
     /// When a line last said that the sink refused a batch whole (`reportSink`).
     private var refusedWholeReportedMs: Int64?
+    /// When a line last said that the sink failed on a message (`reportFailedOnAMessage`).
+    private var failedAloneReportedMs: Int64?
 
     /// The sink's trouble for the admin list, while its calls keep failing: `txctl outbox URL
     /// list` showed 70 pending messages with 0 attempts and no error while the consumer was
@@ -210,6 +214,19 @@ public final class OutboxRelay {
         }
     }
 
+    /// A call the sink failed (HTTP 500) while it took other calls: a message it fails on. At
+    /// most one line every `Limits.outboxSinkProblemReportIntervalMs`, since finding the message
+    /// takes several calls and it is sent again and again.
+    private func reportFailedOnAMessage(_ messages: [OutboxMessage], reason: String, nowMs: Int64) {
+        guard failedAloneReportedMs.map({ nowMs - $0 >= Limits.outboxSinkProblemReportIntervalMs }) ?? true else { return }
+        failedAloneReportedMs = nowMs
+        if messages.count == 1 {
+            problem("sink \(sink.name) failed on message \(messages[0].messageID) (key \(messages[0].key)) alone while it took other calls: \(reason); its key waits and sends it again after a backoff, nothing counted")
+        } else {
+            problem("sink \(sink.name) failed a batch of \(messages.count) messages while it took other calls: \(reason); sent again in halves, nothing counted, to find the message it fails on")
+        }
+    }
+
     /// Carries out one action; returns the answer when it is immediate.
     private func perform(_ action: RelayAction) -> RelayEvent? {
         let now = clock()
@@ -275,6 +292,18 @@ public final class OutboxRelay {
             sink.deliver(messages) { [weak self] result in
                 guard let self, self.running else { return }
                 let t = self.clock()
+                if case .failedWhole(let reason) = result {
+                    // The sink's trouble (said as such) only if the machine takes it so; else a
+                    // message's, found by halving its batch or backed off by its key.
+                    let downBefore = self.machine.sinkDownTotal
+                    self.feed(.sinkFailedWhole(batch: batch, reason: reason, nowMs: t))
+                    if self.machine.sinkDownTotal > downBefore {
+                        self.reportSink(.unavailable(reason), nowMs: t)
+                    } else {
+                        self.reportFailedOnAMessage(messages, reason: reason, nowMs: t)
+                    }
+                    return
+                }
                 self.reportSink(result, nowMs: t)
                 switch result {
                 case .outcomes(let o): self.feed(.delivered(batch: batch, outcomes: o, nowMs: t))

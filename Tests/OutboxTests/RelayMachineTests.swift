@@ -155,6 +155,46 @@ final class RelayMachineTests: XCTestCase {
         XCTAssertEqual(m.deadTotal, 0)
     }
 
+    /// A message alone that the sink fails on (500) while it acknowledged another call since
+    /// it went out is the message's trouble: its key backs off on its own (growing, nothing
+    /// counted) and sends it alone from then on, and the relay does not back off as a whole.
+    /// Batched again, it made its batch fail and be halved, with a relay-wide backoff at each
+    /// step, each time it was retried: many such messages slowed every key.
+    func testAMessageFailingAloneWhileTheSinkWorksBacksOffItsKeyAndGoesAlone() {
+        var config = RelayConfig()
+        config.retryDelayMsMin = 100
+        config.retryDelayMsMax = 100_000
+        var (m, out) = started([msg(1, "bad"), msg(2, "k2"), msg(3, "k3"), msg(5, "k2"), msg(6, "k3")], config: config)
+        let b = delivers(out)[0]
+        XCTAssertEqual(b.1, [1, 2, 3])
+        _ = m.on(.sinkFailedWhole(batch: b.0, reason: "HTTP 500", nowMs: 10))
+        let halves = delivers(m.on(.tick(nowMs: 1000)))
+        XCTAssertEqual(halves.map(\.1), [[1], [2, 3]])
+        guard halves.count == 2 else { return }
+        // The other half is taken (k2 and k3 send their next), then the message alone fails:
+        // the sink is up, it is the message.
+        _ = m.on(.delivered(batch: halves[1].0, outcomes: [.acknowledged, .acknowledged], nowMs: 1001))
+        let b3 = delivers(m.on(.recorded(batch: halves[1].0, applied: true, nowMs: 1001)))
+        XCTAssertEqual(b3.map(\.1), [[5, 6]])
+        let down = m.sinkDownTotal
+        XCTAssertTrue(delivers(m.on(.sinkFailedWhole(batch: halves[0].0, reason: "HTTP 500", nowMs: 1002))).isEmpty,
+                      "not again before its key's backoff")
+        XCTAssertEqual(m.sinkDownTotal, down, "no relay-wide backoff")
+        XCTAssertEqual(m.failedTotal, 0, "nothing counted")
+        XCTAssertEqual(m.queues["bad"]?.failuresAlone, 1)
+        // k2 and k3 are deferred too (busy consumer rows): all three are due at the same tick.
+        guard let b3id = b3.first?.0 else { return }
+        _ = m.on(.delivered(batch: b3id, outcomes: [.deferred("busy"), .deferred("busy")], nowMs: 1002))
+        _ = m.on(.recorded(batch: b3id, applied: true, nowMs: 1002))
+        let sent = delivers(m.on(.tick(nowMs: 5000))).map(\.1)
+        XCTAssertEqual(Set(sent.map(Set.init)), [[1], [5, 6]], "the message that fails alone goes alone; the others batch together")
+        // The failure it was is forgotten once its key moves on.
+        guard let lone = delivers(m.on(.tick(nowMs: 5000))).first ?? m.batches.first(where: { $0.value.messages.map(\.id) == [1] }).map({ ($0.key, [1]) }) else { return }
+        _ = m.on(.delivered(batch: lone.0, outcomes: [.acknowledged], nowMs: 5001))
+        _ = m.on(.recorded(batch: lone.0, applied: true, nowMs: 5001))
+        XCTAssertNil(m.queues["bad"], "delivered at last")
+    }
+
     /// Halves waiting to be sent belong to the lease: a lost lease drops them with the rest.
     func testHalvesOfARefusedBatchAreDroppedWithTheLease() {
         var config = RelayConfig()

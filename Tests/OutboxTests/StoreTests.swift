@@ -220,12 +220,13 @@ final class StoreTests: XCTestCase {
             guard case .refusedWhole(let why) = r else { return XCTFail("HTTP \(status) for two messages: \(r)") }
             XCTAssertTrue(why.contains("HTTP \(status) for the whole batch of 2 messages: bad"), why)
         }
-        // A 500 for several: maybe one message the consumer fails on (sent again in halves after
-        // the outage backoff); for a message alone, unavailable as before.
+        // A 500: maybe one message the consumer fails on (several are sent again in halves after
+        // the outage backoff; the relay tells a message alone from an outage).
         let failed = HTTPOutboxSink.interpret(HTTPClientResponse(status: 500, headers: HTTPHeaders(), body: Array("boom".utf8)), messages: [a, b], url: "u")
         guard case .failedWhole(let why) = failed else { return XCTFail("HTTP 500 for two messages: \(failed)") }
         XCTAssertTrue(why.contains("HTTP 500 for the whole batch of 2 messages: boom"), why)
-        guard case .unavailable = answer(500) else { return XCTFail("HTTP 500 for one message") }
+        guard case .failedWhole(let alone) = answer(500) else { return XCTFail("HTTP 500 for one message") }
+        XCTAssertEqual(alone, "POST u: HTTP 500: no")
         for status in [502, 503, 504] {
             guard case .unavailable = HTTPOutboxSink.interpret(HTTPClientResponse(status: status, headers: HTTPHeaders(), body: []), messages: [a, b], url: "u") else {
                 return XCTFail("HTTP \(status) is an outage")
