@@ -217,8 +217,9 @@ public struct RelayMachine: Sendable {
     var deadKeysAfterRescan: [String: (held: Int64, next: Int64)] = [:]
     var batches: [Int: Batch] = [:]
     var nextBatch = 1
-    /// Halves of batches the sink refused whole (`.sinkRefusedWhole`), sent before any new
-    /// batch, within `batchesInFlightMax`. Their keys stay busy until each half's result is
+    /// Halves of batches the sink refused or failed whole (`.sinkRefusedWhole`,
+    /// `.sinkFailedWhole`), sent before any new batch, within `batchesInFlightMax` (and after a
+    /// relay-wide backoff). Their keys stay busy until each half's result is
     /// recorded, so a key still has one message in flight at most.
     var splits: [[OutboxMessage]] = []
     /// When the sink last acknowledged a message: a lone message that fails after that while its
@@ -802,7 +803,7 @@ public struct RelayMachine: Sendable {
 
     mutating func dispatch(_ now: Int64, _ out: inout [RelayAction]) {
         guard case .held = lease, now >= sinkDownUntilMs else { return }
-        // Halves of a batch refused whole go first: their keys are busy until they are answered.
+        // Halves of a batch refused or failed whole go first: their keys are busy until then.
         while batches.count < config.batchesInFlightMax && !splits.isEmpty {
             let msgs = splits.removeFirst()
             let id = nextBatch
