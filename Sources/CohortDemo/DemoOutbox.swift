@@ -50,6 +50,8 @@ final class ReplySink: OutboxSink {
         var left = groups.count
         var unavailable: [(indexes: [Int], why: String)] = []
         var tooLarge: String?
+        var refusedWhole: String?
+        var failedWhole: String?
         if left == 0 { return completion(.outcomes(outcomes.map { $0! })) }
         let groupCount = groups.count
         for (url, indexes) in groups {
@@ -62,6 +64,8 @@ final class ReplySink: OutboxSink {
                 switch result {
                 case .unavailable(let why): unavailable.append((indexes, why))
                 case .tooLarge(let why): tooLarge = why
+                case .refusedWhole(let why): refusedWhole = why
+                case .failedWhole(let why): failedWhole = why
                 case .outcomes(let got): for (k, i) in indexes.enumerated() where k < got.count { outcomes[i] = got[k] }
                 }
                 left -= 1
@@ -69,6 +73,10 @@ final class ReplySink: OutboxSink {
                 // One address took less than the batch: all of it again, in smaller batches
                 // (what the other addresses applied comes back as duplicates).
                 if let why = tooLarge { return completion(.tooLarge(why)) }
+                // One address refused its part whole: all of it again, in halves, so only the
+                // message at fault is refused (the others' applied ones come back as duplicates).
+                if let why = refusedWhole { return completion(.refusedWhole(why)) }
+                if let why = failedWhole { return completion(.failedWhole(why)) }
                 if unavailable.count == groupCount { return completion(.unavailable(unavailable[0].why)) }
                 for (indexes, why) in unavailable { for i in indexes { outcomes[i] = .rejected("reply_to unreachable: \(why)") } }
                 completion(.outcomes(outcomes.map { $0 ?? .rejected("no answer for this message") }))

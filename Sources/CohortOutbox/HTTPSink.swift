@@ -6,10 +6,14 @@ import Foundation
 /// Direct HTTP delivery: each batch is one `POST URL` with `{"messages": [...]}`; the consumer's
 /// inbox endpoint answers 200 `{"results": [{"id", "status": "applied"|"duplicate"|"failed"|"busy", "error"?}]}`.
 /// `applied` and `duplicate` acknowledge a message; `failed` refuses it (an attempt); `busy`
-/// defers it (sent again after a backoff of its key, no attempt). A 4xx answer
-/// refuses every message of the batch, except 401, 403, 404 and 405, which are the consumer's
+/// defers it (sent again after a backoff of its key, no attempt). A 4xx answer for a message
+/// alone refuses it; for a batch of several it is `refusedWhole` (the relay sends the batch again
+/// in halves, nothing counted, so only the message at fault is refused). Except 401, 403, 404
+/// and 405, which are the consumer's
 /// trouble (a token, a path), not the messages'; those, no answer, a timeout, 5xx, 408 or 429
-/// mean the consumer is unavailable (nothing counted, the relay backs off). 413 (body too large) says nothing about
+/// mean the consumer is unavailable (nothing counted, the relay backs off); a 500 is
+/// `failedWhole` (also backed off, a batch of several sent again in halves, so one message the
+/// consumer fails on holds up only its key). 413 (body too large) says nothing about
 /// the messages of a batch of several: `tooLarge`, the relay sends them in smaller batches; for a
 /// message alone it is that message's refusal (it can never be delivered to this consumer).
 public final class HTTPOutboxSink: OutboxSink {
@@ -69,6 +73,14 @@ public final class HTTPOutboxSink: OutboxSink {
                 }
             })
         }
+        if r.status == 500 {
+            // An exception on one message answers 500 for its batch every time: sent again whole,
+            // that batch, and every key in it, never got through (a consumer that failed on one
+            // message stopped 20 keys for good). Halved, nothing counted, after the outage backoff.
+            let text = String(decoding: r.body.prefix(200), as: UTF8.self)
+            return .failedWhole(messages.count > 1 ? "POST \(url): HTTP 500 for the whole batch of \(messages.count) messages: \(text)"
+                                                   : "POST \(url): HTTP 500: \(text)")
+        }
         if r.status >= 500 || r.status == 408 || r.status == 429 {
             return .unavailable("POST \(url): HTTP \(r.status)")
         }
@@ -84,6 +96,12 @@ public final class HTTPOutboxSink: OutboxSink {
             return .tooLarge("POST \(url): HTTP 413 for \(messages.count) messages")
         }
         let text = String(decoding: r.body.prefix(200), as: UTF8.self)
+        // Another 4xx for several messages may be one message's fault (a consumer that cannot
+        // read one answers 400 for the batch): sent again in halves, nothing counted, until the
+        // message is alone. Counted against each, it dead-lettered the other keys' heads with it.
+        if messages.count > 1 {
+            return .refusedWhole("POST \(url): HTTP \(r.status) for the whole batch of \(messages.count) messages: \(text)")
+        }
         return .outcomes(Array(repeating: .rejected("HTTP \(r.status): \(text)"), count: messages.count))
     }
 

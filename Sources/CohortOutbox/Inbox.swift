@@ -186,22 +186,73 @@ public final class InboxCleaner {
 
 /// An HTTP inbox endpoint for the HTTP sink: `POST PATH` with `{"messages": [...]}`.
 public enum InboxEndpoint {
-    /// Answers `POST path` (default `/v1/inbox`); nil for any other request.
+    /// One item of a batch as read: a message, or why it cannot be read (with its `id` when the
+    /// item has one string `id`, so the answer can name it).
+    enum Item {
+        case message(WireMessage)
+        case unreadable(id: String?, why: String)
+    }
+
+    /// The batch's items, each read on its own: an item that is not a message does not make the
+    /// others unreadable. Throws only when the body as a whole is not `{"messages": [...]}`.
+    static func readBatch(_ body: [UInt8]) throws -> [Item] {
+        let o = try WireObject(bytes: body)
+        guard let list = o["messages"] else { throw WireJSONError.missingField("messages") }
+        guard case .array(let nodes) = list else {
+            if case .null = list { throw WireJSONError.nullField("messages") }
+            throw WireJSONError.wrongType("messages")
+        }
+        return nodes.indices.map { k in
+            do {
+                return .message(try WireMessage(wire: WireObject(nodes[k], path: "messages.\(k)")))
+            } catch {
+                var id: String?
+                if case .object(let members) = nodes[k] {
+                    let ids = members.filter { $0.0 == "id" }
+                    if ids.count == 1, case .string(let s) = ids[0].1 { id = s }
+                }
+                return .unreadable(id: id, why: "\(error)")
+            }
+        }
+    }
+
+    /// Answers `POST path` (default `/v1/inbox`); nil for any other request. A message that
+    /// cannot be read is answered `failed` in its own result (`duplicate` when its id was applied
+    /// before), not with a 400 for the batch: the relay counts a 400 for a message alone against
+    /// it, and sends a batch refused whole again in halves, one call and more per bad message.
     public static func handle(_ req: HTTPRequest, path: String = "/v1/inbox", inbox: Inbox,
                               _ effect: (OutboxTransaction, WireMessage) throws -> Void) -> HTTPResponse? {
         guard req.path == path else { return nil }
         guard req.method == "POST" else { return .error(405, "use POST \(path)") }
-        let batch: InboxBatch
+        let items: [Item]
         do {
-            batch = try InboxBatch(wireJSON: req.body)
+            items = try readBatch(req.body)
         } catch {
             return .error(400, "body must be {\"messages\": [{\"id\", \"source\", \"seq\", \"topic\", \"key\", \"payload\", \"headers\", \"created_ms\"}]}: \(error)")
         }
-        guard batch.messages.count <= Limits.outboxBatchMessagesMax else {
-            return .error(413, "\(batch.messages.count) messages in one batch exceed \(Limits.outboxBatchMessagesMax)")
+        guard items.count <= Limits.outboxBatchMessagesMax else {
+            return .error(413, "\(items.count) messages in one batch exceed \(Limits.outboxBatchMessagesMax)")
         }
         do {
-            return .jsonBytes(200, InboxBatchResponse(results: try inbox.apply(batch.messages, effect)).wireJSON)
+            let messages = items.compactMap { if case .message(let m) = $0 { return m }; return nil }
+            var applied = messages.isEmpty ? [] : try inbox.apply(messages, effect)[...]
+            var results: [InboxResult] = []
+            results.reserveCapacity(items.count)
+            for (k, item) in items.enumerated() {
+                switch item {
+                case .message:
+                    results.append(applied.removeFirst())
+                case .unreadable(let id, let why):
+                    // Dedupe first: a message applied before (by a consumer that could still
+                    // read it) is acknowledged again, not refused into a dead letter.
+                    if let id, !id.isEmpty, id.utf8.count <= Limits.inboxMessageIDBytesMax, try inbox.hasApplied(id) {
+                        results.append(InboxResult(id: id, status: "duplicate"))
+                    } else {
+                        results.append(InboxResult(id: id ?? "", status: "failed", error: "message \(k) of the batch cannot be read: \(why): not applied"))
+                    }
+                }
+            }
+            return .jsonBytes(200, InboxBatchResponse(results: results).wireJSON)
         } catch let e as SQLiteError where e.isBusy {
             return .error(503, "database busy: \(e)")
         } catch {

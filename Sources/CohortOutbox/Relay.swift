@@ -12,6 +12,18 @@ public enum SinkResult: Sendable {
     /// The sink refused the call as too large (HTTP 413) for a batch of several messages:
     /// nothing is counted; the relay sends them again in smaller batches.
     case tooLarge(String)
+    /// The sink answered and refused the call as a whole (an HTTP 4xx such as 400 or 422) for a
+    /// batch of several messages: it may be one message's fault, so nothing is counted and the
+    /// relay sends the batch again in halves, until a message refused alone is refused as a
+    /// message. Counted against each, one bad message dead-lettered the batch's other keys.
+    case refusedWhole(String)
+    /// The sink answered 500 (an internal error): an outage, or one message the consumer cannot
+    /// handle (an exception on it). Nothing is counted. For several messages the relay backs off
+    /// as for an outage and sends the batch again in halves, so such a message holds up only its
+    /// own key: sent again whole, its batch failed for ever and every key in it with it. For a
+    /// message alone it is an outage, unless the sink acknowledged another call meanwhile: then
+    /// the message's key backs off on its own and sends it alone from then on.
+    case failedWhole(String)
 }
 
 /// Where a relay delivers. `deliver` is called on the relay's loop thread and must call
@@ -62,6 +74,10 @@ public final class OutboxRelay {
     /// Since when (monotonic) and with what the sink has been failing, while it is.
     private var sinkFailingSinceMs: Int64 = 0
     private var lastSinkError = ""
+    /// When a line last said that the sink refused a batch whole (`reportSink`).
+    private var refusedWholeReportedMs: Int64?
+    /// When a line last said that the sink failed on a message (`reportFailedOnAMessage`).
+    private var failedAloneReportedMs: Int64?
 
     /// The sink's trouble for the admin list, while its calls keep failing: `txctl outbox URL
     /// list` showed 70 pending messages with 0 attempts and no error while the consumer was
@@ -170,7 +186,7 @@ public final class OutboxRelay {
     /// say nothing at all, while its messages piled up.
     private func reportSink(_ result: SinkResult, nowMs: Int64) {
         switch result {
-        case .unavailable(let reason):
+        case .unavailable(let reason), .failedWhole(let reason):
             sinkFailuresInARow += 1
             lastSinkError = reason
             if sinkFailuresInARow == 1 { sinkFailingSinceMs = nowMs }
@@ -182,11 +198,32 @@ public final class OutboxRelay {
                 return
             }
             sinkProblemReportedMs = nowMs
+        case .refusedWhole(let reason):
+            // A consumer that refuses a batch for one message is worth a line (it costs calls),
+            // but a bisection makes several in a row: at most one every report interval.
+            if refusedWholeReportedMs.map({ nowMs - $0 >= Limits.outboxSinkProblemReportIntervalMs }) ?? true {
+                refusedWholeReportedMs = nowMs
+                problem("sink \(sink.name) refused a batch as a whole: \(reason); sent again in halves, nothing counted, until the message at fault is alone")
+            }
+            fallthrough
         case .outcomes, .tooLarge:
             if sinkFailuresInARow > 0 {
                 problem("sink \(sink.name) answers again after \(sinkFailuresInARow) failed calls")
                 sinkFailuresInARow = 0
             }
+        }
+    }
+
+    /// A call the sink failed (HTTP 500) while it took other calls: a message it fails on. At
+    /// most one line every `Limits.outboxSinkProblemReportIntervalMs`, since finding the message
+    /// takes several calls and it is sent again and again.
+    private func reportFailedOnAMessage(_ messages: [OutboxMessage], reason: String, nowMs: Int64) {
+        guard failedAloneReportedMs.map({ nowMs - $0 >= Limits.outboxSinkProblemReportIntervalMs }) ?? true else { return }
+        failedAloneReportedMs = nowMs
+        if messages.count == 1 {
+            problem("sink \(sink.name) failed on message \(messages[0].messageID) (key \(messages[0].key)) alone while it took other calls: \(reason); its key waits and sends it again after a backoff, nothing counted")
+        } else {
+            problem("sink \(sink.name) failed a batch of \(messages.count) messages while it took other calls: \(reason); sent again in halves, nothing counted, to find the message it fails on")
         }
     }
 
@@ -255,11 +292,25 @@ public final class OutboxRelay {
             sink.deliver(messages) { [weak self] result in
                 guard let self, self.running else { return }
                 let t = self.clock()
+                if case .failedWhole(let reason) = result {
+                    // The sink's trouble (said as such) only if the machine takes it so; else a
+                    // message's, found by halving its batch or backed off by its key.
+                    let downBefore = self.machine.sinkDownTotal
+                    self.feed(.sinkFailedWhole(batch: batch, reason: reason, nowMs: t))
+                    if self.machine.sinkDownTotal > downBefore {
+                        self.reportSink(.unavailable(reason), nowMs: t)
+                    } else {
+                        self.reportFailedOnAMessage(messages, reason: reason, nowMs: t)
+                    }
+                    return
+                }
                 self.reportSink(result, nowMs: t)
                 switch result {
                 case .outcomes(let o): self.feed(.delivered(batch: batch, outcomes: o, nowMs: t))
                 case .unavailable(let reason): self.feed(.sinkUnavailable(batch: batch, reason: reason, nowMs: t))
                 case .tooLarge(let reason): self.feed(.sinkTooLarge(batch: batch, reason: reason, nowMs: t))
+                case .refusedWhole(let reason): self.feed(.sinkRefusedWhole(batch: batch, reason: reason, nowMs: t))
+                case .failedWhole(let reason): self.feed(.sinkFailedWhole(batch: batch, reason: reason, nowMs: t))
                 }
             }
             return nil
@@ -324,6 +375,9 @@ public final class OutboxRelay {
         }
         registry.sample("cohort_outbox_sink_unavailable_total", type: "counter", help: "Sink calls that could not reach the sink") { [weak self] in
             Double(self?.machine.sinkDownTotal ?? 0)
+        }
+        registry.sample("cohort_outbox_refused_whole_total", type: "counter", help: "Sink calls refused as a whole for several messages (sent again in halves, nothing counted)") { [weak self] in
+            Double(self?.machine.refusedWholeTotal ?? 0)
         }
         registry.sample("cohort_outbox_fenced_total", type: "counter", help: "Writes refused because another relay held the lease") { [weak self] in
             Double(self?.machine.fencedTotal ?? 0)

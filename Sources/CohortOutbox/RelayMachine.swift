@@ -59,6 +59,19 @@ public enum RelayEvent: Equatable, Sendable {
     /// smaller ones (a message alone that is too large is refused as a message), until enough
     /// batches in a row get through to double the bound again (`RelayMachine.batchBytesLimit`).
     case sinkTooLarge(batch: Int, reason: String, nowMs: Int64)
+    /// Answer to `.deliver` when the sink answered and refused a batch of several messages as a
+    /// whole (an HTTP 400 or 422 for the call): nothing counted; its messages go again at once in
+    /// two batches of half as many (their keys stay busy meanwhile), and so on down to a message
+    /// alone, whose refusal counts against it alone.
+    case sinkRefusedWhole(batch: Int, reason: String, nowMs: Int64)
+    /// Answer to `.deliver` when the sink answered with an internal error (HTTP 500): an outage,
+    /// or one message the consumer fails on. Nothing counted. A batch of several is sent again in
+    /// two batches of half as many (their keys busy meanwhile), and so on: at once if the sink
+    /// acknowledged a message since the batch went out (it is up), else after the relay-wide
+    /// backoff of `.sinkUnavailable`. A message alone: `.sinkUnavailable`, unless the sink
+    /// acknowledged a message since it was sent; then its key backs off on its own, growing, and
+    /// sends it alone from then on.
+    case sinkFailedWhole(batch: Int, reason: String, nowMs: Int64)
     /// Answer to `.record`: `applied` false when the fencing token no longer held the lease.
     case recorded(batch: Int, applied: Bool, nowMs: Int64)
     case cleaned(deleted: Int, nowMs: Int64)
@@ -121,10 +134,19 @@ public struct RelayMachine: Sendable {
         var busy = false
         /// Not before this time (backoff after a refusal).
         var retryAtMs: Int64 = 0
+        /// The head's id when it is sent alone (not batched with other keys): it failed alone
+        /// while other calls got through (`.sinkFailedWhole`), or was refused alone after a
+        /// split. Batched again, it failed or was refused with its batch, and the batch was
+        /// halved again each time. -1: none.
+        var aloneID: Int64 = -1
+        /// The head's failures alone in a row (HTTP 500 while the sink took other calls): its
+        /// own backoff grows with them, as a refusal's does with its attempts.
+        var failuresAlone = 0
         var count: Int { messages.count - head }
         var first: OutboxMessage? { head < messages.count ? messages[head] : nil }
 
         mutating func popFirst() {
+            failuresAlone = 0
             head += 1
             if head > 64 && head * 2 > messages.count {
                 messages.removeFirst(head)
@@ -150,6 +172,9 @@ public struct RelayMachine: Sendable {
     struct Batch: Sendable {
         var messages: [OutboxMessage]
         var write: RelayWrite?
+        /// When it was sent, and whether it is a half of a batch the sink refused or failed whole.
+        var sentMs: Int64 = 0
+        var split = false
     }
 
     public let config: RelayConfig
@@ -192,6 +217,16 @@ public struct RelayMachine: Sendable {
     var deadKeysAfterRescan: [String: (held: Int64, next: Int64)] = [:]
     var batches: [Int: Batch] = [:]
     var nextBatch = 1
+    /// Halves of batches the sink refused or failed whole (`.sinkRefusedWhole`,
+    /// `.sinkFailedWhole`), sent before any new batch, within `batchesInFlightMax` (and after a
+    /// relay-wide backoff). Their keys stay busy until each half's result is
+    /// recorded, so a key still has one message in flight at most.
+    var splits: [[OutboxMessage]] = []
+    /// When the sink last acknowledged a message: a lone message that fails after that while its
+    /// call was out is the message's trouble, not the sink's (`.sinkFailedWhole`).
+    var lastAcknowledgedMs: Int64 = .min
+    /// Batches the sink refused whole since start (for metrics).
+    public private(set) var refusedWholeTotal: UInt64 = 0
     var sinkDownAttempts = 0
     /// The byte bound batches are made with: `config.batchBytesMax`, lowered by `.sinkTooLarge`
     /// (a consumer that takes less; kept across leases, it is the consumer's), and doubled
@@ -303,6 +338,12 @@ public struct RelayMachine: Sendable {
         case .delivered(let id, let outcomes, let now):
             guard case .held(let token) = lease, var b = batches[id], b.write == nil else { return [] }
             noteBatchTakenWhole(b.messages)
+            if outcomes.contains(.acknowledged) { lastAcknowledgedMs = now }
+            // Refused alone after its batch was refused whole: its next attempts go alone, so
+            // its batch is not refused whole and halved again at each one.
+            if b.split, b.messages.count == 1, case .rejected? = outcomes.first, let m = b.messages.first {
+                queues[m.key]?.aloneID = m.id
+            }
             var w = RelayWrite()
             var notTaken: String?
             for (i, m) in b.messages.enumerated() {
@@ -355,6 +396,57 @@ public struct RelayMachine: Sendable {
                 queues[m.key]?.busy = false
                 markMaybeReady(m.key, now)
             }
+            dispatch(now, &out)
+
+        case .sinkRefusedWhole(let id, let reason, let now):
+            guard case .held = lease, let b = batches.removeValue(forKey: id) else { return [] }
+            refusedWholeTotal += 1
+            guard b.messages.count > 1 else {
+                // A sink should answer a message alone per message; if it does not, this is
+                // that message's refusal.
+                batches[id] = b
+                return on(.delivered(batch: id, outcomes: [.rejected(reason)], nowMs: now))
+            }
+            let half = b.messages.count / 2
+            splits.append(Array(b.messages[..<half]))
+            splits.append(Array(b.messages[half...]))
+            dispatch(now, &out)
+
+        case .sinkFailedWhole(let id, let reason, let now):
+            guard case .held = lease, let b = batches[id] else { return [] }
+            guard b.messages.count > 1 else {
+                // Alone: the sink took another call since this one went out, so it is up and
+                // it is this message it fails on. Its key backs off on its own (growing, no
+                // attempt counted) and sends it alone from now on; a relay-wide backoff at each
+                // such failure slowed every key while many of them were retried.
+                let m = b.messages[0]
+                guard lastAcknowledgedMs >= b.sentMs, var q = queues[m.key] else {
+                    return on(.sinkUnavailable(batch: id, reason: reason, nowMs: now))
+                }
+                batches[id] = nil
+                lastSinkError = reason
+                q.busy = false
+                q.aloneID = m.id
+                q.failuresAlone += 1
+                q.retryAtMs = now + backoffDelayMs(attempt: q.failuresAlone, minMs: config.retryDelayMsMin,
+                                                    maxMs: config.retryDelayMsMax, rng: &rng)
+                queues[m.key] = q
+                markMaybeReady(m.key, now)
+                return []
+            }
+            batches[id] = nil
+            // The sink acknowledged another call since this one went out: it is up, and it is
+            // a message of this batch it fails on; halved at once. Otherwise an outage, maybe:
+            // the halves wait for the relay-wide backoff, which at every halving also held up
+            // every key while many such messages were being found.
+            if lastAcknowledgedMs >= b.sentMs {
+                lastSinkError = reason
+            } else {
+                sinkDown(reason, now)
+            }
+            let half = b.messages.count / 2
+            splits.append(Array(b.messages[..<half]))
+            splits.append(Array(b.messages[half...]))
             dispatch(now, &out)
 
         case .recorded(let id, let applied, let now):
@@ -467,6 +559,8 @@ public struct RelayMachine: Sendable {
         deadKeys = [:]
         deadKeysAfterRescan = [:]
         batches = [:]
+        splits = []
+        lastAcknowledgedMs = .min
         cleaning = false
     }
 
@@ -709,9 +803,18 @@ public struct RelayMachine: Sendable {
 
     mutating func dispatch(_ now: Int64, _ out: inout [RelayAction]) {
         guard case .held = lease, now >= sinkDownUntilMs else { return }
+        // Halves of a batch refused or failed whole go first: their keys are busy until then.
+        while batches.count < config.batchesInFlightMax && !splits.isEmpty {
+            let msgs = splits.removeFirst()
+            let id = nextBatch
+            nextBatch += 1
+            batches[id] = Batch(messages: msgs, write: nil, sentMs: now, split: true)
+            out.append(.deliver(batch: id, messages: msgs))
+        }
         while batches.count < config.batchesInFlightMax && readyHead < ready.count {
             var msgs: [OutboxMessage] = []
             var bytes = OutboxBatchBytes.envelope
+            var aloneLater: [String] = []
             while msgs.count < config.batchMessagesMax && readyHead < ready.count {
                 let key = ready[readyHead]
                 guard var q = queues[key], !q.busy, let m = q.first, !isBlocked(key, q) else {
@@ -726,6 +829,14 @@ public struct RelayMachine: Sendable {
                     delayedDueMs = min(delayedDueMs, q.retryAtMs)
                     continue
                 }
+                // A head that goes alone gets a batch of its own: put back in line after this one.
+                let alone = q.aloneID == m.id
+                if alone && !msgs.isEmpty {
+                    readyHead += 1
+                    inReady.remove(key)
+                    aloneLater.append(key)
+                    continue
+                }
                 // Full by size: the key stays first in line for the next batch. A message too
                 // large for any batch still goes, alone (the sink then refuses it as a message).
                 let cost = OutboxBatchBytes.cost(m)
@@ -736,7 +847,9 @@ public struct RelayMachine: Sendable {
                 q.busy = true
                 queues[key] = q
                 msgs.append(m)
+                if alone { break }
             }
+            for key in aloneLater where inReady.insert(key).inserted { ready.append(key) }
             if readyHead > 1024 && readyHead * 2 > ready.count {
                 ready.removeFirst(readyHead)
                 readyHead = 0
@@ -744,7 +857,7 @@ public struct RelayMachine: Sendable {
             if msgs.isEmpty { break }
             let id = nextBatch
             nextBatch += 1
-            batches[id] = Batch(messages: msgs, write: nil)
+            batches[id] = Batch(messages: msgs, write: nil, sentMs: now)
             out.append(.deliver(batch: id, messages: msgs))
         }
     }

@@ -114,4 +114,44 @@ final class ReplySinkTests: XCTestCase {
         XCTAssertEqual(outcomes, [.acknowledged, .acknowledged], "both answers went to the configured address")
         XCTAssertEqual(received.count, 2)
     }
+    /// An address that refuses its part of a batch whole (400 for two messages) makes the whole
+    /// batch `refusedWhole`: the relay sends it again in halves, nothing counted, until the
+    /// message at fault is alone. A lone message's 400 is that message's refusal.
+    func testAnAddressRefusingItsPartWholeHasTheBatchSplit() throws {
+        ProcessEnv.ignoreSIGPIPE()
+        let loop = try EventLoop()
+        loop.startThread()
+        defer { loop.stopAndJoin() }
+        let live = try inbox(on: loop)
+        let ready = DispatchSemaphore(value: 0)
+        var strict: HTTPServer?
+        var sink: ReplySink?
+        loop.execute {
+            strict = try? HTTPServer(loop: loop, host: "127.0.0.1", port: 0) { _, r in r.send(.error(400, "one message is unreadable")) }
+            sink = ReplySink(loop: loop)
+            ready.signal()
+        }
+        ready.wait()
+        let refusing = "http://127.0.0.1:\(try XCTUnwrap(strict).port)/v1/inbox"
+        let liveURL = "http://127.0.0.1:\(live.port)/v1/inbox"
+        defer {
+            let done = DispatchSemaphore(value: 0)
+            loop.execute { sink?.shutdown(); live.shutdown(); strict?.shutdown(); done.signal() }
+            done.wait()
+        }
+        func deliver(_ messages: [OutboxMessage]) -> SinkResult? {
+            let done = DispatchSemaphore(value: 0)
+            var got: SinkResult?
+            loop.execute { sink!.deliver(messages) { got = $0; done.signal() } }
+            XCTAssertEqual(done.wait(timeout: .now() + 20), .success)
+            return got
+        }
+        guard case .refusedWhole(let why)? = deliver([message(1, replyTo: refusing), message(2, replyTo: liveURL), message(3, replyTo: refusing)]) else {
+            return XCTFail("a part refused whole was counted against its messages")
+        }
+        XCTAssertTrue(why.contains("HTTP 400 for the whole batch of 2 messages"), why)
+        guard case .outcomes(let alone)? = deliver([message(4, replyTo: refusing), message(5, replyTo: liveURL)]) else { return XCTFail() }
+        XCTAssertEqual(alone[1], .acknowledged)
+        guard case .rejected = alone[0] else { return XCTFail("\(alone[0])") }
+    }
 }

@@ -157,6 +157,32 @@ final class CrashTests: XCTestCase {
         try assertAppliedOnce(rig, consumer, committed: 4001)
     }
 
+    /// The Redis sink: the relay dies after Redis appended its batches (XADD answered), before
+    /// it marked them delivered. The next relay appends them again (the stream holds more
+    /// entries than messages), and a consumer reading the stream applies each message once, in
+    /// order per key, answering the second copies duplicate. (The HTTP version is the test
+    /// above; with Redis this ran only inside scenario 86's random kills.)
+    func testRelayCrashAfterXADDBeforeMarkingIsAppendedAgainAndAppliedOnce() throws {
+        let rig = try rig()
+        let redis = try ThrowawayRedis(dir: rig.dir)
+        let made = try rig.produce(["--count", "600", "--keys", "20", "--rollback-every", "7"])
+        let relay = try rig.start("cohort-relay", ["--db", rig.producerDB, "--sink", redis.url, "--batch", "5"],
+                                  env: ["COHORT_CRASHPOINT": "relay.after-sink-ack:3"], waitForListening: false)
+        XCTAssertEqual(relay.waitForExit(timeoutMs: 20_000), 137, relay.stderrText())
+        guard case .integer(let appendedBefore) = try redis.command(["XLEN", "cohort-outbox"]) else { return XCTFail("XLEN") }
+        let pendingBefore = try rig.outboxCounts().pending
+        XCTAssertGreaterThan(Int(appendedBefore), made.committed - pendingBefore, "appended, not marked: \(appendedBefore) entries, \(pendingBefore) pending")
+        _ = try rig.start("cohort-relay", ["--db", rig.producerDB, "--sink", redis.url, "--port", "0"])
+        try waitFor("the backlog to drain") { try rig.outboxCounts().pending == 0 }
+        guard case .integer(let appended) = try redis.command(["XLEN", "cohort-outbox"]) else { return XCTFail("XLEN") }
+        XCTAssertGreaterThan(Int(appended), made.committed, "the unmarked batch was appended again")
+        let consumer = try rig.start("outbox-demo-consumer", ["--db", rig.consumerDB, "--port", "0", "--redis", redis.url, "--name", "c1"])
+        try waitFor("the consumer to apply everything") { try rig.consumerState(consumer)["applied"] == made.committed }
+        try waitFor("the copies read") { (try rig.consumerState(consumer)["duplicates_since_start"] ?? 0) >= Int(appended) - made.committed }
+        try assertAppliedOnce(rig, consumer, committed: made.committed)
+        XCTAssertEqual(try rig.consumerState(consumer)["duplicates_since_start"], Int(appended) - made.committed, "every second copy answered duplicate")
+    }
+
     func testConsumerCrashBetweenEffectAndAckAppliesOnce() throws {
         let rig = try rig()
         let redis = try ThrowawayRedis(dir: rig.dir)

@@ -246,4 +246,34 @@ final class PythonInboxConsumerTests: XCTestCase {
         XCTAssertEqual(after.last?.n, 20, "the replayed message arrives last")
         XCTAssertEqual(try state(rig, c2)["out_of_order"], 1, "and is counted as out of order, not refused")
     }
+
+    /// Bad input straight to the consumer (another producer's, or anyone's with the token): a
+    /// lone surrogate (`\ud800`, which json.loads takes and SQLite cannot store) raised
+    /// UnicodeEncodeError out of the batch's transaction and left it open, holding the write lock:
+    /// no answer, and every later batch, good ones too, answered 503 "database is locked" until a
+    /// restart. With --fail-poison a payload nested past Python's recursion limit did the same.
+    /// Now such a message is answered failed in its own result, the rest of its batch and every
+    /// later batch apply.
+    func testAMessageThatCannotBeStoredIsRefusedAloneAndTheConsumerGoesOn() throws {
+        let rig = try rig()
+        let c = try startConsumer(rig, ["--fail-poison"])
+        func message(_ id: String, _ payloadJSON: String, key: String = "k") -> String {
+            #"{"id":"\#(id)","source":"s","seq":1,"topic":"t","key":"\#(key)","payload":\#(payloadJSON),"headers":{},"created_ms":1}"#
+        }
+        let deep = "\"" + String(repeating: "[", count: 100_000) + "\""
+        let batch = [message("s:1", #""{}""#, key: "a"), message("s:2", #""\ud800""#, key: "b"), message("s:3", deep, key: "c"),
+                     message("s:4", #""ok""#, key: #"\udc00"#)]
+        let (status, body) = try json(rig, "POST", c.url! + "/v1/inbox", body: #"{"messages":["# + batch.joined(separator: ",") + "]}")
+        XCTAssertEqual(status, 200, "\(body)")
+        let results = body["results"] as? [[String: Any]] ?? []
+        XCTAssertEqual(results.map { $0["id"] as? String }, ["s:1", "s:2", "s:3", "s:4"])
+        XCTAssertEqual(results.map { $0["status"] as? String }, ["applied", "failed", "applied", "failed"],
+                       "a payload too deep to read is not poison; a lone surrogate is refused")
+        XCTAssertTrue((results[1]["error"] as? String ?? "").contains("lone surrogate"), "\(results[1])")
+        let (again, next) = try json(rig, "POST", c.url! + "/v1/inbox", body: #"{"messages":["# + message("s:5", #""{}""#) + "]}")
+        XCTAssertEqual(again, 200, "the next batch is applied: \(next)")
+        XCTAssertEqual((next["results"] as? [[String: Any]])?.first?["status"] as? String, "applied")
+        XCTAssertEqual(try state(rig, c)["applied"], 3)
+        XCTAssertEqual(try state(rig, c)["failed"], 2)
+    }
 }

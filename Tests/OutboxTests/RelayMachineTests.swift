@@ -83,6 +83,132 @@ final class RelayMachineTests: XCTestCase {
         XCTAssertEqual(delivers(m.on(.recorded(batch: b2, applied: true, nowMs: 1))).map(\.1), [[3, 4]])
     }
 
+    /// A batch the sink refused whole (HTTP 400 for one bad message in it) counted an attempt
+    /// against every message: the other keys' heads died with the bad one. Now it goes again in
+    /// halves, nothing counted, the halves before any new batch and within the calls in flight,
+    /// down to the message alone, whose refusal alone counts; a key's next message waits for its
+    /// head's half to be recorded.
+    func testABatchRefusedWholeIsSplitUntilTheMessageAtFaultIsAlone() {
+        var config = RelayConfig()
+        config.batchesInFlightMax = 2
+        config.attemptsMax = 1
+        // k3 is at fault (msg 3); k1 has a second message waiting behind its head.
+        let rows = [msg(1, "k1"), msg(2, "k2"), msg(3, "k3"), msg(4, "k4"), msg(5, "k1")]
+        var (m, out) = started(rows, config: config)
+        let b = delivers(out)[0]
+        XCTAssertEqual(b.1, [1, 2, 3, 4])
+        out = m.on(.sinkRefusedWhole(batch: b.0, reason: "HTTP 400 for the whole batch", nowMs: 1))
+        let halves = delivers(out)
+        XCTAssertEqual(halves.map(\.1), [[1, 2], [3, 4]], "in halves, at once")
+        guard halves.count == 2 else { return }
+        XCTAssertEqual(m.failedTotal, 0)
+        XCTAssertEqual(m.sinkDownTotal, 0, "not an outage: no backoff")
+        // The first half is taken; k1's next message goes only once that is recorded.
+        _ = m.on(.delivered(batch: halves[0].0, outcomes: [.acknowledged, .acknowledged], nowMs: 2))
+        out = m.on(.recorded(batch: halves[0].0, applied: true, nowMs: 2))
+        XCTAssertEqual(delivers(out).map(\.1), [[5]])
+        let next = delivers(out)[0].0
+        // The second half is refused whole again: its halves wait for a free call (two in flight).
+        XCTAssertTrue(delivers(m.on(.sinkRefusedWhole(batch: halves[1].0, reason: "HTTP 400", nowMs: 3))).map(\.1) == [[3]])
+        XCTAssertEqual(m.inFlightBatches, 2)
+        _ = m.on(.delivered(batch: next, outcomes: [.acknowledged], nowMs: 4))
+        out = m.on(.recorded(batch: next, applied: true, nowMs: 4))
+        XCTAssertEqual(delivers(out).map(\.1), [[4]], "the other half once a call is free")
+        let lone4 = delivers(out)[0].0
+        let lone3 = m.batches.keys.first { $0 != lone4 }!
+        // Alone, the message at fault is refused (a sink that answers a lone message whole too).
+        out = m.on(.sinkRefusedWhole(batch: lone3, reason: "HTTP 400", nowMs: 5))
+        XCTAssertEqual(out, [.record(batch: lone3, write: RelayWrite(dead: [.init(id: 3, attempts: 1, error: "HTTP 400")]), token: 7)])
+        _ = m.on(.delivered(batch: lone4, outcomes: [.acknowledged], nowMs: 5))
+        _ = m.on(.recorded(batch: lone3, applied: true, nowMs: 6))
+        _ = m.on(.recorded(batch: lone4, applied: true, nowMs: 6))
+        XCTAssertEqual(m.deliveredTotal, 4)
+        XCTAssertEqual(m.deadTotal, 1, "only the message at fault")
+        XCTAssertEqual(m.refusedWholeTotal, 3)
+        XCTAssertEqual(m.inFlightBatches, 0)
+    }
+
+    /// A 500 for a batch of several messages may be an outage or one message the consumer fails
+    /// on: the relay backs off as for an outage (nothing counted), then sends the batch in halves,
+    /// so the other keys get through; a message alone answered 500 is unavailable (its key goes
+    /// back to the ready ones, nothing counted). Sent again whole, the batch failed for ever.
+    func testABatchFailedWholeBacksOffThenGoesInHalves() {
+        var config = RelayConfig()
+        config.sinkDownDelayMsMin = 100
+        config.sinkDownDelayMsMax = 100
+        var (m, out) = started([msg(1, "k1"), msg(2, "k2"), msg(3, "k3")], config: config)
+        let b = delivers(out)[0]
+        out = m.on(.sinkFailedWhole(batch: b.0, reason: "HTTP 500", nowMs: 10))
+        XCTAssertTrue(delivers(out).isEmpty, "not before the outage backoff")
+        XCTAssertEqual(m.sinkDownTotal, 1)
+        XCTAssertTrue(delivers(m.on(.tick(nowMs: 20))).isEmpty)
+        let halves = delivers(m.on(.tick(nowMs: 200)))
+        XCTAssertEqual(halves.map(\.1), [[1], [2, 3]])
+        guard halves.count == 2 else { return }
+        _ = m.on(.sinkFailedWhole(batch: halves[1].0, reason: "HTTP 500", nowMs: 210))
+        // Alone, k1's message fails too: unavailable, back with the ready keys, nothing counted.
+        _ = m.on(.sinkFailedWhole(batch: halves[0].0, reason: "HTTP 500", nowMs: 210))
+        XCTAssertEqual(m.inFlightBatches, 0)
+        let next = delivers(m.on(.tick(nowMs: 400))).map(\.1)
+        XCTAssertEqual(next, [[2], [3], [1]], "the halves first, then the ready key")
+        XCTAssertEqual(m.failedTotal, 0)
+        XCTAssertEqual(m.deadTotal, 0)
+    }
+
+    /// A message alone that the sink fails on (500) while it acknowledged another call since
+    /// it went out is the message's trouble: its key backs off on its own (growing, nothing
+    /// counted) and sends it alone from then on, and the relay does not back off as a whole.
+    /// Batched again, it made its batch fail and be halved, with a relay-wide backoff at each
+    /// step, each time it was retried: many such messages slowed every key.
+    func testAMessageFailingAloneWhileTheSinkWorksBacksOffItsKeyAndGoesAlone() {
+        var config = RelayConfig()
+        config.retryDelayMsMin = 100
+        config.retryDelayMsMax = 100_000
+        var (m, out) = started([msg(1, "bad"), msg(2, "k2"), msg(3, "k3"), msg(5, "k2"), msg(6, "k3")], config: config)
+        let b = delivers(out)[0]
+        XCTAssertEqual(b.1, [1, 2, 3])
+        _ = m.on(.sinkFailedWhole(batch: b.0, reason: "HTTP 500", nowMs: 10))
+        let halves = delivers(m.on(.tick(nowMs: 1000)))
+        XCTAssertEqual(halves.map(\.1), [[1], [2, 3]])
+        guard halves.count == 2 else { return }
+        // The other half is taken (k2 and k3 send their next), then the message alone fails:
+        // the sink is up, it is the message.
+        _ = m.on(.delivered(batch: halves[1].0, outcomes: [.acknowledged, .acknowledged], nowMs: 1001))
+        let b3 = delivers(m.on(.recorded(batch: halves[1].0, applied: true, nowMs: 1001)))
+        XCTAssertEqual(b3.map(\.1), [[5, 6]])
+        let down = m.sinkDownTotal
+        XCTAssertTrue(delivers(m.on(.sinkFailedWhole(batch: halves[0].0, reason: "HTTP 500", nowMs: 1002))).isEmpty,
+                      "not again before its key's backoff")
+        XCTAssertEqual(m.sinkDownTotal, down, "no relay-wide backoff")
+        XCTAssertEqual(m.failedTotal, 0, "nothing counted")
+        XCTAssertEqual(m.queues["bad"]?.failuresAlone, 1)
+        // k2 and k3 are deferred too (busy consumer rows): all three are due at the same tick.
+        guard let b3id = b3.first?.0 else { return }
+        _ = m.on(.delivered(batch: b3id, outcomes: [.deferred("busy"), .deferred("busy")], nowMs: 1002))
+        _ = m.on(.recorded(batch: b3id, applied: true, nowMs: 1002))
+        let sent = delivers(m.on(.tick(nowMs: 5000))).map(\.1)
+        XCTAssertEqual(Set(sent.map(Set.init)), [[1], [5, 6]], "the message that fails alone goes alone; the others batch together")
+        // The failure it was is forgotten once its key moves on.
+        guard let lone = delivers(m.on(.tick(nowMs: 5000))).first ?? m.batches.first(where: { $0.value.messages.map(\.id) == [1] }).map({ ($0.key, [1]) }) else { return }
+        _ = m.on(.delivered(batch: lone.0, outcomes: [.acknowledged], nowMs: 5001))
+        _ = m.on(.recorded(batch: lone.0, applied: true, nowMs: 5001))
+        XCTAssertNil(m.queues["bad"], "delivered at last")
+    }
+
+    /// Halves waiting to be sent belong to the lease: a lost lease drops them with the rest.
+    func testHalvesOfARefusedBatchAreDroppedWithTheLease() {
+        var config = RelayConfig()
+        config.batchesInFlightMax = 1
+        var (m, out) = started([msg(1, "a"), msg(2, "b"), msg(3, "c")], config: config)
+        let b = delivers(out)[0]
+        out = m.on(.sinkRefusedWhole(batch: b.0, reason: "HTTP 400", nowMs: 1))
+        XCTAssertEqual(delivers(out).map(\.1), [[1]])
+        XCTAssertEqual(m.splits.map { $0.map(\.id) }, [[2, 3]])
+        _ = m.on(.leaseLost(nowMs: 2))
+        XCTAssertTrue(m.splits.isEmpty)
+        XCTAssertEqual(m.inFlightBatches, 0)
+    }
+
     /// One 413 halved the batch bytes for good (until the relay restarted): a proxy's limit
     /// lowered for a minute slowed the relay for its lifetime. Now the bound doubles again, up to
     /// the configured size, after `Limits.outboxBatchBytesRegrowAfterBatches` batches in a row

@@ -212,6 +212,26 @@ final class StoreTests: XCTestCase {
         for status in [400, 413, 422] {
             guard case .outcomes(let o) = answer(status), case .rejected? = o.first else { return XCTFail("HTTP \(status) should refuse the message") }
         }
+        // For several messages a 4xx may be one message's fault: refused whole, nothing counted
+        // (the relay splits the batch); counted against each, it dead-lettered the others.
+        let b = OutboxMessage(id: 2, source: "s", topic: "t", key: "k2", payload: "{}", createdMs: 0)
+        for status in [400, 409, 422] {
+            let r = HTTPOutboxSink.interpret(HTTPClientResponse(status: status, headers: HTTPHeaders(), body: Array("bad".utf8)), messages: [a, b], url: "u")
+            guard case .refusedWhole(let why) = r else { return XCTFail("HTTP \(status) for two messages: \(r)") }
+            XCTAssertTrue(why.contains("HTTP \(status) for the whole batch of 2 messages: bad"), why)
+        }
+        // A 500: maybe one message the consumer fails on (several are sent again in halves after
+        // the outage backoff; the relay tells a message alone from an outage).
+        let failed = HTTPOutboxSink.interpret(HTTPClientResponse(status: 500, headers: HTTPHeaders(), body: Array("boom".utf8)), messages: [a, b], url: "u")
+        guard case .failedWhole(let why) = failed else { return XCTFail("HTTP 500 for two messages: \(failed)") }
+        XCTAssertTrue(why.contains("HTTP 500 for the whole batch of 2 messages: boom"), why)
+        guard case .failedWhole(let alone) = answer(500) else { return XCTFail("HTTP 500 for one message") }
+        XCTAssertEqual(alone, "POST u: HTTP 500: no")
+        for status in [502, 503, 504] {
+            guard case .unavailable = HTTPOutboxSink.interpret(HTTPClientResponse(status: status, headers: HTTPHeaders(), body: []), messages: [a, b], url: "u") else {
+                return XCTFail("HTTP \(status) is an outage")
+            }
+        }
     }
 
     func testIdsNeverGoBackwardsEvenAfterDeletes() throws {

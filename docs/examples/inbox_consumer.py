@@ -16,7 +16,8 @@ one result per message, in order:
     failed     refused: its effect cannot apply it    (one attempt; a dead letter after --attempts)
     busy       not now, not the message's fault       (sent again after a backoff, no attempt)
 A whole-batch answer of 401 (bad token), 5xx or no answer at all makes the relay send the batch
-again later without counting attempts; 400 refuses every message of the batch (an attempt each).
+again later without counting attempts (a 500 for several messages in halves); another 4xx (400) for several messages is sent again in halves,
+nothing counted, until a message alone gets it (one attempt): answer a bad message failed instead.
 
 The effect is an append-only ledger: one row per applied message (source, key, seq, payload), so
 order and duplicates are visible (GET /v1/ledger). Each batch is ONE SQLite transaction (BEGIN
@@ -118,6 +119,14 @@ def check_message(m):
     h = m.get("headers") or {}                   # absent or null: none
     if not isinstance(h, dict) or not all(isinstance(v, str) for v in h.values()):
         raise Refused('"headers" must be an object of strings')
+    # json.loads takes a lone surrogate ("\ud800"), which SQLite cannot store: the insert raised
+    # UnicodeEncodeError, which escaped the batch's transaction and left it open, holding the
+    # database's write lock, so every later batch was answered 503 until a restart.
+    for s in [mid, m["source"], m["topic"], m["key"], m["payload"], *h.keys(), *h.values()]:
+        try:
+            s.encode()
+        except UnicodeEncodeError:
+            raise Refused(f"a string of the message is not valid Unicode (a lone surrogate): {s[:40]!r}")
 
 
 def effect(c, m):
@@ -125,7 +134,7 @@ def effect(c, m):
     if ARGS.fail_poison:
         try:
             body = json.loads(m["payload"])
-        except ValueError:
+        except (ValueError, RecursionError):         # not JSON, or nested past Python's limit
             body = None
         if isinstance(body, dict) and body.get("poison") is True:
             raise Refused(f"poison message {m['id']}: this consumer refuses it")
@@ -157,6 +166,7 @@ def apply_batch(messages):
                 try:
                     check_message(m)
                 except Refused as e:
+                    mid = mid.encode(errors="replace").decode()  # answerable as JSON
                     results.append({"id": mid, "status": "failed", "error": str(e)})
                     continue
                 if c.execute("SELECT 1 FROM inbox WHERE consumer = ? AND message_id = ?",
@@ -170,7 +180,7 @@ def apply_batch(messages):
                               (ARGS.consumer, mid, now_ms()))
                     c.execute("RELEASE msg")
                     results.append({"id": mid, "status": "applied"})
-                except (Refused, Busy, sqlite3.Error) as e:
+                except Exception as e:                    # the effect's failure is the message's
                     c.execute("ROLLBACK TO msg")
                     c.execute("RELEASE msg")
                     locked = isinstance(e, Busy) or (isinstance(e, sqlite3.OperationalError) and "locked" in str(e))
@@ -180,6 +190,14 @@ def apply_batch(messages):
             if c.in_transaction:
                 c.execute("ROLLBACK")
             return 503, {"error": f"the inbox's transaction failed, nothing applied: {e}"}
+        except BaseException as e:
+            # Never leave the transaction open: it holds the write lock, and every later batch
+            # would wait for it and be answered 503.
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            if not isinstance(e, Exception):
+                raise
+            return 500, {"error": f"applying the batch failed, nothing applied: {e!r}"}
         for r in results:
             if r["status"] in ("duplicate", "failed", "busy"):
                 stats[r["status"] + ("s" if r["status"] == "duplicate" else "")] += 1
