@@ -32,6 +32,15 @@ final class ReplySinkTests: XCTestCase {
         return try XCTUnwrap(server)
     }
 
+    /// `messages` delivered through `sink` on `loop`'s thread; the sink's answer (waited for up to 20 s).
+    func deliver(_ messages: [OutboxMessage], through sink: ReplySink, on loop: EventLoop) -> SinkResult? {
+        let done = DispatchSemaphore(value: 0)
+        var got: SinkResult?
+        loop.execute { sink.deliver(messages) { got = $0; done.signal() } }
+        XCTAssertEqual(done.wait(timeout: .now() + 20), .success)
+        return got
+    }
+
     func testAnUnreachableReplyToCountsAnAttemptInsteadOfStallingTheBatch() throws {
         ProcessEnv.ignoreSIGPIPE()
         let loop = try EventLoop()
@@ -55,13 +64,7 @@ final class ReplySinkTests: XCTestCase {
         TCP.close(fd)  // nothing listens there now
         let dead = "http://127.0.0.1:\(deadPort)/v1/inbox"
 
-        func deliver(_ messages: [OutboxMessage]) -> SinkResult? {
-            let done = DispatchSemaphore(value: 0)
-            var got: SinkResult?
-            loop.execute { sink!.deliver(messages) { got = $0; done.signal() } }
-            XCTAssertEqual(done.wait(timeout: .now() + 20), .success)
-            return got
-        }
+        func deliver(_ messages: [OutboxMessage]) -> SinkResult? { self.deliver(messages, through: sink!, on: loop) }
         guard case .outcomes(let mixed)? = deliver([message(1, replyTo: live), message(2, replyTo: dead), message(3, replyTo: live)]) else {
             return XCTFail("a batch with one unreachable address was held back whole")
         }
@@ -139,13 +142,7 @@ final class ReplySinkTests: XCTestCase {
             loop.execute { sink?.shutdown(); live.shutdown(); strict?.shutdown(); done.signal() }
             done.wait()
         }
-        func deliver(_ messages: [OutboxMessage]) -> SinkResult? {
-            let done = DispatchSemaphore(value: 0)
-            var got: SinkResult?
-            loop.execute { sink!.deliver(messages) { got = $0; done.signal() } }
-            XCTAssertEqual(done.wait(timeout: .now() + 20), .success)
-            return got
-        }
+        func deliver(_ messages: [OutboxMessage]) -> SinkResult? { self.deliver(messages, through: sink!, on: loop) }
         guard case .refusedWhole(let why)? = deliver([message(1, replyTo: refusing), message(2, replyTo: liveURL), message(3, replyTo: refusing)]) else {
             return XCTFail("a part refused whole was counted against its messages")
         }

@@ -36,19 +36,6 @@ final class NamedBranchTests: XCTestCase {
         XCTAssertEqual(try api.metrics(a)["cohort_messages_sent_total{type=\"register\"}"] ?? 0, registrationsBefore, "a never registered")
     }
 
-    /// Two agents, x = 100 at a and y = 0 at b, committed.
-    func clusterWithXAndY() throws -> (Cluster, CohortAPI, String, String) {
-        let cluster = try startCluster(agents: 2)
-        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
-        let (a, b) = (cluster.url("a"), cluster.url("b"))
-        let setup = try api.begin()
-        _ = try api.agentWork(a, setup, [.set("x", 100)])
-        _ = try api.agentWork(b, setup, [.set("y", 0)])
-        XCTAssertEqual(try api.commit(setup).outcome, "committed")
-        XCTAssertTrue(try eventually { try api.transaction(setup)?.state == "committed" })
-        return (cluster, api, a, b)
-    }
-
     func testAnAgentThatLostTheBranchBeforeCommitMakesItAbort() throws {
         let (cluster, api, a, b) = try clusterWithXAndY()
         // The branch at a lives only in a's memory until its prepare: a kill -9 loses it, and the

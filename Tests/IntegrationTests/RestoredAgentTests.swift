@@ -38,14 +38,7 @@ final class RestoredAgentTests: XCTestCase {
     }
 
     func testAnAgentRestoredFromAnOlderCopyRefusesNewWorkAndCommitsNothing() throws {
-        let cluster = try startCluster(agents: 2)
-        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
-        let (a, b) = (cluster.url("a"), cluster.url("b"))
-        let setup = try api.begin()
-        _ = try api.agentWork(a, setup, [.set("x", 100)])
-        _ = try api.agentWork(b, setup, [.set("y", 0)])
-        XCTAssertEqual(try api.commit(setup).outcome, "committed")
-        XCTAssertTrue(try eventually { try api.transaction(setup)?.state == "committed" })
+        let (cluster, api, a, b) = try clusterWithXAndY()
         for _ in 0..<3 { _ = try transfer(api, a, b) }
 
         // The backup: a stopped, its directory copied.
@@ -125,14 +118,7 @@ final class RestoredAgentTests: XCTestCase {
     /// protocol rule 6, and the transaction ended committed without a's half). It stays with
     /// the coordinator, its last error naming the cause, and a refuses new work.
     func testACommitResentToARestoredAgentIsNotAcknowledged() throws {
-        let cluster = try startCluster(agents: 2)
-        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
-        let (a, b) = (cluster.url("a"), cluster.url("b"))
-        let setup = try api.begin()
-        _ = try api.agentWork(a, setup, [.set("x", 100)])
-        _ = try api.agentWork(b, setup, [.set("y", 0)])
-        XCTAssertEqual(try api.commit(setup).outcome, "committed")
-        XCTAssertTrue(try eventually { try api.transaction(setup)?.state == "committed" })
+        let (cluster, api, a, b) = try clusterWithXAndY()
 
         cluster.terminate("a")
         let aDir = cluster.dataDirectory(of: "a")
@@ -171,14 +157,7 @@ final class RestoredAgentTests: XCTestCase {
     /// No false alarm: an agent restarted (kill -9) with its own data, and a coordinator
     /// restarted (kill -9), keep committing, with registered, named and submitted work.
     func testRestartsWithoutARestoreKeepWorking() throws {
-        let cluster = try startCluster(agents: 2)
-        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
-        let (a, b) = (cluster.url("a"), cluster.url("b"))
-        let setup = try api.begin()
-        _ = try api.agentWork(a, setup, [.set("x", 100)])
-        _ = try api.agentWork(b, setup, [.set("y", 0)])
-        XCTAssertEqual(try api.commit(setup).outcome, "committed")
-        XCTAssertTrue(try eventually { try api.transaction(setup)?.state == "committed" })
+        let (cluster, api, a, b) = try clusterWithXAndY()
         var expected: Int64 = 100
         func everyKind() throws {
             _ = try transfer(api, a, b)

@@ -20,6 +20,20 @@ extension XCTestCase {
         return cluster
     }
 
+    /// A cluster of two agents with x = 100 at a and y = 0 at b, committed: the cluster, a
+    /// client of its coordinator, and the agents' URLs.
+    func clusterWithXAndY() throws -> (Cluster, CohortAPI, String, String) {
+        let cluster = try startCluster(agents: 2)
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        let (a, b) = (cluster.url("a"), cluster.url("b"))
+        let setup = try api.begin()
+        _ = try api.agentWork(a, setup, [.set("x", 100)])
+        _ = try api.agentWork(b, setup, [.set("y", 0)])
+        XCTAssertEqual(try api.commit(setup).outcome, "committed")
+        XCTAssertTrue(try eventually { try api.transaction(setup)?.state == "committed" })
+        return (cluster, api, a, b)
+    }
+
     /// Polls `condition` every 20 ms until it holds or `timeoutMs` passes; its last value.
     @discardableResult
     func eventually(timeoutMs: Int = 10_000, _ condition: () throws -> Bool) rethrows -> Bool {
