@@ -416,23 +416,20 @@ public struct RelayMachine: Sendable {
             guard case .held = lease, let b = batches[id] else { return [] }
             guard b.messages.count > 1 else {
                 // Alone: the sink took another call since this one went out, so it is up and
-                // it is this message it fails on. Its key backs off on its own (growing, no
-                // attempt counted) and sends it alone from now on; a relay-wide backoff at each
-                // such failure slowed every key while many of them were retried.
+                // it is this message it fails on. Its key backs off on its own (growing with
+                // `failuresAlone`, no attempt counted) and sends it alone from now on; a
+                // relay-wide backoff at each such failure slowed every key while many of them
+                // were retried. Written as a failure that keeps its attempts (as `deferred`), so
+                // the row shows the error: `txctl outbox URL list` names the message its key
+                // waits on, where only the relay's memory knew it.
                 let m = b.messages[0]
-                guard lastAcknowledgedMs >= b.sentMs, var q = queues[m.key] else {
+                guard lastAcknowledgedMs >= b.sentMs, queues[m.key] != nil else {
                     return on(.sinkUnavailable(batch: id, reason: reason, nowMs: now))
                 }
-                batches[id] = nil
                 lastSinkError = reason
-                q.busy = false
-                q.aloneID = m.id
-                q.failuresAlone += 1
-                q.retryAtMs = now + backoffDelayMs(attempt: q.failuresAlone, minMs: config.retryDelayMsMin,
-                                                    maxMs: config.retryDelayMsMax, rng: &rng)
-                queues[m.key] = q
-                markMaybeReady(m.key, now)
-                return []
+                queues[m.key]!.aloneID = m.id
+                queues[m.key]!.failuresAlone += 1
+                return on(.delivered(batch: id, outcomes: [.deferred(reason)], nowMs: now))
             }
             batches[id] = nil
             // The sink acknowledged another call since this one went out: it is up, and it is
@@ -480,7 +477,8 @@ public struct RelayMachine: Sendable {
                 } else if let f = failed[m.id] {
                     failedTotal += 1
                     if q.first?.id == m.id { q.messages[q.head].attempts = f.attempts }
-                    q.retryAtMs = now + backoffDelayMs(attempt: f.attempts, minMs: config.retryDelayMsMin,
+                    // A message failing alone (`failuresAlone`) backs off as if each failure were an attempt.
+                    q.retryAtMs = now + backoffDelayMs(attempt: max(f.attempts, q.failuresAlone), minMs: config.retryDelayMsMin,
                                                         maxMs: config.retryDelayMsMax, rng: &rng)
                 }
                 if q.count == 0 {

@@ -104,12 +104,16 @@ final class BatchRefusalTests: XCTestCase {
         let store = try OutboxStore(path: rig.producerDB)
         defer { store.close() }
         // The poison heads: dead letters after a 400; still pending, no attempt counted, after a 500.
-        let held = try store.connection.query("SELECT key, payload, state, attempts FROM outbox WHERE key IN ('k0', 'k10') AND state IN (0, 2) AND payload LIKE '%\"poison\":true%' ORDER BY id LIMIT 2")
+        let held = try store.connection.query("SELECT key, payload, state, attempts, last_error FROM outbox WHERE key IN ('k0', 'k10') AND state IN (0, 2) AND payload LIKE '%\"poison\":true%' ORDER BY id LIMIT 2")
         let counts = try store.counts()
         XCTAssertTrue(settled, "applied \(consumer.lock.withLock { consumer.applied.count }) of \(expectedApplied); \(counts.pending) pending, \(counts.dead) dead", file: file, line: line)
         XCTAssertEqual(held.map { $0[0].text }, ["k10", "k0"], file: file, line: line)
         XCTAssertEqual(Set(held.map { $0[2].int }), [refusal == 400 ? 2 : 0], "dead after a 400, pending after a 500", file: file, line: line)
         XCTAssertEqual(Set(held.map { $0[3].int }), [refusal == 400 ? 1 : 0], "a 500 counts no attempt", file: file, line: line)
+        // Either way the row names why its key waits (`txctl outbox URL list`).
+        for row in held {
+            XCTAssertTrue(row[4].text?.contains("HTTP \(refusal)") == true, "last_error: \(String(describing: row[4].text))", file: file, line: line)
+        }
         XCTAssertEqual(try store.counts().dead, expectedDead, "only the poison messages are dead letters", file: file, line: line)
         XCTAssertGreaterThan(consumer.lock.withLock { consumer.refusedWhole }, 0, "the consumer did refuse batches whole", file: file, line: line)
         // Order per key, each applied once: seqs 1, 2, 3, ... with no gap and no repeat.

@@ -177,10 +177,14 @@ final class RelayMachineTests: XCTestCase {
         let b3 = delivers(m.on(.recorded(batch: halves[1].0, applied: true, nowMs: 1001)))
         XCTAssertEqual(b3.map(\.1), [[5, 6]])
         let down = m.sinkDownTotal
-        XCTAssertTrue(delivers(m.on(.sinkFailedWhole(batch: halves[0].0, reason: "HTTP 500", nowMs: 1002))).isEmpty,
+        // Written as a failure that keeps its attempts (0), so the row shows the error.
+        XCTAssertEqual(m.on(.sinkFailedWhole(batch: halves[0].0, reason: "HTTP 500", nowMs: 1002)),
+                       [.record(batch: halves[0].0, write: RelayWrite(failed: [.init(id: 1, attempts: 0, error: "HTTP 500")]), token: 7)])
+        XCTAssertTrue(delivers(m.on(.recorded(batch: halves[0].0, applied: true, nowMs: 1002))).isEmpty,
                       "not again before its key's backoff")
         XCTAssertEqual(m.sinkDownTotal, down, "no relay-wide backoff")
-        XCTAssertEqual(m.failedTotal, 0, "nothing counted")
+        XCTAssertEqual(m.deadTotal, 0, "no attempt counted")
+        XCTAssertEqual(m.queues["bad"]?.first?.attempts, 0, "no attempt counted")
         XCTAssertEqual(m.queues["bad"]?.failuresAlone, 1)
         // k2 and k3 are deferred too (busy consumer rows): all three are due at the same tick.
         guard let b3id = b3.first?.0 else { return }
