@@ -346,7 +346,7 @@ public enum Limits {
     /// The widest clock-skew margin a TCC resource takes (`TCCResource.Options.clockSkewMarginMs`).
     public static let tccClockSkewMarginMsMax: Int64 = 24 * 3_600_000
     /// Participants (by name) whose last acknowledged commit the coordinator keeps, to tell
-    /// each at registration and in every prepare (`last_acknowledged_commit`): a participant
+    /// each at registration and in the prepare of a branch not told so (`last_acknowledged_commit`): a participant
     /// that neither knows that txid nor let it go runs on data older than what it acknowledged
     /// (its directory restored from a backup) and refuses new work. Past it a new name is not
     /// tracked, which only leaves that participant unchecked.

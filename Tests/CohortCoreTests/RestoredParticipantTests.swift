@@ -77,7 +77,8 @@ final class RestoredParticipantTests: XCTestCase {
         let t2 = begin(&c, [a, b])
         commit(&c, t2, acks: ["b"], logged: &logged)
         let t3 = begin(&c, [a, b])
-        XCTAssertEqual(prepares(c.on(.commit(2, txid: t3.description), nowMs: 7)), ["a": "\(t1)@1111", "b": "\(t2)@2222"])
+        XCTAssertEqual(prepares(c.on(.commit(2, txid: t3.description), nowMs: 7)), ["a": "none", "b": "none"],
+                       "both were told at registration and checked it there: the prepares need not carry it")
         // The latest acknowledgement is the figure, even of a lower txid (begun earlier,
         // committed later): a copy taken between the two commits holds t3 and lacks t2.
         let prepared = c.on(.voted(t3, participant: "a", vote: .yes), nowMs: 8) + c.on(.voted(t3, participant: "b", vote: .yes), nowMs: 8)
@@ -103,7 +104,8 @@ final class RestoredParticipantTests: XCTestCase {
         commit(&c, t1, acks: ["a", "b"], logged: &logged)
         let unnamed = ParticipantRef(name: "a", url: "http://a")
         let t2 = begin(&c, [unnamed, b])
-        XCTAssertEqual(prepares(c.on(.commit(2, txid: t2.description), nowMs: 7)), ["a": "\(t1)@1111", "b": "\(t1)@2222"])
+        XCTAssertEqual(prepares(c.on(.commit(2, txid: t2.description), nowMs: 7)), ["a": "\(t1)@1111", "b": "none"],
+                       "b was told at registration")
         _ = c.on(.voted(t2, participant: "a", vote: .yes), nowMs: 8)
         _ = c.on(.voted(t2, participant: "b", vote: .yes), nowMs: 8)
         _ = c.on(.decisionDurable(t2), nowMs: 9)
@@ -130,9 +132,20 @@ final class RestoredParticipantTests: XCTestCase {
         XCTAssertEqual(prepares(c.on(.commit(2, txid: t2.description), nowMs: 4)), ["b": "none"])
         _ = c.on(.onePhaseAnswered(t2, participant: "b", outcome: .aborted, reason: "no"), nowMs: 5)
         XCTAssertNil(c.lastAcknowledgedCommit(of: b))
-        // The next one-phase commit to a tells it.
-        let t3 = begin(&c, [a])
-        XCTAssertEqual(prepares(c.on(.commit(2, txid: t3.description), nowMs: 6)), ["a": "\(t1)@1111"])
+        // The next transaction of a's tells it (at its registration).
+        XCTAssertEqual(toldAtRegistration(&c, a), t1)
+    }
+
+    /// A branch registered before its participant acknowledged anything was told nothing
+    /// then: its prepare carries the figure learned since. (One told at registration checked
+    /// it there, and its prepare carries none.)
+    func testAPrepareCarriesTheFigureABranchWasNotToldAtRegistration() {
+        var c = makeCoordinator()
+        var logged: [Coordinator.Record] = []
+        let t1 = begin(&c, [a, b])
+        let t2 = begin(&c, [a, b])
+        commit(&c, t1, acks: ["a", "b"], logged: &logged)
+        XCTAssertEqual(prepares(c.on(.commit(2, txid: t2.description), nowMs: 7)), ["a": "\(t1)@1111", "b": "\(t1)@2222"])
     }
 
     /// After a restart the figures come back from the log's end records (a branch that
