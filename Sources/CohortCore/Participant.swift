@@ -895,7 +895,7 @@ public struct Participant {
             if branches[txid] == nil, promiseWaiting[txid] != nil { return noVotePromiseDurable(txid) }
             return terminationAbortDurable(txid)
         case .backupDecision(let request, let txid, let outcome):
-            return outcome == .committed ? commit(request, txid) : abort(request, txid)
+            return outcome == .committed ? commit(request, txid, fromBackup: true) : abort(request, txid)
         case .timerFired(.termination(let txid)):
             return startTerminationRound(txid)
         case .timerFired(.terminationRound(let txid)):
@@ -1077,7 +1077,9 @@ public struct Participant {
         return waiting.map { .reply($0, .vote(.yes)) } + [.setTimer(.inquire(txid), afterMs: config.inquiryDelayMs)]
     }
 
-    private mutating func commit(_ request: RequestID, _ txid: String) -> [Action] {
+    /// `fromBackup`: sent by a peer acting as 3PC backup coordinator, which tells every peer
+    /// that answered its round `unknown` (see `case nil` below).
+    private mutating func commit(_ request: RequestID, _ txid: String, fromBackup: Bool = false) -> [Action] {
         guard var b = branches[txid] else {
             if let f = forgottenHeuristics[txid], f.decision.outcome == .aborted {
                 // Forced to abort and forgotten: the coordinator records the difference (it
@@ -1104,7 +1106,14 @@ public struct Participant {
                 // directory restored from an older copy): acknowledged, the commit would be
                 // lost without a word. Refused, it stays with the coordinator (parked, in
                 // view), and new work from that coordinator is refused too.
-                if let t = TxID(txid), !mayHaveForgotten(txid) {
+                // Not a backup's commit: a backup sends it to every peer that answered
+                // `unknown`, and a 3PC reader that restarted (its vote is not logged) or let
+                // its read-only outcome or promise go (no horizon is raised for those: they
+                // never said yes) answers so with nothing lost. Refused, such a reader marked
+                // its coordinator stale and refused all its new work (a review, session 37).
+                // The backup ignores the answer, and the coordinator, back, sends its own
+                // commit, which is checked here.
+                if !fromBackup, let t = TxID(txid), !mayHaveForgotten(txid) {
                     markStale(t)
                     return [.reply(request, .error(lostCommitRefusal(t)))]
                 }

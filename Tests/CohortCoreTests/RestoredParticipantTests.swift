@@ -287,4 +287,50 @@ final class RestoredParticipantTests: XCTestCase {
         XCTAssertTrue(p.staleForCoordinators.isEmpty)
         XCTAssertNil(p.admitWork(t9))
     }
+
+    // MARK: - false alarms (session 37 review)
+
+    /// A 3PC backup sends commit to every peer that answered its round `unknown` (and did not
+    /// commit): a reader that restarted answers so (its read-only vote is not logged), as does
+    /// one that let its read-only outcome (or its promise not to vote yes) go past
+    /// `finishedBranchesKept`, which raises no horizon (they never said yes). Such a commit is
+    /// no sign of lost data: it used to mark the coordinator stale, and the reader then refused
+    /// all new work from it until an operator replaced a directory that had lost nothing.
+    /// Only the coordinator's own commit (sent to yes voters alone) is evidence.
+    func testABackupsCommitToAReaderThatRestartedOrLetItsVoteGoIsNoFalseAlarm() throws {
+        let t = "0a1b2c3d-64-5"
+        let info = Participant.ThreePhaseInfo(termination: .classic, peers: [
+            ParticipantRef(name: "p1", url: "http://p1"), ParticipantRef(name: "p2", url: "http://p2"), ParticipantRef(name: "z", url: "http://z")])
+        func reader(kept: Int = Limits.finishedBranchesKept) -> Participant {
+            var config = Participant.Config(name: "z")
+            config.finishedBranchesKept = kept
+            var z = Participant(config: config)
+            _ = z.on(.joined(t, coordinatorURL: "http://c", timeoutMs: 1000))
+            _ = z.on(.prepare(1, txid: t, onePhase: false, vote: .readOnly, threePhase: info))
+            return z
+        }
+        // The backup p1 (prepared; p2 reports committed, z `unknown`) tells z to commit.
+        var p1 = Participant(config: Participant.Config(name: "p1"))
+        _ = p1.on(.joined(t, coordinatorURL: "http://c", timeoutMs: 1000))
+        _ = p1.on(.prepare(1, txid: t, onePhase: false, vote: .yes(writeSet: [1]), threePhase: info))
+        _ = p1.on(.preparedDurable(t))
+        var round = 0
+        for case .queryPeer(_, _, let n) in p1.on(.timerFired(.termination(t))) { round = n }
+        _ = p1.on(.peerState(t, round: round, peer: "p2", state: .committed, recovered: false))
+        let told = p1.on(.peerState(t, round: round, peer: "z", state: .unknown, recovered: false))
+        XCTAssertTrue(told.contains(.sendToPeer(t, peer: info.peers[2], message: .commit)), "precondition: the backup tells z: \(told)")
+
+        // z restarted from its checkpoint (or its log: a read-only vote writes nothing).
+        var restarted = Participant(config: Participant.Config(name: "z"))
+        _ = try restarted.recover(snapshot: reader().snapshot(), records: [])
+        // z let its read-only outcome go (kept: 1, then another branch finished).
+        var letGo = reader(kept: 1)
+        committed(&letGo, t1)
+        XCTAssertNil(letGo.finishedOutcomes[t], "precondition: let go")
+        for (what, var z) in [("restarted", restarted), ("let go", letGo)] {
+            XCTAssertEqual(z.on(.backupDecision(7, txid: t, outcome: .committed)), [.reply(7, .acknowledged)], what)
+            XCTAssertTrue(z.staleForCoordinators.isEmpty, "\(what): a reader marked its coordinator stale")
+            XCTAssertNil(z.admitWork(t9), "\(what): new work refused")
+        }
+    }
 }
