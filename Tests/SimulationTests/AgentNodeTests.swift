@@ -484,6 +484,12 @@ final class AgentNodeTests: XCTestCase {
         XCTAssertEqual(backup?.status, 200, text(backup))
         XCTAssertTrue(node.machine.staleForCoordinators.isEmpty, "a backup's commit marked the coordinator stale")
         XCTAssertFalse(text(try call(node, env, "GET", "/healthz")).contains("problem"))
+        // Bad inputs: a clear 400, nothing marked.
+        for bad in [#"{"txid":"junk","backup":true}"#, #"{"txid":"0000abcd-1-4","backup":"yes"}"#, #"{"txid":"0000abcd-1-4","backup":1}"#, "not json"] {
+            let r = try call(node, env, "POST", "/v1/2pc/commit", bad)
+            XCTAssertEqual(r?.status, 400, "\(bad): \(text(r))")
+        }
+        XCTAssertTrue(node.machine.staleForCoordinators.isEmpty)
         let own = try call(node, env, "POST", "/v1/2pc/commit", #"{"txid":"0000abcd-1-5"}"#)
         XCTAssertEqual(own?.status, 503, text(own))
         XCTAssertEqual(node.machine.staleForCoordinators["0000abcd"]?.description, "0000abcd-1-5")
