@@ -136,8 +136,11 @@ public struct Participant {
         case vote(Vote)
         case acknowledged
         case aborted
-        /// Answer to a one-phase commit.
-        case outcome(Outcome, reason: String?)
+        /// Answer to a one-phase commit. `readOnly`: a `committed` that wrote no record (the
+        /// branch only read), sent with `"vote": "read-only"`, so the coordinator does not take
+        /// it for an acknowledged commit (`last_acknowledged_commit`): a restart before the next
+        /// checkpoint forgets that txid without letting it go.
+        case outcome(Outcome, reason: String?, readOnly: Bool = false)
         /// A commit arrived for a branch an operator aborted: it cannot be honoured.
         case heuristicAborted
         case forced(Outcome, dryRun: Bool, effects: [String])
@@ -980,7 +983,7 @@ public struct Participant {
                 // take its answer (from the outcome, no record) as an acknowledgement: a classic
                 // commit at the timeout, or a quorum, with no writer durably pre-committed,
                 // against writers that abort (a review, session 29).
-                return [.reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.readOnly))]
+                return [.reply(request, onePhase ? .outcome(.committed, reason: nil, readOnly: true) : .vote(.readOnly))]
             case .committed?:
                 return [.reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.yes))]
             case .aborted?:
@@ -1009,7 +1012,7 @@ public struct Participant {
             let why = "branch aborted by its peers' termination protocol"
             return [.reply(request, onePhase ? .outcome(.aborted, reason: why) : .vote(.no(reason: why)))]
         case .readOnly:
-            return [.reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.readOnly))]
+            return [.reply(request, onePhase ? .outcome(.committed, reason: nil, readOnly: true) : .vote(.readOnly))]
         }
         var vote = vote
         if b.askedBeforeVoting || fencesBeforePrepare.contains(txid) {
@@ -1024,7 +1027,7 @@ public struct Participant {
             rememberFinished(txid, .committed)
             if threePhase != nil { readOnlyFinished.insert(txid) }
             return [.cancelTimer(.branchExpiry(txid)), .release(txid), .finished(txid, .committed),
-                    .reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.readOnly))]
+                    .reply(request, onePhase ? .outcome(.committed, reason: nil, readOnly: true) : .vote(.readOnly))]
         case .no(let reason):
             // A no-voter aborts on its own and forces nothing: the coordinator will abort too.
             return finish(txid, .aborted) + [.release(txid),

@@ -133,6 +133,24 @@ final class RestoredParticipantTests: XCTestCase {
         // The next one-phase commit to a tells it.
         let t3 = begin(&c, [a])
         XCTAssertEqual(prepares(c.on(.commit(2, txid: t3.description), nowMs: 6)), ["a": "\(t1)@1111"])
+        // A branch that only read answers `committed` with `"vote": "read-only"`: it wrote no
+        // record, so it does not count (a restart before its next checkpoint forgets that txid,
+        // and told it, the agent refused all new work: a review, session 37).
+        _ = c.on(.onePhaseAnswered(t3, participant: "a", outcome: .committed, reason: nil, readOnly: true), nowMs: 7)
+        XCTAssertEqual(c.transaction(t3)?.state ?? c.finished[t3]?.state, .committed)
+        XCTAssertEqual(c.lastAcknowledgedCommit(of: a)?.txid, t1, "a read-only one-phase commit counted")
+    }
+
+    /// The participant's side: a one-phase commit of a branch that only read is answered
+    /// `committed` marked read-only (fresh, and repeated while the branch is remembered as a
+    /// reader); one with writes is answered once its record is durable, unmarked.
+    func testAReadOnlyOnePhaseCommitIsAnsweredAsSuch() {
+        var p = Participant(config: Participant.Config(name: "p"))
+        _ = p.on(.joined(t1, coordinatorURL: "http://c", timeoutMs: 1000))
+        XCTAssertTrue(p.on(.prepare(1, txid: t1, onePhase: true, vote: .readOnly)).contains(.reply(1, .outcome(.committed, reason: nil, readOnly: true))))
+        _ = p.on(.joined(t2, coordinatorURL: "http://c", timeoutMs: 1000))
+        _ = p.on(.prepare(2, txid: t2, onePhase: true, vote: .yes(writeSet: [1])))
+        XCTAssertTrue(p.on(.commitDurable(t2, lsn: 3)).contains(.reply(2, .outcome(.committed, reason: nil, readOnly: false))))
     }
 
     /// After a restart the figures come back from the log's end records (a branch that
