@@ -364,6 +364,14 @@ public struct Participant {
     /// 3PC branches among `finishedOutcomes` that voted read-only: they answer `read-only`, not
     /// `committed`, to a peer's state query. Left out of snapshots (the vote is not logged).
     private var readOnlyFinished: Set<String> = []
+    /// One-phase (2PC) branches among `finishedOutcomes` that only read, since this process
+    /// started: a repeated one-phase prepare for one is answered `committed` marked read-only,
+    /// as the first was (it wrote no record; a restart before the next checkpoint forgets it
+    /// without letting it go, so the coordinator must not count it as acknowledged). Unlike
+    /// `readOnlyFinished` they stay in snapshots as plain commits: one read back from a
+    /// checkpoint is durable there, and counting it is sound. In memory only, let go with its
+    /// outcome.
+    private var onePhaseReadOnlyFinished: Set<String> = []
     /// 3PC txids a peer's termination asked about before this participant had a branch: a
     /// later prepare votes no (`Limits.threePhaseFencesKept`, oldest dropped). A black-box
     /// probe delayed one participant's prepare past a peer's termination round: the peer, as
@@ -985,7 +993,7 @@ public struct Participant {
                 // against writers that abort (a review, session 29).
                 return [.reply(request, onePhase ? .outcome(.committed, reason: nil, readOnly: true) : .vote(.readOnly))]
             case .committed?:
-                return [.reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.yes))]
+                return [.reply(request, onePhase ? .outcome(.committed, reason: nil, readOnly: onePhaseReadOnlyFinished.contains(txid)) : .vote(.yes))]
             case .aborted?:
                 let why = "branch already aborted"
                 return [.reply(request, onePhase ? .outcome(.aborted, reason: why) : .vote(.no(reason: why)))]
@@ -1025,7 +1033,7 @@ public struct Participant {
             // Nothing to make durable and nothing to hear later.
             branches.removeValue(forKey: txid)
             rememberFinished(txid, .committed)
-            if threePhase != nil { readOnlyFinished.insert(txid) }
+            if threePhase != nil { readOnlyFinished.insert(txid) } else if onePhase { onePhaseReadOnlyFinished.insert(txid) }
             return [.cancelTimer(.branchExpiry(txid)), .release(txid), .finished(txid, .committed),
                     .reply(request, onePhase ? .outcome(.committed, reason: nil, readOnly: true) : .vote(.readOnly))]
         case .no(let reason):
@@ -1753,6 +1761,7 @@ public struct Participant {
             }
             finishedOutcomes.removeValue(forKey: letGo)
             if !readOnlyFinished.isEmpty { readOnlyFinished.remove(letGo) }
+            if !onePhaseReadOnlyFinished.isEmpty { onePhaseReadOnlyFinished.remove(letGo) }
             if !promisedNoVote.isEmpty { promisedNoVote.remove(letGo) }
             finishedOrderHead += 1
         }

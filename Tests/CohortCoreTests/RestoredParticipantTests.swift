@@ -148,9 +148,13 @@ final class RestoredParticipantTests: XCTestCase {
         var p = Participant(config: Participant.Config(name: "p"))
         _ = p.on(.joined(t1, coordinatorURL: "http://c", timeoutMs: 1000))
         XCTAssertTrue(p.on(.prepare(1, txid: t1, onePhase: true, vote: .readOnly)).contains(.reply(1, .outcome(.committed, reason: nil, readOnly: true))))
+        XCTAssertEqual(p.on(.prepare(3, txid: t1, onePhase: true, vote: .readOnly)), [.reply(3, .outcome(.committed, reason: nil, readOnly: true))],
+                       "a repeat (the first answer lost) is marked too")
         _ = p.on(.joined(t2, coordinatorURL: "http://c", timeoutMs: 1000))
         _ = p.on(.prepare(2, txid: t2, onePhase: true, vote: .yes(writeSet: [1])))
         XCTAssertTrue(p.on(.commitDurable(t2, lsn: 3)).contains(.reply(2, .outcome(.committed, reason: nil, readOnly: false))))
+        XCTAssertEqual(p.on(.prepare(4, txid: t2, onePhase: true, vote: .readOnly)), [.reply(4, .outcome(.committed, reason: nil, readOnly: false))],
+                       "a repeat for a durable one-phase commit counts")
     }
 
     /// After a restart the figures come back from the log's end records (a branch that
