@@ -453,7 +453,7 @@ public final class AgentNode {
         switch reply {
         case .vote(.yes): backing = ("vote", "prepared")
         case .preCommitted, .preAborted: backing = ("pre-record ack", "pre")
-        case .acknowledged, .outcome(.committed, _): backing = ("ack", "commit")
+        case .acknowledged, .outcome(.committed, _, _): backing = ("ack", "commit")
         default: backing = nil
         }
         if tracksBacking, let backing, let lsn = backingLSN[txid]?[backing.kind] {
@@ -472,8 +472,10 @@ public final class AgentNode {
             CrashPoints.hit("agent.after-ack-sent")
         case .aborted:
             responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: txid, status: "aborted"))))
-        case .outcome(let outcome, let reason):
-            responder.send(.jsonBytes(200, JSONBody.encode(PrepareResponse(txid: txid, vote: nil, outcome: outcome.rawValue, reason: reason))))
+        case .outcome(let outcome, let reason, let readOnly):
+            // A read-only branch's `committed` says so: it wrote no record (Participant.Reply).
+            responder.send(.jsonBytes(200, JSONBody.encode(PrepareResponse(txid: txid, vote: readOnly ? Vote.readOnly.wireName : nil,
+                                                                           outcome: outcome.rawValue, reason: reason))))
             metrics.add(outcome == .committed ? sentAcks : sentVotes)
         case .heuristicAborted:
             responder.send(.jsonBytes(200, JSONBody.encode(PhaseResponse(txid: txid, status: "heuristic-aborted"))))

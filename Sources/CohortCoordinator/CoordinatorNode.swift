@@ -521,7 +521,8 @@ public final class CoordinatorNode {
                     feed(.deliveryFailed(txid, participant: name, error: "answer to one-phase commit has no outcome"))
                     return
                 }
-                feed(.onePhaseAnswered(txid, participant: name, outcome: outcome, reason: answer.reason))
+                // `"vote": "read-only"` with `committed`: the branch only read and wrote no record.
+                feed(.onePhaseAnswered(txid, participant: name, outcome: outcome, reason: answer.reason, readOnly: answer.vote == "read-only"))
                 return
             }
             switch answer.vote {

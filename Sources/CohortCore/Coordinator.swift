@@ -78,7 +78,9 @@ public struct Coordinator {
         case prepareFailed(TxID, participant: String, error: String)
         /// A participant acknowledged a commit (or answered a one-phase commit).
         case acknowledged(TxID, participant: String)
-        case onePhaseAnswered(TxID, participant: String, outcome: Outcome, reason: String?)
+        /// `readOnly`: the branch only read, so its `committed` wrote no record there (the
+        /// agent's answer says `"vote": "read-only"`): not an acknowledged commit.
+        case onePhaseAnswered(TxID, participant: String, outcome: Outcome, reason: String?, readOnly: Bool = false)
         /// A second-phase message (or one-phase commit) failed to get an answer.
         case deliveryFailed(TxID, participant: String, error: String)
         /// The forced commit record of this transaction is durable.
@@ -1269,8 +1271,8 @@ public struct Coordinator {
             return .voted(txid, participant: name, vote: .no(reason: clip(reason)))
         case .prepareFailed(let txid, let name, let error):
             return .prepareFailed(txid, participant: name, error: clip(error))
-        case .onePhaseAnswered(let txid, let name, let outcome, let reason?):
-            return .onePhaseAnswered(txid, participant: name, outcome: outcome, reason: clip(reason))
+        case .onePhaseAnswered(let txid, let name, let outcome, let reason?, let readOnly):
+            return .onePhaseAnswered(txid, participant: name, outcome: outcome, reason: clip(reason), readOnly: readOnly)
         case .deliveryFailed(let txid, let name, let error):
             return .deliveryFailed(txid, participant: name, error: clip(error))
         case .preCommitRefused(let txid, let name, let reason):
@@ -1326,8 +1328,8 @@ public struct Coordinator {
             return decideAbort(txid, reason: "prepare to \(name) failed: \(error)", nowMs: nowMs)
         case .acknowledged(let txid, let name):
             return acknowledged(txid, name, nowMs: nowMs)
-        case .onePhaseAnswered(let txid, let name, let outcome, let reason):
-            return onePhaseAnswered(txid, name, outcome, reason, nowMs: nowMs)
+        case .onePhaseAnswered(let txid, let name, let outcome, let reason, let readOnly):
+            return onePhaseAnswered(txid, name, outcome, reason, readOnly: readOnly, nowMs: nowMs)
         case .deliveryFailed(let txid, let name, let error):
             return deliveryFailed(txid, name, error, nowMs: nowMs)
         case .decisionDurable(let txid):
@@ -2028,7 +2030,8 @@ public struct Coordinator {
         return tx.branches.map { .cancelTimer(.retry(txid, participant: $0.participant.name)) } + [.log(.end(txid), force: false)]
     }
 
-    private mutating func onePhaseAnswered(_ txid: TxID, _ name: String, _ outcome: Outcome, _ reason: String?, nowMs: Int64) -> [Action] {
+    private mutating func onePhaseAnswered(_ txid: TxID, _ name: String, _ outcome: Outcome, _ reason: String?, readOnly: Bool = false,
+                                           nowMs: Int64) -> [Action] {
         guard var tx = openTable.byID[txid], tx.onePhase, tx.state == .preparing, let i = tx.branchIndex(name) else { return [] }
         tx.branches[i].state = outcome == .committed ? .committed : .aborted
         tx.branches[i].vote = outcome == .committed ? .yes : .no(reason: reason ?? "aborted")
@@ -2036,8 +2039,11 @@ public struct Coordinator {
         tx.events.append(TimelineEvent(atMs: nowMs, event: "one-phase-answered", participant: name, detail: outcome.rawValue))
         openTable[txid] = tx
         if outcome == .committed {
-            // Its one-phase record is durable before it answers so.
-            noteAcknowledgedCommit(tx.branches[i].participant, txid)
+            // Its one-phase record is durable before it answers so. Not a branch that only
+            // read: it wrote nothing, so an agent restarted before its next checkpoint no longer
+            // knows that txid and never let it go, and told it as the last commit it
+            // acknowledged, it refused all new work from here (a review, session 37).
+            if !readOnly { noteAcknowledgedCommit(tx.branches[i].participant, txid) }
             return [.cancelTimer(.retry(txid, participant: name))] + finishCommitted(txid, nowMs: nowMs, detail: "committed in one phase by \(name)")
         }
         return [.cancelTimer(.retry(txid, participant: name))] + decideAbort(txid, reason: "\(name) aborted: \(reason ?? "no reason given")", nowMs: nowMs)

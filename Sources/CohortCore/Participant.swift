@@ -136,8 +136,11 @@ public struct Participant {
         case vote(Vote)
         case acknowledged
         case aborted
-        /// Answer to a one-phase commit.
-        case outcome(Outcome, reason: String?)
+        /// Answer to a one-phase commit. `readOnly`: a `committed` that wrote no record (the
+        /// branch only read), sent with `"vote": "read-only"`, so the coordinator does not take
+        /// it for an acknowledged commit (`last_acknowledged_commit`): a restart before the next
+        /// checkpoint forgets that txid without letting it go.
+        case outcome(Outcome, reason: String?, readOnly: Bool = false)
         /// A commit arrived for a branch an operator aborted: it cannot be honoured.
         case heuristicAborted
         case forced(Outcome, dryRun: Bool, effects: [String])
@@ -361,6 +364,14 @@ public struct Participant {
     /// 3PC branches among `finishedOutcomes` that voted read-only: they answer `read-only`, not
     /// `committed`, to a peer's state query. Left out of snapshots (the vote is not logged).
     private var readOnlyFinished: Set<String> = []
+    /// One-phase (2PC) branches among `finishedOutcomes` that only read, since this process
+    /// started: a repeated one-phase prepare for one is answered `committed` marked read-only,
+    /// as the first was (it wrote no record; a restart before the next checkpoint forgets it
+    /// without letting it go, so the coordinator must not count it as acknowledged). Unlike
+    /// `readOnlyFinished` they stay in snapshots as plain commits: one read back from a
+    /// checkpoint is durable there, and counting it is sound. In memory only, let go with its
+    /// outcome.
+    private var onePhaseReadOnlyFinished: Set<String> = []
     /// 3PC txids a peer's termination asked about before this participant had a branch: a
     /// later prepare votes no (`Limits.threePhaseFencesKept`, oldest dropped). A black-box
     /// probe delayed one participant's prepare past a peer's termination round: the peer, as
@@ -895,7 +906,7 @@ public struct Participant {
             if branches[txid] == nil, promiseWaiting[txid] != nil { return noVotePromiseDurable(txid) }
             return terminationAbortDurable(txid)
         case .backupDecision(let request, let txid, let outcome):
-            return outcome == .committed ? commit(request, txid) : abort(request, txid)
+            return outcome == .committed ? commit(request, txid, fromBackup: true) : abort(request, txid)
         case .timerFired(.termination(let txid)):
             return startTerminationRound(txid)
         case .timerFired(.terminationRound(let txid)):
@@ -980,9 +991,9 @@ public struct Participant {
                 // take its answer (from the outcome, no record) as an acknowledgement: a classic
                 // commit at the timeout, or a quorum, with no writer durably pre-committed,
                 // against writers that abort (a review, session 29).
-                return [.reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.readOnly))]
+                return [.reply(request, onePhase ? .outcome(.committed, reason: nil, readOnly: true) : .vote(.readOnly))]
             case .committed?:
-                return [.reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.yes))]
+                return [.reply(request, onePhase ? .outcome(.committed, reason: nil, readOnly: onePhaseReadOnlyFinished.contains(txid)) : .vote(.yes))]
             case .aborted?:
                 let why = "branch already aborted"
                 return [.reply(request, onePhase ? .outcome(.aborted, reason: why) : .vote(.no(reason: why)))]
@@ -1009,7 +1020,7 @@ public struct Participant {
             let why = "branch aborted by its peers' termination protocol"
             return [.reply(request, onePhase ? .outcome(.aborted, reason: why) : .vote(.no(reason: why)))]
         case .readOnly:
-            return [.reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.readOnly))]
+            return [.reply(request, onePhase ? .outcome(.committed, reason: nil, readOnly: true) : .vote(.readOnly))]
         }
         var vote = vote
         if b.askedBeforeVoting || fencesBeforePrepare.contains(txid) {
@@ -1022,9 +1033,9 @@ public struct Participant {
             // Nothing to make durable and nothing to hear later.
             branches.removeValue(forKey: txid)
             rememberFinished(txid, .committed)
-            if threePhase != nil { readOnlyFinished.insert(txid) }
+            if threePhase != nil { readOnlyFinished.insert(txid) } else if onePhase { onePhaseReadOnlyFinished.insert(txid) }
             return [.cancelTimer(.branchExpiry(txid)), .release(txid), .finished(txid, .committed),
-                    .reply(request, onePhase ? .outcome(.committed, reason: nil) : .vote(.readOnly))]
+                    .reply(request, onePhase ? .outcome(.committed, reason: nil, readOnly: true) : .vote(.readOnly))]
         case .no(let reason):
             // A no-voter aborts on its own and forces nothing: the coordinator will abort too.
             return finish(txid, .aborted) + [.release(txid),
@@ -1077,7 +1088,9 @@ public struct Participant {
         return waiting.map { .reply($0, .vote(.yes)) } + [.setTimer(.inquire(txid), afterMs: config.inquiryDelayMs)]
     }
 
-    private mutating func commit(_ request: RequestID, _ txid: String) -> [Action] {
+    /// `fromBackup`: sent by a peer acting as 3PC backup coordinator, which tells every peer
+    /// that answered its round `unknown` (see `case nil` below).
+    private mutating func commit(_ request: RequestID, _ txid: String, fromBackup: Bool = false) -> [Action] {
         guard var b = branches[txid] else {
             if let f = forgottenHeuristics[txid], f.decision.outcome == .aborted {
                 // Forced to abort and forgotten: the coordinator records the difference (it
@@ -1104,7 +1117,14 @@ public struct Participant {
                 // directory restored from an older copy): acknowledged, the commit would be
                 // lost without a word. Refused, it stays with the coordinator (parked, in
                 // view), and new work from that coordinator is refused too.
-                if let t = TxID(txid), !mayHaveForgotten(txid) {
+                // Not a backup's commit: a backup sends it to every peer that answered
+                // `unknown`, and a 3PC reader that restarted (its vote is not logged) or let
+                // its read-only outcome or promise go (no horizon is raised for those: they
+                // never said yes) answers so with nothing lost. Refused, such a reader marked
+                // its coordinator stale and refused all its new work (a review, session 37).
+                // The backup ignores the answer, and the coordinator, back, sends its own
+                // commit, which is checked here.
+                if !fromBackup, let t = TxID(txid), !mayHaveForgotten(txid) {
                     markStale(t)
                     return [.reply(request, .error(lostCommitRefusal(t)))]
                 }
@@ -1749,6 +1769,7 @@ public struct Participant {
             }
             finishedOutcomes.removeValue(forKey: letGo)
             if !readOnlyFinished.isEmpty { readOnlyFinished.remove(letGo) }
+            if !onePhaseReadOnlyFinished.isEmpty { onePhaseReadOnlyFinished.remove(letGo) }
             if !promisedNoVote.isEmpty { promisedNoVote.remove(letGo) }
             finishedOrderHead += 1
         }

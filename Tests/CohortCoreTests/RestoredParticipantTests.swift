@@ -132,8 +132,16 @@ final class RestoredParticipantTests: XCTestCase {
         XCTAssertEqual(prepares(c.on(.commit(2, txid: t2.description), nowMs: 4)), ["b": "none"])
         _ = c.on(.onePhaseAnswered(t2, participant: "b", outcome: .aborted, reason: "no"), nowMs: 5)
         XCTAssertNil(c.lastAcknowledgedCommit(of: b))
-        // The next transaction of a's tells it (at its registration).
+        // The next transaction of a's tells it, at its registration (so its prepare need not).
         XCTAssertEqual(toldAtRegistration(&c, a), t1)
+        let t3 = begin(&c, [a])
+        XCTAssertEqual(prepares(c.on(.commit(2, txid: t3.description), nowMs: 6)), ["a": "none"])
+        // A branch that only read answers `committed` with `"vote": "read-only"`: it wrote no
+        // record, so it does not count (a restart before its next checkpoint forgets that txid,
+        // and told it, the agent refused all new work: a review, session 37).
+        _ = c.on(.onePhaseAnswered(t3, participant: "a", outcome: .committed, reason: nil, readOnly: true), nowMs: 7)
+        XCTAssertEqual(c.transaction(t3)?.state ?? c.finished[t3]?.state, .committed)
+        XCTAssertEqual(c.lastAcknowledgedCommit(of: a)?.txid, t1, "a read-only one-phase commit counted")
     }
 
     /// A branch registered before its participant acknowledged anything was told nothing
@@ -146,6 +154,22 @@ final class RestoredParticipantTests: XCTestCase {
         let t2 = begin(&c, [a, b])
         commit(&c, t1, acks: ["a", "b"], logged: &logged)
         XCTAssertEqual(prepares(c.on(.commit(2, txid: t2.description), nowMs: 7)), ["a": "\(t1)@1111", "b": "\(t1)@2222"])
+    }
+
+    /// The participant's side: a one-phase commit of a branch that only read is answered
+    /// `committed` marked read-only (fresh, and repeated while the branch is remembered as a
+    /// reader); one with writes is answered once its record is durable, unmarked.
+    func testAReadOnlyOnePhaseCommitIsAnsweredAsSuch() {
+        var p = Participant(config: Participant.Config(name: "p"))
+        _ = p.on(.joined(t1, coordinatorURL: "http://c", timeoutMs: 1000))
+        XCTAssertTrue(p.on(.prepare(1, txid: t1, onePhase: true, vote: .readOnly)).contains(.reply(1, .outcome(.committed, reason: nil, readOnly: true))))
+        XCTAssertEqual(p.on(.prepare(3, txid: t1, onePhase: true, vote: .readOnly)), [.reply(3, .outcome(.committed, reason: nil, readOnly: true))],
+                       "a repeat (the first answer lost) is marked too")
+        _ = p.on(.joined(t2, coordinatorURL: "http://c", timeoutMs: 1000))
+        _ = p.on(.prepare(2, txid: t2, onePhase: true, vote: .yes(writeSet: [1])))
+        XCTAssertTrue(p.on(.commitDurable(t2, lsn: 3)).contains(.reply(2, .outcome(.committed, reason: nil, readOnly: false))))
+        XCTAssertEqual(p.on(.prepare(4, txid: t2, onePhase: true, vote: .readOnly)), [.reply(4, .outcome(.committed, reason: nil, readOnly: false))],
+                       "a repeat for a durable one-phase commit counts")
     }
 
     /// After a restart the figures come back from the log's end records (a branch that
@@ -299,5 +323,51 @@ final class RestoredParticipantTests: XCTestCase {
         XCTAssertEqual(p.checkLastAcknowledgedCommit("ffffffff-64-1", for: t9)?.status, 400, "another coordinator's txid")
         XCTAssertTrue(p.staleForCoordinators.isEmpty)
         XCTAssertNil(p.admitWork(t9))
+    }
+
+    // MARK: - false alarms (session 37 review)
+
+    /// A 3PC backup sends commit to every peer that answered its round `unknown` (and did not
+    /// commit): a reader that restarted answers so (its read-only vote is not logged), as does
+    /// one that let its read-only outcome (or its promise not to vote yes) go past
+    /// `finishedBranchesKept`, which raises no horizon (they never said yes). Such a commit is
+    /// no sign of lost data: it used to mark the coordinator stale, and the reader then refused
+    /// all new work from it until an operator replaced a directory that had lost nothing.
+    /// Only the coordinator's own commit (sent to yes voters alone) is evidence.
+    func testABackupsCommitToAReaderThatRestartedOrLetItsVoteGoIsNoFalseAlarm() throws {
+        let t = "0a1b2c3d-64-5"
+        let info = Participant.ThreePhaseInfo(termination: .classic, peers: [
+            ParticipantRef(name: "p1", url: "http://p1"), ParticipantRef(name: "p2", url: "http://p2"), ParticipantRef(name: "z", url: "http://z")])
+        func reader(kept: Int = Limits.finishedBranchesKept) -> Participant {
+            var config = Participant.Config(name: "z")
+            config.finishedBranchesKept = kept
+            var z = Participant(config: config)
+            _ = z.on(.joined(t, coordinatorURL: "http://c", timeoutMs: 1000))
+            _ = z.on(.prepare(1, txid: t, onePhase: false, vote: .readOnly, threePhase: info))
+            return z
+        }
+        // The backup p1 (prepared; p2 reports committed, z `unknown`) tells z to commit.
+        var p1 = Participant(config: Participant.Config(name: "p1"))
+        _ = p1.on(.joined(t, coordinatorURL: "http://c", timeoutMs: 1000))
+        _ = p1.on(.prepare(1, txid: t, onePhase: false, vote: .yes(writeSet: [1]), threePhase: info))
+        _ = p1.on(.preparedDurable(t))
+        var round = 0
+        for case .queryPeer(_, _, let n) in p1.on(.timerFired(.termination(t))) { round = n }
+        _ = p1.on(.peerState(t, round: round, peer: "p2", state: .committed, recovered: false))
+        let told = p1.on(.peerState(t, round: round, peer: "z", state: .unknown, recovered: false))
+        XCTAssertTrue(told.contains(.sendToPeer(t, peer: info.peers[2], message: .commit)), "precondition: the backup tells z: \(told)")
+
+        // z restarted from its checkpoint (or its log: a read-only vote writes nothing).
+        var restarted = Participant(config: Participant.Config(name: "z"))
+        _ = try restarted.recover(snapshot: reader().snapshot(), records: [])
+        // z let its read-only outcome go (kept: 1, then another branch finished).
+        var letGo = reader(kept: 1)
+        committed(&letGo, t1)
+        XCTAssertNil(letGo.finishedOutcomes[t], "precondition: let go")
+        for (what, var z) in [("restarted", restarted), ("let go", letGo)] {
+            XCTAssertEqual(z.on(.backupDecision(7, txid: t, outcome: .committed)), [.reply(7, .acknowledged)], what)
+            XCTAssertTrue(z.staleForCoordinators.isEmpty, "\(what): a reader marked its coordinator stale")
+            XCTAssertNil(z.admitWork(t9), "\(what): new work refused")
+        }
     }
 }

@@ -190,4 +190,24 @@ final class RestoredAgentTests: XCTestCase {
         XCTAssertEqual(listed.status, 0, listed.stderr)
         XCTAssertFalse(listed.stderr.contains("warning"), listed.stderr)
     }
+
+    /// No false alarm after a read-only one-phase commit: a branch that only read answers its
+    /// one-phase commit `committed` at once and writes nothing, so an agent restarted (kill -9)
+    /// before its next checkpoint no longer knows that txid, and never let it go. The
+    /// coordinator used to count that answer as the last commit a acknowledged, told it at a's
+    /// next registration, and a refused all new work from it (a review, session 37).
+    func testAReadOnlyOnePhaseCommitBeforeARestartIsNoFalseAlarm() throws {
+        let (cluster, api, a, b) = try clusterWithXAndY()
+        _ = try transfer(api, a, b)
+        let read = try api.begin()
+        _ = try api.agentWork(a, read, [.get("x")])
+        XCTAssertEqual(try api.commit(read).outcome, "committed")
+        _ = try cluster.restart("a")
+        let after = try api.begin()
+        XCTAssertNil(httpError { try api.agentWork(a, after, [.add("x", -1, min: 0)]) }, "work refused after a plain restart")
+        _ = try api.agentWork(b, after, [.add("y", 1)])
+        XCTAssertEqual(try api.commit(after).outcome, "committed")
+        XCTAssertNil(try api.call("GET", a + "/healthz", as: HealthResponse.self).problem)
+        XCTAssertEqual(try api.metrics(a)["cohort_stale_data_refusals_total"] ?? 0, 0)
+    }
 }

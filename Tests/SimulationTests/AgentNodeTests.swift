@@ -470,4 +470,30 @@ final class AgentNodeTests: XCTestCase {
             node.log.close()
         }
     }
+
+    /// A 3PC backup's commit (`"backup": true`) for a txid this agent neither holds nor let go
+    /// is acknowledged and marks nothing: a backup sends it to every peer that answered its
+    /// round `unknown`, which a reader that restarted does (its read-only vote is not logged).
+    /// It used to be refused 503 and to mark the coordinator stale, so the reader refused all
+    /// new work from it (a review, session 37). The coordinator's own commit still does.
+    func testABackupsCommitForAnUnknownTxidIsNoSignOfLostData() throws {
+        func text(_ r: HTTPResponse?) -> String { r.map { String(decoding: $0.body.prefix(600), as: UTF8.self) } ?? "no answer" }
+        let env = HandDrivenEnvironment()
+        let node = try makeNode(env, store: MemoryKVStore())
+        let backup = try call(node, env, "POST", "/v1/2pc/commit", #"{"txid":"0000abcd-1-4","backup":true}"#)
+        XCTAssertEqual(backup?.status, 200, text(backup))
+        XCTAssertTrue(node.machine.staleForCoordinators.isEmpty, "a backup's commit marked the coordinator stale")
+        XCTAssertFalse(text(try call(node, env, "GET", "/healthz")).contains("problem"))
+        // Bad inputs: a clear 400, nothing marked.
+        for bad in [#"{"txid":"junk","backup":true}"#, #"{"txid":"0000abcd-1-4","backup":"yes"}"#, #"{"txid":"0000abcd-1-4","backup":1}"#, "not json"] {
+            let r = try call(node, env, "POST", "/v1/2pc/commit", bad)
+            XCTAssertEqual(r?.status, 400, "\(bad): \(text(r))")
+        }
+        XCTAssertTrue(node.machine.staleForCoordinators.isEmpty)
+        let own = try call(node, env, "POST", "/v1/2pc/commit", #"{"txid":"0000abcd-1-5"}"#)
+        XCTAssertEqual(own?.status, 503, text(own))
+        XCTAssertEqual(node.machine.staleForCoordinators["0000abcd"]?.description, "0000abcd-1-5")
+        node.stop()
+        node.log.close()
+    }
 }
