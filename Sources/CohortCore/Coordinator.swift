@@ -407,8 +407,9 @@ public struct Coordinator {
         /// Its registration was answered with `last_acknowledged_commit`, which the participant
         /// checks before it takes the work: its prepare need not carry the figure again (the
         /// prepare carries it for branches that never registered: submitted, or named at commit).
-        /// Rendering and checking it in every prepare cost about 4% of the instructions of a
-        /// transfer at the coordinator and at each agent (benchmarks/profile, session 37).
+        /// With the figure in every prepare the check cost +3.8% instructions per transfer at the
+        /// coordinator and +4.9% at an agent; told once (and checked by one lookup,
+        /// `Participant.checkLastAcknowledgedCommit`), +2.0% at each (benchmarks/profile, session 37).
         var checkedAtRegistration = false
     }
 
