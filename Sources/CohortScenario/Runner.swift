@@ -857,6 +857,14 @@ final class ScenarioRun: @unchecked Sendable {
                 if let demoChecker { checks.append(demoChecker.check(c)) }
             }
         }
+        // Every scenario with Cohort participants: none may have marked its coordinator as one
+        // that holds commits its data lost. Nothing here puts a data directory back from an older
+        // copy, so such a mark is a false alarm of the restore check, which refuses all new work
+        // from that coordinator (docs/failure-model.md; a review in session 37 found two that
+        // the simulation, whose transfers write on every agent, could not see).
+        var participantURLs = (workload as? ScenarioWorkload)?.agentURLs ?? []
+        if let demo { participantURLs += [demo.inventoryURL, demo.ordersURL] }
+        if canTalk, let alarm = ScenarioRunner.staleDataAlarmCheck(api, participantURLs) { checks.append(alarm) }
         if let demoChecker {
             lock.lock()
             (result.committed, result.aborted, result.unknown) = demoChecker.counts()
@@ -1009,5 +1017,27 @@ struct SplitMix {
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
+    }
+}
+
+extension ScenarioRunner {
+    /// `no_stale_data_alarm`: every participant that answers `/metrics` reports
+    /// `cohort_stale_data_coordinators` 0 (one that does not answer, or does not export it, is
+    /// not this check's business); nil without participants.
+    public static func staleDataAlarmCheck(_ api: CohortAPI, _ participantURLs: [String]) -> CheckResult? {
+        guard !participantURLs.isEmpty else { return nil }
+        var alarmed: [String] = []
+        var asked = 0
+        for url in participantURLs {
+            guard let m = try? api.metrics(url), let stale = m["cohort_stale_data_coordinators"] else { continue }
+            asked += 1
+            if stale > 0 {
+                let problem = (try? api.raw("GET", url + "/healthz")).map { String(decoding: $0.body.prefix(300), as: UTF8.self) } ?? ""
+                alarmed.append("\(url): \(Int(stale)) coordinator(s) marked stale; /healthz \(problem)")
+            }
+        }
+        return CheckResult(name: "no_stale_data_alarm", ok: alarmed.isEmpty,
+                           detail: alarmed.isEmpty ? "\(asked) of \(participantURLs.count) participants report no coordinator marked stale" : alarmed.joined(separator: "; "),
+                           txids: [])
     }
 }

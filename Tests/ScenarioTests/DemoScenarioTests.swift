@@ -128,7 +128,10 @@ final class DemoScenarioTests: XCTestCase {
         """#))
         XCTAssertTrue(r.passed, describe(r))
         XCTAssertEqual(Set(r.checks.map(\.name)), ["faults_fired", "no_unexpected_exit", "demo_at_rest", "demo_answers_hold",
-                                                   "no_in_doubt_within", "orders_match_transactions", "outbox_exactly_once"])
+                                                   "no_in_doubt_within", "orders_match_transactions", "outbox_exactly_once", "no_stale_data_alarm"])
+        let alarm = try XCTUnwrap(r.checks.first { $0.name == "no_stale_data_alarm" })
+        let counts = alarm.detail.split(separator: " ")
+        XCTAssertTrue(alarm.ok && counts.count > 2 && counts[0] == counts[2] && counts[0] != "0", "every participant exports the mark: \(alarm.detail)")
         let matched = try XCTUnwrap(r.checks.first { $0.name == "orders_match_transactions" })
         XCTAssertFalse(matched.detail.hasPrefix("0 orders"), "some orders were compared: \(matched.detail)")
         XCTAssertGreaterThan(r.committed, 0, "confirmed orders")

@@ -31,6 +31,32 @@ final class RunnerTests: XCTestCase {
         }, name)
     }
 
+    /// `no_stale_data_alarm` (run after every scenario with Cohort participants) names one that
+    /// marked its coordinator as holding commits its data lost: agent a hears a prepare naming,
+    /// as its last acknowledged commit, one it never had (what a copy restored from an older
+    /// backup would hear), and the check, which passed before, fails naming a alone.
+    func testTheStaleDataCheckNamesAnAgentThatMarkedItsCoordinator() throws {
+        var options = Cluster.Options()
+        options.agents = 2
+        let cluster = try Cluster(options: options)
+        addTeardownBlock { cluster.stop() }
+        try cluster.start()
+        let api = CohortAPI(coordinatorURL: cluster.coordinatorURL)
+        let (a, b) = (cluster.url("a"), cluster.url("b"))
+        let before = try XCTUnwrap(ScenarioRunner.staleDataAlarmCheck(api, [a, b]))
+        XCTAssertTrue(before.ok, before.detail)
+        XCTAssertTrue(before.detail.hasPrefix("2 of 2 participants"), before.detail)
+        let txid = try api.begin()
+        let parts = txid.split(separator: "-")
+        let lost = "\(parts[0])-\(parts[1])-fffff"
+        let answer = try api.raw("POST", a + "/v1/2pc/prepare", body: Array(#"{"txid":"\#(txid)","last_acknowledged_commit":"\#(lost)"}"#.utf8))
+        XCTAssertTrue(String(decoding: answer.body, as: UTF8.self).contains(lost), "the refusal names it")
+        let after = try XCTUnwrap(ScenarioRunner.staleDataAlarmCheck(api, [a, b]))
+        XCTAssertFalse(after.ok)
+        XCTAssertTrue(after.detail.hasPrefix(a + ": 1 coordinator(s) marked stale"), after.detail)
+        XCTAssertFalse(after.detail.contains(b), after.detail)
+    }
+
     /// A process killed while the checks run is named by `no_unexpected_exit`. The watcher
     /// stops with the faults, and a CI run failed `no_locks_held` with only "connection
     /// refused", its agent killed from outside.
