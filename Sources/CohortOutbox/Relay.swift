@@ -201,8 +201,7 @@ public final class OutboxRelay {
         case .refusedWhole(let reason):
             // A consumer that refuses a batch for one message is worth a line (it costs calls),
             // but a bisection makes several in a row: at most one every report interval.
-            if refusedWholeReportedMs.map({ nowMs - $0 >= Limits.outboxSinkProblemReportIntervalMs }) ?? true {
-                refusedWholeReportedMs = nowMs
+            if Self.reportDue(&refusedWholeReportedMs, nowMs: nowMs) {
                 problem("sink \(sink.name) refused a batch as a whole: \(reason); sent again in halves, nothing counted, until the message at fault is alone")
             }
             fallthrough
@@ -214,12 +213,19 @@ public final class OutboxRelay {
         }
     }
 
+    /// Whether a line last said at `lastMs` (nil: never) may be said again at `nowMs`, at most one
+    /// every `Limits.outboxSinkProblemReportIntervalMs`; if so, `lastMs` becomes `nowMs`.
+    private static func reportDue(_ lastMs: inout Int64?, nowMs: Int64) -> Bool {
+        guard lastMs.map({ nowMs - $0 >= Limits.outboxSinkProblemReportIntervalMs }) ?? true else { return false }
+        lastMs = nowMs
+        return true
+    }
+
     /// A call the sink failed (HTTP 500) while it took other calls: a message it fails on. At
     /// most one line every `Limits.outboxSinkProblemReportIntervalMs`, since finding the message
     /// takes several calls and it is sent again and again.
     private func reportFailedOnAMessage(_ messages: [OutboxMessage], reason: String, nowMs: Int64) {
-        guard failedAloneReportedMs.map({ nowMs - $0 >= Limits.outboxSinkProblemReportIntervalMs }) ?? true else { return }
-        failedAloneReportedMs = nowMs
+        guard Self.reportDue(&failedAloneReportedMs, nowMs: nowMs) else { return }
         if messages.count == 1 {
             problem("sink \(sink.name) failed on message \(messages[0].messageID) (key \(messages[0].key)) alone while it took other calls: \(reason); its key waits and sends it again after a backoff, nothing counted")
         } else {

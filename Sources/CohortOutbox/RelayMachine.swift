@@ -407,9 +407,7 @@ public struct RelayMachine: Sendable {
                 batches[id] = b
                 return on(.delivered(batch: id, outcomes: [.rejected(reason)], nowMs: now))
             }
-            let half = b.messages.count / 2
-            splits.append(Array(b.messages[..<half]))
-            splits.append(Array(b.messages[half...]))
+            splitInHalves(b.messages)
             dispatch(now, &out)
 
         case .sinkFailedWhole(let id, let reason, let now):
@@ -441,9 +439,7 @@ public struct RelayMachine: Sendable {
             } else {
                 sinkDown(reason, now)
             }
-            let half = b.messages.count / 2
-            splits.append(Array(b.messages[..<half]))
-            splits.append(Array(b.messages[half...]))
+            splitInHalves(b.messages)
             dispatch(now, &out)
 
         case .recorded(let id, let applied, let now):
@@ -797,6 +793,15 @@ public struct RelayMachine: Sendable {
         queues[m.key] = q
         markMaybeReady(m.key, now)
         return true
+    }
+
+    /// Queues `messages` (a batch of several the sink refused or failed whole) to go again as
+    /// two batches of half as many, ahead of new batches (`dispatch`).
+    private mutating func splitInHalves(_ messages: [OutboxMessage]) {
+        precondition(messages.count > 1, "a message alone is not split")
+        let half = messages.count / 2
+        splits.append(Array(messages[..<half]))
+        splits.append(Array(messages[half...]))
     }
 
     mutating func dispatch(_ now: Int64, _ out: inout [RelayAction]) {
