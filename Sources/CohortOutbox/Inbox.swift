@@ -255,6 +255,13 @@ public enum InboxEndpoint {
             return .jsonBytes(200, InboxBatchResponse(results: results).wireJSON)
         } catch let e as SQLiteError where e.isBusy {
             return .error(503, "database busy: \(e)")
+        } catch let e as SQLiteError {
+            // Effects' errors are answered per message inside `apply`; what reaches here is the
+            // database failing the batch's own statements (disk full, I/O error, a damaged or
+            // read-only file): this consumer is down, not the messages bad. 503 makes the relay
+            // back off and send the batch again, nothing counted; a 500 had it halve the batch
+            // down to single messages, each of them then held back as if it were the fault.
+            return .error(503, "database unavailable: \(e)")
         } catch {
             return .error(500, "applying messages: \(error)")
         }

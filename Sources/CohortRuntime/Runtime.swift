@@ -357,14 +357,16 @@ public struct StartupError: Error, CustomStringConvertible {
 }
 
 /// Reads the bearer token from `--token-file F` or the environment variable `COHORT_TOKEN`.
+/// A token that cannot be read or cannot go into a header is a bad flag (`UsageError`, exit 2),
+/// as `txctl` and `cohort-relay` refuse it; the servers exited 1 for it, as for a failed start.
 public func loadToken(file: String?) throws -> String? {
     if let file {
         let bytes: [UInt8]
-        do { bytes = try PosixFS.readFile(file) } catch { throw StartupError("cannot read token file \(file): \(error)") }
-        do { return try BearerToken.fromFile(bytes, file: file) } catch { throw StartupError("\(error)") }
+        do { bytes = try PosixFS.readFile(file) } catch { throw UsageError("cannot read token file \(file): \(error)") }
+        do { return try BearerToken.fromFile(bytes, file: file) } catch { throw UsageError("\(error)") }
     }
     if let env = ProcessInfo.processInfo.environment["COHORT_TOKEN"], !env.isEmpty {
-        do { try BearerToken.check(env, source: "COHORT_TOKEN") } catch { throw StartupError("\(error)") }
+        do { try BearerToken.check(env, source: "COHORT_TOKEN") } catch { throw UsageError("\(error)") }
         return env
     }
     return nil

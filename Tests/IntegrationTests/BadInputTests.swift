@@ -750,21 +750,22 @@ final class BadInputTests: XCTestCase {
             ("cohortd", ["--data", dir + "/c", "--port", "0", "--retry-budget", "0s"], 2, "error: --retry-budget must be at least 1s, got 0s"),
             ("cohortd", ["--data", dir + "/c", "--port", "0", "--parked-retry-delay", "0s"], 2, "error: --parked-retry-delay must be at least 1s, got 0s"),
             ("cohortd", ["--data", dir + "/c", "--port", "0", "--parked-retry-delay", "999ms"], 2, "error: --parked-retry-delay must be at least 1s"),
-            // Tokens that cannot go into a header.
-            ("cohortd", ["--data", dir + "/c", "--port", "0", "--token-file", tokenDir + "/two-lines"], 1,
+            // Tokens that cannot go into a header: a bad flag (2) in every program; the servers said
+            // 1, as for a failed start, where txctl and cohort-relay said 2.
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--token-file", tokenDir + "/two-lines"], 2,
              "error: token file \(tokenDir)/two-lines: the token has a line break (byte 3)"),
-            ("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--token-file", tokenDir + "/nul"] + coordinator, 1,
+            ("cohort-agent", ["--name", "a", "--data", dir + "/a", "--port", "0", "--token-file", tokenDir + "/nul"] + coordinator, 2,
              "error: token file \(tokenDir)/nul: the token has a NUL byte (byte 1)"),
-            ("cohortd", ["--data", dir + "/c", "--port", "0", "--token-file", tokenDir + "/big"], 1,
+            ("cohortd", ["--data", dir + "/c", "--port", "0", "--token-file", tokenDir + "/big"], 2,
              "error: token file \(tokenDir)/big: the token is 133000 bytes"),
             ("cohort-relay", ["--db", dir + "/p.db", "--sink", "http://127.0.0.1:1/in", "--token-file", tokenDir + "/two-lines"], 2,
              "error: token file \(tokenDir)/two-lines: the token has a line break"),
             // The TCC and demo services take the token as cohortd does (they took none before).
-            ("tcc-inventory", ["--data", dir + "/t", "--port", "0", "--token-file", tokenDir + "/two-lines"], 1,
+            ("tcc-inventory", ["--data", dir + "/t", "--port", "0", "--token-file", tokenDir + "/two-lines"], 2,
              "error: token file \(tokenDir)/two-lines: the token has a line break (byte 3)"),
-            ("inventory-service", ["--data", dir + "/i", "--port", "0", "--token-file", tokenDir + "/nul"] + coordinator, 1,
+            ("inventory-service", ["--data", dir + "/i", "--port", "0", "--token-file", tokenDir + "/nul"] + coordinator, 2,
              "error: token file \(tokenDir)/nul: the token has a NUL byte (byte 1)"),
-            ("order-service", demo + ["--token-file", tokenDir + "/missing"], 1, "error: cannot read token file \(tokenDir)/missing"),
+            ("order-service", demo + ["--token-file", tokenDir + "/missing"], 2, "error: cannot read token file \(tokenDir)/missing"),
             // URLs and names the start refused, or took as a default.
             ("order-service", demo + ["--broker", "redis://h:99999"], 2, "error: --broker: bad redis URL \"redis://h:99999\""),
             ("order-service", demo + ["--broker", "redis://"], 2, "error: --broker: bad redis URL \"redis://\""),

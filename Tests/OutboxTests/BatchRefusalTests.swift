@@ -167,4 +167,28 @@ final class BatchRefusalTests: XCTestCase {
         XCTAssertEqual(post(many)?.status, 413)
         XCTAssertEqual(effects, ["s:9", "s:1"])
     }
+
+    /// The consumer's database failing the batch's own statements (here its inbox table gone)
+    /// is the consumer down, as `docs/outbox.md` asks of every consumer: 503, which the relay
+    /// retries whole after a backoff with nothing counted. It was 500, which the relay halves
+    /// down to single messages and then holds each one's key back as that message's fault.
+    func testTheInboxEndpointAnswersItsDatabaseFailingTheBatch503() throws {
+        let path = tempDB("endpoint-db-down")
+        let inbox = try Inbox(path: path, consumer: "c")
+        defer { inbox.close() }
+        var effects: [String] = []
+        let body = #"{"messages":[{"id":"s:1","source":"s","seq":1,"topic":"t","key":"k","payload":"p","headers":{},"created_ms":1}]}"#
+        func post() -> HTTPResponse? {
+            InboxEndpoint.handle(HTTPRequest(method: "POST", target: "/v1/inbox", path: "/v1/inbox", body: Array(body.utf8)), inbox: inbox) { _, m in
+                effects.append(m.id)
+            }
+        }
+        let other = try SQLiteConnection(path: path)
+        _ = try other.run("DROP TABLE inbox")
+        other.close()
+        let r = post()
+        XCTAssertEqual(r?.status, 503, String(decoding: r?.body ?? [], as: UTF8.self))
+        XCTAssertTrue(String(decoding: r?.body ?? [], as: UTF8.self).contains("database unavailable"), String(decoding: r?.body ?? [], as: UTF8.self))
+        XCTAssertEqual(effects, [], "nothing applied")
+    }
 }
