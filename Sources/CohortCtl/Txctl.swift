@@ -533,6 +533,12 @@ final class Remote {
         if let slash = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) {
             throw CtlError.usage("\(kind == .coordinator ? "coordinator" : kind == .agent ? "agent" : "service") URL is a base URL, http://HOST:PORT without a path (txctl adds each path itself); got \"\(url)\" with \"\(rest[slash...])\"")
         }
+        // Checked now, as the servers check their base URL flags: a port past 65535, an IPv6
+        // literal or a user@ went on to the first request and came back "bad coordinator URL U:
+        // invalid URL: U/v1/transactions", naming neither the flag nor what was wrong with it.
+        guard HTTPClient.canSend(to: u) else {
+            throw CtlError.usage("\(kind == .coordinator ? "coordinator" : kind == .agent ? "agent" : "service") URL needs a host (a name or an IPv4 address) and, if given, a port of 1-65535; got \"\(url.prefix(200))\"")
+        }
         base = u
         hasToken = token != nil
         client = BlockingHTTPClient(bearerToken: token)
