@@ -392,12 +392,13 @@ public enum Txctl {
     static func coordinatorAllows(_ outcome: String, txid: String, agent: Remote, token: String?, alsoAsk: String?,
                                   coordinatorGone: Bool) throws {
         let branch = try agent.get("/v1/branches/\(escape(txid))", BranchDetail.self)
-        // A branch the participant has finished keeps its outcome there: a force changes nothing
-        // (the same outcome is "nothing to do", the other is refused), so the agent answers it,
+        // A branch the participant has finished (or found heuristic-mixed: its coordinator's
+        // outcome is known) keeps its outcome there: a force changes nothing (the same outcome
+        // is "nothing to do", the other is refused), so the agent answers it,
         // as it does a forget of such a branch. Asking its coordinator first told an operator
         // that a committed branch, which names no coordinator any more, could be split by the
         // force and wanted --coordinator-gone (a docs walkthrough, session 38).
-        if branch.state == "committed" || branch.state == "aborted" { return }
+        if ["committed", "aborted", "heuristic-mixed"].contains(branch.state) { return }
         let (answer, silent) = askCoordinators(txid: txid, branch: branch, token: token, alsoAsk: alsoAsk)
         if let (url, answered) = answer {
             switch answered {
