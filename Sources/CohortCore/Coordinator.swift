@@ -2289,6 +2289,12 @@ extension Coordinator {
             return gone.outcome == outcome ? .success([])
                 : .failure(RequestError(409, "refused: \(txid) was \(gone.outcome.rawValue) (forgotten; the outcome is from the coordinator's ledger); forcing \(outcome.rawValue) would contradict it"))
         }
+        if txid.coordinatorID != config.coordinatorID {
+            // Its participants asking here are answered unknown-coordinator, not aborted: saying
+            // "told it aborted" to an operator at the wrong coordinator (or one whose data
+            // directory was replaced) read as the outcome (a docs walkthrough, session 38).
+            return .failure(RequestError(404, "unknown transaction \(txid): it was begun by coordinator \(txid.coordinatorID), not this one (\(config.coordinatorID)), so this coordinator can decide nothing for it and knows nothing of its outcome (its participants that ask here are answered unknown-coordinator); force it where it was begun, or resolve its participants with txctl agent URL"))
+        }
         return .failure(RequestError(404, "unknown transaction \(txid): this coordinator has no record of it, so participants that ask are told it aborted (presumed abort); to resolve a participant whose coordinator is gone, use txctl agent URL"))
     }
 

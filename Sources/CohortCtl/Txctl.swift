@@ -392,6 +392,13 @@ public enum Txctl {
     static func coordinatorAllows(_ outcome: String, txid: String, agent: Remote, token: String?, alsoAsk: String?,
                                   coordinatorGone: Bool) throws {
         let branch = try agent.get("/v1/branches/\(escape(txid))", BranchDetail.self)
+        // A branch the participant has finished (or found heuristic-mixed: its coordinator's
+        // outcome is known) keeps its outcome there: a force changes nothing (the same outcome
+        // is "nothing to do", the other is refused), so the agent answers it,
+        // as it does a forget of such a branch. Asking its coordinator first told an operator
+        // that a committed branch, which names no coordinator any more, could be split by the
+        // force and wanted --coordinator-gone (a docs walkthrough, session 38).
+        if ["committed", "aborted", "heuristic-mixed"].contains(branch.state) { return }
         let (answer, silent) = askCoordinators(txid: txid, branch: branch, token: token, alsoAsk: alsoAsk)
         if let (url, answered) = answer {
             switch answered {
@@ -532,6 +539,12 @@ final class Remote {
         let rest = u.dropFirst("http://".count)
         if let slash = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) {
             throw CtlError.usage("\(kind == .coordinator ? "coordinator" : kind == .agent ? "agent" : "service") URL is a base URL, http://HOST:PORT without a path (txctl adds each path itself); got \"\(url)\" with \"\(rest[slash...])\"")
+        }
+        // Checked now, as the servers check their base URL flags: a port past 65535, an IPv6
+        // literal or a user@ went on to the first request and came back "bad coordinator URL U:
+        // invalid URL: U/v1/transactions", naming neither the flag nor what was wrong with it.
+        guard HTTPClient.canSend(to: u) else {
+            throw CtlError.usage("\(kind == .coordinator ? "coordinator" : kind == .agent ? "agent" : "service") URL needs a host (a name or an IPv4 address) and, if given, a port of 1-65535; got \"\(url.prefix(200))\"")
         }
         base = u
         hasToken = token != nil

@@ -7,7 +7,7 @@ import Foundation
 public enum CohortSimCommand {
     public static let usage = """
     usage: txscenario simulate [--protocol 2pc|3pc|tcc] [--seed N] [--runs M] [--trace] [--break MODE]
-                               [--coordinator-lost]
+                               [--coordinator-lost] [--submissions-kept N]
 
     Runs the whole cluster (a coordinator, two agents, three clients) in one process over a
     simulated network, disk and clock, M times with seeds N, N+1, ...; each seed draws its own

@@ -8,7 +8,8 @@ let usage = """
 usage: inventory-service --data DIR --port N --coordinator URL [--host H] [--broker redis://HOST:PORT] [--advertise URL]
                          [--reply-to URL] [--token-file F] [--tcc-lock-wait-ms N] [--tcc-lock-waiters-max N]
 
-The demo's inventory: stock per sku in its own SQLite store; a Cohort participant (2PC, 3PC).
+The demo's inventory: stock per sku in its own SQLite store; a Cohort participant (2PC, 3PC),
+a TCC resource and an outbox inbox, for orders in all four modes.
   --data DIR          data directory; created if missing
   --port N            TCP port; 0 picks a free port
   --coordinator URL   the coordinator, e.g. http://127.0.0.1:7000

@@ -134,6 +134,25 @@ final class CoordinatorOperatorTests: XCTestCase {
         XCTAssertEqual(errorStatus(d.on(.force(5, txid: "0a1b2c3d-1-999", force(.aborted)), nowMs: 6)), 404)
     }
 
+    /// Another coordinator's txid: this one's participants would be answered unknown-coordinator
+    /// for it, so the refusal of a force says that, not "told it aborted (presumed abort)", which
+    /// an operator at the wrong coordinator read as the outcome.
+    func testAForceOfAnotherCoordinatorsTransactionSaysItWasBegunElsewhere() {
+        var c = machine()
+        let foreign = "deadbeef-1-5"
+        XCTAssertEqual(c.inquire(foreign), .unknownCoordinator)
+        for outcome in [Outcome.committed, .aborted] {
+            guard case .reply(5, .error(let e))? = c.on(.force(5, txid: foreign, force(outcome)), nowMs: 6).first else { return XCTFail("\(outcome)") }
+            XCTAssertEqual(e.status, 404)
+            XCTAssertTrue(e.message.contains("begun by coordinator deadbeef, not this one (0a1b2c3d)"), e.message)
+            XCTAssertFalse(e.message.contains("told it aborted"), e.message)
+        }
+        // Its own unknown txids are still presumed aborted, as its inquiries answer.
+        guard case .reply(5, .error(let own))? = c.on(.force(5, txid: "0a1b2c3d-1-999", force(.aborted)), nowMs: 6).first else { return XCTFail("own") }
+        XCTAssertEqual(c.inquire("0a1b2c3d-1-999"), .aborted)
+        XCTAssertTrue(own.message.contains("told it aborted (presumed abort)"), own.message)
+    }
+
     /// The checks both coordinators (2PC/3PC and TCC) apply to a forced decision.
     func testAForcedDecisionNeedsAReasonAndAnOperatorWithinTheirLimits() {
         func check(_ reason: String, _ operatorName: String) -> Result<String, RequestError> {

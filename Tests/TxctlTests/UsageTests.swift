@@ -84,6 +84,17 @@ final class UsageTests: XCTestCase {
         XCTAssertTrue(r.err.contains("cannot reach coordinator"), r.err)
     }
 
+    /// A URL the HTTP client cannot send to is refused naming what is wrong, as the servers refuse
+    /// one in their base URL flags: it got "bad coordinator URL U: invalid URL: U/v1/transactions"
+    /// (a docs walkthrough, session 38).
+    func testABaseURLWithABadPortOrHostIsRefusedNamingWhy() {
+        for url in ["http://127.0.0.1:99999", "http://127.0.0.1:", "http://[::1]:7000", "http://user@127.0.0.1:7000"] {
+            assertUsage(["--coordinator", url, "list"], "coordinator URL needs a host (a name or an IPv4 address) and, if given, a port of 1-65535; got \"\(url)\"")
+            assertUsage(["agent", url, "list"], "agent URL needs a host")
+            assertUsage(["outbox", url, "list"], "service URL needs a host")
+        }
+    }
+
     /// An empty TXID asked for `/v1/transactions/` and printed the list as an "unexpected
     /// answer"; a 100,000-character one got "header section too large" from the server.
     func testATxidThatCannotBeOneIsRefusedHere() {
