@@ -160,6 +160,18 @@ extension ScenarioRun {
         outboxRun = OutboxRunState(producerDB: dataDir + "/producer/producer.db", consumerDB: dataDir + "/consumer/consumer.db")
         for name in t.processNames {
             guard startProcess(name) else { throw ManagedProcessError("\(name) did not start: \(startFailures[name] ?? "")") }
+            // With two relays, the first is the holder a scenario's faults name ("the holder is
+            // frozen"): the second starts once the first holds the lease. Started back to back,
+            // on a loaded machine the second took it first now and then, so the pause froze a
+            // standby and the fencing check found nothing refused.
+            if t.relayNames.count > 1, name == t.relayNames[0] {
+                let api = CohortAPI(coordinatorURL: "", connectTimeoutMs: 500, requestTimeoutMs: 2000)
+                let deadline = Date().addingTimeInterval(20)
+                while relayMetric(api, name, "cohort_outbox_lease_held") != 1 {
+                    guard Date() < deadline else { throw ManagedProcessError("\(name) did not take the relay lease within 20 s of its start") }
+                    Thread.sleep(forTimeInterval: 0.02)
+                }
+            }
         }
         event("outbox topology up: sink \(redis?.url ?? url("consumer") + "/v1/inbox"), relays \(t.relayNames.joined(separator: ", "))")
     }
@@ -369,18 +381,30 @@ extension ScenarioRun {
         return CheckResult(name: "dead_letters", ok: true, detail: detail, txids: [])
     }
 
+    /// A relay's `/metrics` text; empty when it does not answer.
+    private func relayMetricsText(_ api: CohortAPI, _ name: String) -> String {
+        (try? api.raw("GET", url(name) + "/metrics")).map { String(decoding: $0.body, as: UTF8.self) } ?? ""
+    }
+
+    /// One unlabelled metric of a relay; nil when it does not answer or has no such line.
+    private func relayMetric(_ api: CohortAPI, _ name: String, _ metric: String) -> Int? {
+        Self.metric(metric, in: relayMetricsText(api, name))
+    }
+
+    private static func metric(_ m: String, in text: String) -> Int? {
+        for line in text.split(separator: "\n") where line.hasPrefix(m + " ") {
+            return Int(Double(line.dropFirst(m.count + 1).trimmingCharacters(in: .whitespaces)) ?? 0)
+        }
+        return nil
+    }
+
     private func fencing(_ f: FencingCheck, _ api: CohortAPI) -> CheckResult {
         var held = 0
         var metricRefusals = 0
         var parts: [String] = []
         for name in scenario.topology.outbox!.relayNames {
-            let text = (try? api.raw("GET", url(name) + "/metrics")).map { String(decoding: $0.body, as: UTF8.self) } ?? ""
-            func metric(_ m: String) -> Int {
-                for line in text.split(separator: "\n") where line.hasPrefix(m + " ") {
-                    return Int(Double(line.dropFirst(m.count + 1).trimmingCharacters(in: .whitespaces)) ?? 0)
-                }
-                return 0
-            }
+            let text = relayMetricsText(api, name)
+            func metric(_ m: String) -> Int { Self.metric(m, in: text) ?? 0 }
             held += metric("cohort_outbox_lease_held")
             metricRefusals += metric("cohort_outbox_fenced_total")
             parts.append("\(name): lease \(metric("cohort_outbox_lease_held")), delivered \(metric("cohort_outbox_delivered_total")), fenced writes \(metric("cohort_outbox_fenced_total"))")
