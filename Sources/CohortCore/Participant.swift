@@ -2100,6 +2100,19 @@ extension Participant {
             }
             if preAborted + uncertain >= q {
                 if preAborted >= q { return terminationAbort(txid, telling: abortAll) }
+                // A peer that answered `unknown` holds no branch, so it never takes a pre-state:
+                // asked to pre-abort, it promises never to vote yes and answers `read-only` from
+                // then on (leaving N), or, a writer that had not voted, it votes no and answers
+                // `aborted`. Counted uncertain, it let a backup pre-abort writers toward a quorum
+                // it could never complete: with a reader restarted, two writers and the
+                // coordinator's pre-commit reaching the other writer, pre-aborted against
+                // pre-committed with Q = 2 of the 2 writers, blocked for good with everyone up
+                // (simulation `--protocol 3pc --seed 223`, session 38). So while the quorum
+                // needs them, only they are asked; the writers wait for the next round.
+                let unknown = count(.unknown)
+                if unknown > 0 && preAborted + count(.uncertain) < (info.peers.count - readOnlyPeers - unknown) / 2 + 1 {
+                    return tell(.preAbort, where: { $0 == .unknown }) + [.setTimer(.termination(txid), afterMs: config.terminationRoundMs)]
+                }
                 var actions = tell(.preAbort, where: { $0 == .uncertain || $0 == .unknown })
                 if mine == .uncertain { actions += preRecordSelf(txid, commit: false) }
                 return actions + [.setTimer(.termination(txid), afterMs: config.terminationRoundMs)]
