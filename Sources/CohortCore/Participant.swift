@@ -361,8 +361,14 @@ public struct Participant {
     /// plainly committed or aborted at the coordinator for good (a review). A subset of
     /// `heuristicMixed` (the same bound).
     public private(set) var unreportedMixed: [String: String] = [:]
-    /// 3PC branches among `finishedOutcomes` that voted read-only: they answer `read-only`, not
-    /// `committed`, to a peer's state query. Left out of snapshots (the vote is not logged).
+    /// Branches among `finishedOutcomes` that voted read-only (3PC, and 2PC but for one-phase
+    /// commits): they answer `read-only`, not `committed`, to a peer's state query and to a
+    /// repeated prepare. Left out of snapshots (the vote is not logged). A 2PC reader used to
+    /// answer a repeated prepare (its first answer lost) `yes`: the coordinator then sent it the
+    /// commit and took its `committed` as an acknowledgement, so a restart before the next
+    /// checkpoint (which forgets the unlogged vote without letting it go) made it refuse that
+    /// commit for good, the transaction stuck `committing` (simulation seed 560348, session 38),
+    /// or mark the coordinator stale at its `last_acknowledged_commit`.
     private var readOnlyFinished: Set<String> = []
     /// One-phase (2PC) branches among `finishedOutcomes` that only read, since this process
     /// started: a repeated one-phase prepare for one is answered `committed` marked read-only,
@@ -986,7 +992,8 @@ public struct Participant {
             // Unknown: either finished (answer as before) or never joined here.
             switch finishedOutcomes[txid] {
             case .committed? where readOnlyFinished.contains(txid):
-                // A repeat of the prepare a 3PC reader answered: the same answer. Answered
+                // A repeat of the prepare a reader answered (3PC, or 2PC not one-phase): the
+                // same answer. Answered
                 // `yes`, the coordinator could count the reader as a writer, pre-commit it and
                 // take its answer (from the outcome, no record) as an acknowledgement: a classic
                 // commit at the timeout, or a quorum, with no writer durably pre-committed,
@@ -1033,7 +1040,7 @@ public struct Participant {
             // Nothing to make durable and nothing to hear later.
             branches.removeValue(forKey: txid)
             rememberFinished(txid, .committed)
-            if threePhase != nil { readOnlyFinished.insert(txid) } else if onePhase { onePhaseReadOnlyFinished.insert(txid) }
+            if threePhase == nil && onePhase { onePhaseReadOnlyFinished.insert(txid) } else { readOnlyFinished.insert(txid) }
             return [.cancelTimer(.branchExpiry(txid)), .release(txid), .finished(txid, .committed),
                     .reply(request, onePhase ? .outcome(.committed, reason: nil, readOnly: true) : .vote(.readOnly))]
         case .no(let reason):

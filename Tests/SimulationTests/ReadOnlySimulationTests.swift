@@ -7,7 +7,7 @@ import CohortRuntime
 /// (a reader let go at prepare, a one-phase commit answered `"vote": "read-only"`, 3PC backups'
 /// commits reaching readers, the restore check around them) never met the simulation's faults.
 final class ReadOnlySimulationTests: XCTestCase {
-    private func run(_ seeds: ClosedRange<UInt64>, _ workload: Simulation.Workload, breakMode: TestOnlyBreak = .none,
+    private func runSeeds(_ seeds: ClosedRange<UInt64>, _ workload: Simulation.Workload, breakMode: TestOnlyBreak = .none,
                      _ each: (Simulation.Config, Simulation.Result) -> Void) {
         for seed in seeds {
             var config = Simulation.Config(seed: seed, workload: workload)
@@ -22,7 +22,7 @@ final class ReadOnlySimulationTests: XCTestCase {
     func testReadOnlyBranchesCommitUnderFaults() {
         for workload in [Simulation.Workload.atomicCommit, .threePhase] {
             var readOnly = 0, mixed = 0, sums = 0
-            run(1...6, workload) { config, result in
+            runSeeds(1...6, workload) { config, result in
                 XCTAssertNil(result.failure, "\(workload) seed \(config.seed) (\(config.faults)): \(result.failure?.message ?? "")\n" +
                              (result.failure?.trace.suffix(30).joined(separator: "\n") ?? ""))
                 readOnly += result.readOnlyCommitted
@@ -49,7 +49,7 @@ final class ReadOnlySimulationTests: XCTestCase {
     /// reads a sum that is off.
     func testReadsWithoutTheirLocksAreCaught() {
         var caught: [String] = []
-        run(1...12, .atomicCommit, breakMode: .readLocksReleasedEarly) { _, result in
+        runSeeds(1...12, .atomicCommit, breakMode: .readLocksReleasedEarly) { _, result in
             if let f = result.failure { caught.append(f.message) }
         }
         XCTAssertFalse(caught.isEmpty, "no run caught readers without their locks")
