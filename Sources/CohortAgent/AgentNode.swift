@@ -763,6 +763,11 @@ public final class AgentNode {
             if let n = self.stagingInFlight[txid], n > 1 { self.stagingInFlight[txid] = n - 1 } else { self.stagingInFlight.removeValue(forKey: txid) }
             switch result {
             case .success(let staged):
+                if self.environment.testOnlyBreak == .readLocksReleasedEarly, ops.allSatisfy({ !$0.isWrite }) {
+                    // TEST ONLY: a branch that only read drops its shared locks (and its staged
+                    // reads) at once; at prepare it still votes read-only.
+                    self.resource.finishReadOnly(txid: txid)
+                }
                 responder.send(.jsonBytes(200, JSONBody.encode(WorkResponse(txid: txid, staged: staged.staged, values: staged.values.isEmpty ? nil : staged.values,
                                                                             branch: naming))))
             case .failure(let error):

@@ -361,8 +361,14 @@ public struct Participant {
     /// plainly committed or aborted at the coordinator for good (a review). A subset of
     /// `heuristicMixed` (the same bound).
     public private(set) var unreportedMixed: [String: String] = [:]
-    /// 3PC branches among `finishedOutcomes` that voted read-only: they answer `read-only`, not
-    /// `committed`, to a peer's state query. Left out of snapshots (the vote is not logged).
+    /// Branches among `finishedOutcomes` that voted read-only (3PC, and 2PC but for one-phase
+    /// commits): they answer `read-only`, not `committed`, to a peer's state query and to a
+    /// repeated prepare. Left out of snapshots (the vote is not logged). A 2PC reader used to
+    /// answer a repeated prepare (its first answer lost) `yes`: the coordinator then sent it the
+    /// commit and took its `committed` as an acknowledgement, so a restart before the next
+    /// checkpoint (which forgets the unlogged vote without letting it go) made it refuse that
+    /// commit for good, the transaction stuck `committing` (simulation seed 560348, session 38),
+    /// or mark the coordinator stale at its `last_acknowledged_commit`.
     private var readOnlyFinished: Set<String> = []
     /// One-phase (2PC) branches among `finishedOutcomes` that only read, since this process
     /// started: a repeated one-phase prepare for one is answered `committed` marked read-only,
@@ -986,7 +992,8 @@ public struct Participant {
             // Unknown: either finished (answer as before) or never joined here.
             switch finishedOutcomes[txid] {
             case .committed? where readOnlyFinished.contains(txid):
-                // A repeat of the prepare a 3PC reader answered: the same answer. Answered
+                // A repeat of the prepare a reader answered (3PC, or 2PC not one-phase): the
+                // same answer. Answered
                 // `yes`, the coordinator could count the reader as a writer, pre-commit it and
                 // take its answer (from the outcome, no record) as an acknowledgement: a classic
                 // commit at the timeout, or a quorum, with no writer durably pre-committed,
@@ -1033,7 +1040,7 @@ public struct Participant {
             // Nothing to make durable and nothing to hear later.
             branches.removeValue(forKey: txid)
             rememberFinished(txid, .committed)
-            if threePhase != nil { readOnlyFinished.insert(txid) } else if onePhase { onePhaseReadOnlyFinished.insert(txid) }
+            if threePhase == nil && onePhase { onePhaseReadOnlyFinished.insert(txid) } else { readOnlyFinished.insert(txid) }
             return [.cancelTimer(.branchExpiry(txid)), .release(txid), .finished(txid, .committed),
                     .reply(request, onePhase ? .outcome(.committed, reason: nil, readOnly: true) : .vote(.readOnly))]
         case .no(let reason):
@@ -2100,6 +2107,19 @@ extension Participant {
             }
             if preAborted + uncertain >= q {
                 if preAborted >= q { return terminationAbort(txid, telling: abortAll) }
+                // A peer that answered `unknown` holds no branch, so it never takes a pre-state:
+                // asked to pre-abort, it promises never to vote yes and answers `read-only` from
+                // then on (leaving N), or, a writer that had not voted, it votes no and answers
+                // `aborted`. Counted uncertain, it let a backup pre-abort writers toward a quorum
+                // it could never complete: with a reader restarted, two writers and the
+                // coordinator's pre-commit reaching the other writer, pre-aborted against
+                // pre-committed with Q = 2 of the 2 writers, blocked for good with everyone up
+                // (simulation `--protocol 3pc --seed 223`, session 38). So while the quorum
+                // needs them, only they are asked; the writers wait for the next round.
+                let unknown = count(.unknown)
+                if unknown > 0 && preAborted + count(.uncertain) < (info.peers.count - readOnlyPeers - unknown) / 2 + 1 {
+                    return tell(.preAbort, where: { $0 == .unknown }) + [.setTimer(.termination(txid), afterMs: config.terminationRoundMs)]
+                }
                 var actions = tell(.preAbort, where: { $0 == .uncertain || $0 == .unknown })
                 if mine == .uncertain { actions += preRecordSelf(txid, commit: false) }
                 return actions + [.setTimer(.termination(txid), afterMs: config.terminationRoundMs)]

@@ -24,6 +24,10 @@ public enum TestOnlyBreak: String, CaseIterable, Sendable {
     /// The demo inventory's HTTP inbox forgets which `OrderPlaced` messages it applied: a
     /// redelivered one (after a crash between the inbox commit and the answer) is applied again.
     case inboxForgetsDuplicates = "inbox-forgets-duplicates"
+    /// An agent's branch whose work only read releases its shared locks as soon as the work
+    /// is answered, not at its read-only vote: its reads are no longer isolated from writers
+    /// (the simulation's readers of every account then read sums that are off).
+    case readLocksReleasedEarly = "read-locks-released-early"
     /// The demo order service records a 2PC/3PC order's status opposite to its transaction's outcome.
     case orderStatusInverted = "order-status-inverted"
 

@@ -67,6 +67,7 @@ extension Simulation {
                         finish(.success(HTTPClientResponse(status: response.status, headers: response.headers, body: response.body)))
                     }
                 }
+                if self.config.faults.readOnlyPercent > 0, sender == "coordinator" { self.noteReaders(to: parsed.host, path: parsed.path, body: request.body) }
                 if let c = node.coordinator { c.handle(httpRequest, sink) } else if let s = node.service { s.handle(httpRequest, sink) } else { node.agent?.handle(httpRequest, sink) }
                 // Participants learn outcomes while handling messages: check agreement often.
                 if parsed.path.hasPrefix("/v1/2pc/") || parsed.path.hasPrefix("/v1/3pc/"), let txid = txidOf(request.body) { self.checkAgreement(txid: txid) }
@@ -75,6 +76,31 @@ extension Simulation {
     }
 
     private func clientTarget(_ host: String) -> AnyObject? { nil }
+
+    /// Notes the branches that a submitted transaction's prepare (alone or in a `/v1/batch`)
+    /// gives only `get` ops (`readerBranches`): their txid is the coordinator's, unknown to the
+    /// client until the answer.
+    func noteReaders(to host: String, path: String, body: [UInt8]) {
+        guard agentNames.contains(host), let o = try? WireObject(bytes: body) else { return }
+        if path == "/v1/batch" {
+            guard case .array(let messages)? = o["messages"] else { return }
+            for case .object(let m) in messages {
+                var innerPath: String?, innerBody: String?
+                for (k, v) in m {
+                    if k == "path", case .string(let p) = v { innerPath = p }
+                    if k == "body", case .string(let b) = v { innerBody = b }
+                }
+                if let innerPath, let innerBody { noteReaders(to: host, path: innerPath, body: Array(innerBody.utf8)) }
+            }
+            return
+        }
+        guard path.hasSuffix("/prepare"), case .string(let txid)? = o["txid"], case .array(let ops)? = o["ops"], !ops.isEmpty else { return }
+        let onlyGets = ops.allSatisfy { op in
+            guard case .object(let fields) = op else { return false }
+            return fields.contains { $0.0 == "op" && $0.1 == .string("get") }
+        }
+        if onlyGets { readerBranches.insert("\(host) \(txid)") }
+    }
 
     /// Whether a message is, or carries in a `/v1/batch`, a message to a path starting `prefix`.
     func carries(_ prefix: String, _ path: String, _ body: [UInt8]) -> Bool {

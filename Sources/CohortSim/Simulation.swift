@@ -66,6 +66,14 @@ public final class Simulation {
         /// Share of the interactive transfers that stay within the first agent (both accounts
         /// there): a single-branch transaction, which 2PC commits in one phase.
         public var oneBranchPercent = 0
+        /// Share of the transfers (interactive and submitted) given branches that only read
+        /// (`get` ops, which write nothing): such a branch votes `read-only` and is let go at
+        /// prepare. Each such transaction is one of `SimClient.ReadShape`: a lone reader (a
+        /// one-phase commit answered `committed` with `"vote": "read-only"`), readers at every
+        /// agent (their reads must add up to the money in the system), a writer within the
+        /// first agent with readers at the others, or (three agents) a transfer with a reader
+        /// at the third. Drawn last, so that the seeds that draw 0 run exactly as before.
+        public var readOnlyPercent = 0
         /// Finished transactions the coordinator keeps, drawn small in some runs with
         /// submissions: a client resending a lost submission then often finds its transaction
         /// forgotten, and only the committed-submission memory keeps the work from running twice.
@@ -88,6 +96,7 @@ public final class Simulation {
                 (coordinatorLost ? " coordinator-lost" : "") +
                 (senderStalls ? " sender-stalls" : "") +
                 (oneBranchPercent > 0 ? " one-branch \(oneBranchPercent)%" : "") +
+                (readOnlyPercent > 0 ? " read-only \(readOnlyPercent)%" : "") +
                 (finishedKept.map { " finished-kept \($0)" } ?? "")
         }
 
@@ -127,6 +136,8 @@ public final class Simulation {
             if rng.next() % 2 == 0 { f.finishedKept = 8 }
             // Drawn last, and only by classic seeds, so that every other seed runs as before.
             if case .threePhase(.classic) = f.commitProtocol { f.senderStalls = rng.next() % 3 != 0 }
+            // After everything, for the same reason (session 38).
+            f.readOnlyPercent = [0, 20, 40][Int(rng.next() % 3)]
             return f
         }
 
@@ -168,6 +179,8 @@ public final class Simulation {
             f.coordinatorLost = rng.next() % 3 == 0
             // After it, for the same reason: only classic seeds draw it.
             if !quorum { f.senderStalls = rng.next() % 3 != 0 }
+            // After it (session 38): a seed that draws 0 runs as before.
+            f.readOnlyPercent = [0, 20, 40][Int(rng.next() % 3)]
             return f
         }
 
@@ -290,6 +303,11 @@ public final class Simulation {
         /// 3PC pre-commits the coordinator withdrew at their timeout, not yet sent (every
         /// incarnation of it).
         public var preCommitsWithdrawn = 0
+        /// Committed transactions with read-only branches: of readers only, mixed (a writer
+        /// and readers), and readers of every account whose reads were summed.
+        public var readOnlyCommitted = 0
+        public var mixedCommitted = 0
+        public var readSumsChecked = 0
     }
 
     // MARK: state
@@ -348,6 +366,9 @@ public final class Simulation {
     /// Scripted runs drive their own client instead of the random workload.
     var scriptedClient: ((Simulation) -> Void)?
     private var clients: [SimClient] = []
+    /// Branches given only `get` ops, as `"agent txid"`: by an interactive client's work, or by
+    /// a submitted transaction's prepare (`noteReaders`). Such a branch votes read-only.
+    var readerBranches: Set<String> = []
     var setupClient: SimClient?
     let coordinatorID = "5e1f0000"
 
@@ -402,6 +423,9 @@ public final class Simulation {
         result.forgottenOutcomesChecked = forgottenOutcomesChecked
         result.undecidedAtCoordinatorLoss = undecidedAtCoordinatorLoss
         result.preCommitsWithdrawn = preCommitsWithdrawn + nodes.values.reduce(0) { $0 + ($1.coordinator?.preCommitsWithdrawn ?? 0) }
+        result.readOnlyCommitted = clients.reduce(0) { $0 + $1.readOnlyCommitted }
+        result.mixedCommitted = clients.reduce(0) { $0 + $1.mixedCommitted }
+        result.readSumsChecked = clients.reduce(0) { $0 + $1.sumsChecked }
         return result
     }
 
@@ -616,10 +640,15 @@ public final class Simulation {
         return parts.joined(separator: "; ")
     }
 
-    /// Checked whenever a participant learns an outcome: no two participants may disagree.
+    /// Checked whenever a participant learns an outcome: no two participants may disagree. A
+    /// branch that only read (`readerBranches`) takes no part in the outcome, so it is left
+    /// out: it is remembered `committed` when it votes read-only, whatever the others do, and
+    /// one restarted since (a read-only vote is not logged) answers a 3PC peer's state query
+    /// `unknown` and remembers `aborted`, its promise never to vote yes, while the writers
+    /// commit.
     func checkAgreement(txid: String) {
         var seen: [(String, Outcome)] = []
-        for agent in agentNames {
+        for agent in agentNames where !readerBranches.contains("\(agent) \(txid)") {
             guard let a = nodes[agent]!.agent else { continue }
             if let o = a.machine.finishedOutcomes[txid] { seen.append((agent, o)) }
         }
@@ -656,7 +685,9 @@ public final class Simulation {
         var expected: [String: Int64] = [:]
         for agent in agentNames { for i in 0..<config.accounts { expected["\(agent)/\(accountKey(i))"] = config.initialBalance } }
         for client in clients {
-            for t in client.transfers {
+            // A transaction of readers only moved no money and set no marker: its readers were
+            // checked when it was reported committed (`SimClient.checkReaders`).
+            for t in client.transfers where !t.readOnly {
                 let m = markers[t.marker] ?? [:]
                 let a = m[t.fromAgent] ?? false
                 let applied = t.agents.filter { m[$0] ?? false }
@@ -937,7 +968,7 @@ extension Simulation {
             if failure != nil { return }
         }
         for client in clients {
-            for t in client.transfers {
+            for t in client.transfers where !t.readOnly {
                 let applied = t.agents.filter { (try? nodes[$0]!.store.get(t.marker)) != nil }
                 let label = t.txid.isEmpty ? t.marker : t.txid
                 if !applied.isEmpty && applied.count != t.agents.count {

@@ -98,6 +98,7 @@ public enum CohortSimCommand {
         var failures = 0
         var committed = 0, aborted = 0, crashes = 0, ledgerChecked = 0
         var lostRuns = 0, undecidedAtLoss = 0, withdrawn = 0, withdrawingRuns = 0
+        var readOnlyCommitted = 0, mixedCommitted = 0, readSums = 0
         let started = Date()
         for i in 0..<runs {
             let seed = first &+ UInt64(i)
@@ -117,6 +118,9 @@ public enum CohortSimCommand {
             if config.faults.coordinatorLost { lostRuns += 1 }
             undecidedAtLoss += result.undecidedAtCoordinatorLoss
             withdrawn += result.preCommitsWithdrawn
+            readOnlyCommitted += result.readOnlyCommitted
+            mixedCommitted += result.mixedCommitted
+            readSums += result.readSumsChecked
             if result.preCommitsWithdrawn > 0 { withdrawingRuns += 1 }
             if let stats = result.tcc { tccTotals.add(stats) }
             if args.has("trace") {
@@ -142,6 +146,7 @@ public enum CohortSimCommand {
                "\(committed) transfers committed, \(aborted) aborted, \(crashes) crashes; \(ledgerChecked) judged by the ledger of forgotten outcomes; " +
                (workload == .threePhase ? "\(lostRuns) lost the coordinator at the heal, with \(undecidedAtLoss) 3PC branches undecided, left to terminate without it; " : "") +
                (withdrawn > 0 ? "\(withdrawn) pre-commits withdrawn unsent at their timeout (in \(withdrawingRuns) runs); " : "") +
+               (readOnlyCommitted + mixedCommitted > 0 ? "with read-only branches: \(readOnlyCommitted) of readers only and \(mixedCommitted) mixed committed, \(readSums) read every account; " : "") +
                "\(String(format: "%.1f", seconds)) s")
         output("trace-hash: \(String(combined, radix: 16))")
         return failures == 0 ? 0 : 1

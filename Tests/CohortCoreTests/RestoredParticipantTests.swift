@@ -172,6 +172,25 @@ final class RestoredParticipantTests: XCTestCase {
                        "a repeat for a durable one-phase commit counts")
     }
 
+    /// A 2PC branch that only read, prepared in two phases, its read-only answer lost: the
+    /// coordinator's repeated prepare used to be answered `yes` (from the remembered outcome),
+    /// so the coordinator committed with the reader as a writer, sent it the commit, and a
+    /// restart of the reader before its next checkpoint (the vote is not logged) left it
+    /// refusing that commit for good (`txscenario simulate --seed 560348`, session 38, with
+    /// read-only branches). The repeat is answered `read-only`, as the first was.
+    func testARepeatedTwoPhasePrepareOfAReaderIsAnsweredReadOnly() {
+        var p = Participant(config: Participant.Config(name: "p"))
+        _ = p.on(.joined(t1, coordinatorURL: "http://c", timeoutMs: 1000))
+        XCTAssertTrue(p.on(.prepare(1, txid: t1, onePhase: false, vote: .readOnly)).contains(.reply(1, .vote(.readOnly))))
+        XCTAssertEqual(p.on(.prepare(2, txid: t1, onePhase: false, vote: .readOnly)), [.reply(2, .vote(.readOnly))],
+                       "a repeat (the first answer lost) must not vote yes")
+        // A writer's repeat still votes yes.
+        _ = p.on(.joined(t2, coordinatorURL: "http://c", timeoutMs: 1000))
+        _ = p.on(.prepare(3, txid: t2, onePhase: false, vote: .yes(writeSet: [1])))
+        _ = p.on(.preparedDurable(t2))
+        XCTAssertEqual(p.on(.prepare(4, txid: t2, onePhase: false, vote: .readOnly)), [.reply(4, .vote(.yes))])
+    }
+
     /// After a restart the figures come back from the log's end records (a branch that
     /// reported a heuristic outcome never acknowledged) and from a checkpoint, whose finished
     /// transactions no longer carry their branches. Never higher than what was acknowledged.

@@ -124,6 +124,28 @@ final class ThreePhaseTerminationTests: XCTestCase {
         }
     }
 
+    /// Quorum, writers p2 and p3 and a reader p1 that restarted (its read-only vote is not
+    /// logged, so it answers `unknown`), the coordinator's pre-commit on its way to p3 (`txscenario
+    /// simulate --protocol 3pc --seed 223`, session 38). p2's round hears p1 only. p2 used to
+    /// pre-abort itself counting p1 toward the abort quorum (N = 3, Q = 2); p1 then promised and
+    /// answered read-only (N = 2, Q = 2), p3 took the coordinator's pre-commit, and pre-aborted
+    /// against pre-committed no quorum could ever form: blocked for good with everyone up. Now
+    /// p2 only asks p1 to pre-abort, and with p1 out of N and p3 pre-committed, it commits.
+    func testAnUnknownPeerDoesNotLeadABackupToPreAbortTowardAQuorumItCannotComplete() {
+        var p2 = prepared("p2", .quorum)
+        let first = round(&p2, ["p1": .unknown])
+        XCTAssertEqual(logs(first), [], "p2 must not pre-abort itself on a quorum that counts a peer with no branch")
+        XCTAssertEqual(sends(first), ["preAbort p1"], "the peer with no branch is asked for its promise")
+        XCTAssertEqual(p2.state(of: "t1"), .prepared)
+        let second = round(&p2, ["p1": .readOnly, "p3": .preCommitted])
+        XCTAssertEqual(logs(second), [.preCommitted("t1")], "with p1 read-only, p3 pre-committed and p2 uncertain make the commit quorum")
+        _ = p2.on(.preRecordDurable("t1"))
+        XCTAssertEqual(logs(round(&p2, ["p1": .readOnly, "p3": .preCommitted])), [.committed("t1")])
+        // Unchanged where the peers with no branch are not needed: p3 uncertain too.
+        var q2 = prepared("p2", .quorum)
+        XCTAssertEqual(logs(round(&q2, ["p1": .unknown, "p3": .uncertain])), [.preAborted("t1")])
+    }
+
     /// Quorum, one writer b and one read-only branch a, the coordinator gone after the votes (a
     /// black-box probe): N counted a, so Q = 2 and b alone could never decide, holding its locks
     /// until the coordinator came back. A read-only peer takes no part: b decides alone.

@@ -22,6 +22,9 @@ final class ResentSubmissionTests: XCTestCase {
         var tried: [String] = []
         for seed in seeds {
             var config = Simulation.Config(seed: seed)
+            // The seeds were found before transactions had read-only branches (session 38);
+            // with the share at 0 they run as they did.
+            config.faults.readOnlyPercent = 0
             config.committedSubmissionsKept = 0
             let result = Simulation(config: config).run()
             if result.failure?.message.hasPrefix("balance of ") == true { return (seed, tried) }
@@ -39,7 +42,8 @@ final class ResentSubmissionTests: XCTestCase {
                 XCTFail("\(kind): no seed of \(seeds) applies a transfer twice with the memory off (\(tried)): a resend ran its work again and nothing noticed, or the seeds moved (search: txscenario simulate --seed 1 --runs 4000 --submissions-kept 0)")
                 continue
             }
-            let config = Simulation.Config(seed: seed)
+            var config = Simulation.Config(seed: seed)
+            config.faults.readOnlyPercent = 0
             XCTAssertEqual(config.faults.finishedKept, 8, "seed \(seed) no longer draws a small memory of finished transactions")
             XCTAssertGreaterThan(config.faults.submitPercent, 0)
             let result = Simulation(config: config).run()
@@ -47,14 +51,15 @@ final class ResentSubmissionTests: XCTestCase {
         }
     }
 
-    /// The command the search uses: `--submissions-kept 0` turns the memory off (seed 2 fails
-    /// and its reproduce line carries the flag), bad values are usage errors.
+    /// The command the search uses: `--submissions-kept 0` turns the memory off (seed 11 fails
+    /// and its reproduce line carries the flag; seed 2 until session 38 gave transactions
+    /// read-only branches), bad values are usage errors.
     func testTheSearchCommand() {
         var out: [String] = []
-        XCTAssertEqual(CohortSimCommand.run(arguments: ["--seed", "1", "--runs", "2", "--submissions-kept", "0"]) { out.append($0) }, 1, out.joined(separator: "\n"))
-        XCTAssertTrue(out.contains("  reproduce: txscenario simulate --seed 2 --runs 1 --submissions-kept 0"), out.joined(separator: "\n"))
+        XCTAssertEqual(CohortSimCommand.run(arguments: ["--seed", "10", "--runs", "2", "--submissions-kept", "0"]) { out.append($0) }, 1, out.joined(separator: "\n"))
+        XCTAssertTrue(out.contains("  reproduce: txscenario simulate --seed 11 --runs 1 --submissions-kept 0"), out.joined(separator: "\n"))
         out = []
-        XCTAssertEqual(CohortSimCommand.run(arguments: ["--seed", "2", "--runs", "1"]) { out.append($0) }, 0, out.joined(separator: "\n"))
+        XCTAssertEqual(CohortSimCommand.run(arguments: ["--seed", "11", "--runs", "1"]) { out.append($0) }, 0, out.joined(separator: "\n"))
         for bad in [["--submissions-kept", "-1"], ["--submissions-kept", "many"], ["--protocol", "tcc", "--submissions-kept", "0"]] {
             var errors: [String] = []
             XCTAssertEqual(CohortSimCommand.run(arguments: bad, errorOutput: { errors.append($0) }) { _ in }, 2, "\(bad)")
