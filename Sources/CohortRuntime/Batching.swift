@@ -122,6 +122,51 @@ public final class BatchingSender {
         /// whose messages were withdrawn while it waited in the environment. None has an
         /// answer yet.
         var split: [Resend] = []
+
+        /// Nothing in flight or waiting: the table need not keep it.
+        var isIdle: Bool { inFlight == 0 && queue.isEmpty && split.isEmpty }
+
+        /// Queues `item`, unless the queue is full (false).
+        mutating func enqueue(_ item: Queued) -> Bool {
+            guard queue.count < Limits.httpClientQueueMax else { return false }
+            unanswered += 1
+            queue.append(item)
+            return true
+        }
+
+        /// Takes the messages of the next exchange, if one is free and something waits (see
+        /// `sendNext`), and counts it in flight. `resent`: a refused or withdrawn batch's part.
+        mutating func nextExchange(maxInFlight: Int, batchBytesMax: Int) -> (items: [Queued], resent: Bool, mayHaveLeft: Bool)? {
+            guard inFlight < maxInFlight else { return nil }
+            let items: [Queued]
+            let resent: Bool
+            var mayHaveLeft = false
+            if !split.isEmpty {
+                let next = split.removeFirst()
+                items = next.items
+                mayHaveLeft = next.mayHaveLeft
+                resent = true
+            } else if !queue.isEmpty {
+                var take = 1
+                if queue.count > 1 {
+                    var bytes = BatchBytes.envelope + queue[0].counted().batchBytes
+                    // In order: a message that does not fit ends the batch (it leads the next one).
+                    while take < min(queue.count, Limits.batchMessagesMax) {
+                        let more = queue[take].counted().batchBytes
+                        guard bytes + more <= batchBytesMax else { break }
+                        bytes += more
+                        take += 1
+                    }
+                }
+                items = Array(queue.prefix(take))
+                queue.removeFirst(take)
+                resent = false
+            } else {
+                return nil
+            }
+            inFlight += 1
+            return (items, resent, mayHaveLeft)
+        }
     }
 
     /// Messages that go again as one exchange (`Peer.split`).
@@ -203,15 +248,14 @@ public final class BatchingSender {
             }
             return
         }
-        var peer = peers[baseURL] ?? Peer()
-        guard peer.queue.count < Limits.httpClientQueueMax else {
+        let queued = Queued(path: path, body: BatchBytes.text(body), timeoutMs: timeoutMs,
+                            completion: completion, queuedAtUs: environment.monotonicUs, withdrawKey: withdrawKey)
+        // In the table, not on a copy: a copy's queue shared its storage with the table's, so
+        // appending to it copied the whole queue.
+        guard peers[baseURL, default: Peer()].enqueue(queued) else {
             environment.execute { completion(.failure(.queueFull)) }
             return
         }
-        peer.unanswered += 1
-        peer.queue.append(Queued(path: path, body: BatchBytes.text(body), timeoutMs: timeoutMs,
-                                 completion: completion, queuedAtUs: environment.monotonicUs, withdrawKey: withdrawKey))
-        peers[baseURL] = peer
         flush(baseURL)
     }
 
@@ -290,35 +334,10 @@ public final class BatchingSender {
     /// half first, else the queue's head and as many after it as fit in one batch, by count and
     /// by encoded bytes. A message too large to share a batch goes alone.
     private func sendNext(_ baseURL: String) -> Bool {
-        guard var peer = peers[baseURL], peer.inFlight < maxInFlight else { return false }
-        let items: [Queued]
-        let resent: Bool
-        var mayHaveLeft = false
-        if !peer.split.isEmpty {
-            let next = peer.split.removeFirst()
-            items = next.items
-            mayHaveLeft = next.mayHaveLeft
-            resent = true
-        } else if !peer.queue.isEmpty {
-            var take = 1
-            if peer.queue.count > 1 {
-                var bytes = BatchBytes.envelope + peer.queue[0].counted().batchBytes
-                // In order: a message that does not fit ends the batch (it leads the next one).
-                while take < min(peer.queue.count, Limits.batchMessagesMax) {
-                    let more = peer.queue[take].counted().batchBytes
-                    guard bytes + more <= batchBytesMax else { break }
-                    bytes += more
-                    take += 1
-                }
-            }
-            items = Array(peer.queue.prefix(take))
-            peer.queue.removeFirst(take)
-            resent = false
-        } else {
-            return false
-        }
-        peer.inFlight += 1
-        peers[baseURL] = peer
+        // Taken from the peer in the table, in place (see `send`).
+        guard let i = peers.index(forKey: baseURL),
+              let (items, resent, mayHaveLeft) = peers.values[i].nextExchange(maxInFlight: maxInFlight, batchBytesMax: batchBytesMax)
+        else { return false }
         exchangesSent += 1
         if !resent {
             let nowUs = environment.monotonicUs
@@ -329,8 +348,12 @@ public final class BatchingSender {
         // and sent again).
         let done: (_ answered: Int) -> Void = { [weak self] answered in
             guard let self else { return }
-            self.peers[baseURL]?.exchangeEnded(answered: answered)
-            if let p = self.peers[baseURL], p.inFlight == 0, p.queue.isEmpty, p.split.isEmpty { self.peers.removeValue(forKey: baseURL) }
+            // Found once and changed in place: `peers[baseURL]?.…` moved the whole `Peer` out
+            // of the table and back (a heap frame per call), and a second lookup copied it.
+            if let i = self.peers.index(forKey: baseURL) {
+                self.peers.values[i].exchangeEnded(answered: answered)
+                if self.peers.values[i].isIdle { self.peers.remove(at: i) }
+            }
             self.flush(baseURL)
         }
         if items.count == 1 {
