@@ -383,3 +383,39 @@ final class ParsedURLTests: XCTestCase {
                        + "Content-Length: 7\r\nContent-Type: application/json\r\n\r\n{\"a\":1}")
     }
 }
+
+/// A response's head: the status line (rendered once for 100-599, written piece by piece
+/// otherwise), the handler's headers but the framing ones, and the server's framing.
+final class ResponseEncodingTests: XCTestCase {
+    func encoded(_ response: HTTPResponse, close: Bool = false) -> String {
+        var out: [UInt8] = []
+        HTTPServer.encode(response, close: close, headOnly: false, into: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    func testStatusLinesAndHeaders() {
+        XCTAssertEqual(encoded(.jsonBytes(200, Array("{}".utf8))),
+                       "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        for (status, reason) in [(100, "Continue"), (404, "Not Found"), (413, "Content Too Large"), (599, "Status 599"),
+                                 (600, "Status 600"), (99, "Status 99"), (1000, "Status 1000"), (250, "Status 250")] {
+            XCTAssertTrue(encoded(HTTPResponse(status: status)).hasPrefix("HTTP/1.1 \(status) \(reason)\r\n"), "\(status)")
+        }
+        var headers = HTTPHeaders([("content-length", "99"), ("X-A", "1"), ("CONNECTION", "keep-alive"), ("Transfer-Encoding", "chunked"),
+                                   ("Content-Type", "text/plain")])
+        headers.add("Retry-After", "7")
+        XCTAssertEqual(encoded(HTTPResponse(status: 503, headers: headers, body: [65]), close: true),
+                       "HTTP/1.1 503 Service Unavailable\r\nX-A: 1\r\nContent-Type: text/plain\r\nRetry-After: 7\r\nContent-Length: 1\r\nConnection: close\r\n\r\nA")
+        XCTAssertEqual(encoded(HTTPResponse(status: 204, body: [65])), "HTTP/1.1 204 No Content\r\n\r\n")
+    }
+
+    /// Names compare without regard to ASCII case, and only names of one length can match.
+    func testHeaderNamesCompareCaseInsensitively() {
+        XCTAssertTrue(asciiCaseInsensitiveEqual("content-LENGTH", "Content-Length"))
+        XCTAssertFalse(asciiCaseInsensitiveEqual("Content-Lengths", "Content-Length"))
+        XCTAssertFalse(asciiCaseInsensitiveEqual("Content-Lengt", "Content-Length"))
+        XCTAssertFalse(asciiCaseInsensitiveEqual("Content-Lengtx", "Content-Length"))
+        XCTAssertTrue(asciiCaseInsensitiveEqual("", ""))
+        XCTAssertFalse(asciiCaseInsensitiveEqual("é", "e"))
+        XCTAssertTrue(asciiCaseInsensitiveEqual("É", "É"))
+    }
+}
