@@ -881,7 +881,9 @@ public struct Participant {
     /// The runtime tells the state machine where a commit record landed as soon as it is
     /// appended, so a snapshot taken before it is durable still knows its position.
     public mutating func noteCommitAppended(_ txid: String, lsn: UInt64) {
-        branches[txid]?.commitLSN = lsn
+        // In place: `branches[txid]?.commitLSN = lsn` moved the whole branch out of the table
+        // and back, through a heap-allocated frame, once per commit.
+        if let i = branches.index(forKey: txid) { branches.values[i].commitLSN = lsn }
     }
 
     // MARK: - events

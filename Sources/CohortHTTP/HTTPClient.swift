@@ -151,7 +151,7 @@ struct ParsedURL {
     /// sends parses one, and the generic version showed as 7% of the coordinator's instructions.
     init(_ url: String) throws {
         var text = url
-        let parts: (authority: String, target: String, host: String, port: Int)? = text.withUTF8 { bytes in
+        let parts: (authority: String, target: String, host: String, port: Int, portAsWritten: Bool)? = text.withUTF8 { bytes in
             let scheme: StaticString = "http://"
             let n = scheme.utf8CodeUnitCount
             guard bytes.count > n else { return nil }
@@ -171,6 +171,7 @@ struct ParsedURL {
             }
             var hostEnd = authorityBytes.count
             var port = 80
+            var portAsWritten = false
             if let colon = authorityBytes.lastIndex(of: UInt8(ascii: ":")) {
                 let digits = authorityBytes.count - colon - 1
                 guard digits > 0, digits <= 5 else { return nil }
@@ -183,6 +184,7 @@ struct ParsedURL {
                 guard p > 0, p <= 65535 else { return nil }
                 port = p
                 hostEnd = colon
+                portAsWritten = authorityBytes[colon + 1] != UInt8(ascii: "0")
             }
             guard hostEnd > 0 else { return nil }
             for k in 0..<hostEnd {
@@ -190,14 +192,16 @@ struct ParsedURL {
                 guard b > 32, b != 127, b != UInt8(ascii: "@"), b != UInt8(ascii: "[") else { return nil }
             }
             return (String(decoding: authorityBytes, as: UTF8.self), target,
-                    String(decoding: UnsafeBufferPointer(rebasing: authorityBytes[0..<hostEnd]), as: UTF8.self), port)
+                    String(decoding: UnsafeBufferPointer(rebasing: authorityBytes[0..<hostEnd]), as: UTF8.self), port, portAsWritten)
         }
         guard let parts else { throw HTTPClientError.invalidURL(url) }
         authority = parts.authority
         target = parts.target
         host = parts.host
         port = parts.port
-        key = host + ":" + String(port)
+        // `host:port` is the authority itself when it names its port without leading zeros, as
+        // every URL the servers send to does: no second String built per message.
+        key = parts.portAsWritten ? parts.authority : host + ":" + String(port)
     }
 }
 

@@ -610,16 +610,32 @@ public final class HTTPServer {
         return diff == 0
     }
 
+    /// `HTTP/1.1 <status> <reason>` and CRLF, for 100-599 rendered once: every response
+    /// starts with one, and writing it piece by piece was seven appends.
+    private static let statusLines: [[UInt8]] = (100..<600).map { status in
+        var line: [UInt8] = []
+        appendStatusLine(status, to: &line)
+        return line
+    }
+
+    private static func appendStatusLine(_ status: Int, to out: inout [UInt8]) {
+        appendString("HTTP/1.1 ", to: &out)
+        appendDecimal(status, to: &out)
+        out.append(SPACE)
+        appendString(HTTPResponse.reasonPhrase(status), to: &out)
+        out.append(contentsOf: CRLF)
+    }
+
     static func encode(_ response: HTTPResponse, close: Bool, headOnly: Bool, into out: inout [UInt8]) {
         // Grow geometrically: reserving the exact size for every response appended behind
         // unsent ones would copy the whole buffer each time.
         let needed = out.count + 128 + response.body.count
         if out.capacity < needed { out.reserveCapacity(max(needed, out.capacity * 2)) }
-        appendString("HTTP/1.1 ", to: &out)
-        appendDecimal(response.status, to: &out)
-        out.append(SPACE)
-        appendString(HTTPResponse.reasonPhrase(response.status), to: &out)
-        out.append(contentsOf: CRLF)
+        if response.status >= 100 && response.status < 100 + statusLines.count {
+            out.append(contentsOf: statusLines[response.status - 100])
+        } else {
+            appendStatusLine(response.status, to: &out)
+        }
         for (name, value) in response.headers.fields {
             // Framing headers are ours; a handler's copy could contradict the body we send.
             if asciiCaseInsensitiveEqual(name, "Content-Length") || asciiCaseInsensitiveEqual(name, "Connection")

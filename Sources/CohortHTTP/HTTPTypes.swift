@@ -53,6 +53,9 @@ public struct HTTPHeaders: Sequence, ExpressibleByDictionaryLiteral {
 }
 
 func asciiCaseInsensitiveEqual(_ a: String, _ b: String) -> Bool {
+    // Lengths first (stored, no access to the bytes): most names compared differ in length,
+    // as a response's `Content-Type` does from each of the three framing headers.
+    guard a.utf8.count == b.utf8.count else { return false }
     var a = a
     var b = b
     // withUTF8 is a no-copy view for native strings, so comparing costs no allocation.

@@ -132,7 +132,8 @@ public struct LockTable {
             touched.append(key)
         }
         for key in held.removeValue(forKey: owner) ?? [] {
-            keys[key]?.holders.removeAll { $0.owner == owner }
+            // In place, not through `keys[key]?.`, which moves the key's state out and back.
+            if let i = keys.index(forKey: key) { keys.values[i].holders.removeAll { $0.owner == owner } }
             if !touched.contains(key) { touched.append(key) }
         }
         var grants: [LockGrant] = []

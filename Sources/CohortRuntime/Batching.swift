@@ -69,15 +69,40 @@ public final class BatchingSender {
         /// string in a batch. Kept as bytes: making a String of every body, and its bytes again
         /// for a lone message, was a validation and a copy per message.
         let body: [UInt8]
-        /// `JSONWriter.stringBytes(body)`, counted once on arrival.
-        let bodyStringBytes: Int
-        /// What the message adds to a batch body (`BatchBytes.cost`), counted once on arrival.
-        let batchBytes: Int
+        /// `JSONWriter.stringBytes(body)` and what the message adds to a batch body
+        /// (`BatchBytes.cost`), counted once (`counted()`) when the message may share a batch:
+        /// a message that goes out alone, as most do below full load, is sent as it is and its
+        /// escaped size never matters (counting it was 1.8% of the coordinator's instructions).
+        private var sizes: (bodyStringBytes: Int, batchBytes: Int)?
         let timeoutMs: Int64
         let completion: Completion
         let queuedAtUs: UInt64
         /// What `withdraw(key:from:because:)` finds it by while it still waits in the queue.
         let withdrawKey: String?
+
+        init(path: String, body: [UInt8], timeoutMs: Int64, completion: @escaping Completion, queuedAtUs: UInt64, withdrawKey: String?) {
+            self.path = path
+            self.body = body
+            self.timeoutMs = timeoutMs
+            self.completion = completion
+            self.queuedAtUs = queuedAtUs
+            self.withdrawKey = withdrawKey
+        }
+
+        /// The message's sizes, counted on first use.
+        mutating func counted() -> (bodyStringBytes: Int, batchBytes: Int) {
+            if let sizes { return sizes }
+            let bodyStringBytes = body.withUnsafeBufferPointer { JSONWriter.stringBytes($0) }
+            let counted = (bodyStringBytes: bodyStringBytes, batchBytes: 18 + JSONWriter.stringBytes(path) + bodyStringBytes)
+            sizes = counted
+            return counted
+        }
+
+        /// The sizes of a message that was counted (every message of a batch of two or more was).
+        var countedSizes: (bodyStringBytes: Int, batchBytes: Int) {
+            guard let sizes else { preconditionFailure("a batched message was not counted") }
+            return sizes
+        }
     }
 
     private struct Peer {
@@ -97,6 +122,51 @@ public final class BatchingSender {
         /// whose messages were withdrawn while it waited in the environment. None has an
         /// answer yet.
         var split: [Resend] = []
+
+        /// Nothing in flight or waiting: the table need not keep it.
+        var isIdle: Bool { inFlight == 0 && queue.isEmpty && split.isEmpty }
+
+        /// Queues `item`, unless the queue is full (false).
+        mutating func enqueue(_ item: Queued) -> Bool {
+            guard queue.count < Limits.httpClientQueueMax else { return false }
+            unanswered += 1
+            queue.append(item)
+            return true
+        }
+
+        /// Takes the messages of the next exchange, if one is free and something waits (see
+        /// `sendNext`), and counts it in flight. `resent`: a refused or withdrawn batch's part.
+        mutating func nextExchange(maxInFlight: Int, batchBytesMax: Int) -> (items: [Queued], resent: Bool, mayHaveLeft: Bool)? {
+            guard inFlight < maxInFlight else { return nil }
+            let items: [Queued]
+            let resent: Bool
+            var mayHaveLeft = false
+            if !split.isEmpty {
+                let next = split.removeFirst()
+                items = next.items
+                mayHaveLeft = next.mayHaveLeft
+                resent = true
+            } else if !queue.isEmpty {
+                var take = 1
+                if queue.count > 1 {
+                    var bytes = BatchBytes.envelope + queue[0].counted().batchBytes
+                    // In order: a message that does not fit ends the batch (it leads the next one).
+                    while take < min(queue.count, Limits.batchMessagesMax) {
+                        let more = queue[take].counted().batchBytes
+                        guard bytes + more <= batchBytesMax else { break }
+                        bytes += more
+                        take += 1
+                    }
+                }
+                items = Array(queue.prefix(take))
+                queue.removeFirst(take)
+                resent = false
+            } else {
+                return nil
+            }
+            inFlight += 1
+            return (items, resent, mayHaveLeft)
+        }
     }
 
     /// Messages that go again as one exchange (`Peer.split`).
@@ -178,18 +248,14 @@ public final class BatchingSender {
             }
             return
         }
-        var peer = peers[baseURL] ?? Peer()
-        guard peer.queue.count < Limits.httpClientQueueMax else {
+        let queued = Queued(path: path, body: BatchBytes.text(body), timeoutMs: timeoutMs,
+                            completion: completion, queuedAtUs: environment.monotonicUs, withdrawKey: withdrawKey)
+        // In the table, not on a copy: a copy's queue shared its storage with the table's, so
+        // appending to it copied the whole queue.
+        guard peers[baseURL, default: Peer()].enqueue(queued) else {
             environment.execute { completion(.failure(.queueFull)) }
             return
         }
-        peer.unanswered += 1
-        let text = BatchBytes.text(body)
-        let bodyStringBytes = text.withUnsafeBufferPointer { JSONWriter.stringBytes($0) }
-        peer.queue.append(Queued(path: path, body: text, bodyStringBytes: bodyStringBytes,
-                                 batchBytes: 18 + JSONWriter.stringBytes(path) + bodyStringBytes, timeoutMs: timeoutMs,
-                                 completion: completion, queuedAtUs: environment.monotonicUs, withdrawKey: withdrawKey))
-        peers[baseURL] = peer
         flush(baseURL)
     }
 
@@ -268,31 +334,10 @@ public final class BatchingSender {
     /// half first, else the queue's head and as many after it as fit in one batch, by count and
     /// by encoded bytes. A message too large to share a batch goes alone.
     private func sendNext(_ baseURL: String) -> Bool {
-        guard var peer = peers[baseURL], peer.inFlight < maxInFlight else { return false }
-        let items: [Queued]
-        let resent: Bool
-        var mayHaveLeft = false
-        if !peer.split.isEmpty {
-            let next = peer.split.removeFirst()
-            items = next.items
-            mayHaveLeft = next.mayHaveLeft
-            resent = true
-        } else if !peer.queue.isEmpty {
-            var take = 1
-            var bytes = BatchBytes.envelope + peer.queue[0].batchBytes
-            // In order: a message that does not fit ends the batch (it leads the next one).
-            while take < min(peer.queue.count, Limits.batchMessagesMax), bytes + peer.queue[take].batchBytes <= batchBytesMax {
-                bytes += peer.queue[take].batchBytes
-                take += 1
-            }
-            items = Array(peer.queue.prefix(take))
-            peer.queue.removeFirst(take)
-            resent = false
-        } else {
-            return false
-        }
-        peer.inFlight += 1
-        peers[baseURL] = peer
+        // Taken from the peer in the table, in place (see `send`).
+        guard let i = peers.index(forKey: baseURL),
+              let (items, resent, mayHaveLeft) = peers.values[i].nextExchange(maxInFlight: maxInFlight, batchBytesMax: batchBytesMax)
+        else { return false }
         exchangesSent += 1
         if !resent {
             let nowUs = environment.monotonicUs
@@ -303,8 +348,12 @@ public final class BatchingSender {
         // and sent again).
         let done: (_ answered: Int) -> Void = { [weak self] answered in
             guard let self else { return }
-            self.peers[baseURL]?.exchangeEnded(answered: answered)
-            if let p = self.peers[baseURL], p.inFlight == 0, p.queue.isEmpty, p.split.isEmpty { self.peers.removeValue(forKey: baseURL) }
+            // Found once and changed in place: `peers[baseURL]?.…` moved the whole `Peer` out
+            // of the table and back (a heap frame per call), and a second lookup copied it.
+            if let i = self.peers.index(forKey: baseURL) {
+                self.peers.values[i].exchangeEnded(answered: answered)
+                if self.peers.values[i].isIdle { self.peers.remove(at: i) }
+            }
             self.flush(baseURL)
         }
         if items.count == 1 {
@@ -388,12 +437,12 @@ public final class BatchingSender {
     }
 
     /// The body `BatchRequest.writeWire` writes for `items`, built in one buffer of its exact
-    /// size from the counts made on arrival (no second escape count, no growth).
+    /// size from the counts made when it was formed (no second escape count, no growth).
     private static func batchBody(_ items: [Queued]) -> [UInt8] {
         var size = BatchBytes.envelope - 1
-        for item in items { size += item.batchBytes }
+        for item in items { size += item.countedSizes.batchBytes }
         let bytes = batchEnvelope(key: "messages", items, capacity: size, field: { $0.field("path", $1.path) },
-                                  body: { ($0.body, $0.bodyStringBytes) })
+                                  body: { ($0.body, $0.countedSizes.bodyStringBytes) })
         assert(bytes.count == size, "a batch's size miscounted")
         return bytes
     }

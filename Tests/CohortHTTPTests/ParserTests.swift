@@ -337,3 +337,85 @@ final class ResponseParserTests: XCTestCase {
         XCTAssertEqual(try r.decode(E.self).error, "no \"such\" key\n")
     }
 }
+
+/// The HTTP client's reading of a destination URL: its parts, and the connection pool's key
+/// `host:port`, which is the authority itself when the port is written plainly and is built
+/// from the port's number otherwise (a port with leading zeros, no port).
+final class ParsedURLTests: XCTestCase {
+    func testPartsAndPoolKey() throws {
+        let plain = try ParsedURL("http://127.0.0.1:7100/v1/2pc/prepare?x=1")
+        XCTAssertEqual(plain.host, "127.0.0.1")
+        XCTAssertEqual(plain.port, 7100)
+        XCTAssertEqual(plain.authority, "127.0.0.1:7100")
+        XCTAssertEqual(plain.target, "/v1/2pc/prepare?x=1")
+        XCTAssertEqual(plain.key, "127.0.0.1:7100")
+
+        let zeros = try ParsedURL("http://Example.org:0080/a")
+        XCTAssertEqual(zeros.port, 80)
+        XCTAssertEqual(zeros.authority, "Example.org:0080")
+        XCTAssertEqual(zeros.key, "Example.org:80", "one pool for :0080 and :80")
+        XCTAssertEqual(try ParsedURL("http://Example.org:80").key, zeros.key)
+
+        let noPort = try ParsedURL("HTTP://host?q")
+        XCTAssertEqual(noPort.port, 80)
+        XCTAssertEqual(noPort.authority, "host")
+        XCTAssertEqual(noPort.target, "/?q")
+        XCTAssertEqual(noPort.key, "host:80")
+
+        XCTAssertEqual(try ParsedURL("http://h:65535/").key, "h:65535")
+        for bad in ["http://h:0/", "http://h:65536/", "http://h:/", "http://:80/", "http://h:8a/", "http://h:123456/",
+                    "https://h/", "http://h/a b", "http://u@h/", "http://[::1]/", "http://"] {
+            XCTAssertThrowsError(try ParsedURL(bad), bad)
+        }
+    }
+
+    /// The encoded request holds every part once, in order, whatever the lengths.
+    func testEncodedRequestBytes() throws {
+        let url = try ParsedURL("http://127.0.0.1:7100/" + String(repeating: "p", count: 300))
+        let headers = HTTPHeaders([("X-Long", String(repeating: "v", count: 500))])
+        let body = Array("{\"a\":1}".utf8)
+        let bytes = encodeRequest(method: "POST", url: url, headers: headers, body: body, bearerToken: String(repeating: "t", count: 64))
+        let text = String(decoding: bytes, as: UTF8.self)
+        XCTAssertEqual(text, "POST /" + String(repeating: "p", count: 300) + " HTTP/1.1\r\n"
+                       + "X-Long: " + String(repeating: "v", count: 500) + "\r\n"
+                       + "Host: 127.0.0.1:7100\r\n"
+                       + "Authorization: Bearer " + String(repeating: "t", count: 64) + "\r\n"
+                       + "Content-Length: 7\r\nContent-Type: application/json\r\n\r\n{\"a\":1}")
+    }
+}
+
+/// A response's head: the status line (rendered once for 100-599, written piece by piece
+/// otherwise), the handler's headers but the framing ones, and the server's framing.
+final class ResponseEncodingTests: XCTestCase {
+    func encoded(_ response: HTTPResponse, close: Bool = false) -> String {
+        var out: [UInt8] = []
+        HTTPServer.encode(response, close: close, headOnly: false, into: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    func testStatusLinesAndHeaders() {
+        XCTAssertEqual(encoded(.jsonBytes(200, Array("{}".utf8))),
+                       "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        for (status, reason) in [(100, "Continue"), (404, "Not Found"), (413, "Content Too Large"), (599, "Status 599"),
+                                 (600, "Status 600"), (99, "Status 99"), (1000, "Status 1000"), (250, "Status 250")] {
+            XCTAssertTrue(encoded(HTTPResponse(status: status)).hasPrefix("HTTP/1.1 \(status) \(reason)\r\n"), "\(status)")
+        }
+        var headers = HTTPHeaders([("content-length", "99"), ("X-A", "1"), ("CONNECTION", "keep-alive"), ("Transfer-Encoding", "chunked"),
+                                   ("Content-Type", "text/plain")])
+        headers.add("Retry-After", "7")
+        XCTAssertEqual(encoded(HTTPResponse(status: 503, headers: headers, body: [65]), close: true),
+                       "HTTP/1.1 503 Service Unavailable\r\nX-A: 1\r\nContent-Type: text/plain\r\nRetry-After: 7\r\nContent-Length: 1\r\nConnection: close\r\n\r\nA")
+        XCTAssertEqual(encoded(HTTPResponse(status: 204, body: [65])), "HTTP/1.1 204 No Content\r\n\r\n")
+    }
+
+    /// Names compare without regard to ASCII case, and only names of one length can match.
+    func testHeaderNamesCompareCaseInsensitively() {
+        XCTAssertTrue(asciiCaseInsensitiveEqual("content-LENGTH", "Content-Length"))
+        XCTAssertFalse(asciiCaseInsensitiveEqual("Content-Lengths", "Content-Length"))
+        XCTAssertFalse(asciiCaseInsensitiveEqual("Content-Lengt", "Content-Length"))
+        XCTAssertFalse(asciiCaseInsensitiveEqual("Content-Lengtx", "Content-Length"))
+        XCTAssertTrue(asciiCaseInsensitiveEqual("", ""))
+        XCTAssertFalse(asciiCaseInsensitiveEqual("é", "e"))
+        XCTAssertTrue(asciiCaseInsensitiveEqual("É", "É"))
+    }
+}
