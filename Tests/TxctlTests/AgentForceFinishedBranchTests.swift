@@ -3,23 +3,8 @@ import XCTest
 
 /// `txctl agent URL commit|abort --force` on a branch the participant has already finished:
 /// real cohortd and cohort-agent processes.
-final class AgentForceFinishedBranchTests: XCTestCase {
-    var servers: [Server] = []
-    var dir = ""
-
-    override func setUp() { dir = tempDirectory("finished") }
-
-    override func tearDown() {
-        for s in servers { s.kill() }
-        servers = []
-        try? FileManager.default.removeItem(atPath: dir)
-    }
-
-    func start(_ name: String, _ args: [String], env: [String: String] = [:]) throws -> Server {
-        let s = try Server(name, args, env: env, dir: dir)
-        servers.append(s)
-        return s
-    }
+final class AgentForceFinishedBranchTests: ServersTestCase {
+    override class var directoryName: String { "finished" }
 
     /// The agent's own answer (nothing to do, or refused) is the one given, whether the
     /// coordinator is named, not named, or down. The force asked the coordinator first: with

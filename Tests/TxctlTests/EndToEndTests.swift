@@ -3,25 +3,8 @@ import Foundation
 import XCTest
 
 /// Real processes: cohortd, cohort-agent and the txctl binary, with crash points.
-final class EndToEndTests: XCTestCase {
-    var servers: [Server] = []
-    var dir = ""
-
-    override func setUp() {
-        dir = tempDirectory("e2e")
-    }
-
-    override func tearDown() {
-        for s in servers { s.kill() }
-        servers = []
-        try? FileManager.default.removeItem(atPath: dir)
-    }
-
-    func start(_ name: String, _ args: [String], env: [String: String] = [:]) throws -> Server {
-        let s = try Server(name, args, env: env, dir: dir)
-        servers.append(s)
-        return s
-    }
+final class EndToEndTests: ServersTestCase {
+    override class var directoryName: String { "e2e" }
 
     func txctl(_ args: [String], coordinator: Server? = nil, env: [String: String] = [:]) throws -> CtlResult {
         var e = env

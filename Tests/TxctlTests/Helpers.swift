@@ -72,6 +72,29 @@ func runProcess(_ path: String, _ args: [String], env: [String: String] = [:], t
     return CtlResult(status: p.terminationStatus, out: out, err: err)
 }
 
+/// A test case that starts real servers in a fresh directory (`directoryName`) and kills them
+/// and removes it after each test.
+class ServersTestCase: XCTestCase {
+    var servers: [Server] = []
+    var dir = ""
+
+    class var directoryName: String { "servers" }
+
+    override func setUp() { dir = tempDirectory(Self.directoryName) }
+
+    override func tearDown() {
+        for s in servers { s.kill() }
+        servers = []
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    func start(_ name: String, _ args: [String], env: [String: String] = [:]) throws -> Server {
+        let s = try Server(name, args, env: env, dir: dir)
+        servers.append(s)
+        return s
+    }
+}
+
 /// A server process (cohortd or cohort-agent) that printed `listening on URL`.
 final class Server {
     let process = Process()

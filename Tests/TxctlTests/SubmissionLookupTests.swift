@@ -3,23 +3,8 @@ import XCTest
 
 /// `txctl submission REQUEST_ID` (`GET /v1/submissions/{request_id}`) against real processes:
 /// what became of a submission, without sending it again.
-final class SubmissionLookupTests: XCTestCase {
-    var servers: [Server] = []
-    var dir = ""
-
-    override func setUp() { dir = tempDirectory("submission-lookup") }
-
-    override func tearDown() {
-        for s in servers { s.kill() }
-        servers = []
-        try? FileManager.default.removeItem(atPath: dir)
-    }
-
-    func start(_ name: String, _ args: [String]) throws -> Server {
-        let s = try Server(name, args, env: [:], dir: dir)
-        servers.append(s)
-        return s
-    }
+final class SubmissionLookupTests: ServersTestCase {
+    override class var directoryName: String { "submission-lookup" }
 
     func testASubmissionIsFoundWhileKeptAndFromTheMemoryAfterAndNothingRuns() throws {
         let c = try start("cohortd", ["--data", dir + "/c", "--port", "0", "--finished-kept", "1"])

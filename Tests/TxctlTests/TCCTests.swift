@@ -4,25 +4,8 @@ import XCTest
 /// txctl against TCC transactions, with real cohortd and tcc-inventory processes: list/show,
 /// retry of a parked confirm, forced decisions allowed and refused like 2PC's, the audit record
 /// in the log and after a restart.
-final class TCCTests: XCTestCase {
-    var servers: [Server] = []
-    var dir = ""
-
-    override func setUp() {
-        dir = tempDirectory("tcc")
-    }
-
-    override func tearDown() {
-        for s in servers { s.kill() }
-        servers = []
-        try? FileManager.default.removeItem(atPath: dir)
-    }
-
-    func start(_ name: String, _ args: [String]) throws -> Server {
-        let s = try Server(name, args, dir: dir)
-        servers.append(s)
-        return s
-    }
+final class TCCTests: ServersTestCase {
+    override class var directoryName: String { "tcc" }
 
     func txctl(_ args: [String], _ c: Server) throws -> CtlResult {
         try runProcess(try binary("txctl"), args, env: ["COHORT_COORDINATOR": c.url, "USER": "oncall"])
