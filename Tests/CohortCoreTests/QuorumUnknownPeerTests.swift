@@ -98,19 +98,25 @@ final class QuorumUnknownPeerTests: XCTestCase {
         /// The coordinator's pre-commit reaching `name` (it may refuse it).
         mutating func coordinatorPreCommit(_ name: String) { feed(name, .preCommit(next(), txid: QuorumUnknownPeerTests.t, fromBackup: false)) }
 
-        /// One termination round at `name`: each peer it can reach answers with its own state.
-        mutating func round(_ name: String) {
+        /// One termination round at `name`: each peer it can reach answers with its own state;
+        /// `meanwhile` runs after the answers and before `name` decides on them.
+        mutating func round(_ name: String, meanwhile: (inout Cluster) -> Void = { _ in }) {
             let t = QuorumUnknownPeerTests.t
             let start = nodes[name]!.on(.timerFired(.termination(t)))
             var number = 0
             for case .queryPeer(_, _, let r) in start { number = r }
             guard number > 0 else { return } // no branch in doubt here
+            var answers: [(String, ThreePhaseState?, Bool)] = []
             for peer in names where peer != name {
                 var state: ThreePhaseState?
                 var recovered = false
                 if reachable(name, peer) {
                     for case .reply(_, .state(let s, let r)) in nodes[peer]!.on(.stateQuery(next(), txid: t)) { state = s; recovered = r }
                 }
+                answers.append((peer, state, recovered))
+            }
+            meanwhile(&self)
+            for (peer, state, recovered) in answers {
                 let actions = nodes[name]!.on(.peerState(t, round: number, peer: peer, state: state, recovered: recovered))
                 settle(name, actions)
             }
@@ -198,14 +204,19 @@ final class QuorumUnknownPeerTests: XCTestCase {
 
     /// Candidate (b), rounding with a peer cut off for good: three writers p2-p4 and a restarted
     /// reader p1 (N = 4, Q = 3; Q = 2 of 3 once p1 promised), the coordinator gone before any
-    /// pre-commit, p4 never heard again. p2's round hears p1 and p3: 0 + 2 writers >= Q' =
-    /// (4 - 1)/2 + 1 = 2, so it pre-aborts p2 and p3 at once, and aborts once p1 has promised:
-    /// no round is lost to the new rule, and p4 learns the abort when it is back.
-    func testAQuorumOfWritersWithoutTheUnknownPeerStillAbortsWithoutWaiting() {
+    /// pre-commit, p4 never heard again. p2's round hears p1 and p3: 0 + 2 writers < Q = 3
+    /// with p1 still in N, so p2 asks p1 only; once p1 has promised (N = 3, Q = 2) p2 pre-aborts
+    /// p2 and p3, and aborts the round after. One round later than reckoning p1 out of N in
+    /// advance (which pre-aborted at once, and wedged when such a peer could not promise), never
+    /// waiting for ever; p4 learns the abort when it is back.
+    func testAQuorumOfWritersWithoutTheUnknownPeerAbortsOnceThatPeerHasLeftN() {
         var c = Cluster(names: ["p1", "p2", "p3", "p4"])
         c.restartedReader("p1", forgetful: false)
         for w in ["p2", "p3", "p4"] { c.writer(w) }
         c.cut = ["p4"]
+        c.round("p2")
+        XCTAssertEqual(c.outcome("p1"), "read-only", c.outcomes())
+        XCTAssertEqual(c.outcome("p2"), "prepared", c.outcomes())
         c.round("p2")
         XCTAssertEqual(c.outcome("p2"), "pre-aborted", c.outcomes())
         XCTAssertEqual(c.outcome("p3"), "pre-aborted", c.outcomes())
@@ -215,7 +226,6 @@ final class QuorumUnknownPeerTests: XCTestCase {
         c.healAndRun()
         XCTAssertEqual(c.outcome("p4"), "aborted", c.outcomes())
     }
-
 
     /// Candidate (b), found: two restarted readers, p1 that can promise and p2 that cannot (it
     /// let go of later outcomes of that coordinator, so it may have voted yes and forgotten),
@@ -242,6 +252,33 @@ final class QuorumUnknownPeerTests: XCTestCase {
         XCTAssertEqual(c.outcome("p3"), "prepared", "p1 left N, p2 did not: Q = 3 and p3 has 2 writers: \(c.outcomes())")
         c.healAndRun()
         for w in ["p3", "p4", "p5"] { XCTAssertEqual(c.outcome(w), "committed", c.outcomes()) }
+    }
+
+
+    /// Not from session 38, and left alone: quorum termination can block with every node up
+    /// and no reader at all. Four writers (N = 4, Q = 3); the coordinator's pre-commit reached
+    /// p4 only. p1's round hears p2 and p3 uncertain; before p1 decides, p2 (cut off from p1)
+    /// runs its own round, hears p3 uncertain and p4 pre-committed (1 + 2 >= 3), and
+    /// pre-commits itself (its pre-commit to p3 is late). p1 then pre-aborts itself and p3 (p2
+    /// refuses: pre-states never change). Two pre-committed, two pre-aborted, Q = 3: no quorum
+    /// can ever form, so the participants wait for the coordinator (or an operator), safely.
+    func testFourWritersSplitTwoAgainstTwoBlockButNeverDisagree() {
+        var c = Cluster(names: ["p1", "p2", "p3", "p4"])
+        for w in ["p1", "p2", "p3", "p4"] { c.writer(w) }
+        c.coordinatorPreCommit("p4")
+        c.split(["p1"], ["p4"])
+        c.round("p1") { c in
+            c.split(["p1"], ["p2"])
+            c.deaf = ["p3"]
+            c.round("p2")
+            c.deaf = []
+            c.apart = []
+            c.split(["p1"], ["p4"])
+        }
+        XCTAssertEqual(c.outcomes(), "p1=pre-aborted p2=pre-committed p3=pre-aborted p4=pre-committed")
+        c.healAndRun()
+        XCTAssertEqual(c.outcomes(), "p1=pre-aborted p2=pre-committed p3=pre-aborted p4=pre-committed", "blocked, not split")
+        XCTAssertTrue(c.agree())
     }
 
 }
