@@ -281,4 +281,31 @@ final class QuorumUnknownPeerTests: XCTestCase {
         XCTAssertTrue(c.agree())
     }
 
+
+    /// Bad input around the rule: answers from another round, from a name that is no peer, and
+    /// a peer's second answer change nothing; a round whose only answer is one such peer's
+    /// `unknown` asks it alone, and one where nobody answers blocks, pre-aborting nobody.
+    func testStrayAnswersDoNotMoveABackupTowardAnAbortQuorum() {
+        var c = Cluster(names: ["p1", "p2", "p3"])
+        c.writer("p2")
+        let t = QuorumUnknownPeerTests.t
+        let start = c.nodes["p2"]!.on(.timerFired(.termination(t)))
+        var number = 0
+        for case .queryPeer(_, _, let r) in start { number = r }
+        XCTAssertEqual(c.nodes["p2"]!.on(.peerState(t, round: number + 1, peer: "p1", state: .unknown, recovered: false)), [])
+        XCTAssertEqual(c.nodes["p2"]!.on(.peerState(t, round: number, peer: "zz", state: .unknown, recovered: false)), [])
+        XCTAssertEqual(c.nodes["p2"]!.on(.peerState(t, round: number, peer: "p1", state: .unknown, recovered: false)), [])
+        XCTAssertEqual(c.nodes["p2"]!.on(.peerState(t, round: number, peer: "p1", state: .uncertain, recovered: false)), [], "a second answer")
+        let decided = c.nodes["p2"]!.on(.peerState(t, round: number, peer: "p3", state: nil, recovered: false))
+        XCTAssertFalse(decided.contains { if case .log = $0 { return true } else { return false } }, "\(decided)")
+        XCTAssertEqual(decided.compactMap { if case .sendToPeer(_, let peer, let m) = $0 { return "\(m) \(peer.name)" } else { return nil } }, ["preAbort p1"])
+        // Nobody answers: no quorum either way, nothing sent, nothing logged.
+        let silent = c.nodes["p2"]!.on(.timerFired(.termination(t)))
+        for case .queryPeer(_, _, let r) in silent { number = r }
+        _ = c.nodes["p2"]!.on(.peerState(t, round: number, peer: "p1", state: nil, recovered: false))
+        let none = c.nodes["p2"]!.on(.peerState(t, round: number, peer: "p3", state: nil, recovered: false))
+        XCTAssertFalse(none.contains { if case .log = $0 { return true }; if case .sendToPeer = $0 { return true }; return false }, "\(none)")
+        XCTAssertEqual(c.outcome("p2"), "prepared")
+    }
+
 }
