@@ -2118,8 +2118,14 @@ extension Participant {
                 // pre-committed with Q = 2 of the 2 writers, blocked for good with everyone up
                 // (simulation `--protocol 3pc --seed 223`, session 38). So while the quorum
                 // needs them, only they are asked; the writers wait for the next round.
+                // They stay in N until they have left it (answered `read-only`): one that may
+                // have voted yes and forgotten refuses the promise (409) and never leaves.
+                // Reckoned out of N in advance (Q = ⌊(N − unknown)/2⌋+1), two pre-aborted
+                // writers of three, with such a peer and a promising reader, faced a third
+                // pre-committed by the coordinator: Q = 3 of the 4 left in N, blocked for good
+                // (a review, session 38: QuorumUnknownPeerTests).
                 let unknown = count(.unknown)
-                if unknown > 0 && preAborted + count(.uncertain) < (info.peers.count - readOnlyPeers - unknown) / 2 + 1 {
+                if unknown > 0 && preAborted + count(.uncertain) < q {
                     return tell(.preAbort, where: { $0 == .unknown }) + [.setTimer(.termination(txid), afterMs: config.terminationRoundMs)]
                 }
                 var actions = tell(.preAbort, where: { $0 == .uncertain || $0 == .unknown })
